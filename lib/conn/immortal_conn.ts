@@ -1,0 +1,54 @@
+/**
+ * The public face of a session: {@linkcode ImmortalConn}.
+ *
+ * @module
+ */
+
+import type { ConnEvent, ConnState, ConnStats } from "./events.ts";
+
+/**
+ * A byte stream that survives its links. Shaped like `Deno.Conn`: Web Streams
+ * `readable`/`writable`, plus `read`/`write` for zero-stream-overhead use.
+ *
+ * Delivery is exactly once and in order across reconnects. `write` resolves
+ * once the bytes are held for replay; it waits while `maxUnackedBytes` are
+ * unacknowledged (backpressure, never loss).
+ */
+export interface ImmortalConn extends EventTarget, AsyncDisposable {
+  /** Bytes from the peer; ends after the peer's half-close. */
+  readonly readable: ReadableStream<Uint8Array>;
+  /** Bytes to the peer; closing it half-closes the session. */
+  readonly writable: WritableStream<Uint8Array>;
+  /** Settles when the session has ended: resolves on a clean end or a local close, rejects otherwise. */
+  readonly closed: Promise<void>;
+  /** Hex id of the session (the same on both ends). */
+  readonly sessionId: string;
+  /** Current state. */
+  readonly state: ConnState;
+  /** Local address of the current link (or the last one). */
+  readonly localAddr: Deno.Addr | undefined;
+  /** Remote address of the current link (or the last one). */
+  readonly remoteAddr: Deno.Addr | undefined;
+  /** Counters: bytes, reconnects, replayed bytes, RTT. */
+  readonly stats: ConnStats;
+  /** Reads into `buffer`; resolves to the count read, or `null` at end of stream. */
+  read(buffer: Uint8Array): Promise<number | null>;
+  /** Writes all of `data`; resolves to its length once it is held for replay. */
+  write(data: Uint8Array): Promise<number>;
+  /** Half-close: no more writes; the peer's readable ends after every byte written. */
+  closeWrite(): Promise<void>;
+  /** Aborts the session at once; unsent data is discarded and the peer is told. */
+  close(): void;
+  /** Adds a listener for a state event. */
+  addEventListener(
+    type: "reconnecting" | "resumed" | "closed",
+    listener: (event: ConnEvent) => void,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+  /** Adds a listener (generic form). */
+  addEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | AddEventListenerOptions,
+  ): void;
+}

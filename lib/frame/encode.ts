@@ -1,0 +1,136 @@
+/**
+ * Frame encoding: into a fresh buffer, or into a caller's buffer so that the
+ * hot send path can pack several frames into one reused write buffer.
+ *
+ * @module
+ */
+
+import {
+  type Frame,
+  FRAME_HEADER_SIZE,
+  FrameCode,
+  HELLO_MAGIC,
+  MAX_REASON_BYTES,
+  PROTOCOL_VERSION,
+  REJECT_CODES,
+} from "./frame.ts";
+import { _writeF64, _writeU32, _writeU64 } from "./_bytes.ts";
+
+const encoder = new TextEncoder();
+
+function _reasonBytes(reason: string): Uint8Array {
+  const bytes = encoder.encode(reason);
+  if (bytes.length <= MAX_REASON_BYTES) return bytes;
+  // Cut on a UTF-8 boundary so the peer's strict decoder accepts it.
+  let end = MAX_REASON_BYTES;
+  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--;
+  return bytes.subarray(0, end);
+}
+
+/** Payload length of `frame` in bytes (without the header). */
+export function framePayloadSize(frame: Frame): number {
+  switch (frame.type) {
+    case "data":
+      return frame.data.length;
+    case "ack":
+    case "ping":
+    case "pong":
+    case "fin":
+      return 8;
+    case "close":
+      return _reasonBytes(frame.reason).length;
+    case "bye":
+      return 0;
+    case "hello":
+      return 22 + (frame.resume ? 24 : 32);
+    case "challenge":
+      return 32;
+    case "proof":
+      return frame.mac.length;
+    case "accept":
+      return 1 + (frame.created ? 48 : 8) + frame.mac.length;
+    case "reject":
+      return 1 + _reasonBytes(frame.reason).length;
+  }
+}
+
+/** Writes a frame header for `type` with a payload of `length` bytes at `offset`. */
+export function writeFrameHeader(
+  buf: Uint8Array,
+  offset: number,
+  type: number,
+  length: number,
+): void {
+  buf[offset] = type;
+  _writeU32(buf, offset + 1, length);
+}
+
+/**
+ * Encodes `frame` into `buf` at `offset` and returns the number of bytes
+ * written. `buf` must have room for {@linkcode framePayloadSize} plus the header.
+ */
+export function encodeFrameInto(frame: Frame, buf: Uint8Array, offset: number): number {
+  const size = framePayloadSize(frame);
+  writeFrameHeader(buf, offset, FrameCode[frame.type], size);
+  const p = offset + FRAME_HEADER_SIZE;
+  switch (frame.type) {
+    case "data":
+      buf.set(frame.data, p);
+      break;
+    case "ack":
+    case "fin":
+      _writeU64(buf, p, frame.position);
+      break;
+    case "ping":
+    case "pong":
+      _writeF64(buf, p, frame.stamp);
+      break;
+    case "close":
+      buf.set(_reasonBytes(frame.reason), p);
+      break;
+    case "bye":
+      break;
+    case "hello":
+      buf.set(HELLO_MAGIC, p);
+      buf[p + 4] = PROTOCOL_VERSION;
+      buf[p + 5] = frame.resume ? 1 : 0;
+      buf.set(frame.nonce.subarray(0, 16), p + 6);
+      if (frame.resume) {
+        buf.set(frame.resume.sessionId.subarray(0, 16), p + 22);
+        _writeU64(buf, p + 38, frame.resume.received);
+      } else {
+        buf.set(frame.publicKey!.subarray(0, 32), p + 22);
+      }
+      break;
+    case "challenge":
+      buf.set(frame.nonce.subarray(0, 32), p);
+      break;
+    case "proof":
+      buf.set(frame.mac, p);
+      break;
+    case "accept":
+      if (frame.created) {
+        buf[p] = 0;
+        buf.set(frame.created.sessionId.subarray(0, 16), p + 1);
+        buf.set(frame.created.publicKey.subarray(0, 32), p + 17);
+        buf.set(frame.mac, p + 49);
+      } else {
+        buf[p] = 1;
+        _writeU64(buf, p + 1, frame.received ?? 0);
+        buf.set(frame.mac, p + 9);
+      }
+      break;
+    case "reject":
+      buf[p] = REJECT_CODES.indexOf(frame.code);
+      buf.set(_reasonBytes(frame.reason), p + 1);
+      break;
+  }
+  return FRAME_HEADER_SIZE + size;
+}
+
+/** Encodes `frame` into a new buffer holding exactly its bytes. */
+export function encodeFrame(frame: Frame): Uint8Array {
+  const buf = new Uint8Array(FRAME_HEADER_SIZE + framePayloadSize(frame));
+  encodeFrameInto(frame, buf, 0);
+  return buf;
+}

@@ -1,0 +1,15 @@
+/**
+ * Transports for immortal sessions: the {@linkcode Link} abstraction and its
+ * TCP implementation.
+ *
+ * @module
+ */
+
+export { type Acceptor, type Dialer, formatAddr, type Link } from "./link.ts";
+export {
+  TcpAcceptor,
+  type TcpAcceptorOptions,
+  tcpDialer,
+  type TcpDialerOptions,
+  TcpLink,
+} from "./tcp.ts";

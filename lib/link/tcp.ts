@@ -1,0 +1,110 @@
+/**
+ * Links over plain TCP, on `Deno.connect` and `Deno.listen`.
+ *
+ * @module
+ */
+
+import type { Acceptor, Dialer, Link } from "./link.ts";
+
+/** A {@linkcode Link} over one `Deno.TcpConn`. */
+export class TcpLink implements Link {
+  #conn: Deno.TcpConn;
+  #closed = false;
+
+  /** Wraps an open TCP connection; Nagle is turned off (frames are batched above). */
+  constructor(conn: Deno.TcpConn) {
+    this.#conn = conn;
+    try {
+      conn.setNoDelay(true);
+      conn.setKeepAlive(true);
+    } catch {
+      // A connection that died before we configured it fails on first use.
+    }
+  }
+
+  /** Local address of the socket. */
+  get localAddr(): Deno.Addr {
+    return this.#conn.localAddr;
+  }
+
+  /** Remote address of the socket. */
+  get remoteAddr(): Deno.Addr {
+    return this.#conn.remoteAddr;
+  }
+
+  /** Reads into `buffer`; `null` at end of stream. */
+  read(buffer: Uint8Array): Promise<number | null> {
+    return this.#conn.read(buffer);
+  }
+
+  /** Writes all of `data`. */
+  async write(data: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < data.length) off += await this.#conn.write(data.subarray(off));
+  }
+
+  /** Closes the socket; idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed by the runtime after an error: nothing left to release.
+    }
+  }
+}
+
+/** Where a TCP dialer connects. */
+export interface TcpDialerOptions {
+  /** Host name or IP address of the server. Default `127.0.0.1`. */
+  hostname?: string;
+  /** TCP port of the server. */
+  port: number;
+}
+
+/** Returns a {@linkcode Dialer} that opens TCP links with `Deno.connect`. */
+export function tcpDialer(options: TcpDialerOptions): Dialer {
+  const { hostname = "127.0.0.1", port } = options;
+  return async (signal) => {
+    const conn = await Deno.connect({ hostname, port, signal });
+    return new TcpLink(conn);
+  };
+}
+
+/** Where a TCP acceptor listens. */
+export interface TcpAcceptorOptions {
+  /** Address to listen on. Default `0.0.0.0`. */
+  hostname?: string;
+  /** Port to listen on; `0` picks a free one. */
+  port: number;
+}
+
+/** An {@linkcode Acceptor} over `Deno.listen`. */
+export class TcpAcceptor implements Acceptor {
+  #listener: Deno.TcpListener;
+
+  /** Starts listening at once (synchronously, like `Deno.listen`). */
+  constructor(options: TcpAcceptorOptions) {
+    this.#listener = Deno.listen({ hostname: options.hostname ?? "0.0.0.0", port: options.port });
+  }
+
+  /** The bound address. */
+  get addr(): Deno.NetAddr {
+    return this.#listener.addr;
+  }
+
+  /** Next accepted link. */
+  async accept(): Promise<Link> {
+    return new TcpLink(await this.#listener.accept());
+  }
+
+  /** Stops listening; idempotent. */
+  close(): void {
+    try {
+      this.#listener.close();
+    } catch {
+      // Closing twice is not an error for us.
+    }
+  }
+}
