@@ -1,0 +1,119 @@
+// Shared test helpers: deterministic data, hashing, waiting on events, log capture.
+import { createHash } from "node:crypto";
+import { configure, type LogRecord, reset } from "@logtape/logtape";
+import type { ImmortalConn } from "../mod.ts";
+
+/** Deterministic pseudo-random bytes (xorshift32), fast enough for hundreds of MiB. */
+export function* pattern(
+  seed: number,
+  size: number,
+  chunkSize = 256 * 1024,
+): Generator<Uint8Array> {
+  let x = (seed | 0) || 0x9e3779b9;
+  for (let sent = 0; sent < size; sent += chunkSize) {
+    const n = Math.min(chunkSize, size - sent);
+    const words = new Uint32Array(Math.ceil(n / 4));
+    for (let i = 0; i < words.length; i++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      words[i] = x;
+    }
+    yield new Uint8Array(words.buffer, 0, n);
+  }
+}
+
+/** Writes `size` pattern bytes, then half-closes; resolves to their SHA-256 (hex). */
+export async function sendPattern(conn: ImmortalConn, seed: number, size: number): Promise<string> {
+  const hash = createHash("sha256");
+  for (const chunk of pattern(seed, size)) {
+    hash.update(chunk);
+    await conn.write(chunk);
+  }
+  await conn.closeWrite();
+  return hash.digest("hex");
+}
+
+/** Reads to end of stream; resolves to the byte count and SHA-256 (hex). */
+export async function receiveAll(conn: ImmortalConn): Promise<{ bytes: number; sha256: string }> {
+  const hash = createHash("sha256");
+  const buffer = new Uint8Array(256 * 1024);
+  let bytes = 0;
+  for (;;) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    hash.update(buffer.subarray(0, n));
+    bytes += n;
+  }
+  return { bytes, sha256: hash.digest("hex") };
+}
+
+/** SHA-256 (hex) of the pattern, without sending it. */
+export function patternHash(seed: number, size: number): string {
+  const hash = createHash("sha256");
+  for (const chunk of pattern(seed, size)) hash.update(chunk);
+  return hash.digest("hex");
+}
+
+/** Resolves with the next event of `type` on `target`, or rejects after `timeoutMs`. */
+export function nextEvent<E extends Event>(
+  target: EventTarget,
+  type: string,
+  timeoutMs = 10_000,
+): Promise<E> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      target.removeEventListener(type, on);
+      reject(new Error(`no ${type} event within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const on = (event: Event) => {
+      clearTimeout(timer);
+      target.removeEventListener(type, on);
+      resolve(event as E);
+    };
+    target.addEventListener(type, on);
+  });
+}
+
+/** Rejects if `promise` takes longer than `ms`; the timer never outlives the call. */
+export async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: not done within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Captures LogTape records of the `immortal` category while `fn` runs. */
+export async function withLogs<T>(fn: (records: LogRecord[]) => Promise<T>): Promise<T> {
+  const records: LogRecord[] = [];
+  await configure({
+    reset: true,
+    sinks: { capture: (record) => records.push(record) },
+    loggers: [
+      { category: ["immortal"], lowestLevel: "debug", sinks: ["capture"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: [] },
+    ],
+  });
+  try {
+    return await fn(records);
+  } finally {
+    await reset();
+  }
+}
+
+/** A record's message with its properties filled in. */
+export function renderRecord(record: LogRecord): string {
+  return record.message.map((part) => typeof part === "string" ? part : String(part)).join("");
+}
+
+/** Waits `ms` (only where a test needs real time to pass, never to wait for an event). */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

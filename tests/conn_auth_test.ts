@@ -1,0 +1,100 @@
+import assert from "node:assert/strict";
+import { connect, encodeFrame, type Frame, FrameDecoder, ImmortalError, listen } from "../mod.ts";
+import { renderRecord, withLogs } from "./_helpers.ts";
+
+const te = new TextEncoder();
+
+async function readFrame(conn: Deno.Conn, decoder: FrameDecoder): Promise<Frame> {
+  const out: Frame[] = [];
+  const buf = new Uint8Array(4096);
+  while (out.length === 0) {
+    const n = await conn.read(buf);
+    if (n === null) throw new Error("closed before a frame arrived");
+    decoder.push(buf.slice(0, n), out);
+  }
+  return out[0];
+}
+
+function hexToBytes(hex: string): Uint8Array {
+  return Uint8Array.from(hex.match(/../g)!, (h) => parseInt(h, 16));
+}
+
+Deno.test("pre-shared key: no key or a wrong key opens no session; the right one does", async () => {
+  await withLogs(async (records) => {
+    using listener = listen({ hostname: "127.0.0.1", port: 0, key: "correct horse" });
+    const port = (listener.addr as Deno.NetAddr).port;
+    await assert.rejects(
+      connect({ port }),
+      (e: unknown) => e instanceof ImmortalError && e.code === "auth",
+    );
+    await assert.rejects(
+      connect({ port, key: "wrong" }),
+      (e: unknown) =>
+        e instanceof ImmortalError && e.code === "auth" && /pre-shared key/.test(e.message),
+    );
+    assert.equal(listener.sessionCount, 0);
+    assert.ok(
+      records.some((r) =>
+        r.level === "warning" && /Refused .*pre-shared key missing or wrong/.test(renderRecord(r))
+      ),
+      "refusal is logged",
+    );
+    await using client = await connect({ port, key: "correct horse" });
+    await using server = await listener.accept();
+    await client.write(te.encode("ok"));
+    const buf = new Uint8Array(2);
+    assert.equal(await server.read(buf), 2);
+  });
+});
+
+Deno.test("a client with a key refuses a server that cannot prove it", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 }); // no key: an impostor
+  await assert.rejects(
+    connect({ port: (listener.addr as Deno.NetAddr).port, key: "secret" }),
+    (e: unknown) =>
+      e instanceof ImmortalError && e.code === "auth" && /could not prove/.test(e.message),
+  );
+  // The server did create the session before the client hung up; closing the listener reaps it.
+});
+
+Deno.test("a forged resume proof is refused and logged; the real session is unharmed", async () => {
+  await withLogs(async (records) => {
+    using listener = listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (listener.addr as Deno.NetAddr).port;
+    await using client = await connect({ port });
+    await using server = await listener.accept();
+
+    // An attacker who knows the session id (it is not secret) tries to take the session over.
+    const attacker = await Deno.connect({ hostname: "127.0.0.1", port });
+    const decoder = new FrameDecoder();
+    await attacker.write(encodeFrame({
+      type: "hello",
+      version: 1,
+      nonce: crypto.getRandomValues(new Uint8Array(16)),
+      resume: { sessionId: hexToBytes(client.sessionId), received: 0 },
+    }));
+    assert.equal((await readFrame(attacker, decoder)).type, "challenge");
+    await attacker.write(
+      encodeFrame({ type: "proof", mac: crypto.getRandomValues(new Uint8Array(32)) }),
+    );
+    const answer = await readFrame(attacker, decoder);
+    assert.equal(answer.type, "reject");
+    assert.equal(answer.type === "reject" && answer.code, "auth");
+    attacker.close();
+
+    assert.ok(
+      records.some((r) =>
+        r.level === "warning" && /Refused .*resume proof is invalid/.test(renderRecord(r))
+      ),
+      `refusal is logged: ${records.map(renderRecord).join("\n")}`,
+    );
+    // Nothing changed for the real session: same link, data still flows both ways.
+    assert.equal(client.state, "connected");
+    assert.equal(client.stats.reconnects + server.stats.reconnects, 0);
+    await client.write(te.encode("still here"));
+    const buf = new Uint8Array(10);
+    let got = 0;
+    while (got < 10) got += (await server.read(buf.subarray(got)))!;
+    assert.equal(new TextDecoder().decode(buf), "still here");
+  });
+});

@@ -1,0 +1,106 @@
+import assert from "node:assert/strict";
+import { connect, ImmortalError, listen } from "../mod.ts";
+import { patternHash, receiveAll, sendPattern } from "./_helpers.ts";
+
+const te = new TextEncoder();
+const td = new TextDecoder();
+
+Deno.test("client and server share a session; bytes flow both ways through the streams", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  await using client = await connect({ port });
+  await using server = await listener.accept();
+  assert.equal(client.sessionId, server.sessionId);
+  assert.equal(client.state, "connected");
+
+  const writer = client.writable.getWriter();
+  await writer.write(te.encode("ping"));
+  const reader = server.readable.getReader();
+  const { value } = await reader.read();
+  assert.equal(td.decode(value), "ping");
+  await server.write(te.encode("pong"));
+  const buf = new Uint8Array(16);
+  const n = await client.read(buf);
+  assert.equal(td.decode(buf.subarray(0, n!)), "pong");
+  reader.releaseLock();
+  writer.releaseLock();
+});
+
+Deno.test("half-close: the server still sends a 10 MiB reply after the client's FIN; both end cleanly", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const client = await connect({ port: (listener.addr as Deno.NetAddr).port });
+  const server = await listener.accept();
+  const REPLY = 10 << 20;
+
+  const serverSide = (async () => {
+    const request = await receiveAll(server); // ends at the client's FIN
+    assert.equal(request.bytes, 7);
+    return await sendPattern(server, 99, REPLY);
+  })();
+  await client.write(te.encode("GET all"));
+  await client.closeWrite();
+  await assert.rejects(client.write(te.encode("late")), /writable side was closed/);
+  const reply = await receiveAll(client);
+  const sentHash = await serverSide;
+  assert.equal(reply.bytes, REPLY);
+  assert.equal(reply.sha256, sentHash);
+  assert.equal(reply.sha256, patternHash(99, REPLY));
+  // Both directions are done and acknowledged: the session ends by itself.
+  await Promise.all([client.closed, server.closed]);
+  assert.equal(client.state, "closed");
+  assert.equal(server.state, "closed");
+});
+
+Deno.test("close() aborts: the peer's streams error with a clear reason", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const client = await connect({ port: (listener.addr as Deno.NetAddr).port });
+  const server = await listener.accept();
+  const closedEvent = new Promise((resolve) => server.addEventListener("closed", resolve));
+  client.close();
+  await client.closed; // a local close resolves
+  await assert.rejects(
+    server.closed,
+    (e: unknown) => e instanceof ImmortalError && e.code === "aborted",
+  );
+  await closedEvent;
+  await assert.rejects(server.read(new Uint8Array(8)), /aborted/);
+  await assert.rejects(client.write(te.encode("x")), /closed/);
+});
+
+Deno.test("bad settings and unreachable servers give one clear error, not a hang", async () => {
+  await assert.rejects(connect({ port: 70000 }), /port must be an integer in 1..65535/);
+  await assert.rejects(
+    connect({ port: 1, heartbeatInterval: 1000, deadLinkTimeout: 500 }),
+    /deadLinkTimeout/,
+  );
+  assert.throws(() => listen({ port: 0, key: "" }), /key must be a non-empty/);
+  // Nothing listens on this port (we just closed it).
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = probe.addr.port;
+  probe.close();
+  await assert.rejects(
+    connect({ port }),
+    (e: unknown) =>
+      e instanceof ImmortalError && e.code === "unreachable" &&
+      e.message.includes(`127.0.0.1:${port}`),
+  );
+});
+
+Deno.test("listener: async iteration, sessionCount, close rejects pending accepts", async () => {
+  const listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const a = await connect({ port });
+  const b = await connect({ port });
+  const ids: string[] = [];
+  for await (const conn of listener) {
+    ids.push(conn.sessionId);
+    conn.close();
+    if (ids.length === 2) break;
+  }
+  assert.deepEqual(new Set(ids), new Set([a.sessionId, b.sessionId]));
+  const pending = listener.accept();
+  listener.close();
+  await assert.rejects(pending, (e: unknown) => e instanceof ImmortalError && e.code === "closed");
+  await Promise.allSettled([a.closed, b.closed]);
+  assert.equal(listener.sessionCount, 0);
+});

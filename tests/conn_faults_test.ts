@@ -1,0 +1,153 @@
+import assert from "node:assert/strict";
+import { connect, type ConnEvent, ImmortalError, listen } from "../mod.ts";
+import { FaultProxy } from "./_fault_proxy.ts";
+import { nextEvent, patternHash, receiveAll, sendPattern, within } from "./_helpers.ts";
+
+const FAST_BACKOFF = { initial: 5, max: 50, stableAfter: 60_000 };
+
+async function setup(
+  options: { heartbeatInterval?: number; deadLinkTimeout?: number; resumeTimeout?: number } = {},
+) {
+  const listener = listen({ hostname: "127.0.0.1", port: 0, ...options });
+  const proxy = await FaultProxy.start({ targetPort: (listener.addr as Deno.NetAddr).port });
+  const client = await connect({ port: proxy.port, backoff: FAST_BACKOFF, ...options });
+  const server = await listener.accept();
+  return {
+    listener,
+    proxy,
+    client,
+    server,
+    async [Symbol.asyncDispose]() {
+      client.close();
+      server.close();
+      await Promise.allSettled([client.closed, server.closed]);
+      listener.close();
+      await proxy.close();
+    },
+  };
+}
+
+Deno.test("256 MiB each way at once, link reset (RST) 24 times at random points: both SHA-256 match", async () => {
+  await using t = await setup();
+  const SIZE = 256 << 20;
+  // Reset points spread over the whole transfer (in bytes forwarded client -> server).
+  const points = Array.from({ length: 24 }, () => Math.floor(Math.random() * SIZE * 0.95)).sort((
+    a,
+    b,
+  ) => a - b);
+  t.proxy.onForwardUp = (total) => {
+    while (points.length > 0 && total >= points[0]) {
+      points.shift();
+      t.proxy.reset();
+    }
+  };
+  const [upSent, downSent, upGot, downGot] = await within(
+    240_000,
+    "bidirectional transfer",
+    Promise.all([
+      sendPattern(t.client, 1, SIZE),
+      sendPattern(t.server, 2, SIZE),
+      receiveAll(t.server),
+      receiveAll(t.client),
+    ]),
+  );
+  assert.equal(upGot.bytes, SIZE);
+  assert.equal(downGot.bytes, SIZE);
+  assert.equal(upGot.sha256, upSent);
+  assert.equal(downGot.sha256, downSent);
+  assert.ok(t.proxy.resets >= 20, `only ${t.proxy.resets} resets happened`);
+  assert.ok(t.client.stats.reconnects >= 20, `client resumed ${t.client.stats.reconnects} times`);
+  assert.ok(
+    t.client.stats.replayedBytes + t.server.stats.replayedBytes > 0,
+    "something was replayed",
+  );
+  await Promise.all([t.client.closed, t.server.closed]);
+});
+
+Deno.test("a black-holed link is detected by heartbeats within the dead-link time and replaced; data intact", async () => {
+  const heartbeatInterval = 100;
+  const deadLinkTimeout = 600;
+  await using t = await setup({ heartbeatInterval, deadLinkTimeout });
+  const first = new Uint8Array(1 << 20).fill(7);
+  await t.client.write(first);
+  const buf = new Uint8Array(1 << 20);
+  let got = 0;
+  while (got < first.length) got += (await t.server.read(buf.subarray(got)))!;
+
+  const lost = nextEvent<ConnEvent>(t.client, "reconnecting");
+  const resumed = nextEvent<ConnEvent>(t.client, "resumed");
+  const holedAt = performance.now();
+  assert.equal(t.proxy.blackhole(), 1);
+  // Written into the black hole: must arrive after the resume.
+  const second = new Uint8Array(300_000).fill(9);
+  await t.client.write(second);
+  const lostEvent = await lost;
+  const detectedAfter = performance.now() - holedAt;
+  await resumed;
+  const resumedAfter = performance.now() - holedAt;
+  assert.match(lostEvent.reason!, /nothing received/);
+  // Detection needs the full dead-link time, plus at most one check period (deadLink / 4 ... heartbeat / 4).
+  assert.ok(
+    detectedAfter >= deadLinkTimeout * 0.95,
+    `detected after ${detectedAfter} ms, before the dead-link time`,
+  );
+  assert.ok(
+    detectedAfter <= deadLinkTimeout + heartbeatInterval / 4 + 150,
+    `detected after ${detectedAfter} ms`,
+  );
+  // The first reconnect attempt is immediate; allow one backoff step plus handshake time.
+  assert.ok(
+    resumedAfter <= detectedAfter + FAST_BACKOFF.max + 300,
+    `resumed after ${resumedAfter} ms`,
+  );
+
+  got = 0;
+  const rest = new Uint8Array(second.length);
+  while (got < second.length) got += (await t.server.read(rest.subarray(got)))!;
+  assert.deepEqual(rest, second);
+  assert.equal(t.server.stats.bytesRead, first.length + second.length);
+});
+
+Deno.test("the client's address changes (reconnects from 127.0.0.2) and the session resumes", async () => {
+  await using t = await setup();
+  assert.equal((t.server.remoteAddr as Deno.NetAddr).hostname, "127.0.0.1");
+  const resumed = nextEvent(t.server, "resumed");
+  t.proxy.upstreamLocalAddress = "127.0.0.2";
+  t.proxy.reset();
+  const sending = sendPattern(t.client, 5, 4 << 20);
+  await resumed;
+  assert.equal((t.server.remoteAddr as Deno.NetAddr).hostname, "127.0.0.2");
+  const got = await receiveAll(t.server);
+  assert.equal(got.sha256, await sending);
+  assert.equal(got.sha256, patternHash(5, 4 << 20));
+});
+
+Deno.test("resume timeout: both streams error naming the timeout; the server reaps the session", async () => {
+  const resumeTimeout = 800;
+  await using t = await setup({ resumeTimeout });
+  const serverClosed = nextEvent<ConnEvent>(t.server, "closed", 5000);
+  t.proxy.refuseNew(true);
+  const cutAt = performance.now();
+  t.proxy.reset();
+  // Reads wait through the outage; then they fail with the reason.
+  const reader = t.client.readable.getReader();
+  const writer = t.client.writable.getWriter();
+  await assert.rejects(reader.read(), /resume timeout of 800 ms/);
+  const failedAfter = performance.now() - cutAt;
+  assert.ok(failedAfter >= resumeTimeout * 0.95, `gave up after ${failedAfter} ms`);
+  await assert.rejects(writer.write(new Uint8Array(1)), /resume timeout of 800 ms/);
+  await assert.rejects(
+    t.client.closed,
+    (e: unknown) => e instanceof ImmortalError && e.code === "timeout",
+  );
+  // The server side of the session is dropped too, with the same reason.
+  const event = await serverClosed;
+  assert.match(String(event.error?.message), /did not resume within the resume timeout of 800 ms/);
+  await assert.rejects(
+    t.server.closed,
+    (e: unknown) => e instanceof ImmortalError && e.code === "timeout",
+  );
+  assert.equal(t.listener.sessionCount, 0);
+  reader.releaseLock();
+  writer.releaseLock();
+});
