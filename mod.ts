@@ -22,3 +22,4 @@
 export * from "./lib/conn/mod.ts";
 export * from "./lib/link/mod.ts";
 export * from "./lib/frame/mod.ts";
+export * from "./lib/tunnel/mod.ts";

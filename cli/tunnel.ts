@@ -1,0 +1,249 @@
+/**
+ * `immortal-tunnel`: forward TCP connections over immortal sessions.
+ *
+ * ```sh
+ * # on the machine next to the target (here: sshd on port 22)
+ * deno run --allow-net=0.0.0.0:2000,127.0.0.1:22 cli/tunnel.ts server 2000 127.0.0.1 22
+ * # on your machine
+ * deno run --allow-net=127.0.0.1:2001,server.example:2000 cli/tunnel.ts client 2001 server.example 2000
+ * scp -P 2001 big.iso user@127.0.0.1:
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { configure, getLogger, type LogLevel, type LogRecord } from "@logtape/logtape";
+import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
+
+const USAGE = `immortal tunnel — TCP forwarding that survives broken links
+
+Usage:
+  tunnel server <listenPort> <forwardHost> <forwardPort> [options]
+  tunnel client <listenPort> <serverHost> <serverPort> [options]
+
+  server  accepts tunnel clients on <listenPort> and forwards each connection
+          to <forwardHost>:<forwardPort>
+  client  listens on <listenPort> (127.0.0.1 by default) and carries each
+          connection to the tunnel server at <serverHost>:<serverPort>
+
+Options:
+  --listen-host HOST  address to listen on (server: 0.0.0.0, client: 127.0.0.1)
+  --key KEY           pre-shared key (both ends must use the same)
+  --key-file PATH     read the pre-shared key from a file (first line)
+  --log-level LEVEL   debug, info, warning or error (default: info)
+  --stats SECONDS     print live statistics every SECONDS
+  -h, --help          show this help
+
+Permissions: --allow-net for the listen address and the peer, plus
+--allow-read for --key-file.`;
+
+/** A mistake in how the command was called: one line, exit code 2. */
+class UsageError extends Error {}
+
+interface _Config {
+  role: "server" | "client";
+  listenPort: number;
+  peerHost: string;
+  peerPort: number;
+  listenHost: string;
+  key?: string;
+  logLevel: LogLevel;
+  statsSeconds: number;
+}
+
+function _port(what: string, text: string | undefined): number {
+  if (text === undefined) throw new UsageError(`missing ${what}`);
+  const port = Number(text);
+  if (!/^\d+$/.test(text) || port < 1 || port > 65535) {
+    throw new UsageError(`${what} must be a port number 1-65535, got "${text}"`);
+  }
+  return port;
+}
+
+/** Parses and validates the command line (exported for tests). */
+export function parseTunnelArgs(args: string[]): _Config | "help" {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        "listen-host": { type: "string" },
+        key: { type: "string" },
+        "key-file": { type: "string" },
+        "log-level": { type: "string", default: "info" },
+        stats: { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message.split("\n")[0]);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) return "help";
+  const [role, listen, host, port, ...extra] = positionals;
+  if (role === undefined) throw new UsageError("missing command: server or client");
+  if (role !== "server" && role !== "client") {
+    throw new UsageError(`unknown command "${role}" (use server or client)`);
+  }
+  if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
+  const listenPort = _port("<listenPort>", listen);
+  const hostWhat = role === "server" ? "<forwardHost>" : "<serverHost>";
+  if (host === undefined) throw new UsageError(`missing ${hostWhat}`);
+  const peerPort = _port(role === "server" ? "<forwardPort>" : "<serverPort>", port);
+  const levels = ["debug", "info", "warning", "error"];
+  if (!levels.includes(values["log-level"]!)) {
+    throw new UsageError(
+      `--log-level must be one of ${levels.join(", ")}, got "${values["log-level"]}"`,
+    );
+  }
+  if (values.key !== undefined && values["key-file"] !== undefined) {
+    throw new UsageError("give --key or --key-file, not both");
+  }
+  let key = values.key;
+  if (values["key-file"] !== undefined) {
+    try {
+      key = Deno.readTextFileSync(values["key-file"]).split(/\r?\n/)[0];
+    } catch (error) {
+      throw new UsageError(
+        `cannot read key file ${values["key-file"]}: ${(error as Error).message}`,
+      );
+    }
+  }
+  if (key !== undefined && key.length === 0) throw new UsageError("the key is empty");
+  const statsSeconds = values.stats === undefined ? 0 : Number(values.stats);
+  if (!(statsSeconds >= 0) || !Number.isFinite(statsSeconds)) {
+    throw new UsageError(`--stats must be a number of seconds, got "${values.stats}"`);
+  }
+  return {
+    role,
+    listenPort,
+    peerHost: host,
+    peerPort,
+    listenHost: values["listen-host"] ?? (role === "server" ? "0.0.0.0" : "127.0.0.1"),
+    key,
+    logLevel: values["log-level"] as LogLevel,
+    statsSeconds,
+  };
+}
+
+function _render(record: LogRecord): string {
+  const text = record.message.map((p) => typeof p === "string" ? p : String(p)).join("");
+  // Session ids are long; people need only enough to tell sessions apart.
+  return text.replace(/\b([0-9a-f]{8})[0-9a-f]{24}\b/g, "$1");
+}
+
+async function _setupLogging(level: LogLevel): Promise<void> {
+  await configure({
+    sinks: {
+      stderr: (record) =>
+        console.error(
+          `${new Date(record.timestamp).toISOString()} ${record.level.padEnd(7)} ${
+            _render(record)
+          }`,
+        ),
+    },
+    loggers: [
+      { category: ["immortal"], lowestLevel: level, sinks: ["stderr"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
+    ],
+  });
+}
+
+async function _main(args: string[]): Promise<number> {
+  let config;
+  try {
+    config = parseTunnelArgs(args);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`error: ${error.message}\nRun with --help for usage.`);
+    return 2;
+  }
+  if (config === "help") {
+    console.log(USAGE);
+    return 0;
+  }
+  await _setupLogging(config.logLevel);
+  const log = getLogger(["immortal", "cli"]);
+  let tunnel: TunnelServer | TunnelClient;
+  try {
+    if (config.role === "server") {
+      tunnel = new TunnelServer({
+        hostname: config.listenHost,
+        port: config.listenPort,
+        key: config.key,
+        target: { hostname: config.peerHost, port: config.peerPort },
+      });
+      log.info("Tunnel server on {listen}, forwarding to {target}{keyed}", {
+        listen: `${config.listenHost}:${config.listenPort}`,
+        target: `${config.peerHost}:${config.peerPort}`,
+        keyed: config.key
+          ? " (key required)"
+          : " (no key: anyone who can reach this port may use it)",
+      });
+    } else {
+      // Fail fast on a server that is not there, rather than on the first user connection.
+      try {
+        const probe = await Deno.connect({ hostname: config.peerHost, port: config.peerPort });
+        probe.close();
+      } catch (error) {
+        console.error(
+          `error: cannot reach the tunnel server at ${config.peerHost}:${config.peerPort}: ${
+            (error as Error).message
+          }`,
+        );
+        return 1;
+      }
+      tunnel = new TunnelClient({
+        hostname: config.listenHost,
+        port: config.listenPort,
+        key: config.key,
+        server: { hostname: config.peerHost, port: config.peerPort },
+      });
+      log.info("Tunnel client on {listen}, via the server at {server}", {
+        listen: `${config.listenHost}:${config.listenPort}`,
+        server: `${config.peerHost}:${config.peerPort}`,
+      });
+    }
+  } catch (error) {
+    console.error(`error: ${(error as Error).message}`);
+    return 1;
+  }
+  const stats = config.statsSeconds > 0
+    ? setInterval(() => {
+      if (tunnel instanceof TunnelClient) {
+        for (const s of tunnel.sessions) {
+          const st = s.stats;
+          console.error(
+            `stats ${
+              s.sessionId.slice(0, 8)
+            } ${st.state}: ${st.bytesWritten} B out, ${st.bytesRead} B in, ` +
+              `${st.reconnects} reconnects, ${st.replayedBytes} B replayed, rtt ${
+                st.rttMs?.toFixed(1) ?? "-"
+              } ms`,
+          );
+        }
+      }
+      console.error(`stats ${tunnel.connections} open connection(s)`);
+    }, config.statsSeconds * 1000)
+    : undefined;
+  const stop = Promise.withResolvers<string>();
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  const handlers = signals.map((signal) => {
+    const handler = () => stop.resolve(signal);
+    Deno.addSignalListener(signal, handler);
+    return handler;
+  });
+  const signal = await stop.promise;
+  log.info("{signal}: closing the tunnel", { signal });
+  clearInterval(stats);
+  signals.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]));
+  await tunnel.close();
+  return 0;
+}
+
+if (import.meta.main) {
+  Deno.exit(await _main(Deno.args));
+}

@@ -1,0 +1,158 @@
+/**
+ * The near end of a tunnel: listens locally and carries each accepted TCP
+ * connection over its own ImmortalConn to a {@linkcode TunnelServer}.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import {
+  type BackoffOptions,
+  connect,
+  type ImmortalConn,
+  ImmortalError,
+  type SessionOptions,
+} from "../conn/mod.ts";
+import type { Dialer } from "../link/mod.ts";
+import { _splice, _TUNNEL_PREAMBLE } from "./splice.ts";
+
+const log = getLogger(["immortal", "tunnel"]);
+
+/** Settings of a {@linkcode TunnelClient}. */
+export interface TunnelClientOptions extends SessionOptions {
+  /** Local address to listen on. Default `127.0.0.1` (not the whole network). */
+  hostname?: string;
+  /** Local port to listen on; `0` picks one. */
+  port: number;
+  /** The tunnel server. */
+  server: { hostname: string; port: number };
+  /** Reach the server another way than plain TCP. */
+  dialer?: Dialer;
+  /** Reconnect backoff of each session. */
+  backoff?: BackoffOptions;
+  /**
+   * While the server is unreachable, a new local connection waits this long
+   * (ms) for it before it is closed. Default 30000.
+   */
+  connectWait?: number;
+}
+
+/** Forwards local TCP connections through immortal sessions. */
+export class TunnelClient implements AsyncDisposable {
+  #listener: Deno.TcpListener;
+  #options: TunnelClientOptions;
+  #active = new Set<Deno.TcpConn>();
+  #sessions = new Set<ImmortalConn>();
+  #closing = new AbortController();
+  #serving: Promise<void>;
+
+  /** Starts listening at once; see {@linkcode TunnelClientOptions}. */
+  constructor(options: TunnelClientOptions) {
+    this.#options = options;
+    this.#listener = Deno.listen({ hostname: options.hostname ?? "127.0.0.1", port: options.port });
+    this.#serving = this.#serve();
+  }
+
+  /** The local address applications connect to. */
+  get addr(): Deno.NetAddr {
+    return this.#listener.addr;
+  }
+
+  /** Tunneled connections currently open. */
+  get connections(): number {
+    return this.#active.size;
+  }
+
+  /** Live sessions, for statistics. */
+  get sessions(): ImmortalConn[] {
+    return [...this.#sessions];
+  }
+
+  async #serve(): Promise<void> {
+    for (;;) {
+      let tcp: Deno.TcpConn;
+      try {
+        tcp = await this.#listener.accept();
+      } catch {
+        return; // closed
+      }
+      this.#carry(tcp);
+    }
+  }
+
+  async #open(): Promise<ImmortalConn> {
+    const { server, connectWait = 30_000 } = this.#options;
+    const deadline = performance.now() + connectWait;
+    for (let attempt = 0;; attempt++) {
+      try {
+        return await connect({ ...this.#options, ...server, dialer: this.#options.dialer });
+      } catch (error) {
+        // A refused key will not get better by waiting.
+        if (!(error instanceof ImmortalError) || error.code !== "unreachable") throw error;
+        const wait = Math.min(2000, 100 * 2 ** attempt);
+        if (performance.now() + wait > deadline || this.#closing.signal.aborted) throw error;
+        log.warn("Server unreachable ({reason}); new connection waits", { reason: error.message });
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, wait);
+          this.#closing.signal.addEventListener("abort", () => {
+            clearTimeout(timer);
+            resolve();
+          }, { once: true });
+        });
+      }
+    }
+  }
+
+  async #carry(tcp: Deno.TcpConn): Promise<void> {
+    this.#active.add(tcp);
+    let conn: ImmortalConn | undefined;
+    try {
+      conn = await this.#open();
+      this.#sessions.add(conn);
+      await conn.write(new Uint8Array([_TUNNEL_PREAMBLE]));
+      const id = conn.sessionId.slice(0, 8);
+      log.info("Tunnel {id} connected for local client {local}", {
+        id,
+        local: `${tcp.remoteAddr.hostname}:${tcp.remoteAddr.port}`,
+      });
+      const { up, down } = await _splice(tcp, conn);
+      await conn.closed;
+      log.info("Tunnel {id} done: {up} bytes sent, {down} bytes received", { id, up, down });
+    } catch (error) {
+      log.error("Tunnel connection failed: {reason}", { reason: (error as Error).message });
+      try {
+        tcp.close();
+      } catch {
+        // Closed by the splice already.
+      }
+    } finally {
+      this.#active.delete(tcp);
+      if (conn) this.#sessions.delete(conn);
+    }
+  }
+
+  /** Stops listening and closes every tunneled connection. */
+  async close(): Promise<void> {
+    this.#closing.abort();
+    try {
+      this.#listener.close();
+    } catch {
+      // Already closed.
+    }
+    for (const conn of this.#sessions) conn.close();
+    for (const tcp of this.#active) {
+      try {
+        tcp.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    await this.#serving;
+    await Promise.allSettled([...this.#sessions].map((c) => c.closed));
+  }
+
+  /** Same as {@linkcode TunnelClient.close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}

@@ -1,0 +1,191 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { TunnelClient, TunnelServer } from "../mod.ts";
+import { FaultProxy } from "./_fault_proxy.ts";
+import { pattern, renderRecord, within, withLogs } from "./_helpers.ts";
+
+/** A plain TCP target. "echo": echoes until EOF. "reply": reads to EOF, then sends `replySize` bytes. */
+function startTarget(mode: "echo" | "reply", replySize = 0) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const tasks = new Set<Promise<void>>();
+  let accepted = 0;
+  const serving = (async () => {
+    for await (const conn of listener) {
+      accepted++;
+      conns.add(conn);
+      const task = (async () => {
+        const buffer = new Uint8Array(64 * 1024);
+        try {
+          for (;;) {
+            const n = await conn.read(buffer);
+            if (n === null) break;
+            if (mode === "echo") {
+              let off = 0;
+              while (off < n) off += await conn.write(buffer.subarray(off, n));
+            }
+          }
+          if (mode === "reply") {
+            for (const chunk of pattern(77, replySize)) {
+              let off = 0;
+              while (off < chunk.length) off += await conn.write(chunk.subarray(off));
+            }
+          }
+          conn.closeWrite();
+        } catch {
+          // The tunnel aborted this connection.
+        } finally {
+          try {
+            conn.close();
+          } catch {
+            // Closed by dispose already.
+          }
+          conns.delete(conn);
+        }
+      })();
+      tasks.add(task);
+      task.finally(() => tasks.delete(task));
+    }
+  })();
+  return {
+    port: listener.addr.port,
+    get accepted() {
+      return accepted;
+    },
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await serving;
+      await Promise.allSettled(tasks);
+      for (const conn of conns) conn.close();
+    },
+  };
+}
+
+async function roundTrip(port: number, seed: number, size: number): Promise<void> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const sent = createHash("sha256");
+  const got = createHash("sha256");
+  const writing = (async () => {
+    for (const chunk of pattern(seed, size, 32 * 1024)) {
+      sent.update(chunk);
+      let off = 0;
+      while (off < chunk.length) off += await conn.write(chunk.subarray(off));
+    }
+    await conn.closeWrite();
+  })();
+  let received = 0;
+  const buffer = new Uint8Array(64 * 1024);
+  for (;;) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    got.update(buffer.subarray(0, n));
+    received += n;
+  }
+  await writing;
+  conn.close();
+  assert.equal(received, size, `connection ${seed}: ${received} of ${size} bytes`);
+  assert.equal(got.digest("hex"), sent.digest("hex"), `connection ${seed}: bytes differ`);
+}
+
+const FAST = { backoff: { initial: 5, max: 50 }, heartbeatInterval: 200, deadLinkTimeout: 1000 };
+
+Deno.test("50 concurrent tunneled connections each move and verify their own data across link cuts", async () => {
+  await using target = startTarget("echo");
+  await using server = new TunnelServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    target: { hostname: "127.0.0.1", port: target.port },
+    ...FAST,
+  });
+  const proxy = await FaultProxy.start({ targetPort: (server.addr as Deno.NetAddr).port });
+  try {
+    await using client = new TunnelClient({
+      port: 0,
+      server: { hostname: "127.0.0.1", port: proxy.port },
+      ...FAST,
+    });
+    let cuts = 0;
+    const cutter = setInterval(() => {
+      if (proxy.reset() > 0) cuts++;
+    }, 150);
+    try {
+      await within(
+        120_000,
+        "50 connections",
+        Promise.all(
+          Array.from({ length: 50 }, (_, i) => roundTrip(client.addr.port, i + 1, 2 << 20)),
+        ),
+      );
+    } finally {
+      clearInterval(cutter);
+    }
+    assert.ok(cuts >= 3, `only ${cuts} cuts happened during the transfer`);
+    assert.equal(target.accepted, 50);
+  } finally {
+    await proxy.close();
+  }
+});
+
+Deno.test("half-close through the tunnel: a client that shuts its write side still gets the full reply", async () => {
+  const REPLY = 8 << 20;
+  await using target = startTarget("reply", REPLY);
+  await using server = new TunnelServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    target: { hostname: "127.0.0.1", port: target.port },
+  });
+  await using client = new TunnelClient({
+    port: 0,
+    server: { hostname: "127.0.0.1", port: (server.addr as Deno.NetAddr).port },
+  });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.addr.port });
+  await conn.write(new TextEncoder().encode("request"));
+  await conn.closeWrite();
+  const hash = createHash("sha256");
+  const buffer = new Uint8Array(64 * 1024);
+  let received = 0;
+  for (;;) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    hash.update(buffer.subarray(0, n));
+    received += n;
+  }
+  conn.close();
+  const expected = createHash("sha256");
+  for (const chunk of pattern(77, REPLY)) expected.update(chunk);
+  assert.equal(received, REPLY);
+  assert.equal(hash.digest("hex"), expected.digest("hex"));
+});
+
+Deno.test("wrong key: refused with a clear log line; the server is not an open proxy", async () => {
+  await withLogs(async (records) => {
+    await using target = startTarget("echo");
+    await using server = new TunnelServer({
+      hostname: "127.0.0.1",
+      port: 0,
+      key: "right",
+      target: { hostname: "127.0.0.1", port: target.port },
+    });
+    await using client = new TunnelClient({
+      port: 0,
+      key: "wrong",
+      server: { hostname: "127.0.0.1", port: (server.addr as Deno.NetAddr).port },
+    });
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.addr.port });
+    await conn.write(new TextEncoder().encode("let me in")).catch(() => {});
+    // The tunnel closes the local connection: EOF or reset, never data.
+    const n = await conn.read(new Uint8Array(16)).catch(() => null);
+    conn.close();
+    assert.equal(n, null);
+    assert.equal(target.accepted, 0, "the target was never dialed");
+    const lines = records.map(renderRecord);
+    assert.ok(
+      lines.some((l) => /Refused .*pre-shared key missing or wrong/.test(l)),
+      lines.join("\n"),
+    );
+    assert.ok(
+      lines.some((l) => /Tunnel connection failed: .*pre-shared key/.test(l)),
+      lines.join("\n"),
+    );
+  });
+});
