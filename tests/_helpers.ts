@@ -34,8 +34,10 @@ export async function sendPattern(conn: ImmortalConn, seed: number, size: number
   return hash.digest("hex");
 }
 
-/** Reads to end of stream; resolves to the byte count and SHA-256 (hex). */
-export async function receiveAll(conn: ImmortalConn): Promise<{ bytes: number; sha256: string }> {
+/** Reads to end of stream (any `read`-shaped conn); resolves to the byte count and SHA-256 (hex). */
+export async function receiveAll(
+  conn: { read(buffer: Uint8Array): Promise<number | null> },
+): Promise<{ bytes: number; sha256: string }> {
   const hash = createHash("sha256");
   const buffer = new Uint8Array(256 * 1024);
   let bytes = 0;

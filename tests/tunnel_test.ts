@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { TunnelClient, TunnelServer } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { pattern, renderRecord, within, withLogs } from "./_helpers.ts";
+import { pattern, receiveAll, renderRecord, within, withLogs } from "./_helpers.ts";
 
 /** A plain TCP target. "echo": echoes until EOF. "reply": reads to EOF, then sends `replySize` bytes. */
 function startTarget(mode: "echo" | "reply", replySize = 0) {
@@ -64,7 +64,6 @@ function startTarget(mode: "echo" | "reply", replySize = 0) {
 async function roundTrip(port: number, seed: number, size: number): Promise<void> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const sent = createHash("sha256");
-  const got = createHash("sha256");
   const writing = (async () => {
     for (const chunk of pattern(seed, size, 32 * 1024)) {
       sent.update(chunk);
@@ -73,18 +72,11 @@ async function roundTrip(port: number, seed: number, size: number): Promise<void
     }
     await conn.closeWrite();
   })();
-  let received = 0;
-  const buffer = new Uint8Array(64 * 1024);
-  for (;;) {
-    const n = await conn.read(buffer);
-    if (n === null) break;
-    got.update(buffer.subarray(0, n));
-    received += n;
-  }
+  const got = await receiveAll(conn);
   await writing;
   conn.close();
-  assert.equal(received, size, `connection ${seed}: ${received} of ${size} bytes`);
-  assert.equal(got.digest("hex"), sent.digest("hex"), `connection ${seed}: bytes differ`);
+  assert.equal(got.bytes, size, `connection ${seed}: ${got.bytes} of ${size} bytes`);
+  assert.equal(got.sha256, sent.digest("hex"), `connection ${seed}: bytes differ`);
 }
 
 const FAST = { backoff: { initial: 5, max: 50 }, heartbeatInterval: 200, deadLinkTimeout: 1000 };
@@ -141,20 +133,12 @@ Deno.test("half-close through the tunnel: a client that shuts its write side sti
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.addr.port });
   await conn.write(new TextEncoder().encode("request"));
   await conn.closeWrite();
-  const hash = createHash("sha256");
-  const buffer = new Uint8Array(64 * 1024);
-  let received = 0;
-  for (;;) {
-    const n = await conn.read(buffer);
-    if (n === null) break;
-    hash.update(buffer.subarray(0, n));
-    received += n;
-  }
+  const reply = await receiveAll(conn);
   conn.close();
   const expected = createHash("sha256");
   for (const chunk of pattern(77, REPLY)) expected.update(chunk);
-  assert.equal(received, REPLY);
-  assert.equal(hash.digest("hex"), expected.digest("hex"));
+  assert.equal(reply.bytes, REPLY);
+  assert.equal(reply.sha256, expected.digest("hex"));
 });
 
 Deno.test("wrong key: refused with a clear log line; the server is not an open proxy", async () => {

@@ -93,11 +93,17 @@ export class TunnelClient implements AsyncDisposable {
         if (performance.now() + wait > deadline || this.#closing.signal.aborted) throw error;
         log.warn("Server unreachable ({reason}); new connection waits", { reason: error.message });
         await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, wait);
-          this.#closing.signal.addEventListener("abort", () => {
+          const signal = this.#closing.signal;
+          // One listener per wait, removed when the wait ends, so retries do not pile them up.
+          const onAbort = () => {
             clearTimeout(timer);
             resolve();
-          }, { once: true });
+          };
+          const timer = setTimeout(() => {
+            signal.removeEventListener("abort", onAbort);
+            resolve();
+          }, wait);
+          signal.addEventListener("abort", onAbort, { once: true });
         });
       }
     }
