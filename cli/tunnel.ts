@@ -14,6 +14,7 @@
 
 import { parseArgs } from "node:util";
 import { configure, getLogger, type LogLevel, type LogRecord } from "@logtape/logtape";
+import { tcpDialer, tlsDialer } from "../lib/link/mod.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
 
 const USAGE = `immortal tunnel — TCP forwarding that survives broken links
@@ -31,12 +32,18 @@ Options:
   --listen-host HOST  address to listen on (server: 0.0.0.0, client: 127.0.0.1)
   --key KEY           pre-shared key (both ends must use the same)
   --key-file PATH     read the pre-shared key from a file (first line)
+  --tls-cert PATH     server: serve TLS with this certificate chain (PEM)
+  --tls-key PATH      server: private key of --tls-cert (PEM)
+  --tls               client: reach the server over TLS (system roots)
+  --tls-ca PATH       client: trust this CA certificate (PEM); implies --tls
+  --tls-name NAME     client: name the server certificate must carry
+                      (default: <serverHost>); implies --tls
   --log-level LEVEL   debug, info, warning or error (default: info)
   --stats SECONDS     print live statistics every SECONDS
   -h, --help          show this help
 
 Permissions: --allow-net for the listen address and the peer, plus
---allow-read for --key-file.`;
+--allow-read for the key, certificate and CA files.`;
 
 /** A mistake in how the command was called: one line, exit code 2. */
 class UsageError extends Error {}
@@ -48,6 +55,10 @@ interface _Config {
   peerPort: number;
   listenHost: string;
   key?: string;
+  /** Server: certificate and key PEM. */
+  tlsServer?: { cert: string; key: string };
+  /** Client: TLS settings, when TLS is on. */
+  tlsClient?: { caCerts?: string[]; serverName?: string };
   logLevel: LogLevel;
   statsSeconds: number;
 }
@@ -59,6 +70,62 @@ function _port(what: string, text: string | undefined): number {
     throw new UsageError(`${what} must be a port number 1-65535, got "${text}"`);
   }
   return port;
+}
+
+function _readFile(what: string, path: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new UsageError(`cannot read ${what} ${path}: ${(error as Error).message}`);
+  }
+}
+
+function _tlsSettings(
+  role: "server" | "client",
+  values: {
+    "tls-cert"?: string;
+    "tls-key"?: string;
+    tls?: boolean;
+    "tls-ca"?: string;
+    "tls-name"?: string;
+  },
+): Pick<_Config, "tlsServer" | "tlsClient"> {
+  const serverFlags = ["tls-cert", "tls-key"] as const;
+  const clientFlags = ["tls", "tls-ca", "tls-name"] as const;
+  const wrong = role === "server" ? clientFlags : serverFlags;
+  for (const flag of wrong) {
+    if (values[flag] !== undefined) {
+      throw new UsageError(`--${flag} is for the ${role === "server" ? "client" : "server"}`);
+    }
+  }
+  if (role === "server") {
+    const certPath = values["tls-cert"];
+    const keyPath = values["tls-key"];
+    if (certPath === undefined && keyPath === undefined) return {};
+    if (certPath === undefined || keyPath === undefined) {
+      throw new UsageError("TLS needs both --tls-cert and --tls-key");
+    }
+    const cert = _readFile("certificate file", certPath);
+    const key = _readFile("TLS key file", keyPath);
+    if (!cert.includes("-----BEGIN CERTIFICATE-----")) {
+      throw new UsageError(`${certPath} holds no PEM certificate`);
+    }
+    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key)) {
+      throw new UsageError(`${keyPath} holds no PEM private key`);
+    }
+    return { tlsServer: { cert, key } };
+  }
+  if (!values.tls && values["tls-ca"] === undefined && values["tls-name"] === undefined) return {};
+  const tlsClient: { caCerts?: string[]; serverName?: string } = {};
+  if (values["tls-ca"] !== undefined) {
+    const ca = _readFile("CA file", values["tls-ca"]);
+    if (!ca.includes("-----BEGIN CERTIFICATE-----")) {
+      throw new UsageError(`${values["tls-ca"]} holds no PEM certificate`);
+    }
+    tlsClient.caCerts = [ca];
+  }
+  if (values["tls-name"] !== undefined) tlsClient.serverName = values["tls-name"];
+  return { tlsClient };
 }
 
 /** Parses and validates the command line (exported for tests). */
@@ -73,6 +140,11 @@ export function parseTunnelArgs(args: string[]): _Config | "help" {
         "listen-host": { type: "string" },
         key: { type: "string" },
         "key-file": { type: "string" },
+        "tls-cert": { type: "string" },
+        "tls-key": { type: "string" },
+        tls: { type: "boolean" },
+        "tls-ca": { type: "string" },
+        "tls-name": { type: "string" },
         "log-level": { type: "string", default: "info" },
         stats: { type: "string" },
         help: { type: "boolean", short: "h" },
@@ -104,15 +176,10 @@ export function parseTunnelArgs(args: string[]): _Config | "help" {
   }
   let key = values.key;
   if (values["key-file"] !== undefined) {
-    try {
-      key = Deno.readTextFileSync(values["key-file"]).split(/\r?\n/)[0];
-    } catch (error) {
-      throw new UsageError(
-        `cannot read key file ${values["key-file"]}: ${(error as Error).message}`,
-      );
-    }
+    key = _readFile("key file", values["key-file"]).split(/\r?\n/)[0];
   }
   if (key !== undefined && key.length === 0) throw new UsageError("the key is empty");
+  const tls = _tlsSettings(role, values);
   const statsSeconds = values.stats === undefined ? 0 : Number(values.stats);
   if (!(statsSeconds >= 0) || !Number.isFinite(statsSeconds)) {
     throw new UsageError(`--stats must be a number of seconds, got "${values.stats}"`);
@@ -124,6 +191,7 @@ export function parseTunnelArgs(args: string[]): _Config | "help" {
     peerPort,
     listenHost: values["listen-host"] ?? (role === "server" ? "0.0.0.0" : "127.0.0.1"),
     key,
+    ...tls,
     logLevel: values["log-level"] as LogLevel,
     statsSeconds,
   };
@@ -174,20 +242,26 @@ async function _main(args: string[]): Promise<number> {
         hostname: config.listenHost,
         port: config.listenPort,
         key: config.key,
+        tls: config.tlsServer,
         target: { hostname: config.peerHost, port: config.peerPort },
       });
-      log.info("Tunnel server on {listen}, forwarding to {target}{keyed}", {
+      log.info("Tunnel server on {listen}{tls}, forwarding to {target}{keyed}", {
         listen: `${config.listenHost}:${config.listenPort}`,
+        tls: config.tlsServer ? " (TLS)" : "",
         target: `${config.peerHost}:${config.peerPort}`,
         keyed: config.key
           ? " (key required)"
           : " (no key: anyone who can reach this port may use it)",
       });
     } else {
-      // Fail fast on a server that is not there, rather than on the first user connection.
+      // Fail fast on a server that is not there (or whose certificate we
+      // would refuse), rather than on the first user connection.
+      const where = { hostname: config.peerHost, port: config.peerPort };
+      const dial = config.tlsClient
+        ? tlsDialer({ ...where, ...config.tlsClient })
+        : tcpDialer(where);
       try {
-        const probe = await Deno.connect({ hostname: config.peerHost, port: config.peerPort });
-        probe.close();
+        (await dial(AbortSignal.timeout(10_000))).close();
       } catch (error) {
         console.error(
           `error: cannot reach the tunnel server at ${config.peerHost}:${config.peerPort}: ${
@@ -200,11 +274,13 @@ async function _main(args: string[]): Promise<number> {
         hostname: config.listenHost,
         port: config.listenPort,
         key: config.key,
+        tls: config.tlsClient,
         server: { hostname: config.peerHost, port: config.peerPort },
       });
-      log.info("Tunnel client on {listen}, via the server at {server}", {
+      log.info("Tunnel client on {listen}, via the server at {server}{tls}", {
         listen: `${config.listenHost}:${config.listenPort}`,
         server: `${config.peerHost}:${config.peerPort}`,
+        tls: config.tlsClient ? " (TLS)" : "",
       });
     }
   } catch (error) {

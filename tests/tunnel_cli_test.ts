@@ -1,10 +1,15 @@
 import assert from "node:assert/strict";
+import { FaultProxy } from "./_fault_proxy.ts";
+import { freePort, within } from "./_helpers.ts";
+import { makeTestCerts } from "./_tls.ts";
 
-const CLI = new URL("../cli/tunnel.ts", import.meta.url).pathname;
+const ROOT = new URL("..", import.meta.url).pathname;
+const CLI = `${ROOT}cli/tunnel.ts`;
 
 async function run(args: string[], permissions = ["--allow-net=127.0.0.1"]) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", ...permissions, CLI, ...args],
+    cwd: ROOT,
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1" },
@@ -16,11 +21,65 @@ async function run(args: string[], permissions = ["--allow-net=127.0.0.1"]) {
   };
 }
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = l.addr.port;
-  l.close();
-  return port;
+/** A one-connection echo target. */
+function echoTarget() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const done = (async () => {
+    const conn = await listener.accept();
+    listener.close();
+    await conn.readable.pipeTo(conn.writable);
+  })();
+  return { port: listener.addr.port, done };
+}
+
+/** A tunnel CLI process whose log is collected line by line. */
+function spawnCli(deno: string[], script: string, args: string[]) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", ...deno, script, ...args],
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  let log = "";
+  const reading = (async () => {
+    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) log += text;
+  })();
+  return {
+    child,
+    get log() {
+      return log;
+    },
+    /** Waits until the log matches `pattern`. */
+    async waitFor(pattern: RegExp, what: string): Promise<void> {
+      await within(
+        30_000,
+        what,
+        (async () => {
+          while (!pattern.test(log)) {
+            const status = await Promise.race([
+              child.status,
+              new Promise((r) => setTimeout(r, 50, null)),
+            ]);
+            if (status) throw new Error(`exited before ${what}:\n${log}`);
+          }
+        })(),
+      );
+    },
+    /** SIGTERM, then the exit code and the whole log. */
+    async stop(): Promise<number> {
+      child.kill("SIGTERM");
+      const { code } = await child.status;
+      await reading;
+      return code;
+    },
+  };
+}
+
+async function echoThrough(port: number, text: string): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(new TextEncoder().encode(text));
+  await conn.closeWrite();
+  return await new Response(conn.readable).text();
 }
 
 Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every bad input", async () => {
@@ -29,83 +88,209 @@ Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every
   assert.match(help.stdout, /tunnel server <listenPort> <forwardHost> <forwardPort>/);
   assert.match(help.stdout, /tunnel client <listenPort> <serverHost> <serverPort>/);
 
-  const cases: [string[], RegExp, number][] = [
-    [[], /missing command/, 2],
-    [["relay", "1", "h", "2"], /unknown command "relay"/, 2],
-    [["server", "99999", "h", "22"], /<listenPort> must be a port number/, 2],
-    [["server", "2000", "h"], /missing <forwardPort>/, 2],
-    [["client", "2000", "127.0.0.1", "x"], /<serverPort> must be a port number/, 2],
-    [["server", "2000", "h", "22", "--bogus"], /Unknown option '--bogus'/, 2],
-    [["server", "2000", "h", "22", "--key-file", "/nonexistent/key"], /cannot read key file/, 2],
-    [
-      ["client", String(freePort()), "127.0.0.1", String(freePort())],
-      /cannot reach the tunnel server/,
-      1,
-    ],
-  ];
-  for (const [args, message, code] of cases) {
-    const result = await run(args, ["--allow-net=127.0.0.1", "--allow-read"]);
-    assert.equal(result.code, code, `${args.join(" ")}: exit ${result.code}\n${result.stderr}`);
-    assert.match(result.stderr, message);
-    assert.doesNotMatch(result.stderr, /^\s+at /m, `stack trace for: ${args.join(" ")}`);
+  // deno.json's permission set is loaded, and it is scoped: a port outside it is refused, in one line.
+  const scoped = await run(["server", "2100", "127.0.0.1", "22"], ["-P=tunnel-server"]);
+  assert.equal(scoped.code, 1, scoped.stderr);
+  assert.match(scoped.stderr, /error: Requires net access to "0.0.0.0:2100"/);
+  assert.doesNotMatch(scoped.stderr, /^\s+at /m);
+
+  const certs = await makeTestCerts();
+  // A server whose certificate the client below does not trust.
+  const tlsServer = Deno.listenTls({ hostname: "127.0.0.1", port: 0, ...certs });
+  const accepting = (async () => {
+    for await (const conn of tlsServer) {
+      conn.handshake().catch(() => {}).finally(() => conn.close());
+    }
+  })();
+  try {
+    const cases: [string[], RegExp, number][] = [
+      [[], /missing command/, 2],
+      [["relay", "1", "h", "2"], /unknown command "relay"/, 2],
+      [["server", "99999", "h", "22"], /<listenPort> must be a port number/, 2],
+      [["server", "2000", "h"], /missing <forwardPort>/, 2],
+      [["client", "2000", "127.0.0.1", "x"], /<serverPort> must be a port number/, 2],
+      [["server", "2000", "h", "22", "--bogus"], /Unknown option '--bogus'/, 2],
+      [["server", "2000", "h", "22", "--key-file", "/nonexistent/key"], /cannot read key file/, 2],
+      [["server", "2000", "h", "22", "--tls-cert", `${certs.dir}/cert.pem`], /needs both/, 2],
+      [
+        ["server", "2000", "h", "22", "--tls-ca", `${certs.dir}/ca.pem`],
+        /--tls-ca is for the client/,
+        2,
+      ],
+      [
+        [
+          "server",
+          "2000",
+          "h",
+          "22",
+          "--tls-cert",
+          `${certs.dir}/key.pem`,
+          "--tls-key",
+          `${certs.dir}/key.pem`,
+        ],
+        /holds no PEM certificate/,
+        2,
+      ],
+      [
+        ["client", String(freePort()), "127.0.0.1", String(freePort())],
+        /cannot reach the tunnel server/,
+        1,
+      ],
+      [
+        [
+          "client",
+          String(freePort()),
+          "127.0.0.1",
+          String(tlsServer.addr.port),
+          "--tls-ca",
+          `${certs.dir}/other_ca.pem`,
+        ],
+        /cannot reach the tunnel server at .*TLS handshake with 127\.0\.0\.1 failed/,
+        1,
+      ],
+    ];
+    for (const [args, message, code] of cases) {
+      const result = await run(args, ["--allow-net=127.0.0.1", "--allow-read"]);
+      assert.equal(result.code, code, `${args.join(" ")}: exit ${result.code}\n${result.stderr}`);
+      assert.match(result.stderr, message);
+      assert.doesNotMatch(result.stderr, /^\s+at /m, `stack trace for: ${args.join(" ")}`);
+    }
+  } finally {
+    tlsServer.close();
+    await accepting;
+    await Deno.remove(certs.dir, { recursive: true });
   }
 });
 
-Deno.test("tunnel CLI: a real session through server and client processes, then SIGTERM", async () => {
-  const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const echo = (async () => {
-    const conn = await target.accept();
-    await conn.readable.pipeTo(conn.writable);
-  })();
+Deno.test("tunnel CLI: TLS and a key file under exactly scoped permissions; the link's fate is told in words; SIGTERM exits cleanly", async () => {
+  const certs = await makeTestCerts();
+  await Deno.writeTextFile(`${certs.dir}/tunnel.key`, "correct horse battery staple\n");
+  const target = echoTarget();
   const serverPort = freePort();
   const clientPort = freePort();
-  const spawn = (args: string[]) =>
-    new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-net=127.0.0.1", CLI, ...args],
-      stdout: "null",
+  const proxy = await FaultProxy.start({ targetPort: serverPort });
+  try {
+    const server = spawnCli(
+      [
+        `--allow-net=127.0.0.1:${serverPort},127.0.0.1:${target.port}`,
+        `--allow-read=${certs.dir}`,
+      ],
+      CLI,
+      [
+        "server",
+        String(serverPort),
+        "127.0.0.1",
+        String(target.port),
+        "--listen-host",
+        "127.0.0.1",
+        "--key-file",
+        `${certs.dir}/tunnel.key`,
+        "--tls-cert",
+        `${certs.dir}/cert.pem`,
+        "--tls-key",
+        `${certs.dir}/key.pem`,
+      ],
+    );
+    await server.waitFor(/Tunnel server on 127.0.0.1:\d+ \(TLS\)/, "server start");
+    const client = spawnCli(
+      [`--allow-net=127.0.0.1:${clientPort},127.0.0.1:${proxy.port}`, `--allow-read=${certs.dir}`],
+      CLI,
+      [
+        "client",
+        String(clientPort),
+        "127.0.0.1",
+        String(proxy.port),
+        "--key-file",
+        `${certs.dir}/tunnel.key`,
+        "--tls-ca",
+        `${certs.dir}/ca.pem`,
+      ],
+    );
+    await client.waitFor(
+      /Tunnel client on 127.0.0.1:\d+, via the server at .* \(TLS\)/,
+      "client start",
+    );
+
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: clientPort });
+    const encoder = new TextEncoder();
+    await conn.write(encoder.encode("before the cut, "));
+    await client.waitFor(/Tunnel [0-9a-f]{8} connected/, "tunnel connected");
+    assert.ok(proxy.reset() > 0, "no link to cut");
+    await client.waitFor(/lost its link/, "link lost");
+    await client.waitFor(/resumed after \d+ ms via .*, \d+ bytes replayed/, "resume");
+    await conn.write(encoder.encode("after the cut"));
+    await conn.closeWrite();
+    const reply = await new Response(conn.readable).text();
+    assert.equal(reply, "before the cut, after the cut");
+    await target.done;
+
+    assert.equal(await client.stop(), 0, client.log);
+    assert.equal(await server.stop(), 0, server.log);
+    assert.match(server.log, /SIGTERM: closing the tunnel/);
+    assert.doesNotMatch(server.log + client.log, /^\s+at /m);
+  } finally {
+    await proxy.close();
+    await Deno.remove(certs.dir, { recursive: true });
+  }
+});
+
+Deno.test("tunnel CLI runs from a URL: help and a real short session", async () => {
+  // The repository, served over plain HTTP as a web server would.
+  const files = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    const path = decodeURIComponent(new URL(req.url).pathname);
+    if (path.includes("..")) return new Response("bad path", { status: 400 });
+    try {
+      const body = await Deno.readFile(`${ROOT}${path.slice(1)}`);
+      const type = path.endsWith(".json") ? "application/json" : "application/typescript";
+      return new Response(body, { headers: { "content-type": type } });
+    } catch {
+      return new Response("not found", { status: 404 });
+    }
+  });
+  const base = `http://127.0.0.1:${files.addr.port}`;
+  const remote = [
+    `--allow-import=127.0.0.1:${files.addr.port}`,
+    // A remote module has no deno.json of its own: its import map comes from the same server.
+    `--import-map=${base}/deno.json`,
+    `--reload=${base}`,
+  ];
+  try {
+    const help = await new Deno.Command(Deno.execPath(), {
+      args: ["run", ...remote, `${base}/cli/tunnel.ts`, "--help"],
+      stdout: "piped",
       stderr: "piped",
       env: { NO_COLOR: "1" },
-    }).spawn();
-  const server = spawn([
-    "server",
-    String(serverPort),
-    "127.0.0.1",
-    String(target.addr.port),
-    "--listen-host",
-    "127.0.0.1",
-    "--key",
-    "k",
-  ]);
-  const serverLog = server.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  assert.match((await serverLog.read()).value!, /Tunnel server on 127.0.0.1:\d+/);
-  const client = spawn([
-    "client",
-    String(clientPort),
-    "127.0.0.1",
-    String(serverPort),
-    "--key",
-    "k",
-  ]);
-  const clientLog = client.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  assert.match((await clientLog.read()).value!, /Tunnel client on 127.0.0.1:\d+/);
+    }).output();
+    assert.equal(help.code, 0, new TextDecoder().decode(help.stderr));
+    assert.match(new TextDecoder().decode(help.stdout), /tunnel server <listenPort>/);
 
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port: clientPort });
-  await conn.write(new TextEncoder().encode("through the tunnel"));
-  await conn.closeWrite();
-  const reply = await new Response(conn.readable).text();
-  assert.equal(reply, "through the tunnel");
-  await echo;
-  target.close();
-
-  for (const child of [client, server]) child.kill("SIGTERM");
-  assert.equal((await client.status).code, 0);
-  assert.equal((await server.status).code, 0);
-  const rest = async (r: ReadableStreamDefaultReader<string>) => {
-    let text = "";
-    for (let c = await r.read(); !c.done; c = await r.read()) text += c.value;
-    return text;
-  };
-  const [serverText, clientText] = await Promise.all([rest(serverLog), rest(clientLog)]);
-  assert.match(serverText, /SIGTERM: closing the tunnel/);
-  assert.match(clientText, /Tunnel [0-9a-f]{8} connected for local client/);
+    const target = echoTarget();
+    const serverPort = freePort();
+    const clientPort = freePort();
+    const server = spawnCli(
+      [...remote, `--allow-net=127.0.0.1:${serverPort},127.0.0.1:${target.port}`],
+      `${base}/cli/tunnel.ts`,
+      [
+        "server",
+        String(serverPort),
+        "127.0.0.1",
+        String(target.port),
+        "--listen-host",
+        "127.0.0.1",
+      ],
+    );
+    await server.waitFor(/Tunnel server on/, "server start");
+    const client = spawnCli(
+      [...remote, `--allow-net=127.0.0.1:${clientPort},127.0.0.1:${serverPort}`],
+      `${base}/cli/tunnel.ts`,
+      ["client", String(clientPort), "127.0.0.1", String(serverPort)],
+    );
+    await client.waitFor(/Tunnel client on/, "client start");
+    assert.equal(await echoThrough(clientPort, "from a URL"), "from a URL");
+    await target.done;
+    assert.equal(await client.stop(), 0, client.log);
+    assert.equal(await server.stop(), 0, server.log);
+  } finally {
+    await files.shutdown();
+  }
 });

@@ -3,6 +3,7 @@ import { createHash } from "node:crypto";
 import { TunnelClient, TunnelServer } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { pattern, receiveAll, renderRecord, within, withLogs } from "./_helpers.ts";
+import { makeTestCerts } from "./_tls.ts";
 
 /** A plain TCP target. "echo": echoes until EOF. "reply": reads to EOF, then sends `replySize` bytes. */
 function startTarget(mode: "echo" | "reply", replySize = 0) {
@@ -172,4 +173,71 @@ Deno.test("wrong key: refused with a clear log line; the server is not an open p
       lines.join("\n"),
     );
   });
+});
+
+Deno.test("TLS tunnel: connections verify their data across link cuts; a server the client does not trust is refused", async () => {
+  const certs = await makeTestCerts();
+  try {
+    await using target = startTarget("echo");
+    await using server = new TunnelServer({
+      hostname: "127.0.0.1",
+      port: 0,
+      tls: { cert: certs.cert, key: certs.key },
+      target: { hostname: "127.0.0.1", port: target.port },
+      ...FAST,
+    });
+    const proxy = await FaultProxy.start({ targetPort: (server.addr as Deno.NetAddr).port });
+    try {
+      await using client = new TunnelClient({
+        port: 0,
+        server: { hostname: "127.0.0.1", port: proxy.port },
+        tls: { caCerts: [certs.caCert] },
+        ...FAST,
+      });
+      let cuts = 0;
+      const cutter = setInterval(() => {
+        if (proxy.reset() > 0) cuts++;
+      }, 200);
+      try {
+        await within(
+          60_000,
+          "8 TLS connections",
+          Promise.all(
+            Array.from({ length: 8 }, (_, i) => roundTrip(client.addr.port, i + 100, 4 << 20)),
+          ),
+        );
+      } finally {
+        clearInterval(cutter);
+      }
+      assert.ok(cuts >= 3, `only ${cuts} cuts happened during the transfer`);
+    } finally {
+      await proxy.close();
+    }
+
+    // The same server, dialed by a client that trusts another CA: no session, target untouched.
+    const before = target.accepted;
+    await withLogs(async (records) => {
+      await using untrusting = new TunnelClient({
+        port: 0,
+        server: { hostname: "127.0.0.1", port: (server.addr as Deno.NetAddr).port },
+        tls: { caCerts: [certs.otherCaCert] },
+        connectWait: 0,
+      });
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: untrusting.addr.port });
+      const n = await conn.read(new Uint8Array(16)).catch(() => null);
+      conn.close();
+      assert.equal(n, null);
+      const lines = records.map(renderRecord);
+      assert.ok(
+        lines.some((l) =>
+          /Tunnel connection failed: .*TLS handshake with 127\.0\.0\.1 failed: .*(certificate|UnknownIssuer)/i
+            .test(l)
+        ),
+        lines.join("\n"),
+      );
+    });
+    assert.equal(target.accepted, before, "the target was never dialed");
+  } finally {
+    await Deno.remove(certs.dir, { recursive: true });
+  }
 });

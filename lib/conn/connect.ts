@@ -4,7 +4,7 @@
  * @module
  */
 
-import { type Dialer, tcpDialer } from "../link/mod.ts";
+import { type Dialer, tcpDialer, tlsDialer } from "../link/mod.ts";
 import { _dialAndHandshake } from "./dial.ts";
 import { ImmortalError } from "./errors.ts";
 import { _clientOpen, _hmacKey } from "./handshake.ts";
@@ -18,10 +18,32 @@ export interface ConnectOptions extends SessionOptions {
   hostname?: string;
   /** Server port (required unless `dialer` is given). */
   port?: number;
-  /** Makes links another way than plain TCP (TLS, WebSocket, a relay pipe, ...). */
+  /**
+   * Use TLS: `true` trusts the system's roots; an object adds trusted CA
+   * certificates (PEM) or names the certificate's expected server name.
+   */
+  tls?: true | ConnectTlsOptions;
+  /** Makes links another way than plain TCP or TLS (WebSocket, a relay pipe, ...). */
   dialer?: Dialer;
   /** Reconnect backoff. */
   backoff?: BackoffOptions;
+}
+
+/** TLS settings of a client; see {@linkcode ConnectOptions.tls}. */
+export interface ConnectTlsOptions {
+  /** Extra trusted CA certificates in PEM format. */
+  caCerts?: string[];
+  /** Name the server's certificate must carry. Default: the host name dialed. */
+  serverName?: string;
+}
+
+/** @internal The dialer that `options` describe: theirs, TLS or plain TCP. */
+export function _dialerFor(options: ConnectOptions): Dialer {
+  if (options.dialer) return options.dialer;
+  const hostname = options.hostname ?? "127.0.0.1";
+  const port = _checkPort("port", options.port);
+  if (!options.tls) return tcpDialer({ hostname, port });
+  return tlsDialer({ hostname, port, ...(options.tls === true ? {} : options.tls) });
 }
 
 /** @internal Validates a TCP port number, naming the setting in the error. */
@@ -51,9 +73,10 @@ export function _checkPort(name: string, port: unknown, allowZero = false): numb
  */
 export async function connect(options: ConnectOptions): Promise<ImmortalConn> {
   const resolved = _resolveOptions(options);
-  const hostname = options.hostname ?? "127.0.0.1";
-  const dialer = options.dialer ?? tcpDialer({ hostname, port: _checkPort("port", options.port) });
-  const where = options.dialer ? "the server" : `${hostname}:${options.port}`;
+  const dialer = _dialerFor(options);
+  const where = options.dialer
+    ? "the server"
+    : `${options.hostname ?? "127.0.0.1"}:${options.port}`;
   const psk = resolved.key ? await _hmacKey(resolved.key) : null;
   let opened;
   try {

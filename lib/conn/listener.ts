@@ -5,7 +5,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { type Acceptor, formatAddr, type Link, TcpAcceptor } from "../link/mod.ts";
+import { type Acceptor, formatAddr, type Link, TcpAcceptor, TlsAcceptor } from "../link/mod.ts";
 import { _checkPort } from "./connect.ts";
 import { ImmortalError } from "./errors.ts";
 import { _FrameReader } from "./frame_reader.ts";
@@ -22,12 +22,22 @@ export interface ListenOptions extends SessionOptions {
   hostname?: string;
   /** Port to listen on; `0` (the default) picks a free one. */
   port?: number;
-  /** Accepts links another way than plain TCP. */
+  /** Serve TLS with this certificate and key (PEM) instead of plain TCP. */
+  tls?: ListenTlsOptions;
+  /** Accepts links another way than plain TCP or TLS. */
   acceptor?: Acceptor;
   /** New sessions waiting for `accept()` beyond this are refused as busy. Default 128. */
   backlog?: number;
   /** Links still in their handshake beyond this are dropped at once. Default 256. */
   maxHandshakes?: number;
+}
+
+/** TLS identity of a server; see {@linkcode ListenOptions.tls}. */
+export interface ListenTlsOptions {
+  /** Certificate chain in PEM format. */
+  cert: string;
+  /** Private key in PEM format. */
+  key: string;
 }
 
 /** Accepts immortal sessions; resumes of known sessions are handled inside. */
@@ -226,10 +236,11 @@ export function listen(options: ListenOptions = {}): ImmortalListener {
   if (!Number.isInteger(maxHandshakes) || maxHandshakes < 1) {
     throw new RangeError(`maxHandshakes must be an integer >= 1, got ${maxHandshakes}`);
   }
+  const where = {
+    hostname: options.hostname,
+    port: _checkPort("port", options.port ?? 0, true),
+  };
   const acceptor = options.acceptor ??
-    new TcpAcceptor({
-      hostname: options.hostname,
-      port: _checkPort("port", options.port ?? 0, true),
-    });
+    (options.tls ? new TlsAcceptor({ ...where, ...options.tls }) : new TcpAcceptor(where));
   return new _Listener(acceptor, resolved, backlog, maxHandshakes);
 }

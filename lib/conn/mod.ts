@@ -5,8 +5,13 @@
  * @module
  */
 
-export { connect, type ConnectOptions } from "./connect.ts";
-export { type ImmortalListener, listen, type ListenOptions } from "./listener.ts";
+export { connect, type ConnectOptions, type ConnectTlsOptions } from "./connect.ts";
+export {
+  type ImmortalListener,
+  listen,
+  type ListenOptions,
+  type ListenTlsOptions,
+} from "./listener.ts";
 export type { ImmortalConn } from "./immortal_conn.ts";
 export {
   ConnEvent,

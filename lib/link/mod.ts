@@ -1,6 +1,6 @@
 /**
  * Transports for immortal sessions: the {@linkcode Link} abstraction and its
- * TCP implementation.
+ * TCP and TLS implementations.
  *
  * @module
  */
@@ -13,3 +13,4 @@ export {
   type TcpDialerOptions,
   TcpLink,
 } from "./tcp.ts";
+export { TlsAcceptor, type TlsAcceptorOptions, tlsDialer, type TlsDialerOptions } from "./tls.ts";

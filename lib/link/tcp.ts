@@ -6,20 +6,18 @@
 
 import type { Acceptor, Dialer, Link } from "./link.ts";
 
-/** A {@linkcode Link} over one `Deno.TcpConn`. */
+/** A {@linkcode Link} over one `Deno.TcpConn`, or a `Deno.TlsConn` on top of one. */
 export class TcpLink implements Link {
-  #conn: Deno.TcpConn;
+  #conn: Deno.TcpConn | Deno.TlsConn;
   #closed = false;
 
-  /** Wraps an open TCP connection; Nagle is turned off (frames are batched above). */
-  constructor(conn: Deno.TcpConn) {
+  /**
+   * Wraps an open connection. On a plain TCP connection Nagle is turned off
+   * (frames are batched above, so small writes are deliberate).
+   */
+  constructor(conn: Deno.TcpConn | Deno.TlsConn) {
     this.#conn = conn;
-    try {
-      conn.setNoDelay(true);
-      conn.setKeepAlive(true);
-    } catch {
-      // A connection that died before we configured it fails on first use.
-    }
+    if ("setNoDelay" in conn) _tuneTcp(conn);
   }
 
   /** Local address of the socket. */
@@ -52,6 +50,16 @@ export class TcpLink implements Link {
     } catch {
       // Already closed by the runtime after an error: nothing left to release.
     }
+  }
+}
+
+/** @internal Turns Nagle off and keep-alive on; a socket that already died fails on first use. */
+export function _tuneTcp(conn: Deno.TcpConn): void {
+  try {
+    conn.setNoDelay(true);
+    conn.setKeepAlive(true);
+  } catch {
+    // A connection that died before we configured it fails on first use.
   }
 }
 

@@ -9,6 +9,7 @@ import { getLogger } from "@logtape/logtape";
 import {
   type BackoffOptions,
   connect,
+  type ConnectTlsOptions,
   type ImmortalConn,
   ImmortalError,
   type SessionOptions,
@@ -26,7 +27,9 @@ export interface TunnelClientOptions extends SessionOptions {
   port: number;
   /** The tunnel server. */
   server: { hostname: string; port: number };
-  /** Reach the server another way than plain TCP. */
+  /** Reach the server over TLS; see {@linkcode ConnectTlsOptions}. */
+  tls?: true | ConnectTlsOptions;
+  /** Reach the server another way than plain TCP or TLS. */
   dialer?: Dialer;
   /** Reconnect backoff of each session. */
   backoff?: BackoffOptions;

@@ -9,6 +9,7 @@ import {
   type ImmortalConn,
   type ImmortalListener,
   listen,
+  type ListenTlsOptions,
   type SessionOptions,
 } from "../conn/mod.ts";
 import { type Acceptor, formatAddr } from "../link/mod.ts";
@@ -24,7 +25,9 @@ export interface TunnelServerOptions extends SessionOptions {
   port: number;
   /** Where each tunneled connection is forwarded. */
   target: { hostname: string; port: number };
-  /** Accept links another way than plain TCP. */
+  /** Serve TLS with this certificate and key (PEM) instead of plain TCP. */
+  tls?: ListenTlsOptions;
+  /** Accept links another way than plain TCP or TLS. */
   acceptor?: Acceptor;
 }
 
