@@ -42,6 +42,8 @@ const SEND_BUFFER_SIZE = 256 * 1024;
 const CONTROL_ROOM = 4096;
 /** An ACK goes out at the latest this long after the application consumed bytes. */
 const ACK_DELAY_MS = 10;
+/** On a busy link, a ping still goes out every this many heartbeat intervals (for the RTT). */
+const RTT_REFRESH_BEATS = 10;
 /** A session being closed gets this long to flush its last frame. */
 const FLUSH_TIMEOUT_MS = 1000;
 
@@ -117,6 +119,7 @@ export class _Session extends EventTarget implements ImmortalConn {
   // Timing.
   #lastInbound = 0;
   #lastPing = -Infinity;
+  #lastOutbound = -Infinity;
   #linkUpAt = 0;
   #lostAt = 0;
   #attempt = 0;
@@ -519,6 +522,7 @@ export class _Session extends EventTarget implements ImmortalConn {
         const n = this.#fill(buffer);
         if (n > 0) {
           await link.write(buffer.subarray(0, n));
+          this.#lastOutbound = performance.now();
           continue;
         }
         if (this.#closeAfterFlush) {
@@ -540,8 +544,8 @@ export class _Session extends EventTarget implements ImmortalConn {
       n += encodeFrameInto({ type: "ack", position: this.#consumed }, buffer, n);
       this.#ackSent = this.#consumed;
       this.#ackForced = false;
-      clearTimeout(this.#ackTimer);
-      this.#ackTimer = undefined;
+      // A pending ack timer is left to fire: it finds nothing new to ack and
+      // costs less than clearing and re-arming a timer on every message.
     }
     while (this.#control.length > 0 && n < CONTROL_ROOM) {
       n += encodeFrameInto(this.#control.shift()!, buffer, n);
@@ -681,7 +685,14 @@ export class _Session extends EventTarget implements ImmortalConn {
       this.#linkFailed(link, `nothing received for ${Math.round(now - this.#lastInbound)} ms`);
       return;
     }
-    if (now - this.#lastPing >= this.#opts.heartbeatInterval) {
+    // Ping when the link has been quiet outbound (the peer needs to hear
+    // something), and now and then anyway to refresh the RTT. Not pinging a
+    // busy link also keeps small extra writes off it: where TCP_NODELAY cannot
+    // be set (Deno.listenTls), such a write can wait for a delayed ACK.
+    const interval = this.#opts.heartbeatInterval;
+    if (
+      now - this.#lastOutbound >= interval || now - this.#lastPing >= interval * RTT_REFRESH_BEATS
+    ) {
       this.#lastPing = now;
       this.#control.push({ type: "ping", stamp: now });
       this.#kick();

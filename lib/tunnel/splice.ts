@@ -50,6 +50,13 @@ export interface SpliceResult {
  * fails, both are closed (the peer sees an abort, the local app a reset).
  */
 export async function _splice(tcp: Deno.TcpConn, conn: ImmortalConn): Promise<SpliceResult> {
+  // Whatever the application writes is forwarded as it comes; Nagle would only
+  // add a delayed-ACK wait to small request/response exchanges.
+  try {
+    tcp.setNoDelay(true);
+  } catch {
+    // A connection that already died fails on first use below.
+  }
   const up = _copy(tcp, conn).then(async (n) => {
     await conn.closeWrite();
     return n;
