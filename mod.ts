@@ -23,3 +23,4 @@ export * from "./lib/conn/mod.ts";
 export * from "./lib/link/mod.ts";
 export * from "./lib/frame/mod.ts";
 export * from "./lib/tunnel/mod.ts";
+export * from "./lib/relay/mod.ts";

@@ -1,0 +1,379 @@
+/**
+ * The relay client: {@linkcode RelayNode}.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import {
+  _openHttpStream,
+  _openWebSocket,
+  type _ClientTransport,
+  type _DialSettings,
+  RelayRefusedError,
+  type RelayTransportKind,
+} from "./node_transport.ts";
+import type { RelayMember, RelayRole } from "./protocol.ts";
+
+const log = getLogger(["immortal", "relay", "node"]);
+
+/** Connection state of a {@linkcode RelayNode}. */
+export type RelayNodeState = "connecting" | "connected" | "disconnected" | "closed";
+
+/** What a {@linkcode RelayNode} hears, from `node.events`. */
+export type RelayEvent =
+  | { type: "message"; from: string; to?: string; text: string }
+  | { type: "numbers"; from: string; to?: string; numbers: number[] }
+  | { type: "members"; members: RelayMember[] }
+  | { type: "join"; nickname: string; role: RelayRole }
+  | { type: "leave"; nickname: string; reason: "left" | "gone" }
+  | { type: "state"; state: RelayNodeState; transport?: RelayTransportKind; reason?: string }
+  | { type: "error"; code: string; message: string };
+
+/** Settings of {@linkcode RelayNode.connect}. */
+export interface RelayNodeOptions {
+  /** Session to join (1-64 letters, digits, `.`, `_`, `-`). */
+  session: string;
+  /** Wanted nickname; on a clash the relay assigns `name(1)`, `name(2)`, ... */
+  nickname: string;
+  /** The relay secret, if the relay has one. */
+  secret?: string;
+  /** `peer` (default), `bridge` or `agent`. */
+  role?: RelayRole;
+  /**
+   * `"auto"` (default) tries WebSocket first and falls back to HTTP streaming;
+   * or force one.
+   */
+  transport?: "auto" | RelayTransportKind;
+  /** Forward HTTP proxy, e.g. `http://proxy.example:3128`. */
+  proxy?: string;
+  /** Extra trusted CA certificates (PEM) for an `https:` relay. */
+  caCerts?: string[];
+  /** Per attempt, ms. Default 10000. */
+  connectTimeout?: number;
+  /** Attempts for the first connection before `connect` rejects. Default 3. */
+  retries?: number;
+  /** Reconnect backoff in ms. Default `{ initial: 250, max: 5000 }`. */
+  backoff?: { initial?: number; max?: number };
+  /** Events kept for a slow `events` reader before the oldest are dropped. Default 10000. */
+  maxBufferedEvents?: number;
+}
+
+const FADE_BEATS = 3;
+
+/**
+ * A node in a relay session.
+ *
+ * @example
+ * ```ts ignore
+ * import { RelayNode } from "@immortal/sockets";
+ * const node = await RelayNode.connect("https://relay.example", { session: "lab", nickname: "max" });
+ * node.send("hello, everyone");
+ * for await (const event of node.events) {
+ *   if (event.type === "message") console.log(`${event.from}: ${event.text}`);
+ * }
+ * ```
+ */
+export class RelayNode implements AsyncDisposable {
+  #options: RelayNodeOptions;
+  #settings: _DialSettings;
+  #transport: _ClientTransport | null = null;
+  #preferred: RelayTransportKind;
+  #nickname: string;
+  #token: string | undefined;
+  #members = new Map<string, RelayMember>();
+  #state: RelayNodeState = "connecting";
+  #outbox: object[] = [];
+  #events: RelayEvent[] = [];
+  #eventWaiter: (() => void) | null = null;
+  #lastHeard = performance.now();
+  #watchdog: ReturnType<typeof setInterval> | undefined;
+  #keepAlive = 1000;
+  #closed = false;
+  #reconnecting: Promise<void> | null = null;
+
+  private constructor(url: URL, options: RelayNodeOptions) {
+    this.#options = options;
+    this.#nickname = options.nickname;
+    this.#preferred = options.transport === "http" ? "http" : "websocket";
+    const client = options.proxy || options.caCerts
+      ? Deno.createHttpClient({
+        ...(options.proxy ? { proxy: { url: options.proxy } } : {}),
+        ...(options.caCerts ? { caCerts: options.caCerts } : {}),
+      })
+      : undefined;
+    this.#settings = {
+      base: url,
+      secret: options.secret,
+      client,
+      timeout: options.connectTimeout ?? 10_000,
+    };
+  }
+
+  /**
+   * Joins a session on the relay at `url` (`http:` or `https:`). Rejects with
+   * a {@linkcode RelayRefusedError} when the relay refuses (wrong secret, bad
+   * nickname, full), or with an `Error` once the retries are spent.
+   */
+  static async connect(url: string | URL, options: RelayNodeOptions): Promise<RelayNode> {
+    const base = new URL(url);
+    if (base.protocol !== "http:" && base.protocol !== "https:") {
+      throw new TypeError(`the relay URL must be http: or https:, got ${base.protocol}`);
+    }
+    const node = new RelayNode(base, options);
+    const retries = options.retries ?? 3;
+    let lastError: unknown;
+    for (let attempt = 0; attempt < Math.max(1, retries); attempt++) {
+      try {
+        await node.#open();
+        node.#watchdog = setInterval(() => node.#checkAlive(), 250);
+        return node;
+      } catch (error) {
+        lastError = error;
+        if (error instanceof RelayRefusedError) break;
+        if (attempt + 1 < retries) await _sleep(node.#backoff(attempt));
+      }
+    }
+    node.#settings.client?.close();
+    throw lastError;
+  }
+
+  /** The nickname the relay assigned (may differ from the wanted one). */
+  get nickname(): string {
+    return this.#nickname;
+  }
+
+  /** Current connection state. */
+  get state(): RelayNodeState {
+    return this.#state;
+  }
+
+  /** The transport in use, or `null` while disconnected. */
+  get transport(): RelayTransportKind | null {
+    return this.#transport?.kind ?? null;
+  }
+
+  /** The other nodes of the session, as last heard. */
+  get members(): RelayMember[] {
+    return [...this.#members.values()];
+  }
+
+  /** Events, in order; one reader. Ends after {@linkcode RelayNode.close}. */
+  get events(): AsyncIterable<RelayEvent> {
+    return { [Symbol.asyncIterator]: () => this.#iterate() };
+  }
+
+  /** Sends `text` to every other node of the session (that may hear it). */
+  send(text: string): void {
+    this.#post({ t: "msg", text: String(text) });
+  }
+
+  /** Sends `text` to one node. */
+  sendTo(nickname: string, text: string): void {
+    this.#post({ t: "msg", to: nickname, text: String(text) });
+  }
+
+  /** Sends numbers (finite) to everyone, or to one node when `to` is given. */
+  sendNumbers(numbers: readonly number[], to?: string): void {
+    if (!numbers.every((n) => typeof n === "number" && Number.isFinite(n))) {
+      throw new TypeError("sendNumbers takes finite numbers only");
+    }
+    this.#post({ t: "msg", ...(to === undefined ? {} : { to }), numbers: [...numbers] });
+  }
+
+  /** Leaves the session (the others hear "left") and ends `events`. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#watchdog);
+    const transport = this.#transport;
+    this.#transport = null;
+    await transport?.close();
+    this.#setState("closed");
+    await this.#reconnecting?.catch(() => {});
+    this.#settings.client?.close();
+    this.#wake();
+  }
+
+  /** Same as {@linkcode RelayNode.close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  #post(frame: object): void {
+    if (this.#closed) throw new Error("the node is closed");
+    if (this.#transport) return this.#transport.send(frame);
+    // Kept for the next connection, within reason.
+    if (this.#outbox.length >= 1024) throw new Error("not connected, and 1024 messages wait already");
+    this.#outbox.push(frame);
+  }
+
+  #backoff(attempt: number): number {
+    const { initial = 250, max = 5000 } = this.#options.backoff ?? {};
+    return Math.min(max, initial * 2 ** attempt) * (0.5 + Math.random() / 2);
+  }
+
+  async #open(): Promise<void> {
+    const hello = {
+      t: "hello",
+      session: this.#options.session,
+      nickname: this.#nickname,
+      role: this.#options.role ?? "peer",
+      secret: this.#options.secret,
+      token: this.#token,
+    };
+    const hooks = {
+      onFrame: (frame: Record<string, unknown>) => this.#onFrame(frame),
+      onClose: (reason: string) => this.#lost(reason),
+    };
+    const order: RelayTransportKind[] = this.#options.transport === "auto" ||
+        this.#options.transport === undefined
+      ? [this.#preferred, this.#preferred === "websocket" ? "http" : "websocket"]
+      : [this.#options.transport];
+    this.#setState("connecting");
+    let failure: unknown;
+    for (const kind of order) {
+      try {
+        const open = kind === "websocket" ? _openWebSocket : _openHttpStream;
+        const { transport, welcome } = await open(this.#settings, hello, hooks);
+        if (this.#closed) {
+          await transport.close();
+          return;
+        }
+        this.#transport = transport;
+        this.#preferred = kind;
+        this.#welcome(welcome);
+        return;
+      } catch (error) {
+        if (error instanceof RelayRefusedError) throw error;
+        failure = error;
+        log.info("Relay {kind} transport failed: {reason}", {
+          kind,
+          reason: (error as Error).message,
+        });
+      }
+    }
+    throw failure;
+  }
+
+  #welcome(welcome: Record<string, unknown>): void {
+    this.#nickname = String(welcome.nickname);
+    this.#token = String(welcome.token);
+    this.#keepAlive = Number(welcome.keepAlive) || 1000;
+    this.#lastHeard = performance.now();
+    this.#members.clear();
+    for (const member of welcome.members as RelayMember[]) this.#members.set(member.nickname, member);
+    this.#emit({ type: "members", members: this.members });
+    this.#setState("connected");
+    for (const frame of this.#outbox.splice(0)) this.#transport!.send(frame);
+  }
+
+  #onFrame(frame: Record<string, unknown>): void {
+    this.#lastHeard = performance.now();
+    switch (frame.t) {
+      case "ping":
+        this.#transport?.send({ t: "pong" });
+        return;
+      case "msg": {
+        const base = { from: String(frame.from), ...(frame.to ? { to: String(frame.to) } : {}) };
+        if (Array.isArray(frame.numbers)) {
+          this.#emit({ type: "numbers", ...base, numbers: frame.numbers as number[] });
+        } else this.#emit({ type: "message", ...base, text: String(frame.text) });
+        return;
+      }
+      case "join": {
+        const member = { nickname: String(frame.nickname), role: frame.role as RelayRole };
+        this.#members.set(member.nickname, member);
+        this.#emit({ type: "join", ...member });
+        return;
+      }
+      case "leave":
+        this.#members.delete(String(frame.nickname));
+        this.#emit({
+          type: "leave",
+          nickname: String(frame.nickname),
+          reason: frame.reason === "left" ? "left" : "gone",
+        });
+        return;
+      case "error":
+        this.#emit({ type: "error", code: String(frame.code), message: String(frame.message) });
+        return;
+    }
+  }
+
+  /** The relay has been silent too long: the link is dead even if TCP has not noticed. */
+  #checkAlive(): void {
+    if (this.#transport && performance.now() - this.#lastHeard > this.#keepAlive * FADE_BEATS) {
+      const transport = this.#transport;
+      this.#transport = null;
+      transport.close().catch(() => {});
+      this.#lost(`nothing heard from the relay for ${this.#keepAlive * FADE_BEATS} ms`);
+    }
+  }
+
+  #lost(reason: string): void {
+    if (this.#closed || this.#reconnecting) return;
+    this.#transport = null;
+    log.warn("Relay link lost: {reason}", { reason });
+    this.#setState("disconnected", reason);
+    this.#reconnecting = this.#reconnect().finally(() => this.#reconnecting = null);
+  }
+
+  async #reconnect(): Promise<void> {
+    for (let attempt = 0; !this.#closed; attempt++) {
+      await _sleep(attempt === 0 ? 0 : this.#backoff(attempt - 1));
+      if (this.#closed) return;
+      try {
+        await this.#open();
+        log.info("Relay link back as {nickname} via {kind}", {
+          nickname: this.#nickname,
+          kind: this.#transport?.kind,
+        });
+        return;
+      } catch (error) {
+        if (error instanceof RelayRefusedError) {
+          this.#emit({ type: "error", code: error.code, message: error.message });
+          await this.close();
+          return;
+        }
+        this.#setState("disconnected", (error as Error).message);
+      }
+    }
+  }
+
+  #setState(state: RelayNodeState, reason?: string): void {
+    if (this.#state === state && state !== "disconnected") return;
+    this.#state = state;
+    this.#emit({
+      type: "state",
+      state,
+      ...(this.#transport ? { transport: this.#transport.kind } : {}),
+      ...(reason ? { reason } : {}),
+    });
+  }
+
+  #emit(event: RelayEvent): void {
+    this.#events.push(event);
+    const max = this.#options.maxBufferedEvents ?? 10_000;
+    if (this.#events.length > max) this.#events.splice(0, this.#events.length - max);
+    this.#wake();
+  }
+
+  #wake(): void {
+    const wake = this.#eventWaiter;
+    this.#eventWaiter = null;
+    wake?.();
+  }
+
+  async *#iterate(): AsyncGenerator<RelayEvent> {
+    for (;;) {
+      while (this.#events.length > 0) yield this.#events.shift()!;
+      if (this.#closed) return;
+      await new Promise<void>((resolve) => this.#eventWaiter = resolve);
+    }
+  }
+}
+
+function _sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
