@@ -47,7 +47,10 @@ export class _Member {
 
   /** Token bucket: `rate` per second, bursts of twice that. */
   takeToken(now: number): boolean {
-    this.#tokens = Math.min(this.rate * 2, this.#tokens + (now - this.#refilled) * this.rate / 1000);
+    this.#tokens = Math.min(
+      this.rate * 2,
+      this.#tokens + (now - this.#refilled) * this.rate / 1000,
+    );
     this.#refilled = now;
     if (this.#tokens < 1) return false;
     this.#tokens--;
@@ -380,8 +383,10 @@ function _hears(listener: _Member, speaker: _Member): boolean {
 
 function _newToken(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return btoa(String.fromCharCode(...bytes)).replace(/[+/=]/g, (c) =>
-    c === "+" ? "-" : c === "/" ? "_" : "");
+  return btoa(String.fromCharCode(...bytes)).replace(
+    /[+/=]/g,
+    (c) => c === "+" ? "-" : c === "/" ? "_" : "",
+  );
 }
 
 /** @internal Compares secrets in time independent of where they differ. */

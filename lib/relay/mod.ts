@@ -9,11 +9,6 @@ export { Relay } from "./relay.ts";
 export { type RelayServer, serveRelay, type ServeRelayOptions } from "./serve.ts";
 export type { OverflowPolicy, RelayOptions } from "./options.ts";
 export type { RelayStats } from "./hub.ts";
-export {
-  type RelayEvent,
-  RelayNode,
-  type RelayNodeOptions,
-  type RelayNodeState,
-} from "./node.ts";
+export { type RelayEvent, RelayNode, type RelayNodeOptions, type RelayNodeState } from "./node.ts";
 export { RelayRefusedError, type RelayTransportKind } from "./node_transport.ts";
 export { type RelayMember, type RelayRole, SECRET_HEADER } from "./protocol.ts";

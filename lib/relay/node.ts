@@ -6,10 +6,10 @@
 
 import { getLogger } from "@logtape/logtape";
 import {
-  _openHttpStream,
-  _openWebSocket,
   type _ClientTransport,
   type _DialSettings,
+  _openHttpStream,
+  _openWebSocket,
   RelayRefusedError,
   type RelayTransportKind,
 } from "./node_transport.ts";
@@ -204,7 +204,9 @@ export class RelayNode implements AsyncDisposable {
     if (this.#closed) throw new Error("the node is closed");
     if (this.#transport) return this.#transport.send(frame);
     // Kept for the next connection, within reason.
-    if (this.#outbox.length >= 1024) throw new Error("not connected, and 1024 messages wait already");
+    if (this.#outbox.length >= 1024) {
+      throw new Error("not connected, and 1024 messages wait already");
+    }
     this.#outbox.push(frame);
   }
 
@@ -262,7 +264,9 @@ export class RelayNode implements AsyncDisposable {
     this.#keepAlive = Number(welcome.keepAlive) || 1000;
     this.#lastHeard = performance.now();
     this.#members.clear();
-    for (const member of welcome.members as RelayMember[]) this.#members.set(member.nickname, member);
+    for (const member of welcome.members as RelayMember[]) {
+      this.#members.set(member.nickname, member);
+    }
     this.#emit({ type: "members", members: this.members });
     this.#setState("connected");
     for (const frame of this.#outbox.splice(0)) this.#transport!.send(frame);

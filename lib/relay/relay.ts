@@ -62,7 +62,9 @@ export class Relay implements Disposable {
         return this.#home();
       case "GET /chat":
         return this.#hub.settings.chatPage
-          ? new Response(CHAT_PAGE_HTML, { headers: { "content-type": "text/html; charset=utf-8" } })
+          ? new Response(CHAT_PAGE_HTML, {
+            headers: { "content-type": "text/html; charset=utf-8" },
+          })
           : this.#refuse(404, "not-found", "no chat page on this relay");
       case "GET /healthz":
         return Response.json({ status: "ok", ...this.#gauges() });
@@ -321,13 +323,18 @@ ${this.#hub.settings.chatPage ? '<a href="/chat">Chat in the browser</a>.' : ""}
     }
     if (!Array.isArray(frames)) frames = [frames];
     for (const frame of frames as unknown[]) {
-      const data = JSON.stringify(frame);
-      if (this.#tooLarge(data)) {
-        return this.#refuse(413, "too-large", `frames are limited to ${settings.maxMessageBytes} bytes`);
-      }
-      const parsed = _parseFrame(data);
-      if (parsed === null) return this.#refuse(400, "bad-frame", "frames are JSON objects");
       if (this.#streams.get(req.headers.get(_STREAM_HEADER)!) !== member) break; // left mid-batch
+      const data = JSON.stringify(frame);
+      const parsed = _parseFrame(data);
+      // Like on a WebSocket, a bad frame is refused on its own; the stream goes on.
+      if (parsed === null || this.#tooLarge(data)) {
+        const [code, message] = parsed === null
+          ? ["bad-frame", "frames are JSON objects"]
+          : ["too-large", `frames are limited to ${settings.maxMessageBytes} bytes`];
+        this.#hub.refuse(code);
+        member.sink.push(JSON.stringify({ t: "error", code, message }));
+        continue;
+      }
       this.#hub.receive(member, parsed);
     }
     return new Response(null, { status: 204 });

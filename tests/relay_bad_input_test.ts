@@ -1,0 +1,255 @@
+/**
+ * The relay under bad input: clear status codes, and good nodes keep working.
+ */
+
+import assert from "node:assert/strict";
+import { RelayNode, RelayRefusedError, SECRET_HEADER } from "../mod.ts";
+import { delay, within } from "./_helpers.ts";
+import { startRelay, waitForEvent } from "./_relay.ts";
+
+function hello(fields: Record<string, unknown> = {}) {
+  return JSON.stringify({ t: "hello", session: "s", nickname: "n", ...fields });
+}
+
+async function post(url: string, body: string, headers: Record<string, string> = {}) {
+  const res = await fetch(url, { method: "POST", body, headers });
+  const text = await res.text();
+  return { status: res.status, text };
+}
+
+Deno.test("relay: wrong or missing secret → 401 on every transport; the node gets a RelayRefusedError", async () => {
+  await using relay = startRelay({ secret: "right" });
+  const stream = `${relay.url}/relay/stream`;
+  assert.equal((await post(stream, hello(), { [SECRET_HEADER]: "wrong" })).status, 401);
+  assert.equal((await post(stream, hello())).status, 401);
+  assert.equal((await post(stream, hello({ secret: "wrong" }))).status, 401);
+  const ws = await fetch(`${relay.url}/relay/ws`, {
+    headers: { upgrade: "websocket", [SECRET_HEADER]: "wrong" },
+  });
+  await ws.body?.cancel();
+  assert.equal(ws.status, 401);
+  for (const transport of ["websocket", "http"] as const) {
+    await assert.rejects(
+      RelayNode.connect(relay.url, { session: "s", nickname: "n", secret: "wrong", transport }),
+      (error) => error instanceof RelayRefusedError && error.code === "unauthorized",
+    );
+  }
+  await using good = await RelayNode.connect(relay.url, {
+    session: "s",
+    nickname: "n",
+    secret: "right",
+  });
+  assert.equal(good.transport, "websocket");
+  assert.ok(relay.relay.stats.refused.secret >= 5);
+});
+
+Deno.test("relay: over-long or control-character nicknames, bad session ids, bad roles → 400", async () => {
+  await using relay = startRelay({ maxNicknameLength: 16 });
+  const stream = `${relay.url}/relay/stream`;
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ nickname: "x".repeat(17) }, /longer than 16/],
+    [{ nickname: "bad\u0007bell" }, /control characters/],
+    [{ nickname: "line\nbreak" }, /control characters/],
+    [{ nickname: "rtl\u202eevil" }, /control characters/],
+    [{ nickname: " padded" }, /spaces/],
+    [{ nickname: "" }, /required/],
+    [{ session: "../etc" }, /session id/],
+    [{ session: "<script>" }, /session id/],
+    [{ role: "admin" }, /role/],
+  ];
+  for (const [fields, message] of cases) {
+    const res = await post(stream, hello(fields));
+    assert.equal(res.status, 400, JSON.stringify(fields));
+    assert.match(JSON.parse(res.text).message, message);
+  }
+  await assert.rejects(
+    RelayNode.connect(relay.url, { session: "s", nickname: "x".repeat(17) }),
+    (error) => error instanceof RelayRefusedError && error.code === "bad-request",
+  );
+  // 16 characters, counted as characters (not UTF-16 units or bytes), are fine.
+  await using ok = await RelayNode.connect(relay.url, { session: "s", nickname: "ü🌍".repeat(8) });
+  assert.equal(ok.nickname, "ü🌍".repeat(8));
+});
+
+Deno.test("relay: over-long messages, control characters and floods are refused per message; the node stays", async () => {
+  await using relay = startRelay({ maxMessageBytes: 1024, rate: 20 });
+  for (const transport of ["websocket", "http"] as const) {
+    const session = `m-${transport}`;
+    await using a = await RelayNode.connect(relay.url, { session, nickname: "a", transport });
+    await using b = await RelayNode.connect(relay.url, { session, nickname: "b", transport });
+    await waitForEvent(a, "join");
+    a.send("x".repeat(2000));
+    assert.equal((await waitForEvent(a, "error")).code, "too-large");
+    a.send("evil\u001b[2J");
+    assert.equal((await waitForEvent(a, "error")).code, "bad-message");
+    await delay(1100); // a fresh token bucket
+    for (let i = 0; i < 100; i++) a.send(`flood ${i}`);
+    assert.equal((await waitForEvent(a, "error")).code, "rate-limited");
+    const first = await waitForEvent(b, "message");
+    assert.equal(first.text, "flood 0", "b got the over-long or control-character message");
+  }
+  const raw = await fetch(`${relay.url}/relay/stream`, { method: "POST", body: "x".repeat(5000) });
+  await raw.body?.cancel();
+  assert.equal(raw.status, 413);
+});
+
+Deno.test("relay: thousands of junk requests get clear 4xx answers; a good node chats throughout", async () => {
+  await using relay = startRelay();
+  await using a = await RelayNode.connect(relay.url, { session: "j", nickname: "a" });
+  await using b = await RelayNode.connect(relay.url, { session: "j", nickname: "b" });
+  await waitForEvent(a, "join");
+  const junk: [string, string, RequestInit][] = [
+    ["GET", "/nope", {}],
+    ["DELETE", "/relay/stream", {}],
+    ["POST", "/relay/stream", { body: "not json" }],
+    ["POST", "/relay/stream", { body: '{"t":"msg"}' }],
+    ["POST", "/relay/stream", { body: "[1,2,3]" }],
+    ["POST", "/relay/send", { body: "{}" }],
+    ["POST", "/relay/send", { body: "{}", headers: { "x-relay-stream": "forged" } }],
+    ["GET", "/relay/ws", {}],
+    ["PUT", "/metrics", { body: "x" }],
+    ["GET", "/%00%ff", {}],
+  ];
+  const statuses = new Map<number, number>();
+  const TOTAL = 3000;
+  let sent = 0;
+  const worker = async () => {
+    while (sent < TOTAL) {
+      const [method, path, init] = junk[sent++ % junk.length];
+      const res = await fetch(`${relay.url}${path}`, { method, ...init });
+      await res.body?.cancel();
+      statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+    }
+  };
+  const chat = (async () => {
+    for (let i = 0; i < 20; i++) {
+      a.send(`still here ${i}`);
+      const got = await waitForEvent(b, "message", () => true, 2000);
+      assert.equal(got.text, `still here ${i}`);
+      await delay(20);
+    }
+  })();
+  await Promise.all([...Array.from({ length: 32 }, worker), chat]);
+  const codes = [...statuses.keys()].sort();
+  assert.ok(codes.every((c) => c >= 400 && c < 500), `statuses: ${JSON.stringify([...statuses])}`);
+  assert.deepEqual(codes, [400, 404, 405, 426]);
+  const health = await fetch(`${relay.url}/healthz`);
+  assert.deepEqual(await health.json(), { status: "ok", sessions: 1, nodes: 2 });
+});
+
+Deno.test("relay: connections that never finish a handshake are cut at the auth deadline; good nodes are unaffected", async () => {
+  await using relay = startRelay({ authTimeout: 500 });
+  // Silent WebSockets that never send a hello.
+  const sockets = Array.from(
+    { length: 50 },
+    () => new WebSocket(`ws://127.0.0.1:${relay.addr.port}/relay/ws`),
+  );
+  const closes = sockets.map((ws) =>
+    new Promise<number>((resolve) => ws.addEventListener("close", (e) => resolve(e.code)))
+  );
+  // Raw TCP connections that never send a request at all.
+  const raw = await Promise.all(
+    Array.from(
+      { length: 100 },
+      () => Deno.connect({ hostname: "127.0.0.1", port: relay.addr.port }),
+    ),
+  );
+  try {
+    await using a = await RelayNode.connect(relay.url, { session: "h", nickname: "a" });
+    await using b = await RelayNode.connect(relay.url, { session: "h", nickname: "b" });
+    await waitForEvent(a, "join");
+    b.send("fine");
+    assert.equal((await waitForEvent(a, "message")).text, "fine");
+    const codes = await Promise.all(closes);
+    assert.ok(codes.every((c) => c === 4408), `close codes: ${[...new Set(codes)]}`);
+    assert.equal(relay.relay.stats.refused["auth-timeout"], 50);
+  } finally {
+    for (const conn of raw) conn.close();
+  }
+});
+
+/** A WebSocket node that joins, then never reads again (its TCP buffers fill up). */
+async function stalledNode(port: number, nickname: string): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const request = `GET /relay/ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
+    `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
+  await conn.write(new TextEncoder().encode(request));
+  const head = new Uint8Array(4096);
+  const n = (await conn.read(head)) ?? 0;
+  assert.match(new TextDecoder().decode(head.subarray(0, n)), /^HTTP\/1.1 101/);
+  const payload = new TextEncoder().encode(hello({ session: "slow", nickname }));
+  // A client frame: FIN + text, masked (with an all-zero key, which leaves the payload as is).
+  const frame = new Uint8Array([
+    0x81,
+    0x80 | 126,
+    payload.length >> 8,
+    payload.length & 255,
+    0,
+    0,
+    0,
+    0,
+    ...payload,
+  ]);
+  await conn.write(frame);
+  return conn;
+}
+
+for (const overflow of ["disconnect", "drop"] as const) {
+  Deno.test(`relay: a node that stops reading hits its bounded queue (overflow "${overflow}"); the others get everything`, async () => {
+    // The queue holds a burst (3 × 60 KB) for a node that reads, not 24 MB for one that does not.
+    await using relay = startRelay({ overflow, maxQueueBytes: 256 * 1024, rate: 100_000 });
+    await using fast = await RelayNode.connect(relay.url, { session: "slow", nickname: "fast" });
+    const stalled = await stalledNode(relay.addr.port, "stalled");
+    try {
+      await waitForEvent(fast, "join", (e) => e.nickname === "stalled");
+      await using sender = await RelayNode.connect(relay.url, {
+        session: "slow",
+        nickname: "sender",
+      });
+      const big = "x".repeat(60_000);
+      const COUNT = 402; // 24 MB: far beyond what the kernel buffers for the stalled socket
+      // Paced in rounds the fast node keeps up with: only the stalled node falls behind.
+      const events = fast.events[Symbol.asyncIterator]();
+      await within(
+        30_000,
+        "paced rounds",
+        (async () => {
+          for (let got = 0; got < COUNT;) {
+            for (let i = got; i < got + 3; i++) sender.send(`${i} ${big}`);
+            for (const end = got + 3; got < end;) {
+              const { value: event } = await events.next();
+              if (event.type !== "message") continue;
+              assert.ok(
+                event.text.startsWith(`${got} `),
+                "the fast node lost or reordered a message",
+              );
+              got++;
+            }
+          }
+        })(),
+      );
+      const stats = relay.relay.stats;
+      if (overflow === "disconnect") {
+        assert.equal(stats.slowDisconnects, 1);
+        assert.equal(stats.dropped, 0);
+        assert.ok(
+          !sender.members.some((m) => m.nickname === "stalled"),
+          "the stalled node is still listed",
+        );
+      } else {
+        assert.equal(stats.slowDisconnects, 0);
+        assert.ok(stats.dropped > 0, "nothing was dropped");
+        assert.ok(sender.members.some((m) => m.nickname === "stalled"));
+      }
+      const metrics = await (await fetch(`${relay.url}/metrics`)).text();
+      assert.match(
+        metrics,
+        overflow === "drop"
+          ? /immortal_relay_dropped_total [1-9]/
+          : /immortal_relay_slow_disconnects_total 1/,
+      );
+    } finally {
+      stalled.close();
+    }
+  });
+}
