@@ -1,0 +1,68 @@
+/**
+ * The relay through real proxies: a forward proxy that does not pass
+ * WebSockets (tinyproxy), and a buffering reverse proxy (nginx).
+ */
+
+import assert from "node:assert/strict";
+import { RelayNode } from "../mod.ts";
+import { delay } from "./_helpers.ts";
+import { startNginx, startTinyproxy } from "./_proxies.ts";
+import { startRelay, waitForEvent } from "./_relay.ts";
+
+/** Chat both ways between a node behind the proxy and a direct one; each message within `ms`. */
+async function chat(behind: RelayNode, direct: RelayNode, ms: number): Promise<void> {
+  for (let i = 0; i < 5; i++) {
+    const started = performance.now();
+    direct.send(`down ${i}`);
+    assert.equal((await waitForEvent(behind, "message", () => true, ms)).text, `down ${i}`);
+    behind.send(`up ${i}`);
+    assert.equal((await waitForEvent(direct, "message", () => true, ms)).text, `up ${i}`);
+    assert.ok(
+      performance.now() - started < ms,
+      `round ${i} took ${performance.now() - started} ms`,
+    );
+    await delay(100);
+  }
+}
+
+Deno.test("relay through a forward proxy that refuses WebSocket tunnels (tinyproxy): the node falls back to HTTP streaming and chats", async () => {
+  await using relay = startRelay({ secret: "s3" });
+  await using proxy = await startTinyproxy();
+  await using direct = await RelayNode.connect(relay.url, {
+    session: "p",
+    nickname: "direct",
+    secret: "s3",
+  });
+  await using behind = await RelayNode.connect(relay.url, {
+    session: "p",
+    nickname: "behind",
+    secret: "s3",
+    proxy: `http://127.0.0.1:${proxy.port}`,
+  });
+  assert.equal(behind.transport, "http", "the node did not fall back");
+  await waitForEvent(direct, "join", (e) => e.nickname === "behind");
+  await chat(behind, direct, 2000);
+  const log = await proxy.log();
+  assert.match(log, /relay\/stream/, `the stream did not go through tinyproxy:\n${log}`);
+  assert.doesNotMatch(log, /s3/, "the secret showed up in the proxy's log");
+  await behind.close();
+  assert.equal((await waitForEvent(direct, "leave")).reason, "left");
+});
+
+Deno.test("relay behind a buffering reverse proxy (nginx defaults): the node falls back from WebSocket, messages arrive promptly", async () => {
+  await using relay = startRelay();
+  await using nginx = await startNginx(relay.addr.port);
+  await using direct = await RelayNode.connect(relay.url, { session: "n", nickname: "direct" });
+  await using behind = await RelayNode.connect(`http://127.0.0.1:${nginx.port}`, {
+    session: "n",
+    nickname: "behind",
+  });
+  assert.equal(behind.transport, "http", "nginx without upgrade headers cannot carry WebSockets");
+  await waitForEvent(direct, "join", (e) => e.nickname === "behind");
+  // Small messages: a buffering proxy would hold them until its buffer fills.
+  await chat(behind, direct, 500);
+  // The stream request is still open (nginx logs requests when they end).
+  const log = await nginx.log();
+  assert.match(log, /"GET \/relay\/ws HTTP\/1.1" 426/);
+  assert.match(log, /"POST \/relay\/send HTTP\/1.1" 204/);
+});
