@@ -13,7 +13,16 @@
  */
 
 import { parseArgs } from "node:util";
-import { configure, getLogger, type LogLevel, type LogRecord } from "@logtape/logtape";
+import { getLogger, type LogLevel } from "@logtape/logtape";
+import {
+  parseLogLevel,
+  parsePort,
+  readFileArg,
+  runMain,
+  setupLogging,
+  UsageError,
+  waitForStopSignal,
+} from "./_common.ts";
 import { tcpDialer, tlsDialer } from "../lib/link/mod.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
 
@@ -45,9 +54,6 @@ Options:
 Permissions: --allow-net for the listen address and the peer, plus
 --allow-read for the key, certificate and CA files.`;
 
-/** A mistake in how the command was called: one line, exit code 2. */
-class UsageError extends Error {}
-
 interface _Config {
   role: "server" | "client";
   listenPort: number;
@@ -61,23 +67,6 @@ interface _Config {
   tlsClient?: { caCerts?: string[]; serverName?: string };
   logLevel: LogLevel;
   statsSeconds: number;
-}
-
-function _port(what: string, text: string | undefined): number {
-  if (text === undefined) throw new UsageError(`missing ${what}`);
-  const port = Number(text);
-  if (!/^\d+$/.test(text) || port < 1 || port > 65535) {
-    throw new UsageError(`${what} must be a port number 1-65535, got "${text}"`);
-  }
-  return port;
-}
-
-function _readFile(what: string, path: string): string {
-  try {
-    return Deno.readTextFileSync(path);
-  } catch (error) {
-    throw new UsageError(`cannot read ${what} ${path}: ${(error as Error).message}`);
-  }
 }
 
 function _tlsSettings(
@@ -105,8 +94,8 @@ function _tlsSettings(
     if (certPath === undefined || keyPath === undefined) {
       throw new UsageError("TLS needs both --tls-cert and --tls-key");
     }
-    const cert = _readFile("certificate file", certPath);
-    const key = _readFile("TLS key file", keyPath);
+    const cert = readFileArg("certificate file", certPath);
+    const key = readFileArg("TLS key file", keyPath);
     if (!cert.includes("-----BEGIN CERTIFICATE-----")) {
       throw new UsageError(`${certPath} holds no PEM certificate`);
     }
@@ -118,7 +107,7 @@ function _tlsSettings(
   if (!values.tls && values["tls-ca"] === undefined && values["tls-name"] === undefined) return {};
   const tlsClient: { caCerts?: string[]; serverName?: string } = {};
   if (values["tls-ca"] !== undefined) {
-    const ca = _readFile("CA file", values["tls-ca"]);
+    const ca = readFileArg("CA file", values["tls-ca"]);
     if (!ca.includes("-----BEGIN CERTIFICATE-----")) {
       throw new UsageError(`${values["tls-ca"]} holds no PEM certificate`);
     }
@@ -161,22 +150,17 @@ export function parseTunnelArgs(args: string[]): _Config | "help" {
     throw new UsageError(`unknown command "${role}" (use server or client)`);
   }
   if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
-  const listenPort = _port("<listenPort>", listen);
+  const listenPort = parsePort("<listenPort>", listen);
   const hostWhat = role === "server" ? "<forwardHost>" : "<serverHost>";
   if (host === undefined) throw new UsageError(`missing ${hostWhat}`);
-  const peerPort = _port(role === "server" ? "<forwardPort>" : "<serverPort>", port);
-  const levels = ["debug", "info", "warning", "error"];
-  if (!levels.includes(values["log-level"]!)) {
-    throw new UsageError(
-      `--log-level must be one of ${levels.join(", ")}, got "${values["log-level"]}"`,
-    );
-  }
+  const peerPort = parsePort(role === "server" ? "<forwardPort>" : "<serverPort>", port);
+  const logLevel = parseLogLevel(values["log-level"]!);
   if (values.key !== undefined && values["key-file"] !== undefined) {
     throw new UsageError("give --key or --key-file, not both");
   }
   let key = values.key;
   if (values["key-file"] !== undefined) {
-    key = _readFile("key file", values["key-file"]).split(/\r?\n/)[0];
+    key = readFileArg("key file", values["key-file"]).split(/\r?\n/)[0];
   }
   if (key !== undefined && key.length === 0) throw new UsageError("the key is empty");
   const tls = _tlsSettings(role, values);
@@ -192,48 +176,18 @@ export function parseTunnelArgs(args: string[]): _Config | "help" {
     listenHost: values["listen-host"] ?? (role === "server" ? "0.0.0.0" : "127.0.0.1"),
     key,
     ...tls,
-    logLevel: values["log-level"] as LogLevel,
+    logLevel,
     statsSeconds,
   };
 }
 
-function _render(record: LogRecord): string {
-  const text = record.message.map((p) => typeof p === "string" ? p : String(p)).join("");
-  // Session ids are long; people need only enough to tell sessions apart.
-  return text.replace(/\b([0-9a-f]{8})[0-9a-f]{24}\b/g, "$1");
-}
-
-async function _setupLogging(level: LogLevel): Promise<void> {
-  await configure({
-    sinks: {
-      stderr: (record) =>
-        console.error(
-          `${new Date(record.timestamp).toISOString()} ${record.level.padEnd(7)} ${
-            _render(record)
-          }`,
-        ),
-    },
-    loggers: [
-      { category: ["immortal"], lowestLevel: level, sinks: ["stderr"] },
-      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
-    ],
-  });
-}
-
 async function _main(args: string[]): Promise<number> {
-  let config;
-  try {
-    config = parseTunnelArgs(args);
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`error: ${error.message}\nRun with --help for usage.`);
-    return 2;
-  }
+  const config = parseTunnelArgs(args);
   if (config === "help") {
     console.log(USAGE);
     return 0;
   }
-  await _setupLogging(config.logLevel);
+  await setupLogging(config.logLevel);
   const log = getLogger(["immortal", "cli"]);
   let tunnel: TunnelServer | TunnelClient;
   try {
@@ -305,21 +259,13 @@ async function _main(args: string[]): Promise<number> {
       console.error(`stats ${tunnel.connections} open connection(s)`);
     }, config.statsSeconds * 1000)
     : undefined;
-  const stop = Promise.withResolvers<string>();
-  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  const handlers = signals.map((signal) => {
-    const handler = () => stop.resolve(signal);
-    Deno.addSignalListener(signal, handler);
-    return handler;
-  });
-  const signal = await stop.promise;
+  const signal = await waitForStopSignal();
   log.info("{signal}: closing the tunnel", { signal });
   clearInterval(stats);
-  signals.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]));
   await tunnel.close();
   return 0;
 }
 
 if (import.meta.main) {
-  Deno.exit(await _main(Deno.args));
+  await runMain(() => _main(Deno.args));
 }

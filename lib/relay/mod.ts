@@ -12,3 +12,9 @@ export type { RelayStats } from "./hub.ts";
 export { type RelayEvent, RelayNode, type RelayNodeOptions, type RelayNodeState } from "./node.ts";
 export { RelayRefusedError, type RelayTransportKind } from "./node_transport.ts";
 export { type RelayMember, type RelayRole, SECRET_HEADER } from "./protocol.ts";
+export {
+  loadRelayConfig,
+  type LoadRelayConfigOptions,
+  RELAY_CONFIG_FILE,
+  type RelayConfig,
+} from "./config.ts";

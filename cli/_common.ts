@@ -1,0 +1,112 @@
+/**
+ * What the command-line entry points share: usage errors, argument checks,
+ * logging to stderr in words, and waiting for SIGINT/SIGTERM.
+ *
+ * @module
+ */
+
+import { configure, type LogLevel, type LogRecord } from "@logtape/logtape";
+
+/** A mistake in how the command was called: one line, exit code 2. */
+export class UsageError extends Error {}
+
+/** Log levels a user may pick. */
+export const LOG_LEVELS = ["debug", "info", "warning", "error"] as const;
+
+/** Parses a port number 1-65535 (or 0 when `allowZero`), naming `what` in the error. */
+export function parsePort(what: string, text: string | undefined, allowZero = false): number {
+  if (text === undefined) throw new UsageError(`missing ${what}`);
+  const port = Number(text);
+  if (!/^\d+$/.test(text) || port < (allowZero ? 0 : 1) || port > 65535) {
+    throw new UsageError(
+      `${what} must be a port number ${allowZero ? 0 : 1}-65535, got "${text}"`,
+    );
+  }
+  return port;
+}
+
+/** Parses a positive number (integer when `integer`), naming the flag in the error. */
+export function parsePositive(flag: string, text: string, integer = true): number {
+  const value = Number(text);
+  if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
+    throw new UsageError(
+      `${flag} must be a positive ${integer ? "integer" : "number"}, got "${text}"`,
+    );
+  }
+  return value;
+}
+
+/** Checks `--log-level`. */
+export function parseLogLevel(text: string): LogLevel {
+  if (!(LOG_LEVELS as readonly string[]).includes(text)) {
+    throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${text}"`);
+  }
+  return text as LogLevel;
+}
+
+/** Reads a text file named on the command line; a failure is a usage error. */
+export function readFileArg(what: string, path: string): string {
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new UsageError(`cannot read ${what} ${path}: ${(error as Error).message}`);
+  }
+}
+
+function _render(record: LogRecord): string {
+  const text = record.message.map((p) => typeof p === "string" ? p : String(p)).join("");
+  // Session ids are long; people need only enough to tell sessions apart.
+  return text.replace(/\b([0-9a-f]{8})[0-9a-f]{24}\b/g, "$1");
+}
+
+/** Sends `["immortal", ...]` logs to stderr as timestamped lines. */
+export async function setupLogging(level: LogLevel): Promise<void> {
+  await configure({
+    sinks: {
+      stderr: (record) =>
+        console.error(
+          `${new Date(record.timestamp).toISOString()} ${record.level.padEnd(7)} ${
+            _render(record)
+          }`,
+        ),
+    },
+    loggers: [
+      { category: ["immortal"], lowestLevel: level, sinks: ["stderr"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
+    ],
+  });
+}
+
+/** Resolves with the name of the first SIGINT or SIGTERM, then stops listening for them. */
+export async function waitForStopSignal(): Promise<Deno.Signal> {
+  const stop = Promise.withResolvers<Deno.Signal>();
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  const handlers = signals.map((signal) => {
+    const handler = () => stop.resolve(signal);
+    Deno.addSignalListener(signal, handler);
+    return handler;
+  });
+  const signal = await stop.promise;
+  signals.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]));
+  return signal;
+}
+
+/**
+ * Runs a CLI `main`: usage errors print one line and exit 2; anything else
+ * that escapes prints one line and exits 1 (no stack trace for users).
+ */
+export async function runMain(main: () => Promise<number>): Promise<never> {
+  let code: number;
+  try {
+    code = await main();
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`error: ${error.message}\nRun with --help for usage.`);
+      code = 2;
+    } else {
+      console.error(`error: ${error instanceof Error ? error.message : String(error)}`);
+      code = 1;
+    }
+  }
+  Deno.exit(code);
+}

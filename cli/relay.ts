@@ -1,0 +1,204 @@
+/**
+ * `immortal-relay`: the firewall-friendly HTTP relay.
+ *
+ * ```sh
+ * deno run --allow-net=0.0.0.0:8080 --allow-env=IMMORTAL_RELAY_SECRET cli/relay.ts --port 8080
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { getLogger, type LogLevel } from "@logtape/logtape";
+import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
+import type { OverflowPolicy } from "../lib/relay/options.ts";
+import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
+import {
+  parseLogLevel,
+  parsePort,
+  parsePositive,
+  readFileArg,
+  runMain,
+  setupLogging,
+  UsageError,
+  waitForStopSignal,
+} from "./_common.ts";
+
+const USAGE = `immortal relay — links hosts that can only make outgoing HTTP(S) connections
+
+Usage:
+  relay [options]
+
+Options:
+  --port PORT              port to listen on (default 8080)
+  --hostname HOST          address to listen on (default 0.0.0.0)
+  --secret SECRET          relay secret nodes must present
+  --secret-file PATH       read the secret from a file (first line)
+  --tls-cert PATH          serve HTTPS with this certificate chain (PEM)
+  --tls-key PATH           private key of --tls-cert (PEM)
+  --keep-alive MS          keep-alive interval (default 1000); a node silent
+                           for 2.5 intervals is declared gone
+  --max-sessions N         most sessions at once (default 10000)
+  --max-nodes N            most nodes per session (default 1000)
+  --max-message-bytes N    largest message (default 65536)
+  --max-nickname N         longest nickname in characters (default 32)
+  --rate N                 messages per second per node (default 100)
+  --auth-timeout MS        a connection must join within this (default 5000)
+  --max-queue-bytes N      bytes queued towards one node (default 1048576)
+  --overflow POLICY        full queue: disconnect (default) or drop
+  --no-chat-page           do not serve the browser chat page at /chat
+  --log-level LEVEL        debug, info, warning or error (default: info)
+  -h, --help               show this help
+
+Settings also come from the environment (IMMORTAL_RELAY_SECRET,
+IMMORTAL_RELAY_HOSTNAME, IMMORTAL_RELAY_PORT) and from ${RELAY_CONFIG_FILE}
+in the working directory, then the home directory; flags win.
+
+Without a secret the relay still runs (for development) and says it is open.
+
+Permissions: --allow-net for the listen address; --allow-read for secret,
+certificate and config files; --allow-env for the variables above.`;
+
+interface _RelayCliConfig {
+  serve: ServeRelayOptions;
+  logLevel: LogLevel;
+  secretSource?: string;
+}
+
+/** Parses and validates the relay command line (exported for tests). */
+export function parseRelayArgs(args: string[]): _RelayCliConfig | "help" {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        port: { type: "string" },
+        hostname: { type: "string" },
+        secret: { type: "string" },
+        "secret-file": { type: "string" },
+        "tls-cert": { type: "string" },
+        "tls-key": { type: "string" },
+        "keep-alive": { type: "string" },
+        "max-sessions": { type: "string" },
+        "max-nodes": { type: "string" },
+        "max-message-bytes": { type: "string" },
+        "max-nickname": { type: "string" },
+        rate: { type: "string" },
+        "auth-timeout": { type: "string" },
+        "max-queue-bytes": { type: "string" },
+        overflow: { type: "string" },
+        "no-chat-page": { type: "boolean" },
+        "log-level": { type: "string", default: "info" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message.split("\n")[0]);
+  }
+  const v = parsed.values;
+  if (v.help) return "help";
+  let file;
+  try {
+    file = loadRelayConfig();
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  if (v.secret !== undefined && v["secret-file"] !== undefined) {
+    throw new UsageError("give --secret or --secret-file, not both");
+  }
+  let secret = v.secret;
+  let secretSource = secret !== undefined ? "--secret" : undefined;
+  if (v["secret-file"] !== undefined) {
+    secret = readFileArg("secret file", v["secret-file"]).split(/\r?\n/)[0];
+    secretSource = v["secret-file"];
+  }
+  if (secret === undefined && file.secret !== undefined) {
+    secret = file.secret;
+    secretSource = file.sources.secret;
+  }
+  if (secret !== undefined && secret.length === 0) {
+    throw new UsageError("the relay secret is empty");
+  }
+  if ((v["tls-cert"] === undefined) !== (v["tls-key"] === undefined)) {
+    throw new UsageError("HTTPS needs both --tls-cert and --tls-key");
+  }
+  const overflow = v.overflow ?? "disconnect";
+  if (overflow !== "disconnect" && overflow !== "drop") {
+    throw new UsageError(`--overflow must be disconnect or drop, got "${overflow}"`);
+  }
+  const num = (flag: keyof typeof v, integer = true) =>
+    v[flag] === undefined ? undefined : parsePositive(`--${flag}`, v[flag] as string, integer);
+  const serve: ServeRelayOptions = {
+    hostname: v.hostname ?? file.hostname ?? "0.0.0.0",
+    port: v.port !== undefined ? parsePort("--port", v.port, true) : file.port ?? 8080,
+    secret,
+    keepAlive: num("keep-alive"),
+    maxSessions: num("max-sessions"),
+    maxNodesPerSession: num("max-nodes"),
+    maxMessageBytes: num("max-message-bytes"),
+    maxNicknameLength: num("max-nickname"),
+    rate: num("rate", false),
+    authTimeout: num("auth-timeout"),
+    maxQueueBytes: num("max-queue-bytes"),
+    overflow: overflow as OverflowPolicy,
+    chatPage: !v["no-chat-page"],
+  };
+  if (v["tls-cert"] !== undefined) {
+    serve.cert = readFileArg("certificate file", v["tls-cert"]);
+    serve.key = readFileArg("TLS key file", v["tls-key"]!);
+    if (!serve.cert.includes("-----BEGIN CERTIFICATE-----")) {
+      throw new UsageError(`${v["tls-cert"]} holds no PEM certificate`);
+    }
+    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(serve.key)) {
+      throw new UsageError(`${v["tls-key"]} holds no PEM private key`);
+    }
+  }
+  // Drop unset limits so the relay's own defaults apply.
+  for (const key of Object.keys(serve) as (keyof ServeRelayOptions)[]) {
+    if (serve[key] === undefined) delete serve[key];
+  }
+  return { serve, logLevel: parseLogLevel(v["log-level"]!), secretSource };
+}
+
+async function _main(args: string[]): Promise<number> {
+  const config = parseRelayArgs(args);
+  if (config === "help") {
+    console.log(USAGE);
+    return 0;
+  }
+  await setupLogging(config.logLevel);
+  const log = getLogger(["immortal", "cli"]);
+  const listening = Promise.withResolvers<Deno.NetAddr>();
+  let server;
+  try {
+    server = serveRelay({ ...config.serve, onListen: listening.resolve });
+  } catch (error) {
+    throw new Error(
+      `cannot listen on ${config.serve.hostname}:${config.serve.port}: ${(error as Error).message}`,
+    );
+  }
+  const addr = await listening.promise;
+  const scheme = config.serve.cert ? "https" : "http";
+  log.info("Relay listening on {url} (chat page: {chat})", {
+    url: `${scheme}://${addr.hostname}:${addr.port}`,
+    chat: config.serve.chatPage === false ? "off" : "/chat",
+  });
+  if (config.serve.secret === undefined) {
+    log.warning(
+      "NO RELAY SECRET: this relay is OPEN to anyone who can reach it. Fine for local development; " +
+        "set --secret, --secret-file or IMMORTAL_RELAY_SECRET anywhere else.",
+    );
+  } else {
+    log.info("Relay secret required (from {source})", { source: config.secretSource });
+  }
+  const signal = await waitForStopSignal();
+  log.info("{signal}: shutting the relay down", { signal });
+  await server.shutdown();
+  return 0;
+}
+
+if (import.meta.main) {
+  await runMain(() => _main(Deno.args));
+}

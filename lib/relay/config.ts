@@ -1,0 +1,125 @@
+/**
+ * Relay settings from the environment and from `immortal-relay.properties`
+ * files, in the spirit of the old `tcpjlib.properties`.
+ *
+ * Precedence, highest first: what the program passes (flags), environment
+ * variables (`IMMORTAL_RELAY_URL`, `IMMORTAL_RELAY_SECRET`,
+ * `IMMORTAL_RELAY_HOSTNAME`, `IMMORTAL_RELAY_PORT`), `immortal-relay.properties`
+ * in the working directory, then the same file in the home directory.
+ *
+ * ```properties
+ * # immortal-relay.properties
+ * url = https://relay.example
+ * secret = correct horse battery staple
+ * # for the relay itself
+ * hostname = 0.0.0.0
+ * port = 8080
+ * ```
+ *
+ * @module
+ */
+
+/** Relay settings as found; every field is optional. */
+export interface RelayConfig {
+  /** Where nodes find the relay. */
+  url?: string;
+  /** The relay secret. */
+  secret?: string;
+  /** Where the relay listens. */
+  hostname?: string;
+  /** The relay's port. */
+  port?: number;
+  /** Where each setting came from, for logs: e.g. `{ secret: "env IMMORTAL_RELAY_SECRET" }`. */
+  sources: Partial<Record<"url" | "secret" | "hostname" | "port", string>>;
+}
+
+/** Where {@linkcode loadRelayConfig} looks. */
+export interface LoadRelayConfigOptions {
+  /** Folder searched first. Default: the working directory. */
+  cwd?: string;
+  /** Folder searched second. Default: `$HOME`. */
+  home?: string;
+  /** Environment to read. Default: `Deno.env` (only where permission was granted). */
+  env?: Record<string, string | undefined>;
+}
+
+/** Name of the configuration file. */
+export const RELAY_CONFIG_FILE = "immortal-relay.properties";
+const KEYS = ["url", "secret", "hostname", "port"] as const;
+
+/**
+ * Reads relay settings from the environment and configuration files. Files
+ * and variables this process has no permission for are skipped without a
+ * prompt. A malformed file or port throws an `Error` naming the file and line.
+ */
+export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConfig {
+  const config: RelayConfig = { sources: {} };
+  const set = (key: (typeof KEYS)[number], value: string, source: string) => {
+    if (config.sources[key] !== undefined) return; // a higher source set it already
+    if (key === "port") {
+      const port = Number(value);
+      if (!/^\d+$/.test(value) || port < 0 || port > 65535) {
+        throw new Error(`${source}: port must be 0-65535, got "${value}"`);
+      }
+      config.port = port;
+    } else {
+      config[key] = value;
+    }
+    config.sources[key] = source;
+  };
+  const env = options.env ?? _grantedEnv();
+  for (const key of KEYS) {
+    const name = `IMMORTAL_RELAY_${key.toUpperCase()}`;
+    const value = env[name];
+    if (value !== undefined && value !== "") set(key, value, `env ${name}`);
+  }
+  const home = options.home ?? _grantedEnv().HOME;
+  for (const dir of [options.cwd ?? _cwd(), home]) {
+    if (!dir) continue;
+    const path = `${dir.replace(/\/$/, "")}/${RELAY_CONFIG_FILE}`;
+    const text = _readIfAllowed(path);
+    if (text === null) continue;
+    for (const [lineNo, line] of text.split(/\r?\n/).entries()) {
+      const trimmed = line.trim();
+      if (trimmed === "" || trimmed.startsWith("#") || trimmed.startsWith("!")) continue;
+      const match = /^([A-Za-z.]+)\s*[=:]\s*(.*)$/.exec(trimmed);
+      if (!match) throw new Error(`${path}:${lineNo + 1}: expected "key = value"`);
+      const key = match[1].replace(/^relay\./, "");
+      if (!(KEYS as readonly string[]).includes(key)) {
+        throw new Error(
+          `${path}:${lineNo + 1}: unknown key "${match[1]}" (use ${KEYS.join(", ")})`,
+        );
+      }
+      set(key as (typeof KEYS)[number], match[2], `${path}:${lineNo + 1}`);
+    }
+  }
+  return config;
+}
+
+function _grantedEnv(): Record<string, string | undefined> {
+  const out: Record<string, string | undefined> = {};
+  for (const name of [...KEYS.map((k) => `IMMORTAL_RELAY_${k.toUpperCase()}`), "HOME"]) {
+    if (Deno.permissions.querySync({ name: "env", variable: name }).state === "granted") {
+      out[name] = Deno.env.get(name);
+    }
+  }
+  return out;
+}
+
+function _cwd(): string | undefined {
+  try {
+    return Deno.cwd();
+  } catch {
+    return undefined; // no read permission for it
+  }
+}
+
+function _readIfAllowed(path: string): string | null {
+  if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return null;
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return null;
+    throw new Error(`cannot read ${path}: ${(error as Error).message}`);
+  }
+}
