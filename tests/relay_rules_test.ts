@@ -7,6 +7,7 @@ import { RelayNode, type RelayTransportKind } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { delay } from "./_helpers.ts";
 import { startRelay, waitForEvent } from "./_relay.ts";
+import { makeTestCerts } from "./_tls.ts";
 
 const TRANSPORTS: RelayTransportKind[] = ["websocket", "http"];
 
@@ -195,4 +196,41 @@ Deno.test("relay: a bridge serves many agents; agents talk to bridges only", asy
   assert.equal(heard.text, "all agents", "agent heard another agent or a message for someone else");
   a1.sendTo("agent(1)", "psst");
   assert.equal((await waitForEvent(a1, "error")).code, "not-allowed");
+});
+
+Deno.test("relay over HTTPS: nodes trust a private CA, on both transports", async () => {
+  const certs = await makeTestCerts();
+  try {
+    await using relay = startRelay({ cert: certs.cert, key: certs.key });
+    const url = `https://localhost:${relay.addr.port}`;
+    for (const transport of TRANSPORTS) {
+      await using a = await RelayNode.connect(url, {
+        session: "tls",
+        nickname: "a",
+        transport,
+        caCerts: [certs.caCert],
+      });
+      await using b = await RelayNode.connect(url, {
+        session: "tls",
+        nickname: "b",
+        transport,
+        caCerts: [certs.caCert],
+      });
+      assert.equal(a.transport, transport);
+      await waitForEvent(a, "join");
+      b.send(`over ${transport}`);
+      assert.equal((await waitForEvent(a, "message")).text, `over ${transport}`);
+    }
+    await assert.rejects(
+      RelayNode.connect(url, {
+        session: "tls",
+        nickname: "c",
+        caCerts: [certs.otherCaCert],
+        retries: 1,
+      }),
+      /certificate|UnknownIssuer|failed/i,
+    );
+  } finally {
+    await Deno.remove(certs.dir, { recursive: true });
+  }
 });
