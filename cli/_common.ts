@@ -53,6 +53,25 @@ export function readFileArg(what: string, path: string): string {
   }
 }
 
+/** Reads a PEM certificate file named on the command line. */
+export function readPemCertificate(what: string, path: string): string {
+  const pem = readFileArg(what, path);
+  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+    throw new UsageError(`${path} holds no PEM certificate`);
+  }
+  return pem;
+}
+
+/** Reads a certificate chain and its private key (PEM) named on the command line. */
+export function readPemPair(certPath: string, keyPath: string): { cert: string; key: string } {
+  const cert = readPemCertificate("certificate file", certPath);
+  const key = readFileArg("TLS key file", keyPath);
+  if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key)) {
+    throw new UsageError(`${keyPath} holds no PEM private key`);
+  }
+  return { cert, key };
+}
+
 function _render(record: LogRecord): string {
   const text = record.message.map((p) => typeof p === "string" ? p : String(p)).join("");
   // Session ids are long; people need only enough to tell sessions apart.

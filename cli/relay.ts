@@ -18,6 +18,7 @@ import {
   parsePort,
   parsePositive,
   readFileArg,
+  readPemPair,
   runMain,
   setupLogging,
   UsageError,
@@ -145,16 +146,7 @@ export function parseRelayArgs(args: string[]): _RelayCliConfig | "help" {
     overflow: overflow as OverflowPolicy,
     chatPage: !v["no-chat-page"],
   };
-  if (v["tls-cert"] !== undefined) {
-    serve.cert = readFileArg("certificate file", v["tls-cert"]);
-    serve.key = readFileArg("TLS key file", v["tls-key"]!);
-    if (!serve.cert.includes("-----BEGIN CERTIFICATE-----")) {
-      throw new UsageError(`${v["tls-cert"]} holds no PEM certificate`);
-    }
-    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(serve.key)) {
-      throw new UsageError(`${v["tls-key"]} holds no PEM private key`);
-    }
-  }
+  if (v["tls-cert"] !== undefined) Object.assign(serve, readPemPair(v["tls-cert"], v["tls-key"]!));
   // Drop unset limits so the relay's own defaults apply.
   for (const key of Object.keys(serve) as (keyof ServeRelayOptions)[]) {
     if (serve[key] === undefined) delete serve[key];

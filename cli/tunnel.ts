@@ -18,6 +18,8 @@ import {
   parseLogLevel,
   parsePort,
   readFileArg,
+  readPemCertificate,
+  readPemPair,
   runMain,
   setupLogging,
   UsageError,
@@ -94,23 +96,12 @@ function _tlsSettings(
     if (certPath === undefined || keyPath === undefined) {
       throw new UsageError("TLS needs both --tls-cert and --tls-key");
     }
-    const cert = readFileArg("certificate file", certPath);
-    const key = readFileArg("TLS key file", keyPath);
-    if (!cert.includes("-----BEGIN CERTIFICATE-----")) {
-      throw new UsageError(`${certPath} holds no PEM certificate`);
-    }
-    if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key)) {
-      throw new UsageError(`${keyPath} holds no PEM private key`);
-    }
-    return { tlsServer: { cert, key } };
+    return { tlsServer: readPemPair(certPath, keyPath) };
   }
   if (!values.tls && values["tls-ca"] === undefined && values["tls-name"] === undefined) return {};
   const tlsClient: { caCerts?: string[]; serverName?: string } = {};
   if (values["tls-ca"] !== undefined) {
-    const ca = readFileArg("CA file", values["tls-ca"]);
-    if (!ca.includes("-----BEGIN CERTIFICATE-----")) {
-      throw new UsageError(`${values["tls-ca"]} holds no PEM certificate`);
-    }
+    const ca = readPemCertificate("CA file", values["tls-ca"]);
     tlsClient.caCerts = [ca];
   }
   if (values["tls-name"] !== undefined) tlsClient.serverName = values["tls-name"];

@@ -80,6 +80,24 @@ async function roundTrip(port: number, seed: number, size: number): Promise<void
   assert.equal(got.sha256, sent.digest("hex"), `connection ${seed}: bytes differ`);
 }
 
+/** Resets every link through `proxy` every `everyMs` while `work` runs; returns how many cuts landed. */
+async function cutWhile(
+  proxy: FaultProxy,
+  everyMs: number,
+  work: Promise<unknown>,
+): Promise<number> {
+  let cuts = 0;
+  const cutter = setInterval(() => {
+    if (proxy.reset() > 0) cuts++;
+  }, everyMs);
+  try {
+    await work;
+  } finally {
+    clearInterval(cutter);
+  }
+  return cuts;
+}
+
 const FAST = { backoff: { initial: 5, max: 50 }, heartbeatInterval: 200, deadLinkTimeout: 1000 };
 
 Deno.test("50 concurrent tunneled connections each move and verify their own data across link cuts", async () => {
@@ -97,21 +115,17 @@ Deno.test("50 concurrent tunneled connections each move and verify their own dat
       server: { hostname: "127.0.0.1", port: proxy.port },
       ...FAST,
     });
-    let cuts = 0;
-    const cutter = setInterval(() => {
-      if (proxy.reset() > 0) cuts++;
-    }, 150);
-    try {
-      await within(
+    const cuts = await cutWhile(
+      proxy,
+      150,
+      within(
         120_000,
         "50 connections",
         Promise.all(
           Array.from({ length: 50 }, (_, i) => roundTrip(client.addr.port, i + 1, 2 << 20)),
         ),
-      );
-    } finally {
-      clearInterval(cutter);
-    }
+      ),
+    );
     assert.ok(cuts >= 3, `only ${cuts} cuts happened during the transfer`);
     assert.equal(target.accepted, 50);
   } finally {
@@ -194,21 +208,17 @@ Deno.test("TLS tunnel: connections verify their data across link cuts; a server 
         tls: { caCerts: [certs.caCert] },
         ...FAST,
       });
-      let cuts = 0;
-      const cutter = setInterval(() => {
-        if (proxy.reset() > 0) cuts++;
-      }, 200);
-      try {
-        await within(
+      const cuts = await cutWhile(
+        proxy,
+        200,
+        within(
           60_000,
           "8 TLS connections",
           Promise.all(
             Array.from({ length: 8 }, (_, i) => roundTrip(client.addr.port, i + 100, 4 << 20)),
           ),
-        );
-      } finally {
-        clearInterval(cutter);
-      }
+        ),
+      );
       assert.ok(cuts >= 3, `only ${cuts} cuts happened during the transfer`);
     } finally {
       await proxy.close();

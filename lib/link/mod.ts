@@ -7,6 +7,7 @@
 
 export { type Acceptor, type Dialer, formatAddr, type Link } from "./link.ts";
 export {
+  ListenerAcceptor,
   TcpAcceptor,
   type TcpAcceptorOptions,
   tcpDialer,

@@ -88,13 +88,13 @@ export interface TcpAcceptorOptions {
   port: number;
 }
 
-/** An {@linkcode Acceptor} over `Deno.listen`. */
-export class TcpAcceptor implements Acceptor {
-  #listener: Deno.TcpListener;
+/** An {@linkcode Acceptor} over any Deno listener of TCP or TLS connections. */
+export class ListenerAcceptor implements Acceptor {
+  #listener: Deno.Listener<Deno.TcpConn | Deno.TlsConn, Deno.NetAddr>;
 
-  /** Starts listening at once (synchronously, like `Deno.listen`). */
-  constructor(options: TcpAcceptorOptions) {
-    this.#listener = Deno.listen({ hostname: options.hostname ?? "0.0.0.0", port: options.port });
+  /** Takes over `listener` (closing the acceptor closes it). */
+  constructor(listener: Deno.Listener<Deno.TcpConn | Deno.TlsConn, Deno.NetAddr>) {
+    this.#listener = listener;
   }
 
   /** The bound address. */
@@ -102,7 +102,11 @@ export class TcpAcceptor implements Acceptor {
     return this.#listener.addr;
   }
 
-  /** Next accepted link. */
+  /**
+   * Next accepted link. A TLS handshake runs on first read, inside the
+   * session handshake and under its deadline, so a stalled peer cannot hold
+   * up the accept loop.
+   */
   async accept(): Promise<Link> {
     return new TcpLink(await this.#listener.accept());
   }
@@ -114,5 +118,13 @@ export class TcpAcceptor implements Acceptor {
     } catch {
       // Closing twice is not an error for us.
     }
+  }
+}
+
+/** An {@linkcode Acceptor} over `Deno.listen`. */
+export class TcpAcceptor extends ListenerAcceptor {
+  /** Starts listening at once (synchronously, like `Deno.listen`). */
+  constructor(options: TcpAcceptorOptions) {
+    super(Deno.listen({ hostname: options.hostname ?? "0.0.0.0", port: options.port }));
   }
 }

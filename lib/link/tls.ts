@@ -4,8 +4,8 @@
  * @module
  */
 
-import type { Acceptor, Dialer, Link } from "./link.ts";
-import { _tuneTcp, TcpLink } from "./tcp.ts";
+import type { Dialer } from "./link.ts";
+import { _tuneTcp, ListenerAcceptor, TcpLink } from "./tcp.ts";
 
 /** Where and how a TLS dialer connects. */
 export interface TlsDialerOptions {
@@ -73,39 +73,14 @@ export interface TlsAcceptorOptions {
 }
 
 /** An {@linkcode Acceptor} over `Deno.listenTls`. */
-export class TlsAcceptor implements Acceptor {
-  #listener: Deno.TlsListener;
-
+export class TlsAcceptor extends ListenerAcceptor {
   /** Starts listening at once (synchronously, like `Deno.listenTls`). */
   constructor(options: TlsAcceptorOptions) {
-    this.#listener = Deno.listenTls({
+    super(Deno.listenTls({
       hostname: options.hostname ?? "0.0.0.0",
       port: options.port,
       cert: options.cert,
       key: options.key,
-    });
-  }
-
-  /** The bound address. */
-  get addr(): Deno.NetAddr {
-    return this.#listener.addr;
-  }
-
-  /**
-   * Next accepted link. Its TLS handshake runs on first read, inside the
-   * session handshake and under its deadline, so a stalled peer cannot hold
-   * up the accept loop.
-   */
-  async accept(): Promise<Link> {
-    return new TcpLink(await this.#listener.accept());
-  }
-
-  /** Stops listening; idempotent. */
-  close(): void {
-    try {
-      this.#listener.close();
-    } catch {
-      // Closing twice is not an error for us.
-    }
+    }));
   }
 }
