@@ -1,11 +1,11 @@
 /**
  * What the command-line entry points share: usage errors, argument checks,
- * logging to stderr in words, and waiting for SIGINT/SIGTERM.
+ * logging to stderr in words, and running a service until SIGINT/SIGTERM.
  *
  * @module
  */
 
-import { configure, type LogLevel, type LogRecord } from "@logtape/logtape";
+import { configure, getLogger, type Logger, type LogLevel, type LogRecord } from "@logtape/logtape";
 
 /** A mistake in how the command was called: one line, exit code 2. */
 export class UsageError extends Error {}
@@ -79,7 +79,7 @@ function _render(record: LogRecord): string {
 }
 
 /** Sends `["immortal", ...]` logs to stderr as timestamped lines. */
-export async function setupLogging(level: LogLevel): Promise<void> {
+async function _setupLogging(level: LogLevel): Promise<void> {
   await configure({
     sinks: {
       stderr: (record) =>
@@ -96,8 +96,23 @@ export async function setupLogging(level: LogLevel): Promise<void> {
   });
 }
 
+/** What a command started and keeps up until SIGINT/SIGTERM. */
+export interface Service {
+  /** Logged after the signal's name, e.g. "closing the tunnel". */
+  readonly stopping: string;
+  /** Stops the service cleanly. */
+  close(): Promise<void>;
+}
+
+/** A long-running command: its help text, how it reads its arguments, and how it starts. */
+export interface ServiceCommand<C extends { logLevel: LogLevel }> {
+  usage: string;
+  parse(args: string[]): C | "help";
+  start(config: C, log: Logger): Promise<Service>;
+}
+
 /** Resolves with the name of the first SIGINT or SIGTERM, then stops listening for them. */
-export async function waitForStopSignal(): Promise<Deno.Signal> {
+async function _waitForStopSignal(): Promise<Deno.Signal> {
   const stop = Promise.withResolvers<Deno.Signal>();
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
   const handlers = signals.map((signal) => {
@@ -110,14 +125,36 @@ export async function waitForStopSignal(): Promise<Deno.Signal> {
   return signal;
 }
 
+async function _serve<C extends { logLevel: LogLevel }>(
+  args: string[],
+  command: ServiceCommand<C>,
+): Promise<number> {
+  const config = command.parse(args);
+  if (config === "help") {
+    console.log(command.usage);
+    return 0;
+  }
+  await _setupLogging(config.logLevel);
+  const log = getLogger(["immortal", "cli"]);
+  const service = await command.start(config, log);
+  const signal = await _waitForStopSignal();
+  log.info("{signal}: {stopping}", { signal, stopping: service.stopping });
+  await service.close();
+  return 0;
+}
+
 /**
- * Runs a CLI `main`: usage errors print one line and exit 2; anything else
- * that escapes prints one line and exits 1 (no stack trace for users).
+ * Runs a long-running command from parsing to a clean exit on SIGINT/SIGTERM.
+ * Usage errors print one line and exit 2; any other failure prints one line
+ * and exits 1 (no stack trace for users).
  */
-export async function runMain(main: () => Promise<number>): Promise<never> {
+export async function runService<C extends { logLevel: LogLevel }>(
+  args: string[],
+  command: ServiceCommand<C>,
+): Promise<never> {
   let code: number;
   try {
-    code = await main();
+    code = await _serve(args, command);
   } catch (error) {
     if (error instanceof UsageError) {
       console.error(`error: ${error.message}\nRun with --help for usage.`);

@@ -9,7 +9,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { getLogger, type LogLevel } from "@logtape/logtape";
+import type { Logger, LogLevel } from "@logtape/logtape";
 import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
@@ -19,10 +19,9 @@ import {
   parsePositive,
   readFileArg,
   readPemPair,
-  runMain,
-  setupLogging,
+  runService,
+  type Service,
   UsageError,
-  waitForStopSignal,
 } from "./_common.ts";
 
 const USAGE = `immortal relay — links hosts that can only make outgoing HTTP(S) connections
@@ -154,14 +153,7 @@ export function parseRelayArgs(args: string[]): _RelayCliConfig | "help" {
   return { serve, logLevel: parseLogLevel(v["log-level"]!), secretSource };
 }
 
-async function _main(args: string[]): Promise<number> {
-  const config = parseRelayArgs(args);
-  if (config === "help") {
-    console.log(USAGE);
-    return 0;
-  }
-  await setupLogging(config.logLevel);
-  const log = getLogger(["immortal", "cli"]);
+async function _start(config: _RelayCliConfig, log: Logger): Promise<Service> {
   const listening = Promise.withResolvers<Deno.NetAddr>();
   let server;
   try {
@@ -185,12 +177,9 @@ async function _main(args: string[]): Promise<number> {
   } else {
     log.info("Relay secret required (from {source})", { source: config.secretSource });
   }
-  const signal = await waitForStopSignal();
-  log.info("{signal}: shutting the relay down", { signal });
-  await server.shutdown();
-  return 0;
+  return { stopping: "shutting the relay down", close: () => server.shutdown() };
 }
 
 if (import.meta.main) {
-  await runMain(() => _main(Deno.args));
+  await runService(Deno.args, { usage: USAGE, parse: parseRelayArgs, start: _start });
 }

@@ -13,17 +13,16 @@
  */
 
 import { parseArgs } from "node:util";
-import { getLogger, type LogLevel } from "@logtape/logtape";
+import type { Logger, LogLevel } from "@logtape/logtape";
 import {
   parseLogLevel,
   parsePort,
   readFileArg,
   readPemCertificate,
   readPemPair,
-  runMain,
-  setupLogging,
+  runService,
+  type Service,
   UsageError,
-  waitForStopSignal,
 } from "./_common.ts";
 import { tcpDialer, tlsDialer } from "../lib/link/mod.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
@@ -172,91 +171,82 @@ export function parseTunnelArgs(args: string[]): _Config | "help" {
   };
 }
 
-async function _main(args: string[]): Promise<number> {
-  const config = parseTunnelArgs(args);
-  if (config === "help") {
-    console.log(USAGE);
-    return 0;
-  }
-  await setupLogging(config.logLevel);
-  const log = getLogger(["immortal", "cli"]);
-  let tunnel: TunnelServer | TunnelClient;
-  try {
-    if (config.role === "server") {
-      tunnel = new TunnelServer({
-        hostname: config.listenHost,
-        port: config.listenPort,
-        key: config.key,
-        tls: config.tlsServer,
-        target: { hostname: config.peerHost, port: config.peerPort },
-      });
-      log.info("Tunnel server on {listen}{tls}, forwarding to {target}{keyed}", {
-        listen: `${config.listenHost}:${config.listenPort}`,
-        tls: config.tlsServer ? " (TLS)" : "",
-        target: `${config.peerHost}:${config.peerPort}`,
-        keyed: config.key
-          ? " (key required)"
-          : " (no key: anyone who can reach this port may use it)",
-      });
-    } else {
-      // Fail fast on a server that is not there (or whose certificate we
-      // would refuse), rather than on the first user connection.
-      const where = { hostname: config.peerHost, port: config.peerPort };
-      const dial = config.tlsClient
-        ? tlsDialer({ ...where, ...config.tlsClient })
-        : tcpDialer(where);
-      try {
-        (await dial(AbortSignal.timeout(10_000))).close();
-      } catch (error) {
-        console.error(
-          `error: cannot reach the tunnel server at ${config.peerHost}:${config.peerPort}: ${
-            (error as Error).message
-          }`,
-        );
-        return 1;
-      }
-      tunnel = new TunnelClient({
-        hostname: config.listenHost,
-        port: config.listenPort,
-        key: config.key,
-        tls: config.tlsClient,
-        server: { hostname: config.peerHost, port: config.peerPort },
-      });
-      log.info("Tunnel client on {listen}, via the server at {server}{tls}", {
-        listen: `${config.listenHost}:${config.listenPort}`,
-        server: `${config.peerHost}:${config.peerPort}`,
-        tls: config.tlsClient ? " (TLS)" : "",
-      });
-    }
-  } catch (error) {
-    console.error(`error: ${(error as Error).message}`);
-    return 1;
-  }
+async function _start(config: _Config, log: Logger): Promise<Service> {
+  const tunnel = config.role === "server"
+    ? _startServer(config, log)
+    : await _startClient(config, log);
   const stats = config.statsSeconds > 0
-    ? setInterval(() => {
-      if (tunnel instanceof TunnelClient) {
-        for (const s of tunnel.sessions) {
-          const st = s.stats;
-          console.error(
-            `stats ${
-              s.sessionId.slice(0, 8)
-            } ${st.state}: ${st.bytesWritten} B out, ${st.bytesRead} B in, ` +
-              `${st.reconnects} reconnects, ${st.replayedBytes} B replayed, rtt ${
-                st.rttMs?.toFixed(1) ?? "-"
-              } ms`,
-          );
-        }
-      }
-      console.error(`stats ${tunnel.connections} open connection(s)`);
-    }, config.statsSeconds * 1000)
+    ? setInterval(() => _printStats(tunnel), config.statsSeconds * 1000)
     : undefined;
-  const signal = await waitForStopSignal();
-  log.info("{signal}: closing the tunnel", { signal });
-  clearInterval(stats);
-  await tunnel.close();
-  return 0;
+  return {
+    stopping: "closing the tunnel",
+    close() {
+      clearInterval(stats);
+      return tunnel.close();
+    },
+  };
+}
+
+function _startServer(config: _Config, log: Logger): TunnelServer {
+  const tunnel = new TunnelServer({
+    hostname: config.listenHost,
+    port: config.listenPort,
+    key: config.key,
+    tls: config.tlsServer,
+    target: { hostname: config.peerHost, port: config.peerPort },
+  });
+  log.info("Tunnel server on {listen}{tls}, forwarding to {target}{keyed}", {
+    listen: `${config.listenHost}:${config.listenPort}`,
+    tls: config.tlsServer ? " (TLS)" : "",
+    target: `${config.peerHost}:${config.peerPort}`,
+    keyed: config.key ? " (key required)" : " (no key: anyone who can reach this port may use it)",
+  });
+  return tunnel;
+}
+
+async function _startClient(config: _Config, log: Logger): Promise<TunnelClient> {
+  // Fail fast on a server that is not there (or whose certificate we would
+  // refuse), rather than on the first user connection.
+  const where = { hostname: config.peerHost, port: config.peerPort };
+  const dial = config.tlsClient ? tlsDialer({ ...where, ...config.tlsClient }) : tcpDialer(where);
+  try {
+    (await dial(AbortSignal.timeout(10_000))).close();
+  } catch (error) {
+    throw new Error(
+      `cannot reach the tunnel server at ${where.hostname}:${where.port}: ${
+        (error as Error).message
+      }`,
+    );
+  }
+  const tunnel = new TunnelClient({
+    hostname: config.listenHost,
+    port: config.listenPort,
+    key: config.key,
+    tls: config.tlsClient,
+    server: where,
+  });
+  log.info("Tunnel client on {listen}, via the server at {server}{tls}", {
+    listen: `${config.listenHost}:${config.listenPort}`,
+    server: `${where.hostname}:${where.port}`,
+    tls: config.tlsClient ? " (TLS)" : "",
+  });
+  return tunnel;
+}
+
+function _printStats(tunnel: TunnelServer | TunnelClient): void {
+  if (tunnel instanceof TunnelClient) {
+    for (const session of tunnel.sessions) {
+      const st = session.stats;
+      console.error(
+        `stats ${session.sessionId.slice(0, 8)} ${st.state}: ${st.bytesWritten} B out, ` +
+          `${st.bytesRead} B in, ${st.reconnects} reconnects, ${st.replayedBytes} B replayed, ` +
+          `rtt ${st.rttMs?.toFixed(1) ?? "-"} ms`,
+      );
+    }
+  }
+  console.error(`stats ${tunnel.connections} open connection(s)`);
 }
 
 if (import.meta.main) {
-  await runMain(() => _main(Deno.args));
+  await runService(Deno.args, { usage: USAGE, parse: parseTunnelArgs, start: _start });
 }

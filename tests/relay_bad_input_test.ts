@@ -232,6 +232,11 @@ for (const overflow of ["disconnect", "drop"] as const) {
       if (overflow === "disconnect") {
         assert.equal(stats.slowDisconnects, 1);
         assert.equal(stats.dropped, 0);
+        // The others are told the slow node is gone.
+        assert.equal(
+          (await waitForEvent(sender, "leave", (e) => e.nickname === "stalled")).reason,
+          "gone",
+        );
         assert.ok(
           !sender.members.some((m) => m.nickname === "stalled"),
           "the stalled node is still listed",

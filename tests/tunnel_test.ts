@@ -98,6 +98,11 @@ async function cutWhile(
   return cuts;
 }
 
+/** `count` connections through the tunnel at once, each moving and checking `size` bytes its own way. */
+function roundTrips(port: number, count: number, firstSeed: number, size: number): Promise<void[]> {
+  return Promise.all(Array.from({ length: count }, (_, i) => roundTrip(port, firstSeed + i, size)));
+}
+
 const FAST = { backoff: { initial: 5, max: 50 }, heartbeatInterval: 200, deadLinkTimeout: 1000 };
 
 Deno.test("50 concurrent tunneled connections each move and verify their own data across link cuts", async () => {
@@ -121,9 +126,7 @@ Deno.test("50 concurrent tunneled connections each move and verify their own dat
       within(
         120_000,
         "50 connections",
-        Promise.all(
-          Array.from({ length: 50 }, (_, i) => roundTrip(client.addr.port, i + 1, 2 << 20)),
-        ),
+        roundTrips(client.addr.port, 50, 1, 2 << 20),
       ),
     );
     assert.ok(cuts >= 3, `only ${cuts} cuts happened during the transfer`);
@@ -214,9 +217,7 @@ Deno.test("TLS tunnel: connections verify their data across link cuts; a server 
         within(
           60_000,
           "8 TLS connections",
-          Promise.all(
-            Array.from({ length: 8 }, (_, i) => roundTrip(client.addr.port, i + 100, 4 << 20)),
-          ),
+          roundTrips(client.addr.port, 8, 100, 4 << 20),
         ),
       );
       assert.ok(cuts >= 3, `only ${cuts} cuts happened during the transfer`);

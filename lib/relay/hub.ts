@@ -179,7 +179,6 @@ export class _Hub {
       return current;
     }
     if (session.members.size >= s.maxNodesPerSession) {
-      if (session.members.size === 0) this.sessions.delete(id);
       this.refuse("max-nodes");
       throw new _JoinRefused(503, "full", "the session has reached its node limit");
     }
@@ -270,9 +269,14 @@ export class _Hub {
     }
   }
 
-  #error(member: _Member, code: string, message: string): void {
+  /** Counts a refused frame and tells the node why, in an error frame. */
+  refuseFrame(sink: _Sink, code: string, message: string): void {
     this.refuse(code);
-    member.sink.push(JSON.stringify({ t: "error", code, message }));
+    sink.push(JSON.stringify({ t: "error", code, message }));
+  }
+
+  #error(member: _Member, code: string, message: string): void {
+    this.refuseFrame(member.sink, code, message);
   }
 
   #message(from: _Member, frame: Record<string, unknown>, now: number): void {

@@ -85,6 +85,7 @@ export class RelayNode implements AsyncDisposable {
   #state: RelayNodeState = "connecting";
   #outbox: object[] = [];
   #events: RelayEvent[] = [];
+  #eventsHead = 0;
   #eventWaiter: (() => void) | null = null;
   #lastHeard = performance.now();
   #watchdog: ReturnType<typeof setInterval> | undefined;
@@ -359,7 +360,13 @@ export class RelayNode implements AsyncDisposable {
   #emit(event: RelayEvent): void {
     this.#events.push(event);
     const max = this.#options.maxBufferedEvents ?? 10_000;
-    if (this.#events.length > max) this.#events.splice(0, this.#events.length - max);
+    // The oldest unread events go first when a reader falls this far behind.
+    if (this.#events.length - this.#eventsHead > max) this.#eventsHead = this.#events.length - max;
+    // Compact now and then, so a reader that never catches up does not keep read events alive.
+    if (this.#eventsHead > 4096 && this.#eventsHead * 2 > this.#events.length) {
+      this.#events = this.#events.slice(this.#eventsHead);
+      this.#eventsHead = 0;
+    }
     this.#wake();
   }
 
@@ -371,7 +378,15 @@ export class RelayNode implements AsyncDisposable {
 
   async *#iterate(): AsyncGenerator<RelayEvent> {
     for (;;) {
-      while (this.#events.length > 0) yield this.#events.shift()!;
+      while (this.#eventsHead < this.#events.length) {
+        const event = this.#events[this.#eventsHead++];
+        // Read events are dropped in one go, not shifted one by one.
+        if (this.#eventsHead === this.#events.length) {
+          this.#events = [];
+          this.#eventsHead = 0;
+        }
+        yield event;
+      }
       if (this.#closed) return;
       await new Promise<void>((resolve) => this.#eventWaiter = resolve);
     }

@@ -70,9 +70,7 @@ export function _openWebSocket(
   const url = new URL(_PATHS.ws, settings.base);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   // The secret goes in the hello frame: browsers cannot set WebSocket headers, and URLs get logged.
-  const socket = settings.client
-    ? new WebSocket(url, { client: settings.client } as unknown as string[])
-    : new WebSocket(url);
+  const socket = new WebSocket(url, { client: settings.client });
   return new Promise((resolve, reject) => {
     let welcomed = false;
     let closing = false;
@@ -212,7 +210,7 @@ export async function _openHttpStream(
   };
   (async () => {
     try {
-      for await (const frame of { [Symbol.asyncIterator]: () => events }) {
+      for await (const frame of events) {
         if (frame.t === "close") return fail(String(frame.reason ?? "closed by the relay"));
         hooks.onFrame(frame);
       }

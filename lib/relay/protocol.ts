@@ -108,14 +108,17 @@ export function _textProblem(text: string): string | null {
   return TEXT_CONTROL.test(text) ? "the message contains control characters" : null;
 }
 
-/** @internal Parses one JSON frame; `null` for anything that is not an object with a string `t`. */
+/** @internal `value` as a frame: an object with a string `t`, or `null`. */
+export function _asFrame(value: unknown): Record<string, unknown> | null {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return null;
+  return typeof (value as { t?: unknown }).t === "string" ? value as Record<string, unknown> : null;
+}
+
+/** @internal Parses one JSON frame; `null` for anything that is not a frame. */
 export function _parseFrame(data: string): Record<string, unknown> | null {
-  let value: unknown;
   try {
-    value = JSON.parse(data);
+    return _asFrame(JSON.parse(data));
   } catch {
     return null;
   }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) return null;
-  return typeof (value as { t?: unknown }).t === "string" ? value as Record<string, unknown> : null;
 }

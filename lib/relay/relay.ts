@@ -9,7 +9,7 @@ import { getLogger } from "@logtape/logtape";
 import { CHAT_PAGE_HTML } from "./chat_page.ts";
 import { _Hub, _JoinRefused, type _Member, type _Sink, type RelayStats } from "./hub.ts";
 import { _relaySettings, type RelayOptions } from "./options.ts";
-import { _parseFrame, _PATHS, _STREAM_HEADER, SECRET_HEADER } from "./protocol.ts";
+import { _asFrame, _parseFrame, _PATHS, _STREAM_HEADER, SECRET_HEADER } from "./protocol.ts";
 
 const log = getLogger(["immortal", "relay"]);
 const encoder = new TextEncoder();
@@ -163,6 +163,10 @@ ${this.#hub.settings.chatPage ? '<a href="/chat">Chat in the browser</a>.' : ""}
     return data.length * 3 > max && encoder.encode(data).length > max;
   }
 
+  #tooLargeMessage(): string {
+    return `frames are limited to ${this.#hub.settings.maxMessageBytes} bytes`;
+  }
+
   #webSocket(req: Request): Response {
     if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
       return this.#refuse(426, "upgrade-required", "this endpoint speaks WebSocket");
@@ -196,33 +200,22 @@ ${this.#hub.settings.chatPage ? '<a href="/chat">Chat in the browser</a>.' : ""}
         }
       },
     };
+    // Before the join a bad frame ends the connection; after it, only the frame is refused.
     const refuse = (code: number, error: string, message: string) => {
-      hub.refuse(error);
-      sink.push(JSON.stringify({ t: "error", code: error, message }));
-      sink.close(code, message.slice(0, 120));
+      hub.refuseFrame(sink, error, message);
+      if (member === null) sink.close(code, message.slice(0, 120));
     };
     const authTimer = setTimeout(() => {
       if (member === null) refuse(4408, "auth-timeout", "no hello within the auth deadline");
     }, settings.authTimeout);
     socket.onmessage = (event) => {
       if (typeof event.data !== "string") {
-        return refuse(1003, "bad-frame", "frames are JSON text");
+        hub.refuseFrame(sink, "bad-frame", "frames are JSON text");
+        return sink.close(1003, "frames are JSON text");
       }
-      if (this.#tooLarge(event.data)) {
-        if (member === null) return refuse(1009, "too-large", "frame too large");
-        hub.refuse("too-large");
-        return sink.push(JSON.stringify({
-          t: "error",
-          code: "too-large",
-          message: `frames are limited to ${settings.maxMessageBytes} bytes`,
-        }));
-      }
+      if (this.#tooLarge(event.data)) return refuse(1009, "too-large", this.#tooLargeMessage());
       const frame = _parseFrame(event.data);
-      if (frame === null) {
-        if (member === null) return refuse(1003, "bad-frame", "frames are JSON objects");
-        hub.refuse("bad-frame");
-        return sink.push('{"t":"error","code":"bad-frame","message":"frames are JSON objects"}');
-      }
+      if (frame === null) return refuse(1003, "bad-frame", "frames are JSON objects");
       if (member !== null) return hub.receive(member, frame);
       if (frame.t !== "hello") return refuse(4400, "bad-hello", "the first frame must be a hello");
       clearTimeout(authTimer);
@@ -247,7 +240,7 @@ ${this.#hub.settings.chatPage ? '<a href="/chat">Chat in the browser</a>.' : ""}
     const settings = hub.settings;
     let hello: Record<string, unknown> | null;
     try {
-      hello = _parseFrame(await _readBody(req, settings.maxMessageBytes));
+      hello = _parseFrame((await _readBody(req, settings.maxMessageBytes)).text);
     } catch (error) {
       return this.#refuse(413, "too-large", (error as Error).message);
     }
@@ -305,50 +298,51 @@ ${this.#hub.settings.chatPage ? '<a href="/chat">Chat in the browser</a>.' : ""}
   }
 
   async #send(req: Request): Promise<Response> {
-    const member = this.#streams.get(req.headers.get(_STREAM_HEADER) ?? "");
+    const streamId = req.headers.get(_STREAM_HEADER) ?? "";
+    const member = this.#streams.get(streamId);
     if (!member) return this.#refuse(404, "no-such-stream", "unknown or closed stream");
     const settings = this.#hub.settings;
-    let text: string;
+    let body: { text: string; size: number };
     try {
       // A POST may carry a batch of frames; each is still held to the frame limit below.
-      text = await _readBody(req, settings.maxMessageBytes * 16);
+      body = await _readBody(req, settings.maxMessageBytes * 16);
     } catch (error) {
       return this.#refuse(413, "too-large", (error as Error).message);
     }
     let frames: unknown;
     try {
-      frames = JSON.parse(text);
+      frames = JSON.parse(body.text);
     } catch {
       return this.#refuse(400, "bad-frame", "the body must be JSON");
     }
     if (!Array.isArray(frames)) frames = [frames];
-    for (const frame of frames as unknown[]) {
-      if (this.#streams.get(req.headers.get(_STREAM_HEADER)!) !== member) break; // left mid-batch
-      const data = JSON.stringify(frame);
-      const parsed = _parseFrame(data);
+    // A body within the frame limit holds only frames within it; only a larger
+    // batch needs its frames measured one by one.
+    const measure = body.size > settings.maxMessageBytes;
+    for (const value of frames as unknown[]) {
+      if (this.#streams.get(streamId) !== member) break; // left mid-batch (a bye)
+      const frame = _asFrame(value);
       // Like on a WebSocket, a bad frame is refused on its own; the stream goes on.
-      if (parsed === null || this.#tooLarge(data)) {
-        const [code, message] = parsed === null
-          ? ["bad-frame", "frames are JSON objects"]
-          : ["too-large", `frames are limited to ${settings.maxMessageBytes} bytes`];
-        this.#hub.refuse(code);
-        member.sink.push(JSON.stringify({ t: "error", code, message }));
-        continue;
+      if (frame === null) {
+        this.#hub.refuseFrame(member.sink, "bad-frame", "frames are JSON objects");
+      } else if (measure && this.#tooLarge(JSON.stringify(frame))) {
+        this.#hub.refuseFrame(member.sink, "too-large", this.#tooLargeMessage());
+      } else {
+        this.#hub.receive(member, frame);
       }
-      this.#hub.receive(member, parsed);
     }
     return new Response(null, { status: 204 });
   }
 }
 
-/** Reads a request body as text, refusing more than `max` bytes without reading them all. */
-async function _readBody(req: Request, max: number): Promise<string> {
+/** Reads a request body as text (and its size in bytes), refusing more than `max` bytes early. */
+async function _readBody(req: Request, max: number): Promise<{ text: string; size: number }> {
   const declared = Number(req.headers.get("content-length") ?? 0);
   if (declared > max) {
     await req.body?.cancel();
     throw new Error(`the body is larger than ${max} bytes`);
   }
-  if (!req.body) return "";
+  if (!req.body) return { text: "", size: 0 };
   const chunks: Uint8Array[] = [];
   let size = 0;
   for await (const chunk of req.body) {
@@ -362,5 +356,5 @@ async function _readBody(req: Request, max: number): Promise<string> {
     all.set(chunk, offset);
     offset += chunk.byteLength;
   }
-  return new TextDecoder().decode(all);
+  return { text: new TextDecoder().decode(all), size };
 }
