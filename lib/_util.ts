@@ -1,0 +1,66 @@
+/**
+ * The few helpers every layer needs: an abortable delay, reconnect backoff,
+ * an error's message, and port validation. One copy here, used everywhere.
+ *
+ * @module
+ */
+
+/**
+ * Waits `ms` milliseconds. Resolves `true` when the time is up, `false` at
+ * once when `signal` aborts (before or during the wait), so a loop that sleeps
+ * between retries stops as soon as its owner is closed. Never rejects.
+ */
+export function delay(ms: number, signal?: AbortSignal): Promise<boolean> {
+  if (signal?.aborted) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve(true);
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/**
+ * Capped exponential backoff with jitter: the delay before failed attempt
+ * number `attempt` (0-based) is retried. 0 for the first (a link that just
+ * broke often comes straight back), then `initial * 2^(n-1)` capped at `max`,
+ * scaled by a random factor in [0.5, 1). The jitter spreads the reconnects of
+ * many clients that lost the same server at the same moment.
+ */
+export function backoffDelay(attempt: number, initial: number, max: number): number {
+  if (attempt <= 0) return 0;
+  const ceiling = Math.min(max, initial * 2 ** Math.min(attempt - 1, 30));
+  return ceiling * (0.5 + Math.random() / 2);
+}
+
+/** The message of anything thrown: an `Error`'s message, or the value as text. */
+export function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * Checks a TCP port number and returns it; a `RangeError` names the setting.
+ * `allowZero` admits 0 ("pick a free port", for listeners).
+ */
+export function checkPort(name: string, port: unknown, allowZero = false): number {
+  const min = allowZero ? 0 : 1;
+  if (typeof port !== "number" || !Number.isInteger(port) || port < min || port > 65535) {
+    throw new RangeError(`${name} must be an integer in ${min}..65535, got ${port}`);
+  }
+  return port;
+}
+
+/**
+ * Parses a port number written as text (a flag, an environment variable, a
+ * config line), or returns `null` when it is not one. Callers word the error.
+ */
+export function parsePortText(text: string, allowZero = false): number | null {
+  if (!/^\d{1,5}$/.test(text)) return null;
+  const port = Number(text);
+  return port >= (allowZero ? 0 : 1) && port <= 65535 ? port : null;
+}
