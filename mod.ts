@@ -5,13 +5,23 @@
  * under it breaks, goes silent, or the client's address changes, it
  * reconnects and resumes: no byte lost, duplicated or reordered.
  *
- * ```ts ignore
+ * ```ts
  * import { connect, listen } from "@immortal/sockets";
  *
- * const listener = listen({ port: 4000 });
- * const client = await connect({ port: 4000 });
- * const server = await listener.accept();
+ * using listener = listen({ hostname: "127.0.0.1", port: 0 });
+ * await using client = await connect({ port: listener.addr.port });
+ * await using server = await listener.accept();
+ * await client.write(new TextEncoder().encode("hello"));
  * ```
+ *
+ * This module reaches every capability in one hop: sessions
+ * ({@linkcode connect}, {@linkcode listen}), the transports they run on
+ * ({@linkcode tcpDialer}, {@linkcode tlsDialer}, ...), tunnels
+ * ({@linkcode TunnelClient}, {@linkcode TunnelServer}) and the relay
+ * ({@linkcode Relay}, {@linkcode serveRelay}, {@linkcode RelayNode}). Each
+ * layer is also its own entry point: `@immortal/sockets/conn`, `/link`,
+ * `/tunnel`, `/relay`, and `/frame` for the wire codec (not re-exported
+ * here: applications never need it).
  *
  * Logging goes through LogTape under the category `["immortal"]` and is
  * silent unless the application configures LogTape.
@@ -21,6 +31,5 @@
 
 export * from "./lib/conn/mod.ts";
 export * from "./lib/link/mod.ts";
-export * from "./lib/frame/mod.ts";
 export * from "./lib/tunnel/mod.ts";
 export * from "./lib/relay/mod.ts";

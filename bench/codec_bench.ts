@@ -1,7 +1,7 @@
 // Micro-benchmarks of the per-byte hot paths: frame decoding and the replay ring.
 // Run: deno task bench
-import { encodeFrame, type Frame, FrameDecoder } from "../mod.ts";
-import { _ReplayBuffer } from "../lib/conn/replay_buffer.ts";
+import { encodeFrame, type Frame, FrameDecoder } from "../lib/frame/mod.ts";
+import { ReplayBuffer } from "../lib/conn/_replay_buffer.ts";
 
 const payload = new Uint8Array(256 * 1024).fill(1);
 const wire = encodeFrame({ type: "data", data: payload });
@@ -21,7 +21,7 @@ Deno.bench("decode 1000 ack frames in one read", { group: "decode" }, () => {
 });
 
 Deno.bench("replay ring: append + copy out 256 KiB", { group: "replay" }, () => {
-  const ring = new _ReplayBuffer(4 << 20);
+  const ring = new ReplayBuffer(4 << 20);
   const scratch = new Uint8Array(payload.length);
   for (let i = 0; i < 8; i++) {
     ring.append(payload);

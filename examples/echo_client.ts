@@ -2,7 +2,7 @@
 // cable (or kill the link) in between and watch the session resume.
 //
 //   deno run --allow-net examples/echo_client.ts [host] [port] [key]
-import { connect, type ConnEvent } from "../mod.ts";
+import { connect } from "../mod.ts";
 
 if (import.meta.main) {
   const [hostname = "127.0.0.1", port = "4000", key] = Deno.args;
@@ -10,12 +10,11 @@ if (import.meta.main) {
   console.log(`connected, session ${conn.sessionId.slice(0, 8)}; type lines, Ctrl-D to end`);
   conn.addEventListener(
     "reconnecting",
-    (e) => console.log(`link lost (${(e as ConnEvent).reason}), reconnecting...`),
+    (e) => console.log(`link lost (${e.reason}), reconnecting...`),
   );
   conn.addEventListener("resumed", (e) => {
-    const { downtimeMs, replayedBytes } = e as ConnEvent;
     console.log(
-      `resumed after ${((downtimeMs ?? 0) / 1000).toFixed(1)} s, ${replayedBytes} bytes replayed`,
+      `resumed after ${(e.downtimeMs / 1000).toFixed(1)} s, ${e.replayedBytes} bytes replayed`,
     );
   });
   const printing = conn.readable.pipeThrough(new TextDecoderStream()).pipeTo(

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { connect, encodeFrame, type Frame, FrameDecoder, ImmortalError, listen } from "../mod.ts";
+import { connect, ImmortalError, listen } from "../mod.ts";
+import { encodeFrame, type Frame, FrameDecoder } from "../lib/frame/mod.ts";
 import { renderRecord, withLogs } from "./_helpers.ts";
 
 const te = new TextEncoder();

@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { connect, type ConnEvent, ImmortalError, listen } from "../mod.ts";
+import {
+  type ClosedEvent,
+  connect,
+  ImmortalError,
+  listen,
+  type ReconnectingEvent,
+  type ResumedEvent,
+} from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { nextEvent, patternHash, receiveAll, sendPattern, within } from "./_helpers.ts";
 
@@ -74,8 +81,8 @@ Deno.test("a black-holed link is detected by heartbeats within the dead-link tim
   let got = 0;
   while (got < first.length) got += (await t.server.read(buf.subarray(got)))!;
 
-  const lost = nextEvent<ConnEvent>(t.client, "reconnecting");
-  const resumed = nextEvent<ConnEvent>(t.client, "resumed");
+  const lost = nextEvent<ReconnectingEvent>(t.client, "reconnecting");
+  const resumed = nextEvent<ResumedEvent>(t.client, "resumed");
   const holedAt = performance.now();
   assert.equal(t.proxy.blackhole(), 1);
   // Written into the black hole: must arrive after the resume.
@@ -125,7 +132,7 @@ Deno.test("the client's address changes (reconnects from 127.0.0.2) and the sess
 Deno.test("resume timeout: both streams error naming the timeout; the server reaps the session", async () => {
   const resumeTimeout = 800;
   await using t = await setup({ resumeTimeout });
-  const serverClosed = nextEvent<ConnEvent>(t.server, "closed", 5000);
+  const serverClosed = nextEvent<ClosedEvent>(t.server, "closed", 5000);
   t.proxy.refuseNew(true);
   const cutAt = performance.now();
   t.proxy.reset();

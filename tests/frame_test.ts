@@ -6,7 +6,7 @@ import {
   FrameDecoderStream,
   FrameEncoderStream,
   FrameError,
-} from "../mod.ts";
+} from "../lib/frame/mod.ts";
 
 // Small deterministic PRNG so a failure can be replayed from its seed.
 function rng(seed: number): () => number {

@@ -5,12 +5,13 @@
  */
 
 import { type Dialer, tcpDialer, tlsDialer } from "../link/mod.ts";
-import { _dialAndHandshake } from "./dial.ts";
+import { checkPort, errorMessage } from "../_util.ts";
+import { ClientSession } from "./_client_session.ts";
 import { ImmortalError } from "./errors.ts";
-import { _clientOpen, _hmacKey } from "./handshake.ts";
+import { hmacKey } from "./_handshake.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
-import { _resolveOptions, type BackoffOptions, type SessionOptions } from "./options.ts";
-import { _Session } from "./session.ts";
+import { resolveOptions } from "./_options.ts";
+import type { BackoffOptions, SessionOptions } from "./options.ts";
 
 /** Where and how {@linkcode connect} opens a session. */
 export interface ConnectOptions extends SessionOptions {
@@ -37,24 +38,13 @@ export interface ConnectTlsOptions {
   serverName?: string;
 }
 
-/** @internal The dialer that `options` describe: theirs, TLS or plain TCP. */
-export function _dialerFor(options: ConnectOptions): Dialer {
+/** The dialer that `options` describe: theirs, TLS or plain TCP. */
+function dialerFor(options: ConnectOptions): Dialer {
   if (options.dialer) return options.dialer;
   const hostname = options.hostname ?? "127.0.0.1";
-  const port = _checkPort("port", options.port);
+  const port = checkPort("port", options.port);
   if (!options.tls) return tcpDialer({ hostname, port });
   return tlsDialer({ hostname, port, ...(options.tls === true ? {} : options.tls) });
-}
-
-/** @internal Validates a TCP port number, naming the setting in the error. */
-export function _checkPort(name: string, port: unknown, allowZero = false): number {
-  if (
-    typeof port !== "number" || !Number.isInteger(port) || port < (allowZero ? 0 : 1) ||
-    port > 65535
-  ) {
-    throw new RangeError(`${name} must be an integer in ${allowZero ? 0 : 1}..65535, got ${port}`);
-  }
-  return port;
 }
 
 /**
@@ -64,41 +54,32 @@ export function _checkPort(name: string, port: unknown, allowZero = false): numb
  * code `unreachable`, `auth` or `rejected` otherwise); after that, links that
  * fail are replaced transparently until `resumeTimeout`.
  *
- * @example
- * ```ts ignore
- * import { connect } from "@immortal/sockets";
- * const conn = await connect({ hostname: "example.com", port: 4000, key: "secret" });
- * await conn.write(new TextEncoder().encode("hello"));
+ * @example Send a line and read the answer
+ * ```ts
+ * import { connect, listen } from "@immortal/sockets";
+ *
+ * using listener = listen({ hostname: "127.0.0.1", port: 0 });
+ * await using conn = await connect({ hostname: "127.0.0.1", port: listener.addr.port });
+ * const server = await listener.accept();
+ * await conn.write(new TextEncoder().encode("hello\n"));
+ * const buffer = new Uint8Array(64);
+ * const n = await server.read(buffer); // 6 bytes: "hello\n"
+ * server.close();
  * ```
  */
 export async function connect(options: ConnectOptions): Promise<ImmortalConn> {
-  const resolved = _resolveOptions(options);
-  const dialer = _dialerFor(options);
-  const where = options.dialer
-    ? "the server"
-    : `${options.hostname ?? "127.0.0.1"}:${options.port}`;
-  const psk = resolved.key ? await _hmacKey(resolved.key) : null;
-  let opened;
+  const resolved = resolveOptions(options);
+  const dialer = dialerFor(options);
+  const psk = resolved.key ? await hmacKey(resolved.key) : null;
   try {
-    opened = await _dialAndHandshake(
-      dialer,
-      resolved.handshakeTimeout,
-      undefined,
-      (reader) => _clientOpen(reader, psk),
-    );
+    return await new ClientSession(dialer, resolved).open(psk);
   } catch (error) {
     if (error instanceof ImmortalError) throw error;
-    throw new ImmortalError(
-      "unreachable",
-      `cannot connect to ${where}: ${error instanceof Error ? error.message : error}`,
-      { cause: error },
-    );
+    const where = options.dialer
+      ? "the server"
+      : `${options.hostname ?? "127.0.0.1"}:${options.port}`;
+    throw new ImmortalError("unreachable", `cannot connect to ${where}: ${errorMessage(error)}`, {
+      cause: error,
+    });
   }
-  return new _Session({
-    role: "client",
-    options: resolved,
-    secrets: opened.value,
-    reader: opened.reader,
-    dialer,
-  });
 }

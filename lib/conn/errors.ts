@@ -37,10 +37,3 @@ export class ImmortalError extends Error {
     this.code = code;
   }
 }
-
-/** Errors after which a client stops trying to resume. */
-export function _isFatal(error: unknown): boolean {
-  return error instanceof ImmortalError &&
-    (error.code === "auth" || error.code === "unknown-session" || error.code === "protocol" ||
-      error.code === "closed");
-}

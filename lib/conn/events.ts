@@ -1,52 +1,105 @@
 /**
- * Events and counters an {@linkcode ImmortalConn} exposes.
+ * Events and counters an {@linkcode ImmortalConn} exposes. Each event type
+ * has its own class whose fields are always set, and {@linkcode ConnEventMap}
+ * types `addEventListener` by event name.
  *
  * @module
  */
 
+import type { ImmortalConn } from "./immortal_conn.ts";
+
 /** Where a session is: on a live link, between links, or ended. */
 export type ConnState = "connected" | "reconnecting" | "closed";
 
-/** Names of the events an ImmortalConn dispatches. */
-export type ConnEventType = "reconnecting" | "resumed" | "closed";
+/**
+ * The link under the session was lost; the session is getting another
+ * (client) or waiting for the client to come back (server).
+ *
+ * @example Log every lost link
+ * ```ts
+ * import { ReconnectingEvent } from "@immortal/sockets";
+ *
+ * const event = new ReconnectingEvent("nothing received for 3000 ms");
+ * console.log(`link lost: ${event.reason}`);
+ * ```
+ */
+export class ReconnectingEvent extends Event {
+  /** How the link was lost, in words. */
+  readonly reason: string;
 
-/** Options of a {@linkcode ConnEvent}. */
-export interface ConnEventInit {
-  /** Why the link was lost (`reconnecting`). */
-  reason?: string;
-  /** How long the session had no link, in ms (`resumed`). */
-  downtimeMs?: number;
-  /** Bytes sent again on the new link (`resumed`). */
-  replayedBytes?: number;
-  /** Why the session ended, if it did not end cleanly (`closed`). */
-  error?: Error;
+  /** Creates the event; `reason` says how the link was lost. */
+  constructor(reason: string) {
+    super("reconnecting");
+    this.reason = reason;
+  }
 }
 
 /**
- * A state change of an ImmortalConn:
- * - `reconnecting`: the link was lost; `reason` says how;
- * - `resumed`: a new link carries the session again;
- * - `closed`: the session ended (`error` is set when it did not end cleanly).
+ * A new link carries the session again: nothing was lost.
+ *
+ * @example
+ * ```ts
+ * import { ResumedEvent } from "@immortal/sockets";
+ *
+ * const event = new ResumedEvent(12, 4096);
+ * console.log(`back after ${event.downtimeMs} ms, ${event.replayedBytes} bytes sent again`);
+ * ```
  */
-export class ConnEvent extends Event {
-  /** Why the link was lost (`reconnecting`). */
-  readonly reason?: string;
-  /** How long the session had no link, in ms (`resumed`). */
-  readonly downtimeMs?: number;
-  /** Bytes sent again on the new link (`resumed`). */
-  readonly replayedBytes?: number;
-  /** Why the session ended, if it did not end cleanly (`closed`). */
-  readonly error?: Error;
+export class ResumedEvent extends Event {
+  /** How long the session had no link, in ms. */
+  readonly downtimeMs: number;
+  /** Bytes sent again on the new link. */
+  readonly replayedBytes: number;
 
-  /** Creates an event of `type`. */
-  constructor(type: ConnEventType, init: ConnEventInit = {}) {
-    super(type);
-    this.reason = init.reason;
-    this.downtimeMs = init.downtimeMs;
-    this.replayedBytes = init.replayedBytes;
-    this.error = init.error;
+  /** Creates the event with the downtime (ms) and the bytes replayed. */
+  constructor(downtimeMs: number, replayedBytes: number) {
+    super("resumed");
+    this.downtimeMs = downtimeMs;
+    this.replayedBytes = replayedBytes;
   }
 }
+
+/**
+ * The session ended: cleanly (both directions done, or closed locally) when
+ * `error` is undefined, abnormally otherwise.
+ *
+ * @example
+ * ```ts
+ * import { ClosedEvent, ImmortalError } from "@immortal/sockets";
+ *
+ * const event = new ClosedEvent(new ImmortalError("timeout", "gone too long"));
+ * console.log(event.error ? `ended: ${event.error.message}` : "ended cleanly");
+ * ```
+ */
+export class ClosedEvent extends Event {
+  /** Why the session ended, when it did not end cleanly. */
+  readonly error: Error | undefined;
+
+  /** Creates the event; pass `error` when the session did not end cleanly. */
+  constructor(error?: Error) {
+    super("closed");
+    this.error = error;
+  }
+}
+
+/** Event classes by the name an {@linkcode ImmortalConn} dispatches them under. */
+export interface ConnEventMap {
+  /** The link was lost; see {@linkcode ReconnectingEvent}. */
+  reconnecting: ReconnectingEvent;
+  /** A new link carries the session; see {@linkcode ResumedEvent}. */
+  resumed: ResumedEvent;
+  /** The session ended; see {@linkcode ClosedEvent}. */
+  closed: ClosedEvent;
+}
+
+/** Any state event of an ImmortalConn. */
+export type ConnEvent = ConnEventMap[keyof ConnEventMap];
+
+/** A typed listener for event `K` of an ImmortalConn. */
+export type ConnEventListener<K extends keyof ConnEventMap> = (
+  this: ImmortalConn,
+  event: ConnEventMap[K],
+) => void;
 
 /** Counters of one session. */
 export interface ConnStats {

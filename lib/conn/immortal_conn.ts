@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { ConnEvent, ConnState, ConnStats } from "./events.ts";
+import type { ConnEventListener, ConnEventMap, ConnState, ConnStats } from "./events.ts";
 
 /**
  * A byte stream that survives its links. Shaped like `Deno.Conn`: Web Streams
@@ -39,10 +39,10 @@ export interface ImmortalConn extends EventTarget, AsyncDisposable {
   closeWrite(): Promise<void>;
   /** Aborts the session at once; unsent data is discarded and the peer is told. */
   close(): void;
-  /** Adds a listener for a state event. */
-  addEventListener(
-    type: "reconnecting" | "resumed" | "closed",
-    listener: (event: ConnEvent) => void,
+  /** Adds a listener for a state event; the event's class follows from its name. */
+  addEventListener<K extends keyof ConnEventMap>(
+    type: K,
+    listener: ConnEventListener<K>,
     options?: boolean | AddEventListenerOptions,
   ): void;
   /** Adds a listener (generic form). */
@@ -50,5 +50,17 @@ export interface ImmortalConn extends EventTarget, AsyncDisposable {
     type: string,
     listener: EventListenerOrEventListenerObject | null,
     options?: boolean | AddEventListenerOptions,
+  ): void;
+  /** Removes a listener added with {@linkcode ImmortalConn.addEventListener}. */
+  removeEventListener<K extends keyof ConnEventMap>(
+    type: K,
+    listener: ConnEventListener<K>,
+    options?: boolean | EventListenerOptions,
+  ): void;
+  /** Removes a listener (generic form). */
+  removeEventListener(
+    type: string,
+    listener: EventListenerOrEventListenerObject | null,
+    options?: boolean | EventListenerOptions,
   ): void;
 }

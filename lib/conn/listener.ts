@@ -6,13 +6,14 @@
 
 import { getLogger } from "@logtape/logtape";
 import { type Acceptor, formatAddr, type Link, TcpAcceptor, TlsAcceptor } from "../link/mod.ts";
-import { _checkPort } from "./connect.ts";
+import { checkPort, errorMessage } from "../_util.ts";
 import { ImmortalError } from "./errors.ts";
-import { _FrameReader } from "./frame_reader.ts";
-import { _hmacKey, _send, _serverHandshake, type _SessionSecrets } from "./handshake.ts";
+import { FrameReader } from "./_frame_reader.ts";
+import { sendFrame } from "./_handshake.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
-import { type _ResolvedOptions, _resolveOptions, type SessionOptions } from "./options.ts";
-import { _Session } from "./session.ts";
+import { type ResolvedOptions, resolveOptions } from "./_options.ts";
+import type { SessionOptions } from "./options.ts";
+import { ServerSessions } from "./_server_session.ts";
 
 const log = getLogger(["immortal", "listener"]);
 
@@ -40,10 +41,14 @@ export interface ListenTlsOptions {
   key: string;
 }
 
-/** Accepts immortal sessions; resumes of known sessions are handled inside. */
-export interface ImmortalListener extends AsyncIterable<ImmortalConn>, Disposable {
+/**
+ * Accepts immortal sessions; resumes of known sessions are handled inside.
+ * `A` is the type of its address: `Deno.NetAddr` over TCP and TLS.
+ */
+export interface ImmortalListener<A extends Deno.Addr = Deno.NetAddr>
+  extends AsyncIterable<ImmortalConn>, Disposable {
   /** The address clients dial. */
-  readonly addr: Deno.Addr;
+  readonly addr: A;
   /** Sessions this listener keeps alive (accepted or waiting to be). */
   readonly sessionCount: number;
   /** Waits for the next new session. */
@@ -55,38 +60,32 @@ export interface ImmortalListener extends AsyncIterable<ImmortalConn>, Disposabl
   close(): void;
 }
 
-interface _Entry {
-  session: _Session;
-  secrets: _SessionSecrets;
-}
-
-class _Listener implements ImmortalListener {
-  #acceptor: Acceptor;
-  #options: _ResolvedOptions;
-  #psk: Promise<CryptoKey | null>;
+class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
+  #acceptor: Acceptor<A>;
+  #options: ResolvedOptions;
+  #sessions: ServerSessions;
   #backlog: number;
   #maxHandshakes: number;
-  #sessions = new Map<string, _Entry>();
-  #ready: _Session[] = [];
+  #ready: ImmortalConn[] = [];
   #waiters: { resolve: (conn: ImmortalConn) => void; reject: (error: Error) => void }[] = [];
   #handshaking = new Set<Link>();
   #closed = false;
 
   constructor(
-    acceptor: Acceptor,
-    options: _ResolvedOptions,
+    acceptor: Acceptor<A>,
+    options: ResolvedOptions,
     backlog: number,
     maxHandshakes: number,
   ) {
     this.#acceptor = acceptor;
     this.#options = options;
-    this.#psk = options.key ? _hmacKey(options.key) : Promise.resolve(null);
+    this.#sessions = new ServerSessions(options);
     this.#backlog = backlog;
     this.#maxHandshakes = maxHandshakes;
     this.#acceptLoop();
   }
 
-  get addr(): Deno.Addr {
+  get addr(): A {
     return this.#acceptor.addr;
   }
 
@@ -120,8 +119,7 @@ class _Listener implements ImmortalListener {
     const error = new ImmortalError("closed", "the listener is closed");
     for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
     for (const session of this.#ready.splice(0)) session.close();
-    for (const { session } of [...this.#sessions.values()]) session._listenerClosed();
-    this.#sessions.clear();
+    this.#sessions.closeAll();
     log.info("Listener on {addr} closed", { addr: formatAddr(this.addr) });
   }
 
@@ -161,39 +159,21 @@ class _Listener implements ImmortalListener {
     const remote = formatAddr(link.remoteAddr);
     // Clients that never finish their handshake must not hold a slot forever.
     const timer = setTimeout(() => link.close(), this.#options.handshakeTimeout);
-    const reader = new _FrameReader(link);
+    const reader = new FrameReader(link);
     try {
-      const hello = await _serverHandshake(reader, await this.#psk, (id) => {
-        const entry = this.#sessions.get(id);
-        return entry?.session._resumable ? entry.secrets.resumeKey : undefined;
-      });
+      const hello = await this.#sessions.handshake(reader);
+      if (hello === null) return; // a resume: the session took the link
       if (this.#closed) throw new ImmortalError("closed", "the listener is closed");
-      if (hello.kind === "resume") {
-        const entry = this.#sessions.get(hello.sessionId);
-        if (!entry) {
-          throw new ImmortalError("unknown-session", "the session ended during the handshake");
-        }
-        log.info("Session {id}: client resuming from {remote}", { id: hello.sessionId, remote });
-        await entry.session._resumeFrom(reader, hello.received, hello.transcript);
-        return;
-      }
       if (this.#ready.length >= this.#backlog) {
-        await _send(link, {
+        await sendFrame(link, {
           type: "reject",
           code: "busy",
           reason: "too many sessions waiting to be accepted",
         });
         throw new ImmortalError("rejected", "backlog full");
       }
-      await _send(link, hello.accept);
-      const session = new _Session({
-        role: "server",
-        options: this.#options,
-        secrets: hello.secrets,
-        reader,
-        onForget: (s) => this.#sessions.delete(s.sessionId),
-      });
-      this.#sessions.set(hello.secrets.id, { session, secrets: hello.secrets });
+      await sendFrame(link, hello.accept);
+      const session = this.#sessions.open(reader, hello);
       const waiter = this.#waiters.shift();
       if (waiter) waiter.resolve(session);
       else this.#ready.push(session);
@@ -204,7 +184,7 @@ class _Listener implements ImmortalListener {
       } else {
         log.debug("Handshake with {remote} failed: {reason}", {
           remote,
-          reason: error instanceof Error ? error.message : String(error),
+          reason: errorMessage(error),
         });
       }
     } finally {
@@ -216,18 +196,34 @@ class _Listener implements ImmortalListener {
 
 /**
  * Starts accepting immortal sessions — synchronously, like `Deno.listen`.
+ * Over TCP or TLS, `addr` is the bound `Deno.NetAddr`; with an `acceptor`,
+ * it is whatever address that acceptor has.
  *
- * @example
- * ```ts ignore
- * import { listen } from "@immortal/sockets";
- * const listener = listen({ port: 4000, key: "secret" });
- * for await (const conn of listener) {
- *   conn.readable.pipeTo(conn.writable); // echo
- * }
+ * @example Echo every session back
+ * ```ts
+ * import { connect, listen } from "@immortal/sockets";
+ *
+ * using listener = listen({ hostname: "127.0.0.1", port: 0, key: "secret" });
+ * const serving = (async () => {
+ *   for await (const conn of listener) await conn.readable.pipeTo(conn.writable); // echo
+ * })();
+ * await using client = await connect({ port: listener.addr.port, key: "secret" });
+ * await client.write(new TextEncoder().encode("hi"));
+ * await client.closeWrite();
+ * const echoed = await new Response(client.readable).text(); // "hi"
+ * listener.close();
+ * await serving;
  * ```
  */
-export function listen(options: ListenOptions = {}): ImmortalListener {
-  const resolved = _resolveOptions(options);
+export function listen(options?: ListenOptions & { acceptor?: undefined }): ImmortalListener;
+/** Starts accepting immortal sessions on links from `options.acceptor`. */
+export function listen<A extends Deno.Addr>(
+  options: ListenOptions & { acceptor: Acceptor<A> },
+): ImmortalListener<A>;
+/** Starts accepting immortal sessions; the address type depends on the options. */
+export function listen(options: ListenOptions): ImmortalListener<Deno.Addr>;
+export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr> {
+  const resolved = resolveOptions(options);
   const backlog = options.backlog ?? 128;
   const maxHandshakes = options.maxHandshakes ?? 256;
   if (!Number.isInteger(backlog) || backlog < 1) {
@@ -238,9 +234,9 @@ export function listen(options: ListenOptions = {}): ImmortalListener {
   }
   const where = {
     hostname: options.hostname,
-    port: _checkPort("port", options.port ?? 0, true),
+    port: checkPort("port", options.port ?? 0, true),
   };
-  const acceptor = options.acceptor ??
+  const acceptor: Acceptor = options.acceptor ??
     (options.tls ? new TlsAcceptor({ ...where, ...options.tls }) : new TcpAcceptor(where));
-  return new _Listener(acceptor, resolved, backlog, maxHandshakes);
+  return new Listener(acceptor, resolved, backlog, maxHandshakes);
 }

@@ -1,5 +1,5 @@
 /**
- * Session settings, their defaults, and their validation.
+ * Session settings and their defaults (validated in `_options.ts`).
  *
  * @module
  */
@@ -31,58 +31,4 @@ export interface BackoffOptions {
   max?: number;
   /** A link that stayed up this long (ms) resets the backoff. Default 10000. */
   stableAfter?: number;
-}
-
-/** @internal Fully resolved settings. */
-export interface _ResolvedOptions {
-  key: Uint8Array | null;
-  heartbeatInterval: number;
-  deadLinkTimeout: number;
-  resumeTimeout: number;
-  maxUnackedBytes: number;
-  handshakeTimeout: number;
-  backoff: Required<BackoffOptions>;
-}
-
-function _positive(name: string, value: number | undefined, fallback: number, min = 1): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== "number" || !Number.isFinite(value) || value < min) {
-    throw new RangeError(`${name} must be a number >= ${min}, got ${value}`);
-  }
-  return value;
-}
-
-/** Validates and fills in defaults; throws `RangeError`/`TypeError` naming the bad setting. */
-export function _resolveOptions(
-  options: SessionOptions & { backoff?: BackoffOptions },
-): _ResolvedOptions {
-  let key: Uint8Array | null = null;
-  if (options.key !== undefined) {
-    key = typeof options.key === "string" ? new TextEncoder().encode(options.key) : options.key;
-    if (!(key instanceof Uint8Array) || key.length === 0) {
-      throw new TypeError("key must be a non-empty string or Uint8Array");
-    }
-  }
-  const heartbeatInterval = _positive("heartbeatInterval", options.heartbeatInterval, 1000, 10);
-  const deadLinkTimeout = _positive("deadLinkTimeout", options.deadLinkTimeout, 5000, 10);
-  if (deadLinkTimeout <= heartbeatInterval) {
-    throw new RangeError(
-      `deadLinkTimeout (${deadLinkTimeout} ms) must be longer than heartbeatInterval (${heartbeatInterval} ms)`,
-    );
-  }
-  const backoff = options.backoff ?? {};
-  const initial = _positive("backoff.initial", backoff.initial, 100);
-  return {
-    key,
-    heartbeatInterval,
-    deadLinkTimeout,
-    resumeTimeout: _positive("resumeTimeout", options.resumeTimeout, 120_000),
-    maxUnackedBytes: _positive("maxUnackedBytes", options.maxUnackedBytes, 4 << 20, 1024),
-    handshakeTimeout: _positive("handshakeTimeout", options.handshakeTimeout, 10_000),
-    backoff: {
-      initial,
-      max: _positive("backoff.max", backoff.max, Math.max(5000, initial), initial),
-      stableAfter: _positive("backoff.stableAfter", backoff.stableAfter, 10_000, 0),
-    },
-  };
 }

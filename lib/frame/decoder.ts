@@ -24,7 +24,7 @@ import {
   REJECT_CODES,
 } from "./frame.ts";
 import { FrameError } from "./frame_error.ts";
-import { _readF64, _readU32, _readU64 } from "./_bytes.ts";
+import { readF64, readU32, readU64 } from "./_bytes.ts";
 
 /** Options for {@linkcode FrameDecoder}. */
 export interface FrameDecoderOptions {
@@ -49,11 +49,11 @@ const FIXED_LIMITS: Record<number, number> = {
   [FrameCode.reject]: 1 + MAX_REASON_BYTES,
 };
 
-function _expect(ok: boolean, what: string): void {
+function expectValid(ok: boolean, what: string): void {
   if (!ok) throw new FrameError(what);
 }
 
-function _text(p: Uint8Array): string {
+function decodeText(p: Uint8Array): string {
   try {
     return utf8.decode(p);
   } catch {
@@ -61,56 +61,56 @@ function _text(p: Uint8Array): string {
   }
 }
 
-function _parse(type: number, p: Uint8Array): Frame {
+function parsePayload(type: number, p: Uint8Array): Frame {
   switch (type) {
     case FrameCode.data:
-      _expect(p.length > 0, "empty data frame");
+      expectValid(p.length > 0, "empty data frame");
       return { type: "data", data: p };
     case FrameCode.ack:
-      _expect(p.length === 8, "ack frame must be 8 bytes");
-      return { type: "ack", position: _readU64(p, 0) };
+      expectValid(p.length === 8, "ack frame must be 8 bytes");
+      return { type: "ack", position: readU64(p, 0) };
     case FrameCode.fin:
-      _expect(p.length === 8, "fin frame must be 8 bytes");
-      return { type: "fin", position: _readU64(p, 0) };
+      expectValid(p.length === 8, "fin frame must be 8 bytes");
+      return { type: "fin", position: readU64(p, 0) };
     case FrameCode.ping:
     case FrameCode.pong:
-      _expect(p.length === 8, "ping/pong frame must be 8 bytes");
-      return { type: type === FrameCode.ping ? "ping" : "pong", stamp: _readF64(p, 0) };
+      expectValid(p.length === 8, "ping/pong frame must be 8 bytes");
+      return { type: type === FrameCode.ping ? "ping" : "pong", stamp: readF64(p, 0) };
     case FrameCode.close:
-      return { type: "close", reason: _text(p) };
+      return { type: "close", reason: decodeText(p) };
     case FrameCode.bye:
       return { type: "bye" };
     case FrameCode.hello: {
-      _expect(p.length >= 5, "hello frame too short");
-      _expect(HELLO_MAGIC.every((b, i) => p[i] === b), "not an immortal hello");
+      expectValid(p.length >= 5, "hello frame too short");
+      expectValid(HELLO_MAGIC.every((b, i) => p[i] === b), "not an immortal hello");
       // Other versions may lay out the rest differently: report only the version.
       if (p[4] !== PROTOCOL_VERSION) {
         return { type: "hello", version: p[4], nonce: p.subarray(0, 0) };
       }
       const nonce = p.subarray(6, 22);
       if (p[5] === 0) {
-        _expect(p.length === 54, "hello (new) must be 54 bytes");
+        expectValid(p.length === 54, "hello (new) must be 54 bytes");
         return { type: "hello", version: p[4], nonce, publicKey: p.subarray(22, 54) };
       }
-      _expect(p[5] === 1 && p.length === 46, "hello (resume) must be 46 bytes");
+      expectValid(p[5] === 1 && p.length === 46, "hello (resume) must be 46 bytes");
       return {
         type: "hello",
         version: p[4],
         nonce,
-        resume: { sessionId: p.subarray(22, 38), received: _readU64(p, 38) },
+        resume: { sessionId: p.subarray(22, 38), received: readU64(p, 38) },
       };
     }
     case FrameCode.challenge:
-      _expect(p.length === 32, "challenge must be 32 bytes");
+      expectValid(p.length === 32, "challenge must be 32 bytes");
       return { type: "challenge", nonce: p };
     case FrameCode.proof:
-      _expect(p.length === 0 || p.length === 32, "proof must be 0 or 32 bytes");
+      expectValid(p.length === 0 || p.length === 32, "proof must be 0 or 32 bytes");
       return { type: "proof", mac: p };
     case FrameCode.accept: {
-      _expect(p.length >= 1, "empty accept frame");
+      expectValid(p.length >= 1, "empty accept frame");
       const fixed = p[0] === 0 ? 49 : 9;
-      _expect(p[0] <= 1, "unknown accept kind");
-      _expect(p.length === fixed || p.length === fixed + 32, "accept frame has a bad size");
+      expectValid(p[0] <= 1, "unknown accept kind");
+      expectValid(p.length === fixed || p.length === fixed + 32, "accept frame has a bad size");
       const mac = p.subarray(fixed);
       if (p[0] === 0) {
         return {
@@ -119,11 +119,11 @@ function _parse(type: number, p: Uint8Array): Frame {
           mac,
         };
       }
-      return { type: "accept", received: _readU64(p, 1), mac };
+      return { type: "accept", received: readU64(p, 1), mac };
     }
     case FrameCode.reject: {
-      _expect(p.length >= 1 && p[0] < REJECT_CODES.length, "unknown reject code");
-      return { type: "reject", code: REJECT_CODES[p[0]], reason: _text(p.subarray(1)) };
+      expectValid(p.length >= 1 && p[0] < REJECT_CODES.length, "unknown reject code");
+      return { type: "reject", code: REJECT_CODES[p[0]], reason: decodeText(p.subarray(1)) };
     }
     default:
       throw new FrameError(`unknown frame type 0x${type.toString(16).padStart(2, "0")}`);
@@ -136,6 +136,21 @@ function _parse(type: number, p: Uint8Array): Frame {
  * Payloads of frames that lie wholly inside one pushed chunk are views into
  * that chunk (no copy): a caller that reuses its read buffer must copy what it
  * keeps before pushing again.
+ *
+ * @example Frames split across chunks come out whole
+ * ```ts
+ * import { encodeFrame, type Frame, FrameDecoder } from "@immortal/sockets/frame";
+ *
+ * const wire = encodeFrame({ type: "data", data: new TextEncoder().encode("hello") });
+ * const decoder = new FrameDecoder();
+ * const frames: Frame[] = [];
+ * decoder.push(wire.subarray(0, 3), frames); // half a header: nothing yet
+ * decoder.push(wire.subarray(3), frames);
+ * const [frame] = frames;
+ * if (frame.type !== "data" || new TextDecoder().decode(frame.data) !== "hello") {
+ *   throw new Error("decoded the wrong frame");
+ * }
+ * ```
  */
 export class FrameDecoder {
   #maxFrameSize: number;
@@ -200,7 +215,7 @@ export class FrameDecoder {
         let length: number;
         if (this.#headerLength === 0 && end - off >= FRAME_HEADER_SIZE) {
           this.#type = chunk[off];
-          length = _readU32(chunk, off + 1);
+          length = readU32(chunk, off + 1);
           off += FRAME_HEADER_SIZE;
         } else {
           const n = Math.min(FRAME_HEADER_SIZE - this.#headerLength, end - off);
@@ -210,14 +225,14 @@ export class FrameDecoder {
           if (this.#headerLength < FRAME_HEADER_SIZE) return;
           this.#headerLength = 0;
           this.#type = this.#header[0];
-          length = _readU32(this.#header, 1);
+          length = readU32(this.#header, 1);
         }
         const limit = this.#limit(this.#type);
         if (length > limit) {
           throw new FrameError(`frame of ${length} bytes exceeds the limit of ${limit}`);
         }
         if (end - off >= length) {
-          out.push(_parse(this.#type, chunk.subarray(off, off + length)));
+          out.push(parsePayload(this.#type, chunk.subarray(off, off + length)));
           off += length;
           continue;
         }
@@ -236,7 +251,7 @@ export class FrameDecoder {
       off += n;
       if (this.#bodyLength === body.length) {
         this.#body = null;
-        out.push(_parse(this.#type, body));
+        out.push(parsePayload(this.#type, body));
       }
     }
   }

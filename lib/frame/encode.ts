@@ -14,11 +14,11 @@ import {
   PROTOCOL_VERSION,
   REJECT_CODES,
 } from "./frame.ts";
-import { _writeF64, _writeU32, _writeU64 } from "./_bytes.ts";
+import { writeF64, writeU32, writeU64 } from "./_bytes.ts";
 
 const encoder = new TextEncoder();
 
-function _reasonBytes(reason: string): Uint8Array {
+function reasonBytes(reason: string): Uint8Array {
   const bytes = encoder.encode(reason);
   if (bytes.length <= MAX_REASON_BYTES) return bytes;
   // Cut on a UTF-8 boundary so the peer's strict decoder accepts it.
@@ -38,7 +38,7 @@ export function framePayloadSize(frame: Frame): number {
     case "fin":
       return 8;
     case "close":
-      return _reasonBytes(frame.reason).length;
+      return reasonBytes(frame.reason).length;
     case "bye":
       return 0;
     case "hello":
@@ -50,7 +50,7 @@ export function framePayloadSize(frame: Frame): number {
     case "accept":
       return 1 + (frame.created ? 48 : 8) + frame.mac.length;
     case "reject":
-      return 1 + _reasonBytes(frame.reason).length;
+      return 1 + reasonBytes(frame.reason).length;
   }
 }
 
@@ -62,7 +62,7 @@ export function writeFrameHeader(
   length: number,
 ): void {
   buf[offset] = type;
-  _writeU32(buf, offset + 1, length);
+  writeU32(buf, offset + 1, length);
 }
 
 /**
@@ -79,14 +79,14 @@ export function encodeFrameInto(frame: Frame, buf: Uint8Array, offset: number): 
       break;
     case "ack":
     case "fin":
-      _writeU64(buf, p, frame.position);
+      writeU64(buf, p, frame.position);
       break;
     case "ping":
     case "pong":
-      _writeF64(buf, p, frame.stamp);
+      writeF64(buf, p, frame.stamp);
       break;
     case "close":
-      buf.set(_reasonBytes(frame.reason), p);
+      buf.set(reasonBytes(frame.reason), p);
       break;
     case "bye":
       break;
@@ -97,7 +97,7 @@ export function encodeFrameInto(frame: Frame, buf: Uint8Array, offset: number): 
       buf.set(frame.nonce.subarray(0, 16), p + 6);
       if (frame.resume) {
         buf.set(frame.resume.sessionId.subarray(0, 16), p + 22);
-        _writeU64(buf, p + 38, frame.resume.received);
+        writeU64(buf, p + 38, frame.resume.received);
       } else {
         buf.set(frame.publicKey!.subarray(0, 32), p + 22);
       }
@@ -116,19 +116,29 @@ export function encodeFrameInto(frame: Frame, buf: Uint8Array, offset: number): 
         buf.set(frame.mac, p + 49);
       } else {
         buf[p] = 1;
-        _writeU64(buf, p + 1, frame.received ?? 0);
+        writeU64(buf, p + 1, frame.received ?? 0);
         buf.set(frame.mac, p + 9);
       }
       break;
     case "reject":
       buf[p] = REJECT_CODES.indexOf(frame.code);
-      buf.set(_reasonBytes(frame.reason), p + 1);
+      buf.set(reasonBytes(frame.reason), p + 1);
       break;
   }
   return FRAME_HEADER_SIZE + size;
 }
 
-/** Encodes `frame` into a new buffer holding exactly its bytes. */
+/**
+ * Encodes `frame` into a new buffer holding exactly its bytes.
+ *
+ * @example An ack frame on the wire: type byte, 4-byte length, 8-byte position
+ * ```ts
+ * import { encodeFrame } from "@immortal/sockets/frame";
+ *
+ * const bytes = encodeFrame({ type: "ack", position: 1024 });
+ * if (bytes.length !== 5 + 8) throw new Error("an ack is 13 bytes");
+ * ```
+ */
 export function encodeFrame(frame: Frame): Uint8Array {
   const buf = new Uint8Array(FRAME_HEADER_SIZE + framePayloadSize(frame));
   encodeFrameInto(frame, buf, 0);

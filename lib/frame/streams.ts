@@ -21,6 +21,19 @@ export class FrameEncoderStream extends TransformStream<Frame, Uint8Array> {
 /**
  * Turns wire bytes into validated frames. Malformed input errors the stream
  * with a {@linkcode FrameError}; bytes that end mid-frame do too.
+ *
+ * @example Round trip through both streams
+ * ```ts
+ * import { type Frame, FrameDecoderStream, FrameEncoderStream } from "@immortal/sockets/frame";
+ *
+ * const frames: Frame[] = [{ type: "ping", stamp: 1.5 }, { type: "fin", position: 42 }];
+ * const decoded = await Array.fromAsync(
+ *   ReadableStream.from(frames)
+ *     .pipeThrough(new FrameEncoderStream())
+ *     .pipeThrough(new FrameDecoderStream()),
+ * );
+ * if (decoded.length !== 2 || decoded[1].type !== "fin") throw new Error("lost a frame");
+ * ```
  */
 export class FrameDecoderStream extends TransformStream<Uint8Array, Frame> {
   /** Creates a decoder stream; see {@linkcode FrameDecoderOptions}. */

@@ -34,14 +34,17 @@ export interface Link {
  */
 export type Dialer = (signal: AbortSignal) => Promise<Link>;
 
-/** Yields Links as peers connect (server side). */
-export interface Acceptor {
+/**
+ * Yields Links as peers connect (server side). `A` is the type of the
+ * address peers dial: `Deno.NetAddr` for TCP and TLS acceptors.
+ */
+export interface Acceptor<A extends Deno.Addr = Deno.Addr> {
   /** Waits for the next Link; rejects once the acceptor is closed. */
   accept(): Promise<Link>;
   /** Stops accepting; idempotent. */
   close(): void;
   /** The address peers dial. */
-  readonly addr: Deno.Addr;
+  readonly addr: A;
 }
 
 /** Formats an address for logs and messages, e.g. `127.0.0.1:4000` or `[::1]:4000`. */

@@ -5,6 +5,7 @@
  */
 
 import type { Acceptor, Dialer, Link } from "./link.ts";
+import { tuneTcp } from "./_tune_tcp.ts";
 
 /** A {@linkcode Link} over one `Deno.TcpConn`, or a `Deno.TlsConn` on top of one. */
 export class TcpLink implements Link {
@@ -17,7 +18,7 @@ export class TcpLink implements Link {
    */
   constructor(conn: Deno.TcpConn | Deno.TlsConn) {
     this.#conn = conn;
-    if ("setNoDelay" in conn) _tuneTcp(conn);
+    if ("setNoDelay" in conn) tuneTcp(conn);
   }
 
   /** Local address of the socket. */
@@ -53,16 +54,6 @@ export class TcpLink implements Link {
   }
 }
 
-/** @internal Turns Nagle off and keep-alive on; a socket that already died fails on first use. */
-export function _tuneTcp(conn: Deno.TcpConn): void {
-  try {
-    conn.setNoDelay(true);
-    conn.setKeepAlive(true);
-  } catch {
-    // A connection that died before we configured it fails on first use.
-  }
-}
-
 /** Where a TCP dialer connects. */
 export interface TcpDialerOptions {
   /** Host name or IP address of the server. Default `127.0.0.1`. */
@@ -89,7 +80,7 @@ export interface TcpAcceptorOptions {
 }
 
 /** An {@linkcode Acceptor} over any Deno listener of TCP or TLS connections. */
-export class ListenerAcceptor implements Acceptor {
+export class ListenerAcceptor implements Acceptor<Deno.NetAddr> {
   #listener: Deno.Listener<Deno.TcpConn | Deno.TlsConn, Deno.NetAddr>;
 
   /** Takes over `listener` (closing the acceptor closes it). */

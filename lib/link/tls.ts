@@ -5,7 +5,9 @@
  */
 
 import type { Dialer } from "./link.ts";
-import { _tuneTcp, ListenerAcceptor, TcpLink } from "./tcp.ts";
+import { errorMessage } from "../_util.ts";
+import { ListenerAcceptor, TcpLink } from "./tcp.ts";
+import { tuneTcp } from "./_tune_tcp.ts";
 
 /** Where and how a TLS dialer connects. */
 export interface TlsDialerOptions {
@@ -37,7 +39,7 @@ export function tlsDialer(options: TlsDialerOptions): Dialer {
   const serverName = options.serverName ?? hostname;
   return async (signal) => {
     const tcp = await Deno.connect({ hostname, port, signal });
-    _tuneTcp(tcp);
+    tuneTcp(tcp);
     let tls: Deno.TlsConn | undefined;
     const onAbort = () => (tls ?? tcp).close();
     signal.addEventListener("abort", onAbort, { once: true });
@@ -51,7 +53,7 @@ export function tlsDialer(options: TlsDialerOptions): Dialer {
       } catch {
         // Closed by the abort already.
       }
-      throw new Error(`TLS handshake with ${serverName} failed: ${(error as Error).message}`, {
+      throw new Error(`TLS handshake with ${serverName} failed: ${errorMessage(error)}`, {
         cause: error,
       });
     } finally {

@@ -15,7 +15,8 @@ import {
   type SessionOptions,
 } from "../conn/mod.ts";
 import type { Dialer } from "../link/mod.ts";
-import { _splice, _TUNNEL_PREAMBLE } from "./splice.ts";
+import { backoffDelay, delay, errorMessage } from "../_util.ts";
+import { splice, TUNNEL_PREAMBLE } from "./_splice.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
 
@@ -86,28 +87,16 @@ export class TunnelClient implements AsyncDisposable {
   async #open(): Promise<ImmortalConn> {
     const { server, connectWait = 30_000 } = this.#options;
     const deadline = performance.now() + connectWait;
-    for (let attempt = 0;; attempt++) {
+    for (let attempt = 1;; attempt++) {
       try {
         return await connect({ ...this.#options, ...server, dialer: this.#options.dialer });
       } catch (error) {
         // A refused key will not get better by waiting.
         if (!(error instanceof ImmortalError) || error.code !== "unreachable") throw error;
-        const wait = Math.min(2000, 100 * 2 ** attempt);
-        if (performance.now() + wait > deadline || this.#closing.signal.aborted) throw error;
+        const wait = backoffDelay(attempt, 100, 2000);
+        if (performance.now() + wait > deadline) throw error;
         log.warn("Server unreachable ({reason}); new connection waits", { reason: error.message });
-        await new Promise<void>((resolve) => {
-          const signal = this.#closing.signal;
-          // One listener per wait, removed when the wait ends, so retries do not pile them up.
-          const onAbort = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-          const timer = setTimeout(() => {
-            signal.removeEventListener("abort", onAbort);
-            resolve();
-          }, wait);
-          signal.addEventListener("abort", onAbort, { once: true });
-        });
+        if (!(await delay(wait, this.#closing.signal))) throw error;
       }
     }
   }
@@ -118,17 +107,17 @@ export class TunnelClient implements AsyncDisposable {
     try {
       conn = await this.#open();
       this.#sessions.add(conn);
-      await conn.write(new Uint8Array([_TUNNEL_PREAMBLE]));
+      await conn.write(new Uint8Array([TUNNEL_PREAMBLE]));
       const id = conn.sessionId.slice(0, 8);
       log.info("Tunnel {id} connected for local client {local}", {
         id,
         local: `${tcp.remoteAddr.hostname}:${tcp.remoteAddr.port}`,
       });
-      const { up, down } = await _splice(tcp, conn);
+      const { up, down } = await splice(tcp, conn);
       await conn.closed;
       log.info("Tunnel {id} done: {up} bytes sent, {down} bytes received", { id, up, down });
     } catch (error) {
-      log.error("Tunnel connection failed: {reason}", { reason: (error as Error).message });
+      log.error("Tunnel connection failed: {reason}", { reason: errorMessage(error) });
       try {
         tcp.close();
       } catch {

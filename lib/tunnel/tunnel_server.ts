@@ -13,12 +13,16 @@ import {
   type SessionOptions,
 } from "../conn/mod.ts";
 import { type Acceptor, formatAddr } from "../link/mod.ts";
-import { _splice, _TUNNEL_PREAMBLE } from "./splice.ts";
+import { errorMessage } from "../_util.ts";
+import { splice, TUNNEL_PREAMBLE } from "./_splice.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
 
-/** Settings of a {@linkcode TunnelServer}. */
-export interface TunnelServerOptions extends SessionOptions {
+/**
+ * Settings of a {@linkcode TunnelServer}; `A` is the address type of a custom
+ * `acceptor` (`Deno.NetAddr` over TCP and TLS).
+ */
+export interface TunnelServerOptions<A extends Deno.Addr = Deno.NetAddr> extends SessionOptions {
   /** Address to listen on for tunnel clients. Default `0.0.0.0`. */
   hostname?: string;
   /** Port to listen on for tunnel clients; `0` picks one. */
@@ -28,26 +32,27 @@ export interface TunnelServerOptions extends SessionOptions {
   /** Serve TLS with this certificate and key (PEM) instead of plain TCP. */
   tls?: ListenTlsOptions;
   /** Accept links another way than plain TCP or TLS. */
-  acceptor?: Acceptor;
+  acceptor?: Acceptor<A>;
 }
 
 /** Accepts tunnel sessions and forwards each to the target over TCP. */
-export class TunnelServer implements AsyncDisposable {
-  #listener: ImmortalListener;
+export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDisposable {
+  #listener: ImmortalListener<Deno.Addr>;
   #target: { hostname: string; port: number };
   #active = new Set<ImmortalConn>();
   #serving: Promise<void>;
 
   /** Starts listening at once; see {@linkcode TunnelServerOptions}. */
-  constructor(options: TunnelServerOptions) {
+  constructor(options: TunnelServerOptions<A>) {
     this.#target = options.target;
     this.#listener = listen(options);
     this.#serving = this.#serve();
   }
 
   /** The address tunnel clients dial. */
-  get addr(): Deno.Addr {
-    return this.#listener.addr;
+  get addr(): A {
+    // The listener's address is the acceptor's: `A` by construction.
+    return this.#listener.addr as A;
   }
 
   /** Tunneled connections currently open. */
@@ -65,7 +70,7 @@ export class TunnelServer implements AsyncDisposable {
     const target = `${this.#target.hostname}:${this.#target.port}`;
     try {
       const preamble = new Uint8Array(1);
-      if ((await conn.read(preamble)) !== 1 || preamble[0] !== _TUNNEL_PREAMBLE) {
+      if ((await conn.read(preamble)) !== 1 || preamble[0] !== TUNNEL_PREAMBLE) {
         log.warn("Tunnel {id}: not a tunnel client, closing", { id });
         conn.close();
         return;
@@ -77,7 +82,7 @@ export class TunnelServer implements AsyncDisposable {
         log.error("Tunnel {id}: cannot reach the target {target}: {reason}", {
           id,
           target,
-          reason: (error as Error).message,
+          reason: errorMessage(error),
         });
         conn.close();
         return;
@@ -87,11 +92,11 @@ export class TunnelServer implements AsyncDisposable {
         remote: formatAddr(conn.remoteAddr),
         target,
       });
-      const { up, down } = await _splice(tcp, conn);
+      const { up, down } = await splice(tcp, conn);
       await conn.closed;
       log.info("Tunnel {id} done: {up} bytes in, {down} bytes out", { id, up, down });
     } catch (error) {
-      log.warn("Tunnel {id} ended: {reason}", { id, reason: (error as Error).message });
+      log.warn("Tunnel {id} ended: {reason}", { id, reason: errorMessage(error) });
     } finally {
       this.#active.delete(conn);
     }

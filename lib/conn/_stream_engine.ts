@@ -1,7 +1,10 @@
 /**
- * The session engine behind {@linkcode ImmortalConn}, the same for client and
- * server. It owns the byte positions, the replay buffer, the receive queue and
- * the heartbeats; links come and go underneath it.
+ * The stream engine behind every {@linkcode ImmortalConn}, the same at both
+ * ends and on every transport. It owns the byte positions, the replay buffer,
+ * the receive queue, acks, FIN and the heartbeats; links come and go under it.
+ * It knows nothing of dialing or handshakes: its {@linkcode SessionSide} (the
+ * client's redial loop, or the server's resume and reaping) replaces lost
+ * links by calling {@linkcode StreamEngine.attach}.
  *
  * Positions: each direction counts bytes from 0. A FIN takes one position
  * after the last byte, so "position `fin + 1` acknowledged" means "the peer
@@ -23,16 +26,20 @@ import {
   FrameError,
   writeFrameHeader,
 } from "../frame/mod.ts";
-import { type Dialer, formatAddr, type Link } from "../link/mod.ts";
-import { _backoffDelay } from "./backoff.ts";
-import { _dialAndHandshake } from "./dial.ts";
-import { _isFatal, ImmortalError } from "./errors.ts";
-import { ConnEvent, type ConnState, type ConnStats } from "./events.ts";
-import type { _FrameReader } from "./frame_reader.ts";
-import { _clientResume, _resumeAccept, _send, type _SessionSecrets } from "./handshake.ts";
+import { formatAddr, type Link } from "../link/mod.ts";
+import { errorMessage } from "../_util.ts";
+import { ImmortalError } from "./errors.ts";
+import {
+  ClosedEvent,
+  type ConnState,
+  type ConnStats,
+  ReconnectingEvent,
+  ResumedEvent,
+} from "./events.ts";
+import type { FrameReader } from "./_frame_reader.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
-import type { _ResolvedOptions } from "./options.ts";
-import { _ReplayBuffer } from "./replay_buffer.ts";
+import type { ResolvedOptions } from "./_options.ts";
+import { ReplayBuffer } from "./_replay_buffer.ts";
 
 const log = getLogger(["immortal", "conn"]);
 
@@ -47,56 +54,71 @@ const RTT_REFRESH_BEATS = 10;
 /** A session being closed gets this long to flush its last frame. */
 const FLUSH_TIMEOUT_MS = 1000;
 
-function _message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+/** What differs between the two ends of a session: how a lost link is replaced, and when the session is forgotten. */
+export interface SessionSide {
+  /**
+   * The link was lost while the session lives. The client redials; the
+   * server waits for the client to resume, and reaps the session if it does
+   * not. Either ends the engine with {@linkcode StreamEngine.fail} when it
+   * gives up.
+   */
+  linkLost(reason: string): void;
+  /** Both directions ended and were acknowledged. */
+  completed(): void;
+  /** The engine is over: timers gone, link closed, `closed` settled. */
+  ended(): void;
 }
 
-/** @internal How a session starts. */
-export interface _SessionInit {
+/**
+ * Where the engine is in its life. One field instead of a handful of flags:
+ * - `open`: the streams run (with or without a link under them);
+ * - `complete`: both directions ended and were acknowledged; the server
+ *   keeps the session resumable until the client's bye (in case our last ack
+ *   was lost with the link);
+ * - `closing`: a last frame (bye, or close with a reason) is being flushed,
+ *   then the link is closed;
+ * - `ended`: nothing is left: timers are gone, the link is closed.
+ */
+type Phase = "open" | "complete" | "closing" | "ended";
+
+/** How a failed or aborted session ended. */
+interface Ending {
+  error: Error;
+  /** A local close or an agreed end: `closed` resolves instead of rejecting. */
+  clean: boolean;
+}
+
+/** Settings of a {@linkcode StreamEngine}. */
+export interface StreamEngineInit {
   role: "client" | "server";
-  options: _ResolvedOptions;
-  secrets: _SessionSecrets;
-  /** The first link, handshake done. */
-  reader: _FrameReader;
-  /** Client: makes new links. */
-  dialer?: Dialer;
-  /** Server: called once the session is over, to drop it from the listener. */
-  onForget?: (session: _Session) => void;
+  options: ResolvedOptions;
+  /** Hex id of the session, for logs and {@linkcode ImmortalConn.sessionId}. */
+  sessionId: string;
+  side: SessionSide;
 }
 
-/** @internal */
-export class _Session extends EventTarget implements ImmortalConn {
+/** The transport-agnostic byte stream of one session; see the module doc. */
+export class StreamEngine extends EventTarget implements ImmortalConn {
   readonly readable: ReadableStream<Uint8Array>;
   readonly writable: WritableStream<Uint8Array>;
   readonly closed: Promise<void>;
+  readonly sessionId: string;
 
   #role: "client" | "server";
-  #opts: _ResolvedOptions;
-  #secrets: _SessionSecrets;
-  #dialer?: Dialer;
-  #onForget?: (session: _Session) => void;
+  #opts: ResolvedOptions;
+  #side: SessionSide;
 
   #link: Link | null = null;
-  #lastLink: Link;
+  #lastLink: Link | null = null;
   #state: ConnState = "connected";
-  /** Set once the session failed or was aborted: no link will be made again. */
-  #dead = false;
-  /** Both directions ended and were acknowledged. */
-  #complete = false;
-  /** Nothing left to do: timers are gone, the link is closed. */
-  #finished = false;
-  /** The send loop closes the link once its pending control frames are out. */
-  #closeAfterFlush = false;
-  /** Server whose listener closed: a lost link cannot be replaced. */
-  #listenerGone = false;
-  /** The application closed the session, or it ended by agreement: `closed` resolves. */
-  #clean = false;
-  #error: Error | null = null;
+  #phase: Phase = "open";
+  /** Set once the session failed or was aborted: no data moves any more. */
+  #ending: Ending | null = null;
   #resolveClosed!: () => void;
   #rejectClosed!: (error: Error) => void;
 
   // Sending: [acked, replay.end) is held; [sendPos, replay.end) is not yet on this link.
-  #replay: _ReplayBuffer;
+  #replay: ReplayBuffer;
   #sendPos = 0;
   #highestSent = 0;
   #acked = 0;
@@ -120,13 +142,9 @@ export class _Session extends EventTarget implements ImmortalConn {
   #lastInbound = 0;
   #lastPing = -Infinity;
   #lastOutbound = -Infinity;
-  #linkUpAt = 0;
   #lostAt = 0;
-  #attempt = 0;
-  #resumeEpoch = 0;
   #tickTimer: ReturnType<typeof setTimeout> | undefined;
   #ackTimer: ReturnType<typeof setTimeout> | undefined;
-  #reapTimer: ReturnType<typeof setTimeout> | undefined;
   #flushTimer: ReturnType<typeof setTimeout> | undefined;
   #abort = new AbortController();
 
@@ -137,15 +155,14 @@ export class _Session extends EventTarget implements ImmortalConn {
   #replayedBytes = 0;
   #rttMs: number | null = null;
 
-  constructor(init: _SessionInit) {
+  /** A session with no link yet: its side attaches the first one. */
+  constructor(init: StreamEngineInit) {
     super();
     this.#role = init.role;
     this.#opts = init.options;
-    this.#secrets = init.secrets;
-    this.#dialer = init.dialer;
-    this.#onForget = init.onForget;
-    this.#replay = new _ReplayBuffer(init.options.maxUnackedBytes);
-    this.#lastLink = init.reader.link;
+    this.#side = init.side;
+    this.sessionId = init.sessionId;
+    this.#replay = new ReplayBuffer(init.options.maxUnackedBytes);
     this.closed = new Promise<void>((resolve, reject) => {
       this.#resolveClosed = resolve;
       this.#rejectClosed = reject;
@@ -171,16 +188,6 @@ export class _Session extends EventTarget implements ImmortalConn {
       () => this.#onTick(),
       Math.max(5, Math.min(heartbeatInterval, deadLinkTimeout) / 4),
     );
-    this.#attach(init.reader, 0);
-    log.info("Session {id} opened as {role} with {remote}", {
-      id: this.sessionId,
-      role: this.#role,
-      remote: formatAddr(this.#lastLink.remoteAddr),
-    });
-  }
-
-  get sessionId(): string {
-    return this.#secrets.id;
   }
 
   get state(): ConnState {
@@ -188,11 +195,11 @@ export class _Session extends EventTarget implements ImmortalConn {
   }
 
   get localAddr(): Deno.Addr | undefined {
-    return this.#lastLink.localAddr;
+    return this.#lastLink?.localAddr;
   }
 
   get remoteAddr(): Deno.Addr | undefined {
-    return this.#lastLink.remoteAddr;
+    return this.#lastLink?.remoteAddr;
   }
 
   get stats(): ConnStats {
@@ -206,6 +213,42 @@ export class _Session extends EventTarget implements ImmortalConn {
       replayedBytes: this.#replayedBytes,
       rttMs: this.#rttMs,
     };
+  }
+
+  // ---------------------------------------------------------------- for the side
+
+  /** Bytes received so far: what a resume tells the peer. */
+  get received(): number {
+    return this.#recvPos;
+  }
+
+  /** When the last link was lost (`performance.now()` time). */
+  get lostAt(): number {
+    return this.#lostAt;
+  }
+
+  /** A link is under the session now. */
+  get linked(): boolean {
+    return this.#link !== null;
+  }
+
+  /** Both directions ended and were acknowledged. */
+  get complete(): boolean {
+    return this.#phase === "complete";
+  }
+
+  /**
+   * Can still take a new link: not failed, not over. A client whose session
+   * completed while it had no link is still `closing`: its bye goes out on
+   * the next link.
+   */
+  get resumable(): boolean {
+    return this.#ending === null && this.#phase !== "ended";
+  }
+
+  /** Aborted when the engine ends: stops whatever its side is waiting for. */
+  get signal(): AbortSignal {
+    return this.#abort.signal;
   }
 
   // ---------------------------------------------------------------- application side
@@ -244,12 +287,12 @@ export class _Session extends EventTarget implements ImmortalConn {
   }
 
   close(): void {
-    if (this.#dead || this.#finished) return;
+    if (this.#ending !== null || this.#phase === "ended") return;
     log.info("Session {id} closed locally", { id: this.sessionId });
-    this.#clean = true;
-    this.#fail(
+    this.fail(
       new ImmortalError("closed", "the connection was closed"),
       "closed by the application",
+      true,
     );
   }
 
@@ -259,7 +302,7 @@ export class _Session extends EventTarget implements ImmortalConn {
   }
 
   #assertWritable(): void {
-    if (this.#dead) throw this.#error!;
+    if (this.#ending !== null) throw this.#ending.error;
     if (this.#finPos !== null) throw new ImmortalError("closed", "the writable side was closed");
   }
 
@@ -286,7 +329,7 @@ export class _Session extends EventTarget implements ImmortalConn {
         this.#consumeFin();
         return null;
       }
-      if (this.#dead) throw this.#error!;
+      if (this.#ending !== null) throw this.#ending.error;
       await new Promise<void>((resolve) => this.#wakeReader = resolve);
     }
   }
@@ -316,11 +359,15 @@ export class _Session extends EventTarget implements ImmortalConn {
 
   // ---------------------------------------------------------------- links
 
-  /** Puts a link (handshake done) under the session; the peer has received `peerReceived`. */
-  #attach(reader: _FrameReader, peerReceived: number): void {
+  /**
+   * Puts a link (handshake done) under the session; the peer has received
+   * `peerReceived` bytes, so sending resumes from there. The first link opens
+   * the session; every later one is a resume.
+   */
+  attach(reader: FrameReader, peerReceived: number): void {
     const sentEnd = this.#highestSent;
     if (peerReceived < this.#acked || peerReceived > sentEnd) {
-      this.#fail(
+      this.fail(
         new ImmortalError(
           "protocol",
           `peer claims to have received ${peerReceived} bytes, outside [${this.#acked}, ${sentEnd}]`,
@@ -330,178 +377,60 @@ export class _Session extends EventTarget implements ImmortalConn {
       reader.link.close();
       return;
     }
-    const replayed = Math.min(sentEnd, this.#replay.end) - peerReceived;
-    this.#replayedBytes += Math.max(0, replayed);
+    const first = this.#lastLink === null;
+    const replayed = Math.max(0, Math.min(sentEnd, this.#replay.end) - peerReceived);
+    this.#replayedBytes += replayed;
     this.#sendPos = peerReceived;
     this.#ackForced = true;
     this.#link = reader.link;
     this.#lastLink = reader.link;
-    const now = performance.now();
-    this.#lastInbound = now;
-    this.#linkUpAt = now;
+    this.#lastInbound = performance.now();
     this.#lastPing = -Infinity;
     this.#sendLoop(reader.link);
     this.#readLoop(reader);
+    const remote = formatAddr(reader.link.remoteAddr);
+    if (first) {
+      log.info("Session {id} opened as {role} with {remote}", {
+        id: this.sessionId,
+        role: this.#role,
+        remote,
+      });
+      return;
+    }
+    const downtimeMs = Math.round(performance.now() - this.#lostAt);
+    this.#reconnects++;
+    log.info(
+      "Session {id} resumed after {downtimeMs} ms via {remote}, {replayedBytes} bytes replayed",
+      { id: this.sessionId, downtimeMs, replayedBytes: replayed, remote },
+    );
+    if (this.#phase === "open") this.#state = "connected";
+    this.dispatchEvent(new ResumedEvent(downtimeMs, replayed));
   }
 
-  /** The link failed in any way: drop it and get another (client) or wait for one (server). */
+  /** Drops the current link (if any) as lost: the side gets or awaits another. */
+  dropLink(reason: string): void {
+    if (this.#link !== null) this.#linkFailed(this.#link, reason);
+  }
+
+  /** The link failed in any way: drop it and let the side replace it. */
   #linkFailed(link: Link, reason: string): void {
     if (link !== this.#link) return;
     this.#link = null;
     link.close();
     this.#kick();
-    if (this.#closeAfterFlush) {
-      this.#finish();
+    if (this.#phase === "closing") {
+      this.#end();
       return;
     }
-    if (this.#dead || this.#finished) return;
-    if (this.#listenerGone) {
-      this.#fail(
-        new ImmortalError("closed", `the link was lost (${reason}) and the listener is closed`),
-        null,
-      );
-      return;
-    }
-    const now = performance.now();
-    this.#lostAt = now;
-    if (now - this.#linkUpAt >= this.#opts.backoff.stableAfter) this.#attempt = 0;
+    if (!this.resumable) return;
+    this.#lostAt = performance.now();
+    this.#side.linkLost(reason);
+    if (!this.resumable) return;
     log.warn("Session {id} lost its link: {reason}", { id: this.sessionId, reason });
-    if (!this.#complete) {
+    if (this.#phase === "open") {
       this.#state = "reconnecting";
-      this.dispatchEvent(new ConnEvent("reconnecting", { reason }));
+      this.dispatchEvent(new ReconnectingEvent(reason));
     }
-    if (this.#role === "client") {
-      this.#reconnect();
-    } else if (this.#reapTimer === undefined) {
-      this.#reapTimer = setTimeout(() => {
-        this.#reapTimer = undefined;
-        if (this.#link !== null) return;
-        log.warn("Session {id} reaped: the client did not come back within {ms} ms", {
-          id: this.sessionId,
-          ms: this.#opts.resumeTimeout,
-        });
-        this.#fail(
-          new ImmortalError(
-            "timeout",
-            `the client did not resume within the resume timeout of ${this.#opts.resumeTimeout} ms`,
-          ),
-          null,
-        );
-      }, this.#opts.resumeTimeout);
-    }
-  }
-
-  async #reconnect(): Promise<void> {
-    const { resumeTimeout, handshakeTimeout, backoff } = this.#opts;
-    const deadline = this.#lostAt + resumeTimeout;
-    while (this.#link === null && !this.#dead && !this.#finished) {
-      const remaining = deadline - performance.now();
-      if (remaining <= 0) break;
-      const delay = Math.min(
-        _backoffDelay(this.#attempt++, backoff.initial, backoff.max),
-        remaining,
-      );
-      if (delay > 0 && !(await this.#sleep(delay))) return;
-      try {
-        const budget = Math.max(1, Math.min(handshakeTimeout, deadline - performance.now()));
-        const { reader, value: serverReceived } = await _dialAndHandshake(
-          this.#dialer!,
-          budget,
-          this.#abort.signal,
-          (reader) => _clientResume(reader, this.#secrets, this.#recvPos),
-        );
-        if (this.#dead || this.#finished) {
-          reader.link.close();
-          return;
-        }
-        this.#resumed(reader, serverReceived);
-        return;
-      } catch (error) {
-        if (this.#dead || this.#finished) return;
-        if (_isFatal(error)) {
-          this.#fail(error as ImmortalError, null);
-          return;
-        }
-        log.debug("Session {id}: resume attempt {n} failed: {reason}", {
-          id: this.sessionId,
-          n: this.#attempt,
-          reason: _message(error),
-        });
-      }
-    }
-    if (this.#link === null && !this.#dead && !this.#finished) {
-      this.#fail(
-        new ImmortalError(
-          "timeout",
-          `could not resume the session within the resume timeout of ${resumeTimeout} ms`,
-        ),
-        null,
-      );
-    }
-  }
-
-  /** Server: a client proved it owns this session on a new link. */
-  async _resumeFrom(
-    reader: _FrameReader,
-    clientReceived: number,
-    transcript: Uint8Array,
-  ): Promise<void> {
-    const epoch = ++this.#resumeEpoch;
-    const old = this.#link;
-    if (old) {
-      // The client gave up on the old link before we noticed it was dead.
-      this.#linkFailed(old, "the client resumed on a new link");
-    }
-    // No link is attached now, so nothing moves recvPos until we attach.
-    const accept = await _resumeAccept(this.#secrets.resumeKey, transcript, this.#recvPos);
-    if (epoch !== this.#resumeEpoch || this.#dead || this.#finished) {
-      reader.link.close();
-      return;
-    }
-    await _send(reader.link, accept);
-    if (epoch !== this.#resumeEpoch || this.#dead || this.#finished) {
-      reader.link.close();
-      return;
-    }
-    clearTimeout(this.#reapTimer);
-    this.#reapTimer = undefined;
-    this.#resumed(reader, clientReceived);
-  }
-
-  /** Server: is this session still resumable? */
-  get _resumable(): boolean {
-    return !this.#dead && !this.#finished;
-  }
-
-  /** Server: the listener closed; the session lives on its current link only. */
-  _listenerClosed(): void {
-    if (this.#complete || this.#link === null) {
-      this.#fail(new ImmortalError("closed", "the listener was closed"), null);
-    } else {
-      this.#onForget = undefined;
-      this.#dialer = undefined;
-      this.#listenerGone = true;
-    }
-  }
-
-  #resumed(reader: _FrameReader, peerReceived: number): void {
-    const downtimeMs = Math.round(performance.now() - this.#lostAt);
-    const before = this.#replayedBytes;
-    this.#attach(reader, peerReceived);
-    if (this.#dead) return;
-    this.#reconnects++;
-    const replayedBytes = this.#replayedBytes - before;
-    log.info(
-      "Session {id} resumed after {downtimeMs} ms via {remote}, {replayedBytes} bytes replayed",
-      {
-        id: this.sessionId,
-        downtimeMs,
-        replayedBytes,
-        remote: formatAddr(reader.link.remoteAddr),
-      },
-    );
-    if (!this.#complete) this.#state = "connected";
-    this.dispatchEvent(new ConnEvent("resumed", { downtimeMs, replayedBytes }));
   }
 
   // ---------------------------------------------------------------- send loop
@@ -525,22 +454,23 @@ export class _Session extends EventTarget implements ImmortalConn {
           this.#lastOutbound = performance.now();
           continue;
         }
-        if (this.#closeAfterFlush) {
+        if (this.#phase === "closing") {
           this.#link = null;
           link.close();
-          this.#finish();
+          this.#end();
           return;
         }
         await new Promise<void>((resolve) => this.#wakeSender = resolve);
       }
     } catch (error) {
-      this.#linkFailed(link, `send failed: ${_message(error)}`);
+      this.#linkFailed(link, `send failed: ${errorMessage(error)}`);
     }
   }
 
   #fill(buffer: Uint8Array): number {
     let n = 0;
-    if (!this.#dead && (this.#consumed > this.#ackSent || this.#ackForced)) {
+    const live = this.#ending === null;
+    if (live && (this.#consumed > this.#ackSent || this.#ackForced)) {
       n += encodeFrameInto({ type: "ack", position: this.#consumed }, buffer, n);
       this.#ackSent = this.#consumed;
       this.#ackForced = false;
@@ -550,7 +480,7 @@ export class _Session extends EventTarget implements ImmortalConn {
     while (this.#control.length > 0 && n < CONTROL_ROOM) {
       n += encodeFrameInto(this.#control.shift()!, buffer, n);
     }
-    if (this.#dead) return n;
+    if (!live) return n;
     const end = this.#replay.end;
     if (this.#sendPos < end) {
       const length = Math.min(end - this.#sendPos, buffer.length - n - FRAME_HEADER_SIZE);
@@ -568,7 +498,7 @@ export class _Session extends EventTarget implements ImmortalConn {
 
   // ---------------------------------------------------------------- receive loop
 
-  async #readLoop(reader: _FrameReader): Promise<void> {
+  async #readLoop(reader: FrameReader): Promise<void> {
     const link = reader.link;
     try {
       while (this.#link === link) {
@@ -587,19 +517,19 @@ export class _Session extends EventTarget implements ImmortalConn {
     } catch (error) {
       if (error instanceof ImmortalError) {
         log.error("Session {id}: {reason}", { id: this.sessionId, reason: error.message });
-        this.#fail(error, `protocol error: ${error.message}`);
+        this.fail(error, `protocol error: ${error.message}`);
       } else if (error instanceof FrameError) {
         // Garbage on one link (a broken middlebox, say) is a link failure: the
         // replay on the next link repairs whatever it cost.
         this.#linkFailed(link, `bad frame: ${error.message}`);
       } else {
-        this.#linkFailed(link, `receive failed: ${_message(error)}`);
+        this.#linkFailed(link, `receive failed: ${errorMessage(error)}`);
       }
     }
   }
 
   #onFrame(frame: Frame): void {
-    if (this.#dead) return;
+    if (this.#ending !== null) return;
     switch (frame.type) {
       case "data": {
         if (this.#peerFin !== null) {
@@ -637,14 +567,14 @@ export class _Session extends EventTarget implements ImmortalConn {
           id: this.sessionId,
           reason: frame.reason,
         });
-        this.#fail(
+        this.fail(
           new ImmortalError("aborted", `the peer aborted the connection: ${frame.reason}`),
           null,
         );
         return;
       case "bye":
         if (this.#role !== "server") throw new ImmortalError("protocol", "bye sent to a client");
-        this.#fail(null, null);
+        this.fail(null, null);
         return;
       default:
         throw new ImmortalError("protocol", `unexpected ${frame.type} frame in a running session`);
@@ -679,7 +609,7 @@ export class _Session extends EventTarget implements ImmortalConn {
 
   #onTick(): void {
     const link = this.#link;
-    if (link === null || this.#closeAfterFlush) return;
+    if (link === null || this.#phase === "closing") return;
     const now = performance.now();
     if (now - this.#lastInbound > this.#opts.deadLinkTimeout) {
       this.#linkFailed(link, `nothing received for ${Math.round(now - this.#lastInbound)} ms`);
@@ -699,75 +629,62 @@ export class _Session extends EventTarget implements ImmortalConn {
     }
   }
 
-  #sleep(ms: number): Promise<boolean> {
-    const signal = this.#abort.signal;
-    if (signal.aborted) return Promise.resolve(false);
-    return new Promise((resolve) => {
-      const onAbort = () => {
-        clearTimeout(timer);
-        resolve(false);
-      };
-      const timer = setTimeout(() => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(true);
-      }, ms);
-      signal.addEventListener("abort", onAbort, { once: true });
-    });
-  }
-
   // ---------------------------------------------------------------- endings
 
   #checkComplete(): void {
-    if (this.#complete || this.#dead) return;
+    if (this.#phase !== "open" || this.#ending !== null) return;
     if (this.#finPos === null || this.#acked !== this.#finPos + 1) return;
     if (this.#peerFin === null || this.#consumed !== this.#peerFin + 1) return;
-    this.#complete = true;
+    this.#phase = "complete";
     this.#state = "closed";
     log.info("Session {id} completed: {sent} bytes sent, {received} received", {
       id: this.sessionId,
       sent: this.#bytesWritten,
       received: this.#bytesRead,
     });
-    this.dispatchEvent(new ConnEvent("closed"));
+    this.dispatchEvent(new ClosedEvent());
     this.#resolveClosed();
     if (this.#role === "client") {
       // Tell the server it may forget the session, then hang up.
       this.#control.push({ type: "bye" });
-      this.#closeAfterFlush = true;
+      this.#phase = "closing";
       this.#kick();
-    } else if (this.#reapTimer === undefined) {
-      // Keep the session resumable until the client's bye, in case our last
-      // ack was lost with the link; forget it after the resume timeout anyway.
-      this.#reapTimer = setTimeout(() => this.#fail(null, null), this.#opts.resumeTimeout);
     }
+    this.#side.completed();
   }
 
   /**
-   * Ends the session. `error` null means a clean end (bye, or reaping a
-   * completed session). With `tellPeer`, a close frame is flushed first.
+   * Ends the session. `error` null means an agreed end (bye, or reaping a
+   * completed session); `clean` (default: `error` is null) makes `closed`
+   * resolve rather than reject. With `tellPeer`, a close frame carrying that
+   * reason is flushed first.
    */
-  #fail(error: Error | null, tellPeer: string | null): void {
-    if (this.#dead || this.#finished) return;
-    this.#dead = true;
-    this.#error = error ?? new ImmortalError("closed", "the connection was closed");
+  fail(error: Error | null, tellPeer: string | null, clean: boolean = error === null): void {
+    if (this.#ending !== null || this.#phase === "ended") return;
+    const ending = {
+      error: error ?? new ImmortalError("closed", "the connection was closed"),
+      clean,
+    };
+    this.#ending = ending;
     this.#abort.abort();
     const waiters = this.#roomWaiters;
     this.#roomWaiters = [];
-    for (const waiter of waiters) waiter.reject(this.#error);
+    for (const waiter of waiters) waiter.reject(ending.error);
     this.#wakeReaderNow();
-    if (error === null) this.#clean = true;
-    if (!this.#complete) {
+    if (this.#state !== "closed") {
       this.#state = "closed";
-      const clean = this.#clean;
       if (!clean) {
-        log.warn("Session {id} ended: {reason}", { id: this.sessionId, reason: error!.message });
+        log.warn("Session {id} ended: {reason}", {
+          id: this.sessionId,
+          reason: ending.error.message,
+        });
       }
-      this.dispatchEvent(new ConnEvent("closed", clean ? {} : { error: error! }));
+      this.dispatchEvent(new ClosedEvent(clean ? undefined : ending.error));
     }
     const link = this.#link;
     if (link !== null && tellPeer !== null) {
       this.#control.push({ type: "close", reason: tellPeer });
-      this.#closeAfterFlush = true;
+      this.#phase = "closing";
       this.#flushTimer = setTimeout(
         () => this.#linkFailed(link, "flush timed out"),
         FLUSH_TIMEOUT_MS,
@@ -779,24 +696,22 @@ export class _Session extends EventTarget implements ImmortalConn {
         link.close();
         this.#kick();
       }
-      this.#finish();
+      this.#end();
     }
   }
 
-  /** Final cleanup: timers, listener bookkeeping, and the `closed` promise. */
-  #finish(): void {
-    if (this.#finished) return;
-    this.#finished = true;
-    this.#closeAfterFlush = false;
+  /** Final cleanup: timers, the side's bookkeeping, and the `closed` promise. */
+  #end(): void {
+    if (this.#phase === "ended") return;
+    this.#phase = "ended";
     clearInterval(this.#tickTimer);
     clearTimeout(this.#ackTimer);
-    clearTimeout(this.#reapTimer);
     clearTimeout(this.#flushTimer);
     this.#abort.abort();
-    this.#onForget?.(this);
-    this.#onForget = undefined;
-    if (this.#complete) return;
-    if (this.#clean) this.#resolveClosed();
-    else this.#rejectClosed(this.#error!);
+    this.#side.ended();
+    // A completed session resolved `closed` already; settling again is a no-op.
+    const ending = this.#ending;
+    if (ending === null || ending.clean) this.#resolveClosed();
+    else this.#rejectClosed(ending.error);
   }
 }

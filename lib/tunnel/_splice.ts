@@ -11,19 +11,19 @@ import type { ImmortalConn } from "../conn/mod.ts";
 const BUFFER_SIZE = 256 * 1024;
 
 /**
- * @internal First byte of every tunnel session, sent by the client. The
+ * First byte of every tunnel session, sent by the client. The
  * server dials the target only once it arrives: a session whose opening
  * handshake was cut (the client never saw it and opened another) then never
  * reaches the target, and is reaped.
  */
-export const _TUNNEL_PREAMBLE = 0x01;
+export const TUNNEL_PREAMBLE = 0x01;
 
-interface _Stream {
+interface Readable {
   read(buffer: Uint8Array): Promise<number | null>;
 }
 
-async function _copy(
-  from: _Stream,
+async function copy(
+  from: Readable,
   to: { write(data: Uint8Array): Promise<number> },
 ): Promise<number> {
   const buffer = new Uint8Array(BUFFER_SIZE);
@@ -46,10 +46,10 @@ export interface SpliceResult {
 }
 
 /**
- * @internal Copies both ways until both directions ended. If either side
+ * Copies both ways until both directions ended. If either side
  * fails, both are closed (the peer sees an abort, the local app a reset).
  */
-export async function _splice(tcp: Deno.TcpConn, conn: ImmortalConn): Promise<SpliceResult> {
+export async function splice(tcp: Deno.TcpConn, conn: ImmortalConn): Promise<SpliceResult> {
   // Whatever the application writes is forwarded as it comes; Nagle would only
   // add a delayed-ACK wait to small request/response exchanges.
   try {
@@ -57,11 +57,11 @@ export async function _splice(tcp: Deno.TcpConn, conn: ImmortalConn): Promise<Sp
   } catch {
     // A connection that already died fails on first use below.
   }
-  const up = _copy(tcp, conn).then(async (n) => {
+  const up = copy(tcp, conn).then(async (n) => {
     await conn.closeWrite();
     return n;
   });
-  const down = _copy(conn, tcp).then((n) => {
+  const down = copy(conn, tcp).then((n) => {
     tcp.closeWrite();
     return n;
   });

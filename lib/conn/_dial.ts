@@ -6,15 +6,15 @@
  */
 
 import type { Dialer } from "../link/mod.ts";
-import { _FrameReader } from "./frame_reader.ts";
+import { FrameReader } from "./_frame_reader.ts";
 
-/** @internal */
-export async function _dialAndHandshake<T>(
+/** Dials one link and runs `handshake` on it within `timeoutMs`; the link is closed on any failure. */
+export async function dialAndHandshake<T>(
   dialer: Dialer,
   timeoutMs: number,
   parent: AbortSignal | undefined,
-  handshake: (reader: _FrameReader) => Promise<T>,
-): Promise<{ reader: _FrameReader; value: T }> {
+  handshake: (reader: FrameReader) => Promise<T>,
+): Promise<{ reader: FrameReader; value: T }> {
   const controller = new AbortController();
   let timedOut = false;
   const timer = setTimeout(() => {
@@ -23,12 +23,12 @@ export async function _dialAndHandshake<T>(
   }, timeoutMs);
   const onParentAbort = () => controller.abort();
   parent?.addEventListener("abort", onParentAbort, { once: true });
-  let reader: _FrameReader | undefined;
+  let reader: FrameReader | undefined;
   // A handshake stuck on a silent link ends when the deadline closes the link.
   const closeLink = () => reader?.link.close();
   controller.signal.addEventListener("abort", closeLink, { once: true });
   try {
-    reader = new _FrameReader(await dialer(controller.signal));
+    reader = new FrameReader(await dialer(controller.signal));
     if (controller.signal.aborted) throw new Error("aborted");
     const value = await handshake(reader);
     if (controller.signal.aborted) throw new Error("aborted");

@@ -9,8 +9,8 @@
 
 const INITIAL_SIZE = 64 * 1024;
 
-/** @internal Bounded ring of unacknowledged bytes. */
-export class _ReplayBuffer {
+/** Bounded ring of unacknowledged bytes. */
+export class ReplayBuffer {
   #ring: Uint8Array;
   #capacity: number;
   #start = 0;

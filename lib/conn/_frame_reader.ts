@@ -12,7 +12,7 @@ import type { Link } from "../link/mod.ts";
 const READ_BUFFER_SIZE = 256 * 1024;
 
 /** @internal */
-export class _FrameReader {
+export class FrameReader {
   readonly link: Link;
   #decoder = new FrameDecoder();
   #buffer = new Uint8Array(READ_BUFFER_SIZE);
@@ -43,7 +43,7 @@ export class _FrameReader {
       const batch = await this.nextBatch();
       if (batch === null) return null;
       // Copy out of the read buffer: later frames stay queued and must not be overwritten.
-      this.#pending = batch.map(_detach);
+      this.#pending = batch.map(detach);
     }
     return this.#pending.shift()!;
   }
@@ -51,10 +51,10 @@ export class _FrameReader {
 
 // Deep copy that copies only the bytes a view covers (structuredClone would
 // copy the whole read buffer behind every view).
-function _detach<T>(value: T): T {
+function detach<T>(value: T): T {
   if (value instanceof Uint8Array) return value.slice() as T;
   if (value === null || typeof value !== "object") return value;
   const copy: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(value)) copy[k] = _detach(v);
+  for (const [k, v] of Object.entries(value)) copy[k] = detach(v);
   return copy as T;
 }

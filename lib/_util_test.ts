@@ -1,0 +1,43 @@
+import assert from "node:assert/strict";
+import { backoffDelay, checkPort, delay, errorMessage, parsePortText } from "./_util.ts";
+
+Deno.test("delay resolves true when the time is up, false at once when aborted", async () => {
+  assert.equal(await delay(1), true);
+  const aborted = new AbortController();
+  aborted.abort();
+  assert.equal(await delay(60_000, aborted.signal), false, "an aborted signal does not wait");
+  const later = new AbortController();
+  const waiting = delay(60_000, later.signal);
+  later.abort();
+  // Resolving at all proves the 60 s timer was cleared (the sanitizer checks it too).
+  assert.equal(await waiting, false);
+});
+
+Deno.test("backoffDelay: immediate first retry, then doubling with jitter up to the cap", () => {
+  assert.equal(backoffDelay(0, 100, 5000), 0);
+  for (let attempt = 1; attempt <= 12; attempt++) {
+    const ceiling = Math.min(5000, 100 * 2 ** (attempt - 1));
+    for (let i = 0; i < 50; i++) {
+      const wait = backoffDelay(attempt, 100, 5000);
+      assert.ok(wait >= ceiling / 2 && wait < ceiling, `attempt ${attempt}: ${wait}`);
+    }
+  }
+  assert.ok(backoffDelay(10_000, 100, 5000) < 5000, "huge attempt counts stay capped");
+});
+
+Deno.test("errorMessage and the port checks", () => {
+  assert.equal(errorMessage(new TypeError("bad")), "bad");
+  assert.equal(errorMessage("text"), "text");
+  assert.equal(checkPort("port", 443), 443);
+  assert.equal(checkPort("port", 0, true), 0);
+  assert.throws(() => checkPort("port", 0), /port must be an integer in 1..65535, got 0/);
+  assert.throws(() => checkPort("target port", 65536), /target port must be/);
+  assert.throws(() => checkPort("port", "80"), /got 80/);
+  assert.throws(() => checkPort("port", 1.5), RangeError);
+  assert.equal(parsePortText("8080"), 8080);
+  assert.equal(parsePortText("0"), null);
+  assert.equal(parsePortText("0", true), 0);
+  for (const bad of ["", "-1", "65536", "80a", " 80", "1e3", "000080"]) {
+    assert.equal(parsePortText(bad), null, bad);
+  }
+});

@@ -1,0 +1,61 @@
+/**
+ * Session settings resolved: validated, with defaults filled in.
+ *
+ * @module
+ */
+
+import type { BackoffOptions, SessionOptions } from "./options.ts";
+
+/** Fully resolved settings. */
+export interface ResolvedOptions {
+  key: Uint8Array | null;
+  heartbeatInterval: number;
+  deadLinkTimeout: number;
+  resumeTimeout: number;
+  maxUnackedBytes: number;
+  handshakeTimeout: number;
+  backoff: Required<BackoffOptions>;
+}
+
+function positive(name: string, value: number | undefined, fallback: number, min = 1): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isFinite(value) || value < min) {
+    throw new RangeError(`${name} must be a number >= ${min}, got ${value}`);
+  }
+  return value;
+}
+
+/** Validates and fills in defaults; throws `RangeError`/`TypeError` naming the bad setting. */
+export function resolveOptions(
+  options: SessionOptions & { backoff?: BackoffOptions },
+): ResolvedOptions {
+  let key: Uint8Array | null = null;
+  if (options.key !== undefined) {
+    key = typeof options.key === "string" ? new TextEncoder().encode(options.key) : options.key;
+    if (!(key instanceof Uint8Array) || key.length === 0) {
+      throw new TypeError("key must be a non-empty string or Uint8Array");
+    }
+  }
+  const heartbeatInterval = positive("heartbeatInterval", options.heartbeatInterval, 1000, 10);
+  const deadLinkTimeout = positive("deadLinkTimeout", options.deadLinkTimeout, 5000, 10);
+  if (deadLinkTimeout <= heartbeatInterval) {
+    throw new RangeError(
+      `deadLinkTimeout (${deadLinkTimeout} ms) must be longer than heartbeatInterval (${heartbeatInterval} ms)`,
+    );
+  }
+  const backoff = options.backoff ?? {};
+  const initial = positive("backoff.initial", backoff.initial, 100);
+  return {
+    key,
+    heartbeatInterval,
+    deadLinkTimeout,
+    resumeTimeout: positive("resumeTimeout", options.resumeTimeout, 120_000),
+    maxUnackedBytes: positive("maxUnackedBytes", options.maxUnackedBytes, 4 << 20, 1024),
+    handshakeTimeout: positive("handshakeTimeout", options.handshakeTimeout, 10_000),
+    backoff: {
+      initial,
+      max: positive("backoff.max", backoff.max, Math.max(5000, initial), initial),
+      stableAfter: positive("backoff.stableAfter", backoff.stableAfter, 10_000, 0),
+    },
+  };
+}

@@ -1,0 +1,35 @@
+import assert from "node:assert/strict";
+import { resolveOptions } from "./_options.ts";
+
+Deno.test("resolveOptions fills in the documented defaults", () => {
+  const options = resolveOptions({});
+  assert.deepEqual(options, {
+    key: null,
+    heartbeatInterval: 1000,
+    deadLinkTimeout: 5000,
+    resumeTimeout: 120_000,
+    maxUnackedBytes: 4 << 20,
+    handshakeTimeout: 10_000,
+    backoff: { initial: 100, max: 5000, stableAfter: 10_000 },
+  });
+  assert.deepEqual(resolveOptions({ key: "k" }).key, new TextEncoder().encode("k"));
+});
+
+Deno.test("resolveOptions names the setting it refuses", () => {
+  const cases: [Parameters<typeof resolveOptions>[0], RegExp][] = [
+    [{ key: "" }, /key must be a non-empty string or Uint8Array/],
+    [{ key: new Uint8Array(0) }, /key must be a non-empty/],
+    [{ heartbeatInterval: 5 }, /heartbeatInterval must be a number >= 10, got 5/],
+    [{ deadLinkTimeout: Number.NaN }, /deadLinkTimeout must be a number >= 10/],
+    [{ heartbeatInterval: 1000, deadLinkTimeout: 1000 }, /must be longer than heartbeatInterval/],
+    [{ resumeTimeout: 0 }, /resumeTimeout must be a number >= 1, got 0/],
+    [{ maxUnackedBytes: 100 }, /maxUnackedBytes must be a number >= 1024, got 100/],
+    [{ handshakeTimeout: Infinity }, /handshakeTimeout must be a number >= 1/],
+    [{ backoff: { initial: -1 } }, /backoff.initial must be a number >= 1/],
+    [{ backoff: { initial: 500, max: 100 } }, /backoff.max must be a number >= 500, got 100/],
+    [{ backoff: { stableAfter: -5 } }, /backoff.stableAfter must be a number >= 0/],
+  ];
+  for (const [options, message] of cases) {
+    assert.throws(() => resolveOptions(options), message, JSON.stringify(options));
+  }
+});

@@ -1,0 +1,194 @@
+/**
+ * The server's side of sessions: the table of live sessions a listener keeps,
+ * the handshake of every incoming link (a new session, or the proven resume
+ * of a known one), and reaping sessions whose client does not come back.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import { formatAddr } from "../link/mod.ts";
+import { ImmortalError } from "./errors.ts";
+import type { FrameReader } from "./_frame_reader.ts";
+import {
+  hmacKey,
+  resumeAccept,
+  sendFrame,
+  serverHandshake,
+  type SessionSecrets,
+} from "./_handshake.ts";
+import type { ImmortalConn } from "./immortal_conn.ts";
+import type { ResolvedOptions } from "./_options.ts";
+import { type SessionSide, StreamEngine } from "./_stream_engine.ts";
+
+const log = getLogger(["immortal", "listener"]);
+
+/** A verified hello for a new session; the listener decides whether to take it. */
+export interface NewSession {
+  secrets: SessionSecrets;
+  /** Frame to send to accept it. */
+  accept: Parameters<typeof sendFrame>[1];
+}
+
+/** One session at the server: resumes from the client, and reaping when it does not come back. */
+class ServerSession implements SessionSide {
+  readonly engine: StreamEngine;
+  readonly secrets: SessionSecrets;
+  #options: ResolvedOptions;
+  #forget: ((session: ServerSession) => void) | undefined;
+  #reapTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Orders overlapping resumes: only the newest may attach its link. */
+  #resumeEpoch = 0;
+  /** The listener closed: a lost link cannot be replaced. */
+  #listenerGone = false;
+
+  constructor(
+    options: ResolvedOptions,
+    secrets: SessionSecrets,
+    reader: FrameReader,
+    forget: (session: ServerSession) => void,
+  ) {
+    this.#options = options;
+    this.secrets = secrets;
+    this.#forget = forget;
+    this.engine = new StreamEngine({ role: "server", options, sessionId: secrets.id, side: this });
+    this.engine.attach(reader, 0);
+  }
+
+  /** A client proved it owns this session on a new link. */
+  async resumeFrom(reader: FrameReader, clientReceived: number, transcript: Uint8Array) {
+    const epoch = ++this.#resumeEpoch;
+    // The client gave up on the old link before we noticed it was dead.
+    this.engine.dropLink("the client resumed on a new link");
+    // No link is attached now, so nothing moves `received` until we attach.
+    const accept = await resumeAccept(this.secrets.resumeKey, transcript, this.engine.received);
+    if (epoch !== this.#resumeEpoch || !this.engine.resumable) {
+      reader.link.close();
+      return;
+    }
+    await sendFrame(reader.link, accept);
+    if (epoch !== this.#resumeEpoch || !this.engine.resumable) {
+      reader.link.close();
+      return;
+    }
+    clearTimeout(this.#reapTimer);
+    this.#reapTimer = undefined;
+    this.engine.attach(reader, clientReceived);
+  }
+
+  /** The listener closed: the session lives on its current link only. */
+  listenerClosed(): void {
+    if (this.engine.complete || !this.engine.linked) {
+      this.engine.fail(new ImmortalError("closed", "the listener was closed"), null);
+    } else {
+      this.#forget = undefined;
+      this.#listenerGone = true;
+    }
+  }
+
+  linkLost(reason: string): void {
+    if (this.#listenerGone) {
+      this.engine.fail(
+        new ImmortalError("closed", `the link was lost (${reason}) and the listener is closed`),
+        null,
+      );
+    } else {
+      this.#reapAfterTimeout(() => {
+        log.warn("Session {id} reaped: the client did not come back within {ms} ms", {
+          id: this.secrets.id,
+          ms: this.#options.resumeTimeout,
+        });
+        this.engine.fail(
+          new ImmortalError(
+            "timeout",
+            `the client did not resume within the resume timeout of ${this.#options.resumeTimeout} ms`,
+          ),
+          null,
+        );
+      });
+    }
+  }
+
+  completed(): void {
+    // Keep the session resumable until the client's bye, in case our last
+    // ack was lost with the link; forget it after the resume timeout anyway.
+    this.#reapAfterTimeout(() => this.engine.fail(null, null), true);
+  }
+
+  ended(): void {
+    clearTimeout(this.#reapTimer);
+    this.#reapTimer = undefined;
+    this.#forget?.(this);
+    this.#forget = undefined;
+  }
+
+  /** Reaps after the resume timeout, unless a link came back meanwhile (or `always`). */
+  #reapAfterTimeout(reap: () => void, always = false): void {
+    if (this.#reapTimer !== undefined) return;
+    this.#reapTimer = setTimeout(() => {
+      this.#reapTimer = undefined;
+      if (always || !this.engine.linked) reap();
+    }, this.#options.resumeTimeout);
+  }
+}
+
+/** The live sessions of one listener, by id, and the handshake of each new link. */
+export class ServerSessions {
+  #options: ResolvedOptions;
+  #psk: Promise<CryptoKey | null>;
+  #sessions = new Map<string, ServerSession>();
+
+  /** Sessions with `options` (its `key`, when set, admits only clients that prove it). */
+  constructor(options: ResolvedOptions) {
+    this.#options = options;
+    this.#psk = options.key ? hmacKey(options.key) : Promise.resolve(null);
+  }
+
+  /** Sessions kept alive (accepted or waiting to be). */
+  get size(): number {
+    return this.#sessions.size;
+  }
+
+  /**
+   * Runs the server handshake on a fresh link. A proven resume of a known
+   * session is carried out here and resolves to `null`; a verified new
+   * session resolves to its hello, for {@linkcode ServerSessions.open} once
+   * the listener has accepted it. Refusals reject with an ImmortalError (the
+   * client has been told).
+   */
+  async handshake(reader: FrameReader): Promise<NewSession | null> {
+    const hello = await serverHandshake(reader, await this.#psk, (id) => {
+      const session = this.#sessions.get(id);
+      return session?.engine.resumable ? session.secrets.resumeKey : undefined;
+    });
+    if (hello.kind === "new") return { secrets: hello.secrets, accept: hello.accept };
+    const session = this.#sessions.get(hello.sessionId);
+    if (!session) {
+      throw new ImmortalError("unknown-session", "the session ended during the handshake");
+    }
+    log.info("Session {id}: client resuming from {remote}", {
+      id: hello.sessionId,
+      remote: formatAddr(reader.link.remoteAddr),
+    });
+    await session.resumeFrom(reader, hello.received, hello.transcript);
+    return null;
+  }
+
+  /** Starts an accepted new session on the link its handshake ran on. */
+  open(reader: FrameReader, hello: NewSession): ImmortalConn {
+    const session = new ServerSession(
+      this.#options,
+      hello.secrets,
+      reader,
+      (s) => this.#sessions.delete(s.secrets.id),
+    );
+    this.#sessions.set(hello.secrets.id, session);
+    return session.engine;
+  }
+
+  /** The listener closed: sessions on a live link go on, the others end. */
+  closeAll(): void {
+    for (const session of [...this.#sessions.values()]) session.listenerClosed();
+    this.#sessions.clear();
+  }
+}
