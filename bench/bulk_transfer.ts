@@ -13,7 +13,7 @@ async function serve(): Promise<void> {
   const plain = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const immortal = listen({ hostname: "127.0.0.1", port: 0 });
   console.log(
-    JSON.stringify({ plain: plain.addr.port, immortal: (immortal.addr as Deno.NetAddr).port }),
+    JSON.stringify({ plain: plain.addr.port, immortal: immortal.addr.port }),
   );
   const drain = async (
     conn: { read(b: Uint8Array): Promise<number | null>; write(b: Uint8Array): Promise<number> },

@@ -6,6 +6,7 @@
  */
 
 import { configure, getLogger, type Logger, type LogLevel, type LogRecord } from "@logtape/logtape";
+import { errorMessage, parsePortText } from "../lib/_util.ts";
 
 /** A mistake in how the command was called: one line, exit code 2. */
 export class UsageError extends Error {}
@@ -16,8 +17,8 @@ export const LOG_LEVELS = ["debug", "info", "warning", "error"] as const;
 /** Parses a port number 1-65535 (or 0 when `allowZero`), naming `what` in the error. */
 export function parsePort(what: string, text: string | undefined, allowZero = false): number {
   if (text === undefined) throw new UsageError(`missing ${what}`);
-  const port = Number(text);
-  if (!/^\d+$/.test(text) || port < (allowZero ? 0 : 1) || port > 65535) {
+  const port = parsePortText(text, allowZero);
+  if (port === null) {
     throw new UsageError(
       `${what} must be a port number ${allowZero ? 0 : 1}-65535, got "${text}"`,
     );
@@ -37,11 +38,11 @@ export function parsePositive(flag: string, text: string, integer = true): numbe
 }
 
 /** Checks `--log-level`. */
-export function parseLogLevel(text: string): LogLevel {
+export function parseLogLevel(text: string): (typeof LOG_LEVELS)[number] {
   if (!(LOG_LEVELS as readonly string[]).includes(text)) {
     throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${text}"`);
   }
-  return text as LogLevel;
+  return text as (typeof LOG_LEVELS)[number];
 }
 
 /** Reads a text file named on the command line; a failure is a usage error. */
@@ -49,7 +50,7 @@ export function readFileArg(what: string, path: string): string {
   try {
     return Deno.readTextFileSync(path);
   } catch (error) {
-    throw new UsageError(`cannot read ${what} ${path}: ${(error as Error).message}`);
+    throw new UsageError(`cannot read ${what} ${path}: ${errorMessage(error)}`);
   }
 }
 
@@ -160,7 +161,7 @@ export async function runService<C extends { logLevel: LogLevel }>(
       console.error(`error: ${error.message}\nRun with --help for usage.`);
       code = 2;
     } else {
-      console.error(`error: ${error instanceof Error ? error.message : String(error)}`);
+      console.error(`error: ${errorMessage(error)}`);
       code = 1;
     }
   }

@@ -13,7 +13,7 @@
  */
 
 import { parseArgs } from "node:util";
-import type { Logger, LogLevel } from "@logtape/logtape";
+import type { Logger } from "@logtape/logtape";
 import {
   parseLogLevel,
   parsePort,
@@ -26,6 +26,7 @@ import {
 } from "./_common.ts";
 import { tcpDialer, tlsDialer } from "../lib/link/mod.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
+import { errorMessage } from "../lib/_util.ts";
 
 const USAGE = `immortal tunnel — TCP forwarding that survives broken links
 
@@ -55,18 +56,27 @@ Options:
 Permissions: --allow-net for the listen address and the peer, plus
 --allow-read for the key, certificate and CA files.`;
 
-interface _Config {
+/** A validated tunnel command line, as {@linkcode parseTunnelArgs} returns it. */
+export interface TunnelCliConfig {
+  /** Which end of the tunnel to run. */
   role: "server" | "client";
+  /** Local port: tunnel clients dial it (server), applications dial it (client). */
   listenPort: number;
+  /** Server: the target host; client: the tunnel server's host. */
   peerHost: string;
+  /** Server: the target port; client: the tunnel server's port. */
   peerPort: number;
+  /** Local address to listen on. */
   listenHost: string;
+  /** Pre-shared key, when one was given. */
   key?: string;
   /** Server: certificate and key PEM. */
   tlsServer?: { cert: string; key: string };
   /** Client: TLS settings, when TLS is on. */
   tlsClient?: { caCerts?: string[]; serverName?: string };
-  logLevel: LogLevel;
+  /** How much to log. */
+  logLevel: "debug" | "info" | "warning" | "error";
+  /** Print statistics this often, in seconds (0: never). */
   statsSeconds: number;
 }
 
@@ -79,7 +89,7 @@ function _tlsSettings(
     "tls-ca"?: string;
     "tls-name"?: string;
   },
-): Pick<_Config, "tlsServer" | "tlsClient"> {
+): Pick<TunnelCliConfig, "tlsServer" | "tlsClient"> {
   const serverFlags = ["tls-cert", "tls-key"] as const;
   const clientFlags = ["tls", "tls-ca", "tls-name"] as const;
   const wrong = role === "server" ? clientFlags : serverFlags;
@@ -108,7 +118,7 @@ function _tlsSettings(
 }
 
 /** Parses and validates the command line (exported for tests). */
-export function parseTunnelArgs(args: string[]): _Config | "help" {
+export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
   let parsed;
   try {
     parsed = parseArgs({
@@ -130,7 +140,7 @@ export function parseTunnelArgs(args: string[]): _Config | "help" {
       },
     });
   } catch (error) {
-    throw new UsageError((error as Error).message.split("\n")[0]);
+    throw new UsageError(errorMessage(error).split("\n")[0]);
   }
   const { values, positionals } = parsed;
   if (values.help) return "help";
@@ -171,7 +181,7 @@ export function parseTunnelArgs(args: string[]): _Config | "help" {
   };
 }
 
-async function _start(config: _Config, log: Logger): Promise<Service> {
+async function _start(config: TunnelCliConfig, log: Logger): Promise<Service> {
   const tunnel = config.role === "server"
     ? _startServer(config, log)
     : await _startClient(config, log);
@@ -187,7 +197,7 @@ async function _start(config: _Config, log: Logger): Promise<Service> {
   };
 }
 
-function _startServer(config: _Config, log: Logger): TunnelServer {
+function _startServer(config: TunnelCliConfig, log: Logger): TunnelServer {
   const tunnel = new TunnelServer({
     hostname: config.listenHost,
     port: config.listenPort,
@@ -204,7 +214,7 @@ function _startServer(config: _Config, log: Logger): TunnelServer {
   return tunnel;
 }
 
-async function _startClient(config: _Config, log: Logger): Promise<TunnelClient> {
+async function _startClient(config: TunnelCliConfig, log: Logger): Promise<TunnelClient> {
   // Fail fast on a server that is not there (or whose certificate we would
   // refuse), rather than on the first user connection.
   const where = { hostname: config.peerHost, port: config.peerPort };
@@ -213,9 +223,7 @@ async function _startClient(config: _Config, log: Logger): Promise<TunnelClient>
     (await dial(AbortSignal.timeout(10_000))).close();
   } catch (error) {
     throw new Error(
-      `cannot reach the tunnel server at ${where.hostname}:${where.port}: ${
-        (error as Error).message
-      }`,
+      `cannot reach the tunnel server at ${where.hostname}:${where.port}: ${errorMessage(error)}`,
     );
   }
   const tunnel = new TunnelClient({

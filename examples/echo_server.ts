@@ -8,7 +8,7 @@ if (import.meta.main) {
   const key = Deno.args[1];
   const listener = listen({ port, key });
   console.log(
-    `echo server on port ${(listener.addr as Deno.NetAddr).port}${key ? " (key required)" : ""}`,
+    `echo server on port ${listener.addr.port}${key ? " (key required)" : ""}`,
   );
   for await (const conn of listener) {
     console.log(`session ${conn.sessionId.slice(0, 8)} opened`);
