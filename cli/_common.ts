@@ -37,6 +37,20 @@ export function parsePositive(flag: string, text: string, integer = true): numbe
   return value;
 }
 
+/** Longest delay a timer can take (2^31 - 1 ms, about 24.8 days): longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Parses a duration in whole milliseconds, 1 ms to about 24.8 days, naming the flag in the error. */
+export function parseMillis(flag: string, text: string): number {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < 1 || value > MAX_TIMER_MS) {
+    throw new UsageError(
+      `${flag} must be a whole number of milliseconds from 1 to ${MAX_TIMER_MS}, got "${text}"`,
+    );
+  }
+  return value;
+}
+
 /** Checks `--log-level`. */
 export function parseLogLevel(text: string): (typeof LOG_LEVELS)[number] {
   if (!(LOG_LEVELS as readonly string[]).includes(text)) {

@@ -16,6 +16,7 @@ import { parseArgs } from "node:util";
 import type { Logger } from "@logtape/logtape";
 import {
   parseLogLevel,
+  parseMillis,
   parsePort,
   readFileArg,
   readPemCertificate,
@@ -26,6 +27,8 @@ import {
 } from "./_common.ts";
 import { tcpDialer, tlsDialer } from "../lib/link/mod.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
+import type { BackoffOptions, SessionOptions } from "../lib/conn/mod.ts";
+export type { BackoffOptions, SessionOptions };
 import { errorMessage } from "../lib/_util.ts";
 
 const USAGE = `immortal tunnel — TCP forwarding that survives broken links
@@ -51,6 +54,16 @@ Options:
                       (default: <serverHost>); implies --tls
   --log-level LEVEL   debug, info, warning or error (default: info)
   --stats SECONDS     print live statistics every SECONDS
+
+Link failure handling (milliseconds; both ends may set their own):
+  --heartbeat MS        ping a quiet link this often (default: 1000)
+  --dead-link MS        replace a link silent this long (default: 2500)
+  --resume-timeout MS   give up on (client) or reap (server) a session whose
+                        link stays down this long (default: 120000)
+  --backoff-initial MS  client: first delay after a refused dial (default: 100)
+  --backoff-max MS      client: longest delay between refused dials (default: 5000)
+  --probe-interval MS   client: while nothing answers, dial again this often
+                        (default: 50)
   -h, --help          show this help
 
 Permissions: --allow-net for the listen address and the peer, plus
@@ -78,6 +91,8 @@ export interface TunnelCliConfig {
   logLevel: "debug" | "info" | "warning" | "error";
   /** Print statistics this often, in seconds (0: never). */
   statsSeconds: number;
+  /** Heartbeat, dead-link, resume and (client) backoff settings; unset ones take the defaults. */
+  session: SessionOptions & { backoff?: BackoffOptions };
 }
 
 function _tlsSettings(
@@ -136,6 +151,12 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
         "tls-name": { type: "string" },
         "log-level": { type: "string", default: "info" },
         stats: { type: "string" },
+        heartbeat: { type: "string" },
+        "dead-link": { type: "string" },
+        "resume-timeout": { type: "string" },
+        "backoff-initial": { type: "string" },
+        "backoff-max": { type: "string" },
+        "probe-interval": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -178,7 +199,47 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
     ...tls,
     logLevel,
     statsSeconds,
+    session: _sessionSettings(role, values),
   };
+}
+
+/** The link-failure flags as session options; relations between them are checked too. */
+function _sessionSettings(
+  role: "server" | "client",
+  values: Record<string, string | boolean | undefined>,
+): SessionOptions & { backoff?: BackoffOptions } {
+  const ms = (flag: string) => {
+    const text = values[flag];
+    return typeof text === "string" ? parseMillis(`--${flag}`, text) : undefined;
+  };
+  const session: SessionOptions & { backoff?: BackoffOptions } = {
+    heartbeatInterval: ms("heartbeat"),
+    deadLinkTimeout: ms("dead-link"),
+    resumeTimeout: ms("resume-timeout"),
+  };
+  const backoff = {
+    initial: ms("backoff-initial"),
+    max: ms("backoff-max"),
+    probeInterval: ms("probe-interval"),
+  };
+  const backoffFlags = ["backoff-initial", "backoff-max", "probe-interval"];
+  if (role === "server") {
+    const given = backoffFlags.find((flag) => values[flag] !== undefined);
+    if (given) throw new UsageError(`--${given} is a client option`);
+  } else {
+    session.backoff = backoff;
+  }
+  const heartbeat = session.heartbeatInterval ?? 1000;
+  const deadLink = session.deadLinkTimeout ?? 2500;
+  if (deadLink <= heartbeat) {
+    throw new UsageError(
+      `--dead-link (${deadLink} ms) must be longer than --heartbeat (${heartbeat} ms)`,
+    );
+  }
+  if ((backoff.max ?? 5000) < (backoff.initial ?? 100)) {
+    throw new UsageError("--backoff-max must not be shorter than --backoff-initial");
+  }
+  return session;
 }
 
 async function _start(config: TunnelCliConfig, log: Logger): Promise<Service> {
@@ -201,6 +262,7 @@ function _startServer(config: TunnelCliConfig, log: Logger): TunnelServer {
   const tunnel = new TunnelServer({
     hostname: config.listenHost,
     port: config.listenPort,
+    ...config.session,
     key: config.key,
     tls: config.tlsServer,
     target: { hostname: config.peerHost, port: config.peerPort },
@@ -229,6 +291,7 @@ async function _startClient(config: TunnelCliConfig, log: Logger): Promise<Tunne
   const tunnel = new TunnelClient({
     hostname: config.listenHost,
     port: config.listenPort,
+    ...config.session,
     key: config.key,
     tls: config.tlsClient,
     server: where,

@@ -29,13 +29,19 @@ export function delay(ms: number, signal?: AbortSignal): Promise<boolean> {
  * Capped exponential backoff with jitter: the delay before failed attempt
  * number `attempt` (0-based) is retried. 0 for the first (a link that just
  * broke often comes straight back), then `initial * 2^(n-1)` capped at `max`,
- * scaled by a random factor in [0.5, 1). The jitter spreads the reconnects of
+ * scaled by a random factor in [0.5, 1) (`random` picks it; tests pass a
+ * fixed one). The jitter spreads the reconnects of
  * many clients that lost the same server at the same moment.
  */
-export function backoffDelay(attempt: number, initial: number, max: number): number {
+export function backoffDelay(
+  attempt: number,
+  initial: number,
+  max: number,
+  random: () => number = Math.random,
+): number {
   if (attempt <= 0) return 0;
   const ceiling = Math.min(max, initial * 2 ** Math.min(attempt - 1, 30));
-  return ceiling * (0.5 + Math.random() / 2);
+  return ceiling * (0.5 + random() / 2);
 }
 
 /** The message of anything thrown: an `Error`'s message, or the value as text. */

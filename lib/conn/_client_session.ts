@@ -7,12 +7,13 @@
 
 import { getLogger } from "@logtape/logtape";
 import type { Dialer } from "../link/mod.ts";
-import { backoffDelay, delay, errorMessage } from "../_util.ts";
-import { dialAndHandshake } from "./_dial.ts";
+import { errorMessage } from "../_util.ts";
+import { dialAndHandshake, serverAnswered } from "./_dial.ts";
 import { ImmortalError } from "./errors.ts";
 import type { FrameReader } from "./_frame_reader.ts";
 import { clientOpen, clientResume, type SessionSecrets } from "./_handshake.ts";
 import type { ResolvedOptions } from "./_options.ts";
+import { ReconnectPolicy } from "./_reconnect_policy.ts";
 import { type SessionSide, StreamEngine } from "./_stream_engine.ts";
 
 const log = getLogger(["immortal", "conn"]);
@@ -24,20 +25,35 @@ function isFatal(error: unknown): boolean {
       error.code === "closed");
 }
 
-/** Dials, and redials whenever the session's link is lost, until the resume timeout. */
+/** Attempts in flight at once while a path gives no answer; the oldest yields to a new one. */
+const MAX_RACING_ATTEMPTS = 4;
+
+/** A handshaken link, and what the handshake resolved to. */
+interface Dialed<T> {
+  reader: FrameReader;
+  value: T;
+}
+
+/**
+ * Dials, and redials whenever the session's link is lost, until the resume
+ * timeout, with the delays of a {@linkcode ReconnectPolicy}. An attempt that
+ * stalls (a SYN lost in a black hole) is raced by a fresh one after the
+ * policy's `raceAfter`, so a path that comes back is used within that time.
+ */
 export class ClientSession implements SessionSide {
   #dialer: Dialer;
   #options: ResolvedOptions;
   #engine: StreamEngine | null = null;
   #secrets: SessionSecrets | null = null;
-  /** Failed dials since the backoff was last reset. */
-  #attempt = 0;
-  #linkUpAt = 0;
+  #policy: ReconnectPolicy;
+  /** The current link carried a frame after its handshake. */
+  #linkProven = false;
 
   /** Dials through `dialer` with `options`; nothing happens before {@linkcode ClientSession.open}. */
   constructor(dialer: Dialer, options: ResolvedOptions) {
     this.#dialer = dialer;
     this.#options = options;
+    this.#policy = new ReconnectPolicy(options.backoff);
   }
 
   /**
@@ -51,8 +67,6 @@ export class ClientSession implements SessionSide {
       undefined,
       (reader) => clientOpen(reader, psk),
     );
-    // The first link is not a failure: the first redial after it is immediate.
-    this.#attempt = 0;
     this.#secrets = opened!.value;
     this.#engine = new StreamEngine({
       role: "client",
@@ -64,16 +78,20 @@ export class ClientSession implements SessionSide {
     return this.#engine;
   }
 
+  linkProven(): void {
+    this.#linkProven = true;
+    this.#policy.linkProven();
+  }
+
   linkLost(): void {
-    if (performance.now() - this.#linkUpAt >= this.#options.backoff.stableAfter) this.#attempt = 0;
-    this.#resume();
+    this.#resume(this.#policy.linkLost(this.#linkProven));
   }
 
   completed(): void {}
 
   ended(): void {}
 
-  async #resume(): Promise<void> {
+  async #resume(wait: number): Promise<void> {
     const engine = this.#engine!;
     const { resumeTimeout } = this.#options;
     try {
@@ -82,6 +100,7 @@ export class ClientSession implements SessionSide {
         Infinity,
         engine.signal,
         (reader) => clientResume(reader, this.#secrets!, engine.received),
+        wait,
       );
       if (!engine.resumable) {
         resumed?.reader.link.close();
@@ -104,41 +123,103 @@ export class ClientSession implements SessionSide {
   }
 
   #attach(reader: FrameReader, peerReceived: number): void {
-    this.#linkUpAt = performance.now();
+    this.#linkProven = false;
     this.#engine!.attach(reader, peerReceived);
   }
 
   /**
-   * The one dial loop. Tries at most `maxAttempts` times until `deadline`,
-   * backing off between failed attempts. Resolves to the handshaken link, or
-   * `null` when the deadline passed or `signal` aborted; rejects with a fatal
-   * error (a refused key, say), or with the last error once the attempts are
-   * used up.
+   * The one dial loop (see the class doc for its policy). Starts at most
+   * `maxAttempts` attempts until `deadline`, the first after `wait` ms. Resolves to the first link whose
+   * handshake completes, or `null` when the deadline passed or `signal`
+   * aborted; rejects with a fatal error (a refused key, say), or with the
+   * last error once the attempts are used up. Attempts still racing when it
+   * settles are aborted, their links closed.
    */
   async #dial<T>(
     deadline: number,
     maxAttempts: number,
     signal: AbortSignal | undefined,
     handshake: (reader: FrameReader) => Promise<T>,
-  ): Promise<{ reader: FrameReader; value: T } | null> {
-    const { handshakeTimeout, backoff } = this.#options;
-    for (let tries = 1;; tries++) {
-      const remaining = deadline - performance.now();
-      if (remaining <= 0) return null;
-      const wait = Math.min(backoffDelay(this.#attempt++, backoff.initial, backoff.max), remaining);
-      if (wait > 0 && !(await delay(wait, signal))) return null;
-      try {
-        const budget = Math.max(1, Math.min(handshakeTimeout, deadline - performance.now()));
-        return await dialAndHandshake(this.#dialer, budget, signal, handshake);
-      } catch (error) {
-        if (signal?.aborted) return null;
-        if (isFatal(error) || tries >= maxAttempts) throw error;
-        log.debug("Session {id}: dial attempt {n} failed: {reason}", {
-          id: this.#secrets?.id ?? "(new)",
-          n: this.#attempt,
-          reason: errorMessage(error),
-        });
+    wait = 0,
+  ): Promise<Dialed<T> | null> {
+    const { handshakeTimeout } = this.#options;
+    const rtt = this.#engine?.stats.rttMs ?? 0;
+    const probe = this.#policy.raceAfter(rtt);
+    const racing = new Map<AbortController, number>();
+    let winner: Dialed<T> | null = null;
+    let fatal: unknown = null;
+    let lastError: unknown = null;
+    let started = 0;
+    let nextStart = performance.now() + wait;
+    let wake: (() => void) | null = null;
+    const settle = () => {
+      const resolve = wake;
+      wake = null;
+      resolve?.();
+    };
+    const launch = () => {
+      started++;
+      const controller = new AbortController();
+      const onAbort = () => controller.abort();
+      signal?.addEventListener("abort", onAbort, { once: true });
+      racing.set(controller, performance.now());
+      const budget = Math.max(1, Math.min(handshakeTimeout, deadline - performance.now()));
+      dialAndHandshake(this.#dialer, budget, controller.signal, handshake).then(
+        (dialed) => {
+          if (winner !== null || fatal !== null || signal?.aborted) dialed.reader.link.close();
+          else winner = dialed;
+        },
+        (error) => {
+          if (controller.signal.aborted) return; // raced out, or the session ended
+          lastError = error;
+          if (isFatal(error)) fatal = error;
+          else {nextStart = performance.now() +
+              this.#policy.attemptFailed(serverAnswered(error), rtt);}
+          log.debug("Session {id}: dial attempt {n} failed: {reason}", {
+            id: this.#secrets?.id ?? "(new)",
+            n: started,
+            reason: errorMessage(error),
+          });
+        },
+      ).finally(() => {
+        signal?.removeEventListener("abort", onAbort);
+        racing.delete(controller);
+        settle();
+      });
+    };
+    try {
+      for (;;) {
+        if (winner !== null) return winner;
+        if (fatal !== null) throw fatal;
+        const now = performance.now();
+        if (signal?.aborted || now >= deadline) return null;
+        if (started >= maxAttempts) {
+          if (racing.size === 0) throw lastError;
+        } else if (racing.size === 0 ? now >= nextStart : now >= this.#lastStart(racing) + probe) {
+          if (racing.size >= MAX_RACING_ATTEMPTS) this.#oldest(racing).abort();
+          launch();
+          continue;
+        }
+        const until = started >= maxAttempts
+          ? deadline
+          : racing.size === 0
+          ? nextStart
+          : this.#lastStart(racing) + probe;
+        const waiting = new Promise<void>((resolve) => wake = resolve);
+        const timer = setTimeout(settle, Math.max(0, Math.min(until, deadline) - now));
+        await waiting;
+        clearTimeout(timer);
       }
+    } finally {
+      for (const controller of racing.keys()) controller.abort();
     }
+  }
+
+  #lastStart(racing: Map<AbortController, number>): number {
+    return Math.max(...racing.values());
+  }
+
+  #oldest(racing: Map<AbortController, number>): AbortController {
+    return racing.keys().next().value!;
   }
 }

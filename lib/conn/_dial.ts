@@ -8,6 +8,42 @@
 import type { Dialer } from "../link/mod.ts";
 import { FrameReader } from "./_frame_reader.ts";
 
+/** A dial, or the handshake after it, got no answer in time. */
+export class DialTimeoutError extends Error {
+  /** `timeoutMs` is the time the attempt had; `cause` what it was doing when it ran out. */
+  constructor(timeoutMs: number, cause: unknown) {
+    super(`no answer within ${timeoutMs} ms`, { cause });
+    this.name = "DialTimeoutError";
+  }
+}
+
+// Errors that say nothing reached the server (our side has no route or no
+// address, or nothing came back): retrying costs the server nothing.
+const NO_ANSWER_CODES = new Set([
+  "ENETUNREACH",
+  "EHOSTUNREACH",
+  "ENETDOWN",
+  "EADDRNOTAVAIL",
+  "ETIMEDOUT",
+]);
+
+/**
+ * Did the server (or a host on the way) answer this failed attempt? A
+ * refusal, a reset or a handshake reject did; no route, no local address or
+ * a timeout did not. Wrapped errors (a TLS dial wraps the TCP error) are
+ * looked through.
+ */
+export function serverAnswered(error: unknown): boolean {
+  let current = error;
+  for (let depth = 0; current instanceof Error && depth < 4; depth++) {
+    if (current instanceof DialTimeoutError) return false;
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === "string" && NO_ANSWER_CODES.has(code)) return false;
+    current = current.cause;
+  }
+  return true;
+}
+
 /** Dials one link and runs `handshake` on it within `timeoutMs`; the link is closed on any failure. */
 export async function dialAndHandshake<T>(
   dialer: Dialer,
@@ -35,7 +71,7 @@ export async function dialAndHandshake<T>(
     return { reader, value };
   } catch (error) {
     reader?.link.close();
-    if (timedOut) throw new Error(`no answer within ${timeoutMs} ms`, { cause: error });
+    if (timedOut) throw new DialTimeoutError(timeoutMs, error);
     throw error;
   } finally {
     clearTimeout(timer);

@@ -37,7 +37,7 @@ export function resolveOptions(
     }
   }
   const heartbeatInterval = positive("heartbeatInterval", options.heartbeatInterval, 1000, 10);
-  const deadLinkTimeout = positive("deadLinkTimeout", options.deadLinkTimeout, 5000, 10);
+  const deadLinkTimeout = positive("deadLinkTimeout", options.deadLinkTimeout, 2500, 10);
   if (deadLinkTimeout <= heartbeatInterval) {
     throw new RangeError(
       `deadLinkTimeout (${deadLinkTimeout} ms) must be longer than heartbeatInterval (${heartbeatInterval} ms)`,
@@ -55,7 +55,7 @@ export function resolveOptions(
     backoff: {
       initial,
       max: positive("backoff.max", backoff.max, Math.max(5000, initial), initial),
-      stableAfter: positive("backoff.stableAfter", backoff.stableAfter, 10_000, 0),
+      probeInterval: positive("backoff.probeInterval", backoff.probeInterval, 50, 1),
     },
   };
 }

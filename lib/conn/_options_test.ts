@@ -6,11 +6,11 @@ Deno.test("resolveOptions fills in the documented defaults", () => {
   assert.deepEqual(options, {
     key: null,
     heartbeatInterval: 1000,
-    deadLinkTimeout: 5000,
+    deadLinkTimeout: 2500,
     resumeTimeout: 120_000,
     maxUnackedBytes: 4 << 20,
     handshakeTimeout: 10_000,
-    backoff: { initial: 100, max: 5000, stableAfter: 10_000 },
+    backoff: { initial: 100, max: 5000, probeInterval: 50 },
   });
   assert.deepEqual(resolveOptions({ key: "k" }).key, new TextEncoder().encode("k"));
 });
@@ -27,7 +27,7 @@ Deno.test("resolveOptions names the setting it refuses", () => {
     [{ handshakeTimeout: Infinity }, /handshakeTimeout must be a number >= 1/],
     [{ backoff: { initial: -1 } }, /backoff.initial must be a number >= 1/],
     [{ backoff: { initial: 500, max: 100 } }, /backoff.max must be a number >= 500, got 100/],
-    [{ backoff: { stableAfter: -5 } }, /backoff.stableAfter must be a number >= 0/],
+    [{ backoff: { probeInterval: 0 } }, /backoff.probeInterval must be a number >= 1, got 0/],
   ];
   for (const [options, message] of cases) {
     assert.throws(() => resolveOptions(options), message, JSON.stringify(options));

@@ -109,6 +109,8 @@ class ServerSession implements SessionSide {
     }
   }
 
+  linkProven(): void {}
+
   completed(): void {
     // Keep the session resumable until the client's bye, in case our last
     // ack was lost with the link; forget it after the resume timeout anyway.

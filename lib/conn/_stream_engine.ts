@@ -63,6 +63,8 @@ export interface SessionSide {
    * gives up.
    */
   linkLost(reason: string): void;
+  /** The current link carried a frame after its handshake: it works. */
+  linkProven(): void;
   /** Both directions ended and were acknowledged. */
   completed(): void;
   /** The engine is over: timers gone, link closed, `closed` settled. */
@@ -500,6 +502,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
 
   async #readLoop(reader: FrameReader): Promise<void> {
     const link = reader.link;
+    let proven = false;
     try {
       while (this.#link === link) {
         const frames = await reader.nextBatch();
@@ -509,6 +512,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
           return;
         }
         this.#lastInbound = performance.now();
+        if (!proven) {
+          proven = true;
+          this.#side.linkProven();
+        }
         for (const frame of frames) {
           this.#onFrame(frame);
           if (this.#link !== link) return;

@@ -13,7 +13,11 @@ export interface SessionOptions {
   key?: string | Uint8Array;
   /** A ping is sent this often, in ms. Default 1000. */
   heartbeatInterval?: number;
-  /** A link with no inbound frame for this long (ms) is declared dead. Default 5000. */
+  /**
+   * A link with no inbound frame for this long (ms) is declared dead and
+   * replaced. Default 2500: with pings every second, a dead link is noticed
+   * within 3 s, and a false alarm costs only a quick resume.
+   */
   deadLinkTimeout?: number;
   /** Give up resuming (client) or reap the session (server) after this long down, in ms. Default 120000. */
   resumeTimeout?: number;
@@ -23,12 +27,23 @@ export interface SessionOptions {
   handshakeTimeout?: number;
 }
 
-/** Reconnect backoff (client side). */
+/**
+ * How the client replaces a lost link. A link that worked and broke is
+ * redialed at once. Attempts the server answers with a refusal back off
+ * exponentially from `initial` to `max` (jittered), so a struggling server
+ * is not hammered; the backoff resets as soon as a link carries frames.
+ * Attempts nobody answers (no route, no address, a timeout) are retried, and
+ * a stalled attempt is raced by a fresh one, every `probeInterval`, so a path
+ * that comes back is used within that time.
+ */
 export interface BackoffOptions {
-  /** First delay after a failed attempt, in ms (the first attempt is immediate). Default 100. */
+  /** First delay after a refused attempt, in ms. Default 100. */
   initial?: number;
-  /** Cap of the delay, in ms. Default 5000. */
+  /** Cap of the delay after refused attempts, in ms. Default 5000. */
   max?: number;
-  /** A link that stayed up this long (ms) resets the backoff. Default 10000. */
-  stableAfter?: number;
+  /**
+   * While nothing answers, a fresh attempt starts this often, in ms (at
+   * least four round trips of the session, on long paths). Default 50.
+   */
+  probeInterval?: number;
 }

@@ -1,0 +1,56 @@
+import assert from "node:assert/strict";
+import { ReconnectPolicy } from "./_reconnect_policy.ts";
+
+const BACKOFF = { initial: 100, max: 5000, probeInterval: 50 };
+/** No jitter: the factor is exactly 0.5, so every delay is known. */
+const noJitter = () => 0;
+
+Deno.test("a link that worked and broke is redialed at once", () => {
+  const policy = new ReconnectPolicy(BACKOFF, noJitter);
+  assert.equal(policy.linkLost(true), 0);
+  assert.equal(policy.failures, 0);
+});
+
+Deno.test("refused attempts grow the backoff exponentially up to the cap", () => {
+  const policy = new ReconnectPolicy(BACKOFF, noJitter);
+  const delays = Array.from({ length: 9 }, () => policy.attemptFailed(true, 0));
+  assert.deepEqual(delays, [50, 100, 200, 400, 800, 1600, 2500, 2500, 2500]);
+  assert.equal(policy.failures, 9);
+});
+
+Deno.test("a link that carries data resets the backoff; the next loss redials at once", () => {
+  const policy = new ReconnectPolicy(BACKOFF, noJitter);
+  for (let i = 0; i < 6; i++) policy.attemptFailed(true, 0);
+  policy.linkProven();
+  assert.equal(policy.failures, 0);
+  assert.equal(policy.linkLost(true), 0);
+  assert.equal(policy.attemptFailed(true, 0), 50, "the backoff starts over");
+});
+
+Deno.test("a link that dies before it carries anything counts as a failure", () => {
+  const policy = new ReconnectPolicy(BACKOFF, noJitter);
+  policy.attemptFailed(true, 0);
+  policy.attemptFailed(true, 0);
+  // The handshake succeeded, but the link died before any frame: no reset.
+  assert.equal(policy.linkLost(false), 200);
+  assert.equal(policy.failures, 3);
+});
+
+Deno.test("unanswered attempts are probed at the probe interval and never grow the backoff", () => {
+  const policy = new ReconnectPolicy(BACKOFF, noJitter);
+  for (let i = 0; i < 100; i++) assert.equal(policy.attemptFailed(false, 0), 25);
+  assert.equal(policy.failures, 0);
+  assert.equal(policy.raceAfter(0), 50);
+  // On a 100 ms path an attempt gets four round trips before it is raced.
+  assert.equal(policy.raceAfter(100), 400);
+  assert.equal(policy.attemptFailed(false, 100), 200);
+});
+
+Deno.test("jitter stays within [0.5, 1) of the ceiling", () => {
+  const high = new ReconnectPolicy(BACKOFF, () => 0.999999);
+  for (let i = 1; i <= 8; i++) {
+    const ceiling = Math.min(5000, 100 * 2 ** (i - 1));
+    const delay = high.attemptFailed(true, 0);
+    assert.ok(delay >= ceiling / 2 && delay < ceiling, `failure ${i}: ${delay}`);
+  }
+});

@@ -1,0 +1,57 @@
+// The tunnel CLI's link-failure flags, parsed in-process: each reaches the
+// session options, and each bad value gets one sentence naming the flag.
+import assert from "node:assert/strict";
+import { parseTunnelArgs, type TunnelCliConfig } from "../cli/tunnel.ts";
+
+const CLIENT = ["client", "2001", "127.0.0.1", "2000"];
+const SERVER = ["server", "2000", "127.0.0.1", "22"];
+
+function parse(args: string[]): TunnelCliConfig {
+  const config = parseTunnelArgs(args);
+  assert.notEqual(config, "help");
+  return config as TunnelCliConfig;
+}
+
+Deno.test("tunnel CLI: heartbeat, dead-link, resume and backoff flags reach the session options", () => {
+  const client = parse([
+    ...CLIENT,
+    "--heartbeat=200",
+    "--dead-link=900",
+    "--resume-timeout=30000",
+    "--backoff-initial=10",
+    "--backoff-max=400",
+    "--probe-interval=20",
+  ]);
+  assert.deepEqual(client.session, {
+    heartbeatInterval: 200,
+    deadLinkTimeout: 900,
+    resumeTimeout: 30000,
+    backoff: { initial: 10, max: 400, probeInterval: 20 },
+  });
+  const server = parse([...SERVER, "--dead-link", "3000", "--resume-timeout", "5000"]);
+  assert.equal(server.session.deadLinkTimeout, 3000);
+  assert.equal(server.session.resumeTimeout, 5000);
+  assert.equal(server.session.backoff, undefined, "a server does not dial");
+  // Unset flags leave the library's defaults in force.
+  assert.deepEqual(parse(SERVER).session, {
+    heartbeatInterval: undefined,
+    deadLinkTimeout: undefined,
+    resumeTimeout: undefined,
+  });
+});
+
+Deno.test("tunnel CLI: bad link-failure flags are refused in one sentence naming the flag", () => {
+  const cases: [string[], RegExp][] = [
+    [[...CLIENT, "--heartbeat", "0"], /--heartbeat must be a whole number of milliseconds/],
+    [[...CLIENT, "--dead-link", "1.5"], /--dead-link must be a whole number/],
+    [[...CLIENT, "--resume-timeout", "10000000000"], /from 1 to 2147483647, got "10000000000"/],
+    [[...CLIENT, "--backoff-max=-5"], /--backoff-max must be a whole number/],
+    [[...CLIENT, "--heartbeat", "3000"], /--dead-link \(2500 ms\) must be longer than --heartbeat/],
+    [[...CLIENT, "--backoff-initial", "900", "--backoff-max", "100"], /must not be shorter/],
+    [[...SERVER, "--backoff-initial", "10"], /--backoff-initial is a client option/],
+    [[...SERVER, "--probe-interval", "10"], /--probe-interval is a client option/],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(() => parseTunnelArgs(args), message, args.join(" "));
+  }
+});
