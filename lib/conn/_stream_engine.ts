@@ -27,6 +27,7 @@ import {
   writeFrameHeader,
 } from "../frame/mod.ts";
 import { formatAddr, type Link } from "../link/mod.ts";
+import { localAddressGone } from "../link/_local_addresses.ts";
 import { errorMessage } from "../_util.ts";
 import { ImmortalError } from "./errors.ts";
 import {
@@ -620,6 +621,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     const now = performance.now();
     if (now - this.#lastInbound > this.#opts.deadLinkTimeout) {
       this.#linkFailed(link, `nothing received for ${Math.round(now - this.#lastInbound)} ms`);
+      return;
+    }
+    // Only the client can act on a lost address: it dials again from the new one.
+    if (this.#role === "client" && localAddressGone(link.localAddr, now)) {
+      this.#linkFailed(link, `the local address ${formatAddr(link.localAddr)} is gone`);
       return;
     }
     // Ping when the link has been quiet outbound (the peer needs to hear
