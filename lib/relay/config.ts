@@ -53,6 +53,21 @@ const KEYS = ["url", "secret", "hostname", "port"] as const;
  * Reads relay settings from the environment and configuration files. Files
  * and variables this process has no permission for are skipped without a
  * prompt. A malformed file or port throws an `Error` naming the file and line.
+ *
+ * @example Settings from an explicit environment
+ * ```ts
+ * import { loadRelayConfig } from "@immortal/sockets/relay";
+ * import assert from "node:assert/strict";
+ *
+ * const config = loadRelayConfig({
+ *   env: { IMMORTAL_RELAY_URL: "http://127.0.0.1:8080", IMMORTAL_RELAY_PORT: "8080" },
+ * });
+ * // The environment wins over any immortal-relay.properties file.
+ * assert.equal(config.url, "http://127.0.0.1:8080");
+ * assert.equal(config.port, 8080);
+ * assert.equal(config.sources.port, "env IMMORTAL_RELAY_PORT");
+ * assert.throws(() => loadRelayConfig({ env: { IMMORTAL_RELAY_PORT: "70000" } }), /port must be/);
+ * ```
  */
 export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConfig {
   const config: RelayConfig = { sources: {} };

@@ -82,13 +82,20 @@ const TRANSPORTS: Record<RelayTransportKind, OpenTransport> = {
 /**
  * A node in a relay room (named by its session id).
  *
- * @example
- * ```ts ignore
- * import { RelayNode } from "@immortal/sockets";
- * const node = await RelayNode.connect("https://relay.example", { session: "lab", nickname: "max" });
- * node.send("hello, everyone");
- * for await (const event of node.events) {
- *   if (event.type === "message") console.log(`${event.from}: ${event.text}`);
+ * @example Two nodes in a room
+ * ```ts
+ * import { RelayNode, serveRelay } from "@immortal/sockets/relay";
+ * import assert from "node:assert/strict";
+ *
+ * await using server = serveRelay({ hostname: "127.0.0.1", port: 0 });
+ * const url = `http://127.0.0.1:${server.addr.port}`;
+ * await using max = await RelayNode.connect(url, { session: "lab", nickname: "max" });
+ * await using eve = await RelayNode.connect(url, { session: "lab", nickname: "eve" });
+ * eve.send("hello, everyone");
+ * for await (const event of max.events) {
+ *   if (event.type !== "message") continue;
+ *   assert.equal(`${event.from}: ${event.text}`, "eve: hello, everyone");
+ *   break;
  * }
  * ```
  */
