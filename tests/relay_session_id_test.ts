@@ -34,6 +34,7 @@ Deno.test("relay: a session id that looks like markup is never rendered as marku
   const session = "<b>x</b>";
   await using a = await RelayNode.connect(relay.url, { session, nickname: "a" });
   await using b = await RelayNode.connect(relay.url, { session, nickname: "b", transport: "http" });
+  assert.equal(b.transport, "http");
   await waitForEvent(a, "join", (e) => e.nickname === "b");
   // Something refused in that room, so /metrics has labelled series to check.
   a.sendTo("nobody", "x");
