@@ -7,6 +7,7 @@
 // and the relay's memory per node; deliveries per second at several offered
 // rates (sessions of 10: each message reaches 9 nodes); p50/p99 delivery
 // latency at 1,000 nodes.
+import { delay } from "../lib/_util.ts";
 import { freePort } from "../tests/_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -40,7 +41,7 @@ async function waitForPort(port: number): Promise<void> {
       (await Deno.connect({ hostname: "127.0.0.1", port })).close();
       return;
     } catch {
-      await new Promise((r) => setTimeout(r, 50));
+      await delay(50);
     }
   }
   throw new Error("the relay did not start");

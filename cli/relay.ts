@@ -9,7 +9,8 @@
  */
 
 import { parseArgs } from "node:util";
-import type { Logger, LogLevel } from "@logtape/logtape";
+import type { Logger } from "@logtape/logtape";
+import { errorMessage } from "../lib/_util.ts";
 import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
@@ -59,14 +60,25 @@ Without a secret the relay still runs (for development) and says it is open.
 Permissions: --allow-net for the listen address; --allow-read for secret,
 certificate and config files; --allow-env for the variables above.`;
 
-interface _RelayCliConfig {
+/** How much the relay logs: `--log-level`. */
+export type RelayLogLevel = "debug" | "info" | "warning" | "error";
+
+/** The relay command line, parsed and checked: what to serve, and how much to log. */
+export interface RelayCliConfig {
+  /** The relay server's settings: flags, then environment, then configuration files. */
   serve: ServeRelayOptions;
-  logLevel: LogLevel;
+  /** The lowest level logged. */
+  logLevel: RelayLogLevel;
+  /** Where the secret came from (a flag, a file, a variable), for the startup log. */
   secretSource?: string;
 }
 
-/** Parses and validates the relay command line (exported for tests). */
-export function parseRelayArgs(args: string[]): _RelayCliConfig | "help" {
+/**
+ * Parses and validates the relay command line, merged with
+ * {@linkcode loadRelayConfig}'s environment and files; `"help"` for `-h`.
+ * Throws a `UsageError` with one line for the user on bad input.
+ */
+export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   let parsed;
   try {
     parsed = parseArgs({
@@ -95,7 +107,7 @@ export function parseRelayArgs(args: string[]): _RelayCliConfig | "help" {
       },
     });
   } catch (error) {
-    throw new UsageError((error as Error).message.split("\n")[0]);
+    throw new UsageError(errorMessage(error).split("\n")[0]);
   }
   const v = parsed.values;
   if (v.help) return "help";
@@ -103,7 +115,7 @@ export function parseRelayArgs(args: string[]): _RelayCliConfig | "help" {
   try {
     file = loadRelayConfig();
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    throw new UsageError(errorMessage(error));
   }
   if (v.secret !== undefined && v["secret-file"] !== undefined) {
     throw new UsageError("give --secret or --secret-file, not both");
@@ -150,17 +162,19 @@ export function parseRelayArgs(args: string[]): _RelayCliConfig | "help" {
   for (const key of Object.keys(serve) as (keyof ServeRelayOptions)[]) {
     if (serve[key] === undefined) delete serve[key];
   }
-  return { serve, logLevel: parseLogLevel(v["log-level"]!), secretSource };
+  // parseLogLevel admits exactly the RelayLogLevel names.
+  const logLevel = parseLogLevel(v["log-level"]!) as RelayLogLevel;
+  return { serve, logLevel, secretSource };
 }
 
-async function _start(config: _RelayCliConfig, log: Logger): Promise<Service> {
+async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   const listening = Promise.withResolvers<Deno.NetAddr>();
   let server;
   try {
     server = serveRelay({ ...config.serve, onListen: listening.resolve });
   } catch (error) {
     throw new Error(
-      `cannot listen on ${config.serve.hostname}:${config.serve.port}: ${(error as Error).message}`,
+      `cannot listen on ${config.serve.hostname}:${config.serve.port}: ${errorMessage(error)}`,
     );
   }
   const addr = await listening.promise;
@@ -181,5 +195,5 @@ async function _start(config: _RelayCliConfig, log: Logger): Promise<Service> {
 }
 
 if (import.meta.main) {
-  await runService(Deno.args, { usage: USAGE, parse: parseRelayArgs, start: _start });
+  await runService(Deno.args, { usage: USAGE, parse: parseRelayArgs, start });
 }

@@ -19,6 +19,8 @@
  * @module
  */
 
+import { errorMessage, parsePortText } from "../_util.ts";
+
 /** Relay settings as found; every field is optional. */
 export interface RelayConfig {
   /** Where nodes find the relay. */
@@ -51,33 +53,46 @@ const KEYS = ["url", "secret", "hostname", "port"] as const;
  * Reads relay settings from the environment and configuration files. Files
  * and variables this process has no permission for are skipped without a
  * prompt. A malformed file or port throws an `Error` naming the file and line.
+ *
+ * @example Settings from an explicit environment
+ * ```ts
+ * import { loadRelayConfig } from "@immortal/sockets/relay";
+ * import assert from "node:assert/strict";
+ *
+ * const config = loadRelayConfig({
+ *   env: { IMMORTAL_RELAY_URL: "http://127.0.0.1:8080", IMMORTAL_RELAY_PORT: "8080" },
+ * });
+ * // The environment wins over any immortal-relay.properties file.
+ * assert.equal(config.url, "http://127.0.0.1:8080");
+ * assert.equal(config.port, 8080);
+ * assert.equal(config.sources.port, "env IMMORTAL_RELAY_PORT");
+ * assert.throws(() => loadRelayConfig({ env: { IMMORTAL_RELAY_PORT: "70000" } }), /port must be/);
+ * ```
  */
 export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConfig {
   const config: RelayConfig = { sources: {} };
   const set = (key: (typeof KEYS)[number], value: string, source: string) => {
     if (config.sources[key] !== undefined) return; // a higher source set it already
     if (key === "port") {
-      const port = Number(value);
-      if (!/^\d+$/.test(value) || port < 0 || port > 65535) {
-        throw new Error(`${source}: port must be 0-65535, got "${value}"`);
-      }
+      const port = parsePortText(value, true);
+      if (port === null) throw new Error(`${source}: port must be 0-65535, got "${value}"`);
       config.port = port;
     } else {
       config[key] = value;
     }
     config.sources[key] = source;
   };
-  const env = options.env ?? _grantedEnv();
+  const env = options.env ?? grantedEnv();
   for (const key of KEYS) {
     const name = `IMMORTAL_RELAY_${key.toUpperCase()}`;
     const value = env[name];
     if (value !== undefined && value !== "") set(key, value, `env ${name}`);
   }
-  const home = options.home ?? _grantedEnv().HOME;
-  for (const dir of [options.cwd ?? _cwd(), home]) {
+  const home = options.home ?? grantedEnv().HOME;
+  for (const dir of [options.cwd ?? workingDirectory(), home]) {
     if (!dir) continue;
     const path = `${dir.replace(/\/$/, "")}/${RELAY_CONFIG_FILE}`;
-    const text = _readIfAllowed(path);
+    const text = readIfAllowed(path);
     if (text === null) continue;
     for (const [lineNo, line] of text.split(/\r?\n/).entries()) {
       const trimmed = line.trim();
@@ -96,7 +111,7 @@ export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConf
   return config;
 }
 
-function _grantedEnv(): Record<string, string | undefined> {
+function grantedEnv(): Record<string, string | undefined> {
   const out: Record<string, string | undefined> = {};
   for (const name of [...KEYS.map((k) => `IMMORTAL_RELAY_${k.toUpperCase()}`), "HOME"]) {
     if (Deno.permissions.querySync({ name: "env", variable: name }).state === "granted") {
@@ -106,7 +121,7 @@ function _grantedEnv(): Record<string, string | undefined> {
   return out;
 }
 
-function _cwd(): string | undefined {
+function workingDirectory(): string | undefined {
   try {
     return Deno.cwd();
   } catch {
@@ -114,12 +129,12 @@ function _cwd(): string | undefined {
   }
 }
 
-function _readIfAllowed(path: string): string | null {
+function readIfAllowed(path: string): string | null {
   if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return null;
   try {
     return Deno.readTextFileSync(path);
   } catch (error) {
     if (error instanceof Deno.errors.NotFound) return null;
-    throw new Error(`cannot read ${path}: ${(error as Error).message}`);
+    throw new Error(`cannot read ${path}: ${errorMessage(error)}`);
   }
 }

@@ -1,6 +1,7 @@
 /**
  * The firewall-friendly relay: {@linkcode Relay} (a `Deno.serve` handler),
- * {@linkcode serveRelay}, and the {@linkcode RelayNode} client.
+ * {@linkcode serveRelay}, and the {@linkcode RelayNode} client. Nodes that
+ * join the same session id share a room: they hear each other.
  *
  * @module
  */
@@ -8,10 +9,16 @@
 export { Relay } from "./relay.ts";
 export { type RelayServer, serveRelay, type ServeRelayOptions } from "./serve.ts";
 export type { OverflowPolicy, RelayOptions } from "./options.ts";
-export type { RelayStats } from "./hub.ts";
+export type { RelayStats } from "./_hub.ts";
 export { type RelayEvent, RelayNode, type RelayNodeOptions, type RelayNodeState } from "./node.ts";
-export { RelayRefusedError, type RelayTransportKind } from "./node_transport.ts";
-export { type RelayMember, type RelayRole, SECRET_HEADER } from "./protocol.ts";
+export { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
+export {
+  type LeaveReason,
+  type RelayErrorCode,
+  type RelayMember,
+  type RelayRole,
+  SECRET_HEADER,
+} from "./_protocol.ts";
 export {
   loadRelayConfig,
   type LoadRelayConfigOptions,

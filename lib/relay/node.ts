@@ -5,15 +5,26 @@
  */
 
 import { getLogger } from "@logtape/logtape";
+import { backoffDelay, delay, errorMessage } from "../_util.ts";
+import { HttpStreamTransport } from "./_http_stream_transport.ts";
+import type {
+  HelloFrame,
+  LeaveReason,
+  NodeFrame,
+  RelayErrorCode,
+  RelayFrame,
+  RelayMember,
+  RelayRole,
+  WelcomeFrame,
+} from "./_protocol.ts";
 import {
-  type _ClientTransport,
-  type _DialSettings,
-  _openHttpStream,
-  _openWebSocket,
+  type ClientTransport,
+  type DialSettings,
+  type OpenTransport,
   RelayRefusedError,
   type RelayTransportKind,
-} from "./node_transport.ts";
-import type { RelayMember, RelayRole } from "./protocol.ts";
+} from "./_transport.ts";
+import { WebSocketTransport } from "./_websocket_transport.ts";
 
 const log = getLogger(["immortal", "relay", "node"]);
 
@@ -26,13 +37,16 @@ export type RelayEvent =
   | { type: "numbers"; from: string; to?: string; numbers: number[] }
   | { type: "members"; members: RelayMember[] }
   | { type: "join"; nickname: string; role: RelayRole }
-  | { type: "leave"; nickname: string; reason: "left" | "gone" }
+  | { type: "leave"; nickname: string; reason: LeaveReason }
   | { type: "state"; state: RelayNodeState; transport?: RelayTransportKind; reason?: string }
-  | { type: "error"; code: string; message: string };
+  | { type: "error"; code: RelayErrorCode; message: string };
 
 /** Settings of {@linkcode RelayNode.connect}. */
 export interface RelayNodeOptions {
-  /** Session to join (1-64 letters, digits, `.`, `_`, `-`). */
+  /**
+   * Session id: names the room to join, whose nodes hear each other. Any
+   * printable text of 1-64 characters (no control, format or invisible ones).
+   */
   session: string;
   /** Wanted nickname; on a clash the relay assigns `name(1)`, `name(2)`, ... */
   nickname: string;
@@ -60,30 +74,41 @@ export interface RelayNodeOptions {
 }
 
 const FADE_BEATS = 3;
+const TRANSPORTS: Record<RelayTransportKind, OpenTransport> = {
+  websocket: WebSocketTransport.open,
+  http: HttpStreamTransport.open,
+};
 
 /**
- * A node in a relay session.
+ * A node in a relay room (named by its session id).
  *
- * @example
- * ```ts ignore
- * import { RelayNode } from "@immortal/sockets";
- * const node = await RelayNode.connect("https://relay.example", { session: "lab", nickname: "max" });
- * node.send("hello, everyone");
- * for await (const event of node.events) {
- *   if (event.type === "message") console.log(`${event.from}: ${event.text}`);
+ * @example Two nodes in a room
+ * ```ts
+ * import { RelayNode, serveRelay } from "@immortal/sockets/relay";
+ * import assert from "node:assert/strict";
+ *
+ * await using server = serveRelay({ hostname: "127.0.0.1", port: 0 });
+ * const url = `http://127.0.0.1:${server.addr.port}`;
+ * await using max = await RelayNode.connect(url, { session: "lab", nickname: "max" });
+ * await using eve = await RelayNode.connect(url, { session: "lab", nickname: "eve" });
+ * eve.send("hello, everyone");
+ * for await (const event of max.events) {
+ *   if (event.type !== "message") continue;
+ *   assert.equal(`${event.from}: ${event.text}`, "eve: hello, everyone");
+ *   break;
  * }
  * ```
  */
 export class RelayNode implements AsyncDisposable {
   #options: RelayNodeOptions;
-  #settings: _DialSettings;
-  #transport: _ClientTransport | null = null;
+  #settings: DialSettings;
+  #transport: ClientTransport | null = null;
   #preferred: RelayTransportKind;
   #nickname: string;
   #token: string | undefined;
   #members = new Map<string, RelayMember>();
   #state: RelayNodeState = "connecting";
-  #outbox: object[] = [];
+  #outbox: NodeFrame[] = [];
   #events: RelayEvent[] = [];
   #eventsHead = 0;
   #eventWaiter: (() => void) | null = null;
@@ -91,6 +116,8 @@ export class RelayNode implements AsyncDisposable {
   #watchdog: ReturnType<typeof setInterval> | undefined;
   #keepAlive = 1000;
   #closed = false;
+  /** Aborted by close: a reconnect waiting out its backoff stops at once. */
+  #closing = new AbortController();
   #reconnecting: Promise<void> | null = null;
 
   private constructor(url: URL, options: RelayNodeOptions) {
@@ -132,7 +159,7 @@ export class RelayNode implements AsyncDisposable {
       } catch (error) {
         lastError = error;
         if (error instanceof RelayRefusedError) break;
-        if (attempt + 1 < retries) await _sleep(node.#backoff(attempt));
+        if (attempt + 1 < retries) await delay(node.#backoff(attempt + 1));
       }
     }
     node.#settings.client?.close();
@@ -186,6 +213,7 @@ export class RelayNode implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#closing.abort();
     clearInterval(this.#watchdog);
     const transport = this.#transport;
     this.#transport = null;
@@ -201,7 +229,7 @@ export class RelayNode implements AsyncDisposable {
     return this.close();
   }
 
-  #post(frame: object): void {
+  #post(frame: NodeFrame): void {
     if (this.#closed) throw new Error("the node is closed");
     if (this.#transport) return this.#transport.send(frame);
     // Kept for the next connection, within reason.
@@ -211,13 +239,14 @@ export class RelayNode implements AsyncDisposable {
     this.#outbox.push(frame);
   }
 
+  /** The wait before attempt number `attempt` (0-based; 0 waits nothing). */
   #backoff(attempt: number): number {
     const { initial = 250, max = 5000 } = this.#options.backoff ?? {};
-    return Math.min(max, initial * 2 ** attempt) * (0.5 + Math.random() / 2);
+    return backoffDelay(attempt, initial, max);
   }
 
   async #open(): Promise<void> {
-    const hello = {
+    const hello: HelloFrame = {
       t: "hello",
       session: this.#options.session,
       nickname: this.#nickname,
@@ -226,7 +255,9 @@ export class RelayNode implements AsyncDisposable {
       token: this.#token,
     };
     const hooks = {
-      onFrame: (frame: Record<string, unknown>) => this.#onFrame(frame),
+      onFrame: (frame: RelayFrame) => this.#onFrame(frame),
+      onBadFrame: (reason: string) =>
+        log.warn("Relay sent a frame this node ignores: {reason}", { reason }),
       onClose: (reason: string) => this.#lost(reason),
     };
     const order: RelayTransportKind[] = this.#options.transport === "auto" ||
@@ -237,8 +268,7 @@ export class RelayNode implements AsyncDisposable {
     let failure: unknown;
     for (const kind of order) {
       try {
-        const open = kind === "websocket" ? _openWebSocket : _openHttpStream;
-        const { transport, welcome } = await open(this.#settings, hello, hooks);
+        const { transport, welcome } = await TRANSPORTS[kind](this.#settings, hello, hooks);
         if (this.#closed) {
           await transport.close();
           return;
@@ -250,58 +280,49 @@ export class RelayNode implements AsyncDisposable {
       } catch (error) {
         if (error instanceof RelayRefusedError) throw error;
         failure = error;
-        log.info("Relay {kind} transport failed: {reason}", {
-          kind,
-          reason: (error as Error).message,
-        });
+        log.info("Relay {kind} transport failed: {reason}", { kind, reason: errorMessage(error) });
       }
     }
     throw failure;
   }
 
-  #welcome(welcome: Record<string, unknown>): void {
-    this.#nickname = String(welcome.nickname);
-    this.#token = String(welcome.token);
-    this.#keepAlive = Number(welcome.keepAlive) || 1000;
+  #welcome(welcome: WelcomeFrame): void {
+    this.#nickname = welcome.nickname;
+    this.#token = welcome.token;
+    this.#keepAlive = welcome.keepAlive;
     this.#lastHeard = performance.now();
     this.#members.clear();
-    for (const member of welcome.members as RelayMember[]) {
-      this.#members.set(member.nickname, member);
-    }
+    for (const member of welcome.members) this.#members.set(member.nickname, member);
     this.#emit({ type: "members", members: this.members });
     this.#setState("connected");
     for (const frame of this.#outbox.splice(0)) this.#transport!.send(frame);
   }
 
-  #onFrame(frame: Record<string, unknown>): void {
+  #onFrame(frame: RelayFrame): void {
     this.#lastHeard = performance.now();
     switch (frame.t) {
       case "ping":
         this.#transport?.send({ t: "pong" });
         return;
       case "msg": {
-        const base = { from: String(frame.from), ...(frame.to ? { to: String(frame.to) } : {}) };
-        if (Array.isArray(frame.numbers)) {
-          this.#emit({ type: "numbers", ...base, numbers: frame.numbers as number[] });
-        } else this.#emit({ type: "message", ...base, text: String(frame.text) });
+        const base = { from: frame.from, ...(frame.to ? { to: frame.to } : {}) };
+        if (frame.numbers !== undefined) {
+          this.#emit({ type: "numbers", ...base, numbers: frame.numbers });
+        } else this.#emit({ type: "message", ...base, text: frame.text });
         return;
       }
       case "join": {
-        const member = { nickname: String(frame.nickname), role: frame.role as RelayRole };
+        const member = { nickname: frame.nickname, role: frame.role };
         this.#members.set(member.nickname, member);
         this.#emit({ type: "join", ...member });
         return;
       }
       case "leave":
-        this.#members.delete(String(frame.nickname));
-        this.#emit({
-          type: "leave",
-          nickname: String(frame.nickname),
-          reason: frame.reason === "left" ? "left" : "gone",
-        });
+        this.#members.delete(frame.nickname);
+        this.#emit({ type: "leave", nickname: frame.nickname, reason: frame.reason });
         return;
       case "error":
-        this.#emit({ type: "error", code: String(frame.code), message: String(frame.message) });
+        this.#emit({ type: "error", code: frame.code, message: frame.message });
         return;
     }
   }
@@ -326,8 +347,7 @@ export class RelayNode implements AsyncDisposable {
 
   async #reconnect(): Promise<void> {
     for (let attempt = 0; !this.#closed; attempt++) {
-      await _sleep(attempt === 0 ? 0 : this.#backoff(attempt - 1));
-      if (this.#closed) return;
+      if (!await delay(this.#backoff(attempt), this.#closing.signal)) return;
       try {
         await this.#open();
         log.info("Relay link back as {nickname} via {kind}", {
@@ -341,7 +361,7 @@ export class RelayNode implements AsyncDisposable {
           await this.close();
           return;
         }
-        this.#setState("disconnected", (error as Error).message);
+        this.#setState("disconnected", errorMessage(error));
       }
     }
   }
@@ -391,8 +411,4 @@ export class RelayNode implements AsyncDisposable {
       await new Promise<void>((resolve) => this.#eventWaiter = resolve);
     }
   }
-}
-
-function _sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -36,10 +36,16 @@ export interface RelayServer extends AsyncDisposable {
 /**
  * Starts a relay on `Deno.serve`.
  *
- * @example
- * ```ts ignore
- * import { serveRelay } from "@immortal/sockets";
- * const server = serveRelay({ port: 8080, secret: "s3cret" });
+ * @example A relay on a free loopback port
+ * ```ts
+ * import { serveRelay } from "@immortal/sockets/relay";
+ * import assert from "node:assert/strict";
+ *
+ * await using server = serveRelay({ hostname: "127.0.0.1", port: 0, secret: "s3cret" });
+ * const res = await fetch(`http://127.0.0.1:${server.addr.port}/healthz`);
+ * assert.equal(res.status, 200);
+ * await res.body?.cancel();
+ * // Leaving the block shuts the server down.
  * ```
  */
 export function serveRelay(options: ServeRelayOptions = {}): RelayServer {

@@ -6,7 +6,7 @@
  * @module
  */
 
-/** @internal */
+/** The chat page's HTML. */
 export const CHAT_PAGE_HTML = `<!doctype html>
 <html lang="en">
 <head>
@@ -141,3 +141,8 @@ $("send").onsubmit = (event) => {
 </body>
 </html>
 `;
+
+/** The chat page as a response. */
+export function chatPage(): Response {
+  return new Response(CHAT_PAGE_HTML, { headers: { "content-type": "text/html; charset=utf-8" } });
+}

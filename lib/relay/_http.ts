@@ -1,0 +1,75 @@
+/**
+ * HTTP plumbing shared by the relay's router and its two endpoints: refused
+ * requests, bounded request bodies, and the frame size limit.
+ *
+ * @module
+ */
+
+import type { Hub, JoinRefused } from "./_hub.ts";
+import { refusalResponse, type RelayErrorCode } from "./_protocol.ts";
+
+const encoder = new TextEncoder();
+
+/** Counts a refused request and answers it with a status and a JSON body. */
+export function refuseRequest(
+  hub: Hub,
+  status: number,
+  code: RelayErrorCode,
+  message: string,
+): Response {
+  hub.refuse(code);
+  return refusalResponse(status, code, message);
+}
+
+/** The answer to a refused join (counted already, by the hub). */
+export function refusedJoin(error: JoinRefused): Response {
+  return refusalResponse(error.status, error.code, error.message);
+}
+
+/** Whether `data` is over `max` bytes as UTF-8, encoding it only when the length alone cannot decide. */
+export function frameTooLarge(data: string, max: number): boolean {
+  if (data.length > max) return true;
+  return data.length * 3 > max && encoder.encode(data).length > max;
+}
+
+/** The reason given for a frame over `max` bytes. */
+export function tooLargeReason(max: number): string {
+  return `frames are limited to ${max} bytes`;
+}
+
+/** A request body larger than allowed. */
+export class BodyTooLarge extends Error {
+  /** A body over `max` bytes. */
+  constructor(max: number) {
+    super(`the body is larger than ${max} bytes`);
+    this.name = "BodyTooLarge";
+  }
+}
+
+/**
+ * Reads a request body as text (and its size in bytes); throws
+ * {@linkcode BodyTooLarge} past `max` bytes, before reading it when the
+ * request declares its length.
+ */
+export async function readBody(req: Request, max: number): Promise<{ text: string; size: number }> {
+  const declared = Number(req.headers.get("content-length") ?? 0);
+  if (declared > max) {
+    await req.body?.cancel();
+    throw new BodyTooLarge(max);
+  }
+  if (!req.body) return { text: "", size: 0 };
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of req.body) {
+    size += chunk.byteLength;
+    if (size > max) throw new BodyTooLarge(max);
+    chunks.push(chunk);
+  }
+  const all = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    all.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return { text: new TextDecoder().decode(all), size };
+}

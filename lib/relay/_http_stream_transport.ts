@@ -1,0 +1,203 @@
+/**
+ * The HTTP streaming client transport, for networks whose proxies break
+ * WebSockets: `POST /relay/stream` with the hello returns an event stream of
+ * the relay's frames; the node's frames go up in `POST /relay/send`s, one at
+ * a time, each carrying everything queued meanwhile.
+ *
+ * @module
+ */
+
+import { errorMessage } from "../_util.ts";
+import {
+  encodeFrame,
+  type HelloFrame,
+  type NodeFrame,
+  PATHS,
+  type RelayFrame,
+  SECRET_HEADER,
+  STREAM_HEADER,
+} from "./_protocol.ts";
+import { parseRefusal, parseRelayFrame, readJson } from "./_parse.ts";
+import { readSse, type SseEvent } from "./_sse.ts";
+import {
+  type ClientTransport,
+  type DialSettings,
+  type OpenedTransport,
+  RelayRefusedError,
+  type TransportHooks,
+} from "./_transport.ts";
+
+/** How long the goodbye POST may take. */
+const BYE_TIMEOUT_MS = 2000;
+
+/** The end of an event stream, and why. */
+interface StreamEnd {
+  ended: string;
+}
+
+/** The next relay frame in `events`, or why there is none; bad frames go to `onBadFrame`. */
+async function nextFrame(
+  events: AsyncGenerator<SseEvent>,
+  onBadFrame: (reason: string) => void,
+): Promise<RelayFrame | StreamEnd> {
+  for (;;) {
+    const next = await events.next();
+    if (next.done) return { ended: "the relay ended the stream" };
+    if (next.value.type === "close") return { ended: next.value.close.reason };
+    const parsed = parseRelayFrame(readJson(next.value.data));
+    if (parsed.ok) return parsed.frame;
+    onBadFrame(parsed.problem.reason);
+  }
+}
+
+/** A node's event stream from the relay, and its POSTs to it. */
+export class HttpStreamTransport implements ClientTransport {
+  /** Always `"http"`. */
+  readonly kind = "http" as const;
+  #settings: DialSettings;
+  #stream: string;
+  #abort: AbortController;
+  #hooks: TransportHooks;
+  #closing = false;
+  #pending: NodeFrame[] = [];
+  #flushing = false;
+
+  private constructor(
+    settings: DialSettings,
+    stream: string,
+    abort: AbortController,
+    hooks: TransportHooks,
+  ) {
+    this.#settings = settings;
+    this.#stream = stream;
+    this.#abort = abort;
+    this.#hooks = hooks;
+  }
+
+  /** Opens the stream with `hello` and resolves with the welcome. */
+  static async open(
+    settings: DialSettings,
+    hello: HelloFrame,
+    hooks: TransportHooks,
+  ): Promise<OpenedTransport> {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), settings.timeout);
+    const headers: Record<string, string> = { "content-type": "application/json" };
+    // Here the secret can go in a header, where it is kept out of request bodies proxies may log.
+    if (settings.secret !== undefined) headers[SECRET_HEADER] = settings.secret;
+    let response: Response;
+    try {
+      response = await fetch(new URL(PATHS.stream, settings.base), {
+        method: "POST",
+        headers,
+        body: encodeFrame({ ...hello, secret: undefined }),
+        signal: abort.signal,
+        client: settings.client,
+      });
+    } catch (error) {
+      clearTimeout(timer);
+      throw new Error(`HTTP stream to ${settings.base.host} failed: ${errorMessage(error)}`);
+    }
+    if (!response.ok) {
+      clearTimeout(timer);
+      const refusal = parseRefusal(readJson(await response.text().catch(() => "")));
+      if (response.status >= 400 && response.status < 500 && refusal) {
+        throw new RelayRefusedError(refusal.error, refusal.message);
+      }
+      throw new Error(`HTTP stream to ${settings.base.host} failed: status ${response.status}`);
+    }
+    const events = readSse(response.body!);
+    let first;
+    try {
+      first = await nextFrame(events, hooks.onBadFrame);
+    } catch (error) {
+      throw new Error(`HTTP stream broke before the welcome: ${errorMessage(error)}`);
+    } finally {
+      clearTimeout(timer);
+    }
+    if ("ended" in first || first.t !== "welcome") {
+      abort.abort();
+      if (!("ended" in first) && first.t === "error") {
+        throw new RelayRefusedError(first.code, first.message);
+      }
+      throw new Error("the relay did not welcome the node");
+    }
+    if (first.stream === undefined) {
+      abort.abort();
+      throw new Error("the relay's welcome names no stream");
+    }
+    const transport = new HttpStreamTransport(settings, first.stream, abort, hooks);
+    transport.#listen(events);
+    return { transport, welcome: first };
+  }
+
+  async #listen(events: AsyncGenerator<SseEvent>): Promise<void> {
+    try {
+      for (;;) {
+        const frame = await nextFrame(events, this.#hooks.onBadFrame);
+        if ("ended" in frame) return this.#fail(frame.ended);
+        this.#hooks.onFrame(frame);
+      }
+    } catch (error) {
+      this.#fail(`stream broke: ${errorMessage(error)}`);
+    }
+  }
+
+  #fail(reason: string): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.#abort.abort();
+    this.#hooks.onClose(reason);
+  }
+
+  #post(frames: readonly NodeFrame[], signal: AbortSignal): Promise<Response> {
+    return fetch(new URL(PATHS.send, this.#settings.base), {
+      method: "POST",
+      headers: { "content-type": "application/json", [STREAM_HEADER]: this.#stream },
+      body: encodeFrame(frames),
+      client: this.#settings.client,
+      signal,
+    });
+  }
+
+  // One POST at a time, carrying everything queued meanwhile: order is kept,
+  // and a burst costs few requests.
+  async #flush(): Promise<void> {
+    if (this.#flushing) return;
+    this.#flushing = true;
+    try {
+      while (this.#pending.length > 0 && !this.#closing) {
+        const res = await this.#post(this.#pending.splice(0), this.#abort.signal);
+        await res.body?.cancel();
+        if (!res.ok) throw new Error(`the relay answered ${res.status} to a send`);
+      }
+    } catch (error) {
+      this.#fail(`send failed: ${errorMessage(error)}`);
+    } finally {
+      this.#flushing = false;
+    }
+  }
+
+  /** Queues one frame for the next POST. */
+  send(frame: NodeFrame): void {
+    if (this.#closing) return;
+    this.#pending.push(frame);
+    this.#flush();
+  }
+
+  /** Says goodbye (with whatever is still queued) so the others hear "left" at once, then stops. */
+  async close(): Promise<void> {
+    if (this.#closing) return;
+    this.#closing = true;
+    try {
+      const res = await this.#post(
+        [...this.#pending, { t: "bye" }],
+        AbortSignal.timeout(BYE_TIMEOUT_MS),
+      );
+      await res.body?.cancel();
+    } catch {
+      // The relay will notice the stream end instead.
+    }
+    this.#abort.abort();
+  }
+}

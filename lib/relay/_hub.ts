@@ -1,0 +1,346 @@
+/**
+ * Rooms, membership and message routing of a relay, independent of the
+ * transport that carries frames to and from each node: the hub takes typed
+ * frames and writes encoded frames to each node's {@linkcode Sink}.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import { type FrameObject, type FrameRules, parseNodeFrame } from "./_parse.ts";
+import {
+  encodeFrame,
+  type FrameProblem,
+  type HelloFrame,
+  type LeaveReason,
+  type NodeFrame,
+  type NodeMessageFrame,
+  type Parsed,
+  type RelayErrorCode,
+} from "./_protocol.ts";
+import { Member, Room, type Sink } from "./_room.ts";
+import { newJoinToken, secretsEqual } from "./_secret.ts";
+import type { RelaySettings } from "./_settings.ts";
+
+const log = getLogger(["immortal", "relay"]);
+
+/** A refused join: HTTP status, a short code and a sentence for people. */
+export class JoinRefused extends Error {
+  /** A refusal; `status` is the HTTP status a request gets for it. */
+  constructor(readonly status: number, readonly code: RelayErrorCode, message: string) {
+    super(message);
+    this.name = "JoinRefused";
+  }
+}
+
+/**
+ * Why the relay refused something, as counted in `/metrics`: an error code,
+ * or a finer reason for some of them. A closed set, so no label ever carries
+ * what a node sent (a room id, a nickname).
+ */
+export type RefusalReason = RelayErrorCode | "secret" | "max-sessions" | "max-nodes";
+
+/** Counters and gauges of a relay, as served at `/metrics`. */
+export interface RelayStats {
+  /** Rooms (session ids) with at least one node. */
+  sessions: number;
+  /** Nodes joined. */
+  nodes: number;
+  /** Joins accepted since start. */
+  joins: number;
+  /** Messages accepted from nodes since start. */
+  messages: number;
+  /** Message copies handed to receiving nodes since start. */
+  deliveries: number;
+  /** Message copies dropped because a node's queue was full (overflow `"drop"`). */
+  dropped: number;
+  /** Nodes disconnected because their queue was full (overflow `"disconnect"`). */
+  slowDisconnects: number;
+  /** Nodes declared gone after missing keep-alives. */
+  faded: number;
+  /** Requests and frames refused, by reason (a {@linkcode RelayErrorCode} or a finer reason). */
+  refused: Record<string, number>;
+}
+
+const PING = encodeFrame({ t: "ping" });
+const PONG = encodeFrame({ t: "pong" });
+
+/** The relay's rooms and their rules. */
+export class Hub {
+  /** The relay's settings. */
+  readonly settings: RelaySettings;
+  /** What the frame parser needs from the settings. */
+  readonly rules: FrameRules;
+  /** Rooms by session id. */
+  readonly rooms: Map<string, Room> = new Map();
+  #clock: () => number;
+  #nodes = 0;
+  #counters = { joins: 0, messages: 0, deliveries: 0, dropped: 0, slowDisconnects: 0, faded: 0 };
+  #refused: Partial<Record<RefusalReason, number>> = {};
+  #timer: ReturnType<typeof setInterval>;
+
+  /**
+   * A hub with `settings`. `clock` (ms) is for tests that must not depend on
+   * timing: keep-alives, reservations and the rate limit all read it.
+   */
+  constructor(settings: RelaySettings, clock: () => number = () => performance.now()) {
+    this.settings = settings;
+    this.rules = { maxNicknameLength: settings.maxNicknameLength };
+    this.#clock = clock;
+    this.#timer = setInterval(() => this.sweep(), Math.max(50, settings.keepAlive / 4));
+  }
+
+  /** Counters and gauges. */
+  get stats(): RelayStats {
+    return {
+      sessions: this.rooms.size,
+      nodes: this.#nodes,
+      ...this.#counters,
+      refused: { ...this.#refused },
+    };
+  }
+
+  /** Counts one refusal. */
+  refuse(reason: RefusalReason): void {
+    this.#refused[reason] = (this.#refused[reason] ?? 0) + 1;
+  }
+
+  /** Checks the secret from a header or the hello frame; throws a 401 {@linkcode JoinRefused}. */
+  checkSecret(secret: string | null | undefined): void {
+    if (this.settings.secret === undefined) return;
+    if (typeof secret !== "string" || !secretsEqual(secret, this.settings.secret)) {
+      this.refuse("secret");
+      throw new JoinRefused(401, "unauthorized", "missing or wrong relay secret");
+    }
+  }
+
+  /**
+   * Admits a node by its first frame (a `hello`, not yet checked): the secret
+   * first (from `headerSecret`, else the frame), so a stranger learns nothing
+   * about the other rules; then the hello's fields; then joins it.
+   */
+  admit(
+    hello: FrameObject,
+    headerSecret: string | null,
+    sink: Sink,
+    extra: { stream?: string } = {},
+  ): Member {
+    this.checkSecret(headerSecret ?? (typeof hello.secret === "string" ? hello.secret : null));
+    const parsed = parseNodeFrame(hello, this.rules);
+    if (!parsed.ok || parsed.frame.t !== "hello") {
+      this.refuse("bad-hello");
+      const reason = parsed.ok ? "the first frame must be a hello" : parsed.problem.reason;
+      throw new JoinRefused(400, "bad-request", reason);
+    }
+    return this.join(parsed.frame, sink, extra);
+  }
+
+  /**
+   * Joins a node. Sends the welcome (with the member snapshot) on `sink`, and
+   * announces the join to the others. Throws a {@linkcode JoinRefused}.
+   */
+  join(hello: HelloFrame, sink: Sink, extra: { stream?: string } = {}): Member {
+    const s = this.settings;
+    const { session: id, nickname: wanted, role, token } = hello;
+    let room = this.rooms.get(id);
+    if (!room) {
+      if (this.rooms.size >= s.maxSessions) {
+        this.refuse("max-sessions");
+        throw new JoinRefused(503, "full", "the relay has reached its session limit");
+      }
+      room = new Room(id);
+      this.rooms.set(id, room);
+    }
+    const now = this.#clock();
+
+    // The same node back after a blip the relay has not noticed yet: swap its
+    // connection in place; to the others nothing happened.
+    const current = room.members.get(wanted);
+    if (current && token !== undefined && current.token === token && current.role === role) {
+      const old = current.sink;
+      current.sink = sink;
+      current.lastHeard = now;
+      old.close(4409, "replaced by a newer connection of the same node");
+      this.#welcome(current, extra.stream);
+      log.info("Node {nickname} in {session} reconnected", { nickname: wanted, session: id });
+      return current;
+    }
+    if (room.members.size >= s.maxNodesPerSession) {
+      // An empty room is never left behind: this refusal needs a full one.
+      this.refuse("max-nodes");
+      throw new JoinRefused(503, "full", "the session has reached its node limit");
+    }
+    const nickname = room.freeName(wanted, token, now);
+    room.reserved.delete(nickname);
+    const member = new Member(room, nickname, role, newJoinToken(), sink, s.rate, now);
+    room.members.set(nickname, member);
+    this.#nodes++;
+    this.#counters.joins++;
+    this.#welcome(member, extra.stream);
+    this.#announce(member, encodeFrame({ t: "join", nickname, role }));
+    log.info("Node {nickname} joined {session} as {role}", { nickname, session: id, role });
+    return member;
+  }
+
+  #welcome(member: Member, stream?: string): void {
+    member.sink.push(encodeFrame({
+      t: "welcome",
+      session: member.room.id,
+      nickname: member.nickname,
+      role: member.role,
+      token: member.token,
+      members: member.room.snapshot(member),
+      keepAlive: this.settings.keepAlive,
+      ...(stream ? { stream } : {}),
+    }));
+  }
+
+  /** Removes a node; `gone` when it faded or its connection broke, `left` when it said bye. */
+  leave(member: Member, reason: LeaveReason): void {
+    const room = member.room;
+    if (room.members.get(member.nickname) !== member) return;
+    room.members.delete(member.nickname);
+    this.#nodes--;
+    room.reserved.set(member.nickname, {
+      token: member.token,
+      until: this.#clock() + this.settings.reclaimWindow,
+    });
+    log.info("Node {nickname} {verb} {session}", {
+      nickname: member.nickname,
+      verb: reason === "left" ? "left" : "is gone from",
+      session: room.id,
+    });
+    if (room.members.size === 0) {
+      this.rooms.delete(room.id);
+      return;
+    }
+    this.#announce(member, encodeFrame({ t: "leave", nickname: member.nickname, reason }));
+  }
+
+  /** Handles one parsed frame from a joined node: a refused one gets an error frame. */
+  handle(member: Member, parsed: Parsed<NodeFrame>): void {
+    if (parsed.ok) return this.receive(member, parsed.frame);
+    member.lastHeard = this.#clock();
+    this.refuseFrame(member.sink, parsed.problem);
+  }
+
+  /** Handles one frame from a joined node. */
+  receive(member: Member, frame: NodeFrame): void {
+    const now = this.#clock();
+    member.lastHeard = now;
+    switch (frame.t) {
+      case "ping":
+        member.sink.push(PONG);
+        return;
+      case "pong":
+        return;
+      case "bye":
+        this.leave(member, "left");
+        member.sink.close(1000, "bye");
+        return;
+      case "msg":
+        this.#message(member, frame, now);
+        return;
+      case "hello":
+        // Joined already: a second hello is not a frame this connection may send.
+        this.refuseFrame(member.sink, { code: "bad-frame", reason: `unknown frame type "hello"` });
+    }
+  }
+
+  /** Counts a refused frame and tells the node why, in an error frame. */
+  refuseFrame(sink: Sink, problem: FrameProblem): void {
+    this.refuse(problem.code);
+    sink.push(encodeFrame({ t: "error", code: problem.code, message: problem.reason }));
+  }
+
+  #message(from: Member, frame: NodeMessageFrame, now: number): void {
+    if (!from.takeToken(now)) {
+      const reason = `more than ${this.settings.rate} messages/s`;
+      return this.refuseFrame(from.sink, { code: "rate-limited", reason });
+    }
+    this.#counters.messages++;
+    const members = from.room.members;
+    const { to } = frame;
+    const body = frame.text !== undefined ? { text: frame.text } : { numbers: frame.numbers };
+    if (to !== undefined) {
+      const target = members.get(to);
+      if (!target || target === from) {
+        const reason = `no node "${to}" in this session`;
+        return this.refuseFrame(from.sink, { code: "no-such-node", reason });
+      }
+      if (!target.hears(from)) {
+        const reason = "an agent talks to bridges only";
+        return this.refuseFrame(from.sink, { code: "not-allowed", reason });
+      }
+      this.#deliver(target, encodeFrame({ t: "msg", from: from.nickname, to, ...body }));
+      return;
+    }
+    // A message with nobody to hear it is dropped, never kept for later.
+    const data = encodeFrame({ t: "msg", from: from.nickname, ...body });
+    for (const member of members.values()) {
+      if (member !== from && member.hears(from)) this.#deliver(member, data);
+    }
+  }
+
+  #announce(about: Member, data: string): void {
+    for (const member of about.room.members.values()) {
+      if (member !== about) this.#deliver(member, data);
+    }
+  }
+
+  #deliver(member: Member, data: string): void {
+    if (member.sink.push(data)) {
+      this.#counters.deliveries++;
+      return;
+    }
+    if (this.settings.overflow === "drop") {
+      this.#counters.dropped++;
+      return;
+    }
+    this.#counters.slowDisconnects++;
+    log.warn("Node {nickname} in {session} disconnected: its queue is full (a slow reader)", {
+      nickname: member.nickname,
+      session: member.room.id,
+    });
+    // Deferred: `member` may be the one we are iterating past right now.
+    queueMicrotask(() => {
+      this.leave(member, "gone");
+      member.sink.close(4429, "too slow: send queue full");
+    });
+  }
+
+  /**
+   * One keep-alive round (the hub's timer runs it): pings nodes due a ping,
+   * declares nodes gone that missed too many, and forgets expired nickname
+   * reservations.
+   */
+  sweep(): void {
+    const now = this.#clock();
+    const { keepAlive, fadeAfter } = this.settings;
+    for (const room of this.rooms.values()) {
+      for (const member of room.members.values()) {
+        if (now - member.lastHeard > fadeAfter) {
+          this.#counters.faded++;
+          this.leave(member, "gone");
+          member.sink.close(4408, "keep-alive missed");
+        } else if (now - member.lastPinged >= keepAlive) {
+          member.lastPinged = now;
+          member.sink.push(PING);
+        }
+      }
+      for (const [name, reservation] of room.reserved) {
+        if (reservation.until < now) room.reserved.delete(name);
+      }
+    }
+  }
+
+  /** Closes every node and stops the keep-alive timer. */
+  close(): void {
+    clearInterval(this.#timer);
+    for (const room of this.rooms.values()) {
+      for (const member of room.members.values()) member.sink.close(1001, "relay shutting down");
+    }
+    this.rooms.clear();
+    this.#nodes = 0;
+  }
+}

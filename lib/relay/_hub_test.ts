@@ -1,0 +1,221 @@
+// The hub's rules, with fake sinks and a fake clock: no server, no sockets, no timing.
+import assert from "node:assert/strict";
+import { Hub } from "./_hub.ts";
+import { parseRelayFrame, readJson } from "./_parse.ts";
+import type { HelloFrame, RelayFrame, RelayRole } from "./_protocol.ts";
+import type { Sink } from "./_room.ts";
+import { relaySettings } from "./_settings.ts";
+import type { RelayOptions } from "./options.ts";
+
+/** A sink that keeps what the hub sends; `full` makes it refuse frames like a full queue. */
+class FakeSink implements Sink {
+  frames: RelayFrame[] = [];
+  closed: { code: number; reason: string } | null = null;
+  full = false;
+  #onClose = Promise.withResolvers<void>();
+
+  push(data: string): boolean {
+    if (this.full) return false;
+    const parsed = parseRelayFrame(readJson(data));
+    assert.ok(parsed.ok, `the hub sent a frame its own parser refuses: ${data}`);
+    this.frames.push(parsed.frame);
+    return true;
+  }
+
+  close(code: number, reason: string): void {
+    this.closed = { code, reason };
+    this.#onClose.resolve();
+  }
+
+  /** Resolves once the hub closed this sink. */
+  get whenClosed(): Promise<void> {
+    return this.#onClose.promise;
+  }
+
+  /** Frames of type `t` received so far, and forgets every frame. */
+  take<T extends RelayFrame["t"]>(t: T): Extract<RelayFrame, { t: T }>[] {
+    const out = this.frames.filter((f) => f.t === t) as Extract<RelayFrame, { t: T }>[];
+    this.frames = [];
+    return out;
+  }
+}
+
+/** A hub on a clock the test moves by hand. */
+function makeHub(options: RelayOptions = {}) {
+  const clock = { now: 0 };
+  const hub = new Hub(relaySettings(options), () => clock.now);
+  const join = (nickname: string, fields: Partial<HelloFrame> = {}) => {
+    const sink = new FakeSink();
+    const hello: HelloFrame = { t: "hello", session: "lab", nickname, role: "peer", ...fields };
+    const member = hub.join(hello, sink);
+    return { member, sink, welcome: sink.take("welcome")[0] };
+  };
+  return { hub, clock, join, [Symbol.dispose]: () => hub.close() };
+}
+
+Deno.test("hub: a nickname clash gives max(1), max(2); another room is another namespace", () => {
+  using h = makeHub();
+  const names = [h.join("max"), h.join("max"), h.join("max")].map((n) => n.welcome.nickname);
+  assert.deepEqual(names, ["max", "max(1)", "max(2)"]);
+  assert.equal(h.join("max", { session: "other" }).welcome.nickname, "max");
+  assert.equal(h.hub.stats.sessions, 2);
+});
+
+Deno.test("hub: the welcome carries a snapshot of the others; joins and leaves are announced", () => {
+  using h = makeHub();
+  const a = h.join("a");
+  assert.deepEqual(a.welcome.members, []);
+  const b = h.join("b", { role: "bridge" });
+  assert.deepEqual(b.welcome.members, [{ nickname: "a", role: "peer" }]);
+  assert.deepEqual(a.sink.take("join"), [{ t: "join", nickname: "b", role: "bridge" }]);
+  h.hub.receive(b.member, { t: "bye" });
+  assert.deepEqual(b.sink.closed, { code: 1000, reason: "bye" });
+  assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "b", reason: "left" }]);
+  h.hub.leave(a.member, "gone");
+  assert.equal(h.hub.stats.sessions, 0, "an empty room is kept");
+});
+
+Deno.test("hub: a node reclaims its nickname with its join token, within the reclaim window only", () => {
+  using h = makeHub({ reclaimWindow: 1000 });
+  // Someone stays: a room that empties is forgotten, with its reservations.
+  const keeper = h.join("keeper");
+  const first = h.join("max");
+  h.hub.leave(first.member, "gone");
+  // Someone else cannot take the reserved name...
+  assert.equal(h.join("max").welcome.nickname, "max(1)");
+  // ...but its holder can, with the token.
+  assert.equal(h.join("max", { token: first.welcome.token }).welcome.nickname, "max");
+  // A live connection replaced by a newer one of the same node: the others hear nothing.
+  const again = h.join("x");
+  keeper.sink.frames = [];
+  const swapped = h.join("x", { token: again.welcome.token });
+  assert.equal(swapped.member, again.member);
+  assert.equal(again.sink.closed?.code, 4409);
+  assert.deepEqual(keeper.sink.frames, []);
+  // After the window, the name is free for anyone.
+  h.hub.leave(swapped.member, "gone");
+  h.clock.now += 1001;
+  h.hub.sweep();
+  assert.equal(h.join("x").welcome.nickname, "x");
+});
+
+Deno.test("hub: a message sent while alone is dropped without an answer; one to a missing node is refused", () => {
+  using h = makeHub();
+  const alone = h.join("alone");
+  h.hub.receive(alone.member, { t: "msg", text: "nobody hears this" });
+  assert.deepEqual(alone.sink.frames, [], "the hub answered a message nobody heard");
+  assert.equal(h.hub.stats.messages, 1);
+  assert.equal(h.hub.stats.deliveries, 0);
+  h.hub.receive(alone.member, { t: "msg", to: "nobody", text: "x" });
+  assert.deepEqual(alone.sink.take("error"), [
+    { t: "error", code: "no-such-node", message: 'no node "nobody" in this session' },
+  ]);
+  // Nothing was kept for a node that joins later.
+  const late = h.join("late");
+  assert.deepEqual(late.sink.frames, []);
+});
+
+Deno.test("hub: bridges serve agents; agents hear bridges only; peers hear everyone", () => {
+  using h = makeHub();
+  const roles: [string, RelayRole][] = [["bridge", "bridge"], ["a1", "agent"], ["a2", "agent"], [
+    "peer",
+    "peer",
+  ]];
+  const n = Object.fromEntries(roles.map(([name, role]) => [name, h.join(name, { role })]));
+  for (const { sink } of Object.values(n)) sink.frames = [];
+  h.hub.receive(n.a1.member, { t: "msg", numbers: [3, 4] });
+  assert.deepEqual(n.bridge.sink.take("msg"), [{ t: "msg", from: "a1", numbers: [3, 4] }]);
+  assert.deepEqual(n.a2.sink.take("msg"), []);
+  assert.deepEqual(n.peer.sink.take("msg"), []);
+  h.hub.receive(n.bridge.member, { t: "msg", text: "all" });
+  for (const name of ["a1", "a2", "peer"]) assert.equal(n[name].sink.take("msg").length, 1, name);
+  h.hub.receive(n.bridge.member, { t: "msg", to: "a2", text: "you" });
+  assert.deepEqual(n.a2.sink.take("msg"), [{ t: "msg", from: "bridge", to: "a2", text: "you" }]);
+  assert.deepEqual(n.a1.sink.take("msg"), []);
+  h.hub.receive(n.a1.member, { t: "msg", to: "a2", text: "psst" });
+  assert.equal(n.a1.sink.take("error")[0].code, "not-allowed");
+  h.hub.receive(n.peer.member, { t: "msg", text: "peer talk" });
+  assert.deepEqual(n.bridge.sink.take("msg").length, 1);
+  assert.deepEqual(n.a1.sink.take("msg"), [], "an agent heard a peer");
+});
+
+Deno.test("hub: the rate limit refuses past the burst, and refills with time", () => {
+  using h = makeHub({ rate: 2 });
+  const a = h.join("a");
+  const b = h.join("b");
+  for (let i = 0; i < 5; i++) h.hub.receive(a.member, { t: "msg", text: `${i}` });
+  // Bursts of twice the rate pass; the rest are refused, each with an answer.
+  assert.equal(b.sink.take("msg").length, 4);
+  assert.deepEqual(a.sink.take("error").map((e) => e.code), ["rate-limited"]);
+  h.clock.now += 500; // one token back at 2/s
+  h.hub.receive(a.member, { t: "msg", text: "later" });
+  assert.deepEqual(b.sink.take("msg").map((m) => m.text), ["later"]);
+  assert.equal(h.hub.stats.refused["rate-limited"], 1);
+});
+
+Deno.test('hub: a full queue drops the copy for that node (overflow "drop")', () => {
+  using h = makeHub({ overflow: "drop" });
+  const a = h.join("a");
+  const slow = h.join("slow");
+  const fast = h.join("fast");
+  slow.sink.full = true;
+  h.hub.receive(a.member, { t: "msg", text: "x" });
+  assert.equal(fast.sink.take("msg").length, 1);
+  assert.equal(h.hub.stats.dropped, 1);
+  assert.equal(slow.sink.closed, null);
+  assert.equal(h.hub.stats.nodes, 3);
+});
+
+Deno.test('hub: a full queue disconnects the node (overflow "disconnect"); the others hear it is gone', async () => {
+  using h = makeHub({ overflow: "disconnect" });
+  const a = h.join("a");
+  const slow = h.join("slow");
+  a.sink.frames = [];
+  slow.sink.full = true;
+  h.hub.receive(a.member, { t: "msg", text: "x" });
+  await slow.sink.whenClosed;
+  assert.equal(slow.sink.closed?.code, 4429);
+  assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "slow", reason: "gone" }]);
+  assert.equal(h.hub.stats.slowDisconnects, 1);
+});
+
+Deno.test("hub: keep-alive pings quiet nodes, and declares gone those silent too long", () => {
+  using h = makeHub({ keepAlive: 1000 });
+  const a = h.join("a");
+  const b = h.join("b");
+  a.sink.frames = [];
+  h.clock.now += 1000;
+  h.hub.sweep();
+  assert.equal(a.sink.take("ping").length, 1);
+  h.hub.receive(a.member, { t: "pong" });
+  h.clock.now += 1600; // b has been silent for 2.6 s, past 2.5 × keepAlive; a for 1.6 s
+  h.hub.sweep();
+  assert.equal(b.sink.closed?.code, 4408);
+  assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "b", reason: "gone" }]);
+  assert.equal(h.hub.stats.faded, 1);
+});
+
+Deno.test("hub: refusals are counted by a closed set of reasons; the secret is checked first", () => {
+  using h = makeHub({ secret: "right", maxSessions: 1, maxNodesPerSession: 1 });
+  const sink = new FakeSink();
+  const bad = { t: "hello", session: "s", nickname: "" };
+  assert.throws(() => h.hub.admit(bad, null, sink), { status: 401, code: "unauthorized" });
+  assert.throws(() => h.hub.admit({ ...bad, secret: "right" }, null, sink), {
+    status: 400,
+    code: "bad-request",
+    message: "a nickname is required",
+  });
+  const ok = { t: "hello", session: "s", nickname: "n" };
+  h.hub.admit(ok, "right", sink);
+  assert.throws(() => h.hub.admit(ok, "right", new FakeSink()), { status: 503, code: "full" });
+  assert.throws(() => h.hub.admit({ ...ok, session: "t" }, "right", new FakeSink()), {
+    status: 503,
+    code: "full",
+  });
+  assert.deepEqual(h.hub.stats.refused, {
+    "secret": 1,
+    "bad-hello": 1,
+    "max-nodes": 1,
+    "max-sessions": 1,
+  });
+});

@@ -1,0 +1,230 @@
+/**
+ * Wire JSON to typed frames. Every check the relay makes on what a node sends
+ * lives here, so the hub only ever sees frames that obey the rules; the client
+ * parses the relay's frames the same way instead of coercing fields.
+ *
+ * @module
+ */
+
+import {
+  ERROR_CODES,
+  type FrameProblem,
+  type HelloFrame,
+  type MessageBody,
+  type NodeFrame,
+  type Parsed,
+  type RefusalBody,
+  type RelayErrorCode,
+  type RelayFrame,
+  type RelayMember,
+  type RelayRole,
+  ROLES,
+  type WelcomeFrame,
+} from "./_protocol.ts";
+
+// C0 and C1 control characters, DEL, and the Unicode line/paragraph separators
+// and bidi overrides that can disguise text.
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+// In message text, tab and newline are content.
+// deno-lint-ignore no-control-regex
+const TEXT_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/;
+// A room id may be any printable text (TcpJLib's own example used `a17&&32`),
+// but nothing that hides what it is: controls, format characters (bidi, zero
+// width, soft hyphen), separators, surrogates, unassigned code points, and the
+// filler letters that render as blanks.
+const INVISIBLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Cn}\p{Zl}\p{Zp}\u115f\u1160\u3164\uffa0]/u;
+
+/** Longest room id, in code points. */
+export const MAX_SESSION_LENGTH = 64;
+
+/** Limits the relay applies to what nodes send (those that are settings). */
+export interface FrameRules {
+  /** Longest nickname, in code points. */
+  maxNicknameLength: number;
+}
+
+/** Why a nickname is not acceptable, or `null`. */
+export function nicknameProblem(nickname: unknown, maxLength: number): string | null {
+  if (typeof nickname !== "string" || nickname.length === 0) return "a nickname is required";
+  if ([...nickname].length > maxLength) {
+    return `the nickname is longer than ${maxLength} characters`;
+  }
+  if (CONTROL.test(nickname)) return "the nickname contains control characters";
+  if (nickname.trim() !== nickname) return "the nickname starts or ends with spaces";
+  return null;
+}
+
+/** Why a room id (the wire's `session`) is not acceptable, or `null`. */
+export function sessionProblem(session: unknown): string | null {
+  if (typeof session !== "string" || session.length === 0) return "a session id is required";
+  if ([...session].length > MAX_SESSION_LENGTH) {
+    return `the session id is longer than ${MAX_SESSION_LENGTH} characters`;
+  }
+  if (INVISIBLE.test(session)) {
+    return "the session id contains control, format or invisible characters";
+  }
+  if (session.trim() === "") return "the session id is only spaces";
+  return null;
+}
+
+/** Why a message text is not acceptable, or `null`. */
+export function textProblem(text: string): string | null {
+  return TEXT_CONTROL.test(text) ? "the message contains control characters" : null;
+}
+
+/** A wire object with a string `t`: the shape every frame has before its fields are checked. */
+export type FrameObject = { t: string } & Record<string, unknown>;
+
+/** `value` as a frame object, or `null` when it is not one. */
+export function asFrameObject(value: unknown): FrameObject | null {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return null;
+  return typeof (value as { t?: unknown }).t === "string" ? value as FrameObject : null;
+}
+
+/** JSON text as a value, or `undefined` when it is not JSON. */
+export function readJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+const ok = <F>(frame: F): Parsed<F> => ({ ok: true, frame });
+const problem = (code: RelayErrorCode, reason: string): Parsed<never> => ({
+  ok: false,
+  problem: { code, reason },
+});
+const isRole = (value: unknown): value is RelayRole => ROLES.includes(value as RelayRole);
+const isFiniteNumbers = (value: unknown): value is number[] =>
+  Array.isArray(value) && value.every((n) => typeof n === "number" && Number.isFinite(n));
+const optionalString = (value: unknown): value is string | undefined =>
+  value === undefined || typeof value === "string";
+
+/** A message's text or numbers; text with control characters is refused. */
+function messageBody(frame: FrameObject): MessageBody | FrameProblem {
+  const { text, numbers } = frame;
+  if (typeof text === "string" && numbers === undefined) {
+    const reason = textProblem(text);
+    return reason ? { code: "bad-message", reason } : { text };
+  }
+  if (text === undefined && isFiniteNumbers(numbers)) return { numbers };
+  return { code: "bad-message", reason: "a message has a text or an array of finite numbers" };
+}
+
+function parseHello(frame: FrameObject, rules: FrameRules): Parsed<HelloFrame> {
+  const reason = sessionProblem(frame.session) ??
+    nicknameProblem(frame.nickname, rules.maxNicknameLength);
+  if (reason) return problem("bad-request", reason);
+  const role = frame.role ?? "peer";
+  if (!isRole(role)) return problem("bad-request", "role must be peer, bridge or agent");
+  return ok({
+    t: "hello",
+    session: frame.session as string,
+    nickname: frame.nickname as string,
+    role,
+    // A secret or token of the wrong type counts as none: the secret check refuses it.
+    ...(typeof frame.secret === "string" ? { secret: frame.secret } : {}),
+    ...(typeof frame.token === "string" ? { token: frame.token } : {}),
+  });
+}
+
+/** A frame a node sent, checked against the relay's rules. */
+export function parseNodeFrame(value: unknown, rules: FrameRules): Parsed<NodeFrame> {
+  const frame = asFrameObject(value);
+  if (frame === null) return problem("bad-frame", "frames are JSON objects");
+  switch (frame.t) {
+    case "hello":
+      return parseHello(frame, rules);
+    case "msg": {
+      const body = messageBody(frame);
+      if ("code" in body) return { ok: false, problem: body };
+      if (!optionalString(frame.to)) return problem("bad-message", "`to` must be a nickname");
+      return ok({ t: "msg", ...(frame.to === undefined ? {} : { to: frame.to }), ...body });
+    }
+    case "ping":
+    case "pong":
+    case "bye":
+      return ok({ t: frame.t });
+  }
+  return problem("bad-frame", `unknown frame type "${frame.t}"`);
+}
+
+function isMember(value: unknown): value is RelayMember {
+  const member = value as RelayMember;
+  return typeof value === "object" && value !== null && typeof member.nickname === "string" &&
+    isRole(member.role);
+}
+
+function parseWelcome(frame: FrameObject): Parsed<WelcomeFrame> {
+  const { session, nickname, role, token, members, keepAlive, stream } = frame;
+  if (
+    typeof session !== "string" || typeof nickname !== "string" || !isRole(role) ||
+    typeof token !== "string" || !Array.isArray(members) || !members.every(isMember) ||
+    typeof keepAlive !== "number" || !(keepAlive > 0) || !optionalString(stream)
+  ) {
+    return problem("bad-frame", "a malformed welcome");
+  }
+  return ok({
+    t: "welcome",
+    session,
+    nickname,
+    role,
+    token,
+    members: members.map((m) => ({ nickname: m.nickname, role: m.role })),
+    keepAlive,
+    ...(stream === undefined ? {} : { stream }),
+  });
+}
+
+/** Whether `value` is an error code a relay sends. */
+export function isErrorCode(value: unknown): value is RelayErrorCode {
+  return ERROR_CODES.includes(value as RelayErrorCode);
+}
+
+/** A frame the relay sent; anything else (a newer relay's frame, garbage) is a problem. */
+export function parseRelayFrame(value: unknown): Parsed<RelayFrame> {
+  const frame = asFrameObject(value);
+  if (frame === null) return problem("bad-frame", "frames are JSON objects");
+  switch (frame.t) {
+    case "welcome":
+      return parseWelcome(frame);
+    case "join":
+      if (typeof frame.nickname !== "string" || !isRole(frame.role)) break;
+      return ok({ t: "join", nickname: frame.nickname, role: frame.role });
+    case "leave":
+      if (typeof frame.nickname !== "string") break;
+      if (frame.reason !== "left" && frame.reason !== "gone") break;
+      return ok({ t: "leave", nickname: frame.nickname, reason: frame.reason });
+    case "msg": {
+      const body = messageBody(frame);
+      if ("code" in body || typeof frame.from !== "string" || !optionalString(frame.to)) break;
+      return ok({
+        t: "msg",
+        from: frame.from,
+        ...(frame.to === undefined ? {} : { to: frame.to }),
+        ...body,
+      });
+    }
+    case "ping":
+    case "pong":
+      return ok({ t: frame.t });
+    case "error":
+      if (!isErrorCode(frame.code) || typeof frame.message !== "string") break;
+      return ok({ t: "error", code: frame.code, message: frame.message });
+    default:
+      return problem("bad-frame", `unknown frame type "${frame.t}"`);
+  }
+  return problem("bad-frame", `a malformed "${frame.t}" frame`);
+}
+
+/** The JSON body of a refused HTTP request, or `null` when `value` is not one. */
+export function parseRefusal(value: unknown): RefusalBody | null {
+  const body = value as RefusalBody;
+  if (typeof value !== "object" || value === null || !isErrorCode(body.error)) return null;
+  return {
+    error: body.error,
+    message: typeof body.message === "string" ? body.message : body.error,
+  };
+}

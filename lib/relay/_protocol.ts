@@ -1,0 +1,205 @@
+/**
+ * The relay's wire protocol: JSON objects, one per WebSocket text message or
+ * per Server-Sent Event (and per element of a POSTed array upstream). This
+ * file names every frame and error code; `_parse.ts` turns wire JSON into
+ * these types, and {@linkcode encodeFrame} is the one way back to JSON.
+ *
+ * A relay "session" id names a room: the group of nodes that hear each other.
+ * The wire keeps the field name `session` for compatibility with TcpJLib.
+ *
+ * @module
+ */
+
+/**
+ * What a node is in its room. `peer` nodes hear everyone; `agent` nodes
+ * talk to bridges only and hear only bridges; a `bridge` serves many agents
+ * (the old TcpBridge/TcpAgent pair).
+ */
+export type RelayRole = "peer" | "bridge" | "agent";
+
+/** Every role, for validation. */
+export const ROLES: readonly RelayRole[] = ["peer", "bridge", "agent"];
+
+/** A node as the others see it. */
+export interface RelayMember {
+  /** The nickname the relay assigned (unique in the room). */
+  nickname: string;
+  /** Its role. */
+  role: RelayRole;
+}
+
+/**
+ * Every error code a relay sends, in an `error` frame or in the JSON body of
+ * a refused HTTP request.
+ *
+ * - `unauthorized`: missing or wrong relay secret.
+ * - `bad-request`: a hello with a bad session id, nickname or role.
+ * - `bad-hello`: the first frame was not a hello.
+ * - `full`: the relay's room limit or the room's node limit is reached.
+ * - `auth-timeout`: no hello within the relay's auth deadline.
+ * - `bad-frame`: not a JSON object frame, or an unknown frame type.
+ * - `bad-message`: a message without valid text or numbers, or a bad `to`.
+ * - `too-large`: a frame or body over the relay's size limit.
+ * - `rate-limited`: more messages per second than the relay allows.
+ * - `no-such-node`: a directed message to a nickname not in the room.
+ * - `not-allowed`: an agent talking to something other than a bridge.
+ * - `no-such-stream`: a POST for an unknown or closed HTTP stream.
+ * - `upgrade-required`: a plain request to the WebSocket endpoint.
+ * - `not-found`, `method-not-allowed`: an unknown path, or a wrong method.
+ */
+export type RelayErrorCode =
+  | "unauthorized"
+  | "bad-request"
+  | "bad-hello"
+  | "full"
+  | "auth-timeout"
+  | "bad-frame"
+  | "bad-message"
+  | "too-large"
+  | "rate-limited"
+  | "no-such-node"
+  | "not-allowed"
+  | "no-such-stream"
+  | "upgrade-required"
+  | "not-found"
+  | "method-not-allowed";
+
+/** Every error code, for validating what a relay sends. */
+export const ERROR_CODES: readonly RelayErrorCode[] = [
+  "unauthorized",
+  "bad-request",
+  "bad-hello",
+  "full",
+  "auth-timeout",
+  "bad-frame",
+  "bad-message",
+  "too-large",
+  "rate-limited",
+  "no-such-node",
+  "not-allowed",
+  "no-such-stream",
+  "upgrade-required",
+  "not-found",
+  "method-not-allowed",
+];
+
+/** Why a wire value is not an acceptable frame: the code the relay answers with, and a sentence. */
+export interface FrameProblem {
+  /** What the relay answers. */
+  code: RelayErrorCode;
+  /** For people. */
+  reason: string;
+}
+
+/** A parsed frame, or why there is none. */
+export type Parsed<F> = { ok: true; frame: F } | { ok: false; problem: FrameProblem };
+
+/** A message carries either text or finite numbers, never both. */
+export type MessageBody = { text: string; numbers?: never } | { numbers: number[]; text?: never };
+
+/** First frame of a node: joins the room named by `session`. */
+export interface HelloFrame {
+  /** Frame type. */
+  t: "hello";
+  /** The room id (TcpJLib's "session"). */
+  session: string;
+  /** Wanted nickname. */
+  nickname: string;
+  /** Its role; `peer` when the wire frame has none. */
+  role: RelayRole;
+  /** The relay secret, when it is not sent in a header. */
+  secret?: string;
+  /** Join token from an earlier welcome: reclaims the same nickname. */
+  token?: string;
+}
+
+/** A message from a node: to everyone (no `to`) or to one node. */
+export type NodeMessageFrame = { t: "msg"; to?: string } & MessageBody;
+
+/** Frames a node sends. */
+export type NodeFrame =
+  | HelloFrame
+  | NodeMessageFrame
+  | { t: "ping" }
+  | { t: "pong" }
+  | { t: "bye" };
+
+/** The relay's answer to a hello. */
+export interface WelcomeFrame {
+  /** Frame type. */
+  t: "welcome";
+  /** The room id. */
+  session: string;
+  /** The nickname the relay assigned. */
+  nickname: string;
+  /** The node's role. */
+  role: RelayRole;
+  /** Join token: reclaims this nickname after a reconnect. */
+  token: string;
+  /** The other nodes of the room. */
+  members: RelayMember[];
+  /** Keep-alive interval in ms. */
+  keepAlive: number;
+  /** Stream id for POSTs upstream (HTTP streaming transport only). */
+  stream?: string;
+}
+
+/** Why a node left its room: `left` (it said bye) or `gone` (it faded or broke). */
+export type LeaveReason = "left" | "gone";
+
+/** A message as the relay delivers it. */
+export type RelayMessageFrame = { t: "msg"; from: string; to?: string } & MessageBody;
+
+/** An error frame: a refused frame, or a refused join before the connection ends. */
+export interface ErrorFrame {
+  /** Frame type. */
+  t: "error";
+  /** Machine-readable reason. */
+  code: RelayErrorCode;
+  /** For people. */
+  message: string;
+}
+
+/** Frames the relay sends. */
+export type RelayFrame =
+  | WelcomeFrame
+  | { t: "join"; nickname: string; role: RelayRole }
+  | { t: "leave"; nickname: string; reason: LeaveReason }
+  | RelayMessageFrame
+  | { t: "ping" }
+  | { t: "pong" }
+  | ErrorFrame;
+
+/**
+ * The one encoder of frames: a frame, or a batch of node frames (an HTTP
+ * POST upstream), as JSON text. Undefined fields are left out.
+ */
+export function encodeFrame(frame: RelayFrame | NodeFrame | readonly NodeFrame[]): string {
+  return JSON.stringify(frame);
+}
+
+/** JSON body of a refused HTTP request. */
+export interface RefusalBody {
+  /** Machine-readable reason. */
+  error: RelayErrorCode;
+  /** For people. */
+  message: string;
+}
+
+/** A refused HTTP request, as the relay answers it. */
+export function refusalResponse(status: number, code: RelayErrorCode, message: string): Response {
+  const body: RefusalBody = { error: code, message };
+  return Response.json(body, { status });
+}
+
+/** Header that carries the relay secret (never the URL: proxies log URLs). */
+export const SECRET_HEADER = "x-relay-secret";
+/** Header that names the stream a POST belongs to. */
+export const STREAM_HEADER = "x-relay-stream";
+
+/** Paths under the relay's mount point. */
+export const PATHS = {
+  ws: "/relay/ws",
+  stream: "/relay/stream",
+  send: "/relay/send",
+} as const;

@@ -1,0 +1,103 @@
+/**
+ * A room: the nodes that joined the same relay "session" id and hear each
+ * other (conn's `Session` is something else: one resumable connection). A
+ * {@linkcode Member} is one joined node; its {@linkcode Sink} is whichever
+ * transport carries frames to it.
+ *
+ * @module
+ */
+
+import type { RelayMember, RelayRole } from "./_protocol.ts";
+
+/** Where frames towards one node go (a WebSocket, or an event stream). */
+export interface Sink {
+  /** Queues one encoded frame; `false` when the node's queue is full. */
+  push(frame: string): boolean;
+  /** Ends the connection, telling the node why when the transport can. */
+  close(code: number, reason: string): void;
+}
+
+/** A joined node. */
+export class Member {
+  /** When the relay last heard from the node (clock ms). */
+  lastHeard: number;
+  /** When the relay last pinged the node (clock ms). */
+  lastPinged: number;
+  #tokens: number;
+  #refilled: number;
+
+  /** A node joined to `room` at time `now`, allowed `rate` messages per second. */
+  constructor(
+    readonly room: Room,
+    readonly nickname: string,
+    readonly role: RelayRole,
+    readonly token: string,
+    public sink: Sink,
+    readonly rate: number,
+    now: number,
+  ) {
+    this.lastHeard = this.lastPinged = this.#refilled = now;
+    this.#tokens = rate * 2;
+  }
+
+  /** Token bucket: `rate` per second, bursts of twice that. */
+  takeToken(now: number): boolean {
+    this.#tokens = Math.min(
+      this.rate * 2,
+      this.#tokens + (now - this.#refilled) * this.rate / 1000,
+    );
+    this.#refilled = now;
+    if (this.#tokens < 1) return false;
+    this.#tokens--;
+    return true;
+  }
+
+  /** The node as the others see it. */
+  get public(): RelayMember {
+    return { nickname: this.nickname, role: this.role };
+  }
+
+  /**
+   * Whether this node hears messages from `speaker`: agents and bridges hear
+   * only each other, so a bridge serves many agents that never see each other.
+   */
+  hears(speaker: Member): boolean {
+    if (speaker.role === "agent") return this.role === "bridge";
+    if (this.role === "agent") return speaker.role === "bridge";
+    return true;
+  }
+}
+
+/** The nodes that joined one session id, and the nicknames kept for those that left. */
+export class Room {
+  /** Joined nodes by nickname. */
+  readonly members: Map<string, Member> = new Map();
+  /** Nicknames of nodes that left, kept for their join token until the time given. */
+  readonly reserved: Map<string, { token: string; until: number }> = new Map();
+
+  /** A room named by the session id `id`. */
+  constructor(readonly id: string) {}
+
+  /**
+   * `wanted`, or `wanted(1)`, `wanted(2)`, ...: the first nickname neither
+   * taken nor reserved for someone else than the holder of `token`.
+   */
+  freeName(wanted: string, token: string | undefined, now: number): string {
+    const free = (name: string) => {
+      if (this.members.has(name)) return false;
+      const reservation = this.reserved.get(name);
+      if (!reservation || reservation.until < now) return true;
+      return reservation.token === token;
+    };
+    if (free(wanted)) return wanted;
+    for (let i = 1;; i++) {
+      const name = `${wanted}(${i})`;
+      if (free(name)) return name;
+    }
+  }
+
+  /** The other members, as the node `except` sees them. */
+  snapshot(except: Member): RelayMember[] {
+    return [...this.members.values()].filter((m) => m !== except).map((m) => m.public);
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * The WebSocket client transport: one frame per text message, both ways.
+ * The secret travels in the hello frame, not a header: browsers cannot set
+ * WebSocket headers, and URLs get logged.
+ *
+ * @module
+ */
+
+import { encodeFrame, type HelloFrame, type NodeFrame, PATHS } from "./_protocol.ts";
+import { parseRelayFrame, readJson } from "./_parse.ts";
+import {
+  type ClientTransport,
+  type DialSettings,
+  type OpenedTransport,
+  RelayRefusedError,
+  type TransportHooks,
+} from "./_transport.ts";
+
+/** How long a goodbye may take before the socket is given up. */
+const CLOSE_BOUND_MS = 1000;
+
+/** A node's WebSocket to the relay. */
+export class WebSocketTransport implements ClientTransport {
+  /** Always `"websocket"`. */
+  readonly kind = "websocket" as const;
+  #socket: WebSocket;
+  #closing = false;
+
+  private constructor(socket: WebSocket) {
+    this.#socket = socket;
+  }
+
+  /** Opens a WebSocket, sends `hello`, resolves with the welcome. */
+  static open(
+    settings: DialSettings,
+    hello: HelloFrame,
+    hooks: TransportHooks,
+  ): Promise<OpenedTransport> {
+    const url = new URL(PATHS.ws, settings.base);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    const socket = new WebSocket(url, { client: settings.client });
+    const transport = new WebSocketTransport(socket);
+    return new Promise((resolve, reject) => {
+      let welcomed = false;
+      const timer = setTimeout(() => {
+        reject(new Error(`no welcome from the relay within ${settings.timeout} ms`));
+        socket.close();
+      }, settings.timeout);
+      socket.onopen = () => socket.send(encodeFrame(hello));
+      socket.onmessage = (event) => {
+        if (typeof event.data !== "string") return hooks.onBadFrame("a binary message");
+        const parsed = parseRelayFrame(readJson(event.data));
+        if (!parsed.ok) return hooks.onBadFrame(parsed.problem.reason);
+        const frame = parsed.frame;
+        if (welcomed) return hooks.onFrame(frame);
+        if (frame.t === "welcome") {
+          welcomed = true;
+          clearTimeout(timer);
+          resolve({ transport, welcome: frame });
+        } else if (frame.t === "error") {
+          clearTimeout(timer);
+          reject(new RelayRefusedError(frame.code, frame.message));
+          socket.close();
+        }
+      };
+      socket.onerror = () => {/* onclose follows with the reason */};
+      socket.onclose = (event) => {
+        clearTimeout(timer);
+        const reason = event.reason || `WebSocket closed (${event.code})`;
+        if (!welcomed) {
+          reject(new Error(`WebSocket to ${url.host} failed: ${reason}`));
+        } else if (!transport.#closing) {
+          hooks.onClose(reason);
+        }
+      };
+    });
+  }
+
+  /** Sends one frame; dropped when the socket is no longer open. */
+  send(frame: NodeFrame): void {
+    if (this.#socket.readyState === WebSocket.OPEN) this.#socket.send(encodeFrame(frame));
+  }
+
+  /** Says bye and closes; resolves once closed, or after a short bound. */
+  close(): Promise<void> {
+    if (this.#closing) return Promise.resolve();
+    this.#closing = true;
+    const socket = this.#socket;
+    this.send({ t: "bye" });
+    socket.close(1000);
+    return new Promise<void>((resolve) => {
+      const bound = setTimeout(resolve, CLOSE_BOUND_MS);
+      socket.addEventListener("close", () => {
+        clearTimeout(bound);
+        resolve();
+      });
+    });
+  }
+}
