@@ -115,6 +115,23 @@ export function renderRecord(record: LogRecord): string {
   return record.message.map((part) => typeof part === "string" ? part : String(part)).join("");
 }
 
+/**
+ * Polls `condition` every `everyMs` until it holds; rejects after `timeoutMs`.
+ * Only for states the code under test announces by no event.
+ */
+export async function waitUntil(
+  condition: () => boolean,
+  what: string,
+  timeoutMs = 30_000,
+  everyMs = 10,
+): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`${what}: not so within ${timeoutMs} ms`);
+    await delay(everyMs);
+  }
+}
+
 /** Waits `ms` (only where a test needs real time to pass, never to wait for an event). */
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

@@ -27,20 +27,16 @@ async function setup(
   };
 }
 
-Deno.test("256 MiB each way at once, link reset (RST) 24 times at random points: both SHA-256 match", async () => {
+Deno.test("256 MiB each way at once, link reset (RST) every 10 MiB each way, 24 times: both SHA-256 match", async () => {
   await using t = await setup();
   const SIZE = 256 << 20;
-  // Reset points spread over the whole transfer (in bytes forwarded client -> server).
-  const points = Array.from({ length: 24 }, () => Math.floor(Math.random() * SIZE * 0.95)).sort((
-    a,
-    b,
-  ) => a - b);
-  t.proxy.onForwardUp = (total) => {
-    while (points.length > 0 && total >= points[0]) {
-      points.shift();
-      t.proxy.reset();
-    }
-  };
+  // A cut is due each time another 10 MiB have been forwarded one way; it waits
+  // until the client is connected, so it never lands in a resume handshake and
+  // each one costs the client a resume. The 12th each way is due at 120 MiB (plus
+  // at most a window deferred), well within the 256 MiB each way must carry.
+  const connected = () => t.client.state === "connected";
+  using up = t.proxy.cutEvery({ bytes: 10 << 20, max: 12, direction: "up", when: connected });
+  using down = t.proxy.cutEvery({ bytes: 10 << 20, max: 12, direction: "down", when: connected });
   const [upSent, downSent, upGot, downGot] = await within(
     240_000,
     "bidirectional transfer",
@@ -51,12 +47,15 @@ Deno.test("256 MiB each way at once, link reset (RST) 24 times at random points:
       receiveAll(t.client),
     ]),
   );
+  // Stopped as the transfer ends: every cut counted landed during it.
+  assert.equal(up.stop(), 12, `cuts upstream at ${up.at}`);
+  assert.equal(down.stop(), 12, `cuts downstream at ${down.at}`);
   assert.equal(upGot.bytes, SIZE);
   assert.equal(downGot.bytes, SIZE);
   assert.equal(upGot.sha256, upSent);
   assert.equal(downGot.sha256, downSent);
-  assert.ok(t.proxy.resets >= 20, `only ${t.proxy.resets} resets happened`);
-  assert.ok(t.client.stats.reconnects >= 20, `client resumed ${t.client.stats.reconnects} times`);
+  assert.ok(t.proxy.resets >= 24, `only ${t.proxy.resets} resets happened`);
+  assert.ok(t.client.stats.reconnects >= 24, `client resumed ${t.client.stats.reconnects} times`);
   assert.ok(
     t.client.stats.replayedBytes + t.server.stats.replayedBytes > 0,
     "something was replayed",
@@ -113,7 +112,7 @@ Deno.test("the client's address changes (reconnects from 127.0.0.2) and the sess
   assert.equal((t.server.remoteAddr as Deno.NetAddr).hostname, "127.0.0.1");
   const resumed = nextEvent(t.server, "resumed");
   t.proxy.upstreamLocalAddress = "127.0.0.2";
-  t.proxy.reset();
+  assert.equal(t.proxy.reset(), 1, "one link cut");
   const sending = sendPattern(t.client, 5, 4 << 20);
   await resumed;
   assert.equal((t.server.remoteAddr as Deno.NetAddr).hostname, "127.0.0.2");
@@ -128,7 +127,7 @@ Deno.test("resume timeout: both streams error naming the timeout; the server rea
   const serverClosed = nextEvent<ConnEvent>(t.server, "closed", 5000);
   t.proxy.refuseNew(true);
   const cutAt = performance.now();
-  t.proxy.reset();
+  assert.equal(t.proxy.reset(), 1, "one link cut");
   // Reads wait through the outage; then they fail with the reason.
   const reader = t.client.readable.getReader();
   const writer = t.client.writable.getWriter();
