@@ -51,15 +51,13 @@ export interface Cutter extends Disposable {
   stop(): number;
 }
 
-type _Event = Direction | "connection";
-
 /** Forwards 127.0.0.1:port <-> target, and breaks links the ways real networks do. */
 export class FaultProxy {
   #server: net.Server;
   #pairs = new Set<_Pair>();
   #targetPort: number;
   #refusing = false;
-  #watchers = new Set<(event: _Event) => void>();
+  #watchers = new Set<(event: Direction) => void>();
   /** Source address of the proxy's connections to the target (simulates the client moving). */
   upstreamLocalAddress: string | undefined;
   /** Bytes forwarded client -> target so far (replays included). */
@@ -70,8 +68,6 @@ export class FaultProxy {
   onForwardUp: ((total: number) => void) | undefined;
   /** Links reset so far. */
   resets = 0;
-  /** Connections forwarded so far (refused ones not counted). */
-  accepted = 0;
 
   private constructor(server: net.Server, targetPort: number) {
     this.#server = server;
@@ -147,7 +143,7 @@ export class FaultProxy {
       throw new RangeError(`cutEvery needs bytes > 0 and an integer max >= 1`);
     }
     const at: number[] = [];
-    const watcher = (event: _Event) => {
+    const watcher = (event: Direction) => {
       const total = this.forwarded(direction);
       if (event !== direction || total < (at.length + 1) * bytes || !when()) return;
       if (fault(at.length) === 0) return;
@@ -169,16 +165,6 @@ export class FaultProxy {
     };
   }
 
-  /** Resolves once `n` connections have been forwarded in all (see {@linkcode FaultProxy.accepted}). */
-  waitForConnections(n: number): Promise<void> {
-    return this.#until(() => this.accepted >= n);
-  }
-
-  /** Resolves once `n` bytes have been forwarded in `direction` in all. */
-  waitForBytes(n: number, direction: Direction = "up"): Promise<void> {
-    return this.#until(() => this.forwarded(direction) >= n);
-  }
-
   /** Closes every connection and the listening socket. */
   async close(): Promise<void> {
     this.#watchers.clear();
@@ -186,20 +172,7 @@ export class FaultProxy {
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
   }
 
-  /** Resolves when `condition` holds, checked now and after each forwarded chunk or connection. */
-  #until(condition: () => boolean): Promise<void> {
-    if (condition()) return Promise.resolve();
-    return new Promise((resolve) => {
-      const watcher = () => {
-        if (!condition()) return;
-        this.#watchers.delete(watcher);
-        resolve();
-      };
-      this.#watchers.add(watcher);
-    });
-  }
-
-  #notify(event: _Event): void {
+  #notify(event: Direction): void {
     for (const watcher of this.#watchers) watcher(event);
   }
 
@@ -221,8 +194,6 @@ export class FaultProxy {
     });
     this.#pipe(pair, client, upstream, "up");
     this.#pipe(pair, upstream, client, "down");
-    this.accepted++;
-    this.#notify("connection");
   }
 
   #pipe(pair: _Pair, from: net.Socket, to: net.Socket, direction: Direction): void {

@@ -43,15 +43,18 @@ function spawnCli(deno: string[], script: string, args: string[]) {
   let log = "";
   // Waiters are checked each time log text arrives, and failed when the log ends.
   const waiters = new Set<{ check(): void; fail(): void }>();
-  const reading = (async () => {
-    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
-      log += text;
-      for (const waiter of waiters) waiter.check();
-    }
-    for (const waiter of waiters) waiter.fail();
-  })();
   let ended = false;
-  reading.finally(() => ended = true);
+  const reading = (async () => {
+    try {
+      for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
+        log += text;
+        for (const waiter of waiters) waiter.check();
+      }
+    } finally {
+      ended = true;
+      for (const waiter of waiters) waiter.fail();
+    }
+  })();
   return {
     child,
     get log() {
@@ -73,7 +76,7 @@ function spawnCli(deno: string[], script: string, args: string[]) {
         };
         waiters.add(waiter);
         waiter.check();
-        if (ended) waiter.fail();
+        if (ended && waiters.has(waiter)) waiter.fail();
       });
       return within(30_000, what, matched);
     },
