@@ -1,21 +1,50 @@
-// Tunnel throughput and latency, side by side in one run on loopback:
-// direct, a socat forwarder, `ssh -L`, and the immortal tunnel (plain and
-// TLS), each forwarder in its own processes as deployed.
+// Tunnel throughput, latency and a database workload, side by side in one
+// run on loopback: direct, a socat forwarder, `ssh -L`, and the immortal
+// tunnel (plain and TLS), each forwarder in its own processes as deployed.
 //
 //   deno run --allow-net=127.0.0.1 --allow-run --allow-read --allow-write=/tmp --allow-env \
-//     bench/tunnel_compare.ts [seconds] [pings]
+//     bench/tunnel_compare.ts [seconds] [pings] [--only=iperf,latency,pgbench] \
+//     [--pg-seconds=10] [--pg-scale=5] [--pg-clients=4] [--pg-threads=2] [--pg-modes=tpcb,select]
 //
-// Throughput: `iperf3 -c ... -t seconds` (Debian iperf3), receiver's Gbit/s.
-// Latency: `pings` 1-byte request/response round trips through each path to a
-// Deno echo process; median and p99 in µs, and the added median RTT over direct.
+// Throughput (`iperf`): `iperf3 -c ... -t seconds` (Debian iperf3), receiver's Gbit/s.
+// Latency (`latency`): `pings` 1-byte request/response round trips through each
+// path to a Deno echo process; median and p99 in µs, and the added median RTT
+// over direct.
+// Database (`pgbench`): a throwaway PostgreSQL cluster (bench/_pg.ts), filled
+// with `pgbench -i -s scale`, then `pgbench -c clients -j threads -T
+// pg-seconds` through each path, TPC-B-like (`tpcb`) and select-only
+// (`select`, `-S`): tps, average latency, and tps relative to socat's.
+// `--only` runs some sections alone; by default all three run.
 // "2 plain Deno forwarders" is a reference: the floor of any design with two
 // Deno processes on the path.
 import { freePort } from "../tests/_helpers.ts";
 import { startSshd } from "../tests/_sshd.ts";
 import { makeTestCerts } from "../tests/_tls.ts";
+import { pgbench, pgbenchInit, type PgbenchResult, type PgCluster, startPostgres } from "./_pg.ts";
 
-const SECONDS = Number(Deno.args[0] ?? 5);
-const PINGS = Number(Deno.args[1] ?? 5000);
+/** `--name=value` from the command line, or `fallback`. */
+function option(name: string, fallback: string): string {
+  const prefix = `--${name}=`;
+  return Deno.args.find((arg) => arg.startsWith(prefix))?.slice(prefix.length) ?? fallback;
+}
+
+const POSITIONAL = Deno.args.filter((arg) => !arg.startsWith("--"));
+const SECONDS = Number(POSITIONAL[0] ?? 5);
+const PINGS = Number(POSITIONAL[1] ?? 5000);
+const SECTIONS = new Set(option("only", "iperf,latency,pgbench").split(","));
+for (const section of SECTIONS) {
+  if (!["iperf", "latency", "pgbench"].includes(section)) {
+    throw new Error(`unknown section ${section}; use iperf, latency or pgbench`);
+  }
+}
+const PG_SECONDS = Number(option("pg-seconds", "10"));
+const PG_SCALE = Number(option("pg-scale", "5"));
+const PG_CLIENTS = Number(option("pg-clients", "4"));
+const PG_THREADS = Number(option("pg-threads", "2"));
+const PG_MODES = option("pg-modes", "tpcb,select").split(",");
+for (const mode of PG_MODES) {
+  if (mode !== "tpcb" && mode !== "select") throw new Error(`unknown pgbench mode ${mode}`);
+}
 const CLI = new URL("../cli/tunnel.ts", import.meta.url).pathname;
 
 const children: Deno.ChildProcess[] = [];
@@ -200,39 +229,28 @@ for await (const c of l) {
   })();
 }`;
 
-async function main(): Promise<void> {
-  const iperfPort = freePort();
-  spawn("iperf3", ["-s", "-B", "127.0.0.1", "-p", String(iperfPort)]);
-  const echoPort = freePort();
-  spawn(Deno.execPath(), ["eval", ECHO, String(echoPort)]);
-  await Promise.all([waitForPort(iperfPort), waitForPort(echoPort)]);
-  await using sshd = await startSshd();
-  const certs = await makeTestCerts();
-  const paths: Path[] = [
-    { name: "direct", start: (target) => Promise.resolve(target) },
-    socat(),
-    sshL(sshd),
-    denoForwarders(),
-    immortal(),
-    immortal(certs),
-  ];
-  const rows: string[] = [];
-  let directRtt = 0;
-  try {
-    for (const path of paths) {
-      const throughput = await iperf(await path.start(iperfPort));
-      const latency = await pingPong(await path.start(echoPort));
-      if (path.name === "direct") directRtt = latency.median;
-      rows.push(
-        `| ${path.name.padEnd(22)} | ${throughput.toFixed(2).padStart(6)} | ${
-          latency.median.toFixed(0).padStart(6)
-        } | ${latency.p99.toFixed(0).padStart(6)} | ${
-          (latency.median - directRtt).toFixed(0).padStart(6)
-        } |`,
-      );
-      console.error(rows.at(-1));
-    }
-  } finally {
+/** One path's figures; a section not run leaves its fields undefined. */
+interface Row {
+  name: string;
+  gbits?: number;
+  latency?: { median: number; p99: number };
+  pg: Map<string, PgbenchResult>;
+}
+
+/** Everything to undo, also on failure and on SIGINT; each part at most once. */
+class Cleanup {
+  /** Held from the moment it starts starting: a SIGINT during start-up must stop it too. */
+  pg: Promise<PgCluster> | null = null;
+  sshd: AsyncDisposable | null = null;
+  certsDir: string | null = null;
+  #done: Promise<void> | null = null;
+
+  run(): Promise<void> {
+    this.#done ??= this.#run();
+    return this.#done;
+  }
+
+  async #run(): Promise<void> {
     for (const child of children) {
       try {
         child.kill("SIGTERM");
@@ -241,12 +259,137 @@ async function main(): Promise<void> {
       }
       await child.status;
     }
-    await Deno.remove(certs.dir, { recursive: true });
+    // pg_ctl puts the server in its own session, out of reach of the
+    // terminal's Ctrl-C: it only stops if told to.
+    // A start that failed has removed what it made already.
+    const pg = await this.pg?.catch(() => null);
+    await pg?.stop().catch((error) => console.error(`stopping PostgreSQL: ${error}`));
+    await this.sshd?.[Symbol.asyncDispose]();
+    if (this.certsDir) await Deno.remove(this.certsDir, { recursive: true });
   }
+}
+
+function pad(text: string, width: number): string {
+  return text.padStart(width);
+}
+
+function printThroughputAndLatency(rows: Row[]): void {
+  const directRtt = rows.find((row) => row.name === "direct")?.latency?.median ?? NaN;
   console.log(`iperf3 ${SECONDS} s per path, ${PINGS} 1-byte round trips per path\n`);
   console.log("| path                   | Gbit/s | RTT µs | p99 µs | added µs |");
   console.log("| ---------------------- | ------ | ------ | ------ | -------- |");
-  for (const row of rows) console.log(row);
+  for (const row of rows) {
+    const gbits = row.gbits === undefined ? "–" : row.gbits.toFixed(2);
+    const median = row.latency ? row.latency.median.toFixed(0) : "–";
+    const p99 = row.latency ? row.latency.p99.toFixed(0) : "–";
+    const added = row.latency ? (row.latency.median - directRtt).toFixed(0) : "–";
+    console.log(
+      `| ${row.name.padEnd(22)} | ${pad(gbits, 6)} | ${pad(median, 6)} | ${pad(p99, 6)} | ${
+        pad(added, 8)
+      } |`,
+    );
+  }
+}
+
+function printPgbench(rows: Row[]): void {
+  const socat = rows.find((row) => row.name === "socat forwarder");
+  console.log(
+    `pgbench -c ${PG_CLIENTS} -j ${PG_THREADS} -T ${PG_SECONDS} per path and mode, scale ${PG_SCALE}\n`,
+  );
+  const head = PG_MODES.map((mode) => `${mode} tps | ${mode} avg ms | ${mode} vs socat`);
+  console.log(`| path                   | ${head.join(" | ")} |`);
+  console.log(`| ---------------------- |${" --- |".repeat(3 * PG_MODES.length)}`);
+  for (const row of rows) {
+    const cells = PG_MODES.map((mode) => {
+      const result = row.pg.get(mode);
+      const base = socat?.pg.get(mode);
+      if (!result) return "– | – | –";
+      const ratio = base ? (result.tps / base.tps).toFixed(2) : "–";
+      return `${result.tps.toFixed(0)} | ${result.latencyMs.toFixed(3)} | ${ratio}`;
+    });
+    console.log(`| ${row.name.padEnd(22)} | ${cells.join(" | ")} |`);
+  }
+}
+
+async function main(): Promise<void> {
+  const cleanup = new Cleanup();
+  // With a listener installed, SIGINT no longer ends the process by itself:
+  // clean up (the cluster above all), then exit as an interrupted program does.
+  const onSigint = () => {
+    console.error("interrupted: cleaning up");
+    cleanup.run().finally(() => Deno.exit(130));
+  };
+  Deno.addSignalListener("SIGINT", onSigint);
+  const rows: Row[] = [];
+  try {
+    let iperfPort = 0;
+    let echoPort = 0;
+    const waits: Promise<void>[] = [];
+    if (SECTIONS.has("iperf")) {
+      iperfPort = freePort();
+      spawn("iperf3", ["-s", "-B", "127.0.0.1", "-p", String(iperfPort)]);
+      waits.push(waitForPort(iperfPort));
+    }
+    if (SECTIONS.has("latency")) {
+      echoPort = freePort();
+      spawn(Deno.execPath(), ["eval", ECHO, String(echoPort)]);
+      waits.push(waitForPort(echoPort));
+    }
+    await Promise.all(waits);
+    let pg: PgCluster | null = null;
+    if (SECTIONS.has("pgbench")) {
+      cleanup.pg = startPostgres();
+      pg = await cleanup.pg;
+      console.error(`PostgreSQL on ${pg.port}; pgbench -i -s ${PG_SCALE} ...`);
+      await pgbenchInit(pg.port, PG_SCALE);
+    }
+    const sshd = await startSshd();
+    cleanup.sshd = sshd;
+    const certs = await makeTestCerts();
+    cleanup.certsDir = certs.dir;
+    const paths: Path[] = [
+      { name: "direct", start: (target) => Promise.resolve(target) },
+      socat(),
+      sshL(sshd),
+      denoForwarders(),
+      immortal(),
+      immortal(certs),
+    ];
+    for (const path of paths) {
+      const row: Row = { name: path.name, pg: new Map() };
+      if (SECTIONS.has("iperf")) row.gbits = await iperf(await path.start(iperfPort));
+      if (SECTIONS.has("latency")) row.latency = await pingPong(await path.start(echoPort));
+      if (pg) {
+        const port = await path.start(pg.port);
+        for (const mode of PG_MODES) {
+          const result = await pgbench(port, {
+            clients: PG_CLIENTS,
+            threads: PG_THREADS,
+            seconds: PG_SECONDS,
+            selectOnly: mode === "select",
+          });
+          if (result.failed > 0) {
+            console.error(`${path.name}: ${result.failed} failed pgbench transactions (${mode})`);
+          }
+          row.pg.set(mode, result);
+        }
+      }
+      rows.push(row);
+      console.error(
+        `${path.name}: ${row.gbits?.toFixed(2) ?? "–"} Gbit/s, RTT ${
+          row.latency?.median.toFixed(0) ?? "–"
+        } µs, ${[...row.pg].map(([mode, r]) => `${mode} ${r.tps.toFixed(0)} tps`).join(", ")}`,
+      );
+    }
+  } finally {
+    await cleanup.run();
+    Deno.removeSignalListener("SIGINT", onSigint);
+  }
+  if (SECTIONS.has("iperf") || SECTIONS.has("latency")) printThroughputAndLatency(rows);
+  if (SECTIONS.has("pgbench")) {
+    if (SECTIONS.size > 1) console.log();
+    printPgbench(rows);
+  }
 }
 
 await main();

@@ -115,6 +115,46 @@ export function renderRecord(record: LogRecord): string {
   return record.message.map((part) => typeof part === "string" ? part : String(part)).join("");
 }
 
+/**
+ * Polls `condition` every `everyMs` until it holds; rejects after `timeoutMs`.
+ * Only for states the code under test announces by no event.
+ */
+export async function waitUntil(
+  condition: () => boolean,
+  what: string,
+  timeoutMs = 30_000,
+  everyMs = 10,
+): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`${what}: not so within ${timeoutMs} ms`);
+    await delay(everyMs);
+  }
+}
+
+/**
+ * Measures how late timers run: `max` is the longest gap between ticks of an
+ * `everyMs` interval beyond `everyMs` itself, i.e. the longest time the event
+ * loop (or the whole process, on a busy machine) could not run a due timer.
+ * A bound on how soon a timer-driven check of the code under test fires must
+ * allow for it, or the test measures the machine's load, not the code.
+ */
+export function watchTimerLateness(everyMs = 4): { readonly max: number } & Disposable {
+  let last = performance.now();
+  let max = 0;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    max = Math.max(max, now - last - everyMs);
+    last = now;
+  }, everyMs);
+  return {
+    get max() {
+      return max;
+    },
+    [Symbol.dispose]: () => clearInterval(timer),
+  };
+}
+
 /** Waits `ms` (only where a test needs real time to pass, never to wait for an event). */
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));

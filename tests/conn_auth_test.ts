@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { connect, ImmortalError, listen } from "../mod.ts";
-import { encodeFrame, type Frame, FrameDecoder } from "../lib/frame/mod.ts";
+import { encodeFrame, type Frame, FrameDecoder, PROTOCOL_VERSION } from "../lib/frame/mod.ts";
 import { renderRecord, withLogs } from "./_helpers.ts";
 
 const te = new TextEncoder();
@@ -23,7 +23,7 @@ function hexToBytes(hex: string): Uint8Array {
 Deno.test("pre-shared key: no key or a wrong key opens no session; the right one does", async () => {
   await withLogs(async (records) => {
     using listener = listen({ hostname: "127.0.0.1", port: 0, key: "correct horse" });
-    const port = (listener.addr as Deno.NetAddr).port;
+    const port = listener.addr.port;
     await assert.rejects(
       connect({ port }),
       (e: unknown) => e instanceof ImmortalError && e.code === "auth",
@@ -51,7 +51,7 @@ Deno.test("pre-shared key: no key or a wrong key opens no session; the right one
 Deno.test("a client with a key refuses a server that cannot prove it", async () => {
   using listener = listen({ hostname: "127.0.0.1", port: 0 }); // no key: an impostor
   await assert.rejects(
-    connect({ port: (listener.addr as Deno.NetAddr).port, key: "secret" }),
+    connect({ port: listener.addr.port, key: "secret" }),
     (e: unknown) =>
       e instanceof ImmortalError && e.code === "auth" && /could not prove/.test(e.message),
   );
@@ -61,7 +61,7 @@ Deno.test("a client with a key refuses a server that cannot prove it", async () 
 Deno.test("a forged resume proof is refused and logged; the real session is unharmed", async () => {
   await withLogs(async (records) => {
     using listener = listen({ hostname: "127.0.0.1", port: 0 });
-    const port = (listener.addr as Deno.NetAddr).port;
+    const port = listener.addr.port;
     await using client = await connect({ port });
     await using server = await listener.accept();
 
@@ -70,8 +70,9 @@ Deno.test("a forged resume proof is refused and logged; the real session is unha
     const decoder = new FrameDecoder();
     await attacker.write(encodeFrame({
       type: "hello",
-      version: 1,
+      version: PROTOCOL_VERSION,
       nonce: crypto.getRandomValues(new Uint8Array(16)),
+      window: 1 << 20,
       resume: { sessionId: hexToBytes(client.sessionId), received: 0 },
     }));
     assert.equal((await readFrame(attacker, decoder)).type, "challenge");

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { connect, listen } from "../mod.ts";
-import { delay, patternHash, sendPattern } from "./_helpers.ts";
+import { delay, patternHash, sendPattern, waitUntil } from "./_helpers.ts";
 import { createHash } from "node:crypto";
 
 Deno.test("slow reader: the writer is held back at the unacked cap; memory does not grow with bytes written", async () => {
@@ -8,14 +8,17 @@ Deno.test("slow reader: the writer is held back at the unacked cap; memory does 
   const TOTAL = 128 << 20;
   using listener = listen({ hostname: "127.0.0.1", port: 0, maxUnackedBytes: CAP });
   const client = await connect({
-    port: (listener.addr as Deno.NetAddr).port,
+    port: listener.addr.port,
     maxUnackedBytes: CAP,
   });
   const server = await listener.accept();
   const sending = sendPattern(client, 11, TOTAL);
 
-  // Phase 1: nobody reads. The writer must stall at the cap, not buffer more.
-  await delay(300);
+  // Phase 1: nobody reads. The writer must stall at the cap, not buffer more. It
+  // is stalled once the whole window is buffered at the receiver: with nothing
+  // read, nothing is acked, so nothing more can be written (no event tells
+  // "buffered", hence a bounded poll).
+  await waitUntil(() => server.stats.bufferedBytes >= CAP, "the receiver buffering a full window");
   assert.ok(
     client.stats.bytesWritten <= CAP,
     `writer got ${client.stats.bytesWritten} bytes past a ${CAP} cap`,

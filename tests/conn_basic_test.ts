@@ -7,7 +7,7 @@ const td = new TextDecoder();
 
 Deno.test("client and server share a session; bytes flow both ways through the streams", async () => {
   using listener = listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
+  const port = listener.addr.port;
   await using client = await connect({ port });
   await using server = await listener.accept();
   assert.equal(client.sessionId, server.sessionId);
@@ -28,7 +28,7 @@ Deno.test("client and server share a session; bytes flow both ways through the s
 
 Deno.test("half-close: the server still sends a 10 MiB reply after the client's FIN; both end cleanly", async () => {
   using listener = listen({ hostname: "127.0.0.1", port: 0 });
-  const client = await connect({ port: (listener.addr as Deno.NetAddr).port });
+  const client = await connect({ port: listener.addr.port });
   const server = await listener.accept();
   const REPLY = 10 << 20;
 
@@ -53,7 +53,7 @@ Deno.test("half-close: the server still sends a 10 MiB reply after the client's 
 
 Deno.test("close() aborts: the peer's streams error with a clear reason", async () => {
   using listener = listen({ hostname: "127.0.0.1", port: 0 });
-  const client = await connect({ port: (listener.addr as Deno.NetAddr).port });
+  const client = await connect({ port: listener.addr.port });
   const server = await listener.accept();
   const closedEvent = new Promise((resolve) => server.addEventListener("closed", resolve));
   client.close();
@@ -88,7 +88,7 @@ Deno.test("bad settings and unreachable servers give one clear error, not a hang
 
 Deno.test("listener: async iteration, sessionCount, close rejects pending accepts", async () => {
   const listener = listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
+  const port = listener.addr.port;
   const a = await connect({ port });
   const b = await connect({ port });
   const ids: string[] = [];

@@ -147,7 +147,7 @@ Deno.test({
       const changeToData = moved.at - changedAt;
       const seen = await serverPeer.next((e) => e.event === "resumed", serverMark);
       assert.equal(
-        (seen.remote as Deno.NetAddr).hostname,
+        (seen.remote as { hostname: string }).hostname,
         `${net}.3`,
         "the server sees the new address",
       );

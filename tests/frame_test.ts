@@ -6,6 +6,7 @@ import {
   FrameDecoderStream,
   FrameEncoderStream,
   FrameError,
+  PROTOCOL_VERSION,
 } from "../lib/frame/mod.ts";
 
 // Small deterministic PRNG so a failure can be replayed from its seed.
@@ -34,11 +35,18 @@ function sampleFrames(random: () => number): Frame[] {
     { type: "fin", position: 123456789 },
     { type: "close", reason: "gone — ünïcødé" },
     { type: "bye" },
-    { type: "hello", version: 1, nonce: bytes(random, 16), publicKey: bytes(random, 32) },
     {
       type: "hello",
-      version: 1,
+      version: PROTOCOL_VERSION,
       nonce: bytes(random, 16),
+      window: 1 << 20,
+      publicKey: bytes(random, 32),
+    },
+    {
+      type: "hello",
+      version: PROTOCOL_VERSION,
+      nonce: bytes(random, 16),
+      window: 0xffff_ffff,
       resume: { sessionId: bytes(random, 16), received: 42 },
     },
     { type: "challenge", nonce: bytes(random, 32) },
@@ -47,9 +55,10 @@ function sampleFrames(random: () => number): Frame[] {
     {
       type: "accept",
       created: { sessionId: bytes(random, 16), publicKey: bytes(random, 32) },
+      window: 32 << 20,
       mac: bytes(random, 32),
     },
-    { type: "accept", received: 7, mac: bytes(random, 32) },
+    { type: "accept", received: 7, window: 1024, mac: bytes(random, 32) },
     { type: "reject", code: "auth", reason: "no" },
   ];
 }

@@ -32,7 +32,7 @@ function echoTarget() {
   return { port: listener.addr.port, done };
 }
 
-/** A tunnel CLI process whose log is collected line by line. */
+/** A tunnel CLI process whose log is collected as it comes. */
 function spawnCli(deno: string[], script: string, args: string[]) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", ...deno, script, ...args],
@@ -41,29 +41,44 @@ function spawnCli(deno: string[], script: string, args: string[]) {
     env: { NO_COLOR: "1" },
   }).spawn();
   let log = "";
+  // Waiters are checked each time log text arrives, and failed when the log ends.
+  const waiters = new Set<{ check(): void; fail(): void }>();
+  let ended = false;
   const reading = (async () => {
-    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) log += text;
+    try {
+      for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
+        log += text;
+        for (const waiter of waiters) waiter.check();
+      }
+    } finally {
+      ended = true;
+      for (const waiter of waiters) waiter.fail();
+    }
   })();
   return {
     child,
     get log() {
       return log;
     },
-    /** Waits until the log matches `pattern`. */
-    async waitFor(pattern: RegExp, what: string): Promise<void> {
-      await within(
-        30_000,
-        what,
-        (async () => {
-          while (!pattern.test(log)) {
-            const status = await Promise.race([
-              child.status,
-              new Promise((r) => setTimeout(r, 50, null)),
-            ]);
-            if (status) throw new Error(`exited before ${what}:\n${log}`);
-          }
-        })(),
-      );
+    /** Waits until the log matches `pattern`; fails if the process closes its log first. */
+    waitFor(pattern: RegExp, what: string): Promise<void> {
+      const matched = new Promise<void>((resolve, reject) => {
+        const waiter = {
+          check() {
+            if (!pattern.test(log)) return;
+            waiters.delete(waiter);
+            resolve();
+          },
+          fail() {
+            waiters.delete(waiter);
+            reject(new Error(`exited before ${what}:\n${log}`));
+          },
+        };
+        waiters.add(waiter);
+        waiter.check();
+        if (ended && waiters.has(waiter)) waiter.fail();
+      });
+      return within(30_000, what, matched);
     },
     /** SIGTERM, then the exit code and the whole log. */
     async stop(): Promise<number> {
@@ -215,7 +230,8 @@ Deno.test("tunnel CLI: TLS and a key file under exactly scoped permissions; the 
     const encoder = new TextEncoder();
     await conn.write(encoder.encode("before the cut, "));
     await client.waitFor(/Tunnel [0-9a-f]{8} connected/, "tunnel connected");
-    assert.ok(proxy.reset() > 0, "no link to cut");
+    // The log says the link carries the session: it is live, so exactly one cut lands.
+    assert.equal(proxy.reset(), 1, "no link to cut");
     await client.waitFor(/lost its link/, "link lost");
     await client.waitFor(/resumed after \d+ ms via .*, \d+ bytes replayed/, "resume");
     await conn.write(encoder.encode("after the cut"));

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { TunnelClient, TunnelServer } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { delay, within } from "./_helpers.ts";
+import { nextEvent, within } from "./_helpers.ts";
 import { startSshd } from "./_sshd.ts";
 
 const FAST = { backoff: { initial: 5, max: 50 }, heartbeatInterval: 200, deadLinkTimeout: 1000 };
@@ -29,7 +29,7 @@ async function sshThroughTunnel() {
     target: { hostname: "127.0.0.1", port: sshd.port },
     ...FAST,
   });
-  const proxy = await FaultProxy.start({ targetPort: (server.addr as Deno.NetAddr).port });
+  const proxy = await FaultProxy.start({ targetPort: server.addr.port });
   const client = new TunnelClient({
     port: 0,
     key: "ssh-test",
@@ -49,7 +49,7 @@ async function sshThroughTunnel() {
   };
 }
 
-Deno.test("rsync of a 64 MiB random file through the tunnel survives 5+ resets and a black hole", async () => {
+Deno.test("rsync of a 64 MiB random file through the tunnel survives 7 resets and a black hole, each after another 6 MiB", async () => {
   await using setup = await sshThroughTunnel();
   const { sshd, proxy, client } = setup;
   const src = `${sshd.dir}/source.bin`;
@@ -65,40 +65,40 @@ Deno.test("rsync of a 64 MiB random file through the tunnel survives 5+ resets a
       await file.write(chunk);
     }
   }
-  // --bwlimit (KiB/s) stretches the copy over ~8 s so that every cut lands mid-transfer.
   const rsync = new Deno.Command("rsync", {
-    args: [
-      "--bwlimit=8192",
-      "-e",
-      ["ssh", ...sshd.sshArgs(client.addr.port)].join(" "),
-      src,
-      `127.0.0.1:${dst}`,
-    ],
+    args: ["-e", ["ssh", ...sshd.sshArgs(client.addr.port)].join(" "), src, `127.0.0.1:${dst}`],
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  let running = true;
-  const done = rsync.output().finally(() => running = false);
-  const cuts = { resets: 0, blackholes: 0 };
-  const faults = (async () => {
-    await delay(1000);
-    for (let i = 0; i < 8 && running; i++) {
-      if (i === 3) {
-        // Silence: the dead-link timer (1 s here) must notice, then the session resumes.
-        if (proxy.blackhole() > 0 && running) cuts.blackholes++;
-        await delay(1500);
-      } else if (proxy.reset() > 0 && running) {
-        cuts.resets++;
-      }
-      await delay(600);
-    }
-  })();
-  const out = await within(120_000, "rsync", done);
-  await faults;
+  // A fault each time another 6 MiB of the copy went upstream: resets, the 4th a
+  // black hole. Each waits until the session is connected, so each lands on its
+  // live link (not in a resume). The 8th is due at 48 MiB of the 64 MiB copy.
+  const session = () => client.sessions[0]; // one ssh connection: one session
+  const faults = { resets: 0, blackholes: 0 };
+  const tally = (kind: keyof typeof faults, links: number) => {
+    if (links > 0) faults[kind]++;
+    return links;
+  };
+  let holeNoticed: string | undefined;
+  using cutter = proxy.cutEvery({
+    bytes: 6 << 20,
+    max: 8,
+    when: () => session()?.state === "connected",
+    fault: (index) => {
+      if (index !== 3) return tally("resets", proxy.reset());
+      // Silence: the dead-link timer (1 s here) must notice, then the session resumes.
+      session().addEventListener("reconnecting", (event) => {
+        holeNoticed = event.reason;
+      }, { once: true });
+      return tally("blackholes", proxy.blackhole());
+    },
+  });
+  const out = await within(120_000, "rsync", rsync.output());
+  assert.equal(cutter.stop(), 8, `faults at ${cutter.at}`);
   const stderr = new TextDecoder().decode(out.stderr);
   assert.equal(out.code, 0, `rsync failed: ${stderr}`);
-  assert.ok(cuts.resets >= 5, `only ${cuts.resets} resets landed during the copy`);
-  assert.ok(cuts.blackholes >= 1, "the black hole did not land during the copy");
+  assert.deepEqual(faults, { resets: 7, blackholes: 1 }, "faults during the copy");
+  assert.match(String(holeNoticed), /nothing received/, "the black hole was noticed as silence");
   assert.equal(await sha256File(dst), await sha256File(src), "the copy differs");
 });
 
@@ -132,13 +132,23 @@ Deno.test("an ssh session through the tunnel echoes lines sent before and after 
     assert.equal(got, line);
   }
   await echo("before any cut");
-  assert.ok(proxy.reset() > 0, "no link to reset");
+  const [session] = client.sessions;
+  const lost: string[] = [];
+  let resumes = 0;
+  session.addEventListener("reconnecting", (event) => lost.push(event.reason));
+  session.addEventListener("resumed", () => resumes++);
+  // The echo came back through the link: it is live.
+  assert.equal(proxy.reset(), 1, "no link to reset");
   await echo("after a reset");
-  await delay(300);
-  assert.ok(proxy.reset() > 0);
-  await delay(300);
-  assert.ok(proxy.blackhole() > 0);
+  const resumed = nextEvent(session, "resumed", 30_000);
+  assert.equal(proxy.reset(), 1, "no link to reset");
+  await resumed;
+  const holed = lost.length;
+  assert.equal(proxy.blackhole(), 1, "no link to black-hole");
   await echo("after a reset and a black hole, ünïcödé too");
+  // Two resets and a black hole: at least three links lost and replaced, the last by silence.
+  assert.ok(lost.length >= 3 && resumes >= 3, `lost ${lost.length}, resumed ${resumes}`);
+  assert.match(String(lost[holed]), /nothing received/, "the black hole was noticed as silence");
   await writer.close();
   const rest = await lines.read();
   assert.ok(rest.done, "no output after the input ended");

@@ -80,22 +80,21 @@ async function roundTrip(port: number, seed: number, size: number): Promise<void
   assert.equal(got.sha256, sent.digest("hex"), `connection ${seed}: bytes differ`);
 }
 
-/** Resets every link through `proxy` every `everyMs` while `work` runs; returns how many cuts landed. */
+/**
+ * Resets every link through `proxy` each time another `bytes` have been forwarded
+ * upstream, and each time another `bytes` downstream, at most `max` times each way,
+ * while `work` runs. Returns the cuts each way; nothing fires once `work` is done.
+ */
 async function cutWhile(
   proxy: FaultProxy,
-  everyMs: number,
+  bytes: number,
+  max: number,
   work: Promise<unknown>,
-): Promise<number> {
-  let cuts = 0;
-  const cutter = setInterval(() => {
-    if (proxy.reset() > 0) cuts++;
-  }, everyMs);
-  try {
-    await work;
-  } finally {
-    clearInterval(cutter);
-  }
-  return cuts;
+): Promise<{ up: number; down: number }> {
+  using up = proxy.cutEvery({ bytes, max, direction: "up" });
+  using down = proxy.cutEvery({ bytes, max, direction: "down" });
+  await work;
+  return { up: up.stop(), down: down.stop() };
 }
 
 /** `count` connections through the tunnel at once, each moving and checking `size` bytes its own way. */
@@ -113,23 +112,22 @@ Deno.test("50 concurrent tunneled connections each move and verify their own dat
     target: { hostname: "127.0.0.1", port: target.port },
     ...FAST,
   });
-  const proxy = await FaultProxy.start({ targetPort: (server.addr as Deno.NetAddr).port });
+  const proxy = await FaultProxy.start({ targetPort: server.addr.port });
   try {
     await using client = new TunnelClient({
       port: 0,
       server: { hostname: "127.0.0.1", port: proxy.port },
       ...FAST,
     });
+    // 100 MiB go each way (50 x 2 MiB echoed), framing and replays on top: all
+    // 10 cuts each way (every 5 MiB, the last at 50 MiB) land during the transfer.
     const cuts = await cutWhile(
       proxy,
-      150,
-      within(
-        120_000,
-        "50 connections",
-        roundTrips(client.addr.port, 50, 1, 2 << 20),
-      ),
+      5 << 20,
+      10,
+      within(120_000, "50 connections", roundTrips(client.addr.port, 50, 1, 2 << 20)),
     );
-    assert.ok(cuts >= 3, `only ${cuts} cuts happened during the transfer`);
+    assert.deepEqual(cuts, { up: 10, down: 10 }, "cuts during the transfer");
     assert.equal(target.accepted, 50);
   } finally {
     await proxy.close();
@@ -146,7 +144,7 @@ Deno.test("half-close through the tunnel: a client that shuts its write side sti
   });
   await using client = new TunnelClient({
     port: 0,
-    server: { hostname: "127.0.0.1", port: (server.addr as Deno.NetAddr).port },
+    server: { hostname: "127.0.0.1", port: server.addr.port },
   });
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.addr.port });
   await conn.write(new TextEncoder().encode("request"));
@@ -171,7 +169,7 @@ Deno.test("wrong key: refused with a clear log line; the server is not an open p
     await using client = new TunnelClient({
       port: 0,
       key: "wrong",
-      server: { hostname: "127.0.0.1", port: (server.addr as Deno.NetAddr).port },
+      server: { hostname: "127.0.0.1", port: server.addr.port },
     });
     const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.addr.port });
     await conn.write(new TextEncoder().encode("let me in")).catch(() => {});
@@ -203,7 +201,7 @@ Deno.test("TLS tunnel: connections verify their data across link cuts; a server 
       target: { hostname: "127.0.0.1", port: target.port },
       ...FAST,
     });
-    const proxy = await FaultProxy.start({ targetPort: (server.addr as Deno.NetAddr).port });
+    const proxy = await FaultProxy.start({ targetPort: server.addr.port });
     try {
       await using client = new TunnelClient({
         port: 0,
@@ -211,16 +209,15 @@ Deno.test("TLS tunnel: connections verify their data across link cuts; a server 
         tls: { caCerts: [certs.caCert] },
         ...FAST,
       });
+      // 32 MiB go each way (8 x 4 MiB echoed): all 8 cuts each way (every 2 MiB,
+      // the last at 16 MiB) land during the transfer.
       const cuts = await cutWhile(
         proxy,
-        200,
-        within(
-          60_000,
-          "8 TLS connections",
-          roundTrips(client.addr.port, 8, 100, 4 << 20),
-        ),
+        2 << 20,
+        8,
+        within(60_000, "8 TLS connections", roundTrips(client.addr.port, 8, 100, 4 << 20)),
       );
-      assert.ok(cuts >= 3, `only ${cuts} cuts happened during the transfer`);
+      assert.deepEqual(cuts, { up: 8, down: 8 }, "cuts during the transfer");
     } finally {
       await proxy.close();
     }
@@ -230,7 +227,7 @@ Deno.test("TLS tunnel: connections verify their data across link cuts; a server 
     await withLogs(async (records) => {
       await using untrusting = new TunnelClient({
         port: 0,
-        server: { hostname: "127.0.0.1", port: (server.addr as Deno.NetAddr).port },
+        server: { hostname: "127.0.0.1", port: server.addr.port },
         tls: { caCerts: [certs.otherCaCert] },
         connectWait: 0,
       });

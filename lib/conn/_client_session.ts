@@ -65,16 +65,18 @@ export class ClientSession implements SessionSide {
       performance.now() + this.#options.handshakeTimeout,
       1,
       undefined,
-      (reader) => clientOpen(reader, psk),
+      (reader) => clientOpen(reader, psk, this.#options.maxUnackedBytes),
     );
-    this.#secrets = opened!.value;
+    const { secrets, peerWindow } = opened!.value;
+    this.#secrets = secrets;
     this.#engine = new StreamEngine({
       role: "client",
       options: this.#options,
-      sessionId: this.#secrets.id,
+      sessionId: secrets.id,
       side: this,
+      peerWindow,
     });
-    this.#attach(opened!.reader, 0);
+    this.#attach(opened!.reader, 0, peerWindow);
     return this.#engine;
   }
 
@@ -99,7 +101,8 @@ export class ClientSession implements SessionSide {
         engine.lostAt + resumeTimeout,
         Infinity,
         engine.signal,
-        (reader) => clientResume(reader, this.#secrets!, engine.received),
+        (reader) =>
+          clientResume(reader, this.#secrets!, engine.received, this.#options.maxUnackedBytes),
         wait,
       );
       if (!engine.resumable) {
@@ -107,7 +110,7 @@ export class ClientSession implements SessionSide {
         return;
       }
       if (resumed !== null) {
-        this.#attach(resumed.reader, resumed.value);
+        this.#attach(resumed.reader, resumed.value.received, resumed.value.peerWindow);
         return;
       }
       engine.fail(
@@ -122,9 +125,9 @@ export class ClientSession implements SessionSide {
     }
   }
 
-  #attach(reader: FrameReader, peerReceived: number): void {
+  #attach(reader: FrameReader, peerReceived: number, peerWindow: number): void {
     this.#linkProven = false;
-    this.#engine!.attach(reader, peerReceived);
+    this.#engine!.attach(reader, peerReceived, peerWindow);
   }
 
   /**

@@ -53,6 +53,22 @@ function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
   return out;
 }
 
+function u32(value: number): Uint8Array {
+  const out = new Uint8Array(4);
+  new DataView(out.buffer).setUint32(0, value);
+  return out;
+}
+
+/** Smallest receive window a peer may announce: below it, a session could not move a frame. */
+const MIN_PEER_WINDOW = 1024;
+
+function checkWindow(window: number): number {
+  if (window < MIN_PEER_WINDOW) {
+    throw new ImmortalError("protocol", `peer announced a receive window of ${window} bytes`);
+  }
+  return window;
+}
+
 function u64(value: number): Uint8Array {
   const out = new Uint8Array(8);
   new DataView(out.buffer).setBigUint64(0, BigInt(value));
@@ -150,16 +166,33 @@ async function expectFrame<T extends Frame["type"]>(
   return frame as Extract<Frame, { type: T }>;
 }
 
-/** Client side, new session. Resolves to the session's secrets. */
+/** What a client learns from opening a session. */
+export interface Opened {
+  secrets: SessionSecrets;
+  /** The server's receive window: never have more than this unacknowledged. */
+  peerWindow: number;
+}
+
+/** What a client learns from resuming a session. */
+export interface Resumed {
+  /** Bytes the server has received: sending resumes from there. */
+  received: number;
+  /** The server's receive window. */
+  peerWindow: number;
+}
+
+/** Client side, new session; `window` is the client's receive window. */
 export async function clientOpen(
   reader: FrameReader,
   psk: CryptoKey | null,
-): Promise<SessionSecrets> {
+  window: number,
+): Promise<Opened> {
   const { pair, pub } = await keyPair();
   const hello: Frame = {
     type: "hello",
     version: PROTOCOL_VERSION,
     nonce: randomBytes(16),
+    window,
     publicKey: pub,
   };
   await sendFrame(reader.link, hello);
@@ -174,23 +207,36 @@ export async function clientOpen(
   const { sessionId, publicKey } = accept.created;
   if (
     psk &&
-    !(await verify(psk, accept.mac, "immortal-v1 new server", transcript, sessionId, publicKey))
+    !(await verify(
+      psk,
+      accept.mac,
+      "immortal-v1 new server",
+      transcript,
+      sessionId,
+      publicKey,
+      u32(accept.window),
+    ))
   ) {
     throw new ImmortalError("auth", "the server could not prove it holds the pre-shared key");
   }
-  return resumeSecrets(pair, publicKey, sessionId, pub, publicKey);
+  return {
+    secrets: await resumeSecrets(pair, publicKey, sessionId, pub, publicKey),
+    peerWindow: checkWindow(accept.window),
+  };
 }
 
-/** Client side, resume. Resolves to how many bytes the server has received. */
+/** Client side, resume; `window` is the client's receive window. */
 export async function clientResume(
   reader: FrameReader,
   secrets: SessionSecrets,
   received: number,
-): Promise<number> {
+  window: number,
+): Promise<Resumed> {
   const hello: Frame = {
     type: "hello",
     version: PROTOCOL_VERSION,
     nonce: randomBytes(16),
+    window,
     resume: { sessionId: secrets.sessionId, received },
   };
   await sendFrame(reader.link, hello);
@@ -209,22 +255,24 @@ export async function clientResume(
       "immortal-v1 resume server",
       transcript,
       u64(accept.received),
+      u32(accept.window),
     ))
   ) {
     throw new ImmortalError("auth", "the server's resume answer carries a bad proof");
   }
-  return accept.received;
+  return { received: accept.received, peerWindow: checkWindow(accept.window) };
 }
 
 /** What the server learned from a verified hello + proof. */
 export type ServerHello =
-  | { kind: "new"; secrets: SessionSecrets; accept: Frame }
+  | { kind: "new"; secrets: SessionSecrets; accept: Frame; peerWindow: number }
   | {
     kind: "resume";
     sessionId: string;
     received: number;
     transcript: Uint8Array;
     resumeKey: CryptoKey;
+    peerWindow: number;
   };
 
 /** Finds the resume key of a live session by hex id. */
@@ -239,6 +287,7 @@ export async function serverHandshake(
   reader: FrameReader,
   psk: CryptoKey | null,
   lookup: SessionLookup,
+  window: number,
 ): Promise<ServerHello> {
   const refuse = async (code: RejectCode, reason: string): Promise<never> => {
     await sendFrame(reader.link, { type: "reject", code, reason }).catch(() => {});
@@ -253,6 +302,9 @@ export async function serverHandshake(
       "version",
       `protocol version ${hello.version} is not supported (this server speaks ${PROTOCOL_VERSION})`,
     );
+  }
+  if (hello.window < MIN_PEER_WINDOW) {
+    return refuse("protocol", `a receive window of ${hello.window} bytes is too small`);
   }
   let resumeKey: CryptoKey | undefined;
   if (hello.resume) {
@@ -275,6 +327,7 @@ export async function serverHandshake(
       received: hello.resume.received,
       transcript,
       resumeKey: resumeKey!,
+      peerWindow: hello.window,
     };
   }
   if (psk && !(await verify(psk, proof.mac, "immortal-v1 new client", transcript))) {
@@ -284,12 +337,13 @@ export async function serverHandshake(
   const sessionId = randomBytes(16);
   const secrets = await resumeSecrets(pair, hello.publicKey!, sessionId, hello.publicKey!, pub);
   const mac = psk
-    ? await sign(psk, "immortal-v1 new server", transcript, sessionId, pub)
+    ? await sign(psk, "immortal-v1 new server", transcript, sessionId, pub, u32(window))
     : new Uint8Array(0);
   return {
     kind: "new",
     secrets,
-    accept: { type: "accept", created: { sessionId, publicKey: pub }, mac },
+    accept: { type: "accept", created: { sessionId, publicKey: pub }, window, mac },
+    peerWindow: hello.window,
   };
 }
 
@@ -298,9 +352,16 @@ export async function resumeAccept(
   resumeKey: CryptoKey,
   transcript: Uint8Array,
   received: number,
+  window: number,
 ): Promise<Frame> {
-  const mac = await sign(resumeKey, "immortal-v1 resume server", transcript, u64(received));
-  return { type: "accept", received, mac };
+  const mac = await sign(
+    resumeKey,
+    "immortal-v1 resume server",
+    transcript,
+    u64(received),
+    u32(window),
+  );
+  return { type: "accept", received, window, mac };
 }
 
 function randomBytes(n: number): Uint8Array {

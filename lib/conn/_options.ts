@@ -25,6 +25,15 @@ function positive(name: string, value: number | undefined, fallback: number, min
   return value;
 }
 
+/** The receive window travels as a 32-bit number in the handshake. */
+function windowSize(value: number | undefined): number {
+  const size = positive("maxUnackedBytes", value, 32 << 20, 1024);
+  if (size > 0xffff_ffff) {
+    throw new RangeError(`maxUnackedBytes must be at most 4294967295, got ${value}`);
+  }
+  return Math.floor(size);
+}
+
 /** Validates and fills in defaults; throws `RangeError`/`TypeError` naming the bad setting. */
 export function resolveOptions(
   options: SessionOptions & { backoff?: BackoffOptions },
@@ -50,7 +59,7 @@ export function resolveOptions(
     heartbeatInterval,
     deadLinkTimeout,
     resumeTimeout: positive("resumeTimeout", options.resumeTimeout, 120_000),
-    maxUnackedBytes: positive("maxUnackedBytes", options.maxUnackedBytes, 4 << 20, 1024),
+    maxUnackedBytes: windowSize(options.maxUnackedBytes),
     handshakeTimeout: positive("handshakeTimeout", options.handshakeTimeout, 10_000),
     backoff: {
       initial,

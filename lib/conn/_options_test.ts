@@ -8,7 +8,7 @@ Deno.test("resolveOptions fills in the documented defaults", () => {
     heartbeatInterval: 1000,
     deadLinkTimeout: 2500,
     resumeTimeout: 120_000,
-    maxUnackedBytes: 4 << 20,
+    maxUnackedBytes: 32 << 20,
     handshakeTimeout: 10_000,
     backoff: { initial: 100, max: 5000, probeInterval: 50 },
   });
@@ -24,6 +24,7 @@ Deno.test("resolveOptions names the setting it refuses", () => {
     [{ heartbeatInterval: 1000, deadLinkTimeout: 1000 }, /must be longer than heartbeatInterval/],
     [{ resumeTimeout: 0 }, /resumeTimeout must be a number >= 1, got 0/],
     [{ maxUnackedBytes: 100 }, /maxUnackedBytes must be a number >= 1024, got 100/],
+    [{ maxUnackedBytes: 2 ** 32 }, /maxUnackedBytes must be at most 4294967295/],
     [{ handshakeTimeout: Infinity }, /handshakeTimeout must be a number >= 1/],
     [{ backoff: { initial: -1 } }, /backoff.initial must be a number >= 1/],
     [{ backoff: { initial: 500, max: 100 } }, /backoff.max must be a number >= 500, got 100/],

@@ -28,6 +28,8 @@ export interface NewSession {
   secrets: SessionSecrets;
   /** Frame to send to accept it. */
   accept: Parameters<typeof sendFrame>[1];
+  /** The client's receive window. */
+  peerWindow: number;
 }
 
 /** One session at the server: resumes from the client, and reaping when it does not come back. */
@@ -44,24 +46,40 @@ class ServerSession implements SessionSide {
 
   constructor(
     options: ResolvedOptions,
-    secrets: SessionSecrets,
+    hello: NewSession,
     reader: FrameReader,
     forget: (session: ServerSession) => void,
   ) {
     this.#options = options;
-    this.secrets = secrets;
+    this.secrets = hello.secrets;
     this.#forget = forget;
-    this.engine = new StreamEngine({ role: "server", options, sessionId: secrets.id, side: this });
-    this.engine.attach(reader, 0);
+    this.engine = new StreamEngine({
+      role: "server",
+      options,
+      sessionId: hello.secrets.id,
+      side: this,
+      peerWindow: hello.peerWindow,
+    });
+    this.engine.attach(reader, 0, hello.peerWindow);
   }
 
   /** A client proved it owns this session on a new link. */
-  async resumeFrom(reader: FrameReader, clientReceived: number, transcript: Uint8Array) {
+  async resumeFrom(
+    reader: FrameReader,
+    clientReceived: number,
+    transcript: Uint8Array,
+    peerWindow: number,
+  ): Promise<void> {
     const epoch = ++this.#resumeEpoch;
     // The client gave up on the old link before we noticed it was dead.
     this.engine.dropLink("the client resumed on a new link");
     // No link is attached now, so nothing moves `received` until we attach.
-    const accept = await resumeAccept(this.secrets.resumeKey, transcript, this.engine.received);
+    const accept = await resumeAccept(
+      this.secrets.resumeKey,
+      transcript,
+      this.engine.received,
+      this.#options.maxUnackedBytes,
+    );
     if (epoch !== this.#resumeEpoch || !this.engine.resumable) {
       reader.link.close();
       return;
@@ -73,7 +91,7 @@ class ServerSession implements SessionSide {
     }
     clearTimeout(this.#reapTimer);
     this.#reapTimer = undefined;
-    this.engine.attach(reader, clientReceived);
+    this.engine.attach(reader, clientReceived, peerWindow);
   }
 
   /** The listener closed: the session lives on its current link only. */
@@ -162,8 +180,10 @@ export class ServerSessions {
     const hello = await serverHandshake(reader, await this.#psk, (id) => {
       const session = this.#sessions.get(id);
       return session?.engine.resumable ? session.secrets.resumeKey : undefined;
-    });
-    if (hello.kind === "new") return { secrets: hello.secrets, accept: hello.accept };
+    }, this.#options.maxUnackedBytes);
+    if (hello.kind === "new") {
+      return { secrets: hello.secrets, accept: hello.accept, peerWindow: hello.peerWindow };
+    }
     const session = this.#sessions.get(hello.sessionId);
     if (!session) {
       throw new ImmortalError("unknown-session", "the session ended during the handshake");
@@ -172,7 +192,7 @@ export class ServerSessions {
       id: hello.sessionId,
       remote: formatAddr(reader.link.remoteAddr),
     });
-    await session.resumeFrom(reader, hello.received, hello.transcript);
+    await session.resumeFrom(reader, hello.received, hello.transcript, hello.peerWindow);
     return null;
   }
 
@@ -180,7 +200,7 @@ export class ServerSessions {
   open(reader: FrameReader, hello: NewSession): ImmortalConn {
     const session = new ServerSession(
       this.#options,
-      hello.secrets,
+      hello,
       reader,
       (s) => this.#sessions.delete(s.secrets.id),
     );

@@ -41,6 +41,7 @@ import type { FrameReader } from "./_frame_reader.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
 import type { ResolvedOptions } from "./_options.ts";
 import { ReplayBuffer } from "./_replay_buffer.ts";
+import { SendWindow } from "./_send_window.ts";
 
 const log = getLogger(["immortal", "conn"]);
 
@@ -54,6 +55,12 @@ const ACK_DELAY_MS = 10;
 const RTT_REFRESH_BEATS = 10;
 /** A session being closed gets this long to flush its last frame. */
 const FLUSH_TIMEOUT_MS = 1000;
+/**
+ * The send window never shrinks below this (or the most both ends allow):
+ * enough to fill loopback and LAN paths from the first byte, and four times
+ * the ack threshold, so a bulk sender never waits for a delayed ack.
+ */
+const WINDOW_FLOOR = 4 << 20;
 
 /** What differs between the two ends of a session: how a lost link is replaced, and when the session is forgotten. */
 export interface SessionSide {
@@ -98,6 +105,8 @@ export interface StreamEngineInit {
   /** Hex id of the session, for logs and {@linkcode ImmortalConn.sessionId}. */
   sessionId: string;
   side: SessionSide;
+  /** The peer's receive window from the handshake: never have more unacknowledged. */
+  peerWindow: number;
 }
 
 /** The transport-agnostic byte stream of one session; see the module doc. */
@@ -122,6 +131,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
 
   // Sending: [acked, replay.end) is held; [sendPos, replay.end) is not yet on this link.
   #replay: ReplayBuffer;
+  #window: SendWindow;
   #sendPos = 0;
   #highestSent = 0;
   #acked = 0;
@@ -165,7 +175,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#opts = init.options;
     this.#side = init.side;
     this.sessionId = init.sessionId;
-    this.#replay = new ReplayBuffer(init.options.maxUnackedBytes);
+    const max = init.options.maxUnackedBytes;
+    this.#replay = new ReplayBuffer(max);
+    this.#window = new SendWindow(WINDOW_FLOOR, Math.min(max, init.peerWindow));
     this.closed = new Promise<void>((resolve, reject) => {
       this.#resolveClosed = resolve;
       this.#rejectClosed = reject;
@@ -211,6 +223,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       bytesWritten: this.#bytesWritten,
       bytesRead: this.#bytesRead,
       unackedBytes: this.#replay.end - this.#replay.start,
+      windowBytes: this.#window.limit,
       bufferedBytes: this.#queued,
       reconnects: this.#reconnects,
       replayedBytes: this.#replayedBytes,
@@ -268,7 +281,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     let offset = 0;
     while (offset < data.length) {
       this.#assertWritable();
-      const n = this.#replay.append(data.subarray(offset));
+      const room = this.#window.limit - (this.#replay.end - this.#replay.start);
+      const n = room > 0 ? this.#replay.append(data.subarray(offset, offset + room)) : 0;
       if (n > 0) {
         offset += n;
         this.#bytesWritten += n;
@@ -340,9 +354,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #consume(n: number): void {
     this.#consumed += n;
     this.#bytesRead += n;
-    // Ack at once when a quarter of the peer's window (assumed equal to ours)
-    // is consumed, so a bulk sender never stalls; otherwise shortly after.
-    if (this.#consumed - this.#ackSent >= Math.min(this.#opts.maxUnackedBytes >> 2, 1 << 20)) {
+    // Ack at once when a quarter of the smallest window the peer can have is
+    // consumed, so a bulk sender never stalls; otherwise shortly after.
+    if (this.#consumed - this.#ackSent >= Math.min(WINDOW_FLOOR, this.#opts.maxUnackedBytes) >> 2) {
       this.#kick();
     } else if (this.#ackTimer === undefined) {
       this.#ackTimer = setTimeout(() => {
@@ -364,10 +378,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
 
   /**
    * Puts a link (handshake done) under the session; the peer has received
-   * `peerReceived` bytes, so sending resumes from there. The first link opens
-   * the session; every later one is a resume.
+   * `peerReceived` bytes, so sending resumes from there, and announced
+   * `peerWindow` as its receive window. The first link opens the session;
+   * every later one is a resume.
    */
-  attach(reader: FrameReader, peerReceived: number): void {
+  attach(reader: FrameReader, peerReceived: number, peerWindow: number): void {
     const sentEnd = this.#highestSent;
     if (peerReceived < this.#acked || peerReceived > sentEnd) {
       this.fail(
@@ -383,6 +398,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     const first = this.#lastLink === null;
     const replayed = Math.max(0, Math.min(sentEnd, this.#replay.end) - peerReceived);
     this.#replayedBytes += replayed;
+    this.#window.setMax(Math.min(this.#opts.maxUnackedBytes, peerWindow));
+    this.#window.reset();
     this.#sendPos = peerReceived;
     this.#ackForced = true;
     this.#link = reader.link;
@@ -491,6 +508,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       this.#replay.copyOut(this.#sendPos, buffer, n + FRAME_HEADER_SIZE, length);
       n += FRAME_HEADER_SIZE + length;
       this.#sendPos += length;
+      this.#window.sent(this.#sendPos, performance.now());
     } else if (this.#finPos !== null && this.#sendPos === this.#finPos) {
       n += encodeFrameInto({ type: "fin", position: this.#finPos }, buffer, n);
       this.#sendPos++;
@@ -543,6 +561,16 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         if (this.#peerFin !== null) {
           throw new ImmortalError("protocol", "data after the end of stream");
         }
+        // We announced this cap; a peer that sends past it ignores flow control.
+        const cap = this.#opts.maxUnackedBytes;
+        if (this.#queued + frame.data.length > cap) {
+          throw new ImmortalError(
+            "protocol",
+            `the peer sent ${
+              this.#queued + frame.data.length - cap
+            } bytes past the receive window of ${cap} bytes`,
+          );
+        }
         this.#recvPos += frame.data.length;
         // The frame is a view into the reused read buffer: keep a copy.
         this.#queue.push(frame.data.slice());
@@ -556,9 +584,12 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         this.#control.push({ type: "pong", stamp: frame.stamp });
         this.#kick();
         return;
-      case "pong":
-        this.#rttMs = performance.now() - frame.stamp;
+      case "pong": {
+        const now = performance.now();
+        this.#rttMs = now - frame.stamp;
+        this.#window.rtt(this.#rttMs, now);
         return;
+      }
       case "fin":
         if (this.#peerFin !== null || frame.position !== this.#recvPos) {
           throw new ImmortalError(
@@ -599,6 +630,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (position <= this.#acked) return;
     this.#acked = position;
     this.#replay.release(position);
+    this.#window.acked(position, performance.now());
     const waiters = this.#roomWaiters;
     this.#roomWaiters = [];
     for (const waiter of waiters) waiter.resolve();

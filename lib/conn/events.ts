@@ -111,6 +111,12 @@ export interface ConnStats {
   bytesRead: number;
   /** Bytes written but not yet consumed by the peer (held for replay). */
   unackedBytes: number;
+  /**
+   * The send window: how many bytes may be unacknowledged now. It grows
+   * toward the path's bandwidth-delay product, up to `maxUnackedBytes` and the
+   * peer's receive window.
+   */
+  windowBytes: number;
   /** Bytes received but not yet read by the application. */
   bufferedBytes: number;
   /** Links lost and replaced (successful resumes). */

@@ -21,7 +21,14 @@ export interface SessionOptions {
   deadLinkTimeout?: number;
   /** Give up resuming (client) or reap the session (server) after this long down, in ms. Default 120000. */
   resumeTimeout?: number;
-  /** Most bytes written but not yet consumed by the peer; writers wait beyond it. Default 4 MiB. */
+  /**
+   * The most bytes that may be written but not yet consumed by the peer, and
+   * the most this end holds received but unread (its receive window, told to
+   * the peer in the handshake; a peer that sends past it is cut off). The
+   * send window grows toward the path's bandwidth-delay product up to this,
+   * so long fat paths are filled while memory follows what the path needs.
+   * Writers wait beyond the window. Default 32 MiB; at most 4 GiB - 1.
+   */
   maxUnackedBytes?: number;
   /** Time allowed for dialing plus the handshake of one link, in ms. Default 10000. */
   handshakeTimeout?: number;

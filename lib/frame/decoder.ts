@@ -42,10 +42,10 @@ const FIXED_LIMITS: Record<number, number> = {
   [FrameCode.fin]: 8,
   [FrameCode.close]: MAX_REASON_BYTES,
   [FrameCode.bye]: 0,
-  [FrameCode.hello]: 54,
+  [FrameCode.hello]: 58,
   [FrameCode.challenge]: 32,
   [FrameCode.proof]: 32,
-  [FrameCode.accept]: 81,
+  [FrameCode.accept]: 85,
   [FrameCode.reject]: 1 + MAX_REASON_BYTES,
 };
 
@@ -85,19 +85,22 @@ function parsePayload(type: number, p: Uint8Array): Frame {
       expectValid(HELLO_MAGIC.every((b, i) => p[i] === b), "not an immortal hello");
       // Other versions may lay out the rest differently: report only the version.
       if (p[4] !== PROTOCOL_VERSION) {
-        return { type: "hello", version: p[4], nonce: p.subarray(0, 0) };
+        return { type: "hello", version: p[4], nonce: p.subarray(0, 0), window: 0 };
       }
+      expectValid(p.length >= 26, "hello frame too short");
       const nonce = p.subarray(6, 22);
+      const window = readU32(p, 22);
       if (p[5] === 0) {
-        expectValid(p.length === 54, "hello (new) must be 54 bytes");
-        return { type: "hello", version: p[4], nonce, publicKey: p.subarray(22, 54) };
+        expectValid(p.length === 58, "hello (new) must be 58 bytes");
+        return { type: "hello", version: p[4], nonce, window, publicKey: p.subarray(26, 58) };
       }
-      expectValid(p[5] === 1 && p.length === 46, "hello (resume) must be 46 bytes");
+      expectValid(p[5] === 1 && p.length === 50, "hello (resume) must be 50 bytes");
       return {
         type: "hello",
         version: p[4],
         nonce,
-        resume: { sessionId: p.subarray(22, 38), received: readU64(p, 38) },
+        window,
+        resume: { sessionId: p.subarray(26, 42), received: readU64(p, 42) },
       };
     }
     case FrameCode.challenge:
@@ -107,19 +110,21 @@ function parsePayload(type: number, p: Uint8Array): Frame {
       expectValid(p.length === 0 || p.length === 32, "proof must be 0 or 32 bytes");
       return { type: "proof", mac: p };
     case FrameCode.accept: {
-      expectValid(p.length >= 1, "empty accept frame");
-      const fixed = p[0] === 0 ? 49 : 9;
+      expectValid(p.length >= 5, "accept frame too short");
+      const fixed = p[0] === 0 ? 53 : 13;
       expectValid(p[0] <= 1, "unknown accept kind");
       expectValid(p.length === fixed || p.length === fixed + 32, "accept frame has a bad size");
+      const window = readU32(p, 1);
       const mac = p.subarray(fixed);
       if (p[0] === 0) {
         return {
           type: "accept",
-          created: { sessionId: p.subarray(1, 17), publicKey: p.subarray(17, 49) },
+          created: { sessionId: p.subarray(5, 21), publicKey: p.subarray(21, 53) },
+          window,
           mac,
         };
       }
-      return { type: "accept", received: readU64(p, 1), mac };
+      return { type: "accept", received: readU64(p, 5), window, mac };
     }
     case FrameCode.reject: {
       expectValid(p.length >= 1 && p[0] < REJECT_CODES.length, "unknown reject code");

@@ -42,13 +42,13 @@ export function framePayloadSize(frame: Frame): number {
     case "bye":
       return 0;
     case "hello":
-      return 22 + (frame.resume ? 24 : 32);
+      return 26 + (frame.resume ? 24 : 32);
     case "challenge":
       return 32;
     case "proof":
       return frame.mac.length;
     case "accept":
-      return 1 + (frame.created ? 48 : 8) + frame.mac.length;
+      return 5 + (frame.created ? 48 : 8) + frame.mac.length;
     case "reject":
       return 1 + reasonBytes(frame.reason).length;
   }
@@ -95,11 +95,12 @@ export function encodeFrameInto(frame: Frame, buf: Uint8Array, offset: number): 
       buf[p + 4] = PROTOCOL_VERSION;
       buf[p + 5] = frame.resume ? 1 : 0;
       buf.set(frame.nonce.subarray(0, 16), p + 6);
+      writeU32(buf, p + 22, frame.window);
       if (frame.resume) {
-        buf.set(frame.resume.sessionId.subarray(0, 16), p + 22);
-        writeU64(buf, p + 38, frame.resume.received);
+        buf.set(frame.resume.sessionId.subarray(0, 16), p + 26);
+        writeU64(buf, p + 42, frame.resume.received);
       } else {
-        buf.set(frame.publicKey!.subarray(0, 32), p + 22);
+        buf.set(frame.publicKey!.subarray(0, 32), p + 26);
       }
       break;
     case "challenge":
@@ -109,15 +110,15 @@ export function encodeFrameInto(frame: Frame, buf: Uint8Array, offset: number): 
       buf.set(frame.mac, p);
       break;
     case "accept":
+      buf[p] = frame.created ? 0 : 1;
+      writeU32(buf, p + 1, frame.window);
       if (frame.created) {
-        buf[p] = 0;
-        buf.set(frame.created.sessionId.subarray(0, 16), p + 1);
-        buf.set(frame.created.publicKey.subarray(0, 32), p + 17);
-        buf.set(frame.mac, p + 49);
+        buf.set(frame.created.sessionId.subarray(0, 16), p + 5);
+        buf.set(frame.created.publicKey.subarray(0, 32), p + 21);
+        buf.set(frame.mac, p + 53);
       } else {
-        buf[p] = 1;
-        writeU64(buf, p + 1, frame.received ?? 0);
-        buf.set(frame.mac, p + 9);
+        writeU64(buf, p + 5, frame.received ?? 0);
+        buf.set(frame.mac, p + 13);
       }
       break;
     case "reject":

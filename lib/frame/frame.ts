@@ -18,7 +18,7 @@ export const MAX_FRAME_PAYLOAD = 1 << 20;
 export const MAX_REASON_BYTES = 1024;
 
 /** Protocol version spoken by this implementation (sent in `hello`). */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** Magic bytes that open every `hello` frame: "IMRT". */
 export const HELLO_MAGIC: Uint8Array = new Uint8Array([0x49, 0x4d, 0x52, 0x54]);
@@ -101,6 +101,12 @@ export interface HelloFrame {
   version: number;
   /** Fresh client randomness (16 bytes). */
   nonce: Uint8Array;
+  /**
+   * Most bytes the client will hold received but unread (its receive cap); the
+   * server never has more than this unacknowledged. 0 when `version` is not
+   * ours (the rest of the frame is then not read).
+   */
+  window: number;
   /** For a new session: the client's ephemeral X25519 public key (32 bytes). */
   publicKey?: Uint8Array;
   /** For a resume: which session, and how many bytes the client has received. */
@@ -131,6 +137,8 @@ export interface AcceptFrame {
   created?: { sessionId: Uint8Array; publicKey: Uint8Array };
   /** For a resume: how many bytes the server has received. */
   received?: number;
+  /** Most bytes the server will hold received but unread (its receive cap). */
+  window: number;
   /** Server's HMAC proof (32 bytes), or empty for an unkeyed new session. */
   mac: Uint8Array;
 }
