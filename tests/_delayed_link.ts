@@ -10,6 +10,9 @@ export interface PathOptions {
   bytesPerSecond: number;
 }
 
+/** Bytes a writer may queue ahead of the bottleneck, like a socket's send buffer. */
+const SEND_BUFFER = 1 << 20;
+
 interface Parcel {
   data: Uint8Array;
   arrives: number;
@@ -28,15 +31,22 @@ class Pipe {
     this.#options = options;
   }
 
-  /** Resolves once `data` has left the bottleneck (that is the sender's backpressure). */
+  /**
+   * Queues `data` behind the bottleneck. Like a socket's send buffer, up to
+   * `SEND_BUFFER` bytes may wait there; beyond that the writer waits until
+   * the excess has left (that is the sender's backpressure). Letting the
+   * writer run ahead keeps the bottleneck busy even when timers fire late.
+   */
   async send(data: Uint8Array): Promise<void> {
     if (this.#closed) throw new Deno.errors.BrokenPipe("the path is closed");
     const now = performance.now();
-    const departs = Math.max(now, this.#freeAt) + data.length / this.#options.bytesPerSecond * 1000;
+    const msPerByte = 1000 / this.#options.bytesPerSecond;
+    const departs = Math.max(now, this.#freeAt) + data.length * msPerByte;
     this.#freeAt = departs;
     this.#queue.push({ data: data.slice(), arrives: departs + this.#options.delayMs });
     this.#schedule();
-    if (departs - now >= 1) await new Promise((resolve) => setTimeout(resolve, departs - now));
+    const excess = departs - now - SEND_BUFFER * msPerByte;
+    if (excess >= 1) await new Promise((resolve) => setTimeout(resolve, excess));
   }
 
   async receive(buffer: Uint8Array): Promise<number | null> {
