@@ -51,6 +51,21 @@ export class ReplayBuffer {
     this.#start = Math.max(this.#start, Math.min(position, this.#end));
   }
 
+  /**
+   * A view of the held bytes from `position` on, at most `maxLength` long and
+   * ending where the ring wraps: no copy. The bytes stay valid until they are
+   * released (a later growth of the ring leaves this view on the old memory).
+   */
+  view(position: number, maxLength: number): Uint8Array {
+    if (position < this.#start || position >= this.#end) {
+      throw new RangeError(`replay position ${position} outside [${this.#start}, ${this.#end})`);
+    }
+    const size = this.#ring.length;
+    const at = position % size;
+    const length = Math.min(maxLength, this.#end - position, size - at);
+    return this.#ring.subarray(at, at + length);
+  }
+
   /** Copies bytes `[position, position + length)` into `dst` at `offset`. */
   copyOut(position: number, dst: Uint8Array, offset: number, length: number): void {
     if (position < this.#start || position + length > this.#end) {

@@ -64,3 +64,18 @@ Deno.test("ReplayBuffer refuses to copy out bytes it no longer (or never) held",
   buffer.release(1_000);
   assert.equal(buffer.start, 100);
 });
+
+Deno.test("ReplayBuffer views are copy-free and stop where the ring wraps", () => {
+  const buffer = new ReplayBuffer(64 * 1024);
+  buffer.append(bytes(0, 60 * 1024));
+  buffer.release(50 * 1024);
+  buffer.append(bytes(60 * 1024, 20 * 1024)); // wraps: the ring is 64 KiB
+  const first = buffer.view(50 * 1024, 1 << 20);
+  assert.equal(first.length, 14 * 1024, "the view ends at the wrap");
+  assertPattern(first, 50 * 1024);
+  const rest = buffer.view(64 * 1024, 1 << 20);
+  assert.equal(rest.length, 16 * 1024);
+  assertPattern(rest, 64 * 1024);
+  assert.equal(buffer.view(70 * 1024, 100).length, 100, "maxLength bounds the view");
+  assert.throws(() => buffer.view(80 * 1024, 1), RangeError, "nothing held at the end");
+});

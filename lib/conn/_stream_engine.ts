@@ -49,6 +49,14 @@ const log = getLogger(["immortal", "conn"]);
 const SEND_BUFFER_SIZE = 256 * 1024;
 /** Room kept in the send buffer for control frames ahead of the data frame. */
 const CONTROL_ROOM = 4096;
+/**
+ * A data frame at least this large goes out as its own write, straight from
+ * the replay ring, instead of being copied into the send buffer: one more
+ * syscall, one copy of the payload less.
+ */
+const ZERO_COPY_MIN = 32 * 1024;
+/** Most payload one data frame carries (the peer's decoder limit is 1 MiB). */
+const MAX_DATA_FRAME = 256 * 1024;
 /** An ACK goes out at the latest this long after the application consumed bytes. */
 const ACK_DELAY_MS = 10;
 /** On a busy link, a ping still goes out every this many heartbeat intervals (for the RTT). */
@@ -137,6 +145,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #acked = 0;
   #finPos: number | null = null;
   #control: Frame[] = [];
+  /** A data payload `#fill` left to be written straight from the ring, after the buffer. */
+  #payload: Uint8Array | null = null;
   #wakeSender: (() => void) | null = null;
   #roomWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
 
@@ -150,6 +160,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #queueHead = 0;
   #queued = 0;
   #wakeReader: (() => void) | null = null;
+  /** A `read` waiting with its buffer while the queue is empty. */
+  #parked: { buffer: Uint8Array; resolve: (n: number) => void } | null = null;
 
   // Timing.
   #lastInbound = 0;
@@ -271,6 +283,14 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
 
   async read(buffer: Uint8Array): Promise<number | null> {
     if (buffer.length === 0) return 0;
+    if (
+      this.#queued === 0 && this.#peerFin === null && this.#ending === null && this.#parked === null
+    ) {
+      // Nothing to hand out: the next data frame lands straight in `buffer`
+      // (one copy instead of two). 0 means "woken without data: look again".
+      const n = await new Promise<number>((resolve) => this.#parked = { buffer, resolve });
+      if (n > 0) return n;
+    }
     const chunk = await this.#nextChunk(buffer.length);
     if (chunk === null) return null;
     buffer.set(chunk);
@@ -463,7 +483,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     }
   }
 
-  /** The only writer of a link: control frames first, then data, batched into one write. */
+  /**
+   * The only writer of a link: control frames first, then data, batched into
+   * one write; a large data payload follows in a second write straight from
+   * the replay ring.
+   */
   async #sendLoop(link: Link): Promise<void> {
     const buffer = new Uint8Array(SEND_BUFFER_SIZE);
     try {
@@ -471,6 +495,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         const n = this.#fill(buffer);
         if (n > 0) {
           await link.write(buffer.subarray(0, n));
+          const payload = this.#payload;
+          if (payload !== null) {
+            this.#payload = null;
+            await link.write(payload);
+          }
           this.#lastOutbound = performance.now();
           continue;
         }
@@ -503,10 +532,19 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (!live) return n;
     const end = this.#replay.end;
     if (this.#sendPos < end) {
-      const length = Math.min(end - this.#sendPos, buffer.length - n - FRAME_HEADER_SIZE);
-      writeFrameHeader(buffer, n, FrameCode.data, length);
-      this.#replay.copyOut(this.#sendPos, buffer, n + FRAME_HEADER_SIZE, length);
-      n += FRAME_HEADER_SIZE + length;
+      const inBuffer = buffer.length - n - FRAME_HEADER_SIZE;
+      let length: number;
+      if (end - this.#sendPos >= ZERO_COPY_MIN) {
+        this.#payload = this.#replay.view(this.#sendPos, MAX_DATA_FRAME);
+        length = this.#payload.length;
+        writeFrameHeader(buffer, n, FrameCode.data, length);
+        n += FRAME_HEADER_SIZE;
+      } else {
+        length = Math.min(end - this.#sendPos, inBuffer);
+        writeFrameHeader(buffer, n, FrameCode.data, length);
+        this.#replay.copyOut(this.#sendPos, buffer, n + FRAME_HEADER_SIZE, length);
+        n += FRAME_HEADER_SIZE + length;
+      }
       this.#sendPos += length;
       this.#window.sent(this.#sendPos, performance.now());
     } else if (this.#finPos !== null && this.#sendPos === this.#finPos) {
@@ -572,9 +610,19 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
           );
         }
         this.#recvPos += frame.data.length;
+        const parked = this.#parked;
+        let taken = 0;
+        if (parked !== null) {
+          this.#parked = null;
+          taken = Math.min(frame.data.length, parked.buffer.length);
+          parked.buffer.set(frame.data.subarray(0, taken));
+          this.#consume(taken);
+          parked.resolve(taken);
+          if (taken === frame.data.length) return;
+        }
         // The frame is a view into the reused read buffer: keep a copy.
-        this.#queue.push(frame.data.slice());
-        this.#queued += frame.data.length;
+        this.#queue.push(frame.data.slice(taken));
+        this.#queued += frame.data.length - taken;
         this.#wakeReaderNow();
         return;
       }
@@ -642,6 +690,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (wake) {
       this.#wakeReader = null;
       wake();
+    }
+    const parked = this.#parked;
+    if (parked) {
+      this.#parked = null;
+      parked.resolve(0);
     }
   }
 
