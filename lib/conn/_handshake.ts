@@ -3,11 +3,15 @@
  *
  * ```
  * client                                   server
- *   hello {nonce, X25519 pub | resume{id, received}}  ->
+ *   hello {nonce, window, X25519 pub | resume{id, received}}  ->
  *                                   <-  challenge {32 random bytes}
  *   proof {HMAC(key, transcript)}  ->
- *                                   <-  accept {id, pub | received, HMAC} | reject
+ *                                   <-  accept {window, id, pub | received, HMAC} | reject
  * ```
+ *
+ * `window` is each side's receive window: the most it holds received but
+ * unread. It is the same on every link of a session. PROTOCOL.md has the
+ * byte layouts and exactly what each HMAC covers.
  *
  * - New session: `key` is the pre-shared key (empty proof when there is none).
  *   Both sides derive the resume key from an X25519 exchange, so an

@@ -11,7 +11,11 @@ export interface SessionOptions {
    * key may open sessions (and the server proves it back).
    */
   key?: string | Uint8Array;
-  /** A ping is sent this often, in ms. Default 1000. */
+  /**
+   * A link quiet outbound this long (ms) gets a ping, so the peer hears
+   * something; a busy link still gets one every ten intervals, for the RTT.
+   * Default 1000.
+   */
   heartbeatInterval?: number;
   /**
    * A link with no inbound frame for this long (ms) is declared dead and
