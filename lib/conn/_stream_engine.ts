@@ -45,8 +45,11 @@ import { SendWindow } from "./_send_window.ts";
 
 const log = getLogger(["immortal", "conn"]);
 
-/** One write to the link carries at most this much (control frames + one data frame). */
-const SEND_BUFFER_SIZE = 256 * 1024;
+/**
+ * The send buffer holds control frames and a small data frame; larger data
+ * goes out straight from the replay ring (see `ZERO_COPY_MIN`).
+ */
+const SEND_BUFFER_SIZE = 64 * 1024;
 /** Room kept in the send buffer for control frames ahead of the data frame. */
 const CONTROL_ROOM = 4096;
 /**
@@ -517,6 +520,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   }
 
   #fill(buffer: Uint8Array): number {
+    // A payload left over from a link that failed mid-write belongs to no frame now.
+    this.#payload = null;
     let n = 0;
     const live = this.#ending === null;
     if (live && (this.#consumed > this.#ackSent || this.#ackForced)) {
