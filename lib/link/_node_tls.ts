@@ -202,6 +202,7 @@ export class NodeTlsServerLink implements Link {
   }
 
   #onData(chunk: Uint8Array): void {
+    if (chunk.length === 0) return; // a 0 would read as "nothing", not as data
     const pending = this.#pending;
     if (pending && this.#queued === 0) {
       // Straight into the waiting reader's buffer; only the rest is queued.
