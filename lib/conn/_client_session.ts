@@ -148,7 +148,11 @@ export class ClientSession implements SessionSide {
     const { handshakeTimeout } = this.#options;
     const rtt = this.#engine?.stats.rttMs ?? 0;
     const probe = this.#policy.raceAfter(rtt);
-    const racing = new Map<AbortController, number>();
+    // Attempts in flight, by start time. Only those still waiting for the
+    // server to answer (no link yet) are raced: one whose link is up is in its
+    // handshake, and a slow handshake means a busy server, which more attempts
+    // would only slow down further.
+    const racing = new Map<AbortController, { startedAt: number; linked: boolean }>();
     let winner: Dialed<T> | null = null;
     let fatal: unknown = null;
     let lastError: unknown = null;
@@ -165,9 +169,13 @@ export class ClientSession implements SessionSide {
       const controller = new AbortController();
       const onAbort = () => controller.abort();
       signal?.addEventListener("abort", onAbort, { once: true });
-      racing.set(controller, performance.now());
+      const attempt = { startedAt: performance.now(), linked: false };
+      racing.set(controller, attempt);
       const budget = Math.max(1, Math.min(handshakeTimeout, deadline - performance.now()));
-      dialAndHandshake(this.#dialer, budget, controller.signal, handshake).then(
+      dialAndHandshake(this.#dialer, budget, controller.signal, handshake, () => {
+        attempt.linked = true;
+        settle();
+      }).then(
         (dialed) => {
           if (winner !== null || fatal !== null || signal?.aborted) dialed.reader.link.close();
           else winner = dialed;
@@ -190,39 +198,42 @@ export class ClientSession implements SessionSide {
         settle();
       });
     };
+    /** When the next attempt may start: after a failure's delay, or to race a stalled dial. */
+    const nextLaunchAt = (): number => {
+      if (started >= maxAttempts) return Infinity;
+      if (racing.size === 0) return nextStart;
+      let latest = -Infinity;
+      for (const attempt of racing.values()) {
+        if (attempt.linked) return Infinity; // a handshake is under way: let it finish
+        latest = Math.max(latest, attempt.startedAt);
+      }
+      return latest + probe;
+    };
     try {
       for (;;) {
         if (winner !== null) return winner;
         if (fatal !== null) throw fatal;
         const now = performance.now();
         if (signal?.aborted || now >= deadline) return null;
-        if (started >= maxAttempts) {
-          if (racing.size === 0) throw lastError;
-        } else if (racing.size === 0 ? now >= nextStart : now >= this.#lastStart(racing) + probe) {
-          if (racing.size >= MAX_RACING_ATTEMPTS) this.#oldest(racing).abort();
+        if (started >= maxAttempts && racing.size === 0) throw lastError;
+        const launchAt = nextLaunchAt();
+        if (now >= launchAt) {
+          // The oldest stalled dial gives way, so a black hole holds at most a few sockets.
+          if (racing.size >= MAX_RACING_ATTEMPTS) racing.keys().next().value!.abort();
           launch();
           continue;
         }
-        const until = started >= maxAttempts
-          ? deadline
-          : racing.size === 0
-          ? nextStart
-          : this.#lastStart(racing) + probe;
         const waiting = new Promise<void>((resolve) => wake = resolve);
-        const timer = setTimeout(settle, Math.max(0, Math.min(until, deadline) - now));
+        // Capped: a timer past 2^31 ms would fire at once.
+        const timer = setTimeout(
+          settle,
+          Math.min(3_600_000, Math.max(0, Math.min(launchAt, deadline) - now)),
+        );
         await waiting;
         clearTimeout(timer);
       }
     } finally {
       for (const controller of racing.keys()) controller.abort();
     }
-  }
-
-  #lastStart(racing: Map<AbortController, number>): number {
-    return Math.max(...racing.values());
-  }
-
-  #oldest(racing: Map<AbortController, number>): AbortController {
-    return racing.keys().next().value!;
   }
 }

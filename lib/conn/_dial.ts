@@ -44,12 +44,17 @@ export function serverAnswered(error: unknown): boolean {
   return true;
 }
 
-/** Dials one link and runs `handshake` on it within `timeoutMs`; the link is closed on any failure. */
+/**
+ * Dials one link and runs `handshake` on it within `timeoutMs`; the link is
+ * closed on any failure. `onLinked` is called once the link exists (the
+ * server answered), before the handshake.
+ */
 export async function dialAndHandshake<T>(
   dialer: Dialer,
   timeoutMs: number,
   parent: AbortSignal | undefined,
   handshake: (reader: FrameReader) => Promise<T>,
+  onLinked?: () => void,
 ): Promise<{ reader: FrameReader; value: T }> {
   const controller = new AbortController();
   let timedOut = false;
@@ -66,6 +71,7 @@ export async function dialAndHandshake<T>(
   try {
     reader = new FrameReader(await dialer(controller.signal));
     if (controller.signal.aborted) throw new Error("aborted");
+    onLinked?.();
     const value = await handshake(reader);
     if (controller.signal.aborted) throw new Error("aborted");
     return { reader, value };

@@ -1,0 +1,91 @@
+// The client's redial loop against slow and refusing servers, with real links.
+import assert from "node:assert/strict";
+import { connect, type Dialer, type Link, listen, type ResumedEvent, tcpDialer } from "../mod.ts";
+import { FaultProxy } from "./_fault_proxy.ts";
+import { nextEvent, patternHash, receiveAll, sendPattern } from "./_helpers.ts";
+
+/** A link whose first read answers only after `ms`: a server slow to handshake. */
+class SlowToAnswer implements Link {
+  #link: Link;
+  #wait: Promise<void> | null;
+  constructor(link: Link, ms: number) {
+    this.#link = link;
+    this.#wait = new Promise((resolve) => setTimeout(resolve, ms));
+  }
+  get localAddr() {
+    return this.#link.localAddr;
+  }
+  get remoteAddr() {
+    return this.#link.remoteAddr;
+  }
+  async read(buffer: Uint8Array): Promise<number | null> {
+    const wait = this.#wait;
+    this.#wait = null;
+    if (wait) await wait;
+    return this.#link.read(buffer);
+  }
+  write(data: Uint8Array): Promise<void> {
+    return this.#link.write(data);
+  }
+  close(): void {
+    this.#link.close();
+  }
+}
+
+Deno.test("a slow resume handshake is waited for, not raced to death", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const proxy = await FaultProxy.start({ targetPort: listener.addr.port });
+  try {
+    const base = tcpDialer({ hostname: "127.0.0.1", port: proxy.port });
+    let slow = false;
+    let dials = 0;
+    // Every redial connects at once but its handshake takes 8× the probe
+    // interval: racing it would abort each attempt before it can finish.
+    const dialer: Dialer = async (signal) => {
+      dials++;
+      const link = await base(signal);
+      return slow ? new SlowToAnswer(link, 400) : link;
+    };
+    await using client = await connect({ dialer, backoff: { probeInterval: 50 } });
+    await using server = await listener.accept();
+    slow = true;
+    const resumed = nextEvent<ResumedEvent>(client, "resumed", 30_000);
+    assert.equal(proxy.reset(), 1);
+    await resumed;
+    // One dial, perhaps a raced second while the first had no answer yet; no storm.
+    assert.ok(dials <= 3, `${dials} dials for one resume`);
+    const [sent, got] = await Promise.all([sendPattern(client, 9, 1 << 20), receiveAll(server)]);
+    assert.equal(got.sha256, sent);
+    assert.equal(sent, patternHash(9, 1 << 20));
+    await server.closeWrite();
+  } finally {
+    await proxy.close();
+  }
+});
+
+Deno.test("refused redials back off, and the session resumes once the server takes links again", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const proxy = await FaultProxy.start({ targetPort: listener.addr.port });
+  try {
+    let dials = 0;
+    const base = tcpDialer({ hostname: "127.0.0.1", port: proxy.port });
+    const dialer: Dialer = (signal) => {
+      dials++;
+      // Let the server take links again after five refusals: progress, not time.
+      if (dials === 7) proxy.refuseNew(false);
+      return base(signal);
+    };
+    await using client = await connect({ dialer, backoff: { initial: 5, max: 40 } });
+    await using server = await listener.accept();
+    proxy.refuseNew(true);
+    const resumed = nextEvent<ResumedEvent>(client, "resumed", 30_000);
+    assert.equal(proxy.reset(), 1);
+    const event = await resumed;
+    assert.ok(dials >= 7, `resumed after ${dials} dials`);
+    assert.ok(event.downtimeMs >= 0);
+    await server.closeWrite();
+    await client.closeWrite();
+  } finally {
+    await proxy.close();
+  }
+});
