@@ -127,7 +127,12 @@ export interface ServiceCommand<C extends { logLevel: LogLevel }> {
 }
 
 /** Resolves with the name of the first SIGINT or SIGTERM, then stops listening for them. */
-async function _waitForStopSignal(): Promise<Deno.Signal> {
+/**
+ * Listens for SIGINT/SIGTERM from now on. Listening starts before the service
+ * does: a signal that arrives while it starts (say, right after it logged
+ * that it listens) is then a clean stop, not the default kill.
+ */
+function _stopSignal(): { signal: Promise<Deno.Signal>; dispose(): void } {
   const stop = Promise.withResolvers<Deno.Signal>();
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
   const handlers = signals.map((signal) => {
@@ -135,9 +140,10 @@ async function _waitForStopSignal(): Promise<Deno.Signal> {
     Deno.addSignalListener(signal, handler);
     return handler;
   });
-  const signal = await stop.promise;
-  signals.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]));
-  return signal;
+  return {
+    signal: stop.promise,
+    dispose: () => signals.forEach((s, i) => Deno.removeSignalListener(s, handlers[i])),
+  };
 }
 
 async function _serve<C extends { logLevel: LogLevel }>(
@@ -151,11 +157,16 @@ async function _serve<C extends { logLevel: LogLevel }>(
   }
   await _setupLogging(config.logLevel);
   const log = getLogger(["immortal", "cli"]);
-  const service = await command.start(config, log);
-  const signal = await _waitForStopSignal();
-  log.info("{signal}: {stopping}", { signal, stopping: service.stopping });
-  await service.close();
-  return 0;
+  const stop = _stopSignal();
+  try {
+    const service = await command.start(config, log);
+    const signal = await stop.signal;
+    log.info("{signal}: {stopping}", { signal, stopping: service.stopping });
+    await service.close();
+    return 0;
+  } finally {
+    stop.dispose();
+  }
 }
 
 /**
