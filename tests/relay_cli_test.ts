@@ -130,7 +130,8 @@ Deno.test("relay CLI without a secret runs, under a scoped --allow-net, and says
   ]);
   try {
     await relay.waitFor(/Relay listening on http:\/\/127.0.0.1:\d+/, "relay start");
-    assert.match(relay.text, /NO RELAY SECRET: this relay is OPEN/);
+    // The warning is its own log line: wait for it rather than assume it came with the first.
+    await relay.waitFor(/NO RELAY SECRET: this relay is OPEN/, "the open-relay warning");
     const health = await fetch(`http://127.0.0.1:${port}/healthz`);
     assert.deepEqual(await health.json(), { status: "ok", sessions: 0, nodes: 0 });
   } finally {

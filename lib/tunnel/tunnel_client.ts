@@ -49,6 +49,8 @@ export class TunnelClient implements AsyncDisposable {
   #sessions = new Set<ImmortalConn>();
   #closing = new AbortController();
   #serving: Promise<void>;
+  /** Every local connection's forwarding, so close() can wait for all of them, opening ones included. */
+  #carrying = new Set<Promise<void>>();
 
   /** Starts listening at once; see {@linkcode TunnelClientOptions}. */
   constructor(options: TunnelClientOptions) {
@@ -80,7 +82,9 @@ export class TunnelClient implements AsyncDisposable {
       } catch {
         return; // closed
       }
-      this.#carry(tcp);
+      const carrying = this.#carry(tcp);
+      this.#carrying.add(carrying);
+      carrying.finally(() => this.#carrying.delete(carrying));
     }
   }
 
@@ -106,6 +110,12 @@ export class TunnelClient implements AsyncDisposable {
     let conn: ImmortalConn | undefined;
     try {
       conn = await this.#open();
+      if (this.#closing.signal.aborted) {
+        // close() ran while this session was being opened: it did not see it.
+        conn.close();
+        await conn.closed.catch(() => {});
+        return;
+      }
       this.#sessions.add(conn);
       await conn.write(new Uint8Array([TUNNEL_PREAMBLE]));
       const id = conn.sessionId.slice(0, 8);
@@ -146,7 +156,8 @@ export class TunnelClient implements AsyncDisposable {
       }
     }
     await this.#serving;
-    await Promise.allSettled([...this.#sessions].map((c) => c.closed));
+    // A connection still opening its session ends as soon as it has one.
+    await Promise.allSettled([...this.#carrying]);
   }
 
   /** Same as {@linkcode TunnelClient.close}. */
