@@ -1,6 +1,14 @@
 // The client's redial loop against slow and refusing servers, with real links.
 import assert from "node:assert/strict";
-import { connect, type Dialer, type Link, listen, type ResumedEvent, tcpDialer } from "../mod.ts";
+import {
+  connect,
+  type Dialer,
+  ImmortalError,
+  type Link,
+  listen,
+  type ResumedEvent,
+  tcpDialer,
+} from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { nextEvent, patternHash, receiveAll, sendPattern } from "./_helpers.ts";
 
@@ -87,5 +95,44 @@ Deno.test("refused redials back off, and the session resumes once the server tak
     await client.closeWrite();
   } finally {
     await proxy.close();
+  }
+});
+
+Deno.test("a server that accepts but never answers the handshake: connect names the timeout", async () => {
+  using silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of silent) held.push(conn);
+  })();
+  try {
+    await assert.rejects(
+      connect({ port: silent.addr.port, handshakeTimeout: 200 }),
+      (e: unknown) =>
+        e instanceof ImmortalError && e.code === "unreachable" &&
+        /no answer within 200 ms/.test(e.message),
+    );
+  } finally {
+    silent.close();
+    await accepting.catch(() => {});
+    for (const conn of held) conn.close();
+  }
+});
+
+Deno.test("close() right after a complete exchange ends cleanly at both ends", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  for (let round = 0; round < 20; round++) {
+    const client = await connect({ port: listener.addr.port });
+    const server = await listener.accept();
+    // The server hangs up the moment its session completes, from the event.
+    server.addEventListener("closed", () => server.close());
+    await client.write(new Uint8Array([1, 2, 3]));
+    await client.closeWrite();
+    await server.write(new Uint8Array([4, 5]));
+    await server.closeWrite();
+    assert.equal((await receiveAll(client)).bytes, 2);
+    assert.equal((await receiveAll(server)).bytes, 3);
+    // Neither end may see the complete exchange as an abort.
+    await client.closed;
+    await server.closed;
   }
 });

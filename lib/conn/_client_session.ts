@@ -8,7 +8,7 @@
 import { getLogger } from "@logtape/logtape";
 import type { Dialer } from "../link/mod.ts";
 import { errorMessage } from "../_util.ts";
-import { dialAndHandshake, serverAnswered } from "./_dial.ts";
+import { dialAndHandshake, DialTimeoutError, serverAnswered } from "./_dial.ts";
 import { ImmortalError } from "./errors.ts";
 import type { FrameReader } from "./_frame_reader.ts";
 import { clientOpen, clientResume, type SessionSecrets } from "./_handshake.ts";
@@ -67,7 +67,11 @@ export class ClientSession implements SessionSide {
       undefined,
       (reader) => clientOpen(reader, psk, this.#options.maxUnackedBytes),
     );
-    const { secrets, peerWindow } = opened!.value;
+    if (opened === null) {
+      // The deadline passed as the one attempt timed out: say so, not "null".
+      throw new DialTimeoutError(this.#options.handshakeTimeout, undefined);
+    }
+    const { secrets, peerWindow } = opened.value;
     this.#secrets = secrets;
     this.#engine = new StreamEngine({
       role: "client",
@@ -76,7 +80,7 @@ export class ClientSession implements SessionSide {
       side: this,
       peerWindow,
     });
-    this.#attach(opened!.reader, 0, peerWindow);
+    this.#attach(opened.reader, 0, peerWindow);
     return this.#engine;
   }
 
@@ -159,6 +163,7 @@ export class ClientSession implements SessionSide {
     let started = 0;
     let nextStart = performance.now() + wait;
     let wake: (() => void) | null = null;
+    let done = false;
     const settle = () => {
       const resolve = wake;
       wake = null;
@@ -174,11 +179,17 @@ export class ClientSession implements SessionSide {
       const budget = Math.max(1, Math.min(handshakeTimeout, deadline - performance.now()));
       dialAndHandshake(this.#dialer, budget, controller.signal, handshake, () => {
         attempt.linked = true;
+        // The path answered: the other dials probe the same path, and a second
+        // handshake would only race this one (the server keeps the last).
+        for (const [other, state] of racing) if (state !== attempt) other.abort();
         settle();
       }).then(
         (dialed) => {
-          if (winner !== null || fatal !== null || signal?.aborted) dialed.reader.link.close();
-          else winner = dialed;
+          if (done || winner !== null || fatal !== null || controller.signal.aborted) {
+            dialed.reader.link.close(); // too late: the loop has moved on
+          } else {
+            winner = dialed;
+          }
         },
         (error) => {
           if (controller.signal.aborted) return; // raced out, or the session ended
@@ -209,6 +220,7 @@ export class ClientSession implements SessionSide {
       }
       return latest + probe;
     };
+    signal?.addEventListener("abort", settle);
     try {
       for (;;) {
         if (winner !== null) return winner;
@@ -233,6 +245,8 @@ export class ClientSession implements SessionSide {
         clearTimeout(timer);
       }
     } finally {
+      done = true;
+      signal?.removeEventListener("abort", settle);
       for (const controller of racing.keys()) controller.abort();
     }
   }

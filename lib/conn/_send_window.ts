@@ -3,7 +3,8 @@
  * the path like TCP's: it grows toward twice the measured bandwidth-delay
  * product (the fastest recent delivery rate times the shortest recent round
  * trip), never above the most both ends allow, and shrinks back when the
- * rate falls, so memory follows what the path needs.
+ * rate falls. What the window bounds is what a session may hold: the replay
+ * ring grows with it (and is not given back while the session lives).
  *
  * A slow reader does not inflate it: an ack means the peer's *application*
  * consumed the bytes, so a slow reader shows as a low delivery rate, and the
@@ -44,11 +45,6 @@ export class SendWindow {
     return this.#limit;
   }
 
-  /** Shortest recent round trip in ms, or `null` before the first sample. */
-  get minRttMs(): number | null {
-    return this.#minRtt === Infinity ? null : this.#minRtt;
-  }
-
   /** The most the peer accepts changed (a new link announced its receive window). */
   setMax(max: number): void {
     this.#max = max;
@@ -78,11 +74,8 @@ export class SendWindow {
     }
   }
 
-  /**
-   * The peer consumed everything before `position` (an ack) at `now`.
-   * Returns true when the limit grew, so waiting writers can go on.
-   */
-  acked(position: number, now: number): boolean {
+  /** The peer consumed everything before `position` (an ack) at `now`. */
+  acked(position: number, now: number): void {
     let newest: { position: number; at: number } | undefined;
     while (this.#points.length > 0 && this.#points[0].position <= position) {
       newest = this.#points.shift();
@@ -90,24 +83,21 @@ export class SendWindow {
     if (newest) this.rtt(now - newest.at, now);
     if (this.#rateFrom === null) {
       this.#rateFrom = { position, at: now };
-      return false;
+      return;
     }
     const elapsed = now - this.#rateFrom.at;
     if (elapsed < Math.max(MIN_RATE_INTERVAL_MS, this.#minRtt === Infinity ? 0 : this.#minRtt)) {
-      return false;
+      return;
     }
     this.#rates.push((position - this.#rateFrom.position) / elapsed);
     if (this.#rates.length > RATE_SAMPLES) this.#rates.shift();
     this.#rateFrom = { position, at: now };
-    return this.#retarget();
+    this.#retarget();
   }
 
-  #retarget(): boolean {
-    if (this.#minRtt === Infinity) return false;
+  #retarget(): void {
+    if (this.#minRtt === Infinity) return;
     const bdp = Math.max(...this.#rates) * this.#minRtt;
-    const target = Math.min(this.#max, Math.max(this.#floor, Math.ceil(2 * bdp)));
-    const grew = target > this.#limit;
-    this.#limit = target;
-    return grew;
+    this.#limit = Math.min(this.#max, Math.max(this.#floor, Math.ceil(2 * bdp)));
   }
 }

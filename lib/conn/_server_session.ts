@@ -71,6 +71,10 @@ class ServerSession implements SessionSide {
     peerWindow: number,
   ): Promise<void> {
     const epoch = ++this.#resumeEpoch;
+    if (!this.engine.resumable) {
+      reader.link.close();
+      return;
+    }
     // The client gave up on the old link before we noticed it was dead.
     this.engine.dropLink("the client resumed on a new link");
     // No link is attached now, so nothing moves `received` until we attach.
@@ -89,8 +93,12 @@ class ServerSession implements SessionSide {
       reader.link.close();
       return;
     }
-    clearTimeout(this.#reapTimer);
-    this.#reapTimer = undefined;
+    // A completed session keeps its reaper: it is forgotten after the resume
+    // timeout even if the client's bye never comes.
+    if (!this.engine.complete) {
+      clearTimeout(this.#reapTimer);
+      this.#reapTimer = undefined;
+    }
     this.engine.attach(reader, clientReceived, peerWindow);
   }
 

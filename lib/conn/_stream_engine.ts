@@ -10,8 +10,8 @@
  * after the last byte, so "position `fin + 1` acknowledged" means "the peer
  * has seen the end". An ACK carries the position the peer's *application*
  * has consumed: that frees the replay buffer and, because the sender never
- * has more than `maxUnackedBytes` unacknowledged, also bounds the receiver's
- * queue — so the read loop never has to stop reading, and heartbeats always
+ * has more unacknowledged than its window (at most the receive window the
+ * peer announced), also bounds the receiver's queue — so the read loop never has to stop reading, and heartbeats always
  * get through even when the application does not read.
  *
  * @module
@@ -26,7 +26,7 @@ import {
   FrameError,
   writeFrameHeader,
 } from "../frame/mod.ts";
-import { formatAddr, type Link } from "../link/mod.ts";
+import { formatAddr, type Link, TcpLink } from "../link/mod.ts";
 import { localAddressGone } from "../link/_local_addresses.ts";
 import { errorMessage } from "../_util.ts";
 import { ImmortalError } from "./errors.ts";
@@ -102,6 +102,21 @@ export interface SessionSide {
  */
 type Phase = "open" | "complete" | "closing" | "ended";
 
+/**
+ * The peer's window never exceeds our receive window or its own maximum
+ * (which it announced as its receive window), nor starts above the floor:
+ * acking at a quarter of the smallest keeps a bulk sender from ever waiting
+ * for the delayed-ack timer.
+ */
+function ackThreshold(ownMax: number, peerWindow: number): number {
+  return Math.min(WINDOW_FLOOR, ownMax, peerWindow) >> 2;
+}
+
+/** What a send loop writes after its buffer: a data payload straight from the replay ring. */
+interface Outgoing {
+  payload: Uint8Array | null;
+}
+
 /** How a failed or aborted session ended. */
 interface Ending {
   error: Error;
@@ -143,13 +158,15 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   // Sending: [acked, replay.end) is held; [sendPos, replay.end) is not yet on this link.
   #replay: ReplayBuffer;
   #window: SendWindow;
+  /** Consumed bytes that trigger an ack at once: a quarter of the smallest window the peer may use. */
+  #ackThreshold: number;
   #sendPos = 0;
   #highestSent = 0;
   #acked = 0;
   #finPos: number | null = null;
   #control: Frame[] = [];
-  /** A data payload `#fill` left to be written straight from the ring, after the buffer. */
-  #payload: Uint8Array | null = null;
+  /** Stamp of the ping to answer, if any (one slot: see the ping case). */
+  #pendingPong: number | null = null;
   #wakeSender: (() => void) | null = null;
   #roomWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
 
@@ -162,7 +179,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #queue: Uint8Array[] = [];
   #queueHead = 0;
   #queued = 0;
-  #wakeReader: (() => void) | null = null;
+  /** Readers (`read` without a parked buffer, or `readable`) waiting for bytes. */
+  #readerWaiters: (() => void)[] = [];
   /** A `read` waiting with its buffer while the queue is empty. */
   #parked: { buffer: Uint8Array; resolve: (n: number) => void } | null = null;
 
@@ -191,6 +209,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#side = init.side;
     this.sessionId = init.sessionId;
     const max = init.options.maxUnackedBytes;
+    this.#ackThreshold = ackThreshold(max, init.peerWindow);
     this.#replay = new ReplayBuffer(max);
     this.#window = new SendWindow(WINDOW_FLOOR, Math.min(max, init.peerWindow));
     this.closed = new Promise<void>((resolve, reject) => {
@@ -317,17 +336,28 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     return data.length;
   }
 
-  closeWrite(): Promise<void> {
+  // deno-lint-ignore require-await -- async so that a refusal rejects rather than throws
+  async closeWrite(): Promise<void> {
     if (this.#finPos === null) {
       this.#assertWritable();
       this.#finPos = this.#replay.end;
       this.#kick();
     }
-    return Promise.resolve();
   }
 
   close(): void {
     if (this.#ending !== null || this.#phase === "ended") return;
+    if (this.#phase !== "open") {
+      // Both directions are done: there is nothing to abort, and a close
+      // frame now would turn a complete exchange into an abort at the peer.
+      // A client's bye is on its way; a server flushes its last ack and hangs up.
+      if (this.#link === null) this.fail(null, null);
+      else if (this.#role === "server") {
+        this.#phase = "closing";
+        this.#kick();
+      }
+      return;
+    }
     log.info("Session {id} closed locally", { id: this.sessionId });
     this.fail(
       new ImmortalError("closed", "the connection was closed"),
@@ -370,7 +400,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         return null;
       }
       if (this.#ending !== null) throw this.#ending.error;
-      await new Promise<void>((resolve) => this.#wakeReader = resolve);
+      await new Promise<void>((resolve) => this.#readerWaiters.push(resolve));
     }
   }
 
@@ -379,7 +409,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#bytesRead += n;
     // Ack at once when a quarter of the smallest window the peer can have is
     // consumed, so a bulk sender never stalls; otherwise shortly after.
-    if (this.#consumed - this.#ackSent >= Math.min(WINDOW_FLOOR, this.#opts.maxUnackedBytes) >> 2) {
+    if (this.#consumed - this.#ackSent >= this.#ackThreshold) {
       this.#kick();
     } else if (this.#ackTimer === undefined) {
       this.#ackTimer = setTimeout(() => {
@@ -422,6 +452,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     const replayed = Math.max(0, Math.min(sentEnd, this.#replay.end) - peerReceived);
     this.#replayedBytes += replayed;
     this.#window.setMax(Math.min(this.#opts.maxUnackedBytes, peerWindow));
+    this.#ackThreshold = ackThreshold(this.#opts.maxUnackedBytes, peerWindow);
     this.#window.reset();
     this.#sendPos = peerReceived;
     this.#ackForced = true;
@@ -493,14 +524,18 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
    */
   async #sendLoop(link: Link): Promise<void> {
     const buffer = new Uint8Array(SEND_BUFFER_SIZE);
+    // This loop's own slot: a loop of a replaced link may still be finishing
+    // a write (closing a socket does not cancel its pending writes), and must
+    // never pick up a payload meant for the new link's frame.
+    const out: Outgoing = { payload: null };
     try {
       while (this.#link === link) {
-        const n = this.#fill(buffer);
+        const n = this.#fill(buffer, out);
         if (n > 0) {
           await link.write(buffer.subarray(0, n));
-          const payload = this.#payload;
+          const payload = out.payload;
           if (payload !== null) {
-            this.#payload = null;
+            out.payload = null;
             await link.write(payload);
           }
           this.#lastOutbound = performance.now();
@@ -519,9 +554,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     }
   }
 
-  #fill(buffer: Uint8Array): number {
-    // A payload left over from a link that failed mid-write belongs to no frame now.
-    this.#payload = null;
+  #fill(buffer: Uint8Array, out: Outgoing): number {
+    out.payload = null;
     let n = 0;
     const live = this.#ending === null;
     if (live && (this.#consumed > this.#ackSent || this.#ackForced)) {
@@ -531,6 +565,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       // A pending ack timer is left to fire: it finds nothing new to ack and
       // costs less than clearing and re-arming a timer on every message.
     }
+    if (this.#pendingPong !== null) {
+      n += encodeFrameInto({ type: "pong", stamp: this.#pendingPong }, buffer, n);
+      this.#pendingPong = null;
+    }
     while (this.#control.length > 0 && n < CONTROL_ROOM) {
       n += encodeFrameInto(this.#control.shift()!, buffer, n);
     }
@@ -539,9 +577,13 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (this.#sendPos < end) {
       const inBuffer = buffer.length - n - FRAME_HEADER_SIZE;
       let length: number;
-      if (end - this.#sendPos >= ZERO_COPY_MIN) {
-        this.#payload = this.#replay.view(this.#sendPos, MAX_DATA_FRAME);
-        length = this.#payload.length;
+      const view = end - this.#sendPos >= ZERO_COPY_MIN
+        ? this.#replay.view(this.#sendPos, MAX_DATA_FRAME)
+        : null;
+      // A view cut short by the ring's wrap is copied: not worth a syscall of its own.
+      if (view !== null && view.length >= ZERO_COPY_MIN) {
+        out.payload = view;
+        length = view.length;
         writeFrameHeader(buffer, n, FrameCode.data, length);
         n += FRAME_HEADER_SIZE;
       } else {
@@ -634,13 +676,20 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       case "ack":
         return this.#onAck(frame.position);
       case "ping":
-        this.#control.push({ type: "pong", stamp: frame.stamp });
+        // One pending pong at most (the newest stamp): a peer that floods
+        // pings without reading cannot grow our control queue. Nothing is
+        // sent after a bye.
+        if (this.#phase === "closing") return;
+        this.#pendingPong = frame.stamp;
         this.#kick();
         return;
       case "pong": {
         const now = performance.now();
-        this.#rttMs = now - frame.stamp;
-        this.#window.rtt(this.#rttMs, now);
+        const rtt = now - frame.stamp;
+        // The stamp is ours only if the peer is honest: ignore what cannot be a round trip.
+        if (!(rtt >= 0 && rtt < 60_000)) return;
+        this.#rttMs = rtt;
+        this.#window.rtt(rtt, now);
         return;
       }
       case "fin":
@@ -666,6 +715,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         return;
       case "bye":
         if (this.#role !== "server") throw new ImmortalError("protocol", "bye sent to a client");
+        if (this.#phase === "open") {
+          throw new ImmortalError("protocol", "bye before both directions were complete");
+        }
         this.fail(null, null);
         return;
       default:
@@ -691,10 +743,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   }
 
   #wakeReaderNow(): void {
-    const wake = this.#wakeReader;
-    if (wake) {
-      this.#wakeReader = null;
-      wake();
+    if (this.#readerWaiters.length > 0) {
+      const waiters = this.#readerWaiters;
+      this.#readerWaiters = [];
+      for (const wake of waiters) wake();
     }
     const parked = this.#parked;
     if (parked) {
@@ -714,7 +766,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       return;
     }
     // Only the client can act on a lost address: it dials again from the new one.
-    if (this.#role === "client" && localAddressGone(link.localAddr, now)) {
+    if (
+      this.#role === "client" && link instanceof TcpLink && localAddressGone(link.localAddr, now)
+    ) {
       this.#linkFailed(link, `the local address ${formatAddr(link.localAddr)} is gone`);
       return;
     }
@@ -727,7 +781,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       now - this.#lastOutbound >= interval || now - this.#lastPing >= interval * RTT_REFRESH_BEATS
     ) {
       this.#lastPing = now;
-      this.#control.push({ type: "ping", stamp: now });
+      // A write blocked on a full socket leaves lastOutbound old: one queued ping is enough.
+      if (!this.#control.some((frame) => frame.type === "ping")) {
+        this.#control.push({ type: "ping", stamp: now });
+      }
       this.#kick();
     }
   }
@@ -745,8 +802,6 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       sent: this.#bytesWritten,
       received: this.#bytesRead,
     });
-    this.dispatchEvent(new ClosedEvent());
-    this.#resolveClosed();
     if (this.#role === "client") {
       // Tell the server it may forget the session, then hang up.
       this.#control.push({ type: "bye" });
@@ -754,6 +809,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       this.#kick();
     }
     this.#side.completed();
+    // Listeners run last, on a settled state: a close() from one of them
+    // finds the bye queued and the phase moved on.
+    this.#resolveClosed();
+    this.dispatchEvent(new ClosedEvent());
   }
 
   /**

@@ -173,6 +173,8 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         throw new ImmortalError("rejected", "backlog full");
       }
       await sendFrame(link, hello.accept);
+      // close() may have run during that write: its table is cleared already.
+      if (this.#closed) throw new ImmortalError("closed", "the listener is closed");
       const session = this.#sessions.open(reader, hello);
       const waiter = this.#waiters.shift();
       if (waiter) waiter.resolve(session);

@@ -20,7 +20,11 @@ export interface Link {
   read(buffer: Uint8Array): Promise<number | null>;
   /** Writes all of `data`; rejects when the link fails or is closed. */
   write(data: Uint8Array): Promise<void>;
-  /** Closes the link; idempotent. Pending reads and writes settle. */
+  /**
+   * Closes the link; idempotent. Pending reads settle; a pending write may
+   * still complete afterwards (closing a Deno socket does not cancel its
+   * writes), so a writer must not assume it was cut short.
+   */
   close(): void;
   /** Local address, when the transport has one. */
   readonly localAddr?: Deno.Addr;

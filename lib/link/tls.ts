@@ -45,7 +45,13 @@ export function tlsDialer(options: TlsDialerOptions): Dialer {
     const tcp = await Deno.connect({ hostname, port, signal });
     tuneTcp(tcp);
     let tls: Deno.TlsConn | undefined;
-    const onAbort = () => (tls ?? tcp).close();
+    const onAbort = () => {
+      try {
+        (tls ?? tcp).close();
+      } catch {
+        // startTls took the TCP resource and the TLS one is not ours yet: it fails below.
+      }
+    };
     signal.addEventListener("abort", onAbort, { once: true });
     try {
       tls = await Deno.startTls(tcp, { hostname: serverName, caCerts });

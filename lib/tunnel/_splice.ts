@@ -61,8 +61,9 @@ export async function splice(tcp: Deno.TcpConn, conn: ImmortalConn): Promise<Spl
     await conn.closeWrite();
     return n;
   });
-  const down = copy(conn, tcp).then((n) => {
-    tcp.closeWrite();
+  const down = copy(conn, tcp).then(async (n) => {
+    // A local app that already reset its connection makes this reject: nothing to tell.
+    await tcp.closeWrite().catch(() => {});
     return n;
   });
   try {
