@@ -25,8 +25,13 @@ function isFatal(error: unknown): boolean {
       error.code === "closed");
 }
 
-/** Attempts in flight at once while a path gives no answer; the oldest yields to a new one. */
+/**
+ * Attempts in flight at once. The oldest unanswered dial yields to a new one;
+ * handshakes under way are never cut short.
+ */
 const MAX_RACING_ATTEMPTS = 4;
+/** A handshake under way this long (or 8 round trips) is raced by a fresh dial. */
+const STALLED_HANDSHAKE_MS = 500;
 
 /** A handshaken link, and what the handshake resolved to. */
 interface Dialed<T> {
@@ -152,10 +157,8 @@ export class ClientSession implements SessionSide {
     const { handshakeTimeout } = this.#options;
     const rtt = this.#engine?.stats.rttMs ?? 0;
     const probe = this.#policy.raceAfter(rtt);
-    // Attempts in flight, by start time. Only those still waiting for the
-    // server to answer (no link yet) are raced: one whose link is up is in its
-    // handshake, and a slow handshake means a busy server, which more attempts
-    // would only slow down further.
+    // Attempts in flight, by start time, and whether the server answered
+    // (the link is up and the handshake under way).
     const racing = new Map<AbortController, { startedAt: number; linked: boolean }>();
     let winner: Dialed<T> | null = null;
     let fatal: unknown = null;
@@ -179,9 +182,10 @@ export class ClientSession implements SessionSide {
       const budget = Math.max(1, Math.min(handshakeTimeout, deadline - performance.now()));
       dialAndHandshake(this.#dialer, budget, controller.signal, handshake, () => {
         attempt.linked = true;
-        // The path answered: the other dials probe the same path, and a second
-        // handshake would only race this one (the server keeps the last).
-        for (const [other, state] of racing) if (state !== attempt) other.abort();
+        // The path answered: the dials still waiting probe the same path, and a
+        // second handshake would only race this one (the server keeps the
+        // last). Handshakes already under way go on: this one may stall too.
+        for (const [other, state] of racing) if (!state.linked) other.abort();
         settle();
       }).then(
         (dialed) => {
@@ -213,12 +217,18 @@ export class ClientSession implements SessionSide {
     const nextLaunchAt = (): number => {
       if (started >= maxAttempts) return Infinity;
       if (racing.size === 0) return nextStart;
-      let latest = -Infinity;
+      let latest = -Infinity, linked = 0;
       for (const attempt of racing.values()) {
-        if (attempt.linked) return Infinity; // a handshake is under way: let it finish
         latest = Math.max(latest, attempt.startedAt);
+        if (attempt.linked) linked++;
       }
-      return latest + probe;
+      if (linked >= MAX_RACING_ATTEMPTS) return Infinity;
+      // A dial nobody answered is raced after the probe interval. A handshake
+      // under way is raced only once it is clearly stuck (its link died
+      // silently, say, as the local address changed), and it is never aborted
+      // for that: under load handshakes are slow, and cutting them all short
+      // would never let one finish.
+      return latest + (linked > 0 ? Math.max(STALLED_HANDSHAKE_MS, 8 * rtt) : probe);
     };
     signal?.addEventListener("abort", settle);
     try {
@@ -231,7 +241,14 @@ export class ClientSession implements SessionSide {
         const launchAt = nextLaunchAt();
         if (now >= launchAt) {
           // The oldest stalled dial gives way, so a black hole holds at most a few sockets.
-          if (racing.size >= MAX_RACING_ATTEMPTS) racing.keys().next().value!.abort();
+          if (racing.size >= MAX_RACING_ATTEMPTS) {
+            for (const [controller, attempt] of racing) {
+              if (!attempt.linked) {
+                controller.abort();
+                break;
+              }
+            }
+          }
           launch();
           continue;
         }
