@@ -41,7 +41,7 @@ Deno.test("the send window grows to fill a long fat path and stays within its ma
   const steady = (size * 3 / 4) / ((performance.now() - quarterAt) / 1000);
   assert.equal(got.bytes, size);
   assert.equal(got.sha256, sent);
-  assert.ok(peakWindow >= 8e6, `the window reached only ${peakWindow} bytes`);
+  assert.ok(peakWindow >= 8e6, `the window reached only ${peakWindow} bytes, under the 8 MB BDP`);
   assert.ok(
     peakWindow <= max && peakUnacked <= max,
     `past the maximum: ${peakWindow}/${peakUnacked}`,
@@ -50,7 +50,11 @@ Deno.test("the send window grows to fill a long fat path and stays within its ma
     `${(steady / 1e6).toFixed(1)} MB/s over a ${rate / 1e6} MB/s path ` +
       `(${((steady / rate) * 100).toFixed(0)}%), window peak ${(peakWindow / MiB).toFixed(1)} MiB`,
   );
-  assert.ok(steady >= 0.8 * rate, `only ${(steady / 1e6).toFixed(1)} MB/s once the window grew`);
+  // The rate itself is not asserted here: it depends on how much CPU this
+  // process gets. What makes a long path full is asserted above (the window
+  // grew past the bandwidth-delay product, within its maximum);
+  // lib/conn/_send_window_test.ts asserts >= 80% of the rate on simulated
+  // time, and BENCHMARKS.md has the measured figures.
   await server.closeWrite();
 });
 
