@@ -198,9 +198,12 @@ export class ClientSession implements SessionSide {
         (error) => {
           if (controller.signal.aborted) return; // raced out, or the session ended
           lastError = error;
-          if (isFatal(error)) fatal = error;
-          else {nextStart = performance.now() +
-              this.#policy.attemptFailed(serverAnswered(error), rtt);}
+          if (isFatal(error)) {
+            fatal = error;
+          } else {
+            const answered = serverAnswered(error);
+            nextStart = performance.now() + this.#policy.attemptFailed(answered, rtt);
+          }
           log.debug("Session {id}: dial attempt {n} failed: {reason}", {
             id: this.#secrets?.id ?? "(new)",
             n: started,
