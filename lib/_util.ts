@@ -26,12 +26,19 @@ export function delay(ms: number, signal?: AbortSignal): Promise<boolean> {
 }
 
 /**
+ * `ms` scaled by a random factor in [0.5, 1) (`random` picks it; tests pass a
+ * fixed one). Spreads the retries of many clients that lost the same server
+ * at the same moment.
+ */
+export function jitter(ms: number, random: () => number = Math.random): number {
+  return ms * (0.5 + random() / 2);
+}
+
+/**
  * Capped exponential backoff with jitter: the delay before failed attempt
  * number `attempt` (0-based) is retried. 0 for the first (a link that just
  * broke often comes straight back), then `initial * 2^(n-1)` capped at `max`,
- * scaled by a random factor in [0.5, 1) (`random` picks it; tests pass a
- * fixed one). The jitter spreads the reconnects of
- * many clients that lost the same server at the same moment.
+ * {@linkcode jitter}ed.
  */
 export function backoffDelay(
   attempt: number,
@@ -40,8 +47,7 @@ export function backoffDelay(
   random: () => number = Math.random,
 ): number {
   if (attempt <= 0) return 0;
-  const ceiling = Math.min(max, initial * 2 ** Math.min(attempt - 1, 30));
-  return ceiling * (0.5 + random() / 2);
+  return jitter(Math.min(max, initial * 2 ** Math.min(attempt - 1, 30)), random);
 }
 
 /** The message of anything thrown: an `Error`'s message, or the value as text. */

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { backoffDelay } from "../_util.ts";
+import { backoffDelay, jitter } from "../_util.ts";
 import type { BackoffOptions } from "./options.ts";
 
 /** Delays (ms) before the next dial attempt, by what happened to the last one. */
@@ -51,10 +51,7 @@ export class ReconnectPolicy {
    * that comes back is used at once; that costs the server nothing.
    */
   attemptFailed(serverAnswered: boolean, rttMs: number): number {
-    // Jittered like the backoff: in [0.5, 1) of the probe interval.
-    return serverAnswered
-      ? this.#exponential()
-      : backoffDelay(1, this.raceAfter(rttMs), Infinity, this.#random);
+    return serverAnswered ? this.#exponential() : jitter(this.raceAfter(rttMs), this.#random);
   }
 
   /**

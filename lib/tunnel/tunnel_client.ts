@@ -89,7 +89,7 @@ export class TunnelClient implements AsyncDisposable {
   }
 
   async #open(): Promise<ImmortalConn> {
-    const { server, connectWait = 30_000 } = this.#options;
+    const { server, connectWait = 30_000, backoff = {} } = this.#options;
     const deadline = performance.now() + connectWait;
     for (let attempt = 1;; attempt++) {
       try {
@@ -97,7 +97,9 @@ export class TunnelClient implements AsyncDisposable {
       } catch (error) {
         // A refused key will not get better by waiting.
         if (!(error instanceof ImmortalError) || error.code !== "unreachable") throw error;
-        const wait = backoffDelay(attempt, 100, 2000);
+        // The backoff the caller set for its sessions, if any (2 s cap by default: a
+        // local connection is waiting).
+        const wait = backoffDelay(attempt, backoff.initial ?? 100, backoff.max ?? 2000);
         if (performance.now() + wait > deadline) throw error;
         log.warn("Server unreachable ({reason}); new connection waits", { reason: error.message });
         if (!(await delay(wait, this.#closing.signal))) throw error;
