@@ -9,7 +9,10 @@
 import { type Frame, FrameDecoder } from "../frame/mod.ts";
 import type { Link } from "../link/mod.ts";
 
-const READ_BUFFER_SIZE = 256 * 1024;
+/** Size of a link's read buffer. */
+export const READ_BUFFER_SIZE = 256 * 1024;
+/** A read after kept bytes needs at least this much room, or it goes to a fresh buffer. */
+const MIN_READ_ROOM = 64 * 1024;
 
 /** @internal */
 export class FrameReader {
@@ -17,20 +20,50 @@ export class FrameReader {
   #decoder = new FrameDecoder();
   #buffer = new Uint8Array(READ_BUFFER_SIZE);
   #pending: Frame[] = [];
+  /** Where the next read goes in the buffer, and where the last one ended. */
+  #offset = 0;
+  #end = 0;
 
   constructor(link: Link) {
     this.link = link;
   }
 
   /**
+   * Between batches: `kept` says whether views into the read buffer are still
+   * in use (queued by the session). Their bytes are never read over: the next
+   * read goes after them, or into `fresh()` once too little room is left.
+   * Without kept views the next read starts at the beginning again.
+   */
+  afterBatch(
+    kept: boolean,
+    fresh: (old: Uint8Array<ArrayBuffer>) => Uint8Array<ArrayBuffer>,
+  ): void {
+    if (!kept) {
+      this.#offset = 0;
+    } else if (this.#buffer.length - this.#end >= MIN_READ_ROOM) {
+      this.#offset = this.#end;
+    } else {
+      this.#buffer = fresh(this.#buffer);
+      this.#offset = 0;
+    }
+  }
+
+  /** The buffer reads go into now (the session lends views into it). */
+  get buffer(): Uint8Array<ArrayBuffer> {
+    return this.#buffer;
+  }
+
+  /**
    * Next batch of frames, or `null` at end of stream. Data payloads are views
-   * into the read buffer, valid until the next call: copy what you keep.
+   * into the read buffer, valid until the next call unless kept (see
+   * {@linkcode afterBatch}): copy what you keep otherwise.
    */
   async nextBatch(): Promise<Frame[] | null> {
     while (this.#pending.length === 0) {
-      const n = await this.link.read(this.#buffer);
+      const n = await this.link.read(this.#buffer.subarray(this.#offset));
       if (n === null) return null;
-      this.#decoder.push(this.#buffer.subarray(0, n), this.#pending);
+      this.#end = this.#offset + n;
+      this.#decoder.push(this.#buffer.subarray(this.#offset, this.#end), this.#pending);
     }
     const batch = this.#pending;
     this.#pending = [];

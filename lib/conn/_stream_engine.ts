@@ -37,9 +37,10 @@ import {
   ReconnectingEvent,
   ResumedEvent,
 } from "./events.ts";
-import type { FrameReader } from "./_frame_reader.ts";
+import { type FrameReader, READ_BUFFER_SIZE } from "./_frame_reader.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
 import type { ResolvedOptions } from "./_options.ts";
+import { ReadBuffers } from "./_read_buffers.ts";
 import { ReplayBuffer } from "./_replay_buffer.ts";
 import { SendWindow } from "./_send_window.ts";
 
@@ -72,6 +73,8 @@ const FLUSH_TIMEOUT_MS = 1000;
  * the ack threshold, so a bulk sender never waits for a delayed ack.
  */
 const WINDOW_FLOOR = 4 << 20;
+/** Read buffers lent to the receive queue whatever it holds (see `ReadBuffers`): 2 MiB. */
+const MIN_LENT_READ_BUFFERS = 8;
 
 /** What differs between the two ends of a session: how a lost link is replaced, and when the session is forgotten. */
 export interface SessionSide {
@@ -115,6 +118,11 @@ function ackThreshold(ownMax: number, peerWindow: number): number {
 /** What a send loop writes after its buffer: a data payload straight from the replay ring. */
 interface Outgoing {
   payload: Uint8Array | null;
+}
+
+/** Where {@linkcode StreamEngine.writeFrom} reads from: a socket, say. */
+export interface Reader {
+  read(buffer: Uint8Array): Promise<number | null>;
 }
 
 /** How a failed or aborted session ended. */
@@ -181,6 +189,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #queued = 0;
   /** Readers (`read` without a parked buffer, or `readable`) waiting for bytes. */
   #readerWaiters: (() => void)[] = [];
+  /** Link read buffers that queued payloads are views into. */
+  #readBuffers = new ReadBuffers(READ_BUFFER_SIZE, MIN_LENT_READ_BUFFERS);
   /** A `read` waiting with its buffer while the queue is empty. */
   #parked: { buffer: Uint8Array; resolve: (n: number) => void } | null = null;
 
@@ -220,7 +230,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.closed.catch(() => {});
     this.readable = new ReadableStream<Uint8Array>({
       pull: async (controller) => {
-        const chunk = await this.#nextChunk(Infinity);
+        const chunk = await this.#next((view) =>
+          this.#readBuffers.lent(view) ? view.slice() : view
+        );
         if (chunk === null) controller.close();
         else controller.enqueue(chunk);
       },
@@ -313,10 +325,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       const n = await new Promise<number>((resolve) => this.#parked = { buffer, resolve });
       if (n > 0) return n;
     }
-    const chunk = await this.#nextChunk(buffer.length);
-    if (chunk === null) return null;
-    buffer.set(chunk);
-    return chunk.length;
+    return this.#next((view) => {
+      buffer.set(view);
+      return view.length;
+    }, buffer.length);
   }
 
   async write(data: Uint8Array): Promise<number> {
@@ -334,6 +346,31 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       await new Promise<void>((resolve, reject) => this.#roomWaiters.push({ resolve, reject }));
     }
     return data.length;
+  }
+
+  /**
+   * Reads `source` to its end straight into the replay buffer, sparing the
+   * copy a `write` makes; returns the bytes taken. For a pump that owns the
+   * writable side (the tunnel): no `write` may run at the same time.
+   */
+  async writeFrom(source: Reader): Promise<number> {
+    let total = 0;
+    for (;;) {
+      this.#assertWritable();
+      const room = this.#window.limit - (this.#replay.end - this.#replay.start);
+      if (room <= 0) {
+        await new Promise<void>((resolve, reject) => this.#roomWaiters.push({ resolve, reject }));
+        continue;
+      }
+      const n = await source.read(this.#replay.reserve(Math.min(room, MAX_DATA_FRAME)));
+      if (n === null) return total;
+      // The session may have ended while the source was read: nothing to append to.
+      this.#assertWritable();
+      this.#replay.commit(n);
+      this.#bytesWritten += n;
+      total += n;
+      this.#kick();
+    }
   }
 
   // deno-lint-ignore require-await -- async so that a refusal rejects rather than throws
@@ -376,14 +413,21 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (this.#finPos !== null) throw new ImmortalError("closed", "the writable side was closed");
   }
 
-  /** Next received bytes (at most `max`), or `null` once the peer's FIN is reached. */
-  async #nextChunk(max: number): Promise<Uint8Array | null> {
+  /**
+   * Hands the next received bytes (at most `max`) to `use`, or returns `null`
+   * once the peer's FIN is reached. The bytes may be a view into a link's read
+   * buffer: `use` must copy what it keeps, synchronously, because the buffer
+   * may be read into again as soon as it returns (a link read can complete at
+   * once when it is issued, before any awaiting continuation runs).
+   */
+  async #next<T>(use: (view: Uint8Array) => T, max = Infinity): Promise<T | null> {
     for (;;) {
       if (this.#queued > 0) {
-        let chunk = this.#queue[this.#queueHead];
-        if (chunk.length > max) {
-          this.#queue[this.#queueHead] = chunk.subarray(max);
-          chunk = chunk.subarray(0, max);
+        const whole = this.#queue[this.#queueHead];
+        let view = whole;
+        if (whole.length > max) {
+          this.#queue[this.#queueHead] = whole.subarray(max);
+          view = whole.subarray(0, max);
         } else {
           this.#queueHead++;
           if (this.#queueHead === this.#queue.length) {
@@ -391,9 +435,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
             this.#queueHead = 0;
           }
         }
-        this.#queued -= chunk.length;
-        this.#consume(chunk.length);
-        return chunk;
+        this.#queued -= view.length;
+        this.#consume(view.length);
+        const result = use(view);
+        if (view === whole) this.#readBuffers.drop(whole);
+        return result;
       }
       if (this.#peerFin !== null) {
         this.#consumeFin();
@@ -624,6 +670,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
           this.#onFrame(frame);
           if (this.#link !== link) return;
         }
+        const buffers = this.#readBuffers;
+        reader.afterBatch(buffers.lent(reader.buffer), (old) => buffers.replace(old));
       }
     } catch (error) {
       if (error instanceof ImmortalError) {
@@ -667,9 +715,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
           parked.resolve(taken);
           if (taken === frame.data.length) return;
         }
-        // The frame is a view into the reused read buffer: keep a copy.
-        this.#queue.push(frame.data.slice(taken));
-        this.#queued += frame.data.length - taken;
+        // The frame is a view into the link's read buffer: queue the view if
+        // that buffer can be lent (the link then reads into another), else a copy.
+        const rest = frame.data.subarray(taken);
+        this.#queue.push(this.#readBuffers.hold(rest, this.#queued) ? rest : rest.slice());
+        this.#queued += rest.length;
         this.#wakeReaderNow();
         return;
       }
@@ -758,6 +808,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   // ---------------------------------------------------------------- heartbeats
 
   #onTick(): void {
+    this.#readBuffers.trim();
     const link = this.#link;
     if (link === null || this.#phase === "closing") return;
     const now = performance.now();
