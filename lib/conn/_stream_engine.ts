@@ -61,8 +61,6 @@ const CONTROL_ROOM = 4096;
 const ZERO_COPY_MIN = 32 * 1024;
 /** Most payload one data frame carries (the peer's decoder limit is 1 MiB). */
 const MAX_DATA_FRAME = 256 * 1024;
-/** An ACK goes out at the latest this long after the application consumed bytes. */
-const ACK_DELAY_MS = 10;
 /** On a busy link, a ping still goes out every this many heartbeat intervals (for the RTT). */
 const RTT_REFRESH_BEATS = 10;
 /** A session being closed gets this long to flush its last frame. */
@@ -200,7 +198,6 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #lastOutbound = -Infinity;
   #lostAt = 0;
   #tickTimer: ReturnType<typeof setTimeout> | undefined;
-  #ackTimer: ReturnType<typeof setTimeout> | undefined;
   #flushTimer: ReturnType<typeof setTimeout> | undefined;
   #abort = new AbortController();
 
@@ -454,15 +451,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#consumed += n;
     this.#bytesRead += n;
     // Ack at once when a quarter of the smallest window the peer can have is
-    // consumed, so a bulk sender never stalls; otherwise shortly after.
-    if (this.#consumed - this.#ackSent >= this.#ackThreshold) {
-      this.#kick();
-    } else if (this.#ackTimer === undefined) {
-      this.#ackTimer = setTimeout(() => {
-        this.#ackTimer = undefined;
-        this.#kick();
-      }, ACK_DELAY_MS);
-    }
+    // consumed, so a sender never waits for an ack. Smaller amounts ride on
+    // the next frame we send (a reply, say), or go out on the next heartbeat
+    // tick: no timer per read, and no lone ack frame waking the peer between
+    // a request and its response.
+    if (this.#consumed - this.#ackSent >= this.#ackThreshold) this.#kick();
   }
 
   #consumeFin(): void {
@@ -811,6 +804,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#readBuffers.trim();
     const link = this.#link;
     if (link === null || this.#phase === "closing") return;
+    // What the application consumed since the last ack, if nothing carried it yet.
+    if (this.#consumed > this.#ackSent) this.#kick();
     const now = performance.now();
     if (now - this.#lastInbound > this.#opts.deadLinkTimeout) {
       this.#linkFailed(link, `nothing received for ${Math.round(now - this.#lastInbound)} ms`);
@@ -918,7 +913,6 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (this.#phase === "ended") return;
     this.#phase = "ended";
     clearInterval(this.#tickTimer);
-    clearTimeout(this.#ackTimer);
     clearTimeout(this.#flushTimer);
     this.#abort.abort();
     this.#side.ended();

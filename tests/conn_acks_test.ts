@@ -1,0 +1,73 @@
+// Acks ride on data: a request/response stream sends no ack frame of its own.
+import assert from "node:assert/strict";
+import { connect, listen } from "../mod.ts";
+import { type Frame, FrameDecoder } from "../lib/frame/mod.ts";
+import { type Link, tcpDialer } from "../lib/link/mod.ts";
+import { delay } from "./_helpers.ts";
+
+/** Each `write` the client's link made, as the frames it carried. */
+function recordingDialer(port: number, writes: Frame[][]) {
+  const dial = tcpDialer({ port });
+  return async (signal: AbortSignal): Promise<Link> => {
+    const link = await dial(signal);
+    const decoder = new FrameDecoder();
+    return {
+      get localAddr() {
+        return link.localAddr;
+      },
+      get remoteAddr() {
+        return link.remoteAddr;
+      },
+      read: (buffer) => link.read(buffer),
+      write(data) {
+        const frames: Frame[] = [];
+        decoder.push(data, frames);
+        writes.push(frames);
+        return link.write(data);
+      },
+      close: () => link.close(),
+    };
+  };
+}
+
+Deno.test("on a request/response stream every ack rides on the next request: no lone ack frame wakes the peer", async () => {
+  // Heartbeats far apart: no heartbeat tick falls inside the test, so any ack
+  // sent alone would be one sent for its own sake.
+  const timing = { heartbeatInterval: 60_000, deadLinkTimeout: 120_000 };
+  using listener = listen({ hostname: "127.0.0.1", port: 0, ...timing });
+  const writes: Frame[][] = [];
+  await using client = await connect({
+    dialer: recordingDialer(listener.addr.port, writes),
+    ...timing,
+  });
+  await using server = await listener.accept();
+  const echo = (async () => {
+    const buffer = new Uint8Array(1024);
+    for (let n; (n = await server.read(buffer)) !== null;) {
+      await server.write(buffer.subarray(0, n));
+    }
+    await server.closeWrite();
+  })();
+  // A failed assertion closes both ends: the echo's pending read then rejects.
+  echo.catch(() => {});
+  const reply = new Uint8Array(64);
+  const ROUNDS = 20;
+  const before = writes.length;
+  for (let i = 0; i < ROUNDS; i++) {
+    await client.write(new TextEncoder().encode(`request ${i}`));
+    assert.ok((await client.read(reply))! > 0);
+    // An interactive user's think time: long enough for any delayed-ack
+    // timer to fire before the next request.
+    await delay(15);
+  }
+  const exchange = writes.slice(before);
+  const lone = exchange.filter((frames) => frames.every((frame) => frame.type === "ack"));
+  assert.equal(lone.length, 0, `${lone.length} writes carried nothing but an ack`);
+  const acksOnData = exchange.filter((frames) =>
+    frames.some((frame) => frame.type === "ack") && frames.some((frame) => frame.type === "data")
+  );
+  assert.ok(acksOnData.length >= ROUNDS - 1, `only ${acksOnData.length} requests carried an ack`);
+  await client.closeWrite();
+  assert.equal(await client.read(reply), null);
+  await echo;
+});
