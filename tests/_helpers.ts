@@ -24,7 +24,11 @@ export function* pattern(
 }
 
 /** Writes `size` pattern bytes, then half-closes; resolves to their SHA-256 (hex). */
-export async function sendPattern(conn: ImmortalConn, seed: number, size: number): Promise<string> {
+export async function sendPattern(
+  conn: Pick<ImmortalConn, "write" | "closeWrite">,
+  seed: number,
+  size: number,
+): Promise<string> {
   const hash = createHash("sha256");
   for (const chunk of pattern(seed, size)) {
     hash.update(chunk);

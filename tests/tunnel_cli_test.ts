@@ -229,7 +229,7 @@ Deno.test("tunnel CLI: TLS and a key file under exactly scoped permissions; the 
     const conn = await Deno.connect({ hostname: "127.0.0.1", port: clientPort });
     const encoder = new TextEncoder();
     await conn.write(encoder.encode("before the cut, "));
-    await client.waitFor(/Tunnel [0-9a-f]{8} connected/, "tunnel connected");
+    await client.waitFor(/Tunnel session [0-9a-f]{8} open to /, "tunnel connected");
     // The log says the link carries the session: it is live, so exactly one cut lands.
     assert.equal(proxy.reset(), 1, "no link to cut");
     await client.waitFor(/lost its link/, "link lost");

@@ -46,27 +46,6 @@ export class ReplayBuffer {
     return n;
   }
 
-  /**
-   * Free space right after the newest byte, at most `maxLength` long (and
-   * ending where the ring wraps), for a source to read into; {@linkcode commit}
-   * then appends what it wrote. Nothing else may append in between.
-   */
-  reserve(maxLength: number): Uint8Array {
-    const live = this.#end - this.#start;
-    const want = Math.min(maxLength, this.free);
-    // Grow only by what a small read needs: an idle stream keeps a small ring.
-    this.#ensure(live + Math.min(want, INITIAL_SIZE));
-    const size = this.#ring.length;
-    const at = this.#end % size;
-    return this.#ring.subarray(at, at + Math.min(want, size - live, size - at));
-  }
-
-  /** Appends the `n` bytes a source wrote into the last {@linkcode reserve}d space. */
-  commit(n: number): void {
-    if (n < 0 || n > this.free) throw new RangeError(`cannot commit ${n} bytes`);
-    this.#end += n;
-  }
-
   /** Drops every byte before `position`. */
   release(position: number): void {
     this.#start = Math.max(this.#start, Math.min(position, this.#end));

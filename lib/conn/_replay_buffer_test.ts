@@ -79,32 +79,3 @@ Deno.test("ReplayBuffer views are copy-free and stop where the ring wraps", () =
   assert.equal(buffer.view(70 * 1024, 100).length, 100, "maxLength bounds the view");
   assert.throws(() => buffer.view(80 * 1024, 1), RangeError, "nothing held at the end");
 });
-
-Deno.test("ReplayBuffer lets a source read straight into its free space, across wraps and growth", () => {
-  const buffer = new ReplayBuffer(256 * 1024);
-  let written = 0;
-  let released = 0;
-  for (let round = 0; round < 300; round++) {
-    const space = buffer.reserve(1 + (round * 7919) % 50_000);
-    assert.ok(space.length > 0 || buffer.free === 0, "free space is offered");
-    // The "source" fills part of what it was offered, as a socket read does.
-    const n = Math.min(space.length, 1 + (round * 104_729) % 40_000);
-    space.set(bytes(written, n));
-    buffer.commit(n);
-    written += n;
-    released = Math.min(written, released + ((round * 15_485_863) % 35_000));
-    buffer.release(released);
-    assert.equal(buffer.end, written);
-    assertPattern(read(buffer, released, written - released), released);
-  }
-  assert.ok(written > 1_000_000, `the test moved only ${written} bytes`);
-  assert.throws(() => buffer.commit(buffer.free + 1), RangeError, "cannot commit past capacity");
-});
-
-Deno.test("ReplayBuffer reserves without growing a small ring for a large read", () => {
-  const buffer = new ReplayBuffer(32 << 20);
-  const space = buffer.reserve(256 * 1024);
-  assert.equal(space.length, 64 * 1024, "an idle stream keeps its 64 KiB ring");
-  buffer.commit(space.length);
-  assert.equal(buffer.reserve(256 * 1024).length, 64 * 1024, "grows once the ring is full");
-});

@@ -118,11 +118,6 @@ interface Outgoing {
   payload: Uint8Array | null;
 }
 
-/** Where {@linkcode StreamEngine.writeFrom} reads from: a socket, say. */
-export interface Reader {
-  read(buffer: Uint8Array): Promise<number | null>;
-}
-
 /** How a failed or aborted session ended. */
 interface Ending {
   error: Error;
@@ -346,28 +341,12 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   }
 
   /**
-   * Reads `source` to its end straight into the replay buffer, sparing the
-   * copy a `write` makes; returns the bytes taken. For a pump that owns the
-   * writable side (the tunnel): no `write` may run at the same time.
+   * Hands the next received bytes to `use` as they lie in the link's read
+   * buffer, sparing the copy a `read` makes; `null` at the end of the stream.
+   * `use` must copy what it keeps, synchronously (see `#next`).
    */
-  async writeFrom(source: Reader): Promise<number> {
-    let total = 0;
-    for (;;) {
-      this.#assertWritable();
-      const room = this.#window.limit - (this.#replay.end - this.#replay.start);
-      if (room <= 0) {
-        await new Promise<void>((resolve, reject) => this.#roomWaiters.push({ resolve, reject }));
-        continue;
-      }
-      const n = await source.read(this.#replay.reserve(Math.min(room, MAX_DATA_FRAME)));
-      if (n === null) return total;
-      // The session may have ended while the source was read: nothing to append to.
-      this.#assertWritable();
-      this.#replay.commit(n);
-      this.#bytesWritten += n;
-      total += n;
-      this.#kick();
-    }
+  readWith<T>(use: (view: Uint8Array) => T): Promise<T | null> {
+    return this.#next(use);
   }
 
   // deno-lint-ignore require-await -- async so that a refusal rejects rather than throws

@@ -1,41 +1,51 @@
 /**
- * Splices a local TCP connection and an ImmortalConn together, carrying
+ * Splices a local TCP connection and a tunnel stream together, carrying
  * half-close both ways: EOF on one side becomes a FIN on the other, while the
  * opposite direction keeps flowing.
+ *
+ * Memory follows work, not connections: an idle connection holds one small
+ * read buffer (the direction towards TCP holds none: it writes the stream's
+ * own received chunks), and only a busy one gets a large buffer, until it
+ * goes quiet again.
  *
  * @module
  */
 
-import type { ImmortalConn } from "../conn/mod.ts";
-import { StreamEngine } from "../conn/_stream_engine.ts";
+import type { MuxStream } from "../mux/mod.ts";
+import { coreOf } from "../mux/mux_stream.ts";
 
-const BUFFER_SIZE = 256 * 1024;
+/** What a connection reads into while it is quiet. */
+const SMALL_BUFFER = 16 * 1024;
+/** What a connection reads into once a read filled the small buffer: it is busy. */
+const LARGE_BUFFER = 256 * 1024;
 
-/**
- * First byte of every tunnel session, sent by the client. The
- * server dials the target only once it arrives: a session whose opening
- * handshake was cut (the client never saw it and opened another) then never
- * reaches the target, and is reaped.
- */
-export const TUNNEL_PREAMBLE = 0x01;
-
-interface Readable {
-  read(buffer: Uint8Array): Promise<number | null>;
-}
-
-async function copy(
-  from: Readable,
-  to: { write(data: Uint8Array): Promise<number> },
-): Promise<number> {
-  const buffer = new Uint8Array(BUFFER_SIZE);
+/** TCP -> stream, with a read buffer that grows while the connection is busy. */
+async function up(tcp: Deno.TcpConn, stream: MuxStream): Promise<number> {
+  let buffer = new Uint8Array(SMALL_BUFFER);
   let total = 0;
   for (;;) {
-    const n = await from.read(buffer);
+    const n = await tcp.read(buffer);
     if (n === null) return total;
-    let off = 0;
-    while (off < n) off += await to.write(buffer.subarray(off, n));
+    await stream.write(buffer.subarray(0, n));
     total += n;
+    if (n === buffer.length && buffer.length < LARGE_BUFFER) {
+      buffer = new Uint8Array(LARGE_BUFFER);
+    } else if (n < SMALL_BUFFER && buffer.length > SMALL_BUFFER) {
+      // The burst is over: give the large buffer back.
+      buffer = new Uint8Array(SMALL_BUFFER);
+    }
   }
+}
+
+/** Stream -> TCP: the stream's received chunks are written as they are, no copy. */
+async function down(stream: MuxStream, tcp: Deno.TcpConn): Promise<number> {
+  const core = coreOf(stream);
+  let total = 0;
+  for (let chunk; (chunk = await core.nextChunk()) !== null;) {
+    for (let off = 0; off < chunk.length;) off += await tcp.write(chunk.subarray(off));
+    total += chunk.length;
+  }
+  return total;
 }
 
 /** Bytes carried by a finished splice. */
@@ -47,10 +57,11 @@ export interface SpliceResult {
 }
 
 /**
- * Copies both ways until both directions ended. If either side
- * fails, both are closed (the peer sees an abort, the local app a reset).
+ * Copies both ways until both directions ended. If either side fails, both
+ * are closed (the peer's stream is reset, the local app sees its connection
+ * closed).
  */
-export async function splice(tcp: Deno.TcpConn, conn: ImmortalConn): Promise<SpliceResult> {
+export async function splice(tcp: Deno.TcpConn, stream: MuxStream): Promise<SpliceResult> {
   // Whatever the application writes is forwarded as it comes; Nagle would only
   // add a delayed-ACK wait to small request/response exchanges.
   try {
@@ -58,23 +69,20 @@ export async function splice(tcp: Deno.TcpConn, conn: ImmortalConn): Promise<Spl
   } catch {
     // A connection that already died fails on first use below.
   }
-  // Our own sessions take the socket's bytes straight into their replay
-  // buffer: one copy less per byte.
-  const sent = conn instanceof StreamEngine ? conn.writeFrom(tcp) : copy(tcp, conn);
-  const up = sent.then(async (n) => {
-    await conn.closeWrite();
+  const sent = up(tcp, stream).then(async (n) => {
+    await stream.closeWrite();
     return n;
   });
-  const down = copy(conn, tcp).then(async (n) => {
+  const received = down(stream, tcp).then(async (n) => {
     // A local app that already reset its connection makes this reject: nothing to tell.
     await tcp.closeWrite().catch(() => {});
     return n;
   });
   try {
-    const [u, d] = await Promise.all([up, down]);
+    const [u, d] = await Promise.all([sent, received]);
     return { up: u, down: d };
   } catch (error) {
-    conn.close();
+    stream.close();
     throw error;
   } finally {
     try {
@@ -83,6 +91,6 @@ export async function splice(tcp: Deno.TcpConn, conn: ImmortalConn): Promise<Spl
       // Already closed by the failure that got us here.
     }
     // Let the failed direction settle so no promise is left unhandled.
-    await Promise.allSettled([up, down]);
+    await Promise.allSettled([sent, received]);
   }
 }

@@ -1,6 +1,6 @@
 /**
- * The near end of a tunnel: listens locally and carries each accepted TCP
- * connection over its own ImmortalConn to a {@linkcode TunnelServer}.
+ * The near end of a tunnel: listens locally and carries every accepted TCP
+ * connection as a stream of one immortal session to a {@linkcode TunnelServer}.
  *
  * @module
  */
@@ -15,8 +15,9 @@ import {
   type SessionOptions,
 } from "../conn/mod.ts";
 import type { Dialer } from "../link/mod.ts";
+import { MuxSession } from "../mux/mod.ts";
 import { backoffDelay, delay, errorMessage } from "../_util.ts";
-import { splice, TUNNEL_PREAMBLE } from "./_splice.ts";
+import { splice } from "./_splice.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
 
@@ -32,7 +33,7 @@ export interface TunnelClientOptions extends SessionOptions {
   tls?: true | ConnectTlsOptions;
   /** Reach the server another way than plain TCP or TLS. */
   dialer?: Dialer;
-  /** Reconnect backoff of each session. */
+  /** Reconnect backoff of the session. */
   backoff?: BackoffOptions;
   /**
    * While the server is unreachable, a new local connection waits this long
@@ -41,12 +42,19 @@ export interface TunnelClientOptions extends SessionOptions {
   connectWait?: number;
 }
 
-/** Forwards local TCP connections through immortal sessions. */
+/**
+ * Forwards local TCP connections through one immortal session: each
+ * connection is a stream of it, so a link break costs one reconnect and one
+ * resume, whatever the number of connections. A session that is lost for
+ * good (the server restarted, say) is replaced for the next connection.
+ */
 export class TunnelClient implements AsyncDisposable {
   #listener: Deno.TcpListener;
   #options: TunnelClientOptions;
   #active = new Set<Deno.TcpConn>();
-  #sessions = new Set<ImmortalConn>();
+  /** The session, or its opening; null when there is none. */
+  #session: Promise<MuxSession> | null = null;
+  #current: MuxSession | null = null;
   #closing = new AbortController();
   #serving: Promise<void>;
   /** Every local connection's forwarding, so close() can wait for all of them, opening ones included. */
@@ -69,9 +77,9 @@ export class TunnelClient implements AsyncDisposable {
     return this.#active.size;
   }
 
-  /** Live sessions, for statistics. */
+  /** The live session (none before the first connection), for statistics. */
   get sessions(): ImmortalConn[] {
-    return [...this.#sessions];
+    return this.#current ? [this.#current.conn] : [];
   }
 
   async #serve(): Promise<void> {
@@ -107,29 +115,54 @@ export class TunnelClient implements AsyncDisposable {
     }
   }
 
+  /** The session streams go over: the live one, or a new one. */
+  #sessionForStream(): Promise<MuxSession> {
+    if (this.#session === null) {
+      const opening: Promise<MuxSession> = this.#open().then((conn) => {
+        if (this.#closing.signal.aborted) {
+          // close() ran while this session was being opened: it did not see it.
+          conn.close();
+          throw new ImmortalError("closed", "the tunnel is closing");
+        }
+        const session = new MuxSession(conn, { role: "client" });
+        this.#current = session;
+        log.info("Tunnel session {id} open to {server}", {
+          id: conn.sessionId.slice(0, 8),
+          server: `${this.#options.server.hostname}:${this.#options.server.port}`,
+        });
+        session.closed.catch(() => {}).finally(() => {
+          if (this.#session === opening) this.#session = null;
+          if (this.#current === session) this.#current = null;
+        });
+        return session;
+      });
+      opening.catch(() => {
+        if (this.#session === opening) this.#session = null;
+      });
+      this.#session = opening;
+    }
+    return this.#session;
+  }
+
   async #carry(tcp: Deno.TcpConn): Promise<void> {
     this.#active.add(tcp);
-    let conn: ImmortalConn | undefined;
+    const local = `${tcp.remoteAddr.hostname}:${tcp.remoteAddr.port}`;
     try {
-      conn = await this.#open();
-      if (this.#closing.signal.aborted) {
-        // close() ran while this session was being opened: it did not see it.
-        conn.close();
-        await conn.closed.catch(() => {});
-        return;
-      }
-      this.#sessions.add(conn);
-      await conn.write(new Uint8Array([TUNNEL_PREAMBLE]));
-      const id = conn.sessionId.slice(0, 8);
-      log.info("Tunnel {id} connected for local client {local}", {
-        id,
-        local: `${tcp.remoteAddr.hostname}:${tcp.remoteAddr.port}`,
+      const session = await this.#sessionForStream();
+      const stream = session.open();
+      // Per connection only at debug level: a burst of a thousand is no news.
+      log.debug("Stream {stream} carries local client {local}", { stream: stream.id, local });
+      const { up, down } = await splice(tcp, stream);
+      log.debug("Stream {stream} done: {up} bytes sent, {down} bytes received", {
+        stream: stream.id,
+        up,
+        down,
       });
-      const { up, down } = await splice(tcp, conn);
-      await conn.closed;
-      log.info("Tunnel {id} done: {up} bytes sent, {down} bytes received", { id, up, down });
     } catch (error) {
-      log.error("Tunnel connection failed: {reason}", { reason: errorMessage(error) });
+      log.error("Tunneled connection from {local} failed: {reason}", {
+        local,
+        reason: errorMessage(error),
+      });
       try {
         tcp.close();
       } catch {
@@ -137,7 +170,6 @@ export class TunnelClient implements AsyncDisposable {
       }
     } finally {
       this.#active.delete(tcp);
-      if (conn) this.#sessions.delete(conn);
     }
   }
 
@@ -149,7 +181,7 @@ export class TunnelClient implements AsyncDisposable {
     } catch {
       // Already closed.
     }
-    for (const conn of this.#sessions) conn.close();
+    this.#current?.close();
     for (const tcp of this.#active) {
       try {
         tcp.close();

@@ -1,5 +1,6 @@
 /**
- * The far end of a tunnel: accepts ImmortalConns and dials the target for each.
+ * The far end of a tunnel: accepts immortal sessions and dials the target for
+ * each stream they carry.
  *
  * @module
  */
@@ -13,8 +14,9 @@ import {
   type SessionOptions,
 } from "../conn/mod.ts";
 import { type Acceptor, formatAddr } from "../link/mod.ts";
+import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { errorMessage } from "../_util.ts";
-import { splice, TUNNEL_PREAMBLE } from "./_splice.ts";
+import { splice } from "./_splice.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
 
@@ -35,12 +37,19 @@ export interface TunnelServerOptions<A extends Deno.Addr = Deno.NetAddr> extends
   acceptor?: Acceptor<A>;
 }
 
-/** Accepts tunnel sessions and forwards each to the target over TCP. */
+/**
+ * Accepts tunnel sessions and forwards each stream of them to the target over
+ * TCP. A stream whose target cannot be reached is refused with the reason;
+ * the session and its other streams go on.
+ */
 export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDisposable {
   #listener: ImmortalListener<Deno.Addr>;
   #target: { hostname: string; port: number };
-  #active = new Set<ImmortalConn>();
+  #sessions = new Set<MuxSession>();
+  #streams = 0;
   #serving: Promise<void>;
+  /** Every session's serving, so close() can wait for all of them. */
+  #carrying = new Set<Promise<void>>();
 
   /** Starts listening at once; see {@linkcode TunnelServerOptions}. */
   constructor(options: TunnelServerOptions<A>) {
@@ -57,57 +66,83 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
 
   /** Tunneled connections currently open. */
   get connections(): number {
-    return this.#active.size;
+    return this.#streams;
   }
 
   async #serve(): Promise<void> {
-    for await (const conn of this.#listener) this.#forward(conn);
+    for await (const conn of this.#listener) {
+      const carrying = this.#carrySession(conn);
+      this.#carrying.add(carrying);
+      carrying.finally(() => this.#carrying.delete(carrying));
+    }
   }
 
-  async #forward(conn: ImmortalConn): Promise<void> {
-    this.#active.add(conn);
+  async #carrySession(conn: ImmortalConn): Promise<void> {
+    const session = new MuxSession(conn, { role: "server" });
+    this.#sessions.add(session);
     const id = conn.sessionId.slice(0, 8);
-    const target = `${this.#target.hostname}:${this.#target.port}`;
+    log.info("Tunnel session {id} from {remote}", { id, remote: formatAddr(conn.remoteAddr) });
+    const streams = new Set<Promise<void>>();
     try {
-      const preamble = new Uint8Array(1);
-      if ((await conn.read(preamble)) !== 1 || preamble[0] !== TUNNEL_PREAMBLE) {
-        log.warn("Tunnel {id}: not a tunnel client, closing", { id });
-        conn.close();
-        return;
+      for await (const stream of session) {
+        const forwarding = this.#forward(id, stream);
+        streams.add(forwarding);
+        forwarding.finally(() => streams.delete(forwarding));
       }
-      let tcp: Deno.TcpConn;
-      try {
-        tcp = await Deno.connect(this.#target);
-      } catch (error) {
-        log.error("Tunnel {id}: cannot reach the target {target}: {reason}", {
-          id,
-          target,
-          reason: errorMessage(error),
-        });
-        conn.close();
-        return;
-      }
-      log.info("Tunnel {id} from {remote} forwarded to {target}", {
-        id,
-        remote: formatAddr(conn.remoteAddr),
+    } catch (error) {
+      log.info("Tunnel session {id} ended: {reason}", { id, reason: errorMessage(error) });
+    } finally {
+      this.#sessions.delete(session);
+      await Promise.allSettled([...streams]);
+    }
+  }
+
+  async #forward(session: string, stream: MuxStream): Promise<void> {
+    const target = `${this.#target.hostname}:${this.#target.port}`;
+    let tcp: Deno.TcpConn;
+    try {
+      tcp = await Deno.connect(this.#target);
+    } catch (error) {
+      const reason = `cannot reach ${target}: ${errorMessage(error)}`;
+      log.warn("Tunnel session {session}, stream {stream}: {reason}", {
+        session,
+        stream: stream.id,
+        reason,
+      });
+      stream.refuse(reason);
+      return;
+    }
+    this.#streams++;
+    try {
+      stream.accept();
+      log.debug("Stream {stream} of session {session} forwarded to {target}", {
+        session,
+        stream: stream.id,
         target,
       });
-      const { up, down } = await splice(tcp, conn);
-      await conn.closed;
-      log.info("Tunnel {id} done: {up} bytes in, {down} bytes out", { id, up, down });
+      const { up, down } = await splice(tcp, stream);
+      log.debug("Stream {stream} done: {up} bytes in, {down} bytes out", {
+        stream: stream.id,
+        up,
+        down,
+      });
     } catch (error) {
-      log.warn("Tunnel {id} ended: {reason}", { id, reason: errorMessage(error) });
+      log.debug("Stream {stream} of session {session} ended: {reason}", {
+        session,
+        stream: stream.id,
+        reason: errorMessage(error),
+      });
     } finally {
-      this.#active.delete(conn);
+      this.#streams--;
     }
   }
 
   /** Stops accepting and closes every tunneled connection. */
   async close(): Promise<void> {
     this.#listener.close();
-    for (const conn of this.#active) conn.close();
+    for (const session of this.#sessions) session.close();
     await this.#serving;
-    await Promise.allSettled([...this.#active].map((c) => c.closed));
+    await Promise.allSettled([...this.#carrying]);
   }
 
   /** Same as {@linkcode TunnelServer.close}. */

@@ -1,0 +1,330 @@
+/**
+ * One multiplexed stream's state: its receive queue and the credit it grants,
+ * the credit it may spend, half-close and reset. The session feeds it frames
+ * and sends what it asks; {@linkcode MuxStream} is its public face.
+ *
+ * Credit, per direction: the receiver grants a window (256 KiB to start);
+ * the sender never has more than that in flight unread. As the application
+ * reads, the receiver grants what it consumed, once half the window is
+ * consumed. A window that was read through within two round trips is the
+ * bottleneck of that stream, so it doubles (up to a maximum): a busy stream
+ * on a long path gets the window the path needs, an idle or stalled one
+ * keeps what it had, and holds at most that many bytes.
+ *
+ * @module
+ */
+
+import { ImmortalError } from "../conn/errors.ts";
+import {
+  encodeCredit,
+  encodeFrame,
+  FrameType,
+  INITIAL_WINDOW,
+  MAX_DATA,
+  MAX_TEXT,
+  MuxProtocolError,
+} from "./_frames.ts";
+
+/** What a stream needs from its session. */
+export interface StreamOwner {
+  /** Queues a control frame (ahead of data). */
+  sendControl(frame: Uint8Array): void;
+  /** Queues a data frame (or a FIN) in order; resolves once the session took it. */
+  sendData(stream: number, type: number, payload: Uint8Array | null): Promise<void>;
+  /** The stream ended both ways: the session forgets it. */
+  forget(stream: number): void;
+  /** The session's round-trip time estimate, ms. */
+  rttMs(): number;
+  /** The most a stream's receive window may grow to. */
+  readonly maxWindow: number;
+}
+
+/** Whether we opened the stream or the peer did, and where it stands. */
+type Opening = "opening" | "pending" | "open";
+
+/** @internal */
+export class StreamCore {
+  readonly id: number;
+  readonly meta: Uint8Array;
+  readonly closed: Promise<void>;
+  /** Settles when the acceptor answered (opener) or when we answered (acceptor). */
+  readonly accepted: Promise<void>;
+  #owner: StreamOwner;
+  #opening: Opening;
+  #resolveAccepted!: () => void;
+  #rejectAccepted!: (error: Error) => void;
+  #resolveClosed!: () => void;
+  #rejectClosed!: (error: Error) => void;
+  /** Set once the stream was reset, refused or lost with its session. */
+  #error: Error | null = null;
+
+  // Receiving.
+  #queue: Uint8Array[] = [];
+  #queueHead = 0;
+  #queued = 0;
+  #peerFin = false;
+  #readerWaiters: (() => void)[] = [];
+  /** Bytes the peer may send in all (window plus every credit granted). */
+  #granted = INITIAL_WINDOW;
+  #received = 0;
+  #consumed = 0;
+  /** Consumed position the last credit covered. */
+  #creditedTo = 0;
+  #window = INITIAL_WINDOW;
+  #lastGrantAt = performance.now();
+
+  // Sending.
+  #credit = INITIAL_WINDOW;
+  #creditWaiters: (() => void)[] = [];
+  /** Writes run one at a time, in call order. */
+  #writing: Promise<unknown> = Promise.resolve();
+  #finQueued = false;
+  #finSent = false;
+
+  constructor(id: number, owner: StreamOwner, init: { meta?: Uint8Array; incoming: boolean }) {
+    this.id = id;
+    this.#owner = owner;
+    this.meta = init.meta ?? new Uint8Array(0);
+    this.#opening = init.incoming ? "pending" : "opening";
+    this.accepted = new Promise((resolve, reject) => {
+      this.#resolveAccepted = resolve;
+      this.#rejectAccepted = reject;
+    });
+    this.closed = new Promise((resolve, reject) => {
+      this.#resolveClosed = resolve;
+      this.#rejectClosed = reject;
+    });
+    // Nobody has to await these: a refused or reset stream must not crash the process.
+    this.accepted.catch(() => {});
+    this.closed.catch(() => {});
+  }
+
+  /** Bytes received and not read yet. */
+  get buffered(): number {
+    return this.#queued;
+  }
+
+  /** The receive window granted now. */
+  get window(): number {
+    return this.#window;
+  }
+
+  // ------------------------------------------------------------ acceptor's answer
+
+  accept(): void {
+    if (this.#opening !== "pending") return;
+    this.#opening = "open";
+    this.#owner.sendControl(encodeFrame(FrameType.accept, this.id));
+    this.#resolveAccepted();
+  }
+
+  refuse(reason: string): void {
+    if (this.#opening !== "pending" || this.#error) return;
+    this.#owner.sendControl(encodeFrame(FrameType.refuse, this.id, text(reason)));
+    this.#end(new ImmortalError("rejected", `stream refused: ${reason}`), true);
+  }
+
+  // ------------------------------------------------------------ application side
+
+  /** Next received bytes (the queue's own chunk: the caller may keep it), or null at the end. */
+  async nextChunk(max = Infinity): Promise<Uint8Array | null> {
+    for (;;) {
+      if (this.#queued > 0) {
+        let chunk = this.#queue[this.#queueHead];
+        if (chunk.length > max) {
+          this.#queue[this.#queueHead] = chunk.subarray(max);
+          chunk = chunk.subarray(0, max);
+        } else if (++this.#queueHead === this.#queue.length) {
+          this.#queue = [];
+          this.#queueHead = 0;
+        }
+        this.#queued -= chunk.length;
+        this.#consume(chunk.length);
+        return chunk;
+      }
+      if (this.#peerFin) return null;
+      if (this.#error) throw this.#error;
+      await new Promise<void>((resolve) => this.#readerWaiters.push(resolve));
+    }
+  }
+
+  async read(buffer: Uint8Array): Promise<number | null> {
+    if (buffer.length === 0) return 0;
+    const chunk = await this.nextChunk(buffer.length);
+    if (chunk === null) return null;
+    buffer.set(chunk);
+    return chunk.length;
+  }
+
+  write(data: Uint8Array): Promise<number> {
+    const done = this.#writing.then(() => this.#write(data));
+    this.#writing = done.catch(() => {});
+    return done;
+  }
+
+  async #write(data: Uint8Array): Promise<number> {
+    // Writing is answering: an acceptor that writes has accepted.
+    this.accept();
+    for (let off = 0; off < data.length;) {
+      this.#assertWritable();
+      if (this.#credit === 0) {
+        await new Promise<void>((resolve) => this.#creditWaiters.push(resolve));
+        continue;
+      }
+      const n = Math.min(this.#credit, data.length - off, MAX_DATA);
+      this.#credit -= n;
+      await this.#owner.sendData(this.id, FrameType.data, data.subarray(off, off + n));
+      off += n;
+    }
+    return data.length;
+  }
+
+  closeWrite(): Promise<void> {
+    if (this.#finQueued) return this.#writing.then(() => {});
+    this.#assertWritable();
+    this.#finQueued = true;
+    this.accept();
+    const done = this.#writing.then(async () => {
+      if (this.#error) throw this.#error;
+      await this.#owner.sendData(this.id, FrameType.fin, null);
+      this.#finSent = true;
+      this.#maybeDone();
+    });
+    this.#writing = done.catch(() => {});
+    return done;
+  }
+
+  /** Aborts both directions; the peer's stream fails with `reason`. */
+  close(reason = "closed by the application"): void {
+    if (this.#error) return;
+    if (this.#finSent && this.#peerFin) {
+      this.#end(null);
+      return;
+    }
+    this.#owner.sendControl(encodeFrame(FrameType.reset, this.id, text(reason)));
+    this.#end(new ImmortalError("closed", "the stream was closed"), true);
+  }
+
+  #assertWritable(): void {
+    if (this.#error) throw this.#error;
+    if (this.#finQueued) throw new ImmortalError("closed", "the writable side was closed");
+  }
+
+  /** Grants the peer what the application consumed, once half the window is. */
+  #consume(n: number): void {
+    this.#consumed += n;
+    const unCredited = this.#consumed - this.#creditedTo;
+    if (unCredited < this.#window / 2 || this.#peerFin || this.#error) return;
+    let increment = unCredited;
+    const now = performance.now();
+    // Read through half the window within a round trip or so: the window
+    // limits this stream. Grow it (the extra is granted now).
+    if (now - this.#lastGrantAt < 2 * this.#owner.rttMs() && this.#window < this.#owner.maxWindow) {
+      const grown = Math.min(this.#window * 2, this.#owner.maxWindow);
+      increment += grown - this.#window;
+      this.#window = grown;
+    }
+    this.#lastGrantAt = now;
+    this.#creditedTo = this.#consumed;
+    this.#granted += increment;
+    this.#owner.sendControl(encodeCredit(this.id, increment));
+  }
+
+  // ------------------------------------------------------------ frames from the peer
+
+  /** Stream bytes (a view: copied here). */
+  onData(bytes: Uint8Array): void {
+    if (this.#error) return; // reset or refused by us: what was in flight is dropped
+    if (this.#peerFin) throw new MuxProtocolError(`data after fin on stream ${this.id}`);
+    this.#received += bytes.length;
+    if (this.#received > this.#granted) {
+      throw new MuxProtocolError(
+        `stream ${this.id}: ${this.#received - this.#granted} bytes past the window granted`,
+      );
+    }
+    this.#queue.push(bytes.slice());
+    this.#queued += bytes.length;
+    this.#wakeReaders();
+  }
+
+  onControl(type: number, payload: Uint8Array): void {
+    switch (type) {
+      case FrameType.accept:
+        if (this.#opening === "opening") {
+          this.#opening = "open";
+          this.#resolveAccepted();
+        }
+        return;
+      case FrameType.refuse:
+        if (this.#opening === "opening") {
+          this.#end(new ImmortalError("rejected", `stream refused: ${decode(payload)}`));
+        }
+        return;
+      case FrameType.credit: {
+        const increment = new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0);
+        this.#credit += increment;
+        const waiters = this.#creditWaiters;
+        this.#creditWaiters = [];
+        for (const wake of waiters) wake();
+        return;
+      }
+      case FrameType.fin:
+        if (this.#error) return;
+        if (this.#peerFin) throw new MuxProtocolError(`second fin on stream ${this.id}`);
+        this.#peerFin = true;
+        this.#wakeReaders();
+        this.#maybeDone();
+        return;
+      case FrameType.reset:
+        this.#end(new ImmortalError("aborted", `the peer reset the stream: ${decode(payload)}`));
+        return;
+      default:
+        throw new MuxProtocolError(`unexpected frame type ${type} on stream ${this.id}`);
+    }
+  }
+
+  /** The session is gone: so is the stream. */
+  fail(error: Error): void {
+    this.#end(error);
+  }
+
+  #wakeReaders(): void {
+    const waiters = this.#readerWaiters;
+    this.#readerWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  #maybeDone(): void {
+    if (this.#finSent && this.#peerFin && !this.#error) this.#end(null);
+  }
+
+  /**
+   * Ends the stream: `error` null means both directions finished; `clean`
+   * (a local close or refusal) settles `closed` without an error.
+   */
+  #end(error: Error | null, clean = error === null): void {
+    if (this.#error) return;
+    this.#error = error ?? new ImmortalError("closed", "the stream is finished");
+    this.#owner.forget(this.id);
+    this.#wakeReaders();
+    const waiters = this.#creditWaiters;
+    this.#creditWaiters = [];
+    for (const wake of waiters) wake();
+    if (error) this.#rejectAccepted(error);
+    else this.#resolveAccepted();
+    if (clean) this.#resolveClosed();
+    else this.#rejectClosed(error!);
+  }
+}
+
+const encoder = new TextEncoder();
+
+/** UTF-8 of `reason`, cut to what a frame carries. */
+function text(reason: string): Uint8Array {
+  const bytes = encoder.encode(reason);
+  return bytes.length <= MAX_TEXT ? bytes : bytes.subarray(0, MAX_TEXT);
+}
+
+function decode(bytes: Uint8Array): string {
+  return new TextDecoder().decode(bytes);
+}

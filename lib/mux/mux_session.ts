@@ -1,0 +1,356 @@
+/**
+ * {@linkcode MuxSession}: many streams over one ImmortalConn.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import { ImmortalError } from "../conn/errors.ts";
+import type { ImmortalConn } from "../conn/immortal_conn.ts";
+import { StreamEngine } from "../conn/_stream_engine.ts";
+import { errorMessage } from "../_util.ts";
+import {
+  encodeFrame,
+  type FrameHandler,
+  FrameParser,
+  FrameType,
+  GREETING,
+  HEADER_SIZE,
+  MAX_DATA,
+  MAX_WINDOW,
+  MuxProtocolError,
+  writeHeader,
+} from "./_frames.ts";
+import { StreamCore, type StreamOwner } from "./_stream_core.ts";
+import { MuxStream } from "./mux_stream.ts";
+
+const log = getLogger(["immortal", "mux"]);
+
+/** A data payload this small is copied behind its header: one write instead of two. */
+const COALESCE_MAX = 16 * 1024;
+/** Round-trip time assumed until the session has measured one, ms. */
+const DEFAULT_RTT_MS = 50;
+
+/** Settings of a {@linkcode MuxSession}. */
+export interface MuxSessionOptions {
+  /**
+   * Which end this is: the client opens odd-numbered streams, the server
+   * even-numbered ones. Both may open streams.
+   */
+  role: "client" | "server";
+  /** Most streams open at once (both ways); more are refused. Default 65536. */
+  maxStreams?: number;
+  /** Largest receive window a busy stream grows to, bytes. Default 16 MiB. */
+  maxStreamWindow?: number;
+}
+
+interface QueuedData {
+  type: number;
+  stream: number;
+  payload: Uint8Array | null;
+  resolve: () => void;
+  reject: (error: Error) => void;
+}
+
+/**
+ * Carries many independent byte streams over one {@linkcode ImmortalConn}:
+ * one link, one handshake, one set of heartbeats and one resume for all of
+ * them, whatever their number. Each stream has its own credit window (256 KiB
+ * to start, grown while the stream is busy), so a stream nobody reads holds
+ * only its own window and the others keep full speed. The wire format is
+ * PROTOCOL.md §3.
+ *
+ * @example Both ends over a real connection
+ * ```ts
+ * import { connect, listen } from "@immortal/sockets";
+ * import { MuxSession } from "@immortal/sockets/mux";
+ *
+ * using listener = listen({ hostname: "127.0.0.1", port: 0 });
+ * const client = new MuxSession(await connect({ port: listener.addr.port }), { role: "client" });
+ * const server = new MuxSession(await listener.accept(), { role: "server" });
+ *
+ * const stream = client.open(new TextEncoder().encode("echo"));
+ * await stream.write(new TextEncoder().encode("ping"));
+ * await stream.closeWrite();
+ *
+ * const incoming = await server.accept();
+ * const what = new TextDecoder().decode(incoming.meta); // "echo"
+ * const got = await new Response(incoming.readable).arrayBuffer();
+ * await incoming.write(new Uint8Array(got));
+ * await incoming.closeWrite();
+ *
+ * const echoed = await new Response(stream.readable).text();
+ * if (what !== "echo" || echoed !== "ping") throw new Error("not echoed");
+ * client.close();
+ * server.close();
+ * await Promise.all([client.closed, server.closed]);
+ * ```
+ */
+export class MuxSession implements AsyncDisposable {
+  /** Resolves when the session ended by {@linkcode MuxSession.close}; rejects if it was lost. */
+  readonly closed: Promise<void>;
+  #conn: ImmortalConn;
+  #maxStreams: number;
+  #streams = new Map<number, StreamCore>();
+  #nextId: number;
+  #lastPeerId = 0;
+  #peerParity: number;
+  #incoming: MuxStream[] = [];
+  #acceptWaiters: { resolve: (s: MuxStream) => void; reject: (e: Error) => void }[] = [];
+  #control: Uint8Array[] = [];
+  #data: QueuedData[] = [];
+  #wakeWriter: (() => void) | null = null;
+  #ending: Error | null = null;
+  #resolveClosed!: () => void;
+  #rejectClosed!: (error: Error) => void;
+  #owner: StreamOwner;
+
+  /** Starts multiplexing over `conn`, which nothing else may read or write from now on. */
+  constructor(conn: ImmortalConn, options: MuxSessionOptions) {
+    this.#conn = conn;
+    this.#maxStreams = options.maxStreams ?? 65_536;
+    const maxWindow = options.maxStreamWindow ?? 16 << 20;
+    if (!Number.isInteger(maxWindow) || maxWindow < 256 * 1024 || maxWindow > MAX_WINDOW) {
+      throw new RangeError(`maxStreamWindow must be an integer in 256 KiB..${MAX_WINDOW}`);
+    }
+    this.#nextId = options.role === "client" ? 1 : 2;
+    this.#peerParity = options.role === "client" ? 0 : 1;
+    this.closed = new Promise((resolve, reject) => {
+      this.#resolveClosed = resolve;
+      this.#rejectClosed = reject;
+    });
+    this.closed.catch(() => {});
+    this.#owner = {
+      maxWindow,
+      sendControl: (frame) => this.#sendControl(frame),
+      sendData: (stream, type, payload) => this.#sendData(stream, type, payload),
+      forget: (stream) => this.#streams.delete(stream),
+      rttMs: () => conn.stats.rttMs ?? DEFAULT_RTT_MS,
+    };
+    this.#control.push(GREETING);
+    this.#writeLoop();
+    this.#readLoop();
+  }
+
+  /** The connection under the streams. */
+  get conn(): ImmortalConn {
+    return this.#conn;
+  }
+
+  /** Streams open now (both ways). */
+  get streams(): number {
+    return this.#streams.size;
+  }
+
+  /**
+   * Opens a stream; `meta` (at most 1 KiB) tells the peer what it is for.
+   * Data may be written at once: the first 256 KiB need no answer. See
+   * {@linkcode MuxStream.accepted} for the peer's answer.
+   */
+  open(meta?: Uint8Array): MuxStream {
+    if (this.#ending) throw this.#ending;
+    if (meta && meta.length > 1024) throw new RangeError("stream metadata is limited to 1 KiB");
+    if (this.#streams.size >= this.#maxStreams) {
+      throw new ImmortalError("rejected", `${this.#maxStreams} streams are open already`);
+    }
+    const id = this.#nextId;
+    this.#nextId += 2;
+    const core = new StreamCore(id, this.#owner, { meta, incoming: false });
+    this.#streams.set(id, core);
+    this.#sendControl(encodeFrame(FrameType.open, id, meta));
+    return new MuxStream(core);
+  }
+
+  /** The next stream the peer opened; answer it with `accept`/`refuse` (or write). */
+  accept(): Promise<MuxStream> {
+    const stream = this.#incoming.shift();
+    if (stream) return Promise.resolve(stream);
+    if (this.#ending) return Promise.reject(this.#ending);
+    return new Promise((resolve, reject) => this.#acceptWaiters.push({ resolve, reject }));
+  }
+
+  /** Streams the peer opens, until the session ends. */
+  async *[Symbol.asyncIterator](): AsyncIterator<MuxStream> {
+    for (;;) {
+      try {
+        yield await this.accept();
+      } catch (error) {
+        if (this.#ending && this.#ending === error && this.#closedLocally) return;
+        throw error;
+      }
+    }
+  }
+
+  #closedLocally = false;
+
+  /** Ends every stream and the connection under them. */
+  close(): void {
+    if (this.#ending) return;
+    this.#closedLocally = true;
+    this.#end(new ImmortalError("closed", "the session was closed"));
+  }
+
+  /** Same as {@linkcode MuxSession.close}, then waits for the connection to close. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    await this.#conn.closed.catch(() => {});
+  }
+
+  // ------------------------------------------------------------ sending
+
+  #sendControl(frame: Uint8Array): void {
+    if (this.#ending) return;
+    this.#control.push(frame);
+    this.#kick();
+  }
+
+  #sendData(stream: number, type: number, payload: Uint8Array | null): Promise<void> {
+    if (this.#ending) return Promise.reject(this.#ending);
+    return new Promise((resolve, reject) => {
+      this.#data.push({ type, stream, payload, resolve, reject });
+      this.#kick();
+    });
+  }
+
+  #kick(): void {
+    const wake = this.#wakeWriter;
+    if (wake) {
+      this.#wakeWriter = null;
+      wake();
+    }
+  }
+
+  /**
+   * The only writer of the connection: control frames first (credit must not
+   * wait behind data), all of them in one write; then one data frame.
+   */
+  async #writeLoop(): Promise<void> {
+    const header = new Uint8Array(HEADER_SIZE);
+    try {
+      while (!this.#ending) {
+        if (this.#control.length > 0) {
+          const frames = this.#control;
+          this.#control = [];
+          await this.#conn.write(frames.length === 1 ? frames[0] : concat(frames));
+          continue;
+        }
+        const item = this.#data.shift();
+        if (item === undefined) {
+          await new Promise<void>((resolve) => this.#wakeWriter = resolve);
+          continue;
+        }
+        const length = item.payload?.length ?? 0;
+        if (length <= COALESCE_MAX) {
+          const frame = new Uint8Array(HEADER_SIZE + length);
+          writeHeader(frame, item.type, item.stream, length);
+          if (item.payload) frame.set(item.payload, HEADER_SIZE);
+          await this.#conn.write(frame);
+        } else {
+          writeHeader(header, item.type, item.stream, length);
+          await this.#conn.write(header);
+          await this.#conn.write(item.payload!);
+        }
+        item.resolve();
+      }
+    } catch (error) {
+      this.#end(error instanceof Error ? error : new Error(String(error)));
+    }
+  }
+
+  // ------------------------------------------------------------ receiving
+
+  async #readLoop(): Promise<void> {
+    const parser = new FrameParser(this.#handler());
+    const conn = this.#conn;
+    try {
+      if (conn instanceof StreamEngine) {
+        // Parse straight from the session's receive queue: no copy first.
+        while ((await conn.readWith((view) => parser.push(view))) !== null) {
+          if (this.#ending) return;
+        }
+      } else {
+        const buffer = new Uint8Array(MAX_DATA);
+        for (let n; (n = await conn.read(buffer)) !== null;) {
+          parser.push(buffer.subarray(0, n));
+          if (this.#ending) return;
+        }
+      }
+      this.#end(new ImmortalError("closed", "the peer ended the session"));
+    } catch (error) {
+      if (error instanceof MuxProtocolError) {
+        log.error("Multiplexed session {id}: {reason}", {
+          id: conn.sessionId.slice(0, 8),
+          reason: error.message,
+        });
+        this.#end(new ImmortalError("protocol", error.message));
+      } else {
+        this.#end(error instanceof Error ? error : new Error(String(error)));
+      }
+    }
+  }
+
+  #handler(): FrameHandler {
+    return {
+      data: (stream, bytes) => this.#streams.get(stream)?.onData(bytes),
+      control: (type, stream, payload) => {
+        if (type === FrameType.open) this.#onOpen(stream, payload);
+        // Frames for a stream already gone (reset, refused) were in flight: dropped.
+        else this.#streams.get(stream)?.onControl(type, payload);
+      },
+    };
+  }
+
+  #onOpen(id: number, meta: Uint8Array): void {
+    if (id % 2 !== this.#peerParity || id <= this.#lastPeerId) {
+      throw new MuxProtocolError(`the peer opened stream ${id} out of turn`);
+    }
+    this.#lastPeerId = id;
+    if (this.#streams.size >= this.#maxStreams) {
+      this.#sendControl(
+        encodeFrame(FrameType.refuse, id, new TextEncoder().encode("too many streams")),
+      );
+      return;
+    }
+    const core = new StreamCore(id, this.#owner, { meta, incoming: true });
+    this.#streams.set(id, core);
+    const stream = new MuxStream(core);
+    const waiter = this.#acceptWaiters.shift();
+    if (waiter) waiter.resolve(stream);
+    else this.#incoming.push(stream);
+  }
+
+  // ------------------------------------------------------------ ending
+
+  #end(error: Error): void {
+    if (this.#ending) return;
+    this.#ending = error;
+    if (!this.#closedLocally) {
+      log.warn("Multiplexed session {id} ended: {reason}", {
+        id: this.#conn.sessionId.slice(0, 8),
+        reason: errorMessage(error),
+      });
+    }
+    for (const core of [...this.#streams.values()]) core.fail(error);
+    this.#streams.clear();
+    for (const stream of this.#incoming.splice(0)) stream.close();
+    for (const waiter of this.#acceptWaiters.splice(0)) waiter.reject(error);
+    for (const item of this.#data.splice(0)) item.reject(error);
+    this.#control = [];
+    this.#kick();
+    this.#conn.close();
+    if (this.#closedLocally) this.#resolveClosed();
+    else this.#rejectClosed(error);
+  }
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  let length = 0;
+  for (const part of parts) length += part.length;
+  const out = new Uint8Array(length);
+  let off = 0;
+  for (const part of parts) {
+    out.set(part, off);
+    off += part.length;
+  }
+  return out;
+}

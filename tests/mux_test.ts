@@ -1,0 +1,172 @@
+// Many streams over one ImmortalConn: independent flow control, half-close,
+// refusal and reset per stream.
+import assert from "node:assert/strict";
+import { connect, ImmortalError, listen } from "../mod.ts";
+import { MuxSession, type MuxStream } from "../lib/mux/mod.ts";
+import { encodeFrame, FrameType, GREETING, INITIAL_WINDOW } from "../lib/mux/_frames.ts";
+import { patternHash, receiveAll, sendPattern } from "./_helpers.ts";
+
+const MiB = 1 << 20;
+
+/** Everything a stream sends until its end, as text. */
+function readText(stream: MuxStream): Promise<string> {
+  return new Response(stream.readable).text();
+}
+
+/** A client and a server session over a real loopback ImmortalConn. */
+async function pair() {
+  const listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const clientConn = await connect({ port: listener.addr.port });
+  const serverConn = await listener.accept();
+  listener.close();
+  const client = new MuxSession(clientConn, { role: "client" });
+  const server = new MuxSession(serverConn, { role: "server" });
+  return {
+    client,
+    server,
+    async [Symbol.asyncDispose]() {
+      client.close();
+      server.close();
+      await Promise.allSettled([
+        client.closed,
+        server.closed,
+        clientConn.closed,
+        serverConn.closed,
+      ]);
+    },
+  };
+}
+
+/** Moves `size` bytes client -> server on a new stream; returns MB/s. */
+async function move(s: { client: MuxSession; server: MuxSession }, size: number, seed: number) {
+  const stream = s.client.open();
+  const accepted = s.server.accept();
+  const started = performance.now();
+  const sending = sendPattern(stream, seed, size).then(async (hash) => {
+    await stream.closeWrite();
+    return hash;
+  });
+  const incoming = await accepted;
+  const got = await receiveAll(incoming);
+  await incoming.closeWrite();
+  const seconds = (performance.now() - started) / 1000;
+  assert.equal(got.sha256, await sending);
+  assert.equal(await stream.read(new Uint8Array(1)), null);
+  return size / MiB / seconds;
+}
+
+Deno.test("a stream nobody reads holds only its window; another stream keeps its full speed", async () => {
+  await using s = await pair();
+  const SIZE = 64 * MiB;
+  // Alone first, then beside a stalled stream, twice each: the best of each
+  // compares the two cases on the same machine at the same time.
+  const alone: number[] = [];
+  const beside: number[] = [];
+  const stalled = s.client.open();
+  const stalledWriting = stalled.write(new Uint8Array(4 * MiB)).catch(() => {});
+  const stalledIncoming = await s.server.accept(); // never read
+  for (let round = 0; round < 2; round++) {
+    alone.push(await move(s, SIZE, 10 + round));
+  }
+  // The stalled stream's writer is still blocked on credit: nothing moved past its window.
+  for (let round = 0; round < 2; round++) {
+    beside.push(await move(s, SIZE, 20 + round));
+    assert.ok(
+      stalledIncoming.bufferedBytes <= INITIAL_WINDOW,
+      `the stalled stream buffers ${stalledIncoming.bufferedBytes} bytes`,
+    );
+  }
+  assert.equal(stalledIncoming.bufferedBytes, INITIAL_WINDOW, "its window is full, no more");
+  const best = (xs: number[]) => Math.max(...xs);
+  assert.ok(
+    best(beside) >= 0.8 * best(alone),
+    `beside a stalled stream ${best(beside).toFixed(0)} MB/s, alone ${best(alone).toFixed(0)} MB/s`,
+  );
+  stalled.close();
+  await stalledWriting;
+});
+
+Deno.test("half-close is per stream: each direction ends on its own, other streams unaffected", async () => {
+  await using s = await pair();
+  const a = s.client.open();
+  const b = s.client.open();
+  const [sa, sb] = [await s.server.accept(), await s.server.accept()];
+  // a: the client finishes first; the server still sends 3 MiB after that.
+  await a.write(new TextEncoder().encode("request"));
+  await a.closeWrite();
+  assert.equal(await readText(sa), "request");
+  const replying = sendPattern(sa, 5, 3 * MiB).then(() => sa.closeWrite());
+  // b keeps going both ways meanwhile.
+  await b.write(new TextEncoder().encode("still here"));
+  const buffer = new Uint8Array(64);
+  const n = await sb.read(buffer);
+  assert.equal(new TextDecoder().decode(buffer.subarray(0, n!)), "still here");
+  const reply = await receiveAll(a);
+  await replying;
+  assert.equal(reply.sha256, patternHash(5, 3 * MiB));
+  await Promise.all([a.closed, sa.closed]);
+  // b is untouched by a's end.
+  await sb.write(new TextEncoder().encode("and you"));
+  const m = await b.read(buffer);
+  assert.equal(new TextDecoder().decode(buffer.subarray(0, m!)), "and you");
+  assert.equal(s.client.streams, 1);
+});
+
+Deno.test("a refused stream fails alone, with the acceptor's reason", async () => {
+  await using s = await pair();
+  const serving = (async () => {
+    for await (const stream of s.server) {
+      const what = new TextDecoder().decode(stream.meta);
+      if (what === "nope") stream.refuse("target unreachable: connection refused");
+      else await stream.write(stream.meta).then(() => stream.closeWrite());
+    }
+  })();
+  const streams = ["one", "nope", "two"].map((m) => s.client.open(new TextEncoder().encode(m)));
+  await Promise.all(streams.map((stream) => stream.closeWrite().catch(() => {})));
+  const [one, nope, two] = streams;
+  await assert.rejects(nope.accepted, /stream refused: target unreachable: connection refused/);
+  await assert.rejects(nope.read(new Uint8Array(1)), ImmortalError);
+  assert.equal(await readText(one), "one");
+  assert.equal(await readText(two), "two");
+  await Promise.all([one.accepted, two.accepted]);
+  s.client.close();
+  await serving.catch(() => {});
+});
+
+Deno.test("close resets the peer's stream with a reason; the session goes on", async () => {
+  await using s = await pair();
+  const a = s.client.open();
+  const sa = await s.server.accept();
+  const pending = sa.read(new Uint8Array(8));
+  a.close();
+  await assert.rejects(pending, /the peer reset the stream: closed by the application/);
+  await assert.rejects(sa.closed, ImmortalError);
+  await a.closed; // a local close is clean
+  assert.equal(await move(s, MiB, 1) > 0, true, "the session still carries streams");
+});
+
+Deno.test("a peer that sends past a stream's window is cut off (protocol error), memory bounded", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const raw = await connect({ port: listener.addr.port });
+  const server = new MuxSession(await listener.accept(), { role: "server" });
+  // A hand-made client: opens stream 1 and sends twice the window at once.
+  await raw.write(GREETING);
+  await raw.write(encodeFrame(FrameType.open, 1));
+  const chunk = new Uint8Array(128 * 1024);
+  for (let i = 0; i < 2 * INITIAL_WINDOW / chunk.length; i++) {
+    await raw.write(encodeFrame(FrameType.data, 1, chunk));
+  }
+  const stream = await server.accept();
+  await assert.rejects(server.closed, /bytes past the window granted/);
+  assert.ok(stream.bufferedBytes <= INITIAL_WINDOW, `${stream.bufferedBytes} bytes buffered`);
+  await raw.closed.catch(() => {});
+});
+
+Deno.test("a peer that does not speak the protocol is told apart at its first bytes", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const raw = await connect({ port: listener.addr.port });
+  const server = new MuxSession(await listener.accept(), { role: "server" });
+  await raw.write(new Uint8Array([0x01])); // the old per-connection tunnel's first byte
+  await assert.rejects(server.closed, /does not speak stream multiplexing/);
+  await raw.closed.catch(() => {});
+});
