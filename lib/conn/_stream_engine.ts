@@ -349,6 +349,24 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     return this.#next(use);
   }
 
+  /**
+   * Appends all of `parts` at once if the window has room for all of them,
+   * else nothing: false. Synchronous, so a writer that frames its own
+   * messages (the multiplexer) can write a header and its payload with no
+   * await in between and no copy into one buffer first. Throws as `write`
+   * does when the stream cannot be written.
+   */
+  tryWrite(parts: readonly Uint8Array[]): boolean {
+    this.#assertWritable();
+    let length = 0;
+    for (const part of parts) length += part.length;
+    if (length > this.#window.limit - (this.#replay.end - this.#replay.start)) return false;
+    for (const part of parts) this.#replay.append(part);
+    this.#bytesWritten += length;
+    this.#kick();
+    return true;
+  }
+
   // deno-lint-ignore require-await -- async so that a refusal rejects rather than throws
   async closeWrite(): Promise<void> {
     if (this.#finPos === null) {

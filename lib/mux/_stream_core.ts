@@ -15,6 +15,7 @@
  */
 
 import { ImmortalError } from "../conn/errors.ts";
+import type { ChunkPool } from "./_chunk_pool.ts";
 import {
   encodeCredit,
   encodeFrame,
@@ -29,6 +30,11 @@ import {
 export interface StreamOwner {
   /** Queues a control frame (ahead of data). */
   sendControl(frame: Uint8Array): void;
+  /**
+   * Writes a data frame (or a FIN) at once if nothing is queued before it and
+   * the session has room: true. The payload is copied before this returns.
+   */
+  trySendData(stream: number, type: number, payload: Uint8Array | null): boolean;
   /** Queues a data frame (or a FIN) in order; resolves once the session took it. */
   sendData(stream: number, type: number, payload: Uint8Array | null): Promise<void>;
   /** The stream ended both ways: the session forgets it. */
@@ -37,6 +43,8 @@ export interface StreamOwner {
   rttMs(): number;
   /** The most a stream's receive window may grow to. */
   readonly maxWindow: number;
+  /** Where received data is copied to. */
+  readonly chunks: ChunkPool;
 }
 
 /** Whether we opened the stream or the peer did, and where it stands. */
@@ -76,8 +84,8 @@ export class StreamCore {
   // Sending.
   #credit = INITIAL_WINDOW;
   #creditWaiters: (() => void)[] = [];
-  /** Writes run one at a time, in call order. */
-  #writing: Promise<unknown> = Promise.resolve();
+  /** The last write still running (writes run one at a time, in call order), if any. */
+  #writing: Promise<unknown> | null = null;
   #finQueued = false;
   #finSent = false;
 
@@ -126,7 +134,10 @@ export class StreamCore {
 
   // ------------------------------------------------------------ application side
 
-  /** Next received bytes (the queue's own chunk: the caller may keep it), or null at the end. */
+  /**
+   * Next received bytes (the queue's own chunk: the caller may keep it, or
+   * hand a whole one back with {@linkcode release}), or null at the end.
+   */
   async nextChunk(max = Infinity): Promise<Uint8Array | null> {
     for (;;) {
       if (this.#queued > 0) {
@@ -148,17 +159,33 @@ export class StreamCore {
     }
   }
 
+  /** A whole chunk from {@linkcode nextChunk} was written out: its buffer may be reused. */
+  release(chunk: Uint8Array): void {
+    this.#owner.chunks.release(chunk);
+  }
+
   async read(buffer: Uint8Array): Promise<number | null> {
     if (buffer.length === 0) return 0;
     const chunk = await this.nextChunk(buffer.length);
     if (chunk === null) return null;
     buffer.set(chunk);
+    // A chunk split by a short buffer is still partly queued: only a whole one goes back.
+    if (chunk.byteOffset === 0 && chunk.length < buffer.length) this.release(chunk);
     return chunk.length;
   }
 
   write(data: Uint8Array): Promise<number> {
-    const done = this.#writing.then(() => this.#write(data));
-    this.#writing = done.catch(() => {});
+    return this.#serialize(() => this.#write(data));
+  }
+
+  /** Runs `task` after every write before it (at once when there is none). */
+  #serialize<T>(task: () => Promise<T>): Promise<T> {
+    const done = this.#writing === null ? task() : this.#writing.then(task);
+    const settled = done.catch(() => {});
+    this.#writing = settled;
+    settled.then(() => {
+      if (this.#writing === settled) this.#writing = null;
+    });
     return done;
   }
 
@@ -173,25 +200,31 @@ export class StreamCore {
       }
       const n = Math.min(this.#credit, data.length - off, MAX_DATA);
       this.#credit -= n;
-      await this.#owner.sendData(this.id, FrameType.data, data.subarray(off, off + n));
+      const piece = data.subarray(off, off + n);
+      if (!this.#owner.trySendData(this.id, FrameType.data, piece)) {
+        await this.#owner.sendData(this.id, FrameType.data, piece);
+      }
       off += n;
     }
     return data.length;
   }
 
-  closeWrite(): Promise<void> {
-    if (this.#finQueued) return this.#writing.then(() => {});
+  async closeWrite(): Promise<void> {
+    if (this.#finQueued) {
+      await this.#writing;
+      return;
+    }
     this.#assertWritable();
     this.#finQueued = true;
     this.accept();
-    const done = this.#writing.then(async () => {
+    await this.#serialize(async () => {
       if (this.#error) throw this.#error;
-      await this.#owner.sendData(this.id, FrameType.fin, null);
+      if (!this.#owner.trySendData(this.id, FrameType.fin, null)) {
+        await this.#owner.sendData(this.id, FrameType.fin, null);
+      }
       this.#finSent = true;
       this.#maybeDone();
     });
-    this.#writing = done.catch(() => {});
-    return done;
   }
 
   /** Aborts both directions; the peer's stream fails with `reason`. */
@@ -242,7 +275,7 @@ export class StreamCore {
         `stream ${this.id}: ${this.#received - this.#granted} bytes past the window granted`,
       );
     }
-    this.#queue.push(bytes.slice());
+    this.#queue.push(this.#owner.chunks.copy(bytes));
     this.#queued += bytes.length;
     this.#wakeReaders();
   }

@@ -21,6 +21,7 @@ import {
   MuxProtocolError,
   writeHeader,
 } from "./_frames.ts";
+import { ChunkPool } from "./_chunk_pool.ts";
 import { StreamCore, type StreamOwner } from "./_stream_core.ts";
 import { MuxStream } from "./mux_stream.ts";
 
@@ -100,6 +101,12 @@ export class MuxSession implements AsyncDisposable {
   #control: Uint8Array[] = [];
   #data: QueuedData[] = [];
   #wakeWriter: (() => void) | null = null;
+  /** The writer loop is in a write (which may have appended part of a frame). */
+  #writing = false;
+  /** Our own session engine, whose synchronous `tryWrite` allows the fast path. */
+  #engine: StreamEngine | null;
+  /** Header scratch for the fast path (copied by `tryWrite` at once). */
+  #header = new Uint8Array(HEADER_SIZE);
   #ending: Error | null = null;
   #resolveClosed!: () => void;
   #rejectClosed!: (error: Error) => void;
@@ -108,6 +115,7 @@ export class MuxSession implements AsyncDisposable {
   /** Starts multiplexing over `conn`, which nothing else may read or write from now on. */
   constructor(conn: ImmortalConn, options: MuxSessionOptions) {
     this.#conn = conn;
+    this.#engine = conn instanceof StreamEngine ? conn : null;
     this.#maxStreams = options.maxStreams ?? 65_536;
     const maxWindow = options.maxStreamWindow ?? 16 << 20;
     if (!Number.isInteger(maxWindow) || maxWindow < 256 * 1024 || maxWindow > MAX_WINDOW) {
@@ -122,8 +130,10 @@ export class MuxSession implements AsyncDisposable {
     this.closed.catch(() => {});
     this.#owner = {
       maxWindow,
+      chunks: new ChunkPool(),
       sendControl: (frame) => this.#sendControl(frame),
       sendData: (stream, type, payload) => this.#sendData(stream, type, payload),
+      trySendData: (stream, type, payload) => this.#trySend(type, stream, payload),
       forget: (stream) => this.#streams.delete(stream),
       rttMs: () => conn.stats.rttMs ?? DEFAULT_RTT_MS,
     };
@@ -200,8 +210,32 @@ export class MuxSession implements AsyncDisposable {
 
   #sendControl(frame: Uint8Array): void {
     if (this.#ending) return;
+    try {
+      if (this.#engine && this.#writerIdle() && this.#engine.tryWrite([frame])) return;
+    } catch {
+      // The connection failed; the read loop ends the session with its reason.
+      return;
+    }
     this.#control.push(frame);
     this.#kick();
+  }
+
+  /** Nothing queued and nothing being written: a frame may go straight to the connection. */
+  #writerIdle(): boolean {
+    return !this.#writing && this.#control.length === 0 && this.#data.length === 0;
+  }
+
+  /**
+   * Writes a frame straight into the session's send buffer when nothing is
+   * queued before it and there is room: no queueing, no await, no copy of
+   * header and payload into one buffer. False: queue it instead.
+   */
+  #trySend(type: number, stream: number, payload: Uint8Array | null): boolean {
+    const engine = this.#engine;
+    if (engine === null || this.#ending || !this.#writerIdle()) return false;
+    const header = this.#header;
+    writeHeader(header, type, stream, payload?.length ?? 0);
+    return engine.tryWrite(payload ? [header, payload] : [header]);
   }
 
   #sendData(stream: number, type: number, payload: Uint8Array | null): Promise<void> {
@@ -231,7 +265,9 @@ export class MuxSession implements AsyncDisposable {
         if (this.#control.length > 0) {
           const frames = this.#control;
           this.#control = [];
+          this.#writing = true;
           await this.#conn.write(frames.length === 1 ? frames[0] : concat(frames));
+          this.#writing = false;
           continue;
         }
         const item = this.#data.shift();
@@ -240,6 +276,7 @@ export class MuxSession implements AsyncDisposable {
           continue;
         }
         const length = item.payload?.length ?? 0;
+        this.#writing = true;
         if (length <= COALESCE_MAX) {
           const frame = new Uint8Array(HEADER_SIZE + length);
           writeHeader(frame, item.type, item.stream, length);
@@ -250,6 +287,7 @@ export class MuxSession implements AsyncDisposable {
           await this.#conn.write(header);
           await this.#conn.write(item.payload!);
         }
+        this.#writing = false;
         item.resolve();
       }
     } catch (error) {

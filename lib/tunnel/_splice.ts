@@ -44,6 +44,7 @@ async function down(stream: MuxStream, tcp: Deno.TcpConn): Promise<number> {
   for (let chunk; (chunk = await core.nextChunk()) !== null;) {
     for (let off = 0; off < chunk.length;) off += await tcp.write(chunk.subarray(off));
     total += chunk.length;
+    core.release(chunk);
   }
   return total;
 }
