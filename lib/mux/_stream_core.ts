@@ -120,7 +120,8 @@ export class StreamCore {
   // ------------------------------------------------------------ acceptor's answer
 
   accept(): void {
-    if (this.#opening !== "pending") return;
+    // A stream the peer reset before we answered needs no answer.
+    if (this.#opening !== "pending" || this.#error) return;
     this.#opening = "open";
     this.#owner.sendControl(encodeFrame(FrameType.accept, this.id));
     this.#resolveAccepted();
@@ -140,23 +141,30 @@ export class StreamCore {
    */
   async nextChunk(max = Infinity): Promise<Uint8Array | null> {
     for (;;) {
-      if (this.#queued > 0) {
-        let chunk = this.#queue[this.#queueHead];
-        if (chunk.length > max) {
-          this.#queue[this.#queueHead] = chunk.subarray(max);
-          chunk = chunk.subarray(0, max);
-        } else if (++this.#queueHead === this.#queue.length) {
-          this.#queue = [];
-          this.#queueHead = 0;
-        }
-        this.#queued -= chunk.length;
-        this.#consume(chunk.length);
-        return chunk;
-      }
-      if (this.#peerFin) return null;
-      if (this.#error) throw this.#error;
+      const chunk = this.takeChunk(max);
+      if (chunk !== undefined) return chunk;
       await new Promise<void>((resolve) => this.#readerWaiters.push(resolve));
     }
+  }
+
+  /** {@linkcode nextChunk} without waiting: `undefined` when nothing is there yet. */
+  takeChunk(max = Infinity): Uint8Array | null | undefined {
+    if (this.#queued > 0) {
+      let chunk = this.#queue[this.#queueHead];
+      if (chunk.length > max) {
+        this.#queue[this.#queueHead] = chunk.subarray(max);
+        chunk = chunk.subarray(0, max);
+      } else if (++this.#queueHead === this.#queue.length) {
+        this.#queue = [];
+        this.#queueHead = 0;
+      }
+      this.#queued -= chunk.length;
+      this.#consume(chunk.length);
+      return chunk;
+    }
+    if (this.#peerFin) return null;
+    if (this.#error) throw this.#error;
+    return undefined;
   }
 
   /** A whole chunk from {@linkcode nextChunk} was written out: its buffer may be reused. */
@@ -175,6 +183,19 @@ export class StreamCore {
   }
 
   write(data: Uint8Array): Promise<number> {
+    // The common case of a request or a reply: no write before it, credit
+    // for all of it, one frame, room in the session: written at once.
+    const n = data.length;
+    if (
+      this.#writing === null && this.#error === null && !this.#finQueued && n > 0 &&
+      n <= this.#credit && n <= MAX_DATA
+    ) {
+      this.accept();
+      if (this.#owner.trySendData(this.id, FrameType.data, data)) {
+        this.#credit -= n;
+        return Promise.resolve(n);
+      }
+    }
     return this.#serialize(() => this.#write(data));
   }
 
@@ -229,11 +250,8 @@ export class StreamCore {
 
   /** Aborts both directions; the peer's stream fails with `reason`. */
   close(reason = "closed by the application"): void {
+    // A stream finished both ways has ended already (see #maybeDone).
     if (this.#error) return;
-    if (this.#finSent && this.#peerFin) {
-      this.#end(null);
-      return;
-    }
     this.#owner.sendControl(encodeFrame(FrameType.reset, this.id, text(reason)));
     this.#end(new ImmortalError("closed", "the stream was closed"), true);
   }

@@ -41,7 +41,7 @@ async function up(tcp: Deno.TcpConn, stream: MuxStream): Promise<number> {
 async function down(stream: MuxStream, tcp: Deno.TcpConn): Promise<number> {
   const core = coreOf(stream);
   let total = 0;
-  for (let chunk; (chunk = await core.nextChunk()) !== null;) {
+  for (let chunk; (chunk = core.takeChunk() ?? await core.nextChunk()) !== null;) {
     for (let off = 0; off < chunk.length;) off += await tcp.write(chunk.subarray(off));
     total += chunk.length;
     core.release(chunk);
