@@ -53,6 +53,18 @@ Deno.test("relay: over-long or control-character nicknames, bad session ids, bad
     [{ nickname: "rtl\u202eevil" }, /control characters/],
     [{ nickname: " padded" }, /spaces/],
     [{ nickname: "" }, /required/],
+    // Spoofs: what looks like someone else's nickname, or like nothing.
+    [{ nickname: "ad\u200bmin" }, /invisible character \(U\+200B\)/], // zero-width space
+    [{ nickname: "max\u200e" }, /invisible character \(U\+200E\)/], // left-to-right mark
+    [{ nickname: "max\u200f" }, /invisible character \(U\+200F\)/], // right-to-left mark
+    [{ nickname: "ma\u061cx" }, /invisible character \(U\+061C\)/], // Arabic letter mark
+    [{ nickname: "\u3164" }, /invisible character \(U\+3164\)/], // Hangul filler
+    [{ nickname: "max\u2800" }, /invisible character \(U\+2800\)/], // blank Braille pattern
+    [{ nickname: "max\u2060" }, /invisible character \(U\+2060\)/], // word joiner
+    [{ nickname: "m\u0430x" }, /mixes scripts \(Latin, Cyrillic\)/], // Cyrillic а
+    [{ nickname: "\u0440aypal" }, /mixes scripts/], // Cyrillic р
+    [{ nickname: "max(1)" }, /may not end in \(n\)/], // the relay's own clash suffix
+    [{ nickname: "max\ud800" }, /invisible character \(U\+D800\)/], // lone surrogate
     // Any printable session id is accepted (see relay_session_id_test.ts); these are not.
     [{ session: "" }, /session id/],
     [{ session: "bad\u0007bell" }, /session id/],
@@ -70,6 +82,11 @@ Deno.test("relay: over-long or control-character nicknames, bad session ids, bad
     RelayNode.connect(relay.url, { session: "s", nickname: "x".repeat(17) }),
     (error) => error instanceof RelayRefusedError && error.code === "bad-request",
   );
+  // One script per nickname, except those written together (Japanese, Korean, Chinese with Latin).
+  for (const nickname of ["Max Müller", "Привет", "漢字かなカナ abc", "한국어 Han"]) {
+    await using node = await RelayNode.connect(relay.url, { session: "ok", nickname });
+    assert.equal(node.nickname, nickname);
+  }
   // 16 characters, counted as characters (not UTF-16 units or bytes), are fine.
   await using ok = await RelayNode.connect(relay.url, { session: "s", nickname: "ü🌍".repeat(8) });
   assert.equal(ok.nickname, "ü🌍".repeat(8));

@@ -7,7 +7,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { type FrameObject, type FrameRules, parseNodeFrame } from "./_parse.ts";
+import { CLASH_SUFFIX, type FrameObject, type FrameRules, parseNodeFrame } from "./_parse.ts";
 import {
   encodeFrame,
   type FrameProblem,
@@ -143,6 +143,16 @@ export class Hub {
     const s = this.settings;
     const { session: id, nickname: wanted, role, token } = hello;
     let room = this.rooms.get(id);
+    const now = this.#clock();
+    if (CLASH_SUFFIX.test(wanted) && !room?.givenTo(wanted, token, now)) {
+      this.refuse("bad-hello");
+      throw new JoinRefused(
+        400,
+        "bad-request",
+        "a nickname may not end in (n): the relay adds that to tell clashing nicknames apart " +
+          "(a node keeps one it was given by reconnecting with its join token)",
+      );
+    }
     if (!room) {
       if (this.rooms.size >= s.maxSessions) {
         this.refuse("max-sessions");
@@ -151,7 +161,6 @@ export class Hub {
       room = new Room(id);
       this.rooms.set(id, room);
     }
-    const now = this.#clock();
 
     // The same node back after a blip the relay has not noticed yet: swap its
     // connection in place; to the others nothing happened.

@@ -219,3 +219,26 @@ Deno.test("hub: refusals are counted by a closed set of reasons; the secret is c
     "max-sessions": 1,
   });
 });
+
+Deno.test("hub: a nickname ending in (n) is the relay's to give; its holder reclaims it with its token", () => {
+  using h = makeHub();
+  h.join("max");
+  const second = h.join("max");
+  assert.equal(second.welcome.nickname, "max(1)");
+  // Nobody picks max(2) or max(1) by hand, with or without a made-up token.
+  for (const fields of [{}, { token: "guess" }]) {
+    assert.throws(
+      () => h.join("max(1)", fields),
+      (e: Error & { status?: number }) =>
+        e.status === 400 && /may not end in \(n\)/.test(e.message),
+    );
+  }
+  assert.throws(() => h.join("max(2)"), /may not end in \(n\)/);
+  // The node that was given max(1) gets it back after a blip, with its token.
+  h.hub.leave(second.member, "gone");
+  const back = h.join("max(1)", { token: second.welcome.token });
+  assert.equal(back.welcome.nickname, "max(1)");
+  // A refusal leaves no empty room behind.
+  assert.throws(() => h.join("eve(3)", { session: "nobody-here" }), /may not end in \(n\)/);
+  assert.equal(h.hub.stats.sessions, 1);
+});

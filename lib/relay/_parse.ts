@@ -44,6 +44,81 @@ export interface FrameRules {
   maxNicknameLength: number;
 }
 
+/**
+ * Characters a nickname may not hide behind, beyond controls: format
+ * characters (zero-width, bidi marks such as U+200E, U+200F, U+061C), lone
+ * surrogates, unassigned code points, and letters that render as nothing
+ * (Hangul fillers, the blank Braille pattern U+2800).
+ */
+const NICKNAME_INVISIBLE = /[\p{Cf}\p{Cs}\p{Cn}\u115f\u1160\u3164\uffa0\u2800]/u;
+/**
+ * What the relay itself appends to tell clashing nicknames apart: a node may
+ * use such a nickname only to reclaim the one it was given (with its join
+ * token; the hub checks that).
+ */
+export const CLASH_SUFFIX = /\(\d+\)$/;
+
+/**
+ * Scripts a nickname's letters are told apart by. Letters of a script not
+ * listed count as one "other" script each, so they mix with nothing.
+ */
+const SCRIPTS = [
+  "Latin",
+  "Greek",
+  "Cyrillic",
+  "Armenian",
+  "Hebrew",
+  "Arabic",
+  "Syriac",
+  "Thaana",
+  "Devanagari",
+  "Bengali",
+  "Gurmukhi",
+  "Gujarati",
+  "Tamil",
+  "Telugu",
+  "Kannada",
+  "Malayalam",
+  "Thai",
+  "Lao",
+  "Tibetan",
+  "Myanmar",
+  "Georgian",
+  "Hangul",
+  "Ethiopic",
+  "Cherokee",
+  "Khmer",
+  "Mongolian",
+  "Hiragana",
+  "Katakana",
+  "Bopomofo",
+  "Han",
+].map((name) => ({ name, test: new RegExp(`\\p{Script=${name}}`, "u") }));
+const LETTER = /\p{L}/u;
+/**
+ * Scripts that are written together (Unicode's "highly restrictive" profile,
+ * UTS #39): Japanese, Chinese with Bopomofo, Korean, each with Latin.
+ */
+const WRITTEN_TOGETHER = [
+  new Set(["Latin", "Han", "Hiragana", "Katakana"]),
+  new Set(["Latin", "Han", "Bopomofo"]),
+  new Set(["Latin", "Han", "Hangul"]),
+];
+
+/** The scripts of `text`'s letters (digits, punctuation and symbols belong to none). */
+function scriptsOf(text: string): Set<string> {
+  const scripts = new Set<string>();
+  for (const char of text) {
+    if (!LETTER.test(char)) continue;
+    scripts.add(SCRIPTS.find((script) => script.test.test(char))?.name ?? `U+${hex(char)}`);
+  }
+  return scripts;
+}
+
+function hex(char: string): string {
+  return char.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0");
+}
+
 /** Why a nickname is not acceptable, or `null`. */
 export function nicknameProblem(nickname: unknown, maxLength: number): string | null {
   if (typeof nickname !== "string" || nickname.length === 0) return "a nickname is required";
@@ -51,7 +126,15 @@ export function nicknameProblem(nickname: unknown, maxLength: number): string | 
     return `the nickname is longer than ${maxLength} characters`;
   }
   if (CONTROL.test(nickname)) return "the nickname contains control characters";
+  const invisible = NICKNAME_INVISIBLE.exec(nickname);
+  if (invisible) {
+    return `the nickname contains an invisible character (U+${hex(invisible[0])})`;
+  }
   if (nickname.trim() !== nickname) return "the nickname starts or ends with spaces";
+  const scripts = scriptsOf(nickname);
+  if (scripts.size > 1 && !WRITTEN_TOGETHER.some((set) => [...scripts].every((s) => set.has(s)))) {
+    return `the nickname mixes scripts (${[...scripts].join(", ")}): letters of one script only`;
+  }
   return null;
 }
 

@@ -82,6 +82,14 @@ export class Room {
    * `wanted`, or `wanted(1)`, `wanted(2)`, ...: the first nickname neither
    * taken nor reserved for someone else than the holder of `token`.
    */
+  /** Whether `name` is held (by a member, or reserved) for the node with `token`. */
+  givenTo(name: string, token: string | undefined, now: number): boolean {
+    if (token === undefined) return false;
+    if (this.members.get(name)?.token === token) return true;
+    const reservation = this.reserved.get(name);
+    return reservation !== undefined && reservation.token === token && reservation.until >= now;
+  }
+
   freeName(wanted: string, token: string | undefined, now: number): string {
     const free = (name: string) => {
       if (this.members.has(name)) return false;
