@@ -33,9 +33,11 @@ function echoTarget() {
 }
 
 /** A tunnel CLI process whose log is collected as it comes. */
-function spawnCli(deno: string[], script: string, args: string[]) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", ...deno, script, ...args],
+function spawnCli(deno: string[], script: string, args: string[], wrap: string[] = []) {
+  // `wrap`: a command that runs Deno for us, e.g. `prlimit --nofile=64:64`.
+  const [program, ...before] = [...wrap, Deno.execPath()];
+  const child = new Deno.Command(program, {
+    args: [...before, "run", ...deno, script, ...args],
     stdout: "null",
     stderr: "piped",
     env: { NO_COLOR: "1" },
@@ -308,5 +310,44 @@ Deno.test("tunnel CLI runs from a URL: help and a real short session", async () 
     assert.equal(await server.stop(), 0, server.log);
   } finally {
     await files.shutdown();
+  }
+});
+
+Deno.test("tunnel server out of descriptors: it backs off, logs a line, not thousands, and serves again once they free up", async () => {
+  const target = echoTarget();
+  const serverPort = freePort();
+  const clientPort = freePort();
+  // 64 descriptors: the runtime takes some, idle connections take the rest.
+  const server = spawnCli(
+    [`--allow-net=127.0.0.1:${serverPort},127.0.0.1:${target.port}`],
+    CLI,
+    ["server", String(serverPort), "127.0.0.1", String(target.port), "--listen-host", "127.0.0.1"],
+    ["prlimit", "--nofile=64:64"],
+  );
+  const attack: Deno.Conn[] = [];
+  try {
+    await server.waitFor(/Tunnel server on/, "server start");
+    // Connections that never say a word hold a descriptor each until the
+    // handshake deadline: the kernel queues the rest, and accept fails.
+    for (let i = 0; i < 120; i++) {
+      attack.push(await Deno.connect({ hostname: "127.0.0.1", port: serverPort }));
+    }
+    await server.waitFor(/Accepting a link failed: .*(Too many open files|os error 24)/, "EMFILE");
+    for (const conn of attack.splice(0)) conn.close();
+    const client = spawnCli(
+      [`--allow-net=127.0.0.1:${clientPort},127.0.0.1:${serverPort}`],
+      CLI,
+      ["client", String(clientPort), "127.0.0.1", String(serverPort)],
+    );
+    await client.waitFor(/Tunnel client on/, "client start");
+    assert.equal(await echoThrough(clientPort, "after the flood"), "after the flood");
+    await target.done;
+    assert.equal(await client.stop(), 0, client.log);
+    // Spinning on a failing accept wrote a line per try: hundreds of thousands.
+    const failures = server.log.match(/Accepting a link failed/g)?.length ?? 0;
+    assert.ok(failures <= 3, `${failures} lines about failed accepts:\n${server.log}`);
+  } finally {
+    for (const conn of attack) conn.close();
+    assert.equal(await server.stop(), 0, server.log);
   }
 });

@@ -6,7 +6,8 @@
 
 import { getLogger } from "@logtape/logtape";
 import { type Acceptor, formatAddr, type Link, TcpAcceptor, TlsAcceptor } from "../link/mod.ts";
-import { checkPort, errorMessage } from "../_util.ts";
+import { backoffDelay, checkPort, delay, errorMessage } from "../_util.ts";
+import { LogLimiter } from "../_log_limiter.ts";
 import { ImmortalError } from "./errors.ts";
 import { FrameReader } from "./_frame_reader.ts";
 import { sendFrame } from "./_handshake.ts";
@@ -16,6 +17,10 @@ import type { SessionOptions } from "./options.ts";
 import { ServerSessions } from "./_server_session.ts";
 
 const log = getLogger(["immortal", "listener"]);
+
+/** First wait after a failed accept, and the longest, ms. */
+const ACCEPT_BACKOFF_MS = 10;
+const ACCEPT_BACKOFF_MAX_MS = 1000;
 
 /** Where and how {@linkcode listen} accepts sessions. */
 export interface ListenOptions extends SessionOptions {
@@ -70,6 +75,9 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   #waiters: { resolve: (conn: ImmortalConn) => void; reject: (error: Error) => void }[] = [];
   #handshaking = new Set<Link>();
   #closed = false;
+  #closing = new AbortController();
+  /** Refusals and accept failures, one line per kind per interval. */
+  #logs = new LogLimiter((line) => log.warn(line));
 
   constructor(
     acceptor: Acceptor<A>,
@@ -114,6 +122,8 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#closing.abort();
+    this.#logs.flush();
     this.#acceptor.close();
     for (const link of this.#handshaking) link.close();
     const error = new ImmortalError("closed", "the listener is closed");
@@ -128,14 +138,21 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   }
 
   async #acceptLoop(): Promise<void> {
+    let acceptFailures = 0;
     while (!this.#closed) {
       let link: Link;
       try {
         link = await this.#acceptor.accept();
+        acceptFailures = 0;
       } catch (error) {
         if (this.#closed) return;
-        // EMFILE and friends: say so, and keep serving the sessions we have.
-        log.error("Accepting a link failed: {error}", { error });
+        // EMFILE and friends: the pending connection stays in the kernel's
+        // queue, so retrying at once fails at once, forever. Say so (once per
+        // interval), back off, and keep serving the sessions we have: accepting
+        // works again as soon as descriptors free up.
+        this.#logs.event("accept", `Accepting a link failed: ${errorMessage(error)}`);
+        const wait = backoffDelay(++acceptFailures, ACCEPT_BACKOFF_MS, ACCEPT_BACKOFF_MAX_MS);
+        if (!(await delay(wait, this.#closing.signal))) return;
         continue;
       }
       if (this.#closed) {
@@ -143,10 +160,12 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         return;
       }
       if (this.#handshaking.size >= this.#maxHandshakes) {
-        log.warn("Dropped a link from {remote}: {n} handshakes already in progress", {
-          remote: formatAddr(link.remoteAddr),
-          n: this.#handshaking.size,
-        });
+        this.#logs.event(
+          "busy",
+          `Dropped a link from ${
+            formatAddr(link.remoteAddr)
+          }: ${this.#handshaking.size} handshakes already in progress`,
+        );
         link.close();
         continue;
       }
