@@ -271,8 +271,18 @@ function _startServer(config: TunnelCliConfig, log: Logger): TunnelServer {
     listen: `${config.listenHost}:${config.listenPort}`,
     tls: config.tlsServer ? " (TLS)" : "",
     target: `${config.peerHost}:${config.peerPort}`,
-    keyed: config.key ? " (key required)" : " (no key: anyone who can reach this port may use it)",
+    keyed: config.key ? " (key required)" : "",
   });
+  if (!config.key) {
+    // An open proxy to the target is rarely what anyone meant: say it loudly.
+    log.warn(
+      "NO KEY: this tunnel server is OPEN. Anyone who can reach {listen} may use it to reach {target}; give both ends --key-file",
+      {
+        listen: `${config.listenHost}:${config.listenPort}`,
+        target: `${config.peerHost}:${config.peerPort}`,
+      },
+    );
+  }
   return tunnel;
 }
 

@@ -327,6 +327,8 @@ Deno.test("tunnel server out of descriptors: it backs off, logs a line, not thou
   const attack: Deno.Conn[] = [];
   try {
     await server.waitFor(/Tunnel server on/, "server start");
+    // Without a key the server is an open proxy to its target, and says so loudly.
+    await server.waitFor(/warning\s+NO KEY: this tunnel server is OPEN/, "the open-proxy warning");
     // Connections that never say a word hold a descriptor each until the
     // handshake deadline: the kernel queues the rest, and accept fails.
     for (let i = 0; i < 120; i++) {
