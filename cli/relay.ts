@@ -35,6 +35,10 @@ Options:
   --hostname HOST          address to listen on (default 0.0.0.0)
   --secret SECRET          relay secret nodes must present
   --secret-file PATH       read the secret from a file (first line)
+  --metrics-token TOKEN    what /metrics and the numbers on / and /healthz
+                           need (Authorization: Bearer TOKEN); without it,
+                           the relay secret
+  --metrics-token-file PATH  read the metrics token from a file (first line)
   --tls-cert PATH          serve HTTPS with this certificate chain (PEM)
   --tls-key PATH           private key of --tls-cert (PEM)
   --keep-alive MS          keep-alive interval (default 1000); a node silent
@@ -90,6 +94,8 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
         hostname: { type: "string" },
         secret: { type: "string" },
         "secret-file": { type: "string" },
+        "metrics-token": { type: "string" },
+        "metrics-token-file": { type: "string" },
         "tls-cert": { type: "string" },
         "tls-key": { type: "string" },
         "keep-alive": { type: "string" },
@@ -133,6 +139,15 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   if (secret !== undefined && secret.length === 0) {
     throw new UsageError("the relay secret is empty");
   }
+  if (v["metrics-token"] !== undefined && v["metrics-token-file"] !== undefined) {
+    throw new UsageError("give --metrics-token or --metrics-token-file, not both");
+  }
+  const metricsToken = v["metrics-token-file"] !== undefined
+    ? readFileArg("metrics token file", v["metrics-token-file"]).split(/\r?\n/)[0]
+    : v["metrics-token"];
+  if (metricsToken !== undefined && metricsToken.length === 0) {
+    throw new UsageError("the metrics token is empty");
+  }
   if ((v["tls-cert"] === undefined) !== (v["tls-key"] === undefined)) {
     throw new UsageError("HTTPS needs both --tls-cert and --tls-key");
   }
@@ -146,6 +161,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     hostname: v.hostname ?? file.hostname ?? "0.0.0.0",
     port: v.port !== undefined ? parsePort("--port", v.port, true) : file.port ?? 8080,
     secret,
+    metricsToken,
     keepAlive: num("keep-alive"),
     maxSessions: num("max-sessions"),
     maxNodesPerSession: num("max-nodes"),

@@ -279,3 +279,52 @@ for (const overflow of ["disconnect", "drop"] as const) {
     }
   });
 }
+
+Deno.test("relay numbers are not public: /metrics and the counts on / and /healthz need the metrics token", async () => {
+  const get = (relay: { url: string }, path: string, bearer?: string) =>
+    fetch(`${relay.url}${path}`, {
+      headers: bearer ? { authorization: `Bearer ${bearer}` } : {},
+    });
+  {
+    await using relay = startRelay({ secret: "s3cret", metricsToken: "m3trics" });
+    await using _node = await RelayNode.connect(relay.url, {
+      session: "private",
+      nickname: "n",
+      secret: "s3cret",
+    });
+    for (const bearer of [undefined, "wrong", "s3cret"]) {
+      const res = await get(relay, "/metrics", bearer);
+      assert.equal(res.status, 401, `bearer ${bearer}`);
+      assert.doesNotMatch(await res.text(), /immortal_relay_messages_total/);
+    }
+    const ok = await get(relay, "/metrics", "m3trics");
+    assert.equal(ok.status, 200);
+    assert.match(await ok.text(), /immortal_relay_nodes 1/);
+    assert.deepEqual(await (await get(relay, "/healthz")).json(), { status: "ok" });
+    assert.deepEqual(await (await get(relay, "/healthz", "m3trics")).json(), {
+      status: "ok",
+      sessions: 1,
+      nodes: 1,
+    });
+    const page = await (await get(relay, "/")).text();
+    assert.doesNotMatch(page, /session\(s\)/);
+    assert.match(await (await get(relay, "/", "m3trics")).text(), /1 session\(s\), 1 node\(s\)/);
+  }
+  {
+    // Without a metrics token, the relay secret opens them.
+    await using relay = startRelay({ secret: "s3cret" });
+    const refused = await get(relay, "/metrics");
+    assert.equal(refused.status, 401);
+    await refused.body?.cancel();
+    const ok = await get(relay, "/metrics", "s3cret");
+    assert.equal(ok.status, 200);
+    await ok.body?.cancel();
+  }
+  {
+    // An open relay hides nothing: anyone may join it anyway.
+    await using relay = startRelay({});
+    const ok = await get(relay, "/metrics");
+    assert.equal(ok.status, 200);
+    await ok.body?.cancel();
+  }
+});

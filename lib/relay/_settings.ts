@@ -8,7 +8,10 @@
 import type { RelayOptions } from "./options.ts";
 
 /** A relay's settings with every default filled in. */
-export type RelaySettings = Required<Omit<RelayOptions, "secret">> & { secret?: string };
+export type RelaySettings = Required<Omit<RelayOptions, "secret" | "metricsToken">> & {
+  secret?: string;
+  metricsToken?: string;
+};
 
 function positive(name: string, value: number): number {
   if (!Number.isFinite(value) || value <= 0) {
@@ -27,8 +30,12 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
   if (options.secret !== undefined && options.secret.length === 0) {
     throw new RangeError("the relay secret is empty");
   }
+  if (options.metricsToken !== undefined && options.metricsToken.length === 0) {
+    throw new RangeError("the metrics token is empty");
+  }
   return {
     secret: options.secret,
+    metricsToken: options.metricsToken,
     keepAlive,
     fadeAfter: positive("fadeAfter", options.fadeAfter ?? keepAlive * 2.5),
     maxSessions: positive("maxSessions", options.maxSessions ?? 10_000),

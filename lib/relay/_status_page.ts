@@ -14,10 +14,10 @@ export function escapeHtml(text: string | number): string {
 
 /** What the status page shows. */
 export interface StatusPageFacts {
-  /** Rooms with at least one node. */
-  sessions: number;
-  /** Nodes joined. */
-  nodes: number;
+  /** Rooms with at least one node (absent: not for this visitor). */
+  sessions?: number;
+  /** Nodes joined (absent: not for this visitor). */
+  nodes?: number;
   /** Whether the relay runs without a secret. */
   open: boolean;
   /** Whether the relay serves the chat page at `/chat`. */
@@ -28,9 +28,13 @@ export interface StatusPageFacts {
 export function statusPage(facts: StatusPageFacts): Response {
   const body = `<!doctype html><meta charset="utf-8"><title>immortal relay</title>
 <h1>immortal relay</h1>
-<p>${escapeHtml(facts.sessions)} session(s), ${escapeHtml(facts.nodes)} node(s) connected.${
-    facts.open ? " <strong>This relay is open: it has no secret.</strong>" : ""
-  }</p>
+<p>${
+    facts.sessions === undefined
+      ? "Its numbers are for those with the metrics token."
+      : `${escapeHtml(facts.sessions)} session(s), ${
+        escapeHtml(facts.nodes ?? 0)
+      } node(s) connected.`
+  }${facts.open ? " <strong>This relay is open: it has no secret.</strong>" : ""}</p>
 <p>Nodes connect with <code>RelayNode.connect()</code> from <code>@immortal/sockets</code>.
 ${facts.chatPage ? '<a href="/chat">Chat in the browser</a>.' : ""}</p>
 <p><a href="/healthz">/healthz</a> · <a href="/metrics">/metrics</a></p>

@@ -14,6 +14,12 @@ export interface RelayOptions {
    * first frame. Without it, the relay is open to anyone who can reach it.
    */
   secret?: string;
+  /**
+   * Token that `/metrics`, and the numbers on `/` and `/healthz`, require
+   * (`Authorization: Bearer TOKEN`). Without one they require the relay
+   * secret; a relay with neither is open, numbers included.
+   */
+  metricsToken?: string;
   /** Keep-alive interval in ms: the relay pings every node this often. Default 1000. */
   keepAlive?: number;
   /** A node not heard from for this long (ms) is declared gone. Default 2.5 × `keepAlive`. */

@@ -14,6 +14,7 @@ import { refuseRequest } from "./_http.ts";
 import { HttpStreamEndpoint } from "./_http_stream_endpoint.ts";
 import { metricsResponse } from "./_metrics.ts";
 import { PATHS } from "./_protocol.ts";
+import { secretsEqual } from "./_secret.ts";
 import { relaySettings } from "./_settings.ts";
 import { statusPage } from "./_status_page.ts";
 import { acceptWebSocket } from "./_websocket_endpoint.ts";
@@ -67,7 +68,9 @@ export class Relay implements Disposable {
    *   { hostname: "127.0.0.1", port: 0, onListen() {} },
    *   (req, info) => relay.handle(req, info),
    * );
-   * const health = await fetch(`http://127.0.0.1:${server.addr.port}/healthz`);
+   * const health = await fetch(`http://127.0.0.1:${server.addr.port}/healthz`, {
+   *   headers: { authorization: "Bearer s3cret" }, // the numbers are not public
+   * });
    * assert.deepEqual(await health.json(), { status: "ok", sessions: 0, nodes: 0 });
    *
    * // Shut down: disconnect every node, then stop listening.
@@ -81,15 +84,24 @@ export class Relay implements Disposable {
     switch (`${req.method} ${pathname}`) {
       case "GET /":
       case "HEAD /":
-        return statusPage({ ...this.#gauges(), open: this.open, chatPage: hub.settings.chatPage });
+        return statusPage({
+          ...(this.#mayWatch(req) ? this.#gauges() : {}),
+          open: this.open,
+          chatPage: hub.settings.chatPage,
+        });
       case "GET /chat":
         return hub.settings.chatPage
           ? chatPage()
           : refuseRequest(hub, 404, "not-found", "no chat page on this relay");
       case "GET /healthz":
-        return Response.json({ status: "ok", ...this.#gauges() });
+        return Response.json({ status: "ok", ...(this.#mayWatch(req) ? this.#gauges() : {}) });
       case "GET /metrics":
-        return metricsResponse(hub.stats);
+        return this.#mayWatch(req) ? metricsResponse(hub.stats) : refuseRequest(
+          hub,
+          401,
+          "unauthorized",
+          "the metrics need the metrics token (or the relay secret): Authorization: Bearer TOKEN",
+        );
       case `GET ${PATHS.ws}`:
         return acceptWebSocket(hub, req);
       case `POST ${PATHS.stream}`:
@@ -112,6 +124,19 @@ export class Relay implements Disposable {
   /** Same as {@linkcode Relay.close}. */
   [Symbol.dispose](): void {
     this.close();
+  }
+
+  /**
+   * Whether `req` may see the relay's numbers: it shows the metrics token
+   * (or, without one, the relay secret) as a bearer token. Counters move with
+   * every message: public, they would let an outsider watch others' traffic.
+   */
+  #mayWatch(req: Request): boolean {
+    const { metricsToken, secret } = this.#hub.settings;
+    const needed = metricsToken ?? secret;
+    if (needed === undefined) return true;
+    const given = /^Bearer (.+)$/.exec(req.headers.get("authorization") ?? "")?.[1];
+    return given !== undefined && secretsEqual(given, needed);
   }
 
   #gauges(): { sessions: number; nodes: number } {
