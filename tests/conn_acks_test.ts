@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { connect, listen } from "../mod.ts";
 import { type Frame, FrameDecoder } from "../lib/frame/mod.ts";
 import { type Link, tcpDialer } from "../lib/link/mod.ts";
-import { delay } from "./_helpers.ts";
+import { delay, waitUntil } from "./_helpers.ts";
 
 /** Each `write` the client's link made, as the frames it carried. */
 function recordingDialer(port: number, writes: Frame[][]) {
@@ -70,4 +70,15 @@ Deno.test("on a request/response stream every ack rides on the next request: no 
   await client.closeWrite();
   assert.equal(await client.read(reply), null);
   await echo;
+});
+
+Deno.test("bytes no data rides back on are still acked (on a heartbeat tick, or a ping or pong)", async () => {
+  // Ticks every 50 ms; the server never sends data an ack could ride on.
+  const timing = { heartbeatInterval: 200, deadLinkTimeout: 1000 };
+  using listener = listen({ hostname: "127.0.0.1", port: 0, ...timing });
+  await using client = await connect({ port: listener.addr.port, ...timing });
+  await using server = await listener.accept();
+  await client.write(new Uint8Array(100));
+  assert.equal(await server.read(new Uint8Array(100)), 100);
+  await waitUntil(() => client.stats.unackedBytes === 0, "the ack", 10_000);
 });

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { connect, ImmortalError, listen } from "../mod.ts";
 import { MuxSession, type MuxStream } from "../lib/mux/mod.ts";
 import { encodeFrame, FrameType, GREETING, INITIAL_WINDOW } from "../lib/mux/_frames.ts";
-import { patternHash, receiveAll, sendPattern } from "./_helpers.ts";
+import { patternHash, receiveAll, sendPattern, waitUntil, within } from "./_helpers.ts";
 
 const MiB = 1 << 20;
 
@@ -169,4 +169,67 @@ Deno.test("a peer that does not speak the protocol is told apart at its first by
   await raw.write(new Uint8Array([0x01])); // the old per-connection tunnel's first byte
   await assert.rejects(server.closed, /does not speak stream multiplexing/);
   await raw.closed.catch(() => {});
+});
+
+Deno.test("a write followed at once by closeWrite goes out whole, then the end", async () => {
+  await using s = await pair();
+  const stream = s.client.open();
+  const size = 600 * 1024; // more than the first window: the write waits for credit
+  const writing = stream.write(new Uint8Array(size).fill(3));
+  const closing = stream.closeWrite();
+  const incoming = await s.server.accept();
+  const got = await receiveAll(incoming);
+  await Promise.all([writing, closing]);
+  assert.equal(got.bytes, size);
+  await assert.rejects(stream.write(new Uint8Array(1)), /writable side was closed/);
+});
+
+Deno.test("closing a session settles writes stuck behind a full session window", async () => {
+  // The peer is a bare ImmortalConn that never reads: no acks, the session
+  // window (4 MiB) fills, and the multiplexer's writer waits inside a write.
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const client = new MuxSession(await connect({ port: listener.addr.port }), { role: "client" });
+  const silent = await listener.accept();
+  const writes = Array.from({ length: 24 }, () => client.open().write(new Uint8Array(256 * 1024)));
+  await waitUntil(() => client.conn.stats.unackedBytes >= 4 * MiB - 64 * 1024, "window full");
+  client.close();
+  const settled = await within(10_000, "writes settled", Promise.allSettled(writes));
+  assert.ok(settled.some((r) => r.status === "rejected"), "the stuck writes were rejected");
+  await client.closed;
+  silent.close();
+  await silent.closed.catch(() => {});
+});
+
+Deno.test("streams past maxStreams are refused with the reason; the others go on", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const client = new MuxSession(await connect({ port: listener.addr.port }), { role: "client" });
+  const server = new MuxSession(await listener.accept(), { role: "server", maxStreams: 2 });
+  const [a, b, c] = [client.open(), client.open(), client.open()];
+  await assert.rejects(c.accepted, /stream refused: too many streams/);
+  const [sa] = [await server.accept(), await server.accept()];
+  sa.accept();
+  await a.accepted;
+  await a.write(new TextEncoder().encode("ok"));
+  assert.equal(new TextDecoder().decode((await sa.readable.getReader().read()).value), "ok");
+  b.close();
+  client.close();
+  server.close();
+  await Promise.allSettled([client.closed, server.closed]);
+});
+
+Deno.test("a busy stream's window grows; an idle one keeps the first", async () => {
+  await using s = await pair();
+  await move(s, 64 * MiB, 3);
+  const busy = s.client.open();
+  const idle = s.client.open();
+  await busy.write(new Uint8Array(1));
+  await idle.write(new Uint8Array(1));
+  const [sb, si] = [await s.server.accept(), await s.server.accept()];
+  // Read 32 MiB through `busy` as fast as it comes.
+  const sending = sendPattern(busy, 4, 32 * MiB);
+  await receiveAll(sb);
+  await sending;
+  const { coreOf } = await import("../lib/mux/mux_stream.ts");
+  assert.ok(coreOf(sb).window > INITIAL_WINDOW, `window ${coreOf(sb).window}`);
+  assert.equal(coreOf(si).window, INITIAL_WINDOW);
 });

@@ -70,8 +70,7 @@ Deno.test("a target that refuses fails that connection only, with the reason; th
     assert.equal(client.sessions.length, 1);
     assert.equal(client.sessions[0].state, "connected");
   });
-  // The other way round: a server whose target works carries connections
-  // while one of them fails at the application level.
+  // A server whose target works carries every connection over one session.
   await using server = new TunnelServer({
     hostname: "127.0.0.1",
     port: 0,
@@ -83,4 +82,39 @@ Deno.test("a target that refuses fails that connection only, with the reason; th
   });
   await roundTrips(client.addr.port, 3, 500, 256 << 10);
   assert.equal(client.sessions.length, 1);
+});
+
+Deno.test("closing the server closes target connections whose stream half-closed and went idle", async () => {
+  // A target that reads the request to its end, then holds the connection
+  // without a word: the tunnel's direction towards it is finished, the other
+  // waits on the target.
+  const held = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const sawEnd = Promise.withResolvers<Deno.Conn>();
+  const targetTask = (async () => {
+    const conn = await held.accept();
+    const buffer = new Uint8Array(64);
+    while ((await conn.read(buffer)) !== null);
+    sawEnd.resolve(conn);
+  })();
+  const server = new TunnelServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    target: { hostname: "127.0.0.1", port: held.addr.port },
+  });
+  await using client = new TunnelClient({
+    port: 0,
+    server: { hostname: "127.0.0.1", port: server.addr.port },
+  });
+  const local = await Deno.connect({ hostname: "127.0.0.1", port: client.addr.port });
+  await local.write(new TextEncoder().encode("request"));
+  await local.closeWrite();
+  const targetConn = await sawEnd.promise;
+  await within(10_000, "the server's close", server.close());
+  // The target's connection was closed by the tunnel, not left open.
+  const n = await targetConn.read(new Uint8Array(1)).catch(() => null);
+  assert.equal(n, null);
+  targetConn.close();
+  local.close();
+  held.close();
+  await targetTask;
 });

@@ -431,9 +431,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         }
         this.#queued -= view.length;
         this.#consume(view.length);
-        const result = use(view);
-        if (view === whole) this.#readBuffers.drop(whole);
-        return result;
+        try {
+          return use(view);
+        } finally {
+          if (view === whole) this.#readBuffers.drop(whole);
+        }
       }
       if (this.#peerFin !== null) {
         this.#consumeFin();

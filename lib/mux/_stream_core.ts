@@ -183,6 +183,13 @@ export class StreamCore {
   }
 
   write(data: Uint8Array): Promise<number> {
+    // Refused at the call, not later: a write queued before closeWrite still
+    // goes out whole, ahead of the FIN.
+    try {
+      this.#assertWritable();
+    } catch (error) {
+      return Promise.reject(error);
+    }
     // The common case of a request or a reply: no write before it, credit
     // for all of it, one frame, room in the session: written at once.
     const n = data.length;
@@ -214,7 +221,7 @@ export class StreamCore {
     // Writing is answering: an acceptor that writes has accepted.
     this.accept();
     for (let off = 0; off < data.length;) {
-      this.#assertWritable();
+      if (this.#error) throw this.#error;
       if (this.#credit === 0) {
         await new Promise<void>((resolve) => this.#creditWaiters.push(resolve));
         continue;

@@ -29,6 +29,8 @@ const log = getLogger(["immortal", "mux"]);
 
 /** A data payload this small is copied behind its header: one write instead of two. */
 const COALESCE_MAX = 16 * 1024;
+/** Refusals queued for a peer that opens past `maxStreams`, at most. */
+const MAX_QUEUED_CONTROL = 4096;
 /** Round-trip time assumed until the session has measured one, ms. */
 const DEFAULT_RTT_MS = 50;
 
@@ -103,6 +105,8 @@ export class MuxSession implements AsyncDisposable {
   #wakeWriter: (() => void) | null = null;
   /** The writer loop is in a write (which may have appended part of a frame). */
   #writing = false;
+  /** The data frame being written: settled by the loop, or by #end if the write never returns. */
+  #inFlight: QueuedData | null = null;
   /** Our own session engine, whose synchronous `tryWrite` allows the fast path. */
   #engine: StreamEngine | null;
   /** Header scratch for the fast path (copied by `tryWrite` at once). */
@@ -235,7 +239,13 @@ export class MuxSession implements AsyncDisposable {
     if (engine === null || this.#ending || !this.#writerIdle()) return false;
     const header = this.#header;
     writeHeader(header, type, stream, payload?.length ?? 0);
-    return engine.tryWrite(payload ? [header, payload] : [header]);
+    try {
+      return engine.tryWrite(payload ? [header, payload] : [header]);
+    } catch {
+      // The connection failed a moment before we noticed: the queued path
+      // rejects the write properly, and the read loop ends the session.
+      return false;
+    }
   }
 
   #sendData(stream: number, type: number, payload: Uint8Array | null): Promise<void> {
@@ -271,6 +281,7 @@ export class MuxSession implements AsyncDisposable {
           continue;
         }
         const item = this.#data.shift();
+        this.#inFlight = item ?? null;
         if (item === undefined) {
           await new Promise<void>((resolve) => this.#wakeWriter = resolve);
           continue;
@@ -288,6 +299,7 @@ export class MuxSession implements AsyncDisposable {
           await this.#conn.write(item.payload!);
         }
         this.#writing = false;
+        this.#inFlight = null;
         item.resolve();
       }
     } catch (error) {
@@ -344,6 +356,11 @@ export class MuxSession implements AsyncDisposable {
     }
     this.#lastPeerId = id;
     if (this.#streams.size >= this.#maxStreams) {
+      // A peer that opens on and on past the limit while not reading our
+      // answers would grow the control queue without end: cut it off.
+      if (this.#control.length >= MAX_QUEUED_CONTROL) {
+        throw new MuxProtocolError("the peer keeps opening streams past the limit");
+      }
       this.#sendControl(
         encodeFrame(FrameType.refuse, id, new TextEncoder().encode("too many streams")),
       );
@@ -373,6 +390,8 @@ export class MuxSession implements AsyncDisposable {
     for (const stream of this.#incoming.splice(0)) stream.close();
     for (const waiter of this.#acceptWaiters.splice(0)) waiter.reject(error);
     for (const item of this.#data.splice(0)) item.reject(error);
+    this.#inFlight?.reject(error);
+    this.#inFlight = null;
     this.#control = [];
     this.#kick();
     this.#conn.close();

@@ -49,6 +49,8 @@ export class MuxStream {
         if (chunk === null) controller.close();
         else controller.enqueue(chunk);
       },
+      // Nobody will read on: give the peer an answer instead of a window that never opens.
+      cancel: () => core.close("the reader stopped reading"),
     }, { highWaterMark: 0 });
     this.writable = new WritableStream<Uint8Array>({
       write: async (chunk) => {

@@ -70,6 +70,15 @@ export async function splice(tcp: Deno.TcpConn, stream: MuxStream): Promise<Spli
   } catch {
     // A connection that already died fails on first use below.
   }
+  // A stream reset or lost with its session wakes no one once the remote
+  // direction finished (the local read may wait forever): close the socket.
+  stream.closed.catch(() => {
+    try {
+      tcp.close();
+    } catch {
+      // Closed already.
+    }
+  });
   const sent = up(tcp, stream).then(async (n) => {
     await stream.closeWrite();
     return n;

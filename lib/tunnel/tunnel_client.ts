@@ -17,6 +17,7 @@ import {
 import type { Dialer } from "../link/mod.ts";
 import { MuxSession } from "../mux/mod.ts";
 import { backoffDelay, delay, errorMessage } from "../_util.ts";
+import { LogLimiter } from "../_log_limiter.ts";
 import { splice } from "./_splice.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
@@ -55,6 +56,7 @@ export class TunnelClient implements AsyncDisposable {
   /** The session, or its opening; null when there is none. */
   #session: Promise<MuxSession> | null = null;
   #current: MuxSession | null = null;
+  #failures = new LogLimiter((line) => log.error(line));
   #closing = new AbortController();
   #serving: Promise<void>;
   /** Every local connection's forwarding, so close() can wait for all of them, opening ones included. */
@@ -159,10 +161,10 @@ export class TunnelClient implements AsyncDisposable {
         down,
       });
     } catch (error) {
-      log.error("Tunneled connection from {local} failed: {reason}", {
-        local,
-        reason: errorMessage(error),
-      });
+      // A lost session fails all its connections at once: one line per
+      // reason per interval, with a count, not ten thousand.
+      const reason = errorMessage(error);
+      this.#failures.event(reason, `Tunneled connection from ${local} failed: ${reason}`);
       try {
         tcp.close();
       } catch {
@@ -192,6 +194,7 @@ export class TunnelClient implements AsyncDisposable {
     await this.#serving;
     // A connection still opening its session ends as soon as it has one.
     await Promise.allSettled([...this.#carrying]);
+    this.#failures.flush();
   }
 
   /** Same as {@linkcode TunnelClient.close}. */

@@ -16,6 +16,7 @@ import {
 import { type Acceptor, formatAddr } from "../link/mod.ts";
 import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { errorMessage } from "../_util.ts";
+import { LogLimiter } from "../_log_limiter.ts";
 import { splice } from "./_splice.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
@@ -47,6 +48,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   #target: { hostname: string; port: number };
   #sessions = new Set<MuxSession>();
   #streams = 0;
+  #refusals = new LogLimiter((line) => log.warn(line));
   #serving: Promise<void>;
   /** Every session's serving, so close() can wait for all of them. */
   #carrying = new Set<Promise<void>>();
@@ -104,11 +106,8 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
       tcp = await Deno.connect(this.#target);
     } catch (error) {
       const reason = `cannot reach ${target}: ${errorMessage(error)}`;
-      log.warn("Tunnel session {session}, stream {stream}: {reason}", {
-        session,
-        stream: stream.id,
-        reason,
-      });
+      // A target that is down refuses every connection: one line per reason per interval.
+      this.#refusals.event(reason, `Tunnel session ${session}, stream ${stream.id}: ${reason}`);
       stream.refuse(reason);
       return;
     }
@@ -143,6 +142,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     for (const session of this.#sessions) session.close();
     await this.#serving;
     await Promise.allSettled([...this.#carrying]);
+    this.#refusals.flush();
   }
 
   /** Same as {@linkcode TunnelServer.close}. */
