@@ -18,6 +18,7 @@
 // "2 plain Deno forwarders" is a reference: the floor of any design with two
 // Deno processes on the path.
 import { freePort } from "../tests/_helpers.ts";
+import { spawn, stopAll, waitForPort } from "./_processes.ts";
 import { startSshd } from "../tests/_sshd.ts";
 import { makeTestCerts } from "../tests/_tls.ts";
 import { pgbench, pgbenchInit, type PgbenchResult, type PgCluster, startPostgres } from "./_pg.ts";
@@ -46,33 +47,6 @@ for (const mode of PG_MODES) {
   if (mode !== "tpcb" && mode !== "select") throw new Error(`unknown pgbench mode ${mode}`);
 }
 const CLI = new URL("../cli/tunnel.ts", import.meta.url).pathname;
-
-const children: Deno.ChildProcess[] = [];
-
-function spawn(cmd: string, args: string[]): Deno.ChildProcess {
-  const child = new Deno.Command(cmd, { args, stdout: "null", stderr: "null", stdin: "null" })
-    .spawn();
-  children.push(child);
-  return child;
-}
-
-/**
- * Waits until something listens on `port`, by reading the kernel's socket
- * table (`ss`) rather than connecting: a probe connection would reach iperf3 through
- * the forwarder and upset its one-test-at-a-time control protocol.
- */
-async function waitForPort(port: number): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const out = await new Deno.Command("ss", {
-      args: ["-ltnH", `sport = :${port}`],
-      stdout: "piped",
-    }).output();
-    if (new TextDecoder().decode(out.stdout).trim() !== "") return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** A forwarding path: the port to dial, given the target port. */
 type Path = { name: string; start(target: number): Promise<number> };
@@ -251,14 +225,7 @@ class Cleanup {
   }
 
   async #run(): Promise<void> {
-    for (const child of children) {
-      try {
-        child.kill("SIGTERM");
-      } catch {
-        // Already gone.
-      }
-      await child.status;
-    }
+    await stopAll();
     // pg_ctl puts the server in its own session, out of reach of the
     // terminal's Ctrl-C: it only stops if told to.
     // A start that failed has removed what it made already.

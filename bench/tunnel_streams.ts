@@ -18,6 +18,7 @@
 // of an older commit), labelled "before".
 import { FaultProxy } from "../tests/_fault_proxy.ts";
 import { freePort } from "../tests/_helpers.ts";
+import { spawn, stopAll, waitForPort } from "./_processes.ts";
 import { startSshd } from "../tests/_sshd.ts";
 
 function option(name: string): string | undefined {
@@ -31,29 +32,6 @@ const BEFORE = option("before");
 const SKIP_SSH = Deno.args.includes("--skip-ssh");
 const HERE = new URL("..", import.meta.url).pathname;
 const PARALLEL = 500;
-
-const children: Deno.ChildProcess[] = [];
-
-function spawn(cmd: string, args: string[]): Deno.ChildProcess {
-  const child = new Deno.Command(cmd, { args, stdout: "null", stderr: "null", stdin: "null" })
-    .spawn();
-  children.push(child);
-  return child;
-}
-
-async function waitForPort(port: number): Promise<void> {
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    const out = await new Deno.Command("ss", {
-      args: ["-ltnH", `sport = :${port}`],
-      stdout: "piped",
-    })
-      .output();
-    if (new TextDecoder().decode(out.stdout).trim() !== "") return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /**
  * Resident memory of `pid` (and, with `tree`, all its descendants), MB. From
@@ -276,14 +254,7 @@ async function main(): Promise<void> {
     for (const n of COUNTS) for (const path of paths) rows.push(await measure(path, n, echoPort));
   } finally {
     await sshd?.[Symbol.asyncDispose]();
-    for (const child of children) {
-      try {
-        child.kill("SIGTERM");
-      } catch {
-        // Already gone.
-      }
-      await child.status;
-    }
+    await stopAll();
   }
   console.log(
     "\n| path | connections | open s | idle RSS MB (per process) | resume after a cut ms |",

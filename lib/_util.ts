@@ -76,3 +76,14 @@ export function parsePortText(text: string, allowZero = false): number | null {
   const port = Number(text);
   return port >= (allowZero ? 0 : 1) && port <= 65535 ? port : null;
 }
+
+/** The bytes of `parts`, one after another, in one new buffer. */
+export function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}

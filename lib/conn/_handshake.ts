@@ -25,6 +25,7 @@
 
 import { encodeFrame, type Frame, PROTOCOL_VERSION, type RejectCode } from "../frame/mod.ts";
 import type { Link } from "../link/mod.ts";
+import { concat } from "../_util.ts";
 import { ImmortalError } from "./errors.ts";
 import type { FrameReader } from "./_frame_reader.ts";
 
@@ -45,16 +46,6 @@ export function hmacKey(raw: Uint8Array): Promise<CryptoKey> {
     "sign",
     "verify",
   ]);
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
 }
 
 function u32(value: number): Uint8Array {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { concat } from "../_util.ts";
 import {
   encodeCredit,
   encodeFrame,
@@ -26,17 +27,7 @@ function collect(): { events: Event[]; parser: FrameParser } {
   return { events, parser };
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
-
-const wire = concat([
+const wire = concat(...[
   GREETING,
   encodeFrame(FrameType.open, 1, new TextEncoder().encode("target")),
   encodeFrame(FrameType.data, 1, new Uint8Array([1, 2, 3])),
@@ -69,9 +60,9 @@ Deno.test("mux frames parse the same however the stream is cut", () => {
 Deno.test("mux frames: malformed input is a protocol error", () => {
   const bad = (bytes: Uint8Array, pattern: RegExp) => {
     const { parser } = collect();
-    assert.throws(() => parser.push(concat([GREETING, bytes])), MuxProtocolError);
+    assert.throws(() => parser.push(concat(...[GREETING, bytes])), MuxProtocolError);
     const again = collect();
-    assert.throws(() => again.parser.push(concat([GREETING, bytes])), pattern);
+    assert.throws(() => again.parser.push(concat(...[GREETING, bytes])), pattern);
   };
   bad(encodeFrame(0x09, 1), /unknown frame type 0x09/);
   bad(encodeFrame(FrameType.data, 1), /empty data frame/);

@@ -8,7 +8,7 @@ import { getLogger } from "@logtape/logtape";
 import { ImmortalError } from "../conn/errors.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { StreamEngine } from "../conn/_stream_engine.ts";
-import { errorMessage } from "../_util.ts";
+import { concat, errorMessage } from "../_util.ts";
 import {
   encodeFrame,
   type FrameHandler,
@@ -276,7 +276,7 @@ export class MuxSession implements AsyncDisposable {
           const frames = this.#control;
           this.#control = [];
           this.#writing = true;
-          await this.#conn.write(frames.length === 1 ? frames[0] : concat(frames));
+          await this.#conn.write(frames.length === 1 ? frames[0] : concat(...frames));
           this.#writing = false;
           continue;
         }
@@ -398,16 +398,4 @@ export class MuxSession implements AsyncDisposable {
     if (this.#closedLocally) this.#resolveClosed();
     else this.#rejectClosed(error);
   }
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  let length = 0;
-  for (const part of parts) length += part.length;
-  const out = new Uint8Array(length);
-  let off = 0;
-  for (const part of parts) {
-    out.set(part, off);
-    off += part.length;
-  }
-  return out;
 }
