@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import net from "node:net";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { freePort, within } from "./_helpers.ts";
 import { makeTestCerts } from "./_tls.ts";
@@ -324,18 +325,25 @@ Deno.test("tunnel server out of descriptors: it backs off, logs a line, not thou
     ["server", String(serverPort), "127.0.0.1", String(target.port), "--listen-host", "127.0.0.1"],
     ["prlimit", "--nofile=64:64"],
   );
-  const attack: Deno.Conn[] = [];
+  const attack: net.Socket[] = [];
   try {
     await server.waitFor(/Tunnel server on/, "server start");
     // Without a key the server is an open proxy to its target, and says so loudly.
     await server.waitFor(/warning\s+NO KEY: this tunnel server is OPEN/, "the open-proxy warning");
     // Connections that never say a word hold a descriptor each until the
-    // handshake deadline: the kernel queues the rest, and accept fails.
+    // handshake deadline: the kernel queues the rest, and accept fails. From
+    // ten addresses, each under the per-source limit of pending handshakes.
     for (let i = 0; i < 120; i++) {
-      attack.push(await Deno.connect({ hostname: "127.0.0.1", port: serverPort }));
+      const socket = net.connect({
+        host: "127.0.0.1",
+        port: serverPort,
+        localAddress: `127.0.0.${2 + i % 10}`,
+      });
+      socket.on("error", () => {});
+      attack.push(socket);
     }
     await server.waitFor(/Accepting a link failed: .*(Too many open files|os error 24)/, "EMFILE");
-    for (const conn of attack.splice(0)) conn.close();
+    for (const socket of attack.splice(0)) socket.destroy();
     const client = spawnCli(
       [`--allow-net=127.0.0.1:${clientPort},127.0.0.1:${serverPort}`],
       CLI,
@@ -349,7 +357,7 @@ Deno.test("tunnel server out of descriptors: it backs off, logs a line, not thou
     const failures = server.log.match(/Accepting a link failed/g)?.length ?? 0;
     assert.ok(failures <= 3, `${failures} lines about failed accepts:\n${server.log}`);
   } finally {
-    for (const conn of attack) conn.close();
+    for (const socket of attack) socket.destroy();
     assert.equal(await server.stop(), 0, server.log);
   }
 });

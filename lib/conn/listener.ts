@@ -36,6 +36,12 @@ export interface ListenOptions extends SessionOptions {
   backlog?: number;
   /** Links still in their handshake beyond this are dropped at once. Default 256. */
   maxHandshakes?: number;
+  /**
+   * Links from one source (an IPv4 address, or an IPv6 /64) still in their
+   * handshake beyond this are dropped at once, so that one source cannot take
+   * the whole pool of `maxHandshakes` and lock everyone else out. Default 16.
+   */
+  maxHandshakesPerSource?: number;
 }
 
 /** TLS identity of a server; see {@linkcode ListenOptions.tls}. */
@@ -74,6 +80,9 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   #ready: ImmortalConn[] = [];
   #waiters: { resolve: (conn: ImmortalConn) => void; reject: (error: Error) => void }[] = [];
   #handshaking = new Set<Link>();
+  /** Handshakes in progress per source (see `sourceOf`). */
+  #bySource = new Map<string, number>();
+  #maxPerSource: number;
   #closed = false;
   #closing = new AbortController();
   /** Refusals and accept failures, one line per kind per interval. */
@@ -84,7 +93,9 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     options: ResolvedOptions,
     backlog: number,
     maxHandshakes: number,
+    maxPerSource: number,
   ) {
+    this.#maxPerSource = maxPerSource;
     this.#acceptor = acceptor;
     this.#options = options;
     this.#sessions = new ServerSessions(options);
@@ -169,7 +180,28 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         link.close();
         continue;
       }
-      this.#handshake(link);
+      const source = sourceOf(link.remoteAddr);
+      if (source === null) {
+        this.#handshake(link);
+        continue;
+      }
+      const pending = this.#bySource.get(source) ?? 0;
+      if (pending >= this.#maxPerSource) {
+        this.#logs.event(
+          `source ${source}`,
+          `Dropped a link from ${
+            formatAddr(link.remoteAddr)
+          }: ${pending} handshakes from ${source} already in progress`,
+        );
+        link.close();
+        continue;
+      }
+      this.#bySource.set(source, pending + 1);
+      this.#handshake(link).finally(() => {
+        const left = this.#bySource.get(source)! - 1;
+        if (left === 0) this.#bySource.delete(source);
+        else this.#bySource.set(source, left);
+      });
     }
   }
 
@@ -247,6 +279,10 @@ export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr>
   const resolved = resolveOptions(options);
   const backlog = options.backlog ?? 128;
   const maxHandshakes = options.maxHandshakes ?? 256;
+  const maxPerSource = options.maxHandshakesPerSource ?? 16;
+  if (!Number.isInteger(maxPerSource) || maxPerSource < 1) {
+    throw new RangeError(`maxHandshakesPerSource must be an integer >= 1, got ${maxPerSource}`);
+  }
   if (!Number.isInteger(backlog) || backlog < 1) {
     throw new RangeError(`backlog must be an integer >= 1, got ${backlog}`);
   }
@@ -259,5 +295,29 @@ export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr>
   };
   const acceptor: Acceptor = options.acceptor ??
     (options.tls ? new TlsAcceptor({ ...where, ...options.tls }) : new TcpAcceptor(where));
-  return new Listener(acceptor, resolved, backlog, maxHandshakes);
+  return new Listener(acceptor, resolved, backlog, maxHandshakes, maxPerSource);
+}
+
+/**
+ * Where a link comes from, for per-source limits: the IPv4 address, or the
+ * /64 of an IPv6 one (one host usually has a whole /64 to pick from). Null
+ * for links of other transports: they have no source to tell apart.
+ */
+function sourceOf(addr: Deno.Addr | undefined): string | null {
+  if (addr?.transport !== "tcp" && addr?.transport !== "udp") return null;
+  const host = addr.hostname.replace(/^::ffff:/, "");
+  if (!host.includes(":")) return host;
+  const groups = expandIpv6(host);
+  return groups === null ? host : `${groups.slice(0, 4).join(":")}::/64`;
+}
+
+/** The eight groups of an IPv6 address, or null if it is not one we can read. */
+function expandIpv6(host: string): string[] | null {
+  const [head, tail, ...rest] = host.replace(/%.*$/, "").split("::");
+  if (rest.length > 0) return null;
+  const left = head ? head.split(":") : [];
+  const right = tail !== undefined && tail !== "" ? tail.split(":") : [];
+  const missing = 8 - left.length - right.length;
+  if (missing < 0 || (tail === undefined && missing !== 0)) return null;
+  return [...left, ...Array(missing).fill("0"), ...right];
 }

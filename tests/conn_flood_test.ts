@@ -1,0 +1,86 @@
+// One source flooding the handshake pool cannot lock others out.
+import assert from "node:assert/strict";
+import net from "node:net";
+import { connect, listen } from "../mod.ts";
+import {
+  patternHash,
+  receiveAll,
+  renderRecord,
+  sendPattern,
+  waitUntil,
+  within,
+  withLogs,
+} from "./_helpers.ts";
+
+/**
+ * `count` sockets from `localAddress` that each send one byte and then hold
+ * the connection, as slowloris does; each one the server closes comes back,
+ * up to `reconnects` times.
+ */
+function slowloris(port: number, localAddress: string, count: number, reconnects: number) {
+  const sockets = new Set<net.Socket>();
+  let stopped = false;
+  let opened = 0;
+  const open = (left: number) => {
+    if (stopped) return;
+    const socket = net.connect({ host: "127.0.0.1", port, localAddress });
+    opened++;
+    sockets.add(socket);
+    // The first byte of a hello header: the server waits for the rest.
+    socket.on("connect", () => socket.write(Buffer.from([0x10])));
+    socket.on("error", () => {});
+    socket.on("close", () => {
+      sockets.delete(socket);
+      if (left > 0) open(left - 1);
+    });
+  };
+  for (let i = 0; i < count; i++) open(reconnects);
+  return {
+    get opened() {
+      return opened;
+    },
+    async stop() {
+      stopped = true;
+      const closing = [...sockets].map((s) =>
+        new Promise<void>((resolve) => {
+          if (s.closed) resolve();
+          else s.once("close", () => resolve());
+          s.destroy();
+        })
+      );
+      await Promise.all(closing);
+    },
+  };
+}
+
+Deno.test("2,000 slowloris sockets from one address do not lock out a client from another; the log stays short", async () => {
+  await withLogs(async (records) => {
+    using listener = listen({ hostname: "127.0.0.1", port: 0 });
+    const attack = slowloris(listener.addr.port, "127.0.0.2", 2000, 5);
+    try {
+      // The attack has filled what it can once the listener starts dropping its links.
+      await waitUntil(
+        () => records.some((r) => /Dropped a link/.test(renderRecord(r))),
+        "the listener dropping attack links",
+      );
+      // While the attack runs: a client from 127.0.0.1 gets a session and moves data.
+      const started = performance.now();
+      await using client = await within(
+        20_000,
+        "the client's session",
+        connect({ port: listener.addr.port }),
+      );
+      await using server = await listener.accept();
+      const size = 4 << 20;
+      const [sent, got] = await Promise.all([sendPattern(client, 9, size), receiveAll(server)]);
+      assert.equal(got.sha256, sent);
+      assert.equal(sent, patternHash(9, size));
+      console.log(`client in and 4 MiB through in ${Math.round(performance.now() - started)} ms`);
+      assert.ok(attack.opened > 2000, "the attack was running (sockets came back when dropped)");
+    } finally {
+      await attack.stop();
+    }
+    const lines = records.map(renderRecord).filter((line) => /Dropped a link/.test(line));
+    assert.ok(lines.length <= 4, `${lines.length} lines about dropped links:\n${lines.join("\n")}`);
+  });
+});
