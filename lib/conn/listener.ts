@@ -15,6 +15,7 @@ import type { ImmortalConn } from "./immortal_conn.ts";
 import { type ResolvedOptions, resolveOptions } from "./_options.ts";
 import type { SessionOptions } from "./options.ts";
 import { ServerSessions } from "./_server_session.ts";
+import { sourceOf } from "./_source.ts";
 
 const log = getLogger(["immortal", "listener"]);
 
@@ -296,28 +297,4 @@ export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr>
   const acceptor: Acceptor = options.acceptor ??
     (options.tls ? new TlsAcceptor({ ...where, ...options.tls }) : new TcpAcceptor(where));
   return new Listener(acceptor, resolved, backlog, maxHandshakes, maxPerSource);
-}
-
-/**
- * Where a link comes from, for per-source limits: the IPv4 address, or the
- * /64 of an IPv6 one (one host usually has a whole /64 to pick from). Null
- * for links of other transports: they have no source to tell apart.
- */
-function sourceOf(addr: Deno.Addr | undefined): string | null {
-  if (addr?.transport !== "tcp" && addr?.transport !== "udp") return null;
-  const host = addr.hostname.replace(/^::ffff:/, "");
-  if (!host.includes(":")) return host;
-  const groups = expandIpv6(host);
-  return groups === null ? host : `${groups.slice(0, 4).join(":")}::/64`;
-}
-
-/** The eight groups of an IPv6 address, or null if it is not one we can read. */
-function expandIpv6(host: string): string[] | null {
-  const [head, tail, ...rest] = host.replace(/%.*$/, "").split("::");
-  if (rest.length > 0) return null;
-  const left = head ? head.split(":") : [];
-  const right = tail !== undefined && tail !== "" ? tail.split(":") : [];
-  const missing = 8 - left.length - right.length;
-  if (missing < 0 || (tail === undefined && missing !== 0)) return null;
-  return [...left, ...Array(missing).fill("0"), ...right];
 }
