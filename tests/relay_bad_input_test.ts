@@ -328,3 +328,14 @@ Deno.test("relay numbers are not public: /metrics and the counts on / and /healt
     await ok.body?.cancel();
   }
 });
+
+Deno.test("relay: a hello or frame that is not valid UTF-8 is refused, not decoded into U+FFFD", async () => {
+  await using relay = startRelay({});
+  const hello = new TextEncoder().encode('{"t":"hello","session":"s","nickname":"ma#"}');
+  hello[hello.indexOf(0x23)] = 0xff; // a byte that is never UTF-8 where the # was
+  const res = await fetch(`${relay.url}/relay/stream`, { method: "POST", body: hello });
+  assert.equal(res.status, 400);
+  const refusal = await res.json();
+  assert.equal(refusal.error, "bad-hello");
+  assert.match(refusal.message, /not valid UTF-8/);
+});

@@ -46,10 +46,22 @@ export class BodyTooLarge extends Error {
   }
 }
 
+/** A request body that is not valid UTF-8. */
+export class BodyNotUtf8 extends Error {
+  constructor() {
+    super("the body is not valid UTF-8");
+    this.name = "BodyNotUtf8";
+  }
+}
+
+/** Strict: invalid UTF-8 is refused, not turned into U+FFFD in a nickname. */
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
 /**
  * Reads a request body as text (and its size in bytes); throws
  * {@linkcode BodyTooLarge} past `max` bytes, before reading it when the
- * request declares its length.
+ * request declares its length, and {@linkcode BodyNotUtf8} for bytes that
+ * are not UTF-8.
  */
 export async function readBody(req: Request, max: number): Promise<{ text: string; size: number }> {
   const declared = Number(req.headers.get("content-length") ?? 0);
@@ -71,5 +83,9 @@ export async function readBody(req: Request, max: number): Promise<{ text: strin
     all.set(chunk, offset);
     offset += chunk.byteLength;
   }
-  return { text: new TextDecoder().decode(all), size };
+  try {
+    return { text: utf8.decode(all), size };
+  } catch {
+    throw new BodyNotUtf8();
+  }
 }

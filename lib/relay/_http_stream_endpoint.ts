@@ -10,7 +10,14 @@
 import { getLogger } from "@logtape/logtape";
 import { errorMessage } from "../_util.ts";
 import { type Hub, JoinRefused } from "./_hub.ts";
-import { frameTooLarge, readBody, refusedJoin, refuseRequest, tooLargeReason } from "./_http.ts";
+import {
+  BodyNotUtf8,
+  frameTooLarge,
+  readBody,
+  refusedJoin,
+  refuseRequest,
+  tooLargeReason,
+} from "./_http.ts";
 import { asFrameObject, parseNodeFrame, readJson } from "./_parse.ts";
 import { SECRET_HEADER, STREAM_HEADER } from "./_protocol.ts";
 import type { Member, Sink } from "./_room.ts";
@@ -43,6 +50,7 @@ export class HttpStreamEndpoint {
     try {
       text = (await readBody(req, settings.maxMessageBytes)).text;
     } catch (error) {
+      if (error instanceof BodyNotUtf8) return refuseRequest(hub, 400, "bad-hello", error.message);
       return refuseRequest(hub, 413, "too-large", errorMessage(error));
     }
     const hello = asFrameObject(readJson(text));
@@ -106,6 +114,7 @@ export class HttpStreamEndpoint {
       // A POST may carry a batch of frames; each is still held to the frame limit below.
       body = await readBody(req, max * 16);
     } catch (error) {
+      if (error instanceof BodyNotUtf8) return refuseRequest(hub, 400, "bad-frame", error.message);
       return refuseRequest(hub, 413, "too-large", errorMessage(error));
     }
     const value = readJson(body.text);
