@@ -1,5 +1,7 @@
 // Child processes of a benchmark: started quietly, waited for by port, and
 // all stopped at the end (also after a failure).
+import { freePort } from "../tests/_helpers.ts";
+import type { Sshd } from "../tests/_sshd.ts";
 
 /** Every child started by {@linkcode spawn}, for {@linkcode stopAll}. */
 export const children: Deno.ChildProcess[] = [];
@@ -41,4 +43,23 @@ export async function stopAll(): Promise<void> {
     }
     await child.status;
   }
+}
+
+/** `ssh -N -L` from a free local port to `target` through `sshd`, once it listens. */
+export async function sshForward(
+  sshd: Sshd,
+  target: number,
+): Promise<{ port: number; child: Deno.ChildProcess }> {
+  const port = freePort();
+  const child = spawn("ssh", [
+    ...sshd.sshArgs(sshd.port),
+    "-N",
+    "-o",
+    "ExitOnForwardFailure=yes",
+    "-L",
+    `127.0.0.1:${port}:127.0.0.1:${target}`,
+    "127.0.0.1",
+  ]);
+  await waitForPort(port);
+  return { port, child };
 }

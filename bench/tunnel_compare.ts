@@ -18,7 +18,7 @@
 // "2 plain Deno forwarders" is a reference: the floor of any design with two
 // Deno processes on the path.
 import { freePort } from "../tests/_helpers.ts";
-import { spawn, stopAll, waitForPort } from "./_processes.ts";
+import { spawn, sshForward, stopAll, waitForPort } from "./_processes.ts";
 import { startSshd } from "../tests/_sshd.ts";
 import { makeTestCerts } from "../tests/_tls.ts";
 import { pgbench, pgbenchInit, type PgbenchResult, type PgCluster, startPostgres } from "./_pg.ts";
@@ -70,18 +70,7 @@ function sshL(sshd: Awaited<ReturnType<typeof startSshd>>): Path {
   return {
     name: "ssh -L",
     async start(target) {
-      const port = freePort();
-      spawn("ssh", [
-        ...sshd.sshArgs(sshd.port),
-        "-N",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-L",
-        `127.0.0.1:${port}:127.0.0.1:${target}`,
-        "127.0.0.1",
-      ]);
-      await waitForPort(port);
-      return port;
+      return (await sshForward(sshd, target)).port;
     },
   };
 }

@@ -18,7 +18,7 @@
 // of an older commit), labelled "before".
 import { FaultProxy } from "../tests/_fault_proxy.ts";
 import { freePort } from "../tests/_helpers.ts";
-import { spawn, stopAll, waitForPort } from "./_processes.ts";
+import { spawn, sshForward, stopAll, waitForPort } from "./_processes.ts";
 import { startSshd } from "../tests/_sshd.ts";
 
 function option(name: string): string | undefined {
@@ -156,17 +156,7 @@ function sshL(sshd: Awaited<ReturnType<typeof startSshd>>): Path {
   return {
     name: "ssh -L",
     async start(target) {
-      const port = freePort();
-      const ssh = spawn("ssh", [
-        ...sshd.sshArgs(sshd.port),
-        "-N",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-L",
-        `127.0.0.1:${port}:127.0.0.1:${target}`,
-        "127.0.0.1",
-      ]);
-      await waitForPort(port);
+      const { port, child: ssh } = await sshForward(sshd, target);
       const master = Number(Deno.readTextFileSync(`${sshd.dir}/sshd.pid`).trim());
       return {
         port,

@@ -2,7 +2,8 @@
 // bytes, and cuts fired by progress.
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import type { FaultProxy } from "./_fault_proxy.ts";
+import { TunnelClient, TunnelServer } from "../mod.ts";
+import { FaultProxy } from "./_fault_proxy.ts";
 import { pattern, receiveAll } from "./_helpers.ts";
 
 /** A plain TCP target. "echo": echoes until EOF. "reply": reads to EOF, then sends `replySize` bytes. */
@@ -105,4 +106,43 @@ export function roundTrips(
   size: number,
 ): Promise<void[]> {
   return Promise.all(Array.from({ length: count }, (_, i) => roundTrip(port, firstSeed + i, size)));
+}
+
+/** Session settings that notice a cut link fast and redial at once. */
+export const FAST = {
+  backoff: { initial: 5, max: 50 },
+  heartbeatInterval: 200,
+  deadLinkTimeout: 1000,
+};
+
+/**
+ * A tunnel to `targetPort` whose link runs through a {@linkcode FaultProxy}
+ * (with {@linkcode FAST} settings and `key`, if any, at both ends); disposing
+ * it closes all three.
+ */
+export async function tunnelThroughProxy(targetPort: number, key?: string) {
+  const server = new TunnelServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    key,
+    target: { hostname: "127.0.0.1", port: targetPort },
+    ...FAST,
+  });
+  const proxy = await FaultProxy.start({ targetPort: server.addr.port });
+  const client = new TunnelClient({
+    port: 0,
+    key,
+    server: { hostname: "127.0.0.1", port: proxy.port },
+    ...FAST,
+  });
+  return {
+    server,
+    proxy,
+    client,
+    async [Symbol.asyncDispose]() {
+      await client.close();
+      await proxy.close();
+      await server.close();
+    },
+  };
 }

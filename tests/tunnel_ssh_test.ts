@@ -5,12 +5,9 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { TunnelClient, TunnelServer } from "../mod.ts";
-import { FaultProxy } from "./_fault_proxy.ts";
 import { nextEvent, within } from "./_helpers.ts";
 import { startSshd } from "./_sshd.ts";
-
-const FAST = { backoff: { initial: 5, max: 50 }, heartbeatInterval: 200, deadLinkTimeout: 1000 };
+import { tunnelThroughProxy } from "./_tunnel_helpers.ts";
 
 async function sha256File(path: string): Promise<string> {
   const hash = createHash("sha256");
@@ -22,28 +19,13 @@ async function sha256File(path: string): Promise<string> {
 /** sshd, a tunnel server in front of it, a fault proxy, and a tunnel client: ssh dials `client.addr.port`. */
 async function sshThroughTunnel() {
   const sshd = await startSshd();
-  const server = new TunnelServer({
-    hostname: "127.0.0.1",
-    port: 0,
-    key: "ssh-test",
-    target: { hostname: "127.0.0.1", port: sshd.port },
-    ...FAST,
-  });
-  const proxy = await FaultProxy.start({ targetPort: server.addr.port });
-  const client = new TunnelClient({
-    port: 0,
-    key: "ssh-test",
-    server: { hostname: "127.0.0.1", port: proxy.port },
-    ...FAST,
-  });
+  const tunnel = await tunnelThroughProxy(sshd.port, "ssh-test");
   return {
     sshd,
-    proxy,
-    client,
+    proxy: tunnel.proxy,
+    client: tunnel.client,
     async [Symbol.asyncDispose]() {
-      await client.close();
-      await proxy.close();
-      await server.close();
+      await tunnel[Symbol.asyncDispose]();
       await sshd[Symbol.asyncDispose]();
     },
   };

@@ -1,46 +1,29 @@
 // One tunnel session carries every connection as a stream of its own.
 import assert from "node:assert/strict";
 import { TunnelClient, TunnelServer } from "../mod.ts";
-import { FaultProxy } from "./_fault_proxy.ts";
 import { renderRecord, within, withLogs } from "./_helpers.ts";
-import { cutWhile, roundTrips, startTarget } from "./_tunnel_helpers.ts";
-
-const FAST = { backoff: { initial: 5, max: 50 }, heartbeatInterval: 200, deadLinkTimeout: 1000 };
+import { cutWhile, roundTrips, startTarget, tunnelThroughProxy } from "./_tunnel_helpers.ts";
 
 Deno.test("1,000 concurrent connections ride one session, each verifying its own data across link cuts", async () => {
   await using target = startTarget("echo");
-  await using server = new TunnelServer({
-    hostname: "127.0.0.1",
-    port: 0,
-    target: { hostname: "127.0.0.1", port: target.port },
-    ...FAST,
-  });
-  const proxy = await FaultProxy.start({ targetPort: server.addr.port });
-  try {
-    await using client = new TunnelClient({
-      port: 0,
-      server: { hostname: "127.0.0.1", port: proxy.port },
-      ...FAST,
-    });
-    // 1,000 x 64 KiB echoed: 62.5 MiB each way plus framing; the 6th cut
-    // each way is due at 60 MiB, within the transfer.
-    const cuts = await cutWhile(
-      proxy,
-      10 << 20,
-      6,
-      within(180_000, "1,000 connections", roundTrips(client.addr.port, 1000, 1, 64 << 10)),
-    );
-    assert.deepEqual(cuts, { up: 6, down: 6 }, "cuts during the transfer");
-    assert.equal(target.accepted, 1000);
-    // One session for all of them: each cut cost one reconnect, not a thousand.
-    const [session, ...others] = client.sessions;
-    assert.equal(others.length, 0, "one session");
-    // (A cut can land in a resume handshake: then two cuts cost one resume.)
-    const { reconnects } = session.stats;
-    assert.ok(reconnects >= 1 && reconnects <= 12, `${reconnects} resumes for 12 cuts`);
-  } finally {
-    await proxy.close();
-  }
+  await using tunnel = await tunnelThroughProxy(target.port);
+  const { proxy, client } = tunnel;
+  // 1,000 x 64 KiB echoed: 62.5 MiB each way plus framing; the 6th cut
+  // each way is due at 60 MiB, within the transfer.
+  const cuts = await cutWhile(
+    proxy,
+    10 << 20,
+    6,
+    within(180_000, "1,000 connections", roundTrips(client.addr.port, 1000, 1, 64 << 10)),
+  );
+  assert.deepEqual(cuts, { up: 6, down: 6 }, "cuts during the transfer");
+  assert.equal(target.accepted, 1000);
+  // One session for all of them: each cut cost one reconnect, not a thousand.
+  const [session, ...others] = client.sessions;
+  assert.equal(others.length, 0, "one session");
+  // (A cut can land in a resume handshake: then two cuts cost one resume.)
+  const { reconnects } = session.stats;
+  assert.ok(reconnects >= 1 && reconnects <= 12, `${reconnects} resumes for 12 cuts`);
 });
 
 Deno.test("a target that refuses fails that connection only, with the reason; the session goes on", async () => {

@@ -3,39 +3,23 @@ import { createHash } from "node:crypto";
 import { TunnelClient, TunnelServer } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { pattern, receiveAll, renderRecord, within, withLogs } from "./_helpers.ts";
-import { cutWhile, roundTrips, startTarget } from "./_tunnel_helpers.ts";
+import { cutWhile, FAST, roundTrips, startTarget, tunnelThroughProxy } from "./_tunnel_helpers.ts";
 import { makeTestCerts } from "./_tls.ts";
-
-const FAST = { backoff: { initial: 5, max: 50 }, heartbeatInterval: 200, deadLinkTimeout: 1000 };
 
 Deno.test("50 concurrent tunneled connections each move and verify their own data across link cuts", async () => {
   await using target = startTarget("echo");
-  await using server = new TunnelServer({
-    hostname: "127.0.0.1",
-    port: 0,
-    target: { hostname: "127.0.0.1", port: target.port },
-    ...FAST,
-  });
-  const proxy = await FaultProxy.start({ targetPort: server.addr.port });
-  try {
-    await using client = new TunnelClient({
-      port: 0,
-      server: { hostname: "127.0.0.1", port: proxy.port },
-      ...FAST,
-    });
-    // 100 MiB go each way (50 x 2 MiB echoed), framing and replays on top: all
-    // 10 cuts each way (every 5 MiB, the last at 50 MiB) land during the transfer.
-    const cuts = await cutWhile(
-      proxy,
-      5 << 20,
-      10,
-      within(120_000, "50 connections", roundTrips(client.addr.port, 50, 1, 2 << 20)),
-    );
-    assert.deepEqual(cuts, { up: 10, down: 10 }, "cuts during the transfer");
-    assert.equal(target.accepted, 50);
-  } finally {
-    await proxy.close();
-  }
+  await using tunnel = await tunnelThroughProxy(target.port);
+  const { proxy, client } = tunnel;
+  // 100 MiB go each way (50 x 2 MiB echoed), framing and replays on top: all
+  // 10 cuts each way (every 5 MiB, the last at 50 MiB) land during the transfer.
+  const cuts = await cutWhile(
+    proxy,
+    5 << 20,
+    10,
+    within(120_000, "50 connections", roundTrips(client.addr.port, 50, 1, 2 << 20)),
+  );
+  assert.deepEqual(cuts, { up: 10, down: 10 }, "cuts during the transfer");
+  assert.equal(target.accepted, 50);
 });
 
 Deno.test("half-close through the tunnel: a client that shuts its write side still gets the full reply", async () => {

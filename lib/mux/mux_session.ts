@@ -112,6 +112,8 @@ export class MuxSession implements AsyncDisposable {
   /** Header scratch for the fast path (copied by `tryWrite` at once). */
   #header = new Uint8Array(HEADER_SIZE);
   #ending: Error | null = null;
+  /** Ended by `close()`, not lost: `closed` resolves and no warning is logged. */
+  #closedLocally = false;
   #resolveClosed!: () => void;
   #rejectClosed!: (error: Error) => void;
   #owner: StreamOwner;
@@ -194,8 +196,6 @@ export class MuxSession implements AsyncDisposable {
       }
     }
   }
-
-  #closedLocally = false;
 
   /** Ends every stream and the connection under them. */
   close(): void {
@@ -315,7 +315,8 @@ export class MuxSession implements AsyncDisposable {
     try {
       if (conn instanceof StreamEngine) {
         // Parse straight from the session's receive queue: no copy first.
-        while ((await conn.readWith((view) => parser.push(view))) !== null) {
+        const push = (view: Uint8Array) => parser.push(view);
+        while ((await conn.readWith(push)) !== null) {
           if (this.#ending) return;
         }
       } else {
