@@ -52,6 +52,13 @@ Options:
   --max-queue-bytes N      bytes queued towards one node (default 1048576)
   --overflow POLICY        full queue: disconnect (default) or drop
   --no-chat-page           do not serve the browser chat page at /chat
+  --header-timeout MS      a connection must send its first request head
+                           within this (default 10000)
+  --idle-timeout MS        a connection may wait this long between requests,
+                           and take this long for a body (default 60000)
+  --max-unjoined N         most connections that carry no joined node; at the
+                           cap, the source holding the most loses its oldest
+                           (default 512; keep it below ulimit -n)
   --log-level LEVEL        debug, info, warning or error (default: info)
   -h, --help               show this help
 
@@ -108,6 +115,9 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
         "max-queue-bytes": { type: "string" },
         overflow: { type: "string" },
         "no-chat-page": { type: "boolean" },
+        "header-timeout": { type: "string" },
+        "idle-timeout": { type: "string" },
+        "max-unjoined": { type: "string" },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h" },
       },
@@ -172,6 +182,9 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     maxQueueBytes: num("max-queue-bytes"),
     overflow: overflow as OverflowPolicy,
     chatPage: !v["no-chat-page"],
+    headerTimeout: num("header-timeout"),
+    idleTimeout: num("idle-timeout"),
+    maxUnjoined: num("max-unjoined"),
   };
   if (v["tls-cert"] !== undefined) Object.assign(serve, readPemPair(v["tls-cert"], v["tls-key"]!));
   // Drop unset limits so the relay's own defaults apply.

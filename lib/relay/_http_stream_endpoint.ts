@@ -18,6 +18,7 @@ import {
   refuseRequest,
   tooLargeReason,
 } from "./_http.ts";
+import { connectionOf } from "./_http_server.ts";
 import { asFrameObject, parseNodeFrame, readJson } from "./_parse.ts";
 import { SECRET_HEADER, STREAM_HEADER } from "./_protocol.ts";
 import type { Member, Sink } from "./_room.ts";
@@ -98,6 +99,7 @@ export class HttpStreamEndpoint {
       return refusedJoin(error);
     }
     this.#streams.set(streamId, member);
+    connectionOf(req)?.joined();
     log.debug("Node {nickname} uses the HTTP streaming transport", { nickname: member.nickname });
     return new Response(body, { headers: STREAM_HEADERS });
   }

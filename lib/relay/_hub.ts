@@ -21,6 +21,7 @@ import {
 import { Member, Room, type Sink } from "./_room.ts";
 import { newJoinToken, secretsEqual } from "./_secret.ts";
 import type { RelaySettings } from "./_settings.ts";
+import type { RelayConnectionStats } from "./_http_server.ts";
 
 const log = getLogger(["immortal", "relay"]);
 
@@ -60,6 +61,8 @@ export interface RelayStats {
   faded: number;
   /** Requests and frames refused, by reason (a {@linkcode RelayErrorCode} or a finer reason). */
   refused: Record<string, number>;
+  /** The relay's connections, when it runs on `serveRelay`'s server. */
+  connections?: RelayConnectionStats;
 }
 
 const PING = encodeFrame({ t: "ping" });

@@ -11,35 +11,69 @@ import type { RelayStats } from "./_hub.ts";
 
 /** `stats` in the Prometheus text exposition format (version 0.0.4). */
 export function metricsText(stats: RelayStats): string {
-  const lines = [
-    "# HELP immortal_relay_sessions Sessions with at least one node.",
-    "# TYPE immortal_relay_sessions gauge",
-    `immortal_relay_sessions ${stats.sessions}`,
-    "# HELP immortal_relay_nodes Nodes joined.",
-    "# TYPE immortal_relay_nodes gauge",
-    `immortal_relay_nodes ${stats.nodes}`,
-  ];
-  const counters: [string, string, number][] = [
-    ["joins", "Joins accepted.", stats.joins],
-    ["messages", "Messages accepted from nodes.", stats.messages],
-    ["deliveries", "Message copies handed to receiving nodes.", stats.deliveries],
-    ["dropped", "Message copies dropped: the receiver's queue was full.", stats.dropped],
-    ["slow_disconnects", "Nodes disconnected: their queue was full.", stats.slowDisconnects],
-    ["faded", "Nodes declared gone after missing keep-alives.", stats.faded],
-  ];
-  for (const [name, help, value] of counters) {
-    lines.push(
-      `# HELP immortal_relay_${name}_total ${help}`,
-      `# TYPE immortal_relay_${name}_total counter`,
-      `immortal_relay_${name}_total ${value}`,
-    );
-  }
+  const lines: string[] = [];
+  const metric = (type: "gauge" | "counter", name: string, help: string, value: number) => {
+    const full = `immortal_relay_${name}${type === "counter" ? "_total" : ""}`;
+    lines.push(`# HELP ${full} ${help}`, `# TYPE ${full} ${type}`, `${full} ${value}`);
+  };
+  metric("gauge", "sessions", "Sessions with at least one node.", stats.sessions);
+  metric("gauge", "nodes", "Nodes joined.", stats.nodes);
+  metric("counter", "joins", "Joins accepted.", stats.joins);
+  metric("counter", "messages", "Messages accepted from nodes.", stats.messages);
+  metric("counter", "deliveries", "Message copies handed to receiving nodes.", stats.deliveries);
+  metric(
+    "counter",
+    "dropped",
+    "Message copies dropped: the receiver's queue was full.",
+    stats.dropped,
+  );
+  metric(
+    "counter",
+    "slow_disconnects",
+    "Nodes disconnected: their queue was full.",
+    stats.slowDisconnects,
+  );
+  metric("counter", "faded", "Nodes declared gone after missing keep-alives.", stats.faded);
   lines.push(
     "# HELP immortal_relay_refused_total Requests and frames refused, by reason.",
     "# TYPE immortal_relay_refused_total counter",
   );
   for (const [reason, value] of Object.entries(stats.refused)) {
     lines.push(`immortal_relay_refused_total{reason="${reason}"} ${value}`);
+  }
+  const connections = stats.connections;
+  if (connections) {
+    metric("gauge", "connections", "Open HTTP connections.", connections.connections);
+    metric(
+      "gauge",
+      "unjoined_connections",
+      "Open connections that carry no joined node.",
+      connections.unjoined,
+    );
+    metric(
+      "counter",
+      "connections_evicted",
+      "Unjoined connections closed at the cap.",
+      connections.evicted,
+    );
+    metric(
+      "counter",
+      "connections_timed_out",
+      "Connections closed for sending no request in time.",
+      connections.timedOut,
+    );
+    metric(
+      "counter",
+      "bad_requests",
+      "Malformed or oversized request heads.",
+      connections.badRequests,
+    );
+    metric(
+      "counter",
+      "accept_failures",
+      "Failed accepts (descriptors exhausted, mostly).",
+      connections.acceptFailures,
+    );
   }
   return lines.join("\n") + "\n";
 }

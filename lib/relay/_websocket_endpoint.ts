@@ -8,25 +8,68 @@
 
 import { type Hub, JoinRefused } from "./_hub.ts";
 import { frameTooLarge, refusedJoin, refuseRequest, tooLargeReason } from "./_http.ts";
+import { connectionOf } from "./_http_server.ts";
 import { asFrameObject, parseNodeFrame, readJson } from "./_parse.ts";
 import { type RelayErrorCode, SECRET_HEADER } from "./_protocol.ts";
 import type { Member, Sink } from "./_room.ts";
 
-/** A sink that writes to `socket`, full once more than `maxQueueBytes` wait in it. */
-function socketSink(socket: WebSocket, maxQueueBytes: number): Sink {
-  return {
-    push(data) {
-      if (socket.readyState !== WebSocket.OPEN) return true;
-      if (socket.bufferedAmount > maxQueueBytes) return false;
-      socket.send(data);
-      return true;
+/**
+ * What the endpoint needs of a WebSocket: our own strict one
+ * (`ServerWebSocket`, under `serveRelay`), or Deno's, adapted, when the
+ * relay is mounted in a `Deno.serve` app.
+ */
+interface RelaySocket {
+  readonly open: boolean;
+  readonly bufferedAmount: number;
+  send(text: string): void;
+  close(code: number, reason: string): void;
+  onmessage: ((data: string | Uint8Array) => void) | null;
+  onoversize: (() => void) | null;
+  onclose: ((code: number, reason: string) => void) | null;
+}
+
+/** Deno's WebSocket as a {@linkcode RelaySocket}; messages over `max` bytes are reported, not delivered. */
+function denoSocket(socket: WebSocket, max: number): RelaySocket {
+  const adapted: RelaySocket = {
+    get open() {
+      return socket.readyState === WebSocket.OPEN;
     },
+    get bufferedAmount() {
+      return socket.bufferedAmount;
+    },
+    send: (text) => socket.send(text),
     close(code, reason) {
       try {
         socket.close(code, reason);
       } catch {
         // Already closing.
       }
+    },
+    onmessage: null,
+    onoversize: null,
+    onclose: null,
+  };
+  socket.onmessage = (event) => {
+    if (typeof event.data !== "string") return adapted.onmessage?.(new Uint8Array(0));
+    if (frameTooLarge(event.data, max)) return adapted.onoversize?.();
+    adapted.onmessage?.(event.data);
+  };
+  socket.onclose = (event) => adapted.onclose?.(event.code, event.reason);
+  socket.onerror = () => {/* onclose follows */};
+  return adapted;
+}
+
+/** A sink that writes to `socket`, full once more than `maxQueueBytes` wait in it. */
+function socketSink(socket: RelaySocket, maxQueueBytes: number): Sink {
+  return {
+    push(data) {
+      if (!socket.open) return true;
+      if (socket.bufferedAmount > maxQueueBytes) return false;
+      socket.send(data);
+      return true;
+    },
+    close(code, reason) {
+      socket.close(code, reason);
     },
   };
 }
@@ -47,8 +90,20 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
     }
   }
   const settings = hub.settings;
-  // Our own keep-alive detects dead nodes; Deno's idle timeout would be a second, slower one.
-  const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+  const max = settings.maxMessageBytes;
+  const connection = connectionOf(req);
+  let socket: RelaySocket;
+  let response: Response;
+  if (connection) {
+    const upgraded = connection.upgradeWebSocket(req);
+    if (typeof upgraded === "string") return refuseRequest(hub, 400, "bad-request", upgraded);
+    ({ socket, response } = upgraded);
+  } else {
+    // Our own keep-alive detects dead nodes; Deno's idle timeout would be a second, slower one.
+    const upgraded = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+    socket = denoSocket(upgraded.socket, max);
+    response = upgraded.response;
+  }
   const sink = socketSink(socket, settings.maxQueueBytes);
   let member: Member | null = null;
   // Before the join a bad frame ends the connection; after it, only the frame is refused.
@@ -59,20 +114,20 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
   const authTimer = setTimeout(() => {
     if (member === null) refuse(4408, "auth-timeout", "no hello within the auth deadline");
   }, settings.authTimeout);
-  socket.onmessage = (event) => {
-    if (typeof event.data !== "string") {
+  socket.onoversize = () => refuse(1009, "too-large", tooLargeReason(max));
+  socket.onmessage = (data) => {
+    if (typeof data !== "string") {
       hub.refuseFrame(sink, { code: "bad-frame", reason: "frames are JSON text" });
       return sink.close(1003, "frames are JSON text");
     }
-    const max = settings.maxMessageBytes;
-    if (frameTooLarge(event.data, max)) return refuse(1009, "too-large", tooLargeReason(max));
-    const frame = asFrameObject(readJson(event.data));
+    const frame = asFrameObject(readJson(data));
     if (frame === null) return refuse(1003, "bad-frame", "frames are JSON objects");
     if (member !== null) return hub.handle(member, parseNodeFrame(frame, hub.rules));
     if (frame.t !== "hello") return refuse(4400, "bad-hello", "the first frame must be a hello");
     clearTimeout(authTimer);
     try {
       member = hub.admit(frame, headerSecret, sink);
+      connection?.joined();
     } catch (error) {
       if (!(error instanceof JoinRefused)) throw error;
       refuse(4000 + error.status, error.code, error.message);
@@ -82,6 +137,5 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
     clearTimeout(authTimer);
     if (member !== null && member.sink === sink) hub.leave(member, "gone");
   };
-  socket.onerror = () => {/* onclose follows */};
   return response;
 }

@@ -10,6 +10,7 @@ export { Relay } from "./relay.ts";
 export { type RelayServer, serveRelay, type ServeRelayOptions } from "./serve.ts";
 export type { OverflowPolicy, RelayOptions } from "./options.ts";
 export type { RelayStats } from "./_hub.ts";
+export type { RelayConnectionStats } from "./_http_server.ts";
 export { type RelayEvent, RelayNode, type RelayNodeOptions, type RelayNodeState } from "./node.ts";
 export { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
 export {

@@ -11,6 +11,7 @@
 import { chatPage } from "./_chat_page.ts";
 import { Hub, type RelayStats } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
+import { serverStats } from "./_http_server.ts";
 import { HttpStreamEndpoint } from "./_http_stream_endpoint.ts";
 import { metricsResponse } from "./_metrics.ts";
 import { PATHS } from "./_protocol.ts";
@@ -50,7 +51,8 @@ export class Relay implements Disposable {
 
   /** Counters and gauges (also served at `/metrics`). */
   get stats(): RelayStats {
-    return this.#hub.stats;
+    const connections = serverStats.get(this)?.();
+    return connections ? { ...this.#hub.stats, connections } : this.#hub.stats;
   }
 
   /**
@@ -96,7 +98,7 @@ export class Relay implements Disposable {
       case "GET /healthz":
         return Response.json({ status: "ok", ...(this.#mayWatch(req) ? this.#gauges() : {}) });
       case "GET /metrics":
-        return this.#mayWatch(req) ? metricsResponse(hub.stats) : refuseRequest(
+        return this.#mayWatch(req) ? metricsResponse(this.stats) : refuseRequest(
           hub,
           401,
           "unauthorized",

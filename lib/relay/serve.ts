@@ -4,6 +4,8 @@
  * @module
  */
 
+import { HttpServer, serverStats } from "./_http_server.ts";
+import { relaySettings } from "./_settings.ts";
 import type { RelayOptions } from "./options.ts";
 import { Relay } from "./relay.ts";
 
@@ -19,6 +21,25 @@ export interface ServeRelayOptions extends RelayOptions {
   key?: string;
   /** Called once listening. */
   onListen?: (addr: Deno.NetAddr) => void;
+  /**
+   * A connection must send its first complete request head within this many
+   * ms, or it is closed. Default 10000.
+   */
+  headerTimeout?: number;
+  /**
+   * A connection may wait this many ms between requests, and take as long
+   * for a request body; a connection that carries a joined node is never
+   * idle (keep-alives cross it every second). Default 60000.
+   */
+  idleTimeout?: number;
+  /**
+   * Most connections that carry no joined node (still sending a request,
+   * between requests, or a WebSocket before its hello). At the cap, a new
+   * connection evicts the oldest unjoined connection of the source (an IP
+   * address, or an IPv6 /64) that holds the most. Keep it well below the
+   * process's descriptor limit. Default 512.
+   */
+  maxUnjoined?: number;
 }
 
 /** A running relay server. */
@@ -34,7 +55,10 @@ export interface RelayServer extends AsyncDisposable {
 }
 
 /**
- * Starts a relay on `Deno.serve`.
+ * Starts a relay on its own HTTP/1.1 server (`Deno.listen`, or
+ * `Deno.listenTls` with `cert` and `key`): unlike `Deno.serve`, it sees every
+ * connection from `accept` on, so it can time out and cap the ones that
+ * carry no node, and survive running out of descriptors.
  *
  * @example A relay on a free loopback port
  * ```ts
@@ -52,21 +76,35 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
   if ((options.cert === undefined) !== (options.key === undefined)) {
     throw new TypeError("HTTPS needs both cert and key");
   }
-  const relay = new Relay(options);
-  const server = Deno.serve({
+  const positive = (name: string, value: number) => {
+    if (!Number.isFinite(value) || value <= 0) {
+      throw new RangeError(`${name} must be a positive number, got ${value}`);
+    }
+    return value;
+  };
+  const serverOptions = {
     hostname: options.hostname ?? "0.0.0.0",
     port: options.port ?? 8080,
-    ...(options.cert ? { cert: options.cert, key: options.key! } : {}),
-    onListen: (addr) => options.onListen?.(addr as Deno.NetAddr),
-    onError: () => new Response("internal error", { status: 500 }),
-  }, (req, info) => relay.handle(req, info));
+    cert: options.cert,
+    key: options.key,
+    headerTimeout: positive("headerTimeout", options.headerTimeout ?? 10_000),
+    idleTimeout: positive("idleTimeout", options.idleTimeout ?? 60_000),
+    maxUnjoined: positive("maxUnjoined", options.maxUnjoined ?? 512),
+  };
+  const relay = new Relay(options);
+  const server = new HttpServer((req, info) => relay.handle(req, info), {
+    ...serverOptions,
+    maxMessageBytes: relaySettings(options).maxMessageBytes,
+  });
+  serverStats.set(relay, () => server.stats);
+  options.onListen?.(server.addr);
   const shutdown = async () => {
     relay.close();
     await server.shutdown();
   };
   return {
     relay,
-    addr: server.addr as Deno.NetAddr,
+    addr: server.addr,
     finished: server.finished,
     shutdown,
     [Symbol.asyncDispose]: shutdown,

@@ -1,0 +1,84 @@
+/**
+ * A buffered reader over a connection, for the relay's HTTP/1.1 front end and
+ * its WebSocket frames: read more, look at what is buffered, consume it.
+ * Bounded: it never holds more than its capacity, so a peer that sends an
+ * endless header line or frame header hits a limit, not our memory.
+ *
+ * @module
+ */
+
+/** More bytes than a reader may hold (an over-long head or frame header). */
+export class ReaderFull extends Error {
+  /** The reader's capacity was reached. */
+  constructor(capacity: number) {
+    super(`more than ${capacity} bytes without the expected delimiter`);
+    this.name = "ReaderFull";
+  }
+}
+
+/** Buffered reads from `source`, at most `capacity` bytes held. */
+export class ByteReader {
+  #source: Deno.Conn;
+  #buffer: Uint8Array;
+  #start = 0;
+  #end = 0;
+
+  /** Reads from `source`, holding at most `capacity` bytes; `initial` is already read. */
+  constructor(source: Deno.Conn, capacity: number, initial?: Uint8Array) {
+    this.#source = source;
+    this.#buffer = new Uint8Array(Math.max(capacity, initial?.length ?? 0));
+    if (initial) {
+      this.#buffer.set(initial);
+      this.#end = initial.length;
+    }
+  }
+
+  /** The bytes read but not consumed yet (a view: valid until the next read or consume). */
+  get buffered(): Uint8Array {
+    return this.#buffer.subarray(this.#start, this.#end);
+  }
+
+  /** Drops the first `n` buffered bytes. */
+  consume(n: number): void {
+    this.#start += n;
+    if (this.#start === this.#end) this.#start = this.#end = 0;
+  }
+
+  /**
+   * Reads more bytes into the buffer; false at the end of the stream.
+   * Throws {@linkcode ReaderFull} when the buffer is full of unconsumed bytes.
+   */
+  async fill(): Promise<boolean> {
+    if (this.#start > 0) {
+      // Move what is left to the front: the buffer is small, the copy cheap.
+      this.#buffer.copyWithin(0, this.#start, this.#end);
+      this.#end -= this.#start;
+      this.#start = 0;
+    }
+    if (this.#end === this.#buffer.length) throw new ReaderFull(this.#buffer.length);
+    const n = await this.#source.read(this.#buffer.subarray(this.#end));
+    if (n === null) return false;
+    this.#end += n;
+    return true;
+  }
+
+  /** Waits until at least `n` bytes are buffered (n ≤ capacity); false if the stream ends first. */
+  async want(n: number): Promise<boolean> {
+    while (this.#end - this.#start < n) {
+      if (!(await this.fill())) return false;
+    }
+    return true;
+  }
+
+  /**
+   * Reads up to `max` bytes into a new array: buffered bytes first, else one
+   * read from the source. Null at the end of the stream.
+   */
+  async readSome(max: number): Promise<Uint8Array | null> {
+    if (this.#end === this.#start && !(await this.fill())) return null;
+    const n = Math.min(max, this.#end - this.#start);
+    const out = this.#buffer.slice(this.#start, this.#start + n);
+    this.consume(n);
+    return out;
+  }
+}

@@ -1,0 +1,259 @@
+/**
+ * Reading HTTP/1.1 requests (RFC 9112), strictly: the relay's front end faces
+ * the internet, so whatever a lenient parser would guess at (a header with a
+ * space before its colon, a folded line, both `Content-Length` and
+ * `Transfer-Encoding`, conflicting lengths, bare LF line ends) is refused
+ * with 400 rather than read one way here and another way by a proxy in
+ * front of us — the stuff request smuggling is made of.
+ *
+ * @module
+ */
+
+import { type ByteReader, ReaderFull } from "./_byte_reader.ts";
+
+/** A request we refuse before it reaches the handler, with the status to answer. */
+export class HttpError extends Error {
+  /** Refuses a request with `status`, for `message`. */
+  constructor(readonly status: number, message: string) {
+    super(message);
+    this.name = "HttpError";
+  }
+}
+
+/** How the body of a request is delimited. */
+export type BodyFraming = { kind: "none" } | { kind: "length"; length: number } | {
+  kind: "chunked";
+};
+
+/** A parsed request head. */
+export interface RequestHead {
+  method: string;
+  /** The request target as sent: `/path?query`, or an absolute URL. */
+  target: string;
+  /** `HTTP/1.0` or `HTTP/1.1`. */
+  version: "HTTP/1.0" | "HTTP/1.1";
+  headers: Headers;
+  body: BodyFraming;
+  /** Whether the client lets the connection carry another request after this one. */
+  keepAlive: boolean;
+  /** The client waits for `100 Continue` before sending the body. */
+  expectContinue: boolean;
+}
+
+/** Most header lines in a head. */
+const MAX_HEADERS = 100;
+/** Longest chunk-size line (with extensions) or trailer line. */
+const MAX_LINE = 1024;
+/** Bytes of a token (RFC 9110 5.6.2). */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** Control characters a field value must not hold (HTAB is allowed). */
+// deno-lint-ignore no-control-regex
+const BAD_VALUE = /[\x00-\x08\x0a-\x1f\x7f]/;
+const CRLF_CRLF = [13, 10, 13, 10];
+
+function indexOfSequence(bytes: Uint8Array, sequence: number[], from = 0): number {
+  const last = bytes.length - sequence.length;
+  outer: for (let i = from; i <= last; i++) {
+    for (let j = 0; j < sequence.length; j++) {
+      if (bytes[i + j] !== sequence[j]) continue outer;
+    }
+    return i;
+  }
+  return -1;
+}
+
+/** Bytes as a string of the same code units (ISO-8859-1): what `Headers` takes. */
+function latin1(bytes: Uint8Array): string {
+  let out = "";
+  for (let i = 0; i < bytes.length; i += 8192) {
+    out += String.fromCharCode(...bytes.subarray(i, i + 8192));
+  }
+  return out;
+}
+
+function tokens(value: string | null): string[] {
+  return value === null ? [] : value.toLowerCase().split(",").map((t) => t.trim()).filter(Boolean);
+}
+
+/**
+ * Reads the next request head; null if the connection ends cleanly before
+ * one starts. Throws {@linkcode HttpError} for a malformed or oversized head.
+ */
+export async function readHead(reader: ByteReader): Promise<RequestHead | null> {
+  let end: number;
+  for (let scanned = 0;;) {
+    const buffered = reader.buffered;
+    // Robustness (RFC 9112 2.2): empty lines before a request line are skipped.
+    let skip = 0;
+    while (buffered[skip] === 13 && buffered[skip + 1] === 10) skip += 2;
+    if (skip > 0) {
+      reader.consume(skip);
+      scanned = 0;
+      continue;
+    }
+    end = indexOfSequence(buffered, CRLF_CRLF, Math.max(0, scanned - 3));
+    if (end >= 0) break;
+    scanned = buffered.length;
+    let more: boolean;
+    try {
+      more = await reader.fill();
+    } catch (error) {
+      if (error instanceof ReaderFull) throw new HttpError(431, "the request head is too large");
+      throw error;
+    }
+    if (!more) {
+      if (reader.buffered.length === 0) return null;
+      throw new HttpError(400, "the connection ended inside a request head");
+    }
+  }
+  const text = latin1(reader.buffered.subarray(0, end));
+  reader.consume(end + 4);
+  return parseHead(text);
+}
+
+/** Parses a request head (without its final empty line). */
+export function parseHead(text: string): RequestHead {
+  const lines = text.split("\r\n");
+  if (lines.some((line) => line.includes("\n") || line.includes("\r"))) {
+    throw new HttpError(400, "lines must end with CRLF");
+  }
+  const parts = lines[0].split(" ");
+  if (parts.length !== 3 || !TOKEN.test(parts[0]) || !/^[\x21-\x7e]+$/.test(parts[1])) {
+    throw new HttpError(400, "malformed request line");
+  }
+  const [method, target, versionText] = parts;
+  if (!/^HTTP\/\d\.\d$/.test(versionText)) throw new HttpError(400, "malformed request line");
+  if (versionText !== "HTTP/1.1" && versionText !== "HTTP/1.0") {
+    throw new HttpError(505, `${versionText} is not supported`);
+  }
+  const version = versionText;
+  if (lines.length - 1 > MAX_HEADERS) throw new HttpError(431, "too many header fields");
+  const headers = new Headers();
+  let hosts = 0;
+  for (const line of lines.slice(1)) {
+    const colon = line.indexOf(":");
+    const name = colon > 0 ? line.slice(0, colon) : "";
+    // A leading space is an obsolete line folding; a space before the colon
+    // is how smuggling starts. Both are refused (RFC 9112 5.1, 5.2).
+    if (!TOKEN.test(name)) throw new HttpError(400, "malformed header field");
+    const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "");
+    if (BAD_VALUE.test(value)) throw new HttpError(400, `bad characters in header ${name}`);
+    if (name.toLowerCase() === "host") hosts++;
+    headers.append(name, value);
+  }
+  if (version === "HTTP/1.1" && hosts !== 1) {
+    throw new HttpError(400, "an HTTP/1.1 request needs exactly one Host header");
+  }
+  const connection = tokens(headers.get("connection"));
+  const keepAlive = version === "HTTP/1.1"
+    ? !connection.includes("close")
+    : connection.includes("keep-alive");
+  const expect = headers.get("expect");
+  if (expect !== null && expect.toLowerCase() !== "100-continue") {
+    throw new HttpError(417, `cannot meet the expectation "${expect}"`);
+  }
+  return {
+    method,
+    target,
+    version,
+    headers,
+    body: bodyFraming(headers, version),
+    keepAlive,
+    expectContinue: expect !== null && version === "HTTP/1.1",
+  };
+}
+
+function bodyFraming(headers: Headers, version: string): BodyFraming {
+  const encoding = headers.get("transfer-encoding");
+  const length = headers.get("content-length");
+  if (encoding !== null) {
+    if (length !== null) {
+      throw new HttpError(400, "Content-Length and Transfer-Encoding must not come together");
+    }
+    if (version !== "HTTP/1.1") throw new HttpError(400, "Transfer-Encoding needs HTTP/1.1");
+    if (encoding.toLowerCase() !== "chunked") {
+      throw new HttpError(501, `transfer coding "${encoding}" is not supported`);
+    }
+    return { kind: "chunked" };
+  }
+  if (length === null) return { kind: "none" };
+  // Repeated fields arrive joined by ", "; they must all say the same.
+  const values = new Set(length.split(",").map((v) => v.trim()));
+  const [only] = values;
+  if (values.size !== 1 || !/^\d{1,15}$/.test(only)) {
+    throw new HttpError(400, "malformed Content-Length");
+  }
+  const n = Number(only);
+  return n === 0 ? { kind: "none" } : { kind: "length", length: n };
+}
+
+/** A body that ended before its framing said it would. */
+export class BodyCut extends Error {
+  /** The connection ended mid-body. */
+  constructor() {
+    super("the connection ended inside a request body");
+    this.name = "BodyCut";
+  }
+}
+
+async function readLine(reader: ByteReader): Promise<string> {
+  for (;;) {
+    const buffered = reader.buffered;
+    const end = indexOfSequence(buffered, [13, 10]);
+    if (end >= 0) {
+      const line = latin1(buffered.subarray(0, end));
+      reader.consume(end + 2);
+      return line;
+    }
+    if (buffered.length > MAX_LINE) throw new HttpError(400, "a chunk line is too long");
+    if (!(await reader.fill())) throw new BodyCut();
+  }
+}
+
+/**
+ * The body of a request as a stream read from `reader` (null when it has
+ * none). `done` is called once the whole body was read, so the connection
+ * knows whether it can carry another request.
+ */
+export function bodyStream(
+  reader: ByteReader,
+  framing: BodyFraming,
+  done: () => void,
+): ReadableStream<Uint8Array> | null {
+  if (framing.kind === "none") {
+    done();
+    return null;
+  }
+  let left = framing.kind === "length" ? framing.length : 0;
+  let ended = false;
+  const finish = (controller: ReadableStreamDefaultController<Uint8Array>) => {
+    ended = true;
+    controller.close();
+    done();
+  };
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (ended) return;
+      if (framing.kind === "chunked" && left === 0) {
+        const line = await readLine(reader);
+        const size = /^([0-9a-fA-F]{1,13})(;.*)?$/.exec(line);
+        if (!size) throw new HttpError(400, "malformed chunk size");
+        left = parseInt(size[1], 16);
+        if (left === 0) {
+          // Trailer fields are read past and ignored; the empty line ends the body.
+          for (let lines = 0; (await readLine(reader)) !== ""; lines++) {
+            if (lines >= MAX_HEADERS) throw new HttpError(431, "too many trailer fields");
+          }
+          return finish(controller);
+        }
+      }
+      const chunk = await reader.readSome(Math.min(left, 65_536));
+      if (chunk === null) throw new BodyCut();
+      left -= chunk.length;
+      controller.enqueue(chunk);
+      if (left > 0) return;
+      if (framing.kind === "length") return finish(controller);
+      if ((await readLine(reader)) !== "") throw new HttpError(400, "a chunk must end with CRLF");
+    },
+  }, { highWaterMark: 0 });
+}

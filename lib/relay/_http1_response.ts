@@ -1,0 +1,99 @@
+/**
+ * Writing a `Response` as HTTP/1.1 (RFC 9112): the status line, the headers,
+ * and the body — chunked to HTTP/1.1 clients, delimited by the end of the
+ * connection to HTTP/1.0 ones. The relay's event streams are endless bodies
+ * that must reach the client as each event is produced, so every chunk is
+ * written as it comes, never collected.
+ *
+ * @module
+ */
+
+const encoder = new TextEncoder();
+
+/** Header fields this writer decides itself: the connection's framing is ours. */
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "transfer-encoding",
+  "content-length",
+  "upgrade",
+]);
+
+/** Writes all of `bytes` (a `write` may take only part). */
+export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let written = 0; written < bytes.length;) {
+    written += await conn.write(bytes.subarray(written));
+  }
+}
+
+/** How to frame a response on this connection. */
+export interface ResponseFraming {
+  /** The request was HTTP/1.0: no chunked coding. */
+  http10: boolean;
+  /** The request was HEAD: headers only. */
+  head: boolean;
+  /** The connection carries another request after this one. */
+  keepAlive: boolean;
+}
+
+/** Status line and header fields of `response`, with our own framing fields added. */
+function responseHead(
+  response: Response,
+  fields: [string, string][],
+): Uint8Array {
+  let head = `HTTP/1.1 ${response.status} ${response.statusText}\r\n`;
+  for (const [name, value] of response.headers) {
+    if (!HOP_BY_HOP.has(name)) head += `${name}: ${value}\r\n`;
+  }
+  for (const [name, value] of fields) head += `${name}: ${value}\r\n`;
+  return encoder.encode(head + "\r\n");
+}
+
+/**
+ * Writes `response` to `conn`. Resolves true once it was written whole and
+ * the connection may carry another request; false when the connection must
+ * close (the framing said so, or the body failed midway).
+ */
+export async function writeResponse(
+  conn: Deno.Conn,
+  response: Response,
+  framing: ResponseFraming,
+): Promise<boolean> {
+  const { status } = response;
+  const bodiless = status === 204 || status === 304 || (status >= 100 && status < 200);
+  const body = bodiless ? null : response.body;
+  const streamed = body !== null && !framing.head;
+  // HTTP/1.0 knows no chunked coding: such a body ends where the connection does.
+  const keepAlive = framing.keepAlive && !(streamed && framing.http10);
+  const fields: [string, string][] = [];
+  if (!keepAlive) fields.push(["connection", "close"]);
+  if (body === null && !bodiless) fields.push(["content-length", "0"]);
+  if (streamed && !framing.http10) fields.push(["transfer-encoding", "chunked"]);
+  await writeAll(conn, responseHead(response, fields));
+  if (!streamed) {
+    await response.body?.cancel();
+    return keepAlive;
+  }
+  try {
+    for await (const chunk of body) {
+      if (chunk.length === 0) continue;
+      if (framing.http10) {
+        await writeAll(conn, chunk);
+        continue;
+      }
+      // One write per chunk: its size line, the bytes and the CRLF together.
+      const size = encoder.encode(`${chunk.length.toString(16)}\r\n`);
+      const framed = new Uint8Array(size.length + chunk.length + 2);
+      framed.set(size);
+      framed.set(chunk, size.length);
+      framed.set([13, 10], size.length + chunk.length);
+      await writeAll(conn, framed);
+    }
+  } catch {
+    // The body failed midway (or the client went away): all we can do is end
+    // the connection without the last chunk, so the client sees a cut body.
+    return false;
+  }
+  if (!framing.http10) await writeAll(conn, encoder.encode("0\r\n\r\n"));
+  return keepAlive;
+}

@@ -1,0 +1,449 @@
+/**
+ * The relay's own HTTP/1.1 front end, on `Deno.listen`/`Deno.listenTls`.
+ *
+ * Why not `Deno.serve`: it gives a handler a request only once the request
+ * head is complete, and nothing before. A stranger's idle or half-sent
+ * connections are invisible to us there: there is no header timeout
+ * (denoland/deno#3515), no way to close them, and when they exhaust the
+ * descriptors its accept loop ends for good (the process then serves
+ * nothing). Its WebSocket also accepts unmasked client frames. Here every
+ * connection is ours from `accept` on:
+ *
+ * - a connection must send a complete request head within `headerTimeout`,
+ *   and the next one within `idleTimeout`; a body must arrive within
+ *   `idleTimeout` too;
+ * - connections that carry no joined node ("unjoined") are capped at
+ *   `maxUnjoined`; at the cap, a new connection evicts the oldest unjoined
+ *   connection of the source (IP address, IPv6 /64) that holds the most, so
+ *   one source flooding the relay evicts its own connections, and a node
+ *   from elsewhere still gets in;
+ * - a failing `accept` (EMFILE) is retried with a growing pause instead of
+ *   ending the server, and logged once per interval;
+ * - WebSockets are our own, strict ({@linkcode ServerWebSocket}).
+ *
+ * Handlers are `Deno.serve` handlers; {@linkcode connectionOf} gives them
+ * the extra controls this server offers (upgrade, and "this connection now
+ * carries a joined node").
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import { formatAddr } from "../link/mod.ts";
+import { sourceOf } from "../conn/_source.ts";
+import { LogLimiter } from "../_log_limiter.ts";
+import { backoffDelay, concat, delay, errorMessage } from "../_util.ts";
+import { ByteReader } from "./_byte_reader.ts";
+import { bodyStream, HttpError, readHead, type RequestHead } from "./_http1_request.ts";
+import { writeAll, writeResponse } from "./_http1_response.ts";
+import { acceptKey, handshakeProblem, ServerWebSocket } from "./_server_websocket.ts";
+
+const log = getLogger(["immortal", "relay", "http"]);
+
+/** Longest request head (request line and fields), bytes. */
+const MAX_HEAD_BYTES = 16 * 1024;
+/** Most bytes of a body the handler did not read that we read past to keep the connection. */
+const MAX_DRAIN_BYTES = 64 * 1024;
+const ACCEPT_BACKOFF_MS = 10;
+const ACCEPT_BACKOFF_MAX_MS = 1000;
+/** How long shutdown waits for joined connections to say goodbye before closing them. */
+const SHUTDOWN_GRACE_MS = 2000;
+const encoder = new TextEncoder();
+
+/** A `Deno.serve`-style request handler. */
+export type Handler = (
+  req: Request,
+  info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+) => Response | Promise<Response>;
+
+/** Settings of an {@linkcode HttpServer}. */
+export interface HttpServerOptions {
+  hostname: string;
+  port: number;
+  /** TLS certificate chain and key (PEM); plain HTTP without. */
+  cert?: string;
+  key?: string;
+  /** ms from accepting a connection to its complete first request head. */
+  headerTimeout: number;
+  /** ms a connection may wait between requests, and may take for a request body. */
+  idleTimeout: number;
+  /** Most connections that carry no joined node. */
+  maxUnjoined: number;
+  /** Largest WebSocket message. */
+  maxMessageBytes: number;
+}
+
+/** Counters of the connections of a relay started by `serveRelay`. */
+export interface RelayConnectionStats {
+  /** Open connections. */
+  connections: number;
+  /** Open connections that carry no joined node. */
+  unjoined: number;
+  /** Unjoined connections closed to make room (the cap was reached). */
+  evicted: number;
+  /** Connections closed for sending no request (or body) in time. */
+  timedOut: number;
+  /** Requests refused before the handler: malformed or oversized heads. */
+  badRequests: number;
+  /** `accept` calls that failed (descriptors exhausted, mostly). */
+  acceptFailures: number;
+}
+
+/** What a handler may do with the connection its request came on. */
+export interface ConnectionControl {
+  /**
+   * Accepts a WebSocket: returns the socket and the response to return from
+   * the handler, or why the request is not a valid handshake.
+   */
+  upgradeWebSocket(req: Request): { socket: ServerWebSocket; response: Response } | string;
+  /** The connection now carries a joined node: it no longer counts as unjoined. */
+  joined(): void;
+}
+
+const controls = new WeakMap<Request, ConnectionControl>();
+/** Responses that stand for a WebSocket handshake, and the socket to start. */
+const upgrades = new WeakMap<Response, ServerWebSocket>();
+
+/** The connection counters of the server a relay runs on, for its `stats` and `/metrics`. */
+export const serverStats: WeakMap<object, () => RelayConnectionStats> = new WeakMap();
+
+/** The controls of the connection `req` came on; undefined when another server (`Deno.serve`) got it. */
+export function connectionOf(req: Request): ConnectionControl | undefined {
+  return controls.get(req);
+}
+
+/** One accepted connection. */
+class Connection {
+  readonly conn: Deno.Conn;
+  readonly source: string;
+  joined = false;
+  closed = false;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(conn: Deno.Conn) {
+    this.conn = conn;
+    this.source = sourceOf(conn.remoteAddr) ?? "local";
+  }
+
+  /** Closes the connection unless disarmed within `ms`. */
+  arm(ms: number, onTimeout: () => void): void {
+    this.disarm();
+    this.#timer = setTimeout(() => {
+      onTimeout();
+      this.close();
+    }, ms);
+  }
+
+  disarm(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  close(): void {
+    this.disarm();
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      this.conn.close();
+    } catch {
+      // Closed already (by a WebSocket that ended, say).
+    }
+  }
+}
+
+/** An HTTP/1.1 server with the limits a server facing strangers needs. */
+export class HttpServer {
+  readonly addr: Deno.NetAddr;
+  readonly finished: Promise<void>;
+  #listener: Deno.Listener;
+  #handler: Handler;
+  #options: HttpServerOptions;
+  #scheme: string;
+  #closing = new AbortController();
+  #connections = new Set<Connection>();
+  #tasks = new Set<Promise<void>>();
+  /** Unjoined connections by source, oldest first. */
+  #unjoined = new Map<string, Set<Connection>>();
+  #unjoinedCount = 0;
+  #stats = { evicted: 0, timedOut: 0, badRequests: 0, acceptFailures: 0 };
+  #logs = new LogLimiter((line) => log.warn(line));
+
+  /** Listens at once (like `Deno.listen`); serves `handler`. */
+  constructor(handler: Handler, options: HttpServerOptions) {
+    this.#handler = handler;
+    this.#options = options;
+    const where = { hostname: options.hostname, port: options.port };
+    this.#listener = options.cert
+      ? Deno.listenTls({
+        ...where,
+        cert: options.cert,
+        key: options.key!,
+        alpnProtocols: ["http/1.1"],
+      })
+      : Deno.listen(where);
+    this.#scheme = options.cert ? "https" : "http";
+    this.addr = this.#listener.addr as Deno.NetAddr;
+    this.finished = this.#acceptLoop();
+  }
+
+  /** Counters and gauges. */
+  get stats(): RelayConnectionStats {
+    return { connections: this.#connections.size, unjoined: this.#unjoinedCount, ...this.#stats };
+  }
+
+  /** Stops accepting, closes idle connections, and waits (briefly) for the others to end. */
+  async shutdown(): Promise<void> {
+    if (!this.#closing.signal.aborted) {
+      this.#closing.abort();
+      this.#listener.close();
+      for (const connection of this.#connections) {
+        if (!connection.joined) connection.close();
+      }
+      const timer = setTimeout(() => {
+        for (const connection of this.#connections) connection.close();
+      }, SHUTDOWN_GRACE_MS);
+      await Promise.allSettled([...this.#tasks]);
+      clearTimeout(timer);
+      this.#logs.flush();
+    }
+    await this.finished;
+  }
+
+  async #acceptLoop(): Promise<void> {
+    let failures = 0;
+    for (;;) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.#listener.accept();
+        failures = 0;
+      } catch (error) {
+        if (this.#closing.signal.aborted) break;
+        // EMFILE and friends: the connection waits in the kernel's queue, so
+        // retrying at once fails at once, forever. Pause, keep serving what
+        // we have, and accept again as soon as descriptors free up.
+        this.#stats.acceptFailures++;
+        this.#logs.event("accept", `Accepting a connection failed: ${errorMessage(error)}`);
+        const wait = backoffDelay(++failures, ACCEPT_BACKOFF_MS, ACCEPT_BACKOFF_MAX_MS);
+        if (!(await delay(wait, this.#closing.signal))) break;
+        continue;
+      }
+      const connection = new Connection(conn);
+      this.#connections.add(connection);
+      this.#markUnjoined(connection);
+      if (this.#unjoinedCount > this.#options.maxUnjoined) this.#evictOne();
+      const task = this.#serve(connection);
+      this.#tasks.add(task);
+      task.finally(() => this.#tasks.delete(task));
+    }
+    await Promise.allSettled([...this.#tasks]);
+  }
+
+  #markUnjoined(connection: Connection): void {
+    connection.joined = false;
+    let set = this.#unjoined.get(connection.source);
+    if (!set) this.#unjoined.set(connection.source, set = new Set());
+    if (set.has(connection)) return;
+    set.add(connection);
+    this.#unjoinedCount++;
+  }
+
+  #forgetUnjoined(connection: Connection): void {
+    const set = this.#unjoined.get(connection.source);
+    if (!set?.delete(connection)) return;
+    this.#unjoinedCount--;
+    if (set.size === 0) this.#unjoined.delete(connection.source);
+  }
+
+  /** Closes the oldest unjoined connection of the source that holds the most. */
+  #evictOne(): void {
+    let largest: Set<Connection> | undefined;
+    for (const set of this.#unjoined.values()) {
+      if (!largest || set.size > largest.size) largest = set;
+    }
+    const [oldest] = largest ?? [];
+    if (!oldest) return;
+    this.#stats.evicted++;
+    this.#logs.event(
+      `evict ${oldest.source}`,
+      `Closed an unjoined connection from ${oldest.source} (${largest!.size} open, the most of ` +
+        `any source): ${this.#options.maxUnjoined} unjoined connections is the cap`,
+    );
+    this.#forgetUnjoined(oldest);
+    oldest.close();
+  }
+
+  async #serve(connection: Connection): Promise<void> {
+    const { conn } = connection;
+    const options = this.#options;
+    const reader = new ByteReader(conn, MAX_HEAD_BYTES);
+    const timedOut = (what: string) => () => {
+      this.#stats.timedOut++;
+      this.#logs.event(
+        `timeout ${connection.source}`,
+        `Closed a connection from ${formatAddr(conn.remoteAddr)}: ${what}`,
+      );
+    };
+    try {
+      for (let first = true; !this.#closing.signal.aborted && !connection.closed; first = false) {
+        if (first) {
+          connection.arm(
+            options.headerTimeout,
+            timedOut(`no request head within ${options.headerTimeout} ms`),
+          );
+        } else {
+          connection.arm(options.idleTimeout, timedOut(`idle for ${options.idleTimeout} ms`));
+        }
+        let head: RequestHead | null;
+        try {
+          head = await readHead(reader);
+        } catch (error) {
+          if (error instanceof HttpError) await this.#refuse(conn, error);
+          break;
+        }
+        if (head === null) break;
+        const slowBody = timedOut(`a request body took longer than ${options.idleTimeout} ms`);
+        connection.arm(options.idleTimeout, slowBody);
+        const outcome = await this.#exchange(connection, reader, head, slowBody);
+        if (outcome instanceof ServerWebSocket) {
+          await outcome.run();
+          break;
+        }
+        if (!outcome) break;
+        // A node's event stream ended; the connection may carry more requests.
+        if (connection.joined) this.#markUnjoined(connection);
+      }
+    } catch (error) {
+      log.debug("Connection from {remote} failed: {reason}", {
+        remote: formatAddr(conn.remoteAddr),
+        reason: errorMessage(error),
+      });
+    } finally {
+      this.#forgetUnjoined(connection);
+      connection.close();
+      this.#connections.delete(connection);
+    }
+  }
+
+  /**
+   * One request and its response. Returns whether the connection may carry
+   * another request, or the WebSocket it became.
+   */
+  async #exchange(
+    connection: Connection,
+    reader: ByteReader,
+    head: RequestHead,
+    bodyTimedOut: () => void,
+  ): Promise<boolean | ServerWebSocket> {
+    const { conn } = connection;
+    let url: URL;
+    try {
+      url = new URL(head.target, `${this.#scheme}://${head.headers.get("host") ?? "localhost"}`);
+    } catch {
+      await this.#refuse(conn, new HttpError(400, "malformed request target or Host"));
+      return false;
+    }
+    if ((head.method === "GET" || head.method === "HEAD") && head.body.kind !== "none") {
+      await this.#refuse(conn, new HttpError(400, `a ${head.method} request has no body`));
+      return false;
+    }
+    if (head.expectContinue && head.body.kind !== "none") {
+      await writeAll(conn, encoder.encode("HTTP/1.1 100 Continue\r\n\r\n"));
+    }
+    let bodyRead = false;
+    const body = bodyStream(reader, head.body, () => bodyRead = true);
+    const req = new Request(url, {
+      method: head.method,
+      headers: head.headers,
+      body,
+      // @ts-ignore: `duplex` (needed for a stream body) is missing from Deno's RequestInit
+      duplex: "half",
+    });
+    let upgraded: ServerWebSocket | undefined;
+    controls.set(req, {
+      upgradeWebSocket: (request) => {
+        const problem = handshakeProblem(request);
+        if (problem !== null) return problem;
+        upgraded = new ServerWebSocket(conn, reader, {
+          maxMessageBytes: this.#options.maxMessageBytes,
+        });
+        const response = new Response(null);
+        upgrades.set(response, upgraded);
+        return { socket: upgraded, response };
+      },
+      joined: () => {
+        connection.joined = true;
+        this.#forgetUnjoined(connection);
+      },
+    });
+    let completed!: () => void;
+    const info = {
+      remoteAddr: conn.remoteAddr as Deno.NetAddr,
+      completed: new Promise<void>((resolve) => completed = resolve),
+    };
+    let response: Response;
+    try {
+      response = await this.#handler(req, info);
+    } catch (error) {
+      log.error("The handler failed on {method} {path}: {reason}", {
+        method: head.method,
+        path: url.pathname,
+        reason: errorMessage(error),
+      });
+      response = new Response("internal error", { status: 500 });
+    }
+    connection.disarm();
+    try {
+      const socket = upgrades.get(response);
+      if (socket === upgraded && socket !== undefined) {
+        const accept = await acceptKey(req.headers.get("sec-websocket-key")!);
+        await writeAll(
+          conn,
+          encoder.encode(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n" +
+              `sec-websocket-accept: ${accept}\r\n\r\n`,
+          ),
+        );
+        return socket;
+      }
+      const keepAlive = await writeResponse(conn, response, {
+        http10: head.version === "HTTP/1.0",
+        head: head.method === "HEAD",
+        keepAlive: head.keepAlive && !this.#closing.signal.aborted,
+      });
+      if (keepAlive && !bodyRead && body && !body.locked) {
+        // The handler answered without reading the body (a refusal, say). A
+        // small one is read past, so the connection can go on; a large one
+        // is not worth it: the connection ends instead.
+        connection.arm(this.#options.idleTimeout, bodyTimedOut);
+        let left = MAX_DRAIN_BYTES;
+        for await (const chunk of body) {
+          left -= chunk.length;
+          if (left < 0) break;
+        }
+        connection.disarm();
+      }
+      // A body left unread would be taken for the next request head.
+      return keepAlive && bodyRead;
+    } finally {
+      completed();
+    }
+  }
+
+  async #refuse(conn: Deno.Conn, error: HttpError): Promise<void> {
+    this.#stats.badRequests++;
+    this.#logs.event(
+      `bad ${error.status}`,
+      `Refused a request from ${
+        formatAddr(conn.remoteAddr)
+      } with ${error.status}: ${error.message}`,
+    );
+    const body = encoder.encode(JSON.stringify({ error: "bad-request", message: error.message }));
+    const head = `HTTP/1.1 ${error.status} \r\ncontent-type: application/json\r\n` +
+      `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+    try {
+      await writeAll(conn, concat(encoder.encode(head), body));
+    } catch {
+      // The client is gone.
+    }
+  }
+}

@@ -1,0 +1,345 @@
+/**
+ * The server side of a WebSocket (RFC 6455), strictly: client frames must be
+ * masked, reserved bits clear (we agree no extension), control frames short
+ * and whole, text valid UTF-8, close codes valid — a frame that breaks a rule
+ * ends the connection with 1002 (protocol error) or 1007 (bad data), as the
+ * RFC says. Messages are bounded: one larger than `maxMessageBytes` is read
+ * past without being held, and reported as oversized.
+ *
+ * @module
+ */
+
+import { type ByteReader, ReaderFull } from "./_byte_reader.ts";
+import { writeAll } from "./_http1_response.ts";
+import { concat } from "../_util.ts";
+
+const encoder = new TextEncoder();
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+/** RFC 6455 1.3: appended to the client's key to prove the server speaks WebSocket. */
+const HANDSHAKE_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/** How long we wait for the peer's close frame after sending ours before ending the TCP. */
+const CLOSE_GRACE_MS = 1000;
+
+const OP_CONTINUATION = 0;
+const OP_TEXT = 1;
+const OP_BINARY = 2;
+const OP_CLOSE = 8;
+const OP_PING = 9;
+const OP_PONG = 10;
+
+/** `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`. */
+export async function acceptKey(key: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-1", encoder.encode(key + HANDSHAKE_GUID));
+  return btoa(String.fromCharCode(...new Uint8Array(digest)));
+}
+
+/**
+ * Why `req` is not a valid WebSocket opening handshake (RFC 6455 4.2.1), or
+ * null if it is.
+ */
+export function handshakeProblem(req: Request): string | null {
+  const has = (name: string, token: string) =>
+    (req.headers.get(name) ?? "").toLowerCase().split(",").some((t) => t.trim() === token);
+  if (req.method !== "GET") return "a WebSocket handshake is a GET";
+  if (!has("upgrade", "websocket")) return "Upgrade: websocket is missing";
+  if (!has("connection", "upgrade")) return "Connection: Upgrade is missing";
+  if (req.headers.get("sec-websocket-version") !== "13") return "Sec-WebSocket-Version must be 13";
+  const key = req.headers.get("sec-websocket-key") ?? "";
+  if (!/^[A-Za-z0-9+/]{22}==$/.test(key)) return "Sec-WebSocket-Key must be 16 bytes in base64";
+  return null;
+}
+
+/** A close code a peer may send (RFC 6455 7.4). */
+function validCloseCode(code: number): boolean {
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1011) ||
+    (code >= 3000 && code <= 4999);
+}
+
+/** One unmasked frame (servers do not mask) with FIN set. */
+export function encodeFrame(opcode: number, payload: Uint8Array): Uint8Array {
+  const n = payload.length;
+  const headLength = n < 126 ? 2 : n < 65_536 ? 4 : 10;
+  const frame = new Uint8Array(headLength + n);
+  frame[0] = 0x80 | opcode;
+  if (n < 126) {
+    frame[1] = n;
+  } else if (n < 65_536) {
+    frame[1] = 126;
+    new DataView(frame.buffer).setUint16(2, n);
+  } else {
+    frame[1] = 127;
+    new DataView(frame.buffer).setBigUint64(2, BigInt(n));
+  }
+  frame.set(payload, headLength);
+  return frame;
+}
+
+function closePayload(code: number, reason: string): Uint8Array {
+  // A control frame holds at most 125 bytes: the code and 123 of reason.
+  let text = encoder.encode(reason);
+  if (text.length > 123) text = encoder.encode(reason.slice(0, 40));
+  const payload = new Uint8Array(2 + text.length);
+  new DataView(payload.buffer).setUint16(0, code);
+  payload.set(text, 2);
+  return payload;
+}
+
+/** A rule of RFC 6455 the peer broke. */
+class Violation extends Error {
+  constructor(readonly code: number, message: string) {
+    super(message);
+  }
+}
+
+/** Settings of a {@linkcode ServerWebSocket}. */
+export interface ServerWebSocketOptions {
+  /** Largest message (all its fragments) delivered; larger ones are read past and reported. */
+  maxMessageBytes: number;
+}
+
+/** An accepted WebSocket: text and binary messages in, text out. */
+export class ServerWebSocket {
+  /** A whole message: a string for text, bytes for binary. */
+  onmessage: ((data: string | Uint8Array) => void) | null = null;
+  /** A message larger than `maxMessageBytes` arrived (and was dropped). */
+  onoversize: (() => void) | null = null;
+  /** The connection ended; `code` is 1006 when it ended without a close frame. */
+  onclose: ((code: number, reason: string) => void) | null = null;
+
+  #conn: Deno.Conn;
+  #reader: ByteReader;
+  #max: number;
+  #closeSent = false;
+  #ended = false;
+  #bufferedAmount = 0;
+  /** Starts the writes: nothing may reach the connection before the handshake's response. */
+  #start!: () => void;
+  #writes = new Promise<void>((resolve) => this.#start = resolve);
+  #graceTimer: ReturnType<typeof setTimeout> | undefined;
+
+  /** A socket on `conn` whose handshake is done; `reader` holds what was read past it. */
+  constructor(conn: Deno.Conn, reader: ByteReader, options: ServerWebSocketOptions) {
+    this.#conn = conn;
+    this.#reader = reader;
+    this.#max = options.maxMessageBytes;
+  }
+
+  /** Whether messages may still be sent (no close started). */
+  get open(): boolean {
+    return !this.#closeSent && !this.#ended;
+  }
+
+  /** Bytes handed to `send` and not yet written to the connection. */
+  get bufferedAmount(): number {
+    return this.#bufferedAmount;
+  }
+
+  /** Sends a text message (dropped if the socket is closing). */
+  send(text: string): void {
+    if (this.open) this.#write(encodeFrame(OP_TEXT, encoder.encode(text)));
+  }
+
+  /** Starts the closing handshake; the TCP connection ends when the peer answers, or soon after. */
+  close(code = 1000, reason = ""): void {
+    if (this.#closeSent || this.#ended) return;
+    this.#closeSent = true;
+    this.#write(encodeFrame(OP_CLOSE, closePayload(code, reason)));
+    this.#graceTimer = setTimeout(
+      () => this.#end(1006, "no close frame came back"),
+      CLOSE_GRACE_MS,
+    );
+  }
+
+  /**
+   * Runs the socket once the handshake's response is written: reads frames
+   * until the connection ends, and resolves then (never rejects).
+   */
+  async run(): Promise<void> {
+    this.#start();
+    let code = 1006;
+    let reason = "the connection ended without a close frame";
+    try {
+      const close = await this.#readFrames();
+      if (close) [code, reason] = close;
+    } catch (error) {
+      if (error instanceof Violation) {
+        [code, reason] = [error.code, error.message];
+        if (!this.#closeSent) {
+          this.#closeSent = true;
+          this.#write(encodeFrame(OP_CLOSE, closePayload(error.code, error.message)));
+        }
+      }
+    }
+    // Let our last frames (a close, its echo) go out, unless the peer stops reading.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.#writes,
+      new Promise<void>((resolve) => timer = setTimeout(resolve, CLOSE_GRACE_MS)),
+    ]);
+    clearTimeout(timer);
+    this.#end(code, reason);
+  }
+
+  #write(frame: Uint8Array): void {
+    this.#bufferedAmount += frame.length;
+    this.#writes = this.#writes.then(() => writeAll(this.#conn, frame)).then(
+      () => {
+        this.#bufferedAmount -= frame.length;
+      },
+      () => this.#end(1006, "writing failed"),
+    );
+  }
+
+  #end(code: number, reason: string): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    clearTimeout(this.#graceTimer);
+    try {
+      this.#conn.close();
+    } catch {
+      // Closed already.
+    }
+    this.onclose?.(code, reason);
+  }
+
+  /** Reads frames and dispatches messages; returns the peer's close, or null if the stream ended. */
+  async #readFrames(): Promise<[number, string] | null> {
+    const reader = this.#reader;
+    let fragments: Uint8Array[] | null = null;
+    let fragmentOpcode = OP_TEXT;
+    let messageBytes = 0;
+    let oversized = false;
+    for (;;) {
+      if (!(await this.#want(2))) return null;
+      const [b0, b1] = reader.buffered;
+      const fin = (b0 & 0x80) !== 0;
+      const opcode = b0 & 0x0f;
+      if (b0 & 0x70) throw new Violation(1002, "reserved bits set: no extension was agreed");
+      if (!(b1 & 0x80)) throw new Violation(1002, "client frames must be masked");
+      const short = b1 & 0x7f;
+      const lengthBytes = short === 126 ? 2 : short === 127 ? 8 : 0;
+      if (!(await this.#want(2 + lengthBytes + 4))) return null;
+      const view = new DataView(
+        reader.buffered.buffer,
+        reader.buffered.byteOffset,
+        2 + lengthBytes + 4,
+      );
+      let length = short;
+      if (short === 126) length = view.getUint16(2);
+      if (short === 127) {
+        const high = view.getUint32(2);
+        if (high >= 0x200000) throw new Violation(1009, "frame length out of range");
+        length = high * 2 ** 32 + view.getUint32(6);
+      }
+      const mask = reader.buffered.slice(2 + lengthBytes, 2 + lengthBytes + 4);
+      reader.consume(2 + lengthBytes + 4);
+      if (opcode >= 8) {
+        if (!fin || length > 125) throw new Violation(1002, "control frames are whole and short");
+        if (opcode !== OP_CLOSE && opcode !== OP_PING && opcode !== OP_PONG) {
+          throw new Violation(1002, `unknown opcode ${opcode}`);
+        }
+      } else if (opcode === OP_CONTINUATION) {
+        if (fragments === null) throw new Violation(1002, "a continuation without a message");
+      } else if (opcode === OP_TEXT || opcode === OP_BINARY) {
+        if (fragments !== null) throw new Violation(1002, "a new message inside a fragmented one");
+        fragments = [];
+        fragmentOpcode = opcode;
+        messageBytes = 0;
+        oversized = false;
+      } else {
+        throw new Violation(1002, `unknown opcode ${opcode}`);
+      }
+      if (opcode < 8) {
+        messageBytes += length;
+        oversized ||= messageBytes > this.#max;
+      }
+      const payload = opcode < 8 && oversized ? await this.#skip(length) : await this.#take(length);
+      if (payload === null) return null;
+      if (opcode >= 8) {
+        unmask(payload, mask);
+        if (opcode === OP_PING && this.open) this.#write(encodeFrame(OP_PONG, payload));
+        if (opcode === OP_CLOSE) return this.#answerClose(payload);
+        continue;
+      }
+      if (!oversized) {
+        unmask(payload, mask);
+        fragments!.push(payload);
+      } else {
+        fragments = [];
+      }
+      if (!fin) continue;
+      const parts = fragments!;
+      fragments = null;
+      if (oversized) {
+        this.onoversize?.();
+        continue;
+      }
+      const data = parts.length === 1 ? parts[0] : concat(...parts);
+      if (fragmentOpcode === OP_BINARY) {
+        this.onmessage?.(data);
+        continue;
+      }
+      let text: string;
+      try {
+        text = strictUtf8.decode(data);
+      } catch {
+        throw new Violation(1007, "text messages must be valid UTF-8");
+      }
+      this.onmessage?.(text);
+    }
+  }
+
+  /** The peer's close frame: check it, answer it once, and report it. */
+  #answerClose(payload: Uint8Array): [number, string] {
+    if (payload.length === 1) throw new Violation(1002, "a close frame cannot hold one byte");
+    let code = 1005; // "no status received"
+    let reason = "";
+    if (payload.length >= 2) {
+      code = new DataView(payload.buffer, payload.byteOffset).getUint16(0);
+      if (!validCloseCode(code)) throw new Violation(1002, `invalid close code ${code}`);
+      try {
+        reason = strictUtf8.decode(payload.subarray(2));
+      } catch {
+        throw new Violation(1007, "the close reason must be valid UTF-8");
+      }
+    }
+    if (!this.#closeSent) {
+      this.#closeSent = true;
+      this.#write(encodeFrame(OP_CLOSE, payload.length >= 2 ? payload.subarray(0, 2) : payload));
+    }
+    return [code, reason];
+  }
+
+  async #want(n: number): Promise<boolean> {
+    try {
+      return await this.#reader.want(n);
+    } catch (error) {
+      if (error instanceof ReaderFull) throw new Violation(1009, "frame header too large");
+      throw error;
+    }
+  }
+
+  async #take(length: number): Promise<Uint8Array | null> {
+    const out = new Uint8Array(length);
+    for (let filled = 0; filled < length;) {
+      const part = await this.#reader.readSome(length - filled);
+      if (part === null) return null;
+      out.set(part, filled);
+      filled += part.length;
+    }
+    return out;
+  }
+
+  async #skip(length: number): Promise<Uint8Array | null> {
+    for (let left = length; left > 0;) {
+      const part = await this.#reader.readSome(Math.min(left, 65_536));
+      if (part === null) return null;
+      left -= part.length;
+    }
+    return new Uint8Array(0);
+  }
+}
+
+function unmask(payload: Uint8Array, mask: Uint8Array): void {
+  for (let i = 0; i < payload.length; i++) payload[i] ^= mask[i & 3];
+}
