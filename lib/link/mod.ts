@@ -1,6 +1,6 @@
 /**
  * Transports for immortal sessions: the {@linkcode Link} abstraction and its
- * TCP and TLS implementations.
+ * TCP, TLS and WebSocket implementations.
  *
  * @module
  */
@@ -15,3 +15,10 @@ export {
   TcpLink,
 } from "./tcp.ts";
 export { TlsAcceptor, type TlsAcceptorOptions, tlsDialer, type TlsDialerOptions } from "./tls.ts";
+export {
+  webSocketDialer,
+  type WebSocketDialerOptions,
+  WebSocketLink,
+  webSocketUrl,
+} from "./websocket.ts";
+export { HttpLinkAcceptor, type HttpLinkAcceptorOptions } from "./http_acceptor.ts";

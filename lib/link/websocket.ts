@@ -1,0 +1,189 @@
+/**
+ * Links over WebSocket: for hosts that reach the other end only through
+ * HTTP(S) — a reverse proxy on 443, a forward proxy, a relay. One binary
+ * message per write; any end of the socket is the end of the link, and the
+ * session above resumes on a new one.
+ *
+ * @module
+ */
+
+import type { Dialer, Link } from "./link.ts";
+
+/** Bytes waiting in the socket beyond which a write waits for them to drain. */
+const HIGH_WATER = 1 << 20;
+/** How often a waiting write looks at the socket's buffer, ms. */
+const DRAIN_POLL_MS = 1;
+
+/** The socket ended: a read after the end, or a write on a closed link. */
+function linkClosed(why: string): Deno.errors.ConnectionReset {
+  return new Deno.errors.ConnectionReset(`WebSocket link: ${why}`);
+}
+
+/**
+ * A {@linkcode Link} over an open `WebSocket` (Deno's client, or a server
+ * socket from `Deno.upgradeWebSocket`). Received messages queue until read:
+ * the session above bounds them with its receive window.
+ */
+export class WebSocketLink implements Link {
+  #socket: WebSocket;
+  #queue: Uint8Array[] = [];
+  #ended = false;
+  #error: Error | null = null;
+  #wake: (() => void) | null = null;
+  /** Addresses of the HTTP connection, when known (server side). */
+  readonly remoteAddr?: Deno.Addr;
+  readonly localAddr?: Deno.Addr;
+
+  /** Wraps `socket`, which must be open (or opening, on the server side). */
+  constructor(socket: WebSocket, addrs: { remoteAddr?: Deno.Addr; localAddr?: Deno.Addr } = {}) {
+    this.#socket = socket;
+    this.remoteAddr = addrs.remoteAddr;
+    this.localAddr = addrs.localAddr;
+    socket.binaryType = "arraybuffer";
+    socket.onmessage = (event) => {
+      if (typeof event.data === "string") {
+        // Our peers send bytes only: text means something else answered.
+        this.#fail(linkClosed("a text message where bytes were expected"));
+        return;
+      }
+      this.#queue.push(new Uint8Array(event.data as ArrayBuffer));
+      this.#wakeUp();
+    };
+    socket.onclose = () => {
+      this.#ended = true;
+      this.#wakeUp();
+    };
+    socket.onerror = (event) => {
+      this.#fail(linkClosed((event as ErrorEvent).message || "error"));
+    };
+  }
+
+  /** Reads queued bytes into `buffer`; `null` once the socket has ended and all was read. */
+  async read(buffer: Uint8Array): Promise<number | null> {
+    while (this.#queue.length === 0) {
+      if (this.#error) throw this.#error;
+      if (this.#ended) return null;
+      await new Promise<void>((resolve) => this.#wake = resolve);
+    }
+    const head = this.#queue[0];
+    const n = Math.min(head.length, buffer.length);
+    buffer.set(head.subarray(0, n));
+    if (n === head.length) this.#queue.shift();
+    else this.#queue[0] = head.subarray(n);
+    return n;
+  }
+
+  /** Sends `data` as one binary message; waits while the socket's buffer is full. */
+  async write(data: Uint8Array): Promise<void> {
+    const socket = this.#socket;
+    if (this.#error) throw this.#error;
+    if (this.#ended || socket.readyState !== WebSocket.OPEN) throw linkClosed("closed");
+    // A copy: the caller may reuse its buffer (a replay ring) once we return.
+    socket.send(data.slice());
+    while (socket.bufferedAmount > HIGH_WATER) {
+      // The WebSocket API has no drain event; the wait is bounded by the
+      // socket closing (then the write fails).
+      await new Promise((resolve) => setTimeout(resolve, DRAIN_POLL_MS));
+      if (this.#ended || this.#error) throw this.#error ?? linkClosed("closed while writing");
+    }
+  }
+
+  /** Closes the socket; idempotent. */
+  close(): void {
+    this.#ended = true;
+    this.#wakeUp();
+    try {
+      this.#socket.close();
+    } catch {
+      // Closing already.
+    }
+  }
+
+  #fail(error: Error): void {
+    this.#error ??= error;
+    this.close();
+  }
+
+  #wakeUp(): void {
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
+  }
+}
+
+/** Where and how {@linkcode webSocketDialer} connects. */
+export interface WebSocketDialerOptions {
+  /** The endpoint: `ws:`/`wss:`, or `http:`/`https:` (mapped to `ws:`/`wss:`). */
+  url: string | URL;
+  /**
+   * An HTTP client for a forward proxy or extra CA certificates, e.g.
+   * `Deno.createHttpClient({ proxy: { url: "http://proxy:3128" } })`.
+   */
+  client?: Deno.HttpClient;
+  /** Extra request headers (Deno's WebSocket client sends them). */
+  headers?: HeadersInit;
+}
+
+/** The WebSocket URL for an endpoint given as `http(s):` or `ws(s):`. */
+export function webSocketUrl(url: string | URL): URL {
+  const out = new URL(url);
+  if (out.protocol === "http:") out.protocol = "ws:";
+  else if (out.protocol === "https:") out.protocol = "wss:";
+  if (out.protocol !== "ws:" && out.protocol !== "wss:") {
+    throw new TypeError(`a WebSocket URL is ws:, wss:, http: or https:, got ${out.protocol}`);
+  }
+  return out;
+}
+
+/**
+ * Returns a {@linkcode Dialer} that opens WebSocket links to `options.url`.
+ *
+ * @example An immortal session over WebSocket, served by `Deno.serve`
+ * ```ts
+ * import { connect, HttpLinkAcceptor, listen, webSocketDialer } from "@immortal/sockets";
+ *
+ * const links = new HttpLinkAcceptor();
+ * using listener = listen({ acceptor: links });
+ * await using server = Deno.serve(
+ *   { hostname: "127.0.0.1", port: 0, onListen() {} },
+ *   (req, info) => links.handle(req, info),
+ * );
+ * const url = `ws://127.0.0.1:${server.addr.port}/`;
+ * await using client = await connect({ dialer: webSocketDialer({ url }) });
+ * await using conn = await listener.accept();
+ * await client.write(new TextEncoder().encode("over HTTP"));
+ * await client.closeWrite();
+ * console.log(await new Response(conn.readable).text()); // "over HTTP"
+ * ```
+ */
+export function webSocketDialer(options: WebSocketDialerOptions): Dialer {
+  const url = webSocketUrl(options.url);
+  return (signal) => {
+    const init: Record<string, unknown> = {};
+    if (options.client) init.client = options.client;
+    if (options.headers) init.headers = options.headers;
+    // Deno's WebSocket takes an options object (headers, an HttpClient) in place of protocols.
+    const socket = new WebSocket(url, init as unknown as string[]);
+    return new Promise<Link>((resolve, reject) => {
+      const link = new WebSocketLink(socket);
+      const fail = () => {
+        cleanup();
+        link.close();
+        reject(signal.aborted ? signal.reason : linkClosed(`cannot open ${url.href}`));
+      };
+      const opened = () => {
+        cleanup();
+        resolve(link);
+      };
+      const cleanup = () => {
+        socket.removeEventListener("open", opened);
+        socket.removeEventListener("close", fail);
+        signal.removeEventListener("abort", fail);
+      };
+      socket.addEventListener("open", opened);
+      socket.addEventListener("close", fail);
+      signal.addEventListener("abort", fail);
+      if (signal.aborted) fail();
+    });
+  };
+}
