@@ -4,9 +4,20 @@
  */
 
 import assert from "node:assert/strict";
-import { connect, HttpLinkAcceptor, listen, webSocketDialer, webSocketUrl } from "../mod.ts";
+import {
+  connect,
+  type Dialer,
+  httpDialer,
+  HttpLinkAcceptor,
+  httpStreamDialer,
+  type ImmortalConn,
+  listen,
+  webSocketDialer,
+  webSocketUrl,
+} from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { patternHash, receiveAll, sendPattern } from "./_helpers.ts";
+import { patternHash, receiveAll, renderRecord, sendPattern, withLogs } from "./_helpers.ts";
+import { startNginx, startTinyproxy } from "./_proxies.ts";
 import { cutWhile, FAST } from "./_tunnel_helpers.ts";
 
 /** A `Deno.serve` app with immortal sessions at `/link`, and a page of its own elsewhere. */
@@ -30,31 +41,67 @@ function serveLinks(key: string) {
   };
 }
 
-Deno.test("WebSocket links: 32 MiB each way survive 8 link cuts, fired by bytes forwarded; the app's other pages still work", async () => {
+/** `size` bytes each way between `client` and `server`, checked by hash. */
+function bothWays(client: ImmortalConn, server: ImmortalConn, size: number) {
+  return Promise.all([
+    sendPattern(client, 1, size).then((sent) => assert.equal(sent, patternHash(1, size))),
+    receiveAll(server).then((got) => assert.equal(got.sha256, patternHash(1, size))),
+    sendPattern(server, 2, size).then((sent) => assert.equal(sent, patternHash(2, size))),
+    receiveAll(client).then((got) => assert.equal(got.sha256, patternHash(2, size))),
+  ]);
+}
+
+const transports: [string, (url: string) => Dialer][] = [
+  ["WebSocket", (url) => webSocketDialer({ url })],
+  ["HTTP streaming", (url) => httpStreamDialer({ url })],
+];
+for (const [name, dialer] of transports) {
+  Deno.test(`${name} links: 32 MiB each way survive 8 link cuts, fired by bytes forwarded; the app's other pages still work`, async () => {
+    await using app = serveLinks("k");
+    const proxy = await FaultProxy.start({ targetPort: app.port });
+    try {
+      const url = `http://127.0.0.1:${proxy.port}/link`;
+      await using client = await connect({ dialer: dialer(url), key: "k", ...FAST });
+      await using server = await app.listener.accept();
+      const cuts = await cutWhile(proxy, 6 << 20, 4, bothWays(client, server, 32 << 20));
+      assert.ok(cuts.up + cuts.down >= 6, `only ${cuts.up}+${cuts.down} cuts`);
+      const page = await fetch(`http://127.0.0.1:${app.port}/`);
+      assert.equal(await page.text(), "the app's own page");
+    } finally {
+      await proxy.close();
+    }
+  });
+}
+
+Deno.test("HTTP links through a real tinyproxy (CONNECT only to 443: no WebSocket) fall back to HTTP streaming by themselves, and survive cuts behind it", async () => {
+  await withLogs(async (records) => {
+    await using app = serveLinks("k");
+    const cutter = await FaultProxy.start({ targetPort: app.port });
+    await using tinyproxy = await startTinyproxy();
+    using client = Deno.createHttpClient({ proxy: { url: `http://127.0.0.1:${tinyproxy.port}` } });
+    try {
+      const url = `http://127.0.0.1:${cutter.port}/link`;
+      await using conn = await connect({ dialer: httpDialer({ url, client }), key: "k", ...FAST });
+      await using server = await app.listener.accept();
+      await cutWhile(cutter, 4 << 20, 2, bothWays(conn, server, 16 << 20));
+      const lines = records.map(renderRecord);
+      assert.ok(lines.some((l) => /using HTTP streaming/.test(l)), lines.join("\n"));
+      // The bytes went through the proxy: its log has the POSTs.
+      assert.match(await tinyproxy.log(), /POST/);
+    } finally {
+      await cutter.close();
+    }
+  });
+});
+
+Deno.test("HTTP links behind a real nginx reverse proxy (HTTP/1.0 upstream, buffering on, no upgrade headers) move 16 MiB each way", async () => {
   await using app = serveLinks("k");
-  const proxy = await FaultProxy.start({ targetPort: app.port });
-  try {
-    const url = `ws://127.0.0.1:${proxy.port}/link`;
-    await using client = await connect({ dialer: webSocketDialer({ url }), key: "k", ...FAST });
-    await using server = await app.listener.accept();
-    const size = 32 << 20;
-    const cuts = await cutWhile(
-      proxy,
-      6 << 20,
-      4,
-      Promise.all([
-        sendPattern(client, 1, size).then((sent) => assert.equal(sent, patternHash(1, size))),
-        receiveAll(server).then((got) => assert.equal(got.sha256, patternHash(1, size))),
-        sendPattern(server, 2, size).then((sent) => assert.equal(sent, patternHash(2, size))),
-        receiveAll(client).then((got) => assert.equal(got.sha256, patternHash(2, size))),
-      ]),
-    );
-    assert.ok(cuts.up + cuts.down >= 6, `only ${cuts.up}+${cuts.down} cuts`);
-    const page = await fetch(`http://127.0.0.1:${app.port}/`);
-    assert.equal(await page.text(), "the app's own page");
-  } finally {
-    await proxy.close();
-  }
+  await using nginx = await startNginx(app.port);
+  const url = `http://127.0.0.1:${nginx.port}/link`;
+  await using conn = await connect({ dialer: httpDialer({ url }), key: "k", ...FAST });
+  await using server = await app.listener.accept();
+  await bothWays(conn, server, 16 << 20);
+  assert.match(await nginx.log(), /POST \/link/);
 });
 
 Deno.test("WebSocket links: a wrong key is refused; a request that is not an upgrade gets 426; URLs are checked", async () => {

@@ -1,6 +1,7 @@
 /**
  * Transports for immortal sessions: the {@linkcode Link} abstraction and its
- * TCP, TLS and WebSocket implementations.
+ * implementations: TCP, TLS, and HTTP (WebSocket, or HTTP streaming where
+ * proxies refuse WebSocket).
  *
  * @module
  */
@@ -22,3 +23,5 @@ export {
   webSocketUrl,
 } from "./websocket.ts";
 export { HttpLinkAcceptor, type HttpLinkAcceptorOptions } from "./http_acceptor.ts";
+export { httpStreamDialer, type HttpStreamDialerOptions, httpUrl } from "./http_stream.ts";
+export { httpDialer, type HttpDialerOptions, type HttpTransport } from "./http_dialer.ts";

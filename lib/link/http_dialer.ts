@@ -1,0 +1,83 @@
+/**
+ * Dialing an immortal endpoint over HTTP, whatever the network allows:
+ * WebSocket first, HTTP streaming when WebSocket is refused on the way (a
+ * forward proxy that allows no tunnels, a reverse proxy that drops the
+ * upgrade).
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import { errorMessage } from "../_util.ts";
+import { httpStreamDialer } from "./http_stream.ts";
+import type { Dialer } from "./link.ts";
+import { webSocketDialer } from "./websocket.ts";
+
+const log = getLogger(["immortal", "link"]);
+
+/** Which HTTP transport {@linkcode httpDialer} uses. */
+export type HttpTransport = "auto" | "websocket" | "http";
+
+/** Where and how {@linkcode httpDialer} connects. */
+export interface HttpDialerOptions {
+  /** The endpoint: `http:`, `https:`, `ws:` or `wss:`. */
+  url: string | URL;
+  /**
+   * An HTTP client for a forward proxy or extra CA certificates, e.g.
+   * `Deno.createHttpClient({ proxy: { url: "http://proxy:3128" } })`.
+   * Without one, HTTP streaming follows `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`
+   * as Deno's `fetch` does.
+   */
+  client?: Deno.HttpClient;
+  /**
+   * `"auto"` (the default) tries WebSocket and, when it cannot be opened,
+   * HTTP streaming, and keeps to the one that worked; `"websocket"` or
+   * `"http"` use only that one.
+   */
+  transport?: HttpTransport;
+}
+
+/**
+ * Returns a {@linkcode Dialer} of links to an {@linkcode HttpLinkAcceptor}
+ * endpoint, over WebSocket or HTTP streaming.
+ *
+ * @example Through whatever the network lets through
+ * ```ts
+ * import { connect, HttpLinkAcceptor, httpDialer, listen } from "@immortal/sockets";
+ *
+ * const links = new HttpLinkAcceptor();
+ * using listener = listen({ acceptor: links });
+ * await using server = Deno.serve(
+ *   { hostname: "127.0.0.1", port: 0, onListen() {} },
+ *   (req, info) => links.handle(req, info),
+ * );
+ * const dialer = httpDialer({ url: `http://127.0.0.1:${server.addr.port}/` });
+ * await using client = await connect({ dialer });
+ * await using conn = await listener.accept();
+ * await client.write(new Uint8Array([1, 2, 3]));
+ * console.log((await conn.readable.getReader().read()).value); // Uint8Array [1, 2, 3]
+ * ```
+ */
+export function httpDialer(options: HttpDialerOptions): Dialer {
+  const transport = options.transport ?? "auto";
+  const webSocket = webSocketDialer(options);
+  const streaming = httpStreamDialer(options);
+  let fellBack = transport === "http";
+  return async (signal) => {
+    if (fellBack) return await streaming(signal);
+    try {
+      return await webSocket(signal);
+    } catch (error) {
+      if (transport === "websocket" || signal.aborted) throw error;
+      const link = await streaming(signal);
+      // WebSocket failed where plain requests pass: something on the way
+      // refuses it. Stay with HTTP streaming from now on.
+      fellBack = true;
+      log.info("WebSocket to {url} failed ({reason}); using HTTP streaming", {
+        url: String(options.url),
+        reason: errorMessage(error),
+      });
+      return link;
+    }
+  };
+}

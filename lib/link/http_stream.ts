@@ -1,0 +1,368 @@
+/**
+ * Links over plain HTTP requests, for proxies that refuse WebSocket: one
+ * long response carries the server's bytes down (binary, flushed per write,
+ * with headers that keep proxies from buffering it — the modern form of
+ * TcpJLib's "long WAV file"), and POSTs carry the client's bytes up, one at
+ * a time, each with everything written meanwhile. PROTOCOL.md 4.2 has the
+ * wire format.
+ *
+ * A failed request of either kind ends the link; the session above resumes
+ * on a new one, as after any other link's death, so nothing here retries.
+ *
+ * @module
+ */
+
+import { concat, errorMessage } from "../_util.ts";
+import type { Dialer, Link } from "./link.ts";
+
+/** Header naming the link a request belongs to; `open` on the request that opens one. */
+export const LINK_HEADER = "x-immortal-link";
+/** Header numbering the upstream POSTs of a link: 0, 1, 2, ... */
+export const SEQ_HEADER = "x-immortal-seq";
+/** Headers that keep proxies and browsers from caching or buffering the downstream. */
+export const DOWNSTREAM_HEADERS = {
+  "content-type": "application/octet-stream",
+  "cache-control": "no-cache, no-store, no-transform",
+  "x-accel-buffering": "no",
+};
+/** Most bytes one upstream POST carries. */
+export const MAX_POST_BYTES = 1 << 20;
+/** Bytes written but not yet POSTed beyond which a write waits. */
+const HIGH_WATER = 2 << 20;
+
+function linkClosed(why: string): Deno.errors.ConnectionReset {
+  return new Deno.errors.ConnectionReset(`HTTP link: ${why}`);
+}
+
+/** A queue of received byte chunks that `read` drains: the receiving half of both ends. */
+class ByteQueue {
+  #chunks: Uint8Array[] = [];
+  #size = 0;
+  #ended = false;
+  #error: Error | null = null;
+  #wake: (() => void) | null = null;
+  #drained: (() => void)[] = [];
+
+  get size(): number {
+    return this.#size;
+  }
+
+  push(chunk: Uint8Array): void {
+    if (this.#ended) return;
+    this.#chunks.push(chunk);
+    this.#size += chunk.length;
+    this.#wakeUp();
+  }
+
+  end(error?: Error): void {
+    if (error) this.#error ??= error;
+    this.#ended = true;
+    this.#wakeUp();
+    for (const resolve of this.#drained.splice(0)) resolve();
+  }
+
+  /** Resolves once fewer than `bytes` wait (or the queue ended). */
+  async below(bytes: number): Promise<void> {
+    while (this.#size >= bytes && !this.#ended) {
+      await new Promise<void>((resolve) => this.#drained.push(resolve));
+    }
+  }
+
+  async read(buffer: Uint8Array): Promise<number | null> {
+    while (this.#chunks.length === 0) {
+      if (this.#error) throw this.#error;
+      if (this.#ended) return null;
+      await new Promise<void>((resolve) => this.#wake = resolve);
+    }
+    const head = this.#chunks[0];
+    const n = Math.min(head.length, buffer.length);
+    buffer.set(head.subarray(0, n));
+    if (n === head.length) this.#chunks.shift();
+    else this.#chunks[0] = head.subarray(n);
+    this.#size -= n;
+    for (const resolve of this.#drained.splice(0)) resolve();
+    return n;
+  }
+
+  #wakeUp(): void {
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
+  }
+}
+
+/**
+ * The server's end of an HTTP-streaming link: `write` feeds the downstream
+ * response, POSTs feed `read`.
+ */
+export class ServerHttpStreamLink implements Link {
+  readonly remoteAddr?: Deno.Addr;
+  readonly id: string = crypto.randomUUID();
+  /** The downstream response; return it from the handler. */
+  readonly response: Response;
+  #up = new ByteQueue();
+  #nextSeq = 0;
+  #controller!: ReadableStreamDefaultController<Uint8Array>;
+  #pulled: (() => void) | null = null;
+  #closed = false;
+  #onClose: () => void;
+
+  /** A link whose downstream is `response`; `onClose` runs once when it ends. */
+  constructor(remoteAddr: Deno.Addr | undefined, onClose: () => void) {
+    this.remoteAddr = remoteAddr;
+    this.#onClose = onClose;
+    const body = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        this.#controller = controller;
+      },
+      pull: () => {
+        const pulled = this.#pulled;
+        this.#pulled = null;
+        pulled?.();
+      },
+      // The client went away (or a proxy dropped the response).
+      cancel: () => this.close(),
+    }, { highWaterMark: HIGH_WATER, size: (chunk) => chunk.byteLength });
+    this.response = new Response(body, {
+      headers: { ...DOWNSTREAM_HEADERS, [LINK_HEADER]: this.id },
+    });
+  }
+
+  read(buffer: Uint8Array): Promise<number | null> {
+    return this.#up.read(buffer);
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    if (this.#closed) throw linkClosed("closed");
+    // A copy: the response holds it until the client has read it.
+    this.#controller.enqueue(data.slice());
+    while ((this.#controller.desiredSize ?? 0) <= 0) {
+      await new Promise<void>((resolve) => this.#pulled = resolve);
+      if (this.#closed) throw linkClosed("closed while writing");
+    }
+  }
+
+  /**
+   * One upstream POST: `seq` must be the next number (a proxy that replays a
+   * request would otherwise duplicate bytes). Answers once the bytes are
+   * queued and the queue is under its bound, so a fast sender waits for a
+   * slow reader.
+   */
+  async post(seq: number, body: Uint8Array): Promise<Response> {
+    if (this.#closed) return new Response("the link is closed", { status: 410 });
+    if (seq !== this.#nextSeq) {
+      this.close(linkClosed(`upstream POST ${seq} where ${this.#nextSeq} was due`));
+      return new Response("out of sequence", { status: 409 });
+    }
+    this.#nextSeq++;
+    if (body.length > 0) this.#up.push(body);
+    await this.#up.below(HIGH_WATER);
+    return new Response(null, { status: 204 });
+  }
+
+  close(error?: Error): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#up.end(error);
+    try {
+      this.#controller.close();
+    } catch {
+      // Cancelled already.
+    }
+    const pulled = this.#pulled;
+    this.#pulled = null;
+    pulled?.();
+    this.#onClose();
+  }
+}
+
+/** The client's end: the downstream response's body, and the POSTs. */
+class ClientHttpStreamLink implements Link {
+  #url: URL;
+  #id: string;
+  #client?: Deno.HttpClient;
+  #down: ReadableStreamDefaultReader<Uint8Array>;
+  #downChunk: Uint8Array | null = null;
+  #abort: AbortController;
+  #pending: Uint8Array[] = [];
+  #pendingBytes = 0;
+  #seq = 0;
+  #posting: Promise<void> | null = null;
+  #error: Error | null = null;
+  #closed = false;
+  #drained: (() => void)[] = [];
+
+  /** `abort` ends every request of the link: the downstream, and a POST in flight. */
+  constructor(
+    url: URL,
+    id: string,
+    downstream: ReadableStream<Uint8Array>,
+    abort: AbortController,
+    client?: Deno.HttpClient,
+  ) {
+    this.#url = url;
+    this.#id = id;
+    this.#client = client;
+    this.#down = downstream.getReader();
+    this.#abort = abort;
+  }
+
+  async read(buffer: Uint8Array): Promise<number | null> {
+    if (this.#error) throw this.#error;
+    while (this.#downChunk === null || this.#downChunk.length === 0) {
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await this.#down.read();
+      } catch (error) {
+        if (this.#closed) return null;
+        throw linkClosed(`the downstream failed: ${errorMessage(error)}`);
+      }
+      if (next.done) return null;
+      this.#downChunk = next.value;
+    }
+    const chunk = this.#downChunk;
+    const n = Math.min(chunk.length, buffer.length);
+    buffer.set(chunk.subarray(0, n));
+    this.#downChunk = n === chunk.length ? null : chunk.subarray(n);
+    return n;
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    if (this.#error) throw this.#error;
+    if (this.#closed) throw linkClosed("closed");
+    this.#pending.push(data.slice());
+    this.#pendingBytes += data.length;
+    this.#posting ??= this.#pump();
+    while (this.#pendingBytes >= HIGH_WATER && !this.#closed) {
+      await new Promise<void>((resolve) => this.#drained.push(resolve));
+    }
+    if (this.#error) throw this.#error;
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#abort.abort();
+    this.#down.cancel().catch(() => {});
+    for (const resolve of this.#drained.splice(0)) resolve();
+  }
+
+  /** Up to `max` of the pending bytes, in order, as one body. */
+  #takePending(max: number): Uint8Array<ArrayBuffer> {
+    const parts: Uint8Array[] = [];
+    let bytes = 0;
+    while (this.#pending.length > 0 && bytes < max) {
+      const head = this.#pending[0];
+      const n = Math.min(head.length, max - bytes);
+      parts.push(head.subarray(0, n));
+      if (n === head.length) this.#pending.shift();
+      else this.#pending[0] = head.subarray(n);
+      bytes += n;
+    }
+    return concat(...parts);
+  }
+
+  /** POSTs what is pending, one request at a time, until nothing is. */
+  async #pump(): Promise<void> {
+    try {
+      while (this.#pending.length > 0 && !this.#closed) {
+        const body = this.#takePending(MAX_POST_BYTES);
+        const bytes = body.length;
+        const response = await fetch(this.#url, {
+          method: "POST",
+          headers: {
+            [LINK_HEADER]: this.#id,
+            [SEQ_HEADER]: String(this.#seq++),
+            "content-type": "application/octet-stream",
+          },
+          body,
+          signal: this.#abort.signal,
+          ...(this.#client ? { client: this.#client } : {}),
+        });
+        await response.body?.cancel();
+        if (response.status !== 204) {
+          throw linkClosed(`the server answered an upstream POST with ${response.status}`);
+        }
+        this.#pendingBytes -= bytes;
+        for (const resolve of this.#drained.splice(0)) resolve();
+      }
+    } catch (error) {
+      this.#error ??= error instanceof Deno.errors.ConnectionReset
+        ? error
+        : linkClosed(`an upstream POST failed: ${errorMessage(error)}`);
+      this.close();
+    } finally {
+      this.#posting = null;
+    }
+  }
+}
+
+/** Where and how {@linkcode httpStreamDialer} connects. */
+export interface HttpStreamDialerOptions {
+  /** The endpoint, `http:` or `https:`. */
+  url: string | URL;
+  /** An HTTP client for a forward proxy or extra CA certificates. */
+  client?: Deno.HttpClient;
+}
+
+/** The `http(s):` URL of an endpoint given as `http(s):` or `ws(s):`. */
+export function httpUrl(url: string | URL): URL {
+  const out = new URL(url);
+  if (out.protocol === "ws:") out.protocol = "http:";
+  else if (out.protocol === "wss:") out.protocol = "https:";
+  if (out.protocol !== "http:" && out.protocol !== "https:") {
+    throw new TypeError(`an HTTP URL is http:, https:, ws: or wss:, got ${out.protocol}`);
+  }
+  return out;
+}
+
+/**
+ * Returns a {@linkcode Dialer} of HTTP-streaming links to `options.url` (an
+ * {@linkcode HttpLinkAcceptor}'s endpoint).
+ *
+ * @example An immortal session over plain HTTP requests
+ * ```ts
+ * import { connect, HttpLinkAcceptor, httpStreamDialer, listen } from "@immortal/sockets";
+ *
+ * const links = new HttpLinkAcceptor();
+ * using listener = listen({ acceptor: links });
+ * await using server = Deno.serve(
+ *   { hostname: "127.0.0.1", port: 0, onListen() {} },
+ *   (req, info) => links.handle(req, info),
+ * );
+ * const url = `http://127.0.0.1:${server.addr.port}/`;
+ * await using client = await connect({ dialer: httpStreamDialer({ url }) });
+ * await using conn = await listener.accept();
+ * await client.write(new TextEncoder().encode("no WebSocket needed"));
+ * await client.closeWrite();
+ * console.log(await new Response(conn.readable).text()); // "no WebSocket needed"
+ * ```
+ */
+export function httpStreamDialer(options: HttpStreamDialerOptions): Dialer {
+  const url = httpUrl(options.url);
+  return async (signal) => {
+    // The dial's signal bounds the dial only; the link's requests live on
+    // under their own controller until the link is closed.
+    const abort = new AbortController();
+    const abortDial = () => abort.abort(signal.reason);
+    signal.addEventListener("abort", abortDial);
+    let response: Response;
+    try {
+      signal.throwIfAborted();
+      response = await fetch(url, {
+        method: "POST",
+        headers: { [LINK_HEADER]: "open" },
+        signal: abort.signal,
+        ...(options.client ? { client: options.client } : {}),
+      });
+    } finally {
+      signal.removeEventListener("abort", abortDial);
+    }
+    const id = response.headers.get(LINK_HEADER);
+    if (response.status !== 200 || id === null || response.body === null) {
+      await response.body?.cancel();
+      throw linkClosed(`${url.href} answered ${response.status}, not a link`);
+    }
+    return new ClientHttpStreamLink(url, id, response.body, abort, options.client);
+  };
+}
