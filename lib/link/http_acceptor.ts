@@ -7,10 +7,8 @@
  * @module
  */
 
-import { concat } from "../_util.ts";
 import type { Acceptor, Link } from "./link.ts";
-import { LINK_HEADER, MAX_POST_BYTES, SEQ_HEADER, ServerHttpStreamLink } from "./http_stream.ts";
-import { WebSocketLink } from "./websocket.ts";
+import { HttpLinkEndpoint, linkRequestKind, notALinkRequest } from "./_http_link_endpoint.ts";
 
 /** Settings of an {@linkcode HttpLinkAcceptor}. */
 export interface HttpLinkAcceptorOptions {
@@ -48,8 +46,7 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr> {
   #ready: Link[] = [];
   #waiters: { resolve: (link: Link) => void; reject: (error: Error) => void }[] = [];
   #closed = false;
-  /** Open HTTP-streaming links, by id. */
-  #streams = new Map<string, ServerHttpStreamLink>();
+  #endpoint = new HttpLinkEndpoint();
 
   /** An acceptor with no links yet. */
   constructor(options: HttpLinkAcceptorOptions = {}) {
@@ -64,55 +61,17 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr> {
    */
   handle(req: Request, info?: Deno.ServeHandlerInfo): Response | Promise<Response> {
     if (this.#closed) return new Response("not accepting links", { status: 503 });
-    const linkId = req.headers.get(LINK_HEADER);
-    if (req.method === "POST" && linkId !== null && linkId !== "open") {
-      return this.#upstream(linkId, req);
-    }
-    const upgrade = req.headers.get("upgrade")?.toLowerCase() === "websocket";
-    if (!upgrade && !(req.method === "POST" && linkId === "open")) {
-      return new Response("this endpoint takes immortal links (WebSocket, or HTTP streaming)", {
-        status: 426,
-        headers: { upgrade: "websocket" },
-      });
-    }
+    const kind = linkRequestKind(req);
+    if (kind === "upstream") return this.#endpoint.upstream(req);
+    if (kind === null) return notALinkRequest();
     if (this.#ready.length >= this.#backlog) {
       return new Response("too many links waiting", { status: 503 });
     }
     // Read before the upgrade: the request's details are gone after it.
-    const remoteAddr = info?.remoteAddr;
-    if (!upgrade) {
-      const link: ServerHttpStreamLink = new ServerHttpStreamLink(
-        remoteAddr,
-        () => this.#streams.delete(link.id),
-      );
-      this.#streams.set(link.id, link);
-      this.#push(link);
-      return link.response;
-    }
-    // No idle timeout of the socket's own: the session's heartbeats decide
-    // when a link is dead, and say so in the same way for every transport.
-    const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
-    const link = new WebSocketLink(socket, { remoteAddr });
-    socket.addEventListener("open", () => this.#push(link), { once: true });
-    return response;
-  }
-
-  /** An upstream POST of the HTTP-streaming link `id`. */
-  async #upstream(id: string, req: Request): Promise<Response> {
-    const link = this.#streams.get(id);
-    const seq = Number(req.headers.get(SEQ_HEADER));
-    if (!link || !Number.isSafeInteger(seq)) {
-      await req.body?.cancel();
-      return new Response("no such link", { status: link ? 400 : 404 });
-    }
-    let body: Uint8Array;
-    try {
-      body = await readBounded(req, MAX_POST_BYTES);
-    } catch {
-      link.close();
-      return new Response("the upstream POST was cut or too large", { status: 400 });
-    }
-    return await link.post(seq, body);
+    const opened = this.#endpoint.open(req, info?.remoteAddr);
+    if (typeof opened === "string") return new Response(opened, { status: 400 });
+    this.#push(opened.link);
+    return opened.response;
   }
 
   /** Waits for the next link; rejects once the acceptor is closed. */
@@ -128,7 +87,7 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr> {
     if (this.#closed) return;
     this.#closed = true;
     for (const link of this.#ready.splice(0)) link.close();
-    for (const link of this.#streams.values()) link.close();
+    this.#endpoint.close();
     const error = new Deno.errors.BadResource("the acceptor is closed");
     for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
   }
@@ -139,16 +98,4 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr> {
     if (waiter) waiter.resolve(link);
     else this.#ready.push(link);
   }
-}
-
-/** A request body, whole; throws past `max` bytes. */
-async function readBounded(req: Request, max: number): Promise<Uint8Array> {
-  const parts: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of req.body ?? []) {
-    size += chunk.length;
-    if (size > max) throw new RangeError(`a body over ${max} bytes`);
-    parts.push(chunk);
-  }
-  return concat(...parts);
 }

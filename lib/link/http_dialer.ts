@@ -9,7 +9,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { errorMessage } from "../_util.ts";
-import { httpStreamDialer } from "./http_stream.ts";
+import { httpStreamDialer, type HttpStreamDialerOptions } from "./http_stream.ts";
 import type { Dialer } from "./link.ts";
 import { webSocketDialer } from "./websocket.ts";
 
@@ -35,6 +35,11 @@ export interface HttpDialerOptions {
    * `"http"` use only that one.
    */
   transport?: HttpTransport;
+  /**
+   * Extra headers of the request that opens each link (credentials, say);
+   * a function is called for each link.
+   */
+  headers?: Record<string, string> | (() => Record<string, string>);
 }
 
 /**
@@ -60,16 +65,21 @@ export interface HttpDialerOptions {
  */
 export function httpDialer(options: HttpDialerOptions): Dialer {
   const transport = options.transport ?? "auto";
-  const webSocket = webSocketDialer(options);
-  const streaming = httpStreamDialer(options);
+  const { headers } = options;
+  const settings = (): HttpStreamDialerOptions => ({
+    url: options.url,
+    client: options.client,
+    headers: typeof headers === "function" ? headers() : headers,
+  });
   let fellBack = transport === "http";
   return async (signal) => {
-    if (fellBack) return await streaming(signal);
+    const link = settings();
+    if (fellBack) return await httpStreamDialer(link)(signal);
     try {
-      return await webSocket(signal);
+      return await webSocketDialer(link)(signal);
     } catch (error) {
       if (transport === "websocket" || signal.aborted) throw error;
-      const link = await streaming(signal);
+      const streamed = await httpStreamDialer(link)(signal);
       // WebSocket failed where plain requests pass: something on the way
       // refuses it. Stay with HTTP streaming from now on.
       fellBack = true;
@@ -77,7 +87,7 @@ export function httpDialer(options: HttpDialerOptions): Dialer {
         url: String(options.url),
         reason: errorMessage(error),
       });
-      return link;
+      return streamed;
     }
   };
 }

@@ -29,6 +29,22 @@ export const DOWNSTREAM_HEADERS = {
 export const MAX_POST_BYTES = 1 << 20;
 /** Bytes written but not yet POSTed beyond which a write waits. */
 const HIGH_WATER = 2 << 20;
+/** Bytes the server queues from upstream POSTs before it answers the next one only once read. */
+const UP_HIGH_WATER = 512 * 1024;
+/** Bytes the server queues for the downstream beyond which a write waits. */
+const DOWN_HIGH_WATER = 512 * 1024;
+
+/**
+ * An endpoint answered the request that opens a link with something other
+ * than a link: its status and body say why (a relay's JSON refusal, say).
+ */
+export class LinkRefused extends Error {
+  /** `message` for people; `status` and `body` as the endpoint answered. */
+  constructor(readonly status: number, readonly body: string, message: string) {
+    super(message);
+    this.name = "LinkRefused";
+  }
+}
 
 function linkClosed(why: string): Deno.errors.ConnectionReset {
   return new Deno.errors.ConnectionReset(`HTTP link: ${why}`);
@@ -122,10 +138,16 @@ export class ServerHttpStreamLink implements Link {
       },
       // The client went away (or a proxy dropped the response).
       cancel: () => this.close(),
-    }, { highWaterMark: HIGH_WATER, size: (chunk) => chunk.byteLength });
+    }, { highWaterMark: DOWN_HIGH_WATER, size: (chunk) => chunk.byteLength });
     this.response = new Response(body, {
       headers: { ...DOWNSTREAM_HEADERS, [LINK_HEADER]: this.id },
     });
+  }
+
+  /** Bytes held: received and not yet read, and written but not yet sent down. */
+  get queuedBytes(): number {
+    if (this.#closed) return 0;
+    return this.#up.size + Math.max(0, DOWN_HIGH_WATER - (this.#controller.desiredSize ?? 0));
   }
 
   read(buffer: Uint8Array): Promise<number | null> {
@@ -156,7 +178,7 @@ export class ServerHttpStreamLink implements Link {
     }
     this.#nextSeq++;
     if (body.length > 0) this.#up.push(body);
-    await this.#up.below(HIGH_WATER);
+    await this.#up.below(UP_HIGH_WATER);
     return new Response(null, { status: 204 });
   }
 
@@ -303,6 +325,8 @@ export interface HttpStreamDialerOptions {
   url: string | URL;
   /** An HTTP client for a forward proxy or extra CA certificates. */
   client?: Deno.HttpClient;
+  /** Extra headers of the request that opens a link (credentials, say). */
+  headers?: Record<string, string>;
 }
 
 /** The `http(s):` URL of an endpoint given as `http(s):` or `ws(s):`. */
@@ -351,7 +375,7 @@ export function httpStreamDialer(options: HttpStreamDialerOptions): Dialer {
       signal.throwIfAborted();
       response = await fetch(url, {
         method: "POST",
-        headers: { [LINK_HEADER]: "open" },
+        headers: { ...options.headers, [LINK_HEADER]: "open" },
         signal: abort.signal,
         ...(options.client ? { client: options.client } : {}),
       });
@@ -360,8 +384,8 @@ export function httpStreamDialer(options: HttpStreamDialerOptions): Dialer {
     }
     const id = response.headers.get(LINK_HEADER);
     if (response.status !== 200 || id === null || response.body === null) {
-      await response.body?.cancel();
-      throw linkClosed(`${url.href} answered ${response.status}, not a link`);
+      const text = await response.text().catch(() => "");
+      throw new LinkRefused(response.status, text, `${url.href} answered ${response.status}`);
     }
     return new ClientHttpStreamLink(url, id, response.body, abort, options.client);
   };

@@ -23,5 +23,10 @@ export {
   webSocketUrl,
 } from "./websocket.ts";
 export { HttpLinkAcceptor, type HttpLinkAcceptorOptions } from "./http_acceptor.ts";
-export { httpStreamDialer, type HttpStreamDialerOptions, httpUrl } from "./http_stream.ts";
+export {
+  httpStreamDialer,
+  type HttpStreamDialerOptions,
+  httpUrl,
+  LinkRefused,
+} from "./http_stream.ts";
 export { httpDialer, type HttpDialerOptions, type HttpTransport } from "./http_dialer.ts";

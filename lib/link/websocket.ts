@@ -11,6 +11,8 @@ import type { Dialer, Link } from "./link.ts";
 
 /** Bytes waiting in the socket beyond which a write waits for them to drain. */
 const HIGH_WATER = 1 << 20;
+/** Largest message sent: relays in the middle hold a message whole before passing it on. */
+const MAX_MESSAGE = 256 * 1024;
 /** How often a waiting write looks at the socket's buffer, ms. */
 const DRAIN_POLL_MS = 1;
 
@@ -30,15 +32,28 @@ export class WebSocketLink implements Link {
   #ended = false;
   #error: Error | null = null;
   #wake: (() => void) | null = null;
-  /** Addresses of the HTTP connection, when known (server side). */
+  #queued = 0;
+  #maxQueued: number;
+  #opened: Promise<void>;
+  /** Address of the peer, when known (server side). */
   readonly remoteAddr?: Deno.Addr;
-  readonly localAddr?: Deno.Addr;
 
-  /** Wraps `socket`, which must be open (or opening, on the server side). */
-  constructor(socket: WebSocket, addrs: { remoteAddr?: Deno.Addr; localAddr?: Deno.Addr } = {}) {
+  /**
+   * Wraps `socket` (open, or opening: writes wait for it to open). A
+   * WebSocket cannot be told to stop reading, so received messages queue
+   * until read; more than `maxQueuedBytes` waiting (a peer that ignores the
+   * flow control above) ends the link. Default 64 MiB.
+   */
+  constructor(
+    socket: WebSocket,
+    options: { remoteAddr?: Deno.Addr; maxQueuedBytes?: number } = {},
+  ) {
     this.#socket = socket;
-    this.remoteAddr = addrs.remoteAddr;
-    this.localAddr = addrs.localAddr;
+    this.remoteAddr = options.remoteAddr;
+    this.#maxQueued = options.maxQueuedBytes ?? 64 << 20;
+    this.#opened = socket.readyState === WebSocket.OPEN
+      ? Promise.resolve()
+      : new Promise((resolve) => socket.addEventListener("open", () => resolve(), { once: true }));
     socket.binaryType = "arraybuffer";
     socket.onmessage = (event) => {
       if (typeof event.data === "string") {
@@ -46,7 +61,13 @@ export class WebSocketLink implements Link {
         this.#fail(linkClosed("a text message where bytes were expected"));
         return;
       }
-      this.#queue.push(new Uint8Array(event.data as ArrayBuffer));
+      const chunk = new Uint8Array(event.data as ArrayBuffer);
+      this.#queued += chunk.length;
+      if (this.#queued > this.#maxQueued) {
+        this.#fail(linkClosed(`more than ${this.#maxQueued} bytes received and not read`));
+        return;
+      }
+      this.#queue.push(chunk);
       this.#wakeUp();
     };
     socket.onclose = () => {
@@ -56,6 +77,11 @@ export class WebSocketLink implements Link {
     socket.onerror = (event) => {
       this.#fail(linkClosed((event as ErrorEvent).message || "error"));
     };
+  }
+
+  /** Bytes held: received and not yet read, and sent but not yet written to the socket. */
+  get queuedBytes(): number {
+    return this.#queued + this.#socket.bufferedAmount;
   }
 
   /** Reads queued bytes into `buffer`; `null` once the socket has ended and all was read. */
@@ -70,16 +96,22 @@ export class WebSocketLink implements Link {
     buffer.set(head.subarray(0, n));
     if (n === head.length) this.#queue.shift();
     else this.#queue[0] = head.subarray(n);
+    this.#queued -= n;
     return n;
   }
 
   /** Sends `data` as one binary message; waits while the socket's buffer is full. */
   async write(data: Uint8Array): Promise<void> {
     const socket = this.#socket;
+    if (socket.readyState === WebSocket.CONNECTING) {
+      await Promise.race([this.#opened, this.#endedPromise()]);
+    }
     if (this.#error) throw this.#error;
     if (this.#ended || socket.readyState !== WebSocket.OPEN) throw linkClosed("closed");
-    // A copy: the caller may reuse its buffer (a replay ring) once we return.
-    socket.send(data.slice());
+    // Copies: the caller may reuse its buffer (a replay ring) once we return.
+    for (let offset = 0; offset < data.length; offset += MAX_MESSAGE) {
+      socket.send(data.slice(offset, offset + MAX_MESSAGE));
+    }
     while (socket.bufferedAmount > HIGH_WATER) {
       // The WebSocket API has no drain event; the wait is bounded by the
       // socket closing (then the write fails).
@@ -97,6 +129,14 @@ export class WebSocketLink implements Link {
     } catch {
       // Closing already.
     }
+  }
+
+  /** Resolves when the link ends (for waits that must not outlive it). */
+  #endedPromise(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#ended) return resolve();
+      this.#socket.addEventListener("close", () => resolve(), { once: true });
+    });
   }
 
   #fail(error: Error): void {
@@ -121,7 +161,7 @@ export interface WebSocketDialerOptions {
    */
   client?: Deno.HttpClient;
   /** Extra request headers (Deno's WebSocket client sends them). */
-  headers?: HeadersInit;
+  headers?: Record<string, string>;
 }
 
 /** The WebSocket URL for an endpoint given as `http(s):` or `ws(s):`. */

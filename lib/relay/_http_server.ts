@@ -95,7 +95,10 @@ export interface ConnectionControl {
    * Accepts a WebSocket: returns the socket and the response to return from
    * the handler, or why the request is not a valid handshake.
    */
-  upgradeWebSocket(req: Request): { socket: ServerWebSocket; response: Response } | string;
+  upgradeWebSocket(
+    req: Request,
+    options?: { maxMessageBytes?: number },
+  ): { socket: ServerWebSocket; response: Response } | string;
   /** The connection now carries a joined node: it no longer counts as unjoined. */
   joined(): void;
 }
@@ -360,11 +363,11 @@ export class HttpServer {
     });
     let upgraded: ServerWebSocket | undefined;
     controls.set(req, {
-      upgradeWebSocket: (request) => {
+      upgradeWebSocket: (request, socketOptions) => {
         const problem = handshakeProblem(request);
         if (problem !== null) return problem;
         upgraded = new ServerWebSocket(conn, reader, {
-          maxMessageBytes: this.#options.maxMessageBytes,
+          maxMessageBytes: socketOptions?.maxMessageBytes ?? this.#options.maxMessageBytes,
         });
         const response = new Response(null);
         upgrades.set(response, upgraded);

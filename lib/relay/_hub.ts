@@ -22,6 +22,7 @@ import { Member, Room, type Sink } from "./_room.ts";
 import { newJoinToken, secretsEqual } from "./_secret.ts";
 import type { RelaySettings } from "./_settings.ts";
 import type { RelayConnectionStats } from "./_http_server.ts";
+import type { PipeStats } from "./_pipes.ts";
 
 const log = getLogger(["immortal", "relay"]);
 
@@ -61,6 +62,8 @@ export interface RelayStats {
   faded: number;
   /** Requests and frames refused, by reason (a {@linkcode RelayErrorCode} or a finer reason). */
   refused: Record<string, number>;
+  /** The relay's pipes. */
+  pipes?: PipeStats;
   /** The relay's connections, when it runs on `serveRelay`'s server. */
   connections?: RelayConnectionStats;
 }
@@ -81,6 +84,8 @@ export class Hub {
   #counters = { joins: 0, messages: 0, deliveries: 0, dropped: 0, slowDisconnects: 0, faded: 0 };
   #refused: Partial<Record<RefusalReason, number>> = {};
   #timer: ReturnType<typeof setInterval>;
+  /** Where a node's refusal of a pipe goes (the relay's pipe endpoint). */
+  onPipeRefuse: ((member: Member, id: string, reason: string) => void) | null = null;
 
   /**
    * A hub with `settings`. `clock` (ms) is for tests that must not depend on
@@ -252,6 +257,9 @@ export class Hub {
         return;
       case "msg":
         this.#message(member, frame, now);
+        return;
+      case "pipe-refuse":
+        this.onPipeRefuse?.(member, frame.id, frame.reason);
         return;
       case "hello":
         // Joined already: a second hello is not a frame this connection may send.

@@ -41,6 +41,12 @@ export function metricsText(stats: RelayStats): string {
   for (const [reason, value] of Object.entries(stats.refused)) {
     lines.push(`immortal_relay_refused_total{reason="${reason}"} ${value}`);
   }
+  if (stats.pipes) {
+    metric("gauge", "pipes", "Pipes open.", stats.pipes.open);
+    metric("counter", "pipes_opened", "Pipes opened.", stats.pipes.opened);
+    metric("counter", "pipe_bytes", "Bytes copied through pipes.", stats.pipes.bytes);
+    metric("gauge", "pipe_held_bytes", "Bytes held for pipes.", stats.pipes.heldBytes);
+  }
   const connections = stats.connections;
   if (connections) {
     metric("gauge", "connections", "Open HTTP connections.", connections.connections);

@@ -230,6 +230,11 @@ export function parseNodeFrame(value: unknown, rules: FrameRules): Parsed<NodeFr
     case "pong":
     case "bye":
       return ok({ t: frame.t });
+    case "pipe-refuse":
+      if (typeof frame.id !== "string" || typeof frame.reason !== "string") {
+        return problem("bad-frame", "a pipe-refuse frame has a string id and reason");
+      }
+      return ok({ t: "pipe-refuse", id: frame.id, reason: frame.reason.slice(0, 200) });
   }
   return problem("bad-frame", `unknown frame type "${frame.t}"`);
 }
@@ -293,6 +298,9 @@ export function parseRelayFrame(value: unknown): Parsed<RelayFrame> {
     case "ping":
     case "pong":
       return ok({ t: frame.t });
+    case "pipe":
+      if (typeof frame.id !== "string" || typeof frame.from !== "string") break;
+      return ok({ t: "pipe", id: frame.id, from: frame.from });
     case "error":
       if (!isErrorCode(frame.code) || typeof frame.message !== "string") break;
       return ok({ t: "error", code: frame.code, message: frame.message });

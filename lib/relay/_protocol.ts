@@ -46,6 +46,8 @@ export interface RelayMember {
  * - `no-such-stream`: a POST for an unknown or closed HTTP stream.
  * - `upgrade-required`: a plain request to the WebSocket endpoint.
  * - `not-found`, `method-not-allowed`: an unknown path, or a wrong method.
+ * - `pipe-refused`: the node a pipe was for refused it (or accepts none).
+ * - `pipe-timeout`: the node a pipe was for did not answer in time.
  */
 export type RelayErrorCode =
   | "unauthorized"
@@ -62,7 +64,9 @@ export type RelayErrorCode =
   | "no-such-stream"
   | "upgrade-required"
   | "not-found"
-  | "method-not-allowed";
+  | "method-not-allowed"
+  | "pipe-refused"
+  | "pipe-timeout";
 
 /** Every error code, for validating what a relay sends. */
 export const ERROR_CODES: readonly RelayErrorCode[] = [
@@ -81,6 +85,8 @@ export const ERROR_CODES: readonly RelayErrorCode[] = [
   "upgrade-required",
   "not-found",
   "method-not-allowed",
+  "pipe-refused",
+  "pipe-timeout",
 ];
 
 /** Why a wire value is not an acceptable frame: the code the relay answers with, and a sentence. */
@@ -116,10 +122,21 @@ export interface HelloFrame {
 /** A message from a node: to everyone (no `to`) or to one node. */
 export type NodeMessageFrame = { t: "msg"; to?: string } & MessageBody;
 
+/** A node's refusal of the pipe `id` it was offered. */
+export interface PipeRefuseFrame {
+  /** Frame type. */
+  t: "pipe-refuse";
+  /** The pipe's id, from the `pipe` frame. */
+  id: string;
+  /** For the node that asked. */
+  reason: string;
+}
+
 /** Frames a node sends. */
 export type NodeFrame =
   | HelloFrame
   | NodeMessageFrame
+  | PipeRefuseFrame
   | { t: "ping" }
   | { t: "pong" }
   | { t: "bye" };
@@ -160,9 +177,20 @@ export interface ErrorFrame {
   message: string;
 }
 
+/** Another node asks for a pipe to this one: accept it with a pipe request naming `id`. */
+export interface PipeFrame {
+  /** Frame type. */
+  t: "pipe";
+  /** The pipe's id. */
+  id: string;
+  /** The nickname of the node that asks. */
+  from: string;
+}
+
 /** Frames the relay sends. */
 export type RelayFrame =
   | WelcomeFrame
+  | PipeFrame
   | { t: "join"; nickname: string; role: RelayRole }
   | { t: "leave"; nickname: string; reason: LeaveReason }
   | RelayMessageFrame
@@ -202,4 +230,16 @@ export const PATHS = {
   ws: "/relay/ws",
   stream: "/relay/stream",
   send: "/relay/send",
+  pipe: "/relay/pipe",
+} as const;
+
+/** Headers of a pipe request: who asks (a member, by its join token), and for which pipe. */
+export const PIPE_HEADERS = {
+  session: "x-relay-session",
+  nickname: "x-relay-nickname",
+  token: "x-relay-token",
+  /** The pipe's id, chosen by the node that dials. */
+  pipe: "x-relay-pipe",
+  /** On the dialing side only: the nickname of the node to reach. */
+  to: "x-relay-pipe-to",
 } as const;

@@ -116,6 +116,7 @@ export class ServerWebSocket {
   #start!: () => void;
   #writes = new Promise<void>((resolve) => this.#start = resolve);
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
+  #paused: PromiseWithResolvers<void> | null = null;
 
   /** A socket on `conn` whose handshake is done; `reader` holds what was read past it. */
   constructor(conn: Deno.Conn, reader: ByteReader, options: ServerWebSocketOptions) {
@@ -137,6 +138,28 @@ export class ServerWebSocket {
   /** Sends a text message (dropped if the socket is closing). */
   send(text: string): void {
     if (this.open) this.#write(encodeFrame(OP_TEXT, encoder.encode(text)));
+  }
+
+  /** Sends a binary message; resolves once it is written (rejects if the socket ends first). */
+  async sendBytes(data: Uint8Array): Promise<void> {
+    if (!this.open) throw new Deno.errors.ConnectionReset("the WebSocket is closed");
+    this.#write(encodeFrame(OP_BINARY, data));
+    await this.#writes;
+    if (this.#ended) throw new Deno.errors.ConnectionReset("the WebSocket ended while writing");
+  }
+
+  /**
+   * Stops reading frames until {@linkcode ServerWebSocket.resume}: the
+   * peer's bytes wait in the kernel, and TCP slows the peer down.
+   */
+  pause(): void {
+    this.#paused ??= Promise.withResolvers<void>();
+  }
+
+  /** Reads frames again after {@linkcode ServerWebSocket.pause}. */
+  resume(): void {
+    this.#paused?.resolve();
+    this.#paused = null;
   }
 
   /** Starts the closing handshake; the TCP connection ends when the peer answers, or soon after. */
@@ -193,6 +216,7 @@ export class ServerWebSocket {
   #end(code: number, reason: string): void {
     if (this.#ended) return;
     this.#ended = true;
+    this.resume();
     clearTimeout(this.#graceTimer);
     try {
       this.#conn.close();
@@ -210,6 +234,7 @@ export class ServerWebSocket {
     let messageBytes = 0;
     let oversized = false;
     for (;;) {
+      if (this.#paused) await this.#paused.promise;
       if (!(await this.#want(2))) return null;
       const [b0, b1] = reader.buffered;
       const fin = (b0 & 0x80) !== 0;

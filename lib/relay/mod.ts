@@ -11,6 +11,7 @@ export { type RelayServer, serveRelay, type ServeRelayOptions } from "./serve.ts
 export type { OverflowPolicy, RelayOptions } from "./options.ts";
 export type { RelayStats } from "./_hub.ts";
 export type { RelayConnectionStats } from "./_http_server.ts";
+export type { PipeStats } from "./_pipes.ts";
 export { type RelayEvent, RelayNode, type RelayNodeOptions, type RelayNodeState } from "./node.ts";
 export { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
 export {

@@ -6,6 +6,11 @@
 
 import { getLogger } from "@logtape/logtape";
 import { backoffDelay, delay, errorMessage } from "../_util.ts";
+import { connect, type ConnectOptions } from "../conn/connect.ts";
+import type { ImmortalConn } from "../conn/immortal_conn.ts";
+import { type ImmortalListener, listen, type ListenOptions } from "../conn/listener.ts";
+import type { Acceptor, Dialer } from "../link/link.ts";
+import { NodePipes } from "./_node_pipes.ts";
 import { HttpStreamTransport } from "./_http_stream_transport.ts";
 import type {
   HelloFrame,
@@ -119,6 +124,8 @@ export class RelayNode implements AsyncDisposable {
   /** Aborted by close: a reconnect waiting out its backoff stops at once. */
   #closing = new AbortController();
   #reconnecting: Promise<void> | null = null;
+  #pipes: NodePipes;
+  #session: string;
 
   private constructor(url: URL, options: RelayNodeOptions) {
     this.#options = options;
@@ -136,6 +143,17 @@ export class RelayNode implements AsyncDisposable {
       client,
       timeout: options.connectTimeout ?? 10_000,
     };
+    this.#session = options.session;
+    this.#pipes = new NodePipes({
+      base: url,
+      client,
+      identity: () =>
+        this.#state === "connected" && this.#token !== undefined
+          ? { session: this.#session, nickname: this.#nickname, token: this.#token }
+          : null,
+      transport: () => this.transport,
+      refuse: (id, reason) => this.#transport?.send({ t: "pipe-refuse", id, reason }),
+    });
   }
 
   /**
@@ -209,10 +227,76 @@ export class RelayNode implements AsyncDisposable {
     this.#post({ t: "msg", ...(to === undefined ? {} : { to }), numbers: [...numbers] });
   }
 
+  /**
+   * A {@linkcode Dialer} of pipes through the relay to the node `nickname` of
+   * this session: each call opens a new pipe. For `connect({ dialer })`, a
+   * tunnel client, or anything that runs immortal sessions over links.
+   */
+  pipeDialer(nickname: string): Dialer {
+    return this.#pipes.dialer(nickname);
+  }
+
+  /**
+   * Opens an immortal session to the node `nickname` of this session, over
+   * pipes through the relay: when a pipe breaks (even when the relay
+   * restarts), the session resumes over a new one, nothing lost. That node
+   * must accept pipes ({@linkcode RelayNode.listen}). Rejects when the relay
+   * refuses (no such node, it refuses the pipe) or the key is wrong.
+   *
+   * @example Two nodes, one stream, through the relay
+   * ```ts
+   * import { RelayNode, serveRelay } from "@immortal/sockets";
+   *
+   * await using relay = serveRelay({ hostname: "127.0.0.1", port: 0, onListen() {} });
+   * const url = `http://127.0.0.1:${relay.addr.port}`;
+   * await using lab = await RelayNode.connect(url, { session: "s", nickname: "lab" });
+   * using listener = lab.listen({ key: "k" });
+   * await using laptop = await RelayNode.connect(url, { session: "s", nickname: "laptop" });
+   * await using conn = await laptop.connectTo("lab", { key: "k" });
+   * await using server = await listener.accept();
+   * await conn.write(new TextEncoder().encode("through the relay"));
+   * const buffer = new Uint8Array(64);
+   * const n = await server.read(buffer); // "through the relay"
+   * ```
+   */
+  connectTo(
+    nickname: string,
+    options: Omit<ConnectOptions, "dialer" | "hostname" | "port" | "tls"> = {},
+  ): Promise<ImmortalConn> {
+    return connect({ ...options, dialer: this.pipeDialer(nickname) });
+  }
+
+  /**
+   * Accepts pipes other nodes of this session open to this one, as raw
+   * links (for your own protocol over them; most want
+   * {@linkcode RelayNode.listen}); `accepts` picks which nodes may, the
+   * others' pipes are refused. One acceptor per node at a time; closing it
+   * stops accepting pipes.
+   */
+  pipeAcceptor(accepts: (nickname: string) => boolean = () => true): Acceptor<Deno.NetAddr> {
+    return this.#pipes.listen(accepts);
+  }
+
+  /**
+   * Accepts immortal sessions over pipes other nodes of this session open to
+   * this one ({@linkcode RelayNode.connectTo}); `accepts` picks which nodes
+   * may (all, by default), the others' pipes are refused. One listener per
+   * node at a time; closing it stops accepting pipes.
+   */
+  listen(
+    options: Omit<ListenOptions, "acceptor" | "hostname" | "port" | "tls"> & {
+      accepts?: (nickname: string) => boolean;
+    } = {},
+  ): ImmortalListener {
+    const { accepts = () => true, ...rest } = options;
+    return listen({ ...rest, acceptor: this.pipeAcceptor(accepts) });
+  }
+
   /** Leaves the session (the others hear "left") and ends `events`. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#pipes.close();
     this.#closing.abort();
     clearInterval(this.#watchdog);
     const transport = this.#transport;
@@ -323,6 +407,9 @@ export class RelayNode implements AsyncDisposable {
         return;
       case "error":
         this.#emit({ type: "error", code: frame.code, message: frame.message });
+        return;
+      case "pipe":
+        this.#pipes.offered(frame);
         return;
     }
   }

@@ -13,6 +13,7 @@ import { Hub, type RelayStats } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
 import { serverStats } from "./_http_server.ts";
 import { HttpStreamEndpoint } from "./_http_stream_endpoint.ts";
+import { PipeEndpoint } from "./_pipes.ts";
 import { metricsResponse } from "./_metrics.ts";
 import { PATHS } from "./_protocol.ts";
 import { secretsEqual } from "./_secret.ts";
@@ -37,11 +38,14 @@ const KNOWN_PATHS: readonly string[] = [
 export class Relay implements Disposable {
   #hub: Hub;
   #httpStreams: HttpStreamEndpoint;
+  #pipes: PipeEndpoint;
 
   /** Creates a relay; see {@linkcode RelayOptions}. A `RangeError` names a bad setting. */
   constructor(options: RelayOptions = {}) {
     this.#hub = new Hub(relaySettings(options));
     this.#httpStreams = new HttpStreamEndpoint(this.#hub);
+    this.#pipes = new PipeEndpoint(this.#hub);
+    this.#hub.onPipeRefuse = (member, id, reason) => this.#pipes.refuse(member, id, reason);
   }
 
   /** Whether the relay requires a secret. */
@@ -52,7 +56,8 @@ export class Relay implements Disposable {
   /** Counters and gauges (also served at `/metrics`). */
   get stats(): RelayStats {
     const connections = serverStats.get(this)?.();
-    return connections ? { ...this.#hub.stats, connections } : this.#hub.stats;
+    const stats = { ...this.#hub.stats, pipes: this.#pipes.stats };
+    return connections ? { ...stats, connections } : stats;
   }
 
   /**
@@ -80,7 +85,7 @@ export class Relay implements Disposable {
    * await server.shutdown();
    * ```
    */
-  handle(req: Request, _info?: Deno.ServeHandlerInfo): Response | Promise<Response> {
+  handle(req: Request, info?: Deno.ServeHandlerInfo): Response | Promise<Response> {
     const hub = this.#hub;
     const { pathname } = new URL(req.url);
     switch (`${req.method} ${pathname}`) {
@@ -110,6 +115,9 @@ export class Relay implements Disposable {
         return this.#httpStreams.open(req);
       case `POST ${PATHS.send}`:
         return this.#httpStreams.send(req);
+      case `GET ${PATHS.pipe}`:
+      case `POST ${PATHS.pipe}`:
+        return this.#pipes.handle(req, info);
     }
     if (KNOWN_PATHS.includes(pathname)) {
       return refuseRequest(hub, 405, "method-not-allowed", `${req.method} is not allowed here`);
@@ -121,6 +129,7 @@ export class Relay implements Disposable {
   close(): void {
     this.#hub.close();
     this.#httpStreams.close();
+    this.#pipes.close();
   }
 
   /** Same as {@linkcode Relay.close}. */

@@ -1,0 +1,112 @@
+/**
+ * The server side of links over HTTP (PROTOCOL.md Part 4), as building
+ * blocks: what a request is (an upgrade, an opening HTTP-streaming request,
+ * an upstream POST), turning one into a link, and feeding upstream POSTs to
+ * their link. {@linkcode HttpLinkAcceptor} and the relay's pipes are built on
+ * it.
+ *
+ * @module
+ */
+
+import { concat } from "../_util.ts";
+import { LINK_HEADER, MAX_POST_BYTES, SEQ_HEADER, ServerHttpStreamLink } from "./http_stream.ts";
+import type { Link } from "./link.ts";
+import { WebSocketLink } from "./websocket.ts";
+
+/** A link being opened, and the response that opens it (return it from the handler). */
+export interface OpenedLink {
+  link: Link;
+  response: Response;
+}
+
+/**
+ * Turns a WebSocket handshake into a link; a string says why it cannot.
+ * Deno's `upgradeWebSocket` by default; a server of its own may bring its own.
+ */
+export type UpgradeToLink = (req: Request, remoteAddr: Deno.Addr | undefined) =>
+  | OpenedLink
+  | string;
+
+/** Upgrades with `Deno.upgradeWebSocket` (the request must come from `Deno.serve`). */
+export const denoUpgrade: UpgradeToLink = (req, remoteAddr) => {
+  // No idle timeout of the socket's own: the session's heartbeats decide
+  // when a link is dead, and say so in the same way for every transport.
+  const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+  return { link: new WebSocketLink(socket, { remoteAddr }), response };
+};
+
+/** What a request to a link endpoint asks for. */
+export type LinkRequestKind = "websocket" | "open" | "upstream" | null;
+
+/** What `req` asks of a link endpoint; null when it is none of its requests. */
+export function linkRequestKind(req: Request): LinkRequestKind {
+  const linkId = req.headers.get(LINK_HEADER);
+  if (req.method === "POST" && linkId === "open") return "open";
+  if (req.method === "POST" && linkId !== null) return "upstream";
+  if (req.headers.get("upgrade")?.toLowerCase() === "websocket") return "websocket";
+  return null;
+}
+
+/** The answer to a request that is not for a link endpoint. */
+export function notALinkRequest(): Response {
+  return new Response("this endpoint takes immortal links (WebSocket, or HTTP streaming)", {
+    status: 426,
+    headers: { upgrade: "websocket" },
+  });
+}
+
+/** The HTTP-streaming links of one endpoint, and the opening of links of both kinds. */
+export class HttpLinkEndpoint {
+  /** Open HTTP-streaming links, by id. */
+  #streams = new Map<string, ServerHttpStreamLink>();
+
+  /** Opens a link for a `websocket` or `open` request (see {@linkcode linkRequestKind}). */
+  open(
+    req: Request,
+    remoteAddr: Deno.Addr | undefined,
+    upgrade = denoUpgrade,
+  ): OpenedLink | string {
+    if (linkRequestKind(req) === "websocket") return upgrade(req, remoteAddr);
+    const link: ServerHttpStreamLink = new ServerHttpStreamLink(
+      remoteAddr,
+      () => this.#streams.delete(link.id),
+    );
+    this.#streams.set(link.id, link);
+    return { link, response: link.response };
+  }
+
+  /** An upstream POST: its bytes go to their link. */
+  async upstream(req: Request): Promise<Response> {
+    const link = this.#streams.get(req.headers.get(LINK_HEADER) ?? "");
+    const seq = Number(req.headers.get(SEQ_HEADER) ?? "x");
+    if (!link || !Number.isSafeInteger(seq)) {
+      await req.body?.cancel();
+      return new Response("no such link", { status: link ? 400 : 404 });
+    }
+    let body: Uint8Array;
+    try {
+      body = await readBounded(req, MAX_POST_BYTES);
+    } catch {
+      link.close();
+      return new Response("the upstream POST was cut or too large", { status: 400 });
+    }
+    return await link.post(seq, body);
+  }
+
+  /** Ends every HTTP-streaming link. */
+  close(): void {
+    for (const link of [...this.#streams.values()]) link.close();
+  }
+}
+
+/** A request body, whole; throws past `max` bytes. */
+async function readBounded(req: Request, max: number): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of req.body ?? []) {
+    size += chunk.length;
+    if (size > max) throw new RangeError(`a body over ${max} bytes`);
+    parts.push(chunk);
+  }
+  return concat(...parts);
+}

@@ -1,0 +1,167 @@
+/**
+ * A node's side of relay pipes (PROTOCOL.md 2.20): dialing another node by
+ * nickname, and accepting the pipes others offer. Each pipe is a link (over
+ * WebSocket, or HTTP streaming where WebSocket does not pass) for an
+ * immortal session, so a pipe that breaks — the relay restarted, a proxy
+ * cut it — is simply replaced by the next one.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import { errorMessage } from "../_util.ts";
+import { httpDialer } from "../link/http_dialer.ts";
+import { LinkRefused } from "../link/http_stream.ts";
+import type { Acceptor, Dialer, Link } from "../link/link.ts";
+import { parseRefusal, readJson } from "./_parse.ts";
+import { PATHS, PIPE_HEADERS, type PipeFrame } from "./_protocol.ts";
+import { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
+
+const log = getLogger(["immortal", "relay", "pipe"]);
+
+/** Who a node is, for the relay: what a pipe request proves. */
+export interface NodeIdentity {
+  session: string;
+  nickname: string;
+  token: string;
+}
+
+/** What pipes need of their node. */
+export interface PipeHost {
+  /** The relay's base URL. */
+  base: URL;
+  /** The node's HTTP client (proxy, CAs), if any. */
+  client?: Deno.HttpClient;
+  /** The node's identity while it is joined; null while it is not. */
+  identity(): NodeIdentity | null;
+  /** The transport the node's own connection uses now, if connected. */
+  transport(): RelayTransportKind | null;
+  /** Sends a frame to the relay on the node's connection. */
+  refuse(id: string, reason: string): void;
+}
+
+/** Links from pipes others opened to this node, for `listen({ acceptor })`. */
+export class PipeAcceptor implements Acceptor<Deno.NetAddr> {
+  readonly addr: Deno.NetAddr;
+  #ready: Link[] = [];
+  #waiters: { resolve: (link: Link) => void; reject: (error: Error) => void }[] = [];
+  #closed = false;
+
+  /** `addr` names the relay, for logs. */
+  constructor(addr: Deno.NetAddr) {
+    this.addr = addr;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  push(link: Link): void {
+    if (this.#closed) return link.close();
+    const waiter = this.#waiters.shift();
+    if (waiter) waiter.resolve(link);
+    else this.#ready.push(link);
+  }
+
+  accept(): Promise<Link> {
+    const link = this.#ready.shift();
+    if (link) return Promise.resolve(link);
+    if (this.#closed) return Promise.reject(new Deno.errors.BadResource("the acceptor is closed"));
+    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const link of this.#ready.splice(0)) link.close();
+    const error = new Deno.errors.BadResource("the acceptor is closed");
+    for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
+  }
+}
+
+/** A node's pipes: dialers by nickname, and the acceptor of offered pipes. */
+export class NodePipes {
+  #host: PipeHost;
+  #url: URL;
+  #acceptor: PipeAcceptor | null = null;
+  #accepts: (from: string) => boolean = () => true;
+
+  /** Pipes of the node `host`. */
+  constructor(host: PipeHost) {
+    this.#host = host;
+    this.#url = new URL(PATHS.pipe, host.base);
+  }
+
+  /** A dialer of pipes to the node `nickname`: each call opens a new pipe. */
+  dialer(nickname: string): Dialer {
+    return (signal) => this.#open({ [PIPE_HEADERS.to]: nickname }, signal);
+  }
+
+  /**
+   * Starts accepting pipes offered by nodes for which `accepts(nickname)`
+   * holds; others are refused. Returns the acceptor their links go to.
+   */
+  listen(accepts: (from: string) => boolean): PipeAcceptor {
+    if (this.#acceptor && !this.#acceptor.closed) {
+      throw new Error("this node accepts pipes already (close that listener first)");
+    }
+    const base = this.#host.base;
+    this.#acceptor = new PipeAcceptor({
+      transport: "tcp",
+      hostname: base.hostname,
+      port: Number(base.port) || (base.protocol === "https:" ? 443 : 80),
+    });
+    this.#accepts = accepts;
+    return this.#acceptor;
+  }
+
+  /** The relay offers a pipe from another node: accept it, or refuse. */
+  async offered(frame: PipeFrame): Promise<void> {
+    const acceptor = this.#acceptor;
+    if (!acceptor || acceptor.closed) return this.#host.refuse(frame.id, "it accepts no pipes");
+    if (!this.#accepts(frame.from)) return this.#host.refuse(frame.id, "not accepted");
+    try {
+      const link = await this.#open({}, AbortSignal.timeout(10_000), frame.id);
+      acceptor.push(link);
+    } catch (error) {
+      log.warn("Could not accept the pipe from {from}: {reason}", {
+        from: frame.from,
+        reason: errorMessage(error),
+      });
+    }
+  }
+
+  /** Stops accepting pipes. */
+  close(): void {
+    this.#acceptor?.close();
+  }
+
+  /** Opens this end of a pipe; a refusal by the relay is a {@linkcode RelayRefusedError}. */
+  async #open(
+    extra: Record<string, string>,
+    signal: AbortSignal,
+    id: string = crypto.randomUUID(),
+  ): Promise<Link> {
+    const identity = this.#host.identity();
+    if (identity === null) throw new Error("not joined to the relay right now");
+    const headers = {
+      [PIPE_HEADERS.session]: identity.session,
+      [PIPE_HEADERS.nickname]: identity.nickname,
+      [PIPE_HEADERS.token]: identity.token,
+      [PIPE_HEADERS.pipe]: id,
+      ...extra,
+    };
+    // Over WebSocket a refusal shows no reason; the HTTP request that
+    // follows it in "auto" does, so "auto" unless only HTTP gets through.
+    const transport = this.#host.transport() === "http" ? "http" : "auto";
+    const dial = httpDialer({ url: this.#url, client: this.#host.client, transport, headers });
+    try {
+      return await dial(signal);
+    } catch (error) {
+      if (!(error instanceof LinkRefused)) throw error;
+      const refusal = parseRefusal(readJson(error.body));
+      if (refusal === null) throw error;
+      throw new RelayRefusedError(refusal.error, refusal.message);
+    }
+  }
+}

@@ -1,0 +1,182 @@
+/**
+ * Relay pipes: immortal sessions between two nodes that reach each other only
+ * through the relay, surviving relay restarts; who may open pipes; and the
+ * relay's bounded buffer.
+ */
+
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import {
+  RelayNode,
+  type RelayNodeOptions,
+  RelayRefusedError,
+  type RelayServer,
+  serveRelay,
+} from "../mod.ts";
+import { pattern, patternHash, receiveAll, sendPattern, waitUntil } from "./_helpers.ts";
+import { FAST } from "./_tunnel_helpers.ts";
+
+const NODE_FAST = { backoff: { initial: 20, max: 200 } };
+
+/** A relay on a loopback port that can be stopped and started again on the same port. */
+function restartableRelay(secret: string) {
+  let server: RelayServer = serveRelay({ hostname: "127.0.0.1", port: 0, secret, onListen() {} });
+  const port = server.addr.port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    get server() {
+      return server;
+    },
+    /** Stops the relay (every node and pipe is cut) and starts a fresh one, with no memory. */
+    async restart() {
+      await server.shutdown();
+      server = serveRelay({ hostname: "127.0.0.1", port, secret, onListen() {} });
+    },
+    async [Symbol.asyncDispose]() {
+      await server.shutdown();
+    },
+  };
+}
+
+function join(url: string, nickname: string, extra: Partial<RelayNodeOptions> = {}) {
+  return RelayNode.connect(url, { session: "lab", nickname, secret: "s", ...NODE_FAST, ...extra });
+}
+
+Deno.test("relay pipes: an immortal session between two nodes moves 16 MiB each way across two relay restarts, fired by bytes received", async () => {
+  await using relay = restartableRelay("s");
+  await using lab = await join(relay.url, "lab");
+  using listener = lab.listen({ key: "k", ...FAST });
+  await using laptop = await join(relay.url, "laptop");
+  await using conn = await laptop.connectTo("lab", { key: "k", ...FAST });
+  await using server = await listener.accept();
+  const size = 16 << 20;
+  // The relay restarts when the lab has received a third, and two thirds.
+  const restartsAt = [size / 3, (2 * size) / 3];
+  let received = 0;
+  let restarts = 0;
+  const watched = {
+    read: async (buffer: Uint8Array) => {
+      const n = await server.read(buffer);
+      if (n !== null) received += n;
+      if (restartsAt.length > 0 && received >= restartsAt[0]) {
+        restartsAt.shift();
+        await relay.restart();
+        restarts++;
+      }
+      return n;
+    },
+  };
+  const [sentUp, gotUp, sentDown, gotDown] = await Promise.all([
+    sendPattern(conn, 1, size),
+    receiveAll(watched),
+    sendPattern(server, 2, size),
+    receiveAll(conn),
+  ]);
+  assert.equal(restarts, 2);
+  assert.equal(gotUp.sha256, sentUp);
+  assert.equal(sentUp, patternHash(1, size));
+  assert.equal(gotDown.sha256, sentDown);
+  assert.equal(sentDown, patternHash(2, size));
+  // One session all along: the pipes were replaced under it.
+  assert.equal(listener.sessionCount, 1);
+  assert.ok(relay.server.relay.stats.pipes!.opened >= 1);
+});
+
+Deno.test("relay pipes: refused for an unknown node, another session's node, a node that accepts none or not this one, and a wrong key", async () => {
+  await using relay = restartableRelay("s");
+  await using lab = await join(relay.url, "lab");
+  await using laptop = await join(relay.url, "laptop");
+  await using other = await join(relay.url, "elsewhere", { session: "other" });
+  const refused = async (node: RelayNode, to: string, reason: RegExp) => {
+    const error = await node.connectTo(to).then(
+      () => assert.fail(`a pipe to ${to} was opened`),
+      (error: Error) => error,
+    );
+    assert.match(error.message, reason);
+    assert.ok(error.cause instanceof RelayRefusedError, String(error.cause));
+  };
+  await refused(laptop, "nobody", /no node "nobody" in this session/);
+  await refused(other, "lab", /no node "lab" in this session/);
+  await refused(laptop, "lab", /lab refused the pipe: it accepts no pipes/);
+  {
+    using _listener = lab.listen({ accepts: (nickname) => nickname === "someone-else" });
+    await refused(laptop, "lab", /lab refused the pipe: not accepted/);
+  }
+  using listener = lab.listen({ key: "right" });
+  await assert.rejects(laptop.connectTo("lab", { key: "wrong" }), /auth|key|proof/i);
+  assert.equal(listener.sessionCount, 0);
+  // Without a member's join token, the relay opens nothing.
+  const stranger = await fetch(`${relay.url}/relay/pipe`, {
+    method: "POST",
+    headers: { "x-immortal-link": "open", "x-relay-pipe": "p1", "x-relay-pipe-to": "lab" },
+  });
+  assert.equal(stranger.status, 401);
+  assert.equal((await stranger.json()).error, "unauthorized");
+});
+
+Deno.test("relay pipes: while one end reads nothing, the relay holds a bounded buffer and the writer waits; then every byte arrives", async () => {
+  await using relay = restartableRelay("s");
+  // Over HTTP streaming, a node reads its pipe only as it consumes it (a
+  // WebSocket client reads ahead into its own memory), so the backlog is
+  // the relay's to bound.
+  await using lab = await join(relay.url, "lab", { transport: "http" });
+  await using laptop = await join(relay.url, "laptop");
+  const acceptor = lab.pipeAcceptor();
+  try {
+    const [writing, reading] = await Promise.all([
+      laptop.pipeDialer("lab")(AbortSignal.timeout(10_000)),
+      acceptor.accept(),
+    ]);
+    const size = 64 << 20;
+    let written = 0;
+    const writer = (async () => {
+      for (const chunk of pattern(3, size)) {
+        await writing.write(chunk);
+        written += chunk.length;
+      }
+    })();
+    // The lab reads nothing: the writer gets a bit ahead (socket buffers),
+    // then waits. Watch until it has stopped making progress.
+    let last = -1;
+    await waitUntil(
+      () => {
+        const stuck = written === last && written > 0;
+        last = written;
+        return stuck;
+      },
+      "the writer waiting",
+      30_000,
+      200,
+    );
+    const held = relay.server.relay.stats.pipes!.heldBytes;
+    assert.ok(written < size, "the writer wrote everything although nobody read");
+    // A copy buffer (64 KiB), the writer's socket queue (256 KiB, plus the
+    // message that crossed it: 256 KiB) and the reader's response queue
+    // (512 KiB, plus a chunk): 1.2 MiB at most, whatever was sent.
+    assert.ok(held > 0 && held <= 1.25 * (1 << 20), `the relay holds ${held} bytes`);
+    console.log(`the writer waits after ${written} bytes; the relay holds ${held}`);
+    // Now the lab reads: every byte arrives, in order.
+    const [got] = await Promise.all([
+      receiveSome(reading, size),
+      writer,
+    ]);
+    assert.equal(got, patternHash(3, size));
+    writing.close();
+    reading.close();
+  } finally {
+    acceptor.close();
+  }
+});
+
+/** Reads exactly `size` bytes from a link; their SHA-256. */
+async function receiveSome(link: { read(b: Uint8Array): Promise<number | null> }, size: number) {
+  const hash = createHash("sha256");
+  const buffer = new Uint8Array(256 * 1024);
+  for (let got = 0; got < size;) {
+    const n = await link.read(buffer.subarray(0, Math.min(buffer.length, size - got)));
+    if (n === null) throw new Error(`the pipe ended after ${got} bytes`);
+    hash.update(buffer.subarray(0, n));
+    got += n;
+  }
+  return hash.digest("hex");
+}
