@@ -27,7 +27,8 @@ import {
 } from "./_common.ts";
 import { tcpDialer, tlsDialer } from "../lib/link/mod.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
-import type { BackoffOptions, SessionOptions } from "../lib/conn/mod.ts";
+import { type BackoffOptions, connect, type SessionOptions } from "../lib/conn/mod.ts";
+import { RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
 import { errorMessage } from "../lib/_util.ts";
 
@@ -36,13 +37,31 @@ const USAGE = `immortal tunnel — TCP forwarding that survives broken links
 Usage:
   tunnel server <listenPort> <forwardHost> <forwardPort> [options]
   tunnel client <listenPort> <serverHost> <serverPort> [options]
+  tunnel server --relay URL --session S --name NAME <forwardHost> <forwardPort> [options]
+  tunnel client <listenPort> --relay URL --session S --to NAME [options]
+  tunnel keygen
 
   server  accepts tunnel clients on <listenPort> and forwards each connection
           to <forwardHost>:<forwardPort>
   client  listens on <listenPort> (127.0.0.1 by default) and carries each
           connection to the tunnel server at <serverHost>:<serverPort>
+  keygen  prints a fresh random key (for --key-file)
+
+  Through a relay, neither end listens for the other: both make outgoing
+  HTTP(S) requests only. The server joins session S of the relay as NAME;
+  the client reaches NAME there. A key is required (the relay must not be
+  able to stand in the middle); make one with "tunnel keygen".
 
 Options:
+  --relay URL         the relay (http: or https:) both ends reach
+  --session S         the relay session both ends join
+  --name NAME         server: the name clients reach it by; client: its own
+                      name in the session (default: tunnel-client)
+  --to NAME           client: the name of the tunnel server to reach
+  --relay-secret S    the relay's secret
+  --relay-secret-file PATH  read the relay's secret from a file (first line)
+  --proxy URL         reach the relay through this HTTP proxy (default: the
+                      HTTPS_PROXY/HTTP_PROXY variables, for HTTP streaming)
   --listen-host HOST  address to listen on (server: 0.0.0.0, client: 127.0.0.1)
   --key KEY           pre-shared key (both ends must use the same)
   --key-file PATH     read the pre-shared key from a file (first line)
@@ -50,6 +69,7 @@ Options:
   --tls-key PATH      server: private key of --tls-cert (PEM)
   --tls               client: reach the server over TLS (system roots)
   --tls-ca PATH       client: trust this CA certificate (PEM); implies --tls
+                      (through a relay: the CA of an https: relay)
   --tls-name NAME     client: name the server certificate must carry
                       (default: <serverHost>); implies --tls
   --log-level LEVEL   debug, info, warning or error (default: info)
@@ -66,8 +86,9 @@ Link failure handling (milliseconds; both ends may set their own):
                         (default: 50)
   -h, --help          show this help
 
-Permissions: --allow-net for the listen address and the peer, plus
---allow-read for the key, certificate and CA files.`;
+Permissions: --allow-net for the listen address and the peer (through a
+relay: the relay's host and port, and the target or the listen address),
+plus --allow-read for the key, secret, certificate and CA files.`;
 
 /** A validated tunnel command line, as {@linkcode parseTunnelArgs} returns it. */
 export interface TunnelCliConfig {
@@ -93,6 +114,26 @@ export interface TunnelCliConfig {
   statsSeconds: number;
   /** Heartbeat, dead-link, resume and (client) backoff settings; unset ones take the defaults. */
   session: SessionOptions & { backoff?: BackoffOptions };
+  /** Through a relay: where, and the names; `peerHost`/`peerPort` are then the target (server). */
+  relay?: TunnelRelayConfig;
+}
+
+/** How a tunnel end reaches its peer through a relay. */
+export interface TunnelRelayConfig {
+  /** The relay's URL. */
+  url: string;
+  /** The relay session both ends join. */
+  session: string;
+  /** Server: the name clients reach it by; client: its own name. */
+  name: string;
+  /** Client: the name of the tunnel server. */
+  to?: string;
+  /** The relay's secret. */
+  secret?: string;
+  /** An HTTP proxy to reach the relay through. */
+  proxy?: string;
+  /** Extra CA certificates for an https: relay. */
+  caCerts?: string[];
 }
 
 function _tlsSettings(
@@ -157,6 +198,13 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
         "backoff-initial": { type: "string" },
         "backoff-max": { type: "string" },
         "probe-interval": { type: "string" },
+        relay: { type: "string" },
+        session: { type: "string" },
+        name: { type: "string" },
+        to: { type: "string" },
+        "relay-secret": { type: "string" },
+        "relay-secret-file": { type: "string" },
+        proxy: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -165,16 +213,25 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
   }
   const { values, positionals } = parsed;
   if (values.help) return "help";
-  const [role, listen, host, port, ...extra] = positionals;
-  if (role === undefined) throw new UsageError("missing command: server or client");
+  const [role] = positionals;
+  if (role === undefined) throw new UsageError("missing command: server, client or keygen");
   if (role !== "server" && role !== "client") {
-    throw new UsageError(`unknown command "${role}" (use server or client)`);
+    throw new UsageError(`unknown command "${role}" (use server, client or keygen)`);
   }
+  const relay = _relaySettings(role, values);
+  // Through a relay the server listens nowhere, and the client names no server.
+  const [listen, host, port, ...extra] = relay
+    ? (role === "server" ? ["0", ...positionals.slice(1)] : [...positionals.slice(1), "-", "0"])
+    : positionals.slice(1);
   if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
-  const listenPort = parsePort("<listenPort>", listen);
+  const listenPort = parsePort("<listenPort>", listen, relay !== undefined && role === "server");
   const hostWhat = role === "server" ? "<forwardHost>" : "<serverHost>";
   if (host === undefined) throw new UsageError(`missing ${hostWhat}`);
-  const peerPort = parsePort(role === "server" ? "<forwardPort>" : "<serverPort>", port);
+  const peerPort = parsePort(
+    role === "server" ? "<forwardPort>" : "<serverPort>",
+    port,
+    relay !== undefined && role === "client",
+  );
   const logLevel = parseLogLevel(values["log-level"]!);
   if (values.key !== undefined && values["key-file"] !== undefined) {
     throw new UsageError("give --key or --key-file, not both");
@@ -184,7 +241,19 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
     key = readFileArg("key file", values["key-file"]).split(/\r?\n/)[0];
   }
   if (key !== undefined && key.length === 0) throw new UsageError("the key is empty");
-  const tls = _tlsSettings(role, values);
+  if (relay && key === undefined) {
+    throw new UsageError(
+      "through a relay a key is required (the relay must not be able to stand in the middle): " +
+        "make one with `tunnel keygen > tunnel.key` and give both ends --key-file tunnel.key",
+    );
+  }
+  if (relay && (values.tls || values["tls-name"] || values["tls-cert"] || values["tls-key"])) {
+    throw new UsageError("through a relay, TLS is the relay's: use an https: --relay URL");
+  }
+  const tls = relay ? {} : _tlsSettings(role, values);
+  if (relay && values["tls-ca"] !== undefined) {
+    relay.caCerts = [readPemCertificate("CA file", values["tls-ca"])];
+  }
   const statsSeconds = values.stats === undefined ? 0 : Number(values.stats);
   if (!(statsSeconds >= 0) || !Number.isFinite(statsSeconds)) {
     throw new UsageError(`--stats must be a number of seconds, got "${values.stats}"`);
@@ -200,6 +269,59 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
     logLevel,
     statsSeconds,
     session: _sessionSettings(role, values),
+    ...(relay ? { relay } : {}),
+  };
+}
+
+/** The relay flags, checked; undefined without `--relay`. */
+function _relaySettings(
+  role: "server" | "client",
+  values: Record<string, string | boolean | undefined>,
+): TunnelRelayConfig | undefined {
+  const text = (flag: string) => values[flag] as string | undefined;
+  const url = text("relay");
+  const relayOnly = ["session", "name", "to", "relay-secret", "relay-secret-file", "proxy"];
+  if (url === undefined) {
+    const given = relayOnly.find((flag) => values[flag] !== undefined);
+    if (given) throw new UsageError(`--${given} needs --relay`);
+    return undefined;
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new UsageError(`--relay must be an http: or https: URL, got "${url}"`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
+    throw new UsageError(`--relay must be an http: or https: URL, got "${url}"`);
+  }
+  const session = text("session");
+  if (session === undefined) throw new UsageError("--relay needs --session");
+  if (role === "server" && text("name") === undefined) {
+    throw new UsageError("a tunnel server on a relay needs --name (what clients reach it by)");
+  }
+  if (role === "server" && text("to") !== undefined) throw new UsageError("--to is for the client");
+  if (role === "client" && text("to") === undefined) {
+    throw new UsageError("a tunnel client on a relay needs --to (the server's --name)");
+  }
+  if (text("relay-secret") !== undefined && text("relay-secret-file") !== undefined) {
+    throw new UsageError("give --relay-secret or --relay-secret-file, not both");
+  }
+  const secretFile = text("relay-secret-file");
+  const secret = secretFile !== undefined
+    ? readFileArg("relay secret file", secretFile).split(/\r?\n/)[0]
+    : text("relay-secret");
+  const proxy = text("proxy");
+  if (proxy !== undefined && !/^https?:\/\//.test(proxy)) {
+    throw new UsageError(`--proxy must be an http: or https: URL, got "${proxy}"`);
+  }
+  return {
+    url,
+    session,
+    name: text("name") ?? "tunnel-client",
+    ...(role === "client" ? { to: text("to") } : {}),
+    ...(secret !== undefined ? { secret } : {}),
+    ...(proxy !== undefined ? { proxy } : {}),
   };
 }
 
@@ -243,19 +365,125 @@ function _sessionSettings(
 }
 
 async function _start(config: TunnelCliConfig, log: Logger): Promise<Service> {
-  const tunnel = config.role === "server"
-    ? _startServer(config, log)
-    : await _startClient(config, log);
+  let node: RelayNode | undefined;
+  let tunnel: TunnelServer | TunnelClient;
+  if (config.relay) {
+    node = await _joinRelay(config.relay, log);
+    try {
+      tunnel = config.role === "server"
+        ? _startRelayServer(config, config.relay, node, log)
+        : await _startRelayClient(config, config.relay, node, log);
+    } catch (error) {
+      await node.close();
+      throw error;
+    }
+  } else {
+    tunnel = config.role === "server" ? _startServer(config, log) : await _startClient(config, log);
+  }
   const stats = config.statsSeconds > 0
     ? setInterval(() => _printStats(tunnel), config.statsSeconds * 1000)
     : undefined;
   return {
     stopping: "closing the tunnel",
-    close() {
+    async close() {
       clearInterval(stats);
-      return tunnel.close();
+      await tunnel.close();
+      await node?.close();
     },
   };
+}
+
+/** Joins the relay session as the tunnel end's name; refusals and failures in one line. */
+async function _joinRelay(relay: TunnelRelayConfig, log: Logger): Promise<RelayNode> {
+  let node: RelayNode;
+  try {
+    node = await RelayNode.connect(relay.url, {
+      session: relay.session,
+      nickname: relay.name,
+      secret: relay.secret,
+      proxy: relay.proxy,
+      caCerts: relay.caCerts,
+    });
+  } catch (error) {
+    if (error instanceof RelayRefusedError) {
+      throw new Error(`the relay at ${relay.url} refused us: ${error.message}`);
+    }
+    throw new Error(`cannot reach the relay at ${relay.url}: ${errorMessage(error)}`);
+  }
+  log.info("Joined session {session} of the relay at {url} as {name} ({transport})", {
+    session: relay.session,
+    url: relay.url,
+    name: node.nickname,
+    transport: node.transport,
+  });
+  return node;
+}
+
+function _startRelayServer(
+  config: TunnelCliConfig,
+  relay: TunnelRelayConfig,
+  node: RelayNode,
+  log: Logger,
+): TunnelServer {
+  if (node.nickname !== relay.name) {
+    throw new Error(
+      `the name "${relay.name}" is taken in session ${relay.session} (another tunnel server?)`,
+    );
+  }
+  const tunnel = new TunnelServer({
+    port: 0,
+    acceptor: node.pipeAcceptor(),
+    ...config.session,
+    key: config.key,
+    target: { hostname: config.peerHost, port: config.peerPort },
+  });
+  log.info("Tunnel server {name} on the relay, forwarding to {target} (key required)", {
+    name: relay.name,
+    target: `${config.peerHost}:${config.peerPort}`,
+  });
+  return tunnel;
+}
+
+async function _startRelayClient(
+  config: TunnelCliConfig,
+  relay: TunnelRelayConfig,
+  node: RelayNode,
+  log: Logger,
+): Promise<TunnelClient> {
+  const to = relay.to!;
+  if (!node.members.some((member) => member.nickname === to)) {
+    throw new Error(`no tunnel server "${to}" in session ${relay.session} of ${relay.url}`);
+  }
+  // Fail fast on a server that refuses us (or our key), rather than on the
+  // first user connection.
+  const dialer = node.pipeDialer(to);
+  try {
+    await (await connect({ ...config.session, key: config.key, dialer })).close();
+  } catch (error) {
+    throw new Error(`tunnel server ${to}: ${errorMessage(error)}`);
+  }
+  const tunnel = new TunnelClient({
+    hostname: config.listenHost,
+    port: config.listenPort,
+    ...config.session,
+    key: config.key,
+    dialer,
+    server: { hostname: to, port: 0 },
+  });
+  log.info("Tunnel client on {listen}, via the relay to {to}", {
+    listen: `${config.listenHost}:${config.listenPort}`,
+    to,
+  });
+  return tunnel;
+}
+
+/**
+ * A fresh random key: 32 bytes in hex. Hex, not base64: a key that began
+ * with "-" would read as a flag after --key.
+ */
+function generateKey(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function _startServer(config: TunnelCliConfig, log: Logger): TunnelServer {
@@ -329,5 +557,13 @@ function _printStats(tunnel: TunnelServer | TunnelClient): void {
 }
 
 if (import.meta.main) {
+  if (Deno.args[0] === "keygen") {
+    if (Deno.args.length > 1 && !["-h", "--help"].includes(Deno.args[1])) {
+      console.error(`error: keygen takes no arguments, got "${Deno.args[1]}"`);
+      Deno.exit(2);
+    }
+    console.log(Deno.args.length > 1 ? "tunnel keygen: prints a fresh random key" : generateKey());
+    Deno.exit(0);
+  }
   await runService(Deno.args, { usage: USAGE, parse: parseTunnelArgs, start: _start });
 }

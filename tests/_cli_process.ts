@@ -52,9 +52,13 @@ export function spawnCli(deno: string[], script: string, args: string[], wrap: s
       });
       return within(30_000, what, matched);
     },
-    /** SIGTERM, then the exit code and the whole log. */
-    async stop(): Promise<number> {
-      child.kill("SIGTERM");
+    /** `signal` (SIGTERM: a clean stop), then the exit code once the whole log is read. */
+    async stop(signal: Deno.Signal = "SIGTERM"): Promise<number> {
+      try {
+        child.kill(signal);
+      } catch {
+        // Exited already.
+      }
       const { code } = await child.status;
       await reading;
       return code;

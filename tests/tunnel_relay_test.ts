@@ -1,0 +1,228 @@
+/**
+ * Tunnels by name through a relay, as users run them: both tunnel ends are
+ * CLI processes that only make outgoing connections (to the relay; the server
+ * also to its target), the relay is a CLI process that gets SIGKILLed and
+ * restarted mid-transfer, and real OpenSSH/rsync run through it all.
+ */
+
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { serveRelay } from "../mod.ts";
+import { spawnCli } from "./_cli_process.ts";
+import { FaultProxy } from "./_fault_proxy.ts";
+import { freePort, within } from "./_helpers.ts";
+import { startSshd } from "./_sshd.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const TUNNEL = `${ROOT}cli/tunnel.ts`;
+const RELAY = `${ROOT}cli/relay.ts`;
+const FAST = ["--heartbeat", "200", "--dead-link", "1000"];
+const FAST_CLIENT = [...FAST, "--backoff-initial", "20", "--backoff-max", "200"];
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  using file = await Deno.open(path);
+  for await (const chunk of file.readable) hash.update(chunk);
+  return hash.digest("hex");
+}
+
+async function writeRandomFile(path: string, mib: number): Promise<void> {
+  using file = await Deno.open(path, { write: true, create: true });
+  const chunk = new Uint8Array(1 << 20);
+  for (let i = 0; i < mib; i++) {
+    // getRandomValues fills at most 64 KiB per call.
+    for (let off = 0; off < chunk.length; off += 65536) {
+      crypto.getRandomValues(chunk.subarray(off, off + 65536));
+    }
+    await file.write(chunk);
+  }
+}
+
+/** The relay CLI on `port`, with `secret`. */
+function startRelayCli(port: number, secret: string) {
+  return spawnCli(
+    [`--allow-net=127.0.0.1:${port}`],
+    RELAY,
+    ["--hostname", "127.0.0.1", "--port", String(port), "--secret", secret],
+  );
+}
+
+/** Runs the tunnel CLI to completion (for commands that end, or fail). */
+async function runTunnel(args: string[], net: string) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", `--allow-net=${net}`, "--allow-read", TUNNEL, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
+
+Deno.test("rsync of 64 MiB over OpenSSH through a relay-named tunnel (both ends outgoing-only) survives two SIGKILLs and restarts of the relay, each after another 20 MiB", async () => {
+  const sshd = await startSshd();
+  const relayPort = freePort();
+  let relay = startRelayCli(relayPort, "s3cret");
+  await relay.waitFor(/Relay listening/, "the relay starting");
+  // Between the tunnel ends and the relay: counts the bytes, so the kills
+  // come by progress; it also stays up while the relay is down.
+  const proxy = await FaultProxy.start({ targetPort: relayPort });
+  const url = `http://127.0.0.1:${proxy.port}`;
+  const keyFile = `${sshd.dir}/tunnel.key`;
+  await Deno.writeTextFile(keyFile, (await runTunnel(["keygen"], "127.0.0.1")).stdout);
+  const relayFlags = ["--relay", url, "--session", "lab", "--relay-secret", "s3cret"];
+  // The server may reach the relay and its target, nothing else: it listens nowhere.
+  const server = spawnCli(
+    [`--allow-net=127.0.0.1:${proxy.port},127.0.0.1:${sshd.port}`, `--allow-read=${keyFile}`],
+    TUNNEL,
+    [
+      "server",
+      ...relayFlags,
+      "--name",
+      "lab-ssh",
+      "127.0.0.1",
+      String(sshd.port),
+      ...FAST,
+      "--key-file",
+      keyFile,
+    ],
+  );
+  await server.waitFor(/Tunnel server lab-ssh on the relay/, "the tunnel server");
+  const localPort = freePort();
+  const client = spawnCli(
+    [`--allow-net=127.0.0.1:${proxy.port},127.0.0.1:${localPort}`, `--allow-read=${keyFile}`],
+    TUNNEL,
+    [
+      "client",
+      String(localPort),
+      ...relayFlags,
+      "--to",
+      "lab-ssh",
+      ...FAST_CLIENT,
+      "--key-file",
+      keyFile,
+    ],
+  );
+  let restarts = 0;
+  let restarting: Promise<void> = Promise.resolve();
+  try {
+    await client.waitFor(/Tunnel client on/, "the tunnel client");
+    const src = `${sshd.dir}/source.bin`;
+    const dst = `${sshd.dir}/copy.bin`;
+    await writeRandomFile(src, 64);
+    const rsync = new Deno.Command("rsync", {
+      args: ["-e", ["ssh", ...sshd.sshArgs(localPort)].join(" "), src, `127.0.0.1:${dst}`],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    using _kills = proxy.cutEvery({
+      bytes: 20 << 20,
+      max: 2,
+      fault: () => {
+        // SIGKILL: no goodbye to anyone. A fresh relay comes up on the same
+        // port, knowing nothing of the sessions, nodes or pipes before it.
+        restarting = restarting.then(async () => {
+          await relay.stop("SIGKILL");
+          relay = startRelayCli(relayPort, "s3cret");
+          await relay.waitFor(/Relay listening/, "the relay restarting");
+          restarts++;
+        });
+        return 1;
+      },
+    });
+    const out = await within(180_000, "rsync", rsync.output());
+    await restarting;
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 0, `rsync failed: ${stderr}\n--- client:\n${client.log}`);
+    assert.equal(restarts, 2, "the relay was killed and restarted twice");
+    assert.equal(await sha256File(dst), await sha256File(src), "the copy differs");
+    // The tunnel's session resumed through the new relays: the client said so.
+    assert.match(client.log, /resumed|Resumed/);
+  } finally {
+    await restarting.catch(() => {});
+    assert.equal(await client.stop(), 0, client.log);
+    assert.equal(await server.stop(), 0, server.log);
+    await relay.stop();
+    await proxy.close();
+    await sshd[Symbol.asyncDispose]();
+  }
+});
+
+Deno.test("tunnel CLI through a relay: keygen, and one clear line for a missing key, a wrong relay secret, an unknown name, a taken name and a wrong key", async () => {
+  const key = (await runTunnel(["keygen"], "127.0.0.1")).stdout.trim();
+  assert.match(key, /^[0-9a-f]{64}$/);
+  assert.notEqual(key, (await runTunnel(["keygen"], "127.0.0.1")).stdout.trim());
+
+  await using relay = serveRelay({ hostname: "127.0.0.1", port: 0, secret: "s", onListen() {} });
+  const url = `http://127.0.0.1:${relay.addr.port}`;
+  const net = `127.0.0.1`;
+  const common = ["--relay", url, "--session", "t", "--relay-secret", "s"];
+
+  const noKey = await runTunnel(["client", "2345", ...common, "--to", "x"], net);
+  assert.equal(noKey.code, 2);
+  assert.match(noKey.stderr, /through a relay a key is required.*tunnel keygen/);
+
+  const wrongSecret = await runTunnel(
+    [
+      "client",
+      String(freePort()),
+      "--relay",
+      url,
+      "--session",
+      "t",
+      "--relay-secret",
+      "nope",
+      "--to",
+      "x",
+      "--key",
+      key,
+    ],
+    net,
+  );
+  assert.equal(wrongSecret.code, 1, wrongSecret.stderr);
+  assert.match(
+    wrongSecret.stderr,
+    /^error: the relay at .* refused us: missing or wrong relay secret$/m,
+  );
+
+  const unknown = await runTunnel([
+    "client",
+    String(freePort()),
+    ...common,
+    "--to",
+    "nobody",
+    "--key",
+    key,
+  ], net);
+  assert.equal(unknown.code, 1);
+  assert.match(unknown.stderr, /^error: no tunnel server "nobody" in session t of /m);
+
+  // A tunnel server named "srv", then a second one under the same name, and a client with the wrong key.
+  const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const server = spawnCli(
+    [`--allow-net=127.0.0.1`],
+    TUNNEL,
+    ["server", ...common, "--name", "srv", "127.0.0.1", String(target.addr.port), "--key", key],
+  );
+  try {
+    await server.waitFor(/Tunnel server srv on the relay/, "the tunnel server");
+    const taken = await runTunnel(
+      ["server", ...common, "--name", "srv", "127.0.0.1", "22", "--key", key],
+      net,
+    );
+    assert.equal(taken.code, 1);
+    assert.match(taken.stderr, /^error: the name "srv" is taken in session t/m);
+    const wrongKey = await runTunnel(
+      ["client", String(freePort()), ...common, "--to", "srv", "--key", "wrong"],
+      net,
+    );
+    assert.equal(wrongKey.code, 1);
+    assert.match(wrongKey.stderr, /^error: tunnel server srv: .*(key|auth|proof)/m);
+    for (const out of [noKey, wrongSecret, unknown, taken, wrongKey]) {
+      assert.doesNotMatch(out.stderr, /\n\s+at /, "a stack trace");
+    }
+  } finally {
+    assert.equal(await server.stop(), 0, server.log);
+    target.close();
+  }
+});
