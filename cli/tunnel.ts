@@ -65,6 +65,9 @@ Options:
   --listen-host HOST  address to listen on (server: 0.0.0.0, client: 127.0.0.1)
   --key KEY           pre-shared key (both ends must use the same)
   --key-file PATH     read the pre-shared key from a file (first line)
+  --encrypt           encrypt the session end to end (AES-256-GCM); the
+                      server then takes encrypted sessions only. Always on
+                      through a relay
   --tls-cert PATH     server: serve TLS with this certificate chain (PEM)
   --tls-key PATH      server: private key of --tls-cert (PEM)
   --tls               client: reach the server over TLS (system roots)
@@ -185,6 +188,7 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
         "listen-host": { type: "string" },
         key: { type: "string" },
         "key-file": { type: "string" },
+        encrypt: { type: "boolean" },
         "tls-cert": { type: "string" },
         "tls-key": { type: "string" },
         tls: { type: "boolean" },
@@ -268,7 +272,10 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
     ...tls,
     logLevel,
     statsSeconds,
-    session: _sessionSettings(role, values),
+    session: {
+      ..._sessionSettings(role, values),
+      encrypt: relay !== undefined || !!values.encrypt,
+    },
     ...(relay ? { relay } : {}),
   };
 }
@@ -437,7 +444,7 @@ function _startRelayServer(
     key: config.key,
     target: { hostname: config.peerHost, port: config.peerPort },
   });
-  log.info("Tunnel server {name} on the relay, forwarding to {target} (key required)", {
+  log.info("Tunnel server {name} on the relay, forwarding to {target} (key required, encrypted)", {
     name: relay.name,
     target: `${config.peerHost}:${config.peerPort}`,
   });
@@ -495,11 +502,12 @@ function _startServer(config: TunnelCliConfig, log: Logger): TunnelServer {
     tls: config.tlsServer,
     target: { hostname: config.peerHost, port: config.peerPort },
   });
-  log.info("Tunnel server on {listen}{tls}, forwarding to {target}{keyed}", {
+  log.info("Tunnel server on {listen}{tls}, forwarding to {target}{keyed}{sealed}", {
     listen: `${config.listenHost}:${config.listenPort}`,
     tls: config.tlsServer ? " (TLS)" : "",
     target: `${config.peerHost}:${config.peerPort}`,
     keyed: config.key ? " (key required)" : "",
+    sealed: config.session.encrypt ? " (encrypted sessions only)" : "",
   });
   if (!config.key) {
     // An open proxy to the target is rarely what anyone meant: say it loudly.

@@ -68,6 +68,11 @@ export class FaultProxy {
   onForwardUp: ((total: number) => void) | undefined;
   /** Links reset so far. */
   resets = 0;
+  /** Sees every forwarded chunk, as forwarded (for tests that look at the bytes on the path). */
+  tap: ((chunk: Uint8Array, direction: Direction) => void) | undefined;
+  /** Bytes flipped so far by {@linkcode FaultProxy.corruptNext}. */
+  corrupted = 0;
+  #corruptPending = { up: false, down: false };
 
   private constructor(server: net.Server, targetPort: number) {
     this.#server = server;
@@ -122,6 +127,16 @@ export class FaultProxy {
       n++;
     }
     return n;
+  }
+
+  /**
+   * Flips one bit in the middle of the next chunk forwarded in `direction`:
+   * a byte changed on the path, as a broken middlebox or an attacker would.
+   * Returns 1 (a fault for {@linkcode FaultProxy.cutEvery}).
+   */
+  corruptNext(direction: Direction): number {
+    this.#corruptPending[direction] = true;
+    return 1;
   }
 
   /** While on, new connections are reset at once (the server looks down). */
@@ -201,8 +216,16 @@ export class FaultProxy {
   }
 
   #pipe(pair: _Pair, from: net.Socket, to: net.Socket, direction: Direction): void {
-    from.on("data", (chunk: Uint8Array) => {
+    from.on("data", (data: Uint8Array) => {
       if (pair.holed || !this.#pairs.has(pair)) return; // swallowed by the black hole, or cut
+      let chunk = data;
+      if (this.#corruptPending[direction]) {
+        this.#corruptPending[direction] = false;
+        chunk = Uint8Array.from(data);
+        chunk[chunk.length >> 1] ^= 0x10;
+        this.corrupted++;
+      }
+      this.tap?.(chunk, direction);
       if (direction === "up") this.forwardedUp += chunk.length;
       else this.forwardedDown += chunk.length;
       if (!to.write(chunk)) from.pause();

@@ -88,7 +88,7 @@ Deno.test("relay pipes: refused for an unknown node, another session's node, a n
   await using laptop = await join(relay.url, "laptop");
   await using other = await join(relay.url, "elsewhere", { session: "other" });
   const refused = async (node: RelayNode, to: string, reason: RegExp) => {
-    const error = await node.connectTo(to).then(
+    const error = await node.connectTo(to, { key: "k" }).then(
       () => assert.fail(`a pipe to ${to} was opened`),
       (error: Error) => error,
     );
@@ -99,12 +99,15 @@ Deno.test("relay pipes: refused for an unknown node, another session's node, a n
   await refused(other, "lab", /no node "lab" in this session/);
   await refused(laptop, "lab", /lab refused the pipe: it accepts no pipes/);
   {
-    using _listener = lab.listen({ accepts: (nickname) => nickname === "someone-else" });
+    using _listener = lab.listen({ key: "k", accepts: (nickname) => nickname === "someone-else" });
     await refused(laptop, "lab", /lab refused the pipe: not accepted/);
   }
   using listener = lab.listen({ key: "right" });
   await assert.rejects(laptop.connectTo("lab", { key: "wrong" }), /auth|key|proof/i);
   assert.equal(listener.sessionCount, 0);
+  // Without a key there is no session through a relay at all.
+  await assert.rejects(laptop.connectTo("lab", { key: "" }), /needs a key .*keygen/);
+  assert.throws(() => laptop.listen({ key: "" }), /needs a key .*keygen/);
   // Without a member's join token, the relay opens nothing.
   const stranger = await fetch(`${relay.url}/relay/pipe`, {
     method: "POST",

@@ -27,6 +27,7 @@ Deno.test("tunnel CLI: heartbeat, dead-link, resume and backoff flags reach the 
     deadLinkTimeout: 900,
     resumeTimeout: 30000,
     backoff: { initial: 10, max: 400, probeInterval: 20 },
+    encrypt: false,
   });
   const server = parse([...SERVER, "--dead-link", "3000", "--resume-timeout", "5000"]);
   assert.equal(server.session.deadLinkTimeout, 3000);
@@ -37,7 +38,40 @@ Deno.test("tunnel CLI: heartbeat, dead-link, resume and backoff flags reach the 
     heartbeatInterval: undefined,
     deadLinkTimeout: undefined,
     resumeTimeout: undefined,
+    encrypt: false,
   });
+  assert.equal(parse([...SERVER, "--encrypt"]).session.encrypt, true);
+});
+
+Deno.test("tunnel CLI: relay flags name the tunnel ends, always encrypt, and are checked in one sentence each", () => {
+  const relay = ["--relay", "https://relay.example", "--session", "lab", "--key", "k"];
+  const server = parse(["server", ...relay, "--name", "db", "127.0.0.1", "5432"]);
+  assert.deepEqual(server.relay, { url: "https://relay.example", session: "lab", name: "db" });
+  assert.equal(server.peerPort, 5432);
+  assert.equal(server.session.encrypt, true, "through a relay, sessions are encrypted");
+  const client = parse(["client", "6543", ...relay, "--to", "db", "--relay-secret", "s"]);
+  assert.deepEqual(client.relay, {
+    url: "https://relay.example",
+    session: "lab",
+    name: "tunnel-client",
+    to: "db",
+    secret: "s",
+  });
+  assert.equal(client.listenPort, 6543);
+  const cases: [string[], RegExp][] = [
+    [["client", "6543", "--session", "lab", "--to", "db"], /--session needs --relay/],
+    [["client", "6543", "--relay", "https://r", "--to", "db", "--key", "k"], /needs --session/],
+    [["server", ...relay, "127.0.0.1", "22"], /needs --name/],
+    [["client", "6543", ...relay], /needs --to/],
+    [["server", ...relay, "--name", "db", "--to", "x", "h", "1"], /--to is for the client/],
+    [["client", "6543", "--relay", "ftp://r", "--session", "s", "--to", "d"], /http: or https:/],
+    [["client", "6543", ...relay, "--to", "db", "--tls"], /TLS is the relay's/],
+    [["client", "6543", ...relay, "--to", "db", "--proxy", "socks://p"], /--proxy must be/],
+    [["server", ...relay, "--name", "db", "127.0.0.1", "22", "extra"], /unexpected argument/],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(() => parseTunnelArgs(args), message, args.join(" "));
+  }
 });
 
 Deno.test("tunnel CLI: bad link-failure flags are refused in one sentence naming the flag", () => {

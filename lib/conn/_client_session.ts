@@ -12,6 +12,7 @@ import { dialAndHandshake, DialTimeoutError, serverAnswered } from "./_dial.ts";
 import { ImmortalError } from "./errors.ts";
 import type { FrameReader } from "./_frame_reader.ts";
 import { clientOpen, clientResume, type SessionSecrets } from "./_handshake.ts";
+import { SealedLink } from "./_sealed_link.ts";
 import type { ResolvedOptions } from "./_options.ts";
 import { ReconnectPolicy } from "./_reconnect_policy.ts";
 import { type SessionSide, StreamEngine } from "./_stream_engine.ts";
@@ -56,7 +57,10 @@ export class ClientSession implements SessionSide {
 
   /** Dials through `dialer` with `options`; nothing happens before {@linkcode ClientSession.open}. */
   constructor(dialer: Dialer, options: ResolvedOptions) {
-    this.#dialer = dialer;
+    // An encrypted session seals every link it dials.
+    this.#dialer = options.encrypt
+      ? async (signal) => new SealedLink(await dialer(signal))
+      : dialer;
     this.#options = options;
     this.#policy = new ReconnectPolicy(options.backoff);
   }
@@ -70,7 +74,7 @@ export class ClientSession implements SessionSide {
       performance.now() + this.#options.handshakeTimeout,
       1,
       undefined,
-      (reader) => clientOpen(reader, psk, this.#options.maxUnackedBytes),
+      (reader) => clientOpen(reader, psk, this.#options.maxUnackedBytes, this.#options.encrypt),
     );
     if (opened === null) {
       // The deadline passed as the one attempt timed out: say so, not "null".

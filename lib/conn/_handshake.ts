@@ -28,16 +28,21 @@ import type { Link } from "../link/mod.ts";
 import { concat } from "../_util.ts";
 import { ImmortalError } from "./errors.ts";
 import type { FrameReader } from "./_frame_reader.ts";
+import { type LinkKeys, SealedLink } from "./_sealed_link.ts";
 
 const encoder = new TextEncoder();
 const HMAC = { name: "HMAC", hash: "SHA-256" } as const;
 
-/** Identity and resume key of a session, known to both ends. */
+/** Identity and keys of a session, known to both ends. */
 export interface SessionSecrets {
   sessionId: Uint8Array;
   /** Hex form of `sessionId`, for maps and logs. */
   id: string;
   resumeKey: CryptoKey;
+  /** Whence each link's record keys come (PROTOCOL.md 1.21). */
+  sealKey: CryptoKey;
+  /** Whether the session's links are sealed. */
+  sealed: boolean;
 }
 
 /** Imports a pre-shared key (or any secret) as an HMAC key. */
@@ -103,12 +108,13 @@ async function keyPair(): Promise<{ pair: CryptoKeyPair; pub: Uint8Array }> {
   return { pair, pub: new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey)) };
 }
 
-async function resumeSecrets(
+async function sessionSecrets(
   pair: CryptoKeyPair,
   peerPub: Uint8Array,
   sessionId: Uint8Array,
   clientPub: Uint8Array,
   serverPub: Uint8Array,
+  sealed: boolean,
 ): Promise<SessionSecrets> {
   const peer = await crypto.subtle.importKey(
     "raw",
@@ -126,14 +132,53 @@ async function resumeSecrets(
     // A low-order point yields no secret: that is a broken or hostile peer.
     throw new ImmortalError("protocol", "peer sent an invalid X25519 public key", { cause });
   }
-  const extracted = await sign(
-    await hmacKey(shared),
-    "immortal-v1 resume key",
+  const sharedKey = await hmacKey(shared);
+  const resume = await sign(sharedKey, "immortal-v1 resume key", sessionId, clientPub, serverPub);
+  const seal = await sign(sharedKey, "immortal-v3 seal key", sessionId, clientPub, serverPub);
+  return {
     sessionId,
-    clientPub,
-    serverPub,
-  );
-  return { sessionId, id: hex(sessionId), resumeKey: await hmacKey(extracted) };
+    id: hex(sessionId),
+    resumeKey: await hmacKey(resume),
+    sealKey: await hmacKey(seal),
+    sealed,
+  };
+}
+
+/**
+ * The record keys of one link: from the session's seal key and this link's
+ * transcript (its fresh nonces), so no two links share a key, and a record
+ * counter that starts at 0 on each link never repeats a nonce under a key.
+ */
+async function linkKeys(
+  sealKey: CryptoKey,
+  transcript: Uint8Array,
+  role: "client" | "server",
+): Promise<LinkKeys> {
+  const aes = (raw: Uint8Array) =>
+    crypto.subtle.importKey("raw", raw as Uint8Array<ArrayBuffer>, "AES-GCM", false, [
+      "encrypt",
+      "decrypt",
+    ]);
+  const toServer = await aes(await sign(sealKey, "immortal-v3 seal client to server", transcript));
+  const toClient = await aes(await sign(sealKey, "immortal-v3 seal server to client", transcript));
+  return role === "client"
+    ? { send: toServer, receive: toClient }
+    : { send: toClient, receive: toServer };
+}
+
+/** Seals the link after this handshake, or leaves it plain, as the session is. */
+async function decideSealing(
+  link: Link,
+  secrets: { sealKey: CryptoKey; sealed: boolean },
+  transcript: Uint8Array,
+  role: "client" | "server",
+): Promise<void> {
+  if (!(link instanceof SealedLink)) {
+    if (secrets.sealed) throw new Error("a sealed session on a link that cannot seal");
+    return;
+  }
+  if (secrets.sealed) link.seal(await linkKeys(secrets.sealKey, transcript, role));
+  else link.plain();
 }
 
 /** Writes one frame. */
@@ -144,6 +189,8 @@ export function sendFrame(link: Link, frame: Frame): Promise<void> {
 function rejectError(code: RejectCode, reason: string): ImmortalError {
   const mapped = code === "auth" || code === "unknown-session" || code === "protocol"
     ? code
+    : code === "encryption"
+    ? "auth"
     : "rejected";
   return new ImmortalError(mapped, `server refused: ${reason}`);
 }
@@ -176,11 +223,15 @@ export interface Resumed {
   peerWindow: number;
 }
 
-/** Client side, new session; `window` is the client's receive window. */
+/**
+ * Client side, new session; `window` is the client's receive window, and
+ * `sealed` asks for an encrypted session (the link must be a `SealedLink`).
+ */
 export async function clientOpen(
   reader: FrameReader,
   psk: CryptoKey | null,
   window: number,
+  sealed = false,
 ): Promise<Opened> {
   const { pair, pub } = await keyPair();
   const hello: Frame = {
@@ -189,6 +240,7 @@ export async function clientOpen(
     nonce: randomBytes(16),
     window,
     publicKey: pub,
+    sealed,
   };
   await sendFrame(reader.link, hello);
   const challenge = await expectFrame(reader, "challenge");
@@ -214,10 +266,9 @@ export async function clientOpen(
   ) {
     throw new ImmortalError("auth", "the server could not prove it holds the pre-shared key");
   }
-  return {
-    secrets: await resumeSecrets(pair, publicKey, sessionId, pub, publicKey),
-    peerWindow: checkWindow(accept.window),
-  };
+  const secrets = await sessionSecrets(pair, publicKey, sessionId, pub, publicKey, sealed);
+  await decideSealing(reader.link, secrets, transcript, "client");
+  return { secrets, peerWindow: checkWindow(accept.window) };
 }
 
 /** Client side, resume; `window` is the client's receive window. */
@@ -233,6 +284,7 @@ export async function clientResume(
     nonce: randomBytes(16),
     window,
     resume: { sessionId: secrets.sessionId, received },
+    sealed: secrets.sealed,
   };
   await sendFrame(reader.link, hello);
   const challenge = await expectFrame(reader, "challenge");
@@ -255,6 +307,7 @@ export async function clientResume(
   ) {
     throw new ImmortalError("auth", "the server's resume answer carries a bad proof");
   }
+  await decideSealing(reader.link, secrets, transcript, "client");
   return { received: accept.received, peerWindow: checkWindow(accept.window) };
 }
 
@@ -270,8 +323,8 @@ export type ServerHello =
     peerWindow: number;
   };
 
-/** Finds the resume key of a live session by hex id. */
-export type SessionLookup = (id: string) => CryptoKey | undefined;
+/** Finds the secrets of a live session by hex id. */
+export type SessionLookup = (id: string) => SessionSecrets | undefined;
 
 /**
  * Server side: reads hello and proof, verifies them, and either
@@ -283,6 +336,7 @@ export async function serverHandshake(
   psk: CryptoKey | null,
   lookup: SessionLookup,
   window: number,
+  requireSealed = false,
 ): Promise<ServerHello> {
   const refuse = async (code: RejectCode, reason: string): Promise<never> => {
     await sendFrame(reader.link, { type: "reject", code, reason }).catch(() => {});
@@ -301,27 +355,37 @@ export async function serverHandshake(
   if (hello.window < MIN_PEER_WINDOW) {
     return refuse("protocol", `a receive window of ${hello.window} bytes is too small`);
   }
-  let resumeKey: CryptoKey | undefined;
+  const sealed = hello.sealed === true;
+  let known: SessionSecrets | undefined;
   if (hello.resume) {
-    resumeKey = lookup(hex(hello.resume.sessionId));
-    if (!resumeKey) {
+    known = lookup(hex(hello.resume.sessionId));
+    if (!known) {
       return refuse("unknown-session", "no such session (it ended or the server restarted)");
     }
+    if (known.sealed !== sealed) {
+      return refuse("encryption", "a resume must be sealed exactly when its session is");
+    }
+  } else if (requireSealed && !sealed) {
+    return refuse(
+      "encryption",
+      "this server takes encrypted sessions only (the client's encrypt option, --encrypt)",
+    );
   }
   const challenge: Frame = { type: "challenge", nonce: randomBytes(32) };
   await sendFrame(reader.link, challenge);
   const proof = await expectFrame(reader, "proof");
   const transcript = concat(encodeFrame(hello), encodeFrame(challenge));
   if (hello.resume) {
-    if (!(await verify(resumeKey!, proof.mac, "immortal-v1 resume client", transcript))) {
+    if (!(await verify(known!.resumeKey, proof.mac, "immortal-v1 resume client", transcript))) {
       return refuse("auth", "resume proof is invalid");
     }
+    await decideSealing(reader.link, known!, transcript, "server");
     return {
       kind: "resume",
       sessionId: hex(hello.resume.sessionId),
       received: hello.resume.received,
       transcript,
-      resumeKey: resumeKey!,
+      resumeKey: known!.resumeKey,
       peerWindow: hello.window,
     };
   }
@@ -330,7 +394,15 @@ export async function serverHandshake(
   }
   const { pair, pub } = await keyPair();
   const sessionId = randomBytes(16);
-  const secrets = await resumeSecrets(pair, hello.publicKey!, sessionId, hello.publicKey!, pub);
+  const secrets = await sessionSecrets(
+    pair,
+    hello.publicKey!,
+    sessionId,
+    hello.publicKey!,
+    pub,
+    sealed,
+  );
+  await decideSealing(reader.link, secrets, transcript, "server");
   const mac = psk
     ? await sign(psk, "immortal-v1 new server", transcript, sessionId, pub, u32(window))
     : new Uint8Array(0);

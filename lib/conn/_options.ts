@@ -9,6 +9,7 @@ import type { BackoffOptions, SessionOptions } from "./options.ts";
 /** Fully resolved settings. */
 export interface ResolvedOptions {
   key: Uint8Array | null;
+  encrypt: boolean;
   heartbeatInterval: number;
   deadLinkTimeout: number;
   resumeTimeout: number;
@@ -54,8 +55,12 @@ export function resolveOptions(
   }
   const backoff = options.backoff ?? {};
   const initial = positive("backoff.initial", backoff.initial, 100);
+  if (options.encrypt !== undefined && typeof options.encrypt !== "boolean") {
+    throw new TypeError(`encrypt must be true or false, got ${options.encrypt}`);
+  }
   return {
     key,
+    encrypt: options.encrypt ?? false,
     heartbeatInterval,
     deadLinkTimeout,
     resumeTimeout: positive("resumeTimeout", options.resumeTimeout, 120_000),

@@ -8,6 +8,7 @@ Deno.test("resolveOptions fills in the documented defaults", () => {
     heartbeatInterval: 1000,
     deadLinkTimeout: 2500,
     resumeTimeout: 120_000,
+    encrypt: false,
     maxUnackedBytes: 32 << 20,
     handshakeTimeout: 10_000,
     backoff: { initial: 100, max: 5000, probeInterval: 50 },

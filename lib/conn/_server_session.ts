@@ -185,10 +185,16 @@ export class ServerSessions {
    * client has been told).
    */
   async handshake(reader: FrameReader): Promise<NewSession | null> {
-    const hello = await serverHandshake(reader, await this.#psk, (id) => {
-      const session = this.#sessions.get(id);
-      return session?.engine.resumable ? session.secrets.resumeKey : undefined;
-    }, this.#options.maxUnackedBytes);
+    const hello = await serverHandshake(
+      reader,
+      await this.#psk,
+      (id) => {
+        const session = this.#sessions.get(id);
+        return session?.engine.resumable ? session.secrets : undefined;
+      },
+      this.#options.maxUnackedBytes,
+      this.#options.encrypt,
+    );
     if (hello.kind === "new") {
       return { secrets: hello.secrets, accept: hello.accept, peerWindow: hello.peerWindow };
     }

@@ -10,6 +10,7 @@ import { backoffDelay, checkPort, delay, errorMessage } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { ImmortalError } from "./errors.ts";
 import { FrameReader } from "./_frame_reader.ts";
+import { SealedLink } from "./_sealed_link.ts";
 import { sendFrame } from "./_handshake.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
 import { type ResolvedOptions, resolveOptions } from "./_options.ts";
@@ -211,7 +212,9 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     const remote = formatAddr(link.remoteAddr);
     // Clients that never finish their handshake must not hold a slot forever.
     const timer = setTimeout(() => link.close(), this.#options.handshakeTimeout);
-    const reader = new FrameReader(link);
+    // Whether the session is sealed is the client's to ask (and ours to
+    // require): the wrapper stays plain unless the handshake seals it.
+    const reader = new FrameReader(new SealedLink(link));
     try {
       const hello = await this.#sessions.handshake(reader);
       if (hello === null) return; // a resume: the session took the link

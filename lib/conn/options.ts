@@ -12,6 +12,16 @@ export interface SessionOptions {
    */
   key?: string | Uint8Array;
   /**
+   * Encrypt the session end to end (AES-256-GCM, per-link keys from the
+   * session's X25519 exchange; PROTOCOL.md 1.21), so that whatever carries
+   * the links — a relay, a TLS-terminating proxy — sees only ciphertext, and
+   * a changed byte is caught (the link is replaced; nothing corrupt is
+   * delivered). Client: ask for it; server: take encrypted sessions only.
+   * Without a `key`, an active man in the middle of the first handshake
+   * could still read everything: use both. Default `false`.
+   */
+  encrypt?: boolean;
+  /**
    * A link quiet outbound this long (ms) gets a ping, so the peer hears
    * something; a busy link still gets one every ten intervals, for the RTT.
    * Default 1000.

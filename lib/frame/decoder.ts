@@ -22,6 +22,7 @@ import {
   MAX_REASON_BYTES,
   PROTOCOL_VERSION,
   REJECT_CODES,
+  SEALED_BIT,
 } from "./frame.ts";
 import { FrameError } from "./frame_error.ts";
 import { readF64, readU32, readU64 } from "./_bytes.ts";
@@ -90,17 +91,27 @@ function parsePayload(type: number, p: Uint8Array): Frame {
       expectValid(p.length >= 26, "hello frame too short");
       const nonce = p.subarray(6, 22);
       const window = readU32(p, 22);
-      if (p[5] === 0) {
+      const kind = p[5] & ~SEALED_BIT;
+      const sealed = (p[5] & SEALED_BIT) !== 0;
+      if (kind === 0) {
         expectValid(p.length === 58, "hello (new) must be 58 bytes");
-        return { type: "hello", version: p[4], nonce, window, publicKey: p.subarray(26, 58) };
+        return {
+          type: "hello",
+          version: p[4],
+          nonce,
+          window,
+          publicKey: p.subarray(26, 58),
+          ...(sealed ? { sealed } : {}),
+        };
       }
-      expectValid(p[5] === 1 && p.length === 50, "hello (resume) must be 50 bytes");
+      expectValid(kind === 1 && p.length === 50, "hello (resume) must be 50 bytes");
       return {
         type: "hello",
         version: p[4],
         nonce,
         window,
         resume: { sessionId: p.subarray(26, 42), received: readU64(p, 42) },
+        ...(sealed ? { sealed } : {}),
       };
     }
     case FrameCode.challenge:

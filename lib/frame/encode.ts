@@ -13,6 +13,7 @@ import {
   MAX_REASON_BYTES,
   PROTOCOL_VERSION,
   REJECT_CODES,
+  SEALED_BIT,
 } from "./frame.ts";
 import { writeF64, writeU32, writeU64 } from "./_bytes.ts";
 
@@ -93,7 +94,7 @@ export function encodeFrameInto(frame: Frame, buf: Uint8Array, offset: number): 
     case "hello":
       buf.set(HELLO_MAGIC, p);
       buf[p + 4] = PROTOCOL_VERSION;
-      buf[p + 5] = frame.resume ? 1 : 0;
+      buf[p + 5] = (frame.resume ? 1 : 0) | (frame.sealed ? SEALED_BIT : 0);
       buf.set(frame.nonce.subarray(0, 16), p + 6);
       writeU32(buf, p + 22, frame.window);
       if (frame.resume) {

@@ -18,10 +18,12 @@ export const MAX_FRAME_PAYLOAD = 1 << 20;
 export const MAX_REASON_BYTES = 1024;
 
 /** Protocol version spoken by this implementation (sent in `hello`). */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /** Magic bytes that open every `hello` frame: "IMRT". */
 export const HELLO_MAGIC: Uint8Array = new Uint8Array([0x49, 0x4d, 0x52, 0x54]);
+/** Bit of the hello's `kind` byte that marks a sealed (encrypted) session. */
+export const SEALED_BIT = 0x80;
 
 /** Numeric frame type codes as they appear on the wire. */
 export const FrameCode = {
@@ -111,6 +113,11 @@ export interface HelloFrame {
   publicKey?: Uint8Array;
   /** For a resume: which session, and how many bytes the client has received. */
   resume?: { sessionId: Uint8Array; received: number };
+  /**
+   * The session is (new) or was (resume) sealed: every byte after the
+   * handshake travels in encrypted records (PROTOCOL.md 1.21).
+   */
+  sealed?: boolean;
 }
 
 /** Server's fresh nonce that the client must prove a key over. */
@@ -154,7 +161,13 @@ export interface RejectFrame {
 }
 
 /** Reasons a server refuses a handshake. */
-export type RejectCode = "auth" | "unknown-session" | "busy" | "version" | "protocol";
+export type RejectCode =
+  | "auth"
+  | "unknown-session"
+  | "busy"
+  | "version"
+  | "protocol"
+  | "encryption";
 
 /** Wire values of {@linkcode RejectCode}. */
 export const REJECT_CODES: readonly RejectCode[] = [
@@ -163,6 +176,7 @@ export const REJECT_CODES: readonly RejectCode[] = [
   "busy",
   "version",
   "protocol",
+  "encryption",
 ];
 
 /** Any frame of the immortal protocol. */

@@ -79,6 +79,19 @@ export interface RelayNodeOptions {
 }
 
 const FADE_BEATS = 3;
+
+/**
+ * Sessions through a relay are encrypted end to end, and the key is what
+ * keeps the relay from standing in the middle of their key exchange.
+ */
+function requireKey(key: string | Uint8Array | undefined): void {
+  if (key === undefined || key.length === 0) {
+    throw new TypeError(
+      "a session through a relay needs a key (without one, the relay could stand in the middle " +
+        "of its encryption): make one with `deno run cli/tunnel.ts keygen`",
+    );
+  }
+}
 const TRANSPORTS: Record<RelayTransportKind, OpenTransport> = {
   websocket: WebSocketTransport.open,
   http: HttpStreamTransport.open,
@@ -240,8 +253,10 @@ export class RelayNode implements AsyncDisposable {
    * Opens an immortal session to the node `nickname` of this session, over
    * pipes through the relay: when a pipe breaks (even when the relay
    * restarts), the session resumes over a new one, nothing lost. That node
-   * must accept pipes ({@linkcode RelayNode.listen}). Rejects when the relay
-   * refuses (no such node, it refuses the pipe) or the key is wrong.
+   * must accept pipes ({@linkcode RelayNode.listen}). The session is
+   * encrypted end to end (the relay sees only ciphertext), and needs the
+   * `key` both nodes share. Rejects when the relay refuses (no such node, it
+   * refuses the pipe) or the key is wrong.
    *
    * @example Two nodes, one stream, through the relay
    * ```ts
@@ -259,11 +274,14 @@ export class RelayNode implements AsyncDisposable {
    * const n = await server.read(buffer); // "through the relay"
    * ```
    */
-  connectTo(
+  async connectTo(
     nickname: string,
-    options: Omit<ConnectOptions, "dialer" | "hostname" | "port" | "tls"> = {},
+    options: Omit<ConnectOptions, "dialer" | "hostname" | "port" | "tls"> & {
+      key: string | Uint8Array;
+    },
   ): Promise<ImmortalConn> {
-    return connect({ ...options, dialer: this.pipeDialer(nickname) });
+    requireKey(options.key);
+    return await connect({ encrypt: true, ...options, dialer: this.pipeDialer(nickname) });
   }
 
   /**
@@ -279,17 +297,20 @@ export class RelayNode implements AsyncDisposable {
 
   /**
    * Accepts immortal sessions over pipes other nodes of this session open to
-   * this one ({@linkcode RelayNode.connectTo}); `accepts` picks which nodes
-   * may (all, by default), the others' pipes are refused. One listener per
-   * node at a time; closing it stops accepting pipes.
+   * this one ({@linkcode RelayNode.connectTo}), encrypted end to end under
+   * the shared `key`; `accepts` picks which nodes may (all, by default), the
+   * others' pipes are refused. One listener per node at a time; closing it
+   * stops accepting pipes.
    */
   listen(
     options: Omit<ListenOptions, "acceptor" | "hostname" | "port" | "tls"> & {
+      key: string | Uint8Array;
       accepts?: (nickname: string) => boolean;
-    } = {},
+    },
   ): ImmortalListener {
+    requireKey(options.key);
     const { accepts = () => true, ...rest } = options;
-    return listen({ ...rest, acceptor: this.pipeAcceptor(accepts) });
+    return listen({ encrypt: true, ...rest, acceptor: this.pipeAcceptor(accepts) });
   }
 
   /** Leaves the session (the others hear "left") and ends `events`. */
