@@ -65,7 +65,7 @@ Options:
   --listen-host HOST  address to listen on (server: 0.0.0.0, client: 127.0.0.1)
   --key KEY           pre-shared key (both ends must use the same)
   --key-file PATH     read the pre-shared key from a file (first line)
-  --encrypt           encrypt the session end to end (AES-256-GCM); the
+  --encrypt           encrypt the session end to end (ChaCha20-Poly1305); the
                       server then takes encrypted sessions only. Always on
                       through a relay
   --tls-cert PATH     server: serve TLS with this certificate chain (PEM)

@@ -154,13 +154,8 @@ async function linkKeys(
   transcript: Uint8Array,
   role: "client" | "server",
 ): Promise<LinkKeys> {
-  const aes = (raw: Uint8Array) =>
-    crypto.subtle.importKey("raw", raw as Uint8Array<ArrayBuffer>, "AES-GCM", false, [
-      "encrypt",
-      "decrypt",
-    ]);
-  const toServer = await aes(await sign(sealKey, "immortal-v3 seal client to server", transcript));
-  const toClient = await aes(await sign(sealKey, "immortal-v3 seal server to client", transcript));
+  const toServer = await sign(sealKey, "immortal-v3 seal client to server", transcript);
+  const toClient = await sign(sealKey, "immortal-v3 seal server to client", transcript);
   return role === "client"
     ? { send: toServer, receive: toClient }
     : { send: toClient, receive: toServer };
@@ -291,7 +286,18 @@ export async function clientResume(
   const transcript = concat(encodeFrame(hello), encodeFrame(challenge));
   const mac = await sign(secrets.resumeKey, "immortal-v1 resume client", transcript);
   await sendFrame(reader.link, { type: "proof", mac });
-  const accept = await expectFrame(reader, "accept");
+  let accept: Extract<Frame, { type: "accept" }>;
+  try {
+    accept = await expectFrame(reader, "accept");
+  } catch (error) {
+    // The resume key is no credential a user can get wrong: a proof that
+    // failed was changed on the way (or the answer forged). Another link may
+    // well get through, so this resume is retried, not fatal.
+    if (error instanceof ImmortalError && error.code === "auth") {
+      throw new Error(`the server did not accept the resume proof (${error.message})`);
+    }
+    throw error;
+  }
   if (accept.received === undefined) {
     throw new ImmortalError("protocol", "server answered a resume with a new session");
   }

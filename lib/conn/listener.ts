@@ -220,14 +220,14 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
       if (hello === null) return; // a resume: the session took the link
       if (this.#closed) throw new ImmortalError("closed", "the listener is closed");
       if (this.#ready.length >= this.#backlog) {
-        await sendFrame(link, {
+        await sendFrame(reader.link, {
           type: "reject",
           code: "busy",
           reason: "too many sessions waiting to be accepted",
         });
         throw new ImmortalError("rejected", "backlog full");
       }
-      await sendFrame(link, hello.accept);
+      await sendFrame(reader.link, hello.accept);
       // close() may have run during that write: its table is cleared already.
       if (this.#closed) throw new ImmortalError("closed", "the listener is closed");
       const session = this.#sessions.open(reader, hello);

@@ -12,7 +12,7 @@ export interface SessionOptions {
    */
   key?: string | Uint8Array;
   /**
-   * Encrypt the session end to end (AES-256-GCM, per-link keys from the
+   * Encrypt the session end to end (ChaCha20-Poly1305, per-link keys from the
    * session's X25519 exchange; PROTOCOL.md 1.21), so that whatever carries
    * the links — a relay, a TLS-terminating proxy — sees only ciphertext, and
    * a changed byte is caught (the link is replaced; nothing corrupt is

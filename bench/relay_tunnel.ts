@@ -1,0 +1,179 @@
+// Throughput of tunnels through a relay against the direct tunnel, same run:
+// iperf3 through each path (issue #11: through the relay >= 0.5x direct;
+// encryption costs <= 30%).
+//
+//   deno run --allow-net=127.0.0.1 --allow-run --allow-read bench/relay_tunnel.ts [seconds]
+//
+// Every tunnel end and the relay run in their own processes, as deployed:
+// - direct: cli/tunnel.ts server + client over TCP, plain and --encrypt;
+// - through the relay: cli/relay.ts, and both tunnel ends joined to it,
+//   each over WebSocket or HTTP-streaming links, sessions plain (library
+//   setting, for the comparison) or encrypted (what the CLI always does).
+import { freePort } from "../tests/_helpers.ts";
+import { spawn, stopAll, waitForPort } from "./_processes.ts";
+
+const SECONDS = Number(Deno.args[0] ?? "5");
+const ROOT = new URL("..", import.meta.url).pathname;
+const deno = Deno.execPath();
+
+async function iperf(port: number): Promise<number> {
+  const out = await new Deno.Command("iperf3", {
+    args: ["-c", "127.0.0.1", "-p", String(port), "-t", String(SECONDS), "-J"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const report = JSON.parse(new TextDecoder().decode(out.stdout));
+  if (report.error) throw new Error(`iperf3: ${report.error}`);
+  return report.end.sum_received.bits_per_second / 1e9;
+}
+
+/** Waits for a child's first stdout line ("ready"). */
+async function ready(child: Deno.ChildProcess): Promise<void> {
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  const { value } = await reader.read();
+  reader.releaseLock();
+  if (!value?.includes("ready")) throw new Error(`not ready: ${value}`);
+}
+
+function spawnPiped(args: string[]): Deno.ChildProcess {
+  return new Deno.Command(deno, { args, stdout: "piped", stderr: "inherit" }).spawn();
+}
+
+function quietChild(args: string[]): Deno.ChildProcess {
+  return new Deno.Command(deno, { args, stdout: "null", stderr: "inherit" }).spawn();
+}
+
+async function direct(target: number, encrypt: boolean): Promise<number> {
+  const serverPort = freePort();
+  const clientPort = freePort();
+  const quiet = ["--log-level", "warning", "--key", "bench-key", ...(encrypt ? ["--encrypt"] : [])];
+  ends.push(quietChild([
+    "run",
+    `--allow-net=127.0.0.1`,
+    `${ROOT}cli/tunnel.ts`,
+    "server",
+    String(serverPort),
+    "127.0.0.1",
+    String(target),
+    "--listen-host",
+    "127.0.0.1",
+    ...quiet,
+  ]));
+  await waitForPort(serverPort);
+  ends.push(quietChild([
+    "run",
+    `--allow-net=127.0.0.1`,
+    `${ROOT}cli/tunnel.ts`,
+    "client",
+    String(clientPort),
+    "127.0.0.1",
+    String(serverPort),
+    ...quiet,
+  ]));
+  await waitForPort(clientPort);
+  return clientPort;
+}
+
+const ends: Deno.ChildProcess[] = [];
+
+async function viaRelay(
+  target: number,
+  relayUrl: string,
+  encrypt: boolean,
+  transport: "websocket" | "http",
+): Promise<number> {
+  const clientPort = freePort();
+  const script = `${ROOT}bench/_relay_tunnel_end.ts`;
+  const mode = encrypt ? "encrypt" : "plain";
+  const server = spawnPiped([
+    "run",
+    "--allow-net=127.0.0.1",
+    script,
+    "server",
+    relayUrl,
+    String(target),
+    mode,
+    transport,
+  ]);
+  ends.push(server);
+  await ready(server);
+  const client = spawnPiped([
+    "run",
+    "--allow-net=127.0.0.1",
+    script,
+    "client",
+    relayUrl,
+    String(clientPort),
+    mode,
+    transport,
+  ]);
+  ends.push(client);
+  await ready(client);
+  return clientPort;
+}
+
+async function stopEnds(): Promise<void> {
+  for (const child of ends.splice(0)) {
+    child.kill("SIGTERM");
+    await child.status;
+    try {
+      await child.stdout.cancel();
+    } catch {
+      // Not piped, or read by `ready`.
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const iperfPort = freePort();
+  spawn("iperf3", ["-s", "-B", "127.0.0.1", "-p", String(iperfPort)]);
+  const relayPort = freePort();
+  spawn(deno, [
+    "run",
+    `--allow-net=127.0.0.1:${relayPort}`,
+    `${ROOT}cli/relay.ts`,
+    "--hostname",
+    "127.0.0.1",
+    "--port",
+    String(relayPort),
+    "--log-level",
+    "warning",
+  ]);
+  await Promise.all([waitForPort(iperfPort), waitForPort(relayPort)]);
+  const relayUrl = `http://127.0.0.1:${relayPort}`;
+  const rows: [string, number][] = [];
+  const measure = async (name: string, start: () => Promise<number>) => {
+    const port = await start();
+    const gbits = await iperf(port);
+    rows.push([name, gbits]);
+    console.log(`${name.padEnd(44)} ${gbits.toFixed(2)} Gbit/s`);
+    await stopEnds();
+  };
+  try {
+    console.log(`iperf3 ${SECONDS} s per path\n`);
+    await measure("direct tunnel, plain", () => direct(iperfPort, false));
+    await measure("direct tunnel, --encrypt", () => direct(iperfPort, true));
+    await measure(
+      "relay tunnel, WebSocket links, plain",
+      () => viaRelay(iperfPort, relayUrl, false, "websocket"),
+    );
+    await measure(
+      "relay tunnel, WebSocket links, encrypted",
+      () => viaRelay(iperfPort, relayUrl, true, "websocket"),
+    );
+    await measure(
+      "relay tunnel, HTTP-streaming links, encrypted",
+      () => viaRelay(iperfPort, relayUrl, true, "http"),
+    );
+  } finally {
+    await stopEnds();
+    await stopAll();
+  }
+  const base = rows[0][1];
+  console.log("\n| path | Gbit/s | vs direct plain |\n| --- | --- | --- |");
+  for (const [name, gbits] of rows) {
+    console.log(`| ${name} | ${gbits.toFixed(2)} | ${(gbits / base).toFixed(2)} |`);
+  }
+}
+
+await main();
