@@ -71,6 +71,23 @@ export class ByteReader {
   }
 
   /**
+   * Fills `out` whole: buffered bytes first, then straight from the source
+   * (a large payload is not squeezed through the small buffer). False if the
+   * stream ends first.
+   */
+  async readFull(out: Uint8Array): Promise<boolean> {
+    const buffered = Math.min(out.length, this.#end - this.#start);
+    out.set(this.#buffer.subarray(this.#start, this.#start + buffered));
+    this.consume(buffered);
+    for (let filled = buffered; filled < out.length;) {
+      const n = await this.#source.read(out.subarray(filled));
+      if (n === null) return false;
+      filled += n;
+    }
+    return true;
+  }
+
+  /**
    * Reads up to `max` bytes into a new array: buffered bytes first, else one
    * read from the source. Null at the end of the stream.
    */

@@ -346,13 +346,7 @@ export class ServerWebSocket {
 
   async #take(length: number): Promise<Uint8Array | null> {
     const out = new Uint8Array(length);
-    for (let filled = 0; filled < length;) {
-      const part = await this.#reader.readSome(length - filled);
-      if (part === null) return null;
-      out.set(part, filled);
-      filled += part.length;
-    }
-    return out;
+    return (await this.#reader.readFull(out)) ? out : null;
   }
 
   async #skip(length: number): Promise<Uint8Array | null> {
@@ -365,6 +359,18 @@ export class ServerWebSocket {
   }
 }
 
+/**
+ * XORs `payload` with the 4-byte `mask`, four bytes at a time where the
+ * payload is aligned (ours always is: `#take` allocates it): several times
+ * faster than byte by byte, and the relay's pipes unmask every byte.
+ */
 function unmask(payload: Uint8Array, mask: Uint8Array): void {
-  for (let i = 0; i < payload.length; i++) payload[i] ^= mask[i & 3];
+  const words = payload.byteOffset % 4 === 0 ? payload.length >>> 2 : 0;
+  if (words > 0) {
+    // The mask as a word in this machine's byte order, so each word's bytes line up.
+    const word = new Uint32Array(mask.slice().buffer)[0];
+    const view = new Uint32Array(payload.buffer, payload.byteOffset, words);
+    for (let i = 0; i < words; i++) view[i] ^= word;
+  }
+  for (let i = words * 4; i < payload.length; i++) payload[i] ^= mask[i & 3];
 }
