@@ -84,3 +84,32 @@ Deno.test("2,000 slowloris sockets from one address do not lock out a client fro
     assert.ok(lines.length <= 4, `${lines.length} lines about dropped links:\n${lines.join("\n")}`);
   });
 });
+
+Deno.test("a source that starts handshakes faster than its rate is dropped at once and counted; another source is not", async () => {
+  await withLogs(async (records) => {
+    using listener = listen({ hostname: "127.0.0.1", port: 0, maxHandshakeRatePerSource: 5 });
+    // 100 connections at once from 127.0.0.2, each sending nothing more.
+    const attack = slowloris(listener.addr.port, "127.0.0.2", 100, 0);
+    try {
+      // A burst of 10 is let in (and waits in its handshake); the rest are dropped.
+      await waitUntil(() => listener.stats.droppedRate >= 80, "the listener dropping the burst");
+      const stats = listener.stats;
+      assert.ok(stats.handshaking <= 16, `${stats.handshaking} handshakes in progress`);
+      await using client = await within(
+        10_000,
+        "a client from 127.0.0.1",
+        connect({ port: listener.addr.port }),
+      );
+      await using server = await listener.accept();
+      await client.write(new Uint8Array([1, 2, 3]));
+      const got = new Uint8Array(3);
+      assert.equal(await server.read(got), 3);
+      // One line for the whole burst, not one per dropped link.
+      const lines = records.map(renderRecord).filter((l) => /more than 5 handshakes/.test(l));
+      assert.equal(lines.length, 1, lines.join("\n"));
+      assert.equal(listener.stats.droppedPerSource, 0);
+    } finally {
+      await attack.stop();
+    }
+  });
+});

@@ -7,6 +7,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
+import { sourceOf } from "./_source.ts";
 import { formatAddr } from "../link/mod.ts";
 import { ImmortalError } from "./errors.ts";
 import type { FrameReader } from "./_frame_reader.ts";
@@ -36,6 +37,8 @@ export interface NewSession {
 class ServerSession implements SessionSide {
   readonly engine: StreamEngine;
   readonly secrets: SessionSecrets;
+  /** Where its first link came from (see `sourceOf`), for the per-source limit. */
+  readonly source: string;
   #options: ResolvedOptions;
   #forget: ((session: ServerSession) => void) | undefined;
   #reapTimer: ReturnType<typeof setTimeout> | undefined;
@@ -52,6 +55,7 @@ class ServerSession implements SessionSide {
   ) {
     this.#options = options;
     this.secrets = hello.secrets;
+    this.source = sourceOf(reader.link.remoteAddr) ?? "local";
     this.#forget = forget;
     this.engine = new StreamEngine({
       role: "server",
@@ -165,6 +169,8 @@ export class ServerSessions {
   #options: ResolvedOptions;
   #psk: Promise<CryptoKey | null>;
   #sessions = new Map<string, ServerSession>();
+  /** Sessions ended by {@linkcode ServerSessions.makeRoom} so far. */
+  evicted = 0;
 
   /** Sessions with `options` (its `key`, when set, admits only clients that prove it). */
   constructor(options: ResolvedOptions) {
@@ -208,6 +214,37 @@ export class ServerSessions {
     });
     await session.resumeFrom(reader, hello.received, hello.transcript, hello.peerWindow);
     return null;
+  }
+
+  /**
+   * Makes room for a new session from `source` within `maxSessions` in all
+   * and `maxPerSource` from one source: the oldest session that waits for
+   * its client to come back (no link) is ended to make room, from the same
+   * source first. False when there is no room: every session in the way is
+   * live. Sessions of clients that left hold memory and target connections
+   * until reaped; this bounds them, whatever a stranger does.
+   */
+  makeRoom(source: string, maxSessions: number, maxPerSource: number): boolean {
+    const ofSource = () => [...this.#sessions.values()].filter((s) => s.source === source);
+    const evictOldestParked = (among: ServerSession[], why: string): boolean => {
+      const parked = among.find((s) => !s.engine.linked);
+      if (!parked) return false;
+      log.info("Session {id} ended to make room: {why}", { id: parked.secrets.id, why });
+      parked.engine.fail(new ImmortalError("closed", `ended to make room: ${why}`), null);
+      // Forgotten now, whenever its ending completes: the loops below count on it.
+      this.#sessions.delete(parked.secrets.id);
+      this.evicted++;
+      return true;
+    };
+    while (ofSource().length >= maxPerSource) {
+      const why = `${maxPerSource} sessions from ${source} is the limit`;
+      if (!evictOldestParked(ofSource(), why)) return false;
+    }
+    while (this.#sessions.size >= maxSessions) {
+      const why = `${maxSessions} sessions is the limit`;
+      if (!evictOldestParked([...this.#sessions.values()], why)) return false;
+    }
+    return true;
   }
 
   /** Starts an accepted new session on the link its handshake ran on. */

@@ -17,6 +17,17 @@ import { type ResolvedOptions, resolveOptions } from "./_options.ts";
 import type { SessionOptions } from "./options.ts";
 import { ServerSessions } from "./_server_session.ts";
 import { sourceOf } from "./_source.ts";
+import { SourceBuckets } from "./_source_buckets.ts";
+
+/** A listener's limits, defaults filled in. */
+interface ListenerLimits {
+  backlog: number;
+  maxHandshakes: number;
+  maxHandshakesPerSource: number;
+  maxHandshakeRatePerSource: number;
+  maxSessions: number;
+  maxSessionsPerSource: number;
+}
 
 const log = getLogger(["immortal", "listener"]);
 
@@ -44,6 +55,44 @@ export interface ListenOptions extends SessionOptions {
    * the whole pool of `maxHandshakes` and lock everyone else out. Default 16.
    */
   maxHandshakesPerSource?: number;
+  /**
+   * Handshakes one source may start per second (bursts of twice that); links
+   * beyond are dropped at once. A source that reconnects as fast as it is
+   * dropped then costs the listener almost nothing. Default 50.
+   */
+  maxHandshakeRatePerSource?: number;
+  /**
+   * Sessions kept at once, live or waiting for their client to come back.
+   * At the limit, the oldest waiting one is ended to make room; if every one
+   * is live, the new session is refused as busy. Default: unlimited with a
+   * `key`, 256 without one (anyone may open sessions then, and each holds
+   * memory, and with a tunnel, connections to the target, until reaped).
+   */
+  maxSessions?: number;
+  /** The same, per source (an IPv4 address, an IPv6 /64). Default: unlimited with a `key`, 16 without. */
+  maxSessionsPerSource?: number;
+}
+
+/** What a listener refused, and how often, since it started. */
+export interface ListenerStats {
+  /** Sessions kept (live, or waiting for their client). */
+  sessions: number;
+  /** Links in their handshake now. */
+  handshaking: number;
+  /** Links dropped at once: all handshake slots taken. */
+  droppedBusy: number;
+  /** Links dropped at once: their source had its share of handshake slots. */
+  droppedPerSource: number;
+  /** Links dropped at once: their source started handshakes too fast. */
+  droppedRate: number;
+  /** Handshakes refused for a missing or wrong key. */
+  refusedAuth: number;
+  /** New sessions refused: no room (see `maxSessions`). */
+  refusedFull: number;
+  /** Sessions ended to make room for new ones. */
+  evicted: number;
+  /** `accept` calls that failed (descriptors exhausted, mostly). */
+  acceptFailures: number;
 }
 
 /** TLS identity of a server; see {@linkcode ListenOptions.tls}. */
@@ -64,6 +113,8 @@ export interface ImmortalListener<A extends Deno.Addr = Deno.NetAddr>
   readonly addr: A;
   /** Sessions this listener keeps alive (accepted or waiting to be). */
   readonly sessionCount: number;
+  /** Counts of what it refused, and gauges. */
+  readonly stats: ListenerStats;
   /** Waits for the next new session. */
   accept(): Promise<ImmortalConn>;
   /**
@@ -85,25 +136,43 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   /** Handshakes in progress per source (see `sourceOf`). */
   #bySource = new Map<string, number>();
   #maxPerSource: number;
+  #limits: ListenerLimits;
+  #rates: SourceBuckets;
+  #counts = {
+    droppedBusy: 0,
+    droppedPerSource: 0,
+    droppedRate: 0,
+    refusedAuth: 0,
+    refusedFull: 0,
+    evicted: 0,
+    acceptFailures: 0,
+  };
   #closed = false;
   #closing = new AbortController();
   /** Refusals and accept failures, one line per kind per interval. */
   #logs = new LogLimiter((line) => log.warn(line));
 
-  constructor(
-    acceptor: Acceptor<A>,
-    options: ResolvedOptions,
-    backlog: number,
-    maxHandshakes: number,
-    maxPerSource: number,
-  ) {
-    this.#maxPerSource = maxPerSource;
+  constructor(acceptor: Acceptor<A>, options: ResolvedOptions, limits: ListenerLimits) {
+    this.#limits = limits;
+    this.#maxPerSource = limits.maxHandshakesPerSource;
     this.#acceptor = acceptor;
     this.#options = options;
     this.#sessions = new ServerSessions(options);
-    this.#backlog = backlog;
-    this.#maxHandshakes = maxHandshakes;
+    this.#backlog = limits.backlog;
+    this.#maxHandshakes = limits.maxHandshakes;
+    this.#rates = new SourceBuckets(
+      limits.maxHandshakeRatePerSource,
+      2 * limits.maxHandshakeRatePerSource,
+    );
     this.#acceptLoop();
+  }
+
+  get stats(): ListenerStats {
+    return {
+      sessions: this.#sessions.size,
+      handshaking: this.#handshaking.size,
+      ...this.#counts,
+    };
   }
 
   get addr(): A {
@@ -163,6 +232,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         // queue, so retrying at once fails at once, forever. Say so (once per
         // interval), back off, and keep serving the sessions we have: accepting
         // works again as soon as descriptors free up.
+        this.#counts.acceptFailures++;
         this.#logs.event("accept", `Accepting a link failed: ${errorMessage(error)}`);
         const wait = backoffDelay(++acceptFailures, ACCEPT_BACKOFF_MS, ACCEPT_BACKOFF_MAX_MS);
         if (!(await delay(wait, this.#closing.signal))) return;
@@ -173,6 +243,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         return;
       }
       if (this.#handshaking.size >= this.#maxHandshakes) {
+        this.#counts.droppedBusy++;
         this.#logs.event(
           "busy",
           `Dropped a link from ${
@@ -187,8 +258,20 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         this.#handshake(link);
         continue;
       }
+      if (!this.#rates.take(source)) {
+        this.#counts.droppedRate++;
+        this.#logs.event(
+          `rate ${source}`,
+          `Dropped a link from ${
+            formatAddr(link.remoteAddr)
+          }: ${source} starts more than ${this.#limits.maxHandshakeRatePerSource} handshakes per second`,
+        );
+        link.close();
+        continue;
+      }
       const pending = this.#bySource.get(source) ?? 0;
       if (pending >= this.#maxPerSource) {
+        this.#counts.droppedPerSource++;
         this.#logs.event(
           `source ${source}`,
           `Dropped a link from ${
@@ -219,13 +302,23 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
       const hello = await this.#sessions.handshake(reader);
       if (hello === null) return; // a resume: the session took the link
       if (this.#closed) throw new ImmortalError("closed", "the listener is closed");
-      if (this.#ready.length >= this.#backlog) {
-        await sendFrame(reader.link, {
-          type: "reject",
-          code: "busy",
-          reason: "too many sessions waiting to be accepted",
-        });
-        throw new ImmortalError("rejected", "backlog full");
+      const source = sourceOf(link.remoteAddr) ?? "local";
+      const evictedBefore = this.#sessions.evicted;
+      const room = this.#sessions.makeRoom(
+        source,
+        this.#limits.maxSessions,
+        this.#limits.maxSessionsPerSource,
+      );
+      this.#counts.evicted += this.#sessions.evicted - evictedBefore;
+      const busy = this.#ready.length >= this.#backlog
+        ? "too many sessions waiting to be accepted"
+        : room
+        ? null
+        : `no room for another session from ${source}: the sessions in the way are all live`;
+      if (busy !== null) {
+        if (!room) this.#counts.refusedFull++;
+        await sendFrame(reader.link, { type: "reject", code: "busy", reason: busy });
+        throw new ImmortalError("rejected", busy);
       }
       await sendFrame(reader.link, hello.accept);
       // close() may have run during that write: its table is cleared already.
@@ -237,7 +330,8 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     } catch (error) {
       link.close();
       if (error instanceof ImmortalError && error.code === "auth") {
-        log.warn("Refused {remote}: {reason}", { remote, reason: error.message });
+        this.#counts.refusedAuth++;
+        this.#logs.event(`auth ${remote}`, `Refused ${remote}: ${error.message}`);
       } else {
         log.debug("Handshake with {remote} failed: {reason}", {
           remote,
@@ -281,23 +375,32 @@ export function listen<A extends Deno.Addr>(
 export function listen(options: ListenOptions): ImmortalListener<Deno.Addr>;
 export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr> {
   const resolved = resolveOptions(options);
-  const backlog = options.backlog ?? 128;
-  const maxHandshakes = options.maxHandshakes ?? 256;
-  const maxPerSource = options.maxHandshakesPerSource ?? 16;
-  if (!Number.isInteger(maxPerSource) || maxPerSource < 1) {
-    throw new RangeError(`maxHandshakesPerSource must be an integer >= 1, got ${maxPerSource}`);
-  }
-  if (!Number.isInteger(backlog) || backlog < 1) {
-    throw new RangeError(`backlog must be an integer >= 1, got ${backlog}`);
-  }
-  if (!Number.isInteger(maxHandshakes) || maxHandshakes < 1) {
-    throw new RangeError(`maxHandshakes must be an integer >= 1, got ${maxHandshakes}`);
-  }
+  const keyed = resolved.key !== null;
+  const limit = (name: keyof ListenOptions, fallback: number, integer = true): number => {
+    const value = options[name] ?? fallback;
+    if (
+      typeof value !== "number" || !(value >= 1) ||
+      (integer && !Number.isInteger(value) && value !== Infinity)
+    ) {
+      throw new RangeError(
+        `${name} must be ${integer ? "an integer" : "a number"} >= 1, got ${value}`,
+      );
+    }
+    return value;
+  };
+  const limits: ListenerLimits = {
+    backlog: limit("backlog", 128),
+    maxHandshakes: limit("maxHandshakes", 256),
+    maxHandshakesPerSource: limit("maxHandshakesPerSource", 16),
+    maxHandshakeRatePerSource: limit("maxHandshakeRatePerSource", 50, false),
+    maxSessions: limit("maxSessions", keyed ? Infinity : 256),
+    maxSessionsPerSource: limit("maxSessionsPerSource", keyed ? Infinity : 16),
+  };
   const where = {
     hostname: options.hostname,
     port: checkPort("port", options.port ?? 0, true),
   };
   const acceptor: Acceptor = options.acceptor ??
     (options.tls ? new TlsAcceptor({ ...where, ...options.tls }) : new TcpAcceptor(where));
-  return new Listener(acceptor, resolved, backlog, maxHandshakes, maxPerSource);
+  return new Listener(acceptor, resolved, limits);
 }

@@ -36,6 +36,13 @@ export interface TunnelServerOptions<A extends Deno.Addr = Deno.NetAddr> extends
   tls?: ListenTlsOptions;
   /** Accept links another way than plain TCP or TLS. */
   acceptor?: Acceptor<A>;
+  /**
+   * Connections to the target open at once, over all sessions; a stream
+   * beyond is refused with the reason. Each holds a socket and buffers, so
+   * without a `key` (anyone may open streams) this bounds what strangers
+   * cost. Default: unlimited with a `key`, 128 without one.
+   */
+  maxConnections?: number;
 }
 
 /**
@@ -52,9 +59,15 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   #serving: Promise<void>;
   /** Every session's serving, so close() can wait for all of them. */
   #carrying = new Set<Promise<void>>();
+  #maxConnections: number;
 
   /** Starts listening at once; see {@linkcode TunnelServerOptions}. */
   constructor(options: TunnelServerOptions<A>) {
+    const max = options.maxConnections ?? (options.key === undefined ? 128 : Infinity);
+    if (!(max >= 1) || (!Number.isInteger(max) && max !== Infinity)) {
+      throw new RangeError(`maxConnections must be an integer >= 1, got ${max}`);
+    }
+    this.#maxConnections = max;
     this.#target = options.target;
     this.#listener = listen(options);
     this.#serving = this.#serve();
@@ -101,6 +114,14 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
 
   async #forward(session: string, stream: MuxStream): Promise<void> {
     const target = `${this.#target.hostname}:${this.#target.port}`;
+    if (this.#streams >= this.#maxConnections) {
+      const reason = `too many connections (${this.#maxConnections}) to ${target} open`;
+      this.#refusals.event("max-connections", `Tunnel session ${session}: ${reason}`);
+      stream.refuse(reason);
+      return;
+    }
+    // Counted from the dial on: dials under way hold sockets too.
+    this.#streams++;
     let tcp: Deno.TcpConn;
     try {
       tcp = await Deno.connect(this.#target);
@@ -109,9 +130,9 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
       // A target that is down refuses every connection: one line per reason per interval.
       this.#refusals.event(reason, `Tunnel session ${session}, stream ${stream.id}: ${reason}`);
       stream.refuse(reason);
+      this.#streams--;
       return;
     }
-    this.#streams++;
     try {
       stream.accept();
       log.debug("Stream {stream} of session {session} forwarded to {target}", {
