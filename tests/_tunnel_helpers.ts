@@ -117,10 +117,11 @@ export const FAST = {
 
 /**
  * A tunnel to `targetPort` whose link runs through a {@linkcode FaultProxy}
- * (with {@linkcode FAST} settings and `key`, if any, at both ends); disposing
+ * (with {@linkcode FAST} settings and `key` at both ends: a key-less server
+ * would cap the connections to its target); disposing
  * it closes all three.
  */
-export async function tunnelThroughProxy(targetPort: number, key?: string) {
+export async function tunnelThroughProxy(targetPort: number, key = "tunnel-test-key") {
   const server = new TunnelServer({
     hostname: "127.0.0.1",
     port: 0,

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { connect, type ImmortalConn } from "../mod.ts";
+import { connect, type ImmortalConn, tcpDialer } from "../mod.ts";
 import { MuxSession } from "../lib/mux/mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
@@ -81,17 +81,21 @@ function countingTarget() {
 
 /**
  * Up to `count` sessions through `port`, each with `streams` streams that
- * send 64 KiB and never read; sessions the server refuses are counted. The
- * clients give up on a lost link at once (resume timeout 1 ms): once cut,
- * they leave their sessions parked on the server.
+ * send 64 KiB and never read; sessions the server refuses are counted.
+ * Once `leave()` is called the clients dial no more: when their links are
+ * cut, they give up, and leave their sessions parked on the server.
  */
 async function flood(port: number, count: number, streams: number) {
   const sessions: { conn: ImmortalConn; mux: MuxSession }[] = [];
   let refused = 0;
+  let gone = false;
+  const tcp = tcpDialer({ port });
+  const dialer = (signal: AbortSignal) =>
+    gone ? Promise.reject(new Error("the stranger left")) : tcp(signal);
   for (let i = 0; i < count; i++) {
     let conn: ImmortalConn;
     try {
-      conn = await connect({ port, resumeTimeout: 1, backoff: { initial: 1, max: 1 } });
+      conn = await connect({ dialer, resumeTimeout: 50 });
     } catch {
       refused++;
       continue;
@@ -103,7 +107,13 @@ async function flood(port: number, count: number, streams: number) {
     }
     sessions.push({ conn, mux });
   }
-  return { sessions, refused };
+  return {
+    sessions,
+    refused,
+    leave: () => {
+      gone = true;
+    },
+  };
 }
 
 Deno.test("key-less tunnel server flooded by one source: sessions, target connections, descriptors and memory stay bounded; abandoned sessions make room; others get through", async () => {
@@ -134,13 +144,12 @@ Deno.test("key-less tunnel server flooded by one source: sessions, target connec
 
     // The stranger leaves without a word: its links are cut, and its clients
     // give up. The server keeps their sessions parked, for them to resume.
-    proxy.refuseNew(true);
+    first.leave();
     proxy.reset();
     await waitUntil(
       () => first.sessions.every(({ conn }) => conn.state === "closed"),
       "the flood's clients giving up",
     );
-    proxy.refuseNew(false);
 
     // Round 2: new sessions from the same source push the parked ones out,
     // and each pushed-out session releases its target connections.
@@ -186,7 +195,7 @@ Deno.test("key-less tunnel server flooded by one source: sessions, target connec
     for (const round of rounds) {
       for (const { conn, mux } of round.sessions) {
         mux.close();
-        conn.close();
+        await conn[Symbol.asyncDispose]();
       }
     }
     await proxy.close();

@@ -19,7 +19,7 @@ Deno.test("SourceBuckets: a burst, then the rate, per source; other sources unaf
 });
 
 Deno.test("SourceBuckets: the table stays within maxSources, forgetting the least recently seen", () => {
-  let now = 0;
+  const now = 0;
   const buckets = new SourceBuckets(1, 1, 3, () => now);
   assert.ok(buckets.take("a"));
   assert.ok(buckets.take("b"));

@@ -19,6 +19,7 @@ export { connect, type ConnectOptions, type ConnectTlsOptions } from "./connect.
 export {
   type ImmortalListener,
   listen,
+  type ListenerStats,
   type ListenOptions,
   type ListenTlsOptions,
 } from "./listener.ts";
