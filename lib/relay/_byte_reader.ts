@@ -16,21 +16,22 @@ export class ReaderFull extends Error {
   }
 }
 
+/** Bytes a reader starts with: most requests and frames fit, and idle connections hold little. */
+const INITIAL_SIZE = 2048;
+
 /** Buffered reads from `source`, at most `capacity` bytes held. */
 export class ByteReader {
   #source: Deno.Conn;
   #buffer: Uint8Array;
+  #capacity: number;
   #start = 0;
   #end = 0;
 
-  /** Reads from `source`, holding at most `capacity` bytes; `initial` is already read. */
-  constructor(source: Deno.Conn, capacity: number, initial?: Uint8Array) {
+  /** Reads from `source`, holding at most `capacity` bytes (growing to it only when needed). */
+  constructor(source: Deno.Conn, capacity: number) {
     this.#source = source;
-    this.#buffer = new Uint8Array(Math.max(capacity, initial?.length ?? 0));
-    if (initial) {
-      this.#buffer.set(initial);
-      this.#end = initial.length;
-    }
+    this.#capacity = capacity;
+    this.#buffer = new Uint8Array(Math.min(INITIAL_SIZE, capacity));
   }
 
   /** The bytes read but not consumed yet (a view: valid until the next read or consume). */
@@ -55,7 +56,12 @@ export class ByteReader {
       this.#end -= this.#start;
       this.#start = 0;
     }
-    if (this.#end === this.#buffer.length) throw new ReaderFull(this.#buffer.length);
+    if (this.#end === this.#buffer.length) {
+      if (this.#buffer.length >= this.#capacity) throw new ReaderFull(this.#capacity);
+      const bigger = new Uint8Array(Math.min(this.#capacity, this.#buffer.length * 2));
+      bigger.set(this.#buffer.subarray(0, this.#end));
+      this.#buffer = bigger;
+    }
     const n = await this.#source.read(this.#buffer.subarray(this.#end));
     if (n === null) return false;
     this.#end += n;

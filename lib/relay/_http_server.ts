@@ -230,6 +230,9 @@ export class HttpServer {
         if (!(await delay(wait, this.#closing.signal))) break;
         continue;
       }
+      // Small frames, sent as they come: Nagle would hold each behind the
+      // peer's delayed ACK. (TLS connections have no such switch here.)
+      if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
       const connection = new Connection(conn);
       this.#connections.add(connection);
       this.#markUnjoined(connection);

@@ -74,6 +74,21 @@ export function encodeFrame(opcode: number, payload: Uint8Array): Uint8Array {
   return frame;
 }
 
+/**
+ * The frame of a text message, built once for a broadcast: the relay sends
+ * the same text to every node of a room in a row, and a frame, once built,
+ * is never changed (queues may share it).
+ */
+let lastText = "";
+let lastFrame: Uint8Array | null = null;
+function textFrame(text: string): Uint8Array {
+  if (lastFrame === null || text !== lastText) {
+    lastFrame = encodeFrame(OP_TEXT, encoder.encode(text));
+    lastText = text;
+  }
+  return lastFrame;
+}
+
 function closePayload(code: number, reason: string): Uint8Array {
   // A control frame holds at most 125 bytes: the code and 123 of reason.
   let text = encoder.encode(reason);
@@ -112,9 +127,11 @@ export class ServerWebSocket {
   #closeSent = false;
   #ended = false;
   #bufferedAmount = 0;
-  /** Starts the writes: nothing may reach the connection before the handshake's response. */
-  #start!: () => void;
-  #writes = new Promise<void>((resolve) => this.#start = resolve);
+  /** Frames waiting to be written, in order. */
+  #queue: Uint8Array[] = [];
+  /** Nothing may reach the connection before the handshake's response: false until `run`. */
+  #started = false;
+  #flushing: Promise<void> | null = null;
   #graceTimer: ReturnType<typeof setTimeout> | undefined;
   #paused: PromiseWithResolvers<void> | null = null;
 
@@ -137,14 +154,14 @@ export class ServerWebSocket {
 
   /** Sends a text message (dropped if the socket is closing). */
   send(text: string): void {
-    if (this.open) this.#write(encodeFrame(OP_TEXT, encoder.encode(text)));
+    if (this.open) this.#write(textFrame(text));
   }
 
   /** Sends a binary message; resolves once it is written (rejects if the socket ends first). */
   async sendBytes(data: Uint8Array): Promise<void> {
     if (!this.open) throw new Deno.errors.ConnectionReset("the WebSocket is closed");
     this.#write(encodeFrame(OP_BINARY, data));
-    await this.#writes;
+    await this.#drained();
     if (this.#ended) throw new Deno.errors.ConnectionReset("the WebSocket ended while writing");
   }
 
@@ -178,7 +195,8 @@ export class ServerWebSocket {
    * until the connection ends, and resolves then (never rejects).
    */
   async run(): Promise<void> {
-    this.#start();
+    this.#started = true;
+    this.#flush();
     let code = 1006;
     let reason = "the connection ended without a close frame";
     try {
@@ -196,7 +214,7 @@ export class ServerWebSocket {
     // Let our last frames (a close, its echo) go out, unless the peer stops reading.
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
-      this.#writes,
+      this.#drained(),
       new Promise<void>((resolve) => timer = setTimeout(resolve, CLOSE_GRACE_MS)),
     ]);
     clearTimeout(timer);
@@ -205,12 +223,37 @@ export class ServerWebSocket {
 
   #write(frame: Uint8Array): void {
     this.#bufferedAmount += frame.length;
-    this.#writes = this.#writes.then(() => writeAll(this.#conn, frame)).then(
-      () => {
-        this.#bufferedAmount -= frame.length;
-      },
-      () => this.#end(1006, "writing failed"),
-    );
+    this.#queue.push(frame);
+    this.#flush();
+  }
+
+  /**
+   * Writes the queue, everything waiting in one write: one operation per
+   * busy stretch rather than per frame (a relay under load sends many small
+   * frames), and one promise in flight per socket, not one per frame.
+   */
+  #flush(): void {
+    if (!this.#started || this.#flushing || this.#queue.length === 0) return;
+    this.#flushing = (async () => {
+      try {
+        while (this.#queue.length > 0 && !this.#ended) {
+          const frames = this.#queue;
+          this.#queue = [];
+          const bytes = frames.length === 1 ? frames[0] : concat(...frames);
+          await writeAll(this.#conn, bytes);
+          this.#bufferedAmount -= bytes.length;
+        }
+      } catch {
+        this.#end(1006, "writing failed");
+      } finally {
+        this.#flushing = null;
+      }
+    })();
+  }
+
+  /** Resolves once everything queued so far was written (or the socket ended). */
+  async #drained(): Promise<void> {
+    while (this.#flushing && !this.#ended) await this.#flushing;
   }
 
   #end(code: number, reason: string): void {
