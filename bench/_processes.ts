@@ -63,3 +63,15 @@ export async function sshForward(
   await waitForPort(port);
   return { port, child };
 }
+
+/** `iperf3 -c` to `port` for `seconds`: the receiver's throughput, Gbit/s. */
+export async function iperf(port: number, seconds: number): Promise<number> {
+  const out = await new Deno.Command("iperf3", {
+    args: ["-c", "127.0.0.1", "-p", String(port), "-t", String(seconds), "-J"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const report = JSON.parse(new TextDecoder().decode(out.stdout));
+  if (report.error) throw new Error(`iperf3: ${report.error}`);
+  return report.end.sum_received.bits_per_second / 1e9;
+}

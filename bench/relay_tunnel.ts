@@ -10,22 +10,11 @@
 //   each over WebSocket or HTTP-streaming links, sessions plain (library
 //   setting, for the comparison) or encrypted (what the CLI always does).
 import { freePort } from "../tests/_helpers.ts";
-import { spawn, stopAll, waitForPort } from "./_processes.ts";
+import { iperf, spawn, stopAll, waitForPort } from "./_processes.ts";
 
 const SECONDS = Number(Deno.args[0] ?? "5");
 const ROOT = new URL("..", import.meta.url).pathname;
 const deno = Deno.execPath();
-
-async function iperf(port: number): Promise<number> {
-  const out = await new Deno.Command("iperf3", {
-    args: ["-c", "127.0.0.1", "-p", String(port), "-t", String(SECONDS), "-J"],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const report = JSON.parse(new TextDecoder().decode(out.stdout));
-  if (report.error) throw new Error(`iperf3: ${report.error}`);
-  return report.end.sum_received.bits_per_second / 1e9;
-}
 
 /** Waits for a child's first stdout line ("ready"). */
 async function ready(child: Deno.ChildProcess): Promise<void> {
@@ -144,7 +133,7 @@ async function main(): Promise<void> {
   const rows: [string, number][] = [];
   const measure = async (name: string, start: () => Promise<number>) => {
     const port = await start();
-    const gbits = await iperf(port);
+    const gbits = await iperf(port, SECONDS);
     rows.push([name, gbits]);
     console.log(`${name.padEnd(44)} ${gbits.toFixed(2)} Gbit/s`);
     await stopEnds();

@@ -18,7 +18,7 @@
 // "2 plain Deno forwarders" is a reference: the floor of any design with two
 // Deno processes on the path.
 import { freePort } from "../tests/_helpers.ts";
-import { spawn, sshForward, stopAll, waitForPort } from "./_processes.ts";
+import { iperf, spawn, sshForward, stopAll, waitForPort } from "./_processes.ts";
 import { startSshd } from "../tests/_sshd.ts";
 import { makeTestCerts } from "../tests/_tls.ts";
 import { pgbench, pgbenchInit, type PgbenchResult, type PgCluster, startPostgres } from "./_pg.ts";
@@ -152,17 +152,6 @@ for await (const c of Deno.listen({ hostname: "127.0.0.1", port })) {
   pump(c, t);
   pump(t, c);
 }`;
-
-async function iperf(port: number): Promise<number> {
-  const out = await new Deno.Command("iperf3", {
-    args: ["-c", "127.0.0.1", "-p", String(port), "-t", String(SECONDS), "-J"],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const report = JSON.parse(new TextDecoder().decode(out.stdout));
-  if (report.error) throw new Error(`iperf3: ${report.error}`);
-  return report.end.sum_received.bits_per_second / 1e9;
-}
 
 async function pingPong(port: number): Promise<{ median: number; p99: number }> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
@@ -313,7 +302,7 @@ async function main(): Promise<void> {
     ];
     for (const path of paths) {
       const row: Row = { name: path.name, pg: new Map() };
-      if (SECTIONS.has("iperf")) row.gbits = await iperf(await path.start(iperfPort));
+      if (SECTIONS.has("iperf")) row.gbits = await iperf(await path.start(iperfPort), SECONDS);
       if (SECTIONS.has("latency")) row.latency = await pingPong(await path.start(echoPort));
       if (pg) {
         const port = await path.start(pg.port);

@@ -9,6 +9,7 @@
 
 import type { Acceptor, Link } from "./link.ts";
 import { HttpLinkEndpoint, linkRequestKind, notALinkRequest } from "./_http_link_endpoint.ts";
+import { LinkQueue } from "./_link_queue.ts";
 
 /** Settings of an {@linkcode HttpLinkAcceptor}. */
 export interface HttpLinkAcceptorOptions {
@@ -43,9 +44,7 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr> {
   /** The address reported for the listener. */
   readonly addr: Deno.NetAddr;
   #backlog: number;
-  #ready: Link[] = [];
-  #waiters: { resolve: (link: Link) => void; reject: (error: Error) => void }[] = [];
-  #closed = false;
+  #links = new LinkQueue();
   #endpoint = new HttpLinkEndpoint();
 
   /** An acceptor with no links yet. */
@@ -60,42 +59,28 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr> {
    * link; anything else is answered 426 (upgrade required).
    */
   handle(req: Request, info?: Deno.ServeHandlerInfo): Response | Promise<Response> {
-    if (this.#closed) return new Response("not accepting links", { status: 503 });
+    if (this.#links.closed) return new Response("not accepting links", { status: 503 });
     const kind = linkRequestKind(req);
     if (kind === "upstream") return this.#endpoint.upstream(req);
     if (kind === null) return notALinkRequest();
-    if (this.#ready.length >= this.#backlog) {
+    if (this.#links.waiting >= this.#backlog) {
       return new Response("too many links waiting", { status: 503 });
     }
     // Read before the upgrade: the request's details are gone after it.
     const opened = this.#endpoint.open(req, info?.remoteAddr);
     if (typeof opened === "string") return new Response(opened, { status: 400 });
-    this.#push(opened.link);
+    this.#links.push(opened.link);
     return opened.response;
   }
 
   /** Waits for the next link; rejects once the acceptor is closed. */
   accept(): Promise<Link> {
-    const link = this.#ready.shift();
-    if (link) return Promise.resolve(link);
-    if (this.#closed) return Promise.reject(new Deno.errors.BadResource("the acceptor is closed"));
-    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    return this.#links.accept();
   }
 
   /** Stops accepting: waiting links are closed, `accept()` rejects; idempotent. */
   close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    for (const link of this.#ready.splice(0)) link.close();
+    this.#links.close();
     this.#endpoint.close();
-    const error = new Deno.errors.BadResource("the acceptor is closed");
-    for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
-  }
-
-  #push(link: Link): void {
-    if (this.#closed) return link.close();
-    const waiter = this.#waiters.shift();
-    if (waiter) waiter.resolve(link);
-    else this.#ready.push(link);
   }
 }

@@ -14,6 +14,7 @@
 
 import { concat, errorMessage } from "../_util.ts";
 import type { Dialer, Link } from "./link.ts";
+import { ByteQueue } from "./_byte_queue.ts";
 
 /** Header naming the link a request belongs to; `open` on the request that opens one. */
 export const LINK_HEADER = "x-immortal-link";
@@ -48,63 +49,6 @@ export class LinkRefused extends Error {
 
 function linkClosed(why: string): Deno.errors.ConnectionReset {
   return new Deno.errors.ConnectionReset(`HTTP link: ${why}`);
-}
-
-/** A queue of received byte chunks that `read` drains: the receiving half of both ends. */
-class ByteQueue {
-  #chunks: Uint8Array[] = [];
-  #size = 0;
-  #ended = false;
-  #error: Error | null = null;
-  #wake: (() => void) | null = null;
-  #drained: (() => void)[] = [];
-
-  get size(): number {
-    return this.#size;
-  }
-
-  push(chunk: Uint8Array): void {
-    if (this.#ended) return;
-    this.#chunks.push(chunk);
-    this.#size += chunk.length;
-    this.#wakeUp();
-  }
-
-  end(error?: Error): void {
-    if (error) this.#error ??= error;
-    this.#ended = true;
-    this.#wakeUp();
-    for (const resolve of this.#drained.splice(0)) resolve();
-  }
-
-  /** Resolves once fewer than `bytes` wait (or the queue ended). */
-  async below(bytes: number): Promise<void> {
-    while (this.#size >= bytes && !this.#ended) {
-      await new Promise<void>((resolve) => this.#drained.push(resolve));
-    }
-  }
-
-  async read(buffer: Uint8Array): Promise<number | null> {
-    while (this.#chunks.length === 0) {
-      if (this.#error) throw this.#error;
-      if (this.#ended) return null;
-      await new Promise<void>((resolve) => this.#wake = resolve);
-    }
-    const head = this.#chunks[0];
-    const n = Math.min(head.length, buffer.length);
-    buffer.set(head.subarray(0, n));
-    if (n === head.length) this.#chunks.shift();
-    else this.#chunks[0] = head.subarray(n);
-    this.#size -= n;
-    for (const resolve of this.#drained.splice(0)) resolve();
-    return n;
-  }
-
-  #wakeUp(): void {
-    const wake = this.#wake;
-    this.#wake = null;
-    wake?.();
-  }
 }
 
 /**

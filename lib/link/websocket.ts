@@ -8,6 +8,7 @@
  */
 
 import type { Dialer, Link } from "./link.ts";
+import { ByteQueue } from "./_byte_queue.ts";
 
 /** Bytes waiting in the socket beyond which a write waits for them to drain. */
 const HIGH_WATER = 1 << 20;
@@ -28,11 +29,9 @@ function linkClosed(why: string): Deno.errors.ConnectionReset {
  */
 export class WebSocketLink implements Link {
   #socket: WebSocket;
-  #queue: Uint8Array[] = [];
+  #received = new ByteQueue();
   #ended = false;
   #error: Error | null = null;
-  #wake: (() => void) | null = null;
-  #queued = 0;
   #maxQueued: number;
   #opened: Promise<void>;
   /** Address of the peer, when known (server side). */
@@ -62,17 +61,15 @@ export class WebSocketLink implements Link {
         return;
       }
       const chunk = new Uint8Array(event.data as ArrayBuffer);
-      this.#queued += chunk.length;
-      if (this.#queued > this.#maxQueued) {
+      if (this.#received.size + chunk.length > this.#maxQueued) {
         this.#fail(linkClosed(`more than ${this.#maxQueued} bytes received and not read`));
         return;
       }
-      this.#queue.push(chunk);
-      this.#wakeUp();
+      this.#received.push(chunk);
     };
     socket.onclose = () => {
       this.#ended = true;
-      this.#wakeUp();
+      this.#received.end();
     };
     socket.onerror = (event) => {
       this.#fail(linkClosed((event as ErrorEvent).message || "error"));
@@ -81,23 +78,12 @@ export class WebSocketLink implements Link {
 
   /** Bytes held: received and not yet read, and sent but not yet written to the socket. */
   get queuedBytes(): number {
-    return this.#queued + this.#socket.bufferedAmount;
+    return this.#received.size + this.#socket.bufferedAmount;
   }
 
   /** Reads queued bytes into `buffer`; `null` once the socket has ended and all was read. */
-  async read(buffer: Uint8Array): Promise<number | null> {
-    while (this.#queue.length === 0) {
-      if (this.#error) throw this.#error;
-      if (this.#ended) return null;
-      await new Promise<void>((resolve) => this.#wake = resolve);
-    }
-    const head = this.#queue[0];
-    const n = Math.min(head.length, buffer.length);
-    buffer.set(head.subarray(0, n));
-    if (n === head.length) this.#queue.shift();
-    else this.#queue[0] = head.subarray(n);
-    this.#queued -= n;
-    return n;
+  read(buffer: Uint8Array): Promise<number | null> {
+    return this.#received.read(buffer);
   }
 
   /** Sends `data` as one binary message; waits while the socket's buffer is full. */
@@ -123,7 +109,7 @@ export class WebSocketLink implements Link {
   /** Closes the socket; idempotent. */
   close(): void {
     this.#ended = true;
-    this.#wakeUp();
+    this.#received.end();
     try {
       this.#socket.close();
     } catch {
@@ -141,13 +127,9 @@ export class WebSocketLink implements Link {
 
   #fail(error: Error): void {
     this.#error ??= error;
+    // Reads fail too, once what came before the failure was read.
+    this.#received.end(error);
     this.close();
-  }
-
-  #wakeUp(): void {
-    const wake = this.#wake;
-    this.#wake = null;
-    wake?.();
   }
 }
 

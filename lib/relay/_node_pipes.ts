@@ -13,6 +13,7 @@ import { errorMessage } from "../_util.ts";
 import { httpDialer } from "../link/http_dialer.ts";
 import { LinkRefused } from "../link/http_stream.ts";
 import type { Acceptor, Dialer, Link } from "../link/link.ts";
+import { LinkQueue } from "../link/_link_queue.ts";
 import { parseRefusal, readJson } from "./_parse.ts";
 import { PATHS, PIPE_HEADERS, type PipeFrame } from "./_protocol.ts";
 import { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
@@ -41,41 +42,13 @@ export interface PipeHost {
 }
 
 /** Links from pipes others opened to this node, for `listen({ acceptor })`. */
-export class PipeAcceptor implements Acceptor<Deno.NetAddr> {
+export class PipeAcceptor extends LinkQueue implements Acceptor<Deno.NetAddr> {
   readonly addr: Deno.NetAddr;
-  #ready: Link[] = [];
-  #waiters: { resolve: (link: Link) => void; reject: (error: Error) => void }[] = [];
-  #closed = false;
 
   /** `addr` names the relay, for logs. */
   constructor(addr: Deno.NetAddr) {
+    super();
     this.addr = addr;
-  }
-
-  get closed(): boolean {
-    return this.#closed;
-  }
-
-  push(link: Link): void {
-    if (this.#closed) return link.close();
-    const waiter = this.#waiters.shift();
-    if (waiter) waiter.resolve(link);
-    else this.#ready.push(link);
-  }
-
-  accept(): Promise<Link> {
-    const link = this.#ready.shift();
-    if (link) return Promise.resolve(link);
-    if (this.#closed) return Promise.reject(new Deno.errors.BadResource("the acceptor is closed"));
-    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
-  }
-
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    for (const link of this.#ready.splice(0)) link.close();
-    const error = new Deno.errors.BadResource("the acceptor is closed");
-    for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
   }
 }
 

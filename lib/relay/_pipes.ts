@@ -23,6 +23,7 @@ import {
 } from "../link/_http_link_endpoint.ts";
 import type { Link } from "../link/link.ts";
 import { WebSocketLink } from "../link/websocket.ts";
+import { ByteQueue } from "../link/_byte_queue.ts";
 import type { Hub } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
 import { connectionOf } from "./_http_server.ts";
@@ -82,53 +83,28 @@ type PipeEnd = Link & { readonly queuedBytes: number };
  * until read, and the socket stops reading frames while too many are.
  */
 function serverSocketLink(socket: ServerWebSocket, remoteAddr?: Deno.Addr): PipeEnd {
-  const queue: Uint8Array[] = [];
-  let queued = 0;
-  let ended = false;
-  let wake: (() => void) | null = null;
-  const wakeUp = () => {
-    const w = wake;
-    wake = null;
-    w?.();
-  };
+  const received = new ByteQueue();
   socket.onmessage = (data) => {
     if (typeof data === "string") return socket.close(1003, "pipes carry bytes");
-    queue.push(data);
-    queued += data.length;
-    if (queued > SOCKET_QUEUE) socket.pause();
-    wakeUp();
+    received.push(data);
+    if (received.size > SOCKET_QUEUE) socket.pause();
   };
   socket.onoversize = () => socket.close(1009, "message too large");
-  socket.onclose = () => {
-    ended = true;
-    queued = 0;
-    queue.length = 0;
-    wakeUp();
-  };
+  socket.onclose = () => received.end();
   return {
     remoteAddr,
     get queuedBytes() {
-      return queued + socket.bufferedAmount;
+      return received.size + socket.bufferedAmount;
     },
     async read(buffer) {
-      while (queue.length === 0) {
-        if (ended) return null;
-        await new Promise<void>((resolve) => wake = resolve);
-      }
-      const head = queue[0];
-      const n = Math.min(head.length, buffer.length);
-      buffer.set(head.subarray(0, n));
-      if (n === head.length) queue.shift();
-      else queue[0] = head.subarray(n);
-      queued -= n;
-      if (queued <= SOCKET_QUEUE / 2) socket.resume();
+      const n = await received.read(buffer);
+      if (received.size <= SOCKET_QUEUE / 2) socket.resume();
       return n;
     },
     write: (data) => socket.sendBytes(data),
     close() {
-      ended = true;
       socket.close(1000, "pipe closed");
-      wakeUp();
+      received.end();
     },
   };
 }
