@@ -121,7 +121,14 @@ export class SealedLink implements Link {
     this.#decision.resolve(null);
   }
 
-  async read(buffer: Uint8Array): Promise<number | null> {
+  read(buffer: Uint8Array): Promise<number | null> {
+    // A plain session past its handshake reads straight through: every
+    // unsealed session on a listener goes through here.
+    if (this.#keys === null && this.#framesIn >= HANDSHAKE_FRAMES) return this.#inner.read(buffer);
+    return this.#readSlowly(buffer);
+  }
+
+  async #readSlowly(buffer: Uint8Array): Promise<number | null> {
     if (this.#framesIn < HANDSHAKE_FRAMES) return await this.#readHandshake(buffer);
     const keys = this.#keys ?? await this.#decision.promise;
     if (keys === null) return await this.#inner.read(buffer);
