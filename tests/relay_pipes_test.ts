@@ -13,8 +13,10 @@ import {
   type RelayServer,
   serveRelay,
 } from "../mod.ts";
+import { FaultProxy } from "./_fault_proxy.ts";
 import { pattern, patternHash, receiveAll, sendPattern, waitUntil } from "./_helpers.ts";
-import { FAST } from "./_tunnel_helpers.ts";
+import { startNginx, startTinyproxy } from "./_proxies.ts";
+import { cutWhile, FAST } from "./_tunnel_helpers.ts";
 
 const NODE_FAST = { backoff: { initial: 20, max: 200 } };
 
@@ -183,3 +185,56 @@ async function receiveSome(link: { read(b: Uint8Array): Promise<number | null> }
   }
   return hash.digest("hex");
 }
+
+Deno.test("relay pipes through a real tinyproxy (no WebSocket: HTTP-streaming pipes) with the relay's links cut behind it, and behind a real nginx", async () => {
+  await using relay = restartableRelay("s");
+  const relayPort = relay.server.addr.port;
+  // tinyproxy -> a cutter -> the relay: the cuts break pipes mid-transfer.
+  const cutter = await FaultProxy.start({ targetPort: relayPort });
+  await using tinyproxy = await startTinyproxy();
+  const viaProxy = {
+    proxy: `http://127.0.0.1:${tinyproxy.port}`,
+    session: "lab",
+    secret: "s",
+    ...NODE_FAST,
+  };
+  const url = `http://127.0.0.1:${cutter.port}`;
+  try {
+    await using lab = await RelayNode.connect(url, { ...viaProxy, nickname: "lab" });
+    using listener = lab.listen({ key: "k", ...FAST });
+    await using laptop = await RelayNode.connect(url, { ...viaProxy, nickname: "laptop" });
+    assert.equal(laptop.transport, "http", "tinyproxy passes no WebSocket: HTTP streaming");
+    await using conn = await laptop.connectTo("lab", { key: "k", ...FAST });
+    await using server = await listener.accept();
+    const size = 8 << 20;
+    // Cut every link to the relay (pipes and the nodes' own) each 2 MiB, twice each way.
+    const cuts = await cutWhile(
+      cutter,
+      2 << 20,
+      2,
+      Promise.all([
+        sendPattern(conn, 5, size).then((sent) => assert.equal(sent, patternHash(5, size))),
+        receiveAll(server).then((got) => assert.equal(got.sha256, patternHash(5, size))),
+        sendPattern(server, 6, size).then((sent) => assert.equal(sent, patternHash(6, size))),
+        receiveAll(conn).then((got) => assert.equal(got.sha256, patternHash(6, size))),
+      ]),
+    );
+    assert.ok(cuts.up + cuts.down >= 2, `only ${cuts.up}+${cuts.down} cuts`);
+    assert.match(await tinyproxy.log(), /relay\/pipe/, "the pipes went through tinyproxy");
+  } finally {
+    await cutter.close();
+  }
+
+  // nginx in front of the relay, with its defaults (no upgrade headers, buffering on).
+  await using nginx = await startNginx(relayPort);
+  const behind = `http://127.0.0.1:${nginx.port}`;
+  await using lab = await join(behind, "lab2");
+  using listener = lab.listen({ key: "k" });
+  await using laptop = await join(behind, "laptop2");
+  await using conn = await laptop.connectTo("lab2", { key: "k" });
+  await using server = await listener.accept();
+  const size = 4 << 20;
+  const [sent, got] = await Promise.all([sendPattern(conn, 7, size), receiveAll(server)]);
+  assert.equal(got.sha256, sent);
+  assert.match(await nginx.log(), /relay\/pipe/, "the pipes went through nginx");
+});
