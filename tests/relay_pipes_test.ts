@@ -119,59 +119,60 @@ Deno.test("relay pipes: refused for an unknown node, another session's node, a n
   assert.equal((await stranger.json()).error, "unauthorized");
 });
 
-Deno.test("relay pipes: while one end reads nothing, the relay holds a bounded buffer and the writer waits; then every byte arrives", async () => {
-  await using relay = restartableRelay("s");
-  // Over HTTP streaming, a node reads its pipe only as it consumes it (a
-  // WebSocket client reads ahead into its own memory), so the backlog is
-  // the relay's to bound.
-  await using lab = await join(relay.url, "lab", { transport: "http" });
-  await using laptop = await join(relay.url, "laptop");
-  const acceptor = lab.pipeAcceptor();
-  try {
-    const [writing, reading] = await Promise.all([
-      laptop.pipeDialer("lab")(AbortSignal.timeout(10_000)),
-      acceptor.accept(),
-    ]);
-    const size = 64 << 20;
-    let written = 0;
-    const writer = (async () => {
-      for (const chunk of pattern(3, size)) {
-        await writing.write(chunk);
-        written += chunk.length;
-      }
-    })();
-    // The lab reads nothing: the writer gets a bit ahead (socket buffers),
-    // then waits. Watch until it has stopped making progress.
-    let last = -1;
-    await waitUntil(
-      () => {
-        const stuck = written === last && written > 0;
-        last = written;
-        return stuck;
-      },
-      "the writer waiting",
-      30_000,
-      200,
-    );
-    const held = relay.server.relay.stats.pipes!.heldBytes;
-    assert.ok(written < size, "the writer wrote everything although nobody read");
-    // A copy buffer (64 KiB), the writer's socket queue (256 KiB, plus the
-    // message that crossed it: 256 KiB) and the reader's response queue
-    // (512 KiB, plus a chunk): 1.2 MiB at most, whatever was sent.
-    assert.ok(held > 0 && held <= 1.25 * (1 << 20), `the relay holds ${held} bytes`);
-    console.log(`the writer waits after ${written} bytes; the relay holds ${held}`);
-    // Now the lab reads: every byte arrives, in order.
-    const [got] = await Promise.all([
-      receiveSome(reading, size),
-      writer,
-    ]);
-    assert.equal(got, patternHash(3, size));
-    writing.close();
-    reading.close();
-  } finally {
-    acceptor.close();
-  }
-});
+for (const transport of ["websocket", "http"] as const) {
+  Deno.test(`relay pipes over ${transport}: while one end reads nothing, the relay holds a bounded buffer and the writer waits; then every byte arrives`, async () => {
+    await using relay = restartableRelay("s");
+    // The reading node reads its pipe only as it consumes it, over either
+    // transport: the backlog is the relay's to bound.
+    await using lab = await join(relay.url, "lab", { transport });
+    await using laptop = await join(relay.url, "laptop");
+    const acceptor = lab.pipeAcceptor();
+    try {
+      const [writing, reading] = await Promise.all([
+        laptop.pipeDialer("lab")(AbortSignal.timeout(10_000)),
+        acceptor.accept(),
+      ]);
+      const size = 64 << 20;
+      let written = 0;
+      const writer = (async () => {
+        for (const chunk of pattern(3, size)) {
+          await writing.write(chunk);
+          written += chunk.length;
+        }
+      })();
+      // The lab reads nothing: the writer gets a bit ahead (socket buffers),
+      // then waits. Watch until it has stopped making progress.
+      let last = -1;
+      await waitUntil(
+        () => {
+          const stuck = written === last && written > 0;
+          last = written;
+          return stuck;
+        },
+        "the writer waiting",
+        30_000,
+        200,
+      );
+      const held = relay.server.relay.stats.pipes!.heldBytes;
+      assert.ok(written < size, "the writer wrote everything although nobody read");
+      // A copy buffer (64 KiB), the writer's socket queue (256 KiB, plus the
+      // message that crossed it: 256 KiB) and the reader's response queue
+      // (512 KiB, plus a chunk): 1.2 MiB at most, whatever was sent.
+      assert.ok(held > 0 && held <= 1.25 * (1 << 20), `the relay holds ${held} bytes`);
+      console.log(`the writer waits after ${written} bytes; the relay holds ${held}`);
+      // Now the lab reads: every byte arrives, in order.
+      const [got] = await Promise.all([
+        receiveSome(reading, size),
+        writer,
+      ]);
+      assert.equal(got, patternHash(3, size));
+      writing.close();
+      reading.close();
+    } finally {
+      acceptor.close();
+    }
+  });
+}
 
 /** Reads exactly `size` bytes from a link; their SHA-256. */
 async function receiveSome(link: { read(b: Uint8Array): Promise<number | null> }, size: number) {

@@ -9,6 +9,7 @@
 
 import type { Dialer, Link } from "./link.ts";
 import { ByteQueue } from "./_byte_queue.ts";
+import { openWebSocketLink } from "./_websocket_client.ts";
 
 /** Bytes waiting in the socket beyond which a write waits for them to drain. */
 const HIGH_WATER = 1 << 20;
@@ -181,6 +182,9 @@ export function webSocketUrl(url: string | URL): URL {
 export function webSocketDialer(options: WebSocketDialerOptions): Dialer {
   const url = webSocketUrl(options.url);
   return (signal) => {
+    // Without an HTTP client of Deno's to honour (a proxy, extra CAs), our
+    // own client: it reads payloads straight into the session's buffers.
+    if (!options.client) return openWebSocketLink(url, signal, options.headers);
     const init: Record<string, unknown> = {};
     if (options.client) init.client = options.client;
     if (options.headers) init.headers = options.headers;

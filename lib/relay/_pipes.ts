@@ -75,8 +75,11 @@ export interface PipeStats {
   heldBytes: number;
 }
 
-/** A pipe's end, with what it holds: bytes received and not yet passed on, or queued to send. */
-type PipeEnd = Link & { readonly queuedBytes: number };
+/**
+ * A pipe's end, with what it holds: bytes received and not yet passed on,
+ * or queued to send; and, for our own WebSocket, the socket itself.
+ */
+type PipeEnd = Link & { readonly queuedBytes: number; readonly socket?: ServerWebSocket };
 
 /**
  * A {@linkcode Link} over our own server's WebSocket: messages are queued
@@ -93,6 +96,7 @@ function serverSocketLink(socket: ServerWebSocket, remoteAddr?: Deno.Addr): Pipe
   socket.onclose = () => received.end();
   return {
     remoteAddr,
+    socket,
     get queuedBytes() {
       return received.size + socket.bufferedAmount;
     },
@@ -283,35 +287,10 @@ export class PipeEndpoint {
     this.#counters.opened++;
     for (const end of [from, to]) this.#perNode.set(end, (this.#perNode.get(end) ?? 0) + 1);
     log.debug("Pipe {from} -> {to} open", { from: from.nickname, to: to.nickname });
-    const end = () => {
-      a.close();
-      b.close();
-    };
-    const copy = async (source: Link, sink: Link) => {
-      const buffer = new Uint8Array(PIPE_BUFFER);
-      try {
-        for (;;) {
-          const n = await source.read(buffer);
-          if (n === null) break;
-          this.#inTransit += n;
-          try {
-            await sink.write(buffer.subarray(0, n));
-          } finally {
-            this.#inTransit -= n;
-          }
-          this.#counters.bytes += n;
-        }
-      } catch (error) {
-        log.debug("Pipe {from} -> {to} ended: {reason}", {
-          from: from.nickname,
-          to: to.nickname,
-          reason: errorMessage(error),
-        });
-      } finally {
-        end();
-      }
-    };
-    Promise.all([copy(a, b), copy(b, a)]).finally(() => {
+    const copied = a.socket && b.socket
+      ? this.#forwardMessages(a.socket, b.socket)
+      : Promise.all([this.#copy(a, b, from, to), this.#copy(b, a, from, to)]);
+    copied.finally(() => {
       this.#open.delete(pair);
       for (const member of [from, to]) {
         const left = this.#perNode.get(member)! - 1;
@@ -319,5 +298,59 @@ export class PipeEndpoint {
         else this.#perNode.set(member, left);
       }
     });
+  }
+
+  /**
+   * Two ends on our own WebSockets: each message goes on as it is, no copy
+   * into a pipe buffer. A receiver that reads slowly makes its queue grow;
+   * past `SOCKET_QUEUE` the sender's socket stops being read until that
+   * queue is written out (TCP then slows the sender).
+   */
+  #forwardMessages(a: ServerWebSocket, b: ServerWebSocket): Promise<void> {
+    const ended = Promise.withResolvers<void>();
+    let open = 2;
+    const one = (source: ServerWebSocket, sink: ServerWebSocket) => {
+      source.onmessage = (data) => {
+        if (typeof data === "string") return source.close(1003, "pipes carry bytes");
+        sink.sendBinary(data);
+        this.#counters.bytes += data.length;
+        if (sink.bufferedAmount > SOCKET_QUEUE) source.pause();
+      };
+      sink.ondrain = () => source.resume();
+      source.onclose = () => {
+        sink.close(1000, "the other end of the pipe closed");
+        if (--open === 0) ended.resolve();
+      };
+    };
+    one(a, b);
+    one(b, a);
+    return ended.promise;
+  }
+
+  /** Copies one direction between two links, with one buffer; ends both when it ends. */
+  async #copy(source: PipeEnd, sink: PipeEnd, from: Member, to: Member): Promise<void> {
+    const buffer = new Uint8Array(PIPE_BUFFER);
+    try {
+      for (;;) {
+        const n = await source.read(buffer);
+        if (n === null) break;
+        this.#inTransit += n;
+        try {
+          await sink.write(buffer.subarray(0, n));
+        } finally {
+          this.#inTransit -= n;
+        }
+        this.#counters.bytes += n;
+      }
+    } catch (error) {
+      log.debug("Pipe {from} -> {to} ended: {reason}", {
+        from: from.nickname,
+        to: to.nickname,
+        reason: errorMessage(error),
+      });
+    } finally {
+      source.close();
+      sink.close();
+    }
   }
 }

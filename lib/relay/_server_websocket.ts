@@ -120,6 +120,8 @@ export class ServerWebSocket {
   onoversize: (() => void) | null = null;
   /** The connection ended; `code` is 1006 when it ended without a close frame. */
   onclose: ((code: number, reason: string) => void) | null = null;
+  /** Everything sent so far was written to the connection. */
+  ondrain: (() => void) | null = null;
 
   #conn: Deno.Conn;
   #reader: ByteReader;
@@ -155,6 +157,11 @@ export class ServerWebSocket {
   /** Sends a text message (dropped if the socket is closing). */
   send(text: string): void {
     if (this.open) this.#write(textFrame(text));
+  }
+
+  /** Queues a binary message (dropped if the socket is closing); `bufferedAmount` says how much waits. */
+  sendBinary(data: Uint8Array): void {
+    if (this.open) this.#write(encodeFrame(OP_BINARY, data));
   }
 
   /** Sends a binary message; resolves once it is written (rejects if the socket ends first). */
@@ -248,6 +255,7 @@ export class ServerWebSocket {
       } finally {
         this.#flushing = null;
       }
+      if (!this.#ended) this.ondrain?.();
     })();
   }
 
