@@ -24,8 +24,8 @@ function linkClosed(why: string): Deno.errors.ConnectionReset {
   return new Deno.errors.ConnectionReset(`WebSocket link: ${why}`);
 }
 
-/** The `Sec-WebSocket-Accept` a server must answer `key` with. */
-async function expectedAccept(key: string): Promise<string> {
+/** The `Sec-WebSocket-Accept` a server answers `key` with (RFC 6455 4.2.2): both ends need it. */
+export async function acceptKey(key: string): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-1", encoder.encode(key + HANDSHAKE_GUID));
   return btoa(String.fromCharCode(...new Uint8Array(digest)));
 }
@@ -228,7 +228,7 @@ export async function openWebSocketLink(
     const status = /^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1];
     if (status !== "101") throw linkClosed(`${url.host} answered ${status ?? "garbage"}, not 101`);
     const accept = /^sec-websocket-accept:\s*(\S+)\s*$/im.exec(head)?.[1];
-    if (accept !== (await expectedAccept(key))) throw linkClosed("a wrong Sec-WebSocket-Accept");
+    if (accept !== (await acceptKey(key))) throw linkClosed("a wrong Sec-WebSocket-Accept");
     return new ClientWebSocketLink(conn, received.subarray(end + 4));
   } catch (error) {
     try {

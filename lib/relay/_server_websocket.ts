@@ -12,11 +12,10 @@
 import { type ByteReader, ReaderFull } from "./_byte_reader.ts";
 import { writeAll } from "./_http1_response.ts";
 import { concat } from "../_util.ts";
+export { acceptKey } from "../link/_websocket_client.ts";
 
 const encoder = new TextEncoder();
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
-/** RFC 6455 1.3: appended to the client's key to prove the server speaks WebSocket. */
-const HANDSHAKE_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /** How long we wait for the peer's close frame after sending ours before ending the TCP. */
 const CLOSE_GRACE_MS = 1000;
 
@@ -26,12 +25,6 @@ const OP_BINARY = 2;
 const OP_CLOSE = 8;
 const OP_PING = 9;
 const OP_PONG = 10;
-
-/** `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`. */
-export async function acceptKey(key: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-1", encoder.encode(key + HANDSHAKE_GUID));
-  return btoa(String.fromCharCode(...new Uint8Array(digest)));
-}
 
 /**
  * Why `req` is not a valid WebSocket opening handshake (RFC 6455 4.2.1), or
