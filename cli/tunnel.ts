@@ -70,7 +70,7 @@ Options:
                       through a relay
   --tls-cert PATH     server: serve TLS with this certificate chain (PEM)
   --tls-key PATH      server: private key of --tls-cert (PEM)
-  --tls               client: reach the server over TLS (system roots)
+  --tls               client: reach the server over TLS (Deno's root store)
   --tls-ca PATH       client: trust this CA certificate (PEM); implies --tls
                       (through a relay: the CA of an https: relay)
   --tls-name NAME     client: name the server certificate must carry

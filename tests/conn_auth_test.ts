@@ -40,6 +40,13 @@ Deno.test("pre-shared key: no key or a wrong key opens no session; the right one
       ),
       "refusal is logged",
     );
+    // A client retrying with the wrong key comes from a new port each time:
+    // still one source, so the log holds one line, the rest summarised later.
+    for (let i = 0; i < 10; i++) {
+      await assert.rejects(connect({ port, key: "wrong" }));
+    }
+    const refusals = records.filter((r) => /Refused /.test(renderRecord(r)));
+    assert.equal(refusals.length, 1, refusals.map(renderRecord).join("\n"));
     await using client = await connect({ port, key: "correct horse" });
     await using server = await listener.accept();
     await client.write(te.encode("ok"));

@@ -159,6 +159,7 @@ Deno.test("relay: connections that send no complete request head are closed at t
 });
 
 Deno.test("relay: 2,000 slowloris sockets from 127.0.0.2 do not keep nodes from 127.0.0.1 out; the flood evicts itself and the log stays short", async () => {
+  const started = performance.now();
   await withLogs(async (records) => {
     await using relay = startRelay({ maxUnjoined: 64 });
     const attack = slowloris(relay.addr.port, {
@@ -192,8 +193,10 @@ Deno.test("relay: 2,000 slowloris sockets from 127.0.0.2 do not keep nodes from 
       await attack.stop();
     }
     const warnings = records.filter((r) => r.level === "warning").map(renderRecord);
-    // One line per kind per 10 s, not one per eviction.
-    assert.ok(warnings.length <= 6, warnings.join("\n"));
+    // One line per kind (eviction, timeout, refusal) per 10 s, not one per
+    // eviction; the bound follows how long this run took on this machine.
+    const windows = Math.ceil((performance.now() - started) / 10_000) + 1;
+    assert.ok(warnings.length <= 3 * windows, warnings.join("\n"));
   });
 });
 
@@ -217,6 +220,7 @@ Deno.test("relay CLI under ulimit -n 64: more idle connections than descriptors 
     ["prlimit", "--nofile=64:64"],
   );
   const attacks: ReturnType<typeof slowloris>[] = [];
+  const started = performance.now();
   try {
     await relay.waitFor(/Relay listening on/, "the relay starting");
     // Ten addresses, 12 sockets each, each back as soon as it is closed (for 2 minutes' worth).
@@ -241,9 +245,13 @@ Deno.test("relay CLI under ulimit -n 64: more idle connections than descriptors 
       );
       assert.equal(a.nickname, "during");
     }
-    assert.ok(
-      attacks.every((attack) => attack.closedByServer > 0),
-      "the relay closed attack sockets",
+    // The header timeout is what freed descriptors: the attackers see their
+    // sockets closed. Which sources got accepted before the node depends on the
+    // kernel's backlog order, so it is some of them, not all; and a close
+    // reaches the attacker's process on its own schedule, hence the wait.
+    await waitUntil(
+      () => attacks.some((attack) => attack.closedByServer > 0),
+      "the relay closing attack sockets",
     );
     await Promise.all(attacks.splice(0).map((attack) => attack.stop()));
     // After it: everything works.
@@ -255,9 +263,11 @@ Deno.test("relay CLI under ulimit -n 64: more idle connections than descriptors 
     await using c = await RelayNode.connect(url, { session: "s", nickname: "other" });
     b.send("hello after the flood");
     assert.equal((await waitForEvent(c, "message")).text, "hello after the flood");
-    // A failing accept is one line per 10 s, not one per try.
+    // A failing accept is one line per 10 s, not one per try: the bound follows
+    // how long this run took, so a slow machine does not fail it.
     const failures = relay.log.match(/Accepting a connection failed/g)?.length ?? 0;
-    assert.ok(failures <= 6, `${failures} lines about failed accepts:\n${relay.log}`);
+    const windows = Math.ceil((performance.now() - started) / 10_000) + 1;
+    assert.ok(failures <= windows, `${failures} lines about failed accepts:\n${relay.log}`);
   } finally {
     await Promise.all(attacks.map((attack) => attack.stop()));
     assert.equal(await relay.stop(), 0, relay.log);

@@ -64,6 +64,9 @@ Deno.test("relay: over-long or control-character nicknames, bad session ids, bad
     [{ nickname: "m\u0430x" }, /mixes scripts \(Latin, Cyrillic\)/], // Cyrillic а
     [{ nickname: "\u0440aypal" }, /mixes scripts/], // Cyrillic р
     [{ nickname: "max(1)" }, /may not end in \(n\)/], // the relay's own clash suffix
+    [{ nickname: "max(\uff11)" }, /may not end in \(n\)/], // fullwidth digit one
+    [{ nickname: "max\uff081\uff09" }, /may not end in \(n\)/], // fullwidth parentheses
+    [{ nickname: "max\u207d\u00b9\u207e" }, /may not end in \(n\)/], // superscript ⁽¹⁾
     [{ nickname: "max\ud800" }, /invisible character \(U\+D800\)/], // lone surrogate
     // Any printable session id is accepted (see relay_session_id_test.ts); these are not.
     [{ session: "" }, /session id/],

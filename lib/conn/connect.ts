@@ -20,7 +20,8 @@ export interface ConnectOptions extends SessionOptions {
   /** Server port (required unless `dialer` is given). */
   port?: number;
   /**
-   * Use TLS: `true` trusts the system's roots; an object adds trusted CA
+   * Use TLS: `true` trusts Deno's root store (Mozilla's roots, or the
+   * system's with `DENO_TLS_CA_STORE=system`); an object adds trusted CA
    * certificates (PEM) or names the certificate's expected server name.
    */
   tls?: true | ConnectTlsOptions;

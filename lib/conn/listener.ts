@@ -331,7 +331,10 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
       link.close();
       if (error instanceof ImmortalError && error.code === "auth") {
         this.#counts.refusedAuth++;
-        this.#logs.event(`auth ${remote}`, `Refused ${remote}: ${error.message}`);
+        // Keyed by source, not address: a client retrying from a new port
+        // each time is still one summarised line per 10 s.
+        const source = sourceOf(link.remoteAddr) ?? "local";
+        this.#logs.event(`auth ${source}`, `Refused ${remote}: ${error.message}`);
       } else {
         log.debug("Handshake with {remote} failed: {reason}", {
           remote,

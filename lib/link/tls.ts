@@ -26,7 +26,8 @@ export interface TlsDialerOptions {
   serverName?: string;
   /**
    * Extra trusted CA certificates in PEM format (a self-signed server, or a
-   * private CA). Without them, the system's roots are used.
+   * private CA). Without them, Deno's root store is used (Mozilla's roots
+   * unless `DENO_TLS_CA_STORE` says otherwise).
    */
   caCerts?: string[];
 }

@@ -152,7 +152,8 @@ export class Hub {
     const { session: id, nickname: wanted, role, token } = hello;
     let room = this.rooms.get(id);
     const now = this.#clock();
-    if (CLASH_SUFFIX.test(wanted) && !room?.givenTo(wanted, token, now)) {
+    // NFKC first: a fullwidth `max（１）` or superscript `max⁽¹⁾` looks the same.
+    if (CLASH_SUFFIX.test(wanted.normalize("NFKC")) && !room?.givenTo(wanted, token, now)) {
       this.refuse("bad-hello");
       throw new JoinRefused(
         400,
@@ -173,7 +174,10 @@ export class Hub {
     // The same node back after a blip the relay has not noticed yet: swap its
     // connection in place; to the others nothing happened.
     const current = room.members.get(wanted);
-    if (current && token !== undefined && current.token === token && current.role === role) {
+    if (
+      current && token !== undefined && secretsEqual(current.token, token) &&
+      current.role === role
+    ) {
       const old = current.sink;
       current.sink = sink;
       current.lastHeard = now;

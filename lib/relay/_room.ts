@@ -8,6 +8,7 @@
  */
 
 import type { RelayMember, RelayRole } from "./_protocol.ts";
+import { secretsEqual } from "./_secret.ts";
 
 /** Where frames towards one node go (a WebSocket, or an event stream). */
 export interface Sink {
@@ -78,24 +79,26 @@ export class Room {
   /** A room named by the session id `id`. */
   constructor(readonly id: string) {}
 
+  /** Whether `name` is held (by a member, or reserved) for the node with `token`. */
+  givenTo(name: string, token: string | undefined, now: number): boolean {
+    if (token === undefined) return false;
+    const holder = this.members.get(name);
+    if (holder) return secretsEqual(holder.token, token);
+    const reservation = this.reserved.get(name);
+    return reservation !== undefined && reservation.until >= now &&
+      secretsEqual(reservation.token, token);
+  }
+
   /**
    * `wanted`, or `wanted(1)`, `wanted(2)`, ...: the first nickname neither
    * taken nor reserved for someone else than the holder of `token`.
    */
-  /** Whether `name` is held (by a member, or reserved) for the node with `token`. */
-  givenTo(name: string, token: string | undefined, now: number): boolean {
-    if (token === undefined) return false;
-    if (this.members.get(name)?.token === token) return true;
-    const reservation = this.reserved.get(name);
-    return reservation !== undefined && reservation.token === token && reservation.until >= now;
-  }
-
   freeName(wanted: string, token: string | undefined, now: number): string {
     const free = (name: string) => {
       if (this.members.has(name)) return false;
       const reservation = this.reserved.get(name);
       if (!reservation || reservation.until < now) return true;
-      return reservation.token === token;
+      return token !== undefined && secretsEqual(reservation.token, token);
     };
     if (free(wanted)) return wanted;
     for (let i = 1;; i++) {
