@@ -52,6 +52,12 @@ Options:
   --max-queue-bytes N      bytes queued towards one node (default 1048576)
   --overflow POLICY        full queue: disconnect (default) or drop
   --no-chat-page           do not serve the browser chat page at /chat
+  --history-length N       messages each session keeps for nodes back from a
+                           blip (default 1000)
+  --history-bytes N        bytes of messages each session keeps (default
+                           4194304)
+  --history-age MS         how long a message is kept for them (default
+                           120000)
   --header-timeout MS      a connection must send its first request head
                            within this (default 10000)
   --idle-timeout MS        a connection may wait this long between requests,
@@ -118,6 +124,9 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
         "header-timeout": { type: "string" },
         "idle-timeout": { type: "string" },
         "max-unjoined": { type: "string" },
+        "history-length": { type: "string" },
+        "history-bytes": { type: "string" },
+        "history-age": { type: "string" },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h" },
       },
@@ -185,6 +194,9 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     headerTimeout: num("header-timeout"),
     idleTimeout: num("idle-timeout"),
     maxUnjoined: num("max-unjoined"),
+    historyLength: num("history-length"),
+    historyBytes: num("history-bytes"),
+    historyAge: num("history-age"),
   };
   if (v["tls-cert"] !== undefined) Object.assign(serve, readPemPair(v["tls-cert"], v["tls-key"]!));
   // Drop unset limits so the relay's own defaults apply.

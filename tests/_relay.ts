@@ -39,3 +39,51 @@ export async function waitForEvent<T extends RelayEvent["type"]>(
     clearTimeout(timer);
   }
 }
+
+/**
+ * Reads every event of `node` in the background, in order, and wakes
+ * `until` waiters on each one: for tests that watch a long exchange.
+ */
+export function recordEvents(node: RelayNode) {
+  const events: RelayEvent[] = [];
+  const waiters = new Set<() => void>();
+  const reading = (async () => {
+    for await (const event of node.events) {
+      events.push(event);
+      for (const wake of waiters) wake();
+    }
+  })();
+  return {
+    events,
+    /** The texts of the messages received so far, in order. */
+    get texts(): string[] {
+      return events.flatMap((e) => e.type === "message" ? [e.text] : []);
+    },
+    /** Resolves once `condition` holds (checked on each event), within `ms`. */
+    async until(condition: () => boolean, what: string, ms = 30_000): Promise<void> {
+      let late = false;
+      const deadline = setTimeout(() => {
+        late = true;
+        waiters.forEach((wake) => wake());
+      }, ms);
+      try {
+        while (!condition()) {
+          if (late) {
+            throw new Error(`${node.nickname}: ${what}: not so within ${ms} ms`);
+          }
+          await new Promise<void>((resolve) => {
+            const wake = () => {
+              waiters.delete(wake);
+              resolve();
+            };
+            waiters.add(wake);
+          });
+        }
+      } finally {
+        clearTimeout(deadline);
+      }
+    },
+    /** Resolves once the node has closed and every event is read. */
+    done: () => reading,
+  };
+}

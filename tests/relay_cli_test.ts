@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { loadRelayConfig } from "../mod.ts";
+import { parseRelayArgs } from "../cli/relay.ts";
 import { freePort, within } from "./_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -75,6 +76,8 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [["--overflow", "maybe"], /--overflow must be disconnect or drop/],
     [["--rate=-5"], /--rate must be a positive number/],
     [["--max-nodes", "1.5"], /--max-nodes must be a positive integer/],
+    [["--history-length", "0"], /--history-length must be a positive/],
+    [["--history-age", "soon"], /--history-age must be a positive/],
     [["--secret-file", "/nonexistent/secret"], /cannot read secret file/],
     [["--tls-cert", "/nonexistent/cert.pem"], /needs both --tls-cert and --tls-key/],
     [["--log-level", "loud"], /--log-level must be one of/],
@@ -208,4 +211,22 @@ Deno.test("loadRelayConfig: flags aside, env wins over the working directory's f
     await Deno.remove(cwd, { recursive: true });
     await Deno.remove(home, { recursive: true });
   }
+});
+
+Deno.test("relay CLI: the history flags reach the relay's settings", () => {
+  const config = parseRelayArgs([
+    "--history-length",
+    "50",
+    "--history-bytes",
+    "65536",
+    "--history-age",
+    "30000",
+  ]);
+  assert.ok(config !== "help");
+  const { historyLength, historyBytes, historyAge } = config.serve;
+  assert.deepEqual({ historyLength, historyBytes, historyAge }, {
+    historyLength: 50,
+    historyBytes: 65536,
+    historyAge: 30000,
+  });
 });

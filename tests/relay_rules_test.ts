@@ -33,10 +33,18 @@ for (const transport of TRANSPORTS) {
       nickname: "a",
       transport,
     });
-    alone.send("nobody hears this");
-    // The relay handles a node's frames in order: the answer to this one proves the first was handled.
-    alone.sendTo("nobody", "x");
-    assert.equal((await waitForEvent(alone, "error")).code, "no-such-node");
+    const seq = alone.send("nobody hears this");
+    // Dropped, and its sender told which message went nowhere.
+    assert.deepEqual(await waitForEvent(alone, "error"), {
+      type: "error",
+      code: "alone",
+      message: "nobody else in the session hears it: dropped",
+      seq,
+    });
+    const directed = alone.sendTo("nobody", "x");
+    const refused = await waitForEvent(alone, "error");
+    assert.deepEqual([refused.code, refused.seq], ["no-such-node", directed]);
+    await alone.flush();
     await using b = await RelayNode.connect(relay.url, { session: "s", nickname: "b", transport });
     await using c = await RelayNode.connect(relay.url, { session: "s", nickname: "c", transport });
     await waitForEvent(alone, "join", (e) => e.nickname === "c");

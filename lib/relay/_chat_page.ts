@@ -118,6 +118,11 @@ function connect() {
   };
 }
 
+// A closed tab has left: say so, rather than be waited for as a blip.
+addEventListener("pagehide", () => {
+  if (socket && socket.readyState === 1) socket.send('{"t":"bye"}');
+});
+
 $("join").onsubmit = (event) => {
   event.preventDefault();
   session = $("session").value.trim();

@@ -88,7 +88,7 @@ export class HttpStreamEndpoint {
       cancel: () => {
         closed = true;
         this.#streams.delete(streamId);
-        if (member && member.sink === sink) hub.leave(member, "gone");
+        if (member) hub.detach(member, sink);
       },
     }, { highWaterMark: settings.maxQueueBytes, size: (chunk) => chunk.byteLength });
     try {

@@ -18,7 +18,8 @@ import {
   type Parsed,
   type RelayErrorCode,
 } from "./_protocol.ts";
-import { Member, Room, type Sink } from "./_room.ts";
+import type { HistoryEntry } from "./_history.ts";
+import { DETACHED, Member, Room, type Sink } from "./_room.ts";
 import { newJoinToken, secretsEqual } from "./_secret.ts";
 import type { RelaySettings } from "./_settings.ts";
 import type { RelayConnectionStats } from "./_http_server.ts";
@@ -46,6 +47,18 @@ export type RefusalReason = RelayErrorCode | "secret" | "max-sessions" | "max-no
 export interface RelayStats {
   /** Rooms (session ids) with at least one node. */
   sessions: number;
+  /** Rooms kept, those without nodes included (their history has not expired yet). */
+  rooms: number;
+  /** Messages held in the rooms' histories. */
+  historyMessages: number;
+  /** Nodes whose connection broke, waiting out the keep-alive grace to come back. */
+  detached: number;
+  /** Duplicates of numbered messages dropped (a node resending what the relay had). */
+  duplicates: number;
+  /** Numbered messages nobody else could hear, dropped and reported to their sender. */
+  alone: number;
+  /** Messages replayed to nodes back from a blip. */
+  replayed: number;
   /** Nodes joined. */
   nodes: number;
   /** Joins accepted since start. */
@@ -81,7 +94,19 @@ export class Hub {
   readonly rooms: Map<string, Room> = new Map();
   #clock: () => number;
   #nodes = 0;
-  #counters = { joins: 0, messages: 0, deliveries: 0, dropped: 0, slowDisconnects: 0, faded: 0 };
+  #counters = {
+    joins: 0,
+    messages: 0,
+    deliveries: 0,
+    dropped: 0,
+    slowDisconnects: 0,
+    faded: 0,
+    duplicates: 0,
+    alone: 0,
+    replayed: 0,
+  };
+  /** Nodes owed an `ack`, sent once per turn of the event loop, not once per message. */
+  #acksDue = new Set<Member>();
   #refused: Partial<Record<RefusalReason, number>> = {};
   #timer: ReturnType<typeof setInterval>;
   /** Where a node's refusal of a pipe goes (the relay's pipe endpoint). */
@@ -100,9 +125,18 @@ export class Hub {
 
   /** Counters and gauges. */
   get stats(): RelayStats {
+    let sessions = 0, historyMessages = 0, detached = 0;
+    for (const room of this.rooms.values()) {
+      if (room.members.size > 0) sessions++;
+      historyMessages += room.history.size;
+      for (const member of room.members.values()) if (member.sink === DETACHED) detached++;
+    }
     return {
-      sessions: this.rooms.size,
+      sessions,
+      rooms: this.rooms.size,
       nodes: this.#nodes,
+      historyMessages,
+      detached,
       ...this.#counters,
       refused: { ...this.#refused },
     };
@@ -167,7 +201,11 @@ export class Hub {
         this.refuse("max-sessions");
         throw new JoinRefused(503, "full", "the relay has reached its session limit");
       }
-      room = new Room(id);
+      room = new Room(id, {
+        count: s.historyLength,
+        bytes: s.historyBytes,
+        age: s.historyAge,
+      });
       this.rooms.set(id, room);
     }
 
@@ -181,8 +219,9 @@ export class Hub {
       const old = current.sink;
       current.sink = sink;
       current.lastHeard = now;
+      current.id = hello.id ?? current.id;
       old.close(4409, "replaced by a newer connection of the same node");
-      this.#welcome(current, extra.stream);
+      this.#welcome(current, hello, extra.stream);
       log.info("Node {nickname} in {session} reconnected", { nickname: wanted, session: id });
       return current;
     }
@@ -192,18 +231,38 @@ export class Hub {
       throw new JoinRefused(503, "full", "the session has reached its node limit");
     }
     const nickname = room.freeName(wanted, token, now);
+    const reservation = room.reserved.get(nickname);
     room.reserved.delete(nickname);
     const member = new Member(room, nickname, role, newJoinToken(), sink, s.rate, now);
+    member.id = hello.id;
+    // Back after it was declared gone: its resent messages are still duplicates.
+    if (reservation && token !== undefined && secretsEqual(reservation.token, token)) {
+      member.lastSeq = reservation.lastSeq;
+    }
     room.members.set(nickname, member);
     this.#nodes++;
     this.#counters.joins++;
-    this.#welcome(member, extra.stream);
+    this.#welcome(member, hello, extra.stream);
     this.#announce(member, encodeFrame({ t: "join", nickname, role }));
     log.info("Node {nickname} joined {session} as {role}", { nickname, session: id, role });
     return member;
   }
 
-  #welcome(member: Member, stream?: string): void {
+  /**
+   * The welcome, and for a node that says where it is in the room's history,
+   * the messages it missed, right after: nothing can come between them.
+   */
+  #welcome(member: Member, hello: HelloFrame, stream?: string): void {
+    const history = member.room.history;
+    let replay: HistoryEntry[] | null = null;
+    let recovery: { recovered: boolean; missed?: "epoch" | "window" } | null = null;
+    if (member.id !== undefined && hello.recover) {
+      if (hello.recover.epoch !== history.epoch) recovery = { recovered: false, missed: "epoch" };
+      else {
+        replay = history.since(hello.recover.offset);
+        recovery = replay ? { recovered: true } : { recovered: false, missed: "window" };
+      }
+    }
     member.sink.push(encodeFrame({
       t: "welcome",
       session: member.room.id,
@@ -213,7 +272,31 @@ export class Hub {
       members: member.room.snapshot(member),
       keepAlive: this.settings.keepAlive,
       ...(stream ? { stream } : {}),
+      ...(member.id === undefined
+        ? {}
+        : { epoch: history.epoch, offset: history.offset, acked: member.lastSeq, ...recovery }),
     }));
+    for (const entry of replay ?? []) {
+      if (!this.#addressedTo(member, entry)) continue;
+      // A node too slow for its own replay reconnects and goes on from where it got to.
+      if (!this.#deliver(member, entry.data)) return;
+      this.#counters.replayed++;
+    }
+  }
+
+  /** Whether `entry` is a message `member` hears. */
+  #addressedTo(member: Member, entry: HistoryEntry): boolean {
+    if (entry.to !== undefined) return entry.to === member.nickname;
+    return entry.from !== member.nickname && member.hears(entry);
+  }
+
+  /**
+   * The connection `sink` of `member` broke: the node keeps its place (and
+   * what it misses waits in the history) until it comes back, or until the
+   * keep-alive declares it gone. A blip is not announced to the others.
+   */
+  detach(member: Member, sink: Sink): void {
+    if (member.sink === sink) member.sink = DETACHED;
   }
 
   /** Removes a node; `gone` when it faded or its connection broke, `left` when it said bye. */
@@ -225,6 +308,7 @@ export class Hub {
     room.reserved.set(member.nickname, {
       token: member.token,
       until: this.#clock() + this.settings.reclaimWindow,
+      lastSeq: member.lastSeq,
     });
     log.info("Node {nickname} {verb} {session}", {
       nickname: member.nickname,
@@ -232,7 +316,8 @@ export class Hub {
       session: room.id,
     });
     if (room.members.size === 0) {
-      this.rooms.delete(room.id);
+      // A room with history stays until it expires: its nodes may come back for it.
+      if (room.history.size === 0) this.rooms.delete(room.id);
       return;
     }
     this.#announce(member, encodeFrame({ t: "leave", nickname: member.nickname, reason }));
@@ -271,38 +356,89 @@ export class Hub {
     }
   }
 
-  /** Counts a refused frame and tells the node why, in an error frame. */
-  refuseFrame(sink: Sink, problem: FrameProblem): void {
+  /** Counts a refused frame and tells the node why, in an error frame (naming `seq`, if numbered). */
+  refuseFrame(sink: Sink, problem: FrameProblem, seq?: number): void {
     this.refuse(problem.code);
-    sink.push(encodeFrame({ t: "error", code: problem.code, message: problem.reason }));
+    sink.push(encodeFrame({
+      t: "error",
+      code: problem.code,
+      message: problem.reason,
+      ...(seq === undefined ? {} : { seq }),
+    }));
+  }
+
+  /** Owes `member` an ack of its latest `seq`; acks go out once this turn's frames are handled. */
+  #ack(member: Member): void {
+    if (this.#acksDue.size === 0) queueMicrotask(() => this.#sendAcks());
+    this.#acksDue.add(member);
+  }
+
+  #sendAcks(): void {
+    // A full queue loses the ack, not the message: the welcome after its reconnect says it.
+    for (const member of this.#acksDue) {
+      member.sink.push(encodeFrame({ t: "ack", seq: member.lastSeq }));
+    }
+    this.#acksDue.clear();
   }
 
   #message(from: Member, frame: NodeMessageFrame, now: number): void {
+    const { seq, to } = frame;
+    if (seq !== undefined) {
+      this.#ack(from);
+      // Resent after a blip, and taken already: the ack is all it needs.
+      if (seq <= from.lastSeq) {
+        this.#counters.duplicates++;
+        return;
+      }
+      from.lastSeq = seq;
+    }
+    const refuse = (code: RelayErrorCode, reason: string) =>
+      this.refuseFrame(from.sink, { code, reason }, seq);
     if (!from.takeToken(now)) {
-      const reason = `more than ${this.settings.rate} messages/s`;
-      return this.refuseFrame(from.sink, { code: "rate-limited", reason });
+      return refuse("rate-limited", `more than ${this.settings.rate} messages/s`);
     }
     this.#counters.messages++;
-    const members = from.room.members;
-    const { to } = frame;
+    const room = from.room;
     const body = frame.text !== undefined ? { text: frame.text } : { numbers: frame.numbers };
+    const entry: HistoryEntry = {
+      offset: room.history.next(),
+      at: now,
+      from: from.nickname,
+      role: from.role,
+      ...(to === undefined ? {} : { to }),
+      data: encodeFrame({
+        t: "msg",
+        from: from.nickname,
+        ...(to === undefined ? {} : { to }),
+        offset: room.history.next(),
+        ...(seq !== undefined && from.id !== undefined ? { id: from.id, seq } : {}),
+        ...body,
+      }),
+    };
     if (to !== undefined) {
-      const target = members.get(to);
+      const target = room.members.get(to);
       if (!target || target === from) {
-        const reason = `no node "${to}" in this session`;
-        return this.refuseFrame(from.sink, { code: "no-such-node", reason });
+        return refuse("no-such-node", `no node "${to}" in this session`);
       }
-      if (!target.hears(from)) {
-        const reason = "an agent talks to bridges only";
-        return this.refuseFrame(from.sink, { code: "not-allowed", reason });
-      }
-      this.#deliver(target, encodeFrame({ t: "msg", from: from.nickname, to, ...body }));
+      if (!target.hears(from)) return refuse("not-allowed", "an agent talks to bridges only");
+      room.history.append(entry);
+      this.#deliver(target, entry.data);
       return;
     }
-    // A message with nobody to hear it is dropped, never kept for later.
-    const data = encodeFrame({ t: "msg", from: from.nickname, ...body });
-    for (const member of members.values()) {
-      if (member !== from && member.hears(from)) this.#deliver(member, data);
+    let heard = false;
+    for (const member of room.members.values()) {
+      if (member !== from && member.hears(from)) {
+        // Appended before the first delivery: a node the delivery disconnects finds it there.
+        if (!heard) room.history.append(entry);
+        heard = true;
+        this.#deliver(member, entry.data);
+      }
+    }
+    // Nobody to hear it: dropped, never kept for later (TcpJLib's rule); a
+    // numbered message is reported, so its sender knows it went nowhere.
+    if (!heard && seq !== undefined) {
+      this.#counters.alone++;
+      refuse("alone", "nobody else in the session hears it: dropped");
     }
   }
 
@@ -312,25 +448,34 @@ export class Hub {
     }
   }
 
-  #deliver(member: Member, data: string): void {
+  /** Hands `data` to `member`; `false` when its queue was full (and the node is dropped or disconnected). */
+  #deliver(member: Member, data: string): boolean {
     if (member.sink.push(data)) {
       this.#counters.deliveries++;
-      return;
+      return true;
     }
     if (this.settings.overflow === "drop") {
       this.#counters.dropped++;
-      return;
+      return false;
     }
     this.#counters.slowDisconnects++;
     log.warn("Node {nickname} in {session} disconnected: its queue is full (a slow reader)", {
       nickname: member.nickname,
       session: member.room.id,
     });
+    const sink = member.sink;
+    if (member.id !== undefined) {
+      // It comes back for the rest: the history has what this queue could not take.
+      member.sink = DETACHED;
+      sink.close(4429, "too slow: send queue full");
+      return false;
+    }
     // Deferred: `member` may be the one we are iterating past right now.
     queueMicrotask(() => {
       this.leave(member, "gone");
-      member.sink.close(4429, "too slow: send queue full");
+      sink.close(4429, "too slow: send queue full");
     });
+    return false;
   }
 
   /**
@@ -355,6 +500,8 @@ export class Hub {
       for (const [name, reservation] of room.reserved) {
         if (reservation.until < now) room.reserved.delete(name);
       }
+      room.history.expire(now);
+      if (room.members.size === 0 && room.history.size === 0) this.rooms.delete(room.id);
     }
   }
 

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { Hub } from "./_hub.ts";
 import { parseRelayFrame, readJson } from "./_parse.ts";
-import type { HelloFrame, RelayFrame, RelayRole } from "./_protocol.ts";
+import type { HelloFrame, RelayFrame, RelayRole, WelcomeFrame } from "./_protocol.ts";
 import type { Sink } from "./_room.ts";
 import { relaySettings } from "./_settings.ts";
 import type { RelayOptions } from "./options.ts";
@@ -48,7 +48,10 @@ function makeHub(options: RelayOptions = {}) {
     const sink = new FakeSink();
     const hello: HelloFrame = { t: "hello", session: "lab", nickname, role: "peer", ...fields };
     const member = hub.join(hello, sink);
-    return { member, sink, welcome: sink.take("welcome")[0] };
+    // The welcome is taken; what follows it (a replay) stays for the test.
+    const welcome = sink.frames.find((f) => f.t === "welcome") as WelcomeFrame;
+    sink.frames = sink.frames.filter((f) => f !== welcome);
+    return { member, sink, welcome };
   };
   return { hub, clock, join, [Symbol.dispose]: () => hub.close() };
 }
@@ -124,13 +127,24 @@ Deno.test("hub: bridges serve agents; agents hear bridges only; peers hear every
   const n = Object.fromEntries(roles.map(([name, role]) => [name, h.join(name, { role })]));
   for (const { sink } of Object.values(n)) sink.frames = [];
   h.hub.receive(n.a1.member, { t: "msg", numbers: [3, 4] });
-  assert.deepEqual(n.bridge.sink.take("msg"), [{ t: "msg", from: "a1", numbers: [3, 4] }]);
+  assert.deepEqual(n.bridge.sink.take("msg"), [{
+    t: "msg",
+    from: "a1",
+    offset: 1,
+    numbers: [3, 4],
+  }]);
   assert.deepEqual(n.a2.sink.take("msg"), []);
   assert.deepEqual(n.peer.sink.take("msg"), []);
   h.hub.receive(n.bridge.member, { t: "msg", text: "all" });
   for (const name of ["a1", "a2", "peer"]) assert.equal(n[name].sink.take("msg").length, 1, name);
   h.hub.receive(n.bridge.member, { t: "msg", to: "a2", text: "you" });
-  assert.deepEqual(n.a2.sink.take("msg"), [{ t: "msg", from: "bridge", to: "a2", text: "you" }]);
+  assert.deepEqual(n.a2.sink.take("msg"), [{
+    t: "msg",
+    from: "bridge",
+    to: "a2",
+    offset: 3,
+    text: "you",
+  }]);
   assert.deepEqual(n.a1.sink.take("msg"), []);
   h.hub.receive(n.a1.member, { t: "msg", to: "a2", text: "psst" });
   assert.equal(n.a1.sink.take("error")[0].code, "not-allowed");
@@ -241,4 +255,114 @@ Deno.test("hub: a nickname ending in (n) is the relay's to give; its holder recl
   // A refusal leaves no empty room behind.
   assert.throws(() => h.join("eve(3)", { session: "nobody-here" }), /may not end in \(n\)/);
   assert.equal(h.hub.stats.sessions, 1);
+});
+
+Deno.test("hub: numbered messages are acknowledged once per turn, duplicates dropped, and one nobody hears is reported by its seq", async () => {
+  using h = makeHub();
+  const a = h.join("a", { id: "node-a" });
+  assert.deepEqual([a.welcome.acked, a.welcome.offset], [0, 0]);
+  h.hub.receive(a.member, { t: "msg", text: "alone", seq: 1 });
+  assert.deepEqual(a.sink.take("error"), [{
+    t: "error",
+    code: "alone",
+    message: "nobody else in the session hears it: dropped",
+    seq: 1,
+  }]);
+  const b = h.join("b", { id: "node-b" });
+  for (const seq of [2, 3, 3, 2]) h.hub.receive(a.member, { t: "msg", text: `m${seq}`, seq });
+  // The receiver gets each once, numbered by the room and by the sender.
+  assert.deepEqual(b.sink.take("msg"), [
+    { t: "msg", from: "a", offset: 1, id: "node-a", seq: 2, text: "m2" },
+    { t: "msg", from: "a", offset: 2, id: "node-a", seq: 3, text: "m3" },
+  ]);
+  await Promise.resolve(); // acks go out after this turn's frames
+  assert.deepEqual(a.sink.take("ack"), [{ t: "ack", seq: 3 }]);
+  assert.equal(h.hub.stats.duplicates, 2);
+  assert.equal(h.hub.stats.alone, 1);
+});
+
+Deno.test("hub: a node whose connection breaks keeps its place; back with its position, it gets what it missed, in order, once; nobody hears it left", () => {
+  using h = makeHub({ keepAlive: 1000 });
+  const a = h.join("a", { id: "node-a" });
+  const b = h.join("b", { id: "node-b" });
+  const c = h.join("c");
+  a.sink.frames = [];
+  c.sink.frames = [];
+  h.hub.receive(a.member, { t: "msg", text: "before", seq: 1 });
+  const position = { epoch: b.welcome.epoch!, offset: b.sink.take("msg")[0].offset! };
+  h.hub.detach(b.member, b.sink);
+  assert.equal(h.hub.stats.detached, 1);
+  h.hub.receive(a.member, { t: "msg", text: "while away 1", seq: 2 });
+  h.hub.receive(c.member, { t: "msg", to: "b", text: "while away 2" });
+  h.hub.receive(c.member, { t: "msg", to: "a", text: "not for b" });
+  h.clock.now += 2000; // within the grace of 2.5 keep-alives
+  h.hub.sweep();
+  const back = h.join("b", { id: "node-b", token: b.welcome.token, recover: position });
+  assert.equal(back.welcome.recovered, true);
+  assert.equal(back.welcome.nickname, "b");
+  assert.deepEqual(back.sink.take("msg").map((m) => m.text), ["while away 1", "while away 2"]);
+  assert.deepEqual(a.sink.take("leave"), [], "the blip was announced");
+  assert.deepEqual(c.sink.take("join"), [], "the blip was announced");
+  assert.equal(h.hub.stats.replayed, 2);
+  // A node that does not come back within the grace is gone.
+  h.hub.detach(back.member, back.sink);
+  h.clock.now += 3000;
+  for (const node of [a, c]) h.hub.receive(node.member, { t: "pong" });
+  h.hub.sweep();
+  assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "b", reason: "gone" }]);
+});
+
+Deno.test("hub: a position older than the history, or from another epoch, is not recovered, and the welcome says why", () => {
+  using h = makeHub({ historyLength: 2 });
+  const a = h.join("a", { id: "node-a" });
+  const b = h.join("b", { id: "node-b" });
+  const epoch = b.welcome.epoch!;
+  h.hub.detach(b.member, b.sink);
+  for (let seq = 1; seq <= 3; seq++) h.hub.receive(a.member, { t: "msg", text: `${seq}`, seq });
+  const late = h.join("b", { id: "node-b", token: b.welcome.token, recover: { epoch, offset: 0 } });
+  assert.deepEqual([late.welcome.recovered, late.welcome.missed], [false, "window"]);
+  assert.equal(late.welcome.offset, 3, "where the node goes on from");
+  assert.deepEqual(late.sink.take("msg"), []);
+  const recent = h.join("b", {
+    id: "node-b",
+    token: b.welcome.token,
+    recover: { epoch, offset: 1 },
+  });
+  assert.deepEqual(recent.sink.take("msg").map((m) => m.text), ["2", "3"]);
+  const other = h.join("b", {
+    id: "node-b",
+    token: b.welcome.token,
+    recover: { epoch: "another", offset: 3 },
+  });
+  assert.deepEqual([other.welcome.recovered, other.welcome.missed], [false, "epoch"]);
+});
+
+Deno.test("hub: a node with an id whose queue is full is cut off but keeps its place, and gets the rest when back", async () => {
+  using h = makeHub({ overflow: "disconnect" });
+  const a = h.join("a", { id: "node-a" });
+  const slow = h.join("slow", { id: "node-slow" });
+  a.sink.frames = [];
+  const position = { epoch: slow.welcome.epoch!, offset: slow.welcome.offset! };
+  slow.sink.full = true;
+  h.hub.receive(a.member, { t: "msg", text: "x", seq: 1 });
+  await slow.sink.whenClosed;
+  assert.equal(slow.sink.closed?.code, 4429);
+  h.hub.receive(a.member, { t: "msg", text: "y", seq: 2 });
+  const back = h.join("slow", { id: "node-slow", token: slow.welcome.token, recover: position });
+  assert.deepEqual(back.sink.take("msg").map((m) => m.text), ["x", "y"]);
+  assert.deepEqual(a.sink.take("leave"), []);
+  assert.equal(h.hub.stats.slowDisconnects, 1);
+});
+
+Deno.test("hub: a node back after it was declared gone keeps its message numbers: its resends stay duplicates", async () => {
+  using h = makeHub();
+  const a = h.join("a", { id: "node-a" });
+  const b = h.join("b", { id: "node-b" });
+  h.hub.receive(a.member, { t: "msg", text: "once", seq: 1 });
+  h.hub.leave(a.member, "gone");
+  const back = h.join("a", { id: "node-a", token: a.welcome.token });
+  assert.equal(back.welcome.acked, 1);
+  h.hub.receive(back.member, { t: "msg", text: "once", seq: 1 });
+  await Promise.resolve();
+  assert.deepEqual(b.sink.take("msg").map((m) => m.text), ["once"]);
 });

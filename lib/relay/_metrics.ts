@@ -34,6 +34,12 @@ export function metricsText(stats: RelayStats): string {
     stats.slowDisconnects,
   );
   metric("counter", "faded", "Nodes declared gone after missing keep-alives.", stats.faded);
+  metric("gauge", "rooms", "Rooms kept, with their history, nodes or not.", stats.rooms);
+  metric("gauge", "history_messages", "Messages held for recovery.", stats.historyMessages);
+  metric("gauge", "detached", "Nodes whose connection broke, in their grace.", stats.detached);
+  metric("counter", "duplicates", "Resent numbered messages dropped.", stats.duplicates);
+  metric("counter", "alone", "Numbered messages nobody could hear.", stats.alone);
+  metric("counter", "replayed", "Messages replayed to nodes back from a blip.", stats.replayed);
   lines.push(
     "# HELP immortal_relay_refused_total Requests and frames refused, by reason.",
     "# TYPE immortal_relay_refused_total counter",

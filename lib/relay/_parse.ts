@@ -184,6 +184,14 @@ const isFiniteNumbers = (value: unknown): value is number[] =>
   Array.isArray(value) && value.every((n) => typeof n === "number" && Number.isFinite(n));
 const optionalString = (value: unknown): value is string | undefined =>
   value === undefined || typeof value === "string";
+/** A message number or offset: a whole number from 0 up. */
+const isCount = (value: unknown): value is number =>
+  typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
+const optionalCount = (value: unknown): value is number | undefined =>
+  value === undefined || isCount(value);
+/** A node id or an epoch: 1-64 characters of base64url. */
+const ID = /^[A-Za-z0-9_-]{1,64}$/;
+const isId = (value: unknown): value is string => typeof value === "string" && ID.test(value);
 
 /** A message's text or numbers; text with control characters is refused. */
 function messageBody(frame: FrameObject): MessageBody | FrameProblem {
@@ -202,6 +210,18 @@ function parseHello(frame: FrameObject, rules: FrameRules): Parsed<HelloFrame> {
   if (reason) return problem("bad-request", reason);
   const role = frame.role ?? "peer";
   if (!isRole(role)) return problem("bad-request", "role must be peer, bridge or agent");
+  const { id, recover } = frame;
+  if (id !== undefined && !isId(id)) {
+    return problem("bad-request", "a node id is 1-64 characters of A-Z, a-z, 0-9, - and _");
+  }
+  const position = recover as { epoch?: unknown; offset?: unknown } | undefined;
+  if (
+    recover !== undefined &&
+    (id === undefined || typeof recover !== "object" || recover === null ||
+      !isId(position!.epoch) || !isCount(position!.offset))
+  ) {
+    return problem("bad-request", "recover needs an id, and is { epoch, offset } from a welcome");
+  }
   return ok({
     t: "hello",
     session: frame.session as string,
@@ -210,6 +230,10 @@ function parseHello(frame: FrameObject, rules: FrameRules): Parsed<HelloFrame> {
     // A secret or token of the wrong type counts as none: the secret check refuses it.
     ...(typeof frame.secret === "string" ? { secret: frame.secret } : {}),
     ...(typeof frame.token === "string" ? { token: frame.token } : {}),
+    ...(id === undefined ? {} : { id }),
+    ...(position === undefined
+      ? {}
+      : { recover: { epoch: position.epoch as string, offset: position.offset as number } }),
   });
 }
 
@@ -224,7 +248,16 @@ export function parseNodeFrame(value: unknown, rules: FrameRules): Parsed<NodeFr
       const body = messageBody(frame);
       if ("code" in body) return { ok: false, problem: body };
       if (!optionalString(frame.to)) return problem("bad-message", "`to` must be a nickname");
-      return ok({ t: "msg", ...(frame.to === undefined ? {} : { to: frame.to }), ...body });
+      const { seq } = frame;
+      if (seq !== undefined && !(isCount(seq) && seq > 0)) {
+        return problem("bad-message", "`seq` is a whole number from 1 up");
+      }
+      return ok({
+        t: "msg",
+        ...(frame.to === undefined ? {} : { to: frame.to }),
+        ...(seq === undefined ? {} : { seq }),
+        ...body,
+      });
     }
     case "ping":
     case "pong":
@@ -247,10 +280,14 @@ function isMember(value: unknown): value is RelayMember {
 
 function parseWelcome(frame: FrameObject): Parsed<WelcomeFrame> {
   const { session, nickname, role, token, members, keepAlive, stream } = frame;
+  const { epoch, offset, acked, recovered, missed } = frame;
   if (
     typeof session !== "string" || typeof nickname !== "string" || !isRole(role) ||
     typeof token !== "string" || !Array.isArray(members) || !members.every(isMember) ||
-    typeof keepAlive !== "number" || !(keepAlive > 0) || !optionalString(stream)
+    typeof keepAlive !== "number" || !(keepAlive > 0) || !optionalString(stream) ||
+    (epoch !== undefined && !isId(epoch)) || !optionalCount(offset) || !optionalCount(acked) ||
+    (recovered !== undefined && typeof recovered !== "boolean") ||
+    (missed !== undefined && missed !== "epoch" && missed !== "window")
   ) {
     return problem("bad-frame", "a malformed welcome");
   }
@@ -263,6 +300,11 @@ function parseWelcome(frame: FrameObject): Parsed<WelcomeFrame> {
     members: members.map((m) => ({ nickname: m.nickname, role: m.role })),
     keepAlive,
     ...(stream === undefined ? {} : { stream }),
+    ...(epoch === undefined ? {} : { epoch }),
+    ...(offset === undefined ? {} : { offset }),
+    ...(acked === undefined ? {} : { acked }),
+    ...(recovered === undefined ? {} : { recovered }),
+    ...(missed === undefined ? {} : { missed }),
   });
 }
 
@@ -287,14 +329,21 @@ export function parseRelayFrame(value: unknown): Parsed<RelayFrame> {
       return ok({ t: "leave", nickname: frame.nickname, reason: frame.reason });
     case "msg": {
       const body = messageBody(frame);
-      if ("code" in body || typeof frame.from !== "string" || !optionalString(frame.to)) break;
+      const { from, to, offset, id, seq } = frame;
+      if ("code" in body || typeof from !== "string" || !optionalString(to)) break;
+      if (!optionalCount(offset) || !optionalCount(seq) || (id !== undefined && !isId(id))) break;
       return ok({
         t: "msg",
-        from: frame.from,
-        ...(frame.to === undefined ? {} : { to: frame.to }),
+        from,
+        ...(to === undefined ? {} : { to }),
+        ...(offset === undefined ? {} : { offset }),
+        ...(id === undefined || seq === undefined ? {} : { id, seq }),
         ...body,
       });
     }
+    case "ack":
+      if (!isCount(frame.seq)) break;
+      return ok({ t: "ack", seq: frame.seq });
     case "ping":
     case "pong":
       return ok({ t: frame.t });
@@ -303,7 +352,13 @@ export function parseRelayFrame(value: unknown): Parsed<RelayFrame> {
       return ok({ t: "pipe", id: frame.id, from: frame.from });
     case "error":
       if (!isErrorCode(frame.code) || typeof frame.message !== "string") break;
-      return ok({ t: "error", code: frame.code, message: frame.message });
+      if (!optionalCount(frame.seq)) break;
+      return ok({
+        t: "error",
+        code: frame.code,
+        message: frame.message,
+        ...(frame.seq === undefined ? {} : { seq: frame.seq }),
+      });
     default:
       return problem("bad-frame", `unknown frame type "${frame.t}"`);
   }

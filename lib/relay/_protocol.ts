@@ -48,6 +48,8 @@ export interface RelayMember {
  * - `not-found`, `method-not-allowed`: an unknown path, or a wrong method.
  * - `pipe-refused`: the node a pipe was for refused it (or accepts none).
  * - `pipe-timeout`: the node a pipe was for did not answer in time.
+ * - `alone`: a numbered message nobody else in the session could hear,
+ *   dropped (TcpJLib's rule); the frame names its `seq`.
  */
 export type RelayErrorCode =
   | "unauthorized"
@@ -66,7 +68,8 @@ export type RelayErrorCode =
   | "not-found"
   | "method-not-allowed"
   | "pipe-refused"
-  | "pipe-timeout";
+  | "pipe-timeout"
+  | "alone";
 
 /** Every error code, for validating what a relay sends. */
 export const ERROR_CODES: readonly RelayErrorCode[] = [
@@ -87,6 +90,7 @@ export const ERROR_CODES: readonly RelayErrorCode[] = [
   "method-not-allowed",
   "pipe-refused",
   "pipe-timeout",
+  "alone",
 ];
 
 /** Why a wire value is not an acceptable frame: the code the relay answers with, and a sentence. */
@@ -117,10 +121,31 @@ export interface HelloFrame {
   secret?: string;
   /** Join token from an earlier welcome: reclaims the same nickname. */
   token?: string;
+  /**
+   * The node's own id, the same for its whole life (every reconnect): asks
+   * for exactly-once messages. The relay acknowledges its numbered messages,
+   * numbers what it delivers (`offset`), and passes `id` and `seq` on, so a
+   * receiver drops a message it already has even across a relay restart.
+   */
+  id?: string;
+  /** Where the node is in its room's history, from an earlier welcome and the messages since. */
+  recover?: RecoverPosition;
 }
 
-/** A message from a node: to everyone (no `to`) or to one node. */
-export type NodeMessageFrame = { t: "msg"; to?: string } & MessageBody;
+/** A position in a room's history: the last `offset` a node has, under the history's `epoch`. */
+export interface RecoverPosition {
+  /** Names one history of the room; a relay that lost it (a restart) has another. */
+  epoch: string;
+  /** The offset of the last message the node has (the welcome's `offset` if none since). */
+  offset: number;
+}
+
+/**
+ * A message from a node: to everyone (no `to`) or to one node. `seq` (1, 2,
+ * ...: increasing, never reused by one node `id`) asks for an `ack` and for
+ * duplicates to be dropped.
+ */
+export type NodeMessageFrame = { t: "msg"; to?: string; seq?: number } & MessageBody;
 
 /** A node's refusal of the pipe `id` it was offered. */
 export interface PipeRefuseFrame {
@@ -159,13 +184,34 @@ export interface WelcomeFrame {
   keepAlive: number;
   /** Stream id for POSTs upstream (HTTP streaming transport only). */
   stream?: string;
+  /** The room history's epoch (for a hello with an `id`). */
+  epoch?: string;
+  /** The offset of the room's latest message (for a hello with an `id`). */
+  offset?: number;
+  /** The highest `seq` the relay has taken from this node: resend only what is above it. */
+  acked?: number;
+  /**
+   * For a hello with `recover`: whether the messages the node missed follow,
+   * right after this welcome. When `false`, `missed` says why not.
+   */
+  recovered?: boolean;
+  /** Why the relay cannot recover: `epoch` (it lost the history: a restart) or `window` (too old). */
+  missed?: MissedReason;
 }
+
+/** Why a relay could not give a node the messages it missed. */
+export type MissedReason = "epoch" | "window";
 
 /** Why a node left its room: `left` (it said bye) or `gone` (it faded or broke). */
 export type LeaveReason = "left" | "gone";
 
-/** A message as the relay delivers it. */
-export type RelayMessageFrame = { t: "msg"; from: string; to?: string } & MessageBody;
+/**
+ * A message as the relay delivers it: `offset` numbers the room's messages
+ * (for recovery); `id` and `seq` are the sender's, when it numbered it.
+ */
+export type RelayMessageFrame =
+  & { t: "msg"; from: string; to?: string; offset?: number; id?: string; seq?: number }
+  & MessageBody;
 
 /** An error frame: a refused frame, or a refused join before the connection ends. */
 export interface ErrorFrame {
@@ -175,6 +221,8 @@ export interface ErrorFrame {
   code: RelayErrorCode;
   /** For people. */
   message: string;
+  /** The numbered message this is about. */
+  seq?: number;
 }
 
 /** Another node asks for a pipe to this one: accept it with a pipe request naming `id`. */
@@ -194,6 +242,7 @@ export type RelayFrame =
   | { t: "join"; nickname: string; role: RelayRole }
   | { t: "leave"; nickname: string; reason: LeaveReason }
   | RelayMessageFrame
+  | { t: "ack"; seq: number }
   | { t: "ping" }
   | { t: "pong" }
   | ErrorFrame;

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { History, type HistoryLimits } from "./_history.ts";
 import type { RelayMember, RelayRole } from "./_protocol.ts";
 import { secretsEqual } from "./_secret.ts";
 
@@ -18,10 +19,20 @@ export interface Sink {
   close(code: number, reason: string): void;
 }
 
+/**
+ * The sink of a node whose connection broke: what it misses waits in the
+ * room's history until it is back (or declared gone).
+ */
+export const DETACHED: Sink = { push: () => true, close: () => {} };
+
 /** A joined node. */
 export class Member {
   /** When the relay last heard from the node (clock ms). */
   lastHeard: number;
+  /** The node's own id, when it asked for exactly-once messages. */
+  id: string | undefined;
+  /** The highest `seq` taken from the node: anything at or below is a duplicate. */
+  lastSeq = 0;
   /** When the relay last pinged the node (clock ms). */
   lastPinged: number;
   #tokens: number;
@@ -62,11 +73,21 @@ export class Member {
    * Whether this node hears messages from `speaker`: agents and bridges hear
    * only each other, so a bridge serves many agents that never see each other.
    */
-  hears(speaker: Member): boolean {
+  hears(speaker: { role: RelayRole }): boolean {
     if (speaker.role === "agent") return this.role === "bridge";
     if (this.role === "agent") return speaker.role === "bridge";
     return true;
   }
+}
+
+/** A nickname kept for the node that left it, with what the relay knew of that node. */
+export interface Reservation {
+  /** The join token that reclaims it. */
+  token: string;
+  /** Until when (clock ms). */
+  until: number;
+  /** The node's {@linkcode Member.lastSeq}, so its resent messages stay duplicates. */
+  lastSeq: number;
 }
 
 /** The nodes that joined one session id, and the nicknames kept for those that left. */
@@ -74,10 +95,14 @@ export class Room {
   /** Joined nodes by nickname. */
   readonly members: Map<string, Member> = new Map();
   /** Nicknames of nodes that left, kept for their join token until the time given. */
-  readonly reserved: Map<string, { token: string; until: number }> = new Map();
+  readonly reserved: Map<string, Reservation> = new Map();
+  /** The messages delivered in the room, for nodes back from a blip. */
+  readonly history: History;
 
-  /** A room named by the session id `id`. */
-  constructor(readonly id: string) {}
+  /** A room named by the session id `id`, keeping `history` of its messages. */
+  constructor(readonly id: string, history: HistoryLimits) {
+    this.history = new History(history);
+  }
 
   /** Whether `name` is held (by a member, or reserved) for the node with `token`. */
   givenTo(name: string, token: string | undefined, now: number): boolean {

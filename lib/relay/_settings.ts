@@ -47,6 +47,9 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     maxQueueBytes: positive("maxQueueBytes", options.maxQueueBytes ?? 1 << 20),
     overflow,
     reclaimWindow: options.reclaimWindow ?? 30_000,
+    historyLength: positive("historyLength", options.historyLength ?? 1000),
+    historyBytes: positive("historyBytes", options.historyBytes ?? 4 << 20),
+    historyAge: positive("historyAge", options.historyAge ?? 120_000),
     chatPage: options.chatPage ?? true,
   };
 }

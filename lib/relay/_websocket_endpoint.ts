@@ -135,7 +135,7 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
   };
   socket.onclose = () => {
     clearTimeout(authTimer);
-    if (member !== null && member.sink === sink) hub.leave(member, "gone");
+    if (member !== null && member.sink === sink) hub.detach(member, sink);
   };
   return response;
 }

@@ -16,6 +16,7 @@ export { type RelayEvent, RelayNode, type RelayNodeOptions, type RelayNodeState 
 export { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
 export {
   type LeaveReason,
+  type MissedReason,
   type RelayErrorCode,
   type RelayMember,
   type RelayRole,

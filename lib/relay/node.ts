@@ -15,13 +15,17 @@ import { HttpStreamTransport } from "./_http_stream_transport.ts";
 import type {
   HelloFrame,
   LeaveReason,
-  NodeFrame,
+  MissedReason,
+  NodeMessageFrame,
+  RecoverPosition,
   RelayErrorCode,
   RelayFrame,
   RelayMember,
+  RelayMessageFrame,
   RelayRole,
   WelcomeFrame,
 } from "./_protocol.ts";
+import { newJoinToken } from "./_secret.ts";
 import {
   type ClientTransport,
   type DialSettings,
@@ -44,7 +48,8 @@ export type RelayEvent =
   | { type: "join"; nickname: string; role: RelayRole }
   | { type: "leave"; nickname: string; reason: LeaveReason }
   | { type: "state"; state: RelayNodeState; transport?: RelayTransportKind; reason?: string }
-  | { type: "error"; code: RelayErrorCode; message: string };
+  | { type: "missed"; reason: MissedReason }
+  | { type: "error"; code: RelayErrorCode; message: string; seq?: number };
 
 /** Settings of {@linkcode RelayNode.connect}. */
 export interface RelayNodeOptions {
@@ -76,7 +81,15 @@ export interface RelayNodeOptions {
   backoff?: { initial?: number; max?: number };
   /** Events kept for a slow `events` reader before the oldest are dropped. Default 10000. */
   maxBufferedEvents?: number;
+  /**
+   * Messages sent but not yet acknowledged by the relay (kept to resend after
+   * a reconnect) before `send` throws. Default 1024.
+   */
+  maxUnacked?: number;
 }
+
+/** Senders a node remembers the last message number of, to drop duplicates. */
+const MAX_SENDERS_REMEMBERED = 10_000;
 
 const FADE_BEATS = 3;
 
@@ -126,7 +139,18 @@ export class RelayNode implements AsyncDisposable {
   #token: string | undefined;
   #members = new Map<string, RelayMember>();
   #state: RelayNodeState = "connecting";
-  #outbox: NodeFrame[] = [];
+  /** This node's id for its whole life: what the relay and the receivers know its messages by. */
+  readonly #id = newJoinToken();
+  #seq = 0;
+  /** Messages the relay has not acknowledged yet, oldest first: resent after a reconnect. */
+  #unacked: (NodeMessageFrame & { seq: number })[] = [];
+  #flushWaiters: (() => void)[] = [];
+  /** Whether the relay acknowledges messages and keeps history (it says so in its welcome). */
+  #reliable = false;
+  /** Where this node is in its room's history. */
+  #position: RecoverPosition | undefined;
+  /** The last message number seen per sender id, oldest sender first. */
+  #seen = new Map<string, number>();
   #events: RelayEvent[] = [];
   #eventsHead = 0;
   #eventWaiter: (() => void) | null = null;
@@ -222,22 +246,44 @@ export class RelayNode implements AsyncDisposable {
     return { [Symbol.asyncIterator]: () => this.#iterate() };
   }
 
-  /** Sends `text` to every other node of the session (that may hear it). */
-  send(text: string): void {
-    this.#post({ t: "msg", text: String(text) });
+  /**
+   * Sends `text` to every other node of the session (that may hear it), and
+   * returns its number (`seq`): an `error` event naming it says it went
+   * nowhere (`alone`: nobody else was there) or was refused. Sent messages
+   * survive reconnects, each delivered once (see {@linkcode RelayNode.flush}).
+   */
+  send(text: string): number {
+    return this.#post({ t: "msg", text: String(text) });
   }
 
-  /** Sends `text` to one node. */
-  sendTo(nickname: string, text: string): void {
-    this.#post({ t: "msg", to: nickname, text: String(text) });
+  /** Sends `text` to one node; returns its number, as {@linkcode RelayNode.send} does. */
+  sendTo(nickname: string, text: string): number {
+    return this.#post({ t: "msg", to: nickname, text: String(text) });
   }
 
-  /** Sends numbers (finite) to everyone, or to one node when `to` is given. */
-  sendNumbers(numbers: readonly number[], to?: string): void {
+  /** Sends numbers (finite) to everyone, or to one node when `to` is given; returns its number. */
+  sendNumbers(numbers: readonly number[], to?: string): number {
     if (!numbers.every((n) => typeof n === "number" && Number.isFinite(n))) {
       throw new TypeError("sendNumbers takes finite numbers only");
     }
-    this.#post({ t: "msg", ...(to === undefined ? {} : { to }), numbers: [...numbers] });
+    return this.#post({ t: "msg", ...(to === undefined ? {} : { to }), numbers: [...numbers] });
+  }
+
+  /** Messages sent that the relay has not acknowledged yet. */
+  get unacked(): number {
+    return this.#unacked.length;
+  }
+
+  /**
+   * Resolves once the relay has taken every message sent so far (through
+   * reconnects, if need be); rejects if the node closes first. Close after
+   * it to be sure that nothing sent is left behind.
+   */
+  async flush(): Promise<void> {
+    while (this.#unacked.length > 0) {
+      if (this.#closed) throw new Error(`the node closed with ${this.#unacked.length} unsent`);
+      await new Promise<void>((resolve) => this.#flushWaiters.push(resolve));
+    }
   }
 
   /**
@@ -327,6 +373,7 @@ export class RelayNode implements AsyncDisposable {
     await this.#reconnecting?.catch(() => {});
     this.#settings.client?.close();
     this.#wake();
+    this.#wakeFlush();
   }
 
   /** Same as {@linkcode RelayNode.close}. */
@@ -334,14 +381,36 @@ export class RelayNode implements AsyncDisposable {
     return this.close();
   }
 
-  #post(frame: NodeFrame): void {
+  #post(frame: NodeMessageFrame): number {
     if (this.#closed) throw new Error("the node is closed");
-    if (this.#transport) return this.#transport.send(frame);
-    // Kept for the next connection, within reason.
-    if (this.#outbox.length >= 1024) {
-      throw new Error("not connected, and 1024 messages wait already");
+    // Kept until acknowledged (for a relay that does not acknowledge: until sent), within reason.
+    const max = this.#options.maxUnacked ?? 1024;
+    if (this.#unacked.length >= max) {
+      throw new Error(
+        `${max} messages wait for the relay already (${
+          this.#transport ? "it has not acknowledged them" : "not connected"
+        })`,
+      );
     }
-    this.#outbox.push(frame);
+    const numbered = { ...frame, seq: ++this.#seq };
+    if (this.#transport) {
+      this.#transport.send(numbered);
+      if (this.#reliable) this.#unacked.push(numbered);
+    } else this.#unacked.push(numbered);
+    return numbered.seq;
+  }
+
+  /** The relay has taken every message up to `seq`. */
+  #acked(seq: number): void {
+    let taken = 0;
+    while (taken < this.#unacked.length && this.#unacked[taken].seq <= seq) taken++;
+    if (taken === 0) return;
+    this.#unacked.splice(0, taken);
+    if (this.#unacked.length === 0) this.#wakeFlush();
+  }
+
+  #wakeFlush(): void {
+    for (const wake of this.#flushWaiters.splice(0)) wake();
   }
 
   /** The wait before attempt number `attempt` (0-based; 0 waits nothing). */
@@ -358,6 +427,8 @@ export class RelayNode implements AsyncDisposable {
       role: this.#options.role ?? "peer",
       secret: this.#options.secret,
       token: this.#token,
+      id: this.#id,
+      recover: this.#position,
     };
     const hooks = {
       onFrame: (frame: RelayFrame) => this.#onFrame(frame),
@@ -399,8 +470,39 @@ export class RelayNode implements AsyncDisposable {
     this.#members.clear();
     for (const member of welcome.members) this.#members.set(member.nickname, member);
     this.#emit({ type: "members", members: this.members });
+    this.#reliable = welcome.epoch !== undefined;
+    if (this.#reliable) {
+      // Recovered: the messages missed follow this welcome, and move the position on.
+      if (welcome.recovered !== true) {
+        // A node that had a position and is not given what followed it must hear so.
+        if (this.#position) this.#emit({ type: "missed", reason: welcome.missed ?? "epoch" });
+        this.#position = { epoch: welcome.epoch!, offset: welcome.offset ?? 0 };
+      }
+      this.#acked(welcome.acked ?? 0);
+    }
     this.#setState("connected");
-    for (const frame of this.#outbox.splice(0)) this.#transport!.send(frame);
+    for (const frame of this.#unacked) this.#transport!.send(frame);
+    if (!this.#reliable) this.#acked(this.#seq);
+  }
+
+  /** Whether `frame` is new to this node (not a replay or resend of one it has). */
+  #fresh(frame: RelayMessageFrame): boolean {
+    const position = this.#position;
+    if (frame.offset !== undefined && position !== undefined) {
+      if (frame.offset <= position.offset) return false;
+      position.offset = frame.offset;
+    }
+    // Across a relay restart, offsets start again: the sender's own numbers still tell.
+    if (frame.id !== undefined && frame.seq !== undefined) {
+      const last = this.#seen.get(frame.id);
+      if (last !== undefined && frame.seq <= last) return false;
+      this.#seen.delete(frame.id);
+      this.#seen.set(frame.id, frame.seq);
+      if (this.#seen.size > MAX_SENDERS_REMEMBERED) {
+        this.#seen.delete(this.#seen.keys().next().value!);
+      }
+    }
+    return true;
   }
 
   #onFrame(frame: RelayFrame): void {
@@ -410,6 +512,7 @@ export class RelayNode implements AsyncDisposable {
         this.#transport?.send({ t: "pong" });
         return;
       case "msg": {
+        if (!this.#fresh(frame)) return;
         const base = { from: frame.from, ...(frame.to ? { to: frame.to } : {}) };
         if (frame.numbers !== undefined) {
           this.#emit({ type: "numbers", ...base, numbers: frame.numbers });
@@ -426,8 +529,22 @@ export class RelayNode implements AsyncDisposable {
         this.#members.delete(frame.nickname);
         this.#emit({ type: "leave", nickname: frame.nickname, reason: frame.reason });
         return;
+      case "ack":
+        this.#acked(frame.seq);
+        return;
       case "error":
-        this.#emit({ type: "error", code: frame.code, message: frame.message });
+        if (frame.seq !== undefined) {
+          // Taken, and refused or dropped: it is not resent.
+          const index = this.#unacked.findIndex((m) => m.seq === frame.seq);
+          if (index >= 0) this.#unacked.splice(index, 1);
+          if (this.#unacked.length === 0) this.#wakeFlush();
+        }
+        this.#emit({
+          type: "error",
+          code: frame.code,
+          message: frame.message,
+          ...(frame.seq === undefined ? {} : { seq: frame.seq }),
+        });
         return;
       case "pipe":
         this.#pipes.offered(frame);

@@ -44,6 +44,15 @@ export interface RelayOptions {
    * that node and counts it in `/metrics`.
    */
   overflow?: OverflowPolicy;
+  /**
+   * Messages each room keeps for nodes back from a blip (they say the last
+   * one they have, and get the rest, in order, once). Default 1000.
+   */
+  historyLength?: number;
+  /** Bytes of messages each room keeps, at most. Default 4 MiB. */
+  historyBytes?: number;
+  /** How long (ms) a room keeps a message for nodes back from a blip. Default 120000. */
+  historyAge?: number;
   /** How long (ms) a node that left keeps its nickname reserved for its join token. Default 30000. */
   reclaimWindow?: number;
   /** Serve the browser chat page at `/chat`. Default `true`. */
