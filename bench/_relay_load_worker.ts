@@ -7,13 +7,14 @@
 // saturated its core long before the relay did (profiled: the relay sat ~80%
 // idle behind Deno's WebSocket client).
 //
-// Args: url nodes sessionSize rate1,rate2,... seconds
-const [url, nodesArg, sizeArg, ratesArg, secondsArg] = Deno.args;
+// Args: url[,url...] nodes sessionSize rate1,rate2,... seconds (node i joins
+// through url i mod the number of urls).
+const [urlsArg, nodesArg, sizeArg, ratesArg, secondsArg] = Deno.args;
+const URLS = urlsArg.split(",").map((url) => new URL(url));
 const NODES = Number(nodesArg);
 const SIZE = Number(sizeArg);
 const RATES = ratesArg.split(",").map(Number);
 const SECONDS = Number(secondsArg);
-const { hostname, port } = new URL(url);
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -92,7 +93,8 @@ function scan(node: Node, data: Uint8Array, onWelcome: () => void): number {
       delivered++;
       if (delivered % sampleEvery === 0) {
         const text = decoder.decode(data.subarray(p, p + len));
-        const ts = Number(text.slice(text.lastIndexOf('"text":"') + 8, -2));
+        const at = text.lastIndexOf('"text":"') + 8;
+        const ts = Number(text.slice(at, text.indexOf('"', at)));
         latencies.push(performance.timeOrigin + performance.now() - ts);
       }
     } else if (kind === 0x70 && data[p + 7] === 0x69 /* pi: ping */) {
@@ -106,6 +108,7 @@ function scan(node: Node, data: Uint8Array, onWelcome: () => void): number {
 }
 
 async function open(i: number): Promise<Node> {
+  const { hostname, port } = URLS[i % URLS.length];
   const conn = await Deno.connect({ hostname, port: Number(port) });
   conn.setNoDelay(true);
   const node = new Node(conn);

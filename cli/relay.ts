@@ -33,6 +33,9 @@ Usage:
 Options:
   --port PORT              port to listen on (default 8080)
   --hostname HOST          address to listen on (default 0.0.0.0)
+  --reuse-port             share the port with other relay processes on this
+                           machine (SO_REUSEPORT; with --redis, one session
+                           across them); needs deno run --unstable-net
   --secret SECRET          relay secret nodes must present
   --secret-file PATH       read the secret from a file (first line)
   --metrics-token TOKEN    what /metrics and the numbers on / and /healthz
@@ -52,6 +55,9 @@ Options:
   --max-queue-bytes N      bytes queued towards one node (default 1048576)
   --overflow POLICY        full queue: disconnect (default) or drop
   --no-chat-page           do not serve the browser chat page at /chat
+  --redis URL              share sessions with other relay processes through
+                           Redis (redis://host:6379); needs --allow-net for
+                           it and --allow-env=REDIS_DEBUG_MAINTENANCE
   --history-length N       messages each session keeps for nodes back from a
                            blip (default 1000)
   --history-bytes N        bytes of messages each session keeps (default
@@ -125,6 +131,8 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
         "idle-timeout": { type: "string" },
         "max-unjoined": { type: "string" },
         "history-length": { type: "string" },
+        redis: { type: "string" },
+        "reuse-port": { type: "boolean" },
         "history-bytes": { type: "string" },
         "history-age": { type: "string" },
         "log-level": { type: "string", default: "info" },
@@ -174,6 +182,9 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   if (overflow !== "disconnect" && overflow !== "drop") {
     throw new UsageError(`--overflow must be disconnect or drop, got "${overflow}"`);
   }
+  if (v.redis !== undefined && !/^rediss?:\/\/[^/]/.test(v.redis)) {
+    throw new UsageError(`--redis must be a URL like redis://127.0.0.1:6379, got "${v.redis}"`);
+  }
   const num = (flag: keyof typeof v, integer = true) =>
     v[flag] === undefined ? undefined : parsePositive(`--${flag}`, v[flag] as string, integer);
   const serve: ServeRelayOptions = {
@@ -194,6 +205,8 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     headerTimeout: num("header-timeout"),
     idleTimeout: num("idle-timeout"),
     maxUnjoined: num("max-unjoined"),
+    redis: v.redis,
+    reusePort: v["reuse-port"] || undefined,
     historyLength: num("history-length"),
     historyBytes: num("history-bytes"),
     historyAge: num("history-age"),
@@ -209,6 +222,13 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
 }
 
 async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
+  // Deno ends the process, not just the call, when Deno.listen is asked for
+  // reusePort without --unstable-net (which also defines listenDatagram).
+  if (config.serve.reusePort && !("listenDatagram" in Deno)) {
+    throw new Error(
+      "--reuse-port needs Deno's --unstable-net flag: deno run --unstable-net ... cli/relay.ts",
+    );
+  }
   const listening = Promise.withResolvers<Deno.NetAddr>();
   let server;
   try {
@@ -232,7 +252,19 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   } else {
     log.info("Relay secret required (from {source})", { source: config.secretSource });
   }
+  if (config.serve.redis !== undefined) {
+    log.info("Sessions shared through Redis at {redis}", {
+      redis: redactedUrl(config.serve.redis),
+    });
+  }
   return { stopping: "shutting the relay down", close: () => server.shutdown() };
+}
+
+/** A URL without its password, for the log. */
+function redactedUrl(url: string): string {
+  const parsed = new URL(url);
+  if (parsed.password) parsed.password = "***";
+  return parsed.href;
 }
 
 if (import.meta.main) {

@@ -78,11 +78,17 @@ export async function startTinyproxy(): Promise<Proxy> {
 }
 
 /**
- * nginx as a reverse proxy in front of `upstreamPort`, with a plain
- * `proxy_pass` and nginx's defaults otherwise: response buffering on, HTTP/1.0
- * to the upstream, no WebSocket upgrade headers passed.
+ * nginx as a reverse proxy in front of `upstream` (one port, or several it
+ * balances over and fails over between), with a plain `proxy_pass` and
+ * nginx's defaults otherwise: response buffering on, HTTP/1.0 to the
+ * upstream, no WebSocket upgrade headers passed. With `websocket`, the usual
+ * lines for WebSocket and streaming (HTTP/1.1, Upgrade, no buffering).
  */
-export async function startNginx(upstreamPort: number): Promise<Proxy> {
+export async function startNginx(
+  upstream: number | number[],
+  options: { websocket?: boolean } = {},
+): Promise<Proxy> {
+  const ports = typeof upstream === "number" ? [upstream] : upstream;
   const dir = await Deno.makeTempDir({ prefix: "immortal-nginx-" });
   const port = freePort();
   await Deno.writeTextFile(
@@ -101,9 +107,25 @@ http {
   fastcgi_temp_path ${dir}/fastcgi;
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
+  upstream relays {
+${ports.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=2s;`).join("\n")}
+  }
   server {
     listen 127.0.0.1:${port};
-    location / { proxy_pass http://127.0.0.1:${upstreamPort}; }
+    location / {
+      proxy_pass http://relays;
+      proxy_next_upstream error timeout;${
+      options.websocket
+        ? `
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $http_connection;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 1h;`
+        : ""
+    }
+    }
   }
 }
 `,

@@ -71,6 +71,8 @@ export interface HttpServerOptions {
   maxUnjoined: number;
   /** Largest WebSocket message. */
   maxMessageBytes: number;
+  /** Share the port with other processes (`SO_REUSEPORT`; the kernel spreads connections). */
+  reusePort?: boolean;
 }
 
 /** Counters of the connections of a relay started by `serveRelay`. */
@@ -175,7 +177,11 @@ export class HttpServer {
   constructor(handler: Handler, options: HttpServerOptions) {
     this.#handler = handler;
     this.#options = options;
-    const where = { hostname: options.hostname, port: options.port };
+    const where = {
+      hostname: options.hostname,
+      port: options.port,
+      ...(options.reusePort ? { reusePort: true } : {}),
+    };
     this.#listener = options.cert
       ? Deno.listenTls({
         ...where,

@@ -92,7 +92,7 @@ export class HttpStreamEndpoint {
       },
     }, { highWaterMark: settings.maxQueueBytes, size: (chunk) => chunk.byteLength });
     try {
-      member = hub.admit(hello, req.headers.get(SECRET_HEADER), sink, { stream: streamId });
+      member = await hub.admit(hello, req.headers.get(SECRET_HEADER), sink, { stream: streamId });
     } catch (error) {
       if (!(error instanceof JoinRefused)) throw error;
       closed = true;

@@ -13,15 +13,20 @@ import {
   type FrameProblem,
   type HelloFrame,
   type LeaveReason,
+  type MessageBody,
+  type MissedReason,
   type NodeFrame,
   type NodeMessageFrame,
   type Parsed,
   type RelayErrorCode,
+  type WelcomeFrame,
 } from "./_protocol.ts";
+import type { ClusterJoin, RelayCluster } from "./_cluster.ts";
 import type { HistoryEntry } from "./_history.ts";
-import { DETACHED, Member, Room, type Sink } from "./_room.ts";
+import { type Arrival, DETACHED, Member, Room, type Sink } from "./_room.ts";
 import { newJoinToken, secretsEqual } from "./_secret.ts";
 import type { RelaySettings } from "./_settings.ts";
+import { errorMessage } from "../_util.ts";
 import type { RelayConnectionStats } from "./_http_server.ts";
 import type { PipeStats } from "./_pipes.ts";
 
@@ -42,6 +47,24 @@ export class JoinRefused extends Error {
  * what a node sent (a room id, a nickname).
  */
 export type RefusalReason = RelayErrorCode | "secret" | "max-sessions" | "max-nodes";
+
+/** Whether `nickname` ends in what looks like the relay's clash suffix `(n)`. */
+function suffixed(nickname: string): boolean {
+  // NFKC first: a fullwidth `max（１）` or superscript `max⁽¹⁾` looks the same.
+  return CLASH_SUFFIX.test(nickname.normalize("NFKC"));
+}
+
+/**
+ * A message frame as two halves around its offset, which only the cluster
+ * gives out: a placeholder offset is encoded and cut out. Quotes inside JSON
+ * strings are escaped, so the first `"offset":-1` is the field itself.
+ */
+function frameAroundOffset(frame: Record<string, unknown>): [string, string] {
+  const text = encodeFrame({ ...frame, offset: -1 } as unknown as NodeFrame);
+  const marker = '"offset":-1';
+  const at = text.indexOf(marker) + '"offset":'.length;
+  return [text.slice(0, at), text.slice(at + 2)];
+}
 
 /** Counters and gauges of a relay, as served at `/metrics`. */
 export interface RelayStats {
@@ -111,6 +134,14 @@ export class Hub {
   #timer: ReturnType<typeof setInterval>;
   /** Where a node's refusal of a pipe goes (the relay's pipe endpoint). */
   onPipeRefuse: ((member: Member, id: string, reason: string) => void) | null = null;
+  /** With `redis`: the cluster this relay shares its rooms with, once loaded. */
+  #cluster: RelayCluster | null = null;
+  /**
+   * Loads the cluster: its Redis client is imported only when asked for, so
+   * a relay without Redis needs none of its permissions.
+   */
+  #clusterReady: Promise<RelayCluster> | null = null;
+  #closed = false;
 
   /**
    * A hub with `settings`. `clock` (ms) is for tests that must not depend on
@@ -121,6 +152,26 @@ export class Hub {
     this.rules = { maxNicknameLength: settings.maxNicknameLength };
     this.#clock = clock;
     this.#timer = setInterval(() => this.sweep(), Math.max(50, settings.keepAlive / 4));
+    const url = settings.redis;
+    if (url !== undefined) {
+      this.#clusterReady = import("./_cluster.ts").then(({ RelayCluster }) => {
+        const cluster = new RelayCluster({
+          url,
+          historyLength: settings.historyLength,
+          roomTtl: Math.max(settings.historyAge, settings.reclaimWindow),
+          reclaimWindow: settings.reclaimWindow,
+          maxNodesPerSession: settings.maxNodesPerSession,
+          maxSessions: settings.maxSessions,
+        }, {
+          message: (room, entry) => this.#fromCluster(room, entry),
+          presence: (room, event) => this.#presenceFromCluster(room, event),
+          moved: (room, nickname, relay) => this.#movedInCluster(room, nickname, relay),
+          forgotten: () => this.#forgottenByCluster(),
+        });
+        if (this.#closed) cluster.close();
+        return this.#cluster = cluster;
+      });
+    }
   }
 
   /** Counters and gauges. */
@@ -166,13 +217,17 @@ export class Hub {
     headerSecret: string | null,
     sink: Sink,
     extra: { stream?: string } = {},
-  ): Member {
+  ): Member | Promise<Member> {
     this.checkSecret(headerSecret ?? (typeof hello.secret === "string" ? hello.secret : null));
     const parsed = parseNodeFrame(hello, this.rules);
     if (!parsed.ok || parsed.frame.t !== "hello") {
       this.refuse("bad-hello");
       const reason = parsed.ok ? "the first frame must be a hello" : parsed.problem.reason;
       throw new JoinRefused(400, "bad-request", reason);
+    }
+    if (this.#clusterReady) {
+      const hello = parsed.frame;
+      return this.#clusterReady.then((cluster) => this.#joinCluster(cluster, hello, sink, extra));
     }
     return this.join(parsed.frame, sink, extra);
   }
@@ -186,16 +241,7 @@ export class Hub {
     const { session: id, nickname: wanted, role, token } = hello;
     let room = this.rooms.get(id);
     const now = this.#clock();
-    // NFKC first: a fullwidth `max（１）` or superscript `max⁽¹⁾` looks the same.
-    if (CLASH_SUFFIX.test(wanted.normalize("NFKC")) && !room?.givenTo(wanted, token, now)) {
-      this.refuse("bad-hello");
-      throw new JoinRefused(
-        400,
-        "bad-request",
-        "a nickname may not end in (n): the relay adds that to tell clashing nicknames apart " +
-          "(a node keeps one it was given by reconnecting with its join token)",
-      );
-    }
+    if (suffixed(wanted) && !room?.givenTo(wanted, token, now)) throw this.#badSuffix();
     if (!room) {
       if (this.rooms.size >= s.maxSessions) {
         this.refuse("max-sessions");
@@ -237,7 +283,7 @@ export class Hub {
     member.id = hello.id;
     // Back after it was declared gone: its resent messages are still duplicates.
     if (reservation && token !== undefined && secretsEqual(reservation.token, token)) {
-      member.lastSeq = reservation.lastSeq;
+      member.lastSeq = member.ackedSeq = reservation.lastSeq;
     }
     room.members.set(nickname, member);
     this.#nodes++;
@@ -255,28 +301,57 @@ export class Hub {
   #welcome(member: Member, hello: HelloFrame, stream?: string): void {
     const history = member.room.history;
     let replay: HistoryEntry[] | null = null;
-    let recovery: { recovered: boolean; missed?: "epoch" | "window" } | null = null;
+    let missed: MissedReason | undefined;
     if (member.id !== undefined && hello.recover) {
-      if (hello.recover.epoch !== history.epoch) recovery = { recovered: false, missed: "epoch" };
+      if (hello.recover.epoch !== history.epoch) missed = "epoch";
       else {
         replay = history.since(hello.recover.offset);
-        recovery = replay ? { recovered: true } : { recovered: false, missed: "window" };
+        if (!replay) missed = "window";
       }
     }
+    this.#sendWelcome(member, {
+      members: member.room.snapshot(member),
+      epoch: history.epoch,
+      offset: history.offset,
+      recover: hello.recover !== undefined,
+      missed,
+      stream,
+    });
+    this.#replay(member, replay ?? []);
+  }
+
+  /** The welcome frame; the position fields only for a node with an id. */
+  #sendWelcome(member: Member, welcome: {
+    members: { nickname: string; role: string }[];
+    epoch: string;
+    offset: number;
+    recover: boolean;
+    missed: MissedReason | undefined;
+    stream: string | undefined;
+  }): void {
+    const { epoch, offset, recover, missed, stream } = welcome;
     member.sink.push(encodeFrame({
       t: "welcome",
       session: member.room.id,
       nickname: member.nickname,
       role: member.role,
       token: member.token,
-      members: member.room.snapshot(member),
+      members: welcome.members as WelcomeFrame["members"],
       keepAlive: this.settings.keepAlive,
       ...(stream ? { stream } : {}),
-      ...(member.id === undefined
-        ? {}
-        : { epoch: history.epoch, offset: history.offset, acked: member.lastSeq, ...recovery }),
+      ...(member.id === undefined ? {} : {
+        epoch,
+        offset,
+        acked: member.ackedSeq,
+        ...(recover ? { recovered: missed === undefined } : {}),
+        ...(missed ? { missed } : {}),
+      }),
     }));
-    for (const entry of replay ?? []) {
+  }
+
+  /** The messages of `entries` that `member` hears, right after its welcome. */
+  #replay(member: Member, entries: readonly HistoryEntry[]): void {
+    for (const entry of entries) {
       if (!this.#addressedTo(member, entry)) continue;
       // A node too slow for its own replay reconnects and goes on from where it got to.
       if (!this.#deliver(member, entry.data)) return;
@@ -303,6 +378,17 @@ export class Hub {
   leave(member: Member, reason: LeaveReason): void {
     const room = member.room;
     if (room.members.get(member.nickname) !== member) return;
+    if (this.#cluster) {
+      // The cluster announces it, to the nodes on this relay too.
+      this.#dropLocal(member);
+      this.#cluster.leave(room.id, member.nickname, reason).catch((error) =>
+        log.warn("Could not tell the cluster that {nickname} left: {reason}", {
+          nickname: member.nickname,
+          reason: errorMessage(error),
+        })
+      );
+      return;
+    }
     room.members.delete(member.nickname);
     this.#nodes--;
     room.reserved.set(member.nickname, {
@@ -376,30 +462,39 @@ export class Hub {
   #sendAcks(): void {
     // A full queue loses the ack, not the message: the welcome after its reconnect says it.
     for (const member of this.#acksDue) {
-      member.sink.push(encodeFrame({ t: "ack", seq: member.lastSeq }));
+      member.sink.push(encodeFrame({ t: "ack", seq: member.ackedSeq }));
     }
     this.#acksDue.clear();
   }
 
   #message(from: Member, frame: NodeMessageFrame, now: number): void {
     const { seq, to } = frame;
+    // A connection whose message Redis did not take is closing: the node resends from there.
+    if (from.sink === DETACHED) return;
+    const prev = from.lastSeq;
     if (seq !== undefined) {
-      this.#ack(from);
       // Resent after a blip, and taken already: the ack is all it needs.
       if (seq <= from.lastSeq) {
         this.#counters.duplicates++;
+        this.#ack(from);
         return;
       }
       from.lastSeq = seq;
+      // In a cluster, safe only once Redis has it.
+      if (!this.#cluster) {
+        from.ackedSeq = seq;
+        this.#ack(from);
+      }
     }
     const refuse = (code: RelayErrorCode, reason: string) =>
       this.refuseFrame(from.sink, { code, reason }, seq);
+    const body = frame.text !== undefined ? { text: frame.text } : { numbers: frame.numbers };
+    if (this.#cluster) return this.#messageToCluster(this.#cluster, from, frame, body, prev);
     if (!from.takeToken(now)) {
       return refuse("rate-limited", `more than ${this.settings.rate} messages/s`);
     }
     this.#counters.messages++;
     const room = from.room;
-    const body = frame.text !== undefined ? { text: frame.text } : { numbers: frame.numbers };
     const entry: HistoryEntry = {
       offset: room.history.next(),
       at: now,
@@ -501,13 +596,285 @@ export class Hub {
         if (reservation.until < now) room.reserved.delete(name);
       }
       room.history.expire(now);
-      if (room.members.size === 0 && room.history.size === 0) this.rooms.delete(room.id);
+      if (room.members.size === 0 && room.history.size === 0 && room.joining.size === 0) {
+        this.rooms.delete(room.id);
+      }
+    }
+  }
+
+  // In a cluster (Redis): the cluster decides joins and numbers messages;
+  // this relay delivers what the cluster fans out to the nodes connected here.
+
+  #badSuffix(): JoinRefused {
+    this.refuse("bad-hello");
+    return new JoinRefused(
+      400,
+      "bad-request",
+      "a nickname may not end in (n): the relay adds that to tell clashing nicknames apart " +
+        "(a node keeps one it was given by reconnecting with its join token)",
+    );
+  }
+
+  async #joinCluster(
+    cluster: RelayCluster,
+    hello: HelloFrame,
+    sink: Sink,
+    extra: { stream?: string },
+  ): Promise<Member> {
+    const s = this.settings;
+    const id = hello.session;
+    let room = this.rooms.get(id);
+    if (!room) {
+      room = new Room(id, { count: s.historyLength, bytes: s.historyBytes, age: s.historyAge });
+      this.rooms.set(id, room);
+    }
+    // What the cluster fans out from now on waits here until the welcome is out.
+    const arrived: Arrival[] = [];
+    room.joining.add(arrived);
+    let subscribed = false;
+    let member: Member | undefined;
+    try {
+      let result: ClusterJoin;
+      let replay: HistoryEntry[] = [];
+      let missed: MissedReason | undefined;
+      try {
+        await cluster.subscribe(id);
+        subscribed = true;
+        const joined = await cluster.join(id, {
+          nickname: hello.nickname,
+          token: hello.token,
+          role: hello.role,
+          id: hello.id,
+          suffixed: suffixed(hello.nickname),
+        });
+        if (joined === "bad-suffix") throw this.#badSuffix();
+        if (joined === "max-sessions" || joined === "max-nodes") {
+          this.refuse(joined);
+          throw new JoinRefused(
+            503,
+            "full",
+            joined === "max-nodes"
+              ? "the session has reached its node limit"
+              : "the relay has reached its session limit",
+          );
+        }
+        result = joined;
+        ({ replay, missed } = await this.#recoverFromCluster(cluster, hello, result));
+      } catch (error) {
+        if (error instanceof JoinRefused) throw error;
+        this.refuse("unavailable");
+        throw new JoinRefused(
+          503,
+          "unavailable",
+          `the relay cannot reach its cluster store (Redis): ${errorMessage(error)}`,
+        );
+      }
+      const now = this.#clock();
+      member = room.members.get(result.nickname);
+      if (member) {
+        // The same node again on this relay, before its old connection was noticed dead.
+        const old = member.sink;
+        member.sink = sink;
+        member.lastHeard = now;
+        old.close(4409, "replaced by a newer connection of the same node");
+        cluster.unsubscribe(id); // it holds one subscription already
+      } else {
+        member = new Member(room, result.nickname, hello.role, result.token, sink, s.rate, now);
+        room.members.set(result.nickname, member);
+        this.#nodes++;
+        if (result.kind === "join") this.#counters.joins++;
+      }
+      member.id = hello.id ?? member.id;
+      member.lastSeq = member.ackedSeq = result.lastSeq;
+      const self = member;
+      this.#sendWelcome(member, {
+        members: result.members.filter((m) => m.nickname !== self.nickname),
+        epoch: result.epoch,
+        offset: result.offset,
+        recover: hello.recover !== undefined,
+        missed,
+        stream: extra.stream,
+      });
+      this.#replay(member, replay);
+      // Then what came meanwhile, minus what the welcome and the replay hold.
+      let last = replay.at(-1)?.offset ?? result.offset;
+      for (const arrival of arrived) {
+        if ("entry" in arrival) {
+          if (arrival.entry.offset <= last) continue;
+          last = arrival.entry.offset;
+          if (this.#addressedTo(member, arrival.entry)) this.#deliver(member, arrival.entry.data);
+        } else if (arrival.presence > result.presence && arrival.nickname !== member.nickname) {
+          this.#deliver(member, arrival.data);
+        }
+      }
+      log.info("Node {nickname} {verb} {session} through the cluster", {
+        nickname: member.nickname,
+        verb: result.kind === "join" ? "joined" : "is back in",
+        session: id,
+      });
+      return member;
+    } finally {
+      room.joining.delete(arrived);
+      if (!member) {
+        if (subscribed) cluster.unsubscribe(id);
+        if (room.members.size === 0 && room.joining.size === 0) this.rooms.delete(id);
+      }
+    }
+  }
+
+  /** What a node that says where it was gets from the cluster's history. */
+  async #recoverFromCluster(
+    cluster: RelayCluster,
+    hello: HelloFrame,
+    joined: ClusterJoin,
+  ): Promise<{ replay: HistoryEntry[]; missed?: MissedReason }> {
+    if (hello.id === undefined || !hello.recover) return { replay: [] };
+    if (hello.recover.epoch !== joined.epoch) return { replay: [], missed: "epoch" };
+    const { offset } = hello.recover;
+    if (offset >= joined.offset) return { replay: [] };
+    const since = await cluster.since(hello.session, offset);
+    const first = since.entries[0];
+    if (
+      since.epoch !== joined.epoch || !first || first.offset !== offset + 1 ||
+      Date.now() - first.at > this.settings.historyAge
+    ) return { replay: [], missed: "window" };
+    return { replay: since.entries };
+  }
+
+  #messageToCluster(
+    cluster: RelayCluster,
+    from: Member,
+    frame: NodeMessageFrame,
+    body: MessageBody,
+    prev: number,
+  ): void {
+    const { seq, to } = frame;
+    const refuse = (code: RelayErrorCode, reason: string) =>
+      this.refuseFrame(from.sink, { code, reason }, seq);
+    const taken = () => {
+      if (seq === undefined) return;
+      from.ackedSeq = Math.max(from.ackedSeq, seq);
+      this.#ack(from);
+    };
+    if (!from.takeToken(this.#clock())) {
+      // After the messages before it: its refusal acknowledges it, and acks are cumulative.
+      from.pending = from.pending.then(() => {
+        refuse("rate-limited", `more than ${this.settings.rate} messages/s`);
+        taken();
+      });
+      return;
+    }
+    this.#counters.messages++;
+    const [before, after] = frameAroundOffset({
+      t: "msg",
+      from: from.nickname,
+      ...(to === undefined ? {} : { to }),
+      ...(seq !== undefined && from.id !== undefined ? { id: from.id, seq } : {}),
+      ...body,
+    });
+    // Sent at once (Redis runs them in order); their results are handled in order too.
+    const sent = cluster.send(from.room.id, {
+      from: from.nickname,
+      role: from.role,
+      seq,
+      prev,
+      to,
+      before,
+      after,
+    });
+    const sink = from.sink;
+    const notTaken = (reason: string) => {
+      // The node resends it once it is back, through this relay or another.
+      if (from.sink !== sink) return;
+      log.warn("Node {nickname}: Redis did not take its message ({reason}); it will resend", {
+        nickname: from.nickname,
+        reason,
+      });
+      from.sink = DETACHED;
+      sink.close(4503, "the relay cannot reach its cluster store");
+    };
+    from.pending = from.pending.then(() => sent).then((result) => {
+      if (result.status === "gap") return notTaken("one before it was not taken");
+      if (result.status === "dup") this.#counters.duplicates++;
+      else if (result.status === "alone") {
+        if (seq !== undefined) {
+          this.#counters.alone++;
+          refuse("alone", "nobody else in the session hears it: dropped");
+        }
+      } else if (result.status === "no-such-node") {
+        refuse("no-such-node", `no node "${to}" in this session`);
+      } else if (result.status === "not-allowed") {
+        refuse("not-allowed", "an agent talks to bridges only");
+      }
+      taken();
+    }, (error) => notTaken(errorMessage(error)));
+  }
+
+  /** Forgets a node on this relay only (it left, moved, or the cluster let it go). */
+  #dropLocal(member: Member): void {
+    const room = member.room;
+    if (room.members.get(member.nickname) !== member) return;
+    room.members.delete(member.nickname);
+    this.#nodes--;
+    this.#cluster?.unsubscribe(room.id);
+    if (room.members.size === 0 && room.joining.size === 0) this.rooms.delete(room.id);
+  }
+
+  #fromCluster(id: string, entry: HistoryEntry): void {
+    const room = this.rooms.get(id);
+    if (!room) return;
+    for (const arrived of room.joining) arrived.push({ entry });
+    for (const member of room.members.values()) {
+      if (this.#addressedTo(member, entry)) this.#deliver(member, entry.data);
+    }
+  }
+
+  #presenceFromCluster(
+    id: string,
+    event:
+      | { kind: "join"; presence: number; nickname: string; role: Member["role"] }
+      | { kind: "leave"; presence: number; nickname: string; reason: LeaveReason },
+  ): void {
+    const room = this.rooms.get(id);
+    if (!room) return;
+    const { nickname, presence } = event;
+    const data = event.kind === "join"
+      ? encodeFrame({ t: "join", nickname, role: event.role })
+      : encodeFrame({ t: "leave", nickname, reason: event.reason });
+    for (const arrived of room.joining) arrived.push({ presence, nickname, data });
+    const local = room.members.get(nickname);
+    if (event.kind === "leave" && local) {
+      // The cluster let it go while it is here (this relay had been given up).
+      this.#dropLocal(local);
+      local.sink.close(4408, "the cluster declared this node gone");
+    }
+    for (const member of room.members.values()) {
+      if (member.nickname !== nickname) this.#deliver(member, data);
+    }
+  }
+
+  #movedInCluster(id: string, nickname: string, relay: string): void {
+    if (relay === this.#cluster?.id) return;
+    const local = this.rooms.get(id)?.members.get(nickname);
+    if (!local) return;
+    this.#dropLocal(local);
+    local.sink.close(4409, "replaced by a newer connection of the same node");
+  }
+
+  #forgottenByCluster(): void {
+    for (const room of [...this.rooms.values()]) {
+      for (const member of [...room.members.values()]) {
+        this.#dropLocal(member);
+        member.sink.close(1012, "the relay lost its place in the cluster: join again");
+      }
     }
   }
 
   /** Closes every node and stops the keep-alive timer. */
   close(): void {
     clearInterval(this.#timer);
+    this.#closed = true;
+    this.#cluster?.close();
     for (const room of this.rooms.values()) {
       for (const member of room.members.values()) member.sink.close(1001, "relay shutting down");
     }

@@ -50,6 +50,8 @@ export interface RelayMember {
  * - `pipe-timeout`: the node a pipe was for did not answer in time.
  * - `alone`: a numbered message nobody else in the session could hear,
  *   dropped (TcpJLib's rule); the frame names its `seq`.
+ * - `unavailable`: the relay cannot reach its cluster's store (Redis) right
+ *   now; try again (our node does, by itself).
  */
 export type RelayErrorCode =
   | "unauthorized"
@@ -69,7 +71,8 @@ export type RelayErrorCode =
   | "method-not-allowed"
   | "pipe-refused"
   | "pipe-timeout"
-  | "alone";
+  | "alone"
+  | "unavailable";
 
 /** Every error code, for validating what a relay sends. */
 export const ERROR_CODES: readonly RelayErrorCode[] = [
@@ -91,6 +94,7 @@ export const ERROR_CODES: readonly RelayErrorCode[] = [
   "pipe-refused",
   "pipe-timeout",
   "alone",
+  "unavailable",
 ];
 
 /** Why a wire value is not an acceptable frame: the code the relay answers with, and a sentence. */

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { History, type HistoryLimits } from "./_history.ts";
+import { History, type HistoryEntry, type HistoryLimits } from "./_history.ts";
 import type { RelayMember, RelayRole } from "./_protocol.ts";
 import { secretsEqual } from "./_secret.ts";
 
@@ -33,6 +33,10 @@ export class Member {
   id: string | undefined;
   /** The highest `seq` taken from the node: anything at or below is a duplicate. */
   lastSeq = 0;
+  /** The highest `seq` the relay has made safe (in a cluster: in Redis): what acks say. */
+  ackedSeq = 0;
+  /** In a cluster: the results of this node's messages, handled in the order sent. */
+  pending: Promise<void> = Promise.resolve();
   /** When the relay last pinged the node (clock ms). */
   lastPinged: number;
   #tokens: number;
@@ -80,6 +84,14 @@ export class Member {
   }
 }
 
+/**
+ * What arrives for a room in a cluster while a node is joining it: a
+ * message, or a presence frame numbered by the room's presence counter.
+ */
+export type Arrival =
+  | { entry: HistoryEntry }
+  | { presence: number; nickname: string; data: string };
+
 /** A nickname kept for the node that left it, with what the relay knew of that node. */
 export interface Reservation {
   /** The join token that reclaims it. */
@@ -96,8 +108,13 @@ export class Room {
   readonly members: Map<string, Member> = new Map();
   /** Nicknames of nodes that left, kept for their join token until the time given. */
   readonly reserved: Map<string, Reservation> = new Map();
-  /** The messages delivered in the room, for nodes back from a blip. */
+  /** The messages delivered in the room, for nodes back from a blip (in memory only). */
   readonly history: History;
+  /**
+   * In a cluster: what arrives for the room while nodes are joining it,
+   * kept for each of them until its welcome is out.
+   */
+  readonly joining: Set<Arrival[]> = new Set();
 
   /** A room named by the session id `id`, keeping `history` of its messages. */
   constructor(readonly id: string, history: HistoryLimits) {

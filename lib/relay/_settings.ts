@@ -8,9 +8,10 @@
 import type { RelayOptions } from "./options.ts";
 
 /** A relay's settings with every default filled in. */
-export type RelaySettings = Required<Omit<RelayOptions, "secret" | "metricsToken">> & {
+export type RelaySettings = Required<Omit<RelayOptions, "secret" | "metricsToken" | "redis">> & {
   secret?: string;
   metricsToken?: string;
+  redis?: string;
 };
 
 function positive(name: string, value: number): number {
@@ -36,6 +37,7 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
   return {
     secret: options.secret,
     metricsToken: options.metricsToken,
+    redis: redisUrl(options.redis),
     keepAlive,
     fadeAfter: positive("fadeAfter", options.fadeAfter ?? keepAlive * 2.5),
     maxSessions: positive("maxSessions", options.maxSessions ?? 10_000),
@@ -52,4 +54,18 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     historyAge: positive("historyAge", options.historyAge ?? 120_000),
     chatPage: options.chatPage ?? true,
   };
+}
+
+function redisUrl(url: string | undefined): string | undefined {
+  if (url === undefined) return undefined;
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new RangeError(`redis must be a URL like redis://127.0.0.1:6379, got "${url}"`);
+  }
+  if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") {
+    throw new RangeError(`redis must be a redis: or rediss: URL, got "${url}"`);
+  }
+  return url;
 }

@@ -9,7 +9,7 @@
 import { type Hub, JoinRefused } from "./_hub.ts";
 import { frameTooLarge, refusedJoin, refuseRequest, tooLargeReason } from "./_http.ts";
 import { connectionOf } from "./_http_server.ts";
-import { asFrameObject, parseNodeFrame, readJson } from "./_parse.ts";
+import { asFrameObject, type FrameObject, parseNodeFrame, readJson } from "./_parse.ts";
 import { type RelayErrorCode, SECRET_HEADER } from "./_protocol.ts";
 import type { Member, Sink } from "./_room.ts";
 
@@ -106,6 +106,7 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
   }
   const sink = socketSink(socket, settings.maxQueueBytes);
   let member: Member | null = null;
+  let waiting: FrameObject[] | null = null;
   // Before the join a bad frame ends the connection; after it, only the frame is refused.
   const refuse = (closeCode: number, code: RelayErrorCode, reason: string) => {
     hub.refuseFrame(sink, { code, reason });
@@ -123,15 +124,37 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
     const frame = asFrameObject(readJson(data));
     if (frame === null) return refuse(1003, "bad-frame", "frames are JSON objects");
     if (member !== null) return hub.handle(member, parseNodeFrame(frame, hub.rules));
+    // A join the cluster is still deciding: what the node sends next waits for it.
+    if (waiting !== null) return void waiting.push(frame);
     if (frame.t !== "hello") return refuse(4400, "bad-hello", "the first frame must be a hello");
     clearTimeout(authTimer);
-    try {
-      member = hub.admit(frame, headerSecret, sink);
-      connection?.joined();
-    } catch (error) {
+    const refused = (error: unknown) => {
       if (!(error instanceof JoinRefused)) throw error;
       refuse(4000 + error.status, error.code, error.message);
+    };
+    const admitted = (joined: Member, frames: FrameObject[]) => {
+      member = joined;
+      connection?.joined();
+      // Closed while the join was being decided: a blip already.
+      if (!socket.open) return hub.detach(joined, sink);
+      for (const next of frames) hub.handle(joined, parseNodeFrame(next, hub.rules));
+    };
+    let result: Member | Promise<Member>;
+    try {
+      result = hub.admit(frame, headerSecret, sink);
+    } catch (error) {
+      return refused(error);
     }
+    if (!(result instanceof Promise)) return admitted(result, []);
+    waiting = [];
+    result.then((joined) => {
+      const frames = waiting ?? [];
+      waiting = null;
+      admitted(joined, frames);
+    }, (error) => {
+      waiting = null;
+      refused(error);
+    });
   };
   socket.onclose = () => {
     clearTimeout(authTimer);

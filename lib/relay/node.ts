@@ -105,6 +105,11 @@ function requireKey(key: string | Uint8Array | undefined): void {
     );
   }
 }
+/** Whether the relay refused for good (a relay that cannot reach its Redis may take us later). */
+function final(error: unknown): error is RelayRefusedError {
+  return error instanceof RelayRefusedError && error.code !== "unavailable";
+}
+
 const TRANSPORTS: Record<RelayTransportKind, OpenTransport> = {
   websocket: WebSocketTransport.open,
   http: HttpStreamTransport.open,
@@ -213,7 +218,7 @@ export class RelayNode implements AsyncDisposable {
         return node;
       } catch (error) {
         lastError = error;
-        if (error instanceof RelayRefusedError) break;
+        if (final(error)) break;
         if (attempt + 1 < retries) await delay(node.#backoff(attempt + 1));
       }
     }
@@ -581,7 +586,7 @@ export class RelayNode implements AsyncDisposable {
         });
         return;
       } catch (error) {
-        if (error instanceof RelayRefusedError) {
+        if (final(error)) {
           this.#emit({ type: "error", code: error.code, message: error.message });
           await this.close();
           return;

@@ -55,6 +55,13 @@ export interface RelayOptions {
   historyAge?: number;
   /** How long (ms) a node that left keeps its nickname reserved for its join token. Default 30000. */
   reclaimWindow?: number;
+  /**
+   * Redis URL (`redis://host:6379`, `rediss://` for TLS): several relay
+   * processes, on one machine or many, serve the same sessions, sharing
+   * nicknames, presence, message numbers and history in Redis. Without it,
+   * everything stays in this process's memory.
+   */
+  redis?: string;
   /** Serve the browser chat page at `/chat`. Default `true`. */
   chatPage?: boolean;
 }

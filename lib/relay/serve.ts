@@ -22,6 +22,14 @@ export interface ServeRelayOptions extends RelayOptions {
   /** Called once listening. */
   onListen?: (addr: Deno.NetAddr) => void;
   /**
+   * Let other processes listen on the same address and port (`SO_REUSEPORT`,
+   * Linux: the kernel spreads new connections over them). Several relays on
+   * one machine that share their sessions through `redis` use this. Deno
+   * counts it as unstable on `Deno.listen`: run with `--unstable-net`.
+   * Default `false`.
+   */
+  reusePort?: boolean;
+  /**
    * A connection must send its first complete request head within this many
    * ms, or it is closed. Default 10000.
    */
@@ -90,6 +98,7 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
     headerTimeout: positive("headerTimeout", options.headerTimeout ?? 10_000),
     idleTimeout: positive("idleTimeout", options.idleTimeout ?? 60_000),
     maxUnjoined: positive("maxUnjoined", options.maxUnjoined ?? 512),
+    reusePort: options.reusePort ?? false,
   };
   const relay = new Relay(options);
   const server = new HttpServer((req, info) => relay.handle(req, info), {

@@ -1,0 +1,529 @@
+/**
+ * A relay's link to the others of its cluster through Redis: nicknames,
+ * membership, message numbers and history live in Redis (atomic Lua
+ * scripts, `_cluster_scripts.ts`), messages and presence fan out through
+ * pub/sub, and a heartbeat lets the others announce a dead relay's nodes as
+ * gone. Each relay delivers only to the nodes connected to it.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import { createClient } from "@redis/client";
+import { errorMessage } from "../_util.ts";
+import { HEARTBEAT, JOIN, LEAVE, MESSAGE, SINCE } from "./_cluster_scripts.ts";
+import type { HistoryEntry } from "./_history.ts";
+import type { RelayMember, RelayRole } from "./_protocol.ts";
+import { newJoinToken } from "./_secret.ts";
+
+const log = getLogger(["immortal", "relay", "cluster"]);
+
+/** Heartbeat period; a relay silent for {@linkcode HEARTBEAT_TTL} is given up. */
+const HEARTBEAT_EVERY = 1000;
+/** A relay not heard for this long is dead: its nodes are announced gone (~3-4 s after it died). */
+const HEARTBEAT_TTL = 3000;
+/** A Redis command not answered within this fails (a Redis that is down). */
+const COMMAND_TIMEOUT = 10_000;
+const PREFIX = "immortal:relay:";
+
+/** A message as it fans out to every relay. */
+export type ClusterMessage = HistoryEntry;
+
+/** What the cluster tells its relay. */
+export interface ClusterEvents {
+  /** A message for the room, in offset order, each once. */
+  message(room: string, message: ClusterMessage): void;
+  /** A node joined or left the room (on any relay); `presence` numbers these events per room. */
+  presence(
+    room: string,
+    event:
+      | { kind: "join"; presence: number; nickname: string; role: RelayRole }
+      | { kind: "leave"; presence: number; nickname: string; reason: "left" | "gone" },
+  ): void;
+  /** The node `nickname` now reaches the cluster through relay `relay`. */
+  moved(room: string, nickname: string, relay: string): void;
+  /**
+   * The cluster gave this relay up (it was silent too long, or Redis lost
+   * its state): its nodes are no longer members and must join again.
+   */
+  forgotten(): void;
+}
+
+/** A join as the cluster decided it. */
+export interface ClusterJoin {
+  /** `join`: a new member; `replace`: the same node back, keeping its membership. */
+  kind: "join" | "replace";
+  /** The nickname given. */
+  nickname: string;
+  /** The join token: a fresh one for a new member, the node's own on replace. */
+  token: string;
+  /** The highest `seq` the cluster has taken from this node. */
+  lastSeq: number;
+  /** The room history's epoch. */
+  epoch: string;
+  /** The room's latest offset. */
+  offset: number;
+  /** The presence number of this join: presence events at or below it are in `members`. */
+  presence: number;
+  /** The members, this node included. */
+  members: RelayMember[];
+}
+
+/** Why the cluster refused a join. */
+export type ClusterRefusal = "bad-suffix" | "max-nodes" | "max-sessions";
+
+/** What became of a message. */
+export type ClusterSent =
+  | { status: "ok"; offset: number }
+  | { status: "dup" | "gap" | "alone" | "no-such-node" | "not-allowed" };
+
+/** Settings of a {@linkcode RelayCluster}. */
+export interface ClusterSettings {
+  /** Redis URL (`redis://host:port/db`, `rediss://` for TLS). */
+  url: string;
+  /** Messages each room keeps. */
+  historyLength: number;
+  /** How long an empty room's history and reservations are kept, ms. */
+  roomTtl: number;
+  /** How long a nickname stays reserved, ms. */
+  reclaimWindow: number;
+  /** Most nodes per room. */
+  maxNodesPerSession: number;
+  /** Most rooms in the cluster. */
+  maxSessions: number;
+}
+
+type RedisClient = ReturnType<typeof createClient>;
+const SCRIPTS = { join: JOIN, message: MESSAGE, leave: LEAVE, heartbeat: HEARTBEAT, since: SINCE };
+type ScriptName = keyof typeof SCRIPTS;
+
+/** A room this relay listens to, and where its messages are. */
+interface Subscription {
+  /** Local users of the subscription. */
+  refs: number;
+  /** The last offset delivered; messages at or below are duplicates, above the next are a gap. */
+  lastOffset: number;
+  /** Messages that came while a gap was being filled. */
+  waiting: ClusterMessage[] | null;
+  /** Resolves once subscribed. */
+  ready: Promise<void>;
+}
+
+/** One relay's membership in a cluster on Redis. */
+export class RelayCluster {
+  /** This relay's id in the cluster. */
+  readonly id: string = newJoinToken();
+  #settings: ClusterSettings;
+  #events: ClusterEvents;
+  #redis: RedisClient;
+  #sub: RedisClient;
+  /** Resolves once both connections are up (the first time). */
+  #connected: Promise<unknown>;
+  /** SHA-1 of each script, once Redis has it (loaded again after a Redis restart). */
+  #shas = new Map<ScriptName, string>();
+  #rooms = new Map<string, Subscription>();
+  #heartbeat: ReturnType<typeof setInterval>;
+  #beats = 0;
+  #closed = false;
+  #healthy = true;
+
+  /** Joins the cluster on the Redis at `settings.url`; `events` hears what happens in it. */
+  constructor(settings: ClusterSettings, events: ClusterEvents) {
+    this.#settings = settings;
+    this.#events = events;
+    // Reconnects go on for ever (a Redis restarting), each try within a second of the last.
+    const options = {
+      url: settings.url,
+      socket: { reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, 1000) },
+    };
+    this.#redis = createClient(options);
+    this.#sub = createClient(options);
+    for (const client of [this.#redis, this.#sub]) {
+      client.on("error", (error: unknown) => this.#unhealthy(errorMessage(error)));
+    }
+    let reconnect = false;
+    // After a reconnect, pub/sub may have missed messages: fill from the history.
+    this.#sub.on("ready", () => {
+      if (reconnect) {
+        for (const [room, subscription] of this.#rooms) this.#fill(room, subscription, null);
+      }
+      reconnect = true;
+    });
+    this.#connected = Promise.all([this.#redis.connect(), this.#sub.connect()]);
+    this.#connected.catch((error) => this.#unhealthy(errorMessage(error)));
+    this.#heartbeat = setInterval(() => this.#beat(), HEARTBEAT_EVERY);
+    this.#beat();
+  }
+
+  /** Starts listening to `room` (counted: one {@linkcode RelayCluster.unsubscribe} per call). */
+  async subscribe(room: string): Promise<void> {
+    const hex = roomKey(room);
+    let subscription = this.#rooms.get(hex);
+    if (!subscription) {
+      const ready = (async () => {
+        await this.#connected;
+        await this.#sub.subscribe(
+          `${PREFIX}c:${hex}`,
+          (text: string, channel: string) => this.#received(channel, text),
+        );
+        // Everything up to here is in what a joining node is told; later messages follow.
+        const [, latest] = await this.#since(hex, Number.MAX_SAFE_INTEGER);
+        subscription!.lastOffset = Math.max(subscription!.lastOffset, latest);
+      })();
+      subscription = { refs: 0, lastOffset: 0, waiting: null, ready };
+      this.#rooms.set(hex, subscription);
+    }
+    subscription.refs++;
+    try {
+      await subscription.ready;
+    } catch (error) {
+      this.unsubscribe(room);
+      throw error;
+    }
+  }
+
+  /** Stops listening to `room` once its last user is done. */
+  unsubscribe(room: string): void {
+    const hex = roomKey(room);
+    const subscription = this.#rooms.get(hex);
+    if (!subscription || --subscription.refs > 0) return;
+    this.#rooms.delete(hex);
+    this.#sub.unsubscribe(`${PREFIX}c:${hex}`).catch(() => {});
+  }
+
+  /** Joins a node to `room` (after {@linkcode RelayCluster.subscribe}). */
+  async join(room: string, hello: {
+    nickname: string;
+    token?: string;
+    role: RelayRole;
+    id?: string;
+    suffixed: boolean;
+  }): Promise<ClusterJoin | ClusterRefusal> {
+    const token = newJoinToken();
+    const reply = await this.#run(
+      "join",
+      roomKey(room),
+      hello.nickname,
+      hello.token === undefined ? "" : await tokenHash(hello.token),
+      hello.role,
+      this.id,
+      hello.id ?? "",
+      await tokenHash(token),
+      this.#settings.maxNodesPerSession,
+      this.#settings.maxSessions,
+      newJoinToken(),
+      hello.suffixed ? "1" : "0",
+    ) as string[];
+    if (reply.length === 1) return reply[0] as ClusterRefusal;
+    const [kind, nickname, , lastSeq, epoch, offset, presence, ...flat] = reply;
+    const members: RelayMember[] = [];
+    for (let i = 0; i < flat.length; i += 2) {
+      members.push({ nickname: flat[i], role: flat[i + 1] as RelayRole });
+    }
+    return {
+      kind: kind as "join" | "replace",
+      nickname,
+      // A node that replaces its connection keeps its token (only its hash is stored).
+      token: kind === "replace" ? hello.token! : token,
+      lastSeq: Number(lastSeq),
+      epoch,
+      offset: Number(offset),
+      presence: Number(presence),
+      members,
+    };
+  }
+
+  /**
+   * Numbers and fans out a message: `before` + offset + `after` is the
+   * encoded frame every receiver gets.
+   */
+  async send(room: string, message: {
+    from: string;
+    role: RelayRole;
+    seq?: number;
+    /** The seq sent before this one on the node's connection (its join's `lastSeq` at first). */
+    prev: number;
+    to?: string;
+    before: string;
+    after: string;
+  }): Promise<ClusterSent> {
+    const reply = await this.#run(
+      "message",
+      roomKey(room),
+      message.from,
+      message.role,
+      message.seq ?? "",
+      message.to ?? "",
+      message.before,
+      message.after,
+      this.#settings.historyLength,
+      message.prev,
+    ) as [string, number?];
+    return reply[0] === "ok"
+      ? { status: "ok", offset: Number(reply[1]) }
+      : { status: reply[0] as Exclude<ClusterSent["status"], "ok"> };
+  }
+
+  /** The node `nickname` held by this relay leaves `room`. */
+  async leave(room: string, nickname: string, reason: "left" | "gone"): Promise<void> {
+    await this.#run(
+      "leave",
+      roomKey(room),
+      nickname,
+      this.id,
+      reason,
+      Date.now() + this.#settings.reclaimWindow,
+      this.#settings.roomTtl,
+    );
+  }
+
+  /** The room's history after `offset`: its epoch, latest offset, and the messages held. */
+  async since(
+    room: string,
+    offset: number,
+  ): Promise<{ epoch: string; latest: number; entries: HistoryEntry[] }> {
+    const [epoch, latest, entries] = await this.#since(roomKey(room), offset);
+    return { epoch, latest, entries };
+  }
+
+  /** Whether Redis answered the last heartbeat. */
+  get healthy(): boolean {
+    return this.#healthy;
+  }
+
+  /** Leaves the cluster: stops the heartbeat (the others sweep this relay's nodes) and disconnects. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#heartbeat);
+    this.#redis.destroy();
+    this.#sub.destroy();
+  }
+
+  /**
+   * Runs script `name` with `args` after the key prefix, by its hash (the
+   * script's text goes to Redis once, and again after a Redis restart). A
+   * Redis that does not answer within {@linkcode COMMAND_TIMEOUT} fails it;
+   * the command may still run later, which every script allows for.
+   */
+  async #run(name: ScriptName, ...args: (string | number)[]): Promise<unknown> {
+    const argv = [PREFIX, ...args].map(String);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`Redis did not answer within ${COMMAND_TIMEOUT} ms`)),
+        COMMAND_TIMEOUT,
+      );
+    });
+    const run = async () => {
+      await this.#connected;
+      let sha = this.#shas.get(name);
+      if (sha === undefined) {
+        sha = await this.#redis.sendCommand(["SCRIPT", "LOAD", SCRIPTS[name]]) as string;
+        this.#shas.set(name, sha);
+      }
+      try {
+        return await this.#redis.sendCommand(["EVALSHA", sha, "0", ...argv]);
+      } catch (error) {
+        if (!/NOSCRIPT/.test(errorMessage(error))) throw error;
+        this.#shas.delete(name);
+        return await this.#redis.sendCommand(["EVAL", SCRIPTS[name], "0", ...argv]);
+      }
+    };
+    try {
+      return await Promise.race([run(), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async #since(hex: string, offset: number): Promise<[string, number, HistoryEntry[]]> {
+    const reply = await this.#run("since", hex, offset) as string[];
+    const entries: HistoryEntry[] = [];
+    for (let i = 2; i < reply.length; i += 6) {
+      const [id, data, from, role, to, at] = reply.slice(i, i + 6);
+      entries.push({
+        offset: Number(id.slice(0, id.indexOf("-"))),
+        data,
+        from,
+        role: role as RelayRole,
+        ...(to === "" ? {} : { to }),
+        at: Number(at),
+      });
+    }
+    return [reply[0], Number(reply[1]), entries];
+  }
+
+  async #beat(): Promise<void> {
+    try {
+      const [known, swept] = await this.#run(
+        "heartbeat",
+        this.id,
+        HEARTBEAT_TTL,
+        this.#settings.reclaimWindow,
+        this.#settings.roomTtl,
+      ) as [number, number];
+      if (!this.#healthy) log.info("Redis answers again");
+      this.#healthy = true;
+      if (swept > 0) log.info("{swept} nodes of dead relays declared gone", { swept });
+      await this.#reconcile();
+      // The first beat registers this relay; a later one that finds it unknown was given up.
+      if (this.#beats++ > 0 && known === 0 && !this.#closed) {
+        log.warn("The cluster had given this relay up: its nodes join again");
+        this.#events.forgotten();
+      }
+    } catch (error) {
+      this.#unhealthy(errorMessage(error));
+    }
+  }
+
+  /**
+   * Catches up on what pub/sub lost (it promises nothing: a Redis restart, a
+   * reconnect before the resubscription): any room whose latest offset is
+   * past what was delivered here is filled from its history.
+   */
+  async #reconcile(): Promise<void> {
+    const rooms = [...this.#rooms.entries()];
+    for (let i = 0; i < rooms.length; i += 500) {
+      const chunk = rooms.slice(i, i + 500);
+      const latest = await this.#redis.sendCommand([
+        "MGET",
+        ...chunk.map(([hex]) => `${PREFIX}r:${hex}:o`),
+      ]) as (string | null)[];
+      chunk.forEach(([hex, subscription], j) => {
+        if (
+          Number(latest[j] ?? 0) > subscription.lastOffset && this.#rooms.get(hex) === subscription
+        ) {
+          this.#fill(hex, subscription, null);
+        }
+      });
+    }
+  }
+
+  #unhealthy(reason: string): void {
+    if (this.#closed || !this.#healthy) return;
+    this.#healthy = false;
+    log.warn("Redis is unreachable: {reason}", { reason });
+  }
+
+  #received(channel: string, text: string): void {
+    if (this.#closed) return;
+    const hex = channel.slice(PREFIX.length + 2);
+    const subscription = this.#rooms.get(hex);
+    if (!subscription) return;
+    const room = roomName(hex);
+    const fields = text.split("\n");
+    switch (fields[0]) {
+      case "m": {
+        // The frame text itself may hold no newline (JSON escapes them), so it is the sixth field.
+        const [, offset, from, role, to] = fields;
+        const data = fields.slice(5).join("\n");
+        const message: HistoryEntry = {
+          offset: Number(offset),
+          at: Date.now(),
+          from,
+          role: role as RelayRole,
+          ...(to === "" ? {} : { to }),
+          data,
+        };
+        this.#ordered(room, hex, subscription, message);
+        return;
+      }
+      case "j":
+        this.#events.presence(room, {
+          kind: "join",
+          presence: Number(fields[1]),
+          nickname: fields[2],
+          role: fields[3] as RelayRole,
+        });
+        return;
+      case "l":
+        this.#events.presence(room, {
+          kind: "leave",
+          presence: Number(fields[1]),
+          nickname: fields[2],
+          reason: fields[3] === "left" ? "left" : "gone",
+        });
+        return;
+      case "r":
+        this.#events.moved(room, fields[1], fields[2]);
+        return;
+    }
+  }
+
+  /** Delivers `message` in offset order: a gap is filled from the history first. */
+  #ordered(room: string, hex: string, subscription: Subscription, message: HistoryEntry): void {
+    if (subscription.waiting) {
+      subscription.waiting.push(message);
+      return;
+    }
+    if (message.offset <= subscription.lastOffset) return;
+    if (message.offset === subscription.lastOffset + 1) {
+      subscription.lastOffset = message.offset;
+      this.#events.message(room, message);
+      return;
+    }
+    this.#fill(hex, subscription, message);
+  }
+
+  /**
+   * Fetches what pub/sub did not bring (a gap, or a reconnect), then what
+   * waited meanwhile. A gap among what waited (pub/sub lost more while the
+   * history was read) starts another fill from there; a gap at the start of
+   * the history is one it no longer holds (trimmed), and is passed over.
+   */
+  #fill(hex: string, subscription: Subscription, trigger: HistoryEntry | null): void {
+    if (subscription.waiting) {
+      if (trigger) subscription.waiting.push(trigger);
+      return;
+    }
+    subscription.waiting = trigger ? [trigger] : [];
+    const room = roomName(hex);
+    const from = subscription.lastOffset;
+    this.#since(hex, from).then(([, , entries]) => {
+      const waiting = (subscription.waiting ?? []).sort((a, b) => a.offset - b.offset);
+      subscription.waiting = null;
+      if (this.#closed || this.#rooms.get(hex) !== subscription) return;
+      if (entries.length > 0 && entries[0].offset > from + 1) {
+        log.warn("{count} messages of {room} were trimmed from its history before they were seen", {
+          count: entries[0].offset - from - 1,
+          room,
+        });
+      }
+      const all = [...entries, ...waiting];
+      for (let i = 0; i < all.length; i++) {
+        const entry = all[i];
+        if (entry.offset <= subscription.lastOffset) continue;
+        if (i >= entries.length && entry.offset > subscription.lastOffset + 1) {
+          // Lost by pub/sub after the history was read: read it again.
+          this.#fill(hex, subscription, entry);
+          for (const rest of all.slice(i + 1)) this.#ordered(room, hex, subscription, rest);
+          return;
+        }
+        subscription.lastOffset = entry.offset;
+        this.#events.message(room, entry);
+      }
+    }, (error) => {
+      // Redis went away again: the next heartbeat's reconcile fills it once Redis is back.
+      subscription.waiting = null;
+      log.warn("Could not fetch missed messages: {reason}", { reason: errorMessage(error) });
+    });
+  }
+}
+
+/** A room id as it appears in keys and channels: hex of its UTF-8 bytes (any text is safe there). */
+function roomKey(room: string): string {
+  return Array.from(new TextEncoder().encode(room), (b) => b.toString(16).padStart(2, "0")).join(
+    "",
+  );
+}
+
+function roomName(hex: string): string {
+  return new TextDecoder().decode(Uint8Array.from(hex.match(/../g) ?? [], (h) => parseInt(h, 16)));
+}
+
+/** Only a hash of each join token is stored: Redis (and its backups) cannot act as a node. */
+async function tokenHash(token: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}

@@ -1,0 +1,261 @@
+/**
+ * The Lua scripts that keep a relay cluster's shared state in Redis. Each
+ * runs atomically in Redis, so two relays can never give out one nickname
+ * twice, and every room's messages get one order (their offsets) that every
+ * relay sees in the same way: a script's PUBLISH happens in script order.
+ *
+ * Keys, per room (the room id hex-encoded as `R`, under the prefix `P`):
+ * - `P r:R:m` hash nickname -> `role,relay,tokenHash,nodeId`: the members;
+ * - `P r:R:n` hash role -> count: who could hear a broadcast;
+ * - `P r:R:s` hash nickname -> the highest `seq` taken from that member;
+ * - `P r:R:v` hash nickname -> `tokenHash,until,lastSeq`: reservations;
+ * - `P r:R:e` the history's epoch; `P r:R:o` its latest offset; `P r:R:p`
+ *   the latest presence number; `P r:R:h` the history, a stream whose entry
+ *   ids are `offset-0`.
+ *
+ * Per cluster: `P relays`, a sorted set of relay ids scored by the time their
+ * heartbeat runs out; `P relay:ID`, the set of `R\nnickname` a relay holds;
+ * `P rooms`, the set of rooms with members (for the room limit).
+ *
+ * Published on channel `P c:R`, one line per field:
+ * - `m offset from role to data`: a message (`to` empty for a broadcast);
+ * - `j presence nickname role`, `l presence nickname reason`: presence;
+ * - `r nickname relay`: a member moved its connection to `relay`.
+ *
+ * @module
+ */
+
+/** Helpers every script starts with. */
+const PRELUDE = `
+local function split(s)
+  local out = {}
+  for part in string.gmatch(s .. ',', '([^,]*),') do out[#out + 1] = part end
+  return out
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local P = ARGV[1]
+-- Removes member 'nick' of room R (hex) if 'relay' holds it (or any relay if relay is ''),
+-- reserving its nickname for its token until 'untilMs', and announces 'reason'.
+local function leave(R, nick, relay, reason, untilMs, roomTtl)
+  local m = P .. 'r:' .. R .. ':m'
+  local rec = redis.call('HGET', m, nick)
+  if not rec then return 0 end
+  local f = split(rec)
+  if relay ~= '' and f[2] ~= relay then return 0 end
+  redis.call('HDEL', m, nick)
+  redis.call('HINCRBY', P .. 'r:' .. R .. ':n', f[1], -1)
+  local seq = redis.call('HGET', P .. 'r:' .. R .. ':s', nick) or '0'
+  redis.call('HDEL', P .. 'r:' .. R .. ':s', nick)
+  redis.call('HSET', P .. 'r:' .. R .. ':v', nick, f[3] .. ',' .. untilMs .. ',' .. seq)
+  redis.call('SREM', P .. 'relay:' .. f[2], R .. '\\n' .. nick)
+  local presence = redis.call('INCR', P .. 'r:' .. R .. ':p')
+  redis.call('PUBLISH', P .. 'c:' .. R, 'l\\n' .. presence .. '\\n' .. nick .. '\\n' .. reason)
+  if redis.call('HLEN', m) == 0 then
+    -- An empty room lingers for its history and reservations, then expires.
+    redis.call('SREM', P .. 'rooms', R)
+    for _, suffix in ipairs({'n', 's', 'v', 'e', 'o', 'p', 'h'}) do
+      redis.call('PEXPIRE', P .. 'r:' .. R .. ':' .. suffix, roomTtl)
+    end
+  end
+  return 1
+end
+`;
+
+/**
+ * Joins a node. ARGV: prefix, room (hex), wanted nickname, token hash (or
+ * ''), role, relay id, node id, new token hash, max nodes, max rooms, new
+ * epoch, whether the wanted nickname ends in (n). Returns `{kind, nickname,
+ * tokenHash, lastSeq, epoch, offset, presence, members...}` with kind `join`
+ * or `replace`, or `{refusal}`: `bad-suffix`, `max-nodes`, `max-sessions`.
+ */
+export const JOIN = PRELUDE + `
+local R, wanted, token, role, relay, node = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local m = P .. 'r:' .. R .. ':m'
+local v = P .. 'r:' .. R .. ':v'
+local now = now_ms()
+local function snapshot(result)
+  local all = redis.call('HGETALL', m)
+  for i = 1, #all, 2 do
+    result[#result + 1] = all[i]
+    result[#result + 1] = split(all[i + 1])[1]
+  end
+  return result
+end
+local function position(kind, nick, tokenHash, lastSeq)
+  local epoch = redis.call('GET', P .. 'r:' .. R .. ':e')
+  local offset = redis.call('GET', P .. 'r:' .. R .. ':o') or '0'
+  local presence = redis.call('GET', P .. 'r:' .. R .. ':p') or '0'
+  return snapshot({kind, nick, tokenHash, lastSeq, epoch, offset, presence})
+end
+-- The same node back (maybe through another relay): it keeps its membership.
+local current = redis.call('HGET', m, wanted)
+if current and token ~= '' then
+  local f = split(current)
+  if f[3] == token and f[1] == role then
+    redis.call('SREM', P .. 'relay:' .. f[2], R .. '\\n' .. wanted)
+    redis.call('HSET', m, wanted, role .. ',' .. relay .. ',' .. token .. ',' .. node)
+    redis.call('SADD', P .. 'relay:' .. relay, R .. '\\n' .. wanted)
+    redis.call('PUBLISH', P .. 'c:' .. R, 'r\\n' .. wanted .. '\\n' .. relay)
+    return position('replace', wanted, token, redis.call('HGET', P .. 'r:' .. R .. ':s', wanted) or '0')
+  end
+end
+local function reservedFor(name)
+  local r = redis.call('HGET', v, name)
+  if not r then return nil end
+  local f = split(r)
+  if tonumber(f[2]) < now then return nil end
+  return f
+end
+if ARGV[12] == '1' then
+  local given = false
+  if current and token ~= '' and split(current)[3] == token then given = true end
+  local r = reservedFor(wanted)
+  if r and token ~= '' and r[1] == token then given = true end
+  if not given then return {'bad-suffix'} end
+end
+local count = redis.call('HLEN', m)
+if count == 0 and redis.call('SISMEMBER', P .. 'rooms', R) == 0 then
+  if redis.call('SCARD', P .. 'rooms') >= tonumber(ARGV[10]) then return {'max-sessions'} end
+end
+if count >= tonumber(ARGV[9]) then return {'max-nodes'} end
+local function free(name)
+  if redis.call('HEXISTS', m, name) == 1 then return false end
+  local r = reservedFor(name)
+  return r == nil or (token ~= '' and r[1] == token)
+end
+local nick = wanted
+local i = 0
+while not free(nick) do
+  i = i + 1
+  nick = wanted .. '(' .. i .. ')'
+end
+local lastSeq = '0'
+local r = reservedFor(nick)
+if r and token ~= '' and r[1] == token then lastSeq = r[3] end
+redis.call('HDEL', v, nick)
+redis.call('HSET', m, nick, role .. ',' .. relay .. ',' .. ARGV[8] .. ',' .. node)
+redis.call('HSET', P .. 'r:' .. R .. ':s', nick, lastSeq)
+redis.call('HINCRBY', P .. 'r:' .. R .. ':n', role, 1)
+redis.call('SADD', P .. 'rooms', R)
+redis.call('SADD', P .. 'relay:' .. relay, R .. '\\n' .. nick)
+redis.call('SETNX', P .. 'r:' .. R .. ':e', ARGV[11])
+for _, suffix in ipairs({'n', 's', 'v', 'e', 'o', 'p', 'h'}) do
+  redis.call('PERSIST', P .. 'r:' .. R .. ':' .. suffix)
+end
+local presence = redis.call('INCR', P .. 'r:' .. R .. ':p')
+redis.call('PUBLISH', P .. 'c:' .. R, 'j\\n' .. presence .. '\\n' .. nick .. '\\n' .. role)
+return position('join', nick, ARGV[8], lastSeq)
+`;
+
+/**
+ * A message. ARGV: prefix, room (hex), from, role, seq (or ''), to (or ''),
+ * frame text before the offset, frame text after it, history length, and
+ * `prev`: the seq the relay sent before this one on the node's connection.
+ * Returns `{ok, offset}`, `{dup}`, `{gap}` (a message before it did not get
+ * here: it is not taken either, so that the node's resend keeps the order),
+ * `{alone}`, `{no-such-node}` or `{not-allowed}`.
+ */
+export const MESSAGE = PRELUDE + `
+local R, from, role, seq, to = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local s = P .. 'r:' .. R .. ':s'
+if seq ~= '' then
+  -- Resent through another relay, and taken already: an ack is all it needs.
+  local taken = tonumber(redis.call('HGET', s, from) or '0')
+  if taken >= tonumber(seq) then return {'dup'} end
+  -- An earlier message of this connection failed on its way (a Redis
+  -- reconnect in between): taking this one would make the resend of the
+  -- earlier one look like a duplicate.
+  if taken < tonumber(ARGV[10]) then return {'gap'} end
+  redis.call('HSET', s, from, seq)
+end
+local function hears(receiver, sender)
+  if sender == 'agent' then return receiver == 'bridge' end
+  if receiver == 'agent' then return sender == 'bridge' end
+  return true
+end
+if to ~= '' then
+  local rec = redis.call('HGET', P .. 'r:' .. R .. ':m', to)
+  if not rec or to == from then return {'no-such-node'} end
+  if not hears(split(rec)[1], role) then return {'not-allowed'} end
+else
+  local n = P .. 'r:' .. R .. ':n'
+  local counts = {}
+  for _, r in ipairs({'peer', 'bridge', 'agent'}) do
+    counts[r] = tonumber(redis.call('HGET', n, r) or '0')
+  end
+  counts[role] = counts[role] - 1
+  local heard
+  if role == 'agent' then heard = counts.bridge > 0
+  elseif role == 'bridge' then heard = counts.peer + counts.bridge + counts.agent > 0
+  else heard = counts.peer + counts.bridge > 0 end
+  if not heard then return {'alone'} end
+end
+local offset = redis.call('INCR', P .. 'r:' .. R .. ':o')
+local data = ARGV[7] .. offset .. ARGV[8]
+redis.call('XADD', P .. 'r:' .. R .. ':h', 'MAXLEN', '~', ARGV[9], offset .. '-0',
+  'd', data, 'f', from, 'r', role, 't', to, 'a', now_ms())
+redis.call('PUBLISH', P .. 'c:' .. R,
+  'm\\n' .. offset .. '\\n' .. from .. '\\n' .. role .. '\\n' .. to .. '\\n' .. data)
+return {'ok', offset}
+`;
+
+/**
+ * A node leaves. ARGV: prefix, room (hex), nickname, relay id, reason,
+ * reserved until (ms), room ttl (ms). Returns 1 if it was a member held by
+ * that relay.
+ */
+export const LEAVE = PRELUDE + `
+return leave(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+`;
+
+/**
+ * A relay's heartbeat, and the sweep of relays whose heartbeat ran out: their
+ * members are gone. ARGV: prefix, relay id, heartbeat ttl (ms), reclaim
+ * window (ms), room ttl (ms). Returns `{wasKnown, swept}`: `wasKnown` 0 means
+ * the cluster had given this relay up (its members are gone from it).
+ */
+export const HEARTBEAT = PRELUDE + `
+local relays = P .. 'relays'
+local now = now_ms()
+local swept = 0
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', relays, '-inf', now)) do
+  if dead ~= ARGV[2] then
+    for _, entry in ipairs(redis.call('SMEMBERS', P .. 'relay:' .. dead)) do
+      local R, nick = string.match(entry, '^([^\\n]*)\\n(.*)$')
+      swept = swept + leave(R, nick, dead, 'gone', now + tonumber(ARGV[4]), ARGV[5])
+    end
+    redis.call('DEL', P .. 'relay:' .. dead)
+    redis.call('ZREM', relays, dead)
+  end
+end
+local known = redis.call('ZSCORE', relays, ARGV[2])
+redis.call('ZADD', relays, now + tonumber(ARGV[3]), ARGV[2])
+return {known and 1 or 0, swept}
+`;
+
+/**
+ * The history after an offset. ARGV: prefix, room (hex), offset. Returns
+ * `{epoch, latest, id1, data1, from1, role1, to1, at1, ...}`.
+ */
+export const SINCE = PRELUDE + `
+local R = ARGV[2]
+local result = {
+  redis.call('GET', P .. 'r:' .. R .. ':e') or '',
+  redis.call('GET', P .. 'r:' .. R .. ':o') or '0',
+}
+local entries = redis.call('XRANGE', P .. 'r:' .. R .. ':h', '(' .. ARGV[3] .. '-0', '+')
+for _, entry in ipairs(entries) do
+  local fields = {}
+  for i = 1, #entry[2], 2 do fields[entry[2][i]] = entry[2][i + 1] end
+  result[#result + 1] = entry[1]
+  result[#result + 1] = fields.d
+  result[#result + 1] = fields.f
+  result[#result + 1] = fields.r
+  result[#result + 1] = fields.t
+  result[#result + 1] = fields.a
+end
+return result
+`;

@@ -1,0 +1,69 @@
+/**
+ * A real redis-server on a free loopback port, with its own folder: the
+ * append-only file is written at every command, so a restart keeps
+ * everything (as a production Redis with AOF does).
+ */
+
+import { freePort } from "./_helpers.ts";
+
+/**
+ * A redis-server the test started; `restart` stops it and starts it again
+ * on its data. `persist: false` keeps nothing on disk: a restart loses all.
+ */
+export async function startRedis(options: { persist?: boolean } = {}) {
+  const persist = options.persist ?? true;
+  const dir = await Deno.makeTempDir({ prefix: "immortal-redis-" });
+  const port = freePort();
+  let child: Deno.ChildProcess;
+  const start = async () => {
+    child = new Deno.Command("redis-server", {
+      args: [
+        "--port",
+        String(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        dir,
+        "--save",
+        "",
+        ...(persist ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"]),
+      ],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    // Ready once it says so; its log goes nowhere else.
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let log = "";
+    while (!/Ready to accept connections/.test(log)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`redis-server did not start:\n${log}`);
+      log += value;
+    }
+    // Keep reading, so that its log never fills the pipe.
+    (async () => {
+      while (!(await reader.read()).done);
+    })();
+  };
+  const stop = async () => {
+    try {
+      child.kill("SIGTERM");
+    } catch {
+      // Exited already.
+    }
+    await child.status;
+  };
+  await start();
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    /** Stops it (SIGTERM: it writes what it has) and starts it again on the same data. */
+    async restart(): Promise<void> {
+      await stop();
+      await start();
+    },
+    async [Symbol.asyncDispose](): Promise<void> {
+      await stop();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}

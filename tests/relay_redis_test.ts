@@ -1,0 +1,263 @@
+/**
+ * Several relays serving the same sessions through a real redis-server
+ * (issue #12): nicknames, presence, messages and history across relays, a
+ * relay killed behind a real nginx, and Redis itself restarted.
+ */
+
+import assert from "node:assert/strict";
+import { RelayNode } from "../mod.ts";
+import { spawnCli } from "./_cli_process.ts";
+import { freePort, within } from "./_helpers.ts";
+import { startNginx } from "./_proxies.ts";
+import { startRedis } from "./_redis.ts";
+import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
+
+const CLI = new URL("../cli/relay.ts", import.meta.url).pathname;
+
+/** Sends `1`..`count` from `node`, a round of 20 at a time, until the relay has them all. */
+async function sendNumbered(node: RelayNode, count: number, to?: string): Promise<void> {
+  for (let i = 1; i <= count; i++) {
+    if (to === undefined) node.send(String(i));
+    else node.sendTo(to, String(i));
+    if (i % 20 === 0) await node.flush();
+  }
+  await node.flush();
+}
+
+const numbers = (texts: string[]) => texts.map(Number).filter(Number.isInteger);
+const oneTo = (count: number) => Array.from({ length: count }, (_, i) => i + 1);
+
+Deno.test("two relays on one Redis: a nickname clash across them gives max(1); joins, leaves, broadcasts and directed messages cross between them", async () => {
+  await using redis = await startRedis();
+  await using one = startRelay({ redis: redis.url });
+  await using two = startRelay({ redis: redis.url });
+  const options = { session: "lab", nickname: "max" };
+  await using a = await RelayNode.connect(one.url, options);
+  await using b = await RelayNode.connect(two.url, options);
+  assert.deepEqual([a.nickname, b.nickname], ["max", "max(1)"]);
+  assert.deepEqual(b.members, [{ nickname: "max", role: "peer" }]);
+  assert.deepEqual(await waitForEvent(a, "join"), {
+    type: "join",
+    nickname: "max(1)",
+    role: "peer",
+  });
+  await using c = await RelayNode.connect(two.url, { session: "lab", nickname: "eve" });
+  await waitForEvent(a, "join", (e) => e.nickname === "eve");
+  await waitForEvent(b, "join", (e) => e.nickname === "eve");
+  a.send("to all");
+  assert.equal((await waitForEvent(b, "message")).text, "to all");
+  assert.equal((await waitForEvent(c, "message")).text, "to all");
+  c.sendTo("max", "just you");
+  assert.deepEqual(await waitForEvent(a, "message"), {
+    type: "message",
+    from: "eve",
+    to: "max",
+    text: "just you",
+  });
+  // A directed message to a nickname on no relay is refused, by its number.
+  const seq = c.sendTo("nobody", "x");
+  const refused = await waitForEvent(c, "error");
+  assert.deepEqual([refused.code, refused.seq], ["no-such-node", seq]);
+  await c.close();
+  assert.deepEqual(await waitForEvent(a, "leave"), {
+    type: "leave",
+    nickname: "eve",
+    reason: "left",
+  });
+  // The same session id on another room of the same relays stays apart.
+  await using other = await RelayNode.connect(one.url, { session: "elsewhere", nickname: "max" });
+  assert.equal(other.nickname, "max");
+});
+
+Deno.test("two relays on one Redis: 400 numbered messages each way between nodes on different relays, none lost, none twice, in order", async () => {
+  await using redis = await startRedis();
+  await using one = startRelay({ redis: redis.url, rate: 100_000 });
+  await using two = startRelay({ redis: redis.url, rate: 100_000 });
+  await using x = await RelayNode.connect(one.url, { session: "s", nickname: "x" });
+  await using y = await RelayNode.connect(two.url, { session: "s", nickname: "y" });
+  const atX = recordEvents(x);
+  const atY = recordEvents(y);
+  await atX.until(() => x.members.length === 1, "y joining");
+  await within(60_000, "sending", Promise.all([sendNumbered(x, 400), sendNumbered(y, 400, "x")]));
+  await atY.until(() => numbers(atY.texts).length >= 400, "y receiving all");
+  await atX.until(() => numbers(atX.texts).length >= 400, "x receiving all");
+  assert.deepEqual(numbers(atY.texts), oneTo(400));
+  assert.deepEqual(numbers(atX.texts), oneTo(400));
+});
+
+Deno.test("two relay processes behind a real nginx on Redis: one is SIGKILLed while 1,000 numbered messages are in flight; its nodes fail over, keep their nicknames, and lose or duplicate none; a node left on the dead relay is announced gone", async () => {
+  await using redis = await startRedis();
+  const ports = [freePort(), freePort()];
+  const relays = ports.map((port) =>
+    spawnCli(
+      [
+        `--allow-net=127.0.0.1:${port},127.0.0.1:${redis.port}`,
+        "--allow-env=REDIS_DEBUG_MAINTENANCE",
+      ],
+      CLI,
+      ["--hostname", "127.0.0.1", "--port", String(port), "--redis", redis.url, "--rate", "100000"],
+    )
+  );
+  try {
+    await Promise.all(relays.map((relay) => relay.waitFor(/Relay listening on/, "a relay")));
+    await using nginx = await startNginx(ports, { websocket: true });
+    const options = {
+      session: "s",
+      transport: "websocket" as const,
+      backoff: { initial: 10, max: 200 },
+      retries: 50,
+    };
+    const url = `http://127.0.0.1:${nginx.port}`;
+    await using x = await RelayNode.connect(url, { ...options, nickname: "x" });
+    await using y = await RelayNode.connect(url, { ...options, nickname: "y" });
+    // z reaches the first relay directly: when it dies, z has nowhere else to go.
+    await using _z = await RelayNode.connect(`http://127.0.0.1:${ports[0]}`, {
+      ...options,
+      nickname: "z",
+    });
+    const atX = recordEvents(x);
+    const atY = recordEvents(y);
+    await atX.until(() => x.members.length === 2, "x seeing y and z");
+    await atY.until(() => y.members.length === 2, "y seeing x and z");
+    const count = 1000;
+    const sending = Promise.all([sendNumbered(x, count), sendNumbered(y, count, "x")]);
+    // Killed when a quarter of x's messages have reached y.
+    await atY.until(() => atY.texts.length >= count / 4, "a quarter of the exchange");
+    assert.equal(await relays[0].stop("SIGKILL"), 137);
+    const killed = performance.now();
+    await within(60_000, "sending", sending);
+    await atY.until(() => numbers(atY.texts).length >= count, "y receiving all");
+    await atX.until(() => numbers(atX.texts).length >= count, "x receiving all");
+    assert.deepEqual(numbers(atY.texts), oneTo(count));
+    assert.deepEqual(numbers(atX.texts), oneTo(count));
+    assert.deepEqual([x.nickname, y.nickname], ["x", "y"]);
+    // The kill was felt: a node moved from the dead relay to the other one.
+    const moved = [atX, atY].filter((at) =>
+      at.events.some((e) => e.type === "state" && e.state === "disconnected")
+    );
+    assert.ok(moved.length >= 1, "no node was on the relay that died");
+    assert.ok(
+      !atX.events.some((e) => e.type === "missed") && !atY.events.some((e) => e.type === "missed"),
+    );
+    // z is announced gone by the surviving relay once the dead one's heartbeat runs out.
+    await atY.until(
+      () => atY.events.some((e) => e.type === "leave" && e.nickname === "z"),
+      "z announced gone",
+    );
+    const gone = (performance.now() - killed) / 1000;
+    console.log(`z announced gone ${gone.toFixed(1)} s after its relay was killed`);
+    assert.deepEqual(atY.events.find((e) => e.type === "leave" && e.nickname === "z"), {
+      type: "leave",
+      nickname: "z",
+      reason: "gone",
+    });
+  } finally {
+    for (const relay of relays) await relay.stop();
+  }
+});
+
+Deno.test("Redis restarted mid-session: the relays reconnect, and 400 numbered messages each way arrive once, in order", async () => {
+  await using redis = await startRedis();
+  await using one = startRelay({ redis: redis.url, rate: 100_000 });
+  await using two = startRelay({ redis: redis.url, rate: 100_000 });
+  await using x = await RelayNode.connect(one.url, { session: "s", nickname: "x" });
+  await using y = await RelayNode.connect(two.url, { session: "s", nickname: "y" });
+  const atX = recordEvents(x);
+  const atY = recordEvents(y);
+  await atX.until(() => x.members.length === 1, "y joining");
+  const sending = Promise.all([sendNumbered(x, 400), sendNumbered(y, 400, "x")]);
+  await atY.until(() => atY.texts.length >= 100, "a quarter of the exchange");
+  await redis.restart();
+  await within(60_000, "sending", sending);
+  await atY.until(() => numbers(atY.texts).length >= 400, "y receiving all");
+  await atX.until(() => numbers(atX.texts).length >= 400, "x receiving all");
+  assert.deepEqual(numbers(atY.texts), oneTo(400));
+  assert.deepEqual(numbers(atX.texts), oneTo(400));
+  // And the session goes on after it.
+  x.send("after");
+  await atY.until(() => atY.texts.includes("after"), "y hearing what follows");
+});
+
+Deno.test("two relay processes share one port (--reuse-port) and, through Redis, one session", async () => {
+  await using redis = await startRedis();
+  const port = freePort();
+  const start = () =>
+    spawnCli(
+      [
+        "--unstable-net",
+        `--allow-net=127.0.0.1:${port},127.0.0.1:${redis.port}`,
+        "--allow-env=REDIS_DEBUG_MAINTENANCE",
+      ],
+      CLI,
+      ["--hostname", "127.0.0.1", "--port", String(port), "--reuse-port", "--redis", redis.url],
+    );
+  const relays = [start(), start()];
+  try {
+    // Without SO_REUSEPORT the second could not listen.
+    await Promise.all(relays.map((relay) => relay.waitFor(/Relay listening on/, "a relay")));
+    const url = `http://127.0.0.1:${port}`;
+    // Nodes land on either process; the session is one all the same.
+    const nodes = [];
+    for (let i = 0; i < 6; i++) {
+      nodes.push(await RelayNode.connect(url, { session: "s", nickname: "n" }));
+    }
+    try {
+      assert.deepEqual(
+        nodes.map((node) => node.nickname).sort(),
+        ["n", "n(1)", "n(2)", "n(3)", "n(4)", "n(5)"],
+      );
+      const recorders = nodes.map(recordEvents);
+      const last = nodes.at(-1)!;
+      await recorders.at(-1)!.until(() => last.members.length === 5, "everyone seen");
+      last.send("hello all");
+      for (const at of recorders.slice(0, 5)) {
+        await at.until(() => at.texts.includes("hello all"), "the broadcast");
+      }
+    } finally {
+      for (const node of nodes) await node.close();
+    }
+  } finally {
+    for (const relay of relays) await relay.stop();
+  }
+});
+
+Deno.test("relay CLI: --reuse-port without --unstable-net says what to add", async () => {
+  const port = freePort();
+  const relay = spawnCli(
+    [`--allow-net=127.0.0.1:${port}`],
+    CLI,
+    ["--hostname", "127.0.0.1", "--port", String(port), "--reuse-port"],
+  );
+  const { code } = await within(30_000, "the relay exiting", relay.child.status);
+  await relay.stop();
+  assert.notEqual(code, 0);
+  assert.match(relay.log, /--reuse-port needs Deno's --unstable-net flag/);
+  assert.doesNotMatch(relay.log, /\n\s+at /);
+});
+
+Deno.test("Redis restarted with nothing kept: the nodes are told (missed: epoch), join again under their nicknames, and the session goes on", async () => {
+  await using redis = await startRedis({ persist: false });
+  await using one = startRelay({ redis: redis.url });
+  await using two = startRelay({ redis: redis.url });
+  const options = { session: "s", backoff: { initial: 10, max: 200 }, retries: 50 };
+  await using x = await RelayNode.connect(one.url, { ...options, nickname: "x" });
+  await using y = await RelayNode.connect(two.url, { ...options, nickname: "y" });
+  const atX = recordEvents(x);
+  const atY = recordEvents(y);
+  await atX.until(() => x.members.length === 1, "y joining");
+  x.send("before");
+  await atY.until(() => atY.texts.includes("before"), "y hearing x");
+  await redis.restart();
+  // Each relay finds itself forgotten at its next heartbeat, and its nodes join again.
+  for (const at of [atX, atY]) {
+    await at.until(() => at.events.some((e) => e.type === "missed"), "the missed event", 30_000);
+    assert.deepEqual(at.events.find((e) => e.type === "missed"), {
+      type: "missed",
+      reason: "epoch",
+    });
+  }
+  await atX.until(() => x.members.length === 1, "y back", 30_000);
+  assert.deepEqual([x.nickname, y.nickname], ["x", "y"]);
+  x.send("after");
+  await atY.until(() => atY.texts.includes("after"), "y hearing what follows");
+});
