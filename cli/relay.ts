@@ -11,6 +11,7 @@
 import { parseArgs } from "node:util";
 import type { Logger } from "@logtape/logtape";
 import { errorMessage } from "../lib/_util.ts";
+import { clusterAddress } from "../lib/relay/_cluster_address.ts";
 import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
@@ -58,6 +59,11 @@ Options:
   --redis URL              share sessions with other relay processes through
                            Redis (redis://host:6379); needs --allow-net for
                            it and --allow-env=REDIS_DEBUG_MAINTENANCE
+  --cluster-address HOST:PORT  with --redis: where the other relays reach this
+                           one for pipes between nodes on different relays
+                           (plain HTTP, keyed: a private address; default
+                           --hostname, or 127.0.0.1 for 0.0.0.0, on a free
+                           port); needs --allow-net for it and the others'
   --history-length N       messages each session keeps for nodes back from a
                            blip (default 1000)
   --history-bytes N        bytes of messages each session keeps (default
@@ -133,6 +139,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
         "history-length": { type: "string" },
         redis: { type: "string" },
         "reuse-port": { type: "boolean" },
+        "cluster-address": { type: "string" },
         "history-bytes": { type: "string" },
         "history-age": { type: "string" },
         "log-level": { type: "string", default: "info" },
@@ -185,6 +192,16 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   if (v.redis !== undefined && !/^rediss?:\/\/[^/]/.test(v.redis)) {
     throw new UsageError(`--redis must be a URL like redis://127.0.0.1:6379, got "${v.redis}"`);
   }
+  if (v["cluster-address"] !== undefined) {
+    if (v.redis === undefined) {
+      throw new UsageError("--cluster-address is for relays sharing sessions: it needs --redis");
+    }
+    try {
+      clusterAddress(v["cluster-address"], "");
+    } catch (error) {
+      throw new UsageError(`--cluster-address: ${errorMessage(error)}`);
+    }
+  }
   const num = (flag: keyof typeof v, integer = true) =>
     v[flag] === undefined ? undefined : parsePositive(`--${flag}`, v[flag] as string, integer);
   const serve: ServeRelayOptions = {
@@ -207,6 +224,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     maxUnjoined: num("max-unjoined"),
     redis: v.redis,
     reusePort: v["reuse-port"] || undefined,
+    clusterAddress: v["cluster-address"],
     historyLength: num("history-length"),
     historyBytes: num("history-bytes"),
     historyAge: num("history-age"),
@@ -234,8 +252,11 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   try {
     server = serveRelay({ ...config.serve, onListen: listening.resolve });
   } catch (error) {
+    const reason = errorMessage(error);
     throw new Error(
-      `cannot listen on ${config.serve.hostname}:${config.serve.port}: ${errorMessage(error)}`,
+      reason.startsWith("cannot listen")
+        ? reason
+        : `cannot listen on ${config.serve.hostname}:${config.serve.port}: ${reason}`,
     );
   }
   const addr = await listening.promise;
@@ -253,8 +274,9 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
     log.info("Relay secret required (from {source})", { source: config.secretSource });
   }
   if (config.serve.redis !== undefined) {
-    log.info("Sessions shared through Redis at {redis}", {
+    log.info("Sessions shared through Redis at {redis}; other relays reach this one at {peer}", {
       redis: redactedUrl(config.serve.redis),
+      peer: `${server.clusterAddr!.hostname}:${server.clusterAddr!.port}`,
     });
   }
   return { stopping: "shutting the relay down", close: () => server.shutdown() };

@@ -78,6 +78,13 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [["--max-nodes", "1.5"], /--max-nodes must be a positive integer/],
     [["--history-length", "0"], /--history-length must be a positive/],
     [["--history-age", "soon"], /--history-age must be a positive/],
+    [["--redis", "localhost:6379"], /--redis must be a URL like redis:\/\/127\.0\.0\.1:6379/],
+    [["--cluster-address", "127.0.0.1:9000"], /--cluster-address .* needs --redis/],
+    [
+      ["--redis", "redis://127.0.0.1:1", "--cluster-address", "0.0.0.0:9000"],
+      /--cluster-address: .*an address they reach, not "0\.0\.0\.0"/,
+    ],
+    [["--redis", "redis://127.0.0.1:1", "--cluster-address", "a:b:c"], /must be host:port/],
     [["--secret-file", "/nonexistent/secret"], /cannot read secret file/],
     [["--tls-cert", "/nonexistent/cert.pem"], /needs both --tls-cert and --tls-key/],
     [["--log-level", "loud"], /--log-level must be one of/],
@@ -211,6 +218,23 @@ Deno.test("loadRelayConfig: flags aside, env wins over the working directory's f
     await Deno.remove(cwd, { recursive: true });
     await Deno.remove(home, { recursive: true });
   }
+});
+
+Deno.test("relay CLI: the cluster flags reach the relay's settings", () => {
+  const config = parseRelayArgs([
+    "--redis",
+    "redis://:pw@10.0.0.9:6379",
+    "--cluster-address",
+    "10.0.0.5:8081",
+    "--reuse-port",
+  ]);
+  assert.ok(config !== "help");
+  const { redis, clusterAddress, reusePort } = config.serve;
+  assert.deepEqual({ redis, clusterAddress, reusePort }, {
+    redis: "redis://:pw@10.0.0.9:6379",
+    clusterAddress: "10.0.0.5:8081",
+    reusePort: true,
+  });
 });
 
 Deno.test("relay CLI: the history flags reach the relay's settings", () => {

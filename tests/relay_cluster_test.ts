@@ -31,6 +31,7 @@ function recordingCluster(url: string) {
     presence: () => {},
     moved: () => {},
     forgotten: () => {},
+    pipe: () => {},
   });
   return {
     cluster,

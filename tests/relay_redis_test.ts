@@ -7,10 +7,12 @@
 import assert from "node:assert/strict";
 import { RelayNode } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
-import { freePort, within } from "./_helpers.ts";
+import { freePort, patternHash, receiveAll, sendPattern, within } from "./_helpers.ts";
 import { startNginx } from "./_proxies.ts";
 import { startRedis } from "./_redis.ts";
 import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
+import { FAST } from "./_tunnel_helpers.ts";
+import { openWebSocketLink } from "../lib/link/_websocket_client.ts";
 
 const CLI = new URL("../cli/relay.ts", import.meta.url).pathname;
 
@@ -88,15 +90,14 @@ Deno.test("two relays on one Redis: 400 numbered messages each way between nodes
 Deno.test("two relay processes behind a real nginx on Redis: one is SIGKILLed while 1,000 numbered messages are in flight; its nodes fail over, keep their nicknames, and lose or duplicate none; a node left on the dead relay is announced gone", async () => {
   await using redis = await startRedis();
   const ports = [freePort(), freePort()];
-  const relays = ports.map((port) =>
-    spawnCli(
-      [
-        `--allow-net=127.0.0.1:${port},127.0.0.1:${redis.port}`,
-        "--allow-env=REDIS_DEBUG_MAINTENANCE",
-      ],
-      CLI,
-      ["--hostname", "127.0.0.1", "--port", String(port), "--redis", redis.url, "--rate", "100000"],
-    )
+  // Each relay listens for the other on a port of its own (pipes between their nodes).
+  const peers = [freePort(), freePort()];
+  const net = [...ports, ...peers, redis.port].map((port) => `127.0.0.1:${port}`).join(",");
+  const relays = ports.map((port, i) =>
+    spawnCli([`--allow-net=${net}`, "--allow-env=REDIS_DEBUG_MAINTENANCE"], CLI, [
+      ...["--hostname", "127.0.0.1", "--port", String(port), "--redis", redis.url],
+      ...["--cluster-address", `127.0.0.1:${peers[i]}`, "--rate", "100000"],
+    ])
   );
   try {
     await Promise.all(relays.map((relay) => relay.waitFor(/Relay listening on/, "a relay")));
@@ -181,13 +182,10 @@ Deno.test("Redis restarted mid-session: the relays reconnect, and 400 numbered m
 Deno.test("two relay processes share one port (--reuse-port) and, through Redis, one session", async () => {
   await using redis = await startRedis();
   const port = freePort();
+  // Any loopback port: each process listens for the other on a free one.
   const start = () =>
     spawnCli(
-      [
-        "--unstable-net",
-        `--allow-net=127.0.0.1:${port},127.0.0.1:${redis.port}`,
-        "--allow-env=REDIS_DEBUG_MAINTENANCE",
-      ],
+      ["--unstable-net", "--allow-net=127.0.0.1", "--allow-env=REDIS_DEBUG_MAINTENANCE"],
       CLI,
       ["--hostname", "127.0.0.1", "--port", String(port), "--reuse-port", "--redis", redis.url],
     );
@@ -260,4 +258,62 @@ Deno.test("Redis restarted with nothing kept: the nodes are told (missed: epoch)
   assert.deepEqual([x.nickname, y.nickname], ["x", "y"]);
   x.send("after");
   await atY.until(() => atY.texts.includes("after"), "y hearing what follows");
+});
+
+Deno.test("a pipe between nodes on two relays: an immortal session moves 4 MiB each way through both relays; refusals and roles cross too", async () => {
+  await using redis = await startRedis();
+  await using one = startRelay({ redis: redis.url });
+  await using two = startRelay({ redis: redis.url });
+  // Each relay listens for the other's pipes on a loopback port of its own.
+  assert.ok(one.clusterAddr && two.clusterAddr);
+  await using laptop = await RelayNode.connect(one.url, { session: "s", nickname: "laptop" });
+  await using lab = await RelayNode.connect(two.url, { session: "s", nickname: "lab" });
+  using listener = lab.listen({ key: "k", accepts: (nickname) => nickname === "laptop", ...FAST });
+  await using conn = await laptop.connectTo("lab", { key: "k", ...FAST });
+  await using server = await listener.accept();
+  const size = 4 << 20;
+  const [sentUp, gotUp, sentDown, gotDown] = await within(
+    60_000,
+    "the transfer",
+    Promise.all([
+      sendPattern(conn, 1, size),
+      receiveAll(server),
+      sendPattern(server, 2, size),
+      receiveAll(conn),
+    ]),
+  );
+  assert.equal(sentUp, patternHash(1, size));
+  assert.equal(gotUp.sha256, sentUp);
+  assert.equal(gotDown.sha256, sentDown);
+  // Both relays carried it: the dialing node's and the accepting node's.
+  assert.ok(one.relay.stats.pipes!.opened >= 1 && two.relay.stats.pipes!.opened >= 1);
+
+  // The node on the other relay refuses someone it does not accept, and the refusal comes back.
+  await using stranger = await RelayNode.connect(one.url, { session: "s", nickname: "stranger" });
+  await assert.rejects(
+    stranger.connectTo("lab", { key: "k" }),
+    /refused the pipe: not accepted/,
+  );
+  // Roles hold across relays: an agent opens pipes to bridges only.
+  await using agent = await RelayNode.connect(one.url, {
+    session: "s",
+    nickname: "agent",
+    role: "agent",
+  });
+  await assert.rejects(agent.connectTo("lab", { key: "k" }), /bridges only/);
+  // The relays' own listener takes pipes only from relays showing the cluster's key.
+  const attempts: Record<string, string>[] = [{}, {
+    "x-relay-cluster": "guess",
+    "x-relay-pipe": "p1",
+  }];
+  for (const headers of attempts) {
+    await assert.rejects(
+      openWebSocketLink(
+        new URL(`ws://127.0.0.1:${two.clusterAddr.port}/relay/pipe`),
+        AbortSignal.timeout(10_000),
+        headers,
+      ),
+      /answered 401/,
+    );
+  }
 });

@@ -42,12 +42,19 @@ export interface ClusterEvents {
   ): void;
   /** The node `nickname` now reaches the cluster through relay `relay`. */
   moved(room: string, nickname: string, relay: string): void;
+  /** A pipe between nodes on two relays: offered to a node here, or refused by it there. */
+  pipe(room: string, event: ClusterPipeEvent): void;
   /**
    * The cluster gave this relay up (it was silent too long, or Redis lost
    * its state): its nodes are no longer members and must join again.
    */
   forgotten(): void;
 }
+
+/** What relays tell each other about a pipe between their nodes. */
+export type ClusterPipeEvent =
+  | { kind: "offer"; id: string; from: string; to: string; relay: string }
+  | { kind: "refuse"; id: string; relay: string; reason: string };
 
 /** A join as the cluster decided it. */
 export interface ClusterJoin {
@@ -126,6 +133,9 @@ export class RelayCluster {
   #beats = 0;
   #closed = false;
   #healthy = true;
+  /** Where other relays open pipes to this one ('' until told). */
+  #pipeUrl = "";
+  #key: Promise<string> | null = null;
 
   /** Joins the cluster on the Redis at `settings.url`; `events` hears what happens in it. */
   constructor(settings: ClusterSettings, events: ClusterEvents) {
@@ -286,6 +296,57 @@ export class RelayCluster {
     return { epoch, latest, entries };
   }
 
+  /** Tells the other relays where to open pipes to this one (kept with every heartbeat). */
+  advertise(url: string): void {
+    this.#pipeUrl = url;
+    this.#connected
+      .then(() => this.#redis.sendCommand(["HSET", `${PREFIX}urls`, this.id, url]))
+      .catch(() => {}); // the next heartbeat says it again
+  }
+
+  /** Where relay `id` takes pipes, if it said. */
+  async relayUrl(id: string): Promise<string | null> {
+    await this.#connected;
+    return await this.#redis.sendCommand(["HGET", `${PREFIX}urls`, id]) as string | null;
+  }
+
+  /**
+   * The key relays show each other to open a pipe: made by the first relay
+   * that asks, the same for all (anyone who can read Redis is in the cluster).
+   */
+  key(): Promise<string> {
+    this.#key ??= (async () => {
+      await this.#connected;
+      await this.#redis.sendCommand(["SET", `${PREFIX}key`, newJoinToken(), "NX"]);
+      return await this.#redis.sendCommand(["GET", `${PREFIX}key`]) as string;
+    })();
+    // A failure is not kept: the next pipe asks Redis again.
+    this.#key.catch(() => this.#key = null);
+    return this.#key;
+  }
+
+  /** The member `nickname` of `room` anywhere in the cluster: its role and its relay. */
+  async member(room: string, nickname: string): Promise<{ role: RelayRole; relay: string } | null> {
+    await this.#connected;
+    const record = await this.#redis.sendCommand([
+      "HGET",
+      `${PREFIX}r:${roomKey(room)}:m`,
+      nickname,
+    ]) as string | null;
+    if (record === null) return null;
+    const [role, relay] = record.split(",");
+    return { role: role as RelayRole, relay };
+  }
+
+  /** Tells the relays of `room` about a pipe (the one holding the node concerned acts on it). */
+  async announcePipe(room: string, event: ClusterPipeEvent): Promise<void> {
+    await this.#connected;
+    const fields = event.kind === "offer"
+      ? ["o", event.id, event.from, event.to, event.relay]
+      : ["q", event.id, event.relay, event.reason];
+    await this.#redis.sendCommand(["PUBLISH", `${PREFIX}c:${roomKey(room)}`, fields.join("\n")]);
+  }
+
   /** Whether Redis answered the last heartbeat. */
   get healthy(): boolean {
     return this.#healthy;
@@ -362,6 +423,7 @@ export class RelayCluster {
         HEARTBEAT_TTL,
         this.#settings.reclaimWindow,
         this.#settings.roomTtl,
+        this.#pipeUrl,
       ) as [number, number];
       if (!this.#healthy) log.info("Redis answers again");
       this.#healthy = true;
@@ -447,6 +509,23 @@ export class RelayCluster {
         return;
       case "r":
         this.#events.moved(room, fields[1], fields[2]);
+        return;
+      case "o":
+        this.#events.pipe(room, {
+          kind: "offer",
+          id: fields[1],
+          from: fields[2],
+          to: fields[3],
+          relay: fields[4],
+        });
+        return;
+      case "q":
+        this.#events.pipe(room, {
+          kind: "refuse",
+          id: fields[1],
+          relay: fields[2],
+          reason: fields.slice(3).join("\n"),
+        });
         return;
     }
   }

@@ -15,12 +15,16 @@
  *
  * Per cluster: `P relays`, a sorted set of relay ids scored by the time their
  * heartbeat runs out; `P relay:ID`, the set of `R\nnickname` a relay holds;
- * `P rooms`, the set of rooms with members (for the room limit).
+ * `P rooms`, the set of rooms with members (for the room limit); `P urls`,
+ * a hash relay id -> the URL other relays open pipes at; `P key`, the key a
+ * relay shows another to open a pipe there.
  *
  * Published on channel `P c:R`, one line per field:
  * - `m offset from role to data`: a message (`to` empty for a broadcast);
  * - `j presence nickname role`, `l presence nickname reason`: presence;
- * - `r nickname relay`: a member moved its connection to `relay`.
+ * - `r nickname relay`: a member moved its connection to `relay`;
+ * - `o id from to relay`: node `from`, on relay `relay`, asks `to` for pipe `id`;
+ * - `q id relay reason`: the node asked refused pipe `id` of relay `relay`.
  *
  * @module
  */
@@ -214,7 +218,7 @@ return leave(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 /**
  * A relay's heartbeat, and the sweep of relays whose heartbeat ran out: their
  * members are gone. ARGV: prefix, relay id, heartbeat ttl (ms), reclaim
- * window (ms), room ttl (ms). Returns `{wasKnown, swept}`: `wasKnown` 0 means
+ * window (ms), room ttl (ms), the relay's pipe URL (or ''). Returns `{wasKnown, swept}`: `wasKnown` 0 means
  * the cluster had given this relay up (its members are gone from it).
  */
 export const HEARTBEAT = PRELUDE + `
@@ -229,10 +233,12 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', relays, '-inf', now)) do
     end
     redis.call('DEL', P .. 'relay:' .. dead)
     redis.call('ZREM', relays, dead)
+    redis.call('HDEL', P .. 'urls', dead)
   end
 end
 local known = redis.call('ZSCORE', relays, ARGV[2])
 redis.call('ZADD', relays, now + tonumber(ARGV[3]), ARGV[2])
+if ARGV[6] ~= '' then redis.call('HSET', P .. 'urls', ARGV[2], ARGV[6]) end
 return {known and 1 or 0, swept}
 `;
 

@@ -21,7 +21,7 @@ import {
   type RelayErrorCode,
   type WelcomeFrame,
 } from "./_protocol.ts";
-import type { ClusterJoin, RelayCluster } from "./_cluster.ts";
+import type { ClusterJoin, ClusterPipeEvent, RelayCluster } from "./_cluster.ts";
 import type { HistoryEntry } from "./_history.ts";
 import { type Arrival, DETACHED, Member, Room, type Sink } from "./_room.ts";
 import { newJoinToken, secretsEqual } from "./_secret.ts";
@@ -134,6 +134,8 @@ export class Hub {
   #timer: ReturnType<typeof setInterval>;
   /** Where a node's refusal of a pipe goes (the relay's pipe endpoint). */
   onPipeRefuse: ((member: Member, id: string, reason: string) => void) | null = null;
+  /** Where other relays' word about pipes goes (the relay's pipe endpoint). */
+  onClusterPipe: ((room: string, event: ClusterPipeEvent) => void) | null = null;
   /** With `redis`: the cluster this relay shares its rooms with, once loaded. */
   #cluster: RelayCluster | null = null;
   /**
@@ -142,6 +144,11 @@ export class Hub {
    */
   #clusterReady: Promise<RelayCluster> | null = null;
   #closed = false;
+
+  /** With `redis`: the cluster, once loaded (null without Redis). */
+  get cluster(): Promise<RelayCluster | null> {
+    return this.#clusterReady ?? Promise.resolve(null);
+  }
 
   /**
    * A hub with `settings`. `clock` (ms) is for tests that must not depend on
@@ -167,6 +174,7 @@ export class Hub {
           presence: (room, event) => this.#presenceFromCluster(room, event),
           moved: (room, nickname, relay) => this.#movedInCluster(room, nickname, relay),
           forgotten: () => this.#forgottenByCluster(),
+          pipe: (room, event) => this.onClusterPipe?.(room, event),
         });
         if (this.#closed) cluster.close();
         return this.#cluster = cluster;

@@ -11,6 +11,12 @@
  * (it answers the relay's `pipe` frame with a pipe request of its own, or
  * refuses with a `pipe-refuse` frame).
  *
+ * In a cluster (several relays on Redis) the two nodes may be on different
+ * relays: the dialing node's relay announces the pipe through Redis, the
+ * relay holding the other node offers it and, once that node opens its end,
+ * opens a WebSocket to the first relay's peer listener with the cluster's
+ * key. Each relay then copies between its node's end and that link.
+ *
  * @module
  */
 
@@ -23,12 +29,14 @@ import {
 } from "../link/_http_link_endpoint.ts";
 import type { Link } from "../link/link.ts";
 import { WebSocketLink } from "../link/websocket.ts";
+import { openWebSocketLink } from "../link/_websocket_client.ts";
+import type { ClusterPipeEvent } from "./_cluster.ts";
 import { ByteQueue } from "../link/_byte_queue.ts";
 import type { Hub } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
 import { connectionOf } from "./_http_server.ts";
-import { encodeFrame, PIPE_HEADERS, type RelayErrorCode } from "./_protocol.ts";
-import type { Member } from "./_room.ts";
+import { encodeFrame, PATHS, PIPE_HEADERS, type RelayErrorCode } from "./_protocol.ts";
+import { type Member, roleHears } from "./_room.ts";
 import type { ServerWebSocket } from "./_server_websocket.ts";
 import { secretsEqual } from "./_secret.ts";
 
@@ -55,10 +63,29 @@ interface Refusal {
 interface Pending {
   id: string;
   from: Member;
-  to: Member;
-  /** The answer: the accepting end's link, or a refusal. */
+  /** The node asked: here, or (in a cluster) the nickname of a node on another relay. */
+  to: Member | string;
+  /** The answer: the accepting end's link (or the other relay's), or a refusal. */
   answer: PromiseWithResolvers<PipeEnd | Refusal>;
 }
+
+/** A pipe a node on another relay of the cluster asked a node here for. */
+interface Offered {
+  from: string;
+  to: Member;
+  /** The id of the relay the dialing node is on. */
+  relay: string;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+const NOT_ALLOWED: Refusal = {
+  status: 403,
+  code: "not-allowed",
+  message: "an agent opens pipes to bridges only",
+};
+
+/** Pipe endpoints by relay, for `serveRelay`'s peer listener. */
+export const pipeEndpoints: WeakMap<object, PipeEndpoint> = new WeakMap();
 
 /** Counters of the relay's pipes. */
 export interface PipeStats {
@@ -79,7 +106,7 @@ export interface PipeStats {
  * A pipe's end, with what it holds: bytes received and not yet passed on,
  * or queued to send; and, for our own WebSocket, the socket itself.
  */
-type PipeEnd = Link & { readonly queuedBytes: number; readonly socket?: ServerWebSocket };
+type PipeEnd = Link & { readonly queuedBytes?: number; readonly socket?: ServerWebSocket };
 
 /**
  * A {@linkcode Link} over our own server's WebSocket: messages are queued
@@ -118,6 +145,9 @@ export class PipeEndpoint {
   #hub: Hub;
   #links = new HttpLinkEndpoint();
   #pending = new Map<string, Pending>();
+  #offered = new Map<string, Offered>();
+  /** Where other relays of the cluster open pipes to this one; null: nowhere (no pipes across). */
+  #peerUrl: string | null = null;
   /** Pipes (waiting or open) per node. */
   #perNode = new Map<Member, number>();
   #open = new Set<[PipeEnd, PipeEnd]>();
@@ -128,12 +158,22 @@ export class PipeEndpoint {
   /** Pipes between members of `hub`'s sessions. */
   constructor(hub: Hub) {
     this.#hub = hub;
+    hub.onClusterPipe = (room, event) => this.#fromCluster(room, event);
+  }
+
+  /**
+   * In a cluster: other relays reach {@linkcode PipeEndpoint.handlePeer} at
+   * `url`. Until this is called, pipes go only between nodes on this relay.
+   */
+  advertise(url: string): void {
+    this.#peerUrl = url;
+    this.#hub.cluster.then((cluster) => cluster?.advertise(url));
   }
 
   /** Counters and gauges. */
   get stats(): PipeStats {
     let held = this.#inTransit;
-    for (const [a, b] of this.#open) held += a.queuedBytes + b.queuedBytes;
+    for (const [a, b] of this.#open) held += (a.queuedBytes ?? 0) + (b.queuedBytes ?? 0);
     return { open: this.#open.size, ...this.#counters, heldBytes: held };
   }
 
@@ -162,12 +202,51 @@ export class PipeEndpoint {
     const remoteAddr = info?.remoteAddr;
     const to = req.headers.get(PIPE_HEADERS.to);
     return to === null
-      ? this.#accept(member, id, req, remoteAddr)
+      ? await this.#accept(member, id, req, remoteAddr)
       : await this.#dial(member, id, to, req, remoteAddr);
+  }
+
+  /**
+   * A request on the peer listener: another relay of the cluster brings the
+   * end of pipe `id` that its node accepted, showing the cluster's key.
+   */
+  async handlePeer(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
+    const hub = this.#hub;
+    if (new URL(req.url).pathname !== PATHS.pipe) {
+      return refuseRequest(hub, 404, "not-found", "this listener takes pipes of other relays only");
+    }
+    if (linkRequestKind(req) !== "websocket") {
+      return refuseRequest(hub, 426, "upgrade-required", "relays bring pipes over WebSocket");
+    }
+    const cluster = await hub.cluster;
+    const key = req.headers.get(PIPE_HEADERS.cluster);
+    let ours: string | null = null;
+    try {
+      ours = cluster ? await cluster.key() : null;
+    } catch {
+      // Redis is away: no key to compare with.
+    }
+    if (ours === null || key === null || !secretsEqual(key, ours)) {
+      return refuseRequest(hub, 401, "unauthorized", "only relays of this cluster bring pipes");
+    }
+    const id = req.headers.get(PIPE_HEADERS.pipe) ?? "";
+    const pending = this.#pending.get(id);
+    if (!pending || typeof pending.to !== "string") {
+      return refuseRequest(hub, 404, "no-such-stream", "no such pipe waiting");
+    }
+    const opened = this.#openLink(req, info?.remoteAddr);
+    if (typeof opened === "string") return refuseRequest(hub, 400, "bad-request", opened);
+    pending.answer.resolve(opened.link);
+    return opened.response;
   }
 
   /** `member` refused the pipe `id` it was offered. */
   refuse(member: Member, id: string, reason: string): void {
+    const offered = this.#offered.get(id);
+    if (offered && offered.to === member) {
+      this.#forget(id, offered);
+      return this.#refuseAcross(member.room.id, id, offered.relay, reason);
+    }
     const pending = this.#pending.get(id);
     if (!pending || pending.to !== member) return;
     pending.answer.resolve({
@@ -179,6 +258,7 @@ export class PipeEndpoint {
 
   /** Ends every pipe. */
   close(): void {
+    for (const [id, offered] of this.#offered) this.#forget(id, offered);
     for (const pending of this.#pending.values()) {
       pending.answer.resolve({ status: 503, code: "full", message: "the relay is shutting down" });
     }
@@ -206,18 +286,25 @@ export class PipeEndpoint {
     remoteAddr?: Deno.Addr,
   ): Promise<Response> {
     const hub = this.#hub;
-    const to = from.room.members.get(nickname);
+    let to: Member | string | undefined = from.room.members.get(nickname);
+    if (!to) {
+      const elsewhere = await this.#elsewhere(from, nickname);
+      if (typeof elsewhere === "object") {
+        return refuseRequest(hub, elsewhere.status, elsewhere.code, elsewhere.message);
+      }
+      to = elsewhere;
+    }
     if (!to || to === from) {
       return refuseRequest(hub, 404, "no-such-node", `no node "${nickname}" in this session`);
     }
-    if (!to.hears(from)) {
-      return refuseRequest(hub, 403, "not-allowed", "an agent opens pipes to bridges only");
+    if (typeof to !== "string" && !to.hears(from)) {
+      return refuseRequest(hub, NOT_ALLOWED.status, NOT_ALLOWED.code, NOT_ALLOWED.message);
     }
     if (this.#pending.has(id)) {
       return refuseRequest(hub, 409, "bad-request", "that pipe id is in use");
     }
     for (const end of [from, to]) {
-      if ((this.#perNode.get(end) ?? 0) >= MAX_PIPES_PER_NODE) {
+      if (typeof end !== "string" && (this.#perNode.get(end) ?? 0) >= MAX_PIPES_PER_NODE) {
         const message = `${end.nickname} has ${MAX_PIPES_PER_NODE} pipes already`;
         return refuseRequest(hub, 503, "full", message);
       }
@@ -231,7 +318,24 @@ export class PipeEndpoint {
         code: "pipe-timeout",
         message: `${nickname} did not answer the pipe within ${timeout} ms`,
       }), timeout);
-    to.sink.push(encodeFrame({ t: "pipe", id, from: from.nickname }));
+    if (typeof to !== "string") to.sink.push(encodeFrame({ t: "pipe", id, from: from.nickname }));
+    else {
+      // The relay holding `to` offers it; its answer comes to handlePeer, or as a refusal.
+      const cluster = (await hub.cluster)!;
+      cluster.announcePipe(from.room.id, {
+        kind: "offer",
+        id,
+        from: from.nickname,
+        to,
+        relay: cluster.id,
+      }).catch((error) =>
+        pending.answer.resolve({
+          status: 503,
+          code: "unavailable",
+          message: `the relay cannot reach its cluster store (Redis): ${errorMessage(error)}`,
+        })
+      );
+    }
     const answer = await pending.answer.promise;
     clearTimeout(timer);
     this.#pending.delete(id);
@@ -245,15 +349,125 @@ export class PipeEndpoint {
     return opened.response;
   }
 
-  #accept(member: Member, id: string, req: Request, remoteAddr?: Deno.Addr): Response {
+  async #accept(
+    member: Member,
+    id: string,
+    req: Request,
+    remoteAddr?: Deno.Addr,
+  ): Promise<Response> {
+    const hub = this.#hub;
+    const offered = this.#offered.get(id);
+    if (offered && offered.to === member) {
+      return await this.#acceptForPeer(id, offered, req, remoteAddr);
+    }
     const pending = this.#pending.get(id);
     if (!pending || pending.to !== member) {
-      return refuseRequest(this.#hub, 404, "no-such-stream", "no such pipe waiting for you");
+      return refuseRequest(hub, 404, "no-such-stream", "no such pipe waiting for you");
     }
     const opened = this.#openLink(req, remoteAddr);
-    if (typeof opened === "string") return refuseRequest(this.#hub, 400, "bad-request", opened);
+    if (typeof opened === "string") return refuseRequest(hub, 400, "bad-request", opened);
     pending.answer.resolve(opened.link);
     return opened.response;
+  }
+
+  /**
+   * The node here accepted a pipe dialed on another relay: this relay opens
+   * a link to that relay's peer listener first, then takes the node's end.
+   */
+  async #acceptForPeer(
+    id: string,
+    offered: Offered,
+    req: Request,
+    remoteAddr?: Deno.Addr,
+  ): Promise<Response> {
+    const hub = this.#hub;
+    this.#forget(id, offered);
+    let peer: Link;
+    try {
+      const cluster = (await hub.cluster)!;
+      const url = await cluster.relayUrl(offered.relay);
+      if (url === null) throw new Error("that relay is gone from the cluster");
+      const target = new URL(PATHS.pipe, url);
+      target.protocol = target.protocol === "https:" ? "wss:" : "ws:";
+      peer = await openWebSocketLink(target, AbortSignal.timeout(hub.settings.authTimeout), {
+        [PIPE_HEADERS.pipe]: id,
+        [PIPE_HEADERS.cluster]: await cluster.key(),
+      });
+    } catch (error) {
+      const message = `cannot reach the relay of ${offered.from}: ${errorMessage(error)}`;
+      log.warn("Pipe {from} -> {to}: {message}", {
+        from: offered.from,
+        to: offered.to.nickname,
+        message,
+      });
+      return refuseRequest(hub, 503, "unavailable", message);
+    }
+    const opened = this.#openLink(req, remoteAddr);
+    if (typeof opened === "string") {
+      peer.close();
+      return refuseRequest(hub, 400, "bad-request", opened);
+    }
+    this.#splice(offered.to, offered.from, opened.link, peer);
+    return opened.response;
+  }
+
+  /**
+   * In a cluster: `nickname` on another relay, if it is a member there
+   * (its nickname), or why `from` may not open a pipe to it.
+   */
+  async #elsewhere(from: Member, nickname: string): Promise<string | Refusal | undefined> {
+    const cluster = await this.#hub.cluster;
+    if (!cluster || this.#peerUrl === null) return undefined;
+    let member;
+    try {
+      member = await cluster.member(from.room.id, nickname);
+    } catch (error) {
+      return {
+        status: 503,
+        code: "unavailable",
+        message: `the relay cannot reach its cluster store (Redis): ${errorMessage(error)}`,
+      };
+    }
+    if (!member || member.relay === cluster.id) return undefined;
+    if (!roleHears(member.role, from.role)) return NOT_ALLOWED;
+    return nickname;
+  }
+
+  /** Another relay's word about a pipe: an offer for a node here, or a refusal of ours. */
+  #fromCluster(room: string, event: ClusterPipeEvent): void {
+    if (event.kind === "refuse") {
+      const pending = this.#pending.get(event.id);
+      if (!pending || typeof pending.to !== "string" || pending.from.room.id !== room) return;
+      pending.answer.resolve({
+        status: 403,
+        code: "pipe-refused",
+        message: `${pending.to} refused the pipe: ${event.reason.slice(0, 200)}`,
+      });
+      return;
+    }
+    const to = this.#hub.rooms.get(room)?.members.get(event.to);
+    if (!to || !PIPE_ID.test(event.id) || this.#offered.has(event.id)) return;
+    if ((this.#perNode.get(to) ?? 0) >= MAX_PIPES_PER_NODE) {
+      const reason = `${to.nickname} has ${MAX_PIPES_PER_NODE} pipes already`;
+      return this.#refuseAcross(room, event.id, event.relay, reason);
+    }
+    // Forgotten if the node never answers: the dialing relay gives up after authTimeout.
+    const timer = setTimeout(() => this.#forget(event.id, offered), this.#hub.settings.authTimeout);
+    const offered: Offered = { from: event.from, to, relay: event.relay, timer };
+    this.#offered.set(event.id, offered);
+    to.sink.push(encodeFrame({ t: "pipe", id: event.id, from: event.from }));
+  }
+
+  /** Tells the relay that asked for pipe `id` that it is refused. */
+  #refuseAcross(room: string, id: string, relay: string, reason: string): void {
+    this.#hub.cluster.then((cluster) =>
+      cluster?.announcePipe(room, { kind: "refuse", id, relay, reason })
+    ).catch(() => {}); // the dialing relay's timeout answers instead
+  }
+
+  #forget(id: string, offered: Offered): void {
+    clearTimeout(offered.timer);
+    if (this.#offered.get(id) === offered) this.#offered.delete(id);
   }
 
   /** Opens this end's link: our strict WebSocket under `serveRelay`, Deno's when mounted elsewhere. */
@@ -281,18 +495,24 @@ export class PipeEndpoint {
       | string;
   }
 
-  #splice(from: Member, to: Member, a: PipeEnd, b: PipeEnd): void {
+  /**
+   * Copies between the ends `a` of `from` and `b` of `to`; a nickname is a
+   * node on another relay (`b` is then the link to that relay).
+   */
+  #splice(from: Member | string, to: Member | string, a: PipeEnd, b: PipeEnd): void {
     const pair: [PipeEnd, PipeEnd] = [a, b];
     this.#open.add(pair);
     this.#counters.opened++;
-    for (const end of [from, to]) this.#perNode.set(end, (this.#perNode.get(end) ?? 0) + 1);
-    log.debug("Pipe {from} -> {to} open", { from: from.nickname, to: to.nickname });
+    const members = [from, to].filter((end): end is Member => typeof end !== "string");
+    for (const end of members) this.#perNode.set(end, (this.#perNode.get(end) ?? 0) + 1);
+    const names = { from: nicknameOf(from), to: nicknameOf(to) };
+    log.debug("Pipe {from} -> {to} open", names);
     const copied = a.socket && b.socket
       ? this.#forwardMessages(a.socket, b.socket)
-      : Promise.all([this.#copy(a, b, from, to), this.#copy(b, a, from, to)]);
+      : Promise.all([this.#copy(a, b, names), this.#copy(b, a, names)]);
     copied.finally(() => {
       this.#open.delete(pair);
-      for (const member of [from, to]) {
+      for (const member of members) {
         const left = this.#perNode.get(member)! - 1;
         if (left === 0) this.#perNode.delete(member);
         else this.#perNode.set(member, left);
@@ -328,7 +548,11 @@ export class PipeEndpoint {
   }
 
   /** Copies one direction between two links, with one buffer; ends both when it ends. */
-  async #copy(source: PipeEnd, sink: PipeEnd, from: Member, to: Member): Promise<void> {
+  async #copy(
+    source: PipeEnd,
+    sink: PipeEnd,
+    names: { from: string; to: string },
+  ): Promise<void> {
     const buffer = new Uint8Array(PIPE_BUFFER);
     try {
       for (;;) {
@@ -343,14 +567,14 @@ export class PipeEndpoint {
         this.#counters.bytes += n;
       }
     } catch (error) {
-      log.debug("Pipe {from} -> {to} ended: {reason}", {
-        from: from.nickname,
-        to: to.nickname,
-        reason: errorMessage(error),
-      });
+      log.debug("Pipe {from} -> {to} ended: {reason}", { ...names, reason: errorMessage(error) });
     } finally {
       source.close();
       sink.close();
     }
   }
+}
+
+function nicknameOf(end: Member | string): string {
+  return typeof end === "string" ? end : end.nickname;
 }

@@ -295,4 +295,6 @@ export const PIPE_HEADERS = {
   pipe: "x-relay-pipe",
   /** On the dialing side only: the nickname of the node to reach. */
   to: "x-relay-pipe-to",
+  /** Between relays of a cluster: the cluster's key (PROTOCOL.md 2.22). */
+  cluster: "x-relay-cluster",
 } as const;

@@ -78,10 +78,15 @@ export class Member {
    * only each other, so a bridge serves many agents that never see each other.
    */
   hears(speaker: { role: RelayRole }): boolean {
-    if (speaker.role === "agent") return this.role === "bridge";
-    if (this.role === "agent") return speaker.role === "bridge";
-    return true;
+    return roleHears(this.role, speaker.role);
   }
+}
+
+/** Whether a node of role `listener` hears one of role `speaker` (agents and bridges hear only each other). */
+export function roleHears(listener: RelayRole, speaker: RelayRole): boolean {
+  if (speaker === "agent") return listener === "bridge";
+  if (listener === "agent") return speaker === "bridge";
+  return true;
 }
 
 /**

@@ -13,7 +13,7 @@ import { Hub, type RelayStats } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
 import { serverStats } from "./_http_server.ts";
 import { HttpStreamEndpoint } from "./_http_stream_endpoint.ts";
-import { PipeEndpoint } from "./_pipes.ts";
+import { PipeEndpoint, pipeEndpoints } from "./_pipes.ts";
 import { metricsResponse } from "./_metrics.ts";
 import { PATHS } from "./_protocol.ts";
 import { secretsEqual } from "./_secret.ts";
@@ -46,6 +46,7 @@ export class Relay implements Disposable {
     this.#httpStreams = new HttpStreamEndpoint(this.#hub);
     this.#pipes = new PipeEndpoint(this.#hub);
     this.#hub.onPipeRefuse = (member, id, reason) => this.#pipes.refuse(member, id, reason);
+    pipeEndpoints.set(this, this.#pipes);
   }
 
   /** Whether the relay requires a secret. */

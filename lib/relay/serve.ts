@@ -4,7 +4,9 @@
  * @module
  */
 
+import { clusterAddress } from "./_cluster_address.ts";
 import { HttpServer, serverStats } from "./_http_server.ts";
+import { pipeEndpoints } from "./_pipes.ts";
 import { relaySettings } from "./_settings.ts";
 import type { RelayOptions } from "./options.ts";
 import { Relay } from "./relay.ts";
@@ -48,6 +50,17 @@ export interface ServeRelayOptions extends RelayOptions {
    * process's descriptor limit. Default 512.
    */
   maxUnjoined?: number;
+  /**
+   * With `redis`: where this relay listens for the other relays of its
+   * cluster (`host:port`, `host` for any free port), so that a pipe can join
+   * nodes on different relays. Plain HTTP, authenticated by a key the
+   * cluster keeps in Redis: use an address on the relays' private network.
+   * The relay tells the others this address as it is, so it must be one
+   * they can reach (not `0.0.0.0`). Default: `hostname` on a free port, or
+   * `127.0.0.1` on a free port when `hostname` is a wildcard (relays on one
+   * machine).
+   */
+  clusterAddress?: string;
 }
 
 /** A running relay server. */
@@ -56,6 +69,8 @@ export interface RelayServer extends AsyncDisposable {
   readonly relay: Relay;
   /** The bound address. */
   readonly addr: Deno.NetAddr;
+  /** With `redis`: where the other relays of the cluster reach this one. */
+  readonly clusterAddr?: Deno.NetAddr;
   /** Resolves once the server has shut down. */
   readonly finished: Promise<void>;
   /** Disconnects every node and stops listening. */
@@ -100,20 +115,53 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
     maxUnjoined: positive("maxUnjoined", options.maxUnjoined ?? 512),
     reusePort: options.reusePort ?? false,
   };
+  if (options.clusterAddress !== undefined && options.redis === undefined) {
+    throw new TypeError("clusterAddress is for relays sharing sessions: it needs redis");
+  }
+  const peerAddress = options.redis === undefined
+    ? null
+    : clusterAddress(options.clusterAddress, serverOptions.hostname);
   const relay = new Relay(options);
   const server = new HttpServer((req, info) => relay.handle(req, info), {
     ...serverOptions,
     maxMessageBytes: relaySettings(options).maxMessageBytes,
   });
   serverStats.set(relay, () => server.stats);
+  let peers: HttpServer | undefined;
+  if (peerAddress !== null) {
+    const pipes = pipeEndpoints.get(relay)!;
+    try {
+      peers = new HttpServer((req, info) => pipes.handlePeer(req, info), {
+        ...serverOptions,
+        ...peerAddress,
+        cert: undefined,
+        key: undefined,
+        reusePort: false,
+        maxMessageBytes: relaySettings(options).maxMessageBytes,
+      });
+    } catch (error) {
+      relay.close();
+      server.shutdown();
+      const { hostname, port } = peerAddress;
+      throw new Error(
+        `cannot listen for the other relays of the cluster on ${hostname}:${port}: ${
+          error instanceof Error ? error.message : String(error)
+        }`,
+        { cause: error },
+      );
+    }
+    const { hostname, port } = peers.addr;
+    pipes.advertise(`http://${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`);
+  }
   options.onListen?.(server.addr);
   const shutdown = async () => {
     relay.close();
-    await server.shutdown();
+    await Promise.all([server.shutdown(), peers?.shutdown()]);
   };
   return {
     relay,
     addr: server.addr,
+    ...(peers ? { clusterAddr: peers.addr } : {}),
     finished: server.finished,
     shutdown,
     [Symbol.asyncDispose]: shutdown,
