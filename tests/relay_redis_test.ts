@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { createClient } from "@redis/client";
 import { RelayNode } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { freePort, patternHash, receiveAll, sendPattern, within } from "./_helpers.ts";
@@ -28,6 +29,15 @@ async function sendNumbered(node: RelayNode, count: number, to?: string): Promis
 
 const numbers = (texts: string[]) => texts.map(Number).filter(Number.isInteger);
 const oneTo = (count: number) => Array.from({ length: count }, (_, i) => i + 1);
+
+/** Asks `condition` every 50 ms until it holds; fails after 30 s (never hangs). */
+async function waitUntilAsync(condition: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    if (await condition()) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`${what}: not so within 30 s`);
+}
 
 Deno.test("two relays on one Redis: a nickname clash across them gives max(1); joins, leaves, broadcasts and directed messages cross between them", async () => {
   await using redis = await startRedis();
@@ -87,7 +97,7 @@ Deno.test("two relays on one Redis: 400 numbered messages each way between nodes
   assert.deepEqual(numbers(atX.texts), oneTo(400));
 });
 
-Deno.test("two relay processes behind a real nginx on Redis: one is SIGKILLed while 1,000 numbered messages are in flight; its nodes fail over, keep their nicknames, and lose or duplicate none; a node left on the dead relay is announced gone", async () => {
+Deno.test("two relay processes behind a real nginx on Redis: a clash across them gives max(1), presence and both kinds of message cross; one is SIGKILLed while 1,000 numbered messages are in flight; its nodes fail over, keep their nicknames, and lose or duplicate none; a node left on the dead relay is announced gone", async () => {
   await using redis = await startRedis();
   const ports = [freePort(), freePort()];
   // Each relay listens for the other on a port of its own (pipes between their nodes).
@@ -109,10 +119,28 @@ Deno.test("two relay processes behind a real nginx on Redis: one is SIGKILLed wh
       retries: 50,
     };
     const url = `http://127.0.0.1:${nginx.port}`;
+    const direct = ports.map((port) => `http://127.0.0.1:${port}`);
+    {
+      // One process each: the clash, presence and both kinds of message cross processes.
+      await using a = await RelayNode.connect(direct[0], { session: "lab", nickname: "max" });
+      const b = await RelayNode.connect(direct[1], { session: "lab", nickname: "max" });
+      assert.deepEqual([a.nickname, b.nickname], ["max", "max(1)"]);
+      const atA = recordEvents(a);
+      await atA.until(() => a.members.length === 1, "max seeing max(1)");
+      b.send("to all");
+      b.sendTo("max", "just you");
+      await atA.until(() => atA.texts.length === 2, "both messages");
+      assert.deepEqual(atA.texts, ["to all", "just you"]);
+      await b.close();
+      await atA.until(
+        () => atA.events.some((e) => e.type === "leave" && e.nickname === "max(1)"),
+        "max(1) leaving",
+      );
+    }
     await using x = await RelayNode.connect(url, { ...options, nickname: "x" });
     await using y = await RelayNode.connect(url, { ...options, nickname: "y" });
     // z reaches the first relay directly: when it dies, z has nowhere else to go.
-    await using _z = await RelayNode.connect(`http://127.0.0.1:${ports[0]}`, {
+    await using _z = await RelayNode.connect(direct[0], {
       ...options,
       nickname: "z",
     });
@@ -170,6 +198,18 @@ Deno.test("Redis restarted mid-session: the relays reconnect, and 400 numbered m
   await atY.until(() => atY.texts.length >= 100, "a quarter of the exchange");
   await redis.restart();
   await within(60_000, "sending", sending);
+  // Both relays listen on the room's channel again (node-redis v4 did not re-subscribe: socket.io
+  // issue 4845): the history fills gaps, but live delivery needs the subscription.
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    await waitUntilAsync(async () => {
+      const reply = await raw.sendCommand(["PUBSUB", "NUMSUB", "immortal:relay:c:73"]) as unknown[];
+      return Number(reply[1]) === 2;
+    }, "both relays subscribed again");
+  } finally {
+    raw.destroy();
+  }
   await atY.until(() => numbers(atY.texts).length >= 400, "y receiving all");
   await atX.until(() => numbers(atX.texts).length >= 400, "x receiving all");
   assert.deepEqual(numbers(atY.texts), oneTo(400));
@@ -316,4 +356,22 @@ Deno.test("a pipe between nodes on two relays: an immortal session moves 4 MiB e
       /answered 401/,
     );
   }
+});
+
+Deno.test("cluster-wide limits: nodes per session and sessions count across relays", async () => {
+  await using redis = await startRedis();
+  const limits = { redis: redis.url, maxNodesPerSession: 2, maxSessions: 2 };
+  await using one = startRelay(limits);
+  await using two = startRelay(limits);
+  await using _a = await RelayNode.connect(one.url, { session: "s", nickname: "a" });
+  await using _b = await RelayNode.connect(two.url, { session: "s", nickname: "b" });
+  await assert.rejects(
+    RelayNode.connect(one.url, { session: "s", nickname: "c", retries: 1 }),
+    /node limit/,
+  );
+  await using _d = await RelayNode.connect(two.url, { session: "t", nickname: "d" });
+  await assert.rejects(
+    RelayNode.connect(one.url, { session: "u", nickname: "e", retries: 1 }),
+    /session limit/,
+  );
 });
