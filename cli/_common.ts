@@ -11,6 +11,28 @@ import { errorMessage, parsePortText } from "../lib/_util.ts";
 /** A mistake in how the command was called: one line, exit code 2. */
 export class UsageError extends Error {}
 
+/**
+ * A `parseArgs` (node:util) refusal in our words: one line that names the
+ * flag and what to do, instead of Node's sentence about positionals.
+ */
+export function flagError(error: unknown): UsageError {
+  const message = errorMessage(error).split("\n")[0];
+  const flag = /^(?:Unknown option|Option) '(-[^' ]+)/.exec(message)?.[1];
+  if (flag !== undefined) {
+    if (/^Unknown option/.test(message)) return new UsageError(`unknown flag ${flag}`);
+    if (/argument missing/.test(message)) return new UsageError(`${flag} needs a value`);
+    if (/argument is ambiguous/.test(message)) {
+      return new UsageError(
+        `${flag} needs a value; for one that starts with "-", write ${flag}=VALUE`,
+      );
+    }
+    if (/does not take an argument/.test(message)) return new UsageError(`${flag} takes no value`);
+  }
+  const positional = /^Unexpected argument '([^']*)'/.exec(message)?.[1];
+  if (positional !== undefined) return new UsageError(`unexpected argument "${positional}"`);
+  return new UsageError(message);
+}
+
 /** Log levels a user may pick. */
 export const LOG_LEVELS = ["debug", "info", "warning", "error"] as const;
 

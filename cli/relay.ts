@@ -12,11 +12,13 @@ import { parseArgs } from "node:util";
 import type { Logger } from "@logtape/logtape";
 import { errorMessage } from "../lib/_util.ts";
 import { clusterAddress } from "../lib/relay/_cluster_address.ts";
-import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
+import { loadRelayConfig, RELAY_CONFIG_FILE, type RelayConfig } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
 import {
+  flagError,
   parseLogLevel,
+  parseMillis,
   parsePort,
   parsePositive,
   readFileArg,
@@ -100,6 +102,8 @@ export interface RelayCliConfig {
   logLevel: RelayLogLevel;
   /** Where the secret came from (a flag, a file, a variable), for the startup log. */
   secretSource?: string;
+  /** Without a secret: where one may be that this process was not allowed to look. */
+  secretUnread?: RelayConfig["unread"];
 }
 
 /**
@@ -147,7 +151,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
       },
     });
   } catch (error) {
-    throw new UsageError(errorMessage(error).split("\n")[0]);
+    throw flagError(error);
   }
   const v = parsed.values;
   if (v.help) return "help";
@@ -204,30 +208,33 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   }
   const num = (flag: keyof typeof v, integer = true) =>
     v[flag] === undefined ? undefined : parsePositive(`--${flag}`, v[flag] as string, integer);
+  // Durations feed timers, which fire at once past 2^31 - 1 ms: bounded, with a sentence.
+  const ms = (flag: keyof typeof v) =>
+    v[flag] === undefined ? undefined : parseMillis(`--${flag}`, v[flag] as string);
   const serve: ServeRelayOptions = {
     hostname: v.hostname ?? file.hostname ?? "0.0.0.0",
     port: v.port !== undefined ? parsePort("--port", v.port, true) : file.port ?? 8080,
     secret,
     metricsToken,
-    keepAlive: num("keep-alive"),
+    keepAlive: ms("keep-alive"),
     maxSessions: num("max-sessions"),
     maxNodesPerSession: num("max-nodes"),
     maxMessageBytes: num("max-message-bytes"),
     maxNicknameLength: num("max-nickname"),
     rate: num("rate", false),
-    authTimeout: num("auth-timeout"),
+    authTimeout: ms("auth-timeout"),
     maxQueueBytes: num("max-queue-bytes"),
     overflow: overflow as OverflowPolicy,
     chatPage: !v["no-chat-page"],
-    headerTimeout: num("header-timeout"),
-    idleTimeout: num("idle-timeout"),
+    headerTimeout: ms("header-timeout"),
+    idleTimeout: ms("idle-timeout"),
     maxUnjoined: num("max-unjoined"),
     redis: v.redis,
     reusePort: v["reuse-port"] || undefined,
     clusterAddress: v["cluster-address"],
     historyLength: num("history-length"),
     historyBytes: num("history-bytes"),
-    historyAge: num("history-age"),
+    historyAge: ms("history-age"),
   };
   if (v["tls-cert"] !== undefined) Object.assign(serve, readPemPair(v["tls-cert"], v["tls-key"]!));
   // Drop unset limits so the relay's own defaults apply.
@@ -236,7 +243,10 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   }
   // parseLogLevel admits exactly the RelayLogLevel names.
   const logLevel = parseLogLevel(v["log-level"]!) as RelayLogLevel;
-  return { serve, logLevel, secretSource };
+  const secretUnread = secret === undefined
+    ? file.unread.filter(({ place }) => !place.startsWith("env ") || /_SECRET$/.test(place))
+    : undefined;
+  return { serve, logLevel, secretSource, ...(secretUnread?.length ? { secretUnread } : {}) };
 }
 
 async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
@@ -265,7 +275,18 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
     url: `${scheme}://${addr.hostname}:${addr.port}`,
     chat: config.serve.chatPage === false ? "off" : "/chat",
   });
-  if (config.serve.secret === undefined) {
+  if (config.serve.secret === undefined && config.secretUnread) {
+    // Maybe a secret was set where we were not allowed to look: say where, and what would allow it.
+    const unread = config.secretUnread;
+    log.warning(
+      "NO RELAY SECRET FOUND: this relay is OPEN to anyone who can reach it. It was not allowed to " +
+        "look at {places}: if the secret is there, run it with {permissions}.",
+      {
+        places: unread.map((u) => u.place).join(", "),
+        permissions: mergedFlags(unread.map((u) => u.permission)),
+      },
+    );
+  } else if (config.serve.secret === undefined) {
     log.warning(
       "NO RELAY SECRET: this relay is OPEN to anyone who can reach it. Fine for local development; " +
         "set --secret, --secret-file or IMMORTAL_RELAY_SECRET anywhere else.",
@@ -280,6 +301,16 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
     });
   }
   return { stopping: "shutting the relay down", close: () => server.shutdown() };
+}
+
+/** `--allow-env=A --allow-env=B` as `--allow-env=A,B`: Deno keeps one value list per flag. */
+function mergedFlags(flags: string[]): string {
+  const values = new Map<string, string[]>();
+  for (const flag of flags.flatMap((f) => f.split(" "))) {
+    const [name, value] = flag.split("=");
+    values.set(name, [...(values.get(name) ?? []), value]);
+  }
+  return [...values].map(([name, list]) => `${name}=${list.join(",")}`).join(" ");
 }
 
 /** A URL without its password, for the log. */

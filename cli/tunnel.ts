@@ -15,6 +15,7 @@
 import { parseArgs } from "node:util";
 import type { Logger } from "@logtape/logtape";
 import {
+  flagError,
   parseLogLevel,
   parseMillis,
   parsePort,
@@ -213,7 +214,7 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
       },
     });
   } catch (error) {
-    throw new UsageError(errorMessage(error).split("\n")[0]);
+    throw flagError(error);
   }
   const { values, positionals } = parsed;
   if (values.help) return "help";
@@ -259,8 +260,11 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
     relay.caCerts = [readPemCertificate("CA file", values["tls-ca"])];
   }
   const statsSeconds = values.stats === undefined ? 0 : Number(values.stats);
-  if (!(statsSeconds >= 0) || !Number.isFinite(statsSeconds)) {
-    throw new UsageError(`--stats must be a number of seconds, got "${values.stats}"`);
+  // setInterval takes at most 2^31-1 ms; beyond it fires every millisecond.
+  if (!(statsSeconds >= 0 && statsSeconds <= 2_147_483)) {
+    throw new UsageError(
+      `--stats must be a number of seconds from 0 (off) to 2147483, got "${values.stats}"`,
+    );
   }
   return {
     role,

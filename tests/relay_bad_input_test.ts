@@ -40,7 +40,17 @@ Deno.test("relay: wrong or missing secret → 401 on every transport; the node g
     secret: "right",
   });
   assert.equal(good.transport, "websocket");
-  assert.ok(relay.relay.stats.refused.secret >= 5);
+  // The secret in the hello (a browser cannot set headers): an error frame, then close 4401.
+  const socket = new WebSocket(`${relay.url.replace("http", "ws")}/relay/ws`);
+  const answers: string[] = [];
+  const closed = new Promise<number>((resolve) => socket.onclose = (e) => resolve(e.code));
+  socket.onmessage = (e) => answers.push(e.data);
+  socket.onopen = () => socket.send(hello({ secret: "wrong" }));
+  assert.equal(await closed, 4401);
+  assert.match(answers.join(), /"code":"unauthorized"/);
+  // Each refusal counted once, under its reason: not also as "unauthorized".
+  const { refused } = relay.relay.stats;
+  assert.deepEqual([refused.secret, refused.unauthorized], [7, undefined]);
 });
 
 Deno.test("relay: over-long or control-character nicknames, bad session ids, bad roles → 400", async () => {
@@ -159,6 +169,13 @@ Deno.test("relay: thousands of junk requests get clear 4xx answers; a good node 
   assert.deepEqual(codes, [400, 404, 405, 426]);
   const health = await fetch(`${relay.url}/healthz`);
   assert.deepEqual(await health.json(), { status: "ok", sessions: 1, nodes: 2 });
+  // Health checkers that send HEAD get the status without a body.
+  const head = await fetch(`${relay.url}/healthz`, { method: "HEAD" });
+  assert.deepEqual([head.status, head.headers.get("content-type"), await head.text()], [
+    200,
+    "application/json",
+    "",
+  ]);
 });
 
 Deno.test("relay: connections that never finish a handshake are cut at the auth deadline; good nodes are unaffected", async () => {
@@ -341,4 +358,21 @@ Deno.test("relay: a hello or frame that is not valid UTF-8 is refused, not decod
   const refusal = await res.json();
   assert.equal(refusal.error, "bad-hello");
   assert.match(refusal.message, /not valid UTF-8/);
+});
+
+Deno.test("relay settings: a bad option is a RangeError naming it, before anything listens", () => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ keepAlive: 1e10 }, /keepAlive must be at most 2147483647 ms, got 10000000000/],
+    [{ authTimeout: 0 }, /authTimeout must be a positive number, got 0/],
+    [{ historyAge: 3e9 }, /historyAge must be at most 2147483647 ms/],
+    [{ maxNodesPerSession: -1 }, /maxNodesPerSession must be a positive number/],
+    [{ redis: "localhost:6379" }, /redis must be a redis: or rediss: URL/],
+  ];
+  for (const [options, message] of cases) {
+    assert.throws(() => startRelay(options), (error) => {
+      assert.ok(error instanceof RangeError, String(error));
+      assert.match(error.message, message);
+      return true;
+    });
+  }
 });

@@ -11,20 +11,25 @@ import { freePort, within } from "./_helpers.ts";
 const ROOT = new URL("..", import.meta.url).pathname;
 const CLI = `${ROOT}cli/relay.ts`;
 
-function deno(args: string[], cwd = ROOT, stdin: "piped" | "null" = "null") {
+function deno(
+  args: string[],
+  cwd = ROOT,
+  stdin: "piped" | "null" = "null",
+  env: Record<string, string> = {},
+) {
   return new Deno.Command(Deno.execPath(), {
     args,
     cwd,
     stdin,
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
   });
 }
 
 /** A long-running process whose stdout+stderr are collected; `waitFor` a pattern in them. */
-function spawn(args: string[], cwd = ROOT) {
-  const child = deno(args, cwd, "piped").spawn();
+function spawn(args: string[], cwd = ROOT, env: Record<string, string> = {}) {
+  const child = deno(args, cwd, "piped", env).spawn();
   let text = "";
   const pump = async (s: ReadableStream<Uint8Array>) => {
     for await (const t of s.pipeThrough(new TextDecoderStream())) text += t;
@@ -71,13 +76,20 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
   );
   const cases: [string[], RegExp, string?][] = [
     [["--port", "99999"], /--port must be a port number 0-65535/],
-    [["--bogus"], /Unknown option '--bogus'/],
-    [["extra"], /Unexpected argument 'extra'/],
+    [["--bogus"], /^error: unknown flag --bogus$/m],
+    [["extra"], /^error: unexpected argument "extra"$/m],
+    [["--rate", "-5"], /--rate needs a value; for one that starts with "-", write --rate=VALUE/],
+    [["--port"], /^error: --port needs a value$/m],
+    [["--no-chat-page=yes"], /--no-chat-page takes no value/],
     [["--overflow", "maybe"], /--overflow must be disconnect or drop/],
     [["--rate=-5"], /--rate must be a positive number/],
     [["--max-nodes", "1.5"], /--max-nodes must be a positive integer/],
     [["--history-length", "0"], /--history-length must be a positive/],
-    [["--history-age", "soon"], /--history-age must be a positive/],
+    [["--history-age", "soon"], /--history-age must be a whole number of milliseconds/],
+    [
+      ["--keep-alive", "10000000000"],
+      /--keep-alive must be a whole number of milliseconds from 1 to 2147483647/,
+    ],
     [["--redis", "localhost:6379"], /--redis must be a URL like redis:\/\/127\.0\.0\.1:6379/],
     [["--cluster-address", "127.0.0.1:9000"], /--cluster-address .* needs --redis/],
     [
@@ -141,13 +153,56 @@ Deno.test("relay CLI without a secret runs, under a scoped --allow-net, and says
   try {
     await relay.waitFor(/Relay listening on http:\/\/127.0.0.1:\d+/, "relay start");
     // The warning is its own log line: wait for it rather than assume it came with the first.
-    await relay.waitFor(/NO RELAY SECRET: this relay is OPEN/, "the open-relay warning");
+    await relay.waitFor(/NO RELAY SECRET.*this relay is OPEN/, "the open-relay warning");
     const health = await fetch(`http://127.0.0.1:${port}/healthz`);
     assert.deepEqual(await health.json(), { status: "ok", sessions: 0, nodes: 0 });
   } finally {
     assert.equal(await relay.stop(), 0, relay.text);
   }
   assert.match(relay.text, /SIGTERM: shutting the relay down/);
+});
+
+Deno.test("relay CLI: a secret where the relay may not look is named with the permission it needs, never reported as not set", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "immortal-relay-perm-" });
+  const run = async (flags: string[], expect: RegExp) => {
+    const port = freePort();
+    const relay = spawn(
+      [
+        "run",
+        `--allow-net=127.0.0.1:${port}`,
+        ...flags,
+        CLI,
+        "--hostname",
+        "127.0.0.1",
+        "--port",
+        String(port),
+      ],
+      dir,
+      { IMMORTAL_RELAY_SECRET: "s3cret", HOME: dir },
+    );
+    try {
+      await relay.waitFor(expect, String(expect));
+    } finally {
+      await relay.stop();
+    }
+    return relay.text;
+  };
+  try {
+    // No --allow-env: the variable is set, but the relay may not read it. It says so, and how.
+    const text = await run(
+      [],
+      /NO RELAY SECRET FOUND: this relay is OPEN .*not allowed to look at env IMMORTAL_RELAY_SECRET/,
+    );
+    assert.match(text, /run it with --allow-env=IMMORTAL_RELAY_SECRET,HOME /);
+    assert.doesNotMatch(text, /set --secret, --secret-file or IMMORTAL_RELAY_SECRET/);
+    // With the permission, the secret is used.
+    await run(
+      ["--allow-env=IMMORTAL_RELAY_SECRET"],
+      /Relay secret required \(from env IMMORTAL_RELAY_SECRET\)/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("relay CLI and the examples, all configured by immortal-relay.properties: numbers to a bridge, a terminal chat", async () => {

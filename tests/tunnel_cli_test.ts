@@ -68,7 +68,22 @@ Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every
       [["server", "99999", "h", "22"], /<listenPort> must be a port number/, 2],
       [["server", "2000", "h"], /missing <forwardPort>/, 2],
       [["client", "2000", "127.0.0.1", "x"], /<serverPort> must be a port number/, 2],
-      [["server", "2000", "h", "22", "--bogus"], /Unknown option '--bogus'/, 2],
+      [["server", "2000", "h", "22", "--bogus"], /^error: unknown flag --bogus$/m, 2],
+      [
+        ["client", "2000", "h", "22", "--stats", "-1"],
+        /--stats needs a value; for one that starts with "-", write --stats=VALUE/,
+        2,
+      ],
+      [
+        ["client", "2000", "h", "22", "--stats=-1"],
+        /--stats must be a number of seconds from 0/,
+        2,
+      ],
+      [
+        ["client", "2000", "h", "22", "--stats", "1e10"],
+        /--stats must be a number of seconds from 0/,
+        2,
+      ],
       [["server", "2000", "h", "22", "--key-file", "/nonexistent/key"], /cannot read key file/, 2],
       [["server", "2000", "h", "22", "--tls-cert", `${certs.dir}/cert.pem`], /needs both/, 2],
       [

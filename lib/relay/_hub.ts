@@ -66,6 +66,16 @@ function frameAroundOffset(frame: Record<string, unknown>): [string, string] {
   return [text.slice(0, at), text.slice(at + 2)];
 }
 
+/** The error frame that tells a node why (naming `seq`, if numbered); counting is the caller's. */
+export function errorFrame(problem: FrameProblem, seq?: number): string {
+  return encodeFrame({
+    t: "error",
+    code: problem.code,
+    message: problem.reason,
+    ...(seq === undefined ? {} : { seq }),
+  });
+}
+
 /** Counters and gauges of a relay, as served at `/metrics`. */
 export interface RelayStats {
   /** Rooms (session ids) with at least one node. */
@@ -453,12 +463,7 @@ export class Hub {
   /** Counts a refused frame and tells the node why, in an error frame (naming `seq`, if numbered). */
   refuseFrame(sink: Sink, problem: FrameProblem, seq?: number): void {
     this.refuse(problem.code);
-    sink.push(encodeFrame({
-      t: "error",
-      code: problem.code,
-      message: problem.reason,
-      ...(seq === undefined ? {} : { seq }),
-    }));
+    sink.push(errorFrame(problem, seq));
   }
 
   /** Owes `member` an ack of its latest `seq`; acks go out once this turn's frames are handled. */

@@ -21,9 +21,21 @@ function positive(name: string, value: number): number {
   return value;
 }
 
+/** Longest delay a timer can take (2^31 - 1 ms): a longer one would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A duration in ms that drives a timer: positive, and short enough for one. */
+function duration(name: string, value: number): number {
+  positive(name, value);
+  if (value > MAX_TIMER_MS) {
+    throw new RangeError(`${name} must be at most ${MAX_TIMER_MS} ms, got ${value}`);
+  }
+  return value;
+}
+
 /** Fills in defaults and checks ranges; a `RangeError` names a bad setting. */
 export function relaySettings(options: RelayOptions = {}): RelaySettings {
-  const keepAlive = positive("keepAlive", options.keepAlive ?? 1000);
+  const keepAlive = duration("keepAlive", options.keepAlive ?? 1000);
   const overflow = options.overflow ?? "disconnect";
   if (overflow !== "disconnect" && overflow !== "drop") {
     throw new RangeError(`overflow must be "disconnect" or "drop", got ${overflow}`);
@@ -39,19 +51,19 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     metricsToken: options.metricsToken,
     redis: redisUrl(options.redis),
     keepAlive,
-    fadeAfter: positive("fadeAfter", options.fadeAfter ?? keepAlive * 2.5),
+    fadeAfter: duration("fadeAfter", options.fadeAfter ?? keepAlive * 2.5),
     maxSessions: positive("maxSessions", options.maxSessions ?? 10_000),
     maxNodesPerSession: positive("maxNodesPerSession", options.maxNodesPerSession ?? 1000),
     maxMessageBytes: positive("maxMessageBytes", options.maxMessageBytes ?? 65_536),
     maxNicknameLength: positive("maxNicknameLength", options.maxNicknameLength ?? 32),
     rate: positive("rate", options.rate ?? 100),
-    authTimeout: positive("authTimeout", options.authTimeout ?? 5000),
+    authTimeout: duration("authTimeout", options.authTimeout ?? 5000),
     maxQueueBytes: positive("maxQueueBytes", options.maxQueueBytes ?? 1 << 20),
     overflow,
     reclaimWindow: options.reclaimWindow ?? 30_000,
     historyLength: positive("historyLength", options.historyLength ?? 1000),
     historyBytes: positive("historyBytes", options.historyBytes ?? 4 << 20),
-    historyAge: positive("historyAge", options.historyAge ?? 120_000),
+    historyAge: duration("historyAge", options.historyAge ?? 120_000),
     chatPage: options.chatPage ?? true,
   };
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { type Hub, JoinRefused } from "./_hub.ts";
+import { errorFrame, type Hub, JoinRefused } from "./_hub.ts";
 import { frameTooLarge, refusedJoin, refuseRequest, tooLargeReason } from "./_http.ts";
 import { connectionOf } from "./_http_server.ts";
 import { asFrameObject, type FrameObject, parseNodeFrame, readJson } from "./_parse.ts";
@@ -130,7 +130,9 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
     clearTimeout(authTimer);
     const refused = (error: unknown) => {
       if (!(error instanceof JoinRefused)) throw error;
-      refuse(4000 + error.status, error.code, error.message);
+      // Counted by the hub already, under its reason (a wrong secret is "secret", once).
+      sink.push(errorFrame({ code: error.code, reason: error.message }));
+      sink.close(4000 + error.status, error.message.slice(0, 120));
     };
     const admitted = (joined: Member, frames: FrameObject[]) => {
       member = joined;

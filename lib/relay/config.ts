@@ -33,6 +33,13 @@ export interface RelayConfig {
   port?: number;
   /** Where each setting came from, for logs: e.g. `{ secret: "env IMMORTAL_RELAY_SECRET" }`. */
   sources: Partial<Record<"url" | "secret" | "hostname" | "port", string>>;
+  /**
+   * Places not looked at for lack of permission, each with the flag that
+   * would let this process look: e.g. `{ place: "env IMMORTAL_RELAY_SECRET",
+   * permission: "--allow-env=IMMORTAL_RELAY_SECRET" }`. A secret may be
+   * there: say so rather than claim none was set.
+   */
+  unread: { place: string; permission: string }[];
 }
 
 /** Where {@linkcode loadRelayConfig} looks. */
@@ -70,7 +77,7 @@ const KEYS = ["url", "secret", "hostname", "port"] as const;
  * ```
  */
 export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConfig {
-  const config: RelayConfig = { sources: {} };
+  const config: RelayConfig = { sources: {}, unread: [] };
   const set = (key: (typeof KEYS)[number], value: string, source: string) => {
     if (config.sources[key] !== undefined) return; // a higher source set it already
     if (key === "port") {
@@ -82,17 +89,28 @@ export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConf
     }
     config.sources[key] = source;
   };
-  const env = options.env ?? grantedEnv();
+  const env = options.env ?? grantedEnv(config.unread);
   for (const key of KEYS) {
     const name = `IMMORTAL_RELAY_${key.toUpperCase()}`;
     const value = env[name];
     if (value !== undefined && value !== "") set(key, value, `env ${name}`);
   }
-  const home = options.home ?? grantedEnv().HOME;
-  for (const dir of [options.cwd ?? workingDirectory(), home]) {
+  const home = options.home ?? grantedEnv([]).HOME;
+  const cwd = options.cwd ?? workingDirectory();
+  if (cwd === undefined) {
+    const place = `./${RELAY_CONFIG_FILE}`;
+    config.unread.push({ place, permission: `--allow-read=${place}` });
+  }
+  if (home === undefined && options.home === undefined) {
+    config.unread.push({
+      place: `~/${RELAY_CONFIG_FILE}`,
+      permission: `--allow-env=HOME --allow-read=$HOME/${RELAY_CONFIG_FILE}`,
+    });
+  }
+  for (const dir of [cwd, home]) {
     if (!dir) continue;
     const path = `${dir.replace(/\/$/, "")}/${RELAY_CONFIG_FILE}`;
-    const text = readIfAllowed(path);
+    const text = readIfAllowed(path, config.unread);
     if (text === null) continue;
     for (const [lineNo, line] of text.split(/\r?\n/).entries()) {
       const trimmed = line.trim();
@@ -111,11 +129,14 @@ export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConf
   return config;
 }
 
-function grantedEnv(): Record<string, string | undefined> {
+/** The variables this process may read; those it may not go to `unread`. */
+function grantedEnv(unread: RelayConfig["unread"]): Record<string, string | undefined> {
   const out: Record<string, string | undefined> = {};
   for (const name of [...KEYS.map((k) => `IMMORTAL_RELAY_${k.toUpperCase()}`), "HOME"]) {
     if (Deno.permissions.querySync({ name: "env", variable: name }).state === "granted") {
       out[name] = Deno.env.get(name);
+    } else if (name !== "HOME") {
+      unread.push({ place: `env ${name}`, permission: `--allow-env=${name}` });
     }
   }
   return out;
@@ -129,8 +150,11 @@ function workingDirectory(): string | undefined {
   }
 }
 
-function readIfAllowed(path: string): string | null {
-  if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return null;
+function readIfAllowed(path: string, unread: RelayConfig["unread"]): string | null {
+  if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") {
+    unread.push({ place: path, permission: `--allow-read=${path}` });
+    return null;
+  }
   try {
     return Deno.readTextFileSync(path);
   } catch (error) {

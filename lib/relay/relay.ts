@@ -102,6 +102,7 @@ export class Relay implements Disposable {
           ? chatPage()
           : refuseRequest(hub, 404, "not-found", "no chat page on this relay");
       case "GET /healthz":
+      case "HEAD /healthz": // what many health checkers send; the server drops the body
         return Response.json({ status: "ok", ...(this.#mayWatch(req) ? this.#gauges() : {}) });
       case "GET /metrics":
         return this.#mayWatch(req) ? metricsResponse(this.stats) : refuseRequest(
