@@ -66,6 +66,9 @@ Options:
                            (plain HTTP, keyed: a private address; default
                            --hostname, or 127.0.0.1 for 0.0.0.0, on a free
                            port); needs --allow-net for it and the others'
+  --redis-timeout MS       with --redis: a command Redis has not answered by
+                           then fails (join refused, message resent) (default
+                           10000)
   --history-length N       messages each session keeps for nodes back from a
                            blip (default 1000)
   --history-bytes N        bytes of messages each session keeps (default
@@ -144,6 +147,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
         redis: { type: "string" },
         "reuse-port": { type: "boolean" },
         "cluster-address": { type: "string" },
+        "redis-timeout": { type: "string" },
         "history-bytes": { type: "string" },
         "history-age": { type: "string" },
         "log-level": { type: "string", default: "info" },
@@ -232,6 +236,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     redis: v.redis,
     reusePort: v["reuse-port"] || undefined,
     clusterAddress: v["cluster-address"],
+    redisTimeout: ms("redis-timeout"),
     historyLength: num("history-length"),
     historyBytes: num("history-bytes"),
     historyAge: ms("history-age"),

@@ -86,6 +86,7 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [["--max-nodes", "1.5"], /--max-nodes must be a positive integer/],
     [["--history-length", "0"], /--history-length must be a positive/],
     [["--history-age", "soon"], /--history-age must be a whole number of milliseconds/],
+    [["--redis-timeout", "0"], /--redis-timeout must be a whole number of milliseconds from 1/],
     [
       ["--keep-alive", "10000000000"],
       /--keep-alive must be a whole number of milliseconds from 1 to 2147483647/,

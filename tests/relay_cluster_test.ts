@@ -9,6 +9,12 @@
 import assert from "node:assert/strict";
 import { createClient } from "@redis/client";
 import { type ClusterMessage, RelayCluster } from "../lib/relay/_cluster.ts";
+import { Hub } from "../lib/relay/_hub.ts";
+import type { HelloFrame, WelcomeFrame } from "../lib/relay/_protocol.ts";
+import { relaySettings } from "../lib/relay/_settings.ts";
+import type { RelayOptions } from "../lib/relay/options.ts";
+import { FakeSink } from "./_fake_sink.ts";
+import { waitUntil } from "./_helpers.ts";
 import { startRedis } from "./_redis.ts";
 
 const SETTINGS = {
@@ -17,41 +23,56 @@ const SETTINGS = {
   reclaimWindow: 60_000,
   maxNodesPerSession: 100,
   maxSessions: 100,
+  commandTimeout: 10_000,
 };
 
-/** A cluster member that records the messages it is given, and waits for a count of them. */
-function recordingCluster(url: string) {
+/**
+ * A cluster member that records the messages and presence events it is
+ * given, and waits for them. It holds the nodes `held` names (`room/nickname`).
+ */
+function recordingCluster(
+  url: string,
+  options: { held?: Set<string>; commandTimeout?: number } = {},
+) {
   const messages: ClusterMessage[] = [];
+  const presence: string[] = [];
   let wake = () => {};
-  const cluster = new RelayCluster({ url, ...SETTINGS }, {
+  const cluster = new RelayCluster({ url, ...SETTINGS, ...options }, {
     message: (_room, message) => {
       messages.push(message);
       wake();
     },
-    presence: () => {},
+    presence: (room, event) => {
+      presence.push(`${event.kind} ${room}/${event.nickname}`);
+      wake();
+    },
     moved: () => {},
     forgotten: () => {},
     pipe: () => {},
+    holds: (room, nickname) => options.held?.has(`${room}/${nickname}`) ?? false,
   });
+  /** Resolves once `done` holds (fails after 20 s: a test never hangs). */
+  const when = async (done: () => boolean, what: string): Promise<void> => {
+    if (done()) return;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        timer = setTimeout(() => reject(new Error(`no ${what} within 20 s`)), 20_000);
+        wake = () => done() && resolve();
+      });
+    } finally {
+      clearTimeout(timer);
+      wake = () => {};
+    }
+  };
   return {
     cluster,
     messages,
-    /** Resolves once `count` messages came (fails after 20 s: a test never hangs). */
-    async until(count: number): Promise<void> {
-      if (messages.length >= count) return;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      try {
-        await new Promise<void>((resolve, reject) => {
-          timer = setTimeout(
-            () => reject(new Error(`${messages.length} of ${count} messages came`)),
-            20_000,
-          );
-          wake = () => messages.length >= count && resolve();
-        });
-      } finally {
-        clearTimeout(timer);
-      }
-    },
+    presence,
+    when,
+    /** Resolves once `count` messages came. */
+    until: (count: number) =>
+      when(() => messages.length >= count, `${count} messages (${messages.length} came)`),
   };
 }
 
@@ -107,10 +128,10 @@ Deno.test("cluster: messages pub/sub did not bring are filled from the history, 
         ...["d", `m${offset}`, "f", "y", "r", "peer", "t", "", "a", "0"],
       ]);
     }
-    await raw.sendCommand(["PUBLISH", `${prefix}c:${room}`, "m\n3\ny\npeer\n\nm3"]);
+    await raw.sendCommand(["PUBLISH", `${prefix}c:${room}`, "m\n3\n\ny\npeer\n\nm3"]);
     // A duplicate of 3 and then 4 follow through pub/sub as usual.
-    await raw.sendCommand(["PUBLISH", `${prefix}c:${room}`, "m\n3\ny\npeer\n\nm3"]);
-    await raw.sendCommand(["PUBLISH", `${prefix}c:${room}`, "m\n4\ny\npeer\n\nm4"]);
+    await raw.sendCommand(["PUBLISH", `${prefix}c:${room}`, "m\n3\n\ny\npeer\n\nm3"]);
+    await raw.sendCommand(["PUBLISH", `${prefix}c:${room}`, "m\n4\n\ny\npeer\n\nm4"]);
     await until(4);
     assert.deepEqual(messages.map((m) => [m.offset, m.data]), [
       [1, "m1"],
@@ -120,6 +141,198 @@ Deno.test("cluster: messages pub/sub did not bring are filled from the history, 
     ]);
   } finally {
     cluster.close();
+    raw.destroy();
+  }
+});
+
+Deno.test("cluster: after Redis lost a room (a new epoch, offsets from 1 again), its messages are delivered, not dropped as old", async () => {
+  await using redis = await startRedis({ persist: false });
+  const { cluster, messages, until } = recordingCluster(redis.url);
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    // The test holds the subscription across the loss, as a join in flight would.
+    await cluster.subscribe("s");
+    const joinBoth = async () => {
+      for (const nickname of ["x", "y"]) {
+        assert.equal(
+          typeof await cluster.join("s", { nickname, role: "peer", suffixed: false }),
+          "object",
+        );
+      }
+    };
+    const send = (text: string) =>
+      cluster.send("s", { from: "x", role: "peer", prev: 0, ...frame(text) });
+    await joinBoth();
+    for (const text of ["a1", "a2", "a3", "a4", "a5"]) {
+      assert.equal((await send(text)).status, "ok");
+    }
+    await until(5);
+    await raw.sendCommand(["FLUSHALL"]);
+    await joinBoth();
+    for (const text of ["b1", "b2", "b3"]) assert.equal((await send(text)).status, "ok");
+    await until(8);
+    assert.deepEqual(
+      messages.map((m) => `${m.offset}${m.data.slice(m.data.lastIndexOf(":"))}`),
+      ['1:"a1"}', '2:"a2"}', '3:"a3"}', '4:"a4"}', '5:"a5"}', '1:"b1"}', '2:"b2"}', '3:"b3"}'],
+    );
+  } finally {
+    cluster.close();
+    raw.destroy();
+  }
+});
+
+Deno.test("cluster: a join Redis ran after the relay had given up on it leaves no ghost: the next heartbeat lets it go", async () => {
+  await using redis = await startRedis({ persist: false });
+  const held = new Set(["s/x"]);
+  const { cluster, presence, when } = recordingCluster(redis.url, { held, commandTimeout: 300 });
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    await cluster.subscribe("s");
+    assert.equal(
+      typeof await cluster.join("s", { nickname: "x", role: "peer", suffixed: false }),
+      "object",
+    );
+    // Writes (and so scripts) wait until the pause is lifted: the join times out first.
+    await raw.sendCommand(["CLIENT", "PAUSE", "60000", "WRITE"]);
+    await assert.rejects(
+      cluster.join("s", { nickname: "ghost", role: "peer", suffixed: false }),
+      /Redis did not answer within 300 ms/,
+    );
+    await raw.sendCommand(["CLIENT", "UNPAUSE"]);
+    // Redis runs the join now: "ghost" is a member nobody holds, until the check.
+    await when(() => presence.includes("leave s/ghost"), "leave of the ghost");
+    assert.ok(presence.includes("join s/ghost"));
+    assert.equal(await raw.sendCommand(["HGET", "immortal:relay:r:73:m", "ghost"]), null);
+    assert.notEqual(await raw.sendCommand(["HGET", "immortal:relay:r:73:m", "x"]), null);
+    assert.ok(!presence.includes("leave s/x"), "a node the relay holds was let go");
+  } finally {
+    cluster.close();
+    raw.destroy();
+  }
+});
+
+Deno.test("cluster: after Redis itself stalled past the heartbeat TTL, the first relay back does not sweep the others", async () => {
+  await using redis = await startRedis({ persist: false });
+  const a = recordingCluster(redis.url, { held: new Set(["s/a"]) });
+  const b = recordingCluster(redis.url, { held: new Set(["s/b"]) });
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    for (const [node, nickname] of [[a, "a"], [b, "b"]] as const) {
+      await node.cluster.subscribe("s");
+      await node.cluster.join("s", { nickname, role: "peer", suffixed: false });
+    }
+    await waitUntil(() => a.cluster.heartbeats > 1 && b.cluster.heartbeats > 1, "heartbeats");
+    // In Redis's own time, every heartbeat runs out while it is paused (TTL 3 s).
+    await raw.sendCommand(["CLIENT", "PAUSE", "4000", "WRITE"]);
+    const since = [a.cluster.heartbeats, b.cluster.heartbeats];
+    await waitUntil(
+      () => a.cluster.heartbeats >= since[0] + 2 && b.cluster.heartbeats >= since[1] + 2,
+      "two heartbeats of each relay after the pause",
+    );
+    for (const node of [a, b]) {
+      assert.deepEqual(node.presence.filter((p) => p.startsWith("leave")), []);
+    }
+    assert.notEqual(await raw.sendCommand(["HGET", "immortal:relay:r:73:m", "a"]), null);
+    assert.notEqual(await raw.sendCommand(["HGET", "immortal:relay:r:73:m", "b"]), null);
+  } finally {
+    a.cluster.close();
+    b.cluster.close();
+    raw.destroy();
+  }
+});
+
+/** A hub on Redis, on a clock the test moves by hand. */
+function clusterHub(url: string, options: RelayOptions = {}) {
+  const clock = { now: 0 };
+  const hub = new Hub(relaySettings({ redis: url, ...options }), () => clock.now);
+  const join = async (nickname: string, fields: Partial<HelloFrame> = {}) => {
+    const sink = new FakeSink();
+    const hello: HelloFrame = { t: "hello", session: "s", nickname, role: "peer", ...fields };
+    const member = await hub.admit({ ...hello }, null, sink);
+    const welcome = sink.frames.find((f) => f.t === "welcome") as WelcomeFrame;
+    return { member, sink, welcome };
+  };
+  return { hub, clock, join, [Symbol.dispose]: () => hub.close() };
+}
+
+Deno.test("cluster hub: a numbered message refused by the rate limit does not make the next one a gap", async () => {
+  await using redis = await startRedis({ persist: false });
+  using h = clusterHub(redis.url, { rate: 1 });
+  const a = await h.join("a", { id: "AAAAAAAAAAAAAAAAAAAAAA" });
+  const b = await h.join("b");
+  // A burst of two, then the third is refused.
+  for (const seq of [1, 2, 3]) h.hub.receive(a.member, { t: "msg", seq, text: String(seq) });
+  await a.sink.until(
+    () => a.sink.frames.some((f) => f.t === "error" && f.code === "rate-limited" && f.seq === 3),
+    "rate-limited refusal of 3",
+  );
+  h.clock.now += 1000;
+  h.hub.receive(a.member, { t: "msg", seq: 4, text: "4" });
+  await b.sink.until(
+    () => b.sink.frames.some((f) => f.t === "msg" && f.text === "4") || a.sink.closed !== null,
+    "message 4",
+  );
+  assert.equal(a.sink.closed, null, "the node was sent away as if Redis had not taken a message");
+  assert.deepEqual(
+    b.sink.frames.flatMap((f) => f.t === "msg" ? [f.text] : []),
+    ["1", "2", "4"],
+  );
+});
+
+Deno.test("cluster hub: a fresh join of a nickname Redis gave up while its node was here gets a member of its own, with its own token", async () => {
+  await using redis = await startRedis({ persist: false });
+  using h = clusterHub(redis.url);
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    const first = await h.join("alice");
+    // Redis lets alice go (a sweep) whose leave event has not reached this relay yet.
+    await raw.sendCommand(["HDEL", "immortal:relay:r:73:m", "alice"]);
+    await raw.sendCommand(["HINCRBY", "immortal:relay:r:73:n", "peer", "-1"]);
+    const second = await h.join("alice", { role: "bridge" });
+    assert.equal(second.welcome.nickname, "alice");
+    assert.notEqual(
+      second.welcome.token,
+      first.welcome.token,
+      "a new node was given another's token",
+    );
+    assert.equal(second.member.role, "bridge");
+    assert.deepEqual(first.sink.closed, {
+      code: 4408,
+      reason: "the cluster declared this node gone",
+    });
+    assert.equal(h.hub.stats.nodes, 1);
+  } finally {
+    raw.destroy();
+  }
+});
+
+Deno.test("cluster: the key relays open pipes with is read again after Redis lost it and another relay made a new one", async () => {
+  await using redis = await startRedis({ persist: false });
+  const a = recordingCluster(redis.url);
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    const first = await a.cluster.key();
+    await raw.sendCommand(["FLUSHALL"]);
+    // A relay started now (or restarted) makes a new key.
+    const c = recordingCluster(redis.url);
+    const fresh = await c.cluster.key().finally(() => c.cluster.close());
+    assert.notEqual(fresh, first);
+    // A relay shown a key it does not know asks Redis again (at most once a second).
+    assert.equal(await a.cluster.key(), first, "the key is kept between pipes");
+    const deadline = Date.now() + 20_000;
+    let seen = first;
+    while (seen !== fresh && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      seen = await a.cluster.key(true);
+    }
+    assert.equal(seen, fresh);
+  } finally {
+    a.cluster.close();
     raw.destroy();
   }
 });

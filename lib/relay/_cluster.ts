@@ -22,12 +22,18 @@ const log = getLogger(["immortal", "relay", "cluster"]);
 const HEARTBEAT_EVERY = 1000;
 /** A relay not heard for this long is dead: its nodes are announced gone (~3-4 s after it died). */
 const HEARTBEAT_TTL = 3000;
-/** A Redis command not answered within this fails (a Redis that is down). */
-const COMMAND_TIMEOUT = 10_000;
 const PREFIX = "immortal:relay:";
 
 /** A message as it fans out to every relay. */
 export type ClusterMessage = HistoryEntry;
+
+/** A message as pub/sub or the history brings it: with the epoch its offset counts in. */
+type EpochEntry = HistoryEntry & { epoch: string };
+
+/** Messages that may wait while a gap is filled; past it, the fill reads the history again. */
+const MAX_WAITING = 10_000;
+/** Every this many heartbeats, the members Redis lists for this relay are checked for ghosts. */
+const GHOST_CHECK_EVERY = 30;
 
 /** What the cluster tells its relay. */
 export interface ClusterEvents {
@@ -49,6 +55,13 @@ export interface ClusterEvents {
    * its state): its nodes are no longer members and must join again.
    */
   forgotten(): void;
+  /**
+   * Whether this relay holds node `nickname` of `room`, or may be about to
+   * (a join in flight there). A member Redis lists for this relay that it
+   * does not hold is a ghost (a join that failed after Redis ran it, a
+   * leave that never got there) and is let go.
+   */
+  holds(room: string, nickname: string): boolean;
 }
 
 /** What relays tell each other about a pipe between their nodes. */
@@ -98,6 +111,8 @@ export interface ClusterSettings {
   maxNodesPerSession: number;
   /** Most rooms in the cluster. */
   maxSessions: number;
+  /** A Redis command not answered within this many ms fails (a Redis that is down or stalled). */
+  commandTimeout: number;
 }
 
 type RedisClient = ReturnType<typeof createClient>;
@@ -108,10 +123,18 @@ type ScriptName = keyof typeof SCRIPTS;
 interface Subscription {
   /** Local users of the subscription. */
   refs: number;
+  /**
+   * The epoch {@linkcode Subscription.lastOffset} counts in ('' before the
+   * room has one). A Redis that lost the room starts a new epoch, offsets
+   * from 1 again: keeping the old offset would drop those as duplicates.
+   */
+  epoch: string;
   /** The last offset delivered; messages at or below are duplicates, above the next are a gap. */
   lastOffset: number;
   /** Messages that came while a gap was being filled. */
-  waiting: ClusterMessage[] | null;
+  waiting: EpochEntry[] | null;
+  /** More came while filling than may wait: read the history again once done. */
+  overflowed: boolean;
   /** Resolves once subscribed. */
   ready: Promise<void>;
 }
@@ -131,19 +154,29 @@ export class RelayCluster {
   #rooms = new Map<string, Subscription>();
   #heartbeat: ReturnType<typeof setInterval>;
   #beats = 0;
+  /** A heartbeat is under way: the next waits (a slow Redis must not pile them up). */
+  #beating = false;
+  /** A Redis command failed since the last ghost check: a member may be left in Redis. */
+  #suspectGhosts = false;
+  /** Channels whose unsubscribe failed (Redis away): tried again at the next heartbeat. */
+  #staleChannels = new Set<string>();
   #closed = false;
   #healthy = true;
   /** Where other relays open pipes to this one ('' until told). */
   #pipeUrl = "";
   #key: Promise<string> | null = null;
+  #keyAt = 0;
 
   /** Joins the cluster on the Redis at `settings.url`; `events` hears what happens in it. */
   constructor(settings: ClusterSettings, events: ClusterEvents) {
     this.#settings = settings;
     this.#events = events;
     // Reconnects go on for ever (a Redis restarting), each try within a second of the last.
+    // Meanwhile commands fail at once instead of queueing without bound: a
+    // join is refused (the node tries again), a message not taken is resent.
     const options = {
       url: settings.url,
+      disableOfflineQueue: true,
       socket: { reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, 1000) },
     };
     this.#redis = createClient(options);
@@ -171,16 +204,18 @@ export class RelayCluster {
     let subscription = this.#rooms.get(hex);
     if (!subscription) {
       const ready = (async () => {
-        await this.#connected;
-        await this.#sub.subscribe(
-          `${PREFIX}c:${hex}`,
-          (text: string, channel: string) => this.#received(channel, text),
-        );
+        const channel = `${PREFIX}c:${hex}`;
+        this.#staleChannels.delete(channel);
+        await this.#timed(this.#connected.then(() => this.#sub.subscribe(channel, this.#listener)));
         // Everything up to here is in what a joining node is told; later messages follow.
-        const [, latest] = await this.#since(hex, Number.MAX_SAFE_INTEGER);
-        subscription!.lastOffset = Math.max(subscription!.lastOffset, latest);
+        const [epoch, latest] = await this.#since(hex, Number.MAX_SAFE_INTEGER);
+        const subscribed = subscription!;
+        if (subscribed.epoch === "" || subscribed.epoch === epoch) {
+          subscribed.epoch = epoch;
+          subscribed.lastOffset = Math.max(subscribed.lastOffset, latest);
+        }
       })();
-      subscription = { refs: 0, lastOffset: 0, waiting: null, ready };
+      subscription = { refs: 0, epoch: "", lastOffset: 0, waiting: null, overflowed: false, ready };
       this.#rooms.set(hex, subscription);
     }
     subscription.refs++;
@@ -198,8 +233,18 @@ export class RelayCluster {
     const subscription = this.#rooms.get(hex);
     if (!subscription || --subscription.refs > 0) return;
     this.#rooms.delete(hex);
-    this.#sub.unsubscribe(`${PREFIX}c:${hex}`).catch(() => {});
+    this.#unsubscribe(`${PREFIX}c:${hex}`);
   }
+
+  #unsubscribe(channel: string): void {
+    this.#timed(this.#sub.unsubscribe(channel)).catch(() => {
+      // Still subscribed in Redis: its messages are ignored here until a retry gets through.
+      if (!this.#rooms.has(channel.slice(PREFIX.length + 2))) this.#staleChannels.add(channel);
+    });
+  }
+
+  /** The one pub/sub listener of every room (subscribing twice adds nothing). */
+  #listener = (text: string, channel: string) => this.#received(channel, text);
 
   /** Joins a node to `room` (after {@linkcode RelayCluster.subscribe}). */
   async join(room: string, hello: {
@@ -299,26 +344,27 @@ export class RelayCluster {
   /** Tells the other relays where to open pipes to this one (kept with every heartbeat). */
   advertise(url: string): void {
     this.#pipeUrl = url;
-    this.#connected
-      .then(() => this.#redis.sendCommand(["HSET", `${PREFIX}urls`, this.id, url]))
+    this.#command(["HSET", `${PREFIX}urls`, this.id, url])
       .catch(() => {}); // the next heartbeat says it again
   }
 
   /** Where relay `id` takes pipes, if it said. */
   async relayUrl(id: string): Promise<string | null> {
-    await this.#connected;
-    return await this.#redis.sendCommand(["HGET", `${PREFIX}urls`, id]) as string | null;
+    return await this.#command(["HGET", `${PREFIX}urls`, id]) as string | null;
   }
 
   /**
    * The key relays show each other to open a pipe: made by the first relay
    * that asks, the same for all (anyone who can read Redis is in the cluster).
+   * `fresh` reads it again unless it was read within the last second: after
+   * Redis lost its state, a relay that asks first makes a new one.
    */
-  key(): Promise<string> {
+  key(fresh = false): Promise<string> {
+    if (fresh && Date.now() - this.#keyAt >= 1000) this.#key = null;
     this.#key ??= (async () => {
-      await this.#connected;
-      await this.#redis.sendCommand(["SET", `${PREFIX}key`, newJoinToken(), "NX"]);
-      return await this.#redis.sendCommand(["GET", `${PREFIX}key`]) as string;
+      this.#keyAt = Date.now();
+      await this.#command(["SET", `${PREFIX}key`, newJoinToken(), "NX"]);
+      return await this.#command(["GET", `${PREFIX}key`]) as string;
     })();
     // A failure is not kept: the next pipe asks Redis again.
     this.#key.catch(() => this.#key = null);
@@ -327,8 +373,7 @@ export class RelayCluster {
 
   /** The member `nickname` of `room` anywhere in the cluster: its role and its relay. */
   async member(room: string, nickname: string): Promise<{ role: RelayRole; relay: string } | null> {
-    await this.#connected;
-    const record = await this.#redis.sendCommand([
+    const record = await this.#command([
       "HGET",
       `${PREFIX}r:${roomKey(room)}:m`,
       nickname,
@@ -340,11 +385,15 @@ export class RelayCluster {
 
   /** Tells the relays of `room` about a pipe (the one holding the node concerned acts on it). */
   async announcePipe(room: string, event: ClusterPipeEvent): Promise<void> {
-    await this.#connected;
     const fields = event.kind === "offer"
       ? ["o", event.id, event.from, event.to, event.relay]
       : ["q", event.id, event.relay, event.reason];
-    await this.#redis.sendCommand(["PUBLISH", `${PREFIX}c:${roomKey(room)}`, fields.join("\n")]);
+    await this.#command(["PUBLISH", `${PREFIX}c:${roomKey(room)}`, fields.join("\n")]);
+  }
+
+  /** Heartbeats Redis answered so far. */
+  get heartbeats(): number {
+    return this.#beats;
   }
 
   /** Whether Redis answered the last heartbeat. */
@@ -364,18 +413,11 @@ export class RelayCluster {
   /**
    * Runs script `name` with `args` after the key prefix, by its hash (the
    * script's text goes to Redis once, and again after a Redis restart). A
-   * Redis that does not answer within {@linkcode COMMAND_TIMEOUT} fails it;
+   * Redis that does not answer within the command timeout fails it;
    * the command may still run later, which every script allows for.
    */
-  async #run(name: ScriptName, ...args: (string | number)[]): Promise<unknown> {
+  #run(name: ScriptName, ...args: (string | number)[]): Promise<unknown> {
     const argv = [PREFIX, ...args].map(String);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`Redis did not answer within ${COMMAND_TIMEOUT} ms`)),
-        COMMAND_TIMEOUT,
-      );
-    });
     const run = async () => {
       await this.#connected;
       let sha = this.#shas.get(name);
@@ -391,20 +433,47 @@ export class RelayCluster {
         return await this.#redis.sendCommand(["EVAL", SCRIPTS[name], "0", ...argv]);
       }
     };
+    return this.#timed(run());
+  }
+
+  /** One Redis command, within the command timeout. */
+  #command(args: string[]): Promise<unknown> {
+    return this.#timed(this.#connected.then(() => this.#redis.sendCommand(args)));
+  }
+
+  /**
+   * `work`, failed if Redis does not answer within the command timeout.
+   * Any failure may leave a member in Redis that no relay holds: the next
+   * heartbeat checks.
+   */
+  async #timed<T>(work: Promise<T>): Promise<T> {
+    const timeout = this.#settings.commandTimeout;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`Redis did not answer within ${timeout} ms`)),
+        timeout,
+      );
+    });
     try {
-      return await Promise.race([run(), timeout]);
+      return await Promise.race([work, late]);
+    } catch (error) {
+      this.#suspectGhosts = true;
+      throw error;
     } finally {
       clearTimeout(timer);
     }
   }
 
-  async #since(hex: string, offset: number): Promise<[string, number, HistoryEntry[]]> {
+  async #since(hex: string, offset: number): Promise<[string, number, EpochEntry[]]> {
     const reply = await this.#run("since", hex, offset) as string[];
-    const entries: HistoryEntry[] = [];
+    const epoch = reply[0];
+    const entries: EpochEntry[] = [];
     for (let i = 2; i < reply.length; i += 6) {
       const [id, data, from, role, to, at] = reply.slice(i, i + 6);
       entries.push({
         offset: Number(id.slice(0, id.indexOf("-"))),
+        epoch,
         data,
         from,
         role: role as RelayRole,
@@ -412,10 +481,13 @@ export class RelayCluster {
         at: Number(at),
       });
     }
-    return [reply[0], Number(reply[1]), entries];
+    return [epoch, Number(reply[1]), entries];
   }
 
   async #beat(): Promise<void> {
+    // A Redis slower than the period must not pile heartbeats up.
+    if (this.#beating || this.#closed) return;
+    this.#beating = true;
     try {
       const [known, swept] = await this.#run(
         "heartbeat",
@@ -428,34 +500,74 @@ export class RelayCluster {
       if (!this.#healthy) log.info("Redis answers again");
       this.#healthy = true;
       if (swept > 0) log.info("{swept} nodes of dead relays declared gone", { swept });
+      for (const channel of [...this.#staleChannels]) {
+        this.#staleChannels.delete(channel);
+        this.#unsubscribe(channel);
+      }
       await this.#reconcile();
       // The first beat registers this relay; a later one that finds it unknown was given up.
       if (this.#beats++ > 0 && known === 0 && !this.#closed) {
         log.warn("The cluster had given this relay up: its nodes join again");
         this.#events.forgotten();
       }
+      if (this.#suspectGhosts || this.#beats % GHOST_CHECK_EVERY === 0) await this.#letGhostsGo();
     } catch (error) {
       this.#unhealthy(errorMessage(error));
+    } finally {
+      this.#beating = false;
+    }
+  }
+
+  /**
+   * Lets go of the members Redis lists for this relay that it does not hold:
+   * a join Redis ran but whose answer never came (or whose node was gone by
+   * then), a leave that never got there. Without this they would stay
+   * members for ever, holding their nicknames and hearing nothing.
+   */
+  async #letGhostsGo(): Promise<void> {
+    this.#suspectGhosts = false;
+    const held = await this.#command(["SMEMBERS", `${PREFIX}relay:${this.id}`]) as string[];
+    for (const entry of held) {
+      const cut = entry.indexOf("\n");
+      const hex = entry.slice(0, cut);
+      const nickname = entry.slice(cut + 1);
+      const room = roomName(hex);
+      if (this.#closed || this.#events.holds(room, nickname)) continue;
+      log.warn("Node {nickname} of {room} was left in Redis by a failed join or leave: gone", {
+        nickname,
+        room,
+      });
+      await this.#run(
+        "leave",
+        hex,
+        nickname,
+        this.id,
+        "gone",
+        Date.now() + this.#settings.reclaimWindow,
+        this.#settings.roomTtl,
+      );
     }
   }
 
   /**
    * Catches up on what pub/sub lost (it promises nothing: a Redis restart, a
    * reconnect before the resubscription): any room whose latest offset is
-   * past what was delivered here is filled from its history.
+   * past what was delivered here, or whose epoch changed, is filled from its
+   * history.
    */
   async #reconcile(): Promise<void> {
     const rooms = [...this.#rooms.entries()];
     for (let i = 0; i < rooms.length; i += 500) {
       const chunk = rooms.slice(i, i + 500);
-      const latest = await this.#redis.sendCommand([
+      const values = await this.#command([
         "MGET",
-        ...chunk.map(([hex]) => `${PREFIX}r:${hex}:o`),
+        ...chunk.flatMap(([hex]) => [`${PREFIX}r:${hex}:o`, `${PREFIX}r:${hex}:e`]),
       ]) as (string | null)[];
       chunk.forEach(([hex, subscription], j) => {
-        if (
-          Number(latest[j] ?? 0) > subscription.lastOffset && this.#rooms.get(hex) === subscription
-        ) {
+        const latest = Number(values[2 * j] ?? 0);
+        const epoch = values[2 * j + 1] ?? "";
+        if (this.#rooms.get(hex) !== subscription) return;
+        if (latest > subscription.lastOffset || epoch !== subscription.epoch) {
           this.#fill(hex, subscription, null);
         }
       });
@@ -477,11 +589,12 @@ export class RelayCluster {
     const fields = text.split("\n");
     switch (fields[0]) {
       case "m": {
-        // The frame text itself may hold no newline (JSON escapes them), so it is the sixth field.
-        const [, offset, from, role, to] = fields;
-        const data = fields.slice(5).join("\n");
-        const message: HistoryEntry = {
+        // The frame text itself may hold no newline (JSON escapes them), so it is the seventh field.
+        const [, offset, epoch, from, role, to] = fields;
+        const data = fields.slice(6).join("\n");
+        const message: EpochEntry = {
           offset: Number(offset),
+          epoch,
           at: Date.now(),
           from,
           role: role as RelayRole,
@@ -531,10 +644,14 @@ export class RelayCluster {
   }
 
   /** Delivers `message` in offset order: a gap is filled from the history first. */
-  #ordered(room: string, hex: string, subscription: Subscription, message: HistoryEntry): void {
-    if (subscription.waiting) {
-      subscription.waiting.push(message);
-      return;
+  #ordered(room: string, hex: string, subscription: Subscription, message: EpochEntry): void {
+    if (subscription.waiting) return this.#wait(subscription, message);
+    if (message.epoch !== subscription.epoch) {
+      if (subscription.epoch !== "") {
+        log.warn("Redis lost the history of {room}: its offsets start again", { room });
+        subscription.lastOffset = 0;
+      }
+      subscription.epoch = message.epoch;
     }
     if (message.offset <= subscription.lastOffset) return;
     if (message.offset === subscription.lastOffset + 1) {
@@ -545,31 +662,57 @@ export class RelayCluster {
     this.#fill(hex, subscription, message);
   }
 
+  /** Keeps `message` until the fill under way is done (or notes that there were too many). */
+  #wait(subscription: Subscription, message: EpochEntry): void {
+    if (subscription.waiting!.length < MAX_WAITING) subscription.waiting!.push(message);
+    else subscription.overflowed = true;
+  }
+
   /**
    * Fetches what pub/sub did not bring (a gap, or a reconnect), then what
    * waited meanwhile. A gap among what waited (pub/sub lost more while the
    * history was read) starts another fill from there; a gap at the start of
-   * the history is one it no longer holds (trimmed), and is passed over.
+   * the history is one it no longer holds (trimmed), and is passed over. A
+   * history of another epoch (Redis lost the room) is read again from its
+   * start.
    */
-  #fill(hex: string, subscription: Subscription, trigger: HistoryEntry | null): void {
+  #fill(hex: string, subscription: Subscription, trigger: EpochEntry | null): void {
     if (subscription.waiting) {
-      if (trigger) subscription.waiting.push(trigger);
+      if (trigger) this.#wait(subscription, trigger);
       return;
     }
     subscription.waiting = trigger ? [trigger] : [];
+    subscription.overflowed = false;
     const room = roomName(hex);
     const from = subscription.lastOffset;
-    this.#since(hex, from).then(([, , entries]) => {
+    this.#since(hex, from).then(([epoch, , entries]) => {
       const waiting = (subscription.waiting ?? []).sort((a, b) => a.offset - b.offset);
+      const overflowed = subscription.overflowed;
       subscription.waiting = null;
       if (this.#closed || this.#rooms.get(hex) !== subscription) return;
+      if (epoch !== subscription.epoch) {
+        const lost = subscription.epoch !== "";
+        subscription.epoch = epoch;
+        if (lost) {
+          log.warn("Redis lost the history of {room}: its offsets start again", { room });
+          subscription.lastOffset = 0;
+          if (from > 0) {
+            // What was read starts at the old offset: read the new history from its start.
+            this.#fill(hex, subscription, null);
+            for (const message of waiting) this.#wait(subscription, message);
+            return;
+          }
+        }
+      }
       if (entries.length > 0 && entries[0].offset > from + 1) {
         log.warn("{count} messages of {room} were trimmed from its history before they were seen", {
           count: entries[0].offset - from - 1,
           room,
         });
       }
-      const all = [...entries, ...waiting];
+      // What waited from another epoch is stale, or from one newer than what was
+      // read: the next heartbeat sees that epoch and fills from it.
+      const all = [...entries, ...waiting.filter((message) => message.epoch === epoch)];
       for (let i = 0; i < all.length; i++) {
         const entry = all[i];
         if (entry.offset <= subscription.lastOffset) continue;
@@ -582,6 +725,7 @@ export class RelayCluster {
         subscription.lastOffset = entry.offset;
         this.#events.message(room, entry);
       }
+      if (overflowed) this.#fill(hex, subscription, null);
     }, (error) => {
       // Redis went away again: the next heartbeat's reconcile fills it once Redis is back.
       subscription.waiting = null;

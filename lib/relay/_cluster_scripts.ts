@@ -20,7 +20,7 @@
  * relay shows another to open a pipe there.
  *
  * Published on channel `P c:R`, one line per field:
- * - `m offset from role to data`: a message (`to` empty for a broadcast);
+ * - `m offset epoch from role to data`: a message (`to` empty for a broadcast);
  * - `j presence nickname role`, `l presence nickname reason`: presence;
  * - `r nickname relay`: a member moved its connection to `relay`;
  * - `o id from to relay`: node `from`, on relay `relay`, asks `to` for pipe `id`;
@@ -198,11 +198,12 @@ else
   if not heard then return {'alone'} end
 end
 local offset = redis.call('INCR', P .. 'r:' .. R .. ':o')
+local epoch = redis.call('GET', P .. 'r:' .. R .. ':e') or ''
 local data = ARGV[7] .. offset .. ARGV[8]
 redis.call('XADD', P .. 'r:' .. R .. ':h', 'MAXLEN', '~', ARGV[9], offset .. '-0',
   'd', data, 'f', from, 'r', role, 't', to, 'a', now_ms())
 redis.call('PUBLISH', P .. 'c:' .. R,
-  'm\\n' .. offset .. '\\n' .. from .. '\\n' .. role .. '\\n' .. to .. '\\n' .. data)
+  'm\\n' .. offset .. '\\n' .. epoch .. '\\n' .. from .. '\\n' .. role .. '\\n' .. to .. '\\n' .. data)
 return {'ok', offset}
 `;
 
@@ -217,15 +218,21 @@ return leave(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 
 /**
  * A relay's heartbeat, and the sweep of relays whose heartbeat ran out: their
- * members are gone. ARGV: prefix, relay id, heartbeat ttl (ms), reclaim
- * window (ms), room ttl (ms), the relay's pipe URL (or ''). Returns `{wasKnown, swept}`: `wasKnown` 0 means
- * the cluster had given this relay up (its members are gone from it).
+ * members are gone. Only a relay whose own heartbeat had not run out
+ * sweeps. ARGV: prefix, relay id, heartbeat ttl (ms), reclaim window (ms),
+ * room ttl (ms), the relay's pipe URL (or ''). Returns `{wasKnown, swept}`:
+ * `wasKnown` 0 means the cluster had given this relay up (its members are
+ * gone from it).
  */
 export const HEARTBEAT = PRELUDE + `
 local relays = P .. 'relays'
 local now = now_ms()
 local swept = 0
-for _, dead in ipairs(redis.call('ZRANGEBYSCORE', relays, '-inf', now)) do
+local known = redis.call('ZSCORE', relays, ARGV[2])
+-- Only a relay that beat in time sweeps: after Redis itself stalled, every
+-- relay's heartbeat has run out, and the first back must not sweep the rest.
+local onTime = known and tonumber(known) >= now
+for _, dead in ipairs(onTime and redis.call('ZRANGEBYSCORE', relays, '-inf', now) or {}) do
   if dead ~= ARGV[2] then
     for _, entry in ipairs(redis.call('SMEMBERS', P .. 'relay:' .. dead)) do
       local R, nick = string.match(entry, '^([^\\n]*)\\n(.*)$')
@@ -236,7 +243,6 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', relays, '-inf', now)) do
     redis.call('HDEL', P .. 'urls', dead)
   end
 end
-local known = redis.call('ZSCORE', relays, ARGV[2])
 redis.call('ZADD', relays, now + tonumber(ARGV[3]), ARGV[2])
 if ARGV[6] ~= '' then redis.call('HSET', P .. 'urls', ARGV[2], ARGV[6]) end
 return {known and 1 or 0, swept}

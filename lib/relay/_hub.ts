@@ -179,11 +179,17 @@ export class Hub {
           reclaimWindow: settings.reclaimWindow,
           maxNodesPerSession: settings.maxNodesPerSession,
           maxSessions: settings.maxSessions,
+          commandTimeout: settings.redisTimeout,
         }, {
           message: (room, entry) => this.#fromCluster(room, entry),
           presence: (room, event) => this.#presenceFromCluster(room, event),
           moved: (room, nickname, relay) => this.#movedInCluster(room, nickname, relay),
           forgotten: () => this.#forgottenByCluster(),
+          holds: (room, nickname) => {
+            // A join in flight may hold any nickname: Redis answers it later.
+            const local = this.rooms.get(room);
+            return local !== undefined && (local.joining.size > 0 || local.members.has(nickname));
+          },
           pipe: (room, event) => this.onClusterPipe?.(room, event),
         });
         if (this.#closed) cluster.close();
@@ -484,7 +490,6 @@ export class Hub {
     const { seq, to } = frame;
     // A connection whose message Redis did not take is closing: the node resends from there.
     if (from.sink === DETACHED) return;
-    const prev = from.lastSeq;
     if (seq !== undefined) {
       // Resent after a blip, and taken already: the ack is all it needs.
       if (seq <= from.lastSeq) {
@@ -502,7 +507,7 @@ export class Hub {
     const refuse = (code: RelayErrorCode, reason: string) =>
       this.refuseFrame(from.sink, { code, reason }, seq);
     const body = frame.text !== undefined ? { text: frame.text } : { numbers: frame.numbers };
-    if (this.#cluster) return this.#messageToCluster(this.#cluster, from, frame, body, prev);
+    if (this.#cluster) return this.#messageToCluster(this.#cluster, from, frame, body);
     if (!from.takeToken(now)) {
       return refuse("rate-limited", `more than ${this.settings.rate} messages/s`);
     }
@@ -684,6 +689,13 @@ export class Hub {
       }
       const now = this.#clock();
       member = room.members.get(result.nickname);
+      if (member && (result.kind !== "replace" || member.role !== hello.role)) {
+        // Redis let the node here go (its leave event is on its way) and gave its
+        // nickname to a new node: that one is a member of its own, token and all.
+        this.#dropLocal(member);
+        member.sink.close(4408, "the cluster declared this node gone");
+        member = undefined;
+      }
       if (member) {
         // The same node again on this relay, before its old connection was noticed dead.
         const old = member.sink;
@@ -698,7 +710,7 @@ export class Hub {
         if (result.kind === "join") this.#counters.joins++;
       }
       member.id = hello.id ?? member.id;
-      member.lastSeq = member.ackedSeq = result.lastSeq;
+      member.lastSeq = member.ackedSeq = member.sentSeq = result.lastSeq;
       const self = member;
       this.#sendWelcome(member, {
         members: result.members.filter((m) => m.nickname !== self.nickname),
@@ -759,7 +771,6 @@ export class Hub {
     from: Member,
     frame: NodeMessageFrame,
     body: MessageBody,
-    prev: number,
   ): void {
     const { seq, to } = frame;
     const refuse = (code: RelayErrorCode, reason: string) =>
@@ -785,6 +796,8 @@ export class Hub {
       ...(seq !== undefined && from.id !== undefined ? { id: from.id, seq } : {}),
       ...body,
     });
+    const prev = from.sentSeq;
+    if (seq !== undefined) from.sentSeq = seq;
     // Sent at once (Redis runs them in order); their results are handled in order too.
     const sent = cluster.send(from.room.id, {
       from: from.nickname,

@@ -1,44 +1,10 @@
 // The hub's rules, with fake sinks and a fake clock: no server, no sockets, no timing.
 import assert from "node:assert/strict";
 import { Hub } from "./_hub.ts";
-import { parseRelayFrame, readJson } from "./_parse.ts";
-import type { HelloFrame, RelayFrame, RelayRole, WelcomeFrame } from "./_protocol.ts";
-import type { Sink } from "./_room.ts";
+import type { HelloFrame, RelayRole, WelcomeFrame } from "./_protocol.ts";
 import { relaySettings } from "./_settings.ts";
+import { FakeSink } from "../../tests/_fake_sink.ts";
 import type { RelayOptions } from "./options.ts";
-
-/** A sink that keeps what the hub sends; `full` makes it refuse frames like a full queue. */
-class FakeSink implements Sink {
-  frames: RelayFrame[] = [];
-  closed: { code: number; reason: string } | null = null;
-  full = false;
-  #onClose = Promise.withResolvers<void>();
-
-  push(data: string): boolean {
-    if (this.full) return false;
-    const parsed = parseRelayFrame(readJson(data));
-    assert.ok(parsed.ok, `the hub sent a frame its own parser refuses: ${data}`);
-    this.frames.push(parsed.frame);
-    return true;
-  }
-
-  close(code: number, reason: string): void {
-    this.closed = { code, reason };
-    this.#onClose.resolve();
-  }
-
-  /** Resolves once the hub closed this sink. */
-  get whenClosed(): Promise<void> {
-    return this.#onClose.promise;
-  }
-
-  /** Frames of type `t` received so far, and forgets every frame. */
-  take<T extends RelayFrame["t"]>(t: T): Extract<RelayFrame, { t: T }>[] {
-    const out = this.frames.filter((f) => f.t === t) as Extract<RelayFrame, { t: T }>[];
-    this.frames = [];
-    return out;
-  }
-}
 
 /** A hub on a clock the test moves by hand. */
 function makeHub(options: RelayOptions = {}) {

@@ -223,6 +223,10 @@ export class PipeEndpoint {
     let ours: string | null = null;
     try {
       ours = cluster ? await cluster.key() : null;
+      // After Redis lost its state, the cluster's key may be a new one.
+      if (ours !== null && key !== null && !secretsEqual(key, ours)) {
+        ours = await cluster!.key(true);
+      }
     } catch {
       // Redis is away: no key to compare with.
     }
@@ -391,7 +395,7 @@ export class PipeEndpoint {
       target.protocol = target.protocol === "https:" ? "wss:" : "ws:";
       peer = await openWebSocketLink(target, AbortSignal.timeout(hub.settings.authTimeout), {
         [PIPE_HEADERS.pipe]: id,
-        [PIPE_HEADERS.cluster]: await cluster.key(),
+        [PIPE_HEADERS.cluster]: await cluster.key(true),
       });
     } catch (error) {
       const message = `cannot reach the relay of ${offered.from}: ${errorMessage(error)}`;

@@ -35,6 +35,12 @@ export class Member {
   lastSeq = 0;
   /** The highest `seq` the relay has made safe (in a cluster: in Redis): what acks say. */
   ackedSeq = 0;
+  /**
+   * In a cluster: the `seq` last handed to Redis on this connection, the
+   * `prev` of its next message (a rate-limited one never reaches Redis, so
+   * it is not {@linkcode Member.lastSeq}).
+   */
+  sentSeq = 0;
   /** In a cluster: the results of this node's messages, handled in the order sent. */
   pending: Promise<void> = Promise.resolve();
   /** When the relay last pinged the node (clock ms). */

@@ -62,6 +62,12 @@ export interface RelayOptions {
    * everything stays in this process's memory.
    */
   redis?: string;
+  /**
+   * With `redis`: how long (ms) a Redis command may take before the relay
+   * gives up on it — a join is refused as `unavailable` (the node tries
+   * again), a message not taken is resent by its node. Default 10000.
+   */
+  redisTimeout?: number;
   /** Serve the browser chat page at `/chat`. Default `true`. */
   chatPage?: boolean;
 }
