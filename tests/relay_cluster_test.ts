@@ -49,6 +49,7 @@ function recordingCluster(
     moved: () => {},
     forgotten: () => {},
     pipe: () => {},
+    trimmed: () => {},
     holds: (room, nickname) => options.held?.has(`${room}/${nickname}`) ?? false,
   });
   /** Resolves once `done` holds (fails after 20 s: a test never hangs). */
@@ -333,6 +334,85 @@ Deno.test("cluster: the key relays open pipes with is read again after Redis los
     assert.equal(seen, fresh);
   } finally {
     a.cluster.close();
+    raw.destroy();
+  }
+});
+
+Deno.test("cluster hub: late presence events about an earlier membership (a leave, a move) do not drop a node that is back", async () => {
+  await using redis = await startRedis({ persist: false });
+  using h = clusterHub(redis.url);
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    const alice = await h.join("alice");
+    const bob = await h.join("bob");
+    const channel = "immortal:relay:c:73";
+    // A leave numbered before alice's join, as when her earlier membership's leave comes late.
+    await raw.sendCommand(["PUBLISH", channel, `l\n${alice.member.presence - 1}\nalice\ngone`]);
+    // Pub/sub keeps order: once bob hears zed join, the leave before it was handled.
+    await raw.sendCommand(["PUBLISH", channel, `j\n${bob.member.presence + 1}\nzed\npeer`]);
+    await bob.sink.until(
+      () => bob.sink.frames.some((f) => f.t === "join" && f.nickname === "zed"),
+      "zed's join",
+    );
+    assert.equal(alice.sink.closed, null, "a stale leave dropped a node that is here");
+    // A move of alice to another relay that Redis no longer shows (she is back here), then a
+    // real one of bob: moves are handled in order, so once bob is gone alice's was handled.
+    await raw.sendCommand(["HSET", "immortal:relay:r:73:m", "bob", "peer,elsewhere,x,"]);
+    await raw.sendCommand(["PUBLISH", channel, "r\nalice\nelsewhere"]);
+    await raw.sendCommand(["PUBLISH", channel, "r\nbob\nelsewhere"]);
+    await bob.sink.until(() => bob.sink.closed !== null, "bob's move");
+    assert.equal(bob.sink.closed?.code, 4409);
+    assert.equal(alice.sink.closed, null, "a stale move dropped a node that is here");
+  } finally {
+    raw.destroy();
+  }
+});
+
+Deno.test("cluster hub: messages trimmed from the history before they reached this relay send its numbered nodes back to recover, told what they missed", async () => {
+  await using redis = await startRedis({ persist: false });
+  using h = clusterHub(redis.url);
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    const alice = await h.join("alice", { id: "AAAAAAAAAAAAAAAAAAAAAA" });
+    const bob = await h.join("bob");
+    // Offsets 1-2 never reached this relay and are gone from the history; 3 is there and published.
+    const prefix = "immortal:relay:r:73";
+    await raw.sendCommand(["SET", `${prefix}:o`, "3"]);
+    const data = '{"t":"msg","from":"zed","offset":3,"text":"3"}';
+    await raw.sendCommand(
+      ["XADD", `${prefix}:h`, "3-0", ...[
+        "d",
+        data,
+        "f",
+        "zed",
+        "r",
+        "peer",
+        "t",
+        "",
+        "a",
+        String(Date.now()),
+      ]],
+    );
+    await raw.sendCommand([
+      "PUBLISH",
+      "immortal:relay:c:73",
+      `m\n3\n${alice.welcome.epoch}\nzed\npeer\n\n${data}`,
+    ]);
+    await alice.sink.until(() => alice.sink.closed !== null, "alice sent back");
+    assert.equal(alice.sink.closed?.code, 4503);
+    // Bob, without an id, cannot recover: he goes on with what there is.
+    await bob.sink.until(() => bob.sink.frames.some((f) => f.t === "msg"), "message 3 at bob");
+    assert.equal(bob.sink.closed, null);
+    // Alice back with her position: the welcome says what she missed.
+    const back = await h.join("alice", {
+      id: "AAAAAAAAAAAAAAAAAAAAAA",
+      token: alice.welcome.token,
+      recover: { epoch: alice.welcome.epoch!, offset: 0 },
+    });
+    assert.equal(back.welcome.missed, "window");
+  } finally {
     raw.destroy();
   }
 });

@@ -62,6 +62,11 @@ export interface ClusterEvents {
    * leave that never got there) and is let go.
    */
   holds(room: string, nickname: string): boolean;
+  /**
+   * Messages of `room` were trimmed from its history before this relay
+   * delivered them (pub/sub lost them and the history no longer holds them).
+   */
+  trimmed(room: string, count: number): void;
 }
 
 /** What relays tell each other about a pipe between their nodes. */
@@ -705,10 +710,12 @@ export class RelayCluster {
         }
       }
       if (entries.length > 0 && entries[0].offset > from + 1) {
+        const count = entries[0].offset - from - 1;
         log.warn("{count} messages of {room} were trimmed from its history before they were seen", {
-          count: entries[0].offset - from - 1,
+          count,
           room,
         });
+        this.#events.trimmed(room, count);
       }
       // What waited from another epoch is stale, or from one newer than what was
       // read: the next heartbeat sees that epoch and fills from it.

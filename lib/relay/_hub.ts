@@ -191,6 +191,7 @@ export class Hub {
             return local !== undefined && (local.joining.size > 0 || local.members.has(nickname));
           },
           pipe: (room, event) => this.onClusterPipe?.(room, event),
+          trimmed: (room) => this.#trimmedInCluster(room),
         });
         if (this.#closed) cluster.close();
         return this.#cluster = cluster;
@@ -711,6 +712,7 @@ export class Hub {
       }
       member.id = hello.id ?? member.id;
       member.lastSeq = member.ackedSeq = member.sentSeq = result.lastSeq;
+      member.presence = result.presence;
       const self = member;
       this.#sendWelcome(member, {
         members: result.members.filter((m) => m.nickname !== self.nickname),
@@ -869,7 +871,7 @@ export class Hub {
       : encodeFrame({ t: "leave", nickname, reason: event.reason });
     for (const arrived of room.joining) arrived.push({ presence, nickname, data });
     const local = room.members.get(nickname);
-    if (event.kind === "leave" && local) {
+    if (event.kind === "leave" && local && presence > local.presence) {
       // The cluster let it go while it is here (this relay had been given up).
       this.#dropLocal(local);
       local.sink.close(4408, "the cluster declared this node gone");
@@ -879,12 +881,30 @@ export class Hub {
     }
   }
 
-  #movedInCluster(id: string, nickname: string, relay: string): void {
-    if (relay === this.#cluster?.id) return;
+  async #movedInCluster(id: string, nickname: string, relay: string): Promise<void> {
+    const cluster = this.#cluster;
+    if (!cluster || relay === cluster.id) return;
     const local = this.rooms.get(id)?.members.get(nickname);
     if (!local) return;
+    // The event may be late: the node may have come back here since. Redis knows.
+    const now = await cluster.member(id, nickname).catch(() => null);
+    if (now?.relay === cluster.id || this.rooms.get(id)?.members.get(nickname) !== local) return;
     this.#dropLocal(local);
     local.sink.close(4409, "replaced by a newer connection of the same node");
+  }
+
+  /**
+   * Messages of room `id` never reached this relay's nodes and are gone from
+   * the history: a node that counts on every message (it has an id) is sent
+   * away to come back, and its welcome says what it missed (`window`).
+   */
+  #trimmedInCluster(id: string): void {
+    for (const member of this.rooms.get(id)?.members.values() ?? []) {
+      if (member.id === undefined || member.sink === DETACHED) continue;
+      const sink = member.sink;
+      member.sink = DETACHED;
+      sink.close(4503, "the relay lost messages on their way to this node: reconnect to recover");
+    }
   }
 
   #forgottenByCluster(): void {

@@ -41,6 +41,11 @@ export class Member {
    * it is not {@linkcode Member.lastSeq}).
    */
   sentSeq = 0;
+  /**
+   * In a cluster: the room's presence number when this connection joined. A
+   * leave event numbered at or below it is about an earlier membership.
+   */
+  presence = 0;
   /** In a cluster: the results of this node's messages, handled in the order sent. */
   pending: Promise<void> = Promise.resolve();
   /** When the relay last pinged the node (clock ms). */
