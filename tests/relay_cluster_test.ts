@@ -32,7 +32,7 @@ const SETTINGS = {
  */
 function recordingCluster(
   url: string,
-  options: { held?: Set<string>; commandTimeout?: number } = {},
+  options: { held?: Set<string>; commandTimeout?: number; reclaimWindow?: number } = {},
 ) {
   const messages: ClusterMessage[] = [];
   const presence: string[] = [];
@@ -413,6 +413,27 @@ Deno.test("cluster hub: messages trimmed from the history before they reached th
     });
     assert.equal(back.welcome.missed, "window");
   } finally {
+    raw.destroy();
+  }
+});
+
+Deno.test("cluster: expired nickname reservations do not pile up in a long-lived room", async () => {
+  await using redis = await startRedis({ persist: false });
+  // Reservations that have run out as soon as they are made.
+  const { cluster } = recordingCluster(redis.url, { reclaimWindow: -1 });
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    await cluster.subscribe("s");
+    await cluster.join("s", { nickname: "stays", role: "peer", suffixed: false });
+    for (let i = 0; i < 1100; i++) {
+      await cluster.join("s", { nickname: `n${i}`, role: "peer", suffixed: false });
+      await cluster.leave("s", `n${i}`, "left");
+    }
+    const reserved = Number(await raw.sendCommand(["HLEN", "immortal:relay:r:73:v"]));
+    assert.ok(reserved <= 1001, `${reserved} reservations kept`);
+  } finally {
+    cluster.close();
     raw.destroy();
   }
 });

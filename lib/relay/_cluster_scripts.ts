@@ -53,7 +53,17 @@ local function leave(R, nick, relay, reason, untilMs, roomTtl)
   redis.call('HINCRBY', P .. 'r:' .. R .. ':n', f[1], -1)
   local seq = redis.call('HGET', P .. 'r:' .. R .. ':s', nick) or '0'
   redis.call('HDEL', P .. 'r:' .. R .. ':s', nick)
-  redis.call('HSET', P .. 'r:' .. R .. ':v', nick, f[3] .. ',' .. untilMs .. ',' .. seq)
+  local v = P .. 'r:' .. R .. ':v'
+  redis.call('HSET', v, nick, f[3] .. ',' .. untilMs .. ',' .. seq)
+  -- Reservations run out but stay until a join reads them: in a long-lived
+  -- room with many nicknames, sweep the expired ones now and then.
+  if redis.call('HLEN', v) > 1000 then
+    local all = redis.call('HGETALL', v)
+    local t = now_ms()
+    for i = 1, #all, 2 do
+      if tonumber(split(all[i + 1])[2]) < t then redis.call('HDEL', v, all[i]) end
+    end
+  end
   redis.call('SREM', P .. 'relay:' .. f[2], R .. '\\n' .. nick)
   local presence = redis.call('INCR', P .. 'r:' .. R .. ':p')
   redis.call('PUBLISH', P .. 'c:' .. R, 'l\\n' .. presence .. '\\n' .. nick .. '\\n' .. reason)
