@@ -139,6 +139,8 @@ export interface Service {
   readonly stopping: string;
   /** Stops the service cleanly. */
   close(): Promise<void>;
+  /** Rejects if the service fails for good after it started (the command then exits 1). */
+  readonly failed?: Promise<never>;
 }
 
 /** A long-running command: its help text, how it reads its arguments, and how it starts. */
@@ -182,7 +184,13 @@ async function _serve<C extends { logLevel: LogLevel }>(
   const stop = _stopSignal();
   try {
     const service = await command.start(config, log);
-    const signal = await stop.signal;
+    let signal: Deno.Signal;
+    try {
+      signal = await (service.failed ? Promise.race([stop.signal, service.failed]) : stop.signal);
+    } catch (error) {
+      await service.close();
+      throw error;
+    }
     log.info("{signal}: {stopping}", { signal, stopping: service.stopping });
     await service.close();
     return 0;

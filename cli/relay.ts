@@ -267,12 +267,8 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   try {
     server = serveRelay({ ...config.serve, onListen: listening.resolve });
   } catch (error) {
-    const reason = errorMessage(error);
-    throw new Error(
-      reason.startsWith("cannot listen")
-        ? reason
-        : `cannot listen on ${config.serve.hostname}:${config.serve.port}: ${reason}`,
-    );
+    // In our words already: a listen error names the address, a TLS one the certificate.
+    throw new Error(errorMessage(error));
   }
   const addr = await listening.promise;
   const scheme = config.serve.cert ? "https" : "http";

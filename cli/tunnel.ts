@@ -26,9 +26,13 @@ import {
   type Service,
   UsageError,
 } from "./_common.ts";
-import { tcpDialer, tlsDialer } from "../lib/link/mod.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
-import { type BackoffOptions, connect, type SessionOptions } from "../lib/conn/mod.ts";
+import {
+  type BackoffOptions,
+  connect,
+  ImmortalError,
+  type SessionOptions,
+} from "../lib/conn/mod.ts";
 import { RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
 import { errorMessage } from "../lib/_util.ts";
@@ -378,6 +382,7 @@ function _sessionSettings(
 async function _start(config: TunnelCliConfig, log: Logger): Promise<Service> {
   let node: RelayNode | undefined;
   let tunnel: TunnelServer | TunnelClient;
+  let client: ReturnType<typeof _startClient> | undefined;
   if (config.relay) {
     node = await _joinRelay(config.relay, log);
     try {
@@ -388,15 +393,20 @@ async function _start(config: TunnelCliConfig, log: Logger): Promise<Service> {
       await node.close();
       throw error;
     }
+  } else if (config.role === "server") {
+    tunnel = _startServer(config, log);
   } else {
-    tunnel = config.role === "server" ? _startServer(config, log) : await _startClient(config, log);
+    client = _startClient(config, log);
+    tunnel = client.tunnel;
   }
   const stats = config.statsSeconds > 0
     ? setInterval(() => _printStats(tunnel), config.statsSeconds * 1000)
     : undefined;
   return {
     stopping: "closing the tunnel",
+    failed: client?.failed,
     async close() {
+      client?.stop();
       clearInterval(stats);
       await tunnel.close();
       await node?.close();
@@ -526,18 +536,18 @@ function _startServer(config: TunnelCliConfig, log: Logger): TunnelServer {
   return tunnel;
 }
 
-async function _startClient(config: TunnelCliConfig, log: Logger): Promise<TunnelClient> {
-  // Fail fast on a server that is not there (or whose certificate we would
-  // refuse), rather than on the first user connection.
+/**
+ * Starts the client: it listens at once, even while the server is down (a
+ * tunnel is often started before its far end), and opens its session at
+ * once. A server that answers but cannot be used — another kind of server,
+ * TLS on one side only, a refused key — is fatal: `failed` rejects.
+ */
+function _startClient(
+  config: TunnelCliConfig,
+  log: Logger,
+): { tunnel: TunnelClient; failed: Promise<never>; stop(): void } {
   const where = { hostname: config.peerHost, port: config.peerPort };
-  const dial = config.tlsClient ? tlsDialer({ ...where, ...config.tlsClient }) : tcpDialer(where);
-  try {
-    (await dial(AbortSignal.timeout(10_000))).close();
-  } catch (error) {
-    throw new Error(
-      `cannot reach the tunnel server at ${where.hostname}:${where.port}: ${errorMessage(error)}`,
-    );
-  }
+  const server = `${where.hostname}:${where.port}`;
   const tunnel = new TunnelClient({
     hostname: config.listenHost,
     port: config.listenPort,
@@ -548,10 +558,34 @@ async function _startClient(config: TunnelCliConfig, log: Logger): Promise<Tunne
   });
   log.info("Tunnel client on {listen}, via the server at {server}{tls}", {
     listen: `${config.listenHost}:${config.listenPort}`,
-    server: `${where.hostname}:${where.port}`,
+    server,
     tls: config.tlsClient ? " (TLS)" : "",
   });
-  return tunnel;
+  const failed = Promise.withResolvers<never>();
+  let stopped = false;
+  (async () => {
+    for (;;) {
+      try {
+        await tunnel.open();
+        if (!stopped) log.info("Tunnel server {server} answered: the tunnel is up", { server });
+        return;
+      } catch (error) {
+        if (stopped) return;
+        if (error instanceof ImmortalError && error.code === "unreachable") {
+          log.warn(
+            "Tunnel server {server} still unreachable; listening anyway, local connections wait for it",
+            { server },
+          );
+          continue;
+        }
+        failed.reject(
+          new Error(`the tunnel server at ${server} cannot be used: ${errorMessage(error)}`),
+        );
+        return;
+      }
+    }
+  })();
+  return { tunnel, failed: failed.promise, stop: () => stopped = true };
 }
 
 function _printStats(tunnel: TunnelServer | TunnelClient): void {

@@ -87,3 +87,40 @@ export function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
   }
   return out;
 }
+
+/**
+ * `Deno.listen` whose errors name the address: "cannot listen on
+ * 0.0.0.0:2000: Address already in use (os error 98)", of the same class
+ * (`Deno.errors.AddrInUse`, ...) with the original as `cause`.
+ */
+export function listenTcp(
+  options: Deno.TcpListenOptions & { reusePort?: boolean },
+): Deno.TcpListener {
+  try {
+    return Deno.listen(options);
+  } catch (error) {
+    throw namedAddressError(error, options.hostname ?? "0.0.0.0", options.port ?? 0);
+  }
+}
+
+/** `error` of listening at `hostname:port`, its message prefixed with that address. */
+export function namedAddressError(error: unknown, hostname: string, port: number): Error {
+  if (!(error instanceof Error)) return new Error(`cannot listen on ${hostname}:${port}: ${error}`);
+  const host = hostname.includes(":") ? `[${hostname}]` : hostname;
+  const message = `cannot listen on ${host}:${port}: ${error.message}`;
+  const Kind = error.constructor as new (message: string, options?: ErrorOptions) => Error;
+  try {
+    return new Kind(message, { cause: error });
+  } catch {
+    return new Error(message, { cause: error });
+  }
+}
+
+/** A TLS certificate/key problem as Deno words it, in ours. */
+export function tlsPairProblem(said: string): string {
+  if (/KeyMismatch|keys may not be consistent/i.test(said)) {
+    return "the TLS key does not belong to the certificate (KeyMismatch)";
+  }
+  if (/key/i.test(said)) return `the TLS key is unusable: ${said}`;
+  return `the TLS certificate is unusable: ${said}`;
+}

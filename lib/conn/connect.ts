@@ -4,7 +4,8 @@
  * @module
  */
 
-import { type Dialer, tcpDialer, tlsDialer } from "../link/mod.ts";
+import { type Dialer, tcpDialer, tlsDialer, TlsHandshakeError } from "../link/mod.ts";
+import { FrameError } from "../frame/frame_error.ts";
 import { checkPort, errorMessage } from "../_util.ts";
 import { ClientSession } from "./_client_session.ts";
 import { ImmortalError } from "./errors.ts";
@@ -79,8 +80,40 @@ export async function connect(options: ConnectOptions): Promise<ImmortalConn> {
     const where = options.dialer
       ? "the server"
       : `${options.hostname ?? "127.0.0.1"}:${options.port}`;
-    throw new ImmortalError("unreachable", `cannot connect to ${where}: ${errorMessage(error)}`, {
-      cause: error,
-    });
+    throw firstConnectError(where, error);
   }
+}
+
+/**
+ * Why the first connection failed, in words that say what to change: a
+ * server that is not there may come (`unreachable`, worth retrying); one
+ * that speaks another protocol, or TLS where we do not (or the reverse),
+ * will not (`protocol`, `tls`).
+ */
+function firstConnectError(where: string, error: unknown): ImmortalError {
+  const options = { cause: error };
+  if (error instanceof TlsHandshakeError) {
+    const said = errorMessage(error.cause);
+    const hint = /certificate|UnknownIssuer|NotValidForName|Expired/i.test(said)
+      ? "its certificate is not trusted (give the CA that signed it)"
+      : "is it a plain (non-TLS) server?";
+    return new ImmortalError("tls", `TLS with ${where} failed (${said}): ${hint}`, options);
+  }
+  if (error instanceof FrameError) {
+    // A TLS record (alert 0x15, handshake 0x16) where a frame should be.
+    const tls = /frame type 0x1[56]\b/.test(error.message);
+    return new ImmortalError(
+      tls ? "tls" : "protocol",
+      tls
+        ? `${where} answers in TLS: connect with TLS`
+        : `${where} does not speak the immortal protocol (${error.message}): ` +
+          "is it an immortal server?",
+      options,
+    );
+  }
+  return new ImmortalError(
+    "unreachable",
+    `cannot connect to ${where}: ${errorMessage(error)}`,
+    options,
+  );
 }

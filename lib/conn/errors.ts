@@ -12,7 +12,10 @@
  * - `rejected`: the server refused for another reason (busy, version);
  * - `aborted`: the peer aborted the session;
  * - `closed`: closed locally, or the listener was closed;
- * - `protocol`: the peer broke the protocol;
+ * - `protocol`: the peer broke the protocol (or, at the first connection,
+ *   does not speak it: another kind of server);
+ * - `tls`: TLS with the server failed at the first connection (a plain
+ *   server, or a certificate not trusted);
  * - `unreachable`: the first connection could not be made.
  */
 export type ImmortalErrorCode =
@@ -23,6 +26,7 @@ export type ImmortalErrorCode =
   | "aborted"
   | "closed"
   | "protocol"
+  | "tls"
   | "unreachable";
 
 /** An error that ends an immortal session; `code` says why. */

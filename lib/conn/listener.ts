@@ -12,6 +12,7 @@ import { ImmortalError } from "./errors.ts";
 import { FrameReader } from "./_frame_reader.ts";
 import { SealedLink } from "./_sealed_link.ts";
 import { sendFrame } from "./_handshake.ts";
+import { encodeFrame } from "../frame/mod.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
 import { type ResolvedOptions, resolveOptions } from "./_options.ts";
 import type { SessionOptions } from "./options.ts";
@@ -403,7 +404,17 @@ export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr>
     hostname: options.hostname,
     port: checkPort("port", options.port ?? 0, true),
   };
-  const acceptor: Acceptor = options.acceptor ??
-    (options.tls ? new TlsAcceptor({ ...where, ...options.tls }) : new TcpAcceptor(where));
+  const acceptor: Acceptor = options.acceptor ?? (options.tls
+    ? new TlsAcceptor({
+      ...where,
+      ...options.tls,
+      // A client without TLS reads this as a refusal with a reason, not as garbage.
+      plainReply: encodeFrame({
+        type: "reject",
+        code: "protocol",
+        reason: "this server speaks TLS: connect with TLS",
+      }),
+    })
+    : new TcpAcceptor(where));
   return new Listener(acceptor, resolved, limits);
 }

@@ -41,8 +41,9 @@ async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
  * resume on its next `_read`; a write completes when the bytes are in the
  * kernel. Destroying the Duplex closes the connection.
  */
-function duplexOver(conn: Deno.TcpConn): Duplex {
+function duplexOver(conn: Deno.TcpConn, plainReply?: Uint8Array): Duplex {
   let reading = false;
+  let first = true;
   let closed = false;
   const closeConn = () => {
     if (closed) return;
@@ -87,6 +88,13 @@ function duplexOver(conn: Deno.TcpConn): Duplex {
           duplex.push(null);
           return;
         }
+        // Not a TLS handshake record (22): a client that does not speak TLS.
+        // It is told so in its own protocol, not with a TLS alert it cannot read.
+        if (first && plainReply && n > 0 && buffer[0] !== 0x16) {
+          await writeAll(conn, plainReply).catch(() => {});
+          throw new Error("the client does not speak TLS");
+        }
+        first = false;
         if (!duplex.push(buffer.slice(0, n))) return;
       }
     } catch (error) {
@@ -129,10 +137,13 @@ export class NodeTlsServerLink implements Link {
    * Starts a TLS server session with `context` on `conn` (Nagle should be
    * off already). The link owns `conn` from now on.
    */
-  constructor(conn: Deno.TcpConn, context: SecureContext) {
+  constructor(conn: Deno.TcpConn, context: SecureContext, plainReply?: Uint8Array) {
     this.localAddr = conn.localAddr;
     this.remoteAddr = conn.remoteAddr;
-    const socket = new TLSSocket(duplexOver(conn), { isServer: true, secureContext: context });
+    const socket = new TLSSocket(duplexOver(conn, plainReply), {
+      isServer: true,
+      secureContext: context,
+    });
     this.#socket = socket;
     socket.on("data", (chunk: Uint8Array) => this.#onData(chunk));
     socket.on("end", () => {

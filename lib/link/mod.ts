@@ -15,7 +15,13 @@ export {
   type TcpDialerOptions,
   TcpLink,
 } from "./tcp.ts";
-export { TlsAcceptor, type TlsAcceptorOptions, tlsDialer, type TlsDialerOptions } from "./tls.ts";
+export {
+  TlsAcceptor,
+  type TlsAcceptorOptions,
+  tlsDialer,
+  type TlsDialerOptions,
+  TlsHandshakeError,
+} from "./tls.ts";
 export {
   webSocketDialer,
   type WebSocketDialerOptions,

@@ -6,6 +6,7 @@
 
 import type { Acceptor, Dialer, Link } from "./link.ts";
 import { tuneTcp } from "./_tune_tcp.ts";
+import { listenTcp } from "../_util.ts";
 
 /** A {@linkcode Link} over one `Deno.TcpConn`, or a `Deno.TlsConn` on top of one. */
 export class TcpLink implements Link {
@@ -116,6 +117,6 @@ export class ListenerAcceptor implements Acceptor<Deno.NetAddr> {
 export class TcpAcceptor extends ListenerAcceptor {
   /** Starts listening at once (synchronously, like `Deno.listen`). */
   constructor(options: TcpAcceptorOptions) {
-    super(Deno.listen({ hostname: options.hostname ?? "0.0.0.0", port: options.port }));
+    super(listenTcp({ hostname: options.hostname ?? "0.0.0.0", port: options.port }));
   }
 }

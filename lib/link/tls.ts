@@ -8,7 +8,7 @@
 
 import { createSecureContext, type SecureContext } from "node:tls";
 import type { Acceptor, Dialer, Link } from "./link.ts";
-import { errorMessage } from "../_util.ts";
+import { errorMessage, listenTcp, tlsPairProblem } from "../_util.ts";
 import { TcpLink } from "./tcp.ts";
 import { tuneTcp } from "./_tune_tcp.ts";
 import { NodeTlsServerLink } from "./_node_tls.ts";
@@ -30,6 +30,35 @@ export interface TlsDialerOptions {
    * unless `DENO_TLS_CA_STORE` says otherwise).
    */
   caCerts?: string[];
+}
+
+/**
+ * A TLS dial reached the server but the handshake failed: the server does
+ * not speak TLS, its certificate is not trusted, or it broke off. `cause` is
+ * the platform's error.
+ *
+ * @example
+ * ```ts
+ * import { TlsHandshakeError, tlsDialer } from "@immortal/sockets/link";
+ *
+ * // A plain (non-TLS) server: the handshake fails, and says so.
+ * using plain = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+ * const accepting = plain.accept().then((conn) => conn.close());
+ * const dial = tlsDialer({ hostname: "127.0.0.1", port: plain.addr.port });
+ * try {
+ *   (await dial(AbortSignal.timeout(5000))).close();
+ * } catch (error) {
+ *   console.log(error instanceof TlsHandshakeError);
+ * }
+ * await accepting;
+ * ```
+ */
+export class TlsHandshakeError extends Error {
+  /** Creates the error. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "TlsHandshakeError";
+  }
 }
 
 /**
@@ -64,9 +93,10 @@ export function tlsDialer(options: TlsDialerOptions): Dialer {
       } catch {
         // Closed by the abort already.
       }
-      throw new Error(`TLS handshake with ${serverName} failed: ${errorMessage(error)}`, {
-        cause: error,
-      });
+      throw new TlsHandshakeError(
+        `TLS handshake with ${serverName} failed: ${errorMessage(error)}`,
+        { cause: error },
+      );
     } finally {
       signal.removeEventListener("abort", onAbort);
     }
@@ -83,6 +113,12 @@ export interface TlsAcceptorOptions {
   cert: string;
   /** Private key of the certificate in PEM format. */
   key: string;
+  /**
+   * Written in the clear to a client whose first bytes are not TLS (it does
+   * not speak TLS) before its connection is closed: the protocol's own way
+   * to say "connect with TLS". Default: nothing (the connection is closed).
+   */
+  plainReply?: Uint8Array;
 }
 
 /**
@@ -102,6 +138,7 @@ export interface TlsAcceptorOptions {
 export class TlsAcceptor implements Acceptor<Deno.NetAddr> {
   #listener: Deno.TcpListener;
   #context: SecureContext;
+  #plainReply: Uint8Array | undefined;
 
   /**
    * Starts listening at once (synchronously, like `Deno.listenTls`). Throws
@@ -114,9 +151,14 @@ export class TlsAcceptor implements Acceptor<Deno.NetAddr> {
     // a Deno HTTP client parses a certificate and key with the same checks
     // (and messages) as `Deno.listenTls`, synchronously and without any
     // permission, so a bad pair still fails here, at startup.
-    Deno.createHttpClient({ cert, key }).close();
+    try {
+      Deno.createHttpClient({ cert, key }).close();
+    } catch (error) {
+      throw new TypeError(tlsPairProblem(errorMessage(error)), { cause: error });
+    }
     this.#context = createSecureContext({ cert, key });
-    this.#listener = Deno.listen({ hostname: options.hostname ?? "0.0.0.0", port: options.port });
+    this.#plainReply = options.plainReply;
+    this.#listener = listenTcp({ hostname: options.hostname ?? "0.0.0.0", port: options.port });
   }
 
   /** The bound address. */
@@ -128,7 +170,7 @@ export class TlsAcceptor implements Acceptor<Deno.NetAddr> {
   async accept(): Promise<Link> {
     const conn = await this.#listener.accept();
     tuneTcp(conn);
-    return new NodeTlsServerLink(conn, this.#context);
+    return new NodeTlsServerLink(conn, this.#context, this.#plainReply);
   }
 
   /** Stops listening; idempotent. Links already accepted go on. */

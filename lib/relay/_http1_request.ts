@@ -91,6 +91,9 @@ export async function readHead(reader: ByteReader): Promise<RequestHead | null> 
       scanned = 0;
       continue;
     }
+    // A TLS ClientHello (record type 22): a client that took this relay for
+    // an https:// one. Answered at once, so that it fails now, not at a timeout.
+    if (buffered[0] === 0x16) throw new HttpError(400, "this relay speaks plain HTTP, not TLS");
     end = indexOfSequence(buffered, CRLF_CRLF, Math.max(0, scanned - 3));
     if (end >= 0) break;
     scanned = buffered.length;

@@ -32,7 +32,14 @@ import { getLogger } from "@logtape/logtape";
 import { formatAddr } from "../link/mod.ts";
 import { sourceOf } from "../conn/_source.ts";
 import { LogLimiter } from "../_log_limiter.ts";
-import { backoffDelay, concat, delay, errorMessage } from "../_util.ts";
+import {
+  backoffDelay,
+  concat,
+  delay,
+  errorMessage,
+  namedAddressError,
+  tlsPairProblem,
+} from "../_util.ts";
 import { ByteReader } from "./_byte_reader.ts";
 import { bodyStream, HttpError, readHead, type RequestHead } from "./_http1_request.ts";
 import { writeAll, writeResponse } from "./_http1_response.ts";
@@ -182,14 +189,25 @@ export class HttpServer {
       port: options.port,
       ...(options.reusePort ? { reusePort: true } : {}),
     };
-    this.#listener = options.cert
-      ? Deno.listenTls({
-        ...where,
-        cert: options.cert,
-        key: options.key!,
-        alpnProtocols: ["http/1.1"],
-      })
-      : Deno.listen(where);
+    if (options.cert) {
+      try {
+        Deno.createHttpClient({ cert: options.cert, key: options.key! }).close();
+      } catch (error) {
+        throw new TypeError(tlsPairProblem(errorMessage(error)), { cause: error });
+      }
+    }
+    try {
+      this.#listener = options.cert
+        ? Deno.listenTls({
+          ...where,
+          cert: options.cert,
+          key: options.key!,
+          alpnProtocols: ["http/1.1"],
+        })
+        : Deno.listen(where);
+    } catch (error) {
+      throw namedAddressError(error, where.hostname ?? "0.0.0.0", where.port ?? 80);
+    }
     this.#scheme = options.cert ? "https" : "http";
     this.addr = this.#listener.addr as Deno.NetAddr;
     this.finished = this.#acceptLoop();

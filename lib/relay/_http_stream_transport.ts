@@ -21,8 +21,11 @@ import { parseRefusal, parseRelayFrame, readJson } from "./_parse.ts";
 import { readSse, type SseEvent } from "./_sse.ts";
 import {
   type ClientTransport,
+  connectFailure,
   type DialSettings,
+  innermostMessage,
   type OpenedTransport,
+  RelayConnectError,
   RelayRefusedError,
   type TransportHooks,
 } from "./_transport.ts";
@@ -96,22 +99,39 @@ export class HttpStreamTransport implements ClientTransport {
       });
     } catch (error) {
       clearTimeout(timer);
-      throw new Error(`HTTP stream to ${settings.base.host} failed: ${errorMessage(error)}`);
+      if (abort.signal.aborted) {
+        throw new RelayConnectError(
+          "timeout",
+          `${settings.base.host} did not answer within ${settings.timeout} ms`,
+          { cause: error },
+        );
+      }
+      throw connectFailure(settings.base, innermostMessage(error), error);
     }
     if (!response.ok) {
       clearTimeout(timer);
       const refusal = parseRefusal(readJson(await response.text().catch(() => "")));
-      if (response.status >= 400 && response.status < 500 && refusal) {
-        throw new RelayRefusedError(refusal.error, refusal.message);
-      }
-      throw new Error(`HTTP stream to ${settings.base.host} failed: status ${response.status}`);
+      if (refusal) throw new RelayRefusedError(refusal.error, refusal.message);
+      throw new RelayConnectError(
+        "not-a-relay",
+        `${settings.base.host} answered ${response.status} ${response.statusText} to ` +
+          `POST ${PATHS.stream}, not as a relay does: is the URL right?`,
+      );
     }
     const events = readSse(response.body!);
     let first;
     try {
       first = await nextFrame(events, hooks.onBadFrame);
     } catch (error) {
-      throw new Error(`HTTP stream broke before the welcome: ${errorMessage(error)}`);
+      throw new RelayConnectError(
+        abort.signal.aborted ? "timeout" : "broken",
+        abort.signal.aborted
+          ? `no welcome from ${settings.base.host} within ${settings.timeout} ms`
+          : `the HTTP stream from ${settings.base.host} broke before the welcome: ${
+            innermostMessage(error)
+          }`,
+        { cause: error },
+      );
     } finally {
       clearTimeout(timer);
     }
@@ -120,7 +140,10 @@ export class HttpStreamTransport implements ClientTransport {
       if (!("ended" in first) && first.t === "error") {
         throw new RelayRefusedError(first.code, first.message);
       }
-      throw new Error("the relay did not welcome the node");
+      throw new RelayConnectError(
+        "not-a-relay",
+        `${settings.base.host} ended the stream without a welcome: is it a relay?`,
+      );
     }
     if (first.stream === undefined) {
       abort.abort();

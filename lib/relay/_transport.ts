@@ -30,6 +30,86 @@ export class RelayRefusedError extends Error {
   }
 }
 
+/** Why a node could not reach a relay: {@linkcode RelayConnectError.code}. */
+export type RelayConnectErrorCode =
+  /** Nothing answered: connection refused, no route, blocked. */
+  | "unreachable"
+  /** TLS went wrong: `https:` to a plain relay, `http:` to a TLS one, an untrusted certificate. */
+  | "tls"
+  /** Something answered, but not as a relay does (another HTTP server, a wrong path). */
+  | "not-a-relay"
+  /** The relay took the connection but sent no welcome in time. */
+  | "timeout"
+  /** The connection broke before the welcome. */
+  | "broken";
+
+/**
+ * A node could not reach the relay (retrying may help, unlike a
+ * {@linkcode RelayRefusedError}). `cause` is the underlying error.
+ *
+ * @example Telling a relay that is down from a wrong URL
+ * ```ts
+ * import { RelayConnectError, RelayNode } from "@immortal/sockets/relay";
+ *
+ * try {
+ *   await RelayNode.connect("http://127.0.0.1:9", { session: "s", nickname: "n", retries: 1 });
+ * } catch (error) {
+ *   if (error instanceof RelayConnectError) console.log(error.code, error.message);
+ * }
+ * ```
+ */
+export class RelayConnectError extends Error {
+  /** What went wrong, in a word. */
+  readonly code: RelayConnectErrorCode;
+  /** Creates the error. */
+  constructor(code: RelayConnectErrorCode, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "RelayConnectError";
+    this.code = code;
+  }
+}
+
+/**
+ * The failure to open a connection to `url`, in our words: what the
+ * platform said (`detail`, the innermost message) read for its cause.
+ */
+export function connectFailure(url: URL, detail: string, cause: unknown): RelayConnectError {
+  const host = url.host;
+  const said = detail.replace(/^(NetworkError: )?failed to connect to WebSocket: /, "");
+  const make = (code: RelayConnectErrorCode, message: string) =>
+    new RelayConnectError(code, message, { cause });
+  if (/invalid HTTP version parsed/i.test(said)) {
+    return make("tls", `${host} answers in TLS, not plain HTTP: use an https:// relay URL`);
+  }
+  if (/corrupt message|InvalidContentType|wrong version number/i.test(said)) {
+    return make("tls", `TLS with ${host} failed (${said}): is it a plain http:// relay?`);
+  }
+  if (/certificate|UnknownIssuer|NotValidForName|Expired/i.test(said)) {
+    return make(
+      "tls",
+      `the certificate of ${host} is not trusted (${said}): give the relay's CA (caCerts)`,
+    );
+  }
+  if (/tls|handshake/i.test(said)) return make("tls", `TLS with ${host} failed: ${said}`);
+  if (/Connection refused/i.test(said)) {
+    return make("unreachable", `nothing listens at ${host} (connection refused)`);
+  }
+  if (/status code|status \d/i.test(said)) {
+    return make("not-a-relay", `${host} answered, but not as a relay does (${said})`);
+  }
+  if (/connect|route|unreachable|dns|lookup|blocked|reset|timed out/i.test(said)) {
+    return make("unreachable", `cannot reach ${host}: ${said}`);
+  }
+  return make("broken", `the connection to ${host} broke before the welcome: ${said}`);
+}
+
+/** The innermost message of `error` (Deno's fetch puts the useful one in `cause`). */
+export function innermostMessage(error: unknown): string {
+  let current = error;
+  while (current instanceof Error && current.cause !== undefined) current = current.cause;
+  return current instanceof Error ? current.message : String(current);
+}
+
 /** One open transport, after the welcome. */
 export interface ClientTransport {
   /** Which transport this is. */

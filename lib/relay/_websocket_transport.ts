@@ -10,8 +10,10 @@ import { encodeFrame, type HelloFrame, type NodeFrame, PATHS } from "./_protocol
 import { parseRelayFrame, readJson } from "./_parse.ts";
 import {
   type ClientTransport,
+  connectFailure,
   type DialSettings,
   type OpenedTransport,
+  RelayConnectError,
   RelayRefusedError,
   type TransportHooks,
 } from "./_transport.ts";
@@ -43,7 +45,12 @@ export class WebSocketTransport implements ClientTransport {
     return new Promise((resolve, reject) => {
       let welcomed = false;
       const timer = setTimeout(() => {
-        reject(new Error(`no welcome from the relay within ${settings.timeout} ms`));
+        reject(
+          new RelayConnectError(
+            "timeout",
+            `no welcome from ${url.host} within ${settings.timeout} ms`,
+          ),
+        );
         socket.close();
       }, settings.timeout);
       socket.onopen = () => socket.send(encodeFrame(hello));
@@ -63,12 +70,15 @@ export class WebSocketTransport implements ClientTransport {
           socket.close();
         }
       };
-      socket.onerror = () => {/* onclose follows with the reason */};
+      // onclose follows with a code only: what went wrong is said here.
+      let failure: ErrorEvent | undefined;
+      socket.onerror = (event) => failure = event as ErrorEvent;
       socket.onclose = (event) => {
         clearTimeout(timer);
         const reason = event.reason || `WebSocket closed (${event.code})`;
         if (!welcomed) {
-          reject(new Error(`WebSocket to ${url.host} failed: ${reason}`));
+          const detail = failure?.message ?? reason;
+          reject(connectFailure(settings.base, detail, failure?.error ?? failure?.message));
         } else if (!transport.#closing) {
           hooks.onClose(reason);
         }

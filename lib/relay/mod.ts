@@ -13,7 +13,12 @@ export type { RelayStats } from "./_hub.ts";
 export type { RelayConnectionStats } from "./_http_server.ts";
 export type { PipeStats } from "./_pipes.ts";
 export { type RelayEvent, RelayNode, type RelayNodeOptions, type RelayNodeState } from "./node.ts";
-export { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
+export {
+  RelayConnectError,
+  type RelayConnectErrorCode,
+  RelayRefusedError,
+  type RelayTransportKind,
+} from "./_transport.ts";
 export {
   type LeaveReason,
   type MissedReason,

@@ -30,6 +30,7 @@ import {
   type ClientTransport,
   type DialSettings,
   type OpenTransport,
+  RelayConnectError,
   RelayRefusedError,
   type RelayTransportKind,
 } from "./_transport.ts";
@@ -105,6 +106,26 @@ function requireKey(key: string | Uint8Array | undefined): void {
     );
   }
 }
+/** What each failure says about the cause, most specific first. */
+const TELLING = ["tls", "not-a-relay", "unreachable", "timeout", "broken"];
+
+/**
+ * Of the transports' failures, the one that says most about why: a TLS
+ * mismatch or a wrong server over "the connection broke"; of two alike, the
+ * more detailed (fetch says "Connection refused" where a WebSocket says
+ * "tcp connect error").
+ */
+function mostTelling(failures: unknown[]): unknown {
+  const rank = (error: unknown) =>
+    error instanceof RelayConnectError ? TELLING.indexOf(error.code) : TELLING.length;
+  const detail = (error: unknown) => errorMessage(error).length;
+  return failures.reduce((best, error) =>
+    rank(error) < rank(best) || (rank(error) === rank(best) && detail(error) > detail(best))
+      ? error
+      : best
+  );
+}
+
 /** Whether the relay refused for good (a relay that cannot reach its Redis may take us later). */
 function final(error: unknown): error is RelayRefusedError {
   return error instanceof RelayRefusedError && error.code !== "unavailable";
@@ -201,7 +222,9 @@ export class RelayNode implements AsyncDisposable {
   /**
    * Joins a session on the relay at `url` (`http:` or `https:`). Rejects with
    * a {@linkcode RelayRefusedError} when the relay refuses (wrong secret, bad
-   * nickname, full), or with an `Error` once the retries are spent.
+   * nickname, full), or with a {@linkcode RelayConnectError} once the retries
+   * are spent: its `code` says why (`unreachable`, `tls`, `not-a-relay`,
+   * `timeout`, `broken`) and its `cause` is the platform's error.
    */
   static async connect(url: string | URL, options: RelayNodeOptions): Promise<RelayNode> {
     const base = new URL(url);
@@ -446,7 +469,7 @@ export class RelayNode implements AsyncDisposable {
       ? [this.#preferred, this.#preferred === "websocket" ? "http" : "websocket"]
       : [this.#options.transport];
     this.#setState("connecting");
-    let failure: unknown;
+    const failures: unknown[] = [];
     for (const kind of order) {
       try {
         const { transport, welcome } = await TRANSPORTS[kind](this.#settings, hello, hooks);
@@ -460,11 +483,11 @@ export class RelayNode implements AsyncDisposable {
         return;
       } catch (error) {
         if (error instanceof RelayRefusedError) throw error;
-        failure = error;
+        failures.push(error);
         log.info("Relay {kind} transport failed: {reason}", { kind, reason: errorMessage(error) });
       }
     }
-    throw failure;
+    throw mostTelling(failures);
   }
 
   #welcome(welcome: WelcomeFrame): void {

@@ -16,7 +16,7 @@ import {
 } from "../conn/mod.ts";
 import type { Dialer } from "../link/mod.ts";
 import { MuxSession } from "../mux/mod.ts";
-import { backoffDelay, delay, errorMessage } from "../_util.ts";
+import { backoffDelay, delay, errorMessage, listenTcp } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { splice } from "./_splice.ts";
 
@@ -65,7 +65,7 @@ export class TunnelClient implements AsyncDisposable {
   /** Starts listening at once; see {@linkcode TunnelClientOptions}. */
   constructor(options: TunnelClientOptions) {
     this.#options = options;
-    this.#listener = Deno.listen({ hostname: options.hostname ?? "127.0.0.1", port: options.port });
+    this.#listener = listenTcp({ hostname: options.hostname ?? "127.0.0.1", port: options.port });
     this.#serving = this.#serve();
   }
 
@@ -105,16 +105,49 @@ export class TunnelClient implements AsyncDisposable {
       try {
         return await connect({ ...this.#options, ...server, dialer: this.#options.dialer });
       } catch (error) {
-        // A refused key will not get better by waiting.
+        // A refused key, another kind of server, TLS on one side only: waiting will not help.
         if (!(error instanceof ImmortalError) || error.code !== "unreachable") throw error;
         // The backoff the caller set for its sessions, if any (2 s cap by default: a
         // local connection is waiting).
         const wait = backoffDelay(attempt, backoff.initial ?? 100, backoff.max ?? 2000);
         if (performance.now() + wait > deadline) throw error;
-        log.warn("Server unreachable ({reason}); new connection waits", { reason: error.message });
+        // Once per opening: the retries after it are no news.
+        if (attempt === 1) {
+          log.warn("Tunnel server unreachable ({reason}); trying again for {seconds} s", {
+            reason: error.message,
+            seconds: Math.round(connectWait / 1000),
+          });
+        }
         if (!(await delay(wait, this.#closing.signal))) throw error;
       }
     }
+  }
+
+  /**
+   * Opens the session now rather than at the first local connection: a
+   * start-up check that the server is there and is an immortal tunnel
+   * server. Retries an unreachable server for `connectWait`, then rejects
+   * with an {@linkcode ImmortalError}: `unreachable` (it may come later),
+   * or `protocol`, `tls`, `auth` (it will not, as it is).
+   *
+   * @example
+   * ```ts
+   * import { TunnelClient, TunnelServer } from "@immortal/sockets/tunnel";
+   *
+   * await using server = new TunnelServer({
+   *   hostname: "127.0.0.1",
+   *   port: 0,
+   *   target: { hostname: "127.0.0.1", port: 9 },
+   * });
+   * await using client = new TunnelClient({
+   *   port: 0,
+   *   server: { hostname: "127.0.0.1", port: server.addr.port },
+   * });
+   * await client.open(); // the session is up before any application connects
+   * ```
+   */
+  async open(): Promise<void> {
+    await this.#sessionForStream();
   }
 
   /** The session streams go over: the live one, or a new one. */

@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+r"""A relay client in Python's standard library only (Python 3.9+).
+
+It speaks the relay protocol (PROTOCOL.md Part 2) over the WebSocket
+transport, with the RFC 6455 handshake and framing written out by hand
+(2.19 sketches the same): join a room, show who is there and who comes and
+goes, print what the others send, send what you type.
+
+    IMMORTAL_RELAY_SECRET=s3cret \
+        python3 examples/relay_client.py http://127.0.0.1:8080 alice --session lab
+
+The relay URL is the one our other clients take: http:// or https:// (ws://
+and wss:// work too); the path is always /relay/ws. The secret comes from
+--secret or the IMMORTAL_RELAY_SECRET environment variable. For an https://
+relay with a private CA, point SSL_CERT_FILE at the CA's PEM file.
+
+Typed lines (stdin):
+    some text         to everyone in the room
+    /to NAME text     to the node NAME only
+    /quit             leave (so do end of input, Ctrl-D, and Ctrl-C)
+
+Output, one event a line on stdout, for people and for scripts alike:
+    welcome NAME             joined; NAME is the nickname the relay assigned
+                             (NAME(1), ... when the wanted one was taken)
+    here NAME                someone already in the room (one line each)
+    joined NAME              someone joined
+    left NAME                someone left (said bye)
+    gone NAME                someone went silent (or read too slowly) and the
+                             relay gave up on them
+    NAME: TEXT               a message to everyone (in TEXT, a line break shows
+                             as \n and a backslash as \\: one message, one line)
+    NAME (to you): TEXT      a message to you only
+    NAME (numbers): 1 2.5    numbers, to everyone ("(numbers, to you)": to you)
+    error CODE: MESSAGE      the relay refused something you sent
+    pong N                   keep-alive answered, N in all (--show-keepalive)
+    bye                      you left, and the relay confirmed it
+
+Fatal problems go to stderr as one line starting with "error: " and the exit
+status is 1 (2 for bad arguments): the relay cannot be reached, it refuses
+the join (the line names its error code, e.g. unauthorized for a wrong
+secret), or it closes the connection.
+"""
+
+import argparse
+import base64
+import codecs
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import struct
+import sys
+import threading
+from urllib.parse import urlsplit
+
+# RFC 6455 4.2.2: the server proves it understood the handshake by hashing
+# our key with this fixed GUID.
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# We only ever hold small relay frames; anything far larger means a broken stream.
+MAX_MESSAGE = 16 << 20
+# A line like "/to NAME text"; the same rule as examples/relay_chat.ts.
+TO_LINE = re.compile(r"^/to\s+(\S+)\s+(.*)$", re.DOTALL)
+
+
+class Refused(Exception):
+    """The relay said no: `code` is its error code (PROTOCOL.md 2.15)."""
+
+    def __init__(self, code, message, detail=""):
+        super().__init__(f"{code}: {message}{detail}")
+        self.code = code
+
+
+class Closed(Exception):
+    """The connection ended; `code` is the close code (2.16), 1006 if there was none."""
+
+    def __init__(self, code, reason):
+        super().__init__(f"{code} {reason}".strip())
+        self.code, self.reason = code, reason
+
+
+def relay_address(url):
+    """(host, port, use_tls, Host header) from a relay URL."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https", "ws", "wss"):
+        raise ValueError(f"the relay URL must be http://, https://, ws:// or wss://, got {url}")
+    if not parts.hostname:
+        raise ValueError(f"no host in the relay URL {url}")
+    use_tls = scheme in ("https", "wss")
+    port = parts.port or (443 if use_tls else 80)
+    host = parts.hostname
+    # The relay refuses a request without Host (2.2); IPv6 literals keep their brackets there.
+    host_header = f"[{host}]" if ":" in host else host
+    if parts.port:
+        host_header += f":{port}"
+    return host, port, use_tls, host_header
+
+
+def mask(data, key):
+    """XORs `data` with the 4-byte `key`, repeated: as one big integer, which is far
+    faster in Python than a byte-by-byte loop."""
+    n = len(data)
+    if n == 0:
+        return b""
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+
+
+class WebSocket:
+    """The client side of RFC 6455, as much of it as a relay client needs."""
+
+    def __init__(self, url, timeout):
+        host, port, use_tls, host_header = relay_address(url)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if use_tls:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        self.sock = sock
+        # A buffered reader: the handshake's head is read line by line, and
+        # whatever arrived after it (the first frames) stays buffered for us.
+        self.reader = sock.makefile("rb")
+        # Two threads write (the frame reader answers pings, the stdin reader
+        # sends lines): one frame must go out whole before the next starts.
+        self.write_lock = threading.Lock()
+        self.close_sent = False
+        self._handshake(host_header)
+
+    def _handshake(self, host_header):
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                "GET /relay/ws HTTP/1.1\r\n"
+                f"Host: {host_header}\r\n"
+                "Upgrade: websocket\r\n"
+                "Connection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n"
+                "\r\n"
+            ).encode()
+        )
+        status_line = self.reader.readline(16384).decode("latin-1").rstrip("\r\n")
+        if not status_line:
+            raise Closed(1006, "the relay closed the connection during the handshake")
+        headers = {}
+        while True:
+            line = self.reader.readline(16384).decode("latin-1").rstrip("\r\n")
+            if not line:
+                break
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        fields = status_line.split(" ", 2)
+        status = fields[1] if len(fields) > 1 else "?"
+        if status != "101":
+            # A refused upgrade (401 for a secret in a header, 426, a proxy's
+            # 403, ...) carries the relay's JSON {"error", "message"} body (2.2).
+            raise self._refusal(status_line, status, headers)
+        expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        if headers.get("sec-websocket-accept") != expected:
+            # Not a WebSocket server that read our request (a cache, a stale proxy, ...).
+            raise Closed(1002, "the relay's handshake answer has a wrong Sec-WebSocket-Accept")
+
+    def _refusal(self, status_line, status, headers):
+        body = b""
+        try:
+            if "content-length" in headers:
+                body = self.reader.read(min(int(headers["content-length"]), 65536))
+            elif headers.get("transfer-encoding", "").lower() == "chunked":
+                size = int(self.reader.readline(100).split(b";")[0], 16)
+                body = self.reader.read(min(size, 65536))
+        except (OSError, ValueError):
+            pass  # The status alone must do.
+        try:
+            refusal = json.loads(body)
+            return Refused(refusal["error"], refusal["message"], f" (HTTP {status})")
+        except (ValueError, KeyError, TypeError):
+            return Refused(f"HTTP {status}", status_line)
+
+    def send(self, opcode, payload):
+        """Sends one whole frame. Client frames MUST be masked (RFC 6455 5.3)."""
+        n = len(payload)
+        if n < 126:
+            length = bytes([0x80 | n])
+        elif n < 65536:
+            length = bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            length = bytes([0x80 | 127]) + struct.pack(">Q", n)
+        # A fresh random key per frame (RFC 6455 10.3): our bytes then never
+        # look like HTTP to a confused proxy in between.
+        key = os.urandom(4)
+        frame = bytes([0x80 | opcode]) + length + key + mask(payload, key)
+        with self.write_lock:
+            # Nothing may follow our close frame (RFC 6455 5.5.1).
+            if self.close_sent:
+                return
+            if opcode == OP_CLOSE:
+                self.close_sent = True
+            self.sock.sendall(frame)
+
+    def send_json(self, frame):
+        self.send(OP_TEXT, json.dumps(frame, ensure_ascii=False).encode())
+
+    def _read_exact(self, n):
+        data = self.reader.read(n)
+        if len(data) < n:
+            raise Closed(1006, "the connection ended without a close frame")
+        return data
+
+    def receive(self):
+        """The next text message, decoded; answers WebSocket pings on the way.
+        Raises Closed when the relay closes (after echoing its close frame)."""
+        message, message_op = b"", None
+        while True:
+            b0, b1 = self._read_exact(2)
+            fin, opcode = b0 & 0x80, b0 & 0x0F
+            if b1 & 0x80:
+                raise Closed(1002, "the relay sent a masked frame")
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._read_exact(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._read_exact(8))[0]
+            if n > MAX_MESSAGE or len(message) + n > MAX_MESSAGE:
+                raise Closed(1009, "the relay sent a message too large for this client")
+            payload = self._read_exact(n)
+            if opcode == OP_CLOSE:
+                code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else 1005
+                reason = payload[2:].decode("utf-8", "replace")
+                # Echo the close (RFC 6455 5.5.1): the relay waits for it before
+                # it ends the TCP connection, so both sides know it was clean.
+                self.send(OP_CLOSE, payload[:2])
+                raise Closed(code, reason)
+            if opcode == OP_PING:
+                # Our relay does not ping at the WebSocket level (2.4), but a
+                # proxy in between may: a pong with the same payload is owed.
+                self.send(OP_PONG, payload)
+                continue
+            if opcode == OP_PONG:
+                continue
+            if opcode in (OP_TEXT, OP_BINARY):
+                message, message_op = payload, opcode
+            elif opcode == OP_CONT and message_op is not None:
+                message += payload
+            else:
+                raise Closed(1002, f"unexpected WebSocket frame (opcode {opcode})")
+            if fin:
+                if message_op == OP_TEXT:
+                    return message.decode("utf-8", "replace")
+                # The relay sends only text on /relay/ws; skip anything else.
+                message, message_op = b"", None
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Client:
+    """One node in a relay room: joins, then prints events and sends lines."""
+
+    def __init__(self, ws, show_keepalive):
+        self.ws = ws
+        self.show_keepalive = show_keepalive
+        self.nickname = None
+        self.keep_alive_ms = 1000
+        self.pongs = 0
+        self.said_bye = False
+        self.bye_lock = threading.Lock()
+        self.finished = threading.Event()
+        self.outcome = None  # the Closed (or other error) that ended the connection
+
+    def join(self, session, nickname, secret):
+        hello = {"t": "hello", "session": session, "nickname": nickname}
+        # The secret goes in the hello, as our other WebSocket clients send it
+        # (2.3): browsers cannot set headers on a WebSocket, so this is the
+        # path every relay supports for it. Never in the URL.
+        if secret:
+            hello["secret"] = secret
+        self.ws.send_json(hello)
+        refusal = None
+        while True:
+            try:
+                text = self.ws.receive()
+            except Closed as closed:
+                # A refused join is an error frame, then a close 4000 + HTTP status (2.8).
+                if refusal is not None:
+                    detail = f" (close {closed.code})"
+                    raise Refused(refusal.get("code"), refusal.get("message"), detail)
+                raise
+            try:
+                frame = json.loads(text)
+            except ValueError:
+                continue
+            if not isinstance(frame, dict):
+                continue
+            if frame.get("t") == "error":
+                refusal = frame
+            elif frame.get("t") == "welcome":
+                break
+        # The relay may have changed the nickname (name(1), ...): from now on,
+        # this is who we are (2.8).
+        self.nickname = frame.get("nickname", nickname)
+        self.keep_alive_ms = frame.get("keepAlive", self.keep_alive_ms)
+        print(f"welcome {self.nickname}")
+        for member in frame.get("members", []):
+            print(f"here {member.get('nickname')}")
+
+    def run_reader(self):
+        """Reads the relay's frames until the connection ends (its own thread)."""
+        # Pings come every keepAlive ms (2.13), so a long silence means the
+        # relay or the network died without closing (a pulled cable): give
+        # up after three beats, but never sooner than 5 s, so that a busy
+        # machine is not taken for a dead relay.
+        self.ws.sock.settimeout(max(3 * self.keep_alive_ms, 5000) / 1000)
+        try:
+            while True:
+                try:
+                    text = self.ws.receive()
+                except socket.timeout:
+                    raise Closed(1006, "the relay went silent (no keep-alive)")
+                try:
+                    frame = json.loads(text)
+                except ValueError:
+                    continue
+                if isinstance(frame, dict):
+                    self.handle(frame)
+        except Closed as closed:
+            self.outcome = closed
+        except OSError as error:
+            self.outcome = Closed(1006, str(error))
+        finally:
+            self.finished.set()
+
+    def handle(self, frame):
+        t = frame.get("t")
+        if t == "ping":
+            # The relay pings every keepAlive ms and declares a node gone once
+            # it has heard nothing from it for fadeAfter (2.5 beats by
+            # default): every ping MUST get a pong (2.13), at once.
+            self.ws.send_json({"t": "pong"})
+            self.pongs += 1
+            if self.show_keepalive:
+                print(f"pong {self.pongs}")
+        elif t == "join":
+            print(f"joined {frame.get('nickname')}")
+        elif t == "leave":
+            print(f"{'left' if frame.get('reason') == 'left' else 'gone'} {frame.get('nickname')}")
+        elif t == "msg":
+            who = frame.get("from", "?")
+            if isinstance(frame.get("numbers"), list):
+                label = " (numbers, to you)" if "to" in frame else " (numbers)"
+                body = " ".join(json.dumps(n) for n in frame["numbers"])
+            else:
+                label = " (to you)" if "to" in frame else ""
+                # One event, one line: a line break inside a message is shown as \n.
+                body = str(frame.get("text", "")).replace("\\", "\\\\").replace("\n", "\\n")
+            print(f"{who}{label}: {body}")
+        elif t == "error":
+            print(f"error {frame.get('code')}: {frame.get('message')}")
+        elif t == "pipe":
+            # Another node asks for a byte pipe (2.20); this client has none to
+            # offer, and saying so spares that node the 5 s wait for a timeout.
+            refusal = {"t": "pipe-refuse", "id": frame.get("id"), "reason": "it accepts no pipes"}
+            self.ws.send_json(refusal)
+        # Anything else (pong, ack, frames of later versions) is ignored, as 2.7 asks.
+
+    def send_line(self, line):
+        if line == "/quit":
+            self.leave()
+            return
+        to = TO_LINE.match(line)
+        if to:
+            self.ws.send_json({"t": "msg", "to": to.group(1), "text": to.group(2)})
+        elif line.startswith("/to"):
+            print("usage: /to NAME text", file=sys.stderr, flush=True)
+        elif line.strip():
+            self.ws.send_json({"t": "msg", "text": line})
+
+    def leave(self):
+        """Says bye once; the relay then tells the others we left and closes with 1000."""
+        with self.bye_lock:
+            if self.said_bye:
+                return
+            self.said_bye = True
+        try:
+            self.ws.send_json({"t": "bye"})
+        except OSError:
+            pass  # The connection is gone already; the reader reports how.
+
+    def run_stdin(self):
+        """Sends typed lines (its own thread); leaves at end of input."""
+        # os.read, not sys.stdin: a daemon thread blocked inside sys.stdin's
+        # buffered reader can make the interpreter abort at exit.
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        pending = ""
+        try:
+            while not self.finished.is_set():
+                chunk = os.read(0, 65536)
+                if not chunk:
+                    break
+                pending += decoder.decode(chunk)
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    # The relay refuses CR in text (2.6): drop Windows line ends.
+                    self.send_line(line.rstrip("\r"))
+            if pending.strip():
+                self.send_line(pending.rstrip("\r"))
+        except OSError:
+            pass  # stdin closed under us, or the connection ended: leave either way.
+        self.leave()
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description="Join a room of an immortal relay and chat: lines from stdin go to "
+        "everyone, '/to NAME text' to one node; end of input or Ctrl-C leaves.",
+        epilog="Output lines: 'welcome NAME', 'here NAME', 'joined NAME', 'left NAME', "
+        "'gone NAME', 'NAME: TEXT', 'NAME (to you): TEXT', 'error CODE: MESSAGE', 'bye'.",
+    )
+    parser.add_argument(
+        "url", help="the relay, e.g. http://127.0.0.1:8080 (https://, ws://, wss:// too)"
+    )
+    parser.add_argument(
+        "nickname", help="the nickname you want (the relay adds (1), (2), ... if it is taken)"
+    )
+    parser.add_argument(
+        "--session", default="lab", help="the room (session id) to join (default: lab)"
+    )
+    parser.add_argument(
+        "--secret",
+        default=os.environ.get("IMMORTAL_RELAY_SECRET"),
+        help="the relay secret (default: $IMMORTAL_RELAY_SECRET, which is safer: "
+        "other users of the machine can read command lines)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to connect and join (default: 10)"
+    )
+    parser.add_argument(
+        "--show-keepalive", action="store_true", help="print 'pong N' for each keep-alive answered"
+    )
+    return parser.parse_args()
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def main():
+    args = parse_args()
+    # Events must show up as they happen, also when stdout is a pipe.
+    sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
+    try:
+        relay_address(args.url)
+    except ValueError as error:
+        return fail(str(error))
+    try:
+        ws = WebSocket(args.url, args.timeout)
+    except Refused as refused:
+        return fail(f"the relay at {args.url} refused the connection: {refused}")
+    except (OSError, Closed) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        return fail(f"cannot reach the relay at {args.url}: {reason}")
+    client = Client(ws, args.show_keepalive)
+    try:
+        client.join(args.session, args.nickname, args.secret)
+    except Refused as refused:
+        ws.close()
+        return fail(f"the relay refused the join: {refused}")
+    except (OSError, Closed) as error:
+        ws.close()
+        return fail(f"the relay at {args.url} ended the connection while joining: {error}")
+
+    reader = threading.Thread(target=client.run_reader, name="relay-reader", daemon=True)
+    reader.start()
+    # A daemon thread: blocked on stdin, it must not keep the process alive.
+    threading.Thread(target=client.run_stdin, name="stdin-reader", daemon=True).start()
+    try:
+        # A bounded wait in a loop, not one long wait: on Windows only the
+        # timeout lets Ctrl-C through.
+        while not client.finished.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        client.leave()
+        # The relay answers bye with its close at once; if it does not, give up.
+        client.finished.wait(5.0)
+    ws.close()
+    outcome = client.outcome
+    if client.said_bye and outcome is not None and outcome.code == 1000:
+        print("bye")
+        return 0
+    if outcome is None:
+        return fail("the relay did not confirm the bye")
+    return fail(f"the relay closed the connection: {outcome}")
+
+
+if __name__ == "__main__":
+    # SIGTERM (a service manager, a test) leaves as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # Ctrl-C before the join finished: nothing to say bye to.
+        sys.exit(130)

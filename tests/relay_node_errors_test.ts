@@ -1,0 +1,101 @@
+/**
+ * What a RelayNode says when it cannot join: one line in our words that
+ * names the relay and the cause, a code to act on, and the platform's error
+ * kept as `cause`.
+ */
+
+import assert from "node:assert/strict";
+import { RelayConnectError, RelayNode, RelayRefusedError } from "../mod.ts";
+import { freePort } from "./_helpers.ts";
+import { startRelay } from "./_relay.ts";
+import { makeTestCerts } from "./_tls.ts";
+
+const NODE = { session: "s", nickname: "n", retries: 1, connectTimeout: 10_000 };
+
+async function failure(
+  url: string,
+  options: Partial<Parameters<typeof RelayNode.connect>[1]> = {},
+) {
+  try {
+    const node = await RelayNode.connect(url, { ...NODE, ...options });
+    await node.close();
+  } catch (error) {
+    return error as Error;
+  }
+  assert.fail(`${url}: the node joined`);
+}
+
+Deno.test("RelayNode errors: unreachable, TLS either way, an untrusted certificate, not a relay — each in one line with its code and cause", async () => {
+  const certs = await makeTestCerts();
+  await using plain = startRelay();
+  await using tls = startRelay({ cert: certs.cert, key: certs.key });
+  const tlsPort = tls.addr.port;
+  const other = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => new Response("not here", { status: 404 }),
+  );
+  try {
+    const closed = freePort();
+    const cases: [string, Partial<Parameters<typeof RelayNode.connect>[1]>, string, RegExp][] = [
+      [
+        `http://127.0.0.1:${closed}`,
+        {},
+        "unreachable",
+        new RegExp(`^nothing listens at 127\\.0\\.0\\.1:${closed} \\(connection refused\\)$`),
+      ],
+      [
+        `https://127.0.0.1:${plain.addr.port}`,
+        {},
+        "tls",
+        /^TLS with 127\.0\.0\.1:\d+ failed \(.*\): is it a plain http:\/\/ relay\?$/,
+      ],
+      [
+        `http://127.0.0.1:${tlsPort}`,
+        {},
+        "tls",
+        /^127\.0\.0\.1:\d+ answers in TLS, not plain HTTP: use an https:\/\/ relay URL$/,
+      ],
+      [
+        `https://127.0.0.1:${tlsPort}`,
+        {},
+        "tls",
+        /^the certificate of 127\.0\.0\.1:\d+ is not trusted \(.*UnknownIssuer.*\): give the relay's CA \(caCerts\)$/,
+      ],
+      [
+        `http://127.0.0.1:${other.addr.port}`,
+        {},
+        "not-a-relay",
+        /127\.0\.0\.1:\d+ answered 404 Not Found to POST \/relay\/stream, not as a relay does: is the URL right\?/,
+      ],
+    ];
+    for (const [url, options, code, message] of cases) {
+      const error = await failure(url, options);
+      assert.ok(error instanceof RelayConnectError, `${url}: ${error}`);
+      assert.equal(error.code, code, `${url}: ${error.message}`);
+      assert.match(error.message, message);
+      assert.ok(!error.message.includes("\n"), "one line");
+      if (code !== "not-a-relay") assert.ok(error.cause !== undefined, `${url}: no cause kept`);
+    }
+    // With the CA, the same TLS relay is fine.
+    const node = await RelayNode.connect(`https://127.0.0.1:${tlsPort}`, {
+      ...NODE,
+      caCerts: [certs.caCert],
+    });
+    await node.close();
+  } finally {
+    await other.shutdown();
+    await Deno.remove(certs.dir, { recursive: true });
+  }
+});
+
+Deno.test("RelayNode errors: a refusal keeps the relay's code and words (wrong secret, bad nickname)", async () => {
+  await using relay = startRelay({ secret: "right" });
+  const wrong = await failure(relay.url, { secret: "wrong" });
+  assert.ok(wrong instanceof RelayRefusedError);
+  assert.equal(wrong.code, "unauthorized");
+  assert.equal(wrong.message, "missing or wrong relay secret");
+  const bad = await failure(relay.url, { secret: "right", nickname: "x".repeat(100) });
+  assert.ok(bad instanceof RelayRefusedError);
+  assert.equal(bad.code, "bad-request");
+  assert.match(bad.message, /nickname/);
+});
