@@ -19,13 +19,30 @@ export {
   RelayRefusedError,
   type RelayTransportKind,
 } from "./_transport.ts";
+// The wire protocol's frames and names, as PROTOCOL.md Part 2 describes them:
+// for tools and for clients written against the types rather than the prose.
 export {
+  type ErrorFrame,
+  type HelloFrame,
   type LeaveReason,
+  type MessageBody,
   type MissedReason,
+  type NodeFrame,
+  type NodeMessageFrame,
+  PATHS,
+  PIPE_HEADERS,
+  type PipeFrame,
+  type PipeRefuseFrame,
+  type RecoverPosition,
+  type RefusalBody,
   type RelayErrorCode,
+  type RelayFrame,
   type RelayMember,
+  type RelayMessageFrame,
   type RelayRole,
   SECRET_HEADER,
+  STREAM_HEADER,
+  type WelcomeFrame,
 } from "./_protocol.ts";
 export {
   loadRelayConfig,
