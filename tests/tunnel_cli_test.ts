@@ -50,7 +50,10 @@ Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every
   // deno.json's permission set is loaded, and it is scoped: a port outside it is refused, in one line.
   const scoped = await run(["server", "2100", "127.0.0.1", "22"], ["-P=tunnel-server"]);
   assert.equal(scoped.code, 1, scoped.stderr);
-  assert.match(scoped.stderr, /error: cannot listen on 0.0.0.0:2100: Requires net access to "0.0.0.0:2100"/);
+  assert.match(
+    scoped.stderr,
+    /error: cannot listen on 0.0.0.0:2100: Requires net access to "0.0.0.0:2100"/,
+  );
   assert.doesNotMatch(scoped.stderr, /^\s+at /m);
 
   const certs = await makeTestCerts();
@@ -62,8 +65,35 @@ Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every
     }
   })();
   try {
+    // A port taken already: the listen error names it.
+    using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const busy = String(taken.addr.port);
     const cases: [string[], RegExp, number][] = [
       [[], /missing command/, 2],
+      [
+        ["server", busy, "127.0.0.1", "22", "--listen-host", "127.0.0.1"],
+        new RegExp(`^error: cannot listen on 127\\.0\\.0\\.1:${busy}: Address already in use`, "m"),
+        1,
+      ],
+      [
+        ["client", busy, "127.0.0.1", "2000"],
+        new RegExp(`^error: cannot listen on 127\\.0\\.0\\.1:${busy}: Address already in use`, "m"),
+        1,
+      ],
+      [
+        [
+          "server",
+          "2000",
+          "h",
+          "22",
+          "--tls-cert",
+          `${certs.dir}/cert.pem`,
+          "--tls-key",
+          `${certs.dir}/ca_key.pem`,
+        ],
+        /^error: the TLS key does not belong to the certificate \(KeyMismatch\)$/m,
+        1,
+      ],
       [["relay", "1", "h", "2"], /unknown command "relay"/, 2],
       [["server", "99999", "h", "22"], /<listenPort> must be a port number/, 2],
       [["server", "2000", "h"], /missing <forwardPort>/, 2],
