@@ -59,4 +59,3 @@ export class FakeSink implements Sink {
     return out;
   }
 }
-
