@@ -363,6 +363,7 @@ export class Hub {
       token: member.token,
       members: welcome.members as WelcomeFrame["members"],
       keepAlive: this.settings.keepAlive,
+      fadeAfter: this.settings.fadeAfter,
       ...(stream ? { stream } : {}),
       ...(member.id === undefined ? {} : {
         epoch,

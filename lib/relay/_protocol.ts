@@ -186,6 +186,11 @@ export interface WelcomeFrame {
   members: RelayMember[];
   /** Keep-alive interval in ms. */
   keepAlive: number;
+  /**
+   * How long (ms) the relay waits after the last frame it heard from the node
+   * before it declares the node gone. Older relays do not send it.
+   */
+  fadeAfter?: number;
   /** Stream id for POSTs upstream (HTTP streaming transport only). */
   stream?: string;
   /** The room history's epoch (for a hello with an `id`). */
