@@ -72,7 +72,14 @@ export interface ClusterEvents {
 /** What relays tell each other about a pipe between their nodes. */
 export type ClusterPipeEvent =
   | { kind: "offer"; id: string; from: string; to: string; relay: string }
-  | { kind: "refuse"; id: string; relay: string; reason: string };
+  | {
+    kind: "refuse";
+    id: string;
+    relay: string;
+    /** `refused`: the node said no; `unreachable`: its relay could not reach the dialing one. */
+    why: "refused" | "unreachable";
+    reason: string;
+  };
 
 /** A join as the cluster decided it. */
 export interface ClusterJoin {
@@ -392,7 +399,7 @@ export class RelayCluster {
   async announcePipe(room: string, event: ClusterPipeEvent): Promise<void> {
     const fields = event.kind === "offer"
       ? ["o", event.id, event.from, event.to, event.relay]
-      : ["q", event.id, event.relay, event.reason];
+      : ["q", event.id, event.relay, event.why, event.reason];
     await this.#command(["PUBLISH", `${PREFIX}c:${roomKey(room)}`, fields.join("\n")]);
   }
 
@@ -642,7 +649,8 @@ export class RelayCluster {
           kind: "refuse",
           id: fields[1],
           relay: fields[2],
-          reason: fields.slice(3).join("\n"),
+          why: fields[3] === "unreachable" ? "unreachable" : "refused",
+          reason: fields.slice(4).join("\n"),
         });
         return;
     }

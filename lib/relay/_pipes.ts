@@ -249,7 +249,7 @@ export class PipeEndpoint {
     const offered = this.#offered.get(id);
     if (offered && offered.to === member) {
       this.#forget(id, offered);
-      return this.#refuseAcross(member.room.id, id, offered.relay, reason);
+      return this.#refuseAcross(member.room.id, id, offered.relay, "refused", reason);
     }
     const pending = this.#pending.get(id);
     if (!pending || pending.to !== member) return;
@@ -404,6 +404,8 @@ export class PipeEndpoint {
         to: offered.to.nickname,
         message,
       });
+      // The dialing node hears it now, not at its timeout.
+      this.#refuseAcross(offered.to.room.id, id, offered.relay, "unreachable", errorMessage(error));
       return refuseRequest(hub, 503, "unavailable", message);
     }
     const opened = this.#openLink(req, remoteAddr);
@@ -442,18 +444,27 @@ export class PipeEndpoint {
     if (event.kind === "refuse") {
       const pending = this.#pending.get(event.id);
       if (!pending || typeof pending.to !== "string" || pending.from.room.id !== room) return;
-      pending.answer.resolve({
-        status: 403,
-        code: "pipe-refused",
-        message: `${pending.to} refused the pipe: ${event.reason.slice(0, 200)}`,
-      });
+      const reason = event.reason.slice(0, 200);
+      pending.answer.resolve(
+        event.why === "unreachable"
+          ? {
+            status: 503,
+            code: "unavailable",
+            message: `the relay of ${pending.to} cannot reach this one: ${reason}`,
+          }
+          : {
+            status: 403,
+            code: "pipe-refused",
+            message: `${pending.to} refused the pipe: ${reason}`,
+          },
+      );
       return;
     }
     const to = this.#hub.rooms.get(room)?.members.get(event.to);
     if (!to || !PIPE_ID.test(event.id) || this.#offered.has(event.id)) return;
     if ((this.#perNode.get(to) ?? 0) >= MAX_PIPES_PER_NODE) {
       const reason = `${to.nickname} has ${MAX_PIPES_PER_NODE} pipes already`;
-      return this.#refuseAcross(room, event.id, event.relay, reason);
+      return this.#refuseAcross(room, event.id, event.relay, "refused", reason);
     }
     // Forgotten if the node never answers: the dialing relay gives up after authTimeout.
     const timer = setTimeout(() => this.#forget(event.id, offered), this.#hub.settings.authTimeout);
@@ -463,9 +474,15 @@ export class PipeEndpoint {
   }
 
   /** Tells the relay that asked for pipe `id` that it is refused. */
-  #refuseAcross(room: string, id: string, relay: string, reason: string): void {
+  #refuseAcross(
+    room: string,
+    id: string,
+    relay: string,
+    why: "refused" | "unreachable",
+    reason: string,
+  ): void {
     this.#hub.cluster.then((cluster) =>
-      cluster?.announcePipe(room, { kind: "refuse", id, relay, reason })
+      cluster?.announcePipe(room, { kind: "refuse", id, relay, why, reason })
     ).catch(() => {}); // the dialing relay's timeout answers instead
   }
 
