@@ -35,7 +35,7 @@ import {
 } from "../lib/conn/mod.ts";
 import { RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
-import { errorMessage } from "../lib/_util.ts";
+import { delay, errorMessage } from "../lib/_util.ts";
 
 const USAGE = `immortal tunnel — TCP forwarding that survives broken links
 
@@ -562,20 +562,28 @@ function _startClient(
     tls: config.tlsClient ? " (TLS)" : "",
   });
   const failed = Promise.withResolvers<never>();
-  let stopped = false;
+  const stopping = new AbortController();
   (async () => {
     for (;;) {
       try {
         await tunnel.open();
-        if (!stopped) log.info("Tunnel server {server} answered: the tunnel is up", { server });
+        if (!stopping.signal.aborted) {
+          log.info("Tunnel server {server} answered: the tunnel is up", { server });
+        }
         return;
       } catch (error) {
-        if (stopped) return;
-        if (error instanceof ImmortalError && error.code === "unreachable") {
+        if (stopping.signal.aborted) return;
+        // Nothing answering, or a busy server, may change; anything else will not.
+        if (
+          error instanceof ImmortalError &&
+          (error.code === "unreachable" || error.code === "rejected")
+        ) {
           log.warn(
-            "Tunnel server {server} still unreachable; listening anyway, local connections wait for it",
-            { server },
+            "Tunnel server {server} still not available ({reason}); listening anyway, local connections wait for it",
+            { server, reason: error.message },
           );
+          // Never a busy loop, whatever the backoff settings make open() do.
+          if (!(await delay(1000, stopping.signal))) return;
           continue;
         }
         failed.reject(
@@ -585,7 +593,7 @@ function _startClient(
       }
     }
   })();
-  return { tunnel, failed: failed.promise, stop: () => stopped = true };
+  return { tunnel, failed: failed.promise, stop: () => stopping.abort() };
 }
 
 function _printStats(tunnel: TunnelServer | TunnelClient): void {

@@ -53,7 +53,7 @@ Deno.test("RelayNode errors: unreachable, TLS either way, an untrusted certifica
         `http://127.0.0.1:${tlsPort}`,
         {},
         "tls",
-        /^127\.0\.0\.1:\d+ answers in TLS, not plain HTTP: use an https:\/\/ relay URL$/,
+        /^127\.0\.0\.1:\d+ does not answer in plain HTTP: if it is a TLS relay, use an https:\/\/ relay URL$/,
       ],
       [
         `https://127.0.0.1:${tlsPort}`,

@@ -191,3 +191,33 @@ Deno.test("tunnel client: a connection the server could not carry is logged with
     await Deno.remove(path);
   }
 });
+
+Deno.test("tunnel client: waiting for a server that is down never spins, whatever the backoff settings", async () => {
+  const { path } = await keyFile();
+  const client = spawnCli(
+    [`--allow-net=127.0.0.1`, `--allow-read=${path}`],
+    CLI,
+    [
+      "client",
+      String(freePort()),
+      "127.0.0.1",
+      String(freePort()),
+      "--key-file",
+      path,
+      // A first wait longer than the 30 s a connection may wait.
+      "--backoff-initial",
+      "60000",
+      "--backoff-max",
+      "60000",
+    ],
+  );
+  try {
+    await client.waitFor(/Tunnel server unreachable|still not available/, "the first retry");
+    assert.equal(await client.stop(), 0);
+    const retries = client.log.split("\n").filter((line) => /still not available/.test(line));
+    assert.ok(retries.length <= 2, `${retries.length} retries logged at once:\n${client.log}`);
+  } finally {
+    await client.stop();
+    await Deno.remove(path);
+  }
+});

@@ -182,10 +182,13 @@ export function sendFrame(link: Link, frame: Frame): Promise<void> {
 }
 
 function rejectError(code: RejectCode, reason: string): ImmortalError {
+  // `busy` is the only refusal that waiting may fix: it alone is `rejected`.
   const mapped = code === "auth" || code === "unknown-session" || code === "protocol"
     ? code
     : code === "encryption"
     ? "auth"
+    : code === "version"
+    ? "protocol"
     : "rejected";
   return new ImmortalError(mapped, `server refused: ${reason}`);
 }

@@ -94,10 +94,22 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
   const options = { cause: error };
   if (error instanceof TlsHandshakeError) {
     const said = errorMessage(error.cause);
-    const hint = /certificate|UnknownIssuer|NotValidForName|Expired/i.test(said)
-      ? "its certificate is not trusted (give the CA that signed it)"
-      : "is it a plain (non-TLS) server?";
-    return new ImmortalError("tls", `TLS with ${where} failed (${said}): ${hint}`, options);
+    // Only what cannot be a passing fault: an end of file or a reset in the
+    // handshake may be a server shedding load, and is retried as unreachable.
+    if (/certificate|UnknownIssuer|NotValidForName|Expired/i.test(said)) {
+      return new ImmortalError(
+        "tls",
+        `TLS with ${where} failed (${said}): its certificate is not trusted (give the CA that signed it)`,
+        options,
+      );
+    }
+    if (/alert|corrupt message|InvalidContentType|wrong version/i.test(said)) {
+      return new ImmortalError(
+        "tls",
+        `TLS with ${where} failed (${said}): is it a plain (non-TLS) server?`,
+        options,
+      );
+    }
   }
   if (error instanceof FrameError) {
     // A TLS record (alert 0x15, handshake 0x16) where a frame should be.

@@ -12,13 +12,17 @@ import { ImmortalError } from "./errors.ts";
 import { FrameReader } from "./_frame_reader.ts";
 import { SealedLink } from "./_sealed_link.ts";
 import { sendFrame } from "./_handshake.ts";
-import { encodeFrame } from "../frame/mod.ts";
+import { encodeFrame, FrameError } from "../frame/mod.ts";
+
 import type { ImmortalConn } from "./immortal_conn.ts";
 import { type ResolvedOptions, resolveOptions } from "./_options.ts";
 import type { SessionOptions } from "./options.ts";
 import { ServerSessions } from "./_server_session.ts";
 import { sourceOf } from "./_source.ts";
 import { SourceBuckets } from "./_source_buckets.ts";
+
+/** A TLS record: fatal alert `protocol_version` (RFC 8446 6), what a plain server says to TLS. */
+const TLS_PROTOCOL_VERSION_ALERT = new Uint8Array([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46]);
 
 /** A listener's limits, defaults filled in. */
 interface ListenerLimits {
@@ -329,6 +333,11 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
       if (waiter) waiter.resolve(session);
       else this.#ready.push(session);
     } catch (error) {
+      // A TLS ClientHello (record type 22) at this plain listener: answer with a
+      // TLS alert, so that the client fails at once and knows why, not on an EOF.
+      if (error instanceof FrameError && /frame type 0x16\b/.test(error.message)) {
+        await link.write(TLS_PROTOCOL_VERSION_ALERT).catch(() => {});
+      }
       link.close();
       if (error instanceof ImmortalError && error.code === "auth") {
         this.#counts.refusedAuth++;

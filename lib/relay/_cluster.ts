@@ -512,16 +512,17 @@ export class RelayCluster {
       if (!this.#healthy) log.info("Redis answers again");
       this.#healthy = true;
       if (swept > 0) log.info("{swept} nodes of dead relays declared gone", { swept });
+      // First, before anything else that may fail: the first beat registers this
+      // relay; a later one that finds it unknown was given up.
+      if (this.#beats++ > 0 && known === 0 && !this.#closed) {
+        log.warn("The cluster had given this relay up: its nodes join again");
+        this.#events.forgotten();
+      }
       for (const channel of [...this.#staleChannels]) {
         this.#staleChannels.delete(channel);
         this.#unsubscribe(channel);
       }
       await this.#reconcile();
-      // The first beat registers this relay; a later one that finds it unknown was given up.
-      if (this.#beats++ > 0 && known === 0 && !this.#closed) {
-        log.warn("The cluster had given this relay up: its nodes join again");
-        this.#events.forgotten();
-      }
       if (this.#suspectGhosts || this.#beats % GHOST_CHECK_EVERY === 0) await this.#letGhostsGo();
     } catch (error) {
       this.#unhealthy(errorMessage(error));

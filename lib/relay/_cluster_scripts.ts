@@ -56,8 +56,10 @@ local function leave(R, nick, relay, reason, untilMs, roomTtl)
   local v = P .. 'r:' .. R .. ':v'
   redis.call('HSET', v, nick, f[3] .. ',' .. untilMs .. ',' .. seq)
   -- Reservations run out but stay until a join reads them: in a long-lived
-  -- room with many nicknames, sweep the expired ones now and then.
-  if redis.call('HLEN', v) > 1000 then
+  -- room with many nicknames, sweep the expired ones now and then — at most
+  -- once per room per 10 s, so that many leaves (a dead relay's sweep) stay linear.
+  if redis.call('HLEN', v) > 1000 and
+      redis.call('SET', P .. 'r:' .. R .. ':vs', '1', 'NX', 'PX', 10000) then
     local all = redis.call('HGETALL', v)
     local t = now_ms()
     for i = 1, #all, 2 do
@@ -239,9 +241,17 @@ local relays = P .. 'relays'
 local now = now_ms()
 local swept = 0
 local known = redis.call('ZSCORE', relays, ARGV[2])
--- Only a relay that beat in time sweeps: after Redis itself stalled, every
--- relay's heartbeat has run out, and the first back must not sweep the rest.
-local onTime = known and tonumber(known) >= now
+local ttl = tonumber(ARGV[3])
+-- No heartbeat from any relay for two thirds of a lifetime: Redis (or every
+-- relay) stalled, and every lifetime may have run out. The heartbeats queued
+-- meanwhile now run back to back, so being on time says nothing: nobody
+-- sweeps until every relay has had a whole lifetime to beat again.
+local last = tonumber(redis.call('GET', P .. 'lastbeat') or '0')
+redis.call('SET', P .. 'lastbeat', now)
+if last > 0 and now - last > ttl * 2 / 3 then redis.call('SET', P .. 'calm', now + ttl) end
+local calm = tonumber(redis.call('GET', P .. 'calm') or '0')
+-- And only a relay that beat in time sweeps (it was not cut off itself).
+local onTime = known and tonumber(known) >= now and now >= calm
 for _, dead in ipairs(onTime and redis.call('ZRANGEBYSCORE', relays, '-inf', now) or {}) do
   if dead ~= ARGV[2] then
     for _, entry in ipairs(redis.call('SMEMBERS', P .. 'relay:' .. dead)) do

@@ -99,6 +99,7 @@ export class HttpStreamTransport implements ClientTransport {
       });
     } catch (error) {
       clearTimeout(timer);
+      if (error instanceof Deno.errors.NotCapable) throw error;
       if (abort.signal.aborted) {
         throw new RelayConnectError(
           "timeout",

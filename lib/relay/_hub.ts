@@ -888,7 +888,12 @@ export class Hub {
     const local = this.rooms.get(id)?.members.get(nickname);
     if (!local) return;
     // The event may be late: the node may have come back here since. Redis knows.
-    const now = await cluster.member(id, nickname).catch(() => null);
+    let now;
+    try {
+      now = await cluster.member(id, nickname);
+    } catch {
+      return; // Redis cannot tell: keep the node (a stale one fades by its keep-alive)
+    }
     if (now?.relay === cluster.id || this.rooms.get(id)?.members.get(nickname) !== local) return;
     this.#dropLocal(local);
     local.sink.close(4409, "replaced by a newer connection of the same node");

@@ -52,7 +52,7 @@ export type RelayConnectErrorCode =
  * import { RelayConnectError, RelayNode } from "@immortal/sockets/relay";
  *
  * try {
- *   await RelayNode.connect("http://127.0.0.1:9", { session: "s", nickname: "n", retries: 1 });
+ *   await RelayNode.connect("http://127.0.0.1:8", { session: "s", nickname: "n", retries: 1 });
  * } catch (error) {
  *   if (error instanceof RelayConnectError) console.log(error.code, error.message);
  * }
@@ -79,7 +79,11 @@ export function connectFailure(url: URL, detail: string, cause: unknown): RelayC
   const make = (code: RelayConnectErrorCode, message: string) =>
     new RelayConnectError(code, message, { cause });
   if (/invalid HTTP version parsed/i.test(said)) {
-    return make("tls", `${host} answers in TLS, not plain HTTP: use an https:// relay URL`);
+    // Most often a TLS relay; any other service that is not HTTP says the same.
+    return make(
+      "tls",
+      `${host} does not answer in plain HTTP: if it is a TLS relay, use an https:// relay URL`,
+    );
   }
   if (/corrupt message|InvalidContentType|wrong version number/i.test(said)) {
     return make("tls", `TLS with ${host} failed (${said}): is it a plain http:// relay?`);
@@ -97,7 +101,10 @@ export function connectFailure(url: URL, detail: string, cause: unknown): RelayC
   if (/status code|status \d/i.test(said)) {
     return make("not-a-relay", `${host} answered, but not as a relay does (${said})`);
   }
-  if (/connect|route|unreachable|dns|lookup|blocked|reset|timed out/i.test(said)) {
+  if (/closed before message completed|connection closed|end of file|eof/i.test(said)) {
+    return make("broken", `${host} closed the connection before the welcome (${said})`);
+  }
+  if (/tcp connect|route|unreachable|dns|lookup|blocked|reset|timed out/i.test(said)) {
     return make("unreachable", `cannot reach ${host}: ${said}`);
   }
   return make("broken", `the connection to ${host} broke before the welcome: ${said}`);

@@ -127,7 +127,11 @@ function mostTelling(failures: unknown[]): unknown {
 }
 
 /** Whether the relay refused for good (a relay that cannot reach its Redis may take us later). */
-function final(error: unknown): error is RelayRefusedError {
+function final(error: unknown): boolean {
+  // A missing permission will not be granted by waiting either.
+  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+    return true;
+  }
   return error instanceof RelayRefusedError && error.code !== "unavailable";
 }
 
@@ -482,7 +486,7 @@ export class RelayNode implements AsyncDisposable {
         this.#welcome(welcome);
         return;
       } catch (error) {
-        if (error instanceof RelayRefusedError) throw error;
+        if (error instanceof RelayRefusedError || final(error)) throw error;
         failures.push(error);
         log.info("Relay {kind} transport failed: {reason}", { kind, reason: errorMessage(error) });
       }
@@ -610,7 +614,8 @@ export class RelayNode implements AsyncDisposable {
         return;
       } catch (error) {
         if (final(error)) {
-          this.#emit({ type: "error", code: error.code, message: error.message });
+          const code = error instanceof RelayRefusedError ? error.code : "unauthorized";
+          this.#emit({ type: "error", code, message: errorMessage(error) });
           await this.close();
           return;
         }

@@ -22,6 +22,9 @@ import { splice } from "./_splice.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
 
+/** Why a first connection failed that waiting may fix: nothing answered, or the server was busy. */
+const RETRIED = new Set(["unreachable", "rejected"]);
+
 /** Settings of a {@linkcode TunnelClient}. */
 export interface TunnelClientOptions extends SessionOptions {
   /** Local address to listen on. Default `127.0.0.1` (not the whole network). */
@@ -105,12 +108,17 @@ export class TunnelClient implements AsyncDisposable {
       try {
         return await connect({ ...this.#options, ...server, dialer: this.#options.dialer });
       } catch (error) {
-        // A refused key, another kind of server, TLS on one side only: waiting will not help.
-        if (!(error instanceof ImmortalError) || error.code !== "unreachable") throw error;
+        // A refused key, another kind of server, TLS on one side only: waiting will not
+        // help. Nothing answering, or a busy server, may change.
+        if (!(error instanceof ImmortalError) || !RETRIED.has(error.code)) throw error;
         // The backoff the caller set for its sessions, if any (2 s cap by default: a
-        // local connection is waiting).
-        const wait = backoffDelay(attempt, backoff.initial ?? 100, backoff.max ?? 2000);
-        if (performance.now() + wait > deadline) throw error;
+        // local connection is waiting), but not past the deadline: one last try there.
+        const remaining = deadline - performance.now();
+        if (remaining <= 0) throw error;
+        const wait = Math.min(
+          remaining,
+          backoffDelay(attempt, backoff.initial ?? 100, backoff.max ?? 2000),
+        );
         // Once per opening: the retries after it are no news.
         if (attempt === 1) {
           log.warn("Tunnel server unreachable ({reason}); trying again for {seconds} s", {
