@@ -147,3 +147,14 @@ export async function tunnelThroughProxy(targetPort: number, key = "tunnel-test-
     },
   };
 }
+
+/** A target that echoes one connection, then stops listening; `done` settles when it ended. */
+export function echoTarget() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const done = (async () => {
+    const conn = await listener.accept();
+    listener.close();
+    await conn.readable.pipeTo(conn.writable);
+  })();
+  return { port: listener.addr.port, done };
+}

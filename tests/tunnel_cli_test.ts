@@ -4,6 +4,7 @@ import { FaultProxy } from "./_fault_proxy.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { freePort } from "./_helpers.ts";
 import { makeTestCerts } from "./_tls.ts";
+import { echoTarget } from "./_tunnel_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const CLI = `${ROOT}cli/tunnel.ts`;
@@ -21,17 +22,6 @@ async function run(args: string[], permissions = ["--allow-net=127.0.0.1"]) {
     stdout: new TextDecoder().decode(out.stdout),
     stderr: new TextDecoder().decode(out.stderr),
   };
-}
-
-/** A one-connection echo target. */
-function echoTarget() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const done = (async () => {
-    const conn = await listener.accept();
-    listener.close();
-    await conn.readable.pipeTo(conn.writable);
-  })();
-  return { port: listener.addr.port, done };
 }
 
 async function echoThrough(port: number, text: string): Promise<string> {

@@ -11,6 +11,7 @@ import { connect, ImmortalError, TunnelServer } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { freePort } from "./_helpers.ts";
 import { makeTestCerts } from "./_tls.ts";
+import { echoTarget } from "./_tunnel_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const CLI = `${ROOT}cli/tunnel.ts`;
@@ -28,17 +29,6 @@ async function keyFile(): Promise<{ path: string; key: string }> {
   return { path, key };
 }
 
-/** A target that echoes one connection. */
-function echoOnce() {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const done = (async () => {
-    const conn = await listener.accept();
-    listener.close();
-    await conn.readable.pipeTo(conn.writable);
-  })();
-  return { port: listener.addr.port, done };
-}
-
 Deno.test("tunnel client: started while its server is down, it listens, says so, and carries a connection once the server is up", async () => {
   const { path, key } = await keyFile();
   const listenPort = freePort();
@@ -48,7 +38,7 @@ Deno.test("tunnel client: started while its server is down, it listens, says so,
     CLI,
     ["client", String(listenPort), "127.0.0.1", String(serverPort), "--key-file", path],
   );
-  const echo = echoOnce();
+  const echo = echoTarget();
   let server: TunnelServer | undefined;
   try {
     await client.waitFor(/Tunnel client on 127\.0\.0\.1:\d+/, "the client listening");
