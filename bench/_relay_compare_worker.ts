@@ -33,6 +33,14 @@
 // every expected delivery (9 per message in rooms of 10) has arrived. What has
 // not arrived by then is lost.
 
+import {
+  BatchWriter,
+  clientTextFrame,
+  frameAt,
+  readServerFrames,
+  upgradeRequest,
+} from "./_ws_client.ts";
+
 interface Config {
   protocol: "immortal" | "socketio";
   port: number;
@@ -57,7 +65,6 @@ const SIO = cfg.protocol === "socketio";
 const N = cfg.nodes;
 const SIZE = cfg.size;
 const ROOMS = Math.ceil(N / SIZE);
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const emit = (o: Record<string, unknown>) => console.log(JSON.stringify(o));
 
@@ -88,22 +95,10 @@ setTimeout(() => {
   Deno.exit(3);
 }, budget * 1000);
 
-/** A masked client text frame (all-zero mask: the payload goes as is). */
-function frame(text: string): Uint8Array {
-  const payload = encoder.encode(text);
-  const head = payload.length < 126
-    ? [0x81, 0x80 | payload.length]
-    : [0x81, 0x80 | 126, payload.length >> 8, payload.length & 255];
-  const out = new Uint8Array(head.length + 4 + payload.length);
-  out.set(head);
-  out.set(payload, head.length + 4);
-  return out;
-}
-
-const PONG = SIO ? frame("3") : frame('{"t":"pong"}');
+const PONG = SIO ? clientTextFrame("3") : clientTextFrame('{"t":"pong"}');
 const message = SIO
-  ? (text: string) => frame(`42["msg","${text}"]`)
-  : (text: string) => frame(`{"t":"msg","text":"${text}"}`);
+  ? (text: string) => clientTextFrame(`42["msg","${text}"]`)
+  : (text: string) => clientTextFrame(`{"t":"msg","text":"${text}"}`);
 
 // --- Per-step accounting (indexed by node) --------------------------------
 let step = -1; // 0 is the warm-up, 1.. the steps
@@ -169,39 +164,9 @@ function record(node: number, data: Uint8Array, p: number, len: number, now: num
   latencies[latencyCount++] = now - ts / 1000;
 }
 
-class Node {
-  #pending: Uint8Array[] = [];
-  #writing = false;
-  closed = false;
-  constructor(readonly index: number, readonly conn: Deno.TcpConn) {}
-
-  send(bytes: Uint8Array): void {
-    if (this.closed) return;
-    this.#pending.push(bytes);
-    if (!this.#writing) this.#flush();
-  }
-
-  async #flush(): Promise<void> {
-    this.#writing = true;
-    try {
-      while (this.#pending.length > 0) {
-        const batch = this.#pending.splice(0);
-        let all = batch[0];
-        if (batch.length > 1) {
-          all = new Uint8Array(batch.reduce((n, b) => n + b.length, 0));
-          let off = 0;
-          for (const b of batch) {
-            all.set(b, off);
-            off += b.length;
-          }
-        }
-        for (let w = 0; w < all.length;) w += await this.conn.write(all.subarray(w));
-      }
-    } catch {
-      // Closed by the server or at the end of the run.
-    } finally {
-      this.#writing = false;
-    }
+class Node extends BatchWriter {
+  constructor(readonly index: number, conn: Deno.TcpConn) {
+    super(conn);
   }
 }
 
@@ -211,22 +176,10 @@ class Node {
  */
 function scan(node: Node, data: Uint8Array, now: number, ready: (error?: string) => void): number {
   let at = 0;
-  while (at + 2 <= data.length) {
-    const opcode = data[at] & 0x0f;
-    let len = data[at + 1] & 0x7f;
-    let header = 2;
-    if (len === 126) {
-      if (at + 4 > data.length) break;
-      len = (data[at + 2] << 8) | data[at + 3];
-      header = 4;
-    } else if (len === 127) {
-      if (at + 10 > data.length) break;
-      len = Number(new DataView(data.buffer, data.byteOffset + at + 2, 8).getBigUint64(0));
-      header = 10;
-    }
-    if (at + header + len > data.length) break;
-    const p = at + header;
-    at = p + len;
+  for (let f; (f = frameAt(data, at)) !== null;) {
+    const { opcode, start: p, end } = f;
+    const len = end - p;
+    at = end;
     if (opcode === 0x8) {
       const code = len >= 2 ? (data[p] << 8) | data[p + 1] : 1005;
       ready(`closed by the server: ${code} ${decoder.decode(data.subarray(p + 2, p + len))}`);
@@ -244,7 +197,7 @@ function scan(node: Node, data: Uint8Array, now: number, ready: (error?: string)
         node.send(PONG);
       } else if (type === 0x30 /* 0: open */) {
         // Socket.IO CONNECT to the main namespace, with the room as auth.
-        node.send(frame(`40{"room":"r${Math.floor(node.index / SIZE)}"}`));
+        node.send(clientTextFrame(`40{"room":"r${Math.floor(node.index / SIZE)}"}`));
       } else if (type === 0x31 /* 1: close */) {
         ready("engine.io: close packet");
       }
@@ -272,14 +225,10 @@ async function open(i: number): Promise<Node> {
   conn.setNoDelay(true);
   const node = new Node(i, conn);
   const path = SIO ? "/socket.io/?EIO=4&transport=websocket" : "/relay/ws";
-  node.send(encoder.encode(
-    `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${cfg.port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
-      `Sec-WebSocket-Version: 13\r\n\r\n`,
-  ));
+  node.send(upgradeRequest(path, `127.0.0.1:${cfg.port}`));
   if (!SIO) {
     const session = `s${Math.floor(i / SIZE)}`;
-    node.send(frame(JSON.stringify({ t: "hello", session, nickname: `n${i % SIZE}` })));
+    node.send(clientTextFrame(JSON.stringify({ t: "hello", session, nickname: `n${i % SIZE}` })));
   }
   const joined = Promise.withResolvers<Node>();
   let isReady = false;
@@ -294,39 +243,15 @@ async function open(i: number): Promise<Node> {
     }
   };
   (async () => {
-    let buffer = new Uint8Array(16 * 1024);
-    let filled = 0;
-    let inHeaders = true;
-    try {
-      for (;;) {
-        if (filled === buffer.length) {
-          const bigger = new Uint8Array(buffer.length * 2);
-          bigger.set(buffer);
-          buffer = bigger;
-        }
-        const n = await conn.read(buffer.subarray(filled));
-        if (n === null) break;
-        const now = performance.now();
-        filled += n;
-        let start = 0;
-        if (inHeaders) {
-          const text = decoder.decode(buffer.subarray(0, filled));
-          const end = text.indexOf("\r\n\r\n");
-          if (end < 0) continue;
-          if (!text.startsWith("HTTP/1.1 101")) {
-            ready(`no upgrade: ${text.slice(0, text.indexOf("\r\n"))}`);
-            break;
-          }
-          inHeaders = false;
-          start = encoder.encode(text.slice(0, end + 4)).length;
-        }
-        const used = start + scan(node, buffer.subarray(start, filled), now, ready);
-        buffer.copyWithin(0, used, filled);
-        filled -= used;
-      }
-    } catch {
-      // Reset by the server, or closed at the end of the run.
-    }
+    await readServerFrames(
+      conn,
+      (status) => {
+        if (status.startsWith("HTTP/1.1 101")) return true;
+        ready(`no upgrade: ${status}`);
+        return false;
+      },
+      (data, now) => scan(node, data, now, ready),
+    );
     ready("connection ended");
   })();
   const timer = setTimeout(() => ready("no welcome within 20 s"), 20_000);

@@ -9,84 +9,35 @@
 //
 // Args: url[,url...] nodes sessionSize rate1,rate2,... seconds (node i joins
 // through url i mod the number of urls).
+import {
+  BatchWriter,
+  clientTextFrame,
+  frameAt,
+  readServerFrames,
+  upgradeRequest,
+} from "./_ws_client.ts";
+
 const [urlsArg, nodesArg, sizeArg, ratesArg, secondsArg] = Deno.args;
 const URLS = urlsArg.split(",").map((url) => new URL(url));
 const NODES = Number(nodesArg);
 const SIZE = Number(sizeArg);
 const RATES = ratesArg.split(",").map(Number);
 const SECONDS = Number(secondsArg);
-const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 let delivered = 0;
 let latencies: number[] = [];
 let sampleEvery = 1;
-const PONG = frame('{"t":"pong"}');
+const PONG = clientTextFrame('{"t":"pong"}');
 
-/** A masked client text frame (all-zero mask: the payload goes as is). */
-function frame(text: string): Uint8Array {
-  const payload = encoder.encode(text);
-  const head = payload.length < 126 ? [0x81, 0x80 | payload.length] : [
-    0x81,
-    0x80 | 126,
-    payload.length >> 8,
-    payload.length & 255,
-  ];
-  const out = new Uint8Array(head.length + 4 + payload.length);
-  out.set(head);
-  out.set(payload, head.length + 4);
-  return out;
-}
-
-class Node {
-  #pending: Uint8Array[] = [];
-  #writing = false;
-  constructor(readonly conn: Deno.TcpConn) {}
-
-  send(bytes: Uint8Array): void {
-    this.#pending.push(bytes);
-    if (!this.#writing) this.#flush();
-  }
-
-  async #flush(): Promise<void> {
-    this.#writing = true;
-    try {
-      while (this.#pending.length > 0) {
-        const batch = this.#pending.splice(0);
-        const size = batch.reduce((n, b) => n + b.length, 0);
-        const all = new Uint8Array(size);
-        let off = 0;
-        for (const b of batch) {
-          all.set(b, off);
-          off += b.length;
-        }
-        for (let w = 0; w < all.length;) w += await this.conn.write(all.subarray(w));
-      }
-    } catch {
-      // Closed at the end of the run.
-    } finally {
-      this.#writing = false;
-    }
-  }
-}
+class Node extends BatchWriter {}
 
 /** Scans server frames in `data` (from `start`); returns where an incomplete frame begins. */
 function scan(node: Node, data: Uint8Array, onWelcome: () => void): number {
   let at = 0;
-  while (at + 2 <= data.length) {
-    let len = data[at + 1] & 0x7f;
-    let header = 2;
-    if (len === 126) {
-      if (at + 4 > data.length) break;
-      len = (data[at + 2] << 8) | data[at + 3];
-      header = 4;
-    } else if (len === 127) {
-      if (at + 10 > data.length) break;
-      len = Number(new DataView(data.buffer, data.byteOffset + at + 2, 8).getBigUint64(0));
-      header = 10;
-    }
-    if (at + header + len > data.length) break;
-    const p = at + header;
+  for (let f; (f = frameAt(data, at)) !== null;) {
+    const { start: p, end } = f;
+    const len = end - p;
     // Frames start with {"t":" — the next byte tells the type.
     const kind = data[p + 6];
     if (kind === 0x6d /* m: msg */) {
@@ -102,7 +53,7 @@ function scan(node: Node, data: Uint8Array, onWelcome: () => void): number {
     } else if (kind === 0x77 /* w: welcome */) {
       onWelcome();
     }
-    at = p + len;
+    at = end;
   }
   return at;
 }
@@ -112,44 +63,11 @@ async function open(i: number): Promise<Node> {
   const conn = await Deno.connect({ hostname, port: Number(port) });
   conn.setNoDelay(true);
   const node = new Node(conn);
-  await conn.write(encoder.encode(
-    `GET /relay/ws HTTP/1.1\r\nHost: ${hostname}:${port}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-  ));
+  node.send(upgradeRequest("/relay/ws", `${hostname}:${port}`));
   const session = `s${Math.floor(i / SIZE)}`;
-  node.send(frame(JSON.stringify({ t: "hello", session, nickname: `n${i % SIZE}` })));
+  node.send(clientTextFrame(JSON.stringify({ t: "hello", session, nickname: `n${i % SIZE}` })));
   const welcomed = Promise.withResolvers<Node>();
-  (async () => {
-    let buffer = new Uint8Array(64 * 1024);
-    let filled = 0;
-    let inHeaders = true;
-    try {
-      for (;;) {
-        if (filled === buffer.length) {
-          const bigger = new Uint8Array(buffer.length * 2);
-          bigger.set(buffer);
-          buffer = bigger;
-        }
-        const n = await conn.read(buffer.subarray(filled));
-        if (n === null) return;
-        filled += n;
-        let start = 0;
-        if (inHeaders) {
-          const text = decoder.decode(buffer.subarray(0, filled));
-          const end = text.indexOf("\r\n\r\n");
-          if (end < 0) continue;
-          inHeaders = false;
-          start = encoder.encode(text.slice(0, end + 4)).length;
-        }
-        const used = start +
-          scan(node, buffer.subarray(start, filled), () => welcomed.resolve(node));
-        buffer.copyWithin(0, used, filled);
-        filled -= used;
-      }
-    } catch {
-      // Closed at the end of the run.
-    }
-  })();
+  readServerFrames(conn, () => true, (data) => scan(node, data, () => welcomed.resolve(node)));
   return welcomed.promise;
 }
 
@@ -181,7 +99,7 @@ for (const rate of RATES) {
     for (let k = 0; k < due; k++) {
       // The send time rides in the text: the relay passes on only what a message is.
       nodes[(next++ % sessions) * SIZE].send(
-        frame(`{"t":"msg","text":"${performance.timeOrigin + performance.now()}"}`),
+        clientTextFrame(`{"t":"msg","text":"${performance.timeOrigin + performance.now()}"}`),
       );
     }
     sent += Math.max(0, due);
