@@ -116,8 +116,33 @@ export function namedAddressError(error: unknown, hostname: string, port: number
   }
 }
 
+/**
+ * Checks a certificate and key before anything listens: a Deno HTTP client
+ * parses them with the same checks (and messages) as `Deno.listenTls`,
+ * synchronously and without any permission. Throws a `TypeError` in our words.
+ */
+export function checkTlsPair(cert: string, key: string): void {
+  try {
+    Deno.createHttpClient({ cert, key }).close();
+  } catch (error) {
+    throw new TypeError(tlsPairProblem(errorMessage(error)), { cause: error });
+  }
+}
+
+/**
+ * What a failed TLS handshake (as the platform words it) says for sure:
+ * `untrusted` (the peer's certificate), `not-tls` (an alert, or an answer
+ * that is not TLS: a plain server), or nothing certain (an end of file or a
+ * reset may be a server shedding load).
+ */
+export function tlsFailureKind(said: string): "untrusted" | "not-tls" | null {
+  if (/certificate|UnknownIssuer|NotValidForName|Expired/i.test(said)) return "untrusted";
+  if (/alert|corrupt message|InvalidContentType|wrong version/i.test(said)) return "not-tls";
+  return null;
+}
+
 /** A TLS certificate/key problem as Deno words it, in ours. */
-export function tlsPairProblem(said: string): string {
+function tlsPairProblem(said: string): string {
   if (/KeyMismatch|keys may not be consistent/i.test(said)) {
     return "the TLS key does not belong to the certificate (KeyMismatch)";
   }

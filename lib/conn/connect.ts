@@ -6,7 +6,7 @@
 
 import { type Dialer, tcpDialer, tlsDialer, TlsHandshakeError } from "../link/mod.ts";
 import { FrameError } from "../frame/frame_error.ts";
-import { checkPort, errorMessage } from "../_util.ts";
+import { checkPort, errorMessage, tlsFailureKind } from "../_util.ts";
 import { ClientSession } from "./_client_session.ts";
 import { ImmortalError } from "./errors.ts";
 import { hmacKey } from "./_handshake.ts";
@@ -96,14 +96,15 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
     const said = errorMessage(error.cause);
     // Only what cannot be a passing fault: an end of file or a reset in the
     // handshake may be a server shedding load, and is retried as unreachable.
-    if (/certificate|UnknownIssuer|NotValidForName|Expired/i.test(said)) {
+    const kind = tlsFailureKind(said);
+    if (kind === "untrusted") {
       return new ImmortalError(
         "tls",
         `TLS with ${where} failed (${said}): its certificate is not trusted (give the CA that signed it)`,
         options,
       );
     }
-    if (/alert|corrupt message|InvalidContentType|wrong version/i.test(said)) {
+    if (kind === "not-tls") {
       return new ImmortalError(
         "tls",
         `TLS with ${where} failed (${said}): is it a plain (non-TLS) server?`,

@@ -8,7 +8,7 @@
 
 import { createSecureContext, type SecureContext } from "node:tls";
 import type { Acceptor, Dialer, Link } from "./link.ts";
-import { errorMessage, listenTcp, tlsPairProblem } from "../_util.ts";
+import { checkTlsPair, errorMessage, listenTcp } from "../_util.ts";
 import { TcpLink } from "./tcp.ts";
 import { tuneTcp } from "./_tune_tcp.ts";
 import { NodeTlsServerLink } from "./_node_tls.ts";
@@ -151,11 +151,7 @@ export class TlsAcceptor implements Acceptor<Deno.NetAddr> {
     // a Deno HTTP client parses a certificate and key with the same checks
     // (and messages) as `Deno.listenTls`, synchronously and without any
     // permission, so a bad pair still fails here, at startup.
-    try {
-      Deno.createHttpClient({ cert, key }).close();
-    } catch (error) {
-      throw new TypeError(tlsPairProblem(errorMessage(error)), { cause: error });
-    }
+    checkTlsPair(cert, key);
     this.#context = createSecureContext({ cert, key });
     this.#plainReply = options.plainReply;
     this.#listener = listenTcp({ hostname: options.hostname ?? "0.0.0.0", port: options.port });

@@ -34,11 +34,11 @@ import { sourceOf } from "../conn/_source.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import {
   backoffDelay,
+  checkTlsPair,
   concat,
   delay,
   errorMessage,
   namedAddressError,
-  tlsPairProblem,
 } from "../_util.ts";
 import { ByteReader } from "./_byte_reader.ts";
 import { bodyStream, HttpError, readHead, type RequestHead } from "./_http1_request.ts";
@@ -189,13 +189,7 @@ export class HttpServer {
       port: options.port,
       ...(options.reusePort ? { reusePort: true } : {}),
     };
-    if (options.cert) {
-      try {
-        Deno.createHttpClient({ cert: options.cert, key: options.key! }).close();
-      } catch (error) {
-        throw new TypeError(tlsPairProblem(errorMessage(error)), { cause: error });
-      }
-    }
+    if (options.cert) checkTlsPair(options.cert, options.key!);
     try {
       this.#listener = options.cert
         ? Deno.listenTls({

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { tlsFailureKind } from "../_util.ts";
 import type {
   HelloFrame,
   NodeFrame,
@@ -85,10 +86,11 @@ export function connectFailure(url: URL, detail: string, cause: unknown): RelayC
       `${host} does not answer in plain HTTP: if it is a TLS relay, use an https:// relay URL`,
     );
   }
-  if (/corrupt message|InvalidContentType|wrong version number/i.test(said)) {
+  const tls = tlsFailureKind(said);
+  if (tls === "not-tls") {
     return make("tls", `TLS with ${host} failed (${said}): is it a plain http:// relay?`);
   }
-  if (/certificate|UnknownIssuer|NotValidForName|Expired/i.test(said)) {
+  if (tls === "untrusted") {
     return make(
       "tls",
       `the certificate of ${host} is not trusted (${said}): give the relay's CA (caCerts)`,
