@@ -40,8 +40,11 @@ Options:
   --p99 MS             p99 limit for "sustained" (default 50; 100 with --nodes
                        of 10000 or more)
   --only SERVER        immortal or socketio: run one server only
-  --keep-alive MS      our relay's --keep-alive (default: the relay's own,
-                       1000 ms); Socket.IO's stays at its default, 25000 ms
+  --keep-alive MS      our relay's --keep-alive (default: the relay's own);
+                       Socket.IO's stays at its default, 25000 ms
+  --before DIR         also run the relay of another checkout of this
+                       repository (e.g. a git worktree of an older commit),
+                       first: before and after in the same run
   --stop-below F       skip the higher steps after a step that delivered
                        less than this fraction of its messages (default 0.9)
   -h, --help           this text
@@ -54,8 +57,13 @@ const SOCKET_IO_VERSION = "4.8.3";
 const ROOT = new URL("..", import.meta.url).pathname;
 const deno = Deno.execPath();
 const SERVERS = ["immortal", "socketio"] as const;
-type Server = typeof SERVERS[number];
-const LABEL: Record<Server, string> = { immortal: "immortal relay", socketio: "Socket.IO" };
+/** `before`: our relay from another checkout (--before), for before/after in one run. */
+type Server = typeof SERVERS[number] | "before";
+const LABEL: Record<Server, string> = {
+  immortal: "immortal relay",
+  socketio: "Socket.IO",
+  before: "immortal relay, before",
+};
 
 class UsageError extends Error {}
 
@@ -73,6 +81,7 @@ function options() {
       p99: { type: "string" },
       only: { type: "string" },
       "keep-alive": { type: "string" },
+      before: { type: "string" },
       "stop-below": { type: "string", default: "0.9" },
       help: { type: "boolean", short: "h" },
     },
@@ -110,7 +119,11 @@ function options() {
     warmup: num("warmup", values.warmup, 0, 600),
     drain: num("drain", values.drain, 0.5, 120),
     p99: values.p99 === undefined ? (nodes >= 10_000 ? 100 : 50) : num("p99", values.p99, 1, 1e6),
-    servers: values.only === undefined ? [...SERVERS] : [values.only as Server],
+    servers: [
+      ...(values.before === undefined ? [] : ["before" as const]),
+      ...(values.only === undefined ? [...SERVERS] : [values.only as Server]),
+    ],
+    before: values.before,
     keepAlive: values["keep-alive"] === undefined
       ? undefined
       : Math.round(num("keep-alive", values["keep-alive"], 10, 3_600_000)),
@@ -281,11 +294,11 @@ async function runServer(
 ): Promise<Run> {
   const port = freePort();
   let proc: Deno.ChildProcess;
-  if (server === "immortal") {
+  if (server === "immortal" || server === "before") {
     proc = spawn(deno, [
       "run",
       `--allow-net=127.0.0.1:${port}`,
-      "cli/relay.ts",
+      server === "before" ? `${opts.before}/cli/relay.ts` : "cli/relay.ts",
       ...["--hostname", "127.0.0.1", "--port", String(port)],
       ...["--max-nodes", "100000", "--max-sessions", "100000", "--rate", "100000"],
       ...["--log-level", "warning"],
@@ -312,7 +325,7 @@ async function runServer(
   }
   const idle = (await sample([proc.pid])).get(proc.pid)!;
   const config = {
-    protocol: server,
+    protocol: server === "before" ? "immortal" : server,
     port,
     nodes: opts.nodes,
     size: 10,
@@ -563,6 +576,15 @@ async function main(): Promise<number> {
     versions += `, Node ${nodeVersion}, socket.io ${installed}`;
   }
   versions += `, ${cores} cores`;
+  if (opts.before !== undefined) {
+    const found = await Deno.stat(`${opts.before}/cli/relay.ts`).then(() => true, () => false);
+    if (!found) {
+      console.error(
+        `--before ${opts.before}: no cli/relay.ts there (a checkout of this repository?)`,
+      );
+      return 1;
+    }
+  }
   const runs: Run[] = [];
   for (const server of opts.servers) {
     console.error(`--- ${LABEL[server]} ---`);

@@ -47,8 +47,11 @@ Options:
   --metrics-token-file PATH  read the metrics token from a file (first line)
   --tls-cert PATH          serve HTTPS with this certificate chain (PEM)
   --tls-key PATH           private key of --tls-cert (PEM)
-  --keep-alive MS          keep-alive interval (default 1000); a node silent
-                           for 2.5 intervals is declared gone
+  --keep-alive MS          keep-alive interval (default 10000): a node the
+                           relay neither hears from nor writes to is pinged
+                           once per interval; a node silent for 2.5 intervals
+                           is declared gone (one whose connection broke:
+                           after 2.5 s)
   --max-sessions N         most sessions at once (default 10000)
   --max-nodes N            most nodes per session (default 1000)
   --max-message-bytes N    largest message (default 65536)

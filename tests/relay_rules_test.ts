@@ -138,8 +138,9 @@ Deno.test("relay: a node whose process is killed is announced as gone within 3 s
 });
 
 for (const transport of TRANSPORTS) {
-  Deno.test(`relay (${transport}): a black-holed node is announced as gone within 3 s, then comes back under its own nickname`, async () => {
-    await using relay = startRelay();
+  Deno.test(`relay (${transport}): a black-holed node is announced as gone within 3 s with a 1 s keep-alive, then comes back under its own nickname`, async () => {
+    // Silence is found by the keep-alive: 2.5 intervals (25 s with the default 10 s).
+    await using relay = startRelay({ keepAlive: 1000 });
     const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
     try {
       await using watcher = await RelayNode.connect(relay.url, {

@@ -116,6 +116,19 @@ export interface RelayStats {
 
 const PING = encodeFrame({ t: "ping" });
 const PONG = encodeFrame({ t: "pong" });
+/**
+ * Keep-alive sweeps per `keepAlive` period. Each node is checked once a
+ * period at its own phase (random, set at its join), so the pings of nodes
+ * that joined together go out over the period's sweeps, a twentieth at a
+ * time, not in one burst whose answers all come back at once.
+ */
+const SWEEPS_PER_PERIOD = 20;
+/**
+ * How long a node whose connection broke keeps its place (at most
+ * `fadeAfter`). A broken connection is news, not silence: a node that does
+ * not reconnect within a blip's time is gone, however long the keep-alive.
+ */
+const BLIP_GRACE_MS = 2500;
 
 /** The relay's rooms and their rules. */
 export class Hub {
@@ -142,6 +155,8 @@ export class Hub {
   #acksDue = new Set<Member>();
   #refused: Partial<Record<RefusalReason, number>> = {};
   #timer: ReturnType<typeof setInterval>;
+  /** ms between keep-alive sweeps. */
+  #sweepEvery: number;
   /** Where a node's refusal of a pipe goes (the relay's pipe endpoint). */
   onPipeRefuse: ((member: Member, id: string, reason: string) => void) | null = null;
   /** Where other relays' word about pipes goes (the relay's pipe endpoint). */
@@ -168,7 +183,9 @@ export class Hub {
     this.settings = settings;
     this.rules = { maxNicknameLength: settings.maxNicknameLength };
     this.#clock = clock;
-    this.#timer = setInterval(() => this.sweep(), Math.max(50, settings.keepAlive / 4));
+    // At most 250 ms: a broken connection's grace is counted in sweeps too.
+    this.#sweepEvery = Math.min(250, Math.max(50, settings.keepAlive / SWEEPS_PER_PERIOD));
+    this.#timer = setInterval(() => this.sweep(), this.#sweepEvery);
     const url = settings.redis;
     if (url !== undefined) {
       this.#clusterReady = import("./_cluster.ts").then(({ RelayCluster }) => {
@@ -305,6 +322,7 @@ export class Hub {
     const reservation = room.reserved.get(nickname);
     room.reserved.delete(nickname);
     const member = new Member(room, nickname, role, newJoinToken(), sink, s.rate, now);
+    this.#startKeepAlive(member, now);
     member.id = hello.id;
     // Back after it was declared gone: its resent messages are still duplicates.
     if (reservation && token !== undefined && secretsEqual(reservation.token, token)) {
@@ -355,24 +373,27 @@ export class Hub {
     stream: string | undefined;
   }): void {
     const { epoch, offset, recover, missed, stream } = welcome;
-    member.sink.push(encodeFrame({
-      t: "welcome",
-      session: member.room.id,
-      nickname: member.nickname,
-      role: member.role,
-      token: member.token,
-      members: welcome.members as WelcomeFrame["members"],
-      keepAlive: this.settings.keepAlive,
-      fadeAfter: this.settings.fadeAfter,
-      ...(stream ? { stream } : {}),
-      ...(member.id === undefined ? {} : {
-        epoch,
-        offset,
-        acked: member.ackedSeq,
-        ...(recover ? { recovered: missed === undefined } : {}),
-        ...(missed ? { missed } : {}),
+    this.#send(
+      member,
+      encodeFrame({
+        t: "welcome",
+        session: member.room.id,
+        nickname: member.nickname,
+        role: member.role,
+        token: member.token,
+        members: welcome.members as WelcomeFrame["members"],
+        keepAlive: this.settings.keepAlive,
+        fadeAfter: this.settings.fadeAfter,
+        ...(stream ? { stream } : {}),
+        ...(member.id === undefined ? {} : {
+          epoch,
+          offset,
+          acked: member.ackedSeq,
+          ...(recover ? { recovered: missed === undefined } : {}),
+          ...(missed ? { missed } : {}),
+        }),
       }),
-    }));
+    );
   }
 
   /** The messages of `entries` that `member` hears, right after its welcome. */
@@ -397,7 +418,9 @@ export class Hub {
    * keep-alive declares it gone. A blip is not announced to the others.
    */
   detach(member: Member, sink: Sink): void {
-    if (member.sink === sink) member.sink = DETACHED;
+    if (member.sink !== sink) return;
+    member.sink = DETACHED;
+    member.detachedAt = this.#clock();
   }
 
   /** Removes a node; `gone` when it faded or its connection broke, `left` when it said bye. */
@@ -448,7 +471,7 @@ export class Hub {
     member.lastHeard = now;
     switch (frame.t) {
       case "ping":
-        member.sink.push(PONG);
+        this.#send(member, PONG);
         return;
       case "pong":
         return;
@@ -483,7 +506,7 @@ export class Hub {
   #sendAcks(): void {
     // A full queue loses the ack, not the message: the welcome after its reconnect says it.
     for (const member of this.#acksDue) {
-      member.sink.push(encodeFrame({ t: "ack", seq: member.ackedSeq }));
+      this.#send(member, encodeFrame({ t: "ack", seq: member.ackedSeq }));
     }
     this.#acksDue.clear();
   }
@@ -565,7 +588,7 @@ export class Hub {
 
   /** Hands `data` to `member`; `false` when its queue was full (and the node is dropped or disconnected). */
   #deliver(member: Member, data: string): boolean {
-    if (member.sink.push(data)) {
+    if (this.#send(member, data)) {
       this.#counters.deliveries++;
       return true;
     }
@@ -593,23 +616,50 @@ export class Hub {
     return false;
   }
 
+  /** Queues `frame` for `member`: `false` when its queue is full. */
+  #send(member: Member, frame: string): boolean {
+    member.sent = true;
+    return member.sink.push(frame);
+  }
+
+  /** A new member's first keep-alive check: at a random point of its first period. */
+  #startKeepAlive(member: Member, now: number): void {
+    member.nextCheck = now + this.settings.keepAlive * (0.5 + Math.random() / 2);
+  }
+
   /**
-   * One keep-alive round (the hub's timer runs it): pings nodes due a ping,
-   * declares nodes gone that missed too many, and forgets expired nickname
-   * reservations.
+   * One keep-alive round (the hub's timer runs it): checks the nodes whose
+   * turn it is, declares gone those silent past `fadeAfter`, and forgets
+   * expired nickname reservations.
+   *
+   * A ping does two jobs: its answer tells the relay the node is alive, and
+   * the ping itself tells the node the relay is (a node that hears nothing
+   * for 3 keep-alives reconnects). A node that spoke and was spoken to since
+   * its last check needs neither, so a node in a conversation costs the
+   * keep-alive nothing; any other gets one ping per period.
    */
   sweep(): void {
     const now = this.#clock();
     const { keepAlive, fadeAfter } = this.settings;
+    // A pong comes back just after its ping, a period minus a sweep before the next check.
+    const heardRecently = keepAlive - this.#sweepEvery;
+    const blipGrace = Math.min(fadeAfter, BLIP_GRACE_MS);
     for (const room of this.rooms.values()) {
       for (const member of room.members.values()) {
-        if (now - member.lastHeard > fadeAfter) {
+        // Detached elsewhere (too slow, Redis lost its message) without `detach`: counted from now.
+        if (member.sink === DETACHED) member.detachedAt ??= now;
+        else member.detachedAt = undefined;
+        if (
+          now - member.lastHeard > fadeAfter ||
+          (member.detachedAt !== undefined && now - member.detachedAt > blipGrace)
+        ) {
           this.#counters.faded++;
           this.leave(member, "gone");
           member.sink.close(4408, "keep-alive missed");
-        } else if (now - member.lastPinged >= keepAlive) {
-          member.lastPinged = now;
-          member.sink.push(PING);
+        } else if (now >= member.nextCheck) {
+          if (now - member.lastHeard >= heardRecently || !member.sent) this.#send(member, PING);
+          member.sent = false;
+          member.nextCheck = now + keepAlive;
         }
       }
       for (const [name, reservation] of room.reserved) {
@@ -707,6 +757,7 @@ export class Hub {
         cluster.unsubscribe(id); // it holds one subscription already
       } else {
         member = new Member(room, result.nickname, hello.role, result.token, sink, s.rate, now);
+        this.#startKeepAlive(member, now);
         room.members.set(result.nickname, member);
         this.#nodes++;
         if (result.kind === "join") this.#counters.joins++;

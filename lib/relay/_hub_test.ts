@@ -175,6 +175,88 @@ Deno.test("hub: keep-alive pings quiet nodes, and declares gone those silent too
   assert.equal(h.hub.stats.faded, 1);
 });
 
+Deno.test("hub: keep-alive costs nothing for nodes in a conversation; others get one ping a period", () => {
+  using h = makeHub({ keepAlive: 1000 });
+  // a and b talk to each other; c only listens; in another room, d talks to e, who only listens.
+  const [a, b, c] = [h.join("a"), h.join("b"), h.join("c")];
+  const d = h.join("d", { session: "other" });
+  const e = h.join("e", { session: "other" });
+  const pinged = new Map<string, number[]>(["a", "b", "c", "d", "e"].map((n) => [n, []]));
+  // 5 s in 50 ms sweeps.
+  for (let t = 50; t <= 5000; t += 50) {
+    h.clock.now = t;
+    h.hub.receive(a.member, { t: "msg", text: "to b" });
+    h.hub.receive(b.member, { t: "msg", text: "to a" });
+    h.hub.receive(d.member, { t: "msg", text: "to e" });
+    h.hub.sweep();
+    for (const node of [a, b, c, d, e]) {
+      for (const _ of node.sink.take("ping")) {
+        pinged.get(node.member.nickname)!.push(t);
+        h.hub.receive(node.member, { t: "pong" }); // answered at once, as it must be
+      }
+      node.sink.frames = [];
+    }
+  }
+  // Heard and spoken to: never pinged.
+  assert.deepEqual([pinged.get("a"), pinged.get("b")], [[], []]);
+  // c is spoken to but silent (its pongs are all the relay hears of it); d is heard but
+  // nobody speaks to it (the ping is all it hears of the relay); e is both: one ping a period.
+  for (const name of ["c", "d", "e"]) {
+    const times = pinged.get(name)!;
+    assert.ok(times[0] <= 2000, `${name}'s first ping within two periods: ${times}`);
+    assert.deepEqual(times.slice(1).map((t, i) => t - times[i]), times.slice(1).map(() => 1000));
+    assert.ok(times.length >= 3, `${name} pinged at ${times}`);
+  }
+  assert.equal(h.hub.stats.faded, 0);
+});
+
+Deno.test("hub: the pings of nodes that joined together are spread over the period", () => {
+  using h = makeHub({ keepAlive: 1000 });
+  const nodes = Array.from({ length: 40 }, (_, i) => h.join(`n${i}`));
+  const firstPings = new Map<number, number>();
+  const pinged = new Set<number>();
+  for (let t = 50; t <= 2000; t += 50) {
+    h.clock.now = t;
+    h.hub.sweep();
+    nodes.forEach((node, i) => {
+      if (node.sink.take("ping").length === 0 || pinged.has(i)) return;
+      pinged.add(i);
+      firstPings.set(t, (firstPings.get(t) ?? 0) + 1);
+    });
+  }
+  assert.equal(pinged.size, 40, "each pinged within two periods of its join");
+  // First checks fall at random from 0.5 to 1 period after the join: not all in one sweep.
+  const counts = [...firstPings.values()];
+  assert.ok(counts.length >= 4 && Math.max(...counts) <= 20, `first pings: ${[...firstPings]}`);
+});
+
+Deno.test("hub: a broken connection is gone after 2.5 s, whatever the keep-alive; silence after fadeAfter", () => {
+  using h = makeHub({ keepAlive: 10_000 }); // fadeAfter 25 s
+  const a = h.join("a");
+  const broken = h.join("broken");
+  const silent = h.join("silent");
+  h.hub.detach(broken.member, broken.sink);
+  h.clock.now = 2400;
+  h.hub.sweep();
+  assert.deepEqual(a.sink.take("leave"), [], "a blip keeps its place");
+  h.clock.now = 2600;
+  h.hub.sweep();
+  assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "broken", reason: "gone" }]);
+  // The silent one answers no ping but still has its connection: 25 s.
+  for (let t = 2600; t <= 25_000; t += 250) {
+    h.clock.now = t;
+    h.hub.receive(a.member, { t: "pong" });
+    h.hub.sweep();
+  }
+  const closeCode = () => silent.sink.closed?.code;
+  assert.deepEqual(a.sink.take("leave"), []);
+  assert.equal(closeCode(), undefined);
+  h.clock.now = 25_250;
+  h.hub.sweep();
+  assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "silent", reason: "gone" }]);
+  assert.equal(closeCode(), 4408);
+});
+
 Deno.test("hub: refusals are counted by a closed set of reasons; the secret is checked first", () => {
   using h = makeHub({ secret: "right", maxSessions: 1, maxNodesPerSession: 1 });
   const sink = new FakeSink();
@@ -261,7 +343,7 @@ Deno.test("hub: a node whose connection breaks keeps its place; back with its po
   h.hub.receive(a.member, { t: "msg", text: "while away 1", seq: 2 });
   h.hub.receive(c.member, { t: "msg", to: "b", text: "while away 2" });
   h.hub.receive(c.member, { t: "msg", to: "a", text: "not for b" });
-  h.clock.now += 2000; // within the grace of 2.5 keep-alives
+  h.clock.now += 2000; // within the grace of a broken connection (2.5 s)
   h.hub.sweep();
   const back = h.join("b", { id: "node-b", token: b.welcome.token, recover: position });
   assert.equal(back.welcome.recovered, true);

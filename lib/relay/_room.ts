@@ -48,8 +48,12 @@ export class Member {
   presence = 0;
   /** In a cluster: the results of this node's messages, handled in the order sent. */
   pending: Promise<void> = Promise.resolve();
-  /** When the relay last pinged the node (clock ms). */
-  lastPinged: number;
+  /** When the relay next decides whether the node needs a ping (clock ms). */
+  nextCheck: number;
+  /** A frame went to the node since its last keep-alive check. */
+  sent = false;
+  /** When the relay saw the node's connection gone (clock ms); undefined while it has one. */
+  detachedAt: number | undefined;
   #tokens: number;
   #refilled: number;
 
@@ -63,7 +67,7 @@ export class Member {
     readonly rate: number,
     now: number,
   ) {
-    this.lastHeard = this.lastPinged = this.#refilled = now;
+    this.lastHeard = this.nextCheck = this.#refilled = now;
     this.#tokens = rate * 2;
   }
 

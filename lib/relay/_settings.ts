@@ -35,7 +35,7 @@ function duration(name: string, value: number): number {
 
 /** Fills in defaults and checks ranges; a `RangeError` names a bad setting. */
 export function relaySettings(options: RelayOptions = {}): RelaySettings {
-  const keepAlive = duration("keepAlive", options.keepAlive ?? 1000);
+  const keepAlive = duration("keepAlive", options.keepAlive ?? 10_000);
   const overflow = options.overflow ?? "disconnect";
   if (overflow !== "disconnect" && overflow !== "drop") {
     throw new RangeError(`overflow must be "disconnect" or "drop", got ${overflow}`);

@@ -20,7 +20,10 @@ export interface RelayOptions {
    * secret; a relay with neither is open, numbers included.
    */
   metricsToken?: string;
-  /** Keep-alive interval in ms: the relay pings every node this often. Default 1000. */
+  /**
+   * Keep-alive interval in ms: the relay pings a node it has not heard from,
+   * or has sent nothing to, this often. Default 10000.
+   */
   keepAlive?: number;
   /** A node not heard from for this long (ms) is declared gone. Default 2.5 × `keepAlive`. */
   fadeAfter?: number;

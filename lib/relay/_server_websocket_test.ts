@@ -1,0 +1,134 @@
+// The server WebSocket's write queue, on a connection the test controls: how
+// many writes the frames take, and when a send counts as written. No sockets,
+// no timing: writes complete when the test says so.
+
+import assert from "node:assert/strict";
+import { setImmediate } from "node:timers";
+import { ByteReader } from "./_byte_reader.ts";
+import { ServerWebSocket } from "./_server_websocket.ts";
+
+/** A connection whose writes are recorded and complete when the test releases them. */
+class ScriptedConn {
+  /** Every write, in order, as the socket handed it over. */
+  writes: Uint8Array[] = [];
+  /** Bytes each write takes at most (a short write makes the socket write the rest). */
+  takeAtMost = Infinity;
+  /** While set, writes wait for {@linkcode ScriptedConn.release}. */
+  holding = false;
+  #held: (() => void)[] = [];
+  #end = Promise.withResolvers<null>();
+
+  write(bytes: Uint8Array): Promise<number> {
+    this.writes.push(bytes.slice());
+    const n = Math.min(bytes.length, this.takeAtMost);
+    if (!this.holding) return Promise.resolve(n);
+    return new Promise((resolve) => this.#held.push(() => resolve(n)));
+  }
+
+  /** Completes the writes held so far. */
+  release(): void {
+    this.holding = false;
+    for (const done of this.#held.splice(0)) done();
+  }
+
+  read(_into: Uint8Array): Promise<number | null> {
+    return this.#end.promise;
+  }
+
+  close(): void {
+    this.#end.resolve(null);
+  }
+}
+
+/** The text messages of unmasked server frames, in order. */
+function texts(chunks: Uint8Array[]): string[] {
+  const bytes = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.length;
+  }
+  const out: string[] = [];
+  for (let i = 0; i < bytes.length;) {
+    assert.equal(bytes[i], 0x81, "a final text frame");
+    const length = bytes[i + 1];
+    assert.ok(length < 126, "short frames only in this test");
+    out.push(new TextDecoder().decode(bytes.subarray(i + 2, i + 2 + length)));
+    i += 2 + length;
+  }
+  return out;
+}
+
+function open(conn: ScriptedConn) {
+  const socket = new ServerWebSocket(
+    conn as unknown as Deno.Conn,
+    new ByteReader(conn as unknown as Deno.Conn, 1024),
+    { maxMessageBytes: 1024 },
+  );
+  const running = socket.run();
+  const drained = () => new Promise<void>((resolve) => socket.ondrain = resolve);
+  return {
+    socket,
+    drained,
+    async [Symbol.asyncDispose]() {
+      conn.close();
+      await running;
+    },
+  };
+}
+
+/** One turn of the event loop: what the socket leaves for the end of the turn has run. */
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+Deno.test("server WebSocket: frames sent in one turn go out in one write, after the turn", async () => {
+  const conn = new ScriptedConn();
+  await using ws = open(conn);
+  const drained = ws.drained();
+  for (const text of ["a", "b", "c"]) ws.socket.send(text);
+  assert.equal(conn.writes.length, 0, "nothing is written before the turn ends");
+  assert.equal(ws.socket.bufferedAmount, 9);
+  await drained;
+  assert.equal(conn.writes.length, 1);
+  assert.deepEqual(texts(conn.writes), ["a", "b", "c"]);
+  assert.equal(ws.socket.bufferedAmount, 0);
+});
+
+Deno.test("server WebSocket: frames sent while a write is in flight go out together in the next", async () => {
+  const conn = new ScriptedConn();
+  await using ws = open(conn);
+  conn.holding = true;
+  ws.socket.send("first");
+  await turn();
+  assert.equal(conn.writes.length, 1);
+  for (const text of ["x", "y", "z"]) ws.socket.send(text);
+  await turn();
+  assert.equal(conn.writes.length, 1, "one write in flight at a time");
+  const drained = ws.drained();
+  conn.release();
+  await drained;
+  assert.equal(conn.writes.length, 2);
+  assert.deepEqual(texts(conn.writes.slice(1)), ["x", "y", "z"]);
+});
+
+Deno.test("server WebSocket: short writes are finished, in order, and sendBytes waits for them", async () => {
+  const conn = new ScriptedConn();
+  await using ws = open(conn);
+  conn.takeAtMost = 2;
+  conn.holding = true;
+  ws.socket.send("hello");
+  let written = false;
+  const sent = ws.socket.sendBytes(new Uint8Array([1, 2, 3])).then(() => written = true);
+  await turn();
+  assert.equal(written, false, "not written while the connection holds the write");
+  conn.release();
+  // Every later write completes at once, two bytes at a time.
+  await sent;
+  assert.equal(ws.socket.bufferedAmount, 0);
+  // Each write takes its first two bytes; the socket hands over the rest, never the same bytes twice.
+  const taken: number[] = [];
+  for (const chunk of conn.writes) taken.push(...chunk.subarray(0, 2));
+  assert.deepEqual(
+    taken,
+    [0x81, 5, ...new TextEncoder().encode("hello"), 0x82, 3, 1, 2, 3],
+  );
+});
