@@ -109,7 +109,7 @@ function options() {
     : values.steps.split(",").map((s) => num("steps", s, 1, 10_000_000));
   if (steps.length === 0 || steps.length > 50) throw new UsageError("--steps: 1 to 50 rates");
   steps.sort((a, b) => a - b);
-  if (values.only !== undefined && !SERVERS.includes(values.only as Server)) {
+  if (values.only !== undefined && !(SERVERS as readonly string[]).includes(values.only)) {
     throw new UsageError(`--only must be immortal or socketio, not "${values.only}"`);
   }
   return {
@@ -443,11 +443,12 @@ function report(runs: Run[], opts: ReturnType<typeof options>, versions: string)
       `per message); ${opts.seconds} s per step after a ${opts.warmup} s warm-up; ${versions}.`,
   );
   console.log(
-    `Keep-alive: our relay pings every node every ${
-      int(opts.keepAlive ?? 1000)
-    } ms and each answers (${
-      int(opts.nodes * 1000 / (opts.keepAlive ?? 1000))
-    } pings + pongs/s at rest); Socket.IO (Engine.IO) every 25,000 ms.\n`,
+    `Keep-alive: ${
+      opts.keepAlive === undefined
+        ? "each relay's default"
+        : `our relay --keep-alive ${int(opts.keepAlive)}`
+    } (ours since #14: 10,000 ms, pinging only nodes it has not both heard from and written ` +
+      `to; before: 1,000 ms, every node); Socket.IO (Engine.IO): 25,000 ms.\n`,
   );
   for (const run of runs) {
     const c = run.connected;

@@ -26,6 +26,8 @@ export class ByteReader {
   #capacity: number;
   #start = 0;
   #end = 0;
+  /** The last read filled the buffer: more is likely waiting, so the next reads more. */
+  #filled = false;
 
   /** Reads from `source`, holding at most `capacity` bytes (growing to it only when needed). */
   constructor(source: Deno.Conn, capacity: number) {
@@ -58,14 +60,38 @@ export class ByteReader {
     }
     if (this.#end === this.#buffer.length) {
       if (this.#buffer.length >= this.#capacity) throw new ReaderFull(this.#capacity);
-      const bigger = new Uint8Array(Math.min(this.#capacity, this.#buffer.length * 2));
-      bigger.set(this.#buffer.subarray(0, this.#end));
-      this.#buffer = bigger;
+      this.#grow();
+    } else if (this.#filled && this.#buffer.length < this.#capacity) {
+      this.#grow();
     }
+    const free = this.#buffer.length - this.#end;
     const n = await this.#source.read(this.#buffer.subarray(this.#end));
     if (n === null) return false;
     this.#end += n;
+    this.#filled = n === free;
     return true;
+  }
+
+  #grow(): void {
+    const bigger = new Uint8Array(Math.min(this.#capacity, this.#buffer.length * 2));
+    bigger.set(this.#buffer.subarray(0, this.#end));
+    this.#buffer = bigger;
+  }
+
+  /**
+   * Gives back what an idle reader does not need: the buffer becomes `size`
+   * bytes (if what it holds fits), and grows again only while reads keep
+   * filling it. A relay holds one reader per node, mostly idle.
+   */
+  shrink(size: number): void {
+    const held = this.#end - this.#start;
+    if (this.#buffer.length <= size || held > size) return;
+    const smaller = new Uint8Array(size);
+    smaller.set(this.#buffer.subarray(this.#start, this.#end));
+    this.#buffer = smaller;
+    this.#start = 0;
+    this.#end = held;
+    this.#filled = false;
   }
 
   /** Waits until at least `n` bytes are buffered (n ≤ capacity); false if the stream ends first. */

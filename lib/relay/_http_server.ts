@@ -296,7 +296,21 @@ export class HttpServer {
     oldest.close();
   }
 
-  async #serve(connection: Connection): Promise<void> {
+  /** Serves `connection` until it ends: requests, and then perhaps a WebSocket. */
+  #serve(connection: Connection): Promise<void> {
+    const release = () => {
+      this.#forgetUnjoined(connection);
+      connection.close();
+      this.#connections.delete(connection);
+    };
+    // The request loop hands over the WebSocket the connection became and is
+    // done: its frame, and the request it held, are gone while the socket
+    // runs (for days, maybe, and times every node).
+    return this.#requests(connection).then((socket) => socket?.run()).finally(release);
+  }
+
+  /** Requests and their responses; the WebSocket the connection became, if it did. */
+  async #requests(connection: Connection): Promise<ServerWebSocket | undefined> {
     const { conn } = connection;
     const options = this.#options;
     const reader = new ByteReader(conn, MAX_HEAD_BYTES);
@@ -328,10 +342,7 @@ export class HttpServer {
         const slowBody = timedOut(`a request body took longer than ${options.idleTimeout} ms`);
         connection.arm(options.idleTimeout, slowBody);
         const outcome = await this.#exchange(connection, reader, head, slowBody);
-        if (outcome instanceof ServerWebSocket) {
-          await outcome.run();
-          break;
-        }
+        if (outcome instanceof ServerWebSocket) return outcome;
         if (!outcome) break;
         // A node's event stream ended; the connection may carry more requests.
         if (connection.joined) this.#markUnjoined(connection);
@@ -341,10 +352,6 @@ export class HttpServer {
         remote: formatAddr(conn.remoteAddr),
         reason: errorMessage(error),
       });
-    } finally {
-      this.#forgetUnjoined(connection);
-      connection.close();
-      this.#connections.delete(connection);
     }
   }
 

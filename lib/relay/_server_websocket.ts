@@ -16,6 +16,8 @@ export { acceptKey } from "../link/_websocket_client.ts";
 
 const encoder = new TextEncoder();
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+/** A socket's read buffer while idle: frame headers and small frames (it grows under load). */
+const READ_BUFFER_BYTES = 512;
 /** How long we wait for the peer's close frame after sending ours before ending the TCP. */
 const CLOSE_GRACE_MS = 1000;
 
@@ -177,6 +179,9 @@ export class ServerWebSocket {
   /** A socket on `conn` whose handshake is done; `reader` holds what was read past it. */
   constructor(conn: Deno.Conn, reader: ByteReader, options: ServerWebSocketOptions) {
     this.#conn = conn;
+    // The request head needed a large buffer; frames need little (payloads
+    // are read straight into their own arrays).
+    reader.shrink(READ_BUFFER_BYTES);
     this.#reader = reader;
     this.#max = options.maxMessageBytes;
   }
@@ -238,24 +243,31 @@ export class ServerWebSocket {
    * Runs the socket once the handshake's response is written: reads frames
    * until the connection ends, and resolves then (never rejects).
    */
-  async run(): Promise<void> {
+  run(): Promise<void> {
     this.#started = true;
     this.#schedule();
-    let code = 1006;
-    let reason = "the connection ended without a close frame";
-    try {
-      const close = await this.#readFrames();
-      if (close) [code, reason] = close;
-    } catch (error) {
-      if (error instanceof Violation) {
-        [code, reason] = [error.code, error.message];
-        if (!this.#closeSent) {
-          this.#closeSent = true;
-          this.#write(encodeFrame(OP_CLOSE, closePayload(error.code, error.message)));
-        }
-      }
+    // Chained, not awaited in an async frame: a socket waits for days, and
+    // every frame it waits in is memory, times every node.
+    return this.#readFrames().then(
+      (close) => this.#finish(close ?? [1006, "the connection ended without a close frame"]),
+      (error) => this.#finish(this.#violated(error)),
+    );
+  }
+
+  /** Why reading ended with `error`: a rule the peer broke (answered with our close), or a broken connection. */
+  #violated(error: unknown): [number, string] {
+    // A frame header cannot fill the reader; if one ever did, it is too large.
+    if (error instanceof ReaderFull) error = new Violation(1009, "frame header too large");
+    if (!(error instanceof Violation)) return [1006, "the connection ended without a close frame"];
+    if (!this.#closeSent) {
+      this.#closeSent = true;
+      this.#write(encodeFrame(OP_CLOSE, closePayload(error.code, error.message)));
     }
-    // Let our last frames (a close, its echo) go out, unless the peer stops reading.
+    return [error.code, error.message];
+  }
+
+  /** Lets our last frames (a close, its echo) go out, unless the peer stops reading; then ends. */
+  async #finish([code, reason]: [number, string]): Promise<void> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     await Promise.race([
       this.#drained(),
@@ -346,7 +358,9 @@ export class ServerWebSocket {
     let oversized = false;
     for (;;) {
       if (this.#paused) await this.#paused.promise;
-      if (!(await this.#want(2))) return null;
+      // Awaited here, not in a helper: an idle socket waits at this line, and
+      // each async frame it waits through is memory, times 10,000 nodes.
+      while (reader.buffered.length < 2) if (!(await reader.fill())) return null;
       const [b0, b1] = reader.buffered;
       const fin = (b0 & 0x80) !== 0;
       const opcode = b0 & 0x0f;
@@ -354,7 +368,9 @@ export class ServerWebSocket {
       if (!(b1 & 0x80)) throw new Violation(1002, "client frames must be masked");
       const short = b1 & 0x7f;
       const lengthBytes = short === 126 ? 2 : short === 127 ? 8 : 0;
-      if (!(await this.#want(2 + lengthBytes + 4))) return null;
+      while (reader.buffered.length < 2 + lengthBytes + 4) {
+        if (!(await reader.fill())) return null;
+      }
       const view = new DataView(
         reader.buffered.buffer,
         reader.buffered.byteOffset,
@@ -444,15 +460,6 @@ export class ServerWebSocket {
       this.#write(encodeFrame(OP_CLOSE, payload.length >= 2 ? payload.subarray(0, 2) : payload));
     }
     return [code, reason];
-  }
-
-  async #want(n: number): Promise<boolean> {
-    try {
-      return await this.#reader.want(n);
-    } catch (error) {
-      if (error instanceof ReaderFull) throw new Violation(1009, "frame header too large");
-      throw error;
-    }
   }
 
   async #take(length: number): Promise<Uint8Array | null> {

@@ -91,7 +91,9 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
   }
   const settings = hub.settings;
   const max = settings.maxMessageBytes;
-  const connection = connectionOf(req);
+  // Dropped once the node joined: it reaches the request (headers, body) the
+  // connection came with, which a joined node has no more use for.
+  let connection = connectionOf(req);
   let socket: RelaySocket;
   let response: Response;
   if (connection) {
@@ -112,7 +114,7 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
     hub.refuseFrame(sink, { code, reason });
     if (member === null) sink.close(closeCode, reason.slice(0, 120));
   };
-  const authTimer = setTimeout(() => {
+  let authTimer: ReturnType<typeof setTimeout> | undefined = setTimeout(() => {
     if (member === null) refuse(4408, "auth-timeout", "no hello within the auth deadline");
   }, settings.authTimeout);
   socket.onoversize = () => refuse(1009, "too-large", tooLargeReason(max));
@@ -128,6 +130,7 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
     if (waiting !== null) return void waiting.push(frame);
     if (frame.t !== "hello") return refuse(4400, "bad-hello", "the first frame must be a hello");
     clearTimeout(authTimer);
+    authTimer = undefined; // a timer object, kept as long as this closure otherwise
     const refused = (error: unknown) => {
       if (!(error instanceof JoinRefused)) throw error;
       // Counted by the hub already, under its reason (a wrong secret is "secret", once).
@@ -137,6 +140,7 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
     const admitted = (joined: Member, frames: FrameObject[]) => {
       member = joined;
       connection?.joined();
+      connection = undefined;
       // Closed while the join was being decided: a blip already.
       if (!socket.open) return hub.detach(joined, sink);
       for (const next of frames) hub.handle(joined, parseNodeFrame(next, hub.rules));

@@ -1,0 +1,53 @@
+// The reader's buffer: shrunk for an idle connection, grown again while reads fill it.
+
+import assert from "node:assert/strict";
+import { ByteReader } from "./_byte_reader.ts";
+
+/** A source that hands out `data` and records how much room each read offered. */
+function source(data: Uint8Array) {
+  let at = 0;
+  const offered: number[] = [];
+  const conn = {
+    read(into: Uint8Array): Promise<number | null> {
+      offered.push(into.length);
+      if (at === data.length) return Promise.resolve(null);
+      const n = Math.min(into.length, data.length - at);
+      into.set(data.subarray(at, at + n));
+      at += n;
+      return Promise.resolve(n);
+    },
+  };
+  return { conn: conn as unknown as Deno.Conn, offered };
+}
+
+Deno.test("ByteReader: shrinks and keeps what it holds; grows again only while reads fill it", async () => {
+  const data = Uint8Array.from({ length: 5000 }, (_, i) => i % 251);
+  const { conn, offered } = source(data);
+  const reader = new ByteReader(conn, 16 * 1024);
+  assert.equal(await reader.fill(), true);
+  assert.equal(offered[0], 2048, "starts at 2 KiB (a request head)");
+  reader.consume(2000);
+  reader.shrink(512);
+  assert.deepEqual([...reader.buffered], [...data.subarray(2000, 2048)], "kept, in order");
+  const got: number[] = [...reader.buffered];
+  reader.consume(reader.buffered.length);
+  while (await reader.fill()) {
+    got.push(...reader.buffered);
+    reader.consume(reader.buffered.length);
+  }
+  assert.deepEqual(got, [...data.subarray(2000)]);
+  // 512 filled, so 1024 next, then 2048: a busy reader reads more at once.
+  assert.deepEqual(offered.slice(1, 4), [512, 1024, 2048]);
+});
+
+Deno.test("ByteReader: shrink leaves a buffer that holds more than the new size", async () => {
+  const data = new Uint8Array(1500).fill(7);
+  const { conn, offered } = source(data);
+  const reader = new ByteReader(conn, 16 * 1024);
+  await reader.fill();
+  reader.shrink(512); // 1500 bytes held: no room to shrink into
+  assert.equal(reader.buffered.length, 1500);
+  reader.consume(1500);
+  assert.equal(await reader.fill(), false);
+  assert.deepEqual(offered, [2048, 2048]);
+});
