@@ -28,7 +28,9 @@ async function rssKiB(pid: number): Promise<number> {
 
 /** A relay process on `port`; with `redis`, one of a cluster sharing its sessions there. */
 function startRelay(port: number, redis?: { url: string; port: number }) {
-  const net = redis ? `127.0.0.1:${port},127.0.0.1:${redis.port}` : `127.0.0.1:${port}`;
+  // In a cluster a relay also listens, on a port of its own choosing, for the
+  // pipes other relays hand over to it.
+  const net = redis ? "127.0.0.1" : `127.0.0.1:${port}`;
   const flags = redis
     ? `--allow-net=${net} --allow-env=REDIS_DEBUG_MAINTENANCE`
     : `--allow-net=${net}`;
