@@ -242,3 +242,48 @@ Deno.test("a node drops what it has already (a replayed offset; the same sender 
     await y.close();
   }
 });
+
+for (const transport of ["websocket", "http"] as const) {
+  Deno.test(`relay (${transport}): messages waiting for their ack on a link gone silent make the node reconnect in seconds, not after 3 keep-alives; each arrives once`, async () => {
+    // The relay's default keep-alive (10 s): the keep-alive alone would take 30 s to notice.
+    await using relay = startRelay({ fadeAfter: 60_000 });
+    const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
+    const options = { session: "q", transport, backoff: { initial: 10, max: 100 } };
+    const x = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+      ...options,
+      nickname: "x",
+    });
+    const y = await RelayNode.connect(relay.url, { ...options, nickname: "y" });
+    const atX = recordEvents(x);
+    const atY = recordEvents(y);
+    try {
+      await atX.until(() => x.members.some((m) => m.nickname === "y"), "y joining");
+      x.send("1");
+      await x.flush(); // acknowledged: the link works
+      assert.ok(proxy.blackhole() > 0);
+      const silencedAt = atX.events.length;
+      x.send("2");
+      // Well under the keep-alive's 30 s; the node's own deadline is 2 s of silence.
+      await atX.until(
+        () =>
+          atX.events.slice(silencedAt).some((e) => e.type === "state" && e.state === "connected"),
+        "x back on a new link",
+        20_000,
+      );
+      const lost = atX.events.slice(silencedAt).find((e) =>
+        e.type === "state" && e.state === "disconnected"
+      );
+      assert.match(
+        lost?.type === "state" ? lost.reason ?? "" : "",
+        /unacknowledged and nothing heard/,
+      );
+      await within(20_000, "x's flush", x.flush());
+      await atY.until(() => numbers(atY.texts).length >= 2, "y receiving both");
+      assert.deepEqual(numbers(atY.texts), [1, 2]);
+    } finally {
+      await x.close();
+      await y.close();
+      await proxy.close();
+    }
+  });
+}

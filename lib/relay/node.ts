@@ -93,6 +93,14 @@ export interface RelayNodeOptions {
 const MAX_SENDERS_REMEMBERED = 10_000;
 
 const FADE_BEATS = 3;
+/**
+ * A relay acknowledges a message within a turn of its event loop: messages
+ * unacknowledged this long, with nothing at all heard from the relay
+ * meanwhile, mean a dead link, not a slow relay. Found so, the node
+ * reconnects (and resends) without waiting for the keep-alive's 3 periods
+ * (30 s with the relay's default); a false alarm costs one resume.
+ */
+const ACK_SILENCE_MS = 2000;
 
 /**
  * Sessions through a relay are encrypted end to end, and the key is what
@@ -185,6 +193,8 @@ export class RelayNode implements AsyncDisposable {
   #eventsHead = 0;
   #eventWaiter: (() => void) | null = null;
   #lastHeard = performance.now();
+  /** Since when messages sent on this link wait for an ack without progress (null: none wait). */
+  #waitingSince: number | null = null;
   #watchdog: ReturnType<typeof setInterval> | undefined;
   #keepAlive = 1000;
   #closed = false;
@@ -427,7 +437,10 @@ export class RelayNode implements AsyncDisposable {
     const numbered = { ...frame, seq: ++this.#seq };
     if (this.#transport) {
       this.#transport.send(numbered);
-      if (this.#reliable) this.#unacked.push(numbered);
+      if (this.#reliable) {
+        if (this.#unacked.length === 0) this.#waitingSince = performance.now();
+        this.#unacked.push(numbered);
+      }
     } else this.#unacked.push(numbered);
     return numbered.seq;
   }
@@ -438,6 +451,7 @@ export class RelayNode implements AsyncDisposable {
     while (taken < this.#unacked.length && this.#unacked[taken].seq <= seq) taken++;
     if (taken === 0) return;
     this.#unacked.splice(0, taken);
+    this.#waitingSince = this.#unacked.length === 0 ? null : performance.now();
     if (this.#unacked.length === 0) this.#wakeFlush();
   }
 
@@ -513,6 +527,7 @@ export class RelayNode implements AsyncDisposable {
       this.#acked(welcome.acked ?? 0);
     }
     this.#setState("connected");
+    this.#waitingSince = this.#reliable && this.#unacked.length > 0 ? performance.now() : null;
     for (const frame of this.#unacked) this.#transport!.send(frame);
     if (!this.#reliable) this.#acked(this.#seq);
   }
@@ -569,7 +584,10 @@ export class RelayNode implements AsyncDisposable {
           // Taken, and refused or dropped: it is not resent.
           const index = this.#unacked.findIndex((m) => m.seq === frame.seq);
           if (index >= 0) this.#unacked.splice(index, 1);
-          if (this.#unacked.length === 0) this.#wakeFlush();
+          if (this.#unacked.length === 0) {
+            this.#waitingSince = null;
+            this.#wakeFlush();
+          }
         }
         this.#emit({
           type: "error",
@@ -586,12 +604,26 @@ export class RelayNode implements AsyncDisposable {
 
   /** The relay has been silent too long: the link is dead even if TCP has not noticed. */
   #checkAlive(): void {
-    if (this.#transport && performance.now() - this.#lastHeard > this.#keepAlive * FADE_BEATS) {
-      const transport = this.#transport;
-      this.#transport = null;
-      transport.close().catch(() => {});
-      this.#lost(`nothing heard from the relay for ${this.#keepAlive * FADE_BEATS} ms`);
+    if (!this.#transport) return;
+    const now = performance.now();
+    const silence = now - this.#lastHeard;
+    let why: string | undefined;
+    if (silence > this.#keepAlive * FADE_BEATS) {
+      why = `nothing heard from the relay for ${this.#keepAlive * FADE_BEATS} ms`;
+    } else if (
+      this.#unacked.length > 0 && this.#waitingSince !== null &&
+      now - this.#waitingSince > ACK_SILENCE_MS &&
+      silence > ACK_SILENCE_MS
+    ) {
+      why = `${this.#unacked.length} messages unacknowledged and nothing heard from the relay ` +
+        `for ${ACK_SILENCE_MS} ms`;
     }
+    if (why === undefined) return;
+    const transport = this.#transport;
+    this.#transport = null;
+    this.#waitingSince = null;
+    transport.close().catch(() => {});
+    this.#lost(why);
   }
 
   #lost(reason: string): void {
