@@ -306,6 +306,7 @@ export class Hub {
     ) {
       const old = current.sink;
       current.sink = sink;
+      current.detachedAt = undefined;
       current.lastHeard = now;
       current.id = hello.id ?? current.id;
       old.close(4409, "replaced by a newer connection of the same node");
@@ -752,6 +753,7 @@ export class Hub {
         // The same node again on this relay, before its old connection was noticed dead.
         const old = member.sink;
         member.sink = sink;
+        member.detachedAt = undefined;
         member.lastHeard = now;
         old.close(4409, "replaced by a newer connection of the same node");
         cluster.unsubscribe(id); // it holds one subscription already
