@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type RelayEvent, RelayNode } from "../mod.ts";
+import { type RelayEvent, RelayNode, type RelayNodeOptions } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { freePort, within } from "./_helpers.ts";
@@ -31,6 +31,37 @@ function numbers(texts: string[]): number[] {
   return texts.map(Number).filter((n) => Number.isInteger(n));
 }
 
+/**
+ * x through a fault proxy and y straight to `relay`, joined to one session,
+ * each with its event record; closed (proxy too) when disposed.
+ */
+async function pairBehindProxy(
+  relay: { addr: Deno.NetAddr; url: string },
+  options: Omit<RelayNodeOptions, "nickname">,
+) {
+  const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
+  const x = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+    ...options,
+    nickname: "x",
+  });
+  const y = await RelayNode.connect(relay.url, { ...options, nickname: "y" });
+  const atX = recordEvents(x);
+  const atY = recordEvents(y);
+  await atX.until(() => x.members.some((m) => m.nickname === "y"), "y joining");
+  return {
+    proxy,
+    x,
+    y,
+    atX,
+    atY,
+    async [Symbol.asyncDispose]() {
+      await x.close();
+      await y.close();
+      await proxy.close();
+    },
+  };
+}
+
 /** Joins and leaves that name `nickname`: a blip must not show. */
 function presence(events: RelayEvent[], nickname: string): RelayEvent[] {
   return events.filter((e) => (e.type === "join" || e.type === "leave") && e.nickname === nickname);
@@ -41,43 +72,34 @@ for (const transport of ["websocket", "http"] as const) {
     // The grace is wide on purpose: this test is about resets, not about how
     // fast a busy machine reconnects.
     await using relay = startRelay({ rate: 100_000, keepAlive: 1000, fadeAfter: 60_000 });
-    const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
-    const options = { session: "s", transport, backoff: { initial: 10, max: 100 }, retries: 50 };
-    const x = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
-      ...options,
-      nickname: "x",
+    await using pair = await pairBehindProxy(relay, {
+      session: "s",
+      transport,
+      backoff: { initial: 10, max: 100 },
+      retries: 50,
     });
-    const y = await RelayNode.connect(relay.url, { ...options, nickname: "y" });
-    const atX = recordEvents(x);
-    const atY = recordEvents(y);
-    try {
-      await atX.until(() => x.members.some((m) => m.nickname === "y"), "y joining");
-      // A reset each time another 1,500 bytes went up from x: every few rounds.
-      using cutter = proxy.cutEvery({
-        bytes: 1500,
-        max: 12,
-        when: () => x.state === "connected",
-      });
-      await within(
-        60_000,
-        "sending",
-        Promise.all([sendNumbered(x, COUNT), sendNumbered(y, COUNT)]),
-      );
-      const expected = Array.from({ length: COUNT }, (_, i) => i + 1);
-      await atY.until(() => numbers(atY.texts).length >= COUNT, "y receiving all");
-      await atX.until(() => numbers(atX.texts).length >= COUNT, "x receiving all");
-      const resets = cutter.stop();
-      assert.ok(resets >= 3, `only ${resets} resets hit x's link`);
-      assert.deepEqual(numbers(atY.texts), expected);
-      assert.deepEqual(numbers(atX.texts), expected);
-      assert.deepEqual(presence(atY.events, "x"), [], "y heard x leave or join");
-      assert.ok(!atX.events.some((e) => e.type === "missed" || e.type === "error"));
-      assert.ok(relay.relay.stats.replayed + relay.relay.stats.duplicates > 0, "no fault mattered");
-    } finally {
-      await x.close();
-      await y.close();
-      await proxy.close();
-    }
+    const { proxy, x, y, atX, atY } = pair;
+    // A reset each time another 1,500 bytes went up from x: every few rounds.
+    using cutter = proxy.cutEvery({
+      bytes: 1500,
+      max: 12,
+      when: () => x.state === "connected",
+    });
+    await within(
+      60_000,
+      "sending",
+      Promise.all([sendNumbered(x, COUNT), sendNumbered(y, COUNT)]),
+    );
+    const expected = Array.from({ length: COUNT }, (_, i) => i + 1);
+    await atY.until(() => numbers(atY.texts).length >= COUNT, "y receiving all");
+    await atX.until(() => numbers(atX.texts).length >= COUNT, "x receiving all");
+    const resets = cutter.stop();
+    assert.ok(resets >= 3, `only ${resets} resets hit x's link`);
+    assert.deepEqual(numbers(atY.texts), expected);
+    assert.deepEqual(numbers(atX.texts), expected);
+    assert.deepEqual(presence(atY.events, "x"), [], "y heard x leave or join");
+    assert.ok(!atX.events.some((e) => e.type === "missed" || e.type === "error"));
+    assert.ok(relay.relay.stats.replayed + relay.relay.stats.duplicates > 0, "no fault mattered");
   });
 }
 
@@ -247,43 +269,32 @@ for (const transport of ["websocket", "http"] as const) {
   Deno.test(`relay (${transport}): messages waiting for their ack on a link gone silent make the node reconnect in seconds, not after 3 keep-alives; each arrives once`, async () => {
     // The relay's default keep-alive (10 s): the keep-alive alone would take 30 s to notice.
     await using relay = startRelay({ fadeAfter: 60_000 });
-    const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
-    const options = { session: "q", transport, backoff: { initial: 10, max: 100 } };
-    const x = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
-      ...options,
-      nickname: "x",
+    await using pair = await pairBehindProxy(relay, {
+      session: "q",
+      transport,
+      backoff: { initial: 10, max: 100 },
     });
-    const y = await RelayNode.connect(relay.url, { ...options, nickname: "y" });
-    const atX = recordEvents(x);
-    const atY = recordEvents(y);
-    try {
-      await atX.until(() => x.members.some((m) => m.nickname === "y"), "y joining");
-      x.send("1");
-      await x.flush(); // acknowledged: the link works
-      assert.ok(proxy.blackhole() > 0);
-      const silencedAt = atX.events.length;
-      x.send("2");
-      // Well under the keep-alive's 30 s; the node's own deadline is 2 s of silence.
-      await atX.until(
-        () =>
-          atX.events.slice(silencedAt).some((e) => e.type === "state" && e.state === "connected"),
-        "x back on a new link",
-        20_000,
-      );
-      const lost = atX.events.slice(silencedAt).find((e) =>
-        e.type === "state" && e.state === "disconnected"
-      );
-      assert.match(
-        lost?.type === "state" ? lost.reason ?? "" : "",
-        /unacknowledged and nothing heard/,
-      );
-      await within(20_000, "x's flush", x.flush());
-      await atY.until(() => numbers(atY.texts).length >= 2, "y receiving both");
-      assert.deepEqual(numbers(atY.texts), [1, 2]);
-    } finally {
-      await x.close();
-      await y.close();
-      await proxy.close();
-    }
+    const { proxy, x, atX, atY } = pair;
+    x.send("1");
+    await x.flush(); // acknowledged: the link works
+    assert.ok(proxy.blackhole() > 0);
+    const silencedAt = atX.events.length;
+    x.send("2");
+    // Well under the keep-alive's 30 s; the node's own deadline is 2 s of silence.
+    await atX.until(
+      () => atX.events.slice(silencedAt).some((e) => e.type === "state" && e.state === "connected"),
+      "x back on a new link",
+      20_000,
+    );
+    const lost = atX.events.slice(silencedAt).find((e) =>
+      e.type === "state" && e.state === "disconnected"
+    );
+    assert.match(
+      lost?.type === "state" ? lost.reason ?? "" : "",
+      /unacknowledged and nothing heard/,
+    );
+    await within(20_000, "x's flush", x.flush());
+    await atY.until(() => numbers(atY.texts).length >= 2, "y receiving both");
+    assert.deepEqual(numbers(atY.texts), [1, 2]);
   });
 }

@@ -310,8 +310,8 @@ export class ServerWebSocket {
 
   readonly #written = (n: number): void => {
     this.#bufferedAmount -= n;
-    const rest = this.#unwritten!.subarray(n);
-    if (rest.length > 0 && !this.#ended) return this.#writeOut(rest); // a short write
+    const bytes = this.#unwritten!;
+    if (n < bytes.length && !this.#ended) return this.#writeOut(bytes.subarray(n)); // a short write
     this.#unwritten = null;
     this.#writing = false;
     if (this.#ended) return;
