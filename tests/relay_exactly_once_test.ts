@@ -291,7 +291,7 @@ for (const transport of ["websocket", "http"] as const) {
     );
     assert.match(
       lost?.type === "state" ? lost.reason ?? "" : "",
-      /unacknowledged and nothing heard/,
+      /unacknowledged, and no answer to a ping/,
     );
     await within(20_000, "x's flush", x.flush());
     await atY.until(() => numbers(atY.texts).length >= 2, "y receiving both");

@@ -16,6 +16,9 @@ export class ReaderFull extends Error {
   }
 }
 
+/** Reads that do not fill a grown buffer before it shrinks back (to the size `shrink` set). */
+const QUIET_READS_BEFORE_SHRINKING = 16;
+
 /** Bytes a reader starts with: most requests and frames fit, and idle connections hold little. */
 const INITIAL_SIZE = 2048;
 
@@ -28,6 +31,10 @@ export class ByteReader {
   #end = 0;
   /** The last read filled the buffer: more is likely waiting, so the next reads more. */
   #filled = false;
+  /** The size {@linkcode ByteReader.shrink} asked for, which the buffer returns to after a burst. */
+  #idleSize: number | null = null;
+  /** Reads in a row that did not fill the buffer: the burst that grew it is over. */
+  #quietReads = 0;
 
   /** Reads from `source`, holding at most `capacity` bytes (growing to it only when needed). */
   constructor(source: Deno.Conn, capacity: number) {
@@ -52,6 +59,13 @@ export class ByteReader {
    * Throws {@linkcode ReaderFull} when the buffer is full of unconsumed bytes.
    */
   async fill(): Promise<boolean> {
+    if (
+      this.#idleSize !== null && this.#end === this.#start &&
+      this.#buffer.length > this.#idleSize && this.#quietReads >= QUIET_READS_BEFORE_SHRINKING
+    ) {
+      this.#buffer = new Uint8Array(this.#idleSize);
+      this.#start = this.#end = 0;
+    }
     if (this.#start > 0) {
       // Move what is left to the front: the buffer is small, the copy cheap.
       this.#buffer.copyWithin(0, this.#start, this.#end);
@@ -69,6 +83,7 @@ export class ByteReader {
     if (n === null) return false;
     this.#end += n;
     this.#filled = n === free;
+    this.#quietReads = this.#filled ? 0 : this.#quietReads + 1;
     return true;
   }
 
@@ -80,10 +95,12 @@ export class ByteReader {
 
   /**
    * Gives back what an idle reader does not need: the buffer becomes `size`
-   * bytes (if what it holds fits), and grows again only while reads keep
-   * filling it. A relay holds one reader per node, mostly idle.
+   * bytes (if what it holds fits), grows again only while reads keep
+   * filling it, and returns to `size` once reads stop filling it. A relay
+   * holds one reader per node, mostly idle.
    */
   shrink(size: number): void {
+    this.#idleSize = size;
     const held = this.#end - this.#start;
     if (this.#buffer.length <= size || held > size) return;
     const smaller = new Uint8Array(size);

@@ -51,3 +51,29 @@ Deno.test("ByteReader: shrink leaves a buffer that holds more than the new size"
   assert.equal(await reader.fill(), false);
   assert.deepEqual(offered, [2048, 2048]);
 });
+
+Deno.test("ByteReader: back to the shrunk size once reads stop filling the grown buffer", async () => {
+  // A burst of 4096 bytes, then small pieces: the source hands out what the test queues.
+  const pieces: Uint8Array[] = [new Uint8Array(4096)];
+  for (let i = 0; i < 20; i++) pieces.push(new Uint8Array(10));
+  const offered: number[] = [];
+  const conn = {
+    read(into: Uint8Array): Promise<number | null> {
+      offered.push(into.length);
+      const piece = pieces[0];
+      if (piece === undefined) return Promise.resolve(null);
+      const n = Math.min(into.length, piece.length);
+      into.set(piece.subarray(0, n));
+      if (n === piece.length) pieces.shift();
+      else pieces[0] = piece.subarray(n);
+      return Promise.resolve(n);
+    },
+  } as unknown as Deno.Conn;
+  const reader = new ByteReader(conn, 16 * 1024);
+  reader.shrink(512);
+  while (await reader.fill()) reader.consume(reader.buffered.length);
+  // Grown through the burst, then 16 quiet reads at the grown size, then back to 512.
+  assert.deepEqual(offered.slice(0, 4), [512, 1024, 2048, 4096]);
+  assert.ok(offered.includes(4096));
+  assert.equal(offered[offered.length - 1], 512, `offered: ${offered}`);
+});

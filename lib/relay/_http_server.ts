@@ -306,7 +306,10 @@ export class HttpServer {
     // The request loop hands over the WebSocket the connection became and is
     // done: its frame, and the request it held, are gone while the socket
     // runs (for days, maybe, and times every node).
-    return this.#requests(connection).then((socket) => socket?.run()).finally(release);
+    return this.#requests(connection)
+      .then((socket) => socket?.run())
+      .catch((error) => log.error("A connection failed: {reason}", { reason: errorMessage(error) }))
+      .finally(release);
   }
 
   /** Requests and their responses; the WebSocket the connection became, if it did. */

@@ -642,18 +642,25 @@ export class Hub {
   sweep(): void {
     const now = this.#clock();
     const { keepAlive, fadeAfter } = this.settings;
-    // A pong comes back just after its ping, a period minus a sweep before the next check.
-    const heardRecently = keepAlive - this.#sweepEvery;
+    // A node heard within this long needs no ping now. A pong comes back just
+    // after its ping, a period minus a sweep before the next check; and a node
+    // not pinged now is pinged at the next check at the latest (a period and
+    // a late sweep from now), whose answer must come before `fadeAfter`.
+    const heardRecently = Math.min(
+      keepAlive - this.#sweepEvery,
+      fadeAfter - keepAlive - 2 * this.#sweepEvery,
+    );
     const blipGrace = Math.min(fadeAfter, BLIP_GRACE_MS);
     for (const room of this.rooms.values()) {
       for (const member of room.members.values()) {
         // Detached elsewhere (too slow, Redis lost its message) without `detach`: counted from now.
         if (member.sink === DETACHED) member.detachedAt ??= now;
         else member.detachedAt = undefined;
-        if (
-          now - member.lastHeard > fadeAfter ||
-          (member.detachedAt !== undefined && now - member.detachedAt > blipGrace)
-        ) {
+        // In a cluster, not while a join is in flight in the room: it may be this
+        // node's, and a leave sent now could land after it and undo it.
+        const absent = member.detachedAt !== undefined && now - member.detachedAt > blipGrace &&
+          room.joining.size === 0;
+        if (now - member.lastHeard > fadeAfter || absent) {
           this.#counters.faded++;
           this.leave(member, "gone");
           member.sink.close(4408, "keep-alive missed");

@@ -230,6 +230,23 @@ Deno.test("hub: the pings of nodes that joined together are spread over the peri
   assert.ok(counts.length >= 4 && Math.max(...counts) <= 20, `first pings: ${[...firstPings]}`);
 });
 
+Deno.test("hub: a node that answers every ping is never gone, even with fadeAfter under two periods", () => {
+  // A node not pinged at one check is pinged at the next: with fadeAfter 15 s
+  // and a 10 s period, skipping a ping for a node heard 7 s ago would leave it
+  // silent for 17 s.
+  using h = makeHub({ keepAlive: 10_000, fadeAfter: 15_000 });
+  const nodes = Array.from({ length: 20 }, (_, i) => h.join(`n${i}`));
+  for (let t = 250; t <= 120_000; t += 250) {
+    h.clock.now = t;
+    h.hub.sweep();
+    for (const node of nodes) {
+      for (const _ of node.sink.take("ping")) h.hub.receive(node.member, { t: "pong" });
+    }
+  }
+  assert.equal(h.hub.stats.faded, 0);
+  assert.ok(nodes.every((node) => node.sink.closed === null));
+});
+
 Deno.test("hub: a broken connection is gone after 2.5 s, whatever the keep-alive; silence after fadeAfter", () => {
   using h = makeHub({ keepAlive: 10_000 }); // fadeAfter 25 s
   const a = h.join("a");

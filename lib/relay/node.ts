@@ -94,13 +94,15 @@ const MAX_SENDERS_REMEMBERED = 10_000;
 
 const FADE_BEATS = 3;
 /**
- * A relay acknowledges a message within a turn of its event loop: messages
- * unacknowledged this long, with nothing at all heard from the relay
- * meanwhile, mean a dead link, not a slow relay. Found so, the node
- * reconnects (and resends) without waiting for the keep-alive's 3 periods
- * (30 s with the relay's default); a false alarm costs one resume.
+ * Messages unacknowledged this long, with nothing at all heard from the
+ * relay meanwhile, make the node ask: it pings. A relay answers a ping at
+ * once, even when its acks wait (in a cluster, Redis takes each message
+ * before it is acknowledged), so no answer within {@linkcode PROBE_GRACE_MS}
+ * means a dead link: the node reconnects (and resends) without waiting for
+ * the keep-alive's 3 periods (30 s with the relay's default).
  */
 const ACK_SILENCE_MS = 2000;
+const PROBE_GRACE_MS = 1000;
 
 /**
  * Sessions through a relay are encrypted end to end, and the key is what
@@ -195,6 +197,8 @@ export class RelayNode implements AsyncDisposable {
   #lastHeard = performance.now();
   /** Since when messages sent on this link wait for an ack without progress (null: none wait). */
   #waitingSince: number | null = null;
+  /** When the node pinged a relay that was leaving its messages unacknowledged (null: none out). */
+  #probedAt: number | null = null;
   #watchdog: ReturnType<typeof setInterval> | undefined;
   #keepAlive = 1000;
   #closed = false;
@@ -528,6 +532,7 @@ export class RelayNode implements AsyncDisposable {
     }
     this.#setState("connected");
     this.#waitingSince = this.#reliable && this.#unacked.length > 0 ? performance.now() : null;
+    this.#probedAt = null;
     for (const frame of this.#unacked) this.#transport!.send(frame);
     if (!this.#reliable) this.#acked(this.#seq);
   }
@@ -610,18 +615,25 @@ export class RelayNode implements AsyncDisposable {
     let why: string | undefined;
     if (silence > this.#keepAlive * FADE_BEATS) {
       why = `nothing heard from the relay for ${this.#keepAlive * FADE_BEATS} ms`;
+    } else if (this.#probedAt !== null) {
+      if (this.#lastHeard > this.#probedAt) this.#probedAt = null; // answered: alive, only slow
+      else if (now - this.#probedAt > PROBE_GRACE_MS) {
+        why = `${this.#unacked.length} messages unacknowledged, and no answer to a ping ` +
+          `within ${PROBE_GRACE_MS} ms`;
+      }
     } else if (
       this.#unacked.length > 0 && this.#waitingSince !== null &&
       now - this.#waitingSince > ACK_SILENCE_MS &&
       silence > ACK_SILENCE_MS
     ) {
-      why = `${this.#unacked.length} messages unacknowledged and nothing heard from the relay ` +
-        `for ${ACK_SILENCE_MS} ms`;
+      this.#probedAt = now;
+      this.#transport.send({ t: "ping" });
     }
     if (why === undefined) return;
     const transport = this.#transport;
     this.#transport = null;
     this.#waitingSince = null;
+    this.#probedAt = null;
     transport.close().catch(() => {});
     this.#lost(why);
   }
