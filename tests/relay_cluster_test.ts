@@ -439,3 +439,39 @@ Deno.test("cluster: expired nickname reservations do not pile up in a long-lived
     raw.destroy();
   }
 });
+
+Deno.test("cluster hub: a broken connection's grace does not run out while its node's join is in flight: no leave lands after the join", async () => {
+  await using redis = await startRedis({ persist: false });
+  using h = clusterHub(redis.url);
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    const a = await h.join("a");
+    const x = await h.join("x");
+    h.hub.detach(x.member, x.sink); // x's connection broke at time 0
+    // x comes back while Redis holds writes: its join waits there.
+    await raw.sendCommand(["CLIENT", "PAUSE", "60000", "WRITE"]);
+    const back = h.join("x", { token: x.welcome.token });
+    await waitUntil(() => h.hub.rooms.get("s")!.joining.size > 0, "x's join in flight");
+    h.clock.now = 3000; // past the 2.5 s grace of a broken connection
+    h.hub.sweep();
+    await raw.sendCommand(["CLIENT", "UNPAUSE"]);
+    const again = await back;
+    assert.equal(again.welcome.nickname, "x");
+    // A message after the join: any leave of x would have been published before it.
+    h.hub.receive(a.member, { t: "msg", text: "after" });
+    await again.sink.until(
+      () => again.sink.frames.some((f) => f.t === "msg" && f.text === "after"),
+      "the message after the join",
+    );
+    assert.deepEqual(
+      a.sink.frames.filter((f) => f.t === "leave"),
+      [],
+      "x was announced gone while it was joining again",
+    );
+    assert.notEqual(await raw.sendCommand(["HGET", "immortal:relay:r:73:m", "x"]), null);
+  } finally {
+    await raw.sendCommand(["CLIENT", "UNPAUSE"]).catch(() => {});
+    raw.destroy();
+  }
+});
