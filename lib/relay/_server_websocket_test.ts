@@ -132,3 +132,19 @@ Deno.test("server WebSocket: short writes are finished, in order, and sendBytes 
     [0x81, 5, ...new TextEncoder().encode("hello"), 0x82, 3, 1, 2, 3],
   );
 });
+
+Deno.test("server WebSocket: binary data (a pipe's stream) is written at once when no write is in flight", async () => {
+  const conn = new ScriptedConn();
+  await using ws = open(conn);
+  await turn(); // the socket started
+  ws.socket.send("text waits for the turn's end");
+  assert.equal(conn.writes.length, 0);
+  ws.socket.sendBinary(new Uint8Array([1, 2]));
+  assert.equal(conn.writes.length, 1, "written in the same turn");
+  assert.equal(conn.writes[0].length, 2 + 29 + 2 + 2, "with the text queued before it, in order");
+  assert.equal(conn.writes[0][0], 0x81);
+  assert.equal(conn.writes[0][31], 0x82);
+  const drained = ws.drained();
+  await drained;
+  assert.equal(conn.writes.length, 1, "the turn's flush found nothing left");
+});
