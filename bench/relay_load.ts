@@ -74,7 +74,20 @@ async function run(
 ) {
   const ports = Array.from({ length: cluster.relays }, () => freePort());
   const relays = ports.map((port) => startRelay(port, cluster.redis));
-  await Promise.all(ports.map(waitForPort));
+  try {
+    await Promise.all(ports.map(waitForPort));
+  } catch (error) {
+    // Those that did start are stopped, not left running.
+    for (const relay of relays) {
+      try {
+        relay.kill("SIGTERM");
+      } catch {
+        // Exited already.
+      }
+      await relay.status;
+    }
+    throw error;
+  }
   const rss = async () =>
     (await Promise.all(relays.map((r) => rssKiB(r.pid)))).reduce((a, b) => a + b);
   const idle = await rss();
@@ -122,7 +135,19 @@ const row = (label: string, r: Record<string, number>) =>
   } | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} |`;
 
 if (Deno.args.includes("--cluster")) {
-  // In memory, one relay on Redis, two relays on Redis: same nodes, same rates, same run.
+  let failed = false;
+  try {
+    await compareClusters();
+  } catch (error) {
+    console.error(`relay_load: ${(error as Error).message}`);
+    failed = true;
+  }
+  Deno.exit(failed ? 1 : 0);
+}
+
+/** In memory, one relay on Redis, two relays on Redis: same nodes, same rates, same run. */
+async function compareClusters(): Promise<void> {
+  // Stopped when this returns or throws (Deno.exit would skip it: it leaked a redis-server once).
   await using redis = await startRedis({ persist: false });
   const rates = [1_000, 3_000, 5_000, 7_000];
   const configs = [
@@ -151,7 +176,6 @@ if (Deno.args.includes("--cluster")) {
       } KiB per node`,
     );
   }
-  Deno.exit(0);
 }
 
 const big = await run(10_000, 10, [10_000, 25_000, 40_000], 5);
