@@ -111,14 +111,6 @@ export class ByteReader {
     this.#filled = false;
   }
 
-  /** Waits until at least `n` bytes are buffered (n ≤ capacity); false if the stream ends first. */
-  async want(n: number): Promise<boolean> {
-    while (this.#end - this.#start < n) {
-      if (!(await this.fill())) return false;
-    }
-    return true;
-  }
-
   /**
    * Fills `out` whole: buffered bytes first, then straight from the source
    * (a large payload is not squeezed through the small buffer). False if the

@@ -304,10 +304,7 @@ export class Hub {
       current && token !== undefined && secretsEqual(current.token, token) &&
       current.role === role
     ) {
-      const old = current.sink;
-      current.sink = sink;
-      current.detachedAt = undefined;
-      current.lastHeard = now;
+      const old = current.attach(sink, now);
       current.id = hello.id ?? current.id;
       old.close(4409, "replaced by a newer connection of the same node");
       this.#welcome(current, hello, extra.stream);
@@ -419,9 +416,7 @@ export class Hub {
    * keep-alive declares it gone. A blip is not announced to the others.
    */
   detach(member: Member, sink: Sink): void {
-    if (member.sink !== sink) return;
-    member.sink = DETACHED;
-    member.detachedAt = this.#clock();
+    if (member.sink === sink) member.detach(this.#clock());
   }
 
   /** Removes a node; `gone` when it faded or its connection broke, `left` when it said bye. */
@@ -605,7 +600,7 @@ export class Hub {
     const sink = member.sink;
     if (member.id !== undefined) {
       // It comes back for the rest: the history has what this queue could not take.
-      member.sink = DETACHED;
+      member.detach(this.#clock());
       sink.close(4429, "too slow: send queue full");
       return false;
     }
@@ -653,9 +648,6 @@ export class Hub {
     const blipGrace = Math.min(fadeAfter, BLIP_GRACE_MS);
     for (const room of this.rooms.values()) {
       for (const member of room.members.values()) {
-        // Detached elsewhere (too slow, Redis lost its message) without `detach`: counted from now.
-        if (member.sink === DETACHED) member.detachedAt ??= now;
-        else member.detachedAt = undefined;
         // In a cluster, not while a join is in flight in the room: it may be this
         // node's, and a leave sent now could land after it and undo it.
         const absent = member.detachedAt !== undefined && now - member.detachedAt > blipGrace &&
@@ -758,10 +750,7 @@ export class Hub {
       }
       if (member) {
         // The same node again on this relay, before its old connection was noticed dead.
-        const old = member.sink;
-        member.sink = sink;
-        member.detachedAt = undefined;
-        member.lastHeard = now;
+        const old = member.attach(sink, now);
         old.close(4409, "replaced by a newer connection of the same node");
         cluster.unsubscribe(id); // it holds one subscription already
       } else {
@@ -879,7 +868,7 @@ export class Hub {
         nickname: from.nickname,
         reason,
       });
-      from.sink = DETACHED;
+      from.detach(this.#clock());
       sink.close(4503, "the relay cannot reach its cluster store");
     };
     from.pending = from.pending.then(() => sent).then((result) => {
@@ -968,7 +957,7 @@ export class Hub {
     for (const member of this.rooms.get(id)?.members.values() ?? []) {
       if (member.id === undefined || member.sink === DETACHED) continue;
       const sink = member.sink;
-      member.sink = DETACHED;
+      member.detach(this.#clock());
       sink.close(4503, "the relay lost messages on their way to this node: reconnect to recover");
     }
   }

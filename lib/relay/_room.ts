@@ -52,7 +52,7 @@ export class Member {
   nextCheck: number;
   /** A frame went to the node since its last keep-alive check. */
   sent = false;
-  /** When the relay saw the node's connection gone (clock ms); undefined while it has one. */
+  /** When the node's connection went (clock ms); undefined while it has one. */
   detachedAt: number | undefined;
   #tokens: number;
   #refilled: number;
@@ -69,6 +69,21 @@ export class Member {
   ) {
     this.lastHeard = this.nextCheck = this.#refilled = now;
     this.#tokens = rate * 2;
+  }
+
+  /** The node's connection is gone at `now`: what it misses waits in the room's history. */
+  detach(now: number): void {
+    this.sink = DETACHED;
+    this.detachedAt = now;
+  }
+
+  /** The node is back on `sink` at `now`; returns the sink it replaces. */
+  attach(sink: Sink, now: number): Sink {
+    const old = this.sink;
+    this.sink = sink;
+    this.detachedAt = undefined;
+    this.lastHeard = now;
+    return old;
   }
 
   /** Token bucket: `rate` per second, bursts of twice that. */
