@@ -239,8 +239,10 @@ export class SealedLink implements Link {
     if (!(await this.#fill(RECORD_HEADER + length))) {
       throw new TamperedError("the link ended inside a record");
     }
-    const header = this.#in.slice(this.#inStart, this.#inStart + RECORD_HEADER);
-    const body = this.#in.slice(
+    // Views, not copies: the record is opened (copied out) before the next
+    // read moves what is buffered.
+    const header = this.#in.subarray(this.#inStart, this.#inStart + RECORD_HEADER);
+    const body = this.#in.subarray(
       this.#inStart + RECORD_HEADER,
       this.#inStart + RECORD_HEADER + length,
     );

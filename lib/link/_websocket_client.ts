@@ -17,6 +17,8 @@ const encoder = new TextEncoder();
 const HANDSHAKE_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /** Largest message sent (relays hold a message whole before passing it on). */
 const MAX_MESSAGE = 256 * 1024;
+/** Bytes a frame takes beyond its payload, at most: a 14-byte header and 3 of alignment. */
+export const FRAME_ROOM = 17;
 /** Longest response head accepted from the server. */
 const MAX_HEAD = 16 * 1024;
 
@@ -30,33 +32,57 @@ export async function acceptKey(key: string): Promise<string> {
   return btoa(String.fromCharCode(...new Uint8Array(digest)));
 }
 
-/** One masked client frame, FIN set; the payload is XORed in place, four bytes at a time. */
-function maskedFrame(opcode: number, payload: Uint8Array): Uint8Array {
+/** Scratch for the mask of the frame being built (one frame is built at a time). */
+const maskBytes = new Uint8Array(4);
+const rotated = new Uint8Array(4);
+const rotatedWord = new Uint32Array(rotated.buffer);
+
+/**
+ * Builds one masked client frame, FIN set, at the start of `target` (which
+ * has room for `payload` and {@linkcode FRAME_ROOM} bytes more) and returns it. Copying and
+ * masking are one pass, four bytes at a time: the first bytes up to the
+ * payload's next 4-byte boundary go one by one, and the frame is placed so
+ * its body lines up with the payload's words.
+ */
+export function maskFrameInto(
+  target: ArrayBuffer,
+  opcode: number,
+  payload: Uint8Array,
+): Uint8Array {
   const n = payload.length;
   const head = n < 126 ? 6 : n < 65_536 ? 8 : 14;
-  // Placed so the payload starts on a 4-byte boundary, for the word-wise XOR.
-  const pad = (4 - (head % 4)) % 4;
-  const frame = new Uint8Array(new ArrayBuffer(pad + head + n), pad, head + n);
+  const lead = Math.min((4 - (payload.byteOffset & 3)) & 3, n);
+  const pad = (4 - ((head + lead) & 3)) & 3;
+  const frame = new Uint8Array(target, pad, head + n);
   frame[0] = 0x80 | opcode;
-  const view = new DataView(frame.buffer, frame.byteOffset);
   if (n < 126) {
     frame[1] = 0x80 | n;
   } else if (n < 65_536) {
     frame[1] = 0x80 | 126;
-    view.setUint16(2, n);
+    new DataView(target, pad).setUint16(2, n);
   } else {
     frame[1] = 0x80 | 127;
-    view.setBigUint64(2, BigInt(n));
+    new DataView(target, pad).setBigUint64(2, BigInt(n));
   }
-  const mask = crypto.getRandomValues(new Uint8Array(4));
+  const mask = crypto.getRandomValues(maskBytes);
   frame.set(mask, head - 4);
-  frame.set(payload, head);
-  const words = n >>> 2;
-  const word = new Uint32Array(mask.buffer)[0];
-  const body = new Uint32Array(frame.buffer, frame.byteOffset + head, words);
-  for (let i = 0; i < words; i++) body[i] ^= word;
-  for (let i = words * 4; i < n; i++) frame[head + i] ^= mask[i & 3];
+  for (let i = 0; i < lead; i++) frame[head + i] = payload[i] ^ mask[i & 3];
+  const words = (n - lead) >>> 2;
+  if (words > 0) {
+    // The mask as a word in this machine's byte order, starting at byte `lead` of the mask.
+    for (let j = 0; j < 4; j++) rotated[j] = mask[(lead + j) & 3];
+    const word = rotatedWord[0];
+    const from = new Uint32Array(payload.buffer, payload.byteOffset + lead, words);
+    const to = new Uint32Array(target, pad + head + lead, words);
+    for (let i = 0; i < words; i++) to[i] = from[i] ^ word;
+  }
+  for (let i = lead + words * 4; i < n; i++) frame[head + i] = payload[i] ^ mask[i & 3];
   return frame;
+}
+
+/** One masked client frame in a buffer of its own (control frames). */
+function maskedFrame(opcode: number, payload: Uint8Array): Uint8Array {
+  return maskFrameInto(new ArrayBuffer(payload.length + FRAME_ROOM), opcode, payload);
 }
 
 /** A WebSocket link on a connection whose opening handshake is done. */
@@ -67,6 +93,12 @@ class ClientWebSocketLink implements Link {
   #payloadLeft = 0;
   #ended = false;
   #writing: Promise<void> = Promise.resolve();
+  /**
+   * The buffer data frames are built in, one at a time, just before each is
+   * written: a new 256 KiB buffer per message cost the kernel fresh pages
+   * and the collector work.
+   */
+  #frameBuffer: ArrayBuffer | null = null;
 
   constructor(conn: Deno.Conn, ahead: Uint8Array) {
     this.#conn = conn;
@@ -102,13 +134,17 @@ class ClientWebSocketLink implements Link {
     return n;
   }
 
+  /** Sends `data` as binary messages; `data` must not change until the promise settles. */
   write(data: Uint8Array): Promise<void> {
     if (this.#ended) return Promise.reject(linkClosed("closed"));
-    const frames: Uint8Array[] = [];
-    for (let offset = 0; offset < data.length; offset += MAX_MESSAGE) {
-      frames.push(maskedFrame(0x2, data.subarray(offset, offset + MAX_MESSAGE)));
-    }
-    return this.#send(frames);
+    return this.#queue(async () => {
+      const buffer = this.#frameBuffer ??= new ArrayBuffer(MAX_MESSAGE + FRAME_ROOM);
+      for (let offset = 0; offset < data.length; offset += MAX_MESSAGE) {
+        await this.#writeAll(
+          maskFrameInto(buffer, 0x2, data.subarray(offset, offset + MAX_MESSAGE)),
+        );
+      }
+    });
   }
 
   close(): void {
@@ -126,14 +162,15 @@ class ClientWebSocketLink implements Link {
     );
   }
 
-  #send(frames: Uint8Array[]): Promise<void> {
-    const written = this.#writing.then(async () => {
-      for (const frame of frames) {
-        for (let at = 0; at < frame.length;) at += await this.#conn.write(frame.subarray(at));
-      }
-    });
+  /** Runs `send` after every write queued before it: frames never interleave. */
+  #queue(send: () => Promise<void>): Promise<void> {
+    const written = this.#writing.then(send);
     this.#writing = written.catch(() => {});
     return written;
+  }
+
+  async #writeAll(frame: Uint8Array): Promise<void> {
+    for (let at = 0; at < frame.length;) at += await this.#conn.write(frame.subarray(at));
   }
 
   /** At least `n` bytes in `#ahead`; false at the end of the connection. */
@@ -177,7 +214,10 @@ class ClientWebSocketLink implements Link {
     if (length > 125 || !(await this.#want(length))) return false;
     const payload = this.#ahead.slice(0, length);
     this.#ahead = this.#ahead.subarray(length);
-    if (opcode === 0x9) await this.#send([maskedFrame(0xa, payload)]);
+    if (opcode === 0x9) {
+      const pong = maskedFrame(0xa, payload);
+      await this.#queue(() => this.#writeAll(pong));
+    }
     if (opcode === 0x8) {
       this.close();
       return false;

@@ -18,7 +18,11 @@ export interface Link {
    * end of stream. Rejects when the link fails or is closed.
    */
   read(buffer: Uint8Array): Promise<number | null>;
-  /** Writes all of `data`; rejects when the link fails or is closed. */
+  /**
+   * Writes all of `data`; rejects when the link fails or is closed. As with
+   * `Deno.Conn.write`, `data` must not change until the promise settles: a
+   * link may read it only when its turn to be written comes.
+   */
   write(data: Uint8Array): Promise<void>;
   /**
    * Closes the link; idempotent. Pending reads settle; a pending write may

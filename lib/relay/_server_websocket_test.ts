@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { setImmediate } from "node:timers";
 import { ByteReader } from "./_byte_reader.ts";
 import { ServerWebSocket } from "./_server_websocket.ts";
+import { maskFrameInto } from "../link/_websocket_client.ts";
 
 /** A connection whose writes are recorded and complete when the test releases them. */
 class ScriptedConn {
@@ -18,8 +19,14 @@ class ScriptedConn {
   #held: (() => void)[] = [];
   #end = Promise.withResolvers<null>();
 
+  /** The buffer of each write, as handed over (not a copy). */
+  buffers: ArrayBufferLike[] = [];
+  #incoming: Uint8Array[] = [];
+  #arrived: (() => void) | null = null;
+
   write(bytes: Uint8Array): Promise<number> {
     this.writes.push(bytes.slice());
+    this.buffers.push(bytes.buffer);
     const n = Math.min(bytes.length, this.takeAtMost);
     if (!this.holding) return Promise.resolve(n);
     return new Promise((resolve) => this.#held.push(() => resolve(n)));
@@ -31,8 +38,25 @@ class ScriptedConn {
     for (const done of this.#held.splice(0)) done();
   }
 
-  read(_into: Uint8Array): Promise<number | null> {
-    return this.#end.promise;
+  /** Bytes the socket reads next, as if the peer sent them. */
+  receive(bytes: Uint8Array): void {
+    this.#incoming.push(bytes);
+    this.#arrived?.();
+  }
+
+  async read(into: Uint8Array): Promise<number | null> {
+    while (this.#incoming.length === 0) {
+      const arrived = new Promise<null>((resolve) => this.#arrived = () => resolve(null));
+      const ended = await Promise.race([arrived, this.#end.promise.then(() => true)]);
+      this.#arrived = null;
+      if (ended) return null;
+    }
+    const next = this.#incoming[0];
+    const n = Math.min(into.length, next.length);
+    into.set(next.subarray(0, n));
+    if (n === next.length) this.#incoming.shift();
+    else this.#incoming[0] = next.subarray(n);
+    return n;
   }
 
   close(): void {
@@ -59,11 +83,11 @@ function texts(chunks: Uint8Array[]): string[] {
   return out;
 }
 
-function open(conn: ScriptedConn) {
+function open(conn: ScriptedConn, maxMessageBytes = 1024) {
   const socket = new ServerWebSocket(
     conn as unknown as Deno.Conn,
     new ByteReader(conn as unknown as Deno.Conn, 1024),
-    { maxMessageBytes: 1024 },
+    { maxMessageBytes },
   );
   const running = socket.run();
   const drained = () => new Promise<void>((resolve) => socket.ondrain = resolve);
@@ -147,4 +171,43 @@ Deno.test("server WebSocket: binary data (a pipe's stream) is written at once wh
   const drained = ws.drained();
   await drained;
   assert.equal(conn.writes.length, 1, "the turn's flush found nothing left");
+});
+
+/** A masked binary frame, as a client sends it. */
+function clientFrame(payload: Uint8Array): Uint8Array {
+  return maskFrameInto(new ArrayBuffer(payload.length + 17), 0x2, payload);
+}
+
+Deno.test("server WebSocket: a binary message passed on is framed where it was read, and its buffer is used again once written", async () => {
+  const fromConn = new ScriptedConn();
+  const toConn = new ScriptedConn();
+  await using from = open(fromConn, 1 << 20);
+  await using to = open(toConn, 1 << 20);
+  const received: Uint8Array[] = [];
+  from.socket.onmessage = (data) => {
+    assert.ok(data instanceof Uint8Array);
+    received.push(data);
+    to.socket.sendBinary(data);
+  };
+  await turn(); // both sockets started
+  const messages = [100, 20_000, 70_000].map((n) =>
+    Uint8Array.from({ length: n }, (_, i) => (i * 7 + n) & 0xff)
+  );
+  for (const [i, message] of messages.entries()) {
+    const drained = to.drained();
+    fromConn.receive(clientFrame(message));
+    await drained;
+    assert.equal(toConn.writes.length, i + 1, "one write per message");
+    const written = toConn.writes[i];
+    const head = message.length < 126 ? 2 : message.length < 65_536 ? 4 : 10;
+    assert.equal(written[0], 0x82);
+    assert.deepEqual(written.subarray(head), message, "the bytes, unmasked, intact");
+    assert.equal(toConn.buffers[i], received[i].buffer, "written from the buffer it was read into");
+  }
+  assert.equal(received[0].buffer.byteLength, 12 + 100, "a small message has a buffer of its own");
+  assert.equal(
+    received[2].buffer,
+    received[1].buffer,
+    "the third message was read into the second one's pooled buffer, once that was written",
+  );
 });
