@@ -475,3 +475,44 @@ Deno.test("cluster hub: a broken connection's grace does not run out while its n
     raw.destroy();
   }
 });
+
+Deno.test("cluster: the commands in flight share one timeout timer, not one each", async () => {
+  await using redis = await startRedis({ persist: false });
+  const { cluster, until } = recordingCluster(redis.url);
+  try {
+    await cluster.subscribe("s");
+    for (const nickname of ["a", "b"]) {
+      assert.equal(
+        typeof await cluster.join("s", { nickname, role: "peer", suffixed: false }),
+        "object",
+      );
+    }
+    // Timers started while 200 messages go to Redis at once (a relay sends a command per message).
+    const started = { timeouts: 0, intervals: 0 };
+    const { setTimeout: realTimeout, setInterval: realInterval } = globalThis;
+    globalThis.setTimeout = ((...args: Parameters<typeof realTimeout>) => {
+      started.timeouts++;
+      return realTimeout(...args);
+    }) as typeof realTimeout;
+    globalThis.setInterval = ((...args: Parameters<typeof realInterval>) => {
+      started.intervals++;
+      return realInterval(...args);
+    }) as typeof realInterval;
+    try {
+      const sent = await Promise.all(
+        Array.from(
+          { length: 200 },
+          (_, i) => cluster.send("s", { from: "a", role: "peer", prev: 0, ...frame(`m${i}`) }),
+        ),
+      );
+      assert.ok(sent.every((result) => result.status === "ok"));
+    } finally {
+      globalThis.setTimeout = realTimeout;
+      globalThis.setInterval = realInterval;
+    }
+    assert.ok(started.timeouts + started.intervals <= 2, JSON.stringify(started));
+    await until(200);
+  } finally {
+    cluster.close();
+  }
+});

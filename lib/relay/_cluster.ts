@@ -133,6 +133,8 @@ type ScriptName = keyof typeof SCRIPTS;
 
 /** A room this relay listens to, and where its messages are. */
 interface Subscription {
+  /** The room's name (its key is hex: kept here, not decoded again per message). */
+  room: string;
   /** Local users of the subscription. */
   refs: number;
   /**
@@ -149,6 +151,12 @@ interface Subscription {
   overflowed: boolean;
   /** Resolves once subscribed. */
   ready: Promise<void>;
+}
+
+/** A Redis command waiting for its answer, failed at `deadline`. */
+interface Waiter {
+  deadline: number;
+  fail: (error: Error) => void;
 }
 
 /** One relay's membership in a cluster on Redis. */
@@ -178,6 +186,9 @@ export class RelayCluster {
   #pipeUrl = "";
   #key: Promise<string> | null = null;
   #keyAt = 0;
+  /** Commands sent and not yet answered, oldest first ({@linkcode RelayCluster.#timed}). */
+  #waiting = new Set<Waiter>();
+  #watchdog: ReturnType<typeof setInterval> | undefined;
 
   /** Joins the cluster on the Redis at `settings.url`; `events` hears what happens in it. */
   constructor(settings: ClusterSettings, events: ClusterEvents) {
@@ -227,7 +238,15 @@ export class RelayCluster {
           subscribed.lastOffset = Math.max(subscribed.lastOffset, latest);
         }
       })();
-      subscription = { refs: 0, epoch: "", lastOffset: 0, waiting: null, overflowed: false, ready };
+      subscription = {
+        room,
+        refs: 0,
+        epoch: "",
+        lastOffset: 0,
+        waiting: null,
+        overflowed: false,
+        ready,
+      };
       this.#rooms.set(hex, subscription);
     }
     subscription.refs++;
@@ -418,6 +437,8 @@ export class RelayCluster {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#heartbeat);
+    clearInterval(this.#watchdog);
+    this.#watchdog = undefined;
     this.#redis.destroy();
     this.#sub.destroy();
   }
@@ -458,23 +479,47 @@ export class RelayCluster {
    * Any failure may leave a member in Redis that no relay holds: the next
    * heartbeat checks.
    */
-  async #timed<T>(work: Promise<T>): Promise<T> {
-    const timeout = this.#settings.commandTimeout;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`Redis did not answer within ${timeout} ms`)),
-        timeout,
-      );
+  #timed<T>(work: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const waiter: Waiter = {
+        deadline: performance.now() + this.#settings.commandTimeout,
+        fail: reject,
+      };
+      this.#waiting.add(waiter);
+      this.#watch();
+      work.then((value) => {
+        this.#waiting.delete(waiter);
+        resolve(value);
+      }, (error) => {
+        this.#waiting.delete(waiter);
+        this.#suspectGhosts = true;
+        reject(error);
+      });
     });
-    try {
-      return await Promise.race([work, late]);
-    } catch (error) {
-      this.#suspectGhosts = true;
-      throw error;
-    } finally {
-      clearTimeout(timer);
-    }
+  }
+
+  /**
+   * Runs the watchdog while commands wait: one timer for all of them, not
+   * one per command (a relay on Redis sends one per message, and a timer
+   * each was 2% of its CPU). The oldest command has the earliest deadline
+   * (one timeout for all), so a check looks only at the oldest ones.
+   */
+  #watch(): void {
+    if (this.#watchdog !== undefined || this.#closed) return;
+    const every = Math.max(10, Math.min(250, this.#settings.commandTimeout / 4));
+    this.#watchdog = setInterval(() => {
+      const now = performance.now();
+      for (const waiter of this.#waiting) {
+        if (waiter.deadline > now) break;
+        this.#waiting.delete(waiter);
+        this.#suspectGhosts = true;
+        waiter.fail(new Error(`Redis did not answer within ${this.#settings.commandTimeout} ms`));
+      }
+      if (this.#waiting.size === 0) {
+        clearInterval(this.#watchdog);
+        this.#watchdog = undefined;
+      }
+    }, every);
   }
 
   async #since(hex: string, offset: number): Promise<[string, number, EpochEntry[]]> {
@@ -598,7 +643,7 @@ export class RelayCluster {
     const hex = channel.slice(PREFIX.length + 2);
     const subscription = this.#rooms.get(hex);
     if (!subscription) return;
-    const room = roomName(hex);
+    const room = subscription.room;
     const fields = text.split("\n");
     switch (fields[0]) {
       case "m": {
@@ -697,7 +742,7 @@ export class RelayCluster {
     }
     subscription.waiting = trigger ? [trigger] : [];
     subscription.overflowed = false;
-    const room = roomName(hex);
+    const room = subscription.room;
     const from = subscription.lastOffset;
     this.#since(hex, from).then(([epoch, , entries]) => {
       const waiting = (subscription.waiting ?? []).sort((a, b) => a.offset - b.offset);
@@ -751,10 +796,14 @@ export class RelayCluster {
 }
 
 /** A room id as it appears in keys and channels: hex of its UTF-8 bytes (any text is safe there). */
+const HEX = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
+const utf8 = new TextEncoder();
+
+/** A room's name as hex (its key in Redis): computed once per message, so kept cheap. */
 function roomKey(room: string): string {
-  return Array.from(new TextEncoder().encode(room), (b) => b.toString(16).padStart(2, "0")).join(
-    "",
-  );
+  let key = "";
+  for (const byte of utf8.encode(room)) key += HEX[byte];
+  return key;
 }
 
 function roomName(hex: string): string {
