@@ -104,7 +104,16 @@ async function viaRelay(
 async function stopEnds(): Promise<void> {
   for (const child of ends.splice(0)) {
     child.kill("SIGTERM");
+    // An end whose link broke may hang in its graceful close: it does not hold up the run.
+    const stuck = setTimeout(() => {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // Exited meanwhile.
+      }
+    }, 5000);
     await child.status;
+    clearTimeout(stuck);
     try {
       await child.stdout.cancel();
     } catch {
