@@ -439,6 +439,9 @@ export class RelayCluster {
     clearInterval(this.#heartbeat);
     clearInterval(this.#watchdog);
     this.#watchdog = undefined;
+    // Nothing is left waiting on a watchdog that no longer runs.
+    for (const waiter of this.#waiting) waiter.fail(new Error("the relay left the cluster"));
+    this.#waiting.clear();
     this.#redis.destroy();
     this.#sub.destroy();
   }
@@ -480,6 +483,10 @@ export class RelayCluster {
    * heartbeat checks.
    */
   #timed<T>(work: Promise<T>): Promise<T> {
+    if (this.#closed) {
+      work.catch(() => {}); // destroyed clients reject it
+      return Promise.reject(new Error("the relay left the cluster"));
+    }
     return new Promise<T>((resolve, reject) => {
       const waiter: Waiter = {
         deadline: performance.now() + this.#settings.commandTimeout,

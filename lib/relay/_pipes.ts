@@ -551,6 +551,8 @@ export class PipeEndpoint {
     const ended = Promise.withResolvers<void>();
     let open = 2;
     const one = (source: ServerWebSocket, sink: ServerWebSocket) => {
+      // Each message goes to the other end as it is, and nowhere else.
+      source.passOn = true;
       source.onmessage = (data) => {
         if (typeof data === "string") return source.close(1003, "pipes carry bytes");
         sink.sendBinary(data);

@@ -58,21 +58,22 @@ function validCloseCode(code: number): boolean {
  * aligned for {@linkcode unmask}.
  */
 const HEADROOM = 12;
-/** Payloads up to this size are read into pooled buffers: the largest message our links send. */
-const POOLED_PAYLOAD = 256 * 1024;
-/** Smaller payloads get a buffer of their own size: a pooled one would be mostly empty. */
+/** Payloads from this size up to {@linkcode POOLED_TO} are read into pooled buffers. */
 const POOLED_FROM = 16 * 1024;
-const POOLED_BUFFER = HEADROOM + POOLED_PAYLOAD;
-/** Pooled buffers kept for reuse, at most (shared by all sockets). */
-const POOL_SIZE = 16;
+/** The largest pooled payload: the largest message our links send. */
+const POOLED_TO = 256 * 1024;
+/** Free buffers kept per size (16 to 256 KiB, powers of two): at most 7.75 MiB, for all sockets. */
+const FREE_PER_SIZE = 16;
 /**
- * Payload buffers whose frames were written, for the next messages. A new
- * 256 KiB buffer per message cost more than the copy it saves: the
- * allocator gave memory back to the kernel and took it again, and the
- * relay spent its time faulting in fresh pages (bench/relay_tunnel.ts ran at
- * half speed with the relay at 85% of a core, in one run out of three).
+ * Payload buffers whose frames were written, by payload size, for the next
+ * messages. A new buffer per message cost more than the copy it saves: the
+ * allocator gave memory back to the kernel and took it again, and the relay
+ * spent its time faulting in fresh pages (bench/relay_tunnel.ts ran at half
+ * speed with the relay at 83% of a core, in one run out of three). Sizes are
+ * powers of two, so a buffer is never more than twice its payload: a queue's
+ * byte count (what backpressure looks at) stays close to the memory it holds.
  */
-const pool: ArrayBuffer[] = [];
+const pool = new Map<number, ArrayBuffer[]>();
 /**
  * Payloads this module read with {@linkcode HEADROOM} free bytes in front,
  * not yet framed: the room is used once, by the first frame built for them.
@@ -83,27 +84,35 @@ const inPlace = new WeakSet<Uint8Array>();
 
 /** An array for a whole message's `length`-byte payload, with room in front for a frame header. */
 function payloadArray(length: number): Uint8Array {
-  const payload = length >= POOLED_FROM && length <= POOLED_PAYLOAD
-    ? new Uint8Array(pool.pop() ?? new ArrayBuffer(POOLED_BUFFER), HEADROOM, length)
-    : new Uint8Array(HEADROOM + length).subarray(HEADROOM);
+  let payload: Uint8Array;
+  if (length >= POOLED_FROM && length <= POOLED_TO) {
+    let size = POOLED_FROM;
+    while (size < length) size *= 2;
+    const buffer = pool.get(size)?.pop() ?? new ArrayBuffer(HEADROOM + size);
+    payload = new Uint8Array(buffer, HEADROOM, length);
+  } else {
+    payload = new Uint8Array(HEADROOM + length).subarray(HEADROOM);
+  }
   roomInFront.add(payload);
   return payload;
 }
 
 /** `frame` was written (or copied): its pooled buffer, if it has one, may be used again. */
 function release(frame: Uint8Array): void {
-  if (
-    inPlace.delete(frame) && frame.buffer.byteLength === POOLED_BUFFER && pool.length < POOL_SIZE
-  ) {
-    pool.push(frame.buffer as ArrayBuffer);
-  }
+  if (!inPlace.delete(frame)) return;
+  const size = frame.buffer.byteLength - HEADROOM;
+  if (size < POOLED_FROM || size > POOLED_TO || (size & (size - 1)) !== 0) return;
+  let free = pool.get(size);
+  if (free === undefined) pool.set(size, free = []);
+  if (free.length < FREE_PER_SIZE) free.push(frame.buffer as ArrayBuffer);
 }
 
 /**
  * The binary frame of `payload`: its header written in the room in front of
  * it when it has some ({@linkcode HEADROOM}), else a new frame with a copy.
- * A payload this module read is the frame's from then on: whoever received
- * it must not keep it (its buffer is reused once the frame is written).
+ * A payload a socket read to pass on ({@linkcode ServerWebSocket.passOn}) is
+ * the frame's from then on: whoever received it must not keep it (its
+ * buffer is reused once the frame is written).
  */
 function binaryFrame(payload: Uint8Array): Uint8Array {
   if (!roomInFront.delete(payload)) return encodeFrame(OP_BINARY, payload);
@@ -220,6 +229,13 @@ export class ServerWebSocket {
   onclose: ((code: number, reason: string) => void) | null = null;
   /** Everything sent so far was written to the connection. */
   ondrain: (() => void) | null = null;
+  /**
+   * Binary messages are passed on to another socket's `sendBinary` as they
+   * are (a pipe): they are read with room for that frame's header, into
+   * pooled buffers reused once that frame is written. A socket whose
+   * messages are kept (queued, parsed) reads each into a buffer of its size.
+   */
+  passOn = false;
 
   #conn: Deno.Conn;
   #reader: ByteReader;
@@ -496,7 +512,7 @@ export class ServerWebSocket {
       }
       const payload = opcode < 8 && oversized
         ? await this.#skip(length)
-        : await this.#take(length, opcode === OP_BINARY && fin);
+        : await this.#take(length, this.passOn && opcode === OP_BINARY && fin);
       if (payload === null) return null;
       if (opcode >= 8) {
         unmask(payload, mask);
@@ -553,9 +569,9 @@ export class ServerWebSocket {
     return [code, reason];
   }
 
-  /** The next `length` bytes, with room in front for a frame header if `whole` (a message in one frame). */
-  async #take(length: number, whole: boolean): Promise<Uint8Array | null> {
-    const out = whole ? payloadArray(length) : new Uint8Array(length);
+  /** The next `length` bytes, with room in front for a frame header if `passedOn` (a whole message passed on). */
+  async #take(length: number, passedOn: boolean): Promise<Uint8Array | null> {
+    const out = passedOn ? payloadArray(length) : new Uint8Array(length);
     return (await this.#reader.readFull(out)) ? out : null;
   }
 

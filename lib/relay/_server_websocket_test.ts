@@ -184,13 +184,14 @@ Deno.test("server WebSocket: a binary message passed on is framed where it was r
   await using from = open(fromConn, 1 << 20);
   await using to = open(toConn, 1 << 20);
   const received: Uint8Array[] = [];
+  from.socket.passOn = true;
   from.socket.onmessage = (data) => {
     assert.ok(data instanceof Uint8Array);
     received.push(data);
     to.socket.sendBinary(data);
   };
   await turn(); // both sockets started
-  const messages = [100, 20_000, 70_000].map((n) =>
+  const messages = [100, 20_000, 30_000, 70_000].map((n) =>
     Uint8Array.from({ length: n }, (_, i) => (i * 7 + n) & 0xff)
   );
   for (const [i, message] of messages.entries()) {
@@ -206,8 +207,26 @@ Deno.test("server WebSocket: a binary message passed on is framed where it was r
   }
   assert.equal(received[0].buffer.byteLength, 12 + 100, "a small message has a buffer of its own");
   assert.equal(
+    received[1].buffer.byteLength,
+    12 + 32_768,
+    "a pooled buffer is at most twice its payload",
+  );
+  assert.equal(
     received[2].buffer,
     received[1].buffer,
     "the third message was read into the second one's pooled buffer, once that was written",
   );
+  assert.equal(received[3].buffer.byteLength, 12 + 131_072);
+});
+
+Deno.test("server WebSocket: a socket whose messages are kept reads each into a buffer of its own size", async () => {
+  const conn = new ScriptedConn();
+  await using ws = open(conn, 1 << 20);
+  const received = Promise.withResolvers<Uint8Array>();
+  ws.socket.onmessage = (data) => received.resolve(data as Uint8Array);
+  const message = Uint8Array.from({ length: 20_000 }, (_, i) => i & 0xff);
+  conn.receive(clientFrame(message));
+  const data = await received.promise;
+  assert.deepEqual(data, message);
+  assert.equal(data.buffer.byteLength, 20_000, "no pooled buffer pinned by a kept message");
 });

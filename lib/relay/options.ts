@@ -68,7 +68,9 @@ export interface RelayOptions {
   /**
    * With `redis`: how long (ms) a Redis command may take before the relay
    * gives up on it — a join is refused as `unavailable` (the node tries
-   * again), a message not taken is resent by its node. Default 10000.
+   * again), a message not taken is resent by its node. Checked by one
+   * timer for all commands, a quarter of this often (at most every 250 ms):
+   * a command fails that much after its time at most. Default 10000.
    */
   redisTimeout?: number;
   /** Serve the browser chat page at `/chat`. Default `true`. */
