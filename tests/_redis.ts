@@ -4,7 +4,24 @@
  * everything (as a production Redis with AOF does).
  */
 
+import { createClient } from "@redis/client";
 import { freePort } from "./_helpers.ts";
+
+/**
+ * A plain client of the Redis at `url`, connected, for a test to look into
+ * Redis or act on it behind the relays' backs; disconnected when disposed.
+ */
+export async function redisClient(url: string) {
+  const client = createClient({ url });
+  await client.connect();
+  return {
+    sendCommand: (args: string[]): Promise<unknown> => client.sendCommand(args),
+    [Symbol.asyncDispose]: () => {
+      client.destroy();
+      return Promise.resolve();
+    },
+  };
+}
 
 /**
  * A redis-server the test started; `restart` stops it and starts it again

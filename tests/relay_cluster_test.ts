@@ -7,7 +7,6 @@
  */
 
 import assert from "node:assert/strict";
-import { createClient } from "@redis/client";
 import { type ClusterMessage, RelayCluster } from "../lib/relay/_cluster.ts";
 import { Hub } from "../lib/relay/_hub.ts";
 import type { HelloFrame, WelcomeFrame } from "../lib/relay/_protocol.ts";
@@ -15,7 +14,7 @@ import { relaySettings } from "../lib/relay/_settings.ts";
 import type { RelayOptions } from "../lib/relay/options.ts";
 import { FakeSink } from "./_fake_sink.ts";
 import { waitUntil } from "./_helpers.ts";
-import { startRedis } from "./_redis.ts";
+import { redisClient, startRedis } from "./_redis.ts";
 
 const SETTINGS = {
   historyLength: 1000,
@@ -113,8 +112,7 @@ Deno.test("cluster: a numbered message after one Redis did not take is refused a
 Deno.test("cluster: messages pub/sub did not bring are filled from the history, in offset order, once", async () => {
   await using redis = await startRedis();
   const { cluster, messages, until } = recordingCluster(redis.url);
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
+  await using raw = await redisClient(redis.url);
   try {
     await cluster.subscribe("s");
     // Offsets 1-3 reach the history, but only 3 is published (1 and 2 as if lost by pub/sub).
@@ -142,15 +140,13 @@ Deno.test("cluster: messages pub/sub did not bring are filled from the history, 
     ]);
   } finally {
     cluster.close();
-    raw.destroy();
   }
 });
 
 Deno.test("cluster: after Redis lost a room (a new epoch, offsets from 1 again), its messages are delivered, not dropped as old", async () => {
   await using redis = await startRedis({ persist: false });
   const { cluster, messages, until } = recordingCluster(redis.url);
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
+  await using raw = await redisClient(redis.url);
   try {
     // The test holds the subscription across the loss, as a join in flight would.
     await cluster.subscribe("s");
@@ -179,7 +175,6 @@ Deno.test("cluster: after Redis lost a room (a new epoch, offsets from 1 again),
     );
   } finally {
     cluster.close();
-    raw.destroy();
   }
 });
 
@@ -187,8 +182,7 @@ Deno.test("cluster: a join Redis ran after the relay had given up on it leaves n
   await using redis = await startRedis({ persist: false });
   const held = new Set(["s/x"]);
   const { cluster, presence, when } = recordingCluster(redis.url, { held, commandTimeout: 300 });
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
+  await using raw = await redisClient(redis.url);
   try {
     await cluster.subscribe("s");
     assert.equal(
@@ -210,7 +204,6 @@ Deno.test("cluster: a join Redis ran after the relay had given up on it leaves n
     assert.ok(!presence.includes("leave s/x"), "a node the relay holds was let go");
   } finally {
     cluster.close();
-    raw.destroy();
   }
 });
 
@@ -219,8 +212,7 @@ Deno.test("cluster: after Redis itself stalled past the heartbeat TTL and the co
   // A command timeout shorter than the stall: heartbeats given up here stay queued in Redis.
   const a = recordingCluster(redis.url, { held: new Set(["s/a"]), commandTimeout: 1000 });
   const b = recordingCluster(redis.url, { held: new Set(["s/b"]), commandTimeout: 1000 });
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
+  await using raw = await redisClient(redis.url);
   try {
     for (const [node, nickname] of [[a, "a"], [b, "b"]] as const) {
       await node.cluster.subscribe("s");
@@ -243,7 +235,6 @@ Deno.test("cluster: after Redis itself stalled past the heartbeat TTL and the co
   } finally {
     a.cluster.close();
     b.cluster.close();
-    raw.destroy();
   }
 });
 
@@ -288,36 +279,30 @@ Deno.test("cluster hub: a numbered message refused by the rate limit does not ma
 Deno.test("cluster hub: a fresh join of a nickname Redis gave up while its node was here gets a member of its own, with its own token", async () => {
   await using redis = await startRedis({ persist: false });
   using h = clusterHub(redis.url);
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
-  try {
-    const first = await h.join("alice");
-    // Redis lets alice go (a sweep) whose leave event has not reached this relay yet.
-    await raw.sendCommand(["HDEL", "immortal:relay:r:73:m", "alice"]);
-    await raw.sendCommand(["HINCRBY", "immortal:relay:r:73:n", "peer", "-1"]);
-    const second = await h.join("alice", { role: "bridge" });
-    assert.equal(second.welcome.nickname, "alice");
-    assert.notEqual(
-      second.welcome.token,
-      first.welcome.token,
-      "a new node was given another's token",
-    );
-    assert.equal(second.member.role, "bridge");
-    assert.deepEqual(first.sink.closed, {
-      code: 4408,
-      reason: "the cluster declared this node gone",
-    });
-    assert.equal(h.hub.stats.nodes, 1);
-  } finally {
-    raw.destroy();
-  }
+  await using raw = await redisClient(redis.url);
+  const first = await h.join("alice");
+  // Redis lets alice go (a sweep) whose leave event has not reached this relay yet.
+  await raw.sendCommand(["HDEL", "immortal:relay:r:73:m", "alice"]);
+  await raw.sendCommand(["HINCRBY", "immortal:relay:r:73:n", "peer", "-1"]);
+  const second = await h.join("alice", { role: "bridge" });
+  assert.equal(second.welcome.nickname, "alice");
+  assert.notEqual(
+    second.welcome.token,
+    first.welcome.token,
+    "a new node was given another's token",
+  );
+  assert.equal(second.member.role, "bridge");
+  assert.deepEqual(first.sink.closed, {
+    code: 4408,
+    reason: "the cluster declared this node gone",
+  });
+  assert.equal(h.hub.stats.nodes, 1);
 });
 
 Deno.test("cluster: the key relays open pipes with is read again after Redis lost it and another relay made a new one", async () => {
   await using redis = await startRedis({ persist: false });
   const a = recordingCluster(redis.url);
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
+  await using raw = await redisClient(redis.url);
   try {
     const first = await a.cluster.key();
     await raw.sendCommand(["FLUSHALL"]);
@@ -336,95 +321,83 @@ Deno.test("cluster: the key relays open pipes with is read again after Redis los
     assert.equal(seen, fresh);
   } finally {
     a.cluster.close();
-    raw.destroy();
   }
 });
 
 Deno.test("cluster hub: late presence events about an earlier membership (a leave, a move) do not drop a node that is back", async () => {
   await using redis = await startRedis({ persist: false });
   using h = clusterHub(redis.url);
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
-  try {
-    const alice = await h.join("alice");
-    const bob = await h.join("bob");
-    const channel = "immortal:relay:c:73";
-    // A leave numbered before alice's join, as when her earlier membership's leave comes late.
-    await raw.sendCommand(["PUBLISH", channel, `l\n${alice.member.presence - 1}\nalice\ngone`]);
-    // Pub/sub keeps order: once bob hears zed join, the leave before it was handled.
-    await raw.sendCommand(["PUBLISH", channel, `j\n${bob.member.presence + 1}\nzed\npeer`]);
-    await bob.sink.until(
-      () => bob.sink.frames.some((f) => f.t === "join" && f.nickname === "zed"),
-      "zed's join",
-    );
-    assert.equal(alice.sink.closed, null, "a stale leave dropped a node that is here");
-    // A move of alice to another relay that Redis no longer shows (she is back here), then a
-    // real one of bob: moves are handled in order, so once bob is gone alice's was handled.
-    await raw.sendCommand(["HSET", "immortal:relay:r:73:m", "bob", "peer,elsewhere,x,"]);
-    await raw.sendCommand(["PUBLISH", channel, "r\nalice\nelsewhere"]);
-    await raw.sendCommand(["PUBLISH", channel, "r\nbob\nelsewhere"]);
-    await bob.sink.until(() => bob.sink.closed !== null, "bob's move");
-    assert.equal(bob.sink.closed?.code, 4409);
-    assert.equal(alice.sink.closed, null, "a stale move dropped a node that is here");
-  } finally {
-    raw.destroy();
-  }
+  await using raw = await redisClient(redis.url);
+  const alice = await h.join("alice");
+  const bob = await h.join("bob");
+  const channel = "immortal:relay:c:73";
+  // A leave numbered before alice's join, as when her earlier membership's leave comes late.
+  await raw.sendCommand(["PUBLISH", channel, `l\n${alice.member.presence - 1}\nalice\ngone`]);
+  // Pub/sub keeps order: once bob hears zed join, the leave before it was handled.
+  await raw.sendCommand(["PUBLISH", channel, `j\n${bob.member.presence + 1}\nzed\npeer`]);
+  await bob.sink.until(
+    () => bob.sink.frames.some((f) => f.t === "join" && f.nickname === "zed"),
+    "zed's join",
+  );
+  assert.equal(alice.sink.closed, null, "a stale leave dropped a node that is here");
+  // A move of alice to another relay that Redis no longer shows (she is back here), then a
+  // real one of bob: moves are handled in order, so once bob is gone alice's was handled.
+  await raw.sendCommand(["HSET", "immortal:relay:r:73:m", "bob", "peer,elsewhere,x,"]);
+  await raw.sendCommand(["PUBLISH", channel, "r\nalice\nelsewhere"]);
+  await raw.sendCommand(["PUBLISH", channel, "r\nbob\nelsewhere"]);
+  await bob.sink.until(() => bob.sink.closed !== null, "bob's move");
+  assert.equal(bob.sink.closed?.code, 4409);
+  assert.equal(alice.sink.closed, null, "a stale move dropped a node that is here");
 });
 
 Deno.test("cluster hub: messages trimmed from the history before they reached this relay send its numbered nodes back to recover, told what they missed", async () => {
   await using redis = await startRedis({ persist: false });
   using h = clusterHub(redis.url);
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
-  try {
-    const alice = await h.join("alice", { id: "AAAAAAAAAAAAAAAAAAAAAA" });
-    const bob = await h.join("bob");
-    // Offsets 1-2 never reached this relay and are gone from the history; 3 is there and published.
-    const prefix = "immortal:relay:r:73";
-    await raw.sendCommand(["SET", `${prefix}:o`, "3"]);
-    const data = '{"t":"msg","from":"zed","offset":3,"text":"3"}';
-    await raw.sendCommand(
-      ["XADD", `${prefix}:h`, "3-0", ...[
-        "d",
-        data,
-        "f",
-        "zed",
-        "r",
-        "peer",
-        "t",
-        "",
-        "a",
-        String(Date.now()),
-      ]],
-    );
-    await raw.sendCommand([
-      "PUBLISH",
-      "immortal:relay:c:73",
-      `m\n3\n${alice.welcome.epoch}\nzed\npeer\n\n${data}`,
-    ]);
-    await alice.sink.until(() => alice.sink.closed !== null, "alice sent back");
-    assert.equal(alice.sink.closed?.code, 4503);
-    // Bob, without an id, cannot recover: he goes on with what there is.
-    await bob.sink.until(() => bob.sink.frames.some((f) => f.t === "msg"), "message 3 at bob");
-    assert.equal(bob.sink.closed, null);
-    // Alice back with her position: the welcome says what she missed.
-    const back = await h.join("alice", {
-      id: "AAAAAAAAAAAAAAAAAAAAAA",
-      token: alice.welcome.token,
-      recover: { epoch: alice.welcome.epoch!, offset: 0 },
-    });
-    assert.equal(back.welcome.missed, "window");
-  } finally {
-    raw.destroy();
-  }
+  await using raw = await redisClient(redis.url);
+  const alice = await h.join("alice", { id: "AAAAAAAAAAAAAAAAAAAAAA" });
+  const bob = await h.join("bob");
+  // Offsets 1-2 never reached this relay and are gone from the history; 3 is there and published.
+  const prefix = "immortal:relay:r:73";
+  await raw.sendCommand(["SET", `${prefix}:o`, "3"]);
+  const data = '{"t":"msg","from":"zed","offset":3,"text":"3"}';
+  await raw.sendCommand(
+    ["XADD", `${prefix}:h`, "3-0", ...[
+      "d",
+      data,
+      "f",
+      "zed",
+      "r",
+      "peer",
+      "t",
+      "",
+      "a",
+      String(Date.now()),
+    ]],
+  );
+  await raw.sendCommand([
+    "PUBLISH",
+    "immortal:relay:c:73",
+    `m\n3\n${alice.welcome.epoch}\nzed\npeer\n\n${data}`,
+  ]);
+  await alice.sink.until(() => alice.sink.closed !== null, "alice sent back");
+  assert.equal(alice.sink.closed?.code, 4503);
+  // Bob, without an id, cannot recover: he goes on with what there is.
+  await bob.sink.until(() => bob.sink.frames.some((f) => f.t === "msg"), "message 3 at bob");
+  assert.equal(bob.sink.closed, null);
+  // Alice back with her position: the welcome says what she missed.
+  const back = await h.join("alice", {
+    id: "AAAAAAAAAAAAAAAAAAAAAA",
+    token: alice.welcome.token,
+    recover: { epoch: alice.welcome.epoch!, offset: 0 },
+  });
+  assert.equal(back.welcome.missed, "window");
 });
 
 Deno.test("cluster: expired nickname reservations do not pile up in a long-lived room", async () => {
   await using redis = await startRedis({ persist: false });
   // Reservations that have run out as soon as they are made.
   const { cluster } = recordingCluster(redis.url, { reclaimWindow: -1 });
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
+  await using raw = await redisClient(redis.url);
   try {
     await cluster.subscribe("s");
     await cluster.join("s", { nickname: "stays", role: "peer", suffixed: false });
@@ -436,15 +409,13 @@ Deno.test("cluster: expired nickname reservations do not pile up in a long-lived
     assert.ok(reserved < 1000, `${reserved} reservations kept`);
   } finally {
     cluster.close();
-    raw.destroy();
   }
 });
 
 Deno.test("cluster hub: a broken connection's grace does not run out while its node's join is in flight: no leave lands after the join", async () => {
   await using redis = await startRedis({ persist: false });
   using h = clusterHub(redis.url);
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
+  await using raw = await redisClient(redis.url);
   try {
     const a = await h.join("a");
     const x = await h.join("x");
@@ -472,7 +443,6 @@ Deno.test("cluster hub: a broken connection's grace does not run out while its n
     assert.notEqual(await raw.sendCommand(["HGET", "immortal:relay:r:73:m", "x"]), null);
   } finally {
     await raw.sendCommand(["CLIENT", "UNPAUSE"]).catch(() => {});
-    raw.destroy();
   }
 });
 
@@ -521,8 +491,7 @@ Deno.test("cluster: the commands in flight share one timeout timer, not one each
 Deno.test("cluster: a command waiting when the relay leaves the cluster fails then, and later ones at once", async () => {
   await using redis = await startRedis({ persist: false });
   const { cluster } = recordingCluster(redis.url, { commandTimeout: 60_000 });
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
+  await using raw = await redisClient(redis.url);
   try {
     await cluster.subscribe("s");
     // Scripts wait while writes are paused: this join waits, far from its timeout.
@@ -537,6 +506,5 @@ Deno.test("cluster: a command waiting when the relay leaves the cluster fails th
   } finally {
     await raw.sendCommand(["CLIENT", "UNPAUSE"]);
     cluster.close();
-    raw.destroy();
   }
 });

@@ -5,12 +5,11 @@
  */
 
 import assert from "node:assert/strict";
-import { createClient } from "@redis/client";
 import { RelayNode } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { freePort, patternHash, receiveAll, sendPattern, within } from "./_helpers.ts";
 import { startNginx } from "./_proxies.ts";
-import { startRedis } from "./_redis.ts";
+import { redisClient, startRedis } from "./_redis.ts";
 import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
 import { FAST } from "./_tunnel_helpers.ts";
 import { openWebSocketLink } from "../lib/link/_websocket_client.ts";
@@ -200,15 +199,12 @@ Deno.test("Redis restarted mid-session: the relays reconnect, and 400 numbered m
   await within(60_000, "sending", sending);
   // Both relays listen on the room's channel again (node-redis v4 did not re-subscribe: socket.io
   // issue 4845): the history fills gaps, but live delivery needs the subscription.
-  const raw = createClient({ url: redis.url });
-  await raw.connect();
-  try {
+  {
+    await using raw = await redisClient(redis.url);
     await waitUntilAsync(async () => {
       const reply = await raw.sendCommand(["PUBSUB", "NUMSUB", "immortal:relay:c:73"]) as unknown[];
       return Number(reply[1]) === 2;
     }, "both relays subscribed again");
-  } finally {
-    raw.destroy();
   }
   await atY.until(() => numbers(atY.texts).length >= 400, "y receiving all");
   await atX.until(() => numbers(atX.texts).length >= 400, "x receiving all");
