@@ -19,6 +19,8 @@ const HANDSHAKE_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const MAX_MESSAGE = 256 * 1024;
 /** Bytes a frame takes beyond its payload, at most: a 14-byte header and 3 of alignment. */
 export const FRAME_ROOM = 17;
+/** How long a closing link waits for its queued writes and close frame to go out, ms. */
+export const CLOSE_GRACE_MS = 1000;
 /** Longest response head accepted from the server. */
 const MAX_HEAD = 16 * 1024;
 
@@ -150,16 +152,21 @@ class ClientWebSocketLink implements Link {
   close(): void {
     if (this.#ended) return;
     this.#ended = true;
-    // A close frame if the connection takes it at once; the socket goes anyway.
-    this.#conn.write(maskedFrame(0x8, new Uint8Array([0x03, 0xe8]))).catch(() => {}).finally(
-      () => {
-        try {
-          this.#conn.close();
-        } catch {
-          // Closed already.
-        }
-      },
-    );
+    const end = () => {
+      clearTimeout(grace);
+      try {
+        this.#conn.close();
+      } catch {
+        // Closed already.
+      }
+    };
+    // A close frame after the writes already queued (written beside one in
+    // flight, it would land inside that frame), if they go out soon: a peer
+    // that stopped reading (a link given up as dead) does not keep the
+    // socket, and the writes waiting on it, for ever.
+    const grace = setTimeout(end, CLOSE_GRACE_MS);
+    const frame = maskedFrame(0x8, new Uint8Array([0x03, 0xe8]));
+    this.#queue(() => this.#writeAll(frame)).catch(() => {}).finally(end);
   }
 
   /** Runs `send` after every write queued before it: frames never interleave. */

@@ -1,0 +1,121 @@
+// Closing our own WebSocket client link, against a WebSocket server the test
+// plays by hand on loopback (it reads only when the test says so): the close
+// frame never lands inside a data frame being written, and a server that
+// stopped reading does not keep a closed link's socket open.
+
+import assert from "node:assert/strict";
+import { acceptKey, CLOSE_GRACE_MS, openWebSocketLink } from "../lib/link/_websocket_client.ts";
+import { within } from "./_helpers.ts";
+
+/** A server that answers one WebSocket handshake, then reads only when told. */
+async function handshakeServer() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepted = (async () => {
+    const conn = await listener.accept();
+    let head = "";
+    const buffer = new Uint8Array(4096);
+    while (!head.includes("\r\n\r\n")) {
+      const n = await conn.read(buffer);
+      if (n === null) throw new Error("the client left during the handshake");
+      head += new TextDecoder().decode(buffer.subarray(0, n));
+    }
+    const key = /^sec-websocket-key:\s*(\S+)/im.exec(head)![1];
+    const answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" +
+      `Connection: Upgrade\r\nSec-WebSocket-Accept: ${await acceptKey(key)}\r\n\r\n`;
+    await conn.write(new TextEncoder().encode(answer));
+    return conn;
+  })();
+  const url = new URL(`ws://127.0.0.1:${(listener.addr as Deno.NetAddr).port}/`);
+  const link = await openWebSocketLink(url, new AbortController().signal);
+  const conn = await accepted;
+  listener.close();
+  return { link, conn };
+}
+
+/** Reads until `count` bytes came (or the end); returns what came. */
+async function readBytes(conn: Deno.Conn, count = Infinity): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  const buffer = new Uint8Array(256 * 1024);
+  while (total < count) {
+    const n = await conn.read(buffer).catch(() => null);
+    if (n === null) break;
+    parts.push(buffer.slice(0, n));
+    total += n;
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+/** The client frames in `bytes`, unmasked, in order; a cut last frame is left out. */
+function frames(bytes: Uint8Array): { opcode: number; payload: Uint8Array }[] {
+  const out: { opcode: number; payload: Uint8Array }[] = [];
+  for (let at = 0; at + 2 <= bytes.length;) {
+    const b0 = bytes[at];
+    const short = bytes[at + 1] & 0x7f;
+    assert.equal(b0 & 0x70, 0, `reserved bits set at byte ${at}: not a frame boundary`);
+    const lengthBytes = short === 126 ? 2 : short === 127 ? 8 : 0;
+    if (at + 2 + lengthBytes + 4 > bytes.length) break;
+    const view = new DataView(bytes.buffer, at + 2);
+    const n = short === 126
+      ? view.getUint16(0)
+      : short === 127
+      ? Number(view.getBigUint64(0))
+      : short;
+    const start = at + 2 + lengthBytes + 4;
+    if (start + n > bytes.length) break;
+    const mask = bytes.subarray(start - 4, start);
+    const payload = bytes.slice(start, start + n);
+    for (let i = 0; i < n; i++) payload[i] ^= mask[i & 3];
+    out.push({ opcode: b0 & 0x0f, payload });
+    at = start + n;
+  }
+  return out;
+}
+
+Deno.test("WebSocket client link: closing while a large write is under way sends the close frame after it, never inside a frame", async () => {
+  const { link, conn } = await handshakeServer();
+  try {
+    // 8 MiB of zeros in 256 KiB messages; the server takes the first MiB and stops reading.
+    const writing = link.write(new Uint8Array(8 << 20)).catch(() => "cut");
+    const first = await readBytes(conn, 1 << 20);
+    link.close();
+    // Now everything, to the end of the stream (the close, or the grace cutting the socket).
+    const rest = await readBytes(conn);
+    const all = new Uint8Array(first.length + rest.length);
+    all.set(first);
+    all.set(rest, first.length);
+    const got = frames(all);
+    assert.ok(got.length > 0);
+    for (const [i, frame] of got.entries()) {
+      if (frame.opcode === 0x8) {
+        assert.equal(i, got.length - 1, "the close frame is the last");
+        assert.deepEqual([...frame.payload], [0x03, 0xe8]);
+        continue;
+      }
+      assert.equal(frame.opcode, 0x2);
+      assert.ok(frame.payload.every((b) => b === 0), `data frame ${i} carries only its own bytes`);
+    }
+    await writing;
+  } finally {
+    conn.close();
+  }
+});
+
+Deno.test("WebSocket client link: a server that stopped reading does not keep a closed link's socket, or its writes, for ever", async () => {
+  const { link, conn } = await handshakeServer();
+  try {
+    // More than the kernel's buffers take: the write waits on the server, which reads nothing.
+    const writing = link.write(new Uint8Array(32 << 20));
+    link.close();
+    // The grace runs out, the socket is closed, and the waiting write fails.
+    await within(CLOSE_GRACE_MS + 20_000, "the write to fail", assert.rejects(writing));
+  } finally {
+    conn.close();
+  }
+});
