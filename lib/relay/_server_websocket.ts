@@ -117,11 +117,16 @@ function release(frame: Uint8Array): void {
 function binaryFrame(payload: Uint8Array): Uint8Array {
   if (!roomInFront.delete(payload)) return encodeFrame(OP_BINARY, payload);
   const n = payload.length;
-  const headLength = n < 126 ? 2 : n < 65_536 ? 4 : 10;
+  const headLength = headerLength(n);
   const frame = new Uint8Array(payload.buffer, payload.byteOffset - headLength, headLength + n);
   writeHeader(frame, OP_BINARY, n);
   inPlace.add(frame);
   return frame;
+}
+
+/** Bytes of an unmasked frame header for an `n`-byte payload (RFC 6455 5.2). */
+function headerLength(n: number): number {
+  return n < 126 ? 2 : n < 65_536 ? 4 : 10;
 }
 
 /** Writes the header of an unmasked frame, FIN set, with an `n`-byte payload at the start of `frame`. */
@@ -141,7 +146,7 @@ function writeHeader(frame: Uint8Array, opcode: number, n: number): void {
 /** One unmasked frame (servers do not mask) with FIN set. */
 export function encodeFrame(opcode: number, payload: Uint8Array): Uint8Array {
   const n = payload.length;
-  const headLength = n < 126 ? 2 : n < 65_536 ? 4 : 10;
+  const headLength = headerLength(n);
   const frame = new Uint8Array(headLength + n);
   writeHeader(frame, opcode, n);
   frame.set(payload, headLength);
