@@ -1,4 +1,5 @@
-// Acks ride on data: a request/response stream sends no ack frame of its own.
+// What goes on the wire per write: acks ride on data (a request/response
+// stream sends no ack frame of its own), and bulk data goes in large frames.
 import assert from "node:assert/strict";
 import { connect, listen } from "../mod.ts";
 import { type Frame, FrameDecoder } from "../lib/frame/mod.ts";
@@ -81,4 +82,22 @@ Deno.test("bytes no data rides back on are still acked (on a heartbeat tick, or 
   await client.write(new Uint8Array(100));
   assert.equal(await server.read(new Uint8Array(100)), 100);
   await waitUntil(() => client.stats.unackedBytes === 0, "the ack", 10_000);
+});
+
+Deno.test("bulk data goes out in frames of up to 1 MiB: one header write per MiB, not per 256 KiB", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const writes: Frame[][] = [];
+  await using client = await connect({ dialer: recordingDialer(listener.addr.port, writes) });
+  await using server = await listener.accept();
+  const size = 4 << 20;
+  // Appended to the replay ring at once (the window is 4 MiB), so the send
+  // loop finds it all there and cuts it into the largest frames it may.
+  const writing = client.write(new Uint8Array(size));
+  const buffer = new Uint8Array(1 << 20);
+  let received = 0;
+  while (received < size) received += (await server.read(buffer))!;
+  await writing;
+  const pieces = writes.flat().filter((frame) => frame.type === "data");
+  const largest = Math.max(...pieces.map((frame) => frame.type === "data" ? frame.data.length : 0));
+  assert.equal(largest, 1 << 20);
 });

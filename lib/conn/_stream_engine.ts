@@ -60,7 +60,7 @@ const CONTROL_ROOM = 4096;
  */
 const ZERO_COPY_MIN = 32 * 1024;
 /** Most payload one data frame carries (the peer's decoder limit is 1 MiB). */
-const MAX_DATA_FRAME = 256 * 1024;
+const MAX_DATA_FRAME = 1024 * 1024;
 /** On a busy link, a ping still goes out every this many heartbeat intervals (for the RTT). */
 const RTT_REFRESH_BEATS = 10;
 /** A session being closed gets this long to flush its last frame. */

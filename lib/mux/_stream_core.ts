@@ -26,6 +26,14 @@ import {
   MuxProtocolError,
 } from "./_frames.ts";
 
+/**
+ * The round trip a window is judged against is never taken as shorter than
+ * this, ms. On loopback or a LAN the measured RTT (~0.1 ms) is shorter than
+ * the time the two ends take to handle a window's worth of data, so a window
+ * that limits the stream would almost never be seen to, and stay small.
+ */
+const MIN_GROWTH_RTT_MS = 1;
+
 /** What a stream needs from its session. */
 export interface StreamOwner {
   /** Queues a control frame (ahead of data). */
@@ -41,6 +49,8 @@ export interface StreamOwner {
   forget(stream: number): void;
   /** The session's round-trip time estimate, ms. */
   rttMs(): number;
+  /** The time now, ms (`performance.now()`; a test sets the clock). */
+  now(): number;
   /** The most a stream's receive window may grow to. */
   readonly maxWindow: number;
   /** Where received data is copied to. */
@@ -79,7 +89,7 @@ export class StreamCore {
   /** Consumed position the last credit covered. */
   #creditedTo = 0;
   #window = INITIAL_WINDOW;
-  #lastGrantAt = performance.now();
+  #lastGrantAt: number;
 
   // Sending.
   #credit = INITIAL_WINDOW;
@@ -92,6 +102,7 @@ export class StreamCore {
   constructor(id: number, owner: StreamOwner, init: { meta?: Uint8Array; incoming: boolean }) {
     this.id = id;
     this.#owner = owner;
+    this.#lastGrantAt = owner.now();
     this.meta = init.meta ?? new Uint8Array(0);
     this.#opening = init.incoming ? "pending" : "opening";
     this.accepted = new Promise((resolve, reject) => {
@@ -274,10 +285,13 @@ export class StreamCore {
     const unCredited = this.#consumed - this.#creditedTo;
     if (unCredited < this.#window / 2 || this.#peerFin || this.#error) return;
     let increment = unCredited;
-    const now = performance.now();
+    const now = this.#owner.now();
     // Read through half the window within a round trip or so: the window
     // limits this stream. Grow it (the extra is granted now).
-    if (now - this.#lastGrantAt < 2 * this.#owner.rttMs() && this.#window < this.#owner.maxWindow) {
+    if (
+      now - this.#lastGrantAt < 2 * Math.max(this.#owner.rttMs(), MIN_GROWTH_RTT_MS) &&
+      this.#window < this.#owner.maxWindow
+    ) {
       const grown = Math.min(this.#window * 2, this.#owner.maxWindow);
       increment += grown - this.#window;
       this.#window = grown;
@@ -300,7 +314,12 @@ export class StreamCore {
         `stream ${this.id}: ${this.#received - this.#granted} bytes past the window granted`,
       );
     }
-    this.#queue.push(this.#owner.chunks.copy(bytes));
+    // Behind the last queued chunk if it has room: one write out for both.
+    const chunks = this.#owner.chunks;
+    const last = this.#queue.length - 1;
+    const grown = last >= this.#queueHead ? chunks.append(this.#queue[last], bytes) : null;
+    if (grown !== null) this.#queue[last] = grown;
+    else this.#queue.push(chunks.copy(bytes));
     this.#queued += bytes.length;
     this.#wakeReaders();
   }

@@ -142,6 +142,7 @@ export class MuxSession implements AsyncDisposable {
       trySendData: (stream, type, payload) => this.#trySend(type, stream, payload),
       forget: (stream) => this.#streams.delete(stream),
       rttMs: () => conn.stats.rttMs ?? DEFAULT_RTT_MS,
+      now: () => performance.now(),
     };
     this.#control.push(GREETING);
     this.#writeLoop();

@@ -17,7 +17,7 @@ import { coreOf } from "../mux/mux_stream.ts";
 /** What a connection reads into while it is quiet. */
 const SMALL_BUFFER = 16 * 1024;
 /** What a connection reads into once a read filled the small buffer: it is busy. */
-const LARGE_BUFFER = 256 * 1024;
+const LARGE_BUFFER = 1024 * 1024;
 
 /** TCP -> stream, with a read buffer that grows while the connection is busy. */
 async function up(tcp: Deno.TcpConn, stream: MuxStream): Promise<number> {

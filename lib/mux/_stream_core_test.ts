@@ -1,0 +1,94 @@
+import assert from "node:assert/strict";
+import { ChunkPool } from "./_chunk_pool.ts";
+import { INITIAL_WINDOW } from "./_frames.ts";
+import { StreamCore, type StreamOwner } from "./_stream_core.ts";
+
+const KiB = 1024;
+
+/** A stream's session, played by the test: its clock is set by hand, frames are counted. */
+function fakeOwner(rttMs: number) {
+  const clock = { now: 0 };
+  const control: Uint8Array[] = [];
+  const owner: StreamOwner = {
+    maxWindow: 16 << 20,
+    chunks: new ChunkPool(),
+    sendControl: (frame) => control.push(frame),
+    trySendData: () => true,
+    sendData: () => Promise.resolve(),
+    forget: () => {},
+    rttMs: () => rttMs,
+    now: () => clock.now,
+  };
+  return { owner, clock, control };
+}
+
+function piece(length: number, value: number): Uint8Array {
+  return new Uint8Array(length).fill(value);
+}
+
+Deno.test("StreamCore: pieces that arrive before the reader takes them come out as one chunk", () => {
+  const { owner } = fakeOwner(1);
+  const core = new StreamCore(1, owner, { incoming: true });
+  // A frame cut by the session's frames and reads: the tail of one payload,
+  // then the head of the next.
+  core.onData(piece(150 * KiB, 1));
+  core.onData(piece(9, 2));
+  core.onData(piece(90 * KiB, 3));
+  const chunk = core.takeChunk();
+  assert.ok(chunk instanceof Uint8Array);
+  assert.equal(chunk.length, 150 * KiB + 9 + 90 * KiB, "one write out for all three");
+  assert.equal(chunk[0], 1);
+  assert.equal(chunk[150 * KiB], 2);
+  assert.equal(chunk[150 * KiB + 9], 3);
+  assert.equal(core.takeChunk(), undefined, "nothing else queued");
+});
+
+Deno.test("StreamCore: a chunk handed out is never written into again", () => {
+  const { owner } = fakeOwner(1);
+  const core = new StreamCore(1, owner, { incoming: true });
+  core.onData(piece(20 * KiB, 1));
+  const out = core.takeChunk() as Uint8Array;
+  const copy = out.slice();
+  core.onData(piece(20 * KiB, 2));
+  assert.deepEqual(out, copy, "the chunk being written out is unchanged");
+  const next = core.takeChunk() as Uint8Array;
+  assert.notEqual(next.buffer, out.buffer);
+  assert.ok(next.every((b) => b === 2));
+});
+
+Deno.test("StreamCore: a queue nobody reads holds at most twice its bytes plus one buffer", () => {
+  const { owner } = fakeOwner(1);
+  const core = new StreamCore(1, owner, { incoming: true });
+  // Sizes chosen to leave room that the next piece does not fit.
+  const sizes = [16 * KiB, 250 * KiB, 129 * KiB, 128 * KiB, 1, 16 * KiB, 255 * KiB];
+  let queued = 0;
+  const buffers = new Set<ArrayBufferLike>();
+  for (let i = 0; queued + 256 * KiB < INITIAL_WINDOW; i++) {
+    const bytes = piece(sizes[i % sizes.length], i & 0xff);
+    if (queued + bytes.length > INITIAL_WINDOW) break;
+    core.onData(bytes);
+    queued += bytes.length;
+  }
+  for (let chunk; (chunk = core.takeChunk()) instanceof Uint8Array;) buffers.add(chunk.buffer);
+  let held = 0;
+  for (const buffer of buffers) held += buffer.byteLength;
+  assert.ok(held <= 2 * queued + 256 * KiB, `${held} bytes held for ${queued} queued`);
+});
+
+Deno.test("StreamCore: a window read through faster than a millisecond or two grows, even on a sub-millisecond RTT", () => {
+  // The session measured 0.05 ms (loopback): the window is judged against 1 ms.
+  const { owner, clock, control } = fakeOwner(0.05);
+  const core = new StreamCore(1, owner, { incoming: true });
+  core.accept();
+  control.length = 0;
+  clock.now = 1.5; // read through half the window 1.5 ms after it was granted
+  core.onData(piece(INITIAL_WINDOW / 2, 1));
+  core.takeChunk();
+  assert.equal(core.window, 2 * INITIAL_WINDOW);
+  assert.equal(control.length, 1, "one credit frame");
+  // A window read through slowly stays as it is.
+  clock.now = 100;
+  core.onData(piece(INITIAL_WINDOW, 2));
+  core.takeChunk();
+  assert.equal(core.window, 2 * INITIAL_WINDOW);
+});
