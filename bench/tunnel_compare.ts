@@ -138,11 +138,17 @@ function denoForwarders(): Path {
   };
 }
 
+// A write may take only part of its bytes (the socket buffer is full): the
+// rest is written again. (Until stop 24 this reference dropped it: ~0.1% of
+// an iperf3 run's bytes, a few more syscalls saved than a correct forwarder.)
 const FORWARD = `
 const [port, target] = Deno.args.map(Number);
+const writeAll = async (c, bytes) => {
+  for (let off = 0; off < bytes.length;) off += await c.write(bytes.subarray(off));
+};
 const pump = async (a, b) => {
   const buf = new Uint8Array(256 * 1024);
-  try { for (let n; (n = await a.read(buf)) !== null;) await b.write(buf.subarray(0, n)); } catch {}
+  try { for (let n; (n = await a.read(buf)) !== null;) await writeAll(b, buf.subarray(0, n)); } catch {}
   try { b.closeWrite(); } catch {}
 };
 for await (const c of Deno.listen({ hostname: "127.0.0.1", port })) {

@@ -101,3 +101,33 @@ Deno.test("bulk data goes out in frames of up to 1 MiB: one header write per MiB
   const largest = Math.max(...pieces.map((frame) => frame.type === "data" ? frame.data.length : 0));
   assert.equal(largest, 1 << 20);
 });
+
+Deno.test("a bulk receiver acks once per quarter of the window consumed, not once per read", async () => {
+  // Heartbeats far apart: every ack counted is one the send loop chose to send.
+  const timing = { heartbeatInterval: 60_000, deadLinkTimeout: 120_000 };
+  using listener = listen({ hostname: "127.0.0.1", port: 0, ...timing });
+  const writes: Frame[][] = [];
+  await using client = await connect({
+    dialer: recordingDialer(listener.addr.port, writes),
+    ...timing,
+  });
+  await using server = await listener.accept();
+  const size = 32 << 20;
+  const sending = (async () => {
+    const chunk = new Uint8Array(256 * 1024);
+    for (let sent = 0; sent < size; sent += chunk.length) await server.write(chunk);
+  })();
+  // Small reads: hundreds of them, each consuming a little.
+  const buffer = new Uint8Array(16 * 1024);
+  let received = 0;
+  let reads = 0;
+  while (received < size) {
+    received += (await client.read(buffer))!;
+    reads++;
+  }
+  await sending;
+  const acks = writes.flat().filter((frame) => frame.type === "ack").length;
+  // The threshold is a quarter of the 4 MiB window floor: 1 MiB.
+  assert.ok(acks <= size / (1 << 20) + 4, `${acks} acks for ${reads} reads of ${size} bytes`);
+  assert.ok(acks >= size / (4 << 20), `${acks} acks: too few to keep the sender going`);
+});

@@ -461,6 +461,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     const end = this.#peerFin! + 1;
     if (this.#consumed === end) return;
     this.#consumed = end;
+    this.#ackForced = true;
     this.#kick();
     this.#checkComplete();
   }
@@ -596,7 +597,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     out.payload = null;
     let n = 0;
     const live = this.#ending === null;
-    if (live && (this.#consumed > this.#ackSent || this.#ackForced)) {
+    if (live && (this.#consumed > this.#ackSent || this.#ackForced) && this.#ackGoes()) {
       n += encodeFrameInto({ type: "ack", position: this.#consumed }, buffer, n);
       this.#ackSent = this.#consumed;
       this.#ackForced = false;
@@ -638,6 +639,21 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     }
     if (this.#sendPos > this.#highestSent) this.#highestSent = this.#sendPos;
     return n;
+  }
+
+  /**
+   * Whether an ack goes in the frames being filled: always when it is due (a
+   * quarter of the peer's window consumed, a heartbeat tick, a new link, the
+   * peer's FIN), else only riding on something else that goes anyway. A send
+   * loop that acked whatever was consumed each time its last write completed
+   * wrote one 13-byte ack per link read of a bulk stream: as many syscalls as
+   * the data itself took, for nothing the peer needed.
+   */
+  #ackGoes(): boolean {
+    if (this.#ackForced || this.#consumed - this.#ackSent >= this.#ackThreshold) return true;
+    if (this.#pendingPong !== null || this.#control.length > 0) return true;
+    return this.#sendPos < this.#replay.end ||
+      (this.#finPos !== null && this.#sendPos === this.#finPos);
   }
 
   // ---------------------------------------------------------------- receive loop
@@ -804,7 +820,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     const link = this.#link;
     if (link === null || this.#phase === "closing") return;
     // What the application consumed since the last ack, if nothing carried it yet.
-    if (this.#consumed > this.#ackSent) this.#kick();
+    if (this.#consumed > this.#ackSent) {
+      this.#ackForced = true;
+      this.#kick();
+    }
     const now = performance.now();
     if (now - this.#lastInbound > this.#opts.deadLinkTimeout) {
       this.#linkFailed(link, `nothing received for ${Math.round(now - this.#lastInbound)} ms`);

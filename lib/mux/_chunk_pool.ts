@@ -5,17 +5,20 @@
  * of a busy tunnel's work, so pieces of 16 KiB and more go into pooled 256
  * KiB buffers, given back once written out.
  *
- * A piece that arrives while the last chunk of the queue still has room is
- * copied in behind it instead ({@linkcode ChunkPool.append}): the pieces of
- * a busy stream (a multiplexed frame cut by the session's frames and by link
- * reads comes as two or three) go out to the local socket in one write, not
- * one per piece; a small write there costs as much as a large one.
+ * A piece that arrives while the last chunk of the queue (not yet handed
+ * out) still has room is copied in behind it instead, as much of it as fits
+ * ({@linkcode ChunkPool.extend}): the pieces of a busy stream (a multiplexed
+ * frame cut by the session's frames and by link reads comes as two or three)
+ * go out to the local socket in full 256 KiB writes, not one per piece; a
+ * small write there costs as much as a large one.
  *
- * Memory: a new chunk is only started when the last one cannot take the
- * piece, so any two neighbouring chunks hold more than one buffer's worth:
- * a queue of `q` bytes holds at most `2q` plus one buffer. Pieces under 16
- * KiB that do not fit behind the last chunk are plain copies, so a stream
- * sent a few bytes pins a few bytes, not a whole buffer.
+ * Memory: a new chunk is only started when the last one is full or a plain
+ * copy, so every pooled chunk but the last is full: a queue of `q` bytes
+ * holds at most `q` plus two buffers (the last one's free room, and the part
+ * of the first that the reader already took). A piece under 16 KiB that starts a chunk of a
+ * quiet stream is a plain copy, so a stream sent a few bytes pins a few
+ * bytes, not a whole buffer; behind a full chunk (a busy stream) it is pooled,
+ * as the rest of the burst will follow it.
  *
  * @module
  */
@@ -33,25 +36,36 @@ const MAX_FREE = 16;
 export class ChunkPool {
   #free: ArrayBuffer[] = [];
 
-  /** A copy of `bytes` the caller owns (in a pooled buffer when large). */
-  copy(bytes: Uint8Array): Uint8Array {
-    if (bytes.length < MIN_POOLED) return bytes.slice();
+  /**
+   * A copy of `bytes` the caller owns: in a pooled buffer if it is large or
+   * `busy` (it follows a full chunk), else a plain copy.
+   */
+  copy(bytes: Uint8Array, busy = false): Uint8Array {
+    if (bytes.length < MIN_POOLED && !busy) return bytes.slice();
     const chunk = new Uint8Array(this.#free.pop() ?? new ArrayBuffer(CHUNK_SIZE), 0, bytes.length);
     chunk.set(bytes);
     return chunk;
   }
 
   /**
-   * `tail` (the newest chunk of a queue, not handed out) grown by `bytes`,
-   * copied in right behind it, if its buffer has room: null if not. The
-   * caller replaces `tail` with the result.
+   * `tail` (the newest chunk of a queue, not handed out) grown by as much of
+   * `bytes` as its buffer has room for, copied in right behind it; `tail`
+   * itself if there is none. The caller replaces `tail` with the result and
+   * copies the rest of `bytes` into a new chunk.
    */
-  append(tail: Uint8Array, bytes: Uint8Array): Uint8Array | null {
-    const length = tail.length + bytes.length;
-    if (tail.byteOffset + length > tail.buffer.byteLength) return null;
-    const grown = new Uint8Array(tail.buffer, tail.byteOffset, length);
-    grown.set(bytes, tail.length);
+  extend(tail: Uint8Array, bytes: Uint8Array): Uint8Array {
+    const room = tail.buffer.byteLength - tail.byteOffset - tail.length;
+    if (room <= 0 || bytes.length === 0) return tail;
+    const taken = Math.min(room, bytes.length);
+    const grown = new Uint8Array(tail.buffer, tail.byteOffset, tail.length + taken);
+    grown.set(bytes.subarray(0, taken), tail.length);
     return grown;
+  }
+
+  /** Whether `chunk` is a pooled chunk filled to its buffer's end: its stream is busy. */
+  full(chunk: Uint8Array): boolean {
+    return chunk.buffer.byteLength === CHUNK_SIZE &&
+      chunk.byteOffset + chunk.length === CHUNK_SIZE;
   }
 
   /**
@@ -59,10 +73,8 @@ export class ChunkPool {
    * any more. Anything else (a plain copy, part of a chunk) is ignored.
    */
   release(chunk: Uint8Array): void {
-    if (
-      chunk.byteOffset !== 0 || chunk.length < MIN_POOLED ||
-      chunk.buffer.byteLength !== CHUNK_SIZE
-    ) return;
+    // Plain copies are under 16 KiB: a buffer of this size is pooled.
+    if (chunk.byteOffset !== 0 || chunk.buffer.byteLength !== CHUNK_SIZE) return;
     if (this.#free.length < MAX_FREE) this.#free.push(chunk.buffer as ArrayBuffer);
   }
 }

@@ -26,21 +26,37 @@ Deno.test("ChunkPool: small pieces are plain copies, and parts of chunks are nev
   assert.notEqual(next.buffer, big.buffer, "a part given back does not free the buffer");
 });
 
-Deno.test("ChunkPool: a piece goes in behind a chunk with room, in place; not behind a full one", () => {
+Deno.test("ChunkPool: a piece goes in behind a chunk as far as it has room, in place", () => {
   const pool = new ChunkPool();
   const first = pool.copy(new Uint8Array(200 * KiB).fill(1));
-  const grown = pool.append(first, new Uint8Array([2, 3, 4]));
-  assert.ok(grown !== null);
+  const grown = pool.extend(first, new Uint8Array([2, 3, 4]));
   assert.equal(grown.buffer, first.buffer, "no new buffer");
   assert.equal(grown.length, 200 * KiB + 3);
   assert.deepEqual([...grown.subarray(200 * KiB - 1)], [1, 2, 3, 4]);
-  assert.equal(pool.append(grown, new Uint8Array(56 * KiB)), null, "one byte too many");
-  // A plain copy has no room behind it.
-  assert.equal(pool.append(pool.copy(new Uint8Array(10)), new Uint8Array(1)), null);
+  assert.equal(pool.full(grown), false);
+  const filled = pool.extend(grown, new Uint8Array(60 * KiB).fill(5));
+  assert.equal(filled.length, 256 * KiB, "filled up; the caller copies the rest");
+  assert.equal(filled[256 * KiB - 1], 5);
+  assert.ok(pool.full(filled));
+  assert.equal(pool.extend(filled, new Uint8Array(1)), filled, "no room: unchanged");
+  // A plain copy has no room behind it, and is never full.
+  const plain = pool.copy(new Uint8Array(10));
+  assert.equal(pool.extend(plain, new Uint8Array(1)), plain);
+  assert.equal(pool.full(plain), false);
   // The rest of a split chunk still grows in place, behind its own end.
   const rest = grown.subarray(100 * KiB);
-  const restGrown = pool.append(rest, new Uint8Array([5]));
-  assert.ok(restGrown !== null);
+  const restGrown = pool.extend(rest, new Uint8Array([6]));
   assert.equal(restGrown.byteOffset, 100 * KiB);
-  assert.equal(restGrown[restGrown.length - 1], 5);
+  assert.equal(restGrown[restGrown.length - 1], 6);
+});
+
+Deno.test("ChunkPool: a small piece is pooled when it follows a full chunk (a busy stream)", () => {
+  const pool = new ChunkPool();
+  const piece = new Uint8Array(100).fill(3);
+  assert.equal(pool.copy(piece).buffer.byteLength, 100, "quiet: a plain copy");
+  const busy = pool.copy(piece, true);
+  assert.equal(busy.buffer.byteLength, 256 * KiB, "busy: room for what follows");
+  assert.deepEqual(busy, piece);
+  pool.release(busy);
+  assert.equal(pool.copy(new Uint8Array(20 * KiB)).buffer, busy.buffer, "given back whole");
 });

@@ -314,12 +314,19 @@ export class StreamCore {
         `stream ${this.id}: ${this.#received - this.#granted} bytes past the window granted`,
       );
     }
-    // Behind the last queued chunk if it has room: one write out for both.
+    // Behind the last queued chunk as far as it has room: one write out for all.
     const chunks = this.#owner.chunks;
     const last = this.#queue.length - 1;
-    const grown = last >= this.#queueHead ? chunks.append(this.#queue[last], bytes) : null;
-    if (grown !== null) this.#queue[last] = grown;
-    else this.#queue.push(chunks.copy(bytes));
+    let rest = bytes;
+    let busy = false;
+    if (last >= this.#queueHead) {
+      const tail = this.#queue[last];
+      const grown = chunks.extend(tail, rest);
+      this.#queue[last] = grown;
+      rest = rest.subarray(grown.length - tail.length);
+      busy = chunks.full(grown);
+    }
+    if (rest.length > 0) this.#queue.push(chunks.copy(rest, busy));
     this.#queued += bytes.length;
     this.#wakeReaders();
   }

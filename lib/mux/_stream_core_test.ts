@@ -26,6 +26,20 @@ function piece(length: number, value: number): Uint8Array {
   return new Uint8Array(length).fill(value);
 }
 
+/** An accepted stream whose window already grew to the most (16 MiB): a reader kept up. */
+function grownStream(): StreamCore {
+  const { owner } = fakeOwner(1);
+  const core = new StreamCore(1, owner, { incoming: true });
+  core.accept();
+  for (let i = 0; i < 10 && core.window < owner.maxWindow; i++) {
+    // Half the window, in frames of at most 256 KiB (MAX_DATA) as they come.
+    for (let fed = 0; fed < core.window / 2; fed += 256 * KiB) core.onData(piece(256 * KiB, 0));
+    while (core.takeChunk() instanceof Uint8Array);
+  }
+  assert.equal(core.window, owner.maxWindow);
+  return core;
+}
+
 Deno.test("StreamCore: pieces that arrive before the reader takes them come out as one chunk", () => {
   const { owner } = fakeOwner(1);
   const core = new StreamCore(1, owner, { incoming: true });
@@ -56,23 +70,22 @@ Deno.test("StreamCore: a chunk handed out is never written into again", () => {
   assert.ok(next.every((b) => b === 2));
 });
 
-Deno.test("StreamCore: a queue nobody reads holds at most twice its bytes plus one buffer", () => {
-  const { owner } = fakeOwner(1);
-  const core = new StreamCore(1, owner, { incoming: true });
-  // Sizes chosen to leave room that the next piece does not fit.
-  const sizes = [16 * KiB, 250 * KiB, 129 * KiB, 128 * KiB, 1, 16 * KiB, 255 * KiB];
+Deno.test("StreamCore: a queue nobody reads holds at most its bytes plus one buffer", () => {
+  const core = grownStream();
+  // Pieces of every size, small ones among them, some cut by a buffer's end.
+  const sizes = [16 * KiB, 250 * KiB, 129 * KiB, 128 * KiB, 1, 16 * KiB, 255 * KiB, 7, 3 * KiB];
   let queued = 0;
   const buffers = new Set<ArrayBufferLike>();
-  for (let i = 0; queued + 256 * KiB < INITIAL_WINDOW; i++) {
+  for (let i = 0; i < 40; i++) {
     const bytes = piece(sizes[i % sizes.length], i & 0xff);
-    if (queued + bytes.length > INITIAL_WINDOW) break;
     core.onData(bytes);
     queued += bytes.length;
   }
   for (let chunk; (chunk = core.takeChunk()) instanceof Uint8Array;) buffers.add(chunk.buffer);
   let held = 0;
   for (const buffer of buffers) held += buffer.byteLength;
-  assert.ok(held <= 2 * queued + 256 * KiB, `${held} bytes held for ${queued} queued`);
+  assert.ok(held <= queued + 256 * KiB, `${held} bytes held for ${queued} queued`);
+  assert.ok(buffers.size > 3, "the pieces did fill several buffers");
 });
 
 Deno.test("StreamCore: a window read through faster than a millisecond or two grows, even on a sub-millisecond RTT", () => {
@@ -91,4 +104,21 @@ Deno.test("StreamCore: a window read through faster than a millisecond or two gr
   core.onData(piece(INITIAL_WINDOW, 2));
   core.takeChunk();
   assert.equal(core.window, 2 * INITIAL_WINDOW);
+});
+
+Deno.test("StreamCore: a busy stream's pieces fill whole 256 KiB chunks, whatever their cut", () => {
+  const core = grownStream();
+  // Frames of 256 KiB cut into three pieces at offsets that drift.
+  const cuts = [[200 * KiB, 9, 56 * KiB - 9], [100, 256 * KiB - 200, 100]];
+  let queued = 0;
+  for (let i = 0; i < 6; i++) {
+    for (const size of cuts[i % 2]) {
+      core.onData(piece(size, i));
+      queued += size;
+    }
+  }
+  const lengths: number[] = [];
+  for (let chunk; (chunk = core.takeChunk()) instanceof Uint8Array;) lengths.push(chunk.length);
+  assert.equal(lengths.reduce((a, b) => a + b), queued);
+  assert.deepEqual(lengths, Array(6).fill(256 * KiB), "no small write in between");
 });
