@@ -38,6 +38,7 @@ for (const section of SECTIONS) {
     throw new Error(`unknown section ${section}; use iperf, latency or pgbench`);
   }
 }
+const WARMUP = Number(option("warmup", "200"));
 const PG_SECONDS = Number(option("pg-seconds", "10"));
 const PG_SCALE = Number(option("pg-scale", "5"));
 const PG_CLIENTS = Number(option("pg-clients", "4"));
@@ -165,11 +166,11 @@ async function pingPong(port: number): Promise<{ median: number; p99: number }> 
   const byte = new Uint8Array([7]);
   const reply = new Uint8Array(1);
   const rtts: number[] = [];
-  for (let i = 0; i < PINGS + 200; i++) {
+  for (let i = 0; i < PINGS + WARMUP; i++) {
     const started = performance.now();
     await conn.write(byte);
     if ((await conn.read(reply)) !== 1) throw new Error("echo closed");
-    if (i >= 200) rtts.push((performance.now() - started) * 1000); // first 200 warm up
+    if (i >= WARMUP) rtts.push((performance.now() - started) * 1000);
   }
   conn.close();
   rtts.sort((a, b) => a - b);

@@ -18,7 +18,10 @@
  * of the first that the reader already took). A piece under 16 KiB that starts a chunk of a
  * quiet stream is a plain copy, so a stream sent a few bytes pins a few
  * bytes, not a whole buffer; behind a full chunk (a busy stream) it is pooled,
- * as the rest of the burst will follow it.
+ * as the rest of the burst will follow it. One of at most 4 KiB that starts
+ * an empty queue goes into a small reused buffer (at most one such chunk per
+ * stream is queued at a time: a piece behind it extends it or starts another
+ * kind of chunk).
  *
  * @module
  */
@@ -31,18 +34,41 @@ const MIN_POOLED = 16 * 1024;
 const CHUNK_SIZE = MAX_DATA;
 /** Free buffers kept: at most 4 MiB held by a session's pool. */
 const MAX_FREE = 16;
+/** Size of the small buffers a message that starts an empty queue goes into. */
+const SMALL_SIZE = 4096;
+/** Free small buffers kept: at most 64 KiB. */
+const MAX_FREE_SMALL = 16;
+
+/**
+ * What is queued before a piece that starts a new chunk: nothing (the
+ * reader took everything), a full pooled chunk (the stream is busy), or a
+ * chunk with no room left that is not a full pooled one.
+ */
+export type Before = "nothing" | "full" | "partial";
 
 /** @internal */
 export class ChunkPool {
   #free: ArrayBuffer[] = [];
+  #freeSmall: ArrayBuffer[] = [];
 
   /**
-   * A copy of `bytes` the caller owns: in a pooled buffer if it is large or
-   * `busy` (it follows a full chunk), else a plain copy.
+   * A copy of `bytes` the caller owns, starting a new chunk: in a pooled 256
+   * KiB buffer if it is large or follows a full chunk; in a reused 4 KiB one
+   * if it is small and starts an empty queue (a request or a reply: the
+   * reader is waiting, so it comes back soon, and creating an ArrayBuffer in
+   * Deno costs half a microsecond and garbage-collector work, per message);
+   * else a plain copy.
    */
-  copy(bytes: Uint8Array, busy = false): Uint8Array {
-    if (bytes.length < MIN_POOLED && !busy) return bytes.slice();
-    const chunk = new Uint8Array(this.#free.pop() ?? new ArrayBuffer(CHUNK_SIZE), 0, bytes.length);
+  copy(bytes: Uint8Array, before: Before): Uint8Array {
+    let buffer: ArrayBuffer;
+    if (bytes.length >= MIN_POOLED || before === "full") {
+      buffer = this.#free.pop() ?? new ArrayBuffer(CHUNK_SIZE);
+    } else if (before === "nothing" && bytes.length <= SMALL_SIZE) {
+      buffer = this.#freeSmall.pop() ?? new ArrayBuffer(SMALL_SIZE);
+    } else {
+      return bytes.slice();
+    }
+    const chunk = new Uint8Array(buffer, 0, bytes.length);
     chunk.set(bytes);
     return chunk;
   }
@@ -70,11 +96,19 @@ export class ChunkPool {
 
   /**
    * Gives back a whole chunk from {@linkcode copy} whose bytes nobody needs
-   * any more. Anything else (a plain copy, part of a chunk) is ignored.
+   * any more. Anything else (part of a chunk) is ignored.
    */
   release(chunk: Uint8Array): void {
-    // Plain copies are under 16 KiB: a buffer of this size is pooled.
-    if (chunk.byteOffset !== 0 || chunk.buffer.byteLength !== CHUNK_SIZE) return;
-    if (this.#free.length < MAX_FREE) this.#free.push(chunk.buffer as ArrayBuffer);
+    if (chunk.byteOffset !== 0) return;
+    // A plain copy is never 256 KiB (it is under 16 KiB); one of exactly 4
+    // KiB is as good as a small buffer of the pool's own.
+    const size = chunk.buffer.byteLength;
+    if (size === CHUNK_SIZE) {
+      if (this.#free.length < MAX_FREE) this.#free.push(chunk.buffer as ArrayBuffer);
+    } else if (size === SMALL_SIZE) {
+      if (this.#freeSmall.length < MAX_FREE_SMALL) {
+        this.#freeSmall.push(chunk.buffer as ArrayBuffer);
+      }
+    }
   }
 }

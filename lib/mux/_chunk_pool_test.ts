@@ -6,29 +6,29 @@ const KiB = 1024;
 Deno.test("ChunkPool: large pieces land in reused 256 KiB buffers", () => {
   const pool = new ChunkPool();
   const piece = new Uint8Array(40_000).fill(7);
-  const first = pool.copy(piece);
+  const first = pool.copy(piece, "nothing");
   assert.deepEqual(first, piece);
   assert.equal(first.buffer.byteLength, 256 * KiB);
   pool.release(first);
-  const second = pool.copy(new Uint8Array(50_000).fill(9));
+  const second = pool.copy(new Uint8Array(50_000).fill(9), "partial");
   assert.equal(second.buffer, first.buffer, "the released buffer is reused");
   assert.ok(second.every((b) => b === 9));
 });
 
-Deno.test("ChunkPool: small pieces are plain copies, and parts of chunks are never taken back", () => {
+Deno.test("ChunkPool: small pieces behind a chunk are plain copies, and parts of chunks are never taken back", () => {
   const pool = new ChunkPool();
-  const small = pool.copy(new Uint8Array(100));
+  const small = pool.copy(new Uint8Array(100), "partial");
   assert.equal(small.buffer.byteLength, 100);
-  const big = pool.copy(new Uint8Array(100_000));
+  const big = pool.copy(new Uint8Array(100_000), "nothing");
   pool.release(big.subarray(50_000)); // still in use by whoever holds the first half
   pool.release(small);
-  const next = pool.copy(new Uint8Array(100_000));
+  const next = pool.copy(new Uint8Array(100_000), "nothing");
   assert.notEqual(next.buffer, big.buffer, "a part given back does not free the buffer");
 });
 
 Deno.test("ChunkPool: a piece goes in behind a chunk as far as it has room, in place", () => {
   const pool = new ChunkPool();
-  const first = pool.copy(new Uint8Array(200 * KiB).fill(1));
+  const first = pool.copy(new Uint8Array(200 * KiB).fill(1), "nothing");
   const grown = pool.extend(first, new Uint8Array([2, 3, 4]));
   assert.equal(grown.buffer, first.buffer, "no new buffer");
   assert.equal(grown.length, 200 * KiB + 3);
@@ -40,7 +40,7 @@ Deno.test("ChunkPool: a piece goes in behind a chunk as far as it has room, in p
   assert.ok(pool.full(filled));
   assert.equal(pool.extend(filled, new Uint8Array(1)), filled, "no room: unchanged");
   // A plain copy has no room behind it, and is never full.
-  const plain = pool.copy(new Uint8Array(10));
+  const plain = pool.copy(new Uint8Array(10), "partial");
   assert.equal(pool.extend(plain, new Uint8Array(1)), plain);
   assert.equal(pool.full(plain), false);
   // The rest of a split chunk still grows in place, behind its own end.
@@ -53,10 +53,37 @@ Deno.test("ChunkPool: a piece goes in behind a chunk as far as it has room, in p
 Deno.test("ChunkPool: a small piece is pooled when it follows a full chunk (a busy stream)", () => {
   const pool = new ChunkPool();
   const piece = new Uint8Array(100).fill(3);
-  assert.equal(pool.copy(piece).buffer.byteLength, 100, "quiet: a plain copy");
-  const busy = pool.copy(piece, true);
+  assert.equal(
+    pool.copy(piece, "partial").buffer.byteLength,
+    100,
+    "behind a partial chunk: a plain copy",
+  );
+  const busy = pool.copy(piece, "full");
   assert.equal(busy.buffer.byteLength, 256 * KiB, "busy: room for what follows");
   assert.deepEqual(busy, piece);
   pool.release(busy);
-  assert.equal(pool.copy(new Uint8Array(20 * KiB)).buffer, busy.buffer, "given back whole");
+  assert.equal(
+    pool.copy(new Uint8Array(20 * KiB), "nothing").buffer,
+    busy.buffer,
+    "given back whole",
+  );
+});
+
+Deno.test("ChunkPool: a message that starts an empty queue goes into a small buffer, reused once written out", () => {
+  const pool = new ChunkPool();
+  const request = pool.copy(new Uint8Array([1, 2, 3]), "nothing");
+  assert.deepEqual([...request], [1, 2, 3]);
+  assert.equal(request.buffer.byteLength, 4 * KiB);
+  // The next piece, before the reader took the first, goes in behind it.
+  const grown = pool.extend(request, new Uint8Array([4]));
+  assert.equal(grown.buffer, request.buffer);
+  pool.release(grown);
+  const reply = pool.copy(new Uint8Array([9]), "nothing");
+  assert.equal(reply.buffer, request.buffer, "no new ArrayBuffer for the next message");
+  assert.equal(reply[0], 9);
+  assert.equal(
+    pool.copy(new Uint8Array(5000), "nothing").buffer.byteLength,
+    5000,
+    "over 4 KiB: exact",
+  );
 });

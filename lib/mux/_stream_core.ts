@@ -15,7 +15,7 @@
  */
 
 import { ImmortalError } from "../conn/errors.ts";
-import type { ChunkPool } from "./_chunk_pool.ts";
+import type { Before, ChunkPool } from "./_chunk_pool.ts";
 import {
   encodeCredit,
   encodeFrame,
@@ -318,15 +318,15 @@ export class StreamCore {
     const chunks = this.#owner.chunks;
     const last = this.#queue.length - 1;
     let rest = bytes;
-    let busy = false;
+    let before: Before = "nothing";
     if (last >= this.#queueHead) {
       const tail = this.#queue[last];
       const grown = chunks.extend(tail, rest);
       this.#queue[last] = grown;
       rest = rest.subarray(grown.length - tail.length);
-      busy = chunks.full(grown);
+      before = chunks.full(grown) ? "full" : "partial";
     }
-    if (rest.length > 0) this.#queue.push(chunks.copy(rest, busy));
+    if (rest.length > 0) this.#queue.push(chunks.copy(rest, before));
     this.#queued += bytes.length;
     this.#wakeReaders();
   }
