@@ -3,13 +3,15 @@
 // tunnel (plain and TLS), each forwarder in its own processes as deployed.
 //
 //   deno run --allow-net=127.0.0.1 --allow-run --allow-read --allow-write=/tmp --allow-env \
-//     bench/tunnel_compare.ts [seconds] [pings] [--only=iperf,latency,pgbench] \
+//     bench/tunnel_compare.ts [seconds] [pings] [--only=iperf,latency,pgbench] [--warmup=200] \
 //     [--pg-seconds=10] [--pg-scale=5] [--pg-clients=4] [--pg-threads=2] [--pg-modes=tpcb,select]
 //
 // Throughput (`iperf`): `iperf3 -c ... -t seconds` (Debian iperf3), receiver's Gbit/s.
 // Latency (`latency`): `pings` 1-byte request/response round trips through each
-// path to a Deno echo process; median and p99 in µs, and the added median RTT
-// over direct.
+// path to a Deno echo process, after `warmup` unmeasured ones (JIT warm-up:
+// after 200 the tunnel's p99 is mostly a cold process's; after 20,000 it is a
+// long-lived session's); median and p99 in µs, and the added median RTT over
+// direct.
 // Database (`pgbench`): a throwaway PostgreSQL cluster (bench/_pg.ts), filled
 // with `pgbench -i -s scale`, then `pgbench -c clients -j threads -T
 // pg-seconds` through each path, TPC-B-like (`tpcb`) and select-only
@@ -39,6 +41,12 @@ for (const section of SECTIONS) {
   }
 }
 const WARMUP = Number(option("warmup", "200"));
+if (!Number.isInteger(WARMUP) || WARMUP < 0) {
+  throw new Error(`--warmup must be a count, got ${WARMUP}`);
+}
+if (!Number.isInteger(PINGS) || PINGS < 100) {
+  throw new Error(`pings must be at least 100, got ${PINGS}`);
+}
 const PG_SECONDS = Number(option("pg-seconds", "10"));
 const PG_SCALE = Number(option("pg-scale", "5"));
 const PG_CLIENTS = Number(option("pg-clients", "4"));
@@ -140,8 +148,8 @@ function denoForwarders(): Path {
 }
 
 // A write may take only part of its bytes (the socket buffer is full): the
-// rest is written again. (Until stop 24 this reference dropped it: ~0.1% of
-// an iperf3 run's bytes, a few more syscalls saved than a correct forwarder.)
+// rest is written again. (This reference once dropped it: ~0.1% of an iperf3
+// run's bytes, and the syscalls a correct forwarder makes for them.)
 const FORWARD = `
 const [port, target] = Deno.args.map(Number);
 const writeAll = async (c, bytes) => {

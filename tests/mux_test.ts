@@ -234,3 +234,24 @@ Deno.test("a busy stream's window grows; an idle one keeps the first", async () 
   assert.ok(coreOf(sb).window > INITIAL_WINDOW, `window ${coreOf(sb).window}`);
   assert.equal(coreOf(si).window, INITIAL_WINDOW);
 });
+
+Deno.test("what `readable` hands the application is its own: small messages do not pin pooled buffers", async () => {
+  await using s = await pair();
+  const stream = s.client.open();
+  const incoming = await s.server.accept();
+  const reader = incoming.readable.getReader();
+  const kept: Uint8Array[] = [];
+  for (let i = 0; i < 20; i++) {
+    await stream.write(new Uint8Array([i]));
+    const { value } = await reader.read();
+    assert.deepEqual([...value!], [i]);
+    kept.push(value!);
+  }
+  for (const chunk of kept) {
+    assert.ok(
+      chunk.buffer.byteLength <= 2,
+      `a 1-byte chunk holds ${chunk.buffer.byteLength} bytes`,
+    );
+  }
+  reader.releaseLock();
+});

@@ -601,8 +601,6 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       n += encodeFrameInto({ type: "ack", position: this.#consumed }, buffer, n);
       this.#ackSent = this.#consumed;
       this.#ackForced = false;
-      // A pending ack timer is left to fire: it finds nothing new to ack and
-      // costs less than clearing and re-arming a timer on every message.
     }
     if (this.#pendingPong !== null) {
       n += encodeFrameInto({ type: "pong", stamp: this.#pendingPong }, buffer, n);

@@ -12,8 +12,9 @@
  * go out to the local socket in full 256 KiB writes, not one per piece; a
  * small write there costs as much as a large one.
  *
- * Memory: a new chunk is only started when the last one is full or a plain
- * copy, so every pooled chunk but the last is full: a queue of `q` bytes
+ * Memory: a new chunk is only started when the last one has no room left (a
+ * full pooled chunk, a filled small buffer, a plain copy), so every 256 KiB
+ * chunk but the last is full: a queue of `q` bytes
  * holds at most `q` plus two buffers (the last one's free room, and the part
  * of the first that the reader already took). A piece under 16 KiB that starts a chunk of a
  * quiet stream is a plain copy, so a stream sent a few bytes pins a few

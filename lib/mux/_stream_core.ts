@@ -29,7 +29,7 @@ import {
 /**
  * The round trip a window is judged against is never taken as shorter than
  * this, ms. On loopback or a LAN the measured RTT (~0.1 ms) is shorter than
- * the time the two ends take to handle a window's worth of data, so a window
+ * the time the two ends take to handle half a window of data, so a window
  * that limits the stream would almost never be seen to, and stay small.
  */
 const MIN_GROWTH_RTT_MS = 1;

@@ -122,3 +122,32 @@ Deno.test("StreamCore: a busy stream's pieces fill whole 256 KiB chunks, whateve
   assert.equal(lengths.reduce((a, b) => a + b), queued);
   assert.deepEqual(lengths, Array(6).fill(256 * KiB), "no small write in between");
 });
+
+Deno.test("StreamCore: a read cut short leaves the rest queued; a piece behind it extends the rest, and only whole chunks go back", async () => {
+  const { owner } = fakeOwner(1);
+  const released: Uint8Array[] = [];
+  const release = owner.chunks.release.bind(owner.chunks);
+  owner.chunks.release = (chunk) => {
+    released.push(chunk);
+    release(chunk);
+  };
+  const core = new StreamCore(1, owner, { incoming: true });
+  core.onData(piece(30 * KiB, 1));
+  const buffer = new Uint8Array(10 * KiB);
+  assert.equal(await core.read(buffer), 10 * KiB);
+  assert.ok(buffer.every((b) => b === 1));
+  assert.equal(released.length, 0, "the chunk's rest is still queued");
+  core.onData(piece(5, 2)); // extends the queued rest, behind its own end
+  const big = new Uint8Array(64 * KiB);
+  assert.equal(await core.read(big), 20 * KiB + 5);
+  assert.ok(big.subarray(0, 20 * KiB).every((b) => b === 1));
+  assert.deepEqual([...big.subarray(20 * KiB, 20 * KiB + 5)], [2, 2, 2, 2, 2]);
+  assert.equal(
+    released.length,
+    0,
+    "a rest (not at offset 0) never goes back: its front may be in use",
+  );
+  core.onData(piece(100, 3));
+  assert.equal(await core.read(big), 100);
+  assert.equal(released.length, 1, "a whole chunk read at once goes back");
+});

@@ -47,7 +47,14 @@ export class MuxStream {
       pull: async (controller) => {
         const chunk = await core.nextChunk();
         if (chunk === null) controller.close();
-        else controller.enqueue(chunk);
+        else if (chunk.buffer.byteLength > 2 * chunk.length) {
+          // A chunk in a pooled buffer much larger than it: the application
+          // may keep what it is given, so it gets a copy of its own, and the
+          // buffer goes back to the pool (kept, it would pin up to 4,096
+          // times the bytes of a small message).
+          controller.enqueue(chunk.slice());
+          core.release(chunk);
+        } else controller.enqueue(chunk);
       },
       // Nobody will read on: give the peer an answer instead of a window that never opens.
       cancel: () => core.close("the reader stopped reading"),

@@ -18,22 +18,43 @@ import { coreOf } from "../mux/mux_stream.ts";
 const SMALL_BUFFER = 16 * 1024;
 /** What a connection reads into once a read filled the small buffer: it is busy. */
 const LARGE_BUFFER = 1024 * 1024;
+/** Large buffers kept for the next burst, at most (4 MiB per process). */
+const MAX_SPARE_LARGE = 4;
+
+/**
+ * Large buffers of connections whose burst is over: a tunnel whose
+ * connections come in bursts (rsync, a database dump) does not allocate and
+ * zero a fresh MiB for each.
+ */
+const spareLarge: Uint8Array<ArrayBuffer>[] = [];
+
+function keepSpare(buffer: Uint8Array<ArrayBuffer>): void {
+  if (buffer.length === LARGE_BUFFER && spareLarge.length < MAX_SPARE_LARGE) {
+    spareLarge.push(buffer);
+  }
+}
 
 /** TCP -> stream, with a read buffer that grows while the connection is busy. */
 async function up(tcp: Deno.TcpConn, stream: MuxStream): Promise<number> {
   let buffer = new Uint8Array(SMALL_BUFFER);
   let total = 0;
-  for (;;) {
-    const n = await tcp.read(buffer);
-    if (n === null) return total;
-    await stream.write(buffer.subarray(0, n));
-    total += n;
-    if (n === buffer.length && buffer.length < LARGE_BUFFER) {
-      buffer = new Uint8Array(LARGE_BUFFER);
-    } else if (n < SMALL_BUFFER && buffer.length > SMALL_BUFFER) {
-      // The burst is over: give the large buffer back.
-      buffer = new Uint8Array(SMALL_BUFFER);
+  try {
+    for (;;) {
+      const n = await tcp.read(buffer);
+      if (n === null) return total;
+      // Resolves once the stream took (copied) the bytes: the buffer is free again.
+      await stream.write(buffer.subarray(0, n));
+      total += n;
+      if (n === buffer.length && buffer.length < LARGE_BUFFER) {
+        buffer = spareLarge.pop() ?? new Uint8Array(LARGE_BUFFER);
+      } else if (n < SMALL_BUFFER && buffer.length > SMALL_BUFFER) {
+        // The burst is over: give the large buffer back.
+        keepSpare(buffer);
+        buffer = new Uint8Array(SMALL_BUFFER);
+      }
     }
+  } finally {
+    keepSpare(buffer);
   }
 }
 
