@@ -31,17 +31,32 @@ function recordingDialer(port: number, writes: Frame[][]) {
   };
 }
 
+/**
+ * Heartbeats far apart: no heartbeat tick falls inside a test, so every ack
+ * counted is one the send loop chose to send for its own sake.
+ */
+const QUIET = { heartbeatInterval: 60_000, deadLinkTimeout: 120_000 };
+
+/** A connected client, whose link writes go into `writes`, and its server: heartbeats far apart. */
+async function quietPair(writes: Frame[][]) {
+  const listener = listen({ hostname: "127.0.0.1", port: 0, ...QUIET });
+  const client = await connect({ dialer: recordingDialer(listener.addr.port, writes), ...QUIET });
+  const server = await listener.accept();
+  listener.close();
+  return {
+    client,
+    server,
+    async [Symbol.asyncDispose]() {
+      await client[Symbol.asyncDispose]();
+      await server[Symbol.asyncDispose]();
+    },
+  };
+}
+
 Deno.test("on a request/response stream every ack rides on the next request: no lone ack frame wakes the peer", async () => {
-  // Heartbeats far apart: no heartbeat tick falls inside the test, so any ack
-  // sent alone would be one sent for its own sake.
-  const timing = { heartbeatInterval: 60_000, deadLinkTimeout: 120_000 };
-  using listener = listen({ hostname: "127.0.0.1", port: 0, ...timing });
   const writes: Frame[][] = [];
-  await using client = await connect({
-    dialer: recordingDialer(listener.addr.port, writes),
-    ...timing,
-  });
-  await using server = await listener.accept();
+  await using pair = await quietPair(writes);
+  const { client, server } = pair;
   const echo = (async () => {
     const buffer = new Uint8Array(1024);
     for (let n; (n = await server.read(buffer)) !== null;) {
@@ -103,15 +118,9 @@ Deno.test("bulk data goes out in frames of up to 1 MiB: one header write per MiB
 });
 
 Deno.test("a bulk receiver acks once per quarter of the window consumed, not once per read", async () => {
-  // Heartbeats far apart: every ack counted is one the send loop chose to send.
-  const timing = { heartbeatInterval: 60_000, deadLinkTimeout: 120_000 };
-  using listener = listen({ hostname: "127.0.0.1", port: 0, ...timing });
   const writes: Frame[][] = [];
-  await using client = await connect({
-    dialer: recordingDialer(listener.addr.port, writes),
-    ...timing,
-  });
-  await using server = await listener.accept();
+  await using pair = await quietPair(writes);
+  const { client, server } = pair;
   const size = 32 << 20;
   const sending = (async () => {
     const chunk = new Uint8Array(256 * 1024);
