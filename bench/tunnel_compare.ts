@@ -4,9 +4,13 @@
 //
 //   deno run --allow-net=127.0.0.1 --allow-run --allow-read --allow-write=/tmp --allow-env \
 //     bench/tunnel_compare.ts [seconds] [pings] [--only=iperf,latency,pgbench] [--warmup=200] \
-//     [--pg-seconds=10] [--pg-scale=5] [--pg-clients=4] [--pg-threads=2] [--pg-modes=tpcb,select]
+//     [--rounds=1] [--pg-seconds=10] [--pg-scale=5] [--pg-clients=4] [--pg-threads=2] [--pg-modes=tpcb,select]
 //
 // Throughput (`iperf`): `iperf3 -c ... -t seconds` (Debian iperf3), receiver's Gbit/s.
+// With `--rounds=N` every path is measured N times, the paths taking turns
+// (this machine drifts by more than the differences between paths within
+// minutes): the median and range, and the tunnel's ratio to the two plain
+// forwarders per round, each from two measurements a few seconds apart.
 // Latency (`latency`): `pings` 1-byte request/response round trips through each
 // path to a Deno echo process, after `warmup` unmeasured ones (JIT warm-up:
 // after 200 the tunnel's p99 is mostly a cold process's; after 20,000 it is a
@@ -41,6 +45,10 @@ for (const section of SECTIONS) {
   }
 }
 const WARMUP = Number(option("warmup", "200"));
+const ROUNDS = Number(option("rounds", "1"));
+if (!Number.isInteger(ROUNDS) || ROUNDS < 1) {
+  throw new Error(`--rounds must be at least 1, got ${ROUNDS}`);
+}
 if (!Number.isInteger(WARMUP) || WARMUP < 0) {
   throw new Error(`--warmup must be a count, got ${WARMUP}`);
 }
@@ -199,7 +207,10 @@ for await (const c of l) {
 /** One path's figures; a section not run leaves its fields undefined. */
 interface Row {
   name: string;
+  /** Median of the rounds. */
   gbits?: number;
+  /** Every round's figure, in order. */
+  gbitsRounds?: number[];
   latency?: { median: number; p99: number };
   pg: Map<string, PgbenchResult>;
 }
@@ -233,9 +244,16 @@ function pad(text: string, width: number): string {
   return text.padStart(width);
 }
 
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
 function printThroughputAndLatency(rows: Row[]): void {
   const directRtt = rows.find((row) => row.name === "direct")?.latency?.median ?? NaN;
-  console.log(`iperf3 ${SECONDS} s per path, ${PINGS} 1-byte round trips per path\n`);
+  const rounds = ROUNDS > 1 ? ` (median of ${ROUNDS} rounds)` : "";
+  console.log(`iperf3 ${SECONDS} s per path${rounds}, ${PINGS} 1-byte round trips per path\n`);
   console.log("| path                   | Gbit/s | RTT µs | p99 µs | added µs |");
   console.log("| ---------------------- | ------ | ------ | ------ | -------- |");
   for (const row of rows) {
@@ -247,6 +265,21 @@ function printThroughputAndLatency(rows: Row[]): void {
       `| ${row.name.padEnd(22)} | ${pad(gbits, 6)} | ${pad(median, 6)} | ${pad(p99, 6)} | ${
         pad(added, 8)
       } |`,
+    );
+  }
+  const tunnel = rows.find((row) => row.name === "immortal tunnel, plain")?.gbitsRounds;
+  const floor = rows.find((row) => row.name === "2 plain Deno forwarders")?.gbitsRounds;
+  if (ROUNDS > 1 && tunnel && floor) {
+    console.log();
+    for (const row of rows) {
+      const all = row.gbitsRounds?.map((g) => g.toFixed(2)).join(", ");
+      if (all) console.log(`${row.name}: ${all} Gbit/s`);
+    }
+    const ratios = tunnel.map((g, i) => g / floor[i]);
+    console.log(
+      `immortal tunnel / 2 plain Deno forwarders, per round: ${
+        ratios.map((r) => r.toFixed(2)).join(", ")
+      } (median ${median(ratios).toFixed(2)})`,
     );
   }
 }
@@ -315,9 +348,21 @@ async function main(): Promise<void> {
       immortal(),
       immortal(certs),
     ];
-    for (const path of paths) {
-      const row: Row = { name: path.name, pg: new Map() };
-      if (SECTIONS.has("iperf")) row.gbits = await iperf(await path.start(iperfPort), SECONDS);
+    const iperfPorts: number[] = [];
+    if (SECTIONS.has("iperf")) {
+      for (const path of paths) {
+        iperfPorts.push(await path.start(iperfPort));
+        rows.push({ name: path.name, pg: new Map(), gbitsRounds: [] });
+      }
+      for (let round = 0; round < ROUNDS; round++) {
+        for (const [i, row] of rows.entries()) {
+          row.gbitsRounds!.push(await iperf(iperfPorts[i], SECONDS));
+        }
+      }
+      for (const row of rows) row.gbits = median(row.gbitsRounds!);
+    }
+    for (const [i, path] of paths.entries()) {
+      const row: Row = rows[i] ?? { name: path.name, pg: new Map() };
       if (SECTIONS.has("latency")) row.latency = await pingPong(await path.start(echoPort));
       if (pg) {
         const port = await path.start(pg.port);
@@ -334,7 +379,7 @@ async function main(): Promise<void> {
           row.pg.set(mode, result);
         }
       }
-      rows.push(row);
+      rows[i] = row;
       console.error(
         `${path.name}: ${row.gbits?.toFixed(2) ?? "–"} Gbit/s, RTT ${
           row.latency?.median.toFixed(0) ?? "–"
