@@ -14,15 +14,16 @@
  *
  * Memory: a new chunk is only started when the last one has no room left (a
  * full pooled chunk, a filled small buffer, a plain copy), so every 256 KiB
- * chunk but the last is full: a queue of `q` bytes
- * holds at most `q` plus two buffers (the last one's free room, and the part
- * of the first that the reader already took). A piece under 16 KiB that starts a chunk of a
- * quiet stream is a plain copy, so a stream sent a few bytes pins a few
- * bytes, not a whole buffer; behind a full chunk (a busy stream) it is pooled,
- * as the rest of the burst will follow it. One of at most 4 KiB that starts
- * an empty queue goes into a small reused buffer (at most one such chunk per
- * stream is queued at a time: a piece behind it extends it or starts another
- * kind of chunk).
+ * chunk but the last is full: a queue of `q` bytes holds at most `q` plus two
+ * buffers (the last one's free room, and the part of the first that the
+ * reader already took). A piece under 16 KiB that starts a chunk of a quiet
+ * stream is a plain copy, so a stream sent a few bytes pins a few bytes, not
+ * a whole buffer; behind a full chunk (a busy stream) it is pooled, as the
+ * rest of the burst will follow it. One of at most 4 KiB that starts an empty
+ * queue goes into a small reused buffer (at most one such chunk per stream is
+ * queued at a time: a piece behind it extends it or starts another kind of
+ * chunk). Chunks handed to an application that keeps them (`readable`) are
+ * copied out of buffers much larger than they are.
  *
  * @module
  */
