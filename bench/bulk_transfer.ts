@@ -5,6 +5,7 @@
 //
 // Prints one line per transport with the median throughput over the rounds.
 import { connect, listen } from "../mod.ts";
+import { median } from "./_stats.ts";
 
 const CHUNK = 256 * 1024;
 
@@ -51,11 +52,6 @@ async function measure(
   const seconds = (performance.now() - started) / 1000;
   conn.close();
   return bytes / seconds / 1e6;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
 }
 
 if (Deno.args[0] === "--serve") {

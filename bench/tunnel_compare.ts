@@ -9,7 +9,7 @@
 // Throughput (`iperf`): `iperf3 -c ... -t seconds` (Debian iperf3), receiver's Gbit/s.
 // With `--rounds=N` every path is measured N times, the paths taking turns
 // (this machine drifts by more than the differences between paths within
-// minutes): the median and range, and the tunnel's ratio to the two plain
+// minutes): medians, every round's figures, and the tunnel's ratio to the two plain
 // forwarders per round, each from two measurements a few seconds apart.
 // Latency (`latency`): `pings` 1-byte request/response round trips through each
 // path to a Deno echo process, after `warmup` unmeasured ones (JIT warm-up:
@@ -28,6 +28,7 @@ import { iperf, spawn, sshForward, stopAll, waitForPort } from "./_processes.ts"
 import { startSshd } from "../tests/_sshd.ts";
 import { makeTestCerts } from "../tests/_tls.ts";
 import { pgbench, pgbenchInit, type PgbenchResult, type PgCluster, startPostgres } from "./_pg.ts";
+import { median } from "./_stats.ts";
 
 /** `--name=value` from the command line, or `fallback`. */
 function option(name: string, fallback: string): string {
@@ -242,12 +243,6 @@ class Cleanup {
 
 function pad(text: string, width: number): string {
   return text.padStart(width);
-}
-
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 function printThroughputAndLatency(rows: Row[]): void {

@@ -41,12 +41,10 @@ const SMALL_SIZE = 4096;
 /** Free small buffers kept: at most 64 KiB. */
 const MAX_FREE_SMALL = 16;
 
-/**
- * What is queued before a piece that starts a new chunk: nothing (the
- * reader took everything), a full pooled chunk (the stream is busy), or a
- * chunk with no room left that is not a full pooled one.
- */
-export type Before = "nothing" | "full" | "partial";
+/** Whether `chunk` is a pooled 256 KiB chunk filled to its buffer's end. */
+function isFull(chunk: Uint8Array): boolean {
+  return chunk.buffer.byteLength === CHUNK_SIZE && chunk.byteOffset + chunk.length === CHUNK_SIZE;
+}
 
 /** @internal */
 export class ChunkPool {
@@ -54,18 +52,19 @@ export class ChunkPool {
   #freeSmall: ArrayBuffer[] = [];
 
   /**
-   * A copy of `bytes` the caller owns, starting a new chunk: in a pooled 256
-   * KiB buffer if it is large or follows a full chunk; in a reused 4 KiB one
-   * if it is small and starts an empty queue (a request or a reply: the
-   * reader is waiting, so it comes back soon, and creating an ArrayBuffer in
-   * Deno costs half a microsecond and garbage-collector work, per message);
-   * else a plain copy.
+   * A copy of `bytes` the caller owns, starting a new chunk `behind` the
+   * queue's last one (null: the queue is empty): in a pooled 256 KiB buffer
+   * if it is large or follows a full one (the stream is busy); in a reused 4
+   * KiB one if it is small and starts an empty queue (a request or a reply:
+   * the reader is waiting, so it comes back soon, and creating an ArrayBuffer
+   * in Deno costs half a microsecond and garbage-collector work, per
+   * message); else a plain copy.
    */
-  copy(bytes: Uint8Array, before: Before): Uint8Array {
+  copy(bytes: Uint8Array, behind: Uint8Array | null): Uint8Array {
     let buffer: ArrayBuffer;
-    if (bytes.length >= MIN_POOLED || before === "full") {
+    if (bytes.length >= MIN_POOLED || (behind !== null && isFull(behind))) {
       buffer = this.#free.pop() ?? new ArrayBuffer(CHUNK_SIZE);
-    } else if (before === "nothing" && bytes.length <= SMALL_SIZE) {
+    } else if (behind === null && bytes.length <= SMALL_SIZE) {
       buffer = this.#freeSmall.pop() ?? new ArrayBuffer(SMALL_SIZE);
     } else {
       return bytes.slice();
@@ -88,12 +87,6 @@ export class ChunkPool {
     const grown = new Uint8Array(tail.buffer, tail.byteOffset, tail.length + taken);
     grown.set(bytes.subarray(0, taken), tail.length);
     return grown;
-  }
-
-  /** Whether `chunk` is a pooled chunk filled to its buffer's end: its stream is busy. */
-  full(chunk: Uint8Array): boolean {
-    return chunk.buffer.byteLength === CHUNK_SIZE &&
-      chunk.byteOffset + chunk.length === CHUNK_SIZE;
   }
 
   /**

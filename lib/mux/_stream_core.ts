@@ -15,7 +15,7 @@
  */
 
 import { ImmortalError } from "../conn/errors.ts";
-import type { Before, ChunkPool } from "./_chunk_pool.ts";
+import type { ChunkPool } from "./_chunk_pool.ts";
 import {
   encodeCredit,
   encodeFrame,
@@ -318,15 +318,14 @@ export class StreamCore {
     const chunks = this.#owner.chunks;
     const last = this.#queue.length - 1;
     let rest = bytes;
-    let before: Before = "nothing";
+    let behind: Uint8Array | null = null;
     if (last >= this.#queueHead) {
       const tail = this.#queue[last];
-      const grown = chunks.extend(tail, rest);
-      this.#queue[last] = grown;
-      rest = rest.subarray(grown.length - tail.length);
-      before = chunks.full(grown) ? "full" : "partial";
+      behind = chunks.extend(tail, rest);
+      this.#queue[last] = behind;
+      rest = rest.subarray(behind.length - tail.length);
     }
-    if (rest.length > 0) this.#queue.push(chunks.copy(rest, before));
+    if (rest.length > 0) this.#queue.push(chunks.copy(rest, behind));
     this.#queued += bytes.length;
     this.#wakeReaders();
   }
