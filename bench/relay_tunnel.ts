@@ -160,6 +160,10 @@ async function main(): Promise<void> {
       () => viaRelay(iperfPort, relayUrl, true, "websocket"),
     );
     await measure(
+      "relay tunnel, HTTP-streaming links, plain",
+      () => viaRelay(iperfPort, relayUrl, false, "http"),
+    );
+    await measure(
       "relay tunnel, HTTP-streaming links, encrypted",
       () => viaRelay(iperfPort, relayUrl, true, "http"),
     );

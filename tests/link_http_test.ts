@@ -117,3 +117,28 @@ Deno.test("WebSocket links: a wrong key is refused; a request that is not an upg
   assert.equal(webSocketUrl("https://relay.example/link").href, "wss://relay.example/link");
   assert.throws(() => webSocketUrl("ftp://x/"), /ws:, wss:, http: or https:/);
 });
+
+Deno.test("HTTP-streaming links: an upstream POST declaring more than 1 MiB is refused before its body is read", async () => {
+  await using app = serveLinks("k");
+  const url = `http://127.0.0.1:${app.port}/link`;
+  const opened = await fetch(url, { method: "POST", headers: { "x-immortal-link": "open" } });
+  const id = opened.headers.get("x-immortal-link")!;
+  assert.equal(opened.status, 200);
+  using tcp = await Deno.connect({ hostname: "127.0.0.1", port: app.port });
+  // Headers only: a server that read the body first would wait for 2 MB that never come.
+  await tcp.write(new TextEncoder().encode(
+    `POST /link HTTP/1.1\r\nhost: 127.0.0.1\r\nx-immortal-link: ${id}\r\n` +
+      "x-immortal-seq: 0\r\ncontent-length: 2000000\r\n\r\n",
+  ));
+  const answer = new Uint8Array(1024);
+  const read = tcp.read(answer);
+  const bound = Promise.withResolvers<never>();
+  const timer = setTimeout(() => bound.reject(new Error("no answer in 10 s")), 10_000);
+  try {
+    const n = await Promise.race([read, bound.promise]);
+    assert.match(new TextDecoder().decode(answer.subarray(0, n ?? 0)), /^HTTP\/1\.1 400/);
+  } finally {
+    clearTimeout(timer);
+  }
+  await opened.body!.cancel();
+});

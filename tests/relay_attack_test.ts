@@ -73,6 +73,20 @@ Deno.test("relay HTTP: pipelined, chunked and HTTP/1.0 requests work; smuggling-
   assert.equal(relay.relay.stats.connections?.badRequests, refused.length);
 });
 
+Deno.test("relay HTTP: a refused request's small body is read past; one declared too large to read past ends the connection at once", async () => {
+  await using relay = startRelay({ secret: "s3cret" });
+  const { port } = relay.addr;
+  const refusal = "POST /relay/send HTTP/1.1\r\nHost: a\r\nx-relay-stream: nope\r\n";
+  const small = await exchange(
+    port,
+    `${refusal}Content-Length: 2\r\n\r\n{}GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n`,
+  );
+  assert.deepEqual(statuses(small), [404, 200], small);
+  // 10 MB declared, none sent: answered, and closed without waiting for the body.
+  const large = await exchange(port, `${refusal}Content-Length: 10000000\r\n\r\n`);
+  assert.deepEqual(statuses(large), [404], large);
+});
+
 /** A WebSocket opened by hand; returns the connection after the 101. */
 async function rawWebSocket(port: number): Promise<Deno.TcpConn> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });

@@ -120,9 +120,10 @@ Deno.test("relay pipes: refused for an unknown node, another session's node, a n
 });
 
 // Writer and reader transports, and what the relay may hold between them:
-// a copy buffer, a WebSocket end's queue (256 KiB plus the message that
-// crossed it), an HTTP-stream reader's response queue (512 KiB plus a
-// chunk), an HTTP-stream writer's upstream queue (512 KiB plus a 1 MiB POST).
+// a WebSocket end's queue (256 KiB plus the message that crossed it), an
+// HTTP-stream reader's response queue (512 KiB plus a chunk: a message or a
+// POST body passed on as it came), an HTTP-stream writer's upstream queue
+// (512 KiB plus a 1 MiB POST).
 const PIPE_CASES = [
   ["websocket", "websocket", 0.75],
   ["websocket", "http", 1.25],

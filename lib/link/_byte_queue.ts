@@ -41,19 +41,29 @@ export class ByteQueue {
   }
 
   async read(buffer: Uint8Array): Promise<number | null> {
+    const head = await this.take(buffer.length);
+    if (head === null) return null;
+    buffer.set(head);
+    return head.length;
+  }
+
+  /**
+   * The oldest bytes pushed, at most `max`, as they were pushed (a view, not
+   * a copy: what was pushed is the taker's now); null once the queue ended.
+   */
+  async take(max: number): Promise<Uint8Array | null> {
     while (this.#chunks.length === 0) {
       if (this.#error) throw this.#error;
       if (this.#ended) return null;
       await new Promise<void>((resolve) => this.#wake = resolve);
     }
     const head = this.#chunks[0];
-    const n = Math.min(head.length, buffer.length);
-    buffer.set(head.subarray(0, n));
+    const n = Math.min(head.length, max);
     if (n === head.length) this.#chunks.shift();
     else this.#chunks[0] = head.subarray(n);
     this.#size -= n;
     for (const resolve of this.#drained.splice(0)) resolve();
-    return n;
+    return n === head.length ? head : head.subarray(0, n);
   }
 
   #wakeUp(): void {

@@ -12,9 +12,10 @@
  * @module
  */
 
-import { concat, errorMessage } from "../_util.ts";
+import { errorMessage } from "../_util.ts";
 import type { Dialer, Link } from "./link.ts";
 import { ByteQueue } from "./_byte_queue.ts";
+import { PostBodies } from "./_post_bodies.ts";
 
 /** Header naming the link a request belongs to; `open` on the request that opens one. */
 export const LINK_HEADER = "x-immortal-link";
@@ -45,6 +46,11 @@ export class LinkRefused extends Error {
     super(message);
     this.name = "LinkRefused";
   }
+}
+
+/** Whether `data` is a view of an ordinary buffer (a body `fetch` takes), not a shared one. */
+function isUnshared(data: Uint8Array): data is Uint8Array<ArrayBuffer> {
+  return data.buffer instanceof ArrayBuffer;
 }
 
 function linkClosed(why: string): Deno.errors.ConnectionReset {
@@ -98,10 +104,20 @@ export class ServerHttpStreamLink implements Link {
     return this.#up.read(buffer);
   }
 
-  async write(data: Uint8Array): Promise<void> {
-    if (this.#closed) throw linkClosed("closed");
+  /** The oldest upstream bytes, at most `max`, as POSTed: the caller's own (no copy). */
+  take(max: number): Promise<Uint8Array | null> {
+    return this.#up.take(max);
+  }
+
+  write(data: Uint8Array): Promise<void> {
     // A copy: the response holds it until the client has read it.
-    this.#controller.enqueue(data.slice());
+    return this.writeOwned(data.slice());
+  }
+
+  /** `write` of bytes nobody else will touch: the response holds them as they are. */
+  async writeOwned(data: Uint8Array): Promise<void> {
+    if (this.#closed) throw linkClosed("closed");
+    this.#controller.enqueue(data);
     while ((this.#controller.desiredSize ?? 0) <= 0) {
       await new Promise<void>((resolve) => this.#pulled = resolve);
       if (this.#closed) throw linkClosed("closed while writing");
@@ -150,8 +166,10 @@ class ClientHttpStreamLink implements Link {
   #down: ReadableStreamDefaultReader<Uint8Array>;
   #downChunk: Uint8Array | null = null;
   #abort: AbortController;
-  #pending: Uint8Array[] = [];
-  #pendingBytes = 0;
+  /** Written, not POSTed yet. */
+  #pending = new PostBodies(MAX_POST_BYTES);
+  /** Written and not yet answered: pending, and in the POST in flight. */
+  #unanswered = 0;
   #seq = 0;
   #posting: Promise<void> | null = null;
   #error: Error | null = null;
@@ -196,10 +214,17 @@ class ClientHttpStreamLink implements Link {
   async write(data: Uint8Array): Promise<void> {
     if (this.#error) throw this.#error;
     if (this.#closed) throw linkClosed("closed");
-    this.#pending.push(data.slice());
-    this.#pendingBytes += data.length;
-    this.#posting ??= this.#pump();
-    while (this.#pendingBytes >= HIGH_WATER && !this.#closed) {
+    if (data.length === 0) return;
+    this.#unanswered += data.length;
+    if (this.#posting === null && data.length <= MAX_POST_BYTES && isUnshared(data)) {
+      // No POST in flight: this one carries `data` itself (fetch copies it
+      // before it returns: nothing of ours to copy into first).
+      this.#posting = this.#pump(data);
+    } else {
+      this.#pending.append(data);
+      this.#posting ??= this.#pump(null);
+    }
+    while (this.#unanswered >= HIGH_WATER && !this.#closed) {
       await new Promise<void>((resolve) => this.#drained.push(resolve));
     }
     if (this.#error) throw this.#error;
@@ -213,28 +238,16 @@ class ClientHttpStreamLink implements Link {
     for (const resolve of this.#drained.splice(0)) resolve();
   }
 
-  /** Up to `max` of the pending bytes, in order, as one body. */
-  #takePending(max: number): Uint8Array<ArrayBuffer> {
-    const parts: Uint8Array[] = [];
-    let bytes = 0;
-    while (this.#pending.length > 0 && bytes < max) {
-      const head = this.#pending[0];
-      const n = Math.min(head.length, max - bytes);
-      parts.push(head.subarray(0, n));
-      if (n === head.length) this.#pending.shift();
-      else this.#pending[0] = head.subarray(n);
-      bytes += n;
-    }
-    return concat(...parts);
-  }
-
-  /** POSTs what is pending, one request at a time, until nothing is. */
-  async #pump(): Promise<void> {
+  /**
+   * POSTs `first` (a write's own bytes, sent before this returns its
+   * promise), then what is pending, one request at a time, until nothing is.
+   */
+  async #pump(first: Uint8Array<ArrayBuffer> | null): Promise<void> {
     try {
-      while (this.#pending.length > 0 && !this.#closed) {
-        const body = this.#takePending(MAX_POST_BYTES);
+      let body = first ?? this.#pending.shift();
+      while (body !== null && !this.#closed) {
         const bytes = body.length;
-        const response = await fetch(this.#url, {
+        const posted = fetch(this.#url, {
           method: "POST",
           headers: {
             [LINK_HEADER]: this.#id,
@@ -245,12 +258,16 @@ class ClientHttpStreamLink implements Link {
           signal: this.#abort.signal,
           ...(this.#client ? { client: this.#client } : {}),
         });
+        // fetch has its own copy now: the body's buffer may take the next writes.
+        if (body !== first) this.#pending.recycle(body);
+        const response = await posted;
         await response.body?.cancel();
         if (response.status !== 204) {
           throw linkClosed(`the server answered an upstream POST with ${response.status}`);
         }
-        this.#pendingBytes -= bytes;
+        this.#unanswered -= bytes;
         for (const resolve of this.#drained.splice(0)) resolve();
+        body = this.#pending.shift();
       }
     } catch (error) {
       this.#error ??= error instanceof Deno.errors.ConnectionReset

@@ -129,6 +129,16 @@ export class ByteReader {
   }
 
   /**
+   * Exactly `n` bytes in a new array: buffered bytes first, the rest read
+   * straight into it (large reads, not squeezed through the small buffer).
+   * Null if the stream ends first.
+   */
+  async readExactly(n: number): Promise<Uint8Array | null> {
+    const out = new Uint8Array(n);
+    return (await this.readFull(out)) ? out : null;
+  }
+
+  /**
    * Reads up to `max` bytes into a new array: buffered bytes first, else one
    * read from the source. Null at the end of the stream.
    */

@@ -1,24 +1,8 @@
 // The reader's buffer: shrunk for an idle connection, grown again while reads fill it.
 
 import assert from "node:assert/strict";
+import { readingConn as source } from "../../tests/_fake_conn.ts";
 import { ByteReader } from "./_byte_reader.ts";
-
-/** A source that hands out `data` and records how much room each read offered. */
-function source(data: Uint8Array) {
-  let at = 0;
-  const offered: number[] = [];
-  const conn = {
-    read(into: Uint8Array): Promise<number | null> {
-      offered.push(into.length);
-      if (at === data.length) return Promise.resolve(null);
-      const n = Math.min(into.length, data.length - at);
-      into.set(data.subarray(at, at + n));
-      at += n;
-      return Promise.resolve(n);
-    },
-  };
-  return { conn: conn as unknown as Deno.Conn, offered };
-}
 
 Deno.test("ByteReader: shrinks and keeps what it holds; grows again only while reads fill it", async () => {
   const data = Uint8Array.from({ length: 5000 }, (_, i) => i % 251);

@@ -44,6 +44,8 @@ export interface RequestHead {
 const MAX_HEADERS = 100;
 /** Longest chunk-size line (with extensions) or trailer line. */
 const MAX_LINE = 1024;
+/** Largest piece a body of declared length is read in (an HTTP link's upstream POST: 1 MiB). */
+const MAX_BODY_PIECE = 1 << 20;
 /** Bytes of a token (RFC 9110 5.6.2). */
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Control characters a field value must not hold (HTAB is allowed). */
@@ -250,7 +252,16 @@ export function bodyStream(
           return finish(controller);
         }
       }
-      const chunk = await reader.readSome(Math.min(left, 65_536));
+      // A body of declared length comes in whole pieces, read straight into
+      // their own array: an upstream POST of 1 MiB costs a few large reads,
+      // not 64 small ones, each a promise and a copy. Every handler reads a
+      // body whole before it acts (nothing waits on a partial piece), and
+      // refuses a declared length past its limit before reading, so a piece
+      // never reserves more than the handler accepted. A chunk's size is not
+      // checked by anyone first: chunked bodies come in small pieces.
+      const chunk = framing.kind === "length"
+        ? await reader.readExactly(Math.min(left, MAX_BODY_PIECE))
+        : await reader.readSome(Math.min(left, 65_536));
       if (chunk === null) throw new BodyCut();
       left -= chunk.length;
       controller.enqueue(chunk);

@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
-import { HttpError, parseHead } from "./_http1_request.ts";
+import { readingConn } from "../../tests/_fake_conn.ts";
+import { concat } from "../_util.ts";
+import { ByteReader } from "./_byte_reader.ts";
+import { bodyStream, HttpError, parseHead } from "./_http1_request.ts";
 
 function refusal(text: string): number {
   try {
@@ -54,4 +57,42 @@ Deno.test("parseHead refuses what a lenient parser would guess at", () => {
     ["GET / HTTP/1.1\r\nHost: a" + "\r\nX: y".repeat(101), 431],
   ];
   for (const [text, status] of cases) assert.equal(refusal(text), status, JSON.stringify(text));
+});
+
+async function pieces(body: ReadableStream<Uint8Array>): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = [];
+  for await (const piece of body) out.push(piece);
+  return out;
+}
+
+Deno.test("bodyStream: a body of declared length comes whole, read straight into it in large reads", async () => {
+  const size = 1 << 20;
+  const data = Uint8Array.from({ length: size }, (_, i) => (i * 7) % 251);
+  // The head's reader buffered the first bytes already; the kernel hands out 256 KiB at most.
+  const { conn, offered } = readingConn(data, 256 * 1024);
+  const reader = new ByteReader(conn, 16 * 1024);
+  await reader.fill();
+  let done = false;
+  const got = await pieces(
+    bodyStream(reader, { kind: "length", length: size }, () => done = true)!,
+  );
+  assert.equal(got.length, 1, "one piece");
+  assert.deepEqual(got[0], data);
+  assert.ok(done);
+  // Small reads through the 16 KiB head buffer took 64 reads; straight into the body, 5.
+  assert.ok(offered.length <= 6, `${offered.length} reads`);
+  assert.ok(offered.slice(1).every((room) => room > 16 * 1024), `read rooms ${offered}`);
+});
+
+Deno.test("bodyStream: a chunked body (sizes nobody checked first) still comes in pieces of at most 64 KiB", async () => {
+  const payload = new Uint8Array(200 * 1024).fill(1);
+  const wire = concat(
+    new TextEncoder().encode(`${payload.length.toString(16)}\r\n`),
+    payload,
+    new TextEncoder().encode("\r\n0\r\n\r\n"),
+  );
+  const reader = new ByteReader(readingConn(wire, 1 << 20).conn, 16 * 1024);
+  const got = await pieces(bodyStream(reader, { kind: "chunked" }, () => {})!);
+  assert.ok(got.every((piece) => piece.length <= 65_536), `${got.map((p) => p.length)}`);
+  assert.equal(got.reduce((n, p) => n + p.length, 0), payload.length);
 });

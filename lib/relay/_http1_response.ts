@@ -10,6 +10,10 @@
 
 const encoder = new TextEncoder();
 
+/** Chunks at least this large are written from their own buffer, not copied into a framed one. */
+const WRITTEN_AS_IS = 64 * 1024;
+const CRLF = new Uint8Array([13, 10]);
+
 /** Header fields this writer decides itself: the connection's framing is ours. */
 const HOP_BY_HOP = new Set([
   "connection",
@@ -81,12 +85,22 @@ export async function writeResponse(
         await writeAll(conn, chunk);
         continue;
       }
-      // One write per chunk: its size line, the bytes and the CRLF together.
-      const size = encoder.encode(`${chunk.length.toString(16)}\r\n`);
-      const framed = new Uint8Array(size.length + chunk.length + 2);
-      framed.set(size);
-      framed.set(chunk, size.length);
-      framed.set([13, 10], size.length + chunk.length);
+      const head = encoder.encode(`${chunk.length.toString(16)}\r\n`);
+      if (chunk.length >= WRITTEN_AS_IS) {
+        // A large chunk (an HTTP link's stream) is written from where it is:
+        // two more syscalls cost less than copying it into a framed buffer.
+        // The CRLF goes at once, not in front of the next chunk: a client
+        // that hands out a chunk only once it ended would hold it back.
+        await writeAll(conn, head);
+        await writeAll(conn, chunk);
+        await writeAll(conn, CRLF);
+        continue;
+      }
+      // A small chunk (an event) goes in one write: size line, bytes, CRLF.
+      const framed = new Uint8Array(head.length + chunk.length + 2);
+      framed.set(head);
+      framed.set(chunk, head.length);
+      framed.set(CRLF, head.length + chunk.length);
       await writeAll(conn, framed);
     }
   } catch {

@@ -444,7 +444,10 @@ export class HttpServer {
         head: head.method === "HEAD",
         keepAlive: head.keepAlive && !this.#closing.signal.aborted,
       });
-      if (keepAlive && !bodyRead && body && !body.locked) {
+      // A body declared larger than we would read past is not touched at all
+      // (a body of declared length is read in whole pieces, up to 1 MiB).
+      const drainable = head.body.kind !== "length" || head.body.length <= MAX_DRAIN_BYTES;
+      if (keepAlive && !bodyRead && body && !body.locked && drainable) {
         // The handler answered without reading the body (a refusal, say). A
         // small one is read past, so the connection can go on; a large one
         // is not worth it: the connection ends instead.

@@ -42,8 +42,15 @@ import { secretsEqual } from "./_secret.ts";
 
 const log = getLogger(["immortal", "relay", "pipe"]);
 
-/** Bytes the relay reads from one end before it writes them to the other. */
+/** Bytes the relay reads from one end before it writes them to the other, while the pipe is quiet. */
 const PIPE_BUFFER = 64 * 1024;
+/**
+ * ... once a read filled that: the pipe is busy, and each write to an
+ * HTTP-streaming end is a chunk of its response, a promise and a syscall.
+ */
+const BUSY_PIPE_BUFFER = 1 << 20;
+/** Most bytes handed over at once by an end that queues what it receives. */
+const MAX_TAKEN = 1 << 20;
 /** Bytes a WebSocket end may have queued (received, not yet passed on) before it stops reading. */
 const SOCKET_QUEUE = 256 * 1024;
 /** Largest WebSocket message on a pipe (our link sends at most 256 KiB per message). */
@@ -106,7 +113,14 @@ export interface PipeStats {
  * A pipe's end, with what it holds: bytes received and not yet passed on,
  * or queued to send; and, for our own WebSocket, the socket itself.
  */
-type PipeEnd = Link & { readonly queuedBytes?: number; readonly socket?: ServerWebSocket };
+type PipeEnd = Link & {
+  readonly queuedBytes?: number;
+  readonly socket?: ServerWebSocket;
+  /** The received bytes as they came (whole POST bodies, messages): no copy into a buffer. */
+  take?(max: number): Promise<Uint8Array | null>;
+  /** `write` that keeps `data` as it is: the caller gives it away. */
+  writeOwned?(data: Uint8Array): Promise<void>;
+};
 
 /**
  * A {@linkcode Link} over our own server's WebSocket: messages are queued
@@ -131,6 +145,11 @@ function serverSocketLink(socket: ServerWebSocket, remoteAddr?: Deno.Addr): Pipe
       const n = await received.read(buffer);
       if (received.size <= SOCKET_QUEUE / 2) socket.resume();
       return n;
+    },
+    async take(max) {
+      const chunk = await received.take(max);
+      if (received.size <= SOCKET_QUEUE / 2) socket.resume();
+      return chunk;
     },
     write: (data) => socket.sendBytes(data),
     close() {
@@ -570,24 +589,51 @@ export class PipeEndpoint {
     return ended.promise;
   }
 
-  /** Copies one direction between two links, with one buffer; ends both when it ends. */
+  /** Copies one direction between two links; ends both when it ends. */
   async #copy(
     source: PipeEnd,
     sink: PipeEnd,
     names: { from: string; to: string },
   ): Promise<void> {
-    const buffer = new Uint8Array(PIPE_BUFFER);
+    // An end that queues what it receives (an HTTP stream's POSTs, one of
+    // our WebSockets) hands its chunks over as they are; the copy buffer is
+    // for the others. A sink that can keep a chunk keeps it: an upstream POST
+    // goes down the other end's response without one copy in the relay.
+    const take = source.take?.bind(source);
+    const give = take ? sink.writeOwned?.bind(sink) ?? null : null;
+    let buffer = new Uint8Array(take ? 0 : PIPE_BUFFER);
     try {
       for (;;) {
-        const n = await source.read(buffer);
-        if (n === null) break;
-        this.#inTransit += n;
-        try {
-          await sink.write(buffer.subarray(0, n));
-        } finally {
-          this.#inTransit -= n;
+        let chunk: Uint8Array;
+        if (take) {
+          const taken = await take(MAX_TAKEN);
+          if (taken === null) break;
+          chunk = taken;
+        } else {
+          const n = await source.read(buffer);
+          if (n === null) break;
+          chunk = buffer.subarray(0, n);
+        }
+        const n = chunk.length;
+        if (give) {
+          // Counted in the sink's queue from now on (it keeps the chunk).
+          await give(chunk);
+        } else {
+          this.#inTransit += n;
+          try {
+            await sink.write(chunk);
+          } finally {
+            this.#inTransit -= n;
+          }
         }
         this.#counters.bytes += n;
+        if (take) continue;
+        // A read that fills the buffer: the pipe is busy, each write a chunk
+        // of a response or a WebSocket message, so larger ones, while it lasts.
+        if (n === buffer.length && n < BUSY_PIPE_BUFFER) buffer = new Uint8Array(BUSY_PIPE_BUFFER);
+        else if (n < PIPE_BUFFER && buffer.length > PIPE_BUFFER) {
+          buffer = new Uint8Array(PIPE_BUFFER);
+        }
       }
     } catch (error) {
       log.debug("Pipe {from} -> {to} ended: {reason}", { ...names, reason: errorMessage(error) });
