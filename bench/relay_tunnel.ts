@@ -2,7 +2,7 @@
 // iperf3 through each path (issue #11: through the relay >= 0.5x direct;
 // encryption costs <= 30%).
 //
-//   deno run --allow-net=127.0.0.1 --allow-run --allow-read bench/relay_tunnel.ts [seconds]
+//   deno run --allow-net=127.0.0.1 --allow-run --allow-read bench/relay_tunnel.ts [seconds] [--delay=MS]
 //
 // Every tunnel end and the relay run in their own processes, as deployed:
 // - direct: cli/tunnel.ts server + client over TCP, plain and --encrypt;
@@ -10,9 +10,26 @@
 //   each over WebSocket or HTTP-streaming links, sessions plain (library
 //   setting, for the comparison) or encrypted (what the CLI always does).
 import { freePort } from "../tests/_helpers.ts";
+import { delayProxy } from "./_delay_proxy.ts";
 import { iperf, spawn, stopAll, waitForPort } from "./_processes.ts";
 
-const SECONDS = Number(Deno.args[0] ?? "5");
+const args = Deno.args.filter((arg) => !arg.startsWith("--"));
+const SECONDS = Number(args[0] ?? "5");
+/** `--delay=MS`: every path's link crosses a proxy that delays it MS each way (a long path). */
+const DELAY_MS = Number(Deno.args.find((arg) => arg.startsWith("--delay="))?.slice(8) ?? "0");
+if (!Number.isInteger(SECONDS) || SECONDS < 1 || !Number.isInteger(DELAY_MS) || DELAY_MS < 0) {
+  console.error("usage: relay_tunnel.ts [seconds] [--delay=MS]");
+  Deno.exit(2);
+}
+const proxies: Deno.Listener[] = [];
+
+/** `port` itself, or with --delay a delaying proxy's port in front of it. */
+function across(port: number): number {
+  if (DELAY_MS === 0) return port;
+  const proxyPort = freePort();
+  proxies.push(delayProxy(proxyPort, port, DELAY_MS));
+  return proxyPort;
+}
 const ROOT = new URL("..", import.meta.url).pathname;
 const deno = Deno.execPath();
 
@@ -56,7 +73,7 @@ async function direct(target: number, encrypt: boolean): Promise<number> {
     "client",
     String(clientPort),
     "127.0.0.1",
-    String(serverPort),
+    String(across(serverPort)),
     ...quiet,
   ]));
   await waitForPort(clientPort);
@@ -138,7 +155,7 @@ async function main(): Promise<void> {
     "warning",
   ]);
   await Promise.all([waitForPort(iperfPort), waitForPort(relayPort)]);
-  const relayUrl = `http://127.0.0.1:${relayPort}`;
+  const relayUrl = `http://127.0.0.1:${across(relayPort)}`;
   const rows: [string, number][] = [];
   const measure = async (name: string, start: () => Promise<number>) => {
     const port = await start();
@@ -148,7 +165,9 @@ async function main(): Promise<void> {
     await stopEnds();
   };
   try {
-    console.log(`iperf3 ${SECONDS} s per path\n`);
+    console.log(
+      `iperf3 ${SECONDS} s per path${DELAY_MS ? `, links delayed ${DELAY_MS} ms each way` : ""}\n`,
+    );
     await measure("direct tunnel, plain", () => direct(iperfPort, false));
     await measure("direct tunnel, --encrypt", () => direct(iperfPort, true));
     await measure(
@@ -170,6 +189,7 @@ async function main(): Promise<void> {
   } finally {
     await stopEnds();
     await stopAll();
+    for (const proxy of proxies) proxy.close();
   }
   const base = rows[0][1];
   console.log("\n| path | Gbit/s | vs direct plain |\n| --- | --- | --- |");

@@ -2,9 +2,10 @@
  * Links over plain HTTP requests, for proxies that refuse WebSocket: one
  * long response carries the server's bytes down (binary, flushed per write,
  * with headers that keep proxies from buffering it — the modern form of
- * TcpJLib's "long WAV file"), and POSTs carry the client's bytes up, one at
- * a time, each with everything written meanwhile. PROTOCOL.md 4.2 has the
- * wire format.
+ * TcpJLib's "long WAV file"), and POSTs carry the client's bytes up: a few
+ * in flight at once (as many as the server announces, at most four), each
+ * with everything written while they were. PROTOCOL.md 4.2 has the wire
+ * format.
  *
  * A failed request of either kind ends the link; the session above resumes
  * on a new one, as after any other link's death, so nothing here retries.
@@ -21,6 +22,19 @@ import { PostBodies } from "./_post_bodies.ts";
 export const LINK_HEADER = "x-immortal-link";
 /** Header numbering the upstream POSTs of a link: 0, 1, 2, ... */
 export const SEQ_HEADER = "x-immortal-seq";
+/**
+ * Header of the response that opens a link: how many upstream POSTs the
+ * server takes in flight at once (absent: one).
+ */
+export const UPSTREAM_HEADER = "x-immortal-upstream";
+/**
+ * Upstream POSTs in flight at once, both ways: what our server announces,
+ * and the most our client sends whatever a server announces. One at a time
+ * made the upstream one round trip per MiB: through a relay 50 ms away
+ * (bench/relay_tunnel.ts --delay=25), 0.12 Gbit/s; with 2, 0.25; with 4,
+ * 0.41. The server may hold a MiB per POST in flight, so no more.
+ */
+export const MAX_POSTS_IN_FLIGHT = 4;
 /** Headers that keep proxies and browsers from caching or buffering the downstream. */
 export const DOWNSTREAM_HEADERS = {
   "content-type": "application/octet-stream",
@@ -29,8 +43,8 @@ export const DOWNSTREAM_HEADERS = {
 };
 /** Most bytes one upstream POST carries. */
 export const MAX_POST_BYTES = 1 << 20;
-/** Bytes written but not yet POSTed beyond which a write waits. */
-const HIGH_WATER = 2 << 20;
+/** Bytes written and not yet answered beyond which a write waits: the POSTs in flight, and the next. */
+const HIGH_WATER = (MAX_POSTS_IN_FLIGHT + 1) * MAX_POST_BYTES;
 /** Bytes the server queues from upstream POSTs before it answers the next one only once read. */
 const UP_HIGH_WATER = 512 * 1024;
 /** Bytes the server queues for the downstream beyond which a write waits. */
@@ -68,6 +82,10 @@ export class ServerHttpStreamLink implements Link {
   readonly response: Response;
   #up = new ByteQueue();
   #nextSeq = 0;
+  /** POSTs that came ahead of their turn, by number: their bytes, and their answer's wake-up. */
+  #early = new Map<number, { body: Uint8Array; taken: () => void }>();
+  /** Bytes of the POSTs in `#early`. */
+  #earlyBytes = 0;
   #controller!: ReadableStreamDefaultController<Uint8Array>;
   #pulled: (() => void) | null = null;
   #closed = false;
@@ -90,14 +108,19 @@ export class ServerHttpStreamLink implements Link {
       cancel: () => this.close(),
     }, { highWaterMark: DOWN_HIGH_WATER, size: (chunk) => chunk.byteLength });
     this.response = new Response(body, {
-      headers: { ...DOWNSTREAM_HEADERS, [LINK_HEADER]: this.id },
+      headers: {
+        ...DOWNSTREAM_HEADERS,
+        [LINK_HEADER]: this.id,
+        [UPSTREAM_HEADER]: String(MAX_POSTS_IN_FLIGHT),
+      },
     });
   }
 
   /** Bytes held: received and not yet read, and written but not yet sent down. */
   get queuedBytes(): number {
     if (this.#closed) return 0;
-    return this.#up.size + Math.max(0, DOWN_HIGH_WATER - (this.#controller.desiredSize ?? 0));
+    return this.#up.size + this.#earlyBytes +
+      Math.max(0, DOWN_HIGH_WATER - (this.#controller.desiredSize ?? 0));
   }
 
   read(buffer: Uint8Array): Promise<number | null> {
@@ -125,21 +148,47 @@ export class ServerHttpStreamLink implements Link {
   }
 
   /**
-   * One upstream POST: `seq` must be the next number (a proxy that replays a
-   * request would otherwise duplicate bytes). Answers once the bytes are
+   * One upstream POST: `seq` must be the next number or one of the next few
+   * (POSTs in flight together may arrive in any order, each on its own
+   * connection); one ahead of its turn waits for the ones before it. A number
+   * already taken, or too far ahead, ends the link: a proxy that replays a
+   * request would otherwise duplicate bytes. Answers once the bytes are
    * queued and the queue is under its bound, so a fast sender waits for a
    * slow reader.
    */
   async post(seq: number, body: Uint8Array): Promise<Response> {
     if (this.#closed) return new Response("the link is closed", { status: 410 });
-    if (seq !== this.#nextSeq) {
-      this.close(linkClosed(`upstream POST ${seq} where ${this.#nextSeq} was due`));
+    const next = this.#nextSeq;
+    if (seq < next || seq >= next + MAX_POSTS_IN_FLIGHT || this.#early.has(seq)) {
+      this.close(linkClosed(`upstream POST ${seq} where ${next} was due`));
       return new Response("out of sequence", { status: 409 });
     }
-    this.#nextSeq++;
-    if (body.length > 0) this.#up.push(body);
+    if (seq !== next) {
+      // Its bytes are taken by the POST whose turn comes before it, in the
+      // same synchronous step: a replay of this number that arrives meanwhile
+      // finds it taken or waiting, never due.
+      await new Promise<void>((taken) => {
+        this.#early.set(seq, { body, taken });
+        this.#earlyBytes += body.length;
+      });
+      if (this.#closed) return new Response("the link is closed", { status: 410 });
+    } else {
+      this.#take(body);
+      for (let early; (early = this.#early.get(this.#nextSeq)) !== undefined;) {
+        this.#early.delete(this.#nextSeq);
+        this.#earlyBytes -= early.body.length;
+        this.#take(early.body);
+        early.taken();
+      }
+    }
     await this.#up.below(UP_HIGH_WATER);
     return new Response(null, { status: 204 });
+  }
+
+  /** Queues the bytes of the POST whose turn it is; the next number is due. */
+  #take(body: Uint8Array): void {
+    this.#nextSeq++;
+    if (body.length > 0) this.#up.push(body);
   }
 
   close(error?: Error): void {
@@ -154,6 +203,9 @@ export class ServerHttpStreamLink implements Link {
     const pulled = this.#pulled;
     this.#pulled = null;
     pulled?.();
+    for (const early of this.#early.values()) early.taken();
+    this.#early.clear();
+    this.#earlyBytes = 0;
     this.#onClose();
   }
 }
@@ -168,27 +220,23 @@ class ClientHttpStreamLink implements Link {
   #abort: AbortController;
   /** Written, not POSTed yet. */
   #pending = new PostBodies(MAX_POST_BYTES);
-  /** Written and not yet answered: pending, and in the POST in flight. */
+  /** Written and not yet answered: pending, and in the POSTs in flight. */
   #unanswered = 0;
   #seq = 0;
-  #posting: Promise<void> | null = null;
+  #inFlight = 0;
+  #maxInFlight: number;
   #error: Error | null = null;
   #closed = false;
   #drained: (() => void)[] = [];
 
-  /** `abort` ends every request of the link: the downstream, and a POST in flight. */
-  constructor(
-    url: URL,
-    id: string,
-    downstream: ReadableStream<Uint8Array>,
-    abort: AbortController,
-    client?: Deno.HttpClient,
-  ) {
+  /** The link `opened` (the answer to its opening request) at `url`. */
+  constructor(url: URL, opened: OpenedHttpLink) {
     this.#url = url;
-    this.#id = id;
-    this.#client = client;
-    this.#down = downstream.getReader();
-    this.#abort = abort;
+    this.#id = opened.id;
+    this.#client = opened.client;
+    this.#down = opened.downstream.getReader();
+    this.#abort = opened.abort;
+    this.#maxInFlight = opened.postsInFlight;
   }
 
   async read(buffer: Uint8Array): Promise<number | null> {
@@ -216,13 +264,16 @@ class ClientHttpStreamLink implements Link {
     if (this.#closed) throw linkClosed("closed");
     if (data.length === 0) return;
     this.#unanswered += data.length;
-    if (this.#posting === null && data.length <= MAX_POST_BYTES && isUnshared(data)) {
-      // No POST in flight: this one carries `data` itself (fetch copies it
-      // before it returns: nothing of ours to copy into first).
-      this.#posting = this.#pump(data);
+    if (
+      this.#inFlight < this.#maxInFlight && this.#pending.size === 0 &&
+      data.length <= MAX_POST_BYTES && isUnshared(data)
+    ) {
+      // A POST may go now: it carries `data` itself (fetch copies it before
+      // it returns: nothing of ours to copy into first).
+      this.#post(data);
     } else {
       this.#pending.append(data);
-      this.#posting ??= this.#pump(null);
+      this.#postPending();
     }
     while (this.#unanswered >= HIGH_WATER && !this.#closed) {
       await new Promise<void>((resolve) => this.#drained.push(resolve));
@@ -238,46 +289,64 @@ class ClientHttpStreamLink implements Link {
     for (const resolve of this.#drained.splice(0)) resolve();
   }
 
+  /** POSTs pending bodies, in order, while fewer POSTs than allowed are in flight. */
+  #postPending(): void {
+    while (this.#inFlight < this.#maxInFlight && !this.#closed) {
+      const body = this.#pending.shift();
+      if (body === null) return;
+      this.#post(body);
+      // fetch has its own copy now: the body's buffer may take the next writes.
+      this.#pending.recycle(body);
+    }
+  }
+
   /**
-   * POSTs `first` (a write's own bytes, sent before this returns its
-   * promise), then what is pending, one request at a time, until nothing is.
+   * One upstream POST, numbered in the order of the calls (the server puts
+   * POSTs in flight together back in that order). Its answer lets the next
+   * pending body go.
    */
-  async #pump(first: Uint8Array<ArrayBuffer> | null): Promise<void> {
-    try {
-      let body = first ?? this.#pending.shift();
-      while (body !== null && !this.#closed) {
-        const bytes = body.length;
-        const posted = fetch(this.#url, {
-          method: "POST",
-          headers: {
-            [LINK_HEADER]: this.#id,
-            [SEQ_HEADER]: String(this.#seq++),
-            "content-type": "application/octet-stream",
-          },
-          body,
-          signal: this.#abort.signal,
-          ...(this.#client ? { client: this.#client } : {}),
-        });
-        // fetch has its own copy now: the body's buffer may take the next writes.
-        if (body !== first) this.#pending.recycle(body);
-        const response = await posted;
-        await response.body?.cancel();
-        if (response.status !== 204) {
-          throw linkClosed(`the server answered an upstream POST with ${response.status}`);
-        }
-        this.#unanswered -= bytes;
-        for (const resolve of this.#drained.splice(0)) resolve();
-        body = this.#pending.shift();
+  #post(body: Uint8Array<ArrayBuffer>): void {
+    const bytes = body.length;
+    this.#inFlight++;
+    fetch(this.#url, {
+      method: "POST",
+      headers: {
+        [LINK_HEADER]: this.#id,
+        [SEQ_HEADER]: String(this.#seq++),
+        "content-type": "application/octet-stream",
+      },
+      body,
+      signal: this.#abort.signal,
+      ...(this.#client ? { client: this.#client } : {}),
+    }).then(async (response) => {
+      await response.body?.cancel();
+      if (response.status !== 204) {
+        throw linkClosed(`the server answered an upstream POST with ${response.status}`);
       }
-    } catch (error) {
+      this.#inFlight--;
+      this.#unanswered -= bytes;
+      for (const resolve of this.#drained.splice(0)) resolve();
+      this.#postPending();
+    }).catch((error) => {
+      // A POST aborted by our own close is no failure of the link's.
+      if (this.#closed) return;
       this.#error ??= error instanceof Deno.errors.ConnectionReset
         ? error
         : linkClosed(`an upstream POST failed: ${errorMessage(error)}`);
       this.close();
-    } finally {
-      this.#posting = null;
-    }
+    });
   }
+}
+
+/** What the request that opens an HTTP-streaming link brought back. */
+interface OpenedHttpLink {
+  id: string;
+  downstream: ReadableStream<Uint8Array>;
+  /** Ends every request of the link: the downstream, and the POSTs in flight. */
+  abort: AbortController;
+  client?: Deno.HttpClient;
+  /** Upstream POSTs in flight at once: the server's word, within ours. */
+  postsInFlight: number;
 }
 
 /** Where and how {@linkcode httpStreamDialer} connects. */
@@ -348,6 +417,16 @@ export function httpStreamDialer(options: HttpStreamDialerOptions): Dialer {
       const text = await response.text().catch(() => "");
       throw new LinkRefused(response.status, text, `${url.href} answered ${response.status}`);
     }
-    return new ClientHttpStreamLink(url, id, response.body, abort, options.client);
+    // A server that does not say takes one POST at a time.
+    const announced = Number(response.headers.get(UPSTREAM_HEADER) ?? 1);
+    return new ClientHttpStreamLink(url, {
+      id,
+      downstream: response.body,
+      abort,
+      client: options.client,
+      postsInFlight: Number.isSafeInteger(announced)
+        ? Math.max(1, Math.min(announced, MAX_POSTS_IN_FLIGHT))
+        : 1,
+    });
   };
 }

@@ -1,0 +1,113 @@
+// Upstream POSTs in flight together: the server takes their bytes in the
+// order of their numbers, whatever order they arrive in, and our client
+// really sends several at once.
+
+import assert from "node:assert/strict";
+import { HttpLinkEndpoint, linkRequestKind } from "./_http_link_endpoint.ts";
+import {
+  httpStreamDialer,
+  MAX_POSTS_IN_FLIGHT,
+  ServerHttpStreamLink,
+  UPSTREAM_HEADER,
+} from "./http_stream.ts";
+
+/** Reads exactly `n` bytes from `link`. */
+async function readExactly(link: { read(b: Uint8Array): Promise<number | null> }, n: number) {
+  const out = new Uint8Array(n);
+  for (let got = 0; got < n;) {
+    const read = await link.read(out.subarray(got));
+    if (read === null) throw new Error(`ended after ${got} of ${n} bytes`);
+    got += read;
+  }
+  return out;
+}
+
+Deno.test("HTTP-streaming server link: POSTs in flight are taken in their numbers' order; a number taken or too far ahead ends the link", async () => {
+  const link = new ServerHttpStreamLink(undefined, () => {});
+  assert.equal(link.response.headers.get(UPSTREAM_HEADER), String(MAX_POSTS_IN_FLIGHT));
+  // 2 and 1 arrive before 0: each waits for its turn.
+  const later = [link.post(2, new Uint8Array([3])), link.post(1, new Uint8Array([2]))];
+  const first = link.post(0, new Uint8Array([1]));
+  assert.deepEqual([...(await readExactly(link, 3))], [1, 2, 3]);
+  for (const answer of await Promise.all([first, ...later])) assert.equal(answer.status, 204);
+  // A replay of a number already taken: the link ends.
+  assert.equal((await link.post(1, new Uint8Array([9]))).status, 409);
+  await assert.rejects(link.read(new Uint8Array(1)), /upstream POST 1 where 3 was due/);
+  await link.response.body?.cancel();
+
+  const ahead = new ServerHttpStreamLink(undefined, () => {});
+  assert.equal((await ahead.post(MAX_POSTS_IN_FLIGHT, new Uint8Array([1]))).status, 409);
+  await ahead.response.body?.cancel();
+});
+
+Deno.test("HTTP-streaming server link: a replay of a number, waiting or just taken, ends the link and adds no byte", async () => {
+  // The replay comes right behind the POST that lets the waiting one in.
+  const link = new ServerHttpStreamLink(undefined, () => {});
+  const early = link.post(1, new Uint8Array([1]));
+  const due = link.post(0, new Uint8Array([0]));
+  const replay = link.post(1, new Uint8Array([9]));
+  assert.equal((await replay).status, 409);
+  assert.deepEqual([...(await readExactly(link, 2))], [0, 1], "no byte of the replay");
+  await assert.rejects(link.read(new Uint8Array(1)), /upstream POST 1 where 2 was due/);
+  await Promise.all([early, due]);
+  await link.response.body?.cancel();
+
+  // A second copy of a POST still waiting for its turn.
+  const waiting = new ServerHttpStreamLink(undefined, () => {});
+  const first = waiting.post(2, new Uint8Array([2]));
+  assert.equal((await waiting.post(2, new Uint8Array([2]))).status, 409);
+  assert.equal((await first).status, 410, "the waiting one is answered when the link ends");
+  await waiting.response.body?.cancel();
+});
+
+Deno.test("HTTP-streaming server link: its end answers the POSTs waiting for their turn (410), and counts their bytes until then", async () => {
+  const link = new ServerHttpStreamLink(undefined, () => {});
+  const waiting = link.post(3, new Uint8Array(1000));
+  assert.equal(link.queuedBytes, 1000, "held bytes include POSTs waiting for their turn");
+  link.close();
+  assert.equal((await waiting).status, 410);
+  await link.response.body?.cancel();
+});
+
+Deno.test("HTTP-streaming links: the client has several POSTs in flight at once, and the bytes arrive in order", async () => {
+  const endpoint = new HttpLinkEndpoint();
+  const accepted = Promise.withResolvers<{ read(b: Uint8Array): Promise<number | null> }>();
+  // The first upstream POST is answered only once a second one is in: a
+  // client that sends one at a time never gets past it (the test's bound).
+  const second = Promise.withResolvers<void>();
+  let upstreams = 0;
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    if (linkRequestKind(req) === "upstream") {
+      if (++upstreams === 2) second.resolve();
+      const answer = endpoint.upstream(req);
+      if (upstreams === 1) await second.promise;
+      return await answer;
+    }
+    const opened = endpoint.open(req, undefined);
+    if (typeof opened === "string") return new Response(opened, { status: 400 });
+    accepted.resolve(opened.link);
+    return opened.response;
+  });
+  const signal = AbortSignal.timeout(10_000);
+  const client = await httpStreamDialer({ url: `http://127.0.0.1:${server.addr.port}/` })(signal);
+  try {
+    const link = await accepted.promise;
+    const size = 3 << 20;
+    const data = Uint8Array.from({ length: size }, (_, i) => (i * 31) % 251);
+    const writing = client.write(data);
+    const got = await Promise.race([
+      readExactly(link, size),
+      new Promise<never>((_, reject) =>
+        signal.addEventListener("abort", () => reject(new Error("one POST at a time")))
+      ),
+    ]);
+    await writing;
+    assert.ok(got.every((byte, i) => byte === data[i]), "the bytes, in order");
+    assert.ok(upstreams >= 3, `${upstreams} POSTs`);
+  } finally {
+    second.resolve(); // a POST held for a second one that never came lets the server stop
+    client.close();
+    endpoint.close();
+    await server.shutdown();
+  }
+});
