@@ -5,11 +5,12 @@
  */
 
 import assert from "node:assert/strict";
-import { RelayNode } from "../mod.ts";
+import { type ImmortalListener, RelayNode } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { freePort, patternHash, receiveAll, sendPattern, within } from "./_helpers.ts";
 import { startNginx } from "./_proxies.ts";
 import { redisClient, startRedis } from "./_redis.ts";
+import { roundRobin } from "./_round_robin.ts";
 import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
 import { FAST } from "./_tunnel_helpers.ts";
 import { openWebSocketLink } from "../lib/link/_websocket_client.ts";
@@ -296,15 +297,11 @@ Deno.test("Redis restarted with nothing kept: the nodes are told (missed: epoch)
   await atY.until(() => atY.texts.includes("after"), "y hearing what follows");
 });
 
-Deno.test("a pipe between nodes on two relays: an immortal session moves 4 MiB each way through both relays; refusals and roles cross too", async () => {
-  await using redis = await startRedis();
-  await using one = startRelay({ redis: redis.url });
-  await using two = startRelay({ redis: redis.url });
-  // Each relay listens for the other's pipes on a loopback port of its own.
-  assert.ok(one.clusterAddr && two.clusterAddr);
-  await using laptop = await RelayNode.connect(one.url, { session: "s", nickname: "laptop" });
-  await using lab = await RelayNode.connect(two.url, { session: "s", nickname: "lab" });
-  using listener = lab.listen({ key: "k", accepts: (nickname) => nickname === "laptop", ...FAST });
+/**
+ * `laptop` opens an immortal session over a pipe to "lab", whose `listener`
+ * accepts it; 4 MiB go each way, checked by hash.
+ */
+async function pipeBothWays(laptop: RelayNode, listener: ImmortalListener): Promise<void> {
   await using conn = await laptop.connectTo("lab", { key: "k", ...FAST });
   await using server = await listener.accept();
   const size = 4 << 20;
@@ -321,6 +318,18 @@ Deno.test("a pipe between nodes on two relays: an immortal session moves 4 MiB e
   assert.equal(sentUp, patternHash(1, size));
   assert.equal(gotUp.sha256, sentUp);
   assert.equal(gotDown.sha256, sentDown);
+}
+
+Deno.test("a pipe between nodes on two relays: an immortal session moves 4 MiB each way through both relays; refusals and roles cross too", async () => {
+  await using redis = await startRedis();
+  await using one = startRelay({ redis: redis.url });
+  await using two = startRelay({ redis: redis.url });
+  // Each relay listens for the other's pipes on a loopback port of its own.
+  assert.ok(one.clusterAddr && two.clusterAddr);
+  await using laptop = await RelayNode.connect(one.url, { session: "s", nickname: "laptop" });
+  await using lab = await RelayNode.connect(two.url, { session: "s", nickname: "lab" });
+  using listener = lab.listen({ key: "k", accepts: (nickname) => nickname === "laptop", ...FAST });
+  await pipeBothWays(laptop, listener);
   // Both relays carried it: the dialing node's and the accepting node's.
   assert.ok(one.relay.stats.pipes!.opened >= 1 && two.relay.stats.pipes!.opened >= 1);
 
@@ -352,6 +361,29 @@ Deno.test("a pipe between nodes on two relays: an immortal session moves 4 MiB e
       /answered 401/,
     );
   }
+});
+
+Deno.test("behind a load balancer without stickiness, nodes on HTTP streaming join once and a pipe carries 4 MiB each way: POSTs that reach the other relay are passed on", async () => {
+  await using redis = await startRedis();
+  await using one = startRelay({ redis: redis.url });
+  await using two = startRelay({ redis: redis.url });
+  // Connections take turns: a node's event stream and its POSTs reach different relays.
+  await using balancer = roundRobin([one.addr.port, two.addr.port]);
+  const url = `http://127.0.0.1:${balancer.port}`;
+  const options = { session: "s", transport: "http" as const };
+  await using laptop = await RelayNode.connect(url, { ...options, nickname: "laptop" });
+  await using lab = await RelayNode.connect(url, { ...options, nickname: "lab" });
+  const atLab = recordEvents(lab);
+  await atLab.until(() => lab.members.length === 1, "the laptop seen");
+  laptop.send("through either relay");
+  await atLab.until(() => atLab.texts.includes("through either relay"), "the message");
+  using listener = lab.listen({ key: "k", accepts: (nickname) => nickname === "laptop", ...FAST });
+  await pipeBothWays(laptop, listener);
+  const stats = [one.relay.stats, two.relay.stats];
+  assert.ok(stats[0].forwarded + stats[1].forwarded > 0, "POSTs were passed on");
+  // A POST answered 404 would have made its node join again (or its link fail).
+  assert.equal(stats[0].joins + stats[1].joins, 2, "each node joined once");
+  assert.ok(balancer.connections >= 4);
 });
 
 Deno.test("cluster-wide limits: nodes per session and sessions count across relays", async () => {

@@ -59,6 +59,17 @@ export function notALinkRequest(): Response {
 export class HttpLinkEndpoint {
   /** Open HTTP-streaming links, by id. */
   #streams = new Map<string, ServerHttpStreamLink>();
+  #newId: () => string;
+
+  /** `newId` names each HTTP-streaming link (a relay in a cluster puts its own id in). */
+  constructor(newId: () => string = () => crypto.randomUUID()) {
+    this.#newId = newId;
+  }
+
+  /** Whether `req` (an upstream POST) is for a link of this endpoint. */
+  holds(req: Request): boolean {
+    return this.#streams.has(req.headers.get(LINK_HEADER) ?? "");
+  }
 
   /** Opens a link for a `websocket` or `open` request (see {@linkcode linkRequestKind}). */
   open(
@@ -70,6 +81,7 @@ export class HttpLinkEndpoint {
     const link: ServerHttpStreamLink = new ServerHttpStreamLink(
       remoteAddr,
       () => this.#streams.delete(link.id),
+      this.#newId(),
     );
     this.#streams.set(link.id, link);
     return { link, response: link.response };

@@ -77,7 +77,7 @@ function linkClosed(why: string): Deno.errors.ConnectionReset {
  */
 export class ServerHttpStreamLink implements Link {
   readonly remoteAddr?: Deno.Addr;
-  readonly id: string = crypto.randomUUID();
+  readonly id: string;
   /** The downstream response; return it from the handler. */
   readonly response: Response;
   #up = new ByteQueue();
@@ -92,8 +92,13 @@ export class ServerHttpStreamLink implements Link {
   #onClose: () => void;
 
   /** A link whose downstream is `response`; `onClose` runs once when it ends. */
-  constructor(remoteAddr: Deno.Addr | undefined, onClose: () => void) {
+  constructor(
+    remoteAddr: Deno.Addr | undefined,
+    onClose: () => void,
+    id: string = crypto.randomUUID(),
+  ) {
     this.remoteAddr = remoteAddr;
+    this.id = id;
     this.#onClose = onClose;
     const body = new ReadableStream<Uint8Array>({
       start: (controller) => {

@@ -9,6 +9,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { errorMessage } from "../_util.ts";
+import { forwardToOwner, ownedId } from "./_forward.ts";
 import { type Hub, JoinRefused } from "./_hub.ts";
 import {
   BodyNotUtf8,
@@ -58,7 +59,8 @@ export class HttpStreamEndpoint {
     if (hello === null || hello.t !== "hello") {
       return refuseRequest(hub, 400, "bad-hello", "the body must be a JSON hello frame");
     }
-    const streamId = crypto.randomUUID();
+    // In a cluster the id names this relay: a POST for it that reaches another relay comes here.
+    const streamId = ownedId((await hub.cluster)?.id ?? null);
     let controller!: ReadableStreamDefaultController<Uint8Array>;
     let closed = false;
     let member: Member | undefined;
@@ -104,13 +106,20 @@ export class HttpStreamEndpoint {
     return new Response(body, { headers: STREAM_HEADERS });
   }
 
-  /** `POST /relay/send`: a node's frames, one or an array, for the stream named in the header. */
-  async send(req: Request): Promise<Response> {
+  /**
+   * `POST /relay/send`: a node's frames, one or an array, for the stream named
+   * in the header. One for a stream another relay of the cluster holds goes
+   * on to it, unless it came from a relay (`forwarded`) already.
+   */
+  async send(req: Request, forwarded = false): Promise<Response> {
     const hub = this.#hub;
     const streamId = req.headers.get(STREAM_HEADER) ?? "";
     const member = this.#streams.get(streamId);
-    if (!member) return refuseRequest(hub, 404, "no-such-stream", "unknown or closed stream");
     const max = hub.settings.maxMessageBytes;
+    if (!member) {
+      const elsewhere = forwarded ? null : await forwardToOwner(hub, req, streamId, max * 16);
+      return elsewhere ?? refuseRequest(hub, 404, "no-such-stream", "unknown or closed stream");
+    }
     let body: { text: string; size: number };
     try {
       // A POST may carry a batch of frames; each is still held to the frame limit below.

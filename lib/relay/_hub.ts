@@ -106,6 +106,8 @@ export interface RelayStats {
   slowDisconnects: number;
   /** Nodes declared gone after missing keep-alives. */
   faded: number;
+  /** POSTs that reached this relay for a stream another relay of the cluster holds, passed on to it. */
+  forwarded: number;
   /** Requests and frames refused, by reason (a {@linkcode RelayErrorCode} or a finer reason). */
   refused: Record<string, number>;
   /** The relay's pipes. */
@@ -150,6 +152,7 @@ export class Hub {
     duplicates: 0,
     alone: 0,
     replayed: 0,
+    forwarded: 0,
   };
   /** Nodes owed an `ack`, sent once per turn of the event loop, not once per message. */
   #acksDue = new Set<Member>();
@@ -233,6 +236,11 @@ export class Hub {
       ...this.#counters,
       refused: { ...this.#refused },
     };
+  }
+
+  /** Counts one POST passed on to the relay of the cluster that holds its stream. */
+  countForwarded(): void {
+    this.#counters.forwarded++;
   }
 
   /** Counts one refusal. */

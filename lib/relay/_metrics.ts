@@ -40,6 +40,12 @@ export function metricsText(stats: RelayStats): string {
   metric("counter", "duplicates", "Resent numbered messages dropped.", stats.duplicates);
   metric("counter", "alone", "Numbered messages nobody could hear.", stats.alone);
   metric("counter", "replayed", "Messages replayed to nodes back from a blip.", stats.replayed);
+  metric(
+    "counter",
+    "posts_forwarded",
+    "POSTs passed on to the relay of the cluster that holds their stream.",
+    stats.forwarded,
+  );
   lines.push(
     "# HELP immortal_relay_refused_total Requests and frames refused, by reason.",
     "# TYPE immortal_relay_refused_total counter",

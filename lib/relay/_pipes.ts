@@ -28,10 +28,12 @@ import {
   type UpgradeToLink,
 } from "../link/_http_link_endpoint.ts";
 import type { Link } from "../link/link.ts";
+import { LINK_HEADER, MAX_POST_BYTES } from "../link/http_stream.ts";
 import { WebSocketLink } from "../link/websocket.ts";
 import { openWebSocketLink } from "../link/_websocket_client.ts";
 import type { ClusterPipeEvent } from "./_cluster.ts";
 import { ByteQueue } from "../link/_byte_queue.ts";
+import { forwardToOwner, ownedId } from "./_forward.ts";
 import type { Hub } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
 import { connectionOf } from "./_http_server.ts";
@@ -162,7 +164,9 @@ function serverSocketLink(socket: ServerWebSocket, remoteAddr?: Deno.Addr): Pipe
 /** The relay's pipes: requests, pairing, and the copying. */
 export class PipeEndpoint {
   #hub: Hub;
-  #links = new HttpLinkEndpoint();
+  /** This relay's id in its cluster, once loaded: the start of its HTTP-streaming links' ids. */
+  #relayId: string | null = null;
+  #links = new HttpLinkEndpoint(() => ownedId(this.#relayId));
   #pending = new Map<string, Pending>();
   #offered = new Map<string, Offered>();
   /** Where other relays of the cluster open pipes to this one; null: nowhere (no pipes across). */
@@ -178,6 +182,7 @@ export class PipeEndpoint {
   constructor(hub: Hub) {
     this.#hub = hub;
     hub.onClusterPipe = (room, event) => this.#fromCluster(room, event);
+    hub.cluster.then((cluster) => this.#relayId = cluster?.id ?? null, () => {});
   }
 
   /**
@@ -200,7 +205,16 @@ export class PipeEndpoint {
   async handle(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
     const hub = this.#hub;
     const kind = linkRequestKind(req);
-    if (kind === "upstream") return await this.#links.upstream(req);
+    if (kind === "upstream") {
+      // A POST for a link another relay of the cluster holds goes on to it.
+      const elsewhere = this.#links.holds(req) ? null : await forwardToOwner(
+        hub,
+        req,
+        req.headers.get(LINK_HEADER) ?? "",
+        MAX_POST_BYTES,
+      );
+      return elsewhere ?? await this.#links.upstream(req);
+    }
     if (kind === null) {
       return refuseRequest(hub, 426, "upgrade-required", "pipes are WebSockets or HTTP streams");
     }
@@ -226,31 +240,16 @@ export class PipeEndpoint {
   }
 
   /**
-   * A request on the peer listener: another relay of the cluster brings the
-   * end of pipe `id` that its node accepted, showing the cluster's key.
+   * A request to `/relay/pipe` on the cluster listener, from a relay of the
+   * cluster (the caller checked its key): the end of pipe `id` that its node
+   * accepted, or an upstream POST for one of our links that reached it.
    */
   async handlePeer(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
     const hub = this.#hub;
-    if (new URL(req.url).pathname !== PATHS.pipe) {
-      return refuseRequest(hub, 404, "not-found", "this listener takes pipes of other relays only");
-    }
-    if (linkRequestKind(req) !== "websocket") {
+    const kind = linkRequestKind(req);
+    if (kind === "upstream") return await this.#links.upstream(req);
+    if (kind !== "websocket") {
       return refuseRequest(hub, 426, "upgrade-required", "relays bring pipes over WebSocket");
-    }
-    const cluster = await hub.cluster;
-    const key = req.headers.get(PIPE_HEADERS.cluster);
-    let ours: string | null = null;
-    try {
-      ours = cluster ? await cluster.key() : null;
-      // After Redis lost its state, the cluster's key may be a new one.
-      if (ours !== null && key !== null && !secretsEqual(key, ours)) {
-        ours = await cluster!.key(true);
-      }
-    } catch {
-      // Redis is away: no key to compare with.
-    }
-    if (ours === null || key === null || !secretsEqual(key, ours)) {
-      return refuseRequest(hub, 401, "unauthorized", "only relays of this cluster bring pipes");
     }
     const id = req.headers.get(PIPE_HEADERS.pipe) ?? "";
     const pending = this.#pending.get(id);

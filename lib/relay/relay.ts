@@ -9,6 +9,7 @@
  */
 
 import { chatPage } from "./_chat_page.ts";
+import { fromClusterPeer, peerHandlers } from "./_forward.ts";
 import { Hub, type RelayStats } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
 import { serverStats } from "./_http_server.ts";
@@ -47,6 +48,32 @@ export class Relay implements Disposable {
     this.#pipes = new PipeEndpoint(this.#hub);
     this.#hub.onPipeRefuse = (member, id, reason) => this.#pipes.refuse(member, id, reason);
     pipeEndpoints.set(this, this.#pipes);
+    peerHandlers.set(this, (req, info) => this.#handlePeer(req, info));
+  }
+
+  /**
+   * A request on the cluster listener (`serveRelay` with `redis`), from
+   * another relay showing the cluster's key: a pipe's end its node accepted,
+   * or a POST of a node of ours that reached that relay instead.
+   */
+  async #handlePeer(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
+    const hub = this.#hub;
+    if (!(await fromClusterPeer(hub, req))) {
+      await req.body?.cancel();
+      return refuseRequest(hub, 401, "unauthorized", "only relays of this cluster come here");
+    }
+    const route = `${req.method} ${new URL(req.url).pathname}`;
+    if (route === `POST ${PATHS.send}`) return await this.#httpStreams.send(req, true);
+    if (route === `GET ${PATHS.pipe}` || route === `POST ${PATHS.pipe}`) {
+      return await this.#pipes.handlePeer(req, info);
+    }
+    await req.body?.cancel();
+    return refuseRequest(
+      hub,
+      404,
+      "not-found",
+      "this listener takes pipes and POSTs of other relays",
+    );
   }
 
   /** Whether the relay requires a secret. */

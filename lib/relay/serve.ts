@@ -5,6 +5,7 @@
  */
 
 import { clusterAddress } from "./_cluster_address.ts";
+import { peerHandlers } from "./_forward.ts";
 import { HttpServer, serverStats } from "./_http_server.ts";
 import { pipeEndpoints } from "./_pipes.ts";
 import { relaySettings } from "./_settings.ts";
@@ -130,8 +131,9 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
   let peers: HttpServer | undefined;
   if (peerAddress !== null) {
     const pipes = pipeEndpoints.get(relay)!;
+    const fromPeers = peerHandlers.get(relay)!;
     try {
-      peers = new HttpServer((req, info) => pipes.handlePeer(req, info), {
+      peers = new HttpServer(fromPeers, {
         ...serverOptions,
         ...peerAddress,
         cert: undefined,

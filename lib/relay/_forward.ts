@@ -1,0 +1,117 @@
+/**
+ * POSTs that reached the wrong relay of a cluster, passed on to the right
+ * one. A node on HTTP streaming holds its response (its event stream, or a
+ * pipe link's downstream) on one connection and sends its POSTs on others;
+ * behind one port shared by several relays (`--reuse-port`) or a load
+ * balancer without stickiness, each connection may land on any relay. A
+ * relay that does not hold the stream a POST is for used to answer 404, and
+ * the node reconnected until, by luck, both landed on one relay.
+ *
+ * So, in a cluster, the ids of such streams start with the id of the relay
+ * that holds them (`<relay>.<uuid>`), and a relay that receives a POST for
+ * another relay's stream sends it on, with the cluster's key, to that
+ * relay's cluster address, and answers with its answer (PROTOCOL.md 2.22).
+ *
+ * @module
+ */
+
+import type { Hub } from "./_hub.ts";
+import { BodyTooLarge } from "./_http.ts";
+import { PIPE_HEADERS } from "./_protocol.ts";
+import { secretsEqual } from "./_secret.ts";
+
+/** A relay's id as the start of a stream id: a join token (base64url). */
+const OWNED_ID = /^([A-Za-z0-9_-]{16,64})\./;
+
+/** Request headers not passed on: the connection's own, and what fetch sets itself. */
+const NOT_FORWARDED = new Set([
+  "connection",
+  "keep-alive",
+  "transfer-encoding",
+  "content-length",
+  "host",
+]);
+
+/** Handles a request on a relay's cluster listener (see `serveRelay`). */
+export type PeerHandler = (req: Request, info?: Deno.ServeHandlerInfo) => Promise<Response>;
+
+/** Each relay's handler of requests from the other relays of its cluster. */
+export const peerHandlers: WeakMap<object, PeerHandler> = new WeakMap();
+
+/** A new stream id held by the relay `relayId` (null: not in a cluster). */
+export function ownedId(relayId: string | null): string {
+  return relayId === null ? crypto.randomUUID() : `${relayId}.${crypto.randomUUID()}`;
+}
+
+/**
+ * The answer of the relay that holds stream `id`, to `req` passed on to it;
+ * null when this relay is the one (or no other is known: the caller answers
+ * as for an unknown stream). The body is read first, whole, up to `maxBytes`.
+ */
+export async function forwardToOwner(
+  hub: Hub,
+  req: Request,
+  id: string,
+  maxBytes: number,
+): Promise<Response | null> {
+  const owner = OWNED_ID.exec(id)?.[1];
+  if (owner === undefined) return null;
+  const cluster = await hub.cluster;
+  if (cluster === null || owner === cluster.id) return null;
+  let url: string | null;
+  let key: string;
+  try {
+    url = await cluster.relayUrl(owner);
+    key = await cluster.key();
+  } catch {
+    return null; // Redis is away: as for an unknown stream
+  }
+  if (url === null) return null;
+  const body = await readUpTo(req, maxBytes);
+  const headers = new Headers();
+  for (const [name, value] of req.headers) {
+    if (!NOT_FORWARDED.has(name)) headers.set(name, value);
+  }
+  headers.set(PIPE_HEADERS.cluster, key);
+  let answer: Response;
+  try {
+    answer = await fetch(new URL(new URL(req.url).pathname, url), {
+      method: req.method,
+      headers,
+      body,
+    });
+  } catch {
+    return null; // the relay that held it is gone, and the stream with it
+  }
+  hub.countForwarded();
+  // The owner's answer as it is: its status, its JSON refusal, nothing of the connection's.
+  return new Response(answer.body, {
+    status: answer.status,
+    headers: { "content-type": answer.headers.get("content-type") ?? "application/octet-stream" },
+  });
+}
+
+/** Whether `req` comes from a relay of the cluster: it shows the cluster's key. */
+export async function fromClusterPeer(hub: Hub, req: Request): Promise<boolean> {
+  const cluster = await hub.cluster;
+  const key = req.headers.get(PIPE_HEADERS.cluster);
+  if (cluster === null || key === null) return false;
+  try {
+    if (secretsEqual(key, await cluster.key())) return true;
+    // After Redis lost its state, the cluster's key may be a new one.
+    return secretsEqual(key, await cluster.key(true));
+  } catch {
+    return false; // Redis is away: no key to compare with
+  }
+}
+
+/** A request's body, whole; `BodyTooLarge` past `max` bytes (declared or read). */
+async function readUpTo(req: Request, max: number): Promise<Uint8Array<ArrayBuffer>> {
+  if (Number(req.headers.get("content-length") ?? 0) > max) {
+    await req.body?.cancel();
+    throw new BodyTooLarge(max);
+  }
+  const body = new Uint8Array(await req.arrayBuffer());
+  if (body.length > max) throw new BodyTooLarge(max);
+  return body;
+}
