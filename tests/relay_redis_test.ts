@@ -386,6 +386,56 @@ Deno.test("behind a load balancer without stickiness, nodes on HTTP streaming jo
   assert.ok(balancer.connections >= 4);
 });
 
+Deno.test("a POST for another relay's stream: passed on to it, 413 past the limit before that, 404 (not an error) once that relay is gone", async () => {
+  await using redis = await startRedis();
+  await using one = startRelay({ redis: redis.url });
+  const two = startRelay({ redis: redis.url });
+  // A node on `one` makes sure both relays are in the cluster and have said where they listen.
+  await using _node = await RelayNode.connect(one.url, { session: "s", nickname: "n" });
+  await using _other = await RelayNode.connect(two.url, { session: "s", nickname: "m" });
+  await using raw = await redisClient(redis.url);
+  const ids = await raw.sendCommand(["HKEYS", "immortal:relay:urls"]) as string[];
+  assert.equal(ids.length, 2);
+  // Which id is two's: the one whose cluster address is two's.
+  let twoId = "";
+  for (const id of ids) {
+    const url = await raw.sendCommand(["HGET", "immortal:relay:urls", id]) as string;
+    if (url.endsWith(`:${two.clusterAddr!.port}`)) twoId = id;
+  }
+  assert.ok(twoId);
+  const send = (headers: Record<string, string>, body = "{}") =>
+    fetch(`${one.url}/relay/send`, {
+      method: "POST",
+      headers: { "x-relay-stream": `${twoId}.${crypto.randomUUID()}`, ...headers },
+      body,
+    });
+  const unknown = await send({});
+  assert.equal(unknown.status, 404);
+  assert.match(await unknown.text(), /no-such-stream/);
+  assert.equal(one.relay.stats.forwarded, 1, "asked the relay that would hold it");
+  const tooLarge = await send({}, "x".repeat(2 << 20));
+  assert.equal(tooLarge.status, 413);
+  await tooLarge.body?.cancel();
+  // The same for a pipe link's upstream POST.
+  const upstream = () =>
+    fetch(`${one.url}/relay/pipe`, {
+      method: "POST",
+      headers: { "x-immortal-link": `${twoId}.${crypto.randomUUID()}`, "x-immortal-seq": "0" },
+      body: new Uint8Array(100),
+    });
+  const noLink = await upstream();
+  assert.equal(noLink.status, 404);
+  await noLink.body?.cancel();
+  assert.equal(one.relay.stats.forwarded, 2);
+  await two.shutdown();
+  const gone = await send({});
+  assert.equal(gone.status, 404, "the relay that held it is gone, and the stream with it");
+  assert.match(await gone.text(), /no-such-stream/);
+  const goneLink = await upstream();
+  assert.equal(goneLink.status, 404);
+  await goneLink.body?.cancel();
+});
+
 Deno.test("cluster-wide limits: nodes per session and sessions count across relays", async () => {
   await using redis = await startRedis();
   const limits = { redis: redis.url, maxNodesPerSession: 2, maxSessions: 2 };

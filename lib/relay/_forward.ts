@@ -16,18 +16,25 @@
  */
 
 import type { Hub } from "./_hub.ts";
-import { BodyTooLarge } from "./_http.ts";
+import { BodyTooLarge, refuseRequest } from "./_http.ts";
 import { PIPE_HEADERS } from "./_protocol.ts";
 import { secretsEqual } from "./_secret.ts";
 
-/** A relay's id as the start of a stream id: a join token (base64url). */
-const OWNED_ID = /^([A-Za-z0-9_-]{16,64})\./;
+/** A stream id that names its relay: a join token (base64url), a dot, a UUID. */
+const OWNED_ID =
+  /^([A-Za-z0-9_-]{16,64})\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
-/** Request headers not passed on: the connection's own, and what fetch sets itself. */
+/** Request headers not passed on: the connection's own (hop by hop), and what fetch sets itself. */
 const NOT_FORWARDED = new Set([
   "connection",
   "keep-alive",
+  "proxy-connection",
+  "proxy-authorization",
+  "te",
+  "trailer",
   "transfer-encoding",
+  "upgrade",
+  "expect",
   "content-length",
   "host",
 ]);
@@ -46,7 +53,11 @@ export function ownedId(relayId: string | null): string {
 /**
  * The answer of the relay that holds stream `id`, to `req` passed on to it;
  * null when this relay is the one (or no other is known: the caller answers
- * as for an unknown stream). The body is read first, whole, up to `maxBytes`.
+ * as for an unknown stream, and `req`'s body is untouched). The body is read
+ * first, whole, up to `maxBytes`; from then on every outcome is an answer of
+ * its own: `413` past `maxBytes`, `400` for a body cut short, `404` when the
+ * relay that held the stream cannot be reached (it is gone, and the stream
+ * with it).
  */
 export async function forwardToOwner(
   hub: Hub,
@@ -67,7 +78,14 @@ export async function forwardToOwner(
     return null; // Redis is away: as for an unknown stream
   }
   if (url === null) return null;
-  const body = await readUpTo(req, maxBytes);
+  let body: Uint8Array<ArrayBuffer>;
+  try {
+    body = await readUpTo(req, maxBytes);
+  } catch (error) {
+    return error instanceof BodyTooLarge
+      ? refuseRequest(hub, 413, "too-large", error.message)
+      : refuseRequest(hub, 400, "bad-request", "the request's body was cut short");
+  }
   const headers = new Headers();
   for (const [name, value] of req.headers) {
     if (!NOT_FORWARDED.has(name)) headers.set(name, value);
@@ -79,9 +97,18 @@ export async function forwardToOwner(
       method: req.method,
       headers,
       body,
+      // A relay answers; it never redirects (the key must go nowhere else).
+      redirect: "manual",
     });
   } catch {
-    return null; // the relay that held it is gone, and the stream with it
+    answer = Response.error();
+  }
+  if (
+    answer.type === "error" || answer.type === "opaqueredirect" ||
+    answer.status >= 300 && answer.status < 400
+  ) {
+    await answer.body?.cancel();
+    return refuseRequest(hub, 404, "no-such-stream", "unknown or closed stream");
   }
   hub.countForwarded();
   // The owner's answer as it is: its status, its JSON refusal, nothing of the connection's.

@@ -182,6 +182,8 @@ export class PipeEndpoint {
   constructor(hub: Hub) {
     this.#hub = hub;
     hub.onClusterPipe = (room, event) => this.#fromCluster(room, event);
+    // Set before any node can join (each join waits for the cluster too, and
+    // this was asked first), so before any HTTP-streaming link is opened.
     hub.cluster.then((cluster) => this.#relayId = cluster?.id ?? null, () => {});
   }
 
