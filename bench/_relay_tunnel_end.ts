@@ -2,13 +2,13 @@
 // library's TunnelServer/TunnelClient over relay pipes, with the settings
 // the CLI does not offer (unencrypted sessions, a chosen transport).
 //
-//   deno run --allow-net=127.0.0.1 bench/_relay_tunnel_end.ts server URL TARGET_PORT ENCRYPT TRANSPORT
-//   deno run --allow-net=127.0.0.1 bench/_relay_tunnel_end.ts client URL LISTEN_PORT ENCRYPT TRANSPORT
+//   deno run --allow-net=127.0.0.1 bench/_relay_tunnel_end.ts server URL TARGET_PORT ENCRYPT TRANSPORT [SESSION]
+//   deno run --allow-net=127.0.0.1 bench/_relay_tunnel_end.ts client URL LISTEN_PORT ENCRYPT TRANSPORT [SESSION]
 import { RelayNode, TunnelClient, TunnelServer } from "../mod.ts";
 
-const [role, url, port, encrypt, transport] = Deno.args;
+const [role, url, port, encrypt, transport, session = "bench"] = Deno.args;
 const node = await RelayNode.connect(url, {
-  session: "bench",
+  session,
   nickname: role === "server" ? "srv" : "cli",
   transport: transport === "http" ? "http" : "websocket",
 });

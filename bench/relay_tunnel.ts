@@ -2,7 +2,7 @@
 // iperf3 through each path (issue #11: through the relay >= 0.5x direct;
 // encryption costs <= 30%).
 //
-//   deno run --allow-net=127.0.0.1 --allow-run --allow-read bench/relay_tunnel.ts [seconds] [--delay=MS]
+//   deno run --allow-net=127.0.0.1 --allow-run --allow-read bench/relay_tunnel.ts [seconds] [--delay=MS] [--cluster]
 //
 // Every tunnel end and the relay run in their own processes, as deployed:
 // - direct: cli/tunnel.ts server + client over TCP, plain and --encrypt;
@@ -10,6 +10,7 @@
 //   each over WebSocket or HTTP-streaming links, sessions plain (library
 //   setting, for the comparison) or encrypted (what the CLI always does).
 import { freePort } from "../tests/_helpers.ts";
+import { loadBalancer } from "../tests/_load_balancer.ts";
 import { delayProxy } from "./_delay_proxy.ts";
 import { iperf, spawn, stopAll, waitForPort } from "./_processes.ts";
 
@@ -18,9 +19,15 @@ const SECONDS = Number(args[0] ?? "5");
 /** `--delay=MS`: every path's link crosses a proxy that delays it MS each way (a long path). */
 const DELAY_MS = Number(Deno.args.find((arg) => arg.startsWith("--delay="))?.slice(8) ?? "0");
 if (!Number.isInteger(SECONDS) || SECONDS < 1 || !Number.isInteger(DELAY_MS) || DELAY_MS < 0) {
-  console.error("usage: relay_tunnel.ts [seconds] [--delay=MS]");
+  console.error("usage: relay_tunnel.ts [seconds] [--delay=MS] [--cluster]");
   Deno.exit(2);
 }
+/**
+ * `--cluster`: the relay paths again through two relays sharing sessions on
+ * Redis, behind a balancer that sends each connection to the next relay in
+ * turn (no stickiness: an end's POSTs reach either relay).
+ */
+const CLUSTER = Deno.args.includes("--cluster");
 const proxies: Deno.Listener[] = [];
 
 /** `port` itself, or with --delay a delaying proxy's port in front of it. */
@@ -81,6 +88,7 @@ async function direct(target: number, encrypt: boolean): Promise<number> {
 }
 
 const ends: Deno.ChildProcess[] = [];
+let sessions = 0;
 
 async function viaRelay(
   target: number,
@@ -91,6 +99,9 @@ async function viaRelay(
   const clientPort = freePort();
   const script = `${ROOT}bench/_relay_tunnel_end.ts`;
   const mode = encrypt ? "encrypt" : "plain";
+  // A session of its own per path: the last path's nicknames may still be
+  // held for a while (to be reclaimed), and its ends must not be dialed.
+  const session = `bench-${++sessions}`;
   const server = spawnPiped([
     "run",
     "--allow-net=127.0.0.1",
@@ -100,6 +111,7 @@ async function viaRelay(
     String(target),
     mode,
     transport,
+    session,
   ]);
   ends.push(server);
   await ready(server);
@@ -112,6 +124,7 @@ async function viaRelay(
     String(clientPort),
     mode,
     transport,
+    session,
   ]);
   ends.push(client);
   await ready(client);
@@ -139,22 +152,42 @@ async function stopEnds(): Promise<void> {
   }
 }
 
-async function main(): Promise<void> {
-  const iperfPort = freePort();
-  spawn("iperf3", ["-s", "-B", "127.0.0.1", "-p", String(iperfPort)]);
-  const relayPort = freePort();
+/** A relay process on `port`; with `redis`, one of a cluster. */
+function spawnRelay(port: number, redis?: string): void {
   spawn(deno, [
     "run",
-    `--allow-net=127.0.0.1:${relayPort}`,
+    redis ? "--allow-net=127.0.0.1" : `--allow-net=127.0.0.1:${port}`,
+    ...(redis ? ["--allow-env=REDIS_DEBUG_MAINTENANCE"] : []),
     `${ROOT}cli/relay.ts`,
     "--hostname",
     "127.0.0.1",
     "--port",
-    String(relayPort),
+    String(port),
     "--log-level",
     "warning",
+    ...(redis ? ["--redis", redis] : []),
   ]);
+}
+
+/** Two relays on a fresh redis-server behind a round-robin balancer; the balancer's URL. */
+async function startCluster(): Promise<{ url: string; balancer: AsyncDisposable }> {
+  const redisPort = freePort();
+  spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", ""]);
+  await waitForPort(redisPort);
+  const ports = [freePort(), freePort()];
+  for (const port of ports) spawnRelay(port, `redis://127.0.0.1:${redisPort}`);
+  await Promise.all(ports.map(waitForPort));
+  const balancer = loadBalancer(ports);
+  return { url: `http://127.0.0.1:${across(balancer.port)}`, balancer };
+}
+
+async function main(): Promise<void> {
+  const iperfPort = freePort();
+  spawn("iperf3", ["-s", "-B", "127.0.0.1", "-p", String(iperfPort)]);
+  const relayPort = freePort();
+  spawnRelay(relayPort);
   await Promise.all([waitForPort(iperfPort), waitForPort(relayPort)]);
+  let cluster: { url: string; balancer: AsyncDisposable } | null = null;
   const relayUrl = `http://127.0.0.1:${across(relayPort)}`;
   const rows: [string, number][] = [];
   const measure = async (name: string, start: () => Promise<number>) => {
@@ -186,8 +219,21 @@ async function main(): Promise<void> {
       "relay tunnel, HTTP-streaming links, encrypted",
       () => viaRelay(iperfPort, relayUrl, true, "http"),
     );
+    if (CLUSTER) {
+      cluster = await startCluster();
+      const { url } = cluster;
+      await measure(
+        "2 relays, round robin, WebSocket links, plain",
+        () => viaRelay(iperfPort, url, false, "websocket"),
+      );
+      await measure(
+        "2 relays, round robin, HTTP-streaming links, plain",
+        () => viaRelay(iperfPort, url, false, "http"),
+      );
+    }
   } finally {
     await stopEnds();
+    await cluster?.balancer[Symbol.asyncDispose]();
     await stopAll();
     for (const proxy of proxies) proxy.close();
   }

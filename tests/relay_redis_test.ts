@@ -10,7 +10,7 @@ import { spawnCli } from "./_cli_process.ts";
 import { freePort, patternHash, receiveAll, sendPattern, within } from "./_helpers.ts";
 import { startNginx } from "./_proxies.ts";
 import { redisClient, startRedis } from "./_redis.ts";
-import { roundRobin } from "./_round_robin.ts";
+import { loadBalancer } from "./_load_balancer.ts";
 import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
 import { FAST } from "./_tunnel_helpers.ts";
 import { openWebSocketLink } from "../lib/link/_websocket_client.ts";
@@ -363,28 +363,52 @@ Deno.test("a pipe between nodes on two relays: an immortal session moves 4 MiB e
   }
 });
 
-Deno.test("behind a load balancer without stickiness, nodes on HTTP streaming join once and a pipe carries 4 MiB each way: POSTs that reach the other relay are passed on", async () => {
-  await using redis = await startRedis();
-  await using one = startRelay({ redis: redis.url });
-  await using two = startRelay({ redis: redis.url });
-  // Connections take turns: a node's event stream and its POSTs reach different relays.
-  await using balancer = roundRobin([one.addr.port, two.addr.port]);
-  const url = `http://127.0.0.1:${balancer.port}`;
-  const options = { session: "s", transport: "http" as const };
-  await using laptop = await RelayNode.connect(url, { ...options, nickname: "laptop" });
-  await using lab = await RelayNode.connect(url, { ...options, nickname: "lab" });
-  const atLab = recordEvents(lab);
-  await atLab.until(() => lab.members.length === 1, "the laptop seen");
-  laptop.send("through either relay");
-  await atLab.until(() => atLab.texts.includes("through either relay"), "the message");
-  using listener = lab.listen({ key: "k", accepts: (nickname) => nickname === "laptop", ...FAST });
-  await pipeBothWays(laptop, listener);
-  const stats = [one.relay.stats, two.relay.stats];
-  assert.ok(stats[0].forwarded + stats[1].forwarded > 0, "POSTs were passed on");
-  // A POST answered 404 would have made its node join again (or its link fail).
-  assert.equal(stats[0].joins + stats[1].joins, 2, "each node joined once");
-  assert.ok(balancer.connections >= 4);
-});
+// The first two connections (the joins) go to one relay, every later one
+// to the other: a node's POSTs and pipe requests reach the relay it is not
+// joined on, whatever the order of connections within a node's requests.
+for (const transport of ["http", "websocket"] as const) {
+  Deno.test(`behind a load balancer without stickiness (${transport}), nodes join once and a pipe carries 4 MiB each way: requests that reach the other relay go on to it`, async () => {
+    await using redis = await startRedis();
+    await using one = startRelay({ redis: redis.url });
+    await using two = startRelay({ redis: redis.url });
+    await using balancer = loadBalancer([one.addr.port, two.addr.port], (i) => i < 2 ? 0 : 1);
+    const url = `http://127.0.0.1:${balancer.port}`;
+    const options = { session: "s", transport };
+    await using laptop = await RelayNode.connect(url, { ...options, nickname: "laptop" });
+    await using lab = await RelayNode.connect(url, { ...options, nickname: "lab" });
+    const atLab = recordEvents(lab);
+    await atLab.until(() => lab.members.length === 1, "the laptop seen");
+    laptop.send("through either relay");
+    await atLab.until(() => atLab.texts.includes("through either relay"), "the message");
+    using listener = lab.listen({
+      key: "k",
+      accepts: (nickname) => nickname === "laptop",
+      ...FAST,
+    });
+    await pipeBothWays(laptop, listener);
+    const stats = [one.relay.stats, two.relay.stats];
+    const passedOn = stats[0].forwarded + stats[1].forwarded + stats[0].pipes!.relayed +
+      stats[1].pipes!.relayed;
+    assert.ok(passedOn > 0, "requests were passed on");
+    if (transport === "websocket") {
+      // Both ends' requests reached `two`, which spliced them to their relay (no fallback).
+      assert.ok(
+        stats[1].pipes!.relayed >= 2 && stats[1].pipes!.opened >= 2,
+        JSON.stringify(stats[1].pipes),
+      );
+    }
+    if (transport === "websocket") {
+      // Both ends' requests reached `two`, which spliced them to their relay (no fallback).
+      assert.ok(
+        stats[1].pipes!.relayed >= 2 && stats[1].pipes!.opened >= 2,
+        JSON.stringify(stats[1].pipes),
+      );
+    }
+    // A request refused by the wrong relay would have made its node join again (or its link fail).
+    assert.equal(stats[0].joins + stats[1].joins, 2, "each node joined once");
+    assert.ok(balancer.connections >= 4);
+  });
+}
 
 Deno.test("a POST for another relay's stream: passed on to it, 413 past the limit before that, 404 (not an error) once that relay is gone", async () => {
   await using redis = await startRedis();

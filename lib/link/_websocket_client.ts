@@ -248,6 +248,9 @@ export async function openWebSocketLink(
   const conn: Deno.Conn = secure
     ? await Deno.connectTls({ hostname, port, signal } as Deno.ConnectTlsOptions)
     : await Deno.connect({ hostname, port, signal });
+  // The signal bounds the whole handshake, not only the connect.
+  const abort = () => conn.close();
+  signal.addEventListener("abort", abort, { once: true });
   try {
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
     const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
@@ -276,13 +279,15 @@ export async function openWebSocketLink(
     if (status !== "101") throw linkClosed(`${url.host} answered ${status ?? "garbage"}, not 101`);
     const accept = /^sec-websocket-accept:\s*(\S+)\s*$/im.exec(head)?.[1];
     if (accept !== (await acceptKey(key))) throw linkClosed("a wrong Sec-WebSocket-Accept");
+    signal.removeEventListener("abort", abort);
     return new ClientWebSocketLink(conn, received.subarray(end + 4));
   } catch (error) {
+    signal.removeEventListener("abort", abort);
     try {
       conn.close();
     } catch {
       // Closed already.
     }
-    throw error;
+    throw signal.aborted ? linkClosed("no answer to the handshake in time") : error;
   }
 }

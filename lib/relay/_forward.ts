@@ -99,6 +99,8 @@ export async function forwardToOwner(
       body,
       // A relay answers; it never redirects (the key must go nowhere else).
       redirect: "manual",
+      // A POST waiting on the other relay (its backpressure) ends with this relay.
+      signal: hub.closing,
     });
   } catch {
     answer = Response.error();

@@ -73,7 +73,13 @@ export async function writeResponse(
   if (!keepAlive) fields.push(["connection", "close"]);
   if (body === null && !bodiless) fields.push(["content-length", "0"]);
   if (streamed && !framing.http10) fields.push(["transfer-encoding", "chunked"]);
-  await writeAll(conn, responseHead(response, fields));
+  try {
+    await writeAll(conn, responseHead(response, fields));
+  } catch (error) {
+    // The client is gone: whatever would have produced the body stops too.
+    await response.body?.cancel().catch(() => {});
+    throw error;
+  }
   if (!streamed) {
     await response.body?.cancel();
     return keepAlive;

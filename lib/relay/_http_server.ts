@@ -430,13 +430,20 @@ export class HttpServer {
       const socket = upgrades.get(response);
       if (socket === upgraded && socket !== undefined) {
         const accept = await acceptKey(req.headers.get("sec-websocket-key")!);
-        await writeAll(
-          conn,
-          encoder.encode(
-            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n" +
-              `sec-websocket-accept: ${accept}\r\n\r\n`,
-          ),
-        );
+        try {
+          await writeAll(
+            conn,
+            encoder.encode(
+              "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n" +
+                `sec-websocket-accept: ${accept}\r\n\r\n`,
+            ),
+          );
+        } catch (error) {
+          // The client is gone: the socket the handler holds ends at once (its
+          // first read fails), so whatever it was paired with is let go.
+          socket.run();
+          throw error;
+        }
         return socket;
       }
       const keepAlive = await writeResponse(conn, response, {

@@ -238,6 +238,13 @@ export class Hub {
     };
   }
 
+  #closing = new AbortController();
+
+  /** Aborted when the relay closes: requests it made on a node's behalf end with it. */
+  get closing(): AbortSignal {
+    return this.#closing.signal;
+  }
+
   /** Counts one POST passed on to the relay of the cluster that holds its stream. */
   countForwarded(): void {
     this.#counters.forwarded++;
@@ -983,6 +990,7 @@ export class Hub {
   close(): void {
     clearInterval(this.#timer);
     this.#closed = true;
+    this.#closing.abort();
     this.#cluster?.close();
     for (const room of this.rooms.values()) {
       for (const member of room.members.values()) member.sink.close(1001, "relay shutting down");

@@ -58,6 +58,12 @@ export function metricsText(stats: RelayStats): string {
     metric("counter", "pipes_opened", "Pipes opened.", stats.pipes.opened);
     metric("counter", "pipe_bytes", "Bytes copied through pipes.", stats.pipes.bytes);
     metric("gauge", "pipe_held_bytes", "Bytes held for pipes.", stats.pipes.heldBytes);
+    metric(
+      "counter",
+      "pipe_requests_relayed",
+      "Pipe requests of nodes joined on another relay, sent on to it.",
+      stats.pipes.relayed,
+    );
   }
   const connections = stats.connections;
   if (connections) {

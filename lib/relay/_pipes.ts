@@ -104,6 +104,8 @@ export interface PipeStats {
   opened: number;
   /** Bytes copied through pipes since start, both directions. */
   bytes: number;
+  /** Pipe requests of nodes joined on another relay of the cluster, sent on to it since start. */
+  relayed: number;
   /**
    * Bytes the relay holds for its pipes now: read from one end and not yet
    * written to the other, and queued in the ends (to send, or received).
@@ -174,7 +176,9 @@ export class PipeEndpoint {
   /** Pipes (waiting or open) per node. */
   #perNode = new Map<Member, number>();
   #open = new Set<[PipeEnd, PipeEnd]>();
-  #counters = { opened: 0, bytes: 0 };
+  #counters = { opened: 0, bytes: 0, relayed: 0 };
+  /** HTTP-streaming pipe ends whose answer streams through this relay from another: ended on close. */
+  #relayedStreams = new Set<AbortController>();
   /** Bytes read from one end and being written to the other. */
   #inTransit = 0;
 
@@ -203,13 +207,17 @@ export class PipeEndpoint {
     return { open: this.#open.size, ...this.#counters, heldBytes: held };
   }
 
-  /** `POST`/`GET /relay/pipe`: a pipe request of either end, or an upstream POST of one. */
-  async handle(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
+  /**
+   * `POST`/`GET /relay/pipe`: a pipe request of either end, or an upstream
+   * POST of one. In a cluster, one that belongs to another relay (a POST for
+   * its link, a request of a node joined there) goes on to it, unless it came
+   * from a relay (`forwarded`) already.
+   */
+  async handle(req: Request, info?: Deno.ServeHandlerInfo, forwarded = false): Promise<Response> {
     const hub = this.#hub;
     const kind = linkRequestKind(req);
     if (kind === "upstream") {
-      // A POST for a link another relay of the cluster holds goes on to it.
-      const elsewhere = this.#links.holds(req) ? null : await forwardToOwner(
+      const elsewhere = forwarded || this.#links.holds(req) ? null : await forwardToOwner(
         hub,
         req,
         req.headers.get(LINK_HEADER) ?? "",
@@ -222,7 +230,8 @@ export class PipeEndpoint {
     }
     const member = this.#member(req);
     if (member === null) {
-      return refuseRequest(
+      const relayed = forwarded ? null : await this.#toMembersRelay(req, kind, info?.remoteAddr);
+      return relayed ?? refuseRequest(
         hub,
         401,
         "unauthorized",
@@ -291,6 +300,8 @@ export class PipeEndpoint {
       b.close();
     }
     this.#links.close();
+    for (const relayed of this.#relayedStreams) relayed.abort();
+    this.#relayedStreams.clear();
   }
 
   /** The joined node a request comes from, by its session, nickname and join token. */
@@ -392,6 +403,122 @@ export class PipeEndpoint {
     if (typeof opened === "string") return refuseRequest(hub, 400, "bad-request", opened);
     pending.answer.resolve(opened.link);
     return opened.response;
+  }
+
+  /**
+   * A pipe request of a node joined on another relay of the cluster (behind
+   * one port shared by several relays, or a load balancer without
+   * stickiness, a node's requests reach any of them): sent on to that relay,
+   * which checks it as its own. An HTTP-streaming end's answer streams back
+   * through this relay; a WebSocket end is spliced to a WebSocket this relay
+   * opens to that relay. Null when the node is joined nowhere else (the
+   * caller refuses it as before).
+   */
+  async #toMembersRelay(
+    req: Request,
+    kind: "websocket" | "open",
+    remoteAddr?: Deno.Addr,
+  ): Promise<Response | null> {
+    const hub = this.#hub;
+    const cluster = await hub.cluster;
+    const session = req.headers.get(PIPE_HEADERS.session);
+    const nickname = req.headers.get(PIPE_HEADERS.nickname);
+    // Only what could be a member asks Redis where it is.
+    if (cluster === null || !session || !nickname || session.length + nickname.length > 512) {
+      return null;
+    }
+    let url: string | null;
+    let key: string;
+    try {
+      const where = await cluster.member(session, nickname);
+      if (where === null || where.relay === cluster.id) return null;
+      url = await cluster.relayUrl(where.relay);
+      key = await cluster.key();
+    } catch {
+      return null; // Redis is away
+    }
+    if (url === null) return null;
+    this.#counters.relayed++;
+    const headers: Record<string, string> = { [PIPE_HEADERS.cluster]: key };
+    for (const name of Object.values(PIPE_HEADERS)) {
+      const value = req.headers.get(name);
+      if (value !== null && name !== PIPE_HEADERS.cluster) headers[name] = value;
+    }
+    if (kind === "open") return await this.#relayStreamOpen(req, url, headers);
+    const target = new URL(PATHS.pipe, url);
+    target.protocol = target.protocol === "https:" ? "wss:" : "ws:";
+    let peer: Link;
+    try {
+      // That relay answers once the pipe is paired (or refused), within its
+      // auth timeout: so does this one.
+      const signal = AbortSignal.timeout(hub.settings.authTimeout + 5000);
+      peer = await openWebSocketLink(target, signal, headers);
+    } catch (error) {
+      // Over WebSocket the node sees only the status; ours asks again over
+      // HTTP streaming to learn why, and that request brings the reason back.
+      // The cluster's addresses stay out of what the node is told.
+      log.debug("Pipe request of {nickname} sent on to its relay: {reason}", {
+        nickname,
+        reason: errorMessage(error),
+      });
+      const status = Number(/answered (\d{3})/.exec(errorMessage(error))?.[1] ?? 503);
+      const code = RELAYED_REFUSALS[status] ?? "unavailable";
+      return refuseRequest(
+        hub,
+        code === "unavailable" ? 503 : status,
+        code,
+        `its relay answered ${status}`,
+      );
+    }
+    const opened = this.#openLink(req, remoteAddr);
+    if (typeof opened === "string") {
+      peer.close();
+      return refuseRequest(hub, 400, "bad-request", opened);
+    }
+    this.#splice(nickname, `the relay of ${nickname}`, opened.link, peer);
+    return opened.response;
+  }
+
+  /**
+   * An HTTP-streaming pipe end's opening request, sent on to the relay at
+   * `url` with `headers` (the node's pipe headers and the cluster's key); its
+   * answer, the link's downstream included, streams back through this relay
+   * until either side ends it or this relay closes.
+   */
+  async #relayStreamOpen(
+    req: Request,
+    url: string,
+    headers: Record<string, string>,
+  ): Promise<Response> {
+    await req.body?.cancel(); // an opening request has no body
+    const abort = new AbortController();
+    this.#relayedStreams.add(abort);
+    let answer: Response;
+    try {
+      answer = await fetch(new URL(PATHS.pipe, url), {
+        method: "POST",
+        headers: { ...headers, [LINK_HEADER]: "open" },
+        redirect: "manual",
+        signal: abort.signal,
+      });
+    } catch (error) {
+      this.#relayedStreams.delete(abort);
+      log.debug("Pipe link opening sent on to its relay: {reason}", {
+        reason: errorMessage(error),
+      });
+      return refuseRequest(this.#hub, 503, "unavailable", "the node's relay cannot be reached");
+    }
+    if (answer.body === null || answer.status !== 200) this.#relayedStreams.delete(abort);
+    else connectionOf(req)?.joined();
+    const passed = new Headers();
+    for (const [name, value] of answer.headers) {
+      if (!NOT_PASSED_BACK.has(name)) passed.set(name, value);
+    }
+    const body = answer.body === null ? null : passThrough(answer.body, abort.signal, () => {
+      abort.abort();
+      this.#relayedStreams.delete(abort);
+    });
+    return new Response(body, { status: answer.status, headers: passed });
   }
 
   /**
@@ -643,6 +770,76 @@ export class PipeEndpoint {
       sink.close();
     }
   }
+}
+
+/** Response headers of a link's opening answer passed back to the node: all but the connection's own. */
+const NOT_PASSED_BACK = new Set([
+  "connection",
+  "keep-alive",
+  "transfer-encoding",
+  "content-length",
+]);
+
+/** The statuses a node's relay may refuse a pipe request with, as told to the node. */
+const RELAYED_REFUSALS: Record<number, RelayErrorCode> = {
+  400: "bad-request",
+  401: "unauthorized",
+  403: "pipe-refused",
+  404: "no-such-node",
+  504: "pipe-timeout",
+};
+
+/**
+ * `source`, read on by whoever reads the result, until it ends, the reader
+ * cancels (then `done` runs) or `signal` aborts: then the result errors at
+ * once, whether a read is waiting on `source` or not (a response being
+ * written must not wait for the other relay to notice).
+ */
+function passThrough(
+  source: ReadableStream<Uint8Array>,
+  signal: AbortSignal,
+  done: () => void,
+): ReadableStream<Uint8Array> {
+  const reader = source.getReader();
+  let output!: ReadableStreamDefaultController<Uint8Array>;
+  const stop = () => {
+    try {
+      output.error(new Deno.errors.Interrupted("the relayed stream was ended"));
+    } catch {
+      // Ended already.
+    }
+    reader.cancel().catch(() => {});
+  };
+  signal.addEventListener("abort", stop, { once: true });
+  return new ReadableStream<Uint8Array>({
+    start(controller) {
+      output = controller;
+    },
+    async pull(controller) {
+      try {
+        const { value, done: ended } = await reader.read();
+        if (ended) {
+          done();
+          controller.close();
+        } else {
+          controller.enqueue(value);
+        }
+      } catch (error) {
+        done();
+        try {
+          controller.error(error);
+        } catch {
+          // Errored already (aborted).
+        }
+      }
+    },
+    cancel() {
+      // Not waited for: whoever cancels (a response whose client went away)
+      // must not wait on the other relay; `done` aborts that request.
+      done();
+      reader.cancel().catch(() => {});
+    },
+  }, { highWaterMark: 0 });
 }
 
 function nicknameOf(end: Member | string): string {

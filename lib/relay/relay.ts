@@ -16,7 +16,7 @@ import { serverStats } from "./_http_server.ts";
 import { HttpStreamEndpoint } from "./_http_stream_endpoint.ts";
 import { PipeEndpoint, pipeEndpoints } from "./_pipes.ts";
 import { metricsResponse } from "./_metrics.ts";
-import { PATHS } from "./_protocol.ts";
+import { PATHS, PIPE_HEADERS } from "./_protocol.ts";
 import { secretsEqual } from "./_secret.ts";
 import { relaySettings } from "./_settings.ts";
 import { statusPage } from "./_status_page.ts";
@@ -65,7 +65,10 @@ export class Relay implements Disposable {
     const route = `${req.method} ${new URL(req.url).pathname}`;
     if (route === `POST ${PATHS.send}`) return await this.#httpStreams.send(req, true);
     if (route === `GET ${PATHS.pipe}` || route === `POST ${PATHS.pipe}`) {
-      return await this.#pipes.handlePeer(req, info);
+      // A node's own request (its session, nickname and token), or a relay bringing a pipe's end.
+      return req.headers.has(PIPE_HEADERS.session)
+        ? await this.#pipes.handle(req, info, true)
+        : await this.#pipes.handlePeer(req, info);
     }
     await req.body?.cancel();
     return refuseRequest(

@@ -1,7 +1,7 @@
 /**
- * A TCP load balancer without stickiness, for relay tests: each connection
- * goes to the next of several backends in turn, so one node's stream and its
- * POSTs reach different relays.
+ * A TCP load balancer without stickiness, for relay tests and benchmarks:
+ * each connection goes to a backend of its own, by default the next one in
+ * turn, so one node's requests reach different relays.
  *
  * @module
  */
@@ -22,8 +22,15 @@ async function pipe(from: Deno.Conn, to: Deno.Conn): Promise<void> {
   }
 }
 
-/** A balancer on a free loopback port over `ports`, in turn; `connections` counts what it took. */
-export function roundRobin(ports: number[]) {
+/**
+ * A balancer on a free loopback port over `ports`: connection `i` (from 0)
+ * goes to `ports[pick(i)]`, round robin by default; `connections` counts
+ * what it took.
+ */
+export function loadBalancer(
+  ports: number[],
+  pick: (i: number) => number = (i) => i % ports.length,
+) {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const open = new Set<Promise<void>>();
   // Idle keep-alive connections of the clients' pools would outlive the test: closed at the end.
@@ -39,7 +46,7 @@ export function roundRobin(ports: number[]) {
   let connections = 0;
   const accepting = (async () => {
     for await (const client of listener) {
-      const port = ports[next++ % ports.length];
+      const port = ports[pick(next++)];
       connections++;
       conns.add(client);
       const carried = Deno.connect({ hostname: "127.0.0.1", port }).then(
