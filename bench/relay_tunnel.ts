@@ -203,33 +203,26 @@ async function main(): Promise<void> {
     );
     await measure("direct tunnel, plain", () => direct(iperfPort, false));
     await measure("direct tunnel, --encrypt", () => direct(iperfPort, true));
-    await measure(
-      "relay tunnel, WebSocket links, plain",
-      () => viaRelay(iperfPort, relayUrl, false, "websocket"),
-    );
-    await measure(
-      "relay tunnel, WebSocket links, encrypted",
-      () => viaRelay(iperfPort, relayUrl, true, "websocket"),
-    );
-    await measure(
-      "relay tunnel, HTTP-streaming links, plain",
-      () => viaRelay(iperfPort, relayUrl, false, "http"),
-    );
-    await measure(
-      "relay tunnel, HTTP-streaming links, encrypted",
-      () => viaRelay(iperfPort, relayUrl, true, "http"),
-    );
+    /** The relay paths through `url`: which link transports, which sessions. */
+    const relayPaths: ["WebSocket" | "HTTP-streaming", boolean][] = [
+      ["WebSocket", false],
+      ["WebSocket", true],
+      ["HTTP-streaming", false],
+      ["HTTP-streaming", true],
+    ];
+    const throughRelay = async (label: string, url: string, paths = relayPaths) => {
+      for (const [links, encrypt] of paths) {
+        await measure(
+          `${label}, ${links} links, ${encrypt ? "encrypted" : "plain"}`,
+          () => viaRelay(iperfPort, url, encrypt, links === "WebSocket" ? "websocket" : "http"),
+        );
+      }
+    };
+    await throughRelay("relay tunnel", relayUrl);
     if (CLUSTER) {
       cluster = await startCluster();
-      const { url } = cluster;
-      await measure(
-        "2 relays, round robin, WebSocket links, plain",
-        () => viaRelay(iperfPort, url, false, "websocket"),
-      );
-      await measure(
-        "2 relays, round robin, HTTP-streaming links, plain",
-        () => viaRelay(iperfPort, url, false, "http"),
-      );
+      const plainOnly = relayPaths.filter(([, encrypt]) => !encrypt);
+      await throughRelay("2 relays, round robin", cluster.url, plainOnly);
     }
   } finally {
     await stopEnds();

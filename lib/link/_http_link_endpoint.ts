@@ -111,13 +111,13 @@ export class HttpLinkEndpoint {
   }
 }
 
-/** A request body, whole; throws past `max` bytes (declared or read). */
-async function readBounded(req: Request, max: number): Promise<Uint8Array> {
+/** A request body, whole; a `RangeError` past `max` bytes (declared or read). */
+export async function readBounded(req: Request, max: number): Promise<Uint8Array<ArrayBuffer>> {
   if (Number(req.headers.get("content-length") ?? 0) > max) {
     await req.body?.cancel();
     throw new RangeError(`a body over ${max} bytes`);
   }
-  const parts: Uint8Array[] = [];
+  const parts: Uint8Array<ArrayBuffer>[] = [];
   let size = 0;
   for await (const chunk of req.body ?? []) {
     size += chunk.length;

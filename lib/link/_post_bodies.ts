@@ -19,11 +19,10 @@ const MIN_BODY = 16 * 1024;
 /** @internal */
 export class PostBodies {
   #max: number;
-  /** Each body's buffer, filled from its start to the matching length. */
-  #buffers: Uint8Array<ArrayBuffer>[] = [];
-  #lengths: number[] = [];
+  /** The bodies: each a view from the start of its own buffer, as long as what it holds. */
+  #bodies: Uint8Array<ArrayBuffer>[] = [];
   #size = 0;
-  #spare: Uint8Array<ArrayBuffer> | null = null;
+  #spare: ArrayBuffer | null = null;
 
   /** Bodies of at most `max` bytes. */
   constructor(max: number) {
@@ -40,25 +39,24 @@ export class PostBodies {
     const max = this.#max;
     for (let offset = 0; offset < data.length;) {
       const left = data.length - offset;
-      let last = this.#buffers.length - 1;
-      if (last < 0 || this.#lengths[last] === max) {
-        this.#buffers.push(this.#takeBuffer(Math.min(max, Math.max(MIN_BODY, left))));
-        this.#lengths.push(0);
-        last++;
+      let last = this.#bodies.at(-1);
+      if (last === undefined || last.length === max) {
+        last = new Uint8Array(this.#takeBuffer(Math.min(max, Math.max(MIN_BODY, left))), 0, 0);
+        this.#bodies.push(last);
       }
-      const length = this.#lengths[last];
-      let buffer = this.#buffers[last];
+      const length = last.length;
+      let buffer = last.buffer;
       const wanted = Math.min(max, length + left);
-      if (wanted > buffer.length) {
+      if (wanted > buffer.byteLength) {
         // Grown by doubling at least: a body built of many writes is copied
         // again at most about once in all.
-        const grown = new Uint8Array(Math.min(max, Math.max(wanted, 2 * buffer.length)));
-        grown.set(buffer.subarray(0, length));
-        this.#buffers[last] = buffer = grown;
+        buffer = new ArrayBuffer(Math.min(max, Math.max(wanted, 2 * buffer.byteLength)));
+        new Uint8Array(buffer).set(last);
       }
-      const n = Math.min(buffer.length - length, left);
-      buffer.set(data.subarray(offset, offset + n), length);
-      this.#lengths[last] = length + n;
+      const n = Math.min(buffer.byteLength - length, left);
+      const grown = new Uint8Array(buffer, 0, length + n);
+      grown.set(data.subarray(offset, offset + n), length);
+      this.#bodies[this.#bodies.length - 1] = grown;
       offset += n;
     }
     this.#size += data.length;
@@ -70,24 +68,23 @@ export class PostBodies {
    * may call once nothing reads it any more (once `fetch` was called with it).
    */
   shift(): Uint8Array<ArrayBuffer> | null {
-    const buffer = this.#buffers.shift();
-    if (buffer === undefined) return null;
-    const length = this.#lengths.shift()!;
-    this.#size -= length;
-    return buffer.subarray(0, length);
+    const body = this.#bodies.shift();
+    if (body === undefined) return null;
+    this.#size -= body.length;
+    return body;
   }
 
   /** Gives back a body from {@linkcode PostBodies.shift}: its buffer may hold the next. */
   recycle(body: Uint8Array<ArrayBuffer>): void {
-    if (body.buffer.byteLength === this.#max) this.#spare = new Uint8Array(body.buffer);
+    if (body.buffer.byteLength === this.#max) this.#spare = body.buffer;
   }
 
-  #takeBuffer(size: number): Uint8Array<ArrayBuffer> {
+  #takeBuffer(size: number): ArrayBuffer {
     const spare = this.#spare;
-    if (spare !== null && spare.length >= size) {
+    if (spare !== null && spare.byteLength >= size) {
       this.#spare = null;
       return spare;
     }
-    return new Uint8Array(size);
+    return new ArrayBuffer(size);
   }
 }

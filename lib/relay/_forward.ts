@@ -16,7 +16,9 @@
  */
 
 import type { Hub } from "./_hub.ts";
-import { BodyTooLarge, refuseRequest } from "./_http.ts";
+import { readBounded } from "../link/_http_link_endpoint.ts";
+import { refuseRequest, tooLargeReason } from "./_http.ts";
+import { HOP_BY_HOP } from "./_http1_response.ts";
 import { PIPE_HEADERS } from "./_protocol.ts";
 import { secretsEqual } from "./_secret.ts";
 
@@ -26,16 +28,12 @@ const OWNED_ID =
 
 /** Request headers not passed on: the connection's own (hop by hop), and what fetch sets itself. */
 const NOT_FORWARDED = new Set([
-  "connection",
-  "keep-alive",
+  ...HOP_BY_HOP,
   "proxy-connection",
   "proxy-authorization",
   "te",
   "trailer",
-  "transfer-encoding",
-  "upgrade",
   "expect",
-  "content-length",
   "host",
 ]);
 
@@ -80,10 +78,10 @@ export async function forwardToOwner(
   if (url === null) return null;
   let body: Uint8Array<ArrayBuffer>;
   try {
-    body = await readUpTo(req, maxBytes);
+    body = await readBounded(req, maxBytes);
   } catch (error) {
-    return error instanceof BodyTooLarge
-      ? refuseRequest(hub, 413, "too-large", error.message)
+    return error instanceof RangeError
+      ? refuseRequest(hub, 413, "too-large", tooLargeReason(maxBytes))
       : refuseRequest(hub, 400, "bad-request", "the request's body was cut short");
   }
   const headers = new Headers();
@@ -132,15 +130,4 @@ export async function fromClusterPeer(hub: Hub, req: Request): Promise<boolean> 
   } catch {
     return false; // Redis is away: no key to compare with
   }
-}
-
-/** A request's body, whole; `BodyTooLarge` past `max` bytes (declared or read). */
-async function readUpTo(req: Request, max: number): Promise<Uint8Array<ArrayBuffer>> {
-  if (Number(req.headers.get("content-length") ?? 0) > max) {
-    await req.body?.cancel();
-    throw new BodyTooLarge(max);
-  }
-  const body = new Uint8Array(await req.arrayBuffer());
-  if (body.length > max) throw new BodyTooLarge(max);
-  return body;
 }

@@ -14,8 +14,11 @@ const encoder = new TextEncoder();
 const WRITTEN_AS_IS = 64 * 1024;
 const CRLF = new Uint8Array([13, 10]);
 
-/** Header fields this writer decides itself: the connection's framing is ours. */
-const HOP_BY_HOP = new Set([
+/**
+ * Header fields of the connection, not of the message (hop by hop): this
+ * writer decides them itself, and a relay passing a message on drops them.
+ */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
   "connection",
   "keep-alive",
   "transfer-encoding",

@@ -36,6 +36,7 @@ import { ByteQueue } from "../link/_byte_queue.ts";
 import { forwardToOwner, ownedId } from "./_forward.ts";
 import type { Hub } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
+import { HOP_BY_HOP } from "./_http1_response.ts";
 import { connectionOf } from "./_http_server.ts";
 import { encodeFrame, PATHS, PIPE_HEADERS, type RelayErrorCode } from "./_protocol.ts";
 import { type Member, roleHears } from "./_room.ts";
@@ -512,7 +513,7 @@ export class PipeEndpoint {
     else connectionOf(req)?.joined();
     const passed = new Headers();
     for (const [name, value] of answer.headers) {
-      if (!NOT_PASSED_BACK.has(name)) passed.set(name, value);
+      if (!HOP_BY_HOP.has(name)) passed.set(name, value);
     }
     const body = answer.body === null ? null : passThrough(answer.body, abort.signal, () => {
       abort.abort();
@@ -771,14 +772,6 @@ export class PipeEndpoint {
     }
   }
 }
-
-/** Response headers of a link's opening answer passed back to the node: all but the connection's own. */
-const NOT_PASSED_BACK = new Set([
-  "connection",
-  "keep-alive",
-  "transfer-encoding",
-  "content-length",
-]);
 
 /** The statuses a node's relay may refuse a pipe request with, as told to the node. */
 const RELAYED_REFUSALS: Record<number, RelayErrorCode> = {
