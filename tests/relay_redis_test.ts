@@ -363,51 +363,88 @@ Deno.test("a pipe between nodes on two relays: an immortal session moves 4 MiB e
   }
 });
 
+/** The id under which `relay` is in the cluster: the one its cluster address is advertised under. */
+async function clusterIdOf(
+  raw: Awaited<ReturnType<typeof redisClient>>,
+  relay: { clusterAddr?: Deno.NetAddr },
+): Promise<string> {
+  let id = "";
+  await waitUntilAsync(async () => {
+    const urls = await raw.sendCommand(["HGETALL", "immortal:relay:urls"]) as Record<
+      string,
+      string
+    >;
+    const port = `:${relay.clusterAddr!.port}`;
+    id = Object.keys(urls).find((id) => urls[id].endsWith(port)) ?? "";
+    return id !== "";
+  }, "the relay's cluster address advertised");
+  return id;
+}
+
 // The first two connections (the joins) go to one relay, every later one
 // to the other: a node's POSTs and pipe requests reach the relay it is not
 // joined on, whatever the order of connections within a node's requests.
+// With `staleKey`, the relay that passes them on keeps the cluster's key
+// from before Redis lost its state, and the relay the nodes joined on made
+// a new one: the first is refused (401) until it reads the key again.
 for (const transport of ["http", "websocket"] as const) {
-  Deno.test(`behind a load balancer without stickiness (${transport}), nodes join once and a pipe carries 4 MiB each way: requests that reach the other relay go on to it`, async () => {
-    await using redis = await startRedis();
-    await using one = startRelay({ redis: redis.url });
-    await using two = startRelay({ redis: redis.url });
-    await using balancer = loadBalancer([one.addr.port, two.addr.port], (i) => i < 2 ? 0 : 1);
-    const url = `http://127.0.0.1:${balancer.port}`;
-    const options = { session: "s", transport };
-    await using laptop = await RelayNode.connect(url, { ...options, nickname: "laptop" });
-    await using lab = await RelayNode.connect(url, { ...options, nickname: "lab" });
-    const atLab = recordEvents(lab);
-    await atLab.until(() => lab.members.length === 1, "the laptop seen");
-    laptop.send("through either relay");
-    await atLab.until(() => atLab.texts.includes("through either relay"), "the message");
-    using listener = lab.listen({
-      key: "k",
-      accepts: (nickname) => nickname === "laptop",
-      ...FAST,
+  for (const staleKey of [false, true]) {
+    const stale = staleKey ? ", one holding a cluster key Redis has lost" : "";
+    Deno.test(`behind a load balancer without stickiness (${transport}${stale}), nodes join once and a pipe carries 4 MiB each way: requests that reach the other relay go on to it`, async () => {
+      await using redis = await startRedis();
+      await using two = startRelay({ redis: redis.url });
+      if (staleKey) {
+        // `two` reads the key to pass a POST on to a relay since gone, then
+        // Redis loses everything; `one` comes after and makes a new key.
+        await using raw = await redisClient(redis.url);
+        await using old = startRelay({ redis: redis.url });
+        // A node brings the relay into the cluster.
+        await using _node = await RelayNode.connect(old.url, { session: "t", nickname: "n" });
+        const oldId = await clusterIdOf(raw, old);
+        const passed = await fetch(`${two.url}/relay/send`, {
+          method: "POST",
+          headers: { "x-relay-stream": `${oldId}.${crypto.randomUUID()}` },
+          body: "{}",
+        });
+        assert.equal(passed.status, 404);
+        await passed.body?.cancel();
+        assert.equal(two.relay.stats.forwarded, 1);
+        await _node.close();
+        await old.shutdown();
+        await raw.sendCommand(["FLUSHALL"]);
+      }
+      await using one = startRelay({ redis: redis.url });
+      await using balancer = loadBalancer([one.addr.port, two.addr.port], (i) => i < 2 ? 0 : 1);
+      const url = `http://127.0.0.1:${balancer.port}`;
+      const options = { session: "s", transport };
+      await using laptop = await RelayNode.connect(url, { ...options, nickname: "laptop" });
+      await using lab = await RelayNode.connect(url, { ...options, nickname: "lab" });
+      const atLab = recordEvents(lab);
+      await atLab.until(() => lab.members.length === 1, "the laptop seen");
+      laptop.send("through either relay");
+      await atLab.until(() => atLab.texts.includes("through either relay"), "the message");
+      using listener = lab.listen({
+        key: "k",
+        accepts: (nickname) => nickname === "laptop",
+        ...FAST,
+      });
+      await pipeBothWays(laptop, listener);
+      const stats = [one.relay.stats, two.relay.stats];
+      const passedOn = stats[0].forwarded + stats[1].forwarded + stats[0].pipes!.relayed +
+        stats[1].pipes!.relayed;
+      assert.ok(passedOn > 0, "requests were passed on");
+      if (transport === "websocket") {
+        // Both ends' requests reached `two`, which spliced them to their relay (no fallback).
+        assert.ok(
+          stats[1].pipes!.relayed >= 2 && stats[1].pipes!.opened >= 2,
+          JSON.stringify(stats[1].pipes),
+        );
+      }
+      // A request refused by the wrong relay would have made its node join again (or its link fail).
+      assert.equal(stats[0].joins + stats[1].joins, 2, "each node joined once");
+      assert.ok(balancer.connections >= 4);
     });
-    await pipeBothWays(laptop, listener);
-    const stats = [one.relay.stats, two.relay.stats];
-    const passedOn = stats[0].forwarded + stats[1].forwarded + stats[0].pipes!.relayed +
-      stats[1].pipes!.relayed;
-    assert.ok(passedOn > 0, "requests were passed on");
-    if (transport === "websocket") {
-      // Both ends' requests reached `two`, which spliced them to their relay (no fallback).
-      assert.ok(
-        stats[1].pipes!.relayed >= 2 && stats[1].pipes!.opened >= 2,
-        JSON.stringify(stats[1].pipes),
-      );
-    }
-    if (transport === "websocket") {
-      // Both ends' requests reached `two`, which spliced them to their relay (no fallback).
-      assert.ok(
-        stats[1].pipes!.relayed >= 2 && stats[1].pipes!.opened >= 2,
-        JSON.stringify(stats[1].pipes),
-      );
-    }
-    // A request refused by the wrong relay would have made its node join again (or its link fail).
-    assert.equal(stats[0].joins + stats[1].joins, 2, "each node joined once");
-    assert.ok(balancer.connections >= 4);
-  });
+  }
 }
 
 Deno.test("a POST for another relay's stream: passed on to it, 413 past the limit before that, 404 (not an error) once that relay is gone", async () => {
@@ -418,15 +455,7 @@ Deno.test("a POST for another relay's stream: passed on to it, 413 past the limi
   await using _node = await RelayNode.connect(one.url, { session: "s", nickname: "n" });
   await using _other = await RelayNode.connect(two.url, { session: "s", nickname: "m" });
   await using raw = await redisClient(redis.url);
-  const ids = await raw.sendCommand(["HKEYS", "immortal:relay:urls"]) as string[];
-  assert.equal(ids.length, 2);
-  // Which id is two's: the one whose cluster address is two's.
-  let twoId = "";
-  for (const id of ids) {
-    const url = await raw.sendCommand(["HGET", "immortal:relay:urls", id]) as string;
-    if (url.endsWith(`:${two.clusterAddr!.port}`)) twoId = id;
-  }
-  assert.ok(twoId);
+  const twoId = await clusterIdOf(raw, two);
   const send = (headers: Record<string, string>, body = "{}") =>
     fetch(`${one.url}/relay/send`, {
       method: "POST",

@@ -186,6 +186,8 @@ export class RelayCluster {
   #pipeUrl = "";
   #key: Promise<string> | null = null;
   #keyAt = 0;
+  /** The key is being read from Redis: a reload shares that read. */
+  #keyReading = false;
   /** Commands sent and not yet answered, oldest first ({@linkcode RelayCluster.#timed}). */
   #waiting = new Set<Waiter>();
   #watchdog: ReturnType<typeof setInterval> | undefined;
@@ -394,12 +396,28 @@ export class RelayCluster {
     if (fresh && Date.now() - this.#keyAt >= 1000) this.#key = null;
     this.#key ??= (async () => {
       this.#keyAt = Date.now();
-      await this.#command(["SET", `${PREFIX}key`, newJoinToken(), "NX"]);
-      return await this.#command(["GET", `${PREFIX}key`]) as string;
+      this.#keyReading = true;
+      try {
+        await this.#command(["SET", `${PREFIX}key`, newJoinToken(), "NX"]);
+        return await this.#command(["GET", `${PREFIX}key`]) as string;
+      } finally {
+        this.#keyReading = false;
+      }
     })();
     // A failure is not kept: the next pipe asks Redis again.
     this.#key.catch(() => this.#key = null);
     return this.#key;
+  }
+
+  /**
+   * The key read from Redis again now, whenever it was last read: another
+   * relay refused the one this relay keeps. After Redis lost its state, the
+   * relay that asked first made a new key, and the others' is stale until
+   * they read it again. A read under way is shared.
+   */
+  reloadKey(): Promise<string> {
+    if (!this.#keyReading) this.#key = null;
+    return this.key();
   }
 
   /** The member `nickname` of `room` anywhere in the cluster: its role and its relay. */

@@ -15,6 +15,9 @@
  * @module
  */
 
+import { errorMessage } from "../_util.ts";
+import type { Link } from "../link/link.ts";
+import type { RelayCluster } from "./_cluster.ts";
 import type { Hub } from "./_hub.ts";
 import { readBounded } from "../link/_http_link_endpoint.ts";
 import { refuseRequest, tooLargeReason } from "./_http.ts";
@@ -88,17 +91,20 @@ export async function forwardToOwner(
   for (const [name, value] of req.headers) {
     if (!NOT_FORWARDED.has(name)) headers.set(name, value);
   }
-  headers.set(PIPE_HEADERS.cluster, key);
+  const target = new URL(new URL(req.url).pathname, url);
   let answer: Response;
   try {
-    answer = await fetch(new URL(new URL(req.url).pathname, url), {
-      method: req.method,
-      headers,
-      body,
-      // A relay answers; it never redirects (the key must go nowhere else).
-      redirect: "manual",
-      // A POST waiting on the other relay (its backpressure) ends with this relay.
-      signal: hub.closing,
+    answer = await fetchWithClusterKey(cluster, key, (key) => {
+      headers.set(PIPE_HEADERS.cluster, key);
+      return fetch(target, {
+        method: req.method,
+        headers,
+        body,
+        // A relay answers; it never redirects (the key must go nowhere else).
+        redirect: "manual",
+        // A POST waiting on the other relay (its backpressure) ends with this relay.
+        signal: hub.closing,
+      });
     });
   } catch {
     answer = Response.error();
@@ -129,5 +135,43 @@ export async function fromClusterPeer(hub: Hub, req: Request): Promise<boolean> 
     return secretsEqual(key, await cluster.key(true));
   } catch {
     return false; // Redis is away: no key to compare with
+  }
+}
+
+/**
+ * `request(key)` to another relay of `cluster`, with the cluster's `key`;
+ * when that relay refuses the key (401), once more with the key read from
+ * Redis again, if it changed: after Redis lost its state, the relay that
+ * asked first made a new one, and the key this relay keeps is stale.
+ */
+export async function fetchWithClusterKey(
+  cluster: RelayCluster,
+  key: string,
+  request: (key: string) => Promise<Response>,
+): Promise<Response> {
+  const answer = await request(key);
+  if (answer.status !== 401) return answer;
+  const fresh = await cluster.reloadKey().catch(() => key);
+  if (fresh === key) return answer;
+  await answer.body?.cancel();
+  return await request(fresh);
+}
+
+/**
+ * {@linkcode fetchWithClusterKey} for a WebSocket link `open(key)` opens to
+ * another relay (a refusal is an error naming the status it answered).
+ */
+export async function openWithClusterKey(
+  cluster: RelayCluster,
+  key: string,
+  open: (key: string) => Promise<Link>,
+): Promise<Link> {
+  try {
+    return await open(key);
+  } catch (error) {
+    if (!/answered 401\b/.test(errorMessage(error))) throw error;
+    const fresh = await cluster.reloadKey().catch(() => key);
+    if (fresh === key) throw error;
+    return await open(fresh);
   }
 }

@@ -33,7 +33,7 @@ import { WebSocketLink } from "../link/websocket.ts";
 import { openWebSocketLink } from "../link/_websocket_client.ts";
 import type { ClusterPipeEvent } from "./_cluster.ts";
 import { ByteQueue } from "../link/_byte_queue.ts";
-import { forwardToOwner, ownedId } from "./_forward.ts";
+import { fetchWithClusterKey, forwardToOwner, openWithClusterKey, ownedId } from "./_forward.ts";
 import type { Hub } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
 import { HOP_BY_HOP } from "./_http1_response.ts";
@@ -440,12 +440,25 @@ export class PipeEndpoint {
     }
     if (url === null) return null;
     this.#counters.relayed++;
-    const headers: Record<string, string> = { [PIPE_HEADERS.cluster]: key };
+    const headers: Record<string, string> = {};
     for (const name of Object.values(PIPE_HEADERS)) {
       const value = req.headers.get(name);
       if (value !== null && name !== PIPE_HEADERS.cluster) headers[name] = value;
     }
-    if (kind === "open") return await this.#relayStreamOpen(req, url, headers);
+    const withKey = (key: string) => ({ ...headers, [PIPE_HEADERS.cluster]: key });
+    if (kind === "open") {
+      return await this.#relayStreamOpen(
+        req,
+        (abort) =>
+          fetchWithClusterKey(cluster, key, (key) =>
+            fetch(new URL(PATHS.pipe, url), {
+              method: "POST",
+              headers: { ...withKey(key), [LINK_HEADER]: "open" },
+              redirect: "manual",
+              signal: abort,
+            })),
+      );
+    }
     const target = new URL(PATHS.pipe, url);
     target.protocol = target.protocol === "https:" ? "wss:" : "ws:";
     let peer: Link;
@@ -453,7 +466,11 @@ export class PipeEndpoint {
       // That relay answers once the pipe is paired (or refused), within its
       // auth timeout: so does this one.
       const signal = AbortSignal.timeout(hub.settings.authTimeout + 5000);
-      peer = await openWebSocketLink(target, signal, headers);
+      peer = await openWithClusterKey(
+        cluster,
+        key,
+        (key) => openWebSocketLink(target, signal, withKey(key)),
+      );
     } catch (error) {
       // Over WebSocket the node sees only the status; ours asks again over
       // HTTP streaming to learn why, and that request brings the reason back.
@@ -481,27 +498,21 @@ export class PipeEndpoint {
   }
 
   /**
-   * An HTTP-streaming pipe end's opening request, sent on to the relay at
-   * `url` with `headers` (the node's pipe headers and the cluster's key); its
+   * An HTTP-streaming pipe end's opening request, sent on by `open` (with
+   * the node's pipe headers and the cluster's key, ended by its signal); its
    * answer, the link's downstream included, streams back through this relay
    * until either side ends it or this relay closes.
    */
   async #relayStreamOpen(
     req: Request,
-    url: string,
-    headers: Record<string, string>,
+    open: (signal: AbortSignal) => Promise<Response>,
   ): Promise<Response> {
     await req.body?.cancel(); // an opening request has no body
     const abort = new AbortController();
     this.#relayedStreams.add(abort);
     let answer: Response;
     try {
-      answer = await fetch(new URL(PATHS.pipe, url), {
-        method: "POST",
-        headers: { ...headers, [LINK_HEADER]: "open" },
-        redirect: "manual",
-        signal: abort.signal,
-      });
+      answer = await open(abort.signal);
     } catch (error) {
       this.#relayedStreams.delete(abort);
       log.debug("Pipe link opening sent on to its relay: {reason}", {
@@ -541,10 +552,16 @@ export class PipeEndpoint {
       if (url === null) throw new Error("that relay is gone from the cluster");
       const target = new URL(PATHS.pipe, url);
       target.protocol = target.protocol === "https:" ? "wss:" : "ws:";
-      peer = await openWebSocketLink(target, AbortSignal.timeout(hub.settings.authTimeout), {
-        [PIPE_HEADERS.pipe]: id,
-        [PIPE_HEADERS.cluster]: await cluster.key(true),
-      });
+      const signal = AbortSignal.timeout(hub.settings.authTimeout);
+      peer = await openWithClusterKey(
+        cluster,
+        await cluster.key(),
+        (key) =>
+          openWebSocketLink(target, signal, {
+            [PIPE_HEADERS.pipe]: id,
+            [PIPE_HEADERS.cluster]: key,
+          }),
+      );
     } catch (error) {
       const message = `cannot reach the relay of ${offered.from}: ${errorMessage(error)}`;
       log.warn("Pipe {from} -> {to}: {message}", {
