@@ -84,6 +84,29 @@ Deno.test("relay pipes: an immortal session between two nodes moves 16 MiB each 
   assert.ok(relay.server.relay.stats.pipes!.opened >= 1);
 });
 
+Deno.test("relay pipes over HTTP streaming: a pipe whose nodes closed their ends closes at the relay when their connections do, not at its next write (a node's pipes are limited)", async () => {
+  await using relay = restartableRelay("s");
+  const http = { transport: "http" as const };
+  await using lab = await join(relay.url, "lab", http);
+  await using laptop = await join(relay.url, "laptop", http);
+  using listener = lab.listen({ key: "k", ...FAST });
+  for (let round = 1; round <= 3; round++) {
+    {
+      await using conn = await laptop.connectTo("lab", { key: "k", ...FAST });
+      await using server = await listener.accept();
+      await conn.write(new Uint8Array([round]));
+      const got = new Uint8Array(1);
+      assert.equal(await server.read(got), 1);
+      assert.equal(got[0], round);
+      assert.equal(relay.server.relay.stats.pipes!.open, 1);
+    }
+    // Both sessions ended and their links went away: the relay's copy of
+    // the pipe, idle, learns it from the connections, not from a write.
+    await waitUntil(() => relay.server.relay.stats.pipes!.open === 0, `pipe ${round} closed`);
+  }
+  assert.equal(relay.server.relay.stats.pipes!.opened, 3);
+});
+
 Deno.test("relay pipes: refused for an unknown node, another session's node, a node that accepts none or not this one, and a wrong key", async () => {
   await using relay = restartableRelay("s");
   await using lab = await join(relay.url, "lab");

@@ -35,6 +35,8 @@ export class ByteReader {
   #idleSize: number | null = null;
   /** Reads in a row that did not fill the buffer: the burst that grew it is over. */
   #quietReads = 0;
+  /** A read started ahead ({@linkcode ByteReader.readAhead}): the next read takes its outcome. */
+  #ahead: Promise<boolean> | null = null;
 
   /** Reads from `source`, holding at most `capacity` bytes (growing to it only when needed). */
   constructor(source: Deno.Conn, capacity: number) {
@@ -59,6 +61,11 @@ export class ByteReader {
    * Throws {@linkcode ReaderFull} when the buffer is full of unconsumed bytes.
    */
   async fill(): Promise<boolean> {
+    const ahead = this.#ahead;
+    if (ahead !== null) {
+      this.#ahead = null;
+      return await ahead;
+    }
     if (
       this.#idleSize !== null && this.#end === this.#start &&
       this.#buffer.length > this.#idleSize && this.#quietReads >= QUIET_READS_BEFORE_SHRINKING
@@ -85,6 +92,17 @@ export class ByteReader {
     this.#filled = n === free;
     this.#quietReads = this.#filled ? 0 : this.#quietReads + 1;
     return true;
+  }
+
+  /**
+   * Starts a read while nobody reads (a response is being written) and
+   * resolves false when the peer ended or reset its side: the client is
+   * gone. What it reads stays buffered, and the next read waits for it and
+   * takes its outcome, so reads stay in order.
+   */
+  readAhead(): Promise<boolean> {
+    this.#ahead ??= this.fill();
+    return this.#ahead.catch(() => false);
   }
 
   #grow(): void {
@@ -117,6 +135,7 @@ export class ByteReader {
    * stream ends first.
    */
   async readFull(out: Uint8Array): Promise<boolean> {
+    if (this.#ahead !== null) await this.fill();
     const buffered = Math.min(out.length, this.#end - this.#start);
     out.set(this.#buffer.subarray(this.#start, this.#start + buffered));
     this.consume(buffered);

@@ -61,3 +61,18 @@ Deno.test("ByteReader: back to the shrunk size once reads stop filling the grown
   assert.ok(offered.includes(4096));
   assert.equal(offered[offered.length - 1], 512, `offered: ${offered}`);
 });
+
+Deno.test("ByteReader: a read ahead tells the end of the stream, and what it read comes first in the next reads", async () => {
+  const data = Uint8Array.from({ length: 3000 }, (_, i) => i % 251);
+  const { conn, offered } = source(data, 1000);
+  const reader = new ByteReader(conn, 16 * 1024);
+  assert.equal(await reader.readAhead(), true, "bytes came: the peer is there");
+  assert.equal(await reader.readAhead(), true, "asked again: the same read, not another");
+  assert.equal(offered.length, 1);
+  // The next read takes the read ahead's bytes, then reads on in order.
+  const out = new Uint8Array(3000);
+  assert.equal(await reader.readFull(out), true);
+  assert.deepEqual(out, data);
+  assert.equal(await reader.readAhead(), false, "the end of the stream");
+  assert.equal(await reader.fill(), false);
+});

@@ -41,6 +41,8 @@ export interface ResponseFraming {
   head: boolean;
   /** The connection carries another request after this one. */
   keepAlive: boolean;
+  /** Aborts when the client is gone: the body is cancelled, even while it has nothing to send. */
+  clientGone?: AbortSignal;
 }
 
 /** Status line and header fields of `response`, with our own framing fields added. */
@@ -87,8 +89,16 @@ export async function writeResponse(
     await response.body?.cancel();
     return keepAlive;
   }
+  const reader = body.getReader();
+  // A long response (an event stream, a link's downstream) may be idle for
+  // long: a client gone meanwhile must not hold whatever produces it.
+  const cancel = () => reader.cancel().catch(() => {});
+  framing.clientGone?.addEventListener("abort", cancel, { once: true });
   try {
-    for await (const chunk of body) {
+    for (;;) {
+      const { value: chunk, done } = await reader.read();
+      if (done) break;
+      if (framing.clientGone?.aborted) throw new Deno.errors.ConnectionReset("the client is gone");
       if (chunk.length === 0) continue;
       if (framing.http10) {
         await writeAll(conn, chunk);
@@ -115,8 +125,13 @@ export async function writeResponse(
   } catch {
     // The body failed midway (or the client went away): all we can do is end
     // the connection without the last chunk, so the client sees a cut body.
+    cancel();
     return false;
+  } finally {
+    framing.clientGone?.removeEventListener("abort", cancel);
   }
+  // Cancelled because the client is gone: the body "ended", but not whole.
+  if (framing.clientGone?.aborted) return false;
   if (!framing.http10) await writeAll(conn, encoder.encode("0\r\n\r\n"));
   return keepAlive;
 }

@@ -36,3 +36,27 @@ Deno.test("writeResponse: a large chunk goes out from its own buffer, a small on
   const expected = `40000\r\n${"\x07".repeat(large.length)}\r\na\r\ndata: hi\n\n\r\n0\r\n\r\n`;
   assert.equal(wire.slice(headEnd), expected);
 });
+
+Deno.test("writeResponse: a client gone while the body is idle cancels the body and keeps nothing", async () => {
+  const { conn } = recorder();
+  let cancelled = false;
+  // A body that sends one chunk, then nothing until cancelled (a link's idle downstream).
+  const body = new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(new Uint8Array([1]));
+    },
+    cancel() {
+      cancelled = true;
+    },
+  });
+  const gone = new AbortController();
+  const written = writeResponse(conn, new Response(body), {
+    http10: false,
+    head: false,
+    keepAlive: true,
+    clientGone: gone.signal,
+  });
+  gone.abort();
+  assert.equal(await written, false, "the connection ends");
+  assert.equal(cancelled, true, "whatever produced the body hears it");
+});

@@ -446,10 +446,19 @@ export class HttpServer {
         }
         return socket;
       }
+      // Whether the client is still there while the response is written (once
+      // the request is read whole, nothing else reads): a long response that
+      // is idle (a pipe link's downstream) would otherwise hold what produces
+      // it, a pipe and its other end, until it next writes.
+      const clientGone = new AbortController();
+      if (head.body.kind === "none" || bodyRead) {
+        reader.readAhead().then((more) => more || clientGone.abort());
+      }
       const keepAlive = await writeResponse(conn, response, {
         http10: head.version === "HTTP/1.0",
         head: head.method === "HEAD",
         keepAlive: head.keepAlive && !this.#closing.signal.aborted,
+        clientGone: clientGone.signal,
       });
       // A body declared larger than we would read past is not touched at all
       // (a body of declared length is read in whole pieces, up to 1 MiB).
