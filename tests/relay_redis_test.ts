@@ -433,13 +433,17 @@ for (const transport of ["http", "websocket"] as const) {
       const passedOn = stats[0].forwarded + stats[1].forwarded + stats[0].pipes!.relayed +
         stats[1].pipes!.relayed;
       assert.ok(passedOn > 0, "requests were passed on");
-      if (transport === "websocket") {
-        // Both ends' requests reached `two`, which spliced them to their relay (no fallback).
-        assert.ok(
-          stats[1].pipes!.relayed >= 2 && stats[1].pipes!.opened >= 2,
-          JSON.stringify(stats[1].pipes),
-        );
-      }
+      // Both ends' requests reached `two`, which passed them on to their relay
+      // (over WebSocket spliced, no fallback), and counts what it carried.
+      const { relayed, opened, bytes } = stats[1].pipes!;
+      assert.ok(relayed >= 2 && opened >= 2, JSON.stringify(stats[1].pipes));
+      assert.ok(bytes >= 2 * 4 * 1024 * 1024, `${bytes} bytes through the relay in between`);
+      // The pipe's session closed: nothing is left open or held there.
+      await waitUntilAsync(
+        () => Promise.resolve(two.relay.stats.pipes!.open === 0),
+        "the pipe closed",
+      );
+      assert.equal(two.relay.stats.pipes!.heldBytes, 0);
       // A request refused by the wrong relay would have made its node join again (or its link fail).
       assert.equal(stats[0].joins + stats[1].joins, 2, "each node joined once");
       assert.ok(balancer.connections >= 4);

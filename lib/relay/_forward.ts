@@ -58,13 +58,15 @@ export function ownedId(relayId: string | null): string {
  * first, whole, up to `maxBytes`; from then on every outcome is an answer of
  * its own: `413` past `maxBytes`, `400` for a body cut short, `404` when the
  * relay that held the stream cannot be reached (it is gone, and the stream
- * with it).
+ * with it). `holding` hears of the body while this relay holds it: its
+ * length once read, minus that once passed on (or not).
  */
 export async function forwardToOwner(
   hub: Hub,
   req: Request,
   id: string,
   maxBytes: number,
+  holding?: (bytes: number) => void,
 ): Promise<Response | null> {
   const owner = OWNED_ID.exec(id)?.[1];
   if (owner === undefined) return null;
@@ -93,6 +95,7 @@ export async function forwardToOwner(
   }
   const target = new URL(new URL(req.url).pathname, url);
   let answer: Response;
+  holding?.(body.length);
   try {
     answer = await fetchWithClusterKey(cluster, key, (key) => {
       headers.set(PIPE_HEADERS.cluster, key);
@@ -108,6 +111,8 @@ export async function forwardToOwner(
     });
   } catch {
     answer = Response.error();
+  } finally {
+    holding?.(-body.length);
   }
   if (
     answer.type === "error" || answer.type === "opaqueredirect" ||

@@ -99,7 +99,10 @@ export const pipeEndpoints: WeakMap<object, PipeEndpoint> = new WeakMap();
 
 /** Counters of the relay's pipes. */
 export interface PipeStats {
-  /** Pipes open now. */
+  /**
+   * Pipes open now; a pipe this relay carries between a node and its relay
+   * (a request relayed in a cluster) counts too.
+   */
   open: number;
   /** Pipes opened since start. */
   opened: number;
@@ -180,6 +183,8 @@ export class PipeEndpoint {
   #counters = { opened: 0, bytes: 0, relayed: 0 };
   /** HTTP-streaming pipe ends whose answer streams through this relay from another: ended on close. */
   #relayedStreams = new Set<AbortController>();
+  /** Of those, the ones whose answer is streaming (open pipes, as this relay sees them). */
+  #relayedOpen = 0;
   /** Bytes read from one end and being written to the other. */
   #inTransit = 0;
 
@@ -205,7 +210,7 @@ export class PipeEndpoint {
   get stats(): PipeStats {
     let held = this.#inTransit;
     for (const [a, b] of this.#open) held += (a.queuedBytes ?? 0) + (b.queuedBytes ?? 0);
-    return { open: this.#open.size, ...this.#counters, heldBytes: held };
+    return { open: this.#open.size + this.#relayedOpen, ...this.#counters, heldBytes: held };
   }
 
   /**
@@ -223,6 +228,11 @@ export class PipeEndpoint {
         req,
         req.headers.get(LINK_HEADER) ?? "",
         MAX_POST_BYTES,
+        // A relayed pipe's upstream: its bytes are this relay's too.
+        (bytes) => {
+          this.#inTransit += bytes;
+          if (bytes < 0) this.#counters.bytes -= bytes;
+        },
       );
       return elsewhere ?? await this.#links.upstream(req);
     }
@@ -303,6 +313,7 @@ export class PipeEndpoint {
     this.#links.close();
     for (const relayed of this.#relayedStreams) relayed.abort();
     this.#relayedStreams.clear();
+    this.#relayedOpen = 0;
   }
 
   /** The joined node a request comes from, by its session, nickname and join token. */
@@ -520,15 +531,27 @@ export class PipeEndpoint {
       });
       return refuseRequest(this.#hub, 503, "unavailable", "the node's relay cannot be reached");
     }
-    if (answer.body === null || answer.status !== 200) this.#relayedStreams.delete(abort);
-    else connectionOf(req)?.joined();
+    const streaming = answer.body !== null && answer.status === 200;
+    if (streaming) {
+      connectionOf(req)?.joined();
+      this.#counters.opened++;
+      this.#relayedOpen++;
+    } else {
+      this.#relayedStreams.delete(abort);
+    }
     const passed = new Headers();
     for (const [name, value] of answer.headers) {
       if (!HOP_BY_HOP.has(name)) passed.set(name, value);
     }
-    const body = answer.body === null ? null : passThrough(answer.body, abort.signal, () => {
-      abort.abort();
-      this.#relayedStreams.delete(abort);
+    const body = answer.body === null ? null : passThrough(answer.body, abort.signal, {
+      holding: (bytes) => {
+        this.#inTransit += bytes;
+        if (bytes > 0) this.#counters.bytes += bytes;
+      },
+      done: () => {
+        abort.abort();
+        if (this.#relayedStreams.delete(abort) && streaming) this.#relayedOpen--;
+      },
     });
     return new Response(body, { status: answer.status, headers: passed });
   }
@@ -803,16 +826,28 @@ const RELAYED_REFUSALS: Record<number, RelayErrorCode> = {
  * `source`, read on by whoever reads the result, until it ends, the reader
  * cancels (then `done` runs) or `signal` aborts: then the result errors at
  * once, whether a read is waiting on `source` or not (a response being
- * written must not wait for the other relay to notice).
+ * written must not wait for the other relay to notice). `holding` hears of
+ * each chunk while it is passed on: its length, then minus that when the
+ * reader asks for the next one (it has written this one) or the stream ends.
  */
 function passThrough(
   source: ReadableStream<Uint8Array>,
   signal: AbortSignal,
-  done: () => void,
+  hooks: { holding(bytes: number): void; done(): void },
 ): ReadableStream<Uint8Array> {
   const reader = source.getReader();
   let output!: ReadableStreamDefaultController<Uint8Array>;
+  let held = 0;
+  const release = () => {
+    if (held > 0) hooks.holding(-held);
+    held = 0;
+  };
+  const done = () => {
+    release();
+    hooks.done();
+  };
   const stop = () => {
+    release();
     try {
       output.error(new Deno.errors.Interrupted("the relayed stream was ended"));
     } catch {
@@ -826,12 +861,15 @@ function passThrough(
       output = controller;
     },
     async pull(controller) {
+      release();
       try {
         const { value, done: ended } = await reader.read();
         if (ended) {
           done();
           controller.close();
         } else {
+          held = value.length;
+          hooks.holding(held);
           controller.enqueue(value);
         }
       } catch (error) {
