@@ -403,10 +403,32 @@ Deno.test("cluster: expired nickname reservations do not pile up in a long-lived
     await cluster.join("s", { nickname: "stays", role: "peer", suffixed: false });
     for (let i = 0; i < 1100; i++) {
       await cluster.join("s", { nickname: `n${i}`, role: "peer", suffixed: false });
-      await cluster.leave("s", `n${i}`, "left");
+      await cluster.leave("s", `n${i}`, "gone");
     }
     const reserved = Number(await raw.sendCommand(["HLEN", "immortal:relay:r:73:v"]));
     assert.ok(reserved < 1000, `${reserved} reservations kept`);
+  } finally {
+    cluster.close();
+  }
+});
+
+Deno.test("cluster: a node that said bye frees its nickname at once; one that is gone keeps it reserved for its token", async () => {
+  await using redis = await startRedis({ persist: false });
+  const { cluster } = recordingCluster(redis.url);
+  try {
+    await cluster.subscribe("s");
+    const join = async (nickname: string) => {
+      const joined = await cluster.join("s", { nickname, role: "peer", suffixed: false });
+      assert.ok(typeof joined !== "string", joined as string);
+      return joined.nickname;
+    };
+    assert.equal(await join("stays"), "stays");
+    assert.equal(await join("left"), "left");
+    assert.equal(await join("gone"), "gone");
+    await cluster.leave("s", "left", "left");
+    await cluster.leave("s", "gone", "gone");
+    assert.equal(await join("left"), "left", "free for a node without its token");
+    assert.equal(await join("gone"), "gone(1)", "reserved for its token");
   } finally {
     cluster.close();
   }

@@ -42,7 +42,8 @@ local function now_ms()
 end
 local P = ARGV[1]
 -- Removes member 'nick' of room R (hex) if 'relay' holds it (or any relay if relay is ''),
--- reserving its nickname for its token until 'untilMs', and announces 'reason'.
+-- reserving its nickname for its token until 'untilMs' unless it 'left' (said bye: the
+-- name is free at once), and announces 'reason'.
 local function leave(R, nick, relay, reason, untilMs, roomTtl)
   local m = P .. 'r:' .. R .. ':m'
   local rec = redis.call('HGET', m, nick)
@@ -54,7 +55,11 @@ local function leave(R, nick, relay, reason, untilMs, roomTtl)
   local seq = redis.call('HGET', P .. 'r:' .. R .. ':s', nick) or '0'
   redis.call('HDEL', P .. 'r:' .. R .. ':s', nick)
   local v = P .. 'r:' .. R .. ':v'
-  redis.call('HSET', v, nick, f[3] .. ',' .. untilMs .. ',' .. seq)
+  if reason == 'left' then
+    redis.call('HDEL', v, nick)
+  else
+    redis.call('HSET', v, nick, f[3] .. ',' .. untilMs .. ',' .. seq)
+  end
   -- Reservations run out but stay until a join reads them: in a long-lived
   -- room with many nicknames, sweep the expired ones now and then — at most
   -- once per room per 10 s, so that many leaves (a dead relay's sweep) stay linear.

@@ -451,11 +451,16 @@ export class Hub {
     }
     room.members.delete(member.nickname);
     this.#nodes--;
-    room.reserved.set(member.nickname, {
-      token: member.token,
-      until: this.#clock() + this.settings.reclaimWindow,
-      lastSeq: member.lastSeq,
-    });
+    // A node that said bye is done: its nickname is free at once (a tunnel
+    // server stopped and started again gets its name back). One that is gone
+    // may come back: its nickname waits for its token.
+    if (reason !== "left") {
+      room.reserved.set(member.nickname, {
+        token: member.token,
+        until: this.#clock() + this.settings.reclaimWindow,
+        lastSeq: member.lastSeq,
+      });
+    }
     log.info("Node {nickname} {verb} {session}", {
       nickname: member.nickname,
       verb: reason === "left" ? "left" : "is gone from",

@@ -40,6 +40,10 @@ Deno.test("hub: the welcome carries a snapshot of the others; joins and leaves a
   h.hub.receive(b.member, { t: "bye" });
   assert.deepEqual(b.sink.closed, { code: 1000, reason: "bye" });
   assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "b", reason: "left" }]);
+  // It said bye: its nickname is free at once, for a node without its token.
+  const next = h.join("b");
+  assert.equal(next.welcome.nickname, "b");
+  h.hub.leave(next.member, "gone");
   h.hub.leave(a.member, "gone");
   assert.equal(h.hub.stats.sessions, 0, "an empty room is kept");
 });

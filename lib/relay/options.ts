@@ -56,7 +56,10 @@ export interface RelayOptions {
   historyBytes?: number;
   /** How long (ms) a room keeps a message for nodes back from a blip. Default 120000. */
   historyAge?: number;
-  /** How long (ms) a node that left keeps its nickname reserved for its join token. Default 30000. */
+  /**
+   * How long (ms) a node that is gone (not one that said bye) keeps its
+   * nickname reserved for its join token. Default 30000.
+   */
   reclaimWindow?: number;
   /**
    * Redis URL (`redis://host:6379`, `rediss://` for TLS): several relay
