@@ -14,7 +14,8 @@ import {
   serveRelay,
 } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { pattern, patternHash, receiveAll, sendPattern, waitUntil } from "./_helpers.ts";
+import { pattern, patternHash, receiveAll, sendPattern, waitUntil, within } from "./_helpers.ts";
+import { recordEvents } from "./_relay.ts";
 import { startNginx, startTinyproxy } from "./_proxies.ts";
 import { cutWhile, FAST } from "./_tunnel_helpers.ts";
 
@@ -29,10 +30,13 @@ function restartableRelay(secret: string) {
     get server() {
       return server;
     },
-    /** Stops the relay (every node and pipe is cut) and starts a fresh one, with no memory. */
-    async restart() {
+    /**
+     * Stops the relay (every node and pipe is cut) and starts a fresh one,
+     * with no memory (and `newSecret`, if given).
+     */
+    async restart(newSecret = secret) {
       await server.shutdown();
-      server = serveRelay({ hostname: "127.0.0.1", port, secret, onListen() {} });
+      server = serveRelay({ hostname: "127.0.0.1", port, secret: newSecret, onListen() {} });
     },
     async [Symbol.asyncDispose]() {
       await server.shutdown();
@@ -82,6 +86,30 @@ Deno.test("relay pipes: an immortal session between two nodes moves 16 MiB each 
   // One session all along: the pipes were replaced under it.
   assert.equal(listener.sessionCount, 1);
   assert.ok(relay.server.relay.stats.pipes!.opened >= 1);
+});
+
+Deno.test("relay pipes: a node the relay refuses after a restart (another secret) says why and closes, and its listener ends instead of spinning on a closed acceptor", async () => {
+  await using relay = restartableRelay("s");
+  await using lab = await join(relay.url, "lab");
+  using listener = lab.listen({ key: "k" });
+  const accepting = listener.accept().then(
+    (conn) => {
+      conn.close();
+      return "accepted";
+    },
+    (error: Error) => error.message,
+  );
+  const events = recordEvents(lab);
+  await relay.restart("another secret");
+  assert.match(await within(30_000, "the listener ended", accepting), /closed/);
+  await events.until(
+    () => events.events.some((e) => e.type === "state" && e.state === "closed"),
+    "the node closed",
+  );
+  assert.ok(
+    events.events.some((e) => e.type === "error" && e.code === "unauthorized"),
+    JSON.stringify(events.events),
+  );
 });
 
 Deno.test("relay pipes over HTTP streaming: a pipe whose nodes closed their ends closes at the relay when their connections do, not at its next write (a node's pipes are limited)", async () => {

@@ -233,6 +233,16 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         acceptFailures = 0;
       } catch (error) {
         if (this.#closed) return;
+        if (error instanceof Deno.errors.BadResource) {
+          // The acceptor is closed for good (a relay node that closed, say):
+          // no link will ever come, so the listener ends instead of spinning.
+          log.warn("Listener on {addr} ends: its links stopped: {reason}", {
+            addr: formatAddr(this.addr),
+            reason: errorMessage(error),
+          });
+          this.close();
+          return;
+        }
         // EMFILE and friends: the pending connection stays in the kernel's
         // queue, so retrying at once fails at once, forever. Say so (once per
         // interval), back off, and keep serving the sessions we have: accepting
