@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { RelayNode, RelayRefusedError, SECRET_HEADER } from "../mod.ts";
-import { delay, within } from "./_helpers.ts";
+import { delay, renderRecord, within, withLogs } from "./_helpers.ts";
 import { startRelay, waitForEvent } from "./_relay.ts";
 
 function hello(fields: Record<string, unknown> = {}) {
@@ -375,4 +375,30 @@ Deno.test("relay settings: a bad option is a RangeError naming it, before anythi
       return true;
     });
   }
+});
+
+Deno.test("a relay logs nodes refused for a wrong or missing secret, with where they come from, a line per interval however many", async () => {
+  await withLogs(async (records) => {
+    await using relay = startRelay({ secret: "right" });
+    for (const transport of ["websocket", "http"] as const) {
+      for (const secret of ["wrong", "wrong again", undefined]) {
+        await assert.rejects(
+          RelayNode.connect(relay.url, { session: "s", nickname: "n", secret, transport }),
+          RelayRefusedError,
+        );
+      }
+    }
+    await relay.shutdown();
+    const lines = records.map(renderRecord);
+    const first = lines.filter((line) => line.startsWith("Refused a node"));
+    assert.match(first[0], /^Refused a node from 127\.0\.0\.1:\d+: wrong relay secret$/);
+    // Every refusal is in the log: a line of its own or counted in a summary
+    // (the first of each interval gets a line; how many do depends on time).
+    const summarised = lines.flatMap((line) => {
+      const counted = /^(\d+) more in the last \d+ s; the last: Refused a node/.exec(line);
+      return counted ? [Number(counted[1])] : [];
+    });
+    assert.equal(first.length + summarised.reduce((a, b) => a + b, 0), 6, lines.join("\n"));
+    assert.ok(first.length < 6, "a flood does not get a line each");
+  });
 });

@@ -110,6 +110,8 @@ export interface ConnectionControl {
   ): { socket: ServerWebSocket; response: Response } | string;
   /** The connection now carries a joined node: it no longer counts as unjoined. */
   joined(): void;
+  /** Where the connection comes from (`host:port`), for logs. */
+  readonly remote: string;
 }
 
 const controls = new WeakMap<Request, ConnectionControl>();
@@ -394,6 +396,7 @@ export class HttpServer {
     });
     let upgraded: ServerWebSocket | undefined;
     controls.set(req, {
+      remote: formatAddr(conn.remoteAddr),
       upgradeWebSocket: (request, socketOptions) => {
         const problem = handshakeProblem(request);
         if (problem !== null) return problem;

@@ -94,7 +94,10 @@ export class HttpStreamEndpoint {
       },
     }, { highWaterMark: settings.maxQueueBytes, size: (chunk) => chunk.byteLength });
     try {
-      member = await hub.admit(hello, req.headers.get(SECRET_HEADER), sink, { stream: streamId });
+      member = await hub.admit(hello, req.headers.get(SECRET_HEADER), sink, {
+        stream: streamId,
+        from: connectionOf(req)?.remote,
+      });
     } catch (error) {
       if (!(error instanceof JoinRefused)) throw error;
       closed = true;

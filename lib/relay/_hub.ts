@@ -24,6 +24,7 @@ import {
 import type { ClusterJoin, ClusterPipeEvent, RelayCluster } from "./_cluster.ts";
 import type { HistoryEntry } from "./_history.ts";
 import { type Arrival, DETACHED, Member, Room, type Sink } from "./_room.ts";
+import { LogLimiter } from "../_log_limiter.ts";
 import { newJoinToken, secretsEqual } from "./_secret.ts";
 import type { RelaySettings } from "./_settings.ts";
 import { errorMessage } from "../_util.ts";
@@ -157,6 +158,8 @@ export class Hub {
   /** Nodes owed an `ack`, sent once per turn of the event loop, not once per message. */
   #acksDue = new Set<Member>();
   #refused: Partial<Record<RefusalReason, number>> = {};
+  /** Refusals an operator should see, at most a line per kind per interval (a flood stays quiet). */
+  #logs = new LogLimiter((line) => log.warn(line));
   #timer: ReturnType<typeof setInterval>;
   /** ms between keep-alive sweeps. */
   #sweepEvery: number;
@@ -255,11 +258,21 @@ export class Hub {
     this.#refused[reason] = (this.#refused[reason] ?? 0) + 1;
   }
 
-  /** Checks the secret from a header or the hello frame; throws a 401 {@linkcode JoinRefused}. */
-  checkSecret(secret: string | null | undefined): void {
+  /**
+   * Checks the secret from a header or the hello frame; throws a 401
+   * {@linkcode JoinRefused}. A refusal is logged (with `from`, where the
+   * node connects from, when known), at most a line per interval.
+   */
+  checkSecret(secret: string | null | undefined, from?: string): void {
     if (this.settings.secret === undefined) return;
     if (typeof secret !== "string" || !secretsEqual(secret, this.settings.secret)) {
       this.refuse("secret");
+      this.#logs.event(
+        "secret",
+        `Refused a node${from === undefined ? "" : ` from ${from}`}: ${
+          typeof secret === "string" ? "wrong" : "no"
+        } relay secret`,
+      );
       throw new JoinRefused(401, "unauthorized", "missing or wrong relay secret");
     }
   }
@@ -273,9 +286,12 @@ export class Hub {
     hello: FrameObject,
     headerSecret: string | null,
     sink: Sink,
-    extra: { stream?: string } = {},
+    extra: { stream?: string; from?: string } = {},
   ): Member | Promise<Member> {
-    this.checkSecret(headerSecret ?? (typeof hello.secret === "string" ? hello.secret : null));
+    this.checkSecret(
+      headerSecret ?? (typeof hello.secret === "string" ? hello.secret : null),
+      extra.from,
+    );
     const parsed = parseNodeFrame(hello, this.rules);
     if (!parsed.ok || parsed.frame.t !== "hello") {
       this.refuse("bad-hello");
@@ -993,6 +1009,7 @@ export class Hub {
 
   /** Closes every node and stops the keep-alive timer. */
   close(): void {
+    this.#logs.flush();
     clearInterval(this.#timer);
     this.#closed = true;
     this.#closing.abort();

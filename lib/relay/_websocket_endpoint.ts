@@ -81,9 +81,10 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
   }
   // A secret in a header is checked before the upgrade, so a wrong one is a plain 401.
   const headerSecret = req.headers.get(SECRET_HEADER);
+  const from = connectionOf(req)?.remote;
   if (headerSecret !== null) {
     try {
-      hub.checkSecret(headerSecret);
+      hub.checkSecret(headerSecret, from);
     } catch (error) {
       if (error instanceof JoinRefused) return refusedJoin(error);
       throw error;
@@ -147,7 +148,7 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
     };
     let result: Member | Promise<Member>;
     try {
-      result = hub.admit(frame, headerSecret, sink);
+      result = hub.admit(frame, headerSecret, sink, { from });
     } catch (error) {
       return refused(error);
     }
