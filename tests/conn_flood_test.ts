@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { connect, listen } from "../mod.ts";
+import { TcpAcceptor } from "../lib/link/tcp.ts";
 import {
   patternHash,
   receiveAll,
@@ -112,4 +113,20 @@ Deno.test("a source that starts handshakes faster than its rate is dropped at on
       await attack.stop();
     }
   });
+});
+
+Deno.test("links that all come through one relay are not limited as one source: 30 handshakes in progress from its address are kept", async () => {
+  // What a relay node's pipe acceptor is: every link has the relay's address.
+  const relayed = Object.assign(new TcpAcceptor({ hostname: "127.0.0.1", port: 0 }), {
+    relayed: true,
+  });
+  using listener = listen({ acceptor: relayed });
+  const held = slowloris(listener.addr.port, "127.0.0.2", 30, 0);
+  try {
+    await waitUntil(() => listener.stats.handshaking === 30, "30 handshakes in progress");
+    assert.equal(listener.stats.droppedPerSource, 0);
+    assert.equal(listener.stats.droppedRate, 0);
+  } finally {
+    await held.stop();
+  }
 });

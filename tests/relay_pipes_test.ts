@@ -299,3 +299,14 @@ Deno.test("relay pipes through a real tinyproxy (no WebSocket: HTTP-streaming pi
   assert.equal(got.sha256, sent);
   assert.match(await nginx.log(), /relay\/pipe/, "the pipes went through nginx");
 });
+
+Deno.test("relay pipes: a node's pipe acceptor says its links all come through the relay (no per-address limits on them)", async () => {
+  await using relay = restartableRelay("s");
+  await using lab = await join(relay.url, "lab");
+  const acceptor = lab.pipeAcceptor();
+  try {
+    assert.equal(acceptor.relayed, true);
+  } finally {
+    acceptor.close();
+  }
+});

@@ -224,6 +224,14 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     this.close();
   }
 
+  /**
+   * Where `link` comes from, for the limits per source: null when unknown,
+   * or when every link comes through one relay (its address says nothing).
+   */
+  #sourceOf(link: Link): string | null {
+    return this.#acceptor.relayed ? null : sourceOf(link.remoteAddr);
+  }
+
   async #acceptLoop(): Promise<void> {
     let acceptFailures = 0;
     while (!this.#closed) {
@@ -268,7 +276,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         link.close();
         continue;
       }
-      const source = sourceOf(link.remoteAddr);
+      const source = this.#sourceOf(link);
       if (source === null) {
         this.#handshake(link);
         continue;
@@ -317,7 +325,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
       const hello = await this.#sessions.handshake(reader);
       if (hello === null) return; // a resume: the session took the link
       if (this.#closed) throw new ImmortalError("closed", "the listener is closed");
-      const source = sourceOf(link.remoteAddr) ?? "local";
+      const source = this.#sourceOf(link) ?? "local";
       const evictedBefore = this.#sessions.evicted;
       const room = this.#sessions.makeRoom(
         source,
@@ -353,7 +361,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         this.#counts.refusedAuth++;
         // Keyed by source, not address: a client retrying from a new port
         // each time is still one summarised line per 10 s.
-        const source = sourceOf(link.remoteAddr) ?? "local";
+        const source = this.#sourceOf(link) ?? "local";
         this.#logs.event(`auth ${source}`, `Refused ${remote}: ${error.message}`);
       } else {
         log.debug("Handshake with {remote} failed: {reason}", {

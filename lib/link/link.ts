@@ -53,6 +53,11 @@ export interface Acceptor<A extends Deno.Addr = Deno.Addr> {
   close(): void;
   /** The address peers dial. */
   readonly addr: A;
+  /**
+   * Every link comes through one peer that carries many others' (a relay):
+   * the links' address is that peer's, so a listener limits no "source".
+   */
+  readonly relayed?: boolean;
 }
 
 /** Formats an address for logs and messages, e.g. `127.0.0.1:4000` or `[::1]:4000`. */

@@ -44,6 +44,8 @@ export interface PipeHost {
 /** Links from pipes others opened to this node, for `listen({ acceptor })`. */
 export class PipeAcceptor extends LinkQueue implements Acceptor<Deno.NetAddr> {
   readonly addr: Deno.NetAddr;
+  /** Every pipe comes from the relay's address, whichever node opened it. */
+  readonly relayed = true;
 
   /** `addr` names the relay, for logs. */
   constructor(addr: Deno.NetAddr) {
