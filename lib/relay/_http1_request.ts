@@ -96,6 +96,13 @@ export async function readHead(reader: ByteReader): Promise<RequestHead | null> 
     // A TLS ClientHello (record type 22): a client that took this relay for
     // an https:// one. Answered at once, so that it fails now, not at a timeout.
     if (buffered[0] === 0x16) throw new HttpError(400, "this relay speaks plain HTTP, not TLS");
+    // Anything else that cannot start a method (an immortal session's hello,
+    // an SSH client): answered at once too, not at the header timeout.
+    if (
+      buffered.length > 0 && buffered[0] !== 13 && !TOKEN.test(String.fromCharCode(buffered[0]))
+    ) {
+      throw new HttpError(400, "this is an HTTP server: a request starts with a method");
+    }
     end = indexOfSequence(buffered, CRLF_CRLF, Math.max(0, scanned - 3));
     if (end >= 0) break;
     scanned = buffered.length;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { readingConn } from "../../tests/_fake_conn.ts";
 import { concat } from "../_util.ts";
 import { ByteReader } from "./_byte_reader.ts";
-import { bodyStream, HttpError, parseHead } from "./_http1_request.ts";
+import { bodyStream, HttpError, parseHead, readHead } from "./_http1_request.ts";
 
 function refusal(text: string): number {
   try {
@@ -95,4 +95,21 @@ Deno.test("bodyStream: a chunked body (sizes nobody checked first) still comes i
   const got = await pieces(bodyStream(reader, { kind: "chunked" }, () => {})!);
   assert.ok(got.every((piece) => piece.length <= 65_536), `${got.map((p) => p.length)}`);
   assert.equal(got.reduce((n, p) => n + p.length, 0), payload.length);
+});
+
+Deno.test("readHead: bytes that cannot start a request (an immortal hello, a TLS ClientHello) are refused at the first byte, not at the header timeout", async () => {
+  for (const [first, reason] of [[0x10, /starts with a method/], [0x16, /not TLS/]] as const) {
+    // One byte, and the connection stays open: a timeout would be the only other way out.
+    const { conn, offered } = readingConn(new Uint8Array([first]));
+    const reading = readHead(new ByteReader(conn, 16 * 1024));
+    await assert.rejects(
+      reading,
+      (error: Error) => error instanceof HttpError && reason.test(error.message),
+    );
+    assert.equal(offered.length, 1, "refused after one read");
+  }
+  // A request's own first bytes, a byte at a time, are waited for.
+  const request = new TextEncoder().encode("\r\nGET / HTTP/1.1\r\nhost: x\r\n\r\n");
+  const head = await readHead(new ByteReader(readingConn(request, 1).conn, 16 * 1024));
+  assert.equal(head?.method, "GET");
 });
