@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { connect, ImmortalError, listen } from "../mod.ts";
-import { patternHash, receiveAll, sendPattern } from "./_helpers.ts";
+import { patternHash, receiveAll, renderRecord, sendPattern, withLogs } from "./_helpers.ts";
 
 const te = new TextEncoder();
 const td = new TextDecoder();
@@ -51,7 +51,18 @@ Deno.test("half-close: the server still sends a 10 MiB reply after the client's 
   assert.equal(server.state, "closed");
 });
 
-Deno.test("close() aborts: the peer's streams error with a clear reason", async () => {
+Deno.test("close() aborts: the peer's streams error with a clear reason, logged once as news, not as a warning", async () => {
+  await withLogs(async (records) => {
+    await closeAborts();
+    const peer = records.filter((r) => /aborted/.test(renderRecord(r)));
+    assert.deepEqual(
+      peer.map((r) => [r.level, renderRecord(r).replace(/Session [0-9a-f]+/, "Session ID")]),
+      [["info", "Session ID aborted by the peer: closed by the application"]],
+    );
+  });
+});
+
+async function closeAborts() {
   using listener = listen({ hostname: "127.0.0.1", port: 0 });
   const client = await connect({ port: listener.addr.port });
   const server = await listener.accept();
@@ -65,7 +76,7 @@ Deno.test("close() aborts: the peer's streams error with a clear reason", async 
   await closedEvent;
   await assert.rejects(server.read(new Uint8Array(8)), /aborted/);
   await assert.rejects(client.write(te.encode("x")), /closed/);
-});
+}
 
 Deno.test("bad settings and unreachable servers give one clear error, not a hang", async () => {
   await assert.rejects(connect({ port: 70000 }), /port must be an integer in 1..65535/);

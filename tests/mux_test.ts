@@ -4,7 +4,15 @@ import assert from "node:assert/strict";
 import { connect, ImmortalError, listen } from "../mod.ts";
 import { MuxSession, type MuxStream } from "../lib/mux/mod.ts";
 import { encodeFrame, FrameType, GREETING, INITIAL_WINDOW } from "../lib/mux/_frames.ts";
-import { patternHash, receiveAll, sendPattern, waitUntil, within } from "./_helpers.ts";
+import {
+  patternHash,
+  receiveAll,
+  renderRecord,
+  sendPattern,
+  waitUntil,
+  within,
+  withLogs,
+} from "./_helpers.ts";
 
 const MiB = 1 << 20;
 
@@ -254,4 +262,15 @@ Deno.test("what `readable` hands the application is its own: small messages do n
     );
   }
   reader.releaseLock();
+});
+
+Deno.test("a peer that closes its session (a client exiting) is news for the other side, not a warning", async () => {
+  await withLogs(async (records) => {
+    await using s = await pair();
+    s.client.close();
+    await s.server.closed.catch(() => {});
+    const ended = records.filter((r) => /Multiplexed session \S+ ended/.test(renderRecord(r)));
+    assert.deepEqual(ended.map((r) => r.level), ["info"], ended.map(renderRecord).join("\n"));
+    assert.deepEqual(records.filter((r) => r.level === "warning").map(renderRecord), []);
+  });
 });

@@ -208,7 +208,9 @@ export class ServerSessions {
     if (!session) {
       throw new ImmortalError("unknown-session", "the session ended during the handshake");
     }
-    log.info("Session {id}: client resuming from {remote}", {
+    // Debug only: racing redials may each get this far; the one that wins
+    // says "resumed" (with its downtime), the others are noise.
+    log.debug("Session {id}: client resuming from {remote}", {
       id: hello.sessionId,
       remote: formatAddr(reader.link.remoteAddr),
     });

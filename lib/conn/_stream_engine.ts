@@ -897,7 +897,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#wakeReaderNow();
     if (this.#state !== "closed") {
       this.#state = "closed";
-      if (!clean) {
+      // The peer's close was logged (at info: its application closed it).
+      const byPeer = ending.error instanceof ImmortalError && ending.error.code === "aborted";
+      if (!clean && !byPeer) {
         log.warn("Session {id} ended: {reason}", {
           id: this.sessionId,
           reason: ending.error.message,

@@ -382,10 +382,11 @@ export class MuxSession implements AsyncDisposable {
     if (this.#ending) return;
     this.#ending = error;
     if (!this.#closedLocally) {
-      log.warn("Multiplexed session {id} ended: {reason}", {
-        id: this.#conn.sessionId.slice(0, 8),
-        reason: errorMessage(error),
-      });
+      // The peer closing its end is how a client exits: news, not a warning.
+      const byPeer = error instanceof ImmortalError && error.code === "aborted";
+      const fields = { id: this.#conn.sessionId.slice(0, 8), reason: errorMessage(error) };
+      if (byPeer) log.info("Multiplexed session {id} ended: {reason}", fields);
+      else log.warn("Multiplexed session {id} ended: {reason}", fields);
     }
     for (const core of [...this.#streams.values()]) core.fail(error);
     this.#streams.clear();
