@@ -7,7 +7,8 @@
 import assert from "node:assert/strict";
 import { RelayConnectError, RelayNode, RelayRefusedError } from "../mod.ts";
 import { freePort } from "./_helpers.ts";
-import { startRelay } from "./_relay.ts";
+import { recordEvents, startRelay } from "./_relay.ts";
+import { FaultProxy } from "./_fault_proxy.ts";
 import { makeTestCerts } from "./_tls.ts";
 
 const NODE = { session: "s", nickname: "n", retries: 1, connectTimeout: 10_000 };
@@ -98,4 +99,29 @@ Deno.test("RelayNode errors: a refusal keeps the relay's code and words (wrong s
   assert.ok(bad instanceof RelayRefusedError);
   assert.equal(bad.code, "bad-request");
   assert.match(bad.message, /nickname/);
+});
+
+Deno.test("RelayNode errors: a WebSocket link cut without a close frame is said to have broken, in words", async () => {
+  await using relay = startRelay();
+  const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
+  try {
+    await using node = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+      session: "s",
+      nickname: "n",
+      transport: "websocket",
+    });
+    const events = recordEvents(node);
+    proxy.reset();
+    await events.until(
+      () => events.events.some((e) => e.type === "state" && e.state === "disconnected"),
+      "the link lost",
+    );
+    const lost = events.events.find((e) => e.type === "state" && e.state === "disconnected");
+    assert.equal(
+      lost?.type === "state" && lost.reason,
+      "the connection to the relay broke (no WebSocket close frame)",
+    );
+  } finally {
+    await proxy.close();
+  }
 });

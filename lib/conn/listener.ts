@@ -217,11 +217,17 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
     for (const session of this.#ready.splice(0)) session.close();
     this.#sessions.closeAll();
-    log.info("Listener on {addr} closed", { addr: formatAddr(this.addr) });
+    log.info("Listener on {addr} closed", { addr: this.#where() });
   }
 
   [Symbol.dispose](): void {
     this.close();
+  }
+
+  /** Where the listener takes links, for logs: an address, or the relay its pipes come through. */
+  #where(): string {
+    const addr = formatAddr(this.addr);
+    return this.#acceptor.relayed ? `pipes through the relay at ${addr}` : addr;
   }
 
   /**
@@ -245,7 +251,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
           // The acceptor is closed for good (a relay node that closed, say):
           // no link will ever come, so the listener ends instead of spinning.
           log.warn("Listener on {addr} ends: its links stopped: {reason}", {
-            addr: formatAddr(this.addr),
+            addr: this.#where(),
             reason: errorMessage(error),
           });
           this.close();

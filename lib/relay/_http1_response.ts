@@ -45,12 +45,43 @@ export interface ResponseFraming {
   clientGone?: AbortSignal;
 }
 
+/** Reason phrases of the statuses the relay answers with (RFC 9110 15). */
+const REASONS: Record<number, string> = {
+  200: "OK",
+  204: "No Content",
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  405: "Method Not Allowed",
+  409: "Conflict",
+  410: "Gone",
+  413: "Content Too Large",
+  417: "Expectation Failed",
+  426: "Upgrade Required",
+  429: "Too Many Requests",
+  431: "Request Header Fields Too Large",
+  500: "Internal Server Error",
+  501: "Not Implemented",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+  505: "HTTP Version Not Supported",
+};
+
+/**
+ * A status line: the phrase is optional in HTTP/1.1, but people read these
+ * (curl -v, a proxy's log), and an empty one looks like a fault.
+ */
+export function statusLine(status: number, statusText = ""): string {
+  return `HTTP/1.1 ${status} ${statusText || REASONS[status] || ""}\r\n`;
+}
+
 /** Status line and header fields of `response`, with our own framing fields added. */
 function responseHead(
   response: Response,
   fields: [string, string][],
 ): Uint8Array {
-  let head = `HTTP/1.1 ${response.status} ${response.statusText}\r\n`;
+  let head = statusLine(response.status, response.statusText);
   for (const [name, value] of response.headers) {
     if (!HOP_BY_HOP.has(name)) head += `${name}: ${value}\r\n`;
   }

@@ -33,6 +33,7 @@ Deno.test("writeResponse: a large chunk goes out from its own buffer, a small on
   const wire = new TextDecoder("latin1").decode(concat(...writes));
   const headEnd = wire.indexOf("\r\n\r\n") + 4;
   assert.match(wire.slice(0, headEnd), /transfer-encoding: chunked/);
+  assert.ok(wire.startsWith("HTTP/1.1 200 OK\r\n"), "a status line with its reason phrase");
   const expected = `40000\r\n${"\x07".repeat(large.length)}\r\na\r\ndata: hi\n\n\r\n0\r\n\r\n`;
   assert.equal(wire.slice(headEnd), expected);
 });

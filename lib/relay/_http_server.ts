@@ -42,7 +42,7 @@ import {
 } from "../_util.ts";
 import { ByteReader } from "./_byte_reader.ts";
 import { bodyStream, HttpError, readHead, type RequestHead } from "./_http1_request.ts";
-import { writeAll, writeResponse } from "./_http1_response.ts";
+import { statusLine, writeAll, writeResponse } from "./_http1_response.ts";
 import { acceptKey, handshakeProblem, ServerWebSocket } from "./_server_websocket.ts";
 
 const log = getLogger(["immortal", "relay", "http"]);
@@ -494,7 +494,7 @@ export class HttpServer {
       } with ${error.status}: ${error.message}`,
     );
     const body = encoder.encode(JSON.stringify({ error: "bad-request", message: error.message }));
-    const head = `HTTP/1.1 ${error.status} \r\ncontent-type: application/json\r\n` +
+    const head = `${statusLine(error.status)}content-type: application/json\r\n` +
       `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
     try {
       await writeAll(conn, concat(encoder.encode(head), body));

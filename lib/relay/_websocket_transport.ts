@@ -75,7 +75,10 @@ export class WebSocketTransport implements ClientTransport {
       socket.onerror = (event) => failure = event as ErrorEvent;
       socket.onclose = (event) => {
         clearTimeout(timer);
-        const reason = event.reason || `WebSocket closed (${event.code})`;
+        const reason = event.reason ||
+          (event.code === 1000 || event.code === 1001
+            ? `the relay closed the connection (WebSocket ${event.code})`
+            : "the connection to the relay broke (no WebSocket close frame)");
         if (!welcomed) {
           const detail = failure?.message ?? reason;
           reject(connectFailure(settings.base, detail, failure?.error ?? failure?.message));
