@@ -30,6 +30,7 @@ function who(): string {
   return node.members.map((m) => m.nickname).join(", ") || "nobody else";
 }
 
+let lost = false;
 (async () => {
   for await (const event of node.events) {
     switch (event.type) {
@@ -43,9 +44,22 @@ function who(): string {
         console.log(`* ${event.nickname} ${event.reason === "left" ? "left" : "is gone"}`);
         break;
       case "state":
-        if (event.state !== "connected") {
+        if (event.state === "connected") {
+          // Only news after a blip: the first connect was said above.
+          if (lost) console.log(`* back (via ${event.transport ?? "the relay"}); here: ${who()}`);
+          lost = false;
+        } else {
+          lost = true;
           console.log(`* ${event.state}${event.reason ? `: ${event.reason}` : ""}`);
         }
+        break;
+      case "missed":
+        // The relay could not give back everything said while we were away.
+        console.log(
+          event.reason === "window"
+            ? "* some messages were missed while away (older than the relay keeps)"
+            : "* the relay restarted without its history: messages may have been missed",
+        );
         break;
       case "error":
         console.log(`* relay: ${event.message}`);
