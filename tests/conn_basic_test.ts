@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
-import { connect, ImmortalError, listen } from "../mod.ts";
-import { patternHash, receiveAll, renderRecord, sendPattern, withLogs } from "./_helpers.ts";
+import { connect, ImmortalError, listen, TunnelClient } from "../mod.ts";
+import {
+  patternHash,
+  receiveAll,
+  renderRecord,
+  sendPattern,
+  within,
+  withLogs,
+} from "./_helpers.ts";
 
 const te = new TextEncoder();
 const td = new TextDecoder();
@@ -114,4 +121,25 @@ Deno.test("listener: async iteration, sessionCount, close rejects pending accept
   await assert.rejects(pending, (e: unknown) => e instanceof ImmortalError && e.code === "closed");
   await Promise.allSettled([a.closed, b.closed]);
   assert.equal(listener.sessionCount, 0);
+});
+
+Deno.test("a server Deno may not reach (no --allow-net for it) is a permission error at once, not an unreachable one retried", async () => {
+  // 127.0.0.200 is outside the test's --allow-net.
+  const error = await connect({ hostname: "127.0.0.200", port: 9 }).then(
+    () => assert.fail("connected"),
+    (error: unknown) => error,
+  );
+  assert.ok(error instanceof ImmortalError && error.code === "permission", String(error));
+  assert.match(error.message, /^no permission to connect to 127\.0\.0\.200:9: /);
+  // A tunnel client does not wait for it to change (it waits 30 s for an unreachable one).
+  await using client = new TunnelClient({
+    hostname: "127.0.0.1",
+    port: 0,
+    server: { hostname: "127.0.0.200", port: 9 },
+    connectWait: 600_000,
+  });
+  await assert.rejects(
+    within(10_000, "the refusal", client.open()),
+    (e: unknown) => e instanceof ImmortalError && e.code === "permission",
+  );
 });

@@ -88,10 +88,18 @@ export async function connect(options: ConnectOptions): Promise<ImmortalConn> {
  * Why the first connection failed, in words that say what to change: a
  * server that is not there may come (`unreachable`, worth retrying); one
  * that speaks another protocol, or TLS where we do not (or the reverse),
- * will not (`protocol`, `tls`).
+ * will not (`protocol`, `tls`), nor will a permission Deno did not grant
+ * (`permission`).
  */
 function firstConnectError(where: string, error: unknown): ImmortalError {
   const options = { cause: error };
+  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+    return new ImmortalError(
+      "permission",
+      `no permission to connect to ${where}: ${errorMessage(error)}`,
+      options,
+    );
+  }
   if (error instanceof TlsHandshakeError) {
     const said = errorMessage(error.cause);
     // Only what cannot be a passing fault: an end of file or a reset in the

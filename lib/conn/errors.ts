@@ -16,7 +16,9 @@
  *   does not speak it: another kind of server);
  * - `tls`: TLS with the server failed at the first connection (a plain
  *   server, or a certificate not trusted);
- * - `unreachable`: the first connection could not be made.
+ * - `unreachable`: the first connection could not be made;
+ * - `permission`: Deno did not grant the permission to make it (waiting
+ *   will not help: run with the `--allow-net` it names).
  */
 export type ImmortalErrorCode =
   | "timeout"
@@ -27,7 +29,8 @@ export type ImmortalErrorCode =
   | "closed"
   | "protocol"
   | "tls"
-  | "unreachable";
+  | "unreachable"
+  | "permission";
 
 /** An error that ends an immortal session; `code` says why. */
 export class ImmortalError extends Error {
