@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import net from "node:net";
 import { TunnelClient, TunnelServer } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { pattern, receiveAll, renderRecord, within, withLogs } from "./_helpers.ts";
+import { pattern, receiveAll, renderRecord, waitUntil, within, withLogs } from "./_helpers.ts";
 import { cutWhile, FAST, roundTrips, startTarget, tunnelThroughProxy } from "./_tunnel_helpers.ts";
 import { makeTestCerts } from "./_tls.ts";
 
@@ -136,4 +137,29 @@ Deno.test("TLS tunnel: connections verify their data across link cuts; a server 
   } finally {
     await Deno.remove(certs.dir, { recursive: true });
   }
+});
+
+Deno.test("a local application that resets its connection is news (info), not an error of the tunnel's", async () => {
+  await withLogs(async (records) => {
+    await using target = startTarget("echo");
+    await using server = new TunnelServer({
+      hostname: "127.0.0.1",
+      port: 0,
+      target: { hostname: "127.0.0.1", port: target.port },
+    });
+    await using client = new TunnelClient({
+      port: 0,
+      server: { hostname: "127.0.0.1", port: server.addr.port },
+    });
+    // node:net can send a reset (Deno.Conn cannot): what `socat -u` or a killed client does.
+    const socket = net.connect({ host: "127.0.0.1", port: client.addr.port });
+    await new Promise((resolve) => socket.once("connect", resolve));
+    socket.write("ping");
+    await new Promise((resolve) => socket.once("data", resolve));
+    socket.resetAndDestroy();
+    const failed = (line: string) => /Tunneled connection from \S+ failed/.test(line);
+    await waitUntil(() => records.some((r) => failed(renderRecord(r))), "the reset logged");
+    const levels = records.filter((r) => failed(renderRecord(r))).map((r) => r.level);
+    assert.deepEqual(levels, ["info"], records.map(renderRecord).join("\n"));
+  });
 });

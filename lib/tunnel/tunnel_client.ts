@@ -60,6 +60,8 @@ export class TunnelClient implements AsyncDisposable {
   #session: Promise<MuxSession> | null = null;
   #current: MuxSession | null = null;
   #failures = new LogLimiter((line) => log.error(line));
+  /** A local application's own resets (`socat -u`, a killed client): news, not errors of ours. */
+  #localEnds = new LogLimiter((line) => log.info(line));
   #closing = new AbortController();
   #serving: Promise<void>;
   /** Every local connection's forwarding, so close() can wait for all of them, opening ones included. */
@@ -205,7 +207,9 @@ export class TunnelClient implements AsyncDisposable {
       // A lost session fails all its connections at once: one line per
       // reason per interval, with a count, not ten thousand.
       const reason = errorMessage(error);
-      this.#failures.event(reason, `Tunneled connection from ${local} failed: ${reason}`);
+      // The session's failures are ours; anything else came from the local socket.
+      const limiter = error instanceof ImmortalError ? this.#failures : this.#localEnds;
+      limiter.event(reason, `Tunneled connection from ${local} failed: ${reason}`);
       try {
         tcp.close();
       } catch {
@@ -236,6 +240,7 @@ export class TunnelClient implements AsyncDisposable {
     // A connection still opening its session ends as soon as it has one.
     await Promise.allSettled([...this.#carrying]);
     this.#failures.flush();
+    this.#localEnds.flush();
   }
 
   /** Same as {@linkcode TunnelClient.close}. */
