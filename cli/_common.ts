@@ -81,12 +81,35 @@ export function parseLogLevel(text: string): (typeof LOG_LEVELS)[number] {
   return text as (typeof LOG_LEVELS)[number];
 }
 
-/** Reads a text file named on the command line; a failure is a usage error. */
+/** Whether `error`, or one of its causes, is Deno refusing an access the process was not granted. */
+export function isPermissionError(error: unknown): boolean {
+  // Errors of ours wrap the platform's as their cause (an unreachable server, say).
+  for (let e = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/**
+ * Reads a text file named on the command line. A file that is not there or
+ * unreadable is a usage error; a missing `--allow-read` is not the
+ * arguments' fault, so it says which flag to add (exit code 1).
+ */
 export function readFileArg(what: string, path: string): string {
   try {
     return Deno.readTextFileSync(path);
   } catch (error) {
-    throw new UsageError(`cannot read ${what} ${path}: ${errorMessage(error)}`);
+    if (error instanceof Deno.errors.NotCapable) {
+      throw new Error(`no permission to read ${what} ${path}: run with --allow-read=${path}`);
+    }
+    // Deno ends its message with the path ("...: readfile '/x'"), which we named already.
+    const reason = errorMessage(error).replace(
+      /: \w+ '([^']*)'$/,
+      (all, named) => named === path ? "" : all,
+    );
+    throw new UsageError(`cannot read ${what} ${path}: ${reason}`);
   }
 }
 
@@ -115,9 +138,34 @@ function _render(record: LogRecord): string {
   return text.replace(/\b([0-9a-f]{8})[0-9a-f]{24}\b/g, "$1");
 }
 
+/** Categories (joined with ".") whose debug and info records are dropped for now: see {@linkcode quietly}. */
+const _quieted = new Map<string, number>();
+
+/**
+ * Runs `work` with the debug and info records of `category` dropped: for a
+ * command that retries something and says so once in its own words, rather
+ * than a library line per attempt. Warnings and errors still show.
+ */
+export async function quietly<T>(category: readonly string[], work: () => Promise<T>): Promise<T> {
+  const key = category.join(".");
+  _quieted.set(key, (_quieted.get(key) ?? 0) + 1);
+  try {
+    return await work();
+  } finally {
+    const left = _quieted.get(key)! - 1;
+    if (left === 0) _quieted.delete(key);
+    else _quieted.set(key, left);
+  }
+}
+
 /** Sends `["immortal", ...]` logs to stderr as timestamped lines. */
 async function _setupLogging(level: LogLevel): Promise<void> {
   await configure({
+    filters: {
+      quieted: (record) =>
+        !["trace", "debug", "info"].includes(record.level) ||
+        !_quieted.has(record.category.join(".")),
+    },
     sinks: {
       stderr: (record) =>
         console.error(
@@ -127,7 +175,7 @@ async function _setupLogging(level: LogLevel): Promise<void> {
         ),
     },
     loggers: [
-      { category: ["immortal"], lowestLevel: level, sinks: ["stderr"] },
+      { category: ["immortal"], lowestLevel: level, sinks: ["stderr"], filters: ["quieted"] },
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
     ],
   });
@@ -147,10 +195,14 @@ export interface Service {
 export interface ServiceCommand<C extends { logLevel: LogLevel }> {
   usage: string;
   parse(args: string[]): C | "help";
-  start(config: C, log: Logger): Promise<Service>;
+  /**
+   * Starts the service. A start that waits (for a relay, say) gives up when
+   * `stopping` aborts, on SIGINT/SIGTERM: it may then reject with anything,
+   * and the command exits 0 as after any clean stop.
+   */
+  start(config: C, log: Logger, stopping: AbortSignal): Promise<Service>;
 }
 
-/** Resolves with the name of the first SIGINT or SIGTERM, then stops listening for them. */
 /**
  * Listens for SIGINT/SIGTERM from now on. Listening starts before the service
  * does: a signal that arrives while it starts (say, right after it logged
@@ -182,8 +234,19 @@ async function _serve<C extends { logLevel: LogLevel }>(
   await _setupLogging(config.logLevel);
   const log = getLogger(["immortal", "cli"]);
   const stop = _stopSignal();
+  // A signal while the service starts ends its start: a start may wait for
+  // a minute (a relay not up yet), and Ctrl-C must not wait with it.
+  const starting = new AbortController();
+  stop.signal.then(() => starting.abort());
   try {
-    const service = await command.start(config, log);
+    let service: Service;
+    try {
+      service = await command.start(config, log, starting.signal);
+    } catch (error) {
+      if (!starting.signal.aborted) throw error;
+      log.info("{signal}: stopping", { signal: await stop.signal });
+      return 0;
+    }
     let signal: Deno.Signal;
     try {
       signal = await (service.failed ? Promise.race([stop.signal, service.failed]) : stop.signal);

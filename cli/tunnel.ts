@@ -16,9 +16,11 @@ import { parseArgs } from "node:util";
 import type { Logger } from "@logtape/logtape";
 import {
   flagError,
+  isPermissionError,
   parseLogLevel,
   parseMillis,
   parsePort,
+  quietly,
   readFileArg,
   readPemCertificate,
   readPemPair,
@@ -33,9 +35,9 @@ import {
   ImmortalError,
   type SessionOptions,
 } from "../lib/conn/mod.ts";
-import { RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
+import { RelayConnectError, RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
-import { delay, errorMessage } from "../lib/_util.ts";
+import { backoffDelay, delay, errorMessage, parsePortText } from "../lib/_util.ts";
 
 const USAGE = `immortal tunnel — TCP forwarding that survives broken links
 
@@ -55,7 +57,8 @@ Usage:
   Through a relay, neither end listens for the other: both make outgoing
   HTTP(S) requests only. The server joins session S of the relay as NAME;
   the client reaches NAME there. A key is required (the relay must not be
-  able to stand in the middle); make one with "tunnel keygen".
+  able to stand in the middle); make one with
+  "deno run cli/tunnel.ts keygen > tunnel.key".
 
 Options:
   --relay URL         the relay (http: or https:) both ends reach
@@ -67,6 +70,12 @@ Options:
   --relay-secret-file PATH  read the relay's secret from a file (first line)
   --proxy URL         reach the relay through this HTTP proxy (default: the
                       HTTPS_PROXY/HTTP_PROXY variables, for HTTP streaming)
+  --relay-wait SECONDS  at start, keep trying this long to reach a relay that
+                      does not answer, and (client) for the server to join
+                      the session (default: 30)
+  --name-wait SECONDS server: while another node holds --name in the session
+                      (say, this server's previous run, not yet noticed
+                      gone), wait this long for it (default: 90)
   --listen-host HOST  address to listen on (server: 0.0.0.0, client: 127.0.0.1)
   --key KEY           pre-shared key (both ends must use the same)
   --key-file PATH     read the pre-shared key from a file (first line)
@@ -142,7 +151,20 @@ export interface TunnelRelayConfig {
   proxy?: string;
   /** Extra CA certificates for an https: relay. */
   caCerts?: string[];
+  /** At start, how long to keep trying to reach the relay (ms); default 30000. */
+  startWait?: number;
+  /** Server: how long to wait for its name while another node holds it (ms); default 90000. */
+  nameWait?: number;
 }
+
+/** At start, how long a relay that does not answer is tried: as long as a direct client waits. */
+const RELAY_START_WAIT_MS = 30_000;
+/** How long a server waits for its name: past the relay's 30 s reservation of a departed node's. */
+const NAME_WAIT_MS = 90_000;
+/** How often a client waiting for its server to join looks at the session's members. */
+const MEMBER_POLL_MS = 200;
+/** Between tries for a held name: each is a join and a leave that the session's members see. */
+const NAME_RETRY_MS = 1000;
 
 function _tlsSettings(
   role: "server" | "client",
@@ -214,6 +236,8 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
         "relay-secret": { type: "string" },
         "relay-secret-file": { type: "string" },
         proxy: { type: "string" },
+        "relay-wait": { type: "string" },
+        "name-wait": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     });
@@ -228,11 +252,7 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
     throw new UsageError(`unknown command "${role}" (use server, client or keygen)`);
   }
   const relay = _relaySettings(role, values);
-  // Through a relay the server listens nowhere, and the client names no server.
-  const [listen, host, port, ...extra] = relay
-    ? (role === "server" ? ["0", ...positionals.slice(1)] : [...positionals.slice(1), "-", "0"])
-    : positionals.slice(1);
-  if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
+  const [listen, host, port] = _positionals(role, relay !== undefined, positionals.slice(1));
   const listenPort = parsePort("<listenPort>", listen, relay !== undefined && role === "server");
   const hostWhat = role === "server" ? "<forwardHost>" : "<serverHost>";
   if (host === undefined) throw new UsageError(`missing ${hostWhat}`);
@@ -246,14 +266,20 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
     throw new UsageError("give --key or --key-file, not both");
   }
   let key = values.key;
-  if (values["key-file"] !== undefined) {
-    key = readFileArg("key file", values["key-file"]).split(/\r?\n/)[0];
+  const keyFile = values["key-file"];
+  if (keyFile !== undefined) key = readFileArg("key file", keyFile).split(/\r?\n/)[0];
+  if (key !== undefined && key.length === 0) {
+    throw new UsageError(
+      keyFile === undefined
+        ? "the key is empty"
+        : `the key file ${keyFile} holds no key (its first line is empty)`,
+    );
   }
-  if (key !== undefined && key.length === 0) throw new UsageError("the key is empty");
   if (relay && key === undefined) {
     throw new UsageError(
       "through a relay a key is required (the relay must not be able to stand in the middle): " +
-        "make one with `tunnel keygen > tunnel.key` and give both ends --key-file tunnel.key",
+        "make one with tunnel keygen (`deno run cli/tunnel.ts keygen > tunnel.key`) and give " +
+        "both ends --key-file tunnel.key",
     );
   }
   if (relay && (values.tls || values["tls-name"] || values["tls-cert"] || values["tls-key"])) {
@@ -288,6 +314,63 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
   };
 }
 
+/** The forms of the command line, to say which one was expected. */
+const FORMS = {
+  server: "tunnel server <listenPort> <forwardHost> <forwardPort>",
+  client: "tunnel client <listenPort> <serverHost> <serverPort>",
+  relayServer: "tunnel server --relay URL --session S --name NAME <forwardHost> <forwardPort>",
+  relayClient: "tunnel client <listenPort> --relay URL --session S --to NAME",
+};
+
+/**
+ * The positional arguments as `[listenPort, host, port]`. Through a relay
+ * the server listens nowhere (port "0") and the client names no server
+ * (the relay config names it). One too many is named as the user wrote it,
+ * with the form that was expected.
+ */
+function _positionals(
+  role: "server" | "client",
+  relay: boolean,
+  given: string[],
+): [string | undefined, string | undefined, string | undefined] {
+  const excess = (arg: string, why: string, form: string) =>
+    new UsageError(`unexpected argument "${arg}"${why}; expected: ${form}`);
+  if (!relay) {
+    if (given.length > 3) throw excess(given[3], "", FORMS[role]);
+    return [given[0], given[1], given[2]];
+  }
+  if (role === "client") {
+    if (given.length > 1) {
+      throw excess(
+        given[1],
+        ": through a relay the client takes no server address (--to names the server)",
+        FORMS.relayClient,
+      );
+    }
+    return [given[0], "-", "0"];
+  }
+  if (given.length > 2) {
+    // Most likely the direct form with --relay added: its <listenPort> is the odd one out.
+    const directForm = given.length === 3 && parsePortText(given[0]) !== null &&
+      parsePortText(given[2]) !== null;
+    throw excess(
+      directForm ? given[0] : given[2],
+      directForm ? ": through a relay the server listens on no port" : "",
+      FORMS.relayServer,
+    );
+  }
+  return ["0", given[0], given[1]];
+}
+
+/** A number of seconds from 0 to about 24.8 days (a timer's limit), as milliseconds. */
+function _seconds(flag: string, text: string): number {
+  const seconds = Number(text);
+  if (text.trim() === "" || !(seconds >= 0 && seconds <= 2_147_483)) {
+    throw new UsageError(`${flag} must be a number of seconds from 0 to 2147483, got "${text}"`);
+  }
+  return Math.round(seconds * 1000);
+}
+
 /** The relay flags, checked; undefined without `--relay`. */
 function _relaySettings(
   role: "server" | "client",
@@ -295,7 +378,16 @@ function _relaySettings(
 ): TunnelRelayConfig | undefined {
   const text = (flag: string) => values[flag] as string | undefined;
   const url = text("relay");
-  const relayOnly = ["session", "name", "to", "relay-secret", "relay-secret-file", "proxy"];
+  const relayOnly = [
+    "session",
+    "name",
+    "to",
+    "relay-secret",
+    "relay-secret-file",
+    "proxy",
+    "relay-wait",
+    "name-wait",
+  ];
   if (url === undefined) {
     const given = relayOnly.find((flag) => values[flag] !== undefined);
     if (given) throw new UsageError(`--${given} needs --relay`);
@@ -316,6 +408,9 @@ function _relaySettings(
     throw new UsageError("a tunnel server on a relay needs --name (what clients reach it by)");
   }
   if (role === "server" && text("to") !== undefined) throw new UsageError("--to is for the client");
+  if (role === "client" && text("name-wait") !== undefined) {
+    throw new UsageError("--name-wait is for the server");
+  }
   if (role === "client" && text("to") === undefined) {
     throw new UsageError("a tunnel client on a relay needs --to (the server's --name)");
   }
@@ -330,6 +425,8 @@ function _relaySettings(
   if (proxy !== undefined && !/^https?:\/\//.test(proxy)) {
     throw new UsageError(`--proxy must be an http: or https: URL, got "${proxy}"`);
   }
+  const startWait = text("relay-wait");
+  const nameWait = text("name-wait");
   return {
     url,
     session,
@@ -337,6 +434,8 @@ function _relaySettings(
     ...(role === "client" ? { to: text("to") } : {}),
     ...(secret !== undefined ? { secret } : {}),
     ...(proxy !== undefined ? { proxy } : {}),
+    ...(startWait !== undefined ? { startWait: _seconds("--relay-wait", startWait) } : {}),
+    ...(nameWait !== undefined ? { nameWait: _seconds("--name-wait", nameWait) } : {}),
   };
 }
 
@@ -379,16 +478,29 @@ function _sessionSettings(
   return session;
 }
 
-async function _start(config: TunnelCliConfig, log: Logger): Promise<Service> {
+async function _start(
+  config: TunnelCliConfig,
+  log: Logger,
+  stopping: AbortSignal,
+): Promise<Service> {
+  await _checkNetPermissions(config);
   let node: RelayNode | undefined;
   let tunnel: TunnelServer | TunnelClient;
   let client: ReturnType<typeof _startClient> | undefined;
   if (config.relay) {
-    node = await _joinRelay(config.relay, log);
+    node = config.role === "server"
+      ? await _joinAsName(config.relay, log, stopping)
+      : await _joinRelay(config.relay, log, stopping);
+    log.info("Joined session {session} of the relay at {url} as {name} ({transport})", {
+      session: config.relay.session,
+      url: config.relay.url,
+      name: node.nickname,
+      transport: node.transport,
+    });
     try {
       tunnel = config.role === "server"
         ? _startRelayServer(config, config.relay, node, log)
-        : await _startRelayClient(config, config.relay, node, log);
+        : await _startRelayClient(config, config.relay, node, log, stopping);
     } catch (error) {
       await node.close();
       throw error;
@@ -399,13 +511,18 @@ async function _start(config: TunnelCliConfig, log: Logger): Promise<Service> {
     client = _startClient(config, log);
     tunnel = client.tunnel;
   }
+  const printStats = _statsPrinter(tunnel);
   const stats = config.statsSeconds > 0
-    ? setInterval(() => _printStats(tunnel), config.statsSeconds * 1000)
+    ? setInterval(printStats, config.statsSeconds * 1000)
     : undefined;
+  const closing = new AbortController();
+  const dropped = node && config.relay ? _nodeDropped(node, config.relay, closing.signal) : null;
+  const failed = [client?.failed, dropped].filter((p): p is Promise<never> => p != null);
   return {
     stopping: "closing the tunnel",
-    failed: client?.failed,
+    failed: failed.length > 0 ? Promise.race(failed) : undefined,
     async close() {
+      closing.abort();
       client?.stop();
       clearInterval(stats);
       await tunnel.close();
@@ -414,30 +531,193 @@ async function _start(config: TunnelCliConfig, log: Logger): Promise<Service> {
   };
 }
 
-/** Joins the relay session as the tunnel end's name; refusals and failures in one line. */
-async function _joinRelay(relay: TunnelRelayConfig, log: Logger): Promise<RelayNode> {
-  let node: RelayNode;
-  try {
-    node = await RelayNode.connect(relay.url, {
-      session: relay.session,
-      nickname: relay.name,
-      secret: relay.secret,
-      proxy: relay.proxy,
-      caCerts: relay.caCerts,
-    });
-  } catch (error) {
-    if (error instanceof RelayRefusedError) {
-      throw new Error(`the relay at ${relay.url} refused us: ${error.message}`);
-    }
-    throw new Error(`cannot reach the relay at ${relay.url}: ${errorMessage(error)}`);
+/**
+ * Rejects when the relay ends the node's membership for good while the
+ * tunnel runs (it came back with another secret, say): no pipe can come or
+ * go any more, so the command says why and exits, rather than wait for ever.
+ * Never settles when the tunnel itself closes the node (`closing`).
+ */
+async function _nodeDropped(
+  node: RelayNode,
+  relay: TunnelRelayConfig,
+  closing: AbortSignal,
+): Promise<never> {
+  let why = "it ended our membership";
+  for await (const event of node.events) {
+    if (event.type === "error") why = event.message;
   }
-  log.info("Joined session {session} of the relay at {url} as {name} ({transport})", {
+  if (closing.aborted) return await new Promise<never>(() => {});
+  throw new Error(`the relay at ${relay.url} dropped us: ${why}`);
+}
+
+/** `host:port` as Deno's net permissions name it (IPv6 in brackets). */
+function _netName(host: string, port: number): string {
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * Checks, before anything starts, that the process may use every address
+ * the command needs. Deno would otherwise refuse each use later: a client
+ * would take the refusal for an unreachable server and retry for ever, a
+ * server would fail every connection to its target. Where Deno may ask the
+ * user (a terminal, no --no-prompt), it asks now rather than mid-tunnel.
+ */
+async function _checkNetPermissions(config: TunnelCliConfig): Promise<void> {
+  const needs: { host: string; what: string }[] = [];
+  if (!(config.relay && config.role === "server")) {
+    needs.push({ host: _netName(config.listenHost, config.listenPort), what: "listen on" });
+  }
+  if (config.relay) {
+    const url = new URL(config.relay.url);
+    const port = url.port || (url.protocol === "https:" ? "443" : "80");
+    needs.push({ host: `${url.hostname}:${port}`, what: "reach the relay at" });
+  }
+  if (config.role === "server") {
+    needs.push({
+      host: _netName(config.peerHost, config.peerPort),
+      what: "reach the forward target",
+    });
+  } else if (!config.relay) {
+    needs.push({
+      host: _netName(config.peerHost, config.peerPort),
+      what: "reach the tunnel server at",
+    });
+  }
+  const missing: string[] = [];
+  for (const { host, what } of needs) {
+    const descriptor = { name: "net", host } as const;
+    let { state } = await Deno.permissions.query(descriptor);
+    if (state === "prompt") ({ state } = await Deno.permissions.request(descriptor));
+    if (state !== "granted") missing.push(`${what} ${host}`);
+  }
+  if (missing.length > 0) {
+    // The whole list the command needs: Deno takes one value list per flag.
+    throw new Error(
+      `no net permission to ${missing.join(", or to ")}: run with --allow-net=${
+        needs.map((need) => need.host).join(",")
+      }`,
+    );
+  }
+}
+
+/** Thrown when a signal ends a start that was waiting: the command then exits 0. */
+const STOPPED = new Error("stopped while starting");
+
+/** One try at joining (a relay node's own retries are ours here), given up on a signal. */
+async function _connectNode(relay: TunnelRelayConfig, stopping: AbortSignal): Promise<RelayNode> {
+  const connecting = RelayNode.connect(relay.url, {
     session: relay.session,
-    url: relay.url,
-    name: node.nickname,
-    transport: node.transport,
+    nickname: relay.name,
+    secret: relay.secret,
+    proxy: relay.proxy,
+    caCerts: relay.caCerts,
+    retries: 1,
   });
-  return node;
+  let onAbort = () => {};
+  const stopped = new Promise<never>((_, reject) => {
+    onAbort = () => reject(STOPPED);
+    stopping.addEventListener("abort", onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([connecting, stopped]);
+  } catch (error) {
+    // A join still on its way when the signal came must not stay joined.
+    if (error === STOPPED) connecting.then((node) => node.close(), () => {});
+    throw error;
+  } finally {
+    stopping.removeEventListener("abort", onAbort);
+  }
+}
+
+/** Whether reaching the relay may work later: nothing answered, or it was briefly unable to take us. */
+function _mayComeUp(error: unknown): boolean {
+  if (isPermissionError(error)) return false;
+  if (error instanceof RelayRefusedError) return error.code === "unavailable";
+  return error instanceof RelayConnectError &&
+    ["unreachable", "timeout", "broken"].includes(error.code);
+}
+
+/**
+ * Joins the relay session under the tunnel end's name. A relay that does
+ * not answer yet is tried for `startWait`, as a direct client waits for
+ * its server (boot order), with one line saying so; refusals, a server that
+ * is no relay, and the end of the wait are one line each.
+ */
+async function _joinRelay(
+  relay: TunnelRelayConfig,
+  log: Logger,
+  stopping: AbortSignal,
+): Promise<RelayNode> {
+  const wait = relay.startWait ?? RELAY_START_WAIT_MS;
+  const deadline = performance.now() + wait;
+  for (let attempt = 1;; attempt++) {
+    try {
+      // After the first try, the node's line per transport per try is no news.
+      return attempt === 1
+        ? await _connectNode(relay, stopping)
+        : await quietly(["immortal", "relay", "node"], () => _connectNode(relay, stopping));
+    } catch (error) {
+      if (error === STOPPED) throw error;
+      if (error instanceof RelayRefusedError && error.code !== "unavailable") {
+        throw new Error(`the relay at ${relay.url} refused us: ${error.message}`);
+      }
+      const remaining = deadline - performance.now();
+      if (!_mayComeUp(error) || remaining <= 0) {
+        const waited = attempt > 1 ? ` (tried for ${Math.round(wait / 1000)} s)` : "";
+        throw new Error(`cannot reach the relay at ${relay.url}${waited}: ${errorMessage(error)}`);
+      }
+      if (attempt === 1) {
+        log.warn("Relay at {url} not reachable ({reason}); trying again for {seconds} s", {
+          url: relay.url,
+          reason: errorMessage(error),
+          seconds: Math.round(wait / 1000),
+        });
+      }
+      const pause = Math.min(remaining, backoffDelay(attempt, 250, 2000));
+      if (!(await delay(pause, stopping))) throw STOPPED;
+    }
+  }
+}
+
+/**
+ * Joins the relay session as exactly the server's name. A relay that finds
+ * the name held gives a suffixed one (`lab-echo(1)`), which no client would
+ * reach: leave it, and try again until the name is free, for `nameWait`.
+ * The holder may be another tunnel server, or this one's previous run: a
+ * server that stopped with a bye frees its name at once, but the relay
+ * keeps a crashed one's for its return, until it notices it gone and the
+ * reservation ends.
+ */
+async function _joinAsName(
+  relay: TunnelRelayConfig,
+  log: Logger,
+  stopping: AbortSignal,
+): Promise<RelayNode> {
+  let node = await _joinRelay(relay, log, stopping);
+  if (node.nickname === relay.name) return node;
+  const wait = relay.nameWait ?? NAME_WAIT_MS;
+  const deadline = performance.now() + wait;
+  if (wait > 0) {
+    log.warn(
+      'The name "{name}" is held in session {session} (by another tunnel server, or one that just stopped); waiting for it for up to {seconds} s',
+      { name: relay.name, session: relay.session, seconds: Math.round(wait / 1000) },
+    );
+  }
+  for (;;) {
+    await node.close();
+    const remaining = deadline - performance.now();
+    if (remaining <= 0) {
+      throw new Error(
+        `the name "${relay.name}" is taken in session ${relay.session}` +
+          (wait > 0 ? ` (still, after ${Math.round(wait / 1000)} s)` : "") +
+          ": is another tunnel server using it? Stop it, or give this one another --name",
+      );
+    }
+    if (!(await delay(Math.min(remaining, NAME_RETRY_MS), stopping))) throw STOPPED;
+    // Each try joins and leaves: the node's own lines about it are no news.
+    node = await quietly(["immortal", "relay", "node"], () => _joinRelay(relay, log, stopping));
+    if (node.nickname === relay.name) return node;
+  }
 }
 
 function _startRelayServer(
@@ -446,11 +726,6 @@ function _startRelayServer(
   node: RelayNode,
   log: Logger,
 ): TunnelServer {
-  if (node.nickname !== relay.name) {
-    throw new Error(
-      `the name "${relay.name}" is taken in session ${relay.session} (another tunnel server?)`,
-    );
-  }
   const tunnel = new TunnelServer({
     port: 0,
     acceptor: node.pipeAcceptor(),
@@ -470,10 +745,26 @@ async function _startRelayClient(
   relay: TunnelRelayConfig,
   node: RelayNode,
   log: Logger,
+  stopping: AbortSignal,
 ): Promise<TunnelClient> {
   const to = relay.to!;
-  if (!node.members.some((member) => member.nickname === to)) {
-    throw new Error(`no tunnel server "${to}" in session ${relay.session} of ${relay.url}`);
+  const present = () => node.members.some((member) => member.nickname === to);
+  if (!present()) {
+    // Boot order: the server may join a moment later (as a direct client
+    // waits for its server). A wrong name still fails, after the wait.
+    const wait = relay.startWait ?? RELAY_START_WAIT_MS;
+    log.warn("No tunnel server {to} in session {session} yet; waiting up to {seconds} s for it", {
+      to,
+      session: relay.session,
+      seconds: Math.round(wait / 1000),
+    });
+    const deadline = performance.now() + wait;
+    while (!present() && performance.now() < deadline) {
+      if (!(await delay(MEMBER_POLL_MS, stopping))) throw STOPPED;
+    }
+    if (!present()) {
+      throw new Error(`no tunnel server "${to}" in session ${relay.session} of ${relay.url}`);
+    }
   }
   // Fail fast on a server that refuses us (or our key), rather than on the
   // first user connection.
@@ -495,6 +786,8 @@ async function _startRelayClient(
     listen: `${config.listenHost}:${config.listenPort}`,
     to,
   });
+  // The session above went through: the whole path works, as in direct mode's line.
+  log.info("Tunnel server {to} answered through the relay: the tunnel is up", { to });
   return tunnel;
 }
 
@@ -573,10 +866,12 @@ function _startClient(
         return;
       } catch (error) {
         if (stopping.signal.aborted) return;
-        // Nothing answering, or a busy server, may change; anything else will not.
+        // Nothing answering, or a busy server, may change; anything else will not,
+        // a permission Deno refused least of all (it reads as "unreachable").
         if (
           error instanceof ImmortalError &&
-          (error.code === "unreachable" || error.code === "rejected")
+          (error.code === "unreachable" || error.code === "rejected") &&
+          !isPermissionError(error)
         ) {
           log.warn(
             "Tunnel server {server} still not available ({reason}); listening anyway, local connections wait for it",
@@ -596,18 +891,35 @@ function _startClient(
   return { tunnel, failed: failed.promise, stop: () => stopping.abort() };
 }
 
-function _printStats(tunnel: TunnelServer | TunnelClient): void {
-  if (tunnel instanceof TunnelClient) {
-    for (const session of tunnel.sessions) {
-      const st = session.stats;
-      console.error(
-        `stats ${session.sessionId.slice(0, 8)} ${st.state}: ${st.bytesWritten} B out, ` +
-          `${st.bytesRead} B in, ${st.reconnects} reconnects, ${st.replayedBytes} B replayed, ` +
-          `rtt ${st.rttMs?.toFixed(1) ?? "-"} ms`,
-      );
+/**
+ * What `--stats` prints each interval: the statistics, but only when they
+ * changed since they were last printed. An idle tunnel, or a client whose
+ * server is down, would otherwise repeat the same lines for ever. The round
+ * trip time alone does not count as a change: it moves at every heartbeat.
+ */
+function _statsPrinter(tunnel: TunnelServer | TunnelClient): () => void {
+  let last: string | undefined;
+  return () => {
+    const lines: string[] = [];
+    const changes: string[] = [];
+    if (tunnel instanceof TunnelClient) {
+      for (const session of tunnel.sessions) {
+        const st = session.stats;
+        const counts = `stats ${session.sessionId.slice(0, 8)} ${st.state}: ` +
+          `${st.bytesWritten} B out, ${st.bytesRead} B in, ${st.reconnects} reconnects, ` +
+          `${st.replayedBytes} B replayed`;
+        changes.push(counts);
+        lines.push(`${counts}, rtt ${st.rttMs?.toFixed(1) ?? "-"} ms`);
+      }
     }
-  }
-  console.error(`stats ${tunnel.connections} open connection(s)`);
+    const open = `stats ${tunnel.connections} open connection(s)`;
+    changes.push(open);
+    lines.push(open);
+    const now = changes.join("\n");
+    if (now === last) return;
+    last = now;
+    for (const line of lines) console.error(line);
+  };
 }
 
 if (import.meta.main) {

@@ -89,3 +89,93 @@ Deno.test("tunnel CLI: bad link-failure flags are refused in one sentence naming
     assert.throws(() => parseTunnelArgs(args), message, args.join(" "));
   }
 });
+
+Deno.test("tunnel CLI: an argument too many is named as the user wrote it, with the form expected", () => {
+  const relay = ["--relay", "http://127.0.0.1:25080", "--session", "lab", "--key", "k"];
+  const cases: [string[], RegExp][] = [
+    // The direct client's form with --relay added: the server address is what is too many.
+    [
+      ["client", "25501", "127.0.0.1", "25080", ...relay, "--to", "x"],
+      /: unexpected argument "127\.0\.0\.1": through a relay the client takes no server address .*; expected: tunnel client <listenPort> --relay URL --session S --to NAME$/,
+    ],
+    [
+      ["client", "25501", "127.0.0.1", ...relay, "--to", "x"],
+      /: unexpected argument "127\.0\.0\.1"/,
+    ],
+    // The direct server's form with --relay added: the listen port is the odd one out.
+    [
+      ["server", "25999", ...relay, "--name", "zz", "127.0.0.1", "25022"],
+      /: unexpected argument "25999": through a relay the server listens on no port; expected: tunnel server --relay URL .* <forwardHost> <forwardPort>$/,
+    ],
+    [
+      ["server", ...relay, "--name", "zz", "127.0.0.1", "22", "extra"],
+      /: unexpected argument "extra"; expected: tunnel server --relay/,
+    ],
+    [
+      ["server", "2000", "127.0.0.1", "22", "extra"],
+      /: unexpected argument "extra"; expected: tunnel server <listenPort> <forwardHost> <forwardPort>$/,
+    ],
+    [
+      ["client", "2001", "127.0.0.1", "2000", "extra"],
+      /: unexpected argument "extra"; expected: tunnel client <listenPort> <serverHost> <serverPort>$/,
+    ],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(() => parseTunnelArgs(args), message, args.join(" "));
+    // Never one of the placeholders the parser puts in for what a relay form leaves out.
+    assert.throws(() => parseTunnelArgs(args), (e: Error) => !/"(-|0)"/.test(e.message));
+  }
+});
+
+Deno.test("tunnel CLI: the waits through a relay are flags in seconds, for the end they concern", () => {
+  const relay = ["--relay", "http://r.example", "--session", "lab", "--key", "k"];
+  const server = parse([
+    "server",
+    ...relay,
+    "--name",
+    "db",
+    "--relay-wait",
+    "5",
+    "--name-wait",
+    "0.5",
+    "h",
+    "1",
+  ]);
+  assert.equal(server.relay?.startWait, 5000);
+  assert.equal(server.relay?.nameWait, 500);
+  assert.equal(parse(["client", "1", ...relay, "--to", "db"]).relay?.startWait, undefined);
+  const cases: [string[], RegExp][] = [
+    [["client", "1", ...relay, "--to", "db", "--name-wait", "5"], /--name-wait is for the server/],
+    [["client", "1", ...relay, "--to", "db", "--relay-wait=-1"], /--relay-wait must be a number/],
+    [["client", "1", "h", "2", "--relay-wait", "5"], /--relay-wait needs --relay/],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(() => parseTunnelArgs(args), message, args.join(" "));
+  }
+});
+
+Deno.test("tunnel CLI: key errors name the key file once, and the command that makes a key", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "immortal-key-" });
+  try {
+    await Deno.writeTextFile(`${dir}/blank.key`, "\nsecond line\n");
+    assert.throws(
+      () => parseTunnelArgs([...SERVER, "--key-file", `${dir}/blank.key`]),
+      new RegExp(`: the key file ${dir}/blank\\.key holds no key \\(its first line is empty\\)$`),
+    );
+    const missing = `${dir}/missing.key`;
+    assert.throws(
+      () => parseTunnelArgs([...SERVER, "--key-file", missing]),
+      (error: Error) => {
+        assert.match(error.message, /^cannot read key file .*missing\.key: No such file/);
+        assert.equal(error.message.split("missing.key").length - 1, 1, error.message);
+        return true;
+      },
+    );
+    assert.throws(
+      () => parseTunnelArgs(["client", "1", "--relay", "http://r", "--session", "s", "--to", "db"]),
+      /make one with tunnel keygen \(`deno run cli\/tunnel\.ts keygen > tunnel\.key`\)/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -148,6 +148,45 @@ Deno.test("rsync of 64 MiB over OpenSSH through a relay-named tunnel (both ends 
   }
 });
 
+Deno.test("tunnel CLI through a relay: a client started first waits for its server; a relay that comes back with another secret: both ends say it dropped them, and exit 1", async () => {
+  const relayPort = freePort();
+  let relay = startRelayCli(relayPort, "s3cret");
+  await relay.waitFor(/Relay listening/, "the relay starting");
+  const url = `http://127.0.0.1:${relayPort}`;
+  const common = ["--relay", url, "--session", "lab", "--relay-secret", "s3cret", "--key", "k"];
+  const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const localPort = freePort();
+  // The client first: it waits for its server to join (boot order).
+  const client = spawnCli(
+    [`--allow-net=127.0.0.1:${relayPort},127.0.0.1:${localPort}`],
+    TUNNEL,
+    ["client", String(localPort), ...common, "--to", "lab", ...FAST_CLIENT],
+  );
+  await client.waitFor(/No tunnel server lab in session lab yet; waiting/, "the client waiting");
+  const server = spawnCli(
+    [`--allow-net=127.0.0.1:${relayPort},127.0.0.1:${target.addr.port}`],
+    TUNNEL,
+    ["server", ...common, "--name", "lab", "127.0.0.1", String(target.addr.port), ...FAST],
+  );
+  try {
+    await server.waitFor(/Tunnel server lab on the relay/, "the tunnel server");
+    await client.waitFor(/the tunnel is up/, "the tunnel client");
+    assert.equal(await relay.stop(), 0);
+    relay = startRelayCli(relayPort, "another secret");
+    await relay.waitFor(/Relay listening/, "the relay back, with another secret");
+    const dropped = /^error: the relay at \S+ dropped us: missing or wrong relay secret$/m;
+    for (const end of [server, client]) {
+      await end.waitFor(dropped, "the end saying why");
+      assert.equal((await end.child.status).code, 1, end.log);
+    }
+  } finally {
+    await server.stop();
+    await client.stop();
+    await relay.stop();
+    target.close();
+  }
+});
+
 Deno.test("tunnel CLI through a relay: keygen, and one clear line for a missing key, a wrong relay secret, an unknown name, a taken name and a wrong key", async () => {
   const key = (await runTunnel(["keygen"], "127.0.0.1")).stdout.trim();
   assert.match(key, /^[0-9a-f]{64}$/);
@@ -191,6 +230,8 @@ Deno.test("tunnel CLI through a relay: keygen, and one clear line for a missing 
     ...common,
     "--to",
     "nobody",
+    "--relay-wait",
+    "0",
     "--key",
     key,
   ], net);
@@ -207,7 +248,7 @@ Deno.test("tunnel CLI through a relay: keygen, and one clear line for a missing 
   try {
     await server.waitFor(/Tunnel server srv on the relay/, "the tunnel server");
     const taken = await runTunnel(
-      ["server", ...common, "--name", "srv", "127.0.0.1", "22", "--key", key],
+      ["server", ...common, "--name", "srv", "127.0.0.1", "22", "--key", key, "--name-wait", "0"],
       net,
     );
     assert.equal(taken.code, 1);

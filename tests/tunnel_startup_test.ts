@@ -3,13 +3,17 @@
  * (and carries connections once the server is up), and a peer that answers
  * but cannot be used (another kind of server, TLS on one side only, a wrong
  * key) is one fatal line at start, not a retry loop. And the client hears
- * why the server could not carry a connection.
+ * why the server could not carry a connection. Through a relay: both ends
+ * wait for a relay that is not up yet, and a server waits for its name.
+ * A permission Deno was not given is one line at start, never retried.
  */
 
 import assert from "node:assert/strict";
-import { connect, ImmortalError, TunnelServer } from "../mod.ts";
+import { connect, ImmortalError, RelayNode, serveRelay, TunnelServer } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
-import { freePort } from "./_helpers.ts";
+import { FaultProxy } from "./_fault_proxy.ts";
+import { freePort, within } from "./_helpers.ts";
+import { recordEvents, startRelay } from "./_relay.ts";
 import { makeTestCerts } from "./_tls.ts";
 import { echoTarget } from "./_tunnel_helpers.ts";
 
@@ -208,6 +212,296 @@ Deno.test("tunnel client: waiting for a server that is down never spins, whateve
     assert.ok(retries.length <= 2, `${retries.length} retries logged at once:\n${client.log}`);
   } finally {
     await client.stop();
+    await Deno.remove(path);
+  }
+});
+
+/** Stats blocks as printed (each ends with its "open connection(s)" line), the rtt left out. */
+function statsBlocks(log: string): string[] {
+  const blocks: string[] = [];
+  let block: string[] = [];
+  for (const line of log.split("\n").filter((l) => l.startsWith("stats "))) {
+    block.push(line.replace(/, rtt .* ms$/, ""));
+    if (/open connection\(s\)$/.test(line)) {
+      blocks.push(block.join("\n"));
+      block = [];
+    }
+  }
+  return blocks;
+}
+
+/** Waits for a CLI to exit by itself (bounded), and returns its code. */
+async function exitCode(cli: ReturnType<typeof spawnCli>, what: string): Promise<number> {
+  const { code } = await within(30_000, what, cli.child.status);
+  await cli.stop();
+  return code;
+}
+
+Deno.test("tunnel CLI: a net or read permission Deno was not given is one line at start naming the flag, never a retry", async () => {
+  const { path } = await keyFile();
+  const listen = freePort();
+  const far = freePort();
+  const relayPort = freePort();
+  try {
+    const cases: [string, string[], string[], RegExp][] = [
+      [
+        "a client that may not reach its server",
+        [`--allow-net=127.0.0.1:${listen}`, `--allow-read=${path}`],
+        ["client", String(listen), "127.0.0.1", String(far), "--key-file", path],
+        new RegExp(
+          `^error: no net permission to reach the tunnel server at 127\\.0\\.0\\.1:${far}: run with --allow-net=127\\.0\\.0\\.1:${listen},127\\.0\\.0\\.1:${far}$`,
+          "m",
+        ),
+      ],
+      [
+        "a server that may not reach its target",
+        [`--allow-net=127.0.0.1:${listen}`, `--allow-read=${path}`],
+        [
+          "server",
+          String(listen),
+          "127.0.0.1",
+          String(far),
+          "--listen-host",
+          "127.0.0.1",
+          "--key-file",
+          path,
+        ],
+        new RegExp(
+          `^error: no net permission to reach the forward target 127\\.0\\.0\\.1:${far}: run with --allow-net=127\\.0\\.0\\.1:${listen},127\\.0\\.0\\.1:${far}$`,
+          "m",
+        ),
+      ],
+      [
+        "a relay-named server that may reach neither the relay nor its target",
+        [`--allow-read=${path}`],
+        [
+          "server",
+          "--relay",
+          `http://127.0.0.1:${relayPort}`,
+          "--session",
+          "lab",
+          "--name",
+          "x",
+          "--key-file",
+          path,
+          "127.0.0.1",
+          String(far),
+        ],
+        new RegExp(
+          `^error: no net permission to reach the relay at 127\\.0\\.0\\.1:${relayPort}, or to reach the forward target 127\\.0\\.0\\.1:${far}: run with --allow-net=127\\.0\\.0\\.1:${relayPort},127\\.0\\.0\\.1:${far}$`,
+          "m",
+        ),
+      ],
+      [
+        "a key file it may not read",
+        ["--allow-net=127.0.0.1"],
+        ["client", String(listen), "127.0.0.1", String(far), "--key-file", path],
+        new RegExp(
+          `^error: no permission to read key file ${path}: run with --allow-read=${path}$`,
+          "m",
+        ),
+      ],
+    ];
+    for (const [what, permissions, args, message] of cases) {
+      const cli = spawnCli(permissions, CLI, args);
+      assert.equal(await exitCode(cli, what), 1, `${what}:\n${cli.log}`);
+      assert.match(cli.log, message, what);
+      assert.equal(cli.log.trim().split("\n").length, 1, `${what}: one line\n${cli.log}`);
+      assert.doesNotMatch(cli.log, /unreachable|trying again/, what);
+    }
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("tunnel CLI through a relay that is not up yet: both ends wait for it saying so once, then the tunnel is up; --stats prints changes only", async () => {
+  const { path } = await keyFile();
+  const echo = echoTarget();
+  const relayPort = freePort();
+  // The client reaches the relay through a gate that resets connections until
+  // opened: it can then be let in after the server, which it needs to find there.
+  const gate = await FaultProxy.start({ targetPort: relayPort });
+  gate.refuseNew(true);
+  const listenPort = freePort();
+  const common = ["--session", "lab", "--key-file", path, "--stats", "0.02"];
+  const server = spawnCli(
+    [`--allow-net=127.0.0.1`, `--allow-read=${path}`],
+    CLI,
+    [
+      "server",
+      "--relay",
+      `http://127.0.0.1:${relayPort}`,
+      "--name",
+      "echo",
+      ...common,
+      "127.0.0.1",
+      String(echo.port),
+    ],
+  );
+  const client = spawnCli(
+    [`--allow-net=127.0.0.1`, `--allow-read=${path}`],
+    CLI,
+    [
+      "client",
+      String(listenPort),
+      "--relay",
+      `http://127.0.0.1:${gate.port}`,
+      "--to",
+      "echo",
+      ...common,
+    ],
+  );
+  let relay: ReturnType<typeof serveRelay> | undefined;
+  try {
+    const waiting =
+      /Relay at http:\/\/127\.0\.0\.1:\d+ not reachable \(.*\); trying again for 30 s/;
+    await server.waitFor(waiting, "the server waiting for the relay");
+    await client.waitFor(waiting, "the client waiting for the relay");
+    relay = serveRelay({ hostname: "127.0.0.1", port: relayPort, onListen() {} });
+    await server.waitFor(/Tunnel server echo on the relay/, "the server on the relay");
+    gate.refuseNew(false);
+    await client.waitFor(
+      /Tunnel server echo answered through the relay: the tunnel is up/,
+      "the client saying the tunnel is up",
+    );
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: listenPort });
+    await conn.write(new TextEncoder().encode("after the relay came up"));
+    await conn.closeWrite();
+    assert.equal(await new Response(conn.readable).text(), "after the relay came up");
+    await echo.done;
+    for (const cli of [server, client]) {
+      await cli.waitFor(/^stats \d+ open connection\(s\)$/m, "statistics printed");
+    }
+    assert.equal(await client.stop(), 0, client.log);
+    assert.equal(await server.stop(), 0, server.log);
+    for (const cli of [server, client]) {
+      // Said once, however many tries it took.
+      assert.equal(cli.log.match(/trying again for/g)?.length, 1, cli.log);
+      assert.doesNotMatch(cli.log, /^error:/m, cli.log);
+      // Statistics only when they changed: never the same block twice in a row.
+      const blocks = statsBlocks(cli.log);
+      blocks.slice(1).forEach((block, i) => assert.notEqual(block, blocks[i], cli.log));
+    }
+  } finally {
+    await client.stop();
+    await server.stop();
+    await gate.close();
+    await relay?.shutdown();
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("tunnel CLI through a relay that never comes up: one line, then one error after --relay-wait", async () => {
+  const { path } = await keyFile();
+  const args = [
+    "--relay",
+    `http://127.0.0.1:${freePort()}`,
+    "--session",
+    "lab",
+    "--key-file",
+    path,
+  ];
+  const client = spawnCli(
+    [`--allow-net=127.0.0.1`, `--allow-read=${path}`],
+    CLI,
+    ["client", String(freePort()), ...args, "--to", "x", "--relay-wait", "0.3"],
+  );
+  try {
+    assert.equal(await exitCode(client, "the client giving up"), 1, client.log);
+    assert.match(client.log, /not reachable .*; trying again for 0 s/);
+    assert.match(
+      client.log,
+      /^error: cannot reach the relay at http:\/\/127\.0\.0\.1:\d+ \(tried for 0 s\): .*refused/m,
+    );
+    assert.equal(client.log.match(/^error:/gm)?.length, 1, client.log);
+  } finally {
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("tunnel server through a relay whose name is held: it leaves its stand-in name, waits, and takes the name once it is free", async () => {
+  const { path } = await keyFile();
+  const echo = echoTarget();
+  await using relay = startRelay();
+  const holder = await RelayNode.connect(relay.url, { session: "lab", nickname: "lab-echo" });
+  const seen = recordEvents(holder);
+  const common = ["--relay", relay.url, "--session", "lab", "--key-file", path];
+  const permissions = [`--allow-net=127.0.0.1`, `--allow-read=${path}`];
+  const server = spawnCli(permissions, CLI, [
+    "server",
+    ...common,
+    "--name",
+    "lab-echo",
+    "127.0.0.1",
+    String(echo.port),
+  ]);
+  try {
+    await server.waitFor(
+      /The name "lab-echo" is held in session lab \(by another tunnel server, or one that just stopped\); waiting for it for up to 90 s/,
+      "the server waiting for its name",
+    );
+    // It joined as lab-echo(1), which no client would reach, and left it.
+    await seen.until(
+      () => seen.events.some((e) => e.type === "leave" && e.nickname === "lab-echo(1)"),
+      "the stand-in name left",
+    );
+    // Waiting: not a tunnel server yet.
+    assert.doesNotMatch(server.log, /Tunnel server lab-echo on the relay/);
+    await holder.close();
+    await seen.done();
+    await server.waitFor(/Tunnel server lab-echo on the relay/, "the server taking its name");
+    assert.match(server.log, /Joined session lab of the relay at .* as lab-echo /);
+
+    // A second server for the name, which will not wait: one line, exit 1.
+    const second = spawnCli(permissions, CLI, [
+      "server",
+      ...common,
+      "--name",
+      "lab-echo",
+      "--name-wait",
+      "0",
+      "127.0.0.1",
+      String(echo.port),
+    ]);
+    assert.equal(await exitCode(second, "the second server giving up"), 1, second.log);
+    assert.match(
+      second.log,
+      /^error: the name "lab-echo" is taken in session lab: is another tunnel server using it\? Stop it, or give this one another --name$/m,
+    );
+    // A third, waiting for it, stops cleanly on SIGTERM while it waits.
+    const third = spawnCli(permissions, CLI, [
+      "server",
+      ...common,
+      "--name",
+      "lab-echo",
+      "127.0.0.1",
+      String(echo.port),
+    ]);
+    await third.waitFor(/waiting for it/, "the third server waiting");
+    assert.equal(await third.stop(), 0, third.log);
+    assert.match(third.log, /SIGTERM: stopping/);
+
+    const listenPort = freePort();
+    const client = spawnCli(permissions, CLI, [
+      "client",
+      String(listenPort),
+      ...common,
+      "--to",
+      "lab-echo",
+    ]);
+    try {
+      await client.waitFor(/the tunnel is up/, "the client through the server");
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: listenPort });
+      await conn.write(new TextEncoder().encode("by its name"));
+      await conn.closeWrite();
+      assert.equal(await new Response(conn.readable).text(), "by its name");
+      await echo.done;
+    } finally {
+      assert.equal(await client.stop(), 0, client.log);
+    }
+  } finally {
+    await holder.close();
+    assert.equal(await server.stop(), 0, server.log);
     await Deno.remove(path);
   }
 });
