@@ -402,3 +402,30 @@ Deno.test("a relay logs nodes refused for a wrong or missing secret, with where 
     assert.ok(first.length < 6, "a flood does not get a line each");
   });
 });
+
+Deno.test("relay HTTP: two requests in one write, then a third once they are answered: three answers, in order, each once", async () => {
+  await using relay = startRelay();
+  using conn = await Deno.connect({ hostname: "127.0.0.1", port: relay.addr.port });
+  const request = (path: string, close = false) =>
+    `GET ${path} HTTP/1.1\r\nhost: x\r\n${close ? "connection: close\r\n" : ""}\r\n`;
+  const encoder = new TextEncoder();
+  await conn.write(encoder.encode(request("/healthz") + request("/nope")));
+  let text = "";
+  const statuses = () => [...text.matchAll(/^HTTP\/1\.1 (\d{3}) /gm)].map((m) => Number(m[1]));
+  const buffer = new Uint8Array(65536);
+  const decoder = new TextDecoder();
+  // Both answered (the relay is now waiting for the next request on this connection).
+  const ends = () => text.split("\r\n0\r\n\r\n").length - 1; // chunked bodies' last chunks
+  while (ends() < 2) {
+    const n = await within(10_000, "the first two answers", conn.read(buffer));
+    if (n === null) break;
+    text += decoder.decode(buffer.subarray(0, n));
+  }
+  await conn.write(encoder.encode(request("/relay/stream", true)));
+  for (;;) {
+    const n = await within(10_000, "the third answer", conn.read(buffer));
+    if (n === null) break;
+    text += decoder.decode(buffer.subarray(0, n));
+  }
+  assert.deepEqual(statuses(), [200, 404, 405], text);
+});

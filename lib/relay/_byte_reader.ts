@@ -66,6 +66,11 @@ export class ByteReader {
       this.#ahead = null;
       return await ahead;
     }
+    return await this.#read();
+  }
+
+  /** One read from the source into the buffer (what `fill` does when no read is under way). */
+  async #read(): Promise<boolean> {
     if (
       this.#idleSize !== null && this.#end === this.#start &&
       this.#buffer.length > this.#idleSize && this.#quietReads >= QUIET_READS_BEFORE_SHRINKING
@@ -95,13 +100,26 @@ export class ByteReader {
   }
 
   /**
-   * Starts a read while nobody reads (a response is being written) and
-   * resolves false when the peer ended or reset its side: the client is
-   * gone. What it reads stays buffered, and the next read waits for it and
-   * takes its outcome, so reads stay in order.
+   * Whether the peer is still there, asked while nobody reads (a response
+   * is being written): resolves false when it ended or reset its side.
+   * With bytes buffered already (a pipelined request) it is there, and
+   * nothing is read. Otherwise a read starts into the empty buffer; until it
+   * settles, the next `fill` (and so every read, each of which fills first
+   * from an empty buffer) waits for it and takes its outcome, so reads stay
+   * in order and nothing moves the buffer under it.
    */
   readAhead(): Promise<boolean> {
-    this.#ahead ??= this.fill();
+    if (this.#end > this.#start) return Promise.resolve(true);
+    if (this.#ahead === null) {
+      const ahead = this.#read();
+      this.#ahead = ahead;
+      // Settled, its bytes are in the buffer (or the stream ended, which the
+      // next read finds again): the next read ahead is a new read.
+      const settled = () => {
+        if (this.#ahead === ahead) this.#ahead = null;
+      };
+      ahead.then(settled, settled);
+    }
     return this.#ahead.catch(() => false);
   }
 

@@ -76,3 +76,20 @@ Deno.test("ByteReader: a read ahead tells the end of the stream, and what it rea
   assert.equal(await reader.readAhead(), false, "the end of the stream");
   assert.equal(await reader.fill(), false);
 });
+
+Deno.test("ByteReader: a read ahead with bytes buffered reads nothing; once settled and consumed, the next read ahead is a new read", async () => {
+  const data = new TextEncoder().encode("req1req2");
+  const { conn, offered } = source(data, 4);
+  const reader = new ByteReader(conn, 16 * 1024);
+  assert.equal(await reader.readAhead(), true);
+  assert.equal(offered.length, 1);
+  // A pipelined request is there already: nothing to read to know it.
+  assert.equal(await reader.readAhead(), true);
+  assert.equal(offered.length, 1, "no read while bytes are buffered");
+  reader.consume(4); // taken without a fill, as a request head found whole is
+  assert.equal(await reader.readAhead(), true, "a new read, not the first one's outcome");
+  assert.equal(offered.length, 2);
+  assert.equal(new TextDecoder().decode(reader.buffered), "req2");
+  reader.consume(4);
+  assert.equal(await reader.readAhead(), false, "the end of the stream");
+});

@@ -123,13 +123,19 @@ export async function writeResponse(
   const reader = body.getReader();
   // A long response (an event stream, a link's downstream) may be idle for
   // long: a client gone meanwhile must not hold whatever produces it.
-  const cancel = () => reader.cancel().catch(() => {});
+  let cancelled = false;
+  const cancel = () => {
+    cancelled = true;
+    reader.cancel().catch(() => {});
+  };
   framing.clientGone?.addEventListener("abort", cancel, { once: true });
+  // Gone while the head was written: the event fired before anyone listened.
+  if (framing.clientGone?.aborted) cancel();
   try {
     for (;;) {
       const { value: chunk, done } = await reader.read();
       if (done) break;
-      if (framing.clientGone?.aborted) throw new Deno.errors.ConnectionReset("the client is gone");
+      if (cancelled) throw new Deno.errors.ConnectionReset("the client is gone");
       if (chunk.length === 0) continue;
       if (framing.http10) {
         await writeAll(conn, chunk);
@@ -162,7 +168,7 @@ export async function writeResponse(
     framing.clientGone?.removeEventListener("abort", cancel);
   }
   // Cancelled because the client is gone: the body "ended", but not whole.
-  if (framing.clientGone?.aborted) return false;
+  if (cancelled) return false;
   if (!framing.http10) await writeAll(conn, encoder.encode("0\r\n\r\n"));
   return keepAlive;
 }
