@@ -81,17 +81,6 @@ export function parseLogLevel(text: string): (typeof LOG_LEVELS)[number] {
   return text as (typeof LOG_LEVELS)[number];
 }
 
-/** Whether `error`, or one of its causes, is Deno refusing an access the process was not granted. */
-export function isPermissionError(error: unknown): boolean {
-  // Errors of ours wrap the platform's as their cause (an unreachable server, say).
-  for (let e = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
-    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
-      return true;
-    }
-  }
-  return false;
-}
-
 /**
  * Reads a text file named on the command line. A file that is not there or
  * unreadable is a usage error; a missing `--allow-read` is not the

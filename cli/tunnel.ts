@@ -16,7 +16,6 @@ import { parseArgs } from "node:util";
 import type { Logger } from "@logtape/logtape";
 import {
   flagError,
-  isPermissionError,
   parseLogLevel,
   parseMillis,
   parsePort,
@@ -37,7 +36,7 @@ import {
 } from "../lib/conn/mod.ts";
 import { RelayConnectError, RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
-import { backoffDelay, delay, errorMessage, parsePortText } from "../lib/_util.ts";
+import { backoffDelay, delay, errorMessage, isNotCapable, parsePortText } from "../lib/_util.ts";
 
 const USAGE = `immortal tunnel — TCP forwarding that survives broken links
 
@@ -603,8 +602,20 @@ async function _checkNetPermissions(config: TunnelCliConfig): Promise<void> {
 /** Thrown when a signal ends a start that was waiting: the command then exits 0. */
 const STOPPED = new Error("stopped while starting");
 
+/** Waits `ms` during a start; a signal meanwhile ends the start ({@linkcode STOPPED}). */
+async function _pause(ms: number, stopping: AbortSignal): Promise<void> {
+  if (!(await delay(ms, stopping))) throw STOPPED;
+}
+
+/** Milliseconds as seconds for a log line: `30`, `0.3`. */
+function _secondsText(ms: number): string {
+  return String(Math.round(ms / 100) / 10);
+}
+
 /** One try at joining (a relay node's own retries are ours here), given up on a signal. */
 async function _connectNode(relay: TunnelRelayConfig, stopping: AbortSignal): Promise<RelayNode> {
+  // A signal before this try (during the permission check, say) never fires again.
+  if (stopping.aborted) throw STOPPED;
   const connecting = RelayNode.connect(relay.url, {
     session: relay.session,
     nickname: relay.name,
@@ -631,7 +642,7 @@ async function _connectNode(relay: TunnelRelayConfig, stopping: AbortSignal): Pr
 
 /** Whether reaching the relay may work later: nothing answered, or it was briefly unable to take us. */
 function _mayComeUp(error: unknown): boolean {
-  if (isPermissionError(error)) return false;
+  if (isNotCapable(error)) return false;
   if (error instanceof RelayRefusedError) return error.code === "unavailable";
   return error instanceof RelayConnectError &&
     ["unreachable", "timeout", "broken"].includes(error.code);
@@ -663,18 +674,18 @@ async function _joinRelay(
       }
       const remaining = deadline - performance.now();
       if (!_mayComeUp(error) || remaining <= 0) {
-        const waited = attempt > 1 ? ` (tried for ${Math.round(wait / 1000)} s)` : "";
+        const waited = attempt > 1 ? ` (tried for ${_secondsText(wait)} s)` : "";
         throw new Error(`cannot reach the relay at ${relay.url}${waited}: ${errorMessage(error)}`);
       }
       if (attempt === 1) {
         log.warn("Relay at {url} not reachable ({reason}); trying again for {seconds} s", {
           url: relay.url,
           reason: errorMessage(error),
-          seconds: Math.round(wait / 1000),
+          seconds: _secondsText(wait),
         });
       }
       const pause = Math.min(remaining, backoffDelay(attempt, 250, 2000));
-      if (!(await delay(pause, stopping))) throw STOPPED;
+      await _pause(pause, stopping);
     }
   }
 }
@@ -700,7 +711,7 @@ async function _joinAsName(
   if (wait > 0) {
     log.warn(
       'The name "{name}" is held in session {session} (by another tunnel server, or one that just stopped); waiting for it for up to {seconds} s',
-      { name: relay.name, session: relay.session, seconds: Math.round(wait / 1000) },
+      { name: relay.name, session: relay.session, seconds: _secondsText(wait) },
     );
   }
   for (;;) {
@@ -709,11 +720,11 @@ async function _joinAsName(
     if (remaining <= 0) {
       throw new Error(
         `the name "${relay.name}" is taken in session ${relay.session}` +
-          (wait > 0 ? ` (still, after ${Math.round(wait / 1000)} s)` : "") +
+          (wait > 0 ? ` (still, after ${_secondsText(wait)} s)` : "") +
           ": is another tunnel server using it? Stop it, or give this one another --name",
       );
     }
-    if (!(await delay(Math.min(remaining, NAME_RETRY_MS), stopping))) throw STOPPED;
+    await _pause(Math.min(remaining, NAME_RETRY_MS), stopping);
     // Each try joins and leaves: the node's own lines about it are no news.
     node = await quietly(["immortal", "relay", "node"], () => _joinRelay(relay, log, stopping));
     if (node.nickname === relay.name) return node;
@@ -756,11 +767,11 @@ async function _startRelayClient(
     log.warn("No tunnel server {to} in session {session} yet; waiting up to {seconds} s for it", {
       to,
       session: relay.session,
-      seconds: Math.round(wait / 1000),
+      seconds: _secondsText(wait),
     });
     const deadline = performance.now() + wait;
     while (!present() && performance.now() < deadline) {
-      if (!(await delay(MEMBER_POLL_MS, stopping))) throw STOPPED;
+      await _pause(MEMBER_POLL_MS, stopping);
     }
     if (!present()) {
       throw new Error(`no tunnel server "${to}" in session ${relay.session} of ${relay.url}`);
@@ -866,12 +877,11 @@ function _startClient(
         return;
       } catch (error) {
         if (stopping.signal.aborted) return;
-        // Nothing answering, or a busy server, may change; anything else will not,
-        // a permission Deno refused least of all (it reads as "unreachable").
+        // Nothing answering, or a busy server, may change; anything else will not
+        // (a permission Deno refused is "permission").
         if (
           error instanceof ImmortalError &&
-          (error.code === "unreachable" || error.code === "rejected") &&
-          !isPermissionError(error)
+          (error.code === "unreachable" || error.code === "rejected")
         ) {
           log.warn(
             "Tunnel server {server} still not available ({reason}); listening anyway, local connections wait for it",

@@ -50,6 +50,20 @@ export function backoffDelay(
   return jitter(Math.min(max, initial * 2 ** Math.min(attempt - 1, 30)), random);
 }
 
+/**
+ * Whether `error`, or one of its causes, is Deno refusing an access the
+ * process was not granted (`NotCapable`: a missing `--allow-net`, say).
+ * Not `PermissionDenied`: that is the system's EACCES/EPERM (a firewall
+ * rule), which may pass.
+ */
+export function isNotCapable(error: unknown): boolean {
+  // Errors of ours wrap the platform's as their cause (an unreachable server, say).
+  for (let e = error, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
+    if (e instanceof Deno.errors.NotCapable) return true;
+  }
+  return false;
+}
+
 /** The message of anything thrown: an `Error`'s message, or the value as text. */
 export function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { RelayNode, type RelayTransportKind } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { startRelay, waitForEvent } from "./_relay.ts";
+import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
 import { makeTestCerts } from "./_tls.ts";
 
 const TRANSPORTS: RelayTransportKind[] = ["websocket", "http"];
@@ -240,5 +240,40 @@ Deno.test("relay over HTTPS: nodes trust a private CA, on both transports", asyn
     );
   } finally {
     await Deno.remove(certs.dir, { recursive: true });
+  }
+});
+
+Deno.test("relay (http): a node that finds its link dead by its own keep-alive drops it without a bye: the others hear no leave, it keeps its nickname", async () => {
+  // The relay's own fade is far: only the node's keep-alive (3 × 200 ms) acts.
+  await using relay = startRelay({ keepAlive: 200, fadeAfter: 60_000 });
+  const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
+  try {
+    await using watcher = await RelayNode.connect(relay.url, { session: "k", nickname: "watcher" });
+    const heard = recordEvents(watcher);
+    await using max = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+      session: "k",
+      nickname: "max",
+      transport: "http",
+      backoff: { initial: 50, max: 200 },
+    });
+    const states = recordEvents(max);
+    await heard.until(() => watcher.members.some((m) => m.nickname === "max"), "max seen");
+    assert.ok(proxy.blackhole() > 0);
+    await states.until(
+      () => states.events.some((e) => e.type === "state" && e.state === "disconnected"),
+      "max finding its link dead",
+    );
+    await states.until(
+      () => states.events.some((e) => e.type === "state" && e.state === "connected"),
+      "max back",
+    );
+    max.send("back again");
+    // In order behind anything the relay told the watcher about max before.
+    await heard.until(() => heard.texts.includes("back again"), "max's message");
+    assert.equal(max.nickname, "max");
+    const leaves = heard.events.filter((e) => e.type === "leave" && e.nickname === "max");
+    assert.deepEqual(leaves, [], "a bye went out on a link the node meant to come back on");
+  } finally {
+    await proxy.close();
   }
 });

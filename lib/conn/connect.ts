@@ -6,7 +6,7 @@
 
 import { type Dialer, tcpDialer, tlsDialer, TlsHandshakeError } from "../link/mod.ts";
 import { FrameError } from "../frame/frame_error.ts";
-import { checkPort, errorMessage, tlsFailureKind } from "../_util.ts";
+import { checkPort, errorMessage, isNotCapable, tlsFailureKind } from "../_util.ts";
 import { ClientSession } from "./_client_session.ts";
 import { ImmortalError } from "./errors.ts";
 import { hmacKey } from "./_handshake.ts";
@@ -93,7 +93,7 @@ export async function connect(options: ConnectOptions): Promise<ImmortalConn> {
  */
 function firstConnectError(where: string, error: unknown): ImmortalError {
   const options = { cause: error };
-  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+  if (isNotCapable(error)) {
     return new ImmortalError(
       "permission",
       `no permission to connect to ${where}: ${errorMessage(error)}`,

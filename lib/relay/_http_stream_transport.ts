@@ -209,10 +209,14 @@ export class HttpStreamTransport implements ClientTransport {
     this.#flush();
   }
 
-  /** Says goodbye (with whatever is still queued) so the others hear "left" at once, then stops. */
-  async close(): Promise<void> {
+  /**
+   * Says goodbye (with whatever is still queued) so the others hear "left"
+   * at once, then stops; with `bye` false, only stops.
+   */
+  async close(bye = true): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
+    if (!bye) return this.#abort.abort();
     try {
       const res = await this.#post(
         [...this.#pending, { t: "bye" }],

@@ -126,10 +126,12 @@ export interface ClientTransport {
   /** Sends one frame, in order. */
   send(frame: NodeFrame): void;
   /**
-   * Says goodbye (the others hear "left") and closes; `onClose` is not called
-   * for a close we asked for. Resolves when done, or after a short bound.
+   * Says goodbye (the others hear "left", and the nickname is free) and
+   * closes; with `bye` false, only drops the link: the node means to come
+   * back (its nickname waits for it). `onClose` is not called for a close
+   * we asked for. Resolves when done, or after a short bound.
    */
-  close(): Promise<void>;
+  close(bye?: boolean): Promise<void>;
 }
 
 /** What a transport needs from its node. */

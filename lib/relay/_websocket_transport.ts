@@ -94,12 +94,12 @@ export class WebSocketTransport implements ClientTransport {
     if (this.#socket.readyState === WebSocket.OPEN) this.#socket.send(encodeFrame(frame));
   }
 
-  /** Says bye and closes; resolves once closed, or after a short bound. */
-  close(): Promise<void> {
+  /** Says bye (unless `bye` is false) and closes; resolves once closed, or after a short bound. */
+  close(bye = true): Promise<void> {
     if (this.#closing) return Promise.resolve();
-    this.#closing = true;
     const socket = this.#socket;
-    this.send({ t: "bye" });
+    if (bye) this.send({ t: "bye" });
+    this.#closing = true;
     socket.close(1000);
     return new Promise<void>((resolve) => {
       const bound = setTimeout(resolve, CLOSE_BOUND_MS);

@@ -5,7 +5,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { backoffDelay, delay, errorMessage } from "../_util.ts";
+import { backoffDelay, delay, errorMessage, isNotCapable } from "../_util.ts";
 import { connect, type ConnectOptions } from "../conn/connect.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { type ImmortalListener, listen, type ListenOptions } from "../conn/listener.ts";
@@ -139,9 +139,7 @@ function mostTelling(failures: unknown[]): unknown {
 /** Whether the relay refused for good (a relay that cannot reach its Redis may take us later). */
 function final(error: unknown): boolean {
   // A missing permission will not be granted by waiting either.
-  if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
-    return true;
-  }
+  if (isNotCapable(error)) return true;
   return error instanceof RelayRefusedError && error.code !== "unavailable";
 }
 
@@ -634,7 +632,9 @@ export class RelayNode implements AsyncDisposable {
     this.#transport = null;
     this.#waitingSince = null;
     this.#probedAt = null;
-    transport.close().catch(() => {});
+    // No bye: the node comes back, and its nickname must wait for it (a bye
+    // that gets through a half-dead link would free it for anyone).
+    transport.close(false).catch(() => {});
     this.#lost(why);
   }
 
