@@ -29,7 +29,7 @@ import {
 import { formatAddr, type Link, TcpLink } from "../link/mod.ts";
 import { localAddressGone } from "../link/_local_addresses.ts";
 import { errorMessage } from "../_util.ts";
-import { ImmortalError } from "./errors.ts";
+import { APPLICATION_CLOSE, closedByPeer, ImmortalError } from "./errors.ts";
 import {
   ClosedEvent,
   type ConnState,
@@ -392,7 +392,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     log.info("Session {id} closed locally", { id: this.sessionId });
     this.fail(
       new ImmortalError("closed", "the connection was closed"),
-      "closed by the application",
+      APPLICATION_CLOSE,
       true,
     );
   }
@@ -897,9 +897,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#wakeReaderNow();
     if (this.#state !== "closed") {
       this.#state = "closed";
-      // The peer's close was logged (at info: its application closed it).
-      const byPeer = ending.error instanceof ImmortalError && ending.error.code === "aborted";
-      if (!clean && !byPeer) {
+      // The peer's application closing it was logged (at info) as it came.
+      if (!clean && !closedByPeer(ending.error)) {
         log.warn("Session {id} ended: {reason}", {
           id: this.sessionId,
           reason: ending.error.message,

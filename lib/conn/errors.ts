@@ -44,3 +44,16 @@ export class ImmortalError extends Error {
     this.code = code;
   }
 }
+
+/** The reason a session's close frame gives when its application closed it. */
+export const APPLICATION_CLOSE = "closed by the application";
+
+/**
+ * Whether `error` ended a session because the peer's application closed it
+ * (a client exiting): news for this side, not a fault. Not any abort: a
+ * peer that aborts for a protocol error is worth a warning.
+ */
+export function closedByPeer(error: unknown): boolean {
+  return error instanceof ImmortalError && error.code === "aborted" &&
+    error.message.endsWith(`: ${APPLICATION_CLOSE}`);
+}

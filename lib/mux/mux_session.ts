@@ -5,7 +5,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { ImmortalError } from "../conn/errors.ts";
+import { closedByPeer, ImmortalError } from "../conn/errors.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { StreamEngine } from "../conn/_stream_engine.ts";
 import { concat, errorMessage } from "../_util.ts";
@@ -383,9 +383,8 @@ export class MuxSession implements AsyncDisposable {
     this.#ending = error;
     if (!this.#closedLocally) {
       // The peer closing its end is how a client exits: news, not a warning.
-      const byPeer = error instanceof ImmortalError && error.code === "aborted";
       const fields = { id: this.#conn.sessionId.slice(0, 8), reason: errorMessage(error) };
-      if (byPeer) log.info("Multiplexed session {id} ended: {reason}", fields);
+      if (closedByPeer(error)) log.info("Multiplexed session {id} ended: {reason}", fields);
       else log.warn("Multiplexed session {id} ended: {reason}", fields);
     }
     for (const core of [...this.#streams.values()]) core.fail(error);
