@@ -47,7 +47,11 @@ export type Dialer = (signal: AbortSignal) => Promise<Link>;
  * address peers dial: `Deno.NetAddr` for TCP and TLS acceptors.
  */
 export interface Acceptor<A extends Deno.Addr = Deno.Addr> {
-  /** Waits for the next Link; rejects once the acceptor is closed. */
+  /**
+   * Waits for the next Link; rejects once the acceptor is closed, with
+   * `Deno.errors.BadResource`: a listener over it then ends. Any other
+   * rejection is taken as passing (out of descriptors) and retried.
+   */
   accept(): Promise<Link>;
   /** Stops accepting; idempotent. */
   close(): void;

@@ -185,6 +185,14 @@ export class PipeEndpoint {
   #relayedStreams = new Set<AbortController>();
   /** Of those, the ones whose answer is streaming (open pipes, as this relay sees them). */
   #relayedOpen = 0;
+  /**
+   * Bytes of a relayed pipe this relay holds (`bytes`, when it takes them)
+   * or let go of (`-bytes`): counted as carried once, held meanwhile.
+   */
+  #holdingRelayed = (bytes: number): void => {
+    this.#inTransit += bytes;
+    if (bytes > 0) this.#counters.bytes += bytes;
+  };
   /** Bytes read from one end and being written to the other. */
   #inTransit = 0;
 
@@ -229,10 +237,7 @@ export class PipeEndpoint {
         req.headers.get(LINK_HEADER) ?? "",
         MAX_POST_BYTES,
         // A relayed pipe's upstream: its bytes are this relay's too.
-        (bytes) => {
-          this.#inTransit += bytes;
-          if (bytes < 0) this.#counters.bytes -= bytes;
-        },
+        this.#holdingRelayed,
       );
       return elsewhere ?? await this.#links.upstream(req);
     }
@@ -544,10 +549,7 @@ export class PipeEndpoint {
       if (!HOP_BY_HOP.has(name)) passed.set(name, value);
     }
     const body = answer.body === null ? null : passThrough(answer.body, abort.signal, {
-      holding: (bytes) => {
-        this.#inTransit += bytes;
-        if (bytes > 0) this.#counters.bytes += bytes;
-      },
+      holding: this.#holdingRelayed,
       done: () => {
         abort.abort();
         if (this.#relayedStreams.delete(abort) && streaming) this.#relayedOpen--;
