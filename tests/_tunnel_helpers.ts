@@ -158,3 +158,27 @@ export function echoTarget() {
   })();
   return { port: listener.addr.port, done };
 }
+
+/**
+ * A tunnel server to `targetPort` and a client to it, both on loopback with
+ * no options beyond that: disposed together.
+ */
+export function plainTunnel(targetPort: number) {
+  const server = new TunnelServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    target: { hostname: "127.0.0.1", port: targetPort },
+  });
+  const client = new TunnelClient({
+    port: 0,
+    server: { hostname: "127.0.0.1", port: server.addr.port },
+  });
+  return {
+    server,
+    client,
+    async [Symbol.asyncDispose]() {
+      await client.close();
+      await server.close();
+    },
+  };
+}

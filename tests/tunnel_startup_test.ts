@@ -427,14 +427,18 @@ Deno.test("tunnel server through a relay whose name is held: it leaves its stand
   const seen = recordEvents(holder);
   const common = ["--relay", relay.url, "--session", "lab", "--key-file", path];
   const permissions = [`--allow-net=127.0.0.1`, `--allow-read=${path}`];
-  const server = spawnCli(permissions, CLI, [
-    "server",
-    ...common,
-    "--name",
-    "lab-echo",
-    "127.0.0.1",
-    String(echo.port),
-  ]);
+  /** A tunnel server for the name "lab-echo", with `extra` flags. */
+  const nameServer = (...extra: string[]) =>
+    spawnCli(permissions, CLI, [
+      "server",
+      ...common,
+      "--name",
+      "lab-echo",
+      ...extra,
+      "127.0.0.1",
+      String(echo.port),
+    ]);
+  const server = nameServer();
   try {
     await server.waitFor(
       /The name "lab-echo" is held in session lab \(by another tunnel server, or one that just stopped\); waiting for it for up to 90 s/,
@@ -453,30 +457,14 @@ Deno.test("tunnel server through a relay whose name is held: it leaves its stand
     assert.match(server.log, /Joined session lab of the relay at .* as lab-echo /);
 
     // A second server for the name, which will not wait: one line, exit 1.
-    const second = spawnCli(permissions, CLI, [
-      "server",
-      ...common,
-      "--name",
-      "lab-echo",
-      "--name-wait",
-      "0",
-      "127.0.0.1",
-      String(echo.port),
-    ]);
+    const second = nameServer("--name-wait", "0");
     assert.equal(await exitCode(second, "the second server giving up"), 1, second.log);
     assert.match(
       second.log,
       /^error: the name "lab-echo" is taken in session lab: is another tunnel server using it\? Stop it, or give this one another --name$/m,
     );
     // A third, waiting for it, stops cleanly on SIGTERM while it waits.
-    const third = spawnCli(permissions, CLI, [
-      "server",
-      ...common,
-      "--name",
-      "lab-echo",
-      "127.0.0.1",
-      String(echo.port),
-    ]);
+    const third = nameServer();
     await third.waitFor(/waiting for it/, "the third server waiting");
     assert.equal(await third.stop(), 0, third.log);
     assert.match(third.log, /SIGTERM: stopping/);

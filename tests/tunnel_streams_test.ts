@@ -2,7 +2,13 @@
 import assert from "node:assert/strict";
 import { TunnelClient, TunnelServer } from "../mod.ts";
 import { renderRecord, within, withLogs } from "./_helpers.ts";
-import { cutWhile, roundTrips, startTarget, tunnelThroughProxy } from "./_tunnel_helpers.ts";
+import {
+  cutWhile,
+  plainTunnel,
+  roundTrips,
+  startTarget,
+  tunnelThroughProxy,
+} from "./_tunnel_helpers.ts";
 
 Deno.test("1,000 concurrent connections ride one session, each verifying its own data across link cuts", async () => {
   await using target = startTarget("echo");
@@ -54,15 +60,8 @@ Deno.test("a target that refuses fails that connection only, with the reason; th
     assert.equal(client.sessions[0].state, "connected");
   });
   // A server whose target works carries every connection over one session.
-  await using server = new TunnelServer({
-    hostname: "127.0.0.1",
-    port: 0,
-    target: { hostname: "127.0.0.1", port: target.port },
-  });
-  await using client = new TunnelClient({
-    port: 0,
-    server: { hostname: "127.0.0.1", port: server.addr.port },
-  });
+  await using tunnel = plainTunnel(target.port);
+  const { client } = tunnel;
   await roundTrips(client.addr.port, 3, 500, 256 << 10);
   assert.equal(client.sessions.length, 1);
 });

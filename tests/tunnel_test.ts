@@ -4,7 +4,14 @@ import net from "node:net";
 import { TunnelClient, TunnelServer } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { pattern, receiveAll, renderRecord, waitUntil, within, withLogs } from "./_helpers.ts";
-import { cutWhile, FAST, roundTrips, startTarget, tunnelThroughProxy } from "./_tunnel_helpers.ts";
+import {
+  cutWhile,
+  FAST,
+  plainTunnel,
+  roundTrips,
+  startTarget,
+  tunnelThroughProxy,
+} from "./_tunnel_helpers.ts";
 import { makeTestCerts } from "./_tls.ts";
 
 Deno.test("50 concurrent tunneled connections each move and verify their own data across link cuts", async () => {
@@ -26,15 +33,8 @@ Deno.test("50 concurrent tunneled connections each move and verify their own dat
 Deno.test("half-close through the tunnel: a client that shuts its write side still gets the full reply", async () => {
   const REPLY = 8 << 20;
   await using target = startTarget("reply", REPLY);
-  await using server = new TunnelServer({
-    hostname: "127.0.0.1",
-    port: 0,
-    target: { hostname: "127.0.0.1", port: target.port },
-  });
-  await using client = new TunnelClient({
-    port: 0,
-    server: { hostname: "127.0.0.1", port: server.addr.port },
-  });
+  await using tunnel = plainTunnel(target.port);
+  const { client } = tunnel;
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.addr.port });
   await conn.write(new TextEncoder().encode("request"));
   await conn.closeWrite();
@@ -142,15 +142,8 @@ Deno.test("TLS tunnel: connections verify their data across link cuts; a server 
 Deno.test("a local application that resets its connection is news (info), not an error of the tunnel's", async () => {
   await withLogs(async (records) => {
     await using target = startTarget("echo");
-    await using server = new TunnelServer({
-      hostname: "127.0.0.1",
-      port: 0,
-      target: { hostname: "127.0.0.1", port: target.port },
-    });
-    await using client = new TunnelClient({
-      port: 0,
-      server: { hostname: "127.0.0.1", port: server.addr.port },
-    });
+    await using tunnel = plainTunnel(target.port);
+    const { client } = tunnel;
     // node:net can send a reset (Deno.Conn cannot): what `socat -u` or a killed client does.
     const socket = net.connect({ host: "127.0.0.1", port: client.addr.port });
     await new Promise((resolve) => socket.once("connect", resolve));

@@ -156,8 +156,8 @@ export async function fetchWithClusterKey(
 ): Promise<Response> {
   const answer = await request(key);
   if (answer.status !== 401) return answer;
-  const fresh = await cluster.reloadKey().catch(() => key);
-  if (fresh === key) return answer;
+  const fresh = await changedKey(cluster, key);
+  if (fresh === null) return answer;
   await answer.body?.cancel();
   return await request(fresh);
 }
@@ -175,8 +175,14 @@ export async function openWithClusterKey(
     return await open(key);
   } catch (error) {
     if (!/answered 401\b/.test(errorMessage(error))) throw error;
-    const fresh = await cluster.reloadKey().catch(() => key);
-    if (fresh === key) throw error;
+    const fresh = await changedKey(cluster, key);
+    if (fresh === null) throw error;
     return await open(fresh);
   }
+}
+
+/** The cluster's key read from Redis again, if it is not `key` any more; null if it is (or Redis is away). */
+async function changedKey(cluster: RelayCluster, key: string): Promise<string | null> {
+  const fresh = await cluster.reloadKey().catch(() => key);
+  return fresh === key ? null : fresh;
 }
