@@ -324,6 +324,29 @@ Deno.test("cluster: the key relays open pipes with is read again after Redis los
   }
 });
 
+Deno.test("cluster: a reload that found the key unchanged is the answer for a second: a stream of 401s is not a stream of Redis reads", async () => {
+  await using redis = await startRedis({ persist: false });
+  const a = recordingCluster(redis.url);
+  await using raw = await redisClient(redis.url);
+  /** GETs Redis ran since the last reset of its statistics. */
+  const gets = async () => {
+    const info = await raw.sendCommand(["INFO", "commandstats"]) as string;
+    return Number(/cmdstat_get:calls=(\d+)/.exec(info)?.[1] ?? 0);
+  };
+  try {
+    const key = await a.cluster.key();
+    await raw.sendCommand(["CONFIG", "RESETSTAT"]);
+    // The first refusal reads the key again: it may be stale.
+    assert.equal(await a.cluster.reloadKey(), key);
+    assert.equal(await gets(), 1);
+    // It was not: the refusals that follow (a node's bad token, say) read nothing.
+    for (let i = 0; i < 20; i++) assert.equal(await a.cluster.reloadKey(), key);
+    assert.equal(await gets(), 1);
+  } finally {
+    a.cluster.close();
+  }
+});
+
 Deno.test("cluster hub: late presence events about an earlier membership (a leave, a move) do not drop a node that is back", async () => {
   await using redis = await startRedis({ persist: false });
   using h = clusterHub(redis.url);

@@ -188,6 +188,8 @@ export class RelayCluster {
   #keyAt = 0;
   /** The key is being read from Redis: a reload shares that read. */
   #keyReading = false;
+  /** When a reload last found the key unchanged (the refusal was for something else). */
+  #keyUnchangedAt = -Infinity;
   /** Commands sent and not yet answered, oldest first ({@linkcode RelayCluster.#timed}). */
   #waiting = new Set<Waiter>();
   #watchdog: ReturnType<typeof setInterval> | undefined;
@@ -413,11 +415,22 @@ export class RelayCluster {
    * The key read from Redis again now, whenever it was last read: another
    * relay refused the one this relay keeps. After Redis lost its state, the
    * relay that asked first made a new key, and the others' is stale until
-   * they read it again. A read under way is shared.
+   * they read it again. A read under way is shared. Within a second of a
+   * reload that found the key unchanged, the key kept is the answer: a 401
+   * is also what a node's own bad token gets through a relay in between, and
+   * a stream of those must not become a stream of Redis reads.
    */
   reloadKey(): Promise<string> {
-    if (!this.#keyReading) this.#key = null;
-    return this.key();
+    if (this.#keyReading || Date.now() - this.#keyUnchangedAt < 1000) return this.key();
+    const kept = this.#key;
+    this.#key = null;
+    const fresh = this.key();
+    return (async () => {
+      const key = await fresh;
+      // A kept read that had failed says nothing about the key.
+      if (key === await kept?.catch(() => null)) this.#keyUnchangedAt = Date.now();
+      return key;
+    })();
   }
 
   /** The member `nickname` of `room` anywhere in the cluster: its role and its relay. */
