@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { connect, ImmortalError, listen } from "../mod.ts";
 import { encodeFrame, type Frame, FrameDecoder, PROTOCOL_VERSION } from "../lib/frame/mod.ts";
+import { TcpLink } from "../lib/link/mod.ts";
+import { FrameReader } from "../lib/conn/_frame_reader.ts";
+import { clientOpen, clientResume } from "../lib/conn/_handshake.ts";
 import { renderRecord, withLogs } from "./_helpers.ts";
 
 const te = new TextEncoder();
@@ -106,4 +109,30 @@ Deno.test("a forged resume proof is refused and logged; the real session is unha
     while (got < 10) got += (await server.read(buf.subarray(got)))!;
     assert.equal(new TextDecoder().decode(buf), "still here");
   });
+});
+
+Deno.test("a resume claiming bytes never sent is refused with a reason (not accepted, then cut), and ends the session", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  const first = new FrameReader(new TcpLink(await Deno.connect({ hostname: "127.0.0.1", port })));
+  const { secrets } = await clientOpen(first, null, 1 << 20);
+  await using server = await listener.accept();
+  await server.write(new Uint8Array(100));
+  first.link.close();
+  // The server sent 100 bytes; this client says it has 5,000.
+  const second = new FrameReader(new TcpLink(await Deno.connect({ hostname: "127.0.0.1", port })));
+  try {
+    await assert.rejects(
+      clientResume(second, secrets, 5_000, 1 << 20),
+      (e: unknown) =>
+        e instanceof ImmortalError && e.code === "protocol" &&
+        /resume position out of range/.test(e.message),
+    );
+  } finally {
+    second.link.close();
+  }
+  await assert.rejects(
+    server.closed,
+    (e: unknown) => e instanceof ImmortalError && /outside \[0, 100\]/.test(e.message),
+  );
 });

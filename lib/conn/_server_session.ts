@@ -81,6 +81,19 @@ class ServerSession implements SessionSide {
     }
     // The client gave up on the old link before we noticed it was dead.
     this.engine.dropLink("the client resumed on a new link");
+    const wrong = this.engine.resumePositionError(clientReceived);
+    if (wrong !== null) {
+      // Refused before the accept, so the client learns why instead of
+      // seeing a resume that worked and a link that died after it.
+      await sendFrame(reader.link, {
+        type: "reject",
+        code: "protocol",
+        reason: "resume position out of range",
+      }).catch(() => {});
+      reader.link.close();
+      this.engine.fail(wrong, null);
+      return;
+    }
     // No link is attached now, so nothing moves `received` until we attach.
     const accept = await resumeAccept(
       this.secrets.resumeKey,

@@ -469,6 +469,19 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   // ---------------------------------------------------------------- links
 
   /**
+   * Why a peer that says it has received `peerReceived` positions cannot
+   * resume from there (it acknowledged more, or claims what was never sent:
+   * the bytes between are lost or invented), or null if it can.
+   */
+  resumePositionError(peerReceived: number): ImmortalError | null {
+    if (peerReceived >= this.#acked && peerReceived <= this.#highestSent) return null;
+    return new ImmortalError(
+      "protocol",
+      `peer claims to have received ${peerReceived} bytes, outside [${this.#acked}, ${this.#highestSent}]`,
+    );
+  }
+
+  /**
    * Puts a link (handshake done) under the session; the peer has received
    * `peerReceived` bytes, so sending resumes from there, and announced
    * `peerWindow` as its receive window. The first link opens the session;
@@ -476,14 +489,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
    */
   attach(reader: FrameReader, peerReceived: number, peerWindow: number): void {
     const sentEnd = this.#highestSent;
-    if (peerReceived < this.#acked || peerReceived > sentEnd) {
-      this.fail(
-        new ImmortalError(
-          "protocol",
-          `peer claims to have received ${peerReceived} bytes, outside [${this.#acked}, ${sentEnd}]`,
-        ),
-        "resume position out of range",
-      );
+    const wrong = this.resumePositionError(peerReceived);
+    if (wrong !== null) {
+      this.fail(wrong, "resume position out of range");
       reader.link.close();
       return;
     }
