@@ -124,11 +124,57 @@ Deno.test("relay: a node away for longer than the history holds is told it misse
   await atY.until(() => atY.events.some((e) => e.type === "missed"), "the missed event");
   const missed = atY.events.find((e) => e.type === "missed");
   assert.deepEqual(missed, { type: "missed", reason: "window" });
-  // Nothing from before the gap is replayed; what comes after arrives.
+  // What the history still holds (the last 5) comes with the news; then what follows.
   x.send("after");
   await atY.until(() => atY.texts.includes("after"), "y hearing what follows");
-  assert.deepEqual(atY.texts, ["after"]);
+  assert.deepEqual(atY.texts, ["6", "7", "8", "9", "10", "after"]);
   await proxy.close();
+});
+
+Deno.test("relay restarted while a node is away: what its sender resends before it is back waits for it (rejoin grace); nothing is lost", async () => {
+  // A long grace: the test waits on events, never on the clock.
+  const settings = { rejoinGrace: 120_000, keepAlive: 1000, fadeAfter: 60_000 };
+  let relay = startRelay(settings);
+  const port = relay.addr.port;
+  const proxy = await FaultProxy.start({ targetPort: port });
+  const options = { session: "s", backoff: { initial: 10, max: 100 } };
+  const x = await RelayNode.connect(relay.url, { ...options, nickname: "x" });
+  const y = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+    ...options,
+    nickname: "y",
+  });
+  const atX = recordEvents(x);
+  const atY = recordEvents(y);
+  try {
+    await atX.until(() => x.members.length === 1, "y joining");
+    await sendNumbered(x, 10);
+    await atY.until(() => atY.texts.length === 10, "y hearing the first ten");
+    // The relay goes, and y stays away until x has come back and resent.
+    proxy.refuseNew(true);
+    await relay.shutdown();
+    await atX.until(() => x.state === "disconnected", "x noticing");
+    for (let i = 11; i <= 20; i++) x.send(String(i));
+    x.sendTo("y", "for y");
+    relay = startRelay({ ...settings, port });
+    await within(30_000, "x's messages taken by the new relay", x.flush());
+    assert.deepEqual(x.members, [], "x came back first, alone");
+    const refused = atX.events.filter((e) => e.type === "error");
+    assert.deepEqual(refused, [], "nothing x resent was refused");
+    // y comes back: told the history was lost, then given what waited for it.
+    proxy.refuseNew(false);
+    await atY.until(() => atY.texts.includes("for y"), "y hearing what waited");
+    const expected = [...Array.from({ length: 20 }, (_, i) => String(i + 1)), "for y"];
+    assert.deepEqual(atY.texts, expected);
+    assert.ok(atY.events.some((e) => e.type === "missed" && e.reason === "epoch"));
+    // Once the grace is over a lone sender is told again; here y is back, so it hears it.
+    x.send("live");
+    await atY.until(() => atY.texts.includes("live"), "y hearing x live");
+  } finally {
+    await x.close();
+    await y.close();
+    await proxy.close();
+    await relay.shutdown();
+  }
 });
 
 Deno.test("relay CLI SIGKILLed and restarted while two nodes exchange numbered messages: each arrives once and in order, or its sender hears it went nowhere, or its receiver hears the history was lost", async () => {

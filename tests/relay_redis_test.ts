@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { type ImmortalListener, RelayNode } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
+import { FaultProxy } from "./_fault_proxy.ts";
 import { freePort, patternHash, receiveAll, sendPattern, within } from "./_helpers.ts";
 import { startNginx } from "./_proxies.ts";
 import { redisClient, startRedis } from "./_redis.ts";
@@ -214,6 +215,49 @@ Deno.test("Redis restarted mid-session: the relays reconnect, and 400 numbered m
   // And the session goes on after it.
   x.send("after");
   await atY.until(() => atY.texts.includes("after"), "y hearing what follows");
+});
+
+Deno.test("two relays on one Redis: a node away for longer than the history holds is told it missed some (window), and given what is still held", async () => {
+  await using redis = await startRedis({ persist: false });
+  const settings = {
+    redis: redis.url,
+    historyLength: 5,
+    rate: 100_000,
+    keepAlive: 1000,
+    fadeAfter: 60_000,
+  };
+  await using one = startRelay(settings);
+  await using two = startRelay(settings);
+  const proxy = await FaultProxy.start({ targetPort: two.addr.port });
+  const options = { session: "s", backoff: { initial: 10, max: 100 } };
+  await using x = await RelayNode.connect(one.url, { ...options, nickname: "x" });
+  await using y = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+    ...options,
+    nickname: "y",
+  });
+  try {
+    const atY = recordEvents(y);
+    await atY.until(() => y.members.length === 1, "x in y's members");
+    proxy.refuseNew(true);
+    proxy.reset();
+    await atY.until(() => y.state === "disconnected", "y noticing");
+    // Redis trims its history roughly (`MAXLEN ~`, whole blocks of 100): enough to lose some.
+    await within(30_000, "sending", sendNumbered(x, 400));
+    proxy.refuseNew(false);
+    x.send("after");
+    await atY.until(() => atY.texts.includes("after"), "y hearing what follows");
+    assert.deepEqual(atY.events.find((e) => e.type === "missed"), {
+      type: "missed",
+      reason: "window",
+    });
+    // What is still held comes, once and in order, up to the last: a tail of the 400.
+    const got = numbers(atY.texts);
+    assert.ok(got.length > 0 && got[0] > 1, `y got ${got.length} from ${got[0]}`);
+    assert.deepEqual(got, oneTo(400).slice(got[0] - 1));
+    assert.equal(atY.texts.at(-1), "after");
+  } finally {
+    await proxy.close();
+  }
 });
 
 Deno.test("two relay processes share one port (--reuse-port) and, through Redis, one session", async () => {

@@ -570,7 +570,7 @@ function onWelcome(welcome) {
       if (c.position) {
         note(
           welcome.missed === "window"
-            ? "messages sent while you were away are lost: the relay no longer holds them"
+            ? "some messages sent while you were away are lost: the relay no longer holds them all"
             : "the relay restarted or forgot this session: messages sent while you were away may be lost",
           "gap missed",
         );

@@ -99,6 +99,16 @@ export class History {
     return this.#entries.slice(first);
   }
 
+  /**
+   * The messages held after `offset`, oldest first: for a node that cannot
+   * be told everything it missed, what can still be told.
+   */
+  heldAfter(offset: number): HistoryEntry[] {
+    const after = this.#entries.slice(this.#head);
+    const first = after.findIndex((entry) => entry.offset > offset);
+    return first === -1 ? [] : after.slice(first);
+  }
+
   #dropOldest(): void {
     const entry = this.#entries[this.#head++];
     this.#bytes -= entry.data.length;

@@ -371,25 +371,37 @@ export class Hub {
    * the messages it missed, right after: nothing can come between them.
    */
   #welcome(member: Member, hello: HelloFrame, stream?: string): void {
-    const history = member.room.history;
-    let replay: HistoryEntry[] | null = null;
+    const room = member.room;
+    const history = room.history;
+    let replay: HistoryEntry[] = [];
     let missed: MissedReason | undefined;
     if (member.id !== undefined && hello.recover) {
-      if (hello.recover.epoch !== history.epoch) missed = "epoch";
-      else {
-        replay = history.since(hello.recover.offset);
-        if (!replay) missed = "window";
+      const { epoch, offset } = hello.recover;
+      if (epoch !== history.epoch) {
+        missed = "epoch";
+        // Back from an earlier life of the room (this relay restarted, or it
+        // forgot the room): the room's other members may be on their way too.
+        room.rejoinUntil = this.#clock() + this.settings.rejoinGrace;
+        // Nothing of this epoch can have reached the node: all of it is news.
+        replay = history.heldAfter(0);
+      } else {
+        const since = history.since(offset);
+        if (since) replay = since;
+        else {
+          missed = "window";
+          replay = history.heldAfter(offset);
+        }
       }
     }
     this.#sendWelcome(member, {
-      members: member.room.snapshot(member),
+      members: room.snapshot(member),
       epoch: history.epoch,
-      offset: history.offset,
+      offset: welcomeOffset(history.offset, missed, replay),
       recover: hello.recover !== undefined,
       missed,
       stream,
     });
-    this.#replay(member, replay ?? []);
+    this.#replay(member, replay);
   }
 
   /** The welcome frame; the position fields only for a node with an id. */
@@ -437,7 +449,7 @@ export class Hub {
 
   /** Whether `entry` is a message `member` hears. */
   #addressedTo(member: Member, entry: HistoryEntry): boolean {
-    if (entry.to !== undefined) return entry.to === member.nickname;
+    if (entry.to !== undefined) return entry.to === member.nickname && member.hears(entry);
     return entry.from !== member.nickname && member.hears(entry);
   }
 
@@ -585,8 +597,11 @@ export class Hub {
         ...body,
       }),
     };
+    // Kept for members on their way back, not refused, while the room is rejoining.
+    const rejoining = room.rejoinUntil > now;
     if (to !== undefined) {
       const target = room.members.get(to);
+      if (!target && rejoining && to !== from.nickname) return room.history.append(entry);
       if (!target || target === from) {
         return refuse("no-such-node", `no node "${to}" in this session`);
       }
@@ -606,7 +621,9 @@ export class Hub {
     }
     // Nobody to hear it: dropped, never kept for later (TcpJLib's rule); a
     // numbered message is reported, so its sender knows it went nowhere.
-    if (!heard && seq !== undefined) {
+    // Only a room whose members are coming back keeps it for them.
+    if (!heard && rejoining) room.history.append(entry);
+    else if (!heard && seq !== undefined) {
       this.#counters.alone++;
       refuse("alone", "nobody else in the session hears it: dropped");
     }
@@ -803,7 +820,7 @@ export class Hub {
       this.#sendWelcome(member, {
         members: result.members.filter((m) => m.nickname !== self.nickname),
         epoch: result.epoch,
-        offset: result.offset,
+        offset: welcomeOffset(result.offset, missed, replay),
         recover: hello.recover !== undefined,
         missed,
         stream: extra.stream,
@@ -842,15 +859,20 @@ export class Hub {
     joined: ClusterJoin,
   ): Promise<{ replay: HistoryEntry[]; missed?: MissedReason }> {
     if (hello.id === undefined || !hello.recover) return { replay: [] };
-    if (hello.recover.epoch !== joined.epoch) return { replay: [], missed: "epoch" };
-    const { offset } = hello.recover;
-    if (offset >= joined.offset) return { replay: [] };
+    const sameEpoch = hello.recover.epoch === joined.epoch;
+    // Nothing of another epoch can have reached the node: all of this one is news.
+    const offset = sameEpoch ? hello.recover.offset : 0;
+    if (sameEpoch && offset >= joined.offset) return { replay: [] };
     const since = await cluster.since(hello.session, offset);
-    const first = since.entries[0];
-    if (
-      since.epoch !== joined.epoch || !first || first.offset !== offset + 1 ||
-      Date.now() - first.at > this.settings.historyAge
-    ) return { replay: [], missed: "window" };
+    const now = Date.now();
+    // What a node told it missed some can still be given.
+    const held = since.epoch === joined.epoch
+      ? since.entries.filter((entry) => now - entry.at <= this.settings.historyAge)
+      : [];
+    if (!sameEpoch) return { replay: held, missed: "epoch" };
+    if (held.length === 0 || held[0] !== since.entries[0] || held[0].offset !== offset + 1) {
+      return { replay: held, missed: "window" };
+    }
     return { replay: since.entries };
   }
 
@@ -1020,4 +1042,17 @@ export class Hub {
     this.rooms.clear();
     this.#nodes = 0;
   }
+}
+
+/**
+ * The offset a welcome gives a node as its position: the room's `latest`,
+ * or, for a node told it `missed` some and given what is still held
+ * (`replay`), the one just before that, so that it takes what follows.
+ */
+function welcomeOffset(
+  latest: number,
+  missed: MissedReason | undefined,
+  replay: readonly HistoryEntry[],
+): number {
+  return missed && replay.length > 0 ? replay[0].offset - 1 : latest;
 }

@@ -381,7 +381,7 @@ Deno.test("hub: a node whose connection breaks keeps its place; back with its po
   assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "b", reason: "gone" }]);
 });
 
-Deno.test("hub: a position older than the history, or from another epoch, is not recovered, and the welcome says why", () => {
+Deno.test("hub: a position older than the history, or from another epoch, is not recovered: the welcome says why, and what is still held follows", () => {
   using h = makeHub({ historyLength: 2 });
   const a = h.join("a", { id: "node-a" });
   const b = h.join("b", { id: "node-b" });
@@ -390,8 +390,9 @@ Deno.test("hub: a position older than the history, or from another epoch, is not
   for (let seq = 1; seq <= 3; seq++) h.hub.receive(a.member, { t: "msg", text: `${seq}`, seq });
   const late = h.join("b", { id: "node-b", token: b.welcome.token, recover: { epoch, offset: 0 } });
   assert.deepEqual([late.welcome.recovered, late.welcome.missed], [false, "window"]);
-  assert.equal(late.welcome.offset, 3, "where the node goes on from");
-  assert.deepEqual(late.sink.take("msg"), []);
+  // Message 1 fell out; what is still held comes with the news, the position just before it.
+  assert.equal(late.welcome.offset, 1, "where the node goes on from");
+  assert.deepEqual(late.sink.take("msg").map((m) => m.text), ["2", "3"]);
   const recent = h.join("b", {
     id: "node-b",
     token: b.welcome.token,
@@ -404,6 +405,8 @@ Deno.test("hub: a position older than the history, or from another epoch, is not
     recover: { epoch: "another", offset: 3 },
   });
   assert.deepEqual([other.welcome.recovered, other.welcome.missed], [false, "epoch"]);
+  // Nothing of this epoch can have reached it: all that is held is news.
+  assert.deepEqual(other.sink.take("msg").map((m) => m.text), ["2", "3"]);
 });
 
 Deno.test("hub: a node with an id whose queue is full is cut off but keeps its place, and gets the rest when back", async () => {
@@ -434,4 +437,31 @@ Deno.test("hub: a node back after it was declared gone keeps its message numbers
   h.hub.receive(back.member, { t: "msg", text: "once", seq: 1 });
   await Promise.resolve();
   assert.deepEqual(b.sink.take("msg").map((m) => m.text), ["once"]);
+});
+
+Deno.test("hub: a room a node comes back to from an earlier life keeps what nobody hears for its members, for the rejoin grace only", () => {
+  using h = makeHub({ rejoinGrace: 1000 });
+  const old = { epoch: "before-the-restart", offset: 7 };
+  // A fresh room: a lone sender is told at once.
+  const fresh = h.join("fresh", { session: "other", id: "f" });
+  h.hub.receive(fresh.member, { t: "msg", text: "nobody", seq: 1 });
+  assert.equal(fresh.sink.take("error")[0]?.code, "alone");
+  // An agent back from before the restart: the room waits for the others.
+  const agent = h.join("agent", { role: "agent", id: "a", recover: old });
+  assert.equal(agent.welcome.missed, "epoch");
+  h.hub.receive(agent.member, { t: "msg", text: "to all", seq: 1 });
+  h.hub.receive(agent.member, { t: "msg", text: "to the bridge", to: "bridge", seq: 2 });
+  h.hub.receive(agent.member, { t: "msg", text: "to an agent", to: "agent2", seq: 3 });
+  assert.deepEqual(agent.sink.take("error"), [], "kept, not refused");
+  // Those back get what they hear, in order, their position just before it.
+  const bridge = h.join("bridge", { role: "bridge", id: "b", recover: old });
+  assert.equal(bridge.welcome.offset, 0);
+  assert.deepEqual(bridge.sink.take("msg").map((f) => f.text), ["to all", "to the bridge"]);
+  // An agent hears bridges only: the agent's message to another agent never reaches it.
+  const agent2 = h.join("agent2", { role: "agent", id: "a2", recover: old });
+  assert.deepEqual(agent2.sink.take("msg"), []);
+  // The grace over, a message to nobody is refused again.
+  h.clock.now += 1001;
+  h.hub.receive(bridge.member, { t: "msg", text: "to a ghost", to: "ghost", seq: 1 });
+  assert.equal(bridge.sink.take("error")[0]?.code, "no-such-node");
 });

@@ -150,6 +150,12 @@ export class Room {
    * kept for each of them until its welcome is out.
    */
   readonly joining: Set<Arrival[]> = new Set();
+  /**
+   * Until when (clock ms) messages nobody here hears wait in the history: a
+   * node came back from an earlier life of the room, and its other members
+   * may be on their way too (Hub's `rejoinGrace`).
+   */
+  rejoinUntil = 0;
 
   /** A room named by the session id `id`, keeping `history` of its messages. */
   constructor(readonly id: string, history: HistoryLimits) {

@@ -62,6 +62,16 @@ export interface RelayOptions {
    */
   reclaimWindow?: number;
   /**
+   * How long (ms) a room keeps messages nobody hears, for its members on
+   * their way back, once a node comes back to it from an earlier life of
+   * the room (this relay restarted, or the room was forgotten): a
+   * broadcast with no one else here, or a message to a nickname not here,
+   * waits in the history for them instead of being refused (`alone`,
+   * `no-such-node`). Nodes that come back with their position get it. Not
+   * used with `redis`, where the room outlives a relay. Default 10000.
+   */
+  rejoinGrace?: number;
+  /**
    * Redis URL (`redis://host:6379`, `rediss://` for TLS): several relay
    * processes, on one machine or many, serve the same sessions, sharing
    * nicknames, presence, message numbers and history in Redis. Without it,
