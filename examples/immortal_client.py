@@ -18,6 +18,9 @@ what happens go to stderr. Exit status 0 when the session ended cleanly (both
 directions finished and acknowledged, 1.14), 1 with one line "error: ..."
 otherwise, 2 for bad arguments.
 
+As a library, `Session` carries any application's bytes (see its docstring):
+examples/immortal_tunnel.py runs the tunnel's stream multiplexing (Part 3) on it.
+
 Not covered: sealed sessions (1.21) and TLS links. X25519 below uses Python
 integers, which are not constant time: fine for an example, not for secrets
 that matter.
@@ -185,21 +188,29 @@ OUT_HIGH = 512 * 1024  # stop framing data while this much waits for the socket
 
 
 class Session:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.host, self.port = args.host, args.port
-        self.psk: Optional[bytes] = args.psk.encode() if args.psk is not None else None
-        self.window: int = args.window  # our receive window, announced in every hello
+    """One session, driven by `run()`; what it carries comes from and goes to `app`.
+
+    The application (`PipeApp` below; `immortal_tunnel.py` has another) gives the bytes
+    to send through `pull(room) -> (bytes, ended)`, says with `prepare(room) -> bool`
+    whether it has input ready without waiting (it may register its own files in
+    `session.sel`, with a callback `f(events)` as the key's data), and is handed what
+    arrives: `on_data(bytes)`, `on_fin()`. `on_open()` follows the first accept. It
+    consumes what it is handed at once: acks follow what arrived. Its callbacks may
+    raise `Failed` to end the session (with a `close` when `close_reason` is set).
+    """
+
+    def __init__(self, app, host: str, port: int, psk: Optional[str] = None,
+                 window: int = 4 << 20, dead_after: float = 5.0, resume_timeout: float = 120.0,
+                 cuts: Optional[list[int]] = None, logger=None) -> None:
+        self.app, self.host, self.port = app, host, port
+        self.psk: Optional[bytes] = psk.encode() if psk is not None else None
+        self.window = window  # our receive window, announced in every hello
         self.ack_every = min(4 << 20, self.window) // 4  # like ours (1.10)
-        self.dead_after: float = args.dead_link_timeout
-        self.resume_timeout: float = args.resume_timeout
-        self.cuts: list[int] = sorted(args.cut_after or [])
-        # Input: the pattern (--bytes) or stdin.
-        self.pattern_left: Optional[int] = args.bytes
-        self.pattern_block = bytes(range(251)) * (DATA_CHUNK // 251 + 2)
-        self.stdin_fd = sys.stdin.fileno() if args.bytes is None else -1
-        self.stdin_selectable = args.bytes is None and selectable(self.stdin_fd)
-        # Output: stdout, or a hash of it.
-        self.sha = hashlib.sha256() if args.sha256 else None
+        self.dead_after = dead_after
+        self.resume_timeout = resume_timeout
+        self.cuts: list[int] = sorted(cuts or [])
+        self.log = logger or log
+        self.sel = selectors.DefaultSelector()  # the link, and the application's files
         # Session keys, set by the first accept.
         self.session_id = b""
         self.k_resume = b""
@@ -306,8 +317,8 @@ class Session:
                                      f"[{self.acked}, {self.sent_high}]")
             self.peer_window, self.sent = window_s, received_s  # replay from there (1.13 rule 2)
             self.resumes += 1
-            log(f"resumed: the server had {received_s}, we had {received_c}; "
-                f"replaying {self.sent_high - received_s} positions")
+            self.log(f"resumed: the server had {received_s}, we had {received_c}; "
+                     f"replaying {self.sent_high - received_s} positions")
             return sock, reader
         except BaseException:
             sock.close()
@@ -326,20 +337,27 @@ class Session:
             except Rejected as r:
                 if r.code != "busy":  # auth, unknown-session, version, ... are final (1.9)
                     raise Failed(f"the server refused the resume: {r}") from None
-                log(f"resume refused: {r}; retrying")
+                self.log(f"resume refused: {r}; retrying")
             except (OSError, LinkLost, Malformed) as e:
-                log(f"resume attempt failed: {e or type(e).__name__}")
+                self.log(f"resume attempt failed: {e or type(e).__name__}")
             failures += 1
 
     # -- the running session (1.10 - 1.14) --
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.sel.close()
+
+    def _run(self) -> None:
         try:
             sock, reader = self.open_new()
         except Rejected as r:
             raise Failed(f"the server refused the session: {r}") from None
         except (OSError, LinkLost, Malformed) as e:
             raise Failed(f"cannot open a session at {self.host}:{self.port}: {e}") from None
-        log(f"session {self.session_id.hex()} open; server window {self.peer_window}")
+        self.log(f"session {self.session_id.hex()} open; server window {self.peer_window}")
+        self.app.on_open()
         while True:
             self.carried = False
             try:
@@ -347,7 +365,7 @@ class Session:
                 return
             except LinkLost as e:
                 abort(sock)
-                log(f"link lost: {e}")
+                self.log(f"link lost: {e}")
             except Failed as f:
                 if f.close_reason is not None:  # best effort: the link may be dying too
                     try:
@@ -362,7 +380,7 @@ class Session:
 
     def run_link(self, sock: socket.socket, reader: FrameReader) -> None:
         sock.setblocking(False)
-        sel = selectors.DefaultSelector()
+        sel = self.sel
         sel.register(sock, selectors.EVENT_READ)
         self.out = bytearray(frame(ACK, u64(self.consumed())))  # an ack first thing (1.13 rule 4)
         self.acked_out = self.consumed()
@@ -379,17 +397,12 @@ class Session:
                 now = time.monotonic()
                 wake = min(last_tick + ACK_TICK, last_recv + self.dead_after,
                            last_send + HEARTBEAT if not self.out else now + HEARTBEAT)
-                waiting_stdin = self.wants_stdin()
-                if waiting_stdin:
-                    sel.register(self.stdin_fd, selectors.EVENT_READ)
-                try:
-                    ready = sel.select(max(0.0, wake - now) if not self.input_ready() else 0)
-                finally:
-                    if waiting_stdin:
-                        sel.unregister(self.stdin_fd)
+                input_ready = self.app.prepare(self.room())
+                ready = sel.select(max(0.0, wake - now) if not input_ready else 0)
                 for key, events in ready:
-                    if key.fileobj == self.stdin_fd:
-                        self.read_input(stdin_readable=True)
+                    if key.data is not None:  # the application's file, if still registered
+                        if sel.get_map().get(key.fd) is key:
+                            key.data(events)
                         continue
                     if events & selectors.EVENT_READ and (data := recv(sock)) is not None:
                         last_recv = time.monotonic()
@@ -409,7 +422,7 @@ class Session:
                     last_tick = now
                     self.queue_ack(force=False, tick=True)
         finally:
-            sel.close()
+            sel.unregister(sock)
 
     def consumed(self) -> int:
         """Positions of the server's stream our 'application' consumed: all received, FIN too."""
@@ -425,30 +438,15 @@ class Session:
         """Input we may take now: unacked bytes stay within the server's window (1.11)."""
         return 0 if self.input_done else min(self.peer_window - len(self.send_buf), DATA_CHUNK)
 
-    def input_ready(self) -> bool:
-        """Input that never blocks (the pattern, a regular file) and room for it."""
-        return not self.stdin_selectable and self.room() > 0
-
-    def wants_stdin(self) -> bool:
-        """A pipe or terminal: wait for it in the selector, so heartbeats go on meanwhile."""
-        return self.stdin_selectable and self.room() > 0
-
-    def read_input(self, stdin_readable: bool = False) -> None:
+    def read_input(self) -> None:
+        """Takes what the application has to send, within the room there is."""
         room = self.room()
         if room <= 0:
             return
-        if self.pattern_left is not None:
-            n = min(room, self.pattern_left)
-            start = self.written % 251
-            data = self.pattern_block[start:start + n]
-            self.pattern_left -= n
-        elif stdin_readable or not self.stdin_selectable:
-            data = os.read(self.stdin_fd, room)  # raw fd: no hidden buffer behind select
-        else:
-            return
+        data, ended = self.app.pull(room)
         self.send_buf += data
         self.written += len(data)
-        if not data or self.pattern_left == 0:
+        if ended:
             self.input_done = True
 
     def frame_output(self) -> None:
@@ -480,18 +478,13 @@ class Session:
                 self.on_frame(*got)
         except Malformed as e:  # 1.5 rule 3: the link is poisoned, the session resumes
             raise LinkLost(f"malformed frame: {e}") from None
-        if self.sha is None:
-            sys.stdout.buffer.flush()
 
     def on_frame(self, ftype: int, payload: bytes) -> None:
         if ftype == DATA:
             if self.peer_fin:
                 raise protocol_error("data after the server's FIN")
-            if self.sha is not None:
-                self.sha.update(payload)
-            else:
-                sys.stdout.buffer.write(payload)
             self.received += len(payload)
+            self.app.on_data(payload)
             self.queue_ack(force=False)
         elif ftype == ACK:
             (position,) = struct.unpack(">Q", payload)
@@ -512,6 +505,7 @@ class Session:
                 raise protocol_error(f"FIN at {position} with {self.received} received")
             self.peer_fin = True
             self.queue_ack(force=True)  # the end of stream is consumed at once
+            self.app.on_fin()
         elif ftype == CLOSE:
             raise Failed(f"the server aborted the session: {payload.decode()}")
         elif ftype == BYE:
@@ -540,8 +534,68 @@ class Session:
             while sock.recv(65536):  # until the server closes: the bye was read, not reset away
                 pass
         except OSError as e:
-            log(f"link lost after the bye ({e}); the session was complete")
+            self.log(f"link lost after the bye ({e}); the session was complete")
         sock.close()
+
+
+class PipeApp:
+    """The command line's application: the pattern or stdin in, stdout or a hash out."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.session: Optional[Session] = None
+        self.pattern_left: Optional[int] = args.bytes  # input: the pattern (--bytes) or stdin
+        self.pattern_pos = 0
+        self.pattern_block = bytes(range(251)) * (DATA_CHUNK // 251 + 2)
+        self.stdin_fd = sys.stdin.fileno() if args.bytes is None else -1
+        self.stdin_selectable = args.bytes is None and selectable(self.stdin_fd)
+        self.stdin_registered = self.stdin_readable = False
+        self.sha = hashlib.sha256() if args.sha256 else None  # output: stdout, or a hash of it
+
+    def on_open(self) -> None:
+        pass
+
+    def prepare(self, room: int) -> bool:
+        """A pipe or terminal is waited for in the selector (heartbeats go on meanwhile);
+        the pattern and a regular file never block: ready whenever there is room."""
+        if not self.stdin_selectable:
+            return room > 0
+        assert self.session is not None
+        if room > 0 and not self.stdin_registered:
+            self.session.sel.register(self.stdin_fd, selectors.EVENT_READ, self.on_stdin)
+        elif room <= 0 and self.stdin_registered:
+            self.session.sel.unregister(self.stdin_fd)
+        self.stdin_registered = room > 0
+        return False
+
+    def on_stdin(self, _events: int) -> None:
+        assert self.session is not None
+        self.stdin_readable = True
+        try:
+            self.session.read_input()
+        finally:
+            self.stdin_readable = False
+
+    def pull(self, room: int) -> tuple[bytes, bool]:
+        if self.pattern_left is not None:
+            n = min(room, self.pattern_left)
+            start = self.pattern_pos % 251
+            self.pattern_left -= n
+            self.pattern_pos += n
+            return self.pattern_block[start:start + n], self.pattern_left == 0
+        if self.stdin_readable or not self.stdin_selectable:
+            data = os.read(self.stdin_fd, room)  # raw fd: no hidden buffer behind select
+            return data, not data
+        return b"", False
+
+    def on_data(self, payload: bytes) -> None:
+        if self.sha is not None:
+            self.sha.update(payload)
+        else:
+            sys.stdout.buffer.write(payload)
+            sys.stdout.buffer.flush()
+
+    def on_fin(self) -> None:
+        pass
 
 
 class Rejected(Exception):
@@ -679,7 +733,10 @@ def main() -> int:
         parser.error("--window must be in 1024 .. 2^32 - 1")
     if args.psk == "":
         parser.error("--psk must not be empty")
-    session = Session(args)
+    app = PipeApp(args)
+    session = app.session = Session(app, args.host, args.port, psk=args.psk, window=args.window,
+                                    dead_after=args.dead_link_timeout,
+                                    resume_timeout=args.resume_timeout, cuts=args.cut_after)
     try:
         session.run()
     except Failed as e:
@@ -688,8 +745,8 @@ def main() -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 1
-    if session.sha is not None:
-        print(f"{session.sha.hexdigest()} {session.received}", flush=True)
+    if app.sha is not None:
+        print(f"{app.sha.hexdigest()} {session.received}", flush=True)
     log(f"session ended cleanly: sent {session.written}, received {session.received}, "
         f"resumed {session.resumes} times")
     return 0
