@@ -168,7 +168,13 @@ Deno.test("a peer that sends past a stream's window is cut off (protocol error),
   const stream = await server.accept();
   await assert.rejects(server.closed, /bytes past the window granted/);
   assert.ok(stream.bufferedBytes <= INITIAL_WINDOW, `${stream.bufferedBytes} bytes buffered`);
-  await raw.closed.catch(() => {});
+  // The peer is told what it did wrong, not that an application closed.
+  await assert.rejects(
+    raw.closed,
+    (e: unknown) =>
+      e instanceof ImmortalError && e.code === "aborted" &&
+      /protocol error: .*bytes past the window granted/.test(e.message),
+  );
 });
 
 Deno.test("a peer that does not speak the protocol is told apart at its first bytes", async () => {
@@ -177,7 +183,7 @@ Deno.test("a peer that does not speak the protocol is told apart at its first by
   const server = new MuxSession(await listener.accept(), { role: "server" });
   await raw.write(new Uint8Array([0x01])); // the old per-connection tunnel's first byte
   await assert.rejects(server.closed, /does not speak stream multiplexing/);
-  await raw.closed.catch(() => {});
+  await assert.rejects(raw.closed, /protocol error: the peer does not speak stream multiplexing/);
 });
 
 Deno.test("a write followed at once by closeWrite goes out whole, then the end", async () => {

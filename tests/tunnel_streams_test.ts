@@ -1,6 +1,8 @@
 // One tunnel session carries every connection as a stream of its own.
 import assert from "node:assert/strict";
-import { TunnelClient, TunnelServer } from "../mod.ts";
+import { connect, TunnelClient, TunnelServer } from "../mod.ts";
+import { encodeFrame, FrameType, GREETING } from "../lib/mux/_frames.ts";
+import { concat } from "../lib/_util.ts";
 import { renderRecord, within, withLogs } from "./_helpers.ts";
 import {
   cutWhile,
@@ -98,5 +100,41 @@ Deno.test("closing the server closes target connections whose stream half-closed
   targetConn.close();
   local.close();
   held.close();
+  await targetTask;
+});
+
+Deno.test("a stream reset before its target was dialed costs the target nothing: no connection that comes and goes", async () => {
+  // A target that records what each connection it accepts says first.
+  const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const firstWords: string[] = [];
+  const heard = Promise.withResolvers<void>();
+  const targetTask = (async () => {
+    for await (const conn of target) {
+      const buffer = new Uint8Array(64);
+      const n = await conn.read(buffer).catch(() => null);
+      firstWords.push(n === null ? "(nothing)" : new TextDecoder().decode(buffer.subarray(0, n)));
+      conn.close();
+      if (firstWords.includes("three")) heard.resolve();
+    }
+  })();
+  await using server = new TunnelServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    target: { hostname: "127.0.0.1", port: target.addr.port },
+  });
+  // A hand-made client: stream 1 opened and reset in one write, then stream 3 with a word.
+  const raw = await connect({ port: server.addr.port });
+  await raw.write(concat(
+    GREETING,
+    encodeFrame(FrameType.open, 1),
+    encodeFrame(FrameType.reset, 1, new TextEncoder().encode("changed my mind")),
+    encodeFrame(FrameType.open, 3),
+    encodeFrame(FrameType.data, 3, new TextEncoder().encode("three")),
+  ));
+  await within(10_000, "the target hearing stream 3", heard.promise);
+  // Stream 1's dial, had there been one, came first: the target would have accepted it first.
+  assert.deepEqual(firstWords, ["three"]);
+  raw.close();
+  target.close();
   await targetTask;
 });

@@ -376,7 +376,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     }
   }
 
-  close(): void {
+  close(reason: string = APPLICATION_CLOSE): void {
     if (this.#ending !== null || this.#phase === "ended") return;
     if (this.#phase !== "open") {
       // Both directions are done: there is nothing to abort, and a close
@@ -389,12 +389,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       }
       return;
     }
-    log.info("Session {id} closed locally", { id: this.sessionId });
-    this.fail(
-      new ImmortalError("closed", "the connection was closed"),
-      APPLICATION_CLOSE,
-      true,
-    );
+    const own = reason === APPLICATION_CLOSE ? "" : `: ${reason}`;
+    log.info("Session {id} closed locally{own}", { id: this.sessionId, own });
+    this.fail(new ImmortalError("closed", `the connection was closed${own}`), reason, true);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

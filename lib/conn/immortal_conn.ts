@@ -37,8 +37,13 @@ export interface ImmortalConn extends EventTarget, AsyncDisposable {
   write(data: Uint8Array): Promise<number>;
   /** Half-close: no more writes; the peer's readable ends after every byte written. */
   closeWrite(): Promise<void>;
-  /** Aborts the session at once; unsent data is discarded and the peer is told. */
-  close(): void;
+  /**
+   * Aborts the session at once; unsent data is discarded and the peer is
+   * told why: `reason` (for people; cut to 1024 bytes of UTF-8), by default
+   * "closed by the application". A session already complete has nothing
+   * to abort, and just ends.
+   */
+  close(reason?: string): void;
   /** Adds a listener for a state event; the event's class follows from its name. */
   addEventListener<K extends keyof ConnEventMap>(
     type: K,

@@ -366,6 +366,11 @@ export class StreamCore {
     }
   }
 
+  /** Whether the stream has ended: finished, closed, reset or refused, or its session gone. */
+  get ended(): boolean {
+    return this.#error !== null;
+  }
+
   /** The session is gone: so is the stream. */
   fail(error: Error): void {
     this.#end(error);

@@ -330,11 +330,8 @@ export class MuxSession implements AsyncDisposable {
       this.#end(new ImmortalError("closed", "the peer ended the session"));
     } catch (error) {
       if (error instanceof MuxProtocolError) {
-        log.error("Multiplexed session {id}: {reason}", {
-          id: conn.sessionId.slice(0, 8),
-          reason: error.message,
-        });
-        this.#end(new ImmortalError("protocol", error.message));
+        // The peer hears what it did wrong, as in the session protocol's own aborts.
+        this.#end(new ImmortalError("protocol", error.message), `protocol error: ${error.message}`);
       } else {
         this.#end(error instanceof Error ? error : new Error(String(error)));
       }
@@ -378,7 +375,8 @@ export class MuxSession implements AsyncDisposable {
 
   // ------------------------------------------------------------ ending
 
-  #end(error: Error): void {
+  /** Ends every stream and the session under them; the peer is told `tellPeer`, if given. */
+  #end(error: Error, tellPeer?: string): void {
     if (this.#ending) return;
     this.#ending = error;
     if (!this.#closedLocally) {
@@ -396,7 +394,7 @@ export class MuxSession implements AsyncDisposable {
     this.#inFlight = null;
     this.#control = [];
     this.#kick();
-    this.#conn.close();
+    this.#conn.close(tellPeer);
     if (this.#closedLocally) this.#resolveClosed();
     else this.#rejectClosed(error);
   }

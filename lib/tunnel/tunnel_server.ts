@@ -18,6 +18,7 @@ import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { errorMessage } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { splice } from "./_splice.ts";
+import { coreOf } from "../mux/mux_stream.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
 
@@ -120,17 +121,40 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
       stream.refuse(reason);
       return;
     }
+    // A stream the peer reset, or whose session ended, before or while its
+    // target is dialed needs no connection: the target (an sshd, a
+    // database) would log a client that came and went without a word.
+    const core = coreOf(stream);
+    if (core.ended) return;
+    const dial = new AbortController();
+    let dialing = true;
+    const stop = () => dialing && dial.abort();
+    stream.closed.then(stop, stop);
     // Counted from the dial on: dials under way hold sockets too.
     this.#streams++;
-    let tcp: Deno.TcpConn;
+    let tcp: Deno.TcpConn | undefined;
     try {
-      tcp = await Deno.connect(this.#target);
+      tcp = await Deno.connect({ ...this.#target, signal: dial.signal });
     } catch (error) {
-      const reason = `cannot reach ${target}: ${errorMessage(error)}`;
-      // A target that is down refuses every connection: one line per reason per interval.
-      this.#refusals.event(reason, `Tunnel session ${session}, stream ${stream.id}: ${reason}`);
-      stream.refuse(reason);
+      if (!core.ended) {
+        const reason = `cannot reach ${target}: ${errorMessage(error)}`;
+        // A target that is down refuses every connection: one line per reason per interval.
+        this.#refusals.event(reason, `Tunnel session ${session}, stream ${stream.id}: ${reason}`);
+        stream.refuse(reason);
+        this.#streams--;
+        return;
+      }
+    } finally {
+      dialing = false; // the signal is the dial's only, never the connection's
+    }
+    if (tcp === undefined || core.ended) {
+      tcp?.close();
       this.#streams--;
+      log.debug("Stream {stream} of session {session} ended before {target} answered", {
+        session,
+        stream: stream.id,
+        target,
+      });
       return;
     }
     try {
