@@ -1,9 +1,10 @@
 /**
  * Log lines an attacker cannot multiply. The first event of a kind is logged
  * as it comes; more of the same kind within the interval are only counted,
- * and summarised in one line when the next one comes after the interval, or
- * at {@linkcode LogLimiter.flush} ("1,843 more: dropped a link from
- * 127.0.0.5 in the last 10 s"). A flood of a million refusals costs a line
+ * and summarised in one line when the interval ends (or at
+ * {@linkcode LogLimiter.flush}): "1,843 more in the last 10 s; the last:
+ * dropped a link from 127.0.0.5". A refusal that came second is in the log
+ * within the interval, not whenever the next one happens to come. A flood of a million refusals costs a line
  * per interval per kind, not a million lines.
  *
  * @module
@@ -13,6 +14,16 @@
 const INTERVAL_MS = 10_000;
 /** Kinds tracked at once; the oldest are summarised and forgotten beyond this. */
 const MAX_KINDS = 1024;
+
+/** Starts `fire` after `ms`; returns what cancels it. */
+export type SetTimer = (fire: () => void, ms: number) => () => void;
+
+/** A timer that does not keep the process alive: a summary is no reason to stay. */
+const unrefTimer: SetTimer = (fire, ms) => {
+  const id = setTimeout(fire, ms);
+  Deno.unrefTimer(id);
+  return () => clearTimeout(id);
+};
 
 interface Kind {
   since: number;
@@ -25,11 +36,20 @@ export class LogLimiter {
   #emit: (line: string) => void;
   #clock: () => number;
   #kinds = new Map<string, Kind>();
+  #setTimer: SetTimer;
+  /** Cancels the timer that writes the summaries due, if one runs. */
+  #cancelTimer: (() => void) | null = null;
+  #flushed = false;
 
-  /** `emit` writes one line (a logger call); `clock` is for tests. */
-  constructor(emit: (line: string) => void, clock: () => number = () => performance.now()) {
+  /** `emit` writes one line (a logger call); `clock` and `setTimer` are for tests. */
+  constructor(
+    emit: (line: string) => void,
+    clock: () => number = () => performance.now(),
+    setTimer: SetTimer = unrefTimer,
+  ) {
     this.#emit = emit;
     this.#clock = clock;
+    this.#setTimer = setTimer;
   }
 
   /**
@@ -42,6 +62,7 @@ export class LogLimiter {
     if (kind !== undefined && now - kind.since < INTERVAL_MS) {
       kind.suppressed++;
       kind.what = what;
+      this.#schedule(kind.since + INTERVAL_MS - now);
       return false;
     }
     if (kind !== undefined) this.#summarise(kind, now);
@@ -56,11 +77,37 @@ export class LogLimiter {
     return true;
   }
 
-  /** Writes the summaries still pending (on close, say). */
+  /** Writes the summaries still pending, and schedules none after: on close. */
   flush(): void {
+    this.#flushed = true;
+    this.#cancelTimer?.();
+    this.#cancelTimer = null;
     const now = this.#clock();
     for (const kind of this.#kinds.values()) this.#summarise(kind, now);
     this.#kinds.clear();
+  }
+
+  /** Writes the summaries due in `ms` then (one timer for every kind). */
+  #schedule(ms: number): void {
+    if (this.#cancelTimer !== null || this.#flushed) return;
+    this.#cancelTimer = this.#setTimer(() => {
+      this.#cancelTimer = null;
+      this.#summariseDue();
+    }, Math.max(0, ms));
+  }
+
+  /** Summarises and forgets the kinds whose interval is over; waits for the next one due. */
+  #summariseDue(): void {
+    const now = this.#clock();
+    let next = Infinity;
+    for (const [key, kind] of this.#kinds) {
+      const ends = kind.since + INTERVAL_MS;
+      if (ends <= now) {
+        this.#summarise(kind, now);
+        this.#kinds.delete(key);
+      } else if (kind.suppressed > 0) next = Math.min(next, ends);
+    }
+    if (next !== Infinity) this.#schedule(next - now);
   }
 
   #summarise(kind: Kind, now: number): void {

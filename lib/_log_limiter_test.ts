@@ -21,3 +21,37 @@ Deno.test("LogLimiter: a flood costs one line per kind per interval, summarised"
   limiter.flush();
   assert.equal(lines.length, 5, "nothing left to summarise");
 });
+
+Deno.test("LogLimiter: the summary is written when the interval ends, without waiting for another event", () => {
+  const lines: string[] = [];
+  const clock = { now: 0 };
+  const timers: { fire: () => void; at: number }[] = [];
+  const limiter = new LogLimiter((line) => lines.push(line), () => clock.now, (fire, ms) => {
+    const timer = { fire, at: clock.now + ms };
+    timers.push(timer);
+    return () => timers.splice(timers.indexOf(timer), 1);
+  });
+  limiter.event("a", "refused from A");
+  assert.equal(timers.length, 0, "nothing to summarise, no timer");
+  clock.now = 3000;
+  limiter.event("a", "refused again from A");
+  limiter.event("a", "and again from A");
+  assert.equal(timers.length, 1, "one timer, however many are held back");
+  assert.equal(timers[0].at, 10_000, "due when the first one's interval ends");
+  clock.now = 10_000;
+  timers.shift()!.fire();
+  assert.deepEqual(lines, [
+    "refused from A",
+    "2 more in the last 10 s; the last: and again from A",
+  ]);
+  // A new interval: the next one is written as it comes.
+  clock.now = 10_001;
+  assert.equal(limiter.event("a", "refused later from A"), true);
+  // Closed: nothing is scheduled any more.
+  limiter.event("a", "one more");
+  limiter.flush();
+  assert.equal(timers.length, 0);
+  limiter.event("a", "after close");
+  limiter.event("a", "after close, again");
+  assert.equal(timers.length, 0);
+});

@@ -26,8 +26,9 @@ export async function redisClient(url: string) {
 /**
  * A redis-server the test started; `restart` stops it and starts it again
  * on its data. `persist: false` keeps nothing on disk: a restart loses all.
+ * `password` makes it refuse clients without it (`url` carries it).
  */
-export async function startRedis(options: { persist?: boolean } = {}) {
+export async function startRedis(options: { persist?: boolean; password?: string } = {}) {
   const persist = options.persist ?? true;
   const dir = await Deno.makeTempDir({ prefix: "immortal-redis-" });
   const port = freePort();
@@ -44,6 +45,7 @@ export async function startRedis(options: { persist?: boolean } = {}) {
         "--save",
         "",
         ...(persist ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"]),
+        ...(options.password === undefined ? [] : ["--requirepass", options.password]),
       ],
       stdout: "piped",
       stderr: "null",
@@ -72,7 +74,9 @@ export async function startRedis(options: { persist?: boolean } = {}) {
   await start();
   return {
     port,
-    url: `redis://127.0.0.1:${port}`,
+    url: `redis://${
+      options.password === undefined ? "" : `:${encodeURIComponent(options.password)}@`
+    }127.0.0.1:${port}`,
     /** Stops it (SIGTERM: it writes what it has) and starts it again on the same data. */
     async restart(): Promise<void> {
       await stop();

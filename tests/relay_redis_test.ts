@@ -8,7 +8,15 @@ import assert from "node:assert/strict";
 import { type ImmortalListener, RelayNode } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { freePort, patternHash, receiveAll, sendPattern, within } from "./_helpers.ts";
+import {
+  freePort,
+  patternHash,
+  receiveAll,
+  renderRecord,
+  sendPattern,
+  within,
+  withLogs,
+} from "./_helpers.ts";
 import { startNginx } from "./_proxies.ts";
 import { redisClient, startRedis } from "./_redis.ts";
 import { loadBalancer } from "./_load_balancer.ts";
@@ -257,6 +265,33 @@ Deno.test("two relays on one Redis: a node away for longer than the history hold
     assert.equal(atY.texts.at(-1), "after");
   } finally {
     await proxy.close();
+  }
+});
+
+Deno.test("a relay whose Redis refuses its password stops, saying why; one whose Redis is down answers joins at once", async () => {
+  await using redis = await startRedis({ persist: false, password: "right" });
+  await withLogs(async (records) => {
+    const wrong = startRelay({ redis: redis.url.replace(":right@", ":wrong@") });
+    await assert.rejects(
+      within(30_000, "the relay stopping", wrong.finished),
+      /Redis refuses this relay: WRONGPASS.*check the user and password in the Redis URL/,
+    );
+    const said = records.map(renderRecord).filter((line) => line.includes("WRONGPASS"));
+    assert.equal(said.length, 1, said.join("\n"));
+  });
+  // Nothing listens on this port: every join is refused, now, not after the command timeout.
+  await using down = startRelay({ redis: `redis://127.0.0.1:${freePort()}`, redisTimeout: 60_000 });
+  for (let i = 0; i < 2; i++) {
+    const answer = await within(
+      30_000,
+      "the join's answer",
+      fetch(`${down.url}/relay/stream`, {
+        method: "POST",
+        body: JSON.stringify({ t: "hello", session: "s", nickname: "n" }),
+      }),
+    );
+    assert.equal(answer.status, 503);
+    assert.match(await answer.text(), /Redis is unreachable/);
   }
 });
 

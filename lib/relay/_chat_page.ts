@@ -24,6 +24,7 @@ export const CHAT_PAGE_HTML = String.raw`<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>immortal relay chat</title>
+<link rel="icon" href="data:,">
 <style>
   * { box-sizing: border-box; }
   [hidden] { display: none !important; }

@@ -10,7 +10,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { createClient } from "@redis/client";
-import { errorMessage } from "../_util.ts";
+import { errorMessage, isNotCapable } from "../_util.ts";
 import { HEARTBEAT, JOIN, LEAVE, MESSAGE, SINCE } from "./_cluster_scripts.ts";
 import type { HistoryEntry } from "./_history.ts";
 import type { RelayMember, RelayRole } from "./_protocol.ts";
@@ -67,6 +67,12 @@ export interface ClusterEvents {
    * delivered them (pub/sub lost them and the history no longer holds them).
    */
   trimmed(room: string, count: number): void;
+  /**
+   * Redis refused this relay for a reason that trying again will not mend
+   * (a wrong password, no permission to reach it): a setting to fix. Said
+   * once; the relay is of no use to its nodes until then.
+   */
+  refused?(reason: string): void;
 }
 
 /** What relays tell each other about a pipe between their nodes. */
@@ -169,6 +175,10 @@ export class RelayCluster {
   #sub: RedisClient;
   /** Resolves once both connections are up (the first time). */
   #connected: Promise<unknown>;
+  /** Why Redis cannot be reached now (it was, or the first connection failed); null while it can. */
+  #down: string | null = null;
+  #refused = false;
+  #firstFailure = Promise.withResolvers<never>();
   /** SHA-1 of each script, once Redis has it (loaded again after a Redis restart). */
   #shas = new Map<ScriptName, string>();
   #rooms = new Map<string, Subscription>();
@@ -209,7 +219,10 @@ export class RelayCluster {
     this.#redis = createClient(options);
     this.#sub = createClient(options);
     for (const client of [this.#redis, this.#sub]) {
-      client.on("error", (error: unknown) => this.#unhealthy(errorMessage(error)));
+      client.on("error", (error: unknown) => this.#failed(error));
+      client.on("ready", () => {
+        if (this.#redis.isReady && this.#sub.isReady) this.#down = null;
+      });
     }
     let reconnect = false;
     // After a reconnect, pub/sub may have missed messages: fill from the history.
@@ -219,8 +232,12 @@ export class RelayCluster {
       }
       reconnect = true;
     });
-    this.#connected = Promise.all([this.#redis.connect(), this.#sub.connect()]);
-    this.#connected.catch((error) => this.#unhealthy(errorMessage(error)));
+    // The first connection, or its first failure: a join waiting for it gets its answer then.
+    this.#connected = Promise.race([
+      Promise.all([this.#redis.connect(), this.#sub.connect()]),
+      this.#firstFailure.promise,
+    ]);
+    this.#connected.catch((error) => this.#failed(error));
     this.#heartbeat = setInterval(() => this.#beat(), HEARTBEAT_EVERY);
     this.#beat();
   }
@@ -233,7 +250,7 @@ export class RelayCluster {
       const ready = (async () => {
         const channel = `${PREFIX}c:${hex}`;
         this.#staleChannels.delete(channel);
-        await this.#timed(this.#connected.then(() => this.#sub.subscribe(channel, this.#listener)));
+        await this.#timed(this.#ready().then(() => this.#sub.subscribe(channel, this.#listener)));
         // Everything up to here is in what a joining node is told; later messages follow.
         const [epoch, latest] = await this.#since(hex, Number.MAX_SAFE_INTEGER);
         const subscribed = subscription!;
@@ -486,7 +503,7 @@ export class RelayCluster {
   #run(name: ScriptName, ...args: (string | number)[]): Promise<unknown> {
     const argv = [PREFIX, ...args].map(String);
     const run = async () => {
-      await this.#connected;
+      await this.#ready();
       let sha = this.#shas.get(name);
       if (sha === undefined) {
         sha = await this.#redis.sendCommand(["SCRIPT", "LOAD", SCRIPTS[name]]) as string;
@@ -505,7 +522,39 @@ export class RelayCluster {
 
   /** One Redis command, within the command timeout. */
   #command(args: string[]): Promise<unknown> {
-    return this.#timed(this.#connected.then(() => this.#redis.sendCommand(args)));
+    return this.#timed(this.#ready().then(() => this.#redis.sendCommand(args)));
+  }
+
+  /**
+   * Settles once Redis can take commands: at once if it can, or after the
+   * first connection; fails at once while it cannot be reached. A join then
+   * gets its answer (`unavailable`, try again) now, not after the command
+   * timeout.
+   */
+  #ready(): Promise<unknown> {
+    if (this.#redis.isReady && this.#sub.isReady) return Promise.resolve();
+    if (this.#down !== null) {
+      return Promise.reject(new Error(`Redis is unreachable: ${this.#down}`));
+    }
+    return this.#connected;
+  }
+
+  /** A client of ours failed: Redis is down, or refuses us for good. */
+  #failed(error: unknown): void {
+    const reason = errorMessage(error);
+    if (!(this.#redis.isReady && this.#sub.isReady)) {
+      this.#down = reason;
+      this.#firstFailure.reject(new Error(`Redis is unreachable: ${reason}`));
+    }
+    const mistake = refusalToMend(error);
+    if (mistake !== null) {
+      if (this.#refused || this.#closed) return;
+      this.#refused = true;
+      log.error("Redis refuses this relay: {reason} ({mistake})", { reason, mistake });
+      this.#events.refused?.(`${reason} (${mistake})`);
+      return;
+    }
+    this.#unhealthy(reason);
   }
 
   /**
@@ -584,17 +633,23 @@ export class RelayCluster {
     if (this.#beating || this.#closed) return;
     this.#beating = true;
     try {
-      const [known, swept] = await this.#run(
+      const [known, swept, names] = await this.#run(
         "heartbeat",
         this.id,
         HEARTBEAT_TTL,
         this.#settings.reclaimWindow,
         this.#settings.roomTtl,
         this.#pipeUrl,
-      ) as [number, number];
+      ) as [number, number, string[]];
       if (!this.#healthy) log.info("Redis answers again");
       this.#healthy = true;
-      if (swept > 0) log.info("{swept} nodes of dead relays declared gone", { swept });
+      if (swept > 0) {
+        const more = swept > names.length ? ` and ${swept - names.length} more` : "";
+        log.info("Nodes of relays that stopped beating declared gone: {names}{more}", {
+          names: names.join(", "),
+          more,
+        });
+      }
       // First, before anything else that may fail: the first beat registers this
       // relay; a later one that finds it unknown was given up.
       if (this.#beats++ > 0 && known === 0 && !this.#closed) {
@@ -852,4 +907,21 @@ function roomName(hex: string): string {
 async function tokenHash(token: string): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token));
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * What to mend when Redis refused us with `error` for a reason that
+ * retrying will not change, or null for a failure that may pass (Redis
+ * restarting, a network hiccup).
+ */
+function refusalToMend(error: unknown): string | null {
+  if (isNotCapable(error)) {
+    return "Deno was not given the permission: see --allow-net and --allow-env";
+  }
+  const text = errorMessage(error);
+  if (/^(WRONGPASS|NOAUTH|ERR AUTH|ERR invalid password)/.test(text)) {
+    return "check the user and password in the Redis URL";
+  }
+  if (/^NOPERM/.test(text)) return "the Redis user lacks a permission the relay needs";
+  return null;
 }

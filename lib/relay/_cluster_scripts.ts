@@ -237,14 +237,15 @@ return leave(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
  * A relay's heartbeat, and the sweep of relays whose heartbeat ran out: their
  * members are gone. Only a relay whose own heartbeat had not run out
  * sweeps. ARGV: prefix, relay id, heartbeat ttl (ms), reclaim window (ms),
- * room ttl (ms), the relay's pipe URL (or ''). Returns `{wasKnown, swept}`:
- * `wasKnown` 0 means the cluster had given this relay up (its members are
- * gone from it).
+ * room ttl (ms), the relay's pipe URL (or ''). Returns `{wasKnown, swept,
+ * names}`: `wasKnown` 0 means the cluster had given this relay up (its
+ * members are gone from it); `names`, the nicknames of the first 20 swept.
  */
 export const HEARTBEAT = PRELUDE + `
 local relays = P .. 'relays'
 local now = now_ms()
 local swept = 0
+local names = {}
 local known = redis.call('ZSCORE', relays, ARGV[2])
 local ttl = tonumber(ARGV[3])
 -- No heartbeat from any relay for two thirds of a lifetime: Redis (or every
@@ -261,7 +262,9 @@ for _, dead in ipairs(onTime and redis.call('ZRANGEBYSCORE', relays, '-inf', now
   if dead ~= ARGV[2] then
     for _, entry in ipairs(redis.call('SMEMBERS', P .. 'relay:' .. dead)) do
       local R, nick = string.match(entry, '^([^\\n]*)\\n(.*)$')
-      swept = swept + leave(R, nick, dead, 'gone', now + tonumber(ARGV[4]), ARGV[5])
+      local left = leave(R, nick, dead, 'gone', now + tonumber(ARGV[4]), ARGV[5])
+      swept = swept + left
+      if left > 0 and #names < 20 then names[#names + 1] = nick end
     end
     redis.call('DEL', P .. 'relay:' .. dead)
     redis.call('ZREM', relays, dead)
@@ -270,7 +273,7 @@ for _, dead in ipairs(onTime and redis.call('ZRANGEBYSCORE', relays, '-inf', now
 end
 redis.call('ZADD', relays, now + tonumber(ARGV[3]), ARGV[2])
 if ARGV[6] ~= '' then redis.call('HSET', P .. 'urls', ARGV[2], ARGV[6]) end
-return {known and 1 or 0, swept}
+return {known and 1 or 0, swept, names}
 `;
 
 /**

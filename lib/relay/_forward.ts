@@ -46,6 +46,9 @@ export type PeerHandler = (req: Request, info?: Deno.ServeHandlerInfo) => Promis
 /** Each relay's handler of requests from the other relays of its cluster. */
 export const peerHandlers: WeakMap<object, PeerHandler> = new WeakMap();
 
+/** What a relay does when Redis refuses it for good (its server stops). */
+export const clusterRefusals: WeakMap<object, (reason: string) => void> = new WeakMap();
+
 /** A new stream id held by the relay `relayId` (null: not in a cluster). */
 export function ownedId(relayId: string | null): string {
   return relayId === null ? crypto.randomUUID() : `${relayId}.${crypto.randomUUID()}`;

@@ -167,6 +167,8 @@ export class Hub {
   onPipeRefuse: ((member: Member, id: string, reason: string) => void) | null = null;
   /** Where other relays' word about pipes goes (the relay's pipe endpoint). */
   onClusterPipe: ((room: string, event: ClusterPipeEvent) => void) | null = null;
+  /** Where Redis refusing this relay for good goes (`serveRelay` stops the server). */
+  onClusterRefused: ((reason: string) => void) | null = null;
   /** With `redis`: the cluster this relay shares its rooms with, once loaded. */
   #cluster: RelayCluster | null = null;
   /**
@@ -215,6 +217,7 @@ export class Hub {
           },
           pipe: (room, event) => this.onClusterPipe?.(room, event),
           trimmed: (room) => this.#trimmedInCluster(room),
+          refused: (reason) => this.onClusterRefused?.(reason),
         });
         if (this.#closed) cluster.close();
         return this.#cluster = cluster;
@@ -462,16 +465,20 @@ export class Hub {
     if (member.sink === sink) member.detach(this.#clock());
   }
 
-  /** Removes a node; `gone` when it faded or its connection broke, `left` when it said bye. */
-  leave(member: Member, reason: LeaveReason): void {
+  /**
+   * Removes a node; `gone` when it faded or its connection broke, `left`
+   * when it said bye. `why` says what happened, for the log.
+   */
+  leave(member: Member, reason: LeaveReason, why?: string): void {
     const room = member.room;
     if (room.members.get(member.nickname) !== member) return;
     if (this.#cluster) {
       // The cluster announces it, to the nodes on this relay too.
       this.#dropLocal(member);
       this.#cluster.leave(room.id, member.nickname, reason).catch((error) =>
-        log.warn("Could not tell the cluster that {nickname} left: {reason}", {
+        log.warn("Could not tell the cluster that {nickname} {verb}: {reason}", {
           nickname: member.nickname,
+          verb: reason === "left" ? "left" : "is gone",
           reason: errorMessage(error),
         })
       );
@@ -489,10 +496,11 @@ export class Hub {
         lastSeq: member.lastSeq,
       });
     }
-    log.info("Node {nickname} {verb} {session}", {
+    log.info("Node {nickname} {verb} {session}{why}", {
       nickname: member.nickname,
       verb: reason === "left" ? "left" : "is gone from",
       session: room.id,
+      why: why === undefined ? "" : ` (${why})`,
     });
     if (room.members.size === 0) {
       // A room with history stays until it expires: its nodes may come back for it.
@@ -603,7 +611,7 @@ export class Hub {
       const target = room.members.get(to);
       if (!target && rejoining && to !== from.nickname) return room.history.append(entry);
       if (!target || target === from) {
-        return refuse("no-such-node", `no node "${to}" in this session`);
+        return refuse("no-such-node", noSuchNode(from, to));
       }
       if (!target.hears(from)) return refuse("not-allowed", "an agent talks to bridges only");
       room.history.append(entry);
@@ -659,7 +667,7 @@ export class Hub {
     }
     // Deferred: `member` may be the one we are iterating past right now.
     queueMicrotask(() => {
-      this.leave(member, "gone");
+      this.leave(member, "gone", "too slow: its send queue was full");
       sink.close(4429, "too slow: send queue full");
     });
     return false;
@@ -707,7 +715,13 @@ export class Hub {
           room.joining.size === 0;
         if (now - member.lastHeard > fadeAfter || absent) {
           this.#counters.faded++;
-          this.leave(member, "gone");
+          this.leave(
+            member,
+            "gone",
+            absent
+              ? `its connection broke and it did not come back within ${blipGrace} ms`
+              : `nothing heard from it for ${Math.round(now - member.lastHeard)} ms`,
+          );
           member.sink.close(4408, "keep-alive missed");
         } else if (now >= member.nextCheck) {
           if (now - member.lastHeard >= heardRecently || !member.sent) this.#send(member, PING);
@@ -938,7 +952,7 @@ export class Hub {
           refuse("alone", "nobody else in the session hears it: dropped");
         }
       } else if (result.status === "no-such-node") {
-        refuse("no-such-node", `no node "${to}" in this session`);
+        refuse("no-such-node", noSuchNode(from, to!));
       } else if (result.status === "not-allowed") {
         refuse("not-allowed", "an agent talks to bridges only");
       }
@@ -1055,4 +1069,11 @@ function welcomeOffset(
   replay: readonly HistoryEntry[],
 ): number {
   return missed && replay.length > 0 ? replay[0].offset - 1 : latest;
+}
+
+/** Why a message `from` a node to `to` has nobody to go to. */
+function noSuchNode(from: Member, to: string): string {
+  return to === from.nickname
+    ? `"${to}" is you: a message to yourself goes nowhere`
+    : `no node "${to}" in this session`;
 }

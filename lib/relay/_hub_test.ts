@@ -4,6 +4,7 @@ import { Hub } from "./_hub.ts";
 import type { HelloFrame, RelayRole, WelcomeFrame } from "./_protocol.ts";
 import { relaySettings } from "./_settings.ts";
 import { FakeSink } from "../../tests/_fake_sink.ts";
+import { renderRecord, withLogs } from "../../tests/_helpers.ts";
 import type { RelayOptions } from "./options.ts";
 
 /** A hub on a clock the test moves by hand. */
@@ -82,6 +83,14 @@ Deno.test("hub: a message sent while alone is dropped without an answer; one to 
   h.hub.receive(alone.member, { t: "msg", to: "nobody", text: "x" });
   assert.deepEqual(alone.sink.take("error"), [
     { t: "error", code: "no-such-node", message: 'no node "nobody" in this session' },
+  ]);
+  h.hub.receive(alone.member, { t: "msg", to: "alone", text: "x" });
+  assert.deepEqual(alone.sink.take("error"), [
+    {
+      t: "error",
+      code: "no-such-node",
+      message: '"alone" is you: a message to yourself goes nowhere',
+    },
   ]);
   // Nothing was kept for a node that joins later.
   const late = h.join("late");
@@ -251,31 +260,39 @@ Deno.test("hub: a node that answers every ping is never gone, even with fadeAfte
   assert.ok(nodes.every((node) => node.sink.closed === null));
 });
 
-Deno.test("hub: a broken connection is gone after 2.5 s, whatever the keep-alive; silence after fadeAfter", () => {
-  using h = makeHub({ keepAlive: 10_000 }); // fadeAfter 25 s
-  const a = h.join("a");
-  const broken = h.join("broken");
-  const silent = h.join("silent");
-  h.hub.detach(broken.member, broken.sink);
-  h.clock.now = 2400;
-  h.hub.sweep();
-  assert.deepEqual(a.sink.take("leave"), [], "a blip keeps its place");
-  h.clock.now = 2600;
-  h.hub.sweep();
-  assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "broken", reason: "gone" }]);
-  // The silent one answers no ping but still has its connection: 25 s.
-  for (let t = 2600; t <= 25_000; t += 250) {
-    h.clock.now = t;
-    h.hub.receive(a.member, { t: "pong" });
+Deno.test("hub: a broken connection is gone after 2.5 s, whatever the keep-alive; silence after fadeAfter; the log says which", async () => {
+  await withLogs((records) => {
+    using h = makeHub({ keepAlive: 10_000 }); // fadeAfter 25 s
+    const a = h.join("a");
+    const broken = h.join("broken");
+    const silent = h.join("silent");
+    h.hub.detach(broken.member, broken.sink);
+    h.clock.now = 2400;
     h.hub.sweep();
-  }
-  const closeCode = () => silent.sink.closed?.code;
-  assert.deepEqual(a.sink.take("leave"), []);
-  assert.equal(closeCode(), undefined);
-  h.clock.now = 25_250;
-  h.hub.sweep();
-  assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "silent", reason: "gone" }]);
-  assert.equal(closeCode(), 4408);
+    assert.deepEqual(a.sink.take("leave"), [], "a blip keeps its place");
+    h.clock.now = 2600;
+    h.hub.sweep();
+    assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "broken", reason: "gone" }]);
+    // The silent one answers no ping but still has its connection: 25 s.
+    for (let t = 2600; t <= 25_000; t += 250) {
+      h.clock.now = t;
+      h.hub.receive(a.member, { t: "pong" });
+      h.hub.sweep();
+    }
+    const closeCode = () => silent.sink.closed?.code;
+    assert.deepEqual(a.sink.take("leave"), []);
+    assert.equal(closeCode(), undefined);
+    h.clock.now = 25_250;
+    h.hub.sweep();
+    assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "silent", reason: "gone" }]);
+    assert.equal(closeCode(), 4408);
+    const gone = records.map(renderRecord).filter((line) => line.includes("is gone"));
+    assert.deepEqual(gone, [
+      "Node broken is gone from lab (its connection broke and it did not come back within 2500 ms)",
+      "Node silent is gone from lab (nothing heard from it for 25250 ms)",
+    ]);
+    return Promise.resolve();
+  });
 });
 
 Deno.test("hub: refusals are counted by a closed set of reasons; the secret is checked first", () => {

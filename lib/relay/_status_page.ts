@@ -27,6 +27,7 @@ export interface StatusPageFacts {
 /** The status page as a response. */
 export function statusPage(facts: StatusPageFacts): Response {
   const body = `<!doctype html><meta charset="utf-8"><title>immortal relay</title>
+<link rel="icon" href="data:,">
 <h1>immortal relay</h1>
 <p>${
     facts.sessions === undefined

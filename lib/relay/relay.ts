@@ -9,7 +9,7 @@
  */
 
 import { chatPage } from "./_chat_page.ts";
-import { fromClusterPeer, peerHandlers } from "./_forward.ts";
+import { clusterRefusals, fromClusterPeer, peerHandlers } from "./_forward.ts";
 import { Hub, type RelayStats } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
 import { serverStats } from "./_http_server.ts";
@@ -49,6 +49,7 @@ export class Relay implements Disposable {
     this.#hub.onPipeRefuse = (member, id, reason) => this.#pipes.refuse(member, id, reason);
     pipeEndpoints.set(this, this.#pipes);
     peerHandlers.set(this, (req, info) => this.#handlePeer(req, info));
+    this.#hub.onClusterRefused = (reason) => clusterRefusals.get(this)?.(reason);
   }
 
   /**

@@ -5,12 +5,13 @@
  */
 
 import { clusterAddress } from "./_cluster_address.ts";
-import { peerHandlers } from "./_forward.ts";
+import { clusterRefusals, peerHandlers } from "./_forward.ts";
 import { HttpServer, serverStats } from "./_http_server.ts";
 import { pipeEndpoints } from "./_pipes.ts";
 import { relaySettings } from "./_settings.ts";
 import type { RelayOptions } from "./options.ts";
 import { Relay } from "./relay.ts";
+import { errorMessage, isNotCapable } from "../_util.ts";
 
 /** Where and how {@linkcode serveRelay} listens, plus the relay's own settings. */
 export interface ServeRelayOptions extends RelayOptions {
@@ -72,7 +73,11 @@ export interface RelayServer extends AsyncDisposable {
   readonly addr: Deno.NetAddr;
   /** With `redis`: where the other relays of the cluster reach this one. */
   readonly clusterAddr?: Deno.NetAddr;
-  /** Resolves once the server has shut down. */
+  /**
+   * Resolves once the server has shut down. With `redis`, rejects (and the
+   * server stops) when Redis refuses this relay for a reason that trying
+   * again will not mend: a wrong password, a permission Deno was not given.
+   */
   readonly finished: Promise<void>;
   /** Disconnects every node and stops listening. */
   shutdown(): Promise<void>;
@@ -145,10 +150,16 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
       relay.close();
       server.shutdown();
       const { hostname, port } = peerAddress;
+      // A relay on Redis needs more than its own port: say all of it at once.
+      const needs = isNotCapable(error)
+        ? ` (a relay on Redis listens for the other relays too, on clusterAddress: give it net access to ${hostname}:${
+          port === 0 ? "its ports" : port
+        }, and to the Redis server)`
+        : "";
       throw new Error(
         `cannot listen for the other relays of the cluster on ${hostname}:${port}: ${
-          error instanceof Error ? error.message : String(error)
-        }`,
+          errorMessage(error)
+        }${needs}`,
         { cause: error },
       );
     }
@@ -160,11 +171,19 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
     relay.close();
     await Promise.all([server.shutdown(), peers?.shutdown()]);
   };
+  const refused = Promise.withResolvers<never>();
+  clusterRefusals.set(relay, (reason) => {
+    refused.reject(new Error(`Redis refuses this relay: ${reason}`));
+    shutdown();
+  });
+  const finished = Promise.race([server.finished, refused.promise]);
+  // Only a caller that waits for the end hears why: nobody else must crash on it.
+  finished.catch(() => {});
   return {
     relay,
     addr: server.addr,
     ...(peers ? { clusterAddr: peers.addr } : {}),
-    finished: server.finished,
+    finished,
     shutdown,
     [Symbol.asyncDispose]: shutdown,
   };
