@@ -18,6 +18,8 @@ Typed lines (stdin):
     some text         to everyone in the room
     /to NAME text     to the node NAME only
     /quit             leave (so do end of input, Ctrl-D, and Ctrl-C)
+    //text            "/text" to everyone: any other line that starts with /
+                      is taken for a mistyped command and goes nowhere
 
 Output, one event a line on stdout, for people and for scripts alike:
     welcome NAME             joined; NAME is the nickname the relay assigned
@@ -62,8 +64,11 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 # We only ever hold small relay frames; anything far larger means a broken stream.
 MAX_MESSAGE = 16 << 20
-# A line like "/to NAME text"; the same rule as examples/relay_chat.ts.
-TO_LINE = re.compile(r"^/to\s+(\S+)\s+(.*)$", re.DOTALL)
+# Typed commands, by the same rules as examples/relay_chat.ts: "/to NAME text"
+# (the text not blank), and the word that starts any other line beginning with "/".
+TO_LINE = re.compile(r"^/to\s+(\S+)\s+(\S.*)$", re.DOTALL)
+COMMAND = re.compile(r"/\S*")
+COMMANDS = "/to NAME text, /quit; start a line with // to send one that starts with /"
 
 
 class Refused(Exception):
@@ -91,7 +96,14 @@ def relay_address(url):
     if not parts.hostname:
         raise ValueError(f"no host in the relay URL {url}")
     use_tls = scheme in ("https", "wss")
-    port = parts.port or (443 if use_tls else 80)
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0  # not a number, or out of range: refused below as port 0 is
+    if port == 0:
+        raise ValueError(f"the port in the relay URL {url} is not a number in 1-65535")
+    if port is None:
+        port = 443 if use_tls else 80
     host = parts.hostname
     # The relay refuses a request without Host (2.2); IPv6 literals keep their brackets there.
     host_header = f"[{host}]" if ":" in host else host
@@ -126,6 +138,10 @@ class WebSocket:
         # sends lines): one frame must go out whole before the next starts.
         self.write_lock = threading.Lock()
         self.close_sent = False
+        # The first write that failed. The relay may have closed its end
+        # after it said why (a close frame, still unread here): once a write
+        # fails, reading goes on to find that, and later writes fail at once.
+        self.write_error = None
         self._handshake(host_header)
 
     def _handshake(self, host_header):
@@ -195,9 +211,15 @@ class WebSocket:
             # Nothing may follow our close frame (RFC 6455 5.5.1).
             if self.close_sent:
                 return
+            if self.write_error is not None:
+                raise OSError(self.write_error.errno, self.write_error.strerror)
             if opcode == OP_CLOSE:
                 self.close_sent = True
-            self.sock.sendall(frame)
+            try:
+                self.sock.sendall(frame)
+            except OSError as error:
+                self.write_error = error
+                raise
 
     def send_json(self, frame):
         self.send(OP_TEXT, json.dumps(frame, ensure_ascii=False).encode())
@@ -230,12 +252,15 @@ class WebSocket:
                 reason = payload[2:].decode("utf-8", "replace")
                 # Echo the close (RFC 6455 5.5.1): the relay waits for it before
                 # it ends the TCP connection, so both sides know it was clean.
-                self.send(OP_CLOSE, payload[:2])
+                # A relay that waited long enough has ended it already: the
+                # echo then fails, and what the relay said is no less true.
+                self._try_send(OP_CLOSE, payload[:2])
                 raise Closed(code, reason)
             if opcode == OP_PING:
                 # Our relay does not ping at the WebSocket level (2.4), but a
                 # proxy in between may: a pong with the same payload is owed.
-                self.send(OP_PONG, payload)
+                # If it cannot go, the frames still to read say why.
+                self._try_send(OP_PONG, payload)
                 continue
             if opcode == OP_PONG:
                 continue
@@ -250,6 +275,13 @@ class WebSocket:
                     return message.decode("utf-8", "replace")
                 # The relay sends only text on /relay/ws; skip anything else.
                 message, message_op = b"", None
+
+    def _try_send(self, opcode, payload):
+        """Sends a frame the connection may be past needing; a failure is kept in write_error."""
+        try:
+            self.send(opcode, payload)
+        except OSError:
+            pass
 
     def close(self):
         try:
@@ -326,7 +358,15 @@ class Client:
                 except ValueError:
                     continue
                 if isinstance(frame, dict):
-                    self.handle(frame)
+                    try:
+                        self.handle(frame)
+                    except OSError:
+                        # A pong (or other answer) that cannot go out: the
+                        # relay has most likely closed the connection, and
+                        # what it sent before that, its close frame and
+                        # reason above all, is still to read. Reading on
+                        # reports that rather than "Broken pipe".
+                        pass
         except Closed as closed:
             self.outcome = closed
         except OSError as error:
@@ -368,16 +408,24 @@ class Client:
         # Anything else (pong, ack, frames of later versions) is ignored, as 2.7 asks.
 
     def send_line(self, line):
-        if line == "/quit":
-            self.leave()
+        if line.startswith("/") and not line.startswith("//"):
+            # A command, never sent as typed: a mistyped one would go to everyone.
+            command = COMMAND.match(line).group()
+            to = TO_LINE.match(line)
+            if command == "/quit":
+                self.leave()
+            elif command == "/to" and to:
+                self.ws.send_json({"t": "msg", "to": to.group(1), "text": to.group(2)})
+            elif command == "/to":
+                print("usage: /to NAME text", file=sys.stderr, flush=True)
+            else:
+                unknown = f"unknown command {command}, nothing sent: try {COMMANDS}"
+                print(unknown, file=sys.stderr, flush=True)
             return
-        to = TO_LINE.match(line)
-        if to:
-            self.ws.send_json({"t": "msg", "to": to.group(1), "text": to.group(2)})
-        elif line.startswith("/to"):
-            print("usage: /to NAME text", file=sys.stderr, flush=True)
-        elif line.strip():
-            self.ws.send_json({"t": "msg", "text": line})
+        # A message; "//" is an escaped "/", so that any text can be sent.
+        text = line[1:] if line.startswith("//") else line
+        if text.strip():
+            self.ws.send_json({"t": "msg", "text": text})
 
     def leave(self):
         """Says bye once; the relay then tells the others we left and closes with 1000."""
@@ -444,9 +492,9 @@ def parse_args():
     return parser.parse_args()
 
 
-def fail(message):
+def fail(message, status=1):
     print(f"error: {message}", file=sys.stderr, flush=True)
-    return 1
+    return status
 
 
 def main():
@@ -456,7 +504,8 @@ def main():
     try:
         relay_address(args.url)
     except ValueError as error:
-        return fail(str(error))
+        # A URL we cannot use is a bad argument, like those argparse refuses (status 2).
+        return fail(str(error), 2)
     try:
         ws = WebSocket(args.url, args.timeout)
     except Refused as refused:

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { type RelayEvent, RelayNode } from "../mod.ts";
-import { within } from "./_helpers.ts";
+import { waitUntil, within } from "./_helpers.ts";
 import { TextLineStream } from "./_lines.ts";
 import { recordEvents, startRelay } from "./_relay.ts";
 
@@ -116,11 +116,19 @@ function startPython(args: string[], env: Record<string, string> = {}) {
     /** Ends the client's input (it leaves), and resolves with its exit status. */
     async end(): Promise<Deno.CommandStatus> {
       await closeStdin();
+      return await this.exited();
+    },
+    /** Resolves with the client's exit status once it exits by itself, its output read. */
+    async exited(): Promise<Deno.CommandStatus> {
       const status = await within(BOUND, "python exits", child.status).catch((error) => {
         throw new Error(`${error.message}\n${output()}`);
       });
       await reading;
       return status;
+    },
+    /** Sends the client `signal` (SIGSTOP, SIGCONT, ...). */
+    signal(signal: Deno.Signal): void {
+      child.kill(signal);
     },
     /** For `finally`: kills the client if it still runs, and releases its pipes. */
     async dispose(): Promise<void> {
@@ -252,10 +260,10 @@ Deno.test("python example: a clashing nickname, the secret from the environment,
     started.push(p);
     return p;
   };
-  /** Asserts one "error: ..." line on stderr matching `pattern`, no traceback, exit 1. */
-  const failsWith = async (p: ReturnType<typeof python>, pattern: RegExp) => {
+  /** Asserts one "error: ..." line on stderr matching `pattern`, no traceback, exit `code`. */
+  const failsWith = async (p: ReturnType<typeof python>, pattern: RegExp, code = 1) => {
     const status = await p.end();
-    assert.equal(status.code, 1, p.stderr);
+    assert.equal(status.code, code, p.stderr);
     assert.doesNotMatch(p.stderr, /Traceback/);
     assert.match(p.stderr, /^error: [^\n]+\n$/);
     assert.match(p.stderr, pattern);
@@ -265,15 +273,30 @@ Deno.test("python example: a clashing nickname, the secret from the environment,
     const twin = python([relay.url, "py", "--session", "s"], { IMMORTAL_RELAY_SECRET: SECRET });
     await twin.waitLine("welcome py(1)");
     await twin.waitLine("here py");
-    await twin.type("/to py hi from your twin");
+    // Commands are never sent as typed, a mistyped one least of all; "//" sends a "/".
+    for (
+      const line of ["/to", "/to py   ", "/nope, to all", "//slash", "/to py hi from your twin"]
+    ) {
+      await twin.type(line);
+    }
     await heard.until(
       () => heard.events.some((e) => isMessage(e, "py(1)", "hi from your twin", "py")),
       "py hears its twin",
+    );
+    // All the twin sent, in order: the last line went after every other.
+    assert.deepEqual(
+      heard.events.flatMap((e) => e.type === "message" && e.from === "py(1)" ? [e.text] : []),
+      ["/slash", "hi from your twin"],
     );
     first.sendTo("py(1)", "hi twin");
     await twin.waitLine("py (to you): hi twin");
     assert.equal((await twin.end()).code, 0, twin.stderr);
     assert.equal(twin.lines.at(-1), "bye");
+    assert.equal(
+      twin.stderr,
+      "usage: /to NAME text\nusage: /to NAME text\nunknown command /nope,, nothing sent: try " +
+        "/to NAME text, /quit; start a line with // to send one that starts with /\n",
+    );
 
     // --help; a wrong secret and none at all (refused, with the relay's error
     // code); nobody listening on the port. Independent: all at once.
@@ -298,6 +321,17 @@ Deno.test("python example: a clashing nickname, the secret from the environment,
         python([`http://127.0.0.1:${closedPort}`, "x", "--secret", SECRET]),
         new RegExp(`^error: cannot reach the relay at http://127\\.0\\.0\\.1:${closedPort}: `),
       ),
+      // A URL it cannot use is a bad argument, as the header says: status 2, as argparse's.
+      failsWith(
+        python([`ftp://127.0.0.1:${closedPort}`, "x"]),
+        /^error: the relay URL must be http:\/\/, https:\/\/, ws:\/\/ or wss:\/\/, got ftp:/,
+        2,
+      ),
+      failsWith(
+        python(["http://127.0.0.1:0", "x"]),
+        /^error: the port in the relay URL http:\/\/127\.0\.0\.1:0 is not a number in 1-65535$/m,
+        2,
+      ),
     ]);
 
     // The relay goes away under a joined client: it says how, and exits 1.
@@ -308,6 +342,50 @@ Deno.test("python example: a clashing nickname, the secret from the environment,
   } finally {
     for (const p of started) await p.dispose();
     await first.close();
+    await heard.done();
+    await relay.shutdown();
+  }
+});
+
+Deno.test("python example: stopped until the relay gives it up, it says why once it runs again (the relay's close, not a broken pipe)", async () => {
+  const relay = startRelay({ secret: SECRET, keepAlive: KEEP_ALIVE, fadeAfter: FADE_AFTER });
+  const deno = await RelayNode.connect(relay.url, {
+    session: "lab",
+    nickname: "deno",
+    secret: SECRET,
+  });
+  const heard = recordEvents(deno);
+  const connections = () => relay.relay.stats.connections?.connections;
+  const alone = connections();
+  let py: ReturnType<typeof startPython> | undefined;
+  try {
+    py = startPython([relay.url, "py", "--session", "lab", "--secret", SECRET]);
+    await py.waitLine("welcome py");
+    await heard.until(
+      () => heard.events.some((e) => e.type === "join" && e.nickname === "py"),
+      "deno hears py join",
+    );
+    // Stopped, py answers no ping: the relay declares it gone, and sends it
+    // its close (4408) with the reason, which py cannot read yet.
+    py.signal("SIGSTOP");
+    await heard.until(
+      () =>
+        heard.events.some((e) => e.type === "leave" && e.nickname === "py" && e.reason === "gone"),
+      "deno hears py gone",
+    );
+    // With no echo of its close coming, the relay then ends the TCP
+    // connection (it says so by no event). Only then does py's answer to the
+    // pings still waiting for it fail (broken pipe) when it runs again: the
+    // case to test, where a client that stops reading at the first failed
+    // write never sees the close frame behind those pings.
+    await waitUntil(() => connections() === alone, "the relay drops py's connection");
+    py.signal("SIGCONT");
+    const status = await py.exited();
+    assert.equal(status.code, 1, py.stderr);
+    assert.equal(py.stderr, "error: the relay closed the connection: 4408 keep-alive missed\n");
+  } finally {
+    await py?.dispose();
+    await deno.close();
     await heard.done();
     await relay.shutdown();
   }
