@@ -295,10 +295,16 @@ async function runServer(
   const port = freePort();
   let proc: Deno.ChildProcess;
   if (server === "immortal" || server === "before") {
+    const cli = server === "before" ? `${opts.before}/cli/relay.ts` : "cli/relay.ts";
+    // A relay without a secret starts only when asked to be open (since --open
+    // came); a checkout from before it knows no such flag.
+    const knowsOpen = server === "immortal" || (await Deno.readTextFile(cli)).includes("--open");
+    const open = knowsOpen ? ["--open"] : [];
     proc = spawn(deno, [
       "run",
       `--allow-net=127.0.0.1:${port}`,
-      server === "before" ? `${opts.before}/cli/relay.ts` : "cli/relay.ts",
+      cli,
+      ...open,
       ...["--hostname", "127.0.0.1", "--port", String(port)],
       ...["--max-nodes", "100000", "--max-sessions", "100000", "--rate", "100000"],
       ...["--log-level", "warning"],

@@ -37,7 +37,7 @@ function startRelay(port: number, redis?: { url: string; port: number }) {
   const relay = new Deno.Command("bash", {
     args: [
       "-c",
-      `ulimit -n "$(ulimit -Hn)" && exec "${deno}" run ${flags} cli/relay.ts --hostname 127.0.0.1 --port ${port} --max-nodes 100000 --max-sessions 100000 --rate 100000 --log-level warning${
+      `ulimit -n "$(ulimit -Hn)" && exec "${deno}" run ${flags} cli/relay.ts --open --hostname 127.0.0.1 --port ${port} --max-nodes 100000 --max-sessions 100000 --rate 100000 --log-level warning${
         redis ? ` --redis ${redis.url}` : ""
       }`,
     ],

@@ -6,7 +6,7 @@
  */
 
 import { configure, getLogger, type Logger, type LogLevel, type LogRecord } from "@logtape/logtape";
-import { errorMessage, parsePortText } from "../lib/_util.ts";
+import { errorMessage, isNotCapable, parsePortText } from "../lib/_util.ts";
 
 /** A mistake in how the command was called: one line, exit code 2. */
 export class UsageError extends Error {}
@@ -48,12 +48,20 @@ export function parsePort(what: string, text: string | undefined, allowZero = fa
   return port;
 }
 
-/** Parses a positive number (integer when `integer`), naming the flag in the error. */
+/**
+ * Parses a positive count or size (a rate too, when not `integer`), naming the
+ * flag in the error. Plain decimal digits only: `Number()` would also take
+ * `1e3`, `0x10`, ` 5` or `1.0`, and numbers past `Number.MAX_SAFE_INTEGER`,
+ * which are no longer exact; a rate may have a decimal fraction (`0.5`).
+ */
 export function parsePositive(flag: string, text: string, integer = true): number {
   const value = Number(text);
-  if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
+  const digits = integer ? /^\d+$/ : /^\d+(?:\.\d+)?$/;
+  if (!digits.test(text) || value <= 0 || value > Number.MAX_SAFE_INTEGER) {
     throw new UsageError(
-      `${flag} must be a positive ${integer ? "integer" : "number"}, got "${text}"`,
+      integer
+        ? `${flag} must be a whole number from 1 to ${Number.MAX_SAFE_INTEGER} in plain digits, got "${text}"`
+        : `${flag} must be a positive number up to ${Number.MAX_SAFE_INTEGER} in plain digits (like 100 or 0.5), got "${text}"`,
     );
   }
   return value;
@@ -82,16 +90,62 @@ export function parseLogLevel(text: string): (typeof LOG_LEVELS)[number] {
 }
 
 /**
+ * What to do about permissions this process lacks, as one clause for an
+ * error line: the deno flags (`--allow-env=A --allow-env=B` merged into
+ * `--allow-env=A,B`, since deno keeps one value list per flag), and, given
+ * the command's `deno.json` permission set, what to add to it: under
+ * `deno task`, words after the task name go to the program, not to deno.
+ */
+export function grantAdvice(flags: string[], permissionSet?: string): string {
+  const values = new Map<string, string[]>();
+  for (const flag of flags.flatMap((f) => f.split(" "))) {
+    const [name, value] = flag.split("=");
+    values.set(name, [...(values.get(name) ?? []), value]);
+  }
+  const merged = [...values].map(([name, list]) => `${name}=${list.join(",")}`).join(" ");
+  if (permissionSet === undefined) return `run with ${merged}`;
+  // deno.json expands no $HOME: such a value is named once HOME may be read.
+  const additions = [...values]
+    .map(([name, list]) => [name, list.filter((value) => !value.includes("$"))] as const)
+    .filter(([, list]) => list.length > 0)
+    .map(([name, list]) =>
+      `${list.join(",")} to permissions.${permissionSet}.${name.replace(/^--allow-/, "")}`
+    );
+  if (additions.length === 0) return `run with ${merged}`;
+  return `run with ${merged}, or add ${additions.join(" and ")} in deno.json`;
+}
+
+/**
+ * An error's one line, where a permission this process was not given is
+ * said with {@linkcode grantAdvice}: Deno's own "run again with the
+ * --allow-net flag" names no value, and cannot be acted on under `deno task`.
+ */
+export function permissionMessage(error: unknown, permissionSet?: string): string {
+  const message = errorMessage(error);
+  if (!isNotCapable(error)) return message;
+  return message.replace(
+    /Requires (\w+) access to "([^"]*)"(?:, run again with the --allow-\w+ flag)?/,
+    (_, kind, value) =>
+      `no ${kind} permission: ${grantAdvice([`--allow-${kind}=${value}`], permissionSet)}`,
+  );
+}
+
+/**
  * Reads a text file named on the command line. A file that is not there or
  * unreadable is a usage error; a missing `--allow-read` is not the
- * arguments' fault, so it says which flag to add (exit code 1).
+ * arguments' fault, so it says which flag to add (exit code 1) and, given
+ * the command's `deno.json` permission set, what to add to it.
  */
-export function readFileArg(what: string, path: string): string {
+export function readFileArg(what: string, path: string, permissionSet?: string): string {
   try {
     return Deno.readTextFileSync(path);
   } catch (error) {
     if (error instanceof Deno.errors.NotCapable) {
-      throw new Error(`no permission to read ${what} ${path}: run with --allow-read=${path}`);
+      throw new Error(
+        `no permission to read ${what} ${path}: ${
+          grantAdvice([`--allow-read=${path}`], permissionSet)
+        }`,
+      );
     }
     // Deno ends its message with the path ("...: readfile '/x'"), which we named already.
     const reason = errorMessage(error).replace(
@@ -102,9 +156,9 @@ export function readFileArg(what: string, path: string): string {
   }
 }
 
-/** Reads a PEM certificate file named on the command line. */
-export function readPemCertificate(what: string, path: string): string {
-  const pem = readFileArg(what, path);
+/** Reads a PEM certificate file named on the command line (`permissionSet`: see {@linkcode readFileArg}). */
+export function readPemCertificate(what: string, path: string, permissionSet?: string): string {
+  const pem = readFileArg(what, path, permissionSet);
   if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
     throw new UsageError(`${path} holds no PEM certificate`);
   }
@@ -112,9 +166,13 @@ export function readPemCertificate(what: string, path: string): string {
 }
 
 /** Reads a certificate chain and its private key (PEM) named on the command line. */
-export function readPemPair(certPath: string, keyPath: string): { cert: string; key: string } {
-  const cert = readPemCertificate("certificate file", certPath);
-  const key = readFileArg("TLS key file", keyPath);
+export function readPemPair(
+  certPath: string,
+  keyPath: string,
+  permissionSet?: string,
+): { cert: string; key: string } {
+  const cert = readPemCertificate("certificate file", certPath, permissionSet);
+  const key = readFileArg("TLS key file", keyPath, permissionSet);
   if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key)) {
     throw new UsageError(`${keyPath} holds no PEM private key`);
   }

@@ -12,15 +12,17 @@ import { parseArgs } from "node:util";
 import type { Logger } from "@logtape/logtape";
 import { errorMessage } from "../lib/_util.ts";
 import { clusterAddress } from "../lib/relay/_cluster_address.ts";
-import { loadRelayConfig, RELAY_CONFIG_FILE, type RelayConfig } from "../lib/relay/config.ts";
+import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
 import {
   flagError,
+  grantAdvice,
   parseLogLevel,
   parseMillis,
   parsePort,
   parsePositive,
+  permissionMessage,
   readFileArg,
   readPemPair,
   runService,
@@ -41,6 +43,9 @@ Options:
                            across them); needs deno run --unstable-net
   --secret SECRET          relay secret nodes must present
   --secret-file PATH       read the secret from a file (first line)
+  --open                   run without a secret, open to anyone who can reach
+                           it (for development): needed when the relay may not
+                           look everywhere a secret may be set (see below)
   --metrics-token TOKEN    what /metrics and the numbers on / and /healthz
                            need (Authorization: Bearer TOKEN); without it,
                            the relay secret
@@ -92,10 +97,24 @@ Settings also come from the environment (IMMORTAL_RELAY_SECRET,
 IMMORTAL_RELAY_HOSTNAME, IMMORTAL_RELAY_PORT) and from ${RELAY_CONFIG_FILE}
 in the working directory, then the home directory; flags win.
 
-Without a secret the relay still runs (for development) and says it is open.
+An empty secret (--secret "", IMMORTAL_RELAY_SECRET set to nothing, a
+"secret =" line, an empty first line in --secret-file) is an error. With no
+secret anywhere the relay runs open (for development) and says so; but if it
+was not allowed to look where one may be set, it exits naming the place and
+the permission to give, unless --open.
+
+Numbers are plain decimal digits (no 1e3), at most ${Number.MAX_SAFE_INTEGER}.
 
 Permissions: --allow-net for the listen address; --allow-read for secret,
-certificate and config files; --allow-env for the variables above.`;
+certificate and config files; --allow-env for the variables above. Under
+deno task, add them to deno.json's permission set instead (permissions.relay,
+or permissions.relay-redis): words after the task name go to the relay.
+Deno's permission sets take no ~ or $HOME, so "deno task relay" cannot read
+~/${RELAY_CONFIG_FILE} unless its full path is added there.`;
+
+// The types RelayCliConfig holds, documented with it: this module is an entry point of its own.
+export type { ServeRelayOptions } from "../lib/relay/serve.ts";
+export type { OverflowPolicy, RelayOptions } from "../lib/relay/options.ts";
 
 /** How much the relay logs: `--log-level`. */
 export type RelayLogLevel = "debug" | "info" | "warning" | "error";
@@ -108,14 +127,17 @@ export interface RelayCliConfig {
   logLevel: RelayLogLevel;
   /** Where the secret came from (a flag, a file, a variable), for the startup log. */
   secretSource?: string;
-  /** Without a secret: where one may be that this process was not allowed to look. */
-  secretUnread?: RelayConfig["unread"];
+  /** `--open`: no secret, and the user said so. */
+  open?: boolean;
 }
 
 /**
  * Parses and validates the relay command line, merged with
  * {@linkcode loadRelayConfig}'s environment and files; `"help"` for `-h`.
- * Throws a `UsageError` with one line for the user on bad input.
+ * Throws a `UsageError` with one line for the user on bad input, and an
+ * `Error` naming the permission to give when it may not read a file it was
+ * given, or may not look where a secret may be set and found none (unless
+ * `--open`).
  */
 export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   let parsed;
@@ -129,6 +151,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
         hostname: { type: "string" },
         secret: { type: "string" },
         "secret-file": { type: "string" },
+        open: { type: "boolean" },
         "metrics-token": { type: "string" },
         "metrics-token-file": { type: "string" },
         "tls-cert": { type: "string" },
@@ -171,27 +194,42 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   if (v.secret !== undefined && v["secret-file"] !== undefined) {
     throw new UsageError("give --secret or --secret-file, not both");
   }
+  // Under deno task, the set whose lists a missing permission goes in (see deno.json's tasks).
+  const permissionSet = v.redis === undefined ? "relay" : "relay-redis";
   let secret = v.secret;
   let secretSource = secret !== undefined ? "--secret" : undefined;
   if (v["secret-file"] !== undefined) {
-    secret = readFileArg("secret file", v["secret-file"]).split(/\r?\n/)[0];
+    secret = readFileArg("secret file", v["secret-file"], permissionSet).split(/\r?\n/)[0];
     secretSource = v["secret-file"];
   }
   if (secret === undefined && file.secret !== undefined) {
     secret = file.secret;
     secretSource = file.sources.secret;
   }
-  if (secret !== undefined && secret.length === 0) {
-    throw new UsageError("the relay secret is empty");
+  if (secret === "") {
+    // Name the place: a file's line, the variable, the flag.
+    const where = v["secret-file"] !== undefined
+      ? `${secretSource}:1, the first line of the secret file`
+      : secretSource;
+    throw new UsageError(`the relay secret is empty (${where})`);
+  }
+  if (v.open && secret !== undefined) {
+    throw new UsageError(
+      `--open is for a relay without a secret, but one is set (${secretSource}): drop one of them`,
+    );
   }
   if (v["metrics-token"] !== undefined && v["metrics-token-file"] !== undefined) {
     throw new UsageError("give --metrics-token or --metrics-token-file, not both");
   }
-  const metricsToken = v["metrics-token-file"] !== undefined
-    ? readFileArg("metrics token file", v["metrics-token-file"]).split(/\r?\n/)[0]
+  const tokenFile = v["metrics-token-file"];
+  const metricsToken = tokenFile !== undefined
+    ? readFileArg("metrics token file", tokenFile, permissionSet).split(/\r?\n/)[0]
     : v["metrics-token"];
-  if (metricsToken !== undefined && metricsToken.length === 0) {
-    throw new UsageError("the metrics token is empty");
+  if (metricsToken === "") {
+    const where = tokenFile !== undefined
+      ? `${tokenFile}:1, the first line of the metrics token file`
+      : "--metrics-token";
+    throw new UsageError(`the metrics token is empty (${where})`);
   }
   if ((v["tls-cert"] === undefined) !== (v["tls-key"] === undefined)) {
     throw new UsageError("HTTPS needs both --tls-cert and --tls-key");
@@ -244,17 +282,30 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     historyBytes: num("history-bytes"),
     historyAge: ms("history-age"),
   };
-  if (v["tls-cert"] !== undefined) Object.assign(serve, readPemPair(v["tls-cert"], v["tls-key"]!));
+  if (v["tls-cert"] !== undefined) {
+    Object.assign(serve, readPemPair(v["tls-cert"], v["tls-key"]!, permissionSet));
+  }
   // Drop unset limits so the relay's own defaults apply.
   for (const key of Object.keys(serve) as (keyof ServeRelayOptions)[]) {
     if (serve[key] === undefined) delete serve[key];
   }
   // parseLogLevel admits exactly the RelayLogLevel names.
   const logLevel = parseLogLevel(v["log-level"]!) as RelayLogLevel;
-  const secretUnread = secret === undefined
+  // Fail closed: a secret may be where this process was not allowed to look
+  // (a service's variable, a config file), and starting open would ignore it.
+  const unread = secret === undefined && !v.open
     ? file.unread.filter(({ place }) => !place.startsWith("env ") || /_SECRET$/.test(place))
-    : undefined;
-  return { serve, logLevel, secretSource, ...(secretUnread?.length ? { secretUnread } : {}) };
+    : [];
+  if (unread.length > 0) {
+    throw new Error(
+      `no relay secret found, but this relay was not allowed to look at ${
+        unread.map((u) => u.place).join(", ")
+      }: ${
+        grantAdvice(unread.map((u) => u.permission), permissionSet)
+      }; or give --open for a relay open to anyone`,
+    );
+  }
+  return { serve, logLevel, secretSource, ...(v.open ? { open: true } : {}) };
 }
 
 async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
@@ -270,8 +321,11 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   try {
     server = serveRelay({ ...config.serve, onListen: listening.resolve });
   } catch (error) {
-    // In our words already: a listen error names the address, a TLS one the certificate.
-    throw new Error(errorMessage(error));
+    // In our words already: a listen error names the address, a TLS one the certificate;
+    // a missing --allow-net is said so that it can be given under deno task too.
+    throw new Error(
+      permissionMessage(error, config.serve.redis === undefined ? "relay" : "relay-redis"),
+    );
   }
   const addr = await listening.promise;
   const scheme = config.serve.cert ? "https" : "http";
@@ -279,17 +333,8 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
     url: `${scheme}://${addr.hostname}:${addr.port}`,
     chat: config.serve.chatPage === false ? "off" : "/chat",
   });
-  if (config.serve.secret === undefined && config.secretUnread) {
-    // Maybe a secret was set where we were not allowed to look: say where, and what would allow it.
-    const unread = config.secretUnread;
-    log.warning(
-      "NO RELAY SECRET FOUND: this relay is OPEN to anyone who can reach it. It was not allowed to " +
-        "look at {places}: if the secret is there, run it with {permissions}.",
-      {
-        places: unread.map((u) => u.place).join(", "),
-        permissions: mergedFlags(unread.map((u) => u.permission)),
-      },
-    );
+  if (config.serve.secret === undefined && config.open) {
+    log.warning("NO RELAY SECRET (--open): this relay is OPEN to anyone who can reach it.");
   } else if (config.serve.secret === undefined) {
     log.warning(
       "NO RELAY SECRET: this relay is OPEN to anyone who can reach it. Fine for local development; " +
@@ -304,17 +349,12 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
       peer: `${server.clusterAddr!.hostname}:${server.clusterAddr!.port}`,
     });
   }
-  return { stopping: "shutting the relay down", close: () => server.shutdown() };
-}
-
-/** `--allow-env=A --allow-env=B` as `--allow-env=A,B`: Deno keeps one value list per flag. */
-function mergedFlags(flags: string[]): string {
-  const values = new Map<string, string[]>();
-  for (const flag of flags.flatMap((f) => f.split(" "))) {
-    const [name, value] = flag.split("=");
-    values.set(name, [...(values.get(name) ?? []), value]);
-  }
-  return [...values].map(([name, list]) => `${name}=${list.join(",")}`).join(" ");
+  return {
+    stopping: "shutting the relay down",
+    close: () => server.shutdown(),
+    // Redis refusing this relay for good (a wrong password, say) ends it: exit 1, saying why.
+    failed: server.finished.then(() => new Promise<never>(() => {})),
+  };
 }
 
 /** A URL without its password, for the log. */

@@ -222,6 +222,7 @@ Deno.test("relay CLI under ulimit -n 64: more idle connections than descriptors 
     CLI,
     // Past the descriptor limit on purpose: here the limit, not the cap, is what runs out.
     [
+      "--open",
       "--hostname",
       "127.0.0.1",
       "--port",

@@ -6,10 +6,19 @@
 import assert from "node:assert/strict";
 import { loadRelayConfig } from "../mod.ts";
 import { parseRelayArgs } from "../cli/relay.ts";
+import { grantAdvice } from "../cli/_common.ts";
 import { freePort, within } from "./_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const CLI = `${ROOT}cli/relay.ts`;
+// Deno's cache, named for the relays run with HOME elsewhere: else they would
+// look for it under that HOME, and download their dependencies again.
+const DENO_DIR: string = JSON.parse(
+  new TextDecoder().decode(
+    (await new Deno.Command(Deno.execPath(), { args: ["info", "--json"], stderr: "null" }).output())
+      .stdout,
+  ),
+).denoDir;
 
 function deno(
   args: string[],
@@ -23,7 +32,7 @@ function deno(
     stdin,
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1", ...env },
+    env: { NO_COLOR: "1", DENO_DIR, ...env },
   });
 }
 
@@ -31,25 +40,41 @@ function deno(
 function spawn(args: string[], cwd = ROOT, env: Record<string, string> = {}) {
   const child = deno(args, cwd, "piped", env).spawn();
   let text = "";
+  let ended = false;
+  // Checked on every chunk of output, and once at its end: waits follow the output, not a timer.
+  const checks = new Set<() => void>();
   const pump = async (s: ReadableStream<Uint8Array>) => {
-    for await (const t of s.pipeThrough(new TextDecoderStream())) text += t;
+    for await (const t of s.pipeThrough(new TextDecoderStream())) {
+      text += t;
+      for (const check of checks) check();
+    }
   };
-  const reading = Promise.all([pump(child.stdout), pump(child.stderr)]);
+  const reading = Promise.all([pump(child.stdout), pump(child.stderr)]).finally(() => {
+    ended = true;
+    for (const check of checks) check();
+  });
   return {
     child,
     get text() {
       return text;
     },
-    waitFor(pattern: RegExp, what: string) {
-      return within(
-        20_000,
-        what,
-        (async () => {
-          while (!pattern.test(text)) await new Promise((r) => setTimeout(r, 25));
-        })(),
-      ).catch((error) => {
-        throw new Error(`${error.message}\n--- output so far:\n${text}`);
+    async waitFor(pattern: RegExp, what: string) {
+      let check = () => {};
+      const seen = new Promise<void>((resolve, reject) => {
+        check = () => {
+          if (pattern.test(text)) resolve();
+          else if (ended) reject(new Error(`${what}: the output ended without it`));
+        };
       });
+      checks.add(check);
+      check();
+      try {
+        await within(20_000, what, seen);
+      } catch (error) {
+        throw new Error(`${(error as Error).message}\n--- output so far:\n${text}`);
+      } finally {
+        checks.delete(check);
+      }
     },
     async stop(signal: Deno.Signal = "SIGTERM") {
       try {
@@ -65,16 +90,37 @@ function spawn(args: string[], cwd = ROOT, env: Record<string, string> = {}) {
   };
 }
 
+/**
+ * Runs the CLI to its exit. One that serves instead (the bug some tests are
+ * for) is stopped after 20 s and fails the test, its output shown.
+ */
+async function exitOf(args: string[], cwd = ROOT, env: Record<string, string> = {}) {
+  const run = spawn(args, cwd, env);
+  try {
+    await within(20_000, `exit of ${args.join(" ")}`, run.child.status);
+  } catch (error) {
+    await run.stop();
+    throw new Error(`${(error as Error).message}\n--- output:\n${run.text}`);
+  }
+  return { code: await run.stop(), text: run.text };
+}
+
 Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every bad input", async () => {
   const help = await deno(["run", CLI, "--help"]).output();
   assert.equal(help.code, 0);
   assert.match(new TextDecoder().decode(help.stdout), /--secret-file PATH/);
+  assert.match(new TextDecoder().decode(help.stdout), /--open {2,}run without a secret/);
   const bad = await Deno.makeTempDir({ prefix: "immortal-relay-cli-" });
   await Deno.writeTextFile(
     `${bad}/immortal-relay.properties`,
     "url = http://x\nthis is not a setting\n",
   );
-  const cases: [string[], RegExp, string?][] = [
+  // A home of its own, with no immortal-relay.properties: the user's own would change the cases.
+  const home = await Deno.makeTempDir({ prefix: "immortal-relay-home-" });
+  const emptySecret = await Deno.makeTempDir({ prefix: "immortal-relay-empty-" });
+  await Deno.writeTextFile(`${emptySecret}/immortal-relay.properties`, "secret =\nport = 0\n");
+  await Deno.writeTextFile(`${emptySecret}/relay.secret`, "\nsecond line\n");
+  const cases: [string[], RegExp, string?, Record<string, string>?][] = [
     [["--port", "99999"], /--port must be a port number 0-65535/],
     [["--bogus"], /^error: unknown flag --bogus$/m],
     [["extra"], /^error: unexpected argument "extra"$/m],
@@ -83,8 +129,48 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [["--no-chat-page=yes"], /--no-chat-page takes no value/],
     [["--overflow", "maybe"], /--overflow must be disconnect or drop/],
     [["--rate=-5"], /--rate must be a positive number/],
-    [["--max-nodes", "1.5"], /--max-nodes must be a positive integer/],
-    [["--history-length", "0"], /--history-length must be a positive/],
+    [["--max-nodes", "1.5"], /--max-nodes must be a whole number from 1 to 9007199254740991/],
+    [["--history-length", "0"], /--history-length must be a whole number from 1/],
+    // Numbers in plain digits, exact (at most 2^53 - 1), like the durations: not what Number() takes.
+    [
+      ["--max-message-bytes", "1e3"],
+      /^error: --max-message-bytes must be a whole number from 1 to 9007199254740991 in plain digits, got "1e3"$/m,
+    ],
+    [["--max-nodes", "999999999999999999999"], /--max-nodes must be a whole number from 1 to/],
+    [["--max-sessions", "9007199254740992"], /--max-sessions must be a whole number from 1 to/],
+    [["--max-queue-bytes", "0x10"], /--max-queue-bytes must be a whole number/],
+    [["--max-unjoined", " 5"], /--max-unjoined must be a whole number/],
+    [
+      ["--rate", "1e2"],
+      /^error: --rate must be a positive number .* in plain digits \(like 100 or 0\.5\), got "1e2"$/m,
+    ],
+    [["--keep-alive", "1e4"], /--keep-alive must be a whole number of milliseconds/],
+    // An empty secret is refused wherever it was set, and the error says where.
+    [["--secret", ""], /^error: the relay secret is empty \(--secret\)$/m],
+    [
+      [],
+      /^error: the relay secret is empty \(env IMMORTAL_RELAY_SECRET\)$/m,
+      ROOT,
+      { IMMORTAL_RELAY_SECRET: "" },
+    ],
+    [[], /^error: the relay secret is empty \(.*\/immortal-relay\.properties:1\)$/m, emptySecret],
+    [
+      ["--secret-file", `${emptySecret}/relay.secret`],
+      new RegExp(
+        `^error: the relay secret is empty \\(${emptySecret}/relay\\.secret:1, the first line of the secret file\\)$`,
+        "m",
+      ),
+    ],
+    [
+      ["--open", "--secret", "x"],
+      /^error: --open is for a relay without a secret, but one is set \(--secret\)/m,
+    ],
+    [
+      ["--open"],
+      /--open is for a relay without a secret, but one is set \(env IMMORTAL_RELAY_SECRET\)/,
+      ROOT,
+      { IMMORTAL_RELAY_SECRET: "s3cret" },
+    ],
     [["--history-age", "soon"], /--history-age must be a whole number of milliseconds/],
     [["--redis-timeout", "0"], /--redis-timeout must be a whole number of milliseconds from 1/],
     [
@@ -104,106 +190,197 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [[], /immortal-relay.properties:2: expected "key = value"/, bad],
   ];
   try {
-    for (const [args, message, cwd] of cases) {
-      const out = await deno([
-        "run",
-        "--allow-read",
-        "--allow-env",
-        "--allow-net=127.0.0.1",
-        CLI,
-        ...args,
-      ], cwd)
-        .output();
-      const stderr = new TextDecoder().decode(out.stderr);
-      assert.equal(out.code, 2, `${args.join(" ")}: exit ${out.code}\n${stderr}`);
-      assert.match(stderr, message);
-      assert.doesNotMatch(stderr, /^\s+at /m, `stack trace for: ${args.join(" ")}`);
+    for (const [args, message, cwd, env] of cases) {
+      const out = await exitOf(
+        ["run", "--allow-read", "--allow-env", "--allow-net=127.0.0.1", CLI, ...args],
+        cwd,
+        { HOME: home, ...env },
+      );
+      assert.equal(out.code, 2, `${args.join(" ")}: exit ${out.code}\n${out.text}`);
+      assert.match(out.text, message);
+      assert.doesNotMatch(out.text, /^\s+at /m, `stack trace for: ${args.join(" ")}`);
+      assert.doesNotMatch(out.text, /Relay listening/);
     }
     // A port taken by someone else: one line, exit 1.
     const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const out = await deno([
-      "run",
-      `--allow-net=127.0.0.1:${taken.addr.port}`,
-      CLI,
-      "--hostname",
-      "127.0.0.1",
-      "--port",
-      String(taken.addr.port),
-    ]).output();
-    taken.close();
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 1, stderr);
-    assert.match(stderr, /error: cannot listen on 127.0.0.1:\d+: .*in use/i);
-    assert.doesNotMatch(stderr, /^\s+at /m);
+    let out;
+    try {
+      const port = String(taken.addr.port);
+      out = await exitOf(
+        [
+          "run",
+          `--allow-net=127.0.0.1:${port}`,
+          CLI,
+          "--open",
+          "--hostname",
+          "127.0.0.1",
+          "--port",
+          port,
+        ],
+      );
+    } finally {
+      taken.close();
+    }
+    assert.equal(out.code, 1, out.text);
+    assert.match(out.text, /error: cannot listen on 127.0.0.1:\d+: .*in use/i);
+    assert.doesNotMatch(out.text, /^\s+at /m);
   } finally {
-    await Deno.remove(bad, { recursive: true });
+    for (const dir of [bad, home, emptySecret]) await Deno.remove(dir, { recursive: true });
   }
 });
 
-Deno.test("relay CLI without a secret runs, under a scoped --allow-net, and says loudly that it is open", async () => {
-  const port = freePort();
-  const relay = spawn([
-    "run",
-    `--allow-net=127.0.0.1:${port}`,
-    CLI,
-    "--hostname",
-    "127.0.0.1",
-    "--port",
-    String(port),
-  ]);
-  try {
-    await relay.waitFor(/Relay listening on http:\/\/127.0.0.1:\d+/, "relay start");
-    // The warning is its own log line: wait for it rather than assume it came with the first.
-    await relay.waitFor(/NO RELAY SECRET.*this relay is OPEN/, "the open-relay warning");
-    const health = await fetch(`http://127.0.0.1:${port}/healthz`);
-    assert.deepEqual(await health.json(), { status: "ok", sessions: 0, nodes: 0 });
-  } finally {
-    assert.equal(await relay.stop(), 0, relay.text);
-  }
-  assert.match(relay.text, /SIGTERM: shutting the relay down/);
-});
-
-Deno.test("relay CLI: a secret where the relay may not look is named with the permission it needs, never reported as not set", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "immortal-relay-perm-" });
-  const run = async (flags: string[], expect: RegExp) => {
+Deno.test("relay CLI without a secret runs, and says loudly that it is open: asked with --open, or finding none where it could look", async () => {
+  const home = await Deno.makeTempDir({ prefix: "immortal-relay-home-" });
+  const run = async (flags: string[], args: string[], warning: RegExp) => {
     const port = freePort();
     const relay = spawn(
+      ["run", `--allow-net=127.0.0.1:${port}`, ...flags, CLI, ...args, "--hostname", "127.0.0.1"]
+        .concat(["--port", String(port)]),
+      ROOT,
+      { HOME: home },
+    );
+    try {
+      await relay.waitFor(/Relay listening on http:\/\/127.0.0.1:\d+/, "relay start");
+      // The warning is its own log line: wait for it rather than assume it came with the first.
+      await relay.waitFor(warning, "the open-relay warning");
+      const health = await fetch(`http://127.0.0.1:${port}/healthz`);
+      assert.deepEqual(await health.json(), { status: "ok", sessions: 0, nodes: 0 });
+    } finally {
+      assert.equal(await relay.stop(), 0, relay.text);
+    }
+    assert.match(relay.text, /SIGTERM: shutting the relay down/);
+  };
+  try {
+    // Under a scoped --allow-net alone, it may look nowhere: --open says an open relay is meant.
+    await run([], ["--open"], /NO RELAY SECRET \(--open\): this relay is OPEN to anyone/);
+    // Allowed to look everywhere a secret may be set, and none there: open, for development.
+    await run(
+      ["--allow-env=IMMORTAL_RELAY_SECRET,HOME", `--allow-read=${ROOT},${home}`],
+      [],
+      /NO RELAY SECRET: this relay is OPEN .*Fine for local development/,
+    );
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+});
+
+Deno.test("relay CLI: finding no secret where it was allowed to look, but not allowed everywhere, it does not start open; it names the place and what to grant", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "immortal-relay-perm-" });
+  const config = `${dir}/immortal-relay.properties`;
+  await Deno.writeTextFile(config, "secret = s3cret\n");
+  const relay = (flags: string[], env: Record<string, string> = {}) => {
+    const port = String(freePort());
+    return exitOf(
+      ["run", `--allow-net=127.0.0.1:${port}`, ...flags, CLI, "--hostname", "127.0.0.1"]
+        .concat(["--port", port]),
+      ROOT,
+      { HOME: dir, ...env },
+    );
+  };
+  /** The one error line of `text`, after checking that the relay exited 1 and never listened. */
+  const errorLine = ({ code, text }: { code: number; text: string }) => {
+    assert.equal(code, 1, text);
+    assert.doesNotMatch(text, /Relay listening|OPEN/);
+    const lines = text.split("\n").filter((line) => line.startsWith("error: "));
+    assert.equal(lines.length, 1, text);
+    return lines[0];
+  };
+  const escaped = (text: string) => text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+  try {
+    // The relay's own permission set in deno.json (deno task relay) reads HOME, but has no way
+    // to name a file in it: the secret in ~/immortal-relay.properties is not read. Say so, with
+    // what to do under deno task, where words after the task name go to the relay, not to deno.
+    const home = escaped(config);
+    assert.match(
+      errorLine(await relay(["--config", `${ROOT}deno.json`, "-P=relay"])),
+      new RegExp(
+        `^error: no relay secret found, but this relay was not allowed to look at ${home}: ` +
+          `run with --allow-read=${home}, or add ${home} to permissions\\.relay\\.read in deno\\.json; ` +
+          `or give --open for a relay open to anyone$`,
+      ),
+    );
+    // No --allow-env: the variable is set, but the relay may not read it. It names it, and how.
+    const line = errorLine(await relay([], { IMMORTAL_RELAY_SECRET: "s3cret" }));
+    assert.match(line, /not allowed to look at env IMMORTAL_RELAY_SECRET, /);
+    assert.match(line, /: run with --allow-env=IMMORTAL_RELAY_SECRET,HOME --allow-read=/);
+    assert.doesNotMatch(line, /set --secret, --secret-file or IMMORTAL_RELAY_SECRET/);
+    // With the permissions, the secret is used.
+    const port = freePort();
+    const allowed = spawn(
       [
         "run",
         `--allow-net=127.0.0.1:${port}`,
-        ...flags,
+        "--allow-env=IMMORTAL_RELAY_SECRET,HOME",
+        `--allow-read=${config}`,
         CLI,
         "--hostname",
         "127.0.0.1",
         "--port",
         String(port),
       ],
-      dir,
-      { IMMORTAL_RELAY_SECRET: "s3cret", HOME: dir },
+      ROOT,
+      { HOME: dir },
     );
     try {
-      await relay.waitFor(expect, String(expect));
+      await allowed.waitFor(
+        new RegExp(`Relay secret required \\(from ${home}:1\\)`),
+        "the secret from the home directory's file",
+      );
     } finally {
-      await relay.stop();
+      assert.equal(await allowed.stop(), 0, allowed.text);
     }
-    return relay.text;
-  };
-  try {
-    // No --allow-env: the variable is set, but the relay may not read it. It says so, and how.
-    const text = await run(
-      [],
-      /NO RELAY SECRET FOUND: this relay is OPEN .*not allowed to look at env IMMORTAL_RELAY_SECRET/,
-    );
-    assert.match(text, /run it with --allow-env=IMMORTAL_RELAY_SECRET,HOME /);
-    assert.doesNotMatch(text, /set --secret, --secret-file or IMMORTAL_RELAY_SECRET/);
-    // With the permission, the secret is used.
-    await run(
-      ["--allow-env=IMMORTAL_RELAY_SECRET"],
-      /Relay secret required \(from env IMMORTAL_RELAY_SECRET\)/,
-    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("relay CLI: a permission it lacks is said as deno's flag and as deno.json's permission set, for deno task", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "immortal-relay-grant-" });
+  try {
+    await Deno.writeTextFile(`${dir}/relay.secret`, "s3cret\n");
+    const port = String(freePort());
+    const listen = await exitOf(
+      ["run", "--allow-net=127.0.0.1:1", CLI, "--open", "--hostname", "127.0.0.1", "--port", port],
+    );
+    assert.equal(listen.code, 1, listen.text);
+    assert.match(
+      listen.text,
+      new RegExp(
+        `^error: cannot listen on 127\\.0\\.0\\.1:${port}: no net permission: run with ` +
+          `--allow-net=127\\.0\\.0\\.1:${port}, or add 127\\.0\\.0\\.1:${port} to permissions\\.relay\\.net in deno\\.json$`,
+        "m",
+      ),
+    );
+    assert.doesNotMatch(listen.text, /run again with the --allow-net flag/);
+    const secretFile = `${dir}/relay.secret`;
+    for (
+      const [extra, set] of [[[], "relay"], [["--redis", "redis://127.0.0.1:1"], "relay-redis"]]
+    ) {
+      const read = await exitOf(
+        ["run", "--allow-net=127.0.0.1", CLI, "--secret-file", secretFile, ...extra],
+      );
+      assert.equal(read.code, 1, read.text);
+      assert.ok(
+        read.text.includes(
+          `error: no permission to read secret file ${secretFile}: run with --allow-read=${secretFile}, ` +
+            `or add ${secretFile} to permissions.${set}.read in deno.json\n`,
+        ),
+        read.text,
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  // Flags merged per kind (deno keeps one list per flag); deno.json takes no $HOME.
+  assert.equal(
+    grantAdvice(
+      ["--allow-env=A", "--allow-env=HOME --allow-read=$HOME/x", "--allow-read=/y"],
+      "relay",
+    ),
+    "run with --allow-env=A,HOME --allow-read=$HOME/x,/y, " +
+      "or add A,HOME to permissions.relay.env and /y to permissions.relay.read in deno.json",
+  );
+  assert.equal(grantAdvice(["--allow-read=/y"]), "run with --allow-read=/y");
 });
 
 Deno.test("relay CLI and the examples, all configured by immortal-relay.properties: numbers to a bridge, a terminal chat", async () => {
@@ -221,7 +398,11 @@ Deno.test("relay CLI and the examples, all configured by immortal-relay.properti
   const processes = [relay];
   try {
     await relay.waitFor(/Relay listening/, "relay start");
-    assert.match(relay.text, /Relay secret required \(from .*immortal-relay.properties:2\)/);
+    // Its own log line, after the first: waited for, not assumed to have come with it.
+    await relay.waitFor(
+      /Relay secret required \(from .*immortal-relay.properties:2\)/,
+      "the secret from the file",
+    );
 
     const example = (name: string, ...args: string[]) => {
       const p = spawn(["run", net, read, env, `${ROOT}examples/${name}`, ...args], dir);
@@ -268,6 +449,16 @@ Deno.test("loadRelayConfig: flags aside, env wins over the working directory's f
     assert.equal(config.port, 9000);
     assert.equal(config.sources.secret, "env IMMORTAL_RELAY_SECRET");
     assert.equal(config.sources.port, `${home}/immortal-relay.properties:3`);
+    // A secret variable set to nothing is a secret set, empty, for the relay to refuse;
+    // another variable set to nothing is no setting.
+    const empty = loadRelayConfig({
+      cwd,
+      home,
+      env: { IMMORTAL_RELAY_SECRET: "", IMMORTAL_RELAY_PORT: "" },
+    });
+    assert.equal(empty.secret, "");
+    assert.equal(empty.sources.secret, "env IMMORTAL_RELAY_SECRET");
+    assert.equal(empty.port, 9000);
     await Deno.writeTextFile(`${home}/immortal-relay.properties`, "port = 70000\n");
     assert.throws(() => loadRelayConfig({ cwd, home, env: {} }), /:1: port must be 0-65535/);
   } finally {
@@ -290,6 +481,24 @@ Deno.test("relay CLI: the cluster flags reach the relay's settings", () => {
     redis: "redis://:pw@10.0.0.9:6379",
     clusterAddress: "10.0.0.5:8081",
     reusePort: true,
+  });
+});
+
+Deno.test("relay CLI: numbers up to 2^53 - 1 in plain digits reach the relay's settings; a rate may be a fraction", () => {
+  const config = parseRelayArgs([
+    "--max-message-bytes",
+    "1000",
+    "--max-nodes",
+    "9007199254740991",
+    "--rate",
+    "0.5",
+  ]);
+  assert.ok(config !== "help");
+  const { maxMessageBytes, maxNodesPerSession, rate } = config.serve;
+  assert.deepEqual({ maxMessageBytes, maxNodesPerSession, rate }, {
+    maxMessageBytes: 1000,
+    maxNodesPerSession: Number.MAX_SAFE_INTEGER,
+    rate: 0.5,
   });
 });
 

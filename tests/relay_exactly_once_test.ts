@@ -180,7 +180,7 @@ Deno.test("relay restarted while a node is away: what its sender resends before 
 Deno.test("relay CLI SIGKILLed and restarted while two nodes exchange numbered messages: each arrives once and in order, or its sender hears it went nowhere, or its receiver hears the history was lost", async () => {
   const port = freePort();
   const url = `http://127.0.0.1:${port}`;
-  const args = ["--hostname", "127.0.0.1", "--port", String(port), "--rate", "100000"];
+  const args = ["--open", "--hostname", "127.0.0.1", "--port", String(port), "--rate", "100000"];
   const start = async () => {
     const relay = spawnCli([`--allow-net=127.0.0.1:${port}`], CLI, args);
     await relay.waitFor(/Relay listening on/, "the relay starting");

@@ -550,8 +550,8 @@ export class RelayCluster {
     if (mistake !== null) {
       if (this.#refused || this.#closed) return;
       this.#refused = true;
-      log.error("Redis refuses this relay: {reason} ({mistake})", { reason, mistake });
-      this.#events.refused?.(`${reason} (${mistake})`);
+      log.error("{mistake}", { mistake });
+      this.#events.refused?.(mistake);
       return;
     }
     this.#unhealthy(reason);
@@ -910,18 +910,21 @@ async function tokenHash(token: string): Promise<string> {
 }
 
 /**
- * What to mend when Redis refused us with `error` for a reason that
- * retrying will not change, or null for a failure that may pass (Redis
- * restarting, a network hiccup).
+ * What went wrong, and what to mend, when reaching Redis failed with
+ * `error` for a reason that trying again will not change; null for a
+ * failure that may pass (Redis restarting, a network hiccup).
  */
 function refusalToMend(error: unknown): string | null {
-  if (isNotCapable(error)) {
-    return "Deno was not given the permission: see --allow-net and --allow-env";
-  }
   const text = errorMessage(error);
-  if (/^(WRONGPASS|NOAUTH|ERR AUTH|ERR invalid password)/.test(text)) {
-    return "check the user and password in the Redis URL";
+  if (isNotCapable(error)) {
+    return `this relay may not reach Redis: ${text} (a relay on Redis needs --allow-net ` +
+      "for the Redis server and --allow-env=REDIS_DEBUG_MAINTENANCE)";
   }
-  if (/^NOPERM/.test(text)) return "the Redis user lacks a permission the relay needs";
+  if (/^(WRONGPASS|NOAUTH|ERR AUTH|ERR invalid password)/.test(text)) {
+    return `Redis refuses this relay: ${text} (check the user and password in the Redis URL)`;
+  }
+  if (/^NOPERM/.test(text)) {
+    return `Redis refuses this relay: ${text} (its Redis user lacks a permission the relay needs)`;
+  }
   return null;
 }

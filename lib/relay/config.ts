@@ -59,7 +59,10 @@ const KEYS = ["url", "secret", "hostname", "port"] as const;
 /**
  * Reads relay settings from the environment and configuration files. Files
  * and variables this process has no permission for are skipped without a
- * prompt. A malformed file or port throws an `Error` naming the file and line.
+ * prompt, and listed in `unread`. A malformed file or port throws an `Error`
+ * naming the file and line. An empty variable counts as unset, except
+ * `IMMORTAL_RELAY_SECRET`: set to nothing, it gives `secret: ""`, as a
+ * `secret =` line does, for the caller to refuse.
  *
  * @example Settings from an explicit environment
  * ```ts
@@ -93,7 +96,10 @@ export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConf
   for (const key of KEYS) {
     const name = `IMMORTAL_RELAY_${key.toUpperCase()}`;
     const value = env[name];
-    if (value !== undefined && value !== "") set(key, value, `env ${name}`);
+    // An empty variable is no setting, except the secret: one set to nothing (a
+    // service's IMMORTAL_RELAY_SECRET=$UNSET) is kept, empty, for the caller to
+    // refuse as it refuses "secret =", never read as no secret and an open relay.
+    if (value !== undefined && (value !== "" || key === "secret")) set(key, value, `env ${name}`);
   }
   const home = options.home ?? grantedEnv([]).HOME;
   const cwd = options.cwd ?? workingDirectory();

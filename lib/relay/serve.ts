@@ -151,15 +151,20 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
       server.shutdown();
       const { hostname, port } = peerAddress;
       // A relay on Redis needs more than its own port: say all of it at once.
-      const needs = isNotCapable(error)
-        ? ` (a relay on Redis listens for the other relays too, on clusterAddress: give it net access to ${hostname}:${
-          port === 0 ? "its ports" : port
-        }, and to the Redis server)`
-        : "";
+      if (isNotCapable(error)) {
+        throw new Error(
+          `no net permission to listen for the other relays of the cluster on ${
+            port === 0 ? `a free port of ${hostname}` : `${hostname}:${port}`
+          }: a relay on Redis listens for them and reaches the Redis server besides its own ` +
+            `port; allow all three (a cluster on this machine: --allow-net=${hostname}), or ` +
+            "choose the port (--cluster-address)",
+          { cause: error },
+        );
+      }
       throw new Error(
         `cannot listen for the other relays of the cluster on ${hostname}:${port}: ${
           errorMessage(error)
-        }${needs}`,
+        }`,
         { cause: error },
       );
     }
@@ -171,12 +176,17 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
     relay.close();
     await Promise.all([server.shutdown(), peers?.shutdown()]);
   };
-  const refused = Promise.withResolvers<never>();
+  // Redis refusing this relay for good stops it; `finished` then rejects,
+  // once the server is down, as it would resolve on any other end.
+  let refusal: { error: Error; stopped: Promise<void> } | null = null;
   clusterRefusals.set(relay, (reason) => {
-    refused.reject(new Error(`Redis refuses this relay: ${reason}`));
-    shutdown();
+    refusal ??= { error: new Error(reason), stopped: shutdown() };
   });
-  const finished = Promise.race([server.finished, refused.promise]);
+  const finished = server.finished.then(async () => {
+    if (refusal === null) return;
+    await refusal.stopped;
+    throw refusal.error;
+  });
   // Only a caller that waits for the end hears why: nobody else must crash on it.
   finished.catch(() => {});
   return {
