@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """A client of the immortal session protocol, in Python's standard library only.
 
-Written from PROTOCOL.md Part 1 (sections 1.1-1.20), not from our TypeScript,
-to show the document is enough to interoperate. It opens a session to an
-immortal server over plain TCP, sends its input, prints what comes back, and
-survives lost links: it resumes the session on a new TCP connection and
-replays what the server had not received (1.7, 1.13).
+Written from PROTOCOL.md Part 1 (sections 1.1-1.20) and Part 4, not from our
+TypeScript, to show the document is enough to interoperate. It opens a session
+to an immortal server, sends its input, prints what comes back, and survives
+lost links: it resumes the session on a new link and replays what the server
+had not received (1.7, 1.13). A link is a TCP connection (HOST PORT), or, given
+a URL, a WebSocket (ws://HOST:PORT/PATH, 4.1) or an HTTP-streaming link
+(http://HOST:PORT/PATH, 4.2: one long response down, POSTs up) to an HTTP
+endpoint such as our HttpLinkAcceptor.
 
     python3 examples/immortal_client.py 127.0.0.1 4000 < request > reply
     python3 examples/immortal_client.py 127.0.0.1 4000 --psk s3cret --bytes 4194304 --sha256
     python3 examples/immortal_client.py 127.0.0.1 4000 --bytes 4194304 --cut-after 1000000
+    python3 examples/immortal_client.py ws://127.0.0.1:8080/link --bytes 4194304 --sha256
+    python3 examples/immortal_client.py http://127.0.0.1:8080/link --cut-after 1000000 < f
     python3 examples/immortal_client.py --self-test
 
 Input is stdin, or with --bytes N the pattern "byte i is i % 251". Output is
@@ -21,13 +26,21 @@ otherwise, 2 for bad arguments.
 As a library, `Session` carries any application's bytes (see its docstring):
 examples/immortal_tunnel.py runs the tunnel's stream multiplexing (Part 3) on it.
 
-Not covered: sealed sessions (1.21) and TLS links. X25519 below uses Python
-integers, which are not constant time: fine for an example, not for secrets
-that matter.
+Where Part 4 leaves room, this client sends WebSocket messages of at most
+1 MiB; keeps at most 4 upstream POSTs in flight, each on its own kept-alive
+connection, reused once answered; and after its bye waits for the server to end
+the link (its close frame, echoed; or the end of the downstream response).
+
+Not covered: sealed sessions (1.21), TLS links (wss:, https:), HTTP proxies and
+HTTP/2. X25519 below uses Python integers, which are not constant time: fine
+for an example, not for secrets that matter.
 """
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import errno
 import hashlib
 import hmac
 import os
@@ -38,6 +51,7 @@ import socket
 import struct
 import sys
 import time
+import urllib.parse
 from typing import Optional
 
 # --- X25519, RFC 7748 section 5 ---------------------------------------------
@@ -107,7 +121,13 @@ class Malformed(Exception):
 
 
 class LinkLost(Exception):
-    """The link died (reset, EOF, silence, malformed frame): resume on a new one."""
+    """The link died (reset, EOF, silence, malformed frame): resume on a new one.
+
+    `orderly`: the server ended it (EOF, a WebSocket close, the end of the HTTP response)."""
+
+    def __init__(self, message: str, orderly: bool = False) -> None:
+        super().__init__(message)
+        self.orderly = orderly
 
 
 class Failed(Exception):
@@ -179,6 +199,598 @@ def log(message: str) -> None:
     print(f"immortal_client: {message}", file=sys.stderr, flush=True)
 
 
+# --- Links: TCP (1.1), WebSocket (4.1), HTTP streaming (4.2) -----------------------
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+RECV_SIZE = 256 * 1024
+MAX_HEAD = 64 * 1024  # an HTTP response head longer than this is not from a link endpoint
+MAX_MESSAGE = 1 << 20  # our WebSocket messages (any size will do: 4.1 reassembles them)
+MAX_POST = 1 << 20  # at most 1 MiB of the stream per upstream POST (4.2)
+MAX_UPSTREAM = 4  # POSTs in flight at most, whatever the server offers (4.2: ours does the same)
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
+
+
+class Link:
+    """One link: a byte pipe under the session (1.1), whatever carries it.
+
+    The session hands it bytes with `take(out)` (it removes from `out` what it accepted), asks
+    it which sockets to wait on (`watch`), and gives it each socket that is ready
+    (`on_ready`), which returns the session bytes that arrived. Failures raise LinkLost;
+    an orderly end (EOF, a WebSocket close, the end of the HTTP response) sets `ended`
+    after the bytes that came before it were returned, and `check()` then raises LinkLost.
+    For the session both are the same: a link to replace (Part 4 intro).
+    """
+
+    def __init__(self) -> None:
+        self.ended: Optional[str] = None
+        self.early = bytearray()  # session bytes that came with an HTTP head, not yet returned
+        self._sel: Optional[selectors.BaseSelector] = None
+        self._own: Optional[selectors.BaseSelector] = None
+        self._watched: dict[socket.socket, int] = {}
+
+    # What each kind of link provides.
+    def sockets(self) -> list[socket.socket]:
+        raise NotImplementedError
+
+    def take(self, out: bytearray) -> bool:
+        raise NotImplementedError
+
+    def on_ready(self, sock: socket.socket, events: int) -> bytes:
+        raise NotImplementedError
+
+    def interest(self, backlog: bool) -> dict[socket.socket, int]:
+        """The sockets to wait on, and for what; `backlog`: `out` kept bytes `take` refused."""
+        raise NotImplementedError
+
+    def unsent(self) -> bool:
+        """Bytes taken from the session and not yet written; for HTTP, POSTs not yet answered."""
+        return False
+
+    def finish(self, deadline: float) -> None:
+        """After the bye went out: until the server ends the link (1.14 point 3)."""
+        self.drain(deadline)
+
+    # Shared machinery.
+    def check(self) -> None:
+        if self.ended is not None:
+            raise LinkLost(self.ended, orderly=True)
+
+    def watch(self, sel: selectors.BaseSelector, backlog: bool) -> None:
+        """Registers the link's sockets in `sel` (key data: the link) for what it waits on now."""
+        if self._sel is not sel:
+            self.unwatch()
+            self._sel = sel
+        want = self.interest(backlog)
+        for sock in [s for s in self._watched if s not in want]:
+            self._forget(sock)
+        for sock, mask in want.items():
+            if sock not in self._watched:
+                sel.register(sock, mask, self)
+            elif self._watched[sock] != mask:
+                sel.modify(sock, mask, self)
+            self._watched[sock] = mask
+
+    def unwatch(self) -> None:
+        for sock in list(self._watched):
+            self._forget(sock)
+        self._sel = None
+
+    def _forget(self, sock: socket.socket) -> None:
+        """Unregisters before the socket is closed, so its number can be reused safely."""
+        if sock in self._watched:
+            del self._watched[sock]
+            if self._sel is not None:
+                self._sel.unregister(sock)
+
+    def wait(self, out: bytearray, deadline: float) -> bytes:
+        """Drives the link on its own for one round (handshakes, a session's last bytes)."""
+        if self.early:
+            got, self.early = bytes(self.early), bytearray()
+            return got
+        self.check()
+        self.take(out)
+        if self._own is None:
+            self._own = selectors.DefaultSelector()
+        self.watch(self._own, bool(out))
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            raise LinkLost("timed out")
+        got = bytearray()
+        for key, events in self._own.select(timeout):
+            if key.fileobj in self._watched:
+                got += self.on_ready(key.fileobj, events)  # type: ignore[arg-type]
+        return bytes(got)
+
+    def drain(self, deadline: float) -> None:
+        """Reads, and drops, until the server ends the link; an error ends it too."""
+        while True:
+            self.wait(bytearray(), deadline)
+
+    def close(self, rst: bool = False) -> None:
+        """Closes every socket; with `rst`, abruptly (a cut, --cut-after: 4 intro)."""
+        self.unwatch()
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+        for sock in self.sockets():
+            if rst:
+                abort(sock)
+            else:
+                sock.close()
+
+    def abort(self) -> None:
+        self.close(rst=True)
+
+
+class TcpLink(Link):
+    """The link is the TCP connection (1.1)."""
+
+    def __init__(self, host: str, port: int, deadline: float) -> None:
+        super().__init__()
+        self.sock = connect_blocking(host, port, deadline)
+        self.sock.setblocking(False)
+        self.blocked = False  # the last take left bytes in `out`: wait until writable
+
+    def sockets(self) -> list[socket.socket]:
+        return [self.sock]
+
+    def take(self, out: bytearray) -> bool:
+        n = send(self.sock, out) if out else 0
+        del out[:n]
+        self.blocked = bool(out)
+        return n > 0
+
+    def interest(self, backlog: bool) -> dict[socket.socket, int]:
+        return {self.sock: READ | (WRITE if backlog and self.blocked else 0)}
+
+    def on_ready(self, sock: socket.socket, events: int) -> bytes:
+        if not events & READ:
+            return b""  # writable: the next take() writes
+        data = recv(self.sock)
+        if data == b"":
+            self.ended = "the server closed the link"
+        return data or b""
+
+    def finish(self, deadline: float) -> None:
+        # Half-close, then read until the server closes: a close with our bye still unsent
+        # or unread input would reset the connection (1.14 point 3).
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            raise LinkLost(str(e)) from None
+        self.drain(deadline)
+
+
+def connect_blocking(host: str, port: int, deadline: float) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=max(0.01, deadline - time.monotonic()))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_head(sock: socket.socket, deadline: float) -> tuple[int, dict[str, str], bytes]:
+    """Reads an HTTP/1.1 response head (blocking, bounded): status, fields, the bytes after it."""
+    buf = bytearray()
+    while (end := buf.find(b"\r\n\r\n")) < 0:
+        if len(buf) > MAX_HEAD:
+            raise LinkLost("an HTTP response head over 64 KiB")
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        data = sock.recv(65536)
+        if not data:
+            raise LinkLost("the server closed the connection before its answer")
+        buf += data
+    status, fields = parse_head(bytes(buf[:end]))
+    return status, fields, bytes(buf[end + 4:])
+
+
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """A response head without its final CRLF CRLF: the status, fields by lower-case name."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise LinkLost(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise LinkLost(f"a malformed HTTP field line: {line[:80]!r}")
+        name = name.strip().lower()
+        fields[name] = f"{fields[name]}, {value.strip()}" if name in fields else value.strip()
+    return int(parts[1]), fields
+
+
+def has_token(value: str, token: str) -> bool:
+    return token in (t.strip().lower() for t in value.split(","))
+
+
+def xor_mask(data: bytes, key: bytes) -> bytes:
+    """RFC 6455 5.3 masking, with one big-integer XOR instead of a Python loop per byte."""
+    n = len(data)
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A final, masked client frame (RFC 6455 5.2): a client MUST mask every frame."""
+    n, key = len(payload), secrets.token_bytes(4)
+    if n < 126:
+        head = struct.pack(">BB", 0x80 | opcode, 0x80 | n)
+    elif n < 1 << 16:
+        head = struct.pack(">BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack(">BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return head + key + xor_mask(payload, key)
+
+
+class WebSocketLink(Link):
+    """The session's bytes in binary WebSocket messages, both ways (4.1, RFC 6455)."""
+
+    def __init__(self, target: "Target", deadline: float) -> None:
+        super().__init__()
+        self.sock = connect_blocking(target.host, target.port, deadline)
+        try:
+            key = base64.b64encode(secrets.token_bytes(16))
+            # No Sec-WebSocket-Protocol, no Sec-WebSocket-Extensions: 4.1 wants neither.
+            self.sock.sendall(
+                f"GET {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+                f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+            status, fields, rest = read_head(self.sock, deadline)
+            if status != 101:
+                raise LinkLost(f"the WebSocket upgrade was answered {status}")
+            expected = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+            # RFC 6455 4.1: the client MUST fail the connection unless all of these hold.
+            if (fields.get("upgrade", "").lower() != "websocket"
+                    or not has_token(fields.get("connection", ""), "upgrade")
+                    or fields.get("sec-websocket-accept") != expected
+                    or "sec-websocket-extensions" in fields or "sec-websocket-protocol" in fields):
+                raise LinkLost("a bad WebSocket upgrade answer")
+        except BaseException:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.raw = bytearray()  # frames for the socket, not yet written
+        self.rx = bytearray(rest)  # socket bytes not yet parsed into frames
+        self.payload_left = 0  # bytes of the current binary frame's payload still to come
+        self.in_message = False  # a binary message began and its last fragment is still to come
+        self.early += self._parse()
+
+    def sockets(self) -> list[socket.socket]:
+        return [self.sock]
+
+    def take(self, out: bytearray) -> bool:
+        # One message per write of the session (4.1); none while frames wait for the socket.
+        taken = bool(out) and len(self.raw) < OUT_HIGH
+        if taken:
+            n = min(len(out), MAX_MESSAGE)
+            self.raw += ws_frame(0x2, bytes(out[:n]))
+            del out[:n]
+        self._flush()
+        return taken
+
+    def _flush(self) -> None:
+        if self.raw:
+            del self.raw[:send(self.sock, self.raw)]
+
+    def unsent(self) -> bool:
+        return bool(self.raw)
+
+    def interest(self, backlog: bool) -> dict[socket.socket, int]:
+        return {self.sock: READ | (WRITE if self.raw else 0)}
+
+    def on_ready(self, sock: socket.socket, events: int) -> bytes:
+        if events & WRITE:
+            self._flush()
+        if not events & READ or self.ended is not None:
+            return b""
+        data = recv(sock)
+        if data == b"":
+            self.ended = "the server closed the TCP connection under the WebSocket"
+        if not data:
+            return b""
+        self.rx += data
+        return self._parse()
+
+    def _parse(self) -> bytes:
+        """Server frames (RFC 6455 5.2): binary payloads pass through as they come; a text
+        message, a masked frame, a reserved bit or an unknown opcode breaks the link."""
+        got, rx = bytearray(), self.rx
+        while self.ended is None:
+            if self.payload_left:
+                n = min(self.payload_left, len(rx))
+                if n == 0:
+                    break
+                got += rx[:n]
+                del rx[:n]
+                self.payload_left -= n
+                continue
+            if len(rx) < 2:
+                break
+            b0, b1 = rx[0], rx[1]
+            fin, opcode, n = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
+            size = 2 + (2 if n == 126 else 8 if n == 127 else 0)
+            if len(rx) < size:
+                break
+            if n == 126:
+                n = struct.unpack_from(">H", rx, 2)[0]
+            elif n == 127:
+                n = struct.unpack_from(">Q", rx, 2)[0]
+            if b0 & 0x70 or b1 & 0x80:  # no extension was agreed; a server never masks
+                raise LinkLost("a WebSocket frame with a reserved bit or a mask")
+            if opcode >= 0x8:  # control frames: whole, final, at most 125 bytes (5.5)
+                if not fin or n > 125:
+                    raise LinkLost("a fragmented or oversized WebSocket control frame")
+                if len(rx) < size + n:
+                    break
+                payload = bytes(rx[size:size + n])
+                del rx[:size + n]
+                self._control(opcode, payload)
+            elif opcode == 0x2 or (opcode == 0x0 and self.in_message):
+                if opcode == 0x2 and self.in_message:
+                    raise LinkLost("a binary WebSocket message inside another")
+                del rx[:size]
+                self.in_message, self.payload_left = not fin, n
+            elif opcode == 0x1:
+                raise LinkLost("a text WebSocket message (4.1: a protocol error)")
+            else:
+                raise LinkLost(f"WebSocket opcode 0x{opcode:x} out of place")
+        return bytes(got)
+
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == 0x9:  # ping: a pong with the same payload (RFC 6455 5.5.2)
+            self.raw += ws_frame(0xA, payload)
+            self._flush()
+        elif opcode == 0x8:  # close: echo its code, and the link is over (4.1)
+            code = str(struct.unpack(">H", payload[:2])[0]) if len(payload) >= 2 else "no code"
+            reason = payload[2:].decode("utf-8", "replace")
+            self.raw += ws_frame(0x8, payload[:2])
+            self._flush()
+            self.ended = f"the server closed the WebSocket ({code}{' ' + reason if reason else ''})"
+        elif opcode != 0xA:  # pongs are ignored
+            raise LinkLost(f"WebSocket opcode 0x{opcode:x}")
+
+    def finish(self, deadline: float) -> None:
+        # The server closes the link when it reads our bye (1.14 point 3): wait for its close
+        # frame (echoed above), then give our echo a moment to leave before closing.
+        try:
+            self.drain(deadline)
+        except LinkLost as e:
+            if e.orderly and self.raw:  # our echo of its close goes before we close the socket
+                self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                with contextlib.suppress(OSError):
+                    self.sock.sendall(self.raw)
+                self.raw.clear()
+            raise
+
+
+class ChunkedDecoder:
+    """The chunked transfer coding (RFC 9112 7.1), decoded as the bytes come."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.left = 0  # bytes of the current chunk still to come
+        self.state = "size"  # size line, data, the CRLF after the data, trailer, done
+
+    def feed(self, data: bytes) -> bytes:
+        buf, got = self.buf, bytearray()
+        buf += data
+        while self.state != "done":
+            if self.state == "data":
+                n = min(self.left, len(buf))
+                got += buf[:n]
+                del buf[:n]
+                self.left -= n
+                if self.left:
+                    break
+                self.state = "crlf"
+            elif self.state == "crlf":
+                if len(buf) < 2:
+                    break
+                if buf[:2] != b"\r\n":
+                    raise LinkLost("bad chunked coding in the response")
+                del buf[:2]
+                self.state = "size"
+            else:  # a size line or a trailer line
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    if len(buf) > 4096:
+                        raise LinkLost("bad chunked coding in the response")
+                    break
+                line = bytes(buf[:end]).split(b";")[0].strip()
+                del buf[:end + 2]
+                if self.state == "trailer":
+                    self.state = "trailer" if line else "done"
+                    continue
+                try:
+                    self.left = int(line, 16)
+                except ValueError:
+                    raise LinkLost("bad chunked coding in the response") from None
+                self.state = "data" if self.left else "trailer"
+        return bytes(got)
+
+
+class Upstream:
+    """A connection for upstream POSTs (4.2), kept alive and reused once its POST is answered."""
+
+    def __init__(self, addr: tuple) -> None:
+        family, _, _, _, sockaddr = addr
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setblocking(False)  # connecting must not stop the session's loop
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = self.sock.connect_ex(sockaddr)
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self.sock.close()
+            raise LinkLost(f"cannot connect for a POST: {os.strerror(err)}")
+        self.connecting = err != 0
+        self.raw = bytearray()  # the request, not yet written
+        self.answer = bytearray()  # the answer's head, as it comes
+        self.seq: Optional[int] = None  # the POST awaiting its answer, if any
+
+
+class HttpStreamLink(Link):
+    """One long response downstream, POSTs upstream (4.2)."""
+
+    def __init__(self, target: "Target", deadline: float) -> None:
+        super().__init__()
+        self.target = target
+        self.addr = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)[0]
+        self.down = connect_blocking(target.host, target.port, deadline)
+        try:
+            # The opening POST has no body (4.2); Content-Length: 0 says so.
+            self.down.sendall(f"POST {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+                              f"x-immortal-link: open\r\nContent-Length: 0\r\n\r\n".encode())
+            status, fields, rest = read_head(self.down, deadline)
+            if status != 200 or not fields.get("x-immortal-link"):
+                raise LinkLost(f"not a link endpoint: answered {status}"
+                               f"{'' if status != 200 else ' without x-immortal-link'}")
+        except BaseException:
+            self.down.close()
+            raise
+        self.down.setblocking(False)
+        self.id = fields["x-immortal-link"]
+        try:  # how many POSTs in flight the server takes: 1 when absent (4.2)
+            self.k = max(1, min(MAX_UPSTREAM, int(fields.get("x-immortal-upstream", "1"))))
+        except ValueError:
+            self.k = 1
+        # The body: chunked on HTTP/1.1, or up to the connection's end (HTTP/1.0, 4.2).
+        chunked = has_token(fields.get("transfer-encoding", ""), "chunked")
+        self.chunks = ChunkedDecoder() if chunked else None
+        self.early += self._body(rest)
+        self.posts: list[Upstream] = []
+        self.seq = 0  # the next POST's x-immortal-seq
+
+    def sockets(self) -> list[socket.socket]:
+        return [self.down] + [p.sock for p in self.posts]
+
+    def _body(self, data: bytes) -> bytes:
+        if self.chunks is None:
+            return data
+        got = self.chunks.feed(data)
+        if self.chunks.state == "done":
+            self.ended = "the server ended the downstream response"
+        return got
+
+    def take(self, out: bytearray) -> bool:
+        """Each write goes at once, as a POST of its own, while fewer than k are in flight; once
+        k are, what is written meanwhile waits and goes in the next POST (4.2)."""
+        taken = False
+        while out and sum(p.seq is not None for p in self.posts) < self.k:
+            post = next((p for p in self.posts if p.seq is None), None)
+            if post is None:
+                post = Upstream(self.addr)
+                self.posts.append(post)
+            body = bytes(out[:MAX_POST])
+            del out[:len(body)]
+            post.raw += (f"POST {self.target.path} HTTP/1.1\r\nHost: {self.target.netloc}\r\n"
+                         f"x-immortal-link: {self.id}\r\nx-immortal-seq: {self.seq}\r\n"
+                         f"Content-Type: application/octet-stream\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            post.seq, self.seq, taken = self.seq, self.seq + 1, True
+            self._flush(post)
+        return taken
+
+    def _flush(self, post: Upstream) -> None:
+        if post.connecting:
+            return  # written once the connection is up (on_ready)
+        if post.raw:
+            del post.raw[:send(post.sock, post.raw)]
+
+    def unsent(self) -> bool:
+        return any(p.raw or p.seq is not None for p in self.posts)
+
+    def interest(self, backlog: bool) -> dict[socket.socket, int]:
+        want = {self.down: READ}
+        for p in self.posts:  # READ on idle ones too: the server may close them
+            want[p.sock] = READ | (WRITE if p.raw or p.connecting else 0)
+        return want
+
+    def on_ready(self, sock: socket.socket, events: int) -> bytes:
+        if sock is self.down:
+            if self.ended is not None:
+                return b""
+            data = recv(sock)
+            if data == b"":  # the end of a chunked body is its last chunk, not the EOF
+                if self.chunks is not None:
+                    raise LinkLost("the downstream response broke off")
+                self.ended = "the server ended the downstream response"
+            return self._body(data) if data else b""
+        post = next((p for p in self.posts if p.sock is sock), None)
+        if post is None:
+            return b""
+        if events & WRITE and post.connecting:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise LinkLost(f"cannot connect for a POST: {os.strerror(err)}")
+            post.connecting = False
+        if events & WRITE:
+            self._flush(post)
+        if events & READ:
+            self._answer(post)
+        return b""
+
+    def _answer(self, post: Upstream) -> None:
+        try:
+            data = recv(post.sock)
+        except LinkLost as e:
+            raise LinkLost(f"POST {post.seq} failed: {e}") from None
+        if data == b"" and post.seq is None:
+            self._drop(post)  # an idle kept-alive connection, closed by the server
+            return
+        if data == b"":
+            raise LinkLost(f"POST {post.seq}: the connection closed before its answer")
+        if data is None:
+            return
+        if post.seq is None:
+            raise LinkLost("bytes from the server on an idle POST connection")
+        post.answer += data
+        end = post.answer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(post.answer) > MAX_HEAD:
+                raise LinkLost("an HTTP response head over 64 KiB")
+            return
+        status, fields = parse_head(bytes(post.answer[:end]))
+        # Any answer but 204 ends the link (4.2); a 204 has no body, the connection goes on.
+        if status != 204:
+            raise LinkLost(f"POST {post.seq} answered {status}")
+        extra = post.raw or len(post.answer) > end + 4  # more than the answer: not reusable
+        if extra or has_token(fields.get("connection", ""), "close"):
+            self._drop(post)
+        else:
+            post.answer.clear()
+            post.seq = None
+
+    def _drop(self, post: Upstream) -> None:
+        self._forget(post.sock)
+        self.posts.remove(post)
+        post.sock.close()
+
+
+class Target:
+    """Where links go: HOST PORT for TCP, or a ws:// or http:// URL (Part 4)."""
+
+    def __init__(self, host: str, port: Optional[int]) -> None:
+        if port is not None:
+            self.kind, self.host, self.port = "tcp", host, port
+            self.netloc = self.path = ""
+            self.name = f"{host}:{port}"
+            return
+        url = urllib.parse.urlsplit(host)
+        if url.scheme in ("wss", "https"):
+            raise ValueError("TLS links (wss:, https:) are not covered by this example")
+        if url.scheme not in ("ws", "http") or not url.hostname:
+            raise ValueError(f"not a ws:// or http:// URL: {host}")
+        self.kind = "websocket" if url.scheme == "ws" else "http-stream"
+        self.host, self.port = url.hostname, url.port or 80
+        self.netloc = url.netloc.rpartition("@")[2]  # the Host field: no user info
+        self.path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        self.name = host
+
+    def dial(self, deadline: float) -> Link:
+        if self.kind == "websocket":
+            return WebSocketLink(self, deadline)
+        if self.kind == "http-stream":
+            return HttpStreamLink(self, deadline)
+        return TcpLink(self.host, self.port, deadline)
+
+
 # --- The session ---------------------------------------------------------------
 HANDSHAKE_TIMEOUT = 10.0  # one dial plus handshake (1.6, ours)
 HEARTBEAT = 1.0  # ping after this much outbound silence (1.12: "at most 1 s")
@@ -197,12 +809,16 @@ class Session:
     arrives: `on_data(bytes)`, `on_fin()`. `on_open()` follows the first accept. It
     consumes what it is handed at once: acks follow what arrived. Its callbacks may
     raise `Failed` to end the session (with a `close` when `close_reason` is set).
+
+    Links go to `host`:`port` over TCP or, with `port` None, to the URL `host`: a
+    ws:// URL for WebSocket links, an http:// URL for HTTP-streaming links (Part 4).
     """
 
-    def __init__(self, app, host: str, port: int, psk: Optional[str] = None,
+    def __init__(self, app, host: str, port: Optional[int], psk: Optional[str] = None,
                  window: int = 4 << 20, dead_after: float = 5.0, resume_timeout: float = 120.0,
                  cuts: Optional[list[int]] = None, logger=None) -> None:
         self.app, self.host, self.port = app, host, port
+        self.target = Target(host, port)  # a URL when port is None; ValueError if it is bad
         self.psk: Optional[bytes] = psk.encode() if psk is not None else None
         self.window = window  # our receive window, announced in every hello
         self.ack_every = min(4 << 20, self.window) // 4  # like ours (1.10)
@@ -232,26 +848,25 @@ class Session:
         self.carried = False  # the current link carried a frame after its handshake
 
     # -- handshakes (1.6, 1.7) --
-    def _dial(self, hello_payload: bytes) -> tuple[socket.socket, FrameReader, bytes, float]:
-        """Dials, sends hello, reads the challenge. Returns the socket, reader, T, deadline."""
+    def _dial(self, hello_payload: bytes) -> tuple[Link, FrameReader, bytes, float]:
+        """Dials, sends hello, reads the challenge. Returns the link, reader, T, deadline."""
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
-        sock = socket.create_connection((self.host, self.port), timeout=HANDSHAKE_TIMEOUT)
+        link = self.target.dial(deadline)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             hello = frame(HELLO, hello_payload)
-            sock.sendall(hello)
             reader = FrameReader()
-            ftype, payload = self._handshake_frame(sock, reader, deadline)
+            ftype, payload = self._handshake_frame(link, reader, bytearray(hello), deadline)
             if ftype != CHALLENGE:
                 raise protocol_error(f"expected a challenge, got frame 0x{ftype:02x}")
             # T: both frames exactly as on the wire, headers included (1.6).
-            return sock, reader, hello + frame(CHALLENGE, payload), deadline
+            return link, reader, hello + frame(CHALLENGE, payload), deadline
         except BaseException:
-            sock.close()
+            link.close()
             raise
 
-    def _handshake_frame(self, sock: socket.socket, reader: FrameReader,
+    def _handshake_frame(self, link: Link, reader: FrameReader, out: bytearray,
                          deadline: float) -> tuple[int, bytes]:
+        """Sends `out` and reads the server's next handshake frame."""
         while True:
             got = reader.next()
             if got is not None:
@@ -259,22 +874,20 @@ class Session:
                     code, reason = REJECT_CODES[got[1][0]], got[1][1:].decode()
                     raise Rejected(code, reason)
                 return got
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            data = sock.recv(65536)
-            if not data:
-                raise LinkLost("the server closed the link during the handshake")
-            reader.feed(data)
+            try:
+                reader.feed(link.wait(out, deadline))
+            except LinkLost as e:
+                raise LinkLost(f"{e} during the handshake") from None
 
-    def open_new(self) -> tuple[socket.socket, FrameReader]:
+    def open_new(self) -> tuple[Link, FrameReader]:
         private = secrets.token_bytes(32)
         pub_c = x25519(private, BASE_POINT)
         hello = MAGIC + bytes([VERSION, 0]) + secrets.token_bytes(16) + u32(self.window) + pub_c
-        sock, reader, t, deadline = self._dial(hello)
+        link, reader, t, deadline = self._dial(hello)
         try:
             # Without a psk the proof is empty; a psk-less server ignores it anyway (1.6 rule 3-4).
             proof = mac(self.psk, b"immortal-v1 new client", t) if self.psk is not None else b""
-            sock.sendall(frame(PROOF, proof))
-            ftype, p = self._handshake_frame(sock, reader, deadline)
+            ftype, p = self._handshake_frame(link, reader, bytearray(frame(PROOF, proof)), deadline)
             if ftype != ACCEPT or p[0] != 0:
                 raise protocol_error("expected accept kind 0")
             window_s, session_id, pub_s, accept_mac = u32_at(p, 1), p[5:21], p[21:53], p[53:]
@@ -290,19 +903,19 @@ class Session:
                 raise protocol_error("all-zero X25519 shared secret")
             self.k_resume = mac(shared, b"immortal-v1 resume key", session_id, pub_c, pub_s)
             self.session_id, self.peer_window = session_id, window_s
-            return sock, reader
+            return link, reader
         except BaseException:
-            sock.close()
+            link.close()
             raise
 
-    def resume(self) -> tuple[socket.socket, FrameReader]:
+    def resume(self) -> tuple[Link, FrameReader]:
         received_c = self.received + (1 if self.peer_fin else 0)  # the FIN takes a position
         hello = (MAGIC + bytes([VERSION, 1]) + secrets.token_bytes(16) + u32(self.window)
                  + self.session_id + u64(received_c))
-        sock, reader, t, deadline = self._dial(hello)
+        link, reader, t, deadline = self._dial(hello)
         try:
-            sock.sendall(frame(PROOF, mac(self.k_resume, b"immortal-v1 resume client", t)))
-            ftype, p = self._handshake_frame(sock, reader, deadline)
+            proof = frame(PROOF, mac(self.k_resume, b"immortal-v1 resume client", t))
+            ftype, p = self._handshake_frame(link, reader, bytearray(proof), deadline)
             if ftype != ACCEPT or p[0] != 1:
                 raise protocol_error("expected accept kind 1")
             window_s, received_s, accept_mac = u32_at(p, 1), struct.unpack_from(">Q", p, 5)[0], p[13:]
@@ -319,12 +932,12 @@ class Session:
             self.resumes += 1
             self.log(f"resumed: the server had {received_s}, we had {received_c}; "
                      f"replaying {self.sent_high - received_s} positions")
-            return sock, reader
+            return link, reader
         except BaseException:
-            sock.close()
+            link.close()
             raise
 
-    def reconnect(self, carried: bool) -> tuple[socket.socket, FrameReader]:
+    def reconnect(self, carried: bool) -> tuple[Link, FrameReader]:
         """Resumes until it works, backing off like ours (1.17), giving up after resume_timeout."""
         lost_at, failures = time.monotonic(), 0 if carried else 1
         while True:
@@ -351,37 +964,36 @@ class Session:
 
     def _run(self) -> None:
         try:
-            sock, reader = self.open_new()
+            link, reader = self.open_new()
         except Rejected as r:
             raise Failed(f"the server refused the session: {r}") from None
         except (OSError, LinkLost, Malformed) as e:
-            raise Failed(f"cannot open a session at {self.host}:{self.port}: {e}") from None
+            raise Failed(f"cannot open a session at {self.target.name}: {e}") from None
         self.log(f"session {self.session_id.hex()} open; server window {self.peer_window}")
         self.app.on_open()
         while True:
             self.carried = False
             try:
-                self.run_link(sock, reader)
+                self.run_link(link, reader)
                 return
             except LinkLost as e:
-                abort(sock)
+                link.abort()
                 self.log(f"link lost: {e}")
             except Failed as f:
                 if f.close_reason is not None:  # best effort: the link may be dying too
+                    self.out += frame(CLOSE, f.close_reason.encode()[:1024])
+                    deadline = time.monotonic() + 1.0
                     try:
-                        sock.setblocking(True)
-                        sock.settimeout(1.0)
-                        sock.sendall(bytes(self.out) + frame(CLOSE, f.close_reason.encode()[:1024]))
-                    except OSError:
+                        while self.out or link.unsent():
+                            link.wait(self.out, deadline)
+                    except (OSError, LinkLost):
                         pass
-                sock.close()
+                link.close()
                 raise
-            sock, reader = self.reconnect(self.carried)
+            link, reader = self.reconnect(self.carried)
 
-    def run_link(self, sock: socket.socket, reader: FrameReader) -> None:
-        sock.setblocking(False)
+    def run_link(self, link: Link, reader: FrameReader) -> None:
         sel = self.sel
-        sel.register(sock, selectors.EVENT_READ)
         self.out = bytearray(frame(ACK, u64(self.consumed())))  # an ack first thing (1.13 rule 4)
         self.acked_out = self.consumed()
         now = time.monotonic()
@@ -392,27 +1004,29 @@ class Session:
                 self.read_input()
                 self.frame_output()
                 if self.complete():
-                    return self.finish(sock)
-                sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if self.out else 0))
+                    link.unwatch()
+                    return self.finish(link)
+                if link.take(self.out):  # hands over what it can; the rest waits in self.out
+                    last_send = time.monotonic()
+                link.watch(sel, bool(self.out))
                 now = time.monotonic()
                 wake = min(last_tick + ACK_TICK, last_recv + self.dead_after,
                            last_send + HEARTBEAT if not self.out else now + HEARTBEAT)
                 input_ready = self.app.prepare(self.room())
                 ready = sel.select(max(0.0, wake - now) if not input_ready else 0)
                 for key, events in ready:
-                    if key.data is not None:  # the application's file, if still registered
-                        if sel.get_map().get(key.fd) is key:
-                            key.data(events)
+                    if sel.get_map().get(key.fd) is not key:
+                        continue  # unregistered by an earlier callback of this round
+                    if key.data is not link:  # the application's file
+                        key.data(events)
                         continue
-                    if events & selectors.EVENT_READ and (data := recv(sock)) is not None:
+                    data = link.on_ready(key.fileobj, events)  # type: ignore[arg-type]
+                    if data:
                         last_recv = time.monotonic()
                         reader.feed(data)
                         self.on_frames(reader)
                         self.maybe_cut()
-                    if events & selectors.EVENT_WRITE and self.out:
-                        n = send(sock, self.out)
-                        del self.out[:n]
-                        last_send = time.monotonic()
+                    link.check()  # an orderly end, after the bytes that came before it
                 now = time.monotonic()
                 if now - last_recv > self.dead_after:  # nothing at all heard (1.12)
                     raise LinkLost(f"nothing received for {self.dead_after:g} s")
@@ -422,7 +1036,7 @@ class Session:
                     last_tick = now
                     self.queue_ack(force=False, tick=True)
         finally:
-            sel.unregister(sock)
+            link.unwatch()
 
     def consumed(self) -> int:
         """Positions of the server's stream our 'application' consumed: all received, FIN too."""
@@ -522,20 +1136,22 @@ class Session:
         """1.14: our FIN is acknowledged and we consumed the server's FIN."""
         return self.input_done and self.acked == self.written + 1 and self.peer_fin
 
-    def finish(self, sock: socket.socket) -> None:
+    def finish(self, link: Link) -> None:
         """The server completes on our ack of its FIN: that ack goes before the bye (1.14)."""
         self.queue_ack(force=True)
         self.out += frame(BYE)
+        deadline = time.monotonic() + 5.0
         try:
-            sock.setblocking(True)
-            sock.settimeout(5.0)
-            sock.sendall(self.out)
-            sock.shutdown(socket.SHUT_WR)
-            while sock.recv(65536):  # until the server closes: the bye was read, not reset away
-                pass
+            while self.out or link.unsent():  # sent, and for HTTP answered
+                link.wait(self.out, deadline)
+            # Until the server ends the link: the bye was read, not reset away.
+            link.finish(deadline)
+        except LinkLost as e:
+            if not e.orderly or self.out:
+                self.log(f"link lost after the bye ({e}); the session was complete")
         except OSError as e:
             self.log(f"link lost after the bye ({e}); the session was complete")
-        sock.close()
+        link.close()
 
 
 class PipeApp:
@@ -609,16 +1225,13 @@ def u32_at(payload: bytes, offset: int) -> int:
 
 
 def recv(sock: socket.socket) -> Optional[bytes]:
-    """One read: the bytes, None when there were none after all, LinkLost at EOF or error."""
+    """One read: the bytes, b"" at EOF, None when there were none after all; LinkLost on error."""
     try:
-        data = sock.recv(256 * 1024)
+        return sock.recv(RECV_SIZE)
     except (BlockingIOError, InterruptedError):
         return None
     except OSError as e:
         raise LinkLost(str(e)) from None
-    if not data:
-        raise LinkLost("the server closed the link")
-    return data
 
 
 def send(sock: socket.socket, data: bytearray) -> int:
@@ -702,18 +1315,20 @@ def self_test() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description="Open an immortal session (PROTOCOL.md Part 1) over TCP, send stdin "
-                    "(or --bytes of a pattern), print what the server sends back; "
-                    "survive lost links by resuming.")
-    parser.add_argument("host", nargs="?", help="server address, e.g. 127.0.0.1")
-    parser.add_argument("port", nargs="?", type=int, help="server port")
+        description="Open an immortal session (PROTOCOL.md Part 1) over TCP, or over a "
+                    "WebSocket or HTTP-streaming link (Part 4), send stdin (or --bytes of a "
+                    "pattern), print what the server sends back; survive lost links by resuming.")
+    parser.add_argument("host", nargs="?", help="server address, e.g. 127.0.0.1; or a URL, "
+                        "ws://HOST:PORT/PATH (WebSocket) or http://HOST:PORT/PATH (HTTP streaming)")
+    parser.add_argument("port", nargs="?", type=int, help="server port (not with a URL)")
     parser.add_argument("--psk", help="pre-shared key (UTF-8), when the server has one")
     parser.add_argument("--bytes", type=int, metavar="N",
                         help="send N bytes of the pattern 'byte i is i %% 251' instead of stdin")
     parser.add_argument("--sha256", action="store_true",
                         help="print 'SHA256HEX COUNT' of what was received instead of the bytes")
     parser.add_argument("--cut-after", type=int, action="append", metavar="BYTES",
-                        help="reset our own TCP link once BYTES have been received in all, "
+                        help="reset our own link (its TCP connection, or all of a WebSocket's or "
+                             "HTTP link's connections) once BYTES have been received in all, "
                              "then resume (repeat for several cuts)")
     parser.add_argument("--window", type=int, default=4 << 20,
                         help="our receive window in bytes (default 4 MiB)")
@@ -727,8 +1342,15 @@ def main() -> int:
     if args.self_test:
         self_test()
         return 0
-    if args.host is None or args.port is None:
-        parser.error("HOST and PORT are required")
+    url = args.host is not None and "://" in args.host
+    if args.host is None or (args.port is None and not url):
+        parser.error("HOST and PORT, or a URL, are required")
+    if url and args.port is not None:
+        parser.error("a URL takes no PORT")
+    try:
+        Target(args.host, args.port)
+    except ValueError as e:
+        parser.error(str(e))
     if not 1024 <= args.window <= 2**32 - 1:
         parser.error("--window must be in 1024 .. 2^32 - 1")
     if args.psk == "":

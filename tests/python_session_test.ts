@@ -1,16 +1,19 @@
 /**
  * examples/immortal_client.py, a client of the session protocol written from
- * PROTOCOL.md Part 1 in Python's standard library only, run as a child
- * process against our real listener, which echoes every session back. The
- * client sends a pattern and prints the SHA-256 of what it got back; it cuts
- * its own link by bytes received (never by a timer), and a FaultProxy cuts
- * links by bytes forwarded. Every wait is on a process exit or a promise,
- * bounded by a generous deadline that fails the test when it passes.
+ * PROTOCOL.md Parts 1 and 4 in Python's standard library only, run as a child
+ * process against our real listener, which echoes every session back: over
+ * TCP, and over HTTP (WebSocket and HTTP-streaming links, through our
+ * HttpLinkAcceptor mounted in `Deno.serve`). The client sends a pattern and
+ * prints the SHA-256 of what it got back; it cuts its own link by bytes
+ * received (never by a timer), and a FaultProxy cuts links by bytes
+ * forwarded. Every wait is on a process exit or a promise, bounded by a
+ * generous deadline that fails the test when it passes.
  */
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { type ImmortalConn, listen } from "../lib/conn/mod.ts";
+import { type ImmortalConn, type ImmortalListener, listen } from "../lib/conn/mod.ts";
+import { HttpLinkAcceptor } from "../lib/link/mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { within } from "./_helpers.ts";
 
@@ -91,6 +94,41 @@ async function runPython(args: string[], input?: Uint8Array): Promise<PythonRun>
 /** Our listener, echoing every session it accepts; disposing it ends them all. */
 function echoServer(options: { key?: string } = {}) {
   const listener = listen({ hostname: "127.0.0.1", port: 0, ...options });
+  return echoing(listener, listener.addr.port, async () => {});
+}
+
+/** What the HTTP server of {@linkcode httpEchoServer} was asked for, by kind of request. */
+interface LinkRequests {
+  /** WebSocket upgrades (PROTOCOL.md 4.1). */
+  upgrades: number;
+  /** HTTP-streaming links opened (4.2). */
+  opens: number;
+  /** Upstream POSTs of HTTP-streaming links (4.2). */
+  posts: number;
+}
+
+/**
+ * The same echoing listener, taking its links over HTTP: our HttpLinkAcceptor
+ * mounted at `/link` of a `Deno.serve` app (README "Immortal sessions over
+ * HTTP"), which counts the requests it passes on, by kind.
+ */
+function httpEchoServer(options: { key?: string } = {}) {
+  const links = new HttpLinkAcceptor();
+  const requests: LinkRequests = { upgrades: 0, opens: 0, posts: 0 };
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req, info) => {
+    if (new URL(req.url).pathname !== "/link") return new Response("the app's own page");
+    const link = req.headers.get("x-immortal-link");
+    if (req.headers.get("upgrade")?.toLowerCase() === "websocket") requests.upgrades++;
+    else if (link === "open") requests.opens++;
+    else if (link !== null) requests.posts++;
+    return links.handle(req, info);
+  });
+  const listener = listen({ acceptor: links, ...options });
+  return { ...echoing(listener, server.addr.port, () => server.shutdown()), requests };
+}
+
+/** Echoes every session `listener` accepts; disposing ends them all, then runs `stop`. */
+function echoing(listener: ImmortalListener, port: number, stop: () => Promise<void>) {
   const sessions: ImmortalConn[] = [];
   const echoes: Promise<void>[] = [];
   const accepting = (async () => {
@@ -109,7 +147,7 @@ function echoServer(options: { key?: string } = {}) {
   return {
     listener,
     sessions,
-    port: listener.addr.port,
+    port,
     /** The one session the client opened: exactly one, however often it resumed. */
     async onlySession(): Promise<ImmortalConn> {
       assert.equal(sessions.length, 1, `the listener accepted ${sessions.length} sessions`);
@@ -121,6 +159,7 @@ function echoServer(options: { key?: string } = {}) {
       await accepting;
       for (const conn of sessions) conn.close();
       await Promise.allSettled([...echoes, ...sessions.map((conn) => conn.closed)]);
+      await stop();
     },
   };
 }
@@ -236,4 +275,119 @@ Deno.test("python session client: a proxy resets the link (by bytes forwarded, b
   } finally {
     await proxy.close();
   }
+});
+
+/** The two links over HTTP (PROTOCOL.md Part 4), by the URL scheme the client takes. */
+const HTTP_LINKS = [
+  { scheme: "ws", name: "a WebSocket link" },
+  { scheme: "http", name: "an HTTP-streaming link" },
+] as const;
+
+/** Asserts that the links came over `scheme`, and at least `links` of them. */
+function assertLinksOver(scheme: "ws" | "http", requests: LinkRequests, links: number): void {
+  const opened = scheme === "ws" ? requests.upgrades : requests.opens;
+  assert.ok(opened >= links, `${opened} links opened: ${JSON.stringify(requests)}`);
+  if (scheme === "ws") {
+    assert.equal(requests.opens + requests.posts, 0, JSON.stringify(requests));
+  } else {
+    assert.equal(requests.upgrades, 0, JSON.stringify(requests));
+    // The hello and the proof each go up in a POST (4.2), then the session's bytes.
+    assert.ok(requests.posts > 2 * opened, JSON.stringify(requests));
+  }
+}
+
+for (const { scheme, name } of HTTP_LINKS) {
+  for (const key of [undefined, PSK]) {
+    Deno.test(`python session client: 4 MiB echo over ${name} (${scheme}://), ${key ? "with" : "without"} a pre-shared key`, async () => {
+      await using server = httpEchoServer({ key });
+      const run = await runPython([
+        `${scheme}://127.0.0.1:${server.port}/link`,
+        "--bytes",
+        `${SIZE}`,
+        "--sha256",
+        ...(key ? ["--psk", key] : []),
+      ]);
+      assertEchoed(run);
+      assertLinksOver(scheme, server.requests, 1);
+      const session = await server.onlySession();
+      assert.equal(session.stats.bytesRead, SIZE);
+      assert.equal(session.stats.reconnects, 0);
+      assert.equal(server.listener.stats.refusedAuth, 0);
+      // The client waits for the server to end the link after its bye: by then it is forgotten.
+      assert.equal(server.listener.sessionCount, 0);
+    });
+  }
+
+  Deno.test(`python session client: over ${name} (${scheme}://), cuts it twice (by bytes received), resumes into one session, the echo is intact`, async () => {
+    await using server = httpEchoServer({ key: PSK });
+    const run = await runPython([
+      `${scheme}://127.0.0.1:${server.port}/link`,
+      "--psk",
+      PSK,
+      "--bytes",
+      `${SIZE}`,
+      "--sha256",
+      "--cut-after",
+      `${1 << 20}`,
+      "--cut-after",
+      `${(5 << 20) / 2}`,
+    ]);
+    assertEchoed(run);
+    const cuts = run.stderr.match(/link lost: cut on purpose/g) ?? [];
+    assert.equal(cuts.length, 2, run.stderr);
+    // One session on the server, resumed on new links as often as the client says.
+    const session = await server.onlySession();
+    assert.ok(resumesOf(run) >= 2, run.stderr);
+    assert.equal(session.stats.reconnects, resumesOf(run), run.stderr);
+    assert.equal(session.stats.bytesRead, SIZE);
+    assertLinksOver(scheme, server.requests, 1 + resumesOf(run));
+    assert.equal(server.listener.sessionCount, 0);
+  });
+}
+
+for (const { scheme, name } of HTTP_LINKS) {
+  Deno.test(`python session client: over ${name} (${scheme}://), a proxy resets all its connections (by bytes forwarded, both ways), the echo is intact`, async () => {
+    await using server = httpEchoServer();
+    const proxy = await FaultProxy.start({ targetPort: server.port });
+    try {
+      // A cut waits until the server's session is on a link, so that it costs a resume.
+      const connected = () => server.sessions[0]?.state === "connected";
+      using down = proxy.cutEvery({ bytes: 1 << 20, max: 2, direction: "down", when: connected });
+      using up = proxy.cutEvery({ bytes: 3 << 20, max: 1, direction: "up", when: connected });
+      const run = await runPython([
+        `${scheme}://127.0.0.1:${proxy.port}/link`,
+        "--bytes",
+        `${SIZE}`,
+        "--sha256",
+      ]);
+      assertEchoed(run);
+      assert.equal(down.stop(), 2, `cuts downstream at ${down.at}`);
+      assert.equal(up.stop(), 1, `cuts upstream at ${up.at}`);
+      const session = await server.onlySession();
+      assert.ok(resumesOf(run) >= 2, run.stderr);
+      assert.equal(session.stats.reconnects, resumesOf(run), run.stderr);
+      assert.equal(session.stats.bytesRead, SIZE);
+      assertLinksOver(scheme, server.requests, 1 + resumesOf(run));
+    } finally {
+      await proxy.close();
+    }
+  });
+}
+
+Deno.test("python session client: a URL that is no link endpoint is an error (exit 1, one line); a URL takes no PORT (exit 2)", async () => {
+  await using server = httpEchoServer();
+  const [ws, http, both] = await Promise.all([
+    runPython([`ws://127.0.0.1:${server.port}/elsewhere`, "--bytes", "1000"]),
+    runPython([`http://127.0.0.1:${server.port}/elsewhere`, "--bytes", "1000"]),
+    runPython([`ws://127.0.0.1:${server.port}/link`, `${server.port}`]),
+  ]);
+  for (const run of [ws, http]) {
+    assert.equal(run.code, 1, run.stderr);
+    assert.match(run.stderr, /^error: cannot open a session at [a-z]+:\/\/[^\n]*\/elsewhere: /m);
+    assert.doesNotMatch(run.stderr, /Traceback/);
+    assert.equal(run.stdout.length, 0);
+  }
+  assert.equal(both.code, 2, both.stderr);
+  assert.match(both.stderr, /a URL takes no PORT/);
+  assert.equal(server.sessions.length, 0);
 });
