@@ -142,3 +142,32 @@ Deno.test("HTTP-streaming links: an upstream POST declaring more than 1 MiB is r
   }
   await opened.body!.cancel();
 });
+
+Deno.test("HTTP links: a broken WebSocket handshake is a 400, not a 500; a POST without a proper number ends its link with a 400", async () => {
+  await using app = serveLinks("k");
+  const url = `http://127.0.0.1:${app.port}/link`;
+  // An upgrade without its Sec-WebSocket-Key: the client's mistake.
+  const broken = await fetch(url, { headers: { upgrade: "websocket", connection: "upgrade" } });
+  assert.equal(broken.status, 400);
+  assert.match(await broken.text(), /not a WebSocket handshake/);
+  for (const seq of ["", "0x1", "1e0", "+1", "00", "-1"]) {
+    const opened = await fetch(url, { method: "POST", headers: { "x-immortal-link": "open" } });
+    const id = opened.headers.get("x-immortal-link")!;
+    const post = await fetch(url, {
+      method: "POST",
+      headers: { "x-immortal-link": id, "x-immortal-seq": seq },
+      body: "x",
+    });
+    assert.equal(post.status, 400, `seq ${JSON.stringify(seq)}`);
+    assert.match(await post.text(), /x-immortal-seq must be a number/);
+    // The link is over: its downstream ends, and its id is forgotten.
+    await opened.body!.cancel();
+    const after = await fetch(url, {
+      method: "POST",
+      headers: { "x-immortal-link": id, "x-immortal-seq": "0" },
+      body: "x",
+    });
+    assert.equal(after.status, 404);
+    await after.body?.cancel();
+  }
+});

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { concat } from "../_util.ts";
+import { concat, errorMessage } from "../_util.ts";
 import { LINK_HEADER, MAX_POST_BYTES, SEQ_HEADER, ServerHttpStreamLink } from "./http_stream.ts";
 import type { Link } from "./link.ts";
 import { WebSocketLink } from "./websocket.ts";
@@ -29,10 +29,17 @@ export type UpgradeToLink = (req: Request, remoteAddr: Deno.Addr | undefined) =>
 
 /** Upgrades with `Deno.upgradeWebSocket` (the request must come from `Deno.serve`). */
 export const denoUpgrade: UpgradeToLink = (req, remoteAddr) => {
-  // No idle timeout of the socket's own: the session's heartbeats decide
-  // when a link is dead, and say so in the same way for every transport.
-  const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
-  return { link: new WebSocketLink(socket, { remoteAddr }), response };
+  let upgraded: { socket: WebSocket; response: Response };
+  try {
+    // No idle timeout of the socket's own: the session's heartbeats decide
+    // when a link is dead, and say so in the same way for every transport.
+    upgraded = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+  } catch (error) {
+    // A handshake with a header missing or wrong is the client's mistake (a
+    // 400), not the server's: anyone could fill the log with 500s otherwise.
+    return `not a WebSocket handshake: ${errorMessage(error)}`;
+  }
+  return { link: new WebSocketLink(upgraded.socket, { remoteAddr }), response: upgraded.response };
 };
 
 /** What a request to a link endpoint asks for. */
@@ -90,10 +97,18 @@ export class HttpLinkEndpoint {
   /** An upstream POST: its bytes go to their link. */
   async upstream(req: Request): Promise<Response> {
     const link = this.#streams.get(req.headers.get(LINK_HEADER) ?? "");
-    const seq = Number(req.headers.get(SEQ_HEADER) ?? "x");
-    if (!link || !Number.isSafeInteger(seq)) {
+    if (!link) {
       await req.body?.cancel();
-      return new Response("no such link", { status: link ? 400 : 404 });
+      return new Response("no such link", { status: 404 });
+    }
+    const seq = postNumber(req.headers.get(SEQ_HEADER));
+    if (seq === null) {
+      // A client that cannot number its POSTs cannot keep its bytes in order.
+      await req.body?.cancel();
+      link.close();
+      return new Response(`${SEQ_HEADER} must be a number: 0, or digits without a leading 0`, {
+        status: 400,
+      });
     }
     let body: Uint8Array;
     try {
@@ -109,6 +124,13 @@ export class HttpLinkEndpoint {
   close(): void {
     for (const link of [...this.#streams.values()]) link.close();
   }
+}
+
+/** An upstream POST's number (`x-immortal-seq`: 0, or digits without a leading 0), or null. */
+function postNumber(text: string | null): number | null {
+  if (text === null || !/^(0|[1-9][0-9]{0,15})$/.test(text)) return null;
+  const seq = Number(text);
+  return Number.isSafeInteger(seq) ? seq : null;
 }
 
 /** A request body, whole; a `RangeError` past `max` bytes (declared or read). */
