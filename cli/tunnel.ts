@@ -288,13 +288,10 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
   if (relay && values["tls-ca"] !== undefined) {
     relay.caCerts = [readPemCertificate("CA file", values["tls-ca"])];
   }
-  const statsSeconds = values.stats === undefined ? 0 : Number(values.stats);
-  // setInterval takes at most 2^31-1 ms; beyond it fires every millisecond.
-  if (!(statsSeconds >= 0 && statsSeconds <= 2_147_483)) {
-    throw new UsageError(
-      `--stats must be a number of seconds from 0 (off) to 2147483, got "${values.stats}"`,
-    );
-  }
+  // 0 (the default) is off.
+  const statsSeconds = values.stats === undefined
+    ? 0
+    : _seconds("--stats", values.stats as string) / 1000;
   return {
     role,
     listenPort,
@@ -361,11 +358,17 @@ function _positionals(
   return ["0", given[0], given[1]];
 }
 
-/** A number of seconds from 0 to about 24.8 days (a timer's limit), as milliseconds. */
+/**
+ * A number of seconds from 0 to about 24.8 days (a timer's limit: beyond
+ * it, `setInterval` fires every millisecond), as milliseconds. Plain
+ * digits, a fraction allowed (`0.3`), as every number of our CLIs.
+ */
 function _seconds(flag: string, text: string): number {
   const seconds = Number(text);
-  if (text.trim() === "" || !(seconds >= 0 && seconds <= 2_147_483)) {
-    throw new UsageError(`${flag} must be a number of seconds from 0 to 2147483, got "${text}"`);
+  if (!/^\d+(?:\.\d+)?$/.test(text) || seconds > 2_147_483) {
+    throw new UsageError(
+      `${flag} must be a number of seconds from 0 to 2147483 in plain digits (like 30 or 0.5), got "${text}"`,
+    );
   }
   return Math.round(seconds * 1000);
 }

@@ -107,6 +107,9 @@ Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every
         /--stats must be a number of seconds from 0/,
         2,
       ],
+      // Plain digits only, as every number of the CLIs: 1e3 is a typo more often than not.
+      [["client", "2000", "h", "22", "--stats", "1e3"], /in plain digits/, 2],
+      [["client", "2000", "h", "22", "--stats", " 5"], /in plain digits/, 2],
       [["server", "2000", "h", "22", "--key-file", "/nonexistent/key"], /cannot read key file/, 2],
       [["server", "2000", "h", "22", "--tls-cert", `${certs.dir}/cert.pem`], /needs both/, 2],
       [
