@@ -171,6 +171,27 @@ function assertEchoed(run: PythonRun): void {
   assert.doesNotMatch(run.stderr, /Traceback|error:/);
 }
 
+/** The client cuts its own link twice, by bytes received: after 1 MiB and 2.5 MiB. */
+const CUT_TWICE = ["--cut-after", `${1 << 20}`, "--cut-after", `${(5 << 20) / 2}`];
+
+/**
+ * Asserts that `run` echoed everything through its two cuts, into one
+ * session of `server` that resumed as often as the client says, then ended.
+ */
+async function assertResumedTwice(
+  run: PythonRun,
+  server: { onlySession(): Promise<ImmortalConn>; listener: { sessionCount: number } },
+): Promise<void> {
+  assertEchoed(run);
+  const cuts = run.stderr.match(/link lost: cut on purpose/g) ?? [];
+  assert.equal(cuts.length, 2, run.stderr);
+  const session = await server.onlySession();
+  assert.ok(resumesOf(run) >= 2, run.stderr);
+  assert.equal(session.stats.reconnects, resumesOf(run), run.stderr);
+  assert.equal(session.stats.bytesRead, SIZE);
+  assert.equal(server.listener.sessionCount, 0);
+}
+
 /** The client's own count of resumes, from its last line on stderr. */
 function resumesOf(run: PythonRun): number {
   const match = run.stderr.match(/session ended cleanly: .*resumed (\d+) times/);
@@ -240,20 +261,9 @@ Deno.test("python session client: cuts its own link twice (by bytes received), r
     "--bytes",
     `${SIZE}`,
     "--sha256",
-    "--cut-after",
-    `${1 << 20}`,
-    "--cut-after",
-    `${(5 << 20) / 2}`,
+    ...CUT_TWICE,
   ]);
-  assertEchoed(run);
-  const cuts = run.stderr.match(/link lost: cut on purpose/g) ?? [];
-  assert.equal(cuts.length, 2, run.stderr);
-  // One session on the server, resumed as often as the client says it resumed.
-  const session = await server.onlySession();
-  assert.ok(resumesOf(run) >= 2, run.stderr);
-  assert.equal(session.stats.reconnects, resumesOf(run), run.stderr);
-  assert.equal(session.stats.bytesRead, SIZE);
-  assert.equal(server.listener.sessionCount, 0);
+  await assertResumedTwice(run, server);
 });
 
 Deno.test("python session client: a proxy resets the link (by bytes forwarded, both ways), the echo is intact", async () => {
@@ -327,21 +337,10 @@ for (const { scheme, name } of HTTP_LINKS) {
       "--bytes",
       `${SIZE}`,
       "--sha256",
-      "--cut-after",
-      `${1 << 20}`,
-      "--cut-after",
-      `${(5 << 20) / 2}`,
+      ...CUT_TWICE,
     ]);
-    assertEchoed(run);
-    const cuts = run.stderr.match(/link lost: cut on purpose/g) ?? [];
-    assert.equal(cuts.length, 2, run.stderr);
-    // One session on the server, resumed on new links as often as the client says.
-    const session = await server.onlySession();
-    assert.ok(resumesOf(run) >= 2, run.stderr);
-    assert.equal(session.stats.reconnects, resumesOf(run), run.stderr);
-    assert.equal(session.stats.bytesRead, SIZE);
+    await assertResumedTwice(run, server);
     assertLinksOver(scheme, server.requests, 1 + resumesOf(run));
-    assert.equal(server.listener.sessionCount, 0);
   });
 }
 
