@@ -365,9 +365,10 @@ function _positionals(
  */
 function _seconds(flag: string, text: string): number {
   const seconds = Number(text);
-  if (!/^\d+(?:\.\d+)?$/.test(text) || seconds > 2_147_483) {
+  // Under a millisecond but not 0 would round to 0, which means "off" or "no wait".
+  if (!/^\d+(?:\.\d+)?$/.test(text) || seconds > 2_147_483 || (seconds > 0 && seconds < 0.001)) {
     throw new UsageError(
-      `${flag} must be a number of seconds from 0 to 2147483 in plain digits (like 30 or 0.5), got "${text}"`,
+      `${flag} must be 0 or a number of seconds from 0.001 to 2147483 in plain digits (like 30 or 0.5), got "${text}"`,
     );
   }
   return Math.round(seconds * 1000);

@@ -39,6 +39,8 @@ export class LogLimiter {
   #setTimer: SetTimer;
   /** Cancels the timer that writes the summaries due, if one runs. */
   #cancelTimer: (() => void) | null = null;
+  /** When that timer fires (clock ms). */
+  #timerDue = Infinity;
   #flushed = false;
 
   /** `emit` writes one line (a logger call); `clock` and `setTimer` are for tests. */
@@ -82,16 +84,27 @@ export class LogLimiter {
     this.#flushed = true;
     this.#cancelTimer?.();
     this.#cancelTimer = null;
+    this.#timerDue = Infinity;
     const now = this.#clock();
     for (const kind of this.#kinds.values()) this.#summarise(kind, now);
     this.#kinds.clear();
   }
 
-  /** Writes the summaries due in `ms` then (one timer for every kind). */
+  /**
+   * Writes the summaries due in `ms` then: one timer for every kind, set
+   * for the earliest due (a kind whose interval ends sooner moves it up).
+   */
   #schedule(ms: number): void {
-    if (this.#cancelTimer !== null || this.#flushed) return;
+    if (this.#flushed) return;
+    const due = this.#clock() + Math.max(0, ms);
+    if (this.#cancelTimer !== null) {
+      if (due >= this.#timerDue) return;
+      this.#cancelTimer();
+    }
+    this.#timerDue = due;
     this.#cancelTimer = this.#setTimer(() => {
       this.#cancelTimer = null;
+      this.#timerDue = Infinity;
       this.#summariseDue();
     }, Math.max(0, ms));
   }

@@ -55,3 +55,29 @@ Deno.test("LogLimiter: the summary is written when the interval ends, without wa
   limiter.event("a", "after close, again");
   assert.equal(timers.length, 0);
 });
+
+Deno.test("LogLimiter: a kind whose interval ends sooner moves the summary timer up", () => {
+  const lines: string[] = [];
+  const clock = { now: 0 };
+  const timers: { fire: () => void; at: number }[] = [];
+  const limiter = new LogLimiter((line) => lines.push(line), () => clock.now, (fire, ms) => {
+    const timer = { fire, at: clock.now + ms };
+    timers.push(timer);
+    return () => timers.splice(timers.indexOf(timer), 1);
+  });
+  clock.now = 5000;
+  limiter.event("late", "late 1");
+  clock.now = 6000;
+  limiter.event("late", "late 2"); // due at 15 s
+  // Kind "b" began before "late" did.
+  clock.now = 0;
+  limiter.event("b", "b 1");
+  clock.now = 7000;
+  limiter.event("b", "b 2"); // due at 10 s: sooner
+  assert.deepEqual(timers.map((t) => t.at), [10_000]);
+  clock.now = 10_000;
+  timers.shift()!.fire();
+  assert.equal(lines.at(-1), "1 more in the last 10 s; the last: b 2");
+  assert.deepEqual(timers.map((t) => t.at), [15_000], "then the next one due");
+  limiter.flush();
+});

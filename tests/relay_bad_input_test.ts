@@ -3,7 +3,7 @@
  */
 
 import assert from "node:assert/strict";
-import { RelayNode, RelayRefusedError, SECRET_HEADER } from "../mod.ts";
+import { Relay, RelayNode, RelayRefusedError, SECRET_HEADER } from "../mod.ts";
 import { delay, renderRecord, within, withLogs } from "./_helpers.ts";
 import { startRelay, waitForEvent } from "./_relay.ts";
 
@@ -428,4 +428,27 @@ Deno.test("relay HTTP: two requests in one write, then a third once they are ans
     text += decoder.decode(buffer.subarray(0, n));
   }
   assert.deepEqual(statuses(), [200, 404, 405], text);
+});
+
+Deno.test("a relay mounted in Deno.serve answers a broken WebSocket handshake with a 400, not a 500", async () => {
+  await using relay = new Relay();
+  await using server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req, info) => relay.handle(req, info),
+  );
+  for (const path of ["/relay/ws", "/relay/pipe"]) {
+    // An upgrade without its Sec-WebSocket-Key: Deno's upgrade throws on it.
+    const answer = await fetch(`http://127.0.0.1:${server.addr.port}${path}`, {
+      headers: {
+        upgrade: "websocket",
+        connection: "upgrade",
+        "x-relay-session": "s",
+        "x-relay-nickname": "n",
+        "x-relay-token": "t",
+      },
+    });
+    const text = await answer.text();
+    // A node's WebSocket is refused for the handshake; a pipe before that, for the unknown node.
+    assert.equal(answer.status, path === "/relay/ws" ? 400 : 401, `${path}: ${text}`);
+  }
 });

@@ -76,6 +76,15 @@ function recordingCluster(
   };
 }
 
+/** Asks `condition` every 10 ms until it holds; fails after 20 s (never hangs). */
+async function waitUntilAsync(condition: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 2000; i++) {
+    if (await condition()) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error("not so within 20 s");
+}
+
 const frame = (text: string) => ({ before: `{"t":"msg","o":`, after: `,"text":"${text}"}` });
 
 Deno.test("cluster: a numbered message after one Redis did not take is refused as a gap; a resend is a duplicate", async () => {
@@ -342,6 +351,26 @@ Deno.test("cluster: a reload that found the key unchanged is the answer for a se
     // It was not: the refusals that follow (a node's bad token, say) read nothing.
     for (let i = 0; i < 20; i++) assert.equal(await a.cluster.reloadKey(), key);
     assert.equal(await gets(), 1);
+  } finally {
+    a.cluster.close();
+  }
+});
+
+Deno.test("cluster: the pub/sub connection reconnecting again and again does not fail the commands of the other", async () => {
+  await using redis = await startRedis({ persist: false });
+  const a = recordingCluster(redis.url);
+  await using raw = await redisClient(redis.url);
+  try {
+    await a.cluster.subscribe("room");
+    let failed = 0;
+    for (let i = 0; i < 100; i++) {
+      // Redis drops the subscriber (an output buffer limit, an idle proxy): it reconnects.
+      await raw.sendCommand(["CLIENT", "KILL", "TYPE", "pubsub"]);
+      await a.cluster.member("room", "nobody").catch(() => failed++);
+    }
+    assert.equal(failed, 0, "commands failed while only the subscriber was away");
+    // Closed once the subscriber is back: a reconnect under way would leave its timer behind.
+    await waitUntilAsync(() => a.cluster.subscribe("after").then(() => true, () => false));
   } finally {
     a.cluster.close();
   }

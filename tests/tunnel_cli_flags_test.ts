@@ -146,7 +146,10 @@ Deno.test("tunnel CLI: the waits through a relay are flags in seconds, for the e
   assert.equal(parse(["client", "1", ...relay, "--to", "db"]).relay?.startWait, undefined);
   const cases: [string[], RegExp][] = [
     [["client", "1", ...relay, "--to", "db", "--name-wait", "5"], /--name-wait is for the server/],
-    [["client", "1", ...relay, "--to", "db", "--relay-wait=-1"], /--relay-wait must be a number/],
+    [
+      ["client", "1", ...relay, "--to", "db", "--relay-wait=-1"],
+      /--relay-wait must be 0 or a number of seconds/,
+    ],
     [["client", "1", "h", "2", "--relay-wait", "5"], /--relay-wait needs --relay/],
   ];
   for (const [args, message] of cases) {

@@ -79,21 +79,23 @@ class ServerSession implements SessionSide {
       reader.link.close();
       return;
     }
-    // The client gave up on the old link before we noticed it was dead.
-    this.engine.dropLink("the client resumed on a new link");
     const wrong = this.engine.resumePositionError(clientReceived);
     if (wrong !== null) {
-      // Refused before the accept, so the client learns why instead of
-      // seeing a resume that worked and a link that died after it.
+      // Refused before the accept (and before the link in use is dropped), so
+      // the client learns why instead of seeing a resume that worked and a
+      // link that died after it.
       await sendFrame(reader.link, {
         type: "reject",
         code: "protocol",
         reason: "resume position out of range",
       }).catch(() => {});
       reader.link.close();
-      this.engine.fail(wrong, null);
+      // A newer resume came meanwhile: this one was a stale attempt, overtaken.
+      if (epoch === this.#resumeEpoch) this.engine.fail(wrong, null);
       return;
     }
+    // The client gave up on the old link before we noticed it was dead.
+    this.engine.dropLink("the client resumed on a new link");
     // No link is attached now, so nothing moves `received` until we attach.
     const accept = await resumeAccept(
       this.secrets.resumeKey,

@@ -173,10 +173,10 @@ export class RelayCluster {
   #events: ClusterEvents;
   #redis: RedisClient;
   #sub: RedisClient;
-  /** Resolves once both connections are up (the first time). */
+  /** Settles once both connections are up the first time, or one failed (then it rejects). */
   #connected: Promise<unknown>;
-  /** Why Redis cannot be reached now (it was, or the first connection failed); null while it can. */
-  #down: string | null = null;
+  /** Why a client of ours cannot reach Redis now (it lost it, or never had it); absent while it can. */
+  #down = new Map<RedisClient, string>();
   #refused = false;
   #firstFailure = Promise.withResolvers<never>();
   /** SHA-1 of each script, once Redis has it (loaded again after a Redis restart). */
@@ -219,10 +219,8 @@ export class RelayCluster {
     this.#redis = createClient(options);
     this.#sub = createClient(options);
     for (const client of [this.#redis, this.#sub]) {
-      client.on("error", (error: unknown) => this.#failed(error));
-      client.on("ready", () => {
-        if (this.#redis.isReady && this.#sub.isReady) this.#down = null;
-      });
+      client.on("error", (error: unknown) => this.#failed(client, error));
+      client.on("ready", () => this.#down.delete(client));
     }
     let reconnect = false;
     // After a reconnect, pub/sub may have missed messages: fill from the history.
@@ -232,12 +230,14 @@ export class RelayCluster {
       }
       reconnect = true;
     });
+    const connecting = [this.#redis, this.#sub].map((client) => {
+      const connected = client.connect();
+      connected.catch((error: unknown) => this.#failed(client, error));
+      return connected;
+    });
     // The first connection, or its first failure: a join waiting for it gets its answer then.
-    this.#connected = Promise.race([
-      Promise.all([this.#redis.connect(), this.#sub.connect()]),
-      this.#firstFailure.promise,
-    ]);
-    this.#connected.catch((error) => this.#failed(error));
+    this.#connected = Promise.race([Promise.all(connecting), this.#firstFailure.promise]);
+    this.#connected.catch(() => {}); // said by #failed
     this.#heartbeat = setInterval(() => this.#beat(), HEARTBEAT_EVERY);
     this.#beat();
   }
@@ -250,7 +250,9 @@ export class RelayCluster {
       const ready = (async () => {
         const channel = `${PREFIX}c:${hex}`;
         this.#staleChannels.delete(channel);
-        await this.#timed(this.#ready().then(() => this.#sub.subscribe(channel, this.#listener)));
+        await this.#timed(
+          this.#ready(this.#sub).then(() => this.#sub.subscribe(channel, this.#listener)),
+        );
         // Everything up to here is in what a joining node is told; later messages follow.
         const [epoch, latest] = await this.#since(hex, Number.MAX_SAFE_INTEGER);
         const subscribed = subscription!;
@@ -438,14 +440,14 @@ export class RelayCluster {
    * a stream of those must not become a stream of Redis reads.
    */
   reloadKey(): Promise<string> {
-    if (this.#keyReading || Date.now() - this.#keyUnchangedAt < 1000) return this.key();
+    if (this.#keyReading || performance.now() - this.#keyUnchangedAt < 1000) return this.key();
     const kept = this.#key;
     this.#key = null;
     const fresh = this.key();
     return (async () => {
       const key = await fresh;
       // A kept read that had failed says nothing about the key.
-      if (key === await kept?.catch(() => null)) this.#keyUnchangedAt = Date.now();
+      if (key === await kept?.catch(() => null)) this.#keyUnchangedAt = performance.now();
       return key;
     })();
   }
@@ -503,7 +505,7 @@ export class RelayCluster {
   #run(name: ScriptName, ...args: (string | number)[]): Promise<unknown> {
     const argv = [PREFIX, ...args].map(String);
     const run = async () => {
-      await this.#ready();
+      await this.#ready(this.#redis);
       let sha = this.#shas.get(name);
       if (sha === undefined) {
         sha = await this.#redis.sendCommand(["SCRIPT", "LOAD", SCRIPTS[name]]) as string;
@@ -522,39 +524,45 @@ export class RelayCluster {
 
   /** One Redis command, within the command timeout. */
   #command(args: string[]): Promise<unknown> {
-    return this.#timed(this.#ready().then(() => this.#redis.sendCommand(args)));
+    return this.#timed(this.#ready(this.#redis).then(() => this.#redis.sendCommand(args)));
   }
 
   /**
-   * Settles once Redis can take commands: at once if it can, or after the
-   * first connection; fails at once while it cannot be reached. A join then
-   * gets its answer (`unavailable`, try again) now, not after the command
-   * timeout.
+   * Settles once `client` can take commands: at once if it can, or after
+   * the first connection; fails at once while it cannot reach Redis. A join
+   * then gets its answer (`unavailable`, try again) now, not after the
+   * command timeout. Each client for itself: the pub/sub connection
+   * reconnecting does not stop the commands of the other.
    */
-  #ready(): Promise<unknown> {
-    if (this.#redis.isReady && this.#sub.isReady) return Promise.resolve();
-    if (this.#down !== null) {
-      return Promise.reject(new Error(`Redis is unreachable: ${this.#down}`));
-    }
+  #ready(client: RedisClient): Promise<unknown> {
+    if (client.isReady) return Promise.resolve();
+    const down = this.#down.get(client);
+    if (down !== undefined) return Promise.reject(new Error(`Redis is unreachable: ${down}`));
     return this.#connected;
   }
 
-  /** A client of ours failed: Redis is down, or refuses us for good. */
-  #failed(error: unknown): void {
+  /** `client` failed: Redis is down, or refuses us for good. */
+  #failed(client: RedisClient, error: unknown): void {
     const reason = errorMessage(error);
-    if (!(this.#redis.isReady && this.#sub.isReady)) {
-      this.#down = reason;
+    if (!client.isReady) {
+      this.#down.set(client, reason);
       this.#firstFailure.reject(new Error(`Redis is unreachable: ${reason}`));
     }
+    this.#refusedIf(error);
+    if (!this.#refused) this.#unhealthy(reason);
+  }
+
+  /**
+   * Stops this relay's use of the cluster if `error` is Redis refusing it
+   * for good (a handshake's, or a command's answer: no permission for a
+   * script, say).
+   */
+  #refusedIf(error: unknown): void {
     const mistake = refusalToMend(error);
-    if (mistake !== null) {
-      if (this.#refused || this.#closed) return;
-      this.#refused = true;
-      log.error("{mistake}", { mistake });
-      this.#events.refused?.(mistake);
-      return;
-    }
-    this.#unhealthy(reason);
+    if (mistake === null || this.#refused || this.#closed) return;
+    this.#refused = true;
+    log.error("{mistake}", { mistake });
+    this.#events.refused?.(mistake);
   }
 
   /**
@@ -580,6 +588,8 @@ export class RelayCluster {
       }, (error) => {
         this.#waiting.delete(waiter);
         this.#suspectGhosts = true;
+        // A command's answer may be Redis refusing us for good (NOPERM, say).
+        this.#refusedIf(error);
         reject(error);
       });
     });
@@ -920,7 +930,7 @@ function refusalToMend(error: unknown): string | null {
     return `this relay may not reach Redis: ${text} (a relay on Redis needs --allow-net ` +
       "for the Redis server and --allow-env=REDIS_DEBUG_MAINTENANCE)";
   }
-  if (/^(WRONGPASS|NOAUTH|ERR AUTH|ERR invalid password)/.test(text)) {
+  if (/^(WRONGPASS|NOAUTH|ERR AUTH|ERR invalid password|ERR Client sent AUTH)/.test(text)) {
     return `Redis refuses this relay: ${text} (check the user and password in the Redis URL)`;
   }
   if (/^NOPERM/.test(text)) {

@@ -317,7 +317,13 @@ export class Hub {
     const { session: id, nickname: wanted, role, token } = hello;
     let room = this.rooms.get(id);
     const now = this.#clock();
-    if (suffixed(wanted) && !room?.givenTo(wanted, token, now)) throw this.#badSuffix();
+    // A suffixed nickname is one the relay gave: only its holder may ask for
+    // it, or, if it is free, a node back from the room's earlier life (the
+    // relay restarted, and forgot who held it).
+    if (
+      suffixed(wanted) && !room?.givenTo(wanted, token, now) &&
+      !(fromEarlierLife(room, hello) && (room?.freeName(wanted, token, now) ?? wanted) === wanted)
+    ) throw this.#badSuffix();
     if (!room) {
       if (this.rooms.size >= s.maxSessions) {
         this.refuse("max-sessions");
@@ -327,7 +333,7 @@ export class Hub {
         count: s.historyLength,
         bytes: s.historyBytes,
         age: s.historyAge,
-      });
+      }, now);
       this.rooms.set(id, room);
     }
 
@@ -384,7 +390,10 @@ export class Hub {
         missed = "epoch";
         // Back from an earlier life of the room (this relay restarted, or it
         // forgot the room): the room's other members may be on their way too.
-        room.rejoinUntil = this.#clock() + this.settings.rejoinGrace;
+        // Only in a room just made, and never longer than the grace from then:
+        // in a room that lives on, a foreign position is stale (or made up).
+        const grace = this.settings.rejoinGrace;
+        if (this.#clock() - room.createdAt < grace) room.rejoinUntil = room.createdAt + grace;
         // Nothing of this epoch can have reached the node: all of it is news.
         replay = history.heldAfter(0);
       } else {
@@ -396,6 +405,7 @@ export class Hub {
         }
       }
     }
+    replay = replay.filter((entry) => this.#addressedTo(member, entry));
     this.#sendWelcome(member, {
       members: room.snapshot(member),
       epoch: history.epoch,
@@ -762,7 +772,11 @@ export class Hub {
     const id = hello.session;
     let room = this.rooms.get(id);
     if (!room) {
-      room = new Room(id, { count: s.historyLength, bytes: s.historyBytes, age: s.historyAge });
+      room = new Room(
+        id,
+        { count: s.historyLength, bytes: s.historyBytes, age: s.historyAge },
+        this.#clock(),
+      );
       this.rooms.set(id, room);
     }
     // What the cluster fans out from now on waits here until the welcome is out.
@@ -834,7 +848,11 @@ export class Hub {
       this.#sendWelcome(member, {
         members: result.members.filter((m) => m.nickname !== self.nickname),
         epoch: result.epoch,
-        offset: welcomeOffset(result.offset, missed, replay),
+        offset: welcomeOffset(
+          result.offset,
+          missed,
+          replay.filter((entry) => this.#addressedTo(self, entry)),
+        ),
         recover: hello.recover !== undefined,
         missed,
         stream: extra.stream,
@@ -1059,16 +1077,27 @@ export class Hub {
 }
 
 /**
- * The offset a welcome gives a node as its position: the room's `latest`,
- * or, for a node told it `missed` some and given what is still held
- * (`replay`), the one just before that, so that it takes what follows.
+ * The offset a welcome gives a node as its position: for a node told it
+ * `missed` some and given what is still held that it hears (`heard`), the
+ * one just before the first of those, so that it takes them; otherwise the
+ * room's `latest` (a position further back than what the node hears would
+ * make its next recovery fail for messages it never needed).
  */
 function welcomeOffset(
   latest: number,
   missed: MissedReason | undefined,
-  replay: readonly HistoryEntry[],
+  heard: readonly HistoryEntry[],
 ): number {
-  return missed && replay.length > 0 ? replay[0].offset - 1 : latest;
+  return missed && heard.length > 0 ? heard[0].offset - 1 : latest;
+}
+
+/**
+ * Whether `hello` comes back to `room` from an earlier life of it: it has a
+ * position from another epoch (the relay restarted, or forgot the room).
+ */
+function fromEarlierLife(room: Room | undefined, hello: HelloFrame): boolean {
+  return hello.id !== undefined && hello.recover !== undefined &&
+    hello.recover.epoch !== room?.history.epoch;
 }
 
 /** Why a message `from` a node to `to` has nobody to go to. */

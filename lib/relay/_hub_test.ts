@@ -482,3 +482,31 @@ Deno.test("hub: a room a node comes back to from an earlier life keeps what nobo
   h.hub.receive(bridge.member, { t: "msg", text: "to a ghost", to: "ghost", seq: 1 });
   assert.equal(bridge.sink.take("error")[0]?.code, "no-such-node");
 });
+
+Deno.test("hub: a stale position in a room that lives on silences nothing; a node back from a restart keeps its suffixed name; its position follows what it hears", () => {
+  using h = makeHub({ rejoinGrace: 1000 });
+  const alice = h.join("alice", { id: "a" });
+  h.clock.now = 5000;
+  // A position from another epoch, long after the room was made: stale or made up.
+  const stale = h.join("bob", { id: "b", recover: { epoch: "long-gone", offset: 3 } });
+  assert.equal(stale.welcome.missed, "epoch");
+  h.hub.receive(alice.member, { t: "msg", to: "bbo", text: "typo", seq: 1 });
+  assert.equal(alice.sink.take("error")[0]?.code, "no-such-node", "no grace in a live room");
+  // After a restart (a new hub), a node that had been given max(1) gets it back if it is free...
+  using restarted = makeHub({ rejoinGrace: 1000 });
+  const max = restarted.join("max(1)", { id: "m", recover: { epoch: "before", offset: 9 } });
+  assert.equal(max.welcome.nickname, "max(1)");
+  // ...but a node without a position from before cannot pick a suffixed name.
+  assert.throws(() => restarted.join("eve(1)", { id: "e" }), { code: "bad-request" });
+  // An agent back after a restart hears bridges only: held messages between
+  // peers do not set its position back.
+  const peer = restarted.join("peer", { id: "p", recover: { epoch: "before", offset: 1 } });
+  restarted.hub.receive(peer.member, { t: "msg", text: "peers only", seq: 1 });
+  const agent = restarted.join("agent", {
+    role: "agent",
+    id: "g",
+    recover: { epoch: "before", offset: 4 },
+  });
+  assert.deepEqual(agent.sink.take("msg"), []);
+  assert.equal(agent.welcome.offset, 1, "the room's latest, not before what it does not hear");
+});

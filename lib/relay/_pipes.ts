@@ -695,11 +695,20 @@ export class PipeEndpoint {
         return { link, response: upgraded.response };
       }
       : (request) => {
+        let upgraded: { socket: WebSocket; response: Response };
+        try {
+          upgraded = Deno.upgradeWebSocket(request, { idleTimeout: 0 });
+        } catch (error) {
+          // A handshake with a header missing or wrong: the client's mistake, a 400.
+          return `not a WebSocket handshake: ${errorMessage(error)}`;
+        }
         // Deno's WebSocket cannot stop reading: a bound on what it queues
         // instead (the end that overruns it loses the pipe).
-        const { socket, response } = Deno.upgradeWebSocket(request, { idleTimeout: 0 });
-        const link = new WebSocketLink(socket, { remoteAddr, maxQueuedBytes: 4 * SOCKET_QUEUE });
-        return { link, response };
+        const link = new WebSocketLink(upgraded.socket, {
+          remoteAddr,
+          maxQueuedBytes: 4 * SOCKET_QUEUE,
+        });
+        return { link, response: upgraded.response };
       };
     return this.#links.open(req, remoteAddr, upgrade) as
       | { link: PipeEnd; response: Response }

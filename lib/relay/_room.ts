@@ -157,8 +157,11 @@ export class Room {
    */
   rejoinUntil = 0;
 
-  /** A room named by the session id `id`, keeping `history` of its messages. */
-  constructor(readonly id: string, history: HistoryLimits) {
+  /**
+   * A room named by the session id `id`, keeping `history` of its messages,
+   * made at `createdAt` (clock ms).
+   */
+  constructor(readonly id: string, history: HistoryLimits, readonly createdAt = 0) {
     this.history = new History(history);
   }
 

@@ -61,7 +61,10 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     maxQueueBytes: positive("maxQueueBytes", options.maxQueueBytes ?? 1 << 20),
     overflow,
     reclaimWindow: options.reclaimWindow ?? 30_000,
-    rejoinGrace: duration("rejoinGrace", options.rejoinGrace ?? 10_000),
+    // 0 turns it off.
+    rejoinGrace: options.rejoinGrace === 0
+      ? 0
+      : duration("rejoinGrace", options.rejoinGrace ?? 10_000),
     historyLength: positive("historyLength", options.historyLength ?? 1000),
     historyBytes: positive("historyBytes", options.historyBytes ?? 4 << 20),
     historyAge: duration("historyAge", options.historyAge ?? 120_000),

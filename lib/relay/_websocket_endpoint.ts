@@ -6,6 +6,7 @@
  * @module
  */
 
+import { errorMessage } from "../_util.ts";
 import { errorFrame, type Hub, JoinRefused } from "./_hub.ts";
 import { frameTooLarge, refusedJoin, refuseRequest, tooLargeReason } from "./_http.ts";
 import { connectionOf } from "./_http_server.ts";
@@ -102,8 +103,19 @@ export function acceptWebSocket(hub: Hub, req: Request): Response {
     if (typeof upgraded === "string") return refuseRequest(hub, 400, "bad-request", upgraded);
     ({ socket, response } = upgraded);
   } else {
-    // Our own keep-alive detects dead nodes; Deno's idle timeout would be a second, slower one.
-    const upgraded = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+    let upgraded: { socket: WebSocket; response: Response };
+    try {
+      // Our own keep-alive detects dead nodes; Deno's idle timeout would be a second, slower one.
+      upgraded = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+    } catch (error) {
+      // A handshake with a header missing or wrong: the client's mistake, a 400.
+      return refuseRequest(
+        hub,
+        400,
+        "bad-request",
+        `not a WebSocket handshake: ${errorMessage(error)}`,
+      );
+    }
     socket = denoSocket(upgraded.socket, max);
     response = upgraded.response;
   }

@@ -67,8 +67,11 @@ export interface RelayOptions {
    * the room (this relay restarted, or the room was forgotten): a
    * broadcast with no one else here, or a message to a nickname not here,
    * waits in the history for them instead of being refused (`alone`,
-   * `no-such-node`). Nodes that come back with their position get it. Not
-   * used with `redis`, where the room outlives a relay. Default 10000.
+   * `no-such-node`). Nodes that come back with their position get it. Only
+   * in a room this relay made less than this long ago: in a room that lives
+   * on, a position from another epoch is stale, and silences nothing. Not
+   * used with `redis`, where the room outlives a relay. 0 turns it off.
+   * Default 10000.
    */
   rejoinGrace?: number;
   /**

@@ -76,7 +76,9 @@ export interface RelayServer extends AsyncDisposable {
   /**
    * Resolves once the server has shut down. With `redis`, rejects (and the
    * server stops) when Redis refuses this relay for a reason that trying
-   * again will not mend: a wrong password, a permission Deno was not given.
+   * again will not mend: a wrong password, a permission Deno was not given;
+   * also after it worked until then (its password changed, say): a relay
+   * Redis refuses can do nothing for its nodes, and says so by ending.
    */
   readonly finished: Promise<void>;
   /** Disconnects every node and stops listening. */
