@@ -41,14 +41,37 @@ Fatal problems go to stderr as one line starting with "error: " and the exit
 status is 1 (2 for bad arguments): the relay cannot be reached, it refuses
 the join (the line names its error code, e.g. unauthorized for a wrong
 secret), or it closes the connection.
+
+--exactly-once makes the client a node with an id (PROTOCOL.md 2.21): each
+message it sends arrives once and in order, or it says so, and so does each
+message for it, through broken connections and relay restarts. It numbers
+what it sends and keeps it until the relay acknowledges it; when the
+connection breaks (or the relay closes it), it reconnects by itself with its
+join token (keeping its nickname) and its place in the room's history, is
+given what it missed, drops what it already has, and resends what the relay
+had not acknowledged. End of input and /quit then wait for the relay to take
+every message before saying bye. More output lines:
+    reconnecting: WHY        the connection broke; the client is reconnecting
+    rejoined NAME            back in the room (here NAME lines follow again)
+    missed REASON: ...       some messages for you may be lost: REASON is epoch
+                             (the relay restarted, or forgot the room) or
+                             window (away longer than the relay keeps them);
+                             what the relay still holds follows
+    error CODE: MESSAGE (your message N)
+                             the relay refused or dropped the Nth message you
+                             sent (alone: nobody else was there to hear it)
+Ctrl-C leaves at once; if the relay had not taken everything by then, the
+exit status is 1 and stderr says how many messages may be lost.
 """
 
 import argparse
 import base64
 import codecs
+import collections
 import hashlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -69,6 +92,30 @@ MAX_MESSAGE = 16 << 20
 TO_LINE = re.compile(r"^/to\s+(\S+)\s+(\S.*)$", re.DOTALL)
 COMMAND = re.compile(r"/\S*")
 COMMANDS = "/to NAME text, /quit; start a line with // to send one that starts with /"
+
+# Exactly-once (PROTOCOL.md 2.21). Senders whose last message number we
+# remember, to drop what a sender resends after a relay restart: as many as
+# our own node remembers.
+MAX_SENDERS_REMEMBERED = 10_000
+# Closes after which coming back cannot help: the relay confirmed our bye
+# (1000), another connection of this very node took over (4409), or one side
+# broke the protocol or refused the hello (it would happen again). Any other
+# close is a blip to an exactly-once node: the relay shutting down (1001) may
+# be a restart, a missed keep-alive (4408) or a full queue (4429) leaves our
+# place in the room to come back to (2.14), and 4503 and 1012 say to (2.16).
+FINAL_CLOSES = {1000, 1002, 1003, 1007, 1009, 4400, 4401, 4409}
+# Join refusals a retry would only repeat (2.15); full and unavailable may clear.
+FINAL_REFUSALS = {"unauthorized", "bad-request", "bad-hello"}
+# Reconnect backoff, as our own node's (2.13): the first attempt at once,
+# then 250 ms doubling to 5 s, jittered, so that nodes cut off together do
+# not all come back in the same instant.
+BACKOFF_INITIAL, BACKOFF_MAX = 0.25, 5.0
+# The relay's clash suffix, name(1) (2.9).
+CLASH_SUFFIX = re.compile(r"\(\d+\)$")
+MISSED = {
+    "epoch": "the relay restarted or forgot the room; some messages for you may be lost",
+    "window": "you were away longer than the relay keeps messages; some may be lost",
+}
 
 
 class Refused(Exception):
@@ -289,33 +336,91 @@ class WebSocket:
         except OSError:
             pass
 
+    def abort(self):
+        """Ends the connection under any thread still using it. close() alone
+        would leave a write blocked on a dead link blocked (and holding its
+        locks); a shutdown makes it fail at once."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.close()
+
+
+class Left(Exception):
+    """The user left while the client was reconnecting: there was nobody to say bye to."""
+
 
 class Client:
-    """One node in a relay room: joins, then prints events and sends lines."""
+    """One node in a relay room: joins, then prints events and sends lines.
 
-    def __init__(self, ws, show_keepalive):
-        self.ws = ws
+    Plain, it is the node of PROTOCOL.md 2.6-2.16, whose life ends with its
+    connection. With exactly_once it is a node with an id (2.21): it numbers
+    its messages and keeps them until acknowledged, and it reconnects by
+    itself, with its join token and its position in the room's history.
+    """
+
+    def __init__(self, url, session, nickname, secret, timeout, show_keepalive, exactly_once):
+        self.url, self.session, self.secret, self.timeout = url, session, secret, timeout
+        self.wanted = nickname
         self.show_keepalive = show_keepalive
+        self.ws = None
         self.nickname = None
+        self.token = None
         self.keep_alive_ms = 1000
         self.pongs = 0
         self.said_bye = False
         self.bye_lock = threading.Lock()
+        # Set by leave(): a reconnect in progress stops (its backoff too).
+        self.leaving = threading.Event()
         self.finished = threading.Event()
-        self.outcome = None  # the Closed (or other error) that ended the connection
+        self.outcome = None  # what ended the client: a Closed, a Refused (rejoin) or a Left
+        # The node's id names it for its whole life (2.21): 128 random bits,
+        # base64url, as our node's. A new run is a new life, whose numbers
+        # start again at 1, so the id is never kept across runs.
+        self.node_id = None
+        if exactly_once:
+            self.node_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        # Whether the relay acknowledges: its welcome has an epoch (2.7).
+        self.reliable = False
+        self.seq = 0
+        # Numbered messages sent (or to send) and not yet acknowledged, in
+        # order. The lock also orders new messages after the resends of a
+        # reconnect; waiting on it, a bye waits for the last acknowledgement.
+        self.unacked = []
+        self.outbox = threading.Condition()
+        self.connected = False
+        # Where this node is in the room's history: [epoch, offset] (2.21).
+        self.position = None
+        # The highest seq heard per sender id, least recently heard first.
+        self.seen = collections.OrderedDict()
 
-    def join(self, session, nickname, secret):
-        hello = {"t": "hello", "session": session, "nickname": nickname}
+    def join(self, ws):
+        """Joins on `ws` the first time; raises Refused, Closed or OSError."""
+        self._welcome(ws, self._hello(ws), again=False)
+
+    def _hello(self, ws):
+        """Sends our hello on `ws` and returns the relay's welcome frame."""
+        hello = {"t": "hello", "session": self.session, "nickname": self.nickname or self.wanted}
         # The secret goes in the hello, as our other WebSocket clients send it
         # (2.3): browsers cannot set headers on a WebSocket, so this is the
         # path every relay supports for it. Never in the URL.
-        if secret:
-            hello["secret"] = secret
-        self.ws.send_json(hello)
+        if self.secret:
+            hello["secret"] = self.secret
+        # Back with the nickname the relay gave us and our latest token: the
+        # relay swaps the connection in (nobody hears of it) or gives the
+        # reserved nickname back (2.10).
+        if self.token:
+            hello["token"] = self.token
+        if self.node_id is not None:
+            hello["id"] = self.node_id
+            if self.position is not None:
+                hello["recover"] = {"epoch": self.position[0], "offset": self.position[1]}
+        ws.send_json(hello)
         refusal = None
         while True:
             try:
-                text = self.ws.receive()
+                text = ws.receive()
             except Closed as closed:
                 # A refused join is an error frame, then a close 4000 + HTTP status (2.8).
                 if refusal is not None:
@@ -331,26 +436,122 @@ class Client:
             if frame.get("t") == "error":
                 refusal = frame
             elif frame.get("t") == "welcome":
-                break
-        # The relay may have changed the nickname (name(1), ...): from now on,
-        # this is who we are (2.8).
-        self.nickname = frame.get("nickname", nickname)
-        self.keep_alive_ms = frame.get("keepAlive", self.keep_alive_ms)
-        print(f"welcome {self.nickname}")
-        for member in frame.get("members", []):
-            print(f"here {member.get('nickname')}")
+                return frame
+
+    def _welcome(self, ws, welcome, again):
+        """Takes the welcome on `ws`: who we are now, who is here, where we
+        are in the history, and (exactly-once) what to resend."""
+        with self.outbox:
+            self.ws = ws
+            # The relay may have changed the nickname (name(1), ...): from now
+            # on, this is who we are (2.8).
+            self.nickname = welcome.get("nickname", self.nickname or self.wanted)
+            self.token = welcome.get("token", self.token)
+            self.keep_alive_ms = welcome.get("keepAlive", self.keep_alive_ms)
+            print(f"{'rejoined' if again else 'welcome'} {self.nickname}")
+            for member in welcome.get("members", []):
+                print(f"here {member.get('nickname')}")
+            if self.node_id is not None:
+                self._take_position(welcome)
+                self.reliable = isinstance(welcome.get("epoch"), str)
+                if self.reliable:
+                    acked = welcome.get("acked")
+                    self._acked(acked if isinstance(acked, int) else 0)
+                # What the relay has not taken goes again, in order, and
+                # before anything new: new lines wait for this lock (2.21).
+                for frame in self.unacked:
+                    try:
+                        ws.send_json(frame)
+                    except OSError:
+                        break  # Broken again: the reader finds out, and we come back.
+                if not self.reliable:
+                    # A relay without 2.21 never acknowledges: sent is all we can do.
+                    self.unacked.clear()
+            self.connected = True
+
+    def _take_position(self, welcome):
+        epoch, offset = welcome.get("epoch"), welcome.get("offset")
+        if not isinstance(epoch, str) or not isinstance(offset, int):
+            self.position = None  # A relay without histories: nothing to recover.
+            return
+        if welcome.get("recovered") is True:
+            # What we missed follows the welcome and moves our offset on.
+            return
+        if self.position is not None:
+            # Not everything after our position can be given: say so, never
+            # silently. What the relay still holds follows all the same.
+            reason = welcome.get("missed") or "epoch"
+            print(f"missed {reason}: {MISSED.get(reason, 'some messages for you may be lost')}")
+        # The welcome's offset is just before the first message it still
+        # gives us (or the room's latest): ours from now on.
+        self.position = [epoch, offset]
+
+    def _fresh(self, frame):
+        """Whether `frame` (a msg) is new to us, not a replay or a resend."""
+        offset = frame.get("offset")
+        if self.position is not None and isinstance(offset, int):
+            if offset <= self.position[1]:
+                return False  # Replayed: we had it before this connection.
+            self.position[1] = offset
+        # Across a relay restart offsets start again, but a sender's own
+        # numbers do not: a resend of what the old relay took is known by them.
+        sender, seq = frame.get("id"), frame.get("seq")
+        if isinstance(sender, str) and isinstance(seq, int):
+            last = self.seen.get(sender)
+            if last is not None and seq <= last:
+                return False
+            self.seen[sender] = seq
+            self.seen.move_to_end(sender)
+            if len(self.seen) > MAX_SENDERS_REMEMBERED:
+                self.seen.popitem(last=False)
+        return True
+
+    def _acked(self, seq):
+        """The relay has taken all our messages up to `seq` (hold the outbox lock)."""
+        taken = 0
+        while taken < len(self.unacked) and self.unacked[taken]["seq"] <= seq:
+            taken += 1
+        del self.unacked[:taken]
+        if not self.unacked:
+            self.outbox.notify_all()
+
+    def pending(self):
+        """Messages the relay has not acknowledged."""
+        with self.outbox:
+            return len(self.unacked)
 
     def run_reader(self):
-        """Reads the relay's frames until the connection ends (its own thread)."""
+        """Reads the relay's frames until the client is done (its own thread);
+        an exactly-once client reconnects whenever the connection breaks."""
+        try:
+            while True:
+                ws = self.ws
+                closed = self._read(ws)
+                ws.abort()
+                with self.outbox:
+                    self.connected = False
+                if self.node_id is None or self.said_bye or closed.code in FINAL_CLOSES:
+                    self.outcome = closed
+                    return
+                self.outcome = self._reconnect(closed)
+                if self.outcome is not None:
+                    return
+        finally:
+            self.finished.set()
+            with self.outbox:
+                self.outbox.notify_all()  # A bye waiting for acks waits no more.
+
+    def _read(self, ws):
+        """Handles frames from `ws` until it ends; returns how (a Closed)."""
         # Pings come every keepAlive ms (2.13), so a long silence means the
         # relay or the network died without closing (a pulled cable): give
         # up after three beats, but never sooner than 5 s, so that a busy
         # machine is not taken for a dead relay.
-        self.ws.sock.settimeout(max(3 * self.keep_alive_ms, 5000) / 1000)
+        ws.sock.settimeout(max(3 * self.keep_alive_ms, 5000) / 1000)
         try:
             while True:
                 try:
-                    text = self.ws.receive()
+                    text = ws.receive()
                 except socket.timeout:
                     raise Closed(1006, "the relay went silent (no keep-alive)")
                 try:
@@ -368,11 +569,57 @@ class Client:
                         # reports that rather than "Broken pipe".
                         pass
         except Closed as closed:
-            self.outcome = closed
+            return closed
         except OSError as error:
-            self.outcome = Closed(1006, str(error))
-        finally:
-            self.finished.set()
+            return Closed(1006, str(error))
+
+    def _reconnect(self, why):
+        """Comes back after `why` ended the connection. Returns None once
+        rejoined, else what ended the client (a final Refused, or Left)."""
+        print(f"reconnecting: {why}")
+        failure = why
+        attempt = 0
+        while True:
+            if attempt > 0:
+                wait = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (attempt - 1))
+                if self.leaving.wait(wait * random.uniform(0.5, 1.0)):
+                    return Left(failure)
+            if self.leaving.is_set():
+                return Left(failure)
+            attempt += 1
+            try:
+                ws = WebSocket(self.url, self.timeout)
+            except Refused as refused:  # The upgrade refused (a proxy's 502, ...).
+                failure = refused
+                continue
+            except (OSError, Closed) as error:
+                failure = error
+                continue
+            try:
+                welcome = self._hello(ws)
+            except Refused as refused:
+                ws.close()
+                if (
+                    refused.code == "bad-request"
+                    and self.nickname != self.wanted
+                    and CLASH_SUFFIX.search(self.nickname or "")
+                ):
+                    # A name(1) is ours only while the relay knows our token
+                    # for it (2.9); a relay that restarted, or a reservation
+                    # that ran out, knows none: ask for the wanted name again.
+                    self.nickname, self.token, attempt = None, None, 0
+                    failure = refused
+                    continue
+                if refused.code in FINAL_REFUSALS:
+                    return refused
+                failure = refused
+                continue
+            except (OSError, Closed) as error:
+                ws.close()
+                failure = error
+                continue
+            self._welcome(ws, welcome, again=True)
+            return None
 
     def handle(self, frame):
         t = frame.get("t")
@@ -389,6 +636,8 @@ class Client:
         elif t == "leave":
             print(f"{'left' if frame.get('reason') == 'left' else 'gone'} {frame.get('nickname')}")
         elif t == "msg":
+            if self.node_id is not None and not self._fresh(frame):
+                return
             who = frame.get("from", "?")
             if isinstance(frame.get("numbers"), list):
                 label = " (numbers, to you)" if "to" in frame else " (numbers)"
@@ -398,14 +647,46 @@ class Client:
                 # One event, one line: a line break inside a message is shown as \n.
                 body = str(frame.get("text", "")).replace("\\", "\\\\").replace("\n", "\\n")
             print(f"{who}{label}: {body}")
+        elif t == "ack" and self.node_id is not None:
+            seq = frame.get("seq")
+            if isinstance(seq, int):
+                with self.outbox:
+                    self._acked(seq)
         elif t == "error":
-            print(f"error {frame.get('code')}: {frame.get('message')}")
+            seq = frame.get("seq")
+            about = ""
+            if self.node_id is not None and isinstance(seq, int):
+                # Taken all the same (answered): it is not resent (2.21).
+                with self.outbox:
+                    self.unacked = [m for m in self.unacked if m["seq"] != seq]
+                    if not self.unacked:
+                        self.outbox.notify_all()
+                about = f" (your message {seq})"
+            print(f"error {frame.get('code')}: {frame.get('message')}{about}")
         elif t == "pipe":
             # Another node asks for a byte pipe (2.20); this client has none to
             # offer, and saying so spares that node the 5 s wait for a timeout.
             refusal = {"t": "pipe-refuse", "id": frame.get("id"), "reason": "it accepts no pipes"}
             self.ws.send_json(refusal)
-        # Anything else (pong, ack, frames of later versions) is ignored, as 2.7 asks.
+        # Anything else (pong, frames of later versions) is ignored, as 2.7 asks.
+
+    def send_message(self, frame):
+        """Sends a msg frame; exactly-once, numbered and kept until acknowledged."""
+        if self.node_id is None:
+            self.ws.send_json(frame)
+            return
+        with self.outbox:
+            self.seq += 1
+            numbered = dict(frame, seq=self.seq)
+            self.unacked.append(numbered)
+            if not self.connected:
+                return  # Sent once we are back, after what waits before it.
+            try:
+                self.ws.send_json(numbered)
+            except OSError:
+                return  # The reader finds the break; we resend it when back.
+            if not self.reliable:
+                self.unacked.pop()
 
     def send_line(self, line):
         if line.startswith("/") and not line.startswith("//"):
@@ -413,9 +694,9 @@ class Client:
             command = COMMAND.match(line).group()
             to = TO_LINE.match(line)
             if command == "/quit":
-                self.leave()
+                self.quit()
             elif command == "/to" and to:
-                self.ws.send_json({"t": "msg", "to": to.group(1), "text": to.group(2)})
+                self.send_message({"t": "msg", "to": to.group(1), "text": to.group(2)})
             elif command == "/to":
                 print("usage: /to NAME text", file=sys.stderr, flush=True)
             else:
@@ -425,7 +706,16 @@ class Client:
         # A message; "//" is an escaped "/", so that any text can be sent.
         text = line[1:] if line.startswith("//") else line
         if text.strip():
-            self.ws.send_json({"t": "msg", "text": text})
+            self.send_message({"t": "msg", "text": text})
+
+    def quit(self):
+        """Leaves as a user asks to (/quit, end of input): an exactly-once node
+        first waits until the relay has taken every message, through
+        reconnects if need be, since a bye would leave the rest behind."""
+        with self.outbox:
+            while self.unacked and not self.finished.is_set() and not self.leaving.is_set():
+                self.outbox.wait()
+        self.leave()
 
     def leave(self):
         """Says bye once; the relay then tells the others we left and closes with 1000."""
@@ -433,6 +723,7 @@ class Client:
             if self.said_bye:
                 return
             self.said_bye = True
+        self.leaving.set()
         try:
             self.ws.send_json({"t": "bye"})
         except OSError:
@@ -458,7 +749,7 @@ class Client:
                 self.send_line(pending.rstrip("\r"))
         except OSError:
             pass  # stdin closed under us, or the connection ended: leave either way.
-        self.leave()
+        self.quit()
 
 
 def parse_args():
@@ -466,7 +757,8 @@ def parse_args():
         description="Join a room of an immortal relay and chat: lines from stdin go to "
         "everyone, '/to NAME text' to one node; end of input or Ctrl-C leaves.",
         epilog="Output lines: 'welcome NAME', 'here NAME', 'joined NAME', 'left NAME', "
-        "'gone NAME', 'NAME: TEXT', 'NAME (to you): TEXT', 'error CODE: MESSAGE', 'bye'.",
+        "'gone NAME', 'NAME: TEXT', 'NAME (to you): TEXT', 'error CODE: MESSAGE', 'bye'; "
+        "with --exactly-once also 'reconnecting: WHY', 'rejoined NAME', 'missed REASON: ...'.",
     )
     parser.add_argument(
         "url", help="the relay, e.g. http://127.0.0.1:8080 (https://, ws://, wss:// too)"
@@ -488,6 +780,12 @@ def parse_args():
     )
     parser.add_argument(
         "--show-keepalive", action="store_true", help="print 'pong N' for each keep-alive answered"
+    )
+    parser.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="be a node with an id (PROTOCOL.md 2.21): messages both ways arrive once and in "
+        "order, or you are told; reconnects by itself when the connection breaks",
     )
     return parser.parse_args()
 
@@ -513,9 +811,17 @@ def main():
     except (OSError, Closed) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else error
         return fail(f"cannot reach the relay at {args.url}: {reason}")
-    client = Client(ws, args.show_keepalive)
+    client = Client(
+        args.url,
+        args.session,
+        args.nickname,
+        args.secret,
+        args.timeout,
+        args.show_keepalive,
+        args.exactly_once,
+    )
     try:
-        client.join(args.session, args.nickname, args.secret)
+        client.join(ws)
     except Refused as refused:
         ws.close()
         return fail(f"the relay refused the join: {refused}")
@@ -536,14 +842,23 @@ def main():
         client.leave()
         # The relay answers bye with its close at once; if it does not, give up.
         client.finished.wait(5.0)
-    ws.close()
+    client.ws.close()
     outcome = client.outcome
-    if client.said_bye and outcome is not None and outcome.code == 1000:
+    # Exactly-once: what the relay had not taken when we left may never
+    # arrive (only Ctrl-C leaves before it is all taken). Never silently.
+    unacked = client.pending()
+    lost = f" ({unacked} messages you sent were not acknowledged: they may be lost)"
+    if client.said_bye and isinstance(outcome, Closed) and outcome.code == 1000:
         print("bye")
-        return 0
+        return fail(f"left{lost}") if unacked else 0
+    lost = lost if unacked else ""
     if outcome is None:
-        return fail("the relay did not confirm the bye")
-    return fail(f"the relay closed the connection: {outcome}")
+        return fail(f"the relay did not confirm the bye{lost}")
+    if isinstance(outcome, Left):
+        return fail(f"left while reconnecting to the relay ({outcome}){lost}")
+    if isinstance(outcome, Refused):
+        return fail(f"the relay refused the rejoin: {outcome}{lost}")
+    return fail(f"the relay closed the connection: {outcome}{lost}")
 
 
 if __name__ == "__main__":

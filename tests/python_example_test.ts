@@ -8,6 +8,7 @@
 
 import assert from "node:assert/strict";
 import { type RelayEvent, RelayNode } from "../mod.ts";
+import { FaultProxy } from "./_fault_proxy.ts";
 import { waitUntil, within } from "./_helpers.ts";
 import { TextLineStream } from "./_lines.ts";
 import { recordEvents, startRelay } from "./_relay.ts";
@@ -388,5 +389,411 @@ Deno.test("python example: stopped until the relay gives it up, it says why once
     await deno.close();
     await heard.done();
     await relay.shutdown();
+  }
+});
+
+// --exactly-once (PROTOCOL.md 2.21): the client as a node with an id, written
+// from the document. The other party is our RelayNode, which always is one.
+
+/** Numbered messages each way in the exactly-once tests. */
+const COUNT = 200;
+/** RelayNode settings for the exactly-once tests: it comes back quickly after a restart. */
+const NODE = { secret: SECRET, backoff: { initial: 10, max: 100 } };
+
+/** `from`..`to` as strings: the texts of numbered messages. */
+function range(from: number, to: number): string[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => String(from + i));
+}
+
+/** Sends `from`..`to` from `node` to everyone, a round of 20 at a time, until the relay has them. */
+async function sendNumbered(node: RelayNode, from: number, to: number): Promise<void> {
+  for (const text of range(from, to)) {
+    node.send(text);
+    if (Number(text) % 20 === 0) await node.flush();
+  }
+  await node.flush();
+}
+
+/** The texts `node`'s recorder heard from `from` (to everyone), in order. */
+function textsFrom(events: RelayEvent[], from: string): string[] {
+  return events.flatMap((e) => e.type === "message" && e.from === from && !e.to ? [e.text] : []);
+}
+
+/** The texts the Python client printed from `from` (to everyone), in order. */
+function printedFrom(lines: string[], from: string): string[] {
+  return lines.flatMap((l) => l.startsWith(`${from}: `) ? [l.slice(from.length + 2)] : []);
+}
+
+/** Joins and leaves naming `nickname`: a blip must not show. */
+function presence(events: RelayEvent[], nickname: string): RelayEvent[] {
+  return events.filter((e) => (e.type === "join" || e.type === "leave") && e.nickname === nickname);
+}
+
+Deno.test("python example --exactly-once: 200 numbered messages each way while its link is reset again and again: each arrives once and in order, both ways; nobody hears it leave", async () => {
+  // A wide fade: this test is about resets, not about how fast a busy machine reconnects.
+  const relay = startRelay({ secret: SECRET, rate: 100_000, keepAlive: 1000, fadeAfter: 60_000 });
+  const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
+  const deno = await RelayNode.connect(relay.url, { ...NODE, session: "eo", nickname: "deno" });
+  const heard = recordEvents(deno);
+  let py: ReturnType<typeof startPython> | undefined;
+  try {
+    py = startPython([
+      `http://127.0.0.1:${proxy.port}`,
+      "py",
+      "--session",
+      "eo",
+      "--secret",
+      SECRET,
+      "--exactly-once",
+    ]);
+    await py.waitLine("welcome py");
+    await heard.until(() => deno.members.some((m) => m.nickname === "py"), "deno hears py join");
+    const joined = heard.events.length;
+    // Resets by bytes forwarded each way: py's messages and pongs go up,
+    // deno's messages and the acks come down; faults land in both. A fault
+    // that falls due waits until py's link is past its handshake: until a
+    // chunk has followed the welcome down it (else faults that fell due
+    // together would cut one reconnect after another, before any welcome).
+    let sinceWelcome = 0; // chunks down py's link since its welcome; -1: a new link, none yet
+    proxy.tap = (chunk, direction) => {
+      if (direction === "up") return;
+      if (new TextDecoder().decode(chunk).includes('"t":"welcome"')) sinceWelcome = 0;
+      else if (sinceWelcome >= 0) sinceWelcome++;
+    };
+    const cut = {
+      when: () => sinceWelcome > 0,
+      fault: () => {
+        sinceWelcome = -1;
+        return proxy.reset();
+      },
+    };
+    using up = proxy.cutEvery({ bytes: 1500, max: 6, direction: "up", ...cut });
+    using down = proxy.cutEvery({ bytes: 3000, max: 6, direction: "down", ...cut });
+    // Both send in rounds of 20, the next once the last was taken (py's:
+    // once deno heard it), so that the exchange spans many faults.
+    const typing = py;
+    const pySending = async () => {
+      for (let sent = 0; sent < COUNT; sent += 20) {
+        await typing.type(range(sent + 1, sent + 20).join("\n"));
+        const heardAll = () => textsFrom(heard.events, "py").length >= sent + 20;
+        await heard.until(heardAll, `deno hearing py's first ${sent + 20}`);
+      }
+    };
+    await within(60_000, "sending", Promise.all([pySending(), sendNumbered(deno, 1, COUNT)]));
+    await py.waitLine(`deno: ${COUNT}`);
+    const resets = up.stop() + down.stop();
+    assert.ok(resets >= 4, `only ${resets} resets hit py's link`);
+    assert.ok(py.lines.some((l) => l.startsWith("reconnecting: ")), "py never reconnected");
+    // Once each, in order, both ways.
+    assert.deepEqual(printedFrom(py.lines, "deno"), range(1, COUNT));
+    assert.deepEqual(textsFrom(heard.events, "py"), range(1, COUNT));
+    // Blips, not leaves: deno heard nothing of them; py lost nothing and was refused nothing.
+    assert.deepEqual(presence(heard.events.slice(joined), "py"), [], "deno heard py come and go");
+    assert.deepEqual(py.lines.filter((l) => /^(missed|error|gone|left) /.test(l)), []);
+    assert.ok(relay.relay.stats.replayed + relay.relay.stats.duplicates > 0, "no fault mattered");
+    // End of input: all was acknowledged, so py says bye at once; deno hears it leave.
+    const status = await py.end();
+    assert.equal(status.code, 0, py.stderr);
+    assert.equal(py.lines.at(-1), "bye");
+    assert.equal(py.stderr, "");
+    await heard.until(
+      () => presence(heard.events, "py").some((e) => e.type === "leave" && e.reason === "left"),
+      "deno hears py leave",
+    );
+  } finally {
+    await py?.dispose();
+    await deno.close();
+    await heard.done();
+    await proxy.close();
+    await relay.shutdown();
+  }
+});
+
+Deno.test("python example --exactly-once: the relay restarted while messages flow: py reports the missed epoch, sends what was not acknowledged, and gets what waited for it; nothing lost", async () => {
+  // A long grace: the test waits on events, never on the clock.
+  const settings = {
+    secret: SECRET,
+    rate: 100_000,
+    rejoinGrace: 120_000,
+    keepAlive: 1000,
+    fadeAfter: 60_000,
+  };
+  let relay = startRelay(settings);
+  const port = relay.addr.port;
+  const proxy = await FaultProxy.start({ targetPort: port });
+  const deno = await RelayNode.connect(relay.url, { ...NODE, session: "r", nickname: "deno" });
+  const heard = recordEvents(deno);
+  let py: ReturnType<typeof startPython> | undefined;
+  try {
+    py = startPython([
+      `http://127.0.0.1:${proxy.port}`,
+      "py",
+      "--session",
+      "r",
+      "--secret",
+      SECRET,
+      "--exactly-once",
+    ]);
+    await py.waitLine("here deno");
+    await sendNumbered(deno, 1, 50);
+    await py.waitLine("deno: 50");
+    // py sends 100 in one go, and the relay shuts down under them, as soon as
+    // another 1000 bytes have gone up: in the middle of the flow, with some of
+    // them taken and acknowledged, others taken and not acknowledged, others
+    // not even read (the chunk that fired it reaches a relay already closed).
+    const stopped = Promise.withResolvers<void>();
+    const from = proxy.forwardedUp;
+    proxy.onForwardUp = (total) => {
+      if (total < from + 1000) return;
+      proxy.onForwardUp = undefined;
+      proxy.refuseNew(true); // py stays away until deno is back
+      relay.shutdown().then(stopped.resolve, stopped.reject);
+    };
+    await py.type(range(1, 100).join("\n"));
+    await within(BOUND, "the relay shutting down", stopped.promise);
+    await py.waitLine(/^reconnecting: /);
+    // While the relay is down, both go on: py's lines wait in py, deno's in deno.
+    await py.type(range(101, 150).join("\n"));
+    for (const text of range(51, 100)) deno.send(text);
+    deno.sendTo("py", "for py");
+    relay = startRelay({ ...settings, port });
+    // deno is back first, alone: what it sends waits for py (rejoin grace), acknowledged.
+    await within(30_000, "deno's messages taken by the new relay", deno.flush());
+    assert.deepEqual(deno.members, [], "deno came back first, alone");
+    assert.deepEqual(heard.events.filter((e) => e.type === "error"), [], "deno was refused");
+    // py comes back: told the history was lost, given what waited, and it sends the rest.
+    proxy.refuseNew(false);
+    await py.waitLine("deno (to you): for py");
+    await heard.until(() => textsFrom(heard.events, "py").length >= 150, "deno hearing py's all");
+    assert.deepEqual(textsFrom(heard.events, "py"), range(1, 150));
+    assert.deepEqual(printedFrom(py.lines, "deno"), range(1, 100));
+    const missed = py.lines.findIndex((l) => l.startsWith("missed epoch: "));
+    assert.ok(missed > py.lines.indexOf("deno: 50"), "py did not report the missed epoch");
+    assert.ok(missed < py.lines.indexOf("deno: 51"), "py reported the missed epoch late");
+    assert.deepEqual(py.lines.filter((l) => l.startsWith("error ")), []);
+    // Both back, live.
+    deno.send("live");
+    await py.type("live");
+    await py.waitLine("deno: live");
+    await heard.until(() => textsFrom(heard.events, "py").includes("live"), "deno hearing py live");
+    const status = await py.end();
+    assert.equal(status.code, 0, py.stderr);
+    assert.equal(py.lines.at(-1), "bye");
+    assert.equal(py.stderr, "");
+  } finally {
+    await py?.dispose();
+    await deno.close();
+    await heard.done();
+    await proxy.close();
+    await relay.shutdown();
+  }
+});
+
+Deno.test("python example --exactly-once: away longer than the history holds, it reports missed window and gets what is still held", async () => {
+  const relay = startRelay({
+    secret: SECRET,
+    historyLength: 5,
+    keepAlive: 1000,
+    fadeAfter: 60_000,
+  });
+  const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
+  const deno = await RelayNode.connect(relay.url, { ...NODE, session: "w", nickname: "deno" });
+  // A third node hears deno all along: what deno sends is kept in the history
+  // however long py takes to come back (a room keeps what somebody heard).
+  const zed = await RelayNode.connect(relay.url, { ...NODE, session: "w", nickname: "zed" });
+  let py: ReturnType<typeof startPython> | undefined;
+  try {
+    py = startPython([
+      `http://127.0.0.1:${proxy.port}`,
+      "py",
+      "--session",
+      "w",
+      "--secret",
+      SECRET,
+      "--exactly-once",
+    ]);
+    await py.waitLine("welcome py");
+    deno.send("before");
+    await py.waitLine("deno: before");
+    // py's link goes down and stays down while deno sends twice what the history holds.
+    proxy.refuseNew(true);
+    proxy.reset();
+    await py.waitLine(/^reconnecting: /);
+    await within(30_000, "deno sending", sendNumbered(deno, 1, 10));
+    assert.equal(relay.relay.stats.historyMessages, 5);
+    proxy.refuseNew(false);
+    await py.waitLine(/^missed window: /);
+    // What the history still held (the last 5) comes with the news; then what follows.
+    deno.send("after");
+    await py.waitLine("deno: after");
+    assert.deepEqual(printedFrom(py.lines, "deno"), ["before", ...range(6, 10), "after"]);
+    const missed = py.lines.findIndex((l) => l.startsWith("missed window: "));
+    assert.ok(missed < py.lines.indexOf("deno: 6"), "py reported the missed window late");
+    const status = await py.end();
+    assert.equal(status.code, 0, py.stderr);
+    assert.equal(py.lines.at(-1), "bye");
+  } finally {
+    await py?.dispose();
+    await zed.close();
+    await deno.close();
+    await proxy.close();
+    await relay.shutdown();
+  }
+});
+
+Deno.test("python example --exactly-once: given py(1), then the relay restarts and someone else is py(1) now: py rejoins under the name it wanted (py(2)) instead of giving up", async () => {
+  const settings = { secret: SECRET, keepAlive: 1000, fadeAfter: 60_000 };
+  let relay = startRelay(settings);
+  const port = relay.addr.port;
+  const proxy = await FaultProxy.start({ targetPort: port });
+  const deno = await RelayNode.connect(relay.url, { ...NODE, session: "n", nickname: "py" });
+  const heard = recordEvents(deno);
+  let py: ReturnType<typeof startPython> | undefined;
+  let newcomer: RelayNode | undefined;
+  try {
+    py = startPython([
+      `http://127.0.0.1:${proxy.port}`,
+      "py",
+      "--session",
+      "n",
+      "--secret",
+      SECRET,
+      "--exactly-once",
+    ]);
+    await py.waitLine("welcome py(1)");
+    // The relay restarts; deno (holding "py") is back first, and a newcomer
+    // who wants "py" too is given "py(1)"; py comes back after them.
+    proxy.refuseNew(true);
+    await relay.shutdown();
+    await py.waitLine(/^reconnecting: /);
+    relay = startRelay({ ...settings, port });
+    await heard.until(
+      () => heard.events.filter((e) => e.type === "state" && e.state === "connected").length >= 2,
+      "deno back",
+    );
+    newcomer = await RelayNode.connect(relay.url, { ...NODE, session: "n", nickname: "py" });
+    assert.equal(newcomer.nickname, "py(1)");
+    proxy.refuseNew(false);
+    // "py(1)" is someone else's now: py's hello for it is refused
+    // (bad-request, 2.9), so py asks for "py" again and is given "py(2)".
+    await py.waitLine("rejoined py(2)");
+    await py.waitLine(/^missed epoch: /);
+    deno.sendTo("py(2)", "found you");
+    await py.waitLine("py (to you): found you");
+    await py.type("/to py me again");
+    await heard.until(
+      () => heard.events.some((e) => isMessage(e, "py(2)", "me again", "py")),
+      "deno hearing py(2)",
+    );
+    const status = await py.end();
+    assert.equal(status.code, 0, py.stderr);
+    assert.equal(py.stderr, "");
+  } finally {
+    await py?.dispose();
+    await newcomer?.close();
+    await deno.close();
+    await heard.done();
+    await proxy.close();
+    await relay.shutdown();
+  }
+});
+
+Deno.test("python example --exactly-once, against a relay scripted frame by frame: it drops replays and resends it has, resends only what the welcome's acked does not cover, and says where it is when it reconnects", async () => {
+  const hellos: Record<string, unknown>[] = [];
+  const received: Record<string, unknown>[] = [];
+  const welcome = { t: "welcome", session: "s", role: "peer", members: [], keepAlive: 60_000 };
+  const fromX = (offset: number, seq: number) => ({
+    t: "msg",
+    from: "x",
+    offset,
+    id: "node-x",
+    seq,
+    text: String(seq),
+  });
+  const send = (socket: WebSocket, frame: object) => socket.send(JSON.stringify(frame));
+  // Per connection: what the relay sends after the hello, and what it does with each msg.
+  const scripts = [
+    {
+      welcome: { nickname: "py", token: "t1", epoch: "e1", offset: 0, acked: 0 },
+      then: [
+        fromX(1, 1),
+        fromX(1, 1), // the same offset again: a replay it has
+        fromX(2, 1), // a resend the relay did not catch: the same id and seq
+        fromX(3, 2),
+      ],
+      // Takes py's three lines, acknowledges none, and dies.
+      onMsg(socket: WebSocket) {
+        if (received.length === 3) socket.close(1011, "scripted");
+      },
+    },
+    {
+      // A relay that restarted, and still knew py's first two (a cluster's Redis might).
+      welcome: {
+        nickname: "py",
+        token: "t2",
+        epoch: "e2",
+        offset: 0,
+        acked: 2,
+        recovered: false,
+        missed: "epoch",
+      },
+      then: [fromX(1, 2), fromX(2, 3)], // offsets start again: x's seq 2 is a resend
+      onMsg(socket: WebSocket, frame: { seq: number }) {
+        if (frame.seq === 3) send(socket, { t: "ack", seq: 3 });
+        if (frame.seq === 4) {
+          send(socket, { t: "error", code: "alone", message: "nobody hears you", seq: 4 });
+          send(socket, { t: "ack", seq: 4 });
+        }
+      },
+    },
+  ];
+  await using server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    const script = scripts[hellos.length];
+    socket.onmessage = (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.t === "hello") {
+        hellos.push(frame);
+        send(socket, { ...welcome, ...script.welcome });
+        for (const step of script.then) send(socket, step);
+      } else if (frame.t === "msg") {
+        received.push(frame);
+        script.onMsg(socket, frame);
+      } else if (frame.t === "bye") socket.close(1000, "bye");
+    };
+    return response;
+  });
+  const py = startPython([`http://127.0.0.1:${server.addr.port}`, "py", "--exactly-once"]);
+  try {
+    await py.waitLine("welcome py");
+    await py.type("a\nb\nc");
+    await py.waitLine("x: 3");
+    await py.type("d");
+    await py.waitLine(/^error alone: /);
+    // Every message of x once, the replays dropped; told of the lost history in between.
+    assert.deepEqual(printedFrom(py.lines, "x"), ["1", "2", "3"]);
+    const missed = py.lines.findIndex((l) => l.startsWith("missed epoch: "));
+    assert.ok(py.lines.indexOf("x: 2") < missed && missed < py.lines.indexOf("x: 3"));
+    assert.equal(py.lines.at(-1), "error alone: nobody hears you (your message 4)");
+    // One id for its life, its position and token when it came back.
+    assert.equal(hellos.length, 2);
+    assert.match(String(hellos[0].id), /^[A-Za-z0-9_-]{22}$/);
+    assert.equal(hellos[1].id, hellos[0].id);
+    assert.equal(hellos[0].recover, undefined);
+    assert.deepEqual(hellos[1].recover, { epoch: "e1", offset: 3 });
+    assert.equal(hellos[1].token, "t1");
+    assert.equal(hellos[1].nickname, "py");
+    // Its lines numbered 1, 2, 3 to the first relay; to the second only
+    // what its acked (2) did not cover, then the new one: nothing taken twice.
+    assert.deepEqual(
+      received.map((m) => [m.seq, m.text]),
+      [[1, "a"], [2, "b"], [3, "c"], [3, "c"], [4, "d"]],
+    );
+    // All taken (the refused one too): end of input says bye at once.
+    const status = await py.end();
+    assert.equal(status.code, 0, py.stderr);
+    assert.equal(py.lines.at(-1), "bye");
+  } finally {
+    await py.dispose();
   }
 });
