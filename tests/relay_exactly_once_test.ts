@@ -177,6 +177,46 @@ Deno.test("relay restarted while a node is away: what its sender resends before 
   }
 });
 
+Deno.test("a node whose suffixed nickname another node holds after a relay restart comes back under the name it wanted, losing nothing", async () => {
+  const settings = { rejoinGrace: 120_000, keepAlive: 1000, fadeAfter: 60_000 };
+  let relay = startRelay(settings);
+  const port = relay.addr.port;
+  const proxy = await FaultProxy.start({ targetPort: port });
+  const options = { session: "s", backoff: { initial: 10, max: 100 } };
+  const first = await RelayNode.connect(relay.url, { ...options, nickname: "x" });
+  const second = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+    ...options,
+    nickname: "x",
+  });
+  assert.equal(second.nickname, "x(1)");
+  const atSecond = recordEvents(second);
+  const others: RelayNode[] = [];
+  try {
+    await first.close();
+    // The relay restarts while `second` is kept away; two other nodes take x and x(1).
+    proxy.refuseNew(true);
+    await relay.shutdown();
+    await atSecond.until(() => second.state === "disconnected", "second noticing");
+    second.send("sent while away");
+    relay = startRelay({ ...settings, port });
+    for (let i = 0; i < 2; i++) {
+      others.push(await RelayNode.connect(relay.url, { ...options, nickname: "x" }));
+    }
+    assert.deepEqual(others.map((node) => node.nickname), ["x", "x(1)"]);
+    const heard = recordEvents(others[0]);
+    proxy.refuseNew(false);
+    await within(30_000, "second's message taken", second.flush());
+    assert.equal(second.nickname, "x(2)");
+    assert.equal(second.state, "connected");
+    await heard.until(() => heard.texts.includes("sent while away"), "x hearing it");
+  } finally {
+    for (const node of others) await node.close();
+    await second.close();
+    await proxy.close();
+    await relay.shutdown();
+  }
+});
+
 Deno.test("relay CLI SIGKILLed and restarted while two nodes exchange numbered messages: each arrives once and in order, or its sender hears it went nowhere, or its receiver hears the history was lost", async () => {
   const port = freePort();
   const url = `http://127.0.0.1:${port}`;

@@ -657,6 +657,22 @@ export class RelayNode implements AsyncDisposable {
         });
         return;
       } catch (error) {
+        if (
+          error instanceof RelayRefusedError && error.code === "bad-request" &&
+          this.#nickname !== this.#options.nickname
+        ) {
+          // The suffixed nickname the relay gave is no longer this node's (the
+          // relay restarted and another node has it, or its reservation ran
+          // out): ask for the one it wanted, as a new member. Its id and
+          // position still apply, so nothing it sent or missed is lost.
+          log.info("Nickname {nickname} is not this node's any more: asking for {wanted}", {
+            nickname: this.#nickname,
+            wanted: this.#options.nickname,
+          });
+          this.#nickname = this.#options.nickname;
+          this.#token = undefined;
+          continue;
+        }
         if (final(error)) {
           const code = error instanceof RelayRefusedError ? error.code : "unauthorized";
           this.#emit({ type: "error", code, message: errorMessage(error) });
