@@ -26,12 +26,15 @@ export async function redisClient(url: string) {
 /**
  * A redis-server the test started; `restart` stops it and starts it again
  * on its data. `persist: false` keeps nothing on disk: a restart loses all.
- * `password` makes it refuse clients without it (`url` carries it).
+ * `password` makes it refuse clients without it (`url` carries it); `port`
+ * is where it listens (a free one by default).
  */
-export async function startRedis(options: { persist?: boolean; password?: string } = {}) {
+export async function startRedis(
+  options: { persist?: boolean; password?: string; port?: number } = {},
+) {
   const persist = options.persist ?? true;
   const dir = await Deno.makeTempDir({ prefix: "immortal-redis-" });
-  const port = freePort();
+  const port = options.port ?? freePort();
   let child: Deno.ChildProcess;
   const start = async () => {
     child = new Deno.Command("redis-server", {

@@ -11,12 +11,20 @@ import {
   HttpLinkAcceptor,
   httpStreamDialer,
   type ImmortalConn,
+  ImmortalError,
   listen,
   webSocketDialer,
   webSocketUrl,
 } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { patternHash, receiveAll, renderRecord, sendPattern, withLogs } from "./_helpers.ts";
+import {
+  patternHash,
+  receiveAll,
+  renderRecord,
+  sendPattern,
+  within,
+  withLogs,
+} from "./_helpers.ts";
 import { startNginx, startTinyproxy } from "./_proxies.ts";
 import { cutWhile, FAST } from "./_tunnel_helpers.ts";
 
@@ -170,4 +178,35 @@ Deno.test("HTTP links: a broken WebSocket handshake is a 400, not a 500; a POST 
     assert.equal(after.status, 404);
     await after.body?.cancel();
   }
+});
+
+Deno.test("HTTP-streaming links: a session's last frame reaches the server: a clean end ends it there too, and an abort's reason arrives", async () => {
+  // The default resume timeout (120 s): a lost last frame would leave the server waiting.
+  const links = new HttpLinkAcceptor();
+  using listener = listen({ acceptor: links });
+  await using server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req, info) => links.handle(req, info),
+  );
+  const url = `http://127.0.0.1:${server.addr.port}/`;
+  // A clean end: both directions finished, the client's bye goes out as its link closes.
+  const client = await connect({ dialer: httpStreamDialer({ url }) });
+  const conn = await listener.accept();
+  const echo = conn.readable.pipeTo(conn.writable);
+  await client.write(new TextEncoder().encode("abc"));
+  await client.closeWrite();
+  assert.equal(await new Response(client.readable).text(), "abc");
+  await echo;
+  await client.closed;
+  await within(10_000, "the server's session ending cleanly", conn.closed);
+  // An abort: the peer hears why, at once.
+  const quitter = await connect({ dialer: httpStreamDialer({ url }) });
+  const other = await listener.accept();
+  quitter.close("user quit");
+  await assert.rejects(
+    within(10_000, "the server hearing the abort", other.closed),
+    (e: unknown) =>
+      e instanceof ImmortalError && e.code === "aborted" && /user quit/.test(e.message),
+  );
+  await quitter.closed.catch(() => {});
 });

@@ -17,6 +17,7 @@ import { errorMessage } from "../_util.ts";
 import type { Dialer, Link } from "./link.ts";
 import { ByteQueue } from "./_byte_queue.ts";
 import { PostBodies } from "./_post_bodies.ts";
+import { CLOSE_GRACE_MS } from "./_websocket_client.ts";
 
 /** Header naming the link a request belongs to; `open` on the request that opens one. */
 export const LINK_HEADER = "x-immortal-link";
@@ -231,7 +232,11 @@ class ClientHttpStreamLink implements Link {
   #inFlight = 0;
   #maxInFlight: number;
   #error: Error | null = null;
+  /** No more writes: the link is closing (what was written still goes out) or ended. */
   #closed = false;
+  /** Every request of the link is over (aborted, or answered). */
+  #ended = false;
+  #grace: ReturnType<typeof setTimeout> | undefined;
   #drained: (() => void)[] = [];
 
   /** The link `opened` (the answer to its opening request) at `url`. */
@@ -286,17 +291,34 @@ class ClientHttpStreamLink implements Link {
     if (this.#error) throw this.#error;
   }
 
+  /**
+   * Closes the link once what was written has gone out (within
+   * {@linkcode CLOSE_GRACE_MS}): a write resolves when its POST starts, and
+   * the session's last frame (its bye, or a close with the reason) is often
+   * in the last one. Aborting it, the server would learn nothing, and keep
+   * the session for its resume timeout.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    for (const resolve of this.#drained.splice(0)) resolve();
+    if (this.#error === null) this.#postPending();
+    if (this.#inFlight === 0 || this.#error !== null) this.#end();
+    else this.#grace = setTimeout(() => this.#end(), CLOSE_GRACE_MS);
+  }
+
+  /** Ends every request of the link: the downstream, and the POSTs still in flight. */
+  #end(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    clearTimeout(this.#grace);
     this.#abort.abort();
     this.#down.cancel().catch(() => {});
-    for (const resolve of this.#drained.splice(0)) resolve();
   }
 
   /** POSTs pending bodies, in order, while fewer POSTs than allowed are in flight. */
   #postPending(): void {
-    while (this.#inFlight < this.#maxInFlight && !this.#closed) {
+    while (this.#inFlight < this.#maxInFlight && !this.#ended) {
       const body = this.#pending.shift();
       if (body === null) return;
       this.#post(body);
@@ -332,9 +354,15 @@ class ClientHttpStreamLink implements Link {
       this.#unanswered -= bytes;
       for (const resolve of this.#drained.splice(0)) resolve();
       this.#postPending();
+      // Closing, and all of it went out: the link may end now.
+      if (this.#closed && this.#inFlight === 0) this.#end();
     }).catch((error) => {
-      // A POST aborted by our own close is no failure of the link's.
-      if (this.#closed) return;
+      // A POST aborted by our own close is no failure of the link's; one
+      // that fails while the link closes ends it at once.
+      if (this.#closed) {
+        this.#end();
+        return;
+      }
       this.#error ??= error instanceof Deno.errors.ConnectionReset
         ? error
         : linkClosed(`an upstream POST failed: ${errorMessage(error)}`);

@@ -214,7 +214,12 @@ export class RelayCluster {
     const options = {
       url: settings.url,
       disableOfflineQueue: true,
-      socket: { reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, 1000) },
+      socket: {
+        // None once closed, or refused for good: node-redis cannot cancel a
+        // wait it started, so a closed relay must not start another.
+        reconnectStrategy: (retries: number) =>
+          this.#closed || this.#refused ? false : Math.min(50 * 2 ** retries, 1000),
+      },
     };
     this.#redis = createClient(options);
     this.#sub = createClient(options);
