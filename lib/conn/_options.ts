@@ -18,9 +18,46 @@ export interface ResolvedOptions {
   backoff: Required<BackoffOptions>;
 }
 
-function positive(name: string, value: number | undefined, fallback: number, min = 1): number {
+/**
+ * `value` as an error message shows it: numbers as they are, anything else
+ * with its type, so that `"1000"` (a string) is not shown as the number 1000
+ * it looks like. Long strings are cut: a message is not a dump.
+ */
+export function describeValue(value: unknown): string {
+  switch (typeof value) {
+    case "number":
+    case "undefined":
+      return String(value);
+    case "string": {
+      const shown = value.length > 40 ? `${value.slice(0, 40)}...` : value;
+      return `${JSON.stringify(shown)} (a string)`;
+    }
+    case "boolean":
+      return `${value} (a boolean)`;
+    case "bigint":
+      return `${value}n (a bigint)`;
+    case "symbol":
+      return `${String(value)} (a symbol)`;
+    case "function":
+      return "a function";
+    default:
+      if (value === null) return "null";
+      return Array.isArray(value) ? "an array" : "an object";
+  }
+}
+
+/**
+ * Checks an optional finite number of at least `min` and returns it, or
+ * `fallback` when it is not given: a `TypeError` for another type (a number
+ * written as a string, say), a `RangeError` for a number out of range; both
+ * name the setting and show the value.
+ */
+export function positive(name: string, value: unknown, fallback: number, min = 1): number {
   if (value === undefined) return fallback;
-  if (typeof value !== "number" || !Number.isFinite(value) || value < min) {
+  if (typeof value !== "number") {
+    throw new TypeError(`${name} must be a number >= ${min}, got ${describeValue(value)}`);
+  }
+  if (!Number.isFinite(value) || value < min) {
     throw new RangeError(`${name} must be a number >= ${min}, got ${value}`);
   }
   return value;
@@ -37,13 +74,21 @@ function windowSize(value: number | undefined): number {
 
 /** Validates and fills in defaults; throws `RangeError`/`TypeError` naming the bad setting. */
 export function resolveOptions(
-  options: SessionOptions & { backoff?: BackoffOptions },
+  options: SessionOptions & { backoff?: BackoffOptions; tls?: unknown },
 ): ResolvedOptions {
   let key: Uint8Array | null = null;
   if (options.key !== undefined) {
     key = typeof options.key === "string" ? new TextEncoder().encode(options.key) : options.key;
     if (!(key instanceof Uint8Array) || key.length === 0) {
-      throw new TypeError("key must be a non-empty string or Uint8Array");
+      // Its kind only: a key, even a mistyped one, is not for logs.
+      const given = key instanceof Uint8Array || typeof key === "string"
+        ? "an empty one"
+        : key === null
+        ? "null"
+        : Array.isArray(key)
+        ? "an array"
+        : `a value of type ${typeof key}`;
+      throw new TypeError(`key must be a non-empty string or Uint8Array, got ${given}`);
     }
   }
   const heartbeatInterval = positive("heartbeatInterval", options.heartbeatInterval, 1000, 10);
@@ -56,7 +101,17 @@ export function resolveOptions(
   const backoff = options.backoff ?? {};
   const initial = positive("backoff.initial", backoff.initial, 100);
   if (options.encrypt !== undefined && typeof options.encrypt !== "boolean") {
-    throw new TypeError(`encrypt must be true or false, got ${options.encrypt}`);
+    throw new TypeError(`encrypt must be true or false, got ${describeValue(options.encrypt)}`);
+  }
+  // A string is truthy: `tls: "no"` would quietly mean TLS.
+  const tls = options.tls;
+  if (
+    tls !== undefined && typeof tls !== "boolean" &&
+    (typeof tls !== "object" || tls === null || Array.isArray(tls))
+  ) {
+    throw new TypeError(
+      `tls must be a boolean or an object of TLS settings, got ${describeValue(tls)}`,
+    );
   }
   return {
     key,

@@ -7,6 +7,7 @@
 import { getLogger } from "@logtape/logtape";
 import { backoffDelay, delay, errorMessage, isNotCapable } from "../_util.ts";
 import { connect, type ConnectOptions } from "../conn/connect.ts";
+import { describeValue, positive } from "../conn/_options.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { type ImmortalListener, listen, type ListenOptions } from "../conn/listener.ts";
 import type { Acceptor, Dialer } from "../link/link.ts";
@@ -148,6 +149,81 @@ const TRANSPORTS: Record<RelayTransportKind, OpenTransport> = {
   http: HttpStreamTransport.open,
 };
 
+/** The longest wait a timer takes: a longer one fires at once (Deno warns, once). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * An optional whole number of at least `min`, or `fallback`: a `TypeError`
+ * for another type, a `RangeError` for a number out of range.
+ */
+function count(name: string, value: unknown, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number") {
+    throw new TypeError(`${name} must be an integer >= ${min}, got ${describeValue(value)}`);
+  }
+  if (!Number.isInteger(value) || value < min) {
+    throw new RangeError(`${name} must be an integer >= ${min}, got ${value}`);
+  }
+  return value;
+}
+
+/** An optional wait in ms of at least `min`, short enough for a timer. */
+function wait(name: string, value: unknown, fallback: number, min: number): number {
+  const ms = positive(name, value, fallback, min);
+  if (ms > MAX_TIMER_MS) {
+    throw new RangeError(`${name} must be at most ${MAX_TIMER_MS} ms, got ${ms}`);
+  }
+  return ms;
+}
+
+/**
+ * Checks the settings the node acts on itself, before anything is dialed:
+ * a bad one would otherwise show only later, as an odd error (an unknown
+ * transport), a warning (a negative timeout), or a node whose every send
+ * throws (`maxUnacked: 0`). What the relay checks (session, nickname, role,
+ * secret) it refuses with its reason.
+ */
+function checkOptions(options: RelayNodeOptions): void {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`the options must be an object, got ${describeValue(options)}`);
+  }
+  const { transport, backoff } = options;
+  if (transport !== undefined && transport !== "auto" && !Object.hasOwn(TRANSPORTS, transport)) {
+    throw new TypeError(
+      `transport must be "auto", "websocket" or "http", got ${describeValue(transport)}`,
+    );
+  }
+  wait("connectTimeout", options.connectTimeout, 10_000, 1);
+  // 0 has always meant one attempt, as 1 does.
+  count("retries", options.retries, 3, 0);
+  count("maxUnacked", options.maxUnacked, 1024, 1);
+  count("maxBufferedEvents", options.maxBufferedEvents, 10_000, 1);
+  if (backoff !== undefined) {
+    if (typeof backoff !== "object" || backoff === null) {
+      throw new TypeError(`backoff must be an object, got ${describeValue(backoff)}`);
+    }
+    // 0 is allowed: reconnect at once (tests of reconnects want it).
+    const initial = wait("backoff.initial", backoff.initial, 250, 0);
+    // Left out, the cap stays 5000 whatever the initial delay, as before.
+    if (backoff.max !== undefined) wait("backoff.max", backoff.max, 5000, initial);
+  }
+}
+
+/**
+ * The failure of a node not allowed to reach the relay (no `--allow-net`
+ * for it), in the terms `connect` promises: a {@linkcode RelayConnectError}.
+ * Its code is `unreachable`, the nearest there is (Deno blocks the
+ * connection); the message says that a permission is missing, and `cause`
+ * keeps Deno's `NotCapable`.
+ */
+function noPermission(url: URL, error: unknown): RelayConnectError {
+  return new RelayConnectError(
+    "unreachable",
+    `no permission to connect to ${url.host}: ${errorMessage(error)}`,
+    { cause: error },
+  );
+}
+
 /**
  * A node in a relay room (named by its session id).
  *
@@ -240,13 +316,17 @@ export class RelayNode implements AsyncDisposable {
    * a {@linkcode RelayRefusedError} when the relay refuses (wrong secret, bad
    * nickname, full), or with a {@linkcode RelayConnectError} once the retries
    * are spent: its `code` says why (`unreachable`, `tls`, `not-a-relay`,
-   * `timeout`, `broken`) and its `cause` is the platform's error.
+   * `timeout`, `broken`) and its `cause` is the platform's error (a missing
+   * net permission is `unreachable` at once, without retries, and says so).
+   * Settings that are wrong throw a `TypeError` or `RangeError` naming them,
+   * before anything is dialed.
    */
   static async connect(url: string | URL, options: RelayNodeOptions): Promise<RelayNode> {
     const base = new URL(url);
     if (base.protocol !== "http:" && base.protocol !== "https:") {
       throw new TypeError(`the relay URL must be http: or https:, got ${base.protocol}`);
     }
+    checkOptions(options);
     const node = new RelayNode(base, options);
     const retries = options.retries ?? 3;
     let lastError: unknown;
@@ -262,7 +342,7 @@ export class RelayNode implements AsyncDisposable {
       }
     }
     node.#settings.client?.close();
-    throw lastError;
+    throw isNotCapable(lastError) ? noPermission(base, lastError) : lastError;
   }
 
   /** The nickname the relay assigned (may differ from the wanted one). */

@@ -17,6 +17,8 @@ import {
 import type { Dialer } from "../link/mod.ts";
 import { MuxSession } from "../mux/mod.ts";
 import { backoffDelay, delay, errorMessage, listenTcp } from "../_util.ts";
+import { describeValue, positive, resolveOptions } from "../conn/_options.ts";
+import { hostAndPort, portOption } from "./tunnel_server.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { splice } from "./_splice.ts";
 
@@ -25,14 +27,68 @@ const log = getLogger(["immortal", "tunnel"]);
 /** Why a first connection failed that waiting may fix: nothing answered, or the server was busy. */
 const RETRIED = new Set(["unreachable", "rejected"]);
 
+/**
+ * `options` checked, all at once: the client's own settings, where the
+ * server is, and what `connect` would refuse (the session settings, `tls`)
+ * only when a local connection came. Returns them with the server checked.
+ */
+function checkOptions(options: TunnelClientOptions): TunnelClientOptions {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`the options must be an object, got ${describeValue(options)}`);
+  }
+  const { dialer, hostname, tls } = options;
+  if (dialer !== undefined && typeof dialer !== "function") {
+    throw new TypeError(`dialer must be a function, got ${describeValue(dialer)}`);
+  }
+  // With a dialer the server is only a name for the logs: its port may be a placeholder.
+  const server = dialer === undefined
+    ? hostAndPort("server", options.server ?? missing("server"))
+    : options.server;
+  if (hostname !== undefined && (typeof hostname !== "string" || hostname === "")) {
+    throw new TypeError(`hostname must be a non-empty string, got ${describeValue(hostname)}`);
+  }
+  // Left out, Deno picks a free port, as for 0.
+  if (options.port !== undefined) portOption("port", options.port, true);
+  positive("connectWait", options.connectWait, 30_000, 0);
+  if (
+    options.backoff !== undefined &&
+    (typeof options.backoff !== "object" || options.backoff === null)
+  ) {
+    throw new TypeError(`backoff must be an object, got ${describeValue(options.backoff)}`);
+  }
+  resolveOptions(options);
+  if (typeof tls === "object") {
+    const { caCerts, serverName } = tls;
+    if (
+      caCerts !== undefined &&
+      (!Array.isArray(caCerts) || caCerts.some((c) => typeof c !== "string"))
+    ) {
+      throw new TypeError(
+        `tls.caCerts must be an array of PEM strings, got ${describeValue(caCerts)}`,
+      );
+    }
+    if (serverName !== undefined && (typeof serverName !== "string" || serverName === "")) {
+      throw new TypeError(
+        `tls.serverName must be a non-empty string, got ${describeValue(serverName)}`,
+      );
+    }
+  }
+  return { ...options, server };
+}
+
+/** A required setting that was left out. */
+function missing(name: string): never {
+  throw new TypeError(`${name} is required (unless a dialer is given): { hostname, port }`);
+}
+
 /** Settings of a {@linkcode TunnelClient}. */
 export interface TunnelClientOptions extends SessionOptions {
   /** Local address to listen on. Default `127.0.0.1` (not the whole network). */
   hostname?: string;
   /** Local port to listen on; `0` picks one. */
   port: number;
-  /** The tunnel server. */
-  server: { hostname: string; port: number };
+  /** The tunnel server (required unless `dialer` is given; with one, it only names the server). */
+  server?: { hostname: string; port: number };
   /** Reach the server over TLS; see {@linkcode ConnectTlsOptions}. */
   tls?: true | ConnectTlsOptions;
   /** Reach the server another way than plain TCP or TLS. */
@@ -67,9 +123,15 @@ export class TunnelClient implements AsyncDisposable {
   /** Every local connection's forwarding, so close() can wait for all of them, opening ones included. */
   #carrying = new Set<Promise<void>>();
 
-  /** Starts listening at once; see {@linkcode TunnelClientOptions}. */
+  /**
+   * Starts listening at once; see {@linkcode TunnelClientOptions}. Throws a
+   * `TypeError` or `RangeError` naming a setting that is missing or wrong:
+   * the session is opened only for the first local connection (or by
+   * {@linkcode TunnelClient.open}), and a bad setting found then would only
+   * close that connection.
+   */
   constructor(options: TunnelClientOptions) {
-    this.#options = options;
+    this.#options = checkOptions(options);
     this.#listener = listenTcp({ hostname: options.hostname ?? "127.0.0.1", port: options.port });
     this.#serving = this.#serve();
   }
@@ -171,9 +233,10 @@ export class TunnelClient implements AsyncDisposable {
         }
         const session = new MuxSession(conn, { role: "client" });
         this.#current = session;
+        const server = this.#options.server;
         log.info("Tunnel session {id} open to {server}", {
           id: conn.sessionId.slice(0, 8),
-          server: `${this.#options.server.hostname}:${this.#options.server.port}`,
+          server: server ? `${server.hostname}:${server.port}` : "the server (through its dialer)",
         });
         session.closed.catch(() => {}).finally(() => {
           if (this.#session === opening) this.#session = null;

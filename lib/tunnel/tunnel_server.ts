@@ -15,12 +15,55 @@ import {
 } from "../conn/mod.ts";
 import { type Acceptor, formatAddr } from "../link/mod.ts";
 import { MuxSession, type MuxStream } from "../mux/mod.ts";
-import { errorMessage } from "../_util.ts";
+import { checkPort, errorMessage } from "../_util.ts";
+import { describeValue } from "../conn/_options.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { splice } from "./_splice.ts";
 import { coreOf } from "../mux/mux_stream.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
+
+/**
+ * Checks a port setting: a `TypeError` for what is not a number (`"22"`
+ * would otherwise be shown as the number it looks like), a `RangeError`
+ * for a number that is no port.
+ */
+export function portOption(name: string, port: unknown, allowZero = false): number {
+  if (typeof port !== "number") {
+    throw new TypeError(
+      `${name} must be an integer in ${allowZero ? 0 : 1}..65535, got ${describeValue(port)}`,
+    );
+  }
+  return checkPort(name, port, allowZero);
+}
+
+/**
+ * Checks where a tunnel sends (`target`) or goes (`server`), as
+ * `{ hostname, port }`; returns a copy, so that a caller changing its object
+ * later does not move the tunnel.
+ */
+export function hostAndPort(name: string, value: unknown): { hostname: string; port: number } {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new TypeError(
+      `${name} must be an object { hostname, port }, got ${describeValue(value)}`,
+    );
+  }
+  const { hostname, port } = value as { hostname?: unknown; port?: unknown };
+  if (typeof hostname !== "string" || hostname === "") {
+    throw new TypeError(
+      `${name}.hostname must be a non-empty string, got ${describeValue(hostname)}`,
+    );
+  }
+  return { hostname, port: portOption(`${name}.port`, port) };
+}
+
+/** The target of every stream: required, as nothing else says where streams go. */
+function checkTarget(target: unknown): { hostname: string; port: number } {
+  if (target === undefined) {
+    throw new TypeError("target is required: { hostname, port } of where each stream is forwarded");
+  }
+  return hostAndPort("target", target);
+}
 
 /**
  * Settings of a {@linkcode TunnelServer}; `A` is the address type of a custom
@@ -62,14 +105,24 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   #carrying = new Set<Promise<void>>();
   #maxConnections: number;
 
-  /** Starts listening at once; see {@linkcode TunnelServerOptions}. */
+  /**
+   * Starts listening at once; see {@linkcode TunnelServerOptions}. Throws a
+   * `TypeError` or `RangeError` naming a setting that is missing or wrong
+   * (the target, the session settings), so that it is not found only when
+   * each stream is refused.
+   */
   constructor(options: TunnelServerOptions<A>) {
     const max = options.maxConnections ?? (options.key === undefined ? 128 : Infinity);
+    if (typeof max !== "number") {
+      throw new TypeError(`maxConnections must be an integer >= 1, got ${describeValue(max)}`);
+    }
     if (!(max >= 1) || (!Number.isInteger(max) && max !== Infinity)) {
       throw new RangeError(`maxConnections must be an integer >= 1, got ${max}`);
     }
     this.#maxConnections = max;
-    this.#target = options.target;
+    this.#target = checkTarget(options.target);
+    if (options.port !== undefined) portOption("port", options.port, true);
+    // All before listening: a listener opened and then refused would be left open.
     this.#listener = listen(options);
     this.#serving = this.#serve();
   }

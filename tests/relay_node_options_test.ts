@@ -1,0 +1,112 @@
+/**
+ * What `RelayNode.connect` refuses before it dials: settings it acts on
+ * itself, each named with its value; and a relay it may not reach for lack
+ * of a permission, said as a `RelayConnectError` like every other failure
+ * to reach it.
+ */
+
+import assert from "node:assert/strict";
+import { RelayConnectError, RelayNode, type RelayNodeOptions } from "../mod.ts";
+import { within } from "./_helpers.ts";
+import { startRelay } from "./_relay.ts";
+
+Deno.test("RelayNode.connect refuses bad settings by name, before it dials", async () => {
+  // Anything dialed here is counted (and cut): none may be.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let dialed = 0;
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      dialed++;
+      conn.close();
+    }
+  })();
+  const url = `http://127.0.0.1:${listener.addr.port}`;
+  const cases: [Record<string, unknown>, typeof TypeError | typeof RangeError, RegExp][] = [
+    [
+      { transport: "carrier-pigeon" },
+      TypeError,
+      /^transport must be "auto", "websocket" or "http", got "carrier-pigeon" \(a string\)$/,
+    ],
+    [{ maxUnacked: 0 }, RangeError, /^maxUnacked must be an integer >= 1, got 0$/],
+    [{ maxUnacked: 1.5 }, RangeError, /^maxUnacked must be an integer >= 1, got 1\.5$/],
+    [{ connectTimeout: -1 }, RangeError, /^connectTimeout must be a number >= 1, got -1$/],
+    [
+      { connectTimeout: "100" },
+      TypeError,
+      /^connectTimeout must be a number >= 1, got "100" \(a string\)$/,
+    ],
+    [
+      { connectTimeout: 1e10 },
+      RangeError,
+      /^connectTimeout must be at most 2147483647 ms, got 10000000000$/,
+    ],
+    [{ retries: -1 }, RangeError, /^retries must be an integer >= 0, got -1$/],
+    [{ retries: "3" }, TypeError, /^retries must be an integer >= 0, got "3" \(a string\)$/],
+    [{ backoff: { initial: -5 } }, RangeError, /^backoff\.initial must be a number >= 0, got -5$/],
+    [
+      { backoff: { initial: 500, max: 100 } },
+      RangeError,
+      /^backoff\.max must be a number >= 500, got 100$/,
+    ],
+    [{ backoff: "fast" }, TypeError, /^backoff must be an object, got "fast" \(a string\)$/],
+    [{ maxBufferedEvents: 0 }, RangeError, /^maxBufferedEvents must be an integer >= 1, got 0$/],
+  ];
+  try {
+    for (const [options, expected, message] of cases) {
+      const what = JSON.stringify(options);
+      // A short timeout and one attempt: a setting let through fails fast, not in 30 s.
+      const settings = { session: "s", nickname: "n", connectTimeout: 500, retries: 1, ...options };
+      await assert.rejects(
+        within(5000, what, RelayNode.connect(url, settings as RelayNodeOptions)),
+        (error) => {
+          assert.ok(error instanceof expected, `${what}: ${error}`);
+          assert.match(error.message, message, what);
+          return true;
+        },
+      );
+    }
+    assert.equal(dialed, 0, "connections made");
+  } finally {
+    listener.close();
+    await accepting.catch(() => {});
+  }
+});
+
+Deno.test("RelayNode.connect takes the edge values it allows: no retries, no backoff, one message in flight", async () => {
+  await using relay = startRelay();
+  await using node = await RelayNode.connect(relay.url, {
+    session: "s",
+    nickname: "n",
+    retries: 0,
+    backoff: { initial: 0, max: 0 },
+    maxUnacked: 1,
+    maxBufferedEvents: 1,
+    transport: "auto",
+  });
+  assert.equal(node.state, "connected");
+});
+
+Deno.test({
+  name:
+    "RelayNode.connect without net permission for the relay rejects with a RelayConnectError that says so, at once",
+  // Meaningful only under the suite's --allow-net list, which leaves 127.0.0.200 out.
+  ignore: Deno.permissions.querySync({ name: "net", host: "127.0.0.200:8" }).state === "granted",
+}, async () => {
+  for (const transport of ["auto", "websocket", "http"] as const) {
+    const error = await within(
+      5000,
+      transport,
+      RelayNode.connect("http://127.0.0.200:8", { session: "s", nickname: "n", transport }),
+    ).then(
+      () => assert.fail(`${transport}: joined`),
+      (error: unknown) => error,
+    );
+    assert.ok(error instanceof RelayConnectError, `${transport}: ${error}`);
+    assert.equal(error.code, "unreachable");
+    assert.match(
+      error.message,
+      /^no permission to connect to 127\.0\.0\.200:8: Requires net access to "127\.0\.0\.200:8"/,
+    );
+    assert.ok(error.cause instanceof Deno.errors.NotCapable, `${transport}: ${error.cause}`);
+  }
+});
