@@ -16,12 +16,13 @@
  *
  * This module reaches every capability in one hop: sessions
  * ({@linkcode connect}, {@linkcode listen}), the transports they run on
- * ({@linkcode tcpDialer}, {@linkcode tlsDialer}, ...), tunnels
- * ({@linkcode TunnelClient}, {@linkcode TunnelServer}) and the relay
- * ({@linkcode Relay}, {@linkcode serveRelay}, {@linkcode RelayNode}). Each
- * layer is also its own entry point: `@immortal/sockets/conn`, `/link`,
- * `/tunnel`, `/relay`, and `/frame` for the wire codec (not re-exported
- * here: applications never need it).
+ * ({@linkcode tcpDialer}, {@linkcode tlsDialer}, ...), many streams over
+ * one session ({@linkcode MuxSession}), tunnels ({@linkcode TunnelClient},
+ * {@linkcode TunnelServer}) and the relay ({@linkcode Relay},
+ * {@linkcode serveRelay}, {@linkcode RelayNode}). Each layer is also its
+ * own entry point: `@immortal/sockets/conn`, `/link`, `/mux`, `/tunnel`,
+ * `/relay`, and `/frame` for the wire codec (not re-exported here:
+ * applications never need it).
  *
  * Logging goes through LogTape under the category `["immortal"]` and is
  * silent unless the application configures LogTape.
@@ -31,5 +32,6 @@
 
 export * from "./lib/conn/mod.ts";
 export * from "./lib/link/mod.ts";
+export * from "./lib/mux/mod.ts";
 export * from "./lib/tunnel/mod.ts";
 export * from "./lib/relay/mod.ts";

@@ -136,6 +136,13 @@ export function namedAddressError(error: unknown, hostname: string, port: number
  * synchronously and without any permission. Throws a `TypeError` in our words.
  */
 export function checkTlsPair(cert: string, key: string): void {
+  // Deno takes a missing one as no client certificate at all: a listener
+  // would start and fail every handshake (an unset environment variable, say).
+  for (const [name, pem] of [["certificate", cert], ["key", key]]) {
+    if (typeof pem !== "string" || pem.trim() === "") {
+      throw new TypeError(`the TLS ${name} is missing: give its PEM text, got ${String(pem)}`);
+    }
+  }
   try {
     Deno.createHttpClient({ cert, key }).close();
   } catch (error) {

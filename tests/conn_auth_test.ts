@@ -136,3 +136,18 @@ Deno.test("a resume claiming bytes never sent is refused with a reason (not acce
     (e: unknown) => e instanceof ImmortalError && /outside \[0, 100\]/.test(e.message),
   );
 });
+
+Deno.test("a plain echo server is told apart: our hello came back", async () => {
+  using echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    const conn = await echo.accept();
+    await conn.readable.pipeTo(conn.writable).catch(() => {});
+  })();
+  await assert.rejects(
+    connect({ port: echo.addr.port }),
+    (e: unknown) =>
+      e instanceof ImmortalError && e.code === "protocol" &&
+      /sent our hello back: it echoes/.test(e.message),
+  );
+  await serving;
+});

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { type Link, TlsAcceptor, tlsDialer } from "../lib/link/mod.ts";
+import { listen } from "../lib/conn/mod.ts";
 import { makeTestCerts, type TestCerts } from "./_tls.ts";
 
 /** Reads exactly `size` bytes (fails at an early end of stream). */
@@ -135,6 +136,16 @@ Deno.test("TLS acceptor: an unusable certificate or key throws at construction, 
     assert.throws(
       () => new TlsAcceptor({ ...where, cert: certs.cert, key: caKey }),
       /KeyMismatch|consistent/,
+    );
+    // A missing one (an unset environment variable, say): not a listener that fails every handshake.
+    const unset = Deno.env.get("IMMORTAL_TEST_UNSET_VARIABLE")!;
+    assert.throws(
+      () => new TlsAcceptor({ ...where, cert: unset, key: unset }),
+      /the TLS certificate is missing/,
+    );
+    assert.throws(
+      () => listen({ ...where, tls: { cert: certs.cert, key: "" } }),
+      /TLS key is missing/,
     );
   });
 });

@@ -200,6 +200,13 @@ async function expectFrame<T extends Frame["type"]>(
   const frame = await reader.nextFrame();
   if (frame === null) throw new Error("link closed during the handshake");
   if (frame.type === "reject") throw rejectError(frame.code, frame.reason);
+  if (frame.type === "hello" && type !== "hello") {
+    // A client's own first frame, back: what a plain echo server does.
+    throw new ImmortalError(
+      "protocol",
+      "the server sent our hello back: it echoes, it does not speak the immortal protocol",
+    );
+  }
   if (frame.type !== type) {
     throw new ImmortalError("protocol", `expected ${type} during the handshake, got ${frame.type}`);
   }

@@ -393,7 +393,11 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
  *
  * using listener = listen({ hostname: "127.0.0.1", port: 0, key: "secret" });
  * const serving = (async () => {
- *   for await (const conn of listener) await conn.readable.pipeTo(conn.writable); // echo
+ *   for await (const conn of listener) {
+ *     // Each session on its own (not awaited: the next client need not wait);
+ *     // a session a client aborts rejects its pipe, and must not end the loop.
+ *     conn.readable.pipeTo(conn.writable).catch(() => {}); // echo
+ *   }
  * })();
  * await using client = await connect({ port: listener.addr.port, key: "secret" });
  * await client.write(new TextEncoder().encode("hi"));

@@ -80,7 +80,7 @@ export class Relay implements Disposable {
     );
   }
 
-  /** Whether the relay requires a secret. */
+  /** Whether the relay is open to anyone: it has no secret. */
   get open(): boolean {
     return this.#hub.settings.secret === undefined;
   }
