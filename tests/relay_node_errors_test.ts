@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { RelayConnectError, RelayNode, RelayRefusedError } from "../mod.ts";
 import { freePort } from "./_helpers.ts";
-import { recordEvents, startRelay } from "./_relay.ts";
+import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { makeTestCerts } from "./_tls.ts";
 
@@ -124,4 +124,39 @@ Deno.test("RelayNode errors: a WebSocket link cut without a close frame is said 
   } finally {
     await proxy.close();
   }
+});
+
+Deno.test("a node whose connection the relay handed to another holder of its token (4409) stops, saying so, instead of taking it back for ever", async () => {
+  let hellos = 0;
+  await using server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    socket.onmessage = (event) => {
+      if (JSON.parse(event.data).t !== "hello") return;
+      hellos++;
+      socket.send(JSON.stringify({
+        t: "welcome",
+        session: "s",
+        nickname: "n",
+        role: "peer",
+        token: "t",
+        members: [],
+        keepAlive: 60_000,
+      }));
+      // Another process showed this node's token: the relay replaced this connection.
+      socket.close(4409, "replaced by a newer connection of the same node");
+    };
+    return response;
+  });
+  const node = await RelayNode.connect(`http://127.0.0.1:${server.addr.port}`, {
+    session: "s",
+    nickname: "n",
+    transport: "websocket",
+    backoff: { initial: 1, max: 1 },
+  });
+  const error = await waitForEvent(node, "error");
+  assert.equal(error.code, "replaced");
+  assert.match(error.message, /another connection holds this node's token/);
+  assert.equal(node.state, "closed");
+  assert.equal(hellos, 1, "it did not come back");
+  await node.close();
 });

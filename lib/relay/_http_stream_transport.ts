@@ -36,6 +36,8 @@ const BYE_TIMEOUT_MS = 2000;
 /** The end of an event stream, and why. */
 interface StreamEnd {
   ended: string;
+  /** The relay's close code, when it said one. */
+  code?: number;
 }
 
 /** The next relay frame in `events`, or why there is none; bad frames go to `onBadFrame`. */
@@ -46,7 +48,9 @@ async function nextFrame(
   for (;;) {
     const next = await events.next();
     if (next.done) return { ended: "the relay ended the stream" };
-    if (next.value.type === "close") return { ended: next.value.close.reason };
+    if (next.value.type === "close") {
+      return { ended: next.value.close.reason, code: next.value.close.code };
+    }
     const parsed = parseRelayFrame(readJson(next.value.data));
     if (parsed.ok) return parsed.frame;
     onBadFrame(parsed.problem.reason);
@@ -159,7 +163,7 @@ export class HttpStreamTransport implements ClientTransport {
     try {
       for (;;) {
         const frame = await nextFrame(events, this.#hooks.onBadFrame);
-        if ("ended" in frame) return this.#fail(frame.ended);
+        if ("ended" in frame) return this.#fail(frame.ended, frame.code);
         this.#hooks.onFrame(frame);
       }
     } catch (error) {
@@ -167,11 +171,11 @@ export class HttpStreamTransport implements ClientTransport {
     }
   }
 
-  #fail(reason: string): void {
+  #fail(reason: string, code?: number): void {
     if (this.#closing) return;
     this.#closing = true;
     this.#abort.abort();
-    this.#hooks.onClose(reason);
+    this.#hooks.onClose(reason, code);
   }
 
   #post(frames: readonly NodeFrame[], signal: AbortSignal): Promise<Response> {

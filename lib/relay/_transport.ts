@@ -141,7 +141,7 @@ export interface TransportHooks {
   /** A frame from the relay that does not parse; it is dropped. */
   onBadFrame(reason: string): void;
   /** The link broke (not called for a close the node asked for). */
-  onClose(reason: string): void;
+  onClose(reason: string, code?: number): void;
 }
 
 /** Connection settings shared by both transports. */

@@ -83,7 +83,7 @@ export class WebSocketTransport implements ClientTransport {
           const detail = failure?.message ?? reason;
           reject(connectFailure(settings.base, detail, failure?.error ?? failure?.message));
         } else if (!transport.#closing) {
-          hooks.onClose(reason);
+          hooks.onClose(reason, event.code);
         }
       };
     });

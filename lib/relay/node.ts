@@ -51,7 +51,11 @@ export type RelayEvent =
   | { type: "leave"; nickname: string; reason: LeaveReason }
   | { type: "state"; state: RelayNodeState; transport?: RelayTransportKind; reason?: string }
   | { type: "missed"; reason: MissedReason }
-  | { type: "error"; code: RelayErrorCode; message: string; seq?: number };
+  /**
+   * A refusal from the relay (its code), or `replaced`: another connection
+   * showing this node's token took its membership, and the node closed.
+   */
+  | { type: "error"; code: RelayErrorCode | "replaced"; message: string; seq?: number };
 
 /** Settings of {@linkcode RelayNode.connect}. */
 export interface RelayNodeOptions {
@@ -94,6 +98,8 @@ export interface RelayNodeOptions {
 const MAX_SENDERS_REMEMBERED = 10_000;
 
 const FADE_BEATS = 3;
+/** The close code of a connection the relay replaced with a newer one of the same node. */
+const REPLACED = 4409;
 /**
  * Messages unacknowledged this long, with nothing at all heard from the
  * relay meanwhile, make the node ask: it pings. A relay answers a ping at
@@ -562,7 +568,10 @@ export class RelayNode implements AsyncDisposable {
       onFrame: (frame: RelayFrame) => this.#onFrame(frame),
       onBadFrame: (reason: string) =>
         log.warn("Relay sent a frame this node ignores: {reason}", { reason }),
-      onClose: (reason: string) => this.#lost(reason),
+      onClose: (reason: string, code?: number) => {
+        if (code === REPLACED) return this.#replaced(reason);
+        this.#lost(reason);
+      },
     };
     const order: RelayTransportKind[] = this.#options.transport === "auto" ||
         this.#options.transport === undefined
@@ -716,6 +725,22 @@ export class RelayNode implements AsyncDisposable {
     // that gets through a half-dead link would free it for anyone).
     transport.close(false).catch(() => {});
     this.#lost(why);
+  }
+
+  /**
+   * The relay handed this node's membership to a newer connection showing
+   * its token (4409): another process is this node now. Reconnecting would
+   * take it back, and that one would take it back again, for ever.
+   */
+  #replaced(reason: string): void {
+    if (this.#closed) return;
+    this.#transport = null;
+    this.#emit({
+      type: "error",
+      code: "replaced",
+      message: `${reason}: another connection holds this node's token; not reconnecting`,
+    });
+    this.close();
   }
 
   #lost(reason: string): void {
