@@ -1,7 +1,7 @@
 // One source flooding the handshake pool cannot lock others out.
 import assert from "node:assert/strict";
 import net from "node:net";
-import { connect, listen } from "../mod.ts";
+import { connect, ImmortalError, listen } from "../mod.ts";
 import { TcpAcceptor } from "../lib/link/tcp.ts";
 import {
   patternHash,
@@ -126,6 +126,24 @@ Deno.test("links that all come through one relay are not limited as one source: 
     await waitUntil(() => listener.stats.handshaking === 30, "30 handshakes in progress");
     assert.equal(listener.stats.droppedPerSource, 0);
     assert.equal(listener.stats.droppedRate, 0);
+  } finally {
+    await held.stop();
+  }
+});
+
+Deno.test("a client over its address's handshake limit is told the server is busy (worth retrying), not left to think it is unreachable", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  // 16 handshakes held open from 127.0.0.1: the limit of one source.
+  const held = slowloris(listener.addr.port, "127.0.0.1", 16, 0);
+  try {
+    await waitUntil(() => listener.stats.handshaking === 16, "16 handshakes in progress");
+    await assert.rejects(
+      within(10_000, "the refusal", connect({ port: listener.addr.port })),
+      (e: unknown) =>
+        e instanceof ImmortalError && e.code === "rejected" &&
+        /16 handshakes from your address are in progress: try again/.test(e.message),
+    );
+    assert.equal(listener.stats.droppedPerSource, 1);
   } finally {
     await held.stop();
   }

@@ -307,7 +307,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
             formatAddr(link.remoteAddr)
           }: ${pending} handshakes from ${source} already in progress`,
         );
-        link.close();
+        refuseBusy(link, `${pending} handshakes from your address are in progress: try again`);
         continue;
       }
       this.#bySource.set(source, pending + 1);
@@ -454,4 +454,29 @@ export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr>
     })
     : new TcpAcceptor(where));
   return new Listener(acceptor, resolved, limits);
+}
+
+/** How long a link refused as busy may take to be told so before it is closed anyway. */
+const BUSY_TELL_MS = 1000;
+
+/**
+ * Tells `link` that the server is busy (`reject busy`: worth trying again,
+ * where a link closed without a word looks like a server that is not
+ * there), then closes it. Rate-limited sources get here only so often, so
+ * the write costs little; a peer that does not read (or, over TLS, never
+ * finishes its handshake) is closed after {@linkcode BUSY_TELL_MS} anyway.
+ */
+function refuseBusy(link: Link, reason: string): void {
+  const timer = setTimeout(() => link.close(), BUSY_TELL_MS);
+  (async () => {
+    await sendFrame(link, { type: "reject", code: "busy", reason });
+    // Then read to the end (the client's hello, then its close): a socket
+    // closed with unread bytes resets, and a reset can destroy the refusal
+    // before the client has read it.
+    const sink = new Uint8Array(512);
+    while ((await link.read(sink)) !== null) { /* drained */ }
+  })().catch(() => {}).finally(() => {
+    clearTimeout(timer);
+    link.close();
+  });
 }
