@@ -217,6 +217,36 @@ Deno.test("a node whose suffixed nickname another node holds after a relay resta
   }
 });
 
+Deno.test("a node paces itself to the rate the relay takes: a backlog (sent while away) arrives whole, nothing refused rate-limited", async () => {
+  const settings = { rate: 50, keepAlive: 1000, fadeAfter: 60_000 };
+  await using relay = startRelay(settings);
+  const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
+  const options = { session: "s", backoff: { initial: 10, max: 100 } };
+  await using y = await RelayNode.connect(relay.url, { ...options, nickname: "y" });
+  await using x = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+    ...options,
+    nickname: "x",
+  });
+  const atX = recordEvents(x);
+  const atY = recordEvents(y);
+  try {
+    await atY.until(() => y.members.length === 1, "x joining");
+    // Away, x queues three times what the relay's burst (2 x 50) would take at once.
+    proxy.refuseNew(true);
+    proxy.reset();
+    await atX.until(() => x.state === "disconnected", "x noticing");
+    for (let i = 1; i <= 300; i++) x.send(String(i));
+    proxy.refuseNew(false);
+    await within(60_000, "x's backlog taken", x.flush());
+    await atY.until(() => atY.texts.length >= 300, "y hearing all 300");
+    assert.deepEqual(numbers(atY.texts), Array.from({ length: 300 }, (_, i) => i + 1));
+    const refused = atX.events.filter((e) => e.type === "error");
+    assert.deepEqual(refused, [], "nothing refused");
+  } finally {
+    await proxy.close();
+  }
+});
+
 Deno.test("relay CLI SIGKILLed and restarted while two nodes exchange numbered messages: each arrives once and in order, or its sender hears it went nowhere, or its receiver hears the history was lost", async () => {
   const port = freePort();
   const url = `http://127.0.0.1:${port}`;

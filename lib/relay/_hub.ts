@@ -438,6 +438,7 @@ export class Hub {
         members: welcome.members as WelcomeFrame["members"],
         keepAlive: this.settings.keepAlive,
         fadeAfter: this.settings.fadeAfter,
+        rate: this.settings.rate,
         ...(stream ? { stream } : {}),
         ...(member.id === undefined ? {} : {
           epoch,

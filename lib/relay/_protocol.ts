@@ -191,6 +191,12 @@ export interface WelcomeFrame {
    * before it declares the node gone. Older relays do not send it.
    */
   fadeAfter?: number;
+  /**
+   * Messages per second the relay takes from this node (bursts of twice
+   * that): a node pacing itself to it is never refused `rate-limited`.
+   * Older relays do not send it.
+   */
+  rate?: number;
   /** Stream id for POSTs upstream (HTTP streaming transport only). */
   stream?: string;
   /** The room history's epoch (for a hello with an `id`). */

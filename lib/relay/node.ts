@@ -277,6 +277,18 @@ export class RelayNode implements AsyncDisposable {
   #lastHeard = performance.now();
   /** Since when messages sent on this link wait for an ack without progress (null: none wait). */
   #waitingSince: number | null = null;
+  /**
+   * The first `#sent` of `#unacked` went out on this connection; the rest
+   * wait for the pace the relay allows (its welcome's `rate`), so that a
+   * backlog (messages sent while away, say) is not refused `rate-limited`.
+   */
+  #sent = 0;
+  /** Messages per second the relay takes (Infinity: it did not say). */
+  #rate = Infinity;
+  /** What this node may send now: a bucket of `#rate`, half the relay's, for slack. */
+  #tokens = Infinity;
+  #refilled = 0;
+  #paceTimer: ReturnType<typeof setTimeout> | undefined;
   /** When the node pinged a relay that was leaving its messages unacknowledged (null: none out). */
   #probedAt: number | null = null;
   #watchdog: ReturnType<typeof setInterval> | undefined;
@@ -496,6 +508,8 @@ export class RelayNode implements AsyncDisposable {
     this.#pipes.close();
     this.#closing.abort();
     clearInterval(this.#watchdog);
+    clearTimeout(this.#paceTimer);
+    this.#paceTimer = undefined;
     const transport = this.#transport;
     this.#transport = null;
     await transport?.close();
@@ -523,14 +537,38 @@ export class RelayNode implements AsyncDisposable {
       );
     }
     const numbered = { ...frame, seq: ++this.#seq };
-    if (this.#transport) {
+    if (this.#transport && !this.#reliable) {
+      // A relay that acknowledges nothing: sent is all we can know.
       this.#transport.send(numbered);
-      if (this.#reliable) {
-        if (this.#unacked.length === 0) this.#waitingSince = performance.now();
-        this.#unacked.push(numbered);
-      }
-    } else this.#unacked.push(numbered);
+      return numbered.seq;
+    }
+    if (this.#unacked.length === 0) this.#waitingSince = performance.now();
+    this.#unacked.push(numbered);
+    this.#transmit();
     return numbered.seq;
+  }
+
+  /**
+   * Sends what waits in `#unacked`, in order, as fast as the relay takes it:
+   * at once while the bucket allows, then as it refills.
+   */
+  #transmit(): void {
+    const transport = this.#transport;
+    if (transport === null || this.#paceTimer !== undefined) return;
+    const now = performance.now();
+    this.#tokens = Math.min(this.#rate, this.#tokens + (now - this.#refilled) * this.#rate / 1000);
+    this.#refilled = now;
+    while (this.#sent < this.#unacked.length && this.#tokens >= 1) {
+      transport.send(this.#unacked[this.#sent++]);
+      this.#tokens--;
+    }
+    if (this.#sent < this.#unacked.length) {
+      const wait = Math.ceil(((1 - this.#tokens) / this.#rate) * 1000);
+      this.#paceTimer = setTimeout(() => {
+        this.#paceTimer = undefined;
+        this.#transmit();
+      }, wait);
+    }
   }
 
   /** The relay has taken every message up to `seq`. */
@@ -539,6 +577,7 @@ export class RelayNode implements AsyncDisposable {
     while (taken < this.#unacked.length && this.#unacked[taken].seq <= seq) taken++;
     if (taken === 0) return;
     this.#unacked.splice(0, taken);
+    this.#sent = Math.max(0, this.#sent - taken);
     this.#waitingSince = this.#unacked.length === 0 ? null : performance.now();
     if (this.#unacked.length === 0) this.#wakeFlush();
   }
@@ -620,8 +659,18 @@ export class RelayNode implements AsyncDisposable {
     this.#setState("connected");
     this.#waitingSince = this.#reliable && this.#unacked.length > 0 ? performance.now() : null;
     this.#probedAt = null;
-    for (const frame of this.#unacked) this.#transport!.send(frame);
-    if (!this.#reliable) this.#acked(this.#seq);
+    // A new connection: everything unacknowledged goes again, at the relay's pace.
+    this.#rate = welcome.rate ?? Infinity;
+    this.#tokens = this.#rate;
+    this.#refilled = performance.now();
+    this.#sent = 0;
+    clearTimeout(this.#paceTimer);
+    this.#paceTimer = undefined;
+    if (this.#reliable) this.#transmit();
+    else {
+      for (const frame of this.#unacked) this.#transport!.send(frame);
+      this.#acked(this.#seq);
+    }
   }
 
   /** Whether `frame` is new to this node (not a replay or resend of one it has). */
@@ -675,7 +724,10 @@ export class RelayNode implements AsyncDisposable {
         if (frame.seq !== undefined) {
           // Taken, and refused or dropped: it is not resent.
           const index = this.#unacked.findIndex((m) => m.seq === frame.seq);
-          if (index >= 0) this.#unacked.splice(index, 1);
+          if (index >= 0) {
+            this.#unacked.splice(index, 1);
+            if (index < this.#sent) this.#sent--;
+          }
           if (this.#unacked.length === 0) {
             this.#waitingSince = null;
             this.#wakeFlush();
@@ -746,6 +798,8 @@ export class RelayNode implements AsyncDisposable {
   #lost(reason: string): void {
     if (this.#closed || this.#reconnecting) return;
     this.#transport = null;
+    clearTimeout(this.#paceTimer);
+    this.#paceTimer = undefined;
     log.warn("Relay link lost: {reason}", { reason });
     this.#setState("disconnected", reason);
     this.#reconnecting = this.#reconnect().finally(() => this.#reconnecting = null);
