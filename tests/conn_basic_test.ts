@@ -148,3 +148,26 @@ Deno.test({
     (e: unknown) => e instanceof ImmortalError && e.code === "permission",
   );
 });
+
+Deno.test("flush resolves once the peer's application has read every byte written, not before", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  await using client = await connect({ port: listener.addr.port });
+  await using server = await listener.accept();
+  const size = 3 << 20;
+  let read = 0;
+  // The server reads in small steps, behind the client: flush must wait for all of it.
+  const reading = (async () => {
+    const buffer = new Uint8Array(64 * 1024);
+    while (read < size) {
+      const n = await server.read(buffer);
+      if (n === null) break;
+      read += n;
+    }
+  })();
+  await client.write(new Uint8Array(size));
+  await client.flush();
+  assert.equal(read, size, "flush resolved before the peer's application read everything");
+  await reading;
+  // Nothing written since: it resolves at once.
+  await client.flush();
+});

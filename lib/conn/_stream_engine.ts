@@ -367,6 +367,15 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     return true;
   }
 
+  async flush(): Promise<void> {
+    // Positions written so far; the peer acknowledges what its application read.
+    const written = this.#replay.end;
+    while (this.#acked < written) {
+      if (this.#ending !== null) throw this.#ending.error;
+      await new Promise<void>((resolve, reject) => this.#roomWaiters.push({ resolve, reject }));
+    }
+  }
+
   // deno-lint-ignore require-await -- async so that a refusal rejects rather than throws
   async closeWrite(): Promise<void> {
     if (this.#finPos === null) {

@@ -38,6 +38,14 @@ export interface ImmortalConn extends EventTarget, AsyncDisposable {
   /** Half-close: no more writes; the peer's readable ends after every byte written. */
   closeWrite(): Promise<void>;
   /**
+   * Resolves once the peer's application has read every byte written so
+   * far (its acknowledgement says so), across any number of resumes;
+   * rejects if the session ends first. A `write` resolves as soon as its
+   * bytes are held for replay: this is how a sender that only sends learns
+   * they arrived. It waits as long as the peer does not read.
+   */
+  flush(): Promise<void>;
+  /**
    * Aborts the session at once; unsent data is discarded and the peer is
    * told why: `reason` (for people; cut to 1024 bytes of UTF-8), by default
    * "closed by the application". A session already complete has nothing
