@@ -424,6 +424,19 @@ function printedFrom(lines: string[], from: string): string[] {
   return lines.flatMap((l) => l.startsWith(`${from}: `) ? [l.slice(from.length + 2)] : []);
 }
 
+/** The Python client as node "py" of `session`, with --exactly-once, through the proxy at `port`. */
+function startExactlyOnce(port: number, session: string) {
+  return startPython([
+    `http://127.0.0.1:${port}`,
+    "py",
+    "--session",
+    session,
+    "--secret",
+    SECRET,
+    "--exactly-once",
+  ]);
+}
+
 /** Joins and leaves naming `nickname`: a blip must not show. */
 function presence(events: RelayEvent[], nickname: string): RelayEvent[] {
   return events.filter((e) => (e.type === "join" || e.type === "leave") && e.nickname === nickname);
@@ -437,15 +450,7 @@ Deno.test("python example --exactly-once: 200 numbered messages each way while i
   const heard = recordEvents(deno);
   let py: ReturnType<typeof startPython> | undefined;
   try {
-    py = startPython([
-      `http://127.0.0.1:${proxy.port}`,
-      "py",
-      "--session",
-      "eo",
-      "--secret",
-      SECRET,
-      "--exactly-once",
-    ]);
+    py = startExactlyOnce(proxy.port, "eo");
     await py.waitLine("welcome py");
     await heard.until(() => deno.members.some((m) => m.nickname === "py"), "deno hears py join");
     const joined = heard.events.length;
@@ -525,15 +530,7 @@ Deno.test("python example --exactly-once: the relay restarted while messages flo
   const heard = recordEvents(deno);
   let py: ReturnType<typeof startPython> | undefined;
   try {
-    py = startPython([
-      `http://127.0.0.1:${proxy.port}`,
-      "py",
-      "--session",
-      "r",
-      "--secret",
-      SECRET,
-      "--exactly-once",
-    ]);
+    py = startExactlyOnce(proxy.port, "r");
     await py.waitLine("here deno");
     await sendNumbered(deno, 1, 50);
     await py.waitLine("deno: 50");
@@ -603,15 +600,7 @@ Deno.test("python example --exactly-once: away longer than the history holds, it
   const zed = await RelayNode.connect(relay.url, { ...NODE, session: "w", nickname: "zed" });
   let py: ReturnType<typeof startPython> | undefined;
   try {
-    py = startPython([
-      `http://127.0.0.1:${proxy.port}`,
-      "py",
-      "--session",
-      "w",
-      "--secret",
-      SECRET,
-      "--exactly-once",
-    ]);
+    py = startExactlyOnce(proxy.port, "w");
     await py.waitLine("welcome py");
     deno.send("before");
     await py.waitLine("deno: before");
@@ -651,15 +640,7 @@ Deno.test("python example --exactly-once: given py(1), then the relay restarts a
   let py: ReturnType<typeof startPython> | undefined;
   let newcomer: RelayNode | undefined;
   try {
-    py = startPython([
-      `http://127.0.0.1:${proxy.port}`,
-      "py",
-      "--session",
-      "n",
-      "--secret",
-      SECRET,
-      "--exactly-once",
-    ]);
+    py = startExactlyOnce(proxy.port, "n");
     await py.waitLine("welcome py(1)");
     // The relay restarts; deno (holding "py") is back first, and a newcomer
     // who wants "py" too is given "py(1)"; py comes back after them.
