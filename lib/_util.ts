@@ -140,7 +140,8 @@ export function checkTlsPair(cert: string, key: string): void {
   // would start and fail every handshake (an unset environment variable, say).
   for (const [name, pem] of [["certificate", cert], ["key", key]]) {
     if (typeof pem !== "string" || pem.trim() === "") {
-      throw new TypeError(`the TLS ${name} is missing: give its PEM text, got ${String(pem)}`);
+      const got = typeof pem === "string" ? "an empty one" : `a value of type ${typeof pem}`;
+      throw new TypeError(`the TLS ${name} is missing: give its PEM text, got ${got}`);
     }
   }
   try {

@@ -148,3 +148,26 @@ Deno.test("a client over its address's handshake limit is told the server is bus
     await held.stop();
   }
 });
+
+Deno.test("closing the listener closes the links it is telling that it is busy", async () => {
+  const listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const held = slowloris(listener.addr.port, "127.0.0.1", 16, 0);
+  try {
+    await waitUntil(() => listener.stats.handshaking === 16, "16 handshakes in progress");
+    // One more, which reads the refusal and then keeps its connection open.
+    const extra = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+    try {
+      const first = new Uint8Array(256);
+      assert.ok((await extra.read(first)) !== null, "the refusal");
+      listener.close();
+      // The listener closes it, at once, not after its 1 s allowance.
+      const closedBy = await within(5_000, "the refused link's end", extra.read(first));
+      assert.equal(closedBy, null);
+    } finally {
+      extra.close();
+    }
+  } finally {
+    listener.close();
+    await held.stop();
+  }
+});

@@ -418,6 +418,8 @@ Deno.test("relay settings: a bad option is a RangeError naming it, before anythi
     [{ historyAge: 3e9 }, /historyAge must be at most 2147483647 ms/],
     [{ maxNodesPerSession: -1 }, /maxNodesPerSession must be a positive number/],
     [{ redis: "localhost:6379" }, /redis must be a redis: or rediss: URL/],
+    // Bursts of twice the rate under one message: nothing would ever be taken.
+    [{ rate: 0.4 }, /rate must be at least 0.5 messages a second, got 0.4/],
   ];
   for (const [options, message] of cases) {
     assert.throws(() => startRelay(options), (error) => {
@@ -502,4 +504,23 @@ Deno.test("a relay mounted in Deno.serve answers a broken WebSocket handshake wi
     // A node's WebSocket is refused for the handshake; a pipe before that, for the unknown node.
     assert.equal(answer.status, path === "/relay/ws" ? 400 : 401, `${path}: ${text}`);
   }
+});
+
+Deno.test("a relay with an empty TLS certificate refuses to start, rather than serve plain HTTP", () => {
+  assert.throws(
+    () => startRelay({ cert: "", key: "" }),
+    (error) => error instanceof TypeError && /the TLS certificate is missing/.test(error.message),
+  );
+});
+
+Deno.test("a node paces itself to a relay that takes less than one message a second", async () => {
+  await using relay = startRelay({ rate: 0.5 });
+  await using x = await RelayNode.connect(relay.url, { session: "slow", nickname: "x" });
+  await using y = await RelayNode.connect(relay.url, { session: "slow", nickname: "y" });
+  await waitForEvent(x, "join");
+  x.send("one");
+  x.send("two");
+  await within(30_000, "both taken, one at a time", x.flush());
+  assert.equal((await waitForEvent(y, "message")).text, "one");
+  assert.equal((await waitForEvent(y, "message")).text, "two");
 });

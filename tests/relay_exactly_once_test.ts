@@ -237,11 +237,23 @@ Deno.test("a node paces itself to the rate the relay takes: a backlog (sent whil
     await atX.until(() => x.state === "disconnected", "x noticing");
     for (let i = 1; i <= 300; i++) x.send(String(i));
     proxy.refuseNew(false);
+    // And its link is reset three times while it drains the backlog: the relay
+    // keeps a member's allowance across its reconnects, so must the node.
+    for (const heard of [60, 120, 180]) {
+      await atY.until(() => atY.texts.length >= heard, `y hearing ${heard}`);
+      proxy.reset();
+    }
     await within(60_000, "x's backlog taken", x.flush());
     await atY.until(() => atY.texts.length >= 300, "y hearing all 300");
     assert.deepEqual(numbers(atY.texts), Array.from({ length: 300 }, (_, i) => i + 1));
     const refused = atX.events.filter((e) => e.type === "error");
     assert.deepEqual(refused, [], "nothing refused");
+    // flush waits for what was sent before it, not for what is sent after.
+    for (let i = 301; i <= 400; i++) x.send(String(i));
+    const flushed = x.flush();
+    for (let i = 401; i <= 600; i++) x.send(String(i));
+    await within(60_000, "the flush of 301-400", flushed);
+    assert.ok(x.unacked > 0, "the flush waited for messages sent after it");
   } finally {
     await proxy.close();
   }

@@ -138,6 +138,8 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   #ready: ImmortalConn[] = [];
   #waiters: { resolve: (conn: ImmortalConn) => void; reject: (error: Error) => void }[] = [];
   #handshaking = new Set<Link>();
+  /** Links being told the server is busy (closed when the listener closes). */
+  #refusing = new Set<Link>();
   /** Handshakes in progress per source (see `sourceOf`). */
   #bySource = new Map<string, number>();
   #maxPerSource: number;
@@ -206,6 +208,31 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     }
   }
 
+  /**
+   * Tells `link` that the server is busy (`reject busy`: worth trying again,
+   * where a link closed without a word looks like a server that is not
+   * there), then closes it. Rate-limited sources get here only so often, so
+   * the write costs little; a peer that does not read (or, over TLS, never
+   * finishes its handshake) is closed after {@linkcode BUSY_TELL_MS} anyway,
+   * and every one when the listener closes.
+   */
+  #refuseBusy(link: Link, reason: string): void {
+    this.#refusing.add(link);
+    const timer = setTimeout(() => link.close(), BUSY_TELL_MS);
+    (async () => {
+      await sendFrame(link, { type: "reject", code: "busy", reason });
+      // Then read to the end (the client's hello, then its close): a socket
+      // closed with unread bytes resets, and a reset can destroy the refusal
+      // before the client has read it.
+      const sink = new Uint8Array(512);
+      while ((await link.read(sink)) !== null) { /* drained */ }
+    })().catch(() => {}).finally(() => {
+      clearTimeout(timer);
+      this.#refusing.delete(link);
+      link.close();
+    });
+  }
+
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
@@ -213,6 +240,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     this.#logs.flush();
     this.#acceptor.close();
     for (const link of this.#handshaking) link.close();
+    for (const link of this.#refusing) link.close();
     const error = new ImmortalError("closed", "the listener is closed");
     for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
     for (const session of this.#ready.splice(0)) session.close();
@@ -307,7 +335,10 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
             formatAddr(link.remoteAddr)
           }: ${pending} handshakes from ${source} already in progress`,
         );
-        refuseBusy(link, `${pending} handshakes from your address are in progress: try again`);
+        this.#refuseBusy(
+          link,
+          `${pending} handshakes from your address are in progress: try again`,
+        );
         continue;
       }
       this.#bySource.set(source, pending + 1);
@@ -458,25 +489,3 @@ export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr>
 
 /** How long a link refused as busy may take to be told so before it is closed anyway. */
 const BUSY_TELL_MS = 1000;
-
-/**
- * Tells `link` that the server is busy (`reject busy`: worth trying again,
- * where a link closed without a word looks like a server that is not
- * there), then closes it. Rate-limited sources get here only so often, so
- * the write costs little; a peer that does not read (or, over TLS, never
- * finishes its handshake) is closed after {@linkcode BUSY_TELL_MS} anyway.
- */
-function refuseBusy(link: Link, reason: string): void {
-  const timer = setTimeout(() => link.close(), BUSY_TELL_MS);
-  (async () => {
-    await sendFrame(link, { type: "reject", code: "busy", reason });
-    // Then read to the end (the client's hello, then its close): a socket
-    // closed with unread bytes resets, and a reset can destroy the refusal
-    // before the client has read it.
-    const sink = new Uint8Array(512);
-    while ((await link.read(sink)) !== null) { /* drained */ }
-  })().catch(() => {}).finally(() => {
-    clearTimeout(timer);
-    link.close();
-  });
-}

@@ -237,6 +237,8 @@ class ClientHttpStreamLink implements Link {
   /** Every request of the link is over (aborted, or answered). */
   #ended = false;
   #grace: ReturnType<typeof setTimeout> | undefined;
+  /** Settles a pending read at close (the downstream itself ends later, with the POSTs). */
+  #wakeReader: (() => void) | null = null;
   #drained: (() => void)[] = [];
 
   /** The link `opened` (the answer to its opening request) at `url`. */
@@ -252,14 +254,21 @@ class ClientHttpStreamLink implements Link {
   async read(buffer: Uint8Array): Promise<number | null> {
     if (this.#error) throw this.#error;
     while (this.#downChunk === null || this.#downChunk.length === 0) {
-      let next: ReadableStreamReadResult<Uint8Array>;
+      if (this.#closed) return null;
+      let next: ReadableStreamReadResult<Uint8Array> | null;
       try {
-        next = await this.#down.read();
+        // A promise of its own per read: racing one long-lived promise would
+        // pile a reaction on it per read for the link's whole life.
+        const closed = new Promise<null>((resolve) => this.#wakeReader = () => resolve(null));
+        next = await Promise.race([this.#down.read(), closed]);
       } catch (error) {
         if (this.#closed) return null;
         throw linkClosed(`the downstream failed: ${errorMessage(error)}`);
+      } finally {
+        this.#wakeReader = null;
       }
-      if (next.done) return null;
+      // Closed: a reader gets the end now, as from any link (Link.close).
+      if (next === null || next.done) return null;
       this.#downChunk = next.value;
     }
     const chunk = this.#downChunk;
@@ -301,6 +310,7 @@ class ClientHttpStreamLink implements Link {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#wakeReader?.();
     for (const resolve of this.#drained.splice(0)) resolve();
     if (this.#error === null) this.#postPending();
     if (this.#inFlight === 0 || this.#error !== null) this.#end();

@@ -191,12 +191,15 @@ export class HttpServer {
       port: options.port,
       ...(options.reusePort ? { reusePort: true } : {}),
     };
-    if (options.cert) checkTlsPair(options.cert, options.key!);
+    // An empty certificate (an empty file, an unset variable) is a mistake,
+    // not a wish for plain HTTP.
+    const tls = options.cert !== undefined;
+    if (tls) checkTlsPair(options.cert!, options.key!);
     try {
-      this.#listener = options.cert
+      this.#listener = tls
         ? Deno.listenTls({
           ...where,
-          cert: options.cert,
+          cert: options.cert!,
           key: options.key!,
           alpnProtocols: ["http/1.1"],
         })
@@ -204,7 +207,7 @@ export class HttpServer {
     } catch (error) {
       throw namedAddressError(error, where.hostname ?? "0.0.0.0", where.port ?? 80);
     }
-    this.#scheme = options.cert ? "https" : "http";
+    this.#scheme = tls ? "https" : "http";
     this.addr = this.#listener.addr as Deno.NetAddr;
     this.finished = this.#acceptLoop();
   }

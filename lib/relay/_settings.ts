@@ -33,6 +33,15 @@ function duration(name: string, value: number): number {
   return value;
 }
 
+/**
+ * A rate under 0.5 a second gives bursts (twice the rate) under one
+ * message: nothing would ever be taken.
+ */
+function atLeastHalf(rate: number): number {
+  if (rate < 0.5) throw new RangeError(`rate must be at least 0.5 messages a second, got ${rate}`);
+  return rate;
+}
+
 /** Fills in defaults and checks ranges; a `RangeError` names a bad setting. */
 export function relaySettings(options: RelayOptions = {}): RelaySettings {
   const keepAlive = duration("keepAlive", options.keepAlive ?? 10_000);
@@ -56,7 +65,7 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     maxNodesPerSession: positive("maxNodesPerSession", options.maxNodesPerSession ?? 1000),
     maxMessageBytes: positive("maxMessageBytes", options.maxMessageBytes ?? 65_536),
     maxNicknameLength: positive("maxNicknameLength", options.maxNicknameLength ?? 32),
-    rate: positive("rate", options.rate ?? 100),
+    rate: atLeastHalf(positive("rate", options.rate ?? 100)),
     authTimeout: duration("authTimeout", options.authTimeout ?? 5000),
     maxQueueBytes: positive("maxQueueBytes", options.maxQueueBytes ?? 1 << 20),
     overflow,

@@ -167,7 +167,8 @@ function count(name: string, value: unknown, fallback: number, min: number): num
   if (typeof value !== "number") {
     throw new TypeError(`${name} must be an integer >= ${min}, got ${describeValue(value)}`);
   }
-  if (!Number.isInteger(value) || value < min) {
+  // Infinity is a count too: retry for ever, keep without bound.
+  if (!(Number.isInteger(value) || value === Infinity) || value < min) {
     throw new RangeError(`${name} must be an integer >= ${min}, got ${value}`);
   }
   return value;
@@ -210,8 +211,11 @@ function checkOptions(options: RelayNodeOptions): void {
     }
     // 0 is allowed: reconnect at once (tests of reconnects want it).
     const initial = wait("backoff.initial", backoff.initial, 250, 0);
-    // Left out, the cap stays 5000 whatever the initial delay, as before.
-    if (backoff.max !== undefined) wait("backoff.max", backoff.max, 5000, initial);
+    // Left out, the cap stays 5000 whatever the initial delay, as before; a
+    // cap alone may be under the default initial delay (which it then caps).
+    if (backoff.max !== undefined) {
+      wait("backoff.max", backoff.max, 5000, backoff.initial === undefined ? 0 : initial);
+    }
   }
 }
 
@@ -422,7 +426,10 @@ export class RelayNode implements AsyncDisposable {
    * it to be sure that nothing sent is left behind.
    */
   async flush(): Promise<void> {
-    while (this.#unacked.length > 0) {
+    // Only what was sent so far: a node that keeps sending (paced to the
+    // relay's rate) may never have nothing unacknowledged.
+    const upTo = this.#seq;
+    while (this.#unacked.length > 0 && this.#unacked[0].seq <= upTo) {
       if (this.#closed) throw new Error(`the node closed with ${this.#unacked.length} unsent`);
       await new Promise<void>((resolve) => this.#flushWaiters.push(resolve));
     }
@@ -532,7 +539,7 @@ export class RelayNode implements AsyncDisposable {
     if (this.#unacked.length >= max) {
       throw new Error(
         `${max} messages wait for the relay already (${
-          this.#transport ? "it has not acknowledged them" : "not connected"
+          this.#transport ? "sent at its pace, or not acknowledged yet" : "not connected"
         })`,
       );
     }
@@ -555,8 +562,17 @@ export class RelayNode implements AsyncDisposable {
   #transmit(): void {
     const transport = this.#transport;
     if (transport === null || this.#paceTimer !== undefined) return;
+    if (this.#rate === Infinity) {
+      // A relay that named no rate: everything goes at once.
+      while (this.#sent < this.#unacked.length) transport.send(this.#unacked[this.#sent++]);
+      return;
+    }
     const now = performance.now();
-    this.#tokens = Math.min(this.#rate, this.#tokens + (now - this.#refilled) * this.#rate / 1000);
+    // At least one message fits, whatever the rate (a relay may allow less than one a second).
+    this.#tokens = Math.min(
+      Math.max(1, this.#rate),
+      this.#tokens + (now - this.#refilled) * this.#rate / 1000,
+    );
     this.#refilled = now;
     while (this.#sent < this.#unacked.length && this.#tokens >= 1) {
       transport.send(this.#unacked[this.#sent++]);
@@ -579,7 +595,7 @@ export class RelayNode implements AsyncDisposable {
     this.#unacked.splice(0, taken);
     this.#sent = Math.max(0, this.#sent - taken);
     this.#waitingSince = this.#unacked.length === 0 ? null : performance.now();
-    if (this.#unacked.length === 0) this.#wakeFlush();
+    this.#wakeFlush();
   }
 
   #wakeFlush(): void {
@@ -659,10 +675,16 @@ export class RelayNode implements AsyncDisposable {
     this.#setState("connected");
     this.#waitingSince = this.#reliable && this.#unacked.length > 0 ? performance.now() : null;
     this.#probedAt = null;
-    // A new connection: everything unacknowledged goes again, at the relay's pace.
-    this.#rate = welcome.rate ?? Infinity;
-    this.#tokens = this.#rate;
-    this.#refilled = performance.now();
+    // A new connection: everything unacknowledged goes again, at the relay's
+    // pace. The bucket is not refilled for it: the relay keeps a member's
+    // allowance across its reconnects, so a node that took its own back at
+    // every welcome would overrun it after a few quick ones.
+    const rate = welcome.rate ?? Infinity;
+    if (rate !== this.#rate) {
+      this.#rate = rate;
+      this.#tokens = Math.max(1, rate);
+      this.#refilled = performance.now();
+    }
     this.#sent = 0;
     clearTimeout(this.#paceTimer);
     this.#paceTimer = undefined;
@@ -728,10 +750,8 @@ export class RelayNode implements AsyncDisposable {
             this.#unacked.splice(index, 1);
             if (index < this.#sent) this.#sent--;
           }
-          if (this.#unacked.length === 0) {
-            this.#waitingSince = null;
-            this.#wakeFlush();
-          }
+          if (this.#unacked.length === 0) this.#waitingSince = null;
+          this.#wakeFlush();
         }
         this.#emit({
           type: "error",

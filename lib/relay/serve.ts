@@ -130,10 +130,16 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
     ? null
     : clusterAddress(options.clusterAddress, serverOptions.hostname);
   const relay = new Relay(options);
-  const server = new HttpServer((req, info) => relay.handle(req, info), {
-    ...serverOptions,
-    maxMessageBytes: relaySettings(options).maxMessageBytes,
-  });
+  let server: HttpServer;
+  try {
+    server = new HttpServer((req, info) => relay.handle(req, info), {
+      ...serverOptions,
+      maxMessageBytes: relaySettings(options).maxMessageBytes,
+    });
+  } catch (error) {
+    relay.close(); // its keep-alive timer runs already
+    throw error;
+  }
   serverStats.set(relay, () => server.stats);
   let peers: HttpServer | undefined;
   if (peerAddress !== null) {
