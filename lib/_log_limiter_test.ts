@@ -22,7 +22,8 @@ Deno.test("LogLimiter: a flood costs one line per kind per interval, summarised"
   assert.equal(lines.length, 5, "nothing left to summarise");
 });
 
-Deno.test("LogLimiter: the summary is written when the interval ends, without waiting for another event", () => {
+/** A limiter on a clock and timers the test moves and fires by hand. */
+function onFakeTime() {
   const lines: string[] = [];
   const clock = { now: 0 };
   const timers: { fire: () => void; at: number }[] = [];
@@ -31,6 +32,11 @@ Deno.test("LogLimiter: the summary is written when the interval ends, without wa
     timers.push(timer);
     return () => timers.splice(timers.indexOf(timer), 1);
   });
+  return { lines, clock, timers, limiter };
+}
+
+Deno.test("LogLimiter: the summary is written when the interval ends, without waiting for another event", () => {
+  const { lines, clock, timers, limiter } = onFakeTime();
   limiter.event("a", "refused from A");
   assert.equal(timers.length, 0, "nothing to summarise, no timer");
   clock.now = 3000;
@@ -57,14 +63,7 @@ Deno.test("LogLimiter: the summary is written when the interval ends, without wa
 });
 
 Deno.test("LogLimiter: a kind whose interval ends sooner moves the summary timer up", () => {
-  const lines: string[] = [];
-  const clock = { now: 0 };
-  const timers: { fire: () => void; at: number }[] = [];
-  const limiter = new LogLimiter((line) => lines.push(line), () => clock.now, (fire, ms) => {
-    const timer = { fire, at: clock.now + ms };
-    timers.push(timer);
-    return () => timers.splice(timers.indexOf(timer), 1);
-  });
+  const { lines, clock, timers, limiter } = onFakeTime();
   clock.now = 5000;
   limiter.event("late", "late 1");
   clock.now = 6000;

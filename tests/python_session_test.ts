@@ -174,6 +174,9 @@ function assertEchoed(run: PythonRun): void {
 /** The client cuts its own link twice, by bytes received: after 1 MiB and 2.5 MiB. */
 const CUT_TWICE = ["--cut-after", `${1 << 20}`, "--cut-after", `${(5 << 20) / 2}`];
 
+/** The whole pattern echoed, with a key, through two cuts of the client's own (after the address). */
+const RESUME_TWICE = ["--psk", PSK, "--bytes", `${SIZE}`, "--sha256", ...CUT_TWICE];
+
 /**
  * Asserts that `run` echoed everything through its two cuts, into one
  * session of `server` that resumed as often as the client says, then ended.
@@ -256,12 +259,7 @@ Deno.test("python session client: cuts its own link twice (by bytes received), r
   const run = await runPython([
     "127.0.0.1",
     `${server.port}`,
-    "--psk",
-    PSK,
-    "--bytes",
-    `${SIZE}`,
-    "--sha256",
-    ...CUT_TWICE,
+    ...RESUME_TWICE,
   ]);
   await assertResumedTwice(run, server);
 });
@@ -332,12 +330,7 @@ for (const { scheme, name } of HTTP_LINKS) {
     await using server = httpEchoServer({ key: PSK });
     const run = await runPython([
       `${scheme}://127.0.0.1:${server.port}/link`,
-      "--psk",
-      PSK,
-      "--bytes",
-      `${SIZE}`,
-      "--sha256",
-      ...CUT_TWICE,
+      ...RESUME_TWICE,
     ]);
     await assertResumedTwice(run, server);
     assertLinksOver(scheme, server.requests, 1 + resumesOf(run));
