@@ -266,13 +266,25 @@ Deno.test("python session client: cuts its own link twice (by bytes received), r
 
 Deno.test("python session client: a proxy resets the link (by bytes forwarded, both ways), the echo is intact", async () => {
   await using server = echoServer();
+  await echoThroughResets(server, (port) => ["127.0.0.1", `${port}`]);
+});
+
+/**
+ * The pattern echoed by `server` while a fault proxy in front of it resets
+ * the link twice downstream and once upstream, by bytes forwarded, each
+ * once the session is on a link (so each costs a resume); `target` gives
+ * the client's arguments for the proxy's port. Returns the client's run.
+ */
+async function echoThroughResets(
+  server: { port: number; sessions: ImmortalConn[]; onlySession(): Promise<ImmortalConn> },
+  target: (port: number) => string[],
+): Promise<PythonRun> {
   const proxy = await FaultProxy.start({ targetPort: server.port });
   try {
-    // A cut waits until the server's session is on a link, so that it costs a resume.
     const connected = () => server.sessions[0]?.state === "connected";
     using down = proxy.cutEvery({ bytes: 1 << 20, max: 2, direction: "down", when: connected });
     using up = proxy.cutEvery({ bytes: 3 << 20, max: 1, direction: "up", when: connected });
-    const run = await runPython(["127.0.0.1", `${proxy.port}`, "--bytes", `${SIZE}`, "--sha256"]);
+    const run = await runPython([...target(proxy.port), "--bytes", `${SIZE}`, "--sha256"]);
     assertEchoed(run);
     assert.equal(down.stop(), 2, `cuts downstream at ${down.at}`);
     assert.equal(up.stop(), 1, `cuts upstream at ${up.at}`);
@@ -280,10 +292,11 @@ Deno.test("python session client: a proxy resets the link (by bytes forwarded, b
     assert.ok(resumesOf(run) >= 2, run.stderr);
     assert.equal(session.stats.reconnects, resumesOf(run), run.stderr);
     assert.equal(session.stats.bytesRead, SIZE);
+    return run;
   } finally {
     await proxy.close();
   }
-});
+}
 
 /** The two links over HTTP (PROTOCOL.md Part 4), by the URL scheme the client takes. */
 const HTTP_LINKS = [
@@ -340,29 +353,8 @@ for (const { scheme, name } of HTTP_LINKS) {
 for (const { scheme, name } of HTTP_LINKS) {
   Deno.test(`python session client: over ${name} (${scheme}://), a proxy resets all its connections (by bytes forwarded, both ways), the echo is intact`, async () => {
     await using server = httpEchoServer();
-    const proxy = await FaultProxy.start({ targetPort: server.port });
-    try {
-      // A cut waits until the server's session is on a link, so that it costs a resume.
-      const connected = () => server.sessions[0]?.state === "connected";
-      using down = proxy.cutEvery({ bytes: 1 << 20, max: 2, direction: "down", when: connected });
-      using up = proxy.cutEvery({ bytes: 3 << 20, max: 1, direction: "up", when: connected });
-      const run = await runPython([
-        `${scheme}://127.0.0.1:${proxy.port}/link`,
-        "--bytes",
-        `${SIZE}`,
-        "--sha256",
-      ]);
-      assertEchoed(run);
-      assert.equal(down.stop(), 2, `cuts downstream at ${down.at}`);
-      assert.equal(up.stop(), 1, `cuts upstream at ${up.at}`);
-      const session = await server.onlySession();
-      assert.ok(resumesOf(run) >= 2, run.stderr);
-      assert.equal(session.stats.reconnects, resumesOf(run), run.stderr);
-      assert.equal(session.stats.bytesRead, SIZE);
-      assertLinksOver(scheme, server.requests, 1 + resumesOf(run));
-    } finally {
-      await proxy.close();
-    }
+    const run = await echoThroughResets(server, (port) => [`${scheme}://127.0.0.1:${port}/link`]);
+    assertLinksOver(scheme, server.requests, 1 + resumesOf(run));
   });
 }
 
