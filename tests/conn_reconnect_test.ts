@@ -136,3 +136,60 @@ Deno.test("close() right after a complete exchange ends cleanly at both ends", a
     await server.closed;
   }
 });
+
+/** A link that is up but never says anything: a handshake on it waits until it is closed. */
+class SilentLink implements Link {
+  readonly localAddr: Deno.NetAddr = { transport: "tcp", hostname: "127.0.0.1", port: 1 };
+  readonly remoteAddr: Deno.NetAddr = { transport: "tcp", hostname: "127.0.0.1", port: 2 };
+  #closed = Promise.withResolvers<null>();
+  read(): Promise<number | null> {
+    return this.#closed.promise;
+  }
+  write(): Promise<void> {
+    return Promise.resolve();
+  }
+  close(): void {
+    this.#closed.resolve(null);
+  }
+}
+
+Deno.test("beside a stuck resume handshake, dials that fail at once are paced by the backoff, not relaunched in a loop that starves every timer", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const proxy = await FaultProxy.start({ targetPort: listener.addr.port });
+  try {
+    const base = tcpDialer({ hostname: "127.0.0.1", port: proxy.port });
+    let dials = 0;
+    let cut = false;
+    let back = false;
+    // What a relay node does while it is not joined: the first redial gets a
+    // link whose handshake stalls (the relay died under it), the next ones
+    // fail without waiting for anything, and the path is back once a timer
+    // armed at the tenth has fired (the node rejoining takes I/O and timers).
+    const dialer: Dialer = (signal) => {
+      if (!cut || back) return base(signal);
+      dials++;
+      if (dials === 1) return Promise.resolve(new SilentLink());
+      if (dials === 10) setTimeout(() => back = true, 0);
+      return Promise.reject(new Error("not joined to the relay right now"));
+    };
+    await using client = await connect({
+      dialer,
+      backoff: { initial: 5, max: 20, probeInterval: 50 },
+      resumeTimeout: 15_000,
+    });
+    await using server = await listener.accept();
+    const resumed = nextEvent<ResumedEvent>(client, "resumed", 30_000);
+    cut = true;
+    assert.equal(proxy.reset(), 1);
+    // Before the fix, the race that followed the stuck handshake relaunched a
+    // dial each time one failed, in microtasks only: no timer fired until the
+    // resume timeout ended the session.
+    await resumed;
+    assert.ok(dials >= 10 && dials <= 30, `${dials} failed dials for one resume`);
+    const [sent, got] = await Promise.all([sendPattern(client, 3, 1 << 16), receiveAll(server)]);
+    assert.equal(got.sha256, sent);
+    await server.closeWrite();
+  } finally {
+    await proxy.close();
+  }
+});

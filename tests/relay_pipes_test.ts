@@ -88,6 +88,45 @@ Deno.test("relay pipes: an immortal session between two nodes moves 16 MiB each 
   assert.ok(relay.server.relay.stats.pipes!.opened >= 1);
 });
 
+Deno.test("relay pipes: a pipe dialed while its node is rejoining the relay waits for the node, and goes the moment it is back", async () => {
+  await using relay = restartableRelay("s");
+  await using lab = await join(relay.url, "lab");
+  // The lab accepts pipes from the laptop (whose links the test only opens and closes).
+  using _listener = lab.listen({ key: "k", ...FAST });
+  // The laptop reaches the relay through a proxy that can keep it away.
+  const proxy = await FaultProxy.start({ targetPort: Number(new URL(relay.url).port) });
+  try {
+    await using laptop = await join(`http://127.0.0.1:${proxy.port}`, "laptop");
+    const events = recordEvents(laptop);
+    /** Keeps the laptop away from the relay until it has noticed. */
+    const cutOff = async () => {
+      const seen = events.events.length;
+      proxy.refuseNew(true);
+      // The node's connection, and the pipe still closing, if any.
+      assert.ok(proxy.reset() >= 1);
+      await events.until(
+        () =>
+          events.events.slice(seen).some((e) => e.type === "state" && e.state === "disconnected"),
+        "the laptop lost the relay",
+      );
+    };
+    await cutOff();
+    // Before, this failed at once ("not joined"), and a session redialing
+    // over pipes went only a backoff after its node was back.
+    const dialing = laptop.pipeDialer("lab")(AbortSignal.timeout(60_000));
+    proxy.refuseNew(false);
+    const link = await dialing;
+    link.close();
+    // A node that closes lets go of the dials waiting for it.
+    await cutOff();
+    const waiting = laptop.pipeDialer("lab")(AbortSignal.timeout(60_000));
+    await laptop.close();
+    await assert.rejects(waiting, /the relay node is closed/);
+  } finally {
+    await proxy.close();
+  }
+});
+
 Deno.test("relay pipes: a node the relay refuses after a restart (another secret) says why and closes, and its listener ends instead of spinning on a closed acceptor", async () => {
   await using relay = restartableRelay("s");
   await using lab = await join(relay.url, "lab");

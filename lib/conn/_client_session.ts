@@ -220,7 +220,10 @@ export class ClientSession implements SessionSide {
         settle();
       });
     };
-    /** When the next attempt may start: after a failure's delay, or to race a stalled dial. */
+    /**
+     * When the next attempt may start: after the last failure's delay, and,
+     * while attempts are in flight, once the newest is stalled enough to race.
+     */
     const nextLaunchAt = (): number => {
       if (started >= maxAttempts) return Infinity;
       if (racing.size === 0) return nextStart;
@@ -234,8 +237,14 @@ export class ClientSession implements SessionSide {
       // under way is raced only once it is clearly stuck (its link died
       // silently, say, as the local address changed), and it is never aborted
       // for that: under load handshakes are slow, and cutting them all short
-      // would never let one finish.
-      return latest + (linked > 0 ? Math.max(STALLED_HANDSHAKE_MS, 8 * rtt) : probe);
+      // would never let one finish. A race still waits out the delay of the
+      // last failure: beside a stuck handshake, dials that fail at once (a
+      // relay node not joined right now) would otherwise be relaunched as
+      // each fails, without ever yielding to a timer, until the deadline.
+      return Math.max(
+        nextStart,
+        latest + (linked > 0 ? Math.max(STALLED_HANDSHAKE_MS, 8 * rtt) : probe),
+      );
     };
     signal?.addEventListener("abort", settle);
     try {

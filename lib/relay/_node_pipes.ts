@@ -35,6 +35,8 @@ export interface PipeHost {
   client?: Deno.HttpClient;
   /** The node's identity while it is joined; null while it is not. */
   identity(): NodeIdentity | null;
+  /** Resolves once the node is joined; rejects if `signal` aborts or the node closes first. */
+  whenJoined(signal: AbortSignal): Promise<void>;
   /** The transport the node's own connection uses now, if connected. */
   transport(): RelayTransportKind | null;
   /** Sends a frame to the relay on the node's connection. */
@@ -117,6 +119,10 @@ export class NodePipes {
     signal: AbortSignal,
     id: string = crypto.randomUUID(),
   ): Promise<Link> {
+    // A node that lost the relay is rejoining: the pipe waits for it (within
+    // the dial's time) rather than failing at once and being redialed a
+    // backoff after the node is back.
+    if (this.#host.identity() === null) await this.#host.whenJoined(signal);
     const identity = this.#host.identity();
     if (identity === null) throw new Error("not joined to the relay right now");
     const headers = {

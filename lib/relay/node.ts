@@ -303,6 +303,8 @@ export class RelayNode implements AsyncDisposable {
   #reconnecting: Promise<void> | null = null;
   #pipes: NodePipes;
   #session: string;
+  /** Woken when the node is connected again, or closed: pipe dials waiting to go. */
+  #joinWaiters = new Set<() => void>();
 
   private constructor(url: URL, options: RelayNodeOptions) {
     this.#options = options;
@@ -328,6 +330,7 @@ export class RelayNode implements AsyncDisposable {
         this.#state === "connected" && this.#token !== undefined
           ? { session: this.#session, nickname: this.#nickname, token: this.#token }
           : null,
+      whenJoined: (signal) => this.#whenJoined(signal),
       transport: () => this.transport,
       refuse: (id, reason) => this.#transport?.send({ t: "pipe-refuse", id, reason }),
     });
@@ -438,7 +441,10 @@ export class RelayNode implements AsyncDisposable {
   /**
    * A {@linkcode Dialer} of pipes through the relay to the node `nickname` of
    * this session: each call opens a new pipe. For `connect({ dialer })`, a
-   * tunnel client, or anything that runs immortal sessions over links.
+   * tunnel client, or anything that runs immortal sessions over links. A
+   * dial while this node is rejoining the relay waits for it (until the
+   * dial's signal aborts), so a session resumes the moment the node is back;
+   * it rejects if the node closes first.
    */
   pipeDialer(nickname: string): Dialer {
     return this.#pipes.dialer(nickname);
@@ -863,9 +869,34 @@ export class RelayNode implements AsyncDisposable {
     }
   }
 
+  /**
+   * Resolves once the node is connected (at once if it is): a pipe dialed
+   * while the node rejoins goes the moment it is back, not a backoff later.
+   * Rejects when `signal` aborts or the node closes first.
+   */
+  #whenJoined(signal: AbortSignal): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error("the relay node is closed"));
+    if (this.#state === "connected") return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const wake = () => {
+        this.#joinWaiters.delete(wake);
+        signal.removeEventListener("abort", wake);
+        if (this.#closed) reject(new Error("the relay node is closed"));
+        else if (signal.aborted) reject(new Error("not joined to the relay (it is reconnecting)"));
+        else resolve();
+      };
+      this.#joinWaiters.add(wake);
+      signal.addEventListener("abort", wake, { once: true });
+      if (signal.aborted) wake();
+    });
+  }
+
   #setState(state: RelayNodeState, reason?: string): void {
     if (this.#state === state && state !== "disconnected") return;
     this.#state = state;
+    if (state === "connected" || state === "closed") {
+      for (const wake of [...this.#joinWaiters]) wake();
+    }
     this.#emit({
       type: "state",
       state,
