@@ -50,6 +50,19 @@ export function backoffDelay(
   return jitter(Math.min(max, initial * 2 ** Math.min(attempt - 1, 30)), random);
 }
 
+/** The longest delay a timer takes (2^31 - 1 ms): a longer one fires at once (Deno warns, once). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * The pause after `failures` consecutive failed `accept` calls (EMFILE and
+ * friends). The connection waits in the kernel's queue, so accepting again
+ * at once fails at once, for ever: pause (10 ms, growing to 1 s), keep
+ * serving what is open, and accept again as soon as descriptors free up.
+ */
+export function acceptBackoff(failures: number): number {
+  return backoffDelay(failures, 10, 1000);
+}
+
 /**
  * Whether `error`, or one of its causes, is Deno refusing an access the
  * process was not granted (`NotCapable`: a missing `--allow-net`, say).

@@ -416,6 +416,7 @@ Deno.test("relay settings: a bad option is a RangeError naming it, before anythi
     [{ keepAlive: 1e10 }, /keepAlive must be at most 2147483647 ms, got 10000000000/],
     [{ authTimeout: 0 }, /authTimeout must be a positive number, got 0/],
     [{ historyAge: 3e9 }, /historyAge must be at most 2147483647 ms/],
+    [{ idleTimeout: 2 ** 31 }, /idleTimeout must be at most 2147483647 ms/],
     [{ maxNodesPerSession: -1 }, /maxNodesPerSession must be a positive number/],
     [{ redis: "localhost:6379" }, /redis must be a redis: or rediss: URL/],
     // Bursts of twice the rate under one message: nothing would ever be taken.

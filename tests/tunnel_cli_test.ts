@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { spawnCli } from "./_cli_process.ts";
-import { freePort } from "./_helpers.ts";
+import { freePort, within } from "./_helpers.ts";
 import { makeTestCerts } from "./_tls.ts";
 import { echoTarget } from "./_tunnel_helpers.ts";
 
@@ -337,5 +337,80 @@ Deno.test("tunnel server out of descriptors: it backs off, logs a line, not thou
   } finally {
     for (const socket of attack) socket.destroy();
     assert.equal(await server.stop(), 0, server.log);
+  }
+});
+
+Deno.test("tunnel client out of descriptors: it says so in a line, backs off, and serves again once they free up", async () => {
+  // An echo target for every connection: the flood's streams reach it too.
+  const targetListener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held = new Set<Deno.Conn>();
+  const serving = (async () => {
+    for await (const conn of targetListener) {
+      held.add(conn);
+      conn.readable.pipeTo(conn.writable).catch(() => {}).finally(() => held.delete(conn));
+    }
+  })();
+  const serverPort = freePort();
+  const clientPort = freePort();
+  const server = spawnCli(
+    [`--allow-net=127.0.0.1:${serverPort},127.0.0.1:${targetListener.addr.port}`],
+    CLI,
+    [
+      "server",
+      String(serverPort),
+      "127.0.0.1",
+      String(targetListener.addr.port),
+      "--listen-host",
+      "127.0.0.1",
+    ],
+  );
+  await server.waitFor(/Tunnel server on/, "server start");
+  // 64 descriptors for the client: the runtime takes some, local connections the rest.
+  const client = spawnCli(
+    [`--allow-net=127.0.0.1:${clientPort},127.0.0.1:${serverPort}`],
+    CLI,
+    ["client", String(clientPort), "127.0.0.1", String(serverPort)],
+    ["prlimit", "--nofile=64:64"],
+  );
+  const flood: net.Socket[] = [];
+  try {
+    // The session is up before the flood: it needs no descriptor after it.
+    await client.waitFor(/Tunnel session \S+ open/, "client start");
+    for (let i = 0; i < 120; i++) {
+      const socket = net.connect({ host: "127.0.0.1", port: clientPort });
+      socket.on("error", () => {});
+      flood.push(socket);
+    }
+    // Before, the first failed accept ended the client's accept loop without
+    // a word: the port stayed bound, and nothing was ever served on it again.
+    await within(
+      60_000,
+      "the failed accept logged",
+      client.waitFor(
+        /Accepting a local connection failed: .*(Too many open files|os error 24)/,
+        "EMFILE",
+      ),
+    );
+    for (const socket of flood.splice(0)) socket.destroy();
+    assert.equal(
+      await within(60_000, "an echo after the flood", echoThrough(clientPort, "after the flood")),
+      "after the flood",
+    );
+    // A line, then a summary per 10 s while it lasts; not a line per try.
+    const failures = client.log.match(/Accepting a local connection failed/g)?.length ?? 0;
+    assert.ok(failures <= 10, `${failures} lines about failed accepts:\n${client.log}`);
+  } finally {
+    for (const socket of flood) socket.destroy();
+    assert.equal(await client.stop(), 0, client.log);
+    assert.equal(await server.stop(), 0, server.log);
+    targetListener.close();
+    await serving.catch(() => {});
+    for (const conn of held) {
+      try {
+        conn.close();
+      } catch {
+        // Closed by its echo already.
+      }
+    }
   }
 });

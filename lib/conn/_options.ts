@@ -4,6 +4,7 @@
  * @module
  */
 
+import { MAX_TIMER_MS } from "../_util.ts";
 import type { BackoffOptions, SessionOptions } from "./options.ts";
 
 /** Fully resolved settings. */
@@ -63,6 +64,19 @@ export function positive(name: string, value: unknown, fallback: number, min = 1
   return value;
 }
 
+/**
+ * An optional wait in ms of at least `min` (default 1), short enough for a
+ * timer: a longer one would fire at once (a resume timeout of 30 days would
+ * give up a session the moment its link broke).
+ */
+export function timerMs(name: string, value: unknown, fallback: number, min = 1): number {
+  const ms = positive(name, value, fallback, min);
+  if (ms > MAX_TIMER_MS) {
+    throw new RangeError(`${name} must be at most ${MAX_TIMER_MS} ms, got ${ms}`);
+  }
+  return ms;
+}
+
 /** The receive window travels as a 32-bit number in the handshake. */
 function windowSize(value: number | undefined): number {
   const size = positive("maxUnackedBytes", value, 32 << 20, 1024);
@@ -91,15 +105,15 @@ export function resolveOptions(
       throw new TypeError(`key must be a non-empty string or Uint8Array, got ${given}`);
     }
   }
-  const heartbeatInterval = positive("heartbeatInterval", options.heartbeatInterval, 1000, 10);
-  const deadLinkTimeout = positive("deadLinkTimeout", options.deadLinkTimeout, 2500, 10);
+  const heartbeatInterval = timerMs("heartbeatInterval", options.heartbeatInterval, 1000, 10);
+  const deadLinkTimeout = timerMs("deadLinkTimeout", options.deadLinkTimeout, 2500, 10);
   if (deadLinkTimeout <= heartbeatInterval) {
     throw new RangeError(
       `deadLinkTimeout (${deadLinkTimeout} ms) must be longer than heartbeatInterval (${heartbeatInterval} ms)`,
     );
   }
   const backoff = options.backoff ?? {};
-  const initial = positive("backoff.initial", backoff.initial, 100);
+  const initial = timerMs("backoff.initial", backoff.initial, 100);
   if (options.encrypt !== undefined && typeof options.encrypt !== "boolean") {
     throw new TypeError(`encrypt must be true or false, got ${describeValue(options.encrypt)}`);
   }
@@ -118,13 +132,13 @@ export function resolveOptions(
     encrypt: options.encrypt ?? false,
     heartbeatInterval,
     deadLinkTimeout,
-    resumeTimeout: positive("resumeTimeout", options.resumeTimeout, 120_000),
+    resumeTimeout: timerMs("resumeTimeout", options.resumeTimeout, 120_000),
     maxUnackedBytes: windowSize(options.maxUnackedBytes),
-    handshakeTimeout: positive("handshakeTimeout", options.handshakeTimeout, 10_000),
+    handshakeTimeout: timerMs("handshakeTimeout", options.handshakeTimeout, 10_000),
     backoff: {
       initial,
-      max: positive("backoff.max", backoff.max, Math.max(5000, initial), initial),
-      probeInterval: positive("backoff.probeInterval", backoff.probeInterval, 50, 1),
+      max: timerMs("backoff.max", backoff.max, Math.max(5000, initial), initial),
+      probeInterval: timerMs("backoff.probeInterval", backoff.probeInterval, 50, 1),
     },
   };
 }

@@ -30,6 +30,15 @@ Deno.test("resolveOptions names the setting it refuses", () => {
     [{ backoff: { initial: -1 } }, /backoff.initial must be a number >= 1/],
     [{ backoff: { initial: 500, max: 100 } }, /backoff.max must be a number >= 500, got 100/],
     [{ backoff: { probeInterval: 0 } }, /backoff.probeInterval must be a number >= 1, got 0/],
+    // A timer longer than 2^31 - 1 ms fires at once: a 30-day resume timeout
+    // gave a session up the moment its link broke.
+    [{ resumeTimeout: 30 * 86_400_000 }, /resumeTimeout must be at most 2147483647 ms/],
+    [{ handshakeTimeout: 2 ** 31 }, /handshakeTimeout must be at most 2147483647 ms/],
+    [
+      { heartbeatInterval: 2 ** 31, deadLinkTimeout: 2 ** 32 },
+      /heartbeatInterval must be at most 2147483647 ms/,
+    ],
+    [{ backoff: { max: 2 ** 31 } }, /backoff.max must be at most 2147483647 ms/],
   ];
   for (const [options, message] of cases) {
     assert.throws(() => resolveOptions(options), message, JSON.stringify(options));

@@ -6,7 +6,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { type Acceptor, formatAddr, type Link, TcpAcceptor, TlsAcceptor } from "../link/mod.ts";
-import { backoffDelay, checkPort, delay, errorMessage } from "../_util.ts";
+import { acceptBackoff, checkPort, delay, errorMessage } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { ImmortalError } from "./errors.ts";
 import { FrameReader } from "./_frame_reader.ts";
@@ -35,10 +35,6 @@ interface ListenerLimits {
 }
 
 const log = getLogger(["immortal", "listener"]);
-
-/** First wait after a failed accept, and the longest, ms. */
-const ACCEPT_BACKOFF_MS = 10;
-const ACCEPT_BACKOFF_MAX_MS = 1000;
 
 /** Where and how {@linkcode listen} accepts sessions. */
 export interface ListenOptions extends SessionOptions {
@@ -285,14 +281,10 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
           this.close();
           return;
         }
-        // EMFILE and friends: the pending connection stays in the kernel's
-        // queue, so retrying at once fails at once, forever. Say so (once per
-        // interval), back off, and keep serving the sessions we have: accepting
-        // works again as soon as descriptors free up.
+        // EMFILE and friends: say so (once per interval) and pause (see acceptBackoff).
         this.#counts.acceptFailures++;
         this.#logs.event("accept", `Accepting a link failed: ${errorMessage(error)}`);
-        const wait = backoffDelay(++acceptFailures, ACCEPT_BACKOFF_MS, ACCEPT_BACKOFF_MAX_MS);
-        if (!(await delay(wait, this.#closing.signal))) return;
+        if (!(await delay(acceptBackoff(++acceptFailures), this.#closing.signal))) return;
         continue;
       }
       if (this.#closed) {

@@ -15,7 +15,10 @@
 export interface Link {
   /**
    * Reads into `buffer`; resolves to the count of bytes read, or `null` at
-   * end of stream. Rejects when the link fails or is closed.
+   * end of stream. Rejects when the link fails or is closed. A non-empty
+   * `buffer` gets at least one byte, unless what arrived was a message with
+   * none: readers loop on 0, so a link that returned 0 without waiting for
+   * anything would keep them (and every timer) spinning.
    */
   read(buffer: Uint8Array): Promise<number | null>;
   /**

@@ -134,7 +134,7 @@ function newChat(session, nickname, secret) {
     outbox: [], // { frame, li } the relay has not acknowledged, in seq order: resent after a blip
     members: new Map(), // nickname -> role, others only
     joined: false, reliable: false,
-    preferred: "websocket", conn: null, generation: 0, attempt: 0, timer: 0,
+    preferred: "websocket", conn: null, generation: 0, attempt: 0, welcomedAt: -Infinity, timer: 0,
     keepAlive: 1000, lastHeard: 0,
     recovering: null, // after a recovered welcome: { upTo, count, marker, base }
   };
@@ -543,7 +543,7 @@ function onWelcome(welcome) {
   const c = chat;
   const back = c.joined;
   c.joined = true;
-  c.attempt = 0;
+  c.welcomedAt = performance.now();
   c.nickname = welcome.nickname;
   c.token = welcome.token;
   c.keepAlive = welcome.keepAlive > 0 ? welcome.keepAlive : 1000;
@@ -668,6 +668,9 @@ function lost(reason) {
   c.recovering = null;
   note("disconnected: " + reason, "gap");
   for (const item of c.outbox) mark(item, "waiting to send", "waiting");
+  // A connection that lasted is redialed at once; one dropped soon after its
+  // welcome (a relay whose cluster store is down) backs off further each time.
+  if (performance.now() - c.welcomedAt >= 5000) c.attempt = 0;
   retry(reason);
 }
 

@@ -33,7 +33,7 @@ import { formatAddr } from "../link/mod.ts";
 import { sourceOf } from "../conn/_source.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import {
-  backoffDelay,
+  acceptBackoff,
   checkTlsPair,
   concat,
   delay,
@@ -51,8 +51,6 @@ const log = getLogger(["immortal", "relay", "http"]);
 const MAX_HEAD_BYTES = 16 * 1024;
 /** Most bytes of a body the handler did not read that we read past to keep the connection. */
 const MAX_DRAIN_BYTES = 64 * 1024;
-const ACCEPT_BACKOFF_MS = 10;
-const ACCEPT_BACKOFF_MAX_MS = 1000;
 /** How long shutdown waits for joined connections to say goodbye before closing them. */
 const SHUTDOWN_GRACE_MS = 2000;
 const encoder = new TextEncoder();
@@ -244,13 +242,10 @@ export class HttpServer {
         failures = 0;
       } catch (error) {
         if (this.#closing.signal.aborted) break;
-        // EMFILE and friends: the connection waits in the kernel's queue, so
-        // retrying at once fails at once, forever. Pause, keep serving what
-        // we have, and accept again as soon as descriptors free up.
+        // EMFILE and friends: say so (once per interval) and pause (see acceptBackoff).
         this.#stats.acceptFailures++;
         this.#logs.event("accept", `Accepting a connection failed: ${errorMessage(error)}`);
-        const wait = backoffDelay(++failures, ACCEPT_BACKOFF_MS, ACCEPT_BACKOFF_MAX_MS);
-        if (!(await delay(wait, this.#closing.signal))) break;
+        if (!(await delay(acceptBackoff(++failures), this.#closing.signal))) break;
         continue;
       }
       // Small frames, sent as they come: Nagle would hold each behind the

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { MAX_TIMER_MS } from "../_util.ts";
 import type { RelayOptions } from "./options.ts";
 
 /** A relay's settings with every default filled in. */
@@ -21,11 +22,8 @@ function positive(name: string, value: number): number {
   return value;
 }
 
-/** Longest delay a timer can take (2^31 - 1 ms): a longer one would fire at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 /** A duration in ms that drives a timer: positive, and short enough for one. */
-function duration(name: string, value: number): number {
+export function duration(name: string, value: number): number {
   positive(name, value);
   if (value > MAX_TIMER_MS) {
     throw new RangeError(`${name} must be at most ${MAX_TIMER_MS} ms, got ${value}`);

@@ -5,9 +5,9 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { backoffDelay, delay, errorMessage, isNotCapable } from "../_util.ts";
+import { backoffDelay, delay, errorMessage, isNotCapable, MAX_TIMER_MS } from "../_util.ts";
 import { connect, type ConnectOptions } from "../conn/connect.ts";
-import { describeValue, positive } from "../conn/_options.ts";
+import { describeValue, timerMs } from "../conn/_options.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { type ImmortalListener, listen, type ListenOptions } from "../conn/listener.ts";
 import type { Acceptor, Dialer } from "../link/link.ts";
@@ -155,8 +155,8 @@ const TRANSPORTS: Record<RelayTransportKind, OpenTransport> = {
   http: HttpStreamTransport.open,
 };
 
-/** The longest wait a timer takes: a longer one fires at once (Deno warns, once). */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+/** A connection lost sooner than this after its welcome did not work: the backoff grows on. */
+const STABLE_CONNECTION_MS = 5000;
 
 /**
  * An optional whole number of at least `min`, or `fallback`: a `TypeError`
@@ -172,15 +172,6 @@ function count(name: string, value: unknown, fallback: number, min: number): num
     throw new RangeError(`${name} must be an integer >= ${min}, got ${value}`);
   }
   return value;
-}
-
-/** An optional wait in ms of at least `min`, short enough for a timer. */
-function wait(name: string, value: unknown, fallback: number, min: number): number {
-  const ms = positive(name, value, fallback, min);
-  if (ms > MAX_TIMER_MS) {
-    throw new RangeError(`${name} must be at most ${MAX_TIMER_MS} ms, got ${ms}`);
-  }
-  return ms;
 }
 
 /**
@@ -200,7 +191,7 @@ function checkOptions(options: RelayNodeOptions): void {
       `transport must be "auto", "websocket" or "http", got ${describeValue(transport)}`,
     );
   }
-  wait("connectTimeout", options.connectTimeout, 10_000, 1);
+  timerMs("connectTimeout", options.connectTimeout, 10_000, 1);
   // 0 has always meant one attempt, as 1 does.
   count("retries", options.retries, 3, 0);
   count("maxUnacked", options.maxUnacked, 1024, 1);
@@ -210,11 +201,11 @@ function checkOptions(options: RelayNodeOptions): void {
       throw new TypeError(`backoff must be an object, got ${describeValue(backoff)}`);
     }
     // 0 is allowed: reconnect at once (tests of reconnects want it).
-    const initial = wait("backoff.initial", backoff.initial, 250, 0);
+    const initial = timerMs("backoff.initial", backoff.initial, 250, 0);
     // Left out, the cap stays 5000 whatever the initial delay, as before; a
     // cap alone may be under the default initial delay (which it then caps).
     if (backoff.max !== undefined) {
-      wait("backoff.max", backoff.max, 5000, backoff.initial === undefined ? 0 : initial);
+      timerMs("backoff.max", backoff.max, 5000, backoff.initial === undefined ? 0 : initial);
     }
   }
 }
@@ -279,6 +270,15 @@ export class RelayNode implements AsyncDisposable {
   #eventsHead = 0;
   #eventWaiter: (() => void) | null = null;
   #lastHeard = performance.now();
+  /** When the current (or last) connection was welcomed. */
+  #welcomedAt = -Infinity;
+  /**
+   * Connections in a row lost soon after their welcome: the backoff of the
+   * next reconnect starts there, so a relay that welcomes and then drops
+   * every node (its cluster store is down, say) is not redialed at once,
+   * for ever, by all of them.
+   */
+  #shortLived = 0;
   /** Since when messages sent on this link wait for an ack without progress (null: none wait). */
   #waitingSince: number | null = null;
   /**
@@ -585,7 +585,9 @@ export class RelayNode implements AsyncDisposable {
       this.#tokens--;
     }
     if (this.#sent < this.#unacked.length) {
-      const wait = Math.ceil(((1 - this.#tokens) / this.#rate) * 1000);
+      // Capped: a relay that named a tiny rate would otherwise get a timer
+      // that fires at once, over and over.
+      const wait = Math.min(MAX_TIMER_MS, Math.ceil(((1 - this.#tokens) / this.#rate) * 1000));
       this.#paceTimer = setTimeout(() => {
         this.#paceTimer = undefined;
         this.#transmit();
@@ -664,7 +666,7 @@ export class RelayNode implements AsyncDisposable {
     this.#nickname = welcome.nickname;
     this.#token = welcome.token;
     this.#keepAlive = welcome.keepAlive;
-    this.#lastHeard = performance.now();
+    this.#lastHeard = this.#welcomedAt = performance.now();
     this.#members.clear();
     for (const member of welcome.members) this.#members.set(member.nickname, member);
     this.#emit({ type: "members", members: this.members });
@@ -828,11 +830,17 @@ export class RelayNode implements AsyncDisposable {
     this.#paceTimer = undefined;
     log.warn("Relay link lost: {reason}", { reason });
     this.#setState("disconnected", reason);
-    this.#reconnecting = this.#reconnect().finally(() => this.#reconnecting = null);
+    // A connection that lasted is redialed at once (a relay restart, a cut).
+    this.#shortLived = performance.now() - this.#welcomedAt < STABLE_CONNECTION_MS
+      ? this.#shortLived + 1
+      : 0;
+    this.#reconnecting = this.#reconnect(this.#shortLived)
+      .finally(() => this.#reconnecting = null);
   }
 
-  async #reconnect(): Promise<void> {
-    for (let attempt = 0; !this.#closed; attempt++) {
+  /** Reconnects, from attempt number `first` of the backoff (0 waits nothing). */
+  async #reconnect(first: number): Promise<void> {
+    for (let attempt = first; !this.#closed; attempt++) {
       if (!await delay(this.#backoff(attempt), this.#closing.signal)) return;
       try {
         await this.#open();

@@ -8,7 +8,7 @@ import { clusterAddress } from "./_cluster_address.ts";
 import { clusterRefusals, peerHandlers } from "./_forward.ts";
 import { HttpServer, serverStats } from "./_http_server.ts";
 import { pipeEndpoints } from "./_pipes.ts";
-import { relaySettings } from "./_settings.ts";
+import { duration, relaySettings } from "./_settings.ts";
 import type { RelayOptions } from "./options.ts";
 import { Relay } from "./relay.ts";
 import { errorMessage, isNotCapable } from "../_util.ts";
@@ -118,8 +118,8 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
     port: options.port ?? 8080,
     cert: options.cert,
     key: options.key,
-    headerTimeout: positive("headerTimeout", options.headerTimeout ?? 10_000),
-    idleTimeout: positive("idleTimeout", options.idleTimeout ?? 60_000),
+    headerTimeout: duration("headerTimeout", options.headerTimeout ?? 10_000),
+    idleTimeout: duration("idleTimeout", options.idleTimeout ?? 60_000),
     maxUnjoined: positive("maxUnjoined", options.maxUnjoined ?? 512),
     reusePort: options.reusePort ?? false,
   };

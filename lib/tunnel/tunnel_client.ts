@@ -16,8 +16,8 @@ import {
 } from "../conn/mod.ts";
 import type { Dialer } from "../link/mod.ts";
 import { MuxSession } from "../mux/mod.ts";
-import { backoffDelay, delay, errorMessage, listenTcp } from "../_util.ts";
-import { describeValue, positive, resolveOptions } from "../conn/_options.ts";
+import { acceptBackoff, backoffDelay, delay, errorMessage, listenTcp } from "../_util.ts";
+import { describeValue, resolveOptions, timerMs } from "../conn/_options.ts";
 import { hostAndPort, portOption } from "./tunnel_server.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { splice } from "./_splice.ts";
@@ -49,7 +49,7 @@ function checkOptions(options: TunnelClientOptions): TunnelClientOptions {
   }
   // Left out, Deno picks a free port, as for 0.
   if (options.port !== undefined) portOption("port", options.port, true);
-  positive("connectWait", options.connectWait, 30_000, 0);
+  timerMs("connectWait", options.connectWait, 30_000, 0);
   if (
     options.backoff !== undefined &&
     (typeof options.backoff !== "object" || options.backoff === null)
@@ -152,12 +152,23 @@ export class TunnelClient implements AsyncDisposable {
   }
 
   async #serve(): Promise<void> {
+    let failures = 0;
     for (;;) {
       let tcp: Deno.TcpConn;
       try {
         tcp = await this.#listener.accept();
-      } catch {
-        return; // closed
+        failures = 0;
+      } catch (error) {
+        if (this.#closing.signal.aborted || error instanceof Deno.errors.BadResource) return;
+        // Out of descriptors (EMFILE), say: ending here left the port bound
+        // and nothing accepting on it, for good. Say so once per interval,
+        // pause (see acceptBackoff), and serve again once descriptors free up.
+        this.#failures.event(
+          "accept",
+          `Accepting a local connection failed: ${errorMessage(error)}`,
+        );
+        if (!(await delay(acceptBackoff(++failures), this.#closing.signal))) return;
+        continue;
       }
       const carrying = this.#carry(tcp);
       this.#carrying.add(carrying);
