@@ -20,6 +20,9 @@ Typed lines (stdin):
     /quit             leave (so do end of input, Ctrl-D, and Ctrl-C)
     //text            "/text" to everyone: any other line that starts with /
                       is taken for a mistyped command and goes nowhere
+Lines go out at the pace the relay allows (its welcome's rate, 2.17), so a
+file piped in is never refused rate-limited; end of input leaves once every
+line has gone.
 
 Output, one event a line on stdout, for people and for scripts alike:
     welcome NAME             joined; NAME is the nickname the relay assigned
@@ -79,6 +82,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 from urllib.parse import urlsplit
 
 # RFC 6455 4.2.2: the server proves it understood the handshake by hashing
@@ -384,12 +388,21 @@ class Client:
         # Whether the relay acknowledges: its welcome has an epoch (2.7).
         self.reliable = False
         self.seq = 0
-        # Numbered messages sent (or to send) and not yet acknowledged, in
-        # order. The lock also orders new messages after the resends of a
-        # reconnect; waiting on it, a bye waits for the last acknowledgement.
+        # Messages to send, and (exactly-once) those sent and not yet
+        # acknowledged, in order: the first `sent` of them went out on this
+        # connection. The sender thread sends the rest, at the relay's pace;
+        # after a reconnect it starts again from the first. Waiting on the
+        # lock, a bye waits for the last message (and its acknowledgement).
         self.unacked = []
+        self.sent = 0
         self.outbox = threading.Condition()
         self.connected = False
+        # The relay's allowance (2.17): its welcome's `rate`, messages a
+        # second. A bucket of `rate` (half the relay's burst), so bursts of
+        # typed or piped lines are never refused rate-limited.
+        self.rate = None
+        self.tokens = 0.0
+        self.refilled = 0.0
         # Where this node is in the room's history: [epoch, offset] (2.21).
         self.position = None
         # The highest seq heard per sender id, least recently heard first.
@@ -457,17 +470,18 @@ class Client:
                 if self.reliable:
                     acked = welcome.get("acked")
                     self._acked(acked if isinstance(acked, int) else 0)
-                # What the relay has not taken goes again, in order, and
-                # before anything new: new lines wait for this lock (2.21).
-                for frame in self.unacked:
-                    try:
-                        ws.send_json(frame)
-                    except OSError:
-                        break  # Broken again: the reader finds out, and we come back.
-                if not self.reliable:
-                    # A relay without 2.21 never acknowledges: sent is all we can do.
-                    self.unacked.clear()
+            rate = welcome.get("rate")
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
+                rate = None  # A relay that names no rate: everything goes at once.
+            if rate != self.rate:
+                # The bucket belongs to the member, across reconnects: it is
+                # not refilled at every welcome, only for a new rate.
+                self.rate, self.tokens, self.refilled = rate, max(1.0, rate or 0), time.monotonic()
+            # What the relay has not taken goes again, in order, and before
+            # anything new (2.21): the sender starts over from the first.
+            self.sent = 0
             self.connected = True
+            self.outbox.notify_all()
 
     def _take_position(self, welcome):
         epoch, offset = welcome.get("epoch"), welcome.get("offset")
@@ -512,6 +526,7 @@ class Client:
         while taken < len(self.unacked) and self.unacked[taken]["seq"] <= seq:
             taken += 1
         del self.unacked[:taken]
+        self.sent = max(0, self.sent - taken)
         if not self.unacked:
             self.outbox.notify_all()
 
@@ -538,6 +553,49 @@ class Client:
                     return
         finally:
             self.finished.set()
+            with self.outbox:
+                self.outbox.notify_all()  # The sender stops.
+
+    def _take_token(self):
+        """Takes one message's allowance (hold the outbox lock): returns 0, or
+        the seconds until there is one."""
+        if self.rate is None:
+            return 0
+        now = time.monotonic()
+        # At least one message fits, whatever the rate.
+        self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0
+        return (1 - self.tokens) / self.rate
+
+    def run_sender(self):
+        """Sends what waits in the outbox, in order, at the relay's pace (its
+        own thread), while connected; stops once the client leaves or ends."""
+        with self.outbox:
+            while not self.finished.is_set() and not self.leaving.is_set():
+                if not self.connected or self.sent >= len(self.unacked):
+                    self.outbox.wait()
+                    continue
+                wait = self._take_token()
+                if wait > 0:
+                    self.outbox.wait(wait)  # Lets acks and reconnects through meanwhile.
+                    continue
+                try:
+                    self.ws.send_json(self.unacked[self.sent])
+                except OSError:
+                    # Broken: the reader finds out, and we start over once back.
+                    self.connected = False
+                    continue
+                if self.node_id is None or not self.reliable:
+                    # Nothing acknowledges it (no id, or a relay without 2.21):
+                    # sent is all we can do.
+                    del self.unacked[self.sent]
+                    if not self.unacked:
+                        self.outbox.notify_all()
+                else:
+                    self.sent += 1
             with self.outbox:
                 self.outbox.notify_all()  # A bye waiting for acks waits no more.
 
@@ -658,7 +716,12 @@ class Client:
             if self.node_id is not None and isinstance(seq, int):
                 # Taken all the same (answered): it is not resent (2.21).
                 with self.outbox:
-                    self.unacked = [m for m in self.unacked if m["seq"] != seq]
+                    for i, m in enumerate(self.unacked):
+                        if m["seq"] == seq:
+                            del self.unacked[i]
+                            if i < self.sent:
+                                self.sent -= 1
+                            break
                     if not self.unacked:
                         self.outbox.notify_all()
                 about = f" (your message {seq})"
@@ -671,22 +734,14 @@ class Client:
         # Anything else (pong, frames of later versions) is ignored, as 2.7 asks.
 
     def send_message(self, frame):
-        """Sends a msg frame; exactly-once, numbered and kept until acknowledged."""
-        if self.node_id is None:
-            self.ws.send_json(frame)
-            return
+        """Queues a msg frame for the sender; exactly-once, numbered and kept
+        until acknowledged."""
         with self.outbox:
-            self.seq += 1
-            numbered = dict(frame, seq=self.seq)
-            self.unacked.append(numbered)
-            if not self.connected:
-                return  # Sent once we are back, after what waits before it.
-            try:
-                self.ws.send_json(numbered)
-            except OSError:
-                return  # The reader finds the break; we resend it when back.
-            if not self.reliable:
-                self.unacked.pop()
+            if self.node_id is not None:
+                self.seq += 1
+                frame = dict(frame, seq=self.seq)
+            self.unacked.append(frame)
+            self.outbox.notify_all()
 
     def send_line(self, line):
         if line.startswith("/") and not line.startswith("//"):
@@ -709,9 +764,10 @@ class Client:
             self.send_message({"t": "msg", "text": text})
 
     def quit(self):
-        """Leaves as a user asks to (/quit, end of input): an exactly-once node
-        first waits until the relay has taken every message, through
-        reconnects if need be, since a bye would leave the rest behind."""
+        """Leaves as a user asks to (/quit, end of input): first every message
+        goes out (at the relay's pace), and an exactly-once node waits until
+        the relay has taken them all, through reconnects if need be, since a
+        bye would leave the rest behind."""
         with self.outbox:
             while self.unacked and not self.finished.is_set() and not self.leaving.is_set():
                 self.outbox.wait()
@@ -831,6 +887,7 @@ def main():
 
     reader = threading.Thread(target=client.run_reader, name="relay-reader", daemon=True)
     reader.start()
+    threading.Thread(target=client.run_sender, name="relay-sender", daemon=True).start()
     # A daemon thread: blocked on stdin, it must not keep the process alive.
     threading.Thread(target=client.run_stdin, name="stdin-reader", daemon=True).start()
     try:

@@ -247,6 +247,42 @@ Deno.test("python example: joins, sees presence and messages both ways, answers 
   }
 });
 
+Deno.test("python example: lines piped in faster than the relay's rate all arrive, in order, none refused rate-limited; end of input leaves once they have gone (with and without --exactly-once)", async () => {
+  // 20 messages a second (bursts of 40): 80 lines at once were half refused.
+  const relay = startRelay({ secret: SECRET, rate: 20 });
+  const deno = await RelayNode.connect(relay.url, {
+    session: "lab",
+    nickname: "deno",
+    secret: SECRET,
+  });
+  const heard = recordEvents(deno);
+  try {
+    for (const mode of [[], ["--exactly-once"]]) {
+      const name = `py${mode.length}`;
+      const py = startPython([relay.url, name, "--session", "lab", "--secret", SECRET, ...mode]);
+      try {
+        await py.waitLine(`welcome ${name}`);
+        const lines = Array.from({ length: 80 }, (_, i) => `line ${i}`);
+        await py.type(lines.join("\n"));
+        const status = await py.end();
+        assert.equal(status.code, 0, py.stderr);
+        assert.equal(py.lines.at(-1), "bye");
+        assert.ok(!py.lines.some((l) => l.startsWith("error")), py.lines.join("\n"));
+        const from = () =>
+          heard.events.flatMap((e) => e.type === "message" && e.from === name ? [e.text] : []);
+        await heard.until(() => from().length >= lines.length, `deno hears all of ${name}`);
+        assert.deepEqual(from(), lines);
+      } finally {
+        await py.dispose();
+      }
+    }
+  } finally {
+    await deno.close();
+    await heard.done();
+    await relay.shutdown();
+  }
+});
+
 Deno.test("python example: a clashing nickname, the secret from the environment, and one-line errors", async () => {
   const relay = startRelay({ secret: SECRET, keepAlive: KEEP_ALIVE, fadeAfter: FADE_AFTER });
   const first = await RelayNode.connect(relay.url, {
