@@ -114,6 +114,10 @@ FINAL_REFUSALS = {"unauthorized", "bad-request", "bad-hello"}
 # then 250 ms doubling to 5 s, jittered, so that nodes cut off together do
 # not all come back in the same instant.
 BACKOFF_INITIAL, BACKOFF_MAX = 0.25, 5.0
+# A connection lost sooner than this after its welcome did not work: the
+# backoff goes on from where it was (2.13), so a relay that welcomes and then
+# drops every node is not redialed at once in a loop.
+STABLE_CONNECTION = 5.0
 # The relay's clash suffix, name(1) (2.9).
 CLASH_SUFFIX = re.compile(r"\(\d+\)$")
 MISSED = {
@@ -403,6 +407,10 @@ class Client:
         self.rate = None
         self.tokens = 0.0
         self.refilled = 0.0
+        # When the connection was welcomed, and how many in a row were lost
+        # soon after theirs: where the next reconnect's backoff starts.
+        self.welcomed_at = float("-inf")
+        self.short_lived = 0
         # Where this node is in the room's history: [epoch, offset] (2.21).
         self.position = None
         # The highest seq heard per sender id, least recently heard first.
@@ -477,6 +485,7 @@ class Client:
                 # The bucket belongs to the member, across reconnects: it is
                 # not refilled at every welcome, only for a new rate.
                 self.rate, self.tokens, self.refilled = rate, max(1.0, rate or 0), time.monotonic()
+            self.welcomed_at = time.monotonic()
             # What the relay has not taken goes again, in order, and before
             # anything new (2.21): the sender starts over from the first.
             self.sent = 0
@@ -636,7 +645,11 @@ class Client:
         rejoined, else what ended the client (a final Refused, or Left)."""
         print(f"reconnecting: {why}")
         failure = why
-        attempt = 0
+        # A connection that lasted is redialed at once; one lost soon after
+        # its welcome goes on with the backoff (2.13).
+        lasted = time.monotonic() - self.welcomed_at >= STABLE_CONNECTION
+        self.short_lived = 0 if lasted else self.short_lived + 1
+        attempt = self.short_lived
         while True:
             if attempt > 0:
                 wait = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (attempt - 1))

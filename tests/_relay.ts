@@ -9,6 +9,52 @@ export function startRelay(options: ServeRelayOptions = {}) {
 }
 
 /**
+ * A fake relay that welcomes every hello (as node `n` of session `s`, with
+ * `extra` fields) and at once closes its WebSocket with `code` and `reason`:
+ * a relay that drops its nodes. `hellos` holds when each hello came, and
+ * `hello(n)` resolves once the n-th has.
+ */
+export function welcomeAndDrop(code: number, reason: string, extra: Record<string, unknown> = {}) {
+  const hellos: number[] = [];
+  const waiters: { n: number; resolve: () => void }[] = [];
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    socket.onmessage = (event) => {
+      if (JSON.parse(event.data).t !== "hello") return;
+      hellos.push(performance.now());
+      for (const waiter of waiters) if (hellos.length >= waiter.n) waiter.resolve();
+      socket.send(JSON.stringify({
+        t: "welcome",
+        session: "s",
+        nickname: "n",
+        role: "peer",
+        token: "t",
+        members: [],
+        keepAlive: 60_000,
+        ...extra,
+      }));
+      socket.close(code, reason);
+    };
+    return response;
+  });
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    hellos,
+    hello(n: number): Promise<void> {
+      const { promise, resolve } = Promise.withResolvers<void>();
+      waiters.push({ n, resolve });
+      if (hellos.length >= n) resolve();
+      return promise;
+    },
+    /** The gaps between hellos, ms. */
+    gaps(): number[] {
+      return hellos.slice(1).map((at, i) => at - hellos[i]);
+    },
+    [Symbol.asyncDispose]: () => server.shutdown(),
+  };
+}
+
+/**
  * Reads `node`'s events until one matches, within `ms`; returns it. Events
  * read on the way are returned in `seen` for tests that care.
  */

@@ -11,7 +11,7 @@ import { type RelayEvent, RelayNode } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { waitUntil, within } from "./_helpers.ts";
 import { TextLineStream } from "./_lines.ts";
-import { recordEvents, startRelay } from "./_relay.ts";
+import { recordEvents, startRelay, welcomeAndDrop } from "./_relay.ts";
 
 const CLIENT = new URL("../examples/relay_client.py", import.meta.url).pathname;
 const SECRET = "python-s3cret";
@@ -810,6 +810,20 @@ Deno.test("python example --exactly-once, against a relay scripted frame by fram
     const status = await py.end();
     assert.equal(status.code, 0, py.stderr);
     assert.equal(py.lines.at(-1), "bye");
+  } finally {
+    await py.dispose();
+  }
+});
+
+Deno.test("python example --exactly-once: a relay that drops it just after each welcome (its cluster store down) is redialed with a growing backoff, not at once for ever", async () => {
+  const extra = { nickname: "py", epoch: "e", offset: 0, acked: 0 };
+  await using relay = welcomeAndDrop(4503, "the relay cannot reach its cluster store", extra);
+  const py = startPython([relay.url, "py", "--exactly-once"]);
+  try {
+    await within(BOUND, "the fourth connection", relay.hello(4));
+    // Jittered to [0.5, 1) of 250, 500, 1000 ms. Before, every redial went at once.
+    const gaps = relay.gaps();
+    assert.ok(gaps[0] >= 125 && gaps[1] >= 250 && gaps[2] >= 500, `gaps ${gaps.map(Math.round)}`);
   } finally {
     await py.dispose();
   }

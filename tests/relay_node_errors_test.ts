@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { RelayConnectError, RelayNode, RelayRefusedError } from "../mod.ts";
 import { freePort, within } from "./_helpers.ts";
-import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
+import { recordEvents, startRelay, waitForEvent, welcomeAndDrop } from "./_relay.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { makeTestCerts } from "./_tls.ts";
 
@@ -127,27 +127,9 @@ Deno.test("RelayNode errors: a WebSocket link cut without a close frame is said 
 });
 
 Deno.test("a node whose connection the relay handed to another holder of its token (4409) stops, saying so, instead of taking it back for ever", async () => {
-  let hellos = 0;
-  await using server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
-    const { socket, response } = Deno.upgradeWebSocket(req);
-    socket.onmessage = (event) => {
-      if (JSON.parse(event.data).t !== "hello") return;
-      hellos++;
-      socket.send(JSON.stringify({
-        t: "welcome",
-        session: "s",
-        nickname: "n",
-        role: "peer",
-        token: "t",
-        members: [],
-        keepAlive: 60_000,
-      }));
-      // Another process showed this node's token: the relay replaced this connection.
-      socket.close(4409, "replaced by a newer connection of the same node");
-    };
-    return response;
-  });
-  const node = await RelayNode.connect(`http://127.0.0.1:${server.addr.port}`, {
+  // Another process showed this node's token: the relay replaced this connection.
+  await using relay = welcomeAndDrop(4409, "replaced by a newer connection of the same node");
+  const node = await RelayNode.connect(relay.url, {
     session: "s",
     nickname: "n",
     transport: "websocket",
@@ -157,43 +139,21 @@ Deno.test("a node whose connection the relay handed to another holder of its tok
   assert.equal(error.code, "replaced");
   assert.match(error.message, /another connection holds this node's token/);
   assert.equal(node.state, "closed");
-  assert.equal(hellos, 1, "it did not come back");
+  assert.equal(relay.hellos.length, 1, "it did not come back");
   await node.close();
 });
 
 Deno.test("a relay that drops every node just after its welcome (its cluster store down) is redialed with a growing backoff, not at once for ever", async () => {
-  const hellos: number[] = [];
-  const fourth = Promise.withResolvers<void>();
-  await using server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
-    const { socket, response } = Deno.upgradeWebSocket(req);
-    socket.onmessage = (event) => {
-      if (JSON.parse(event.data).t !== "hello") return;
-      hellos.push(performance.now());
-      if (hellos.length === 4) fourth.resolve();
-      socket.send(JSON.stringify({
-        t: "welcome",
-        session: "s",
-        nickname: "n",
-        role: "peer",
-        token: "t",
-        members: [],
-        keepAlive: 60_000,
-      }));
-      socket.close(4503, "the relay cannot reach its cluster store");
-    };
-    return response;
-  });
-  await using _node = await RelayNode.connect(`http://127.0.0.1:${server.addr.port}`, {
+  await using relay = welcomeAndDrop(4503, "the relay cannot reach its cluster store");
+  await using _node = await RelayNode.connect(relay.url, {
     session: "s",
     nickname: "n",
     transport: "websocket",
     backoff: { initial: 200, max: 1000 },
   });
-  await within(30_000, "the fourth connection", fourth.promise);
+  await within(30_000, "the fourth connection", relay.hello(4));
   // Jittered to [0.5, 1) of 200, 400, 800 ms. Before, every redial went at
   // once: the gaps were a few ms, a storm of connections for as long as it lasted.
-  const gaps = hellos.slice(1).map((at, i) => at - hellos[i]);
-  assert.ok(gaps[0] >= 100, `gaps ${gaps.map(Math.round)}`);
-  assert.ok(gaps[1] >= 200, `gaps ${gaps.map(Math.round)}`);
-  assert.ok(gaps[2] >= 400, `gaps ${gaps.map(Math.round)}`);
+  const gaps = relay.gaps();
+  assert.ok(gaps[0] >= 100 && gaps[1] >= 200 && gaps[2] >= 400, `gaps ${gaps.map(Math.round)}`);
 });
