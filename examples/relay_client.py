@@ -21,8 +21,10 @@ Typed lines (stdin):
     //text            "/text" to everyone: any other line that starts with /
                       is taken for a mistyped command and goes nowhere
 Lines go out at the pace the relay allows (its welcome's rate, 2.17), so a
-file piped in is never refused rate-limited; end of input leaves once every
-line has gone.
+file piped in is never refused rate-limited; end of input and /quit leave
+once every line before them has gone (lines after /quit are not sent).
+Ctrl-C leaves at once: if lines were still waiting for their turn, the exit
+status is 1 and stderr says how many.
 
 Output, one event a line on stdout, for people and for scripts alike:
     welcome NAME             joined; NAME is the nickname the relay assigned
@@ -114,9 +116,10 @@ FINAL_REFUSALS = {"unauthorized", "bad-request", "bad-hello"}
 # then 250 ms doubling to 5 s, jittered, so that nodes cut off together do
 # not all come back in the same instant.
 BACKOFF_INITIAL, BACKOFF_MAX = 0.25, 5.0
-# A connection lost sooner than this after its welcome did not work: the
-# backoff goes on from where it was (2.13), so a relay that welcomes and then
-# drops every node is not redialed at once in a loop.
+# A connection the relay closed (4xxx) sooner than this after its welcome did
+# not work: after n such in a row the backoff starts n steps in (2.13), so a
+# relay that welcomes and then drops every node is not redialed at once in a
+# loop. A link that broke under us is a blip: redialed at once, always.
 STABLE_CONNECTION = 5.0
 # The relay's clash suffix, name(1) (2.9).
 CLASH_SUFFIX = re.compile(r"\(\d+\)$")
@@ -189,8 +192,9 @@ class WebSocket:
         # A buffered reader: the handshake's head is read line by line, and
         # whatever arrived after it (the first frames) stays buffered for us.
         self.reader = sock.makefile("rb")
-        # Two threads write (the frame reader answers pings, the stdin reader
-        # sends lines): one frame must go out whole before the next starts.
+        # Threads write at once (the frame reader answers pings, the sender
+        # sends lines, a bye may come from any): one frame must go out whole
+        # before the next starts.
         self.write_lock = threading.Lock()
         self.close_sent = False
         # The first write that failed. The relay may have closed its end
@@ -540,7 +544,7 @@ class Client:
             self.outbox.notify_all()
 
     def pending(self):
-        """Messages the relay has not acknowledged."""
+        """Messages not sent yet, and (exactly-once) not acknowledged."""
         with self.outbox:
             return len(self.unacked)
 
@@ -563,7 +567,8 @@ class Client:
         finally:
             self.finished.set()
             with self.outbox:
-                self.outbox.notify_all()  # The sender stops.
+                # The sender stops, and a bye waiting for acks waits no more.
+                self.outbox.notify_all()
 
     def _take_token(self):
         """Takes one message's allowance (hold the outbox lock): returns 0, or
@@ -582,31 +587,38 @@ class Client:
     def run_sender(self):
         """Sends what waits in the outbox, in order, at the relay's pace (its
         own thread), while connected; stops once the client leaves or ends."""
-        with self.outbox:
-            while not self.finished.is_set() and not self.leaving.is_set():
-                if not self.connected or self.sent >= len(self.unacked):
-                    self.outbox.wait()
-                    continue
-                wait = self._take_token()
-                if wait > 0:
-                    self.outbox.wait(wait)  # Lets acks and reconnects through meanwhile.
-                    continue
-                try:
-                    self.ws.send_json(self.unacked[self.sent])
-                except OSError:
-                    # Broken: the reader finds out, and we start over once back.
-                    self.connected = False
-                    continue
-                if self.node_id is None or not self.reliable:
-                    # Nothing acknowledges it (no id, or a relay without 2.21):
-                    # sent is all we can do.
-                    del self.unacked[self.sent]
-                    if not self.unacked:
-                        self.outbox.notify_all()
-                else:
-                    self.sent += 1
+        try:
             with self.outbox:
-                self.outbox.notify_all()  # A bye waiting for acks waits no more.
+                while not self.finished.is_set() and not self.leaving.is_set():
+                    if not self.connected or self.sent >= len(self.unacked):
+                        self.outbox.wait()
+                        continue
+                    wait = self._take_token()
+                    if wait > 0:
+                        # Lets acks and reconnects through meanwhile. Bounded:
+                        # a relay that names a tiny rate (or a wait past
+                        # threading.TIMEOUT_MAX) is asked again later.
+                        self.outbox.wait(min(wait, 60.0))
+                        continue
+                    try:
+                        self.ws.send_json(self.unacked[self.sent])
+                    except OSError:
+                        # Broken: the reader finds out, and we start over once back.
+                        self.connected = False
+                        continue
+                    if self.node_id is None or not self.reliable:
+                        # Nothing acknowledges it (no id, or a relay without
+                        # 2.21): sent is all we can do.
+                        del self.unacked[self.sent]
+                        if not self.unacked:
+                            self.outbox.notify_all()
+                    else:
+                        self.sent += 1
+        except Exception as error:
+            # Nothing would send again, and end of input would wait for ever:
+            # say so, and leave (what was not taken is reported as lost).
+            print(f"error: sending stopped: {error}", file=sys.stderr, flush=True)
+            self.leave()
 
     def _read(self, ws):
         """Handles frames from `ws` until it ends; returns how (a Closed)."""
@@ -645,14 +657,16 @@ class Client:
         rejoined, else what ended the client (a final Refused, or Left)."""
         print(f"reconnecting: {why}")
         failure = why
-        # A connection that lasted is redialed at once; one lost soon after
-        # its welcome goes on with the backoff (2.13).
-        lasted = time.monotonic() - self.welcomed_at >= STABLE_CONNECTION
-        self.short_lived = 0 if lasted else self.short_lived + 1
+        # Redialed at once, unless the relay closed it (4xxx) soon after its
+        # welcome, again (2.13).
+        refused = isinstance(why, Closed) and 4000 <= why.code < 5000
+        soon = time.monotonic() - self.welcomed_at < STABLE_CONNECTION
+        self.short_lived = self.short_lived + 1 if refused and soon else 0
         attempt = self.short_lived
         while True:
             if attempt > 0:
-                wait = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (attempt - 1))
+                # Capped exponent: 2.0 ** 1024 overflows after an hour of outage.
+                wait = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** min(attempt - 1, 30))
                 if self.leaving.wait(wait * random.uniform(0.5, 1.0)):
                     return Left(failure)
             if self.leaving.is_set():
@@ -748,8 +762,10 @@ class Client:
 
     def send_message(self, frame):
         """Queues a msg frame for the sender; exactly-once, numbered and kept
-        until acknowledged."""
+        until acknowledged. Nothing is queued after a bye."""
         with self.outbox:
+            if self.leaving.is_set():
+                return
             if self.node_id is not None:
                 self.seq += 1
                 frame = dict(frame, seq=self.seq)
@@ -805,16 +821,18 @@ class Client:
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         pending = ""
         try:
-            while not self.finished.is_set():
+            while not self.finished.is_set() and not self.leaving.is_set():
                 chunk = os.read(0, 65536)
                 if not chunk:
                     break
                 pending += decoder.decode(chunk)
                 *lines, pending = pending.split("\n")
                 for line in lines:
+                    if self.leaving.is_set():
+                        break  # /quit: what follows it is not sent.
                     # The relay refuses CR in text (2.6): drop Windows line ends.
                     self.send_line(line.rstrip("\r"))
-            if pending.strip():
+            if pending.strip() and not self.leaving.is_set():
                 self.send_line(pending.rstrip("\r"))
         except OSError:
             pass  # stdin closed under us, or the connection ended: leave either way.
@@ -914,10 +932,15 @@ def main():
         client.finished.wait(5.0)
     client.ws.close()
     outcome = client.outcome
-    # Exactly-once: what the relay had not taken when we left may never
-    # arrive (only Ctrl-C leaves before it is all taken). Never silently.
+    # What was not sent (or, exactly-once, not taken by the relay) when we
+    # left may never arrive (only Ctrl-C leaves before it has all gone).
+    # Never silently.
     unacked = client.pending()
-    lost = f" ({unacked} messages you sent were not acknowledged: they may be lost)"
+    lost = (
+        f" ({unacked} messages you sent were not acknowledged: they may be lost)"
+        if args.exactly_once
+        else f" ({unacked} lines you typed were not sent yet)"
+    )
     if client.said_bye and isinstance(outcome, Closed) and outcome.code == 1000:
         print("bye")
         return fail(f"left{lost}") if unacked else 0

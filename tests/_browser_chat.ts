@@ -151,8 +151,11 @@ async function directed(browser: Browser): Promise<void> {
   console.log("/to third reaches third; /to nobody is refused with the reason");
 
   // Broadcasts close the exchange: messages from one sender arrive in order,
-  // so anything directed elsewhere would have come before them.
+  // so anything directed elsewhere would have come before them. Deno's waits
+  // until third has the page's: two senders' messages have no order between
+  // them (this raced once on a loaded machine).
   await say(page, "for everyone");
+  await atThird.until(() => atThird.texts.includes("for everyone"), "third hearing pat");
   deno.send("everyone again");
   await atThird.until(() => atThird.texts.includes("everyone again"), "third hearing deno");
   await atDeno.until(() => atDeno.texts.includes("for everyone"), "deno hearing pat");

@@ -161,10 +161,10 @@ Deno.test("beside a stuck resume handshake, dials that fail at once are paced by
     let dials = 0;
     let cut = false;
     let back = false;
-    // What a relay node does while it is not joined: the first redial gets a
-    // link whose handshake stalls (the relay died under it), the next ones
-    // fail without waiting for anything, and the path is back once a timer
-    // armed at the tenth has fired (the node rejoining takes I/O and timers).
+    // A dialer as a relay node's pipes were while it was not joined: the
+    // first redial gets a link whose handshake stalls (the relay died under
+    // it), the next ones fail without waiting for anything (no I/O), and the
+    // path is back once a timer armed at the tenth has fired.
     const dialer: Dialer = (signal) => {
       if (!cut || back) return base(signal);
       dials++;

@@ -247,7 +247,7 @@ Deno.test("python example: joins, sees presence and messages both ways, answers 
   }
 });
 
-Deno.test("python example: lines piped in faster than the relay's rate all arrive, in order, none refused rate-limited; end of input leaves once they have gone (with and without --exactly-once)", async () => {
+Deno.test("python example: lines piped in faster than the relay's rate all arrive, in order, none refused rate-limited; /quit leaves once they have gone, and sends nothing after it (with and without --exactly-once)", async () => {
   // 20 messages a second (bursts of 40): 80 lines at once were half refused.
   const relay = startRelay({ secret: SECRET, rate: 20 });
   const deno = await RelayNode.connect(relay.url, {
@@ -263,7 +263,8 @@ Deno.test("python example: lines piped in faster than the relay's rate all arriv
       try {
         await py.waitLine(`welcome ${name}`);
         const lines = Array.from({ length: 80 }, (_, i) => `line ${i}`);
-        await py.type(lines.join("\n"));
+        // /quit leaves once everything before it has gone; what follows is not sent.
+        await py.type([...lines, "/quit", "after the quit"].join("\n"));
         const status = await py.end();
         assert.equal(status.code, 0, py.stderr);
         assert.equal(py.lines.at(-1), "bye");

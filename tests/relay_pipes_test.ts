@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import {
+  ImmortalError,
   RelayNode,
   type RelayNodeOptions,
   RelayRefusedError,
@@ -88,7 +89,7 @@ Deno.test("relay pipes: an immortal session between two nodes moves 16 MiB each 
   assert.ok(relay.server.relay.stats.pipes!.opened >= 1);
 });
 
-Deno.test("relay pipes: a pipe dialed while its node is rejoining the relay waits for the node, and goes the moment it is back", async () => {
+Deno.test("relay pipes: pipes dialed while their node is rejoining the relay wait for it; the newest goes the moment it is back, the others only end with their signal; a closed node fails them as closed", async () => {
   await using relay = restartableRelay("s");
   await using lab = await join(relay.url, "lab");
   // The lab accepts pipes from the laptop (whose links the test only opens and closes).
@@ -111,17 +112,33 @@ Deno.test("relay pipes: a pipe dialed while its node is rejoining the relay wait
       );
     };
     await cutOff();
-    // Before, this failed at once ("not joined"), and a session redialing
-    // over pipes went only a backoff after its node was back.
-    const dialing = laptop.pipeDialer("lab")(AbortSignal.timeout(60_000));
+    // A session races a fresh dial every probe interval while none answers:
+    // three dials of one dialer wait. Before, each failed at once ("not
+    // joined"), and the session redialed only a backoff after its node was
+    // back; then, all three went at once, and the peer was offered three pipes.
+    const dialer = laptop.pipeDialer("lab");
+    const controllers = [0, 1, 2].map(() => new AbortController());
+    const [older, old, newest] = controllers.map((c) => dialer(c.signal));
+    const opened = relay.server.relay.stats.pipes!.opened;
     proxy.refuseNew(false);
-    const link = await dialing;
+    const link = await within(30_000, "the newest dial", newest);
+    await waitUntil(() => relay.server.relay.stats.pipes!.opened > opened, "the pipe paired");
+    for (const controller of controllers) controller.abort(new Error("raced out"));
+    await assert.rejects(older, /raced out/);
+    await assert.rejects(old, /raced out/);
+    assert.equal(relay.server.relay.stats.pipes!.opened, opened + 1, "one pipe for three dials");
     link.close();
-    // A node that closes lets go of the dials waiting for it.
+    // A node that closes lets go of the dials waiting for it, as closed for
+    // good: a session over its pipes ends instead of redialing until its resume timeout.
     await cutOff();
-    const waiting = laptop.pipeDialer("lab")(AbortSignal.timeout(60_000));
+    const waiting = dialer(AbortSignal.timeout(60_000));
     await laptop.close();
-    await assert.rejects(waiting, /the relay node is closed/);
+    await assert.rejects(
+      waiting,
+      (e: unknown) =>
+        e instanceof ImmortalError && e.code === "closed" &&
+        /the relay node is closed/.test(e.message),
+    );
   } finally {
     await proxy.close();
   }

@@ -136,11 +136,6 @@ Deno.test("TunnelClient refuses a missing server and bad settings at once, not a
       /^connectWait must be a number >= 0, got -1$/,
     ],
     [
-      { server: SERVER, connectWait: 2 ** 31 },
-      RangeError,
-      /^connectWait must be at most 2147483647 ms, got 2147483648$/,
-    ],
-    [
       { server: SERVER, connectWait: "5" },
       TypeError,
       /^connectWait must be a number >= 0, got "5" \(a string\)$/,

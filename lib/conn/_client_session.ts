@@ -238,9 +238,9 @@ export class ClientSession implements SessionSide {
       // silently, say, as the local address changed), and it is never aborted
       // for that: under load handshakes are slow, and cutting them all short
       // would never let one finish. A race still waits out the delay of the
-      // last failure: beside a stuck handshake, dials that fail at once (a
-      // relay node not joined right now) would otherwise be relaunched as
-      // each fails, without ever yielding to a timer, until the deadline.
+      // last failure: beside a stuck handshake, a dialer that fails at once
+      // (without I/O) would otherwise be relaunched as each attempt fails,
+      // without ever yielding to a timer, until the deadline.
       return Math.max(
         nextStart,
         latest + (linked > 0 ? Math.max(STALLED_HANDSHAKE_MS, 8 * rtt) : probe),

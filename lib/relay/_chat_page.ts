@@ -134,7 +134,7 @@ function newChat(session, nickname, secret) {
     outbox: [], // { frame, li } the relay has not acknowledged, in seq order: resent after a blip
     members: new Map(), // nickname -> role, others only
     joined: false, reliable: false,
-    preferred: "websocket", conn: null, generation: 0, attempt: 0, welcomedAt: -Infinity, timer: 0,
+    preferred: "websocket", conn: null, generation: 0, attempt: 0, welcomedAt: -Infinity, shortLived: 0, timer: 0,
     keepAlive: 1000, lastHeard: 0,
     recovering: null, // after a recovered welcome: { upTo, count, marker, base }
   };
@@ -311,7 +311,7 @@ function openWebSocket(hello, hooks) {
       // 1006: the browser saw the connection break, with no close from the relay.
       const reason = event.reason || (event.code === 1006 ? "connection lost" : "connection closed (" + event.code + ")");
       if (!welcomed) reject(new Error("WebSocket: " + reason));
-      else if (!dropped) hooks.closed(reason);
+      else if (!dropped) hooks.closed(reason, event.code);
     };
   });
 }
@@ -360,7 +360,7 @@ async function nextFrame(events) {
       } catch {
         // Still the end.
       }
-      return { ended: (close && close.reason) || "closed by the relay" };
+      return { ended: (close && close.reason) || "closed by the relay", code: close && close.code };
     }
     const frame = parseFrame(next.value.data);
     if (frame !== null) return frame;
@@ -414,11 +414,11 @@ async function openHttp(hello, hooks) {
   }
   const pending = [];
   let posting = false, done = false;
-  const fail = (reason) => {
+  const fail = (reason, code) => {
     if (done) return;
     done = true;
     abort.abort();
-    hooks.closed(reason);
+    hooks.closed(reason, code);
   };
   // keepalive: the bye still goes out while the page unloads.
   const post = (frames, keepalive) =>
@@ -454,7 +454,7 @@ async function openHttp(hello, hooks) {
       try {
         for (;;) {
           const frame = await nextFrame(events);
-          if (frame.ended) return fail(frame.ended);
+          if (frame.ended) return fail(frame.ended, frame.code);
           hooks.frame(frame);
         }
       } catch (error) {
@@ -497,7 +497,7 @@ async function connect() {
   const current = () => chat === c && c.generation === generation;
   const hooks = {
     frame: (frame) => current() && onFrame(frame),
-    closed: (reason) => current() && lost(reason),
+    closed: (reason, code) => current() && lost(reason, code),
   };
   let failure = null;
   for (const kind of [c.preferred, c.preferred === "websocket" ? "http" : "websocket"]) {
@@ -659,7 +659,7 @@ function onError(frame) {
   else mark(item, "not delivered: " + frame.message, "refused");
 }
 
-function lost(reason) {
+function lost(reason, code) {
   const c = chat;
   c.generation++;
   const conn = c.conn;
@@ -668,9 +668,12 @@ function lost(reason) {
   c.recovering = null;
   note("disconnected: " + reason, "gap");
   for (const item of c.outbox) mark(item, "waiting to send", "waiting");
-  // A connection that lasted is redialed at once; one dropped soon after its
-  // welcome (a relay whose cluster store is down) backs off further each time.
-  if (performance.now() - c.welcomedAt >= 5000) c.attempt = 0;
+  // Redialed at once, unless the relay closed it (4xxx) soon after its
+  // welcome: after n such in a row (a relay whose cluster store is down),
+  // the backoff starts n steps in, as RelayNode's does.
+  const refused = code >= 4000 && code < 5000;
+  c.shortLived = refused && performance.now() - c.welcomedAt < 5000 ? c.shortLived + 1 : 0;
+  c.attempt = c.shortLived;
   retry(reason);
 }
 

@@ -20,6 +20,15 @@ import { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
 
 const log = getLogger(["immortal", "relay", "pipe"]);
 
+/** Rejects once `signal` aborts (at once if it has), with its reason. */
+function aborted(signal: AbortSignal): Promise<never> {
+  return new Promise((_, reject) => {
+    const fail = () => reject(signal.reason ?? new Error("aborted"));
+    if (signal.aborted) fail();
+    else signal.addEventListener("abort", fail, { once: true });
+  });
+}
+
 /** Who a node is, for the relay: what a pipe request proves. */
 export interface NodeIdentity {
   session: string;
@@ -69,9 +78,25 @@ export class NodePipes {
     this.#url = new URL(PATHS.pipe, host.base);
   }
 
-  /** A dialer of pipes to the node `nickname`: each call opens a new pipe. */
+  /**
+   * A dialer of pipes to the node `nickname`: each call opens a new pipe. A
+   * call while the node is not joined waits for it (within `signal`); of the
+   * calls that waited, only the newest goes when it is back: a session races
+   * a fresh dial every probe interval while none answers, and each extra
+   * pipe would be offered to the peer only to be thrown away. The others
+   * wait on until their signal ends (the session aborts them once it has
+   * its link).
+   */
   dialer(nickname: string): Dialer {
-    return (signal) => this.#open({ [PIPE_HEADERS.to]: nickname }, signal);
+    let newest = 0;
+    return async (signal) => {
+      if (this.#host.identity() === null) {
+        const mine = ++newest;
+        await this.#host.whenJoined(signal);
+        if (mine !== newest) await aborted(signal);
+      }
+      return await this.#open({ [PIPE_HEADERS.to]: nickname }, signal);
+    };
   }
 
   /**
@@ -119,10 +144,6 @@ export class NodePipes {
     signal: AbortSignal,
     id: string = crypto.randomUUID(),
   ): Promise<Link> {
-    // A node that lost the relay is rejoining: the pipe waits for it (within
-    // the dial's time) rather than failing at once and being redialed a
-    // backoff after the node is back.
-    if (this.#host.identity() === null) await this.#host.whenJoined(signal);
     const identity = this.#host.identity();
     if (identity === null) throw new Error("not joined to the relay right now");
     const headers = {

@@ -8,6 +8,7 @@ import { getLogger } from "@logtape/logtape";
 import { backoffDelay, delay, errorMessage, isNotCapable, MAX_TIMER_MS } from "../_util.ts";
 import { connect, type ConnectOptions } from "../conn/connect.ts";
 import { describeValue, timerMs } from "../conn/_options.ts";
+import { ImmortalError } from "../conn/errors.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { type ImmortalListener, listen, type ListenOptions } from "../conn/listener.ts";
 import type { Acceptor, Dialer } from "../link/link.ts";
@@ -155,7 +156,7 @@ const TRANSPORTS: Record<RelayTransportKind, OpenTransport> = {
   http: HttpStreamTransport.open,
 };
 
-/** A connection lost sooner than this after its welcome did not work: the backoff grows on. */
+/** A connection the relay closed sooner than this after its welcome did not work: the backoff grows on. */
 const STABLE_CONNECTION_MS = 5000;
 
 /**
@@ -273,10 +274,10 @@ export class RelayNode implements AsyncDisposable {
   /** When the current (or last) connection was welcomed. */
   #welcomedAt = -Infinity;
   /**
-   * Connections in a row lost soon after their welcome: the backoff of the
-   * next reconnect starts there, so a relay that welcomes and then drops
-   * every node (its cluster store is down, say) is not redialed at once,
-   * for ever, by all of them.
+   * Connections in a row the relay closed soon after their welcome: the
+   * backoff of the next reconnect starts there, so a relay that welcomes and
+   * then drops every node (its cluster store is down, say) is not redialed
+   * at once, for ever, by all of them.
    */
   #shortLived = 0;
   /** Since when messages sent on this link wait for an ack without progress (null: none wait). */
@@ -633,7 +634,7 @@ export class RelayNode implements AsyncDisposable {
         log.warn("Relay sent a frame this node ignores: {reason}", { reason }),
       onClose: (reason: string, code?: number) => {
         if (code === REPLACED) return this.#replaced(reason);
-        this.#lost(reason);
+        this.#lost(reason, code);
       },
     };
     const order: RelayTransportKind[] = this.#options.transport === "auto" ||
@@ -823,15 +824,20 @@ export class RelayNode implements AsyncDisposable {
     this.close();
   }
 
-  #lost(reason: string): void {
+  /** The connection ended: `code` is the relay's close code, if it closed it. */
+  #lost(reason: string, code?: number): void {
     if (this.#closed || this.#reconnecting) return;
     this.#transport = null;
     clearTimeout(this.#paceTimer);
     this.#paceTimer = undefined;
     log.warn("Relay link lost: {reason}", { reason });
     this.#setState("disconnected", reason);
-    // A connection that lasted is redialed at once (a relay restart, a cut).
-    this.#shortLived = performance.now() - this.#welcomedAt < STABLE_CONNECTION_MS
+    // Redialed at once, unless the relay itself closed it (4xxx) soon after
+    // its welcome, again. A link cut under the node (a reset, a relay
+    // restart) is always redialed at once: that is a blip, which the others
+    // must not see (2.11), however often it comes.
+    const refused = code !== undefined && code >= 4000 && code < 5000;
+    this.#shortLived = refused && performance.now() - this.#welcomedAt < STABLE_CONNECTION_MS
       ? this.#shortLived + 1
       : 0;
     this.#reconnecting = this.#reconnect(this.#shortLived)
@@ -880,16 +886,19 @@ export class RelayNode implements AsyncDisposable {
   /**
    * Resolves once the node is connected (at once if it is): a pipe dialed
    * while the node rejoins goes the moment it is back, not a backoff later.
-   * Rejects when `signal` aborts or the node closes first.
+   * Rejects when `signal` aborts, or the node closes first: with an
+   * `ImmortalError` `closed`, so that a session over its pipes ends at once
+   * instead of redialing a closed node until its resume timeout.
    */
   #whenJoined(signal: AbortSignal): Promise<void> {
-    if (this.#closed) return Promise.reject(new Error("the relay node is closed"));
+    const closed = () => new ImmortalError("closed", "the relay node is closed");
+    if (this.#closed) return Promise.reject(closed());
     if (this.#state === "connected") return Promise.resolve();
     return new Promise((resolve, reject) => {
       const wake = () => {
         this.#joinWaiters.delete(wake);
         signal.removeEventListener("abort", wake);
-        if (this.#closed) reject(new Error("the relay node is closed"));
+        if (this.#closed) reject(closed());
         else if (signal.aborted) reject(new Error("not joined to the relay (it is reconnecting)"));
         else resolve();
       };

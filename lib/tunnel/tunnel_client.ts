@@ -17,7 +17,7 @@ import {
 import type { Dialer } from "../link/mod.ts";
 import { MuxSession } from "../mux/mod.ts";
 import { acceptBackoff, backoffDelay, delay, errorMessage, listenTcp } from "../_util.ts";
-import { describeValue, resolveOptions, timerMs } from "../conn/_options.ts";
+import { describeValue, positive, resolveOptions } from "../conn/_options.ts";
 import { hostAndPort, portOption } from "./tunnel_server.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { splice } from "./_splice.ts";
@@ -49,7 +49,8 @@ function checkOptions(options: TunnelClientOptions): TunnelClientOptions {
   }
   // Left out, Deno picks a free port, as for 0.
   if (options.port !== undefined) portOption("port", options.port, true);
-  timerMs("connectWait", options.connectWait, 30_000, 0);
+  // A deadline, not a timer's delay (each wait is the backoff, at most): any length.
+  positive("connectWait", options.connectWait, 30_000, 0);
   if (
     options.backoff !== undefined &&
     (typeof options.backoff !== "object" || options.backoff === null)
