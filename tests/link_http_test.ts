@@ -210,3 +210,15 @@ Deno.test("HTTP-streaming links: a session's last frame reaches the server: a cl
   );
   await quitter.closed.catch(() => {});
 });
+
+Deno.test("using: an HttpLinkAcceptor disposed at the end of its scope refuses links (503) and its accept() rejects", async () => {
+  let acceptor: HttpLinkAcceptor;
+  {
+    using links = new HttpLinkAcceptor();
+    acceptor = links;
+  }
+  await assert.rejects(acceptor.accept(), Deno.errors.BadResource);
+  const answer = await acceptor.handle(new Request("http://127.0.0.1/link"));
+  assert.equal(answer.status, 503);
+  await answer.body?.cancel();
+});

@@ -154,6 +154,32 @@ Deno.test("close resets the peer's stream with a reason; the session goes on", a
   assert.equal(await move(s, MiB, 1) > 0, true, "the session still carries streams");
 });
 
+Deno.test("using: a stream disposed midway resets the peer's; one that ended both ways is left as it was", async () => {
+  await using s = await pair();
+  {
+    using a = s.client.open();
+    const sa = await s.server.accept();
+    await a.write(new TextEncoder().encode("ping"));
+    await a.closeWrite();
+    assert.equal(await readText(sa), "ping");
+    await sa.write(new TextEncoder().encode("pong"));
+    await sa.closeWrite();
+    assert.equal(await readText(a), "pong");
+    await Promise.all([a.closed, sa.closed]);
+  } // a disposed here: it had ended, so no reset reaches sa
+  {
+    const pending = (async () => {
+      using b = s.client.open();
+      await b.write(new TextEncoder().encode("x"));
+    })(); // b disposed mid-stream: the server's stream is reset
+    const sb = await s.server.accept();
+    await pending;
+    await assert.rejects(receiveAll(sb), /the peer reset the stream: closed by the application/);
+  }
+  assert.equal(s.client.streams, 0);
+  assert.ok(await move(s, MiB, 2) > 0, "the session still carries streams");
+});
+
 Deno.test("a peer that sends past a stream's window is cut off (protocol error), memory bounded", async () => {
   using listener = listen({ hostname: "127.0.0.1", port: 0 });
   const raw = await connect({ port: listener.addr.port });

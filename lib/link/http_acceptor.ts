@@ -40,7 +40,7 @@ export interface HttpLinkAcceptorOptions {
  * console.log(listener.sessionCount); // 0: clients dial ws://HOST:PORT/link
  * ```
  */
-export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr> {
+export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
   /** The address reported for the listener. */
   readonly addr: Deno.NetAddr;
   #backlog: number;
@@ -82,5 +82,10 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr> {
   close(): void {
     this.#links.close();
     this.#endpoint.close();
+  }
+
+  /** Same as {@linkcode HttpLinkAcceptor.close}, for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }

@@ -32,7 +32,7 @@ export function coreOf(stream: MuxStream): StreamCore {
  * const reply = await new Response(stream.readable).text();
  * ```
  */
-export class MuxStream {
+export class MuxStream implements Disposable {
   /** Readable side: what the peer's stream sent. */
   readonly readable: ReadableStream<Uint8Array>;
   /** Writable side; closing it half-closes the stream. */
@@ -128,5 +128,10 @@ export class MuxStream {
   /** Aborts both directions; the peer's stream fails with a reset. */
   close(): void {
     this.#core.close();
+  }
+
+  /** Same as {@linkcode MuxStream.close}, for `using`: a stream that already ended both ways is left as it is. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
