@@ -57,6 +57,7 @@ export class FaultProxy {
   #pairs = new Set<_Pair>();
   #targetPort: number;
   #refusing = false;
+  #onRefused: (() => void) | undefined;
   #watchers = new Set<(event: Direction) => void>();
   /** Source address of the proxy's connections to the target (simulates the client moving). */
   upstreamLocalAddress: string | undefined;
@@ -139,9 +140,13 @@ export class FaultProxy {
     return 1;
   }
 
-  /** While on, new connections are reset at once (the server looks down). */
-  refuseNew(on: boolean): void {
+  /**
+   * While on, new connections are reset at once (the server looks down);
+   * `onRefused` runs at each, right after its reset (to fire a fault by that event).
+   */
+  refuseNew(on: boolean, onRefused?: () => void): void {
     this.#refusing = on;
+    this.#onRefused = on ? onRefused : undefined;
   }
 
   /**
@@ -194,6 +199,7 @@ export class FaultProxy {
   #onConnection(client: net.Socket): void {
     if (this.#refusing) {
       client.resetAndDestroy();
+      this.#onRefused?.();
       return;
     }
     client.pause();

@@ -144,6 +144,51 @@ Deno.test("relay pipes: pipes dialed while their node is rejoining the relay wai
   }
 });
 
+Deno.test("relay pipes: a pipe that fails as the relay goes away, before its node has noticed, waits for the node to be back and goes then; one that fails while the node stays connected fails", async () => {
+  await using relay = restartableRelay("s");
+  await using lab = await join(relay.url, "lab");
+  const labEvents = recordEvents(lab);
+  using _listener = lab.listen({ key: "k", ...FAST });
+  const proxy = await FaultProxy.start({ targetPort: Number(new URL(relay.url).port) });
+  try {
+    await using laptop = await join(`http://127.0.0.1:${proxy.port}`, "laptop");
+    const events = recordEvents(laptop);
+    const dialer = laptop.pipeDialer("lab");
+    // The path to the relay refuses the pipe, and the node's own connection
+    // stays up: the failure is the pipe's, and the dial says so (after the
+    // grace it gives the node to notice a dead relay).
+    proxy.refuseNew(true);
+    await assert.rejects(
+      dialer(AbortSignal.timeout(60_000)),
+      (e: unknown) => !(e instanceof ImmortalError),
+    );
+    assert.equal(laptop.state, "connected");
+    // Now as a relay that dies: the refusal of the pipe takes the node's
+    // connection down with it, and the node notices only after the dial
+    // failed; the relay comes back knowing nobody. Before, the dial failed,
+    // and a session redialed only a backoff later.
+    const seen = events.events.length;
+    proxy.refuseNew(true, () => proxy.reset());
+    const dialing = dialer(AbortSignal.timeout(60_000));
+    await events.until(
+      () => events.events.slice(seen).some((e) => e.type === "state" && e.state === "disconnected"),
+      "the laptop lost the relay",
+    );
+    const labSeen = labEvents.events.length;
+    await relay.restart();
+    await labEvents.until(
+      () =>
+        labEvents.events.slice(labSeen).some((e) => e.type === "state" && e.state === "connected"),
+      "the lab back on the new relay",
+    );
+    proxy.refuseNew(false);
+    const link = await within(30_000, "the pipe after the node came back", dialing);
+    link.close();
+  } finally {
+    await proxy.close();
+  }
+});
+
 Deno.test("relay pipes: a node the relay refuses after a restart (another secret) says why and closes, and its listener ends instead of spinning on a closed acceptor", async () => {
   await using relay = restartableRelay("s");
   await using lab = await join(relay.url, "lab");

@@ -10,6 +10,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { errorMessage } from "../_util.ts";
+import { ImmortalError } from "../conn/errors.ts";
 import { httpDialer } from "../link/http_dialer.ts";
 import { LinkRefused } from "../link/http_stream.ts";
 import type { Acceptor, Dialer, Link } from "../link/link.ts";
@@ -19,6 +20,23 @@ import { PATHS, PIPE_HEADERS, type PipeFrame } from "./_protocol.ts";
 import { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
 
 const log = getLogger(["immortal", "relay", "pipe"]);
+
+/**
+ * How long a node may take to notice that its connection died with the pipe
+ * that just failed under it (a relay restarting closes both at once).
+ */
+const STALE_GRACE_MS = 1000;
+
+/**
+ * Whether a failed pipe dial says the node's own connection may be stale:
+ * the relay did not answer (not there), or answered that it does not know
+ * the node (a fresh relay). Refusals about the pipe itself (no such node,
+ * refused, full) say nothing of the node's connection.
+ */
+function nodeMayBeStale(error: unknown): boolean {
+  if (error instanceof RelayRefusedError) return error.code === "unauthorized";
+  return !(error instanceof LinkRefused);
+}
 
 /** Rejects once `signal` aborts (at once if it has), with its reason. */
 function aborted(signal: AbortSignal): Promise<never> {
@@ -44,8 +62,12 @@ export interface PipeHost {
   client?: Deno.HttpClient;
   /** The node's identity while it is joined; null while it is not. */
   identity(): NodeIdentity | null;
-  /** Resolves once the node is joined; rejects if `signal` aborts or the node closes first. */
-  whenJoined(signal: AbortSignal): Promise<void>;
+  /** Welcomes so far: which connection to the relay is the node's now. */
+  generation(): number;
+  /** Whether the node is closed for good. */
+  closed(): boolean;
+  /** Resolves at the node's next change of state, or after `ms`; rejects if `signal` aborts. */
+  nextState(signal: AbortSignal, ms?: number): Promise<void>;
   /** The transport the node's own connection uses now, if connected. */
   transport(): RelayTransportKind | null;
   /** Sends a frame to the relay on the node's connection. */
@@ -79,24 +101,68 @@ export class NodePipes {
   }
 
   /**
-   * A dialer of pipes to the node `nickname`: each call opens a new pipe. A
-   * call while the node is not joined waits for it (within `signal`); of the
-   * calls that waited, only the newest goes when it is back: a session races
-   * a fresh dial every probe interval while none answers, and each extra
-   * pipe would be offered to the peer only to be thrown away. The others
-   * wait on until their signal ends (the session aborts them once it has
-   * its link).
+   * A dialer of pipes to the node `nickname`: each call opens a new pipe.
+   *
+   * A call while the node is not joined waits for it (within `signal`), and
+   * so does one that failed as if the node's own connection were as dead as
+   * the pipe (the relay did not answer, or did not know the node: it
+   * restarted, and the node has not noticed yet). Either goes the moment
+   * the node is back, not a session's backoff later. Of the calls that
+   * waited, only the newest goes: a session races a fresh dial every probe
+   * interval while none answers, and each extra pipe would be offered to
+   * the peer only to be thrown away. The others wait on until their signal
+   * ends (the session aborts them once it has its link). A node that closes
+   * fails them with an `ImmortalError` `closed`, so a session over its
+   * pipes ends at once.
    */
   dialer(nickname: string): Dialer {
     let newest = 0;
     return async (signal) => {
-      if (this.#host.identity() === null) {
-        const mine = ++newest;
-        await this.#host.whenJoined(signal);
-        if (mine !== newest) await aborted(signal);
+      let ticket = 0;
+      for (;;) {
+        if (this.#host.identity() === null) {
+          ticket = ++newest;
+          await this.#joined(signal);
+        }
+        if (ticket !== 0 && ticket !== newest) await aborted(signal);
+        const generation = this.#host.generation();
+        try {
+          return await this.#open({ [PIPE_HEADERS.to]: nickname }, signal);
+        } catch (error) {
+          if (signal.aborted || !nodeMayBeStale(error)) throw error;
+          ticket = ++newest;
+          // Still on the same connection after the grace: the failure was the pipe's own.
+          if (!(await this.#rejoined(generation, signal))) throw error;
+        }
       }
-      return await this.#open({ [PIPE_HEADERS.to]: nickname }, signal);
     };
+  }
+
+  /** Resolves once the node is joined; rejects if `signal` aborts or the node closes. */
+  async #joined(signal: AbortSignal): Promise<void> {
+    while (this.#host.identity() === null) {
+      if (this.#host.closed()) throw new ImmortalError("closed", "the relay node is closed");
+      await this.#host.nextState(signal);
+    }
+  }
+
+  /**
+   * After a pipe failed under the node's connection number `generation`:
+   * true once the node is joined on a newer one; false if it is still on
+   * that one after {@linkcode STALE_GRACE_MS}.
+   */
+  async #rejoined(generation: number, signal: AbortSignal): Promise<boolean> {
+    const until = performance.now() + STALE_GRACE_MS;
+    for (;;) {
+      if (this.#host.closed()) throw new ImmortalError("closed", "the relay node is closed");
+      const joined = this.#host.identity() !== null;
+      if (joined && this.#host.generation() > generation) return true;
+      const left = until - performance.now();
+      // Lost, the node is waited for as long as the dial may take.
+      if (!joined) await this.#host.nextState(signal);
+      else if (left <= 0) return false;
+      else await this.#host.nextState(signal, left);
+    }
   }
 
   /**

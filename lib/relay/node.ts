@@ -8,7 +8,6 @@ import { getLogger } from "@logtape/logtape";
 import { backoffDelay, delay, errorMessage, isNotCapable, MAX_TIMER_MS } from "../_util.ts";
 import { connect, type ConnectOptions } from "../conn/connect.ts";
 import { describeValue, timerMs } from "../conn/_options.ts";
-import { ImmortalError } from "../conn/errors.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { type ImmortalListener, listen, type ListenOptions } from "../conn/listener.ts";
 import type { Acceptor, Dialer } from "../link/link.ts";
@@ -304,8 +303,10 @@ export class RelayNode implements AsyncDisposable {
   #reconnecting: Promise<void> | null = null;
   #pipes: NodePipes;
   #session: string;
-  /** Woken when the node is connected again, or closed: pipe dials waiting to go. */
-  #joinWaiters = new Set<() => void>();
+  /** Woken at every change of state: pipe dials waiting for the node. */
+  #stateWaiters = new Set<() => void>();
+  /** Welcomes so far: which connection to the relay is the node's now. */
+  #generation = 0;
 
   private constructor(url: URL, options: RelayNodeOptions) {
     this.#options = options;
@@ -331,7 +332,9 @@ export class RelayNode implements AsyncDisposable {
         this.#state === "connected" && this.#token !== undefined
           ? { session: this.#session, nickname: this.#nickname, token: this.#token }
           : null,
-      whenJoined: (signal) => this.#whenJoined(signal),
+      generation: () => this.#generation,
+      closed: () => this.#closed,
+      nextState: (signal, ms) => this.#nextState(signal, ms),
       transport: () => this.transport,
       refuse: (id, reason) => this.#transport?.send({ t: "pipe-refuse", id, reason }),
     });
@@ -884,25 +887,20 @@ export class RelayNode implements AsyncDisposable {
   }
 
   /**
-   * Resolves once the node is connected (at once if it is): a pipe dialed
-   * while the node rejoins goes the moment it is back, not a backoff later.
-   * Rejects when `signal` aborts, or the node closes first: with an
-   * `ImmortalError` `closed`, so that a session over its pipes ends at once
-   * instead of redialing a closed node until its resume timeout.
+   * Resolves at the node's next change of state, or after `ms`; rejects with
+   * the signal's reason if `signal` aborts first.
    */
-  #whenJoined(signal: AbortSignal): Promise<void> {
-    const closed = () => new ImmortalError("closed", "the relay node is closed");
-    if (this.#closed) return Promise.reject(closed());
-    if (this.#state === "connected") return Promise.resolve();
+  #nextState(signal: AbortSignal, ms = MAX_TIMER_MS): Promise<void> {
     return new Promise((resolve, reject) => {
       const wake = () => {
-        this.#joinWaiters.delete(wake);
+        this.#stateWaiters.delete(wake);
         signal.removeEventListener("abort", wake);
-        if (this.#closed) reject(closed());
-        else if (signal.aborted) reject(new Error("not joined to the relay (it is reconnecting)"));
+        clearTimeout(timer);
+        if (signal.aborted) reject(signal.reason);
         else resolve();
       };
-      this.#joinWaiters.add(wake);
+      const timer = setTimeout(wake, Math.min(ms, MAX_TIMER_MS));
+      this.#stateWaiters.add(wake);
       signal.addEventListener("abort", wake, { once: true });
       if (signal.aborted) wake();
     });
@@ -911,9 +909,8 @@ export class RelayNode implements AsyncDisposable {
   #setState(state: RelayNodeState, reason?: string): void {
     if (this.#state === state && state !== "disconnected") return;
     this.#state = state;
-    if (state === "connected" || state === "closed") {
-      for (const wake of [...this.#joinWaiters]) wake();
-    }
+    if (state === "connected") this.#generation++;
+    for (const wake of [...this.#stateWaiters]) wake();
     this.#emit({
       type: "state",
       state,
