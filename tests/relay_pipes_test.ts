@@ -189,6 +189,33 @@ Deno.test("relay pipes: a pipe that fails as the relay goes away, before its nod
   }
 });
 
+Deno.test("relay pipes: a peer the relay does not know is reported at once to a new dialer, and waited for by one whose pipes reached it before (after a restart the nodes come back one after the other)", async () => {
+  await using relay = restartableRelay("s");
+  await using laptop = await join(relay.url, "laptop");
+  const events = recordEvents(laptop);
+  const nobody = laptop.pipeDialer("lab")(AbortSignal.timeout(60_000));
+  await assert.rejects(
+    nobody,
+    (e: unknown) => e instanceof RelayRefusedError && e.code === "no-such-node",
+  );
+  const dialer = laptop.pipeDialer("lab");
+  {
+    await using lab = await join(relay.url, "lab");
+    using _listener = lab.listen({ key: "k", ...FAST });
+    (await dialer(AbortSignal.timeout(60_000))).close();
+  }
+  await events.until(
+    () => events.events.some((e) => e.type === "leave" && e.nickname === "lab"),
+    "the laptop hears the lab leave",
+  );
+  // Before, this failed at once (no-such-node), and a session backed off.
+  const dialing = dialer(AbortSignal.timeout(60_000));
+  await using lab = await join(relay.url, "lab");
+  using _listener = lab.listen({ key: "k", ...FAST });
+  const link = await within(30_000, "the pipe once the lab is back", dialing);
+  link.close();
+});
+
 Deno.test("relay pipes: a node the relay refuses after a restart (another secret) says why and closes, and its listener ends instead of spinning on a closed acceptor", async () => {
   await using relay = restartableRelay("s");
   await using lab = await join(relay.url, "lab");

@@ -28,6 +28,13 @@ const log = getLogger(["immortal", "relay", "pipe"]);
 const STALE_GRACE_MS = 1000;
 
 /**
+ * How long a dial whose peer the relay does not know waits for it to join
+ * (once a pipe to it went through): a node's reconnect backoff is at most
+ * 5 s a step by default.
+ */
+const PEER_GRACE_MS = 5000;
+
+/**
  * Whether a failed pipe dial says the node's own connection may be stale:
  * the relay did not answer (not there), or answered that it does not know
  * the node (a fresh relay). Refusals about the pipe itself (no such node,
@@ -66,8 +73,10 @@ export interface PipeHost {
   generation(): number;
   /** Whether the node is closed for good. */
   closed(): boolean;
-  /** Resolves at the node's next change of state, or after `ms`; rejects if `signal` aborts. */
-  nextState(signal: AbortSignal, ms?: number): Promise<void>;
+  /** Resolves at the node's next change of state or of members, or after `ms`; rejects if `signal` aborts. */
+  nextChange(signal: AbortSignal, ms?: number): Promise<void>;
+  /** Whether `nickname` is a member of the node's session, as far as the node knows. */
+  hasMember(nickname: string): boolean;
   /** The transport the node's own connection uses now, if connected. */
   transport(): RelayTransportKind | null;
   /** Sends a frame to the relay on the node's connection. */
@@ -114,9 +123,14 @@ export class NodePipes {
    * ends (the session aborts them once it has its link). A node that closes
    * fails them with an `ImmortalError` `closed`, so a session over its
    * pipes ends at once.
+   *
+   * Once a pipe of this dialer went through, a peer the relay does not know
+   * (`no-such-node`) is waited for too, for {@linkcode PEER_GRACE_MS}: after
+   * a relay restart the two nodes come back one after the other.
    */
   dialer(nickname: string): Dialer {
     let newest = 0;
+    let reached = false;
     return async (signal) => {
       let ticket = 0;
       for (;;) {
@@ -127,10 +141,17 @@ export class NodePipes {
         if (ticket !== 0 && ticket !== newest) await aborted(signal);
         const generation = this.#host.generation();
         try {
-          return await this.#open({ [PIPE_HEADERS.to]: nickname }, signal);
+          const link = await this.#open({ [PIPE_HEADERS.to]: nickname }, signal);
+          reached = true;
+          return link;
         } catch (error) {
-          if (signal.aborted || !nodeMayBeStale(error)) throw error;
+          if (signal.aborted) throw error;
           ticket = ++newest;
+          if (reached && error instanceof RelayRefusedError && error.code === "no-such-node") {
+            if (!(await this.#peerBack(nickname, signal))) throw error;
+            continue;
+          }
+          if (!nodeMayBeStale(error)) throw error;
           // Still on the same connection after the grace: the failure was the pipe's own.
           if (!(await this.#rejoined(generation, signal))) throw error;
         }
@@ -138,11 +159,31 @@ export class NodePipes {
     };
   }
 
+  /**
+   * After the relay did not know the peer `nickname`: true once the node
+   * sees it join; false if it did not within {@linkcode PEER_GRACE_MS}. A
+   * peer the node's list still shows must be seen gone first: trusting a
+   * stale list would redial into the same refusal, again and again.
+   */
+  async #peerBack(nickname: string, signal: AbortSignal): Promise<boolean> {
+    const until = performance.now() + PEER_GRACE_MS;
+    let absent = false;
+    for (;;) {
+      if (this.#host.closed()) throw new ImmortalError("closed", "the relay node is closed");
+      const present = this.#host.hasMember(nickname);
+      if (present && absent) return true;
+      if (!present) absent = true;
+      const left = until - performance.now();
+      if (left <= 0) return false;
+      await this.#host.nextChange(signal, left);
+    }
+  }
+
   /** Resolves once the node is joined; rejects if `signal` aborts or the node closes. */
   async #joined(signal: AbortSignal): Promise<void> {
     while (this.#host.identity() === null) {
       if (this.#host.closed()) throw new ImmortalError("closed", "the relay node is closed");
-      await this.#host.nextState(signal);
+      await this.#host.nextChange(signal);
     }
   }
 
@@ -159,9 +200,9 @@ export class NodePipes {
       if (joined && this.#host.generation() > generation) return true;
       const left = until - performance.now();
       // Lost, the node is waited for as long as the dial may take.
-      if (!joined) await this.#host.nextState(signal);
+      if (!joined) await this.#host.nextChange(signal);
       else if (left <= 0) return false;
-      else await this.#host.nextState(signal, left);
+      else await this.#host.nextChange(signal, left);
     }
   }
 

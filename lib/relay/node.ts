@@ -303,8 +303,8 @@ export class RelayNode implements AsyncDisposable {
   #reconnecting: Promise<void> | null = null;
   #pipes: NodePipes;
   #session: string;
-  /** Woken at every change of state: pipe dials waiting for the node. */
-  #stateWaiters = new Set<() => void>();
+  /** Woken at every change of state or of members: pipe dials waiting for the node or a peer. */
+  #changeWaiters = new Set<() => void>();
   /** Welcomes so far: which connection to the relay is the node's now. */
   #generation = 0;
 
@@ -334,7 +334,8 @@ export class RelayNode implements AsyncDisposable {
           : null,
       generation: () => this.#generation,
       closed: () => this.#closed,
-      nextState: (signal, ms) => this.#nextState(signal, ms),
+      nextChange: (signal, ms) => this.#nextChange(signal, ms),
+      hasMember: (nickname) => this.#members.has(nickname),
       transport: () => this.transport,
       refuse: (id, reason) => this.#transport?.send({ t: "pipe-refuse", id, reason }),
     });
@@ -745,6 +746,7 @@ export class RelayNode implements AsyncDisposable {
         const member = { nickname: frame.nickname, role: frame.role };
         this.#members.set(member.nickname, member);
         this.#emit({ type: "join", ...member });
+        for (const wake of [...this.#changeWaiters]) wake();
         return;
       }
       case "leave":
@@ -887,20 +889,20 @@ export class RelayNode implements AsyncDisposable {
   }
 
   /**
-   * Resolves at the node's next change of state, or after `ms`; rejects with
-   * the signal's reason if `signal` aborts first.
+   * Resolves at the node's next change of state or of members, or after
+   * `ms`; rejects with the signal's reason if `signal` aborts first.
    */
-  #nextState(signal: AbortSignal, ms = MAX_TIMER_MS): Promise<void> {
+  #nextChange(signal: AbortSignal, ms = MAX_TIMER_MS): Promise<void> {
     return new Promise((resolve, reject) => {
       const wake = () => {
-        this.#stateWaiters.delete(wake);
+        this.#changeWaiters.delete(wake);
         signal.removeEventListener("abort", wake);
         clearTimeout(timer);
         if (signal.aborted) reject(signal.reason);
         else resolve();
       };
       const timer = setTimeout(wake, Math.min(ms, MAX_TIMER_MS));
-      this.#stateWaiters.add(wake);
+      this.#changeWaiters.add(wake);
       signal.addEventListener("abort", wake, { once: true });
       if (signal.aborted) wake();
     });
@@ -910,7 +912,7 @@ export class RelayNode implements AsyncDisposable {
     if (this.#state === state && state !== "disconnected") return;
     this.#state = state;
     if (state === "connected") this.#generation++;
-    for (const wake of [...this.#stateWaiters]) wake();
+    for (const wake of [...this.#changeWaiters]) wake();
     this.#emit({
       type: "state",
       state,
