@@ -77,6 +77,8 @@ export interface PipeHost {
   nextChange(signal: AbortSignal, ms?: number): Promise<void>;
   /** Whether `nickname` is a member of the node's session, as far as the node knows. */
   hasMember(nickname: string): boolean;
+  /** Member lists the node has heard so far (welcomes and joins), a count. */
+  memberNews(): number;
   /** The transport the node's own connection uses now, if connected. */
   transport(): RelayTransportKind | null;
   /** Sends a frame to the relay on the node's connection. */
@@ -140,6 +142,7 @@ export class NodePipes {
         }
         if (ticket !== 0 && ticket !== newest) await aborted(signal);
         const generation = this.#host.generation();
+        const memberNews = this.#host.memberNews();
         try {
           const link = await this.#open({ [PIPE_HEADERS.to]: nickname }, signal);
           reached = true;
@@ -148,7 +151,7 @@ export class NodePipes {
           if (signal.aborted) throw error;
           ticket = ++newest;
           if (reached && error instanceof RelayRefusedError && error.code === "no-such-node") {
-            if (!(await this.#peerBack(nickname, signal))) throw error;
+            if (!(await this.#peerBack(nickname, memberNews, signal))) throw error;
             continue;
           }
           if (!nodeMayBeStale(error)) throw error;
@@ -160,19 +163,18 @@ export class NodePipes {
   }
 
   /**
-   * After the relay did not know the peer `nickname`: true once the node
-   * sees it join; false if it did not within {@linkcode PEER_GRACE_MS}. A
-   * peer the node's list still shows must be seen gone first: trusting a
-   * stale list would redial into the same refusal, again and again.
+   * After the relay did not know the peer `nickname` for a dial that started
+   * when the node had heard `memberNews` member lists: true once the node
+   * has heard a newer one that has the peer (it may have come while the
+   * refusal was on its way); false if none did within
+   * {@linkcode PEER_GRACE_MS}. Only news counts: trusting the list as it
+   * was would redial into the same refusal, again and again.
    */
-  async #peerBack(nickname: string, signal: AbortSignal): Promise<boolean> {
+  async #peerBack(nickname: string, memberNews: number, signal: AbortSignal): Promise<boolean> {
     const until = performance.now() + PEER_GRACE_MS;
-    let absent = false;
     for (;;) {
       if (this.#host.closed()) throw new ImmortalError("closed", "the relay node is closed");
-      const present = this.#host.hasMember(nickname);
-      if (present && absent) return true;
-      if (!present) absent = true;
+      if (this.#host.memberNews() > memberNews && this.#host.hasMember(nickname)) return true;
       const left = until - performance.now();
       if (left <= 0) return false;
       await this.#host.nextChange(signal, left);

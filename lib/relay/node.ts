@@ -307,6 +307,8 @@ export class RelayNode implements AsyncDisposable {
   #changeWaiters = new Set<() => void>();
   /** Welcomes so far: which connection to the relay is the node's now. */
   #generation = 0;
+  /** Member lists heard so far (welcomes and joins): is what the node knows newer than before? */
+  #memberNews = 0;
 
   private constructor(url: URL, options: RelayNodeOptions) {
     this.#options = options;
@@ -336,6 +338,7 @@ export class RelayNode implements AsyncDisposable {
       closed: () => this.#closed,
       nextChange: (signal, ms) => this.#nextChange(signal, ms),
       hasMember: (nickname) => this.#members.has(nickname),
+      memberNews: () => this.#memberNews,
       transport: () => this.transport,
       refuse: (id, reason) => this.#transport?.send({ t: "pipe-refuse", id, reason }),
     });
@@ -674,6 +677,7 @@ export class RelayNode implements AsyncDisposable {
     this.#lastHeard = this.#welcomedAt = performance.now();
     this.#members.clear();
     for (const member of welcome.members) this.#members.set(member.nickname, member);
+    this.#memberNews++;
     this.#emit({ type: "members", members: this.members });
     this.#reliable = welcome.epoch !== undefined;
     if (this.#reliable) {
@@ -745,6 +749,7 @@ export class RelayNode implements AsyncDisposable {
       case "join": {
         const member = { nickname: frame.nickname, role: frame.role };
         this.#members.set(member.nickname, member);
+        this.#memberNews++;
         this.#emit({ type: "join", ...member });
         for (const wake of [...this.#changeWaiters]) wake();
         return;
