@@ -106,6 +106,23 @@ export class FaultProxy {
     return direction === "up" ? this.forwardedUp : this.forwardedDown;
   }
 
+  /** When each connection came in (refused ones too), in order. */
+  readonly acceptedAt: number[] = [];
+  #acceptWatchers = new Set<() => void>();
+
+  /** Resolves once `n` connections have come in since the proxy started. */
+  accepted(n: number): Promise<void> {
+    return new Promise((resolve) => {
+      const check = () => {
+        if (this.acceptedAt.length < n) return;
+        this.#acceptWatchers.delete(check);
+        resolve();
+      };
+      this.#acceptWatchers.add(check);
+      check();
+    });
+  }
+
   /** Sends an RST both ways on every open connection. */
   reset(): number {
     let n = 0;
@@ -197,6 +214,8 @@ export class FaultProxy {
   }
 
   #onConnection(client: net.Socket): void {
+    this.acceptedAt.push(performance.now());
+    for (const watcher of [...this.#acceptWatchers]) watcher();
     if (this.#refusing) {
       client.resetAndDestroy();
       this.#onRefused?.();

@@ -216,6 +216,42 @@ Deno.test("relay pipes: a peer the relay does not know is reported at once to a 
   link.close();
 });
 
+Deno.test("relay pipes: a session whose peer is gone for good still backs off: its redials wait once for the peer, then fail, instead of a pipe request every probe interval", async () => {
+  await using relay = restartableRelay("s");
+  const port = Number(new URL(relay.url).port);
+  // Each node reaches the relay through a proxy: the lab's can cut it off,
+  // the laptop's counts its connections.
+  const labProxy = await FaultProxy.start({ targetPort: port });
+  const proxy = await FaultProxy.start({ targetPort: port });
+  try {
+    await using lab = await join(`http://127.0.0.1:${labProxy.port}`, "lab");
+    using listener = lab.listen({ key: "k", ...FAST });
+    await using laptop = await join(`http://127.0.0.1:${proxy.port}`, "laptop");
+    const events = recordEvents(laptop);
+    const conn = await laptop.connectTo("lab", { key: "k" });
+    const server = await listener.accept();
+    // The lab vanishes (no bye: its session is not closed, the laptop's redials).
+    labProxy.refuseNew(true);
+    labProxy.reset();
+    await events.until(
+      () => events.events.some((e) => e.type === "leave" && e.nickname === "lab"),
+      "the laptop hears the lab is gone",
+    );
+    const before = proxy.acceptedAt.length;
+    // Each redial is one or two connections (WebSocket, then the HTTP request
+    // that says why). When each call waited for the peer alone, the session
+    // raced a fresh one every 50 ms for ever: 6 connections in 150 ms.
+    await within(60_000, "six pipe connections", proxy.accepted(before + 6));
+    const took = proxy.acceptedAt[before + 5] - proxy.acceptedAt[before];
+    assert.ok(took >= 1000, `6 pipe connections in ${Math.round(took)} ms`);
+    conn.close();
+    server.close();
+  } finally {
+    await labProxy.close();
+    await proxy.close();
+  }
+});
+
 Deno.test("relay pipes: a node the relay refuses after a restart (another secret) says why and closes, and its listener ends instead of spinning on a closed acceptor", async () => {
   await using relay = restartableRelay("s");
   await using lab = await join(relay.url, "lab");
