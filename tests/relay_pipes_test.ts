@@ -89,7 +89,7 @@ Deno.test("relay pipes: an immortal session between two nodes moves 16 MiB each 
   assert.ok(relay.server.relay.stats.pipes!.opened >= 1);
 });
 
-Deno.test("relay pipes: pipes dialed while their node is rejoining the relay wait for it; the newest goes the moment it is back, the others only end with their signal; a closed node fails them as closed", async () => {
+Deno.test("relay pipes: pipes dialed while their node is rejoining the relay wait for it; the newest goes the moment it is back, alone (a session aborts the others as soon as one links); a closed node fails them as closed", async () => {
   await using relay = restartableRelay("s");
   await using lab = await join(relay.url, "lab");
   // The lab accepts pipes from the laptop (whose links the test only opens and closes).
@@ -121,9 +121,16 @@ Deno.test("relay pipes: pipes dialed while their node is rejoining the relay wai
     const [older, old, newest] = controllers.map((c) => dialer(c.signal));
     const opened = relay.server.relay.stats.pipes!.opened;
     proxy.refuseNew(false);
-    const link = await within(30_000, "the newest dial", newest);
+    // As a session does: once one links, the others are aborted, in that turn.
+    const link = await within(
+      30_000,
+      "the newest dial",
+      newest.then((link) => {
+        for (const controller of controllers) controller.abort(new Error("raced out"));
+        return link;
+      }),
+    );
     await waitUntil(() => relay.server.relay.stats.pipes!.opened > opened, "the pipe paired");
-    for (const controller of controllers) controller.abort(new Error("raced out"));
     await assert.rejects(older, /raced out/);
     await assert.rejects(old, /raced out/);
     assert.equal(relay.server.relay.stats.pipes!.opened, opened + 1, "one pipe for three dials");

@@ -68,15 +68,6 @@ function nodeMayBeStale(error: unknown): boolean {
   return !(error instanceof LinkRefused);
 }
 
-/** Rejects once `signal` aborts (at once if it has), with its reason. */
-function aborted(signal: AbortSignal): Promise<never> {
-  return new Promise((_, reject) => {
-    const fail = () => reject(signal.reason ?? new Error("aborted"));
-    if (signal.aborted) fail();
-    else signal.addEventListener("abort", fail, { once: true });
-  });
-}
-
 function nodeClosed(): ImmortalError {
   return new ImmortalError("closed", "the relay node is closed");
 }
@@ -117,7 +108,9 @@ export class PipeDialer {
       try {
         const link = await this.#open(signal);
         this.#reached = true;
-        if (waited) this.#successes++;
+        // A pipe went through: neither the node's connection nor the peer is away.
+        this.#grace = null;
+        if (waited && !signal.aborted) this.#successes++;
         return link;
       } catch (error) {
         if (signal.aborted) throw error;
@@ -165,10 +158,20 @@ export class PipeDialer {
    */
   async #turn(signal: AbortSignal): Promise<boolean> {
     if (this.#host.closed()) throw nodeClosed();
+    const left = this.#grace;
+    if (
+      left !== null && this.#waiting.size === 0 && !this.#waitedDialing &&
+      (left.ready() || performance.now() >= left.until)
+    ) {
+      // A wait everyone left (their sessions aborted them): it is over, and
+      // this call, which did not wait in it, does not fail with its error.
+      this.#grace = null;
+      if (!left.ready()) left.expired?.();
+    }
     if (this.#host.joined() && this.#grace === null && !this.#waitedDialing) return false;
     const ticket = ++this.#tickets;
     const expiries = this.#expiries;
-    const successes = this.#successes;
+    let successes = this.#successes;
     this.#waiting.add(ticket);
     this.#notify();
     try {
@@ -176,9 +179,14 @@ export class PipeDialer {
         if (this.#host.closed()) throw nodeClosed();
         if (this.#expiries > expiries) throw this.#lastError;
         if (this.#successes > successes) {
-          // Another call that waited got the pipe: its session aborts this one.
-          this.#waiting.delete(ticket);
-          await aborted(signal);
+          // Another call that waited got its pipe. Of its session, this one
+          // is aborted by now (a session aborts its other attempts as soon as
+          // one links, in the same turn); of another session (a tunnel client
+          // shares its dialer), it goes on after that turn.
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          signal.throwIfAborted();
+          successes = this.#successes;
+          continue;
         }
         // Away, the node is waited for as long as the dial may take.
         const newest = ticket === Math.max(...this.#waiting);

@@ -1,0 +1,104 @@
+import assert from "node:assert/strict";
+import type { Link } from "../link/link.ts";
+import { type DialHost, PipeDialer, STALE_GRACE_MS } from "./_pipe_dialer.ts";
+
+/** A node whose state the test sets; `nextChange` as RelayNode's. */
+class FakeNode implements DialHost {
+  connected = true;
+  #generation = 1;
+  #waiters = new Set<() => void>();
+  joined(): boolean {
+    return this.connected;
+  }
+  generation(): number {
+    return this.#generation;
+  }
+  closed(): boolean {
+    return false;
+  }
+  hasMember(): boolean {
+    return true;
+  }
+  memberNews(): number {
+    return this.#generation;
+  }
+  nextChange(signal: AbortSignal, ms = 2 ** 31 - 1): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const wake = () => {
+        this.#waiters.delete(wake);
+        signal.removeEventListener("abort", wake);
+        clearTimeout(timer);
+        if (signal.aborted) reject(signal.reason);
+        else resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.#waiters.add(wake);
+      signal.addEventListener("abort", wake, { once: true });
+    });
+  }
+  set(connected: boolean): void {
+    this.connected = connected;
+    if (connected) this.#generation++;
+    for (const wake of [...this.#waiters]) wake();
+  }
+}
+
+const link = { close() {} } as unknown as Link;
+
+/** `open` calls, each settled by the test: `opens[i].resolve(link)` or `.reject(error)`. */
+function scriptedOpen() {
+  const opens: PromiseWithResolvers<Link>[] = [];
+  const waiters: (() => void)[] = [];
+  return {
+    opens,
+    open: () => {
+      const call = Promise.withResolvers<Link>();
+      opens.push(call);
+      waiters.splice(0).forEach((wake) => wake());
+      return call.promise;
+    },
+    /** Resolves once `n` opens were made. */
+    async made(n: number): Promise<void> {
+      while (opens.length < n) await new Promise<void>((resolve) => waiters.push(resolve));
+    },
+  };
+}
+
+Deno.test("PipeDialer: a wait that every call left (their session aborted them) fails no later call: it dials", async () => {
+  const node = new FakeNode();
+  const script = scriptedOpen();
+  const dialer = new PipeDialer(node, "peer", script.open);
+  const first = new AbortController();
+  const failing = dialer.dial(first.signal).catch((error) => error);
+  const winning = dialer.dial(new AbortController().signal);
+  await script.made(2);
+  // One attempt fails as if the relay were gone (a wait opens), the other links.
+  script.opens[0].reject(new Error("connection reset"));
+  script.opens[1].resolve(link);
+  assert.equal(await winning, link);
+  first.abort(new Error("raced out"));
+  assert.match(String(await failing), /raced out/);
+  // Long after, with the node there all along, a new call dials.
+  await new Promise((resolve) => setTimeout(resolve, STALE_GRACE_MS + 50));
+  const later = dialer.dial(new AbortController().signal);
+  await script.made(3);
+  script.opens[2].resolve(link);
+  assert.equal(await later, link);
+});
+
+Deno.test("PipeDialer: of two sessions waiting on one dialer (a tunnel client's), both dial once the node is back", async () => {
+  const node = new FakeNode();
+  node.set(false);
+  const script = scriptedOpen();
+  const dialer = new PipeDialer(node, "peer", script.open);
+  const a = dialer.dial(new AbortController().signal);
+  const b = dialer.dial(new AbortController().signal);
+  // Before, session A's call parked once B's went through, until its own deadline.
+  node.set(true);
+  await script.made(1);
+  script.opens[0].resolve(link);
+  assert.equal(await b, link);
+  await script.made(2);
+  script.opens[1].resolve(link);
+  assert.equal(await a, link);
+});
