@@ -167,10 +167,28 @@ async function directed(browser: Browser): Promise<void> {
   console.log("the third party saw neither directed message");
 }
 
+/**
+ * A relay that welcomes the page and closes it (4503) at once, every time:
+ * the page is dropped four times (the test measures the gaps between).
+ */
+async function dropped(browser: Browser): Promise<void> {
+  const page = await browser.newPage();
+  await submitJoin(page, relayUrl, { session: "s", nickname: "n" });
+  // Four "disconnected" notes: four connections welcomed and closed.
+  await page.waitForFunction(
+    `[...document.querySelectorAll("#log li.gap")]
+      .filter((li) => li.textContent.includes("disconnected")).length >= 4`,
+    undefined,
+    WAIT,
+  );
+  console.log("dropped four times");
+}
+
 const scenarios: Record<string, (browser: Browser) => Promise<void>> = {
   basic,
   refusals,
   directed,
+  dropped,
 };
 const browser = await launch();
 try {

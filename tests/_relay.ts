@@ -1,6 +1,7 @@
 /** Helpers for relay tests: a relay on a free loopback port, and event waiting. */
 
 import { type RelayEvent, type RelayNode, serveRelay, type ServeRelayOptions } from "../mod.ts";
+import { chatPage } from "../lib/relay/_chat_page.ts";
 
 /** A relay on 127.0.0.1 with a free port. */
 export function startRelay(options: ServeRelayOptions = {}) {
@@ -11,13 +12,14 @@ export function startRelay(options: ServeRelayOptions = {}) {
 /**
  * A fake relay that welcomes every hello (as node `n` of session `s`, with
  * `extra` fields) and at once closes its WebSocket with `code` and `reason`:
- * a relay that drops its nodes. `hellos` holds when each hello came, and
- * `hello(n)` resolves once the n-th has.
+ * a relay that drops its nodes. It serves the relay's chat page at `/chat`.
+ * `hellos` holds when each hello came, and `hello(n)` resolves once the n-th has.
  */
 export function welcomeAndDrop(code: number, reason: string, extra: Record<string, unknown> = {}) {
   const hellos: number[] = [];
   const waiters: { n: number; resolve: () => void }[] = [];
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    if (new URL(req.url).pathname === "/chat") return chatPage();
     const { socket, response } = Deno.upgradeWebSocket(req);
     socket.onmessage = (event) => {
       if (JSON.parse(event.data).t !== "hello") return;

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { waitUntil } from "./_helpers.ts";
 import { runBrowserScript } from "./_browser_run.ts";
-import { startRelay } from "./_relay.ts";
+import { startRelay, welcomeAndDrop } from "./_relay.ts";
 
 /**
  * A wide keep-alive grace where a test is not about it: a browser starved of
@@ -34,4 +34,13 @@ Deno.test("relay chat page in chromium: directed messages both ways (click a mem
   await using relay = startRelay({ fadeAfter: GRACE });
   const stdout = await runBrowserScript("./_browser_chat.ts", "directed", relay.url);
   assert.match(stdout, /the third party saw neither directed message/);
+});
+
+Deno.test("relay chat page in chromium: a relay that drops it just after each welcome (its cluster store down) is redialed with a growing backoff, not at once", async () => {
+  await using relay = welcomeAndDrop(4503, "the relay cannot reach its cluster store");
+  await runBrowserScript("./_browser_chat.ts", "dropped", relay.url);
+  // 250 ms doubling, jittered to [0.8, 1.2): before, every redial went at once.
+  const gaps = relay.gaps();
+  assert.ok(gaps.length >= 3, `${relay.hellos.length} hellos`);
+  assert.ok(gaps[0] >= 200 && gaps[1] >= 400 && gaps[2] >= 800, `gaps ${gaps.map(Math.round)}`);
 });
