@@ -1,6 +1,12 @@
 /** Helpers for relay tests: a relay on a free loopback port, and event waiting. */
 
-import { type RelayEvent, type RelayNode, serveRelay, type ServeRelayOptions } from "../mod.ts";
+import {
+  type RelayEvent,
+  type RelayNode,
+  type RelayNodeState,
+  serveRelay,
+  type ServeRelayOptions,
+} from "../mod.ts";
 import { chatPage } from "../lib/relay/_chat_page.ts";
 
 /** A relay on 127.0.0.1 with a free port. */
@@ -130,6 +136,13 @@ export function recordEvents(node: RelayNode) {
       } finally {
         clearTimeout(deadline);
       }
+    },
+    /** Resolves once the node reports `state` in an event after the first `since`. */
+    untilState(state: RelayNodeState, since: number, what: string): Promise<void> {
+      return this.until(
+        () => events.slice(since).some((e) => e.type === "state" && e.state === state),
+        what,
+      );
     },
     /** Resolves once the node has closed and every event is read. */
     done: () => reading,

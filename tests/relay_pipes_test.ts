@@ -105,11 +105,7 @@ Deno.test("relay pipes: pipes dialed while their node is rejoining the relay wai
       proxy.refuseNew(true);
       // The node's connection, and the pipe still closing, if any.
       assert.ok(proxy.reset() >= 1);
-      await events.until(
-        () =>
-          events.events.slice(seen).some((e) => e.type === "state" && e.state === "disconnected"),
-        "the laptop lost the relay",
-      );
+      await events.untilState("disconnected", seen, "the laptop lost the relay");
     };
     await cutOff();
     // A session races a fresh dial every probe interval while none answers:
@@ -177,17 +173,12 @@ Deno.test("relay pipes: a pipe that fails as the relay goes away, before its nod
     const seen = events.events.length;
     proxy.refuseNew(true, () => proxy.reset());
     const dialing = dialer(AbortSignal.timeout(60_000));
-    await events.until(
-      () => events.events.slice(seen).some((e) => e.type === "state" && e.state === "disconnected"),
-      "the laptop lost the relay",
-    );
+    await events.untilState("disconnected", seen, "the laptop lost the relay");
+
     const labSeen = labEvents.events.length;
     await relay.restart();
-    await labEvents.until(
-      () =>
-        labEvents.events.slice(labSeen).some((e) => e.type === "state" && e.state === "connected"),
-      "the lab back on the new relay",
-    );
+    await labEvents.untilState("connected", labSeen, "the lab back on the new relay");
+
     proxy.refuseNew(false);
     const link = await within(30_000, "the pipe after the node came back", dialing);
     link.close();

@@ -14,6 +14,7 @@
  * @module
  */
 
+import { Changes } from "../_changes.ts";
 import { ImmortalError } from "../conn/errors.ts";
 import type { Link } from "../link/link.ts";
 import { LinkRefused } from "../link/http_stream.ts";
@@ -90,7 +91,8 @@ export class PipeDialer {
   /** Dials that went through after a wait: the calls that waited with them are not needed. */
   #successes = 0;
   #tickets = 0;
-  #changed = Promise.withResolvers<void>();
+  /** The turn or the wait changed: the waiting calls look again. */
+  #changes = new Changes();
 
   /** Dials through `open` for the node `host`, to the peer `nickname`. */
   constructor(host: DialHost, nickname: string, open: (signal: AbortSignal) => Promise<Link>) {
@@ -158,15 +160,12 @@ export class PipeDialer {
    */
   async #turn(signal: AbortSignal): Promise<boolean> {
     if (this.#host.closed()) throw nodeClosed();
-    const left = this.#grace;
-    if (
-      left !== null && this.#waiting.size === 0 && !this.#waitedDialing &&
-      (left.ready() || performance.now() >= left.until)
-    ) {
-      // A wait everyone left (their sessions aborted them): it is over, and
-      // this call, which did not wait in it, does not fail with its error.
-      this.#grace = null;
-      if (!left.ready()) left.expired?.();
+    const open = this.#grace;
+    if (open !== null && this.#waiting.size === 0 && !this.#waitedDialing) {
+      // A wait everyone left (their sessions aborted them) may be over: this
+      // call, which did not wait in it, does not fail with its error.
+      if (open.ready()) this.#grace = null;
+      else if (performance.now() >= open.until) this.#runOut(open);
     }
     if (this.#host.joined() && this.#grace === null && !this.#waitedDialing) return false;
     const ticket = ++this.#tickets;
@@ -202,10 +201,7 @@ export class PipeDialer {
         }
         const left = grace.until - performance.now();
         if (left <= 0) {
-          this.#grace = null;
-          this.#expiries++;
-          this.#lastError = grace.error;
-          grace.expired?.();
+          this.#runOut(grace);
           throw grace.error;
         }
         await this.#wait(signal, left);
@@ -216,14 +212,20 @@ export class PipeDialer {
     }
   }
 
+  /** The wait `grace` ran out: the calls that waited in it fail with its error. */
+  #runOut(grace: Grace): void {
+    this.#grace = null;
+    this.#expiries++;
+    this.#lastError = grace.error;
+    grace.expired?.();
+  }
+
   /** Until the node or this dialer changes, or `ms` passed; rejects if `signal` aborts. */
   async #wait(signal: AbortSignal, ms?: number): Promise<void> {
     const stop = new AbortController();
+    const either = AbortSignal.any([signal, stop.signal]);
     try {
-      await Promise.race([
-        this.#host.nextChange(AbortSignal.any([signal, stop.signal]), ms),
-        this.#changed.promise,
-      ]);
+      await Promise.race([this.#host.nextChange(either, ms), this.#changes.next(either)]);
     } catch (error) {
       if (!stop.signal.aborted) throw error;
     } finally {
@@ -234,7 +236,6 @@ export class PipeDialer {
 
   /** Wakes the waiting calls: the turn or the wait changed. */
   #notify(): void {
-    this.#changed.resolve();
-    this.#changed = Promise.withResolvers<void>();
+    this.#changes.notify();
   }
 }

@@ -1,12 +1,13 @@
 import assert from "node:assert/strict";
+import { Changes } from "../_changes.ts";
 import type { Link } from "../link/link.ts";
 import { type DialHost, PipeDialer, STALE_GRACE_MS } from "./_pipe_dialer.ts";
 
-/** A node whose state the test sets; `nextChange` as RelayNode's. */
+/** A node whose state the test sets; its changes as RelayNode's. */
 class FakeNode implements DialHost {
   connected = true;
   #generation = 1;
-  #waiters = new Set<() => void>();
+  #changes = new Changes();
   joined(): boolean {
     return this.connected;
   }
@@ -22,24 +23,13 @@ class FakeNode implements DialHost {
   memberNews(): number {
     return this.#generation;
   }
-  nextChange(signal: AbortSignal, ms = 2 ** 31 - 1): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const wake = () => {
-        this.#waiters.delete(wake);
-        signal.removeEventListener("abort", wake);
-        clearTimeout(timer);
-        if (signal.aborted) reject(signal.reason);
-        else resolve();
-      };
-      const timer = setTimeout(wake, ms);
-      this.#waiters.add(wake);
-      signal.addEventListener("abort", wake, { once: true });
-    });
+  nextChange(signal: AbortSignal, ms?: number): Promise<void> {
+    return this.#changes.next(signal, ms);
   }
   set(connected: boolean): void {
     this.connected = connected;
     if (connected) this.#generation++;
-    for (const wake of [...this.#waiters]) wake();
+    this.#changes.notify();
   }
 }
 
@@ -78,7 +68,8 @@ Deno.test("PipeDialer: a wait that every call left (their session aborted them) 
   assert.equal(await winning, link);
   first.abort(new Error("raced out"));
   assert.match(String(await failing), /raced out/);
-  // Long after, with the node there all along, a new call dials.
+  // Long after, with the node there all along, a new call dials. (Time is
+  // what this test is about: the wait left open ran out meanwhile.)
   await new Promise((resolve) => setTimeout(resolve, STALE_GRACE_MS + 50));
   const later = dialer.dial(new AbortController().signal);
   await script.made(3);

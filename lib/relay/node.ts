@@ -5,6 +5,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
+import { Changes } from "../_changes.ts";
 import { backoffDelay, delay, errorMessage, isNotCapable, MAX_TIMER_MS } from "../_util.ts";
 import { connect, type ConnectOptions } from "../conn/connect.ts";
 import { describeValue, timerMs } from "../conn/_options.ts";
@@ -303,8 +304,8 @@ export class RelayNode implements AsyncDisposable {
   #reconnecting: Promise<void> | null = null;
   #pipes: NodePipes;
   #session: string;
-  /** Woken at every change of state or of members: pipe dials waiting for the node or a peer. */
-  #changeWaiters = new Set<() => void>();
+  /** Every change of state or of members: pipe dials wait for the node or a peer on it. */
+  #changes = new Changes();
   /** Welcomes so far: which connection to the relay is the node's now. */
   #generation = 0;
   /** Member lists heard so far (welcomes and joins): is what the node knows newer than before? */
@@ -336,7 +337,7 @@ export class RelayNode implements AsyncDisposable {
           : null,
       generation: () => this.#generation,
       closed: () => this.#closed,
-      nextChange: (signal, ms) => this.#nextChange(signal, ms),
+      nextChange: (signal, ms) => this.#changes.next(signal, ms),
       hasMember: (nickname) => this.#members.has(nickname),
       memberNews: () => this.#memberNews,
       transport: () => this.transport,
@@ -450,9 +451,10 @@ export class RelayNode implements AsyncDisposable {
    * A {@linkcode Dialer} of pipes through the relay to the node `nickname` of
    * this session: each call opens a new pipe. For `connect({ dialer })`, a
    * tunnel client, or anything that runs immortal sessions over links. A
-   * dial while this node is rejoining the relay waits for it (until the
-   * dial's signal aborts), so a session resumes the moment the node is back;
-   * it rejects if the node closes first.
+   * dial while this node is rejoining the relay (or has just lost it), or
+   * while a node it reached before is away, waits for them (within limits,
+   * PROTOCOL.md 2.20), so a session resumes the moment both are back; it
+   * rejects with an `ImmortalError` `closed` if this node closes first.
    */
   pipeDialer(nickname: string): Dialer {
     return this.#pipes.dialer(nickname);
@@ -751,7 +753,7 @@ export class RelayNode implements AsyncDisposable {
         this.#members.set(member.nickname, member);
         this.#memberNews++;
         this.#emit({ type: "join", ...member });
-        for (const wake of [...this.#changeWaiters]) wake();
+        this.#changes.notify();
         return;
       }
       case "leave":
@@ -893,31 +895,11 @@ export class RelayNode implements AsyncDisposable {
     }
   }
 
-  /**
-   * Resolves at the node's next change of state or of members, or after
-   * `ms`; rejects with the signal's reason if `signal` aborts first.
-   */
-  #nextChange(signal: AbortSignal, ms = MAX_TIMER_MS): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const wake = () => {
-        this.#changeWaiters.delete(wake);
-        signal.removeEventListener("abort", wake);
-        clearTimeout(timer);
-        if (signal.aborted) reject(signal.reason);
-        else resolve();
-      };
-      const timer = setTimeout(wake, Math.min(ms, MAX_TIMER_MS));
-      this.#changeWaiters.add(wake);
-      signal.addEventListener("abort", wake, { once: true });
-      if (signal.aborted) wake();
-    });
-  }
-
   #setState(state: RelayNodeState, reason?: string): void {
     if (this.#state === state && state !== "disconnected") return;
     this.#state = state;
     if (state === "connected") this.#generation++;
-    for (const wake of [...this.#changeWaiters]) wake();
+    this.#changes.notify();
     this.#emit({
       type: "state",
       state,
