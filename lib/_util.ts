@@ -26,6 +26,32 @@ export function delay(ms: number, signal?: AbortSignal): Promise<boolean> {
 }
 
 /**
+ * `work`, or a rejection with `signal`'s reason the moment it aborts, so a
+ * deadline holds even over work that ignores the signal it was given (a
+ * dialer passed in by a user, say). A value that arrives after the abort
+ * has no taker: `discard` gets it (a link is closed, not leaked).
+ */
+export function untilAborted<T>(
+  work: Promise<T>,
+  signal: AbortSignal,
+  discard: (late: T) => void,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+    work.then((value) => {
+      signal.removeEventListener("abort", onAbort);
+      if (signal.aborted) discard(value);
+      else resolve(value);
+    }, (error) => {
+      signal.removeEventListener("abort", onAbort);
+      reject(error);
+    });
+  });
+}
+
+/**
  * `ms` scaled by a random factor in [0.5, 1) (`random` picks it; tests pass a
  * fixed one). Spreads the retries of many clients that lost the same server
  * at the same moment.

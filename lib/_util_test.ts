@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { backoffDelay, checkPort, delay, errorMessage, parsePortText } from "./_util.ts";
+import {
+  backoffDelay,
+  checkPort,
+  delay,
+  errorMessage,
+  parsePortText,
+  untilAborted,
+} from "./_util.ts";
 
 Deno.test("delay resolves true when the time is up, false at once when aborted", async () => {
   assert.equal(await delay(1), true);
@@ -40,4 +47,35 @@ Deno.test("errorMessage and the port checks", () => {
   for (const bad of ["", "-1", "65536", "80a", " 80", "1e3", "000080"]) {
     assert.equal(parsePortText(bad), null, bad);
   }
+});
+
+Deno.test("untilAborted: the work's result, or the abort's reason at once; a result after the abort is discarded", async () => {
+  const discarded: string[] = [];
+  const discard = (late: string) => discarded.push(late);
+  assert.equal(
+    await untilAborted(Promise.resolve("on time"), new AbortController().signal, discard),
+    "on time",
+  );
+  await assert.rejects(
+    untilAborted(
+      Promise.reject<string>(new Error("failed")),
+      new AbortController().signal,
+      discard,
+    ),
+    /failed/,
+  );
+  const work = Promise.withResolvers<string>();
+  const controller = new AbortController();
+  const waiting = untilAborted(work.promise, controller.signal, discard);
+  controller.abort(new Error("deadline"));
+  await assert.rejects(waiting, /deadline/);
+  work.resolve("late");
+  await work.promise;
+  await Promise.resolve();
+  assert.deepEqual(discarded, ["late"]);
+  const aborted = new AbortController();
+  aborted.abort(new Error("already"));
+  await assert.rejects(untilAborted(Promise.resolve("x"), aborted.signal, discard), /already/);
+  await Promise.resolve();
+  assert.deepEqual(discarded, ["late", "x"]);
 });

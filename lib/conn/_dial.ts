@@ -6,6 +6,7 @@
  */
 
 import type { Dialer } from "../link/mod.ts";
+import { untilAborted } from "../_util.ts";
 import { FrameReader } from "./_frame_reader.ts";
 
 /** A dial, or the handshake after it, got no answer in time. */
@@ -69,8 +70,13 @@ export async function dialAndHandshake<T>(
   const closeLink = () => reader?.link.close();
   controller.signal.addEventListener("abort", closeLink, { once: true });
   try {
-    reader = new FrameReader(await dialer(controller.signal));
-    if (controller.signal.aborted) throw new Error("aborted");
+    // The deadline holds even over a dialer that ignores its signal.
+    const link = await untilAborted(
+      dialer(controller.signal),
+      controller.signal,
+      (late) => late.close(),
+    );
+    reader = new FrameReader(link);
     onLinked?.();
     const value = await handshake(reader);
     if (controller.signal.aborted) throw new Error("aborted");

@@ -15,6 +15,7 @@
  */
 
 import { Changes } from "../_changes.ts";
+import { untilAborted } from "../_util.ts";
 import { ImmortalError } from "../conn/errors.ts";
 import type { Link } from "../link/link.ts";
 import { LinkRefused } from "../link/http_stream.ts";
@@ -108,7 +109,8 @@ export class PipeDialer {
       const generation = this.#host.generation();
       const memberNews = this.#host.memberNews();
       try {
-        const link = await this.#open(signal);
+        // A dial that ignored its abort would hold every later call's turn.
+        const link = await untilAborted(this.#open(signal), signal, (late) => late.close());
         this.#reached = true;
         // A pipe went through: neither the node's connection nor the peer is away.
         this.#grace = null;

@@ -93,3 +93,26 @@ Deno.test("PipeDialer: of two sessions waiting on one dialer (a tunnel client's)
   script.opens[1].resolve(link);
   assert.equal(await a, link);
 });
+
+Deno.test("PipeDialer: a waited dial whose open ignores its abort holds no later call, and its late link is closed", async () => {
+  const node = new FakeNode();
+  node.set(false);
+  const script = scriptedOpen(); // its opens never look at their signal
+  const dialer = new PipeDialer(node, "peer", script.open);
+  const first = new AbortController();
+  const stuck = dialer.dial(first.signal).catch((error) => error);
+  node.set(true);
+  await script.made(1);
+  first.abort(new Error("the session gave up"));
+  assert.match(String(await stuck), /the session gave up/);
+  // Before, the first open held the turn until it settled: never.
+  const next = dialer.dial(new AbortController().signal);
+  await script.made(2);
+  script.opens[1].resolve(link);
+  assert.equal(await next, link);
+  let closed = false;
+  script.opens[0].resolve({ close: () => closed = true } as unknown as Link);
+  await script.opens[0].promise;
+  await Promise.resolve();
+  assert.ok(closed, "nobody took the late link: it is closed");
+});
