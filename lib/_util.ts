@@ -192,13 +192,18 @@ export function checkTlsPair(cert: string, key: string): void {
 
 /**
  * What a failed TLS handshake (as the platform words it) says for sure:
- * `untrusted` (the peer's certificate), `not-tls` (an alert, or an answer
- * that is not TLS: a plain server), or nothing certain (an end of file or a
- * reset may be a server shedding load).
+ * `wrong-name` (the peer's certificate is for another name), `untrusted`
+ * (nobody we trust signed it), `not-tls` (an answer that is not TLS, or the
+ * `protocol_version` alert our plain servers send to a TLS client), or
+ * nothing certain (an end of file or a reset may be a server shedding load;
+ * another alert is a TLS server refusing something else).
  */
-export function tlsFailureKind(said: string): "untrusted" | "not-tls" | null {
-  if (/certificate|UnknownIssuer|NotValidForName|Expired/i.test(said)) return "untrusted";
-  if (/alert|corrupt message|InvalidContentType|wrong version/i.test(said)) return "not-tls";
+export function tlsFailureKind(said: string): "wrong-name" | "untrusted" | "not-tls" | null {
+  if (/NotValidForName|not valid for name/i.test(said)) return "wrong-name";
+  if (/certificate|UnknownIssuer|Expired/i.test(said)) return "untrusted";
+  if (/alert: ?ProtocolVersion|corrupt message|InvalidContentType|wrong version/i.test(said)) {
+    return "not-tls";
+  }
   return null;
 }
 

@@ -31,6 +31,7 @@ Deno.test("RelayNode errors: unreachable, TLS either way, an untrusted certifica
   await using plain = startRelay();
   await using tls = startRelay({ cert: certs.cert, key: certs.key });
   const tlsPort = tls.addr.port;
+  await using elsewhere = startRelay({ hostname: "127.0.0.2", cert: certs.cert, key: certs.key });
   const other = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
     () => new Response("not here", { status: 404 }),
@@ -60,7 +61,23 @@ Deno.test("RelayNode errors: unreachable, TLS either way, an untrusted certifica
         `https://127.0.0.1:${tlsPort}`,
         {},
         "tls",
-        /^the certificate of 127\.0\.0\.1:\d+ is not trusted \(.*UnknownIssuer.*\): give the relay's CA \(caCerts\)$/,
+        /^the certificate of 127\.0\.0\.1:\d+ is not trusted \(.*UnknownIssuer.*\): give the relay's CA certificate \(caCerts, --tls-ca on the command line\)$/,
+      ],
+      [
+        // The certificate names localhost, 127.0.0.1 and ::1, not 127.0.0.2.
+        `https://127.0.0.2:${elsewhere.addr.port}`,
+        { caCerts: [certs.caCert] },
+        "tls",
+        /^the certificate of 127\.0\.0\.2:\d+ is for another name \(.*not valid for name "127\.0\.0\.2".*\): use a relay URL with a name it carries$/,
+      ],
+      [
+        // Through a proxy nothing listens at: the proxy is named, not the relay (which is up).
+        plain.url,
+        { proxy: `http://127.0.0.1:${closed}` },
+        "unreachable",
+        new RegExp(
+          `^nothing listens at the proxy at 127\\.0\\.0\\.1:${closed} \\(connection refused\\)$`,
+        ),
       ],
       [
         `http://127.0.0.1:${other.addr.port}`,

@@ -141,7 +141,22 @@ Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every
           "--tls-ca",
           `${certs.dir}/other_ca.pem`,
         ],
-        /^error: the tunnel server at 127\.0\.0\.1:\d+ cannot be used: TLS with 127\.0\.0\.1:\d+ failed \(.*\): its certificate is not trusted \(give the CA that signed it\)$/m,
+        /^error: the tunnel server at 127\.0\.0\.1:\d+ cannot be used: TLS with 127\.0\.0\.1:\d+ failed \(.*\): its certificate is not trusted \(give the CA that signed it: tls\.caCerts, --tls-ca on the command line\)$/m,
+        1,
+      ],
+      [
+        // The CA is right; the name is not (before, this too said "give the CA").
+        [
+          "client",
+          String(freePort()),
+          "127.0.0.1",
+          String(tlsServer.addr.port),
+          "--tls-ca",
+          `${certs.dir}/ca.pem`,
+          "--tls-name",
+          "wrong.test",
+        ],
+        /^error: the tunnel server at 127\.0\.0\.1:\d+ cannot be used: TLS with 127\.0\.0\.1:\d+ failed \(.*"wrong\.test".*\): its certificate is for another name \(give the name it carries: tls\.serverName, --tls-name on the command line\)$/m,
         1,
       ],
     ];

@@ -105,10 +105,19 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
     // Only what cannot be a passing fault: an end of file or a reset in the
     // handshake may be a server shedding load, and is retried as unreachable.
     const kind = tlsFailureKind(said);
+    if (kind === "wrong-name") {
+      return new ImmortalError(
+        "tls",
+        `TLS with ${where} failed (${said}): its certificate is for another name ` +
+          "(give the name it carries: tls.serverName, --tls-name on the command line)",
+        options,
+      );
+    }
     if (kind === "untrusted") {
       return new ImmortalError(
         "tls",
-        `TLS with ${where} failed (${said}): its certificate is not trusted (give the CA that signed it)`,
+        `TLS with ${where} failed (${said}): its certificate is not trusted ` +
+          "(give the CA that signed it: tls.caCerts, --tls-ca on the command line)",
         options,
       );
     }

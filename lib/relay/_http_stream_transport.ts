@@ -111,7 +111,7 @@ export class HttpStreamTransport implements ClientTransport {
           { cause: error },
         );
       }
-      throw connectFailure(settings.base, innermostMessage(error), error);
+      throw connectFailure(settings.base, innermostMessage(error), error, settings.proxy);
     }
     if (!response.ok) {
       clearTimeout(timer);

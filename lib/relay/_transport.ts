@@ -73,8 +73,15 @@ export class RelayConnectError extends Error {
 /**
  * The failure to open a connection to `url`, in our words: what the
  * platform said (`detail`, the innermost message) read for its cause.
+ * Through `proxy`, the only connection made is the proxy's: a refusal or
+ * an unreachable address is the proxy's, and an answer may be too.
  */
-export function connectFailure(url: URL, detail: string, cause: unknown): RelayConnectError {
+export function connectFailure(
+  url: URL,
+  detail: string,
+  cause: unknown,
+  proxy?: URL,
+): RelayConnectError {
   const host = url.host;
   const said = detail.replace(/^(NetworkError: )?failed to connect to WebSocket: /, "");
   const make = (code: RelayConnectErrorCode, message: string) =>
@@ -90,24 +97,43 @@ export function connectFailure(url: URL, detail: string, cause: unknown): RelayC
   if (tls === "not-tls") {
     return make("tls", `TLS with ${host} failed (${said}): is it a plain http:// relay?`);
   }
+  if (tls === "wrong-name") {
+    return make(
+      "tls",
+      `the certificate of ${host} is for another name (${said}): use a relay URL with a name it carries`,
+    );
+  }
   if (tls === "untrusted") {
     return make(
       "tls",
-      `the certificate of ${host} is not trusted (${said}): give the relay's CA (caCerts)`,
+      `the certificate of ${host} is not trusted (${said}): ` +
+        "give the relay's CA certificate (caCerts, --tls-ca on the command line)",
     );
   }
-  if (/tls|handshake/i.test(said)) return make("tls", `TLS with ${host} failed: ${said}`);
+  if (/tls|handshake|alert/i.test(said)) return make("tls", `TLS with ${host} failed: ${said}`);
+  const through = proxy ? `the proxy at ${proxy.host}` : null;
   if (/Connection refused/i.test(said)) {
-    return make("unreachable", `nothing listens at ${host} (connection refused)`);
+    return make(
+      "unreachable",
+      through
+        ? `nothing listens at ${through} (connection refused)`
+        : `nothing listens at ${host} (connection refused)`,
+    );
   }
   if (/status code|status \d/i.test(said)) {
-    return make("not-a-relay", `${host} answered, but not as a relay does (${said})`);
+    return make(
+      "not-a-relay",
+      through
+        ? `${host}, through ${through}, did not answer as a relay does (${said}): the proxy ` +
+          "may refuse the request, or pass it on without its WebSocket upgrade"
+        : `${host} answered, but not as a relay does (${said})`,
+    );
   }
   if (/closed before message completed|connection closed|end of file|eof/i.test(said)) {
     return make("broken", `${host} closed the connection before the welcome (${said})`);
   }
   if (/tcp connect|route|unreachable|dns|lookup|blocked|reset|timed out/i.test(said)) {
-    return make("unreachable", `cannot reach ${host}: ${said}`);
+    return make("unreachable", `cannot reach ${through ?? host}: ${said}`);
   }
   return make("broken", `the connection to ${host} broke before the welcome: ${said}`);
 }
@@ -152,6 +178,8 @@ export interface DialSettings {
   secret?: string;
   /** An HTTP client for a proxy or extra CA certificates. */
   client?: Deno.HttpClient;
+  /** The forward proxy `client` goes through, if any: failures name it. */
+  proxy?: URL;
   /** Per attempt, ms. */
   timeout: number;
 }

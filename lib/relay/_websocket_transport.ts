@@ -81,7 +81,12 @@ export class WebSocketTransport implements ClientTransport {
             : "the connection to the relay broke (no WebSocket close frame)");
         if (!welcomed) {
           const detail = failure?.message ?? reason;
-          reject(connectFailure(settings.base, detail, failure?.error ?? failure?.message));
+          reject(connectFailure(
+            settings.base,
+            detail,
+            failure?.error ?? failure?.message,
+            settings.proxy,
+          ));
         } else if (!transport.#closing) {
           hooks.onClose(reason, event.code);
         }

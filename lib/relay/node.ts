@@ -325,6 +325,7 @@ export class RelayNode implements AsyncDisposable {
       base: url,
       secret: options.secret,
       client,
+      proxy: options.proxy ? new URL(options.proxy) : undefined,
       timeout: options.connectTimeout ?? 10_000,
     };
     this.#session = options.session;
