@@ -10,7 +10,7 @@
 
 import { parseArgs } from "node:util";
 import type { Logger } from "@logtape/logtape";
-import { errorMessage } from "../lib/_util.ts";
+import { errorMessage, hostPort } from "../lib/_util.ts";
 import { clusterAddress } from "../lib/relay/_cluster_address.ts";
 import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
@@ -330,7 +330,7 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   const addr = await listening.promise;
   const scheme = config.serve.cert ? "https" : "http";
   log.info("Relay listening on {url} (chat page: {chat})", {
-    url: `${scheme}://${addr.hostname}:${addr.port}`,
+    url: `${scheme}://${hostPort(addr.hostname, addr.port)}`,
     chat: config.serve.chatPage === false ? "off" : "/chat",
   });
   if (config.serve.secret === undefined && config.open) {

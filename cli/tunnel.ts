@@ -36,7 +36,14 @@ import {
 } from "../lib/conn/mod.ts";
 import { RelayConnectError, RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
-import { backoffDelay, delay, errorMessage, isNotCapable, parsePortText } from "../lib/_util.ts";
+import {
+  backoffDelay,
+  delay,
+  errorMessage,
+  hostPort,
+  isNotCapable,
+  parsePortText,
+} from "../lib/_util.ts";
 
 const USAGE = `immortal tunnel — TCP forwarding that survives broken links
 
@@ -553,11 +560,6 @@ async function _nodeDropped(
   throw new Error(`the relay at ${relay.url} dropped us: ${why}`);
 }
 
-/** `host:port` as Deno's net permissions name it (IPv6 in brackets). */
-function _netName(host: string, port: number): string {
-  return host.includes(":") && !host.startsWith("[") ? `[${host}]:${port}` : `${host}:${port}`;
-}
-
 /**
  * Checks, before anything starts, that the process may use every address
  * the command needs. Deno would otherwise refuse each use later: a client
@@ -568,7 +570,7 @@ function _netName(host: string, port: number): string {
 async function _checkNetPermissions(config: TunnelCliConfig): Promise<void> {
   const needs: { host: string; what: string }[] = [];
   if (!(config.relay && config.role === "server")) {
-    needs.push({ host: _netName(config.listenHost, config.listenPort), what: "listen on" });
+    needs.push({ host: hostPort(config.listenHost, config.listenPort), what: "listen on" });
   }
   if (config.relay) {
     const url = new URL(config.relay.url);
@@ -577,12 +579,12 @@ async function _checkNetPermissions(config: TunnelCliConfig): Promise<void> {
   }
   if (config.role === "server") {
     needs.push({
-      host: _netName(config.peerHost, config.peerPort),
+      host: hostPort(config.peerHost, config.peerPort),
       what: "reach the forward target",
     });
   } else if (!config.relay) {
     needs.push({
-      host: _netName(config.peerHost, config.peerPort),
+      host: hostPort(config.peerHost, config.peerPort),
       what: "reach the tunnel server at",
     });
   }
@@ -750,7 +752,7 @@ function _startRelayServer(
   });
   log.info("Tunnel server {name} on the relay, forwarding to {target} (key required, encrypted)", {
     name: relay.name,
-    target: `${config.peerHost}:${config.peerPort}`,
+    target: hostPort(config.peerHost, config.peerPort),
   });
   return tunnel;
 }
@@ -798,7 +800,7 @@ async function _startRelayClient(
     server: { hostname: to, port: 0 },
   });
   log.info("Tunnel client on {listen}, via the relay to {to}", {
-    listen: `${config.listenHost}:${config.listenPort}`,
+    listen: hostPort(config.listenHost, config.listenPort),
     to,
   });
   // The session above went through: the whole path works, as in direct mode's line.
@@ -825,9 +827,9 @@ function _startServer(config: TunnelCliConfig, log: Logger): TunnelServer {
     target: { hostname: config.peerHost, port: config.peerPort },
   });
   log.info("Tunnel server on {listen}{tls}, forwarding to {target}{keyed}{sealed}", {
-    listen: `${config.listenHost}:${config.listenPort}`,
+    listen: hostPort(config.listenHost, config.listenPort),
     tls: config.tlsServer ? " (TLS)" : "",
-    target: `${config.peerHost}:${config.peerPort}`,
+    target: hostPort(config.peerHost, config.peerPort),
     keyed: config.key ? " (key required)" : "",
     sealed: config.session.encrypt ? " (encrypted sessions only)" : "",
   });
@@ -836,8 +838,8 @@ function _startServer(config: TunnelCliConfig, log: Logger): TunnelServer {
     log.warn(
       "NO KEY: this tunnel server is OPEN. Anyone who can reach {listen} may use it to reach {target}; give both ends --key-file",
       {
-        listen: `${config.listenHost}:${config.listenPort}`,
-        target: `${config.peerHost}:${config.peerPort}`,
+        listen: hostPort(config.listenHost, config.listenPort),
+        target: hostPort(config.peerHost, config.peerPort),
       },
     );
   }
@@ -855,7 +857,7 @@ function _startClient(
   log: Logger,
 ): { tunnel: TunnelClient; failed: Promise<never>; stop(): void } {
   const where = { hostname: config.peerHost, port: config.peerPort };
-  const server = `${where.hostname}:${where.port}`;
+  const server = hostPort(where.hostname, where.port);
   const tunnel = new TunnelClient({
     hostname: config.listenHost,
     port: config.listenPort,
@@ -865,7 +867,7 @@ function _startClient(
     server: where,
   });
   log.info("Tunnel client on {listen}, via the server at {server}{tls}", {
-    listen: `${config.listenHost}:${config.listenPort}`,
+    listen: hostPort(config.listenHost, config.listenPort),
     server,
     tls: config.tlsClient ? " (TLS)" : "",
   });

@@ -156,11 +156,18 @@ export function listenTcp(
   }
 }
 
+/** `hostname:port`, an IPv6 address in brackets (`[::1]:4000`): how logs, messages and URLs write it. */
+export function hostPort(hostname: string, port: number): string {
+  return hostname.includes(":") && !hostname.startsWith("[")
+    ? `[${hostname}]:${port}`
+    : `${hostname}:${port}`;
+}
+
 /** `error` of listening at `hostname:port`, its message prefixed with that address. */
 export function namedAddressError(error: unknown, hostname: string, port: number): Error {
-  if (!(error instanceof Error)) return new Error(`cannot listen on ${hostname}:${port}: ${error}`);
-  const host = hostname.includes(":") ? `[${hostname}]` : hostname;
-  const message = `cannot listen on ${host}:${port}: ${error.message}`;
+  const where = hostPort(hostname, port);
+  if (!(error instanceof Error)) return new Error(`cannot listen on ${where}: ${error}`);
+  const message = `cannot listen on ${where}: ${error.message}`;
   const Kind = error.constructor as new (message: string, options?: ErrorOptions) => Error;
   try {
     return new Kind(message, { cause: error });

@@ -4,6 +4,7 @@ import {
   checkPort,
   delay,
   errorMessage,
+  hostPort,
   parsePortText,
   untilAborted,
 } from "./_util.ts";
@@ -78,4 +79,11 @@ Deno.test("untilAborted: the work's result, or the abort's reason at once; a res
   await assert.rejects(untilAborted(Promise.resolve("x"), aborted.signal, discard), /already/);
   await Promise.resolve();
   assert.deepEqual(discarded, ["late", "x"]);
+});
+
+Deno.test("hostPort: IPv6 in brackets, once", () => {
+  assert.equal(hostPort("127.0.0.1", 80), "127.0.0.1:80");
+  assert.equal(hostPort("::1", 80), "[::1]:80");
+  assert.equal(hostPort("[::1]", 80), "[::1]:80");
+  assert.equal(hostPort("relay.example", 443), "relay.example:443");
 });

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import {
   connect,
   type Dialer,
+  formatAddr,
   httpDialer,
   HttpLinkAcceptor,
   httpStreamDialer,
@@ -71,6 +72,10 @@ for (const [name, dialer] of transports) {
       const url = `http://127.0.0.1:${proxy.port}/link`;
       await using client = await connect({ dialer: dialer(url), key: "k", ...FAST });
       await using server = await app.listener.accept();
+      // Logs name the server a link reached, also over fetch (which hides its socket).
+      const link = await dialer(url)(AbortSignal.timeout(10_000));
+      assert.equal(formatAddr(link.remoteAddr), `127.0.0.1:${proxy.port}`);
+      link.close();
       const cuts = await cutWhile(proxy, 6 << 20, 4, bothWays(client, server, 32 << 20));
       assert.ok(cuts.up + cuts.down >= 6, `only ${cuts.up}+${cuts.down} cuts`);
       const page = await fetch(`http://127.0.0.1:${app.port}/`);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type Link, TlsAcceptor, tlsDialer } from "../lib/link/mod.ts";
+import { formatAddr, type Link, TlsAcceptor, tlsDialer } from "../lib/link/mod.ts";
 import { listen } from "../lib/conn/mod.ts";
 import { makeTestCerts, type TestCerts } from "./_tls.ts";
 
@@ -43,6 +43,10 @@ Deno.test("TLS acceptor: bytes both ways, small writes and 8 MiB bulk; end of st
       ]);
       assert.equal(server.remoteAddr?.transport, "tcp");
       assert.equal((server.localAddr as Deno.NetAddr).port, acceptor.addr.port);
+      // What logs say of the peer: a TLS connection's address has no
+      // transport in Deno 2.9 (logs said "with undefined").
+      assert.equal(formatAddr(client.remoteAddr), `127.0.0.1:${acceptor.addr.port}`);
+      assert.match(formatAddr(server.remoteAddr), /^127\.0\.0\.1:\d+$/);
 
       // A reply in two small writes, the pattern Nagle used to hold up.
       await client.write(new Uint8Array([1]));

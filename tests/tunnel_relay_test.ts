@@ -138,6 +138,10 @@ Deno.test("rsync of 64 MiB over OpenSSH through a relay-named tunnel (both ends 
     assert.equal(await sha256File(dst), await sha256File(src), "the copy differs");
     // The tunnel's session resumed through the new relays: the client said so.
     assert.match(client.log, /resumed|Resumed/);
+    // Logs name the peer: the server by name, each link by the relay it goes through.
+    assert.match(client.log, /Tunnel session \w+ open to lab-ssh$/m);
+    assert.doesNotMatch(client.log + server.log, / with \?| via \?|lab-ssh:0/);
+    assert.match(client.log, new RegExp(`opened as client with 127\\.0\\.0\\.1:${proxy.port}`));
   } finally {
     await restarting.catch(() => {});
     assert.equal(await client.stop(), 0, client.log);

@@ -14,7 +14,7 @@
  */
 
 import { errorMessage } from "../_util.ts";
-import type { Dialer, Link } from "./link.ts";
+import { type Dialer, type Link, urlAddr } from "./link.ts";
 import { ByteQueue } from "./_byte_queue.ts";
 import { PostBodies } from "./_post_bodies.ts";
 import { CLOSE_GRACE_MS } from "./_websocket_client.ts";
@@ -218,6 +218,8 @@ export class ServerHttpStreamLink implements Link {
 
 /** The client's end: the downstream response's body, and the POSTs. */
 class ClientHttpStreamLink implements Link {
+  /** The server dialed (no socket of ours tells: fetch has it). */
+  readonly remoteAddr: Deno.NetAddr;
   #url: URL;
   #id: string;
   #client?: Deno.HttpClient;
@@ -243,6 +245,7 @@ class ClientHttpStreamLink implements Link {
 
   /** The link `opened` (the answer to its opening request) at `url`. */
   constructor(url: URL, opened: OpenedHttpLink) {
+    this.remoteAddr = urlAddr(url);
     this.#url = url;
     this.#id = opened.id;
     this.#client = opened.client;

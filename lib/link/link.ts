@@ -11,6 +11,8 @@
  * @module
  */
 
+import { hostPort } from "../_util.ts";
+
 /** One byte pipe between two peers (TCP, TLS, WebSocket, relay pipe, ...). */
 export interface Link {
   /**
@@ -67,14 +69,26 @@ export interface Acceptor<A extends Deno.Addr = Deno.Addr> {
   readonly relayed?: boolean;
 }
 
+/**
+ * The address of the server at `url` (http, https, ws or wss), as a link to
+ * it names its peer where no socket of ours tells (fetch, Deno's WebSocket):
+ * through a proxy too, it is the server the link speaks to.
+ */
+export function urlAddr(url: URL): Deno.NetAddr {
+  const secure = url.protocol === "https:" || url.protocol === "wss:";
+  return {
+    transport: "tcp",
+    hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"),
+    port: url.port === "" ? (secure ? 443 : 80) : Number(url.port),
+  };
+}
+
 /** Formats an address for logs and messages, e.g. `127.0.0.1:4000` or `[::1]:4000`. */
 export function formatAddr(addr: Deno.Addr | undefined): string {
   if (!addr) return "?";
-  if (addr.transport === "tcp" || addr.transport === "udp") {
-    return addr.hostname.includes(":")
-      ? `[${addr.hostname}]:${addr.port}`
-      : `${addr.hostname}:${addr.port}`;
-  }
+  // By its fields, not its transport: a TLS connection's address (Deno 2.9)
+  // has a hostname and a port but no transport.
+  if ("hostname" in addr && "port" in addr) return hostPort(addr.hostname, addr.port);
   if ("path" in addr) return addr.path;
-  return addr.transport;
+  return String(addr.transport);
 }

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Dialer, Link } from "./link.ts";
+import { type Dialer, type Link, urlAddr } from "./link.ts";
 import { ByteQueue } from "./_byte_queue.ts";
 import { openWebSocketLink } from "./_websocket_client.ts";
 
@@ -191,7 +191,7 @@ export function webSocketDialer(options: WebSocketDialerOptions): Dialer {
     // Deno's WebSocket takes an options object (headers, an HttpClient) in place of protocols.
     const socket = new WebSocket(url, init as unknown as string[]);
     return new Promise<Link>((resolve, reject) => {
-      const link = new WebSocketLink(socket);
+      const link = new WebSocketLink(socket, { remoteAddr: urlAddr(url) });
       const fail = () => {
         cleanup();
         link.close();

@@ -11,7 +11,7 @@ import { pipeEndpoints } from "./_pipes.ts";
 import { duration, relaySettings } from "./_settings.ts";
 import type { RelayOptions } from "./options.ts";
 import { Relay } from "./relay.ts";
-import { errorMessage, isNotCapable } from "../_util.ts";
+import { errorMessage, hostPort, isNotCapable } from "../_util.ts";
 
 /** Where and how {@linkcode serveRelay} listens, plus the relay's own settings. */
 export interface ServeRelayOptions extends RelayOptions {
@@ -162,7 +162,7 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
       if (isNotCapable(error)) {
         throw new Error(
           `no net permission to listen for the other relays of the cluster on ${
-            port === 0 ? `a free port of ${hostname}` : `${hostname}:${port}`
+            port === 0 ? `a free port of ${hostname}` : hostPort(hostname, port)
           }: a relay on Redis listens for them and reaches the Redis server besides its own ` +
             `port; allow all three (a cluster on this machine: --allow-net=${hostname}), or ` +
             "choose the port (--cluster-address)",
@@ -170,7 +170,7 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
         );
       }
       throw new Error(
-        `cannot listen for the other relays of the cluster on ${hostname}:${port}: ${
+        `cannot listen for the other relays of the cluster on ${hostPort(hostname, port)}: ${
           errorMessage(error)
         }`,
         { cause: error },

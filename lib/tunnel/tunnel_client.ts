@@ -14,9 +14,9 @@ import {
   ImmortalError,
   type SessionOptions,
 } from "../conn/mod.ts";
-import type { Dialer } from "../link/mod.ts";
+import { type Dialer, formatAddr } from "../link/mod.ts";
 import { MuxSession } from "../mux/mod.ts";
-import { acceptBackoff, backoffDelay, delay, errorMessage, listenTcp } from "../_util.ts";
+import { acceptBackoff, backoffDelay, delay, errorMessage, hostPort, listenTcp } from "../_util.ts";
 import { describeValue, positive, resolveOptions } from "../conn/_options.ts";
 import { hostAndPort, portOption } from "./tunnel_server.ts";
 import { LogLimiter } from "../_log_limiter.ts";
@@ -88,7 +88,10 @@ export interface TunnelClientOptions extends SessionOptions {
   hostname?: string;
   /** Local port to listen on; `0` picks one. */
   port: number;
-  /** The tunnel server (required unless `dialer` is given; with one, it only names the server). */
+  /**
+   * The tunnel server (required unless `dialer` is given; with one, it only
+   * names the server in logs: port 0 for a name alone, a relay node's, say).
+   */
   server?: { hostname: string; port: number };
   /** Reach the server over TLS; see {@linkcode ConnectTlsOptions}. */
   tls?: true | ConnectTlsOptions;
@@ -248,7 +251,11 @@ export class TunnelClient implements AsyncDisposable {
         const server = this.#options.server;
         log.info("Tunnel session {id} open to {server}", {
           id: conn.sessionId.slice(0, 8),
-          server: server ? `${server.hostname}:${server.port}` : "the server (through its dialer)",
+          server: server === undefined
+            ? "the server (through its dialer)"
+            : server.port === 0
+            ? server.hostname
+            : hostPort(server.hostname, server.port),
         });
         session.closed.catch(() => {}).finally(() => {
           if (this.#session === opening) this.#session = null;
@@ -266,7 +273,7 @@ export class TunnelClient implements AsyncDisposable {
 
   async #carry(tcp: Deno.TcpConn): Promise<void> {
     this.#active.add(tcp);
-    const local = `${tcp.remoteAddr.hostname}:${tcp.remoteAddr.port}`;
+    const local = formatAddr(tcp.remoteAddr);
     try {
       const session = await this.#sessionForStream();
       const stream = session.open();
