@@ -130,20 +130,37 @@ export function permissionMessage(error: unknown, permissionSet?: string): strin
   );
 }
 
+/** How a command reads the files named on its command line. */
+export interface FileArgs {
+  /** The command's `deno.json` permission set, for the advice under `deno task`. */
+  permissionSet?: string;
+  /**
+   * Every file the command line names: a missing `--allow-read` is said
+   * once for all of them, not one run at a time.
+   */
+  files?: readonly string[];
+}
+
 /**
  * Reads a text file named on the command line. A file that is not there or
  * unreadable is a usage error; a missing `--allow-read` is not the
  * arguments' fault, so it says which flag to add (exit code 1) and, given
  * the command's `deno.json` permission set, what to add to it.
  */
-export function readFileArg(what: string, path: string, permissionSet?: string): string {
+export function readFileArg(what: string, path: string, args: FileArgs = {}): string {
   try {
     return Deno.readTextFileSync(path);
   } catch (error) {
     if (error instanceof Deno.errors.NotCapable) {
+      const others = (args.files ?? []).filter((file) =>
+        file !== path &&
+        Deno.permissions.querySync({ name: "read", path: file }).state !== "granted"
+      );
       throw new Error(
-        `no permission to read ${what} ${path}: ${
-          grantAdvice([`--allow-read=${path}`], permissionSet)
+        `no permission to read ${what} ${path}${
+          others.length > 0 ? ` (nor ${others.join(", ")})` : ""
+        }: ${
+          grantAdvice([path, ...others].map((file) => `--allow-read=${file}`), args.permissionSet)
         }`,
       );
     }
@@ -156,9 +173,9 @@ export function readFileArg(what: string, path: string, permissionSet?: string):
   }
 }
 
-/** Reads a PEM certificate file named on the command line (`permissionSet`: see {@linkcode readFileArg}). */
-export function readPemCertificate(what: string, path: string, permissionSet?: string): string {
-  const pem = readFileArg(what, path, permissionSet);
+/** Reads a PEM certificate file named on the command line (`args`: see {@linkcode readFileArg}). */
+export function readPemCertificate(what: string, path: string, args: FileArgs = {}): string {
+  const pem = readFileArg(what, path, args);
   if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
     throw new UsageError(`${path} holds no PEM certificate`);
   }
@@ -169,10 +186,10 @@ export function readPemCertificate(what: string, path: string, permissionSet?: s
 export function readPemPair(
   certPath: string,
   keyPath: string,
-  permissionSet?: string,
+  args: FileArgs = {},
 ): { cert: string; key: string } {
-  const cert = readPemCertificate("certificate file", certPath, permissionSet);
-  const key = readFileArg("TLS key file", keyPath, permissionSet);
+  const cert = readPemCertificate("certificate file", certPath, args);
+  const key = readFileArg("TLS key file", keyPath, args);
   if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(key)) {
     throw new UsageError(`${keyPath} holds no PEM private key`);
   }

@@ -16,6 +16,7 @@ import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
 import {
+  type FileArgs,
   flagError,
   grantAdvice,
   parseLogLevel,
@@ -196,10 +197,15 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   }
   // Under deno task, the set whose lists a missing permission goes in (see deno.json's tasks).
   const permissionSet = v.redis === undefined ? "relay" : "relay-redis";
+  const fileArgs: FileArgs = {
+    permissionSet,
+    files: [v["secret-file"], v["metrics-token-file"], v["tls-cert"], v["tls-key"]]
+      .filter((file): file is string => file !== undefined),
+  };
   let secret = v.secret;
   let secretSource = secret !== undefined ? "--secret" : undefined;
   if (v["secret-file"] !== undefined) {
-    secret = readFileArg("secret file", v["secret-file"], permissionSet).split(/\r?\n/)[0];
+    secret = readFileArg("secret file", v["secret-file"], fileArgs).split(/\r?\n/)[0];
     secretSource = v["secret-file"];
   }
   if (secret === undefined && file.secret !== undefined) {
@@ -223,7 +229,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   }
   const tokenFile = v["metrics-token-file"];
   const metricsToken = tokenFile !== undefined
-    ? readFileArg("metrics token file", tokenFile, permissionSet).split(/\r?\n/)[0]
+    ? readFileArg("metrics token file", tokenFile, fileArgs).split(/\r?\n/)[0]
     : v["metrics-token"];
   if (metricsToken === "") {
     const where = tokenFile !== undefined
@@ -283,7 +289,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     historyAge: ms("history-age"),
   };
   if (v["tls-cert"] !== undefined) {
-    Object.assign(serve, readPemPair(v["tls-cert"], v["tls-key"]!, permissionSet));
+    Object.assign(serve, readPemPair(v["tls-cert"], v["tls-key"]!, fileArgs));
   }
   // Drop unset limits so the relay's own defaults apply.
   for (const key of Object.keys(serve) as (keyof ServeRelayOptions)[]) {

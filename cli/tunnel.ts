@@ -15,6 +15,7 @@
 import { parseArgs } from "node:util";
 import type { Logger } from "@logtape/logtape";
 import {
+  type FileArgs,
   flagError,
   parseLogLevel,
   parseMillis,
@@ -97,6 +98,7 @@ Options:
                       (default: <serverHost>); implies --tls
   --log-level LEVEL   debug, info, warning or error (default: info)
   --stats SECONDS     print live statistics every SECONDS
+                      (default 0: never)
 
 Link failure handling (milliseconds; both ends may set their own):
   --heartbeat MS        ping a quiet link this often (default: 1000)
@@ -181,6 +183,7 @@ function _tlsSettings(
     "tls-ca"?: string;
     "tls-name"?: string;
   },
+  fileArgs: FileArgs,
 ): Pick<TunnelCliConfig, "tlsServer" | "tlsClient"> {
   const serverFlags = ["tls-cert", "tls-key"] as const;
   const clientFlags = ["tls", "tls-ca", "tls-name"] as const;
@@ -197,12 +200,12 @@ function _tlsSettings(
     if (certPath === undefined || keyPath === undefined) {
       throw new UsageError("TLS needs both --tls-cert and --tls-key");
     }
-    return { tlsServer: readPemPair(certPath, keyPath) };
+    return { tlsServer: readPemPair(certPath, keyPath, fileArgs) };
   }
   if (!values.tls && values["tls-ca"] === undefined && values["tls-name"] === undefined) return {};
   const tlsClient: { caCerts?: string[]; serverName?: string } = {};
   if (values["tls-ca"] !== undefined) {
-    const ca = readPemCertificate("CA file", values["tls-ca"]);
+    const ca = readPemCertificate("CA file", values["tls-ca"], fileArgs);
     tlsClient.caCerts = [ca];
   }
   if (values["tls-name"] !== undefined) tlsClient.serverName = values["tls-name"];
@@ -257,7 +260,12 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
   if (role !== "server" && role !== "client") {
     throw new UsageError(`unknown command "${role}" (use server, client or keygen)`);
   }
-  const relay = _relaySettings(role, values);
+  const fileArgs: FileArgs = {
+    files: (["key-file", "relay-secret-file", "tls-cert", "tls-key", "tls-ca"] as const)
+      .map((flag) => values[flag])
+      .filter((file): file is string => file !== undefined),
+  };
+  const relay = _relaySettings(role, values, fileArgs);
   const [listen, host, port] = _positionals(role, relay !== undefined, positionals.slice(1));
   const listenPort = parsePort("<listenPort>", listen, relay !== undefined && role === "server");
   const hostWhat = role === "server" ? "<forwardHost>" : "<serverHost>";
@@ -273,7 +281,7 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
   }
   let key = values.key;
   const keyFile = values["key-file"];
-  if (keyFile !== undefined) key = readFileArg("key file", keyFile).split(/\r?\n/)[0];
+  if (keyFile !== undefined) key = readFileArg("key file", keyFile, fileArgs).split(/\r?\n/)[0];
   if (key !== undefined && key.length === 0) {
     throw new UsageError(
       keyFile === undefined
@@ -288,12 +296,17 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
         "both ends --key-file tunnel.key",
     );
   }
+  if (relay && role === "server" && values["listen-host"] !== undefined) {
+    throw new UsageError(
+      "a tunnel server on a relay listens nowhere: --listen-host is for direct mode",
+    );
+  }
   if (relay && (values.tls || values["tls-name"] || values["tls-cert"] || values["tls-key"])) {
     throw new UsageError("through a relay, TLS is the relay's: use an https: --relay URL");
   }
-  const tls = relay ? {} : _tlsSettings(role, values);
+  const tls = relay ? {} : _tlsSettings(role, values, fileArgs);
   if (relay && values["tls-ca"] !== undefined) {
-    relay.caCerts = [readPemCertificate("CA file", values["tls-ca"])];
+    relay.caCerts = [readPemCertificate("CA file", values["tls-ca"], fileArgs)];
   }
   // 0 (the default) is off.
   const statsSeconds = values.stats === undefined
@@ -385,6 +398,7 @@ function _seconds(flag: string, text: string): number {
 function _relaySettings(
   role: "server" | "client",
   values: Record<string, string | boolean | undefined>,
+  fileArgs: FileArgs,
 ): TunnelRelayConfig | undefined {
   const text = (flag: string) => values[flag] as string | undefined;
   const url = text("relay");
@@ -429,7 +443,7 @@ function _relaySettings(
   }
   const secretFile = text("relay-secret-file");
   const secret = secretFile !== undefined
-    ? readFileArg("relay secret file", secretFile).split(/\r?\n/)[0]
+    ? readFileArg("relay secret file", secretFile, fileArgs).split(/\r?\n/)[0]
     : text("relay-secret");
   const proxy = text("proxy");
   if (proxy !== undefined && !/^https?:\/\//.test(proxy)) {

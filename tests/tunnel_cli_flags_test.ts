@@ -68,6 +68,10 @@ Deno.test("tunnel CLI: relay flags name the tunnel ends, always encrypt, and are
     [["client", "6543", ...relay, "--to", "db", "--tls"], /TLS is the relay's/],
     [["client", "6543", ...relay, "--to", "db", "--proxy", "socks://p"], /--proxy must be/],
     [["server", ...relay, "--name", "db", "127.0.0.1", "22", "extra"], /unexpected argument/],
+    [
+      ["server", ...relay, "--name", "db", "--listen-host", "0.0.0.0", "127.0.0.1", "22"],
+      /on a relay listens nowhere: --listen-host is for direct mode/,
+    ],
   ];
   for (const [args, message] of cases) {
     assert.throws(() => parseTunnelArgs(args), message, args.join(" "));

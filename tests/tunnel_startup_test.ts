@@ -239,6 +239,7 @@ async function exitCode(cli: ReturnType<typeof spawnCli>, what: string): Promise
 
 Deno.test("tunnel CLI: a net or read permission Deno was not given is one line at start naming the flag, never a retry", async () => {
   const { path } = await keyFile();
+  const ca = `${path}.ca.pem`; // never read: the permission is missing
   const listen = freePort();
   const far = freePort();
   const relayPort = freePort();
@@ -298,6 +299,16 @@ Deno.test("tunnel CLI: a net or read permission Deno was not given is one line a
         ["client", String(listen), "127.0.0.1", String(far), "--key-file", path],
         new RegExp(
           `^error: no permission to read key file ${path}: run with --allow-read=${path}$`,
+          "m",
+        ),
+      ],
+      [
+        // Every file it may not read, in one run (before: the next one on the next run).
+        "a key file and a CA file it may not read",
+        ["--allow-net=127.0.0.1"],
+        ["client", String(listen), "127.0.0.1", String(far), "--key-file", path, "--tls-ca", ca],
+        new RegExp(
+          `^error: no permission to read key file ${path} \\(nor ${ca}\\): run with --allow-read=${path},${ca}$`,
           "m",
         ),
       ],
