@@ -6,7 +6,7 @@
 
 import { type Dialer, tcpDialer, tlsDialer, TlsHandshakeError } from "../link/mod.ts";
 import { FrameError } from "../frame/frame_error.ts";
-import { checkPort, errorMessage, isNotCapable, tlsFailureKind } from "../_util.ts";
+import { checkPort, errorMessage, hostPort, isNotCapable, tlsFailureKind } from "../_util.ts";
 import { ClientSession } from "./_client_session.ts";
 import { ImmortalError } from "./errors.ts";
 import { hmacKey } from "./_handshake.ts";
@@ -79,7 +79,7 @@ export async function connect(options: ConnectOptions): Promise<ImmortalConn> {
     if (error instanceof ImmortalError) throw error;
     const where = options.dialer
       ? "the server"
-      : `${options.hostname ?? "127.0.0.1"}:${options.port}`;
+      : hostPort(options.hostname ?? "127.0.0.1", options.port ?? 0);
     throw firstConnectError(where, error);
   }
 }
