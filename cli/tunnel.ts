@@ -39,6 +39,7 @@ import { RelayConnectError, RelayNode, RelayRefusedError } from "../lib/relay/mo
 export type { BackoffOptions, SessionOptions };
 import {
   backoffDelay,
+  base64url,
   delay,
   errorMessage,
   hostPort,
@@ -153,6 +154,8 @@ export interface TunnelRelayConfig {
   name: string;
   /** Client: the name of the tunnel server. */
   to?: string;
+  /** Server: its claim on its name (see {@linkcode nameClaim}); made at start from the key. */
+  claim?: string;
   /** The relay's secret. */
   secret?: string;
   /** An HTTP proxy to reach the relay through. */
@@ -513,7 +516,11 @@ async function _start(
   let client: ReturnType<typeof _startClient> | undefined;
   if (config.relay) {
     node = config.role === "server"
-      ? await _joinAsName(config.relay, log, stopping)
+      ? await _joinAsName(
+        { ...config.relay, claim: await nameClaim(config.key!, config.relay) },
+        log,
+        stopping,
+      )
       : await _joinRelay(config.relay, log, stopping);
     log.info("Joined session {session} of the relay at {url} as {name} ({transport})", {
       session: config.relay.session,
@@ -633,6 +640,35 @@ function _secondsText(ms: number): string {
 }
 
 /** One try at joining (a relay node's own retries are ours here), given up on a signal. */
+/**
+ * A tunnel server's claim on its name: whoever has the tunnel key may serve
+ * the name anyway, so the key is what proves it. A server restarted after a
+ * crash gets its name back as soon as the relay has the old one gone,
+ * instead of after the relay's reservation (30 s). Base64url of an
+ * HMAC-SHA-256 keyed by the tunnel key over the session and the name.
+ */
+export async function nameClaim(
+  key: string,
+  relay: Pick<TunnelRelayConfig, "session" | "name">,
+): Promise<string> {
+  const encoder = new TextEncoder();
+  const hmac = await crypto.subtle.importKey(
+    "raw",
+    encoder.encode(key),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const mac = new Uint8Array(
+    await crypto.subtle.sign(
+      "HMAC",
+      hmac,
+      encoder.encode(`immortal tunnel name claim\n${relay.session}\n${relay.name}`),
+    ),
+  );
+  return base64url(mac);
+}
+
 async function _connectNode(relay: TunnelRelayConfig, stopping: AbortSignal): Promise<RelayNode> {
   // A signal before this try (during the permission check, say) never fires again.
   if (stopping.aborted) throw STOPPED;
@@ -642,6 +678,7 @@ async function _connectNode(relay: TunnelRelayConfig, stopping: AbortSignal): Pr
     secret: relay.secret,
     proxy: relay.proxy,
     caCerts: relay.caCerts,
+    claim: relay.claim,
     retries: 1,
   });
   let onAbort = () => {};

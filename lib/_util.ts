@@ -130,6 +130,14 @@ export function parsePortText(text: string, allowZero = false): number | null {
   return port >= (allowZero ? 0 : 1) && port <= 65535 ? port : null;
 }
 
+/** `bytes` in base64url (RFC 4648 5), without padding. */
+export function base64url(bytes: Uint8Array): string {
+  return btoa(String.fromCharCode(...bytes)).replace(
+    /[+/=]/g,
+    (c) => c === "+" ? "-" : c === "/" ? "_" : "",
+  );
+}
+
 /** The bytes of `parts`, one after another, in one new buffer. */
 export function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));

@@ -486,6 +486,33 @@ Deno.test("cluster: a node that said bye frees its nickname at once; one that is
   }
 });
 
+Deno.test("cluster: a gone node's claim gets its nickname back (kept through a replaced connection); another claim, or a joined holder, does not", async () => {
+  await using redis = await startRedis({ persist: false });
+  const { cluster } = recordingCluster(redis.url);
+  try {
+    await cluster.subscribe("s");
+    const claim = "tunnel-server-claim-0123456789";
+    const join = async (nickname: string, fields: { claim?: string; token?: string } = {}) => {
+      const joined = await cluster.join("s", { nickname, role: "peer", suffixed: false, ...fields });
+      assert.ok(typeof joined !== "string", joined as string);
+      return joined;
+    };
+    assert.equal((await join("stays")).nickname, "stays");
+    const first = await join("lab", { claim });
+    assert.equal((await join("lab", { claim })).nickname, "lab(1)", "the holder is joined");
+    // Its connection replaced (by its token): the claim stays with the membership.
+    assert.equal((await join("lab", { token: first.token })).kind, "replace");
+    await cluster.leave("s", "lab", "gone");
+    assert.equal((await join("lab")).nickname, "lab(2)", "reserved");
+    assert.equal((await join("lab", { claim: "another-claim-0123456789ab" })).nickname, "lab(3)");
+    const back = await join("lab", { claim });
+    assert.equal(back.nickname, "lab");
+    assert.equal(back.lastSeq, 0, "a new process numbers its messages anew");
+  } finally {
+    cluster.close();
+  }
+});
+
 Deno.test("cluster hub: a broken connection's grace does not run out while its node's join is in flight: no leave lands after the join", async () => {
   await using redis = await startRedis({ persist: false });
   using h = clusterHub(redis.url);

@@ -49,6 +49,11 @@ Deno.test("RelayNode.connect refuses bad settings by name, before it dials", asy
       /^backoff\.max must be a number >= 500, got 100$/,
     ],
     [{ backoff: "fast" }, TypeError, /^backoff must be an object, got "fast" \(a string\)$/],
+    [
+      { claim: "too short" },
+      TypeError,
+      /^claim must be 22-128 characters of A-Z, a-z, 0-9, - and _, got "too short" \(a string\)$/,
+    ],
     [{ maxBufferedEvents: 0 }, RangeError, /^maxBufferedEvents must be an integer >= 1, got 0$/],
   ];
   try {

@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { serveRelay } from "../mod.ts";
+import { RelayNode, serveRelay } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { freePort, within } from "./_helpers.ts";
@@ -268,6 +268,42 @@ Deno.test("tunnel CLI through a relay: keygen, and one clear line for a missing 
     }
   } finally {
     assert.equal(await server.stop(), 0, server.log);
+    target.close();
+  }
+});
+
+Deno.test("tunnel CLI through a relay: a tunnel server SIGKILLed and started again gets its name back once the relay has the old one gone (its key makes its claim), not after the relay's reservation", async () => {
+  const key = (await runTunnel(["keygen"], "127.0.0.1")).stdout.trim();
+  // A reservation far longer than any wait here: only the claim gives the name back.
+  await using relay = serveRelay({
+    hostname: "127.0.0.1",
+    port: 0,
+    secret: "s",
+    reclaimWindow: 600_000,
+    onListen() {},
+  });
+  // Someone stays in the session (a room that empties forgets its reservations).
+  await using _keeper = await RelayNode.connect(`http://127.0.0.1:${relay.addr.port}`, {
+    session: "t",
+    nickname: "keeper",
+    secret: "s",
+  });
+  const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const args = [
+    "server",
+    ...["--relay", `http://127.0.0.1:${relay.addr.port}`, "--session", "t", "--relay-secret", "s"],
+    ...["--name", "srv", "127.0.0.1", String(target.addr.port), "--key", key],
+  ];
+  const first = spawnCli(["--allow-net=127.0.0.1"], TUNNEL, args);
+  let second: ReturnType<typeof spawnCli> | undefined;
+  try {
+    await first.waitFor(/Tunnel server srv on the relay/, "the tunnel server");
+    await first.stop("SIGKILL"); // no goodbye: the relay keeps the name for the old one
+    second = spawnCli(["--allow-net=127.0.0.1"], TUNNEL, [...args, "--name-wait", "60"]);
+    await second.waitFor(/Tunnel server srv on the relay/, "the restarted server, under its name");
+  } finally {
+    await first.stop();
+    if (second) assert.equal(await second.stop(), 0, second.log);
     target.close();
   }
 });

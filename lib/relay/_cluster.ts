@@ -311,6 +311,7 @@ export class RelayCluster {
     token?: string;
     role: RelayRole;
     id?: string;
+    claim?: string;
     suffixed: boolean;
   }): Promise<ClusterJoin | ClusterRefusal> {
     const token = newJoinToken();
@@ -327,6 +328,7 @@ export class RelayCluster {
       this.#settings.maxSessions,
       newJoinToken(),
       hello.suffixed ? "1" : "0",
+      hello.claim === undefined ? "" : await tokenHash(hello.claim),
     ) as string[];
     if (reply.length === 1) return reply[0] as ClusterRefusal;
     const [kind, nickname, , lastSeq, epoch, offset, presence, ...flat] = reply;

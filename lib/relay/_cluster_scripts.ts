@@ -5,10 +5,10 @@
  * relay sees in the same way: a script's PUBLISH happens in script order.
  *
  * Keys, per room (the room id hex-encoded as `R`, under the prefix `P`):
- * - `P r:R:m` hash nickname -> `role,relay,tokenHash,nodeId`: the members;
+ * - `P r:R:m` hash nickname -> `role,relay,tokenHash,nodeId,claimHash`: the members;
  * - `P r:R:n` hash role -> count: who could hear a broadcast;
  * - `P r:R:s` hash nickname -> the highest `seq` taken from that member;
- * - `P r:R:v` hash nickname -> `tokenHash,until,lastSeq`: reservations;
+ * - `P r:R:v` hash nickname -> `tokenHash,until,lastSeq,claimHash`: reservations;
  * - `P r:R:e` the history's epoch; `P r:R:o` its latest offset; `P r:R:p`
  *   the latest presence number; `P r:R:h` the history, a stream whose entry
  *   ids are `offset-0`.
@@ -58,7 +58,7 @@ local function leave(R, nick, relay, reason, untilMs, roomTtl)
   if reason == 'left' then
     redis.call('HDEL', v, nick)
   else
-    redis.call('HSET', v, nick, f[3] .. ',' .. untilMs .. ',' .. seq)
+    redis.call('HSET', v, nick, f[3] .. ',' .. untilMs .. ',' .. seq .. ',' .. (f[5] or ''))
   end
   -- Reservations run out but stay until a join reads them: in a long-lived
   -- room with many nicknames, sweep the expired ones now and then — at most
@@ -88,7 +88,8 @@ end
 /**
  * Joins a node. ARGV: prefix, room (hex), wanted nickname, token hash (or
  * ''), role, relay id, node id, new token hash, max nodes, max rooms, new
- * epoch, whether the wanted nickname ends in (n). Returns `{kind, nickname,
+ * epoch, whether the wanted nickname ends in (n), claim hash (or ''): a
+ * reservation is free for its token's or its claim's holder. Returns `{kind, nickname,
  * tokenHash, lastSeq, epoch, offset, presence, members...}` with kind `join`
  * or `replace`, or `{refusal}`: `bad-suffix`, `max-nodes`, `max-sessions`.
  */
@@ -117,7 +118,7 @@ if current and token ~= '' then
   local f = split(current)
   if f[3] == token and f[1] == role then
     redis.call('SREM', P .. 'relay:' .. f[2], R .. '\\n' .. wanted)
-    redis.call('HSET', m, wanted, role .. ',' .. relay .. ',' .. token .. ',' .. node)
+    redis.call('HSET', m, wanted, role .. ',' .. relay .. ',' .. token .. ',' .. node .. ',' .. (f[5] or ''))
     redis.call('SADD', P .. 'relay:' .. relay, R .. '\\n' .. wanted)
     redis.call('PUBLISH', P .. 'c:' .. R, 'r\\n' .. wanted .. '\\n' .. relay)
     return position('replace', wanted, token, redis.call('HGET', P .. 'r:' .. R .. ':s', wanted) or '0')
@@ -142,10 +143,11 @@ if count == 0 and redis.call('SISMEMBER', P .. 'rooms', R) == 0 then
   if redis.call('SCARD', P .. 'rooms') >= tonumber(ARGV[10]) then return {'max-sessions'} end
 end
 if count >= tonumber(ARGV[9]) then return {'max-nodes'} end
+local claim = ARGV[13]
 local function free(name)
   if redis.call('HEXISTS', m, name) == 1 then return false end
   local r = reservedFor(name)
-  return r == nil or (token ~= '' and r[1] == token)
+  return r == nil or (token ~= '' and r[1] == token) or (claim ~= '' and r[4] == claim)
 end
 local nick = wanted
 local i = 0
@@ -157,7 +159,7 @@ local lastSeq = '0'
 local r = reservedFor(nick)
 if r and token ~= '' and r[1] == token then lastSeq = r[3] end
 redis.call('HDEL', v, nick)
-redis.call('HSET', m, nick, role .. ',' .. relay .. ',' .. ARGV[8] .. ',' .. node)
+redis.call('HSET', m, nick, role .. ',' .. relay .. ',' .. ARGV[8] .. ',' .. node .. ',' .. claim)
 redis.call('HSET', P .. 'r:' .. R .. ':s', nick, lastSeq)
 redis.call('HINCRBY', P .. 'r:' .. R .. ':n', role, 1)
 redis.call('SADD', P .. 'rooms', R)

@@ -356,13 +356,15 @@ export class Hub {
       this.refuse("max-nodes");
       throw new JoinRefused(503, "full", "the session has reached its node limit");
     }
-    const nickname = room.freeName(wanted, token, now);
+    const nickname = room.freeName(wanted, token, now, hello.claim);
     const reservation = room.reserved.get(nickname);
     room.reserved.delete(nickname);
     const member = new Member(room, nickname, role, newJoinToken(), sink, s.rate, now);
     this.#startKeepAlive(member, now);
     member.id = hello.id;
+    member.claim = hello.claim;
     // Back after it was declared gone: its resent messages are still duplicates.
+    // (Not by its claim: that is a new process, numbering its messages anew.)
     if (reservation && token !== undefined && secretsEqual(reservation.token, token)) {
       member.lastSeq = member.ackedSeq = reservation.lastSeq;
     }
@@ -503,6 +505,7 @@ export class Hub {
     if (reason !== "left") {
       room.reserved.set(member.nickname, {
         token: member.token,
+        ...(member.claim === undefined ? {} : { claim: member.claim }),
         until: this.#clock() + this.settings.reclaimWindow,
         lastSeq: member.lastSeq,
       });
@@ -797,6 +800,7 @@ export class Hub {
           token: hello.token,
           role: hello.role,
           id: hello.id,
+          claim: hello.claim,
           suffixed: suffixed(hello.nickname),
         });
         if (joined === "bad-suffix") throw this.#badSuffix();

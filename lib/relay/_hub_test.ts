@@ -73,6 +73,28 @@ Deno.test("hub: a node reclaims its nickname with its join token, within the rec
   assert.equal(h.join("x").welcome.nickname, "x");
 });
 
+Deno.test("hub: a node's claim gets its nickname back once it is gone (a restarted process has no token), never while it is joined", () => {
+  using h = makeHub({ reclaimWindow: 60_000 });
+  const keeper = h.join("keeper");
+  const claim = "tunnel-server-claim-0123456789";
+  const first = h.join("lab", { claim });
+  // Joined still: the same claim replaces nothing, and takes another name.
+  const twin = h.join("lab", { claim });
+  assert.equal(twin.welcome.nickname, "lab(1)");
+  assert.ok(!first.sink.closed, "a claim never cuts a joined node off");
+  h.hub.leave(twin.member, "left");
+  // Gone (a crash): reserved; another claim, or none, gets a suffix...
+  h.hub.leave(first.member, "gone");
+  assert.equal(h.join("lab").welcome.nickname, "lab(1)");
+  assert.equal(h.join("lab", { claim: "another-claim-0123456789ab" }).welcome.nickname, "lab(2)");
+  // ...the claim's holder gets the name, long before the reservation ends.
+  const back = h.join("lab", { claim });
+  assert.equal(back.welcome.nickname, "lab");
+  // A new process numbers its messages anew: none of them is taken for a duplicate.
+  assert.equal(back.member.lastSeq, 0);
+  assert.deepEqual(keeper.sink.take("join").map((f) => f.t === "join" && f.nickname).at(-1), "lab");
+});
+
 Deno.test("hub: a message sent while alone is dropped without an answer; one to a missing node is refused", () => {
   using h = makeHub();
   const alone = h.join("alone");

@@ -210,9 +210,14 @@ function parseHello(frame: FrameObject, rules: FrameRules): Parsed<HelloFrame> {
   if (reason) return problem("bad-request", reason);
   const role = frame.role ?? "peer";
   if (!isRole(role)) return problem("bad-request", "role must be peer, bridge or agent");
-  const { id, recover } = frame;
+  const { id, recover, claim } = frame;
   if (id !== undefined && !isId(id)) {
     return problem("bad-request", "a node id is 1-64 characters of A-Z, a-z, 0-9, - and _");
+  }
+  if (
+    claim !== undefined && !(typeof claim === "string" && /^[A-Za-z0-9_-]{22,128}$/.test(claim))
+  ) {
+    return problem("bad-request", "a claim is 22-128 characters of A-Z, a-z, 0-9, - and _");
   }
   const position = recover as { epoch?: unknown; offset?: unknown } | undefined;
   if (
@@ -231,6 +236,7 @@ function parseHello(frame: FrameObject, rules: FrameRules): Parsed<HelloFrame> {
     ...(typeof frame.secret === "string" ? { secret: frame.secret } : {}),
     ...(typeof frame.token === "string" ? { token: frame.token } : {}),
     ...(id === undefined ? {} : { id }),
+    ...(claim === undefined ? {} : { claim: claim as string }),
     ...(position === undefined
       ? {}
       : { recover: { epoch: position.epoch as string, offset: position.offset as number } }),

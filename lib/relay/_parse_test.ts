@@ -63,6 +63,14 @@ Deno.test("parseNodeFrame: each refusal", () => {
   refused(node({ ...hello, session: undefined }), "bad-request", /session id is required/);
   refused(node({ ...hello, session: "x\u0000y" }), "bad-request", /session id contains/);
   refused(node({ ...hello, role: "admin" }), "bad-request", /role must be/);
+  for (const claim of ["short", "x".repeat(129), "has,comma-0123456789abcdef", 42]) {
+    refused(node({ ...hello, claim }), "bad-request", /a claim is 22-128 characters/);
+  }
+  const claim = "a".repeat(22);
+  assert.deepEqual(node({ ...hello, claim }), {
+    ok: true,
+    frame: { ...hello, role: "peer", claim },
+  });
   refused(node({ t: "msg" }), "bad-message", /text or an array/);
   refused(node({ t: "msg", text: "a", numbers: [1] }), "bad-message", /text or an array/);
   refused(node({ t: "msg", numbers: [1, Infinity] }), "bad-message", /text or an array/);

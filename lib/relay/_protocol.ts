@@ -126,6 +126,13 @@ export interface HelloFrame {
   /** Join token from an earlier welcome: reclaims the same nickname. */
   token?: string;
   /**
+   * A secret of the node's own (22-128 characters of A-Z, a-z, 0-9, - and
+   * _): once the node is gone, a hello with the same claim gets its
+   * reserved nickname back, as its token would — for a process that
+   * restarts after a crash, whose token died with it.
+   */
+  claim?: string;
+  /**
    * The node's own id, the same for its whole life (every reconnect): asks
    * for exactly-once messages. The relay acknowledges its numbered messages,
    * numbers what it delivers (`offset`), and passes `id` and `seq` on, so a

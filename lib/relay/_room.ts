@@ -31,6 +31,8 @@ export class Member {
   lastHeard: number;
   /** The node's own id, when it asked for exactly-once messages. */
   id: string | undefined;
+  /** The node's claim (its hello's), kept with its nickname's reservation when it is gone. */
+  claim: string | undefined;
   /** The highest `seq` taken from the node: anything at or below is a duplicate. */
   lastSeq = 0;
   /** The highest `seq` the relay has made safe (in a cluster: in Redis): what acks say. */
@@ -131,6 +133,8 @@ export type Arrival =
 export interface Reservation {
   /** The join token that reclaims it. */
   token: string;
+  /** The node's claim, which reclaims it too (a restarted process has no token). */
+  claim?: string;
   /** Until when (clock ms). */
   until: number;
   /** The node's {@linkcode Member.lastSeq}, so its resent messages stay duplicates. */
@@ -177,14 +181,22 @@ export class Room {
 
   /**
    * `wanted`, or `wanted(1)`, `wanted(2)`, ...: the first nickname neither
-   * taken nor reserved for someone else than the holder of `token`.
+   * taken nor reserved for someone else than the holder of `token` or of
+   * `claim`.
    */
-  freeName(wanted: string, token: string | undefined, now: number): string {
+  freeName(
+    wanted: string,
+    token: string | undefined,
+    now: number,
+    claim?: string,
+  ): string {
     const free = (name: string) => {
       if (this.members.has(name)) return false;
       const reservation = this.reserved.get(name);
       if (!reservation || reservation.until < now) return true;
-      return token !== undefined && secretsEqual(reservation.token, token);
+      return (token !== undefined && secretsEqual(reservation.token, token)) ||
+        (claim !== undefined && reservation.claim !== undefined &&
+          secretsEqual(reservation.claim, claim));
     };
     if (free(wanted)) return wanted;
     for (let i = 1;; i++) {

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { base64url } from "../_util.ts";
+
 /** Compares secrets in time independent of where they differ. */
 export function secretsEqual(a: string, b: string): boolean {
   const x = new TextEncoder().encode(a);
@@ -16,9 +18,5 @@ export function secretsEqual(a: string, b: string): boolean {
 
 /** A fresh join token: 128 random bits, base64url without padding. */
 export function newJoinToken(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return btoa(String.fromCharCode(...bytes)).replace(
-    /[+/=]/g,
-    (c) => c === "+" ? "-" : c === "/" ? "_" : "",
-  );
+  return base64url(crypto.getRandomValues(new Uint8Array(16)));
 }

@@ -72,6 +72,14 @@ export interface RelayNodeOptions {
   /** `peer` (default), `bridge` or `agent`. */
   role?: RelayRole;
   /**
+   * A secret of this node's own, 22-128 characters of A-Z, a-z, 0-9, - and
+   * _ (say, base64url of an HMAC of a key it has): once this node is gone
+   * (its process crashed), a node with the same claim gets its nickname back
+   * at once, where others wait out the relay's reservation of it (30 s by
+   * default). It never replaces a node still joined.
+   */
+  claim?: string;
+  /**
    * `"auto"` (default) tries WebSocket first and falls back to HTTP streaming;
    * or force one.
    */
@@ -186,7 +194,14 @@ function checkOptions(options: RelayNodeOptions): void {
   if (typeof options !== "object" || options === null) {
     throw new TypeError(`the options must be an object, got ${describeValue(options)}`);
   }
-  const { transport, backoff } = options;
+  const { transport, backoff, claim } = options;
+  if (
+    claim !== undefined && !(typeof claim === "string" && /^[A-Za-z0-9_-]{22,128}$/.test(claim))
+  ) {
+    throw new TypeError(
+      `claim must be 22-128 characters of A-Z, a-z, 0-9, - and _, got ${describeValue(claim)}`,
+    );
+  }
   if (transport !== undefined && transport !== "auto" && !Object.hasOwn(TRANSPORTS, transport)) {
     throw new TypeError(
       `transport must be "auto", "websocket" or "http", got ${describeValue(transport)}`,
@@ -636,6 +651,7 @@ export class RelayNode implements AsyncDisposable {
       secret: this.#options.secret,
       token: this.#token,
       id: this.#id,
+      claim: this.#options.claim,
       recover: this.#position,
     };
     const hooks = {
