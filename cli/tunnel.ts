@@ -29,12 +29,7 @@ import {
   UsageError,
 } from "./_common.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
-import {
-  type BackoffOptions,
-  connect,
-  ImmortalError,
-  type SessionOptions,
-} from "../lib/conn/mod.ts";
+import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
 import { RelayConnectError, RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
 import {
@@ -834,22 +829,23 @@ async function _startRelayClient(
       throw new Error(`no tunnel server "${to}" in session ${relay.session} of ${relay.url}`);
     }
   }
-  // Fail fast on a server that refuses us (or our key), rather than on the
-  // first user connection.
-  const dialer = node.pipeDialer(to);
-  try {
-    await (await connect({ ...config.session, key: config.key, dialer })).close();
-  } catch (error) {
-    throw new Error(`tunnel server ${to}: ${errorMessage(error)}`);
-  }
   const tunnel = new TunnelClient({
     hostname: config.listenHost,
     port: config.listenPort,
     ...config.session,
     key: config.key,
-    dialer,
+    dialer: node.pipeDialer(to),
     server: { hostname: to, port: 0 },
   });
+  // Fail fast on a server that refuses us (or our key), rather than on the
+  // first user connection. The session stays the tunnel's: a probe session
+  // opened and closed showed in the server's log as one that failed.
+  try {
+    await tunnel.open();
+  } catch (error) {
+    await tunnel.close();
+    throw new Error(`tunnel server ${to}: ${errorMessage(error)}`);
+  }
   log.info("Tunnel client on {listen}, via the relay to {to}", {
     listen: hostPort(config.listenHost, config.listenPort),
     to,

@@ -142,6 +142,10 @@ Deno.test("rsync of 64 MiB over OpenSSH through a relay-named tunnel (both ends 
     assert.match(client.log, /Tunnel session \w+ open to lab-ssh$/m);
     assert.doesNotMatch(client.log + server.log, / with \?| via \?|lab-ssh:0/);
     assert.match(client.log, new RegExp(`opened as client with 127\\.0\\.0\\.1:${proxy.port}`));
+    // One session from start to end: the client's start-up check is the tunnel's
+    // session (a probe opened and closed showed at the server as a failed one).
+    assert.equal(server.log.match(/Tunnel session \w+ from/g)?.length, 1, server.log);
+    assert.doesNotMatch(server.log, /aborted by the peer/);
   } finally {
     await restarting.catch(() => {});
     assert.equal(await client.stop(), 0, client.log);
