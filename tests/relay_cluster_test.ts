@@ -493,7 +493,12 @@ Deno.test("cluster: a gone node's claim gets its nickname back (kept through a r
     await cluster.subscribe("s");
     const claim = "tunnel-server-claim-0123456789";
     const join = async (nickname: string, fields: { claim?: string; token?: string } = {}) => {
-      const joined = await cluster.join("s", { nickname, role: "peer", suffixed: false, ...fields });
+      const joined = await cluster.join("s", {
+        nickname,
+        role: "peer",
+        suffixed: false,
+        ...fields,
+      });
       assert.ok(typeof joined !== "string", joined as string);
       return joined;
     };

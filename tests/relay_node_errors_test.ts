@@ -36,6 +36,18 @@ Deno.test("RelayNode errors: unreachable, TLS either way, an untrusted certifica
     { hostname: "127.0.0.1", port: 0, onListen() {} },
     () => new Response("not here", { status: 404 }),
   );
+  // Not HTTP at all (an immortal server's port, say): hangs up at once. Its
+  // end only (a FIN; never a reset, whatever is still unread), read to the end.
+  const hangUp = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const hangingUp = (async () => {
+    for await (const conn of hangUp) {
+      (async () => {
+        await conn.closeWrite();
+        const buffer = new Uint8Array(4096);
+        while (await conn.read(buffer) !== null) { /* drained */ }
+      })().catch(() => {}).finally(() => conn.close());
+    }
+  })();
   try {
     const closed = freePort();
     const cases: [string, Partial<Parameters<typeof RelayNode.connect>[1]>, string, RegExp][] = [
@@ -85,6 +97,13 @@ Deno.test("RelayNode errors: unreachable, TLS either way, an untrusted certifica
         "not-a-relay",
         /127\.0\.0\.1:\d+ answered 404 Not Found to POST \/relay\/stream, not as a relay does: is the URL right\?/,
       ],
+      [
+        `http://127.0.0.1:${hangUp.addr.port}`,
+        {},
+        "broken",
+        // The platform's words, without its framing (which named the URL again).
+        /^127\.0\.0\.1:\d+ closed the connection before the welcome \([^()]*\)$/,
+      ],
     ];
     for (const [url, options, code, message] of cases) {
       const error = await failure(url, options);
@@ -101,6 +120,8 @@ Deno.test("RelayNode errors: unreachable, TLS either way, an untrusted certifica
     });
     await node.close();
   } finally {
+    hangUp.close();
+    await hangingUp;
     await other.shutdown();
     await Deno.remove(certs.dir, { recursive: true });
   }

@@ -96,7 +96,7 @@ Deno.test("tunnel client: a peer that is not an immortal tunnel server, TLS on o
         "an HTTP server",
         http.addr.port,
         [],
-        /does not speak the immortal protocol \(unknown frame type 0x48\): is it an immortal server\?$/m,
+        /answers in HTTP, not the immortal protocol: is it a web server, or a relay\? \(a tunnel server on a relay is reached by name: --relay on the command line\)$/m,
       ],
       [
         "a TLS tunnel server, without --tls",

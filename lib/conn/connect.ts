@@ -130,6 +130,15 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
     }
   }
   if (error instanceof FrameError) {
+    if (/frame type 0x48\b/.test(error.message)) {
+      // "H", of "HTTP/1.1 400": a web server, or a relay (whose tunnels are by name).
+      return new ImmortalError(
+        "protocol",
+        `${where} answers in HTTP, not the immortal protocol: is it a web server, or a relay? ` +
+          "(a tunnel server on a relay is reached by name: --relay on the command line)",
+        options,
+      );
+    }
     // A TLS record (alert 0x15, handshake 0x16) where a frame should be.
     const tls = /frame type 0x1[56]\b/.test(error.message);
     return new ImmortalError(

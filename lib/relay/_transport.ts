@@ -83,7 +83,10 @@ export function connectFailure(
   proxy?: URL,
 ): RelayConnectError {
   const host = url.host;
-  const said = detail.replace(/^(NetworkError: )?failed to connect to WebSocket: /, "");
+  // What the platform said, without the framing that repeats the URL.
+  const said = detail
+    .replace(/^(NetworkError: )?failed to connect to WebSocket: /, "")
+    .replace(/^error sending request .*?: client error \(\w+\): /, "");
   const make = (code: RelayConnectErrorCode, message: string) =>
     new RelayConnectError(code, message, { cause });
   if (/invalid HTTP version parsed/i.test(said)) {
