@@ -169,8 +169,13 @@ const RELAY_START_WAIT_MS = 30_000;
 const NAME_WAIT_MS = 90_000;
 /** How often a client waiting for its server to join looks at the session's members. */
 const MEMBER_POLL_MS = 200;
-/** Between tries for a held name: each is a join and a leave that the session's members see. */
+/**
+ * Between tries for a name reserved for another node (nobody has it): each
+ * is a join and a leave that the session's members see, so the pause
+ * doubles up to the cap.
+ */
 const NAME_RETRY_MS = 1000;
+const NAME_RETRY_MAX_MS = 8000;
 
 function _tlsSettings(
   role: "server" | "client",
@@ -634,7 +639,6 @@ function _secondsText(ms: number): string {
   return String(Math.round(ms / 100) / 10);
 }
 
-/** One try at joining (a relay node's own retries are ours here), given up on a signal. */
 /**
  * A tunnel server's claim on its name: whoever has the tunnel key may serve
  * the name anyway, so the key is what proves it. A server restarted after a
@@ -664,6 +668,7 @@ export async function nameClaim(
   return base64url(mac);
 }
 
+/** One try at joining (a relay node's own retries are ours here), given up on a signal. */
 async function _connectNode(relay: TunnelRelayConfig, stopping: AbortSignal): Promise<RelayNode> {
   // A signal before this try (during the permission check, say) never fires again.
   if (stopping.aborted) throw STOPPED;
@@ -745,11 +750,14 @@ async function _joinRelay(
 /**
  * Joins the relay session as exactly the server's name. A relay that finds
  * the name held gives a suffixed one (`lab-echo(1)`), which no client would
- * reach: leave it, and try again until the name is free, for `nameWait`.
- * The holder may be another tunnel server, or this one's previous run: a
- * server that stopped with a bye frees its name at once, but the relay
- * keeps a crashed one's for its return, until it notices it gone and the
- * reservation ends.
+ * reach. The holder may be another tunnel server, or this one's previous
+ * run: a server that stopped with a bye frees its name at once; a crashed
+ * one holds it until the relay notices it gone, and then the relay keeps it
+ * reserved for its return (which this server's claim is, if it has the
+ * same key). So: while the holder is a member, stay joined under the
+ * suffix and watch for it to leave (one join the session sees, not one a
+ * second); once it has, try the name (at once, then backing off while it
+ * stays reserved for another), for `nameWait` in all.
  */
 async function _joinAsName(
   relay: TunnelRelayConfig,
@@ -766,7 +774,13 @@ async function _joinAsName(
       { name: relay.name, session: relay.session, seconds: _secondsText(wait) },
     );
   }
+  let retry = NAME_RETRY_MS;
   for (;;) {
+    const held = () => node.members.some((member) => member.nickname === relay.name);
+    const heldByMember = held();
+    while (held() && performance.now() < deadline) {
+      await _pause(Math.min(MEMBER_POLL_MS, Math.max(0, deadline - performance.now())), stopping);
+    }
     await node.close();
     const remaining = deadline - performance.now();
     if (remaining <= 0) {
@@ -776,8 +790,14 @@ async function _joinAsName(
           ": is another tunnel server using it? Stop it, or give this one another --name",
       );
     }
-    await _pause(Math.min(remaining, NAME_RETRY_MS), stopping);
-    // Each try joins and leaves: the node's own lines about it are no news.
+    if (heldByMember) {
+      retry = NAME_RETRY_MS; // it just left: its name may be ours at once (a claim)
+    } else {
+      // Reserved for someone else: try again now and then, not every second.
+      await _pause(Math.min(remaining, retry), stopping);
+      retry = Math.min(retry * 2, NAME_RETRY_MAX_MS);
+    }
+    // Each try joins (and leaves, if the name is still held): the node's own lines are no news.
     node = await quietly(["immortal", "relay", "node"], () => _joinRelay(relay, log, stopping));
     if (node.nickname === relay.name) return node;
   }

@@ -10,6 +10,7 @@ import { createHash } from "node:crypto";
 import { RelayNode, serveRelay } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
+import { recordEvents } from "./_relay.ts";
 import { freePort, within } from "./_helpers.ts";
 import { startSshd } from "./_sshd.ts";
 
@@ -287,11 +288,14 @@ Deno.test("tunnel CLI through a relay: a tunnel server SIGKILLed and started aga
     onListen() {},
   });
   // Someone stays in the session (a room that empties forgets its reservations).
-  await using _keeper = await RelayNode.connect(`http://127.0.0.1:${relay.addr.port}`, {
+  await using keeper = await RelayNode.connect(`http://127.0.0.1:${relay.addr.port}`, {
     session: "t",
     nickname: "keeper",
     secret: "s",
   });
+  const seen = recordEvents(keeper);
+  const joins = (nickname: string) =>
+    seen.events.filter((e) => e.type === "join" && e.nickname === nickname).length;
   const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const args = [
     "server",
@@ -305,6 +309,10 @@ Deno.test("tunnel CLI through a relay: a tunnel server SIGKILLed and started aga
     await first.stop("SIGKILL"); // no goodbye: the relay keeps the name for the old one
     second = spawnCli(["--allow-net=127.0.0.1"], TUNNEL, [...args, "--name-wait", "60"]);
     await second.waitFor(/Tunnel server srv on the relay/, "the restarted server, under its name");
+    await seen.until(() => joins("srv") === 2, "the session hearing srv back");
+    // While the old one was still a member, the new one waited joined under a
+    // suffix, once: not a join and a leave every second for the session to see.
+    assert.ok(joins("srv(1)") <= 1, `srv(1) joined ${joins("srv(1)")} times`);
   } finally {
     await first.stop();
     if (second) assert.equal(await second.stop(), 0, second.log);
