@@ -30,6 +30,7 @@ import {
 } from "./_common.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
 import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
+import type { Dialer } from "../lib/link/mod.ts";
 import { RelayConnectError, RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
 import {
@@ -547,7 +548,9 @@ async function _start(
     ? setInterval(printStats, config.statsSeconds * 1000)
     : undefined;
   const closing = new AbortController();
-  const dropped = node && config.relay ? _nodeDropped(node, config.relay, closing.signal) : null;
+  const dropped = node && config.relay
+    ? _nodeDropped(node, config.relay, config.role === "server", closing.signal)
+    : null;
   const failed = [client?.failed, dropped].filter((p): p is Promise<never> => p != null);
   return {
     stopping: "closing the tunnel",
@@ -571,11 +574,25 @@ async function _start(
 async function _nodeDropped(
   node: RelayNode,
   relay: TunnelRelayConfig,
+  keepsName: boolean,
   closing: AbortSignal,
 ): Promise<never> {
   let why = "it ended our membership";
   for await (const event of node.events) {
     if (event.type === "error") why = event.message;
+    // Cut off long enough for the relay to call us gone, we came back to
+    // find our name taken (another server with this key claimed it): under
+    // the suffix the relay gave, no client reaches us. Say so and stop, as
+    // a server that never got its name does.
+    if (
+      keepsName && event.type === "state" && event.state === "connected" &&
+      node.nickname !== relay.name
+    ) {
+      throw new Error(
+        `the name "${relay.name}" was taken in session ${relay.session} while the relay could not reach us ` +
+          `(by another tunnel server with this key?): as "${node.nickname}" no client reaches this one`,
+      );
+    }
   }
   if (closing.aborted) return await new Promise<never>(() => {});
   throw new Error(`the relay at ${relay.url} dropped us: ${why}`);
@@ -823,6 +840,24 @@ function _startRelayServer(
   return tunnel;
 }
 
+/**
+ * `dial`, whose refusals by the node or the relay's rules (the node takes no
+ * pipes, or none from us) are `auth` errors while `starting()`: the
+ * tunnel's start fails on them at once, where it waits out a server that is
+ * unreachable (or, with `no-such-node`, just left: it may be restarting).
+ * Later, as a session redials, a refusal may pass (the name held by another
+ * node for a moment) and must not end it.
+ */
+function _refusalsFinal(dial: Dialer, starting: () => boolean): Dialer {
+  return (signal) =>
+    dial(signal).catch((error) => {
+      if (!starting() || !(error instanceof RelayRefusedError) || error.code === "no-such-node") {
+        throw error;
+      }
+      throw new ImmortalError("auth", error.message, { cause: error });
+    });
+}
+
 async function _startRelayClient(
   config: TunnelCliConfig,
   relay: TunnelRelayConfig,
@@ -849,22 +884,31 @@ async function _startRelayClient(
       throw new Error(`no tunnel server "${to}" in session ${relay.session} of ${relay.url}`);
     }
   }
+  let starting = true;
   const tunnel = new TunnelClient({
     hostname: config.listenHost,
     port: config.listenPort,
     ...config.session,
     key: config.key,
-    dialer: node.pipeDialer(to),
+    dialer: _refusalsFinal(node.pipeDialer(to), () => starting),
     server: { hostname: to, port: 0 },
   });
-  // Fail fast on a server that refuses us (or our key), rather than on the
-  // first user connection. The session stays the tunnel's: a probe session
-  // opened and closed showed in the server's log as one that failed.
+  // Fail on a server that refuses us (or our key) now, rather than on the
+  // first user connection; one that does not answer yet is waited for (as
+  // a direct client waits), and a stop ends the wait. The session stays the
+  // tunnel's: a probe session opened and closed showed in the server's log
+  // as one that failed.
+  const stop = () => void tunnel.close();
+  stopping.addEventListener("abort", stop, { once: true });
   try {
     await tunnel.open();
+    starting = false;
   } catch (error) {
     await tunnel.close();
+    if (stopping.aborted) throw STOPPED;
     throw new Error(`tunnel server ${to}: ${errorMessage(error)}`);
+  } finally {
+    stopping.removeEventListener("abort", stop);
   }
   log.info("Tunnel client on {listen}, via the relay to {to}", {
     listen: hostPort(config.listenHost, config.listenPort),

@@ -118,6 +118,27 @@ Deno.test("a server that accepts but never answers the handshake: connect names 
   }
 });
 
+Deno.test("connect's signal abandons a first connection whose handshake the server holds: aborted, and the link is closed", async () => {
+  using silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const controller = new AbortController();
+  const connecting = connect({ port: silent.addr.port, signal: controller.signal });
+  const held = await silent.accept();
+  try {
+    controller.abort(new Error("the user gave up"));
+    await assert.rejects(
+      connecting,
+      (e: unknown) =>
+        e instanceof ImmortalError && e.code === "aborted" &&
+        /abandoned/.test(e.message) && /the user gave up/.test(String(e.cause)),
+    );
+    // The client closed its end: the server's read ends (with the hello it sent, if any).
+    const buffer = new Uint8Array(4096);
+    while (await held.read(buffer) !== null) { /* the client's hello */ }
+  } finally {
+    held.close();
+  }
+});
+
 Deno.test("close() right after a complete exchange ends cleanly at both ends", async () => {
   using listener = listen({ hostname: "127.0.0.1", port: 0 });
   for (let round = 0; round < 20; round++) {

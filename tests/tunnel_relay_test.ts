@@ -319,3 +319,87 @@ Deno.test("tunnel CLI through a relay: a tunnel server SIGKILLed and started aga
     target.close();
   }
 });
+
+Deno.test("tunnel CLI through a relay: a server cut off until the relay calls it gone, whose name another server with its key claimed meanwhile, says so and exits 1 instead of serving under a suffix nobody reaches", async () => {
+  const key = (await runTunnel(["keygen"], "127.0.0.1")).stdout.trim();
+  await using relay = serveRelay({ hostname: "127.0.0.1", port: 0, secret: "s", onListen() {} });
+  await using keeper = await RelayNode.connect(`http://127.0.0.1:${relay.addr.port}`, {
+    session: "t",
+    nickname: "keeper",
+    secret: "s",
+  });
+  const seen = recordEvents(keeper);
+  const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  // The first server reaches the relay through a path the test cuts.
+  const path = await FaultProxy.start({ targetPort: relay.addr.port });
+  const args = (url: string) => [
+    "server",
+    ...["--relay", url, "--session", "t", "--relay-secret", "s"],
+    ...["--name", "srv", "127.0.0.1", String(target.addr.port), "--key", key],
+  ];
+  const first = spawnCli(["--allow-net=127.0.0.1"], TUNNEL, args(`http://127.0.0.1:${path.port}`));
+  let second: ReturnType<typeof spawnCli> | undefined;
+  try {
+    await first.waitFor(/Tunnel server srv on the relay/, "the first server");
+    second = spawnCli(["--allow-net=127.0.0.1"], TUNNEL, [
+      ...args(`http://127.0.0.1:${relay.addr.port}`),
+      "--name-wait",
+      "120",
+    ]);
+    await second.waitFor(/The name "srv" is held/, "the second server waiting for the name");
+    path.refuseNew(true);
+    path.reset();
+    await second.waitFor(/Tunnel server srv on the relay/, "the second server taking the name");
+    path.refuseNew(false);
+    const { code } = await within(30_000, "the first server exiting", first.child.status);
+    assert.equal(code, 1, first.log);
+    await first.stop(); // the whole log read
+    assert.match(
+      first.log,
+      /^error: the name "srv" was taken in session t while the relay could not reach us .*: as "srv\(1\)" no client reaches this one$/m,
+    );
+    assert.ok(seen.events.some((e) => e.type === "leave" && e.nickname === "srv"));
+  } finally {
+    await first.stop();
+    if (second) assert.equal(await second.stop(), 0, second.log);
+    await path.close();
+    target.close();
+  }
+});
+
+Deno.test("tunnel CLI through a relay: a client at start fails at once, in one line, on a server name that refuses its pipes; one whose server does not answer yet stops at once on SIGTERM", async () => {
+  const key = (await runTunnel(["keygen"], "127.0.0.1")).stdout.trim();
+  await using relay = serveRelay({ hostname: "127.0.0.1", port: 0, secret: "s", onListen() {} });
+  const url = `http://127.0.0.1:${relay.addr.port}`;
+  // A member named like a server, that takes no pipes (a chat node, say).
+  await using _mute = await RelayNode.connect(url, { session: "t", nickname: "mute", secret: "s" });
+  // One that takes pipes and never answers on them (a server stuck at start).
+  await using stuck = await RelayNode.connect(url, {
+    session: "t",
+    nickname: "stuck",
+    secret: "s",
+  });
+  const stuckPipes = stuck.pipeAcceptor();
+  const client = (to: string) =>
+    spawnCli(["--allow-net=127.0.0.1"], TUNNEL, [
+      "client",
+      String(freePort()),
+      ...["--relay", url, "--session", "t", "--relay-secret", "s", "--to", to, "--key", key],
+    ]);
+  const refused = client("mute");
+  const { code } = await within(30_000, "the refused client exiting", refused.child.status);
+  await refused.stop();
+  assert.equal(code, 1, refused.log);
+  assert.match(refused.log, /^error: tunnel server mute: .*(refuse|accept)/m);
+  assert.doesNotMatch(refused.log, /trying again/);
+
+  const waiting = client("stuck");
+  const pipe = await within(30_000, "the client's pipe", stuckPipes.accept());
+  try {
+    assert.equal(await within(10_000, "the client stopping", waiting.stop()), 0, waiting.log);
+    assert.doesNotMatch(waiting.log, /^error:/m);
+  } finally {
+    pipe.close();
+    stuckPipes.close();
+  }
+});

@@ -69,13 +69,18 @@ export class ClientSession implements SessionSide {
    * Opens a new session on one link; the first link must succeed, so a
    * failed dial or a refusal rejects at once.
    */
-  async open(psk: CryptoKey | null): Promise<StreamEngine> {
+  async open(psk: CryptoKey | null, signal?: AbortSignal): Promise<StreamEngine> {
     const opened = await this.#dial(
       performance.now() + this.#options.handshakeTimeout,
       1,
-      undefined,
+      signal,
       (reader) => clientOpen(reader, psk, this.#options.maxUnackedBytes, this.#options.encrypt),
     );
+    if (opened === null && signal?.aborted) {
+      throw new ImmortalError("aborted", "the connection was abandoned before it opened", {
+        cause: signal.reason,
+      });
+    }
     if (opened === null) {
       // The deadline passed as the one attempt timed out: say so, not "null".
       throw new DialTimeoutError(this.#options.handshakeTimeout, undefined);

@@ -30,6 +30,12 @@ export interface ConnectOptions extends SessionOptions {
   dialer?: Dialer;
   /** Reconnect backoff. */
   backoff?: BackoffOptions;
+  /**
+   * Abandons the first connection (its dial and handshake): `connect` then
+   * rejects with an {@linkcode ImmortalError} of code `aborted`. It has no
+   * effect once the session is open (close the session for that).
+   */
+  signal?: AbortSignal;
 }
 
 /** TLS settings of a client; see {@linkcode ConnectOptions.tls}. */
@@ -74,7 +80,7 @@ export async function connect(options: ConnectOptions): Promise<ImmortalConn> {
   const dialer = dialerFor(options);
   const psk = resolved.key ? await hmacKey(resolved.key) : null;
   try {
-    return await new ClientSession(dialer, resolved).open(psk);
+    return await new ClientSession(dialer, resolved).open(psk, options.signal);
   } catch (error) {
     if (error instanceof ImmortalError) throw error;
     const where = options.dialer

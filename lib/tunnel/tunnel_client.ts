@@ -185,7 +185,13 @@ export class TunnelClient implements AsyncDisposable {
     const deadline = performance.now() + connectWait;
     for (let attempt = 1;; attempt++) {
       try {
-        return await connect({ ...this.#options, ...server, dialer: this.#options.dialer });
+        // close() abandons it: a server that holds the handshake holds no one.
+        return await connect({
+          ...this.#options,
+          ...server,
+          dialer: this.#options.dialer,
+          signal: this.#closing.signal,
+        });
       } catch (error) {
         // A refused key, another kind of server, TLS on one side only: waiting will not
         // help. Nothing answering, or a busy server, may change.
