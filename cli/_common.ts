@@ -152,7 +152,7 @@ export function readFileArg(what: string, path: string, args: FileArgs = {}): st
     return Deno.readTextFileSync(path);
   } catch (error) {
     if (error instanceof Deno.errors.NotCapable) {
-      const others = (args.files ?? []).filter((file) =>
+      const others = [...new Set(args.files)].filter((file) =>
         file !== path &&
         Deno.permissions.querySync({ name: "read", path: file }).state !== "granted"
       );

@@ -150,7 +150,7 @@ export interface TunnelRelayConfig {
   name: string;
   /** Client: the name of the tunnel server. */
   to?: string;
-  /** Server: its claim on its name (see {@linkcode nameClaim}); made at start from the key. */
+  /** Server: its claim on its name (see `_nameClaim`); made at start from the key. */
   claim?: string;
   /** The relay's secret. */
   secret?: string;
@@ -518,7 +518,7 @@ async function _start(
   if (config.relay) {
     node = config.role === "server"
       ? await _joinAsName(
-        { ...config.relay, claim: await nameClaim(config.key!, config.relay) },
+        { ...config.relay, claim: await _nameClaim(config.key!, config.relay) },
         log,
         stopping,
       )
@@ -663,7 +663,7 @@ function _secondsText(ms: number): string {
  * instead of after the relay's reservation (30 s). Base64url of an
  * HMAC-SHA-256 keyed by the tunnel key over the session and the name.
  */
-export async function nameClaim(
+async function _nameClaim(
   key: string,
   relay: Pick<TunnelRelayConfig, "session" | "name">,
 ): Promise<string> {

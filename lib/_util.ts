@@ -209,16 +209,19 @@ export function checkTlsPair(cert: string, key: string): void {
  * What a failed TLS handshake (as the platform words it) says for sure:
  * `wrong-name` (the peer's certificate is for another name), `untrusted`
  * (nobody we trust signed it), `not-tls` (an answer that is not TLS, or the
- * `protocol_version` alert our plain servers send to a TLS client), or
- * nothing certain (an end of file or a reset may be a server shedding load;
- * another alert is a TLS server refusing something else).
+ * `protocol_version` alert our plain servers send to a TLS client),
+ * `refused` (a TLS server sent another alert: it wants a client
+ * certificate, shares no cipher, ...), or nothing certain (an end of file
+ * or a reset may be a server shedding load).
  */
-export function tlsFailureKind(said: string): "wrong-name" | "untrusted" | "not-tls" | null {
+export function tlsFailureKind(
+  said: string,
+): "wrong-name" | "untrusted" | "not-tls" | "refused" | null {
   if (/NotValidForName|not valid for name/i.test(said)) return "wrong-name";
+  // Alerts first: "CertificateRequired" and "BadCertificate" are refusals, not our distrust.
+  if (/alert/i.test(said)) return /ProtocolVersion/i.test(said) ? "not-tls" : "refused";
   if (/certificate|UnknownIssuer|Expired/i.test(said)) return "untrusted";
-  if (/alert: ?ProtocolVersion|corrupt message|InvalidContentType|wrong version/i.test(said)) {
-    return "not-tls";
-  }
+  if (/corrupt message|InvalidContentType|wrong version/i.test(said)) return "not-tls";
   return null;
 }
 

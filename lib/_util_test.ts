@@ -6,6 +6,7 @@ import {
   errorMessage,
   hostPort,
   parsePortText,
+  tlsFailureKind,
   untilAborted,
 } from "./_util.ts";
 
@@ -52,17 +53,16 @@ Deno.test("errorMessage and the port checks", () => {
 
 Deno.test("untilAborted: the work's result, or the abort's reason at once; a result after the abort is discarded", async () => {
   const discarded: string[] = [];
-  const discard = (late: string) => discarded.push(late);
-  assert.equal(
-    await untilAborted(Promise.resolve("on time"), new AbortController().signal, discard),
-    "on time",
-  );
+  let wake = () => {};
+  const discard = (late: string) => {
+    discarded.push(late);
+    wake();
+  };
+  const nextDiscard = () => new Promise<void>((resolve) => wake = resolve);
+  const never = new AbortController().signal;
+  assert.equal(await untilAborted(Promise.resolve("on time"), never, discard), "on time");
   await assert.rejects(
-    untilAborted(
-      Promise.reject<string>(new Error("failed")),
-      new AbortController().signal,
-      discard,
-    ),
+    untilAborted(Promise.reject<string>(new Error("failed")), never, discard),
     /failed/,
   );
   const work = Promise.withResolvers<string>();
@@ -70,14 +70,15 @@ Deno.test("untilAborted: the work's result, or the abort's reason at once; a res
   const waiting = untilAborted(work.promise, controller.signal, discard);
   controller.abort(new Error("deadline"));
   await assert.rejects(waiting, /deadline/);
+  let discarding = nextDiscard();
   work.resolve("late");
-  await work.promise;
-  await Promise.resolve();
+  await discarding;
   assert.deepEqual(discarded, ["late"]);
   const aborted = new AbortController();
   aborted.abort(new Error("already"));
+  discarding = nextDiscard();
   await assert.rejects(untilAborted(Promise.resolve("x"), aborted.signal, discard), /already/);
-  await Promise.resolve();
+  await discarding;
   assert.deepEqual(discarded, ["late", "x"]);
 });
 
@@ -86,4 +87,20 @@ Deno.test("hostPort: IPv6 in brackets, once", () => {
   assert.equal(hostPort("::1", 80), "[::1]:80");
   assert.equal(hostPort("[::1]", 80), "[::1]:80");
   assert.equal(hostPort("relay.example", 443), "relay.example:443");
+});
+
+Deno.test("tlsFailureKind: a name mismatch, our distrust, a plain server, a TLS server's refusal, or nothing certain", () => {
+  const cases: [string, ReturnType<typeof tlsFailureKind>][] = [
+    ['invalid peer certificate: certificate not valid for name "x"; ...', "wrong-name"],
+    ["invalid peer certificate: UnknownIssuer", "untrusted"],
+    ["invalid peer certificate: Expired", "untrusted"],
+    ["received fatal alert: ProtocolVersion", "not-tls"],
+    ["received corrupt message of type InvalidContentType", "not-tls"],
+    ["received fatal alert: HandshakeFailure", "refused"],
+    ["received fatal alert: CertificateRequired", "refused"],
+    ["received fatal alert: BadCertificate", "refused"],
+    ["Connection reset by peer (os error 104)", null],
+    ["unexpected end of file", null],
+  ];
+  for (const [said, kind] of cases) assert.equal(tlsFailureKind(said), kind, said);
 });

@@ -139,6 +139,29 @@ Deno.test("connect's signal abandons a first connection whose handshake the serv
   }
 });
 
+Deno.test("a TLS server that refuses the handshake with an alert (handshake_failure): connect fails at once, as tls, not as an unreachable server to retry", async () => {
+  using refusing = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    for await (const conn of refusing) {
+      (async () => {
+        await conn.read(new Uint8Array(4096)); // the ClientHello
+        await conn.write(new Uint8Array([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])); // fatal alert 40
+      })().catch(() => {}).finally(() => conn.close());
+    }
+  })();
+  try {
+    await assert.rejects(
+      connect({ port: refusing.addr.port, tls: true }),
+      (e: unknown) =>
+        e instanceof ImmortalError && e.code === "tls" && /HandshakeFailure/.test(e.message) &&
+        /the server refused the handshake$/.test(e.message),
+    );
+  } finally {
+    refusing.close();
+    await serving.catch(() => {});
+  }
+});
+
 Deno.test("close() right after a complete exchange ends cleanly at both ends", async () => {
   using listener = listen({ hostname: "127.0.0.1", port: 0 });
   for (let round = 0; round < 20; round++) {

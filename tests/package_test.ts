@@ -55,7 +55,14 @@ Deno.test("the published package holds the code and its documents only: no secre
       "relay.secret",
       "relay.metrics-token",
       "immortal-relay.properties",
+      // The walk-through's TLS files (deno.json's permission sets read ./tls).
+      "tls/key.pem",
+      "tls/cert.pem",
+      "key.pem",
+      "cert.pem",
+      "server.key",
     ];
+    await Deno.mkdir(`${copy}/tls`, { recursive: true });
     for (const secret of secrets) await Deno.writeTextFile(`${copy}/${secret}`, "s3cret\n");
     const publish = await new Deno.Command(Deno.execPath(), {
       args: ["publish", "--dry-run", "--allow-dirty"],

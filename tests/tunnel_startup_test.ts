@@ -430,7 +430,7 @@ Deno.test("tunnel CLI through a relay that never comes up: one line, then one er
   }
 });
 
-Deno.test("tunnel server through a relay whose name is held: it leaves its stand-in name, waits, and takes the name once it is free", async () => {
+Deno.test("tunnel server through a relay whose name is held: it waits under a stand-in name while the holder is there, and takes the name once it is free", async () => {
   const { path } = await keyFile();
   const echo = echoTarget();
   await using relay = startRelay();
@@ -455,10 +455,11 @@ Deno.test("tunnel server through a relay whose name is held: it leaves its stand
       /The name "lab-echo" is held in session lab \(by another tunnel server, or one that just stopped\); waiting for it for up to 90 s/,
       "the server waiting for its name",
     );
-    // It joined as lab-echo(1), which no client would reach, and left it.
+    // It joined as lab-echo(1), which no client would reach, and waits there
+    // for the holder to leave (rather than joining and leaving every second).
     await seen.until(
-      () => seen.events.some((e) => e.type === "leave" && e.nickname === "lab-echo(1)"),
-      "the stand-in name left",
+      () => seen.events.some((e) => e.type === "join" && e.nickname === "lab-echo(1)"),
+      "the stand-in name joined",
     );
     // Waiting: not a tunnel server yet.
     assert.doesNotMatch(server.log, /Tunnel server lab-echo on the relay/);

@@ -77,6 +77,8 @@ export async function dialAndHandshake<T>(
       (late) => late.close(),
     );
     reader = new FrameReader(link);
+    // An abort between the dial's end and this line found no link to close.
+    controller.signal.throwIfAborted();
     onLinked?.();
     const value = await handshake(reader);
     if (controller.signal.aborted) throw new Error("aborted");

@@ -127,6 +127,13 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
         options,
       );
     }
+    if (kind === "refused") {
+      return new ImmortalError(
+        "tls",
+        `TLS with ${where} failed (${said}): the server refused the handshake`,
+        options,
+      );
+    }
     if (kind === "not-tls") {
       return new ImmortalError(
         "tls",

@@ -847,6 +847,8 @@ export class Hub {
         if (result.kind === "join") this.#counters.joins++;
       }
       member.id = hello.id ?? member.id;
+      // (No member.claim here: in a cluster, Redis keeps the claim's hash with
+      // the membership and the reservation, and judges it.)
       member.lastSeq = member.ackedSeq = member.sentSeq = result.lastSeq;
       member.presence = result.presence;
       const self = member;

@@ -7,9 +7,11 @@
  */
 
 import {
+  CLAIM_RULE,
   ERROR_CODES,
   type FrameProblem,
   type HelloFrame,
+  isClaim,
   type MessageBody,
   type NodeFrame,
   type Parsed,
@@ -214,11 +216,10 @@ function parseHello(frame: FrameObject, rules: FrameRules): Parsed<HelloFrame> {
   if (id !== undefined && !isId(id)) {
     return problem("bad-request", "a node id is 1-64 characters of A-Z, a-z, 0-9, - and _");
   }
-  if (
-    claim !== undefined && !(typeof claim === "string" && /^[A-Za-z0-9_-]{22,128}$/.test(claim))
-  ) {
-    return problem("bad-request", "a claim is 22-128 characters of A-Z, a-z, 0-9, - and _");
+  if (claim !== undefined && !isClaim(claim)) {
+    return problem("bad-request", `a claim is ${CLAIM_RULE}`);
   }
+
   const position = recover as { epoch?: unknown; offset?: unknown } | undefined;
   if (
     recover !== undefined &&

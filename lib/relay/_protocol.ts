@@ -269,6 +269,14 @@ export type RelayFrame =
   | { t: "pong" }
   | ErrorFrame;
 
+/** What a claim is, said once (errors use it): see {@linkcode HelloFrame.claim}. */
+export const CLAIM_RULE = "22-128 characters of A-Z, a-z, 0-9, - and _";
+
+/** Whether `value` is a claim: {@linkcode CLAIM_RULE}. */
+export function isClaim(value: unknown): value is string {
+  return typeof value === "string" && /^[A-Za-z0-9_-]{22,128}$/.test(value);
+}
+
 /**
  * The one encoder of frames: a frame, or a batch of node frames (an HTTP
  * POST upstream), as JSON text. Undefined fields are left out.

@@ -113,7 +113,9 @@ export function connectFailure(
         "give the relay's CA certificate (caCerts, --tls-ca on the command line)",
     );
   }
-  if (/tls|handshake|alert/i.test(said)) return make("tls", `TLS with ${host} failed: ${said}`);
+  if (tls === "refused" || /tls|handshake/i.test(said)) {
+    return make("tls", `TLS with ${host} failed: ${said}`);
+  }
   const through = proxy ? `the proxy at ${proxy.host}` : null;
   if (/Connection refused/i.test(said)) {
     return make(

@@ -177,7 +177,7 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
       );
     }
     const { hostname, port } = peers.addr;
-    pipes.advertise(`http://${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`);
+    pipes.advertise(`http://${hostPort(hostname, port)}`);
   }
   options.onListen?.(server.addr);
   const shutdown = async () => {
