@@ -63,11 +63,6 @@ export class LinkRefused extends Error {
   }
 }
 
-/** Whether `data` is a view of an ordinary buffer (a body `fetch` takes), not a shared one. */
-function isUnshared(data: Uint8Array): data is Uint8Array<ArrayBuffer> {
-  return data.buffer instanceof ArrayBuffer;
-}
-
 function linkClosed(why: string): Deno.errors.ConnectionReset {
   return new Deno.errors.ConnectionReset(`HTTP link: ${why}`);
 }
@@ -157,15 +152,17 @@ export class ServerHttpStreamLink implements Link {
    * One upstream POST: `seq` must be the next number or one of the next few
    * (POSTs in flight together may arrive in any order, each on its own
    * connection); one ahead of its turn waits for the ones before it. A number
-   * already taken, or too far ahead, ends the link: a proxy that replays a
-   * request would otherwise duplicate bytes. Answers once the bytes are
-   * queued and the queue is under its bound, so a fast sender waits for a
-   * slow reader.
+   * already taken or waiting is a repeat (a client sends a POST again when
+   * its connection died under it, not knowing whether it arrived; a proxy may
+   * replay one): answered, its bytes dropped. One too far ahead ends the
+   * link. Answers once the bytes are queued and the queue is under its
+   * bound, so a fast sender waits for a slow reader.
    */
   async post(seq: number, body: Uint8Array): Promise<Response> {
     if (this.#closed) return new Response("the link is closed", { status: 410 });
     const next = this.#nextSeq;
-    if (seq < next || seq >= next + MAX_POSTS_IN_FLIGHT || this.#early.has(seq)) {
+    if (seq < next || this.#early.has(seq)) return new Response(null, { status: 204 });
+    if (seq >= next + MAX_POSTS_IN_FLIGHT) {
       this.close(linkClosed(`upstream POST ${seq} where ${next} was due`));
       return new Response("out of sequence", { status: 409 });
     }
@@ -286,17 +283,10 @@ class ClientHttpStreamLink implements Link {
     if (this.#closed) throw linkClosed("closed");
     if (data.length === 0) return;
     this.#unanswered += data.length;
-    if (
-      this.#inFlight < this.#maxInFlight && this.#pending.size === 0 &&
-      data.length <= MAX_POST_BYTES && isUnshared(data)
-    ) {
-      // A POST may go now: it carries `data` itself (fetch copies it before
-      // it returns: nothing of ours to copy into first).
-      this.#post(data);
-    } else {
-      this.#pending.append(data);
-      this.#postPending();
-    }
+    // Into a body of ours, never the caller's buffer: a POST that goes again
+    // (see #post) needs its bytes after this write returned.
+    this.#pending.append(data);
+    this.#postPending();
     while (this.#unanswered >= HIGH_WATER && !this.#closed) {
       await new Promise<void>((resolve) => this.#drained.push(resolve));
     }
@@ -334,35 +324,40 @@ class ClientHttpStreamLink implements Link {
     while (this.#inFlight < this.#maxInFlight && !this.#ended) {
       const body = this.#pending.shift();
       if (body === null) return;
-      this.#post(body);
-      // fetch has its own copy now: the body's buffer may take the next writes.
-      this.#pending.recycle(body);
+      this.#post(body, this.#seq++);
     }
   }
 
   /**
-   * One upstream POST, numbered in the order of the calls (the server puts
-   * POSTs in flight together back in that order). Its answer lets the next
-   * pending body go.
+   * One upstream POST, number `seq` (in the order of the calls: the server
+   * puts POSTs in flight together back in that order). Its answer lets the
+   * next pending body go. A POST whose request failed without an answer (its
+   * connection died under it: a proxy that closes a kept-alive connection
+   * as it is used again) goes once more, with the same number: the server
+   * takes a number it has as a repeat.
    */
-  #post(body: Uint8Array<ArrayBuffer>): void {
+  #post(body: Uint8Array<ArrayBuffer>, seq: number, again = false): void {
     const bytes = body.length;
-    this.#inFlight++;
+    if (!again) this.#inFlight++;
+    let answered = false;
     fetch(this.#url, {
       method: "POST",
       headers: {
         [LINK_HEADER]: this.#id,
-        [SEQ_HEADER]: String(this.#seq++),
+        [SEQ_HEADER]: String(seq),
         "content-type": "application/octet-stream",
       },
       body,
       signal: this.#abort.signal,
       ...(this.#client ? { client: this.#client } : {}),
     }).then(async (response) => {
+      answered = true;
       await response.body?.cancel();
       if (response.status !== 204) {
         throw linkClosed(`the server answered an upstream POST with ${response.status}`);
       }
+      // Answered: the body's buffer may take the next writes.
+      this.#pending.recycle(body);
       this.#inFlight--;
       this.#unanswered -= bytes;
       for (const resolve of this.#drained.splice(0)) resolve();
@@ -376,6 +371,7 @@ class ClientHttpStreamLink implements Link {
         this.#end();
         return;
       }
+      if (!answered && !again) return this.#post(body, seq, true);
       this.#error ??= error instanceof Deno.errors.ConnectionReset
         ? error
         : linkClosed(`an upstream POST failed: ${errorMessage(error)}`);

@@ -22,7 +22,7 @@ async function readExactly(link: { read(b: Uint8Array): Promise<number | null> }
   return out;
 }
 
-Deno.test("HTTP-streaming server link: POSTs in flight are taken in their numbers' order; a number taken or too far ahead ends the link", async () => {
+Deno.test("HTTP-streaming server link: POSTs in flight are taken in their numbers' order; a number taken is a repeat, one too far ahead ends the link", async () => {
   const link = new ServerHttpStreamLink(undefined, () => {});
   assert.equal(link.response.headers.get(UPSTREAM_HEADER), String(MAX_POSTS_IN_FLIGHT));
   // 2 and 1 arrive before 0: each waits for its turn.
@@ -30,9 +30,11 @@ Deno.test("HTTP-streaming server link: POSTs in flight are taken in their number
   const first = link.post(0, new Uint8Array([1]));
   assert.deepEqual([...(await readExactly(link, 3))], [1, 2, 3]);
   for (const answer of await Promise.all([first, ...later])) assert.equal(answer.status, 204);
-  // A replay of a number already taken: the link ends.
-  assert.equal((await link.post(1, new Uint8Array([9]))).status, 409);
-  await assert.rejects(link.read(new Uint8Array(1)), /upstream POST 1 where 3 was due/);
+  // A number already taken again (a POST sent again, its first answer lost): answered, dropped.
+  assert.equal((await link.post(1, new Uint8Array([9]))).status, 204);
+  assert.equal((await link.post(3, new Uint8Array([4]))).status, 204);
+  assert.deepEqual([...(await readExactly(link, 1))], [4], "nothing of the repeat");
+  link.close();
   await link.response.body?.cancel();
 
   const ahead = new ServerHttpStreamLink(undefined, () => {});
@@ -40,22 +42,26 @@ Deno.test("HTTP-streaming server link: POSTs in flight are taken in their number
   await ahead.response.body?.cancel();
 });
 
-Deno.test("HTTP-streaming server link: a replay of a number, waiting or just taken, ends the link and adds no byte", async () => {
-  // The replay comes right behind the POST that lets the waiting one in.
+Deno.test("HTTP-streaming server link: a repeat of a number, waiting or just taken, is answered and adds no byte; the link goes on", async () => {
+  // The repeat comes right behind the POST that lets the waiting one in.
   const link = new ServerHttpStreamLink(undefined, () => {});
   const early = link.post(1, new Uint8Array([1]));
   const due = link.post(0, new Uint8Array([0]));
-  const replay = link.post(1, new Uint8Array([9]));
-  assert.equal((await replay).status, 409);
-  assert.deepEqual([...(await readExactly(link, 2))], [0, 1], "no byte of the replay");
-  await assert.rejects(link.read(new Uint8Array(1)), /upstream POST 1 where 2 was due/);
+  const repeat = link.post(1, new Uint8Array([1]));
+  assert.equal((await repeat).status, 204);
+  assert.deepEqual([...(await readExactly(link, 2))], [0, 1], "no byte of the repeat");
   await Promise.all([early, due]);
+  assert.equal((await link.post(2, new Uint8Array([2]))).status, 204);
+  assert.deepEqual([...(await readExactly(link, 1))], [2], "the link goes on");
+  link.close();
   await link.response.body?.cancel();
 
   // A second copy of a POST still waiting for its turn.
   const waiting = new ServerHttpStreamLink(undefined, () => {});
   const first = waiting.post(2, new Uint8Array([2]));
-  assert.equal((await waiting.post(2, new Uint8Array([2]))).status, 409);
+  assert.equal((await waiting.post(2, new Uint8Array([2]))).status, 204);
+  assert.equal(waiting.queuedBytes, 1, "held once");
+  waiting.close();
   assert.equal((await first).status, 410, "the waiting one is answered when the link ends");
   await waiting.response.body?.cancel();
 });
@@ -109,5 +115,70 @@ Deno.test("HTTP-streaming links: the client has several POSTs in flight at once,
     client.close();
     endpoint.close();
     await server.shutdown();
+  }
+});
+
+Deno.test("HTTP-streaming links: a POST whose connection dies before its answer (after the server took it) goes once more; the server takes it as a repeat, and the link lives on", async () => {
+  const endpoint = new HttpLinkEndpoint();
+  const accepted = Promise.withResolvers<{ read(b: Uint8Array): Promise<number | null> }>();
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    if (linkRequestKind(req) === "upstream") return endpoint.upstream(req);
+    const opened = endpoint.open(req, undefined);
+    if (typeof opened === "string") return new Response(opened, { status: 400 });
+    accepted.resolve(opened.link);
+    return opened.response;
+  });
+  // Between client and server, a proxy that passes the first upstream POST on, and
+  // drops the connection instead of passing the answer back (what a proxy
+  // closing a kept-alive connection under a request does to the client).
+  const front = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let killed = 0;
+  const relaying = (async () => {
+    for await (const near of front) {
+      (async () => {
+        const far = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+        let first = true;
+        let post = false;
+        const up = (async () => {
+          const buffer = new Uint8Array(65536);
+          for (let n; (n = await near.read(buffer)) !== null;) {
+            // An upstream POST (it has a number), not the one that opens the link.
+            if (first) {
+              post = /x-immortal-seq/i.test(new TextDecoder().decode(buffer.subarray(0, n)));
+            }
+            first = false;
+            await far.write(buffer.subarray(0, n));
+          }
+        })();
+        const buffer = new Uint8Array(65536);
+        for (let n; (n = await far.read(buffer)) !== null;) {
+          if (post && killed === 0) {
+            killed++;
+            break; // the answer never reaches the client
+          }
+          await near.write(buffer.subarray(0, n));
+        }
+        near.close();
+        far.close();
+        await up.catch(() => {});
+      })().catch(() => {});
+    }
+  })();
+  const client = await httpStreamDialer({ url: `http://127.0.0.1:${front.addr.port}/` })(
+    AbortSignal.timeout(10_000),
+  );
+  try {
+    const link = await accepted.promise;
+    for (let i = 1; i <= 3; i++) {
+      await client.write(new Uint8Array([i]));
+      assert.deepEqual([...(await readExactly(link, 1))], [i], `byte ${i}, once`);
+    }
+    assert.equal(killed, 1, "a POST's connection died under it");
+  } finally {
+    client.close();
+    endpoint.close();
+    front.close();
+    await server.shutdown();
+    await relaying;
   }
 });
