@@ -171,3 +171,37 @@ Deno.test("flush resolves once the peer's application has read every byte writte
   // Nothing written since: it resolves at once.
   await client.flush();
 });
+
+Deno.test("a reader that stops (break out of for await on readable) closes the session, as with Deno.Conn: the peer's writes fail instead of waiting for ever", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  await using client = await connect({ port: listener.addr.port });
+  await using server = await listener.accept();
+  // The server writes more than any window holds: it waits for the reader.
+  const writing = (async () => {
+    for (;;) await server.write(new Uint8Array(1 << 20));
+  })();
+  for await (const _chunk of client.readable) break;
+  await within(30_000, "the writer failing", assert.rejects(writing, ImmortalError));
+  await assert.rejects(server.closed, /the reader stopped reading/);
+  await client.closed;
+  assert.equal(client.state, "closed");
+});
+
+Deno.test("write takes a Uint8Array only (an ArrayBuffer wrote nothing, silently); `using` closes a session", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  let closing: Promise<void>;
+  {
+    using client = await connect({ port: listener.addr.port });
+    closing = client.closed;
+    for (const wrong of [new ArrayBuffer(4), new DataView(new ArrayBuffer(4)), "text", [1, 2]]) {
+      await assert.rejects(
+        client.write(wrong as unknown as Uint8Array),
+        (e: unknown) => e instanceof TypeError && /write takes a Uint8Array, got /.test(e.message),
+      );
+    }
+    assert.equal(client.stats.bytesWritten, 0);
+  }
+  await closing; // closed at the end of the block
+  await using server = await listener.accept();
+  await server.closed.catch(() => {});
+});

@@ -39,7 +39,7 @@ import {
 } from "./events.ts";
 import { type FrameReader, READ_BUFFER_SIZE } from "./_frame_reader.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
-import type { ResolvedOptions } from "./_options.ts";
+import { describeValue, type ResolvedOptions } from "./_options.ts";
 import { ReadBuffers } from "./_read_buffers.ts";
 import { ReplayBuffer } from "./_replay_buffer.ts";
 import { SendWindow } from "./_send_window.ts";
@@ -228,6 +228,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         if (chunk === null) controller.close();
         else controller.enqueue(chunk);
       },
+      // A reader that stops (a `break` out of `for await`) ends the session,
+      // as cancelling a Deno.Conn's readable closes it: otherwise nobody
+      // reads, the peer's window fills, and its writes wait for ever.
+      cancel: () => this.close("the reader stopped reading"),
     }, { highWaterMark: 0 });
     this.writable = new WritableStream<Uint8Array>({
       write: async (chunk) => {
@@ -324,6 +328,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   }
 
   async write(data: Uint8Array): Promise<number> {
+    if (!(data instanceof Uint8Array)) {
+      // Deno.Conn refuses them too; an ArrayBuffer has no `length`, and would
+      // have "written" nothing.
+      throw new TypeError(`write takes a Uint8Array, got ${describeValue(data)}`);
+    }
     let offset = 0;
     while (offset < data.length) {
       this.#assertWritable();
@@ -406,6 +415,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
     await this.closed.catch(() => {});
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
   }
 
   #assertWritable(): void {

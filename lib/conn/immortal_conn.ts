@@ -14,8 +14,11 @@ import type { ConnEventListener, ConnEventMap, ConnState, ConnStats } from "./ev
  * once the bytes are held for replay; it waits while `maxUnackedBytes` are
  * unacknowledged (backpressure, never loss).
  */
-export interface ImmortalConn extends EventTarget, AsyncDisposable {
-  /** Bytes from the peer; ends after the peer's half-close. */
+export interface ImmortalConn extends EventTarget, AsyncDisposable, Disposable {
+  /**
+   * Bytes from the peer; ends after the peer's half-close. Cancelling it
+   * (a `break` out of `for await`) closes the session, as with `Deno.Conn`.
+   */
   readonly readable: ReadableStream<Uint8Array>;
   /** Bytes to the peer; closing it half-closes the session. */
   readonly writable: WritableStream<Uint8Array>;
