@@ -153,13 +153,21 @@ Deno.test("relay: over-long messages, control characters and floods are refused 
     await using a = await RelayNode.connect(relay.url, { session, nickname: "a", transport });
     await using b = await RelayNode.connect(relay.url, { session, nickname: "b", transport });
     await waitForEvent(a, "join");
-    a.send("x".repeat(2000));
-    assert.equal((await waitForEvent(a, "error")).code, "too-large");
+    // Our node refuses an over-long message itself (the welcome says the limit).
+    assert.throws(() => a.send("x".repeat(2000)), RangeError);
     a.send("evil\u001b[2J");
     assert.equal((await waitForEvent(a, "error")).code, "bad-message");
+    // A client of its own that does not: the relay refuses the frame.
+    const flooder = await rawStreamNode(relay.url, session, "flooder");
+    const long = await fetch(`${relay.url}/relay/send`, {
+      method: "POST",
+      headers: { "x-relay-stream": flooder.stream },
+      body: JSON.stringify({ t: "msg", text: "x".repeat(2000) }),
+    });
+    await long.body?.cancel();
+    assert.equal((await flooder.nextOf("error")).code, "too-large");
     // Our node paces itself to the relay's rate; a client of its own that
     // does not is what the limit is for: 100 messages in one POST.
-    const flooder = await rawStreamNode(relay.url, session, "flooder");
     const flood = Array.from({ length: 100 }, (_, i) => ({ t: "msg", text: `flood ${i}` }));
     const sent = await fetch(`${relay.url}/relay/send`, {
       method: "POST",

@@ -116,3 +116,35 @@ Deno.test({
     assert.ok(error.cause instanceof Deno.errors.NotCapable, `${transport}: ${error.cause}`);
   }
 });
+
+Deno.test("RelayNode.send: a message the relay would refuse as too large is refused at once, before it is numbered (it waited unacknowledged, and flush for ever); text must be text", async () => {
+  for (const transport of ["websocket", "http"] as const) {
+    await using relay = startRelay({ maxMessageBytes: 1000 });
+    await using node = await RelayNode.connect(relay.url, {
+      session: "s",
+      nickname: "n",
+      transport,
+    });
+    await using _peer = await RelayNode.connect(relay.url, { session: "s", nickname: "p" });
+    assert.throws(
+      () => node.send("x".repeat(2000)),
+      (e: unknown) =>
+        e instanceof RangeError &&
+        /^the message is \d+ bytes as a frame; the relay takes at most 1000$/.test(e.message),
+    );
+    assert.equal(node.unacked, 0);
+    const seq = node.send("fits");
+    assert.equal(seq, 1, "the refused one took no number");
+    await within(30_000, "flush", node.flush());
+    for (const wrong of [undefined, {}, 42]) {
+      assert.throws(
+        () => node.send(wrong as unknown as string),
+        /a message's text must be a string, got /,
+      );
+      assert.throws(
+        () => node.sendTo("p", wrong as unknown as string),
+        /a message's text must be a string/,
+      );
+    }
+  }
+});

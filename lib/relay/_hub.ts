@@ -441,6 +441,7 @@ export class Hub {
         keepAlive: this.settings.keepAlive,
         fadeAfter: this.settings.fadeAfter,
         rate: this.settings.rate,
+        maxMessageBytes: this.settings.maxMessageBytes,
         ...(stream ? { stream } : {}),
         ...(member.id === undefined ? {} : {
           epoch,

@@ -287,13 +287,14 @@ function isMember(value: unknown): value is RelayMember {
 
 function parseWelcome(frame: FrameObject): Parsed<WelcomeFrame> {
   const { session, nickname, role, token, members, keepAlive, fadeAfter, rate, stream } = frame;
-  const { epoch, offset, acked, recovered, missed } = frame;
+  const { epoch, offset, acked, recovered, missed, maxMessageBytes } = frame;
   if (
     typeof session !== "string" || typeof nickname !== "string" || !isRole(role) ||
     typeof token !== "string" || !Array.isArray(members) || !members.every(isMember) ||
     typeof keepAlive !== "number" || !(keepAlive > 0) || !optionalString(stream) ||
     (fadeAfter !== undefined && (typeof fadeAfter !== "number" || !(fadeAfter > 0))) ||
     (rate !== undefined && (typeof rate !== "number" || !(rate > 0))) ||
+    (maxMessageBytes !== undefined && !(isCount(maxMessageBytes) && maxMessageBytes > 0)) ||
     (epoch !== undefined && !isId(epoch)) || !optionalCount(offset) || !optionalCount(acked) ||
     (recovered !== undefined && typeof recovered !== "boolean") ||
     (missed !== undefined && missed !== "epoch" && missed !== "window")
@@ -310,6 +311,7 @@ function parseWelcome(frame: FrameObject): Parsed<WelcomeFrame> {
     keepAlive,
     ...(fadeAfter === undefined ? {} : { fadeAfter }),
     ...(rate === undefined ? {} : { rate }),
+    ...(maxMessageBytes === undefined ? {} : { maxMessageBytes: maxMessageBytes as number }),
     ...(stream === undefined ? {} : { stream }),
     ...(epoch === undefined ? {} : { epoch }),
     ...(offset === undefined ? {} : { offset }),

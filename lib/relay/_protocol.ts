@@ -204,6 +204,12 @@ export interface WelcomeFrame {
    * Older relays do not send it.
    */
   rate?: number;
+  /**
+   * The most UTF-8 bytes of one frame the relay takes (larger ones are
+   * refused `too-large`, without their `seq`): a node checks its messages
+   * against it before they are numbered. Older relays do not send it.
+   */
+  maxMessageBytes?: number;
   /** Stream id for POSTs upstream (HTTP streaming transport only). */
   stream?: string;
   /** The room history's epoch (for a hello with an `id`). */

@@ -14,7 +14,7 @@ import { type ImmortalListener, listen, type ListenOptions } from "../conn/liste
 import type { Acceptor, Dialer } from "../link/link.ts";
 import { NodePipes } from "./_node_pipes.ts";
 import { HttpStreamTransport } from "./_http_stream_transport.ts";
-import { CLAIM_RULE, isClaim } from "./_protocol.ts";
+import { CLAIM_RULE, encodeFrame, isClaim } from "./_protocol.ts";
 import type {
   HelloFrame,
   LeaveReason,
@@ -102,6 +102,16 @@ export interface RelayNodeOptions {
    * a reconnect) before `send` throws. Default 1024.
    */
   maxUnacked?: number;
+}
+
+const utf8 = new TextEncoder();
+
+/** `text` of a message, checked: `String(undefined)` sent "undefined". */
+function messageText(text: string): string {
+  if (typeof text !== "string") {
+    throw new TypeError(`a message's text must be a string, got ${describeValue(text)}`);
+  }
+  return text;
 }
 
 /** Senders a node remembers the last message number of, to drop duplicates. */
@@ -306,6 +316,8 @@ export class RelayNode implements AsyncDisposable {
   #sent = 0;
   /** Messages per second the relay takes (Infinity: it did not say). */
   #rate = Infinity;
+  /** The relay's frame limit, from its last welcome (older relays say none). */
+  #maxMessageBytes: number | undefined;
   /** What this node may send now: a bucket of `#rate`, half the relay's, for slack. */
   #tokens = Infinity;
   #refilled = 0;
@@ -428,12 +440,12 @@ export class RelayNode implements AsyncDisposable {
    * survive reconnects, each delivered once (see {@linkcode RelayNode.flush}).
    */
   send(text: string): number {
-    return this.#post({ t: "msg", text: String(text) });
+    return this.#post({ t: "msg", text: messageText(text) });
   }
 
   /** Sends `text` to one node; returns its number, as {@linkcode RelayNode.send} does. */
   sendTo(nickname: string, text: string): number {
-    return this.#post({ t: "msg", to: nickname, text: String(text) });
+    return this.#post({ t: "msg", to: nickname, text: messageText(text) });
   }
 
   /** Sends numbers (finite) to everyone, or to one node when `to` is given; returns its number. */
@@ -576,7 +588,19 @@ export class RelayNode implements AsyncDisposable {
         })`,
       );
     }
-    const numbered = { ...frame, seq: ++this.#seq };
+    const numbered = { ...frame, seq: this.#seq + 1 };
+    // One the relay would refuse (without its number, so it would wait in
+    // `unacked` and `flush` for ever) is refused here, before it has one.
+    const limit = this.#maxMessageBytes;
+    if (limit !== undefined) {
+      const bytes = utf8.encode(encodeFrame(numbered)).length;
+      if (bytes > limit) {
+        throw new RangeError(
+          `the message is ${bytes} bytes as a frame; the relay takes at most ${limit}`,
+        );
+      }
+    }
+    this.#seq++;
     if (this.#transport && !this.#reliable) {
       // A relay that acknowledges nothing: sent is all we can know.
       this.#transport.send(numbered);
@@ -716,6 +740,7 @@ export class RelayNode implements AsyncDisposable {
     // pace. The bucket is not refilled for it: the relay keeps a member's
     // allowance across its reconnects, so a node that took its own back at
     // every welcome would overrun it after a few quick ones.
+    this.#maxMessageBytes = welcome.maxMessageBytes;
     const rate = welcome.rate ?? Infinity;
     if (rate !== this.#rate) {
       this.#rate = rate;
