@@ -472,3 +472,25 @@ Deno.test("relay pipes: a node's pipe acceptor says its links all come through t
     acceptor.close();
   }
 });
+
+Deno.test("relay pipes: a node that closes ends its sessions (either end), and their peers hear why at once, instead of a session going on through a node that left", async () => {
+  await using relay = restartableRelay("s");
+  for (const closing of ["laptop", "lab"] as const) {
+    await using lab = await join(relay.url, "lab");
+    using listener = lab.listen({ key: "k", ...FAST });
+    await using laptop = await join(relay.url, "laptop");
+    await using conn = await laptop.connectTo("lab", { key: "k", ...FAST });
+    await using server = await listener.accept();
+    await conn.write(new Uint8Array([1]));
+    assert.equal(await server.read(new Uint8Array(1)), 1);
+    const [gone, peer] = closing === "laptop" ? [laptop, server] : [lab, conn];
+    await gone.close();
+    await within(
+      30_000,
+      `the peer of ${closing} told`,
+      assert.rejects(peer.closed, /the relay node closed/),
+    );
+  }
+  // The relay lets the pipes go as their connections close.
+  await waitUntil(() => relay.server.relay.stats.pipes!.open === 0, "no pipe left at the relay");
+});

@@ -106,6 +106,9 @@ export interface RelayNodeOptions {
 
 const utf8 = new TextEncoder();
 
+/** What the sessions of a node that closes tell their peers. */
+const NODE_CLOSED = "the relay node closed";
+
 /** `text` of a message, checked: `String(undefined)` sent "undefined". */
 function messageText(text: string): string {
   if (typeof text !== "string") {
@@ -331,6 +334,8 @@ export class RelayNode implements AsyncDisposable {
   #closing = new AbortController();
   #reconnecting: Promise<void> | null = null;
   #pipes: NodePipes;
+  /** Sessions over this node's pipes (connectTo, listen), ended with it. */
+  #sessions = new Set<ImmortalConn>();
   #session: string;
   /** Every change of state or of members: pipe dials wait for the node or a peer on it. */
   #changes = new Changes();
@@ -521,7 +526,23 @@ export class RelayNode implements AsyncDisposable {
     },
   ): Promise<ImmortalConn> {
     requireKey(options.key);
-    return await connect({ encrypt: true, ...options, dialer: this.pipeDialer(nickname) });
+    const conn = await connect({ encrypt: true, ...options, dialer: this.pipeDialer(nickname) });
+    return this.#track(conn);
+  }
+
+  /**
+   * `conn`, kept until it ends: a node that closes ends its sessions (their
+   * pipes go through it: kept open, they went on after the node left, and
+   * the peer waited out its resume timeout once they broke).
+   */
+  #track(conn: ImmortalConn): ImmortalConn {
+    if (this.#closed) {
+      conn.close(NODE_CLOSED);
+      return conn;
+    }
+    this.#sessions.add(conn);
+    conn.closed.catch(() => {}).finally(() => this.#sessions.delete(conn));
+    return conn;
   }
 
   /**
@@ -550,13 +571,38 @@ export class RelayNode implements AsyncDisposable {
   ): ImmortalListener {
     requireKey(options.key);
     const { accepts = () => true, ...rest } = options;
-    return listen({ encrypt: true, ...rest, acceptor: this.pipeAcceptor(accepts) });
+    const inner = listen({ encrypt: true, ...rest, acceptor: this.pipeAcceptor(accepts) });
+    // The same listener, whose sessions the node ends when it closes.
+    const track = (conn: ImmortalConn) => this.#track(conn);
+    return {
+      get addr() {
+        return inner.addr;
+      },
+      get sessionCount() {
+        return inner.sessionCount;
+      },
+      get stats() {
+        return inner.stats;
+      },
+      accept: async () => track(await inner.accept()),
+      async *[Symbol.asyncIterator]() {
+        for await (const conn of inner) yield track(conn);
+      },
+      close: () => inner.close(),
+      [Symbol.dispose]: () => inner.close(),
+    };
   }
 
-  /** Leaves the session (the others hear "left") and ends `events`. */
+  /**
+   * Leaves the session (the others hear "left"), ends the sessions over its
+   * pipes (from `connectTo` and `listen`: their peers are told "the relay
+   * node closed"), and ends `events`.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // Its sessions first: each tells its peer why, over its pipe.
+    for (const conn of this.#sessions) conn.close(NODE_CLOSED);
     this.#pipes.close();
     this.#closing.abort();
     clearInterval(this.#watchdog);
