@@ -10,7 +10,9 @@ goes, print what the others send, send what you type.
         python3 examples/relay_client.py http://127.0.0.1:8080 alice --session lab
 
 The relay URL is the one our other clients take: http:// or https:// (ws://
-and wss:// work too); the path is always /relay/ws. The secret comes from
+and wss:// work too); the WebSocket is at relay/ws under its path (/relay/ws for
+http://host:8080, /chat-relay/relay/ws for a relay a reverse proxy serves under
+http://host/chat-relay/). The secret comes from
 --secret or the IMMORTAL_RELAY_SECRET environment variable. For an https://
 relay with a private CA, point SSL_CERT_FILE at the CA's PEM file.
 
@@ -146,7 +148,7 @@ class Closed(Exception):
 
 
 def relay_address(url):
-    """(host, port, use_tls, Host header) from a relay URL."""
+    """(host, port, use_tls, Host header, path of the WebSocket) from a relay URL."""
     parts = urlsplit(url if "://" in url else "http://" + url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https", "ws", "wss"):
@@ -167,7 +169,9 @@ def relay_address(url):
     host_header = f"[{host}]" if ":" in host else host
     if parts.port:
         host_header += f":{port}"
-    return host, port, use_tls, host_header
+    # Under the URL's path: a reverse proxy may serve the relay under a prefix.
+    ws_path = parts.path.rstrip("/") + "/relay/ws"
+    return host, port, use_tls, host_header, ws_path
 
 
 def mask(data, key):
@@ -184,7 +188,7 @@ class WebSocket:
     """The client side of RFC 6455, as much of it as a relay client needs."""
 
     def __init__(self, url, timeout):
-        host, port, use_tls, host_header = relay_address(url)
+        host, port, use_tls, host_header, ws_path = relay_address(url)
         sock = socket.create_connection((host, port), timeout=timeout)
         if use_tls:
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
@@ -201,13 +205,13 @@ class WebSocket:
         # after it said why (a close frame, still unread here): once a write
         # fails, reading goes on to find that, and later writes fail at once.
         self.write_error = None
-        self._handshake(host_header)
+        self._handshake(host_header, ws_path)
 
-    def _handshake(self, host_header):
+    def _handshake(self, host_header, ws_path):
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall(
             (
-                "GET /relay/ws HTTP/1.1\r\n"
+                f"GET {ws_path} HTTP/1.1\r\n"
                 f"Host: {host_header}\r\n"
                 "Upgrade: websocket\r\n"
                 "Connection: Upgrade\r\n"

@@ -86,8 +86,11 @@ export async function startTinyproxy(): Promise<Proxy> {
  */
 export async function startNginx(
   upstream: number | number[],
-  options: { websocket?: boolean } = {},
+  options: { websocket?: boolean; prefix?: string } = {},
 ): Promise<Proxy> {
+  // Under a prefix, nginx strips it on the way (the relay knows only its own paths).
+  const location = options.prefix ? `${options.prefix}/` : "/";
+  const pass = options.prefix ? "http://relays/" : "http://relays";
   const ports = typeof upstream === "number" ? [upstream] : upstream;
   const dir = await Deno.makeTempDir({ prefix: "immortal-nginx-" });
   const port = freePort();
@@ -112,8 +115,8 @@ ${ports.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=2s;`).joi
   }
   server {
     listen 127.0.0.1:${port};
-    location / {
-      proxy_pass http://relays;
+    location ${location} {
+      proxy_pass ${pass};
       proxy_next_upstream error timeout;${
       options.websocket
         ? `

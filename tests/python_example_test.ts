@@ -11,6 +11,7 @@ import { type RelayEvent, RelayNode } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { waitUntil, within } from "./_helpers.ts";
 import { TextLineStream } from "./_lines.ts";
+import { startNginx } from "./_proxies.ts";
 import { recordEvents, startRelay, welcomeAndDrop } from "./_relay.ts";
 
 const CLIENT = new URL("../examples/relay_client.py", import.meta.url).pathname;
@@ -827,5 +828,32 @@ Deno.test("python example --exactly-once: a relay that drops it just after each 
     assert.ok(gaps[0] >= 125 && gaps[1] >= 250 && gaps[2] >= 500, `gaps ${gaps.map(Math.round)}`);
   } finally {
     await py.dispose();
+  }
+});
+
+Deno.test("python example: at a relay a reverse proxy serves under a path prefix (nginx strips /chat-relay/), its WebSocket goes under that path", async () => {
+  const relay = startRelay({ secret: SECRET });
+  const nginx = await startNginx(relay.addr.port, { websocket: true, prefix: "/chat-relay" });
+  const url = `http://127.0.0.1:${nginx.port}/chat-relay/`;
+  const deno = await RelayNode.connect(url, { session: "lab", nickname: "deno", secret: SECRET });
+  const heard = recordEvents(deno);
+  try {
+    const py = startPython([url, "py", "--session", "lab", "--secret", SECRET]);
+    try {
+      await py.waitLine("welcome py");
+      await py.type("through the prefix\n/quit");
+      assert.equal((await py.end()).code, 0, py.stderr);
+      await heard.until(
+        () => heard.events.some((e) => e.type === "message" && e.text === "through the prefix"),
+        "deno hears py",
+      );
+    } finally {
+      await py.dispose();
+    }
+  } finally {
+    await deno.close();
+    await heard.done();
+    await nginx[Symbol.asyncDispose]();
+    await relay.shutdown();
   }
 });

@@ -66,3 +66,34 @@ Deno.test("relay behind a buffering reverse proxy (nginx defaults): the node fal
   assert.match(log, /"GET \/relay\/ws HTTP\/1.1" 426/);
   assert.match(log, /"POST \/relay\/send HTTP\/1.1" 204/);
 });
+
+Deno.test("relay under a path prefix of a reverse proxy (nginx strips /chat-relay/): nodes at that URL join over both transports, talk, and open a session over pipes; the chat page is served there", async () => {
+  await using relay = startRelay();
+  await using nginx = await startNginx(relay.addr.port, { websocket: true, prefix: "/chat-relay" });
+  const url = `http://127.0.0.1:${nginx.port}/chat-relay/`;
+  await using lab = await RelayNode.connect(url, { session: "p", nickname: "lab" });
+  await using laptop = await RelayNode.connect(url, {
+    session: "p",
+    nickname: "laptop",
+    transport: "http",
+  });
+  assert.equal(lab.transport, "websocket");
+  await waitForEvent(lab, "join", (e) => e.nickname === "laptop");
+  laptop.send("hello");
+  assert.equal((await waitForEvent(lab, "message")).text, "hello");
+  using listener = lab.listen({ key: "k" });
+  await using conn = await laptop.connectTo("lab", { key: "k" });
+  await using server = await listener.accept();
+  await conn.write(new TextEncoder().encode("over a pipe"));
+  const buffer = new Uint8Array(64);
+  const n = await server.read(buffer);
+  assert.equal(new TextDecoder().decode(buffer.subarray(0, n!)), "over a pipe");
+  // Every request went under the prefix (nginx logs a request when it ends:
+  // the WebSockets are still open; without the prefix they were 404s).
+  const log = await nginx.log();
+  assert.match(log, /"POST \/chat-relay\/relay\/send HTTP\/1.1" 204/);
+  assert.doesNotMatch(log, /" 404 /);
+  // The chat page, whose paths are relative to it.
+  const page = await (await fetch(`${url}chat`)).text();
+  assert.match(page, /new URL\("relay\/ws", location\.href\)/);
+});

@@ -256,7 +256,9 @@ function parseTo(value) {
  */
 function openWebSocket(hello, hooks) {
   return new Promise((resolve, reject) => {
-    const url = new URL("/relay/ws", location.href);
+    // Relative to the page: behind a proxy that serves the relay under a
+    // prefix (and strips it), the page and its relay paths share it.
+    const url = new URL("relay/ws", location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     let socket;
     try {
@@ -380,7 +382,7 @@ async function openHttp(hello, hooks) {
   if (hello.secret !== undefined) headers["x-relay-secret"] = hello.secret;
   let response;
   try {
-    response = await fetch("/relay/stream", {
+    response = await fetch("relay/stream", {
       method: "POST",
       headers,
       body: JSON.stringify({ ...hello, secret: undefined }),
@@ -422,7 +424,7 @@ async function openHttp(hello, hooks) {
   };
   // keepalive: the bye still goes out while the page unloads.
   const post = (frames, keepalive) =>
-    fetch("/relay/send", {
+    fetch("relay/send", {
       method: "POST",
       headers: { "content-type": "application/json", "x-relay-stream": welcome.stream },
       body: JSON.stringify(frames),

@@ -14,6 +14,7 @@ import {
   type NodeFrame,
   PATHS,
   type RelayFrame,
+  relayUrl,
   SECRET_HEADER,
   STREAM_HEADER,
 } from "./_protocol.ts";
@@ -94,7 +95,7 @@ export class HttpStreamTransport implements ClientTransport {
     if (settings.secret !== undefined) headers[SECRET_HEADER] = settings.secret;
     let response: Response;
     try {
-      response = await fetch(new URL(PATHS.stream, settings.base), {
+      response = await fetch(relayUrl(settings.base, PATHS.stream), {
         method: "POST",
         headers,
         body: encodeFrame({ ...hello, secret: undefined }),
@@ -179,7 +180,7 @@ export class HttpStreamTransport implements ClientTransport {
   }
 
   #post(frames: readonly NodeFrame[], signal: AbortSignal): Promise<Response> {
-    return fetch(new URL(PATHS.send, this.#settings.base), {
+    return fetch(relayUrl(this.#settings.base, PATHS.send), {
       method: "POST",
       headers: { "content-type": "application/json", [STREAM_HEADER]: this.#stream },
       body: encodeFrame(frames),

@@ -16,7 +16,7 @@ import type { Acceptor, Dialer, Link } from "../link/link.ts";
 import { LinkQueue } from "../link/_link_queue.ts";
 import { parseRefusal, readJson } from "./_parse.ts";
 import { type DialHost, PipeDialer } from "./_pipe_dialer.ts";
-import { PATHS, PIPE_HEADERS, type PipeFrame } from "./_protocol.ts";
+import { PATHS, PIPE_HEADERS, type PipeFrame, relayUrl } from "./_protocol.ts";
 import { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
 
 const log = getLogger(["immortal", "relay", "pipe"]);
@@ -65,7 +65,7 @@ export class NodePipes {
   /** Pipes of the node `host`. */
   constructor(host: PipeHost) {
     this.#host = host;
-    this.#url = new URL(PATHS.pipe, host.base);
+    this.#url = relayUrl(host.base, PATHS.pipe);
   }
 
   /**

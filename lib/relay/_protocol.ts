@@ -318,6 +318,20 @@ export const PATHS = {
   pipe: "/relay/pipe",
 } as const;
 
+/**
+ * The URL of the relay's endpoint `path` (one of {@linkcode PATHS}) for a
+ * relay at `base`, under `base`'s path: a relay a reverse proxy serves at
+ * `https://example.org/chat-relay/` has its WebSocket at
+ * `/chat-relay/relay/ws` (the proxy strips the prefix).
+ */
+export function relayUrl(base: URL, path: string): URL {
+  const url = new URL(base);
+  url.pathname = url.pathname.replace(/\/+$/, "") + path;
+  url.search = "";
+  url.hash = "";
+  return url;
+}
+
 /** Headers of a pipe request: who asks (a member, by its join token), and for which pipe. */
 export const PIPE_HEADERS = {
   session: "x-relay-session",

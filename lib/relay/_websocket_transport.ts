@@ -6,7 +6,7 @@
  * @module
  */
 
-import { encodeFrame, type HelloFrame, type NodeFrame, PATHS } from "./_protocol.ts";
+import { encodeFrame, type HelloFrame, type NodeFrame, PATHS, relayUrl } from "./_protocol.ts";
 import { parseRelayFrame, readJson } from "./_parse.ts";
 import {
   type ClientTransport,
@@ -38,7 +38,7 @@ export class WebSocketTransport implements ClientTransport {
     hello: HelloFrame,
     hooks: TransportHooks,
   ): Promise<OpenedTransport> {
-    const url = new URL(PATHS.ws, settings.base);
+    const url = relayUrl(settings.base, PATHS.ws);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(url, { client: settings.client });
     const transport = new WebSocketTransport(socket);
