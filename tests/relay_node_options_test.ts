@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { RelayConnectError, RelayNode, type RelayNodeOptions } from "../mod.ts";
-import { within } from "./_helpers.ts";
+import { renderRecord, waitUntil, within, withLogs } from "./_helpers.ts";
 import { startRelay } from "./_relay.ts";
 
 Deno.test("RelayNode.connect refuses bad settings by name, before it dials", async () => {
@@ -147,4 +147,31 @@ Deno.test("RelayNode.send: a message the relay would refuse as too large is refu
       );
     }
   }
+});
+
+Deno.test("RelayNode: a slow events reader loses the oldest past maxBufferedEvents, counted in droppedEvents and said once in the log, not in silence", async () => {
+  await using relay = startRelay();
+  await using reader = await RelayNode.connect(relay.url, {
+    session: "s",
+    nickname: "slow",
+    maxBufferedEvents: 5,
+  });
+  await using sender = await RelayNode.connect(relay.url, { session: "s", nickname: "fast" });
+  const logged = await withLogs(async (records) => {
+    for (let i = 0; i < 20; i++) sender.send(`m${i}`);
+    await within(30_000, "the relay taking them", sender.flush());
+    await waitUntil(() => reader.droppedEvents >= 15, "the reader's buffer overflowing");
+    return records;
+  });
+  const texts: string[] = [];
+  for await (const event of reader.events) {
+    if (event.type === "message") texts.push(event.text);
+    if (texts.at(-1) === "m19") break;
+  }
+  assert.deepEqual(texts, ["m15", "m16", "m17", "m18", "m19"]);
+  assert.ok(reader.droppedEvents >= 15, `${reader.droppedEvents} dropped`);
+  const warnings = logged.filter((r) =>
+    /events reader is more than 5 events behind/.test(renderRecord(r))
+  );
+  assert.equal(warnings.length, 1, "said once");
 });

@@ -95,7 +95,10 @@ export interface RelayNodeOptions {
   retries?: number;
   /** Reconnect backoff in ms. Default `{ initial: 250, max: 5000 }`. */
   backoff?: { initial?: number; max?: number };
-  /** Events kept for a slow `events` reader before the oldest are dropped. Default 10000. */
+  /**
+   * Events kept for a slow `events` reader before the oldest are dropped
+   * (counted in {@linkcode RelayNode.droppedEvents}, and logged). Default 10000.
+   */
   maxBufferedEvents?: number;
   /**
    * Messages sent but not yet acknowledged by the relay (kept to resend after
@@ -319,6 +322,9 @@ export class RelayNode implements AsyncDisposable {
   #sent = 0;
   /** Messages per second the relay takes (Infinity: it did not say). */
   #rate = Infinity;
+  /** Events dropped for a reader too far behind; whether it is behind now (said once). */
+  #droppedEvents = 0;
+  #behind = false;
   /** The relay's frame limit, from its last welcome (older relays say none). */
   #maxMessageBytes: number | undefined;
   /** What this node may send now: a bucket of `#rate`, half the relay's, for slack. */
@@ -459,6 +465,14 @@ export class RelayNode implements AsyncDisposable {
       throw new TypeError("sendNumbers takes finite numbers only");
     }
     return this.#post({ t: "msg", ...(to === undefined ? {} : { to }), numbers: [...numbers] });
+  }
+
+  /**
+   * Events dropped, oldest first, because the `events` reader fell more
+   * than `maxBufferedEvents` behind (a warning is logged each time it does).
+   */
+  get droppedEvents(): number {
+    return this.#droppedEvents;
   }
 
   /** Messages sent that the relay has not acknowledged yet. */
@@ -1000,8 +1014,20 @@ export class RelayNode implements AsyncDisposable {
   #emit(event: RelayEvent): void {
     this.#events.push(event);
     const max = this.#options.maxBufferedEvents ?? 10_000;
-    // The oldest unread events go first when a reader falls this far behind.
-    if (this.#events.length - this.#eventsHead > max) this.#eventsHead = this.#events.length - max;
+    // The oldest unread events go first when a reader falls this far behind:
+    // counted, and said once each time it falls behind (not per event).
+    if (this.#events.length - this.#eventsHead > max) {
+      const dropped = this.#events.length - max - this.#eventsHead;
+      this.#eventsHead += dropped;
+      this.#droppedEvents += dropped;
+      if (!this.#behind) {
+        this.#behind = true;
+        log.warn(
+          "Node {nickname}: its events reader is more than {max} events behind; the oldest are dropped (see droppedEvents)",
+          { nickname: this.#nickname, max },
+        );
+      }
+    }
     // Compact now and then, so a reader that never catches up does not keep read events alive.
     if (this.#eventsHead > 4096 && this.#eventsHead * 2 > this.#events.length) {
       this.#events = this.#events.slice(this.#eventsHead);
@@ -1020,6 +1046,7 @@ export class RelayNode implements AsyncDisposable {
     for (;;) {
       while (this.#eventsHead < this.#events.length) {
         const event = this.#events[this.#eventsHead++];
+        if (this.#eventsHead === this.#events.length) this.#behind = false; // caught up
         // Read events are dropped in one go, not shifted one by one.
         if (this.#eventsHead === this.#events.length) {
           this.#events = [];
