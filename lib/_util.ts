@@ -109,12 +109,43 @@ export function errorMessage(error: unknown): string {
 }
 
 /**
+ * `value` as an error message shows it: numbers as they are, anything else
+ * with its type, so that `"1000"` (a string) is not shown as the number 1000
+ * it looks like. Long strings are cut: a message is not a dump.
+ */
+export function describeValue(value: unknown): string {
+  switch (typeof value) {
+    case "number":
+    case "undefined":
+      return String(value);
+    case "string": {
+      const shown = value.length > 40 ? `${value.slice(0, 40)}...` : value;
+      return `${JSON.stringify(shown)} (a string)`;
+    }
+    case "boolean":
+      return `${value} (a boolean)`;
+    case "bigint":
+      return `${value}n (a bigint)`;
+    case "symbol":
+      return `${String(value)} (a symbol)`;
+    case "function":
+      return "a function";
+    default:
+      if (value === null) return "null";
+      return Array.isArray(value) ? "an array" : "an object";
+  }
+}
+
+/**
  * Checks a TCP port number and returns it; a `RangeError` names the setting.
  * `allowZero` admits 0 ("pick a free port", for listeners).
  */
 export function checkPort(name: string, port: unknown, allowZero = false): number {
   const min = allowZero ? 0 : 1;
-  if (typeof port !== "number" || !Number.isInteger(port) || port < min || port > 65535) {
+  if (typeof port !== "number") {
+    throw new TypeError(`${name} must be a number, got ${describeValue(port)}`);
+  }
+  if (!Number.isInteger(port) || port < min || port > 65535) {
     throw new RangeError(`${name} must be an integer in ${min}..65535, got ${port}`);
   }
   return port;

@@ -41,7 +41,10 @@ Deno.test("errorMessage and the port checks", () => {
   assert.equal(checkPort("port", 0, true), 0);
   assert.throws(() => checkPort("port", 0), /port must be an integer in 1..65535, got 0/);
   assert.throws(() => checkPort("target port", 65536), /target port must be/);
-  assert.throws(() => checkPort("port", "80"), /got 80/);
+  assert.throws(
+    () => checkPort("port", "80"),
+    /^TypeError: port must be a number, got "80" \(a string\)$/,
+  );
   assert.throws(() => checkPort("port", 1.5), RangeError);
   assert.equal(parsePortText("8080"), 8080);
   assert.equal(parsePortText("0"), null);

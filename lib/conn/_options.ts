@@ -4,7 +4,7 @@
  * @module
  */
 
-import { MAX_TIMER_MS } from "../_util.ts";
+import { describeValue, MAX_TIMER_MS } from "../_util.ts";
 import type { BackoffOptions, SessionOptions } from "./options.ts";
 
 /** Fully resolved settings. */
@@ -17,34 +17,6 @@ export interface ResolvedOptions {
   maxUnackedBytes: number;
   handshakeTimeout: number;
   backoff: Required<BackoffOptions>;
-}
-
-/**
- * `value` as an error message shows it: numbers as they are, anything else
- * with its type, so that `"1000"` (a string) is not shown as the number 1000
- * it looks like. Long strings are cut: a message is not a dump.
- */
-export function describeValue(value: unknown): string {
-  switch (typeof value) {
-    case "number":
-    case "undefined":
-      return String(value);
-    case "string": {
-      const shown = value.length > 40 ? `${value.slice(0, 40)}...` : value;
-      return `${JSON.stringify(shown)} (a string)`;
-    }
-    case "boolean":
-      return `${value} (a boolean)`;
-    case "bigint":
-      return `${value}n (a bigint)`;
-    case "symbol":
-      return `${String(value)} (a symbol)`;
-    case "function":
-      return "a function";
-    default:
-      if (value === null) return "null";
-      return Array.isArray(value) ? "an array" : "an object";
-  }
 }
 
 /**
@@ -113,6 +85,9 @@ export function resolveOptions(
     );
   }
   const backoff = options.backoff ?? {};
+  if (typeof backoff !== "object" || backoff === null || Array.isArray(backoff)) {
+    throw new TypeError(`backoff must be an object, got ${describeValue(backoff)}`);
+  }
   const initial = timerMs("backoff.initial", backoff.initial, 100);
   if (options.encrypt !== undefined && typeof options.encrypt !== "boolean") {
     throw new TypeError(`encrypt must be true or false, got ${describeValue(options.encrypt)}`);

@@ -28,7 +28,7 @@ import {
 } from "../frame/mod.ts";
 import { formatAddr, type Link, TcpLink } from "../link/mod.ts";
 import { localAddressGone } from "../link/_local_addresses.ts";
-import { errorMessage } from "../_util.ts";
+import { describeValue, errorMessage } from "../_util.ts";
 import { APPLICATION_CLOSE, closedByPeer, ImmortalError } from "./errors.ts";
 import {
   ClosedEvent,
@@ -39,7 +39,7 @@ import {
 } from "./events.ts";
 import { type FrameReader, READ_BUFFER_SIZE } from "./_frame_reader.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
-import { describeValue, type ResolvedOptions } from "./_options.ts";
+import type { ResolvedOptions } from "./_options.ts";
 import { ReadBuffers } from "./_read_buffers.ts";
 import { ReplayBuffer } from "./_replay_buffer.ts";
 import { SendWindow } from "./_send_window.ts";

@@ -6,7 +6,14 @@
 
 import { type Dialer, tcpDialer, tlsDialer, TlsHandshakeError } from "../link/mod.ts";
 import { FrameError } from "../frame/frame_error.ts";
-import { checkPort, errorMessage, hostPort, isNotCapable, tlsFailureKind } from "../_util.ts";
+import {
+  checkPort,
+  describeValue,
+  errorMessage,
+  hostPort,
+  isNotCapable,
+  tlsFailureKind,
+} from "../_util.ts";
 import { ClientSession } from "./_client_session.ts";
 import { ImmortalError } from "./errors.ts";
 import { hmacKey } from "./_handshake.ts";
@@ -77,6 +84,17 @@ function dialerFor(options: ConnectOptions): Dialer {
  */
 export async function connect(options: ConnectOptions): Promise<ImmortalConn> {
   const resolved = resolveOptions(options);
+  // Said as what they are, not as an unreachable server once they are used.
+  const { hostname, signal } = options;
+  if (hostname !== undefined && typeof hostname !== "string") {
+    throw new TypeError(`hostname must be a string, got ${describeValue(hostname)}`);
+  }
+  if (options.dialer !== undefined && typeof options.dialer !== "function") {
+    throw new TypeError(`dialer must be a function, got ${describeValue(options.dialer)}`);
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new TypeError(`signal must be an AbortSignal, got ${describeValue(signal)}`);
+  }
   const dialer = dialerFor(options);
   const psk = resolved.key ? await hmacKey(resolved.key) : null;
   try {

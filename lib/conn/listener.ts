@@ -6,7 +6,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { type Acceptor, formatAddr, type Link, TcpAcceptor, TlsAcceptor } from "../link/mod.ts";
-import { acceptBackoff, checkPort, delay, errorMessage } from "../_util.ts";
+import { acceptBackoff, checkPort, delay, describeValue, errorMessage } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { ImmortalError } from "./errors.ts";
 import { FrameReader } from "./_frame_reader.ts";
@@ -442,8 +442,11 @@ export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr>
   const keyed = resolved.key !== null;
   const limit = (name: keyof ListenOptions, fallback: number, integer = true): number => {
     const value = options[name] ?? fallback;
+    if (typeof value !== "number") {
+      throw new TypeError(`${name} must be a number, got ${describeValue(value)}`);
+    }
     if (
-      typeof value !== "number" || !(value >= 1) ||
+      !(value >= 1) ||
       (integer && !Number.isInteger(value) && value !== Infinity)
     ) {
       throw new RangeError(

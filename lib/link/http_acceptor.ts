@@ -7,6 +7,7 @@
  * @module
  */
 
+import { describeValue } from "../_util.ts";
 import type { Acceptor, Link } from "./link.ts";
 import { HttpLinkEndpoint, linkRequestKind, notALinkRequest } from "./_http_link_endpoint.ts";
 import { LinkQueue } from "./_link_queue.ts";
@@ -50,7 +51,12 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
   /** An acceptor with no links yet. */
   constructor(options: HttpLinkAcceptorOptions = {}) {
     this.addr = options.addr ?? { transport: "tcp", hostname: "0.0.0.0", port: 0 };
-    this.#backlog = options.backlog ?? 256;
+    const backlog = options.backlog ?? 256;
+    if (typeof backlog !== "number" || !Number.isInteger(backlog) || backlog < 1) {
+      // 0 or less refused every link (503), quietly.
+      throw new RangeError(`backlog must be an integer >= 1, got ${describeValue(backlog)}`);
+    }
+    this.#backlog = backlog;
   }
 
   /**

@@ -8,10 +8,10 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { errorMessage } from "../_util.ts";
+import { describeValue, errorMessage } from "../_util.ts";
 import { httpStreamDialer, type HttpStreamDialerOptions } from "./http_stream.ts";
 import type { Dialer } from "./link.ts";
-import { webSocketDialer } from "./websocket.ts";
+import { webSocketDialer, webSocketUrl } from "./websocket.ts";
 
 const log = getLogger(["immortal", "link"]);
 
@@ -65,6 +65,13 @@ export interface HttpDialerOptions {
  */
 export function httpDialer(options: HttpDialerOptions): Dialer {
   const transport = options.transport ?? "auto";
+  if (transport !== "auto" && transport !== "websocket" && transport !== "http") {
+    throw new TypeError(
+      `transport must be "auto", "websocket" or "http", got ${describeValue(transport)}`,
+    );
+  }
+  // A URL no transport can dial is said now, not as an unreachable server at the first dial.
+  webSocketUrl(options.url);
   const { headers } = options;
   const settings = (): HttpStreamDialerOptions => ({
     url: options.url,

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { MAX_TIMER_MS } from "../_util.ts";
+import { describeValue, MAX_TIMER_MS } from "../_util.ts";
 import type { RelayOptions } from "./options.ts";
 
 /** A relay's settings with every default filled in. */
@@ -16,6 +16,9 @@ export type RelaySettings = Required<Omit<RelayOptions, "secret" | "metricsToken
 };
 
 function positive(name: string, value: number): number {
+  if (typeof value !== "number") {
+    throw new TypeError(`${name} must be a number, got ${describeValue(value)}`);
+  }
   if (!Number.isFinite(value) || value <= 0) {
     throw new RangeError(`${name} must be a positive number, got ${value}`);
   }

@@ -6,9 +6,16 @@
 
 import { getLogger } from "@logtape/logtape";
 import { Changes } from "../_changes.ts";
-import { backoffDelay, delay, errorMessage, isNotCapable, MAX_TIMER_MS } from "../_util.ts";
+import {
+  backoffDelay,
+  delay,
+  describeValue,
+  errorMessage,
+  isNotCapable,
+  MAX_TIMER_MS,
+} from "../_util.ts";
 import { connect, type ConnectOptions } from "../conn/connect.ts";
-import { describeValue, timerMs } from "../conn/_options.ts";
+import { timerMs } from "../conn/_options.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { type ImmortalListener, listen, type ListenOptions } from "../conn/listener.ts";
 import type { Acceptor, Dialer } from "../link/link.ts";

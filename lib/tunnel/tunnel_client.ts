@@ -16,8 +16,16 @@ import {
 } from "../conn/mod.ts";
 import { type Dialer, formatAddr } from "../link/mod.ts";
 import { MuxSession } from "../mux/mod.ts";
-import { acceptBackoff, backoffDelay, delay, errorMessage, hostPort, listenTcp } from "../_util.ts";
-import { describeValue, positive, resolveOptions } from "../conn/_options.ts";
+import {
+  acceptBackoff,
+  backoffDelay,
+  delay,
+  describeValue,
+  errorMessage,
+  hostPort,
+  listenTcp,
+} from "../_util.ts";
+import { positive, resolveOptions } from "../conn/_options.ts";
 import { hostAndPort, portOption } from "./tunnel_server.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { splice } from "./_splice.ts";

@@ -16,7 +16,7 @@ import {
 import { type Acceptor, formatAddr } from "../link/mod.ts";
 import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { checkPort, errorMessage } from "../_util.ts";
-import { describeValue } from "../conn/_options.ts";
+import { describeValue } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { splice } from "./_splice.ts";
 import { coreOf } from "../mux/mux_stream.ts";
