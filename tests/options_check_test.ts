@@ -47,12 +47,17 @@ Deno.test("bad settings: refused at once, by name, a TypeError for the wrong kin
     const bad = { hostname: "127.0.0.1", port: 0, onListen() {}, ...(options as object) };
     assert.throws(() => serveRelay(bad as ServeRelayOptions), is(kind, message));
   }
-  for (const backlog of [0, -1, 1.5, "x"]) {
+  for (const backlog of [0, -1, 1.5, NaN]) {
     assert.throws(
-      () => new HttpLinkAcceptor({ backlog: backlog as number }),
+      () => new HttpLinkAcceptor({ backlog }),
       is(RangeError, /^backlog must be an integer >= 1, got /),
     );
   }
+  assert.throws(
+    () => new HttpLinkAcceptor({ backlog: "x" as unknown as number }),
+    is(TypeError, /^backlog must be a number, got "x" \(a string\)$/),
+  );
+  new HttpLinkAcceptor({ backlog: Infinity }).close();
   const dialers: [unknown, RegExp][] = [
     [
       { url: "http://x/", transport: "ws" },

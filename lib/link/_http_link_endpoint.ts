@@ -113,9 +113,14 @@ export class HttpLinkEndpoint {
     let body: Uint8Array;
     try {
       body = await readBounded(req, MAX_POST_BYTES);
-    } catch {
-      link.close();
-      return new Response("the upstream POST was cut or too large", { status: 400 });
+    } catch (error) {
+      if (error instanceof RangeError) {
+        link.close();
+        return new Response("the upstream POST was too large", { status: 400 });
+      }
+      // Cut on the way (its connection died): its number is not taken, and
+      // the client sends it again (PROTOCOL.md 4.2); the link goes on.
+      return new Response("the upstream POST was cut", { status: 400 });
     }
     return await link.post(seq, body);
   }

@@ -6,9 +6,10 @@
  * allocated twice per POST (a busy link POSTs 1 MiB at a time, and allocating
  * a large buffer in Deno costs as much as copying it).
  *
- * `fetch` copies a body when called (the Fetch standard's "extract a body"),
- * so a body's buffer is free again as soon as its POST is sent: one spare is
- * kept for the next, and a busy link allocates nothing.
+ * A body's buffer is free again once its POST is answered (a POST whose
+ * connection died under it goes again, with the same bytes): one spare is
+ * kept for the next, so a busy link allocates one buffer per POST in flight
+ * beyond it, not one per POST.
  *
  * @module
  */
@@ -65,7 +66,7 @@ export class PostBodies {
   /**
    * The oldest body, no longer held, or null when there is none. Its buffer
    * comes back for reuse by {@linkcode PostBodies.recycle}, which the caller
-   * may call once nothing reads it any more (once `fetch` was called with it).
+   * may call once nothing reads it any more (once its POST was answered).
    */
   shift(): Uint8Array<ArrayBuffer> | null {
     const body = this.#bodies.shift();

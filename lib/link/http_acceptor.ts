@@ -52,9 +52,12 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
   constructor(options: HttpLinkAcceptorOptions = {}) {
     this.addr = options.addr ?? { transport: "tcp", hostname: "0.0.0.0", port: 0 };
     const backlog = options.backlog ?? 256;
-    if (typeof backlog !== "number" || !Number.isInteger(backlog) || backlog < 1) {
-      // 0 or less refused every link (503), quietly.
-      throw new RangeError(`backlog must be an integer >= 1, got ${describeValue(backlog)}`);
+    if (typeof backlog !== "number") {
+      throw new TypeError(`backlog must be a number, got ${describeValue(backlog)}`);
+    }
+    // 0 or less refused every link (503), quietly. (Infinity: no bound, as for `listen`.)
+    if (!(backlog >= 1) || (!Number.isInteger(backlog) && backlog !== Infinity)) {
+      throw new RangeError(`backlog must be an integer >= 1, got ${backlog}`);
     }
     this.#backlog = backlog;
   }

@@ -7,8 +7,11 @@
  * with everything written while they were. PROTOCOL.md 4.2 has the wire
  * format.
  *
- * A failed request of either kind ends the link; the session above resumes
- * on a new one, as after any other link's death, so nothing here retries.
+ * A failed request ends the link, and the session above resumes on a new
+ * one, as after any other link's death; but an upstream POST that failed
+ * without an answer goes once more, with its number (a proxy may close a
+ * kept-alive connection just as it is used again): the server takes each
+ * number's bytes once.
  *
  * @module
  */
@@ -79,7 +82,7 @@ export class ServerHttpStreamLink implements Link {
   #up = new ByteQueue();
   #nextSeq = 0;
   /** POSTs that came ahead of their turn, by number: their bytes, and their answer's wake-up. */
-  #early = new Map<number, { body: Uint8Array; taken: () => void }>();
+  #early = new Map<number, { body: Uint8Array; taken: () => void; done: Promise<void> }>();
   /** Bytes of the POSTs in `#early`. */
   #earlyBytes = 0;
   #controller!: ReadableStreamDefaultController<Uint8Array>;
@@ -154,14 +157,23 @@ export class ServerHttpStreamLink implements Link {
    * connection); one ahead of its turn waits for the ones before it. A number
    * already taken or waiting is a repeat (a client sends a POST again when
    * its connection died under it, not knowing whether it arrived; a proxy may
-   * replay one): answered, its bytes dropped. One too far ahead ends the
-   * link. Answers once the bytes are queued and the queue is under its
-   * bound, so a fast sender waits for a slow reader.
+   * replay one): its bytes are dropped, and it is answered as the original
+   * is. One too far ahead ends the link. Answers once the bytes are taken
+   * and the queue is under its bound, so a fast sender waits for a slow
+   * reader (and a 204 always lets the client's window move on: a repeat
+   * answered while its original still waited let the client send a number
+   * too far ahead).
    */
   async post(seq: number, body: Uint8Array): Promise<Response> {
     if (this.#closed) return new Response("the link is closed", { status: 410 });
     const next = this.#nextSeq;
-    if (seq < next || this.#early.has(seq)) return new Response(null, { status: 204 });
+    const original = this.#early.get(seq);
+    if (seq < next || original) {
+      if (original) await original.done;
+      if (this.#closed) return new Response("the link is closed", { status: 410 });
+      await this.#up.below(UP_HIGH_WATER);
+      return new Response(null, { status: 204 });
+    }
     if (seq >= next + MAX_POSTS_IN_FLIGHT) {
       this.close(linkClosed(`upstream POST ${seq} where ${next} was due`));
       return new Response("out of sequence", { status: 409 });
@@ -170,10 +182,10 @@ export class ServerHttpStreamLink implements Link {
       // Its bytes are taken by the POST whose turn comes before it, in the
       // same synchronous step: a replay of this number that arrives meanwhile
       // finds it taken or waiting, never due.
-      await new Promise<void>((taken) => {
-        this.#early.set(seq, { body, taken });
-        this.#earlyBytes += body.length;
-      });
+      const taken = Promise.withResolvers<void>();
+      this.#early.set(seq, { body, taken: taken.resolve, done: taken.promise });
+      this.#earlyBytes += body.length;
+      await taken.promise;
       if (this.#closed) return new Response("the link is closed", { status: 410 });
     } else {
       this.#take(body);

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { HttpLinkEndpoint, linkRequestKind } from "./_http_link_endpoint.ts";
 import {
   httpStreamDialer,
+  MAX_POST_BYTES,
   MAX_POSTS_IN_FLIGHT,
   ServerHttpStreamLink,
   UPSTREAM_HEADER,
@@ -59,10 +60,11 @@ Deno.test("HTTP-streaming server link: a repeat of a number, waiting or just tak
   // A second copy of a POST still waiting for its turn.
   const waiting = new ServerHttpStreamLink(undefined, () => {});
   const first = waiting.post(2, new Uint8Array([2]));
-  assert.equal((await waiting.post(2, new Uint8Array([2]))).status, 204);
+  const again = waiting.post(2, new Uint8Array([2]));
   assert.equal(waiting.queuedBytes, 1, "held once");
   waiting.close();
   assert.equal((await first).status, 410, "the waiting one is answered when the link ends");
+  assert.equal((await again).status, 410, "and its repeat, as it is");
   await waiting.response.body?.cancel();
 });
 
@@ -181,4 +183,57 @@ Deno.test("HTTP-streaming links: a POST whose connection dies before its answer 
     await server.shutdown();
     await relaying;
   }
+});
+
+Deno.test("HTTP-streaming server link: a repeat of a number still waiting for its turn is answered only once the original is taken (its 204 lets the client send further on)", async () => {
+  const link = new ServerHttpStreamLink(undefined, () => {});
+  const early = link.post(1, new Uint8Array([1]));
+  let answered = false;
+  const repeat = link.post(1, new Uint8Array([1])).then((r) => {
+    answered = true;
+    return r;
+  });
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.equal(answered, false, "not before its original is taken");
+  assert.equal((await link.post(0, new Uint8Array([0]))).status, 204);
+  assert.equal((await repeat).status, 204);
+  assert.equal((await early).status, 204);
+  // The client's window moved on by the repeat's answer: 2..5 are all within it now.
+  const later = [2, 3, 4, 5].map((seq) => link.post(seq, new Uint8Array([seq])));
+  assert.deepEqual([...(await readExactly(link, 6))], [0, 1, 2, 3, 4, 5]);
+  for (const answer of await Promise.all(later)) assert.equal(answer.status, 204);
+  link.close();
+  await link.response.body?.cancel();
+});
+
+Deno.test("HTTP-streaming endpoint: a POST whose body was cut on the way takes no number and ends nothing (its repeat is taken); one too large ends the link", async () => {
+  const endpoint = new HttpLinkEndpoint();
+  const opened = endpoint.open(
+    new Request("http://x/", { method: "POST", headers: { "x-immortal-link": "open" } }),
+    undefined,
+  );
+  if (typeof opened === "string") throw new Error(opened);
+  const link = opened.link as ServerHttpStreamLink;
+  const post = (seq: number, body: BodyInit) =>
+    endpoint.upstream(
+      new Request("http://x/", {
+        method: "POST",
+        headers: { "x-immortal-link": link.id, "x-immortal-seq": String(seq) },
+        body,
+      }),
+    );
+  const cut = new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(new Uint8Array([9]));
+      controller.error(new Error("connection reset"));
+    },
+  });
+  assert.equal((await post(0, cut)).status, 400);
+  assert.equal((await post(0, new Uint8Array([7]))).status, 204, "the repeat is taken");
+  assert.deepEqual([...(await readExactly(link, 1))], [7]);
+  assert.equal((await post(1, new Uint8Array(MAX_POST_BYTES + 1))).status, 400);
+  assert.equal(await link.read(new Uint8Array(1)), null, "the link ended");
+  endpoint.close();
+  await opened.response.body?.cancel();
 });

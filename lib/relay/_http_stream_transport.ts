@@ -121,7 +121,9 @@ export class HttpStreamTransport implements ClientTransport {
       throw new RelayConnectError(
         "not-a-relay",
         `${settings.base.host} answered ${response.status} ${response.statusText} to ` +
-          `POST ${PATHS.stream}, not as a relay does: is the URL right?`,
+          `POST ${
+            relayUrl(settings.base, PATHS.stream).pathname
+          }, not as a relay does: is the URL right?`,
       );
     }
     const events = readSse(response.body!);

@@ -294,7 +294,8 @@ function parseWelcome(frame: FrameObject): Parsed<WelcomeFrame> {
     typeof keepAlive !== "number" || !(keepAlive > 0) || !optionalString(stream) ||
     (fadeAfter !== undefined && (typeof fadeAfter !== "number" || !(fadeAfter > 0))) ||
     (rate !== undefined && (typeof rate !== "number" || !(rate > 0))) ||
-    (maxMessageBytes !== undefined && !(isCount(maxMessageBytes) && maxMessageBytes > 0)) ||
+    (maxMessageBytes !== undefined &&
+      (typeof maxMessageBytes !== "number" || !(maxMessageBytes > 0))) ||
     (epoch !== undefined && !isId(epoch)) || !optionalCount(offset) || !optionalCount(acked) ||
     (recovered !== undefined && typeof recovered !== "boolean") ||
     (missed !== undefined && missed !== "epoch" && missed !== "window")

@@ -37,8 +37,8 @@ export function statusPage(facts: StatusPageFacts): Response {
       } node(s) connected.`
   }${facts.open ? " <strong>This relay is open: it has no secret.</strong>" : ""}</p>
 <p>Nodes connect with <code>RelayNode.connect()</code> from <code>@immortal/sockets</code>.
-${facts.chatPage ? '<a href="/chat">Chat in the browser</a>.' : ""}</p>
-<p><a href="/healthz">/healthz</a> · <a href="/metrics">/metrics</a></p>
+${facts.chatPage ? '<a href="chat">Chat in the browser</a>.' : ""}</p>
+<p><a href="healthz">/healthz</a> · <a href="metrics">/metrics</a></p>
 `;
   return new Response(body, { headers: { "content-type": "text/html; charset=utf-8" } });
 }

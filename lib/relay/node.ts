@@ -16,11 +16,13 @@ import {
 } from "../_util.ts";
 import { connect, type ConnectOptions } from "../conn/connect.ts";
 import { timerMs } from "../conn/_options.ts";
+import { ImmortalError } from "../conn/errors.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { type ImmortalListener, listen, type ListenOptions } from "../conn/listener.ts";
 import type { Acceptor, Dialer } from "../link/link.ts";
 import { NodePipes } from "./_node_pipes.ts";
 import { HttpStreamTransport } from "./_http_stream_transport.ts";
+import { frameTooLarge } from "./_http.ts";
 import { CLAIM_RULE, encodeFrame, isClaim } from "./_protocol.ts";
 import type {
   HelloFrame,
@@ -349,6 +351,8 @@ export class RelayNode implements AsyncDisposable {
   #pipes: NodePipes;
   /** Sessions over this node's pipes (connectTo, listen), ended with it. */
   #sessions = new Set<ImmortalConn>();
+  /** Listeners over this node's pipes (`listen`), closed with it. */
+  #listeners = new Set<ImmortalListener>();
   #session: string;
   /** Every change of state or of members: pipe dials wait for the node or a peer on it. */
   #changes = new Changes();
@@ -558,8 +562,9 @@ export class RelayNode implements AsyncDisposable {
    */
   #track(conn: ImmortalConn): ImmortalConn {
     if (this.#closed) {
+      // Opened as the node closed: ended with the others, and said so.
       conn.close(NODE_CLOSED);
-      return conn;
+      throw new ImmortalError("closed", NODE_CLOSED);
     }
     this.#sessions.add(conn);
     conn.closed.catch(() => {}).finally(() => this.#sessions.delete(conn));
@@ -593,6 +598,7 @@ export class RelayNode implements AsyncDisposable {
     requireKey(options.key);
     const { accepts = () => true, ...rest } = options;
     const inner = listen({ encrypt: true, ...rest, acceptor: this.pipeAcceptor(accepts) });
+    this.#listeners.add(inner);
     // The same listener, whose sessions the node ends when it closes.
     const track = (conn: ImmortalConn) => this.#track(conn);
     return {
@@ -609,8 +615,13 @@ export class RelayNode implements AsyncDisposable {
       async *[Symbol.asyncIterator]() {
         for await (const conn of inner) yield track(conn);
       },
-      close: () => inner.close(),
-      [Symbol.dispose]: () => inner.close(),
+      close: () => {
+        inner.close();
+        this.#listeners.delete(inner);
+      },
+      [Symbol.dispose]() {
+        this.close();
+      },
     };
   }
 
@@ -622,8 +633,10 @@ export class RelayNode implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    // Its sessions first: each tells its peer why, over its pipe.
+    // Its sessions first: each tells its peer why, over its pipe; then the
+    // listeners, with the sessions they have not handed out yet.
     for (const conn of this.#sessions) conn.close(NODE_CLOSED);
+    for (const listener of this.#listeners) listener.close();
     this.#pipes.close();
     this.#closing.abort();
     clearInterval(this.#watchdog);
@@ -660,10 +673,13 @@ export class RelayNode implements AsyncDisposable {
     // `unacked` and `flush` for ever) is refused here, before it has one.
     const limit = this.#maxMessageBytes;
     if (limit !== undefined) {
-      const bytes = utf8.encode(encodeFrame(numbered)).length;
-      if (bytes > limit) {
+      // Measured as the relay measures it (text only encoded when it may be over).
+      const text = encodeFrame(numbered);
+      if (frameTooLarge(text, limit)) {
         throw new RangeError(
-          `the message is ${bytes} bytes as a frame; the relay takes at most ${limit}`,
+          `the message is ${
+            utf8.encode(text).length
+          } bytes as a frame; the relay takes at most ${limit}`,
         );
       }
     }
