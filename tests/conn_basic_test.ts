@@ -205,3 +205,11 @@ Deno.test("write takes a Uint8Array only (an ArrayBuffer wrote nothing, silently
   await using server = await listener.accept();
   await server.closed.catch(() => {});
 });
+
+Deno.test("writable.abort(reason) aborts the session, and the peer is told that reason", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  await using client = await connect({ port: listener.addr.port });
+  await using server = await listener.accept();
+  await client.writable.abort(new Error("the upload was cancelled"));
+  await assert.rejects(server.closed, /the upload was cancelled/);
+});

@@ -238,7 +238,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         await this.write(chunk);
       },
       close: () => this.closeWrite(),
-      abort: () => this.close(),
+      // Aborting the writable aborts the session; the peer is told the reason.
+      abort: (reason) => this.close(reason === undefined ? undefined : errorMessage(reason)),
     });
     const { heartbeatInterval, deadLinkTimeout } = this.#opts;
     this.#tickTimer = setInterval(
