@@ -31,6 +31,7 @@ import {
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
 import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
 import type { Dialer } from "../lib/link/mod.ts";
+import { urlAddr } from "../lib/link/link.ts";
 import { RelayConnectError, RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
 import {
@@ -611,9 +612,8 @@ async function _checkNetPermissions(config: TunnelCliConfig): Promise<void> {
     needs.push({ host: hostPort(config.listenHost, config.listenPort), what: "listen on" });
   }
   if (config.relay) {
-    const url = new URL(config.relay.url);
-    const port = url.port || (url.protocol === "https:" ? "443" : "80");
-    needs.push({ host: `${url.hostname}:${port}`, what: "reach the relay at" });
+    const relay = urlAddr(new URL(config.relay.url));
+    needs.push({ host: hostPort(relay.hostname, relay.port), what: "reach the relay at" });
   }
   if (config.role === "server") {
     needs.push({

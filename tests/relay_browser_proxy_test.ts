@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { runBrowserScript } from "./_browser_run.ts";
-import { startTinyproxy } from "./_proxies.ts";
+import { startNginx, startTinyproxy } from "./_proxies.ts";
 import { startRelay } from "./_relay.ts";
 
 Deno.test("relay chat page in chromium behind tinyproxy: the WebSocket is refused, the page chats over HTTP streaming through the proxy", async () => {
@@ -28,4 +28,17 @@ Deno.test("relay chat page in chromium behind tinyproxy: the WebSocket is refuse
   assert.match(log, new RegExp(`POST http://127.0.0.1:${port}/relay/stream`), log);
   assert.match(log, new RegExp(`POST http://127.0.0.1:${port}/relay/send`), log);
   assert.doesNotMatch(log, /s3cret/, "the secret showed up in the proxy's log");
+});
+
+Deno.test("relay chat page in chromium under a reverse proxy's path prefix (nginx strips /chat-relay/): served there, its WebSocket goes there too, and it chats", async () => {
+  await using relay = startRelay({ secret: "s3cret", fadeAfter: 30_000 });
+  await using nginx = await startNginx(relay.addr.port, { websocket: true, prefix: "/chat-relay" });
+  const stdout = await runBrowserScript(
+    "./_browser_prefix.ts",
+    `http://127.0.0.1:${nginx.port}/chat-relay`,
+    "s3cret",
+  );
+  assert.match(stdout, /the page joined over WebSocket under the prefix/);
+  assert.match(stdout, /page and Deno node chat under the prefix/);
+  assert.doesNotMatch(await nginx.log(), /" 404 /);
 });

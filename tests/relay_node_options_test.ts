@@ -132,6 +132,9 @@ Deno.test("RelayNode.send: a message the relay would refuse as too large is refu
         e instanceof RangeError &&
         /^the message is \d+ bytes as a frame; the relay takes at most 1000$/.test(e.message),
     );
+    // 200 characters, but 1,200 bytes as JSON escapes them: measured as sent.
+    assert.throws(() => node.send("\u0001".repeat(200)), RangeError);
+    assert.throws(() => node.sendNumbers(Array(60).fill(-1.2345678901234567e-300)), RangeError);
     assert.equal(node.unacked, 0);
     const seq = node.send("fits");
     assert.equal(seq, 1, "the refused one took no number");

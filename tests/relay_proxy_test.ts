@@ -93,7 +93,8 @@ Deno.test("relay under a path prefix of a reverse proxy (nginx strips /chat-rela
   const log = await nginx.log();
   assert.match(log, /"POST \/chat-relay\/relay\/send HTTP\/1.1" 204/);
   assert.doesNotMatch(log, /" 404 /);
-  // The chat page, whose paths are relative to it.
-  const page = await (await fetch(`${url}chat`)).text();
-  assert.match(page, /new URL\("relay\/ws", location\.href\)/);
+  // The chat page is served there (chromium chats from it: relay_browser_proxy_test.ts).
+  const page = await fetch(`${url}chat`);
+  await page.body?.cancel();
+  assert.equal(page.status, 200);
 });

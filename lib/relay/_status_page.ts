@@ -24,7 +24,10 @@ export interface StatusPageFacts {
   chatPage: boolean;
 }
 
-/** The status page as a response. */
+/**
+ * The status page as a response. Its links are relative: a relay a reverse
+ * proxy serves under a prefix has its chat page under that prefix too.
+ */
 export function statusPage(facts: StatusPageFacts): Response {
   const body = `<!doctype html><meta charset="utf-8"><title>immortal relay</title>
 <link rel="icon" href="data:,">

@@ -118,6 +118,16 @@ export interface RelayNodeOptions {
 
 const utf8 = new TextEncoder();
 
+/**
+ * At least the UTF-8 bytes of `frame` as JSON, without encoding it: a UTF-16
+ * unit of text takes at most 6 (`\uXXXX`), a number at most 25 with its
+ * comma, and the rest (`{"t":"msg","to":"","seq":…,"text":""}`) under 96.
+ */
+function frameBytesBound(frame: NodeMessageFrame): number {
+  return 96 + 6 * (frame.to?.length ?? 0) +
+    (frame.text !== undefined ? 6 * frame.text.length : 25 * (frame.numbers?.length ?? 0));
+}
+
 /** What the sessions of a node that closes tell their peers. */
 const NODE_CLOSED = "the relay node closed";
 
@@ -672,8 +682,9 @@ export class RelayNode implements AsyncDisposable {
     // One the relay would refuse (without its number, so it would wait in
     // `unacked` and `flush` for ever) is refused here, before it has one.
     const limit = this.#maxMessageBytes;
-    if (limit !== undefined) {
-      // Measured as the relay measures it (text only encoded when it may be over).
+    // Encoded to be measured (as the relay measures it) only when it may be
+    // over: every message is encoded again as it goes out.
+    if (limit !== undefined && frameBytesBound(numbered) > limit) {
       const text = encodeFrame(numbered);
       if (frameTooLarge(text, limit)) {
         throw new RangeError(
