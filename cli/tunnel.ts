@@ -30,7 +30,6 @@ import {
 } from "./_common.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
 import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
-import type { Dialer } from "../lib/link/mod.ts";
 import { urlAddr } from "../lib/link/link.ts";
 import { RelayConnectError, RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
@@ -840,24 +839,6 @@ function _startRelayServer(
   return tunnel;
 }
 
-/**
- * `dial`, whose refusals by the node or the relay's rules (the node takes no
- * pipes, or none from us) are `auth` errors while `starting()`: the
- * tunnel's start fails on them at once, where it waits out a server that is
- * unreachable (or, with `no-such-node`, just left: it may be restarting).
- * Later, as a session redials, a refusal may pass (the name held by another
- * node for a moment) and must not end it.
- */
-function _refusalsFinal(dial: Dialer, starting: () => boolean): Dialer {
-  return (signal) =>
-    dial(signal).catch((error) => {
-      if (!starting() || !(error instanceof RelayRefusedError) || error.code === "no-such-node") {
-        throw error;
-      }
-      throw new ImmortalError("auth", error.message, { cause: error });
-    });
-}
-
 async function _startRelayClient(
   config: TunnelCliConfig,
   relay: TunnelRelayConfig,
@@ -884,13 +865,13 @@ async function _startRelayClient(
       throw new Error(`no tunnel server "${to}" in session ${relay.session} of ${relay.url}`);
     }
   }
-  let starting = true;
   const tunnel = new TunnelClient({
     hostname: config.listenHost,
     port: config.listenPort,
     ...config.session,
     key: config.key,
-    dialer: _refusalsFinal(node.pipeDialer(to), () => starting),
+    // A name that refuses us fails the start at once (`refused`).
+    dialer: node.pipeDialer(to),
     server: { hostname: to, port: 0 },
   });
   // Fail on a server that refuses us (or our key) now, rather than on the
@@ -902,7 +883,6 @@ async function _startRelayClient(
   stopping.addEventListener("abort", stop, { once: true });
   try {
     await tunnel.open();
-    starting = false;
   } catch (error) {
     await tunnel.close();
     if (stopping.aborted) throw STOPPED;

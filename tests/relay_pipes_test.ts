@@ -13,6 +13,7 @@ import {
   RelayRefusedError,
   type RelayServer,
   serveRelay,
+  TunnelClient,
 } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { pattern, patternHash, receiveAll, sendPattern, waitUntil, within } from "./_helpers.ts";
@@ -302,20 +303,23 @@ Deno.test("relay pipes: refused for an unknown node, another session's node, a n
   await using lab = await join(relay.url, "lab");
   await using laptop = await join(relay.url, "laptop");
   await using other = await join(relay.url, "elsewhere", { session: "other" });
-  const refused = async (node: RelayNode, to: string, reason: RegExp) => {
+  // A refusal that stands is `refused`; a node that is not there may come
+  // (`unreachable`).
+  const refused = async (node: RelayNode, to: string, reason: RegExp, code: string) => {
     const error = await node.connectTo(to, { key: "k" }).then(
       () => assert.fail(`a pipe to ${to} was opened`),
       (error: Error) => error,
     );
     assert.match(error.message, reason);
+    assert.ok(error instanceof ImmortalError && error.code === code, String(error));
     assert.ok(error.cause instanceof RelayRefusedError, String(error.cause));
   };
-  await refused(laptop, "nobody", /no node "nobody" in this session/);
-  await refused(other, "lab", /no node "lab" in this session/);
-  await refused(laptop, "lab", /lab refused the pipe: it accepts no pipes/);
+  await refused(laptop, "nobody", /no node "nobody" in this session/, "unreachable");
+  await refused(other, "lab", /no node "lab" in this session/, "unreachable");
+  await refused(laptop, "lab", /lab refused the pipe: it accepts no pipes/, "refused");
   {
     using _listener = lab.listen({ key: "k", accepts: (nickname) => nickname === "someone-else" });
-    await refused(laptop, "lab", /lab refused the pipe: not accepted/);
+    await refused(laptop, "lab", /lab refused the pipe: not accepted/, "refused");
   }
   using listener = lab.listen({ key: "right" });
   await assert.rejects(laptop.connectTo("lab", { key: "wrong" }), /auth|key|proof/i);
@@ -330,6 +334,36 @@ Deno.test("relay pipes: refused for an unknown node, another session's node, a n
   });
   assert.equal(stranger.status, 401);
   assert.equal((await stranger.json()).error, "unauthorized");
+});
+
+Deno.test("relay pipes: a tunnel client opening over pipes fails at once on a node that refuses them, however long its connect wait; a dialer whose pipes linked before passes later refusals on for its session to retry", async () => {
+  await using relay = restartableRelay("s");
+  await using lab = await join(relay.url, "lab");
+  await using laptop = await join(relay.url, "laptop");
+  // An hour's wait: the test's own bound fails it if the refusal is waited out.
+  await using client = new TunnelClient({
+    port: 0,
+    key: "k",
+    encrypt: true,
+    dialer: laptop.pipeDialer("lab"),
+    connectWait: 3_600_000,
+  });
+  const error = await within(30_000, "the refused open", client.open().catch((e) => e));
+  assert.ok(error instanceof ImmortalError && error.code === "refused", String(error));
+  assert.match(error.message, /lab refused the pipe: it accepts no pipes/);
+
+  const dial = laptop.pipeDialer("lab");
+  const acceptor = lab.pipeAcceptor();
+  const [link, accepted] = await Promise.all([
+    dial(new AbortController().signal),
+    acceptor.accept(),
+  ]);
+  link.close();
+  accepted.close();
+  acceptor.close();
+  // The same name refusing now may be its node restarting: not final.
+  const later = await dial(new AbortController().signal).catch((e) => e);
+  assert.ok(later instanceof RelayRefusedError && later.code === "pipe-refused", String(later));
 });
 
 // Writer and reader transports, and what the relay may hold between them:

@@ -23,7 +23,7 @@ const log = getLogger(["immortal", "conn"]);
 function isFatal(error: unknown): boolean {
   return error instanceof ImmortalError &&
     (error.code === "auth" || error.code === "unknown-session" || error.code === "protocol" ||
-      error.code === "closed");
+      error.code === "refused" || error.code === "closed");
 }
 
 /**

@@ -10,6 +10,9 @@
  * - `auth`: a key or resume proof was refused (by either side);
  * - `unknown-session`: the server no longer knows the session;
  * - `rejected`: the server refused for another reason (busy, version);
+ * - `refused`: the way to the server refused us, and will go on refusing as
+ *   it is set up (through a relay: a node that accepts no pipes, or none of
+ *   ours; the relay's rules);
  * - `aborted`: the peer aborted the session;
  * - `closed`: closed locally, or the listener was closed;
  * - `protocol`: the peer broke the protocol (or, at the first connection,
@@ -25,6 +28,7 @@ export type ImmortalErrorCode =
   | "auth"
   | "unknown-session"
   | "rejected"
+  | "refused"
   | "aborted"
   | "closed"
   | "protocol"

@@ -10,16 +10,24 @@
 
 import { getLogger } from "@logtape/logtape";
 import { errorMessage } from "../_util.ts";
+import { ImmortalError } from "../conn/errors.ts";
 import { httpDialer } from "../link/http_dialer.ts";
 import { LinkRefused } from "../link/http_stream.ts";
 import type { Acceptor, Dialer, Link } from "../link/link.ts";
 import { LinkQueue } from "../link/_link_queue.ts";
 import { parseRefusal, readJson } from "./_parse.ts";
 import { type DialHost, PipeDialer } from "./_pipe_dialer.ts";
-import { PATHS, PIPE_HEADERS, type PipeFrame, relayUrl } from "./_protocol.ts";
+import { PATHS, PIPE_HEADERS, type PipeFrame, type RelayErrorCode, relayUrl } from "./_protocol.ts";
 import { RelayRefusedError, type RelayTransportKind } from "./_transport.ts";
 
 const log = getLogger(["immortal", "relay", "pipe"]);
+
+/**
+ * Refusals of a pipe that stand as the nodes and the relay are set up. Not
+ * `no-such-node` (the peer may be starting), nor a full relay or a peer
+ * that did not answer in time.
+ */
+const STANDING_REFUSALS: ReadonlySet<RelayErrorCode> = new Set(["pipe-refused", "not-allowed"]);
 
 /** Who a node is, for the relay: what a pipe request proves. */
 export interface NodeIdentity {
@@ -75,6 +83,13 @@ export class NodePipes {
    * and go the moment they are back, not a session's backoff later; see
    * {@linkcode PipeDialer}. A node that closes fails them with an
    * `ImmortalError` `closed`, so a session over its pipes ends at once.
+   *
+   * Until one of its pipes has linked, a refusal that stands (the node
+   * accepts no pipes, or not ours; the relay's rules) fails as an
+   * `ImmortalError` `refused`: a session or a tunnel being opened fails on
+   * it at once, where it waited out its connect deadline on an `unreachable`
+   * server. After that, a refusal may pass (the name held by another node
+   * for a moment: the peer restarting) and is a session's to retry.
    */
   dialer(nickname: string): Dialer {
     const host = this.#host;
@@ -83,7 +98,19 @@ export class NodePipes {
       nickname,
       (signal) => this.#open({ [PIPE_HEADERS.to]: nickname }, signal),
     );
-    return (signal) => dialer.dial(signal);
+    let linked = false;
+    return async (signal) => {
+      try {
+        const link = await dialer.dial(signal);
+        linked = true;
+        return link;
+      } catch (error) {
+        if (!linked && error instanceof RelayRefusedError && STANDING_REFUSALS.has(error.code)) {
+          throw new ImmortalError("refused", error.message, { cause: error });
+        }
+        throw error;
+      }
+    };
   }
 
   /**
