@@ -171,6 +171,9 @@ def relay_address(url):
         host_header += f":{port}"
     # Under the URL's path: a reverse proxy may serve the relay under a prefix.
     ws_path = parts.path.rstrip("/") + "/relay/ws"
+    if parts.query:
+        # A gateway in front may want its own parameters: kept, as given.
+        ws_path += "?" + parts.query
     return host, port, use_tls, host_header, ws_path
 
 

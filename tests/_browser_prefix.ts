@@ -1,7 +1,8 @@
 // The browser half of the prefix test in relay_browser_proxy_test.ts, in its
 // own process (see _browser_run.ts). Usage: _browser_prefix.ts BASE SECRET,
 // BASE being the relay's URL under a reverse proxy's prefix, without a
-// trailing slash. The chat page is served there, and its relative paths keep
+// trailing slash. The chat page is served there (also when asked for as
+// `chat/`), and its relative paths keep
 // its WebSocket under the prefix; it chats with a Deno node given the same URL.
 import assert from "node:assert/strict";
 import { RelayNode } from "../mod.ts";
@@ -12,6 +13,9 @@ const [base, secret] = Deno.args;
 const browser = await launch([]);
 try {
   const page = await browser.newPage();
+  // Typed with a trailing slash: the relay's redirect stays under the prefix.
+  await page.goto(`${base}/chat/`);
+  assert.ok(page.url().endsWith("/chat-relay/chat"), page.url());
   await join(page, base, { session: "prefixed", nickname: "pat", secret }, "websocket");
   assert.ok(page.url().endsWith("/chat-relay/chat"), page.url());
   console.log("the page joined over WebSocket under the prefix");

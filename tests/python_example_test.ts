@@ -831,14 +831,15 @@ Deno.test("python example --exactly-once: a relay that drops it just after each 
   }
 });
 
-Deno.test("python example: at a relay a reverse proxy serves under a path prefix (nginx strips /chat-relay/), its WebSocket goes under that path", async () => {
+Deno.test("python example: at a relay a reverse proxy serves under a path prefix (nginx strips /chat-relay/), its WebSocket goes under that path, with the URL's query", async () => {
   const relay = startRelay({ secret: SECRET });
   const nginx = await startNginx(relay.addr.port, { websocket: true, prefix: "/chat-relay" });
   const url = `http://127.0.0.1:${nginx.port}/chat-relay/`;
   const deno = await RelayNode.connect(url, { session: "lab", nickname: "deno", secret: SECRET });
   const heard = recordEvents(deno);
   try {
-    const py = startPython([url, "py", "--session", "lab", "--secret", SECRET]);
+    // With a query a gateway in front might want: kept.
+    const py = startPython([`${url}?via=gateway`, "py", "--session", "lab", "--secret", SECRET]);
     try {
       await py.waitLine("welcome py");
       await py.type("through the prefix\n/quit");
@@ -847,6 +848,8 @@ Deno.test("python example: at a relay a reverse proxy serves under a path prefix
         () => heard.events.some((e) => e.type === "message" && e.text === "through the prefix"),
         "deno hears py",
       );
+      // nginx logs a request as it ends: py's WebSocket has.
+      assert.match(await nginx.log(), /"GET \/chat-relay\/relay\/ws\?via=gateway HTTP\/1.1" 101/);
     } finally {
       await py.dispose();
     }

@@ -67,10 +67,12 @@ Deno.test("relay behind a buffering reverse proxy (nginx defaults): the node fal
   assert.match(log, /"POST \/relay\/send HTTP\/1.1" 204/);
 });
 
-Deno.test("relay under a path prefix of a reverse proxy (nginx strips /chat-relay/): nodes at that URL join over both transports, talk, and open a session over pipes; the chat page is served there", async () => {
+Deno.test("relay under a path prefix of a reverse proxy (nginx strips /chat-relay/): nodes at that URL (with a query, kept) join over both transports, talk, and open a session over pipes; the chat page is served there", async () => {
   await using relay = startRelay();
   await using nginx = await startNginx(relay.addr.port, { websocket: true, prefix: "/chat-relay" });
-  const url = `http://127.0.0.1:${nginx.port}/chat-relay/`;
+  // With a query a gateway in front might want: kept on every request.
+  const base = `http://127.0.0.1:${nginx.port}/chat-relay/`;
+  const url = `${base}?via=gateway`;
   await using lab = await RelayNode.connect(url, { session: "p", nickname: "lab" });
   await using laptop = await RelayNode.connect(url, {
     session: "p",
@@ -91,10 +93,11 @@ Deno.test("relay under a path prefix of a reverse proxy (nginx strips /chat-rela
   // Every request went under the prefix (nginx logs a request when it ends:
   // the WebSockets are still open; without the prefix they were 404s).
   const log = await nginx.log();
-  assert.match(log, /"POST \/chat-relay\/relay\/send HTTP\/1.1" 204/);
+  assert.match(log, /"POST \/chat-relay\/relay\/send\?via=gateway HTTP\/1.1" 204/);
+  assert.doesNotMatch(log, /relay\/(send|stream|pipe) HTTP/, "a request without the query");
   assert.doesNotMatch(log, /" 404 /);
   // The chat page is served there (chromium chats from it: relay_browser_proxy_test.ts).
-  const page = await fetch(`${url}chat`);
+  const page = await fetch(`${base}chat`);
   await page.body?.cancel();
   assert.equal(page.status, 200);
 });

@@ -322,12 +322,12 @@ export const PATHS = {
  * The URL of the relay's endpoint `path` (one of {@linkcode PATHS}) for a
  * relay at `base`, under `base`'s path: a relay a reverse proxy serves at
  * `https://example.org/chat-relay/` has its WebSocket at
- * `/chat-relay/relay/ws` (the proxy strips the prefix).
+ * `/chat-relay/relay/ws` (the proxy strips the prefix). The query, if any,
+ * is kept: a gateway in front of the relay may want its own parameters.
  */
 export function relayUrl(base: URL, path: string): URL {
   const url = new URL(base);
   url.pathname = url.pathname.replace(/\/+$/, "") + path;
-  url.search = "";
   url.hash = "";
   return url;
 }

@@ -26,6 +26,7 @@ import type { RelayOptions } from "./options.ts";
 const KNOWN_PATHS: readonly string[] = [
   "/",
   "/chat",
+  "/chat/",
   "/healthz",
   "/metrics",
   ...Object.values(PATHS),
@@ -129,8 +130,16 @@ export class Relay implements Disposable {
           chatPage: hub.settings.chatPage,
         });
       case "GET /chat":
+      case "HEAD /chat":
         return hub.settings.chatPage
           ? chatPage()
+          : refuseRequest(hub, 404, "not-found", "no chat page on this relay");
+      case "GET /chat/":
+      case "HEAD /chat/":
+        // A link typed with a slash. Relative, so that it stays under a reverse
+        // proxy's prefix (which the relay does not see), as the page's own paths do.
+        return hub.settings.chatPage
+          ? new Response(null, { status: 308, headers: { location: "../chat" } })
           : refuseRequest(hub, 404, "not-found", "no chat page on this relay");
       case "GET /healthz":
       case "HEAD /healthz": // what many health checkers send; the server drops the body
