@@ -48,46 +48,59 @@ async function waitUntilAsync(condition: () => Promise<boolean>, what: string): 
   throw new Error(`${what}: not so within 30 s`);
 }
 
-Deno.test("two relays on one Redis: a nickname clash across them gives max(1); joins, leaves, broadcasts and directed messages cross between them", async () => {
-  await using redis = await startRedis();
-  await using one = startRelay({ redis: redis.url });
-  await using two = startRelay({ redis: redis.url });
-  const options = { session: "lab", nickname: "max" };
-  await using a = await RelayNode.connect(one.url, options);
-  await using b = await RelayNode.connect(two.url, options);
-  assert.deepEqual([a.nickname, b.nickname], ["max", "max(1)"]);
-  assert.deepEqual(b.members, [{ nickname: "max", role: "peer" }]);
-  assert.deepEqual(await waitForEvent(a, "join"), {
-    type: "join",
-    nickname: "max(1)",
-    role: "peer",
+Deno.test("two relays on one Redis: a nickname clash across them gives max(1); joins, leaves, broadcasts and directed messages cross between them; the relays log who joins and leaves", async () => {
+  await withLogs(async (records) => {
+    await using redis = await startRedis();
+    await using one = startRelay({ redis: redis.url });
+    await using two = startRelay({ redis: redis.url });
+    const options = { session: "lab", nickname: "max" };
+    await using a = await RelayNode.connect(one.url, options);
+    await using b = await RelayNode.connect(two.url, options);
+    assert.deepEqual([a.nickname, b.nickname], ["max", "max(1)"]);
+    assert.deepEqual(b.members, [{ nickname: "max", role: "peer" }]);
+    assert.deepEqual(await waitForEvent(a, "join"), {
+      type: "join",
+      nickname: "max(1)",
+      role: "peer",
+    });
+    await using c = await RelayNode.connect(two.url, { session: "lab", nickname: "eve" });
+    await waitForEvent(a, "join", (e) => e.nickname === "eve");
+    await waitForEvent(b, "join", (e) => e.nickname === "eve");
+    a.send("to all");
+    assert.equal((await waitForEvent(b, "message")).text, "to all");
+    assert.equal((await waitForEvent(c, "message")).text, "to all");
+    c.sendTo("max", "just you");
+    assert.deepEqual(await waitForEvent(a, "message"), {
+      type: "message",
+      from: "eve",
+      to: "max",
+      text: "just you",
+    });
+    // A directed message to a nickname on no relay is refused, by its number.
+    const seq = c.sendTo("nobody", "x");
+    const refused = await waitForEvent(c, "error");
+    assert.deepEqual([refused.code, refused.seq], ["no-such-node", seq]);
+    await c.close();
+    assert.deepEqual(await waitForEvent(a, "leave"), {
+      type: "leave",
+      nickname: "eve",
+      reason: "left",
+    });
+    // The same session id on another room of the same relays stays apart.
+    await using other = await RelayNode.connect(one.url, { session: "elsewhere", nickname: "max" });
+    assert.equal(other.nickname, "max");
+    // The relay that holds a node's connection logs its comings and goings, as one alone does.
+    const lines = records.map(renderRecord);
+    for (
+      const line of [
+        "Node max(1) joined lab as peer",
+        "Node eve joined lab as peer",
+        "Node eve left lab",
+      ]
+    ) {
+      assert.ok(lines.includes(line), `no "${line}" in:\n${lines.join("\n")}`);
+    }
   });
-  await using c = await RelayNode.connect(two.url, { session: "lab", nickname: "eve" });
-  await waitForEvent(a, "join", (e) => e.nickname === "eve");
-  await waitForEvent(b, "join", (e) => e.nickname === "eve");
-  a.send("to all");
-  assert.equal((await waitForEvent(b, "message")).text, "to all");
-  assert.equal((await waitForEvent(c, "message")).text, "to all");
-  c.sendTo("max", "just you");
-  assert.deepEqual(await waitForEvent(a, "message"), {
-    type: "message",
-    from: "eve",
-    to: "max",
-    text: "just you",
-  });
-  // A directed message to a nickname on no relay is refused, by its number.
-  const seq = c.sendTo("nobody", "x");
-  const refused = await waitForEvent(c, "error");
-  assert.deepEqual([refused.code, refused.seq], ["no-such-node", seq]);
-  await c.close();
-  assert.deepEqual(await waitForEvent(a, "leave"), {
-    type: "leave",
-    nickname: "eve",
-    reason: "left",
-  });
-  // The same session id on another room of the same relays stays apart.
-  await using other = await RelayNode.connect(one.url, { session: "elsewhere", nickname: "max" });
-  assert.equal(other.nickname, "max");
 });
 
 Deno.test("two relays on one Redis: 400 numbered messages each way between nodes on different relays, none lost, none twice, in order", async () => {
@@ -279,36 +292,48 @@ Deno.test("a relay whose Redis refuses its password stops, saying why; one whose
     const said = records.map(renderRecord).filter((line) => line.includes("WRONGPASS"));
     assert.equal(said.length, 1, said.join("\n"));
   });
-  // Nothing listens on this port: every join is refused, now, not after the command timeout.
-  const port = freePort();
-  const down = startRelay({ redis: `redis://127.0.0.1:${port}`, redisTimeout: 60_000 });
-  const join = () =>
-    within(
-      30_000,
-      "the join's answer",
-      fetch(`${down.url}/relay/stream`, {
-        method: "POST",
-        body: JSON.stringify({ t: "hello", session: "s", nickname: "n" }),
-      }),
-    );
-  try {
-    for (let i = 0; i < 2; i++) {
-      const answer = await join();
-      assert.equal(answer.status, 503);
-      assert.match(await answer.text(), /Redis is unreachable/);
+  // Nothing listens on this port: every join is refused, now, not after the command timeout;
+  // the log says why, the node is not told where Redis is.
+  await withLogs(async (records) => {
+    const port = freePort();
+    const down = startRelay({ redis: `redis://127.0.0.1:${port}`, redisTimeout: 60_000 });
+    const join = () =>
+      within(
+        30_000,
+        "the join's answer",
+        fetch(`${down.url}/relay/stream`, {
+          method: "POST",
+          body: JSON.stringify({ t: "hello", session: "s", nickname: "n" }),
+        }),
+      );
+    try {
+      for (let i = 0; i < 2; i++) {
+        const answer = await join();
+        assert.equal(answer.status, 503);
+        const said = await answer.text();
+        assert.match(said, /the relay cannot reach its cluster store \(Redis\)/);
+        assert.doesNotMatch(said, new RegExp(`${port}|ECONNREFUSED`));
+      }
+      assert.ok(
+        records.map(renderRecord).some((line) =>
+          line.startsWith("Refused a node in s: Redis cannot be reached") &&
+          line.includes(`${port}`)
+        ),
+        records.map(renderRecord).join("\n"),
+      );
+      // Redis comes up: the relay finds it by itself, and a join goes through. (Closed
+      // while it still retried, it would leave behind a wait node-redis cannot cancel.)
+      await using _late = await startRedis({ persist: false, port });
+      await waitUntilAsync(async () => {
+        const answer = await join();
+        await answer.body?.cancel();
+        return answer.status === 200;
+      }, "a join once Redis is up");
+      await down.shutdown();
+    } finally {
+      await down.shutdown();
     }
-    // Redis comes up: the relay finds it by itself, and a join goes through. (Closed
-    // while it still retried, it would leave behind a wait node-redis cannot cancel.)
-    await using _late = await startRedis({ persist: false, port });
-    await waitUntilAsync(async () => {
-      const answer = await join();
-      await answer.body?.cancel();
-      return answer.status === 200;
-    }, "a join once Redis is up");
-    await down.shutdown();
-  } finally {
-    await down.shutdown();
-  }
+  });
 });
 
 Deno.test("relay CLI: a Redis that refuses its password ends it with one line and exit 1", async () => {

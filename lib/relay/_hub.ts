@@ -326,8 +326,7 @@ export class Hub {
     ) throw this.#badSuffix();
     if (!room) {
       if (this.rooms.size >= s.maxSessions) {
-        this.refuse("max-sessions");
-        throw new JoinRefused(503, "full", "the relay has reached its session limit");
+        throw this.#full("max-sessions", id);
       }
       room = new Room(id, {
         count: s.historyLength,
@@ -353,8 +352,7 @@ export class Hub {
     }
     if (room.members.size >= s.maxNodesPerSession) {
       // An empty room is never left behind: this refusal needs a full one.
-      this.refuse("max-nodes");
-      throw new JoinRefused(503, "full", "the session has reached its node limit");
+      throw this.#full("max-nodes", id);
     }
     const nickname = room.freeName(wanted, token, now, hello.claim);
     const reservation = room.reserved.get(nickname);
@@ -486,6 +484,13 @@ export class Hub {
   leave(member: Member, reason: LeaveReason, why?: string): void {
     const room = member.room;
     if (room.members.get(member.nickname) !== member) return;
+    // Said by the relay that held the node's connection, in a cluster too.
+    log.info("Node {nickname} {verb} {session}{why}", {
+      nickname: member.nickname,
+      verb: reason === "left" ? "left" : "is gone from",
+      session: room.id,
+      why: why === undefined ? "" : ` (${why})`,
+    });
     if (this.#cluster) {
       // The cluster announces it, to the nodes on this relay too.
       this.#dropLocal(member);
@@ -511,12 +516,6 @@ export class Hub {
         lastSeq: member.lastSeq,
       });
     }
-    log.info("Node {nickname} {verb} {session}{why}", {
-      nickname: member.nickname,
-      verb: reason === "left" ? "left" : "is gone from",
-      session: room.id,
-      why: why === undefined ? "" : ` (${why})`,
-    });
     if (room.members.size === 0) {
       // A room with history stays until it expires: its nodes may come back for it.
       if (room.history.size === 0) this.rooms.delete(room.id);
@@ -680,7 +679,10 @@ export class Hub {
       sink.close(4429, "too slow: send queue full");
       return false;
     }
-    // Deferred: `member` may be the one we are iterating past right now.
+    // Deferred: `member` may be the one we are iterating past right now. What
+    // comes for it meanwhile (the rest of a burst) is not its to take: it is
+    // cut once, logged and counted once.
+    member.detach(this.#clock());
     queueMicrotask(() => {
       this.leave(member, "gone", "too slow: its send queue was full");
       sink.close(4429, "too slow: send queue full");
@@ -757,6 +759,29 @@ export class Hub {
   // In a cluster (Redis): the cluster decides joins and numbers messages;
   // this relay delivers what the cluster fans out to the nodes connected here.
 
+  /**
+   * Redis failed a node's request (`what` was refused): the operator's log
+   * says why (a line per interval); the node is told without where Redis is
+   * or what it said.
+   */
+  storeUnreachable(error: unknown, what: string): string {
+    this.#logs.event("unavailable", `${what}: Redis cannot be reached (${errorMessage(error)})`);
+    return "the relay cannot reach its cluster store (Redis)";
+  }
+
+  /**
+   * A join refused for a limit: counted, logged (a line per interval: a
+   * client retrying cannot flood the log) and returned to throw.
+   */
+  #full(limit: "max-sessions" | "max-nodes", session: string): JoinRefused {
+    this.refuse(limit);
+    const what = limit === "max-nodes"
+      ? `the session has reached its node limit (${this.settings.maxNodesPerSession})`
+      : `the relay has reached its session limit (${this.settings.maxSessions})`;
+    this.#logs.event(limit, `Refused a node in ${session}: ${what}`);
+    return new JoinRefused(503, "full", what.replace(/ \(\d+\)$/, ""));
+  }
+
   #badSuffix(): JoinRefused {
     this.refuse("bad-hello");
     return new JoinRefused(
@@ -805,16 +830,7 @@ export class Hub {
           suffixed: suffixed(hello.nickname),
         });
         if (joined === "bad-suffix") throw this.#badSuffix();
-        if (joined === "max-sessions" || joined === "max-nodes") {
-          this.refuse(joined);
-          throw new JoinRefused(
-            503,
-            "full",
-            joined === "max-nodes"
-              ? "the session has reached its node limit"
-              : "the relay has reached its session limit",
-          );
-        }
+        if (joined === "max-sessions" || joined === "max-nodes") throw this.#full(joined, id);
         result = joined;
         ({ replay, missed } = await this.#recoverFromCluster(cluster, hello, result));
       } catch (error) {
@@ -823,7 +839,7 @@ export class Hub {
         throw new JoinRefused(
           503,
           "unavailable",
-          `the relay cannot reach its cluster store (Redis): ${errorMessage(error)}`,
+          this.storeUnreachable(error, `Refused a node in ${id}`),
         );
       }
       const now = this.#clock();
@@ -877,11 +893,12 @@ export class Hub {
           this.#deliver(member, arrival.data);
         }
       }
-      log.info("Node {nickname} {verb} {session} through the cluster", {
-        nickname: member.nickname,
-        verb: result.kind === "join" ? "joined" : "is back in",
-        session: id,
-      });
+      log.info(
+        result.kind === "join"
+          ? "Node {nickname} joined {session} as {role}"
+          : "Node {nickname} is back in {session}",
+        { nickname: member.nickname, session: id, role: member.role },
+      );
       return member;
     } finally {
       room.joining.delete(arrived);

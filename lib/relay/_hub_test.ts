@@ -181,13 +181,14 @@ Deno.test('hub: a full queue drops the copy for that node (overflow "drop")', ()
   assert.equal(h.hub.stats.nodes, 3);
 });
 
-Deno.test('hub: a full queue disconnects the node (overflow "disconnect"); the others hear it is gone', async () => {
+Deno.test('hub: a full queue disconnects the node (overflow "disconnect") once, however many messages came for it in that burst; the others hear it is gone', async () => {
   using h = makeHub({ overflow: "disconnect" });
   const a = h.join("a");
   const slow = h.join("slow");
   a.sink.frames = [];
   slow.sink.full = true;
-  h.hub.receive(a.member, { t: "msg", text: "x" });
+  // One burst (one POST's messages): the node is cut off after the first.
+  for (const text of ["x", "y", "z"]) h.hub.receive(a.member, { t: "msg", text });
   await slow.sink.whenClosed;
   assert.equal(slow.sink.closed?.code, 4429);
   assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "slow", reason: "gone" }]);
@@ -317,28 +318,38 @@ Deno.test("hub: a broken connection is gone after 2.5 s, whatever the keep-alive
   });
 });
 
-Deno.test("hub: refusals are counted by a closed set of reasons; the secret is checked first", () => {
-  using h = makeHub({ secret: "right", maxSessions: 1, maxNodesPerSession: 1 });
-  const sink = new FakeSink();
-  const bad = { t: "hello", session: "s", nickname: "" };
-  assert.throws(() => h.hub.admit(bad, null, sink), { status: 401, code: "unauthorized" });
-  assert.throws(() => h.hub.admit({ ...bad, secret: "right" }, null, sink), {
-    status: 400,
-    code: "bad-request",
-    message: "a nickname is required",
-  });
-  const ok = { t: "hello", session: "s", nickname: "n" };
-  h.hub.admit(ok, "right", sink);
-  assert.throws(() => h.hub.admit(ok, "right", new FakeSink()), { status: 503, code: "full" });
-  assert.throws(() => h.hub.admit({ ...ok, session: "t" }, "right", new FakeSink()), {
-    status: 503,
-    code: "full",
-  });
-  assert.deepEqual(h.hub.stats.refused, {
-    "secret": 1,
-    "bad-hello": 1,
-    "max-nodes": 1,
-    "max-sessions": 1,
+Deno.test("hub: refusals are counted by a closed set of reasons, and a full relay or session is logged; the secret is checked first", async () => {
+  await withLogs((records) => {
+    using h = makeHub({ secret: "right", maxSessions: 1, maxNodesPerSession: 1 });
+    const sink = new FakeSink();
+    const bad = { t: "hello", session: "s", nickname: "" };
+    assert.throws(() => h.hub.admit(bad, null, sink), { status: 401, code: "unauthorized" });
+    assert.throws(() => h.hub.admit({ ...bad, secret: "right" }, null, sink), {
+      status: 400,
+      code: "bad-request",
+      message: "a nickname is required",
+    });
+    const ok = { t: "hello", session: "s", nickname: "n" };
+    h.hub.admit(ok, "right", sink);
+    assert.throws(() => h.hub.admit(ok, "right", new FakeSink()), { status: 503, code: "full" });
+    assert.throws(() => h.hub.admit({ ...ok, session: "t" }, "right", new FakeSink()), {
+      status: 503,
+      code: "full",
+    });
+    assert.deepEqual(h.hub.stats.refused, {
+      "secret": 1,
+      "bad-hello": 1,
+      "max-nodes": 1,
+      "max-sessions": 1,
+    });
+    const lines = records.map(renderRecord);
+    for (
+      const line of [
+        "Refused a node in s: the session has reached its node limit (1)",
+        "Refused a node in t: the relay has reached its session limit (1)",
+      ]
+    ) assert.ok(lines.includes(line), lines.join("\n"));
+    return Promise.resolve();
   });
 });
 

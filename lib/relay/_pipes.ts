@@ -384,7 +384,10 @@ export class PipeEndpoint {
         pending.answer.resolve({
           status: 503,
           code: "unavailable",
-          message: `the relay cannot reach its cluster store (Redis): ${errorMessage(error)}`,
+          message: hub.storeUnreachable(
+            error,
+            `Refused a pipe from ${from.nickname} in ${from.room.id}`,
+          ),
         })
       );
     }
@@ -621,7 +624,10 @@ export class PipeEndpoint {
       return {
         status: 503,
         code: "unavailable",
-        message: `the relay cannot reach its cluster store (Redis): ${errorMessage(error)}`,
+        message: this.#hub.storeUnreachable(
+          error,
+          `Refused a pipe from ${from.nickname} in ${from.room.id}`,
+        ),
       };
     }
     if (!member || member.relay === cluster.id) return undefined;
