@@ -15,6 +15,7 @@ import { clusterAddress } from "../lib/relay/_cluster_address.ts";
 import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
+import { redisUrl } from "../lib/relay/_settings.ts";
 import {
   type FileArgs,
   flagError,
@@ -244,8 +245,10 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   if (overflow !== "disconnect" && overflow !== "drop") {
     throw new UsageError(`--overflow must be disconnect or drop, got "${overflow}"`);
   }
-  if (v.redis !== undefined && !/^rediss?:\/\/[^/]/.test(v.redis)) {
-    throw new UsageError(`--redis must be a URL like redis://127.0.0.1:6379, got "${v.redis}"`);
+  try {
+    redisUrl(v.redis, "--redis");
+  } catch (error) {
+    throw new UsageError(errorMessage(error));
   }
   if (v["cluster-address"] !== undefined) {
     if (v.redis === undefined) {

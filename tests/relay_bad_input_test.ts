@@ -426,7 +426,8 @@ Deno.test("relay settings: a bad option is a RangeError naming it, before anythi
     [{ historyAge: 3e9 }, /historyAge must be at most 2147483647 ms/],
     [{ idleTimeout: 2 ** 31 }, /idleTimeout must be at most 2147483647 ms/],
     [{ maxNodesPerSession: -1 }, /maxNodesPerSession must be a positive number/],
-    [{ redis: "localhost:6379" }, /redis must be a redis: or rediss: URL/],
+    [{ redis: "localhost:6379" }, /redis must be a URL like .* \(redis: or rediss:\)/],
+    [{ redis: "redis://127.0.0.1:6379/abc" }, /redis.s path must be a database number/],
     // Bursts of twice the rate under one message: nothing would ever be taken.
     [{ rate: 0.4 }, /rate must be at least 0.5 messages a second, got 0.4/],
   ];

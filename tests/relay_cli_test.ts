@@ -178,6 +178,10 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
       /--keep-alive must be a whole number of milliseconds from 1 to 2147483647/,
     ],
     [["--redis", "localhost:6379"], /--redis must be a URL like redis:\/\/127\.0\.0\.1:6379/],
+    // Each of these the Redis client took, to throw a stack trace or dial nowhere.
+    [["--redis", "redis://127.0.0.1:99999"], /--redis must be a URL like redis:\/\/127/],
+    [["--redis", "redis://127.0.0.1:6390/abc"], /--redis's path must be a database number/],
+    [["--redis", "redis:///0"], /--redis names no host/],
     [["--cluster-address", "127.0.0.1:9000"], /--cluster-address .* needs --redis/],
     [
       ["--redis", "redis://127.0.0.1:1", "--cluster-address", "0.0.0.0:9000"],
@@ -461,6 +465,12 @@ Deno.test("loadRelayConfig: flags aside, env wins over the working directory's f
     assert.equal(empty.port, 9000);
     await Deno.writeTextFile(`${home}/immortal-relay.properties`, "port = 70000\n");
     assert.throws(() => loadRelayConfig({ cwd, home, env: {} }), /:1: port must be 0-65535/);
+    // A flag's name written as a key is an unknown key, named, not a malformed line.
+    await Deno.writeTextFile(`${home}/immortal-relay.properties`, "port = 9000\nmax-nodes = 3\n");
+    assert.throws(
+      () => loadRelayConfig({ cwd, home, env: {} }),
+      /:2: unknown key "max-nodes" \(use url, secret/,
+    );
   } finally {
     await Deno.remove(cwd, { recursive: true });
     await Deno.remove(home, { recursive: true });

@@ -83,16 +83,32 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
   };
 }
 
-function redisUrl(url: string | undefined): string | undefined {
+/**
+ * A Redis URL checked whole, here rather than by the Redis client, which
+ * throws a stack trace for a path that is no database number and says
+ * nothing of a missing host. `name` is what the user gave it as.
+ */
+export function redisUrl(url: string | undefined, name = "redis"): string | undefined {
   if (url === undefined) return undefined;
+  const like = `a URL like redis://127.0.0.1:6379 or rediss://:password@host:6380/2`;
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
-    throw new RangeError(`redis must be a URL like redis://127.0.0.1:6379, got "${url}"`);
+    // The URL parser also refuses a port past 65535.
+    throw new RangeError(`${name} must be ${like}, got "${url}"`);
   }
   if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") {
-    throw new RangeError(`redis must be a redis: or rediss: URL, got "${url}"`);
+    throw new RangeError(`${name} must be ${like} (redis: or rediss:), got "${url}"`);
+  }
+  if (parsed.hostname === "") throw new RangeError(`${name} names no host: "${url}"`);
+  if (!/^(\/\d*)?$/.test(parsed.pathname)) {
+    throw new RangeError(
+      `${name}'s path must be a database number (redis://host:6379/2), got "${parsed.pathname}"`,
+    );
+  }
+  if (parsed.search !== "" || parsed.hash !== "") {
+    throw new RangeError(`${name} takes no query or fragment, got "${url}"`);
   }
   return url;
 }

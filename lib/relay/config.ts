@@ -121,7 +121,7 @@ export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConf
     for (const [lineNo, line] of text.split(/\r?\n/).entries()) {
       const trimmed = line.trim();
       if (trimmed === "" || trimmed.startsWith("#") || trimmed.startsWith("!")) continue;
-      const match = /^([A-Za-z.]+)\s*[=:]\s*(.*)$/.exec(trimmed);
+      const match = /^([\w.-]+)\s*[=:]\s*(.*)$/.exec(trimmed);
       if (!match) throw new Error(`${path}:${lineNo + 1}: expected "key = value"`);
       const key = match[1].replace(/^relay\./, "");
       if (!(KEYS as readonly string[]).includes(key)) {
