@@ -321,6 +321,17 @@ Deno.test("a relay whose Redis refuses its password stops, saying why; one whose
         ),
         records.map(renderRecord).join("\n"),
       );
+      // A load balancer hears it too: /healthz fails, the gauge says 0.
+      const health = await fetch(`${down.url}/healthz`);
+      assert.equal(health.status, 503);
+      assert.deepEqual(await health.json(), {
+        status: "unavailable",
+        reason: "the relay cannot reach its cluster store (Redis)",
+        sessions: 0,
+        nodes: 0,
+      });
+      const metrics = await (await fetch(`${down.url}/metrics`)).text();
+      assert.match(metrics, /^immortal_relay_cluster_store_up 0$/m);
       // Redis comes up: the relay finds it by itself, and a join goes through. (Closed
       // while it still retried, it would leave behind a wait node-redis cannot cancel.)
       await using _late = await startRedis({ persist: false, port });
@@ -329,6 +340,13 @@ Deno.test("a relay whose Redis refuses its password stops, saying why; one whose
         await answer.body?.cancel();
         return answer.status === 200;
       }, "a join once Redis is up");
+      const healthy = await fetch(`${down.url}/healthz`);
+      assert.equal(healthy.status, 200);
+      assert.equal((await healthy.json()).status, "ok");
+      assert.match(
+        await (await fetch(`${down.url}/metrics`)).text(),
+        /^immortal_relay_cluster_store_up 1$/m,
+      );
       await down.shutdown();
     } finally {
       await down.shutdown();

@@ -227,6 +227,12 @@ export class RelayCluster {
       client.on("error", (error: unknown) => this.#failed(client, error));
       client.on("ready", () => this.#down.delete(client));
     }
+    // Commands go through again: joins are taken now (healthy, for /healthz),
+    // and this relay says it is here without waiting for the next beat.
+    this.#redis.on("ready", () => {
+      this.#healthyAgain();
+      void this.#beat();
+    });
     let reconnect = false;
     // After a reconnect, pub/sub may have missed messages: fill from the history.
     this.#sub.on("ready", () => {
@@ -658,8 +664,7 @@ export class RelayCluster {
         this.#settings.roomTtl,
         this.#pipeUrl,
       ) as [number, number, string[]];
-      if (!this.#healthy) log.info("Redis answers again");
-      this.#healthy = true;
+      this.#healthyAgain();
       if (swept > 0) {
         const more = swept > names.length ? ` and ${swept - names.length} more` : "";
         log.info("Nodes of relays that stopped beating declared gone: {names}{more}", {
@@ -740,6 +745,11 @@ export class RelayCluster {
         }
       });
     }
+  }
+
+  #healthyAgain(): void {
+    if (!this.#healthy && !this.#closed) log.info("Redis answers again");
+    this.#healthy = true;
   }
 
   #unhealthy(reason: string): void {

@@ -111,6 +111,11 @@ export interface RelayStats {
   forwarded: number;
   /** Requests and frames refused, by reason (a {@linkcode RelayErrorCode} or a finer reason). */
   refused: Record<string, number>;
+  /**
+   * Whether the relay reaches its cluster store (Redis) now; absent without
+   * one. While it does not, every join is refused.
+   */
+  clusterStoreUp?: boolean;
   /** The relay's pipes. */
   pipes?: PipeStats;
   /** The relay's connections, when it runs on `serveRelay`'s server. */
@@ -241,7 +246,14 @@ export class Hub {
       detached,
       ...this.#counters,
       refused: { ...this.#refused },
+      ...(this.clusterStoreUp === undefined ? {} : { clusterStoreUp: this.clusterStoreUp }),
     };
+  }
+
+  /** Whether the cluster store (Redis) answers now; `undefined` for a relay on its own. */
+  get clusterStoreUp(): boolean | undefined {
+    // Not yet made (its module loads first) is not up either.
+    return this.settings.redis === undefined ? undefined : this.#cluster?.healthy ?? false;
   }
 
   #closing = new AbortController();

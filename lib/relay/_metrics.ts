@@ -53,6 +53,14 @@ export function metricsText(stats: RelayStats): string {
   for (const [reason, value] of Object.entries(stats.refused)) {
     lines.push(`immortal_relay_refused_total{reason="${reason}"} ${value}`);
   }
+  if (stats.clusterStoreUp !== undefined) {
+    metric(
+      "gauge",
+      "cluster_store_up",
+      "1 while the relay reaches its cluster store (Redis), 0 while it refuses joins for want of it.",
+      stats.clusterStoreUp ? 1 : 0,
+    );
+  }
   if (stats.pipes) {
     metric("gauge", "pipes", "Pipes open.", stats.pipes.open);
     metric("counter", "pipes_opened", "Pipes opened.", stats.pipes.opened);

@@ -143,7 +143,7 @@ export class Relay implements Disposable {
           : refuseRequest(hub, 404, "not-found", "no chat page on this relay");
       case "GET /healthz":
       case "HEAD /healthz": // what many health checkers send; the server drops the body
-        return Response.json({ status: "ok", ...(this.#mayWatch(req) ? this.#gauges() : {}) });
+        return this.#health(req);
       case "GET /metrics":
         return this.#mayWatch(req) ? metricsResponse(this.stats) : refuseRequest(
           hub,
@@ -190,6 +190,23 @@ export class Relay implements Disposable {
     if (needed === undefined) return true;
     const given = /^Bearer (.+)$/.exec(req.headers.get("authorization") ?? "")?.[1];
     return given !== undefined && secretsEqual(given, needed);
+  }
+
+  /**
+   * `/healthz`: 200 `ok` while the relay takes nodes. A relay of a cluster
+   * that cannot reach Redis refuses every join: 503, so that a load balancer
+   * sends nodes to another.
+   */
+  #health(req: Request): Response {
+    const gauges = this.#mayWatch(req) ? this.#gauges() : {};
+    if (this.#hub.clusterStoreUp === false) {
+      return Response.json({
+        status: "unavailable",
+        reason: "the relay cannot reach its cluster store (Redis)",
+        ...gauges,
+      }, { status: 503 });
+    }
+    return Response.json({ status: "ok", ...gauges });
   }
 
   #gauges(): { sessions: number; nodes: number } {
