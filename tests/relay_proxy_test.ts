@@ -5,9 +5,9 @@
 
 import assert from "node:assert/strict";
 import { RelayNode } from "../mod.ts";
-import { delay } from "./_helpers.ts";
+import { delay, within } from "./_helpers.ts";
 import { startNginx, startTinyproxy } from "./_proxies.ts";
-import { startRelay, waitForEvent } from "./_relay.ts";
+import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
 
 /** Chat both ways between a node behind the proxy and a direct one; each message within `ms`. */
 async function chat(behind: RelayNode, direct: RelayNode, ms: number): Promise<void> {
@@ -65,6 +65,43 @@ Deno.test("relay behind a buffering reverse proxy (nginx defaults): the node fal
   const log = await nginx.log();
   assert.match(log, /"GET \/relay\/ws HTTP\/1.1" 426/);
   assert.match(log, /"POST \/relay\/send HTTP\/1.1" 204/);
+});
+
+Deno.test("relay behind nginx, which takes 1 MB bodies where the relay takes 4 MB: the message too large for nginx is refused as too-large, the others go through, and the link stays up", async () => {
+  await using relay = startRelay({ maxMessageBytes: 4 << 20 });
+  await using nginx = await startNginx(relay.addr.port);
+  await using direct = await RelayNode.connect(relay.url, { session: "n", nickname: "direct" });
+  await using behind = await RelayNode.connect(`http://127.0.0.1:${nginx.port}`, {
+    session: "n",
+    nickname: "behind",
+    transport: "http",
+  });
+  await waitForEvent(direct, "join", (e) => e.nickname === "behind");
+  const atDirect = recordEvents(direct);
+  const atBehind = recordEvents(behind);
+  // "a" goes in a POST of its own; the big one and "b" wait for it and go
+  // together: the 413 refuses both, only the big one is refused for good.
+  behind.send("a");
+  const big = behind.send("x".repeat(1_500_000));
+  behind.send("b");
+  await atDirect.until(() => atDirect.texts.includes("b"), "b through nginx");
+  await within(30_000, "the flush", behind.flush());
+  assert.deepEqual(atDirect.texts, ["a", "b"]);
+  const refused = atBehind.events.filter((e) => e.type === "error");
+  assert.equal(refused.length, 1, JSON.stringify(refused));
+  assert.equal(refused[0].type === "error" && refused[0].code, "too-large");
+  assert.equal(refused[0].type === "error" && refused[0].seq, big);
+  assert.match(
+    refused[0].type === "error" ? refused[0].message : "",
+    /HTTP 413.*client_max_body_size/,
+  );
+  // Not a broken link: no reconnect.
+  assert.deepEqual(
+    atBehind.events.filter((e) => e.type === "state" && e.state !== "connected"),
+    [],
+  );
+  assert.equal(behind.state, "connected");
+  assert.match(await nginx.log(), /"POST \/relay\/send HTTP\/1.1" 413/);
 });
 
 Deno.test("relay under a path prefix of a reverse proxy (nginx strips /chat-relay/): nodes at that URL (with a query, kept) join over both transports, talk, and open a session over pipes; the chat page is served there", async () => {

@@ -68,6 +68,8 @@ export class HttpStreamTransport implements ClientTransport {
   #hooks: TransportHooks;
   #closing = false;
   #pending: NodeFrame[] = [];
+  /** A proxy refused a POST of several frames as too large: each goes alone now. */
+  #oneByOne = false;
   #flushing = false;
 
   private constructor(
@@ -198,8 +200,10 @@ export class HttpStreamTransport implements ClientTransport {
     this.#flushing = true;
     try {
       while (this.#pending.length > 0 && !this.#closing) {
-        const res = await this.#post(this.#pending.splice(0), this.#abort.signal);
+        const frames = this.#pending.splice(0, this.#oneByOne ? 1 : this.#pending.length);
+        const res = await this.#post(frames, this.#abort.signal);
         await res.body?.cancel();
+        if (res.status === 413 && this.#tooLarge(frames)) continue;
         if (!res.ok) throw new Error(`the relay answered ${res.status} to a send`);
       }
     } catch (error) {
@@ -207,6 +211,34 @@ export class HttpStreamTransport implements ClientTransport {
     } finally {
       this.#flushing = false;
     }
+  }
+
+  /**
+   * A POST refused as too large (413): by a proxy in front of the relay
+   * (nginx takes 1 MB by default), since the relay's own limit is checked
+   * before a message is sent.
+   * Not a broken link: redialing would send the same again, for ever. Frames
+   * go one by one from now on, and a message refused on its own is refused as
+   * the relay refuses one (an error naming its seq; it is not resent).
+   * Whether it was handled; else the link fails.
+   */
+  #tooLarge(frames: NodeFrame[]): boolean {
+    if (frames.length > 1) {
+      this.#oneByOne = true;
+      this.#pending.unshift(...frames);
+      return true;
+    }
+    const [frame] = frames;
+    if (frame.t !== "msg") return false;
+    this.#hooks.onFrame({
+      t: "error",
+      code: "too-large",
+      message: `${this.#settings.base.host} refused the message as too large (HTTP 413): ` +
+        "a proxy in front of the relay takes less than the relay does " +
+        "(nginx: client_max_body_size)",
+      ...(frame.seq === undefined ? {} : { seq: frame.seq }),
+    });
+    return true;
   }
 
   /** Queues one frame for the next POST. */
