@@ -73,7 +73,7 @@ Deno.test("RelayNode errors: unreachable, TLS either way, an untrusted certifica
         `https://127.0.0.1:${tlsPort}`,
         {},
         "tls",
-        /^the certificate of 127\.0\.0\.1:\d+ is not trusted \(.*UnknownIssuer.*\): give the relay's CA certificate \(caCerts, --tls-ca on the command line\)$/,
+        /^the certificate of 127\.0\.0\.1:\d+ is not trusted \(.*UnknownIssuer.*\): give the relay's CA certificate \(option caCerts; deno run --cert FILE; the tunnel CLI's --tls-ca\)$/,
       ],
       [
         // The certificate names localhost, 127.0.0.1 and ::1, not 127.0.0.2.

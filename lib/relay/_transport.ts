@@ -110,7 +110,7 @@ export function connectFailure(
     return make(
       "tls",
       `the certificate of ${host} is not trusted (${said}): ` +
-        "give the relay's CA certificate (caCerts, --tls-ca on the command line)",
+        "give the relay's CA certificate (option caCerts; deno run --cert FILE; the tunnel CLI's --tls-ca)",
     );
   }
   if (tls === "refused" || /tls|handshake/i.test(said)) {
