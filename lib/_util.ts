@@ -242,19 +242,27 @@ export function checkTlsPair(cert: string, key: string): void {
  * (nobody we trust signed it), `not-tls` (an answer that is not TLS, or the
  * `protocol_version` alert our plain servers send to a TLS client),
  * `refused` (a TLS server sent another alert: it wants a client
- * certificate, shares no cipher, ...), or nothing certain (an end of file
- * or a reset may be a server shedding load).
+ * certificate, shares no cipher, ...), `ca-as-server` (the server shows a CA
+ * certificate as its own, which rustls refuses even from a CA we trust: what
+ * a lone `openssl req -x509` makes), or nothing certain (an end of file or a
+ * reset may be a server shedding load).
  */
 export function tlsFailureKind(
   said: string,
-): "wrong-name" | "untrusted" | "not-tls" | "refused" | null {
+): "wrong-name" | "untrusted" | "not-tls" | "refused" | "ca-as-server" | null {
   if (/NotValidForName|not valid for name/i.test(said)) return "wrong-name";
+  if (/CaUsedAsEndEntity/i.test(said)) return "ca-as-server";
   // Alerts first: "CertificateRequired" and "BadCertificate" are refusals, not our distrust.
   if (/alert/i.test(said)) return /ProtocolVersion/i.test(said) ? "not-tls" : "refused";
   if (/certificate|UnknownIssuer|Expired/i.test(said)) return "untrusted";
   if (/corrupt message|InvalidContentType|wrong version/i.test(said)) return "not-tls";
   return null;
 }
+
+/** What to do about a `ca-as-server` certificate, for every error that meets one. */
+export const CA_AS_SERVER_ADVICE =
+  "it is a CA certificate, which TLS does not take as a server's: " +
+  "serve one that CA signed, for the server's name (README, TLS)";
 
 /** A TLS certificate/key problem as Deno words it, in ours. */
 function tlsPairProblem(said: string): string {

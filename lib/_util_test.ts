@@ -97,6 +97,7 @@ Deno.test("tlsFailureKind: a name mismatch, our distrust, a plain server, a TLS 
     ['invalid peer certificate: certificate not valid for name "x"; ...', "wrong-name"],
     ["invalid peer certificate: UnknownIssuer", "untrusted"],
     ["invalid peer certificate: Expired", "untrusted"],
+    ["invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))", "ca-as-server"],
     ["received fatal alert: ProtocolVersion", "not-tls"],
     ["received corrupt message of type InvalidContentType", "not-tls"],
     ["received fatal alert: HandshakeFailure", "refused"],

@@ -4,6 +4,8 @@ export interface TestCerts {
   /** Folder holding ca.pem, cert.pem and key.pem (and a second CA, other_ca.pem). */
   dir: string;
   caCert: string;
+  /** The CA's key: a server showing the CA's own certificate is a mistake to test. */
+  caKey: string;
   /** A CA that did not sign the server certificate. */
   otherCaCert: string;
   cert: string;
@@ -79,6 +81,7 @@ export async function makeTestCerts(): Promise<TestCerts> {
   return {
     dir,
     caCert: await read("ca.pem"),
+    caKey: await read("ca_key.pem"),
     otherCaCert: await read("other_ca.pem"),
     cert: await read("cert.pem"),
     key: await read("key.pem"),

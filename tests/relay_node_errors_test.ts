@@ -32,6 +32,8 @@ Deno.test("RelayNode errors: unreachable, TLS either way, an untrusted certifica
   await using tls = startRelay({ cert: certs.cert, key: certs.key });
   const tlsPort = tls.addr.port;
   await using elsewhere = startRelay({ hostname: "127.0.0.2", cert: certs.cert, key: certs.key });
+  // The CA's own certificate served: what `openssl req -x509` alone makes.
+  await using caServed = startRelay({ cert: certs.caCert, key: certs.caKey });
   const other = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
     () => new Response("not here", { status: 404 }),
@@ -74,6 +76,12 @@ Deno.test("RelayNode errors: unreachable, TLS either way, an untrusted certifica
         {},
         "tls",
         /^the certificate of 127\.0\.0\.1:\d+ is not trusted \(.*UnknownIssuer.*\): give the relay's CA certificate \(option caCerts; deno run --cert FILE; the tunnel CLI's --tls-ca\)$/,
+      ],
+      [
+        `https://127.0.0.1:${caServed.addr.port}`,
+        { caCerts: [certs.caCert] },
+        "tls",
+        /^the certificate of 127\.0\.0\.1:\d+ is refused \(.*CaUsedAsEndEntity.*\): it is a CA certificate, which TLS does not take as a server's: serve one that CA signed/,
       ],
       [
         // The certificate names localhost, 127.0.0.1 and ::1, not 127.0.0.2.

@@ -50,11 +50,18 @@ Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every
   const certs = await makeTestCerts();
   // A server whose certificate the client below does not trust.
   const tlsServer = Deno.listenTls({ hostname: "127.0.0.1", port: 0, ...certs });
-  const accepting = (async () => {
-    for await (const conn of tlsServer) {
+  // The CA's own certificate served: what `openssl req -x509` alone makes.
+  const caServer = Deno.listenTls({
+    hostname: "127.0.0.1",
+    port: 0,
+    cert: certs.caCert,
+    key: certs.caKey,
+  });
+  const accepting = Promise.all([tlsServer, caServer].map(async (listener) => {
+    for await (const conn of listener) {
       conn.handshake().catch(() => {}).finally(() => conn.close());
     }
-  })();
+  }));
   try {
     // A port taken already: the listen error names it.
     using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -159,6 +166,18 @@ Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every
         /^error: the tunnel server at 127\.0\.0\.1:\d+ cannot be used: TLS with 127\.0\.0\.1:\d+ failed \(.*"wrong\.test".*\): its certificate is for another name \(give the name it carries: tls\.serverName, --tls-name on the command line\)$/m,
         1,
       ],
+      [
+        [
+          "client",
+          String(freePort()),
+          "127.0.0.1",
+          String(caServer.addr.port),
+          "--tls-ca",
+          `${certs.dir}/ca.pem`,
+        ],
+        /^error: the tunnel server at 127\.0\.0\.1:\d+ cannot be used: TLS with 127\.0\.0\.1:\d+ failed \(.*CaUsedAsEndEntity.*\): it is a CA certificate, which TLS does not take as a server's/m,
+        1,
+      ],
     ];
     for (const [args, message, code] of cases) {
       const result = await run(args, ["--allow-net=127.0.0.1", "--allow-read"]);
@@ -168,6 +187,7 @@ Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every
     }
   } finally {
     tlsServer.close();
+    caServer.close();
     await accepting;
     await Deno.remove(certs.dir, { recursive: true });
   }

@@ -7,6 +7,7 @@
 import { type Dialer, tcpDialer, tlsDialer, TlsHandshakeError } from "../link/mod.ts";
 import { FrameError } from "../frame/frame_error.ts";
 import {
+  CA_AS_SERVER_ADVICE,
   checkPort,
   describeValue,
   errorMessage,
@@ -134,6 +135,13 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
         "tls",
         `TLS with ${where} failed (${said}): its certificate is for another name ` +
           "(give the name it carries: tls.serverName, --tls-name on the command line)",
+        options,
+      );
+    }
+    if (kind === "ca-as-server") {
+      return new ImmortalError(
+        "tls",
+        `TLS with ${where} failed (${said}): ${CA_AS_SERVER_ADVICE}`,
         options,
       );
     }

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { tlsFailureKind } from "../_util.ts";
+import { CA_AS_SERVER_ADVICE, tlsFailureKind } from "../_util.ts";
 import type {
   HelloFrame,
   NodeFrame,
@@ -105,6 +105,9 @@ export function connectFailure(
       "tls",
       `the certificate of ${host} is for another name (${said}): use a relay URL with a name it carries`,
     );
+  }
+  if (tls === "ca-as-server") {
+    return make("tls", `the certificate of ${host} is refused (${said}): ${CA_AS_SERVER_ADVICE}`);
   }
   if (tls === "untrusted") {
     return make(
