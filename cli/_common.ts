@@ -1,6 +1,6 @@
 /**
  * What the command-line entry points share: usage errors, argument checks,
- * logging to stderr in words, and running a service until SIGINT/SIGTERM.
+ * logging to stderr in words, and running a service until SIGINT/SIGTERM/SIGHUP.
  *
  * @module
  */
@@ -245,7 +245,7 @@ async function _setupLogging(level: LogLevel): Promise<void> {
   });
 }
 
-/** What a command started and keeps up until SIGINT/SIGTERM. */
+/** What a command started and keeps up until SIGINT/SIGTERM/SIGHUP. */
 export interface Service {
   /** Logged after the signal's name, e.g. "closing the tunnel". */
   readonly stopping: string;
@@ -261,20 +261,22 @@ export interface ServiceCommand<C extends { logLevel: LogLevel }> {
   parse(args: string[]): C | "help";
   /**
    * Starts the service. A start that waits (for a relay, say) gives up when
-   * `stopping` aborts, on SIGINT/SIGTERM: it may then reject with anything,
+   * `stopping` aborts, on SIGINT/SIGTERM/SIGHUP: it may then reject with anything,
    * and the command exits 0 as after any clean stop.
    */
   start(config: C, log: Logger, stopping: AbortSignal): Promise<Service>;
 }
 
 /**
- * Listens for SIGINT/SIGTERM from now on. Listening starts before the service
+ * Listens for SIGINT/SIGTERM/SIGHUP from now on. Listening starts before the service
  * does: a signal that arrives while it starts (say, right after it logged
  * that it listens) is then a clean stop, not the default kill.
  */
 function _stopSignal(): { signal: Promise<Deno.Signal>; dispose(): void } {
   const stop = Promise.withResolvers<Deno.Signal>();
-  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  // SIGHUP: the terminal it runs in closed; the default would end it without
+  // a word to its peers.
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   const handlers = signals.map((signal) => {
     const handler = () => stop.resolve(signal);
     Deno.addSignalListener(signal, handler);
@@ -327,7 +329,7 @@ async function _serve<C extends { logLevel: LogLevel }>(
 }
 
 /**
- * Runs a long-running command from parsing to a clean exit on SIGINT/SIGTERM.
+ * Runs a long-running command from parsing to a clean exit on SIGINT/SIGTERM/SIGHUP.
  * Usage errors print one line and exit 2; any other failure prints one line
  * and exits 1 (no stack trace for users).
  */

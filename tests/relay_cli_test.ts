@@ -235,7 +235,12 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
 
 Deno.test("relay CLI without a secret runs, and says loudly that it is open: asked with --open, or finding none where it could look", async () => {
   const home = await Deno.makeTempDir({ prefix: "immortal-relay-home-" });
-  const run = async (flags: string[], args: string[], warning: RegExp) => {
+  const run = async (
+    flags: string[],
+    args: string[],
+    warning: RegExp,
+    signal: Deno.Signal = "SIGTERM",
+  ) => {
     const port = freePort();
     const relay = spawn(
       ["run", `--allow-net=127.0.0.1:${port}`, ...flags, CLI, ...args, "--hostname", "127.0.0.1"]
@@ -250,9 +255,9 @@ Deno.test("relay CLI without a secret runs, and says loudly that it is open: ask
       const health = await fetch(`http://127.0.0.1:${port}/healthz`);
       assert.deepEqual(await health.json(), { status: "ok", sessions: 0, nodes: 0 });
     } finally {
-      assert.equal(await relay.stop(), 0, relay.text);
+      assert.equal(await relay.stop(signal), 0, relay.text);
     }
-    assert.match(relay.text, /SIGTERM: shutting the relay down/);
+    assert.match(relay.text, new RegExp(`${signal}: shutting the relay down`));
   };
   try {
     // Under a scoped --allow-net alone, it may look nowhere: --open says an open relay is meant.
@@ -262,6 +267,8 @@ Deno.test("relay CLI without a secret runs, and says loudly that it is open: ask
       ["--allow-env=IMMORTAL_RELAY_SECRET,HOME", `--allow-read=${ROOT},${home}`],
       [],
       /NO RELAY SECRET: this relay is OPEN .*Fine for local development/,
+      // Its terminal closed: a clean stop too, the nodes told, not a silent kill.
+      "SIGHUP",
     );
   } finally {
     await Deno.remove(home, { recursive: true });
