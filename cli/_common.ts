@@ -245,6 +245,20 @@ async function _setupLogging(level: LogLevel): Promise<void> {
   });
 }
 
+/**
+ * Warns of each secret given as a flag's value (`flags` maps the flag to the
+ * private ways of giving it): any user of the machine can read a command
+ * line (`ps`, `/proc`).
+ */
+export function warnSecretFlags(log: Logger, flags: Record<string, string>): void {
+  for (const [flag, instead] of Object.entries(flags)) {
+    log.warn(
+      "{flag} is on the command line, where any user of this machine can read it (ps); {instead} keeps it private",
+      { flag, instead },
+    );
+  }
+}
+
 /** What a command started and keeps up until SIGINT/SIGTERM/SIGHUP. */
 export interface Service {
   /** Logged after the signal's name, e.g. "closing the tunnel". */

@@ -30,6 +30,7 @@ import {
   runService,
   type Service,
   UsageError,
+  warnSecretFlags,
 } from "./_common.ts";
 
 const USAGE = `immortal relay — links hosts that can only make outgoing HTTP(S) connections
@@ -131,6 +132,8 @@ export interface RelayCliConfig {
   secretSource?: string;
   /** `--open`: no secret, and the user said so. */
   open?: boolean;
+  /** Secrets given as flags, each with the private ways of giving it (for a warning). */
+  secretFlags: Record<string, string>;
 }
 
 /**
@@ -314,7 +317,10 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
       }; or give --open for a relay open to anyone`,
     );
   }
-  return { serve, logLevel, secretSource, ...(v.open ? { open: true } : {}) };
+  const secretFlags: Record<string, string> = {};
+  if (v.secret !== undefined) secretFlags["--secret"] = "--secret-file or IMMORTAL_RELAY_SECRET";
+  if (v["metrics-token"] !== undefined) secretFlags["--metrics-token"] = "--metrics-token-file";
+  return { serve, logLevel, secretSource, secretFlags, ...(v.open ? { open: true } : {}) };
 }
 
 async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
@@ -352,6 +358,7 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   } else {
     log.info("Relay secret required (from {source})", { source: config.secretSource });
   }
+  warnSecretFlags(log, config.secretFlags);
   if (config.serve.redis !== undefined) {
     log.info("Sessions shared through Redis at {redis}; other relays reach this one at {peer}", {
       redis: redactedUrl(config.serve.redis),

@@ -27,6 +27,7 @@ import {
   runService,
   type Service,
   UsageError,
+  warnSecretFlags,
 } from "./_common.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
 import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
@@ -138,6 +139,8 @@ export interface TunnelCliConfig {
   session: SessionOptions & { backoff?: BackoffOptions };
   /** Through a relay: where, and the names; `peerHost`/`peerPort` are then the target (server). */
   relay?: TunnelRelayConfig;
+  /** Secrets given as flags, each with the private way of giving it (for a warning). */
+  secretFlags: Record<string, string>;
 }
 
 /** How a tunnel end reaches its peer through a relay. */
@@ -331,6 +334,10 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
       encrypt: relay !== undefined || !!values.encrypt,
     },
     ...(relay ? { relay } : {}),
+    secretFlags: {
+      ...(values.key === undefined ? {} : { "--key": "--key-file" }),
+      ...(values["relay-secret"] === undefined ? {} : { "--relay-secret": "--relay-secret-file" }),
+    },
   };
 }
 
@@ -512,6 +519,7 @@ async function _start(
   stopping: AbortSignal,
 ): Promise<Service> {
   await _checkNetPermissions(config);
+  warnSecretFlags(log, config.secretFlags);
   let node: RelayNode | undefined;
   let tunnel: TunnelServer | TunnelClient;
   let client: ReturnType<typeof _startClient> | undefined;

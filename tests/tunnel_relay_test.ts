@@ -180,6 +180,16 @@ Deno.test("tunnel CLI through a relay: a client started first waits for its serv
   try {
     await server.waitFor(/Tunnel server lab on the relay/, "the tunnel server");
     await client.waitFor(/the tunnel is up/, "the tunnel client");
+    // Secrets given as flags: each program says where they show, and what keeps them private.
+    const shown = (flag: string, instead: string) =>
+      new RegExp(
+        `${flag} is on the command line, where any user of this machine can read it \\(ps\\); ${instead} keeps it private`,
+      );
+    for (const end of [server, client]) {
+      assert.match(end.log, shown("--key", "--key-file"));
+      assert.match(end.log, shown("--relay-secret", "--relay-secret-file"));
+    }
+    await relay.waitFor(shown("--secret", "--secret-file or IMMORTAL_RELAY_SECRET"), "a warning");
     assert.equal(await relay.stop(), 0);
     relay = startRelayCli(relayPort, "another secret");
     await relay.waitFor(/Relay listening/, "the relay back, with another secret");
