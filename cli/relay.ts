@@ -15,7 +15,7 @@ import { clusterAddress } from "../lib/relay/_cluster_address.ts";
 import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
-import { redisUrl } from "../lib/relay/_settings.ts";
+import { redisUrl, relaySettings } from "../lib/relay/_settings.ts";
 import {
   type FileArgs,
   flagError,
@@ -359,6 +359,21 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
     log.info("Relay secret required (from {source})", { source: config.secretSource });
   }
   warnSecretFlags(log, config.secretFlags);
+  // What a refusal in the log is measured against; checked already, by serveRelay.
+  const limits = relaySettings(config.serve);
+  log.info(
+    "Limits: {sessions} sessions of {nodes} nodes; messages up to {bytes} bytes, {rate} a second a node; " +
+      "{queue} bytes queued for a node, then {overflow}; keep-alive every {keepAlive} ms",
+    {
+      sessions: limits.maxSessions,
+      nodes: limits.maxNodesPerSession,
+      bytes: limits.maxMessageBytes,
+      rate: limits.rate,
+      queue: limits.maxQueueBytes,
+      overflow: limits.overflow === "drop" ? "its messages are dropped" : "it is disconnected",
+      keepAlive: limits.keepAlive,
+    },
+  );
   if (config.serve.redis !== undefined) {
     log.info("Sessions shared through Redis at {redis}; other relays reach this one at {peer}", {
       redis: redactedUrl(config.serve.redis),

@@ -252,6 +252,11 @@ Deno.test("relay CLI without a secret runs, and says loudly that it is open: ask
       await relay.waitFor(/Relay listening on http:\/\/127.0.0.1:\d+/, "relay start");
       // The warning is its own log line: wait for it rather than assume it came with the first.
       await relay.waitFor(warning, "the open-relay warning");
+      // The limits a refusal is measured against, defaults here.
+      await relay.waitFor(
+        /Limits: 10000 sessions of 1000 nodes; messages up to 65536 bytes, 100 a second a node; 1048576 bytes queued for a node, then it is disconnected; keep-alive every 10000 ms/,
+        "the limits",
+      );
       const health = await fetch(`http://127.0.0.1:${port}/healthz`);
       assert.deepEqual(await health.json(), { status: "ok", sessions: 0, nodes: 0 });
     } finally {
