@@ -49,6 +49,25 @@ export function parsePort(what: string, text: string | undefined, allowZero = fa
 }
 
 /**
+ * A host name or IP address to dial or listen on, checked here so that a
+ * typo is a usage error naming `what`, not the platform's words at dial time
+ * (or never: a target is dialed only when a connection comes).
+ */
+export function parseHost(what: string, given: string): string {
+  if (given.trim() === "") throw new UsageError(`${what} is empty`);
+  const bad = () => new UsageError(`${what} must be a host name or an IP address, got "${given}"`);
+  // An IPv6 address written as in a URL: the brackets are not part of it.
+  const text = /^\[([^\]]*:[^\]]*)\]$/.exec(given)?.[1] ?? given;
+  if (/[\s/@?#\[\]]/.test(text)) throw bad();
+  // Four numbers look like an IPv4 address, and must be one (256.1.1.1 is no name either).
+  if (/^\d+(\.\d+){3}$/.test(text) && text.split(".").some((octet) => Number(octet) > 255)) {
+    throw bad();
+  }
+  if (text.includes(":") && !/^[\da-fA-F:.]+(%\w+)?$/.test(text)) throw bad();
+  return text;
+}
+
+/**
  * Parses a positive count or size (a rate too, when not `integer`), naming the
  * flag in the error. Plain decimal digits only: `Number()` would also take
  * `1e3`, `0x10`, ` 5` or `1.0`, and numbers past `Number.MAX_SAFE_INTEGER`,

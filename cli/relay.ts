@@ -20,6 +20,7 @@ import {
   type FileArgs,
   flagError,
   grantAdvice,
+  parseHost,
   parseLogLevel,
   parseMillis,
   parsePort,
@@ -269,7 +270,11 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   const ms = (flag: keyof typeof v) =>
     v[flag] === undefined ? undefined : parseMillis(`--${flag}`, v[flag] as string);
   const serve: ServeRelayOptions = {
-    hostname: v.hostname ?? file.hostname ?? "0.0.0.0",
+    hostname: v.hostname !== undefined
+      ? parseHost("--hostname", v.hostname)
+      : file.hostname !== undefined
+      ? parseHost(`hostname (${file.sources.hostname})`, file.hostname)
+      : "0.0.0.0",
     port: v.port !== undefined ? parsePort("--port", v.port, true) : file.port ?? 8080,
     secret,
     metricsToken,

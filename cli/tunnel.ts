@@ -17,6 +17,7 @@ import type { Logger } from "@logtape/logtape";
 import {
   type FileArgs,
   flagError,
+  parseHost,
   parseLogLevel,
   parseMillis,
   parsePort,
@@ -273,10 +274,11 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
       .filter((file): file is string => file !== undefined),
   };
   const relay = _relaySettings(role, values, fileArgs);
-  const [listen, host, port] = _positionals(role, relay !== undefined, positionals.slice(1));
+  const [listen, hostGiven, port] = _positionals(role, relay !== undefined, positionals.slice(1));
   const listenPort = parsePort("<listenPort>", listen, relay !== undefined && role === "server");
   const hostWhat = role === "server" ? "<forwardHost>" : "<serverHost>";
-  if (host === undefined) throw new UsageError(`missing ${hostWhat}`);
+  if (hostGiven === undefined) throw new UsageError(`missing ${hostWhat}`);
+  const host = parseHost(hostWhat, hostGiven);
   const peerPort = parsePort(
     role === "server" ? "<forwardPort>" : "<serverPort>",
     port,
@@ -324,7 +326,9 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
     listenPort,
     peerHost: host,
     peerPort,
-    listenHost: values["listen-host"] ?? (role === "server" ? "0.0.0.0" : "127.0.0.1"),
+    listenHost: values["listen-host"] === undefined
+      ? (role === "server" ? "0.0.0.0" : "127.0.0.1")
+      : parseHost("--listen-host", values["listen-host"]),
     key,
     ...tls,
     logLevel,

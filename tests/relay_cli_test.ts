@@ -172,6 +172,11 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
       { IMMORTAL_RELAY_SECRET: "s3cret" },
     ],
     [["--history-age", "soon"], /--history-age must be a whole number of milliseconds/],
+    [["--hostname", ""], /--hostname is empty/],
+    [
+      ["--hostname", "300.0.0.1"],
+      /--hostname must be a host name or an IP address, got "300\.0\.0\.1"/,
+    ],
     [["--redis-timeout", "0"], /--redis-timeout must be a whole number of milliseconds from 1/],
     [
       ["--keep-alive", "10000000000"],

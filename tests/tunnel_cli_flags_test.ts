@@ -78,6 +78,26 @@ Deno.test("tunnel CLI: relay flags name the tunnel ends, always encrypt, and are
   }
 });
 
+Deno.test("tunnel CLI: a host that cannot be one is refused naming it (it was the platform's words at dial time, exit 1, or nothing until a connection came); [::1] is ::1", () => {
+  const cases: [string[], RegExp][] = [
+    [["client", "2001", "", "2000"], /<serverHost> is empty$/],
+    [
+      ["server", "2000", "256.1.1.1", "22"],
+      /<forwardHost> must be a host name or an IP address, got "256\.1\.1\.1"$/,
+    ],
+    [["server", "2000", "db.example:5432", "5432"], /<forwardHost> must be .*"db\.example:5432"/],
+    [["client", "2001", "http://h", "2000"], /<serverHost> must be .*"http:\/\/h"/],
+    [["client", "2001", "h", "2000", "--listen-host", "a b"], /--listen-host must be .*"a b"/],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(() => parseTunnelArgs(args), message, args.join(" "));
+  }
+  const v6 = parse(["client", "2001", "[::1]", "2000", "--listen-host", "::1"]);
+  assert.equal(v6.peerHost, "::1");
+  assert.equal(v6.listenHost, "::1");
+  assert.equal(parse(["server", "2000", "db.example", "5432"]).peerHost, "db.example");
+});
+
 Deno.test("tunnel CLI: bad link-failure flags are refused in one sentence naming the flag", () => {
   const cases: [string[], RegExp][] = [
     [[...CLIENT, "--heartbeat", "0"], /--heartbeat must be a whole number of milliseconds/],
