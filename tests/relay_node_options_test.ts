@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { RelayConnectError, RelayNode, type RelayNodeOptions } from "../mod.ts";
 import { renderRecord, waitUntil, within, withLogs } from "./_helpers.ts";
-import { startRelay } from "./_relay.ts";
+import { recordEvents, startRelay } from "./_relay.ts";
 
 Deno.test("RelayNode.connect refuses bad settings by name, before it dials", async () => {
   // Anything dialed here is counted (and cut): none may be.
@@ -180,4 +180,37 @@ Deno.test("RelayNode: a slow events reader loses the oldest past maxBufferedEven
     /events reader is more than 5 events behind/.test(renderRecord(r))
   );
   assert.equal(warnings.length, 1, "said once");
+});
+
+Deno.test("RelayNode: a relay down for many attempts is said once and summarised, not a line per attempt and transport; its return says how long it took and how many attempts", async () => {
+  const relay = startRelay();
+  const port = relay.addr.port;
+  await withLogs(async (records) => {
+    await using node = await RelayNode.connect(relay.url, {
+      session: "s",
+      nickname: "n",
+      backoff: { initial: 1, max: 5 },
+    });
+    const events = recordEvents(node);
+    const failedAttempts = () =>
+      events.events.filter((e) => e.type === "state" && e.state === "disconnected").length - 1;
+    const down = performance.now();
+    await relay.shutdown();
+    await events.until(() => failedAttempts() >= 8, "eight failed attempts");
+    await using _back = startRelay({ port });
+    const lines = () => records.filter((r) => r.level !== "debug").map(renderRecord);
+    await waitUntil(() => lines().some((l) => l.startsWith("Relay link back")), "the link back");
+    const elapsed = performance.now() - down;
+    // Every transport's failure is there, at debug level only.
+    assert.ok(records.some((r) => r.level === "debug" && /transport failed/.test(renderRecord(r))));
+    assert.deepEqual(lines().filter((l) => /transport failed/.test(l)), []);
+    // The first attempt's line, then at most a summary per 10 s.
+    const said = lines().filter((l) => /Relay still unreachable: /.test(l));
+    assert.ok(said.length >= 1 && said.length <= 2 + Math.floor(elapsed / 10_000), said.join("\n"));
+    assert.match(said[0], /^Relay still unreachable: .*127\.0\.0\.1:\d+.*; trying again$/);
+    const back = lines().find((l) => l.startsWith("Relay link back"))!;
+    const attempts = Number(/and (\d+) attempts$/.exec(back)?.[1]);
+    assert.ok(attempts >= 9, back);
+    assert.match(back, /^Relay link back as n via websocket after \d+\.\d s and \d+ attempts$/);
+  });
 });

@@ -6,6 +6,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { Changes } from "../_changes.ts";
+import { LogLimiter } from "../_log_limiter.ts";
 import {
   backoffDelay,
   delay,
@@ -787,7 +788,7 @@ export class RelayNode implements AsyncDisposable {
       ? [this.#preferred, this.#preferred === "websocket" ? "http" : "websocket"]
       : [this.#options.transport];
     this.#setState("connecting");
-    const failures: unknown[] = [];
+    const failures: { kind: RelayTransportKind; error: unknown }[] = [];
     for (const kind of order) {
       try {
         const { transport, welcome } = await TRANSPORTS[kind](this.#settings, hello, hooks);
@@ -795,17 +796,26 @@ export class RelayNode implements AsyncDisposable {
           await transport.close();
           return;
         }
+        // A fallback is news (a proxy in the way, say); when every transport
+        // fails, the caller tells the most telling failure, once.
+        for (const failed of failures) {
+          log.info("Relay {kind} transport failed: {reason}; using {used}", {
+            kind: failed.kind,
+            reason: errorMessage(failed.error),
+            used: kind,
+          });
+        }
         this.#transport = transport;
         this.#preferred = kind;
         this.#welcome(welcome);
         return;
       } catch (error) {
         if (error instanceof RelayRefusedError || final(error)) throw error;
-        failures.push(error);
-        log.info("Relay {kind} transport failed: {reason}", { kind, reason: errorMessage(error) });
+        failures.push({ kind, error });
+        log.debug("Relay {kind} transport failed: {reason}", { kind, reason: errorMessage(error) });
       }
     }
-    throw mostTelling(failures);
+    throw mostTelling(failures.map((failed) => failed.error));
   }
 
   #welcome(welcome: WelcomeFrame): void {
@@ -995,14 +1005,37 @@ export class RelayNode implements AsyncDisposable {
 
   /** Reconnects, from attempt number `first` of the backoff (0 waits nothing). */
   async #reconnect(first: number): Promise<void> {
+    const since = performance.now();
+    // A relay down for minutes is tried again and again: a line per interval
+    // says it still is, not a line per attempt.
+    const failing = new LogLimiter((line) => log.info("{line}", { line }));
+    let attempts = 0;
+    try {
+      await this.#redial(first, (error) => {
+        attempts++;
+        failing.event(
+          "unreachable",
+          `Relay still unreachable: ${errorMessage(error)}; trying again`,
+        );
+      });
+    } finally {
+      failing.flush();
+    }
+    if (this.#transport === null) return;
+    log.info("Relay link back as {nickname} via {kind} after {seconds} s{tries}", {
+      nickname: this.#nickname,
+      kind: this.#transport.kind,
+      seconds: ((performance.now() - since) / 1000).toFixed(1),
+      tries: attempts === 0 ? "" : ` and ${attempts + 1} attempts`,
+    });
+  }
+
+  /** Dials until linked or closed; `failed` hears each attempt that failed but may be retried. */
+  async #redial(first: number, failed: (error: unknown) => void): Promise<void> {
     for (let attempt = first; !this.#closed; attempt++) {
       if (!await delay(this.#backoff(attempt), this.#closing.signal)) return;
       try {
         await this.#open();
-        log.info("Relay link back as {nickname} via {kind}", {
-          nickname: this.#nickname,
-          kind: this.#transport?.kind,
-        });
         return;
       } catch (error) {
         if (
@@ -1027,6 +1060,7 @@ export class RelayNode implements AsyncDisposable {
           await this.close();
           return;
         }
+        failed(error);
         this.#setState("disconnected", errorMessage(error));
       }
     }
