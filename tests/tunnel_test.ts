@@ -156,3 +156,51 @@ Deno.test("a local application that resets its connection is news (info), not an
     assert.deepEqual(levels, ["info"], records.map(renderRecord).join("\n"));
   });
 });
+
+Deno.test("a tunnel shutting down says so: the server's clients hear why (a warning), the client closes its connections in one info line; no errors either side", async () => {
+  await using target = startTarget("echo");
+  const echoed = async (port: number) => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    await conn.write(new TextEncoder().encode("ping"));
+    assert.equal(await conn.read(new Uint8Array(16)), 4);
+    return conn;
+  };
+  const ended = async (conn: Deno.Conn) => {
+    const n = await within(30_000, "the end", conn.read(new Uint8Array(16)).catch(() => null));
+    assert.equal(n, null);
+    conn.close();
+  };
+  const lines = await withLogs(async (records) => {
+    // The server goes: the client's connection ends, logged before it is closed.
+    const one = plainTunnel(target.port);
+    const first = await echoed(one.client.addr.port);
+    await one.server.close();
+    await ended(first);
+    await one.client.close();
+    // The client goes, with a connection open: the server hears why.
+    const two = plainTunnel(target.port);
+    const second = await echoed(two.client.addr.port);
+    await two.client.close();
+    await ended(second);
+    await two.server.close();
+    return records.map((r) => [r.level, renderRecord(r)] as const);
+  });
+  const said = (pattern: RegExp) => lines.filter(([, line]) => pattern.test(line));
+  assert.deepEqual(
+    said(/Tunneled connection from \S+ ended: /).map((
+      [level, line],
+    ) => [level, line.replace(/from \S+/, "from X")]),
+    [[
+      "warning",
+      "Tunneled connection from X ended: the peer aborted the connection: the tunnel server is shutting down",
+    ]],
+  );
+  assert.deepEqual(said(/^Closing \d+ tunneled/), [[
+    "info",
+    "Closing 1 tunneled connection: the tunnel client is shutting down",
+  ]]);
+  assert.deepEqual(lines.filter(([level]) => level === "error" || level === "fatal"), []);
+  // The server hears the client go as news, not as a fault.
+  const heard = said(/the tunnel client is shutting down/).filter(([level]) => level !== "debug");
+  assert.ok(heard.length > 0 && heard.every(([level]) => level === "info"), JSON.stringify(lines));
+});

@@ -59,5 +59,10 @@ export const APPLICATION_CLOSE = "closed by the application";
  */
 export function closedByPeer(error: unknown): boolean {
   return error instanceof ImmortalError && error.code === "aborted" &&
-    error.message.endsWith(`: ${APPLICATION_CLOSE}`);
+    (error.message.endsWith(`: ${APPLICATION_CLOSE}`) || / is shutting down$/.test(error.message));
+}
+
+/** The reason a program shutting down (`who`: "tunnel server", say) gives its peers. */
+export function shuttingDown(who: string): string {
+  return `the ${who} is shutting down`;
 }

@@ -198,11 +198,15 @@ export class MuxSession implements AsyncDisposable {
     }
   }
 
-  /** Ends every stream and the connection under them. */
-  close(): void {
+  /**
+   * Ends every stream and the connection under them. `reason`, if given, is
+   * what the peer is told (its streams fail with it), and what this side's
+   * streams fail with.
+   */
+  close(reason?: string): void {
     if (this.#ending) return;
     this.#closedLocally = true;
-    this.#end(new ImmortalError("closed", "the session was closed"));
+    this.#end(new ImmortalError("closed", reason ?? "the session was closed"), reason);
   }
 
   /** Same as {@linkcode MuxSession.close}, then waits for the connection to close. */

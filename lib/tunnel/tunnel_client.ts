@@ -14,6 +14,7 @@ import {
   ImmortalError,
   type SessionOptions,
 } from "../conn/mod.ts";
+import { shuttingDown } from "../conn/errors.ts";
 import { type Dialer, formatAddr } from "../link/mod.ts";
 import { MuxSession } from "../mux/mod.ts";
 import {
@@ -128,6 +129,8 @@ export class TunnelClient implements AsyncDisposable {
   #session: Promise<MuxSession> | null = null;
   #current: MuxSession | null = null;
   #failures = new LogLimiter((line) => log.error(line));
+  /** The server ended the session on purpose (it shut down, say): news to heed, no fault of ours. */
+  #peerEnds = new LogLimiter((line) => log.warn(line));
   /** A local application's own resets (`socat -u`, a killed client): news, not errors of ours. */
   #localEnds = new LogLimiter((line) => log.info(line));
   #closing = new AbortController();
@@ -303,9 +306,18 @@ export class TunnelClient implements AsyncDisposable {
       // A lost session fails all its connections at once: one line per
       // reason per interval, with a count, not ten thousand.
       const reason = errorMessage(error);
-      // The session's failures are ours; anything else came from the local socket.
-      const limiter = error instanceof ImmortalError ? this.#failures : this.#localEnds;
-      limiter.event(reason, `Tunneled connection from ${local} failed: ${reason}`);
+      // Our own close says it once, for all of them (close()).
+      if (!this.#closing.signal.aborted) {
+        // The session's failures are ours, or the server's choice; anything
+        // else came from the local socket.
+        const limiter = !(error instanceof ImmortalError)
+          ? this.#localEnds
+          : error.code === "aborted"
+          ? this.#peerEnds
+          : this.#failures;
+        const verb = limiter === this.#peerEnds ? "ended" : "failed";
+        limiter.event(reason, `Tunneled connection from ${local} ${verb}: ${reason}`);
+      }
       try {
         tcp.close();
       } catch {
@@ -324,7 +336,15 @@ export class TunnelClient implements AsyncDisposable {
     } catch {
       // Already closed.
     }
-    this.#current?.close();
+    const why = shuttingDown("tunnel client");
+    if (this.#active.size > 0) {
+      log.info("Closing {count} tunneled connection{s}: {why}", {
+        count: this.#active.size,
+        s: this.#active.size === 1 ? "" : "s",
+        why,
+      });
+    }
+    this.#current?.close(why);
     for (const tcp of this.#active) {
       try {
         tcp.close();
@@ -336,6 +356,7 @@ export class TunnelClient implements AsyncDisposable {
     // A connection still opening its session ends as soon as it has one.
     await Promise.allSettled([...this.#carrying]);
     this.#failures.flush();
+    this.#peerEnds.flush();
     this.#localEnds.flush();
   }
 

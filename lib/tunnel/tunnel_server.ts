@@ -13,6 +13,7 @@ import {
   type ListenTlsOptions,
   type SessionOptions,
 } from "../conn/mod.ts";
+import { shuttingDown } from "../conn/errors.ts";
 import { type Acceptor, formatAddr } from "../link/mod.ts";
 import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { checkPort, errorMessage } from "../_util.ts";
@@ -237,7 +238,8 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   /** Stops accepting and closes every tunneled connection. */
   async close(): Promise<void> {
     this.#listener.close();
-    for (const session of this.#sessions) session.close();
+    // Said to each client: its connections end for this, not for a fault.
+    for (const session of this.#sessions) session.close(shuttingDown("tunnel server"));
     await this.#serving;
     await Promise.allSettled([...this.#carrying]);
     this.#refusals.flush();
