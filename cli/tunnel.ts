@@ -977,7 +977,7 @@ function _startClient(
   const failed = Promise.withResolvers<never>();
   const stopping = new AbortController();
   (async () => {
-    for (;;) {
+    for (let tries = 1;; tries++) {
       try {
         await tunnel.open();
         if (!stopping.signal.aborted) {
@@ -992,10 +992,13 @@ function _startClient(
           error instanceof ImmortalError &&
           (error.code === "unreachable" || error.code === "rejected")
         ) {
-          log.warn(
-            "Tunnel server {server} still not available ({reason}); listening anyway, local connections wait for it",
-            { server, reason: error.message },
-          );
+          // Once: it is tried until it answers, and says so then.
+          if (tries === 1) {
+            log.warn(
+              "Tunnel server {server} not available yet; listening anyway: local connections wait for it, and it is tried until it answers",
+              { server },
+            );
+          }
           // Never a busy loop, whatever the backoff settings make open() do.
           if (!(await delay(1000, stopping.signal))) return;
           continue;

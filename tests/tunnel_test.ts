@@ -1,9 +1,17 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import net from "node:net";
-import { TunnelClient, TunnelServer } from "../mod.ts";
+import { ImmortalError, TunnelClient, TunnelServer } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { pattern, receiveAll, renderRecord, waitUntil, within, withLogs } from "./_helpers.ts";
+import {
+  freePort,
+  pattern,
+  receiveAll,
+  renderRecord,
+  waitUntil,
+  within,
+  withLogs,
+} from "./_helpers.ts";
 import {
   cutWhile,
   FAST,
@@ -203,4 +211,39 @@ Deno.test("a tunnel shutting down says so: the server's clients hear why (a warn
   // The server hears the client go as news, not as a fault.
   const heard = said(/the tunnel client is shutting down/).filter(([level]) => level !== "debug");
   assert.ok(heard.length > 0 && heard.every(([level]) => level === "info"), JSON.stringify(lines));
+});
+
+Deno.test("a tunnel server that stays unreachable is said once, not at every opening that gives up (every local connection, every retry loop); its return is said too", async () => {
+  const port = freePort();
+  const lines = await withLogs(async (records) => {
+    await using client = new TunnelClient({
+      port: 0,
+      server: { hostname: "127.0.0.1", port },
+      connectWait: 50,
+      backoff: { initial: 10, max: 10 },
+    });
+    for (let i = 0; i < 3; i++) {
+      await assert.rejects(
+        client.open(),
+        (e) => e instanceof ImmortalError && e.code === "unreachable",
+      );
+    }
+    await using target = startTarget("echo");
+    await using _server = new TunnelServer({
+      hostname: "127.0.0.1",
+      port,
+      target: { hostname: "127.0.0.1", port: target.port },
+    });
+    await client.open();
+    return records.filter((r) => r.level !== "debug").map(renderRecord);
+  });
+  assert.equal(
+    lines.filter((l) => l.startsWith("Tunnel server unreachable")).length,
+    1,
+    lines.join("\n"),
+  );
+  assert.ok(
+    lines.some((l) => /^Tunnel server reachable again after \d+\.\d s$/.test(l)),
+    lines.join("\n"),
+  );
 });

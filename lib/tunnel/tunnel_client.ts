@@ -134,6 +134,8 @@ export class TunnelClient implements AsyncDisposable {
   /** A local application's own resets (`socat -u`, a killed client): news, not errors of ours. */
   #localEnds = new LogLimiter((line) => log.info(line));
   #closing = new AbortController();
+  /** Since when openings fail to reach the server (said once, not per opening); null while it answers. */
+  #unreachableSince: number | null = null;
   #serving: Promise<void>;
   /** Every local connection's forwarding, so close() can wait for all of them, opening ones included. */
   #carrying = new Set<Promise<void>>();
@@ -197,12 +199,19 @@ export class TunnelClient implements AsyncDisposable {
     for (let attempt = 1;; attempt++) {
       try {
         // close() abandons it: a server that holds the handshake holds no one.
-        return await connect({
+        const conn = await connect({
           ...this.#options,
           ...server,
           dialer: this.#options.dialer,
           signal: this.#closing.signal,
         });
+        if (this.#unreachableSince !== null) {
+          log.info("Tunnel server reachable again after {seconds} s", {
+            seconds: ((performance.now() - this.#unreachableSince) / 1000).toFixed(1),
+          });
+          this.#unreachableSince = null;
+        }
+        return conn;
       } catch (error) {
         // A refused key, another kind of server, TLS on one side only: waiting will not
         // help. Nothing answering, or a busy server, may change.
@@ -215,12 +224,16 @@ export class TunnelClient implements AsyncDisposable {
           remaining,
           backoffDelay(attempt, backoff.initial ?? 100, backoff.max ?? 2000),
         );
-        // Once per opening: the retries after it are no news.
-        if (attempt === 1) {
+        // Once per outage: the retries after it, and the openings after this
+        // one gave up (the next local connection, a caller's loop), are no news.
+        if (attempt === 1 && this.#unreachableSince === null) {
+          this.#unreachableSince = performance.now();
           log.warn("Tunnel server unreachable ({reason}); trying again for {seconds} s", {
             reason: error.message,
             seconds: Math.round(connectWait / 1000),
           });
+        } else if (attempt === 1) {
+          log.debug("Tunnel server still unreachable ({reason})", { reason: error.message });
         }
         if (!(await delay(wait, this.#closing.signal))) throw error;
       }
