@@ -16,7 +16,16 @@ import {
   TunnelClient,
 } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { pattern, patternHash, receiveAll, sendPattern, waitUntil, within } from "./_helpers.ts";
+import {
+  pattern,
+  patternHash,
+  receiveAll,
+  renderRecord,
+  sendPattern,
+  waitUntil,
+  within,
+  withLogs,
+} from "./_helpers.ts";
 import { recordEvents } from "./_relay.ts";
 import { startNginx, startTinyproxy } from "./_proxies.ts";
 import { cutWhile, FAST } from "./_tunnel_helpers.ts";
@@ -322,7 +331,13 @@ Deno.test("relay pipes: refused for an unknown node, another session's node, a n
     await refused(laptop, "lab", /lab refused the pipe: not accepted/, "refused");
   }
   using listener = lab.listen({ key: "right" });
-  await assert.rejects(laptop.connectTo("lab", { key: "wrong" }), /auth|key|proof/i);
+  await withLogs(async (records) => {
+    await assert.rejects(laptop.connectTo("lab", { key: "wrong" }), /auth|key|proof/i);
+    // Named by the node, not by the relay's address (all its socket sees).
+    const refusal =
+      /^Refused laptop \(through the relay at 127\.0\.0\.1:\d+\): pre-shared key missing or wrong$/;
+    await waitUntil(() => records.some((r) => refusal.test(renderRecord(r))), "the refusal logged");
+  });
   assert.equal(listener.sessionCount, 0);
   // Without a key there is no session through a relay at all.
   await assert.rejects(laptop.connectTo("lab", { key: "" }), /needs a key .*keygen/);

@@ -142,7 +142,14 @@ Deno.test("rsync of 64 MiB over OpenSSH through a relay-named tunnel (both ends 
     // Logs name the peer: the server by name, each link by the relay it goes through.
     assert.match(client.log, /Tunnel session \w+ open to lab-ssh$/m);
     assert.doesNotMatch(client.log + server.log, / with \?| via \?|lab-ssh:0/);
-    assert.match(client.log, new RegExp(`opened as client with 127\\.0\\.0\\.1:${proxy.port}`));
+    assert.match(
+      client.log,
+      new RegExp(
+        `opened as client with lab-ssh \\(through the relay at 127\\.0\\.0\\.1:${proxy.port}\\)`,
+      ),
+    );
+    // And the server names the client by its name, not by the relay's address.
+    assert.match(server.log, /Tunnel session \w+ from tunnel-client \(through the relay at /);
     // One session from start to end: the client's start-up check is the tunnel's
     // session (a probe opened and closed showed at the server as a failed one).
     assert.equal(server.log.match(/Tunnel session \w+ from/g)?.length, 1, server.log);

@@ -104,6 +104,10 @@ export class SealedLink implements Link {
     return this.#inner.remoteAddr;
   }
 
+  get peer(): string | undefined {
+    return this.#inner.peer;
+  }
+
   /** Whether the bytes after the handshake are sealed (undefined until decided). */
   get sealed(): boolean | undefined {
     return this.#keys === undefined ? undefined : this.#keys !== null;

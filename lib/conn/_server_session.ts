@@ -8,7 +8,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { sourceOf } from "./_source.ts";
-import { formatAddr } from "../link/mod.ts";
+import { describePeer } from "../link/mod.ts";
 import { ImmortalError } from "./errors.ts";
 import type { FrameReader } from "./_frame_reader.ts";
 import {
@@ -227,7 +227,7 @@ export class ServerSessions {
     // says "resumed" (with its downtime), the others are noise.
     log.debug("Session {id}: client resuming from {remote}", {
       id: hello.sessionId,
-      remote: formatAddr(reader.link.remoteAddr),
+      remote: describePeer(reader.link),
     });
     await session.resumeFrom(reader, hello.received, hello.transcript, hello.peerWindow);
     return null;

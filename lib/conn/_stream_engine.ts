@@ -26,7 +26,7 @@ import {
   FrameError,
   writeFrameHeader,
 } from "../frame/mod.ts";
-import { formatAddr, type Link, TcpLink } from "../link/mod.ts";
+import { describePeer, formatAddr, type Link, TcpLink } from "../link/mod.ts";
 import { localAddressGone } from "../link/_local_addresses.ts";
 import { describeValue, errorMessage } from "../_util.ts";
 import { APPLICATION_CLOSE, closedByPeer, ImmortalError } from "./errors.ts";
@@ -258,6 +258,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
 
   get remoteAddr(): Deno.Addr | undefined {
     return this.#lastLink?.remoteAddr;
+  }
+
+  get peer(): string {
+    return describePeer(this.#lastLink ?? {});
   }
 
   get stats(): ConnStats {
@@ -529,7 +533,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#lastPing = -Infinity;
     this.#sendLoop(reader.link);
     this.#readLoop(reader);
-    const remote = formatAddr(reader.link.remoteAddr);
+    const remote = describePeer(reader.link);
     if (first) {
       log.info("Session {id} opened as {role} with {remote}", {
         id: this.sessionId,

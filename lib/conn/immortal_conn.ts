@@ -32,6 +32,11 @@ export interface ImmortalConn extends EventTarget, AsyncDisposable, Disposable {
   readonly localAddr: Deno.Addr | undefined;
   /** Remote address of the current link (or the last one). */
   readonly remoteAddr: Deno.Addr | undefined;
+  /**
+   * The peer of the current link (or the last one), in words: its address,
+   * or its name where the address does not say it (a node through a relay).
+   */
+  readonly peer: string;
   /** Counters: bytes, reconnects, replayed bytes, RTT. */
   readonly stats: ConnStats;
   /** Reads into `buffer`; resolves to the count read, or `null` at end of stream. */

@@ -5,7 +5,14 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { type Acceptor, formatAddr, type Link, TcpAcceptor, TlsAcceptor } from "../link/mod.ts";
+import {
+  type Acceptor,
+  describePeer,
+  formatAddr,
+  type Link,
+  TcpAcceptor,
+  TlsAcceptor,
+} from "../link/mod.ts";
 import { acceptBackoff, checkPort, delay, describeValue, errorMessage } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { ImmortalError } from "./errors.ts";
@@ -296,7 +303,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         this.#logs.event(
           "busy",
           `Dropped a link from ${
-            formatAddr(link.remoteAddr)
+            describePeer(link)
           }: ${this.#handshaking.size} handshakes already in progress`,
         );
         link.close();
@@ -312,7 +319,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         this.#logs.event(
           `rate ${source}`,
           `Dropped a link from ${
-            formatAddr(link.remoteAddr)
+            describePeer(link)
           }: ${source} starts more than ${this.#limits.maxHandshakeRatePerSource} handshakes per second`,
         );
         link.close();
@@ -324,7 +331,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         this.#logs.event(
           `source ${source}`,
           `Dropped a link from ${
-            formatAddr(link.remoteAddr)
+            describePeer(link)
           }: ${pending} handshakes from ${source} already in progress`,
         );
         this.#refuseBusy(
@@ -344,7 +351,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
 
   async #handshake(link: Link): Promise<void> {
     this.#handshaking.add(link);
-    const remote = formatAddr(link.remoteAddr);
+    const remote = describePeer(link);
     // Clients that never finish their handshake must not hold a slot forever.
     const timer = setTimeout(() => link.close(), this.#options.handshakeTimeout);
     // Whether the session is sealed is the client's to ask (and ours to

@@ -39,6 +39,12 @@ export interface Link {
   readonly localAddr?: Deno.Addr;
   /** Remote address, when the transport has one. */
   readonly remoteAddr?: Deno.Addr;
+  /**
+   * Who is at the other end, in words, where the remote address does not
+   * say it: a node whose pipe comes through a relay (the socket's peer is
+   * the relay). Logs name the peer by it.
+   */
+  readonly peer?: string;
 }
 
 /**
@@ -91,4 +97,24 @@ export function formatAddr(addr: Deno.Addr | undefined): string {
   if ("hostname" in addr && "port" in addr) return hostPort(addr.hostname, addr.port);
   if ("path" in addr) return addr.path;
   return String(addr.transport);
+}
+
+/**
+ * The other end of a link, for a log line: its name where it has one (see
+ * {@linkcode Link.peer}), else its address.
+ *
+ * @example
+ * ```ts
+ * import { describePeer } from "@immortal/sockets/link";
+ * import assert from "node:assert/strict";
+ *
+ * assert.equal(describePeer({ peer: "c3 (through the relay)" }), "c3 (through the relay)");
+ * assert.equal(
+ *   describePeer({ remoteAddr: { transport: "tcp", hostname: "127.0.0.1", port: 22 } }),
+ *   "127.0.0.1:22",
+ * );
+ * ```
+ */
+export function describePeer(link: Pick<Link, "peer" | "remoteAddr">): string {
+  return link.peer ?? formatAddr(link.remoteAddr);
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-export { type Acceptor, type Dialer, formatAddr, type Link } from "./link.ts";
+export { type Acceptor, describePeer, type Dialer, formatAddr, type Link } from "./link.ts";
 export {
   ListenerAcceptor,
   TcpAcceptor,

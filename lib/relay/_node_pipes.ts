@@ -13,7 +13,7 @@ import { errorMessage } from "../_util.ts";
 import { ImmortalError } from "../conn/errors.ts";
 import { httpDialer } from "../link/http_dialer.ts";
 import { LinkRefused } from "../link/http_stream.ts";
-import type { Acceptor, Dialer, Link } from "../link/link.ts";
+import { type Acceptor, type Dialer, formatAddr, type Link } from "../link/link.ts";
 import { LinkQueue } from "../link/_link_queue.ts";
 import { parseRefusal, readJson } from "./_parse.ts";
 import { type DialHost, PipeDialer } from "./_pipe_dialer.ts";
@@ -63,6 +63,22 @@ export class PipeAcceptor extends LinkQueue implements Acceptor<Deno.NetAddr> {
   }
 }
 
+/**
+ * `link`, named by the node at its other end: its socket's peer is the relay,
+ * and a log line that named the relay ("Refused 10.0.0.5:443: wrong key")
+ * would blame the wrong host.
+ */
+function throughRelay(link: Link, nickname: string): Link {
+  return {
+    read: (buffer) => link.read(buffer),
+    write: (data) => link.write(data),
+    close: () => link.close(),
+    localAddr: link.localAddr,
+    remoteAddr: link.remoteAddr,
+    peer: `${nickname} (through the relay at ${formatAddr(link.remoteAddr)})`,
+  };
+}
+
 /** A node's pipes: dialers by nickname, and the acceptor of offered pipes. */
 export class NodePipes {
   #host: PipeHost;
@@ -96,7 +112,8 @@ export class NodePipes {
     const dialer = new PipeDialer(
       { ...host, joined: () => host.identity() !== null },
       nickname,
-      (signal) => this.#open({ [PIPE_HEADERS.to]: nickname }, signal),
+      async (signal) =>
+        throughRelay(await this.#open({ [PIPE_HEADERS.to]: nickname }, signal), nickname),
     );
     let linked = false;
     return async (signal) => {
@@ -138,7 +155,7 @@ export class NodePipes {
     if (!this.#accepts(frame.from)) return this.#host.refuse(frame.id, "not accepted");
     try {
       const link = await this.#open({}, AbortSignal.timeout(10_000), frame.id);
-      acceptor.push(link);
+      acceptor.push(throughRelay(link, frame.from));
     } catch (error) {
       log.warn("Could not accept the pipe from {from}: {reason}", {
         from: frame.from,

@@ -14,7 +14,7 @@ import {
   type SessionOptions,
 } from "../conn/mod.ts";
 import { shuttingDown } from "../conn/errors.ts";
-import { type Acceptor, formatAddr } from "../link/mod.ts";
+import type { Acceptor } from "../link/mod.ts";
 import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { checkPort, errorMessage } from "../_util.ts";
 import { describeValue } from "../_util.ts";
@@ -151,7 +151,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     const session = new MuxSession(conn, { role: "server" });
     this.#sessions.add(session);
     const id = conn.sessionId.slice(0, 8);
-    log.info("Tunnel session {id} from {remote}", { id, remote: formatAddr(conn.remoteAddr) });
+    log.info("Tunnel session {id} from {remote}", { id, remote: conn.peer });
     const streams = new Set<Promise<void>>();
     try {
       for await (const stream of session) {
