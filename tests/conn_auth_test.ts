@@ -4,7 +4,7 @@ import { encodeFrame, type Frame, FrameDecoder, PROTOCOL_VERSION } from "../lib/
 import { TcpLink } from "../lib/link/mod.ts";
 import { FrameReader } from "../lib/conn/_frame_reader.ts";
 import { clientOpen, clientResume } from "../lib/conn/_handshake.ts";
-import { renderRecord, withLogs } from "./_helpers.ts";
+import { renderRecord, waitUntil, withLogs } from "./_helpers.ts";
 
 const te = new TextEncoder();
 
@@ -150,4 +150,30 @@ Deno.test("a plain echo server is told apart: our hello came back", async () => 
       /sent our hello back: it echoes/.test(e.message),
   );
   await serving;
+});
+
+Deno.test("a resume of a session the server does not know (it restarted) is refused, and said in the server's log as well as to the client", async () => {
+  await withLogs(async (records) => {
+    using listener = listen({ hostname: "127.0.0.1", port: 0 });
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+    await conn.write(encodeFrame({
+      type: "hello",
+      version: PROTOCOL_VERSION,
+      nonce: crypto.getRandomValues(new Uint8Array(16)),
+      window: 1 << 20,
+      resume: { sessionId: crypto.getRandomValues(new Uint8Array(16)), received: 0 },
+    }));
+    const answer = await readFrame(conn, new FrameDecoder());
+    conn.close();
+    assert.equal(answer.type === "reject" && answer.code, "unknown-session");
+    await waitUntil(
+      () =>
+        records.some((r) =>
+          r.level === "warning" &&
+          /^Refused to resume a session for 127\.0\.0\.1:\d+: no such session \(it ended or the server restarted\)$/
+            .test(renderRecord(r))
+        ),
+      "the refusal logged",
+    );
+  });
 });

@@ -399,6 +399,12 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         // each time is still one summarised line per 10 s.
         const source = this.#sourceOf(link) ?? "local";
         this.#logs.event(`auth ${source}`, `Refused ${remote}: ${error.message}`);
+      } else if (error instanceof ImmortalError && error.code === "unknown-session") {
+        // The client hears it and gives the session up: the operator hears it too.
+        this.#logs.event(
+          "unknown-session",
+          `Refused to resume a session for ${remote}: ${error.message}`,
+        );
       } else {
         log.debug("Handshake with {remote} failed: {reason}", {
           remote,
