@@ -19,7 +19,13 @@ export function flagError(error: unknown): UsageError {
   const message = errorMessage(error).split("\n")[0];
   const flag = /^(?:Unknown option|Option) '(-[^' ]+)/.exec(message)?.[1];
   if (flag !== undefined) {
-    if (/^Unknown option/.test(message)) return new UsageError(`unknown flag ${flag}`);
+    if (/^Unknown option/.test(message)) {
+      // "-1" where a number was meant (a port, say) reads as a flag.
+      if (/^-\d+$/.test(flag)) {
+        return new UsageError(`a negative number is never taken here, got ${flag}`);
+      }
+      return new UsageError(`unknown flag ${flag}`);
+    }
     if (/argument missing/.test(message)) return new UsageError(`${flag} needs a value`);
     if (/argument is ambiguous/.test(message)) {
       return new UsageError(
