@@ -139,7 +139,8 @@ class ServerSession implements SessionSide {
       );
     } else {
       this.#reapAfterTimeout(() => {
-        log.warn("Session {id} reaped: the client did not come back within {ms} ms", {
+        // The end that follows says it (a line each was two for one event).
+        log.debug("Session {id} reaped: the client did not come back within {ms} ms", {
           id: this.secrets.id,
           ms: this.#options.resumeTimeout,
         });

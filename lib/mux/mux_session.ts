@@ -384,10 +384,13 @@ export class MuxSession implements AsyncDisposable {
     if (this.#ending) return;
     this.#ending = error;
     if (!this.#closedLocally) {
-      // The peer closing its end is how a client exits: news, not a warning.
+      // The session under it said how it ended (lost, reaped, closed by the
+      // peer): said again here, it was a line more for one event. Only what
+      // went wrong at this layer is this layer's to say.
       const fields = { id: this.#conn.sessionId.slice(0, 8), reason: errorMessage(error) };
-      if (closedByPeer(error)) log.info("Multiplexed session {id} ended: {reason}", fields);
-      else log.warn("Multiplexed session {id} ended: {reason}", fields);
+      if (error instanceof ImmortalError && error.code === "protocol" && !closedByPeer(error)) {
+        log.warn("Multiplexed session {id} ended: {reason}", fields);
+      } else log.debug("Multiplexed session {id} ended: {reason}", fields);
     }
     for (const core of [...this.#streams.values()]) core.fail(error);
     this.#streams.clear();
