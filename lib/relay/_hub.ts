@@ -164,7 +164,13 @@ export class Hub {
   #acksDue = new Set<Member>();
   #refused: Partial<Record<RefusalReason, number>> = {};
   /** Refusals an operator should see, at most a line per kind per interval (a flood stays quiet). */
-  #logs = new LogLimiter((line) => log.warn(line));
+  #logs = new LogLimiter((line) => log.warn("{line}", { line }));
+  /**
+   * A node back from a blip, a line per node per interval: one that comes
+   * back again and again (a proxy that cuts it each time, a client bug)
+   * must not fill the log.
+   */
+  #returns = new LogLimiter((line) => log.info("{line}", { line }));
   #timer: ReturnType<typeof setInterval>;
   /** ms between keep-alive sweeps. */
   #sweepEvery: number;
@@ -359,7 +365,7 @@ export class Hub {
       current.id = hello.id ?? current.id;
       old.close(4409, "replaced by a newer connection of the same node");
       this.#welcome(current, hello, extra.stream);
-      log.info("Node {nickname} in {session} reconnected", { nickname: wanted, session: id });
+      this.#backAgain(wanted, id);
       return current;
     }
     if (room.members.size >= s.maxNodesPerSession) {
@@ -794,6 +800,10 @@ export class Hub {
     return new JoinRefused(503, "full", what.replace(/ \(\d+\)$/, ""));
   }
 
+  #backAgain(nickname: string, session: string): void {
+    this.#returns.event(`${session}\n${nickname}`, `Node ${nickname} is back in ${session}`);
+  }
+
   #badSuffix(): JoinRefused {
     this.refuse("bad-hello");
     return new JoinRefused(
@@ -905,12 +915,13 @@ export class Hub {
           this.#deliver(member, arrival.data);
         }
       }
-      log.info(
-        result.kind === "join"
-          ? "Node {nickname} joined {session} as {role}"
-          : "Node {nickname} is back in {session}",
-        { nickname: member.nickname, session: id, role: member.role },
-      );
+      if (result.kind === "join") {
+        log.info("Node {nickname} joined {session} as {role}", {
+          nickname: member.nickname,
+          session: id,
+          role: member.role,
+        });
+      } else this.#backAgain(member.nickname, id);
       return member;
     } finally {
       room.joining.delete(arrived);
@@ -1101,6 +1112,7 @@ export class Hub {
   /** Closes every node and stops the keep-alive timer. */
   close(): void {
     this.#logs.flush();
+    this.#returns.flush();
     clearInterval(this.#timer);
     this.#closed = true;
     this.#closing.abort();

@@ -332,7 +332,8 @@ Deno.test("hub: refusals are counted by a closed set of reasons, and a full rela
     const ok = { t: "hello", session: "s", nickname: "n" };
     h.hub.admit(ok, "right", sink);
     assert.throws(() => h.hub.admit(ok, "right", new FakeSink()), { status: 503, code: "full" });
-    assert.throws(() => h.hub.admit({ ...ok, session: "t" }, "right", new FakeSink()), {
+    // Braces in a session id are text: the log line keeps them (as a template, it lost them).
+    assert.throws(() => h.hub.admit({ ...ok, session: "{t}" }, "right", new FakeSink()), {
       status: 503,
       code: "full",
     });
@@ -346,7 +347,7 @@ Deno.test("hub: refusals are counted by a closed set of reasons, and a full rela
     for (
       const line of [
         "Refused a node in s: the session has reached its node limit (1)",
-        "Refused a node in t: the relay has reached its session limit (1)",
+        "Refused a node in {t}: the relay has reached its session limit (1)",
       ]
     ) assert.ok(lines.includes(line), lines.join("\n"));
     return Promise.resolve();
@@ -542,4 +543,18 @@ Deno.test("hub: a stale position in a room that lives on silences nothing; a nod
   });
   assert.deepEqual(agent.sink.take("msg"), []);
   assert.equal(agent.welcome.offset, 1, "the room's latest, not before what it does not hear");
+});
+
+Deno.test("hub: a node that comes back again and again is said once per interval, then summarised, not a line per return", async () => {
+  const lines = await withLogs((records) => {
+    const h = makeHub();
+    const first = h.join("max", { session: "lab" });
+    for (let i = 0; i < 5; i++) h.join("max", { session: "lab", token: first.welcome.token });
+    h.hub.close();
+    return Promise.resolve(records.map(renderRecord).filter((l) => /is back in lab/.test(l)));
+  });
+  assert.deepEqual(lines.map((l) => l.replace(/last \d+ s/, "last N s")), [
+    "Node max is back in lab",
+    "4 more in the last N s; the last: Node max is back in lab",
+  ]);
 });

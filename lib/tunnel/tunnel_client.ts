@@ -128,11 +128,11 @@ export class TunnelClient implements AsyncDisposable {
   /** The session, or its opening; null when there is none. */
   #session: Promise<MuxSession> | null = null;
   #current: MuxSession | null = null;
-  #failures = new LogLimiter((line) => log.error(line));
+  #failures = new LogLimiter((line) => log.error("{line}", { line }));
   /** The server ended the session on purpose (it shut down, say): news to heed, no fault of ours. */
-  #peerEnds = new LogLimiter((line) => log.warn(line));
+  #peerEnds = new LogLimiter((line) => log.warn("{line}", { line }));
   /** A local application's own resets (`socat -u`, a killed client): news, not errors of ours. */
-  #localEnds = new LogLimiter((line) => log.info(line));
+  #localEnds = new LogLimiter((line) => log.info("{line}", { line }));
   #closing = new AbortController();
   /** Since when openings fail to reach the server (said once, not per opening); null while it answers. */
   #unreachableSince: number | null = null;
