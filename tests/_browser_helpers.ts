@@ -41,7 +41,7 @@ export async function submitJoin(
   base: string,
   fields: { session: string; nickname: string; secret?: string },
 ): Promise<void> {
-  if (!page.url().endsWith("/chat")) await page.goto(`${base}/chat`);
+  if (!/\/chat(\?[^/]*)?$/.test(page.url())) await page.goto(`${base}/chat`);
   await page.fill("#session", fields.session);
   await page.fill("#nickname", fields.nickname);
   await page.fill("#secret", fields.secret ?? "");

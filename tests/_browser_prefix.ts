@@ -13,11 +13,12 @@ const [base, secret] = Deno.args;
 const browser = await launch([]);
 try {
   const page = await browser.newPage();
-  // Typed with a trailing slash: the relay's redirect stays under the prefix.
-  await page.goto(`${base}/chat/`);
-  assert.ok(page.url().endsWith("/chat-relay/chat"), page.url());
+  // Typed with a trailing slash, and a gateway's query: the relay's redirect
+  // stays under the prefix, and keeps the query.
+  await page.goto(`${base}/chat/?via=gateway`);
+  assert.ok(page.url().endsWith("/chat-relay/chat?via=gateway"), page.url());
   await join(page, base, { session: "prefixed", nickname: "pat", secret }, "websocket");
-  assert.ok(page.url().endsWith("/chat-relay/chat"), page.url());
+  assert.ok(page.url().endsWith("/chat-relay/chat?via=gateway"), page.url());
   console.log("the page joined over WebSocket under the prefix");
   await using deno = await RelayNode.connect(`${base}/`, {
     session: "prefixed",

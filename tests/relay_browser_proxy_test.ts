@@ -40,5 +40,8 @@ Deno.test("relay chat page in chromium under a reverse proxy's path prefix (ngin
   );
   assert.match(stdout, /the page joined over WebSocket under the prefix/);
   assert.match(stdout, /page and Deno node chat under the prefix/);
-  assert.doesNotMatch(await nginx.log(), /" 404 /);
+  const log = await nginx.log();
+  assert.doesNotMatch(log, /" 404 /);
+  // The page's WebSocket carried the page's query, as the gateway in front may want.
+  assert.match(log, /"GET \/chat-relay\/relay\/ws\?via=gateway HTTP\/1\.1" 101/);
 });

@@ -250,15 +250,25 @@ function parseTo(value) {
 // ---- transports: WebSocket, else HTTP streaming (as RelayNode does) ------
 
 /**
+ * A relay path, relative to the page: behind a proxy that serves the relay
+ * under a prefix (and strips it), the page and its relay paths share it. The
+ * page's query goes along, as RelayNode's does: a gateway in front may route
+ * or admit by it.
+ */
+function relayUrl(path) {
+  const url = new URL(path, location.href);
+  url.search = location.search;
+  return url;
+}
+
+/**
  * Opens a WebSocket and sends the hello; resolves with { transport, welcome }.
  * Frames after the welcome wait for transport.start(), so the welcome is
  * handled before the messages the relay replays right behind it.
  */
 function openWebSocket(hello, hooks) {
   return new Promise((resolve, reject) => {
-    // Relative to the page: behind a proxy that serves the relay under a
-    // prefix (and strips it), the page and its relay paths share it.
-    const url = new URL("relay/ws", location.href);
+    const url = relayUrl("relay/ws");
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     let socket;
     try {
@@ -382,7 +392,7 @@ async function openHttp(hello, hooks) {
   if (hello.secret !== undefined) headers["x-relay-secret"] = hello.secret;
   let response;
   try {
-    response = await fetch("relay/stream", {
+    response = await fetch(relayUrl("relay/stream"), {
       method: "POST",
       headers,
       body: JSON.stringify({ ...hello, secret: undefined }),
@@ -424,7 +434,7 @@ async function openHttp(hello, hooks) {
   };
   // keepalive: the bye still goes out while the page unloads.
   const post = (frames, keepalive) =>
-    fetch("relay/send", {
+    fetch(relayUrl("relay/send"), {
       method: "POST",
       headers: { "content-type": "application/json", "x-relay-stream": welcome.stream },
       body: JSON.stringify(frames),

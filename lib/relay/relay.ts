@@ -120,7 +120,8 @@ export class Relay implements Disposable {
    */
   handle(req: Request, info?: Deno.ServeHandlerInfo): Response | Promise<Response> {
     const hub = this.#hub;
-    const { pathname } = new URL(req.url);
+    const url = new URL(req.url);
+    const { pathname } = url;
     switch (`${req.method} ${pathname}`) {
       case "GET /":
       case "HEAD /":
@@ -139,7 +140,7 @@ export class Relay implements Disposable {
         // A link typed with a slash. Relative, so that it stays under a reverse
         // proxy's prefix (which the relay does not see), as the page's own paths do.
         return hub.settings.chatPage
-          ? new Response(null, { status: 308, headers: { location: "../chat" } })
+          ? new Response(null, { status: 308, headers: { location: `../chat${url.search}` } })
           : refuseRequest(hub, 404, "not-found", "no chat page on this relay");
       case "GET /healthz":
       case "HEAD /healthz": // what many health checkers send; the server drops the body
