@@ -70,6 +70,9 @@ Options:
   --max-queue-bytes N      bytes queued towards one node (default 1048576)
   --overflow POLICY        full queue: disconnect (default) or drop
   --no-chat-page           do not serve the browser chat page at /chat
+  --trusted-proxy ADDRS    reverse proxies in front (IP addresses, comma-
+                           separated) whose X-Forwarded-For names the node's
+                           address in the log (else the proxy's is logged)
   --redis URL              share sessions with other relay processes through
                            Redis (redis://host:6379); needs --allow-net for
                            it and --allow-env=REDIS_DEBUG_MAINTENANCE
@@ -177,6 +180,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
         "max-unjoined": { type: "string" },
         "history-length": { type: "string" },
         redis: { type: "string" },
+        "trusted-proxy": { type: "string" },
         "reuse-port": { type: "boolean" },
         "cluster-address": { type: "string" },
         "redis-timeout": { type: "string" },
@@ -288,6 +292,14 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     maxQueueBytes: num("max-queue-bytes"),
     overflow: overflow as OverflowPolicy,
     chatPage: !v["no-chat-page"],
+    trustedProxies: v["trusted-proxy"]?.split(",").map((given) => {
+      const address = parseHost("--trusted-proxy", given.trim());
+      // Compared with the address a connection comes from: a name never matches.
+      if (!/^[\d.]+$/.test(address) && !address.includes(":")) {
+        throw new UsageError(`--trusted-proxy takes IP addresses, got "${given.trim()}"`);
+      }
+      return address;
+    }),
     headerTimeout: ms("header-timeout"),
     idleTimeout: ms("idle-timeout"),
     maxUnjoined: num("max-unjoined"),

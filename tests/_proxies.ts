@@ -86,7 +86,7 @@ export async function startTinyproxy(): Promise<Proxy> {
  */
 export async function startNginx(
   upstream: number | number[],
-  options: { websocket?: boolean; prefix?: string } = {},
+  options: { websocket?: boolean; prefix?: string; forwardedFor?: string } = {},
 ): Promise<Proxy> {
   // Under a prefix, nginx strips it on the way (the relay knows only its own paths).
   const location = options.prefix ? `${options.prefix}/` : "/";
@@ -118,6 +118,12 @@ ${ports.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=2s;`).joi
     location ${location} {
       proxy_pass ${pass};
       proxy_next_upstream error timeout;${
+      // Says who the client is, from an address of its own (the relay trusts that one).
+      options.forwardedFor
+        ? `
+      proxy_bind ${options.forwardedFor};
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;`
+        : ""}${
       options.websocket
         ? `
       proxy_http_version 1.1;

@@ -438,6 +438,11 @@ Deno.test("relay settings: a bad option is a RangeError naming it, before anythi
       return true;
     });
   }
+  // Not a list of addresses: a TypeError naming it.
+  assert.throws(
+    () => startRelay({ trustedProxies: "10.0.0.2" as unknown as string[] }),
+    /TypeError: trustedProxies must be an array of IP addresses, got "10\.0\.0\.2"/,
+  );
 });
 
 Deno.test("a relay logs nodes refused for a wrong or missing secret, with where they come from, a line per interval however many", async () => {

@@ -174,6 +174,10 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [["--history-age", "soon"], /--history-age must be a whole number of milliseconds/],
     [["--hostname", ""], /--hostname is empty/],
     [
+      ["--trusted-proxy", "10.0.0.2,proxy.example"],
+      /--trusted-proxy takes IP addresses, got "proxy\.example"/,
+    ],
+    [
       ["--hostname", "300.0.0.1"],
       /--hostname must be a host name or an IP address, got "300\.0\.0\.1"/,
     ],
@@ -545,4 +549,10 @@ Deno.test("relay CLI: the history flags reach the relay's settings", () => {
     historyBytes: 65536,
     historyAge: 30000,
   });
+});
+
+Deno.test("relay CLI: --trusted-proxy reaches the relay's settings, an IPv6 address in brackets too", () => {
+  const config = parseRelayArgs(["--open", "--trusted-proxy", "10.0.0.2, [::1]"]);
+  assert.ok(config !== "help");
+  assert.deepEqual(config.serve.trustedProxies, ["10.0.0.2", "::1"]);
 });

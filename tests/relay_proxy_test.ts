@@ -4,8 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { RelayNode } from "../mod.ts";
-import { delay, within } from "./_helpers.ts";
+import { RelayNode, RelayRefusedError } from "../mod.ts";
+import { delay, renderRecord, within, withLogs } from "./_helpers.ts";
 import { startNginx, startTinyproxy } from "./_proxies.ts";
 import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
 
@@ -102,6 +102,29 @@ Deno.test("relay behind nginx, which takes 1 MB bodies where the relay takes 4 M
   );
   assert.equal(behind.state, "connected");
   assert.match(await nginx.log(), /"POST \/relay\/send HTTP\/1.1" 413/);
+});
+
+Deno.test("relay behind nginx that it trusts: its log names the node's own address (X-Forwarded-For), not the proxy's", async () => {
+  await using relay = startRelay({ secret: "right", trustedProxies: ["127.0.0.5"] });
+  await using nginx = await startNginx(relay.addr.port, { forwardedFor: "127.0.0.5" });
+  await withLogs(async (records) => {
+    await assert.rejects(
+      RelayNode.connect(`http://127.0.0.1:${nginx.port}`, {
+        session: "n",
+        nickname: "intruder",
+        secret: "wrong",
+        transport: "http",
+      }),
+      RelayRefusedError,
+    );
+    const lines = records.map(renderRecord);
+    assert.ok(
+      lines.some((l) =>
+        /^Refused a node from 127\.0\.0\.1 \(via 127\.0\.0\.5:\d+\): wrong relay secret$/.test(l)
+      ),
+      lines.join("\n"),
+    );
+  });
 });
 
 Deno.test("relay under a path prefix of a reverse proxy (nginx strips /chat-relay/): nodes at that URL (with a query, kept) join over both transports, talk, and open a session over pipes; the chat page is served there", async () => {

@@ -45,7 +45,7 @@ export class HttpStreamEndpoint {
   }
 
   /** `POST /relay/stream`: joins the node whose hello is the body; answers with its event stream. */
-  async open(req: Request): Promise<Response> {
+  async open(req: Request, from?: string): Promise<Response> {
     const hub = this.#hub;
     const settings = hub.settings;
     let text: string;
@@ -96,7 +96,7 @@ export class HttpStreamEndpoint {
     try {
       member = await hub.admit(hello, req.headers.get(SECRET_HEADER), sink, {
         stream: streamId,
-        from: connectionOf(req)?.remote,
+        from,
       });
     } catch (error) {
       if (!(error instanceof JoinRefused)) throw error;

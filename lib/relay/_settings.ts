@@ -80,7 +80,16 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     historyAge: duration("historyAge", options.historyAge ?? 120_000),
     redisTimeout: duration("redisTimeout", options.redisTimeout ?? 10_000),
     chatPage: options.chatPage ?? true,
+    trustedProxies: addresses("trustedProxies", options.trustedProxies ?? []),
   };
+}
+
+/** A list of IP addresses, as strings; a copy (the caller's array may change). */
+function addresses(name: string, value: unknown): string[] {
+  if (!Array.isArray(value) || value.some((item) => typeof item !== "string" || item === "")) {
+    throw new TypeError(`${name} must be an array of IP addresses, got ${describeValue(value)}`);
+  }
+  return value.map((item) => item.replace(/^\[(.*)\]$/, "$1"));
 }
 
 /**

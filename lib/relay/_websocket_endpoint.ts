@@ -75,14 +75,13 @@ function socketSink(socket: RelaySocket, maxQueueBytes: number): Sink {
   };
 }
 
-/** Upgrades `req` to a WebSocket whose node joins `hub` with its first frame. */
-export function acceptWebSocket(hub: Hub, req: Request): Response {
+/** Upgrades `req` to a WebSocket whose node joins `hub` with its first frame; `from` is where it comes from, for the log. */
+export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response {
   if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
     return refuseRequest(hub, 426, "upgrade-required", "this endpoint speaks WebSocket");
   }
   // A secret in a header is checked before the upgrade, so a wrong one is a plain 401.
   const headerSecret = req.headers.get(SECRET_HEADER);
-  const from = connectionOf(req)?.remote;
   if (headerSecret !== null) {
     try {
       hub.checkSecret(headerSecret, from);

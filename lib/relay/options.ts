@@ -91,4 +91,11 @@ export interface RelayOptions {
   redisTimeout?: number;
   /** Serve the browser chat page at `/chat`. Default `true`. */
   chatPage?: boolean;
+  /**
+   * Addresses of reverse proxies in front of the relay whose
+   * `X-Forwarded-For` it believes, to name in its log where a node comes
+   * from (behind a proxy, every connection comes from the proxy). Only for
+   * the log: limits count connections as they come. Default none.
+   */
+  trustedProxies?: string[];
 }

@@ -21,6 +21,7 @@ import { secretsEqual } from "./_secret.ts";
 import { relaySettings } from "./_settings.ts";
 import { statusPage } from "./_status_page.ts";
 import { acceptWebSocket } from "./_websocket_endpoint.ts";
+import { requestSource } from "./_request_source.ts";
 import type { RelayOptions } from "./options.ts";
 
 const KNOWN_PATHS: readonly string[] = [
@@ -153,9 +154,9 @@ export class Relay implements Disposable {
           "the metrics need the metrics token (or the relay secret): Authorization: Bearer TOKEN",
         );
       case `GET ${PATHS.ws}`:
-        return acceptWebSocket(hub, req);
+        return acceptWebSocket(hub, req, this.#source(req, info));
       case `POST ${PATHS.stream}`:
-        return this.#httpStreams.open(req);
+        return this.#httpStreams.open(req, this.#source(req, info));
       case `POST ${PATHS.send}`:
         return this.#httpStreams.send(req);
       case `GET ${PATHS.pipe}`:
@@ -166,6 +167,11 @@ export class Relay implements Disposable {
       return refuseRequest(hub, 405, "method-not-allowed", `${req.method} is not allowed here`);
     }
     return refuseRequest(hub, 404, "not-found", "no such page");
+  }
+
+  /** Where a node's request comes from, for the log. */
+  #source(req: Request, info?: Deno.ServeHandlerInfo): string | undefined {
+    return requestSource(req, info?.remoteAddr, this.#hub.settings.trustedProxies);
   }
 
   /** Disconnects every node and stops the keep-alive timer. */
