@@ -63,13 +63,30 @@ export function parseHost(what: string, given: string): string {
   if (given.trim() === "") throw new UsageError(`${what} is empty`);
   const bad = () => new UsageError(`${what} must be a host name or an IP address, got "${given}"`);
   // An IPv6 address written as in a URL: the brackets are not part of it.
-  const text = /^\[([^\]]*:[^\]]*)\]$/.exec(given)?.[1] ?? given;
-  if (/[\s/@?#\[\]]/.test(text)) throw bad();
-  // Four numbers look like an IPv4 address, and must be one (256.1.1.1 is no name either).
-  if (/^\d+(\.\d+){3}$/.test(text) && text.split(".").some((octet) => Number(octet) > 255)) {
-    throw bad();
+  const text = /^\[(.*)\]$/.exec(given)?.[1] ?? given;
+  if (text.includes(":")) {
+    // IPv6 (a host:port is not one): the URL parser knows its forms; a zone may follow.
+    const [address, zone, ...more] = text.split("%");
+    try {
+      new URL(`http://[${address}]/`);
+    } catch {
+      throw bad();
+    }
+    if (more.length > 0 || (zone !== undefined && !/^\w+$/.test(zone))) throw bad();
+    return text;
   }
-  if (text.includes(":") && !/^[\da-fA-F:.]+(%\w+)?$/.test(text)) throw bad();
+  // Digits and dots are an IPv4 address, four numbers of at most 255, no leading
+  // zeros (read as octal by some); else a name (256.1.1.1 and 1.2.3 are neither).
+  if (/^[\d.]+$/.test(text)) {
+    const octets = text.split(".");
+    if (
+      octets.length !== 4 || octets.some((o) => !/^(0|[1-9]\d{0,2})$/.test(o) || Number(o) > 255)
+    ) {
+      throw bad();
+    }
+    return text;
+  }
+  if (text.length > 253 || !/^[A-Za-z0-9_]([\w.-]*[\w.])?$/.test(text)) throw bad();
   return text;
 }
 

@@ -15,7 +15,8 @@ import { clusterAddress } from "../lib/relay/_cluster_address.ts";
 import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
-import { redisUrl, relaySettings } from "../lib/relay/_settings.ts";
+import { redactedUrl, redisUrl, relaySettings } from "../lib/relay/_settings.ts";
+import { canonicalIp } from "../lib/relay/_request_source.ts";
 import {
   type FileArgs,
   flagError,
@@ -293,9 +294,9 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     overflow: overflow as OverflowPolicy,
     chatPage: !v["no-chat-page"],
     trustedProxies: v["trusted-proxy"]?.split(",").map((given) => {
-      const address = parseHost("--trusted-proxy", given.trim());
       // Compared with the address a connection comes from: a name never matches.
-      if (!/^[\d.]+$/.test(address) && !address.includes(":")) {
+      const address = canonicalIp(given);
+      if (address === null) {
         throw new UsageError(`--trusted-proxy takes IP addresses, got "${given.trim()}"`);
       }
       return address;
@@ -403,13 +404,6 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
     // Redis refusing this relay for good (a wrong password, say) ends it: exit 1, saying why.
     failed: server.finished.then(() => new Promise<never>(() => {})),
   };
-}
-
-/** A URL without its password, for the log. */
-function redactedUrl(url: string): string {
-  const parsed = new URL(url);
-  if (parsed.password) parsed.password = "***";
-  return parsed.href;
 }
 
 if (import.meta.main) {

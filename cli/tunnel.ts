@@ -278,7 +278,10 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
   const listenPort = parsePort("<listenPort>", listen, relay !== undefined && role === "server");
   const hostWhat = role === "server" ? "<forwardHost>" : "<serverHost>";
   if (hostGiven === undefined) throw new UsageError(`missing ${hostWhat}`);
-  const host = parseHost(hostWhat, hostGiven);
+  // A client through a relay has no server address (a placeholder here: --to names the server).
+  const host = relay !== undefined && role === "client"
+    ? hostGiven
+    : parseHost(hostWhat, hostGiven);
   const peerPort = parsePort(
     role === "server" ? "<forwardPort>" : "<serverPort>",
     port,

@@ -43,13 +43,18 @@ export class LogLimiter {
   #timerDue = Infinity;
   #flushed = false;
 
-  /** `emit` writes one line (a logger call); `clock` and `setTimer` are for tests. */
+  /**
+   * `emit` writes one line (a logger call): it gets a LogTape message
+   * template, the line's own braces escaped (`{{`, `}}`), so that a session
+   * id or a nickname in it is printed as written, not read as a placeholder.
+   * `clock` and `setTimer` are for tests.
+   */
   constructor(
-    emit: (line: string) => void,
+    emit: (template: string) => void,
     clock: () => number = () => performance.now(),
     setTimer: SetTimer = unrefTimer,
   ) {
-    this.#emit = emit;
+    this.#emit = (line) => emit(line.replaceAll("{", "{{").replaceAll("}", "}}"));
     this.#clock = clock;
     this.#setTimer = setTimer;
   }

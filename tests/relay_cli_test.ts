@@ -189,6 +189,8 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [["--redis", "localhost:6379"], /--redis must be a URL like redis:\/\/127\.0\.0\.1:6379/],
     // Each of these the Redis client took, to throw a stack trace or dial nowhere.
     [["--redis", "redis://127.0.0.1:99999"], /--redis must be a URL like redis:\/\/127/],
+    // Said back without its password.
+    [["--redis", "redis://:s3cret@127.0.0.1:99999"], /got "redis:\/\/:\*\*\*@127\.0\.0\.1:99999"/],
     [["--redis", "redis://127.0.0.1:6390/abc"], /--redis's path must be a database number/],
     [["--redis", "redis:///0"], /--redis names no host/],
     [["--cluster-address", "127.0.0.1:9000"], /--cluster-address .* needs --redis/],
@@ -213,6 +215,7 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
       assert.match(out.text, message);
       assert.doesNotMatch(out.text, /^\s+at /m, `stack trace for: ${args.join(" ")}`);
       assert.doesNotMatch(out.text, /Relay listening/);
+      assert.doesNotMatch(out.text, /s3cret/, "a secret said back");
     }
     // A port taken by someone else: one line, exit 1.
     const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });

@@ -87,6 +87,10 @@ Deno.test("tunnel CLI: a host that cannot be one is refused naming it (it was th
     ],
     [["server", "2000", "db.example:5432", "5432"], /<forwardHost> must be .*"db\.example:5432"/],
     [["client", "2001", "http://h", "2000"], /<serverHost> must be .*"http:\/\/h"/],
+    // A name made of hex digits is no IPv6 address with a port.
+    [["server", "2000", "db:5432", "5432"], /<forwardHost> must be .*"db:5432"/],
+    [["server", "2000", "1.2.3", "22"], /<forwardHost> must be .*"1\.2\.3"/],
+    [["server", "2000", "010.0.0.1", "22"], /<forwardHost> must be .*"010\.0\.0\.1"/],
     [["client", "2001", "h", "2000", "--listen-host", "a b"], /--listen-host must be .*"a b"/],
   ];
   for (const [args, message] of cases) {

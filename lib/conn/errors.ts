@@ -59,10 +59,20 @@ export const APPLICATION_CLOSE = "closed by the application";
  */
 export function closedByPeer(error: unknown): boolean {
   return error instanceof ImmortalError && error.code === "aborted" &&
-    (error.message.endsWith(`: ${APPLICATION_CLOSE}`) || / is shutting down$/.test(error.message));
+    DELIBERATE_ENDS.some((reason) => error.message.endsWith(`: ${reason}`));
 }
 
-/** The reason a program shutting down (`who`: "tunnel server", say) gives its peers. */
-export function shuttingDown(who: string): string {
+/** Who may say it is shutting down: a tunnel's two ends. */
+type ShuttingDown = "tunnel server" | "tunnel client";
+
+/** The reason a program shutting down gives its peers. */
+export function shuttingDown(who: ShuttingDown): string {
   return `the ${who} is shutting down`;
 }
+
+/** The reasons of a peer that ended a session on purpose: its news, not a fault. */
+const DELIBERATE_ENDS = [
+  APPLICATION_CLOSE,
+  shuttingDown("tunnel server"),
+  shuttingDown("tunnel client"),
+];

@@ -160,7 +160,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   #closed = false;
   #closing = new AbortController();
   /** Refusals and accept failures, one line per kind per interval. */
-  #logs = new LogLimiter((line) => log.warn("{line}", { line }));
+  #logs = new LogLimiter((line) => log.warn(line));
 
   constructor(acceptor: Acceptor<A>, options: ResolvedOptions, limits: ListenerLimits) {
     this.#limits = limits;

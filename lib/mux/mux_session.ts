@@ -5,7 +5,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { closedByPeer, ImmortalError } from "../conn/errors.ts";
+import { ImmortalError } from "../conn/errors.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { StreamEngine } from "../conn/_stream_engine.ts";
 import { concat, errorMessage } from "../_util.ts";
@@ -335,7 +335,11 @@ export class MuxSession implements AsyncDisposable {
     } catch (error) {
       if (error instanceof MuxProtocolError) {
         // The peer hears what it did wrong, as in the session protocol's own aborts.
-        this.#end(new ImmortalError("protocol", error.message), `protocol error: ${error.message}`);
+        this.#end(
+          new ImmortalError("protocol", error.message),
+          `protocol error: ${error.message}`,
+          true,
+        );
       } else {
         this.#end(error instanceof Error ? error : new Error(String(error)));
       }
@@ -379,18 +383,21 @@ export class MuxSession implements AsyncDisposable {
 
   // ------------------------------------------------------------ ending
 
-  /** Ends every stream and the session under them; the peer is told `tellPeer`, if given. */
-  #end(error: Error, tellPeer?: string): void {
+  /**
+   * Ends every stream and the session under them; the peer is told
+   * `tellPeer`, if given. `ours`: the fault is this layer's (a protocol
+   * error in the streams' frames), or unknown (not an `ImmortalError`: a
+   * bug), and is said at warning level. Otherwise the session under the
+   * streams said how it ended (lost, reaped, closed by the peer): said again
+   * here, it was a line more for one event.
+   */
+  #end(error: Error, tellPeer?: string, ours = !(error instanceof ImmortalError)): void {
     if (this.#ending) return;
     this.#ending = error;
     if (!this.#closedLocally) {
-      // The session under it said how it ended (lost, reaped, closed by the
-      // peer): said again here, it was a line more for one event. Only what
-      // went wrong at this layer is this layer's to say.
       const fields = { id: this.#conn.sessionId.slice(0, 8), reason: errorMessage(error) };
-      if (error instanceof ImmortalError && error.code === "protocol" && !closedByPeer(error)) {
-        log.warn("Multiplexed session {id} ended: {reason}", fields);
-      } else log.debug("Multiplexed session {id} ended: {reason}", fields);
+      if (ours) log.warn("Multiplexed session {id} ended: {reason}", fields);
+      else log.debug("Multiplexed session {id} ended: {reason}", fields);
     }
     for (const core of [...this.#streams.values()]) core.fail(error);
     this.#streams.clear();

@@ -490,9 +490,10 @@ export class RelayCluster {
     return this.#beats;
   }
 
-  /** Whether Redis answered the last heartbeat. */
+  /** Whether Redis answered the last heartbeat, and neither connection to it is down. */
   get healthy(): boolean {
-    return this.#healthy;
+    // Joins need both connections: commands, and pub/sub for the room.
+    return this.#healthy && this.#down.size === 0;
   }
 
   /** Leaves the cluster: stops the heartbeat (the others sweep this relay's nodes) and disconnects. */

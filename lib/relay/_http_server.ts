@@ -178,7 +178,7 @@ export class HttpServer {
   #unjoined = new Map<string, Set<Connection>>();
   #unjoinedCount = 0;
   #stats = { evicted: 0, timedOut: 0, badRequests: 0, acceptFailures: 0 };
-  #logs = new LogLimiter((line) => log.warn("{line}", { line }));
+  #logs = new LogLimiter((line) => log.warn(line));
 
   /** Listens at once (like `Deno.listen`); serves `handler`. */
   constructor(handler: Handler, options: HttpServerOptions) {

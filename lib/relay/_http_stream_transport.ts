@@ -68,8 +68,10 @@ export class HttpStreamTransport implements ClientTransport {
   #hooks: TransportHooks;
   #closing = false;
   #pending: NodeFrame[] = [];
-  /** A proxy refused a POST of several frames as too large: each goes alone now. */
-  #oneByOne = false;
+  /** Frames per POST: all that wait, but fewer while a batch refused as too large goes again. */
+  #batch = Infinity;
+  /** Frames of that batch still to go again. */
+  #resending = 0;
   #flushing = false;
 
   private constructor(
@@ -200,11 +202,23 @@ export class HttpStreamTransport implements ClientTransport {
     this.#flushing = true;
     try {
       while (this.#pending.length > 0 && !this.#closing) {
-        const frames = this.#pending.splice(0, this.#oneByOne ? 1 : this.#pending.length);
+        const frames = this.#pending.splice(0, Math.min(this.#pending.length, this.#batch));
         const res = await this.#post(frames, this.#abort.signal);
         await res.body?.cancel();
-        if (res.status === 413 && this.#tooLarge(frames)) continue;
-        if (!res.ok) throw new Error(`the relay answered ${res.status} to a send`);
+        if (res.status === 413 && frames.length > 1) {
+          // Too large for a proxy in front (see #refusedAlone): the same
+          // frames again, in halves, until the one too large goes alone.
+          this.#pending = frames.concat(this.#pending);
+          this.#resending = Math.max(this.#resending, frames.length);
+          this.#batch = Math.ceil(frames.length / 2);
+          continue;
+        }
+        if (res.status === 413 ? !this.#refusedAlone(frames[0]) : !res.ok) {
+          throw new Error(`the relay answered ${res.status} to a send`);
+        }
+        // Past the batch that was refused: whole batches again.
+        this.#resending -= frames.length;
+        if (this.#resending <= 0) this.#batch = Infinity;
       }
     } catch (error) {
       this.#fail(`send failed: ${errorMessage(error)}`);
@@ -214,21 +228,14 @@ export class HttpStreamTransport implements ClientTransport {
   }
 
   /**
-   * A POST refused as too large (413): by a proxy in front of the relay
-   * (nginx takes 1 MB by default), since the relay's own limit is checked
-   * before a message is sent.
-   * Not a broken link: redialing would send the same again, for ever. Frames
-   * go one by one from now on, and a message refused on its own is refused as
-   * the relay refuses one (an error naming its seq; it is not resent).
-   * Whether it was handled; else the link fails.
+   * A POST of one frame refused as too large (413): by a proxy in front of
+   * the relay (nginx takes 1 MB by default), since the relay's own limit is
+   * checked before a message is sent. Not a broken link: redialing would
+   * send the same again, for ever. A message is refused as the relay refuses
+   * one (an error naming its seq; it is not resent); whether it was one,
+   * else the link fails.
    */
-  #tooLarge(frames: NodeFrame[]): boolean {
-    if (frames.length > 1) {
-      this.#oneByOne = true;
-      this.#pending.unshift(...frames);
-      return true;
-    }
-    const [frame] = frames;
+  #refusedAlone(frame: NodeFrame): boolean {
     if (frame.t !== "msg") return false;
     this.#hooks.onFrame({
       t: "error",
@@ -257,11 +264,11 @@ export class HttpStreamTransport implements ClientTransport {
     this.#closing = true;
     if (!bye) return this.#abort.abort();
     try {
-      const res = await this.#post(
-        [...this.#pending, { t: "bye" }],
-        AbortSignal.timeout(BYE_TIMEOUT_MS),
-      );
+      const signal = AbortSignal.timeout(BYE_TIMEOUT_MS);
+      const res = await this.#post([...this.#pending, { t: "bye" }], signal);
       await res.body?.cancel();
+      // Too large for a proxy with what waited: the bye alone, that the others hear "left".
+      if (res.status === 413) await (await this.#post([{ t: "bye" }], signal)).body?.cancel();
     } catch {
       // The relay will notice the stream end instead.
     }

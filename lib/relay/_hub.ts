@@ -164,13 +164,13 @@ export class Hub {
   #acksDue = new Set<Member>();
   #refused: Partial<Record<RefusalReason, number>> = {};
   /** Refusals an operator should see, at most a line per kind per interval (a flood stays quiet). */
-  #logs = new LogLimiter((line) => log.warn("{line}", { line }));
+  #logs = new LogLimiter((line) => log.warn(line));
   /**
    * A node back from a blip, a line per node per interval: one that comes
    * back again and again (a proxy that cuts it each time, a client bug)
    * must not fill the log.
    */
-  #returns = new LogLimiter((line) => log.info("{line}", { line }));
+  #returns = new LogLimiter((line) => log.info(line));
   #timer: ReturnType<typeof setInterval>;
   /** ms between keep-alive sweeps. */
   #sweepEvery: number;

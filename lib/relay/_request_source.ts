@@ -14,9 +14,44 @@ import { formatAddr } from "../link/link.ts";
 const HOP = /^[\w.:%\[\]-]{1,64}$/;
 
 /**
+ * `text` as one canonical IP address, or null if it is none: brackets and a
+ * port dropped, IPv6 in its compressed lower-case form, an IPv4 address
+ * mapped into IPv6 as IPv4. Settings, peers and hops are compared in this
+ * form (`2001:DB8::5`, `[2001:db8::5]:443` and `2001:db8::5` are one).
+ */
+export function canonicalIp(text: string): string | null {
+  let host = text.trim();
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(host);
+  if (bracketed) host = bracketed[1];
+  else if (/^[\d.]+:\d+$/.test(host)) host = host.slice(0, host.indexOf(":"));
+  if (/^\d+(\.\d+){3}$/.test(host)) {
+    return host.split(".").every((octet) => Number(octet) <= 255 && !/^0\d/.test(octet))
+      ? host
+      : null;
+  }
+  if (!host.includes(":")) return null;
+  let parsed: string;
+  try {
+    parsed = new URL(`http://[${host}]/`).hostname.slice(1, -1);
+  } catch {
+    return null;
+  }
+  return /^::ffff:\d+(\.\d+){3}$/.test(parsed) ? parsed.slice(7) : mappedIpv4(parsed) ?? parsed;
+}
+
+/** `::ffff:a0a:2` (as the URL parser writes a mapped address) as `10.10.0.2`; else null. */
+function mappedIpv4(ipv6: string): string | null {
+  const match = /^::ffff:([\da-f]{1,4}):([\da-f]{1,4})$/.exec(ipv6);
+  if (!match) return null;
+  const [high, low] = [parseInt(match[1], 16), parseInt(match[2], 16)];
+  return [high >> 8, high & 255, low >> 8, low & 255].join(".");
+}
+
+/**
  * The request's source: the connection's peer (`host:port`), or, when that
  * peer is a trusted proxy, the client it names, as `CLIENT (via PEER)`.
- * Undefined when the server gave no address.
+ * `trusted` holds canonical addresses ({@linkcode canonicalIp}). Undefined
+ * when the server gave no address.
  */
 export function requestSource(
   req: Request,
@@ -25,8 +60,8 @@ export function requestSource(
 ): string | undefined {
   if (remoteAddr === undefined) return undefined;
   const peer = formatAddr(remoteAddr);
-  const host = "hostname" in remoteAddr ? remoteAddr.hostname.replace(/^::ffff:/, "") : "";
-  if (!trusted.includes(host)) return peer;
+  const host = "hostname" in remoteAddr ? canonicalIp(remoteAddr.hostname) : null;
+  if (host === null || !trusted.includes(host)) return peer;
   const header = req.headers.get("x-forwarded-for");
   if (header === null) return peer;
   // Each proxy appends the address it was reached from: read from the right,
@@ -34,7 +69,8 @@ export function requestSource(
   // anyone may have written).
   const hops = header.split(",").map((hop) => hop.trim()).filter((hop) => hop !== "");
   for (let i = hops.length - 1; i >= 0; i--) {
-    if (trusted.includes(hops[i])) continue;
+    const address = canonicalIp(hops[i]);
+    if (address !== null && trusted.includes(address)) continue;
     return HOP.test(hops[i]) ? `${hops[i]} (via ${peer})` : `${peer} (X-Forwarded-For unreadable)`;
   }
   return peer;

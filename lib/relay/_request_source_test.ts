@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { requestSource } from "./_request_source.ts";
+import { canonicalIp, requestSource } from "./_request_source.ts";
 
 const PROXY: Deno.NetAddr = { transport: "tcp", hostname: "10.0.0.2", port: 41234 };
 const request = (forwarded?: string) =>
@@ -31,10 +31,41 @@ Deno.test("requestSource: a trusted proxy's X-Forwarded-For names the client; no
       trusted,
       "198.51.100.7 (via [::ffff:10.0.0.2]:1)",
     ],
+    [
+      request("198.51.100.7"),
+      { transport: "tcp", hostname: "::ffff:a00:2", port: 1 },
+      trusted,
+      "198.51.100.7 (via [::ffff:a00:2]:1)",
+    ],
+    // Written otherwise, the same addresses: a trusted hop with a port (some
+    // load balancers add one), IPv6 in capitals or in full.
+    [request("198.51.100.7, 10.0.0.3:5555"), PROXY, trusted, "198.51.100.7 (via 10.0.0.2:41234)"],
+    [
+      request("198.51.100.7, [2001:DB8:0:0:0:0:0:5]:443"),
+      PROXY,
+      [...trusted, "2001:db8::5"],
+      "198.51.100.7 (via 10.0.0.2:41234)",
+    ],
     // No address given by the server: nothing to say.
     [request("198.51.100.7"), undefined, trusted, undefined],
   ];
   for (const [req, addr, list, expected] of cases) {
     assert.equal(requestSource(req, addr, list), expected, `${req.headers.get("x-forwarded-for")}`);
   }
+});
+
+Deno.test("canonicalIp: one form per address; a name, or what is no address, is null", () => {
+  const cases: [string, string | null][] = [
+    ["10.0.0.2", "10.0.0.2"],
+    ["10.0.0.3:5555", "10.0.0.3"],
+    ["2001:DB8::5", "2001:db8::5"],
+    ["[2001:db8:0:0:0:0:0:5]:443", "2001:db8::5"],
+    ["::ffff:10.0.0.2", "10.0.0.2"],
+    ["::1", "::1"],
+    ["proxy.internal", null],
+    ["10.0.0.256", null],
+    ["010.0.0.1", null],
+    ["db:5432", null],
+  ];
+  for (const [text, expected] of cases) assert.equal(canonicalIp(text), expected, text);
 });

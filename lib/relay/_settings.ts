@@ -7,6 +7,7 @@
 
 import { describeValue, MAX_TIMER_MS } from "../_util.ts";
 import type { RelayOptions } from "./options.ts";
+import { canonicalIp } from "./_request_source.ts";
 
 /** A relay's settings with every default filled in. */
 export type RelaySettings = Required<Omit<RelayOptions, "secret" | "metricsToken" | "redis">> & {
@@ -84,12 +85,16 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
   };
 }
 
-/** A list of IP addresses, as strings; a copy (the caller's array may change). */
+/** A list of IP addresses, in their canonical form; a copy (the caller's array may change). */
 function addresses(name: string, value: unknown): string[] {
-  if (!Array.isArray(value) || value.some((item) => typeof item !== "string" || item === "")) {
+  const canonical = Array.isArray(value)
+    ? value.map((item) => typeof item === "string" ? canonicalIp(item) : null)
+    : [null];
+  if (canonical.includes(null)) {
+    // A name would never match: connections come from addresses.
     throw new TypeError(`${name} must be an array of IP addresses, got ${describeValue(value)}`);
   }
-  return value.map((item) => item.replace(/^\[(.*)\]$/, "$1"));
+  return canonical as string[];
 }
 
 /**
@@ -100,24 +105,41 @@ function addresses(name: string, value: unknown): string[] {
 export function redisUrl(url: string | undefined, name = "redis"): string | undefined {
   if (url === undefined) return undefined;
   const like = `a URL like redis://127.0.0.1:6379 or rediss://:password@host:6380/2`;
+  // Said back without its password: error lines end up in logs.
+  const shown = `"${redactedUrl(url)}"`;
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
     // The URL parser also refuses a port past 65535.
-    throw new RangeError(`${name} must be ${like}, got "${url}"`);
+    throw new RangeError(`${name} must be ${like}, got ${shown}`);
   }
   if (parsed.protocol !== "redis:" && parsed.protocol !== "rediss:") {
-    throw new RangeError(`${name} must be ${like} (redis: or rediss:), got "${url}"`);
+    throw new RangeError(`${name} must be ${like} (redis: or rediss:), got ${shown}`);
   }
-  if (parsed.hostname === "") throw new RangeError(`${name} names no host: "${url}"`);
+  if (parsed.hostname === "") throw new RangeError(`${name} names no host: ${shown}`);
   if (!/^(\/\d*)?$/.test(parsed.pathname)) {
     throw new RangeError(
       `${name}'s path must be a database number (redis://host:6379/2), got "${parsed.pathname}"`,
     );
   }
   if (parsed.search !== "" || parsed.hash !== "") {
-    throw new RangeError(`${name} takes no query or fragment, got "${url}"`);
+    throw new RangeError(`${name} takes no query or fragment, got ${shown}`);
   }
   return url;
+}
+
+/**
+ * `url` without its password, for logs and errors: what follows the user
+ * name up to the last `@` is masked, in a URL that does not parse too (a
+ * password holding `#` or `?` breaks it).
+ */
+export function redactedUrl(url: string): string {
+  return url.replace(
+    /^([a-z][\w+.-]*:\/\/)(.*)@/i,
+    (_, scheme: string, userinfo: string) => {
+      const colon = userinfo.indexOf(":");
+      return colon < 0 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`;
+    },
+  );
 }

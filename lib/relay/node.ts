@@ -1008,7 +1008,7 @@ export class RelayNode implements AsyncDisposable {
     const since = performance.now();
     // A relay down for minutes is tried again and again: a line per interval
     // says it still is, not a line per attempt.
-    const failing = new LogLimiter((line) => log.info("{line}", { line }));
+    const failing = new LogLimiter((line) => log.info(line));
     let attempts = 0;
     try {
       await this.#redial(first, (error) => {

@@ -14,7 +14,7 @@ import {
   ImmortalError,
   type SessionOptions,
 } from "../conn/mod.ts";
-import { shuttingDown } from "../conn/errors.ts";
+import { closedByPeer, shuttingDown } from "../conn/errors.ts";
 import { type Dialer, formatAddr } from "../link/mod.ts";
 import { MuxSession } from "../mux/mod.ts";
 import {
@@ -128,11 +128,11 @@ export class TunnelClient implements AsyncDisposable {
   /** The session, or its opening; null when there is none. */
   #session: Promise<MuxSession> | null = null;
   #current: MuxSession | null = null;
-  #failures = new LogLimiter((line) => log.error("{line}", { line }));
+  #failures = new LogLimiter((line) => log.error(line));
   /** The server ended the session on purpose (it shut down, say): news to heed, no fault of ours. */
-  #peerEnds = new LogLimiter((line) => log.warn("{line}", { line }));
+  #peerEnds = new LogLimiter((line) => log.warn(line));
   /** A local application's own resets (`socat -u`, a killed client): news, not errors of ours. */
-  #localEnds = new LogLimiter((line) => log.info("{line}", { line }));
+  #localEnds = new LogLimiter((line) => log.info(line));
   #closing = new AbortController();
   /** Since when openings fail to reach the server (said once, not per opening); null while it answers. */
   #unreachableSince: number | null = null;
@@ -325,7 +325,7 @@ export class TunnelClient implements AsyncDisposable {
         // else came from the local socket.
         const limiter = !(error instanceof ImmortalError)
           ? this.#localEnds
-          : error.code === "aborted"
+          : closedByPeer(error)
           ? this.#peerEnds
           : this.#failures;
         const verb = limiter === this.#peerEnds ? "ended" : "failed";

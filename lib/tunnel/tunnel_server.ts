@@ -100,7 +100,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   #target: { hostname: string; port: number };
   #sessions = new Set<MuxSession>();
   #streams = 0;
-  #refusals = new LogLimiter((line) => log.warn("{line}", { line }));
+  #refusals = new LogLimiter((line) => log.warn(line));
   #serving: Promise<void>;
   /** Every session's serving, so close() can wait for all of them. */
   #carrying = new Set<Promise<void>>();
