@@ -1,6 +1,6 @@
 /**
  * What the command-line entry points share: usage errors, argument checks,
- * logging to stderr in words, and running a service until SIGINT/SIGTERM/SIGHUP.
+ * logging to stderr in words, and running a service until SIGINT/SIGTERM (or SIGHUP on a terminal).
  *
  * @module
  */
@@ -301,7 +301,7 @@ export function warnSecretFlags(log: Logger, flags: Record<string, string>): voi
   }
 }
 
-/** What a command started and keeps up until SIGINT/SIGTERM/SIGHUP. */
+/** What a command started and keeps up until SIGINT/SIGTERM (or SIGHUP on a terminal). */
 export interface Service {
   /** Logged after the signal's name, e.g. "closing the tunnel". */
   readonly stopping: string;
@@ -317,22 +317,31 @@ export interface ServiceCommand<C extends { logLevel: LogLevel }> {
   parse(args: string[]): C | "help";
   /**
    * Starts the service. A start that waits (for a relay, say) gives up when
-   * `stopping` aborts, on SIGINT/SIGTERM/SIGHUP: it may then reject with anything,
+   * `stopping` aborts, on SIGINT/SIGTERM (or SIGHUP on a terminal): it may then reject with anything,
    * and the command exits 0 as after any clean stop.
    */
   start(config: C, log: Logger, stopping: AbortSignal): Promise<Service>;
 }
 
 /**
- * Listens for SIGINT/SIGTERM/SIGHUP from now on. Listening starts before the service
+ * The signals that stop a service cleanly. SIGHUP only on a terminal: there
+ * it means the terminal closed, and the default would end the service
+ * without a word to its peers. Without one, SIGHUP keeps its meaning to
+ * whoever started it: `nohup` ignores it (a handler would undo that), and a
+ * service manager may send it for other reasons.
+ */
+export function stopSignals(onTerminal: boolean): Deno.Signal[] {
+  return onTerminal ? ["SIGINT", "SIGTERM", "SIGHUP"] : ["SIGINT", "SIGTERM"];
+}
+
+/**
+ * Listens for SIGINT/SIGTERM (and SIGHUP on a terminal) from now on. Listening starts before the service
  * does: a signal that arrives while it starts (say, right after it logged
  * that it listens) is then a clean stop, not the default kill.
  */
 function _stopSignal(): { signal: Promise<Deno.Signal>; dispose(): void } {
   const stop = Promise.withResolvers<Deno.Signal>();
-  // SIGHUP: the terminal it runs in closed; the default would end it without
-  // a word to its peers.
-  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  const signals = stopSignals(Deno.stdin.isTerminal() || Deno.stderr.isTerminal());
   const handlers = signals.map((signal) => {
     const handler = () => stop.resolve(signal);
     Deno.addSignalListener(signal, handler);
@@ -385,7 +394,7 @@ async function _serve<C extends { logLevel: LogLevel }>(
 }
 
 /**
- * Runs a long-running command from parsing to a clean exit on SIGINT/SIGTERM/SIGHUP.
+ * Runs a long-running command from parsing to a clean exit on SIGINT/SIGTERM (and SIGHUP on a terminal).
  * Usage errors print one line and exit 2; any other failure prints one line
  * and exits 1 (no stack trace for users).
  */

@@ -120,17 +120,18 @@ export function renderRecord(record: LogRecord): string {
 }
 
 /**
- * Polls `condition` every `everyMs` until it holds; rejects after `timeoutMs`.
- * Only for states the code under test announces by no event.
+ * Polls `condition` (which may ask something, a server say) every `everyMs`
+ * until it holds; rejects after `timeoutMs`. Only for states the code under
+ * test announces by no event.
  */
 export async function waitUntil(
-  condition: () => boolean,
+  condition: () => boolean | Promise<boolean>,
   what: string,
   timeoutMs = 30_000,
   everyMs = 10,
 ): Promise<void> {
   const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
+  while (!(await condition())) {
     if (performance.now() > deadline) throw new Error(`${what}: not so within ${timeoutMs} ms`);
     await delay(everyMs);
   }

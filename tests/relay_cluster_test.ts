@@ -76,15 +76,6 @@ function recordingCluster(
   };
 }
 
-/** Asks `condition` every 10 ms until it holds; fails after 20 s (never hangs). */
-async function waitUntilAsync(condition: () => Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 2000; i++) {
-    if (await condition()) return;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  throw new Error("not so within 20 s");
-}
-
 const frame = (text: string) => ({ before: `{"t":"msg","o":`, after: `,"text":"${text}"}` });
 
 Deno.test("cluster: a numbered message after one Redis did not take is refused as a gap; a resend is a duplicate", async () => {
@@ -370,7 +361,10 @@ Deno.test("cluster: the pub/sub connection reconnecting again and again does not
     }
     assert.equal(failed, 0, "commands failed while only the subscriber was away");
     // Closed once the subscriber is back: a reconnect under way would leave its timer behind.
-    await waitUntilAsync(() => a.cluster.subscribe("after").then(() => true, () => false));
+    await waitUntil(
+      () => a.cluster.subscribe("after").then(() => true, () => false),
+      "a subscribe once Redis is back",
+    );
   } finally {
     a.cluster.close();
   }

@@ -14,6 +14,7 @@ import {
   receiveAll,
   renderRecord,
   sendPattern,
+  waitUntil,
   within,
   withLogs,
 } from "./_helpers.ts";
@@ -38,15 +39,6 @@ async function sendNumbered(node: RelayNode, count: number, to?: string): Promis
 
 const numbers = (texts: string[]) => texts.map(Number).filter(Number.isInteger);
 const oneTo = (count: number) => Array.from({ length: count }, (_, i) => i + 1);
-
-/** Asks `condition` every 50 ms until it holds; fails after 30 s (never hangs). */
-async function waitUntilAsync(condition: () => Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    if (await condition()) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`${what}: not so within 30 s`);
-}
 
 Deno.test("two relays on one Redis: a nickname clash across them gives max(1); joins, leaves, broadcasts and directed messages cross between them; the relays log who joins and leaves", async () => {
   await withLogs(async (records) => {
@@ -224,7 +216,7 @@ Deno.test("Redis restarted mid-session: the relays reconnect, and 400 numbered m
   // issue 4845): the history fills gaps, but live delivery needs the subscription.
   {
     await using raw = await redisClient(redis.url);
-    await waitUntilAsync(async () => {
+    await waitUntil(async () => {
       const reply = await raw.sendCommand(["PUBSUB", "NUMSUB", "immortal:relay:c:73"]) as unknown[];
       return Number(reply[1]) === 2;
     }, "both relays subscribed again");
@@ -335,7 +327,7 @@ Deno.test("a relay whose Redis refuses its password stops, saying why; one whose
       // Redis comes up: the relay finds it by itself, and a join goes through. (Closed
       // while it still retried, it would leave behind a wait node-redis cannot cancel.)
       await using _late = await startRedis({ persist: false, port });
-      await waitUntilAsync(async () => {
+      await waitUntil(async () => {
         const answer = await join();
         await answer.body?.cancel();
         return answer.status === 200;
@@ -528,7 +520,7 @@ async function clusterIdOf(
   relay: { clusterAddr?: Deno.NetAddr },
 ): Promise<string> {
   let id = "";
-  await waitUntilAsync(async () => {
+  await waitUntil(async () => {
     const urls = await raw.sendCommand(["HGETALL", "immortal:relay:urls"]) as Record<
       string,
       string
@@ -599,7 +591,7 @@ for (const transport of ["http", "websocket"] as const) {
       assert.ok(bytes >= 2 * 4 * 1024 * 1024, `${bytes} bytes through the relay in between`);
       // The pipe's session closed: nothing is left open or held there (a last
       // POST passed on may still be on its way when the pipe counts as closed).
-      await waitUntilAsync(
+      await waitUntil(
         () => {
           const { open, heldBytes } = two.relay.stats.pipes!;
           return Promise.resolve(open === 0 && heldBytes === 0);
