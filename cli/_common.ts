@@ -22,7 +22,7 @@ export function flagError(error: unknown): UsageError {
     if (/^Unknown option/.test(message)) {
       // "-1" where a number was meant (a port, say) reads as a flag.
       if (/^-\d+$/.test(flag)) {
-        return new UsageError(`a negative number is never taken here, got ${flag}`);
+        return new UsageError(`${flag}: negative numbers are not taken (a port, a count?)`);
       }
       return new UsageError(`unknown flag ${flag}`);
     }

@@ -138,7 +138,7 @@ export interface RelayCliConfig {
   /** `--open`: no secret, and the user said so. */
   open?: boolean;
   /** Secrets given as flags, each with the private ways of giving it (for a warning). */
-  secretFlags: Record<string, string>;
+  secretFlags?: Record<string, string>;
 }
 
 /**
@@ -376,7 +376,7 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   } else {
     log.info("Relay secret required (from {source})", { source: config.secretSource });
   }
-  warnSecretFlags(log, config.secretFlags);
+  warnSecretFlags(log, config.secretFlags ?? {});
   // What a refusal in the log is measured against; checked already, by serveRelay.
   const limits = relaySettings(config.serve);
   log.info(

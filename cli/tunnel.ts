@@ -141,7 +141,7 @@ export interface TunnelCliConfig {
   /** Through a relay: where, and the names; `peerHost`/`peerPort` are then the target (server). */
   relay?: TunnelRelayConfig;
   /** Secrets given as flags, each with the private way of giving it (for a warning). */
-  secretFlags: Record<string, string>;
+  secretFlags?: Record<string, string>;
 }
 
 /** How a tunnel end reaches its peer through a relay. */
@@ -526,7 +526,7 @@ async function _start(
   stopping: AbortSignal,
 ): Promise<Service> {
   await _checkNetPermissions(config);
-  warnSecretFlags(log, config.secretFlags);
+  warnSecretFlags(log, config.secretFlags ?? {});
   let node: RelayNode | undefined;
   let tunnel: TunnelServer | TunnelClient;
   let client: ReturnType<typeof _startClient> | undefined;

@@ -793,11 +793,11 @@ export class Hub {
    */
   #full(limit: "max-sessions" | "max-nodes", session: string): JoinRefused {
     this.refuse(limit);
-    const what = limit === "max-nodes"
-      ? `the session has reached its node limit (${this.settings.maxNodesPerSession})`
-      : `the relay has reached its session limit (${this.settings.maxSessions})`;
-    this.#logs.event(limit, `Refused a node in ${session}: ${what}`);
-    return new JoinRefused(503, "full", what.replace(/ \(\d+\)$/, ""));
+    const [what, count] = limit === "max-nodes"
+      ? ["the session has reached its node limit", this.settings.maxNodesPerSession]
+      : ["the relay has reached its session limit", this.settings.maxSessions];
+    this.#logs.event(limit, `Refused a node in ${session}: ${what} (${count})`);
+    return new JoinRefused(503, "full", what);
   }
 
   #backAgain(nickname: string, session: string): void {

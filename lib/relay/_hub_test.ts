@@ -547,7 +547,7 @@ Deno.test("hub: a stale position in a room that lives on silences nothing; a nod
 
 Deno.test("hub: a node that comes back again and again is said once per interval, then summarised, not a line per return", async () => {
   const lines = await withLogs((records) => {
-    const h = makeHub();
+    using h = makeHub();
     const first = h.join("max", { session: "lab" });
     for (let i = 0; i < 5; i++) h.join("max", { session: "lab", token: first.welcome.token });
     h.hub.close();

@@ -75,7 +75,10 @@ function socketSink(socket: RelaySocket, maxQueueBytes: number): Sink {
   };
 }
 
-/** Upgrades `req` to a WebSocket whose node joins `hub` with its first frame; `from` is where it comes from, for the log. */
+/**
+ * Upgrades `req` to a WebSocket whose node joins `hub` with its first frame;
+ * `from` is where it comes from, for the log.
+ */
 export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response {
   if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
     return refuseRequest(hub, 426, "upgrade-required", "this endpoint speaks WebSocket");

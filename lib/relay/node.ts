@@ -525,6 +525,13 @@ export class RelayNode implements AsyncDisposable {
    * while a node it reached before is away, waits for them (within limits,
    * PROTOCOL.md 2.20), so a session resumes the moment both are back; it
    * rejects with an `ImmortalError` `closed` if this node closes first.
+   *
+   * Until one of its pipes has linked, a refusal that stands (the node
+   * accepts no pipes, or not ours) rejects as an `ImmortalError` `refused`
+   * (the relay's `RelayRefusedError` is its `cause`): a session being opened
+   * fails at once rather than wait out its connect deadline. After that, a
+   * refusal is a `RelayRefusedError`, for the session to retry (the peer may
+   * be restarting). This holds per dialer: take a new one for each session.
    */
   pipeDialer(nickname: string): Dialer {
     return this.#pipes.dialer(nickname);
@@ -1013,9 +1020,10 @@ export class RelayNode implements AsyncDisposable {
     try {
       await this.#redial(first, (error) => {
         attempts++;
+        // By kind: a relay that answers otherwise (TLS, a proxy's page) is news.
         failing.event(
-          "unreachable",
-          `Relay still unreachable: ${errorMessage(error)}; trying again`,
+          error instanceof RelayConnectError ? error.code : "other",
+          `Relay link not back yet: ${errorMessage(error)}; trying again`,
         );
       });
     } finally {
