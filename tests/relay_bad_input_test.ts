@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { Relay, RelayNode, RelayRefusedError, SECRET_HEADER } from "../mod.ts";
 import { delay, renderRecord, within, withLogs } from "./_helpers.ts";
-import { startRelay, waitForEvent } from "./_relay.ts";
+import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
 
 function hello(fields: Record<string, unknown> = {}) {
   return JSON.stringify({ t: "hello", session: "s", nickname: "n", ...fields });
@@ -519,6 +519,37 @@ Deno.test("a relay mounted in Deno.serve answers a broken WebSocket handshake wi
     // A node's WebSocket is refused for the handshake; a pipe before that, for the unknown node.
     assert.equal(answer.status, path === "/relay/ws" ? 400 : 401, `${path}: ${text}`);
   }
+});
+
+Deno.test("a closed Relay mounted in Deno.serve takes no node back: its nodes cannot rejoin (one on HTTP streaming held the server's shutdown open for ever), and /healthz says 503", async () => {
+  const relay = new Relay();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req, info) => relay.handle(req, info),
+  );
+  const url = `http://127.0.0.1:${server.addr.port}`;
+  await using node = await RelayNode.connect(url, {
+    session: "s",
+    nickname: "n",
+    transport: "http",
+    backoff: { initial: 1, max: 5 },
+  });
+  const events = recordEvents(node);
+  relay.close();
+  // Told why (the first), it tries again at once, and is refused (the second).
+  const shuttingDown = () =>
+    events.events.filter((e) =>
+      e.type === "state" && e.state === "disconnected" && /shutting down/.test(e.reason ?? "")
+    ).length;
+  await events.until(() => shuttingDown() >= 2, "a rejoin refused");
+  await within(30_000, "the server's shutdown", server.shutdown());
+  assert.equal(node.state === "connected", false);
+  // A new node, or a health check, on a closed relay mounted in another server.
+  const again = new Relay();
+  again.close();
+  const answer = again.handle(new Request("http://relay/healthz"));
+  assert.equal((answer as Response).status, 503);
+  assert.equal((await (answer as Response).json()).error, "unavailable");
 });
 
 Deno.test("a relay with an empty TLS certificate refuses to start, rather than serve plain HTTP", () => {

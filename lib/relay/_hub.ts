@@ -122,6 +122,9 @@ export interface RelayStats {
   connections?: RelayConnectionStats;
 }
 
+/** What a relay that is closing says to whoever asks. */
+export const SHUTTING_DOWN = "the relay is shutting down";
+
 const PING = encodeFrame({ t: "ping" });
 const PONG = encodeFrame({ t: "pong" });
 /**
@@ -309,6 +312,8 @@ export class Hub {
     sink: Sink,
     extra: { stream?: string; from?: string } = {},
   ): Member | Promise<Member> {
+    // Its nodes were just told "relay shutting down": none may join it again.
+    if (this.#closed) throw new JoinRefused(503, "unavailable", SHUTTING_DOWN);
     this.checkSecret(
       headerSecret ?? (typeof hello.secret === "string" ? hello.secret : null),
       extra.from,

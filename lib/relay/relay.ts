@@ -10,7 +10,7 @@
 
 import { chatPage } from "./_chat_page.ts";
 import { clusterRefusals, fromClusterPeer, peerHandlers } from "./_forward.ts";
-import { Hub, type RelayStats } from "./_hub.ts";
+import { Hub, type RelayStats, SHUTTING_DOWN } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
 import { serverStats } from "./_http_server.ts";
 import { HttpStreamEndpoint } from "./_http_stream_endpoint.ts";
@@ -42,6 +42,7 @@ export class Relay implements Disposable {
   #hub: Hub;
   #httpStreams: HttpStreamEndpoint;
   #pipes: PipeEndpoint;
+  #closed = false;
 
   /** Creates a relay; see {@linkcode RelayOptions}. A `RangeError` names a bad setting. */
   constructor(options: RelayOptions = {}) {
@@ -121,6 +122,10 @@ export class Relay implements Disposable {
    */
   handle(req: Request, info?: Deno.ServeHandlerInfo): Response | Promise<Response> {
     const hub = this.#hub;
+    // Closed: its nodes were told to go; nothing new begins here (a node that
+    // rejoined would hold the server's shutdown open), and a health check
+    // hears it.
+    if (this.#closed) return refuseRequest(hub, 503, "unavailable", SHUTTING_DOWN);
     const url = new URL(req.url);
     const { pathname } = url;
     switch (`${req.method} ${pathname}`) {
@@ -174,8 +179,14 @@ export class Relay implements Disposable {
     return requestSource(req, info?.remoteAddr, this.#hub.settings.trustedProxies);
   }
 
-  /** Disconnects every node and stops the keep-alive timer. */
+  /**
+   * Disconnects every node (they hear "relay shutting down"), stops the
+   * keep-alive timer, and from now on answers every request 503
+   * `unavailable`: close it before its server's shutdown, which waits for
+   * the requests under way.
+   */
   close(): void {
+    this.#closed = true;
     this.#hub.close();
     this.#httpStreams.close();
     this.#pipes.close();
