@@ -86,7 +86,7 @@ export async function startTinyproxy(): Promise<Proxy> {
  */
 export async function startNginx(
   upstream: number | number[],
-  options: { websocket?: boolean; prefix?: string; forwardedFor?: string } = {},
+  options: { websocket?: boolean; prefix?: string; forwardedFor?: string; maxBody?: string } = {},
 ): Promise<Proxy> {
   // Under a prefix, nginx strips it on the way (the relay knows only its own paths).
   const location = options.prefix ? `${options.prefix}/` : "/";
@@ -118,6 +118,11 @@ ${ports.map((p) => `    server 127.0.0.1:${p} max_fails=1 fail_timeout=2s;`).joi
     location ${location} {
       proxy_pass ${pass};
       proxy_next_upstream error timeout;${
+      options.maxBody
+        ? `
+      client_max_body_size ${options.maxBody};`
+        : ""
+    }${
       // Says who the client is, from an address of its own (the relay trusts that one).
       options.forwardedFor
         ? `

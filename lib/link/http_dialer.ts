@@ -9,7 +9,8 @@
 
 import { getLogger } from "@logtape/logtape";
 import { describeValue, errorMessage } from "../_util.ts";
-import { httpStreamDialer, type HttpStreamDialerOptions } from "./http_stream.ts";
+import { dialHttpStream, type HttpStreamDialerOptions, MAX_POST_BYTES } from "./http_stream.ts";
+import { PostSizing } from "./_post_sizing.ts";
 import type { Dialer } from "./link.ts";
 import { webSocketDialer, webSocketUrl } from "./websocket.ts";
 
@@ -79,14 +80,16 @@ export function httpDialer(options: HttpDialerOptions): Dialer {
     headers: typeof headers === "function" ? headers() : headers,
   });
   let fellBack = transport === "http";
+  // One for all its HTTP-streaming links (see PostSizing).
+  const sizing = new PostSizing(MAX_POST_BYTES);
   return async (signal) => {
     const link = settings();
-    if (fellBack) return await httpStreamDialer(link)(signal);
+    if (fellBack) return await dialHttpStream(link, sizing, signal);
     try {
       return await webSocketDialer(link)(signal);
     } catch (error) {
       if (transport === "websocket" || signal.aborted) throw error;
-      const streamed = await httpStreamDialer(link)(signal);
+      const streamed = await dialHttpStream(link, sizing, signal);
       // WebSocket failed where plain requests pass: something on the way
       // refuses it. Stay with HTTP streaming from now on.
       fellBack = true;

@@ -20,6 +20,7 @@ import { errorMessage } from "../_util.ts";
 import { type Dialer, type Link, urlAddr } from "./link.ts";
 import { ByteQueue } from "./_byte_queue.ts";
 import { PostBodies } from "./_post_bodies.ts";
+import { PostSizing } from "./_post_sizing.ts";
 import { CLOSE_GRACE_MS } from "./_websocket_client.ts";
 
 /** Header naming the link a request belongs to; `open` on the request that opens one. */
@@ -236,7 +237,9 @@ class ClientHttpStreamLink implements Link {
   #downChunk: Uint8Array | null = null;
   #abort: AbortController;
   /** Written, not POSTed yet. */
-  #pending = new PostBodies(MAX_POST_BYTES);
+  #pending: PostBodies;
+  /** The dialer's POST size, told how the POSTs of this link fared. */
+  #sizing: PostSizing;
   /** Written and not yet answered: pending, and in the POSTs in flight. */
   #unanswered = 0;
   #seq = 0;
@@ -261,6 +264,8 @@ class ClientHttpStreamLink implements Link {
     this.#down = opened.downstream.getReader();
     this.#abort = opened.abort;
     this.#maxInFlight = opened.postsInFlight;
+    this.#sizing = opened.sizing;
+    this.#pending = new PostBodies(opened.sizing.bytes);
   }
 
   async read(buffer: Uint8Array): Promise<number | null> {
@@ -365,9 +370,18 @@ class ClientHttpStreamLink implements Link {
     }).then(async (response) => {
       answered = true;
       await response.body?.cancel();
+      if (response.status === 413) {
+        // Too large for the path (a proxy's limit): the next link posts less.
+        const next = this.#sizing.failed(bytes, true);
+        throw linkClosed(
+          `an upstream POST of ${bytes} bytes was refused as too large (413): the next link's ` +
+            `are at most ${next} bytes`,
+        );
+      }
       if (response.status !== 204) {
         throw linkClosed(`the server answered an upstream POST with ${response.status}`);
       }
+      this.#sizing.answered(bytes);
       // Answered: the body's buffer may take the next writes.
       this.#pending.recycle(body);
       this.#inFlight--;
@@ -384,6 +398,8 @@ class ClientHttpStreamLink implements Link {
         return;
       }
       if (!answered && !again) return this.#post(body, seq, true);
+      // Lost twice under way: maybe the path cuts what is that long.
+      if (!answered) this.#sizing.failed(bytes, false);
       this.#error ??= error instanceof Deno.errors.ConnectionReset
         ? error
         : linkClosed(`an upstream POST failed: ${errorMessage(error)}`);
@@ -401,6 +417,8 @@ interface OpenedHttpLink {
   client?: Deno.HttpClient;
   /** Upstream POSTs in flight at once: the server's word, within ours. */
   postsInFlight: number;
+  /** How large its POSTs may be: the dialer's, for all its links. */
+  sizing: PostSizing;
 }
 
 /** Where and how {@linkcode httpStreamDialer} connects. */
@@ -447,40 +465,54 @@ export function httpUrl(url: string | URL): URL {
  * ```
  */
 export function httpStreamDialer(options: HttpStreamDialerOptions): Dialer {
+  const sizing = new PostSizing(MAX_POST_BYTES);
+  return (signal) => dialHttpStream(options, sizing, signal);
+}
+
+/**
+ * Opens one link, its POSTs sized by `sizing`: the dialer's, shared by its
+ * links, so that what one link learnt of the path the next one knows.
+ *
+ * @internal
+ */
+export async function dialHttpStream(
+  options: HttpStreamDialerOptions,
+  sizing: PostSizing,
+  signal: AbortSignal,
+): Promise<Link> {
   const url = httpUrl(options.url);
-  return async (signal) => {
-    // The dial's signal bounds the dial only; the link's requests live on
-    // under their own controller until the link is closed.
-    const abort = new AbortController();
-    const abortDial = () => abort.abort(signal.reason);
-    signal.addEventListener("abort", abortDial);
-    let response: Response;
-    try {
-      signal.throwIfAborted();
-      response = await fetch(url, {
-        method: "POST",
-        headers: { ...options.headers, [LINK_HEADER]: "open" },
-        signal: abort.signal,
-        ...(options.client ? { client: options.client } : {}),
-      });
-    } finally {
-      signal.removeEventListener("abort", abortDial);
-    }
-    const id = response.headers.get(LINK_HEADER);
-    if (response.status !== 200 || id === null || response.body === null) {
-      const text = await response.text().catch(() => "");
-      throw new LinkRefused(response.status, text, `${url.href} answered ${response.status}`);
-    }
-    // A server that does not say takes one POST at a time.
-    const announced = Number(response.headers.get(UPSTREAM_HEADER) ?? 1);
-    return new ClientHttpStreamLink(url, {
-      id,
-      downstream: response.body,
-      abort,
-      client: options.client,
-      postsInFlight: Number.isSafeInteger(announced)
-        ? Math.max(1, Math.min(announced, MAX_POSTS_IN_FLIGHT))
-        : 1,
+  // The dial's signal bounds the dial only; the link's requests live on
+  // under their own controller until the link is closed.
+  const abort = new AbortController();
+  const abortDial = () => abort.abort(signal.reason);
+  signal.addEventListener("abort", abortDial);
+  let response: Response;
+  try {
+    signal.throwIfAborted();
+    response = await fetch(url, {
+      method: "POST",
+      headers: { ...options.headers, [LINK_HEADER]: "open" },
+      signal: abort.signal,
+      ...(options.client ? { client: options.client } : {}),
     });
-  };
+  } finally {
+    signal.removeEventListener("abort", abortDial);
+  }
+  const id = response.headers.get(LINK_HEADER);
+  if (response.status !== 200 || id === null || response.body === null) {
+    const text = await response.text().catch(() => "");
+    throw new LinkRefused(response.status, text, `${url.href} answered ${response.status}`);
+  }
+  // A server that does not say takes one POST at a time.
+  const announced = Number(response.headers.get(UPSTREAM_HEADER) ?? 1);
+  return new ClientHttpStreamLink(url, {
+    id,
+    downstream: response.body,
+    abort,
+    client: options.client,
+    postsInFlight: Number.isSafeInteger(announced)
+      ? Math.max(1, Math.min(announced, MAX_POSTS_IN_FLIGHT))
+      : 1,
+    sizing,
+  });
 }
