@@ -99,7 +99,12 @@ export interface RelayNodeOptions {
   proxy?: string;
   /** Extra trusted CA certificates (PEM) for an `https:` relay. */
   caCerts?: string[];
-  /** Per attempt, ms. Default 10000. */
+  /**
+   * How long one transport may take to be welcomed, ms; with `"auto"`, each
+   * transport tried has its own (a proxy that holds WebSockets must leave
+   * HTTP streaming its chance), so an attempt may take twice this. Default
+   * 10000.
+   */
   connectTimeout?: number;
   /** Attempts for the first connection before `connect` rejects. Default 3. */
   retries?: number;
