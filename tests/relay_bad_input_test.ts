@@ -426,6 +426,8 @@ Deno.test("relay settings: a bad option is a RangeError naming it, before anythi
     [{ historyAge: 3e9 }, /historyAge must be at most 2147483647 ms/],
     [{ idleTimeout: 2 ** 31 }, /idleTimeout must be at most 2147483647 ms/],
     [{ maxNodesPerSession: -1 }, /maxNodesPerSession must be a positive number/],
+    // Under a hello's size, every join would be refused as too large.
+    [{ maxMessageBytes: 10 }, /maxMessageBytes must be at least 512, got 10/],
     [{ redis: "localhost:6379" }, /redis must be a URL like .* \(redis: or rediss:\)/],
     [{ redis: "redis://127.0.0.1:6379/abc" }, /redis.s path must be a database number/],
     // Bursts of twice the rate under one message: nothing would ever be taken.

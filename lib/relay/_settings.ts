@@ -36,6 +36,16 @@ export function duration(name: string, value: number): number {
 }
 
 /**
+ * A positive `value` of at least `min`: below, the setting cannot work (a
+ * message limit under a hello's size refuses every join as too large).
+ */
+function atLeast(name: string, value: number, min: number): number {
+  positive(name, value);
+  if (value < min) throw new RangeError(`${name} must be at least ${min}, got ${value}`);
+  return value;
+}
+
+/**
  * A rate under 0.5 a second gives bursts (twice the rate) under one
  * message: nothing would ever be taken.
  */
@@ -65,7 +75,7 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     fadeAfter: duration("fadeAfter", options.fadeAfter ?? keepAlive * 2.5),
     maxSessions: positive("maxSessions", options.maxSessions ?? 10_000),
     maxNodesPerSession: positive("maxNodesPerSession", options.maxNodesPerSession ?? 1000),
-    maxMessageBytes: positive("maxMessageBytes", options.maxMessageBytes ?? 65_536),
+    maxMessageBytes: atLeast("maxMessageBytes", options.maxMessageBytes ?? 65_536, 512),
     maxNicknameLength: positive("maxNicknameLength", options.maxNicknameLength ?? 32),
     rate: atLeastHalf(positive("rate", options.rate ?? 100)),
     authTimeout: duration("authTimeout", options.authTimeout ?? 5000),

@@ -31,7 +31,10 @@ export interface RelayOptions {
   maxSessions?: number;
   /** Most nodes in one session. Default 1000. */
   maxNodesPerSession?: number;
-  /** Largest frame a node may send, in bytes (UTF-8). Default 65536. */
+  /**
+   * Largest frame a node may send, in bytes (UTF-8 JSON: a message's text
+   * and its frame around it; a hello too, so at least 512). Default 65536.
+   */
   maxMessageBytes?: number;
   /** Longest nickname, in characters. Default 32. */
   maxNicknameLength?: number;
