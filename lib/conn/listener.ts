@@ -423,6 +423,12 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
  * Over TCP or TLS, `addr` is the bound `Deno.NetAddr`; with an `acceptor`,
  * it is whatever address that acceptor has.
  *
+ * It throws as `Deno.listen` does, its message naming the address: a port
+ * taken is `Deno.errors.AddrInUse`, a missing `--allow-net`
+ * `Deno.errors.NotCapable`; bad settings are a `TypeError` or `RangeError`
+ * naming them. (`ImmortalError`s are for sessions: what `connect` and a
+ * session report.)
+ *
  * @example Echo every session back
  * ```ts
  * import { connect, listen } from "@immortal/sockets";
