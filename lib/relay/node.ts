@@ -574,6 +574,10 @@ export class RelayNode implements AsyncDisposable {
     },
   ): Promise<ImmortalConn> {
     requireKey(options.key);
+    // The relay would say it knows no such node: it pairs a node with another.
+    if (nickname === this.#nickname) {
+      throw new ImmortalError("refused", `"${nickname}" is this node: a pipe joins two nodes`);
+    }
     const conn = await connect({ encrypt: true, ...options, dialer: this.pipeDialer(nickname) });
     return this.#track(conn);
   }
