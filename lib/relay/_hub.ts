@@ -682,6 +682,9 @@ export class Hub {
 
   /** Hands `data` to `member`; `false` when its queue was full (and the node is dropped or disconnected). */
   #deliver(member: Member, data: string): boolean {
+    // Away (in its grace, or cut in this burst): nothing is handed to it, and
+    // nothing counted; a node back from a blip gets its share from the history.
+    if (member.sink === DETACHED) return true;
     if (this.#send(member, data)) {
       this.#counters.deliveries++;
       return true;

@@ -187,12 +187,15 @@ Deno.test('hub: a full queue disconnects the node (overflow "disconnect") once, 
   const slow = h.join("slow");
   a.sink.frames = [];
   slow.sink.full = true;
+  const delivered = h.hub.stats.deliveries;
   // One burst (one POST's messages): the node is cut off after the first.
   for (const text of ["x", "y", "z"]) h.hub.receive(a.member, { t: "msg", text });
   await slow.sink.whenClosed;
   assert.equal(slow.sink.closed?.code, 4429);
   assert.deepEqual(a.sink.take("leave"), [{ t: "leave", nickname: "slow", reason: "gone" }]);
   assert.equal(h.hub.stats.slowDisconnects, 1);
+  // Nothing of the burst was handed to it, nothing counted: only the leave a heard.
+  assert.equal(h.hub.stats.deliveries, delivered + 1);
 });
 
 Deno.test("hub: keep-alive pings quiet nodes, and declares gone those silent too long", () => {
