@@ -997,8 +997,8 @@ function _startClient(
         ) {
           // Once: it is tried until it answers, and says so then.
           if (tries === 1) {
-            log.warn(
-              "Tunnel server {server} not available yet; listening anyway: local connections wait for it, and it is tried until it answers",
+            log.info(
+              "Listening anyway: the tunnel server {server} is tried until it answers",
               { server },
             );
           }

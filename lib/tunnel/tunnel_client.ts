@@ -228,10 +228,13 @@ export class TunnelClient implements AsyncDisposable {
         // one gave up (the next local connection, a caller's loop), are no news.
         if (attempt === 1 && this.#unreachableSince === null) {
           this.#unreachableSince = performance.now();
-          log.warn("Tunnel server unreachable ({reason}); trying again for {seconds} s", {
-            reason: error.message,
-            seconds: Math.round(connectWait / 1000),
-          });
+          log.warn(
+            "Tunnel server unreachable ({reason}); a connection waits up to {seconds} s for it",
+            {
+              reason: error.message,
+              seconds: Math.round(connectWait / 1000),
+            },
+          );
         } else if (attempt === 1) {
           log.debug("Tunnel server still unreachable ({reason})", { reason: error.message });
         }
