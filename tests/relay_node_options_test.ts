@@ -215,3 +215,24 @@ Deno.test("RelayNode: a relay down for many attempts is said once and summarised
     assert.match(back, /^Relay link back as n via websocket after \d+\.\d s and \d+ attempts$/);
   });
 });
+
+Deno.test("RelayNode.events: two readers at once share the events, neither waits for ever (a second reader took the first one's place, and the first waited for ever)", async () => {
+  await using relay = startRelay();
+  await using node = await RelayNode.connect(relay.url, { session: "s", nickname: "n" });
+  await using other = await RelayNode.connect(relay.url, { session: "s", nickname: "o" });
+  const iterators = [0, 1].map(() => node.events[Symbol.asyncIterator]());
+  const heard: string[] = [];
+  const reading = iterators.map(async (iterator) => {
+    for (;;) {
+      const next = await iterator.next();
+      if (next.done) return;
+      if (next.value.type === "message") heard.push(next.value.text);
+    }
+  });
+  for (let i = 0; i < 10; i++) other.send(`m${i}`);
+  await within(30_000, "other's messages flushed", other.flush());
+  await waitUntil(() => heard.length === 10, "all ten read, by one reader or the other");
+  await node.close();
+  await within(30_000, "both readers ending", Promise.all(reading));
+  assert.deepEqual([...heard].sort(), Array.from({ length: 10 }, (_, i) => `m${i}`).sort());
+});

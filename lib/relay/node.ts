@@ -326,7 +326,12 @@ export class RelayNode implements AsyncDisposable {
   #seen = new Map<string, number>();
   #events: RelayEvent[] = [];
   #eventsHead = 0;
-  #eventWaiter: (() => void) | null = null;
+  /**
+   * The readers waiting for an event, all woken by one: with a single
+   * waiter, a second reader took the first one's place, and the first
+   * waited for ever.
+   */
+  #eventWaiters = new Set<() => void>();
   #lastHeard = performance.now();
   /** When the current (or last) connection was welcomed. */
   #welcomedAt = -Infinity;
@@ -466,7 +471,11 @@ export class RelayNode implements AsyncDisposable {
     return [...this.#members.values()];
   }
 
-  /** Events, in order; one reader. Ends after {@linkcode RelayNode.close}. */
+  /**
+   * Events, in order, for one reader: readers at once share them, each
+   * event going to one of them. A reader that stops (a `break`) leaves the
+   * rest to the next. Ends after {@linkcode RelayNode.close}.
+   */
   get events(): AsyncIterable<RelayEvent> {
     return { [Symbol.asyncIterator]: () => this.#iterate() };
   }
@@ -1122,9 +1131,9 @@ export class RelayNode implements AsyncDisposable {
   }
 
   #wake(): void {
-    const wake = this.#eventWaiter;
-    this.#eventWaiter = null;
-    wake?.();
+    const waiters = [...this.#eventWaiters];
+    this.#eventWaiters.clear();
+    for (const wake of waiters) wake();
   }
 
   async *#iterate(): AsyncGenerator<RelayEvent> {
@@ -1140,7 +1149,7 @@ export class RelayNode implements AsyncDisposable {
         yield event;
       }
       if (this.#closed) return;
-      await new Promise<void>((resolve) => this.#eventWaiter = resolve);
+      await new Promise<void>((resolve) => this.#eventWaiters.add(resolve));
     }
   }
 }
