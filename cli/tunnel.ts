@@ -96,8 +96,8 @@ Options:
   --tls-name NAME     client: name the server certificate must carry
                       (default: <serverHost>); implies --tls
   --log-level LEVEL   debug, info, warning or error (default: info)
-  --stats SECONDS     print live statistics every SECONDS
-                      (default 0: never)
+  --stats SECONDS     log live statistics every SECONDS, when they changed
+                      (info level; default 0: never)
 
 Link failure handling (milliseconds; both ends may set their own):
   --heartbeat MS        ping a quiet link this often (default: 1000)
@@ -558,7 +558,7 @@ async function _start(
     client = _startClient(config, log);
     tunnel = client.tunnel;
   }
-  const printStats = _statsPrinter(tunnel);
+  const printStats = _statsPrinter(tunnel, log);
   const stats = config.statsSeconds > 0
     ? setInterval(printStats, config.statsSeconds * 1000)
     : undefined;
@@ -1022,7 +1022,7 @@ function _startClient(
  * server is down, would otherwise repeat the same lines for ever. The round
  * trip time alone does not count as a change: it moves at every heartbeat.
  */
-function _statsPrinter(tunnel: TunnelServer | TunnelClient): () => void {
+function _statsPrinter(tunnel: TunnelServer | TunnelClient, log: Logger): () => void {
   let last: string | undefined;
   return () => {
     const lines: string[] = [];
@@ -1043,7 +1043,8 @@ function _statsPrinter(tunnel: TunnelServer | TunnelClient): () => void {
     const now = changes.join("\n");
     if (now === last) return;
     last = now;
-    for (const line of lines) console.error(line);
+    // Log lines like the others: with when, and a level a log filter knows.
+    for (const line of lines) log.info("{line}", { line });
   };
 }
 

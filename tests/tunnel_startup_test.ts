@@ -225,7 +225,8 @@ Deno.test("tunnel client: waiting for a server that is down never spins, whateve
 function statsBlocks(log: string): string[] {
   const blocks: string[] = [];
   let block: string[] = [];
-  for (const line of log.split("\n").filter((l) => l.startsWith("stats "))) {
+  // Log lines: after their time and level.
+  for (const line of log.split("\n").flatMap((l) => /\binfo +(stats .*)$/.exec(l)?.[1] ?? [])) {
     block.push(line.replace(/, rtt .* ms$/, ""));
     if (/open connection\(s\)$/.test(line)) {
       blocks.push(block.join("\n"));
@@ -386,7 +387,7 @@ Deno.test("tunnel CLI through a relay that is not up yet: both ends wait for it 
     assert.equal(await new Response(conn.readable).text(), "after the relay came up");
     await echo.done;
     for (const cli of [server, client]) {
-      await cli.waitFor(/^stats \d+ open connection\(s\)$/m, "statistics printed");
+      await cli.waitFor(/^\S+ info +stats \d+ open connection\(s\)$/m, "statistics printed");
     }
     assert.equal(await client.stop(), 0, client.log);
     assert.equal(await server.stop(), 0, server.log);
