@@ -23,6 +23,8 @@ const SETTINGS = {
   maxNodesPerSession: 100,
   maxSessions: 100,
   commandTimeout: 10_000,
+  // Relays without a secret: the keys the raw checks below look at.
+  prefix: "immortal:relay:",
 };
 
 /**

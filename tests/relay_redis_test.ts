@@ -95,6 +95,34 @@ Deno.test("two relays on one Redis: a nickname clash across them gives max(1); j
   });
 });
 
+Deno.test("relays with another secret, or none, on the same Redis form a cluster apart: an open relay there opened every session of the secured ones", async () => {
+  await using redis = await startRedis({ persist: false });
+  await using secured = startRelay({ redis: redis.url, secret: "right" });
+  await using twin = startRelay({ redis: redis.url, secret: "right" });
+  await using open = startRelay({ redis: redis.url });
+  await using other = startRelay({ redis: redis.url, secret: "another" });
+  const join = (url: string, nickname: string, secret?: string) =>
+    RelayNode.connect(url, { session: "private", nickname, ...(secret ? { secret } : {}) });
+  await using victim = await join(secured.url, "victim", "right");
+  // The same secret on another relay: one cluster, as before.
+  await using friend = await join(twin.url, "friend", "right");
+  assert.deepEqual(friend.members.map((m) => m.nickname), ["victim"]);
+  // Without the secret, or with another, the session is another one: nobody is there.
+  await using intruder = await join(open.url, "intruder");
+  await using stranger = await join(other.url, "stranger", "another");
+  assert.deepEqual(intruder.members, []);
+  assert.deepEqual(stranger.members, []);
+  assert.equal(intruder.nickname, "intruder");
+  // The secured session hears of neither, and its messages reach only its own.
+  const atFriend = recordEvents(friend);
+  const atIntruder = recordEvents(intruder);
+  victim.send("for friends only");
+  await atFriend.until(() => atFriend.texts.includes("for friends only"), "the friend hearing it");
+  await within(30_000, "the victim's flush", victim.flush());
+  assert.deepEqual(atIntruder.texts, []);
+  assert.deepEqual(victim.members.map((m) => m.nickname), ["friend"]);
+});
+
 Deno.test("two relays on one Redis: 400 numbered messages each way between nodes on different relays, none lost, none twice, in order", async () => {
   await using redis = await startRedis();
   await using one = startRelay({ redis: redis.url, rate: 100_000 });

@@ -22,7 +22,31 @@ const log = getLogger(["immortal", "relay", "cluster"]);
 const HEARTBEAT_EVERY = 1000;
 /** A relay not heard for this long is dead: its nodes are announced gone (~3-4 s after it died). */
 const HEARTBEAT_TTL = 3000;
-const PREFIX = "immortal:relay:";
+/** Where a cluster of relays without a secret keeps its keys; see {@linkcode clusterPrefix}. */
+const OPEN_PREFIX = "immortal:relay:";
+
+/**
+ * The key prefix of the cluster of relays that share `secret`. Relays with
+ * another secret, or none, on the same Redis form a cluster apart: an open
+ * relay joined to a secured one's keys would open all its sessions to
+ * anyone. The prefix carries a fingerprint of the secret (64 bits of an
+ * HMAC), not the secret.
+ */
+export async function clusterPrefix(secret: string | undefined): Promise<string> {
+  if (secret === undefined) return OPEN_PREFIX;
+  const key = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(secret),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const mac = new Uint8Array(
+    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode("immortal relay cluster keys")),
+  );
+  const fingerprint = [...mac.subarray(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `${OPEN_PREFIX}s:${fingerprint}:`;
+}
 
 /** A message as it fans out to every relay. */
 export type ClusterMessage = HistoryEntry;
@@ -131,6 +155,8 @@ export interface ClusterSettings {
   maxSessions: number;
   /** A Redis command not answered within this many ms fails (a Redis that is down or stalled). */
   commandTimeout: number;
+  /** Where its keys go: {@linkcode clusterPrefix} of the relays' secret. */
+  prefix: string;
 }
 
 type RedisClient = ReturnType<typeof createClient>;
@@ -170,6 +196,10 @@ export class RelayCluster {
   /** This relay's id in the cluster. */
   readonly id: string = newJoinToken();
   #settings: ClusterSettings;
+  /** Where this cluster's keys and channels are (a getter: used before the constructor's body). */
+  get #prefix(): string {
+    return this.#settings.prefix;
+  }
   #events: ClusterEvents;
   #redis: RedisClient;
   #sub: RedisClient;
@@ -259,7 +289,7 @@ export class RelayCluster {
     let subscription = this.#rooms.get(hex);
     if (!subscription) {
       const ready = (async () => {
-        const channel = `${PREFIX}c:${hex}`;
+        const channel = `${this.#prefix}c:${hex}`;
         this.#staleChannels.delete(channel);
         await this.#timed(
           this.#ready(this.#sub).then(() => this.#sub.subscribe(channel, this.#listener)),
@@ -298,13 +328,15 @@ export class RelayCluster {
     const subscription = this.#rooms.get(hex);
     if (!subscription || --subscription.refs > 0) return;
     this.#rooms.delete(hex);
-    this.#unsubscribe(`${PREFIX}c:${hex}`);
+    this.#unsubscribe(`${this.#prefix}c:${hex}`);
   }
 
   #unsubscribe(channel: string): void {
     this.#timed(this.#sub.unsubscribe(channel)).catch(() => {
       // Still subscribed in Redis: its messages are ignored here until a retry gets through.
-      if (!this.#rooms.has(channel.slice(PREFIX.length + 2))) this.#staleChannels.add(channel);
+      if (!this.#rooms.has(channel.slice(this.#prefix.length + 2))) {
+        this.#staleChannels.add(channel);
+      }
     });
   }
 
@@ -411,13 +443,13 @@ export class RelayCluster {
   /** Tells the other relays where to open pipes to this one (kept with every heartbeat). */
   advertise(url: string): void {
     this.#pipeUrl = url;
-    this.#command(["HSET", `${PREFIX}urls`, this.id, url])
+    this.#command(["HSET", `${this.#prefix}urls`, this.id, url])
       .catch(() => {}); // the next heartbeat says it again
   }
 
   /** Where relay `id` takes pipes, if it said. */
   async relayUrl(id: string): Promise<string | null> {
-    return await this.#command(["HGET", `${PREFIX}urls`, id]) as string | null;
+    return await this.#command(["HGET", `${this.#prefix}urls`, id]) as string | null;
   }
 
   /**
@@ -432,8 +464,8 @@ export class RelayCluster {
       this.#keyAt = Date.now();
       this.#keyReading = true;
       try {
-        await this.#command(["SET", `${PREFIX}key`, newJoinToken(), "NX"]);
-        return await this.#command(["GET", `${PREFIX}key`]) as string;
+        await this.#command(["SET", `${this.#prefix}key`, newJoinToken(), "NX"]);
+        return await this.#command(["GET", `${this.#prefix}key`]) as string;
       } finally {
         this.#keyReading = false;
       }
@@ -469,7 +501,7 @@ export class RelayCluster {
   async member(room: string, nickname: string): Promise<{ role: RelayRole; relay: string } | null> {
     const record = await this.#command([
       "HGET",
-      `${PREFIX}r:${roomKey(room)}:m`,
+      `${this.#prefix}r:${roomKey(room)}:m`,
       nickname,
     ]) as string | null;
     if (record === null) return null;
@@ -482,7 +514,7 @@ export class RelayCluster {
     const fields = event.kind === "offer"
       ? ["o", event.id, event.from, event.to, event.relay]
       : ["q", event.id, event.relay, event.why, event.reason];
-    await this.#command(["PUBLISH", `${PREFIX}c:${roomKey(room)}`, fields.join("\n")]);
+    await this.#command(["PUBLISH", `${this.#prefix}c:${roomKey(room)}`, fields.join("\n")]);
   }
 
   /** Heartbeats Redis answered so far. */
@@ -517,7 +549,7 @@ export class RelayCluster {
    * the command may still run later, which every script allows for.
    */
   #run(name: ScriptName, ...args: (string | number)[]): Promise<unknown> {
-    const argv = [PREFIX, ...args].map(String);
+    const argv = [this.#prefix, ...args].map(String);
     const run = async () => {
       await this.#ready(this.#redis);
       let sha = this.#shas.get(name);
@@ -700,7 +732,7 @@ export class RelayCluster {
    */
   async #letGhostsGo(): Promise<void> {
     this.#suspectGhosts = false;
-    const held = await this.#command(["SMEMBERS", `${PREFIX}relay:${this.id}`]) as string[];
+    const held = await this.#command(["SMEMBERS", `${this.#prefix}relay:${this.id}`]) as string[];
     for (const entry of held) {
       const cut = entry.indexOf("\n");
       const hex = entry.slice(0, cut);
@@ -735,7 +767,7 @@ export class RelayCluster {
       const chunk = rooms.slice(i, i + 500);
       const values = await this.#command([
         "MGET",
-        ...chunk.flatMap(([hex]) => [`${PREFIX}r:${hex}:o`, `${PREFIX}r:${hex}:e`]),
+        ...chunk.flatMap(([hex]) => [`${this.#prefix}r:${hex}:o`, `${this.#prefix}r:${hex}:e`]),
       ]) as (string | null)[];
       chunk.forEach(([hex, subscription], j) => {
         const latest = Number(values[2 * j] ?? 0);
@@ -761,7 +793,7 @@ export class RelayCluster {
 
   #received(channel: string, text: string): void {
     if (this.#closed) return;
-    const hex = channel.slice(PREFIX.length + 2);
+    const hex = channel.slice(this.#prefix.length + 2);
     const subscription = this.#rooms.get(hex);
     if (!subscription) return;
     const room = subscription.room;

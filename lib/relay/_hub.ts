@@ -210,7 +210,8 @@ export class Hub {
     this.#timer = setInterval(() => this.sweep(), this.#sweepEvery);
     const url = settings.redis;
     if (url !== undefined) {
-      this.#clusterReady = import("./_cluster.ts").then(({ RelayCluster }) => {
+      this.#clusterReady = import("./_cluster.ts").then(async ({ clusterPrefix, RelayCluster }) => {
+        const prefix = await clusterPrefix(settings.secret);
         const cluster = new RelayCluster({
           url,
           historyLength: settings.historyLength,
@@ -219,6 +220,7 @@ export class Hub {
           maxNodesPerSession: settings.maxNodesPerSession,
           maxSessions: settings.maxSessions,
           commandTimeout: settings.redisTimeout,
+          prefix,
         }, {
           message: (room, entry) => this.#fromCluster(room, entry),
           presence: (room, event) => this.#presenceFromCluster(room, event),
