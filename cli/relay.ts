@@ -283,10 +283,15 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     port: v.port !== undefined ? parsePort("--port", v.port, true) : file.port ?? 8080,
     secret,
     metricsToken,
-    keepAlive: ms("keep-alive"),
+    keepAlive: atLeast(ms("keep-alive"), 100, "--keep-alive", "nodes could not answer in time"),
     maxSessions: num("max-sessions"),
     maxNodesPerSession: num("max-nodes"),
-    maxMessageBytes: num("max-message-bytes"),
+    maxMessageBytes: atLeast(
+      num("max-message-bytes"),
+      512,
+      "--max-message-bytes",
+      "a hello must fit",
+    ),
     maxNicknameLength: num("max-nickname"),
     rate: num("rate", false),
     authTimeout: ms("auth-timeout"),
@@ -404,6 +409,14 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
     // Redis refusing this relay for good (a wrong password, say) ends it: exit 1, saying why.
     failed: server.finished.then(() => new Promise<never>(() => {})),
   };
+}
+
+/** `value` (when given) if at least `min`; else a usage error naming `flag`, and why. */
+function atLeast(value: number | undefined, min: number, flag: string, why: string) {
+  if (value !== undefined && value < min) {
+    throw new UsageError(`${flag} must be at least ${min} (${why}), got ${value}`);
+  }
+  return value;
 }
 
 if (import.meta.main) {

@@ -174,6 +174,14 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [["--history-age", "soon"], /--history-age must be a whole number of milliseconds/],
     [["--hostname", ""], /--hostname is empty/],
     [
+      ["--max-message-bytes", "10"],
+      /--max-message-bytes must be at least 512 \(a hello must fit\), got 10/,
+    ],
+    [
+      ["--keep-alive", "10"],
+      /--keep-alive must be at least 100 \(nodes could not answer in time\), got 10/,
+    ],
+    [
       ["--trusted-proxy", "10.0.0.2,proxy.example"],
       /--trusted-proxy takes IP addresses, got "proxy\.example"/,
     ],

@@ -156,7 +156,10 @@ export class Relay implements Disposable {
           hub,
           401,
           "unauthorized",
-          "the metrics need the metrics token (or the relay secret): Authorization: Bearer TOKEN",
+          // The one that works: with a metrics token, the secret does not.
+          `the metrics need the ${
+            hub.settings.metricsToken === undefined ? "relay secret" : "metrics token"
+          }: Authorization: Bearer TOKEN`,
         );
       case `GET ${PATHS.ws}`:
         return acceptWebSocket(hub, req, this.#source(req, info));
