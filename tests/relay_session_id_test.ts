@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { RelayNode, RelayRefusedError, type RelayTransportKind } from "../mod.ts";
 import { startRelay, waitForEvent } from "./_relay.ts";
+import { renderRecord, waitUntil, withLogs } from "./_helpers.ts";
 
 const TRANSPORTS: RelayTransportKind[] = ["websocket", "http"];
 
@@ -71,4 +72,26 @@ Deno.test("relay: a session id with a control character is refused with a reason
     );
   }
   assert.equal(relay.relay.stats.nodes, 0);
+});
+
+Deno.test("a session id that reads as log text of its own is quoted in the relay's log: no node writes lines for the operator", async () => {
+  const lines = await withLogs(async (records) => {
+    await using relay = startRelay();
+    await using eve = await RelayNode.connect(relay.url, {
+      session: "ops as peer; Node admin left",
+      nickname: "eve",
+    });
+    await eve.close();
+    // The relay logs the leave as the bye reaches it.
+    await waitUntil(
+      () => records.some((r) => renderRecord(r).startsWith("Node eve left")),
+      "the leave logged",
+    );
+    return records.map(renderRecord);
+  });
+  assert.ok(
+    lines.includes('Node eve joined "ops as peer; Node admin left" as peer'),
+    lines.join("\n"),
+  );
+  assert.ok(lines.includes('Node eve left "ops as peer; Node admin left"'), lines.join("\n"));
 });

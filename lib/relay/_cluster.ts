@@ -15,6 +15,7 @@ import { HEARTBEAT, JOIN, LEAVE, MESSAGE, SINCE } from "./_cluster_scripts.ts";
 import type { HistoryEntry } from "./_history.ts";
 import type { RelayMember, RelayRole } from "./_protocol.ts";
 import { newJoinToken } from "./_secret.ts";
+import { shownName } from "./_shown_name.ts";
 
 const log = getLogger(["immortal", "relay", "cluster"]);
 
@@ -740,8 +741,8 @@ export class RelayCluster {
       const room = roomName(hex);
       if (this.#closed || this.#events.holds(room, nickname)) continue;
       log.warn("Node {nickname} of {room} was left in Redis by a failed join or leave: gone", {
-        nickname,
-        room,
+        nickname: shownName(nickname),
+        room: shownName(room),
       });
       await this.#run(
         "leave",
@@ -860,7 +861,9 @@ export class RelayCluster {
     if (subscription.waiting) return this.#wait(subscription, message);
     if (message.epoch !== subscription.epoch) {
       if (subscription.epoch !== "") {
-        log.warn("Redis lost the history of {room}: its offsets start again", { room });
+        log.warn("Redis lost the history of {room}: its offsets start again", {
+          room: shownName(room),
+        });
         subscription.lastOffset = 0;
       }
       subscription.epoch = message.epoch;
@@ -906,7 +909,9 @@ export class RelayCluster {
         const lost = subscription.epoch !== "";
         subscription.epoch = epoch;
         if (lost) {
-          log.warn("Redis lost the history of {room}: its offsets start again", { room });
+          log.warn("Redis lost the history of {room}: its offsets start again", {
+            room: shownName(room),
+          });
           subscription.lastOffset = 0;
           if (from > 0) {
             // What was read starts at the old offset: read the new history from its start.
@@ -920,7 +925,7 @@ export class RelayCluster {
         const count = entries[0].offset - from - 1;
         log.warn("{count} messages of {room} were trimmed from its history before they were seen", {
           count,
-          room,
+          room: shownName(room),
         });
         this.#events.trimmed(room, count);
       }

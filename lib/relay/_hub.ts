@@ -26,6 +26,7 @@ import type { HistoryEntry } from "./_history.ts";
 import { type Arrival, DETACHED, Member, Room, type Sink } from "./_room.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { newJoinToken, secretsEqual } from "./_secret.ts";
+import { shownName } from "./_shown_name.ts";
 import type { RelaySettings } from "./_settings.ts";
 import { errorMessage } from "../_util.ts";
 import type { RelayConnectionStats } from "./_http_server.ts";
@@ -396,7 +397,11 @@ export class Hub {
     this.#counters.joins++;
     this.#welcome(member, hello, extra.stream);
     this.#announce(member, encodeFrame({ t: "join", nickname, role }));
-    log.info("Node {nickname} joined {session} as {role}", { nickname, session: id, role });
+    log.info("Node {nickname} joined {session} as {role}", {
+      nickname: shownName(nickname),
+      session: shownName(id),
+      role,
+    });
     return member;
   }
 
@@ -511,9 +516,9 @@ export class Hub {
     if (room.members.get(member.nickname) !== member) return;
     // Said by the relay that held the node's connection, in a cluster too.
     log.info("Node {nickname} {verb} {session}{why}", {
-      nickname: member.nickname,
+      nickname: shownName(member.nickname),
       verb: reason === "left" ? "left" : "is gone from",
-      session: room.id,
+      session: shownName(room.id),
       why: why === undefined ? "" : ` (${why})`,
     });
     if (this.#cluster) {
@@ -521,7 +526,7 @@ export class Hub {
       this.#dropLocal(member);
       this.#cluster.leave(room.id, member.nickname, reason).catch((error) =>
         log.warn("Could not tell the cluster that {nickname} {verb}: {reason}", {
-          nickname: member.nickname,
+          nickname: shownName(member.nickname),
           verb: reason === "left" ? "left" : "is gone",
           reason: errorMessage(error),
         })
@@ -697,8 +702,8 @@ export class Hub {
     }
     this.#counters.slowDisconnects++;
     log.warn("Node {nickname} in {session} disconnected: its queue is full (a slow reader)", {
-      nickname: member.nickname,
-      session: member.room.id,
+      nickname: shownName(member.nickname),
+      session: shownName(member.room.id),
     });
     const sink = member.sink;
     if (member.id !== undefined) {
@@ -806,12 +811,15 @@ export class Hub {
     const [what, count] = limit === "max-nodes"
       ? ["the session has reached its node limit", this.settings.maxNodesPerSession]
       : ["the relay has reached its session limit", this.settings.maxSessions];
-    this.#logs.event(limit, `Refused a node in ${session}: ${what} (${count})`);
+    this.#logs.event(limit, `Refused a node in ${shownName(session)}: ${what} (${count})`);
     return new JoinRefused(503, "full", what);
   }
 
   #backAgain(nickname: string, session: string): void {
-    this.#returns.event(`${session}\n${nickname}`, `Node ${nickname} is back in ${session}`);
+    this.#returns.event(
+      `${session}\n${nickname}`,
+      `Node ${shownName(nickname)} is back in ${shownName(session)}`,
+    );
   }
 
   #badSuffix(): JoinRefused {
@@ -871,7 +879,7 @@ export class Hub {
         throw new JoinRefused(
           503,
           "unavailable",
-          this.storeUnreachable(error, `Refused a node in ${id}`),
+          this.storeUnreachable(error, `Refused a node in ${shownName(id)}`),
         );
       }
       const now = this.#clock();
@@ -927,8 +935,8 @@ export class Hub {
       }
       if (result.kind === "join") {
         log.info("Node {nickname} joined {session} as {role}", {
-          nickname: member.nickname,
-          session: id,
+          nickname: shownName(member.nickname),
+          session: shownName(id),
           role: member.role,
         });
       } else this.#backAgain(member.nickname, id);
@@ -1013,7 +1021,7 @@ export class Hub {
       // The node resends it once it is back, through this relay or another.
       if (from.sink !== sink) return;
       log.warn("Node {nickname}: Redis did not take its message ({reason}); it will resend", {
-        nickname: from.nickname,
+        nickname: shownName(from.nickname),
         reason,
       });
       from.detach(this.#clock());

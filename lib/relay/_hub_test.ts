@@ -335,7 +335,7 @@ Deno.test("hub: refusals are counted by a closed set of reasons, and a full rela
     const ok = { t: "hello", session: "s", nickname: "n" };
     h.hub.admit(ok, "right", sink);
     assert.throws(() => h.hub.admit(ok, "right", new FakeSink()), { status: 503, code: "full" });
-    // Braces in a session id are text: the log line keeps them (as a template, it lost them).
+    // Braces in a session id are text: the log line keeps them, quoted (as a template, it lost them).
     assert.throws(() => h.hub.admit({ ...ok, session: "{t}" }, "right", new FakeSink()), {
       status: 503,
       code: "full",
@@ -350,7 +350,7 @@ Deno.test("hub: refusals are counted by a closed set of reasons, and a full rela
     for (
       const line of [
         "Refused a node in s: the session has reached its node limit (1)",
-        "Refused a node in {t}: the relay has reached its session limit (1)",
+        "Refused a node in \"{t}\": the relay has reached its session limit (1)",
       ]
     ) assert.ok(lines.includes(line), lines.join("\n"));
     return Promise.resolve();

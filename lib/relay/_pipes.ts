@@ -42,6 +42,7 @@ import { encodeFrame, PATHS, PIPE_HEADERS, type RelayErrorCode } from "./_protoc
 import { type Member, roleHears } from "./_room.ts";
 import type { ServerWebSocket } from "./_server_websocket.ts";
 import { secretsEqual } from "./_secret.ts";
+import { shownName } from "./_shown_name.ts";
 
 const log = getLogger(["immortal", "relay", "pipe"]);
 
@@ -593,8 +594,8 @@ export class PipeEndpoint {
     } catch (error) {
       const message = `cannot reach the relay of ${offered.from}: ${errorMessage(error)}`;
       log.warn("Pipe {from} -> {to}: {message}", {
-        from: offered.from,
-        to: offered.to.nickname,
+        from: shownName(offered.from),
+        to: shownName(offered.to.nickname),
         message,
       });
       // The dialing node hears it now, not at its timeout.
@@ -731,7 +732,7 @@ export class PipeEndpoint {
     this.#counters.opened++;
     const members = [from, to].filter((end): end is Member => typeof end !== "string");
     for (const end of members) this.#perNode.set(end, (this.#perNode.get(end) ?? 0) + 1);
-    const names = { from: nicknameOf(from), to: nicknameOf(to) };
+    const names = { from: shownName(nicknameOf(from)), to: shownName(nicknameOf(to)) };
     log.debug("Pipe {from} -> {to} open", names);
     const copied = a.socket && b.socket
       ? this.#forwardMessages(a.socket, b.socket)
