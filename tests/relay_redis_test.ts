@@ -692,3 +692,29 @@ Deno.test("cluster-wide limits: nodes per session and sessions count across rela
     /session limit/,
   );
 });
+
+Deno.test("a relay whose Redis has not answered yet is not up: /healthz says 503 from the start, not 200 until the first failure", async () => {
+  // Takes the connection, never answers (a TLS Redis spoken to in plain, a stuck one).
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const connected = Promise.withResolvers<void>();
+  const accepting = (async () => {
+    for await (const conn of silent) {
+      held.push(conn);
+      connected.resolve();
+    }
+  })();
+  const relay = startRelay({ redis: `redis://127.0.0.1:${silent.addr.port}` });
+  try {
+    // The relay's Redis client has dialed: its cluster is there, waiting for an answer.
+    await within(30_000, "the relay dialing its Redis", connected.promise);
+    const health = await fetch(`${relay.url}/healthz`);
+    assert.equal(health.status, 503);
+    assert.equal((await health.json()).status, "unavailable");
+  } finally {
+    await relay.shutdown();
+    silent.close();
+    for (const conn of held) conn.close();
+    await accepting;
+  }
+});

@@ -223,6 +223,8 @@ export class RelayCluster {
   #staleChannels = new Set<string>();
   #closed = false;
   #healthy = true;
+  /** Redis has answered once: until then, the relay is not up. */
+  #answered = false;
   /** Where other relays open pipes to this one ('' until told). */
   #pipeUrl = "";
   #key: Promise<string> | null = null;
@@ -525,8 +527,9 @@ export class RelayCluster {
 
   /** Whether Redis answered the last heartbeat, and neither connection to it is down. */
   get healthy(): boolean {
-    // Joins need both connections: commands, and pub/sub for the room.
-    return this.#healthy && this.#down.size === 0;
+    // Joins need both connections: commands, and pub/sub for the room; and
+    // before Redis first answered, nothing says it will.
+    return this.#answered && this.#healthy && this.#down.size === 0;
   }
 
   /** Leaves the cluster: stops the heartbeat (the others sweep this relay's nodes) and disconnects. */
@@ -783,7 +786,7 @@ export class RelayCluster {
 
   #healthyAgain(): void {
     if (!this.#healthy && !this.#closed) log.info("Redis answers again");
-    this.#healthy = true;
+    this.#healthy = this.#answered = true;
   }
 
   #unhealthy(reason: string): void {
