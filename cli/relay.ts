@@ -264,9 +264,9 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
       throw new UsageError("--cluster-address is for relays sharing sessions: it needs --redis");
     }
     try {
-      clusterAddress(v["cluster-address"], "");
+      clusterAddress(v["cluster-address"], "", "--cluster-address");
     } catch (error) {
-      throw new UsageError(`--cluster-address: ${errorMessage(error)}`);
+      throw new UsageError(errorMessage(error));
     }
   }
   const num = (flag: keyof typeof v, integer = true) =>

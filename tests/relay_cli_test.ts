@@ -204,7 +204,7 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [["--cluster-address", "127.0.0.1:9000"], /--cluster-address .* needs --redis/],
     [
       ["--redis", "redis://127.0.0.1:1", "--cluster-address", "0.0.0.0:9000"],
-      /--cluster-address: .*an address they reach, not "0\.0\.0\.0"/,
+      /^error: --cluster-address is told to the other relays, so it must be an address they reach, not "0\.0\.0\.0"$/m,
     ],
     [["--redis", "redis://127.0.0.1:1", "--cluster-address", "a:b:c"], /must be host:port/],
     [["--secret-file", "/nonexistent/secret"], /cannot read secret file/],

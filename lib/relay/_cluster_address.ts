@@ -11,6 +11,7 @@ const WILDCARDS = ["0.0.0.0", "::", "[::]", ""];
 export function clusterAddress(
   address: string | undefined,
   hostname: string,
+  name = "clusterAddress",
 ): { hostname: string; port: number } {
   if (address === undefined) {
     return { hostname: WILDCARDS.includes(hostname) ? "127.0.0.1" : hostname, port: 0 };
@@ -18,12 +19,12 @@ export function clusterAddress(
   const match = /^(\[[^\]]+\]|[^:\[\]]+)(?::(\d{1,5}))?$/.exec(address);
   const port = Number(match?.[2] ?? 0);
   if (!match || port > 65535) {
-    throw new RangeError(`clusterAddress must be host:port or host, got "${address}"`);
+    throw new RangeError(`${name} must be host:port or host, got "${address}"`);
   }
   const host = match[1].replace(/^\[|\]$/g, "");
   if (WILDCARDS.includes(host)) {
     throw new RangeError(
-      `clusterAddress is told to the other relays, so it must be an address they reach, not "${host}"`,
+      `${name} is told to the other relays, so it must be an address they reach, not "${host}"`,
     );
   }
   return { hostname: host, port };

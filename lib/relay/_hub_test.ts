@@ -350,7 +350,7 @@ Deno.test("hub: refusals are counted by a closed set of reasons, and a full rela
     for (
       const line of [
         "Refused a node in s: the session has reached its node limit (1)",
-        "Refused a node in \"{t}\": the relay has reached its session limit (1)",
+        'Refused a node in "{t}": the relay has reached its session limit (1)',
       ]
     ) assert.ok(lines.includes(line), lines.join("\n"));
     return Promise.resolve();
