@@ -311,6 +311,12 @@ Deno.test("a relay whose Redis refuses its password stops, saying why; one whose
     );
     const said = records.map(renderRecord).filter((line) => line.includes("WRONGPASS"));
     assert.equal(said.length, 1, said.join("\n"));
+    // A database Redis does not have will not come either: stop, saying which part is wrong.
+    await using nowhere = startRelay({ redis: `${redis.url}/99` });
+    await assert.rejects(
+      within(30_000, "the relay stopping", nowhere.finished),
+      /Redis refuses this relay: ERR DB index is out of range.*the database number at the end of the Redis URL/,
+    );
   });
   // Nothing listens on this port: every join is refused, now, not after the command timeout;
   // the log says why, the node is not told where Redis is.

@@ -994,5 +994,8 @@ function refusalToMend(error: unknown): string | null {
   if (/^NOPERM/.test(text)) {
     return `Redis refuses this relay: ${text} (its Redis user lacks a permission the relay needs)`;
   }
+  if (/^ERR DB index is out of range/.test(text)) {
+    return `Redis refuses this relay: ${text} (the database number at the end of the Redis URL)`;
+  }
   return null;
 }
