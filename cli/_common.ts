@@ -6,7 +6,7 @@
  */
 
 import { configure, getLogger, type Logger, type LogLevel, type LogRecord } from "@logtape/logtape";
-import { errorMessage, isNotCapable, parsePortText } from "../lib/_util.ts";
+import { errorMessage, isIpv4, isNotCapable, parsePortText } from "../lib/_util.ts";
 
 /** A mistake in how the command was called: one line, exit code 2. */
 export class UsageError extends Error {}
@@ -78,12 +78,7 @@ export function parseHost(what: string, given: string): string {
   // Digits and dots are an IPv4 address, four numbers of at most 255, no leading
   // zeros (read as octal by some); else a name (256.1.1.1 and 1.2.3 are neither).
   if (/^[\d.]+$/.test(text)) {
-    const octets = text.split(".");
-    if (
-      octets.length !== 4 || octets.some((o) => !/^(0|[1-9]\d{0,2})$/.test(o) || Number(o) > 255)
-    ) {
-      throw bad();
-    }
+    if (!isIpv4(text)) throw bad();
     return text;
   }
   if (text.length > 253 || !/^[A-Za-z0-9_]([\w.-]*[\w.])?$/.test(text)) throw bad();

@@ -15,7 +15,7 @@ import { clusterAddress } from "../lib/relay/_cluster_address.ts";
 import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
-import { redactedUrl, redisUrl, relaySettings } from "../lib/relay/_settings.ts";
+import { MIN_MESSAGE_BYTES, redactedUrl, redisUrl, relaySettings } from "../lib/relay/_settings.ts";
 import { canonicalIp } from "../lib/relay/_request_source.ts";
 import {
   type FileArgs,
@@ -288,7 +288,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     maxNodesPerSession: num("max-nodes"),
     maxMessageBytes: atLeast(
       num("max-message-bytes"),
-      512,
+      MIN_MESSAGE_BYTES,
       "--max-message-bytes",
       "a hello must fit",
     ),

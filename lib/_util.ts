@@ -259,6 +259,16 @@ export function tlsFailureKind(
   return null;
 }
 
+/**
+ * Whether `text` is an IPv4 address in dotted form: four numbers of at most
+ * 255, without leading zeros (some read those as octal: `010` is 8).
+ */
+export function isIpv4(text: string): boolean {
+  const octets = text.split(".");
+  return octets.length === 4 &&
+    octets.every((octet) => /^(0|[1-9]\d{0,2})$/.test(octet) && Number(octet) <= 255);
+}
+
 /** What to do about a `ca-as-server` certificate, for every error that meets one. */
 export const CA_AS_SERVER_ADVICE =
   "it is a CA certificate, which TLS does not take as a server's: " +

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type ClusterMessage, RelayCluster } from "../lib/relay/_cluster.ts";
+import { type ClusterMessage, clusterPrefix, RelayCluster } from "../lib/relay/_cluster.ts";
 import { Hub } from "../lib/relay/_hub.ts";
 import type { HelloFrame, WelcomeFrame } from "../lib/relay/_protocol.ts";
 import { relaySettings } from "../lib/relay/_settings.ts";
@@ -609,4 +609,11 @@ Deno.test("cluster: a command waiting when the relay leaves the cluster fails th
     await raw.sendCommand(["CLIENT", "UNPAUSE"]);
     cluster.close();
   }
+});
+
+Deno.test("cluster key prefix: as PROTOCOL.md 2.22 gives it, open relays' and each secret's apart", async () => {
+  assert.equal(await clusterPrefix(undefined), "immortal:relay:");
+  // HMAC-SHA256(key "right", "immortal relay cluster keys"), its first 8 bytes in hex.
+  assert.equal(await clusterPrefix("right"), "immortal:relay:s:de743e9b0616e670:");
+  assert.notEqual(await clusterPrefix("another"), await clusterPrefix("right"));
 });

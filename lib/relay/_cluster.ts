@@ -16,6 +16,7 @@ import type { HistoryEntry } from "./_history.ts";
 import type { RelayMember, RelayRole } from "./_protocol.ts";
 import { newJoinToken } from "./_secret.ts";
 import { shownName } from "./_shown_name.ts";
+import { hex, hmacKey } from "../conn/_handshake.ts";
 
 const log = getLogger(["immortal", "relay", "cluster"]);
 
@@ -35,18 +36,9 @@ const OPEN_PREFIX = "immortal:relay:";
  */
 export async function clusterPrefix(secret: string | undefined): Promise<string> {
   if (secret === undefined) return OPEN_PREFIX;
-  const key = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(secret),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  const mac = new Uint8Array(
-    await crypto.subtle.sign("HMAC", key, new TextEncoder().encode("immortal relay cluster keys")),
-  );
-  const fingerprint = [...mac.subarray(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
-  return `${OPEN_PREFIX}s:${fingerprint}:`;
+  const key = await hmacKey(utf8.encode(secret));
+  const mac = await crypto.subtle.sign("HMAC", key, utf8.encode("immortal relay cluster keys"));
+  return `${OPEN_PREFIX}s:${hex(new Uint8Array(mac, 0, 8))}:`;
 }
 
 /** A message as it fans out to every relay. */
@@ -973,8 +965,7 @@ function roomName(hex: string): string {
 
 /** Only a hash of each join token is stored: Redis (and its backups) cannot act as a node. */
 async function tokenHash(token: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token));
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  return hex(new Uint8Array(await crypto.subtle.digest("SHA-256", utf8.encode(token))));
 }
 
 /**

@@ -242,6 +242,11 @@ export class Hub {
     }
   }
 
+  /** Closed: its nodes were told to go, and none may join again. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /** Counters and gauges. */
   get stats(): RelayStats {
     let sessions = 0, historyMessages = 0, detached = 0;

@@ -66,17 +66,12 @@ export class PipeAcceptor extends LinkQueue implements Acceptor<Deno.NetAddr> {
 /**
  * `link`, named by the node at its other end: its socket's peer is the relay,
  * and a log line that named the relay ("Refused 10.0.0.5:443: wrong key")
- * would blame the wrong host.
+ * would blame the wrong host. Named in place: a wrapper would add a call to
+ * every read and write of the pipe.
  */
 function throughRelay(link: Link, nickname: string): Link {
-  return {
-    read: (buffer) => link.read(buffer),
-    write: (data) => link.write(data),
-    close: () => link.close(),
-    localAddr: link.localAddr,
-    remoteAddr: link.remoteAddr,
-    peer: `${nickname} (through the relay at ${formatAddr(link.remoteAddr)})`,
-  };
+  const peer = `${nickname} (through the relay at ${formatAddr(link.remoteAddr)})`;
+  return Object.defineProperty(link, "peer", { value: peer, enumerable: true });
 }
 
 /** A node's pipes: dialers by nickname, and the acceptor of offered pipes. */

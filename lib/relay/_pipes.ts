@@ -34,7 +34,7 @@ import { openWebSocketLink } from "../link/_websocket_client.ts";
 import type { ClusterPipeEvent } from "./_cluster.ts";
 import { ByteQueue } from "../link/_byte_queue.ts";
 import { fetchWithClusterKey, forwardToOwner, openWithClusterKey, ownedId } from "./_forward.ts";
-import type { Hub } from "./_hub.ts";
+import { type Hub, SHUTTING_DOWN } from "./_hub.ts";
 import { refuseRequest } from "./_http.ts";
 import { HOP_BY_HOP } from "./_http1_response.ts";
 import { connectionOf } from "./_http_server.ts";
@@ -310,7 +310,7 @@ export class PipeEndpoint {
   close(): void {
     for (const [id, offered] of this.#offered) this.#forget(id, offered);
     for (const pending of this.#pending.values()) {
-      pending.answer.resolve({ status: 503, code: "full", message: "the relay is shutting down" });
+      pending.answer.resolve({ status: 503, code: "full", message: SHUTTING_DOWN });
     }
     for (const [a, b] of this.#open) {
       a.close();
@@ -381,16 +381,7 @@ export class PipeEndpoint {
         from: from.nickname,
         to,
         relay: cluster.id,
-      }).catch((error) =>
-        pending.answer.resolve({
-          status: 503,
-          code: "unavailable",
-          message: hub.storeUnreachable(
-            error,
-            `Refused a pipe from ${from.nickname} in ${from.room.id}`,
-          ),
-        })
-      );
+      }).catch((error) => pending.answer.resolve(this.#storeUnreachable(error, from)));
     }
     const answer = await pending.answer.promise;
     clearTimeout(timer);
@@ -611,6 +602,18 @@ export class PipeEndpoint {
     return opened.response;
   }
 
+  /** `from`'s pipe refused because Redis failed: logged for the operator, said to the node. */
+  #storeUnreachable(error: unknown, from: Member): Refusal {
+    return {
+      status: 503,
+      code: "unavailable",
+      message: this.#hub.storeUnreachable(
+        error,
+        `Refused a pipe from ${shownName(from.nickname)} in ${shownName(from.room.id)}`,
+      ),
+    };
+  }
+
   /**
    * In a cluster: `nickname` on another relay, if it is a member there
    * (its nickname), or why `from` may not open a pipe to it.
@@ -622,14 +625,7 @@ export class PipeEndpoint {
     try {
       member = await cluster.member(from.room.id, nickname);
     } catch (error) {
-      return {
-        status: 503,
-        code: "unavailable",
-        message: this.#hub.storeUnreachable(
-          error,
-          `Refused a pipe from ${from.nickname} in ${from.room.id}`,
-        ),
-      };
+      return this.#storeUnreachable(error, from);
     }
     if (!member || member.relay === cluster.id) return undefined;
     if (!roleHears(member.role, from.role)) return NOT_ALLOWED;

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { isIpv4 } from "../_util.ts";
 import { formatAddr } from "../link/link.ts";
 
 /** What a hop of `X-Forwarded-For` may look like: an address, maybe with a port. */
@@ -24,19 +25,14 @@ export function canonicalIp(text: string): string | null {
   const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(host);
   if (bracketed) host = bracketed[1];
   else if (/^[\d.]+:\d+$/.test(host)) host = host.slice(0, host.indexOf(":"));
-  if (/^\d+(\.\d+){3}$/.test(host)) {
-    return host.split(".").every((octet) => Number(octet) <= 255 && !/^0\d/.test(octet))
-      ? host
-      : null;
-  }
-  if (!host.includes(":")) return null;
+  if (!host.includes(":")) return isIpv4(host) ? host : null;
   let parsed: string;
   try {
     parsed = new URL(`http://[${host}]/`).hostname.slice(1, -1);
   } catch {
     return null;
   }
-  return /^::ffff:\d+(\.\d+){3}$/.test(parsed) ? parsed.slice(7) : mappedIpv4(parsed) ?? parsed;
+  return mappedIpv4(parsed) ?? parsed;
 }
 
 /** `::ffff:a0a:2` (as the URL parser writes a mapped address) as `10.10.0.2`; else null. */

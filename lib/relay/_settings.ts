@@ -9,6 +9,9 @@ import { describeValue, MAX_TIMER_MS } from "../_util.ts";
 import type { RelayOptions } from "./options.ts";
 import { canonicalIp } from "./_request_source.ts";
 
+/** The smallest `maxMessageBytes`: a hello must fit, or every join is refused as too large. */
+export const MIN_MESSAGE_BYTES = 512;
+
 /** A relay's settings with every default filled in. */
 export type RelaySettings = Required<Omit<RelayOptions, "secret" | "metricsToken" | "redis">> & {
   secret?: string;
@@ -75,7 +78,11 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     fadeAfter: duration("fadeAfter", options.fadeAfter ?? keepAlive * 2.5),
     maxSessions: positive("maxSessions", options.maxSessions ?? 10_000),
     maxNodesPerSession: positive("maxNodesPerSession", options.maxNodesPerSession ?? 1000),
-    maxMessageBytes: atLeast("maxMessageBytes", options.maxMessageBytes ?? 65_536, 512),
+    maxMessageBytes: atLeast(
+      "maxMessageBytes",
+      options.maxMessageBytes ?? 65_536,
+      MIN_MESSAGE_BYTES,
+    ),
     maxNicknameLength: positive("maxNicknameLength", options.maxNicknameLength ?? 32),
     rate: atLeastHalf(positive("rate", options.rate ?? 100)),
     authTimeout: duration("authTimeout", options.authTimeout ?? 5000),

@@ -42,7 +42,6 @@ export class Relay implements Disposable {
   #hub: Hub;
   #httpStreams: HttpStreamEndpoint;
   #pipes: PipeEndpoint;
-  #closed = false;
 
   /** Creates a relay; see {@linkcode RelayOptions}. A `RangeError` names a bad setting. */
   constructor(options: RelayOptions = {}) {
@@ -125,7 +124,7 @@ export class Relay implements Disposable {
     // Closed: its nodes were told to go; nothing new begins here (a node that
     // rejoined would hold the server's shutdown open), and a health check
     // hears it.
-    if (this.#closed) return refuseRequest(hub, 503, "unavailable", SHUTTING_DOWN);
+    if (hub.closed) return refuseRequest(hub, 503, "unavailable", SHUTTING_DOWN);
     const url = new URL(req.url);
     const { pathname } = url;
     switch (`${req.method} ${pathname}`) {
@@ -189,7 +188,6 @@ export class Relay implements Disposable {
    * the requests under way.
    */
   close(): void {
-    this.#closed = true;
     this.#hub.close();
     this.#httpStreams.close();
     this.#pipes.close();
