@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { RelayConnectError, RelayNode, RelayRefusedError } from "../mod.ts";
+import { ImmortalError, RelayConnectError, RelayNode, RelayRefusedError } from "../mod.ts";
 import { freePort, within } from "./_helpers.ts";
 import { recordEvents, startRelay, waitForEvent, welcomeAndDrop } from "./_relay.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
@@ -202,4 +202,119 @@ Deno.test("a relay that drops every node just after its welcome (its cluster sto
   // once: the gaps were a few ms, a storm of connections for as long as it lasted.
   const gaps = relay.gaps();
   assert.ok(gaps[0] >= 100 && gaps[1] >= 200 && gaps[2] >= 400, `gaps ${gaps.map(Math.round)}`);
+});
+
+/** A server that accepts connections and answers nothing: a dial to it waits for its timeout. */
+function silentServer() {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  let accepted = () => {};
+  const firstAccepted = new Promise<void>((resolve) => accepted = resolve);
+  const serving = (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      accepted();
+    }
+  })();
+  return {
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    firstAccepted,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      await serving;
+      for (const conn of conns) conn.close();
+    },
+  };
+}
+
+for (const transport of ["websocket", "http"] as const) {
+  Deno.test(`RelayNode.connect with a signal: aborting gives up a ${transport} dial the relay never answers, with the signal's reason`, async () => {
+    await using server = silentServer();
+    const abort = new AbortController();
+    const joining = RelayNode.connect(server.url, {
+      session: "s",
+      nickname: "n",
+      transport,
+      connectTimeout: 120_000,
+      signal: abort.signal,
+    });
+    await server.firstAccepted;
+    const reason = new Error("the user gave up");
+    abort.abort(reason);
+    // Without the signal, this waits out the two-minute timeout.
+    await assert.rejects(within(10_000, "connect given up", joining), (error) => error === reason);
+  });
+}
+
+Deno.test("RelayNode.connect with a signal: aborted before, nothing is dialed; aborted in the backoff between attempts, it rejects at once", async () => {
+  await using server = silentServer();
+  const before = AbortSignal.abort(new Error("never mind"));
+  await assert.rejects(
+    RelayNode.connect(server.url, { session: "s", nickname: "n", signal: before }),
+    /never mind/,
+  );
+  // A port nothing listens on: each attempt fails at once, then a minute's backoff.
+  const abort = new AbortController();
+  const joining = RelayNode.connect(`http://127.0.0.1:${freePort()}`, {
+    session: "s",
+    nickname: "n",
+    retries: 3,
+    backoff: { initial: 60_000, max: 60_000 },
+    signal: abort.signal,
+  });
+  abort.abort(new Error("stop waiting"));
+  await assert.rejects(within(10_000, "connect given up", joining), /stop waiting/);
+  // The first server was never dialed.
+  const dialed = await Promise.race([
+    server.firstAccepted.then(() => true),
+    Promise.resolve(false),
+  ]);
+  assert.equal(dialed, false);
+});
+
+for (const transport of ["websocket", "http"] as const) {
+  Deno.test(`RelayNode.connect with a signal: aborting once joined leaves the node (${transport}) connected`, async () => {
+    await using relay = startRelay();
+    const abort = new AbortController();
+    await using a = await RelayNode.connect(relay.url, {
+      session: "s",
+      nickname: "a",
+      transport,
+      signal: abort.signal,
+    });
+    const events = recordEvents(a);
+    abort.abort();
+    await using b = await RelayNode.connect(relay.url, { session: "s", nickname: "b" });
+    b.sendTo("a", "still there?");
+    await events.until(
+      () => events.events.some((e) => e.type === "message" && e.text === "still there?"),
+      "the message to a",
+    );
+    assert.equal(a.state, "connected");
+    assert.ok(!events.events.some((e) => e.type === "state" && e.state !== "connected"));
+  });
+}
+
+Deno.test("a closed RelayNode says so as an ImmortalError of code closed: send throws, a flush waiting for the relay rejects", async () => {
+  await using relay = startRelay();
+  const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
+  try {
+    const node = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+      session: "s",
+      nickname: "n",
+    });
+    // Nothing reaches the relay any more: the message waits for its acknowledgement.
+    proxy.blackhole();
+    node.send("into the void");
+    const flushing = node.flush();
+    await node.close();
+    const closed = (error: unknown) => error instanceof ImmortalError && error.code === "closed";
+    await assert.rejects(
+      flushing,
+      (error) => closed(error) && /closed with 1 unsent/.test(String(error)),
+    );
+    assert.throws(() => node.send("again"), closed);
+  } finally {
+    await proxy.close();
+  }
 });

@@ -91,9 +91,30 @@ export class HttpStreamTransport implements ClientTransport {
     settings: DialSettings,
     hello: HelloFrame,
     hooks: TransportHooks,
+    signal?: AbortSignal,
   ): Promise<OpenedTransport> {
+    signal?.throwIfAborted();
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), settings.timeout);
+    // The caller giving up ends the dial as the timeout does, with its reason.
+    const onAbort = () => abort.abort();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      return await HttpStreamTransport.#dial(settings, hello, hooks, abort, timer, signal);
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** `open`'s dial, given up by `abort` (the timeout's or the caller's). */
+  static async #dial(
+    settings: DialSettings,
+    hello: HelloFrame,
+    hooks: TransportHooks,
+    abort: AbortController,
+    timer: ReturnType<typeof setTimeout>,
+    signal: AbortSignal | undefined,
+  ): Promise<OpenedTransport> {
     const headers: Record<string, string> = { "content-type": "application/json" };
     // Here the secret can go in a header, where it is kept out of request bodies proxies may log.
     if (settings.secret !== undefined) headers[SECRET_HEADER] = settings.secret;
@@ -109,6 +130,7 @@ export class HttpStreamTransport implements ClientTransport {
     } catch (error) {
       clearTimeout(timer);
       if (error instanceof Deno.errors.NotCapable) throw error;
+      if (signal?.aborted) throw signal.reason;
       if (abort.signal.aborted) {
         throw new RelayConnectError(
           "timeout",
@@ -135,6 +157,7 @@ export class HttpStreamTransport implements ClientTransport {
     try {
       first = await nextFrame(events, hooks.onBadFrame);
     } catch (error) {
+      if (signal?.aborted) throw signal.reason;
       throw new RelayConnectError(
         abort.signal.aborted ? "timeout" : "broken",
         abort.signal.aborted

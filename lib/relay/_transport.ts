@@ -200,9 +200,13 @@ export interface OpenedTransport {
   welcome: WelcomeFrame;
 }
 
-/** Opens a transport: sends `hello`, resolves once welcomed. */
+/**
+ * Opens a transport: sends `hello`, resolves once welcomed; rejects with
+ * `signal`'s reason, the dial given up, once it is aborted.
+ */
 export type OpenTransport = (
   settings: DialSettings,
   hello: HelloFrame,
   hooks: TransportHooks,
+  signal?: AbortSignal,
 ) => Promise<OpenedTransport>;

@@ -32,26 +32,36 @@ export class WebSocketTransport implements ClientTransport {
     this.#socket = socket;
   }
 
-  /** Opens a WebSocket, sends `hello`, resolves with the welcome. */
+  /** Opens a WebSocket, sends `hello`, resolves with the welcome (or `signal`'s reason). */
   static open(
     settings: DialSettings,
     hello: HelloFrame,
     hooks: TransportHooks,
+    signal?: AbortSignal,
   ): Promise<OpenedTransport> {
     const url = relayUrl(settings.base, PATHS.ws);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    if (signal?.aborted) return Promise.reject(signal.reason);
     const socket = new WebSocket(url, { client: settings.client });
     const transport = new WebSocketTransport(socket);
     return new Promise((resolve, reject) => {
       let welcomed = false;
+      // Before the welcome only: a settled dial rejects no more.
+      const giveUp = (error: unknown) => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        reject(error);
+        socket.close();
+      };
+      const onAbort = () => giveUp(signal!.reason);
+      signal?.addEventListener("abort", onAbort, { once: true });
       const timer = setTimeout(() => {
-        reject(
+        giveUp(
           new RelayConnectError(
             "timeout",
             `no welcome from ${url.host} within ${settings.timeout} ms`,
           ),
         );
-        socket.close();
       }, settings.timeout);
       socket.onopen = () => socket.send(encodeFrame(hello));
       socket.onmessage = (event) => {
@@ -63,11 +73,10 @@ export class WebSocketTransport implements ClientTransport {
         if (frame.t === "welcome") {
           welcomed = true;
           clearTimeout(timer);
+          signal?.removeEventListener("abort", onAbort);
           resolve({ transport, welcome: frame });
         } else if (frame.t === "error") {
-          clearTimeout(timer);
-          reject(new RelayRefusedError(frame.code, frame.message));
-          socket.close();
+          giveUp(new RelayRefusedError(frame.code, frame.message));
         }
       };
       // onclose follows with a code only: what went wrong is said here.
@@ -75,6 +84,7 @@ export class WebSocketTransport implements ClientTransport {
       socket.onerror = (event) => failure = event as ErrorEvent;
       socket.onclose = (event) => {
         clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
         const reason = event.reason ||
           (event.code === 1000 || event.code === 1001
             ? `the relay closed the connection (WebSocket ${event.code})`

@@ -108,6 +108,12 @@ export interface RelayNodeOptions {
   connectTimeout?: number;
   /** Attempts for the first connection before `connect` rejects. Default 3. */
   retries?: number;
+  /**
+   * Gives up the first connection: `connect` rejects with the signal's
+   * reason at once, dials in flight abandoned. A node already connected is
+   * not affected (close it).
+   */
+  signal?: AbortSignal;
   /** Reconnect backoff in ms. Default `{ initial: 250, max: 5000 }`. */
   backoff?: { initial?: number; max?: number };
   /**
@@ -433,21 +439,24 @@ export class RelayNode implements AsyncDisposable {
       throw new TypeError(`the relay URL must be http: or https:, got ${base.protocol}`);
     }
     checkOptions(options);
+    const signal = options.signal;
+    signal?.throwIfAborted();
     const node = new RelayNode(base, options);
     const retries = options.retries ?? 3;
     let lastError: unknown;
     for (let attempt = 0; attempt < Math.max(1, retries); attempt++) {
       try {
-        await node.#open();
+        await node.#open(signal);
         node.#watchdog = setInterval(() => node.#checkAlive(), 250);
         return node;
       } catch (error) {
         lastError = error;
-        if (final(error)) break;
-        if (attempt + 1 < retries) await delay(node.#backoff(attempt + 1));
+        if (signal?.aborted || final(error)) break;
+        if (attempt + 1 < retries) await delay(node.#backoff(attempt + 1), signal);
       }
     }
     node.#settings.client?.close();
+    if (signal?.aborted) throw signal.reason;
     throw isNotCapable(lastError) ? noPermission(base, lastError) : lastError;
   }
 
@@ -485,6 +494,10 @@ export class RelayNode implements AsyncDisposable {
    * returns its number (`seq`): an `error` event naming it says it went
    * nowhere (`alone`: nobody else was there) or was refused. Sent messages
    * survive reconnects, each delivered once (see {@linkcode RelayNode.flush}).
+   * Throws an {@linkcode ImmortalError} of code `closed` once the node is
+   * closed, a `RangeError` for a message larger than the relay takes, and
+   * an `Error` while `maxUnacked` messages wait for the relay (send again
+   * after {@linkcode RelayNode.flush}).
    */
   send(text: string): number {
     return this.#post({ t: "msg", text: messageText(text) });
@@ -518,15 +531,18 @@ export class RelayNode implements AsyncDisposable {
 
   /**
    * Resolves once the relay has taken every message sent so far (through
-   * reconnects, if need be); rejects if the node closes first. Close after
-   * it to be sure that nothing sent is left behind.
+   * reconnects, if need be); rejects with an {@linkcode ImmortalError} of
+   * code `closed` if the node closes first. Close after it to be sure that
+   * nothing sent is left behind.
    */
   async flush(): Promise<void> {
     // Only what was sent so far: a node that keeps sending (paced to the
     // relay's rate) may never have nothing unacknowledged.
     const upTo = this.#seq;
     while (this.#unacked.length > 0 && this.#unacked[0].seq <= upTo) {
-      if (this.#closed) throw new Error(`the node closed with ${this.#unacked.length} unsent`);
+      if (this.#closed) {
+        throw new ImmortalError("closed", `the node closed with ${this.#unacked.length} unsent`);
+      }
       await new Promise<void>((resolve) => this.#flushWaiters.push(resolve));
     }
   }
@@ -694,7 +710,7 @@ export class RelayNode implements AsyncDisposable {
   }
 
   #post(frame: NodeMessageFrame): number {
-    if (this.#closed) throw new Error("the node is closed");
+    if (this.#closed) throw new ImmortalError("closed", "the node is closed");
     // Kept until acknowledged (for a relay that does not acknowledge: until sent), within reason.
     const max = this.#options.maxUnacked ?? 1024;
     if (this.#unacked.length >= max) {
@@ -787,7 +803,8 @@ export class RelayNode implements AsyncDisposable {
     return backoffDelay(attempt, initial, max);
   }
 
-  async #open(): Promise<void> {
+  /** Joins the relay once, over each transport in turn; `signal` gives the dial up. */
+  async #open(signal?: AbortSignal): Promise<void> {
     const hello: HelloFrame = {
       t: "hello",
       session: this.#options.session,
@@ -816,7 +833,12 @@ export class RelayNode implements AsyncDisposable {
     const failures: { kind: RelayTransportKind; error: unknown }[] = [];
     for (const kind of order) {
       try {
-        const { transport, welcome } = await TRANSPORTS[kind](this.#settings, hello, hooks);
+        const { transport, welcome } = await TRANSPORTS[kind](
+          this.#settings,
+          hello,
+          hooks,
+          signal,
+        );
         if (this.#closed) {
           await transport.close();
           return;
@@ -835,7 +857,7 @@ export class RelayNode implements AsyncDisposable {
         this.#welcome(welcome);
         return;
       } catch (error) {
-        if (error instanceof RelayRefusedError || final(error)) throw error;
+        if (error instanceof RelayRefusedError || final(error) || signal?.aborted) throw error;
         failures.push({ kind, error });
         log.debug("Relay {kind} transport failed: {reason}", { kind, reason: errorMessage(error) });
       }
