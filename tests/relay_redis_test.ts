@@ -724,3 +724,21 @@ Deno.test("a relay whose Redis has not answered yet is not up: /healthz says 503
     await accepting;
   }
 });
+
+Deno.test("a relay given a password for a Redis that asks for none warns that the password keeps nobody out; with one Redis asks for, it does not", async () => {
+  await using secured = await startRedis({ persist: false, password: "right" });
+  await using open = await startRedis({ persist: false });
+  await withLogs(async (records) => {
+    await using _securedRelay = startRelay({ redis: secured.url });
+    await using _openRelay = startRelay({ redis: `redis://:hunter2@127.0.0.1:${open.port}` });
+    const warnings = () =>
+      records.map(renderRecord).filter((line) =>
+        line.includes("answers clients that give no password")
+      );
+    await waitUntil(() => warnings().length > 0, "the warning");
+    assert.deepEqual(warnings(), [
+      `Redis at redis://:***@127.0.0.1:${open.port} answers clients that give no password: the ` +
+      "password in the Redis URL keeps nobody out (set requirepass, or ACL users, on the Redis server)",
+    ]);
+  });
+});

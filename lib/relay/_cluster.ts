@@ -15,6 +15,7 @@ import { HEARTBEAT, JOIN, LEAVE, MESSAGE, SINCE } from "./_cluster_scripts.ts";
 import type { HistoryEntry } from "./_history.ts";
 import type { RelayMember, RelayRole } from "./_protocol.ts";
 import { newJoinToken } from "./_secret.ts";
+import { redactedUrl } from "./_settings.ts";
 import { shownName } from "./_shown_name.ts";
 import { hex, hmacKey } from "../conn/_handshake.ts";
 
@@ -228,6 +229,8 @@ export class RelayCluster {
   /** Commands sent and not yet answered, oldest first ({@linkcode RelayCluster.#timed}). */
   #waiting = new Set<Waiter>();
   #watchdog: ReturnType<typeof setInterval> | undefined;
+  /** The client asking Redis, once, whether it takes clients without a password. */
+  #probe: RedisClient | undefined;
 
   /** Joins the cluster on the Redis at `settings.url`; `events` hears what happens in it. */
   constructor(settings: ClusterSettings, events: ClusterEvents) {
@@ -274,6 +277,11 @@ export class RelayCluster {
     // The first connection, or its first failure: a join waiting for it gets its answer then.
     this.#connected = Promise.race([Promise.all(connecting), this.#firstFailure.promise]);
     this.#connected.catch(() => {}); // said by #failed
+    // Redis takes any password from a client when it asks for none: an
+    // operator who put one in the URL would believe Redis locked when it is open.
+    if (new URL(settings.url).password !== "") {
+      this.#connected.then(() => this.#warnIfOpen(), () => {});
+    }
     this.#heartbeat = setInterval(() => this.#beat(), HEARTBEAT_EVERY);
     this.#beat();
   }
@@ -536,6 +544,33 @@ export class RelayCluster {
     this.#waiting.clear();
     this.#redis.destroy();
     this.#sub.destroy();
+    this.#probe?.destroy();
+  }
+
+  /** Warns once if the Redis answers a client that gives no password (see the constructor). */
+  async #warnIfOpen(): Promise<void> {
+    const open = new URL(this.#settings.url);
+    open.username = open.password = "";
+    const probe = this.#probe = createClient({
+      url: open.href,
+      socket: { reconnectStrategy: false, connectTimeout: 5000 },
+    });
+    probe.on("error", () => {}); // a refusal is the good answer
+    try {
+      if (this.#closed) return;
+      await probe.connect();
+      await probe.ping();
+    } catch {
+      return; // it asks for a password (NOAUTH), or could not be asked: either way, nothing to say
+    } finally {
+      this.#probe = undefined;
+      probe.destroy();
+    }
+    log.warn(
+      "Redis at {url} answers clients that give no password: the password in the Redis URL " +
+        "keeps nobody out (set requirepass, or ACL users, on the Redis server)",
+      { url: redactedUrl(this.#settings.url) },
+    );
   }
 
   /**
