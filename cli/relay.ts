@@ -14,7 +14,7 @@ import { errorMessage, hostPort } from "../lib/_util.ts";
 import { clusterAddress } from "../lib/relay/_cluster_address.ts";
 import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
-import { serveRelay, type ServeRelayOptions } from "../lib/relay/serve.ts";
+import { serveRelay, type ServeRelayOptions, serverSettings } from "../lib/relay/serve.ts";
 import { MIN_MESSAGE_BYTES, redactedUrl, redisUrl, relaySettings } from "../lib/relay/_settings.ts";
 import { canonicalIp } from "../lib/relay/_request_source.ts";
 import {
@@ -395,6 +395,18 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
       queue: limits.maxQueueBytes,
       overflow: limits.overflow === "drop" ? "its messages are dropped" : "it is disconnected",
       keepAlive: limits.keepAlive,
+    },
+  );
+  const http = serverSettings(config.serve);
+  log.info(
+    "Kept for nodes coming back: {length} messages or {historyBytes} bytes a session, for " +
+      "{age} ms; connections without a joined node: {unjoined} at most, {idle} ms idle",
+    {
+      length: limits.historyLength,
+      historyBytes: limits.historyBytes,
+      age: limits.historyAge,
+      unjoined: http.maxUnjoined,
+      idle: http.idleTimeout,
     },
   );
   if (config.serve.redis !== undefined) {

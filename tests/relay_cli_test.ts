@@ -277,6 +277,10 @@ Deno.test("relay CLI without a secret runs, and says loudly that it is open: ask
         /Limits: 10000 sessions of 1000 nodes; messages up to 65536 bytes, 100 a second a node; 1048576 bytes queued for a node, then it is disconnected; keep-alive every 10000 ms/,
         "the limits",
       );
+      await relay.waitFor(
+        /Kept for nodes coming back: 1000 messages or 4194304 bytes a session, for 120000 ms; connections without a joined node: 512 at most, 60000 ms idle/,
+        "the rest of the limits",
+      );
       const health = await fetch(`http://127.0.0.1:${port}/healthz`);
       assert.deepEqual(await health.json(), { status: "ok", sessions: 0, nodes: 0 });
     } finally {

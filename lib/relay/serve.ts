@@ -6,7 +6,7 @@
 
 import { clusterAddress } from "./_cluster_address.ts";
 import { clusterRefusals, peerHandlers } from "./_forward.ts";
-import { HttpServer, serverStats } from "./_http_server.ts";
+import { HttpServer, type HttpServerOptions, serverStats } from "./_http_server.ts";
 import { pipeEndpoints } from "./_pipes.ts";
 import { duration, relaySettings } from "./_settings.ts";
 import type { RelayOptions } from "./options.ts";
@@ -104,25 +104,7 @@ export interface RelayServer extends AsyncDisposable {
  * ```
  */
 export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
-  if ((options.cert === undefined) !== (options.key === undefined)) {
-    throw new TypeError("HTTPS needs both cert and key");
-  }
-  const positive = (name: string, value: number) => {
-    if (!Number.isFinite(value) || value <= 0) {
-      throw new RangeError(`${name} must be a positive number, got ${value}`);
-    }
-    return value;
-  };
-  const serverOptions = {
-    hostname: options.hostname ?? "0.0.0.0",
-    port: options.port ?? 8080,
-    cert: options.cert,
-    key: options.key,
-    headerTimeout: duration("headerTimeout", options.headerTimeout ?? 10_000),
-    idleTimeout: duration("idleTimeout", options.idleTimeout ?? 60_000),
-    maxUnjoined: positive("maxUnjoined", options.maxUnjoined ?? 512),
-    reusePort: options.reusePort ?? false,
-  };
+  const serverOptions = serverSettings(options);
   if (options.clusterAddress !== undefined && options.redis === undefined) {
     throw new TypeError("clusterAddress is for relays sharing sessions: it needs redis");
   }
@@ -204,5 +186,33 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
     finished,
     shutdown,
     [Symbol.asyncDispose]: shutdown,
+  };
+}
+
+/**
+ * The HTTP server's settings of `options`, defaults filled in and checked:
+ * what {@linkcode serveRelay} serves with (and the CLI logs).
+ */
+export function serverSettings(
+  options: ServeRelayOptions,
+): Omit<HttpServerOptions, "maxMessageBytes"> {
+  if ((options.cert === undefined) !== (options.key === undefined)) {
+    throw new TypeError("HTTPS needs both cert and key");
+  }
+  const positive = (name: string, value: number) => {
+    if (!Number.isFinite(value) || value <= 0) {
+      throw new RangeError(`${name} must be a positive number, got ${value}`);
+    }
+    return value;
+  };
+  return {
+    hostname: options.hostname ?? "0.0.0.0",
+    port: options.port ?? 8080,
+    cert: options.cert,
+    key: options.key,
+    headerTimeout: duration("headerTimeout", options.headerTimeout ?? 10_000),
+    idleTimeout: duration("idleTimeout", options.idleTimeout ?? 60_000),
+    maxUnjoined: positive("maxUnjoined", options.maxUnjoined ?? 512),
+    reusePort: options.reusePort ?? false,
   };
 }
