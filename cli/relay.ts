@@ -380,6 +380,14 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
     );
   } else {
     log.info("Relay secret required (from {source})", { source: config.secretSource });
+    // Properties files and docker's --env-file take a value as written, quotes and all.
+    if (/^(["']).*\1$/s.test(config.serve.secret)) {
+      log.warning(
+        "The relay secret from {source} starts and ends with a quote: the quotes are part of " +
+          "it, and nodes must send them too (remove them if they were meant as quoting)",
+        { source: config.secretSource },
+      );
+    }
   }
   warnSecretFlags(log, config.secretFlags ?? {});
   // What a refusal in the log is measured against; checked already, by serveRelay.

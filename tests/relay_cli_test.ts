@@ -367,6 +367,27 @@ Deno.test("relay CLI: finding no secret where it was allowed to look, but not al
     } finally {
       assert.equal(await allowed.stop(), 0, allowed.text);
     }
+    assert.doesNotMatch(allowed.text, /quote/);
+    // A properties file takes a value as written: quotes around it are part of the secret.
+    await Deno.writeTextFile(config, 'secret = "s3cret"\n');
+    const quotedPort = freePort();
+    const quoted = spawn(
+      ["run", `--allow-net=127.0.0.1:${quotedPort}`, "--allow-env=IMMORTAL_RELAY_SECRET,HOME"]
+        .concat([`--allow-read=${config}`, CLI, "--hostname", "127.0.0.1"])
+        .concat(["--port", String(quotedPort)]),
+      ROOT,
+      { HOME: dir },
+    );
+    try {
+      await quoted.waitFor(
+        new RegExp(
+          `The relay secret from ${home}:1 starts and ends with a quote: the quotes are part of it`,
+        ),
+        "the warning of a quoted secret",
+      );
+    } finally {
+      assert.equal(await quoted.stop(), 0, quoted.text);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
