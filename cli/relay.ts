@@ -54,7 +54,9 @@ Options:
   --metrics-token TOKEN    what /metrics and the numbers on / and /healthz
                            need (Authorization: Bearer TOKEN); without it,
                            the relay secret
-  --metrics-token-file PATH  read the metrics token from a file (first line)
+  --metrics-token-file PATH  read the metrics token from a file (first line);
+                           or set IMMORTAL_RELAY_METRICS_TOKEN (and give
+                           --allow-env=IMMORTAL_RELAY_METRICS_TOKEN)
   --tls-cert PATH          serve HTTPS with this certificate chain (PEM)
   --tls-key PATH           private key of --tls-cert (PEM)
   --keep-alive MS          keep-alive interval (default 10000): a node the
@@ -120,6 +122,9 @@ or permissions.relay-redis): words after the task name go to the relay.
 Deno's permission sets take no ~ or $HOME, so "deno task relay" cannot read
 ~/${RELAY_CONFIG_FILE} unless its full path is added there.`;
 
+/** Where the metrics token may come from when no flag gives it. */
+const METRICS_TOKEN_VARIABLE = "IMMORTAL_RELAY_METRICS_TOKEN";
+
 // The types RelayCliConfig holds, documented with it: this module is an entry point of its own.
 export type { ServeRelayOptions } from "../lib/relay/serve.ts";
 export type { OverflowPolicy, RelayOptions } from "../lib/relay/options.ts";
@@ -135,6 +140,8 @@ export interface RelayCliConfig {
   logLevel: RelayLogLevel;
   /** Where the secret came from (a flag, a file, a variable), for the startup log. */
   secretSource?: string;
+  /** Where the metrics token came from, when one was given. */
+  metricsTokenSource?: string;
   /** `--open`: no secret, and the user said so. */
   open?: boolean;
   /** Secrets given as flags, each with the private ways of giving it (for a warning). */
@@ -238,14 +245,23 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     throw new UsageError("give --metrics-token or --metrics-token-file, not both");
   }
   const tokenFile = v["metrics-token-file"];
-  const metricsToken = tokenFile !== undefined
+  let metricsToken = tokenFile !== undefined
     ? readFileArg("metrics token file", tokenFile, fileArgs).split(/\r?\n/)[0]
     : v["metrics-token"];
+  let tokenSource = tokenFile !== undefined
+    ? `${tokenFile}:1, the first line of the metrics token file`
+    : "--metrics-token";
+  // The variable only where it may be read (no prompt): without it, the relay secret serves.
+  if (
+    metricsToken === undefined &&
+    Deno.permissions.querySync({ name: "env", variable: METRICS_TOKEN_VARIABLE }).state ===
+      "granted"
+  ) {
+    metricsToken = Deno.env.get(METRICS_TOKEN_VARIABLE);
+    tokenSource = `env ${METRICS_TOKEN_VARIABLE}`;
+  }
   if (metricsToken === "") {
-    const where = tokenFile !== undefined
-      ? `${tokenFile}:1, the first line of the metrics token file`
-      : "--metrics-token";
-    throw new UsageError(`the metrics token is empty (${where})`);
+    throw new UsageError(`the metrics token is empty (${tokenSource})`);
   }
   if ((v["tls-cert"] === undefined) !== (v["tls-key"] === undefined)) {
     throw new UsageError("HTTPS needs both --tls-cert and --tls-key");
@@ -343,7 +359,14 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   const secretFlags: Record<string, string> = {};
   if (v.secret !== undefined) secretFlags["--secret"] = "--secret-file or IMMORTAL_RELAY_SECRET";
   if (v["metrics-token"] !== undefined) secretFlags["--metrics-token"] = "--metrics-token-file";
-  return { serve, logLevel, secretSource, secretFlags, ...(v.open ? { open: true } : {}) };
+  return {
+    serve,
+    logLevel,
+    secretSource,
+    ...(metricsToken !== undefined ? { metricsTokenSource: tokenSource } : {}),
+    secretFlags,
+    ...(v.open ? { open: true } : {}),
+  };
 }
 
 async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
@@ -388,6 +411,11 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
         { source: config.secretSource },
       );
     }
+  }
+  if (config.metricsTokenSource !== undefined) {
+    log.info("/metrics takes the metrics token (from {source})", {
+      source: config.metricsTokenSource,
+    });
   }
   warnSecretFlags(log, config.secretFlags ?? {});
   // What a refusal in the log is measured against; checked already, by serveRelay.

@@ -590,3 +590,48 @@ Deno.test("relay CLI: --trusted-proxy reaches the relay's settings, an IPv6 addr
   assert.ok(config !== "help");
   assert.deepEqual(config.serve.trustedProxies, ["10.0.0.2", "::1"]);
 });
+
+Deno.test("relay CLI: the metrics token from IMMORTAL_RELAY_METRICS_TOKEN guards /metrics (a flag wins over it; set to nothing, it is an error)", async () => {
+  const run = async (args: string[], token: string, works: string, refused: string) => {
+    const port = freePort();
+    const relay = spawn(
+      ["run", `--allow-net=127.0.0.1:${port}`, "--allow-env=IMMORTAL_RELAY_METRICS_TOKEN", CLI]
+        .concat(["--open", "--hostname", "127.0.0.1", "--port", String(port), ...args]),
+      ROOT,
+      { IMMORTAL_RELAY_METRICS_TOKEN: token },
+    );
+    try {
+      await relay.waitFor(/\/metrics takes the metrics token \(from [^)]+\)/, "the token's source");
+      const metrics = (bearer: string) =>
+        fetch(`http://127.0.0.1:${port}/metrics`, {
+          headers: { authorization: `Bearer ${bearer}` },
+        });
+      const ok = await metrics(works);
+      assert.equal(ok.status, 200);
+      assert.match(await ok.text(), /^immortal_relay_nodes /m);
+      const no = await metrics(refused);
+      assert.equal(no.status, 401);
+      await no.body?.cancel();
+    } finally {
+      assert.equal(await relay.stop(), 0, relay.text);
+    }
+    return relay.text;
+  };
+  const fromEnv = await run([], "from-env", "from-env", "wrong");
+  assert.match(
+    fromEnv,
+    /\/metrics takes the metrics token \(from env IMMORTAL_RELAY_METRICS_TOKEN\)/,
+  );
+  const fromFlag = await run(["--metrics-token", "from-flag"], "from-env", "from-flag", "from-env");
+  assert.match(fromFlag, /\(from --metrics-token\)/);
+  const empty = await exitOf(
+    ["run", "--allow-net=127.0.0.1", "--allow-env=IMMORTAL_RELAY_METRICS_TOKEN", CLI, "--open"],
+    ROOT,
+    { IMMORTAL_RELAY_METRICS_TOKEN: "" },
+  );
+  assert.equal(empty.code, 2, empty.text);
+  assert.match(
+    empty.text,
+    /^error: the metrics token is empty \(env IMMORTAL_RELAY_METRICS_TOKEN\)$/m,
+  );
+});
