@@ -455,31 +455,39 @@ Deno.test("relay CLI: --reuse-port without --unstable-net says what to add", asy
   assert.doesNotMatch(relay.log, /\n\s+at /);
 });
 
-Deno.test("Redis restarted with nothing kept: the nodes are told (missed: epoch), join again under their nicknames, and the session goes on", async () => {
+Deno.test("Redis restarted with nothing kept: the nodes are told (missed: epoch), join again under their nicknames, and the session goes on; each relay's log says Redis lost the data", async () => {
   await using redis = await startRedis({ persist: false });
-  await using one = startRelay({ redis: redis.url });
-  await using two = startRelay({ redis: redis.url });
-  const options = { session: "s", backoff: { initial: 10, max: 200 }, retries: 50 };
-  await using x = await RelayNode.connect(one.url, { ...options, nickname: "x" });
-  await using y = await RelayNode.connect(two.url, { ...options, nickname: "y" });
-  const atX = recordEvents(x);
-  const atY = recordEvents(y);
-  await atX.until(() => x.members.length === 1, "y joining");
-  x.send("before");
-  await atY.until(() => atY.texts.includes("before"), "y hearing x");
-  await redis.restart();
-  // Each relay finds itself forgotten at its next heartbeat, and its nodes join again.
-  for (const at of [atX, atY]) {
-    await at.until(() => at.events.some((e) => e.type === "missed"), "the missed event", 30_000);
-    assert.deepEqual(at.events.find((e) => e.type === "missed"), {
-      type: "missed",
-      reason: "epoch",
-    });
-  }
-  await atX.until(() => x.members.length === 1, "y back", 30_000);
-  assert.deepEqual([x.nickname, y.nickname], ["x", "y"]);
-  x.send("after");
-  await atY.until(() => atY.texts.includes("after"), "y hearing what follows");
+  await withLogs(async (records) => {
+    await using one = startRelay({ redis: redis.url });
+    await using two = startRelay({ redis: redis.url });
+    const options = { session: "s", backoff: { initial: 10, max: 200 }, retries: 50 };
+    await using x = await RelayNode.connect(one.url, { ...options, nickname: "x" });
+    await using y = await RelayNode.connect(two.url, { ...options, nickname: "y" });
+    const atX = recordEvents(x);
+    const atY = recordEvents(y);
+    await atX.until(() => x.members.length === 1, "y joining");
+    x.send("before");
+    await atY.until(() => atY.texts.includes("before"), "y hearing x");
+    await redis.restart();
+    // Each relay finds itself forgotten at its next heartbeat, and its nodes join again.
+    for (const at of [atX, atY]) {
+      await at.until(() => at.events.some((e) => e.type === "missed"), "the missed event", 30_000);
+      assert.deepEqual(at.events.find((e) => e.type === "missed"), {
+        type: "missed",
+        reason: "epoch",
+      });
+    }
+    await atX.until(() => x.members.length === 1, "y back", 30_000);
+    assert.deepEqual([x.nickname, y.nickname], ["x", "y"]);
+    x.send("after");
+    await atY.until(() => atY.texts.includes("after"), "y hearing what follows");
+    // Both relays say what happened, the one that beat first and the other alike: not that
+    // the others gave it up, which would send the operator looking at this relay's stalls.
+    const lines = records.map(renderRecord);
+    const lost = lines.filter((line) => line.startsWith("Redis has lost the cluster's data"));
+    assert.equal(lost.length, 2, lines.join("\n"));
+    assert.ok(!lines.some((line) => line.includes("gave this relay up")), lines.join("\n"));
+  });
 });
 
 /**
@@ -741,4 +749,50 @@ Deno.test("a relay given a password for a Redis that asks for none warns that th
       "password in the Redis URL keeps nobody out (set requirepass, or ACL users, on the Redis server)",
     ]);
   });
+});
+
+Deno.test("a relay stopped past its heartbeat's lifetime is given up by the others; continued, its log says so (not that Redis lost its data) and its nodes join again", async () => {
+  await using redis = await startRedis({ persist: false });
+  const port = freePort();
+  const stalled = spawnCli(
+    ["--allow-net=127.0.0.1", "--allow-env=REDIS_DEBUG_MAINTENANCE"],
+    CLI,
+    ["--open", "--hostname", "127.0.0.1", "--port", String(port), "--redis", redis.url],
+  );
+  try {
+    await stalled.waitFor(/Relay listening on/, "the relay");
+    await using other = startRelay({ redis: redis.url });
+    const options = { session: "s", backoff: { initial: 10, max: 200 }, retries: 50 };
+    await using a = await RelayNode.connect(`http://127.0.0.1:${port}`, {
+      ...options,
+      nickname: "a",
+    });
+    await using b = await RelayNode.connect(other.url, { ...options, nickname: "b" });
+    const atB = recordEvents(b);
+    await atB.until(() => b.members.length === 1, "a seen by b");
+    stalled.child.kill("SIGSTOP");
+    try {
+      // The other relay sweeps it once its heartbeat's lifetime has run out.
+      await atB.until(
+        () =>
+          atB.events.some((e) => e.type === "leave" && e.nickname === "a" && e.reason === "gone"),
+        "a declared gone",
+        30_000,
+      );
+    } finally {
+      stalled.child.kill("SIGCONT");
+    }
+    await stalled.waitFor(
+      /The other relays gave this relay up \(no heartbeat from it for 3000 ms: it stalled, or could not reach Redis\): its nodes join again/,
+      "the relay saying it was given up",
+    );
+    await atB.until(
+      () => atB.events.some((e) => e.type === "join" && e.nickname === "a"),
+      "a back",
+      30_000,
+    );
+    assert.doesNotMatch(stalled.log, /lost the cluster's data/);
+  } finally {
+    await stalled.stop();
+  }
 });

@@ -229,6 +229,8 @@ export class RelayCluster {
   /** Commands sent and not yet answered, oldest first ({@linkcode RelayCluster.#timed}). */
   #waiting = new Set<Waiter>();
   #watchdog: ReturnType<typeof setInterval> | undefined;
+  /** The id of the cluster's data in Redis at the last heartbeat: a new one, and Redis lost it. */
+  #incarnation: string | undefined;
   /** The client asking Redis, once, whether it takes clients without a password. */
   #probe: RedisClient | undefined;
 
@@ -720,14 +722,16 @@ export class RelayCluster {
     if (this.#beating || this.#closed) return;
     this.#beating = true;
     try {
-      const [known, swept, names] = await this.#run(
+      const [known, swept, names, incarnation] = await this.#run(
         "heartbeat",
         this.id,
         HEARTBEAT_TTL,
         this.#settings.reclaimWindow,
         this.#settings.roomTtl,
         this.#pipeUrl,
-      ) as [number, number, string[]];
+      ) as [number, number, string[], string];
+      const lostData = this.#incarnation !== undefined && incarnation !== this.#incarnation;
+      this.#incarnation = incarnation;
       this.#healthyAgain();
       if (swept > 0) {
         const more = swept > names.length ? ` and ${swept - names.length} more` : "";
@@ -739,7 +743,19 @@ export class RelayCluster {
       // First, before anything else that may fail: the first beat registers this
       // relay; a later one that finds it unknown was given up.
       if (this.#beats++ > 0 && known === 0 && !this.#closed) {
-        log.warn("The cluster had given this relay up: its nodes join again");
+        // Which one decides what to look at: Redis's persistence, or this process's stalls.
+        if (lostData) {
+          log.warn(
+            "Redis has lost the cluster's data (restarted without it, or flushed): " +
+              "this relay's nodes join again",
+          );
+        } else {
+          log.warn(
+            "The other relays gave this relay up (no heartbeat from it for {ttl} ms: it stalled, " +
+              "or could not reach Redis): its nodes join again",
+            { ttl: HEARTBEAT_TTL },
+          );
+        }
         this.#events.forgotten();
       }
       for (const channel of [...this.#staleChannels]) {

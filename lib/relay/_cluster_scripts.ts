@@ -240,8 +240,10 @@ return leave(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
  * members are gone. Only a relay whose own heartbeat had not run out
  * sweeps. ARGV: prefix, relay id, heartbeat ttl (ms), reclaim window (ms),
  * room ttl (ms), the relay's pipe URL (or ''). Returns `{wasKnown, swept,
- * names}`: `wasKnown` 0 means the cluster had given this relay up (its
- * members are gone from it); `names`, the nicknames of the first 20 swept.
+ * names, incarnation}`: `wasKnown` 0 means the cluster had given this relay
+ * up (its members are gone from it); `names`, the nicknames of the first 20
+ * swept; `incarnation`, the id of the cluster's data, made by the first
+ * heartbeat to find none: another than before, and Redis lost its data.
  */
 export const HEARTBEAT = PRELUDE + `
 local relays = P .. 'relays'
@@ -275,7 +277,12 @@ for _, dead in ipairs(onTime and redis.call('ZRANGEBYSCORE', relays, '-inf', now
 end
 redis.call('ZADD', relays, now + tonumber(ARGV[3]), ARGV[2])
 if ARGV[6] ~= '' then redis.call('HSET', P .. 'urls', ARGV[2], ARGV[6]) end
-return {known and 1 or 0, swept, names}
+local incarnation = redis.call('GET', P .. 'incarnation')
+if not incarnation then
+  incarnation = ARGV[2] .. '@' .. now
+  redis.call('SET', P .. 'incarnation', incarnation)
+end
+return {known and 1 or 0, swept, names, incarnation}
 `;
 
 /**
