@@ -6,6 +6,7 @@
  */
 
 import { configure, getLogger, type Logger, type LogLevel, type LogRecord } from "@logtape/logtape";
+import { X509Certificate } from "node:crypto";
 import { errorMessage, isIpv4, isNotCapable, parsePortText } from "../lib/_util.ts";
 
 /** A mistake in how the command was called: one line, exit code 2. */
@@ -217,6 +218,30 @@ export function readPemCertificate(what: string, path: string, args: FileArgs = 
     throw new UsageError(`${path} holds no PEM certificate`);
   }
   return pem;
+}
+
+/**
+ * What is wrong with the first certificate of `pem` (the one a TLS server
+ * presents) that clients will refuse, in words for a warning at start; none
+ * when it looks fine or cannot be parsed (TLS itself says so then). `path`
+ * names the file.
+ */
+export function certificateConcerns(pem: string, path: string): string[] {
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(pem);
+  } catch {
+    return [];
+  }
+  const concerns: string[] = [];
+  if (cert.ca) {
+    concerns.push(
+      `${path} is a CA's certificate (CA:TRUE, what "openssl req -x509" alone makes): TLS clients, ` +
+        "ours included, refuse it as a server's own; serve a server certificate it signs " +
+        "(README: TLS)",
+    );
+  }
+  return concerns;
 }
 
 /** Reads a certificate chain and its private key (PEM) named on the command line. */

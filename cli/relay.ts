@@ -18,6 +18,7 @@ import { serveRelay, type ServeRelayOptions, serverSettings } from "../lib/relay
 import { MIN_MESSAGE_BYTES, redactedUrl, redisUrl, relaySettings } from "../lib/relay/_settings.ts";
 import { canonicalIp } from "../lib/relay/_request_source.ts";
 import {
+  certificateConcerns,
   type FileArgs,
   flagError,
   grantAdvice,
@@ -140,6 +141,8 @@ export interface RelayCliConfig {
   logLevel: RelayLogLevel;
   /** Where the secret came from (a flag, a file, a variable), for the startup log. */
   secretSource?: string;
+  /** What TLS clients will refuse in `--tls-cert`, for warnings at start. */
+  certificateConcerns?: string[];
   /** Where the metrics token came from, when one was given. */
   metricsTokenSource?: string;
   /** `--open`: no secret, and the user said so. */
@@ -333,8 +336,10 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     historyBytes: num("history-bytes"),
     historyAge: ms("history-age"),
   };
+  let concerns: string[] = [];
   if (v["tls-cert"] !== undefined) {
     Object.assign(serve, readPemPair(v["tls-cert"], v["tls-key"]!, fileArgs));
+    concerns = certificateConcerns(serve.cert!, v["tls-cert"]);
   }
   // Drop unset limits so the relay's own defaults apply.
   for (const key of Object.keys(serve) as (keyof ServeRelayOptions)[]) {
@@ -364,6 +369,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     logLevel,
     secretSource,
     ...(metricsToken !== undefined ? { metricsTokenSource: tokenSource } : {}),
+    ...(concerns.length > 0 ? { certificateConcerns: concerns } : {}),
     secretFlags,
     ...(v.open ? { open: true } : {}),
   };
@@ -418,6 +424,7 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
     });
   }
   warnSecretFlags(log, config.secretFlags ?? {});
+  for (const concern of config.certificateConcerns ?? []) log.warning(concern);
   // What a refusal in the log is measured against; checked already, by serveRelay.
   const limits = relaySettings(config.serve);
   log.info(

@@ -15,6 +15,7 @@
 import { parseArgs } from "node:util";
 import type { Logger } from "@logtape/logtape";
 import {
+  certificateConcerns,
   type FileArgs,
   flagError,
   parseHost,
@@ -130,6 +131,8 @@ export interface TunnelCliConfig {
   key?: string;
   /** Server: certificate and key PEM. */
   tlsServer?: { cert: string; key: string };
+  /** Server: what TLS clients will refuse in the certificate, for warnings at start. */
+  certificateConcerns?: string[];
   /** Client: TLS settings, when TLS is on. */
   tlsClient?: { caCerts?: string[]; serverName?: string };
   /** How much to log. */
@@ -192,7 +195,7 @@ function _tlsSettings(
     "tls-name"?: string;
   },
   fileArgs: FileArgs,
-): Pick<TunnelCliConfig, "tlsServer" | "tlsClient"> {
+): Pick<TunnelCliConfig, "tlsServer" | "tlsClient" | "certificateConcerns"> {
   const serverFlags = ["tls-cert", "tls-key"] as const;
   const clientFlags = ["tls", "tls-ca", "tls-name"] as const;
   const wrong = role === "server" ? clientFlags : serverFlags;
@@ -208,7 +211,8 @@ function _tlsSettings(
     if (certPath === undefined || keyPath === undefined) {
       throw new UsageError("TLS needs both --tls-cert and --tls-key");
     }
-    return { tlsServer: readPemPair(certPath, keyPath, fileArgs) };
+    const tlsServer = readPemPair(certPath, keyPath, fileArgs);
+    return { tlsServer, certificateConcerns: certificateConcerns(tlsServer.cert, certPath) };
   }
   if (!values.tls && values["tls-ca"] === undefined && values["tls-name"] === undefined) return {};
   const tlsClient: { caCerts?: string[]; serverName?: string } = {};
@@ -939,6 +943,7 @@ function _startServer(config: TunnelCliConfig, log: Logger): TunnelServer {
     keyed: config.key ? " (key required)" : "",
     sealed: config.session.encrypt ? " (encrypted sessions only)" : "",
   });
+  for (const concern of config.certificateConcerns ?? []) log.warn(concern);
   if (!config.key) {
     // An open proxy to the target is rarely what anyone meant: say it loudly.
     log.warn(

@@ -8,6 +8,7 @@ import { loadRelayConfig } from "../mod.ts";
 import { parseRelayArgs } from "../cli/relay.ts";
 import { grantAdvice } from "../cli/_common.ts";
 import { freePort, within } from "./_helpers.ts";
+import { makeTestCerts } from "./_tls.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const CLI = `${ROOT}cli/relay.ts`;
@@ -634,4 +635,48 @@ Deno.test("relay CLI: the metrics token from IMMORTAL_RELAY_METRICS_TOKEN guards
     empty.text,
     /^error: the metrics token is empty \(env IMMORTAL_RELAY_METRICS_TOKEN\)$/m,
   );
+});
+
+Deno.test("relay and tunnel server CLIs warn at start of a CA's certificate served as their own (clients refuse it); a server certificate gets no warning", async () => {
+  const certs = await makeTestCerts();
+  const { dir } = certs;
+  const tunnel = `${ROOT}cli/tunnel.ts`;
+  const read = `--allow-read=${dir}`;
+  const concern = new RegExp(
+    `warning ${dir}/ca\\.pem is a CA's certificate \\(CA:TRUE, what "openssl req -x509" alone ` +
+      "makes\\): TLS clients, ours included, refuse it as a server's own; serve a server " +
+      "certificate it signs \\(README: TLS\\)",
+  );
+  try {
+    for (const [cert, key] of [["ca.pem", "ca_key.pem"], ["cert.pem", "key.pem"]]) {
+      const tls = ["--tls-cert", `${dir}/${cert}`, "--tls-key", `${dir}/${key}`];
+      const relayPort = freePort();
+      const tunnelPort = freePort();
+      const relay = spawn(
+        ["run", `--allow-net=127.0.0.1:${relayPort}`, read, CLI, "--open", ...tls]
+          .concat(["--hostname", "127.0.0.1", "--port", String(relayPort)]),
+      );
+      const server = spawn(
+        ["run", `--allow-net=127.0.0.1:${tunnelPort},127.0.0.1:22`, read, tunnel, "server"]
+          .concat([String(tunnelPort)])
+          .concat(["127.0.0.1", "22", "--listen-host", "127.0.0.1", ...tls]),
+      );
+      try {
+        await relay.waitFor(/Relay listening on https:/, "the relay");
+        await server.waitFor(/Tunnel server on .* \(TLS\)/, "the tunnel server");
+        if (cert === "ca.pem") {
+          await relay.waitFor(concern, "the relay's warning");
+          await server.waitFor(concern, "the tunnel server's warning");
+        }
+      } finally {
+        assert.equal(await relay.stop(), 0, relay.text);
+        assert.equal(await server.stop(), 0, server.text);
+      }
+      if (cert === "cert.pem") {
+        assert.doesNotMatch(relay.text + server.text, /CA's certificate/);
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
