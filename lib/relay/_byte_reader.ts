@@ -175,6 +175,19 @@ export class ByteReader {
     return (await this.readFull(out)) ? out : null;
   }
 
+  /** Drops what is buffered, then reads and drops until the end of the stream or `max` bytes. */
+  async discard(max: number): Promise<void> {
+    if (this.#ahead !== null) await this.fill();
+    let left = max - (this.#end - this.#start);
+    this.consume(this.#end - this.#start);
+    const scratch = new Uint8Array(64 * 1024);
+    while (left > 0) {
+      const n = await this.#source.read(scratch);
+      if (n === null) return;
+      left -= n;
+    }
+  }
+
   /**
    * Reads up to `max` bytes into a new array: buffered bytes first, else one
    * read from the source. Null at the end of the stream.

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { errorMessage } from "../_util.ts";
+import { HttpError } from "./_http1_request.ts";
 import type { Hub, JoinRefused } from "./_hub.ts";
 import { refusalResponse, type RelayErrorCode } from "./_protocol.ts";
 
@@ -19,6 +21,20 @@ export function refuseRequest(
 ): Response {
   hub.refuse(code);
   return refusalResponse(status, code, message);
+}
+
+/**
+ * The answer to a request whose body `readBody` could not take (`error`):
+ * 413 only for one too large; 400 with `badCode` for text that is not UTF-8,
+ * 400 for broken framing; a client gone mid-body is no refusal to count.
+ */
+export function bodyRefusal(hub: Hub, error: unknown, badCode: RelayErrorCode): Response {
+  if (error instanceof BodyTooLarge) return refuseRequest(hub, 413, "too-large", error.message);
+  if (error instanceof BodyNotUtf8) return refuseRequest(hub, 400, badCode, error.message);
+  if (error instanceof HttpError) {
+    return refuseRequest(hub, error.status, "bad-request", error.message);
+  }
+  return refusalResponse(400, "bad-request", errorMessage(error));
 }
 
 /** The answer to a refused join (counted already, by the hub). */

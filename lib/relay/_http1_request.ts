@@ -52,6 +52,34 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // deno-lint-ignore no-control-regex
 const BAD_VALUE = /[\x00-\x08\x0a-\x1f\x7f]/;
 const CRLF_CRLF = [13, 10, 13, 10];
+/** Methods a `Request` cannot carry (the Fetch standard forbids them). */
+const UNSERVED_METHODS = new Set(["CONNECT", "TRACE", "TRACK"]);
+
+/**
+ * Why `target` is not a request target this server takes, or null (RFC 9112
+ * 3.2): a path (origin-form) or an `http(s)` URL (absolute-form), and `*`
+ * for OPTIONS. A path that a URL parser would rewrite — dot segments, plain
+ * or encoded; backslashes; encoded slashes; a leading `//`, read as a host —
+ * is refused: a reverse proxy in front, matching paths as sent, would allow
+ * `/relay/..\metrics` for what we would serve as `/metrics`.
+ */
+export function targetProblem(method: string, target: string): string | null {
+  if (target === "*") return method === "OPTIONS" ? null : "* is a target of OPTIONS only";
+  const authority = /^https?:\/\/[^/?#]+/i.exec(target);
+  const path = authority ? target.slice(authority[0].length) || "/" : target;
+  if (!path.startsWith("/") || path.startsWith("//")) {
+    return "the request target must be a path, or an http(s) URL";
+  }
+  if (target.includes("#")) return "a request target has no fragment (#)";
+  const query = path.indexOf("?");
+  const pathOnly = query < 0 ? path : path.slice(0, query);
+  if (/\\|%2f|%5c/i.test(pathOnly)) return "the path holds a backslash or an encoded slash";
+  for (const segment of pathOnly.split("/")) {
+    const plain = segment.replace(/%2e/gi, ".");
+    if (plain === "." || plain === "..") return "the path holds a dot segment (. or ..)";
+  }
+  return null;
+}
 
 function indexOfSequence(bytes: Uint8Array, sequence: number[], from = 0): number {
   const last = bytes.length - sequence.length;
@@ -110,7 +138,12 @@ export async function readHead(reader: ByteReader): Promise<RequestHead | null> 
     try {
       more = await reader.fill();
     } catch (error) {
-      if (error instanceof ReaderFull) throw new HttpError(431, "the request head is too large");
+      if (error instanceof ReaderFull) {
+        // The request line alone fills it: the URL is what is too long (RFC 9110 15.5.15).
+        const lineEnd = indexOfSequence(reader.buffered, [13, 10]);
+        if (lineEnd < 0) throw new HttpError(414, "the request target is too long");
+        throw new HttpError(431, "the request head is too large");
+      }
       throw error;
     }
     if (!more) {
@@ -138,6 +171,13 @@ export function parseHead(text: string): RequestHead {
   if (versionText !== "HTTP/1.1" && versionText !== "HTTP/1.0") {
     throw new HttpError(505, `${versionText} is not supported`);
   }
+  // Methods are case-sensitive (RFC 9110 9.1): `get` is no GET, though the
+  // Request constructor would make it one; CONNECT, TRACE and TRACK it refuses.
+  if (!/^[A-Z]+$/.test(method) || UNSERVED_METHODS.has(method)) {
+    throw new HttpError(501, `${method} is not a method this server implements`);
+  }
+  const problem = targetProblem(method, target);
+  if (problem !== null) throw new HttpError(400, problem);
   const version = versionText;
   if (lines.length - 1 > MAX_HEADERS) throw new HttpError(431, "too many header fields");
   const headers = new Headers();
@@ -248,7 +288,8 @@ export function bodyStream(
       if (ended) return;
       if (framing.kind === "chunked" && left === 0) {
         const line = await readLine(reader);
-        const size = /^([0-9a-fA-F]{1,13})(;.*)?$/.exec(line);
+        // Whitespace may come before an extension's ";" (RFC 9112 7.1.1).
+        const size = /^([0-9a-fA-F]{1,13})([ \t]*;.*)?$/.exec(line);
         if (!size) throw new HttpError(400, "malformed chunk size");
         left = parseInt(size[1], 16);
         if (left === 0) {

@@ -55,8 +55,51 @@ Deno.test("parseHead refuses what a lenient parser would guess at", () => {
     ["GET / HTTP/3.0\r\nHost: a", 505],
     ["GET / HTTX/1.1\r\nHost: a", 400],
     ["GET / HTTP/1.1\r\nHost: a" + "\r\nX: y".repeat(101), 431],
+    // Methods are case-sensitive; CONNECT, TRACE and TRACK are not served.
+    ["get / HTTP/1.1\r\nHost: a", 501],
+    ["pOsT / HTTP/1.1\r\nHost: a", 501],
+    ["TRACE / HTTP/1.1\r\nHost: a", 501],
+    ["CONNECT a:443 HTTP/1.1\r\nHost: a", 501],
   ];
   for (const [text, status] of cases) assert.equal(refusal(text), status, JSON.stringify(text));
+});
+
+Deno.test("parseHead refuses a target a URL parser would rewrite (a reverse proxy matches it as sent): dot segments, backslashes, encoded slashes, a leading //, a fragment, no leading /", () => {
+  const refused = [
+    "/relay/..\\metrics",
+    "/relay/../metrics",
+    "/relay/%2e%2e/metrics",
+    "/relay/.%2E/metrics",
+    "/chat/./x",
+    "/chat/..",
+    "/relay%2fws",
+    "/relay%5Cws",
+    "//evil.example/healthz",
+    "//healthz",
+    "healthz",
+    "\\healthz",
+    "/healthz#frag",
+    "ftp://x/healthz",
+    "http://x//healthz",
+    "http://x/a/../metrics",
+    "*",
+  ];
+  for (const target of refused) {
+    assert.equal(refusal(`GET ${target} HTTP/1.1\r\nHost: a`), 400, target);
+  }
+  const taken = [
+    "/",
+    "/healthz",
+    "/relay/ws?session=a/../b&x=%2e%2e",
+    "/chat/",
+    "/a..b/.c/",
+    "http://x",
+    "https://x:8443/relay/stream?q=1",
+  ];
+  for (const target of taken) {
+    assert.equal(parseHead(`GET ${target} HTTP/1.1\r\nHost: a`).target, target);
+  }
+  assert.equal(parseHead("OPTIONS * HTTP/1.1\r\nHost: a").target, "*");
 });
 
 async function pieces(body: ReadableStream<Uint8Array>): Promise<Uint8Array[]> {
@@ -82,6 +125,13 @@ Deno.test("bodyStream: a body of declared length comes whole, read straight into
   // Small reads through the 16 KiB head buffer took 64 reads; straight into the body, 5.
   assert.ok(offered.length <= 6, `${offered.length} reads`);
   assert.ok(offered.slice(1).every((room) => room > 16 * 1024), `read rooms ${offered}`);
+});
+
+Deno.test("bodyStream: a chunk size may have extensions, with whitespace before the ;", async () => {
+  const wire = new TextEncoder().encode("5 ;a=b\r\nhello\r\n2;c\r\n!!\r\n0\r\n\r\n");
+  const reader = new ByteReader(readingConn(wire, 1 << 20).conn, 16 * 1024);
+  const got = await pieces(bodyStream(reader, { kind: "chunked" }, () => {})!);
+  assert.equal(new TextDecoder().decode(concat(...got)), "hello!!");
 });
 
 Deno.test("bodyStream: a chunked body (sizes nobody checked first) still comes in pieces of at most 64 KiB", async () => {

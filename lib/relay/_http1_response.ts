@@ -49,6 +49,7 @@ export interface ResponseFraming {
 const REASONS: Record<number, string> = {
   200: "OK",
   204: "No Content",
+  308: "Permanent Redirect",
   400: "Bad Request",
   401: "Unauthorized",
   403: "Forbidden",
@@ -57,6 +58,7 @@ const REASONS: Record<number, string> = {
   409: "Conflict",
   410: "Gone",
   413: "Content Too Large",
+  414: "URI Too Long",
   417: "Expectation Failed",
   426: "Upgrade Required",
   429: "Too Many Requests",
@@ -76,6 +78,23 @@ export function statusLine(status: number, statusText = ""): string {
   return `HTTP/1.1 ${status} ${statusText || REASONS[status] || ""}\r\n`;
 }
 
+let dateSecond = -1;
+let dateText = "";
+
+/**
+ * Now as an HTTP date (IMF-fixdate, RFC 9110 5.6.7), which every response of
+ * an origin server with a clock carries (6.6.1); made once a second.
+ */
+export function httpDate(): string {
+  const now = Date.now();
+  const second = Math.floor(now / 1000);
+  if (second !== dateSecond) {
+    dateSecond = second;
+    dateText = new Date(now).toUTCString();
+  }
+  return dateText;
+}
+
 /** Status line and header fields of `response`, with our own framing fields added. */
 function responseHead(
   response: Response,
@@ -83,8 +102,12 @@ function responseHead(
 ): Uint8Array {
   let head = statusLine(response.status, response.statusText);
   for (const [name, value] of response.headers) {
-    if (!HOP_BY_HOP.has(name)) head += `${name}: ${value}\r\n`;
+    // A 426 names the protocol to upgrade to (RFC 9110 15.5.22).
+    if (!HOP_BY_HOP.has(name) || (name === "upgrade" && response.status === 426)) {
+      head += `${name}: ${value}\r\n`;
+    }
   }
+  if (!response.headers.has("date")) head += `date: ${httpDate()}\r\n`;
   for (const [name, value] of fields) head += `${name}: ${value}\r\n`;
   return encoder.encode(head + "\r\n");
 }

@@ -42,7 +42,7 @@ import {
 } from "../_util.ts";
 import { ByteReader } from "./_byte_reader.ts";
 import { bodyStream, HttpError, readHead, type RequestHead } from "./_http1_request.ts";
-import { statusLine, writeAll, writeResponse } from "./_http1_response.ts";
+import { httpDate, statusLine, writeAll, writeResponse } from "./_http1_response.ts";
 import { acceptKey, handshakeProblem, ServerWebSocket } from "./_server_websocket.ts";
 
 const log = getLogger(["immortal", "relay", "http"]);
@@ -53,6 +53,13 @@ const MAX_HEAD_BYTES = 16 * 1024;
 const MAX_DRAIN_BYTES = 64 * 1024;
 /** How long shutdown waits for joined connections to say goodbye before closing them. */
 const SHUTDOWN_GRACE_MS = 2000;
+/** How long, and how much, a connection closing under a client still sending reads on: see #linger. */
+const LINGER_MS = 2000;
+const LINGER_BYTES = 64 << 20;
+/** How long a response may go on after its client closed its end (see #exchange). */
+const HALF_CLOSE_GRACE_MS = 1000;
+/** The methods the relay answers, for OPTIONS *. */
+const ALLOWED = "GET, HEAD, POST, OPTIONS";
 const encoder = new TextEncoder();
 
 /** A `Deno.serve`-style request handler. */
@@ -338,7 +345,7 @@ export class HttpServer {
         try {
           head = await readHead(reader);
         } catch (error) {
-          if (error instanceof HttpError) await this.#refuse(conn, error);
+          if (error instanceof HttpError) await this.#refuse(connection, reader, error);
           break;
         }
         if (head === null) break;
@@ -369,15 +376,35 @@ export class HttpServer {
     bodyTimedOut: () => void,
   ): Promise<boolean | ServerWebSocket> {
     const { conn } = connection;
+    if ((head.method === "GET" || head.method === "HEAD") && head.body.kind !== "none") {
+      await this.#refuse(
+        connection,
+        reader,
+        new HttpError(400, `a ${head.method} request has no body`),
+      );
+      return false;
+    }
+    if (head.target === "*") {
+      // OPTIONS * asks what the server does (RFC 9110 9.3.7): nothing to route.
+      return await writeResponse(
+        conn,
+        new Response(null, { status: 204, headers: { allow: ALLOWED } }),
+        {
+          http10: head.version === "HTTP/1.0",
+          head: false,
+          keepAlive: head.keepAlive && !this.#closing.signal.aborted && head.body.kind === "none",
+        },
+      ) && head.body.kind === "none";
+    }
     let url: URL;
     try {
       url = new URL(head.target, `${this.#scheme}://${head.headers.get("host") ?? "localhost"}`);
     } catch {
-      await this.#refuse(conn, new HttpError(400, "malformed request target or Host"));
-      return false;
-    }
-    if ((head.method === "GET" || head.method === "HEAD") && head.body.kind !== "none") {
-      await this.#refuse(conn, new HttpError(400, `a ${head.method} request has no body`));
+      await this.#refuse(
+        connection,
+        reader,
+        new HttpError(400, "malformed request target or Host"),
+      );
       return false;
     }
     if (head.expectContinue && head.body.kind !== "none") {
@@ -385,13 +412,19 @@ export class HttpServer {
     }
     let bodyRead = false;
     const body = bodyStream(reader, head.body, () => bodyRead = true);
-    const req = new Request(url, {
-      method: head.method,
-      headers: head.headers,
-      body,
-      // @ts-ignore: `duplex` (needed for a stream body) is missing from Deno's RequestInit
-      duplex: "half",
-    });
+    let req: Request;
+    try {
+      req = new Request(url, {
+        method: head.method,
+        headers: head.headers,
+        body,
+        // @ts-ignore: `duplex` (needed for a stream body) is missing from Deno's RequestInit
+        duplex: "half",
+      });
+    } catch (error) {
+      await this.#refuse(connection, reader, new HttpError(400, errorMessage(error)));
+      return false;
+    }
     let upgraded: ServerWebSocket | undefined;
     controls.set(req, {
       remote: formatAddr(conn.remoteAddr),
@@ -427,6 +460,8 @@ export class HttpServer {
       response = new Response("internal error", { status: 500 });
     }
     connection.disarm();
+    let halfClosed: ReturnType<typeof setTimeout> | undefined;
+    let written = false;
     try {
       const socket = upgrades.get(response);
       if (socket === upgraded && socket !== undefined) {
@@ -453,37 +488,75 @@ export class HttpServer {
       // it, a pipe and its other end, until it next writes.
       const clientGone = new AbortController();
       if (head.body.kind === "none" || bodyRead) {
-        reader.readAhead().then((more) => more || clientGone.abort());
+        reader.readAhead().then((more) => {
+          if (more || written || connection.closed) return;
+          // Closed, or only its sending half (a request piped to socat): a
+          // response that ends by itself is written whole; one still going
+          // after the grace (an event stream, a link's downstream) was for a
+          // client that left.
+          halfClosed = setTimeout(() => clientGone.abort(), HALF_CLOSE_GRACE_MS);
+        });
       }
+      // The handler answered without reading the body (a refusal, say). A
+      // small one is read past, so the connection can go on; a large one is
+      // not worth it (a body of declared length is read in whole pieces, up
+      // to 1 MiB): the connection ends, and the answer says so.
+      const unread = () => !bodyRead && body !== null && !body.locked;
+      const drainable = head.body.kind !== "length" || head.body.length <= MAX_DRAIN_BYTES;
       const keepAlive = await writeResponse(conn, response, {
         http10: head.version === "HTTP/1.0",
         head: head.method === "HEAD",
-        keepAlive: head.keepAlive && !this.#closing.signal.aborted,
+        keepAlive: head.keepAlive && !this.#closing.signal.aborted && (drainable || !unread()),
         clientGone: clientGone.signal,
       });
-      // A body declared larger than we would read past is not touched at all
-      // (a body of declared length is read in whole pieces, up to 1 MiB).
-      const drainable = head.body.kind !== "length" || head.body.length <= MAX_DRAIN_BYTES;
-      if (keepAlive && !bodyRead && body && !body.locked && drainable) {
-        // The handler answered without reading the body (a refusal, say). A
-        // small one is read past, so the connection can go on; a large one
-        // is not worth it: the connection ends instead.
+      if (keepAlive && unread()) {
         connection.arm(this.#options.idleTimeout, bodyTimedOut);
         let left = MAX_DRAIN_BYTES;
-        for await (const chunk of body) {
+        for await (const chunk of body!) {
           left -= chunk.length;
           if (left < 0) break;
         }
         connection.disarm();
       }
+      // A client still sending its body reads the answer only if the
+      // connection does not end under it (see #linger).
+      if (unread()) await this.#linger(connection, reader);
       // A body left unread would be taken for the next request head.
       return keepAlive && bodyRead;
     } finally {
+      written = true;
+      clearTimeout(halfClosed);
       completed();
     }
   }
 
-  async #refuse(conn: Deno.Conn, error: HttpError): Promise<void> {
+  /**
+   * Ends a connection whose client may still be sending (a body not read, a
+   * head refused) so that the client reads our answer: closed with bytes
+   * unread, it would be reset, and a reset throws away the answer waiting in
+   * the client's receive buffer (RFC 9112 9.6; a proxy in front answers 502).
+   * So: no more writes, then whatever comes is read and dropped, for at most
+   * `LINGER_MS` and `LINGER_BYTES`.
+   */
+  async #linger(connection: Connection, reader: ByteReader): Promise<void> {
+    try {
+      await connection.conn.closeWrite();
+    } catch {
+      return; // gone already
+    }
+    connection.arm(LINGER_MS, () => {});
+    try {
+      await reader.discard(LINGER_BYTES);
+    } catch {
+      // Reset, or closed when LINGER_MS ran out.
+    } finally {
+      connection.disarm();
+      connection.close();
+    }
+  }
+
+  async #refuse(connection: Connection, reader: ByteReader, error: HttpError): Promise<void> {
+    const { conn } = connection;
     this.#stats.badRequests++;
     this.#logs.event(
       `bad ${error.status}`,
@@ -493,11 +566,12 @@ export class HttpServer {
     );
     const body = encoder.encode(JSON.stringify({ error: "bad-request", message: error.message }));
     const head = `${statusLine(error.status)}content-type: application/json\r\n` +
-      `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+      `content-length: ${body.length}\r\ndate: ${httpDate()}\r\nconnection: close\r\n\r\n`;
     try {
       await writeAll(conn, concat(encoder.encode(head), body));
     } catch {
-      // The client is gone.
+      return; // The client is gone.
     }
+    await this.#linger(connection, reader);
   }
 }

@@ -8,11 +8,10 @@
  */
 
 import { getLogger } from "@logtape/logtape";
-import { errorMessage } from "../_util.ts";
 import { forwardToOwner, ownedId } from "./_forward.ts";
 import { type Hub, JoinRefused } from "./_hub.ts";
 import {
-  BodyNotUtf8,
+  bodyRefusal,
   frameTooLarge,
   readBody,
   refusedJoin,
@@ -52,8 +51,7 @@ export class HttpStreamEndpoint {
     try {
       text = (await readBody(req, settings.maxMessageBytes)).text;
     } catch (error) {
-      if (error instanceof BodyNotUtf8) return refuseRequest(hub, 400, "bad-hello", error.message);
-      return refuseRequest(hub, 413, "too-large", errorMessage(error));
+      return bodyRefusal(hub, error, "bad-hello");
     }
     const hello = asFrameObject(readJson(text));
     if (hello === null || hello.t !== "hello") {
@@ -128,8 +126,7 @@ export class HttpStreamEndpoint {
       // A POST may carry a batch of frames; each is still held to the frame limit below.
       body = await readBody(req, max * 16);
     } catch (error) {
-      if (error instanceof BodyNotUtf8) return refuseRequest(hub, 400, "bad-frame", error.message);
-      return refuseRequest(hub, 413, "too-large", errorMessage(error));
+      return bodyRefusal(hub, error, "bad-frame");
     }
     const value = readJson(body.text);
     if (value === undefined) return refuseRequest(hub, 400, "bad-frame", "the body must be JSON");

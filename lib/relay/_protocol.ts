@@ -302,7 +302,13 @@ export interface RefusalBody {
 /** A refused HTTP request, as the relay answers it. */
 export function refusalResponse(status: number, code: RelayErrorCode, message: string): Response {
   const body: RefusalBody = { error: code, message };
-  return Response.json(body, { status });
+  // What the status requires to come with it (RFC 9110 15.5.2, 15.5.22).
+  const headers: Record<string, string> = status === 401
+    ? { "www-authenticate": 'Bearer realm="immortal relay"' }
+    : status === 426
+    ? { upgrade: "websocket" }
+    : {};
+  return Response.json(body, { status, headers });
 }
 
 /** Header that carries the relay secret (never the URL: proxies log URLs). */

@@ -24,14 +24,18 @@ import { acceptWebSocket } from "./_websocket_endpoint.ts";
 import { requestSource } from "./_request_source.ts";
 import type { RelayOptions } from "./options.ts";
 
-const KNOWN_PATHS: readonly string[] = [
-  "/",
-  "/chat",
-  "/chat/",
-  "/healthz",
-  "/metrics",
-  ...Object.values(PATHS),
-];
+/** The methods each path answers: the Allow of a 405 there (RFC 9110 15.5.6). */
+const ALLOWED_METHODS: Readonly<Record<string, string>> = {
+  "/": "GET, HEAD",
+  "/chat": "GET, HEAD",
+  "/chat/": "GET, HEAD",
+  "/healthz": "GET, HEAD",
+  "/metrics": "GET, HEAD",
+  [PATHS.ws]: "GET",
+  [PATHS.stream]: "POST",
+  [PATHS.send]: "POST",
+  [PATHS.pipe]: "GET, POST",
+};
 
 /**
  * A relay: rooms of nodes (each named by a session id) that reach it over
@@ -151,6 +155,7 @@ export class Relay implements Disposable {
       case "HEAD /healthz": // what many health checkers send; the server drops the body
         return this.#health(req);
       case "GET /metrics":
+      case "HEAD /metrics":
         return this.#mayWatch(req) ? metricsResponse(this.stats) : refuseRequest(
           hub,
           401,
@@ -170,8 +175,15 @@ export class Relay implements Disposable {
       case `POST ${PATHS.pipe}`:
         return this.#pipes.handle(req, info);
     }
-    if (KNOWN_PATHS.includes(pathname)) {
-      return refuseRequest(hub, 405, "method-not-allowed", `${req.method} is not allowed here`);
+    if (Object.hasOwn(ALLOWED_METHODS, pathname)) {
+      const refusal = refuseRequest(
+        hub,
+        405,
+        "method-not-allowed",
+        `${req.method} is not allowed here`,
+      );
+      refusal.headers.set("allow", ALLOWED_METHODS[pathname]);
+      return refusal;
     }
     return refuseRequest(hub, 404, "not-found", "no such page");
   }
