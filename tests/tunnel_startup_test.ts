@@ -48,7 +48,7 @@ Deno.test("tunnel client: started while its server is down, it listens, says so,
     await client.waitFor(/Tunnel client on 127\.0\.0\.1:\d+/, "the client listening");
     await client.waitFor(
       new RegExp(
-        `Tunnel server unreachable \\(cannot connect to 127\\.0\\.0\\.1:${serverPort}: Connection refused`,
+        `Tunnel server not reached \\(cannot connect to 127\\.0\\.0\\.1:${serverPort}: Connection refused`,
       ),
       "the client saying the server is unreachable",
     );
@@ -209,7 +209,7 @@ Deno.test("tunnel client: waiting for a server that is down never spins, whateve
     ],
   );
   try {
-    await client.waitFor(/Tunnel server unreachable/, "the first retry");
+    await client.waitFor(/Tunnel server not reached/, "the first retry");
     assert.equal(await client.stop(), 0);
     const retries = client.log.split("\n").filter((line) =>
       /Tunnel server (unreachable|still unreachable)/.test(line)
@@ -508,6 +508,38 @@ Deno.test("tunnel server through a relay whose name is held: it waits under a st
   } finally {
     await holder.close();
     assert.equal(await server.stop(), 0, server.log);
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("tunnel client pointed at another kind of server that reads the hello and hangs up (PostgreSQL does): its log says so, not 'unreachable'", async () => {
+  const { path } = await keyFile();
+  const listenPort = freePort();
+  // Reads what comes, then closes without a byte back: a database's answer to a bad startup packet.
+  const hangUp = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    for await (const conn of hangUp) {
+      conn.read(new Uint8Array(1024)).catch(() => null).finally(() => conn.close());
+    }
+  })();
+  const client = spawnCli(
+    [`--allow-net=127.0.0.1`, `--allow-read=${path}`],
+    CLI,
+    ["client", String(listenPort), "127.0.0.1", String(hangUp.addr.port), "--key-file", path],
+  );
+  try {
+    await client.waitFor(
+      new RegExp(
+        `Tunnel server not reached \\(127\\.0\\.0\\.1:${hangUp.addr.port} accepted the connection ` +
+          "and closed it without answering: is it an immortal server\\? \\(one shedding load does that too\\)\\)",
+      ),
+      "the client saying what the server did",
+    );
+    assert.doesNotMatch(client.log, /cannot connect to|link closed during the handshake/);
+  } finally {
+    await client.stop();
+    hangUp.close();
+    await serving;
     await Deno.remove(path);
   }
 });

@@ -238,7 +238,7 @@ Deno.test("a tunnel server that stays unreachable is said once, not at every ope
     return records.filter((r) => r.level !== "debug").map(renderRecord);
   });
   assert.equal(
-    lines.filter((l) => l.startsWith("Tunnel server unreachable")).length,
+    lines.filter((l) => l.startsWith("Tunnel server not reached")).length,
     1,
     lines.join("\n"),
   );

@@ -193,12 +193,25 @@ function rejectError(code: RejectCode, reason: string): ImmortalError {
   return new ImmortalError(mapped, `server refused: ${reason}`);
 }
 
+/** The link ended in the handshake, where the peer's `expected` frame should have come. */
+export class HandshakeCut extends Error {
+  /** The frame that never came (`challenge`: the server said nothing at all). */
+  readonly expected: Frame["type"];
+
+  /** The link ended before `expected` came. */
+  constructor(expected: Frame["type"]) {
+    super("link closed during the handshake");
+    this.name = "HandshakeCut";
+    this.expected = expected;
+  }
+}
+
 async function expectFrame<T extends Frame["type"]>(
   reader: FrameReader,
   type: T,
 ): Promise<Extract<Frame, { type: T }>> {
   const frame = await reader.nextFrame();
-  if (frame === null) throw new Error("link closed during the handshake");
+  if (frame === null) throw new HandshakeCut(type);
   if (frame.type === "reject") throw rejectError(frame.code, frame.reason);
   if (frame.type === "hello" && type !== "hello") {
     // A client's own first frame, back: what a plain echo server does.

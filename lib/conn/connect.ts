@@ -17,7 +17,7 @@ import {
 } from "../_util.ts";
 import { ClientSession } from "./_client_session.ts";
 import { ImmortalError } from "./errors.ts";
-import { hmacKey } from "./_handshake.ts";
+import { HandshakeCut, hmacKey } from "./_handshake.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
 import { resolveOptions } from "./_options.ts";
 import type { BackoffOptions, SessionOptions } from "./options.ts";
@@ -186,6 +186,16 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
         ? `${where} answers in TLS: connect with TLS`
         : `${where} does not speak the immortal protocol (${error.message}): ` +
           "is it an immortal server?",
+      options,
+    );
+  }
+  if (error instanceof HandshakeCut && error.expected === "challenge") {
+    // Not one byte back: another kind of server that hung up on our hello (a
+    // database, say), or ours shedding load (which may pass: still retried).
+    return new ImmortalError(
+      "unreachable",
+      `${where} accepted the connection and closed it without answering: is it an immortal ` +
+        "server? (one shedding load does that too)",
       options,
     );
   }

@@ -229,14 +229,14 @@ export class TunnelClient implements AsyncDisposable {
         if (attempt === 1 && this.#unreachableSince === null) {
           this.#unreachableSince = performance.now();
           log.warn(
-            "Tunnel server unreachable ({reason}); a connection waits up to {seconds} s for it",
+            "Tunnel server not reached ({reason}); a connection waits up to {seconds} s for it",
             {
               reason: error.message,
               seconds: Math.round(connectWait / 1000),
             },
           );
         } else if (attempt === 1) {
-          log.debug("Tunnel server still unreachable ({reason})", { reason: error.message });
+          log.debug("Tunnel server still not reached ({reason})", { reason: error.message });
         }
         if (!(await delay(wait, this.#closing.signal))) throw error;
       }
