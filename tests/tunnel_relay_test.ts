@@ -420,3 +420,46 @@ Deno.test("tunnel CLI through a relay: a client at start fails at once, in one l
     stuckPipes.close();
   }
 });
+
+Deno.test("tunnel CLI through a relay: pipes given up while the server was stopped (SIGSTOP) are no warnings once it continues, however many", async () => {
+  const key = (await runTunnel(["keygen"], "127.0.0.1")).stdout.trim();
+  // The relay waits 300 ms for the offered end of a pipe: dials to a stopped server give up soon.
+  await using relay = serveRelay({
+    hostname: "127.0.0.1",
+    port: 0,
+    secret: "s",
+    authTimeout: 300,
+    onListen() {},
+  });
+  const url = `http://127.0.0.1:${relay.addr.port}`;
+  const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const server = spawnCli(["--allow-net=127.0.0.1"], TUNNEL, [
+    "server",
+    ...["--relay", url, "--session", "t", "--relay-secret", "s", "--name", "srv"],
+    ...["127.0.0.1", String(target.addr.port), "--key", key, "--log-level", "debug"],
+  ]);
+  await using dialer = await RelayNode.connect(url, { session: "t", nickname: "d", secret: "s" });
+  try {
+    await server.waitFor(/Tunnel server srv on the relay/, "the tunnel server");
+    server.child.kill("SIGSTOP");
+    try {
+      // Three pipes offered to it while it cannot take them; each gives up at the relay.
+      for (let i = 0; i < 3; i++) {
+        await assert.rejects(
+          within(20_000, "a pipe dial", dialer.pipeDialer("srv")(AbortSignal.timeout(20_000))),
+          /did not answer the pipe/,
+        );
+      }
+    } finally {
+      server.child.kill("SIGCONT");
+    }
+    await server.waitFor(
+      /(The pipe from d was given up before this node took it[^]*){3}/,
+      "the server finding the three pipes gone",
+    );
+    assert.doesNotMatch(server.log, /Could not accept the pipe/);
+  } finally {
+    await server.stop();
+    target.close();
+  }
+});

@@ -9,6 +9,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
+import { LogLimiter } from "../_log_limiter.ts";
 import { errorMessage } from "../_util.ts";
 import { ImmortalError } from "../conn/errors.ts";
 import { httpDialer } from "../link/http_dialer.ts";
@@ -80,6 +81,8 @@ export class NodePipes {
   #url: URL;
   #acceptor: PipeAcceptor | null = null;
   #accepts: (from: string) => boolean = () => true;
+  /** Pipes that could not be taken: a line per node and interval, however many. */
+  #logs = new LogLimiter((line) => log.warn(line));
 
   /** Pipes of the node `host`. */
   constructor(host: PipeHost) {
@@ -152,16 +155,26 @@ export class NodePipes {
       const link = await this.#open({}, AbortSignal.timeout(10_000), frame.id);
       acceptor.push(throughRelay(link, frame.from));
     } catch (error) {
-      log.warn("Could not accept the pipe from {from}: {reason}", {
-        from: frame.from,
-        reason: errorMessage(error),
-      });
+      // Gone from the relay before we took it: its dialer gave up on it (this
+      // node was slow: stopped, say, or busy), and dials again if it still
+      // wants one. No news; and a node woken up may find dozens at once.
+      if (error instanceof RelayRefusedError && error.code === "no-such-stream") {
+        log.debug("The pipe from {from} was given up before this node took it", {
+          from: frame.from,
+        });
+        return;
+      }
+      this.#logs.event(
+        `accept ${frame.from}`,
+        `Could not accept the pipe from ${frame.from}: ${errorMessage(error)}`,
+      );
     }
   }
 
   /** Stops accepting pipes. */
   close(): void {
     this.#acceptor?.close();
+    this.#logs.flush();
   }
 
   /** Opens this end of a pipe; a refusal by the relay is a {@linkcode RelayRefusedError}. */
