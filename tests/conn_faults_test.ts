@@ -12,9 +12,11 @@ import {
   nextEvent,
   patternHash,
   receiveAll,
+  renderRecord,
   sendPattern,
   watchTimerLateness,
   within,
+  withLogs,
 } from "./_helpers.ts";
 
 const FAST_BACKOFF = { initial: 5, max: 50 };
@@ -184,4 +186,41 @@ Deno.test("resume timeout: both streams error naming the timeout; the server rea
   assert.equal(t.listener.sessionCount, 0);
   reader.releaseLock();
   writer.releaseLock();
+});
+
+Deno.test("a client that resumes on a new link while the server still holds the old one: the server says so as info (the client warned of the fault), not as a lost link of its own", async () => {
+  await withLogs(async (records) => {
+    // The server would wait a minute to notice: the client's resume comes first, always.
+    const listener = listen({ hostname: "127.0.0.1", port: 0, deadLinkTimeout: 60_000 });
+    const proxy = await FaultProxy.start({ targetPort: listener.addr.port });
+    const client = await connect({
+      port: proxy.port,
+      backoff: FAST_BACKOFF,
+      heartbeatInterval: 200,
+      deadLinkTimeout: 1000,
+    });
+    const server = await listener.accept();
+    try {
+      const resumed = nextEvent<ResumedEvent>(client, "resumed");
+      const serverResumed = nextEvent<ResumedEvent>(server, "resumed");
+      proxy.blackhole();
+      await within(30_000, "the resume", Promise.all([resumed, serverResumed]));
+      const swap = records.find((r) =>
+        renderRecord(r).endsWith("lost its link: the client resumed on a new link")
+      );
+      assert.equal(swap?.level, "info", records.map(renderRecord).join("\n"));
+      // The client, which saw the fault, warns of it.
+      assert.ok(
+        records.some((r) =>
+          r.level === "warning" && /lost its link: nothing received/.test(renderRecord(r))
+        ),
+      );
+    } finally {
+      client.close();
+      server.close();
+      listener.close();
+      await proxy.close();
+      await Promise.allSettled([client.closed, server.closed]);
+    }
+  });
 });

@@ -94,8 +94,10 @@ class ServerSession implements SessionSide {
       if (epoch === this.#resumeEpoch) this.engine.fail(wrong, null);
       return;
     }
-    // The client gave up on the old link before we noticed it was dead.
-    this.engine.dropLink("the client resumed on a new link");
+    // The client gave up on the old link before we noticed it was dead: news,
+    // no fault of ours (the client warned of it); and a server stopped for a
+    // while meets each of the client's attempts in turn.
+    this.engine.dropLink("the client resumed on a new link", "info");
     // No link is attached now, so nothing moves `received` until we attach.
     const accept = await resumeAccept(
       this.secrets.resumeKey,

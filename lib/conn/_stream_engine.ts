@@ -552,13 +552,18 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.dispatchEvent(new ResumedEvent(downtimeMs, replayed));
   }
 
-  /** Drops the current link (if any) as lost: the side gets or awaits another. */
-  dropLink(reason: string): void {
-    if (this.#link !== null) this.#linkFailed(this.#link, reason);
+  /**
+   * Drops the current link (if any) as lost: the side gets or awaits
+   * another. `news` is how loud the loss is said: a link replaced by the
+   * peer (it resumed on a new one) is `info`, the peer's side told of the
+   * fault already.
+   */
+  dropLink(reason: string, news: "warn" | "info" = "warn"): void {
+    if (this.#link !== null) this.#linkFailed(this.#link, reason, news);
   }
 
   /** The link failed in any way: drop it and let the side replace it. */
-  #linkFailed(link: Link, reason: string): void {
+  #linkFailed(link: Link, reason: string, news: "warn" | "info" = "warn"): void {
     if (link !== this.#link) return;
     this.#link = null;
     link.close();
@@ -571,7 +576,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#lostAt = performance.now();
     this.#side.linkLost(reason);
     if (!this.resumable) return;
-    log.warn("Session {id} lost its link: {reason}", { id: this.sessionId, reason });
+    log[news]("Session {id} lost its link: {reason}", { id: this.sessionId, reason });
     if (this.#phase === "open") {
       this.#state = "reconnecting";
       this.dispatchEvent(new ReconnectingEvent(reason));
