@@ -1032,15 +1032,14 @@ function _statsPrinter(tunnel: TunnelServer | TunnelClient, log: Logger): () => 
   return () => {
     const lines: string[] = [];
     const changes: string[] = [];
-    if (tunnel instanceof TunnelClient) {
-      for (const session of tunnel.sessions) {
-        const st = session.stats;
-        const counts = `stats ${session.sessionId.slice(0, 8)} ${st.state}: ` +
-          `${st.bytesWritten} B out, ${st.bytesRead} B in, ${st.reconnects} reconnects, ` +
-          `${st.replayedBytes} B replayed`;
-        changes.push(counts);
-        lines.push(`${counts}, rtt ${st.rttMs?.toFixed(1) ?? "-"} ms`);
-      }
+    // Per session at either end: a server's sessions are its clients'.
+    for (const session of tunnel.sessions) {
+      const st = session.stats;
+      const counts = `stats ${session.sessionId.slice(0, 8)} ${st.state}: ` +
+        `${st.bytesWritten} B out, ${st.bytesRead} B in, ${st.reconnects} reconnects, ` +
+        `${st.replayedBytes} B replayed`;
+      changes.push(counts);
+      lines.push(`${counts}, rtt ${st.rttMs?.toFixed(1) ?? "-"} ms`);
     }
     const open = `stats ${tunnel.connections} open connection(s)`;
     changes.push(open);

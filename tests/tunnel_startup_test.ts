@@ -212,7 +212,7 @@ Deno.test("tunnel client: waiting for a server that is down never spins, whateve
     await client.waitFor(/Tunnel server not reached/, "the first retry");
     assert.equal(await client.stop(), 0);
     const retries = client.log.split("\n").filter((line) =>
-      /Tunnel server (unreachable|still unreachable)/.test(line)
+      /Tunnel server (not reached|still not reached)/.test(line)
     );
     assert.ok(retries.length <= 2, `${retries.length} retries logged at once:\n${client.log}`);
   } finally {
@@ -388,6 +388,11 @@ Deno.test("tunnel CLI through a relay that is not up yet: both ends wait for it 
     await echo.done;
     for (const cli of [server, client]) {
       await cli.waitFor(/^\S+ info +stats \d+ open connection\(s\)$/m, "statistics printed");
+      // Per session at both ends: the server's are its clients' sessions.
+      await cli.waitFor(
+        /^\S+ info +stats [0-9a-f]{8} \w+: \d+ B out, \d+ B in, \d+ reconnects, \d+ B replayed, rtt /m,
+        "a session's statistics",
+      );
     }
     assert.equal(await client.stop(), 0, client.log);
     assert.equal(await server.stop(), 0, server.log);

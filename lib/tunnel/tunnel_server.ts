@@ -98,7 +98,8 @@ export interface TunnelServerOptions<A extends Deno.Addr = Deno.NetAddr> extends
 export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDisposable {
   #listener: ImmortalListener<Deno.Addr>;
   #target: { hostname: string; port: number };
-  #sessions = new Set<MuxSession>();
+  /** Each live session's multiplexer, and the immortal session under it. */
+  #sessions = new Map<MuxSession, ImmortalConn>();
   #streams = 0;
   #refusals = new LogLimiter((line) => log.warn(line));
   #serving: Promise<void>;
@@ -139,6 +140,11 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     return this.#streams;
   }
 
+  /** The sessions of the tunnel clients connected now, for statistics. */
+  get sessions(): ImmortalConn[] {
+    return [...this.#sessions.values()];
+  }
+
   async #serve(): Promise<void> {
     for await (const conn of this.#listener) {
       const carrying = this.#carrySession(conn);
@@ -149,7 +155,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
 
   async #carrySession(conn: ImmortalConn): Promise<void> {
     const session = new MuxSession(conn, { role: "server" });
-    this.#sessions.add(session);
+    this.#sessions.set(session, conn);
     const id = conn.sessionId.slice(0, 8);
     log.info("Tunnel session {id} from {remote}", { id, remote: conn.peer });
     const streams = new Set<Promise<void>>();
@@ -239,7 +245,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   async close(): Promise<void> {
     this.#listener.close();
     // Said to each client: its connections end for this, not for a fault.
-    for (const session of this.#sessions) session.close(shuttingDown("tunnel server"));
+    for (const session of this.#sessions.keys()) session.close(shuttingDown("tunnel server"));
     await this.#serving;
     await Promise.allSettled([...this.#carrying]);
     this.#refusals.flush();
