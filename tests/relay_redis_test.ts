@@ -763,7 +763,7 @@ Deno.test("a relay stopped past its heartbeat's lifetime is given up by the othe
     await stalled.waitFor(/Relay listening on/, "the relay");
     await using other = startRelay({ redis: redis.url });
     const options = { session: "s", backoff: { initial: 10, max: 200 }, retries: 50 };
-    await using a = await RelayNode.connect(`http://127.0.0.1:${port}`, {
+    await using _a = await RelayNode.connect(`http://127.0.0.1:${port}`, {
       ...options,
       nickname: "a",
     });
