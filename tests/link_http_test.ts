@@ -241,3 +241,60 @@ Deno.test("using: an HttpLinkAcceptor disposed at the end of its scope refuses l
   assert.equal(answer.status, 503);
   await answer.body?.cancel();
 });
+
+Deno.test("httpDialer: one WebSocket refusal where HTTP streaming then works is a passing one (a relay whose peer was not back): the next link tries WebSocket again; two in a row stick to HTTP streaming", async () => {
+  const links = new HttpLinkAcceptor();
+  const listener = listen({ acceptor: links, ...FAST });
+  // WebSocket upgrades refused with 404 while `refusing` is above zero (one per refusal).
+  let refusing = 1;
+  let upgrades = 0;
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req, info) => {
+    if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
+      upgrades++;
+      if (refusing > 0) {
+        refusing--;
+        return new Response("not yet", { status: 404 });
+      }
+    }
+    return links.handle(req, info);
+  });
+  const proxy = await FaultProxy.start({ targetPort: server.addr.port });
+  /** A byte from the client, read at the server: the session carries data again. */
+  const roundTrip = async (client: ImmortalConn, accepted: ImmortalConn) => {
+    await client.write(new Uint8Array([7]));
+    const byte = new Uint8Array(1);
+    assert.equal(await accepted.read(byte), 1);
+  };
+  await withLogs(async (records) => {
+    try {
+      const dialer = httpDialer({ url: `http://127.0.0.1:${proxy.port}/link` });
+      await using client = await connect({ dialer, ...FAST });
+      await using accepted = await listener.accept();
+      // The first link: WebSocket refused once, then HTTP streaming.
+      assert.equal(upgrades, 1);
+      // Cut: the next link is a WebSocket again, and is taken.
+      proxy.reset();
+      await within(30_000, "a round trip after the cut", roundTrip(client, accepted));
+      assert.equal(upgrades, 2);
+      assert.ok(
+        !records.some((r) => /using HTTP streaming/.test(renderRecord(r))),
+        records.map(renderRecord).join("\n"),
+      );
+      // Refused twice in a row: something on the way refuses WebSocket; HTTP streaming sticks.
+      refusing = 2;
+      proxy.reset();
+      await within(30_000, "a round trip after the second cut", roundTrip(client, accepted));
+      proxy.reset();
+      await within(30_000, "a round trip after the third cut", roundTrip(client, accepted));
+      assert.ok(records.some((r) => /using HTTP streaming/.test(renderRecord(r))));
+      const upgradesBefore = upgrades;
+      proxy.reset();
+      await within(30_000, "a round trip after the fourth cut", roundTrip(client, accepted));
+      assert.equal(upgrades, upgradesBefore, "a WebSocket tried after it stuck to HTTP streaming");
+    } finally {
+      await proxy.close();
+      listener.close();
+      await server.shutdown();
+    }
+  });
+});

@@ -32,7 +32,8 @@ export interface HttpDialerOptions {
   client?: Deno.HttpClient;
   /**
    * `"auto"` (the default) tries WebSocket and, when it cannot be opened,
-   * HTTP streaming, and keeps to the one that worked; `"websocket"` or
+   * HTTP streaming; after two such links in a row (or a `426`: a proxy
+   * dropped the upgrade) it keeps to HTTP streaming. `"websocket"` or
    * `"http"` use only that one.
    */
   transport?: HttpTransport;
@@ -80,23 +81,38 @@ export function httpDialer(options: HttpDialerOptions): Dialer {
     headers: typeof headers === "function" ? headers() : headers,
   });
   let fellBack = transport === "http";
+  // WebSocket dials in a row that failed where HTTP streaming then worked.
+  let webSocketFailures = 0;
   // One for all its HTTP-streaming links (see PostSizing).
   const sizing = new PostSizing(MAX_POST_BYTES);
   return async (signal) => {
     const link = settings();
     if (fellBack) return await dialHttpStream(link, sizing, signal);
     try {
-      return await webSocketDialer(link)(signal);
+      const opened = await webSocketDialer(link)(signal);
+      webSocketFailures = 0;
+      return opened;
     } catch (error) {
       if (transport === "websocket" || signal.aborted) throw error;
       const streamed = await dialHttpStream(link, sizing, signal);
-      // WebSocket failed where plain requests pass: something on the way
-      // refuses it. Stay with HTTP streaming from now on.
-      fellBack = true;
-      log.info("WebSocket to {url} failed ({reason}); using HTTP streaming", {
-        url: String(options.url),
-        reason: errorMessage(error),
-      });
+      // WebSocket failed where plain requests pass. Once may be the server's
+      // passing refusal (a relay whose other end of a pipe was not back yet:
+      // the request over HTTP streaming came a moment later); twice in a row,
+      // or a 426 (a proxy that dropped the upgrade), is something on the way
+      // that refuses WebSocket: stay with HTTP streaming from now on.
+      const reason = errorMessage(error);
+      if (++webSocketFailures >= 2 || /answered 426\b/.test(reason)) {
+        fellBack = true;
+        log.info("WebSocket to {url} failed ({reason}); using HTTP streaming", {
+          url: String(options.url),
+          reason,
+        });
+      } else {
+        log.debug("WebSocket to {url} failed ({reason}); this link over HTTP streaming", {
+          url: String(options.url),
+          reason,
+        });
+      }
       return streamed;
     }
   };
