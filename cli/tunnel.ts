@@ -105,8 +105,10 @@ Link failure handling (milliseconds; both ends may set their own):
   --dead-link MS        replace a link silent this long (default: 2500)
   --resume-timeout MS   give up on (client) or reap (server) a session whose
                         link stays down this long (default: 120000)
-  --backoff-initial MS  client: first delay after a refused dial (default: 100)
-  --backoff-max MS      client: longest delay between refused dials (default: 5000)
+  --backoff-initial MS  client: first delay after a refused dial, or before
+                        rejoining a relay that went away (default: 100; 250
+                        for a relay)
+  --backoff-max MS      client: longest such delay (default: 5000)
   --probe-interval MS   client: while nothing answers, dial again this often
                         (default: 50)
   -h, --help          show this help
@@ -165,6 +167,8 @@ export interface TunnelRelayConfig {
   proxy?: string;
   /** Extra CA certificates for an https: relay. */
   caCerts?: string[];
+  /** Client: the delays between its rejoins of the relay (ms), from `--backoff-*`. */
+  backoff?: { initial?: number; max?: number };
   /** At start, how long to keep trying to reach the relay (ms); default 30000. */
   startWait?: number;
   /** Server: how long to wait for its name while another node holds it (ms); default 90000. */
@@ -324,6 +328,16 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
   if (relay && values["tls-ca"] !== undefined) {
     relay.caCerts = [readPemCertificate("CA file", values["tls-ca"], fileArgs)];
   }
+  const sessionSettings = _sessionSettings(role, values);
+  // The client's backoff paces its rejoins of the relay too: after a relay
+  // restart, that is what the tunnel waits for.
+  const { initial, max } = sessionSettings.backoff ?? {};
+  if (relay && (initial !== undefined || max !== undefined)) {
+    relay.backoff = {
+      ...(initial !== undefined ? { initial } : {}),
+      ...(max !== undefined ? { max } : {}),
+    };
+  }
   // 0 (the default) is off.
   const statsSeconds = values.stats === undefined
     ? 0
@@ -341,7 +355,7 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
     logLevel,
     statsSeconds,
     session: {
-      ..._sessionSettings(role, values),
+      ...sessionSettings,
       encrypt: relay !== undefined || !!values.encrypt,
     },
     ...(relay ? { relay } : {}),
@@ -705,30 +719,22 @@ async function _nameClaim(
 
 /** One try at joining (a relay node's own retries are ours here), given up on a signal. */
 async function _connectNode(relay: TunnelRelayConfig, stopping: AbortSignal): Promise<RelayNode> {
-  // A signal before this try (during the permission check, say) never fires again.
-  if (stopping.aborted) throw STOPPED;
-  const connecting = RelayNode.connect(relay.url, {
-    session: relay.session,
-    nickname: relay.name,
-    secret: relay.secret,
-    proxy: relay.proxy,
-    caCerts: relay.caCerts,
-    claim: relay.claim,
-    retries: 1,
-  });
-  let onAbort = () => {};
-  const stopped = new Promise<never>((_, reject) => {
-    onAbort = () => reject(STOPPED);
-    stopping.addEventListener("abort", onAbort, { once: true });
-  });
   try {
-    return await Promise.race([connecting, stopped]);
+    return await RelayNode.connect(relay.url, {
+      session: relay.session,
+      nickname: relay.name,
+      secret: relay.secret,
+      proxy: relay.proxy,
+      caCerts: relay.caCerts,
+      claim: relay.claim,
+      retries: 1,
+      ...(relay.backoff ? { backoff: relay.backoff } : {}),
+      signal: stopping,
+    });
   } catch (error) {
-    // A join still on its way when the signal came must not stay joined.
-    if (error === STOPPED) connecting.then((node) => node.close(), () => {});
+    // Given up on the signal (before this try, too): the dial in flight with it.
+    if (stopping.aborted) throw STOPPED;
     throw error;
-  } finally {
-    stopping.removeEventListener("abort", onAbort);
   }
 }
 

@@ -58,6 +58,9 @@ Deno.test("tunnel CLI: relay flags name the tunnel ends, always encrypt, and are
     secret: "s",
   });
   assert.equal(client.listenPort, 6543);
+  // The client's backoff paces its rejoins of the relay too (after a relay restart).
+  const paced = parse(["client", "6543", ...relay, "--to", "db", "--backoff-max", "300"]);
+  assert.deepEqual(paced.relay?.backoff, { max: 300 });
   const cases: [string[], RegExp][] = [
     [["client", "6543", "--session", "lab", "--to", "db"], /--session needs --relay/],
     [["client", "6543", "--relay", "https://r", "--to", "db", "--key", "k"], /needs --session/],
