@@ -247,3 +247,39 @@ Deno.test("a tunnel server that stays unreachable is said once, not at every ope
     lines.join("\n"),
   );
 });
+
+Deno.test("a tunnel server shutting down in the middle of a transfer to a slow reader: the client says why (the server is shutting down), not that its own socket's write was cancelled", async () => {
+  await using target = startTarget("reply", 64 << 20);
+  const lines = await withLogs(async (records) => {
+    await using tunnel = plainTunnel(target.port);
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: tunnel.client.addr.port });
+    // The target's reply starts once we half-close; we read a little of it and then
+    // stop, so that the client's write to us waits (or its stream's data does).
+    await conn.closeWrite();
+    const some = new Uint8Array(64 * 1024);
+    let got = 0;
+    while (got < 4 << 20) {
+      const n = await within(30_000, "the reply", conn.read(some));
+      assert.notEqual(n, null);
+      got += n!;
+    }
+    await tunnel.server.close();
+    // The end reaches the application (whatever was in flight before it).
+    for (;;) {
+      const n = await within(30_000, "the end", conn.read(some).catch(() => null));
+      if (n === null) break;
+    }
+    conn.close();
+    return records.map((r) => [r.level, renderRecord(r)] as const);
+  });
+  const ends = lines.filter(([, line]) =>
+    /Tunneled connection from \S+ (ended|failed): /.test(line)
+  );
+  assert.deepEqual(
+    ends.map(([level, line]) => [level, line.replace(/from \S+/, "from X")]),
+    [[
+      "warning",
+      "Tunneled connection from X ended: the peer aborted the connection: the tunnel server is shutting down",
+    ]],
+  );
+});

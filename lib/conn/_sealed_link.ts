@@ -91,9 +91,21 @@ export class SealedLink implements Link {
   #plaintext: Uint8Array | null = null;
   #writing: Promise<void> = Promise.resolve();
 
+  /**
+   * Ends the sending of the link under it, after the records on their way;
+   * there only where that link can (see {@linkcode Link.closeWrite}).
+   */
+  readonly closeWrite?: () => Promise<void>;
+
   /** Wraps `inner`; nothing is decided yet. */
   constructor(inner: Link) {
     this.#inner = inner;
+    if (inner.closeWrite) {
+      this.closeWrite = async () => {
+        await this.#writing;
+        await inner.closeWrite!();
+      };
+    }
   }
 
   get localAddr(): Deno.Addr | undefined {

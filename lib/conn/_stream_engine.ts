@@ -618,6 +618,21 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
           continue;
         }
         if (this.#phase === "closing") {
+          if (link.closeWrite) {
+            // Everything is sent: hang up only our half, and let the read
+            // loop see the peer close (it does, on our close or bye), within
+            // the flush time. Closed whole with its frames unread (acks on
+            // their way, say), the socket would be reset, and a reset can
+            // destroy the close or bye still on its way to the peer, which
+            // then resumed, for nothing, until its resume timeout.
+            await link.closeWrite();
+            clearTimeout(this.#flushTimer);
+            this.#flushTimer = setTimeout(
+              () => this.#linkFailed(link, "the peer did not hang up"),
+              FLUSH_TIMEOUT_MS,
+            );
+            return;
+          }
           this.#link = null;
           link.close();
           this.#end();

@@ -204,6 +204,12 @@ export class NodeTlsServerLink implements Link {
     });
   }
 
+  /** Ends this side's sending (close_notify, then FIN); reads go on. */
+  closeWrite(): Promise<void> {
+    if (this.#error) return Promise.reject(this.#error);
+    return new Promise((resolve) => this.#socket.end(() => resolve()));
+  }
+
   /** Closes the link and its TCP connection; idempotent. */
   close(): void {
     if (this.#closed) return;

@@ -35,6 +35,13 @@ export interface Link {
    * writes), so a writer must not assume it was cut short.
    */
   close(): void;
+  /**
+   * Ends this side's sending (TCP's FIN) while reads go on, where the
+   * transport can: a link closed whole with input unread is reset, and a
+   * reset can destroy the last frames sent before the peer reads them (a
+   * session's `close`). Optional: a link without it is closed whole.
+   */
+  closeWrite?(): Promise<void>;
   /** Local address, when the transport has one. */
   readonly localAddr?: Deno.Addr;
   /** Remote address, when the transport has one. */

@@ -43,6 +43,11 @@ export class TcpLink implements Link {
     while (off < data.length) off += await this.#conn.write(data.subarray(off));
   }
 
+  /** Ends this side's sending (FIN; for TLS, close_notify first); reads go on. */
+  async closeWrite(): Promise<void> {
+    await this.#conn.closeWrite();
+  }
+
   /** Closes the socket; idempotent. */
   close(): void {
     if (this.#closed) return;

@@ -93,7 +93,10 @@ export async function splice(tcp: Deno.TcpConn, stream: MuxStream): Promise<Spli
   }
   // A stream reset or lost with its session wakes no one once the remote
   // direction finished (the local read may wait forever): close the socket.
-  stream.closed.catch(() => {
+  // Its failure is the reason, not the local read or write our close cancels.
+  let streamFailure: unknown;
+  stream.closed.catch((error) => {
+    streamFailure ??= error;
     try {
       tcp.close();
     } catch {
@@ -114,7 +117,7 @@ export async function splice(tcp: Deno.TcpConn, stream: MuxStream): Promise<Spli
     return { up: u, down: d };
   } catch (error) {
     stream.close();
-    throw error;
+    throw streamFailure ?? error;
   } finally {
     try {
       tcp.close();
