@@ -983,10 +983,12 @@ function _startClient(
     tls: config.tlsClient,
     server: where,
   });
-  log.info("Tunnel client on {listen}, via the server at {server}{tls}", {
+  log.info("Tunnel client on {listen}, via the server at {server}{tls}{sealed}", {
     listen: hostPort(config.listenHost, config.listenPort),
     server,
     tls: config.tlsClient ? " (TLS)" : "",
+    // As the server's line says it: which end insists on it is worth seeing at both.
+    sealed: config.session.encrypt ? " (encrypted sessions)" : "",
   });
   const failed = Promise.withResolvers<never>();
   const stopping = new AbortController();

@@ -226,9 +226,14 @@ Deno.test("tunnel CLI: TLS and a key file under exactly scoped permissions; the 
         `${certs.dir}/cert.pem`,
         "--tls-key",
         `${certs.dir}/key.pem`,
+        // Sealed sessions inside TLS too: both ends say so at start.
+        "--encrypt",
       ],
     );
-    await server.waitFor(/Tunnel server on 127.0.0.1:\d+ \(TLS\)/, "server start");
+    await server.waitFor(
+      /Tunnel server on 127.0.0.1:\d+ \(TLS\), .* \(encrypted sessions only\)/,
+      "server start",
+    );
     const client = spawnCli(
       [`--allow-net=127.0.0.1:${clientPort},127.0.0.1:${proxy.port}`, `--allow-read=${certs.dir}`],
       CLI,
@@ -241,10 +246,11 @@ Deno.test("tunnel CLI: TLS and a key file under exactly scoped permissions; the 
         `${certs.dir}/tunnel.key`,
         "--tls-ca",
         `${certs.dir}/ca.pem`,
+        "--encrypt",
       ],
     );
     await client.waitFor(
-      /Tunnel client on 127.0.0.1:\d+, via the server at .* \(TLS\)/,
+      /Tunnel client on 127.0.0.1:\d+, via the server at .* \(TLS\) \(encrypted sessions\)/,
       "client start",
     );
 

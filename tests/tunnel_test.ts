@@ -283,3 +283,52 @@ Deno.test("a tunnel server shutting down in the middle of a transfer to a slow r
     ]],
   );
 });
+
+Deno.test("a tunnel session whose client never comes back is said to end once at the server (the session's warning), not again by the tunnel", async () => {
+  await using target = startTarget("echo");
+  const lines = await withLogs(async (records) => {
+    const server = new TunnelServer({
+      hostname: "127.0.0.1",
+      port: 0,
+      target: { hostname: "127.0.0.1", port: target.port },
+      resumeTimeout: 300,
+    });
+    const proxy = await FaultProxy.start({ targetPort: server.addr.port });
+    const client = new TunnelClient({
+      port: 0,
+      server: { hostname: "127.0.0.1", port: proxy.port },
+      resumeTimeout: 300,
+      backoff: { initial: 10, max: 50 },
+    });
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.addr.port });
+      await conn.write(new TextEncoder().encode("ping"));
+      assert.equal(await conn.read(new Uint8Array(16)), 4);
+      // The client's way back is gone: both ends give the session up after 300 ms.
+      proxy.refuseNew(true);
+      proxy.reset();
+      const ended = await within(
+        30_000,
+        "the end",
+        conn.read(new Uint8Array(16)).catch(() => null),
+      );
+      assert.equal(ended, null);
+      conn.close();
+      await waitUntil(
+        () => records.some((r) => /did not resume within/.test(renderRecord(r))),
+        "the server giving the session up",
+      );
+    } finally {
+      await client.close();
+      await server.close();
+      await proxy.close();
+    }
+    return records.map((r) => [r.level, renderRecord(r)] as const);
+  });
+  // Said at info or above once: the session's warning (the multiplexer and streams at debug).
+  const serverEnd = lines.filter(([level, line]) =>
+    level !== "debug" && /did not resume within/.test(line)
+  );
+  assert.equal(serverEnd.length, 1, lines.map((l) => l.join(" ")).join("\n"));
+  assert.equal(serverEnd[0][0], "warning");
+});

@@ -13,7 +13,7 @@ import {
   type ListenTlsOptions,
   type SessionOptions,
 } from "../conn/mod.ts";
-import { shuttingDown } from "../conn/errors.ts";
+import { ImmortalError, shuttingDown } from "../conn/errors.ts";
 import type { Acceptor } from "../link/mod.ts";
 import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { checkPort, errorMessage } from "../_util.ts";
@@ -166,7 +166,13 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
         forwarding.finally(() => streams.delete(forwarding));
       }
     } catch (error) {
-      log.info("Tunnel session {id} ended: {reason}", { id, reason: errorMessage(error) });
+      // The session said its own end as it came (a warning, or news at info):
+      // said again here, a resume timeout was two lines.
+      const said = error instanceof ImmortalError;
+      log[said ? "debug" : "info"]("Tunnel session {id} ended: {reason}", {
+        id,
+        reason: errorMessage(error),
+      });
     } finally {
       this.#sessions.delete(session);
       await Promise.allSettled([...streams]);
