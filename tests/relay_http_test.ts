@@ -158,3 +158,30 @@ Deno.test("relay HTTP: a body whose chunked framing is broken is a 400, not a 41
   assert.equal(status(answer), 400, answer);
   assert.equal(JSON.parse(answer.split("\r\n\r\n")[1].split("\r\n")[1]).error, "bad-request");
 });
+
+Deno.test("relay HTTP: Expect: 100-continue is answered 100 only when the body is wanted; a request refused first gets its answer at once, and the connection ends", async () => {
+  await using relay = startRelay({ secret: "s" });
+  const port = relay.addr.port;
+  const hello = JSON.stringify({ t: "hello", session: "s", nickname: "n" });
+  const head = (secret: string) =>
+    `POST /relay/stream HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\nx-relay-secret: ${secret}\r\n` +
+    `content-type: application/json\r\ncontent-length: ${hello.length}\r\n\r\n`;
+  // Refused on its headers (a wrong secret): the answer comes without the body, and no 100.
+  const refused = await exchange(port, head("wrong"));
+  assert.equal(status(refused), 401, refused);
+  assert.equal(header(refused, "connection"), "close");
+  // Wanted: 100 first, then the body is read and the node joins.
+  using conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(encoder.encode(head("s")));
+  const buffer = new Uint8Array(4096);
+  const first = new TextDecoder().decode(buffer.subarray(0, (await conn.read(buffer))!));
+  assert.equal(first, "HTTP/1.1 100 Continue\r\n\r\n");
+  await conn.write(encoder.encode(hello));
+  let answer = "";
+  while (!answer.includes('"t":"welcome"')) {
+    const n = await within(10_000, "the welcome", conn.read(buffer));
+    assert.notEqual(n, null, answer);
+    answer += new TextDecoder().decode(buffer.subarray(0, n!));
+  }
+  assert.equal(status(answer), 200);
+});

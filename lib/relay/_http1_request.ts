@@ -265,12 +265,15 @@ async function readLine(reader: ByteReader): Promise<string> {
 /**
  * The body of a request as a stream read from `reader` (null when it has
  * none). `done` is called once the whole body was read, so the connection
- * knows whether it can carry another request.
+ * knows whether it can carry another request; `firstRead` is awaited
+ * before the first read (to send `100 Continue` only to a body that is
+ * wanted).
  */
 export function bodyStream(
   reader: ByteReader,
   framing: BodyFraming,
   done: () => void,
+  firstRead?: () => Promise<void>,
 ): ReadableStream<Uint8Array> | null {
   if (framing.kind === "none") {
     done();
@@ -283,9 +286,14 @@ export function bodyStream(
     controller.close();
     done();
   };
+  let started = false;
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       if (ended) return;
+      if (!started) {
+        started = true;
+        await firstRead?.();
+      }
       if (framing.kind === "chunked" && left === 0) {
         const line = await readLine(reader);
         // Whitespace may come before an extension's ";" (RFC 9112 7.1.1).

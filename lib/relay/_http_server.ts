@@ -407,11 +407,20 @@ export class HttpServer {
       );
       return false;
     }
-    if (head.expectContinue && head.body.kind !== "none") {
+    // `100 Continue` goes when the handler first reads the body: a request it
+    // refuses without reading (401, 413) is answered before the client sends it.
+    let continued = false;
+    const sendContinue = async () => {
+      continued = true;
       await writeAll(conn, encoder.encode("HTTP/1.1 100 Continue\r\n\r\n"));
-    }
+    };
     let bodyRead = false;
-    const body = bodyStream(reader, head.body, () => bodyRead = true);
+    const body = bodyStream(
+      reader,
+      head.body,
+      () => bodyRead = true,
+      head.expectContinue ? sendContinue : undefined,
+    );
     let req: Request;
     try {
       req = new Request(url, {
@@ -502,7 +511,10 @@ export class HttpServer {
       // not worth it (a body of declared length is read in whole pieces, up
       // to 1 MiB): the connection ends, and the answer says so.
       const unread = () => !bodyRead && body !== null && !body.locked;
-      const drainable = head.body.kind !== "length" || head.body.length <= MAX_DRAIN_BYTES;
+      // A client told no `100 Continue` may send its body or not (RFC 9110
+      // 10.1.1): nothing to read past, so the connection ends.
+      const drainable = (head.body.kind !== "length" || head.body.length <= MAX_DRAIN_BYTES) &&
+        (continued || !head.expectContinue);
       const keepAlive = await writeResponse(conn, response, {
         http10: head.version === "HTTP/1.0",
         head: head.method === "HEAD",

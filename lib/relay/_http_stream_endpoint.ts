@@ -47,6 +47,18 @@ export class HttpStreamEndpoint {
   async open(req: Request, from?: string): Promise<Response> {
     const hub = this.#hub;
     const settings = hub.settings;
+    // A secret in a header is checked before the body is read, as before a
+    // WebSocket's upgrade: a wrong one is refused before the client sends
+    // its hello (it waits for 100 Continue, if it asked for it).
+    const headerSecret = req.headers.get(SECRET_HEADER);
+    if (headerSecret !== null) {
+      try {
+        hub.checkSecret(headerSecret, from);
+      } catch (error) {
+        if (error instanceof JoinRefused) return refusedJoin(error);
+        throw error;
+      }
+    }
     let text: string;
     try {
       text = (await readBody(req, settings.maxMessageBytes)).text;
