@@ -7,8 +7,8 @@
 
 import { errorMessage } from "../_util.ts";
 import { HttpError } from "./_http1_request.ts";
-import type { Hub, JoinRefused } from "./_hub.ts";
-import { refusalResponse, type RelayErrorCode } from "./_protocol.ts";
+import { type Hub, JoinRefused } from "./_hub.ts";
+import { refusalResponse, type RelayErrorCode, SECRET_HEADER } from "./_protocol.ts";
 
 const encoder = new TextEncoder();
 
@@ -35,6 +35,23 @@ export function bodyRefusal(hub: Hub, error: unknown, badCode: RelayErrorCode): 
     return refuseRequest(hub, error.status, "bad-request", error.message);
   }
   return refusalResponse(400, "bad-request", errorMessage(error));
+}
+
+/**
+ * The 401 for a wrong relay secret in `req`'s header, checked before
+ * anything is read or upgraded; null when there is none or it is right (a
+ * secret may also come in the hello).
+ */
+export function headerSecretRefusal(hub: Hub, req: Request, from?: string): Response | null {
+  const headerSecret = req.headers.get(SECRET_HEADER);
+  if (headerSecret === null) return null;
+  try {
+    hub.checkSecret(headerSecret, from);
+    return null;
+  } catch (error) {
+    if (error instanceof JoinRefused) return refusedJoin(error);
+    throw error;
+  }
 }
 
 /** The answer to a refused join (counted already, by the hub). */

@@ -13,6 +13,7 @@ import { type Hub, JoinRefused } from "./_hub.ts";
 import {
   bodyRefusal,
   frameTooLarge,
+  headerSecretRefusal,
   readBody,
   refusedJoin,
   refuseRequest,
@@ -50,15 +51,8 @@ export class HttpStreamEndpoint {
     // A secret in a header is checked before the body is read, as before a
     // WebSocket's upgrade: a wrong one is refused before the client sends
     // its hello (it waits for 100 Continue, if it asked for it).
-    const headerSecret = req.headers.get(SECRET_HEADER);
-    if (headerSecret !== null) {
-      try {
-        hub.checkSecret(headerSecret, from);
-      } catch (error) {
-        if (error instanceof JoinRefused) return refusedJoin(error);
-        throw error;
-      }
-    }
+    const wrongSecret = headerSecretRefusal(hub, req, from);
+    if (wrongSecret) return wrongSecret;
     let text: string;
     try {
       text = (await readBody(req, settings.maxMessageBytes)).text;

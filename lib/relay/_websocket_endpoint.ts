@@ -8,7 +8,7 @@
 
 import { errorMessage } from "../_util.ts";
 import { errorFrame, type Hub, JoinRefused } from "./_hub.ts";
-import { frameTooLarge, refusedJoin, refuseRequest, tooLargeReason } from "./_http.ts";
+import { frameTooLarge, headerSecretRefusal, refuseRequest, tooLargeReason } from "./_http.ts";
 import { connectionOf } from "./_http_server.ts";
 import { asFrameObject, type FrameObject, parseNodeFrame, readJson } from "./_parse.ts";
 import { type RelayErrorCode, SECRET_HEADER } from "./_protocol.ts";
@@ -84,15 +84,9 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
     return refuseRequest(hub, 426, "upgrade-required", "this endpoint speaks WebSocket");
   }
   // A secret in a header is checked before the upgrade, so a wrong one is a plain 401.
+  const wrongSecret = headerSecretRefusal(hub, req, from);
+  if (wrongSecret) return wrongSecret;
   const headerSecret = req.headers.get(SECRET_HEADER);
-  if (headerSecret !== null) {
-    try {
-      hub.checkSecret(headerSecret, from);
-    } catch (error) {
-      if (error instanceof JoinRefused) return refusedJoin(error);
-      throw error;
-    }
-  }
   const settings = hub.settings;
   const max = settings.maxMessageBytes;
   // Dropped once the node joined: it reaches the request (headers, body) the
