@@ -213,3 +213,14 @@ Deno.test("writable.abort(reason) aborts the session, and the peer is told that 
   await client.writable.abort(new Error("the upload was cancelled"));
   await assert.rejects(server.closed, /the upload was cancelled/);
 });
+
+Deno.test("a session the listener closes before the application accepted it: its client hears that, not 'closed by the application'", async () => {
+  const listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const client = await connect({ port: listener.addr.port });
+  // Handshake done (connect resolved): the session waits in the listener's queue.
+  listener.close();
+  const error = await within(30_000, "the client's end", client.closed.then(() => null, (e) => e));
+  assert.ok(error instanceof ImmortalError, String(error));
+  assert.equal(error.code, "aborted");
+  assert.match(error.message, /the server's listener closed before the session was accepted/);
+});

@@ -42,6 +42,8 @@ interface ListenerLimits {
 }
 
 const log = getLogger(["immortal", "listener"]);
+/** What the client of a session the listener closed before it was accepted is told. */
+const NOT_ACCEPTED = "the server's listener closed before the session was accepted";
 
 /** Where and how {@linkcode listen} accepts sessions. */
 export interface ListenOptions extends SessionOptions {
@@ -246,7 +248,8 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     for (const link of this.#refusing) link.close();
     const error = new ImmortalError("closed", "the listener is closed");
     for (const waiter of this.#waiters.splice(0)) waiter.reject(error);
-    for (const session of this.#ready.splice(0)) session.close();
+    // Their clients hear why: no application ever had them to close.
+    for (const session of this.#ready.splice(0)) session.close(NOT_ACCEPTED);
     this.#sessions.closeAll();
     log.info("Listener on {addr} closed", { addr: this.#where() });
   }
@@ -381,7 +384,13 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
       }
       await sendFrame(reader.link, hello.accept);
       // close() may have run during that write: its table is cleared already.
-      if (this.#closed) throw new ImmortalError("closed", "the listener is closed");
+      // The client holds an accepted session: told, as those queued are, it
+      // does not resume to a listener that is gone until its resume timeout.
+      if (this.#closed) {
+        await sendFrame(reader.link, { type: "close", reason: NOT_ACCEPTED }).catch(() => {});
+        await reader.link.closeWrite?.().catch(() => {});
+        throw new ImmortalError("closed", "the listener is closed");
+      }
       const session = this.#sessions.open(reader, hello);
       const waiter = this.#waiters.shift();
       if (waiter) waiter.resolve(session);
