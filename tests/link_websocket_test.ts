@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { acceptKey, CLOSE_GRACE_MS, openWebSocketLink } from "../lib/link/_websocket_client.ts";
+import { connect, HttpLinkAcceptor, listen, webSocketDialer } from "../mod.ts";
 import { within } from "./_helpers.ts";
 
 /** A server that answers one WebSocket handshake, then reads only when told. */
@@ -117,5 +118,39 @@ Deno.test("WebSocket client link: a server that stopped reading does not keep a 
     await within(CLOSE_GRACE_MS + 20_000, "the write to fail", assert.rejects(writing));
   } finally {
     conn.close();
+  }
+});
+
+Deno.test("WebSocket links the listener turns away at once (their source dials too fast) are closed, not left open and silent until the client's handshake timeout", async () => {
+  const links = new HttpLinkAcceptor();
+  // One handshake a second from a source (with a small burst): of ten at once, most are dropped.
+  const listener = listen({
+    acceptor: links,
+    maxHandshakeRatePerSource: 1,
+    handshakeTimeout: 60_000,
+  });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req, info) => links.handle(req, info),
+  );
+  const dial = webSocketDialer({ url: `ws://127.0.0.1:${server.addr.port}/` });
+  const opened = [];
+  try {
+    for (let i = 0; i < 10; i++) opened.push(await dial(AbortSignal.timeout(10_000)));
+    const dropped = listener.stats.droppedRate;
+    assert.ok(dropped > 0, "none dropped");
+    // Each dropped link ends (its read sees the close); the others wait for a hello we never send.
+    let ended = 0;
+    const { promise: allEnded, resolve } = Promise.withResolvers<void>();
+    for (const link of opened) {
+      link.read(new Uint8Array(64)).catch(() => null).then((n) => {
+        if (n === null && ++ended === dropped) resolve();
+      });
+    }
+    await within(20_000, `${dropped} dropped links seen closed`, allEnded);
+  } finally {
+    for (const link of opened) link.close();
+    listener.close();
+    await server.shutdown();
   }
 });

@@ -107,12 +107,19 @@ export class WebSocketLink implements Link {
     }
   }
 
-  /** Closes the socket; idempotent. */
+  /** Closes the socket (once it has opened, if it is still opening); idempotent. */
   close(): void {
     this.#ended = true;
     this.#received.end();
+    const socket = this.#socket;
+    // Closed while still opening, Deno's socket sends nothing, ever: the
+    // client got its 101 and waited, silent, for its handshake timeout.
+    if (socket.readyState === WebSocket.CONNECTING) {
+      socket.addEventListener("open", () => socket.close(), { once: true });
+      return;
+    }
     try {
-      this.#socket.close();
+      socket.close();
     } catch {
       // Closing already.
     }
