@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { acceptKey, CLOSE_GRACE_MS, openWebSocketLink } from "../lib/link/_websocket_client.ts";
-import { connect, HttpLinkAcceptor, listen, webSocketDialer } from "../mod.ts";
+import { HttpLinkAcceptor, listen, webSocketDialer } from "../mod.ts";
 import { within } from "./_helpers.ts";
 
 /** A server that answers one WebSocket handshake, then reads only when told. */
