@@ -298,3 +298,22 @@ Deno.test("httpDialer: one WebSocket refusal where HTTP streaming then works is 
     }
   });
 });
+
+for (const [name, dialer] of transports) {
+  Deno.test(`${name} links: a client's closed resolves once the server has its bye (a program may exit then), not before it went out`, async () => {
+    await using app = serveLinks("k");
+    const url = `http://127.0.0.1:${app.port}/link`;
+    const client = await connect({ dialer: dialer(url), key: "k", ...FAST });
+    const server = await app.listener.accept();
+    let serverDone = false;
+    server.closed.then(() => serverDone = true, () => {});
+    await client.write(new Uint8Array([1, 2, 3]));
+    await client.closeWrite();
+    assert.equal((await receiveAll(server)).bytes, 3);
+    await server.closeWrite();
+    assert.equal((await receiveAll(client)).bytes, 0);
+    await within(30_000, "the client's end", client.closed);
+    // What a program that exits now has left behind: the server ended cleanly already.
+    assert.ok(serverDone, "the server still waited for the client's bye");
+  });
+}

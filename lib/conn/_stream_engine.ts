@@ -618,24 +618,22 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
           continue;
         }
         if (this.#phase === "closing") {
-          if (link.closeWrite) {
-            // Everything is sent: hang up only our half, and let the read
-            // loop see the peer close (it does, on our close or bye), within
-            // the flush time. Closed whole with its frames unread (acks on
-            // their way, say), the socket would be reset, and a reset can
-            // destroy the close or bye still on its way to the peer, which
-            // then resumed, for nothing, until its resume timeout.
-            await link.closeWrite();
-            clearTimeout(this.#flushTimer);
-            this.#flushTimer = setTimeout(
-              () => this.#linkFailed(link, "the peer did not hang up"),
-              FLUSH_TIMEOUT_MS,
-            );
-            return;
-          }
-          this.#link = null;
-          link.close();
-          this.#end();
+          // Everything is sent: hang up only our half (where the link can),
+          // and let the read loop see the peer hang up (it does, on our close
+          // or bye), within the flush time. Closed whole at once, a socket
+          // with frames unread (acks on their way, say) is reset, and a reset
+          // can destroy the close or bye on its way to the peer, which then
+          // resumed, for nothing, until its resume timeout; an HTTP link's
+          // last POST could be cut by the program exiting.
+          await link.closeWrite?.();
+          // The peer may have hung up meanwhile (an HTTP link's half-close
+          // waits for its POSTs' answers): the session ended with it.
+          if (this.#link !== link) return;
+          clearTimeout(this.#flushTimer);
+          this.#flushTimer = setTimeout(
+            () => this.#linkFailed(link, "the peer did not hang up"),
+            FLUSH_TIMEOUT_MS,
+          );
           return;
         }
         await new Promise<void>((resolve) => this.#wakeSender = resolve);
@@ -916,6 +914,12 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       sent: this.#bytesWritten,
       received: this.#bytesRead,
     });
+    // A client with a link says bye first: `closed` resolves once the server
+    // has it (the server hangs up on it, or the flush time ran out), so that
+    // a program may exit then (an HTTP link's last POST, killed by an exit,
+    // left the server waiting for its resume timeout). Without a link, the
+    // bye waits for the next one: nothing to wait for now.
+    const byeFirst = this.#role === "client" && this.#link !== null;
     if (this.#role === "client") {
       // Tell the server it may forget the session, then hang up.
       this.#control.push({ type: "bye" });
@@ -925,7 +929,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#side.completed();
     // Listeners run last, on a settled state: a close() from one of them
     // finds the bye queued and the phase moved on.
-    this.#resolveClosed();
+    if (!byeFirst) this.#resolveClosed();
     this.dispatchEvent(new ClosedEvent());
   }
 

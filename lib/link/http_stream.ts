@@ -311,6 +311,19 @@ class ClientHttpStreamLink implements Link {
   }
 
   /**
+   * Resolves once every POST of what was written has been answered: the
+   * session's last frames (a bye) are with the server. Reads go on (the
+   * server ends the downstream when it is done).
+   */
+  async closeWrite(): Promise<void> {
+    this.#postPending();
+    while (this.#unanswered > 0 && !this.#closed && this.#error === null) {
+      await new Promise<void>((resolve) => this.#drained.push(resolve));
+    }
+    if (this.#error) throw this.#error;
+  }
+
+  /**
    * Closes the link once what was written has gone out (within
    * {@linkcode CLOSE_GRACE_MS}): a write resolves when its POST starts, and
    * the session's last frame (its bye, or a close with the reason) is often
