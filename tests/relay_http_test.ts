@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { within } from "./_helpers.ts";
+import { renderRecord, within, withLogs } from "./_helpers.ts";
 import { startRelay } from "./_relay.ts";
 
 const encoder = new TextEncoder();
@@ -184,4 +184,25 @@ Deno.test("relay HTTP: Expect: 100-continue is answered 100 only when the body i
     answer += new TextDecoder().decode(buffer.subarray(0, n!));
   }
   assert.equal(status(answer), 200);
+});
+
+Deno.test("relay HTTP: a client that hangs up inside a request head is no bad request, and a keep-alive connection closed for idling is no warning", async () => {
+  await withLogs(async (records) => {
+    await using relay = startRelay({ idleTimeout: 200 });
+    const port = relay.addr.port;
+    // Half a head, then gone.
+    const half = await Deno.connect({ hostname: "127.0.0.1", port });
+    await half.write(encoder.encode("GET /healthz HTTP/1.1\r\nho"));
+    half.close();
+    // A request answered, then the connection left idle until the relay closes it.
+    using idle = await Deno.connect({ hostname: "127.0.0.1", port });
+    await idle.write(encoder.encode("GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"));
+    const buffer = new Uint8Array(4096);
+    while ((await within(20_000, "the idle connection's end", idle.read(buffer))) !== null) {
+      // the answer, then the end
+    }
+    assert.equal(relay.relay.stats.connections?.badRequests ?? 0, 0);
+    const warnings = records.filter((r) => r.level === "warning").map(renderRecord);
+    assert.deepEqual(warnings, []);
+  });
 });

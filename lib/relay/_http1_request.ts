@@ -106,8 +106,9 @@ function tokens(value: string | null): string[] {
 }
 
 /**
- * Reads the next request head; null if the connection ends cleanly before
- * one starts. Throws {@linkcode HttpError} for a malformed or oversized head.
+ * Reads the next request head; null if the connection ends before one is
+ * whole (the client hung up). Throws {@linkcode HttpError} for a malformed
+ * or oversized head.
  */
 export async function readHead(reader: ByteReader): Promise<RequestHead | null> {
   let end: number;
@@ -146,10 +147,9 @@ export async function readHead(reader: ByteReader): Promise<RequestHead | null> 
       }
       throw error;
     }
-    if (!more) {
-      if (reader.buffered.length === 0) return null;
-      throw new HttpError(400, "the connection ended inside a request head");
-    }
+    // The client hung up, before a request or in the middle of one: nobody
+    // to answer, and no malformed request to count.
+    if (!more) return null;
   }
   const text = latin1(reader.buffered.subarray(0, end));
   reader.consume(end + 4);

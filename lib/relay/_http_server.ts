@@ -324,12 +324,13 @@ export class HttpServer {
     const { conn } = connection;
     const options = this.#options;
     const reader = new ByteReader(conn, MAX_HEAD_BYTES);
-    const timedOut = (what: string) => () => {
+    // `news` false: a client that keeps its connection for a while (a browser,
+    // a relay of the cluster) meets the idle timeout in the normal course.
+    const timedOut = (what: string, news = true) => () => {
       this.#stats.timedOut++;
-      this.#logs.event(
-        `timeout ${connection.source}`,
-        `Closed a connection from ${formatAddr(conn.remoteAddr)}: ${what}`,
-      );
+      const line = `Closed a connection from ${formatAddr(conn.remoteAddr)}: ${what}`;
+      if (news) this.#logs.event(`timeout ${connection.source}`, line);
+      else log.debug("{line}", { line });
     };
     try {
       for (let first = true; !this.#closing.signal.aborted && !connection.closed; first = false) {
@@ -339,7 +340,10 @@ export class HttpServer {
             timedOut(`no request head within ${options.headerTimeout} ms`),
           );
         } else {
-          connection.arm(options.idleTimeout, timedOut(`idle for ${options.idleTimeout} ms`));
+          connection.arm(
+            options.idleTimeout,
+            timedOut(`idle for ${options.idleTimeout} ms between requests`, false),
+          );
         }
         let head: RequestHead | null;
         try {

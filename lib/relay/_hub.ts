@@ -100,13 +100,16 @@ export interface RelayStats {
   joins: number;
   /** Messages accepted from nodes since start. */
   messages: number;
-  /** Message copies handed to receiving nodes since start. */
+  /** Frames handed to receiving nodes since start: message copies, and join and leave news. */
   deliveries: number;
   /** Message copies dropped because a node's queue was full (overflow `"drop"`). */
   dropped: number;
   /** Nodes disconnected because their queue was full (overflow `"disconnect"`). */
   slowDisconnects: number;
-  /** Nodes declared gone after missing keep-alives. */
+  /**
+   * Nodes declared gone: silent past the fade time (keep-alive), or whose
+   * connection broke and did not come back within the grace.
+   */
   faded: number;
   /** POSTs that reached this relay for a stream another relay of the cluster holds, passed on to it. */
   forwarded: number;

@@ -20,7 +20,12 @@ export function metricsText(stats: RelayStats): string {
   metric("gauge", "nodes", "Nodes joined.", stats.nodes);
   metric("counter", "joins", "Joins accepted.", stats.joins);
   metric("counter", "messages", "Messages accepted from nodes.", stats.messages);
-  metric("counter", "deliveries", "Message copies handed to receiving nodes.", stats.deliveries);
+  metric(
+    "counter",
+    "deliveries",
+    "Frames handed to receiving nodes: message copies, and join and leave news.",
+    stats.deliveries,
+  );
   metric(
     "counter",
     "dropped",
@@ -33,7 +38,12 @@ export function metricsText(stats: RelayStats): string {
     "Nodes disconnected: their queue was full.",
     stats.slowDisconnects,
   );
-  metric("counter", "faded", "Nodes declared gone after missing keep-alives.", stats.faded);
+  metric(
+    "counter",
+    "faded",
+    "Nodes declared gone: silent past the fade time, or their connection broke and did not come back.",
+    stats.faded,
+  );
   metric("gauge", "rooms", "Rooms kept, with their history, nodes or not.", stats.rooms);
   metric("gauge", "history_messages", "Messages held for recovery.", stats.historyMessages);
   metric("gauge", "detached", "Nodes whose connection broke, in their grace.", stats.detached);
@@ -63,8 +73,18 @@ export function metricsText(stats: RelayStats): string {
   }
   if (stats.pipes) {
     metric("gauge", "pipes", "Pipes open.", stats.pipes.open);
-    metric("counter", "pipes_opened", "Pipes opened.", stats.pipes.opened);
-    metric("counter", "pipe_bytes", "Bytes copied through pipes.", stats.pipes.bytes);
+    metric(
+      "counter",
+      "pipes_opened",
+      "Pipes opened (a pipe between nodes on two relays of a cluster counts at both).",
+      stats.pipes.opened,
+    );
+    metric(
+      "counter",
+      "pipe_bytes",
+      "Bytes copied through pipes (by each relay of a cluster a pipe crosses).",
+      stats.pipes.bytes,
+    );
     metric("gauge", "pipe_held_bytes", "Bytes held for pipes.", stats.pipes.heldBytes);
     metric(
       "counter",
