@@ -359,7 +359,9 @@ export class Hub {
       !(fromEarlierLife(room, hello) && (room?.freeName(wanted, token, now) ?? wanted) === wanted)
     ) throw this.#badSuffix();
     if (!room) {
-      if (this.rooms.size >= s.maxSessions) {
+      // Rooms nobody is in only keep history for nodes that may come back:
+      // at the limit, the oldest of them makes room for a session with a node.
+      if (this.rooms.size >= s.maxSessions && !this.#dropEmptyRoom()) {
         throw this.#full("max-sessions", id);
       }
       room = new Room(id, {
@@ -1050,6 +1052,17 @@ export class Hub {
       }
       taken();
     }, (error) => notTaken(errorMessage(error)));
+  }
+
+  /** Forgets the oldest room with nobody in it (and no join on its way); false if there is none. */
+  #dropEmptyRoom(): boolean {
+    for (const room of this.rooms.values()) {
+      if (room.members.size === 0 && room.joining.size === 0) {
+        this.rooms.delete(room.id);
+        return true;
+      }
+    }
+    return false;
   }
 
   /** Forgets a node on this relay only (it left, moved, or the cluster let it go). */

@@ -561,3 +561,22 @@ Deno.test("hub: a node that comes back again and again is said once per interval
     "4 more in the last N s; the last: Node max is back in lab",
   ]);
 });
+
+Deno.test("hub: at the session limit, the oldest room nobody is in (kept for its history) makes room for a new session; rooms with nodes never do", () => {
+  using h = makeHub({ maxSessions: 2 });
+  // "old": a message, then empty: kept for its history, as a room, not a session.
+  const a = h.join("a", { session: "old" });
+  const other = h.join("b", { session: "old" });
+  h.hub.receive(a.member, { t: "msg", text: "kept for whoever comes back" });
+  h.hub.receive(a.member, { t: "bye" });
+  h.hub.receive(other.member, { t: "bye" });
+  assert.equal(h.hub.stats.rooms, 1);
+  assert.equal(h.hub.stats.sessions, 0);
+  h.join("c", { session: "live" });
+  // Two rooms: the limit. A new session takes the empty one's place.
+  assert.equal(h.join("d", { session: "new" }).welcome.nickname, "d");
+  assert.equal(h.hub.rooms.has("old"), false);
+  assert.equal(h.hub.stats.sessions, 2);
+  // Both rooms have nodes now: a third session is refused.
+  assert.throws(() => h.join("e", { session: "third" }), { status: 503, code: "full" });
+});
