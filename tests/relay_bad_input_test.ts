@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { Relay, RelayNode, RelayRefusedError, SECRET_HEADER } from "../mod.ts";
-import { delay, renderRecord, within, withLogs } from "./_helpers.ts";
+import { delay, renderRecord, waitUntil, within, withLogs } from "./_helpers.ts";
 import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
 
 function hello(fields: Record<string, unknown> = {}) {
@@ -574,4 +574,28 @@ Deno.test("a node paces itself to a relay that takes less than one message a sec
   await within(30_000, "both taken, one at a time", x.flush());
   assert.equal((await waitForEvent(y, "message")).text, "one");
   assert.equal((await waitForEvent(y, "message")).text, "two");
+});
+
+Deno.test("relay pipes: a pipe request whose dialer gave up (closed its connection) is dropped at once, not held until the pairing timeout", async () => {
+  await using relay = startRelay({ authTimeout: 60_000 });
+  // A node that is offered pipes and never answers them.
+  const b = await rawStreamNode(relay.url, "p", "b");
+  await using a = await RelayNode.connect(relay.url, { session: "p", nickname: "a" });
+  const connections = () => relay.relay.stats.connections!.connections;
+  try {
+    const baseline = connections();
+    for (let i = 0; i < 3; i++) {
+      const abort = new AbortController();
+      const dialing = a.pipeDialer("b")(abort.signal);
+      dialing.catch(() => {});
+      await within(10_000, "the offer", b.nextOf("pipe"));
+      abort.abort();
+      await assert.rejects(dialing);
+    }
+    // Each request's connection is let go now, not after the minute the relay waits for b.
+    await waitUntil(() => connections() <= baseline, "the pipe requests let go", 20_000);
+    assert.equal(relay.relay.stats.refused["pipe-timeout"] ?? 0, 0);
+  } finally {
+    await b.close();
+  }
 });

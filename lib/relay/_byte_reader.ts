@@ -137,6 +137,9 @@ export class ByteReader {
    */
   shrink(size: number): void {
     this.#idleSize = size;
+    // A read under way fills the buffer it was given: replaced under it, its
+    // bytes would land in the old one. The next quiet read shrinks it.
+    if (this.#ahead !== null) return;
     const held = this.#end - this.#start;
     if (this.#buffer.length <= size || held > size) return;
     const smaller = new Uint8Array(size);

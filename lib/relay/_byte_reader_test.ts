@@ -93,3 +93,15 @@ Deno.test("ByteReader: a read ahead with bytes buffered reads nothing; once sett
   reader.consume(4);
   assert.equal(await reader.readAhead(), false, "the end of the stream");
 });
+
+Deno.test("ByteReader: shrink while a read ahead is under way keeps its bytes (the buffer it reads into is not replaced)", async () => {
+  const data = Uint8Array.from({ length: 3000 }, (_, i) => i % 251);
+  const { conn } = source(data, 1000);
+  const reader = new ByteReader(conn, 16 * 1024);
+  const ahead = reader.readAhead();
+  reader.shrink(512);
+  assert.equal(await ahead, true);
+  const out = new Uint8Array(3000);
+  assert.equal(await reader.readFull(out), true);
+  assert.deepEqual(out, data);
+});

@@ -418,11 +418,24 @@ export class HttpServer {
       continued = true;
       await writeAll(conn, encoder.encode("HTTP/1.1 100 Continue\r\n\r\n"));
     };
+    // `req.signal` aborts when the client goes while the handler still works
+    // on its answer (a pipe request waiting to be paired), as under
+    // Deno.serve: it reads the connection once the request was read whole.
+    const clientLeft = new AbortController();
+    let handling = true;
+    const watchClient = () => {
+      reader.readAhead().then((more) => {
+        if (!more && handling) clientLeft.abort(new Deno.errors.ConnectionReset("the client left"));
+      });
+    };
     let bodyRead = false;
     const body = bodyStream(
       reader,
       head.body,
-      () => bodyRead = true,
+      () => {
+        bodyRead = true;
+        watchClient();
+      },
       head.expectContinue ? sendContinue : undefined,
     );
     let req: Request;
@@ -431,6 +444,7 @@ export class HttpServer {
         method: head.method,
         headers: head.headers,
         body,
+        signal: clientLeft.signal,
         // @ts-ignore: `duplex` (needed for a stream body) is missing from Deno's RequestInit
         duplex: "half",
       });
@@ -472,6 +486,7 @@ export class HttpServer {
       });
       response = new Response("internal error", { status: 500 });
     }
+    handling = false;
     connection.disarm();
     let halfClosed: ReturnType<typeof setTimeout> | undefined;
     let written = false;

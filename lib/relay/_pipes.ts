@@ -383,9 +383,20 @@ export class PipeEndpoint {
         relay: cluster.id,
       }).catch((error) => pending.answer.resolve(this.#storeUnreachable(error, from)));
     }
+    // A dialer that gives up (it races fresh dials while its session resumes)
+    // closes its request: the pipe is dropped then, not held for the timeout,
+    // its connection counted among the unjoined ones all that while.
+    const gaveUp = () =>
+      pending.answer.resolve({ status: 499, code: "pipe-timeout", message: "the dialer left" });
+    req.signal.addEventListener("abort", gaveUp, { once: true });
     const answer = await pending.answer.promise;
+    req.signal.removeEventListener("abort", gaveUp);
     clearTimeout(timer);
     this.#pending.delete(id);
+    if (req.signal.aborted) {
+      if ("read" in answer) answer.close();
+      return new Response(null, { status: 499 }); // nobody reads it
+    }
     if (!("read" in answer)) return refuseRequest(hub, answer.status, answer.code, answer.message);
     const opened = this.#openLink(req, remoteAddr);
     if (typeof opened === "string") {
