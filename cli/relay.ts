@@ -16,7 +16,7 @@ import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
 import { serveRelay, type ServeRelayOptions, serverSettings } from "../lib/relay/serve.ts";
 import { MIN_MESSAGE_BYTES, redactedUrl, redisUrl, relaySettings } from "../lib/relay/_settings.ts";
-import { canonicalIp } from "../lib/relay/_request_source.ts";
+import { canonicalIp } from "../lib/link/_forwarded_for.ts";
 import {
   certificateConcerns,
   type FileArgs,

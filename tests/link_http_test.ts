@@ -317,3 +317,35 @@ for (const [name, dialer] of transports) {
     assert.ok(serverDone, "the server still waited for the client's bye");
   });
 }
+
+Deno.test("HttpLinkAcceptor behind a real nginx: with trustedProxies, a session's source is the client nginx names in X-Forwarded-For (the listener's limits count clients), not nginx; a header the client wrote itself is not believed", async () => {
+  const serve = async (trustedProxies: string[]) => {
+    const links = new HttpLinkAcceptor({ trustedProxies });
+    const listener = listen({ acceptor: links, key: "k", ...FAST });
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      (req, info) => links.handle(req, info),
+    );
+    // nginx reaches the app from 127.0.0.5, and names its client (127.0.0.1).
+    const nginx = await startNginx(server.addr.port, {
+      websocket: true,
+      forwardedFor: "127.0.0.5",
+    });
+    const dialer = httpDialer({
+      url: `http://127.0.0.1:${nginx.port}/`,
+      headers: { "x-forwarded-for": "203.0.113.9" }, // a client's own claim, before nginx's
+    });
+    await using client = await connect({ dialer, key: "k", ...FAST });
+    await using accepted = await listener.accept();
+    const source = (accepted.remoteAddr as Deno.NetAddr).hostname;
+    await client.write(new Uint8Array([1]));
+    assert.equal(await accepted.read(new Uint8Array(1)), 1);
+    listener.close();
+    await nginx[Symbol.asyncDispose]();
+    await server.shutdown();
+    return source;
+  };
+  assert.equal(await serve(["127.0.0.5"]), "127.0.0.1");
+  assert.equal(await serve([]), "127.0.0.5");
+  assert.throws(() => new HttpLinkAcceptor({ trustedProxies: ["nginx.local"] }), TypeError);
+});

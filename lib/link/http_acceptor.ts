@@ -11,6 +11,7 @@ import { describeValue } from "../_util.ts";
 import type { Acceptor, Link } from "./link.ts";
 import { HttpLinkEndpoint, linkRequestKind, notALinkRequest } from "./_http_link_endpoint.ts";
 import { LinkQueue } from "./_link_queue.ts";
+import { canonicalIp, forwardedClient, ipAddresses } from "./_forwarded_for.ts";
 
 /** Settings of an {@linkcode HttpLinkAcceptor}. */
 export interface HttpLinkAcceptorOptions {
@@ -21,6 +22,13 @@ export interface HttpLinkAcceptorOptions {
   addr?: Deno.NetAddr;
   /** Links waiting for `accept()` beyond this are refused with 503. Default 256. */
   backlog?: number;
+  /**
+   * IP addresses of the reverse proxies in front (nginx, Caddy): a link from
+   * one of them comes from the client it names in `X-Forwarded-For`, so that
+   * the listener's limits per source, and its logs, count clients, not the
+   * proxy. Anyone else's header is ignored. Default none.
+   */
+  trustedProxies?: string[];
 }
 
 /**
@@ -45,6 +53,7 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
   /** The address reported for the listener. */
   readonly addr: Deno.NetAddr;
   #backlog: number;
+  #trusted: string[];
   #links = new LinkQueue();
   #endpoint = new HttpLinkEndpoint();
 
@@ -60,6 +69,7 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
       throw new RangeError(`backlog must be an integer >= 1, got ${backlog}`);
     }
     this.#backlog = backlog;
+    this.#trusted = ipAddresses("trustedProxies", options.trustedProxies ?? []);
   }
 
   /**
@@ -76,10 +86,19 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
       return new Response("too many links waiting", { status: 503 });
     }
     // Read before the upgrade: the request's details are gone after it.
-    const opened = this.#endpoint.open(req, info?.remoteAddr);
+    const opened = this.#endpoint.open(req, this.#clientAddr(req, info?.remoteAddr));
     if (typeof opened === "string") return new Response(opened, { status: 400 });
     this.#links.push(opened.link);
     return opened.response;
+  }
+
+  /** The client's address: the connection's peer, or the client a trusted proxy names. */
+  #clientAddr(req: Request, peer: Deno.Addr | undefined): Deno.Addr | undefined {
+    if (peer === undefined || this.#trusted.length === 0) return peer;
+    const client = forwardedClient(req, peer, this.#trusted);
+    const hostname = client === null ? null : canonicalIp(client);
+    // Its port, if the proxy wrote one, is of no use: sources are addresses.
+    return hostname === null ? peer : { transport: "tcp", hostname, port: 0 };
   }
 
   /** Waits for the next link; rejects once the acceptor is closed. */

@@ -7,7 +7,7 @@
 
 import { describeValue, MAX_TIMER_MS } from "../_util.ts";
 import type { RelayOptions } from "./options.ts";
-import { canonicalIp } from "./_request_source.ts";
+import { ipAddresses } from "../link/_forwarded_for.ts";
 
 /** The smallest `maxMessageBytes`: a hello must fit, or every join is refused as too large. */
 export const MIN_MESSAGE_BYTES = 512;
@@ -98,20 +98,8 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     historyAge: duration("historyAge", options.historyAge ?? 120_000),
     redisTimeout: duration("redisTimeout", options.redisTimeout ?? 10_000),
     chatPage: options.chatPage ?? true,
-    trustedProxies: addresses("trustedProxies", options.trustedProxies ?? []),
+    trustedProxies: ipAddresses("trustedProxies", options.trustedProxies ?? []),
   };
-}
-
-/** A list of IP addresses, in their canonical form; a copy (the caller's array may change). */
-function addresses(name: string, value: unknown): string[] {
-  const canonical = Array.isArray(value)
-    ? value.map((item) => typeof item === "string" ? canonicalIp(item) : null)
-    : [null];
-  if (canonical.includes(null)) {
-    // A name would never match: connections come from addresses.
-    throw new TypeError(`${name} must be an array of IP addresses, got ${describeValue(value)}`);
-  }
-  return canonical as string[];
 }
 
 /**

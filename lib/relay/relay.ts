@@ -21,7 +21,7 @@ import { secretsEqual } from "./_secret.ts";
 import { relaySettings } from "./_settings.ts";
 import { statusPage } from "./_status_page.ts";
 import { acceptWebSocket } from "./_websocket_endpoint.ts";
-import { requestSource } from "./_request_source.ts";
+import { requestSource } from "../link/_forwarded_for.ts";
 import type { RelayOptions } from "./options.ts";
 
 /** The methods each path answers: the Allow of a 405 there (RFC 9110 15.5.6). */

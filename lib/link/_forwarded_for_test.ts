@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { canonicalIp, requestSource } from "./_request_source.ts";
+import { canonicalIp, requestSource } from "./_forwarded_for.ts";
 
 const PROXY: Deno.NetAddr = { transport: "tcp", hostname: "10.0.0.2", port: 41234 };
 const request = (forwarded?: string) =>

@@ -1,15 +1,16 @@
 /**
- * Where a node's request comes from, for the relay's log. Behind a reverse
- * proxy every connection comes from the proxy, and a line such as "Refused a
- * node from 127.0.0.1:41234: wrong relay secret" names nobody. A proxy the
- * operator trusts (`trustedProxies`) names the client in `X-Forwarded-For`;
- * anyone else's header is not believed (a client may write one itself).
+ * Where a request comes from, behind reverse proxies. Behind one every
+ * connection comes from the proxy: a relay's line such as "Refused a node
+ * from 127.0.0.1:41234: wrong relay secret" names nobody, and a listener's
+ * limits per source would count every client as one. A proxy the operator
+ * trusts (`trustedProxies`) names the client in `X-Forwarded-For`; anyone
+ * else's header is not believed (a client may write one itself).
  *
  * @module
  */
 
-import { isIpv4 } from "../_util.ts";
-import { formatAddr } from "../link/link.ts";
+import { describeValue, isIpv4 } from "../_util.ts";
+import { formatAddr } from "./link.ts";
 
 /** What a hop of `X-Forwarded-For` may look like: an address, maybe with a port. */
 const HOP = /^[\w.:%\[\]-]{1,64}$/;
@@ -56,10 +57,29 @@ export function requestSource(
 ): string | undefined {
   if (remoteAddr === undefined) return undefined;
   const peer = formatAddr(remoteAddr);
+  const client = forwardedClient(req, remoteAddr, trusted);
+  if (client === null) return peer;
+  return client === UNREADABLE ? `${peer} (X-Forwarded-For unreadable)` : `${client} (via ${peer})`;
+}
+
+/** What {@linkcode forwardedClient} says of a hop that is no address. */
+export const UNREADABLE = "unreadable";
+
+/**
+ * The client a trusted proxy at `remoteAddr` names in `X-Forwarded-For`, as
+ * written there (an address, maybe with a port), or `UNREADABLE`; null when
+ * the peer is not a trusted proxy, or names nobody. `trusted` holds
+ * canonical addresses ({@linkcode canonicalIp}).
+ */
+export function forwardedClient(
+  req: Request,
+  remoteAddr: Deno.Addr,
+  trusted: readonly string[],
+): string | null {
   const host = "hostname" in remoteAddr ? canonicalIp(remoteAddr.hostname) : null;
-  if (host === null || !trusted.includes(host)) return peer;
+  if (host === null || !trusted.includes(host)) return null;
   const header = req.headers.get("x-forwarded-for");
-  if (header === null) return peer;
+  if (header === null) return null;
   // Each proxy appends the address it was reached from: read from the right,
   // past the trusted ones, the first other is the client (what is left of it
   // anyone may have written).
@@ -67,7 +87,22 @@ export function requestSource(
   for (let i = hops.length - 1; i >= 0; i--) {
     const address = canonicalIp(hops[i]);
     if (address !== null && trusted.includes(address)) continue;
-    return HOP.test(hops[i]) ? `${hops[i]} (via ${peer})` : `${peer} (X-Forwarded-For unreadable)`;
+    return HOP.test(hops[i]) ? hops[i] : UNREADABLE;
   }
-  return peer;
+  return null;
+}
+
+/**
+ * `value`, a list of IP addresses, in their canonical form: a copy (the
+ * caller's array may change). A `TypeError` naming `name` for anything else.
+ */
+export function ipAddresses(name: string, value: unknown): string[] {
+  const canonical = Array.isArray(value)
+    ? value.map((item) => typeof item === "string" ? canonicalIp(item) : null)
+    : [null];
+  if (canonical.includes(null)) {
+    // A name would never match: connections come from addresses.
+    throw new TypeError(`${name} must be an array of IP addresses, got ${describeValue(value)}`);
+  }
+  return canonical as string[];
 }
