@@ -282,3 +282,10 @@ function tlsPairProblem(said: string): string {
   if (/key/i.test(said)) return `the TLS key is unusable: ${said}`;
   return `the TLS certificate is unusable: ${said}`;
 }
+
+/** The innermost message of `error` (Deno's fetch puts the useful one in `cause`). */
+export function innermostMessage(error: unknown): string {
+  let current = error;
+  while (current instanceof Error && current.cause !== undefined) current = current.cause;
+  return current instanceof Error ? current.message : String(current);
+}

@@ -28,6 +28,7 @@ import {
 } from "./_helpers.ts";
 import { startNginx, startTinyproxy } from "./_proxies.ts";
 import { cutWhile, FAST } from "./_tunnel_helpers.ts";
+import { makeTestCerts } from "./_tls.ts";
 
 /** A `Deno.serve` app with immortal sessions at `/link`, and a page of its own elsewhere. */
 function serveLinks(key: string) {
@@ -348,4 +349,27 @@ Deno.test("HttpLinkAcceptor behind a real nginx: with trustedProxies, a session'
   assert.equal(await serve(["127.0.0.5"]), "127.0.0.1");
   assert.equal(await serve([]), "127.0.0.5");
   assert.throws(() => new HttpLinkAcceptor({ trustedProxies: ["nginx.local"] }), TypeError);
+});
+
+Deno.test("httpDialer to an https: server whose certificate is not trusted: a tls error that says to give the CA, over either transport and auto, not 'unreachable: fetch failed'", async () => {
+  const certs = await makeTestCerts();
+  const links = new HttpLinkAcceptor();
+  const listener = listen({ acceptor: links });
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, cert: certs.cert, key: certs.key, onListen() {} },
+    (req, info) => links.handle(req, info),
+  );
+  try {
+    for (const transport of ["auto", "websocket", "http"] as const) {
+      const dialer = httpDialer({ url: `https://127.0.0.1:${server.addr.port}/`, transport });
+      const error = await connect({ dialer }).then(() => null, (e) => e);
+      assert.ok(error instanceof ImmortalError, `${transport}: ${error}`);
+      assert.equal(error.code, "tls", `${transport}: ${error.message}`);
+      assert.match(error.message, /not trusted.*give the CA/, transport);
+    }
+  } finally {
+    listener.close();
+    await server.shutdown();
+    await Deno.remove(certs.dir, { recursive: true });
+  }
 });

@@ -125,8 +125,15 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
       options,
     );
   }
-  if (error instanceof TlsHandshakeError) {
-    const said = errorMessage(error.cause);
+  // Over TLS links, a TlsHandshakeError; over HTTP links (https:, wss:), the
+  // certificate's fault is in the words of the error the dial failed with.
+  const tlsSaid = error instanceof TlsHandshakeError
+    ? errorMessage(error.cause)
+    : /certificate|NotValidForName|CaUsedAsEndEntity/i.test(errorMessage(error))
+    ? errorMessage(error)
+    : null;
+  if (tlsSaid !== null) {
+    const said = tlsSaid;
     // Only what cannot be a passing fault: an end of file or a reset in the
     // handshake may be a server shedding load, and is retried as unreachable.
     const kind = tlsFailureKind(said);

@@ -16,7 +16,7 @@
  * @module
  */
 
-import { errorMessage } from "../_util.ts";
+import { errorMessage, innermostMessage, isNotCapable } from "../_util.ts";
 import { type Dialer, type Link, urlAddr } from "./link.ts";
 import { ByteQueue } from "./_byte_queue.ts";
 import { PostBodies } from "./_post_bodies.ts";
@@ -508,6 +508,11 @@ export async function dialHttpStream(
       signal: abort.signal,
       ...(options.client ? { client: options.client } : {}),
     });
+  } catch (error) {
+    if (signal.aborted || isNotCapable(error)) throw error;
+    // fetch says "fetch failed"; what failed (refused, an untrusted
+    // certificate, a proxy that is down) is in its cause.
+    throw new Deno.errors.ConnectionRefused(innermostMessage(error), { cause: error });
   } finally {
     signal.removeEventListener("abort", abortDial);
   }

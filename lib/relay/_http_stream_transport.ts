@@ -7,7 +7,7 @@
  * @module
  */
 
-import { errorMessage } from "../_util.ts";
+import { errorMessage, innermostMessage } from "../_util.ts";
 import {
   encodeFrame,
   type HelloFrame,
@@ -24,7 +24,6 @@ import {
   type ClientTransport,
   connectFailure,
   type DialSettings,
-  innermostMessage,
   type OpenedTransport,
   RelayConnectError,
   RelayRefusedError,

@@ -146,13 +146,6 @@ export function connectFailure(
   return make("broken", `the connection to ${host} broke before the welcome: ${said}`);
 }
 
-/** The innermost message of `error` (Deno's fetch puts the useful one in `cause`). */
-export function innermostMessage(error: unknown): string {
-  let current = error;
-  while (current instanceof Error && current.cause !== undefined) current = current.cause;
-  return current instanceof Error ? current.message : String(current);
-}
-
 /** One open transport, after the welcome. */
 export interface ClientTransport {
   /** Which transport this is. */
