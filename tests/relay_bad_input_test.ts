@@ -270,6 +270,13 @@ Deno.test("relay: connections that never finish a handshake are cut at the auth 
 
 /** A WebSocket node that joins, then never reads again (its TCP buffers fill up). */
 async function stalledNode(port: number, nickname: string): Promise<Deno.TcpConn> {
+  const conn = await upgradedConn(port);
+  await conn.write(textFrame(hello({ session: "slow", nickname })));
+  return conn;
+}
+
+/** A raw connection upgraded to a WebSocket at the relay's `/relay/ws`. */
+async function upgradedConn(port: number): Promise<Deno.TcpConn> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const request = `GET /relay/ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
     `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
@@ -277,9 +284,13 @@ async function stalledNode(port: number, nickname: string): Promise<Deno.TcpConn
   const head = new Uint8Array(4096);
   const n = (await conn.read(head)) ?? 0;
   assert.match(new TextDecoder().decode(head.subarray(0, n)), /^HTTP\/1.1 101/);
-  const payload = new TextEncoder().encode(hello({ session: "slow", nickname }));
-  // A client frame: FIN + text, masked (with an all-zero key, which leaves the payload as is).
-  const frame = new Uint8Array([
+  return conn;
+}
+
+/** A client's WebSocket text frame: FIN, masked (with an all-zero key, which leaves it as is). */
+function textFrame(text: string): Uint8Array {
+  const payload = new TextEncoder().encode(text);
+  return new Uint8Array([
     0x81,
     0x80 | 126,
     payload.length >> 8,
@@ -290,8 +301,6 @@ async function stalledNode(port: number, nickname: string): Promise<Deno.TcpConn
     0,
     ...payload,
   ]);
-  await conn.write(frame);
-  return conn;
 }
 
 for (const overflow of ["disconnect", "drop"] as const) {
@@ -598,4 +607,22 @@ Deno.test("relay pipes: a pipe request whose dialer gave up (closed its connecti
   } finally {
     await b.close();
   }
+});
+
+Deno.test("relay: frames a node sent after its refused hello (a ping on its way) are not counted as more refusals", async () => {
+  await using relay = startRelay({ secret: "right" });
+  using conn = await upgradedConn(relay.addr.port);
+  await conn.write(
+    new Uint8Array([
+      ...textFrame(hello({ session: "s", nickname: "n", secret: "wrong" })),
+      ...textFrame(JSON.stringify({ t: "ping" })),
+      ...textFrame(JSON.stringify({ t: "msg", text: "x" })),
+    ]),
+  );
+  // The relay closes the connection: read to its end.
+  const buffer = new Uint8Array(4096);
+  while ((await within(10_000, "the close", conn.read(buffer).catch(() => null))) !== null) {
+    // the error frame and the close
+  }
+  assert.deepEqual(relay.relay.stats.refused, { secret: 1 });
 });

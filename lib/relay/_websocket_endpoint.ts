@@ -119,15 +119,22 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
   let member: Member | null = null;
   let waiting: FrameObject[] | null = null;
   // Before the join a bad frame ends the connection; after it, only the frame is refused.
+  // Refused before it joined: closing. What the node sent after (a ping on
+  // its way) is not news, nor another refusal to count.
+  let refusedJoin = false;
   const refuse = (closeCode: number, code: RelayErrorCode, reason: string) => {
     hub.refuseFrame(sink, { code, reason });
-    if (member === null) sink.close(closeCode, reason.slice(0, 120));
+    if (member === null) {
+      refusedJoin = true;
+      sink.close(closeCode, reason.slice(0, 120));
+    }
   };
   let authTimer: ReturnType<typeof setTimeout> | undefined = setTimeout(() => {
     if (member === null) refuse(4408, "auth-timeout", "no hello within the auth deadline");
   }, settings.authTimeout);
   socket.onoversize = () => refuse(1009, "too-large", tooLargeReason(max));
   socket.onmessage = (data) => {
+    if (refusedJoin) return;
     if (typeof data !== "string") {
       hub.refuseFrame(sink, { code: "bad-frame", reason: "frames are JSON text" });
       return sink.close(1003, "frames are JSON text");
@@ -142,6 +149,7 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
     authTimer = undefined; // a timer object, kept as long as this closure otherwise
     const refused = (error: unknown) => {
       if (!(error instanceof JoinRefused)) throw error;
+      refusedJoin = true;
       // Counted by the hub already, under its reason (a wrong secret is "secret", once).
       sink.push(errorFrame({ code: error.code, reason: error.message }));
       sink.close(4000 + error.status, error.message.slice(0, 120));
