@@ -669,6 +669,23 @@ Deno.test("a POST for another relay's stream: passed on to it, 413 past the limi
   const tooLarge = await send({}, "x".repeat(2 << 20));
   assert.equal(tooLarge.status, 413);
   await tooLarge.body?.cancel();
+  // A client gone in the middle of its body is no refusal (as on a single relay).
+  {
+    using cut = await Deno.connect({ hostname: "127.0.0.1", port: one.addr.port });
+    await cut.write(new TextEncoder().encode(
+      `POST /relay/send HTTP/1.1\r\nhost: x\r\nx-relay-stream: ${twoId}.${crypto.randomUUID()}\r\n` +
+        "content-length: 1000\r\n\r\n{}",
+    ));
+    await cut.closeWrite();
+    // The relay answers (nobody it counts) and closes: read to the end.
+    const buffer = new Uint8Array(4096);
+    while (
+      (await within(10_000, "the cut POST's end", cut.read(buffer).catch(() => null))) !== null
+    ) {
+      // drained
+    }
+    assert.equal(one.relay.stats.refused["bad-request"] ?? 0, 0);
+  }
   // The same for a pipe link's upstream POST.
   const upstream = () =>
     fetch(`${one.url}/relay/pipe`, {

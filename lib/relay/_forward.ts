@@ -20,7 +20,7 @@ import type { Link } from "../link/link.ts";
 import type { RelayCluster } from "./_cluster.ts";
 import type { Hub } from "./_hub.ts";
 import { readBounded } from "../link/_http_link_endpoint.ts";
-import { refuseRequest, tooLargeReason } from "./_http.ts";
+import { bodyRefusal, refuseRequest, tooLargeReason } from "./_http.ts";
 import { HOP_BY_HOP } from "./_http1_response.ts";
 import { PIPE_HEADERS } from "./_protocol.ts";
 import { secretsEqual } from "./_secret.ts";
@@ -88,9 +88,10 @@ export async function forwardToOwner(
   try {
     body = await readBounded(req, maxBytes);
   } catch (error) {
+    // As on a single relay: a body cut short is the client gone, no refusal to count.
     return error instanceof RangeError
       ? refuseRequest(hub, 413, "too-large", tooLargeReason(maxBytes))
-      : refuseRequest(hub, 400, "bad-request", "the request's body was cut short");
+      : bodyRefusal(hub, error, "bad-request");
   }
   const headers = new Headers();
   for (const [name, value] of req.headers) {
