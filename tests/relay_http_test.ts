@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { renderRecord, within, withLogs } from "./_helpers.ts";
+import { renderRecord, waitUntil, within, withLogs } from "./_helpers.ts";
 import { startRelay } from "./_relay.ts";
 
 const encoder = new TextEncoder();
@@ -201,6 +201,11 @@ Deno.test("relay HTTP: a client that hangs up inside a request head is no bad re
     while ((await within(20_000, "the idle connection's end", idle.read(buffer))) !== null) {
       // the answer, then the end
     }
+    // Both connections handled and gone: only then is the count final.
+    await waitUntil(
+      () => relay.relay.stats.connections!.connections === 0,
+      "both connections gone",
+    );
     assert.equal(relay.relay.stats.connections?.badRequests ?? 0, 0);
     const warnings = records.filter((r) => r.level === "warning").map(renderRecord);
     assert.deepEqual(warnings, []);

@@ -246,7 +246,7 @@ for (const transport of ["websocket", "http"] as const) {
   });
 }
 
-Deno.test("RelayNode.connect with a signal: aborted before, nothing is dialed; aborted in the backoff between attempts, it rejects at once", async () => {
+Deno.test("RelayNode.connect with a signal: aborted before, it rejects with the reason; aborted in the backoff between attempts, it rejects at once", async () => {
   await using server = silentServer();
   const before = AbortSignal.abort(new Error("never mind"));
   await assert.rejects(
@@ -264,12 +264,6 @@ Deno.test("RelayNode.connect with a signal: aborted before, nothing is dialed; a
   });
   abort.abort(new Error("stop waiting"));
   await assert.rejects(within(10_000, "connect given up", joining), /stop waiting/);
-  // The first server was never dialed.
-  const dialed = await Promise.race([
-    server.firstAccepted.then(() => true),
-    Promise.resolve(false),
-  ]);
-  assert.equal(dialed, false);
 });
 
 for (const transport of ["websocket", "http"] as const) {

@@ -761,6 +761,16 @@ Deno.test("a relay given a password for a Redis that asks for none warns that th
         line.includes("answers clients that give no password")
       );
     await waitUntil(() => warnings().length > 0, "the warning");
+    // The secured one's answer came too (NOAUTH): its silence is a verdict, not a race.
+    await waitUntil(
+      () =>
+        records.some((r) =>
+          renderRecord(r).startsWith(
+            `Redis at redis://:***@127.0.0.1:${secured.port}, asked without a password: NOAUTH`,
+          )
+        ),
+      "the secured Redis asking for its password",
+    );
     assert.deepEqual(warnings(), [
       `Redis at redis://:***@127.0.0.1:${open.port} answers clients that give no password: the ` +
       "password in the Redis URL keeps nobody out (set requirepass, or ACL users, on the Redis server)",

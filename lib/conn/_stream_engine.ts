@@ -408,6 +408,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       if (this.#link === null) this.fail(null, null);
       else if (this.#role === "server") {
         this.#phase = "closing";
+        this.#closingFrom(this.#link);
         this.#kick();
       }
       return;
@@ -625,15 +626,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
           // can destroy the close or bye on its way to the peer, which then
           // resumed, for nothing, until its resume timeout; an HTTP link's
           // last POST could be cut by the program exiting.
+          // The flush time started as the phase began (#closingFrom): a
+          // half-close that waits (an HTTP link's, for its POSTs' answers)
+          // is bounded by it too.
+          this.#closingFrom(link);
           await link.closeWrite?.();
-          // The peer may have hung up meanwhile (an HTTP link's half-close
-          // waits for its POSTs' answers): the session ended with it.
-          if (this.#link !== link) return;
-          clearTimeout(this.#flushTimer);
-          this.#flushTimer = setTimeout(
-            () => this.#linkFailed(link, "the peer did not hang up"),
-            FLUSH_TIMEOUT_MS,
-          );
           return;
         }
         await new Promise<void>((resolve) => this.#wakeSender = resolve);
@@ -903,6 +900,20 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
 
   // ---------------------------------------------------------------- endings
 
+  /**
+   * The session is closing over `link`: its last frames, the half-close and
+   * the peer hanging up get `FLUSH_TIMEOUT_MS` in all, from now (set once:
+   * a later step does not extend it). Then the link is dropped and the
+   * session ends.
+   */
+  #closingFrom(link: Link): void {
+    if (this.#flushTimer !== undefined) return;
+    this.#flushTimer = setTimeout(
+      () => this.#linkFailed(link, "the peer did not hang up in time"),
+      FLUSH_TIMEOUT_MS,
+    );
+  }
+
   #checkComplete(): void {
     if (this.#phase !== "open" || this.#ending !== null) return;
     if (this.#finPos === null || this.#acked !== this.#finPos + 1) return;
@@ -924,6 +935,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       // Tell the server it may forget the session, then hang up.
       this.#control.push({ type: "bye" });
       this.#phase = "closing";
+      if (this.#link !== null) this.#closingFrom(this.#link);
       this.#kick();
     }
     this.#side.completed();
@@ -966,10 +978,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (link !== null && tellPeer !== null) {
       this.#control.push({ type: "close", reason: tellPeer });
       this.#phase = "closing";
-      this.#flushTimer = setTimeout(
-        () => this.#linkFailed(link, "flush timed out"),
-        FLUSH_TIMEOUT_MS,
-      );
+      this.#closingFrom(link);
       this.#kick();
     } else {
       if (link !== null) {

@@ -562,8 +562,13 @@ export class RelayCluster {
       if (this.#closed) return;
       await probe.connect();
       await probe.ping();
-    } catch {
-      return; // it asks for a password (NOAUTH), or could not be asked: either way, nothing to say
+    } catch (error) {
+      // It asks for a password (NOAUTH), or could not be asked: nothing to warn of.
+      log.debug("Redis at {url}, asked without a password: {reason}", {
+        url: redactedUrl(this.#settings.url),
+        reason: errorMessage(error),
+      });
+      return;
     } finally {
       this.#probe = undefined;
       probe.destroy();

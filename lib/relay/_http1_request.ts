@@ -65,8 +65,13 @@ const UNSERVED_METHODS = new Set(["CONNECT", "TRACE", "TRACK"]);
  */
 export function targetProblem(method: string, target: string): string | null {
   if (target === "*") return method === "OPTIONS" ? null : "* is a target of OPTIONS only";
-  const authority = /^https?:\/\/[^/?#]+/i.exec(target);
-  const path = authority ? target.slice(authority[0].length) || "/" : target;
+  // The authority is a host and a port: anything else in it (a backslash,
+  // which a URL parser reads as a slash) is refused with the rest.
+  const authority = /^https?:\/\/[A-Za-z0-9.\-_~%\[\]:]+/i.exec(target);
+  let path = authority ? target.slice(authority[0].length) || "/" : target;
+  // `http://host?q`: an empty path with a query is the root's.
+  if (authority && path.startsWith("?")) path = `/${path}`;
+  if (/\\|%5c/i.test(target)) return "the request target holds a backslash";
   if (!path.startsWith("/") || path.startsWith("//")) {
     return "the request target must be a path, or an http(s) URL";
   }

@@ -82,6 +82,8 @@ Deno.test("parseHead refuses a target a URL parser would rewrite (a reverse prox
     "ftp://x/healthz",
     "http://x//healthz",
     "http://x/a/../metrics",
+    "http://a\\..\\metrics",
+    "http://a\\metrics",
     "*",
   ];
   for (const target of refused) {
@@ -94,7 +96,9 @@ Deno.test("parseHead refuses a target a URL parser would rewrite (a reverse prox
     "/chat/",
     "/a..b/.c/",
     "http://x",
+    "http://x?q=1",
     "https://x:8443/relay/stream?q=1",
+    "http://[::1]:8080/healthz",
   ];
   for (const target of taken) {
     assert.equal(parseHead(`GET ${target} HTTP/1.1\r\nHost: a`).target, target);

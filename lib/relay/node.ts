@@ -447,6 +447,11 @@ export class RelayNode implements AsyncDisposable {
     for (let attempt = 0; attempt < Math.max(1, retries); attempt++) {
       try {
         await node.#open(signal);
+        // Given up just as the welcome came: not joined after all.
+        if (signal?.aborted) {
+          await node.close();
+          throw signal.reason;
+        }
         node.#watchdog = setInterval(() => node.#checkAlive(), 250);
         return node;
       } catch (error) {
