@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { connect, ImmortalError, listen, TunnelClient } from "../mod.ts";
+import { connect, ImmortalError, type Link, listen, TcpLink, TunnelClient } from "../mod.ts";
 import {
   patternHash,
   receiveAll,
@@ -222,5 +222,44 @@ Deno.test("a session the listener closes before the application accepted it: its
   const error = await within(30_000, "the client's end", client.closed.then(() => null, (e) => e));
   assert.ok(error instanceof ImmortalError, String(error));
   assert.equal(error.code, "aborted");
+  assert.match(error.message, /the server's listener closed before the session was accepted/);
+});
+
+Deno.test("a listener closed while a session's accept is on its way: the client, which holds an accepted session, is told why, not left to resume to a listener gone", async () => {
+  const tcp = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  // The server's second write of a handshake is its accept: held until the listener is closing.
+  const { promise: accepting, resolve: acceptHeld } = Promise.withResolvers<void>();
+  const { promise: release, resolve: releaseAccept } = Promise.withResolvers<void>();
+  const acceptor = {
+    addr: tcp.addr as Deno.NetAddr,
+    async accept(): Promise<Link> {
+      const link = new TcpLink(await tcp.accept() as Deno.TcpConn);
+      let writes = 0;
+      return {
+        read: (buffer) => link.read(buffer),
+        write: async (data) => {
+          if (++writes === 2) {
+            acceptHeld();
+            await release;
+          }
+          return link.write(data);
+        },
+        close: () => link.close(),
+        closeWrite: () => link.closeWrite(),
+        get remoteAddr() {
+          return link.remoteAddr;
+        },
+      };
+    },
+    close: () => tcp.close(),
+  };
+  const listener = listen({ acceptor });
+  const connecting = connect({ port: tcp.addr.port });
+  await within(30_000, "the accept on its way", accepting);
+  listener.close();
+  releaseAccept();
+  const client = await within(30_000, "the connect", connecting);
+  const error = await within(30_000, "the client's end", client.closed.then(() => null, (e) => e));
+  assert.ok(error instanceof ImmortalError, String(error));
   assert.match(error.message, /the server's listener closed before the session was accepted/);
 });

@@ -19,7 +19,7 @@ import { ImmortalError } from "./errors.ts";
 import { FrameReader } from "./_frame_reader.ts";
 import { SealedLink } from "./_sealed_link.ts";
 import { sendFrame } from "./_handshake.ts";
-import { encodeFrame, FrameError } from "../frame/mod.ts";
+import { encodeFrame, type Frame, FrameError } from "../frame/mod.ts";
 
 import type { ImmortalConn } from "./immortal_conn.ts";
 import { type ResolvedOptions, resolveOptions } from "./_options.ts";
@@ -222,10 +222,19 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
    * and every one when the listener closes.
    */
   #refuseBusy(link: Link, reason: string): void {
+    this.#sayLast(link, { type: "reject", code: "busy", reason });
+  }
+
+  /**
+   * Sends `link` its last frame, then reads to the end before closing it
+   * (within {@linkcode BUSY_TELL_MS}; the listener closing ends it too).
+   */
+  #sayLast(link: Link, frame: Frame): void {
     this.#refusing.add(link);
     const timer = setTimeout(() => link.close(), BUSY_TELL_MS);
     (async () => {
-      await sendFrame(link, { type: "reject", code: "busy", reason });
+      await sendFrame(link, frame);
+      await link.closeWrite?.();
       // Then read to the end (the client's hello, then its close): a socket
       // closed with unread bytes resets, and a reset can destroy the refusal
       // before the client has read it.
@@ -382,14 +391,16 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         await sendFrame(reader.link, { type: "reject", code: "busy", reason: busy });
         throw new ImmortalError("rejected", busy);
       }
+      // Out of the handshakes close() ends: a close during this write leaves
+      // the link to tell its client, below.
+      this.#handshaking.delete(link);
       await sendFrame(reader.link, hello.accept);
       // close() may have run during that write: its table is cleared already.
       // The client holds an accepted session: told, as those queued are, it
       // does not resume to a listener that is gone until its resume timeout.
       if (this.#closed) {
-        await sendFrame(reader.link, { type: "close", reason: NOT_ACCEPTED }).catch(() => {});
-        await reader.link.closeWrite?.().catch(() => {});
-        throw new ImmortalError("closed", "the listener is closed");
+        this.#sayLast(reader.link, { type: "close", reason: NOT_ACCEPTED });
+        return;
       }
       const session = this.#sessions.open(reader, hello);
       const waiter = this.#waiters.shift();
