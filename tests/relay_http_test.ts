@@ -211,3 +211,18 @@ Deno.test("relay HTTP: a client that hangs up inside a request head is no bad re
     assert.deepEqual(warnings, []);
   });
 });
+
+Deno.test("relay HTTP: an answer given without reading a chunked body says connection: close (its length is unknown: it cannot promise to read past it)", async () => {
+  await using relay = startRelay();
+  const answer = await exchange(
+    relay.addr.port,
+    "POST /relay/send HTTP/1.1\r\nhost: x\r\nx-relay-stream: nope\r\ntransfer-encoding: chunked\r\n\r\n",
+    {
+      body: new TextEncoder().encode(
+        `${(100_000).toString(16)}\r\n${"x".repeat(100_000)}\r\n0\r\n\r\n`,
+      ),
+    },
+  );
+  assert.equal(status(answer), 404, answer.slice(0, 300));
+  assert.equal(header(answer, "connection"), "close");
+});

@@ -532,7 +532,10 @@ export class HttpServer {
       const unread = () => !bodyRead && body !== null && !body.locked;
       // A client told no `100 Continue` may send its body or not (RFC 9110
       // 10.1.1): nothing to read past, so the connection ends.
-      const drainable = (head.body.kind !== "length" || head.body.length <= MAX_DRAIN_BYTES) &&
+      // A chunked body's length is unknown until read: it may be over the
+      // drain's bound, and the answer would have promised a connection that
+      // then ends. Only a declared length small enough is read past.
+      const drainable = head.body.kind === "length" && head.body.length <= MAX_DRAIN_BYTES &&
         (continued || !head.expectContinue);
       const keepAlive = await writeResponse(conn, response, {
         http10: head.version === "HTTP/1.0",
