@@ -359,8 +359,8 @@ export class Hub {
       !(fromEarlierLife(room, hello) && (room?.freeName(wanted, token, now) ?? wanted) === wanted)
     ) throw this.#badSuffix();
     if (!room) {
-      // Rooms nobody is in only keep history for nodes that may come back:
-      // at the limit, the oldest of them makes room for a session with a node.
+      // Rooms nobody is in only keep history (and nicknames) for nodes that
+      // may come back: at the limit, one of them makes room for a session with a node.
       if (this.rooms.size >= s.maxSessions && !this.#dropEmptyRoom()) {
         throw this.#full("max-sessions", id);
       }
@@ -1054,15 +1054,24 @@ export class Hub {
     }, (error) => notTaken(errorMessage(error)));
   }
 
-  /** Forgets the oldest room with nobody in it (and no join on its way); false if there is none. */
+  /**
+   * Forgets a room with nobody in it (and no join on its way): one that holds
+   * no nickname for a node coming back if there is one (its history is all
+   * that goes), the first created of them; false if there is none.
+   */
   #dropEmptyRoom(): boolean {
+    let fallback: Room | undefined;
     for (const room of this.rooms.values()) {
-      if (room.members.size === 0 && room.joining.size === 0) {
+      if (room.members.size > 0 || room.joining.size > 0) continue;
+      if (room.reserved.size === 0) {
         this.rooms.delete(room.id);
         return true;
       }
+      fallback ??= room;
     }
-    return false;
+    if (fallback === undefined) return false;
+    this.rooms.delete(fallback.id);
+    return true;
   }
 
   /** Forgets a node on this relay only (it left, moved, or the cluster let it go). */

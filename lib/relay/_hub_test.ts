@@ -580,3 +580,25 @@ Deno.test("hub: at the session limit, the oldest room nobody is in (kept for its
   // Both rooms have nodes now: a third session is refused.
   assert.throws(() => h.join("e", { session: "third" }), { status: 503, code: "full" });
 });
+
+Deno.test("hub: at the session limit, an empty room that holds a nickname for a node coming back is kept, while one holding only history goes", () => {
+  using h = makeHub({ maxSessions: 3 });
+  // First created: a node gone without a bye, its nickname held for it.
+  const away = h.join("a", { session: "reserving" });
+  const watcher = h.join("w", { session: "reserving" });
+  h.hub.receive(away.member, { t: "msg", text: "x" });
+  h.hub.leave(away.member, "gone");
+  h.hub.receive(watcher.member, { t: "bye" });
+  // Then: a message, and clean byes: only history.
+  const done = h.join("b", { session: "history" });
+  const other = h.join("o", { session: "history" });
+  h.hub.receive(done.member, { t: "msg", text: "x" });
+  h.hub.receive(done.member, { t: "bye" });
+  h.hub.receive(other.member, { t: "bye" });
+  assert.equal(h.hub.rooms.get("reserving")?.reserved.size, 1);
+  assert.equal(h.hub.rooms.get("history")?.reserved.size, 0);
+  h.join("c", { session: "live" });
+  h.join("d", { session: "new" });
+  assert.equal(h.hub.rooms.has("history"), false);
+  assert.equal(h.hub.rooms.has("reserving"), true);
+});
