@@ -44,6 +44,14 @@ import type { ServerWebSocket } from "./_server_websocket.ts";
 import { secretsEqual } from "./_secret.ts";
 import { shownName } from "./_shown_name.ts";
 
+/** What a pipe request waits for becomes, once its dialer gave up (its request closed). */
+const DIALER_LEFT = { status: 499, code: "pipe-timeout", message: "the dialer left" } as const;
+
+/** The answer to a pipe request whose dialer gave up: nobody reads it, and it is no refusal. */
+function dialerLeft(): Response {
+  return new Response(null, { status: 499 });
+}
+
 const log = getLogger(["immortal", "relay", "pipe"]);
 
 /** Bytes the relay reads from one end before it writes them to the other, while the pipe is quiet. */
@@ -386,8 +394,7 @@ export class PipeEndpoint {
     // A dialer that gives up (it races fresh dials while its session resumes)
     // closes its request: the pipe is dropped then, not held for the timeout,
     // its connection counted among the unjoined ones all that while.
-    const gaveUp = () =>
-      pending.answer.resolve({ status: 499, code: "pipe-timeout", message: "the dialer left" });
+    const gaveUp = () => pending.answer.resolve(DIALER_LEFT);
     req.signal.addEventListener("abort", gaveUp, { once: true });
     const answer = await pending.answer.promise;
     req.signal.removeEventListener("abort", gaveUp);
@@ -395,7 +402,7 @@ export class PipeEndpoint {
     this.#pending.delete(id);
     if (req.signal.aborted) {
       if ("read" in answer) answer.close();
-      return new Response(null, { status: 499 }); // nobody reads it
+      return dialerLeft();
     }
     if (!("read" in answer)) return refuseRequest(hub, answer.status, answer.code, answer.message);
     const opened = this.#openLink(req, remoteAddr);
@@ -486,21 +493,26 @@ export class PipeEndpoint {
     let peer: Link;
     try {
       // That relay answers once the pipe is paired (or refused), within its
-      // auth timeout: so does this one.
-      const signal = AbortSignal.timeout(hub.settings.authTimeout + 5000);
+      // auth timeout: so does this one; and a dialer that gives up ends it.
+      const signal = AbortSignal.any([
+        req.signal,
+        AbortSignal.timeout(hub.settings.authTimeout + 5000),
+      ]);
       peer = await openWithClusterKey(
         cluster,
         key,
         (key) => openWebSocketLink(target, signal, withKey(key)),
       );
     } catch (error) {
-      // Over WebSocket the node sees only the status; ours asks again over
-      // HTTP streaming to learn why, and that request brings the reason back.
-      // The cluster's addresses stay out of what the node is told.
       log.debug("Pipe request of {nickname} sent on to its relay: {reason}", {
         nickname,
         reason: errorMessage(error),
       });
+      // Its dialer gave up: nobody to answer, no refusal to count.
+      if (req.signal.aborted) return dialerLeft();
+      // Over WebSocket the node sees only the status; ours asks again over
+      // HTTP streaming to learn why, and that request brings the reason back.
+      // The cluster's addresses stay out of what the node is told.
       const status = Number(/answered (\d{3})/.exec(errorMessage(error))?.[1] ?? 503);
       const code = RELAYED_REFUSALS[status] ?? "unavailable";
       return refuseRequest(
@@ -532,6 +544,9 @@ export class PipeEndpoint {
     await req.body?.cancel(); // an opening request has no body
     const abort = new AbortController();
     this.#relayedStreams.add(abort);
+    // A dialer that gives up while the other relay pairs its pipe ends that wait too.
+    const gaveUp = () => abort.abort();
+    req.signal.addEventListener("abort", gaveUp, { once: true });
     let answer: Response;
     try {
       answer = await open(abort.signal);
@@ -540,7 +555,10 @@ export class PipeEndpoint {
       log.debug("Pipe link opening sent on to its relay: {reason}", {
         reason: errorMessage(error),
       });
+      if (req.signal.aborted) return dialerLeft(); // nobody to answer
       return refuseRequest(this.#hub, 503, "unavailable", "the node's relay cannot be reached");
+    } finally {
+      req.signal.removeEventListener("abort", gaveUp);
     }
     const streaming = answer.body !== null && answer.status === 200;
     if (streaming) {
