@@ -106,7 +106,9 @@ Options:
 
 Settings also come from the environment (IMMORTAL_RELAY_SECRET,
 IMMORTAL_RELAY_HOSTNAME, IMMORTAL_RELAY_PORT) and from ${RELAY_CONFIG_FILE}
-in the working directory, then the home directory; flags win.
+in the working directory, then the home directory; flags win. The metrics
+token comes from IMMORTAL_RELAY_METRICS_TOKEN too (not from the file), read
+only with --allow-env for it: without, /metrics takes the relay secret.
 
 An empty secret (--secret "", IMMORTAL_RELAY_SECRET set to nothing, a
 "secret =" line, an empty first line in --secret-file) is an error. With no

@@ -33,7 +33,8 @@ export interface HttpDialerOptions {
   /**
    * `"auto"` (the default) tries WebSocket and, when it cannot be opened,
    * HTTP streaming; after two such links in a row (or a `426`: a proxy
-   * dropped the upgrade) it keeps to HTTP streaming. `"websocket"` or
+   * dropped the upgrade; seen without `client` only, Deno's WebSocket does
+   * not say the status) it keeps to HTTP streaming. `"websocket"` or
    * `"http"` use only that one.
    */
   transport?: HttpTransport;

@@ -512,7 +512,7 @@ export async function dialHttpStream(
     if (signal.aborted || isNotCapable(error)) throw error;
     // fetch says "fetch failed"; what failed (refused, an untrusted
     // certificate, a proxy that is down) is in its cause.
-    throw new Deno.errors.ConnectionRefused(innermostMessage(error), { cause: error });
+    throw new Error(innermostMessage(error), { cause: error });
   } finally {
     signal.removeEventListener("abort", abortDial);
   }

@@ -36,10 +36,12 @@ export interface Link {
    */
   close(): void;
   /**
-   * Ends this side's sending (TCP's FIN) while reads go on, where the
-   * transport can: a link closed whole with input unread is reset, and a
-   * reset can destroy the last frames sent before the peer reads them (a
-   * session's `close`). Optional: a link without it is closed whole.
+   * Ends this side's sending while reads go on: TCP's FIN (after TLS's
+   * close_notify), or, where the transport has no such thing, resolves once
+   * what was written has reached the peer (an HTTP link's POSTs answered).
+   * Nothing may be written after it. A link closed whole with input unread
+   * is reset, and a reset can destroy the last frames sent before the peer
+   * reads them (a session's `close`). Optional.
    */
   closeWrite?(): Promise<void>;
   /** Local address, when the transport has one. */

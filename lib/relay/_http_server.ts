@@ -58,8 +58,8 @@ const LINGER_MS = 2000;
 const LINGER_BYTES = 64 << 20;
 /** How long a response may go on after its client closed its end (see #exchange). */
 const HALF_CLOSE_GRACE_MS = 1000;
-/** The methods the relay answers, for OPTIONS *. */
-const ALLOWED = "GET, HEAD, POST, OPTIONS";
+/** The methods the relay answers somewhere, for OPTIONS * (its paths' own are relay.ts's). */
+const ALLOWED = "GET, HEAD, POST";
 const encoder = new TextEncoder();
 
 /** A `Deno.serve`-style request handler. */

@@ -303,8 +303,10 @@ export interface RefusalBody {
 export function refusalResponse(status: number, code: RelayErrorCode, message: string): Response {
   const body: RefusalBody = { error: code, message };
   // What the status requires to come with it (RFC 9110 15.5.2, 15.5.22).
+  // A node shows the relay secret (header x-relay-secret, or its hello);
+  // /metrics takes a bearer token and says so itself.
   const headers: Record<string, string> = status === 401
-    ? { "www-authenticate": 'Bearer realm="immortal relay"' }
+    ? { "www-authenticate": 'RelaySecret realm="immortal relay"' }
     : status === 426
     ? { upgrade: "websocket" }
     : {};

@@ -155,8 +155,9 @@ export class Relay implements Disposable {
       case "HEAD /healthz": // what many health checkers send; the server drops the body
         return this.#health(req);
       case "GET /metrics":
-      case "HEAD /metrics":
-        return this.#mayWatch(req) ? metricsResponse(this.stats) : refuseRequest(
+      case "HEAD /metrics": {
+        if (this.#mayWatch(req)) return metricsResponse(this.stats);
+        const refusal = refuseRequest(
           hub,
           401,
           "unauthorized",
@@ -165,6 +166,9 @@ export class Relay implements Disposable {
             hub.settings.metricsToken === undefined ? "relay secret" : "metrics token"
           }: Authorization: Bearer TOKEN`,
         );
+        refusal.headers.set("www-authenticate", 'Bearer realm="immortal relay"');
+        return refusal;
+      }
       case `GET ${PATHS.ws}`:
         return acceptWebSocket(hub, req, this.#source(req, info));
       case `POST ${PATHS.stream}`:
