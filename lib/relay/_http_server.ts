@@ -510,6 +510,29 @@ export class HttpServer {
         }
         return socket;
       }
+      // The handler answered without reading the body (a refusal, say). A
+      // small one is read past before the answer goes, so that the answer can
+      // say whether the connection goes on; a large one (a declared length
+      // over the bound, a chunked one that runs past it) is not worth it: the
+      // connection ends, and the answer says so. A client told no `100
+      // Continue` may send its body or not (RFC 9110 10.1.1): nothing to
+      // read past either.
+      const unread = () => !bodyRead && body !== null && !body.locked;
+      const drainable = (head.body.kind !== "length" || head.body.length <= MAX_DRAIN_BYTES) &&
+        (continued || !head.expectContinue);
+      if (unread() && drainable) {
+        connection.arm(this.#options.idleTimeout, bodyTimedOut);
+        let left = MAX_DRAIN_BYTES;
+        try {
+          for await (const chunk of body!) {
+            left -= chunk.length;
+            if (left < 0) break;
+          }
+        } catch {
+          // Broken framing, or the client gone: the connection ends.
+        }
+        connection.disarm();
+      }
       // Whether the client is still there while the response is written (once
       // the request is read whole, nothing else reads): a long response that
       // is idle (a pipe link's downstream) would otherwise hold what produces
@@ -525,33 +548,12 @@ export class HttpServer {
           halfClosed = setTimeout(() => clientGone.abort(), HALF_CLOSE_GRACE_MS);
         });
       }
-      // The handler answered without reading the body (a refusal, say). A
-      // small one is read past, so the connection can go on; a large one is
-      // not worth it (a body of declared length is read in whole pieces, up
-      // to 1 MiB): the connection ends, and the answer says so.
-      const unread = () => !bodyRead && body !== null && !body.locked;
-      // A client told no `100 Continue` may send its body or not (RFC 9110
-      // 10.1.1): nothing to read past, so the connection ends.
-      // A chunked body's length is unknown until read: it may be over the
-      // drain's bound, and the answer would have promised a connection that
-      // then ends. Only a declared length small enough is read past.
-      const drainable = head.body.kind === "length" && head.body.length <= MAX_DRAIN_BYTES &&
-        (continued || !head.expectContinue);
       const keepAlive = await writeResponse(conn, response, {
         http10: head.version === "HTTP/1.0",
         head: head.method === "HEAD",
-        keepAlive: head.keepAlive && !this.#closing.signal.aborted && (drainable || !unread()),
+        keepAlive: head.keepAlive && !this.#closing.signal.aborted && !unread(),
         clientGone: clientGone.signal,
       });
-      if (keepAlive && unread()) {
-        connection.arm(this.#options.idleTimeout, bodyTimedOut);
-        let left = MAX_DRAIN_BYTES;
-        for await (const chunk of body!) {
-          left -= chunk.length;
-          if (left < 0) break;
-        }
-        connection.disarm();
-      }
       // A client still sending its body reads the answer only if the
       // connection does not end under it (see #linger).
       if (unread()) await this.#linger(connection, reader);
