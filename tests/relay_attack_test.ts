@@ -33,7 +33,8 @@ function statuses(text: string): number[] {
 Deno.test("relay HTTP: pipelined, chunked and HTTP/1.0 requests work; smuggling-prone and oversized ones are refused", async () => {
   await using relay = startRelay({ secret: "s3cret" });
   const { port } = relay.addr;
-  // Two requests in one write, a chunked body between them: three answers, in order.
+  // Requests in one write, a chunked body in the middle one: answers in order; the refused
+  // chunked body (a length not known before it is read) ends the connection, and says so.
   const pipelined = await exchange(
     port,
     "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n" +
@@ -41,8 +42,16 @@ Deno.test("relay HTTP: pipelined, chunked and HTTP/1.0 requests work; smuggling-
       "x-relay-stream: nope\r\n\r\n2\r\n{}\r\n0\r\n\r\n" +
       "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
   );
-  assert.deepEqual(statuses(pipelined), [200, 404, 200], pipelined);
+  assert.deepEqual(statuses(pipelined), [200, 404], pipelined);
   assert.match(pipelined, /no-such-stream/);
+  assert.match(pipelined, /\r\nconnection: close\r\n/);
+  // A body of declared length is read past: the connection goes on.
+  const declared = await exchange(
+    port,
+    "POST /relay/send HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nx-relay-stream: nope\r\n\r\n{}" +
+      "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+  );
+  assert.deepEqual(statuses(declared), [404, 200], declared);
   // HTTP/1.0 gets its answer and the end of the connection.
   const old = await exchange(port, "GET /healthz HTTP/1.0\r\n\r\n");
   assert.deepEqual(statuses(old), [200]);

@@ -532,6 +532,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#lastLink = reader.link;
     this.#lastInbound = performance.now();
     this.#lastPing = -Infinity;
+    // A client that completed without a link says its bye on this one: within the closing's time.
+    if (this.#phase === "closing") this.#closingFrom(reader.link);
     this.#sendLoop(reader.link);
     this.#readLoop(reader);
     const remote = describePeer(reader.link);
@@ -908,9 +910,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
    */
   #closingFrom(link: Link): void {
     if (this.#flushTimer !== undefined) return;
+    // An HTTP link's half-close waits for its last POST's answer: a link as
+    // slow as the dead-link time allows gets that long.
     this.#flushTimer = setTimeout(
       () => this.#linkFailed(link, "the peer did not hang up in time"),
-      FLUSH_TIMEOUT_MS,
+      Math.max(FLUSH_TIMEOUT_MS, this.#opts.deadLinkTimeout),
     );
   }
 

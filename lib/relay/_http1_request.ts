@@ -71,7 +71,9 @@ export function targetProblem(method: string, target: string): string | null {
   let path = authority ? target.slice(authority[0].length) || "/" : target;
   // `http://host?q`: an empty path with a query is the root's.
   if (authority && path.startsWith("?")) path = `/${path}`;
-  if (/\\|%5c/i.test(target)) return "the request target holds a backslash";
+  // In the authority or the path; a query may hold what it likes (a gateway's parameters).
+  const beforeQuery = target.split("?", 1)[0];
+  if (/\\|%5c/i.test(beforeQuery)) return "the request target holds a backslash";
   if (!path.startsWith("/") || path.startsWith("//")) {
     return "the request target must be a path, or an http(s) URL";
   }

@@ -97,6 +97,7 @@ Deno.test("parseHead refuses a target a URL parser would rewrite (a reverse prox
     "/a..b/.c/",
     "http://x",
     "http://x?q=1",
+    "/relay/ws?gateway=a%5Cb",
     "https://x:8443/relay/stream?q=1",
     "http://[::1]:8080/healthz",
   ];

@@ -510,29 +510,6 @@ export class HttpServer {
         }
         return socket;
       }
-      // The handler answered without reading the body (a refusal, say). A
-      // small one is read past before the answer goes, so that the answer can
-      // say whether the connection goes on; a large one (a declared length
-      // over the bound, a chunked one that runs past it) is not worth it: the
-      // connection ends, and the answer says so. A client told no `100
-      // Continue` may send its body or not (RFC 9110 10.1.1): nothing to
-      // read past either.
-      const unread = () => !bodyRead && body !== null && !body.locked;
-      const drainable = (head.body.kind !== "length" || head.body.length <= MAX_DRAIN_BYTES) &&
-        (continued || !head.expectContinue);
-      if (unread() && drainable) {
-        connection.arm(this.#options.idleTimeout, bodyTimedOut);
-        let left = MAX_DRAIN_BYTES;
-        try {
-          for await (const chunk of body!) {
-            left -= chunk.length;
-            if (left < 0) break;
-          }
-        } catch {
-          // Broken framing, or the client gone: the connection ends.
-        }
-        connection.disarm();
-      }
       // Whether the client is still there while the response is written (once
       // the request is read whole, nothing else reads): a long response that
       // is idle (a pipe link's downstream) would otherwise hold what produces
@@ -548,12 +525,31 @@ export class HttpServer {
           halfClosed = setTimeout(() => clientGone.abort(), HALF_CLOSE_GRACE_MS);
         });
       }
+      // The handler answered without reading the body (a refusal, say). A
+      // small one of declared length is read past after the answer, and the
+      // connection goes on; a large one, or a chunked one (its length is
+      // unknown: it may run past the bound, and the answer would have promised
+      // what the server cannot keep), is not: the connection ends, and the
+      // answer says so. A client told no `100 Continue` may send its body or
+      // not (RFC 9110 10.1.1): nothing to read past either.
+      const unread = () => !bodyRead && body !== null && !body.locked;
+      const drainable = head.body.kind === "length" && head.body.length <= MAX_DRAIN_BYTES &&
+        (continued || !head.expectContinue);
       const keepAlive = await writeResponse(conn, response, {
         http10: head.version === "HTTP/1.0",
         head: head.method === "HEAD",
-        keepAlive: head.keepAlive && !this.#closing.signal.aborted && !unread(),
+        keepAlive: head.keepAlive && !this.#closing.signal.aborted && (drainable || !unread()),
         clientGone: clientGone.signal,
       });
+      if (keepAlive && unread()) {
+        connection.arm(this.#options.idleTimeout, bodyTimedOut);
+        try {
+          for await (const _ of body!) { /* read past */ }
+        } catch {
+          // Broken framing, or the client gone: the connection ends.
+        }
+        connection.disarm();
+      }
       // A client still sending its body reads the answer only if the
       // connection does not end under it (see #linger).
       if (unread()) await this.#linger(connection, reader);

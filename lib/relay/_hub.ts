@@ -1061,9 +1061,11 @@ export class Hub {
    */
   #dropEmptyRoom(): boolean {
     let fallback: Room | undefined;
+    const now = this.#clock();
     for (const room of this.rooms.values()) {
       if (room.members.size > 0 || room.joining.size > 0) continue;
-      if (room.reserved.size === 0) {
+      // Reservations run out before the sweep clears them: only live ones count.
+      if (![...room.reserved.values()].some((reservation) => reservation.until >= now)) {
         this.rooms.delete(room.id);
         return true;
       }

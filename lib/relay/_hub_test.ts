@@ -598,7 +598,17 @@ Deno.test("hub: at the session limit, an empty room that holds a nickname for a 
   assert.equal(h.hub.rooms.get("reserving")?.reserved.size, 1);
   assert.equal(h.hub.rooms.get("history")?.reserved.size, 0);
   h.join("c", { session: "live" });
-  h.join("d", { session: "new" });
+  const d = h.join("d", { session: "new" });
   assert.equal(h.hub.rooms.has("history"), false);
   assert.equal(h.hub.rooms.has("reserving"), true);
+  // "new" empties too, with history only; then the reservation runs out (the sweep has
+  // not cleared it yet): "reserving" is a room of history like any, and the first made.
+  const d2 = h.join("d2", { session: "new" });
+  h.hub.receive(d.member, { t: "msg", text: "x" });
+  h.hub.receive(d.member, { t: "bye" });
+  h.hub.receive(d2.member, { t: "bye" });
+  h.clock.now += 60_000;
+  h.join("e", { session: "newer" });
+  assert.equal(h.hub.rooms.has("reserving"), false);
+  assert.equal(h.hub.rooms.has("new"), true);
 });

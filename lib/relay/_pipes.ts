@@ -396,6 +396,7 @@ export class PipeEndpoint {
     // its connection counted among the unjoined ones all that while.
     const gaveUp = () => pending.answer.resolve(DIALER_LEFT);
     req.signal.addEventListener("abort", gaveUp, { once: true });
+    if (req.signal.aborted) gaveUp(); // gone already, during the lookups above
     const answer = await pending.answer.promise;
     req.signal.removeEventListener("abort", gaveUp);
     clearTimeout(timer);
@@ -547,6 +548,7 @@ export class PipeEndpoint {
     // A dialer that gives up while the other relay pairs its pipe ends that wait too.
     const gaveUp = () => abort.abort();
     req.signal.addEventListener("abort", gaveUp, { once: true });
+    if (req.signal.aborted) gaveUp(); // gone already
     let answer: Response;
     try {
       answer = await open(abort.signal);

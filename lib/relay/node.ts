@@ -447,7 +447,8 @@ export class RelayNode implements AsyncDisposable {
     for (let attempt = 0; attempt < Math.max(1, retries); attempt++) {
       try {
         await node.#open(signal);
-        // Given up just as the welcome came: not joined after all.
+        // Given up just as the welcome came: not joined after all (close()
+        // lets the HTTP client go too, so not again below).
         if (signal?.aborted) {
           await node.close();
           throw signal.reason;
@@ -460,7 +461,7 @@ export class RelayNode implements AsyncDisposable {
         if (attempt + 1 < retries) await delay(node.#backoff(attempt + 1), signal);
       }
     }
-    node.#settings.client?.close();
+    if (!node.#closed) node.#settings.client?.close();
     if (signal?.aborted) throw signal.reason;
     throw isNotCapable(lastError) ? noPermission(base, lastError) : lastError;
   }
