@@ -62,8 +62,11 @@ export function requestSource(
   return client === UNREADABLE ? `${peer} (X-Forwarded-For unreadable)` : `${client} (via ${peer})`;
 }
 
-/** What {@linkcode forwardedClient} says of a hop that is no address. */
-export const UNREADABLE = "unreadable";
+/**
+ * What {@linkcode forwardedClient} says of a hop that is no address: not a
+ * string, which a hop could be (a hop written `unreadable` is one).
+ */
+export const UNREADABLE: unique symbol = Symbol("unreadable");
 
 /**
  * The client a trusted proxy at `remoteAddr` names in `X-Forwarded-For`, as
@@ -75,7 +78,7 @@ export function forwardedClient(
   req: Request,
   remoteAddr: Deno.Addr,
   trusted: readonly string[],
-): string | null {
+): string | typeof UNREADABLE | null {
   const host = "hostname" in remoteAddr ? canonicalIp(remoteAddr.hostname) : null;
   if (host === null || !trusted.includes(host)) return null;
   const header = req.headers.get("x-forwarded-for");

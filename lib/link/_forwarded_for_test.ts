@@ -69,3 +69,9 @@ Deno.test("canonicalIp: one form per address; a name, or what is no address, is 
   ];
   for (const [text, expected] of cases) assert.equal(canonicalIp(text), expected, text);
 });
+
+Deno.test("requestSource: a hop written 'unreadable' is a name like any, not the unreadable marker", () => {
+  const req = new Request("http://x/", { headers: { "x-forwarded-for": "unreadable" } });
+  const peer: Deno.NetAddr = { transport: "tcp", hostname: "10.0.0.1", port: 41234 };
+  assert.equal(requestSource(req, peer, ["10.0.0.1"]), "unreadable (via 10.0.0.1:41234)");
+});

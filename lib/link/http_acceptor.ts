@@ -96,7 +96,7 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
   #clientAddr(req: Request, peer: Deno.Addr | undefined): Deno.Addr | undefined {
     if (peer === undefined || this.#trusted.length === 0) return peer;
     const client = forwardedClient(req, peer, this.#trusted);
-    const hostname = client === null ? null : canonicalIp(client);
+    const hostname = typeof client === "string" ? canonicalIp(client) : null;
     // Its port, if the proxy wrote one, is of no use: sources are addresses.
     return hostname === null ? peer : { transport: "tcp", hostname, port: 0 };
   }

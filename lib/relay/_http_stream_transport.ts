@@ -99,8 +99,10 @@ export class HttpStreamTransport implements ClientTransport {
     const onAbort = () => abort.abort();
     signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      return await HttpStreamTransport.#dial(settings, hello, hooks, abort, timer, signal);
+      return await HttpStreamTransport.#dial(settings, hello, hooks, abort, signal);
     } finally {
+      // Welcomed or failed: the timeout is done with, and the caller's signal.
+      clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
     }
   }
@@ -111,7 +113,6 @@ export class HttpStreamTransport implements ClientTransport {
     hello: HelloFrame,
     hooks: TransportHooks,
     abort: AbortController,
-    timer: ReturnType<typeof setTimeout>,
     signal: AbortSignal | undefined,
   ): Promise<OpenedTransport> {
     const headers: Record<string, string> = { "content-type": "application/json" };
@@ -127,7 +128,6 @@ export class HttpStreamTransport implements ClientTransport {
         client: settings.client,
       });
     } catch (error) {
-      clearTimeout(timer);
       if (error instanceof Deno.errors.NotCapable) throw error;
       if (signal?.aborted) throw signal.reason;
       if (abort.signal.aborted) {
@@ -140,7 +140,6 @@ export class HttpStreamTransport implements ClientTransport {
       throw connectFailure(settings.base, innermostMessage(error), error, settings.proxy);
     }
     if (!response.ok) {
-      clearTimeout(timer);
       const refusal = parseRefusal(readJson(await response.text().catch(() => "")));
       if (refusal) throw new RelayRefusedError(refusal.error, refusal.message);
       throw new RelayConnectError(
@@ -166,8 +165,6 @@ export class HttpStreamTransport implements ClientTransport {
           }`,
         { cause: error },
       );
-    } finally {
-      clearTimeout(timer);
     }
     if ("ended" in first || first.t !== "welcome") {
       abort.abort();

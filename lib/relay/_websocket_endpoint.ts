@@ -121,11 +121,11 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
   // Before the join a bad frame ends the connection; after it, only the frame is refused.
   // Refused before it joined: closing. What the node sent after (a ping on
   // its way) is not news, nor another refusal to count.
-  let refusedJoin = false;
+  let turnedAway = false;
   const refuse = (closeCode: number, code: RelayErrorCode, reason: string) => {
     hub.refuseFrame(sink, { code, reason });
     if (member === null) {
-      refusedJoin = true;
+      turnedAway = true;
       sink.close(closeCode, reason.slice(0, 120));
     }
   };
@@ -134,7 +134,7 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
   }, settings.authTimeout);
   socket.onoversize = () => refuse(1009, "too-large", tooLargeReason(max));
   socket.onmessage = (data) => {
-    if (refusedJoin) return;
+    if (turnedAway) return;
     if (typeof data !== "string") {
       hub.refuseFrame(sink, { code: "bad-frame", reason: "frames are JSON text" });
       return sink.close(1003, "frames are JSON text");
@@ -149,7 +149,7 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
     authTimer = undefined; // a timer object, kept as long as this closure otherwise
     const refused = (error: unknown) => {
       if (!(error instanceof JoinRefused)) throw error;
-      refusedJoin = true;
+      turnedAway = true;
       // Counted by the hub already, under its reason (a wrong secret is "secret", once).
       sink.push(errorFrame({ code: error.code, reason: error.message }));
       sink.close(4000 + error.status, error.message.slice(0, 120));
