@@ -13,7 +13,7 @@ import type { HelloFrame, WelcomeFrame } from "../lib/relay/_protocol.ts";
 import { relaySettings } from "../lib/relay/_settings.ts";
 import type { RelayOptions } from "../lib/relay/options.ts";
 import { FakeSink } from "./_fake_sink.ts";
-import { waitUntil } from "./_helpers.ts";
+import { renderRecord, waitUntil, withLogs } from "./_helpers.ts";
 import { redisClient, startRedis } from "./_redis.ts";
 
 const SETTINGS = {
@@ -33,12 +33,19 @@ const SETTINGS = {
  */
 function recordingCluster(
   url: string,
-  options: { held?: Set<string>; commandTimeout?: number; reclaimWindow?: number } = {},
+  options: {
+    held?: Set<string>;
+    /** Asked instead of `held`, when given. */
+    holds?: (room: string, nickname: string) => boolean;
+    commandTimeout?: number;
+    reclaimWindow?: number;
+  } = {},
 ) {
   const messages: ClusterMessage[] = [];
   const presence: string[] = [];
   let wake = () => {};
-  const cluster = new RelayCluster({ url, ...SETTINGS, ...options }, {
+  const { holds: _, held: __, ...settings } = options;
+  const cluster = new RelayCluster({ url, ...SETTINGS, ...settings }, {
     message: (_room, message) => {
       messages.push(message);
       wake();
@@ -51,7 +58,8 @@ function recordingCluster(
     forgotten: () => {},
     pipe: () => {},
     trimmed: () => {},
-    holds: (room, nickname) => options.held?.has(`${room}/${nickname}`) ?? false,
+    holds: (room, nickname) =>
+      options.holds?.(room, nickname) ?? options.held?.has(`${room}/${nickname}`) ?? false,
   });
   /** Resolves once `done` holds (fails after 20 s: a test never hangs). */
   const when = async (done: () => boolean, what: string): Promise<void> => {
@@ -207,6 +215,53 @@ Deno.test("cluster: a join Redis ran after the relay had given up on it leaves n
   } finally {
     cluster.close();
   }
+});
+
+Deno.test("cluster: a node that leaves while a ghost check runs is no ghost: its own leave lets it go, and no warning says otherwise", async () => {
+  await withLogs(async (records) => {
+    await using redis = await startRedis({ persist: false });
+    const held = new Set(["s/x"]);
+    let leaving: Promise<void> | null = null;
+    const { cluster, presence, when } = recordingCluster(redis.url, {
+      commandTimeout: 300,
+      holds: (room, nickname) => {
+        const name = `${room}/${nickname}`;
+        // The ghost check asks about x, listed by Redis: the relay lets go of
+        // x just then (its connection broke), as the hub does: no longer held,
+        // and its leave sent.
+        if (name === "s/x" && leaving === null) {
+          held.delete(name);
+          leaving = cluster.leave("s", "x", "left");
+        }
+        return held.has(name);
+      },
+    });
+    await using raw = await redisClient(redis.url);
+    try {
+      await cluster.subscribe("s");
+      await cluster.join("s", { nickname: "x", role: "peer", suffixed: false });
+      // A command that times out makes the next heartbeat check for ghosts,
+      // and leaves one (its join runs once Redis writes again).
+      await raw.sendCommand(["CLIENT", "PAUSE", "60000", "WRITE"]);
+      await assert.rejects(
+        cluster.join("s", { nickname: "ghost", role: "peer", suffixed: false }),
+        /Redis did not answer within 300 ms/,
+      );
+      await raw.sendCommand(["CLIENT", "UNPAUSE"]);
+      await when(() => presence.includes("leave s/ghost"), "leave of the ghost");
+      await when(() => leaving !== null && presence.includes("leave s/x"), "leave of x");
+      await leaving;
+      assert.equal(await raw.sendCommand(["HGET", "immortal:relay:r:73:m", "x"]), null);
+      const warnings = records.filter((r) => r.level === "warning").map(renderRecord);
+      assert.ok(
+        !warnings.some((line) => line.includes("Node x of s was left in Redis")),
+        warnings.join("\n"),
+      );
+      assert.ok(warnings.some((line) => line.includes("Node ghost of s was left in Redis")));
+    } finally {
+      cluster.close();
+    }
+  });
 });
 
 Deno.test("cluster: after Redis itself stalled past the heartbeat TTL and the command timeout, no relay sweeps the others", async () => {

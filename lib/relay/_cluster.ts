@@ -212,6 +212,12 @@ export class RelayCluster {
   #beating = false;
   /** A Redis command failed since the last ghost check: a member may be left in Redis. */
   #suspectGhosts = false;
+  /**
+   * Members (`room key\nnickname`, as Redis lists them for this relay) whose
+   * leave this relay has sent and Redis has not answered: still listed, and
+   * no ghost.
+   */
+  #leaving = new Map<string, number>();
   /** Channels whose unsubscribe failed (Redis away): tried again at the next heartbeat. */
   #staleChannels = new Set<string>();
   #closed = false;
@@ -425,15 +431,26 @@ export class RelayCluster {
 
   /** The node `nickname` held by this relay leaves `room`. */
   async leave(room: string, nickname: string, reason: "left" | "gone"): Promise<void> {
-    await this.#run(
-      "leave",
-      roomKey(room),
-      nickname,
-      this.id,
-      reason,
-      Date.now() + this.#settings.reclaimWindow,
-      this.#settings.roomTtl,
-    );
+    const hex = roomKey(room);
+    // The relay let go of the node before this: a ghost check that lists it
+    // meanwhile must not take it for one (and say so, and leave it again).
+    const member = `${hex}\n${nickname}`;
+    this.#leaving.set(member, (this.#leaving.get(member) ?? 0) + 1);
+    try {
+      await this.#run(
+        "leave",
+        hex,
+        nickname,
+        this.id,
+        reason,
+        Date.now() + this.#settings.reclaimWindow,
+        this.#settings.roomTtl,
+      );
+    } finally {
+      const count = this.#leaving.get(member)! - 1;
+      if (count === 0) this.#leaving.delete(member);
+      else this.#leaving.set(member, count);
+    }
   }
 
   /** The room's history after `offset`: its epoch, latest offset, and the messages held. */
@@ -785,12 +802,18 @@ export class RelayCluster {
   async #letGhostsGo(): Promise<void> {
     this.#suspectGhosts = false;
     const held = await this.#command(["SMEMBERS", `${this.#prefix}relay:${this.id}`]) as string[];
-    for (const entry of held) {
+    // Judged all at once, as Redis answered: a node this relay let go of
+    // since it asked is listed, and its leave is in flight (sent after the
+    // question, on the same connection, it is answered after it).
+    const ghosts = held.flatMap((entry) => {
       const cut = entry.indexOf("\n");
       const hex = entry.slice(0, cut);
       const nickname = entry.slice(cut + 1);
       const room = roomName(hex);
-      if (this.#closed || this.#events.holds(room, nickname)) continue;
+      if (this.#closed || this.#events.holds(room, nickname) || this.#leaving.has(entry)) return [];
+      return [{ hex, nickname, room }];
+    });
+    for (const { hex, nickname, room } of ghosts) {
       log.warn("Node {nickname} of {room} was left in Redis by a failed join or leave: gone", {
         nickname: shownName(nickname),
         room: shownName(room),
