@@ -300,6 +300,35 @@ Deno.test("httpDialer: one WebSocket refusal where HTTP streaming then works is 
   });
 });
 
+const MOD = new URL("../mod.ts", import.meta.url).href;
+
+/**
+ * A client in a process of its own that exits (Deno.exit) the moment its
+ * session's `closed` resolves, as a program may: it sends 3 bytes, half
+ * closes, reads to the end, waits for `closed`, says "closed" and exits.
+ * Run in-process, a `closed` that resolved before the bye went out could
+ * still see it out (the event loop went on); an exit cuts it.
+ */
+const EXITS_ON_CLOSED = `
+  import { connect, httpStreamDialer, webSocketDialer } from "${MOD}";
+  const [transport, url] = Deno.args;
+  const dialer = transport === "WebSocket" ? webSocketDialer({ url }) : httpStreamDialer({ url });
+  const conn = await connect({
+    dialer,
+    key: "k",
+    backoff: { initial: 5, max: 50 },
+    heartbeatInterval: 200,
+    deadLinkTimeout: 1000,
+  });
+  await conn.write(new Uint8Array([1, 2, 3]));
+  await conn.closeWrite();
+  const buffer = new Uint8Array(1024);
+  while (await conn.read(buffer) !== null);
+  await conn.closed;
+  console.log("closed");
+  Deno.exit(0);
+`;
+
 for (const [name, dialer] of transports) {
   Deno.test(`${name} links: a client's closed resolves once the server has its bye (a program may exit then), not before it went out`, async () => {
     await using app = serveLinks("k");
@@ -315,6 +344,41 @@ for (const [name, dialer] of transports) {
     await within(30_000, "the client's end", client.closed);
     // What a program that exits now leaves behind: nothing; the server forgot the session on its bye.
     assert.equal(app.listener.sessionCount, 0, "the server still waited for the client's bye");
+
+    // The same client in a process of its own that exits on `closed`: its
+    // bye must not be cut by the exit (an HTTP link's last POST was).
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["eval", EXITS_ON_CLOSED, name, url],
+      cwd: new URL("..", import.meta.url).pathname,
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const said = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    try {
+      const other = await within(30_000, "the child's session", app.listener.accept());
+      // How the server's session ends: on the client's bye (closed cleanly),
+      // or its link lost first (the client gone before its bye went out: the
+      // server then keeps the session for its resume, and says so at once).
+      const ended = new Promise<string>((resolve) => {
+        other.addEventListener("reconnecting", (e) => resolve(`link lost: ${e.reason}`));
+        other.addEventListener("closed", (e) => resolve(e.error?.message ?? "closed"));
+      });
+      other.closed.catch(() => {});
+      assert.equal((await receiveAll(other)).bytes, 3);
+      await other.closeWrite();
+      assert.equal(await within(30_000, "the server's session ending", ended), "closed");
+      assert.equal((await within(30_000, "the child's exit", child.status)).code, 0);
+      assert.match((await said.read()).value ?? "", /^closed$/m);
+      assert.equal(app.listener.sessionCount, 0, "the server still waited for the child's bye");
+    } finally {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // Exited already.
+      }
+      await child.status;
+      await said.cancel();
+    }
   });
 }
 

@@ -6,7 +6,8 @@
  */
 
 import assert from "node:assert/strict";
-import { RelayConnectError, RelayNode, type RelayNodeOptions } from "../mod.ts";
+import { configure, reset } from "@logtape/logtape";
+import { Relay, RelayConnectError, RelayNode, type RelayNodeOptions } from "../mod.ts";
 import { renderRecord, waitUntil, within, withLogs } from "./_helpers.ts";
 import { recordEvents, startRelay } from "./_relay.ts";
 
@@ -235,4 +236,65 @@ Deno.test("RelayNode.events: two readers at once share the events, neither waits
   await node.close();
   await within(30_000, "both readers ending", Promise.all(reading));
   assert.deepEqual([...heard].sort(), Array.from({ length: 10 }, (_, i) => `m${i}`).sort());
+});
+
+Deno.test("RelayNode.connect aborted just as the welcome came (late): rejects with the signal's reason, the node closed and its HTTP client let go once (a second close threw BadResource instead)", async () => {
+  // A relay whose WebSocket endpoint is away: the node falls back to HTTP
+  // streaming, and says so (info) between that welcome and connect's return.
+  const relay = new Relay();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req, info) =>
+      new URL(req.url).pathname === "/relay/ws"
+        ? new Response("no WebSockets here", { status: 404 })
+        : relay.handle(req, info),
+  );
+  const abort = new AbortController();
+  const reason = new Error("given up");
+  // That line is the moment: the transport is open, the welcome in, connect
+  // not yet returned. Aborted there, synchronously, connect takes the late path.
+  let aborted = 0;
+  await configure({
+    reset: true,
+    sinks: {
+      abort: (record) => {
+        if (
+          record.level === "info" &&
+          /transport failed: [^]*; using http$/.test(renderRecord(record))
+        ) {
+          aborted++;
+          abort.abort(reason);
+        }
+      },
+    },
+    loggers: [
+      { category: ["immortal", "relay", "node"], lowestLevel: "info", sinks: ["abort"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: [] },
+    ],
+  });
+  try {
+    const connecting = RelayNode.connect(`http://127.0.0.1:${server.addr.port}`, {
+      session: "s",
+      nickname: "late",
+      // Only a proxy or CA certificates give the node an HTTP client of its own.
+      caCerts: [],
+      retries: 1,
+      signal: abort.signal,
+    });
+    await assert.rejects(
+      within(30_000, "connect", connecting),
+      (error) => {
+        assert.equal(error, reason, `rejected with ${error}`);
+        return true;
+      },
+    );
+    assert.equal(aborted, 1, "aborted once, after the welcome over HTTP streaming");
+    // The node joined, then left: the relay counted the join and holds no member.
+    assert.equal(relay.stats.joins, 1);
+    await waitUntil(() => relay.stats.nodes === 0, "the node gone from the relay");
+  } finally {
+    await reset();
+    relay.close();
+    await server.shutdown();
+  }
 });
