@@ -69,7 +69,7 @@ async function next(wanted: (event: RelayEvent) => boolean): Promise<RelayEvent>
 }
 
 if (role === "bridge") {
-  console.log(`bridge ${node.nickname} waiting for agents in ${session}`);
+  console.log(`${node.nickname} (the bridge) waiting for agents in ${session}`);
   for (;;) {
     const event = await next((e) => e.type === "numbers");
     if (event.type !== "numbers") continue;

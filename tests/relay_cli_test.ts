@@ -470,7 +470,7 @@ Deno.test("relay CLI and the examples, all configured by immortal-relay.properti
       return p;
     };
     const bridge = example("relay_numbers.ts", "bridge", "lab");
-    await bridge.waitFor(/bridge bridge waiting/, "bridge start");
+    await bridge.waitFor(/bridge \(the bridge\) waiting/, "bridge start");
     const agent = example("relay_numbers.ts", "agent", "lab");
     await agent.waitFor(/the bridge says the sum is \d+/, "the bridge's answer");
     const sent = /sent .* and their sum (\d+)/.exec(agent.text)!;

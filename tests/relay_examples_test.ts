@@ -279,7 +279,7 @@ Deno.test("examples: relay_numbers.ts bridge leaves with a bye on SIGINT", async
   const heard = recordEvents(peer);
   await withExamples(async (start) => {
     const bridge = start("relay_numbers.ts", ["bridge", "lab"], { url: relay.url });
-    await bridge.said(/^bridge bridge waiting for agents in lab$/m, "the bridge joins");
+    await bridge.said(/^bridge \(the bridge\) waiting for agents in lab$/m, "the bridge joins");
     const agent = start("relay_numbers.ts", ["agent", "lab"], { url: relay.url });
     await agent.said(/the bridge says the sum is \d+/, "the bridge's answer");
     assert.equal(await agent.exited(), 0, agent.stderr.text);
@@ -350,7 +350,7 @@ Deno.test("examples: a node the relay will not take back after a blip ends with 
     ];
     await examples[0].said(/you are chat in lab/, "the chat joins");
     await examples[1].said(/joined lab as line/, "send_line joins");
-    await examples[2].said(/bridge bridge waiting/, "the bridge joins");
+    await examples[2].said(/bridge \(the bridge\) waiting/, "the bridge joins");
     // The relay comes back on the same port with another secret: the nodes are refused for good.
     await first.shutdown();
     await using second = startRelay({ secret: "another secret", port });

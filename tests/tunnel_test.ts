@@ -229,23 +229,39 @@ Deno.test("a tunnel server that stays unreachable is said once, not at every ope
       );
     }
     await using target = startTarget("echo");
-    await using _server = new TunnelServer({
-      hostname: "127.0.0.1",
-      port,
-      target: { hostname: "127.0.0.1", port: target.port },
-    });
+    const serve = () =>
+      new TunnelServer({
+        hostname: "127.0.0.1",
+        port,
+        target: { hostname: "127.0.0.1", port: target.port },
+      });
+    const first = serve();
+    await client.open();
+    // Away once more after it was reached, then back: "again" now.
+    await first.close();
+    await waitUntil(() => client.sessions.length === 0, "the client's session ended");
+    await assert.rejects(
+      client.open(),
+      (e) => e instanceof ImmortalError && e.code === "unreachable",
+    );
+    await using _second = serve();
     await client.open();
     return records.filter((r) => r.level !== "debug").map(renderRecord);
   });
+  // Once per time away (three openings gave up in the first), not once per opening.
   assert.equal(
     lines.filter((l) => l.startsWith("Tunnel server not reached")).length,
-    1,
+    2,
     lines.join("\n"),
   );
-  assert.ok(
-    lines.some((l) => /^Tunnel server reachable again after \d+\.\d s$/.test(l)),
-    lines.join("\n"),
+  // Its first contact: "reached", not "reachable again"; the next return is "again".
+  const back = lines.filter((l) =>
+    /^Tunnel server (reached|reachable again) after \d+\.\d s$/.test(l)
   );
+  assert.deepEqual(back.map((l) => l.split(" after ")[0]), [
+    "Tunnel server reached",
+    "Tunnel server reachable again",
+  ], lines.join("\n"));
 });
 
 Deno.test("a tunnel server shutting down in the middle of a transfer to a slow reader: the client says why (the server is shutting down), not that its own socket's write was cancelled", async () => {

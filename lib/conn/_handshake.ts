@@ -270,6 +270,13 @@ export async function clientOpen(
     throw new ImmortalError("protocol", "server answered a new session with a resume");
   }
   const { sessionId, publicKey } = accept.created;
+  if (psk && accept.mac.length === 0) {
+    // A server without a key signs nothing: it takes anyone, and proves nothing.
+    throw new ImmortalError(
+      "auth",
+      "the server has no pre-shared key (it takes anyone): give it the same key, or give none here",
+    );
+  }
   if (
     psk &&
     !(await verify(

@@ -136,6 +136,8 @@ export class TunnelClient implements AsyncDisposable {
   #closing = new AbortController();
   /** Since when openings fail to reach the server (said once, not per opening); null while it answers. */
   #unreachableSince: number | null = null;
+  /** A session was opened once: the server being reached after that is "again". */
+  #reachedOnce = false;
   #serving: Promise<void>;
   /** Every local connection's forwarding, so close() can wait for all of them, opening ones included. */
   #carrying = new Set<Promise<void>>();
@@ -206,11 +208,13 @@ export class TunnelClient implements AsyncDisposable {
           signal: this.#closing.signal,
         });
         if (this.#unreachableSince !== null) {
-          log.info("Tunnel server reachable again after {seconds} s", {
+          log.info("Tunnel server {reached} after {seconds} s", {
+            reached: this.#reachedOnce ? "reachable again" : "reached",
             seconds: ((performance.now() - this.#unreachableSince) / 1000).toFixed(1),
           });
           this.#unreachableSince = null;
         }
+        this.#reachedOnce = true;
         return conn;
       } catch (error) {
         // A refused key, another kind of server, TLS on one side only: waiting will not
