@@ -211,6 +211,36 @@ export function readFileArg(what: string, path: string, args: FileArgs = {}): st
   }
 }
 
+/** Largest file a one-line secret or key is read from: a larger one is the wrong file. */
+const MAX_LINE_FILE_BYTES = 64 * 1024;
+
+/**
+ * The first line of a secret or key file named on the command line (see
+ * {@linkcode readFileArg}). A file too large, or not text, is the wrong file
+ * (a path mixed up, an archive): a usage error, not a secret made of its
+ * first bytes.
+ */
+export function readFirstLine(what: string, path: string, args: FileArgs = {}): string {
+  let size = 0;
+  try {
+    size = Deno.statSync(path).size;
+  } catch {
+    // Missing, or no permission: reading it says which, as for any file.
+  }
+  if (size > MAX_LINE_FILE_BYTES) {
+    throw new UsageError(
+      `the ${what} ${path} is ${size} bytes, too large for one line: is it the right file?`,
+    );
+  }
+  const line = readFileArg(what, path, args).split(/\r?\n/)[0];
+  // Decoding put U+FFFD where bytes were not UTF-8; control characters are no secret's either.
+  // deno-lint-ignore no-control-regex
+  if (/[\uFFFD\x00-\x08\x0E-\x1F\x7F]/.test(line)) {
+    throw new UsageError(`the ${what} ${path} is not text: is it the right file?`);
+  }
+  return line;
+}
+
 /** Reads a PEM certificate file named on the command line (`args`: see {@linkcode readFileArg}). */
 export function readPemCertificate(what: string, path: string, args: FileArgs = {}): string {
   const pem = readFileArg(what, path, args);

@@ -28,7 +28,7 @@ import {
   parsePort,
   parsePositive,
   permissionMessage,
-  readFileArg,
+  readFirstLine,
   readPemPair,
   runService,
   type Service,
@@ -227,7 +227,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   let secret = v.secret;
   let secretSource = secret !== undefined ? "--secret" : undefined;
   if (v["secret-file"] !== undefined) {
-    secret = readFileArg("secret file", v["secret-file"], fileArgs).split(/\r?\n/)[0];
+    secret = readFirstLine("secret file", v["secret-file"], fileArgs);
     secretSource = v["secret-file"];
   }
   if (secret === undefined && file.secret !== undefined) {
@@ -251,7 +251,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   }
   const tokenFile = v["metrics-token-file"];
   let metricsToken = tokenFile !== undefined
-    ? readFileArg("metrics token file", tokenFile, fileArgs).split(/\r?\n/)[0]
+    ? readFirstLine("metrics token file", tokenFile, fileArgs)
     : v["metrics-token"];
   let tokenSource = tokenFile !== undefined
     ? `${tokenFile}:1, the first line of the metrics token file`

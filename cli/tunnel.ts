@@ -23,7 +23,7 @@ import {
   parseMillis,
   parsePort,
   quietly,
-  readFileArg,
+  readFirstLine,
   readPemCertificate,
   readPemPair,
   runService,
@@ -34,7 +34,13 @@ import {
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
 import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
 import { urlAddr } from "../lib/link/link.ts";
-import { RelayConnectError, RelayNode, RelayRefusedError } from "../lib/relay/mod.ts";
+import {
+  loadRelayConfig,
+  type RelayConfig,
+  RelayConnectError,
+  RelayNode,
+  RelayRefusedError,
+} from "../lib/relay/mod.ts";
 export type { BackoffOptions, SessionOptions };
 import {
   backoffDelay,
@@ -73,7 +79,9 @@ Options:
   --name NAME         server: the name clients reach it by; client: its own
                       name in the session (default: tunnel-client)
   --to NAME           client: the name of the tunnel server to reach
-  --relay-secret S    the relay's secret
+  --relay-secret S    the relay's secret (default: IMMORTAL_RELAY_SECRET, then
+                      immortal-relay.properties, as the relay reads them,
+                      where this process may: --allow-env=IMMORTAL_RELAY_SECRET)
   --relay-secret-file PATH  read the relay's secret from a file (first line)
   --proxy URL         reach the relay through this HTTP proxy (default: the
                       HTTPS_PROXY/HTTP_PROXY variables, for HTTP streaming)
@@ -163,6 +171,14 @@ export interface TunnelRelayConfig {
   claim?: string;
   /** The relay's secret. */
   secret?: string;
+  /** Where the secret came from when no flag gave it (`env IMMORTAL_RELAY_SECRET`, a properties file's line). */
+  secretSource?: string;
+  /**
+   * No flag gave a secret and none was found: the places not looked at for
+   * lack of permission (`--allow-env=IMMORTAL_RELAY_SECRET`), for the hint
+   * when the relay wants one.
+   */
+  secretUnread?: string[];
   /** An HTTP proxy to reach the relay through. */
   proxy?: string;
   /** Extra CA certificates for an https: relay. */
@@ -301,7 +317,7 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
   }
   let key = values.key;
   const keyFile = values["key-file"];
-  if (keyFile !== undefined) key = readFileArg("key file", keyFile, fileArgs).split(/\r?\n/)[0];
+  if (keyFile !== undefined) key = readFirstLine("key file", keyFile, fileArgs);
   if (key !== undefined && key.length === 0) {
     throw new UsageError(
       keyFile === undefined
@@ -478,9 +494,30 @@ function _relaySettings(
     throw new UsageError("give --relay-secret or --relay-secret-file, not both");
   }
   const secretFile = text("relay-secret-file");
-  const secret = secretFile !== undefined
-    ? readFileArg("relay secret file", secretFile, fileArgs).split(/\r?\n/)[0]
+  let secret = secretFile !== undefined
+    ? readFirstLine("relay secret file", secretFile, fileArgs)
     : text("relay-secret");
+  // As the relay and its examples do: IMMORTAL_RELAY_SECRET, then
+  // immortal-relay.properties (here, then in the home folder), wherever this
+  // process may look without a prompt.
+  let secretSource: string | undefined;
+  let secretUnread: string[] | undefined;
+  if (secret === undefined) {
+    let found: RelayConfig;
+    try {
+      found = loadRelayConfig();
+    } catch (error) {
+      throw new UsageError(errorMessage(error));
+    }
+    if (found.secret !== undefined) {
+      secret = found.secret;
+      secretSource = found.sources.secret;
+      if (secret === "") throw new UsageError(`the relay secret is empty (${secretSource})`);
+    } else {
+      const unread = found.unread.map((place) => place.permission);
+      if (unread.length > 0) secretUnread = unread;
+    }
+  }
   const proxy = text("proxy");
   if (proxy !== undefined && !/^https?:\/\//.test(proxy)) {
     throw new UsageError(`--proxy must be an http: or https: URL, got "${proxy}"`);
@@ -493,6 +530,8 @@ function _relaySettings(
     name: text("name") ?? "tunnel-client",
     ...(role === "client" ? { to: text("to") } : {}),
     ...(secret !== undefined ? { secret } : {}),
+    ...(secretSource !== undefined ? { secretSource } : {}),
+    ...(secretUnread !== undefined ? { secretUnread } : {}),
     ...(proxy !== undefined ? { proxy } : {}),
     ...(startWait !== undefined ? { startWait: _seconds("--relay-wait", startWait) } : {}),
     ...(nameWait !== undefined ? { nameWait: _seconds("--name-wait", nameWait) } : {}),
@@ -556,11 +595,14 @@ async function _start(
         stopping,
       )
       : await _joinRelay(config.relay, log, stopping);
-    log.info("Joined session {session} of the relay at {url} as {name} ({transport})", {
+    log.info("Joined session {session} of the relay at {url} as {name} ({transport}{secret})", {
       session: config.relay.session,
       url: config.relay.url,
       name: node.nickname,
       transport: node.transport,
+      secret: config.relay.secretSource === undefined
+        ? ""
+        : `; relay secret from ${config.relay.secretSource}`,
     });
     try {
       tunnel = config.role === "server"
@@ -738,6 +780,16 @@ async function _connectNode(relay: TunnelRelayConfig, stopping: AbortSignal): Pr
   }
 }
 
+/** What to do about a relay that wants another secret than the one given (or none). */
+function _secretHint(relay: TunnelRelayConfig, error: RelayRefusedError): string {
+  if (error.code !== "unauthorized") return "";
+  if (relay.secretSource !== undefined) return ` (the secret came from ${relay.secretSource})`;
+  if (relay.secret !== undefined) return "";
+  const looked = relay.secretUnread?.filter((flag) => flag.includes("IMMORTAL_RELAY_SECRET"));
+  return "; give it with --relay-secret-file" +
+    (looked?.length ? `, or in IMMORTAL_RELAY_SECRET with ${looked.join(" ")}` : "");
+}
+
 /** Whether reaching the relay may work later: nothing answered, or it was briefly unable to take us. */
 function _mayComeUp(error: unknown): boolean {
   if (isNotCapable(error)) return false;
@@ -768,7 +820,9 @@ async function _joinRelay(
     } catch (error) {
       if (error === STOPPED) throw error;
       if (error instanceof RelayRefusedError && error.code !== "unavailable") {
-        throw new Error(`the relay at ${relay.url} refused us: ${error.message}`);
+        throw new Error(
+          `the relay at ${relay.url} refused us: ${error.message}${_secretHint(relay, error)}`,
+        );
       }
       const remaining = deadline - performance.now();
       if (!_mayComeUp(error) || remaining <= 0) {

@@ -205,6 +205,24 @@ Deno.test("tunnel CLI: key errors name the key file once, and the command that m
         return true;
       },
     );
+    // The wrong file (a path mixed up): refused, not a key made of its first bytes.
+    const large = `${dir}/disk.img`;
+    await Deno.writeFile(large, new Uint8Array(100_000).fill(0x61));
+    assert.throws(
+      () => parseTunnelArgs([...SERVER, "--key-file", large]),
+      /the key file .*disk\.img is 100000 bytes, too large for one line: is it the right file\?$/,
+    );
+    const binary = `${dir}/photo.jpg`;
+    await Deno.writeFile(binary, new Uint8Array([0xff, 0xd8, 0xff, 0xe0, 0x00, 0x10, 0x4a]));
+    for (const flag of ["--key-file", "--relay-secret-file"]) {
+      const relayArgs = flag === "--key-file"
+        ? SERVER
+        : ["client", "1", "--relay", "http://r", "--session", "s", "--to", "db", "--key", "k"];
+      assert.throws(
+        () => parseTunnelArgs([...relayArgs, flag, binary]),
+        /: the (key|relay secret) file .*photo\.jpg is not text: is it the right file\?$/,
+      );
+    }
     assert.throws(
       () => parseTunnelArgs(["client", "1", "--relay", "http://r", "--session", "s", "--to", "db"]),
       /make one with tunnel keygen \(`deno run cli\/tunnel\.ts keygen > tunnel\.key`\)/,

@@ -49,12 +49,16 @@ function startRelayCli(port: number, secret: string) {
 }
 
 /** Runs the tunnel CLI to completion (for commands that end, or fail). */
-async function runTunnel(args: string[], net: string) {
+async function runTunnel(
+  args: string[],
+  net: string,
+  extra: { deno?: string[]; env?: Record<string, string> } = {},
+) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", `--allow-net=${net}`, "--allow-read", TUNNEL, ...args],
+    args: ["run", `--allow-net=${net}`, "--allow-read", ...extra.deno ?? [], TUNNEL, ...args],
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...extra.env },
   }).output();
   const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
   return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
@@ -263,6 +267,37 @@ Deno.test("tunnel CLI through a relay: keygen, and one clear line for a missing 
   ], net);
   assert.equal(unknown.code, 1);
   assert.match(unknown.stderr, /^error: no tunnel server "nobody" in session t of /m);
+
+  // No secret given: the relay's own variable serves, where it may be read,
+  // and the line that says it is missing says where it may come from.
+  const noSecret = ["client", String(freePort()), "--relay", url, "--session", "t"];
+  const toNobody = ["--to", "nobody", "--relay-wait", "0", "--key", key];
+  const missing = await runTunnel([...noSecret, ...toNobody], net, {
+    env: { IMMORTAL_RELAY_SECRET: "s" },
+  });
+  assert.equal(missing.code, 1, missing.stderr);
+  assert.match(
+    missing.stderr,
+    /^error: the relay at .* refused us: missing or wrong relay secret; give it with --relay-secret-file, or in IMMORTAL_RELAY_SECRET with --allow-env=IMMORTAL_RELAY_SECRET$/m,
+  );
+  const fromEnv = await runTunnel([...noSecret, ...toNobody], net, {
+    deno: ["--allow-env=IMMORTAL_RELAY_SECRET"],
+    env: { IMMORTAL_RELAY_SECRET: "s" },
+  });
+  assert.equal(fromEnv.code, 1, fromEnv.stderr);
+  assert.match(
+    fromEnv.stderr,
+    /Joined session t of the relay at \S+ as tunnel-client \(\w+; relay secret from env IMMORTAL_RELAY_SECRET\)$/m,
+  );
+  assert.match(fromEnv.stderr, /^error: no tunnel server "nobody" in session t of /m);
+  const wrongEnv = await runTunnel([...noSecret, ...toNobody], net, {
+    deno: ["--allow-env=IMMORTAL_RELAY_SECRET"],
+    env: { IMMORTAL_RELAY_SECRET: "nope" },
+  });
+  assert.match(
+    wrongEnv.stderr,
+    /^error: the relay at .* refused us: missing or wrong relay secret \(the secret came from env IMMORTAL_RELAY_SECRET\)$/m,
+  );
 
   // A tunnel server named "srv", then a second one under the same name, and a client with the wrong key.
   const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
