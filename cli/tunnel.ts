@@ -33,7 +33,7 @@ import {
 } from "./_common.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
 import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
-import { urlAddr } from "../lib/link/link.ts";
+import { type Dialer, urlAddr } from "../lib/link/link.ts";
 import {
   loadRelayConfig,
   type RelayConfig,
@@ -587,27 +587,19 @@ async function _start(
   let node: RelayNode | undefined;
   let tunnel: TunnelServer | TunnelClient;
   let client: ReturnType<typeof _startClient> | undefined;
-  if (config.relay) {
-    node = config.role === "server"
-      ? await _joinAsName(
-        { ...config.relay, claim: await _nameClaim(config.key!, config.relay) },
-        log,
-        stopping,
-      )
-      : await _joinRelay(config.relay, log, stopping);
-    log.info("Joined session {session} of the relay at {url} as {name} ({transport}{secret})", {
-      session: config.relay.session,
-      url: config.relay.url,
-      name: node.nickname,
-      transport: node.transport,
-      secret: config.relay.secretSource === undefined
-        ? ""
-        : `; relay secret from ${config.relay.secretSource}`,
-    });
+  let relayClient: ReturnType<typeof _startRelayClient> | undefined;
+  if (config.relay && config.role === "client") {
+    relayClient = _startRelayClient(config, config.relay, log, stopping);
+    tunnel = relayClient.tunnel;
+  } else if (config.relay) {
+    node = await _joinAsName(
+      { ...config.relay, claim: await _nameClaim(config.key!, config.relay) },
+      log,
+      stopping,
+    );
+    _joined(config.relay, node, log);
     try {
-      tunnel = config.role === "server"
-        ? _startRelayServer(config, config.relay, node, log)
-        : await _startRelayClient(config, config.relay, node, log, stopping);
+      tunnel = _startRelayServer(config, config.relay, node, log);
     } catch (error) {
       await node.close();
       throw error;
@@ -626,7 +618,14 @@ async function _start(
   const dropped = node && config.relay
     ? _nodeDropped(node, config.relay, config.role === "server", closing.signal)
     : null;
-  const failed = [client?.failed, dropped].filter((p): p is Promise<never> => p != null);
+  // A relay client's node comes later: its end, as a server's, is the command's.
+  const relayDropped = relayClient?.node.then(
+    (joined) => _nodeDropped(joined, config.relay!, false, closing.signal),
+    () => new Promise<never>(() => {}), // not joined: `failed` says why
+  );
+  const failed = [client?.failed, dropped, relayClient?.failed, relayDropped].filter(
+    (p): p is Promise<never> => p != null,
+  );
   return {
     stopping: "closing the tunnel",
     failed: failed.length > 0 ? Promise.race(failed) : undefined,
@@ -636,6 +635,7 @@ async function _start(
       clearInterval(stats);
       await tunnel.close();
       await node?.close();
+      await relayClient?.close();
     },
   };
 }
@@ -918,64 +918,111 @@ function _startRelayServer(
   return tunnel;
 }
 
-async function _startRelayClient(
+/** Says that `node` joined the relay session (and where its secret came from, if no flag gave it). */
+function _joined(relay: TunnelRelayConfig, node: RelayNode, log: Logger): void {
+  log.info("Joined session {session} of the relay at {url} as {name} ({transport}{secret})", {
+    session: relay.session,
+    url: relay.url,
+    name: node.nickname,
+    transport: node.transport,
+    secret: relay.secretSource === undefined ? "" : `; relay secret from ${relay.secretSource}`,
+  });
+}
+
+/**
+ * Starts a client through a relay. It listens at once, as a direct client
+ * does (a tunnel is often started before its far end, and an application
+ * that connects meanwhile waits, up to 30 s, rather than be refused); then
+ * it joins the relay, waits for the server to join the session (both for
+ * `--relay-wait`), and opens its session, to fail on a server that refuses
+ * us (or our key) now rather than on the first user connection. Any of
+ * that failing is fatal: `failed` rejects. Until the server is there, a
+ * connection's tries find it unreachable, as a direct client's find a
+ * server that is down.
+ */
+function _startRelayClient(
   config: TunnelCliConfig,
   relay: TunnelRelayConfig,
-  node: RelayNode,
   log: Logger,
   stopping: AbortSignal,
-): Promise<TunnelClient> {
+): {
+  tunnel: TunnelClient;
+  /** The joined node, once the tunnel is up. */
+  node: Promise<RelayNode>;
+  failed: Promise<never>;
+  close(): Promise<void>;
+} {
   const to = relay.to!;
-  const present = () => node.members.some((member) => member.nickname === to);
-  if (!present()) {
-    // Boot order: the server may join a moment later (as a direct client
-    // waits for its server). A wrong name still fails, after the wait.
-    const wait = relay.startWait ?? RELAY_START_WAIT_MS;
-    log.warn("No tunnel server {to} in session {session} yet; waiting up to {seconds} s for it", {
-      to,
-      session: relay.session,
-      seconds: _secondsText(wait),
-    });
-    const deadline = performance.now() + wait;
-    while (!present() && performance.now() < deadline) {
-      await _pause(MEMBER_POLL_MS, stopping);
-    }
-    if (!present()) {
-      throw new Error(`no tunnel server "${to}" in session ${relay.session} of ${relay.url}`);
-    }
-  }
+  let dial: Dialer | null = null;
+  let notYet = `the relay at ${relay.url} is not reached yet`;
   const tunnel = new TunnelClient({
     hostname: config.listenHost,
     port: config.listenPort,
     ...config.session,
     key: config.key,
     // A name that refuses us fails the start at once (`refused`).
-    dialer: node.pipeDialer(to),
+    dialer: (signal) =>
+      dial !== null ? dial(signal) : Promise.reject(new ImmortalError("unreachable", notYet)),
     server: { hostname: to, port: 0 },
   });
-  // Fail on a server that refuses us (or our key) now, rather than on the
-  // first user connection; one that does not answer yet is waited for (as
-  // a direct client waits), and a stop ends the wait. The session stays the
-  // tunnel's: a probe session opened and closed showed in the server's log
-  // as one that failed.
-  const stop = () => void tunnel.close();
-  stopping.addEventListener("abort", stop, { once: true });
-  try {
-    await tunnel.open();
-  } catch (error) {
-    await tunnel.close();
-    if (stopping.aborted) throw STOPPED;
-    throw new Error(`tunnel server ${to}: ${errorMessage(error)}`);
-  } finally {
-    stopping.removeEventListener("abort", stop);
-  }
-  log.info("Tunnel client on {listen}, via the relay to {to}", {
+  log.info("Tunnel client on {listen}, via the relay at {url} to {to}", {
     listen: hostPort(config.listenHost, config.listenPort),
+    url: relay.url,
     to,
   });
-  // The session above went through: the whole path works, as in direct mode's line.
-  log.info("Tunnel server {to} answered through the relay: the tunnel is up", { to });
-  return tunnel;
+  const starting = (async () => {
+    const node = await _joinRelay(relay, log, stopping);
+    _joined(relay, node, log);
+    try {
+      const present = () => node.members.some((member) => member.nickname === to);
+      if (!present()) {
+        // Boot order: the server may join a moment later. A wrong name
+        // still fails, after the wait.
+        const wait = relay.startWait ?? RELAY_START_WAIT_MS;
+        notYet = `no tunnel server "${to}" in session ${relay.session} yet`;
+        log.warn(
+          "No tunnel server {to} in session {session} yet; waiting up to {seconds} s for it",
+          { to, session: relay.session, seconds: _secondsText(wait) },
+        );
+        const deadline = performance.now() + wait;
+        while (!present() && performance.now() < deadline) {
+          await _pause(MEMBER_POLL_MS, stopping);
+        }
+        if (!present()) {
+          throw new Error(`no tunnel server "${to}" in session ${relay.session} of ${relay.url}`);
+        }
+      }
+      dial = node.pipeDialer(to);
+      // The session stays the tunnel's: a probe session opened and closed
+      // showed in the server's log as one that failed.
+      try {
+        await tunnel.open();
+      } catch (error) {
+        if (stopping.aborted) throw STOPPED;
+        throw new Error(`tunnel server ${to}: ${errorMessage(error)}`);
+      }
+      // The session went through: the whole path works, as in direct mode's line.
+      log.info("Tunnel server {to} answered through the relay: the tunnel is up", { to });
+      return node;
+    } catch (error) {
+      await node.close();
+      throw error;
+    }
+  })();
+  // Stopped while starting is no failure: the command is closing.
+  const failed = starting.then(
+    () => new Promise<never>(() => {}),
+    (error) => error === STOPPED ? new Promise<never>(() => {}) : Promise.reject(error),
+  );
+  return {
+    tunnel,
+    node: starting,
+    failed,
+    async close() {
+      const node = await starting.catch(() => null);
+      await node?.close();
+    },
+  };
 }
 
 /**

@@ -183,6 +183,10 @@ Deno.test("tunnel CLI through a relay: a client started first waits for its serv
     ["client", String(localPort), ...common, "--to", "lab", ...FAST_CLIENT],
   );
   await client.waitFor(/No tunnel server lab in session lab yet; waiting/, "the client waiting");
+  // It listens already, as a direct client does: a connection made now
+  // waits for the server (it was refused), and is carried once it is there.
+  const early = await Deno.connect({ hostname: "127.0.0.1", port: localPort });
+  await early.write(new TextEncoder().encode("early"));
   const server = spawnCli(
     [`--allow-net=127.0.0.1:${relayPort},127.0.0.1:${target.addr.port}`],
     TUNNEL,
@@ -191,6 +195,17 @@ Deno.test("tunnel CLI through a relay: a client started first waits for its serv
   try {
     await server.waitFor(/Tunnel server lab on the relay/, "the tunnel server");
     await client.waitFor(/the tunnel is up/, "the tunnel client");
+    {
+      using carried = await within(30_000, "the early connection at the target", target.accept());
+      const got = new Uint8Array(5);
+      for (let n = 0; n < got.length;) {
+        const read = await carried.read(got.subarray(n));
+        assert.notEqual(read, null, "the early connection ended before its bytes");
+        n += read!;
+      }
+      assert.equal(new TextDecoder().decode(got), "early");
+    }
+    early.close();
     // Secrets given as flags: each program says where they show, and what keeps them private.
     const shown = (flag: string, instead: string) =>
       new RegExp(
