@@ -472,3 +472,37 @@ Deno.test("HTTP streaming links: a client's closed waits for its bye at most the
     await server.shutdown();
   }
 });
+
+Deno.test("HTTP links to a URL with no link endpoint (a page, a 404, a 405): code protocol and the status named, not 'unreachable' retried for ever", async () => {
+  const statuses = [200, 404, 405];
+  await using server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req) => {
+      const status = Number(new URL(req.url).pathname.slice(1));
+      return new Response(status === 200 ? "<html>a page</html>" : null, { status });
+    },
+  );
+  const dialers: [string, (url: string) => Dialer][] = [
+    ...transports,
+    ["auto", (url) => httpDialer({ url })],
+  ];
+  for (const [name, dialer] of dialers) {
+    for (const status of statuses) {
+      const url = `http://127.0.0.1:${server.addr.port}/${status}`;
+      await assert.rejects(
+        connect({ dialer: dialer(url), key: "k" }),
+        (error) => {
+          assert.ok(error instanceof ImmortalError, `${name} ${status}: ${error}`);
+          assert.equal(error.code, "protocol", `${name} ${status}: ${error.message}`);
+          assert.match(
+            error.message,
+            new RegExp(
+              `answered ${status}\\b.*: no immortal link endpoint there; is the URL's path right\\?$`,
+            ),
+          );
+          return true;
+        },
+      );
+    }
+  }
+});

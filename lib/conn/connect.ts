@@ -4,7 +4,13 @@
  * @module
  */
 
-import { type Dialer, tcpDialer, tlsDialer, TlsHandshakeError } from "../link/mod.ts";
+import {
+  type Dialer,
+  LinkRefused,
+  tcpDialer,
+  tlsDialer,
+  TlsHandshakeError,
+} from "../link/mod.ts";
 import { FrameError } from "../frame/frame_error.ts";
 import {
   CA_AS_SERVER_ADVICE,
@@ -174,6 +180,19 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
         options,
       );
     }
+  }
+  // An HTTP link's endpoint that is not one: a page (200), nothing at that
+  // path (404, 410), or one that takes no POST (405). Its URL is wrong, and
+  // will stay wrong.
+  const status = error instanceof LinkRefused
+    ? error.status
+    : Number(/answered (\d{3}), not 101$/.exec(errorMessage(error))?.[1]);
+  if ([200, 404, 405, 410].includes(status)) {
+    return new ImmortalError(
+      "protocol",
+      `${errorMessage(error)}: no immortal link endpoint there; is the URL's path right?`,
+      options,
+    );
   }
   if (error instanceof FrameError) {
     if (/frame type 0x48\b/.test(error.message)) {
