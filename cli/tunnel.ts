@@ -18,6 +18,7 @@ import {
   certificateConcerns,
   type FileArgs,
   flagError,
+  grantAdvice,
   parseHost,
   parseLogLevel,
   parseMillis,
@@ -709,9 +710,10 @@ async function _checkNetPermissions(config: TunnelCliConfig): Promise<void> {
   }
   if (missing.length > 0) {
     // The whole list the command needs: Deno takes one value list per flag.
+    // Under `deno task tunnel:server` (or :client) the flags are deno.json's.
     throw new Error(
-      `no net permission to ${missing.join(", or to ")}: run with --allow-net=${
-        needs.map((need) => need.host).join(",")
+      `no net permission to ${missing.join(", or to ")}: ${
+        grantAdvice(needs.map((need) => `--allow-net=${need.host}`), `tunnel-${config.role}`)
       }`,
     );
   }

@@ -43,7 +43,7 @@ Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every
   assert.equal(scoped.code, 1, scoped.stderr);
   assert.match(
     scoped.stderr,
-    /^error: no net permission to listen on 0\.0\.0\.0:2100: run with --allow-net=0\.0\.0\.0:2100,127\.0\.0\.1:22$/m,
+    /^error: no net permission to listen on 0\.0\.0\.0:2100: run with --allow-net=0\.0\.0\.0:2100,127\.0\.0\.1:22, or add 0\.0\.0\.0:2100,127\.0\.0\.1:22 to permissions\.tunnel-server\.net in deno\.json$/m,
   );
   assert.doesNotMatch(scoped.stderr, /^\s+at /m);
 

@@ -256,7 +256,7 @@ Deno.test("tunnel CLI: a net or read permission Deno was not given is one line a
         [`--allow-net=127.0.0.1:${listen}`, `--allow-read=${path}`],
         ["client", String(listen), "127.0.0.1", String(far), "--key-file", path],
         new RegExp(
-          `^error: no net permission to reach the tunnel server at 127\\.0\\.0\\.1:${far}: run with --allow-net=127\\.0\\.0\\.1:${listen},127\\.0\\.0\\.1:${far}$`,
+          `^error: no net permission to reach the tunnel server at 127\\.0\\.0\\.1:${far}: run with --allow-net=127\\.0\\.0\\.1:${listen},127\\.0\\.0\\.1:${far}, or add \\S+ to permissions\\.tunnel-(server|client)\\.net in deno\\.json$`,
           "m",
         ),
       ],
@@ -274,7 +274,7 @@ Deno.test("tunnel CLI: a net or read permission Deno was not given is one line a
           path,
         ],
         new RegExp(
-          `^error: no net permission to reach the forward target 127\\.0\\.0\\.1:${far}: run with --allow-net=127\\.0\\.0\\.1:${listen},127\\.0\\.0\\.1:${far}$`,
+          `^error: no net permission to reach the forward target 127\\.0\\.0\\.1:${far}: run with --allow-net=127\\.0\\.0\\.1:${listen},127\\.0\\.0\\.1:${far}, or add \\S+ to permissions\\.tunnel-(server|client)\\.net in deno\\.json$`,
           "m",
         ),
       ],
@@ -295,7 +295,7 @@ Deno.test("tunnel CLI: a net or read permission Deno was not given is one line a
           String(far),
         ],
         new RegExp(
-          `^error: no net permission to reach the relay at 127\\.0\\.0\\.1:${relayPort}, or to reach the forward target 127\\.0\\.0\\.1:${far}: run with --allow-net=127\\.0\\.0\\.1:${relayPort},127\\.0\\.0\\.1:${far}$`,
+          `^error: no net permission to reach the relay at 127\\.0\\.0\\.1:${relayPort}, or to reach the forward target 127\\.0\\.0\\.1:${far}: run with --allow-net=127\\.0\\.0\\.1:${relayPort},127\\.0\\.0\\.1:${far}, or add \\S+ to permissions\\.tunnel-(server|client)\\.net in deno\\.json$`,
           "m",
         ),
       ],
