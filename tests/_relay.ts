@@ -148,3 +148,46 @@ export function recordEvents(node: RelayNode) {
     done: () => reading,
   };
 }
+
+/**
+ * A node of our own over HTTP streaming, as a client in another language
+ * would be: the welcome read (its stream id, and its join token for
+ * requests made by hand, such as pipes), then each relay frame on demand.
+ */
+export async function rawStreamNode(url: string, session: string, nickname: string) {
+  const opened = await fetch(`${url}/relay/stream`, {
+    method: "POST",
+    body: JSON.stringify({ t: "hello", session, nickname }),
+  });
+  const reader = opened.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  const next = async (): Promise<Record<string, unknown>> => {
+    for (let reads = 0; reads < 10_000; reads++) {
+      const end = buffer.indexOf("\n\n");
+      if (end >= 0) {
+        const event = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = event.split("\n").find((line) => line.startsWith("data: "));
+        if (data) return JSON.parse(data.slice(6));
+        continue;
+      }
+      const { value, done } = await reader.read();
+      if (done) throw new Error("the event stream ended");
+      buffer += value;
+    }
+    throw new Error("no frame in 10,000 reads");
+  };
+  const welcome = await next();
+  return {
+    stream: welcome.stream as string,
+    token: welcome.token as string,
+    /** The next frame of type `t` (others skipped). */
+    async nextOf(t: string): Promise<Record<string, unknown>> {
+      for (;;) {
+        const frame = await next();
+        if (frame.t === t) return frame;
+      }
+    },
+    close: () => reader.cancel(),
+  };
+}

@@ -10,49 +10,7 @@ import assert from "node:assert/strict";
 import { openWebSocketLink } from "../lib/link/_websocket_client.ts";
 import { waitUntil, within } from "./_helpers.ts";
 import { startRedis } from "./_redis.ts";
-import { startRelay } from "./_relay.ts";
-
-/**
- * A node of our own over HTTP streaming: its welcome (its join token, for
- * pipe requests made by hand), then each relay frame on demand. It is
- * offered pipes and never answers them.
- */
-async function rawStreamNode(url: string, session: string, nickname: string) {
-  const opened = await fetch(`${url}/relay/stream`, {
-    method: "POST",
-    body: JSON.stringify({ t: "hello", session, nickname }),
-  });
-  const reader = opened.body!.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  const next = async (): Promise<Record<string, unknown>> => {
-    for (let reads = 0; reads < 10_000; reads++) {
-      const end = buffer.indexOf("\n\n");
-      if (end >= 0) {
-        const event = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const data = event.split("\n").find((line) => line.startsWith("data: "));
-        if (data) return JSON.parse(data.slice(6));
-        continue;
-      }
-      const { value, done } = await reader.read();
-      if (done) throw new Error("the event stream ended");
-      buffer += value;
-    }
-    throw new Error("no frame in 10,000 reads");
-  };
-  const welcome = await next();
-  return {
-    token: welcome.token as string,
-    /** The next frame of type `t` (others skipped). */
-    async nextOf(t: string): Promise<Record<string, unknown>> {
-      for (;;) {
-        const frame = await next();
-        if (frame.t === t) return frame;
-      }
-    },
-    close: () => reader.cancel(),
-  };
-}
+import { rawStreamNode, startRelay } from "./_relay.ts";
 
 /**
  * A pipe request of node `nickname` (with its `token`) to "b" in session
