@@ -13,7 +13,7 @@ import type { HelloFrame, WelcomeFrame } from "../lib/relay/_protocol.ts";
 import { relaySettings } from "../lib/relay/_settings.ts";
 import type { RelayOptions } from "../lib/relay/options.ts";
 import { FakeSink } from "./_fake_sink.ts";
-import { renderRecord, waitUntil, withLogs } from "./_helpers.ts";
+import { renderRecord, waitUntil, within, withLogs } from "./_helpers.ts";
 import { redisClient, startRedis } from "./_redis.ts";
 
 const SETTINGS = {
@@ -196,13 +196,16 @@ Deno.test("cluster: after Redis lost a room (a new epoch, offsets from 1 again),
 async function joinTooLate(
   cluster: RelayCluster,
   raw: { sendCommand(args: string[]): Promise<unknown> },
+  nicknames = ["ghost"],
 ): Promise<void> {
-  // Writes (and so scripts) wait until the pause is lifted: the join times out first.
+  // Writes (and so scripts) wait until the pause is lifted: the joins time out first.
   await raw.sendCommand(["CLIENT", "PAUSE", "60000", "WRITE"]);
-  await assert.rejects(
-    cluster.join("s", { nickname: "ghost", role: "peer", suffixed: false }),
-    /Redis did not answer within 300 ms/,
-  );
+  await Promise.all(nicknames.map((nickname) =>
+    assert.rejects(
+      cluster.join("s", { nickname, role: "peer", suffixed: false }),
+      /Redis did not answer within 300 ms/,
+    )
+  ));
   await raw.sendCommand(["CLIENT", "UNPAUSE"]);
 }
 
@@ -269,6 +272,43 @@ Deno.test("cluster: a node that leaves while a ghost check runs is no ghost: its
       cluster.close();
     }
   });
+});
+
+Deno.test("cluster: a ghost held again before its turn comes (a node resuming here while another ghost is let go) is not let go", async () => {
+  await using redis = await startRedis({ persist: false });
+  // Each ghost is judged twice: when the list comes, and before its own
+  // leave. The first time both are ghosts; by the second, both are held
+  // again (as a node that resumed here meanwhile is).
+  const asked = new Map<string, number>();
+  let checked: () => void = () => {};
+  const bothAsked = new Promise<void>((resolve) => checked = resolve);
+  const { cluster } = recordingCluster(redis.url, {
+    commandTimeout: 300,
+    holds: (_room, nickname) => {
+      const times = (asked.get(nickname) ?? 0) + 1;
+      asked.set(nickname, times);
+      if (asked.get("g1") && asked.get("g2")) checked();
+      return times > 1;
+    },
+  });
+  await using raw = await redisClient(redis.url);
+  try {
+    await cluster.subscribe("s");
+    await joinTooLate(cluster, raw, ["g1", "g2"]);
+    await within(30_000, "the ghost check", bothAsked);
+    // Heartbeats never overlap: once the next one starts, the check is done.
+    const beat = cluster.heartbeats;
+    await waitUntil(() => cluster.heartbeats > beat, "the next heartbeat");
+    for (const nickname of ["g1", "g2"]) {
+      assert.notEqual(
+        await raw.sendCommand(["HGET", "immortal:relay:r:73:m", nickname]),
+        null,
+        `${nickname}, held again, was let go`,
+      );
+    }
+  } finally {
+    cluster.close();
+  }
 });
 
 Deno.test("cluster: after Redis itself stalled past the heartbeat TTL and the command timeout, no relay sweeps the others", async () => {

@@ -802,18 +802,22 @@ export class RelayCluster {
   async #letGhostsGo(): Promise<void> {
     this.#suspectGhosts = false;
     const held = await this.#command(["SMEMBERS", `${this.#prefix}relay:${this.id}`]) as string[];
-    // Judged all at once, as Redis answered: a node this relay let go of
-    // since it asked is listed, and its leave is in flight (sent after the
-    // question, on the same connection, it is answered after it).
-    const ghosts = held.flatMap((entry) => {
+    // A member is no ghost while this relay holds it, or its leave is in
+    // flight (sent after the question, on the same connection, a leave is
+    // answered after it, and its node is listed).
+    const notGhost = (hex: string, nickname: string) =>
+      this.#closed || this.#events.holds(roomName(hex), nickname) ||
+      this.#leaving.has(`${hex}\n${nickname}`);
+    // Judged all at once, as Redis answered; and each again before its
+    // leave: while an earlier one's was awaited, it may have come back (a
+    // node resuming here) or begun to leave.
+    const ghosts = held.map((entry) => {
       const cut = entry.indexOf("\n");
-      const hex = entry.slice(0, cut);
-      const nickname = entry.slice(cut + 1);
+      return { hex: entry.slice(0, cut), nickname: entry.slice(cut + 1) };
+    }).filter(({ hex, nickname }) => !notGhost(hex, nickname));
+    for (const { hex, nickname } of ghosts) {
+      if (notGhost(hex, nickname)) continue;
       const room = roomName(hex);
-      if (this.#closed || this.#events.holds(room, nickname) || this.#leaving.has(entry)) return [];
-      return [{ hex, nickname, room }];
-    });
-    for (const { hex, nickname, room } of ghosts) {
       log.warn("Node {nickname} of {room} was left in Redis by a failed join or leave: gone", {
         nickname: shownName(nickname),
         room: shownName(room),
