@@ -271,10 +271,12 @@ export async function clientOpen(
   }
   const { sessionId, publicKey } = accept.created;
   if (psk && accept.mac.length === 0) {
-    // A server without a key signs nothing: it takes anyone, and proves nothing.
+    // A server without a key signs nothing; nor does one that is not ours.
+    // Either way no key of ours goes away: the advice is to give it one.
     throw new ImmortalError(
       "auth",
-      "the server has no pre-shared key (it takes anyone): give it the same key, or give none here",
+      "the server proved no pre-shared key: it has none (it takes anyone), or it is not your " +
+        "server; give it the same key",
     );
   }
   if (

@@ -4,13 +4,7 @@
  * @module
  */
 
-import {
-  type Dialer,
-  LinkRefused,
-  tcpDialer,
-  tlsDialer,
-  TlsHandshakeError,
-} from "../link/mod.ts";
+import { type Dialer, LinkRefused, tcpDialer, tlsDialer, TlsHandshakeError } from "../link/mod.ts";
 import { FrameError } from "../frame/frame_error.ts";
 import {
   CA_AS_SERVER_ADVICE,
@@ -182,15 +176,17 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
     }
   }
   // An HTTP link's endpoint that is not one: a page (200), nothing at that
-  // path (404, 410), or one that takes no POST (405). Its URL is wrong, and
-  // will stay wrong.
+  // path (404, 410), or one that takes no POST (405). The URL may be wrong;
+  // or a proxy, a router between deployments, a Wi-Fi login page answered:
+  // those pass, so it is retried like any server not there, and says why.
   const status = error instanceof LinkRefused
     ? error.status
     : Number(/answered (\d{3}), not 101$/.exec(errorMessage(error))?.[1]);
   if ([200, 404, 405, 410].includes(status)) {
     return new ImmortalError(
-      "protocol",
-      `${errorMessage(error)}: no immortal link endpoint there; is the URL's path right?`,
+      "unreachable",
+      `${errorMessage(error)}: no immortal link endpoint there (is the URL's path right? a proxy ` +
+        "or a Wi-Fi login page may answer so too)",
       options,
     );
   }

@@ -16,8 +16,7 @@
  * - `aborted`: the peer aborted the session;
  * - `closed`: closed locally, or the listener was closed;
  * - `protocol`: the peer broke the protocol (or, at the first connection,
- *   does not speak it: another kind of server, or an HTTP URL with no
- *   link endpoint);
+ *   does not speak it: another kind of server);
  * - `tls`: TLS with the server failed at the first connection (a plain
  *   server, or a certificate not trusted);
  * - `unreachable`: the first connection could not be made;
