@@ -71,8 +71,8 @@ Usage:
   Through a relay, neither end listens for the other: both make outgoing
   HTTP(S) requests only. The server joins session S of the relay as NAME;
   the client reaches NAME there. A key is required (the relay must not be
-  able to stand in the middle); make one with
-  "deno run cli/tunnel.ts keygen > tunnel.key".
+  able to stand in the middle); make one, readable by you alone, with
+  "(umask 077; deno run cli/tunnel.ts keygen > tunnel.key)".
 
 Options:
   --relay URL         the relay (http: or https:) both ends reach
@@ -180,6 +180,8 @@ export interface TunnelRelayConfig {
    * when the relay wants one.
    */
   secretUnread?: string[];
+  /** A secret found for another relay (its url beside it), and not sent to this one: why, for the log. */
+  secretElsewhere?: string;
   /** An HTTP proxy to reach the relay through. */
   proxy?: string;
   /** Extra CA certificates for an https: relay. */
@@ -503,6 +505,7 @@ function _relaySettings(
   // process may look without a prompt.
   let secretSource: string | undefined;
   let secretUnread: string[] | undefined;
+  let secretElsewhere: string | undefined;
   if (secret === undefined) {
     let found: RelayConfig;
     try {
@@ -510,7 +513,20 @@ function _relaySettings(
     } catch (error) {
       throw new UsageError(errorMessage(error));
     }
-    if (found.secret !== undefined) {
+    // A bearer secret goes to the relay it was set for, not to whatever
+    // --relay says: with a url beside it, the origins must match.
+    let elsewhere: string | undefined;
+    try {
+      if (found.url !== undefined && new URL(found.url).origin !== parsed.origin) {
+        elsewhere = found.url;
+      }
+    } catch {
+      elsewhere = found.url;
+    }
+    if (found.secret !== undefined && elsewhere !== undefined) {
+      secretElsewhere =
+        `the secret in ${found.sources.secret} is for ${elsewhere} (${found.sources.url}), not this relay: not sent`;
+    } else if (found.secret !== undefined) {
       secret = found.secret;
       secretSource = found.sources.secret;
       if (secret === "") throw new UsageError(`the relay secret is empty (${secretSource})`);
@@ -533,6 +549,7 @@ function _relaySettings(
     ...(secret !== undefined ? { secret } : {}),
     ...(secretSource !== undefined ? { secretSource } : {}),
     ...(secretUnread !== undefined ? { secretUnread } : {}),
+    ...(secretElsewhere !== undefined ? { secretElsewhere } : {}),
     ...(proxy !== undefined ? { proxy } : {}),
     ...(startWait !== undefined ? { startWait: _seconds("--relay-wait", startWait) } : {}),
     ...(nameWait !== undefined ? { nameWait: _seconds("--name-wait", nameWait) } : {}),
@@ -787,9 +804,14 @@ function _secretHint(relay: TunnelRelayConfig, error: RelayRefusedError): string
   if (error.code !== "unauthorized") return "";
   if (relay.secretSource !== undefined) return ` (the secret came from ${relay.secretSource})`;
   if (relay.secret !== undefined) return "";
+  if (relay.secretElsewhere !== undefined) return ` (${relay.secretElsewhere})`;
   const looked = relay.secretUnread?.filter((flag) => flag.includes("IMMORTAL_RELAY_SECRET"));
   return "; give it with --relay-secret-file" +
-    (looked?.length ? `, or in IMMORTAL_RELAY_SECRET with ${looked.join(" ")}` : "");
+    (looked?.length
+      ? `, or in IMMORTAL_RELAY_SECRET (${
+        grantAdvice(looked, relay.to === undefined ? "tunnel-server" : "tunnel-client")
+      })`
+      : "");
 }
 
 /** Whether reaching the relay may work later: nothing answered, or it was briefly unable to take us. */
@@ -997,11 +1019,20 @@ function _startRelayClient(
       dial = node.pipeDialer(to);
       // The session stays the tunnel's: a probe session opened and closed
       // showed in the server's log as one that failed.
-      try {
-        await tunnel.open();
-      } catch (error) {
-        if (stopping.aborted) throw STOPPED;
-        throw new Error(`tunnel server ${to}: ${errorMessage(error)}`);
+      for (let tries = 1;; tries++) {
+        try {
+          await tunnel.open();
+          break;
+        } catch (error) {
+          if (stopping.aborted) throw STOPPED;
+          // An early local connection's opening may have been under way, its
+          // wait nearly spent while the server was not there yet: the start
+          // gets a wait of its own.
+          if (tries === 1 && error instanceof ImmortalError && error.code === "unreachable") {
+            continue;
+          }
+          throw new Error(`tunnel server ${to}: ${errorMessage(error)}`);
+        }
       }
       // The session went through: the whole path works, as in direct mode's line.
       log.info("Tunnel server {to} answered through the relay: the tunnel is up", { to });

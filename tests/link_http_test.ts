@@ -317,8 +317,6 @@ const EXITS_ON_CLOSED = `
     dialer,
     key: "k",
     backoff: { initial: 5, max: 50 },
-    heartbeatInterval: 200,
-    deadLinkTimeout: 1000,
   });
   await conn.write(new Uint8Array([1, 2, 3]));
   await conn.closeWrite();

@@ -49,17 +49,25 @@ function startRelayCli(port: number, secret: string) {
 }
 
 /** Runs the tunnel CLI to completion (for commands that end, or fail). */
+/**
+ * Runs the tunnel CLI to its end, in `extra.cwd` or an empty folder of its
+ * own: an immortal-relay.properties where the tests run (a developer's) is
+ * none of its business.
+ */
 async function runTunnel(
   args: string[],
   net: string,
-  extra: { deno?: string[]; env?: Record<string, string> } = {},
+  extra: { deno?: string[]; env?: Record<string, string>; cwd?: string } = {},
 ) {
+  const cwd = extra.cwd ?? await Deno.makeTempDir({ prefix: "immortal-tunnel-run-" });
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", `--allow-net=${net}`, "--allow-read", ...extra.deno ?? [], TUNNEL, ...args],
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1", ...extra.env },
+    cwd,
   }).output();
+  if (extra.cwd === undefined) await Deno.remove(cwd, { recursive: true });
   const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
   return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
 }
@@ -293,8 +301,24 @@ Deno.test("tunnel CLI through a relay: keygen, and one clear line for a missing 
   assert.equal(missing.code, 1, missing.stderr);
   assert.match(
     missing.stderr,
-    /^error: the relay at .* refused us: missing or wrong relay secret; give it with --relay-secret-file, or in IMMORTAL_RELAY_SECRET with --allow-env=IMMORTAL_RELAY_SECRET$/m,
+    /^error: the relay at .* refused us: missing or wrong relay secret; give it with --relay-secret-file, or in IMMORTAL_RELAY_SECRET \(run with --allow-env=IMMORTAL_RELAY_SECRET, or add IMMORTAL_RELAY_SECRET to permissions\.tunnel-client\.env in deno\.json\)$/m,
   );
+  // A secret set for another relay (the url beside it) is not sent to this one.
+  const elsewhere = await Deno.makeTempDir({ prefix: "immortal-tunnel-run-" });
+  try {
+    await Deno.writeTextFile(
+      `${elsewhere}/immortal-relay.properties`,
+      "url = https://relay.example\nsecret = s\n",
+    );
+    const other = await runTunnel([...noSecret, ...toNobody], net, { cwd: elsewhere });
+    assert.equal(other.code, 1, other.stderr);
+    assert.match(
+      other.stderr,
+      /^error: the relay at .* refused us: missing or wrong relay secret \(the secret in \S+immortal-relay\.properties:2 is for https:\/\/relay\.example \(\S+immortal-relay\.properties:1\), not this relay: not sent\)$/m,
+    );
+  } finally {
+    await Deno.remove(elsewhere, { recursive: true });
+  }
   const fromEnv = await runTunnel([...noSecret, ...toNobody], net, {
     deno: ["--allow-env=IMMORTAL_RELAY_SECRET"],
     env: { IMMORTAL_RELAY_SECRET: "s" },
