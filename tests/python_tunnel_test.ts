@@ -128,9 +128,9 @@ function tunnelServer(targetPort: number, key?: string): TunnelServer {
   });
 }
 
-/** The tunnel sessions the server logged ("Tunnel session ID from ..."), by id. */
+/** The tunnel sessions the server logged ("Session ID opened as server with ..."), by id. */
 function sessionsLogged(lines: string[]): string[] {
-  return lines.flatMap((line) => line.match(/^Tunnel session (\w+) from /)?.[1] ?? []);
+  return lines.flatMap((line) => line.match(/^Session (\w+) opened as server with /)?.[1] ?? []);
 }
 
 /** Writes `size` bytes of pattern `seed`, half-closes, and checks the reply is `replySeed`'s. */

@@ -257,7 +257,7 @@ Deno.test("tunnel CLI: TLS and a key file under exactly scoped permissions; the 
     const conn = await Deno.connect({ hostname: "127.0.0.1", port: clientPort });
     const encoder = new TextEncoder();
     await conn.write(encoder.encode("before the cut, "));
-    await client.waitFor(/Tunnel session [0-9a-f]{8} open to /, "tunnel connected");
+    await client.waitFor(/Session [0-9a-f]{8} opened as client with /, "tunnel connected");
     // The log says the link carries the session: it is live, so exactly one cut lands.
     assert.equal(proxy.reset(), 1, "no link to cut");
     await client.waitFor(/lost its link/, "link lost");
@@ -422,7 +422,7 @@ Deno.test("tunnel client out of descriptors: it says so in a line, backs off, an
   const flood: net.Socket[] = [];
   try {
     // The session is up before the flood: it needs no descriptor after it.
-    await client.waitFor(/Tunnel session \S+ open/, "client start");
+    await client.waitFor(/Session \S+ opened as client/, "client start");
     const floodedAt = performance.now();
     for (let i = 0; i < 120; i++) {
       const socket = net.connect({ host: "127.0.0.1", port: clientPort });

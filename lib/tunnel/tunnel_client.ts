@@ -286,7 +286,8 @@ export class TunnelClient implements AsyncDisposable {
         const session = new MuxSession(conn, { role: "client" });
         this.#current = session;
         const server = this.#options.server;
-        log.info("Tunnel session {id} open to {server}", {
+        // The session said itself at info ("Session … opened as client with …").
+        log.debug("Tunnel session {id} open to {server}", {
           id: conn.sessionId.slice(0, 8),
           server: server === undefined
             ? "the server (through its dialer)"

@@ -157,7 +157,8 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     const session = new MuxSession(conn, { role: "server" });
     this.#sessions.set(session, conn);
     const id = conn.sessionId.slice(0, 8);
-    log.info("Tunnel session {id} from {remote}", { id, remote: conn.peer });
+    // The session said itself at info ("Session … opened as server with …").
+    log.debug("Tunnel session {id} from {remote}", { id, remote: conn.peer });
     const streams = new Set<Promise<void>>();
     try {
       for await (const stream of session) {
