@@ -21,7 +21,7 @@ import {
 import { startNginx } from "./_proxies.ts";
 import { redisClient, startRedis } from "./_redis.ts";
 import { loadBalancer } from "./_load_balancer.ts";
-import { recordEvents, startRelay, waitForEvent } from "./_relay.ts";
+import { rawStreamNode, recordEvents, startRelay, waitForEvent } from "./_relay.ts";
 import { FAST } from "./_tunnel_helpers.ts";
 import { openWebSocketLink } from "../lib/link/_websocket_client.ts";
 
@@ -823,3 +823,46 @@ Deno.test("a relay stopped past its heartbeat's lifetime is given up by the othe
     await stalled.stop();
   }
 });
+
+for (const transport of ["websocket", "http"] as const) {
+  Deno.test(`relays on Redis (${transport}): a node's bye is answered once Redis has its leave, so that it may join again at once through another relay and keep its nickname`, async () => {
+    await using redis = await startRedis({ persist: false });
+    await using one = startRelay({ redis: redis.url });
+    await using two = startRelay({ redis: redis.url });
+    await using raw = await redisClient(redis.url);
+    const member = () => raw.sendCommand(["HGET", "immortal:relay:r:73:m", "a"]);
+    const hello = JSON.stringify({ t: "hello", session: "s", nickname: "a" });
+    // Redis takes no writes for 2 s (then by itself again): a leave sent now
+    // waits. The node's bye must not be answered before it is done.
+    const pauseWrites = () => raw.sendCommand(["CLIENT", "PAUSE", "2000", "WRITE"]);
+    if (transport === "websocket") {
+      const socket = new WebSocket(`${one.url.replace("http", "ws")}/relay/ws`);
+      const welcomed = new Promise<void>((resolve) => socket.onmessage = () => resolve());
+      const closed = new Promise<void>((resolve) => socket.onclose = () => resolve());
+      socket.onopen = () => socket.send(hello);
+      await within(30_000, "the welcome", welcomed);
+      assert.notEqual(await member(), null);
+      await pauseWrites();
+      socket.send(JSON.stringify({ t: "bye" }));
+      socket.close(1000);
+      await within(30_000, "the socket closed", closed);
+    } else {
+      const node = await rawStreamNode(one.url, "s", "a");
+      assert.notEqual(await member(), null);
+      await pauseWrites();
+      const answer = await fetch(`${one.url}/relay/send`, {
+        method: "POST",
+        headers: { "x-relay-stream": node.stream },
+        body: JSON.stringify({ t: "bye" }),
+      });
+      await answer.body?.cancel();
+      assert.equal(answer.status, 204);
+      await node.close();
+    }
+    // Answered: Redis has the leave (a read goes through the pause), and the
+    // nickname is free for a join through the other relay.
+    assert.equal(await member(), null, "the bye was answered before Redis had the leave");
+    await using again = await RelayNode.connect(two.url, { session: "s", nickname: "a" });
+    assert.equal(again.nickname, "a");
+  });
+}

@@ -140,15 +140,18 @@ export class HttpStreamEndpoint {
     // A body within the frame limit holds only frames within it; only a larger
     // batch needs its frames measured one by one.
     const measure = body.size > max;
+    let leaving: Promise<void> | undefined;
     for (const item of frames) {
       if (this.#streams.get(streamId) !== member) break; // left mid-batch (a bye)
       // Like on a WebSocket, a bad frame is refused on its own; the stream goes on.
       if (measure && asFrameObject(item) !== null && frameTooLarge(JSON.stringify(item), max)) {
         hub.refuseFrame(member.sink, { code: "too-large", reason: tooLargeReason(max) });
       } else {
-        hub.handle(member, parseNodeFrame(item, hub.rules));
+        leaving = hub.handle(member, parseNodeFrame(item, hub.rules)) ?? leaving;
       }
     }
+    // A bye, in a cluster: answered once Redis has the leave (see Hub.handle).
+    await leaving;
     return new Response(null, { status: 204 });
   }
 

@@ -519,9 +519,11 @@ export class Hub {
 
   /**
    * Removes a node; `gone` when it faded or its connection broke, `left`
-   * when it said bye. `why` says what happened, for the log.
+   * when it said bye. `why` says what happened, for the log. In a cluster,
+   * returns the leave on its way to Redis (it settles once Redis has it, or
+   * it failed, and never rejects).
    */
-  leave(member: Member, reason: LeaveReason, why?: string): void {
+  leave(member: Member, reason: LeaveReason, why?: string): Promise<void> | undefined {
     const room = member.room;
     if (room.members.get(member.nickname) !== member) return;
     // Said by the relay that held the node's connection, in a cluster too.
@@ -534,14 +536,13 @@ export class Hub {
     if (this.#cluster) {
       // The cluster announces it, to the nodes on this relay too.
       this.#dropLocal(member);
-      this.#cluster.leave(room.id, member.nickname, reason).catch((error) =>
+      return this.#cluster.leave(room.id, member.nickname, reason).catch((error) =>
         log.warn("Could not tell the cluster that {nickname} {verb}: {reason}", {
           nickname: shownName(member.nickname),
           verb: reason === "left" ? "left" : "is gone",
           reason: errorMessage(error),
         })
       );
-      return;
     }
     room.members.delete(member.nickname);
     this.#nodes--;
@@ -564,15 +565,21 @@ export class Hub {
     this.#announce(member, encodeFrame({ t: "leave", nickname: member.nickname, reason }));
   }
 
-  /** Handles one parsed frame from a joined node: a refused one gets an error frame. */
-  handle(member: Member, parsed: Parsed<NodeFrame>): void {
+  /**
+   * Handles one parsed frame from a joined node: a refused one gets an error
+   * frame. A bye, in a cluster, returns its leave on its way to Redis: the
+   * transport holds what ends the node's connection (its close, the answer
+   * to its POST) until then, so that a node that said bye and joins again at
+   * once, through another relay, finds its nickname free.
+   */
+  handle(member: Member, parsed: Parsed<NodeFrame>): Promise<void> | undefined {
     if (parsed.ok) return this.receive(member, parsed.frame);
     member.lastHeard = this.#clock();
     this.refuseFrame(member.sink, parsed.problem);
   }
 
-  /** Handles one frame from a joined node. */
-  receive(member: Member, frame: NodeFrame): void {
+  /** Handles one frame from a joined node (a bye: see {@linkcode Hub.handle}). */
+  receive(member: Member, frame: NodeFrame): Promise<void> | undefined {
     const now = this.#clock();
     member.lastHeard = now;
     switch (frame.t) {
@@ -581,10 +588,11 @@ export class Hub {
         return;
       case "pong":
         return;
-      case "bye":
-        this.leave(member, "left");
-        member.sink.close(1000, "bye");
-        return;
+      case "bye": {
+        const left = this.leave(member, "left");
+        if (left === undefined) return void member.sink.close(1000, "bye");
+        return left.then(() => member.sink.close(1000, "bye"));
+      }
       case "msg":
         this.#message(member, frame, now);
         return;

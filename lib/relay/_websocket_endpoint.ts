@@ -27,6 +27,9 @@ interface RelaySocket {
   onmessage: ((data: string | Uint8Array) => void) | null;
   onoversize: (() => void) | null;
   onclose: ((code: number, reason: string) => void) | null;
+  /** Stops reading frames until `resume` (ours can; Deno's cannot, and has no such methods). */
+  pause?(): void;
+  resume?(): void;
 }
 
 /** Deno's WebSocket as a {@linkcode RelaySocket}; messages over `max` bytes are reported, not delivered. */
@@ -141,7 +144,16 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
     }
     const frame = asFrameObject(readJson(data));
     if (frame === null) return refuse(1003, "bad-frame", "frames are JSON objects");
-    if (member !== null) return hub.handle(member, parseNodeFrame(frame, hub.rules));
+    if (member !== null) {
+      const leaving = hub.handle(member, parseNodeFrame(frame, hub.rules));
+      // A bye, in a cluster: the node's close frame, which follows it, is
+      // answered once Redis has the leave (see Hub.handle).
+      if (leaving !== undefined && socket.pause && socket.resume) {
+        socket.pause();
+        leaving.then(() => socket.resume!());
+      }
+      return;
+    }
     // A join the cluster is still deciding: what the node sends next waits for it.
     if (waiting !== null) return void waiting.push(frame);
     if (frame.t !== "hello") return refuse(4400, "bad-hello", "the first frame must be a hello");
