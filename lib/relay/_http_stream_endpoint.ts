@@ -147,7 +147,8 @@ export class HttpStreamEndpoint {
       if (measure && asFrameObject(item) !== null && frameTooLarge(JSON.stringify(item), max)) {
         hub.refuseFrame(member.sink, { code: "too-large", reason: tooLargeReason(max) });
       } else {
-        leaving = hub.handle(member, parseNodeFrame(item, hub.rules)) ?? leaving;
+        leaving = hub.handle(member, parseNodeFrame(item, hub.rules));
+        if (leaving !== undefined) break; // a bye: nothing after it counts
       }
     }
     // A bye, in a cluster: answered once Redis has the leave (see Hub.handle).

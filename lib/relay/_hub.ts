@@ -580,6 +580,9 @@ export class Hub {
 
   /** Handles one frame from a joined node (a bye: see {@linkcode Hub.handle}). */
   receive(member: Member, frame: NodeFrame): Promise<void> | undefined {
+    // Left (a bye whose leave is on its way to Redis, its connection not
+    // closed yet): what else it sends is not a member's.
+    if (member.room.members.get(member.nickname) !== member) return;
     const now = this.#clock();
     member.lastHeard = now;
     switch (frame.t) {

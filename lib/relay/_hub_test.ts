@@ -49,6 +49,18 @@ Deno.test("hub: the welcome carries a snapshot of the others; joins and leaves a
   assert.equal(h.hub.stats.sessions, 0, "an empty room is kept");
 });
 
+Deno.test("hub: what a node sends after its bye (before its connection is closed: in a cluster, while Redis takes the leave) is not a member's", () => {
+  using h = makeHub();
+  const a = h.join("a");
+  const b = h.join("b");
+  h.hub.receive(b.member, { t: "bye" });
+  a.sink.frames = [];
+  h.hub.receive(b.member, { t: "msg", text: "after the bye" });
+  h.hub.receive(b.member, { t: "ping" });
+  assert.deepEqual(a.sink.frames, [], "a departed node's message was delivered");
+  assert.deepEqual(b.sink.take("pong"), [], "a departed node was answered");
+});
+
 Deno.test("hub: a node reclaims its nickname with its join token, within the reclaim window only", () => {
   using h = makeHub({ reclaimWindow: 1000 });
   // Someone stays: a room that empties is forgotten, with its reservations.
