@@ -515,17 +515,18 @@ function _relaySettings(
     }
     // A bearer secret goes to the relay it was set for, not to whatever
     // --relay says: with a url beside it, the origins must match.
-    let elsewhere: string | undefined;
+    let elsewhere = found.secretUrl;
     try {
-      if (found.url !== undefined && new URL(found.url).origin !== parsed.origin) {
-        elsewhere = found.url;
+      if (elsewhere !== undefined && new URL(elsewhere).origin === parsed.origin) {
+        elsewhere = undefined;
       }
     } catch {
-      elsewhere = found.url;
+      // Not a URL: not this relay's either.
     }
     if (found.secret !== undefined && elsewhere !== undefined) {
       secretElsewhere =
-        `the secret in ${found.sources.secret} is for ${elsewhere} (${found.sources.url}), not this relay: not sent`;
+        `the secret in ${found.sources.secret} is for ${elsewhere}, set beside it, ` +
+        "not this relay: not sent";
     } else if (found.secret !== undefined) {
       secret = found.secret;
       secretSource = found.sources.secret;

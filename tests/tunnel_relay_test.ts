@@ -318,8 +318,15 @@ Deno.test("tunnel CLI through a relay: keygen, and one clear line for a missing 
     assert.equal(other.code, 1, other.stderr);
     assert.match(
       other.stderr,
-      /^error: the relay at .* refused us: missing or wrong relay secret \(the secret in \S+immortal-relay\.properties:2 is for https:\/\/relay\.example \(\S+immortal-relay\.properties:1\), not this relay: not sent\)$/m,
+      /^error: the relay at .* refused us: missing or wrong relay secret \(the secret in \S+immortal-relay\.properties:2 is for https:\/\/relay\.example, set beside it, not this relay: not sent\)$/m,
     );
+    // The url beside the secret decides, not one set elsewhere (a variable over the file's).
+    const mixed = await runTunnel([...noSecret, ...toNobody], net, {
+      cwd: elsewhere,
+      deno: ["--allow-env=IMMORTAL_RELAY_URL"],
+      env: { IMMORTAL_RELAY_URL: url },
+    });
+    assert.match(mixed.stderr, /is for https:\/\/relay\.example, set beside it, not this relay/);
   } finally {
     await Deno.remove(elsewhere, { recursive: true });
   }

@@ -34,6 +34,13 @@ export interface RelayConfig {
   /** Where each setting came from, for logs: e.g. `{ secret: "env IMMORTAL_RELAY_SECRET" }`. */
   sources: Partial<Record<"url" | "secret" | "hostname" | "port", string>>;
   /**
+   * The url set in the same place as the secret (the environment, or the
+   * same file), if one is: the relay that secret is for. `url` may come from
+   * elsewhere (a variable over a file's line), and a secret is a bearer
+   * credential, for its own relay only.
+   */
+  secretUrl?: string;
+  /**
    * Places not looked at for lack of permission, each with the flag that
    * would let this process look: e.g. `{ place: "env IMMORTAL_RELAY_SECRET",
    * permission: "--allow-env=IMMORTAL_RELAY_SECRET" }`. A secret may be
@@ -81,8 +88,18 @@ const KEYS = ["url", "secret", "hostname", "port"] as const;
  */
 export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConfig {
   const config: RelayConfig = { sources: {}, unread: [] };
-  const set = (key: (typeof KEYS)[number], value: string, source: string) => {
+  // The url of each place (the environment, a file), set there or not.
+  const urls = new Map<string, string>();
+  let secretPlace: string | undefined;
+  const set = (
+    key: (typeof KEYS)[number],
+    value: string,
+    source: string,
+    place: string,
+  ) => {
+    if (key === "url") urls.set(place, value);
     if (config.sources[key] !== undefined) return; // a higher source set it already
+    if (key === "secret") secretPlace = place;
     if (key === "port") {
       const port = parsePortText(value, true);
       if (port === null) throw new Error(`${source}: port must be 0-65535, got "${value}"`);
@@ -99,7 +116,9 @@ export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConf
     // An empty variable is no setting, except the secret: one set to nothing (a
     // service's IMMORTAL_RELAY_SECRET=$UNSET) is kept, empty, for the caller to
     // refuse as it refuses "secret =", never read as no secret and an open relay.
-    if (value !== undefined && (value !== "" || key === "secret")) set(key, value, `env ${name}`);
+    if (value !== undefined && (value !== "" || key === "secret")) {
+      set(key, value, `env ${name}`, "env");
+    }
   }
   const home = options.home ?? grantedEnv([]).HOME;
   const cwd = options.cwd ?? workingDirectory();
@@ -129,9 +148,11 @@ export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConf
           `${path}:${lineNo + 1}: unknown key "${match[1]}" (use ${KEYS.join(", ")})`,
         );
       }
-      set(key as (typeof KEYS)[number], match[2], `${path}:${lineNo + 1}`);
+      set(key as (typeof KEYS)[number], match[2], `${path}:${lineNo + 1}`, path);
     }
   }
+  const secretUrl = secretPlace === undefined ? undefined : urls.get(secretPlace);
+  if (secretUrl !== undefined) config.secretUrl = secretUrl;
   return config;
 }
 
