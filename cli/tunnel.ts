@@ -194,6 +194,8 @@ export interface TunnelRelayConfig {
   nameWait?: number;
 }
 
+/** How long a tunnel client's opening waits for its server (`TunnelClient`'s `connectWait` default). */
+const TUNNEL_CONNECT_WAIT_MS = 30_000;
 /** At start, how long a relay that does not answer is tried: as long as a direct client waits. */
 const RELAY_START_WAIT_MS = 30_000;
 /** How long a server waits for its name: past the relay's 30 s reservation of a departed node's. */
@@ -1021,17 +1023,20 @@ function _startRelayClient(
       // The session stays the tunnel's: a probe session opened and closed
       // showed in the server's log as one that failed.
       for (let tries = 1;; tries++) {
+        const started = performance.now();
         try {
           await tunnel.open();
           break;
         } catch (error) {
           if (stopping.aborted) throw STOPPED;
           // An early local connection's opening may have been under way, its
-          // wait nearly spent while the server was not there yet: the start
-          // gets a wait of its own.
-          if (tries === 1 && error instanceof ImmortalError && error.code === "unreachable") {
-            continue;
-          }
+          // wait nearly spent while the server was not there yet: a try that
+          // did not get a whole wait of its own gets one.
+          const shortened = performance.now() - started < TUNNEL_CONNECT_WAIT_MS;
+          if (
+            tries === 1 && shortened && error instanceof ImmortalError &&
+            error.code === "unreachable"
+          ) continue;
           throw new Error(`tunnel server ${to}: ${errorMessage(error)}`);
         }
       }

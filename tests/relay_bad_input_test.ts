@@ -585,3 +585,37 @@ Deno.test("relay: frames a node sent after its refused hello (a ping on its way)
   }
   assert.deepEqual(relay.relay.stats.refused, { secret: 1 });
 });
+
+Deno.test("relay pipes: a pipe request waiting to be paired when the relay closes is answered 503 unavailable (try again), not full", async () => {
+  // Mounted in an app: the relay closes, the server that carries its answers goes on.
+  const relay = new Relay({ authTimeout: 60_000 });
+  await using server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req, info) => relay.handle(req, info),
+  );
+  const url = `http://127.0.0.1:${server.addr.port}`;
+  const b = await rawStreamNode(url, "p", "b");
+  const a = await rawStreamNode(url, "p", "a");
+  try {
+    const answer = fetch(`${url}/relay/pipe`, {
+      method: "POST",
+      headers: {
+        "x-relay-session": "p",
+        "x-relay-nickname": "a",
+        "x-relay-token": a.token,
+        "x-relay-pipe": "waiting",
+        "x-relay-pipe-to": "b",
+        "x-immortal-link": "open",
+      },
+    });
+    await within(10_000, "the offer", b.nextOf("pipe"));
+    relay.close();
+    const refused = await within(10_000, "the answer", answer);
+    assert.equal(refused.status, 503);
+    assert.equal((await refused.json()).error, "unavailable");
+  } finally {
+    relay.close();
+    await a.close().catch(() => {});
+    await b.close().catch(() => {});
+  }
+});

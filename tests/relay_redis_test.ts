@@ -850,11 +850,19 @@ for (const transport of ["websocket", "http"] as const) {
       const node = await rawStreamNode(one.url, "s", "a");
       assert.notEqual(await member(), null);
       await pauseWrites();
-      const answer = await fetch(`${one.url}/relay/send`, {
-        method: "POST",
-        headers: { "x-relay-stream": node.stream },
-        body: JSON.stringify({ t: "bye" }),
-      });
+      const send = (frame: unknown) =>
+        fetch(`${one.url}/relay/send`, {
+          method: "POST",
+          headers: { "x-relay-stream": node.stream },
+          body: JSON.stringify(frame),
+        });
+      const bye = send({ t: "bye" });
+      // Once the relay has let the node go (its leave on its way), the
+      // stream takes nothing more: no 204 for a message it drops.
+      await waitUntil(() => one.relay.stats.nodes === 0, "the node let go");
+      const late = await send({ t: "msg", text: "after the bye" });
+      assert.equal(late.status, 404, await late.text());
+      const answer = await bye;
       await answer.body?.cancel();
       assert.equal(answer.status, 204);
       await node.close();

@@ -121,10 +121,15 @@ export class HttpStreamEndpoint {
   async send(req: Request, forwarded = false): Promise<Response> {
     const hub = this.#hub;
     const streamId = req.headers.get(STREAM_HEADER) ?? "";
-    const member = this.#streams.get(streamId);
+    const found = this.#streams.get(streamId);
+    // A stream whose node said bye (its leave on its way to Redis) takes nothing more.
+    const member = found !== undefined && hub.isMember(found) ? found : undefined;
     const max = hub.settings.maxMessageBytes;
     if (!member) {
-      const elsewhere = forwarded ? null : await forwardToOwner(hub, req, streamId, max * 16);
+      // Ours, and ended: not another relay's to take.
+      const elsewhere = forwarded || found !== undefined
+        ? null
+        : await forwardToOwner(hub, req, streamId, max * 16);
       return elsewhere ?? refuseRequest(hub, 404, "no-such-stream", "unknown or closed stream");
     }
     let body: { text: string; size: number };

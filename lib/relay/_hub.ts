@@ -573,16 +573,22 @@ export class Hub {
    * once, through another relay, finds its nickname free.
    */
   handle(member: Member, parsed: Parsed<NodeFrame>): Promise<void> | undefined {
+    // Left (a bye whose leave is on its way to Redis, its connection not
+    // closed yet): what else it sends is not a member's, nor answered.
+    if (!this.isMember(member)) return;
     if (parsed.ok) return this.receive(member, parsed.frame);
     member.lastHeard = this.#clock();
     this.refuseFrame(member.sink, parsed.problem);
   }
 
+  /** Whether `member` is still one of its room (not left, nor let go). */
+  isMember(member: Member): boolean {
+    return member.room.members.get(member.nickname) === member;
+  }
+
   /** Handles one frame from a joined node (a bye: see {@linkcode Hub.handle}). */
   receive(member: Member, frame: NodeFrame): Promise<void> | undefined {
-    // Left (a bye whose leave is on its way to Redis, its connection not
-    // closed yet): what else it sends is not a member's.
-    if (member.room.members.get(member.nickname) !== member) return;
+    if (!this.isMember(member)) return;
     const now = this.#clock();
     member.lastHeard = now;
     switch (frame.t) {

@@ -57,8 +57,10 @@ Deno.test("hub: what a node sends after its bye (before its connection is closed
   a.sink.frames = [];
   h.hub.receive(b.member, { t: "msg", text: "after the bye" });
   h.hub.receive(b.member, { t: "ping" });
+  h.hub.handle(b.member, { ok: false, problem: { code: "bad-frame", reason: "nonsense" } });
   assert.deepEqual(a.sink.frames, [], "a departed node's message was delivered");
   assert.deepEqual(b.sink.take("pong"), [], "a departed node was answered");
+  assert.deepEqual(b.sink.take("error"), [], "a departed node's bad frame was answered");
 });
 
 Deno.test("hub: a node reclaims its nickname with its join token, within the reclaim window only", () => {

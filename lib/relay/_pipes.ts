@@ -318,7 +318,7 @@ export class PipeEndpoint {
   close(): void {
     for (const [id, offered] of this.#offered) this.#forget(id, offered);
     for (const pending of this.#pending.values()) {
-      pending.answer.resolve({ status: 503, code: "full", message: SHUTTING_DOWN });
+      pending.answer.resolve({ status: 503, code: "unavailable", message: SHUTTING_DOWN });
     }
     for (const [a, b] of this.#open) {
       a.close();

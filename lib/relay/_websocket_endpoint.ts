@@ -136,6 +136,18 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
     if (member === null) refuse(4408, "auth-timeout", "no hello within the auth deadline");
   }, settings.authTimeout);
   socket.onoversize = () => refuse(1009, "too-large", tooLargeReason(max));
+  /** One frame of the joined node; false after a bye (nothing after it counts). */
+  const handle = (joined: Member, frame: FrameObject): boolean => {
+    const leaving = hub.handle(joined, parseNodeFrame(frame, hub.rules));
+    if (leaving === undefined) return true;
+    // A bye, in a cluster: the node's close frame, which follows it, is
+    // answered once Redis has the leave (see Hub.handle).
+    if (socket.pause && socket.resume) {
+      socket.pause();
+      leaving.finally(() => socket.resume!());
+    }
+    return false;
+  };
   socket.onmessage = (data) => {
     if (turnedAway) return;
     if (typeof data !== "string") {
@@ -144,16 +156,7 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
     }
     const frame = asFrameObject(readJson(data));
     if (frame === null) return refuse(1003, "bad-frame", "frames are JSON objects");
-    if (member !== null) {
-      const leaving = hub.handle(member, parseNodeFrame(frame, hub.rules));
-      // A bye, in a cluster: the node's close frame, which follows it, is
-      // answered once Redis has the leave (see Hub.handle).
-      if (leaving !== undefined && socket.pause && socket.resume) {
-        socket.pause();
-        leaving.then(() => socket.resume!());
-      }
-      return;
-    }
+    if (member !== null) return handle(member, frame);
     // A join the cluster is still deciding: what the node sends next waits for it.
     if (waiting !== null) return void waiting.push(frame);
     if (frame.t !== "hello") return refuse(4400, "bad-hello", "the first frame must be a hello");
@@ -172,7 +175,7 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
       connection = undefined;
       // Closed while the join was being decided: a blip already.
       if (!socket.open) return hub.detach(joined, sink);
-      for (const next of frames) hub.handle(joined, parseNodeFrame(next, hub.rules));
+      for (const next of frames) if (!handle(joined, next)) break;
     };
     let result: Member | Promise<Member>;
     try {
