@@ -573,10 +573,8 @@ export class Hub {
    * once, through another relay, finds its nickname free.
    */
   handle(member: Member, parsed: Parsed<NodeFrame>): Promise<void> | undefined {
-    // Left (a bye whose leave is on its way to Redis, its connection not
-    // closed yet): what else it sends is not a member's, nor answered.
-    if (!this.isMember(member)) return;
     if (parsed.ok) return this.receive(member, parsed.frame);
+    if (!this.isMember(member)) return; // as receive says
     member.lastHeard = this.#clock();
     this.refuseFrame(member.sink, parsed.problem);
   }
@@ -588,6 +586,8 @@ export class Hub {
 
   /** Handles one frame from a joined node (a bye: see {@linkcode Hub.handle}). */
   receive(member: Member, frame: NodeFrame): Promise<void> | undefined {
+    // Left (a bye whose leave is on its way to Redis, its connection not
+    // closed yet): what else it sends is not a member's, nor answered.
     if (!this.isMember(member)) return;
     const now = this.#clock();
     member.lastHeard = now;
