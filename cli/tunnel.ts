@@ -33,6 +33,7 @@ import {
   warnSecretFlags,
 } from "./_common.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
+import { CONNECT_WAIT_MS } from "../lib/tunnel/tunnel_client.ts";
 import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
 import { type Dialer, urlAddr } from "../lib/link/link.ts";
 import {
@@ -194,10 +195,8 @@ export interface TunnelRelayConfig {
   nameWait?: number;
 }
 
-/** How long a tunnel client's opening waits for its server (`TunnelClient`'s `connectWait` default). */
-const TUNNEL_CONNECT_WAIT_MS = 30_000;
 /** At start, how long a relay that does not answer is tried: as long as a direct client waits. */
-const RELAY_START_WAIT_MS = 30_000;
+const RELAY_START_WAIT_MS = CONNECT_WAIT_MS;
 /** How long a server waits for its name: past the relay's 30 s reservation of a departed node's. */
 const NAME_WAIT_MS = 90_000;
 /** How often a client waiting for its server to join looks at the session's members. */
@@ -1032,7 +1031,7 @@ function _startRelayClient(
           // An early local connection's opening may have been under way, its
           // wait nearly spent while the server was not there yet: a try that
           // did not get a whole wait of its own gets one.
-          const shortened = performance.now() - started < TUNNEL_CONNECT_WAIT_MS;
+          const shortened = performance.now() - started < CONNECT_WAIT_MS;
           if (
             tries === 1 && shortened && error instanceof ImmortalError &&
             error.code === "unreachable"

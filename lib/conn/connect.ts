@@ -179,10 +179,11 @@ function firstConnectError(where: string, error: unknown): ImmortalError {
   // path (404, 410), or one that takes no POST (405). The URL may be wrong;
   // or a proxy, a router between deployments, a Wi-Fi login page answered:
   // those pass, so it is retried like any server not there, and says why.
-  const status = error instanceof LinkRefused
-    ? error.status
-    : Number(/answered (\d{3}), not 101$/.exec(errorMessage(error))?.[1]);
-  if ([200, 404, 405, 410].includes(status)) {
+  // HTTP streaming refuses with a LinkRefused; a WebSocket handshake's reset carries the status.
+  const status = error instanceof LinkRefused || error instanceof Deno.errors.ConnectionReset
+    ? (error as { status?: unknown }).status
+    : undefined;
+  if (typeof status === "number" && [200, 404, 405, 410].includes(status)) {
     return new ImmortalError(
       "unreachable",
       `${errorMessage(error)}: no immortal link endpoint there (is the URL's path right? a proxy ` +

@@ -276,7 +276,12 @@ export async function openWebSocketLink(
     }
     const head = new TextDecoder("latin1").decode(received.subarray(0, end));
     const status = /^HTTP\/1\.[01] (\d{3})/.exec(head)?.[1];
-    if (status !== "101") throw linkClosed(`${url.host} answered ${status ?? "garbage"}, not 101`);
+    if (status !== "101") {
+      // The status goes with the error: what it says (a page, nothing there) is the caller's to judge.
+      throw Object.assign(linkClosed(`${url.host} answered ${status ?? "garbage"}, not 101`), {
+        status: Number(status ?? 0),
+      });
+    }
     const accept = /^sec-websocket-accept:\s*(\S+)\s*$/im.exec(head)?.[1];
     if (accept !== (await acceptKey(key))) throw linkClosed("a wrong Sec-WebSocket-Accept");
     signal.removeEventListener("abort", abort);

@@ -156,7 +156,7 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
     }
     const frame = asFrameObject(readJson(data));
     if (frame === null) return refuse(1003, "bad-frame", "frames are JSON objects");
-    if (member !== null) return handle(member, frame);
+    if (member !== null) return void handle(member, frame);
     // A join the cluster is still deciding: what the node sends next waits for it.
     if (waiting !== null) return void waiting.push(frame);
     if (frame.t !== "hello") return refuse(4400, "bad-hello", "the first frame must be a hello");

@@ -34,6 +34,9 @@ import { splice } from "./_splice.ts";
 const log = getLogger(["immortal", "tunnel"]);
 
 /** Why a first connection failed that waiting may fix: nothing answered, or the server was busy. */
+/** How long a connection waits for the server by default (`connectWait`); the CLI waits as long. */
+export const CONNECT_WAIT_MS = 30_000;
+
 const RETRIED = new Set(["unreachable", "rejected"]);
 
 /**
@@ -59,7 +62,7 @@ function checkOptions(options: TunnelClientOptions): TunnelClientOptions {
   // Left out, Deno picks a free port, as for 0.
   if (options.port !== undefined) portOption("port", options.port, true);
   // A deadline, not a timer's delay (each wait is the backoff, at most): any length.
-  positive("connectWait", options.connectWait, 30_000, 0);
+  positive("connectWait", options.connectWait, CONNECT_WAIT_MS, 0);
   if (
     options.backoff !== undefined &&
     (typeof options.backoff !== "object" || options.backoff === null)
@@ -196,7 +199,7 @@ export class TunnelClient implements AsyncDisposable {
   }
 
   async #open(): Promise<ImmortalConn> {
-    const { server, connectWait = 30_000, backoff = {} } = this.#options;
+    const { server, connectWait = CONNECT_WAIT_MS, backoff = {} } = this.#options;
     const deadline = performance.now() + connectWait;
     for (let attempt = 1;; attempt++) {
       try {
