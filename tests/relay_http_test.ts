@@ -138,6 +138,16 @@ Deno.test("relay HTTP: every answer carries date; 405 says what is allowed, 401 
   const metrics = await ask("GET /metrics HTTP/1.1\r\n\r\n");
   assert.equal(status(metrics), 401);
   assert.equal(header(metrics, "www-authenticate"), 'Bearer realm="immortal relay"');
+  // Each 401 names the credential that request must show.
+  const join = await ask("POST /relay/stream HTTP/1.1\r\nx-relay-secret: wrong\r\n\r\n");
+  assert.equal(status(join), 401, join);
+  assert.equal(header(join, "www-authenticate"), 'RelaySecret realm="immortal relay"');
+  const stranger = await ask(
+    "POST /relay/pipe HTTP/1.1\r\nx-immortal-link: open\r\nx-relay-session: s\r\n" +
+      "x-relay-nickname: a\r\nx-relay-token: t\r\nx-relay-pipe: p\r\ncontent-length: 0\r\n\r\n",
+  );
+  assert.equal(status(stranger), 401, stranger);
+  assert.equal(header(stranger, "www-authenticate"), 'RelayJoinToken realm="immortal relay"');
   const headMetrics = await ask("HEAD /metrics HTTP/1.1\r\nauthorization: Bearer s\r\n\r\n");
   assert.equal(status(headMetrics), 200, headMetrics);
   assert.equal(headMetrics.split("\r\n\r\n")[1], "");

@@ -8,7 +8,12 @@
 import { errorMessage } from "../_util.ts";
 import { HttpError } from "./_http1_request.ts";
 import { type Hub, JoinRefused } from "./_hub.ts";
-import { refusalResponse, type RelayErrorCode, SECRET_HEADER } from "./_protocol.ts";
+import {
+  refusalResponse,
+  type RelayChallenge,
+  type RelayErrorCode,
+  SECRET_HEADER,
+} from "./_protocol.ts";
 
 const encoder = new TextEncoder();
 
@@ -18,9 +23,10 @@ export function refuseRequest(
   status: number,
   code: RelayErrorCode,
   message: string,
+  challenge?: RelayChallenge,
 ): Response {
   hub.refuse(code);
-  return refusalResponse(status, code, message);
+  return refusalResponse(status, code, message, challenge);
 }
 
 /**

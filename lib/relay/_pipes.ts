@@ -261,6 +261,7 @@ export class PipeEndpoint {
         401,
         "unauthorized",
         "a pipe request needs the session, nickname and join token of a joined node",
+        "RelayJoinToken",
       );
     }
     const id = req.headers.get(PIPE_HEADERS.pipe) ?? "";

@@ -299,14 +299,28 @@ export interface RefusalBody {
   message: string;
 }
 
-/** A refused HTTP request, as the relay answers it. */
-export function refusalResponse(status: number, code: RelayErrorCode, message: string): Response {
+/**
+ * The credential a 401 asks for, named in its `www-authenticate` (RFC 9110
+ * 11.6.1): the relay secret to join, a joined node's token for a pipe or a
+ * POST of its stream, a bearer token at /metrics, the cluster's key between
+ * relays.
+ */
+export type RelayChallenge = "RelaySecret" | "RelayJoinToken" | "Bearer" | "RelayClusterKey";
+
+/**
+ * A refused HTTP request, as the relay answers it. A 401's challenge is the
+ * relay secret's unless `challenge` names the credential it wants.
+ */
+export function refusalResponse(
+  status: number,
+  code: RelayErrorCode,
+  message: string,
+  challenge: RelayChallenge = "RelaySecret",
+): Response {
   const body: RefusalBody = { error: code, message };
   // What the status requires to come with it (RFC 9110 15.5.2, 15.5.22).
-  // A node shows the relay secret (header x-relay-secret, or its hello);
-  // /metrics takes a bearer token and says so itself.
   const headers: Record<string, string> = status === 401
-    ? { "www-authenticate": 'RelaySecret realm="immortal relay"' }
+    ? { "www-authenticate": `${challenge} realm="immortal relay"` }
     : status === 426
     ? { upgrade: "websocket" }
     : {};

@@ -67,7 +67,13 @@ export class Relay implements Disposable {
     const hub = this.#hub;
     if (!(await fromClusterPeer(hub, req))) {
       await req.body?.cancel();
-      return refuseRequest(hub, 401, "unauthorized", "only relays of this cluster come here");
+      return refuseRequest(
+        hub,
+        401,
+        "unauthorized",
+        "only relays of this cluster come here",
+        "RelayClusterKey",
+      );
     }
     const route = `${req.method} ${new URL(req.url).pathname}`;
     if (route === `POST ${PATHS.send}`) return await this.#httpStreams.send(req, true);
@@ -157,7 +163,7 @@ export class Relay implements Disposable {
       case "GET /metrics":
       case "HEAD /metrics": {
         if (this.#mayWatch(req)) return metricsResponse(this.stats);
-        const refusal = refuseRequest(
+        return refuseRequest(
           hub,
           401,
           "unauthorized",
@@ -165,9 +171,8 @@ export class Relay implements Disposable {
           `the metrics need the ${
             hub.settings.metricsToken === undefined ? "relay secret" : "metrics token"
           }: Authorization: Bearer TOKEN`,
+          "Bearer",
         );
-        refusal.headers.set("www-authenticate", 'Bearer realm="immortal relay"');
-        return refusal;
       }
       case `GET ${PATHS.ws}`:
         return acceptWebSocket(hub, req, this.#source(req, info));
