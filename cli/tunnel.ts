@@ -1182,13 +1182,16 @@ function _statsPrinter(tunnel: TunnelServer | TunnelClient, log: Logger): () => 
     // Per session at either end: a server's sessions are its clients'.
     for (const session of tunnel.sessions) {
       const st = session.stats;
+      // The session's bytes carry the streams' framing too: so "on the session".
       const counts = `stats ${session.sessionId.slice(0, 8)} ${st.state}: ` +
-        `${st.bytesWritten} B out, ${st.bytesRead} B in, ${st.reconnects} reconnects, ` +
-        `${st.replayedBytes} B replayed`;
+        `${st.bytesWritten} B out, ${st.bytesRead} B in on the session, ` +
+        `${st.reconnects} reconnects, ${st.replayedBytes} B replayed`;
       changes.push(counts);
       lines.push(`${counts}, rtt ${st.rttMs?.toFixed(1) ?? "-"} ms`);
     }
-    const open = `stats ${tunnel.connections} open connection(s)`;
+    const { sent, received } = tunnel.forwarded;
+    const open = `stats ${tunnel.connections} open connection(s); ` +
+      `connections sent ${sent} B, received ${received} B`;
     changes.push(open);
     lines.push(open);
     const now = changes.join("\n");

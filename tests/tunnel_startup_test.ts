@@ -228,7 +228,7 @@ function statsBlocks(log: string): string[] {
   // Log lines: after their time and level.
   for (const line of log.split("\n").flatMap((l) => /\binfo +(stats .*)$/.exec(l)?.[1] ?? [])) {
     block.push(line.replace(/, rtt .* ms$/, ""));
-    if (/open connection\(s\)$/.test(line)) {
+    if (/open connection\(s\);/.test(line)) {
       blocks.push(block.join("\n"));
       block = [];
     }
@@ -387,10 +387,15 @@ Deno.test("tunnel CLI through a relay that is not up yet: both ends wait for it 
     assert.equal(await new Response(conn.readable).text(), "after the relay came up");
     await echo.done;
     for (const cli of [server, client]) {
-      await cli.waitFor(/^\S+ info +stats \d+ open connection\(s\)$/m, "statistics printed");
+      // The connections' own bytes, not the session's framing: the 23 of the
+      // message each way (the server's local connection is the echo's).
+      await cli.waitFor(
+        /^\S+ info +stats 0 open connection\(s\); connections sent 23 B, received 23 B$/m,
+        "statistics printed",
+      );
       // Per session at both ends: the server's are its clients' sessions.
       await cli.waitFor(
-        /^\S+ info +stats [0-9a-f]{8} \w+: \d+ B out, \d+ B in, \d+ reconnects, \d+ B replayed, rtt /m,
+        /^\S+ info +stats [0-9a-f]{8} \w+: \d+ B out, \d+ B in on the session, \d+ reconnects, \d+ B replayed, rtt /m,
         "a session's statistics",
       );
     }

@@ -36,6 +36,10 @@ Deno.test("50 concurrent tunneled connections each move and verify their own dat
   );
   assert.deepEqual(cuts, { up: 10, down: 10 }, "cuts during the transfer");
   assert.equal(target.accepted, 50);
+  // The connections' own bytes, each counted once however often it was replayed.
+  const each = 50 * (2 << 20);
+  assert.deepEqual(client.forwarded, { sent: each, received: each });
+  assert.deepEqual(tunnel.server.forwarded, { sent: each, received: each });
 });
 
 Deno.test("half-close through the tunnel: a client that shuts its write side still gets the full reply", async () => {

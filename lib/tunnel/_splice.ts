@@ -34,8 +34,20 @@ function keepSpare(buffer: Uint8Array<ArrayBuffer>): void {
   }
 }
 
+/**
+ * A tunnel's running totals of the bytes its splices carried, added to as
+ * they go: `sent` read from local connections into the tunnel, `received`
+ * out of the tunnel into them.
+ */
+export interface ForwardedBytes {
+  /** Local connections -> tunnel. */
+  sent: number;
+  /** Tunnel -> local connections. */
+  received: number;
+}
+
 /** TCP -> stream, with a read buffer that grows while the connection is busy. */
-async function up(tcp: Deno.TcpConn, stream: MuxStream): Promise<number> {
+async function up(tcp: Deno.TcpConn, stream: MuxStream, totals: ForwardedBytes): Promise<number> {
   let buffer = new Uint8Array(SMALL_BUFFER);
   let total = 0;
   try {
@@ -45,6 +57,7 @@ async function up(tcp: Deno.TcpConn, stream: MuxStream): Promise<number> {
       // Resolves once the stream took (copied) the bytes: the buffer is free again.
       await stream.write(buffer.subarray(0, n));
       total += n;
+      totals.sent += n;
       if (n === buffer.length && buffer.length < LARGE_BUFFER) {
         buffer = spareLarge.pop() ?? new Uint8Array(LARGE_BUFFER);
       } else if (n < SMALL_BUFFER && buffer.length > SMALL_BUFFER) {
@@ -59,12 +72,17 @@ async function up(tcp: Deno.TcpConn, stream: MuxStream): Promise<number> {
 }
 
 /** Stream -> TCP: the stream's received chunks are written as they are, no copy. */
-async function down(stream: MuxStream, tcp: Deno.TcpConn): Promise<number> {
+async function down(
+  stream: MuxStream,
+  tcp: Deno.TcpConn,
+  totals: ForwardedBytes,
+): Promise<number> {
   const core = coreOf(stream);
   let total = 0;
   for (let chunk; (chunk = core.takeChunk() ?? await core.nextChunk()) !== null;) {
     for (let off = 0; off < chunk.length;) off += await tcp.write(chunk.subarray(off));
     total += chunk.length;
+    totals.received += chunk.length;
     core.release(chunk);
   }
   return total;
@@ -81,9 +99,13 @@ export interface SpliceResult {
 /**
  * Copies both ways until both directions ended. If either side fails, both
  * are closed (the peer's stream is reset, the local app sees its connection
- * closed).
+ * closed). Adds what it carries to `totals` as it goes.
  */
-export async function splice(tcp: Deno.TcpConn, stream: MuxStream): Promise<SpliceResult> {
+export async function splice(
+  tcp: Deno.TcpConn,
+  stream: MuxStream,
+  totals: ForwardedBytes,
+): Promise<SpliceResult> {
   // Whatever the application writes is forwarded as it comes; Nagle would only
   // add a delayed-ACK wait to small request/response exchanges.
   try {
@@ -103,11 +125,11 @@ export async function splice(tcp: Deno.TcpConn, stream: MuxStream): Promise<Spli
       // Closed already.
     }
   });
-  const sent = up(tcp, stream).then(async (n) => {
+  const sent = up(tcp, stream, totals).then(async (n) => {
     await stream.closeWrite();
     return n;
   });
-  const received = down(stream, tcp).then(async (n) => {
+  const received = down(stream, tcp, totals).then(async (n) => {
     // A local app that already reset its connection makes this reject: nothing to tell.
     await tcp.closeWrite().catch(() => {});
     return n;

@@ -35,3 +35,4 @@
 
 export { TunnelClient, type TunnelClientOptions } from "./tunnel_client.ts";
 export { TunnelServer, type TunnelServerOptions } from "./tunnel_server.ts";
+export type { ForwardedBytes } from "./_splice.ts";

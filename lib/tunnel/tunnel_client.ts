@@ -29,7 +29,7 @@ import {
 import { positive, resolveOptions } from "../conn/_options.ts";
 import { hostAndPort, portOption } from "./tunnel_server.ts";
 import { LogLimiter } from "../_log_limiter.ts";
-import { splice } from "./_splice.ts";
+import { type ForwardedBytes, splice } from "./_splice.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
 
@@ -128,6 +128,7 @@ export class TunnelClient implements AsyncDisposable {
   #listener: Deno.TcpListener;
   #options: TunnelClientOptions;
   #active = new Set<Deno.TcpConn>();
+  #forwarded: ForwardedBytes = { sent: 0, received: 0 };
   /** The session, or its opening; null when there is none. */
   #session: Promise<MuxSession> | null = null;
   #current: MuxSession | null = null;
@@ -166,6 +167,17 @@ export class TunnelClient implements AsyncDisposable {
   /** Tunneled connections currently open. */
   get connections(): number {
     return this.#active.size;
+  }
+
+  /**
+   * Bytes this tunnel's connections carried since it started, counted as they
+   * go: `sent` is what local connections wrote into the tunnel, `received` what
+   * came out of it to them. At a server, its local connections are those to
+   * the target. Only the connections' own bytes: not the session's framing,
+   * and a byte replayed after a reconnect counts once.
+   */
+  get forwarded(): Readonly<ForwardedBytes> {
+    return { ...this.#forwarded };
   }
 
   /** The live session (none before the first connection), for statistics. */
@@ -320,7 +332,7 @@ export class TunnelClient implements AsyncDisposable {
       const stream = session.open();
       // Per connection only at debug level: a burst of a thousand is no news.
       log.debug("Stream {stream} carries local client {local}", { stream: stream.id, local });
-      const { up, down } = await splice(tcp, stream);
+      const { up, down } = await splice(tcp, stream, this.#forwarded);
       log.debug("Stream {stream} done: {up} bytes sent, {down} bytes received", {
         stream: stream.id,
         up,

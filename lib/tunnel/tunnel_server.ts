@@ -19,7 +19,7 @@ import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { checkPort, errorMessage } from "../_util.ts";
 import { describeValue } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
-import { splice } from "./_splice.ts";
+import { type ForwardedBytes, splice } from "./_splice.ts";
 import { coreOf } from "../mux/mux_stream.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
@@ -101,6 +101,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   /** Each live session's multiplexer, and the immortal session under it. */
   #sessions = new Map<MuxSession, ImmortalConn>();
   #streams = 0;
+  #forwarded: ForwardedBytes = { sent: 0, received: 0 };
   #refusals = new LogLimiter((line) => log.warn(line));
   #serving: Promise<void>;
   /** Every session's serving, so close() can wait for all of them. */
@@ -138,6 +139,17 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   /** Tunneled connections currently open. */
   get connections(): number {
     return this.#streams;
+  }
+
+  /**
+   * Bytes this tunnel's connections carried since it started, counted as they
+   * go: `sent` is what local connections wrote into the tunnel, `received` what
+   * came out of it to them. At a server, its local connections are those to
+   * the target. Only the connections' own bytes: not the session's framing,
+   * and a byte replayed after a reconnect counts once.
+   */
+  get forwarded(): Readonly<ForwardedBytes> {
+    return { ...this.#forwarded };
   }
 
   /** The sessions of the tunnel clients connected now, for statistics. */
@@ -231,7 +243,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
         stream: stream.id,
         target,
       });
-      const { up, down } = await splice(tcp, stream);
+      const { up, down } = await splice(tcp, stream, this.#forwarded);
       log.debug("Stream {stream} done: {up} bytes in, {down} bytes out", {
         stream: stream.id,
         up,
