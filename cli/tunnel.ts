@@ -674,7 +674,8 @@ async function _nodeDropped(
 ): Promise<never> {
   let why = "it ended our membership";
   for await (const event of node.events) {
-    if (event.type === "error") why = event.message;
+    // A relay back with another secret: where ours came from, as at the join.
+    if (event.type === "error") why = event.message + _secretHint(relay, event.code);
     // Cut off long enough for the relay to call us gone, we came back to
     // find our name taken (another server with this key claimed it): under
     // the suffix the relay gave, no client reaches us. Say so and stop, as
@@ -802,8 +803,8 @@ async function _connectNode(relay: TunnelRelayConfig, stopping: AbortSignal): Pr
 }
 
 /** What to do about a relay that wants another secret than the one given (or none). */
-function _secretHint(relay: TunnelRelayConfig, error: RelayRefusedError): string {
-  if (error.code !== "unauthorized") return "";
+function _secretHint(relay: TunnelRelayConfig, code: string): string {
+  if (code !== "unauthorized") return "";
   if (relay.secretSource !== undefined) return ` (the secret came from ${relay.secretSource})`;
   if (relay.secret !== undefined) return "";
   if (relay.secretElsewhere !== undefined) return ` (${relay.secretElsewhere})`;
@@ -847,7 +848,7 @@ async function _joinRelay(
       if (error === STOPPED) throw error;
       if (error instanceof RelayRefusedError && error.code !== "unavailable") {
         throw new Error(
-          `the relay at ${relay.url} refused us: ${error.message}${_secretHint(relay, error)}`,
+          `the relay at ${relay.url} refused us: ${error.message}${_secretHint(relay, error.code)}`,
         );
       }
       const remaining = deadline - performance.now();

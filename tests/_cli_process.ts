@@ -3,14 +3,23 @@
 import { within } from "./_helpers.ts";
 
 /** A CLI process (tunnel or relay) whose log is collected as it comes. */
-export function spawnCli(deno: string[], script: string, args: string[], wrap: string[] = []) {
-  // `wrap`: a command that runs Deno for us, e.g. `prlimit --nofile=64:64`.
-  const [program, ...before] = [...wrap, Deno.execPath()];
+export function spawnCli(
+  deno: string[],
+  script: string,
+  args: string[],
+  options: {
+    /** A command that runs Deno for us, e.g. `prlimit --nofile=64:64`. */
+    wrap?: string[];
+    /** Variables to set beside this process's own. */
+    env?: Record<string, string>;
+  } = {},
+) {
+  const [program, ...before] = [...options.wrap ?? [], Deno.execPath()];
   const child = new Deno.Command(program, {
     args: [...before, "run", ...deno, script, ...args],
     stdout: "null",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...options.env },
   }).spawn();
   let log = "";
   // Waiters are checked each time log text arrives, and failed when the log ends.

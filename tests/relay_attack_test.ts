@@ -241,7 +241,7 @@ Deno.test("relay CLI under ulimit -n 64: more idle connections than descriptors 
       "--header-timeout",
       "500",
     ],
-    ["prlimit", "--nofile=64:64"],
+    { wrap: ["prlimit", "--nofile=64:64"] },
   );
   const attacks: ReturnType<typeof slowloris>[] = [];
   const started = performance.now();

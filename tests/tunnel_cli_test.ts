@@ -348,7 +348,7 @@ Deno.test("tunnel server out of descriptors: it backs off, logs a line, not thou
     [`--allow-net=127.0.0.1:${serverPort},127.0.0.1:${target.port}`],
     CLI,
     ["server", String(serverPort), "127.0.0.1", String(target.port), "--listen-host", "127.0.0.1"],
-    ["prlimit", "--nofile=64:64"],
+    { wrap: ["prlimit", "--nofile=64:64"] },
   );
   const attack: net.Socket[] = [];
   try {
@@ -417,7 +417,7 @@ Deno.test("tunnel client out of descriptors: it says so in a line, backs off, an
     [`--allow-net=127.0.0.1:${clientPort},127.0.0.1:${serverPort}`],
     CLI,
     ["client", String(clientPort), "127.0.0.1", String(serverPort)],
-    ["prlimit", "--nofile=64:64"],
+    { wrap: ["prlimit", "--nofile=64:64"] },
   );
   const flood: net.Socket[] = [];
   try {

@@ -185,14 +185,19 @@ Deno.test("tunnel CLI through a relay: a client started first waits for its serv
   let relay = startRelayCli(relayPort, "s3cret");
   await relay.waitFor(/Relay listening/, "the relay starting");
   const url = `http://127.0.0.1:${relayPort}`;
-  const common = ["--relay", url, "--session", "lab", "--relay-secret", "s3cret", "--key", "k"];
+  const common = ["--relay", url, "--session", "lab", "--key", "k"];
   const target = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const localPort = freePort();
-  // The client first: it waits for its server to join (boot order).
+  // The client first: it waits for its server to join (boot order). Its
+  // relay secret comes from the environment, the server's from a flag.
   const client = spawnCli(
-    [`--allow-net=127.0.0.1:${relayPort},127.0.0.1:${localPort}`],
+    [
+      `--allow-net=127.0.0.1:${relayPort},127.0.0.1:${localPort}`,
+      "--allow-env=IMMORTAL_RELAY_SECRET",
+    ],
     TUNNEL,
     ["client", String(localPort), ...common, "--to", "lab", ...FAST_CLIENT],
+    { env: { IMMORTAL_RELAY_SECRET: "s3cret" } },
   );
   await client.waitFor(/No tunnel server lab in session lab yet; waiting/, "the client waiting");
   // It listens already, as a direct client does: a connection made now
@@ -202,7 +207,17 @@ Deno.test("tunnel CLI through a relay: a client started first waits for its serv
   const server = spawnCli(
     [`--allow-net=127.0.0.1:${relayPort},127.0.0.1:${target.addr.port}`],
     TUNNEL,
-    ["server", ...common, "--name", "lab", "127.0.0.1", String(target.addr.port), ...FAST],
+    [
+      "server",
+      ...common,
+      "--relay-secret",
+      "s3cret",
+      "--name",
+      "lab",
+      "127.0.0.1",
+      String(target.addr.port),
+      ...FAST,
+    ],
   );
   try {
     await server.waitFor(/Tunnel server lab on the relay/, "the tunnel server");
@@ -223,17 +238,26 @@ Deno.test("tunnel CLI through a relay: a client started first waits for its serv
       new RegExp(
         `${flag} is on the command line, where any user of this machine can read it \\(ps\\); ${instead} keeps it private`,
       );
-    for (const end of [server, client]) {
-      assert.match(end.log, shown("--key", "--key-file"));
-      assert.match(end.log, shown("--relay-secret", "--relay-secret-file"));
-    }
+    for (const end of [server, client]) assert.match(end.log, shown("--key", "--key-file"));
+    assert.match(server.log, shown("--relay-secret", "--relay-secret-file"));
+    assert.doesNotMatch(client.log, /--relay-secret is on the command line/);
     await relay.waitFor(shown("--secret", "--secret-file or IMMORTAL_RELAY_SECRET"), "a warning");
     assert.equal(await relay.stop(), 0);
     relay = startRelayCli(relayPort, "another secret");
     await relay.waitFor(/Relay listening/, "the relay back, with another secret");
-    const dropped = /^error: the relay at \S+ dropped us: missing or wrong relay secret$/m;
-    for (const end of [server, client]) {
-      await end.waitFor(dropped, "the end saying why");
+    // Each says why; one whose secret no flag gave says where it came from.
+    const dropped = (from: string) =>
+      new RegExp(
+        `^error: the relay at \\S+ dropped us: missing or wrong relay secret${from}$`,
+        "m",
+      );
+    for (
+      const [end, from] of [
+        [server, ""],
+        [client, " \\(the secret came from env IMMORTAL_RELAY_SECRET\\)"],
+      ] as const
+    ) {
+      await end.waitFor(dropped(from), "the end saying why");
       assert.equal((await end.child.status).code, 1, end.log);
     }
   } finally {
