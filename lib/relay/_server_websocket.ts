@@ -20,6 +20,13 @@ const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 const READ_BUFFER_BYTES = 512;
 /** How long we wait for the peer's close frame after sending ours before ending the TCP. */
 const CLOSE_GRACE_MS = 1000;
+/**
+ * Frames one message may come in, at most: each is an object kept until the
+ * message ends, and empty ones add nothing to its size, so without a count a
+ * stream of 6-byte frames held ever more memory. A message in more frames is
+ * too large, as one of too many bytes is. Browsers send a message whole.
+ */
+const MAX_FRAGMENTS = 1024;
 
 const OP_CONTINUATION = 0;
 const OP_TEXT = 1;
@@ -250,6 +257,8 @@ export class ServerWebSocket {
   #bufferedAmount = 0;
   /** Frames waiting to be written, in order. */
   #queue: Uint8Array[] = [];
+  /** Where in the queue a pong waits, if one does: the next ping's replaces it. */
+  #pongAt = -1;
   /** Nothing may reach the connection before the handshake's response: false until `run`. */
   #started = false;
   /** The queue is waiting for the end of this turn ({@linkcode writeSoon}). */
@@ -384,6 +393,21 @@ export class ServerWebSocket {
     else this.#schedule();
   }
 
+  /**
+   * Answers a ping. A pong still queued is replaced by this one, not joined
+   * (RFC 6455 5.5.3 allows answering only the latest ping): a peer that
+   * pings and never reads would otherwise queue pongs without end.
+   */
+  #pong(payload: Uint8Array): void {
+    const frame = encodeFrame(OP_PONG, payload);
+    if (this.#pongAt < 0) {
+      this.#pongAt = this.#queue.length;
+      return this.#write(frame);
+    }
+    this.#bufferedAmount += frame.length - this.#queue[this.#pongAt].length;
+    this.#queue[this.#pongAt] = frame;
+  }
+
   #schedule(): void {
     if (this.#scheduled || this.#writing || !this.#started) return;
     this.#scheduled = true;
@@ -400,6 +424,7 @@ export class ServerWebSocket {
     if (this.#writing || this.#ended || this.#queue.length === 0) return;
     const frames = this.#queue;
     this.#queue = [];
+    this.#pongAt = -1;
     this.#writing = true;
     if (frames.length === 1) {
       this.#whole = frames[0];
@@ -465,6 +490,7 @@ export class ServerWebSocket {
     let fragments: Uint8Array[] | null = null;
     let fragmentOpcode = OP_TEXT;
     let messageBytes = 0;
+    let messageFrames = 0;
     let oversized = false;
     for (;;) {
       if (this.#paused) await this.#paused.promise;
@@ -507,13 +533,14 @@ export class ServerWebSocket {
         fragments = [];
         fragmentOpcode = opcode;
         messageBytes = 0;
+        messageFrames = 0;
         oversized = false;
       } else {
         throw new Violation(1002, `unknown opcode ${opcode}`);
       }
       if (opcode < 8) {
         messageBytes += length;
-        oversized ||= messageBytes > this.#max;
+        oversized ||= messageBytes > this.#max || ++messageFrames > MAX_FRAGMENTS;
       }
       const payload = opcode < 8 && oversized
         ? await this.#skip(length)
@@ -521,13 +548,13 @@ export class ServerWebSocket {
       if (payload === null) return null;
       if (opcode >= 8) {
         unmask(payload, mask);
-        if (opcode === OP_PING && this.open) this.#write(encodeFrame(OP_PONG, payload));
+        if (opcode === OP_PING && this.open) this.#pong(payload);
         if (opcode === OP_CLOSE) return this.#answerClose(payload);
         continue;
       }
       if (!oversized) {
         unmask(payload, mask);
-        fragments!.push(payload);
+        if (payload.length > 0 || fragments!.length === 0) fragments!.push(payload);
       } else {
         fragments = [];
       }

@@ -174,9 +174,75 @@ Deno.test("server WebSocket: binary data (a pipe's stream) is written at once wh
 });
 
 /** A masked binary frame, as a client sends it. */
-function clientFrame(payload: Uint8Array): Uint8Array {
-  return maskFrameInto(new ArrayBuffer(payload.length + 17), 0x2, payload);
+function clientFrame(payload: Uint8Array, opcode = 0x2, fin = true): Uint8Array {
+  const frame = maskFrameInto(new ArrayBuffer(payload.length + 17), opcode, payload);
+  if (!fin) frame[0] &= 0x7f;
+  return frame;
 }
+
+/** `count` copies of `frame`, back to back. */
+function repeated(frame: Uint8Array, count: number): Uint8Array {
+  const out = new Uint8Array(frame.length * count);
+  for (let i = 0; i < count; i++) out.set(frame, i * frame.length);
+  return out;
+}
+
+Deno.test("server WebSocket: a peer that pings and never reads has one pong queued, the latest, not one per ping", async () => {
+  const conn = new ScriptedConn();
+  await using ws = open(conn);
+  await turn(); // started
+  conn.holding = true; // the peer reads nothing: the first pong's write never completes
+  const done = Promise.withResolvers<void>();
+  ws.socket.onmessage = () => done.resolve();
+  conn.receive(clientFrame(new TextEncoder().encode("first"), 0x9));
+  // Its pong goes out at the end of the turn the ping is read in.
+  for (let turns = 0; turns < 10 && conn.writes.length === 0; turns++) await turn();
+  assert.equal(conn.writes.length, 1, "the first pong in flight");
+  conn.receive(repeated(clientFrame(new TextEncoder().encode("ping"), 0x9), 1000));
+  conn.receive(clientFrame(new TextEncoder().encode("last"), 0x9));
+  conn.receive(clientFrame(new TextEncoder().encode("read past the pings"), 0x1));
+  await done.promise; // every ping before it was read
+  await turn();
+  // The first pong in flight (7 bytes), and one queued: the last ping's (6).
+  assert.equal(ws.socket.bufferedAmount, 7 + 6);
+  conn.release();
+  await ws.drained();
+  const pongs = conn.writes.flatMap((write) => [...write]);
+  assert.deepEqual(
+    new Uint8Array(pongs),
+    new Uint8Array([
+      0x8a,
+      5,
+      ...new TextEncoder().encode("first"),
+      0x8a,
+      4,
+      ...new TextEncoder().encode("last"),
+    ]),
+  );
+});
+
+Deno.test("server WebSocket: a message in more than 1,024 frames is too large, however few its bytes (empty frames held memory)", async () => {
+  const conn = new ScriptedConn();
+  await using ws = open(conn);
+  const events: string[] = [];
+  const done = Promise.withResolvers<void>();
+  ws.socket.onoversize = () => events.push("oversize");
+  ws.socket.onmessage = (data) => {
+    events.push(`message ${data}`);
+    if (data === "after") done.resolve();
+  };
+  const empty = new Uint8Array(0);
+  const message = (frames: number) => {
+    conn.receive(clientFrame(new TextEncoder().encode("x"), 0x1, false));
+    conn.receive(repeated(clientFrame(empty, 0x0, false), frames - 2));
+    conn.receive(clientFrame(empty, 0x0, true));
+  };
+  message(1024); // at the limit: delivered
+  message(1025);
+  conn.receive(clientFrame(new TextEncoder().encode("after"), 0x1));
+  await done.promise;
+  assert.deepEqual(events, ["message x", "oversize", "message after"]);
+});
 
 Deno.test("server WebSocket: a binary message passed on is framed where it was read, and its buffer is used again once written", async () => {
   const fromConn = new ScriptedConn();
