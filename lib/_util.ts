@@ -181,6 +181,47 @@ export function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
 }
 
 /**
+ * A body's bytes, whole: throws `tooLarge()` once they pass `max`. Pieces
+ * are copied into one buffer as they come, which doubles as it fills: a
+ * chunked body of one-byte chunks would otherwise hold an array object per
+ * byte (some 200 bytes of memory per byte sent) until its end. A body that
+ * comes in one piece (our server reads a declared length whole) is that
+ * piece, not a copy.
+ */
+export async function collectBytes(
+  body: ReadableStream<Uint8Array> | null,
+  max: number,
+  tooLarge: () => Error,
+): Promise<Uint8Array<ArrayBuffer>> {
+  let only: Uint8Array | null = null;
+  let buffer: Uint8Array<ArrayBuffer> | null = null;
+  let size = 0;
+  for await (const piece of body ?? []) {
+    if (size + piece.length > max) throw tooLarge();
+    if (only === null && buffer === null) {
+      only = piece;
+      size = piece.length;
+      continue;
+    }
+    if (buffer === null || size + piece.length > buffer.length) {
+      const held: Uint8Array = buffer === null ? only! : buffer.subarray(0, size);
+      const room = Math.max(16 * 1024, 2 * (buffer === null ? 0 : buffer.length));
+      const grown: Uint8Array<ArrayBuffer> = new Uint8Array(
+        Math.min(max, Math.max(room, size + piece.length)),
+      );
+      grown.set(held);
+      buffer = grown;
+      only = null;
+    }
+    buffer.set(piece, size);
+    size += piece.length;
+  }
+  if (buffer !== null) return buffer.subarray(0, size);
+  if (only === null) return new Uint8Array(0);
+  return only.buffer instanceof ArrayBuffer ? only as Uint8Array<ArrayBuffer> : only.slice();
+}
+
+/**
  * `Deno.listen` whose errors name the address: "cannot listen on
  * 0.0.0.0:2000: Address already in use (os error 98)", of the same class
  * (`Deno.errors.AddrInUse`, ...) with the original as `cause`.

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
+import { setImmediate } from "node:timers";
 import {
   backoffDelay,
   checkPort,
+  collectBytes,
   delay,
   errorMessage,
   hostPort,
@@ -107,4 +109,50 @@ Deno.test("tlsFailureKind: a name mismatch, our distrust, a plain server, a TLS 
     ["unexpected end of file", null],
   ];
   for (const [said, kind] of cases) assert.equal(tlsFailureKind(said), kind, said);
+});
+
+Deno.test("collectBytes: a body's bytes whole, its pieces not held until its end; a body in one piece is that piece; past max, the caller's error", async () => {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, "run with --v8-flags=--expose-gc (deno task test does)");
+  const PIECES = 2000;
+  const seen: WeakRef<Uint8Array>[] = [];
+  let alive = -1;
+  let sent = 0;
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (sent === PIECES) {
+        // A turn later (weak references hold their targets for the turn), and
+        // after a full collection: the pieces taken so far that are still alive.
+        await new Promise((resolve) => setImmediate(resolve));
+        gc();
+        alive = seen.filter((ref) => ref.deref() !== undefined).length;
+        return controller.close();
+      }
+      const piece = new Uint8Array([sent++ & 0xff]); // a chunked body of one-byte chunks
+      seen.push(new WeakRef(piece));
+      controller.enqueue(piece);
+    },
+  }, { highWaterMark: 0 });
+  const bytes = await collectBytes(body, 1 << 20, () => new RangeError("too large"));
+  assert.deepEqual(bytes, Uint8Array.from({ length: PIECES }, (_, i) => i & 0xff));
+  assert.ok(alive >= 0 && alive < 10, `${alive} of ${PIECES} pieces still held`);
+
+  const one = new Uint8Array(100);
+  const whole = new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(one);
+      controller.close();
+    },
+  });
+  assert.equal(await collectBytes(whole, 100, () => new RangeError("too large")), one);
+  assert.deepEqual(
+    await collectBytes(null, 0, () => new RangeError("too large")),
+    new Uint8Array(0),
+  );
+  const big = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      controller.enqueue(new Uint8Array(40));
+    },
+  });
+  await assert.rejects(collectBytes(big, 100, () => new RangeError("over 100")), /over 100/);
 });

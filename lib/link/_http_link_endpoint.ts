@@ -8,7 +8,7 @@
  * @module
  */
 
-import { concat, errorMessage } from "../_util.ts";
+import { collectBytes, errorMessage } from "../_util.ts";
 import { LINK_HEADER, MAX_POST_BYTES, SEQ_HEADER, ServerHttpStreamLink } from "./http_stream.ts";
 import type { Link } from "./link.ts";
 import { WebSocketLink } from "./websocket.ts";
@@ -144,13 +144,6 @@ export async function readBounded(req: Request, max: number): Promise<Uint8Array
     await req.body?.cancel();
     throw new RangeError(`a body over ${max} bytes`);
   }
-  const parts: Uint8Array<ArrayBuffer>[] = [];
-  let size = 0;
-  for await (const chunk of req.body ?? []) {
-    size += chunk.length;
-    if (size > max) throw new RangeError(`a body over ${max} bytes`);
-    parts.push(chunk);
-  }
-  // Our own server hands a body of declared length over in one piece.
-  return parts.length === 1 ? parts[0] : concat(...parts);
+  // Our own server hands a body of declared length over in one piece: kept as it is.
+  return await collectBytes(req.body, max, () => new RangeError(`a body over ${max} bytes`));
 }

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { errorMessage } from "../_util.ts";
+import { collectBytes, errorMessage } from "../_util.ts";
 import { HttpError } from "./_http1_request.ts";
 import { type Hub, JoinRefused } from "./_hub.ts";
 import {
@@ -108,22 +108,9 @@ export async function readBody(req: Request, max: number): Promise<{ text: strin
     await req.body?.cancel();
     throw new BodyTooLarge(max);
   }
-  if (!req.body) return { text: "", size: 0 };
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of req.body) {
-    size += chunk.byteLength;
-    if (size > max) throw new BodyTooLarge(max);
-    chunks.push(chunk);
-  }
-  const all = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    all.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
+  const all = await collectBytes(req.body, max, () => new BodyTooLarge(max));
   try {
-    return { text: utf8.decode(all), size };
+    return { text: utf8.decode(all), size: all.length };
   } catch {
     throw new BodyNotUtf8();
   }
