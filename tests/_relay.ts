@@ -178,9 +178,37 @@ export async function rawStreamNode(url: string, session: string, nickname: stri
     throw new Error("no frame in 10,000 reads");
   };
   const welcome = await next();
+  const token = welcome.token as string;
   return {
     stream: welcome.stream as string,
-    token: welcome.token as string,
+    token,
+    /** Sends `frames` upstream, as one POST. */
+    async send(...frames: Record<string, unknown>[]): Promise<void> {
+      const sent = await fetch(`${url}/relay/send`, {
+        method: "POST",
+        headers: { "x-relay-stream": welcome.stream as string },
+        body: JSON.stringify(frames),
+      });
+      await sent.body?.cancel();
+      if (sent.status !== 204) throw new Error(`POST /relay/send answered ${sent.status}`);
+    },
+    /**
+     * A pipe request of this node, made by hand: to `to` (a dial), or
+     * accepting pipe `id` (without `to`); resolves with the relay's answer.
+     */
+    pipe(id: string, to?: string): Promise<Response> {
+      return fetch(`${url}/relay/pipe`, {
+        method: "POST",
+        headers: {
+          "x-immortal-link": "open",
+          "x-relay-session": session,
+          "x-relay-nickname": nickname,
+          "x-relay-token": token,
+          "x-relay-pipe": id,
+          ...(to === undefined ? {} : { "x-relay-pipe-to": to }),
+        },
+      });
+    },
     /** The next frame of type `t` (others skipped). */
     async nextOf(t: string): Promise<Record<string, unknown>> {
       for (;;) {

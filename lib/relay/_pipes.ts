@@ -86,6 +86,18 @@ interface Pending {
   to: Member | string;
   /** The answer: the accepting end's link (or the other relay's), or a refusal. */
   answer: PromiseWithResolvers<PipeEnd | Refusal>;
+  /** Answered already: a second accept (or one after the timeout) finds nothing to take. */
+  settled: boolean;
+}
+
+/**
+ * Answers `pending`, once. A second answer is refused rather than dropped:
+ * a link opened for it would be neither spliced nor closed.
+ */
+function settle(pending: Pending, answer: PipeEnd | Refusal): void {
+  if (pending.settled) return;
+  pending.settled = true;
+  pending.answer.resolve(answer);
 }
 
 /** A pipe a node on another relay of the cluster asked a node here for. */
@@ -95,6 +107,8 @@ interface Offered {
   /** The id of the relay the dialing node is on. */
   relay: string;
   timer: ReturnType<typeof setTimeout>;
+  /** What the offer counts for its node ({@linkcode PipeEndpoint}'s per-node limit). */
+  held: Member[];
 }
 
 const NOT_ALLOWED: Refusal = {
@@ -290,12 +304,12 @@ export class PipeEndpoint {
     }
     const id = req.headers.get(PIPE_HEADERS.pipe) ?? "";
     const pending = this.#pending.get(id);
-    if (!pending || typeof pending.to !== "string") {
+    if (!pending || typeof pending.to !== "string" || pending.settled) {
       return refuseRequest(hub, 404, "no-such-stream", "no such pipe waiting");
     }
     const opened = this.#openLink(req, info?.remoteAddr);
     if (typeof opened === "string") return refuseRequest(hub, 400, "bad-request", opened);
-    pending.answer.resolve(opened.link);
+    settle(pending, opened.link);
     return opened.response;
   }
 
@@ -308,7 +322,7 @@ export class PipeEndpoint {
     }
     const pending = this.#pending.get(id);
     if (!pending || pending.to !== member) return;
-    pending.answer.resolve({
+    settle(pending, {
       status: 403,
       code: "pipe-refused",
       message: `${member.nickname} refused the pipe: ${reason}`,
@@ -319,7 +333,7 @@ export class PipeEndpoint {
   close(): void {
     for (const [id, offered] of this.#offered) this.#forget(id, offered);
     for (const pending of this.#pending.values()) {
-      pending.answer.resolve({ status: 503, code: "unavailable", message: SHUTTING_DOWN });
+      settle(pending, { status: 503, code: "unavailable", message: SHUTTING_DOWN });
     }
     for (const [a, b] of this.#open) {
       a.close();
@@ -371,49 +385,61 @@ export class PipeEndpoint {
         return refuseRequest(hub, 503, "full", message);
       }
     }
-    const pending: Pending = { id, from, to, answer: Promise.withResolvers() };
+    const pending: Pending = { id, from, to, answer: Promise.withResolvers(), settled: false };
     this.#pending.set(id, pending);
+    // A pipe asked for counts for both its nodes from now, not once paired:
+    // dials waiting for an answer passed the limit without end.
+    const held = this.#hold([from, to]);
+    let spliced = false;
     const timeout = hub.settings.authTimeout;
     const timer = setTimeout(() =>
-      pending.answer.resolve({
+      settle(pending, {
         status: 504,
         code: "pipe-timeout",
         message: `${nickname} did not answer the pipe within ${timeout} ms`,
       }), timeout);
-    if (typeof to !== "string") to.sink.push(encodeFrame({ t: "pipe", id, from: from.nickname }));
-    else {
-      // The relay holding `to` offers it; its answer comes to handlePeer, or as a refusal.
-      const cluster = (await hub.cluster)!;
-      cluster.announcePipe(from.room.id, {
-        kind: "offer",
-        id,
-        from: from.nickname,
-        to,
-        relay: cluster.id,
-      }).catch((error) => pending.answer.resolve(this.#storeUnreachable(error, from)));
-    }
     // A dialer that gives up (it races fresh dials while its session resumes)
     // closes its request: the pipe is dropped then, not held for the timeout,
     // its connection counted among the unjoined ones all that while.
-    const gaveUp = () => pending.answer.resolve(DIALER_LEFT);
-    req.signal.addEventListener("abort", gaveUp, { once: true });
-    if (req.signal.aborted) gaveUp(); // gone already, during the lookups above
-    const answer = await pending.answer.promise;
-    req.signal.removeEventListener("abort", gaveUp);
-    clearTimeout(timer);
-    this.#pending.delete(id);
-    if (req.signal.aborted) {
-      if ("read" in answer) answer.close();
-      return dialerLeft();
+    const gaveUp = () => settle(pending, DIALER_LEFT);
+    try {
+      if (typeof to !== "string") {
+        to.sink.push(encodeFrame({ t: "pipe", id, from: from.nickname }));
+      } else {
+        // The relay holding `to` offers it; its answer comes to handlePeer, or as a refusal.
+        const cluster = (await hub.cluster)!;
+        cluster.announcePipe(from.room.id, {
+          kind: "offer",
+          id,
+          from: from.nickname,
+          to,
+          relay: cluster.id,
+        }).catch((error) => settle(pending, this.#storeUnreachable(error, from)));
+      }
+      req.signal.addEventListener("abort", gaveUp, { once: true });
+      if (req.signal.aborted) gaveUp(); // gone already, during the lookups above
+      const answer = await pending.answer.promise;
+      if (req.signal.aborted) {
+        if ("read" in answer) answer.close();
+        return dialerLeft();
+      }
+      if (!("read" in answer)) {
+        return refuseRequest(hub, answer.status, answer.code, answer.message);
+      }
+      const opened = this.#openLink(req, remoteAddr);
+      if (typeof opened === "string") {
+        answer.close();
+        return refuseRequest(hub, 400, "bad-request", opened);
+      }
+      this.#splice(from, to, opened.link, answer, held);
+      spliced = true;
+      return opened.response;
+    } finally {
+      req.signal.removeEventListener("abort", gaveUp);
+      clearTimeout(timer);
+      this.#pending.delete(id);
+      if (!spliced) this.#release(held);
     }
-    if (!("read" in answer)) return refuseRequest(hub, answer.status, answer.code, answer.message);
-    const opened = this.#openLink(req, remoteAddr);
-    if (typeof opened === "string") {
-      answer.close();
-      return refuseRequest(hub, 400, "bad-request", opened);
-    }
-    this.#splice(from, to, opened.link, answer);
-    return opened.response;
   }
 
   async #accept(
@@ -428,12 +454,14 @@ export class PipeEndpoint {
       return await this.#acceptForPeer(id, offered, req, remoteAddr);
     }
     const pending = this.#pending.get(id);
-    if (!pending || pending.to !== member) {
+    // Answered already (accepted, refused, timed out): a link opened now
+    // would be neither spliced nor closed.
+    if (!pending || pending.to !== member || pending.settled) {
       return refuseRequest(hub, 404, "no-such-stream", "no such pipe waiting for you");
     }
     const opened = this.#openLink(req, remoteAddr);
     if (typeof opened === "string") return refuseRequest(hub, 400, "bad-request", opened);
-    pending.answer.resolve(opened.link);
+    settle(pending, opened.link);
     return opened.response;
   }
 
@@ -529,7 +557,7 @@ export class PipeEndpoint {
       peer.close();
       return refuseRequest(hub, 400, "bad-request", opened);
     }
-    this.#splice(nickname, `the relay of ${nickname}`, opened.link, peer);
+    this.#splice(nickname, `the relay of ${nickname}`, opened.link, peer, []);
     return opened.response;
   }
 
@@ -596,7 +624,8 @@ export class PipeEndpoint {
     remoteAddr?: Deno.Addr,
   ): Promise<Response> {
     const hub = this.#hub;
-    this.#forget(id, offered);
+    // Its count for the node goes on with the pipe, or ends with a failure here.
+    this.#forget(id, offered, true);
     let peer: Link;
     try {
       const cluster = (await hub.cluster)!;
@@ -623,14 +652,16 @@ export class PipeEndpoint {
       });
       // The dialing node hears it now, not at its timeout.
       this.#refuseAcross(offered.to.room.id, id, offered.relay, "unreachable", errorMessage(error));
+      this.#release(offered.held);
       return refuseRequest(hub, 503, "unavailable", message);
     }
     const opened = this.#openLink(req, remoteAddr);
     if (typeof opened === "string") {
       peer.close();
+      this.#release(offered.held);
       return refuseRequest(hub, 400, "bad-request", opened);
     }
-    this.#splice(offered.to, offered.from, opened.link, peer);
+    this.#splice(offered.to, offered.from, opened.link, peer, offered.held);
     return opened.response;
   }
 
@@ -670,7 +701,8 @@ export class PipeEndpoint {
       const pending = this.#pending.get(event.id);
       if (!pending || typeof pending.to !== "string" || pending.from.room.id !== room) return;
       const reason = event.reason.slice(0, 200);
-      pending.answer.resolve(
+      settle(
+        pending,
         event.why === "unreachable"
           ? {
             status: 503,
@@ -693,7 +725,14 @@ export class PipeEndpoint {
     }
     // Forgotten if the node never answers: the dialing relay gives up after authTimeout.
     const timer = setTimeout(() => this.#forget(event.id, offered), this.#hub.settings.authTimeout);
-    const offered: Offered = { from: event.from, to, relay: event.relay, timer };
+    // Counted for the node while offered, as a pipe asked for here is.
+    const offered: Offered = {
+      from: event.from,
+      to,
+      relay: event.relay,
+      timer,
+      held: this.#hold([to]),
+    };
     this.#offered.set(event.id, offered);
     to.sink.push(encodeFrame({ t: "pipe", id: event.id, from: event.from }));
   }
@@ -711,9 +750,27 @@ export class PipeEndpoint {
     ).catch(() => {}); // the dialing relay's timeout answers instead
   }
 
-  #forget(id: string, offered: Offered): void {
+  /** Drops an offer; what it held for its node is released, unless `keep` (it is being accepted). */
+  #forget(id: string, offered: Offered, keep = false): void {
     clearTimeout(offered.timer);
-    if (this.#offered.get(id) === offered) this.#offered.delete(id);
+    if (this.#offered.get(id) !== offered) return; // forgotten already
+    this.#offered.delete(id);
+    if (!keep) this.#release(offered.held);
+  }
+
+  /** Counts a pipe for each of `ends` that is a node here; returns those, for {@linkcode #release}. */
+  #hold(ends: (Member | string)[]): Member[] {
+    const members = ends.filter((end): end is Member => typeof end !== "string");
+    for (const end of members) this.#perNode.set(end, (this.#perNode.get(end) ?? 0) + 1);
+    return members;
+  }
+
+  #release(members: Member[]): void {
+    for (const member of members) {
+      const left = this.#perNode.get(member)! - 1;
+      if (left === 0) this.#perNode.delete(member);
+      else this.#perNode.set(member, left);
+    }
   }
 
   /** Opens this end's link: our strict WebSocket under `serveRelay`, Deno's when mounted elsewhere. */
@@ -752,14 +809,19 @@ export class PipeEndpoint {
 
   /**
    * Copies between the ends `a` of `from` and `b` of `to`; a nickname is a
-   * node on another relay (`b` is then the link to that relay).
+   * node on another relay (`b` is then the link to that relay). `held` is
+   * what was counted for the nodes here; released when the pipe ends.
    */
-  #splice(from: Member | string, to: Member | string, a: PipeEnd, b: PipeEnd): void {
+  #splice(
+    from: Member | string,
+    to: Member | string,
+    a: PipeEnd,
+    b: PipeEnd,
+    held: Member[],
+  ): void {
     const pair: [PipeEnd, PipeEnd] = [a, b];
     this.#open.add(pair);
     this.#counters.opened++;
-    const members = [from, to].filter((end): end is Member => typeof end !== "string");
-    for (const end of members) this.#perNode.set(end, (this.#perNode.get(end) ?? 0) + 1);
     const names = { from: shownName(nicknameOf(from)), to: shownName(nicknameOf(to)) };
     log.debug("Pipe {from} -> {to} open", names);
     const copied = a.socket && b.socket
@@ -767,11 +829,7 @@ export class PipeEndpoint {
       : Promise.all([this.#copy(a, b, names), this.#copy(b, a, names)]);
     copied.finally(() => {
       this.#open.delete(pair);
-      for (const member of members) {
-        const left = this.#perNode.get(member)! - 1;
-        if (left === 0) this.#perNode.delete(member);
-        else this.#perNode.set(member, left);
-      }
+      this.#release(held);
     });
   }
 
