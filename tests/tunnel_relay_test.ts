@@ -413,7 +413,7 @@ Deno.test("tunnel CLI through a relay: a tunnel server SIGKILLed and started aga
     reclaimWindow: 600_000,
     onListen() {},
   });
-  // Someone stays in the session (a room that empties forgets its reservations).
+  // Someone stays in the session, as in a lab: the claim, not an empty room, is tested.
   await using keeper = await RelayNode.connect(`http://127.0.0.1:${relay.addr.port}`, {
     session: "t",
     nickname: "keeper",

@@ -558,8 +558,10 @@ export class Hub {
       });
     }
     if (room.members.size === 0) {
-      // A room with history stays until it expires: its nodes may come back for it.
-      if (room.history.size === 0) this.rooms.delete(room.id);
+      // A room with history, or a nickname held for a node that may come
+      // back, stays until they expire (the sweep): a lone node that blipped
+      // would otherwise find its name free to anyone.
+      if (room.history.size === 0 && room.reserved.size === 0) this.rooms.delete(room.id);
       return;
     }
     this.#announce(member, encodeFrame({ t: "leave", nickname: member.nickname, reason }));
@@ -810,7 +812,10 @@ export class Hub {
         if (reservation.until < now) room.reserved.delete(name);
       }
       room.history.expire(now);
-      if (room.members.size === 0 && room.history.size === 0 && room.joining.size === 0) {
+      if (
+        room.members.size === 0 && room.history.size === 0 && room.joining.size === 0 &&
+        room.reserved.size === 0
+      ) {
         this.rooms.delete(room.id);
       }
     }

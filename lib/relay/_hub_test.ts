@@ -65,7 +65,6 @@ Deno.test("hub: what a node sends after its bye (before its connection is closed
 
 Deno.test("hub: a node reclaims its nickname with its join token, within the reclaim window only", () => {
   using h = makeHub({ reclaimWindow: 1000 });
-  // Someone stays: a room that empties is forgotten, with its reservations.
   const keeper = h.join("keeper");
   const first = h.join("max");
   h.hub.leave(first.member, "gone");
@@ -85,6 +84,21 @@ Deno.test("hub: a node reclaims its nickname with its join token, within the rec
   h.clock.now += 1001;
   h.hub.sweep();
   assert.equal(h.join("x").welcome.nickname, "x");
+});
+
+Deno.test("hub: a node alone in its room keeps its nickname reserved once gone: the room stays for it until the window runs out", () => {
+  using h = makeHub({ reclaimWindow: 1000 });
+  const lone = h.join("max"); // a tunnel server waiting for its clients, say
+  h.hub.leave(lone.member, "gone");
+  assert.equal(h.hub.stats.rooms, 1, "the room went with the reservation");
+  assert.equal(h.join("max").welcome.nickname, "max(1)", "someone else took the name");
+  assert.equal(h.join("max", { token: lone.welcome.token }).welcome.nickname, "max");
+  // Nobody back: once the window ran out, the sweep forgets the room.
+  const other = h.join("solo", { session: "quiet" });
+  h.hub.leave(other.member, "gone");
+  h.clock.now += 1001;
+  h.hub.sweep();
+  assert.ok(!h.hub.rooms.has("quiet"), "a room holding only an expired reservation is kept");
 });
 
 Deno.test("hub: a node's claim gets its nickname back once it is gone (a restarted process has no token), never while it is joined", () => {
