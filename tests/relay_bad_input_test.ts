@@ -71,6 +71,13 @@ Deno.test("relay: over-long or control-character nicknames, bad session ids, bad
     [{ nickname: "\u3164" }, /invisible character \(U\+3164\)/], // Hangul filler
     [{ nickname: "max\u2800" }, /invisible character \(U\+2800\)/], // blank Braille pattern
     [{ nickname: "max\u2060" }, /invisible character \(U\+2060\)/], // word joiner
+    // Default-ignorable marks, which render as nothing after a letter.
+    [{ nickname: "max\u034f" }, /invisible character \(U\+034F\)/], // combining grapheme joiner
+    [{ nickname: "max\ufe00" }, /invisible character \(U\+FE00\)/], // variation selector 1
+    [{ nickname: "max\ufe0f" }, /invisible character \(U\+FE0F\)/], // emoji selector, no emoji
+    [{ nickname: "max\u17b4" }, /invisible character \(U\+17B4\)/], // Khmer inherent vowel
+    [{ nickname: "max\u180b" }, /invisible character \(U\+180B\)/], // Mongolian selector
+    [{ nickname: "max\u{e0100}" }, /invisible character \(U\+E0100\)/], // supplement selector
     [{ nickname: "m\u0430x" }, /mixes scripts \(Latin, Cyrillic\)/], // Cyrillic а
     [{ nickname: "\u0440aypal" }, /mixes scripts/], // Cyrillic р
     [{ nickname: "max(1)" }, /may not end in \(n\)/], // the relay's own clash suffix
@@ -96,7 +103,17 @@ Deno.test("relay: over-long or control-character nicknames, bad session ids, bad
     (error) => error instanceof RelayRefusedError && error.code === "bad-request",
   );
   // One script per nickname, except those written together (Japanese, Korean, Chinese with Latin).
-  for (const nickname of ["Max Müller", "Привет", "漢字かなカナ abc", "한국어 Han"]) {
+  // Emoji as phones type them, with the emoji variation selector, are fine.
+  for (
+    const nickname of [
+      "Max Müller",
+      "Привет",
+      "漢字かなカナ abc",
+      "한국어 Han",
+      "max\u2764\ufe0f",
+      "1\ufe0f\u20e3",
+    ]
+  ) {
     await using node = await RelayNode.connect(relay.url, { session: "ok", nickname });
     assert.equal(node.nickname, nickname);
   }

@@ -49,10 +49,15 @@ export interface FrameRules {
 /**
  * Characters a nickname may not hide behind, beyond controls: format
  * characters (zero-width, bidi marks such as U+200E, U+200F, U+061C), lone
- * surrogates, unassigned code points, and letters that render as nothing
- * (Hangul fillers, the blank Braille pattern U+2800).
+ * surrogates, unassigned code points, the blank Braille pattern U+2800, and
+ * every default-ignorable code point (Unicode's "render as nothing": Hangul
+ * fillers, U+034F, variation selectors, Mongolian ones, tag characters),
+ * which a marks-only category check let through after a letter ("max" with
+ * U+FE00 shows as "max"). One exception: the emoji variation selector
+ * U+FE0F after an emoji, or in a keycap (1️⃣), as phones type them ("❤️").
  */
-const NICKNAME_INVISIBLE = /[\p{Cf}\p{Cs}\p{Cn}\u115f\u1160\u3164\uffa0\u2800]/u;
+const NICKNAME_INVISIBLE =
+  /[\p{Cs}\p{Cn}\u2800]|(?!\uFE0F)[\p{Cf}\p{Default_Ignorable_Code_Point}]|(?<!\p{Extended_Pictographic})\uFE0F(?!\u20E3)/u;
 /**
  * What the relay itself appends to tell clashing nicknames apart: a node may
  * use such a nickname only to reclaim the one it was given (with its join
