@@ -225,6 +225,22 @@ Deno.test("a write followed at once by closeWrite goes out whole, then the end",
   await assert.rejects(stream.write(new Uint8Array(1)), /writable side was closed/);
 });
 
+Deno.test("closeWrite again answers what the first one did: a FIN the peer's reset stopped fails every time", async () => {
+  await using s = await pair();
+  const stream = s.client.open();
+  // Past the first window: the write, then the FIN behind it, wait for credit.
+  const writing = stream.write(new Uint8Array(600 * 1024));
+  const outcome = (p: Promise<void>) => p.then(() => "sent", (e: Error) => e.message);
+  const first = outcome(stream.closeWrite());
+  const second = outcome(stream.closeWrite());
+  (await s.server.accept()).close(); // the peer resets: no FIN goes out
+  await writing.catch(() => {});
+  const failed = await first;
+  assert.notEqual(failed, "sent");
+  assert.equal(await second, failed);
+  assert.equal(await outcome(stream.closeWrite()), failed, "after the reset");
+});
+
 Deno.test("closing a session settles writes stuck behind a full session window", async () => {
   // The peer is a bare ImmortalConn that never reads: no acks, the session
   // window (4 MiB) fills, and the multiplexer's writer waits inside a write.

@@ -33,6 +33,8 @@ import {
  * that limits the stream would almost never be seen to, and stay small.
  */
 const MIN_GROWTH_RTT_MS = 1;
+/** What a queue slot holds once its chunk was handed out: nothing to keep alive. */
+const TAKEN = new Uint8Array(0);
 
 /** What a stream needs from its session. */
 export interface StreamOwner {
@@ -97,6 +99,8 @@ export class StreamCore {
   /** The last write still running (writes run one at a time, in call order), if any. */
   #writing: Promise<unknown> | null = null;
   #finQueued = false;
+  /** The FIN's sending, once closeWrite was called: what every later call answers too. */
+  #fin: Promise<void> | null = null;
   #finSent = false;
 
   constructor(id: number, owner: StreamOwner, init: { meta?: Uint8Array; incoming: boolean }) {
@@ -165,9 +169,18 @@ export class StreamCore {
       if (chunk.length > max) {
         this.#queue[this.#queueHead] = chunk.subarray(max);
         chunk = chunk.subarray(0, max);
-      } else if (++this.#queueHead === this.#queue.length) {
-        this.#queue = [];
-        this.#queueHead = 0;
+      } else {
+        // The slot lets go of the chunk it handed out: a queue that never
+        // empties (a reader slower than its sender) would otherwise keep every
+        // chunk it ever held, memory growing with the bytes moved.
+        this.#queue[this.#queueHead++] = TAKEN;
+        if (this.#queueHead === this.#queue.length) {
+          this.#queue = [];
+          this.#queueHead = 0;
+        } else if (this.#queueHead >= 64 && this.#queueHead * 2 >= this.#queue.length) {
+          this.#queue = this.#queue.slice(this.#queueHead);
+          this.#queueHead = 0;
+        }
       }
       this.#queued -= chunk.length;
       this.#consume(chunk.length);
@@ -248,15 +261,17 @@ export class StreamCore {
     return data.length;
   }
 
-  async closeWrite(): Promise<void> {
-    if (this.#finQueued) {
-      await this.#writing;
-      return;
+  closeWrite(): Promise<void> {
+    // Again: the first call's outcome, a FIN that failed included.
+    if (this.#fin !== null) return this.#fin;
+    try {
+      this.#assertWritable();
+    } catch (error) {
+      return Promise.reject(error);
     }
-    this.#assertWritable();
     this.#finQueued = true;
     this.accept();
-    await this.#serialize(async () => {
+    this.#fin = this.#serialize(async () => {
       if (this.#error) throw this.#error;
       if (!this.#owner.trySendData(this.id, FrameType.fin, null)) {
         await this.#owner.sendData(this.id, FrameType.fin, null);
@@ -264,6 +279,7 @@ export class StreamCore {
       this.#finSent = true;
       this.#maybeDone();
     });
+    return this.#fin;
   }
 
   /** Aborts both directions; the peer's stream fails with `reason`. */

@@ -151,3 +151,24 @@ Deno.test("StreamCore: a read cut short leaves the rest queued; a piece behind i
   assert.equal(await core.read(big), 100);
   assert.equal(released.length, 1, "a whole chunk read at once goes back");
 });
+
+Deno.test("StreamCore: a queue that never empties (its reader one chunk behind) lets go of each chunk it hands out", async () => {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  assert.ok(gc, "run with --v8-flags=--expose-gc (deno task test does)");
+  const core = grownStream();
+  core.onData(piece(256 * KiB, 0));
+  core.onData(piece(256 * KiB, 0)); // two chunks ahead of the reader, for good
+  const taken: WeakRef<Uint8Array>[] = [];
+  for (let i = 0; i < 200; i++) {
+    core.onData(piece(256 * KiB, 1));
+    const chunk = core.takeChunk();
+    assert.ok(chunk instanceof Uint8Array);
+    taken.push(new WeakRef(chunk)); // the application keeps none of them
+  }
+  assert.equal(core.buffered, 2 * 256 * KiB);
+  // A turn later (weak references hold their targets for the turn), after a full collection.
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  gc();
+  const alive = taken.filter((ref) => ref.deref() !== undefined).length;
+  assert.ok(alive <= 2, `${alive} of 200 chunks handed out still held by the queue`);
+});
