@@ -29,6 +29,7 @@ import {
 import { describePeer, formatAddr, type Link, TcpLink } from "../link/mod.ts";
 import { localAddressGone } from "../link/_local_addresses.ts";
 import { describeValue, errorMessage } from "../_util.ts";
+import { ChunkQueue } from "../_chunk_queue.ts";
 import { APPLICATION_CLOSE, closedByPeer, ImmortalError } from "./errors.ts";
 import {
   ClosedEvent,
@@ -177,8 +178,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #ackSent = 0;
   #ackForced = false;
   #peerFin: number | null = null;
-  #queue: Uint8Array[] = [];
-  #queueHead = 0;
+  #queue = new ChunkQueue();
   #queued = 0;
   /** Readers (`read` without a parked buffer, or `readable`) waiting for bytes. */
   #readerWaiters: (() => void)[] = [];
@@ -442,17 +442,13 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   async #next<T>(use: (view: Uint8Array) => T, max = Infinity): Promise<T | null> {
     for (;;) {
       if (this.#queued > 0) {
-        const whole = this.#queue[this.#queueHead];
+        const whole = this.#queue.first;
         let view = whole;
         if (whole.length > max) {
-          this.#queue[this.#queueHead] = whole.subarray(max);
+          this.#queue.first = whole.subarray(max);
           view = whole.subarray(0, max);
         } else {
-          this.#queueHead++;
-          if (this.#queueHead === this.#queue.length) {
-            this.#queue = [];
-            this.#queueHead = 0;
-          }
+          this.#queue.shift();
         }
         this.#queued -= view.length;
         this.#consume(view.length);

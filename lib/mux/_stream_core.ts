@@ -16,6 +16,7 @@
 
 import { ImmortalError } from "../conn/errors.ts";
 import type { ChunkPool } from "./_chunk_pool.ts";
+import { ChunkQueue } from "../_chunk_queue.ts";
 import {
   encodeCredit,
   encodeFrame,
@@ -33,8 +34,6 @@ import {
  * that limits the stream would almost never be seen to, and stay small.
  */
 const MIN_GROWTH_RTT_MS = 1;
-/** What a queue slot holds once its chunk was handed out: nothing to keep alive. */
-const TAKEN = new Uint8Array(0);
 
 /** What a stream needs from its session. */
 export interface StreamOwner {
@@ -79,8 +78,7 @@ export class StreamCore {
   #error: Error | null = null;
 
   // Receiving.
-  #queue: Uint8Array[] = [];
-  #queueHead = 0;
+  #queue = new ChunkQueue();
   #queued = 0;
   #peerFin = false;
   #readerWaiters: (() => void)[] = [];
@@ -165,22 +163,12 @@ export class StreamCore {
   /** {@linkcode nextChunk} without waiting: `undefined` when nothing is there yet. */
   takeChunk(max = Infinity): Uint8Array | null | undefined {
     if (this.#queued > 0) {
-      let chunk = this.#queue[this.#queueHead];
+      let chunk = this.#queue.first;
       if (chunk.length > max) {
-        this.#queue[this.#queueHead] = chunk.subarray(max);
+        this.#queue.first = chunk.subarray(max);
         chunk = chunk.subarray(0, max);
       } else {
-        // The slot lets go of the chunk it handed out: a queue that never
-        // empties (a reader slower than its sender) would otherwise keep every
-        // chunk it ever held, memory growing with the bytes moved.
-        this.#queue[this.#queueHead++] = TAKEN;
-        if (this.#queueHead === this.#queue.length) {
-          this.#queue = [];
-          this.#queueHead = 0;
-        } else if (this.#queueHead >= 64 && this.#queueHead * 2 >= this.#queue.length) {
-          this.#queue = this.#queue.slice(this.#queueHead);
-          this.#queueHead = 0;
-        }
+        this.#queue.shift();
       }
       this.#queued -= chunk.length;
       this.#consume(chunk.length);
@@ -332,13 +320,12 @@ export class StreamCore {
     }
     // Behind the last queued chunk as far as it has room: one write out for all.
     const chunks = this.#owner.chunks;
-    const last = this.#queue.length - 1;
+    const tail = this.#queue.last;
     let rest = bytes;
     let behind: Uint8Array | null = null;
-    if (last >= this.#queueHead) {
-      const tail = this.#queue[last];
+    if (tail !== undefined) {
       behind = chunks.extend(tail, rest);
-      this.#queue[last] = behind;
+      this.#queue.last = behind;
       rest = rest.subarray(behind.length - tail.length);
     }
     if (rest.length > 0) this.#queue.push(chunks.copy(rest, behind));
