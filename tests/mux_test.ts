@@ -257,6 +257,29 @@ Deno.test("closing a session settles writes stuck behind a full session window",
   await silent.closed.catch(() => {});
 });
 
+Deno.test("control frames queued by the ten thousand while the writer waits (streams opened and closed during an outage) go out, and the session goes on", async () => {
+  // The peer is a bare ImmortalConn that stops reading: the session window
+  // fills and the multiplexer's writer waits inside a data write.
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const client = new MuxSession(await connect({ port: listener.addr.port }), { role: "client" });
+  const peer = await listener.accept();
+  const writes = Array.from({ length: 24 }, () => client.open().write(new Uint8Array(256 * 1024)));
+  await waitUntil(() => client.conn.stats.unackedBytes >= 4 * MiB - 64 * 1024, "window full");
+  // OPEN and RESET each: 140,000 control frames behind the blocked write.
+  for (let i = 0; i < 70_000; i++) client.open().close();
+  let ended: unknown = null;
+  client.closed.catch((error) => ended = error);
+  const reading = receiveAll(peer); // the link is back: the peer reads again
+  await within(60_000, "the writes behind the control frames", Promise.all(writes));
+  const after = client.open();
+  await within(60_000, "a write after them", after.write(new Uint8Array(10)));
+  assert.equal(ended, null, `the session ended: ${ended}`);
+  client.close();
+  await client.closed;
+  peer.close();
+  await reading.catch(() => {});
+});
+
 Deno.test("streams past maxStreams are refused with the reason; the others go on", async () => {
   using listener = listen({ hostname: "127.0.0.1", port: 0 });
   const client = new MuxSession(await connect({ port: listener.addr.port }), { role: "client" });

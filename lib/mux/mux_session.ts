@@ -8,7 +8,7 @@ import { getLogger } from "@logtape/logtape";
 import { ImmortalError } from "../conn/errors.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { StreamEngine } from "../conn/_stream_engine.ts";
-import { concat, errorMessage } from "../_util.ts";
+import { errorMessage } from "../_util.ts";
 import {
   encodeFrame,
   type FrameHandler,
@@ -30,7 +30,14 @@ const log = getLogger(["immortal", "mux"]);
 /** A data payload this small is copied behind its header: one write instead of two. */
 const COALESCE_MAX = 16 * 1024;
 /** Refusals queued for a peer that opens past `maxStreams`, at most. */
-const MAX_QUEUED_CONTROL = 4096;
+const MAX_QUEUED_REFUSALS = 4096;
+/**
+ * Control frames go out in writes of about this much: tens of thousands can
+ * queue while the writer waits inside a data write (a stream per connection
+ * opened and closed during an outage), and one buffer of them all, built by
+ * spreading the list into a call, threw past ~100,000 frames.
+ */
+const CONTROL_BATCH = 64 * 1024;
 /** Round-trip time assumed until the session has measured one, ms. */
 const DEFAULT_RTT_MS = 50;
 
@@ -101,6 +108,8 @@ export class MuxSession implements AsyncDisposable {
   #incoming: MuxStream[] = [];
   #acceptWaiters: { resolve: (s: MuxStream) => void; reject: (e: Error) => void }[] = [];
   #control: Uint8Array[] = [];
+  /** Refusals among {@linkcode MuxSession.#control}. */
+  #refusalsQueued = 0;
   #data: QueuedData[] = [];
   #wakeWriter: (() => void) | null = null;
   /** The writer loop is in a write (which may have appended part of a frame). */
@@ -226,6 +235,9 @@ export class MuxSession implements AsyncDisposable {
       return;
     }
     this.#control.push(frame);
+    // Refusals waiting here are what a peer that opens and does not read
+    // makes us hold: they alone count toward its limit, not our own frames.
+    if (frame[0] === FrameType.refuse) this.#refusalsQueued++;
     this.#kick();
   }
 
@@ -261,6 +273,23 @@ export class MuxSession implements AsyncDisposable {
     });
   }
 
+  /** The oldest queued control frames, about {@linkcode CONTROL_BATCH} bytes of them, in one buffer. */
+  #takeControlBatch(): Uint8Array {
+    const frames = this.#control;
+    let bytes = frames[0].length;
+    let count = 1;
+    while (count < frames.length && bytes + frames[count].length <= CONTROL_BATCH) {
+      bytes += frames[count++].length;
+    }
+    this.#control = count === frames.length ? [] : frames.slice(count);
+    const batch = count === 1 ? frames[0] : new Uint8Array(bytes);
+    for (let i = 0, at = 0; i < count; at += frames[i++].length) {
+      if (count > 1) batch.set(frames[i], at);
+      if (frames[i][0] === FrameType.refuse) this.#refusalsQueued--;
+    }
+    return batch;
+  }
+
   #kick(): void {
     const wake = this.#wakeWriter;
     if (wake) {
@@ -278,10 +307,8 @@ export class MuxSession implements AsyncDisposable {
     try {
       while (!this.#ending) {
         if (this.#control.length > 0) {
-          const frames = this.#control;
-          this.#control = [];
           this.#writing = true;
-          await this.#conn.write(frames.length === 1 ? frames[0] : concat(...frames));
+          await this.#conn.write(this.#takeControlBatch());
           this.#writing = false;
           continue;
         }
@@ -365,7 +392,7 @@ export class MuxSession implements AsyncDisposable {
     if (this.#streams.size >= this.#maxStreams) {
       // A peer that opens on and on past the limit while not reading our
       // answers would grow the control queue without end: cut it off.
-      if (this.#control.length >= MAX_QUEUED_CONTROL) {
+      if (this.#refusalsQueued >= MAX_QUEUED_REFUSALS) {
         throw new MuxProtocolError("the peer keeps opening streams past the limit");
       }
       this.#sendControl(
