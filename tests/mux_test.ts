@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { connect, ImmortalError, listen } from "../mod.ts";
 import { MuxSession, type MuxStream } from "../lib/mux/mod.ts";
 import { encodeFrame, FrameType, GREETING, INITIAL_WINDOW } from "../lib/mux/_frames.ts";
+import { concat } from "../lib/_util.ts";
 import {
   patternHash,
   receiveAll,
@@ -278,6 +279,32 @@ Deno.test("control frames queued by the ten thousand while the writer waits (str
   await client.closed;
   peer.close();
   await reading.catch(() => {});
+});
+
+Deno.test("a stream the peer resets before it was accepted leaves the queue: a peer that opens and resets on and on holds nothing", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const client = new MuxSession(await connect({ port: listener.addr.port }), {
+    role: "client",
+    maxStreams: 16,
+  });
+  const raw = await listener.accept(); // a server that opens streams, by hand
+  await raw.write(GREETING);
+  let id = 2;
+  for (let batch = 0; batch < 10; batch++) {
+    const frames: Uint8Array[] = [];
+    for (let i = 0; i < 500; i++, id += 2) {
+      frames.push(encodeFrame(FrameType.open, id), encodeFrame(FrameType.reset, id));
+    }
+    await raw.write(concat(...frames));
+  }
+  await raw.write(encodeFrame(FrameType.open, id)); // one that stays
+  await raw.flush(); // read by the client: every frame handled
+  assert.equal(client.streams, 1);
+  const first = await client.accept();
+  assert.equal(first.id, id, "the first stream handed out is the one not reset");
+  client.close();
+  raw.close();
+  await Promise.allSettled([client.closed, raw.closed]);
 });
 
 Deno.test("streams past maxStreams are refused with the reason; the others go on", async () => {

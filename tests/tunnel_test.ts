@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import net from "node:net";
-import { ImmortalError, TunnelClient, TunnelServer } from "../mod.ts";
+import { type ImmortalConn, ImmortalError, listen, TunnelClient, TunnelServer } from "../mod.ts";
+import { encodeFrame, FrameType, GREETING, HEADER_SIZE } from "../lib/mux/_frames.ts";
+import { concat } from "../lib/_util.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import {
   freePort,
@@ -352,3 +354,44 @@ Deno.test("a tunnel session whose client never comes back is said to end once at
   assert.equal(serverEnd.length, 1, lines.map((l) => l.join(" ")).join("\n"));
   assert.equal(serverEnd[0][0], "warning");
 });
+
+Deno.test("a tunnel client refuses a stream its server opens (a tunnel server never does)", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  await using client = new TunnelClient({
+    port: 0,
+    server: { hostname: "127.0.0.1", port: listener.addr.port },
+  });
+  const opening = client.open();
+  const server = await listener.accept(); // plays the server, by hand
+  await opening;
+  await server.write(GREETING);
+  await server.write(encodeFrame(FrameType.open, 2));
+  // Frames back: the client's greeting, then, among whatever else, the refusal.
+  const refusal = await within(30_000, "the refusal", refusalOf(server, 2));
+  assert.equal(refusal, "a tunnel client takes no streams");
+  server.close();
+  await server.closed.catch(() => {});
+});
+
+/** The reason of the first REFUSE of `stream` that `conn` (a multiplexed session's peer) reads. */
+async function refusalOf(conn: ImmortalConn, stream: number): Promise<string> {
+  let bytes = new Uint8Array(0);
+  const chunk = new Uint8Array(64 * 1024);
+  let refusal: string | null = null;
+  for (let reads = 0; reads < 1000 && refusal === null; reads++) {
+    const n = await conn.read(chunk);
+    assert.notEqual(n, null, "the session ended before a refusal");
+    bytes = concat(bytes, chunk.subarray(0, n!));
+    for (let at = GREETING.length; at + HEADER_SIZE <= bytes.length;) {
+      const view = new DataView(bytes.buffer, bytes.byteOffset + at);
+      const [type, id, length] = [bytes[at], view.getUint32(1), view.getUint32(5)];
+      if (at + HEADER_SIZE + length > bytes.length) break;
+      if (type === FrameType.refuse && id === stream) {
+        const reason = bytes.subarray(at + HEADER_SIZE, at + HEADER_SIZE + length);
+        refusal = new TextDecoder().decode(reason);
+      }
+      at += HEADER_SIZE + length;
+    }
+  }
+  return refusal!;
+}

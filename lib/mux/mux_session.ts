@@ -404,8 +404,15 @@ export class MuxSession implements AsyncDisposable {
     this.#streams.set(id, core);
     const stream = new MuxStream(core);
     const waiter = this.#acceptWaiters.shift();
-    if (waiter) waiter.resolve(stream);
-    else this.#incoming.push(stream);
+    if (waiter) return waiter.resolve(stream);
+    this.#incoming.push(stream);
+    // One the peer resets before it was taken leaves the queue: it counts
+    // against maxStreams no more, and a peer that opens and resets on and on
+    // would otherwise grow the queue without bound.
+    core.closed.catch(() => {
+      const at = this.#incoming.indexOf(stream);
+      if (at >= 0) this.#incoming.splice(at, 1);
+    });
   }
 
   // ------------------------------------------------------------ ending

@@ -300,6 +300,7 @@ export class TunnelClient implements AsyncDisposable {
         }
         const session = new MuxSession(conn, { role: "client" });
         this.#current = session;
+        refuseStreams(session);
         const server = this.#options.server;
         // The session said itself at info ("Session … opened as client with …").
         log.debug("Tunnel session {id} open to {server}", {
@@ -399,5 +400,17 @@ export class TunnelClient implements AsyncDisposable {
   /** Same as {@linkcode TunnelClient.close}. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+}
+
+/**
+ * A tunnel server never opens streams (PROTOCOL.md 3.11): one that does is
+ * refused, not left waiting with the others it opens until the session ends.
+ */
+async function refuseStreams(session: MuxSession): Promise<void> {
+  try {
+    for await (const stream of session) stream.refuse("a tunnel client takes no streams");
+  } catch {
+    // The session ended: its end is said where it is watched.
   }
 }
