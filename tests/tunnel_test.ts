@@ -1,7 +1,16 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import net from "node:net";
-import { type ImmortalConn, ImmortalError, listen, TunnelClient, TunnelServer } from "../mod.ts";
+import {
+  connect,
+  type ImmortalConn,
+  ImmortalError,
+  listen,
+  MuxSession,
+  TunnelClient,
+  TunnelServer,
+} from "../mod.ts";
+import { splice } from "../lib/tunnel/_splice.ts";
 import { encodeFrame, FrameType, GREETING, HEADER_SIZE } from "../lib/mux/_frames.ts";
 import { concat } from "../lib/_util.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
@@ -395,3 +404,44 @@ async function refusalOf(conn: ImmortalConn, stream: number): Promise<string> {
   }
   return refusal!;
 }
+
+Deno.test("a connection whose remote direction ended whole (its FIN came) gets every byte of it, even when the session is lost before the application read them", async () => {
+  // The splice of a tunnel client's connection, over a multiplexed session.
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const clientConn = await connect({ port: listener.addr.port });
+  const serverConn = await listener.accept();
+  const client = new MuxSession(clientConn, { role: "client" });
+  const server = new MuxSession(serverConn, { role: "server" });
+  using local = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const app = await Deno.connect({ hostname: "127.0.0.1", port: local.addr.port });
+  const stream = client.open();
+  const splicing = splice(await local.accept(), stream, { sent: 0, received: 0 }).catch(() => {});
+  const remote = await server.accept();
+  const MiB = 1 << 20;
+  // The application reads a first part as it comes: the stream's window grows.
+  const buffer = new Uint8Array(MiB);
+  const reading = (async () => {
+    for (let n = 0; n < 32 * MiB;) n += (await app.read(buffer))!;
+  })();
+  for (let i = 0; i < 32; i++) await remote.write(new Uint8Array(MiB));
+  await reading;
+  // Then the rest and its end while the application is busy: until the
+  // local socket is full and 2 MiB wait in the stream (48 MiB at most).
+  let rest = 0;
+  while (rest < 48 * MiB && stream.bufferedBytes < 2 * MiB) {
+    await remote.write(new Uint8Array(MiB).fill(7));
+    rest += MiB;
+    await serverConn.flush(); // taken by the client's streams
+  }
+  assert.ok(stream.bufferedBytes >= 2 * MiB, "bytes waiting in the stream");
+  await remote.closeWrite();
+  await serverConn.flush(); // the FIN too
+  server.close("the tunnel server is shutting down"); // the session ends
+  await client.closed.catch(() => {});
+  let got = 0;
+  for (let n; (n = await app.read(buffer).catch(() => null)) !== null;) got += n;
+  assert.equal(got, rest, "bytes that had arrived were thrown away");
+  app.close();
+  await splicing;
+  await Promise.allSettled([server.closed, serverConn.closed, clientConn.closed]);
+});

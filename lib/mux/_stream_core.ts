@@ -369,6 +369,14 @@ export class StreamCore {
     }
   }
 
+  /**
+   * Whether the peer's FIN came: every byte it sent is here, and what is
+   * queued may still be read after the stream fails.
+   */
+  get peerFinished(): boolean {
+    return this.#peerFin;
+  }
+
   /** Whether the stream has ended: finished, closed, reset or refused, or its session gone. */
   get ended(): boolean {
     return this.#error !== null;

@@ -113,12 +113,22 @@ export async function splice(
   } catch {
     // A connection that already died fails on first use below.
   }
+  const received = down(stream, tcp, totals).then(async (n) => {
+    // A local app that already reset its connection makes this reject: nothing to tell.
+    await tcp.closeWrite().catch(() => {});
+    return n;
+  });
+  // What the peer sent whole (its FIN came) goes out to the local app even
+  // if the stream then fails: it arrived. Until then, the socket stays.
+  const core = coreOf(stream);
+  const delivered = () => core.peerFinished ? received.then(() => {}, () => {}) : undefined;
   // A stream reset or lost with its session wakes no one once the remote
   // direction finished (the local read may wait forever): close the socket.
   // Its failure is the reason, not the local read or write our close cancels.
   let streamFailure: unknown;
-  stream.closed.catch((error) => {
+  stream.closed.catch(async (error) => {
     streamFailure ??= error;
+    await delivered();
     try {
       tcp.close();
     } catch {
@@ -129,16 +139,12 @@ export async function splice(
     await stream.closeWrite();
     return n;
   });
-  const received = down(stream, tcp, totals).then(async (n) => {
-    // A local app that already reset its connection makes this reject: nothing to tell.
-    await tcp.closeWrite().catch(() => {});
-    return n;
-  });
   try {
     const [u, d] = await Promise.all([sent, received]);
     return { up: u, down: d };
   } catch (error) {
     stream.close();
+    await delivered();
     throw streamFailure ?? error;
   } finally {
     try {
