@@ -9,8 +9,9 @@ import {
   type ResumedEvent,
   tcpDialer,
 } from "../mod.ts";
+import { controlledPath } from "./_controlled_path.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { nextEvent, patternHash, receiveAll, sendPattern } from "./_helpers.ts";
+import { nextEvent, patternHash, receiveAll, sendPattern, waitUntil } from "./_helpers.ts";
 
 /** A link whose first read answers only after `ms`: a server slow to handshake. */
 class SlowToAnswer implements Link {
@@ -236,4 +237,40 @@ Deno.test("beside a stuck resume handshake, dials that fail at once are paced by
   } finally {
     await proxy.close();
   }
+});
+
+Deno.test("a resume attempt the client gave up on, whose proof reaches the server after another attempt took and more was acknowledged, is refused alone: the session goes on", async () => {
+  const path = controlledPath((link) => {
+    // The first resume's link: its hello gets through, its proof is held on the way.
+    if (link.index !== 1) return;
+    let writes = 0;
+    link.up.onWrite = () => {
+      if (++writes === 2) link.up.hold();
+    };
+  });
+  using listener = listen({ acceptor: path.acceptor });
+  const client = await connect({ dialer: path.dialer, backoff: { initial: 5, max: 50 } });
+  const server = await listener.accept();
+  const buffer = new Uint8Array(64 * 1024);
+  const readExactly = async (n: number) => {
+    for (let got = 0; got < n;) got += (await client.read(buffer))!;
+  };
+  await server.write(new Uint8Array(1000));
+  await readExactly(1000);
+  path.links[0].cut();
+  // The stalled handshake is raced by a second one, which takes.
+  await waitUntil(() => path.links.length >= 3 && client.state === "connected", "a resume");
+  await server.write(new Uint8Array(5000));
+  await readExactly(5000);
+  await waitUntil(() => server.stats.unackedBytes === 0, "the client's ack of them");
+  // The first attempt's proof arrives now, claiming 1,000 bytes received.
+  const answered = new Promise<void>((resolve) => path.links[1].down.onWrite = () => resolve());
+  path.links[1].up.release();
+  await answered; // the server's reject
+  await new Promise((resolve) => setTimeout(resolve, 0)); // and what it did after
+  assert.notEqual(server.state, "closed", "the session was ended by a stale attempt");
+  await server.write(new Uint8Array(10));
+  await readExactly(10);
+  client.close();
+  await Promise.allSettled([client.closed, server.closed]);
 });

@@ -74,7 +74,6 @@ class ServerSession implements SessionSide {
     transcript: Uint8Array,
     peerWindow: number,
   ): Promise<void> {
-    const epoch = ++this.#resumeEpoch;
     if (!this.engine.resumable) {
       reader.link.close();
       return;
@@ -90,10 +89,16 @@ class ServerSession implements SessionSide {
         reason: "resume position out of range",
       }).catch(() => {});
       reader.link.close();
-      // A newer resume came meanwhile: this one was a stale attempt, overtaken.
-      if (epoch === this.#resumeEpoch) this.engine.fail(wrong, null);
+      // Less than the client has acknowledged since: an attempt it gave up
+      // on whose proof came late, overtaken by one that took. The session,
+      // and the link it is on, go on. More than we ever sent: no client of
+      // this session says that.
+      if (!this.engine.resumeBehind(clientReceived)) this.engine.fail(wrong, null);
       return;
     }
+    // Counted only for an attempt that may take: a stale one refused above
+    // must not make the attempt in progress look overtaken.
+    const epoch = ++this.#resumeEpoch;
     // The client gave up on the old link before we noticed it was dead: news,
     // no fault of ours (the client warned of it); and a server stopped for a
     // while meets each of the client's attempts in turn.

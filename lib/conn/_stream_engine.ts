@@ -494,6 +494,14 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
    * resume from there (it acknowledged more, or claims what was never sent:
    * the bytes between are lost or invented), or null if it can.
    */
+  /**
+   * Whether a resume position is below what the peer has acknowledged: an
+   * attempt it gave up on, overtaken (a live peer never claims less).
+   */
+  resumeBehind(peerReceived: number): boolean {
+    return peerReceived < this.#acked;
+  }
+
   resumePositionError(peerReceived: number): ImmortalError | null {
     if (peerReceived >= this.#acked && peerReceived <= this.#highestSent) return null;
     return new ImmortalError(
