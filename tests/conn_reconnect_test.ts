@@ -274,3 +274,40 @@ Deno.test("a resume attempt the client gave up on, whose proof reaches the serve
   client.close();
   await Promise.allSettled([client.closed, server.closed]);
 });
+
+Deno.test("a ping queued while a dead link's write was stuck is not sent on the next link: the outage is not taken for a round trip", async () => {
+  const PONG = [0x04, 0, 0, 0, 8]; // a pong frame's type and length
+  const isPong = (chunk: Uint8Array) =>
+    chunk.some((_, i) => PONG.every((byte, j) => chunk[i + j] === byte));
+  const firstPong = Promise.withResolvers<void>();
+  const path = controlledPath((link) => {
+    if (link.index !== 1) return;
+    let handshake = true; // the challenge comes first
+    link.down.onDeliver = (chunk) => {
+      if (handshake) handshake = false;
+      else if (isPong(chunk)) firstPong.resolve();
+    };
+  });
+  const options = { heartbeatInterval: 400, deadLinkTimeout: 1200 };
+  using listener = listen({ acceptor: path.acceptor, ...options });
+  const client = await connect({
+    dialer: path.dialer,
+    ...options,
+    backoff: { initial: 5, max: 50 },
+  });
+  const server = await listener.accept();
+  // The link goes black with a write stuck on it (a full socket): the
+  // heartbeat's ping waits behind it until the link is found dead.
+  const dead = path.links[0];
+  dead.up.blocked = true;
+  dead.down.hold();
+  const writing = client.write(new Uint8Array(100_000));
+  await waitUntil(() => path.links.length >= 2 && client.state === "connected", "a resume");
+  await firstPong.promise;
+  await new Promise((resolve) => setTimeout(resolve, 0)); // the client has read it
+  assert.ok(client.stats.rttMs! < 600, `RTT ${client.stats.rttMs} ms: the outage`);
+  await writing;
+  client.close();
+  await Promise.allSettled([client.closed, server.closed]);
+  for (const link of path.links) link.cut();
+});

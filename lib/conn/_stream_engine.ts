@@ -169,6 +169,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #control: Frame[] = [];
   /** Stamp of the ping to answer, if any (one slot: see the ping case). */
   #pendingPong: number | null = null;
+  /** When the link in use was attached: a pong of a ping sent before is an earlier link's. */
+  #attachedAt = -Infinity;
   #wakeSender: (() => void) | null = null;
   #roomWaiters: { resolve: () => void; reject: (error: Error) => void }[] = [];
 
@@ -536,6 +538,12 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#lastLink = reader.link;
     this.#lastInbound = performance.now();
     this.#lastPing = -Infinity;
+    // A ping queued while the dead link's write was stuck, or a pong owed on
+    // it, would measure the outage as a round trip (and the client paces its
+    // redials by the RTT): this link starts its own.
+    this.#attachedAt = this.#lastInbound;
+    this.#control = this.#control.filter((frame) => frame.type !== "ping");
+    this.#pendingPong = null;
     // A client that completed without a link says its bye on this one: within the closing's time.
     if (this.#phase === "closing") this.#closingFrom(reader.link);
     this.#sendLoop(reader.link);
@@ -795,8 +803,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       case "pong": {
         const now = performance.now();
         const rtt = now - frame.stamp;
-        // The stamp is ours only if the peer is honest: ignore what cannot be a round trip.
-        if (!(rtt >= 0 && rtt < 60_000)) return;
+        // The stamp is ours only if the peer is honest: ignore what cannot be
+        // a round trip, or was one of an earlier link's.
+        if (!(rtt >= 0 && rtt < 60_000) || frame.stamp < this.#attachedAt) return;
         this.#rttMs = rtt;
         this.#window.rtt(rtt, now);
         return;
