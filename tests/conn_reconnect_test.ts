@@ -11,7 +11,7 @@ import {
 } from "../mod.ts";
 import { controlledPath } from "./_controlled_path.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
-import { nextEvent, patternHash, receiveAll, sendPattern, waitUntil } from "./_helpers.ts";
+import { nextEvent, patternHash, receiveAll, sendPattern, waitUntil, within } from "./_helpers.ts";
 
 /** A link whose first read answers only after `ms`: a server slow to handshake. */
 class SlowToAnswer implements Link {
@@ -310,4 +310,54 @@ Deno.test("a ping queued while a dead link's write was stuck is not sent on the 
   client.close();
   await Promise.allSettled([client.closed, server.closed]);
   for (const link of path.links) link.cut();
+});
+
+Deno.test("a server that closes its complete session keeps it for the client's bye: a client whose last ack was lost with the link resumes for it and ends cleanly", async () => {
+  const path = controlledPath();
+  const options = { heartbeatInterval: 100, deadLinkTimeout: 400 };
+  using listener = listen({ acceptor: path.acceptor, ...options });
+  const client = await connect({ dialer: path.dialer, ...options, backoff: { initial: 5 } });
+  const server = await listener.accept();
+  const buffer = new Uint8Array(1024);
+  await server.write(new Uint8Array([1, 2, 3]));
+  await server.closeWrite();
+  assert.equal(await client.read(buffer), 3);
+  assert.equal(await client.read(buffer), null);
+  await waitUntil(() => server.stats.unackedBytes === 0, "the ack of the server's end");
+  path.links[0].down.hold(); // what the server sends from now on is lost: its last ack
+  await client.write(new Uint8Array([4, 5]));
+  await client.closeWrite();
+  assert.equal(await server.read(buffer), 2);
+  assert.equal(await server.read(buffer), null);
+  await server.closed; // complete at the server
+  server.close(); // as `await using` does
+  path.links[0].cut();
+  await within(30_000, "the client's end", client.closed); // rejects with unknown-session if forgotten
+});
+
+Deno.test("a client that completes without a link resumes to say bye within the closing's time, not its resume timeout; `closed` resolves once it gave up, nothing left running", async () => {
+  // Every link after the first stalls in its handshake: the bye never goes.
+  const finArrived = Promise.withResolvers<void>();
+  const path = controlledPath((link) => {
+    if (link.index > 0) link.down.hold();
+    // A fin frame (type 0x05, length 8) read by the client.
+    else link.down.onDeliver = (chunk) => chunk[0] === 0x05 && finArrived.resolve();
+  });
+  using listener = listen({ acceptor: path.acceptor });
+  const client = await connect({ dialer: path.dialer, backoff: { initial: 5, max: 50 } });
+  const server = await listener.accept();
+  await client.closeWrite();
+  assert.equal(await server.read(new Uint8Array(8)), null);
+  await waitUntil(() => client.stats.unackedBytes === 0, "the ack of the client's end");
+  await server.closeWrite();
+  await finArrived.promise;
+  path.links[0].cut();
+  await waitUntil(() => client.state === "reconnecting", "the client losing its link");
+  // The server's end, consumed with no link: complete, the bye still to say.
+  assert.equal(await client.read(new Uint8Array(8)), null);
+  await within(30_000, "the client's end", client.closed);
+  // No close(): a program that awaited `closed` and returned has nothing
+  // running (the sanitizers check: its redials kept timers for 120 s).
+  server.close();
+  await server.closed.catch(() => {});
 });

@@ -406,13 +406,12 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (this.#phase !== "open") {
       // Both directions are done: there is nothing to abort, and a close
       // frame now would turn a complete exchange into an abort at the peer.
-      // A client's bye is on its way; a server flushes its last ack and hangs up.
-      if (this.#link === null) this.fail(null, null);
-      else if (this.#role === "server") {
-        this.#phase = "closing";
-        this.#closingFrom(this.#link);
-        this.#kick();
-      }
+      // A client's bye is on its way (without a link, it stops resuming for
+      // it). A server keeps a complete session for that bye: its last ack
+      // may have been lost with the link, and the client resumes for it
+      // (hanging up, it answered that resume "unknown session"); the bye, or
+      // the reaper, ends it.
+      if (this.#role === "client" && this.#link === null) this.fail(null, null);
       return;
     }
     const own = reason === APPLICATION_CLOSE ? "" : `: ${reason}`;
@@ -545,7 +544,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#control = this.#control.filter((frame) => frame.type !== "ping");
     this.#pendingPong = null;
     // A client that completed without a link says its bye on this one: within the closing's time.
-    if (this.#phase === "closing") this.#closingFrom(reader.link);
+    if (this.#phase === "closing") this.#closingFrom();
     this.#sendLoop(reader.link);
     this.#readLoop(reader);
     const remote = describePeer(reader.link);
@@ -643,7 +642,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
           // The flush time started as the phase began (#closingFrom): a
           // half-close that waits (an HTTP link's, for its POSTs' answers)
           // is bounded by it too.
-          this.#closingFrom(link);
+          this.#closingFrom();
           await link.closeWrite?.();
           return;
         }
@@ -921,14 +920,18 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
    * a later step does not extend it). Then the link is dropped and the
    * session ends.
    */
-  #closingFrom(link: Link): void {
+  /**
+   * Starts the closing phase's one time limit: the link then in use (if any:
+   * a client's bye may wait for the next) is given up, and the session ends.
+   */
+  #closingFrom(): void {
     if (this.#flushTimer !== undefined) return;
     // An HTTP link's half-close waits for its last POST's answer: a link as
     // slow as the dead-link time allows gets that long.
-    this.#flushTimer = setTimeout(
-      () => this.#linkFailed(link, "the peer did not hang up in time"),
-      Math.max(FLUSH_TIMEOUT_MS, this.#opts.deadLinkTimeout),
-    );
+    this.#flushTimer = setTimeout(() => {
+      if (this.#link !== null) this.#linkFailed(this.#link, "the peer did not hang up in time");
+      else this.#end();
+    }, Math.max(FLUSH_TIMEOUT_MS, this.#opts.deadLinkTimeout));
   }
 
   #checkComplete(): void {
@@ -942,23 +945,23 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       sent: this.#bytesWritten,
       received: this.#bytesRead,
     });
-    // A client with a link says bye first: `closed` resolves once the server
-    // has it (the server hangs up on it, or the flush time ran out), so that
-    // a program may exit then (an HTTP link's last POST, killed by an exit,
-    // left the server waiting for its resume timeout). Without a link, the
-    // bye waits for the next one: nothing to wait for now.
-    const byeFirst = this.#role === "client" && this.#link !== null;
+    // A client says bye first: `closed` resolves once the server has it (the
+    // server hangs up on it, or the flush time ran out), so that a program
+    // may exit then (an HTTP link's last POST, killed by an exit, left the
+    // server waiting for its resume timeout). Without a link, the bye goes on
+    // the next one, if one comes within the same time: it kept resuming for
+    // the resume timeout, its timers holding a program that awaited `closed`.
     if (this.#role === "client") {
       // Tell the server it may forget the session, then hang up.
       this.#control.push({ type: "bye" });
       this.#phase = "closing";
-      if (this.#link !== null) this.#closingFrom(this.#link);
+      this.#closingFrom();
       this.#kick();
     }
     this.#side.completed();
     // Listeners run last, on a settled state: a close() from one of them
     // finds the bye queued and the phase moved on.
-    if (!byeFirst) this.#resolveClosed();
+    if (this.#role === "server") this.#resolveClosed();
     this.dispatchEvent(new ClosedEvent());
   }
 
@@ -995,7 +998,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (link !== null && tellPeer !== null) {
       this.#control.push({ type: "close", reason: tellPeer });
       this.#phase = "closing";
-      this.#closingFrom(link);
+      this.#closingFrom();
       this.#kick();
     } else {
       if (link !== null) {
