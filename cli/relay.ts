@@ -94,6 +94,9 @@ Options:
                            4194304)
   --history-age MS         how long a message is kept for them (default
                            120000)
+  --total-history-bytes N  bytes of messages all sessions keep together;
+                           past it, sessions nobody is in lose theirs first
+                           (default 268435456)
   --header-timeout MS      a connection must send its first request head
                            within this (default 10000)
   --idle-timeout MS        a connection may wait this long between requests,
@@ -199,6 +202,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
         "redis-timeout": { type: "string" },
         "history-bytes": { type: "string" },
         "history-age": { type: "string" },
+        "total-history-bytes": { type: "string" },
         "log-level": { type: "string", default: "info" },
         help: { type: "boolean", short: "h" },
       },
@@ -337,6 +341,7 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     historyLength: num("history-length"),
     historyBytes: num("history-bytes"),
     historyAge: ms("history-age"),
+    totalHistoryBytes: num("total-history-bytes"),
   };
   let concerns: string[] = [];
   if (v["tls-cert"] !== undefined) {
@@ -444,11 +449,13 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   );
   const http = serverSettings(config.serve);
   log.info(
-    "Kept for nodes coming back: {length} messages or {historyBytes} bytes a session, for " +
-      "{age} ms; connections without a joined node: {unjoined} at most, {idle} ms idle",
+    "Kept for nodes coming back: {length} messages or {historyBytes} bytes a session " +
+      "({totalHistoryBytes} in all), for {age} ms; connections without a joined node: " +
+      "{unjoined} at most, {idle} ms idle",
     {
       length: limits.historyLength,
       historyBytes: limits.historyBytes,
+      totalHistoryBytes: limits.totalHistoryBytes,
       age: limits.historyAge,
       unjoined: http.maxUnjoined,
       idle: http.idleTimeout,

@@ -279,7 +279,7 @@ Deno.test("relay CLI without a secret runs, and says loudly that it is open: ask
         "the limits",
       );
       await relay.waitFor(
-        /Kept for nodes coming back: 1000 messages or 4194304 bytes a session, for 120000 ms; connections without a joined node: 512 at most, 60000 ms idle/,
+        /Kept for nodes coming back: 1000 messages or 4194304 bytes a session \(268435456 in all\), for 120000 ms; connections without a joined node: 512 at most, 60000 ms idle/,
         "the rest of the limits",
       );
       const health = await fetch(`http://127.0.0.1:${port}/healthz`);
@@ -576,13 +576,16 @@ Deno.test("relay CLI: the history flags reach the relay's settings", () => {
     "65536",
     "--history-age",
     "30000",
+    "--total-history-bytes",
+    "1048576",
   ]);
   assert.ok(config !== "help");
-  const { historyLength, historyBytes, historyAge } = config.serve;
-  assert.deepEqual({ historyLength, historyBytes, historyAge }, {
+  const { historyLength, historyBytes, historyAge, totalHistoryBytes } = config.serve;
+  assert.deepEqual({ historyLength, historyBytes, historyAge, totalHistoryBytes }, {
     historyLength: 50,
     historyBytes: 65536,
     historyAge: 30000,
+    totalHistoryBytes: 1048576,
   });
 });
 

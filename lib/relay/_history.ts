@@ -15,10 +15,36 @@ import type { RelayRole } from "./_protocol.ts";
 export interface HistoryLimits {
   /** Messages. */
   count: number;
-  /** Bytes of encoded frames. */
+  /** Bytes of encoded frames, as held in memory ({@linkcode heldBytes}). */
   bytes: number;
   /** Age, ms (clock time). */
   age: number;
+}
+
+/**
+ * What the histories of all rooms hold together, and the most they may: a
+ * history past it after an append asks `evict` to make room (the relay
+ * drops the histories of rooms nobody is in first). Without one, each room
+ * alone was bounded, and 10,000 rooms of 4 MiB are 40 GiB.
+ */
+export interface HistoryBudget {
+  /** Bytes held by every history sharing this budget. */
+  used: number;
+  /** The most they may hold. */
+  max: number;
+  /** Called when `used` passed `max` after `history` appended. */
+  evict(history: History): void;
+}
+
+/** Characters past Latin-1: V8 then holds the string in two bytes a character. */
+const TWO_BYTE = /[^\x00-\xff]/;
+
+/**
+ * Memory a frame's text takes: one byte a character, or two for text past
+ * Latin-1 (CJK, emoji). Counting characters, 4 MiB of Chinese held 8 MiB.
+ */
+export function heldBytes(data: string): number {
+  return TWO_BYTE.test(data) ? 2 * data.length : data.length;
 }
 
 /** One delivered message, as every receiver got it. */
@@ -42,13 +68,18 @@ export class History {
   /** Names this history; a relay that starts afresh starts a new one. */
   readonly epoch: string = randomEpoch();
   #entries: HistoryEntry[] = [];
+  /** Each entry's {@linkcode heldBytes}, beside it. */
+  #sizes: number[] = [];
   #head = 0;
   #bytes = 0;
+  #budget: HistoryBudget | undefined;
   #offset = 0;
   #forgotten = 0;
 
-  /** A history within `limits`. */
-  constructor(readonly limits: HistoryLimits) {}
+  /** A history within `limits`, and `budget` shared with other rooms', if given. */
+  constructor(readonly limits: HistoryLimits, budget?: HistoryBudget) {
+    this.#budget = budget;
+  }
 
   /** The offset of the latest message (0 before the first). */
   get offset(): number {
@@ -78,15 +109,24 @@ export class History {
   /** Keeps `entry` (whose offset is {@linkcode History.next}), dropping the oldest beyond the limits. */
   append(entry: HistoryEntry): void {
     this.#offset = entry.offset;
+    const size = heldBytes(entry.data);
     this.#entries.push(entry);
-    this.#bytes += entry.data.length;
-    while (this.size > this.limits.count || this.#bytes > this.limits.bytes) this.#dropOldest();
+    this.#sizes.push(size);
+    this.#bytes += size;
+    if (this.#budget) this.#budget.used += size;
+    while (this.size > this.limits.count || this.#bytes > this.limits.bytes) this.dropOldest();
+    if (this.#budget && this.#budget.used > this.#budget.max) this.#budget.evict(this);
+  }
+
+  /** Forgets every message held (what comes next is still numbered on). */
+  clear(): void {
+    while (this.size > 0) this.dropOldest();
   }
 
   /** Drops what is older than the age limit. */
   expire(now: number): void {
     while (this.size > 0 && now - this.#entries[this.#head].at > this.limits.age) {
-      this.#dropOldest();
+      this.dropOldest();
     }
   }
 
@@ -110,13 +150,17 @@ export class History {
     return first === -1 ? [] : after.slice(first);
   }
 
-  #dropOldest(): void {
+  /** Forgets the oldest message held; only while {@linkcode History.size} > 0. */
+  dropOldest(): void {
+    const size = this.#sizes[this.#head];
     const entry = this.#entries[this.#head++];
-    this.#bytes -= entry.data.length;
+    this.#bytes -= size;
+    if (this.#budget) this.#budget.used -= size;
     this.#forgotten = entry.offset;
     // Dropped entries go in one slice now and then, not one shift each.
     if (this.#head > 1024 && this.#head * 2 > this.#entries.length) {
       this.#entries = this.#entries.slice(this.#head);
+      this.#sizes = this.#sizes.slice(this.#head);
       this.#head = 0;
     }
   }

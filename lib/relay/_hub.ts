@@ -22,7 +22,7 @@ import {
   type WelcomeFrame,
 } from "./_protocol.ts";
 import type { ClusterJoin, ClusterPipeEvent, RelayCluster } from "./_cluster.ts";
-import type { HistoryEntry } from "./_history.ts";
+import type { History, HistoryBudget, HistoryEntry } from "./_history.ts";
 import { type Arrival, DETACHED, Member, Room, type Sink } from "./_room.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { newJoinToken, secretsEqual } from "./_secret.ts";
@@ -86,6 +86,8 @@ export interface RelayStats {
   rooms: number;
   /** Messages held in the rooms' histories. */
   historyMessages: number;
+  /** Bytes held in the rooms' histories (in memory: two a character past Latin-1). */
+  historyBytes: number;
   /** Nodes whose connection broke, waiting out the keep-alive grace to come back. */
   detached: number;
   /** Duplicates of numbered messages dropped (a node resending what the relay had). */
@@ -155,6 +157,10 @@ export class Hub {
   readonly rooms: Map<string, Room> = new Map();
   #clock: () => number;
   #nodes = 0;
+  /** What all rooms' histories hold together, and the most they may. */
+  #historyBudget: HistoryBudget;
+  /** A room with history may have emptied since the last eviction went through them all. */
+  #idleHistory = false;
   #counters = {
     joins: 0,
     messages: 0,
@@ -209,6 +215,11 @@ export class Hub {
     this.settings = settings;
     this.rules = { maxNicknameLength: settings.maxNicknameLength };
     this.#clock = clock;
+    this.#historyBudget = {
+      used: 0,
+      max: settings.totalHistoryBytes,
+      evict: (history) => this.#evictHistory(history),
+    };
     // At most 250 ms: a broken connection's grace is counted in sweeps too.
     this.#sweepEvery = Math.min(250, Math.max(50, settings.keepAlive / SWEEPS_PER_PERIOD));
     this.#timer = setInterval(() => this.sweep(), this.#sweepEvery);
@@ -263,6 +274,7 @@ export class Hub {
       rooms: this.rooms.size,
       nodes: this.#nodes,
       historyMessages,
+      historyBytes: this.#historyBudget.used,
       detached,
       ...this.#counters,
       refused: { ...this.#refused },
@@ -364,11 +376,16 @@ export class Hub {
       if (this.rooms.size >= s.maxSessions && !this.#dropEmptyRoom()) {
         throw this.#full("max-sessions", id);
       }
-      room = new Room(id, {
-        count: s.historyLength,
-        bytes: s.historyBytes,
-        age: s.historyAge,
-      }, now);
+      room = new Room(
+        id,
+        {
+          count: s.historyLength,
+          bytes: s.historyBytes,
+          age: s.historyAge,
+        },
+        now,
+        this.#historyBudget,
+      );
       this.rooms.set(id, room);
     }
 
@@ -545,6 +562,7 @@ export class Hub {
       );
     }
     room.members.delete(member.nickname);
+    if (room.members.size === 0) this.#idleHistory = true;
     this.#nodes--;
     // A node that said bye is done: its nickname is free at once (a tunnel
     // server stopped and started again gets its name back). One that is gone
@@ -561,7 +579,7 @@ export class Hub {
       // A room with history, or a nickname held for a node that may come
       // back, stays until they expire (the sweep): a lone node that blipped
       // would otherwise find its name free to anyone.
-      if (room.history.size === 0 && room.reserved.size === 0) this.rooms.delete(room.id);
+      if (room.history.size === 0 && room.reserved.size === 0) this.#forgetRoom(room);
       return;
     }
     this.#announce(member, encodeFrame({ t: "leave", nickname: member.nickname, reason }));
@@ -816,7 +834,7 @@ export class Hub {
         room.members.size === 0 && room.history.size === 0 && room.joining.size === 0 &&
         room.reserved.size === 0
       ) {
-        this.rooms.delete(room.id);
+        this.#forgetRoom(room);
       }
     }
   }
@@ -878,6 +896,7 @@ export class Hub {
         id,
         { count: s.historyLength, bytes: s.historyBytes, age: s.historyAge },
         this.#clock(),
+        this.#historyBudget,
       );
       this.rooms.set(id, room);
     }
@@ -977,7 +996,7 @@ export class Hub {
       room.joining.delete(arrived);
       if (!member) {
         if (subscribed) cluster.unsubscribe(id);
-        if (room.members.size === 0 && room.joining.size === 0) this.rooms.delete(id);
+        if (room.members.size === 0 && room.joining.size === 0) this.#forgetRoom(room);
       }
     }
   }
@@ -1076,6 +1095,31 @@ export class Hub {
     }, (error) => notTaken(errorMessage(error)));
   }
 
+  /** Forgets `room`, and what its history held of the relay's budget. */
+  #forgetRoom(room: Room): void {
+    room.history.clear();
+    this.rooms.delete(room.id);
+  }
+
+  /**
+   * The rooms' histories together passed the relay's budget as `history`
+   * appended: rooms nobody is in (kept for nodes that may come back) lose
+   * theirs first, oldest room first; then `history` its oldest messages.
+   * A node back in a room whose history went is told it cannot be recovered.
+   */
+  #evictHistory(history: History): void {
+    const budget = this.#historyBudget;
+    if (this.#idleHistory) {
+      for (const room of this.rooms.values()) {
+        if (budget.used <= budget.max) return;
+        if (room.members.size === 0 && room.history !== history) room.history.clear();
+      }
+      // Gone through all of them: none to look at again until a room empties.
+      this.#idleHistory = false;
+    }
+    while (budget.used > budget.max && history.size > 0) history.dropOldest();
+  }
+
   /**
    * Forgets a room with nobody in it (and no join on its way): one that holds
    * no nickname for a node coming back if there is one (its history is all
@@ -1088,13 +1132,13 @@ export class Hub {
       if (room.members.size > 0 || room.joining.size > 0) continue;
       // Reservations run out before the sweep clears them: only live ones count.
       if (![...room.reserved.values()].some((reservation) => reservation.until >= now)) {
-        this.rooms.delete(room.id);
+        this.#forgetRoom(room);
         return true;
       }
       fallback ??= room;
     }
     if (fallback === undefined) return false;
-    this.rooms.delete(fallback.id);
+    this.#forgetRoom(fallback);
     return true;
   }
 
@@ -1103,9 +1147,10 @@ export class Hub {
     const room = member.room;
     if (room.members.get(member.nickname) !== member) return;
     room.members.delete(member.nickname);
+    if (room.members.size === 0) this.#idleHistory = true;
     this.#nodes--;
     this.#cluster?.unsubscribe(room.id);
-    if (room.members.size === 0 && room.joining.size === 0) this.rooms.delete(room.id);
+    if (room.members.size === 0 && room.joining.size === 0) this.#forgetRoom(room);
   }
 
   #fromCluster(id: string, entry: HistoryEntry): void {

@@ -640,3 +640,40 @@ Deno.test("hub: at the session limit, an empty room that holds a nickname for a 
   assert.equal(h.hub.rooms.has("reserving"), false);
   assert.equal(h.hub.rooms.has("new"), true);
 });
+
+Deno.test("hub: the rooms' histories together stay within totalHistoryBytes: rooms nobody is in lose theirs first, then the room that grew its oldest; text past Latin-1 counts two bytes a character", () => {
+  using h = makeHub({ totalHistoryBytes: 4000, historyBytes: 100_000 });
+  const say = (member: ReturnType<typeof h.join>["member"], text: string) =>
+    h.hub.receive(member, { t: "msg", text });
+  // Two rooms that emptied, each with ~1,000 bytes of history kept for who comes back.
+  for (const session of ["idle-1", "idle-2"]) {
+    const a = h.join("a", { session });
+    const b = h.join("b", { session });
+    for (let i = 0; i < 10; i++) say(a.member, "x".repeat(60));
+    h.hub.receive(a.member, { t: "bye" });
+    h.hub.receive(b.member, { t: "bye" });
+  }
+  const idle = h.hub.stats.historyBytes;
+  assert.ok(idle > 1500 && idle < 4000, `${idle}`);
+  // A live room talks past the budget: the idle rooms' histories go first, oldest room first.
+  const c = h.join("c", { session: "live" });
+  h.join("d", { session: "live" });
+  for (let i = 0; i < 40 && h.hub.rooms.get("idle-1")!.history.size > 0; i++) {
+    say(c.member, "y".repeat(60));
+  }
+  assert.equal(h.hub.rooms.get("idle-1")!.history.size, 0, "the oldest idle room's history");
+  assert.ok(h.hub.rooms.get("idle-2")!.history.size > 0, "a second idle room's, too early");
+  assert.ok(h.hub.stats.historyBytes <= 4000);
+  // It talks on: all idle history goes, then its own oldest; the total stays within.
+  h.clock.now += 10_000; // (within its rate)
+  for (let i = 0; i < 150; i++) say(c.member, "z".repeat(60));
+  assert.equal(h.hub.rooms.get("idle-2")!.history.size, 0);
+  const live = h.hub.rooms.get("live")!.history;
+  assert.ok(live.size > 0 && h.hub.stats.historyBytes <= 4000, `${h.hub.stats.historyBytes}`);
+  // Two bytes a character past Latin-1: half as many such messages fit.
+  const latin = live.bytes / live.size;
+  h.clock.now += 10_000;
+  for (let i = 0; i < 150; i++) say(c.member, "漢".repeat(60));
+  assert.ok(live.bytes / live.size > latin * 1.5, `${live.bytes / live.size} against ${latin}`);
+  assert.ok(h.hub.stats.historyBytes <= 4000);
+});

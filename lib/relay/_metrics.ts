@@ -46,6 +46,7 @@ export function metricsText(stats: RelayStats): string {
   );
   metric("gauge", "rooms", "Rooms kept, with their history, nodes or not.", stats.rooms);
   metric("gauge", "history_messages", "Messages held for recovery.", stats.historyMessages);
+  metric("gauge", "history_bytes", "Bytes of messages held for recovery.", stats.historyBytes);
   metric("gauge", "detached", "Nodes whose connection broke, in their grace.", stats.detached);
   metric("counter", "duplicates", "Resent numbered messages dropped.", stats.duplicates);
   metric("counter", "alone", "Numbered messages nobody could hear.", stats.alone);

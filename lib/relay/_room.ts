@@ -7,7 +7,7 @@
  * @module
  */
 
-import { History, type HistoryEntry, type HistoryLimits } from "./_history.ts";
+import { History, type HistoryBudget, type HistoryEntry, type HistoryLimits } from "./_history.ts";
 import type { RelayMember, RelayRole } from "./_protocol.ts";
 import { secretsEqual } from "./_secret.ts";
 
@@ -162,11 +162,17 @@ export class Room {
   rejoinUntil = 0;
 
   /**
-   * A room named by the session id `id`, keeping `history` of its messages,
-   * made at `createdAt` (clock ms).
+   * A room named by the session id `id`, keeping `history` of its messages
+   * (within `budget`, shared with the relay's other rooms), made at
+   * `createdAt` (clock ms).
    */
-  constructor(readonly id: string, history: HistoryLimits, readonly createdAt = 0) {
-    this.history = new History(history);
+  constructor(
+    readonly id: string,
+    history: HistoryLimits,
+    readonly createdAt = 0,
+    budget?: HistoryBudget,
+  ) {
+    this.history = new History(history, budget);
   }
 
   /** Whether `name` is held (by a member, or reserved) for the node with `token`. */

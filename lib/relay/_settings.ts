@@ -96,6 +96,7 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     historyLength: positive("historyLength", options.historyLength ?? 1000),
     historyBytes: positive("historyBytes", options.historyBytes ?? 4 << 20),
     historyAge: duration("historyAge", options.historyAge ?? 120_000),
+    totalHistoryBytes: positive("totalHistoryBytes", options.totalHistoryBytes ?? 256 << 20),
     redisTimeout: duration("redisTimeout", options.redisTimeout ?? 10_000),
     chatPage: options.chatPage ?? true,
     trustedProxies: ipAddresses("trustedProxies", options.trustedProxies ?? []),

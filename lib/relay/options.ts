@@ -60,6 +60,12 @@ export interface RelayOptions {
   /** How long (ms) a room keeps a message for nodes back from a blip. Default 120000. */
   historyAge?: number;
   /**
+   * Bytes of messages all rooms keep together, at most. Past it, rooms
+   * nobody is in lose their history first, then the room that grew its
+   * oldest messages. Default 256 MiB.
+   */
+  totalHistoryBytes?: number;
+  /**
    * How long (ms) a node that is gone (not one that said bye) keeps its
    * nickname reserved for its join token. Default 30000.
    */
