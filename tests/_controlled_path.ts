@@ -7,6 +7,7 @@
  * @module
  */
 import type { Acceptor, Dialer, Link } from "../mod.ts";
+import { LinkQueue } from "../lib/link/_link_queue.ts";
 
 export class Pipe {
   queue: Uint8Array[] = [];
@@ -132,28 +133,17 @@ export interface PathLink {
   cut(): void;
 }
 
+/**
+ * A dialer and an acceptor joined by in-memory links, each in `links` for
+ * the test to drive; `onDial` sees each link before either end uses it.
+ */
 export function controlledPath(onDial?: (link: PathLink) => void) {
   const links: PathLink[] = [];
-  const pending: Link[] = [];
-  let waiting: ((link: Link) => void) | null = null;
-  let rejectWaiting: ((e: Error) => void) | null = null;
-  let closed = false;
+  const queue = new LinkQueue();
   const acceptor: Acceptor = {
-    addr: { transport: "tcp", hostname: "ctl-path", port: 0 },
-    accept() {
-      const link = pending.shift();
-      if (link) return Promise.resolve(link);
-      if (closed) return Promise.reject(new Deno.errors.BadResource("closed"));
-      return new Promise((resolve, reject) => {
-        waiting = resolve;
-        rejectWaiting = reject;
-      });
-    },
-    close() {
-      closed = true;
-      rejectWaiting?.(new Deno.errors.BadResource("closed"));
-      waiting = null;
-    },
+    addr: { transport: "tcp", hostname: "controlled-path", port: 0 },
+    accept: () => queue.accept(),
+    close: () => queue.close(),
   };
   const dialer: Dialer = () => {
     const up = new Pipe();
@@ -174,13 +164,7 @@ export function controlledPath(onDial?: (link: PathLink) => void) {
     };
     links.push(link);
     onDial?.(link);
-    if (waiting) {
-      const resolve = waiting;
-      waiting = null;
-      resolve(server);
-    } else {
-      pending.push(server);
-    }
+    queue.push(server);
     return Promise.resolve(client);
   };
   return { dialer, acceptor, links };

@@ -1,6 +1,7 @@
 // An in-process path with a fixed one-way delay and a bottleneck rate, for
 // testing how a session fills a long fat pipe without a real network.
 import type { Acceptor, Dialer, Link } from "../mod.ts";
+import { LinkQueue } from "../lib/link/_link_queue.ts";
 
 /** Shape of the simulated path. */
 export interface PathOptions {
@@ -109,32 +110,16 @@ class PathLink implements Link {
 
 /** A dialer whose links reach the returned acceptor across the simulated path. */
 export function delayedPath(options: PathOptions): { dialer: Dialer; acceptor: Acceptor } {
-  const pending: Link[] = [];
-  let waiting: ((link: Link) => void) | null = null;
-  let closed = false;
+  const queue = new LinkQueue();
   const acceptor: Acceptor = {
     addr: { transport: "tcp", hostname: "delayed-path", port: 0 },
-    accept() {
-      const link = pending.shift();
-      if (link) return Promise.resolve(link);
-      if (closed) return Promise.reject(new Error("closed"));
-      return new Promise((resolve) => waiting = resolve);
-    },
-    close() {
-      closed = true;
-    },
+    accept: () => queue.accept(),
+    close: () => queue.close(),
   };
   const dialer: Dialer = () => {
     const up = new Pipe(options);
     const down = new Pipe(options);
-    const serverEnd = new PathLink(down, up);
-    if (waiting) {
-      const resolve = waiting;
-      waiting = null;
-      resolve(serverEnd);
-    } else {
-      pending.push(serverEnd);
-    }
+    queue.push(new PathLink(down, up));
     return Promise.resolve(new PathLink(up, down));
   };
   return { dialer, acceptor };

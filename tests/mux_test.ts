@@ -242,14 +242,23 @@ Deno.test("closeWrite again answers what the first one did: a FIN the peer's res
   assert.equal(await outcome(stream.closeWrite()), failed, "after the reset");
 });
 
-Deno.test("closing a session settles writes stuck behind a full session window", async () => {
-  // The peer is a bare ImmortalConn that never reads: no acks, the session
-  // window (4 MiB) fills, and the multiplexer's writer waits inside a write.
-  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+/**
+ * A client session whose peer is a bare ImmortalConn that does not read: no
+ * acks, the session window (4 MiB) fills, and the multiplexer's writer
+ * waits inside a write (24 writes of 256 KiB, on as many streams).
+ */
+async function writerStuck() {
+  const listener = listen({ hostname: "127.0.0.1", port: 0 });
   const client = new MuxSession(await connect({ port: listener.addr.port }), { role: "client" });
-  const silent = await listener.accept();
+  const peer = await listener.accept();
+  listener.close();
   const writes = Array.from({ length: 24 }, () => client.open().write(new Uint8Array(256 * 1024)));
   await waitUntil(() => client.conn.stats.unackedBytes >= 4 * MiB - 64 * 1024, "window full");
+  return { client, peer, writes };
+}
+
+Deno.test("closing a session settles writes stuck behind a full session window", async () => {
+  const { client, peer: silent, writes } = await writerStuck();
   client.close();
   const settled = await within(10_000, "writes settled", Promise.allSettled(writes));
   assert.ok(settled.some((r) => r.status === "rejected"), "the stuck writes were rejected");
@@ -259,13 +268,7 @@ Deno.test("closing a session settles writes stuck behind a full session window",
 });
 
 Deno.test("control frames queued by the ten thousand while the writer waits (streams opened and closed during an outage) go out, and the session goes on", async () => {
-  // The peer is a bare ImmortalConn that stops reading: the session window
-  // fills and the multiplexer's writer waits inside a data write.
-  using listener = listen({ hostname: "127.0.0.1", port: 0 });
-  const client = new MuxSession(await connect({ port: listener.addr.port }), { role: "client" });
-  const peer = await listener.accept();
-  const writes = Array.from({ length: 24 }, () => client.open().write(new Uint8Array(256 * 1024)));
-  await waitUntil(() => client.conn.stats.unackedBytes >= 4 * MiB - 64 * 1024, "window full");
+  const { client, peer, writes } = await writerStuck();
   // OPEN and RESET each: 140,000 control frames behind the blocked write.
   for (let i = 0; i < 70_000; i++) client.open().close();
   let ended: unknown = null;
