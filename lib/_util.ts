@@ -216,7 +216,9 @@ export async function collectBytes(
     buffer.set(piece, size);
     size += piece.length;
   }
-  if (buffer !== null) return buffer.subarray(0, size);
+  // Exactly its size: a body may be kept (an HTTP link's queue counts its
+  // length), and a view would hold up to twice that, or 16 KiB for two bytes.
+  if (buffer !== null) return size === buffer.length ? buffer : buffer.slice(0, size);
   if (only === null) return new Uint8Array(0);
   return only.buffer instanceof ArrayBuffer ? only as Uint8Array<ArrayBuffer> : only.slice();
 }

@@ -135,6 +135,7 @@ Deno.test("collectBytes: a body's bytes whole, its pieces not held until its end
   }, { highWaterMark: 0 });
   const bytes = await collectBytes(body, 1 << 20, () => new RangeError("too large"));
   assert.deepEqual(bytes, Uint8Array.from({ length: PIECES }, (_, i) => i & 0xff));
+  assert.equal(bytes.buffer.byteLength, PIECES, "a body holds no more than its bytes");
   assert.ok(alive >= 0 && alive < 10, `${alive} of ${PIECES} pieces still held`);
 
   const one = new Uint8Array(100);

@@ -405,17 +405,24 @@ async function refusalOf(conn: ImmortalConn, stream: number): Promise<string> {
   return refusal!;
 }
 
-Deno.test("a connection whose remote direction ended whole (its FIN came) gets every byte of it, even when the session is lost before the application read them", async () => {
-  // The splice of a tunnel client's connection, over a multiplexed session.
-  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+/**
+ * A tunnel client's connection (the splice of a socket and a stream, over a
+ * multiplexed session) whose remote direction ended whole while its
+ * application was not reading: 2 MiB and more wait in the stream, the
+ * peer's FIN behind them. Returns what the test needs to end the session.
+ */
+async function finishedWhileNotRead() {
+  const listener = listen({ hostname: "127.0.0.1", port: 0 });
   const clientConn = await connect({ port: listener.addr.port });
   const serverConn = await listener.accept();
+  listener.close();
   const client = new MuxSession(clientConn, { role: "client" });
   const server = new MuxSession(serverConn, { role: "server" });
-  using local = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const local = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const app = await Deno.connect({ hostname: "127.0.0.1", port: local.addr.port });
   const stream = client.open();
   const splicing = splice(await local.accept(), stream, { sent: 0, received: 0 }).catch(() => {});
+  local.close();
   const remote = await server.accept();
   const MiB = 1 << 20;
   // The application reads a first part as it comes: the stream's window grows.
@@ -436,12 +443,35 @@ Deno.test("a connection whose remote direction ended whole (its FIN came) gets e
   assert.ok(stream.bufferedBytes >= 2 * MiB, "bytes waiting in the stream");
   await remote.closeWrite();
   await serverConn.flush(); // the FIN too
-  server.close("the tunnel server is shutting down"); // the session ends
-  await client.closed.catch(() => {});
-  let got = 0;
-  for (let n; (n = await app.read(buffer).catch(() => null)) !== null;) got += n;
-  assert.equal(got, rest, "bytes that had arrived were thrown away");
-  app.close();
-  await splicing;
-  await Promise.allSettled([server.closed, serverConn.closed, clientConn.closed]);
+  return {
+    client,
+    server,
+    app,
+    rest,
+    splicing,
+    /** Reads what the application gets until its end. */
+    async readAll(): Promise<number> {
+      let got = 0;
+      for (let n; (n = await app.read(buffer).catch(() => null)) !== null;) got += n;
+      return got;
+    },
+    async [Symbol.asyncDispose]() {
+      app.close();
+      await splicing;
+      await Promise.allSettled([server.closed, serverConn.closed, clientConn.closed]);
+    },
+  };
+}
+
+Deno.test("a connection whose remote direction ended whole (its FIN came) gets every byte of it, even when the session is lost before the application read them", async () => {
+  await using t = await finishedWhileNotRead();
+  t.server.close("the tunnel server is shutting down"); // the session ends, for the client
+  await t.client.closed.catch(() => {});
+  assert.equal(await t.readAll(), t.rest, "bytes that had arrived were thrown away");
+});
+
+Deno.test("a connection whose remote direction ended whole ends at once when its own tunnel closes the session: a shutdown does not wait for an application that does not read", async () => {
+  await using t = await finishedWhileNotRead();
+  t.client.close("the tunnel client is shutting down");
+  await within(30_000, "the splice's end, the application reading nothing", t.splicing);
 });

@@ -37,7 +37,9 @@ export interface HistoryBudget {
 }
 
 /** Characters past Latin-1: V8 then holds the string in two bytes a character. */
-const TWO_BYTE = /[^\x00-\xff]/;
+const TWO_BYTE = /[\u0100-\uffff]/;
+/** What a dropped message's slot holds until the array is compacted. */
+const DROPPED: HistoryEntry = { offset: 0, at: 0, from: "", role: "peer", data: "" };
 
 /**
  * Memory a frame's text takes: one byte a character, or two for text past
@@ -152,13 +154,21 @@ export class History {
 
   /** Forgets the oldest message held; only while {@linkcode History.size} > 0. */
   dropOldest(): void {
-    const size = this.#sizes[this.#head];
-    const entry = this.#entries[this.#head++];
+    const head = this.#head++;
+    const size = this.#sizes[head];
+    const entry = this.#entries[head];
+    // The slot lets go of the message at once: what the budget no longer
+    // counts must not stay in memory until the array is next compacted.
+    this.#entries[head] = DROPPED;
     this.#bytes -= size;
     if (this.#budget) this.#budget.used -= size;
     this.#forgotten = entry.offset;
-    // Dropped entries go in one slice now and then, not one shift each.
-    if (this.#head > 1024 && this.#head * 2 > this.#entries.length) {
+    // Dropped slots go in one slice now and then, not one shift each.
+    if (this.#head === this.#entries.length) {
+      this.#entries = [];
+      this.#sizes = [];
+      this.#head = 0;
+    } else if (this.#head >= 64 && this.#head * 2 >= this.#entries.length) {
       this.#entries = this.#entries.slice(this.#head);
       this.#sizes = this.#sizes.slice(this.#head);
       this.#head = 0;

@@ -1236,6 +1236,7 @@ export class Hub {
     this.#cluster?.close();
     for (const room of this.rooms.values()) {
       for (const member of room.members.values()) member.sink.close(1001, "relay shutting down");
+      room.history.clear();
     }
     this.rooms.clear();
     this.#nodes = 0;

@@ -13,6 +13,7 @@
 
 import type { MuxStream } from "../mux/mod.ts";
 import { coreOf } from "../mux/mux_stream.ts";
+import { ImmortalError } from "../conn/errors.ts";
 
 /** What a connection reads into while it is quiet. */
 const SMALL_BUFFER = 16 * 1024;
@@ -119,16 +120,20 @@ export async function splice(
     return n;
   });
   // What the peer sent whole (its FIN came) goes out to the local app even
-  // if the stream then fails: it arrived. Until then, the socket stays.
+  // if the stream then fails (its session lost): it arrived. Until then, the
+  // socket stays. Not when we close it ourselves (a tunnel shutting down).
   const core = coreOf(stream);
-  const delivered = () => core.peerFinished ? received.then(() => {}, () => {}) : undefined;
+  const delivered = (failure: unknown) =>
+    core.peerFinished && !(failure instanceof ImmortalError && failure.code === "closed")
+      ? received.then(() => {}, () => {})
+      : undefined;
   // A stream reset or lost with its session wakes no one once the remote
   // direction finished (the local read may wait forever): close the socket.
   // Its failure is the reason, not the local read or write our close cancels.
   let streamFailure: unknown;
   stream.closed.catch(async (error) => {
     streamFailure ??= error;
-    await delivered();
+    await delivered(error);
     try {
       tcp.close();
     } catch {
@@ -144,7 +149,7 @@ export async function splice(
     return { up: u, down: d };
   } catch (error) {
     stream.close();
-    await delivered();
+    await delivered(streamFailure);
     throw streamFailure ?? error;
   } finally {
     try {

@@ -102,6 +102,8 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   #sessions = new Map<MuxSession, ImmortalConn>();
   #streams = 0;
   #forwarded: ForwardedBytes = { sent: 0, received: 0 };
+  /** The open connections to the target: closed by close(). */
+  #targets = new Set<Deno.TcpConn>();
   #refusals = new LogLimiter((line) => log.warn(line));
   #serving: Promise<void>;
   /** Every session's serving, so close() can wait for all of them. */
@@ -236,6 +238,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
       });
       return;
     }
+    this.#targets.add(tcp);
     try {
       stream.accept();
       log.debug("Stream {stream} of session {session} forwarded to {target}", {
@@ -256,6 +259,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
         reason: errorMessage(error),
       });
     } finally {
+      this.#targets.delete(tcp);
       this.#streams--;
     }
   }
@@ -265,6 +269,15 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     this.#listener.close();
     // Said to each client: its connections end for this, not for a fault.
     for (const session of this.#sessions.keys()) session.close(shuttingDown("tunnel server"));
+    // A connection still writing what its client sent whole (its session
+    // lost, the end had come) would wait for a target that may never read.
+    for (const tcp of this.#targets) {
+      try {
+        tcp.close();
+      } catch {
+        // Closed already.
+      }
+    }
     await this.#serving;
     await Promise.allSettled([...this.#carrying]);
     this.#refusals.flush();
