@@ -310,6 +310,48 @@ Deno.test("a stream the peer resets before it was accepted leaves the queue: a p
   await Promise.allSettled([client.closed, raw.closed]);
 });
 
+/**
+ * A server session whose peer is a bare session with a 1 KiB window that
+ * sent `opens` OPENs and reads nothing; `accepts` takes each stream the
+ * server accepts, if given.
+ */
+async function openedAtOnce(opens: number, accepts?: (stream: MuxStream) => void) {
+  const listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const raw = await connect({ port: listener.addr.port, maxUnackedBytes: 1024 });
+  raw.closed.catch(() => {}); // cut off, maybe: what the test looks at is the server's side
+  const server = new MuxSession(await listener.accept(), { role: "server" });
+  listener.close();
+  const accepting = accepts &&
+    (async () => {
+      for await (const stream of server) accepts(stream);
+    })().catch(() => {});
+  const frames: Uint8Array[] = [GREETING];
+  for (let i = 0, id = 1; i < opens; i++, id += 2) frames.push(encodeFrame(FrameType.open, id));
+  // Not awaited: a session cut off for them fails the write.
+  const written = raw.write(concat(...frames)).catch((error) => error);
+  return { raw, server, accepting, written };
+}
+
+Deno.test("a peer that opens stream after stream without reading the answers (every one refused, by the application) is cut off once 4,096 wait", async () => {
+  const { raw, server, accepting } = await openedAtOnce(5000, (stream) => stream.refuse("no"));
+  const error = await within(30_000, "the session's end", server.closed.then(() => null, (e) => e));
+  assert.match(String(error), /keeps opening streams without reading the answers/);
+  raw.close();
+  await Promise.allSettled([raw.closed, accepting]);
+});
+
+Deno.test("streams waiting to be accepted are 4,096 at most: the OPENs past them are refused without a stream made", async () => {
+  const { raw, server, written } = await openedAtOnce(4100);
+  await written;
+  await raw.flush(); // read by the server's session: every OPEN handled
+  assert.equal(server.streams, 4096);
+  const first = await server.accept();
+  assert.equal(first.id, 1, "the oldest first");
+  server.close();
+  raw.close();
+  await Promise.allSettled([raw.closed, server.closed]);
+});
+
 Deno.test("streams past maxStreams are refused with the reason; the others go on", async () => {
   using listener = listen({ hostname: "127.0.0.1", port: 0 });
   const client = new MuxSession(await connect({ port: listener.addr.port }), { role: "client" });

@@ -29,8 +29,13 @@ const log = getLogger(["immortal", "mux"]);
 
 /** A data payload this small is copied behind its header: one write instead of two. */
 const COALESCE_MAX = 16 * 1024;
-/** Refusals queued for a peer that opens past `maxStreams`, at most. */
-const MAX_QUEUED_REFUSALS = 4096;
+/**
+ * Answers to the peer's OPENs (ACCEPT, REFUSE) queued for it, at most: a
+ * peer that opens (and resets) on and on without reading them is cut off.
+ */
+const MAX_QUEUED_ANSWERS = 4096;
+/** Streams the peer opened and the application has not accepted yet, at most. */
+const MAX_WAITING = 4096;
 /**
  * Control frames go out in writes of about this much: tens of thousands can
  * queue while the writer waits inside a data write (a stream per connection
@@ -105,11 +110,12 @@ export class MuxSession implements AsyncDisposable {
   #nextId: number;
   #lastPeerId = 0;
   #peerParity: number;
-  #incoming: MuxStream[] = [];
+  /** Streams the peer opened, waiting for accept(), oldest first. */
+  #incoming = new Set<MuxStream>();
   #acceptWaiters: { resolve: (s: MuxStream) => void; reject: (e: Error) => void }[] = [];
   #control: Uint8Array[] = [];
-  /** Refusals among {@linkcode MuxSession.#control}. */
-  #refusalsQueued = 0;
+  /** Answers to the peer's OPENs among {@linkcode MuxSession.#control}. */
+  #answersQueued = 0;
   #data: QueuedData[] = [];
   #wakeWriter: (() => void) | null = null;
   /** The writer loop is in a write (which may have appended part of a frame). */
@@ -189,8 +195,11 @@ export class MuxSession implements AsyncDisposable {
 
   /** The next stream the peer opened; answer it with `accept`/`refuse` (or write). */
   accept(): Promise<MuxStream> {
-    const stream = this.#incoming.shift();
-    if (stream) return Promise.resolve(stream);
+    const stream = this.#incoming.values().next().value;
+    if (stream) {
+      this.#incoming.delete(stream);
+      return Promise.resolve(stream);
+    }
     if (this.#ending) return Promise.reject(this.#ending);
     return new Promise((resolve, reject) => this.#acceptWaiters.push({ resolve, reject }));
   }
@@ -235,9 +244,9 @@ export class MuxSession implements AsyncDisposable {
       return;
     }
     this.#control.push(frame);
-    // Refusals waiting here are what a peer that opens and does not read
+    // Answers waiting here are what a peer that opens and does not read
     // makes us hold: they alone count toward its limit, not our own frames.
-    if (frame[0] === FrameType.refuse) this.#refusalsQueued++;
+    if (isAnswer(frame)) this.#answersQueued++;
     this.#kick();
   }
 
@@ -285,7 +294,7 @@ export class MuxSession implements AsyncDisposable {
     const batch = count === 1 ? frames[0] : new Uint8Array(bytes);
     for (let i = 0, at = 0; i < count; at += frames[i++].length) {
       if (count > 1) batch.set(frames[i], at);
-      if (frames[i][0] === FrameType.refuse) this.#refusalsQueued--;
+      if (isAnswer(frames[i])) this.#answersQueued--;
     }
     return batch;
   }
@@ -389,15 +398,20 @@ export class MuxSession implements AsyncDisposable {
       throw new MuxProtocolError(`the peer opened stream ${id} out of turn`);
     }
     this.#lastPeerId = id;
-    if (this.#streams.size >= this.#maxStreams) {
-      // A peer that opens on and on past the limit while not reading our
-      // answers would grow the control queue without end: cut it off.
-      if (this.#refusalsQueued >= MAX_QUEUED_REFUSALS) {
-        throw new MuxProtocolError("the peer keeps opening streams past the limit");
-      }
-      this.#sendControl(
-        encodeFrame(FrameType.refuse, id, new TextEncoder().encode("too many streams")),
-      );
+    // A peer that opens on and on (past the limit, or resetting each stream
+    // once accepted) while not reading our answers would grow the control
+    // queue without end: cut it off.
+    if (this.#answersQueued >= MAX_QUEUED_ANSWERS) {
+      throw new MuxProtocolError("the peer keeps opening streams without reading the answers");
+    }
+    // Refused without a stream made: at the limit of streams open, or of
+    // streams waiting to be accepted (a peer that opens faster than the
+    // application accepts; each waiting stream is an object of some weight).
+    if (this.#streams.size >= this.#maxStreams || this.#incoming.size >= MAX_WAITING) {
+      const why = this.#streams.size >= this.#maxStreams
+        ? "too many streams"
+        : "too many streams waiting to be accepted";
+      this.#sendControl(encodeFrame(FrameType.refuse, id, new TextEncoder().encode(why)));
       return;
     }
     const core = new StreamCore(id, this.#owner, { meta, incoming: true });
@@ -405,13 +419,12 @@ export class MuxSession implements AsyncDisposable {
     const stream = new MuxStream(core);
     const waiter = this.#acceptWaiters.shift();
     if (waiter) return waiter.resolve(stream);
-    this.#incoming.push(stream);
+    this.#incoming.add(stream);
     // One the peer resets before it was taken leaves the queue: it counts
     // against maxStreams no more, and a peer that opens and resets on and on
     // would otherwise grow the queue without bound.
     core.closed.catch(() => {
-      const at = this.#incoming.indexOf(stream);
-      if (at >= 0) this.#incoming.splice(at, 1);
+      this.#incoming.delete(stream);
     });
   }
 
@@ -435,7 +448,8 @@ export class MuxSession implements AsyncDisposable {
     }
     for (const core of [...this.#streams.values()]) core.fail(error);
     this.#streams.clear();
-    for (const stream of this.#incoming.splice(0)) stream.close();
+    for (const stream of this.#incoming) stream.close();
+    this.#incoming.clear();
     for (const waiter of this.#acceptWaiters.splice(0)) waiter.reject(error);
     for (const item of this.#data.splice(0)) item.reject(error);
     this.#inFlight?.reject(error);
@@ -446,4 +460,9 @@ export class MuxSession implements AsyncDisposable {
     if (this.#closedLocally) this.#resolveClosed();
     else this.#rejectClosed(error);
   }
+}
+
+/** Whether `frame` answers an OPEN of the peer's (ACCEPT, REFUSE). */
+function isAnswer(frame: Uint8Array): boolean {
+  return frame[0] === FrameType.accept || frame[0] === FrameType.refuse;
 }
