@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { connect, listen } from "../mod.ts";
-import { delay } from "./_helpers.ts";
+import { controlledPath } from "./_controlled_path.ts";
+import { delay, waitUntil } from "./_helpers.ts";
 
 /** Byte at stream position `i`: changes every byte and every 8 KiB, so a misplaced range shows. */
 const patternAt = (i: number) => (i * 7 + (i >> 13)) & 255;
@@ -64,3 +65,24 @@ for (const via of ["read", "readable"] as const) {
     await Promise.all([client.closed, server.closed]);
   });
 }
+
+Deno.test("small frames received while nobody reads are queued together, not one chunk each: a read then takes them all", async () => {
+  const path = controlledPath();
+  using listener = listen({ acceptor: path.acceptor });
+  const client = await connect({ dialer: path.dialer });
+  const server = await listener.accept();
+  // 100 one-byte data frames, each written alone (the next waits for the last to go).
+  const up = path.links[0].up;
+  for (let i = 0; i < 100; i++) {
+    const wrote = new Promise<void>((resolve) => up.onWrite = () => resolve());
+    await client.write(new Uint8Array([i]));
+    await wrote;
+  }
+  await waitUntil(() => server.stats.bufferedBytes === 100, "all received, none read");
+  const buffer = new Uint8Array(64 * 1024);
+  const n = await server.read(buffer);
+  assert.equal(n, 100, "one read, every byte");
+  assert.deepEqual(buffer.subarray(0, 100), Uint8Array.from({ length: 100 }, (_, i) => i));
+  client.close();
+  await Promise.allSettled([client.closed, server.closed]);
+});

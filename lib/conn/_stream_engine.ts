@@ -66,6 +66,10 @@ const MAX_DATA_FRAME = 1024 * 1024;
 const RTT_REFRESH_BEATS = 10;
 /** A session being closed gets this long to flush its last frame. */
 const FLUSH_TIMEOUT_MS = 1000;
+/** A received piece smaller than this is copied behind the last small one, not queued alone. */
+const SMALL_PIECE = 4096;
+/** What small pieces are copied into. */
+const SMALL_BUFFER = 64 * 1024;
 /**
  * The send window never shrinks below this (or the most both ends allow):
  * enough to fill loopback and LAN paths from the first byte, and four times
@@ -181,6 +185,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #ackForced = false;
   #peerFin: number | null = null;
   #queue = new ChunkQueue();
+  /** The buffer small pieces are queued in, and how much of it is used. */
+  #small: Uint8Array | null = null;
+  #smallUsed = 0;
   #queued = 0;
   /** Readers (`read` without a parked buffer, or `readable`) waiting for bytes. */
   #readerWaiters: (() => void)[] = [];
@@ -753,6 +760,34 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     }
   }
 
+  /**
+   * Queues a small piece behind the last one, in a buffer of small pieces,
+   * when it is the last thing queued and there is room; else starts a chunk
+   * there (a new buffer when that one is full).
+   */
+  #queueSmall(piece: Uint8Array): void {
+    let small = this.#small;
+    const last = this.#queue.last;
+    const end = this.#smallUsed + piece.length;
+    if (small !== null && end <= small.length) {
+      small.set(piece, this.#smallUsed);
+      if (
+        last !== undefined && last.buffer === small.buffer &&
+        last.byteOffset + last.length === this.#smallUsed
+      ) {
+        this.#queue.last = small.subarray(last.byteOffset, end);
+      } else {
+        this.#queue.push(small.subarray(this.#smallUsed, end));
+      }
+      this.#smallUsed = end;
+      return;
+    }
+    small = this.#small = new Uint8Array(SMALL_BUFFER);
+    small.set(piece);
+    this.#queue.push(small.subarray(0, piece.length));
+    this.#smallUsed = piece.length;
+  }
+
   #onFrame(frame: Frame): void {
     if (this.#ending !== null) return;
     switch (frame.type) {
@@ -782,9 +817,12 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
           if (taken === frame.data.length) return;
         }
         // The frame is a view into the link's read buffer: queue the view if
-        // that buffer can be lent (the link then reads into another), else a copy.
+        // that buffer can be lent (the link then reads into another), else a
+        // copy. A small one is copied behind the last small one: a chunk per
+        // frame cost ~170 bytes of memory per byte of a peer's 1-byte frames.
         const rest = frame.data.subarray(taken);
-        this.#queue.push(this.#readBuffers.hold(rest, this.#queued) ? rest : rest.slice());
+        if (rest.length < SMALL_PIECE) this.#queueSmall(rest);
+        else this.#queue.push(this.#readBuffers.hold(rest, this.#queued) ? rest : rest.slice());
         this.#queued += rest.length;
         this.#wakeReaderNow();
         return;
