@@ -180,41 +180,66 @@ export function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
   return out;
 }
 
+/** Limits of {@linkcode collectBytes}. */
+export interface CollectOptions {
+  /** Most bytes taken: past them, `tooLarge()` is thrown. */
+  max: number;
+  /** The error for a body past `max`. */
+  tooLarge: () => Error;
+  /** Stops reading: the body is cancelled, and the signal's reason thrown. */
+  signal?: AbortSignal;
+}
+
 /**
- * A body's bytes, whole: throws `tooLarge()` once they pass `max`. Pieces
- * are copied into one buffer as they come, which doubles as it fills: a
- * chunked body of one-byte chunks would otherwise hold an array object per
- * byte (some 200 bytes of memory per byte sent) until its end. A body that
- * comes in one piece (our server reads a declared length whole) is that
- * piece, not a copy.
+ * A body's bytes, whole. Pieces are copied into one buffer as they come,
+ * which doubles as it fills: a chunked body of one-byte chunks would
+ * otherwise hold an array object per byte (some 200 bytes of memory per
+ * byte sent) until its end. A body that comes in one piece (our server reads
+ * a declared length whole) is that piece, not a copy.
  */
 export async function collectBytes(
   body: ReadableStream<Uint8Array> | null,
-  max: number,
-  tooLarge: () => Error,
+  { max, tooLarge, signal }: CollectOptions,
 ): Promise<Uint8Array<ArrayBuffer>> {
   let only: Uint8Array | null = null;
   let buffer: Uint8Array<ArrayBuffer> | null = null;
   let size = 0;
-  for await (const piece of body ?? []) {
-    if (size + piece.length > max) throw tooLarge();
-    if (only === null && buffer === null) {
-      only = piece;
-      size = piece.length;
-      continue;
+  if (body === null) return new Uint8Array(0);
+  const reader = body.getReader();
+  // A body that stalls holds what it sent: cancelled, its read ends at once.
+  const stop = () => reader.cancel().catch(() => {});
+  signal?.addEventListener("abort", stop, { once: true });
+  try {
+    for (;;) {
+      signal?.throwIfAborted();
+      const { value: piece, done } = await reader.read();
+      signal?.throwIfAborted();
+      if (done) break;
+      if (size + piece.length > max) {
+        await reader.cancel().catch(() => {});
+        throw tooLarge();
+      }
+      if (only === null && buffer === null) {
+        only = piece;
+        size = piece.length;
+        continue;
+      }
+      if (buffer === null || size + piece.length > buffer.length) {
+        const held: Uint8Array = buffer === null ? only! : buffer.subarray(0, size);
+        const room = Math.max(16 * 1024, 2 * (buffer === null ? 0 : buffer.length));
+        const grown: Uint8Array<ArrayBuffer> = new Uint8Array(
+          Math.min(max, Math.max(room, size + piece.length)),
+        );
+        grown.set(held);
+        buffer = grown;
+        only = null;
+      }
+      buffer.set(piece, size);
+      size += piece.length;
     }
-    if (buffer === null || size + piece.length > buffer.length) {
-      const held: Uint8Array = buffer === null ? only! : buffer.subarray(0, size);
-      const room = Math.max(16 * 1024, 2 * (buffer === null ? 0 : buffer.length));
-      const grown: Uint8Array<ArrayBuffer> = new Uint8Array(
-        Math.min(max, Math.max(room, size + piece.length)),
-      );
-      grown.set(held);
-      buffer = grown;
-      only = null;
-    }
-    buffer.set(piece, size);
-    size += piece.length;
+  } finally {
+    signal?.removeEventListener("abort", stop);
+    reader.releaseLock();
   }
   // Exactly its size: a body may be kept (an HTTP link's queue counts its
   // length), and a view would hold up to twice that, or 16 KiB for two bytes.

@@ -133,7 +133,10 @@ Deno.test("collectBytes: a body's bytes whole, its pieces not held until its end
       controller.enqueue(piece);
     },
   }, { highWaterMark: 0 });
-  const bytes = await collectBytes(body, 1 << 20, () => new RangeError("too large"));
+  const bytes = await collectBytes(body, {
+    max: 1 << 20,
+    tooLarge: () => new RangeError("too large"),
+  });
   assert.deepEqual(bytes, Uint8Array.from({ length: PIECES }, (_, i) => i & 0xff));
   assert.equal(bytes.buffer.byteLength, PIECES, "a body holds no more than its bytes");
   assert.ok(alive >= 0 && alive < 10, `${alive} of ${PIECES} pieces still held`);
@@ -145,9 +148,12 @@ Deno.test("collectBytes: a body's bytes whole, its pieces not held until its end
       controller.close();
     },
   });
-  assert.equal(await collectBytes(whole, 100, () => new RangeError("too large")), one);
+  assert.equal(
+    await collectBytes(whole, { max: 100, tooLarge: () => new RangeError("too large") }),
+    one,
+  );
   assert.deepEqual(
-    await collectBytes(null, 0, () => new RangeError("too large")),
+    await collectBytes(null, { max: 0, tooLarge: () => new RangeError("too large") }),
     new Uint8Array(0),
   );
   const big = new ReadableStream<Uint8Array>({
@@ -155,5 +161,8 @@ Deno.test("collectBytes: a body's bytes whole, its pieces not held until its end
       controller.enqueue(new Uint8Array(40));
     },
   });
-  await assert.rejects(collectBytes(big, 100, () => new RangeError("over 100")), /over 100/);
+  await assert.rejects(
+    collectBytes(big, { max: 100, tooLarge: () => new RangeError("over 100") }),
+    /over 100/,
+  );
 });

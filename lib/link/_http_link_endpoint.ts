@@ -110,19 +110,35 @@ export class HttpLinkEndpoint {
         status: 400,
       });
     }
+    // Judged by its number before its body is read: a body is held only for
+    // a number in flight, once (PROTOCOL.md 4.2).
+    const verdict = await link.admit(seq);
+    if (verdict !== "read") {
+      await req.body?.cancel();
+      if (verdict === "repeat") return await link.post(seq, new Uint8Array(0));
+      return verdict === "closed"
+        ? new Response("the link is closed", { status: 410 })
+        : new Response("out of sequence", { status: 409 });
+    }
     let body: Uint8Array;
     try {
-      body = await readBounded(req, MAX_POST_BYTES);
+      body = await readBounded(req, MAX_POST_BYTES, link.signal);
     } catch (error) {
+      link.release(seq);
       if (error instanceof RangeError) {
         link.close();
         return new Response("the upstream POST was too large", { status: 400 });
       }
+      if (link.signal.aborted) return new Response("the link is closed", { status: 410 });
       // Cut on the way (its connection died): its number is not taken, and
       // the client sends it again (PROTOCOL.md 4.2); the link goes on.
       return new Response("the upstream POST was cut", { status: 400 });
     }
-    return await link.post(seq, body);
+    // Its number is taken (or waits its turn) once post() is called: a POST
+    // waiting for this one then finds it a repeat.
+    const answer = link.post(seq, body);
+    link.release(seq);
+    return await answer;
   }
 
   /** Ends every HTTP-streaming link. */
@@ -138,12 +154,20 @@ function postNumber(text: string | null): number | null {
   return Number.isSafeInteger(seq) ? seq : null;
 }
 
-/** A request body, whole; a `RangeError` past `max` bytes (declared or read). */
-export async function readBounded(req: Request, max: number): Promise<Uint8Array<ArrayBuffer>> {
+/**
+ * A request body, whole; a `RangeError` past `max` bytes (declared or read);
+ * `signal` stops the reading (the body is cancelled).
+ */
+export async function readBounded(
+  req: Request,
+  max: number,
+  signal?: AbortSignal,
+): Promise<Uint8Array<ArrayBuffer>> {
   if (Number(req.headers.get("content-length") ?? 0) > max) {
     await req.body?.cancel();
     throw new RangeError(`a body over ${max} bytes`);
   }
   // Our own server hands a body of declared length over in one piece: kept as it is.
-  return await collectBytes(req.body, max, () => new RangeError(`a body over ${max} bytes`));
+  const tooLarge = () => new RangeError(`a body over ${max} bytes`);
+  return await collectBytes(req.body, { max, tooLarge, signal });
 }

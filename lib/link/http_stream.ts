@@ -86,6 +86,10 @@ export class ServerHttpStreamLink implements Link {
   #early = new Map<number, { body: Uint8Array; taken: () => void; done: Promise<void> }>();
   /** Bytes of the POSTs in `#early`. */
   #earlyBytes = 0;
+  /** Numbers whose body one POST is reading now: another with it waits for that one. */
+  #reading = new Map<number, PromiseWithResolvers<void>>();
+  /** Ends the body reads of this link's POSTs when it closes. */
+  #abort = new AbortController();
   #controller!: ReadableStreamDefaultController<Uint8Array>;
   #pulled: (() => void) | null = null;
   #closed = false;
@@ -165,6 +169,43 @@ export class ServerHttpStreamLink implements Link {
    * answered while its original still waited let the client send a number
    * too far ahead).
    */
+  /** Aborted once the link is closed: a POST still reading its body stops. */
+  get signal(): AbortSignal {
+    return this.#abort.signal;
+  }
+
+  /**
+   * Where an upstream POST numbered `seq` stands, before its body is read:
+   * `read` (read it, then {@linkcode ServerHttpStreamLink.post}; the number
+   * is reserved until {@linkcode ServerHttpStreamLink.release}), `repeat`
+   * (its number was taken: answer it with `post` and an empty body),
+   * `out-of-sequence` (past the POSTs in flight: the link is closed) or
+   * `closed`. A POST whose number another one is reading waits for that one:
+   * a body is held once per number, and only for numbers in flight, whatever
+   * a client (or a stranger who knows the link's id) sends.
+   */
+  async admit(seq: number): Promise<"read" | "repeat" | "out-of-sequence" | "closed"> {
+    for (;;) {
+      if (this.#closed) return "closed";
+      if (seq < this.#nextSeq || this.#early.has(seq)) return "repeat";
+      if (seq >= this.#nextSeq + MAX_POSTS_IN_FLIGHT) {
+        this.close(linkClosed(`upstream POST ${seq} where ${this.#nextSeq} was due`));
+        return "out-of-sequence";
+      }
+      const reading = this.#reading.get(seq);
+      if (reading === undefined) break;
+      await reading.promise;
+    }
+    this.#reading.set(seq, Promise.withResolvers());
+    return "read";
+  }
+
+  /** The POST that {@linkcode ServerHttpStreamLink.admit} let read `seq` is done with it (posted, or cut). */
+  release(seq: number): void {
+    this.#reading.get(seq)?.resolve();
+    this.#reading.delete(seq);
+  }
+
   async post(seq: number, body: Uint8Array): Promise<Response> {
     if (this.#closed) return new Response("the link is closed", { status: 410 });
     const next = this.#nextSeq;
@@ -222,6 +263,9 @@ export class ServerHttpStreamLink implements Link {
     for (const early of this.#early.values()) early.taken();
     this.#early.clear();
     this.#earlyBytes = 0;
+    for (const reading of this.#reading.values()) reading.resolve();
+    this.#reading.clear();
+    this.#abort.abort(new Deno.errors.BadResource("the link is closed"));
     this.#onClose();
   }
 }

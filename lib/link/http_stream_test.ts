@@ -237,3 +237,31 @@ Deno.test("HTTP-streaming endpoint: a POST whose body was cut on the way takes n
   endpoint.close();
   await opened.response.body?.cancel();
 });
+
+Deno.test("HTTP-streaming server link: a POST is judged by its number before its body is read; one whose number another POST is reading waits for it, then is a repeat; closing ends the waits and the reads", async () => {
+  const fresh = new ServerHttpStreamLink(undefined, () => {});
+  assert.equal(await fresh.admit(0), "read");
+  // A second POST numbered 0 (a stranger's copies, or a client's retry) waits.
+  let second: string | undefined;
+  const waiting = fresh.admit(0).then((verdict) => second = verdict);
+  const third = fresh.admit(0);
+  await Promise.resolve();
+  assert.equal(second, undefined, "read twice at once");
+  // The first is posted: its number is taken, the others are repeats.
+  const posted = fresh.post(0, new Uint8Array([7]));
+  fresh.release(0);
+  await waiting;
+  assert.equal(second, "repeat");
+  assert.equal(await third, "repeat");
+  assert.equal((await posted).status, 204);
+  // A body cut on the way gives its number back: the retry reads.
+  assert.equal(await fresh.admit(1), "read");
+  const retry = fresh.admit(1);
+  fresh.release(1);
+  assert.equal(await retry, "read");
+  // Past the POSTs in flight: out of sequence, and the link ends.
+  assert.equal(await fresh.admit(1 + MAX_POSTS_IN_FLIGHT), "out-of-sequence");
+  assert.ok(fresh.signal.aborted, "the reads of a closed link go on");
+  assert.equal(await fresh.admit(2), "closed");
+  await fresh.response.body?.cancel().catch(() => {});
+});

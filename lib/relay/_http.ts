@@ -108,7 +108,7 @@ export async function readBody(req: Request, max: number): Promise<{ text: strin
     await req.body?.cancel();
     throw new BodyTooLarge(max);
   }
-  const all = await collectBytes(req.body, max, () => new BodyTooLarge(max));
+  const all = await collectBytes(req.body, { max, tooLarge: () => new BodyTooLarge(max) });
   try {
     return { text: utf8.decode(all), size: all.length };
   } catch {
