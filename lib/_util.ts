@@ -180,6 +180,20 @@ export function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
   return out;
 }
 
+/** Characters that would let a peer's text break a log line or drive a terminal. */
+// deno-lint-ignore no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * Text a peer chose (a refusal's or an abort's reason), as an error message
+ * and a log line may carry it: its control characters (line breaks, escape
+ * sequences, bidi overrides) written out as `\uXXXX`, so it cannot forge a
+ * log line of its own or colour a terminal.
+ */
+export function peerText(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 /** Limits of {@linkcode collectBytes}. */
 export interface CollectOptions {
   /** Most bytes taken: past them, `tooLarge()` is thrown. */

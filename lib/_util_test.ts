@@ -8,6 +8,7 @@ import {
   errorMessage,
   hostPort,
   parsePortText,
+  peerText,
   tlsFailureKind,
   untilAborted,
 } from "./_util.ts";
@@ -164,5 +165,13 @@ Deno.test("collectBytes: a body's bytes whole, its pieces not held until its end
   await assert.rejects(
     collectBytes(big, { max: 100, tooLarge: () => new RangeError("over 100") }),
     /over 100/,
+  );
+});
+
+Deno.test("peerText: a peer's line breaks, escapes and bidi overrides written out; the rest as it is", () => {
+  assert.equal(peerText("plain text, é, 漢"), "plain text, é, 漢");
+  assert.equal(
+    peerText("a\nb\r\u001b[31m\u202e\u2028"),
+    "a\\u000ab\\u000d\\u001b[31m\\u202e\\u2028",
   );
 });

@@ -179,3 +179,33 @@ Deno.test("a resume of a session the server does not know (it restarted) is refu
     );
   });
 });
+
+Deno.test("a client that sends a reject in place of its proof is a malformed handshake, not a refusal of the server's; a peer's reason never carries a line break into a log", async () => {
+  await withLogs(async (records) => {
+    using listener = listen({ hostname: "127.0.0.1", port: 0, key: "k" });
+    const stranger = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+    const decoder = new FrameDecoder();
+    await stranger.write(encodeFrame({
+      type: "hello",
+      version: PROTOCOL_VERSION,
+      nonce: crypto.getRandomValues(new Uint8Array(16)),
+      window: 1 << 20,
+      publicKey: crypto.getRandomValues(new Uint8Array(32)),
+    }));
+    assert.equal((await readFrame(stranger, decoder)).type, "challenge");
+    const forged = "x\n18:00:00.000 INF immortal·listener Session resumed\u001b[31m";
+    await stranger.write(encodeFrame({ type: "reject", code: "auth", reason: forged }));
+    // The listener answers it as a protocol error, then hangs up.
+    const answer = await readFrame(stranger, decoder).catch(() => null);
+    assert.ok(answer === null || answer.type === "reject", `${answer?.type}`);
+    stranger.close();
+    await waitUntil(
+      () => records.some((r) => /Handshake with .* failed|Refused/.test(renderRecord(r))),
+      "the listener giving up on it",
+    );
+    const lines = records.map(renderRecord).join("\n");
+    assert.doesNotMatch(lines, /server refused/, "a client's reject taken for the server's");
+    assert.doesNotMatch(lines, /\n18:00|\u001b/, "the peer's text broke a log line");
+    assert.equal(listener.stats.refusedAuth, 0);
+  });
+});

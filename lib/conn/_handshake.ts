@@ -25,7 +25,7 @@
 
 import { encodeFrame, type Frame, PROTOCOL_VERSION, type RejectCode } from "../frame/mod.ts";
 import type { Link } from "../link/mod.ts";
-import { concat } from "../_util.ts";
+import { concat, peerText } from "../_util.ts";
 import { ImmortalError } from "./errors.ts";
 import type { FrameReader } from "./_frame_reader.ts";
 import { type LinkKeys, SealedLink } from "./_sealed_link.ts";
@@ -190,7 +190,7 @@ function rejectError(code: RejectCode, reason: string): ImmortalError {
     : code === "version"
     ? "protocol"
     : "rejected";
-  return new ImmortalError(mapped, `server refused: ${reason}`);
+  return new ImmortalError(mapped, `server refused: ${peerText(reason)}`);
 }
 
 /** The link ended in the handshake, where the peer's `expected` frame should have come. */
@@ -212,7 +212,10 @@ async function expectFrame<T extends Frame["type"]>(
 ): Promise<Extract<Frame, { type: T }>> {
   const frame = await reader.nextFrame();
   if (frame === null) throw new HandshakeCut(type);
-  if (frame.type === "reject") throw rejectError(frame.code, frame.reason);
+  // Only a server refuses: a client's reject is out of place, as any other frame.
+  if (frame.type === "reject" && (type === "challenge" || type === "accept")) {
+    throw rejectError(frame.code, frame.reason);
+  }
   if (frame.type === "hello" && type !== "hello") {
     // A client's own first frame, back: what a plain echo server does.
     throw new ImmortalError(

@@ -28,7 +28,7 @@ import {
 } from "../frame/mod.ts";
 import { describePeer, formatAddr, type Link, TcpLink } from "../link/mod.ts";
 import { localAddressGone } from "../link/_local_addresses.ts";
-import { describeValue, errorMessage } from "../_util.ts";
+import { describeValue, errorMessage, peerText } from "../_util.ts";
 import { ChunkQueue } from "../_chunk_queue.ts";
 import { APPLICATION_CLOSE, closedByPeer, ImmortalError } from "./errors.ts";
 import {
@@ -861,10 +861,13 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       case "close":
         log.info("Session {id} aborted by the peer: {reason}", {
           id: this.sessionId,
-          reason: frame.reason,
+          reason: peerText(frame.reason),
         });
         this.fail(
-          new ImmortalError("aborted", `the peer aborted the connection: ${frame.reason}`),
+          new ImmortalError(
+            "aborted",
+            `the peer aborted the connection: ${peerText(frame.reason)}`,
+          ),
           null,
         );
         return;

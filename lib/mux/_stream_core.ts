@@ -17,6 +17,7 @@
 import { ImmortalError } from "../conn/errors.ts";
 import type { ChunkPool } from "./_chunk_pool.ts";
 import { ChunkQueue } from "../_chunk_queue.ts";
+import { peerText } from "../_util.ts";
 import {
   encodeCredit,
   encodeFrame,
@@ -424,6 +425,7 @@ function text(reason: string): Uint8Array {
   return bytes.length <= MAX_TEXT ? bytes : bytes.subarray(0, MAX_TEXT);
 }
 
+/** A reason the peer sent, for an error message (and so a log line). */
 function decode(bytes: Uint8Array): string {
-  return new TextDecoder().decode(bytes);
+  return peerText(new TextDecoder().decode(bytes));
 }
