@@ -498,11 +498,6 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   // ---------------------------------------------------------------- links
 
   /**
-   * Why a peer that says it has received `peerReceived` positions cannot
-   * resume from there (it acknowledged more, or claims what was never sent:
-   * the bytes between are lost or invented), or null if it can.
-   */
-  /**
    * Whether a resume position is below what the peer has acknowledged: an
    * attempt it gave up on, overtaken (a live peer never claims less).
    */
@@ -510,6 +505,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     return peerReceived < this.#acked;
   }
 
+  /**
+   * Why a peer that says it has received `peerReceived` positions cannot
+   * resume from there (it acknowledged more, or claims what was never sent:
+   * the bytes between are lost or invented), or null if it can.
+   */
   resumePositionError(peerReceived: number): ImmortalError | null {
     if (peerReceived >= this.#acked && peerReceived <= this.#highestSent) return null;
     return new ImmortalError(
@@ -956,14 +956,11 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   // ---------------------------------------------------------------- endings
 
   /**
-   * The session is closing over `link`: its last frames, the half-close and
-   * the peer hanging up get `FLUSH_TIMEOUT_MS` in all, from now (set once:
-   * a later step does not extend it). Then the link is dropped and the
+   * The session is closing: its last frames, the half-close and the peer
+   * hanging up get `FLUSH_TIMEOUT_MS` (or the dead-link time) in all, from
+   * now (set once: a later step does not extend it). Then the link then in
+   * use, if any (a client's bye may wait for the next), is given up, and the
    * session ends.
-   */
-  /**
-   * Starts the closing phase's one time limit: the link then in use (if any:
-   * a client's bye may wait for the next) is given up, and the session ends.
    */
   #closingFrom(): void {
     if (this.#flushTimer !== undefined) return;

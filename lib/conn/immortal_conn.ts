@@ -57,7 +57,10 @@ export interface ImmortalConn extends EventTarget, AsyncDisposable, Disposable {
    * Aborts the session at once; unsent data is discarded and the peer is
    * told why: `reason` (for people; cut to 1024 bytes of UTF-8), by default
    * "closed by the application". A session already complete has nothing
-   * to abort, and just ends.
+   * to abort: a client's ends once its bye is said (or could not be, within
+   * a second or the dead-link time); a server's stays resumable until the
+   * client's bye, or the resume timeout, in case its last ack was lost with
+   * the link.
    */
   close(reason?: string): void;
   /** Adds a listener for a state event; the event's class follows from its name. */

@@ -172,8 +172,7 @@ export class TunnelClient implements AsyncDisposable {
   /**
    * Bytes this tunnel's connections carried since it started, counted as they
    * go: `sent` is what local connections wrote into the tunnel, `received` what
-   * came out of it to them. At a server, its local connections are those to
-   * the target. Only the connections' own bytes: not the session's framing,
+   * came out of it to them. Only the connections' own bytes: not the session's framing,
    * and a byte replayed after a reconnect counts once.
    */
   get forwarded(): Readonly<ForwardedBytes> {
