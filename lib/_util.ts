@@ -181,8 +181,9 @@ export function concat(...parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
 }
 
 /** Characters that would let a peer's text break a log line or drive a terminal. */
-// deno-lint-ignore no-control-regex
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+const UNPRINTABLE =
+  // deno-lint-ignore no-control-regex
+  /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]/g;
 
 /**
  * Text a peer chose (a refusal's or an abort's reason), as an error message
@@ -222,6 +223,11 @@ export async function collectBytes(
   const reader = body.getReader();
   // A body that stalls holds what it sent: cancelled, its read ends at once.
   const stop = () => reader.cancel().catch(() => {});
+  if (signal?.aborted) {
+    await stop();
+    reader.releaseLock();
+    throw signal.reason;
+  }
   signal?.addEventListener("abort", stop, { once: true });
   try {
     for (;;) {

@@ -195,9 +195,9 @@ Deno.test("a client that sends a reject in place of its proof is a malformed han
     assert.equal((await readFrame(stranger, decoder)).type, "challenge");
     const forged = "x\n18:00:00.000 INF immortal·listener Session resumed\u001b[31m";
     await stranger.write(encodeFrame({ type: "reject", code: "auth", reason: forged }));
-    // The listener answers it as a protocol error, then hangs up.
+    // A frame out of place: the listener hangs up without a word (PROTOCOL.md 1.6).
     const answer = await readFrame(stranger, decoder).catch(() => null);
-    assert.ok(answer === null || answer.type === "reject", `${answer?.type}`);
+    assert.equal(answer, null, `answered ${answer?.type}`);
     stranger.close();
     await waitUntil(
       () => records.some((r) => /Handshake with .* failed|Refused/.test(renderRecord(r))),

@@ -86,3 +86,17 @@ Deno.test("small frames received while nobody reads are queued together, not one
   client.close();
   await Promise.allSettled([client.closed, server.closed]);
 });
+
+Deno.test("a small chunk `readable` hands out is its own: it pins no buffer of other pieces", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const client = await connect({ port: listener.addr.port });
+  const server = await listener.accept();
+  await client.write(new Uint8Array([1, 2, 3]));
+  const reader = server.readable.getReader();
+  const { value } = await reader.read();
+  assert.deepEqual(value, new Uint8Array([1, 2, 3]));
+  assert.equal(value!.buffer.byteLength, 3, "a 3-byte chunk pinned a larger buffer");
+  reader.releaseLock();
+  client.close();
+  await Promise.allSettled([client.closed, server.closed]);
+});

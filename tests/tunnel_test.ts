@@ -421,7 +421,11 @@ async function finishedWhileNotRead() {
   const local = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const app = await Deno.connect({ hostname: "127.0.0.1", port: local.addr.port });
   const stream = client.open();
-  const splicing = splice(await local.accept(), stream, { sent: 0, received: 0 }).catch(() => {});
+  const closing = new AbortController();
+  const splicing = splice(await local.accept(), stream, {
+    totals: { sent: 0, received: 0 },
+    closing: closing.signal,
+  }).catch(() => {});
   local.close();
   const remote = await server.accept();
   const MiB = 1 << 20;
@@ -449,6 +453,7 @@ async function finishedWhileNotRead() {
     app,
     rest,
     splicing,
+    closing,
     /** Reads what the application gets until its end. */
     async readAll(): Promise<number> {
       let got = 0;
@@ -472,6 +477,7 @@ Deno.test("a connection whose remote direction ended whole (its FIN came) gets e
 
 Deno.test("a connection whose remote direction ended whole ends at once when its own tunnel closes the session: a shutdown does not wait for an application that does not read", async () => {
   await using t = await finishedWhileNotRead();
+  t.closing.abort(); // as TunnelClient.close() does, then it closes its session
   t.client.close("the tunnel client is shutting down");
   await within(30_000, "the splice's end, the application reading nothing", t.splicing);
 });

@@ -69,7 +69,12 @@ const FLUSH_TIMEOUT_MS = 1000;
 /** A received piece smaller than this is copied behind the last small one, not queued alone. */
 const SMALL_PIECE = 4096;
 /** What small pieces are copied into. */
-const SMALL_BUFFER = 64 * 1024;
+const SMALL_BUFFER = 16 * 1024;
+/**
+ * Buffers of small pieces: what `readable` hands out of them is a copy (an
+ * application may keep a chunk, which would pin the whole buffer).
+ */
+const smallBuffers = new WeakSet<ArrayBufferLike>();
 /**
  * The send window never shrinks below this (or the most both ends allow):
  * enough to fill loopback and LAN paths from the first byte, and four times
@@ -232,7 +237,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.readable = new ReadableStream<Uint8Array>({
       pull: async (controller) => {
         const chunk = await this.#next((view) =>
-          this.#readBuffers.lent(view) ? view.slice() : view
+          this.#readBuffers.lent(view) || smallBuffers.has(view.buffer) ? view.slice() : view
         );
         if (chunk === null) controller.close();
         else controller.enqueue(chunk);
@@ -766,6 +771,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
    * there (a new buffer when that one is full).
    */
   #queueSmall(piece: Uint8Array): void {
+    // Nothing queued: nothing refers to the buffer any more (what was taken
+    // of it was copied), so it is filled again from its start.
+    if (this.#queued === 0) this.#smallUsed = 0;
     let small = this.#small;
     const last = this.#queue.last;
     const end = this.#smallUsed + piece.length;
@@ -783,6 +791,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       return;
     }
     small = this.#small = new Uint8Array(SMALL_BUFFER);
+    smallBuffers.add(small.buffer);
     small.set(piece);
     this.#queue.push(small.subarray(0, piece.length));
     this.#smallUsed = piece.length;
@@ -917,6 +926,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
 
   #onTick(): void {
     this.#readBuffers.trim();
+    // An idle session holds no buffer of small pieces (10,000 tunnel
+    // sessions would hold 160 MiB): the next small piece makes a new one.
+    if (this.#queued === 0) this.#small = null;
     const link = this.#link;
     if (link === null || this.#phase === "closing") return;
     // What the application consumed since the last ack, if nothing carried it yet.

@@ -156,19 +156,6 @@ export class ServerHttpStreamLink implements Link {
     }
   }
 
-  /**
-   * One upstream POST: `seq` must be the next number or one of the next few
-   * (POSTs in flight together may arrive in any order, each on its own
-   * connection); one ahead of its turn waits for the ones before it. A number
-   * already taken or waiting is a repeat (a client sends a POST again when
-   * its connection died under it, not knowing whether it arrived; a proxy may
-   * replay one): its bytes are dropped, and it is answered as the original
-   * is. One too far ahead ends the link. Answers once the bytes are taken
-   * and the queue is under its bound, so a fast sender waits for a slow
-   * reader (and a 204 always lets the client's window move on: a repeat
-   * answered while its original still waited let the client send a number
-   * too far ahead).
-   */
   /** Aborted once the link is closed: a POST still reading its body stops. */
   get signal(): AbortSignal {
     return this.#abort.signal;
@@ -206,6 +193,19 @@ export class ServerHttpStreamLink implements Link {
     this.#reading.delete(seq);
   }
 
+  /**
+   * One upstream POST: `seq` must be the next number or one of the next few
+   * (POSTs in flight together may arrive in any order, each on its own
+   * connection); one ahead of its turn waits for the ones before it. A number
+   * already taken or waiting is a repeat (a client sends a POST again when
+   * its connection died under it, not knowing whether it arrived; a proxy may
+   * replay one): its bytes are dropped, and it is answered as the original
+   * is. One too far ahead ends the link. Answers once the bytes are taken
+   * and the queue is under its bound, so a fast sender waits for a slow
+   * reader (and a 204 always lets the client's window move on: a repeat
+   * answered while its original still waited let the client send a number
+   * too far ahead).
+   */
   async post(seq: number, body: Uint8Array): Promise<Response> {
     if (this.#closed) return new Response("the link is closed", { status: 410 });
     const next = this.#nextSeq;

@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import { HttpLinkEndpoint, linkRequestKind } from "./_http_link_endpoint.ts";
+import { collectBytes } from "../_util.ts";
 import {
   httpStreamDialer,
   MAX_POST_BYTES,
@@ -264,4 +265,30 @@ Deno.test("HTTP-streaming server link: a POST is judged by its number before its
   assert.ok(fresh.signal.aborted, "the reads of a closed link go on");
   assert.equal(await fresh.admit(2), "closed");
   await fresh.response.body?.cancel().catch(() => {});
+});
+
+Deno.test("HTTP-streaming server link: closing wakes a POST waiting on another's number, and stops a body read that stalls", async () => {
+  const link = new ServerHttpStreamLink(undefined, () => {});
+  assert.equal(await link.admit(0), "read");
+  const waiting = link.admit(0);
+  // A body whose sender stalls: a piece, then nothing.
+  let cancelled = false;
+  const stalled = new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(new Uint8Array(10));
+    },
+    cancel() {
+      cancelled = true;
+    },
+  });
+  const reading = collectBytes(stalled, {
+    max: 1 << 20,
+    tooLarge: () => new RangeError("too large"),
+    signal: link.signal,
+  }).then(() => "read", (error: Error) => error.message);
+  link.close();
+  assert.equal(await waiting, "closed");
+  assert.match(await reading, /the link is closed/);
+  assert.ok(cancelled, "the stalled body was left open");
+  await link.response.body?.cancel().catch(() => {});
 });

@@ -30,12 +30,13 @@ const log = getLogger(["immortal", "mux"]);
 /** A data payload this small is copied behind its header: one write instead of two. */
 const COALESCE_MAX = 16 * 1024;
 /**
- * Answers to the peer's OPENs (ACCEPT, REFUSE) queued for it, at most: a
- * peer that opens (and resets) on and on without reading them is cut off.
+ * Refusals of the peer's OPENs queued for it, at most: a peer that opens on
+ * and on while not reading them is cut off. Whoever refused (the session at
+ * `maxStreams`, or the application: a tunnel server at `maxConnections`).
+ * Not ACCEPTs: they queue behind a full send window on any slow path, from a
+ * peer that reads everything.
  */
-const MAX_QUEUED_ANSWERS = 4096;
-/** Streams the peer opened and the application has not accepted yet, at most. */
-const MAX_WAITING = 4096;
+const MAX_QUEUED_REFUSALS = 4096;
 /**
  * Control frames go out in writes of about this much: tens of thousands can
  * queue while the writer waits inside a data write (a stream per connection
@@ -114,8 +115,8 @@ export class MuxSession implements AsyncDisposable {
   #incoming = new Set<MuxStream>();
   #acceptWaiters: { resolve: (s: MuxStream) => void; reject: (e: Error) => void }[] = [];
   #control: Uint8Array[] = [];
-  /** Answers to the peer's OPENs among {@linkcode MuxSession.#control}. */
-  #answersQueued = 0;
+  /** Refusals of the peer's OPENs among {@linkcode MuxSession.#control}. */
+  #refusalsQueued = 0;
   #data: QueuedData[] = [];
   #wakeWriter: (() => void) | null = null;
   /** The writer loop is in a write (which may have appended part of a frame). */
@@ -244,9 +245,9 @@ export class MuxSession implements AsyncDisposable {
       return;
     }
     this.#control.push(frame);
-    // Answers waiting here are what a peer that opens and does not read
+    // Refusals waiting here are what a peer that opens and does not read
     // makes us hold: they alone count toward its limit, not our own frames.
-    if (isAnswer(frame)) this.#answersQueued++;
+    if (frame[0] === FrameType.refuse) this.#refusalsQueued++;
     this.#kick();
   }
 
@@ -294,7 +295,7 @@ export class MuxSession implements AsyncDisposable {
     const batch = count === 1 ? frames[0] : new Uint8Array(bytes);
     for (let i = 0, at = 0; i < count; at += frames[i++].length) {
       if (count > 1) batch.set(frames[i], at);
-      if (isAnswer(frames[i])) this.#answersQueued--;
+      if (frames[i][0] === FrameType.refuse) this.#refusalsQueued--;
     }
     return batch;
   }
@@ -398,20 +399,15 @@ export class MuxSession implements AsyncDisposable {
       throw new MuxProtocolError(`the peer opened stream ${id} out of turn`);
     }
     this.#lastPeerId = id;
-    // A peer that opens on and on (past the limit, or resetting each stream
-    // once accepted) while not reading our answers would grow the control
-    // queue without end: cut it off.
-    if (this.#answersQueued >= MAX_QUEUED_ANSWERS) {
-      throw new MuxProtocolError("the peer keeps opening streams without reading the answers");
+    // A peer that opens on and on while not reading our refusals would grow
+    // the control queue without end: cut it off.
+    if (this.#refusalsQueued >= MAX_QUEUED_REFUSALS) {
+      throw new MuxProtocolError("the peer keeps opening streams without reading the refusals");
     }
-    // Refused without a stream made: at the limit of streams open, or of
-    // streams waiting to be accepted (a peer that opens faster than the
-    // application accepts; each waiting stream is an object of some weight).
-    if (this.#streams.size >= this.#maxStreams || this.#incoming.size >= MAX_WAITING) {
-      const why = this.#streams.size >= this.#maxStreams
-        ? "too many streams"
-        : "too many streams waiting to be accepted";
-      this.#sendControl(encodeFrame(FrameType.refuse, id, new TextEncoder().encode(why)));
+    if (this.#streams.size >= this.#maxStreams) {
+      this.#sendControl(
+        encodeFrame(FrameType.refuse, id, new TextEncoder().encode("too many streams")),
+      );
       return;
     }
     const core = new StreamCore(id, this.#owner, { meta, incoming: true });
@@ -460,9 +456,4 @@ export class MuxSession implements AsyncDisposable {
     if (this.#closedLocally) this.#resolveClosed();
     else this.#rejectClosed(error);
   }
-}
-
-/** Whether `frame` answers an OPEN of the peer's (ACCEPT, REFUSE). */
-function isAnswer(frame: Uint8Array): boolean {
-  return frame[0] === FrameType.accept || frame[0] === FrameType.refuse;
 }

@@ -33,17 +33,24 @@ export function coreOf(stream: MuxStream): StreamCore {
  * ```
  */
 export class MuxStream implements Disposable {
-  /** Readable side: what the peer's stream sent. */
-  readonly readable: ReadableStream<Uint8Array>;
-  /** Writable side; closing it half-closes the stream. */
-  readonly writable: WritableStream<Uint8Array>;
   #core: StreamCore;
+  #readable?: ReadableStream<Uint8Array>;
+  #writable?: WritableStream<Uint8Array>;
 
   /** Made by {@linkcode MuxSession}; not constructed directly. @internal */
   constructor(core: StreamCore) {
     this.#core = core;
     cores.set(this, core);
-    this.readable = new ReadableStream<Uint8Array>({
+  }
+
+  /**
+   * Readable side: what the peer's stream sent. Made when first asked for:
+   * a stream read otherwise (the tunnel's splice) never pays for it, nor does
+   * one refused at once, by the thousand in a flood of opens.
+   */
+  get readable(): ReadableStream<Uint8Array> {
+    const core = this.#core;
+    return this.#readable ??= new ReadableStream<Uint8Array>({
       pull: async (controller) => {
         const chunk = await core.nextChunk();
         if (chunk === null) controller.close();
@@ -59,7 +66,12 @@ export class MuxStream implements Disposable {
       // Nobody will read on: give the peer an answer instead of a window that never opens.
       cancel: () => core.close("the reader stopped reading"),
     }, { highWaterMark: 0 });
-    this.writable = new WritableStream<Uint8Array>({
+  }
+
+  /** Writable side; closing it half-closes the stream. Made when first asked for. */
+  get writable(): WritableStream<Uint8Array> {
+    const core = this.#core;
+    return this.#writable ??= new WritableStream<Uint8Array>({
       write: async (chunk) => {
         await core.write(chunk);
       },

@@ -13,7 +13,6 @@
 
 import type { MuxStream } from "../mux/mod.ts";
 import { coreOf } from "../mux/mux_stream.ts";
-import { ImmortalError } from "../conn/errors.ts";
 
 /** What a connection reads into while it is quiet. */
 const SMALL_BUFFER = 16 * 1024;
@@ -97,15 +96,28 @@ export interface SpliceResult {
   down: number;
 }
 
+/** What a splice reports to, and hears from, its tunnel. */
+export interface SpliceOptions {
+  /** The tunnel's running totals, added to as bytes go. */
+  totals: ForwardedBytes;
+  /**
+   * Aborted when the tunnel itself closes: what arrived whole is then not
+   * waited for (a tunnel shutting down does not wait on an application that
+   * does not read).
+   */
+  closing: AbortSignal;
+}
+
 /**
  * Copies both ways until both directions ended. If either side fails, both
  * are closed (the peer's stream is reset, the local app sees its connection
- * closed). Adds what it carries to `totals` as it goes.
+ * closed); a remote direction that arrived whole (the peer's FIN came) is
+ * written out first, unless the tunnel is closing.
  */
 export async function splice(
   tcp: Deno.TcpConn,
   stream: MuxStream,
-  totals: ForwardedBytes,
+  { totals, closing }: SpliceOptions,
 ): Promise<SpliceResult> {
   // Whatever the application writes is forwarded as it comes; Nagle would only
   // add a delayed-ACK wait to small request/response exchanges.
@@ -121,19 +133,25 @@ export async function splice(
   });
   // What the peer sent whole (its FIN came) goes out to the local app even
   // if the stream then fails (its session lost): it arrived. Until then, the
-  // socket stays. Not when we close it ourselves (a tunnel shutting down).
+  // socket stays; but not while the tunnel itself closes.
   const core = coreOf(stream);
-  const delivered = (failure: unknown) =>
-    core.peerFinished && !(failure instanceof ImmortalError && failure.code === "closed")
-      ? received.then(() => {}, () => {})
-      : undefined;
+  const delivered = () =>
+    core.peerFinished && !closing.aborted ? received.then(() => {}, () => {}) : undefined;
+  const stop = () => {
+    try {
+      tcp.close();
+    } catch {
+      // Closed already.
+    }
+  };
+  closing.addEventListener("abort", stop, { once: true });
   // A stream reset or lost with its session wakes no one once the remote
   // direction finished (the local read may wait forever): close the socket.
   // Its failure is the reason, not the local read or write our close cancels.
   let streamFailure: unknown;
   stream.closed.catch(async (error) => {
     streamFailure ??= error;
-    await delivered(error);
+    await delivered();
     try {
       tcp.close();
     } catch {
@@ -149,9 +167,10 @@ export async function splice(
     return { up: u, down: d };
   } catch (error) {
     stream.close();
-    await delivered(streamFailure);
+    await delivered();
     throw streamFailure ?? error;
   } finally {
+    closing.removeEventListener("abort", stop);
     try {
       tcp.close();
     } catch {

@@ -332,7 +332,10 @@ export class TunnelClient implements AsyncDisposable {
       const stream = session.open();
       // Per connection only at debug level: a burst of a thousand is no news.
       log.debug("Stream {stream} carries local client {local}", { stream: stream.id, local });
-      const { up, down } = await splice(tcp, stream, this.#forwarded);
+      const { up, down } = await splice(tcp, stream, {
+        totals: this.#forwarded,
+        closing: this.#closing.signal,
+      });
       log.debug("Stream {stream} done: {up} bytes sent, {down} bytes received", {
         stream: stream.id,
         up,

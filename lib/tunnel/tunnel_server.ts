@@ -102,8 +102,8 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   #sessions = new Map<MuxSession, ImmortalConn>();
   #streams = 0;
   #forwarded: ForwardedBytes = { sent: 0, received: 0 };
-  /** The open connections to the target: closed by close(). */
-  #targets = new Set<Deno.TcpConn>();
+  /** Aborted by close(): every connection to the target ends. */
+  #closing = new AbortController();
   #refusals = new LogLimiter((line) => log.warn(line));
   #serving: Promise<void>;
   /** Every session's serving, so close() can wait for all of them. */
@@ -238,7 +238,6 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
       });
       return;
     }
-    this.#targets.add(tcp);
     try {
       stream.accept();
       log.debug("Stream {stream} of session {session} forwarded to {target}", {
@@ -246,7 +245,10 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
         stream: stream.id,
         target,
       });
-      const { up, down } = await splice(tcp, stream, this.#forwarded);
+      const { up, down } = await splice(tcp, stream, {
+        totals: this.#forwarded,
+        closing: this.#closing.signal,
+      });
       log.debug("Stream {stream} done: {up} bytes in, {down} bytes out", {
         stream: stream.id,
         up,
@@ -259,7 +261,6 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
         reason: errorMessage(error),
       });
     } finally {
-      this.#targets.delete(tcp);
       this.#streams--;
     }
   }
@@ -269,15 +270,9 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     this.#listener.close();
     // Said to each client: its connections end for this, not for a fault.
     for (const session of this.#sessions.keys()) session.close(shuttingDown("tunnel server"));
-    // A connection still writing what its client sent whole (its session
-    // lost, the end had come) would wait for a target that may never read.
-    for (const tcp of this.#targets) {
-      try {
-        tcp.close();
-      } catch {
-        // Closed already.
-      }
-    }
+    // Connections end now, also one still writing what its client sent
+    // whole (its session lost): its target may never read it.
+    this.#closing.abort();
     await this.#serving;
     await Promise.allSettled([...this.#carrying]);
     this.#refusals.flush();
