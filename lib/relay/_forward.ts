@@ -84,6 +84,43 @@ export async function forwardToOwner(
     return null; // Redis is away: as for an unknown stream
   }
   if (url === null) return null;
+  // Bodies read to be passed on count toward one bound for the relay: the id
+  // that sends a request here (a relay's, then anything) is a stranger's to
+  // choose, and each body may be 1 MiB, read before its owner judges it.
+  const declared = Number(req.headers.get("content-length") ?? NaN);
+  const reserved = Number.isSafeInteger(declared) && declared >= 0 && declared <= maxBytes
+    ? declared
+    : maxBytes;
+  const inTransit = forwardedInTransit.get(hub) ?? 0;
+  if (inTransit + reserved > MAX_FORWARDED_IN_TRANSIT) {
+    await req.body?.cancel();
+    return refuseRequest(hub, 503, "unavailable", "too many requests being passed on: try again");
+  }
+  forwardedInTransit.set(hub, inTransit + reserved);
+  try {
+    return await passOn(hub, req, { url, key, maxBytes, holding });
+  } finally {
+    forwardedInTransit.set(hub, (forwardedInTransit.get(hub) ?? reserved) - reserved);
+  }
+}
+
+/** Bytes of bodies a relay may hold at once to pass them on: {@linkcode forwardToOwner}. */
+export const MAX_FORWARDED_IN_TRANSIT = 64 << 20;
+/** What each relay holds of them now. */
+const forwardedInTransit = new WeakMap<Hub, number>();
+
+/** Reads `req`'s body and passes the request on to the relay at `url`: {@linkcode forwardToOwner}. */
+async function passOn(
+  hub: Hub,
+  req: Request,
+  { url, key, maxBytes, holding }: {
+    url: string;
+    key: string;
+    maxBytes: number;
+    holding?: (bytes: number) => void;
+  },
+): Promise<Response> {
+  const cluster = (await hub.cluster)!;
   let body: Uint8Array<ArrayBuffer>;
   try {
     body = await readBounded(req, maxBytes);
