@@ -335,9 +335,52 @@ async function openedAtOnce(opens: number, accepts?: (stream: MuxStream) => void
 Deno.test("a peer that opens stream after stream without reading the refusals (every one refused, by the application) is cut off once 4,096 wait", async () => {
   const { raw, server, accepting } = await openedAtOnce(5000, (stream) => stream.refuse("no"));
   const error = await within(30_000, "the session's end", server.closed.then(() => null, (e) => e));
-  assert.match(String(error), /keeps opening streams without reading the refusals/);
+  assert.match(String(error), /keeps opening streams without reading our answers/);
   raw.close();
   await Promise.allSettled([raw.closed, accepting]);
+});
+
+Deno.test("a peer that opens, lets the application accept, and resets, stream after stream, without reading the answers, is cut off; live streams accepted behind a full window are not", async () => {
+  // Opened, accepted, then reset: each ACCEPT is left queued for a stream that is gone.
+  const flood = await openedAtOnce(0, (stream) => stream.accept());
+  await flood.written;
+  const error = await within(
+    60_000,
+    "the flood's end",
+    (async () => {
+      for (let round = 0, id = 1; round < 6; round++) {
+        const opens: Uint8Array[] = [];
+        const resets: Uint8Array[] = [];
+        for (let i = 0; i < 1000; i++, id += 2) {
+          opens.push(encodeFrame(FrameType.open, id));
+          resets.push(encodeFrame(FrameType.reset, id));
+        }
+        await flood.raw.write(concat(...opens));
+        await flood.raw.flush(); // handled, and accepted
+        await flood.raw.write(concat(...resets));
+        await flood.raw.flush();
+      }
+      return await flood.server.closed.then(() => null, (e) => e);
+    })().catch((e) => e),
+  );
+  assert.match(String(error), /keeps opening streams without reading our answers/);
+  flood.raw.close();
+  await Promise.allSettled([flood.raw.closed, flood.accepting]);
+
+  // 5,000 streams opened and accepted, none reset, by a peer whose window is full: no cut-off.
+  const live = await openedAtOnce(5000, (stream) => stream.accept());
+  await live.written;
+  await live.raw.flush(); // every OPEN handled: 5,000 ACCEPTs wait behind a 1 KiB window
+  assert.equal(live.server.streams, 5000);
+  let ended: unknown = null;
+  live.server.closed.catch((e) => ended = e);
+  await live.raw.write(encodeFrame(FrameType.open, 10_001)); // one more
+  await live.raw.flush();
+  assert.equal(live.server.streams, 5001);
+  assert.equal(ended, null);
+  live.server.close();
+  live.raw.close();
+  await Promise.allSettled([live.raw.closed, live.server.closed, live.accepting]);
 });
 
 Deno.test("streams past maxStreams are refused with the reason; the others go on", async () => {

@@ -10,7 +10,7 @@ import {
   TunnelClient,
   TunnelServer,
 } from "../mod.ts";
-import { splice } from "../lib/tunnel/_splice.ts";
+import { splice, TunnelClosing } from "../lib/tunnel/_splice.ts";
 import { encodeFrame, FrameType, GREETING, HEADER_SIZE } from "../lib/mux/_frames.ts";
 import { concat } from "../lib/_util.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
@@ -421,10 +421,10 @@ async function finishedWhileNotRead() {
   const local = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const app = await Deno.connect({ hostname: "127.0.0.1", port: local.addr.port });
   const stream = client.open();
-  const closing = new AbortController();
+  const closing = new TunnelClosing();
   const splicing = splice(await local.accept(), stream, {
     totals: { sent: 0, received: 0 },
-    closing: closing.signal,
+    closing,
   }).catch(() => {});
   local.close();
   const remote = await server.accept();
@@ -477,7 +477,7 @@ Deno.test("a connection whose remote direction ended whole (its FIN came) gets e
 
 Deno.test("a connection whose remote direction ended whole ends at once when its own tunnel closes the session: a shutdown does not wait for an application that does not read", async () => {
   await using t = await finishedWhileNotRead();
-  t.closing.abort(); // as TunnelClient.close() does, then it closes its session
+  t.closing.close(); // as TunnelClient.close() does, then it closes its session
   t.client.close("the tunnel client is shutting down");
   await within(30_000, "the splice's end, the application reading nothing", t.splicing);
 });

@@ -30,13 +30,14 @@ const log = getLogger(["immortal", "mux"]);
 /** A data payload this small is copied behind its header: one write instead of two. */
 const COALESCE_MAX = 16 * 1024;
 /**
- * Refusals of the peer's OPENs queued for it, at most: a peer that opens on
- * and on while not reading them is cut off. Whoever refused (the session at
- * `maxStreams`, or the application: a tunnel server at `maxConnections`).
- * Not ACCEPTs: they queue behind a full send window on any slow path, from a
- * peer that reads everything.
+ * Answers the peer made us queue for nothing, at most: refusals of its OPENs
+ * (the session's at `maxStreams`, or the application's: a tunnel server at
+ * `maxConnections`), and ACCEPTs of streams it reset while they waited. A
+ * peer that opens on and on while not reading them is cut off. Not the
+ * ACCEPTs of live streams: they wait behind a full send window on any slow
+ * path, from a peer that reads everything, and `maxStreams` bounds them.
  */
-const MAX_QUEUED_REFUSALS = 4096;
+const MAX_DEAD_ANSWERS = 4096;
 /**
  * Control frames go out in writes of about this much: tens of thousands can
  * queue while the writer waits inside a data write (a stream per connection
@@ -115,8 +116,16 @@ export class MuxSession implements AsyncDisposable {
   #incoming = new Set<MuxStream>();
   #acceptWaiters: { resolve: (s: MuxStream) => void; reject: (e: Error) => void }[] = [];
   #control: Uint8Array[] = [];
-  /** Refusals of the peer's OPENs among {@linkcode MuxSession.#control}. */
-  #refusalsQueued = 0;
+  /**
+   * Answers among {@linkcode MuxSession.#control} that the peer made us
+   * queue for nothing: refusals, and ACCEPTs of streams gone (reset) while
+   * they waited. ACCEPTs of live streams are bounded by `maxStreams`.
+   */
+  #deadAnswers = 0;
+  /** Queued ACCEPTs, by stream. */
+  #queuedAccepts = new Map<number, Uint8Array>();
+  /** Queued ACCEPTs whose stream is gone: counted in `#deadAnswers`. */
+  #deadAccepts = new WeakSet<Uint8Array>();
   #data: QueuedData[] = [];
   #wakeWriter: (() => void) | null = null;
   /** The writer loop is in a write (which may have appended part of a frame). */
@@ -156,7 +165,17 @@ export class MuxSession implements AsyncDisposable {
       sendControl: (frame) => this.#sendControl(frame),
       sendData: (stream, type, payload) => this.#sendData(stream, type, payload),
       trySendData: (stream, type, payload) => this.#trySend(type, stream, payload),
-      forget: (stream) => this.#streams.delete(stream),
+      forget: (stream) => {
+        this.#streams.delete(stream);
+        // A stream gone while its ACCEPT still waits (the peer opened and
+        // reset it without reading): that answer is queued for nothing.
+        const accept = this.#queuedAccepts.get(stream);
+        if (accept !== undefined) {
+          this.#queuedAccepts.delete(stream);
+          this.#deadAccepts.add(accept);
+          this.#deadAnswers++;
+        }
+      },
       rttMs: () => conn.stats.rttMs ?? DEFAULT_RTT_MS,
       now: () => performance.now(),
     };
@@ -246,8 +265,10 @@ export class MuxSession implements AsyncDisposable {
     }
     this.#control.push(frame);
     // Refusals waiting here are what a peer that opens and does not read
-    // makes us hold: they alone count toward its limit, not our own frames.
-    if (frame[0] === FrameType.refuse) this.#refusalsQueued++;
+    // makes us hold: they count toward its limit, not our own frames. So
+    // does an ACCEPT once its stream is gone (see forget) while it waits.
+    if (frame[0] === FrameType.refuse) this.#deadAnswers++;
+    else if (frame[0] === FrameType.accept) this.#queuedAccepts.set(streamOf(frame), frame);
     this.#kick();
   }
 
@@ -295,7 +316,9 @@ export class MuxSession implements AsyncDisposable {
     const batch = count === 1 ? frames[0] : new Uint8Array(bytes);
     for (let i = 0, at = 0; i < count; at += frames[i++].length) {
       if (count > 1) batch.set(frames[i], at);
-      if (frames[i][0] === FrameType.refuse) this.#refusalsQueued--;
+      const frame = frames[i];
+      if (frame[0] === FrameType.refuse || this.#deadAccepts.delete(frame)) this.#deadAnswers--;
+      else if (frame[0] === FrameType.accept) this.#queuedAccepts.delete(streamOf(frame));
     }
     return batch;
   }
@@ -401,8 +424,8 @@ export class MuxSession implements AsyncDisposable {
     this.#lastPeerId = id;
     // A peer that opens on and on while not reading our refusals would grow
     // the control queue without end: cut it off.
-    if (this.#refusalsQueued >= MAX_QUEUED_REFUSALS) {
-      throw new MuxProtocolError("the peer keeps opening streams without reading the refusals");
+    if (this.#deadAnswers >= MAX_DEAD_ANSWERS) {
+      throw new MuxProtocolError("the peer keeps opening streams without reading our answers");
     }
     if (this.#streams.size >= this.#maxStreams) {
       this.#sendControl(
@@ -451,9 +474,15 @@ export class MuxSession implements AsyncDisposable {
     this.#inFlight?.reject(error);
     this.#inFlight = null;
     this.#control = [];
+    this.#queuedAccepts.clear();
     this.#kick();
     this.#conn.close(tellPeer);
     if (this.#closedLocally) this.#resolveClosed();
     else this.#rejectClosed(error);
   }
+}
+
+/** The stream a frame is for (bytes 1-4 of its header). */
+function streamOf(frame: Uint8Array): number {
+  return new DataView(frame.buffer, frame.byteOffset).getUint32(1);
 }

@@ -96,16 +96,50 @@ export interface SpliceResult {
   down: number;
 }
 
+/**
+ * A tunnel closing, as its splices hear it: each registers how to stop,
+ * and `close()` stops them all. A set, not an AbortSignal's listeners:
+ * adding and removing one of those costs time in their number, and a
+ * tunnel may carry tens of thousands of connections.
+ */
+export class TunnelClosing {
+  #stops = new Set<() => void>();
+  #closed = false;
+
+  /** Whether the tunnel is closing. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Runs `stop` when the tunnel closes (at once if it has). */
+  add(stop: () => void): void {
+    if (this.#closed) stop();
+    else this.#stops.add(stop);
+  }
+
+  /** Forgets `stop`. */
+  delete(stop: () => void): void {
+    this.#stops.delete(stop);
+  }
+
+  /** The tunnel closes: every splice stops. */
+  close(): void {
+    this.#closed = true;
+    for (const stop of this.#stops) stop();
+    this.#stops.clear();
+  }
+}
+
 /** What a splice reports to, and hears from, its tunnel. */
 export interface SpliceOptions {
   /** The tunnel's running totals, added to as bytes go. */
   totals: ForwardedBytes;
   /**
-   * Aborted when the tunnel itself closes: what arrived whole is then not
-   * waited for (a tunnel shutting down does not wait on an application that
-   * does not read).
+   * The tunnel closing: its connections end, and what arrived whole is
+   * then not waited for (a tunnel shutting down does not wait on an
+   * application that does not read).
    */
-  closing: AbortSignal;
+  closing: TunnelClosing;
 }
 
 /**
@@ -136,7 +170,7 @@ export async function splice(
   // socket stays; but not while the tunnel itself closes.
   const core = coreOf(stream);
   const delivered = () =>
-    core.peerFinished && !closing.aborted ? received.then(() => {}, () => {}) : undefined;
+    core.peerFinished && !closing.closed ? received.then(() => {}, () => {}) : undefined;
   const stop = () => {
     try {
       tcp.close();
@@ -144,7 +178,7 @@ export async function splice(
       // Closed already.
     }
   };
-  closing.addEventListener("abort", stop, { once: true });
+  closing.add(stop);
   // A stream reset or lost with its session wakes no one once the remote
   // direction finished (the local read may wait forever): close the socket.
   // Its failure is the reason, not the local read or write our close cancels.
@@ -170,7 +204,7 @@ export async function splice(
     await delivered();
     throw streamFailure ?? error;
   } finally {
-    closing.removeEventListener("abort", stop);
+    closing.delete(stop);
     try {
       tcp.close();
     } catch {

@@ -29,7 +29,7 @@ import {
 import { positive, resolveOptions } from "../conn/_options.ts";
 import { hostAndPort, portOption } from "./tunnel_server.ts";
 import { LogLimiter } from "../_log_limiter.ts";
-import { type ForwardedBytes, splice } from "./_splice.ts";
+import { type ForwardedBytes, splice, TunnelClosing } from "./_splice.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
 
@@ -138,6 +138,8 @@ export class TunnelClient implements AsyncDisposable {
   /** A local application's own resets (`socat -u`, a killed client): news, not errors of ours. */
   #localEnds = new LogLimiter((line) => log.info(line));
   #closing = new AbortController();
+  /** Closed by close(): every local connection ends. */
+  #connectionsClosing = new TunnelClosing();
   /** Since when openings fail to reach the server (said once, not per opening); null while it answers. */
   #unreachableSince: number | null = null;
   /** A session was opened once: the server being reached after that is "again". */
@@ -334,7 +336,7 @@ export class TunnelClient implements AsyncDisposable {
       log.debug("Stream {stream} carries local client {local}", { stream: stream.id, local });
       const { up, down } = await splice(tcp, stream, {
         totals: this.#forwarded,
-        closing: this.#closing.signal,
+        closing: this.#connectionsClosing,
       });
       log.debug("Stream {stream} done: {up} bytes sent, {down} bytes received", {
         stream: stream.id,
@@ -384,6 +386,7 @@ export class TunnelClient implements AsyncDisposable {
       });
     }
     this.#current?.close(why);
+    this.#connectionsClosing.close();
     for (const tcp of this.#active) {
       try {
         tcp.close();

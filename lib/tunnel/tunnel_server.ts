@@ -19,7 +19,7 @@ import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { checkPort, errorMessage } from "../_util.ts";
 import { describeValue } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
-import { type ForwardedBytes, splice } from "./_splice.ts";
+import { type ForwardedBytes, splice, TunnelClosing } from "./_splice.ts";
 import { coreOf } from "../mux/mux_stream.ts";
 
 const log = getLogger(["immortal", "tunnel"]);
@@ -102,8 +102,8 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   #sessions = new Map<MuxSession, ImmortalConn>();
   #streams = 0;
   #forwarded: ForwardedBytes = { sent: 0, received: 0 };
-  /** Aborted by close(): every connection to the target ends. */
-  #closing = new AbortController();
+  /** Closed by close(): every connection to the target ends. */
+  #connectionsClosing = new TunnelClosing();
   #refusals = new LogLimiter((line) => log.warn(line));
   #serving: Promise<void>;
   /** Every session's serving, so close() can wait for all of them. */
@@ -247,7 +247,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
       });
       const { up, down } = await splice(tcp, stream, {
         totals: this.#forwarded,
-        closing: this.#closing.signal,
+        closing: this.#connectionsClosing,
       });
       log.debug("Stream {stream} done: {up} bytes in, {down} bytes out", {
         stream: stream.id,
@@ -272,7 +272,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     for (const session of this.#sessions.keys()) session.close(shuttingDown("tunnel server"));
     // Connections end now, also one still writing what its client sent
     // whole (its session lost): its target may never read it.
-    this.#closing.abort();
+    this.#connectionsClosing.close();
     await this.#serving;
     await Promise.allSettled([...this.#carrying]);
     this.#refusals.flush();
