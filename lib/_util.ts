@@ -203,6 +203,8 @@ export interface CollectOptions {
   tooLarge: () => Error;
   /** Stops reading: the body is cancelled, and the signal's reason thrown. */
   signal?: AbortSignal;
+  /** Told of each piece's size before it is kept; what it throws stops the reading (the body cancelled). */
+  onPiece?: (bytes: number) => void;
 }
 
 /**
@@ -214,7 +216,7 @@ export interface CollectOptions {
  */
 export async function collectBytes(
   body: ReadableStream<Uint8Array> | null,
-  { max, tooLarge, signal }: CollectOptions,
+  { max, tooLarge, signal, onPiece }: CollectOptions,
 ): Promise<Uint8Array<ArrayBuffer>> {
   let only: Uint8Array | null = null;
   let buffer: Uint8Array<ArrayBuffer> | null = null;
@@ -238,6 +240,12 @@ export async function collectBytes(
       if (size + piece.length > max) {
         await reader.cancel().catch(() => {});
         throw tooLarge();
+      }
+      try {
+        onPiece?.(piece.length);
+      } catch (error) {
+        await reader.cancel().catch(() => {});
+        throw error;
       }
       if (only === null && buffer === null) {
         only = piece;

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { collectBytes, errorMessage } from "../_util.ts";
+import { collectBytes, type CollectOptions, errorMessage } from "../_util.ts";
 import { LINK_HEADER, MAX_POST_BYTES, SEQ_HEADER, ServerHttpStreamLink } from "./http_stream.ts";
 import type { Link } from "./link.ts";
 import { WebSocketLink } from "./websocket.ts";
@@ -122,7 +122,7 @@ export class HttpLinkEndpoint {
     }
     let body: Uint8Array;
     try {
-      body = await readBounded(req, MAX_POST_BYTES, link.signal);
+      body = await readBounded(req, MAX_POST_BYTES, { signal: link.signal });
     } catch (error) {
       link.release(seq);
       if (error instanceof RangeError) {
@@ -156,12 +156,13 @@ function postNumber(text: string | null): number | null {
 
 /**
  * A request body, whole; a `RangeError` past `max` bytes (declared or read);
- * `signal` stops the reading (the body is cancelled).
+ * `signal` stops the reading (the body is cancelled), `onPiece` hears of
+ * each piece ({@linkcode collectBytes}).
  */
 export async function readBounded(
   req: Request,
   max: number,
-  signal?: AbortSignal,
+  { signal, onPiece }: Pick<CollectOptions, "signal" | "onPiece"> = {},
 ): Promise<Uint8Array<ArrayBuffer>> {
   if (Number(req.headers.get("content-length") ?? 0) > max) {
     await req.body?.cancel();
@@ -169,5 +170,5 @@ export async function readBounded(
   }
   // Our own server hands a body of declared length over in one piece: kept as it is.
   const tooLarge = () => new RangeError(`a body over ${max} bytes`);
-  return await collectBytes(req.body, { max, tooLarge, signal });
+  return await collectBytes(req.body, { max, tooLarge, signal, onPiece });
 }

@@ -84,28 +84,27 @@ export async function forwardToOwner(
     return null; // Redis is away: as for an unknown stream
   }
   if (url === null) return null;
-  // Bodies read to be passed on count toward one bound for the relay: the id
-  // that sends a request here (a relay's, then anything) is a stranger's to
-  // choose, and each body may be 1 MiB, read before its owner judges it.
-  const declared = Number(req.headers.get("content-length") ?? NaN);
-  const reserved = Number.isSafeInteger(declared) && declared >= 0 && declared <= maxBytes
-    ? declared
-    : maxBytes;
-  const inTransit = forwardedInTransit.get(hub) ?? 0;
-  if (inTransit + reserved > MAX_FORWARDED_IN_TRANSIT) {
-    await req.body?.cancel();
-    return refuseRequest(hub, 503, "unavailable", "too many requests being passed on: try again");
-  }
-  forwardedInTransit.set(hub, inTransit + reserved);
+  // Bodies read to be passed on count toward one bound for the relay, as
+  // their bytes come: the id that sends a request here (a relay's, then
+  // anything) is a stranger's to choose, and each body may be 1 MiB, read
+  // before its owner judges it.
+  let held = 0;
+  const onPiece = (bytes: number) => {
+    const inTransit = forwardedInTransit.get(hub) ?? 0;
+    if (inTransit + bytes > hub.settings.maxForwardedBytes) throw new TooMuchInTransit();
+    forwardedInTransit.set(hub, inTransit + bytes);
+    held += bytes;
+  };
   try {
-    return await passOn(hub, req, { url, key, maxBytes, holding });
+    return await passOn(hub, req, { url, key, maxBytes, holding, onPiece });
   } finally {
-    forwardedInTransit.set(hub, (forwardedInTransit.get(hub) ?? reserved) - reserved);
+    forwardedInTransit.set(hub, (forwardedInTransit.get(hub) ?? held) - held);
   }
 }
 
-/** Bytes of bodies a relay may hold at once to pass them on: {@linkcode forwardToOwner}. */
-export const MAX_FORWARDED_IN_TRANSIT = 64 << 20;
+/** The relay holds its `maxForwardedBytes` of bodies to pass on already. */
+class TooMuchInTransit extends Error {}
+
 /** What each relay holds of them now. */
 const forwardedInTransit = new WeakMap<Hub, number>();
 
@@ -113,18 +112,27 @@ const forwardedInTransit = new WeakMap<Hub, number>();
 async function passOn(
   hub: Hub,
   req: Request,
-  { url, key, maxBytes, holding }: {
+  { url, key, maxBytes, holding, onPiece }: {
     url: string;
     key: string;
     maxBytes: number;
     holding?: (bytes: number) => void;
+    onPiece: (bytes: number) => void;
   },
 ): Promise<Response> {
   const cluster = (await hub.cluster)!;
   let body: Uint8Array<ArrayBuffer>;
   try {
-    body = await readBounded(req, maxBytes);
+    body = await readBounded(req, maxBytes, { onPiece });
   } catch (error) {
+    if (error instanceof TooMuchInTransit) {
+      return refuseRequest(
+        hub,
+        503,
+        "unavailable",
+        "too many requests being passed on: try again",
+      );
+    }
     // As on a single relay: a body cut short is the client gone, no refusal to count.
     return error instanceof RangeError
       ? refuseRequest(hub, 413, "too-large", tooLargeReason(maxBytes))

@@ -97,6 +97,7 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     historyBytes: positive("historyBytes", options.historyBytes ?? 4 << 20),
     historyAge: duration("historyAge", options.historyAge ?? 120_000),
     totalHistoryBytes: positive("totalHistoryBytes", options.totalHistoryBytes ?? 256 << 20),
+    maxForwardedBytes: positive("maxForwardedBytes", options.maxForwardedBytes ?? 64 << 20),
     redisTimeout: duration("redisTimeout", options.redisTimeout ?? 10_000),
     chatPage: options.chatPage ?? true,
     trustedProxies: ipAddresses("trustedProxies", options.trustedProxies ?? []),

@@ -66,6 +66,12 @@ export interface RelayOptions {
    */
   totalHistoryBytes?: number;
   /**
+   * In a cluster, bytes of request bodies this relay holds at once to pass
+   * them on to the relay that owns their stream (2.22): past it, such a
+   * request gets 503. Default 64 MiB.
+   */
+  maxForwardedBytes?: number;
+  /**
    * How long (ms) a node that is gone (not one that said bye) keeps its
    * nickname reserved for its join token. Default 30000.
    */
