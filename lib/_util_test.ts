@@ -174,4 +174,18 @@ Deno.test("peerText: a peer's line breaks, escapes and bidi overrides written ou
     peerText("a\nb\r\u001b[31m\u202e\u2028"),
     "a\\u000ab\\u000d\\u001b[31m\\u202e\\u2028",
   );
+  assert.equal(peerText("\u200e\u200f\u061c\ufeff"), "\\u200e\\u200f\\u061c\\ufeff");
+});
+
+Deno.test("collectBytes: a signal aborted before the read cancels the body at once", async () => {
+  let cancelled = false;
+  const body = new ReadableStream<Uint8Array>({
+    cancel() {
+      cancelled = true;
+    },
+  });
+  const signal = AbortSignal.abort(new Error("the link is closed"));
+  const tooLarge = () => new RangeError("too large");
+  await assert.rejects(collectBytes(body, { max: 10, tooLarge, signal }), /the link is closed/);
+  assert.ok(cancelled);
 });

@@ -383,6 +383,18 @@ Deno.test("a peer that opens, lets the application accept, and resets, stream af
   await Promise.allSettled([live.raw.closed, live.server.closed, live.accepting]);
 });
 
+Deno.test("a stream's readable and writable are made when first asked for, and are the same each time after", async () => {
+  await using s = await pair();
+  const stream = s.client.open();
+  assert.equal(stream.readable, stream.readable);
+  assert.equal(stream.writable, stream.writable);
+  const writer = stream.writable.getWriter();
+  await writer.write(new TextEncoder().encode("lazy"));
+  await writer.close();
+  const incoming = await s.server.accept();
+  assert.equal(await readText(incoming), "lazy");
+});
+
 Deno.test("streams past maxStreams are refused with the reason; the others go on", async () => {
   using listener = listen({ hostname: "127.0.0.1", port: 0 });
   const client = new MuxSession(await connect({ port: listener.addr.port }), { role: "client" });
