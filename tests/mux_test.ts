@@ -5,6 +5,7 @@ import { connect, ImmortalError, listen } from "../mod.ts";
 import { MuxSession, type MuxStream } from "../lib/mux/mod.ts";
 import { encodeFrame, FrameType, GREETING, INITIAL_WINDOW } from "../lib/mux/_frames.ts";
 import { concat } from "../lib/_util.ts";
+import { muxPair } from "./_mux_pair.ts";
 import {
   patternHash,
   receiveAll,
@@ -23,28 +24,7 @@ function readText(stream: MuxStream): Promise<string> {
 }
 
 /** A client and a server session over a real loopback ImmortalConn. */
-async function pair() {
-  const listener = listen({ hostname: "127.0.0.1", port: 0 });
-  const clientConn = await connect({ port: listener.addr.port });
-  const serverConn = await listener.accept();
-  listener.close();
-  const client = new MuxSession(clientConn, { role: "client" });
-  const server = new MuxSession(serverConn, { role: "server" });
-  return {
-    client,
-    server,
-    async [Symbol.asyncDispose]() {
-      client.close();
-      server.close();
-      await Promise.allSettled([
-        client.closed,
-        server.closed,
-        clientConn.closed,
-        serverConn.closed,
-      ]);
-    },
-  };
-}
+const pair = muxPair;
 
 /** Moves `size` bytes client -> server on a new stream; returns MB/s. */
 async function move(s: { client: MuxSession; server: MuxSession }, size: number, seed: number) {

@@ -1,16 +1,9 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import net from "node:net";
-import {
-  connect,
-  type ImmortalConn,
-  ImmortalError,
-  listen,
-  MuxSession,
-  TunnelClient,
-  TunnelServer,
-} from "../mod.ts";
+import { type ImmortalConn, ImmortalError, listen, TunnelClient, TunnelServer } from "../mod.ts";
 import { splice, TunnelClosing } from "../lib/tunnel/_splice.ts";
+import { muxPair } from "./_mux_pair.ts";
 import { encodeFrame, FrameType, GREETING, HEADER_SIZE } from "../lib/mux/_frames.ts";
 import { concat } from "../lib/_util.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
@@ -412,12 +405,7 @@ async function refusalOf(conn: ImmortalConn, stream: number): Promise<string> {
  * peer's FIN behind them. Returns what the test needs to end the session.
  */
 async function finishedWhileNotRead() {
-  const listener = listen({ hostname: "127.0.0.1", port: 0 });
-  const clientConn = await connect({ port: listener.addr.port });
-  const serverConn = await listener.accept();
-  listener.close();
-  const client = new MuxSession(clientConn, { role: "client" });
-  const server = new MuxSession(serverConn, { role: "server" });
+  const { client, server, clientConn, serverConn } = await muxPair();
   const local = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const app = await Deno.connect({ hostname: "127.0.0.1", port: local.addr.port });
   const stream = client.open();
