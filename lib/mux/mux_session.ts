@@ -422,7 +422,7 @@ export class MuxSession implements AsyncDisposable {
       throw new MuxProtocolError(`the peer opened stream ${id} out of turn`);
     }
     this.#lastPeerId = id;
-    // A peer that opens on and on while not reading our refusals would grow
+    // A peer that opens on and on while not reading our answers would grow
     // the control queue without end: cut it off.
     if (this.#deadAnswers >= MAX_DEAD_ANSWERS) {
       throw new MuxProtocolError("the peer keeps opening streams without reading our answers");
