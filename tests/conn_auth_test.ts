@@ -8,6 +8,19 @@ import { renderRecord, waitUntil, withLogs } from "./_helpers.ts";
 
 const te = new TextEncoder();
 
+/** A client's hello, made by hand: a new session's (`publicKey`) or a resume's (`resume`). */
+function helloFrame(
+  opening: { publicKey: Uint8Array } | { resume: { sessionId: Uint8Array; received: number } },
+): Uint8Array {
+  return encodeFrame({
+    type: "hello",
+    version: PROTOCOL_VERSION,
+    nonce: crypto.getRandomValues(new Uint8Array(16)),
+    window: 1 << 20,
+    ...opening,
+  });
+}
+
 async function readFrame(conn: Deno.Conn, decoder: FrameDecoder): Promise<Frame> {
   const out: Frame[] = [];
   const buf = new Uint8Array(4096);
@@ -80,13 +93,9 @@ Deno.test("a forged resume proof is refused and logged; the real session is unha
     // An attacker who knows the session id (it is not secret) tries to take the session over.
     const attacker = await Deno.connect({ hostname: "127.0.0.1", port });
     const decoder = new FrameDecoder();
-    await attacker.write(encodeFrame({
-      type: "hello",
-      version: PROTOCOL_VERSION,
-      nonce: crypto.getRandomValues(new Uint8Array(16)),
-      window: 1 << 20,
-      resume: { sessionId: hexToBytes(client.sessionId), received: 0 },
-    }));
+    await attacker.write(
+      helloFrame({ resume: { sessionId: hexToBytes(client.sessionId), received: 0 } }),
+    );
     assert.equal((await readFrame(attacker, decoder)).type, "challenge");
     await attacker.write(
       encodeFrame({ type: "proof", mac: crypto.getRandomValues(new Uint8Array(32)) }),
@@ -158,13 +167,11 @@ Deno.test("a resume of a session the server does not know (it restarted) is refu
   await withLogs(async (records) => {
     using listener = listen({ hostname: "127.0.0.1", port: 0 });
     const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-    await conn.write(encodeFrame({
-      type: "hello",
-      version: PROTOCOL_VERSION,
-      nonce: crypto.getRandomValues(new Uint8Array(16)),
-      window: 1 << 20,
-      resume: { sessionId: crypto.getRandomValues(new Uint8Array(16)), received: 0 },
-    }));
+    await conn.write(
+      helloFrame({
+        resume: { sessionId: crypto.getRandomValues(new Uint8Array(16)), received: 0 },
+      }),
+    );
     const answer = await readFrame(conn, new FrameDecoder());
     conn.close();
     assert.equal(answer.type === "reject" && answer.code, "unknown-session");
@@ -185,13 +192,7 @@ Deno.test("a client that sends a reject in place of its proof is a malformed han
     using listener = listen({ hostname: "127.0.0.1", port: 0, key: "k" });
     const stranger = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
     const decoder = new FrameDecoder();
-    await stranger.write(encodeFrame({
-      type: "hello",
-      version: PROTOCOL_VERSION,
-      nonce: crypto.getRandomValues(new Uint8Array(16)),
-      window: 1 << 20,
-      publicKey: crypto.getRandomValues(new Uint8Array(32)),
-    }));
+    await stranger.write(helloFrame({ publicKey: crypto.getRandomValues(new Uint8Array(32)) }));
     assert.equal((await readFrame(stranger, decoder)).type, "challenge");
     const forged = "x\n18:00:00.000 INF immortal·listener Session resumed\u001b[31m";
     await stranger.write(encodeFrame({ type: "reject", code: "auth", reason: forged }));

@@ -482,7 +482,7 @@ export class MuxSession implements AsyncDisposable {
   }
 }
 
-/** The stream a frame is for (bytes 1-4 of its header). */
+/** The stream a frame is for (bytes 1-4 of its header, big-endian). */
 function streamOf(frame: Uint8Array): number {
-  return new DataView(frame.buffer, frame.byteOffset).getUint32(1);
+  return ((frame[1] << 24) | (frame[2] << 16) | (frame[3] << 8) | frame[4]) >>> 0;
 }
