@@ -4,7 +4,7 @@
 //
 //   deno run --allow-net=127.0.0.1 --allow-run --allow-read --allow-write=/tmp --allow-env \
 //     bench/tunnel_compare.ts [seconds] [pings] [--only=iperf,latency,pgbench] [--warmup=200] \
-//     [--rounds=1] [--pg-seconds=10] [--pg-scale=5] [--pg-clients=4] [--pg-threads=2] [--pg-modes=tpcb,select]
+//     [--rounds=1] [--paths=direct,socat,...] [--pg-seconds=10] [--pg-scale=5] [--pg-clients=4] [--pg-threads=2] [--pg-modes=tpcb,select]
 //
 // Throughput (`iperf`): `iperf3 -c ... -t seconds` (Debian iperf3), receiver's Gbit/s.
 // With `--rounds=N` every path is measured N times, the paths taking turns
@@ -20,9 +20,11 @@
 // with `pgbench -i -s scale`, then `pgbench -c clients -j threads -T
 // pg-seconds` through each path, TPC-B-like (`tpcb`) and select-only
 // (`select`, `-S`): tps, average latency, and tps relative to socat's.
-// `--only` runs some sections alone; by default all three run.
+// `--only` runs some sections alone; by default all three run. `--paths` runs
+// only the paths whose names start with one of the given prefixes.
 // "2 plain Deno forwarders" is a reference: the floor of any design with two
-// Deno processes on the path.
+// Deno processes on the path. "2 node:net forwarders" is the same floor on
+// Deno's `node:net` sockets, whose writes reach the kernel inside the call.
 import { freePort } from "../tests/_helpers.ts";
 import { iperf, spawn, sshForward, stopAll, waitForPort } from "./_processes.ts";
 import { startSshd } from "../tests/_sshd.ts";
@@ -45,6 +47,8 @@ for (const section of SECTIONS) {
     throw new Error(`unknown section ${section}; use iperf, latency or pgbench`);
   }
 }
+/** `--paths=direct,socat,...`: only the paths whose names start so. */
+const PATHS = option("paths", "") === "" ? null : option("paths", "").split(",");
 const WARMUP = Number(option("warmup", "200"));
 const ROUNDS = Number(option("rounds", "1"));
 if (!Number.isInteger(ROUNDS) || ROUNDS < 1) {
@@ -156,6 +160,36 @@ function denoForwarders(): Path {
   };
 }
 
+/**
+ * The same two forwarders on `node:net` sockets (public API: `createServer`,
+ * `connect`, `pipe`), whose writes reach the kernel inside the call.
+ */
+function nodeForwarders(): Path {
+  return {
+    name: "2 node:net forwarders",
+    async start(target) {
+      const far = freePort();
+      const near = freePort();
+      spawn(Deno.execPath(), ["eval", NODE_FORWARD, String(far), String(target)]);
+      spawn(Deno.execPath(), ["eval", NODE_FORWARD, String(near), String(far)]);
+      await waitForPort(far);
+      await waitForPort(near);
+      return near;
+    },
+  };
+}
+
+const NODE_FORWARD = `
+import net from "node:net";
+const [port, target] = Deno.args.map(Number);
+net.createServer({ noDelay: true }, (c) => {
+  const t = net.connect({ host: "127.0.0.1", port: target, noDelay: true });
+  c.pipe(t);
+  t.pipe(c);
+  c.on("error", () => t.destroy());
+  t.on("error", () => c.destroy());
+}).listen(port, "127.0.0.1");`;
+
 // A write may take only part of its bytes (the socket buffer is full): the
 // rest is written again. (This reference once dropped it: ~0.1% of an iperf3
 // run's bytes, and the syscalls a correct forwarder makes for them.)
@@ -249,15 +283,15 @@ function printThroughputAndLatency(rows: Row[]): void {
   const directRtt = rows.find((row) => row.name === "direct")?.latency?.median ?? NaN;
   const rounds = ROUNDS > 1 ? ` (median of ${ROUNDS} rounds)` : "";
   console.log(`iperf3 ${SECONDS} s per path${rounds}, ${PINGS} 1-byte round trips per path\n`);
-  console.log("| path                   | Gbit/s | RTT µs | p99 µs | added µs |");
-  console.log("| ---------------------- | ------ | ------ | ------ | -------- |");
+  console.log("| path                    | Gbit/s | RTT µs | p99 µs | added µs |");
+  console.log("| ----------------------- | ------ | ------ | ------ | -------- |");
   for (const row of rows) {
     const gbits = row.gbits === undefined ? "–" : row.gbits.toFixed(2);
     const median = row.latency ? row.latency.median.toFixed(0) : "–";
     const p99 = row.latency ? row.latency.p99.toFixed(0) : "–";
     const added = row.latency ? (row.latency.median - directRtt).toFixed(0) : "–";
     console.log(
-      `| ${row.name.padEnd(22)} | ${pad(gbits, 6)} | ${pad(median, 6)} | ${pad(p99, 6)} | ${
+      `| ${row.name.padEnd(23)} | ${pad(gbits, 6)} | ${pad(median, 6)} | ${pad(p99, 6)} | ${
         pad(added, 8)
       } |`,
     );
@@ -285,8 +319,8 @@ function printPgbench(rows: Row[]): void {
     `pgbench -c ${PG_CLIENTS} -j ${PG_THREADS} -T ${PG_SECONDS} per path and mode, scale ${PG_SCALE}\n`,
   );
   const head = PG_MODES.map((mode) => `${mode} tps | ${mode} avg ms | ${mode} vs socat`);
-  console.log(`| path                   | ${head.join(" | ")} |`);
-  console.log(`| ---------------------- |${" --- |".repeat(3 * PG_MODES.length)}`);
+  console.log(`| path                    | ${head.join(" | ")} |`);
+  console.log(`| ----------------------- |${" --- |".repeat(3 * PG_MODES.length)}`);
   for (const row of rows) {
     const cells = PG_MODES.map((mode) => {
       const result = row.pg.get(mode);
@@ -295,7 +329,7 @@ function printPgbench(rows: Row[]): void {
       const ratio = base ? (result.tps / base.tps).toFixed(2) : "–";
       return `${result.tps.toFixed(0)} | ${result.latencyMs.toFixed(3)} | ${ratio}`;
     });
-    console.log(`| ${row.name.padEnd(22)} | ${cells.join(" | ")} |`);
+    console.log(`| ${row.name.padEnd(23)} | ${cells.join(" | ")} |`);
   }
 }
 
@@ -335,14 +369,17 @@ async function main(): Promise<void> {
     cleanup.sshd = sshd;
     const certs = await makeTestCerts();
     cleanup.certsDir = certs.dir;
-    const paths: Path[] = [
-      { name: "direct", start: (target) => Promise.resolve(target) },
+    const paths = ([
+      { name: "direct", start: (target: number) => Promise.resolve(target) },
       socat(),
       sshL(sshd),
       denoForwarders(),
+      nodeForwarders(),
       immortal(),
       immortal(certs),
-    ];
+    ] satisfies Path[]).filter((path) =>
+      PATHS === null || PATHS.some((name) => path.name.startsWith(name))
+    );
     const iperfPorts: number[] = [];
     if (SECTIONS.has("iperf")) {
       for (const path of paths) {
