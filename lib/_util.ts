@@ -276,6 +276,42 @@ export async function collectBytes(
   return only.buffer instanceof ArrayBuffer ? only as Uint8Array<ArrayBuffer> : only.slice();
 }
 
+/** The most of a refusal's body {@linkcode refusalText} reads: a reason is a line or two. */
+export const MAX_REFUSAL_BYTES = 64 * 1024;
+
+/**
+ * The text of a response that refused us (a status other than the one
+ * wanted), for its reason: at most {@linkcode MAX_REFUSAL_BYTES} of it, the
+ * rest cancelled unread, and no read past `signal`. A peer that answered a
+ * refusal with an endless body held a client's memory without bound, and its
+ * read outlived the dial that gave up on it.
+ */
+export async function refusalText(response: Response, signal?: AbortSignal): Promise<string> {
+  const body = response.body;
+  if (body === null) return "";
+  const reader = body.getReader();
+  const stop = () => reader.cancel().catch(() => {});
+  signal?.addEventListener("abort", stop, { once: true });
+  const kept = new Uint8Array(MAX_REFUSAL_BYTES);
+  let size = 0;
+  try {
+    while (size < kept.length && !signal?.aborted) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const taken = Math.min(value.length, kept.length - size);
+      kept.set(value.subarray(0, taken), size);
+      size += taken;
+    }
+  } catch {
+    // A body cut short: its reason is what came.
+  } finally {
+    signal?.removeEventListener("abort", stop);
+    await reader.cancel().catch(() => {});
+    reader.releaseLock();
+  }
+  return new TextDecoder().decode(kept.subarray(0, size));
+}
+
 /**
  * `Deno.listen` whose errors name the address: "cannot listen on
  * 0.0.0.0:2000: Address already in use (os error 98)", of the same class

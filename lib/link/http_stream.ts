@@ -16,7 +16,7 @@
  * @module
  */
 
-import { errorMessage, innermostMessage, isNotCapable } from "../_util.ts";
+import { errorMessage, innermostMessage, isNotCapable, refusalText } from "../_util.ts";
 import { type Dialer, type Link, urlAddr } from "./link.ts";
 import { ByteQueue } from "./_byte_queue.ts";
 import { PostBodies } from "./_post_bodies.ts";
@@ -562,7 +562,10 @@ export async function dialHttpStream(
   }
   const id = response.headers.get(LINK_HEADER);
   if (response.status !== 200 || id === null || response.body === null) {
-    const text = await response.text().catch(() => "");
+    // Read within the dial's time, and only as much as a reason takes.
+    const text = await refusalText(response, signal);
+    abort.abort();
+    if (signal.aborted) throw signal.reason;
     throw new LinkRefused(response.status, text, `${url.href} answered ${response.status}`);
   }
   // A server that does not say takes one POST at a time.

@@ -4,9 +4,10 @@
 
 import assert from "node:assert/strict";
 import { HttpLinkEndpoint, linkRequestKind } from "./_http_link_endpoint.ts";
-import { collectBytes } from "../_util.ts";
+import { collectBytes, MAX_REFUSAL_BYTES } from "../_util.ts";
 import {
   httpStreamDialer,
+  LinkRefused,
   MAX_POST_BYTES,
   MAX_POSTS_IN_FLIGHT,
   ServerHttpStreamLink,
@@ -291,4 +292,70 @@ Deno.test("HTTP-streaming server link: closing wakes a POST waiting on another's
   assert.match(await reading, /the link is closed/);
   assert.ok(cancelled, "the stalled body was left open");
   await link.response.body?.cancel().catch(() => {});
+});
+
+Deno.test("HTTP-streaming dial: a refusal with an endless body is read only as far as a reason takes, and not past the dial's end", async () => {
+  // A body that never ends; `pulled` counts what the client took, and the
+  // server learns of the client's cancel when it stops reading.
+  const piece = new Uint8Array(64 * 1024).fill(0x41);
+  // Bounds the test only if the reading never stops (the bug): then the
+  // body ends, so that the server can shut down and the test fail.
+  const guard = AbortSignal.timeout(20_000);
+  const stream = (onPulled: (total: number) => void, cancelled: () => void) => {
+    let pulled = 0;
+    return new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (guard.aborted) return controller.close();
+        controller.enqueue(piece);
+        onPulled(pulled += piece.length);
+      },
+      cancel: cancelled,
+    }, { highWaterMark: 0 });
+  };
+  let onPulled = (_total: number) => {};
+  let cancelled = Promise.withResolvers<void>();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () =>
+      new Response(stream((total) => onPulled(total), () => cancelled.resolve()), {
+        status: 403,
+      }),
+  );
+  const url = `http://127.0.0.1:${server.addr.port}/`;
+  const orHang = <T>(promise: Promise<T>, what: string) =>
+    Promise.race([
+      promise,
+      new Promise<never>((_, reject) =>
+        guard.addEventListener("abort", () => reject(new Error(`${what}: never`)))
+      ),
+    ]);
+  try {
+    // No deadline met: a reason's worth is read, the rest cancelled.
+    const refused = await orHang(
+      httpStreamDialer({ url })(new AbortController().signal).then(
+        () => assert.fail("dialed"),
+        (error) => error,
+      ),
+      "the refusal",
+    );
+    assert.ok(refused instanceof LinkRefused, String(refused));
+    assert.equal(refused.status, 403);
+    assert.equal(refused.body.length, MAX_REFUSAL_BYTES);
+    await orHang(cancelled.promise, "the body's cancel");
+
+    // The dial given up (here as 1 MiB came: by progress, not a timer) stops the read.
+    cancelled = Promise.withResolvers<void>();
+    const dial = new AbortController();
+    onPulled = (total) => {
+      if (total >= 1 << 20) dial.abort(new Error("given up"));
+    };
+    const slow = await orHang(
+      httpStreamDialer({ url })(dial.signal).then(() => assert.fail("dialed"), (error) => error),
+      "the abandoned dial",
+    );
+    await orHang(cancelled.promise, "the body's cancel after the dial gave up");
+    assert.equal((slow as Error).message, "given up");
+  } finally {
+    await server.shutdown();
+  }
 });
