@@ -6,6 +6,8 @@
 
 import assert from "node:assert/strict";
 import { connect, type ImmortalConn, listen, RelayNode, serveRelay } from "../mod.ts";
+import { encodeFrame } from "../lib/frame/mod.ts";
+import { controlledPath } from "./_controlled_path.ts";
 import { type Direction, FaultProxy } from "./_fault_proxy.ts";
 import { patternHash, receiveAll, sendPattern, within } from "./_helpers.ts";
 import { cutWhile, FAST } from "./_tunnel_helpers.ts";
@@ -218,5 +220,75 @@ Deno.test("through relay pipes, the relay forwards no plaintext of an encrypted 
     assert.ok(relay.relay.stats.pipes!.bytes >= 2 * PLAINTEXT.length, "it went through the pipe");
   } finally {
     await proxy.close();
+  }
+});
+
+/**
+ * A path on which resume links `forged` (by index) get, in place of the
+ * server's first frame, a reject the path made up: the server's word
+ * that it lost the session, or that the proof failed, which nothing
+ * authenticates.
+ */
+function forgingPath(forged: Set<number>, code: "unknown-session" | "auth") {
+  return controlledPath((link) => {
+    if (!forged.has(link.index)) return;
+    const write = link.server.write.bind(link.server);
+    let first = true;
+    link.server.write = (_data) => {
+      if (!first) return Promise.resolve();
+      first = false;
+      return write(encodeFrame({ type: "reject", code, reason: "forged by the path" }));
+    };
+  });
+}
+
+Deno.test("encrypted session: a reject forged on the path during a resume costs another resume, not the session; one the server keeps saying is believed", async () => {
+  for (const code of ["unknown-session", "auth"] as const) {
+    // Links 1 and 2 (the first resume's first two dials) get the forgery; link 3 is clean.
+    const path = forgingPath(new Set([1, 2]), code);
+    const listener = listen({ acceptor: path.acceptor, key: "k", encrypt: true });
+    const client = await connect({
+      dialer: path.dialer,
+      key: "k",
+      encrypt: true,
+      backoff: { initial: 5, max: 50 },
+    });
+    const server = await listener.accept();
+    try {
+      await client.write(encoder.encode("before;"));
+      path.links[0].cut();
+      // Written while the link is down: bytes in flight across the forgeries.
+      await client.write(encoder.encode("during"));
+      await client.closeWrite();
+      const got = await within(10_000, code, new Response(server.readable).text());
+      assert.equal(got, "before;during", code);
+      assert.equal(path.links.length, 4, `${code}: two forged answers, then the resume`);
+      await server.close();
+    } finally {
+      client.close();
+      listener.close();
+      await Promise.allSettled([client.closed, server.closed]);
+    }
+  }
+  // The same answer three times in one resume: the server lost the session, the client gives up.
+  const path = forgingPath(new Set([1, 2, 3]), "unknown-session");
+  const listener = listen({ acceptor: path.acceptor, key: "k", encrypt: true });
+  const client = await connect({
+    dialer: path.dialer,
+    key: "k",
+    encrypt: true,
+    backoff: { initial: 5, max: 50 },
+  });
+  const server = await listener.accept();
+  try {
+    path.links[0].cut();
+    const ended = await within(10_000, "believed", client.closed.then(() => null, (e) => e));
+    assert.equal(ended?.code, "unknown-session", String(ended));
+    assert.equal(path.links.length, 4, "believed on the third answer");
+  } finally {
+    client.close();
+    server.close();
+    listener.close();
+    await Promise.allSettled([client.closed, server.closed]);
   }
 });

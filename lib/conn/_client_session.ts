@@ -27,6 +27,25 @@ function isFatal(error: unknown): boolean {
 }
 
 /**
+ * Fatal answers that nothing authenticates: a server's reject (its only word
+ * when it no longer knows a session) and a handshake that breaks the rules
+ * or fails its proof. Anyone on the path (a relay, a proxy) can forge or
+ * change them.
+ */
+function isUnauthenticated(error: unknown): boolean {
+  return error instanceof ImmortalError &&
+    (error.code === "auth" || error.code === "unknown-session" || error.code === "protocol");
+}
+
+/**
+ * A resume believes an unauthenticated fatal answer once it has come this
+ * many times (on links dialed one after another, with the backoff between).
+ * Believed at once, one changed byte on the path ended a session and lost
+ * the bytes in flight; a server that really lost the session says so again.
+ */
+const RESUME_ANSWERS_BELIEVED = 3;
+
+/**
  * Attempts in flight at once. The oldest unanswered dial yields to a new one;
  * handshakes under way are never cut short.
  */
@@ -54,6 +73,8 @@ export class ClientSession implements SessionSide {
   #policy: ReconnectPolicy;
   /** The current link carried a frame after its handshake. */
   #linkProven = false;
+  /** When the current link was attached (`performance.now()`). */
+  #attachedAt = 0;
 
   /** Dials through `dialer` with `options`; nothing happens before {@linkcode ClientSession.open}. */
   constructor(dialer: Dialer, options: ResolvedOptions) {
@@ -104,7 +125,8 @@ export class ClientSession implements SessionSide {
   }
 
   linkLost(): void {
-    this.#resume(this.#policy.linkLost(this.#linkProven));
+    const lived = performance.now() - this.#attachedAt;
+    this.#resume(this.#policy.linkLost(this.#linkProven, lived));
   }
 
   completed(): void {}
@@ -122,6 +144,7 @@ export class ClientSession implements SessionSide {
         (reader) =>
           clientResume(reader, this.#secrets!, engine.received, this.#options.maxUnackedBytes),
         wait,
+        RESUME_ANSWERS_BELIEVED,
       );
       if (!engine.resumable) {
         resumed?.reader.link.close();
@@ -145,6 +168,7 @@ export class ClientSession implements SessionSide {
 
   #attach(reader: FrameReader, peerReceived: number, peerWindow: number): void {
     this.#linkProven = false;
+    this.#attachedAt = performance.now();
     this.#engine!.attach(reader, peerReceived, peerWindow);
   }
 
@@ -152,8 +176,9 @@ export class ClientSession implements SessionSide {
    * The one dial loop (see the class doc for its policy). Starts at most
    * `maxAttempts` attempts until `deadline`, the first after `wait` ms. Resolves to the first link whose
    * handshake completes, or `null` when the deadline passed or `signal`
-   * aborted; rejects with a fatal error (a refused key, say), or with the
-   * last error once the attempts are used up. Attempts still racing when it
+   * aborted; rejects with a fatal error (a refused key, say; one that
+   * nothing authenticates only once it came `believeAfter` times), or with
+   * the last error once the attempts are used up. Attempts still racing when it
    * settles are aborted, their links closed.
    */
   async #dial<T>(
@@ -162,6 +187,7 @@ export class ClientSession implements SessionSide {
     signal: AbortSignal | undefined,
     handshake: (reader: FrameReader) => Promise<T>,
     wait = 0,
+    believeAfter = 1,
   ): Promise<Dialed<T> | null> {
     const { handshakeTimeout } = this.#options;
     const rtt = this.#engine?.stats.rttMs ?? 0;
@@ -172,6 +198,7 @@ export class ClientSession implements SessionSide {
     let winner: Dialed<T> | null = null;
     let fatal: unknown = null;
     let lastError: unknown = null;
+    let unbelieved = 0;
     let started = 0;
     let nextStart = performance.now() + wait;
     let wake: (() => void) | null = null;
@@ -207,9 +234,21 @@ export class ClientSession implements SessionSide {
         (error) => {
           if (controller.signal.aborted) return; // raced out, or the session ended
           lastError = error;
-          if (isFatal(error)) {
+          if (isFatal(error) && !(isUnauthenticated(error) && ++unbelieved < believeAfter)) {
             fatal = error;
           } else {
+            if (isFatal(error)) {
+              log.warn(
+                "Session {id}: {reason}; not believed yet (answer {n} of {of}: it may have " +
+                  "been changed on the way), trying again",
+                {
+                  id: this.#secrets?.id ?? "(new)",
+                  reason: errorMessage(error),
+                  n: unbelieved,
+                  of: believeAfter,
+                },
+              );
+            }
             const answered = serverAnswered(error);
             nextStart = performance.now() + this.#policy.attemptFailed(answered, rtt);
           }

@@ -102,7 +102,8 @@ function verify(
 }
 
 async function keyPair(): Promise<{ pair: CryptoKeyPair; pub: Uint8Array }> {
-  const pair = await crypto.subtle.generateKey({ name: "X25519" }, true, [
+  // The private key never leaves crypto.subtle; a public key is always exportable.
+  const pair = await crypto.subtle.generateKey({ name: "X25519" }, false, [
     "deriveBits",
   ]) as CryptoKeyPair;
   return { pair, pub: new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey)) };
@@ -294,7 +295,11 @@ export async function clientOpen(
       u32(accept.window),
     ))
   ) {
-    throw new ImmortalError("auth", "the server could not prove it holds the pre-shared key");
+    throw new ImmortalError(
+      "auth",
+      "the server's answer does not prove our pre-shared key: it holds another key, or the " +
+        "answer was changed on the way",
+    );
   }
   const secrets = await sessionSecrets(pair, publicKey, sessionId, pub, publicKey, sealed);
   await decideSealing(reader.link, secrets, transcript, "client");

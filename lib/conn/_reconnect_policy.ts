@@ -8,12 +8,23 @@
 import { backoffDelay, jitter } from "../_util.ts";
 import type { BackoffOptions } from "./options.ts";
 
+/** A link that worked for less than this (ms) worked only for a moment. */
+export const SHORT_LIVED_MS = 200;
+/**
+ * Links in a row that work only for a moment and are still redialed at once
+ * (a reset, then a second one as the path settles); past them the backoff
+ * grows with each.
+ */
+export const FLAPS_FORGIVEN = 2;
+
 /** Delays (ms) before the next dial attempt, by what happened to the last one. */
 export class ReconnectPolicy {
   #backoff: Required<BackoffOptions>;
   #random: () => number;
   /** Consecutive failures the server answered (or links that never worked): the exponent. */
   #failures = 0;
+  /** Consecutive links that worked, each only for a moment. */
+  #flaps = 0;
 
   /** `random` (default `Math.random`) sets the jitter; tests pass a fixed one. */
   constructor(backoff: Required<BackoffOptions>, random: () => number = Math.random) {
@@ -32,16 +43,24 @@ export class ReconnectPolicy {
   }
 
   /**
-   * The link was lost. One that worked is redialed at once (a reset link
-   * usually comes straight back); one that died before carrying anything is
-   * as good as a failed attempt.
+   * The link was lost after `livedMs`. One that worked is redialed at once (a
+   * reset link usually comes straight back); one that died before carrying
+   * anything is as good as a failed attempt. Links that work but each die
+   * within {@linkcode SHORT_LIVED_MS} (a proxy or firewall that cuts every
+   * connection after its first bytes) back off after
+   * {@linkcode FLAPS_FORGIVEN} of them: redialed at once, they cost both
+   * ends a handshake each, dozens a second, for ever.
    */
-  linkLost(proven: boolean): number {
-    if (proven) {
-      this.#failures = 0;
+  linkLost(proven: boolean, livedMs: number = Infinity): number {
+    if (!proven) return this.#exponential();
+    this.#failures = 0;
+    if (livedMs >= SHORT_LIVED_MS) {
+      this.#flaps = 0;
       return 0;
     }
-    return this.#exponential();
+    if (++this.#flaps <= FLAPS_FORGIVEN) return 0;
+    const { initial, max } = this.#backoff;
+    return backoffDelay(this.#flaps - FLAPS_FORGIVEN, initial, max, this.#random);
   }
 
   /**

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ReconnectPolicy } from "./_reconnect_policy.ts";
+import { ReconnectPolicy, SHORT_LIVED_MS } from "./_reconnect_policy.ts";
 
 const BACKOFF = { initial: 100, max: 5000, probeInterval: 50 };
 /** No jitter: the factor is exactly 0.5, so every delay is known. */
@@ -53,4 +53,20 @@ Deno.test("jitter stays within [0.5, 1) of the ceiling", () => {
     const delay = high.attemptFailed(true, 0);
     assert.ok(delay >= ceiling / 2 && delay < ceiling, `failure ${i}: ${delay}`);
   }
+});
+
+Deno.test("links that work but each die at once (a path that cuts every connection) back off after two", () => {
+  const policy = new ReconnectPolicy(BACKOFF, noJitter);
+  const short = SHORT_LIVED_MS - 1;
+  const delays = Array.from({ length: 5 }, () => {
+    policy.linkProven();
+    return policy.linkLost(true, short);
+  });
+  assert.deepEqual(delays, [0, 0, 50, 100, 200]);
+  // One link that lasts puts it all behind: the next loss redials at once again.
+  policy.linkProven();
+  assert.equal(policy.linkLost(true, SHORT_LIVED_MS), 0);
+  assert.equal(policy.linkLost(true, short), 0);
+  // Resets a second apart (issue #9's load) are never slowed.
+  for (let i = 0; i < 10; i++) assert.equal(policy.linkLost(true, 1000), 0);
 });
