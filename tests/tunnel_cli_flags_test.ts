@@ -231,3 +231,15 @@ Deno.test("tunnel CLI: key errors name the key file once, and the command that m
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("tunnel CLI: a key file's line loses the blanks an editor left at its end", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "immortal-key-" });
+  try {
+    await Deno.writeTextFile(`${dir}/tunnel.key`, "  k3y \t\r\nsecond line\n");
+    const config = parseTunnelArgs([...SERVER, "--key-file", `${dir}/tunnel.key`]);
+    assert.ok(config !== "help");
+    assert.equal(config.key, "  k3y", "leading blanks kept, trailing ones dropped");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
