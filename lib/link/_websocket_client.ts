@@ -194,16 +194,23 @@ class ClientWebSocketLink implements Link {
     return true;
   }
 
-  /** Reads a frame header (answering pings, skipping pongs); false at the end of the stream. */
+  /**
+   * Reads a frame header (answering pings, skipping pongs); false at the end
+   * of the stream between two frames. The stream ending inside a frame, and
+   * a frame RFC 6455 forbids, are errors: the link is broken, not ended.
+   */
   async #nextFrame(): Promise<boolean> {
-    if (!(await this.#want(2))) return false;
+    if (!(await this.#want(2))) {
+      if (this.#ahead.length === 0) return false;
+      throw linkClosed("the connection ended inside a frame");
+    }
     const b0 = this.#ahead[0];
     const b1 = this.#ahead[1];
     if (b1 & 0x80) throw linkClosed("the server masked a frame");
     if (b0 & 0x70) throw linkClosed("reserved bits set");
     const short = b1 & 0x7f;
     const head = short === 126 ? 4 : short === 127 ? 10 : 2;
-    if (!(await this.#want(head))) return false;
+    if (!(await this.#want(head))) throw linkClosed("the connection ended inside a frame");
     const view = new DataView(this.#ahead.buffer, this.#ahead.byteOffset);
     const length = short === 126
       ? view.getUint16(2)
@@ -217,8 +224,12 @@ class ClientWebSocketLink implements Link {
       return true;
     }
     if (opcode === 0x1) throw linkClosed("a text message where bytes were expected");
-    // Control frames: short, read whole.
-    if (length > 125 || !(await this.#want(length))) return false;
+    if (opcode < 0x8 || opcode > 0xa) throw linkClosed(`a frame of unknown opcode ${opcode}`);
+    // Control frames: short and whole (RFC 6455 5.5), read at once.
+    if (length > 125 || !(b0 & 0x80)) {
+      throw linkClosed("a control frame longer than 125 bytes, or in fragments");
+    }
+    if (!(await this.#want(length))) throw linkClosed("the connection ended inside a frame");
     const payload = this.#ahead.slice(0, length);
     this.#ahead = this.#ahead.subarray(length);
     if (opcode === 0x9) {

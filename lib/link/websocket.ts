@@ -10,6 +10,7 @@
 import { type Dialer, type Link, urlAddr } from "./link.ts";
 import { ByteQueue } from "./_byte_queue.ts";
 import { openWebSocketLink } from "./_websocket_client.ts";
+import { peerText } from "../_util.ts";
 
 /** Bytes waiting in the socket beyond which a write waits for them to drain. */
 const HIGH_WATER = 1 << 20;
@@ -199,10 +200,18 @@ export function webSocketDialer(options: WebSocketDialerOptions): Dialer {
     const socket = new WebSocket(url, init as unknown as string[]);
     return new Promise<Link>((resolve, reject) => {
       const link = new WebSocketLink(socket, { remoteAddr: urlAddr(url) });
+      // Deno's error event says what failed ("Invalid status code: 407" from
+      // a proxy that wants credentials); the close after it says nothing.
+      let why = "";
+      const failed = (event: Event) => {
+        const message = (event as ErrorEvent).message ?? "";
+        why = message.replace(/^NetworkError: (failed to connect to WebSocket: )?/, "");
+      };
       const fail = () => {
         cleanup();
         link.close();
-        reject(signal.aborted ? signal.reason : linkClosed(`cannot open ${url.href}`));
+        const detail = why === "" ? "" : `: ${peerText(why)}`;
+        reject(signal.aborted ? signal.reason : linkClosed(`cannot open ${url.href}${detail}`));
       };
       const opened = () => {
         cleanup();
@@ -210,10 +219,12 @@ export function webSocketDialer(options: WebSocketDialerOptions): Dialer {
       };
       const cleanup = () => {
         socket.removeEventListener("open", opened);
+        socket.removeEventListener("error", failed);
         socket.removeEventListener("close", fail);
         signal.removeEventListener("abort", fail);
       };
       socket.addEventListener("open", opened);
+      socket.addEventListener("error", failed);
       socket.addEventListener("close", fail);
       signal.addEventListener("abort", fail);
       if (signal.aborted) fail();
