@@ -604,6 +604,14 @@ async function _start(
 ): Promise<Service> {
   await _checkNetPermissions(config);
   warnSecretFlags(log, config.secretFlags ?? {});
+  if (config.session.encrypt && config.key === undefined) {
+    // The key is what authenticates the key exchange: without it, one that
+    // stands in the middle exchanges keys with each end and reads all.
+    log.warn(
+      "--encrypt without a key is unauthenticated: an active man in the middle can read and " +
+        "change the tunnel's traffic. Give both ends --key-file (make a key with tunnel keygen)",
+    );
+  }
   let node: RelayNode | undefined;
   let tunnel: TunnelServer | TunnelClient;
   let client: ReturnType<typeof _startClient> | undefined;

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { errorMessage, innermostMessage } from "../_util.ts";
+import { errorMessage, innermostMessage, peerText, refusalText } from "../_util.ts";
 import {
   encodeFrame,
   type HelloFrame,
@@ -26,6 +26,7 @@ import {
   type DialSettings,
   type OpenedTransport,
   RelayConnectError,
+  relayFrameBound,
   RelayRefusedError,
   type TransportHooks,
 } from "./_transport.ts";
@@ -140,8 +141,11 @@ export class HttpStreamTransport implements ClientTransport {
       throw connectFailure(settings.base, innermostMessage(error), error, settings.proxy);
     }
     if (!response.ok) {
-      const refusal = parseRefusal(readJson(await response.text().catch(() => "")));
-      if (refusal) throw new RelayRefusedError(refusal.error, refusal.message);
+      // A reason is a line or two: read no more (an endless body held memory
+      // without bound), and not past the dial's end (its timeout, the caller).
+      const refusal = parseRefusal(readJson(await refusalText(response, abort.signal)));
+      // The relay's words, bound for terminals and logs: escaped here, as they come in.
+      if (refusal) throw new RelayRefusedError(refusal.error, peerText(refusal.message));
       throw new RelayConnectError(
         "not-a-relay",
         `${settings.base.host} answered ${response.status} ${response.statusText} to ` +
@@ -150,7 +154,9 @@ export class HttpStreamTransport implements ClientTransport {
           }, not as a relay does: is the URL right?`,
       );
     }
-    const events = readSse(response.body!);
+    // Up to the welcome, a frame may be as long as a welcome; then as its `maxMessageBytes` says.
+    let bound = relayFrameBound();
+    const events = readSse(response.body!, () => bound);
     let first;
     try {
       first = await nextFrame(events, hooks.onBadFrame);
@@ -169,7 +175,7 @@ export class HttpStreamTransport implements ClientTransport {
     if ("ended" in first || first.t !== "welcome") {
       abort.abort();
       if (!("ended" in first) && first.t === "error") {
-        throw new RelayRefusedError(first.code, first.message);
+        throw new RelayRefusedError(first.code, peerText(first.message));
       }
       throw new RelayConnectError(
         "not-a-relay",
@@ -180,6 +186,7 @@ export class HttpStreamTransport implements ClientTransport {
       abort.abort();
       throw new Error("the relay's welcome names no stream");
     }
+    bound = relayFrameBound(first.maxMessageBytes);
     const transport = new HttpStreamTransport(settings, first.stream, abort, hooks);
     transport.#listen(events);
     return { transport, welcome: first };

@@ -10,7 +10,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { LogLimiter } from "../_log_limiter.ts";
-import { errorMessage } from "../_util.ts";
+import { errorMessage, peerText } from "../_util.ts";
 import { ImmortalError } from "../conn/errors.ts";
 import { httpDialer } from "../link/http_dialer.ts";
 import { LinkRefused } from "../link/http_stream.ts";
@@ -29,6 +29,17 @@ const log = getLogger(["immortal", "relay", "pipe"]);
  * that did not answer in time.
  */
 const STANDING_REFUSALS: ReadonlySet<RelayErrorCode> = new Set(["pipe-refused", "not-allowed"]);
+
+/**
+ * Offered pipes a node takes at once (each an outgoing connection to the
+ * relay until it links): as many as the relay lets one node be an end of
+ * (`MAX_PIPES_PER_NODE`), so a relay that keeps its rules never meets it. A
+ * relay that flooded offers had the node open a connection per offer,
+ * thousands. The rest are refused, `busy`.
+ */
+export const MAX_ACCEPTS_IN_FLIGHT = 64;
+/** How long taking an offered pipe may take. */
+const ACCEPT_TIMEOUT_MS = 10_000;
 
 /** Who a node is, for the relay: what a pipe request proves. */
 export interface NodeIdentity {
@@ -83,6 +94,10 @@ export class NodePipes {
   #accepts: (from: string) => boolean = () => true;
   /** Pipes that could not be taken: a line per node and interval, however many. */
   #logs = new LogLimiter((line) => log.warn(line));
+  /** Offered pipes being taken now: {@linkcode MAX_ACCEPTS_IN_FLIGHT} at most. */
+  #accepting = 0;
+  /** Aborted by close: the pipes being taken are given up with the node. */
+  #closing = new AbortController();
 
   /** Pipes of the node `host`. */
   constructor(host: PipeHost) {
@@ -151,10 +166,24 @@ export class NodePipes {
     const acceptor = this.#acceptor;
     if (!acceptor || acceptor.closed) return this.#host.refuse(frame.id, "it accepts no pipes");
     if (!this.#accepts(frame.from)) return this.#host.refuse(frame.id, "not accepted");
+    if (this.#accepting >= MAX_ACCEPTS_IN_FLIGHT) {
+      this.#logs.event(
+        "busy",
+        `Refused a pipe from ${frame.from}: ${MAX_ACCEPTS_IN_FLIGHT} offered pipes are being ` +
+          "taken already, more than the relay lets a node have (is it broken?)",
+      );
+      return this.#host.refuse(frame.id, "busy");
+    }
+    this.#accepting++;
     try {
-      const link = await this.#open({}, AbortSignal.timeout(10_000), frame.id);
+      const signal = AbortSignal.any([
+        this.#closing.signal,
+        AbortSignal.timeout(ACCEPT_TIMEOUT_MS),
+      ]);
+      const link = await this.#open({}, signal, frame.id);
       acceptor.push(throughRelay(link, frame.from));
     } catch (error) {
+      if (this.#closing.signal.aborted) return;
       // Gone from the relay before we took it: its dialer gave up on it (this
       // node was slow: stopped, say, or busy), and dials again if it still
       // wants one. No news; and a node woken up may find dozens at once.
@@ -168,11 +197,14 @@ export class NodePipes {
         `accept ${frame.from}`,
         `Could not accept the pipe from ${frame.from}: ${errorMessage(error)}`,
       );
+    } finally {
+      this.#accepting--;
     }
   }
 
   /** Stops accepting pipes. */
   close(): void {
+    this.#closing.abort();
     this.#acceptor?.close();
     this.#logs.flush();
   }
@@ -202,7 +234,7 @@ export class NodePipes {
       if (!(error instanceof LinkRefused)) throw error;
       const refusal = parseRefusal(readJson(error.body));
       if (refusal === null) throw error;
-      throw new RelayRefusedError(refusal.error, refusal.message);
+      throw new RelayRefusedError(refusal.error, peerText(refusal.message));
     }
   }
 }

@@ -16,6 +16,39 @@ import type {
   WelcomeFrame,
 } from "./_protocol.ts";
 
+/**
+ * Members a node keeps track of: 100 times the nodes a relay lets into a
+ * session by default (`maxNodesPerSession`, 1000). A relay that announces
+ * more is broken or hostile: one that flooded `join` frames with new
+ * nicknames held the node's memory without bound (1.7 million members, 730
+ * MB, in 8 s). Past it the node drops the connection, saying why, and
+ * reconnects with backoff; it does not drop joins silently, which would
+ * leave it a member list that is wrong.
+ */
+export const MAX_MEMBERS = 100_000;
+
+/**
+ * The longest frame a node takes from a relay before the welcome says more,
+ * in bytes: a welcome that lists {@linkcode MAX_MEMBERS} members, each named
+ * in up to 300 bytes, fits (a nickname of the relay's default longest, 32
+ * characters, takes at most 128).
+ */
+const MIN_FRAME_BOUND = 32 << 20;
+/** What the relay adds to a message a node sent, at most: sender, id, numbers. */
+const FRAME_SLACK = 64 << 10;
+/** The most a relay's word (its welcome's `maxMessageBytes`) raises the bound to. */
+const MAX_FRAME_BOUND = 64 << 20;
+
+/**
+ * The longest frame a node takes from a relay whose welcome said
+ * `maxMessageBytes` (or, before one, nothing): its own welcome, or a message
+ * as large as a node may send with what the relay adds to it. An HTTP
+ * stream whose event runs longer fails, the relay taken for broken.
+ */
+export function relayFrameBound(maxMessageBytes?: number): number {
+  return Math.min(MAX_FRAME_BOUND, Math.max(MIN_FRAME_BOUND, (maxMessageBytes ?? 0) + FRAME_SLACK));
+}
+
 /** Transports a node can use. */
 export type RelayTransportKind = "websocket" | "http";
 

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { peerText } from "../_util.ts";
 import { encodeFrame, type HelloFrame, type NodeFrame, PATHS, relayUrl } from "./_protocol.ts";
 import { parseRelayFrame, readJson } from "./_parse.ts";
 import {
@@ -76,7 +77,8 @@ export class WebSocketTransport implements ClientTransport {
           signal?.removeEventListener("abort", onAbort);
           resolve({ transport, welcome: frame });
         } else if (frame.t === "error") {
-          giveUp(new RelayRefusedError(frame.code, frame.message));
+          // The relay's words, bound for terminals and logs: escaped here, as they come in.
+          giveUp(new RelayRefusedError(frame.code, peerText(frame.message)));
         }
       };
       // onclose follows with a code only: what went wrong is said here.
@@ -85,7 +87,7 @@ export class WebSocketTransport implements ClientTransport {
       socket.onclose = (event) => {
         clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
-        const reason = event.reason ||
+        const reason = peerText(event.reason) ||
           (event.code === 1000 || event.code === 1001
             ? `the relay closed the connection (WebSocket ${event.code})`
             : "the connection to the relay broke (no WebSocket close frame)");

@@ -14,6 +14,7 @@ import {
   errorMessage,
   isNotCapable,
   MAX_TIMER_MS,
+  peerText,
 } from "../_util.ts";
 import { connect, type ConnectOptions } from "../conn/connect.ts";
 import { timerMs } from "../conn/_options.ts";
@@ -42,6 +43,7 @@ import { newJoinToken } from "./_secret.ts";
 import {
   type ClientTransport,
   type DialSettings,
+  MAX_MEMBERS,
   type OpenTransport,
   RelayConnectError,
   RelayRefusedError,
@@ -180,6 +182,21 @@ function requireKey(key: string | Uint8Array | undefined): void {
     );
   }
 }
+
+/**
+ * The `encrypt` of a session through a relay: always on. `false` is refused
+ * rather than obeyed: the relay would read, and could change, every byte (an
+ * options object forwarded with `encrypt: undefined` turned it off before).
+ */
+function relayEncrypt(encrypt: unknown): true {
+  if (encrypt === undefined || encrypt === true) return true;
+  throw new TypeError(
+    `encrypt must be true or left out through a relay, got ${describeValue(encrypt)}: ` +
+      "sessions through a relay are always encrypted end to end, so that the relay can " +
+      "neither read nor change them",
+  );
+}
+
 /** What each failure says about the cause, most specific first. */
 const TELLING = ["tls", "not-a-relay", "unreachable", "timeout", "broken"];
 
@@ -214,6 +231,13 @@ const TRANSPORTS: Record<RelayTransportKind, OpenTransport> = {
 
 /** A connection the relay closed sooner than this after its welcome did not work: the backoff grows on. */
 const STABLE_CONNECTION_MS = 5000;
+/**
+ * A connection that ended otherwise (a cut, a close without a reason) this
+ * soon after its welcome worked only for a moment. Not 5 s: a relay
+ * restarted twice in a few seconds cuts two connections that worked, and
+ * each is a blip to redial at once.
+ */
+const MOMENTARY_CONNECTION_MS = 500;
 
 /**
  * An optional whole number of at least `min`, or `fallback`: a `TypeError`
@@ -376,6 +400,13 @@ export class RelayNode implements AsyncDisposable {
   #closing = new AbortController();
   #reconnecting: Promise<void> | null = null;
   #pipes: NodePipes;
+  /**
+   * The link's lines that a relay can make come as fast as it likes (lost,
+   * a bad frame; and back, at each reconnect): a line per kind and interval.
+   */
+  #linkLogs = new LogLimiter((line) => log.warn(line));
+  /** The link back after a loss: as many as the losses, so as few lines. */
+  #backLogs = new LogLimiter((line) => log.info(line));
   /** Sessions over this node's pipes (connectTo, listen), ended with it. */
   #sessions = new Set<ImmortalConn>();
   /** Listeners over this node's pipes (`listen`), closed with it. */
@@ -578,9 +609,11 @@ export class RelayNode implements AsyncDisposable {
    * pipes through the relay: when a pipe breaks (even when the relay
    * restarts), the session resumes over a new one, nothing lost. That node
    * must accept pipes ({@linkcode RelayNode.listen}). The session is
-   * encrypted end to end (the relay sees only ciphertext), and needs the
-   * `key` both nodes share. Rejects when the relay refuses (no such node, it
-   * refuses the pipe) or the key is wrong.
+   * always encrypted end to end (the relay sees only ciphertext), and needs
+   * the `key` both nodes share: `encrypt` may be left out or `true`, and
+   * `encrypt: false` throws a `TypeError` (so does a missing key). Rejects
+   * when the relay refuses (no such node, it refuses the pipe) or the key is
+   * wrong.
    *
    * @example Two nodes, one stream, through the relay
    * ```ts
@@ -600,8 +633,9 @@ export class RelayNode implements AsyncDisposable {
    */
   async connectTo(
     nickname: string,
-    options: Omit<ConnectOptions, "dialer" | "hostname" | "port" | "tls"> & {
+    options: Omit<ConnectOptions, "dialer" | "hostname" | "port" | "tls" | "encrypt"> & {
       key: string | Uint8Array;
+      encrypt?: true;
     },
   ): Promise<ImmortalConn> {
     requireKey(options.key);
@@ -609,7 +643,8 @@ export class RelayNode implements AsyncDisposable {
     if (nickname === this.#nickname) {
       throw new ImmortalError("refused", `"${nickname}" is this node: a pipe joins two nodes`);
     }
-    const conn = await connect({ encrypt: true, ...options, dialer: this.pipeDialer(nickname) });
+    const encrypt = relayEncrypt(options.encrypt);
+    const conn = await connect({ ...options, encrypt, dialer: this.pipeDialer(nickname) });
     return this.#track(conn);
   }
 
@@ -642,20 +677,24 @@ export class RelayNode implements AsyncDisposable {
 
   /**
    * Accepts immortal sessions over pipes other nodes of this session open to
-   * this one ({@linkcode RelayNode.connectTo}), encrypted end to end under
-   * the shared `key`; `accepts` picks which nodes may (all, by default), the
-   * others' pipes are refused. One listener per node at a time; closing it
-   * stops accepting pipes.
+   * this one ({@linkcode RelayNode.connectTo}), always encrypted end to end
+   * under the shared `key` (only encrypted sessions are taken): `encrypt`
+   * may be left out or `true`, and `encrypt: false` throws a `TypeError` (so
+   * does a missing key). `accepts` picks which nodes may (all, by default),
+   * the others' pipes are refused. One listener per node at a time; closing
+   * it stops accepting pipes.
    */
   listen(
-    options: Omit<ListenOptions, "acceptor" | "hostname" | "port" | "tls"> & {
+    options: Omit<ListenOptions, "acceptor" | "hostname" | "port" | "tls" | "encrypt"> & {
       key: string | Uint8Array;
+      encrypt?: true;
       accepts?: (nickname: string) => boolean;
     },
   ): ImmortalListener {
     requireKey(options.key);
+    const encrypt = relayEncrypt(options.encrypt);
     const { accepts = () => true, ...rest } = options;
-    const inner = listen({ encrypt: true, ...rest, acceptor: this.pipeAcceptor(accepts) });
+    const inner = listen({ ...rest, encrypt, acceptor: this.pipeAcceptor(accepts) });
     this.#listeners.add(inner);
     // The same listener, whose sessions the node ends when it closes.
     const track = (conn: ImmortalConn) => this.#track(conn);
@@ -705,6 +744,8 @@ export class RelayNode implements AsyncDisposable {
     await transport?.close();
     this.#setState("closed");
     await this.#reconnecting?.catch(() => {});
+    this.#linkLogs.flush();
+    this.#backLogs.flush();
     this.#settings.client?.close();
     this.#wake();
     this.#wakeFlush();
@@ -824,8 +865,12 @@ export class RelayNode implements AsyncDisposable {
     };
     const hooks = {
       onFrame: (frame: RelayFrame) => this.#onFrame(frame),
+      // Its reason may quote the frame (an unknown type): the relay's text.
       onBadFrame: (reason: string) =>
-        log.warn("Relay sent a frame this node ignores: {reason}", { reason }),
+        this.#linkLogs.event(
+          "bad-frame",
+          `Relay sent a frame this node ignores: ${peerText(reason)}`,
+        ),
       onClose: (reason: string, code?: number) => {
         if (code === REPLACED) return this.#replaced(reason);
         this.#lost(reason, code);
@@ -848,6 +893,15 @@ export class RelayNode implements AsyncDisposable {
         if (this.#closed) {
           await transport.close();
           return;
+        }
+        if (welcome.members.length > MAX_MEMBERS) {
+          // Not adopted: the dial fails as one broken before its welcome, retried with backoff.
+          await transport.close(false);
+          throw new RelayConnectError(
+            "broken",
+            `the relay's welcome lists ${welcome.members.length} members, more than the ` +
+              `${MAX_MEMBERS} a node takes: it is broken`,
+          );
         }
         // A fallback is news (a proxy in the way, say); when every transport
         // fails, the caller tells the most telling failure, once.
@@ -872,12 +926,16 @@ export class RelayNode implements AsyncDisposable {
   }
 
   #welcome(welcome: WelcomeFrame): void {
-    this.#nickname = welcome.nickname;
+    // Nicknames are the relay's text, and end up in logs and errors: a relay's
+    // own rules keep them printable, so this changes none that a relay gave.
+    this.#nickname = peerText(welcome.nickname);
     this.#token = welcome.token;
     this.#keepAlive = welcome.keepAlive;
     this.#lastHeard = this.#welcomedAt = performance.now();
     this.#members.clear();
-    for (const member of welcome.members) this.#members.set(member.nickname, member);
+    for (const { nickname, role } of welcome.members) {
+      this.#members.set(peerText(nickname), { nickname: peerText(nickname), role });
+    }
     this.#memberNews++;
     this.#emit({ type: "members", members: this.members });
     this.#reliable = welcome.epoch !== undefined;
@@ -942,24 +1000,38 @@ export class RelayNode implements AsyncDisposable {
         return;
       case "msg": {
         if (!this.#fresh(frame)) return;
-        const base = { from: frame.from, ...(frame.to ? { to: frame.to } : {}) };
+        // The text is the sender's content (lines and tabs included), not the relay's word.
+        const base = {
+          from: peerText(frame.from),
+          ...(frame.to ? { to: peerText(frame.to) } : {}),
+        };
         if (frame.numbers !== undefined) {
           this.#emit({ type: "numbers", ...base, numbers: frame.numbers });
         } else this.#emit({ type: "message", ...base, text: frame.text });
         return;
       }
       case "join": {
-        const member = { nickname: frame.nickname, role: frame.role };
+        const member = { nickname: peerText(frame.nickname), role: frame.role };
+        if (this.#members.size >= MAX_MEMBERS && !this.#members.has(member.nickname)) {
+          this.#drop(
+            `the relay announced more than ${MAX_MEMBERS} members, more than any session it ` +
+              "allows: it is broken",
+            true,
+          );
+          return;
+        }
         this.#members.set(member.nickname, member);
         this.#memberNews++;
         this.#emit({ type: "join", ...member });
         this.#changes.notify();
         return;
       }
-      case "leave":
-        this.#members.delete(frame.nickname);
-        this.#emit({ type: "leave", nickname: frame.nickname, reason: frame.reason });
+      case "leave": {
+        const nickname = peerText(frame.nickname);
+        this.#members.delete(nickname);
+        this.#emit({ type: "leave", nickname, reason: frame.reason });
         return;
+      }
       case "ack":
         this.#acked(frame.seq);
         return;
@@ -977,12 +1049,13 @@ export class RelayNode implements AsyncDisposable {
         this.#emit({
           type: "error",
           code: frame.code,
-          message: frame.message,
+          message: peerText(frame.message),
           ...(frame.seq === undefined ? {} : { seq: frame.seq }),
         });
         return;
       case "pipe":
-        this.#pipes.offered(frame);
+        // Its `from` names the pipe's peer in log lines.
+        this.#pipes.offered({ ...frame, from: peerText(frame.from) });
         return;
     }
   }
@@ -1010,14 +1083,23 @@ export class RelayNode implements AsyncDisposable {
       this.#transport.send({ t: "ping" });
     }
     if (why === undefined) return;
+    this.#drop(why, false);
+  }
+
+  /**
+   * Drops the current connection and reconnects: `why` is logged. `broken`
+   * says the relay sent what no relay does: that counts as the relay's close.
+   */
+  #drop(why: string, broken: boolean): void {
     const transport = this.#transport;
+    if (transport === null) return;
     this.#transport = null;
     this.#waitingSince = null;
     this.#probedAt = null;
     // No bye: the node comes back, and its nickname must wait for it (a bye
     // that gets through a half-dead link would free it for anyone).
     transport.close(false).catch(() => {});
-    this.#lost(why);
+    this.#lost(why, undefined, broken);
   }
 
   /**
@@ -1036,23 +1118,34 @@ export class RelayNode implements AsyncDisposable {
     this.close();
   }
 
-  /** The connection ended: `code` is the relay's close code, if it closed it. */
-  #lost(reason: string, code?: number): void {
+  /**
+   * The connection ended: `code` is the relay's close code, if it closed
+   * it; `broken`, that the node dropped it for what the relay sent.
+   */
+  #lost(reason: string, code?: number, broken = false): void {
     if (this.#closed || this.#reconnecting) return;
     this.#transport = null;
     clearTimeout(this.#paceTimer);
     this.#paceTimer = undefined;
-    log.warn("Relay link lost: {reason}", { reason });
+    // One line per interval: a relay that closes every connection right
+    // after its welcome must not write hundreds of lines a second, even
+    // while the backoff grows.
+    this.#linkLogs.event("lost", `Relay link lost: ${reason}`);
     this.#setState("disconnected", reason);
-    // Redialed at once, unless the relay itself closed it (4xxx) soon after
-    // its welcome, again. A link cut under the node (a reset, a relay
-    // restart) is always redialed at once: that is a blip, which the others
-    // must not see (2.11), however often it comes.
-    const refused = code !== undefined && code >= 4000 && code < 5000;
-    this.#shortLived = refused && performance.now() - this.#welcomedAt < STABLE_CONNECTION_MS
+    // Every connection that ends soon after its welcome counts, whoever ended
+    // it: a relay that welcomes and then closes (1000 as well as 4xxx), or
+    // breaks, every connection was redialed at once, some 300 times a second.
+    const byRelay = broken || (code !== undefined && code >= 4000 && code < 5000);
+    const lived = performance.now() - this.#welcomedAt;
+    this.#shortLived = lived < (byRelay ? STABLE_CONNECTION_MS : MOMENTARY_CONNECTION_MS)
       ? this.#shortLived + 1
       : 0;
-    this.#reconnecting = this.#reconnect(this.#shortLived)
+    // Closed by the relay itself (4xxx, or broken): waited for from the first
+    // time. Otherwise one such end is still redialed at once: a link cut
+    // under the node (a reset, a relay restart) is a blip, which the others
+    // must not see (2.11); twice in a row is no chance, and backs off.
+    const first = byRelay ? this.#shortLived : Math.max(0, this.#shortLived - 1);
+    this.#reconnecting = this.#reconnect(first)
       .finally(() => this.#reconnecting = null);
   }
 
@@ -1076,12 +1169,12 @@ export class RelayNode implements AsyncDisposable {
       failing.flush();
     }
     if (this.#transport === null) return;
-    log.info("Relay link back as {nickname} via {kind} after {seconds} s{tries}", {
-      nickname: this.#nickname,
-      kind: this.#transport.kind,
-      seconds: ((performance.now() - since) / 1000).toFixed(1),
-      tries: attempts === 0 ? "" : ` and ${attempts + 1} attempts`,
-    });
+    const seconds = ((performance.now() - since) / 1000).toFixed(1);
+    const tries = attempts === 0 ? "" : ` and ${attempts + 1} attempts`;
+    this.#backLogs.event(
+      "back",
+      `Relay link back as ${this.#nickname} via ${this.#transport.kind} after ${seconds} s${tries}`,
+    );
   }
 
   /** Dials until linked or closed; `failed` hears each attempt that failed but may be retried. */
