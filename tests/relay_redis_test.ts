@@ -258,6 +258,43 @@ Deno.test("Redis restarted mid-session: the relays reconnect, and 400 numbered m
   await atY.until(() => atY.texts.includes("after"), "y hearing what follows");
 });
 
+Deno.test("Redis down for longer than a node's blip grace: nobody is declared gone while the relays cannot tell, and what was sent meanwhile arrives once, in order", async () => {
+  await using redis = await startRedis();
+  // A grace of 1 s (fadeAfter) for a node whose connection broke.
+  const settings = { redis: redis.url, rate: 100_000, keepAlive: 400, fadeAfter: 1000 };
+  await using one = startRelay(settings);
+  await using two = startRelay(settings);
+  await using x = await RelayNode.connect(one.url, { session: "s", nickname: "x" });
+  await using y = await RelayNode.connect(two.url, { session: "s", nickname: "y" });
+  const atX = recordEvents(x);
+  const atY = recordEvents(y);
+  await atX.until(() => x.members.length === 1, "y joining");
+  await redis.down();
+  // Sent into the outage: the relays close each node as they fail to take
+  // them (4503), and refuse their joins until Redis is back.
+  for (let i = 1; i <= 50; i++) {
+    x.send(String(i));
+    y.sendTo("x", String(i));
+  }
+  await atX.until(
+    () => atX.events.some((e) => e.type === "state" && e.state === "disconnected"),
+    "x refused",
+  );
+  // The fault's length, not a race: three times the grace. Before, the
+  // relays declared both nodes gone meanwhile, and each node's resends, back
+  // first, went into a room without the other: refused, and lost.
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  await redis.up();
+  await within(60_000, "resending", Promise.all([x.flush(), y.flush()]));
+  await atY.until(() => numbers(atY.texts).length >= 50, "y receiving all");
+  await atX.until(() => numbers(atX.texts).length >= 50, "x receiving all");
+  assert.deepEqual(numbers(atY.texts), oneTo(50));
+  assert.deepEqual(numbers(atX.texts), oneTo(50));
+  const errors = [...atX.events, ...atY.events].filter((e) => e.type === "error");
+  assert.deepEqual(errors, [], "no message refused");
+  assert.ok(!atY.events.some((e) => e.type === "leave"), "x never announced gone");
+});
+
 Deno.test("two relays on one Redis: a node away for longer than the history holds is told it missed some (window), and given what is still held", async () => {
   await using redis = await startRedis({ persist: false });
   const settings = {

@@ -146,6 +146,12 @@ const SWEEPS_PER_PERIOD = 20;
  * not reconnect within a blip's time is gone, however long the keep-alive.
  */
 const BLIP_GRACE_MS = 2500;
+/**
+ * How long presence waits, once the cluster store answers again, before it
+ * judges nodes that are away: their redials back off to 5 s meanwhile (the
+ * store's outage refused them), and each gets its whole blip grace after.
+ */
+const STORE_BACK_GRACE_MS = 10_000;
 
 /** The relay's rooms and their rules. */
 export class Hub {
@@ -187,6 +193,8 @@ export class Hub {
   #timer: ReturnType<typeof setInterval>;
   /** ms between keep-alive sweeps. */
   #sweepEvery: number;
+  /** No node is declared gone before this (`#clock()` time): the cluster store was down. */
+  #presenceWaitsUntil = 0;
   /** Where a node's refusal of a pipe goes (the relay's pipe endpoint). */
   onPipeRefuse: ((member: Member, id: string, reason: string) => void) | null = null;
   /** Where other relays' word about pipes goes (the relay's pipe endpoint). */
@@ -804,13 +812,20 @@ export class Hub {
       fadeAfter - keepAlive - 2 * this.#sweepEvery,
     );
     const blipGrace = Math.min(fadeAfter, BLIP_GRACE_MS);
+    // While the cluster store is down, a node that is away is away because of
+    // us: its messages closed its connection (4503) and its joins are refused.
+    // Declared gone then, it left the room (and Redis, once back, its ghost
+    // check too), and the messages it held were resent, one node back, into a
+    // room without the others: refused `alone` or `no-such-node`, and lost.
+    if (this.clusterStoreUp === false) this.#presenceWaitsUntil = now + STORE_BACK_GRACE_MS;
+    const judging = now >= this.#presenceWaitsUntil;
     for (const room of this.rooms.values()) {
       for (const member of room.members.values()) {
         // In a cluster, not while a join is in flight in the room: it may be this
         // node's, and a leave sent now could land after it and undo it.
         const absent = member.detachedAt !== undefined && now - member.detachedAt > blipGrace &&
           room.joining.size === 0;
-        if (now - member.lastHeard > fadeAfter || absent) {
+        if (judging && (now - member.lastHeard > fadeAfter || absent)) {
           this.#counters.faded++;
           this.leave(
             member,
