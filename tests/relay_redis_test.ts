@@ -527,6 +527,29 @@ Deno.test("Redis restarted with nothing kept: the nodes are told (missed: epoch)
   });
 });
 
+Deno.test("Redis restarted with nothing kept: a node whose nickname the relay suffixed keeps it (max(1) did not come back as max, nor max as max(1))", async () => {
+  await using redis = await startRedis({ persist: false });
+  await using one = startRelay({ redis: redis.url });
+  await using two = startRelay({ redis: redis.url });
+  const options = { session: "s", backoff: { initial: 10, max: 200 }, retries: 50 };
+  const first = await RelayNode.connect(one.url, { ...options, nickname: "max" });
+  await using second = await RelayNode.connect(two.url, { ...options, nickname: "max" });
+  assert.equal(second.nickname, "max(1)");
+  // The first holder gone (the race, made certain: max(1) is back before anyone asks for max).
+  await first.close();
+  const events = recordEvents(second);
+  await redis.restart();
+  await events.until(() => events.events.some((e) => e.type === "missed"), "rejoining", 30_000);
+  await events.until(
+    () => events.events.some((e) => e.type === "state" && e.state === "connected"),
+    "connected again",
+  );
+  assert.equal(second.nickname, "max(1)");
+  // And the name it had is still its own: a newcomer asking for max gets max.
+  await using newcomer = await RelayNode.connect(one.url, { ...options, nickname: "max" });
+  assert.equal(newcomer.nickname, "max");
+});
+
 /**
  * `laptop` opens an immortal session over a pipe to "lab", whose `listener`
  * accepts it; 4 MiB go each way, checked by hash.

@@ -362,6 +362,7 @@ export class RelayCluster {
     id?: string;
     claim?: string;
     suffixed: boolean;
+    recoverEpoch?: string;
   }): Promise<ClusterJoin | ClusterRefusal> {
     const token = newJoinToken();
     const reply = await this.#run(
@@ -378,6 +379,7 @@ export class RelayCluster {
       newJoinToken(),
       hello.suffixed ? "1" : "0",
       hello.claim === undefined ? "" : await tokenHash(hello.claim),
+      hello.recoverEpoch ?? "",
     ) as string[];
     if (reply.length === 1) return reply[0] as ClusterRefusal;
     const [kind, nickname, , lastSeq, epoch, offset, presence, ...flat] = reply;

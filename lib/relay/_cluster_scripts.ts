@@ -89,7 +89,10 @@ end
  * Joins a node. ARGV: prefix, room (hex), wanted nickname, token hash (or
  * ''), role, relay id, node id, new token hash, max nodes, max rooms, new
  * epoch, whether the wanted nickname ends in (n), claim hash (or ''): a
- * reservation is free for its token's or its claim's holder. Returns `{kind, nickname,
+ * reservation is free for its token's or its claim's holder; and the epoch
+ * of the node's position (or ''): a node back from the room's earlier life
+ * (Redis lost the room) may take the suffixed nickname it had, if it is
+ * free, as on a relay of its own (2.10). Returns `{kind, nickname,
  * tokenHash, lastSeq, epoch, offset, presence, members...}` with kind `join`
  * or `replace`, or `{refusal}`: `bad-suffix`, `max-nodes`, `max-sessions`.
  */
@@ -131,11 +134,23 @@ local function reservedFor(name)
   if tonumber(f[2]) < now then return nil end
   return f
 end
+local claim = ARGV[13]
+local function free(name)
+  if redis.call('HEXISTS', m, name) == 1 then return false end
+  local r = reservedFor(name)
+  return r == nil or (token ~= '' and r[1] == token) or (claim ~= '' and r[4] == claim)
+end
 if ARGV[12] == '1' then
   local given = false
   if current and token ~= '' and split(current)[3] == token then given = true end
   local r = reservedFor(wanted)
   if r and token ~= '' and r[1] == token then given = true end
+  -- Back from the room's earlier life, whose nicknames Redis forgot: without
+  -- this, max(1) came back as max, and max as max(1), as they happened to arrive.
+  local earlier = ARGV[14] or ''
+  if earlier ~= '' and earlier ~= (redis.call('GET', P .. 'r:' .. R .. ':e') or '') and free(wanted) then
+    given = true
+  end
   if not given then return {'bad-suffix'} end
 end
 local count = redis.call('HLEN', m)
@@ -143,12 +158,6 @@ if count == 0 and redis.call('SISMEMBER', P .. 'rooms', R) == 0 then
   if redis.call('SCARD', P .. 'rooms') >= tonumber(ARGV[10]) then return {'max-sessions'} end
 end
 if count >= tonumber(ARGV[9]) then return {'max-nodes'} end
-local claim = ARGV[13]
-local function free(name)
-  if redis.call('HEXISTS', m, name) == 1 then return false end
-  local r = reservedFor(name)
-  return r == nil or (token ~= '' and r[1] == token) or (claim ~= '' and r[4] == claim)
-end
 local nick = wanted
 local i = 0
 while not free(nick) do

@@ -934,6 +934,9 @@ export class Hub {
           id: hello.id,
           claim: hello.claim,
           suffixed: suffixed(hello.nickname),
+          // A node with a position may be back from the room's earlier life
+          // (Redis lost it): the script compares the epochs.
+          recoverEpoch: hello.id !== undefined ? hello.recover?.epoch : undefined,
         });
         if (joined === "bad-suffix") throw this.#badSuffix();
         if (joined === "max-sessions" || joined === "max-nodes") throw this.#full(joined, id);
