@@ -295,6 +295,49 @@ Deno.test("Redis down for longer than a node's blip grace: nobody is declared go
   assert.ok(!atY.events.some((e) => e.type === "leave"), "x never announced gone");
 });
 
+Deno.test("Redis full (maxmemory, no eviction): the relay says so, not that Redis is unreachable, and says its refused messages once per interval, not once each", async () => {
+  await using redis = await startRedis({ persist: false });
+  await withLogs(async (records) => {
+    await using relay = startRelay({ redis: redis.url, rate: 100_000 });
+    const options = { session: "s", backoff: { initial: 10, max: 50 } };
+    await using x = await RelayNode.connect(relay.url, { ...options, nickname: "x" });
+    await using y = await RelayNode.connect(relay.url, { ...options, nickname: "y" });
+    const atX = recordEvents(x);
+    await atX.until(() => x.members.length === 1, "y joining");
+    {
+      await using raw = await redisClient(redis.url);
+      await raw.sendCommand(["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+      await raw.sendCommand(["CONFIG", "SET", "maxmemory", "1"]);
+    }
+    // Each message fails, closes its node (4503), and is resent when it is back.
+    for (let i = 0; i < 20; i++) y.send(String(i));
+    const refused = () =>
+      atX.events.filter((e) => e.type === "state" && e.state === "disconnected").length;
+    const lines = () => records.map(renderRecord);
+    await waitUntil(
+      () =>
+        lines().filter((l) => l.includes("did not take its message")).length > 0 &&
+        lines().some((l) => l.startsWith("Redis is full")),
+      "the relay saying so",
+    );
+    // Many more refusals, each a line before.
+    for (let i = 0; i < 20; i++) x.send(String(i));
+    await atX.until(() => refused() >= 3, "x refused again and again");
+    const said = lines();
+    assert.ok(!said.some((l) => l.startsWith("Redis is unreachable")), said.join("\n"));
+    assert.equal(
+      said.filter((l) => l.includes("did not take its message")).length,
+      1,
+      said.join("\n"),
+    );
+    {
+      await using raw = await redisClient(redis.url);
+      await raw.sendCommand(["CONFIG", "SET", "maxmemory", "0"]);
+    }
+    await within(30_000, "resending", Promise.all([x.flush(), y.flush()]));
+  });
+});
+
 Deno.test("two relays on one Redis: a node away for longer than the history holds is told it missed some (window), and given what is still held", async () => {
   await using redis = await startRedis({ persist: false });
   const settings = {

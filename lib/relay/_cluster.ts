@@ -869,7 +869,13 @@ export class RelayCluster {
   #unhealthy(reason: string): void {
     if (this.#closed || !this.#healthy) return;
     this.#healthy = false;
-    log.warn("Redis is unreachable: {reason}", { reason });
+    // A Redis at its maxmemory (no eviction) answers, and refuses every
+    // write: "unreachable" sent operators looking at the network.
+    if (/^OOM\b/.test(reason)) {
+      log.warn("Redis is full (its maxmemory, with no eviction) and refuses writes: {reason}", {
+        reason,
+      });
+    } else log.warn("Redis is unreachable: {reason}", { reason });
   }
 
   #received(channel: string, text: string): void {

@@ -1089,10 +1089,12 @@ export class Hub {
     const notTaken = (reason: string) => {
       // The node resends it once it is back, through this relay or another.
       if (from.sink !== sink) return;
-      log.warn("Node {nickname}: Redis did not take its message ({reason}); it will resend", {
-        nickname: shownName(from.nickname),
-        reason,
-      });
+      // A line per interval: with Redis full or down, every message of every node fails.
+      this.#logs.event(
+        "not-taken",
+        `Node ${shownName(from.nickname)}: Redis did not take its message (${reason}); ` +
+          "it will resend",
+      );
       from.detach(this.#clock());
       sink.close(4503, "the relay cannot reach its cluster store");
     };
