@@ -89,6 +89,13 @@ export async function startRedis(
     down: stop,
     /** Starts it again on its data, on the same port. */
     up: start,
+    /** Stops it answering, its connections open (SIGSTOP), until `resume`. */
+    pause(): void {
+      child.kill("SIGSTOP");
+    },
+    resume(): void {
+      child.kill("SIGCONT");
+    },
     async [Symbol.asyncDispose](): Promise<void> {
       await stop();
       await Deno.remove(dir, { recursive: true });

@@ -853,6 +853,29 @@ Deno.test("a relay whose Redis has not answered yet is not up: /healthz says 503
   }
 });
 
+Deno.test("Redis paused (no answer, no error): /healthz says 503 once a heartbeat goes unanswered past its lifetime, not after the command timeout; 200 again when it answers", async () => {
+  await using redis = await startRedis({ persist: false });
+  // A command timeout that the test outlasts: the heartbeat must tell first.
+  await using relay = startRelay({ redis: redis.url, redisTimeout: 120_000 });
+  const status = async () => (await fetch(`${relay.url}/healthz`).then(async (r) => {
+    await r.body?.cancel();
+    return r.status;
+  }));
+  await waitUntil(async () => await status() === 200, "up", 30_000, 100);
+  redis.pause();
+  try {
+    await waitUntil(async () => await status() === 503, "503 while Redis is paused", 60_000, 100);
+  } finally {
+    redis.resume();
+  }
+  await waitUntil(
+    async () => await status() === 200,
+    "200 once it answers again",
+    60_000,
+    100,
+  );
+});
+
 Deno.test("a relay given a password for a Redis that asks for none warns that the password keeps nobody out; with one Redis asks for, it does not", async () => {
   await using secured = await startRedis({ persist: false, password: "right" });
   await using open = await startRedis({ persist: false });

@@ -210,6 +210,8 @@ export class RelayCluster {
   #beats = 0;
   /** A heartbeat is under way: the next waits (a slow Redis must not pile them up). */
   #beating = false;
+  /** When the heartbeat under way started (`performance.now()`). */
+  #beatStartedAt = 0;
   /** A Redis command failed since the last ghost check: a member may be left in Redis. */
   #suspectGhosts = false;
   /**
@@ -743,8 +745,20 @@ export class RelayCluster {
 
   async #beat(): Promise<void> {
     // A Redis slower than the period must not pile heartbeats up.
-    if (this.#beating || this.#closed) return;
+    if (this.#closed) return;
+    if (this.#beating) {
+      // Redis stopped answering without failing (paused, swapping, a network
+      // that drops without a reset): the other relays give this one up after
+      // the heartbeat's lifetime, and a load balancer asking /healthz should
+      // hear it now, not after the command timeout (10 s).
+      const waited = performance.now() - this.#beatStartedAt;
+      if (waited > HEARTBEAT_TTL) {
+        this.#unhealthy(`no answer to a heartbeat for ${Math.round(waited)} ms`);
+      }
+      return;
+    }
     this.#beating = true;
+    this.#beatStartedAt = performance.now();
     try {
       const [known, swept, names, incarnation] = await this.#run(
         "heartbeat",
