@@ -570,6 +570,47 @@ Deno.test("Redis restarted with nothing kept: the nodes are told (missed: epoch)
   });
 });
 
+Deno.test("Redis restarted with nothing kept: what the first node back sends before the others are back is kept for them (rejoinGrace), not refused alone or no-such-node", async () => {
+  await using redis = await startRedis({ persist: false });
+  await using one = startRelay({ redis: redis.url });
+  await using two = startRelay({ redis: redis.url });
+  // y reaches its relay through a proxy that can keep it away.
+  const proxy = await FaultProxy.start({ targetPort: Number(new URL(two.url).port) });
+  try {
+    const options = { session: "s", backoff: { initial: 10, max: 50 }, retries: 1000 };
+    await using x = await RelayNode.connect(one.url, { ...options, nickname: "x" });
+    await using y = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+      ...options,
+      nickname: "y",
+      transport: "websocket",
+    });
+    const atX = recordEvents(x);
+    const atY = recordEvents(y);
+    await atX.until(() => x.members.length === 1, "y joining");
+    proxy.refuseNew(true);
+    await redis.restart();
+    // x is back in the room Redis made anew; y is kept away.
+    await atX.until(() => atX.events.some((e) => e.type === "missed"), "x back", 30_000);
+    await atY.until(
+      () => atY.events.some((e) => e.type === "state" && e.state === "disconnected"),
+      "y away",
+      30_000,
+    );
+    for (let i = 1; i <= 5; i++) {
+      x.send(`b${i}`);
+      x.sendTo("y", `d${i}`);
+    }
+    await x.flush();
+    proxy.refuseNew(false);
+    const sent = ["b1", "d1", "b2", "d2", "b3", "d3", "b4", "d4", "b5", "d5"];
+    await atY.until(() => sent.every((text) => atY.texts.includes(text)), "y hearing all", 30_000);
+    assert.deepEqual(atY.texts.filter((text) => sent.includes(text)), sent);
+    assert.deepEqual(atX.events.filter((e) => e.type === "error"), [], "nothing refused");
+  } finally {
+    await proxy.close();
+  }
+});
+
 Deno.test("Redis restarted with nothing kept: a node whose nickname the relay suffixed keeps it (max(1) did not come back as max, nor max as max(1))", async () => {
   await using redis = await startRedis({ persist: false });
   await using one = startRelay({ redis: redis.url });

@@ -143,6 +143,11 @@ export interface ClusterSettings {
   roomTtl: number;
   /** How long a nickname stays reserved, ms. */
   reclaimWindow: number;
+  /**
+   * After Redis lost the cluster's data, how long (ms) messages that nobody
+   * hears yet are kept for the nodes on their way back (0: refused at once).
+   */
+  rejoinGrace: number;
   /** Most nodes per room. */
   maxNodesPerSession: number;
   /** Most rooms in the cluster. */
@@ -787,6 +792,18 @@ export class RelayCluster {
             "Redis has lost the cluster's data (restarted without it, or flushed): " +
               "this relay's nodes join again",
           );
+          // Before they do: the nodes come back one after another, and the
+          // first back resends what it held into rooms without the others.
+          // Kept for them (MESSAGE), not refused `alone` or `no-such-node`.
+          if (this.#settings.rejoinGrace > 0) {
+            await this.#command([
+              "SET",
+              `${this.#prefix}rejoin`,
+              "1",
+              "PX",
+              String(this.#settings.rejoinGrace),
+            ]);
+          }
         } else {
           log.warn(
             "The other relays gave this relay up (no heartbeat from it for {ttl} ms: it stalled, " +

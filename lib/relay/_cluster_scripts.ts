@@ -188,7 +188,9 @@ return position('join', nick, ARGV[8], lastSeq)
  * `prev`: the seq the relay sent before this one on the node's connection.
  * Returns `{ok, offset}`, `{dup}`, `{gap}` (a message before it did not get
  * here: it is not taken either, so that the node's resend keeps the order),
- * `{alone}`, `{no-such-node}` or `{not-allowed}`.
+ * `{alone}`, `{no-such-node}` or `{not-allowed}`; while the key `rejoin`
+ * lives (set for `rejoinGrace` once Redis lost the cluster's data), a message
+ * nobody hears yet is numbered and kept instead of `alone`/`no-such-node`.
  */
 export const MESSAGE = PRELUDE + `
 local R, from, role, seq, to = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -208,10 +210,13 @@ local function hears(receiver, sender)
   if receiver == 'agent' then return sender == 'bridge' end
   return true
 end
+-- Redis lost the cluster's data moments ago, and the nodes are on their way
+-- back: what nobody hears yet is kept for them (they recover it), not refused.
+local rejoining = redis.call('EXISTS', P .. 'rejoin') == 1
 if to ~= '' then
   local rec = redis.call('HGET', P .. 'r:' .. R .. ':m', to)
-  if not rec or to == from then return {'no-such-node'} end
-  if not hears(split(rec)[1], role) then return {'not-allowed'} end
+  if to == from or not (rec or rejoining) then return {'no-such-node'} end
+  if rec and not hears(split(rec)[1], role) then return {'not-allowed'} end
 else
   local n = P .. 'r:' .. R .. ':n'
   local counts = {}
@@ -223,7 +228,7 @@ else
   if role == 'agent' then heard = counts.bridge > 0
   elseif role == 'bridge' then heard = counts.peer + counts.bridge + counts.agent > 0
   else heard = counts.peer + counts.bridge > 0 end
-  if not heard then return {'alone'} end
+  if not heard and not rejoining then return {'alone'} end
 end
 local offset = redis.call('INCR', P .. 'r:' .. R .. ':o')
 local epoch = redis.call('GET', P .. 'r:' .. R .. ':e') or ''

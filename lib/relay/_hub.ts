@@ -240,6 +240,7 @@ export class Hub {
           historyLength: settings.historyLength,
           roomTtl: Math.max(settings.historyAge, settings.reclaimWindow),
           reclaimWindow: settings.reclaimWindow,
+          rejoinGrace: settings.rejoinGrace,
           maxNodesPerSession: settings.maxNodesPerSession,
           maxSessions: settings.maxSessions,
           commandTimeout: settings.redisTimeout,

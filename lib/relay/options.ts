@@ -84,8 +84,10 @@ export interface RelayOptions {
    * waits in the history for them instead of being refused (`alone`,
    * `no-such-node`). Nodes that come back with their position get it. Only
    * in a room this relay made less than this long ago: in a room that lives
-   * on, a position from another epoch is stale, and silences nothing. Not
-   * used with `redis`, where the room outlives a relay. 0 turns it off.
+   * on, a position from another epoch is stale, and silences nothing. With
+   * `redis`, where a room outlives a relay, the grace starts when a relay
+   * finds that Redis lost the cluster's data (restarted empty): for this
+   * long, such messages are kept in every room. 0 turns it off.
    * Default 10000.
    */
   rejoinGrace?: number;
