@@ -20,6 +20,7 @@ const SETTINGS = {
   historyLength: 1000,
   roomTtl: 60_000,
   reclaimWindow: 60_000,
+  rejoinGrace: 10_000,
   maxNodesPerSession: 100,
   maxSessions: 100,
   commandTimeout: 10_000,
