@@ -13,6 +13,13 @@ import { errorMessage, isIpv4, isNotCapable, parsePortText } from "../lib/_util.
 export class UsageError extends Error {}
 
 /**
+ * A failure the service logged already, as it happened: exit code 1, and
+ * not its line again (a relay that Redis refused printed the same line
+ * twice, as a log line and as the error it exited with).
+ */
+export class LoggedError extends Error {}
+
+/**
  * A `parseArgs` (node:util) refusal in our words: one line that names the
  * flag and what to do, instead of Node's sentence about positionals.
  */
@@ -461,6 +468,8 @@ export async function runService<C extends { logLevel: LogLevel }>(
     if (error instanceof UsageError) {
       console.error(`error: ${error.message}\nRun with --help for usage.`);
       code = 2;
+    } else if (error instanceof LoggedError) {
+      code = 1;
     } else {
       console.error(`error: ${errorMessage(error)}`);
       code = 1;

@@ -14,7 +14,12 @@ import { errorMessage, hostPort } from "../lib/_util.ts";
 import { clusterAddress } from "../lib/relay/_cluster_address.ts";
 import { loadRelayConfig, RELAY_CONFIG_FILE } from "../lib/relay/config.ts";
 import type { OverflowPolicy } from "../lib/relay/options.ts";
-import { serveRelay, type ServeRelayOptions, serverSettings } from "../lib/relay/serve.ts";
+import {
+  RefusedByRedis,
+  serveRelay,
+  type ServeRelayOptions,
+  serverSettings,
+} from "../lib/relay/serve.ts";
 import { MIN_MESSAGE_BYTES, redactedUrl, redisUrl, relaySettings } from "../lib/relay/_settings.ts";
 import { canonicalIp } from "../lib/link/_forwarded_for.ts";
 import {
@@ -22,6 +27,7 @@ import {
   type FileArgs,
   flagError,
   grantAdvice,
+  LoggedError,
   parseHost,
   parseLogLevel,
   parseMillis,
@@ -470,8 +476,15 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   return {
     stopping: "shutting the relay down",
     close: () => server.shutdown(),
-    // Redis refusing this relay for good (a wrong password, say) ends it: exit 1, saying why.
-    failed: server.finished.then(() => new Promise<never>(() => {})),
+    // Redis refusing this relay for good (a wrong password, say) ends it:
+    // exit 1. The relay logged why as it happened, at error level.
+    failed: server.finished.then(
+      () => new Promise<never>(() => {}),
+      (error) => {
+        if (!(error instanceof RefusedByRedis)) throw error;
+        throw new LoggedError(errorMessage(error), { cause: error });
+      },
+    ),
   };
 }
 

@@ -86,6 +86,13 @@ export interface RelayServer extends AsyncDisposable {
 }
 
 /**
+ * What `finished` rejects with when Redis refuses the relay for good. The
+ * relay logged it, at error level, as it happened (not part of the public
+ * API: the CLI exits on it without saying it twice).
+ */
+export class RefusedByRedis extends Error {}
+
+/**
  * Starts a relay on its own HTTP/1.1 server (`Deno.listen`, or
  * `Deno.listenTls` with `cert` and `key`): unlike `Deno.serve`, it sees every
  * connection from `accept` on, so it can time out and cap the ones that
@@ -170,7 +177,7 @@ export function serveRelay(options: ServeRelayOptions = {}): RelayServer {
   // once the server is down, as it would resolve on any other end.
   let refusal: { error: Error; stopped: Promise<void> } | null = null;
   clusterRefusals.set(relay, (reason) => {
-    refusal ??= { error: new Error(reason), stopped: shutdown() };
+    refusal ??= { error: new RefusedByRedis(reason), stopped: shutdown() };
   });
   const finished = server.finished.then(async () => {
     if (refusal === null) return;
