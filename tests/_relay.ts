@@ -15,6 +15,20 @@ export function startRelay(options: ServeRelayOptions = {}) {
   return Object.assign(server, { url: `http://127.0.0.1:${server.addr.port}` });
 }
 
+/** A welcome as a relay sends it, to node `n` of session `s`, with `extra` fields. */
+export function welcomeFrame(extra: Record<string, unknown> = {}): string {
+  return JSON.stringify({
+    t: "welcome",
+    session: "s",
+    nickname: "n",
+    role: "peer",
+    token: "t",
+    members: [],
+    keepAlive: 60_000,
+    ...extra,
+  });
+}
+
 /**
  * A fake relay that welcomes every hello (as node `n` of session `s`, with
  * `extra` fields) and at once closes its WebSocket with `code` and `reason`:
@@ -31,16 +45,7 @@ export function welcomeAndDrop(code: number, reason: string, extra: Record<strin
       if (JSON.parse(event.data).t !== "hello") return;
       hellos.push(performance.now());
       for (const waiter of waiters) if (hellos.length >= waiter.n) waiter.resolve();
-      socket.send(JSON.stringify({
-        t: "welcome",
-        session: "s",
-        nickname: "n",
-        role: "peer",
-        token: "t",
-        members: [],
-        keepAlive: 60_000,
-        ...extra,
-      }));
+      socket.send(welcomeFrame(extra));
       socket.close(code, reason);
     };
     return response;

@@ -242,18 +242,23 @@ function forgingPath(forged: Set<number>, code: "unknown-session" | "auth") {
   });
 }
 
+/** A sealed, keyed session on a {@linkcode forgingPath}, both ends. */
+async function forgedSession(forged: Set<number>, code: "unknown-session" | "auth") {
+  const path = forgingPath(forged, code);
+  const listener = listen({ acceptor: path.acceptor, key: "k", encrypt: true });
+  const client = await connect({
+    dialer: path.dialer,
+    key: "k",
+    encrypt: true,
+    backoff: { initial: 5, max: 50 },
+  });
+  return { path, listener, client, server: await listener.accept() };
+}
+
 Deno.test("encrypted session: a reject forged on the path during a resume costs another resume, not the session; one the server keeps saying is believed", async () => {
   for (const code of ["unknown-session", "auth"] as const) {
     // Links 1 and 2 (the first resume's first two dials) get the forgery; link 3 is clean.
-    const path = forgingPath(new Set([1, 2]), code);
-    const listener = listen({ acceptor: path.acceptor, key: "k", encrypt: true });
-    const client = await connect({
-      dialer: path.dialer,
-      key: "k",
-      encrypt: true,
-      backoff: { initial: 5, max: 50 },
-    });
-    const server = await listener.accept();
+    const { path, listener, client, server } = await forgedSession(new Set([1, 2]), code);
     try {
       await client.write(encoder.encode("before;"));
       path.links[0].cut();
@@ -271,15 +276,10 @@ Deno.test("encrypted session: a reject forged on the path during a resume costs 
     }
   }
   // The same answer three times in one resume: the server lost the session, the client gives up.
-  const path = forgingPath(new Set([1, 2, 3]), "unknown-session");
-  const listener = listen({ acceptor: path.acceptor, key: "k", encrypt: true });
-  const client = await connect({
-    dialer: path.dialer,
-    key: "k",
-    encrypt: true,
-    backoff: { initial: 5, max: 50 },
-  });
-  const server = await listener.accept();
+  const { path, listener, client, server } = await forgedSession(
+    new Set([1, 2, 3]),
+    "unknown-session",
+  );
   try {
     path.links[0].cut();
     const ended = await within(10_000, "believed", client.closed.then(() => null, (e) => e));

@@ -13,22 +13,14 @@ import { MAX_ACCEPTS_IN_FLIGHT } from "../lib/relay/_node_pipes.ts";
 import { MAX_MEMBERS, relayFrameBound } from "../lib/relay/_transport.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { freePort, renderRecord, within, withLogs } from "./_helpers.ts";
-import { recordEvents, startRelay, waitForEvent, welcomeAndDrop } from "./_relay.ts";
+import { recordEvents, startRelay, waitForEvent, welcomeAndDrop, welcomeFrame } from "./_relay.ts";
 
 const encoder = new TextEncoder();
 
-/** A welcome as a relay sends it, as node `n` of session `s`, with `extra` fields. */
-function welcome(extra: Record<string, unknown> = {}): string {
-  return JSON.stringify({
-    t: "welcome",
-    session: "s",
-    nickname: "n",
-    role: "peer",
-    token: "t",
-    members: [],
-    keepAlive: 60_000,
-    ...extra,
-  });
+/** What joining the relay at `url` once (node `n` of session `s`) fails with. */
+function joinFailure(url: string, transport: "websocket" | "http"): Promise<unknown> {
+  return RelayNode.connect(url, { session: "s", nickname: "n", transport, retries: 1 })
+    .then((node) => node.close(), (error) => error);
 }
 
 /**
@@ -110,7 +102,7 @@ Deno.test("RelayNode: a relay that floods joins of new nicknames past MAX_MEMBER
   const dropped = Promise.withResolvers<void>();
   await using relay = fakeRelay((socket, n) => {
     opened.push(performance.now());
-    socket.send(welcome());
+    socket.send(welcomeFrame());
     if (n === 1) {
       socket.onclose = () => dropped.resolve();
       flood(
@@ -154,13 +146,8 @@ Deno.test("RelayNode: a welcome listing more than MAX_MEMBERS members fails the 
     { length: MAX_MEMBERS + 1 },
     (_, i) => ({ nickname: `m${i}`, role: "peer" }),
   );
-  await using relay = fakeRelay((socket) => socket.send(welcome({ members })));
-  const error = await RelayNode.connect(relay.url, {
-    session: "s",
-    nickname: "n",
-    transport: "websocket",
-    retries: 1,
-  }).then((node) => node.close(), (error) => error);
+  await using relay = fakeRelay((socket) => socket.send(welcomeFrame({ members })));
+  const error = await joinFailure(relay.url, "websocket");
   assert.ok(error instanceof RelayConnectError, String(error));
   assert.equal(error.code, "broken");
   assert.match(error.message, new RegExp(`lists ${MAX_MEMBERS + 1} members, more than the`));
@@ -175,7 +162,7 @@ Deno.test("RelayNode.listen: a flood of pipe offers takes MAX_ACCEPTS_IN_FLIGHT 
   await using relay = fakeRelay(
     (socket) => {
       relaySocket = socket;
-      socket.send(welcome());
+      socket.send(welcomeFrame());
     },
     async (req) => {
       if (new URL(req.url).pathname !== "/relay/pipe") return new Response(null, { status: 404 });
@@ -248,7 +235,7 @@ Deno.test("RelayNode over HTTP streaming: an endless event fails the stream, the
         if (first) {
           first = false;
           controller.enqueue(
-            encoder.encode(`data: ${welcome({ stream: "st", maxMessageBytes: 65_536 })}\n\n`),
+            encoder.encode(`data: ${welcomeFrame({ stream: "st", maxMessageBytes: 65_536 })}\n\n`),
           );
           controller.enqueue(encoder.encode("data: "));
           return;
@@ -283,12 +270,7 @@ Deno.test("RelayNode over HTTP streaming: a refusal's body is read up to a bound
     () => new Response(huge, { status: 403 }),
   );
   try {
-    const error = await RelayNode.connect(`http://127.0.0.1:${server.addr.port}`, {
-      session: "s",
-      nickname: "n",
-      transport: "http",
-      retries: 1,
-    }).then((node) => node.close(), (error) => error);
+    const error = await joinFailure(`http://127.0.0.1:${server.addr.port}`, "http");
     assert.ok(error instanceof RelayConnectError, String(error).slice(0, 200));
     assert.equal(error.code, "not-a-relay");
   } finally {
@@ -311,12 +293,7 @@ Deno.test("RelayNode: a relay's text (refusals over both transports, close reaso
       socket.send(JSON.stringify({ t: "error", code: "unauthorized", message: ANSI }));
       socket.close(4001, "x");
     });
-    const error = await RelayNode.connect(relay.url, {
-      session: "s",
-      nickname: "n",
-      transport: "websocket",
-      retries: 1,
-    }).then((node) => node.close(), (error) => error);
+    const error = await joinFailure(relay.url, "websocket");
     assert.ok(error instanceof RelayRefusedError, String(error));
     assert.match(error.message, ESCAPED);
   }
@@ -327,12 +304,7 @@ Deno.test("RelayNode: a relay's text (refusals over both transports, close reaso
       () => Response.json({ error: "unauthorized", message: ANSI }, { status: 403 }),
     );
     try {
-      const error = await RelayNode.connect(`http://127.0.0.1:${server.addr.port}`, {
-        session: "s",
-        nickname: "n",
-        transport: "http",
-        retries: 1,
-      }).then((node) => node.close(), (error) => error);
+      const error = await joinFailure(`http://127.0.0.1:${server.addr.port}`, "http");
       assert.ok(error instanceof RelayRefusedError, String(error));
       assert.match(error.message, ESCAPED);
     } finally {
@@ -342,7 +314,7 @@ Deno.test("RelayNode: a relay's text (refusals over both transports, close reaso
   // Welcomed under a nickname of its making; an error frame; a close reason.
   {
     await using relay = fakeRelay((socket, n) => {
-      socket.send(welcome({ nickname: ANSI, members: [{ nickname: ANSI, role: "peer" }] }));
+      socket.send(welcomeFrame({ nickname: ANSI, members: [{ nickname: ANSI, role: "peer" }] }));
       if (n > 1) return;
       socket.send(JSON.stringify({ t: "join", nickname: `${ANSI}2`, role: "peer" }));
       socket.send(JSON.stringify({ t: "error", code: "bad-frame", message: ANSI }));
