@@ -289,7 +289,9 @@ function printThroughputAndLatency(rows: Row[]): void {
     const gbits = row.gbits === undefined ? "–" : row.gbits.toFixed(2);
     const median = row.latency ? row.latency.median.toFixed(0) : "–";
     const p99 = row.latency ? row.latency.p99.toFixed(0) : "–";
-    const added = row.latency ? (row.latency.median - directRtt).toFixed(0) : "–";
+    const added = row.latency && !Number.isNaN(directRtt)
+      ? (row.latency.median - directRtt).toFixed(0)
+      : "–";
     console.log(
       `| ${row.name.padEnd(23)} | ${pad(gbits, 6)} | ${pad(median, 6)} | ${pad(p99, 6)} | ${
         pad(added, 8)

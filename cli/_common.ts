@@ -241,7 +241,7 @@ export function readFirstLine(what: string, path: string, args: FileArgs = {}): 
   }
   // Blanks an editor left at the end of the line are no part of a secret: the
   // same key with one and without (the other end's --key) did not match.
-  const line = readFileArg(what, path, args).split(/\r?\n/)[0].replace(/[ \t]+$/, "");
+  const line = readFileArg(what, path, args).split(/\r?\n/)[0].replace(/\s+$/, "");
   // Decoding put U+FFFD where bytes were not UTF-8; control characters are no secret's either.
   // deno-lint-ignore no-control-regex
   if (/[\uFFFD\x00-\x08\x0E-\x1F\x7F]/.test(line)) {

@@ -229,9 +229,9 @@ Deno.test("through relay pipes, the relay forwards no plaintext of an encrypted 
  * that it lost the session, or that the proof failed, which nothing
  * authenticates.
  */
-function forgingPath(forged: Set<number>, code: "unknown-session" | "auth") {
+function forgingPath(forged: (index: number) => boolean, code: "unknown-session" | "auth") {
   return controlledPath((link) => {
-    if (!forged.has(link.index)) return;
+    if (link.index === 0 || !forged(link.index)) return;
     const write = link.server.write.bind(link.server);
     let first = true;
     link.server.write = (_data) => {
@@ -243,7 +243,10 @@ function forgingPath(forged: Set<number>, code: "unknown-session" | "auth") {
 }
 
 /** A sealed, keyed session on a {@linkcode forgingPath}, both ends. */
-async function forgedSession(forged: Set<number>, code: "unknown-session" | "auth") {
+async function forgedSession(
+  forged: (index: number) => boolean,
+  code: "unknown-session" | "auth",
+) {
   const path = forgingPath(forged, code);
   const listener = listen({ acceptor: path.acceptor, key: "k", encrypt: true });
   const client = await connect({
@@ -257,8 +260,9 @@ async function forgedSession(forged: Set<number>, code: "unknown-session" | "aut
 
 Deno.test("encrypted session: a reject forged on the path during a resume costs another resume, not the session; one the server keeps saying is believed", async () => {
   for (const code of ["unknown-session", "auth"] as const) {
-    // Links 1 and 2 (the first resume's first two dials) get the forgery; link 3 is clean.
-    const { path, listener, client, server } = await forgedSession(new Set([1, 2]), code);
+    // The first resume's first two answers are forged; the links after them are clean.
+    let forgeries = 0;
+    const { path, listener, client, server } = await forgedSession(() => ++forgeries <= 2, code);
     try {
       await client.write(encoder.encode("before;"));
       path.links[0].cut();
@@ -267,7 +271,8 @@ Deno.test("encrypted session: a reject forged on the path during a resume costs 
       await client.closeWrite();
       const got = await within(10_000, code, new Response(server.readable).text());
       assert.equal(got, "before;during", code);
-      assert.equal(path.links.length, 4, `${code}: two forged answers, then the resume`);
+      // (A dial raced beside a slow handshake may add a link: at least these.)
+      assert.ok(path.links.length >= 4, `${code}: two forged answers, then the resume`);
       await server.close();
     } finally {
       client.close();
@@ -276,15 +281,13 @@ Deno.test("encrypted session: a reject forged on the path during a resume costs 
     }
   }
   // The same answer three times in one resume: the server lost the session, the client gives up.
-  const { path, listener, client, server } = await forgedSession(
-    new Set([1, 2, 3]),
-    "unknown-session",
-  );
+  // Every answer forged: the third is believed, however many dials raced.
+  const { path, listener, client, server } = await forgedSession(() => true, "unknown-session");
   try {
     path.links[0].cut();
     const ended = await within(10_000, "believed", client.closed.then(() => null, (e) => e));
     assert.equal(ended?.code, "unknown-session", String(ended));
-    assert.equal(path.links.length, 4, "believed on the third answer");
+    assert.ok(path.links.length >= 4, "believed on the third answer");
   } finally {
     client.close();
     server.close();

@@ -573,8 +573,9 @@ Deno.test("Redis restarted with nothing kept: the nodes are told (missed: epoch)
 
 Deno.test("Redis restarted with nothing kept: what the first node back sends before the others are back is kept for them (rejoinGrace), not refused alone or no-such-node", async () => {
   await using redis = await startRedis({ persist: false });
-  await using one = startRelay({ redis: redis.url });
-  await using two = startRelay({ redis: redis.url });
+  // A grace that outlasts any slowness of this machine.
+  await using one = startRelay({ redis: redis.url, rejoinGrace: 60_000 });
+  await using two = startRelay({ redis: redis.url, rejoinGrace: 60_000 });
   // y reaches its relay through a proxy that can keep it away.
   const proxy = await FaultProxy.start({ targetPort: Number(new URL(two.url).port) });
   try {
@@ -614,8 +615,8 @@ Deno.test("Redis restarted with nothing kept: what the first node back sends bef
 
 Deno.test("Redis restarted with nothing kept: a node whose nickname the relay suffixed keeps it (max(1) did not come back as max, nor max as max(1))", async () => {
   await using redis = await startRedis({ persist: false });
-  await using one = startRelay({ redis: redis.url });
-  await using two = startRelay({ redis: redis.url });
+  await using one = startRelay({ redis: redis.url, rejoinGrace: 60_000 });
+  await using two = startRelay({ redis: redis.url, rejoinGrace: 60_000 });
   const options = { session: "s", backoff: { initial: 10, max: 200 }, retries: 50 };
   const first = await RelayNode.connect(one.url, { ...options, nickname: "max" });
   await using second = await RelayNode.connect(two.url, { ...options, nickname: "max" });

@@ -326,18 +326,10 @@ export async function clientResume(
   const transcript = concat(encodeFrame(hello), encodeFrame(challenge));
   const mac = await sign(secrets.resumeKey, "immortal-v1 resume client", transcript);
   await sendFrame(reader.link, { type: "proof", mac });
-  let accept: Extract<Frame, { type: "accept" }>;
-  try {
-    accept = await expectFrame(reader, "accept");
-  } catch (error) {
-    // The resume key is no credential a user can get wrong: a proof that
-    // failed was changed on the way (or the answer forged). Another link may
-    // well get through, so this resume is retried, not fatal.
-    if (error instanceof ImmortalError && error.code === "auth") {
-      throw new Error(`the server did not accept the resume proof (${error.message})`);
-    }
-    throw error;
-  }
+  // A reject here (`auth`: the resume key is no credential a user can get
+  // wrong, so a proof refused was changed on the way, or the answer forged)
+  // counts toward the answers a resume believes only on the third.
+  const accept = await expectFrame(reader, "accept");
   if (accept.received === undefined) {
     throw new ImmortalError("protocol", "server answered a resume with a new session");
   }

@@ -16,6 +16,12 @@ export const SHORT_LIVED_MS = 200;
  * grows with each.
  */
 export const FLAPS_FORGIVEN = 2;
+/**
+ * The most a link that worked waits before its redial, ms: the backoff's
+ * `max` is for servers that refuse; a link that carried data (megabytes,
+ * maybe, in its moment) is worth one a second.
+ */
+export const FLAP_BACKOFF_MAX_MS = 1000;
 
 /** Delays (ms) before the next dial attempt, by what happened to the last one. */
 export class ReconnectPolicy {
@@ -60,7 +66,8 @@ export class ReconnectPolicy {
     }
     if (++this.#flaps <= FLAPS_FORGIVEN) return 0;
     const { initial, max } = this.#backoff;
-    return backoffDelay(this.#flaps - FLAPS_FORGIVEN, initial, max, this.#random);
+    const ceiling = Math.min(max, FLAP_BACKOFF_MAX_MS);
+    return backoffDelay(this.#flaps - FLAPS_FORGIVEN, initial, ceiling, this.#random);
   }
 
   /**

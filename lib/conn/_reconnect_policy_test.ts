@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ReconnectPolicy, SHORT_LIVED_MS } from "./_reconnect_policy.ts";
+import { FLAP_BACKOFF_MAX_MS, ReconnectPolicy, SHORT_LIVED_MS } from "./_reconnect_policy.ts";
 
 const BACKOFF = { initial: 100, max: 5000, probeInterval: 50 };
 /** No jitter: the factor is exactly 0.5, so every delay is known. */
@@ -63,6 +63,9 @@ Deno.test("links that work but each die at once (a path that cuts every connecti
     return policy.linkLost(true, short);
   });
   assert.deepEqual(delays, [0, 0, 50, 100, 200]);
+  // And never more than a second apart: each of them worked.
+  for (let i = 0; i < 10; i++) policy.linkLost(true, short);
+  assert.equal(policy.linkLost(true, short), FLAP_BACKOFF_MAX_MS / 2, "a second, jittered");
   // One link that lasts puts it all behind: the next loss redials at once again.
   policy.linkProven();
   assert.equal(policy.linkLost(true, SHORT_LIVED_MS), 0);

@@ -301,13 +301,20 @@ Deno.test("HTTP-streaming dial: a refusal with an endless body is read only as f
   // Bounds the test only if the reading never stops (the bug): then the
   // body ends, so that the server can shut down and the test fail.
   const guard = AbortSignal.timeout(20_000);
+  // `stall`: one small piece, then nothing more until cancelled.
+  let stall = false;
   const stream = (onPulled: (total: number) => void, cancelled: () => void) => {
     let pulled = 0;
     return new ReadableStream<Uint8Array>({
-      pull(controller) {
+      async pull(controller) {
         if (guard.aborted) return controller.close();
-        controller.enqueue(piece);
-        onPulled(pulled += piece.length);
+        if (stall && pulled > 0) {
+          await new Promise((resolve) => guard.addEventListener("abort", resolve));
+          return controller.close();
+        }
+        const sent = stall ? piece.subarray(0, 1024) : piece;
+        controller.enqueue(sent);
+        onPulled(pulled += sent.length);
       },
       cancel: cancelled,
     }, { highWaterMark: 0 });
@@ -343,12 +350,12 @@ Deno.test("HTTP-streaming dial: a refusal with an endless body is read only as f
     assert.equal(refused.body.length, MAX_REFUSAL_BYTES);
     await orHang(cancelled.promise, "the body's cancel");
 
-    // The dial given up (here as 1 MiB came: by progress, not a timer) stops the read.
+    // A body that stalls: the dial given up (as its first piece is sent: by an
+    // event, not a timer) stops the read, whether it had begun or not.
+    stall = true;
     cancelled = Promise.withResolvers<void>();
     const dial = new AbortController();
-    onPulled = (total) => {
-      if (total >= 1 << 20) dial.abort(new Error("given up"));
-    };
+    onPulled = () => dial.abort(new Error("given up"));
     const slow = await orHang(
       httpStreamDialer({ url })(dial.signal).then(() => assert.fail("dialed"), (error) => error),
       "the abandoned dial",

@@ -795,6 +795,7 @@ export class RelayCluster {
           // Before they do: the nodes come back one after another, and the
           // first back resends what it held into rooms without the others.
           // Kept for them (MESSAGE), not refused `alone` or `no-such-node`.
+          // Its failure must not keep the nodes from joining again: said, and passed over.
           if (this.#settings.rejoinGrace > 0) {
             await this.#command([
               "SET",
@@ -802,7 +803,11 @@ export class RelayCluster {
               "1",
               "PX",
               String(this.#settings.rejoinGrace),
-            ]);
+            ]).catch((error) =>
+              log.warn("Could not keep messages for the nodes coming back: {reason}", {
+                reason: errorMessage(error),
+              })
+            );
           }
         } else {
           log.warn(

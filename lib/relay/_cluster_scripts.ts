@@ -91,8 +91,8 @@ end
  * epoch, whether the wanted nickname ends in (n), claim hash (or ''): a
  * reservation is free for its token's or its claim's holder; and the epoch
  * of the node's position (or ''): a node back from the room's earlier life
- * (Redis lost the room) may take the suffixed nickname it had, if it is
- * free, as on a relay of its own (2.10). Returns `{kind, nickname,
+ * (Redis lost the room, and the key `rejoin` says so) may take the
+ * suffixed nickname it had, if it is free, as on a relay of its own (2.10). Returns `{kind, nickname,
  * tokenHash, lastSeq, epoch, offset, presence, members...}` with kind `join`
  * or `replace`, or `{refusal}`: `bad-suffix`, `max-nodes`, `max-sessions`.
  */
@@ -147,8 +147,11 @@ if ARGV[12] == '1' then
   if r and token ~= '' and r[1] == token then given = true end
   -- Back from the room's earlier life, whose nicknames Redis forgot: without
   -- this, max(1) came back as max, and max as max(1), as they happened to arrive.
+  -- Only while Redis's loss is fresh (the key rejoin lives): a position from
+  -- another epoch is easy to make up, and nobody picks a suffix by hand.
   local earlier = ARGV[14] or ''
-  if earlier ~= '' and earlier ~= (redis.call('GET', P .. 'r:' .. R .. ':e') or '') and free(wanted) then
+  if earlier ~= '' and earlier ~= (redis.call('GET', P .. 'r:' .. R .. ':e') or '') and
+    redis.call('EXISTS', P .. 'rejoin') == 1 and free(wanted) then
     given = true
   end
   if not given then return {'bad-suffix'} end

@@ -374,10 +374,13 @@ export class Hub {
     const now = this.#clock();
     // A suffixed nickname is one the relay gave: only its holder may ask for
     // it, or, if it is free, a node back from the room's earlier life (the
-    // relay restarted, and forgot who held it).
+    // relay restarted, and forgot who held it) while that life is recent: a
+    // position from another epoch is easy to make up.
+    const earlier = fromEarlierLife(room, hello) &&
+      (room === undefined || now - room.createdAt < s.rejoinGrace);
     if (
       suffixed(wanted) && !room?.givenTo(wanted, token, now) &&
-      !(fromEarlierLife(room, hello) && (room?.freeName(wanted, token, now) ?? wanted) === wanted)
+      !(earlier && (room?.freeName(wanted, token, now) ?? wanted) === wanted)
     ) throw this.#badSuffix();
     if (!room) {
       // Rooms nobody is in only keep history (and nicknames) for nodes that
@@ -826,7 +829,10 @@ export class Hub {
         // node's, and a leave sent now could land after it and undo it.
         const absent = member.detachedAt !== undefined && now - member.detachedAt > blipGrace &&
           room.joining.size === 0;
-        if (judging && (now - member.lastHeard > fadeAfter || absent)) {
+        // A node still connected but silent is judged all the same: it is dead
+        // whatever Redis does, and held its socket while Redis stayed down.
+        const waits = !judging && member.detachedAt !== undefined;
+        if (!waits && (now - member.lastHeard > fadeAfter || absent)) {
           this.#counters.faded++;
           this.leave(
             member,

@@ -557,6 +557,11 @@ Deno.test("hub: a stale position in a room that lives on silences nothing; a nod
   assert.equal(stale.welcome.missed, "epoch");
   h.hub.receive(alice.member, { t: "msg", to: "bbo", text: "typo", seq: 1 });
   assert.equal(alice.sink.take("error")[0]?.code, "no-such-node", "no grace in a live room");
+  // Nor a suffixed name picked by hand with a made-up position (max(1) is free).
+  assert.throws(
+    () => h.join("max(1)", { id: "x", recover: { epoch: "made-up", offset: 0 } }),
+    { code: "bad-request" },
+  );
   // After a restart (a new hub), a node that had been given max(1) gets it back if it is free...
   using restarted = makeHub({ rejoinGrace: 1000 });
   const max = restarted.join("max(1)", { id: "m", recover: { epoch: "before", offset: 9 } });

@@ -42,7 +42,7 @@ function asClose(value: unknown): SseClose {
   };
 }
 
-/** An event of `text` (one block, its blank line taken off), or null for one without data. */
+/** The event of `block` (its blank line taken off), or null for one without data. */
 function parseEvent(block: string): SseEvent | null {
   let event = "message";
   let data = "";

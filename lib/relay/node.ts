@@ -1144,7 +1144,9 @@ export class RelayNode implements AsyncDisposable {
     // time. Otherwise one such end is still redialed at once: a link cut
     // under the node (a reset, a relay restart) is a blip, which the others
     // must not see (2.11); twice in a row is no chance, and backs off.
-    const first = byRelay ? this.#shortLived : Math.max(0, this.#shortLived - 1);
+    // A cut is never waited out past 500 ms (the third step): the redial must
+    // still come within the blip grace (2.5 s), which the others do not see.
+    const first = byRelay ? this.#shortLived : Math.min(2, Math.max(0, this.#shortLived - 1));
     this.#reconnecting = this.#reconnect(first)
       .finally(() => this.#reconnecting = null);
   }
