@@ -17,13 +17,14 @@
  * chunk but the last is full: a queue of `q` bytes holds at most `q` plus two
  * buffers (the last one's free room, and the part of the first that the
  * reader already took). A piece under 16 KiB that starts a chunk of a quiet
- * stream is a plain copy, so a stream sent a few bytes pins a few bytes, not
- * a whole buffer; behind a full chunk (a busy stream) it is pooled, as the
- * rest of the burst will follow it. One of at most 4 KiB that starts an empty
- * queue goes into a small reused buffer (at most one such chunk per stream is
- * queued at a time: a piece behind it extends it or starts another kind of
- * chunk). Chunks handed to an application that keeps them (`readable`) are
- * copied out of buffers much larger than they are.
+ * stream is not pooled, so a stream sent a few bytes pins a few bytes, not a
+ * whole buffer; behind a full chunk (a busy stream) it is pooled, as the
+ * rest of the burst will follow it. One under 4 KiB (or of 4 KiB, starting
+ * an empty queue) goes into a small reused 4 KiB buffer, which the pieces
+ * behind it fill before another starts (so small chunks are full but the
+ * last, whatever the pieces' sizes); one of 4 to 16 KiB is a plain copy.
+ * Chunks handed to an application that keeps them (`readable`) are copied
+ * out of buffers much larger than they are.
  *
  * @module
  */
@@ -55,16 +56,19 @@ export class ChunkPool {
    * A copy of `bytes` the caller owns, starting a new chunk `behind` the
    * queue's last one (null: the queue is empty): in a pooled 256 KiB buffer
    * if it is large or follows a full one (the stream is busy); in a reused 4
-   * KiB one if it is small and starts an empty queue (a request or a reply:
-   * the reader is waiting, so it comes back soon, and creating an ArrayBuffer
-   * in Deno costs half a microsecond and garbage-collector work, per
-   * message); else a plain copy.
+   * KiB one if it is small (a request or a reply: the reader is waiting, so
+   * it comes back soon, and creating an ArrayBuffer in Deno costs half a
+   * microsecond and garbage-collector work, per message); else a plain copy.
    */
   copy(bytes: Uint8Array, behind: Uint8Array | null): Uint8Array {
     let buffer: ArrayBuffer;
     if (bytes.length >= MIN_POOLED || (behind !== null && isFull(behind))) {
       buffer = this.#free.pop() ?? new ArrayBuffer(CHUNK_SIZE);
-    } else if (behind === null && bytes.length <= SMALL_SIZE) {
+    } else if (bytes.length < SMALL_SIZE || (behind === null && bytes.length === SMALL_SIZE)) {
+      // Behind a chunk with no room too: a plain copy of a tiny piece has no
+      // room either, so a peer's one-byte frames queued as a chunk each,
+      // some 200 bytes of memory per byte of the window. In a small buffer
+      // the pieces behind it go in behind it, 4 KiB a chunk.
       buffer = this.#freeSmall.pop() ?? new ArrayBuffer(SMALL_SIZE);
     } else {
       return bytes.slice();

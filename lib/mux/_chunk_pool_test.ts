@@ -15,10 +15,10 @@ Deno.test("ChunkPool: large pieces land in reused 256 KiB buffers", () => {
   assert.ok(second.every((b) => b === 9));
 });
 
-Deno.test("ChunkPool: small pieces behind a chunk are plain copies, and parts of chunks are never taken back", () => {
+Deno.test("ChunkPool: pieces of 4-16 KiB behind a chunk are plain copies, and parts of chunks are never taken back", () => {
   const pool = new ChunkPool();
-  const small = pool.copy(new Uint8Array(100), new Uint8Array(10));
-  assert.equal(small.buffer.byteLength, 100);
+  const small = pool.copy(new Uint8Array(5000), new Uint8Array(10));
+  assert.equal(small.buffer.byteLength, 5000);
   const big = pool.copy(new Uint8Array(100_000), null);
   pool.release(big.subarray(50_000)); // still in use by whoever holds the first half
   pool.release(small);
@@ -38,8 +38,8 @@ Deno.test("ChunkPool: a piece goes in behind a chunk as far as it has room, in p
   assert.equal(filled[256 * KiB - 1], 5);
   assert.equal(pool.extend(filled, new Uint8Array(1)), filled, "no room: unchanged");
   // A plain copy has no room behind it.
-  const plain = pool.copy(new Uint8Array(10), filled.subarray(0, 1));
-  assert.equal(plain.buffer.byteLength, 10);
+  const plain = pool.copy(new Uint8Array(5000), filled.subarray(0, 1));
+  assert.equal(plain.buffer.byteLength, 5000);
   assert.equal(pool.extend(plain, new Uint8Array(1)), plain);
   // The rest of a split chunk still grows in place, behind its own end.
   const rest = grown.subarray(100 * KiB);
@@ -56,13 +56,13 @@ Deno.test("ChunkPool: a small piece is pooled when it follows a full chunk (a bu
   const partial = full.subarray(0, 200 * KiB); // no room behind it: a chunk read into
   assert.equal(
     pool.copy(piece, new Uint8Array(10)).buffer.byteLength,
-    100,
-    "behind a plain copy: a plain copy",
+    4 * KiB,
+    "behind a plain copy: a small buffer, for the pieces behind it",
   );
   assert.equal(
     pool.copy(piece, partial).buffer.byteLength,
-    100,
-    "behind a pooled chunk that is not full: a plain copy",
+    4 * KiB,
+    "behind a pooled chunk that is not full: a small buffer",
   );
   const busy = pool.copy(piece, full);
   assert.equal(busy.buffer.byteLength, 256 * KiB, "busy: room for what follows");

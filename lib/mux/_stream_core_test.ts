@@ -172,3 +172,22 @@ Deno.test("StreamCore: a queue that never empties (its reader one chunk behind) 
   const alive = taken.filter((ref) => ref.deref() !== undefined).length;
   assert.ok(alive <= 2, `${alive} of 200 chunks handed out still held by the queue`);
 });
+
+Deno.test("StreamCore: a peer's one-byte frames fill 4 KiB chunks, not a chunk each", () => {
+  const { owner } = fakeOwner(1);
+  const core = new StreamCore(1, owner, { incoming: true });
+  core.accept();
+  for (let i = 0; i < INITIAL_WINDOW; i++) core.onData(piece(1, i & 0xff));
+  let chunks = 0;
+  let bytes = 0;
+  for (let chunk; (chunk = core.takeChunk()) instanceof Uint8Array;) {
+    chunks++;
+    for (let i = 0; i < chunk.length; i++) {
+      if (chunk[i] !== ((bytes + i) & 0xff)) assert.fail(`byte ${bytes + i}`);
+    }
+    bytes += chunk.length;
+  }
+  assert.equal(bytes, INITIAL_WINDOW);
+  // Before, 262,144 chunks of one byte: about 200 bytes of memory per byte.
+  assert.ok(chunks <= INITIAL_WINDOW / (4 * KiB) + 1, `${chunks} chunks`);
+});
