@@ -141,37 +141,18 @@ function immortal(tls?: { dir: string }): Path {
 }
 
 /**
- * The floor of any two-process design in Deno: two chained plain forwarders
- * (read, write, nothing else), client side and server side, like the tunnel's
- * two ends without sessions.
+ * Two chained forwarder processes running `script` (`deno eval`, arguments:
+ * its port and its target's), client side and server side, like the
+ * tunnel's two ends without sessions.
  */
-function denoForwarders(): Path {
+function forwarders(name: string, script: string): Path {
   return {
-    name: "2 plain Deno forwarders",
+    name,
     async start(target) {
       const far = freePort();
       const near = freePort();
-      spawn(Deno.execPath(), ["eval", FORWARD, String(far), String(target)]);
-      spawn(Deno.execPath(), ["eval", FORWARD, String(near), String(far)]);
-      await waitForPort(far);
-      await waitForPort(near);
-      return near;
-    },
-  };
-}
-
-/**
- * The same two forwarders on `node:net` sockets (public API: `createServer`,
- * `connect`, `pipe`), whose writes reach the kernel inside the call.
- */
-function nodeForwarders(): Path {
-  return {
-    name: "2 node:net forwarders",
-    async start(target) {
-      const far = freePort();
-      const near = freePort();
-      spawn(Deno.execPath(), ["eval", NODE_FORWARD, String(far), String(target)]);
-      spawn(Deno.execPath(), ["eval", NODE_FORWARD, String(near), String(far)]);
+      spawn(Deno.execPath(), ["eval", script, String(far), String(target)]);
+      spawn(Deno.execPath(), ["eval", script, String(near), String(far)]);
       await waitForPort(far);
       await waitForPort(near);
       return near;
@@ -375,8 +356,11 @@ async function main(): Promise<void> {
       { name: "direct", start: (target: number) => Promise.resolve(target) },
       socat(),
       sshL(sshd),
-      denoForwarders(),
-      nodeForwarders(),
+      // The floor of any two-process design in Deno: read, write, nothing else.
+      forwarders("2 plain Deno forwarders", FORWARD),
+      // The same on `node:net` sockets (public API: `createServer`, `connect`,
+      // `pipe`), whose writes reach the kernel inside the call.
+      forwarders("2 node:net forwarders", NODE_FORWARD),
       immortal(),
       immortal(certs),
     ] satisfies Path[]).filter((path) =>
