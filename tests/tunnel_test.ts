@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import net from "node:net";
-import { type ImmortalConn, ImmortalError, listen, TunnelClient, TunnelServer } from "../mod.ts";
+import {
+  connect,
+  type ImmortalConn,
+  ImmortalError,
+  listen,
+  MuxSession,
+  TunnelClient,
+  TunnelServer,
+} from "../mod.ts";
 import { splice, TunnelClosing } from "../lib/tunnel/_splice.ts";
 import { muxPair } from "./_mux_pair.ts";
 import { encodeFrame, FrameType, GREETING, HEADER_SIZE } from "../lib/mux/_frames.ts";
@@ -373,6 +381,23 @@ Deno.test("a tunnel client refuses a stream its server opens (a tunnel server ne
   assert.equal(refusal, "a tunnel client takes no streams");
   server.close();
   await server.closed.catch(() => {});
+});
+
+Deno.test("a multiplexed session that refuses streams (refuseStreams) refuses each as its OPEN comes, keeping nothing of it, without an accept loop", async () => {
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const conn = await connect({ port: listener.addr.port });
+  const session = new MuxSession(conn, { role: "client", refuseStreams: "none taken" });
+  const server = await listener.accept(); // plays the server, by hand
+  await server.write(GREETING);
+  // Data behind the OPEN (a flood of these held a buffer each until refused).
+  await server.write(encodeFrame(FrameType.open, 2));
+  await server.write(encodeFrame(FrameType.data, 2, new Uint8Array(1024)));
+  await server.write(encodeFrame(FrameType.open, 4));
+  assert.equal(await within(30_000, "the refusal", refusalOf(server, 4)), "none taken");
+  assert.equal(session.streams, 0, "nothing kept of either");
+  session.close();
+  server.close();
+  await Promise.allSettled([session.closed, server.closed, conn.closed]);
 });
 
 /** The reason of the first REFUSE of `stream` that `conn` (a multiplexed session's peer) reads. */

@@ -59,6 +59,13 @@ export interface MuxSessionOptions {
   maxStreams?: number;
   /** Largest receive window a busy stream grows to, bytes. Default 16 MiB. */
   maxStreamWindow?: number;
+  /**
+   * Refuse every stream the peer opens, at once, with this reason: for an
+   * end that takes none (a tunnel client). Nothing is kept of such a stream,
+   * not even the data the peer sends behind its OPEN (accepted, then
+   * refused, each held a buffer until refused: a flood held hundreds of MiB).
+   */
+  refuseStreams?: string;
 }
 
 interface QueuedData {
@@ -137,6 +144,8 @@ export class MuxSession implements AsyncDisposable {
   /** Header scratch for the fast path (copied by `tryWrite` at once). */
   #header = new Uint8Array(HEADER_SIZE);
   #ending: Error | null = null;
+  /** The REFUSE of every stream the peer opens (`refuseStreams`), or null. */
+  #refuseAll: ((id: number) => Uint8Array) | null = null;
   /** Settled by the peer's greeting, or the session's end before it. */
   #greeted = Promise.withResolvers<void>();
   /** Ended by `close()`, not lost: `closed` resolves and no warning is logged. */
@@ -150,6 +159,11 @@ export class MuxSession implements AsyncDisposable {
     this.#conn = conn;
     this.#engine = conn instanceof StreamEngine ? conn : null;
     this.#maxStreams = options.maxStreams ?? 65_536;
+    const refusal = options.refuseStreams;
+    if (refusal !== undefined) {
+      const reason = new TextEncoder().encode(refusal);
+      this.#refuseAll = (id) => encodeFrame(FrameType.refuse, id, reason);
+    }
     const maxWindow = options.maxStreamWindow ?? 16 << 20;
     if (!Number.isInteger(maxWindow) || maxWindow < 256 * 1024 || maxWindow > MAX_WINDOW) {
       throw new RangeError(`maxStreamWindow must be an integer in 256 KiB..${MAX_WINDOW}`);
@@ -442,6 +456,7 @@ export class MuxSession implements AsyncDisposable {
     if (this.#deadAnswers >= MAX_DEAD_ANSWERS) {
       throw new MuxProtocolError("the peer keeps opening streams without reading our answers");
     }
+    if (this.#refuseAll !== null) return this.#sendControl(this.#refuseAll(id));
     if (this.#streams.size >= this.#maxStreams) {
       this.#sendControl(
         encodeFrame(FrameType.refuse, id, new TextEncoder().encode("too many streams")),

@@ -302,9 +302,13 @@ export class TunnelClient implements AsyncDisposable {
           conn.close();
           throw new ImmortalError("closed", "the tunnel is closing");
         }
-        const session = new MuxSession(conn, { role: "client" });
+        // A tunnel server never opens streams (PROTOCOL.md 3.11): one that
+        // does is refused at once, nothing kept of it.
+        const session = new MuxSession(conn, {
+          role: "client",
+          refuseStreams: "a tunnel client takes no streams",
+        });
         this.#current = session;
-        refuseStreams(session);
         const server = this.#options.server;
         // The session said itself at info ("Session … opened as client with …").
         log.debug("Tunnel session {id} open to {server}", {
@@ -408,17 +412,5 @@ export class TunnelClient implements AsyncDisposable {
   /** Same as {@linkcode TunnelClient.close}. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
-  }
-}
-
-/**
- * A tunnel server never opens streams (PROTOCOL.md 3.11): one that does is
- * refused, not left waiting with the others it opens until the session ends.
- */
-async function refuseStreams(session: MuxSession): Promise<void> {
-  try {
-    for await (const stream of session) stream.refuse("a tunnel client takes no streams");
-  } catch {
-    // The session ended: its end is said where it is watched.
   }
 }
