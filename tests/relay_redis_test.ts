@@ -613,6 +613,42 @@ Deno.test("Redis restarted with nothing kept: what the first node back sends bef
   }
 });
 
+Deno.test("Redis restarted with nothing kept: a newcomer who asks for a connected node's nickname before it is back gets max(1), not its name", async () => {
+  await using redis = await startRedis({ persist: false });
+  await using one = startRelay({ redis: redis.url });
+  await using two = startRelay({ redis: redis.url });
+  // x reaches its relay through a proxy that can keep it away.
+  const proxy = await FaultProxy.start({ targetPort: Number(new URL(one.url).port) });
+  try {
+    const options = { session: "s", backoff: { initial: 10, max: 50 }, retries: 1000 };
+    await using x = await RelayNode.connect(`http://127.0.0.1:${proxy.port}`, {
+      ...options,
+      nickname: "max",
+      transport: "websocket",
+    });
+    const atX = recordEvents(x);
+    proxy.refuseNew(true);
+    await redis.restart();
+    // Its relay told x to join again (its nickname reserved first); x is kept away.
+    await atX.until(
+      () => atX.events.some((e) => e.type === "state" && e.state === "disconnected"),
+      "x told to join again",
+      30_000,
+    );
+    await using newcomer = await RelayNode.connect(two.url, { ...options, nickname: "max" });
+    assert.equal(newcomer.nickname, "max(1)");
+    proxy.refuseNew(false);
+    await atX.until(
+      () => atX.events.some((e) => e.type === "state" && e.state === "connected"),
+      "x back",
+      30_000,
+    );
+    assert.equal(x.nickname, "max");
+  } finally {
+    await proxy.close();
+  }
+});
+
 Deno.test("Redis restarted with nothing kept: a node whose nickname the relay suffixed keeps it (max(1) did not come back as max, nor max as max(1))", async () => {
   await using redis = await startRedis({ persist: false });
   await using one = startRelay({ redis: redis.url, rejoinGrace: 60_000 });

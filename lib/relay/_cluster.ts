@@ -438,6 +438,33 @@ export class RelayCluster {
       : { status: reply[0] as Exclude<ClusterSent["status"], "ok"> };
   }
 
+  /**
+   * Reserves, in a Redis that lost the cluster's data, the nicknames of the
+   * nodes this relay still holds, each for its own token (and claim), for
+   * the reclaim window, before they are told to join again: a newcomer who
+   * asked for one of them first took it, and the holder came back as
+   * `name(1)`. `lastSeq` is the highest message of the node this relay took.
+   */
+  async reserve(
+    room: string,
+    nodes: { nickname: string; token: string; claim?: string; lastSeq: number }[],
+  ): Promise<void> {
+    if (nodes.length === 0) return;
+    const until = Date.now() + this.#settings.reclaimWindow;
+    const fields: string[] = [];
+    for (const node of nodes) {
+      const claim = node.claim === undefined ? "" : await tokenHash(node.claim);
+      fields.push(
+        node.nickname,
+        `${await tokenHash(node.token)},${until},${node.lastSeq},${claim}`,
+      );
+    }
+    const key = `${this.#prefix}r:${roomKey(room)}:v`;
+    await this.#command(["HSET", key, ...fields]);
+    // As any reservation of a room nobody joins again: gone with the window.
+    await this.#command(["PEXPIRE", key, String(this.#settings.roomTtl)]);
+  }
+
   /** The node `nickname` held by this relay leaves `room`. */
   async leave(room: string, nickname: string, reason: "left" | "gone"): Promise<void> {
     const hex = roomKey(room);

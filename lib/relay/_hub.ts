@@ -249,7 +249,7 @@ export class Hub {
           message: (room, entry) => this.#fromCluster(room, entry),
           presence: (room, event) => this.#presenceFromCluster(room, event),
           moved: (room, nickname, relay) => this.#movedInCluster(room, nickname, relay),
-          forgotten: () => this.#forgottenByCluster(),
+          forgotten: () => this.#forgottenByCluster(cluster),
           holds: (room, nickname) => {
             // A join in flight may hold any nickname: Redis answers it later.
             const local = this.rooms.get(room);
@@ -1244,13 +1244,38 @@ export class Hub {
     }
   }
 
-  #forgottenByCluster(): void {
-    for (const room of [...this.rooms.values()]) {
-      for (const member of [...room.members.values()]) {
-        this.#dropLocal(member);
-        member.sink.close(1012, "the relay lost its place in the cluster: join again");
+  #forgottenByCluster(cluster: RelayCluster): Promise<void> {
+    const rooms = [...this.rooms.values()].map((room) => ({
+      room,
+      members: [...room.members.values()],
+    }));
+    // Their nicknames first, each for its own token: told to join again at
+    // once, a node could find its name taken by a newcomer who asked first.
+    const reserved = Promise.all(rooms.map(({ room, members }) =>
+      cluster.reserve(
+        room.id,
+        members.map((m) => ({
+          nickname: m.nickname,
+          token: m.token,
+          claim: m.claim,
+          lastSeq: m.ackedSeq,
+        })),
+      )
+    )).catch((error) =>
+      log.warn("Could not keep the nicknames of this relay's nodes: {reason}", {
+        reason: errorMessage(error),
+      })
+    );
+    return reserved.then(() => {
+      for (const { members } of rooms) {
+        for (const member of members) {
+          // Back already (through another relay), or gone meanwhile: not ours to close.
+          if (member.room.members.get(member.nickname) !== member) continue;
+          this.#dropLocal(member);
+          member.sink.close(1012, "the relay lost its place in the cluster: join again");
+        }
       }
-    }
+    });
   }
 
   /** Closes every node and stops the keep-alive timer. */
