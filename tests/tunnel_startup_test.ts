@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { connect, ImmortalError, listen, RelayNode, serveRelay, TunnelServer } from "../mod.ts";
+import { connect, ImmortalError, RelayNode, serveRelay, TunnelServer } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { freePort, within } from "./_helpers.ts";
@@ -150,38 +150,6 @@ Deno.test("tunnel client: a peer that is not an immortal tunnel server, TLS on o
     await other.close();
     await Deno.remove(path);
     await Deno.remove(certs.dir, { recursive: true });
-  }
-});
-
-Deno.test("tunnel client: an immortal server that is no tunnel server (it does not greet as one) is one fatal line at start, not 'the tunnel is up'", async () => {
-  const { path, key } = await keyFile();
-  // An immortal listener whose application answers in its own way.
-  const listener = listen({ hostname: "127.0.0.1", port: 0, key });
-  const serving = (async () => {
-    for await (const conn of listener) {
-      conn.write(new TextEncoder().encode("HTTP/1.1 400 Bad Request\r\n\r\n")).catch(() => {});
-    }
-  })();
-  try {
-    const client = spawnCli(
-      [`--allow-net=127.0.0.1`, `--allow-read=${path}`],
-      CLI,
-      ["client", String(freePort()), "127.0.0.1", String(listener.addr.port), "--key-file", path],
-    );
-    const code = await within(30_000, "the client exiting", client.child.status).then((s) =>
-      s.code
-    );
-    await client.stop();
-    assert.equal(code, 1, client.log);
-    assert.doesNotMatch(client.log, /the tunnel is up/);
-    assert.match(
-      client.log,
-      /^error: the tunnel server at 127\.0\.0\.1:\d+ cannot be used: the peer does not speak stream multiplexing \(bad greeting\)$/m,
-    );
-  } finally {
-    listener.close();
-    await serving;
-    await Deno.remove(path);
   }
 });
 

@@ -287,10 +287,7 @@ export class TunnelClient implements AsyncDisposable {
    * ```
    */
   async open(): Promise<void> {
-    // Up is when the server has answered as a tunnel server: a session to a
-    // server of another kind ends at its greeting, and "the tunnel is up"
-    // was said of one that never carried a connection.
-    await (await this.#sessionForStream()).greeted;
+    await this.#sessionForStream();
   }
 
   /** The session streams go over: the live one, or a new one. */
