@@ -17,8 +17,8 @@
  * chunk but the last is full: a queue of `q` bytes holds at most `q` plus two
  * buffers (the last one's free room, and the part of the first that the
  * reader already took). A piece under 16 KiB that starts a chunk of a quiet
- * stream is not pooled, so a stream sent a few bytes pins a few bytes, not a
- * whole buffer; behind a full chunk (a busy stream) it is pooled, as the
+ * stream takes no 256 KiB buffer, so a stream sent a few bytes pins a few
+ * bytes (or a 4 KiB small buffer), not a whole one; behind a full chunk (a busy stream) it is pooled, as the
  * rest of the burst will follow it. One under 4 KiB (or of 4 KiB, starting
  * an empty queue) goes into a small reused 4 KiB buffer, which the pieces
  * behind it fill before another starts (so small chunks are full but the
@@ -37,7 +37,7 @@ const MIN_POOLED = 16 * 1024;
 const CHUNK_SIZE = MAX_DATA;
 /** Free buffers kept: at most 4 MiB held by a session's pool. */
 const MAX_FREE = 16;
-/** Size of the small buffers a message that starts an empty queue goes into. */
+/** Size of the small buffers small pieces go into (one a queue, filled before another starts). */
 const SMALL_SIZE = 4096;
 /** Free small buffers kept: at most 64 KiB. */
 const MAX_FREE_SMALL = 16;

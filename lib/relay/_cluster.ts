@@ -70,9 +70,10 @@ export interface ClusterEvents {
   pipe(room: string, event: ClusterPipeEvent): void;
   /**
    * The cluster gave this relay up (it was silent too long, or Redis lost
-   * its state): its nodes are no longer members and must join again.
+   * its state: `lostData`): its nodes are no longer members and must join
+   * again.
    */
-  forgotten(): void;
+  forgotten(lostData: boolean): void;
   /**
    * Whether this relay holds node `nickname` of `room`, or may be about to
    * (a join in flight there). A member Redis lists for this relay that it
@@ -459,10 +460,19 @@ export class RelayCluster {
         `${await tokenHash(node.token)},${until},${node.lastSeq},${claim}`,
       );
     }
-    const key = `${this.#prefix}r:${roomKey(room)}:v`;
-    await this.#command(["HSET", key, ...fields]);
-    // As any reservation of a room nobody joins again: gone with the window.
-    await this.#command(["PEXPIRE", key, String(this.#settings.roomTtl)]);
+    const hex = roomKey(room);
+    // In one script: a room that has members again keeps its reservations
+    // (a join lifts the expiry); an empty one loses them with the window, as
+    // after any leave.
+    await this.#command([
+      "EVAL",
+      RESERVE,
+      "2",
+      `${this.#prefix}r:${hex}:v`,
+      `${this.#prefix}r:${hex}:m`,
+      String(this.#settings.roomTtl),
+      ...fields,
+    ]);
   }
 
   /** The node `nickname` held by this relay leaves `room`. */
@@ -843,7 +853,7 @@ export class RelayCluster {
             { ttl: HEARTBEAT_TTL },
           );
         }
-        this.#events.forgotten();
+        this.#events.forgotten(lostData);
       }
       for (const channel of [...this.#staleChannels]) {
         this.#staleChannels.delete(channel);
@@ -1116,6 +1126,16 @@ function roomKey(room: string): string {
 function roomName(hex: string): string {
   return new TextDecoder().decode(Uint8Array.from(hex.match(/../g) ?? [], (h) => parseInt(h, 16)));
 }
+
+/**
+ * Reservations after a data loss. KEYS: the room's reservations and members;
+ * ARGV: the expiry (ms) of a room nobody is in, then nickname, value pairs.
+ */
+const RESERVE = `
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if redis.call('HLEN', KEYS[2]) == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+`;
 
 /** Only a hash of each join token is stored: Redis (and its backups) cannot act as a node. */
 async function tokenHash(token: string): Promise<string> {

@@ -249,7 +249,7 @@ export class Hub {
           message: (room, entry) => this.#fromCluster(room, entry),
           presence: (room, event) => this.#presenceFromCluster(room, event),
           moved: (room, nickname, relay) => this.#movedInCluster(room, nickname, relay),
-          forgotten: () => this.#forgottenByCluster(cluster),
+          forgotten: (lostData) => this.#forgottenByCluster(cluster, lostData),
           holds: (room, nickname) => {
             // A join in flight may hold any nickname: Redis answers it later.
             const local = this.rooms.get(room);
@@ -1244,29 +1244,33 @@ export class Hub {
     }
   }
 
-  #forgottenByCluster(cluster: RelayCluster): Promise<void> {
+  #forgottenByCluster(cluster: RelayCluster, lostData: boolean): void {
     const rooms = [...this.rooms.values()].map((room) => ({
       room,
       members: [...room.members.values()],
     }));
-    // Their nicknames first, each for its own token: told to join again at
-    // once, a node could find its name taken by a newcomer who asked first.
-    const reserved = Promise.all(rooms.map(({ room, members }) =>
-      cluster.reserve(
-        room.id,
-        members.map((m) => ({
-          nickname: m.nickname,
-          token: m.token,
-          claim: m.claim,
-          lastSeq: m.ackedSeq,
-        })),
-      )
-    )).catch((error) =>
-      log.warn("Could not keep the nicknames of this relay's nodes: {reason}", {
-        reason: errorMessage(error),
-      })
-    );
-    return reserved.then(() => {
+    // After a data loss, their nicknames first, each for its own token: told
+    // to join again at once, a node could find its name taken by a newcomer
+    // who asked first. (Given up after a stall, the others' sweep reserved
+    // them already, with their claims: not overwritten.)
+    const reserved = !lostData
+      ? Promise.resolve()
+      : Promise.all(rooms.map(({ room, members }) =>
+        cluster.reserve(
+          room.id,
+          members.map((m) => ({
+            nickname: m.nickname,
+            token: m.token,
+            claim: m.claim,
+            lastSeq: m.ackedSeq,
+          })),
+        )
+      )).catch((error) =>
+        log.warn("Could not keep the nicknames of this relay's nodes: {reason}", {
+          reason: errorMessage(error),
+        })
+      );
+    reserved.then(() => {
       for (const { members } of rooms) {
         for (const member of members) {
           // Back already (through another relay), or gone meanwhile: not ours to close.
@@ -1275,7 +1279,11 @@ export class Hub {
           member.sink.close(1012, "the relay lost its place in the cluster: join again");
         }
       }
-    });
+    }).catch((error) =>
+      log.warn("Could not tell this relay's nodes to join again: {reason}", {
+        reason: errorMessage(error),
+      })
+    );
   }
 
   /** Closes every node and stops the keep-alive timer. */
