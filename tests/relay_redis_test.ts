@@ -325,8 +325,9 @@ Deno.test("Redis full (maxmemory, no eviction): the relay says so, not that Redi
     await atX.until(() => refused() >= 3, "x refused again and again");
     const said = lines();
     assert.ok(!said.some((l) => l.startsWith("Redis is unreachable")), said.join("\n"));
+    // One line as it happened; past 10 s (a slow machine) a count may follow it, never a line each.
     assert.equal(
-      said.filter((l) => l.includes("did not take its message")).length,
+      said.filter((l) => l.startsWith("Node ") && l.includes("did not take its message")).length,
       1,
       said.join("\n"),
     );

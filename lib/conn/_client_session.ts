@@ -234,10 +234,11 @@ export class ClientSession implements SessionSide {
         (error) => {
           if (controller.signal.aborted) return; // raced out, or the session ended
           lastError = error;
-          if (isFatal(error) && !(isUnauthenticated(error) && ++unbelieved < believeAfter)) {
+          const final = isFatal(error);
+          if (final && !(isUnauthenticated(error) && ++unbelieved < believeAfter)) {
             fatal = error;
           } else {
-            if (isFatal(error)) {
+            if (final) {
               log.warn(
                 "Session {id}: {reason}; not believed yet (answer {n} of {of}: it may have " +
                   "been changed on the way), trying again",

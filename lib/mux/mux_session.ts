@@ -144,8 +144,8 @@ export class MuxSession implements AsyncDisposable {
   /** Header scratch for the fast path (copied by `tryWrite` at once). */
   #header = new Uint8Array(HEADER_SIZE);
   #ending: Error | null = null;
-  /** The REFUSE of every stream the peer opens (`refuseStreams`), or null. */
-  #refuseAll: ((id: number) => Uint8Array) | null = null;
+  /** The reason every stream the peer opens is refused with (`refuseStreams`), or null. */
+  #refusal: Uint8Array | null = null;
   /** Ended by `close()`, not lost: `closed` resolves and no warning is logged. */
   #closedLocally = false;
   #resolveClosed!: () => void;
@@ -157,10 +157,8 @@ export class MuxSession implements AsyncDisposable {
     this.#conn = conn;
     this.#engine = conn instanceof StreamEngine ? conn : null;
     this.#maxStreams = options.maxStreams ?? 65_536;
-    const refusal = options.refuseStreams;
-    if (refusal !== undefined) {
-      const reason = new TextEncoder().encode(refusal);
-      this.#refuseAll = (id) => encodeFrame(FrameType.refuse, id, reason);
+    if (options.refuseStreams !== undefined) {
+      this.#refusal = new TextEncoder().encode(options.refuseStreams);
     }
     const maxWindow = options.maxStreamWindow ?? 16 << 20;
     if (!Number.isInteger(maxWindow) || maxWindow < 256 * 1024 || maxWindow > MAX_WINDOW) {
@@ -441,7 +439,9 @@ export class MuxSession implements AsyncDisposable {
     if (this.#deadAnswers >= MAX_DEAD_ANSWERS) {
       throw new MuxProtocolError("the peer keeps opening streams without reading our answers");
     }
-    if (this.#refuseAll !== null) return this.#sendControl(this.#refuseAll(id));
+    if (this.#refusal !== null) {
+      return this.#sendControl(encodeFrame(FrameType.refuse, id, this.#refusal));
+    }
     if (this.#streams.size >= this.#maxStreams) {
       this.#sendControl(
         encodeFrame(FrameType.refuse, id, new TextEncoder().encode("too many streams")),

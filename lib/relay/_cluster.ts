@@ -11,7 +11,7 @@
 import { getLogger } from "@logtape/logtape";
 import { createClient } from "@redis/client";
 import { errorMessage, isNotCapable } from "../_util.ts";
-import { HEARTBEAT, JOIN, LEAVE, MESSAGE, SINCE } from "./_cluster_scripts.ts";
+import { HEARTBEAT, JOIN, LEAVE, MESSAGE, RESERVE, SINCE } from "./_cluster_scripts.ts";
 import type { HistoryEntry } from "./_history.ts";
 import type { RelayMember, RelayRole } from "./_protocol.ts";
 import { newJoinToken } from "./_secret.ts";
@@ -160,7 +160,14 @@ export interface ClusterSettings {
 }
 
 type RedisClient = ReturnType<typeof createClient>;
-const SCRIPTS = { join: JOIN, message: MESSAGE, leave: LEAVE, heartbeat: HEARTBEAT, since: SINCE };
+const SCRIPTS = {
+  join: JOIN,
+  message: MESSAGE,
+  leave: LEAVE,
+  heartbeat: HEARTBEAT,
+  since: SINCE,
+  reserve: RESERVE,
+};
 type ScriptName = keyof typeof SCRIPTS;
 
 /** A room this relay listens to, and where its messages are. */
@@ -460,19 +467,7 @@ export class RelayCluster {
         `${await tokenHash(node.token)},${until},${node.lastSeq},${claim}`,
       );
     }
-    const hex = roomKey(room);
-    // In one script: a room that has members again keeps its reservations
-    // (a join lifts the expiry); an empty one loses them with the window, as
-    // after any leave.
-    await this.#command([
-      "EVAL",
-      RESERVE,
-      "2",
-      `${this.#prefix}r:${hex}:v`,
-      `${this.#prefix}r:${hex}:m`,
-      String(this.#settings.roomTtl),
-      ...fields,
-    ]);
+    await this.#run("reserve", roomKey(room), this.#settings.roomTtl, ...fields);
   }
 
   /** The node `nickname` held by this relay leaves `room`. */
@@ -1126,16 +1121,6 @@ function roomKey(room: string): string {
 function roomName(hex: string): string {
   return new TextDecoder().decode(Uint8Array.from(hex.match(/../g) ?? [], (h) => parseInt(h, 16)));
 }
-
-/**
- * Reservations after a data loss. KEYS: the room's reservations and members;
- * ARGV: the expiry (ms) of a room nobody is in, then nickname, value pairs.
- */
-const RESERVE = `
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if redis.call('HLEN', KEYS[2]) == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return 1
-`;
 
 /** Only a hash of each join token is stored: Redis (and its backups) cannot act as a node. */
 async function tokenHash(token: string): Promise<string> {

@@ -303,6 +303,21 @@ return {known and 1 or 0, swept, names, incarnation}
 `;
 
 /**
+ * Reserves nicknames after Redis lost the cluster's data, each for its
+ * node's token, as a `gone` does. ARGV: prefix, room (hex), expiry (ms) of
+ * a room nobody is in, then nickname and reservation value pairs. A room
+ * with members keeps its reservations (a join lifted the expiry); an empty
+ * one loses them with the window, as after any leave.
+ */
+export const RESERVE = PRELUDE + `
+local R = ARGV[2]
+local v = P .. 'r:' .. R .. ':v'
+for i = 4, #ARGV, 2 do redis.call('HSET', v, ARGV[i], ARGV[i + 1]) end
+if redis.call('HLEN', P .. 'r:' .. R .. ':m') == 0 then redis.call('PEXPIRE', v, ARGV[3]) end
+return 1
+`;
+
+/**
  * The history after an offset. ARGV: prefix, room (hex), offset. Returns
  * `{epoch, latest, id1, data1, from1, role1, to1, at1, ...}`.
  */

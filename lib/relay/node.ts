@@ -934,7 +934,8 @@ export class RelayNode implements AsyncDisposable {
     this.#lastHeard = this.#welcomedAt = performance.now();
     this.#members.clear();
     for (const { nickname, role } of welcome.members) {
-      this.#members.set(peerText(nickname), { nickname: peerText(nickname), role });
+      const shown = peerText(nickname);
+      this.#members.set(shown, { nickname: shown, role });
     }
     this.#memberNews++;
     this.#emit({ type: "members", members: this.members });
