@@ -208,6 +208,12 @@ const MEMBER_POLL_MS = 200;
  */
 const NAME_RETRY_MS = 1000;
 const NAME_RETRY_MAX_MS = 8000;
+/**
+ * How long a session may be up before a server that has not greeted as a
+ * tunnel server is worth a warning. A tunnel server greets at once; an
+ * immortal server of another kind that never writes gives no other sign.
+ */
+const GREETING_WAIT_MS = 5000;
 
 function _tlsSettings(
   role: "server" | "client",
@@ -755,6 +761,39 @@ async function _pause(ms: number, stopping: AbortSignal): Promise<void> {
   if (!(await delay(ms, stopping))) throw STOPPED;
 }
 
+/**
+ * `tunnel.open()`, with a warning (once) when the session is up but the
+ * server has not answered as a tunnel server after a while: waiting in
+ * silence would look like a hang.
+ */
+async function _openTunnel(tunnel: TunnelClient, log: Logger, server: string): Promise<void> {
+  let warned = false;
+  // Whether the session is up is looked at each period: the dial before it
+  // may take its own while, and says so itself.
+  const watch = setInterval(() => {
+    if (warned || tunnel.sessions.length === 0) return;
+    warned = true;
+    log.warn(
+      "{server} took the session but has not answered as a tunnel server after {seconds} s: is it one? Still waiting",
+      { server, seconds: _secondsText(GREETING_WAIT_MS) },
+    );
+  }, GREETING_WAIT_MS);
+  try {
+    await tunnel.open();
+  } finally {
+    clearInterval(watch);
+  }
+}
+
+/**
+ * A session the server ended before it greeted (`closed`, `aborted`): a
+ * server stopping or restarting, worth another try, where a server that
+ * answered wrongly (`protocol`, `auth`, `tls`) is not.
+ */
+function _endedBeforeGreeting(error: unknown): error is ImmortalError {
+  return error instanceof ImmortalError && (error.code === "closed" || error.code === "aborted");
+}
+
 /** Milliseconds as seconds for a log line: `30`, `0.3`. */
 function _secondsText(ms: number): string {
   return String(Math.round(ms / 100) / 10);
@@ -1030,10 +1069,10 @@ function _startRelayClient(
       dial = node.pipeDialer(to);
       // The session stays the tunnel's: a probe session opened and closed
       // showed in the server's log as one that failed.
-      for (let tries = 1;; tries++) {
+      for (let tries = 1, ended = 0;; tries++) {
         const started = performance.now();
         try {
-          await tunnel.open();
+          await _openTunnel(tunnel, log, `Tunnel server ${to}`);
           break;
         } catch (error) {
           if (stopping.aborted) throw STOPPED;
@@ -1045,6 +1084,24 @@ function _startRelayClient(
             tries === 1 && shortened && error instanceof ImmortalError &&
             error.code === "unreachable"
           ) continue;
+          // A server stopping as we came: it may be back, as long as the
+          // start waits for a server to join.
+          if (
+            _endedBeforeGreeting(error) &&
+            ++ended * 1000 < (relay.startWait ?? RELAY_START_WAIT_MS)
+          ) {
+            if (ended === 1) {
+              log.warn(
+                "Tunnel server {to} ended the session before answering ({reason}); trying again",
+                {
+                  to,
+                  reason: errorMessage(error),
+                },
+              );
+            }
+            await _pause(1000, stopping);
+            continue;
+          }
           throw new Error(`tunnel server ${to}: ${errorMessage(error)}`);
         }
       }
@@ -1141,15 +1198,26 @@ function _startClient(
   const failed = Promise.withResolvers<never>();
   const stopping = new AbortController();
   (async () => {
-    for (let tries = 1;; tries++) {
+    for (let tries = 1, ended = 0;; tries++) {
       try {
-        await tunnel.open();
+        await _openTunnel(tunnel, log, `The server at ${server}`);
         if (!stopping.signal.aborted) {
           log.info("Tunnel server {server} answered: the tunnel is up", { server });
         }
         return;
       } catch (error) {
         if (stopping.signal.aborted) return;
+        if (_endedBeforeGreeting(error)) {
+          // Once, then quietly: a server that takes sessions and ends them
+          // on and on would otherwise say so every second.
+          const line =
+            "The tunnel server {server} ended the session before answering ({reason}); trying again";
+          const fields = { server, reason: errorMessage(error) };
+          if (++ended === 1) log.warn(line, fields);
+          else log.debug(line, fields);
+          if (!(await delay(1000, stopping.signal))) return;
+          continue;
+        }
         // Nothing answering, or a busy server, may change; anything else will not
         // (a permission Deno refused is "permission").
         if (

@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { connect, ImmortalError, RelayNode, serveRelay, TunnelServer } from "../mod.ts";
+import { connect, ImmortalError, listen, RelayNode, serveRelay, TunnelServer } from "../mod.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import { freePort, within } from "./_helpers.ts";
@@ -150,6 +150,100 @@ Deno.test("tunnel client: a peer that is not an immortal tunnel server, TLS on o
     await other.close();
     await Deno.remove(path);
     await Deno.remove(certs.dir, { recursive: true });
+  }
+});
+
+Deno.test("tunnel client: an immortal server that is no tunnel server (it does not greet as one) is one fatal line at start, not 'the tunnel is up'", async () => {
+  const { path, key } = await keyFile();
+  // An immortal listener whose application answers in its own way.
+  const listener = listen({ hostname: "127.0.0.1", port: 0, key });
+  const serving = (async () => {
+    for await (const conn of listener) {
+      conn.write(new TextEncoder().encode("HTTP/1.1 400 Bad Request\r\n\r\n")).catch(() => {});
+    }
+  })();
+  try {
+    const client = spawnCli(
+      [`--allow-net=127.0.0.1`, `--allow-read=${path}`],
+      CLI,
+      ["client", String(freePort()), "127.0.0.1", String(listener.addr.port), "--key-file", path],
+    );
+    const code = await within(30_000, "the client exiting", client.child.status).then((s) =>
+      s.code
+    );
+    await client.stop();
+    assert.equal(code, 1, client.log);
+    assert.doesNotMatch(client.log, /the tunnel is up/);
+    assert.match(
+      client.log,
+      /^error: the tunnel server at 127\.0\.0\.1:\d+ cannot be used: the peer does not speak stream multiplexing \(bad greeting\)$/m,
+    );
+  } finally {
+    listener.close();
+    await serving;
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("tunnel client: an immortal server that takes the session and never writes gets a warning, not 'the tunnel is up', and the client keeps waiting", async () => {
+  const { path, key } = await keyFile();
+  const listener = listen({ hostname: "127.0.0.1", port: 0, key });
+  const taken: { close(): void }[] = [];
+  const serving = (async () => {
+    for await (const conn of listener) taken.push(conn); // and never a byte back
+  })();
+  const client = spawnCli(
+    [`--allow-net=127.0.0.1`, `--allow-read=${path}`],
+    CLI,
+    ["client", String(freePort()), "127.0.0.1", String(listener.addr.port), "--key-file", path],
+  );
+  try {
+    await client.waitFor(
+      /The server at 127\.0\.0\.1:\d+ took the session but has not answered as a tunnel server after 5 s: is it one\? Still waiting/,
+      "the warning",
+    );
+    assert.doesNotMatch(client.log, /the tunnel is up|error:/);
+  } finally {
+    await client.stop();
+    listener.close();
+    await serving;
+    for (const conn of taken) conn.close();
+    await Deno.remove(path);
+  }
+});
+
+Deno.test("tunnel client: a server that ends the session before it greets (stopping as we came) is tried again, and the tunnel is up once a tunnel server answers", async () => {
+  const { path, key } = await keyFile();
+  const listener = listen({ hostname: "127.0.0.1", port: 0, key });
+  const port = listener.addr.port;
+  const client = spawnCli(
+    [`--allow-net=127.0.0.1`, `--allow-read=${path}`],
+    CLI,
+    ["client", String(freePort()), "127.0.0.1", String(port), "--key-file", path],
+  );
+  let server: TunnelServer | undefined;
+  try {
+    // The first session: taken, then ended before any greeting.
+    const first = await listener.accept();
+    first.close();
+    listener.close();
+    await client.waitFor(
+      /The tunnel server 127\.0\.0\.1:\d+ ended the session before answering \(the peer aborted the connection: closed by the application\); trying again/,
+      "the client saying it tries again",
+    );
+    server = new TunnelServer({
+      hostname: "127.0.0.1",
+      port,
+      key,
+      target: { hostname: "127.0.0.1", port: freePort() }, // never reached
+    });
+    await client.waitFor(/the tunnel is up/, "the tunnel up");
+    assert.doesNotMatch(client.log, /error:/);
+  } finally {
+    await client.stop();
+    listener.close();
+    await server?.close();
+    await Deno.remove(path);
   }
 });
 

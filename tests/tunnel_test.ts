@@ -373,8 +373,8 @@ Deno.test("a tunnel client refuses a stream its server opens (a tunnel server ne
   });
   const opening = client.open();
   const server = await listener.accept(); // plays the server, by hand
-  await opening;
   await server.write(GREETING);
+  await opening; // up once the server greeted as a tunnel server
   await server.write(encodeFrame(FrameType.open, 2));
   // Frames back: the client's greeting, then, among whatever else, the refusal.
   const refusal = await within(30_000, "the refusal", refusalOf(server, 2));

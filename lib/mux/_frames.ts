@@ -99,6 +99,8 @@ export interface FrameHandler {
   data(stream: number, bytes: Uint8Array): void;
   /** Any other frame, whole; `payload` is the parser's own (keep it if you like). */
   control(type: number, stream: number, payload: Uint8Array): void;
+  /** The peer's greeting came whole: it speaks stream multiplexing. */
+  greeted?(): void;
 }
 
 /**
@@ -132,6 +134,7 @@ export class FrameParser {
       }
       this.#greeting++;
       off++;
+      if (this.#greeting === GREETING.length) this.#handler.greeted?.();
     }
     while (off < end) {
       if (this.#remaining > 0) {

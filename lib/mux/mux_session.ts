@@ -146,6 +146,8 @@ export class MuxSession implements AsyncDisposable {
   #ending: Error | null = null;
   /** The reason every stream the peer opens is refused with (`refuseStreams`), or null. */
   #refusal: Uint8Array | null = null;
+  /** Settled by the peer's greeting, or the session's end before it. */
+  #greeted = Promise.withResolvers<void>();
   /** Ended by `close()`, not lost: `closed` resolves and no warning is logged. */
   #closedLocally = false;
   #resolveClosed!: () => void;
@@ -191,6 +193,9 @@ export class MuxSession implements AsyncDisposable {
       rttMs: () => conn.stats.rttMs ?? DEFAULT_RTT_MS,
       now: () => performance.now(),
     };
+    // Nobody need ask: a session that ends before the peer greets must not
+    // be an unhandled rejection.
+    this.#greeted.promise.catch(() => {});
     this.#control.push(GREETING);
     this.#writeLoop();
     this.#readLoop();
@@ -199,6 +204,15 @@ export class MuxSession implements AsyncDisposable {
   /** The connection under the streams. */
   get conn(): ImmortalConn {
     return this.#conn;
+  }
+
+  /**
+   * Resolves once the peer's greeting has come: it speaks stream
+   * multiplexing (a session to a server of another kind ends with a protocol
+   * error instead). Rejects if the session ends first.
+   */
+  get greeted(): Promise<void> {
+    return this.#greeted.promise;
   }
 
   /** Streams open now (both ways). */
@@ -420,6 +434,7 @@ export class MuxSession implements AsyncDisposable {
 
   #handler(): FrameHandler {
     return {
+      greeted: () => this.#greeted.resolve(),
       data: (stream, bytes) => this.#streams.get(stream)?.onData(bytes),
       control: (type, stream, payload) => {
         if (type === FrameType.open) this.#onOpen(stream, payload);
@@ -475,6 +490,7 @@ export class MuxSession implements AsyncDisposable {
   #end(error: Error, tellPeer?: string, ours = !(error instanceof ImmortalError)): void {
     if (this.#ending) return;
     this.#ending = error;
+    this.#greeted.reject(error); // settled already once the peer greeted
     if (!this.#closedLocally) {
       const fields = { id: this.#conn.sessionId.slice(0, 8), reason: errorMessage(error) };
       if (ours) log.warn("Multiplexed session {id} ended: {reason}", fields);

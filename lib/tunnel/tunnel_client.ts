@@ -266,9 +266,17 @@ export class TunnelClient implements AsyncDisposable {
   /**
    * Opens the session now rather than at the first local connection: a
    * start-up check that the server is there and is an immortal tunnel
-   * server. Retries an unreachable server for `connectWait`, then rejects
-   * with an {@linkcode ImmortalError}: `unreachable` (it may come later),
-   * or `protocol`, `tls`, `auth` (it will not, as it is).
+   * server. Resolves once the server has greeted as one (its first bytes in
+   * the session). Retries an unreachable server for `connectWait`, then
+   * rejects with an {@linkcode ImmortalError}: `unreachable` (it may come
+   * later), or `protocol` (another kind of server, immortal or not), `tls`,
+   * `auth` (it will not, as it is). A session the server ends before it
+   * greets rejects with how it ended (`closed`, `aborted`): a server that
+   * was stopping, which another try may find up again.
+   *
+   * An immortal server that accepts the session and never writes keeps this
+   * waiting: nothing tells it from a tunnel server on a slow path. The
+   * command line says so after a while (and keeps waiting).
    *
    * @example
    * ```ts
@@ -283,11 +291,14 @@ export class TunnelClient implements AsyncDisposable {
    *   port: 0,
    *   server: { hostname: "127.0.0.1", port: server.addr.port },
    * });
-   * await client.open(); // the session is up before any application connects
+   * await client.open(); // the server answered before any application connects
    * ```
    */
   async open(): Promise<void> {
-    await this.#sessionForStream();
+    // Up is when the server has answered as a tunnel server: an immortal
+    // server of another kind accepts the session just the same, and "the
+    // tunnel is up" was said of one that could never carry a connection.
+    await (await this.#sessionForStream()).greeted;
   }
 
   /** The session streams go over: the live one, or a new one. */
