@@ -114,6 +114,23 @@ export async function withLogs<T>(fn: (records: LogRecord[]) => Promise<T>): Pro
   }
 }
 
+/**
+ * How many events matching `pattern` the log lines tell of, where a
+ * `LogLimiter` said some at once and counted the rest ("3 more in the last
+ * 10 s; the last: …").
+ */
+export function eventsLogged(lines: string[], pattern: RegExp): { said: number; total: number } {
+  let said = 0;
+  let total = 0;
+  for (const line of lines) {
+    if (!pattern.test(line)) continue;
+    const more = line.match(/^([\d,]+) more in the last \d+ s; the last: /);
+    if (more === null) said++;
+    total += more === null ? 1 : Number(more[1].replaceAll(",", ""));
+  }
+  return { said, total };
+}
+
 /** A record's message with its properties filled in. */
 export function renderRecord(record: LogRecord): string {
   return record.message.map((part) => typeof part === "string" ? part : String(part)).join("");

@@ -9,6 +9,7 @@ import {
 } from "../mod.ts";
 import { FaultProxy } from "./_fault_proxy.ts";
 import {
+  eventsLogged,
   nextEvent,
   patternHash,
   receiveAll,
@@ -223,4 +224,32 @@ Deno.test("a client that resumes on a new link while the server still holds the 
       await Promise.allSettled([client.closed, server.closed]);
     }
   });
+});
+
+Deno.test("a link that breaks again and again is news once per interval at each end, with counts: every loss and resume accounted for, not two lines each", async () => {
+  const CUTS = 8;
+  const records = await withLogs(async (records) => {
+    await using s = await setup();
+    for (let i = 0; i < CUTS; i++) {
+      const resumed = Promise.all([
+        nextEvent<ResumedEvent>(s.client, "resumed"),
+        nextEvent<ResumedEvent>(s.server, "resumed"),
+      ]);
+      s.proxy.reset();
+      await within(30_000, `resume ${i + 1}`, resumed);
+    }
+    return records; // read once the sessions closed: their counts are said then
+  });
+  const lines = records.map(renderRecord);
+  // Each session's lines: one per kind per 10 s said at once, the rest counted.
+  const resumed = eventsLogged(lines, /resumed after \d+ ms via/);
+  // Two sessions' ends (client and server) resumed CUTS times each.
+  assert.equal(resumed.total, 2 * CUTS, lines.join("\n"));
+  // Eight resumes within seconds: at most two said at once per end, unless
+  // this machine took over 10 s for one of them.
+  assert.ok(resumed.said <= 4, lines.join("\n"));
+  // Every loss said or counted (the server's may be the client's resume, at info).
+  const lost = eventsLogged(lines, /lost its link/);
+  assert.ok(lost.total >= 2 * CUTS, lines.join("\n"));
+  assert.ok(lost.said <= 6, lines.join("\n"));
 });

@@ -30,6 +30,7 @@ import { describePeer, formatAddr, type Link, TcpLink } from "../link/mod.ts";
 import { localAddressGone } from "../link/_local_addresses.ts";
 import { describeValue, errorMessage, peerText } from "../_util.ts";
 import { ChunkQueue } from "../_chunk_queue.ts";
+import { LogLimiter } from "../_log_limiter.ts";
 import { APPLICATION_CLOSE, closedByPeer, ImmortalError } from "./errors.ts";
 import {
   ClosedEvent,
@@ -216,6 +217,13 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #reconnects = 0;
   #replayedBytes = 0;
   #rttMs: number | null = null;
+  /**
+   * Losses and resumes of links, said once per kind per interval and
+   * counted beyond: a link that breaks every second (a proxy cutting each
+   * connection after a moment) wrote two lines a second for as long as it
+   * lasted. Made at the first loss: most sessions never have one.
+   */
+  #linkNews: { warn: LogLimiter; info: LogLimiter } | null = null;
 
   /** A session with no link yet: its side attaches the first one. */
   constructor(init: StreamEngineInit) {
@@ -570,9 +578,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     }
     const downtimeMs = Math.round(performance.now() - this.#lostAt);
     this.#reconnects++;
-    log.info(
-      "Session {id} resumed after {downtimeMs} ms via {remote}, {replayedBytes} bytes replayed",
-      { id: this.sessionId, downtimeMs, replayedBytes: replayed, remote },
+    this.#news().info.event(
+      "resumed",
+      `Session ${this.sessionId} resumed after ${downtimeMs} ms via ${remote}, ${replayed} bytes replayed`,
     );
     if (this.#phase === "open") this.#state = "connected";
     this.dispatchEvent(new ResumedEvent(downtimeMs, replayed));
@@ -602,7 +610,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#lostAt = performance.now();
     this.#side.linkLost(reason);
     if (!this.resumable) return;
-    log[news]("Session {id} lost its link: {reason}", { id: this.sessionId, reason });
+    this.#news()[news].event(`lost ${news}`, `Session ${this.sessionId} lost its link: ${reason}`);
     if (this.#phase === "open") {
       this.#state = "reconnecting";
       this.dispatchEvent(new ReconnectingEvent(reason));
@@ -990,6 +998,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (this.#peerFin === null || this.#consumed !== this.#peerFin + 1) return;
     this.#phase = "complete";
     this.#state = "closed";
+    this.#sayLinkNews();
     log.info("Session {id} completed: {sent} bytes sent, {received} received", {
       id: this.sessionId,
       sent: this.#bytesWritten,
@@ -1035,6 +1044,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#wakeReaderNow();
     if (this.#state !== "closed") {
       this.#state = "closed";
+      this.#sayLinkNews();
       // The peer's application closing it was logged (at info) as it came.
       if (!clean && !closedByPeer(ending.error)) {
         log.warn("Session {id} ended: {reason}", {
@@ -1061,11 +1071,26 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   }
 
   /** Final cleanup: timers, the side's bookkeeping, and the `closed` promise. */
+  /** What the link news counted, said now: before the lines of the session's end. */
+  #sayLinkNews(): void {
+    this.#linkNews?.warn.flush();
+    this.#linkNews?.info.flush();
+  }
+
+  /** The session's link news, said at most once per kind per interval. */
+  #news(): { warn: LogLimiter; info: LogLimiter } {
+    return this.#linkNews ??= {
+      warn: new LogLimiter((line) => log.warn(line)),
+      info: new LogLimiter((line) => log.info(line)),
+    };
+  }
+
   #end(): void {
     if (this.#phase === "ended") return;
     this.#phase = "ended";
     clearInterval(this.#tickTimer);
     clearTimeout(this.#flushTimer);
+    this.#sayLinkNews();
     this.#abort.abort();
     this.#side.ended();
     // A completed session resolved `closed` already; settling again is a no-op.
