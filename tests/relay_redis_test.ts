@@ -650,6 +650,27 @@ Deno.test("Redis restarted with nothing kept: a newcomer who asks for a connecte
   }
 });
 
+Deno.test("Redis flushed: a newcomer who asks for a connected node's nickname at once, before any relay noticed, is refused until the grace is over and then gets max(1), not its name", async () => {
+  await using redis = await startRedis({ persist: false });
+  await using one = startRelay({ redis: redis.url });
+  await using two = startRelay({ redis: redis.url });
+  await using raw = await redisClient(redis.url);
+  const options = { session: "s", backoff: { initial: 10, max: 50 }, retries: 1000 };
+  await using x = await RelayNode.connect(one.url, { ...options, nickname: "max" });
+  const atX = recordEvents(x);
+  await raw.sendCommand(["FLUSHALL"]);
+  // At once: no heartbeat has seen the loss yet (one might, in the few ms
+  // this takes; the newcomer's first join is what finds it then).
+  await using newcomer = await RelayNode.connect(two.url, { ...options, nickname: "max" });
+  assert.equal(newcomer.nickname, "max(1)");
+  await atX.until(
+    () => atX.events.some((e) => e.type === "state" && e.state === "connected"),
+    "x back",
+    30_000,
+  );
+  assert.equal(x.nickname, "max");
+});
+
 Deno.test("Redis restarted with nothing kept: a node whose nickname the relay suffixed keeps it (max(1) did not come back as max, nor max as max(1))", async () => {
   await using redis = await startRedis({ persist: false });
   await using one = startRelay({ redis: redis.url, rejoinGrace: 60_000 });
@@ -668,7 +689,10 @@ Deno.test("Redis restarted with nothing kept: a node whose nickname the relay su
     "connected again",
   );
   assert.equal(second.nickname, "max(1)");
-  // And the name it had is still its own: a newcomer asking for max gets max.
+  // And the name it had is still its own: a newcomer asking for max gets max
+  // (once the grace is over: newcomers wait it out; here it is cut short).
+  await using raw = await redisClient(redis.url);
+  await raw.sendCommand(["DEL", "immortal:relay:rejoin"]);
   await using newcomer = await RelayNode.connect(one.url, { ...options, nickname: "max" });
   assert.equal(newcomer.nickname, "max");
 });

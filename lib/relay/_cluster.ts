@@ -127,7 +127,7 @@ export interface ClusterJoin {
 }
 
 /** Why the cluster refused a join. */
-export type ClusterRefusal = "bad-suffix" | "max-nodes" | "max-sessions";
+export type ClusterRefusal = "bad-suffix" | "max-nodes" | "max-sessions" | "lost" | "rejoining";
 
 /** What became of a message. */
 export type ClusterSent =
@@ -395,8 +395,14 @@ export class RelayCluster {
       hello.suffixed ? "1" : "0",
       hello.claim === undefined ? "" : await tokenHash(hello.claim),
       hello.recoverEpoch ?? "",
+      this.#incarnation ?? "",
     ) as string[];
-    if (reply.length === 1) return reply[0] as ClusterRefusal;
+    if (reply.length === 1) {
+      // Redis lost the data and this relay missed it: a heartbeat now finds
+      // out, and reserves its nodes' nicknames, rather than within a second.
+      if (reply[0] === "lost") void this.#beat();
+      return reply[0] as ClusterRefusal;
+    }
     const [kind, nickname, , lastSeq, epoch, offset, presence, ...flat] = reply;
     const members: RelayMember[] = [];
     for (let i = 0; i < flat.length; i += 2) {

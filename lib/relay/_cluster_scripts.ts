@@ -92,15 +92,24 @@ end
  * reservation is free for its token's or its claim's holder; and the epoch
  * of the node's position (or ''): a node back from the room's earlier life
  * (Redis lost the room, and the key `rejoin` says so) may take the
- * suffixed nickname it had, if it is free, as on a relay of its own (2.10). Returns `{kind, nickname,
- * tokenHash, lastSeq, epoch, offset, presence, members...}` with kind `join`
- * or `replace`, or `{refusal}`: `bad-suffix`, `max-nodes`, `max-sessions`.
+ * suffixed nickname it had, if it is free, as on a relay of its own (2.10);
+ * and the incarnation of the cluster's data the relay knows (or ''). Returns
+ * `{kind, nickname, tokenHash, lastSeq, epoch, offset, presence,
+ * members...}` with kind `join` or `replace`, or `{refusal}`: `bad-suffix`,
+ * `max-nodes`, `max-sessions`; `lost` (Redis lost the cluster's data since
+ * the relay's last heartbeat: it has not reserved its nodes' nicknames yet)
+ * or `rejoining` (Redis lost it lately, and the node is not one coming back
+ * to a nickname kept for it): either way, try again later.
  */
 export const JOIN = PRELUDE + `
 local R, wanted, token, role, relay, node = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local m = P .. 'r:' .. R .. ':m'
 local v = P .. 'r:' .. R .. ':v'
 local now = now_ms()
+-- Redis lost the cluster's data, and this relay has not noticed yet: the
+-- nicknames of its nodes, still connected, are not reserved. A newcomer
+-- asking for one now would take it from its holder.
+if ARGV[15] ~= '' and redis.call('GET', P .. 'incarnation') ~= ARGV[15] then return {'lost'} end
 local function snapshot(result)
   local all = redis.call('HGETALL', m)
   for i = 1, #all, 2 do
@@ -135,10 +144,24 @@ local function reservedFor(name)
   return f
 end
 local claim = ARGV[13]
+local function mine(r)
+  return (token ~= '' and r[1] == token) or (claim ~= '' and r[4] == claim)
+end
 local function free(name)
   if redis.call('HEXISTS', m, name) == 1 then return false end
   local r = reservedFor(name)
-  return r == nil or (token ~= '' and r[1] == token) or (claim ~= '' and r[4] == claim)
+  return r == nil or mine(r)
+end
+local earlier = ARGV[14] or ''
+local fromEarlierLife = earlier ~= '' and earlier ~= (redis.call('GET', P .. 'r:' .. R .. ':e') or '')
+-- While Redis's loss is fresh (the key rejoin lives), the relays are still
+-- reserving their nodes' nicknames, one heartbeat after another: only a
+-- node coming back to one kept for it, or from the room's earlier life,
+-- joins now. A newcomer waits the grace out, or it might take a name whose
+-- holder's relay had not reserved it yet.
+if redis.call('EXISTS', P .. 'rejoin') == 1 and not fromEarlierLife then
+  local r = reservedFor(wanted)
+  if not (r and mine(r)) then return {'rejoining'} end
 end
 if ARGV[12] == '1' then
   local given = false
@@ -149,9 +172,7 @@ if ARGV[12] == '1' then
   -- this, max(1) came back as max, and max as max(1), as they happened to arrive.
   -- Only while Redis's loss is fresh (the key rejoin lives): a position from
   -- another epoch is easy to make up, and nobody picks a suffix by hand.
-  local earlier = ARGV[14] or ''
-  if earlier ~= '' and earlier ~= (redis.call('GET', P .. 'r:' .. R .. ':e') or '') and
-    redis.call('EXISTS', P .. 'rejoin') == 1 and free(wanted) then
+  if fromEarlierLife and redis.call('EXISTS', P .. 'rejoin') == 1 and free(wanted) then
     given = true
   end
   if not given then return {'bad-suffix'} end

@@ -887,6 +887,18 @@ export class Hub {
     return new JoinRefused(503, "full", what);
   }
 
+  /**
+   * A join refused while the relays recover from Redis's loss of the
+   * cluster's data (`rejoinGrace`): the nodes connected then come back
+   * first, to the nicknames kept for them. A node retries `unavailable`.
+   */
+  #recovering(session: string): JoinRefused {
+    this.refuse("unavailable");
+    const what = "the relays are recovering from Redis's loss of their data";
+    this.#logs.event("recovering", `Refused a node in ${shownName(session)} for now: ${what}`);
+    return new JoinRefused(503, "unavailable", `${what}: try again in a few seconds`);
+  }
+
   #backAgain(nickname: string, session: string): void {
     this.#returns.event(
       `${session}\n${nickname}`,
@@ -947,6 +959,7 @@ export class Hub {
         });
         if (joined === "bad-suffix") throw this.#badSuffix();
         if (joined === "max-sessions" || joined === "max-nodes") throw this.#full(joined, id);
+        if (joined === "lost" || joined === "rejoining") throw this.#recovering(id);
         result = joined;
         ({ replay, missed } = await this.#recoverFromCluster(cluster, hello, result));
       } catch (error) {
