@@ -2,7 +2,11 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { connect, ImmortalError, listen } from "../mod.ts";
-import { TcpAcceptor } from "../lib/link/tcp.ts";
+import { TcpAcceptor, TcpLink } from "../lib/link/tcp.ts";
+import { FrameReader } from "../lib/conn/_frame_reader.ts";
+import { clientOpen } from "../lib/conn/_handshake.ts";
+import { encodeFrame } from "../lib/frame/mod.ts";
+import { controlledPath } from "./_controlled_path.ts";
 import {
   patternHash,
   receiveAll,
@@ -169,5 +173,69 @@ Deno.test("closing the listener closes the links it is telling that it is busy",
   } finally {
     listener.close();
     await held.stop();
+  }
+});
+
+Deno.test("a link whose bytes are always there (a flood of tiny frames) keeps the event loop a moment at most: a timer set as the flood starts runs while it goes on", async () => {
+  const path = controlledPath();
+  const listener = listen({ acceptor: path.acceptor });
+  const client = await connect({ dialer: path.dialer });
+  const server = await listener.accept();
+  try {
+    // Acks of nothing, 10,000 to a read: the server's reads of them never
+    // wait (the in-memory path hands them over in the same turn).
+    const one = encodeFrame({ type: "ack", position: 0 });
+    const flood = new Uint8Array(one.length * 10_000);
+    for (let i = 0; i < 10_000; i++) flood.set(one, i * one.length);
+    const up = path.links[0].up;
+    let fired = false;
+    let ended = false;
+    let reads = 0;
+    const started = performance.now();
+    // Bounded: without turns, the timer waits for the flood's end (10 s, or 100,000 reads).
+    up.onDeliver = () => {
+      if (fired || ended) return;
+      ended = ++reads > 100_000 || performance.now() - started > 10_000;
+      if (!ended) up.queue.push(flood);
+    };
+    let duringFlood = false;
+    setTimeout(() => {
+      fired = true;
+      duringFlood = !ended;
+    }, 0);
+    up.queue.push(flood);
+    await up.write(new Uint8Array(0)); // wakes the server's read
+    await waitUntil(() => fired, "the timer");
+    assert.ok(duringFlood, `the timer waited for the flood's end (${reads} reads)`);
+  } finally {
+    client.close();
+    server.close();
+    await Promise.allSettled([client.closed, server.closed]);
+    listener.close();
+  }
+});
+
+Deno.test("a peer that floods pings (outside flow control) is cut off: the session ends with a protocol error", async () => {
+  const listener = listen({ hostname: "127.0.0.1", port: 0 });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  const link = new TcpLink(conn);
+  try {
+    const opening = clientOpen(new FrameReader(link), null, 1 << 20);
+    const server = await listener.accept();
+    await opening;
+    const one = encodeFrame({ type: "ping", stamp: 1 });
+    const pings = new Uint8Array(one.length * 2000);
+    for (let i = 0; i < 2000; i++) pings.set(one, i * one.length);
+    await link.write(pings);
+    const error = await within(
+      30_000,
+      "the session's end",
+      server.closed.then(() => null, (e) => e),
+    );
+    assert.ok(error instanceof ImmortalError && error.code === "protocol", String(error));
+    assert.match(error.message, /the peer sent more than 1000 pings in a second/);
+  } finally {
+    link.close();
+    listener.close();
   }
 });

@@ -31,6 +31,7 @@ import { localAddressGone } from "../link/_local_addresses.ts";
 import { describeValue, errorMessage, peerText } from "../_util.ts";
 import { ChunkQueue } from "../_chunk_queue.ts";
 import { LogLimiter } from "../_log_limiter.ts";
+import { BusyReads } from "../_busy_reads.ts";
 import { APPLICATION_CLOSE, closedByPeer, ImmortalError } from "./errors.ts";
 import {
   ClosedEvent,
@@ -63,6 +64,8 @@ const CONTROL_ROOM = 4096;
 const ZERO_COPY_MIN = 32 * 1024;
 /** Most payload one data frame carries (the peer's decoder limit is 1 MiB). */
 const MAX_DATA_FRAME = 1024 * 1024;
+/** More pings than this in a second end the session (PROTOCOL.md 1.12): ten times the fastest heartbeat's. */
+const MAX_PINGS_PER_SECOND = 1000;
 /** On a busy link, a ping still goes out every this many heartbeat intervals (for the RTT). */
 const RTT_REFRESH_BEATS = 10;
 /** A session being closed gets this long to flush its last frame. */
@@ -207,6 +210,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   #lastPing = -Infinity;
   #lastOutbound = -Infinity;
   #lostAt = 0;
+  /** Pings heard since `#pingsSince` (within a second). */
+  #pings = 0;
+  #pingsSince = -Infinity;
   #tickTimer: ReturnType<typeof setTimeout> | undefined;
   #flushTimer: ReturnType<typeof setTimeout> | undefined;
   #abort = new AbortController();
@@ -739,6 +745,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   async #readLoop(reader: FrameReader): Promise<void> {
     const link = reader.link;
     let proven = false;
+    // A flood of tiny frames (pings are outside flow control) kept the
+    // event loop for this link alone: other clients' handshakes took seconds.
+    const busy = new BusyReads();
     try {
       while (this.#link === link) {
         const frames = await reader.nextBatch();
@@ -758,6 +767,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         }
         const buffers = this.#readBuffers;
         reader.afterBatch(buffers.lent(reader.buffer), (old) => buffers.replace(old));
+        if (busy.due) await busy.turn();
       }
     } catch (error) {
       if (error instanceof ImmortalError) {
@@ -846,7 +856,21 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       }
       case "ack":
         return this.#onAck(frame.position);
-      case "ping":
+      case "ping": {
+        // Pings are outside flow control: a flood of them (millions a
+        // second, 13 bytes each) cost a core. The fastest honest peer pings
+        // 100 times a second (a 10 ms heartbeat).
+        const now = performance.now();
+        if (now - this.#pingsSince >= 1000) {
+          this.#pingsSince = now;
+          this.#pings = 0;
+        }
+        if (++this.#pings > MAX_PINGS_PER_SECOND) {
+          throw new ImmortalError(
+            "protocol",
+            `the peer sent more than ${MAX_PINGS_PER_SECOND} pings in a second`,
+          );
+        }
         // One pending pong at most (the newest stamp): a peer that floods
         // pings without reading cannot grow our control queue. Nothing is
         // sent after a bye.
@@ -854,6 +878,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         this.#pendingPong = frame.stamp;
         this.#kick();
         return;
+      }
       case "pong": {
         const now = performance.now();
         const rtt = now - frame.stamp;
