@@ -54,6 +54,12 @@ export function linkRequestKind(req: Request): LinkRequestKind {
   return null;
 }
 
+/** Whether `req` says it has a body (a length other than 0, or chunks). */
+function hasBody(req: Request): boolean {
+  const length = req.headers.get("content-length");
+  return req.headers.has("transfer-encoding") || (length !== null && length.trim() !== "0");
+}
+
 /** The answer to a request that is not for a link endpoint. */
 export function notALinkRequest(): Response {
   return new Response("this endpoint takes immortal links (WebSocket, or HTTP streaming)", {
@@ -85,6 +91,13 @@ export class HttpLinkEndpoint {
     upgrade = denoUpgrade,
   ): OpenedLink | string {
     if (linkRequestKind(req) === "websocket") return upgrade(req, remoteAddr);
+    if (hasBody(req)) {
+      // Ours sends none. One with a body, answered by a response that lasts
+      // as long as the link, had Deno.serve take the body for as long as
+      // the client sent it, unread: 150 MiB a connection, before any key.
+      req.body?.cancel().catch(() => {});
+      return "a request that opens an HTTP-streaming link has no body";
+    }
     const link: ServerHttpStreamLink = new ServerHttpStreamLink(
       remoteAddr,
       () => this.#streams.delete(link.id),

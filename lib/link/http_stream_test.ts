@@ -366,3 +366,41 @@ Deno.test("HTTP-streaming dial: a refusal with an endless body is read only as f
     await server.shutdown();
   }
 });
+
+Deno.test("HTTP-streaming links: a request that opens a link with a body (ours sends none) is refused 400, its body not taken, no link opened", async () => {
+  const endpoint = new HttpLinkEndpoint();
+  let opened = 0;
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    const result = endpoint.open(req, undefined);
+    if (typeof result === "string") return new Response(result, { status: 400 });
+    opened++;
+    return result.response;
+  });
+  try {
+    // A chunked body that goes on (Deno.serve would take it for as long as it came).
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+    try {
+      const head = "POST / HTTP/1.1\r\nhost: x\r\nx-immortal-link: open\r\n" +
+        "transfer-encoding: chunked\r\n\r\n10000\r\n";
+      await conn.write(new TextEncoder().encode(head));
+      await conn.write(new Uint8Array(4096));
+      // The answer's head and body, however the reads split them (bounded).
+      const answer = new Uint8Array(4096);
+      let text = "";
+      const done = () => text.includes("no body") || /^HTTP\/1\.1 (?!400)/.test(text);
+      for (let reads = 0; reads < 100 && !done(); reads++) {
+        const n = await conn.read(answer);
+        if (n === null) break;
+        text += new TextDecoder().decode(answer.subarray(0, n));
+      }
+      assert.match(text, /^HTTP\/1\.1 400 /);
+      assert.match(text, /opens an HTTP-streaming link has no body/);
+    } finally {
+      conn.close();
+    }
+    assert.equal(opened, 0);
+  } finally {
+    endpoint.close();
+    await server.shutdown();
+  }
+});
