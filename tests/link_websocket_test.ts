@@ -154,3 +154,72 @@ Deno.test("WebSocket links the listener turns away at once (their source dials t
     await server.shutdown();
   }
 });
+
+/**
+ * A raw WebSocket client that upgrades at `port`, sends one binary message
+ * that is no immortal frame, waits for the server's Close and never answers
+ * it; null when the upgrade was refused (with the status line).
+ */
+async function unansweringSocket(port: number): Promise<Deno.Conn | string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
+  await conn.write(new TextEncoder().encode(
+    `GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n` +
+      `sec-websocket-key: ${key}\r\nsec-websocket-version: 13\r\n\r\n`,
+  ));
+  const buffer = new Uint8Array(4096);
+  let head = "";
+  for (let reads = 0; reads < 100 && !head.includes("\r\n\r\n"); reads++) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    head += new TextDecoder().decode(buffer.subarray(0, n));
+  }
+  if (!head.startsWith("HTTP/1.1 101")) {
+    conn.close();
+    return head.split("\r\n")[0];
+  }
+  // Masked (with a zero mask) binary message of 5 bytes 0xff: no immortal frame.
+  await conn.write(new Uint8Array([0x82, 0x85, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]));
+  // The server's Close frame (0x88): the link is closed as far as it knows.
+  for (let reads = 0; reads < 100; reads++) {
+    const n = await conn.read(buffer);
+    if (n === null || buffer.subarray(0, n).includes(0x88)) break;
+  }
+  return conn;
+}
+
+Deno.test("WebSocket links behind Deno.serve whose peer never answers the close are counted until it does: past 8 from one address, its new ones are refused 503, not kept until the descriptors run out", async () => {
+  const links = new HttpLinkAcceptor();
+  const listener = listen({ acceptor: links, key: "secret" });
+  const serving = (async () => {
+    for await (const _ of listener) { /* none gets through */ }
+  })();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req, info) => links.handle(req, info),
+  );
+  const held: Deno.Conn[] = [];
+  try {
+    for (let i = 0; i < 8; i++) {
+      const socket = await unansweringSocket(server.addr.port);
+      assert.ok(typeof socket !== "string", `socket ${i + 1}: ${socket}`);
+      held.push(socket);
+    }
+    assert.equal(await unansweringSocket(server.addr.port), "HTTP/1.1 503 Service Unavailable");
+    // Once they are answered (here: their connections end), the address is welcome again.
+    for (const conn of held.splice(0)) conn.close();
+    let again: Deno.Conn | string = "";
+    for (let tries = 0; tries < 1000; tries++) {
+      again = await unansweringSocket(server.addr.port);
+      if (typeof again !== "string") break;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.ok(typeof again !== "string", String(again));
+    held.push(again);
+  } finally {
+    for (const conn of held) conn.close();
+    listener.close();
+    await serving;
+    await server.shutdown();
+  }
+});

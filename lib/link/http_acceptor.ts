@@ -12,6 +12,18 @@ import type { Acceptor, Link } from "./link.ts";
 import { HttpLinkEndpoint, linkRequestKind, notALinkRequest } from "./_http_link_endpoint.ts";
 import { LinkQueue } from "./_link_queue.ts";
 import { canonicalIp, forwardedClient, ipAddresses } from "./_forwarded_for.ts";
+import { WebSocketLink } from "./websocket.ts";
+
+/**
+ * WebSocket links closed here whose peer has not answered the close, beyond
+ * which new ones are refused (503): from one address, and from all. Deno
+ * keeps such a socket open for as long as the peer keeps its connection,
+ * and buffers whatever message it has begun (up to 64 MiB): a client that
+ * never answered reached a thousand descriptors in 25 s, and Deno.serve's
+ * accept loop died of EMFILE.
+ */
+const MAX_LINGERING_PER_SOURCE = 8;
+const MAX_LINGERING = 256;
 
 /** Settings of an {@linkcode HttpLinkAcceptor}. */
 export interface HttpLinkAcceptorOptions {
@@ -56,6 +68,8 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
   #trusted: string[];
   #links = new LinkQueue();
   #endpoint = new HttpLinkEndpoint();
+  /** WebSocket links whose socket is open, with their source. */
+  #sockets = new Map<WebSocketLink, string>();
 
   /** An acceptor with no links yet. */
   constructor(options: HttpLinkAcceptorOptions = {}) {
@@ -86,10 +100,39 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
       return new Response("too many links waiting", { status: 503 });
     }
     // Read before the upgrade: the request's details are gone after it.
-    const opened = this.#endpoint.open(req, this.#clientAddr(req, info?.remoteAddr));
+    const client = this.#clientAddr(req, info?.remoteAddr);
+    const source = client?.transport === "tcp" ? client.hostname : "";
+    if (kind === "websocket") {
+      const refusal = this.#lingeringRefusal(source);
+      if (refusal !== null) return new Response(refusal, { status: 503 });
+    }
+    const opened = this.#endpoint.open(req, client);
     if (typeof opened === "string") return new Response(opened, { status: 400 });
-    this.#links.push(opened.link);
+    const link = opened.link;
+    if (link instanceof WebSocketLink) {
+      this.#sockets.set(link, source);
+      link.socketClosed.then(() => this.#sockets.delete(link));
+    }
+    this.#links.push(link);
     return opened.response;
+  }
+
+  /** Why a WebSocket from `source` is refused now, or null: see MAX_LINGERING. */
+  #lingeringRefusal(source: string): string | null {
+    let all = 0;
+    let mine = 0;
+    for (const [link, from] of this.#sockets) {
+      if (!link.lingering) continue;
+      all++;
+      if (from === source) mine++;
+    }
+    if (mine >= MAX_LINGERING_PER_SOURCE) {
+      return `${mine} WebSocket links from your address were closed and not answered: answer them first`;
+    }
+    if (all >= MAX_LINGERING) {
+      return "too many WebSocket links are waiting for their close to be answered";
+    }
+    return null;
   }
 
   /** The client's address: the connection's peer, or the client a trusted proxy names. */

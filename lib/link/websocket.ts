@@ -36,8 +36,18 @@ export class WebSocketLink implements Link {
   #error: Error | null = null;
   #maxQueued: number;
   #opened: Promise<void>;
+  /** `close()` was called. */
+  #closedHere = false;
+  /** The socket itself has closed (its close event came). */
+  #socketGone = false;
   /** Address of the peer, when known (server side). */
   readonly remoteAddr?: Deno.Addr;
+  /**
+   * Resolves when the socket itself has closed: the peer answered our close,
+   * or its connection ended. Until then it holds a descriptor (and whatever
+   * Deno buffers of an unfinished message).
+   */
+  readonly socketClosed: Promise<void>;
 
   /**
    * Wraps `socket` (open, or opening: writes wait for it to open). A
@@ -69,13 +79,27 @@ export class WebSocketLink implements Link {
       }
       this.#received.push(chunk);
     };
+    const gone = Promise.withResolvers<void>();
+    this.socketClosed = gone.promise;
     socket.onclose = () => {
       this.#ended = true;
+      this.#socketGone = true;
       this.#received.end();
+      gone.resolve();
     };
     socket.onerror = (event) => {
       this.#fail(linkClosed((event as ErrorEvent).message || "error"));
     };
+  }
+
+  /**
+   * Closed here, and the socket still open: the peer has not answered the
+   * close. A server's socket from `Deno.upgradeWebSocket` waits for that
+   * answer for as long as the peer keeps its connection (Deno has no timeout
+   * for it), so a peer that never answers keeps it.
+   */
+  get lingering(): boolean {
+    return this.#closedHere && !this.#socketGone;
   }
 
   /** Bytes held: received and not yet read, and sent but not yet written to the socket. */
@@ -111,6 +135,7 @@ export class WebSocketLink implements Link {
   /** Closes the socket (once it has opened, if it is still opening); idempotent. */
   close(): void {
     this.#ended = true;
+    this.#closedHere = true;
     this.#received.end();
     const socket = this.#socket;
     // Closed while still opening, Deno's socket sends nothing, ever: the
