@@ -8,6 +8,7 @@ import { clientOpen } from "../lib/conn/_handshake.ts";
 import { encodeFrame } from "../lib/frame/mod.ts";
 import { controlledPath } from "./_controlled_path.ts";
 import {
+  eventsLogged,
   patternHash,
   receiveAll,
   renderRecord,
@@ -238,4 +239,33 @@ Deno.test("a peer that floods pings (outside flow control) is cut off: the sessi
     link.close();
     listener.close();
   }
+});
+
+Deno.test("a stranger that opens sessions and drops them makes room for itself quietly: evictions are said once per interval with a count, and their sessions' ends are not said again", async () => {
+  const records = await withLogs(async (records) => {
+    const listener = listen({ hostname: "127.0.0.1", port: 0 }); // no key: 16 sessions a source
+    const taken: { close(): void }[] = [];
+    const accepting = (async () => {
+      for await (const conn of listener) taken.push(conn);
+    })();
+    try {
+      for (let i = 0; i < 40; i++) {
+        const conn = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+        const link = new TcpLink(conn);
+        await clientOpen(new FrameReader(link), null, 1 << 20);
+        link.close(); // and never back: the session waits, parked, until room is made
+      }
+      await waitUntil(() => listener.stats.evicted >= 24, "the evictions");
+    } finally {
+      listener.close();
+      await accepting;
+      for (const conn of taken) conn.close();
+    }
+    return records;
+  });
+  const lines = records.map(renderRecord);
+  const evictions = eventsLogged(lines, /ended to make room: 16 sessions from 127\.0\.0\.1/);
+  assert.equal(evictions.total, 24, lines.join("\n"));
+  assert.ok(evictions.said <= 2, lines.join("\n"));
+  assert.ok(!lines.some((line) => /ended: ended to make room/.test(line)), lines.join("\n"));
 });

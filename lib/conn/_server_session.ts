@@ -7,6 +7,7 @@
  */
 
 import { getLogger } from "@logtape/logtape";
+import { LogLimiter } from "../_log_limiter.ts";
 import { sourceOf } from "./_source.ts";
 import { describePeer } from "../link/mod.ts";
 import { ImmortalError } from "./errors.ts";
@@ -194,6 +195,7 @@ export class ServerSessions {
   #sessions = new Map<string, ServerSession>();
   /** Sessions ended by {@linkcode ServerSessions.makeRoom} so far. */
   evicted = 0;
+  #evictions = new LogLimiter((line) => log.info(line));
 
   /** Sessions with `options` (its `key`, when set, admits only clients that prove it). */
   constructor(options: ResolvedOptions) {
@@ -254,8 +256,11 @@ export class ServerSessions {
     const evictOldestParked = (among: ServerSession[], why: string): boolean => {
       const parked = among.find((s) => !s.engine.linked);
       if (!parked) return false;
-      log.info("Session {id} ended to make room: {why}", { id: parked.secrets.id, why });
-      parked.engine.fail(new ImmortalError("closed", `ended to make room: ${why}`), null);
+      // Once per reason per interval: a stranger opening and dropping
+      // sessions made two lines each (177 a second from one address).
+      this.#evictions.event(why, `Session ${parked.secrets.id} ended to make room: ${why}`);
+      const error = new ImmortalError("closed", `ended to make room: ${why}`);
+      parked.engine.fail(error, null, false, true);
       // Forgotten now, whenever its ending completes: the loops below count on it.
       this.#sessions.delete(parked.secrets.id);
       this.evicted++;
@@ -288,5 +293,6 @@ export class ServerSessions {
   closeAll(): void {
     for (const session of [...this.#sessions.values()]) session.listenerClosed();
     this.#sessions.clear();
+    this.#evictions.flush();
   }
 }

@@ -1053,9 +1053,15 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
    * Ends the session. `error` null means an agreed end (bye, or reaping a
    * completed session); `clean` (default: `error` is null) makes `closed`
    * resolve rather than reject. With `tellPeer`, a close frame carrying that
-   * reason is flushed first.
+   * reason is flushed first. `said`: whoever ended it logged why (a line
+   * more for one event, when sessions are ended by the dozen, is a flood).
    */
-  fail(error: Error | null, tellPeer: string | null, clean: boolean = error === null): void {
+  fail(
+    error: Error | null,
+    tellPeer: string | null,
+    clean: boolean = error === null,
+    said = false,
+  ): void {
     if (this.#ending !== null || this.#phase === "ended") return;
     const ending = {
       error: error ?? new ImmortalError("closed", "the connection was closed"),
@@ -1071,7 +1077,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       this.#state = "closed";
       this.#sayLinkNews();
       // The peer's application closing it was logged (at info) as it came.
-      if (!clean && !closedByPeer(ending.error)) {
+      if (!clean && !said && !closedByPeer(ending.error)) {
         log.warn("Session {id} ended: {reason}", {
           id: this.sessionId,
           reason: ending.error.message,
