@@ -116,11 +116,11 @@ export function parsePositive(flag: string, text: string, integer = true): numbe
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Parses a duration in whole milliseconds, 1 ms to about 24.8 days, naming the flag in the error. */
-export function parseMillis(flag: string, text: string): number {
+export function parseMillis(flag: string, text: string, min = 1): number {
   const value = Number(text);
-  if (!/^\d+$/.test(text) || value < 1 || value > MAX_TIMER_MS) {
+  if (!/^\d+$/.test(text) || value < min || value > MAX_TIMER_MS) {
     throw new UsageError(
-      `${flag} must be a whole number of milliseconds from 1 to ${MAX_TIMER_MS}, got "${text}"`,
+      `${flag} must be a whole number of milliseconds from ${min} to ${MAX_TIMER_MS}, got "${text}"`,
     );
   }
   return value;

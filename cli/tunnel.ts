@@ -34,6 +34,7 @@ import {
 } from "./_common.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
 import { CONNECT_WAIT_MS } from "../lib/tunnel/tunnel_client.ts";
+import { MIN_HEARTBEAT_MS } from "../lib/conn/_options.ts";
 import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
 import { type Dialer, urlAddr } from "../lib/link/link.ts";
 import {
@@ -111,8 +112,8 @@ Options:
                       (info level; default 0: never)
 
 Link failure handling (milliseconds; both ends may set their own):
-  --heartbeat MS        ping a quiet link this often (default: 1000)
-  --dead-link MS        replace a link silent this long (default: 2500)
+  --heartbeat MS        ping a quiet link this often (default: 1000; at least 10)
+  --dead-link MS        replace a link silent this long (default: 2500; at least 10)
   --resume-timeout MS   give up on (client) or reap (server) a session whose
                         link stays down this long (default: 120000)
   --backoff-initial MS  client: first delay after a refused dial, or before
@@ -569,13 +570,15 @@ function _sessionSettings(
   role: "server" | "client",
   values: Record<string, string | boolean | undefined>,
 ): SessionOptions & { backoff?: BackoffOptions } {
-  const ms = (flag: string) => {
+  const ms = (flag: string, min?: number) => {
     const text = values[flag];
-    return typeof text === "string" ? parseMillis(`--${flag}`, text) : undefined;
+    return typeof text === "string" ? parseMillis(`--${flag}`, text, min) : undefined;
   };
   const session: SessionOptions & { backoff?: BackoffOptions } = {
-    heartbeatInterval: ms("heartbeat"),
-    deadLinkTimeout: ms("dead-link"),
+    // The session's own floor (a timer finer than 10 ms is not kept anyway):
+    // said as a usage error naming the flag, not the library's option.
+    heartbeatInterval: ms("heartbeat", MIN_HEARTBEAT_MS),
+    deadLinkTimeout: ms("dead-link", MIN_HEARTBEAT_MS),
     resumeTimeout: ms("resume-timeout"),
   };
   const backoff = {

@@ -109,6 +109,9 @@ Deno.test("tunnel CLI: bad link-failure flags are refused in one sentence naming
   const cases: [string[], RegExp][] = [
     [[...CLIENT, "--heartbeat", "0"], /--heartbeat must be a whole number of milliseconds/],
     [[...CLIENT, "--dead-link", "1.5"], /--dead-link must be a whole number/],
+    // The session's floor, said of the flag (it was the library's option, exit 1).
+    [[...CLIENT, "--heartbeat", "5", "--dead-link", "100"], /--heartbeat .* from 10 to /],
+    [[...CLIENT, "--heartbeat", "10", "--dead-link", "9"], /--dead-link .* from 10 to /],
     [[...CLIENT, "--resume-timeout", "10000000000"], /from 1 to 2147483647, got "10000000000"/],
     [[...CLIENT, "--backoff-max=-5"], /--backoff-max must be a whole number/],
     [[...CLIENT, "--heartbeat", "3000"], /--dead-link \(2500 ms\) must be longer than --heartbeat/],

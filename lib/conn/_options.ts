@@ -36,6 +36,9 @@ export function positive(name: string, value: unknown, fallback: number, min = 1
   return value;
 }
 
+/** The shortest heartbeat interval and dead-link timeout, ms: finer timers are not kept anyway. */
+export const MIN_HEARTBEAT_MS = 10;
+
 /**
  * An optional wait in ms of at least `min` (default 1), short enough for a
  * timer: a longer one would fire at once (a resume timeout of 30 days would
@@ -77,8 +80,18 @@ export function resolveOptions(
       throw new TypeError(`key must be a non-empty string or Uint8Array, got ${given}`);
     }
   }
-  const heartbeatInterval = timerMs("heartbeatInterval", options.heartbeatInterval, 1000, 10);
-  const deadLinkTimeout = timerMs("deadLinkTimeout", options.deadLinkTimeout, 2500, 10);
+  const heartbeatInterval = timerMs(
+    "heartbeatInterval",
+    options.heartbeatInterval,
+    1000,
+    MIN_HEARTBEAT_MS,
+  );
+  const deadLinkTimeout = timerMs(
+    "deadLinkTimeout",
+    options.deadLinkTimeout,
+    2500,
+    MIN_HEARTBEAT_MS,
+  );
   if (deadLinkTimeout <= heartbeatInterval) {
     throw new RangeError(
       `deadLinkTimeout (${deadLinkTimeout} ms) must be longer than heartbeatInterval (${heartbeatInterval} ms)`,
