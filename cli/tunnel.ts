@@ -950,10 +950,15 @@ async function _joinAsName(
   for (;;) {
     const held = () => node.members.some((member) => member.nickname === relay.name);
     const heldByMember = held();
-    while (held() && performance.now() < deadline) {
-      await _pause(Math.min(MEMBER_POLL_MS, Math.max(0, deadline - performance.now())), stopping);
+    try {
+      while (held() && performance.now() < deadline) {
+        await _pause(Math.min(MEMBER_POLL_MS, Math.max(0, deadline - performance.now())), stopping);
+      }
+    } finally {
+      // Stopped (Ctrl-C) while waiting too: it leaves (the session hears
+      // "left"), not vanishes (heard "gone" 2.5 s later).
+      await node.close();
     }
-    await node.close();
     const remaining = deadline - performance.now();
     if (remaining <= 0) {
       throw new Error(

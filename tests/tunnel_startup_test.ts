@@ -585,11 +585,23 @@ Deno.test("tunnel server through a relay whose name is held: it waits under a st
       second.log,
       /^error: the name "lab-echo" is taken in session lab: is another tunnel server using it\? Stop it, or give this one another --name$/m,
     );
-    // A third, waiting for it, stops cleanly on SIGTERM while it waits.
+    // A third, waiting for it, stops cleanly on SIGTERM while it waits: its
+    // stand-in leaves (it was "gone", 2.5 s later, as if it had crashed).
+    await using watcher = await RelayNode.connect(relay.url, { session: "lab", nickname: "w" });
+    const watched = recordEvents(watcher);
     const third = nameServer();
     await third.waitFor(/waiting for it/, "the third server waiting");
+    const standIn = (e: (typeof watched.events)[number]) =>
+      (e.type === "join" || e.type === "leave") && e.nickname === "lab-echo(1)";
+    await watched.until(() => watched.events.some(standIn), "the stand-in joined");
     assert.equal(await third.stop(), 0, third.log);
     assert.match(third.log, /SIGTERM: stopping/);
+    await watched.until(
+      () => watched.events.some((e) => e.type === "leave" && standIn(e)),
+      "the stand-in's leave",
+    );
+    const leave = watched.events.find((e) => e.type === "leave" && standIn(e));
+    assert.equal(leave?.type === "leave" ? leave.reason : undefined, "left");
 
     const listenPort = freePort();
     const client = spawnCli(permissions, CLI, [
