@@ -11,6 +11,7 @@ import {
   TunnelServer,
 } from "../mod.ts";
 import { splice, TunnelClosing } from "../lib/tunnel/_splice.ts";
+import { tcpDialer } from "../lib/link/tcp.ts";
 import { muxPair } from "./_mux_pair.ts";
 import { encodeFrame, FrameType, GREETING, HEADER_SIZE } from "../lib/mux/_frames.ts";
 import { concat } from "../lib/_util.ts";
@@ -493,4 +494,91 @@ Deno.test("a connection whose remote direction ended whole ends at once when its
   t.closing.close(); // as TunnelClient.close() does, then it closes its session
   t.client.close("the tunnel client is shutting down");
   await within(30_000, "the splice's end, the application reading nothing", t.splicing);
+});
+
+/** Sends `text` through `port`, half-closes, and returns what came back. */
+async function echoThrough(port: number, text: string): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(new TextEncoder().encode(text));
+  await conn.closeWrite();
+  return await new Response(conn.readable).text();
+}
+
+Deno.test("tunnel client: a connection made while an opening is under way gets its own connectWait, not what is left of that opening's", async () => {
+  await using target = startTarget("echo");
+  await using server = new TunnelServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    target: { hostname: "127.0.0.1", port: target.port },
+  });
+  let up = false;
+  let dials = 0;
+  const reach = tcpDialer({ port: server.addr.port });
+  await using client = new TunnelClient({
+    port: 0,
+    connectWait: 3000,
+    backoff: { initial: 50, max: 100 },
+    dialer: (signal) => {
+      dials++;
+      return up
+        ? reach(signal)
+        : Promise.reject(new ImmortalError("unreachable", "down on purpose"));
+    },
+  });
+  // A: its connection starts the opening, which tries for 3 s.
+  const first = await Deno.connect({ hostname: "127.0.0.1", port: client.addr.port });
+  await waitUntil(() => dials >= 4, "the opening under way");
+  // B comes while it is, and must wait its own 3 s.
+  const second = echoThrough(client.addr.port, "second");
+  // A is given up when the opening's 3 s are over (nothing comes back).
+  assert.equal(await within(30_000, "the first given up", first.read(new Uint8Array(8))), null);
+  first.close();
+  up = true;
+  assert.equal(await within(30_000, "the second carried", second), "second");
+});
+
+Deno.test("tunnel client: a connection made while a session resumes toward a restarted server (which no longer knows it) goes on the next session, not down with that one", async () => {
+  await using target = startTarget("echo");
+  const key = "restart-test-key";
+  const port = freePort();
+  const serve = () =>
+    new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-net=127.0.0.1",
+        new URL("../cli/tunnel.ts", import.meta.url).pathname,
+        "server",
+        String(port),
+        "127.0.0.1",
+        String(target.port),
+        "--listen-host",
+        "127.0.0.1",
+        "--key",
+        key,
+        "--log-level",
+        "error",
+      ],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+  let server = serve();
+  await using client = new TunnelClient({
+    port: 0,
+    server: { hostname: "127.0.0.1", port },
+    key,
+    ...FAST,
+  });
+  try {
+    await within(30_000, "the tunnel up", client.open());
+    assert.equal(await echoThrough(client.addr.port, "before"), "before");
+    // A crash: nothing tells the client; its session resumes toward the port.
+    server.kill("SIGKILL");
+    await server.status;
+    await waitUntil(() => client.sessions[0]?.state === "reconnecting", "the session resuming");
+    server = serve(); // knows no session: answers "unknown-session" (believed on the third)
+    assert.equal(await within(60_000, "the echo", echoThrough(client.addr.port, "after")), "after");
+  } finally {
+    server.kill("SIGKILL");
+    await server.status;
+  }
 });

@@ -38,6 +38,8 @@ const log = getLogger(["immortal", "tunnel"]);
 export const CONNECT_WAIT_MS = 30_000;
 
 const RETRIED = new Set(["unreachable", "rejected"]);
+/** Sessions a new stream waits for, one after another, before it takes what it has. */
+const MAX_SESSION_ROUNDS = 16;
 
 /**
  * `options` checked, all at once: the client's own settings, where the
@@ -113,7 +115,10 @@ export interface TunnelClientOptions extends SessionOptions {
   backoff?: BackoffOptions;
   /**
    * While the server is unreachable, a new local connection waits this long
-   * (ms) for it before it is closed. Default 30000.
+   * (ms) for it before it is closed, counted from when it came (not from
+   * the opening already under way). While the session resumes, a new
+   * connection waits for it, and goes on the next session if it ends.
+   * Default 30000.
    */
   connectWait?: number;
 }
@@ -341,11 +346,48 @@ export class TunnelClient implements AsyncDisposable {
     return this.#session;
   }
 
+  /**
+   * The session a new local connection's stream goes on, for as long as the
+   * connection's own wait (`connectWait`) lasts. An opening already under
+   * way when the connection came (started by an earlier one) may give up
+   * before that: another is tried. A session that is resuming is waited
+   * for, and replaced if it ends: a stream opened on it went down with it
+   * when a restarted server said it no longer knew the session (new
+   * connections in the seconds after a server restart were closed unserved).
+   */
+  async #sessionForNewStream(): Promise<MuxSession> {
+    const { connectWait = CONNECT_WAIT_MS } = this.#options;
+    const deadline = performance.now() + connectWait;
+    // Bounded: each round is an opening that failed or a session that ended.
+    for (let rounds = 1;; rounds++) {
+      let session: MuxSession;
+      try {
+        session = await this.#sessionForStream();
+      } catch (error) {
+        if (
+          error instanceof ImmortalError && RETRIED.has(error.code) &&
+          performance.now() < deadline && !this.#closing.signal.aborted
+        ) continue;
+        throw error;
+      }
+      const state = session.conn.state;
+      if (state === "connected" || rounds >= MAX_SESSION_ROUNDS) return session;
+      if (state === "reconnecting" && (await resumedOrEnded(session))) return session;
+      if (this.#closing.signal.aborted) throw new ImmortalError("closed", "the tunnel is closing");
+      // Ended: let go of it now (its own end does, a few turns later), so
+      // that the next round opens another.
+      if (this.#current === session) {
+        this.#current = null;
+        this.#session = null;
+      }
+    }
+  }
+
   async #carry(tcp: Deno.TcpConn): Promise<void> {
     this.#active.add(tcp);
     const local = formatAddr(tcp.remoteAddr);
     try {
-      const session = await this.#sessionForStream();
+      const session = await this.#sessionForNewStream();
       const stream = session.open();
       // Per connection only at debug level: a burst of a thousand is no news.
       log.debug("Stream {stream} carries local client {local}", { stream: stream.id, local });
@@ -420,5 +462,23 @@ export class TunnelClient implements AsyncDisposable {
   /** Same as {@linkcode TunnelClient.close}. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
+  }
+}
+
+/** Whether `session`, resuming, is back (true) or ended first (false). */
+async function resumedOrEnded(session: MuxSession): Promise<boolean> {
+  const done = new AbortController();
+  try {
+    return await Promise.race([
+      new Promise<boolean>((resolve) =>
+        session.conn.addEventListener("resumed", () => resolve(true), {
+          once: true,
+          signal: done.signal,
+        })
+      ),
+      session.closed.then(() => false, () => false),
+    ]);
+  } finally {
+    done.abort();
   }
 }
