@@ -33,6 +33,7 @@ import {
   warnSecretFlags,
 } from "./_common.ts";
 import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
+import { redactedUrl } from "../lib/relay/_settings.ts";
 import { CONNECT_WAIT_MS } from "../lib/tunnel/tunnel_client.ts";
 import { MIN_HEARTBEAT_MS } from "../lib/conn/_options.ts";
 import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
@@ -708,7 +709,7 @@ async function _nodeDropped(
     }
   }
   if (closing.aborted) return await new Promise<never>(() => {});
-  throw new Error(`the relay at ${relay.url} dropped us: ${why}`);
+  throw new Error(`the relay at ${redactedUrl(relay.url)} dropped us: ${why}`);
 }
 
 /**
@@ -898,17 +899,21 @@ async function _joinRelay(
       if (error === STOPPED) throw error;
       if (error instanceof RelayRefusedError && error.code !== "unavailable") {
         throw new Error(
-          `the relay at ${relay.url} refused us: ${error.message}${_secretHint(relay, error.code)}`,
+          `the relay at ${redactedUrl(relay.url)} refused us: ${error.message}${
+            _secretHint(relay, error.code)
+          }`,
         );
       }
       const remaining = deadline - performance.now();
       if (!_mayComeUp(error) || remaining <= 0) {
         const waited = attempt > 1 ? ` (tried for ${_secondsText(wait)} s)` : "";
-        throw new Error(`cannot reach the relay at ${relay.url}${waited}: ${errorMessage(error)}`);
+        throw new Error(
+          `cannot reach the relay at ${redactedUrl(relay.url)}${waited}: ${errorMessage(error)}`,
+        );
       }
       if (attempt === 1) {
         log.warn("Relay at {url} not reachable ({reason}); trying again for {seconds} s", {
-          url: relay.url,
+          url: redactedUrl(relay.url),
           reason: errorMessage(error),
           seconds: _secondsText(wait),
         });
@@ -1004,7 +1009,7 @@ function _startRelayServer(
 function _joined(relay: TunnelRelayConfig, node: RelayNode, log: Logger): void {
   log.info("Joined session {session} of the relay at {url} as {name} ({transport}{secret})", {
     session: relay.session,
-    url: relay.url,
+    url: redactedUrl(relay.url),
     name: node.nickname,
     transport: node.transport,
     secret: relay.secretSource === undefined ? "" : `; relay secret from ${relay.secretSource}`,
@@ -1036,7 +1041,7 @@ function _startRelayClient(
 } {
   const to = relay.to!;
   let dial: Dialer | null = null;
-  let notYet = `the relay at ${relay.url} is not reached yet`;
+  let notYet = `the relay at ${redactedUrl(relay.url)} is not reached yet`;
   const tunnel = new TunnelClient({
     hostname: config.listenHost,
     port: config.listenPort,
@@ -1049,7 +1054,7 @@ function _startRelayClient(
   });
   log.info("Tunnel client on {listen}, via the relay at {url} to {to}", {
     listen: hostPort(config.listenHost, config.listenPort),
-    url: relay.url,
+    url: redactedUrl(relay.url),
     to,
   });
   const starting = (async () => {
@@ -1071,7 +1076,9 @@ function _startRelayClient(
           await _pause(MEMBER_POLL_MS, stopping);
         }
         if (!present()) {
-          throw new Error(`no tunnel server "${to}" in session ${relay.session} of ${relay.url}`);
+          throw new Error(
+            `no tunnel server "${to}" in session ${relay.session} of ${redactedUrl(relay.url)}`,
+          );
         }
       }
       dial = node.pipeDialer(to);

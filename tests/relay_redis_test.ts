@@ -480,6 +480,21 @@ Deno.test("relay CLI: a Redis that refuses its password ends it with one line an
   assert.doesNotMatch(relay.log, /\n\s+at /);
 });
 
+Deno.test("relay CLI: --redis without the variable its Redis client reads is one line at start, naming the flag, not 'listening' and then Deno's words", async () => {
+  const relay = spawnCli(["--allow-net=127.0.0.1"], CLI, [
+    ...["--open", "--hostname", "127.0.0.1", "--port", String(freePort())],
+    ...["--redis", `redis://127.0.0.1:${freePort()}`],
+  ]);
+  const { code } = await within(30_000, "the relay exiting", relay.child.status);
+  await relay.stop();
+  assert.equal(code, 1, relay.log);
+  assert.match(
+    relay.log,
+    /^error: a relay on Redis needs to read REDIS_DEBUG_MAINTENANCE \(its Redis client does\): run with --allow-env=REDIS_DEBUG_MAINTENANCE/m,
+  );
+  assert.doesNotMatch(relay.log, /Relay listening/);
+});
+
 Deno.test("two relay processes share one port (--reuse-port) and, through Redis, one session", async () => {
   await using redis = await startRedis();
   const port = freePort();

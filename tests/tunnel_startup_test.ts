@@ -516,7 +516,8 @@ Deno.test("tunnel CLI through a relay that never comes up: one line, then one er
   const { path } = await keyFile();
   const args = [
     "--relay",
-    `http://127.0.0.1:${freePort()}`,
+    // A password in the URL is never written out.
+    `http://me:hunter2@127.0.0.1:${freePort()}`,
     "--session",
     "lab",
     "--key-file",
@@ -532,8 +533,9 @@ Deno.test("tunnel CLI through a relay that never comes up: one line, then one er
     assert.match(client.log, /not reachable .*; trying again for 0.3 s/);
     assert.match(
       client.log,
-      /^error: cannot reach the relay at http:\/\/127\.0\.0\.1:\d+ \(tried for 0\.3 s\): .*refused/m,
+      /^error: cannot reach the relay at http:\/\/me:\*\*\*@127\.0\.0\.1:\d+ \(tried for 0\.3 s\): .*refused/m,
     );
+    assert.doesNotMatch(client.log, /hunter2/);
     assert.equal(client.log.match(/^error:/gm)?.length, 1, client.log);
   } finally {
     await Deno.remove(path);
