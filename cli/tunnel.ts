@@ -1297,7 +1297,9 @@ function _statsPrinter(tunnel: TunnelServer | TunnelClient, log: Logger): () => 
 if (import.meta.main) {
   if (Deno.args[0] === "keygen") {
     if (Deno.args.length > 1 && !["-h", "--help"].includes(Deno.args[1])) {
-      console.error(`error: keygen takes no arguments, got "${Deno.args[1]}"`);
+      console.error(
+        `error: keygen takes no arguments, got "${Deno.args[1]}"\nRun with --help for usage.`,
+      );
       Deno.exit(2);
     }
     console.log(Deno.args.length > 1 ? "tunnel keygen: prints a fresh random key" : generateKey());

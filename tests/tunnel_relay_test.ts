@@ -272,6 +272,13 @@ Deno.test("tunnel CLI through a relay: keygen, and one clear line for a missing 
   const key = (await runTunnel(["keygen"], "127.0.0.1")).stdout.trim();
   assert.match(key, /^[0-9a-f]{64}$/);
   assert.notEqual(key, (await runTunnel(["keygen"], "127.0.0.1")).stdout.trim());
+  // A word too many is bad input, said as all bad input is.
+  const extra = await runTunnel(["keygen", "extra"], "127.0.0.1");
+  assert.equal(extra.code, 2);
+  assert.equal(
+    extra.stderr,
+    'error: keygen takes no arguments, got "extra"\nRun with --help for usage.\n',
+  );
 
   await using relay = serveRelay({ hostname: "127.0.0.1", port: 0, secret: "s", onListen() {} });
   const url = `http://127.0.0.1:${relay.addr.port}`;
