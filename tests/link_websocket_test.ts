@@ -160,12 +160,13 @@ Deno.test("WebSocket links the listener turns away at once (their source dials t
  * that is no immortal frame, waits for the server's Close and never answers
  * it; null when the upgrade was refused (with the status line).
  */
-async function unansweringSocket(port: number): Promise<Deno.Conn | string> {
+async function unansweringSocket(port: number, forwardedFor?: string): Promise<Deno.Conn | string> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
+  const forwarded = forwardedFor === undefined ? "" : `x-forwarded-for: ${forwardedFor}\r\n`;
   await conn.write(new TextEncoder().encode(
     `GET / HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n` +
-      `sec-websocket-key: ${key}\r\nsec-websocket-version: 13\r\n\r\n`,
+      `sec-websocket-key: ${key}\r\nsec-websocket-version: 13\r\n${forwarded}\r\n`,
   ));
   const buffer = new Uint8Array(4096);
   let head = "";
@@ -216,6 +217,40 @@ Deno.test("WebSocket links behind Deno.serve whose peer never answers the close 
     }
     assert.ok(typeof again !== "string", String(again));
     held.push(again);
+  } finally {
+    for (const conn of held) conn.close();
+    listener.close();
+    await serving;
+    await server.shutdown();
+  }
+});
+
+Deno.test("WebSocket links whose peer never answers the close are counted by source as the listener counts them: an IPv6 /64 is one", async () => {
+  const links = new HttpLinkAcceptor({ trustedProxies: ["127.0.0.1"] });
+  const listener = listen({ acceptor: links, key: "secret" });
+  const serving = (async () => {
+    for await (const _ of listener) { /* none gets through */ }
+  })();
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (req, info) => links.handle(req, info),
+  );
+  const held: Deno.Conn[] = [];
+  try {
+    for (let i = 1; i <= 8; i++) {
+      const socket = await unansweringSocket(server.addr.port, `2001:db8::${i}`);
+      assert.ok(typeof socket !== "string", `socket ${i}: ${socket}`);
+      held.push(socket);
+    }
+    // Another address of the same /64: the same source.
+    assert.equal(
+      await unansweringSocket(server.addr.port, "2001:db8::ff"),
+      "HTTP/1.1 503 Service Unavailable",
+    );
+    // Another /64: another source.
+    const other = await unansweringSocket(server.addr.port, "2001:db8:0:1::1");
+    assert.ok(typeof other !== "string", String(other));
+    held.push(other);
   } finally {
     for (const conn of held) conn.close();
     listener.close();

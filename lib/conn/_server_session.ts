@@ -8,7 +8,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { LogLimiter } from "../_log_limiter.ts";
-import { sourceOf } from "./_source.ts";
+import { sourceOf } from "../link/_source.ts";
 import { describePeer } from "../link/mod.ts";
 import { ImmortalError } from "./errors.ts";
 import type { FrameReader } from "./_frame_reader.ts";

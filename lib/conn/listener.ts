@@ -25,7 +25,7 @@ import type { ImmortalConn } from "./immortal_conn.ts";
 import { type ResolvedOptions, resolveOptions } from "./_options.ts";
 import type { SessionOptions } from "./options.ts";
 import { ServerSessions } from "./_server_session.ts";
-import { sourceOf } from "./_source.ts";
+import { sourceOf } from "../link/_source.ts";
 import { SourceBuckets } from "./_source_buckets.ts";
 
 /** A TLS record: fatal alert `protocol_version` (RFC 8446 6), what a plain server says to TLS. */

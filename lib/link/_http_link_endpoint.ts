@@ -54,6 +54,32 @@ export function linkRequestKind(req: Request): LinkRequestKind {
   return null;
 }
 
+/**
+ * Reads the body of a request that said it had none: over HTTP/2 a body
+ * needs no header to say so (a link was opened with one). What comes is
+ * read, not left to pile up, and a byte of it ends the link.
+ */
+function refuseLateBody(req: Request, link: Link): void {
+  const body = req.body;
+  if (body === null) return;
+  (async () => {
+    const reader = body.getReader();
+    try {
+      // Empty chunks are no body (a few at most; then it is one).
+      for (let reads = 0; reads < 16; reads++) {
+        const { done, value } = await reader.read();
+        if (done) return;
+        if (value.length > 0) break;
+      }
+      link.close();
+    } catch {
+      // The request went away: its link's response ends with it.
+    } finally {
+      reader.cancel().catch(() => {});
+    }
+  })();
+}
+
 /** Whether `req` says it has a body (a length other than 0, or chunks). */
 function hasBody(req: Request): boolean {
   const length = req.headers.get("content-length");
@@ -104,6 +130,7 @@ export class HttpLinkEndpoint {
       this.#newId(),
     );
     this.#streams.set(link.id, link);
+    refuseLateBody(req, link);
     return { link, response: link.response };
   }
 

@@ -13,17 +13,33 @@ import { HttpLinkEndpoint, linkRequestKind, notALinkRequest } from "./_http_link
 import { LinkQueue } from "./_link_queue.ts";
 import { canonicalIp, forwardedClient, ipAddresses } from "./_forwarded_for.ts";
 import { WebSocketLink } from "./websocket.ts";
+import { sourceOf } from "./_source.ts";
 
 /**
- * WebSocket links closed here whose peer has not answered the close, beyond
- * which new ones are refused (503): from one address, and from all. Deno
- * keeps such a socket open for as long as the peer keeps its connection,
- * and buffers whatever message it has begun (up to 64 MiB): a client that
- * never answered reached a thousand descriptors in 25 s, and Deno.serve's
- * accept loop died of EMFILE.
+ * WebSocket links closed here whose peer has not answered the close
+ * ("lingering"): Deno keeps such a socket open for as long as the peer keeps
+ * its connection, and buffers whatever message it has begun (up to 64 MiB).
+ * A client that never answered reached a thousand descriptors in 25 s, and
+ * Deno.serve's accept loop died of EMFILE. So a source (an address; an IPv6
+ * /64) with this many lingering, and as many as it has live links, gets no
+ * more WebSocket links (503) until they are answered. As many as its live
+ * links: a peer that vanished (a laptop asleep, a phone gone to another
+ * network) lingers too, until TCP gives up (15 minutes), and many clients
+ * behind one NAT must not lock each other out.
  */
 const MAX_LINGERING_PER_SOURCE = 8;
+/**
+ * Lingering sockets in all beyond which a source with any of its own gets
+ * no more: strangers from many addresses each add one at most, and a source
+ * with none is never refused for others'.
+ */
 const MAX_LINGERING = 256;
+
+/** A source's WebSocket links whose sockets are open. */
+interface SourceSockets {
+  live: number;
+  lingering: number;
+}
 
 /** Settings of an {@linkcode HttpLinkAcceptor}. */
 export interface HttpLinkAcceptorOptions {
@@ -68,8 +84,9 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
   #trusted: string[];
   #links = new LinkQueue();
   #endpoint = new HttpLinkEndpoint();
-  /** WebSocket links whose socket is open, with their source. */
-  #sockets = new Map<WebSocketLink, string>();
+  /** WebSocket links whose socket is open, by source. */
+  #sources = new Map<string, SourceSockets>();
+  #lingering = 0;
 
   /** An acceptor with no links yet. */
   constructor(options: HttpLinkAcceptorOptions = {}) {
@@ -89,7 +106,10 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
   /**
    * Handles one request: a WebSocket upgrade, or a POST of the HTTP-streaming
    * transport (opening a link, or carrying its bytes up), becomes or feeds a
-   * link; anything else is answered 426 (upgrade required).
+   * link; anything else is answered 426 (upgrade required). 503 when the
+   * acceptor is closed, too many links wait for `accept()`, or (a WebSocket)
+   * the client's address has too many links whose close it never answered;
+   * 400 for an opening request with a body.
    */
   handle(req: Request, info?: Deno.ServeHandlerInfo): Response | Promise<Response> {
     if (this.#links.closed) return new Response("not accepting links", { status: 503 });
@@ -101,35 +121,50 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
     }
     // Read before the upgrade: the request's details are gone after it.
     const client = this.#clientAddr(req, info?.remoteAddr);
-    const source = client?.transport === "tcp" ? client.hostname : "";
+    const source = sourceOf(client) ?? "";
     if (kind === "websocket") {
       const refusal = this.#lingeringRefusal(source);
       if (refusal !== null) return new Response(refusal, { status: 503 });
     }
     const opened = this.#endpoint.open(req, client);
     if (typeof opened === "string") return new Response(opened, { status: 400 });
-    const link = opened.link;
-    if (link instanceof WebSocketLink) {
-      this.#sockets.set(link, source);
-      link.socketClosed.then(() => this.#sockets.delete(link));
-    }
-    this.#links.push(link);
+    if (opened.link instanceof WebSocketLink) this.#count(opened.link, source);
+    this.#links.push(opened.link);
     return opened.response;
   }
 
-  /** Why a WebSocket from `source` is refused now, or null: see MAX_LINGERING. */
+  /** Counts `link`'s socket for `source` until it closes: live, then lingering once closed here. */
+  #count(link: WebSocketLink, source: string): void {
+    const counts = this.#sources.get(source) ?? { live: 0, lingering: 0 };
+    this.#sources.set(source, counts);
+    counts.live++;
+    let lingering = false;
+    link.closing.then(() => {
+      lingering = true;
+      counts.live--;
+      counts.lingering++;
+      this.#lingering++;
+    });
+    link.socketClosed.then(() => {
+      if (lingering) {
+        counts.lingering--;
+        this.#lingering--;
+      } else {
+        counts.live--;
+      }
+      if (counts.live === 0 && counts.lingering === 0) this.#sources.delete(source);
+    });
+  }
+
+  /** Why a WebSocket from `source` is refused now, or null: see MAX_LINGERING_PER_SOURCE. */
   #lingeringRefusal(source: string): string | null {
-    let all = 0;
-    let mine = 0;
-    for (const [link, from] of this.#sockets) {
-      if (!link.lingering) continue;
-      all++;
-      if (from === source) mine++;
+    const counts = this.#sources.get(source);
+    if (counts === undefined || counts.lingering === 0) return null;
+    if (counts.lingering >= Math.max(MAX_LINGERING_PER_SOURCE, counts.live)) {
+      return `${counts.lingering} WebSocket links from your address were closed and their ` +
+        "close not answered: answer them first";
     }
-    if (mine >= MAX_LINGERING_PER_SOURCE) {
-      return `${mine} WebSocket links from your address were closed and not answered: answer them first`;
-    }
-    if (all >= MAX_LINGERING) {
+    if (this.#lingering >= MAX_LINGERING) {
       return "too many WebSocket links are waiting for their close to be answered";
     }
     return null;

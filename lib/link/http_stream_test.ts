@@ -404,3 +404,33 @@ Deno.test("HTTP-streaming links: a request that opens a link with a body (ours s
     await server.shutdown();
   }
 });
+
+Deno.test("HTTP-streaming links: a body that came without a header saying so (HTTP/2 needs none) ends the link it opened", async () => {
+  const endpoint = new HttpLinkEndpoint();
+  try {
+    const req = new Request("http://127.0.0.1/", {
+      method: "POST",
+      headers: { "x-immortal-link": "open" },
+      body: new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new Uint8Array([1, 2, 3]));
+        },
+      }),
+    });
+    assert.equal(req.headers.get("content-length"), null);
+    const opened = endpoint.open(req, undefined);
+    assert.ok(typeof opened !== "string", String(opened));
+    // Bounded: the link would otherwise wait for upstream POSTs for ever.
+    const late = new Promise<string>((resolve) => {
+      const timer = setTimeout(() => resolve("still open"), 10_000);
+      opened.link.read(new Uint8Array(8)).finally(() => clearTimeout(timer)).then(
+        () => resolve("ended"),
+        () => resolve("ended"),
+      );
+    });
+    assert.equal(await late, "ended");
+    await opened.response.body?.cancel();
+  } finally {
+    endpoint.close();
+  }
+});

@@ -48,6 +48,13 @@ export class WebSocketLink implements Link {
    * Deno buffers of an unfinished message).
    */
   readonly socketClosed: Promise<void>;
+  /**
+   * Resolves when this side closes the link while its socket is open: from
+   * then until {@linkcode WebSocketLink.socketClosed}, it is
+   * {@linkcode WebSocketLink.lingering}.
+   */
+  readonly closing: Promise<void>;
+  #startClosing: () => void;
 
   /**
    * Wraps `socket` (open, or opening: writes wait for it to open). A
@@ -81,6 +88,9 @@ export class WebSocketLink implements Link {
     };
     const gone = Promise.withResolvers<void>();
     this.socketClosed = gone.promise;
+    const closing = Promise.withResolvers<void>();
+    this.closing = closing.promise;
+    this.#startClosing = closing.resolve;
     socket.onclose = () => {
       this.#ended = true;
       this.#socketGone = true;
@@ -135,6 +145,7 @@ export class WebSocketLink implements Link {
   /** Closes the socket (once it has opened, if it is still opening); idempotent. */
   close(): void {
     this.#ended = true;
+    if (!this.#closedHere && !this.#socketGone) this.#startClosing();
     this.#closedHere = true;
     this.#received.end();
     const socket = this.#socket;

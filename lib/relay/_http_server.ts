@@ -30,7 +30,7 @@
 
 import { getLogger } from "@logtape/logtape";
 import { formatAddr } from "../link/mod.ts";
-import { sourceOf } from "../conn/_source.ts";
+import { sourceOf } from "../link/_source.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import {
   acceptBackoff,
