@@ -127,7 +127,12 @@ export interface ClusterJoin {
 }
 
 /** Why the cluster refused a join. */
-export type ClusterRefusal = "bad-suffix" | "max-nodes" | "max-sessions" | "lost" | "rejoining";
+export type ClusterRefusal = "bad-suffix" | "max-nodes" | "max-sessions" | "lost";
+
+/** A join to try again in `rejoining` ms: newcomers wait while the relays reserve nicknames. */
+export interface ClusterWait {
+  rejoining: number;
+}
 
 /** What became of a message. */
 export type ClusterSent =
@@ -378,7 +383,7 @@ export class RelayCluster {
     claim?: string;
     suffixed: boolean;
     recoverEpoch?: string;
-  }): Promise<ClusterJoin | ClusterRefusal> {
+  }): Promise<ClusterJoin | ClusterRefusal | ClusterWait> {
     const token = newJoinToken();
     const reply = await this.#run(
       "join",
@@ -397,6 +402,7 @@ export class RelayCluster {
       hello.recoverEpoch ?? "",
       this.#incarnation ?? "",
     ) as string[];
+    if (reply[0] === "rejoining") return { rejoining: Number(reply[1]) };
     if (reply.length === 1) {
       // Redis lost the data and this relay missed it: a heartbeat now finds
       // out, and reserves its nodes' nicknames, rather than within a second.
@@ -810,6 +816,7 @@ export class RelayCluster {
         this.#settings.reclaimWindow,
         this.#settings.roomTtl,
         this.#pipeUrl,
+        this.#incarnation ?? "",
       ) as [number, number, string[], string];
       const lostData = this.#incarnation !== undefined && incarnation !== this.#incarnation;
       this.#incarnation = incarnation;

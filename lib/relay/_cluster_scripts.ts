@@ -97,9 +97,10 @@ end
  * `{kind, nickname, tokenHash, lastSeq, epoch, offset, presence,
  * members...}` with kind `join` or `replace`, or `{refusal}`: `bad-suffix`,
  * `max-nodes`, `max-sessions`; `lost` (Redis lost the cluster's data since
- * the relay's last heartbeat: it has not reserved its nodes' nicknames yet)
- * or `rejoining` (Redis lost it lately, and the node is not one coming back
- * to a nickname kept for it): either way, try again later.
+ * the relay's last heartbeat: it has not reserved its nodes' nicknames yet),
+ * or `{rejoining, ms}` (Redis lost it a moment ago, the relays are still
+ * reserving, and the node is not one coming back to a nickname kept for
+ * it): either way, try again, `ms` later for the second.
  */
 export const JOIN = PRELUDE + `
 local R, wanted, token, role, relay, node = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
@@ -154,14 +155,14 @@ local function free(name)
 end
 local earlier = ARGV[14] or ''
 local fromEarlierLife = earlier ~= '' and earlier ~= (redis.call('GET', P .. 'r:' .. R .. ':e') or '')
--- While Redis's loss is fresh (the key rejoin lives), the relays are still
--- reserving their nodes' nicknames, one heartbeat after another: only a
--- node coming back to one kept for it, or from the room's earlier life,
--- joins now. A newcomer waits the grace out, or it might take a name whose
--- holder's relay had not reserved it yet.
-if redis.call('EXISTS', P .. 'rejoin') == 1 and not fromEarlierLife then
+-- Redis lost the data a moment ago (the key settle lives, a heartbeat's
+-- lifetime), and the relays are reserving their nodes' nicknames, one
+-- heartbeat after another: only a node coming back to one kept for it, or
+-- from the room's earlier life, joins now. A newcomer waits, or it might
+-- take a name whose holder's relay had not reserved it yet.
+if redis.call('EXISTS', P .. 'settle') == 1 and not fromEarlierLife then
   local r = reservedFor(wanted)
-  if not (r and mine(r)) then return {'rejoining'} end
+  if not (r and mine(r)) then return {'rejoining', redis.call('PTTL', P .. 'settle')} end
 end
 if ARGV[12] == '1' then
   local given = false
@@ -277,7 +278,8 @@ return leave(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
  * A relay's heartbeat, and the sweep of relays whose heartbeat ran out: their
  * members are gone. Only a relay whose own heartbeat had not run out
  * sweeps. ARGV: prefix, relay id, heartbeat ttl (ms), reclaim window (ms),
- * room ttl (ms), the relay's pipe URL (or ''). Returns `{wasKnown, swept,
+ * room ttl (ms), the relay's pipe URL (or ''), the incarnation it knows (or
+ * ''). Returns `{wasKnown, swept,
  * names, incarnation}`: `wasKnown` 0 means the cluster had given this relay
  * up (its members are gone from it); `names`, the nicknames of the first 20
  * swept; `incarnation`, the id of the cluster's data, made by the first
@@ -319,6 +321,10 @@ local incarnation = redis.call('GET', P .. 'incarnation')
 if not incarnation then
   incarnation = ARGV[2] .. '@' .. now
   redis.call('SET', P .. 'incarnation', incarnation)
+  -- This relay knew the data before: Redis lost it. For a heartbeat's
+  -- lifetime every relay that beats in time notices too, and reserves its
+  -- nodes' nicknames: newcomers wait (JOIN), set here, in the same step.
+  if ARGV[7] ~= '' then redis.call('SET', P .. 'settle', '1', 'PX', ARGV[3]) end
 end
 return {known and 1 or 0, swept, names, incarnation}
 `;

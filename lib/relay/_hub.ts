@@ -28,7 +28,7 @@ import { LogLimiter } from "../_log_limiter.ts";
 import { newJoinToken, secretsEqual } from "./_secret.ts";
 import { shownName } from "./_shown_name.ts";
 import type { RelaySettings } from "./_settings.ts";
-import { errorMessage } from "../_util.ts";
+import { delay, errorMessage } from "../_util.ts";
 import type { RelayConnectionStats } from "./_http_server.ts";
 import type { PipeStats } from "./_pipes.ts";
 
@@ -152,6 +152,13 @@ const BLIP_GRACE_MS = 2500;
  * store's outage refused them), and each gets its whole blip grace after.
  */
 const STORE_BACK_GRACE_MS = 10_000;
+/**
+ * How long a newcomer's join is held while the relays settle after Redis
+ * lost their data (the script's `settle` lives a heartbeat's lifetime, 3 s),
+ * and how often it is tried again meanwhile.
+ */
+const MAX_JOIN_HOLD_MS = 5000;
+const JOIN_RETRY_MS = 250;
 
 /** The relay's rooms and their rules. */
 export class Hub {
@@ -946,20 +953,38 @@ export class Hub {
       try {
         await cluster.subscribe(id);
         subscribed = true;
-        const joined = await cluster.join(id, {
-          nickname: hello.nickname,
-          token: hello.token,
-          role: hello.role,
-          id: hello.id,
-          claim: hello.claim,
-          suffixed: suffixed(hello.nickname),
-          // A node with a position may be back from the room's earlier life
-          // (Redis lost it): the script compares the epochs.
-          recoverEpoch: hello.id !== undefined ? hello.recover?.epoch : undefined,
-        });
+        const join = () =>
+          cluster.join(id, {
+            nickname: hello.nickname,
+            token: hello.token,
+            role: hello.role,
+            id: hello.id,
+            claim: hello.claim,
+            suffixed: suffixed(hello.nickname),
+            // A node with a position may be back from the room's earlier life
+            // (Redis lost it): the script compares the epochs.
+            recoverEpoch: hello.id !== undefined ? hello.recover?.epoch : undefined,
+          });
+        let joined = await join();
+        // A newcomer right after Redis lost the data waits, a heartbeat's
+        // lifetime at most, while the relays reserve their nodes' nicknames:
+        // its join takes longer, as with a slow Redis, rather than fail.
+        const holdUntil = this.#clock() + MAX_JOIN_HOLD_MS;
+        // (`lost`: this relay had not noticed, and beats now; then the same.)
+        for (;;) {
+          const wait = joined === "lost"
+            ? JOIN_RETRY_MS
+            : typeof joined === "object" && "rejoining" in joined
+            ? Math.min(Math.max(joined.rejoining, 10), JOIN_RETRY_MS)
+            : null;
+          const left = holdUntil - this.#clock();
+          if (wait === null || left <= 0) break;
+          await delay(Math.min(wait, left));
+          joined = await join();
+        }
         if (joined === "bad-suffix") throw this.#badSuffix();
         if (joined === "max-sessions" || joined === "max-nodes") throw this.#full(joined, id);
-        if (joined === "lost" || joined === "rejoining") throw this.#recovering(id);
+        if (joined === "lost" || "rejoining" in joined) throw this.#recovering(id);
         result = joined;
         ({ replay, missed } = await this.#recoverFromCluster(cluster, hello, result));
       } catch (error) {
