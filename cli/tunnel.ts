@@ -216,6 +216,8 @@ const NAME_RETRY_MAX_MS = 8000;
  * immortal server of another kind that never writes gives no other sign.
  */
 const GREETING_WAIT_MS = 5000;
+/** How often the wait for the greeting looks at the session. */
+const GREETING_CHECK_MS = 250;
 
 function _tlsSettings(
   role: "server" | "client",
@@ -771,17 +773,24 @@ async function _pause(ms: number, stopping: AbortSignal): Promise<void> {
  * silence would look like a hang.
  */
 async function _openTunnel(tunnel: TunnelClient, log: Logger, server: string): Promise<void> {
+  // Counted from when the session is first seen up: the dial before it may
+  // take its own while (the client started before its server), and says so.
+  let upSince: number | null = null;
   let warned = false;
-  // Whether the session is up is looked at each period: the dial before it
-  // may take its own while, and says so itself.
   const watch = setInterval(() => {
-    if (warned || tunnel.sessions.length === 0) return;
+    if (warned) return;
+    if (tunnel.sessions.length === 0) {
+      upSince = null;
+      return;
+    }
+    upSince ??= performance.now();
+    if (performance.now() - upSince < GREETING_WAIT_MS) return;
     warned = true;
     log.warn(
       "{server} took the session but has not answered as a tunnel server after {seconds} s: is it one? Still waiting",
       { server, seconds: _secondsText(GREETING_WAIT_MS) },
     );
-  }, GREETING_WAIT_MS);
+  }, GREETING_CHECK_MS);
   try {
     await tunnel.open();
   } finally {

@@ -17,7 +17,13 @@ import { setImmediate } from "node:timers";
 /** How long a loop may keep the event loop before it lets it turn. */
 export const BUSY_TURN_MS = 5;
 
-/** @internal */
+/**
+ * Tells a read loop when to let the event loop turn: ask
+ * {@linkcode BusyReads.due} after each read's work, await
+ * {@linkcode BusyReads.turn} when it says so.
+ *
+ * @internal
+ */
 export class BusyReads {
   #clock: () => number;
   /** When the loop began waiting for the event loop to turn (its watch was set). */
@@ -36,10 +42,11 @@ export class BusyReads {
   /**
    * Whether the loop has kept the event loop for {@linkcode BUSY_TURN_MS}:
    * then await {@linkcode BusyReads.turn}. Asked after the work on what a
-   * read brought. Watching costs an immediate per turn, not per read: a
-   * loop whose reads wait is seen turning at its next read.
+   * read brought; sets a watch (an immediate that runs when the event loop
+   * turns) if none is set. Watching costs an immediate per turn, not per
+   * read: a loop whose reads wait is seen turning at its next read.
    */
-  get due(): boolean {
+  due(): boolean {
     const now = this.#clock();
     if (!this.#watching) {
       this.#watching = true;

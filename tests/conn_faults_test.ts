@@ -228,6 +228,7 @@ Deno.test("a client that resumes on a new link while the server still holds the 
 
 Deno.test("a link that breaks again and again is news once per interval at each end, with counts: every loss and resume accounted for, not two lines each", async () => {
   const CUTS = 8;
+  const started = performance.now();
   const records = await withLogs(async (records) => {
     await using s = await setup();
     for (let i = 0; i < CUTS; i++) {
@@ -245,11 +246,11 @@ Deno.test("a link that breaks again and again is news once per interval at each 
   const resumed = eventsLogged(lines, /resumed after \d+ ms via/);
   // Two sessions' ends (client and server) resumed CUTS times each.
   assert.equal(resumed.total, 2 * CUTS, lines.join("\n"));
-  // Eight resumes within seconds: at most two said at once per end, unless
-  // this machine took over 10 s for one of them.
-  assert.ok(resumed.said <= 4, lines.join("\n"));
+  // Said at once: one per kind per end per 10 s (however slow this machine).
+  const intervals = 1 + Math.floor((performance.now() - started) / 10_000);
+  assert.ok(resumed.said <= 2 * intervals, lines.join("\n"));
   // Every loss said or counted (the server's may be the client's resume, at info).
   const lost = eventsLogged(lines, /lost its link/);
   assert.ok(lost.total >= 2 * CUTS, lines.join("\n"));
-  assert.ok(lost.said <= 6, lines.join("\n"));
+  assert.ok(lost.said <= 3 * intervals, lines.join("\n")); // the server's at two levels
 });

@@ -242,6 +242,7 @@ Deno.test("a peer that floods pings (outside flow control) is cut off: the sessi
 });
 
 Deno.test("a stranger that opens sessions and drops them makes room for itself quietly: evictions are said once per interval with a count, and their sessions' ends are not said again", async () => {
+  const started = performance.now();
   const records = await withLogs(async (records) => {
     const listener = listen({ hostname: "127.0.0.1", port: 0 }); // no key: 16 sessions a source
     const taken: { close(): void }[] = [];
@@ -266,6 +267,8 @@ Deno.test("a stranger that opens sessions and drops them makes room for itself q
   const lines = records.map(renderRecord);
   const evictions = eventsLogged(lines, /ended to make room: 16 sessions from 127\.0\.0\.1/);
   assert.equal(evictions.total, 24, lines.join("\n"));
-  assert.ok(evictions.said <= 2, lines.join("\n"));
+  // Once per 10 s, however slow this machine (the 24 in well under a second here).
+  const intervals = 1 + Math.floor((performance.now() - started) / 10_000);
+  assert.ok(evictions.said <= intervals, lines.join("\n"));
   assert.ok(!lines.some((line) => /ended: ended to make room/.test(line)), lines.join("\n"));
 });

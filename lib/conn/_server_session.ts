@@ -260,7 +260,7 @@ export class ServerSessions {
       // sessions made two lines each (177 a second from one address).
       this.#evictions.event(why, `Session ${parked.secrets.id} ended to make room: ${why}`);
       const error = new ImmortalError("closed", `ended to make room: ${why}`);
-      parked.engine.fail(error, null, false, true);
+      parked.engine.fail(error, null, { said: true });
       // Forgotten now, whenever its ending completes: the loops below count on it.
       this.#sessions.delete(parked.secrets.id);
       this.evicted++;

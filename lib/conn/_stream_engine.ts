@@ -442,7 +442,9 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     }
     const own = reason === APPLICATION_CLOSE ? "" : `: ${reason}`;
     log.info("Session {id} closed locally{own}", { id: this.sessionId, own });
-    this.fail(new ImmortalError("closed", `the connection was closed${own}`), reason, true);
+    this.fail(new ImmortalError("closed", `the connection was closed${own}`), reason, {
+      clean: true,
+    });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -767,7 +769,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         }
         const buffers = this.#readBuffers;
         reader.afterBatch(buffers.lent(reader.buffer), (old) => buffers.replace(old));
-        if (busy.due) await busy.turn();
+        if (busy.due()) await busy.turn();
       }
     } catch (error) {
       if (error instanceof ImmortalError) {
@@ -1059,8 +1061,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   fail(
     error: Error | null,
     tellPeer: string | null,
-    clean: boolean = error === null,
-    said = false,
+    { clean = error === null, said = false }: { clean?: boolean; said?: boolean } = {},
   ): void {
     if (this.#ending !== null || this.#phase === "ended") return;
     const ending = {
@@ -1101,7 +1102,6 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     }
   }
 
-  /** Final cleanup: timers, the side's bookkeeping, and the `closed` promise. */
   /** What the link news counted, said now: before the lines of the session's end. */
   #sayLinkNews(): void {
     this.#linkNews?.warn.flush();
@@ -1116,6 +1116,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     };
   }
 
+  /** Final cleanup: timers, the side's bookkeeping, and the `closed` promise. */
   #end(): void {
     if (this.#phase === "ended") return;
     this.#phase = "ended";
