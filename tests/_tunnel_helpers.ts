@@ -182,3 +182,11 @@ export function plainTunnel(targetPort: number) {
     },
   };
 }
+
+/** Sends `text` through `port`, half-closes, and returns what came back. */
+export async function echoThrough(port: number, text: string): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(new TextEncoder().encode(text));
+  await conn.closeWrite();
+  return await new Response(conn.readable).text();
+}

@@ -189,8 +189,13 @@ async function unansweringSocket(port: number, forwardedFor?: string): Promise<D
   return conn;
 }
 
-Deno.test("WebSocket links behind Deno.serve whose peer never answers the close are counted until it does: past 8 from one address, its new ones are refused 503, not kept until the descriptors run out", async () => {
-  const links = new HttpLinkAcceptor();
+/**
+ * An immortal listener behind `Deno.serve` on an {@linkcode HttpLinkAcceptor}
+ * (with `options`), whose application takes nothing: for sockets that never
+ * answer a close. Disposing it closes those too.
+ */
+function lingeringServer(options: ConstructorParameters<typeof HttpLinkAcceptor>[0] = {}) {
+  const links = new HttpLinkAcceptor(options);
   const listener = listen({ acceptor: links, key: "secret" });
   const serving = (async () => {
     for await (const _ of listener) { /* none gets through */ }
@@ -200,61 +205,48 @@ Deno.test("WebSocket links behind Deno.serve whose peer never answers the close 
     (req, info) => links.handle(req, info),
   );
   const held: Deno.Conn[] = [];
-  try {
-    for (let i = 0; i < 8; i++) {
-      const socket = await unansweringSocket(server.addr.port);
-      assert.ok(typeof socket !== "string", `socket ${i + 1}: ${socket}`);
+  return {
+    port: server.addr.port,
+    held,
+    /** One more unanswered socket, from `forwardedFor`; fails the test if refused. */
+    async hold(forwardedFor?: string): Promise<void> {
+      const socket = await unansweringSocket(server.addr.port, forwardedFor);
+      assert.ok(typeof socket !== "string", `socket ${held.length + 1}: ${socket}`);
       held.push(socket);
-    }
-    assert.equal(await unansweringSocket(server.addr.port), "HTTP/1.1 503 Service Unavailable");
-    // Once they are answered (here: their connections end), the address is welcome again.
-    for (const conn of held.splice(0)) conn.close();
-    let again: Deno.Conn | string = "";
-    for (let tries = 0; tries < 1000; tries++) {
-      again = await unansweringSocket(server.addr.port);
-      if (typeof again !== "string") break;
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-    assert.ok(typeof again !== "string", String(again));
-    held.push(again);
-  } finally {
-    for (const conn of held) conn.close();
-    listener.close();
-    await serving;
-    await server.shutdown();
+    },
+    async [Symbol.asyncDispose]() {
+      for (const conn of held) conn.close();
+      listener.close();
+      await serving;
+      await server.shutdown();
+    },
+  };
+}
+
+Deno.test("WebSocket links behind Deno.serve whose peer never answers the close are counted until it does: past 8 from one address, its new ones are refused 503, not kept until the descriptors run out", async () => {
+  await using server = lingeringServer();
+  for (let i = 0; i < 8; i++) await server.hold();
+  assert.equal(await unansweringSocket(server.port), "HTTP/1.1 503 Service Unavailable");
+  // Once they are answered (here: their connections end), the address is welcome again.
+  for (const conn of server.held.splice(0)) conn.close();
+  let again: Deno.Conn | string = "";
+  for (let tries = 0; tries < 1000; tries++) {
+    again = await unansweringSocket(server.port);
+    if (typeof again !== "string") break;
+    await new Promise((resolve) => setTimeout(resolve, 10));
   }
+  assert.ok(typeof again !== "string", String(again));
+  server.held.push(again);
 });
 
 Deno.test("WebSocket links whose peer never answers the close are counted by source as the listener counts them: an IPv6 /64 is one", async () => {
-  const links = new HttpLinkAcceptor({ trustedProxies: ["127.0.0.1"] });
-  const listener = listen({ acceptor: links, key: "secret" });
-  const serving = (async () => {
-    for await (const _ of listener) { /* none gets through */ }
-  })();
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (req, info) => links.handle(req, info),
+  await using server = lingeringServer({ trustedProxies: ["127.0.0.1"] });
+  for (let i = 1; i <= 8; i++) await server.hold(`2001:db8::${i}`);
+  // Another address of the same /64: the same source.
+  assert.equal(
+    await unansweringSocket(server.port, "2001:db8::ff"),
+    "HTTP/1.1 503 Service Unavailable",
   );
-  const held: Deno.Conn[] = [];
-  try {
-    for (let i = 1; i <= 8; i++) {
-      const socket = await unansweringSocket(server.addr.port, `2001:db8::${i}`);
-      assert.ok(typeof socket !== "string", `socket ${i}: ${socket}`);
-      held.push(socket);
-    }
-    // Another address of the same /64: the same source.
-    assert.equal(
-      await unansweringSocket(server.addr.port, "2001:db8::ff"),
-      "HTTP/1.1 503 Service Unavailable",
-    );
-    // Another /64: another source.
-    const other = await unansweringSocket(server.addr.port, "2001:db8:0:1::1");
-    assert.ok(typeof other !== "string", String(other));
-    held.push(other);
-  } finally {
-    for (const conn of held) conn.close();
-    listener.close();
-    await serving;
-    await server.shutdown();
-  }
+  // Another /64: another source.
+  await server.hold("2001:db8:0:1::1");
 });

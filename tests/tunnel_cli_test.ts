@@ -4,7 +4,7 @@ import { FaultProxy } from "./_fault_proxy.ts";
 import { spawnCli } from "./_cli_process.ts";
 import { freePort, within } from "./_helpers.ts";
 import { makeTestCerts } from "./_tls.ts";
-import { echoTarget } from "./_tunnel_helpers.ts";
+import { echoTarget, echoThrough } from "./_tunnel_helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const CLI = `${ROOT}cli/tunnel.ts`;
@@ -22,13 +22,6 @@ async function run(args: string[], permissions = ["--allow-net=127.0.0.1"]) {
     stdout: new TextDecoder().decode(out.stdout),
     stderr: new TextDecoder().decode(out.stderr),
   };
-}
-
-async function echoThrough(port: number, text: string): Promise<string> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(new TextEncoder().encode(text));
-  await conn.closeWrite();
-  return await new Response(conn.readable).text();
 }
 
 Deno.test("tunnel CLI: --help, and one clear line with a non-zero exit for every bad input", async () => {

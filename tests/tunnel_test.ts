@@ -27,6 +27,7 @@ import {
 } from "./_helpers.ts";
 import {
   cutWhile,
+  echoThrough,
   FAST,
   plainTunnel,
   roundTrips,
@@ -495,14 +496,6 @@ Deno.test("a connection whose remote direction ended whole ends at once when its
   t.client.close("the tunnel client is shutting down");
   await within(30_000, "the splice's end, the application reading nothing", t.splicing);
 });
-
-/** Sends `text` through `port`, half-closes, and returns what came back. */
-async function echoThrough(port: number, text: string): Promise<string> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(new TextEncoder().encode(text));
-  await conn.closeWrite();
-  return await new Response(conn.readable).text();
-}
 
 Deno.test("tunnel client: a connection made while an opening is under way gets its own connectWait, not what is left of that opening's", async () => {
   await using target = startTarget("echo");
