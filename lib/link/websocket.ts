@@ -16,6 +16,8 @@ import { peerText } from "../_util.ts";
 const HIGH_WATER = 1 << 20;
 /** Largest message sent: relays in the middle hold a message whole before passing it on. */
 const MAX_MESSAGE = 256 * 1024;
+/** A socket closed here while still opening that has not opened after this long never will, ms. */
+const NEVER_OPENED_MS = 10_000;
 /** How often a waiting write looks at the socket's buffer, ms. */
 const DRAIN_POLL_MS = 1;
 
@@ -55,6 +57,8 @@ export class WebSocketLink implements Link {
    */
   readonly closing: Promise<void>;
   #startClosing: () => void;
+  /** The socket is gone (its close event; or it never opened). */
+  #gone: () => void;
 
   /**
    * Wraps `socket` (open, or opening: writes wait for it to open). A
@@ -91,12 +95,13 @@ export class WebSocketLink implements Link {
     const closing = Promise.withResolvers<void>();
     this.closing = closing.promise;
     this.#startClosing = closing.resolve;
-    socket.onclose = () => {
+    this.#gone = () => {
       this.#ended = true;
       this.#socketGone = true;
       this.#received.end();
       gone.resolve();
     };
+    socket.onclose = this.#gone;
     socket.onerror = (event) => {
       this.#fail(linkClosed((event as ErrorEvent).message || "error"));
     };
@@ -145,16 +150,29 @@ export class WebSocketLink implements Link {
   /** Closes the socket (once it has opened, if it is still opening); idempotent. */
   close(): void {
     this.#ended = true;
-    if (!this.#closedHere && !this.#socketGone) this.#startClosing();
+    const first = !this.#closedHere;
     this.#closedHere = true;
     this.#received.end();
     const socket = this.#socket;
     // Closed while still opening, Deno's socket sends nothing, ever: the
     // client got its 101 and waited, silent, for its handshake timeout.
     if (socket.readyState === WebSocket.CONNECTING) {
-      socket.addEventListener("open", () => socket.close(), { once: true });
+      if (!first) return;
+      socket.addEventListener("open", () => {
+        if (!this.#socketGone) this.#startClosing();
+        socket.close();
+      }, { once: true });
+      // A client gone before its 101 was written leaves a server socket
+      // that neither opens nor closes: it holds nothing, and is counted as
+      // gone rather than for ever.
+      const timer = setTimeout(() => {
+        if (socket.readyState === WebSocket.CONNECTING) this.#gone();
+      }, NEVER_OPENED_MS);
+      Deno.unrefTimer(timer);
+      this.socketClosed.then(() => clearTimeout(timer));
       return;
     }
+    if (first && !this.#socketGone) this.#startClosing();
     try {
       socket.close();
     } catch {

@@ -321,10 +321,13 @@ local incarnation = redis.call('GET', P .. 'incarnation')
 if not incarnation then
   incarnation = ARGV[2] .. '@' .. now
   redis.call('SET', P .. 'incarnation', incarnation)
-  -- This relay knew the data before: Redis lost it. For a heartbeat's
-  -- lifetime every relay that beats in time notices too, and reserves its
-  -- nodes' nicknames: newcomers wait (JOIN), set here, in the same step.
-  if ARGV[7] ~= '' then redis.call('SET', P .. 'settle', '1', 'PX', ARGV[3]) end
+end
+-- This relay knew the data before: Redis lost it. For a heartbeat's lifetime
+-- after each relay notices (in this same step), newcomers wait (JOIN) while
+-- it reserves its nodes' nicknames. Each that notices: the first to beat
+-- may be a relay just started, which knew nothing to lose.
+if ARGV[7] ~= '' and ARGV[7] ~= incarnation then
+  redis.call('SET', P .. 'settle', '1', 'PX', ARGV[3])
 end
 return {known and 1 or 0, swept, names, incarnation}
 `;

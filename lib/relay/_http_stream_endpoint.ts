@@ -101,6 +101,7 @@ export class HttpStreamEndpoint {
       member = await hub.admit(hello, req.headers.get(SECRET_HEADER), sink, {
         stream: streamId,
         from,
+        left: () => closed || req.signal.aborted,
       });
     } catch (error) {
       if (!(error instanceof JoinRefused)) throw error;

@@ -349,7 +349,12 @@ export class Hub {
     hello: FrameObject,
     headerSecret: string | null,
     sink: Sink,
-    extra: { stream?: string; from?: string } = {},
+    extra: {
+      stream?: string;
+      from?: string;
+      /** Whether the node's connection is gone (asked while a join waits). */
+      left?: () => boolean;
+    } = {},
   ): Member | Promise<Member> {
     // Its nodes were just told "relay shutting down": none may join it again.
     if (this.#closed) throw new JoinRefused(503, "unavailable", SHUTTING_DOWN);
@@ -895,9 +900,10 @@ export class Hub {
   }
 
   /**
-   * A join refused while the relays recover from Redis's loss of the
-   * cluster's data (`rejoinGrace`): the nodes connected then come back
-   * first, to the nicknames kept for them. A node retries `unavailable`.
+   * A join refused after it was held as long as it may be while the relays
+   * recover from Redis's loss of the cluster's data: the nodes connected
+   * then come back first, to the nicknames kept for them. A node retries
+   * `unavailable`.
    */
   #recovering(session: string): JoinRefused {
     this.refuse("unavailable");
@@ -927,7 +933,7 @@ export class Hub {
     cluster: RelayCluster,
     hello: HelloFrame,
     sink: Sink,
-    extra: { stream?: string },
+    extra: { stream?: string; left?: () => boolean },
   ): Promise<Member> {
     const s = this.settings;
     const id = hello.session;
@@ -969,7 +975,8 @@ export class Hub {
         // A newcomer right after Redis lost the data waits, a heartbeat's
         // lifetime at most, while the relays reserve their nodes' nicknames:
         // its join takes longer, as with a slow Redis, rather than fail.
-        const holdUntil = this.#clock() + MAX_JOIN_HOLD_MS;
+        // Real time (the hub's clock may be a test's, standing still).
+        const holdUntil = performance.now() + MAX_JOIN_HOLD_MS;
         // (`lost`: this relay had not noticed, and beats now; then the same.)
         for (;;) {
           const wait = joined === "lost"
@@ -977,9 +984,13 @@ export class Hub {
             : typeof joined === "object" && "rejoining" in joined
             ? Math.min(Math.max(joined.rejoining, 10), JOIN_RETRY_MS)
             : null;
-          const left = holdUntil - this.#clock();
+          const left = holdUntil - performance.now();
           if (wait === null || left <= 0) break;
           await delay(Math.min(wait, left));
+          // Not for a relay that is stopping, nor for a node that left
+          // meanwhile (it would be a member nobody holds, then gone).
+          if (this.#closed) throw new JoinRefused(503, "unavailable", SHUTTING_DOWN);
+          if (extra.left?.()) throw new JoinRefused(503, "unavailable", "the node left");
           joined = await join();
         }
         if (joined === "bad-suffix") throw this.#badSuffix();

@@ -78,6 +78,9 @@ function socketSink(socket: RelaySocket, maxQueueBytes: number): Sink {
   };
 }
 
+/** Frames a node may send before its welcome (a join being decided); past them it is refused. */
+const MAX_WAITING_FRAMES = 256;
+
 /**
  * Upgrades `req` to a WebSocket whose node joins `hub` with its first frame;
  * `from` is where it comes from, for the log.
@@ -158,7 +161,13 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
     if (frame === null) return refuse(1003, "bad-frame", "frames are JSON objects");
     if (member !== null) return void handle(member, frame);
     // A join the cluster is still deciding: what the node sends next waits for it.
-    if (waiting !== null) return void waiting.push(frame);
+    if (waiting !== null) {
+      // Bounded: a join may be held for seconds (after Redis lost its data).
+      if (waiting.length >= MAX_WAITING_FRAMES) {
+        return refuse(1008, "bad-frame", "too many frames before the welcome");
+      }
+      return void waiting.push(frame);
+    }
     if (frame.t !== "hello") return refuse(4400, "bad-hello", "the first frame must be a hello");
     clearTimeout(authTimer);
     authTimer = undefined; // a timer object, kept as long as this closure otherwise
@@ -179,7 +188,7 @@ export function acceptWebSocket(hub: Hub, req: Request, from?: string): Response
     };
     let result: Member | Promise<Member>;
     try {
-      result = hub.admit(frame, headerSecret, sink, { from });
+      result = hub.admit(frame, headerSecret, sink, { from, left: () => !socket.open });
     } catch (error) {
       return refused(error);
     }

@@ -216,8 +216,9 @@ export class TunnelClient implements AsyncDisposable {
     }
   }
 
-  async #open(): Promise<ImmortalConn> {
-    const { server, connectWait = CONNECT_WAIT_MS, backoff = {} } = this.#options;
+  /** Opens a session, trying an unreachable server for `connectWait` ms. */
+  async #open(connectWait = this.#options.connectWait ?? CONNECT_WAIT_MS): Promise<ImmortalConn> {
+    const { server, backoff = {} } = this.#options;
     const deadline = performance.now() + connectWait;
     for (let attempt = 1;; attempt++) {
       try {
@@ -257,7 +258,8 @@ export class TunnelClient implements AsyncDisposable {
             "Tunnel server not reached ({reason}); a connection waits up to {seconds} s for it",
             {
               reason: error.message,
-              seconds: Math.round(connectWait / 1000),
+              // Each connection's own wait (this opening's may be what is left of one).
+              seconds: Math.round((this.#options.connectWait ?? CONNECT_WAIT_MS) / 1000),
             },
           );
         } else if (attempt === 1) {
@@ -306,10 +308,10 @@ export class TunnelClient implements AsyncDisposable {
     await (await this.#sessionForStream()).greeted;
   }
 
-  /** The session streams go over: the live one, or a new one. */
-  #sessionForStream(): Promise<MuxSession> {
+  /** The session streams go over: the live one, or a new one (tried for `wait` ms, if given). */
+  #sessionForStream(wait?: number): Promise<MuxSession> {
     if (this.#session === null) {
-      const opening: Promise<MuxSession> = this.#open().then((conn) => {
+      const opening: Promise<MuxSession> = this.#open(wait).then((conn) => {
         if (this.#closing.signal.aborted) {
           // close() ran while this session was being opened: it did not see it.
           conn.close();
@@ -362,7 +364,9 @@ export class TunnelClient implements AsyncDisposable {
     for (let rounds = 1;; rounds++) {
       let session: MuxSession;
       try {
-        session = await this.#sessionForStream();
+        // An opening this connection starts tries for what is left of its
+        // own wait; one under way already ends sooner (it started earlier).
+        session = await this.#sessionForStream(Math.max(0, deadline - performance.now()));
       } catch (error) {
         if (
           error instanceof ImmortalError && RETRIED.has(error.code) &&
@@ -467,17 +471,17 @@ export class TunnelClient implements AsyncDisposable {
 
 /** Whether `session`, resuming, is back (true) or ended first (false). */
 async function resumedOrEnded(session: MuxSession): Promise<boolean> {
+  // Events, with their listeners removed after: a promise's callbacks would
+  // pile up on a long-lived session, one per connection made while it resumed.
   const done = new AbortController();
   try {
-    return await Promise.race([
-      new Promise<boolean>((resolve) =>
-        session.conn.addEventListener("resumed", () => resolve(true), {
-          once: true,
-          signal: done.signal,
-        })
-      ),
-      session.closed.then(() => false, () => false),
-    ]);
+    return await new Promise<boolean>((resolve) => {
+      const options = { once: true, signal: done.signal };
+      session.conn.addEventListener("resumed", () => resolve(true), options);
+      session.conn.addEventListener("closed", () => resolve(false), options);
+      // Ended already (between the look at its state and now): no event comes.
+      if (session.conn.state === "closed") resolve(false);
+    });
   } finally {
     done.abort();
   }
