@@ -10,6 +10,7 @@
  */
 
 import { setImmediate } from "node:timers";
+import { BusyReads } from "../_busy_reads.ts";
 import { type ByteReader, ReaderFull } from "./_byte_reader.ts";
 import { concat } from "../_util.ts";
 export { acceptKey } from "../link/_websocket_client.ts";
@@ -492,7 +493,11 @@ export class ServerWebSocket {
     let messageBytes = 0;
     let messageFrames = 0;
     let oversized = false;
+    // A node whose frames are always there (a flood) would keep the event
+    // loop for its socket alone: every other node's reads, and the timers.
+    const busy = new BusyReads();
     for (;;) {
+      if (busy.due()) await busy.turn();
       if (this.#paused) await this.#paused.promise;
       // Awaited here, not in a helper: an idle socket waits at this line, and
       // each async frame it waits through is memory, times 10,000 nodes.

@@ -296,3 +296,18 @@ Deno.test("server WebSocket: a socket whose messages are kept reads each into a 
   assert.deepEqual(data, message);
   assert.equal(data.buffer.byteLength, 20_000, "no pooled buffer pinned by a kept message");
 });
+
+Deno.test("server WebSocket: a peer whose frames are always there lets the event loop turn: a timer set as they arrive runs while they are still being read", async () => {
+  const conn = new ScriptedConn();
+  await using ws = open(conn);
+  await turn(); // started
+  const COUNT = 200_000;
+  let messages = 0;
+  let atTimer = -1;
+  ws.socket.onmessage = () => void messages++;
+  conn.receive(repeated(clientFrame(new TextEncoder().encode("hi"), 0x1), COUNT));
+  setTimeout(() => atTimer = messages, 0);
+  for (let turns = 0; turns < 100_000 && messages < COUNT; turns++) await turn();
+  assert.equal(messages, COUNT);
+  assert.ok(atTimer >= 0 && atTimer < COUNT, `the timer waited for all ${COUNT} messages`);
+});
