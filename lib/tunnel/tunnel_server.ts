@@ -19,6 +19,7 @@ import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { checkPort, errorMessage } from "../_util.ts";
 import { describeValue } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
+import { sourceOf } from "../link/_source.ts";
 import { type ForwardedBytes, splice, TunnelClosing } from "./_splice.ts";
 import { coreOf } from "../mux/mux_stream.ts";
 
@@ -85,7 +86,8 @@ export interface TunnelServerOptions<A extends Deno.Addr = Deno.NetAddr> extends
    * Connections to the target open at once, over all sessions; a stream
    * beyond is refused with the reason. Each holds a socket and buffers, so
    * without a `key` (anyone may open streams) this bounds what strangers
-   * cost. Default: unlimited with a `key`, 128 without one.
+   * cost. Default: unlimited with a `key`, 128 without one. Without a `key`,
+   * one source (an address, an IPv6 /64) may hold half of them.
    */
   maxConnections?: number;
 }
@@ -109,6 +111,15 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   /** Every session's serving, so close() can wait for all of them. */
   #carrying = new Set<Promise<void>>();
   #maxConnections: number;
+  /**
+   * A key-less server's connections one source (an address, an IPv6 /64)
+   * may hold: half of them. Strangers may use it, and one of them held all
+   * 128 with one session, for as long as its heartbeats went (everyone
+   * else's streams refused). Null with a key: its holders are trusted.
+   */
+  #sourceShare: number | null;
+  /** Connections to the target by source (counted from their dial). */
+  #bySource = new Map<string, number>();
 
   /**
    * Starts listening at once; see {@linkcode TunnelServerOptions}. Throws a
@@ -125,6 +136,9 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
       throw new RangeError(`maxConnections must be an integer >= 1, got ${max}`);
     }
     this.#maxConnections = max;
+    this.#sourceShare = options.key === undefined && max !== Infinity
+      ? Math.max(1, Math.floor(max / 2))
+      : null;
     this.#target = checkTarget(options.target);
     if (options.port !== undefined) portOption("port", options.port, true);
     // All before listening: a listener opened and then refused would be left open.
@@ -174,9 +188,10 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     // The session said itself at info ("Session … opened as server with …").
     log.debug("Tunnel session {id} from {remote}", { id, remote: conn.peer });
     const streams = new Set<Promise<void>>();
+    const source = sourceOf(conn.remoteAddr) ?? "";
     try {
       for await (const stream of session) {
-        const forwarding = this.#forward(id, stream);
+        const forwarding = this.#forward(id, stream, source);
         streams.add(forwarding);
         forwarding.finally(() => streams.delete(forwarding));
       }
@@ -194,11 +209,19 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     }
   }
 
-  async #forward(session: string, stream: MuxStream): Promise<void> {
+  async #forward(session: string, stream: MuxStream, source: string): Promise<void> {
     const target = `${this.#target.hostname}:${this.#target.port}`;
     if (this.#streams >= this.#maxConnections) {
       const reason = `too many connections (${this.#maxConnections}) to ${target} open`;
       this.#refusals.event("max-connections", `Tunnel session ${session}: ${reason}`);
+      stream.refuse(reason);
+      return;
+    }
+    const held = this.#bySource.get(source) ?? 0;
+    if (this.#sourceShare !== null && held >= this.#sourceShare) {
+      const reason = `this address holds ${held} connections to ${target}, its share of the ` +
+        `${this.#maxConnections} a key-less server opens`;
+      this.#refusals.event(`share ${source}`, `Tunnel session ${session}: ${reason}`);
       stream.refuse(reason);
       return;
     }
@@ -213,6 +236,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     stream.closed.then(stop, stop);
     // Counted from the dial on: dials under way hold sockets too.
     this.#streams++;
+    this.#bySource.set(source, (this.#bySource.get(source) ?? 0) + 1);
     let tcp: Deno.TcpConn | undefined;
     try {
       tcp = await Deno.connect({ ...this.#target, signal: dial.signal });
@@ -222,7 +246,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
         // A target that is down refuses every connection: one line per reason per interval.
         this.#refusals.event(reason, `Tunnel session ${session}, stream ${stream.id}: ${reason}`);
         stream.refuse(reason);
-        this.#streams--;
+        this.#release(source);
         return;
       }
     } finally {
@@ -230,7 +254,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     }
     if (tcp === undefined || core.ended) {
       tcp?.close();
-      this.#streams--;
+      this.#release(source);
       log.debug("Stream {stream} of session {session} ended before {target} answered", {
         session,
         stream: stream.id,
@@ -261,8 +285,16 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
         reason: errorMessage(error),
       });
     } finally {
-      this.#streams--;
+      this.#release(source);
     }
+  }
+
+  /** A connection to the target (or its dial) is over. */
+  #release(source: string): void {
+    this.#streams--;
+    const left = (this.#bySource.get(source) ?? 1) - 1;
+    if (left > 0) this.#bySource.set(source, left);
+    else this.#bySource.delete(source);
   }
 
   /** Stops accepting and closes every tunneled connection. */
