@@ -51,9 +51,12 @@ export class WebSocketLink implements Link {
    */
   readonly socketClosed: Promise<void>;
   /**
-   * Resolves when this side closes the link while its socket is open: from
-   * then until {@linkcode WebSocketLink.socketClosed}, it is
-   * {@linkcode WebSocketLink.lingering}.
+   * Resolves when this side closes the link while its socket is open (or,
+   * closed while opening, once it opens). From then until
+   * {@linkcode WebSocketLink.socketClosed} the socket lingers: a server's
+   * socket from `Deno.upgradeWebSocket` waits for the peer to answer the
+   * close for as long as the peer keeps its connection (Deno has no timeout
+   * for it).
    */
   readonly closing: Promise<void>;
   #startClosing: () => void;
@@ -105,16 +108,6 @@ export class WebSocketLink implements Link {
     socket.onerror = (event) => {
       this.#fail(linkClosed((event as ErrorEvent).message || "error"));
     };
-  }
-
-  /**
-   * Closed here, and the socket still open: the peer has not answered the
-   * close. A server's socket from `Deno.upgradeWebSocket` waits for that
-   * answer for as long as the peer keeps its connection (Deno has no timeout
-   * for it), so a peer that never answers keeps it.
-   */
-  get lingering(): boolean {
-    return this.#closedHere && !this.#socketGone;
   }
 
   /** Bytes held: received and not yet read, and sent but not yet written to the socket. */

@@ -495,9 +495,12 @@ export class ServerWebSocket {
     let oversized = false;
     // A node whose frames are always there (a flood) would keep the event
     // loop for its socket alone: every other node's reads, and the timers.
+    // Asked only while frames are buffered (a burst): a node whose next frame
+    // is not there yet waits for it in a turn of its own, and the relay's
+    // usual frame, one per read, costs no clock and no immediate.
     const busy = new BusyReads();
     for (;;) {
-      if (busy.due()) await busy.turn();
+      if (reader.buffered.length > 0 && busy.due()) await busy.turn();
       if (this.#paused) await this.#paused.promise;
       // Awaited here, not in a helper: an idle socket waits at this line, and
       // each async frame it waits through is memory, times 10,000 nodes.
