@@ -336,6 +336,62 @@ Deno.test("a server that closes its complete session keeps it for the client's b
   await within(30_000, "the client's end", client.closed); // rejects with unknown-session if forgotten
 });
 
+Deno.test("a client whose bye is lost with a broken link resumes to say it again: the server's `closed` resolves, not rejects after its resume timeout", async () => {
+  // The client's last write (its final ack, then bye) never reaches the
+  // server, and the link breaks (a reset, not the server hanging up).
+  const path = controlledPath((link) => {
+    if (link.index > 0) return;
+    link.up.onWrite = (chunk) => {
+      const bye = chunk.length >= 5 && chunk.at(-5) === 0x07 &&
+        chunk.subarray(-4).every((byte) => byte === 0);
+      if (!bye) return;
+      link.up.hold();
+      queueMicrotask(() => link.cut());
+    };
+  });
+  // Long enough that only the fix can pass: the client's closing lasts its
+  // dead-link time, and the server would give up after its resume timeout.
+  using listener = listen({ acceptor: path.acceptor, resumeTimeout: 60_000 });
+  const client = await connect({
+    dialer: path.dialer,
+    deadLinkTimeout: 30_000,
+    backoff: { initial: 5 },
+  });
+  const server = await listener.accept();
+  await client.closeWrite();
+  assert.equal(await server.read(new Uint8Array(8)), null);
+  await server.closeWrite();
+  assert.equal(await client.read(new Uint8Array(8)), null);
+  await within(30_000, "the client's end", client.closed);
+  await within(30_000, "the server's end", server.closed); // rejected after 60 s without the bye
+  assert.equal(path.links.length, 2, "one resume, for the bye");
+});
+
+Deno.test('a client whose link breaks after the server had its bye ends cleanly on the server\'s "unknown session", at the first', async () => {
+  // The bye reaches the server, and the link breaks before the client sees
+  // the server hang up: the client resumes for nothing, and is told so.
+  const path = controlledPath((link) => {
+    if (link.index > 0) return;
+    link.up.onDeliver = (chunk) => {
+      if (chunk.length >= 5 && chunk.at(-5) === 0x07) link.cut();
+    };
+  });
+  using listener = listen({ acceptor: path.acceptor });
+  const client = await connect({
+    dialer: path.dialer,
+    deadLinkTimeout: 30_000,
+    backoff: { initial: 5 },
+  });
+  const server = await listener.accept();
+  await client.closeWrite();
+  assert.equal(await server.read(new Uint8Array(8)), null);
+  await server.closeWrite();
+  assert.equal(await client.read(new Uint8Array(8)), null);
+  await within(30_000, "the server's end", server.closed);
+  await within(30_000, "the client's end", client.closed); // rejected "unknown session" before
+  assert.equal(path.links.length, 2, "one resume, believed at once");
+});
+
 Deno.test("a client that completes without a link resumes to say bye within the closing's time, not its resume timeout; `closed` resolves once it gave up, nothing left running", async () => {
   // Every link after the first stalls in its handshake: the bye never goes.
   const finArrived = Promise.withResolvers<void>();

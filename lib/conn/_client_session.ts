@@ -144,7 +144,10 @@ export class ClientSession implements SessionSide {
         (reader) =>
           clientResume(reader, this.#secrets!, engine.received, this.#options.maxUnackedBytes),
         wait,
-        RESUME_ANSWERS_BELIEVED,
+        // A server that forgot the session after it had our bye answers
+        // "unknown session": that is the answer expected, and nothing of
+        // the application's waits on it.
+        engine.sayingBye ? 1 : RESUME_ANSWERS_BELIEVED,
       );
       if (!engine.resumable) {
         resumed?.reader.link.close();
@@ -162,7 +165,17 @@ export class ClientSession implements SessionSide {
         null,
       );
     } catch (error) {
-      if (engine.resumable) engine.fail(error as Error, null);
+      if (!engine.resumable) return;
+      if (engine.sayingBye) {
+        // Everything was delivered both ways: the end is clean, whatever the server said.
+        log.debug("Session {id}: no resume for its bye: {reason}", {
+          id: this.#secrets?.id,
+          reason: errorMessage(error),
+        });
+        engine.fail(null, null);
+      } else {
+        engine.fail(error as Error, null);
+      }
     }
   }
 

@@ -329,6 +329,14 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   }
 
   /**
+   * A client's session is complete and only its bye is left to say: nothing
+   * of the application's is at stake any more.
+   */
+  get sayingBye(): boolean {
+    return this.#role === "client" && this.#phase === "closing" && this.#ending === null;
+  }
+
+  /**
    * Can still take a new link: not failed, not over. A client whose session
    * completed while it had no link is still `closing`: its bye goes out on
    * the next link.
@@ -601,18 +609,35 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
    * fault already.
    */
   dropLink(reason: string, news: "warn" | "info" = "warn"): void {
-    if (this.#link !== null) this.#linkFailed(this.#link, reason, news);
+    if (this.#link !== null) this.#linkFailed(this.#link, reason, { news });
   }
 
-  /** The link failed in any way: drop it and let the side replace it. */
-  #linkFailed(link: Link, reason: string, news: "warn" | "info" = "warn"): void {
+  /**
+   * The link failed in any way: drop it and let the side replace it.
+   * `hungUp`: the peer closed it (an end of stream, not an error).
+   */
+  #linkFailed(
+    link: Link,
+    reason: string,
+    { news = "warn", hungUp = false }: { news?: "warn" | "info"; hungUp?: boolean } = {},
+  ): void {
     if (link !== this.#link) return;
     this.#link = null;
     link.close();
     this.#kick();
     if (this.#phase === "closing") {
-      this.#end();
-      return;
+      // A server answers a bye by hanging up. A link that broke instead (a
+      // reset, a failed write) may have lost the bye, and the server would
+      // wait its resume timeout for it, then reject its `closed`: the
+      // client resumes to say it again, within the closing's time (a server
+      // that had it answers "unknown session", which ends this one cleanly).
+      if (hungUp || !this.sayingBye) {
+        this.#end();
+        return;
+      }
+      if (!this.#control.some((frame) => frame.type === "bye")) {
+        this.#control.push({ type: "bye" });
+      }
     }
     if (!this.resumable) return;
     this.#lostAt = performance.now();
@@ -755,7 +780,7 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         const frames = await reader.nextBatch();
         if (this.#link !== link) return;
         if (frames === null) {
-          this.#linkFailed(link, "the link was closed by the other side");
+          this.#linkFailed(link, "the link was closed by the other side", { hungUp: true });
           return;
         }
         this.#lastInbound = performance.now();
@@ -1014,8 +1039,12 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     // An HTTP link's half-close waits for its last POST's answer: a link as
     // slow as the dead-link time allows gets that long.
     this.#flushTimer = setTimeout(() => {
-      if (this.#link !== null) this.#linkFailed(this.#link, "the peer did not hang up in time");
-      else this.#end();
+      // Time is up, whatever the link is doing: no resume for a bye after it.
+      const link = this.#link;
+      this.#link = null;
+      link?.close();
+      this.#kick();
+      this.#end();
     }, Math.max(FLUSH_TIMEOUT_MS, this.#opts.deadLinkTimeout));
   }
 
