@@ -2,7 +2,7 @@
  * Log lines an attacker cannot multiply. The first event of a kind is logged
  * as it comes; more of the same kind within the interval are only counted,
  * and summarised in one line when the interval ends (or at
- * {@linkcode LogLimiter.flush}): "1,843 more in the last 10 s; the last:
+ * {@linkcode LogLimiter.flush}): "1843 more in the last 10 s; the last:
  * dropped a link from 127.0.0.5". A refusal that came second is in the log
  * within the interval, not whenever the next one happens to come. A flood of a million refusals costs a line
  * per interval per kind, not a million lines.
@@ -14,6 +14,15 @@
 const INTERVAL_MS = 10_000;
 /** Kinds tracked at once; the oldest are summarised and forgotten beyond this. */
 const MAX_KINDS = 1024;
+
+/**
+ * Writes one log record (a logger call): a LogTape message template, whose
+ * `{name}` placeholders name `properties`.
+ */
+export type WriteRecord = (template: string, properties: Properties) => void;
+
+/** Properties of a record. */
+export type Properties = Record<string, unknown>;
 
 /** Starts `fire` after `ms`; returns what cancels it. */
 export type SetTimer = (fire: () => void, ms: number) => () => void;
@@ -28,12 +37,14 @@ const unrefTimer: SetTimer = (fire, ms) => {
 interface Kind {
   since: number;
   suppressed: number;
-  what: string;
+  /** The last event's template and properties. */
+  template: string;
+  properties: Properties;
 }
 
 /** @internal */
 export class LogLimiter {
-  #emit: (line: string) => void;
+  #emit: WriteRecord;
   #clock: () => number;
   #kinds = new Map<string, Kind>();
   #setTimer: SetTimer;
@@ -44,31 +55,34 @@ export class LogLimiter {
   #flushed = false;
 
   /**
-   * `emit` writes one line (a logger call): it gets a LogTape message
-   * template, the line's own braces escaped (`{{`, `}}`), so that a session
-   * id or a nickname in it is printed as written, not read as a placeholder.
-   * `clock` and `setTimer` are for tests.
+   * `emit` writes one record (`(template, properties) => log.warn(template,
+   * properties)`): the events' own, and the summaries, whose properties are
+   * the last event's plus `more` (the count) and `seconds`. `clock` and
+   * `setTimer` are for tests.
    */
   constructor(
-    emit: (template: string) => void,
+    emit: WriteRecord,
     clock: () => number = () => performance.now(),
     setTimer: SetTimer = unrefTimer,
   ) {
-    this.#emit = (line) => emit(line.replaceAll("{", "{{").replaceAll("}", "}}"));
+    this.#emit = emit;
     this.#clock = clock;
     this.#setTimer = setTimer;
   }
 
   /**
-   * An event of kind `key`, described by `what` (a full sentence for the
-   * first line). Returns whether it was written now.
+   * An event of kind `key`, described by a message template (a full
+   * sentence) and its properties: values that come from outside (an
+   * address, a nickname, an error's message) go in properties, where a brace
+   * they hold is printed as it is. Returns whether it was written now.
    */
-  event(key: string, what: string): boolean {
+  event(key: string, template: string, properties: Properties = {}): boolean {
     const now = this.#clock();
     const kind = this.#kinds.get(key);
     if (kind !== undefined && now - kind.since < INTERVAL_MS) {
       kind.suppressed++;
-      kind.what = what;
+      kind.template = template;
+      kind.properties = properties;
       this.#schedule(kind.since + INTERVAL_MS - now);
       return false;
     }
@@ -79,8 +93,8 @@ export class LogLimiter {
       this.#summarise(oldest, now);
       this.#kinds.delete(oldestKey);
     }
-    this.#kinds.set(key, { since: now, suppressed: 0, what });
-    this.#emit(what);
+    this.#kinds.set(key, { since: now, suppressed: 0, template, properties });
+    this.#emit(template, properties);
     return true;
   }
 
@@ -131,10 +145,10 @@ export class LogLimiter {
   #summarise(kind: Kind, now: number): void {
     if (kind.suppressed === 0) return;
     const seconds = Math.max(1, Math.round((now - kind.since) / 1000));
-    this.#emit(
-      `${
-        kind.suppressed.toLocaleString("en-US")
-      } more in the last ${seconds} s; the last: ${kind.what}`,
-    );
+    this.#emit(`{more} more in the last {seconds} s; the last: ${kind.template}`, {
+      ...kind.properties,
+      more: kind.suppressed,
+      seconds,
+    });
   }
 }

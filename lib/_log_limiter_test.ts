@@ -1,10 +1,18 @@
 import assert from "node:assert/strict";
-import { LogLimiter } from "./_log_limiter.ts";
+import { LogLimiter, type Properties } from "./_log_limiter.ts";
+
+/** Renders a record as LogTape's text formatters do. */
+function render(template: string, properties: Properties): string {
+  return template.replace(/\{(\w+)\}/g, (_, name) => String(properties[name]));
+}
 
 Deno.test("LogLimiter: a flood costs one line per kind per interval, summarised", () => {
   const lines: string[] = [];
   const clock = { now: 0 };
-  const limiter = new LogLimiter((line) => lines.push(line), () => clock.now);
+  const limiter = new LogLimiter(
+    (template, properties) => lines.push(render(template, properties)),
+    () => clock.now,
+  );
   assert.equal(limiter.event("a", "refused 1 from A"), true);
   for (let i = 2; i <= 1843; i++) limiter.event("a", `refused ${i} from A`);
   assert.equal(limiter.event("b", "refused from B"), true, "another kind is not held back");
@@ -12,7 +20,7 @@ Deno.test("LogLimiter: a flood costs one line per kind per interval, summarised"
   clock.now = 10_500;
   limiter.event("a", "refused 1844 from A");
   assert.deepEqual(lines.slice(2), [
-    "1,842 more in the last 11 s; the last: refused 1843 from A",
+    "1842 more in the last 11 s; the last: refused 1843 from A",
     "refused 1844 from A",
   ]);
   limiter.event("a", "refused 1845 from A");
@@ -27,11 +35,15 @@ function onFakeTime() {
   const lines: string[] = [];
   const clock = { now: 0 };
   const timers: { fire: () => void; at: number }[] = [];
-  const limiter = new LogLimiter((line) => lines.push(line), () => clock.now, (fire, ms) => {
-    const timer = { fire, at: clock.now + ms };
-    timers.push(timer);
-    return () => timers.splice(timers.indexOf(timer), 1);
-  });
+  const limiter = new LogLimiter(
+    (template, properties) => lines.push(render(template, properties)),
+    () => clock.now,
+    (fire, ms) => {
+      const timer = { fire, at: clock.now + ms };
+      timers.push(timer);
+      return () => timers.splice(timers.indexOf(timer), 1);
+    },
+  );
   return { lines, clock, timers, limiter };
 }
 
@@ -79,4 +91,24 @@ Deno.test("LogLimiter: a kind whose interval ends sooner moves the summary timer
   assert.equal(lines.at(-1), "1 more in the last 10 s; the last: b 2");
   assert.deepEqual(timers.map((t) => t.at), [15_000], "then the next one due");
   limiter.flush();
+});
+
+Deno.test("LogLimiter: records keep their properties, the summary the last one's with its count", () => {
+  const records: [string, Properties][] = [];
+  const clock = { now: 0 };
+  const limiter = new LogLimiter(
+    (template, properties) => records.push([template, properties]),
+    () => clock.now,
+  );
+  limiter.event("lost", "Session {id} lost its link: {reason}", { id: "a{b}", reason: "reset" });
+  limiter.event("lost", "Session {id} lost its link: {reason}", { id: "a{b}", reason: "timeout" });
+  clock.now = 2000;
+  limiter.flush();
+  assert.deepEqual(records, [
+    ["Session {id} lost its link: {reason}", { id: "a{b}", reason: "reset" }],
+    [
+      "{more} more in the last {seconds} s; the last: Session {id} lost its link: {reason}",
+      { id: "a{b}", reason: "timeout", more: 1, seconds: 2 },
+    ],
+  ]);
 });

@@ -229,8 +229,10 @@ Deno.test("a client that resumes on a new link while the server still holds the 
 Deno.test("a link that breaks again and again is news once per interval at each end, with counts: every loss and resume accounted for, not two lines each", async () => {
   const CUTS = 8;
   const started = performance.now();
+  let ids: string[] = [];
   const records = await withLogs(async (records) => {
     await using s = await setup();
+    ids = [s.client.sessionId, s.server.sessionId];
     for (let i = 0; i < CUTS; i++) {
       const resumed = Promise.all([
         nextEvent<ResumedEvent>(s.client, "resumed"),
@@ -253,4 +255,10 @@ Deno.test("a link that breaks again and again is news once per interval at each 
   const lost = eventsLogged(lines, /lost its link/);
   assert.ok(lost.total >= 2 * CUTS, lines.join("\n"));
   assert.ok(lost.said <= 3 * intervals, lines.join("\n")); // the server's at two levels
+  // Lines said and summaries alike keep their properties for structured sinks.
+  const news = records.filter((r) => /lost its link|resumed after/.test(renderRecord(r)));
+  assert.ok(news.length > 0);
+  for (const record of news) {
+    assert.ok(ids.includes(record.properties.id as string), renderRecord(record));
+  }
 });

@@ -195,7 +195,7 @@ export class ServerSessions {
   #sessions = new Map<string, ServerSession>();
   /** Sessions ended by {@linkcode ServerSessions.makeRoom} so far. */
   evicted = 0;
-  #evictions = new LogLimiter((line) => log.info(line));
+  #evictions = new LogLimiter((template, properties) => log.info(template, properties));
 
   /** Sessions with `options` (its `key`, when set, admits only clients that prove it). */
   constructor(options: ResolvedOptions) {
@@ -258,7 +258,10 @@ export class ServerSessions {
       if (!parked) return false;
       // Once per reason per interval: a stranger opening and dropping
       // sessions made two lines each (177 a second from one address).
-      this.#evictions.event(why, `Session ${parked.secrets.id} ended to make room: ${why}`);
+      this.#evictions.event(why, "Session {id} ended to make room: {why}", {
+        id: parked.secrets.id,
+        why,
+      });
       const error = new ImmortalError("closed", `ended to make room: ${why}`);
       parked.engine.fail(error, null, { said: true });
       // Forgotten now, whenever its ending completes: the loops below count on it.

@@ -596,7 +596,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#reconnects++;
     this.#news().info.event(
       "resumed",
-      `Session ${this.sessionId} resumed after ${downtimeMs} ms via ${remote}, ${replayed} bytes replayed`,
+      "Session {id} resumed after {downtimeMs} ms via {remote}, {replayed} bytes replayed",
+      { id: this.sessionId, downtimeMs, remote, replayed },
     );
     if (this.#phase === "open") this.#state = "connected";
     this.dispatchEvent(new ResumedEvent(downtimeMs, replayed));
@@ -643,7 +644,10 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#lostAt = performance.now();
     this.#side.linkLost(reason);
     if (!this.resumable) return;
-    this.#news()[news].event(`lost ${news}`, `Session ${this.sessionId} lost its link: ${reason}`);
+    this.#news()[news].event(`lost ${news}`, "Session {id} lost its link: {reason}", {
+      id: this.sessionId,
+      reason,
+    });
     if (this.#phase === "open") {
       this.#state = "reconnecting";
       this.dispatchEvent(new ReconnectingEvent(reason));
@@ -1140,8 +1144,8 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
   /** The session's link news, said at most once per kind per interval. */
   #news(): { warn: LogLimiter; info: LogLimiter } {
     return this.#linkNews ??= {
-      warn: new LogLimiter((line) => log.warn(line)),
-      info: new LogLimiter((line) => log.info(line)),
+      warn: new LogLimiter((template, properties) => log.warn(template, properties)),
+      info: new LogLimiter((template, properties) => log.info(template, properties)),
     };
   }
 

@@ -162,7 +162,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   #closed = false;
   #closing = new AbortController();
   /** Refusals and accept failures, one line per kind per interval. */
-  #logs = new LogLimiter((line) => log.warn(line));
+  #logs = new LogLimiter((template, properties) => log.warn(template, properties));
 
   constructor(acceptor: Acceptor<A>, options: ResolvedOptions, limits: ListenerLimits) {
     this.#limits = limits;
@@ -302,7 +302,9 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         }
         // EMFILE and friends: say so (once per interval) and pause (see acceptBackoff).
         this.#counts.acceptFailures++;
-        this.#logs.event("accept", `Accepting a link failed: ${errorMessage(error)}`);
+        this.#logs.event("accept", "Accepting a link failed: {reason}", {
+          reason: errorMessage(error),
+        });
         if (!(await delay(acceptBackoff(++acceptFailures), this.#closing.signal))) return;
         continue;
       }
@@ -314,9 +316,11 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         this.#counts.droppedBusy++;
         this.#logs.event(
           "busy",
-          `Dropped a link from ${
-            describePeer(link)
-          }: ${this.#handshaking.size} handshakes already in progress`,
+          "Dropped a link from {remote}: {count} handshakes already in progress",
+          {
+            remote: describePeer(link),
+            count: this.#handshaking.size,
+          },
         );
         link.close();
         continue;
@@ -330,9 +334,8 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         this.#counts.droppedRate++;
         this.#logs.event(
           `rate ${source}`,
-          `Dropped a link from ${
-            describePeer(link)
-          }: ${source} starts more than ${this.#limits.maxHandshakeRatePerSource} handshakes per second`,
+          "Dropped a link from {remote}: {source} starts more than {rate} handshakes per second",
+          { remote: describePeer(link), source, rate: this.#limits.maxHandshakeRatePerSource },
         );
         link.close();
         continue;
@@ -342,9 +345,8 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         this.#counts.droppedPerSource++;
         this.#logs.event(
           `source ${source}`,
-          `Dropped a link from ${
-            describePeer(link)
-          }: ${pending} handshakes from ${source} already in progress`,
+          "Dropped a link from {remote}: {count} handshakes from {source} already in progress",
+          { remote: describePeer(link), count: pending, source },
         );
         this.#refuseBusy(
           link,
@@ -418,13 +420,16 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         // Keyed by source, not address: a client retrying from a new port
         // each time is still one summarised line per 10 s.
         const source = this.#sourceOf(link) ?? "local";
-        this.#logs.event(`auth ${source}`, `Refused ${remote}: ${error.message}`);
+        this.#logs.event(`auth ${source}`, "Refused {remote}: {reason}", {
+          remote,
+          reason: error.message,
+        });
       } else if (error instanceof ImmortalError && error.code === "unknown-session") {
         // The client hears it and gives the session up: the operator hears it too.
-        this.#logs.event(
-          "unknown-session",
-          `Refused to resume a session for ${remote}: ${error.message}`,
-        );
+        this.#logs.event("unknown-session", "Refused to resume a session for {remote}: {reason}", {
+          remote,
+          reason: error.message,
+        });
       } else {
         log.debug("Handshake with {remote} failed: {reason}", {
           remote,

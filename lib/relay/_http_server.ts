@@ -185,7 +185,7 @@ export class HttpServer {
   #unjoined = new Map<string, Set<Connection>>();
   #unjoinedCount = 0;
   #stats = { evicted: 0, timedOut: 0, badRequests: 0, acceptFailures: 0 };
-  #logs = new LogLimiter((line) => log.warn(line));
+  #logs = new LogLimiter((template, properties) => log.warn(template, properties));
 
   /** Listens at once (like `Deno.listen`); serves `handler`. */
   constructor(handler: Handler, options: HttpServerOptions) {
@@ -251,7 +251,9 @@ export class HttpServer {
         if (this.#closing.signal.aborted) break;
         // EMFILE and friends: say so (once per interval) and pause (see acceptBackoff).
         this.#stats.acceptFailures++;
-        this.#logs.event("accept", `Accepting a connection failed: ${errorMessage(error)}`);
+        this.#logs.event("accept", "Accepting a connection failed: {reason}", {
+          reason: errorMessage(error),
+        });
         if (!(await delay(acceptBackoff(++failures), this.#closing.signal))) break;
         continue;
       }
@@ -296,8 +298,9 @@ export class HttpServer {
     this.#stats.evicted++;
     this.#logs.event(
       `evict ${oldest.source}`,
-      `Closed an unjoined connection from ${oldest.source} (${largest!.size} open, the most of ` +
-        `any source): ${this.#options.maxUnjoined} unjoined connections is the cap`,
+      "Closed an unjoined connection from {source} ({open} open, the most of any source): " +
+        "{cap} unjoined connections is the cap",
+      { source: oldest.source, open: largest!.size, cap: this.#options.maxUnjoined },
     );
     this.#forgetUnjoined(oldest);
     oldest.close();
@@ -328,9 +331,10 @@ export class HttpServer {
     // a relay of the cluster) meets the idle timeout in the normal course.
     const timedOut = (what: string, news = true) => () => {
       this.#stats.timedOut++;
-      const line = `Closed a connection from ${formatAddr(conn.remoteAddr)}: ${what}`;
-      if (news) this.#logs.event(`timeout ${connection.source}`, line);
-      else log.debug("{line}", { line });
+      const template = "Closed a connection from {remote}: {what}";
+      const properties = { remote: formatAddr(conn.remoteAddr), what };
+      if (news) this.#logs.event(`timeout ${connection.source}`, template, properties);
+      else log.debug(template, properties);
     };
     try {
       for (let first = true; !this.#closing.signal.aborted && !connection.closed; first = false) {
@@ -592,9 +596,12 @@ export class HttpServer {
     this.#stats.badRequests++;
     this.#logs.event(
       `bad ${error.status}`,
-      `Refused a request from ${
-        formatAddr(conn.remoteAddr)
-      } with ${error.status}: ${error.message}`,
+      "Refused a request from {remote} with {status}: {reason}",
+      {
+        remote: formatAddr(conn.remoteAddr),
+        status: error.status,
+        reason: error.message,
+      },
     );
     const body = encoder.encode(JSON.stringify({ error: "bad-request", message: error.message }));
     const head = `${statusLine(error.status)}content-type: application/json\r\n` +

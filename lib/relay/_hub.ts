@@ -190,13 +190,13 @@ export class Hub {
   #acksDue = new Set<Member>();
   #refused: Partial<Record<RefusalReason, number>> = {};
   /** Refusals an operator should see, at most a line per kind per interval (a flood stays quiet). */
-  #logs = new LogLimiter((line) => log.warn(line));
+  #logs = new LogLimiter((template, properties) => log.warn(template, properties));
   /**
    * A node back from a blip, a line per node per interval: one that comes
    * back again and again (a proxy that cuts it each time, a client bug)
    * must not fill the log.
    */
-  #returns = new LogLimiter((line) => log.info(line));
+  #returns = new LogLimiter((template, properties) => log.info(template, properties));
   #timer: ReturnType<typeof setInterval>;
   /** ms between keep-alive sweeps. */
   #sweepEvery: number;
@@ -332,9 +332,10 @@ export class Hub {
       this.refuse("secret");
       this.#logs.event(
         "secret",
-        `Refused a node${from === undefined ? "" : ` from ${from}`}: ${
-          typeof secret === "string" ? "wrong" : "no"
-        } relay secret`,
+        from === undefined
+          ? "Refused a node: {which} relay secret"
+          : "Refused a node from {from}: {which} relay secret",
+        { from, which: typeof secret === "string" ? "wrong" : "no" },
       );
       throw new JoinRefused(401, "unauthorized", "missing or wrong relay secret");
     }
@@ -882,7 +883,10 @@ export class Hub {
    * or what it said.
    */
   storeUnreachable(error: unknown, what: string): string {
-    this.#logs.event("unavailable", `${what}: Redis cannot be reached (${errorMessage(error)})`);
+    this.#logs.event("unavailable", "{what}: Redis cannot be reached ({reason})", {
+      what,
+      reason: errorMessage(error),
+    });
     return "the relay cannot reach its cluster store (Redis)";
   }
 
@@ -895,7 +899,11 @@ export class Hub {
     const [what, count] = limit === "max-nodes"
       ? ["the session has reached its node limit", this.settings.maxNodesPerSession]
       : ["the relay has reached its session limit", this.settings.maxSessions];
-    this.#logs.event(limit, `Refused a node in ${shownName(session)}: ${what} (${count})`);
+    this.#logs.event(limit, "Refused a node in {session}: {what} ({count})", {
+      session: shownName(session),
+      what,
+      count,
+    });
     return new JoinRefused(503, "full", what);
   }
 
@@ -908,15 +916,18 @@ export class Hub {
   #recovering(session: string): JoinRefused {
     this.refuse("unavailable");
     const what = "the relays are recovering from Redis's loss of their data";
-    this.#logs.event("recovering", `Refused a node in ${shownName(session)} for now: ${what}`);
+    this.#logs.event("recovering", "Refused a node in {session} for now: {what}", {
+      session: shownName(session),
+      what,
+    });
     return new JoinRefused(503, "unavailable", `${what}: try again in a few seconds`);
   }
 
   #backAgain(nickname: string, session: string): void {
-    this.#returns.event(
-      `${session}\n${nickname}`,
-      `Node ${shownName(nickname)} is back in ${shownName(session)}`,
-    );
+    this.#returns.event(`${session}\n${nickname}`, "Node {nickname} is back in {session}", {
+      nickname: shownName(nickname),
+      session: shownName(session),
+    });
   }
 
   #badSuffix(): JoinRefused {
@@ -1148,8 +1159,8 @@ export class Hub {
       // A line per interval: with Redis full or down, every message of every node fails.
       this.#logs.event(
         "not-taken",
-        `Node ${shownName(from.nickname)}: Redis did not take its message (${reason}); ` +
-          "it will resend",
+        "Node {nickname}: Redis did not take its message ({reason}); it will resend",
+        { nickname: shownName(from.nickname), reason },
       );
       from.detach(this.#clock());
       sink.close(4503, "the relay cannot reach its cluster store");

@@ -93,7 +93,7 @@ export class NodePipes {
   #acceptor: PipeAcceptor | null = null;
   #accepts: (from: string) => boolean = () => true;
   /** Pipes that could not be taken: a line per node and interval, however many. */
-  #logs = new LogLimiter((line) => log.warn(line));
+  #logs = new LogLimiter((template, properties) => log.warn(template, properties));
   /** Offered pipes being taken now: {@linkcode MAX_ACCEPTS_IN_FLIGHT} at most. */
   #accepting = 0;
   /** Aborted by close: the pipes being taken are given up with the node. */
@@ -169,8 +169,9 @@ export class NodePipes {
     if (this.#accepting >= MAX_ACCEPTS_IN_FLIGHT) {
       this.#logs.event(
         "busy",
-        `Refused a pipe from ${frame.from}: ${MAX_ACCEPTS_IN_FLIGHT} offered pipes are being ` +
-          "taken already, more than the relay lets a node have (is it broken?)",
+        "Refused a pipe from {from}: {count} offered pipes are being taken already, more " +
+          "than the relay lets a node have (is it broken?)",
+        { from: frame.from, count: MAX_ACCEPTS_IN_FLIGHT },
       );
       return this.#host.refuse(frame.id, "busy");
     }
@@ -193,10 +194,10 @@ export class NodePipes {
         });
         return;
       }
-      this.#logs.event(
-        `accept ${frame.from}`,
-        `Could not accept the pipe from ${frame.from}: ${errorMessage(error)}`,
-      );
+      this.#logs.event(`accept ${frame.from}`, "Could not accept the pipe from {from}: {reason}", {
+        from: frame.from,
+        reason: errorMessage(error),
+      });
     } finally {
       this.#accepting--;
     }

@@ -404,9 +404,9 @@ export class RelayNode implements AsyncDisposable {
    * The link's lines that a relay can make come as fast as it likes (lost,
    * a bad frame; and back, at each reconnect): a line per kind and interval.
    */
-  #linkLogs = new LogLimiter((line) => log.warn(line));
+  #linkLogs = new LogLimiter((template, properties) => log.warn(template, properties));
   /** The link back after a loss: as many as the losses, so as few lines. */
-  #backLogs = new LogLimiter((line) => log.info(line));
+  #backLogs = new LogLimiter((template, properties) => log.info(template, properties));
   /** Sessions over this node's pipes (connectTo, listen), ended with it. */
   #sessions = new Set<ImmortalConn>();
   /** Listeners over this node's pipes (`listen`), closed with it. */
@@ -867,10 +867,9 @@ export class RelayNode implements AsyncDisposable {
       onFrame: (frame: RelayFrame) => this.#onFrame(frame),
       // Its reason may quote the frame (an unknown type): the relay's text.
       onBadFrame: (reason: string) =>
-        this.#linkLogs.event(
-          "bad-frame",
-          `Relay sent a frame this node ignores: ${peerText(reason)}`,
-        ),
+        this.#linkLogs.event("bad-frame", "Relay sent a frame this node ignores: {reason}", {
+          reason: peerText(reason),
+        }),
       onClose: (reason: string, code?: number) => {
         if (code === REPLACED) return this.#replaced(reason);
         this.#lost(reason, code);
@@ -1131,7 +1130,7 @@ export class RelayNode implements AsyncDisposable {
     // One line per interval: a relay that closes every connection right
     // after its welcome must not write hundreds of lines a second, even
     // while the backoff grows.
-    this.#linkLogs.event("lost", `Relay link lost: ${reason}`);
+    this.#linkLogs.event("lost", "Relay link lost: {reason}", { reason });
     this.#setState("disconnected", reason);
     // Every connection that ends soon after its welcome counts, whoever ended
     // it: a relay that welcomes and then closes (1000 as well as 4xxx), or
@@ -1157,7 +1156,7 @@ export class RelayNode implements AsyncDisposable {
     const since = performance.now();
     // A relay down for minutes is tried again and again: a line per interval
     // says it still is, not a line per attempt.
-    const failing = new LogLimiter((line) => log.info(line));
+    const failing = new LogLimiter((template, properties) => log.info(template, properties));
     let attempts = 0;
     try {
       await this.#redial(first, (error) => {
@@ -1165,7 +1164,8 @@ export class RelayNode implements AsyncDisposable {
         // By kind: a relay that answers otherwise (TLS, a proxy's page) is news.
         failing.event(
           error instanceof RelayConnectError ? error.code : "other",
-          `Relay link not back yet: ${errorMessage(error)}; trying again`,
+          "Relay link not back yet: {reason}; trying again",
+          { reason: errorMessage(error) },
         );
       });
     } finally {
@@ -1176,7 +1176,12 @@ export class RelayNode implements AsyncDisposable {
     const tries = attempts === 0 ? "" : ` and ${attempts + 1} attempts`;
     this.#backLogs.event(
       "back",
-      `Relay link back as ${this.#nickname} via ${this.#transport.kind} after ${seconds} s${tries}`,
+      `Relay link back as {nickname} via {transport} after {seconds} s${tries}`,
+      {
+        nickname: this.#nickname,
+        transport: this.#transport.kind,
+        seconds,
+      },
     );
   }
 

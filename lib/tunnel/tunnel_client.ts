@@ -137,11 +137,11 @@ export class TunnelClient implements AsyncDisposable {
   /** The session, or its opening; null when there is none. */
   #session: Promise<MuxSession> | null = null;
   #current: MuxSession | null = null;
-  #failures = new LogLimiter((line) => log.error(line));
+  #failures = new LogLimiter((template, properties) => log.error(template, properties));
   /** The server ended the session on purpose (it shut down, say): news to heed, no fault of ours. */
-  #peerEnds = new LogLimiter((line) => log.warn(line));
+  #peerEnds = new LogLimiter((template, properties) => log.warn(template, properties));
   /** A local application's own resets (`socat -u`, a killed client): news, not errors of ours. */
-  #localEnds = new LogLimiter((line) => log.info(line));
+  #localEnds = new LogLimiter((template, properties) => log.info(template, properties));
   #closing = new AbortController();
   /** Closed by close(): every local connection ends. */
   #connectionsClosing = new TunnelClosing();
@@ -203,10 +203,9 @@ export class TunnelClient implements AsyncDisposable {
         // Out of descriptors (EMFILE), say: ending here left the port bound
         // and nothing accepting on it, for good. Say so once per interval,
         // pause (see acceptBackoff), and serve again once descriptors free up.
-        this.#failures.event(
-          "accept",
-          `Accepting a local connection failed: ${errorMessage(error)}`,
-        );
+        this.#failures.event("accept", "Accepting a local connection failed: {reason}", {
+          reason: errorMessage(error),
+        });
         if (!(await delay(acceptBackoff(++failures), this.#closing.signal))) return;
         continue;
       }
@@ -418,7 +417,10 @@ export class TunnelClient implements AsyncDisposable {
           ? this.#peerEnds
           : this.#failures;
         const verb = limiter === this.#peerEnds ? "ended" : "failed";
-        limiter.event(reason, `Tunneled connection from ${local} ${verb}: ${reason}`);
+        limiter.event(reason, `Tunneled connection from {local} ${verb}: {reason}`, {
+          local,
+          reason,
+        });
       }
       try {
         tcp.close();

@@ -106,7 +106,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   #forwarded: ForwardedBytes = { sent: 0, received: 0 };
   /** Closed by close(): every connection to the target ends. */
   #connectionsClosing = new TunnelClosing();
-  #refusals = new LogLimiter((line) => log.warn(line));
+  #refusals = new LogLimiter((template, properties) => log.warn(template, properties));
   #serving: Promise<void>;
   /** Every session's serving, so close() can wait for all of them. */
   #carrying = new Set<Promise<void>>();
@@ -213,7 +213,10 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     const target = `${this.#target.hostname}:${this.#target.port}`;
     if (this.#streams >= this.#maxConnections) {
       const reason = `too many connections (${this.#maxConnections}) to ${target} open`;
-      this.#refusals.event("max-connections", `Tunnel session ${session}: ${reason}`);
+      this.#refusals.event("max-connections", "Tunnel session {session}: {reason}", {
+        session,
+        reason,
+      });
       stream.refuse(reason);
       return;
     }
@@ -221,7 +224,10 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
     if (this.#sourceShare !== null && held >= this.#sourceShare) {
       const reason = `this address holds ${held} connections to ${target}, its share of the ` +
         `${this.#maxConnections} a key-less server opens`;
-      this.#refusals.event(`share ${source}`, `Tunnel session ${session}: ${reason}`);
+      this.#refusals.event(`share ${source}`, "Tunnel session {session}: {reason}", {
+        session,
+        reason,
+      });
       stream.refuse(reason);
       return;
     }
@@ -244,7 +250,11 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
       if (!core.ended) {
         const reason = `cannot reach ${target}: ${errorMessage(error)}`;
         // A target that is down refuses every connection: one line per reason per interval.
-        this.#refusals.event(reason, `Tunnel session ${session}, stream ${stream.id}: ${reason}`);
+        this.#refusals.event(reason, "Tunnel session {session}, stream {stream}: {reason}", {
+          session,
+          stream: stream.id,
+          reason,
+        });
         stream.refuse(reason);
         this.#release(source);
         return;
