@@ -137,16 +137,27 @@ export function redisUrl(url: string | undefined, name = "redis"): string | unde
 }
 
 /**
- * `url` without its password, for logs and errors: what follows the user
- * name up to the last `@` is masked, in a URL that does not parse too (a
- * password holding `#` or `?` breaks it).
+ * `url` without its password, for logs and errors. The userinfo ends at the
+ * authority's last `@`; a URL that does not parse (a password holding `/`,
+ * `?` or `#` breaks it) is masked up to its last `@` when a `:` comes before
+ * its first: a secret is never shown, at the cost of masking a port and path
+ * (`https://host:8443/@team`). An `@` in the path of a URL without a
+ * password (`https://host/@team`) is left alone.
  */
 export function redactedUrl(url: string): string {
-  return url.replace(
-    /^([a-z][\w+.-]*:\/\/)(.*)@/i,
-    (_, scheme: string, userinfo: string) => {
-      const colon = userinfo.indexOf(":");
-      return colon < 0 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`;
-    },
-  );
+  const scheme = /^[a-z][\w+.-]*:\/\//i.exec(url)?.[0];
+  if (scheme === undefined) return url;
+  const rest = url.slice(scheme.length);
+  const authorityEnd = rest.search(/[/?#]/);
+  const authority = authorityEnd < 0 ? rest : rest.slice(0, authorityEnd);
+  let at = authority.lastIndexOf("@");
+  if (at < 0) {
+    const first = rest.indexOf("@");
+    if (first < 0 || !rest.slice(0, first).includes(":")) return url;
+    at = rest.lastIndexOf("@");
+  }
+  const userinfo = rest.slice(0, at);
+  const colon = userinfo.indexOf(":");
+  if (colon < 0) return url;
+  return `${scheme}${userinfo.slice(0, colon)}:***${rest.slice(at)}`;
 }
