@@ -31,9 +31,7 @@ function startRelay(port: number, redis?: { url: string; port: number }) {
   // In a cluster a relay also listens, on a port of its own choosing, for the
   // pipes other relays hand over to it.
   const net = redis ? "127.0.0.1" : `127.0.0.1:${port}`;
-  const flags = redis
-    ? `--allow-net=${net} --allow-env=REDIS_DEBUG_MAINTENANCE`
-    : `--allow-net=${net}`;
+  const flags = `--allow-net=${net}`;
   const relay = new Deno.Command("bash", {
     args: [
       "-c",

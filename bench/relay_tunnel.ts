@@ -157,7 +157,6 @@ function spawnRelay(port: number, redis?: string): void {
   spawn(deno, [
     "run",
     redis ? "--allow-net=127.0.0.1" : `--allow-net=127.0.0.1:${port}`,
-    ...(redis ? ["--allow-env=REDIS_DEBUG_MAINTENANCE"] : []),
     `${ROOT}cli/relay.ts`,
     "--open",
     "--hostname",

@@ -42,9 +42,6 @@ import {
   warnSecretFlags,
 } from "./_common.ts";
 
-/** The variable the Redis client (npm redis) reads as it connects. */
-const REDIS_CLIENT_VARIABLE = "REDIS_DEBUG_MAINTENANCE";
-
 const USAGE = `immortal relay — links hosts that can only make outgoing HTTP(S) connections
 
 Usage:
@@ -87,8 +84,8 @@ Options:
                            separated) whose X-Forwarded-For names the node's
                            address in the log (else the proxy's is logged)
   --redis URL              share sessions with other relay processes through
-                           Redis (redis://host:6379); needs --allow-net for
-                           it and --allow-env=REDIS_DEBUG_MAINTENANCE
+                           Redis (redis://host:6379, redis://[::1]:6379);
+                           needs --allow-net for it
   --cluster-address HOST:PORT  with --redis: where the other relays reach this
                            one for pipes between nodes on different relays
                            (plain HTTP, keyed: a private address; default
@@ -397,17 +394,6 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   if (config.serve.reusePort && !("listenDatagram" in Deno)) {
     throw new Error(
       "--reuse-port needs Deno's --unstable-net flag: deno run --unstable-net ... cli/relay.ts",
-    );
-  }
-  if (
-    config.serve.redis !== undefined &&
-    Deno.permissions.querySync({ name: "env", variable: REDIS_CLIENT_VARIABLE }).state !== "granted"
-  ) {
-    // Its Redis client reads it when it connects: without it the relay said
-    // it was listening, then ended a moment later in Deno's words.
-    throw new Error(
-      `a relay on Redis needs to read ${REDIS_CLIENT_VARIABLE} (its Redis client does): ` +
-        grantAdvice([`--allow-env=${REDIS_CLIENT_VARIABLE}`], "relay-redis"),
     );
   }
   const listening = Promise.withResolvers<Deno.NetAddr>();

@@ -27,11 +27,12 @@ export async function redisClient(url: string) {
  * A redis-server the test started; `restart` stops it and starts it again
  * on its data. `persist: false` keeps nothing on disk: a restart loses all.
  * `password` makes it refuse clients without it (`url` carries it); `port`
- * is where it listens (a free one by default).
+ * is where it listens (a free one by default), on `hostname` (127.0.0.1).
  */
 export async function startRedis(
-  options: { persist?: boolean; password?: string; port?: number } = {},
+  options: { persist?: boolean; password?: string; port?: number; hostname?: string } = {},
 ) {
+  const hostname = options.hostname ?? "127.0.0.1";
   const persist = options.persist ?? true;
   const dir = await Deno.makeTempDir({ prefix: "immortal-redis-" });
   const port = options.port ?? freePort();
@@ -42,7 +43,7 @@ export async function startRedis(
         "--port",
         String(port),
         "--bind",
-        "127.0.0.1",
+        hostname,
         "--dir",
         dir,
         "--save",
@@ -79,7 +80,7 @@ export async function startRedis(
     port,
     url: `redis://${
       options.password === undefined ? "" : `:${encodeURIComponent(options.password)}@`
-    }127.0.0.1:${port}`,
+    }${hostname.includes(":") ? `[${hostname}]` : hostname}:${port}`,
     /** Stops it (SIGTERM: it writes what it has) and starts it again on the same data. */
     async restart(): Promise<void> {
       await stop();

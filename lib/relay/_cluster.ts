@@ -50,6 +50,14 @@ type EpochEntry = HistoryEntry & { epoch: string };
 
 /** Messages that may wait while a gap is filled; past it, the fill reads the history again. */
 const MAX_WAITING = 10_000;
+/**
+ * node-redis's notices of Redis Enterprise moving an endpoint, off: the
+ * relays reconnect by themselves, and with them on, the client looked up
+ * an IPv6 URL's host brackets and all (`redis://[::1]:6379` never
+ * connected: node-redis#2734) and read an environment variable at each
+ * connect (a relay needed `--allow-env` for it).
+ */
+const NO_MAINTENANCE_NOTIFICATIONS = "disabled" as const;
 /** Every this many heartbeats, the members Redis lists for this relay are checked for ghosts. */
 const GHOST_CHECK_EVERY = 30;
 
@@ -269,6 +277,7 @@ export class RelayCluster {
     // join is refused (the node tries again), a message not taken is resent.
     const options = {
       url: settings.url,
+      maintNotifications: NO_MAINTENANCE_NOTIFICATIONS,
       disableOfflineQueue: true,
       socket: {
         // None once closed, or refused for good: node-redis cannot cancel a
@@ -625,6 +634,7 @@ export class RelayCluster {
     open.username = open.password = "";
     const probe = this.#probe = createClient({
       url: open.href,
+      maintNotifications: NO_MAINTENANCE_NOTIFICATIONS,
       socket: { reconnectStrategy: false, connectTimeout: 5000 },
     });
     probe.on("error", () => {}); // a refusal is the good answer
@@ -1149,7 +1159,7 @@ function refusalToMend(error: unknown): string | null {
   const text = errorMessage(error);
   if (isNotCapable(error)) {
     return `this relay may not reach Redis: ${text} (a relay on Redis needs --allow-net ` +
-      "for the Redis server and --allow-env=REDIS_DEBUG_MAINTENANCE)";
+      "for the Redis server)";
   }
   if (/^(WRONGPASS|NOAUTH|ERR AUTH|ERR invalid password|ERR Client sent AUTH)/.test(text)) {
     return `Redis refuses this relay: ${text} (check the user and password in the Redis URL)`;
