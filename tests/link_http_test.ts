@@ -231,6 +231,22 @@ Deno.test("HTTP-streaming links: a session's last frame reaches the server: a cl
   await quitter.closed.catch(() => {});
 });
 
+for (const [name, dialer] of transports) {
+  Deno.test(`${name} links: a session on a live link goes on after its listener closed (new links are refused)`, async () => {
+    await using app = serveLinks("k");
+    const url = `http://127.0.0.1:${app.port}/link`;
+    await using client = await connect({ dialer: dialer(url), key: "k", ...FAST });
+    await using server = await app.listener.accept();
+    app.listener.close();
+    // Its link's POSTs (HTTP streaming) are still taken: 1 MiB each way.
+    await bothWays(client, server, 1 << 20);
+    assert.equal(client.state, "connected");
+    const refused = await fetch(url, { method: "POST", headers: { "x-immortal-link": "open" } });
+    assert.equal(refused.status, 503);
+    await refused.body?.cancel();
+  });
+}
+
 Deno.test("using: an HttpLinkAcceptor disposed at the end of its scope refuses links (503) and its accept() rejects", async () => {
   let acceptor: HttpLinkAcceptor;
   {

@@ -106,15 +106,16 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
   /**
    * Handles one request: a WebSocket upgrade, or a POST of the HTTP-streaming
    * transport (opening a link, or carrying its bytes up), becomes or feeds a
-   * link; anything else is answered 426 (upgrade required). 503 when the
-   * acceptor is closed, too many links wait for `accept()`, or (a WebSocket)
-   * the client's address has too many links whose close it never answered;
-   * 400 for an opening request with a body.
+   * link; anything else is answered 426 (upgrade required). A new link is
+   * answered 503 when the acceptor is closed, too many links wait for
+   * `accept()`, or (a WebSocket) the client's address has too many links
+   * whose close it never answered; 400 when its opening request has a body.
+   * The links of sessions under way still take their POSTs once it closed.
    */
   handle(req: Request, info?: Deno.ServeHandlerInfo): Response | Promise<Response> {
-    if (this.#links.closed) return new Response("not accepting links", { status: 503 });
     const kind = linkRequestKind(req);
     if (kind === "upstream") return this.#endpoint.upstream(req);
+    if (this.#links.closed) return new Response("not accepting links", { status: 503 });
     if (kind === null) return notALinkRequest();
     if (this.#links.waiting >= this.#backlog) {
       return new Response("too many links waiting", { status: 503 });
@@ -184,10 +185,14 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
     return this.#links.accept();
   }
 
-  /** Stops accepting: waiting links are closed, `accept()` rejects; idempotent. */
+  /**
+   * Stops accepting: new links are refused, links not yet accepted are
+   * closed, `accept()` rejects; idempotent. Links already accepted go on
+   * (their sessions end them): a listener closing lets its sessions on live
+   * links finish, over HTTP as over TCP.
+   */
   close(): void {
     this.#links.close();
-    this.#endpoint.close();
   }
 
   /** Same as {@linkcode HttpLinkAcceptor.close}, for `using`. */
