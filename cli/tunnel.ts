@@ -36,7 +36,12 @@ import { TunnelClient, TunnelServer } from "../lib/tunnel/mod.ts";
 import { redactedUrl } from "../lib/relay/_settings.ts";
 import { CONNECT_WAIT_MS } from "../lib/tunnel/tunnel_client.ts";
 import { MIN_HEARTBEAT_MS } from "../lib/conn/_options.ts";
-import { type BackoffOptions, ImmortalError, type SessionOptions } from "../lib/conn/mod.ts";
+import {
+  type BackoffOptions,
+  generateKey,
+  ImmortalError,
+  type SessionOptions,
+} from "../lib/conn/mod.ts";
 import { type Dialer, urlAddr } from "../lib/link/link.ts";
 import {
   loadRelayConfig,
@@ -1151,15 +1156,6 @@ function _startRelayClient(
       await node?.close();
     },
   };
-}
-
-/**
- * A fresh random key: 32 bytes in hex. Hex, not base64: a key that began
- * with "-" would read as a flag after --key.
- */
-function generateKey(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(32));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function _startServer(config: TunnelCliConfig, log: Logger): TunnelServer {

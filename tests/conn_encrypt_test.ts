@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { connect, type ImmortalConn, listen, RelayNode, serveRelay } from "../mod.ts";
+import { connect, type ImmortalConn, listen, RelayNode, serveRelay, TunnelServer } from "../mod.ts";
 import { encodeFrame } from "../lib/frame/mod.ts";
 import { controlledPath } from "./_controlled_path.ts";
 import { type Direction, FaultProxy } from "./_fault_proxy.ts";
@@ -200,27 +200,66 @@ Deno.test("a server that takes encrypted sessions only refuses a plain client, s
   assert.equal(new TextDecoder().decode(buffer.subarray(0, n!)), "sealed anyway");
 });
 
-Deno.test("through relay pipes, the relay forwards no plaintext of an encrypted session", async () => {
-  await using relay = serveRelay({ hostname: "127.0.0.1", port: 0, secret: "s", onListen() {} });
-  // Both nodes reach the relay through a recording proxy: what the relay gets is what it sees.
-  const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
-  try {
-    const seen = record(proxy);
-    const url = `http://127.0.0.1:${proxy.port}`;
-    const options = { session: "s", secret: "s" };
-    await using lab = await RelayNode.connect(url, { ...options, nickname: "lab" });
-    // Encrypted by default through a relay.
-    using listener = lab.listen({ key: "k" });
-    await using laptop = await RelayNode.connect(url, { ...options, nickname: "laptop" });
-    await using client = await laptop.connectTo("lab", { key: "k" });
-    await using server = await listener.accept();
-    await exchangePlaintext(client, server);
-    assert.ok(!contains(seen.up, NEEDLE), "the relay received plaintext");
-    assert.ok(!contains(seen.down, NEEDLE), "the relay sent plaintext");
-    assert.ok(relay.relay.stats.pipes!.bytes >= 2 * PLAINTEXT.length, "it went through the pipe");
-  } finally {
-    await proxy.close();
-  }
+for (const raw of [false, true]) {
+  const how = raw ? "connect() and listen() over its raw pipes" : "connectTo() and listen()";
+  Deno.test(`through relay pipes (${how}), the relay forwards no plaintext of a session: encrypted by default`, async () => {
+    await using relay = serveRelay({ hostname: "127.0.0.1", port: 0, secret: "s", onListen() {} });
+    // Both nodes reach the relay through a recording proxy: what the relay gets is what it sees.
+    const proxy = await FaultProxy.start({ targetPort: relay.addr.port });
+    try {
+      const seen = record(proxy);
+      const url = `http://127.0.0.1:${proxy.port}`;
+      const options = { session: "s", secret: "s" };
+      await using lab = await RelayNode.connect(url, { ...options, nickname: "lab" });
+      // Encrypted by default through a relay, raw pipes too.
+      using listener = raw
+        ? listen({ acceptor: lab.pipeAcceptor(), key: "k" })
+        : lab.listen({ key: "k" });
+      await using laptop = await RelayNode.connect(url, { ...options, nickname: "laptop" });
+      await using client = raw
+        ? await connect({ dialer: laptop.pipeDialer("lab"), key: "k" })
+        : await laptop.connectTo("lab", { key: "k" });
+      await using server = await listener.accept();
+      await exchangePlaintext(client, server);
+      assert.ok(!contains(seen.up, NEEDLE), "the relay received plaintext");
+      assert.ok(!contains(seen.down, NEEDLE), "the relay sent plaintext");
+      assert.ok(relay.relay.stats.pipes!.bytes >= 2 * PLAINTEXT.length, "it went through the pipe");
+    } finally {
+      await proxy.close();
+    }
+  });
+}
+
+Deno.test("sessions over a relay's raw pipes need a key (the relay could stand in the middle of an unkeyed exchange); encrypt: false is plaintext, asked for", async () => {
+  await using relay = serveRelay({ hostname: "127.0.0.1", port: 0, onListen() {} });
+  const url = `http://127.0.0.1:${relay.addr.port}`;
+  await using lab = await RelayNode.connect(url, { session: "s", nickname: "lab" });
+  await using laptop = await RelayNode.connect(url, { session: "s", nickname: "laptop" });
+  const needsKey = (error: Error) =>
+    error instanceof TypeError &&
+    /through a relay needs a key.*generateKey\(\)/.test(error.message);
+  await assert.rejects(connect({ dialer: laptop.pipeDialer("lab") }), needsKey);
+  assert.throws(() => listen({ acceptor: lab.pipeAcceptor() }), needsKey);
+  assert.throws(
+    () =>
+      new TunnelServer({
+        acceptor: lab.pipeAcceptor(),
+        target: { hostname: "127.0.0.1", port: 1 },
+      }),
+    needsKey,
+  );
+  // Plaintext only when asked: both ends say so, and still need the key.
+  using listener = listen({ acceptor: lab.pipeAcceptor(), key: "k", encrypt: false });
+  await using client = await connect({
+    dialer: laptop.pipeDialer("lab"),
+    key: "k",
+    encrypt: false,
+  });
+  await using server = await listener.accept();
+  await client.write(encoder.encode("plain, as asked"));
+  const buffer = new Uint8Array(64);
+  const n = await server.read(buffer);
+  assert.equal(new TextDecoder().decode(buffer.subarray(0, n!)), "plain, as asked");
 });
 
 /**

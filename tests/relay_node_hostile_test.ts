@@ -378,9 +378,10 @@ Deno.test("RelayNode.connectTo and listen: encryption through a relay is always 
   // `encrypt: undefined`, as an options object forwarded from a setting left out, means on.
   const unset = { key: "k", encrypt: undefined };
   using listener = lab.listen(unset);
-  // A client that does not encrypt is refused: the listener takes encrypted sessions only.
+  // A client that does not encrypt (it must say so) is refused: the listener
+  // takes encrypted sessions only.
   await assert.rejects(
-    connect({ dialer: laptop.pipeDialer("lab"), key: "k" }),
+    connect({ dialer: laptop.pipeDialer("lab"), key: "k", encrypt: false }),
     (error: Error) =>
       error instanceof ImmortalError && /encrypted sessions only/.test(error.message),
   );

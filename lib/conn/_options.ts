@@ -61,9 +61,20 @@ function windowSize(value: number | undefined): number {
   return Math.floor(size);
 }
 
-/** Validates and fills in defaults; throws `RangeError`/`TypeError` naming the bad setting. */
+/** What a session through a relay without a key is told. */
+export const RELAY_NEEDS_KEY = "a session through a relay needs a key (without one, the relay " +
+  "could stand in the middle of its encryption): make one with generateKey(), or " +
+  "`cli/tunnel.ts keygen`";
+
+/**
+ * Validates and fills in defaults; throws `RangeError`/`TypeError` naming
+ * the bad setting. `throughRelay`: the session's links pass through a relay
+ * (RelayNode's pipes), which could stand in the middle of an unkeyed
+ * exchange: a key is required, and `encrypt` is on unless set to `false`.
+ */
 export function resolveOptions(
   options: SessionOptions & { backoff?: BackoffOptions; tls?: unknown },
+  { throughRelay = false }: { throughRelay?: boolean } = {},
 ): ResolvedOptions {
   let key: Uint8Array | null = null;
   if (options.key !== undefined) {
@@ -80,6 +91,7 @@ export function resolveOptions(
       throw new TypeError(`key must be a non-empty string or Uint8Array, got ${given}`);
     }
   }
+  if (throughRelay && key === null) throw new TypeError(RELAY_NEEDS_KEY);
   const heartbeatInterval = timerMs(
     "heartbeatInterval",
     options.heartbeatInterval,
@@ -117,7 +129,7 @@ export function resolveOptions(
   }
   return {
     key,
-    encrypt: options.encrypt ?? false,
+    encrypt: options.encrypt ?? throughRelay,
     heartbeatInterval,
     deadLinkTimeout,
     resumeTimeout: timerMs("resumeTimeout", options.resumeTimeout, 120_000),

@@ -26,6 +26,7 @@ import { type ResolvedOptions, resolveOptions } from "./_options.ts";
 import type { SessionOptions } from "./options.ts";
 import { ServerSessions } from "./_server_session.ts";
 import { sourceOf } from "../link/_source.ts";
+import { isThroughRelay } from "../link/_through_relay.ts";
 import { SourceBuckets } from "./_source_buckets.ts";
 
 /** A TLS record: fatal alert `protocol_version` (RFC 8446 6), what a plain server says to TLS. */
@@ -53,7 +54,12 @@ export interface ListenOptions extends SessionOptions {
   port?: number;
   /** Serve TLS with this certificate and key (PEM) instead of plain TCP. */
   tls?: ListenTlsOptions;
-  /** Accepts links another way than plain TCP or TLS. */
+  /**
+   * Accepts links another way than plain TCP or TLS. The listener owns it
+   * from the call on: it closes it when it closes, or at once when it
+   * refuses the other options (a relay node's pipe acceptor would otherwise
+   * stay open, and the node take no other).
+   */
   acceptor?: Acceptor;
   /** New sessions waiting for `accept()` beyond this are refused as busy. Default 128. */
   backlog?: number;
@@ -482,7 +488,16 @@ export function listen<A extends Deno.Addr>(
 /** Starts accepting immortal sessions; the address type depends on the options. */
 export function listen(options: ListenOptions): ImmortalListener<Deno.Addr>;
 export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr> {
-  const resolved = resolveOptions(options);
+  try {
+    return listenOn(options);
+  } catch (error) {
+    options.acceptor?.close();
+    throw error;
+  }
+}
+
+function listenOn(options: ListenOptions): ImmortalListener<Deno.Addr> {
+  const resolved = resolveOptions(options, { throughRelay: isThroughRelay(options.acceptor) });
   const keyed = resolved.key !== null;
   const limit = (name: keyof ListenOptions, fallback: number, integer = true): number => {
     const value = options[name] ?? fallback;

@@ -35,4 +35,5 @@ export {
   ResumedEvent,
 } from "./events.ts";
 export { ImmortalError, type ImmortalErrorCode } from "./errors.ts";
+export { generateKey } from "./generate_key.ts";
 export type { BackoffOptions, SessionOptions } from "./options.ts";

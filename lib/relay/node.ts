@@ -17,11 +17,12 @@ import {
   peerText,
 } from "../_util.ts";
 import { connect, type ConnectOptions } from "../conn/connect.ts";
-import { timerMs } from "../conn/_options.ts";
+import { RELAY_NEEDS_KEY, timerMs } from "../conn/_options.ts";
 import { ImmortalError } from "../conn/errors.ts";
 import type { ImmortalConn } from "../conn/immortal_conn.ts";
 import { type ImmortalListener, listen, type ListenOptions } from "../conn/listener.ts";
 import type { Acceptor, Dialer } from "../link/link.ts";
+import { markThroughRelay } from "../link/_through_relay.ts";
 import { NodePipes } from "./_node_pipes.ts";
 import { HttpStreamTransport } from "./_http_stream_transport.ts";
 import { frameTooLarge } from "./_http.ts";
@@ -175,12 +176,7 @@ const PROBE_GRACE_MS = 1000;
  * keeps the relay from standing in the middle of their key exchange.
  */
 function requireKey(key: string | Uint8Array | undefined): void {
-  if (key === undefined || key.length === 0) {
-    throw new TypeError(
-      "a session through a relay needs a key (without one, the relay could stand in the middle " +
-        "of its encryption): make one with `deno run cli/tunnel.ts keygen`",
-    );
-  }
+  if (key === undefined || key.length === 0) throw new TypeError(RELAY_NEEDS_KEY);
 }
 
 /**
@@ -599,9 +595,14 @@ export class RelayNode implements AsyncDisposable {
    * fails at once rather than wait out its connect deadline. After that, a
    * refusal is a `RelayRefusedError`, for the session to retry (the peer may
    * be restarting). This holds per dialer: take a new one for each session.
+   *
+   * A pipe carries bytes as they are: the relay can read and change them. So
+   * `connect` (and a tunnel client) over this dialer needs a `key` (else a
+   * `TypeError`) and encrypts the session unless given `encrypt: false`;
+   * bytes of your own protocol on a raw pipe are yours to protect.
    */
   pipeDialer(nickname: string): Dialer {
-    return this.#pipes.dialer(nickname);
+    return markThroughRelay(this.#pipes.dialer(nickname));
   }
 
   /**
@@ -670,9 +671,14 @@ export class RelayNode implements AsyncDisposable {
    * {@linkcode RelayNode.listen}); `accepts` picks which nodes may, the
    * others' pipes are refused. One acceptor per node at a time; closing it
    * stops accepting pipes.
+   *
+   * As for {@linkcode RelayNode.pipeDialer}: the relay can read and change
+   * what a pipe carries, so `listen` (and a tunnel server) over this
+   * acceptor needs a `key` and takes encrypted sessions unless given
+   * `encrypt: false`.
    */
   pipeAcceptor(accepts: (nickname: string) => boolean = () => true): Acceptor<Deno.NetAddr> {
-    return this.#pipes.listen(accepts);
+    return markThroughRelay(this.#pipes.listen(accepts));
   }
 
   /**

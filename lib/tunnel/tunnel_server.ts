@@ -74,13 +74,17 @@ function checkTarget(target: unknown): { hostname: string; port: number } {
 export interface TunnelServerOptions<A extends Deno.Addr = Deno.NetAddr> extends SessionOptions {
   /** Address to listen on for tunnel clients. Default `0.0.0.0`. */
   hostname?: string;
-  /** Port to listen on for tunnel clients; `0` picks one. */
-  port: number;
+  /** Port to listen on for tunnel clients; `0` (the default) picks one. Unused with an `acceptor`. */
+  port?: number;
   /** Where each tunneled connection is forwarded. */
   target: { hostname: string; port: number };
   /** Serve TLS with this certificate and key (PEM) instead of plain TCP. */
   tls?: ListenTlsOptions;
-  /** Accept links another way than plain TCP or TLS. */
+  /**
+   * Accept links another way than plain TCP or TLS. The server owns it from
+   * the call on: closed with the server, or at once when the options are
+   * refused.
+   */
   acceptor?: Acceptor<A>;
   /**
    * Connections to the target open at once, over all sessions; a stream
@@ -128,20 +132,27 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
    * each stream is refused.
    */
   constructor(options: TunnelServerOptions<A>) {
-    const max = options.maxConnections ?? (options.key === undefined ? 128 : Infinity);
-    if (typeof max !== "number") {
-      throw new TypeError(`maxConnections must be an integer >= 1, got ${describeValue(max)}`);
-    }
-    if (!(max >= 1) || (!Number.isInteger(max) && max !== Infinity)) {
-      throw new RangeError(`maxConnections must be an integer >= 1, got ${max}`);
+    let max: number;
+    try {
+      max = options.maxConnections ?? (options.key === undefined ? 128 : Infinity);
+      if (typeof max !== "number") {
+        throw new TypeError(`maxConnections must be an integer >= 1, got ${describeValue(max)}`);
+      }
+      if (!(max >= 1) || (!Number.isInteger(max) && max !== Infinity)) {
+        throw new RangeError(`maxConnections must be an integer >= 1, got ${max}`);
+      }
+      this.#target = checkTarget(options.target);
+      if (options.port !== undefined) portOption("port", options.port, true);
+    } catch (error) {
+      // Its listener would have owned it: refused, it is closed (see `listen`).
+      options.acceptor?.close();
+      throw error;
     }
     this.#maxConnections = max;
     this.#sourceShare = options.key === undefined && max !== Infinity
       ? Math.max(1, Math.floor(max / 2))
       : null;
-    this.#target = checkTarget(options.target);
-    if (options.port !== undefined) portOption("port", options.port, true);
-    // All before listening: a listener opened and then refused would be left open.
+    // All checked before listening: a listener opened and then refused would be left open.
     this.#listener = listen(options);
     this.#serving = this.#serve();
   }
