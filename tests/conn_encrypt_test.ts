@@ -5,7 +5,15 @@
  */
 
 import assert from "node:assert/strict";
-import { connect, type ImmortalConn, listen, RelayNode, serveRelay, TunnelServer } from "../mod.ts";
+import {
+  connect,
+  type ImmortalConn,
+  listen,
+  RelayNode,
+  serveRelay,
+  TunnelClient,
+  TunnelServer,
+} from "../mod.ts";
 import { encodeFrame } from "../lib/frame/mod.ts";
 import { controlledPath } from "./_controlled_path.ts";
 import { type Direction, FaultProxy } from "./_fault_proxy.ts";
@@ -240,6 +248,7 @@ Deno.test("sessions over a relay's raw pipes need a key (the relay could stand i
     /through a relay needs a key.*generateKey\(\)/.test(error.message);
   await assert.rejects(connect({ dialer: laptop.pipeDialer("lab") }), needsKey);
   assert.throws(() => listen({ acceptor: lab.pipeAcceptor() }), needsKey);
+  assert.throws(() => new TunnelClient({ dialer: laptop.pipeDialer("lab") }), needsKey);
   assert.throws(
     () =>
       new TunnelServer({

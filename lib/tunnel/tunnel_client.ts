@@ -27,6 +27,7 @@ import {
   listenTcp,
 } from "../_util.ts";
 import { positive, resolveOptions } from "../conn/_options.ts";
+import { isThroughRelay } from "../link/_through_relay.ts";
 import { hostAndPort, portOption } from "./tunnel_server.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { type ForwardedBytes, splice, TunnelClosing } from "./_splice.ts";
@@ -71,7 +72,7 @@ function checkOptions(options: TunnelClientOptions): TunnelClientOptions {
   ) {
     throw new TypeError(`backoff must be an object, got ${describeValue(options.backoff)}`);
   }
-  resolveOptions(options);
+  resolveOptions(options, { throughRelay: isThroughRelay(dialer) });
   if (typeof tls === "object") {
     const { caCerts, serverName } = tls;
     if (
@@ -100,8 +101,8 @@ function missing(name: string): never {
 export interface TunnelClientOptions extends SessionOptions {
   /** Local address to listen on. Default `127.0.0.1` (not the whole network). */
   hostname?: string;
-  /** Local port to listen on; `0` picks one. */
-  port: number;
+  /** Local port to listen on; `0` (the default) picks one. */
+  port?: number;
   /**
    * The tunnel server (required unless `dialer` is given; with one, it only
    * names the server in logs: port 0 for a name alone, a relay node's, say).
