@@ -73,15 +73,24 @@ export function parseHost(what: string, given: string): string {
   // An IPv6 address written as in a URL: the brackets are not part of it.
   const text = /^\[(.*)\]$/.exec(given)?.[1] ?? given;
   if (text.includes(":")) {
-    // IPv6 (a host:port is not one): the URL parser knows its forms; a zone may follow.
-    const [address, zone, ...more] = text.split("%");
+    // IPv6 (a host:port is not one): the URL parser knows its forms; a zone
+    // (an interface: eth0, eth0.100, br-lan) may follow, written `%25` in a URL.
+    const [address, zone, ...more] = text.replace("%25", "%").split("%");
+    let parsed: string;
     try {
-      new URL(`http://[${address}]/`);
+      parsed = new URL(`http://[${address}]/`).hostname.slice(1, -1);
     } catch {
       throw bad();
     }
-    if (more.length > 0 || (zone !== undefined && !/^\w+$/.test(zone))) throw bad();
-    return text;
+    if (more.length > 0 || (zone !== undefined && !/^[\w.-]{1,64}$/.test(zone))) throw bad();
+    // The kernel takes a zone only where an address needs one (it was
+    // taken, then failed every connection as "not reached").
+    if (zone !== undefined && !/^(fe[89ab]|ff)/.test(parsed)) {
+      throw new UsageError(
+        `${what}: a zone (%${zone}) is for link-local addresses (fe80::/10) only, got "${given}"`,
+      );
+    }
+    return zone === undefined ? address : `${address}%${zone}`;
   }
   // Digits and dots are an IPv4 address, four numbers of at most 255, no leading
   // zeros (read as octal by some); else a name (256.1.1.1 and 1.2.3 are neither).

@@ -470,7 +470,7 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   if (config.serve.redis !== undefined) {
     log.info("Sessions shared through Redis at {redis}; other relays reach this one at {peer}", {
       redis: redactedUrl(config.serve.redis),
-      peer: `${server.clusterAddr!.hostname}:${server.clusterAddr!.port}`,
+      peer: hostPort(server.clusterAddr!.hostname, server.clusterAddr!.port),
     });
   }
   return {

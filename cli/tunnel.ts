@@ -465,6 +465,20 @@ function _seconds(flag: string, text: string): number {
   return Math.round(seconds * 1000);
 }
 
+/** `text`, given as `flag`, as an http: or https: URL; a usage error if it is none. */
+function _httpUrl(flag: string, text: string): URL {
+  let url: URL | undefined;
+  try {
+    url = new URL(text);
+  } catch {
+    // Said below.
+  }
+  if (url?.protocol !== "http:" && url?.protocol !== "https:") {
+    throw new UsageError(`${flag} must be an http: or https: URL, got "${text}"`);
+  }
+  return url;
+}
+
 /** The relay flags, checked; undefined without `--relay`. */
 function _relaySettings(
   role: "server" | "client",
@@ -488,15 +502,7 @@ function _relaySettings(
     if (given) throw new UsageError(`--${given} needs --relay`);
     return undefined;
   }
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new UsageError(`--relay must be an http: or https: URL, got "${url}"`);
-  }
-  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") {
-    throw new UsageError(`--relay must be an http: or https: URL, got "${url}"`);
-  }
+  const parsed = _httpUrl("--relay", url);
   const session = text("session");
   if (session === undefined) throw new UsageError("--relay needs --session");
   if (role === "server" && text("name") === undefined) {
@@ -553,9 +559,9 @@ function _relaySettings(
     }
   }
   const proxy = text("proxy");
-  if (proxy !== undefined && !/^https?:\/\//.test(proxy)) {
-    throw new UsageError(`--proxy must be an http: or https: URL, got "${proxy}"`);
-  }
+  // Parsed, not matched: "http://::1:3128" (an IPv6 address needs brackets)
+  // failed later, as a relay that could not be reached.
+  if (proxy !== undefined) _httpUrl("--proxy", proxy);
   const startWait = text("relay-wait");
   const nameWait = text("name-wait");
   return {

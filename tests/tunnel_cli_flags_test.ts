@@ -70,6 +70,8 @@ Deno.test("tunnel CLI: relay flags name the tunnel ends, always encrypt, and are
     [["client", "6543", "--relay", "ftp://r", "--session", "s", "--to", "d"], /http: or https:/],
     [["client", "6543", ...relay, "--to", "db", "--tls"], /TLS is the relay's/],
     [["client", "6543", ...relay, "--to", "db", "--proxy", "socks://p"], /--proxy must be/],
+    // An IPv6 address without its brackets is no URL (it failed later, as the relay's fault).
+    [["client", "6543", ...relay, "--to", "db", "--proxy", "http://::1:3128"], /--proxy must be/],
     [["server", ...relay, "--name", "db", "127.0.0.1", "22", "extra"], /unexpected argument/],
     [
       ["server", ...relay, "--name", "db", "--listen-host", "0.0.0.0", "127.0.0.1", "22"],
@@ -95,6 +97,8 @@ Deno.test("tunnel CLI: a host that cannot be one is refused naming it (it was th
     [["server", "2000", "1.2.3", "22"], /<forwardHost> must be .*"1\.2\.3"/],
     [["server", "2000", "010.0.0.1", "22"], /<forwardHost> must be .*"010\.0\.0\.1"/],
     [["client", "2001", "h", "2000", "--listen-host", "a b"], /--listen-host must be .*"a b"/],
+    [["client", "2001", "::1%lo", "2000"], /<serverHost>: a zone \(%lo\) is for link-local/],
+    [["client", "2001", "fe80::1%a/b", "2000"], /<serverHost> must be .*"fe80::1%a\/b"/],
   ];
   for (const [args, message] of cases) {
     assert.throws(() => parseTunnelArgs(args), message, args.join(" "));
@@ -102,6 +106,10 @@ Deno.test("tunnel CLI: a host that cannot be one is refused naming it (it was th
   const v6 = parse(["client", "2001", "[::1]", "2000", "--listen-host", "::1"]);
   assert.equal(v6.peerHost, "::1");
   assert.equal(v6.listenHost, "::1");
+  // Interface names with dots and dashes; the URL form of a zone.
+  assert.equal(parse(["client", "2001", "fe80::1%eth0.100", "2000"]).peerHost, "fe80::1%eth0.100");
+  assert.equal(parse(["client", "2001", "[fe80::1%br-lan]", "2000"]).peerHost, "fe80::1%br-lan");
+  assert.equal(parse(["client", "2001", "fe80::1%25lo", "2000"]).peerHost, "fe80::1%lo");
   assert.equal(parse(["server", "2000", "db.example", "5432"]).peerHost, "db.example");
 });
 

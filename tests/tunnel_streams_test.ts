@@ -140,3 +140,22 @@ Deno.test("a stream reset before its target was dialed costs the target nothing:
   target.close();
   await targetTask;
 });
+
+Deno.test("tunnel: a refusal names an IPv6 target as [::1]:port, not ::1:port", async () => {
+  // Nothing listens on port 1; without an IPv6 loopback the dial fails all the same.
+  await using refusing = new TunnelServer({
+    hostname: "127.0.0.1",
+    target: { hostname: "::1", port: 1 },
+  });
+  await withLogs(async (records) => {
+    await using client = new TunnelClient({
+      server: { hostname: "127.0.0.1", port: refusing.addr.port },
+    });
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: client.addr.port });
+    const n = await conn.read(new Uint8Array(16)).catch(() => null);
+    conn.close();
+    assert.equal(n, null, "the local connection is closed");
+    const lines = records.map(renderRecord).join("\n");
+    assert.match(lines, /stream refused: cannot reach \[::1\]:1: /);
+  });
+});

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { canonicalIp } from "./_forwarded_for.ts";
+
 /**
  * Where a link comes from, for per-source limits: the IPv4 address, or the
  * /64 of an IPv6 one (one host usually has a whole /64 to pick from). Null
@@ -11,7 +13,9 @@
  */
 export function sourceOf(addr: Deno.Addr | undefined): string | null {
   if (addr?.transport !== "tcp" && addr?.transport !== "udp") return null;
-  const host = addr.hostname.replace(/^::ffff:/, "");
+  // One form per address: `::ffff:7f00:1` is 127.0.0.1, `2001:DB8::1` and
+  // `2001:db8:0::1` one address (a zone, which the parser refuses, is cut below).
+  const host = canonicalIp(addr.hostname) ?? addr.hostname.replace(/^::ffff:/, "");
   if (!host.includes(":")) return host;
   const groups = expandIpv6(host);
   return groups === null ? host : `${groups.slice(0, 4).join(":")}::/64`;

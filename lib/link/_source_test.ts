@@ -15,3 +15,10 @@ Deno.test("sourceOf: an IPv4 address, an IPv6 /64, nothing for other transports"
   assert.equal(sourceOf({ transport: "unix", path: "/tmp/s" }), null);
   assert.equal(sourceOf(undefined), null);
 });
+
+Deno.test("sourceOf: one source per address, whatever form it is written in", () => {
+  assert.equal(sourceOf(tcp("::ffff:7f00:1")), "127.0.0.1", "a mapped address in hex");
+  assert.equal(sourceOf(tcp("::FFFF:127.0.0.1")), "127.0.0.1");
+  assert.equal(sourceOf(tcp("2001:DB8:0001:0002::1")), "2001:db8:1:2::/64");
+  assert.equal(sourceOf(tcp("2001:db8:1:2:0:0:0:5")), "2001:db8:1:2::/64");
+});

@@ -16,7 +16,7 @@ import {
 import { ImmortalError, shuttingDown } from "../conn/errors.ts";
 import type { Acceptor } from "../link/mod.ts";
 import { MuxSession, type MuxStream } from "../mux/mod.ts";
-import { checkPort, errorMessage } from "../_util.ts";
+import { checkPort, errorMessage, hostPort } from "../_util.ts";
 import { describeValue } from "../_util.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { sourceOf } from "../link/_source.ts";
@@ -221,7 +221,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
   }
 
   async #forward(session: string, stream: MuxStream, source: string): Promise<void> {
-    const target = `${this.#target.hostname}:${this.#target.port}`;
+    const target = hostPort(this.#target.hostname, this.#target.port);
     if (this.#streams >= this.#maxConnections) {
       const reason = `too many connections (${this.#maxConnections}) to ${target} open`;
       this.#refusals.event("max-connections", "Tunnel session {session}: {reason}", {
