@@ -579,3 +579,28 @@ Deno.test("tunnel client: a connection made while a session resumes toward a res
     await server.status;
   }
 });
+
+Deno.test("close() during open() rejects it as closed, whether a dial or the wait between two was under way (not with the last dial's failure)", async () => {
+  // A port nothing listens on: every dial fails, and the opening retries.
+  const closed = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const server = { hostname: "127.0.0.1", port: closed.addr.port };
+  closed.close();
+  const isClosed = (error: unknown) => error instanceof ImmortalError && error.code === "closed";
+  {
+    const client = new TunnelClient({ port: 0, server });
+    const opening = assert.rejects(client.open(), isClosed);
+    await client.close(); // the first dial in flight
+    await opening;
+  }
+  await withLogs(async (records) => {
+    const client = new TunnelClient({ port: 0, server, backoff: { initial: 60_000 } });
+    const opening = assert.rejects(client.open(), isClosed);
+    // The first dial failed: the opening waits for its next try.
+    await waitUntil(
+      () => records.some((r) => /Tunnel server not reached/.test(renderRecord(r))),
+      "the first failure",
+    );
+    await client.close();
+    await opening;
+  });
+});

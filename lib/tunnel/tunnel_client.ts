@@ -124,6 +124,11 @@ export interface TunnelClientOptions extends SessionOptions {
   connectWait?: number;
 }
 
+/** What an opening or a connection that close() ended is told. */
+function tunnelClosing(cause?: unknown): ImmortalError {
+  return new ImmortalError("closed", "the tunnel is closing", { cause });
+}
+
 /**
  * Forwards local TCP connections through one immortal session: each
  * connection is a stream of it, so a link break costs one reconnect and one
@@ -239,6 +244,8 @@ export class TunnelClient implements AsyncDisposable {
         this.#reachedOnce = true;
         return conn;
       } catch (error) {
+        // close() ended the opening: that is the news, not the last dial's failure.
+        if (this.#closing.signal.aborted) throw tunnelClosing(error);
         // A refused key, another kind of server, TLS on one side only: waiting will not
         // help. Nothing answering, or a busy server, may change.
         if (!(error instanceof ImmortalError) || !RETRIED.has(error.code)) throw error;
@@ -265,7 +272,7 @@ export class TunnelClient implements AsyncDisposable {
         } else if (attempt === 1) {
           log.debug("Tunnel server still not reached ({reason})", { reason: error.message });
         }
-        if (!(await delay(wait, this.#closing.signal))) throw error;
+        if (!(await delay(wait, this.#closing.signal))) throw tunnelClosing(error);
       }
     }
   }
@@ -315,7 +322,7 @@ export class TunnelClient implements AsyncDisposable {
         if (this.#closing.signal.aborted) {
           // close() ran while this session was being opened: it did not see it.
           conn.close();
-          throw new ImmortalError("closed", "the tunnel is closing");
+          throw tunnelClosing();
         }
         // A tunnel server never opens streams (PROTOCOL.md 3.11): one that
         // does is refused at once, nothing kept of it.
@@ -377,7 +384,7 @@ export class TunnelClient implements AsyncDisposable {
       const state = session.conn.state;
       if (state === "connected" || rounds >= MAX_SESSION_ROUNDS) return session;
       if (state === "reconnecting" && (await resumedOrEnded(session))) return session;
-      if (this.#closing.signal.aborted) throw new ImmortalError("closed", "the tunnel is closing");
+      if (this.#closing.signal.aborted) throw tunnelClosing();
       // Ended: let go of it now (its own end does, a few turns later), so
       // that the next round opens another.
       if (this.#current === session) {
