@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { connect, ImmortalError, type Link, listen, TcpLink, TunnelClient } from "../mod.ts";
+import { muxPair } from "./_mux_pair.ts";
 import {
   patternHash,
   receiveAll,
@@ -262,4 +263,29 @@ Deno.test("a listener closed while a session's accept is on its way: the client,
   const error = await within(30_000, "the client's end", client.closed.then(() => null, (e) => e));
   assert.ok(error instanceof ImmortalError, String(error));
   assert.match(error.message, /the server's listener closed before the session was accepted/);
+});
+
+Deno.test("readable chunks are typed as a Deno.Conn's (Uint8Array<ArrayBuffer>): crypto.subtle and Blob take them as they are, from a session and from a stream", async () => {
+  /** What code written for a Deno.Conn's readable takes (a type check, then a run). */
+  const digestAll = async (readable: Deno.Conn["readable"]): Promise<number> => {
+    let bytes = 0;
+    for await (const chunk of readable) {
+      await crypto.subtle.digest("SHA-256", chunk);
+      bytes += new Blob([chunk]).size;
+    }
+    return bytes;
+  };
+  using listener = listen({ hostname: "127.0.0.1", port: 0 });
+  await using client = await connect({ port: listener.addr.port });
+  await using server = await listener.accept();
+  await client.write(new Uint8Array(1000));
+  await client.closeWrite();
+  assert.equal(await digestAll(server.readable), 1000);
+  await using mux = await muxPair();
+  const stream = mux.client.open();
+  const [accepted] = await Promise.all([
+    mux.server.accept(),
+    stream.write(new Uint8Array(500)).then(() => stream.closeWrite()),
+  ]);
+  assert.equal(await digestAll(accepted.readable), 500);
 });

@@ -152,7 +152,7 @@ export interface StreamEngineInit {
 
 /** The transport-agnostic byte stream of one session; see the module doc. */
 export class StreamEngine extends EventTarget implements ImmortalConn {
-  readonly readable: ReadableStream<Uint8Array>;
+  readonly readable: ReadableStream<Uint8Array<ArrayBuffer>>;
   readonly writable: WritableStream<Uint8Array>;
   readonly closed: Promise<void>;
   readonly sessionId: string;
@@ -248,13 +248,16 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     });
     // A session that fails with nobody awaiting `closed` must not crash the process.
     this.closed.catch(() => {});
-    this.readable = new ReadableStream<Uint8Array>({
+    this.readable = new ReadableStream<Uint8Array<ArrayBuffer>>({
       pull: async (controller) => {
         const chunk = await this.#next((view) =>
           this.#readBuffers.lent(view) || smallBuffers.has(view.buffer) ? view.slice() : view
         );
         if (chunk === null) controller.close();
-        else controller.enqueue(chunk);
+        // Typed as Deno.Conn's chunks are: ours are views of our own
+        // ArrayBuffers (never shared), so `crypto.subtle.digest`, `Blob`
+        // and code written for a Deno.Conn take them without a cast.
+        else controller.enqueue(chunk as Uint8Array<ArrayBuffer>);
       },
       // A reader that stops (a `break` out of `for await`) ends the session,
       // as cancelling a Deno.Conn's readable closes it: otherwise nobody

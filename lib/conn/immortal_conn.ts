@@ -19,7 +19,7 @@ export interface ImmortalConn extends EventTarget, AsyncDisposable, Disposable {
    * Bytes from the peer; ends after the peer's half-close. Cancelling it
    * (a `break` out of `for await`) closes the session, as with `Deno.Conn`.
    */
-  readonly readable: ReadableStream<Uint8Array>;
+  readonly readable: ReadableStream<Uint8Array<ArrayBuffer>>;
   /** Bytes to the peer; closing it half-closes the session. */
   readonly writable: WritableStream<Uint8Array>;
   /** Settles when the session has ended: resolves on a clean end or a local close, rejects otherwise. */

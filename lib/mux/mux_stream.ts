@@ -34,7 +34,7 @@ export function coreOf(stream: MuxStream): StreamCore {
  */
 export class MuxStream implements Disposable {
   #core: StreamCore;
-  #readable?: ReadableStream<Uint8Array>;
+  #readable?: ReadableStream<Uint8Array<ArrayBuffer>>;
   #writable?: WritableStream<Uint8Array>;
 
   /** Made by {@linkcode MuxSession}; not constructed directly. @internal */
@@ -48,9 +48,9 @@ export class MuxStream implements Disposable {
    * a stream read otherwise (the tunnel's splice) never pays for it, nor does
    * one refused at once, by the thousand in a flood of opens.
    */
-  get readable(): ReadableStream<Uint8Array> {
+  get readable(): ReadableStream<Uint8Array<ArrayBuffer>> {
     const core = this.#core;
-    return this.#readable ??= new ReadableStream<Uint8Array>({
+    return this.#readable ??= new ReadableStream<Uint8Array<ArrayBuffer>>({
       pull: async (controller) => {
         const chunk = await core.nextChunk();
         if (chunk === null) controller.close();
@@ -61,7 +61,7 @@ export class MuxStream implements Disposable {
           // times the bytes of a small message).
           controller.enqueue(chunk.slice());
           core.release(chunk);
-        } else controller.enqueue(chunk);
+        } else controller.enqueue(chunk as Uint8Array<ArrayBuffer>); // ours, never shared: see ImmortalConn
       },
       // Nobody will read on: give the peer an answer instead of a window that never opens.
       cancel: () => core.close("the reader stopped reading"),
