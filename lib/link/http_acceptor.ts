@@ -88,7 +88,7 @@ export class HttpLinkAcceptor implements Acceptor<Deno.NetAddr>, Disposable {
   #sources = new Map<string, SourceSockets>();
   #lingering = 0;
 
-  /** An acceptor with no links yet. */
+  /** An acceptor with no links yet; `options` may be left out (each has a default). */
   constructor(options: HttpLinkAcceptorOptions = {}) {
     this.addr = options.addr ?? { transport: "tcp", hostname: "0.0.0.0", port: 0 };
     const backlog = options.backlog ?? 256;

@@ -132,7 +132,7 @@ export function nicknameProblem(nickname: unknown, maxLength: number): string | 
   if ([...nickname].length > maxLength) {
     return `the nickname is longer than ${maxLength} characters`;
   }
-  if (CONTROL.test(nickname)) return "the nickname contains control characters";
+  if (CONTROL.test(nickname)) return "the nickname contains control or bidi characters";
   const invisible = NICKNAME_INVISIBLE.exec(nickname);
   if (invisible) {
     return `the nickname contains an invisible character (U+${hex(invisible[0])})`;
@@ -160,7 +160,7 @@ export function sessionProblem(session: unknown): string | null {
 
 /** Why a message text is not acceptable, or `null`. */
 export function textProblem(text: string): string | null {
-  return TEXT_CONTROL.test(text) ? "the message contains control characters" : null;
+  return TEXT_CONTROL.test(text) ? "the message contains control or bidi characters" : null;
 }
 
 /** A wire object with a string `t`: the shape every frame has before its fields are checked. */

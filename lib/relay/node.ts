@@ -668,8 +668,8 @@ export class RelayNode implements AsyncDisposable {
   /**
    * Accepts pipes other nodes of this session open to this one, as raw
    * links (for your own protocol over them; most want
-   * {@linkcode RelayNode.listen}); `accepts` picks which nodes may, the
-   * others' pipes are refused. One acceptor per node at a time; closing it
+   * {@linkcode RelayNode.listen}); `accepts` picks which nodes may (every
+   * node, if left out), the others' pipes are refused. One acceptor per node at a time; closing it
    * stops accepting pipes.
    *
    * As for {@linkcode RelayNode.pipeDialer}: the relay can read and change
