@@ -135,7 +135,10 @@ export interface ImmortalListener<A extends Deno.Addr = Deno.NetAddr>
   accept(): Promise<ImmortalConn>;
   /**
    * Stops accepting new sessions and resumes. Sessions on a live link go on
-   * until that link is lost; the others end at once.
+   * until that link is lost; the others end at once. As with a
+   * `Deno.Listener` whose `accept()` is pending, the port is free again only
+   * once that accept has settled: a turn of the event loop later (listening
+   * again on the same port at once fails with `AddrInUse`).
    */
   close(): void;
 }
