@@ -20,7 +20,7 @@ import { ImmortalError } from "./errors.ts";
 import { HandshakeCut, hmacKey } from "./_handshake.ts";
 import type { ImmortalConn } from "./immortal_conn.ts";
 import { resolveOptions } from "./_options.ts";
-import { isThroughRelay } from "../link/_through_relay.ts";
+import { dialsThroughRelay } from "../link/_through_relay.ts";
 import type { BackoffOptions, SessionOptions } from "./options.ts";
 
 /** Where and how {@linkcode connect} opens a session. */
@@ -85,7 +85,7 @@ function dialerFor(options: ConnectOptions): Dialer {
  * ```
  */
 export async function connect(options: ConnectOptions): Promise<ImmortalConn> {
-  const resolved = resolveOptions(options, { throughRelay: isThroughRelay(options.dialer) });
+  const resolved = resolveOptions(options, { throughRelay: dialsThroughRelay(options.dialer) });
   // Said as what they are, not as an unreachable server once they are used.
   const { hostname, signal } = options;
   if (hostname !== undefined && typeof hostname !== "string") {

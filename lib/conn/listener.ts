@@ -26,7 +26,7 @@ import { type ResolvedOptions, resolveOptions } from "./_options.ts";
 import type { SessionOptions } from "./options.ts";
 import { ServerSessions } from "./_server_session.ts";
 import { sourceOf } from "../link/_source.ts";
-import { isThroughRelay } from "../link/_through_relay.ts";
+import { acceptsThroughRelay } from "../link/_through_relay.ts";
 import { SourceBuckets } from "./_source_buckets.ts";
 
 /** A TLS record: fatal alert `protocol_version` (RFC 8446 6), what a plain server says to TLS. */
@@ -500,7 +500,7 @@ export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr>
 }
 
 function listenOn(options: ListenOptions): ImmortalListener<Deno.Addr> {
-  const resolved = resolveOptions(options, { throughRelay: isThroughRelay(options.acceptor) });
+  const resolved = resolveOptions(options, { throughRelay: acceptsThroughRelay(options.acceptor) });
   const keyed = resolved.key !== null;
   const limit = (name: keyof ListenOptions, fallback: number, integer = true): number => {
     const value = options[name] ?? fallback;

@@ -1,22 +1,29 @@
 /**
- * Dialers and acceptors whose links pass through a relay: a third party
- * that carries every byte, and could read or change them, or stand in the
- * middle of a key exchange. Sessions over them need a key, and are
- * encrypted unless told otherwise (`connect`, `listen`).
+ * Dialers whose links pass through a relay: a third party that carries
+ * every byte, and could read or change them, or stand in the middle of a key
+ * exchange. Sessions over them need a key, and are encrypted unless told
+ * otherwise (`connect`). An acceptor says the same of its links with
+ * `relayed` (see {@linkcode Acceptor}).
  *
  * @module
  */
 
+import type { Acceptor, Dialer } from "./link.ts";
+
 const THROUGH_RELAY = Symbol("immortal.throughRelay");
 
-/** Marks `value` (a dialer or an acceptor) as passing through a relay; returns it. */
-export function markThroughRelay<T extends object>(value: T): T {
-  Object.defineProperty(value, THROUGH_RELAY, { value: true });
-  return value;
+/** Marks `dialer` as dialing through a relay; returns it. */
+export function markThroughRelay(dialer: Dialer): Dialer {
+  Object.defineProperty(dialer, THROUGH_RELAY, { value: true });
+  return dialer;
 }
 
-/** Whether `value` was marked by {@linkcode markThroughRelay}. */
-export function isThroughRelay(value: unknown): boolean {
-  return (typeof value === "function" || (typeof value === "object" && value !== null)) &&
-    THROUGH_RELAY in value;
+/** Whether `dialer` was marked by {@linkcode markThroughRelay}. */
+export function dialsThroughRelay(dialer: unknown): boolean {
+  return typeof dialer === "function" && THROUGH_RELAY in dialer;
+}
+
+/** Whether `acceptor`'s links come through a relay. */
+export function acceptsThroughRelay(acceptor: Acceptor | undefined): boolean {
+  return acceptor?.relayed === true;
 }

@@ -79,7 +79,10 @@ export interface Acceptor<A extends Deno.Addr = Deno.Addr> {
   readonly addr: A;
   /**
    * Every link comes through one peer that carries many others' (a relay):
-   * the links' address is that peer's, so a listener limits no "source".
+   * the links' address is that peer's, so a listener limits no "source";
+   * and that peer could read, change or stand in the middle of what they
+   * carry, so `listen` over it needs a `key` and takes encrypted sessions
+   * unless given `encrypt: false`.
    */
   readonly relayed?: boolean;
 }

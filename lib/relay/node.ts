@@ -678,7 +678,7 @@ export class RelayNode implements AsyncDisposable {
    * `encrypt: false`.
    */
   pipeAcceptor(accepts: (nickname: string) => boolean = () => true): Acceptor<Deno.NetAddr> {
-    return markThroughRelay(this.#pipes.listen(accepts));
+    return this.#pipes.listen(accepts); // `relayed`: sessions over it need a key
   }
 
   /**

@@ -27,7 +27,7 @@ import {
   listenTcp,
 } from "../_util.ts";
 import { positive, resolveOptions } from "../conn/_options.ts";
-import { isThroughRelay } from "../link/_through_relay.ts";
+import { dialsThroughRelay } from "../link/_through_relay.ts";
 import { hostAndPort, portOption } from "./tunnel_server.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { type ForwardedBytes, splice, TunnelClosing } from "./_splice.ts";
@@ -72,7 +72,7 @@ function checkOptions(options: TunnelClientOptions): TunnelClientOptions {
   ) {
     throw new TypeError(`backoff must be an object, got ${describeValue(options.backoff)}`);
   }
-  resolveOptions(options, { throughRelay: isThroughRelay(dialer) });
+  resolveOptions(options, { throughRelay: dialsThroughRelay(dialer) });
   if (typeof tls === "object") {
     const { caCerts, serverName } = tls;
     if (
