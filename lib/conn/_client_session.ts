@@ -204,7 +204,7 @@ export class ClientSession implements SessionSide {
   ): Promise<Dialed<T> | null> {
     const { handshakeTimeout } = this.#options;
     const rtt = this.#engine?.stats.rttMs ?? 0;
-    const probe = this.#policy.raceAfter(rtt);
+    const since = performance.now();
     // Attempts in flight, by start time, and whether the server answered
     // (the link is up and the handshake under way).
     const racing = new Map<AbortController, { startedAt: number; linked: boolean }>();
@@ -299,6 +299,7 @@ export class ClientSession implements SessionSide {
       // last failure: beside a stuck handshake, a dialer that fails at once
       // (without I/O) would otherwise be relaunched as each attempt fails,
       // without ever yielding to a timer, until the deadline.
+      const probe = this.#policy.raceAfter(rtt, performance.now() - since);
       return Math.max(
         nextStart,
         latest + (linked > 0 ? Math.max(STALLED_HANDSHAKE_MS, 8 * rtt) : probe),

@@ -22,6 +22,14 @@ export const FLAPS_FORGIVEN = 2;
  * maybe, in its moment) is worth one a second.
  */
 export const FLAP_BACKOFF_MAX_MS = 1000;
+/**
+ * A dial loop's races slow down as it lasts: the interval is at least its
+ * length so far over this, so a path that comes back after an outage is
+ * used within a tenth of the outage (and the probe interval at first).
+ */
+export const RACE_SLOWDOWN = 10;
+/** The longest interval between races, ms. */
+export const RACE_INTERVAL_MAX_MS = 1000;
 
 /** Delays (ms) before the next dial attempt, by what happened to the last one. */
 export class ReconnectPolicy {
@@ -82,10 +90,17 @@ export class ReconnectPolicy {
 
   /**
    * How long an attempt may stall before a fresh one races it: the probe
-   * interval, but at least four round trips on a long path.
+   * interval, but at least four round trips on a long path, and a tenth of
+   * the `waitedMs` the dial loop has been going (up to
+   * {@linkcode RACE_INTERVAL_MAX_MS}). Racing every 50 ms for as long as
+   * connects were slow (a server's accept queue full), 500 sessions of one
+   * process fed a storm: each raced-out connect that the kernel completed
+   * anyway took a handshake slot at the server, slowing the next ones; all
+   * 500 sessions ended.
    */
-  raceAfter(rttMs: number): number {
-    return Math.max(this.#backoff.probeInterval, 4 * rttMs);
+  raceAfter(rttMs: number, waitedMs = 0): number {
+    const floor = Math.max(this.#backoff.probeInterval, 4 * rttMs);
+    return Math.max(floor, Math.min(RACE_INTERVAL_MAX_MS, waitedMs / RACE_SLOWDOWN));
   }
 
   #exponential(): number {

@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { FLAP_BACKOFF_MAX_MS, ReconnectPolicy, SHORT_LIVED_MS } from "./_reconnect_policy.ts";
+import {
+  FLAP_BACKOFF_MAX_MS,
+  RACE_INTERVAL_MAX_MS,
+  ReconnectPolicy,
+  SHORT_LIVED_MS,
+} from "./_reconnect_policy.ts";
 
 const BACKOFF = { initial: 100, max: 5000, probeInterval: 50 };
 /** No jitter: the factor is exactly 0.5, so every delay is known. */
@@ -72,4 +77,13 @@ Deno.test("links that work but each die at once (a path that cuts every connecti
   assert.equal(policy.linkLost(true, short), 0);
   // Resets a second apart (issue #9's load) are never slowed.
   for (let i = 0; i < 10; i++) assert.equal(policy.linkLost(true, 1000), 0);
+});
+
+Deno.test("races slow down as a dial loop lasts: a tenth of its length, up to a second", () => {
+  const policy = new ReconnectPolicy(BACKOFF, noJitter);
+  assert.equal(policy.raceAfter(0, 0), 50, "the probe interval at first");
+  assert.equal(policy.raceAfter(0, 400), 50);
+  assert.equal(policy.raceAfter(0, 3000), 300, "300 ms into a 3 s outage");
+  assert.equal(policy.raceAfter(0, 60_000), RACE_INTERVAL_MAX_MS);
+  assert.equal(policy.raceAfter(40, 0), 160, "four round trips on a long path");
 });

@@ -55,7 +55,8 @@ export interface SessionOptions {
  * is not hammered; the backoff resets as soon as a link carries frames.
  * Attempts nobody answers (no route, no address, a timeout) are retried, and
  * a stalled attempt is raced by a fresh one, every `probeInterval`, so a path
- * that comes back is used within that time.
+ * that comes back is used within that time (races slow down as an outage
+ * lasts: to a tenth of its length so far, up to a second).
  */
 export interface BackoffOptions {
   /** First delay after a refused attempt, in ms. Default 100. */
