@@ -9,6 +9,7 @@ import { encodeFrame } from "../lib/frame/mod.ts";
 import { controlledPath } from "./_controlled_path.ts";
 import {
   eventsLogged,
+  nextEvent,
   patternHash,
   receiveAll,
   renderRecord,
@@ -125,7 +126,8 @@ Deno.test("links that all come through one relay are not limited as one source: 
   const relayed = Object.assign(new TcpAcceptor({ hostname: "127.0.0.1", port: 0 }), {
     relayed: true,
   });
-  using listener = listen({ acceptor: relayed });
+  // (Sessions through a relay need a key.)
+  using listener = listen({ acceptor: relayed, key: "k" });
   const held = slowloris(listener.addr.port, "127.0.0.2", 30, 0);
   try {
     await waitUntil(() => listener.stats.handshaking === 30, "30 handshakes in progress");
@@ -271,4 +273,39 @@ Deno.test("a stranger that opens sessions and drops them makes room for itself q
   const intervals = 1 + Math.floor((performance.now() - started) / 10_000);
   assert.ok(evictions.said <= intervals, lines.join("\n"));
   assert.ok(!lines.some((line) => /ended: ended to make room/.test(line)), lines.join("\n"));
+});
+
+Deno.test("a source's sessions that lost their links resume all at once, past its share of handshake slots and its rate (an office behind one address after a blip)", async () => {
+  const SESSIONS = 3;
+  // Every link comes from one address. The first resume link of each
+  // session holds its client's bytes until released, so that the three
+  // handshakes are in progress together.
+  const path = controlledPath((link) => {
+    if (link.index >= SESSIONS && link.index < 2 * SESSIONS) link.up.hold();
+  });
+  // One handshake at a time per source, and three tokens (a burst of
+  // 2 × 1.5): the sessions' openings use them up.
+  using listener = listen({
+    acceptor: path.acceptor,
+    maxHandshakesPerSource: 1,
+    maxHandshakeRatePerSource: 1.5,
+  });
+  const clients = [];
+  const servers = [];
+  for (let i = 0; i < SESSIONS; i++) {
+    clients.push(await connect({ dialer: path.dialer, backoff: { initial: 5 } }));
+    servers.push(await listener.accept());
+  }
+  const resumed = clients.map((client) => nextEvent(client, "resumed"));
+  for (const link of [...path.links]) link.cut();
+  await waitUntil(
+    () => listener.stats.handshaking >= SESSIONS,
+    `${SESSIONS} resume handshakes in progress at once`,
+  );
+  assert.equal(listener.stats.droppedPerSource, 0, "none refused for the source's share");
+  assert.equal(listener.stats.droppedRate, 0, "none dropped for the source's rate");
+  for (const link of path.links) link.up.release();
+  await within(30_000, "every session resumed", Promise.all(resumed));
+  for (const conn of [...clients, ...servers]) conn.close();
+  await Promise.allSettled([...clients, ...servers].map((conn) => conn.closed));
 });

@@ -42,6 +42,10 @@ class ServerSession implements SessionSide {
   readonly source: string;
   #options: ResolvedOptions;
   #forget: ((session: ServerSession) => void) | undefined;
+  /** Counts this session among its source's waiting for their link (`delta` 1), or no more (-1). */
+  #waiting: (source: string, delta: 1 | -1) => void;
+  /** Counted as waiting for its link now. */
+  #counted = false;
   #reapTimer: ReturnType<typeof setTimeout> | undefined;
   /** Orders overlapping resumes: only the newest may attach its link. */
   #resumeEpoch = 0;
@@ -53,11 +57,13 @@ class ServerSession implements SessionSide {
     hello: NewSession,
     reader: FrameReader,
     forget: (session: ServerSession) => void,
+    waiting: (source: string, delta: 1 | -1) => void,
   ) {
     this.#options = options;
     this.secrets = hello.secrets;
     this.source = sourceOf(reader.link.remoteAddr) ?? "local";
     this.#forget = forget;
+    this.#waiting = waiting;
     this.engine = new StreamEngine({
       role: "server",
       options,
@@ -126,7 +132,15 @@ class ServerSession implements SessionSide {
       clearTimeout(this.#reapTimer);
       this.#reapTimer = undefined;
     }
+    this.#waitingForLink(false);
     this.engine.attach(reader, clientReceived, peerWindow);
+  }
+
+  /** Counts this session as waiting for its client's next link, or no more. */
+  #waitingForLink(waiting: boolean): void {
+    if (this.#counted === waiting) return;
+    this.#counted = waiting;
+    this.#waiting(this.source, waiting ? 1 : -1);
   }
 
   /** The listener closed: the session lives on its current link only. */
@@ -146,6 +160,7 @@ class ServerSession implements SessionSide {
         null,
       );
     } else {
+      this.#waitingForLink(true);
       this.#reapAfterTimeout(() => {
         // The end that follows says it (a line each was two for one event).
         log.debug("Session {id} reaped: the client did not come back within {ms} ms", {
@@ -172,6 +187,7 @@ class ServerSession implements SessionSide {
   }
 
   ended(): void {
+    this.#waitingForLink(false);
     clearTimeout(this.#reapTimer);
     this.#reapTimer = undefined;
     this.#forget?.(this);
@@ -193,6 +209,8 @@ export class ServerSessions {
   #options: ResolvedOptions;
   #psk: Promise<CryptoKey | null>;
   #sessions = new Map<string, ServerSession>();
+  /** Sessions waiting for their client's next link, by source. */
+  #waiting = new Map<string, number>();
   /** Sessions ended by {@linkcode ServerSessions.makeRoom} so far. */
   evicted = 0;
   #evictions = new LogLimiter((template, properties) => log.info(template, properties));
@@ -206,6 +224,11 @@ export class ServerSessions {
   /** Sessions kept alive (accepted or waiting to be). */
   get size(): number {
     return this.#sessions.size;
+  }
+
+  /** Sessions from `source` that wait for their client's next link (a resume). */
+  waitingFrom(source: string): number {
+    return this.#waiting.get(source) ?? 0;
   }
 
   /**
@@ -287,6 +310,11 @@ export class ServerSessions {
       hello,
       reader,
       (s) => this.#sessions.delete(s.secrets.id),
+      (source, delta) => {
+        const count = (this.#waiting.get(source) ?? 0) + delta;
+        if (count > 0) this.#waiting.set(source, count);
+        else this.#waiting.delete(source);
+      },
     );
     this.#sessions.set(hello.secrets.id, session);
     return session.engine;
