@@ -388,7 +388,7 @@ Deno.test('a client whose link breaks after the server had its bye ends cleanly 
   await server.closeWrite();
   assert.equal(await client.read(new Uint8Array(8)), null);
   await within(30_000, "the server's end", server.closed);
-  await within(30_000, "the client's end", client.closed); // rejected "unknown session" before
+  await within(30_000, "the client's end", client.closed); // clean, on "unknown session"
   assert.equal(path.links.length, 2, "one resume, believed at once");
 });
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { formatAddr, type Link, TlsAcceptor, tlsDialer } from "../lib/link/mod.ts";
-import { listen } from "../lib/conn/mod.ts";
+import { connect, listen } from "../lib/conn/mod.ts";
 import { makeTestCerts, type TestCerts } from "./_tls.ts";
 
 /** Reads exactly `size` bytes (fails at an early end of stream). */
@@ -151,5 +151,30 @@ Deno.test("TLS acceptor: an unusable certificate or key throws at construction, 
       () => listen({ ...where, tls: { cert: certs.cert, key: "" } }),
       /TLS key is missing/,
     );
+  });
+});
+
+Deno.test("TLS: a clean end is one link: the server hanging up without close_notify after the bye is its answer, not a link lost to resume for", async () => {
+  await withCerts(async (certs) => {
+    using listener = listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      tls: { cert: certs.cert, key: certs.key },
+    });
+    let dials = 0;
+    const tls = tlsDialer({ port: listener.addr.port, caCerts: [certs.caCert] });
+    const client = await connect({
+      dialer: (signal) => {
+        dials++;
+        return tls(signal);
+      },
+    });
+    const server = await listener.accept();
+    await client.closeWrite();
+    assert.equal(await server.read(new Uint8Array(8)), null);
+    await server.closeWrite();
+    assert.equal(await client.read(new Uint8Array(8)), null);
+    await Promise.all([client.closed, server.closed]);
+    assert.equal(dials, 1, "no resume for a bye the server had");
   });
 });

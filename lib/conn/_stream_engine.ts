@@ -443,12 +443,12 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     if (this.#phase !== "open") {
       // Both directions are done: there is nothing to abort, and a close
       // frame now would turn a complete exchange into an abort at the peer.
-      // A client's bye is on its way (without a link, it stops resuming for
-      // it). A server keeps a complete session for that bye: its last ack
-      // may have been lost with the link, and the client resumes for it
-      // (hanging up, it answered that resume "unknown session"); the bye, or
-      // the reaper, ends it.
-      if (this.#role === "client" && this.#link === null) this.fail(null, null);
+      // A client's bye is on its way, or a link for it (the closing's time
+      // bounds both): given up, the server would keep the session until
+      // its resume timeout and end it as timed out. A server keeps a
+      // complete session for that bye: its last ack may have been lost with
+      // the link, and the client resumes for it (hanging up, it answered
+      // that resume "unknown session"); the bye, or the reaper, ends it.
       return;
     }
     const own = reason === APPLICATION_CLOSE ? "" : `: ${reason}`;
@@ -596,6 +596,15 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
       return;
     }
     const downtimeMs = Math.round(performance.now() - this.#lostAt);
+    if (this.#phase === "closing") {
+      // A link for the bye only: the application heard `closed` already,
+      // and no resume of its connection.
+      log.debug("Session {id}: a link to say bye on, after {downtimeMs} ms", {
+        id: this.sessionId,
+        downtimeMs,
+      });
+      return;
+    }
     this.#reconnects++;
     this.#news().info.event(
       "resumed",
@@ -647,6 +656,13 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
     this.#lostAt = performance.now();
     this.#side.linkLost(reason);
     if (!this.resumable) return;
+    if (this.#phase === "closing") {
+      log.debug("Session {id} lost its link before its bye was answered: {reason}", {
+        id: this.sessionId,
+        reason,
+      });
+      return;
+    }
     this.#news()[news].event(`lost ${news}`, "Session {id} lost its link: {reason}", {
       id: this.sessionId,
       reason,
@@ -812,7 +828,12 @@ export class StreamEngine extends EventTarget implements ImmortalConn {
         // replay on the next link repairs whatever it cost.
         this.#linkFailed(link, `bad frame: ${error.message}`);
       } else {
-        this.#linkFailed(link, `receive failed: ${errorMessage(error)}`);
+        // A TLS peer that closes without close_notify (ours, on a bye:
+        // node:tls closes so) ends the stream so: it hung up, as with an
+        // end of stream, and a client saying bye need not resume for it.
+        this.#linkFailed(link, `receive failed: ${errorMessage(error)}`, {
+          hungUp: error instanceof Deno.errors.UnexpectedEof,
+        });
       }
     }
   }
