@@ -127,7 +127,8 @@ export function redisUrl(url: string | undefined, name = "redis"): string | unde
   if (parsed.hostname === "") throw new RangeError(`${name} names no host: ${shown}`);
   if (!/^(\/\d*)?$/.test(parsed.pathname)) {
     throw new RangeError(
-      `${name}'s path must be a database number (redis://host:6379/2), got "${parsed.pathname}"`,
+      // The whole URL, redacted: a password holding "/" put its tail in the path.
+      `${name}'s path must be a database number (redis://host:6379/2), got ${shown}`,
     );
   }
   if (parsed.search !== "" || parsed.hash !== "") {
@@ -137,27 +138,20 @@ export function redisUrl(url: string | undefined, name = "redis"): string | unde
 }
 
 /**
- * `url` without its password, for logs and errors. The userinfo ends at the
- * authority's last `@`; a URL that does not parse (a password holding `/`,
- * `?` or `#` breaks it) is masked up to its last `@` when a `:` comes before
- * its first: a secret is never shown, at the cost of masking a port and path
- * (`https://host:8443/@team`). An `@` in the path of a URL without a
- * password (`https://host/@team`) is left alone.
+ * `url` without its password, for logs and errors: what follows the user
+ * name up to the last `@` is masked, whenever a `:` comes before the first
+ * `@`. Secrecy first: a password may hold `@`, `/`, `?` or `#` (breaking
+ * the URL), so an `@` further on (in a path) is taken for the password's end
+ * too, and a port and path before an `@` in the path are masked with it
+ * (`https://host:8443/@team`). Without a `:` before the first `@`, there is
+ * no password to hide.
  */
 export function redactedUrl(url: string): string {
-  const scheme = /^[a-z][\w+.-]*:\/\//i.exec(url)?.[0];
-  if (scheme === undefined) return url;
-  const rest = url.slice(scheme.length);
-  const authorityEnd = rest.search(/[/?#]/);
-  const authority = authorityEnd < 0 ? rest : rest.slice(0, authorityEnd);
-  let at = authority.lastIndexOf("@");
-  if (at < 0) {
-    const first = rest.indexOf("@");
-    if (first < 0 || !rest.slice(0, first).includes(":")) return url;
-    at = rest.lastIndexOf("@");
-  }
-  const userinfo = rest.slice(0, at);
-  const colon = userinfo.indexOf(":");
-  if (colon < 0) return url;
-  return `${scheme}${userinfo.slice(0, colon)}:***${rest.slice(at)}`;
+  return url.replace(
+    /^([a-z][\w+.-]*:\/\/)(.*)@/i,
+    (_, scheme: string, userinfo: string) => {
+      const colon = userinfo.indexOf(":");
+      return colon < 0 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`;
+    },
+  );
 }
