@@ -57,8 +57,9 @@ export class LogLimiter {
   /**
    * `emit` writes one record (`(template, properties) => log.warn(template,
    * properties)`): the events' own, and the summaries, whose properties are
-   * the last event's plus `more` (the count) and `seconds`. `clock` and
-   * `setTimer` are for tests.
+   * the last event's plus `summarized` (the count) and `summarySeconds`
+   * (names an event's properties may not use). `clock` and `setTimer` are
+   * for tests.
    */
   constructor(
     emit: WriteRecord,
@@ -77,6 +78,10 @@ export class LogLimiter {
    * they hold is printed as it is. Returns whether it was written now.
    */
   event(key: string, template: string, properties: Properties = {}): boolean {
+    if ("summarized" in properties || "summarySeconds" in properties) {
+      // A summary would say its own value there instead (it did, of a time).
+      throw new TypeError("summarized and summarySeconds are the summary's properties");
+    }
     const now = this.#clock();
     const kind = this.#kinds.get(key);
     if (kind !== undefined && now - kind.since < INTERVAL_MS) {
@@ -145,10 +150,10 @@ export class LogLimiter {
   #summarise(kind: Kind, now: number): void {
     if (kind.suppressed === 0) return;
     const seconds = Math.max(1, Math.round((now - kind.since) / 1000));
-    this.#emit(`{more} more in the last {seconds} s; the last: ${kind.template}`, {
+    this.#emit(`{summarized} more in the last {summarySeconds} s; the last: ${kind.template}`, {
       ...kind.properties,
-      more: kind.suppressed,
-      seconds,
+      summarized: kind.suppressed,
+      summarySeconds: seconds,
     });
   }
 }

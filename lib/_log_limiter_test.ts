@@ -107,8 +107,17 @@ Deno.test("LogLimiter: records keep their properties, the summary the last one's
   assert.deepEqual(records, [
     ["Session {id} lost its link: {reason}", { id: "a{b}", reason: "reset" }],
     [
-      "{more} more in the last {seconds} s; the last: Session {id} lost its link: {reason}",
-      { id: "a{b}", reason: "timeout", more: 1, seconds: 2 },
+      "{summarized} more in the last {summarySeconds} s; the last: Session {id} lost its link: {reason}",
+      { id: "a{b}", reason: "timeout", summarized: 1, summarySeconds: 2 },
     ],
   ]);
+});
+
+Deno.test("LogLimiter: an event may not use the summary's property names (the summary said its own value there)", () => {
+  const limiter = new LogLimiter(() => {});
+  assert.throws(
+    () => limiter.event("a", "after {summarySeconds} s", { summarySeconds: 1 }),
+    TypeError,
+  );
+  assert.throws(() => limiter.event("a", "{summarized}", { summarized: 1 }), TypeError);
 });

@@ -1182,11 +1182,11 @@ export class RelayNode implements AsyncDisposable {
     const tries = attempts === 0 ? "" : ` and ${attempts + 1} attempts`;
     this.#backLogs.event(
       "back",
-      `Relay link back as {nickname} via {transport} after {seconds} s${tries}`,
+      `Relay link back as {nickname} via {transport} after {downSeconds} s${tries}`,
       {
         nickname: this.#nickname,
         transport: this.#transport.kind,
-        seconds,
+        downSeconds: seconds,
       },
     );
   }
