@@ -70,12 +70,15 @@ export function parsePort(what: string, text: string | undefined, allowZero = fa
 export function parseHost(what: string, given: string): string {
   if (given.trim() === "") throw new UsageError(`${what} is empty`);
   const bad = () => new UsageError(`${what} must be a host name or an IP address, got "${given}"`);
-  // An IPv6 address written as in a URL: the brackets are not part of it.
-  const text = /^\[(.*)\]$/.exec(given)?.[1] ?? given;
+  // An IPv6 address written as in a URL: the brackets are not part of it,
+  // and a zone is written `%25` there (RFC 6874; unbracketed, `%251` is
+  // interface 251).
+  const bracketed = /^\[(.*)\]$/.exec(given)?.[1];
+  const text = bracketed?.replace("%25", "%") ?? given;
   if (text.includes(":")) {
     // IPv6 (a host:port is not one): the URL parser knows its forms; a zone
     // (an interface: eth0, eth0.100, br-lan) may follow, written `%25` in a URL.
-    const [address, zone, ...more] = text.replace("%25", "%").split("%");
+    const [address, zone, ...more] = text.split("%");
     let parsed: string;
     try {
       parsed = new URL(`http://[${address}]/`).hostname.slice(1, -1);
@@ -87,7 +90,8 @@ export function parseHost(what: string, given: string): string {
     // taken, then failed every connection as "not reached").
     if (zone !== undefined && !/^(fe[89ab]|ff)/.test(parsed)) {
       throw new UsageError(
-        `${what}: a zone (%${zone}) is for link-local addresses (fe80::/10) only, got "${given}"`,
+        `${what}: a zone (%${zone}) is for link-local and multicast addresses only (fe80::/10, ` +
+          `ff00::/8), got "${given}"`,
       );
     }
     return zone === undefined ? address : `${address}%${zone}`;

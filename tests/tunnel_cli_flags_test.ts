@@ -109,7 +109,9 @@ Deno.test("tunnel CLI: a host that cannot be one is refused naming it (it was th
   // Interface names with dots and dashes; the URL form of a zone.
   assert.equal(parse(["client", "2001", "fe80::1%eth0.100", "2000"]).peerHost, "fe80::1%eth0.100");
   assert.equal(parse(["client", "2001", "[fe80::1%br-lan]", "2000"]).peerHost, "fe80::1%br-lan");
-  assert.equal(parse(["client", "2001", "fe80::1%25lo", "2000"]).peerHost, "fe80::1%lo");
+  assert.equal(parse(["client", "2001", "[fe80::1%25lo]", "2000"]).peerHost, "fe80::1%lo");
+  // Unbracketed, %25 is no URL escape: interface number 25.
+  assert.equal(parse(["client", "2001", "fe80::1%251", "2000"]).peerHost, "fe80::1%251");
   assert.equal(parse(["server", "2000", "db.example", "5432"]).peerHost, "db.example");
 });
 

@@ -503,8 +503,21 @@ export function listen(options: ListenOptions = {}): ImmortalListener<Deno.Addr>
   try {
     return listenOn(options);
   } catch (error) {
-    options.acceptor?.close();
+    closeRefusedAcceptor(options.acceptor);
     throw error;
+  }
+}
+
+/**
+ * Closes an acceptor given with options that were refused: its listener
+ * would have owned it (a relay node's pipe acceptor left open took no
+ * other). A failing close is not the news: the refusal is.
+ */
+export function closeRefusedAcceptor(acceptor: Acceptor | undefined): void {
+  try {
+    acceptor?.close();
+  } catch {
+    // See above.
   }
 }
 

@@ -14,6 +14,7 @@ import {
   type SessionOptions,
 } from "../conn/mod.ts";
 import { ImmortalError, shuttingDown } from "../conn/errors.ts";
+import { closeRefusedAcceptor } from "../conn/listener.ts";
 import type { Acceptor } from "../link/mod.ts";
 import { MuxSession, type MuxStream } from "../mux/mod.ts";
 import { checkPort, errorMessage, hostPort } from "../_util.ts";
@@ -144,8 +145,7 @@ export class TunnelServer<A extends Deno.Addr = Deno.NetAddr> implements AsyncDi
       this.#target = checkTarget(options.target);
       if (options.port !== undefined) portOption("port", options.port, true);
     } catch (error) {
-      // Its listener would have owned it: refused, it is closed (see `listen`).
-      options.acceptor?.close();
+      closeRefusedAcceptor(options.acceptor);
       throw error;
     }
     this.#maxConnections = max;
