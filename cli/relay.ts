@@ -20,7 +20,13 @@ import {
   type ServeRelayOptions,
   serverSettings,
 } from "../lib/relay/serve.ts";
-import { MIN_MESSAGE_BYTES, redactedUrl, redisUrl, relaySettings } from "../lib/relay/_settings.ts";
+import {
+  MIN_MESSAGE_BYTES,
+  MIN_RATE,
+  redactedUrl,
+  redisUrl,
+  relaySettings,
+} from "../lib/relay/_settings.ts";
 import { canonicalIp } from "../lib/link/_forwarded_for.ts";
 import {
   certificateConcerns,
@@ -220,7 +226,13 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
   if (v.help) return "help";
   let file;
   try {
-    file = loadRelayConfig();
+    // What the flags set is not looked for (nor checked) in the environment or the files.
+    const given = [
+      ...(v.secret !== undefined || v["secret-file"] !== undefined ? ["secret" as const] : []),
+      ...(v.hostname !== undefined ? ["hostname" as const] : []),
+      ...(v.port !== undefined ? ["port" as const] : []),
+    ];
+    file = loadRelayConfig({ given });
   } catch (error) {
     throw new UsageError(errorMessage(error));
   }
@@ -324,7 +336,12 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
       "a hello must fit",
     ),
     maxNicknameLength: num("max-nickname"),
-    rate: num("rate", false),
+    rate: atLeast(
+      num("rate", false),
+      MIN_RATE,
+      "--rate",
+      "a burst, twice the rate, must hold a message",
+    ),
     authTimeout: ms("auth-timeout"),
     maxQueueBytes: num("max-queue-bytes"),
     overflow: overflow as OverflowPolicy,
@@ -394,6 +411,14 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
   if (config.serve.reusePort && !("listenDatagram" in Deno)) {
     throw new Error(
       "--reuse-port needs Deno's --unstable-net flag: deno run --unstable-net ... cli/relay.ts",
+    );
+  }
+  if (config.serve.reusePort && config.serve.redis === undefined) {
+    // Legitimate for handing the port over in a restart; a quiet trap for
+    // running several (two split a session of six nodes 3 and 3, silently).
+    log.warn(
+      "--reuse-port without --redis: relays that share this port share no sessions, so nodes " +
+        "of one session that reach different processes do not hear each other",
     );
   }
   const listening = Promise.withResolvers<Deno.NetAddr>();

@@ -312,6 +312,8 @@ export function parseTunnelArgs(args: string[]): TunnelCliConfig | "help" {
     throw new UsageError(`unknown command "${role}" (use server, client or keygen)`);
   }
   const fileArgs: FileArgs = {
+    // Under deno task, the set a missing --allow-read goes in (as for --allow-net).
+    permissionSet: role === "server" ? "tunnel-server" : "tunnel-client",
     files: (["key-file", "relay-secret-file", "tls-cert", "tls-key", "tls-ca"] as const)
       .map((flag) => values[flag])
       .filter((file): file is string => file !== undefined),
@@ -531,7 +533,8 @@ function _relaySettings(
   if (secret === undefined) {
     let found: RelayConfig;
     try {
-      found = loadRelayConfig();
+      // Where a relay listens is not the tunnel's business: a wrong port there stops nothing.
+      found = loadRelayConfig({ given: ["hostname", "port"] });
     } catch (error) {
       throw new UsageError(errorMessage(error));
     }

@@ -366,6 +366,12 @@ Deno.test("relay numbers are not public: /metrics and the counts on / and /healt
     }
     const ok = await get(relay, "/metrics", "m3trics");
     assert.equal(ok.status, 200);
+    // The scheme's name in any case (RFC 7235).
+    const lower = await fetch(`${relay.url}/metrics`, {
+      headers: { authorization: "bearer m3trics" },
+    });
+    assert.equal(lower.status, 200);
+    await lower.body?.cancel();
     assert.match(await ok.text(), /immortal_relay_nodes 1/);
     assert.deepEqual(await (await get(relay, "/healthz")).json(), { status: "ok" });
     assert.deepEqual(await (await get(relay, "/healthz", "m3trics")).json(), {

@@ -130,6 +130,8 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [["--no-chat-page=yes"], /--no-chat-page takes no value/],
     [["--overflow", "maybe"], /--overflow must be disconnect or drop/],
     [["--rate=-5"], /--rate must be a positive number/],
+    // Said of the flag, not of the library's option (exit 1 without "Run with --help").
+    [["--rate", "0.3"], /--rate must be at least 0\.5 \(a burst/],
     [["--max-nodes", "1.5"], /--max-nodes must be a whole number from 1 to 9007199254740991/],
     [["--history-length", "0"], /--history-length must be a whole number from 1/],
     // Numbers in plain digits, exact (at most 2^53 - 1), like the durations: not what Number() takes.
@@ -521,6 +523,24 @@ Deno.test("loadRelayConfig: flags aside, env wins over the working directory's f
     assert.equal(empty.port, 9000);
     await Deno.writeTextFile(`${home}/immortal-relay.properties`, "port = 70000\n");
     assert.throws(() => loadRelayConfig({ cwd, home, env: {} }), /:1: port must be 0-65535/);
+    // A setting the program has (a flag) is not looked for: a wrong value
+    // where the flag overrides it stops nothing.
+    const flagged = loadRelayConfig({
+      cwd,
+      home,
+      env: { IMMORTAL_RELAY_PORT: "abc" },
+      given: ["port"],
+    });
+    assert.equal(flagged.port, undefined);
+    assert.equal(flagged.url, "http://cwd");
+    // A key set twice in one file: the last line wins, and is named.
+    await Deno.writeTextFile(
+      `${home}/immortal-relay.properties`,
+      "secret = s\nport = 1\nsecret = t\n",
+    );
+    const twice = loadRelayConfig({ cwd, home, env: {} });
+    assert.equal(twice.secret, "t");
+    assert.equal(twice.sources.secret, `${home}/immortal-relay.properties:3`);
     // A flag's name written as a key is an unknown key, named, not a malformed line.
     await Deno.writeTextFile(`${home}/immortal-relay.properties`, "port = 9000\nmax-nodes = 3\n");
     assert.throws(
@@ -530,6 +550,20 @@ Deno.test("loadRelayConfig: flags aside, env wins over the working directory's f
   } finally {
     await Deno.remove(cwd, { recursive: true });
     await Deno.remove(home, { recursive: true });
+  }
+});
+
+Deno.test("relay CLI: a flag's setting is not read from the environment, so a wrong value there stops nothing", () => {
+  const before = Deno.env.get("IMMORTAL_RELAY_PORT");
+  Deno.env.set("IMMORTAL_RELAY_PORT", "abc");
+  try {
+    assert.throws(() => parseRelayArgs(["--open"]), /IMMORTAL_RELAY_PORT: port must be 0-65535/);
+    const config = parseRelayArgs(["--open", "--port", "0"]);
+    assert.ok(config !== "help");
+    assert.equal(config.serve.port, 0);
+  } finally {
+    if (before === undefined) Deno.env.delete("IMMORTAL_RELAY_PORT");
+    else Deno.env.set("IMMORTAL_RELAY_PORT", before);
   }
 });
 

@@ -588,6 +588,21 @@ Deno.test("relay CLI: --reuse-port without --unstable-net says what to add", asy
   assert.doesNotMatch(relay.log, /\n\s+at /);
 });
 
+Deno.test("relay CLI: --reuse-port without --redis warns that the processes share no sessions", async () => {
+  const port = freePort();
+  const relay = spawnCli(
+    ["--unstable-net", `--allow-net=127.0.0.1:${port}`],
+    CLI,
+    ["--open", "--hostname", "127.0.0.1", "--port", String(port), "--reuse-port"],
+  );
+  try {
+    await relay.waitFor(/Relay listening on/, "the relay");
+    assert.match(relay.log, /--reuse-port without --redis: relays that share this port share no/);
+  } finally {
+    await relay.stop();
+  }
+});
+
 Deno.test("Redis restarted with nothing kept: the nodes are told (missed: epoch), join again under their nicknames, and the session goes on; each relay's log says Redis lost the data", async () => {
   await using redis = await startRedis({ persist: false });
   await withLogs(async (records) => {

@@ -398,7 +398,7 @@ Deno.test("tunnel CLI: a net or read permission Deno was not given is one line a
         ["--allow-net=127.0.0.1"],
         ["client", String(listen), "127.0.0.1", String(far), "--key-file", path],
         new RegExp(
-          `^error: no permission to read key file ${path}: run with --allow-read=${path}$`,
+          `^error: no permission to read key file ${path}: run with --allow-read=${path}, or add \\S+ to permissions\\.tunnel-client\\.read in deno\\.json$`,
           "m",
         ),
       ],
@@ -408,7 +408,7 @@ Deno.test("tunnel CLI: a net or read permission Deno was not given is one line a
         ["--allow-net=127.0.0.1"],
         ["client", String(listen), "127.0.0.1", String(far), "--key-file", path, "--tls-ca", ca],
         new RegExp(
-          `^error: no permission to read key file ${path} \\(nor ${ca}\\): run with --allow-read=${path},${ca}$`,
+          `^error: no permission to read key file ${path} \\(nor ${ca}\\): run with --allow-read=${path},${ca}, or add \\S+ to permissions\\.tunnel-client\\.read in deno\\.json$`,
           "m",
         ),
       ],

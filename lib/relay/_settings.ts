@@ -49,11 +49,15 @@ function atLeast(name: string, value: number, min: number): number {
 }
 
 /**
- * A rate under 0.5 a second gives bursts (twice the rate) under one
- * message: nothing would ever be taken.
+ * The lowest `rate`, messages a second: a rate under 0.5 a second gives
+ * bursts (twice the rate) under one message, and nothing would ever be taken.
  */
+export const MIN_RATE = 0.5;
+
 function atLeastHalf(rate: number): number {
-  if (rate < 0.5) throw new RangeError(`rate must be at least 0.5 messages a second, got ${rate}`);
+  if (rate < MIN_RATE) {
+    throw new RangeError(`rate must be at least 0.5 messages a second, got ${rate}`);
+  }
   return rate;
 }
 
@@ -75,7 +79,8 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     metricsToken: options.metricsToken,
     redis: redisUrl(options.redis),
     keepAlive,
-    fadeAfter: duration("fadeAfter", options.fadeAfter ?? keepAlive * 2.5),
+    // Derived, it may not fail for a keepAlive that passed (2.5 × 900,000,000 ms did).
+    fadeAfter: duration("fadeAfter", options.fadeAfter ?? Math.min(keepAlive * 2.5, MAX_TIMER_MS)),
     maxSessions: positive("maxSessions", options.maxSessions ?? 10_000),
     maxNodesPerSession: positive("maxNodesPerSession", options.maxNodesPerSession ?? 1000),
     maxMessageBytes: atLeast(

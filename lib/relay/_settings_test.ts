@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { redactedUrl, redisUrl } from "./_settings.ts";
+import { MAX_TIMER_MS } from "../_util.ts";
+import { redactedUrl, redisUrl, relaySettings } from "./_settings.ts";
 
 Deno.test("redactedUrl hides a URL's password", () => {
   assert.equal(redactedUrl("redis://:s3cret@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
@@ -41,4 +42,9 @@ Deno.test("redisUrl's refusals never show the password", () => {
     assert.match(said, /RangeError/);
     assert.ok(!/\/word|\/cret/.test(said), said); // the passwords' tails
   }
+});
+
+Deno.test("relaySettings: a keep-alive that passes gives a fade time that does too (2.5 times it, capped at a timer's most)", () => {
+  assert.equal(relaySettings({ keepAlive: 1000 }).fadeAfter, 2500);
+  assert.equal(relaySettings({ keepAlive: 900_000_000 }).fadeAfter, MAX_TIMER_MS);
 });

@@ -57,6 +57,11 @@ export interface LoadRelayConfigOptions {
   home?: string;
   /** Environment to read. Default: `Deno.env` (only where permission was granted). */
   env?: Record<string, string | undefined>;
+  /**
+   * Settings the program has already (from its flags): neither taken nor
+   * checked here, so a wrong value in a place they override stops nothing.
+   */
+  given?: readonly ("url" | "secret" | "hostname" | "port")[];
 }
 
 /** Name of the configuration file. */
@@ -88,6 +93,7 @@ const KEYS = ["url", "secret", "hostname", "port"] as const;
  */
 export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConfig {
   const config: RelayConfig = { sources: {}, unread: [] };
+  const given = new Set(options.given ?? []);
   // The url of each place (the environment, a file), set there or not.
   const urls = new Map<string, string>();
   let secretPlace: string | undefined;
@@ -98,7 +104,8 @@ export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConf
     place: string,
   ) => {
     if (key === "url") urls.set(place, value);
-    if (config.sources[key] !== undefined) return; // a higher source set it already
+    // The program's own, or a higher source's: not ours to take, nor to check.
+    if (given.has(key) || config.sources[key] !== undefined) return;
     if (key === "secret") secretPlace = place;
     if (key === "port") {
       const port = parsePortText(value, true);
@@ -137,6 +144,9 @@ export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConf
     const path = `${dir.replace(/\/$/, "")}/${RELAY_CONFIG_FILE}`;
     const text = readIfAllowed(path, config.unread);
     if (text === null) continue;
+    // A key set twice in one file: the last line wins (as in Java's
+    // .properties, and as someone who adds a line to change a value expects).
+    const lines = new Map<(typeof KEYS)[number], [value: string, lineNo: number]>();
     for (const [lineNo, line] of text.split(/\r?\n/).entries()) {
       const trimmed = line.trim();
       if (trimmed === "" || trimmed.startsWith("#") || trimmed.startsWith("!")) continue;
@@ -148,8 +158,9 @@ export function loadRelayConfig(options: LoadRelayConfigOptions = {}): RelayConf
           `${path}:${lineNo + 1}: unknown key "${match[1]}" (use ${KEYS.join(", ")})`,
         );
       }
-      set(key as (typeof KEYS)[number], match[2], `${path}:${lineNo + 1}`, path);
+      lines.set(key as (typeof KEYS)[number], [match[2], lineNo + 1]);
     }
+    for (const [key, [value, lineNo]] of lines) set(key, value, `${path}:${lineNo}`, path);
   }
   const secretUrl = secretPlace === undefined ? undefined : urls.get(secretPlace);
   if (secretUrl !== undefined) config.secretUrl = secretUrl;

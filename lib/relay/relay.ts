@@ -228,7 +228,8 @@ export class Relay implements Disposable {
     const { metricsToken, secret } = this.#hub.settings;
     const needed = metricsToken ?? secret;
     if (needed === undefined) return true;
-    const given = /^Bearer (.+)$/.exec(req.headers.get("authorization") ?? "")?.[1];
+    // The scheme's name is case-insensitive (RFC 7235).
+    const given = /^Bearer (.+)$/i.exec(req.headers.get("authorization") ?? "")?.[1];
     return given !== undefined && secretsEqual(given, needed);
   }
 
