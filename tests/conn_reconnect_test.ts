@@ -336,6 +336,29 @@ Deno.test("a server that closes its complete session keeps it for the client's b
   await within(30_000, "the client's end", client.closed); // rejects with unknown-session if forgotten
 });
 
+/**
+ * A session over `path` that both ends closed and read to the end: complete,
+ * the client's bye on its way. Its closing lasts the client's dead-link time
+ * (30 s), long enough for a resume; the listener is the caller's to close.
+ */
+async function endedBothWays(
+  path: ReturnType<typeof controlledPath>,
+  listenOptions: { resumeTimeout?: number } = {},
+) {
+  const listener = listen({ acceptor: path.acceptor, ...listenOptions });
+  const client = await connect({
+    dialer: path.dialer,
+    deadLinkTimeout: 30_000,
+    backoff: { initial: 5 },
+  });
+  const server = await listener.accept();
+  await client.closeWrite();
+  assert.equal(await server.read(new Uint8Array(8)), null);
+  await server.closeWrite();
+  assert.equal(await client.read(new Uint8Array(8)), null);
+  return { listener, client, server };
+}
+
 Deno.test("a client whose bye is lost with a broken link resumes to say it again: the server's `closed` resolves, not rejects after its resume timeout", async () => {
   // The client's last write (its final ack, then bye) never reaches the
   // server, and the link breaks (a reset, not the server hanging up).
@@ -349,19 +372,9 @@ Deno.test("a client whose bye is lost with a broken link resumes to say it again
       queueMicrotask(() => link.cut());
     };
   });
-  // Long enough that only the fix can pass: the client's closing lasts its
-  // dead-link time, and the server would give up after its resume timeout.
-  using listener = listen({ acceptor: path.acceptor, resumeTimeout: 60_000 });
-  const client = await connect({
-    dialer: path.dialer,
-    deadLinkTimeout: 30_000,
-    backoff: { initial: 5 },
-  });
-  const server = await listener.accept();
-  await client.closeWrite();
-  assert.equal(await server.read(new Uint8Array(8)), null);
-  await server.closeWrite();
-  assert.equal(await client.read(new Uint8Array(8)), null);
+  // Long enough that only the fix can pass: the server would give up after its resume timeout.
+  const { listener, client, server } = await endedBothWays(path, { resumeTimeout: 60_000 });
+  using _listener = listener;
   await within(30_000, "the client's end", client.closed);
   await within(30_000, "the server's end", server.closed); // rejected after 60 s without the bye
   assert.equal(path.links.length, 2, "one resume, for the bye");
@@ -376,17 +389,8 @@ Deno.test('a client whose link breaks after the server had its bye ends cleanly 
       if (chunk.length >= 5 && chunk.at(-5) === 0x07) link.cut();
     };
   });
-  using listener = listen({ acceptor: path.acceptor });
-  const client = await connect({
-    dialer: path.dialer,
-    deadLinkTimeout: 30_000,
-    backoff: { initial: 5 },
-  });
-  const server = await listener.accept();
-  await client.closeWrite();
-  assert.equal(await server.read(new Uint8Array(8)), null);
-  await server.closeWrite();
-  assert.equal(await client.read(new Uint8Array(8)), null);
+  const { listener, client, server } = await endedBothWays(path);
+  using _listener = listener;
   await within(30_000, "the server's end", server.closed);
   await within(30_000, "the client's end", client.closed); // clean, on "unknown session"
   assert.equal(path.links.length, 2, "one resume, believed at once");
