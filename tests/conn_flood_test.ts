@@ -309,3 +309,66 @@ Deno.test("a source's sessions that lost their links resume all at once, past it
   for (const conn of [...clients, ...servers]) conn.close();
   await Promise.allSettled([...clients, ...servers].map((conn) => conn.closed));
 });
+
+Deno.test("the room a source's sessions give their resumes takes resumes of them only: a new session past the source's share is refused busy, whatever its sessions are doing", async () => {
+  // Every link from one address; the first client's next dials fail (it is
+  // away: its session waits at the server), and link 1 holds its client's
+  // bytes (a handshake in progress: the source's share of one is taken).
+  let away = false;
+  const path = controlledPath((link) => {
+    if (link.index === 1) link.up.hold();
+  });
+  using listener = listen({ acceptor: path.acceptor, maxHandshakesPerSource: 1 });
+  const gone = await connect({
+    dialer: (signal) => away ? Promise.reject(new Error("away")) : path.dialer(signal),
+    backoff: { initial: 60_000 },
+  });
+  const waiting = await listener.accept();
+  away = true;
+  const lost = nextEvent(waiting, "reconnecting");
+  path.links[0].cut();
+  await lost;
+  const held = connect({ dialer: path.dialer }).catch((error) => error);
+  await waitUntil(() => listener.stats.handshaking === 1, "a handshake in progress");
+  await assert.rejects(
+    connect({ dialer: path.dialer }),
+    (e: unknown) =>
+      e instanceof ImmortalError && e.code === "rejected" &&
+      /too many handshakes from your address: try again/.test(e.message),
+  );
+  assert.equal(listener.sessionCount, 1, "no session opened past the source's share");
+  path.links[1].cut();
+  await held;
+  gone.close();
+  waiting.close();
+  await Promise.allSettled([gone.closed, waiting.closed]);
+});
+
+Deno.test("the room for a source's resumes stops at three quarters of all handshake slots: the rest stay for other sources", async () => {
+  const path = controlledPath();
+  using listener = listen({
+    acceptor: path.acceptor,
+    maxHandshakes: 4,
+    maxHandshakesPerSource: 1,
+  });
+  const sessions = [];
+  for (let i = 0; i < 3; i++) {
+    sessions.push(await connect({ dialer: path.dialer }));
+    sessions.push(await listener.accept());
+  }
+  // Links that say nothing: each a handshake in progress. The first takes
+  // the source's share; the next ones its room, up to 3 of the 4 slots.
+  const silent = [];
+  for (let i = 1; i <= 4; i++) {
+    silent.push(await path.dialer(AbortSignal.timeout(10_000)));
+    await waitUntil(
+      () => listener.stats.handshaking + listener.stats.droppedPerSource === i,
+      `link ${i} handshaking or refused`,
+    );
+  }
+  assert.equal(listener.stats.handshaking, 3);
+  assert.equal(listener.stats.droppedPerSource, 1, "the fourth refused");
+  for (const link of silent) link.close();
+  for (const conn of sessions) conn.close();
+  await Promise.allSettled(sessions.map((conn) => conn.closed));
+});

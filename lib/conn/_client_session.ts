@@ -204,7 +204,8 @@ export class ClientSession implements SessionSide {
   ): Promise<Dialed<T> | null> {
     const { handshakeTimeout } = this.#options;
     const rtt = this.#engine?.stats.rttMs ?? 0;
-    const since = performance.now();
+    // When dialing begins: the races slow down with its length, not with the wait before it.
+    const since = performance.now() + wait;
     // Attempts in flight, by start time, and whether the server answered
     // (the link is up and the handshake under way).
     const racing = new Map<AbortController, { startedAt: number; linked: boolean }>();

@@ -367,7 +367,9 @@ export type SessionLookup = (id: string) => SessionSecrets | undefined;
 /**
  * Server side: reads hello and proof, verifies them, and either
  * prepares a new session or identifies the session to resume. Refusals are
- * sent to the client and thrown as {@linkcode ImmortalError}.
+ * sent to the client and thrown as {@linkcode ImmortalError}. With
+ * `resumesOnly`, only a resume of a session it accepts (by id) is taken;
+ * anything else is refused `busy` as soon as the hello is read.
  */
 export async function serverHandshake(
   reader: FrameReader,
@@ -375,6 +377,7 @@ export async function serverHandshake(
   lookup: SessionLookup,
   window: number,
   requireSealed = false,
+  resumesOnly?: (sessionId: string) => boolean,
 ): Promise<ServerHello> {
   const refuse = async (code: RejectCode, reason: string): Promise<never> => {
     await sendFrame(reader.link, { type: "reject", code, reason }).catch(() => {});
@@ -403,7 +406,13 @@ export async function serverHandshake(
     if (known.sealed !== sealed) {
       return refuse("encryption", "a resume must be sealed exactly when its session is");
     }
-  } else if (requireSealed && !sealed) {
+  }
+  // Told before any work (a key exchange, a proof): a link let in past its
+  // source's limits for its sessions' resumes may bring nothing else.
+  if (resumesOnly !== undefined && !(hello.resume && resumesOnly(hex(hello.resume.sessionId)))) {
+    return refuse("busy", "too many handshakes from your address: try again");
+  }
+  if (!hello.resume && requireSealed && !sealed) {
     return refuse(
       "encryption",
       "this server takes encrypted sessions only (the client's encrypt option, --encrypt)",

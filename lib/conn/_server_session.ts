@@ -42,10 +42,8 @@ class ServerSession implements SessionSide {
   readonly source: string;
   #options: ResolvedOptions;
   #forget: ((session: ServerSession) => void) | undefined;
-  /** Counts this session among its source's waiting for their link (`delta` 1), or no more (-1). */
-  #waiting: (source: string, delta: 1 | -1) => void;
-  /** Counted as waiting for its link now. */
-  #counted = false;
+  /** Counts this session among its source's (`delta` 1), or no more (-1, once, as it ends). */
+  #count: ((source: string, delta: 1 | -1) => void) | undefined;
   #reapTimer: ReturnType<typeof setTimeout> | undefined;
   /** Orders overlapping resumes: only the newest may attach its link. */
   #resumeEpoch = 0;
@@ -57,13 +55,14 @@ class ServerSession implements SessionSide {
     hello: NewSession,
     reader: FrameReader,
     forget: (session: ServerSession) => void,
-    waiting: (source: string, delta: 1 | -1) => void,
+    count: (source: string, delta: 1 | -1) => void,
   ) {
     this.#options = options;
     this.secrets = hello.secrets;
     this.source = sourceOf(reader.link.remoteAddr) ?? "local";
     this.#forget = forget;
-    this.#waiting = waiting;
+    this.#count = count;
+    count(this.source, 1);
     this.engine = new StreamEngine({
       role: "server",
       options,
@@ -132,15 +131,7 @@ class ServerSession implements SessionSide {
       clearTimeout(this.#reapTimer);
       this.#reapTimer = undefined;
     }
-    this.#waitingForLink(false);
     this.engine.attach(reader, clientReceived, peerWindow);
-  }
-
-  /** Counts this session as waiting for its client's next link, or no more. */
-  #waitingForLink(waiting: boolean): void {
-    if (this.#counted === waiting) return;
-    this.#counted = waiting;
-    this.#waiting(this.source, waiting ? 1 : -1);
   }
 
   /** The listener closed: the session lives on its current link only. */
@@ -160,7 +151,6 @@ class ServerSession implements SessionSide {
         null,
       );
     } else {
-      this.#waitingForLink(true);
       this.#reapAfterTimeout(() => {
         // The end that follows says it (a line each was two for one event).
         log.debug("Session {id} reaped: the client did not come back within {ms} ms", {
@@ -187,7 +177,8 @@ class ServerSession implements SessionSide {
   }
 
   ended(): void {
-    this.#waitingForLink(false);
+    this.#count?.(this.source, -1);
+    this.#count = undefined;
     clearTimeout(this.#reapTimer);
     this.#reapTimer = undefined;
     this.#forget?.(this);
@@ -209,8 +200,8 @@ export class ServerSessions {
   #options: ResolvedOptions;
   #psk: Promise<CryptoKey | null>;
   #sessions = new Map<string, ServerSession>();
-  /** Sessions waiting for their client's next link, by source. */
-  #waiting = new Map<string, number>();
+  /** Sessions by source (see `sourceOf`), for the room their resumes get. */
+  #bySource = new Map<string, number>();
   /** Sessions ended by {@linkcode ServerSessions.makeRoom} so far. */
   evicted = 0;
   #evictions = new LogLimiter((template, properties) => log.info(template, properties));
@@ -226,9 +217,9 @@ export class ServerSessions {
     return this.#sessions.size;
   }
 
-  /** Sessions from `source` that wait for their client's next link (a resume). */
-  waitingFrom(source: string): number {
-    return this.#waiting.get(source) ?? 0;
+  /** Sessions that came from `source` (their first link did). */
+  sessionsFrom(source: string): number {
+    return this.#bySource.get(source) ?? 0;
   }
 
   /**
@@ -236,9 +227,10 @@ export class ServerSessions {
    * session is carried out here and resolves to `null`; a verified new
    * session resolves to its hello, for {@linkcode ServerSessions.open} once
    * the listener has accepted it. Refusals reject with an ImmortalError (the
-   * client has been told).
+   * client has been told). `resumesFrom`: the link came in on the room its
+   * source's sessions give their resumes, and may only resume one of those.
    */
-  async handshake(reader: FrameReader): Promise<NewSession | null> {
+  async handshake(reader: FrameReader, resumesFrom?: string): Promise<NewSession | null> {
     const hello = await serverHandshake(
       reader,
       await this.#psk,
@@ -248,6 +240,9 @@ export class ServerSessions {
       },
       this.#options.maxUnackedBytes,
       this.#options.encrypt,
+      resumesFrom === undefined
+        ? undefined
+        : (id) => this.#sessions.get(id)?.source === resumesFrom,
     );
     if (hello.kind === "new") {
       return { secrets: hello.secrets, accept: hello.accept, peerWindow: hello.peerWindow };
@@ -311,9 +306,9 @@ export class ServerSessions {
       reader,
       (s) => this.#sessions.delete(s.secrets.id),
       (source, delta) => {
-        const count = (this.#waiting.get(source) ?? 0) + delta;
-        if (count > 0) this.#waiting.set(source, count);
-        else this.#waiting.delete(source);
+        const count = (this.#bySource.get(source) ?? 0) + delta;
+        if (count > 0) this.#bySource.set(source, count);
+        else this.#bySource.delete(source);
       },
     );
     this.#sessions.set(hello.secrets.id, session);

@@ -156,6 +156,8 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   #refusing = new Set<Link>();
   /** Handshakes in progress per source (see `sourceOf`). */
   #bySource = new Map<string, number>();
+  /** Of those, handshakes let in past the source's limits, for resumes (see #roomForResumes). */
+  #resumeRoom = new Map<string, number>();
   #maxPerSource: number;
   #limits: ListenerLimits;
   #rates: SourceBuckets;
@@ -340,14 +342,18 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         continue;
       }
       const pending = this.#bySource.get(source) ?? 0;
-      // A source's own sessions waiting for their links are not its flood:
-      // after a blip, an office behind one address resumes them all at once
-      // (500 took 11-16 s at 50 handshakes a second). As many handshakes as
-      // it has sessions waiting may go past its rate and its share, at once;
-      // it cannot make such sessions without handshakes that kept to both.
-      const waiting = this.#sessions.waitingFrom(source);
       const token = this.#rates.take(source);
-      if (!token && pending >= waiting) {
+      if ((!token || pending >= this.#maxPerSource) && this.#roomForResumes(source)) {
+        // Past its limits, for its own sessions' resumes only (see #roomForResumes).
+        this.#track(source, this.#resumeRoom);
+        this.#track(source, this.#bySource);
+        this.#handshake(link, source).finally(() => {
+          this.#untrack(source, this.#resumeRoom);
+          this.#untrack(source, this.#bySource);
+        });
+        continue;
+      }
+      if (!token) {
         this.#counts.droppedRate++;
         this.#logs.event(
           `rate ${source}`,
@@ -359,7 +365,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
       }
       // (Its token stays spent: refunded, a flood from one source met the
       // costlier busy refusal below at every link, not the silent drop.)
-      if (pending >= this.#maxPerSource + waiting) {
+      if (pending >= this.#maxPerSource) {
         this.#counts.droppedPerSource++;
         this.#logs.event(
           `source ${source}`,
@@ -372,16 +378,37 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         );
         continue;
       }
-      this.#bySource.set(source, pending + 1);
-      this.#handshake(link).finally(() => {
-        const left = this.#bySource.get(source)! - 1;
-        if (left === 0) this.#bySource.delete(source);
-        else this.#bySource.set(source, left);
-      });
+      this.#track(source, this.#bySource);
+      this.#handshake(link).finally(() => this.#untrack(source, this.#bySource));
     }
   }
 
-  async #handshake(link: Link): Promise<void> {
+  /**
+   * Whether a link from `source` past its rate or its share may still be
+   * let in, for a resume of one of its own sessions (it may bring nothing
+   * else: see `handshake`). After a blip, an office behind one address
+   * resumes all its sessions at once: 500 took 11-16 s at 50 handshakes a
+   * second. So a source may have as many such handshakes in progress as it
+   * has sessions, while three quarters of all handshake slots are not taken
+   * (the rest stay for other sources).
+   */
+  #roomForResumes(source: string): boolean {
+    return (this.#resumeRoom.get(source) ?? 0) < this.#sessions.sessionsFrom(source) &&
+      this.#handshaking.size < this.#maxHandshakes * RESUME_ROOM_SHARE;
+  }
+
+  #track(source: string, counts: Map<string, number>): void {
+    counts.set(source, (counts.get(source) ?? 0) + 1);
+  }
+
+  #untrack(source: string, counts: Map<string, number>): void {
+    const left = counts.get(source)! - 1;
+    if (left === 0) counts.delete(source);
+    else counts.set(source, left);
+  }
+
+  /** `resumesFrom`: the link came in on its source's room for resumes (see #roomForResumes). */
+  async #handshake(link: Link, resumesFrom?: string): Promise<void> {
     this.#handshaking.add(link);
     const remote = describePeer(link);
     // Clients that never finish their handshake must not hold a slot forever.
@@ -390,7 +417,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     // require): the wrapper stays plain unless the handshake seals it.
     const reader = new FrameReader(new SealedLink(link));
     try {
-      const hello = await this.#sessions.handshake(reader);
+      const hello = await this.#sessions.handshake(reader, resumesFrom);
       if (hello === null) return; // a resume: the session took the link
       if (this.#closed) throw new ImmortalError("closed", "the listener is closed");
       const source = this.#sourceOf(link) ?? "local";
@@ -565,6 +592,9 @@ function listenOn(options: ListenOptions): ImmortalListener<Deno.Addr> {
     : new TcpAcceptor(where));
   return new Listener(acceptor, resolved, limits);
 }
+
+/** The share of all handshake slots that resumes past their source's limits may take. */
+const RESUME_ROOM_SHARE = 0.75;
 
 /** How long a link refused as busy may take to be told so before it is closed anyway. */
 const BUSY_TELL_MS = 1000;
