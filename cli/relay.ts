@@ -21,6 +21,7 @@ import {
   serverSettings,
 } from "../lib/relay/serve.ts";
 import {
+  MAX_KEEP_ALIVE_MS,
   MIN_MESSAGE_BYTES,
   MIN_RATE,
   redactedUrl,
@@ -326,7 +327,12 @@ export function parseRelayArgs(args: string[]): RelayCliConfig | "help" {
     port: v.port !== undefined ? parsePort("--port", v.port, true) : file.port ?? 8080,
     secret,
     metricsToken,
-    keepAlive: atLeast(ms("keep-alive"), 100, "--keep-alive", "nodes could not answer in time"),
+    keepAlive: atMost(
+      atLeast(ms("keep-alive"), 100, "--keep-alive", "nodes could not answer in time"),
+      MAX_KEEP_ALIVE_MS,
+      "--keep-alive",
+      "a node is gone 2.5 times it after its last word, and timers end at 2^31 ms",
+    ),
     maxSessions: num("max-sessions"),
     maxNodesPerSession: num("max-nodes"),
     maxMessageBytes: atLeast(
@@ -511,6 +517,14 @@ async function start(config: RelayCliConfig, log: Logger): Promise<Service> {
       },
     ),
   };
+}
+
+/** `value` (when given) if at most `max`; else a usage error naming `flag`, and why. */
+function atMost(value: number | undefined, max: number, flag: string, why: string) {
+  if (value !== undefined && value > max) {
+    throw new UsageError(`${flag} must be at most ${max} (${why}), got ${value}`);
+  }
+  return value;
 }
 
 /** `value` (when given) if at least `min`; else a usage error naming `flag`, and why. */

@@ -132,6 +132,7 @@ Deno.test("relay CLI: --help, and one clear line with a non-zero exit for every 
     [["--rate=-5"], /--rate must be a positive number/],
     // Said of the flag, not of the library's option (exit 1 without "Run with --help").
     [["--rate", "0.3"], /--rate must be at least 0\.5 \(a burst/],
+    [["--keep-alive", "900000000"], /--keep-alive must be at most 858993458 \(a node is gone/],
     [["--max-nodes", "1.5"], /--max-nodes must be a whole number from 1 to 9007199254740991/],
     [["--history-length", "0"], /--history-length must be a whole number from 1/],
     // Numbers in plain digits, exact (at most 2^53 - 1), like the durations: not what Number() takes.

@@ -61,6 +61,25 @@ function atLeastHalf(rate: number): number {
   return rate;
 }
 
+/** The longest `keepAlive` whose derived fade time (2.5 times it) a timer can hold. */
+export const MAX_KEEP_ALIVE_MS = Math.floor(MAX_TIMER_MS / 2.5);
+
+/**
+ * `fadeAfter` as given, or 2.5 times `keepAlive`: named as the setting
+ * given when too long (a keepAlive of 900,000,000 ms failed as a fadeAfter
+ * nobody set).
+ */
+function fadeAfter(keepAlive: number, given: number | undefined): number {
+  if (given !== undefined) return duration("fadeAfter", given);
+  if (keepAlive > MAX_KEEP_ALIVE_MS) {
+    throw new RangeError(
+      `keepAlive must be at most ${MAX_KEEP_ALIVE_MS} ms (a node is gone 2.5 times it after ` +
+        `its last word), got ${keepAlive}`,
+    );
+  }
+  return keepAlive * 2.5;
+}
+
 /** Fills in defaults and checks ranges; a `RangeError` names a bad setting. */
 export function relaySettings(options: RelayOptions = {}): RelaySettings {
   const keepAlive = duration("keepAlive", options.keepAlive ?? 10_000);
@@ -79,8 +98,7 @@ export function relaySettings(options: RelayOptions = {}): RelaySettings {
     metricsToken: options.metricsToken,
     redis: redisUrl(options.redis),
     keepAlive,
-    // Derived, it may not fail for a keepAlive that passed (2.5 × 900,000,000 ms did).
-    fadeAfter: duration("fadeAfter", options.fadeAfter ?? Math.min(keepAlive * 2.5, MAX_TIMER_MS)),
+    fadeAfter: fadeAfter(keepAlive, options.fadeAfter),
     maxSessions: positive("maxSessions", options.maxSessions ?? 10_000),
     maxNodesPerSession: positive("maxNodesPerSession", options.maxNodesPerSession ?? 1000),
     maxMessageBytes: atLeast(
@@ -153,7 +171,9 @@ export function redisUrl(url: string | undefined, name = "redis"): string | unde
  */
 export function redactedUrl(url: string): string {
   return url.replace(
-    /^([a-z][\w+.-]*:\/\/)(.*)@/i,
+    // Spaces in front and slashes after the scheme as the URL parser takes
+    // them (" redis://", "redis:/" and "redis:" parse too).
+    /^(\s*[a-z][\w+.-]*:\/*)(.*)@/i,
     (_, scheme: string, userinfo: string) => {
       const colon = userinfo.indexOf(":");
       return colon < 0 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`;

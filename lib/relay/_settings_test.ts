@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { MAX_TIMER_MS } from "../_util.ts";
-import { redactedUrl, redisUrl, relaySettings } from "./_settings.ts";
+import { MAX_KEEP_ALIVE_MS, redactedUrl, redisUrl, relaySettings } from "./_settings.ts";
 
 Deno.test("redactedUrl hides a URL's password", () => {
   assert.equal(redactedUrl("redis://:s3cret@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
@@ -10,6 +10,10 @@ Deno.test("redactedUrl hides a URL's password", () => {
   // No password: an "@" in the path is left alone.
   assert.equal(redactedUrl("https://relay.example/@team"), "https://relay.example/@team");
   assert.equal(redactedUrl("not a url: x@y"), "not a url: x@y");
+  // Forms the URL parser takes too: a space in front, fewer slashes.
+  assert.equal(redactedUrl(" redis://:s3cret@h:6379"), " redis://:***@h:6379");
+  assert.equal(redactedUrl("redis:/:s3cret@h:6379"), "redis:/:***@h:6379");
+  assert.equal(redactedUrl("redis::s3cret@h"), "redis::***@h");
 });
 
 Deno.test("redactedUrl never shows any of a password that breaks the URL (@, /, ? or # in it)", () => {
@@ -44,7 +48,10 @@ Deno.test("redisUrl's refusals never show the password", () => {
   }
 });
 
-Deno.test("relaySettings: a keep-alive that passes gives a fade time that does too (2.5 times it, capped at a timer's most)", () => {
+Deno.test("relaySettings: a keep-alive too long for its fade time (2.5 times it) is named, not the fade time nobody set", () => {
   assert.equal(relaySettings({ keepAlive: 1000 }).fadeAfter, 2500);
-  assert.equal(relaySettings({ keepAlive: 900_000_000 }).fadeAfter, MAX_TIMER_MS);
+  assert.equal(relaySettings({ keepAlive: MAX_KEEP_ALIVE_MS }).fadeAfter, MAX_KEEP_ALIVE_MS * 2.5);
+  assert.ok(MAX_KEEP_ALIVE_MS * 2.5 <= MAX_TIMER_MS);
+  assert.throws(() => relaySettings({ keepAlive: 900_000_000 }), /keepAlive must be at most/);
+  assert.equal(relaySettings({ keepAlive: 900_000_000, fadeAfter: 1e9 }).fadeAfter, 1e9);
 });
