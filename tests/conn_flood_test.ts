@@ -351,11 +351,24 @@ Deno.test("the room for a source's resumes stops at three quarters of all handsh
     maxHandshakes: 4,
     maxHandshakesPerSource: 1,
   });
+  // Three sessions whose links break, their clients away: three credits.
+  let away = false;
   const sessions = [];
+  const lost = [];
   for (let i = 0; i < 3; i++) {
-    sessions.push(await connect({ dialer: path.dialer }));
-    sessions.push(await listener.accept());
+    sessions.push(
+      await connect({
+        dialer: (signal) => away ? Promise.reject(new Error("away")) : path.dialer(signal),
+        backoff: { initial: 60_000 },
+      }),
+    );
+    const server = await listener.accept();
+    sessions.push(server);
+    lost.push(nextEvent(server, "reconnecting"));
   }
+  away = true;
+  for (const link of [...path.links]) link.cut();
+  await Promise.all(lost);
   // Links that say nothing: each a handshake in progress. The first takes
   // the source's share; the next ones its room, up to 3 of the 4 slots.
   const silent = [];
@@ -368,6 +381,30 @@ Deno.test("the room for a source's resumes stops at three quarters of all handsh
   }
   assert.equal(listener.stats.handshaking, 3);
   assert.equal(listener.stats.droppedPerSource, 1, "the fourth refused");
+  for (const link of silent) link.close();
+  for (const conn of sessions) conn.close();
+  await Promise.allSettled(sessions.map((conn) => conn.closed));
+});
+
+Deno.test("sessions on live links give their source no room past its limits: only one that lost its link holds a credit", async () => {
+  const path = controlledPath();
+  using listener = listen({ acceptor: path.acceptor, maxHandshakesPerSource: 1 });
+  const sessions = [];
+  for (let i = 0; i < 3; i++) {
+    sessions.push(await connect({ dialer: path.dialer }));
+    sessions.push(await listener.accept());
+  }
+  // The first silent link takes the source's share; the second has no room.
+  const silent = [];
+  for (let i = 1; i <= 2; i++) {
+    silent.push(await path.dialer(AbortSignal.timeout(10_000)));
+    await waitUntil(
+      () => listener.stats.handshaking + listener.stats.droppedPerSource === i,
+      `link ${i} handshaking or refused`,
+    );
+  }
+  assert.equal(listener.stats.handshaking, 1);
+  assert.equal(listener.stats.droppedPerSource, 1);
   for (const link of silent) link.close();
   for (const conn of sessions) conn.close();
   await Promise.allSettled(sessions.map((conn) => conn.closed));

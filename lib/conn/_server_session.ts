@@ -25,6 +25,9 @@ import { type SessionSide, StreamEngine } from "./_stream_engine.ts";
 
 const log = getLogger(["immortal", "listener"]);
 
+/** A session earns a credit for a resume past its source's limits at most this often, ms. */
+const CREDIT_EVERY_MS = 1000;
+
 /** A verified hello for a new session; the listener decides whether to take it. */
 export interface NewSession {
   secrets: SessionSecrets;
@@ -42,8 +45,12 @@ class ServerSession implements SessionSide {
   readonly source: string;
   #options: ResolvedOptions;
   #forget: ((session: ServerSession) => void) | undefined;
-  /** Counts this session among its source's (`delta` 1), or no more (-1, once, as it ends). */
-  #count: ((source: string, delta: 1 | -1) => void) | undefined;
+  /** Counts a credit of this session's source (`delta` 1), or one no more (-1). */
+  #credits: (source: string, delta: 1 | -1) => void;
+  /** This session holds one of its source's credits for a resume past its limits. */
+  #credit = false;
+  /** When it last earned one (`performance.now()`). */
+  #creditAt = -Infinity;
   #reapTimer: ReturnType<typeof setTimeout> | undefined;
   /** Orders overlapping resumes: only the newest may attach its link. */
   #resumeEpoch = 0;
@@ -55,14 +62,13 @@ class ServerSession implements SessionSide {
     hello: NewSession,
     reader: FrameReader,
     forget: (session: ServerSession) => void,
-    count: (source: string, delta: 1 | -1) => void,
+    credits: (source: string, delta: 1 | -1) => void,
   ) {
     this.#options = options;
     this.secrets = hello.secrets;
     this.source = sourceOf(reader.link.remoteAddr) ?? "local";
     this.#forget = forget;
-    this.#count = count;
-    count(this.source, 1);
+    this.#credits = credits;
     this.engine = new StreamEngine({
       role: "server",
       options,
@@ -131,7 +137,24 @@ class ServerSession implements SessionSide {
       clearTimeout(this.#reapTimer);
       this.#reapTimer = undefined;
     }
+    this.#holdCredit(false);
     this.engine.attach(reader, clientReceived, peerWindow);
+  }
+
+  /**
+   * Takes this session's credit for a resume past its source's limits, if
+   * it holds one (see `ServerSessions.creditsFrom`).
+   */
+  takeCredit(): boolean {
+    if (!this.#credit) return false;
+    this.#holdCredit(false);
+    return true;
+  }
+
+  #holdCredit(hold: boolean): void {
+    if (this.#credit === hold) return;
+    this.#credit = hold;
+    this.#credits(this.source, hold ? 1 : -1);
   }
 
   /** The listener closed: the session lives on its current link only. */
@@ -151,6 +174,13 @@ class ServerSession implements SessionSide {
         null,
       );
     } else {
+      // A credit for the resume, at most one a second: a client that breaks
+      // its own links on and on gets no more handshakes past its limits.
+      const now = performance.now();
+      if (now - this.#creditAt >= CREDIT_EVERY_MS) {
+        this.#creditAt = now;
+        this.#holdCredit(true);
+      }
       this.#reapAfterTimeout(() => {
         // The end that follows says it (a line each was two for one event).
         log.debug("Session {id} reaped: the client did not come back within {ms} ms", {
@@ -177,8 +207,7 @@ class ServerSession implements SessionSide {
   }
 
   ended(): void {
-    this.#count?.(this.source, -1);
-    this.#count = undefined;
+    this.#holdCredit(false);
     clearTimeout(this.#reapTimer);
     this.#reapTimer = undefined;
     this.#forget?.(this);
@@ -200,8 +229,8 @@ export class ServerSessions {
   #options: ResolvedOptions;
   #psk: Promise<CryptoKey | null>;
   #sessions = new Map<string, ServerSession>();
-  /** Sessions by source (see `sourceOf`), for the room their resumes get. */
-  #bySource = new Map<string, number>();
+  /** Credits for resumes past the limits, by source (see {@linkcode ServerSessions.creditsFrom}). */
+  #credits = new Map<string, number>();
   /** Sessions ended by {@linkcode ServerSessions.makeRoom} so far. */
   evicted = 0;
   #evictions = new LogLimiter((template, properties) => log.info(template, properties));
@@ -217,9 +246,13 @@ export class ServerSessions {
     return this.#sessions.size;
   }
 
-  /** Sessions that came from `source` (their first link did). */
-  sessionsFrom(source: string): number {
-    return this.#bySource.get(source) ?? 0;
+  /**
+   * Sessions from `source` that lost their link and may resume past its
+   * limits: one credit each, earned at most once a second, held until a
+   * resume takes it (or the session resumes, or ends).
+   */
+  creditsFrom(source: string): number {
+    return this.#credits.get(source) ?? 0;
   }
 
   /**
@@ -227,8 +260,9 @@ export class ServerSessions {
    * session is carried out here and resolves to `null`; a verified new
    * session resolves to its hello, for {@linkcode ServerSessions.open} once
    * the listener has accepted it. Refusals reject with an ImmortalError (the
-   * client has been told). `resumesFrom`: the link came in on the room its
-   * source's sessions give their resumes, and may only resume one of those.
+   * client has been told). `resumesFrom`: the link came in past its source's
+   * limits, and may only resume one of that source's sessions holding a
+   * credit (which it takes).
    */
   async handshake(reader: FrameReader, resumesFrom?: string): Promise<NewSession | null> {
     const hello = await serverHandshake(
@@ -240,9 +274,10 @@ export class ServerSessions {
       },
       this.#options.maxUnackedBytes,
       this.#options.encrypt,
-      resumesFrom === undefined
-        ? undefined
-        : (id) => this.#sessions.get(id)?.source === resumesFrom,
+      resumesFrom === undefined ? undefined : (id) => {
+        const session = this.#sessions.get(id);
+        return session?.source === resumesFrom && session.takeCredit();
+      },
     );
     if (hello.kind === "new") {
       return { secrets: hello.secrets, accept: hello.accept, peerWindow: hello.peerWindow };
@@ -306,9 +341,9 @@ export class ServerSessions {
       reader,
       (s) => this.#sessions.delete(s.secrets.id),
       (source, delta) => {
-        const count = (this.#bySource.get(source) ?? 0) + delta;
-        if (count > 0) this.#bySource.set(source, count);
-        else this.#bySource.delete(source);
+        const count = (this.#credits.get(source) ?? 0) + delta;
+        if (count > 0) this.#credits.set(source, count);
+        else this.#credits.delete(source);
       },
     );
     this.#sessions.set(hello.secrets.id, session);

@@ -385,16 +385,19 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
 
   /**
    * Whether a link from `source` past its rate or its share may still be
-   * let in, for a resume of one of its own sessions (it may bring nothing
-   * else: see `handshake`). After a blip, an office behind one address
-   * resumes all its sessions at once: 500 took 11-16 s at 50 handshakes a
-   * second. So a source may have as many such handshakes in progress as it
-   * has sessions, while three quarters of all handshake slots are not taken
-   * (the rest stay for other sources).
+   * let in, for a resume (it may bring nothing else: see `handshake`).
+   * After a blip, an office behind one address resumes all its sessions at
+   * once: 500 took 11-16 s at 50 handshakes a second. So each session that
+   * lost its link holds a credit (earned at most once a second, so breaking
+   * one's own links earns little), and a source may have as many such
+   * handshakes in progress as it has credits, within three quarters of all
+   * handshake slots (the rest stay for other sources), each with
+   * {@linkcode ROOM_HANDSHAKE_MS} to finish (a silent one holds a slot no
+   * longer).
    */
   #roomForResumes(source: string): boolean {
-    return (this.#resumeRoom.get(source) ?? 0) < this.#sessions.sessionsFrom(source) &&
-      this.#handshaking.size < this.#maxHandshakes * RESUME_ROOM_SHARE;
+    return (this.#resumeRoom.get(source) ?? 0) < this.#sessions.creditsFrom(source) &&
+      this.#handshaking.size + 1 <= Math.floor(this.#maxHandshakes * RESUME_ROOM_SHARE);
   }
 
   #track(source: string, counts: Map<string, number>): void {
@@ -412,7 +415,12 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     this.#handshaking.add(link);
     const remote = describePeer(link);
     // Clients that never finish their handshake must not hold a slot forever.
-    const timer = setTimeout(() => link.close(), this.#options.handshakeTimeout);
+    const timer = setTimeout(
+      () => link.close(),
+      resumesFrom === undefined
+        ? this.#options.handshakeTimeout
+        : Math.min(this.#options.handshakeTimeout, ROOM_HANDSHAKE_MS),
+    );
     // Whether the session is sealed is the client's to ask (and ours to
     // require): the wrapper stays plain unless the handshake seals it.
     const reader = new FrameReader(new SealedLink(link));
@@ -595,6 +603,8 @@ function listenOn(options: ListenOptions): ImmortalListener<Deno.Addr> {
 
 /** The share of all handshake slots that resumes past their source's limits may take. */
 const RESUME_ROOM_SHARE = 0.75;
+/** How long a resume let in past its source's limits has to finish, ms (a resume is two round trips). */
+const ROOM_HANDSHAKE_MS = 2000;
 
 /** How long a link refused as busy may take to be told so before it is closed anyway. */
 const BUSY_TELL_MS = 1000;
