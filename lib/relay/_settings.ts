@@ -70,7 +70,15 @@ export const MAX_KEEP_ALIVE_MS = Math.floor(MAX_TIMER_MS / 2.5);
  * nobody set).
  */
 function fadeAfter(keepAlive: number, given: number | undefined): number {
-  if (given !== undefined) return duration("fadeAfter", given);
+  if (given !== undefined) {
+    // Not after a keep-alive at most: a node that stays quiet on purpose faded before it was pinged.
+    if (given <= keepAlive) {
+      throw new RangeError(
+        `fadeAfter (${given} ms) must be longer than keepAlive (${keepAlive} ms)`,
+      );
+    }
+    return duration("fadeAfter", given);
+  }
   if (keepAlive > MAX_KEEP_ALIVE_MS) {
     throw new RangeError(
       `keepAlive must be at most ${MAX_KEEP_ALIVE_MS} ms (a node is gone 2.5 times it after ` +
@@ -161,19 +169,22 @@ export function redisUrl(url: string | undefined, name = "redis"): string | unde
 }
 
 /**
- * `url` without its password, for logs and errors: what follows the user
- * name up to the last `@` is masked, whenever a `:` comes before the first
- * `@`. Secrecy first: a password may hold `@`, `/`, `?` or `#` (breaking
- * the URL), so an `@` further on (in a path) is taken for the password's end
- * too, and a port and path before an `@` in the path are masked with it
- * (`https://host:8443/@team`). Without a `:` before the first `@`, there is
- * no password to hide.
+ * `url` without its password, for logs and errors: what follows the first
+ * `:` after the scheme, up to the last `@`, is masked. Secrecy first: a
+ * password may hold `@`, `/`, `?` or `#` (breaking the URL), so an `@`
+ * further on (in a path) is taken for the password's end too, and whatever
+ * comes before it is masked with it (`https://host:8443/@team`,
+ * `https://user@host/a:***@c`). Without an `@`, or a `:` before the last,
+ * there is no password to hide. The text is first cleaned as the URL parser
+ * cleans it (tabs and newlines dropped, spaces and controls trimmed), so
+ * that a password the parser would find is found here too.
  */
 export function redactedUrl(url: string): string {
-  return url.replace(
-    // Spaces in front and slashes after the scheme as the URL parser takes
-    // them (" redis://", "redis:/" and "redis:" parse too).
-    /^(\s*[a-z][\w+.-]*:\/*)(.*)@/i,
+  // deno-lint-ignore no-control-regex
+  const text = url.replace(/[\t\n\r]/g, "").replace(/^[\x00-\x20]+|[\x00-\x20]+$/g, "");
+  return text.replace(
+    // Slashes after the scheme as the URL parser takes them ("redis:/" and "redis:" parse too).
+    /^([a-z][\w+.-]*:\/*)([\s\S]*)@/i,
     (_, scheme: string, userinfo: string) => {
       const colon = userinfo.indexOf(":");
       return colon < 0 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`;

@@ -11,9 +11,15 @@ Deno.test("redactedUrl hides a URL's password", () => {
   assert.equal(redactedUrl("https://relay.example/@team"), "https://relay.example/@team");
   assert.equal(redactedUrl("not a url: x@y"), "not a url: x@y");
   // Forms the URL parser takes too: a space in front, fewer slashes.
-  assert.equal(redactedUrl(" redis://:s3cret@h:6379"), " redis://:***@h:6379");
+  assert.equal(redactedUrl(" redis://:s3cret@h:6379"), "redis://:***@h:6379");
   assert.equal(redactedUrl("redis:/:s3cret@h:6379"), "redis:/:***@h:6379");
   assert.equal(redactedUrl("redis::s3cret@h"), "redis::***@h");
+  // What the URL parser drops or trims, dropped first: the password it would find is masked.
+  for (
+    const url of ["\x01redis://:s3cret@h:6379/x", "re\tdis://:s3cret@h/x", "redis://:s3\ncret@h/x"]
+  ) {
+    assert.ok(!redactedUrl(url).includes("s3"), redactedUrl(url));
+  }
 });
 
 Deno.test("redactedUrl never shows any of a password that breaks the URL (@, /, ? or # in it)", () => {
@@ -54,4 +60,8 @@ Deno.test("relaySettings: a keep-alive too long for its fade time (2.5 times it)
   assert.ok(MAX_KEEP_ALIVE_MS * 2.5 <= MAX_TIMER_MS);
   assert.throws(() => relaySettings({ keepAlive: 900_000_000 }), /keepAlive must be at most/);
   assert.equal(relaySettings({ keepAlive: 900_000_000, fadeAfter: 1e9 }).fadeAfter, 1e9);
+  assert.throws(
+    () => relaySettings({ keepAlive: 5000, fadeAfter: 5000 }),
+    /must be longer than keepAlive/,
+  );
 });
