@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { setImmediate } from "node:timers";
 import { BusyReads } from "./_busy_reads.ts";
 
 Deno.test("a loop whose reads are always ready lets the event loop turn: a timer set before it runs while it goes on", async () => {
@@ -21,7 +22,10 @@ Deno.test("a loop that reads now and then never waits for a turn of its own", as
   const busy = new BusyReads(() => now);
   for (let i = 0; i < 5; i++) {
     assert.equal(busy.due(), false); // sets its watch
-    await new Promise((resolve) => setTimeout(resolve, 0)); // waits for its next bytes: a turn
+    // Waits for its next bytes: a turn of the event loop, in which the
+    // watch's immediate runs (before this one, set after it). A timer here
+    // could fire first on a busy machine, before the check phase ran.
+    await new Promise((resolve) => setImmediate(resolve));
     now += 1000;
   }
 });
