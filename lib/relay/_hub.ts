@@ -27,7 +27,7 @@ import { type Arrival, DETACHED, Member, Room, type Sink } from "./_room.ts";
 import { LogLimiter } from "../_log_limiter.ts";
 import { newJoinToken, secretsEqual } from "./_secret.ts";
 import { shownName } from "./_shown_name.ts";
-import type { RelaySettings } from "./_settings.ts";
+import { type RelaySettings, sweepEvery } from "./_settings.ts";
 import { delay, errorMessage } from "../_util.ts";
 import type { RelayConnectionStats } from "./_http_server.ts";
 import type { PipeStats } from "./_pipes.ts";
@@ -134,13 +134,6 @@ export const SHUTTING_DOWN = "the relay is shutting down";
 const PING = encodeFrame({ t: "ping" });
 const PONG = encodeFrame({ t: "pong" });
 /**
- * Keep-alive sweeps per `keepAlive` period. Each node is checked once a
- * period at its own phase (random, set at its join), so the pings of nodes
- * that joined together go out over the period's sweeps, a twentieth at a
- * time, not in one burst whose answers all come back at once.
- */
-const SWEEPS_PER_PERIOD = 20;
-/**
  * How long a node whose connection broke keeps its place (at most
  * `fadeAfter`). A broken connection is news, not silence: a node that does
  * not reconnect within a blip's time is gone, however long the keep-alive.
@@ -236,7 +229,7 @@ export class Hub {
       evict: (history) => this.#evictHistory(history),
     };
     // At most 250 ms: a broken connection's grace is counted in sweeps too.
-    this.#sweepEvery = Math.min(250, Math.max(50, settings.keepAlive / SWEEPS_PER_PERIOD));
+    this.#sweepEvery = sweepEvery(settings.keepAlive);
     this.#timer = setInterval(() => this.sweep(), this.#sweepEvery);
     const url = settings.redis;
     if (url !== undefined) {

@@ -61,6 +61,19 @@ function atLeastHalf(rate: number): number {
   return rate;
 }
 
+/**
+ * Keep-alive sweeps per `keepAlive` period. Each node is checked once a
+ * period at its own phase (random, set at its join), so the pings of nodes
+ * that joined together go out over the period's sweeps, a twentieth at a
+ * time, not in one burst whose answers all come back at once.
+ */
+const SWEEPS_PER_PERIOD = 20;
+
+/** How often the relay sweeps its nodes for keep-alive, ms (see SWEEPS_PER_PERIOD). */
+export function sweepEvery(keepAlive: number): number {
+  return Math.min(250, Math.max(50, keepAlive / SWEEPS_PER_PERIOD));
+}
+
 /** The longest `keepAlive` whose derived fade time (2.5 times it) a timer can hold. */
 export const MAX_KEEP_ALIVE_MS = Math.floor(MAX_TIMER_MS / 2.5);
 
@@ -71,13 +84,18 @@ export const MAX_KEEP_ALIVE_MS = Math.floor(MAX_TIMER_MS / 2.5);
  */
 function fadeAfter(keepAlive: number, given: number | undefined): number {
   if (given !== undefined) {
-    // Not after a keep-alive at most: a node that stays quiet on purpose faded before it was pinged.
-    if (given <= keepAlive) {
+    duration("fadeAfter", given);
+    // A quiet node is pinged a keep-alive after its last word, at the next
+    // sweep, and its answer must be in before the sweep after: shorter, a
+    // node that stays quiet on purpose faded before its ping's answer.
+    const least = keepAlive + 2 * sweepEvery(keepAlive);
+    if (given <= least) {
       throw new RangeError(
-        `fadeAfter (${given} ms) must be longer than keepAlive (${keepAlive} ms)`,
+        `fadeAfter (${given} ms) must be longer than keepAlive (${keepAlive} ms) and two ` +
+          `keep-alive sweeps (${least} ms)`,
       );
     }
-    return duration("fadeAfter", given);
+    return given;
   }
   if (keepAlive > MAX_KEEP_ALIVE_MS) {
     throw new RangeError(
@@ -181,7 +199,8 @@ export function redisUrl(url: string | undefined, name = "redis"): string | unde
  */
 export function redactedUrl(url: string): string {
   // deno-lint-ignore no-control-regex
-  const text = url.replace(/[\t\n\r]/g, "").replace(/^[\x00-\x20]+|[\x00-\x20]+$/g, "");
+  // (And any Unicode space, a BOM included, which the parser refuses: its error shows the text.)
+  const text = url.replace(/[\t\n\r]/g, "").replace(/^[\x00-\x20]+|[\x00-\x20]+$/g, "").trim();
   return text.replace(
     // Slashes after the scheme as the URL parser takes them ("redis:/" and "redis:" parse too).
     /^([a-z][\w+.-]*:\/*)([\s\S]*)@/i,

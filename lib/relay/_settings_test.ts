@@ -16,7 +16,13 @@ Deno.test("redactedUrl hides a URL's password", () => {
   assert.equal(redactedUrl("redis::s3cret@h"), "redis::***@h");
   // What the URL parser drops or trims, dropped first: the password it would find is masked.
   for (
-    const url of ["\x01redis://:s3cret@h:6379/x", "re\tdis://:s3cret@h/x", "redis://:s3\ncret@h/x"]
+    const url of [
+      "\x01redis://:s3cret@h:6379/x",
+      "re\tdis://:s3cret@h/x",
+      "redis://:s3\ncret@h/x",
+      "\ufeffredis://:s3cret@h:6379",
+      "\u00a0redis://:s3cret@h:6379",
+    ]
   ) {
     assert.ok(!redactedUrl(url).includes("s3"), redactedUrl(url));
   }
@@ -64,4 +70,9 @@ Deno.test("relaySettings: a keep-alive too long for its fade time (2.5 times it)
     () => relaySettings({ keepAlive: 5000, fadeAfter: 5000 }),
     /must be longer than keepAlive/,
   );
+  assert.throws(
+    () => relaySettings({ keepAlive: 10_100, fadeAfter: 10_101 }),
+    /two keep-alive sweeps \(10600 ms\)/,
+  );
+  assert.throws(() => relaySettings({ keepAlive: 1000, fadeAfter: -5 }), /fadeAfter must be/);
 });
