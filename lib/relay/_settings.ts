@@ -198,8 +198,8 @@ export function redisUrl(url: string | undefined, name = "redis"): string | unde
  * that a password the parser would find is found here too.
  */
 export function redactedUrl(url: string): string {
-  // deno-lint-ignore no-control-regex
   // (And any Unicode space, a BOM included, which the parser refuses: its error shows the text.)
+  // deno-lint-ignore no-control-regex
   const text = url.replace(/[\t\n\r]/g, "").replace(/^[\x00-\x20]+|[\x00-\x20]+$/g, "").trim();
   return text.replace(
     // Slashes after the scheme as the URL parser takes them ("redis:/" and "redis:" parse too).
