@@ -45,8 +45,10 @@ class ServerSession implements SessionSide {
   readonly source: string;
   #options: ResolvedOptions;
   #forget: ((session: ServerSession) => void) | undefined;
-  /** Counts a credit of this session's source (`delta` 1), or one no more (-1). */
-  #credits: (source: string, delta: 1 | -1) => void;
+  /** Tells its sessions' table this session holds a credit now, or no more. */
+  #credits: (session: ServerSession, hold: boolean) => void;
+  /** Its link is being replaced by a resume: no loss to earn a credit by. */
+  #replacing = false;
   /** This session holds one of its source's credits for a resume past its limits. */
   #credit = false;
   /** When it last earned one (`performance.now()`). */
@@ -62,7 +64,7 @@ class ServerSession implements SessionSide {
     hello: NewSession,
     reader: FrameReader,
     forget: (session: ServerSession) => void,
-    credits: (source: string, delta: 1 | -1) => void,
+    credits: (session: ServerSession, hold: boolean) => void,
   ) {
     this.#options = options;
     this.secrets = hello.secrets;
@@ -114,7 +116,9 @@ class ServerSession implements SessionSide {
     // The client gave up on the old link before we noticed it was dead: news,
     // no fault of ours (the client warned of it); and a server stopped for a
     // while meets each of the client's attempts in turn.
+    this.#replacing = true;
     this.engine.dropLink("the client resumed on a new link", "info");
+    this.#replacing = false;
     // No link is attached now, so nothing moves `received` until we attach.
     const accept = await resumeAccept(
       this.secrets.resumeKey,
@@ -154,7 +158,7 @@ class ServerSession implements SessionSide {
   #holdCredit(hold: boolean): void {
     if (this.#credit === hold) return;
     this.#credit = hold;
-    this.#credits(this.source, hold ? 1 : -1);
+    this.#credits(this, hold);
   }
 
   /** The listener closed: the session lives on its current link only. */
@@ -177,7 +181,7 @@ class ServerSession implements SessionSide {
       // A credit for the resume, at most one a second: a client that breaks
       // its own links on and on gets no more handshakes past its limits.
       const now = performance.now();
-      if (now - this.#creditAt >= CREDIT_EVERY_MS) {
+      if (!this.#replacing && now - this.#creditAt >= CREDIT_EVERY_MS) {
         this.#creditAt = now;
         this.#holdCredit(true);
       }
@@ -229,8 +233,8 @@ export class ServerSessions {
   #options: ResolvedOptions;
   #psk: Promise<CryptoKey | null>;
   #sessions = new Map<string, ServerSession>();
-  /** Credits for resumes past the limits, by source (see {@linkcode ServerSessions.creditsFrom}). */
-  #credits = new Map<string, number>();
+  /** Sessions holding a credit for a resume past the limits, by source (see `creditsFrom`). */
+  #holders = new Map<string, Set<ServerSession>>();
   /** Sessions ended by {@linkcode ServerSessions.makeRoom} so far. */
   evicted = 0;
   #evictions = new LogLimiter((template, properties) => log.info(template, properties));
@@ -252,7 +256,7 @@ export class ServerSessions {
    * resume takes it (or the session resumes, or ends).
    */
   creditsFrom(source: string): number {
-    return this.#credits.get(source) ?? 0;
+    return this.#holders.get(source)?.size ?? 0;
   }
 
   /**
@@ -262,9 +266,13 @@ export class ServerSessions {
    * the listener has accepted it. Refusals reject with an ImmortalError (the
    * client has been told). `resumesFrom`: the link came in past its source's
    * limits, and may only resume one of that source's sessions holding a
-   * credit (which it takes).
+   * credit (which it takes, and says so by `claimed`).
    */
-  async handshake(reader: FrameReader, resumesFrom?: string): Promise<NewSession | null> {
+  async handshake(
+    reader: FrameReader,
+    resumesFrom?: string,
+    claimed?: () => void,
+  ): Promise<NewSession | null> {
     const hello = await serverHandshake(
       reader,
       await this.#psk,
@@ -276,7 +284,9 @@ export class ServerSessions {
       this.#options.encrypt,
       resumesFrom === undefined ? undefined : (id) => {
         const session = this.#sessions.get(id);
-        return session?.source === resumesFrom && session.takeCredit();
+        if (session?.source !== resumesFrom || !session.takeCredit()) return false;
+        claimed?.();
+        return true;
       },
     );
     if (hello.kind === "new") {
@@ -340,10 +350,12 @@ export class ServerSessions {
       hello,
       reader,
       (s) => this.#sessions.delete(s.secrets.id),
-      (source, delta) => {
-        const count = (this.#credits.get(source) ?? 0) + delta;
-        if (count > 0) this.#credits.set(source, count);
-        else this.#credits.delete(source);
+      (holder, hold) => {
+        const holders = this.#holders.get(holder.source) ?? new Set();
+        if (hold) holders.add(holder);
+        else holders.delete(holder);
+        if (holders.size > 0) this.#holders.set(holder.source, holders);
+        else this.#holders.delete(holder.source);
       },
     );
     this.#sessions.set(hello.secrets.id, session);

@@ -347,8 +347,14 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         // Past its limits, for its own sessions' resumes only (see #roomForResumes).
         this.#track(source, this.#resumeRoom);
         this.#track(source, this.#bySource);
-        this.#handshake(link, source).finally(() => {
+        let claimed = false;
+        const claim = () => {
+          // A credit taken: the room is free for the next resume.
+          claimed = true;
           this.#untrack(source, this.#resumeRoom);
+        };
+        this.#handshake(link, source, claim).finally(() => {
+          if (!claimed) this.#untrack(source, this.#resumeRoom);
           this.#untrack(source, this.#bySource);
         });
         continue;
@@ -390,13 +396,16 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
    * once: 500 took 11-16 s at 50 handshakes a second. So each session that
    * lost its link holds a credit (earned at most once a second, so breaking
    * one's own links earns little), and a source may have as many such
-   * handshakes in progress as it has credits, within three quarters of all
-   * handshake slots (the rest stay for other sources), each with
-   * {@linkcode ROOM_HANDSHAKE_MS} to finish (a silent one holds a slot no
-   * longer).
+   * handshakes waiting for their hello as it has credits (at most its
+   * share, 16), within three quarters of all handshake slots (the rest stay
+   * for other sources), each with {@linkcode ROOM_HANDSHAKE_MS} to finish. A
+   * hello that resumes a session holding a credit takes it and frees its
+   * place. So silent links from the source hold no more slots than its
+   * share (they held 192 of 256 when the room went by sessions alone).
    */
   #roomForResumes(source: string): boolean {
-    return (this.#resumeRoom.get(source) ?? 0) < this.#sessions.creditsFrom(source) &&
+    const room = Math.min(this.#sessions.creditsFrom(source), this.#maxPerSource);
+    return (this.#resumeRoom.get(source) ?? 0) < room &&
       this.#handshaking.size + 1 <= Math.floor(this.#maxHandshakes * RESUME_ROOM_SHARE);
   }
 
@@ -411,7 +420,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   }
 
   /** `resumesFrom`: the link came in on its source's room for resumes (see #roomForResumes). */
-  async #handshake(link: Link, resumesFrom?: string): Promise<void> {
+  async #handshake(link: Link, resumesFrom?: string, claimed?: () => void): Promise<void> {
     this.#handshaking.add(link);
     const remote = describePeer(link);
     // Clients that never finish their handshake must not hold a slot forever.
@@ -425,7 +434,7 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
     // require): the wrapper stays plain unless the handshake seals it.
     const reader = new FrameReader(new SealedLink(link));
     try {
-      const hello = await this.#sessions.handshake(reader, resumesFrom);
+      const hello = await this.#sessions.handshake(reader, resumesFrom, claimed);
       if (hello === null) return; // a resume: the session took the link
       if (this.#closed) throw new ImmortalError("closed", "the listener is closed");
       const source = this.#sourceOf(link) ?? "local";
