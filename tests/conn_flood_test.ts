@@ -1,11 +1,11 @@
 // One source flooding the handshake pool cannot lock others out.
 import assert from "node:assert/strict";
 import net from "node:net";
-import { connect, type Dialer, ImmortalError, listen } from "../mod.ts";
+import { connect, type Dialer, ImmortalError, type ImmortalListener, listen } from "../mod.ts";
 import { TcpAcceptor, TcpLink } from "../lib/link/tcp.ts";
 import { FrameReader } from "../lib/conn/_frame_reader.ts";
 import { clientOpen } from "../lib/conn/_handshake.ts";
-import { encodeFrame } from "../lib/frame/mod.ts";
+import { encodeFrame, PROTOCOL_VERSION } from "../lib/frame/mod.ts";
 import { controlledPath } from "./_controlled_path.ts";
 import {
   eventsLogged,
@@ -322,23 +322,14 @@ Deno.test("a source's sessions that lost their links resume all at once, past it
 });
 
 Deno.test("the room a source's sessions give their resumes takes resumes of them only: a new session past the source's share is refused busy, whatever its sessions are doing", async () => {
-  // Every link from one address; the first client's next dials fail (it is
-  // away: its session waits at the server), and link 1 holds its client's
-  // bytes (a handshake in progress: the source's share of one is taken).
-  let away = false;
+  // Every link from one address; the first client is away (its session
+  // waits at the server), and link 1 holds its client's bytes (a handshake
+  // in progress: the source's share of one is taken).
   const path = controlledPath((link) => {
     if (link.index === 1) link.up.hold();
   });
   using listener = listen({ acceptor: path.acceptor, maxHandshakesPerSource: 1 });
-  const gone = await connect({
-    dialer: (signal) => away ? Promise.reject(new Error("away")) : path.dialer(signal),
-    backoff: { initial: 60_000 },
-  });
-  const waiting = await listener.accept();
-  away = true;
-  const lost = nextEvent(waiting, "reconnecting");
-  path.links[0].cut();
-  await lost;
+  await using _parked = await parkedSession(path, listener);
   const held = connect({ dialer: path.dialer }).catch((error) => error);
   await waitUntil(() => listener.stats.handshaking === 1, "a handshake in progress");
   await assert.rejects(
@@ -350,9 +341,6 @@ Deno.test("the room a source's sessions give their resumes takes resumes of them
   assert.equal(listener.sessionCount, 1, "no session opened past the source's share");
   path.links[1].cut();
   await held;
-  gone.close();
-  waiting.close();
-  await Promise.allSettled([gone.closed, waiting.closed]);
 });
 
 Deno.test("the room for a source's resumes stops at three quarters of all handshake slots: the rest stay for other sources", async () => {
@@ -363,23 +351,9 @@ Deno.test("the room for a source's resumes stops at three quarters of all handsh
     maxHandshakesPerSource: 3,
   });
   // Three sessions whose links break, their clients away: three credits.
-  let away = false;
-  const sessions = [];
-  const lost = [];
-  for (let i = 0; i < 3; i++) {
-    sessions.push(
-      await connect({
-        dialer: (signal) => away ? Promise.reject(new Error("away")) : path.dialer(signal),
-        backoff: { initial: 60_000 },
-      }),
-    );
-    const server = await listener.accept();
-    sessions.push(server);
-    lost.push(nextEvent(server, "reconnecting"));
-  }
-  away = true;
-  for (const link of [...path.links]) link.cut();
-  await Promise.all(lost);
+  await using _one = await parkedSession(path, listener);
+  await using _two = await parkedSession(path, listener);
+  await using _three = await parkedSession(path, listener);
   // Links that say nothing: each a handshake in progress. The first three
   // take the source's share; its room would take the fourth, but 3 of the
   // 4 slots are the most it may fill.
@@ -394,8 +368,6 @@ Deno.test("the room for a source's resumes stops at three quarters of all handsh
   assert.equal(listener.stats.handshaking, 3);
   assert.equal(listener.stats.droppedPerSource, 1, "the fourth refused");
   for (const link of silent) link.close();
-  for (const conn of sessions) conn.close();
-  await Promise.allSettled(sessions.map((conn) => conn.closed));
 });
 
 Deno.test("sessions on live links give their source no room past its limits: only one that lost its link holds a credit", async () => {
@@ -420,4 +392,62 @@ Deno.test("sessions on live links give their source no room past its limits: onl
   for (const link of silent) link.close();
   for (const conn of sessions) conn.close();
   await Promise.allSettled(sessions.map((conn) => conn.closed));
+});
+
+/** A session from `path` whose link broke while its client is away: its server end holds a credit. */
+async function parkedSession(
+  path: ReturnType<typeof controlledPath>,
+  listener: ImmortalListener<Deno.Addr>,
+) {
+  let away = false;
+  const client = await connect({
+    dialer: (signal) => away ? Promise.reject(new Error("away")) : path.dialer(signal),
+    backoff: { initial: 60_000 },
+  });
+  const server = await listener.accept();
+  away = true;
+  const lost = nextEvent(server, "reconnecting");
+  path.links.at(-1)!.cut();
+  await lost;
+  return {
+    server,
+    async [Symbol.asyncDispose]() {
+      client.close();
+      server.close();
+      await Promise.allSettled([client.closed, server.closed]);
+    },
+  };
+}
+
+Deno.test("a resume past the limits that does not take (a hello, then nothing) gives its session's credit back; room links do not count in the source's share", async () => {
+  const path = controlledPath();
+  using listener = listen({ acceptor: path.acceptor, maxHandshakesPerSource: 1 });
+  await using parked = await parkedSession(path, listener);
+  const a = await path.dialer(AbortSignal.timeout(10_000)); // the source's share, silent
+  await waitUntil(() => listener.stats.handshaking === 1, "the share taken");
+  const id = Uint8Array.from(parked.server.sessionId.match(/../g)!, (h) => parseInt(h, 16));
+  const b = await path.dialer(AbortSignal.timeout(10_000)); // in the room, on the credit
+  await b.write(encodeFrame({
+    type: "hello",
+    version: PROTOCOL_VERSION,
+    nonce: new Uint8Array(16),
+    window: 1 << 20,
+    resume: { sessionId: id, received: 0 },
+  }));
+  assert.ok((await b.read(new Uint8Array(256)))! > 0, "challenged: the credit taken");
+  b.close(); // no proof
+  await waitUntil(() => listener.stats.handshaking === 1, "the room link gone");
+  // The credit is back: another link past the share gets in (it was refused busy).
+  const c = await path.dialer(AbortSignal.timeout(10_000));
+  await waitUntil(() => listener.stats.handshaking === 2, "a room link again");
+  assert.equal(listener.stats.droppedPerSource, 0);
+  // A silent room link takes nothing of the share: the share's own link
+  // gone, a new one gets in as usual.
+  a.close();
+  await waitUntil(() => listener.stats.handshaking === 1, "the share free");
+  const d = await path.dialer(AbortSignal.timeout(10_000));
+  await waitUntil(() => listener.stats.handshaking === 2, "the share taken again");
+  assert.equal(listener.stats.droppedPerSource, 0);
+  c.close();
+  d.close();
 });

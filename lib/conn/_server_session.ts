@@ -155,6 +155,15 @@ class ServerSession implements SessionSide {
     return true;
   }
 
+  /**
+   * The resume that took the credit did not take (its proof never came,
+   * or failed; its link went): a session still waiting for a link holds it
+   * again, or it had none for good (it earns one only by losing a link).
+   */
+  giveCreditBack(): void {
+    if (!this.engine.linked && this.engine.resumable) this.#holdCredit(true);
+  }
+
   #holdCredit(hold: boolean): void {
     if (this.#credit === hold) return;
     this.#credit = hold;
@@ -266,12 +275,13 @@ export class ServerSessions {
    * the listener has accepted it. Refusals reject with an ImmortalError (the
    * client has been told). `resumesFrom`: the link came in past its source's
    * limits, and may only resume one of that source's sessions holding a
-   * credit (which it takes, and says so by `claimed`).
+   * credit (which it takes, and says so by `claimed`, with what gives it
+   * back if the resume does not take).
    */
   async handshake(
     reader: FrameReader,
     resumesFrom?: string,
-    claimed?: () => void,
+    claimed?: (giveBack: () => void) => void,
   ): Promise<NewSession | null> {
     const hello = await serverHandshake(
       reader,
@@ -285,7 +295,7 @@ export class ServerSessions {
       resumesFrom === undefined ? undefined : (id) => {
         const session = this.#sessions.get(id);
         if (session?.source !== resumesFrom || !session.takeCredit()) return false;
-        claimed?.();
+        claimed?.(() => session.giveCreditBack());
         return true;
       },
     );

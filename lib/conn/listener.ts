@@ -344,18 +344,20 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
       const pending = this.#bySource.get(source) ?? 0;
       const token = this.#rates.take(source);
       if ((!token || pending >= this.#maxPerSource) && this.#roomForResumes(source)) {
-        // Past its limits, for its own sessions' resumes only (see #roomForResumes).
+        // Past its limits, for its own sessions' resumes only (see
+        // #roomForResumes); not counted in its share, which it goes past.
         this.#track(source, this.#resumeRoom);
-        this.#track(source, this.#bySource);
-        let claimed = false;
-        const claim = () => {
+        let giveBack: (() => void) | null = null;
+        const claim = (back: () => void) => {
           // A credit taken: the room is free for the next resume.
-          claimed = true;
+          giveBack = back;
           this.#untrack(source, this.#resumeRoom);
         };
         this.#handshake(link, source, claim).finally(() => {
-          if (!claimed) this.#untrack(source, this.#resumeRoom);
-          this.#untrack(source, this.#bySource);
+          if (giveBack === null) this.#untrack(source, this.#resumeRoom);
+          // A resume that did not take (no proof, a cut, its time up): the
+          // session, still waiting, holds its credit again.
+          else giveBack();
         });
         continue;
       }
@@ -420,7 +422,11 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
   }
 
   /** `resumesFrom`: the link came in on its source's room for resumes (see #roomForResumes). */
-  async #handshake(link: Link, resumesFrom?: string, claimed?: () => void): Promise<void> {
+  async #handshake(
+    link: Link,
+    resumesFrom?: string,
+    claimed?: (giveBack: () => void) => void,
+  ): Promise<void> {
     this.#handshaking.add(link);
     const remote = describePeer(link);
     // Clients that never finish their handshake must not hold a slot forever.
