@@ -357,14 +357,7 @@ Deno.test("the room for a source's resumes stops at three quarters of all handsh
   // Links that say nothing: each a handshake in progress. The first three
   // take the source's share; its room would take the fourth, but 3 of the
   // 4 slots are the most it may fill.
-  const silent = [];
-  for (let i = 1; i <= 4; i++) {
-    silent.push(await path.dialer(AbortSignal.timeout(10_000)));
-    await waitUntil(
-      () => listener.stats.handshaking + listener.stats.droppedPerSource === i,
-      `link ${i} handshaking or refused`,
-    );
-  }
+  const silent = await silentLinks(path, listener, 4);
   assert.equal(listener.stats.handshaking, 3);
   assert.equal(listener.stats.droppedPerSource, 1, "the fourth refused");
   for (const link of silent) link.close();
@@ -379,20 +372,33 @@ Deno.test("sessions on live links give their source no room past its limits: onl
     sessions.push(await listener.accept());
   }
   // The first silent link takes the source's share; the second has no room.
-  const silent = [];
-  for (let i = 1; i <= 2; i++) {
-    silent.push(await path.dialer(AbortSignal.timeout(10_000)));
-    await waitUntil(
-      () => listener.stats.handshaking + listener.stats.droppedPerSource === i,
-      `link ${i} handshaking or refused`,
-    );
-  }
+  const silent = await silentLinks(path, listener, 2);
   assert.equal(listener.stats.handshaking, 1);
   assert.equal(listener.stats.droppedPerSource, 1);
   for (const link of silent) link.close();
   for (const conn of sessions) conn.close();
   await Promise.allSettled(sessions.map((conn) => conn.closed));
 });
+
+/**
+ * `count` links from `path` that say nothing, dialed one at a time, each once
+ * the listener has taken it into a handshake or refused it.
+ */
+async function silentLinks(
+  path: ReturnType<typeof controlledPath>,
+  listener: ImmortalListener<Deno.Addr>,
+  count: number,
+) {
+  const links = [];
+  for (let i = 1; i <= count; i++) {
+    links.push(await path.dialer(AbortSignal.timeout(10_000)));
+    await waitUntil(
+      () => listener.stats.handshaking + listener.stats.droppedPerSource === i,
+      `link ${i} handshaking or refused`,
+    );
+  }
+  return links;
+}
 
 /** A session from `path` whose link broke while its client is away: its server end holds a credit. */
 async function parkedSession(

@@ -26,7 +26,6 @@ import { type ResolvedOptions, resolveOptions } from "./_options.ts";
 import type { SessionOptions } from "./options.ts";
 import { ServerSessions } from "./_server_session.ts";
 import { sourceOf } from "../link/_source.ts";
-import { acceptsThroughRelay } from "../link/_through_relay.ts";
 import { SourceBuckets } from "./_source_buckets.ts";
 
 /** A TLS record: fatal alert `protocol_version` (RFC 8446 6), what a plain server says to TLS. */
@@ -371,8 +370,8 @@ class Listener<A extends Deno.Addr> implements ImmortalListener<A> {
         link.close();
         continue;
       }
-      // (Its token stays spent: refunded, a flood from one source met the
-      // costlier busy refusal below at every link, not the silent drop.)
+      // Its token stays spent: given back, a flood from one source would
+      // meet the costlier busy refusal below at every link, not a silent drop.
       if (pending >= this.#maxPerSource) {
         this.#counts.droppedPerSource++;
         this.#logs.event(
@@ -572,7 +571,8 @@ export function closeRefusedAcceptor(acceptor: Acceptor | undefined): void {
 }
 
 function listenOn(options: ListenOptions): ImmortalListener<Deno.Addr> {
-  const resolved = resolveOptions(options, { throughRelay: acceptsThroughRelay(options.acceptor) });
+  // A relayed acceptor's links pass a third party: see Acceptor.relayed.
+  const resolved = resolveOptions(options, { throughRelay: options.acceptor?.relayed === true });
   const keyed = resolved.key !== null;
   const limit = (name: keyof ListenOptions, fallback: number, integer = true): number => {
     const value = options[name] ?? fallback;

@@ -3,12 +3,12 @@
  * every byte, and could read or change them, or stand in the middle of a key
  * exchange. Sessions over them need a key, and are encrypted unless told
  * otherwise (`connect`). An acceptor says the same of its links with
- * `relayed` (see {@linkcode Acceptor}).
+ * `relayed` (see `Acceptor`).
  *
  * @module
  */
 
-import type { Acceptor, Dialer } from "./link.ts";
+import type { Dialer } from "./link.ts";
 
 const THROUGH_RELAY = Symbol("immortal.throughRelay");
 
@@ -21,9 +21,4 @@ export function markThroughRelay(dialer: Dialer): Dialer {
 /** Whether `dialer` was marked by {@linkcode markThroughRelay}. */
 export function dialsThroughRelay(dialer: unknown): boolean {
   return typeof dialer === "function" && THROUGH_RELAY in dialer;
-}
-
-/** Whether `acceptor`'s links come through a relay. */
-export function acceptsThroughRelay(acceptor: Acceptor | undefined): boolean {
-  return acceptor?.relayed === true;
 }
